@@ -1,0 +1,1 @@
+//! Placeholder library so the tests package builds.
