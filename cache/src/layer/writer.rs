@@ -61,6 +61,7 @@ pub fn write_layer<W: Write>(dir: &Path, clamp_mtime: Option<i64>, out: W) -> Re
         links: HashMap::new(),
         entries: 0,
         xattr_buf: vec![0u8; 4096],
+        copy_buf: Vec::new(),
     };
     let mut stack = children(dir, b"")?;
     stack.reverse();
@@ -117,10 +118,15 @@ struct LayerWriter<W: Write> {
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: u64,
     xattr_buf: Vec<u8>,
+    /// Read buffer for file contents, allocated on first use.
+    copy_buf: Vec<u8>,
 }
 
 /// PAX records for one entry, written sorted by key.
 type Pax = Vec<(String, Vec<u8>)>;
+
+/// Xattr (name, value) pairs.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl<W: Write> LayerWriter<W> {
     fn emit(&mut self, item: &Item) -> Result<()> {
@@ -264,6 +270,9 @@ impl<W: Write> LayerWriter<W> {
     }
 
     fn copy_data(&mut self, abs: &Path, size: u64) -> Result<()> {
+        if self.copy_buf.is_empty() {
+            self.copy_buf = vec![0u8; 256 * 1024];
+        }
         let file = File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -283,7 +292,7 @@ impl<W: Write> LayerWriter<W> {
     }
 
     /// The entry's xattrs, sorted, minus overlay ones; and whether it is an opaque directory.
-    fn xattrs(&mut self, item: &Item) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+    fn xattrs(&mut self, item: &Item) -> Result<(Xattrs, bool)> {
         let path = &item.abs;
         let list = loop {
             match rustix::fs::llistxattr(path, &mut self.xattr_buf[..]) {

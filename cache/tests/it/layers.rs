@@ -46,7 +46,7 @@ pub fn make_upper(dir: &Path, mtime: i64) {
     std::os::unix::fs::lchown(dir.join("owned"), Some(3_000_000), Some(1234)).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("null"),
+        dir.join("null"),
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o666),
         makedev(1, 3),
@@ -54,7 +54,7 @@ pub fn make_upper(dir: &Path, mtime: i64) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("fifo"),
+        dir.join("fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o644),
         0,
@@ -62,7 +62,7 @@ pub fn make_upper(dir: &Path, mtime: i64) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("etc/deleted"),
+        dir.join("etc/deleted"),
         FileType::CharacterDevice,
         Mode::empty(),
         makedev(0, 0),
@@ -70,7 +70,7 @@ pub fn make_upper(dir: &Path, mtime: i64) {
     .unwrap();
     rustix::fs::chmodat(
         rustix::fs::CWD,
-        &dir.join("null"),
+        dir.join("null"),
         Mode::from_raw_mode(0o666),
         rustix::fs::AtFlags::empty(),
     )
@@ -366,4 +366,52 @@ fn image_store_tags_resolves_and_lists() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert_eq!(names, vec!["bin/", "bin/sh"]);
+}
+
+#[test]
+fn busybox_rootfs_made_by_gnu_tar_imports() {
+    let busybox = Path::new("/usr/bin/busybox");
+    if !precondition(busybox.is_file(), "busybox-static not installed")
+        || !precondition(
+            std::process::Command::new("tar")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "GNU tar not installed",
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ls", "echo", "cat"] {
+        symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    // GNU tar writes `./`-prefixed names, a `./` root entry and GNU-format headers.
+    let out = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-C"])
+        .arg(&rootfs)
+        .args(["-czf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let store = Store::open(dir.path().join("root")).unwrap();
+    let img = store
+        .import_rootfs(&out.stdout[..], ImageConfig::empty(&Platform::host()))
+        .unwrap();
+    let snap = store.snapshot_path(&img.config.rootfs.diff_ids[0]);
+    assert_eq!(
+        fs::read_link(snap.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    let m = fs::metadata(snap.join("bin/busybox")).unwrap();
+    assert_eq!(m.len(), fs::metadata(busybox).unwrap().len());
+    assert_eq!(m.mode() & 0o111, 0o111);
+    let o = std::process::Command::new(snap.join("bin/busybox"))
+        .args(["echo", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(o.stdout, b"hello\n");
 }
