@@ -175,6 +175,10 @@ impl<W: Write> LayerWriter<W> {
             if ft.is_file() {
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(meta.len());
+                if meta.len() > MAX_USTAR_SIZE {
+                    // The header then holds base-256; strict readers want the PAX record.
+                    pax.push(("size".to_owned(), meta.len().to_string().into_bytes()));
+                }
                 data = Some(meta.len());
             } else if ft.is_symlink() {
                 h.set_entry_type(EntryType::Symlink);
@@ -348,6 +352,9 @@ fn split_rel(rel: &[u8]) -> (&[u8], &[u8]) {
         None => (&[], rel),
     }
 }
+
+/// The largest size a ustar octal field holds (8 GiB - 1).
+const MAX_USTAR_SIZE: u64 = 0o77777777777;
 
 /// The largest id a ustar octal field holds; larger ids also go in a PAX record.
 const MAX_USTAR_ID: u32 = 0o7777777;

@@ -415,3 +415,71 @@ fn busybox_rootfs_made_by_gnu_tar_imports() {
         .unwrap();
     assert_eq!(o.stdout, b"hello\n");
 }
+
+#[test]
+fn user_overlay_opaque_is_accepted_and_pax_nanoseconds_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // An upper dir made with `userxattr` marks opaque dirs with user.overlay.opaque.
+    let upper = store.temp_dir("upper").unwrap().into_path();
+    fs::create_dir(upper.join("o")).unwrap();
+    rustix::fs::lsetxattr(
+        upper.join("o"),
+        "user.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let layer = store
+        .commit_layer(&upper, &CommitOptions::default())
+        .unwrap()
+        .unwrap();
+    let names: Vec<String> = tar_names(&store, &layer.diff_id)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, vec!["o/", "o/.wh..wh..opq"]);
+
+    // A PAX mtime with a fraction keeps its nanoseconds on disk.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("mtime", &b"1700000000.123456789"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    h.set_mode(0o640);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let l = store.unpack_layer(&tar[..], None).unwrap();
+    let m = fs::metadata(store.snapshot_path(&l.diff_id).join("f")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_700_000_000, 123_456_789));
+    assert_eq!(m.mode() & 0o7777, 0o640);
+}
+
+#[test]
+fn remembered_compressed_blob_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let upper = store.temp_dir("upper").unwrap().into_path();
+    fs::write(upper.join("f"), b"data").unwrap();
+    let layer = store
+        .commit_layer(&upper, &CommitOptions::default())
+        .unwrap()
+        .unwrap();
+    // Say a registry served this layer gzip-compressed by someone else's gzip.
+    let raw = fs::read(store.blob_path(&layer.diff_id)).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut enc, &raw).unwrap();
+    let theirs = enc.finish().unwrap();
+    let digest = store.put_blob(&theirs).unwrap();
+    let desc = cache::oci::Descriptor::new(
+        cache::oci::MEDIA_TYPE_LAYER_GZIP,
+        digest,
+        theirs.len() as u64,
+    );
+    let c = cache::store::Compression::default();
+    store.remember_compressed(&layer.diff_id, c, &desc).unwrap();
+    assert_eq!(store.compressed_layer(&layer.diff_id, c).unwrap(), desc);
+}
