@@ -175,3 +175,39 @@ fn buildkit_words_test_lines_pass() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn real_world_corpus_parses() {
+    let dir = conformance().join("real-world");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read real-world")
+        .map(|e| e.expect("dir entry").path().join("Dockerfile"))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 60,
+        "only {} real-world Dockerfiles",
+        files.len()
+    );
+    let mut failures = Vec::new();
+    for f in &files {
+        let src = std::fs::read_to_string(f).expect("read Dockerfile");
+        let rel = f
+            .strip_prefix(&dir)
+            .expect("under real-world")
+            .display()
+            .to_string();
+        if let Err(e) = frontend::parse(&src) {
+            let s = e.span().unwrap_or_default();
+            failures.push(format!("{rel}:{}:{}: {}", s.line, s.column, e.message()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} files fail:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
