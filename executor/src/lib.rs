@@ -4,3 +4,5 @@
 //! specs (lower directories, upper directory, argv, env, user) and get processes back.
 //! Every `unsafe` block lives in `sys`.
 #![deny(missing_docs)]
+
+pub mod net;
