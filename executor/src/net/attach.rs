@@ -328,6 +328,7 @@ pub struct Networks<N: Netlink, F: Nft> {
     netlink: N,
     nft: F,
     proc_sys: PathBuf,
+    table: String,
 }
 
 impl Networks<RealNetlink, NftCommand> {
@@ -352,7 +353,19 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
             netlink,
             nft,
             proc_sys,
+            table: nft::TABLE.to_string(),
         }
+    }
+
+    /// Uses nft table `table` instead of `kiln` (tests, or several KILN_ROOTs on one host).
+    pub fn with_table(mut self, table: &str) -> Self {
+        self.table = table.to_string();
+        self
+    }
+
+    /// The nft table in use.
+    pub fn table(&self) -> &str {
+        &self.table
     }
 
     /// The lease and network store.
@@ -440,9 +453,9 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
 
     /// Regenerates kiln's nft table from the leases (see [`nft::ruleset`]).
     pub fn sync_rules(&mut self) -> Result<()> {
-        let nft = &mut self.nft;
+        let (nft, table) = (&mut self.nft, &self.table);
         self.ipam
-            .with_state(|state| nft.apply(&nft::ruleset(state)))??;
+            .with_state(|state| nft.apply(&nft::ruleset(table, state)))??;
         Ok(())
     }
 

@@ -25,7 +25,8 @@ use std::process::{Command, Stdio};
 
 use super::ipam::{Lease, NetworkConfig};
 
-/// The name of kiln's table (family ip).
+/// The name of kiln's table (family ip). Tests use their own name (see
+/// `Networks::with_table`) so they never disturb a real kiln on the same machine.
 pub const TABLE: &str = "kiln";
 
 /// Errors from running `nft`.
@@ -103,9 +104,9 @@ impl NftCommand {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `nft list table ip kiln`, or None when the table does not exist.
-    pub fn list_table(&self) -> Result<Option<String>> {
-        match self.run(&["list", "table", "ip", TABLE], None) {
+    /// `nft list table ip TABLE`, or None when the table does not exist.
+    pub fn list_table(&self, table: &str) -> Result<Option<String>> {
+        match self.run(&["list", "table", "ip", table], None) {
             Ok(s) => Ok(Some(s)),
             Err(NftError::Rejected { stderr, .. })
                 if stderr.contains("No such file or directory") =>
@@ -157,15 +158,15 @@ fn comment_text(s: &str) -> String {
 ///
 /// `add table` first makes the `delete` valid when the table is absent; the whole script is
 /// one transaction, so other processes never see the table missing or half-built.
-pub fn ruleset(state: &[(NetworkConfig, Vec<Lease>)]) -> String {
-    let mut s = format!("add table ip {TABLE}\ndelete table ip {TABLE}\n");
+pub fn ruleset(table: &str, state: &[(NetworkConfig, Vec<Lease>)]) -> String {
+    let mut s = format!("add table ip {table}\ndelete table ip {table}\n");
     let active: Vec<_> = state.iter().filter(|(_, l)| !l.is_empty()).collect();
     if active.is_empty() {
         return s;
     }
     let w = &mut s;
     // Writing into a String cannot fail.
-    let _ = writeln!(w, "table ip {TABLE} {{");
+    let _ = writeln!(w, "table ip {table} {{");
     let _ = writeln!(
         w,
         "  chain guard {{\n    type filter hook prerouting priority raw; policy accept;"
@@ -251,21 +252,24 @@ mod tests {
     #[test]
     fn no_lease_left_means_the_table_is_deleted() {
         let net = NetworkConfig::default_bridge();
-        let s = ruleset(&[(net, vec![])]);
+        let s = ruleset(TABLE, &[(net, vec![])]);
         assert_eq!(s, "add table ip kiln\ndelete table ip kiln\n");
-        assert_eq!(ruleset(&[]), s);
+        assert_eq!(ruleset(TABLE, &[]), s);
     }
 
     #[test]
     fn published_ports_become_dnat_rules_tagged_with_the_container() {
         let net = NetworkConfig::default_bridge();
-        let s = ruleset(&[(
-            net,
-            vec![
-                lease("web", "10.88.0.2", &["18080:80", "127.0.0.1:5353:53/udp"]),
-                lease("db", "10.88.0.3", &[]),
-            ],
-        )]);
+        let s = ruleset(
+            TABLE,
+            &[(
+                net,
+                vec![
+                    lease("web", "10.88.0.2", &["18080:80", "127.0.0.1:5353:53/udp"]),
+                    lease("db", "10.88.0.3", &[]),
+                ],
+            )],
+        );
         let expected = r#"add table ip kiln
 delete table ip kiln
 table ip kiln {
@@ -300,7 +304,10 @@ table ip kiln {
     fn only_networks_with_leases_get_rules() {
         let a = NetworkConfig::default_bridge();
         let b = NetworkConfig::user("front", "10.89.1.0/24".parse().expect("cidr"));
-        let s = ruleset(&[(a, vec![]), (b.clone(), vec![lease("x", "10.89.1.2", &[])])]);
+        let s = ruleset(
+            TABLE,
+            &[(a, vec![]), (b.clone(), vec![lease("x", "10.89.1.2", &[])])],
+        );
         assert!(!s.contains("kiln0"));
         assert!(s.contains(&format!("iifname \"{}\"", b.bridge)));
         assert!(s.contains("ip saddr 10.89.1.0/24 oifname"));
