@@ -153,17 +153,20 @@ fn comment_text(s: &str) -> String {
         .collect()
 }
 
-/// The script that replaces kiln's table with the rules `state` needs: the leases of each
-/// network. With no lease anywhere, it only deletes the table.
+/// The script that replaces the rules of kiln's table with those `state` needs: the leases of
+/// each network. With no lease anywhere, it deletes the table.
 ///
-/// `add table` first makes the `delete` valid when the table is absent; the whole script is
-/// one transaction, so other processes never see the table missing or half-built.
+/// `add table` first makes `flush`/`delete` valid when the table is absent; the whole script
+/// is one transaction, so other processes never see the table half-built. Chains of networks
+/// that lost their last lease stay (empty) until the table goes.
 pub fn ruleset(table: &str, state: &[(NetworkConfig, Vec<Lease>)]) -> String {
-    let mut s = format!("add table ip {table}\ndelete table ip {table}\n");
     let active: Vec<_> = state.iter().filter(|(_, l)| !l.is_empty()).collect();
     if active.is_empty() {
-        return s;
+        return format!("add table ip {table}\ndelete table ip {table}\n");
     }
+    // Flushing keeps the chains and their hooks registered: deleting a table with base chains
+    // waits for an RCU grace period (~15 ms here), flushing does not.
+    let mut s = format!("add table ip {table}\nflush table ip {table}\n");
     let w = &mut s;
     // Writing into a String cannot fail.
     let _ = writeln!(w, "table ip {table} {{");
@@ -271,7 +274,7 @@ mod tests {
             )],
         );
         let expected = r#"add table ip kiln
-delete table ip kiln
+flush table ip kiln
 table ip kiln {
   chain guard {
     type filter hook prerouting priority raw; policy accept;
