@@ -2,9 +2,16 @@
 //!
 //! - [`graph`]: the build graph IR that the frontend produces (source, exec and file ops, each
 //!   with its Dockerfile span and progress name) and the template of the final image.
+//! - [`key`]: versioned, hand-encoded cache keys of nodes.
+//! - [`sched`]: runs the nodes the target needs, concurrently, each once, behind the
+//!   [`sched::OpRunner`] trait.
+//! - [`progress`]: the events the solver emits while it runs (the cli renders them).
 //!
 //! The solver depends on `cache` (store, layers, images) and `executor` (sandboxes). It never
 //! parses Dockerfiles and never prints: progress leaves as events.
 #![deny(missing_docs)]
 
 pub mod graph;
+pub mod key;
+pub mod progress;
+pub mod sched;

@@ -64,11 +64,8 @@ impl Netns {
         let pinned = std::thread::scope(|s| {
             s.spawn(|| -> io::Result<()> {
                 // A fresh thread unshares its own network namespace and is gone right after,
-                // so no other work ever runs inside it. Only CLONE_NEWNET is requested, which
-                // is why the (deprecated, FILES-unsound) safe wrapper is sound here; when
-                // executor::sys grows `unshare`, call that instead.
-                #[allow(deprecated)]
-                rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)?;
+                // so no other work ever runs inside it.
+                crate::sys::unshare(rustix::thread::UnshareFlags::NEWNET)?;
                 rustix::mount::mount_bind("/proc/thread-self/ns/net", &path)?;
                 Ok(())
             })

@@ -1,0 +1,5 @@
+//! CopySpec execution.
+
+use super::fixture::TestFn;
+
+pub const TESTS: &[(&str, TestFn)] = &[];
