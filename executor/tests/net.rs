@@ -23,7 +23,7 @@ use executor::net::netlink::{Netlink, RealNetlink};
 use executor::net::netns::Netns;
 use executor::net::nft::NftCommand;
 use executor::net::pool::NetnsPool;
-use executor::net::subnet::{PortMapping, Subnet};
+use executor::net::subnet::{PortMapping, Proto, Subnet};
 
 type Nets = Networks<RealNetlink, NftCommand>;
 
@@ -106,11 +106,14 @@ fn is_rule(line: &str) -> bool {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = self.pool(8).destroy(&mut self.nets);
-        for l in self.nets.ipam().leases("t").unwrap_or_default() {
-            let _ = self.nets.detach("t", &l.container);
+        let mut nets = self.nets.ipam().networks().unwrap_or_default();
+        nets.retain(|n| n.name != "bridge");
+        for net in nets {
+            for l in self.nets.ipam().leases(&net.name).unwrap_or_default() {
+                let _ = self.nets.detach(&net.name, &l.container);
+            }
+            let _ = self.nets.remove_bridge(&net);
         }
-        let net = self.net.clone();
-        let _ = self.nets.remove_bridge(&net);
         let _ = Command::new("nft")
             .args(["delete", "table", "ip", &self.table])
             .stderr(Stdio::null())
@@ -221,6 +224,43 @@ fn published_port_is_reachable_from_host_loopback() {
     assert_eq!(got, "second\n");
     server.join().expect("server 2");
     assert!(f.table_text().contains(&format!("dnat to {}:8080", att.ip)));
+    // -P: the allocator picks the host port.
+    let ns3 = f.netns("web3");
+    let any = PortMapping::any_host_port(82, Proto::Tcp);
+    let a3 = f.nets.attach("t", "web3", &ns3, &[any]).expect("attach -P");
+    let picked = a3.ports[0].host_port;
+    assert_ne!(picked, 0);
+    let server = serve_once(&ns3, 82, "third\n");
+    let got = fetch(SocketAddr::from((Ipv4Addr::LOCALHOST, picked))).expect("fetch 3");
+    assert_eq!(got, "third\n");
+    server.join().expect("server 3");
+}
+
+fn user_network_create_attach_and_rm_removes_its_bridge() {
+    let mut f = Fixture::new(6);
+    let pid = std::process::id();
+    let name = format!("kt{pid}user");
+    // 10.89.240-249.0/24: above every Fixture subnet of this run.
+    let third = 240 + u8::try_from(pid % 10).expect("below 10");
+    let subnet = Subnet::new(Ipv4Addr::new(10, 89, third, 0), 24).expect("subnet");
+    let net = f
+        .nets
+        .ipam()
+        .define_network(&name, Some(subnet))
+        .expect("define");
+    let ns = f.netns("u");
+    let a = f.nets.attach(&name, "u", &ns, &[]).expect("attach");
+    assert_eq!(a.bridge, net.bridge);
+    assert!(ping(&ns, net.gateway));
+    let e = f.nets.remove_network(&name).expect_err("in use");
+    assert!(e.to_string().contains("1 attached container"), "{e}");
+    assert!(f.nets.detach(&name, "u").expect("detach"));
+    f.nets.remove_network(&name).expect("rm");
+    assert_eq!(
+        f.nets.netlink().link_index(&net.bridge).expect("lookup"),
+        None
+    );
+    assert!(f.nets.ipam().network(&name).is_err());
 }
 
 fn container_cannot_reach_a_host_loopback_service() {
@@ -550,6 +590,10 @@ fn main() {
         (
             "container_cannot_reach_a_host_loopback_service",
             container_cannot_reach_a_host_loopback_service,
+        ),
+        (
+            "user_network_create_attach_and_rm_removes_its_bridge",
+            user_network_create_attach_and_rm_removes_its_bridge,
         ),
         (
             "port_in_use_gives_a_clear_error_and_leaks_nothing",

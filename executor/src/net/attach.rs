@@ -459,6 +459,17 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
         Ok(())
     }
 
+    /// `kiln network rm NAME`: removes a user network's definition and its bridge. Fails while
+    /// containers (or pooled namespaces: destroy the network's [`NetnsPool`] first) hold
+    /// leases on it, or for the default network.
+    ///
+    /// [`NetnsPool`]: super::pool::NetnsPool
+    pub fn remove_network(&mut self, name: &str) -> Result<NetworkConfig> {
+        let config = self.ipam.remove_network(name)?;
+        self.remove_bridge(&config)?;
+        Ok(config)
+    }
+
     /// Deletes a network's bridge (for `network rm`, or tests); ok when it is gone. Callers
     /// check that no container is attached (see [`Ipam::remove_network`]).
     pub fn remove_bridge(&mut self, net: &NetworkConfig) -> Result<()> {

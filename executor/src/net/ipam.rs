@@ -128,6 +128,10 @@ pub const DEFAULT_NETWORK: &str = "bridge";
 /// The bridge device of the default network.
 pub const DEFAULT_BRIDGE: &str = "kiln0";
 
+/// Where user networks get their /24 when `network create` names no subnet (10.89.0.0/16 is
+/// left to tests).
+pub const AUTO_SUBNETS: &str = "10.90.0.0/16";
+
 /// A bridge network: its bridge device, subnet and gateway (the bridge's address).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkConfig {
@@ -312,6 +316,36 @@ impl Ipam {
         Self::write_json(&self.config_path(&config.name), config)
     }
 
+    /// `kiln network create NAME [--subnet CIDR]`: defines a user network with `subnet`, or
+    /// with the first free /24 of [`AUTO_SUBNETS`] when None. Fails like
+    /// [`create_network`](Self::create_network), or when no /24 is free.
+    pub fn define_network(&self, name: &str, subnet: Option<Subnet>) -> Result<NetworkConfig> {
+        let subnet = match subnet {
+            Some(s) => s,
+            None => {
+                let taken: Vec<Subnet> = self.networks()?.into_iter().map(|n| n.subnet).collect();
+                let auto: Subnet = AUTO_SUBNETS.parse().expect("AUTO_SUBNETS is a valid CIDR");
+                (0..256u32)
+                    .filter_map(|i| auto.nth(i * 256))
+                    .filter_map(|ip| Subnet::new(ip, 24).ok())
+                    .find(|c| {
+                        !taken
+                            .iter()
+                            .any(|t| t.contains(c.network()) || c.contains(t.network()))
+                    })
+                    .ok_or_else(|| IpamError::Exhausted {
+                        network: name.to_string(),
+                        subnet: auto,
+                    })?
+            }
+        };
+        // Two concurrent auto-picks may choose the same /24: create_network re-checks overlap
+        // under the lock, so the second fails cleanly.
+        let config = NetworkConfig::user(name, subnet);
+        self.create_network(&config)?;
+        Ok(config)
+    }
+
     /// The network called `name`; the default network always exists.
     pub fn network(&self, name: &str) -> Result<NetworkConfig> {
         if name == DEFAULT_NETWORK {
@@ -370,7 +404,8 @@ impl Ipam {
         Ok(config)
     }
 
-    /// Leases an address on `net` for `container`, publishing `ports`. Fails when the subnet is
+    /// Leases an address on `net` for `container`, publishing `ports` (a `host_port` of 0 is
+    /// replaced by a free port, for `-P`; the lease holds the result). Fails when the subnet is
     /// full, the container already has a lease there, or a host port is taken (by another
     /// container or by a host socket; the latter is checked by binding it). Nothing is
     /// recorded on failure.
@@ -389,7 +424,7 @@ impl Ipam {
                 container: container.to_string(),
             });
         }
-        self.check_ports(ports)?;
+        let ports = self.resolve_ports(ports)?;
         let taken: std::collections::HashSet<Ipv4Addr> = file.leases.iter().map(|l| l.ip).collect();
         let size = u32::try_from(net.subnet.size()).unwrap_or(u32::MAX);
         let start = file
@@ -412,7 +447,7 @@ impl Ipam {
         let lease = Lease {
             container: container.to_string(),
             ip,
-            ports: ports.to_vec(),
+            ports,
         };
         file.last = Some(ip);
         file.leases.push(lease.clone());
@@ -420,9 +455,11 @@ impl Ipam {
         Ok(lease)
     }
 
-    fn check_ports(&self, ports: &[PortMapping]) -> Result<()> {
+    /// Checks every mapping and resolves `host_port: 0` (for `-P`) to a free port. Caller
+    /// holds the lock.
+    fn resolve_ports(&self, ports: &[PortMapping]) -> Result<Vec<PortMapping>> {
         if ports.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut existing = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
@@ -432,32 +469,56 @@ impl Ipam {
             }
             let path = entry.path().join("leases.json");
             let file: LeaseFile = Self::read_json(&path)?.unwrap_or_default();
-            existing.extend(file.leases);
+            existing.extend(file.leases.into_iter().flat_map(|l| {
+                let c = l.container;
+                l.ports.into_iter().map(move |p| (c.clone(), p))
+            }));
         }
-        for (i, p) in ports.iter().enumerate() {
-            if let Some(l) = existing
-                .iter()
-                .find(|l| l.ports.iter().any(|q| q.conflicts_with(p)))
-            {
-                return Err(IpamError::PortPublished {
-                    port: *p,
-                    container: l.container.clone(),
-                });
-            }
-            if ports[..i].iter().any(|q| q.conflicts_with(p)) {
-                return Err(IpamError::PortPublished {
-                    port: *p,
-                    container: "(this container)".to_string(),
-                });
-            }
-            host_port_free(p).map_err(|source| match (source.kind(), p.host_ip) {
+        let mut out: Vec<PortMapping> = Vec::with_capacity(ports.len());
+        for p in ports {
+            let mut p = *p;
+            let bind_err = |p: PortMapping, source: io::Error| match (source.kind(), p.host_ip) {
                 (io::ErrorKind::AddrNotAvailable, Some(ip)) => {
-                    IpamError::PortAddress { port: *p, ip }
+                    IpamError::PortAddress { port: p, ip }
                 }
-                _ => IpamError::PortInUse { port: *p, source },
-            })?;
+                _ => IpamError::PortInUse { port: p, source },
+            };
+            if p.host_port == 0 {
+                // Let the kernel pick a port nobody listens on; retry the rare pick that another
+                // kiln container already publishes (nothing listens on DNAT'd ports).
+                let mut picked = None;
+                for _ in 0..16 {
+                    let port = ephemeral_port(&p).map_err(|e| bind_err(p, e))?;
+                    let cand = PortMapping {
+                        host_port: port,
+                        ..p
+                    };
+                    let taken = existing.iter().any(|(_, q)| q.conflicts_with(&cand))
+                        || out.iter().any(|q| q.conflicts_with(&cand));
+                    if !taken {
+                        picked = Some(cand);
+                        break;
+                    }
+                }
+                p = picked.ok_or_else(|| bind_err(p, io::Error::from(io::ErrorKind::AddrInUse)))?;
+            } else {
+                if let Some((c, _)) = existing.iter().find(|(_, q)| q.conflicts_with(&p)) {
+                    return Err(IpamError::PortPublished {
+                        port: p,
+                        container: c.clone(),
+                    });
+                }
+                if out.iter().any(|q| q.conflicts_with(&p)) {
+                    return Err(IpamError::PortPublished {
+                        port: p,
+                        container: "(this container)".to_string(),
+                    });
+                }
+                host_port_free(&p).map_err(|e| bind_err(p, e))?;
+            }
+            out.push(p);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Releases `container`'s lease on `network`; Ok(None) when it had none.
@@ -494,6 +555,15 @@ impl Ipam {
         Ok(Self::read_json::<LeaseFile>(&self.leases_path(network))?
             .unwrap_or_default()
             .leases)
+    }
+}
+
+/// A port the kernel considers free for `p`'s address and protocol.
+fn ephemeral_port(p: &PortMapping) -> io::Result<u16> {
+    let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    match p.proto {
+        Proto::Tcp => TcpListener::bind((ip, 0))?.local_addr().map(|a| a.port()),
+        Proto::Udp => UdpSocket::bind((ip, 0))?.local_addr().map(|a| a.port()),
     }
 }
 
@@ -606,6 +676,21 @@ mod tests {
     }
 
     #[test]
+    fn host_port_zero_is_resolved_to_a_free_port_for_publish_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::open(dir.path()).expect("open");
+        let any = PortMapping::any_host_port(80, Proto::Tcp);
+        let any_udp = PortMapping::any_host_port(53, Proto::Udp);
+        let l = ipam
+            .allocate(&net("10.89.13.0/24"), "c", &[any, any_udp])
+            .expect("alloc");
+        assert!(l.ports.iter().all(|p| p.host_port != 0), "{:?}", l.ports);
+        assert_eq!(l.ports[0].container_port, 80);
+        assert_eq!(l.ports[1].proto, Proto::Udp);
+        assert_eq!(ipam.leases("t").expect("leases")[0].ports, l.ports);
+    }
+
+    #[test]
     fn publishing_on_a_foreign_address_names_the_address() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ipam = Ipam::open(dir.path()).expect("open");
@@ -657,6 +742,21 @@ mod tests {
             ipam.network("front"),
             Err(IpamError::NoSuchNetwork { .. })
         ));
+    }
+
+    #[test]
+    fn network_create_without_subnet_picks_the_next_free_24() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::open(dir.path()).expect("open");
+        let a = ipam.define_network("a", None).expect("a");
+        let b = ipam.define_network("b", None).expect("b");
+        assert_eq!(a.subnet.to_string(), "10.90.0.0/24");
+        assert_eq!(b.subnet.to_string(), "10.90.1.0/24");
+        assert_eq!(b.gateway, Ipv4Addr::new(10, 90, 1, 1));
+        let c = ipam
+            .define_network("c", Some("10.91.0.0/16".parse().expect("cidr")))
+            .expect("c");
+        assert_eq!(ipam.network("c").expect("read back"), c);
     }
 
     #[test]

@@ -190,6 +190,17 @@ pub struct PortMapping {
 }
 
 impl PortMapping {
+    /// `-P`: publish `container_port` on a host port the allocator picks (host_port 0 until
+    /// [`Ipam::allocate`](super::ipam::Ipam::allocate) resolves it).
+    pub fn any_host_port(container_port: u16, proto: Proto) -> PortMapping {
+        PortMapping {
+            host_ip: None,
+            host_port: 0,
+            container_port,
+            proto,
+        }
+    }
+
     /// Whether two mappings claim the same host socket (same proto and port, overlapping IPs).
     pub fn conflicts_with(&self, other: &PortMapping) -> bool {
         self.proto == other.proto
