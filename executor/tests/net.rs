@@ -118,9 +118,13 @@ impl Drop for Fixture {
             .args(["delete", "table", "ip", &self.table])
             .stderr(Stdio::null())
             .status();
-        if let Ok(rd) = std::fs::read_dir(self.dir.path().join("run")) {
-            for e in rd.flatten() {
-                let _ = executor::net::netns::remove_path(&e.path());
+        for sub in ["run", "pool/t"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir.path().join(sub)) {
+                for e in rd.flatten() {
+                    if e.path().extension().is_none_or(|x| x == "netns") {
+                        let _ = executor::net::netns::remove_path(&e.path());
+                    }
+                }
             }
         }
     }

@@ -532,6 +532,14 @@ mod tests {
     }
 
     #[test]
+    fn real_networks_can_move_to_a_blocking_thread() {
+        // The solver/cli hold Networks in tokio code and call it through spawn_blocking.
+        fn send<T: Send + 'static>() {}
+        send::<Networks<RealNetlink, NftCommand>>();
+        send::<super::super::pool::PooledNetns>();
+    }
+
+    #[test]
     fn veth_names_fit_ifnamsiz_and_are_unique_per_address() {
         let a = host_veth_name("10.88.255.254".parse().expect("ip"));
         assert_eq!(a, "kv0a58fffe");
