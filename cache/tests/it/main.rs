@@ -108,3 +108,5 @@ fn xattr_list(p: &Path) -> rustix::io::Result<Vec<Vec<u8>>> {
         .map(|s| s.to_vec())
         .collect())
 }
+
+mod perf;
