@@ -723,6 +723,15 @@ pub(crate) fn mount_overlay(
     for (k, v) in [("redirect_dir", "off"), ("metacopy", "off")] {
         rustix::mount::fsconfig_set_string(&fs, k, v).map_err(errno)?;
     }
+    // Without `volatile`, unmounting (here: the mount namespace dying with pid 1) syncs the
+    // whole upper filesystem, a journal commit that costs tens of ms per RUN. The upper dir
+    // is throw-away until the store commits it as a layer blob with its own fsync, so a crash
+    // can only lose a dir under tmp/ that nothing trusts. Overlay leaves
+    // `work/work/incompat/volatile` behind, which only forbids remounting this upper/work
+    // pair; every run gets fresh ones.
+    if upper.is_some() {
+        rustix::mount::fsconfig_set_flag(&fs, "volatile").map_err(errno)?;
+    }
     rustix::mount::fsconfig_create(&fs).map_err(errno)?;
     let attrs = if upper.is_none() {
         MountAttrFlags::MOUNT_ATTR_RDONLY
