@@ -1,6 +1,30 @@
-//! kiln's executor: runs processes in Linux namespace sandboxes.
+//! kiln's executor: runs processes and filesystem edits in Linux namespace sandboxes.
 //!
 //! This crate is a leaf: it knows nothing of images or Dockerfiles. Callers hand it explicit
-//! specs (lower directories, upper directory, argv, env, user) and get processes back.
-//! Every `unsafe` block lives in `sys`.
+//! specs ([`spec::InitSpec`]: lower directories, upper directory, argv, env, user, or COPY
+//! tasks) and start `kiln __init <json>` with [`sandbox::command`]; the re-executed process
+//! calls [`init::main`], which sets the sandbox up and exits with the command's status.
+//!
+//! - [`spec`]: the serde types crossing the process boundary;
+//! - [`sandbox`]: builds the `__init` command line (host side);
+//! - [`init`]: the single-threaded `__init` process (namespaces, fork, pivot_root, exec);
+//! - [`mounts`]: the pure mount plan of a RUN sandbox;
+//! - [`user`]: /etc/passwd and /etc/group resolution (pure);
+//! - [`copy`]: COPY/ADD/WORKDIR semantics, run inside `__init`;
+//! - [`net`]: bridge networks, leases, NAT and published ports, the netns pool for RUN;
+//! - [`context`]: host-side source walking and `.dockerignore` matching (for cache keys);
+//! - [`sys`]: the only module with `unsafe` (fork, execve, ioctl, prctl, mount_setattr).
+//!
+//! It must never start threads or async runtimes in `__init`, and never mount anything in the
+//! caller's mount namespace.
 #![deny(missing_docs)]
+
+pub mod context;
+pub mod copy;
+pub mod init;
+pub mod mounts;
+pub mod net;
+pub mod sandbox;
+pub mod spec;
+pub mod sys;
+pub mod user;

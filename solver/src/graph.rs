@@ -279,8 +279,14 @@ impl Op {
                 out.push(e.root);
                 for m in &e.mounts {
                     match &m.kind {
-                        MountKind::Bind { from: CopySource::Node(n), .. } => out.push(*n),
-                        MountKind::Cache { from: Some((CopySource::Node(n), _)), .. } => out.push(*n),
+                        MountKind::Bind {
+                            from: CopySource::Node(n),
+                            ..
+                        } => out.push(*n),
+                        MountKind::Cache {
+                            from: Some((CopySource::Node(n), _)),
+                            ..
+                        } => out.push(*n),
                         _ => {}
                     }
                 }
@@ -288,7 +294,11 @@ impl Op {
             Op::File(f) => {
                 out.push(f.root);
                 for a in &f.actions {
-                    if let FileAction::Copy(CopyAction { from: CopySource::Node(n), .. }) = a {
+                    if let FileAction::Copy(CopyAction {
+                        from: CopySource::Node(n),
+                        ..
+                    }) = a
+                    {
                         out.push(*n);
                     }
                 }
@@ -318,7 +328,10 @@ impl BuildGraph {
             let _ = write!(out, "n{id} = ");
             let _ = match &node.op {
                 Op::Source(SourceOp::Scratch) => write!(out, "scratch"),
-                Op::Source(SourceOp::Image { reference, manifest }) => {
+                Op::Source(SourceOp::Image {
+                    reference,
+                    manifest,
+                }) => {
                     write!(out, "image {reference} @{}", manifest.short())
                 }
                 Op::Exec(e) => write!(
@@ -336,7 +349,9 @@ impl BuildGraph {
                     let _ = write!(out, "file(n{})", f.root);
                     for a in &f.actions {
                         let _ = match a {
-                            FileAction::Mkdir { path, owner } => write!(out, " mkdir {path:?} owner={owner:?}"),
+                            FileAction::Mkdir { path, owner } => {
+                                write!(out, " mkdir {path:?} owner={owner:?}")
+                            }
                             FileAction::Copy(c) => write!(
                                 out,
                                 " {} {} {:?} -> {:?} chown={:?} chmod={:?}",

@@ -2,9 +2,23 @@
 //!
 //! - [`graph`]: the build graph IR that the frontend produces (source, exec and file ops, each
 //!   with its Dockerfile span and progress name) and the template of the final image.
+//! - [`key`]: versioned, hand-encoded cache keys of nodes.
+//! - [`sched`]: runs the nodes the target needs, concurrently, each once, behind the
+//!   [`sched::OpRunner`] trait.
+//! - [`progress`]: the events the solver emits while it runs (the cli renders them).
+//! - [`ops`]: the real runner ([`Solver`]): cache lookups, sandboxed RUN/COPY, layer commits
+//!   and the final image.
+//! - [`run`]: the sandbox spec of a `kiln run` container.
 //!
 //! The solver depends on `cache` (store, layers, images) and `executor` (sandboxes). It never
 //! parses Dockerfiles and never prints: progress leaves as events.
 #![deny(missing_docs)]
 
 pub mod graph;
+pub mod key;
+pub mod ops;
+pub mod progress;
+pub mod run;
+pub mod sched;
+
+pub use ops::{SolveError, SolveOptions, Solver};

@@ -1,0 +1,1063 @@
+//! The re-executed `kiln __init` process: sandbox setup for RUN, and the COPY driver.
+//!
+//! This process is single-threaded and synchronous (STYLE.md): it unshares namespaces, forks
+//! the command's pid 1, and waits. Its exit status is the command's (128+N when killed by
+//! signal N); a setup failure is 125 with one `kiln: ` line on stderr.
+//!
+//! RUN, step by step:
+//! - parent: writes /etc/hosts, resolv.conf and hostname into a state dir next to the overlay
+//!   work dir, unshares pid, uts, ipc (and net unless the host network is asked for), sets the
+//!   hostname, brings `lo` up, and forks;
+//! - child (pid 1 of the new pid namespace): unshares the mount namespace and makes every mount
+//!   private, mounts the overlay root with the new mount API (`lowerdir+`, so there is no
+//!   ~37-layer limit), executes the [`crate::mounts`] plan with every target resolved inside
+//!   the root (`RESOLVE_IN_ROOT`), pivot_roots, resolves the user in the root's /etc/passwd,
+//!   creates and enters the working dir, drops capabilities to Docker's default set, sets
+//!   no_new_privs, switches user and execs;
+//! - parent: reads the mount points the child had to create (through a close-on-exec pipe),
+//!   waits, and deletes those placeholders from the upper dir so they never reach the layer.
+//!   The child had its own mount namespace, so by then nothing is mounted any more.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountPropagationFlags, MoveMountFlags,
+    OpenTreeFlags, UnmountFlags,
+};
+use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
+
+use crate::mounts::{self, Attrs, Create, HostPaths, Step};
+use crate::spec::{InitSpec, Network, RunSpec};
+use crate::sys;
+use crate::user::{self, UserError};
+
+/// Exit status for a sandbox setup failure (Docker uses 125 for its own errors).
+pub const EXIT_SETUP: i32 = 125;
+const EXIT_CANNOT_EXEC: i32 = 126;
+const EXIT_NOT_FOUND: i32 = 127;
+
+/// Docker's default `PATH`, used when the environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set (moby `oci/caps/defaults.go`).
+pub fn default_capabilities() -> CapabilitySet {
+    CapabilitySet::CHOWN
+        | CapabilitySet::DAC_OVERRIDE
+        | CapabilitySet::FSETID
+        | CapabilitySet::FOWNER
+        | CapabilitySet::MKNOD
+        | CapabilitySet::NET_RAW
+        | CapabilitySet::SETGID
+        | CapabilitySet::SETUID
+        | CapabilitySet::SETFCAP
+        | CapabilitySet::SETPCAP
+        | CapabilitySet::NET_BIND_SERVICE
+        | CapabilitySet::SYS_CHROOT
+        | CapabilitySet::KILL
+        | CapabilitySet::AUDIT_WRITE
+}
+
+/// Why the sandbox could not be set up (or the command not started).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The arguments were not `__init <json>`.
+    #[error("usage: __init <spec-json>")]
+    Usage,
+    /// The JSON did not parse.
+    #[error("invalid sandbox spec")]
+    Spec(#[source] serde_json::Error),
+    /// RunSpec.args was empty.
+    #[error("no command given")]
+    NoCommand,
+    /// A file or directory of the sandbox's own could not be written or read.
+    #[error("{path}")]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A namespace operation failed.
+    #[error("{what}")]
+    Namespace {
+        /// What was attempted.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The overlay root could not be mounted.
+    #[error("mounting overlay root (upper {upper}, {lowers} lower dirs)")]
+    Overlay {
+        /// Upper dir (or the first lower for a read-only overlay).
+        upper: PathBuf,
+        /// Number of lower dirs.
+        lowers: usize,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A lower dir could not be added to the overlay.
+    #[error("adding overlay lower dir {path}")]
+    Lower {
+        /// The lower dir.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A mount of the plan failed.
+    #[error("mounting {what} on {target}")]
+    Mount {
+        /// Filesystem type or bind source.
+        what: String,
+        /// Path inside the sandbox.
+        target: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A mount point could not be created.
+    #[error("creating mount point {path}")]
+    MountPoint {
+        /// Path inside the sandbox.
+        path: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The user could not be resolved.
+    #[error(transparent)]
+    User(#[from] UserError),
+    /// Switching to the user failed.
+    #[error("switching to user {user:?}")]
+    Credentials {
+        /// The USER spec.
+        user: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The working directory could not be created or entered.
+    #[error("working directory {path}")]
+    Cwd {
+        /// The directory.
+        path: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The command was not found.
+    #[error("{cmd}: executable file not found in $PATH")]
+    NotFound {
+        /// argv[0].
+        cmd: String,
+    },
+    /// execve failed.
+    #[error("exec {cmd}")]
+    Exec {
+        /// argv[0].
+        cmd: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A COPY/ADD/WORKDIR task failed.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::CopyError),
+}
+
+type Result<T> = std::result::Result<T, InitError>;
+
+impl InitError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            InitError::NotFound { .. } => EXIT_NOT_FOUND,
+            InitError::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                EXIT_NOT_FOUND
+            }
+            InitError::Exec { .. } => EXIT_CANNOT_EXEC,
+            _ => EXIT_SETUP,
+        }
+    }
+}
+
+/// Renders an error and its causes on one line: `kiln: a: b: c`.
+pub(crate) fn render(err: &dyn std::error::Error) -> String {
+    let mut line = format!("kiln: {err}");
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        line.push_str(&format!(": {e}"));
+        cur = e.source();
+    }
+    line
+}
+
+fn fail(err: &InitError) -> ! {
+    let mut stderr = io::stderr().lock();
+    // Nothing sensible to do if stderr is gone: the exit status still says it.
+    let _ = writeln!(stderr, "{}", render(err));
+    let _ = stderr.flush();
+    sys::exit_immediately(err.exit_code())
+}
+
+/// Entry point of the hidden `kiln __init` subcommand. Never returns. Exit status = the
+/// command's (128+N when killed by signal N); setup or copy failure = 125 with one line on
+/// stderr starting `kiln: ` that names the path/user at fault.
+///
+/// `args` is the process's argv; the spec is the argument after `__init`.
+pub fn main(args: Vec<String>) -> ! {
+    let spec = match parse_args(&args) {
+        Ok(spec) => spec,
+        Err(e) => fail(&e),
+    };
+    let code = match spec {
+        InitSpec::Run(run) => run_sandbox(&run),
+        InitSpec::Copy(copy) => crate::copy::run(&copy).map(|()| 0),
+    };
+    match code {
+        Ok(code) => {
+            let _ = io::stdout().flush();
+            std::process::exit(code)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<InitSpec> {
+    let pos = args
+        .iter()
+        .position(|a| a == "__init")
+        .ok_or(InitError::Usage)?;
+    let json = args.get(pos + 1).ok_or(InitError::Usage)?;
+    serde_json::from_str(json).map_err(InitError::Spec)
+}
+
+pub(crate) fn file_err(path: &Path) -> impl FnOnce(io::Error) -> InitError + '_ {
+    move |source| InitError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn ns_err(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> InitError {
+    move |e| InitError::Namespace {
+        what,
+        source: e.into(),
+    }
+}
+
+/// A directory next to the overlay work dir holding the generated /etc files, the mount point
+/// of the root and an empty dir (the lower of a scratch root). Removed on drop.
+#[derive(Debug)]
+pub(crate) struct StateDir {
+    pub(crate) path: PathBuf,
+}
+
+impl StateDir {
+    pub(crate) fn create(work: &Path) -> Result<StateDir> {
+        let parent = work.parent().unwrap_or(Path::new("/"));
+        let path = parent.join(format!(".kiln-init-{}", std::process::id()));
+        // A stale one from a killed run with a recycled pid (nothing is mounted in it: the
+        // mount namespace that had mounts there died with that run).
+        if path.exists() {
+            drop(StateDir { path: path.clone() });
+        }
+        std::fs::create_dir(&path).map_err(file_err(&path))?;
+        let state = StateDir { path };
+        for d in ["root", "empty"] {
+            let p = state.path.join(d);
+            std::fs::create_dir(&p).map_err(file_err(&p))?;
+        }
+        Ok(state)
+    }
+}
+
+impl Drop for StateDir {
+    /// Never recursive: a directory that is still a mount point (in this mount namespace)
+    /// must not be emptied through the mount; `rmdir` just fails with EBUSY there.
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(&self.path) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(&p);
+                } else {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+fn run_sandbox(spec: &RunSpec) -> Result<i32> {
+    if spec.args.is_empty() {
+        return Err(InitError::NoCommand);
+    }
+    let state = StateDir::create(&spec.rootfs.work)?;
+    let read_host = |p: &str| std::fs::read_to_string(p).ok();
+    for (name, text) in mounts::etc_files(
+        spec,
+        read_host("/etc/hosts").as_deref(),
+        read_host("/etc/resolv.conf").as_deref(),
+    ) {
+        let p = state.path.join(name);
+        std::fs::write(&p, text).map_err(file_err(&p))?;
+    }
+    let masked: Vec<Option<bool>> = mounts::MASKED_PATHS
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().map(|m| m.is_dir()))
+        .collect();
+    let host = HostPaths {
+        dev: "/dev".into(),
+        state: state.path.clone(),
+    };
+    let plan = mounts::plan(spec, &host, &masked);
+    let before = upper_dirs_on_paths(&spec.rootfs.upper, &plan);
+
+    let mut flags = UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
+    if spec.network == Network::Loopback {
+        flags |= UnshareFlags::NEWNET;
+    }
+    sys::unshare(flags).map_err(ns_err("unsharing namespaces"))?;
+    rustix::system::sethostname(spec.hostname.as_bytes()).map_err(ns_err("setting hostname"))?;
+    if spec.network == Network::Loopback {
+        sys::loopback_up().map_err(|source| InitError::Namespace {
+            what: "bringing up lo",
+            source,
+        })?;
+    }
+
+    let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(ns_err("creating a pipe"))?;
+    let child = sys::fork().map_err(|source| InitError::Namespace {
+        what: "fork",
+        source,
+    })?;
+    let pid = match child {
+        sys::Forked::Child => {
+            drop(reader);
+            let err = match child_main(spec, &state.path, &plan, writer) {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            fail(&err)
+        }
+        sys::Forked::Parent(pid) => pid,
+    };
+    drop(writer);
+    let mut report = String::new();
+    // The pipe closes when the child execs or dies; a read error only loses cleanup hints.
+    let _ = std::fs::File::from(reader).read_to_string(&mut report);
+    let status = wait(pid)?;
+    let created: Vec<&str> = report.lines().collect();
+    remove_placeholders(&spec.rootfs, &created, &before, &plan);
+    drop(state);
+    Ok(status)
+}
+
+fn wait(pid: i32) -> Result<i32> {
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(InitError::Namespace {
+        what: "fork returned pid 0 in the parent",
+        source: io::Error::from(io::ErrorKind::InvalidData),
+    })?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    return Ok(code);
+                }
+                if let Some(sig) = status.terminating_signal() {
+                    return Ok(128 + sig);
+                }
+            }
+            Ok(None) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(ns_err("waiting for the sandbox")(e)),
+        }
+    }
+}
+
+/// Which directories along the plan's targets already exist in the upper dir, so that the
+/// cleanup can tell a directory the command made from one overlay copied up for a mount point.
+fn upper_dirs_on_paths(upper: &Path, plan: &[Step]) -> BTreeSet<String> {
+    plan.iter()
+        .flat_map(|s| mounts::ancestors(s.target()))
+        .filter(|a| mounts::host_path(upper, a).symlink_metadata().is_ok())
+        .collect()
+}
+
+/// Removes, from the upper dir, the mount points the child created (if still empty) and the
+/// directories overlay copied up only to hold them (if empty and unchanged from the lower).
+fn remove_placeholders(
+    rootfs: &crate::spec::Rootfs,
+    created: &[&str],
+    before: &BTreeSet<String>,
+    plan: &[Step],
+) {
+    let upper = &rootfs.upper;
+    for path in created.iter().rev() {
+        let p = mounts::host_path(upper, path);
+        match p.symlink_metadata() {
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                let _ = std::fs::remove_file(&p);
+            }
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir(&p);
+            }
+            _ => {}
+        }
+    }
+    let mut copied_up: Vec<String> = plan
+        .iter()
+        .flat_map(|s| mounts::ancestors(s.target()))
+        .filter(|a| !before.contains(a))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Deepest first.
+    copied_up.sort_by_key(|a| std::cmp::Reverse(a.matches('/').count()));
+    for dir in copied_up {
+        let p = mounts::host_path(upper, &dir);
+        let Ok(m) = p.symlink_metadata() else {
+            continue;
+        };
+        if !m.is_dir() || !is_empty_dir(&p) || is_opaque(&p) {
+            continue;
+        }
+        let lower = rootfs
+            .lowers
+            .iter()
+            .find_map(|l| mounts::host_path(l, &dir).symlink_metadata().ok());
+        if let Some(l) = lower
+            && l.is_dir()
+            && l.mode() == m.mode()
+            && l.uid() == m.uid()
+            && l.gid() == m.gid()
+        {
+            let _ = std::fs::remove_dir(&p);
+        }
+    }
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
+}
+
+fn is_opaque(p: &Path) -> bool {
+    let mut buf = [0u8; 8];
+    rustix::fs::lgetxattr(p, "trusted.overlay.opaque", &mut buf).is_ok()
+}
+
+fn child_main(spec: &RunSpec, state: &Path, plan: &[Step], report: OwnedFd) -> Result<Infallible> {
+    sys::die_with_parent().map_err(|source| InitError::Namespace {
+        what: "setting the parent-death signal",
+        source,
+    })?;
+    sys::unshare(UnshareFlags::NEWNS).map_err(ns_err("unsharing the mount namespace"))?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(ns_err("making mounts private"))?;
+
+    let root_path = state.join("root");
+    let empty = state.join("empty");
+    let lowers: Vec<PathBuf> = if spec.rootfs.lowers.is_empty() {
+        vec![empty]
+    } else {
+        spec.rootfs.lowers.clone()
+    };
+    mount_overlay(
+        &lowers,
+        Some((&spec.rootfs.upper, &spec.rootfs.work)),
+        &root_path,
+    )?;
+    let root = rustix::fs::open(
+        &root_path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| file_err(&root_path)(e.into()))?;
+    let mut created = Reporter {
+        fd: report,
+        root_path: root_path.clone(),
+        overlay_dev: rustix::fs::fstat(&root)
+            .map_err(|e| file_err(&root_path)(e.into()))?
+            .st_dev,
+    };
+    for step in plan {
+        execute(step, &root, &mut created)?;
+    }
+
+    rustix::process::chdir(&root_path).map_err(|e| file_err(&root_path)(e.into()))?;
+    rustix::process::pivot_root(".", ".").map_err(ns_err("pivot_root"))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH).map_err(ns_err("detaching the old root"))?;
+    rustix::process::chdir("/").map_err(ns_err("chdir /"))?;
+
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())?;
+    let env = complete_env(&spec.env, &id.home);
+
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    let cwd_err = |source| InitError::Cwd {
+        path: cwd.to_string(),
+        source,
+    };
+    std::fs::create_dir_all(cwd).map_err(cwd_err)?;
+    std::env::set_current_dir(cwd).map_err(cwd_err)?;
+
+    if spec.tty {
+        rustix::process::setsid().map_err(ns_err("setsid"))?;
+        rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())
+            .map_err(ns_err("making stdin the controlling terminal"))?;
+    }
+
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+    let exe = find_executable(&spec.args[0], &path_var)?;
+    drop_privileges(&spec.user, &id)?;
+
+    let cstr =
+        |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let to_exec_err = |source| InitError::Exec {
+        cmd: spec.args[0].clone(),
+        source,
+    };
+    let argv: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<io::Result<_>>()
+        .map_err(to_exec_err)?;
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<io::Result<_>>()
+        .map_err(to_exec_err)?;
+    let path = CString::new(exe.as_os_str().as_bytes())
+        .map_err(|e| to_exec_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    Err(to_exec_err(sys::execve(&path, &argv, &envp)))
+}
+
+/// `env` plus Docker's defaults for `PATH` and `HOME` when they are missing.
+pub fn complete_env(env: &[String], home: &str) -> Vec<String> {
+    let mut env = env.to_vec();
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+/// Finds `cmd` like execvp: as is when it has a `/`, else in each `PATH` entry (an empty
+/// entry is the working directory).
+///
+/// Fails with [`InitError::NotFound`] when no executable regular file matches.
+pub fn find_executable(cmd: &str, path: &str) -> Result<PathBuf> {
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    for dir in path.split(':') {
+        let candidate = if dir.is_empty() {
+            PathBuf::from(cmd)
+        } else {
+            Path::new(dir).join(cmd)
+        };
+        if let Ok(m) = std::fs::metadata(&candidate)
+            && m.is_file()
+            && m.permissions().mode() & 0o111 != 0
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(InitError::NotFound {
+        cmd: cmd.to_string(),
+    })
+}
+
+fn drop_privileges(user_spec: &str, id: &user::Identity) -> Result<()> {
+    let cred = |source: io::Error| InitError::Credentials {
+        user: user_spec.to_string(),
+        source,
+    };
+    let errno = |e: rustix::io::Errno| cred(e.into());
+    let keep = default_capabilities();
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        if cap < 64 && !keep.contains(CapabilitySet::from_bits_retain(1 << cap)) {
+            sys::drop_bounding_capability(cap).map_err(cred)?;
+        }
+    }
+    rustix::thread::clear_ambient_capability_set().map_err(errno)?;
+    rustix::thread::set_no_new_privs(true).map_err(errno)?;
+    let groups: Vec<rustix::process::Gid> = id
+        .groups
+        .iter()
+        .map(|g| rustix::process::Gid::from_raw(*g))
+        .collect();
+    rustix::thread::set_thread_groups(&groups).map_err(errno)?;
+    let gid = rustix::process::Gid::from_raw(id.gid);
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(errno)?;
+    let uid = rustix::process::Uid::from_raw(id.uid);
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(errno)?;
+    // A non-root uid already lost every capability in the setresuid above.
+    if id.uid == 0 {
+        rustix::thread::set_capabilities(
+            None,
+            CapabilitySets {
+                effective: keep,
+                permitted: keep,
+                inheritable: CapabilitySet::empty(),
+            },
+        )
+        .map_err(errno)?;
+    }
+    Ok(())
+}
+
+/// Reports the mount points the child creates on the overlay to the parent, one path (in the
+/// root) per line.
+struct Reporter {
+    fd: OwnedFd,
+    root_path: PathBuf,
+    overlay_dev: u64,
+}
+
+impl Reporter {
+    fn created(&mut self, parent: &OwnedFd, name: &str) {
+        let Ok(st) = rustix::fs::fstat(parent) else {
+            return;
+        };
+        if st.st_dev != self.overlay_dev {
+            return;
+        }
+        // The physical location: a symlink in the image may have redirected the path.
+        let Ok(link) = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(parent)
+        )) else {
+            return;
+        };
+        let Ok(rel) = link.strip_prefix(&self.root_path) else {
+            return;
+        };
+        let line = format!("/{}/{name}\n", rel.display());
+        let line = line.replacen("//", "/", 1);
+        let _ = rustix::io::write(&self.fd, line.as_bytes());
+    }
+}
+
+/// Mounts an overlay of `lowers` (newest first) on `target`, with `upper` and `work` when
+/// given, read-only otherwise. One read-only lower is a read-only bind mount instead (overlay
+/// wants two lowers when it has no upper).
+pub(crate) fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Result<()> {
+    let overlay_err = |source: io::Error| InitError::Overlay {
+        upper: upper
+            .map(|(u, _)| u.to_path_buf())
+            .or_else(|| lowers.first().cloned())
+            .unwrap_or_default(),
+        lowers: lowers.len(),
+        source,
+    };
+    let errno = |e: rustix::io::Errno| overlay_err(e.into());
+    if upper.is_none() && lowers.len() == 1 {
+        let tree = rustix::mount::open_tree(
+            CWD,
+            &lowers[0],
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_RECURSIVE,
+        )
+        .map_err(errno)?;
+        sys::mount_setattr(&tree, sys::attr::RDONLY).map_err(overlay_err)?;
+        return rustix::mount::move_mount(
+            &tree,
+            "",
+            CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(errno);
+    }
+    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
+    for lower in lowers {
+        rustix::mount::fsconfig_set_string(&fs, "lowerdir+", lower).map_err(|e| {
+            InitError::Lower {
+                path: lower.clone(),
+                source: e.into(),
+            }
+        })?;
+    }
+    if let Some((upper, work)) = upper {
+        rustix::mount::fsconfig_set_string(&fs, "upperdir", upper).map_err(errno)?;
+        rustix::mount::fsconfig_set_string(&fs, "workdir", work).map_err(errno)?;
+    }
+    // Layers are committed from the upper dir as plain files and whiteouts: a renamed
+    // directory must be copied, not recorded as an overlay redirect, and metadata-only
+    // copy-ups would leave files without data in the upper dir.
+    for (k, v) in [("redirect_dir", "off"), ("metacopy", "off")] {
+        rustix::mount::fsconfig_set_string(&fs, k, v).map_err(errno)?;
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(errno)?;
+    let attrs = if upper.is_none() {
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+    } else {
+        MountAttrFlags::empty()
+    };
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(errno)?;
+    rustix::mount::move_mount(
+        &mnt,
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(errno)
+}
+
+fn mount_attrs(a: Attrs) -> MountAttrFlags {
+    let mut f = MountAttrFlags::empty();
+    if a.readonly {
+        f |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+    }
+    if a.nosuid {
+        f |= MountAttrFlags::MOUNT_ATTR_NOSUID;
+    }
+    if a.nodev {
+        f |= MountAttrFlags::MOUNT_ATTR_NODEV;
+    }
+    if a.noexec {
+        f |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    }
+    f
+}
+
+fn execute(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()> {
+    let target = step.target();
+    let mount_err = |what: &str| {
+        let what = what.to_string();
+        move |e: rustix::io::Errno| InitError::Mount {
+            what,
+            target: target.to_string(),
+            source: e.into(),
+        }
+    };
+    match step {
+        Step::Fs {
+            fstype,
+            options,
+            attrs,
+            create,
+            ..
+        } => {
+            let Some(dest) = open_in_root(root, target, *create, report)? else {
+                return Ok(());
+            };
+            let fs = rustix::mount::fsopen(*fstype, FsOpenFlags::FSOPEN_CLOEXEC)
+                .map_err(mount_err(fstype))?;
+            for (k, v) in options {
+                rustix::mount::fsconfig_set_string(&fs, *k, v.as_str())
+                    .map_err(mount_err(fstype))?;
+            }
+            rustix::mount::fsconfig_create(&fs).map_err(mount_err(fstype))?;
+            let mnt =
+                rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, mount_attrs(*attrs))
+                    .map_err(mount_err(fstype))?;
+            attach(&mnt, &dest).map_err(mount_err(fstype))
+        }
+        Step::Bind {
+            source,
+            readonly,
+            create,
+            ..
+        } => {
+            let what = source.display().to_string();
+            let create = match create {
+                Create::LikeSource => match std::fs::metadata(source) {
+                    Ok(m) if m.is_dir() => Create::Dir,
+                    Ok(_) => Create::File,
+                    Err(e) => {
+                        return Err(InitError::Mount {
+                            what,
+                            target: target.to_string(),
+                            source: e,
+                        });
+                    }
+                },
+                c => *c,
+            };
+            let Some(dest) = open_in_root(root, target, create, report)? else {
+                return Ok(());
+            };
+            let tree = rustix::mount::open_tree(
+                CWD,
+                source,
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE,
+            )
+            .map_err(mount_err(&what))?;
+            if *readonly {
+                sys::mount_setattr(&tree, sys::attr::RDONLY).map_err(|source| {
+                    InitError::Mount {
+                        what: what.clone(),
+                        target: target.to_string(),
+                        source,
+                    }
+                })?;
+            }
+            attach(&tree, &dest).map_err(mount_err(&what))
+        }
+        Step::ReadonlySelf { .. } => {
+            let Some(dest) = open_in_root(root, target, Create::Skip, report)? else {
+                return Ok(());
+            };
+            let tree = rustix::mount::open_tree(
+                &dest,
+                "",
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE
+                    | OpenTreeFlags::AT_EMPTY_PATH,
+            )
+            .map_err(mount_err("read-only bind"))?;
+            sys::mount_setattr(&tree, sys::attr::RDONLY).map_err(|source| InitError::Mount {
+                what: "read-only bind".into(),
+                target: target.to_string(),
+                source,
+            })?;
+            attach(&tree, &dest).map_err(mount_err("read-only bind"))
+        }
+        Step::Symlink { path, to } => {
+            let (parent, name) = split_parent(path);
+            let Some(dir) = open_in_root(root, parent, Create::Dir, report)? else {
+                return Ok(());
+            };
+            rustix::fs::symlinkat(to.as_str(), &dir, name).map_err(|e| InitError::MountPoint {
+                path: path.clone(),
+                source: e.into(),
+            })
+        }
+    }
+}
+
+fn attach(mnt: &OwnedFd, dest: &OwnedFd) -> rustix::io::Result<()> {
+    rustix::mount::move_mount(
+        mnt,
+        "",
+        dest,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+}
+
+fn split_parent(path: &str) -> (&str, &str) {
+    let path = path.trim_end_matches('/');
+    match path.rfind('/') {
+        Some(0) => ("/", &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("/", path),
+    }
+}
+
+fn open_path_in_root(root: &OwnedFd, path: &str, dir: bool) -> rustix::io::Result<OwnedFd> {
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if dir {
+        flags |= OFlags::DIRECTORY;
+    }
+    rustix::fs::openat2(
+        root,
+        path,
+        flags,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// Opens `path` (resolved inside `root`) as an `O_PATH` fd, creating it and its missing parents
+/// as `create` says. `None` when it is missing and `create` is [`Create::Skip`].
+fn open_in_root(
+    root: &OwnedFd,
+    path: &str,
+    create: Create,
+    report: &mut Reporter,
+) -> Result<Option<OwnedFd>> {
+    open_in_root_depth(root, path, create, report, 0)
+}
+
+/// Symlinks followed when a mount point is a dangling symlink (ELOOP past this).
+const MAX_DANGLING_LINKS: u32 = 8;
+
+fn open_in_root_depth(
+    root: &OwnedFd,
+    path: &str,
+    create: Create,
+    report: &mut Reporter,
+    depth: u32,
+) -> Result<Option<OwnedFd>> {
+    let point_err = |e: rustix::io::Errno| InitError::MountPoint {
+        path: path.to_string(),
+        source: e.into(),
+    };
+    match open_path_in_root(root, path, false) {
+        Ok(fd) => return Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) if create != Create::Skip => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(point_err(e)),
+    }
+    let mut dir = rustix::fs::openat(root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(point_err)?;
+    let mut prefix = String::new();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        prefix.push('/');
+        prefix.push_str(part);
+        let last = i + 1 == parts.len();
+        match open_path_in_root(root, &prefix, !last) {
+            Ok(fd) => {
+                dir = fd;
+                continue;
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(point_err(e)),
+        }
+        let made = if last && create == Create::File {
+            rustix::fs::openat(
+                &dir,
+                *part,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o644),
+            )
+            .map(drop)
+        } else {
+            rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o755))
+        };
+        match made {
+            Ok(()) => {}
+            // A dangling symlink: create what it points to, resolved inside the root like
+            // the kernel would resolve it after pivot_root.
+            Err(rustix::io::Errno::EXIST) => {
+                let link = rustix::fs::readlinkat(&dir, *part, Vec::new()).map_err(point_err)?;
+                if depth >= MAX_DANGLING_LINKS {
+                    return Err(point_err(rustix::io::Errno::LOOP));
+                }
+                let link = link.to_string_lossy();
+                let rest = parts[i + 1..].join("/");
+                let base = if link.starts_with('/') {
+                    link.to_string()
+                } else {
+                    format!("{}/{link}", &prefix[..prefix.len() - part.len()])
+                };
+                let next = if rest.is_empty() {
+                    base
+                } else {
+                    format!("{base}/{rest}")
+                };
+                return open_in_root_depth(root, &next, create, report, depth + 1);
+            }
+            Err(e) => return Err(point_err(e)),
+        }
+        report.created(&dir, part);
+        dir = open_path_in_root(root, &prefix, !last).map_err(point_err)?;
+    }
+    Ok(Some(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_path_and_home_get_docker_defaults() {
+        let env = complete_env(&["A=1".into()], "/home/u");
+        assert_eq!(
+            env,
+            vec!["A=1", &format!("PATH={DEFAULT_PATH}"), "HOME=/home/u"]
+        );
+    }
+
+    #[test]
+    fn given_path_and_home_are_kept() {
+        let env = complete_env(&["PATH=/x".into(), "HOME=/h".into()], "/root");
+        assert_eq!(env, vec!["PATH=/x", "HOME=/h"]);
+    }
+
+    #[test]
+    fn executable_lookup_follows_path_order_and_skips_non_executables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).expect("mkdir");
+        std::fs::create_dir_all(&b).expect("mkdir");
+        std::fs::write(a.join("tool"), "").expect("write");
+        std::fs::write(b.join("tool"), "").expect("write");
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let path = format!("{}:{}", a.display(), b.display());
+        assert_eq!(
+            find_executable("tool", &path).expect("found"),
+            b.join("tool")
+        );
+        let err = find_executable("nope", &path).expect_err("missing");
+        assert_eq!(err.to_string(), "nope: executable file not found in $PATH");
+        assert_eq!(err.exit_code(), 127);
+    }
+
+    #[test]
+    fn spec_comes_after_the_init_argument() {
+        let spec = InitSpec::Copy(crate::spec::CopySpec {
+            rootfs: crate::spec::Rootfs {
+                lowers: vec![],
+                upper: "/u".into(),
+                work: "/w".into(),
+            },
+            tasks: vec![],
+        });
+        let json = serde_json::to_string(&spec).expect("json");
+        let args = vec!["kiln".to_string(), "__init".into(), json];
+        assert_eq!(parse_args(&args).expect("parsed"), spec);
+        assert!(matches!(parse_args(&args[..2]), Err(InitError::Usage)));
+    }
+
+    #[test]
+    fn errors_render_on_one_line_with_causes() {
+        let e = InitError::Mount {
+            what: "proc".into(),
+            target: "/proc".into(),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        let line = render(&e);
+        assert!(line.starts_with("kiln: mounting proc on /proc: "), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn split_parent_handles_top_level_paths() {
+        assert_eq!(split_parent("/dev/ptmx"), ("/dev", "ptmx"));
+        assert_eq!(split_parent("/x"), ("/", "x"));
+    }
+}

@@ -1,0 +1,481 @@
+//! The mount plan of a RUN sandbox: a pure function from a [`RunSpec`] to the list of mounts
+//! `init` performs, in order, on the new root. Tested without root; `init` is the thin shell
+//! that executes it.
+//!
+//! Every target is a path inside the sandbox root. `init` resolves it with `RESOLVE_IN_ROOT`, so
+//! a symlink in the image (say `/etc/hosts -> /run/hosts`) never makes a mount land outside.
+
+use std::path::{Path, PathBuf};
+
+use crate::spec::{MountKind, Network, RunSpec};
+
+/// What `init` does when a mount target does not exist in the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Create an empty directory (and missing parents); removed from the upper dir afterwards.
+    Dir,
+    /// Create an empty file (and missing parent directories); removed afterwards.
+    File,
+    /// A directory or a file, like the bind source.
+    LikeSource,
+    /// Skip the step (masking a path the kernel does not have).
+    Skip,
+}
+
+/// Mount attributes (`MOUNT_ATTR_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attrs {
+    /// Read-only.
+    pub readonly: bool,
+    /// nosuid.
+    pub nosuid: bool,
+    /// nodev.
+    pub nodev: bool,
+    /// noexec.
+    pub noexec: bool,
+}
+
+const NOSUID_NODEV_NOEXEC: Attrs = Attrs {
+    readonly: false,
+    nosuid: true,
+    nodev: true,
+    noexec: true,
+};
+
+/// One step of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A new filesystem instance (`fsopen` + `fsconfig` + `fsmount`) at `target`.
+    Fs {
+        /// Filesystem type: proc, sysfs, tmpfs, devpts, mqueue.
+        fstype: &'static str,
+        /// `fsconfig` string options (key, value).
+        options: Vec<(&'static str, String)>,
+        /// Absolute path in the root.
+        target: String,
+        /// Mount attributes.
+        attrs: Attrs,
+        /// Missing target policy.
+        create: Create,
+    },
+    /// A (recursive) bind mount of a host path at `target`.
+    Bind {
+        /// Absolute host path.
+        source: PathBuf,
+        /// Absolute path in the root.
+        target: String,
+        /// Read-only.
+        readonly: bool,
+        /// Missing target policy.
+        create: Create,
+    },
+    /// A bind of a path of the root onto itself, made read-only.
+    ReadonlySelf {
+        /// Absolute path in the root.
+        target: String,
+    },
+    /// A symlink `path -> to` (the root's `/dev` is a fresh tmpfs, so it never exists before).
+    Symlink {
+        /// Absolute path in the root.
+        path: String,
+        /// Link target.
+        to: String,
+    },
+}
+
+impl Step {
+    /// The path in the root this step mounts on or creates.
+    pub fn target(&self) -> &str {
+        match self {
+            Step::Fs { target, .. } | Step::Bind { target, .. } | Step::ReadonlySelf { target } => {
+                target
+            }
+            Step::Symlink { path, .. } => path,
+        }
+    }
+}
+
+/// Host paths the plan needs.
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    /// The host's /dev (device nodes are bind-mounted from it).
+    pub dev: PathBuf,
+    /// Directory holding the generated `hosts`, `resolv.conf` and `hostname`.
+    pub state: PathBuf,
+}
+
+/// Device nodes bind-mounted from the host into the sandbox's /dev.
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// /proc and /sys paths Docker masks (moby `oci/defaults.go`): files get /dev/null on top,
+/// directories an empty read-only tmpfs.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// /proc paths Docker makes read-only.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Computes the mounts of a RUN sandbox, in the order they must happen. The overlay root itself
+/// is mounted first and is not part of the plan.
+///
+/// `masked_is_dir` tells, for each of [`MASKED_PATHS`], whether the host has it as a directory
+/// (`None` when absent), since /proc and /sys in the sandbox show the same kernel.
+pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) -> Vec<Step> {
+    let mut steps = vec![
+        Step::Fs {
+            fstype: "proc",
+            options: vec![],
+            target: "/proc".into(),
+            attrs: NOSUID_NODEV_NOEXEC,
+            create: Create::Dir,
+        },
+        Step::Fs {
+            fstype: "sysfs",
+            options: vec![],
+            target: "/sys".into(),
+            attrs: Attrs {
+                readonly: true,
+                ..NOSUID_NODEV_NOEXEC
+            },
+            create: Create::Dir,
+        },
+        Step::Fs {
+            fstype: "tmpfs",
+            options: vec![("mode", "755".into()), ("size", "65536k".into())],
+            target: "/dev".into(),
+            attrs: Attrs {
+                nosuid: true,
+                ..Attrs::default()
+            },
+            create: Create::Dir,
+        },
+    ];
+    for dev in DEVICES {
+        steps.push(Step::Bind {
+            source: host.dev.join(dev),
+            target: format!("/dev/{dev}"),
+            readonly: false,
+            create: Create::File,
+        });
+    }
+    steps.push(Step::Fs {
+        fstype: "devpts",
+        options: vec![
+            ("ptmxmode", "0666".into()),
+            ("mode", "0620".into()),
+            ("gid", "5".into()),
+        ],
+        target: "/dev/pts".into(),
+        attrs: Attrs {
+            nosuid: true,
+            noexec: true,
+            ..Attrs::default()
+        },
+        create: Create::Dir,
+    });
+    steps.push(Step::Fs {
+        fstype: "tmpfs",
+        options: vec![("mode", "1777".into()), ("size", "65536k".into())],
+        target: "/dev/shm".into(),
+        attrs: NOSUID_NODEV_NOEXEC,
+        create: Create::Dir,
+    });
+    steps.push(Step::Fs {
+        fstype: "mqueue",
+        options: vec![],
+        target: "/dev/mqueue".into(),
+        attrs: NOSUID_NODEV_NOEXEC,
+        create: Create::Dir,
+    });
+    for (path, to) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        steps.push(Step::Symlink {
+            path: path.into(),
+            to: to.into(),
+        });
+    }
+    for file in ["hosts", "resolv.conf", "hostname"] {
+        steps.push(Step::Bind {
+            source: host.state.join(file),
+            target: format!("/etc/{file}"),
+            readonly: false,
+            create: Create::File,
+        });
+    }
+    for (path, is_dir) in MASKED_PATHS.iter().zip(masked_is_dir) {
+        match is_dir {
+            Some(true) => steps.push(Step::Fs {
+                fstype: "tmpfs",
+                options: vec![("size", "0".into())],
+                target: (*path).into(),
+                attrs: Attrs {
+                    readonly: true,
+                    ..NOSUID_NODEV_NOEXEC
+                },
+                create: Create::Skip,
+            }),
+            Some(false) => steps.push(Step::Bind {
+                source: host.dev.join("null"),
+                target: (*path).into(),
+                readonly: true,
+                create: Create::Skip,
+            }),
+            None => {}
+        }
+    }
+    for path in READONLY_PATHS {
+        steps.push(Step::ReadonlySelf {
+            target: path.into(),
+        });
+    }
+    for m in &spec.mounts {
+        steps.push(match &m.kind {
+            MountKind::Bind { source } => Step::Bind {
+                source: source.clone(),
+                target: m.target.clone(),
+                readonly: m.readonly,
+                create: Create::LikeSource,
+            },
+            MountKind::Tmpfs { size } => Step::Fs {
+                fstype: "tmpfs",
+                options: size
+                    .map(|s| vec![("size", s.to_string())])
+                    .unwrap_or_default(),
+                target: m.target.clone(),
+                attrs: Attrs {
+                    readonly: m.readonly,
+                    nosuid: true,
+                    nodev: true,
+                    noexec: false,
+                },
+                create: Create::Dir,
+            },
+        });
+    }
+    steps
+}
+
+/// The generated /etc files: (file name, contents). With the host network the host's
+/// `hosts` and `resolv.conf` are used as they are (`host_hosts`, `host_resolv`).
+pub fn etc_files(
+    spec: &RunSpec,
+    host_hosts: Option<&str>,
+    host_resolv: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let hostname = &spec.hostname;
+    let (hosts, resolv) = match spec.network {
+        Network::Host => (
+            host_hosts.unwrap_or_default().to_string(),
+            host_resolv.unwrap_or_default().to_string(),
+        ),
+        // Only loopback exists: a nameserver from the host would be unreachable (or, for
+        // 127.0.0.53, would point at the sandbox's own loopback).
+        Network::Loopback => (
+            format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+            String::new(),
+        ),
+    };
+    vec![
+        ("hosts", hosts),
+        ("resolv.conf", resolv),
+        ("hostname", format!("{hostname}\n")),
+    ]
+}
+
+/// The parents of `path` (absolute, in the root) from the top: `/a/b/c` gives `/a`, `/a/b`.
+pub fn ancestors(path: &str) -> Vec<String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    (1..parts.len())
+        .map(|n| format!("/{}", parts[..n].join("/")))
+        .collect()
+}
+
+/// `root` joined with an absolute sandbox path.
+pub fn host_path(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{MountSpec, Rootfs};
+
+    fn spec(network: Network) -> RunSpec {
+        RunSpec {
+            rootfs: Rootfs {
+                lowers: vec![],
+                upper: "/u".into(),
+                work: "/w".into(),
+            },
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            hostname: "box".into(),
+            network,
+            mounts: vec![],
+            tty: false,
+        }
+    }
+
+    fn host() -> HostPaths {
+        HostPaths {
+            dev: "/dev".into(),
+            state: "/state".into(),
+        }
+    }
+
+    fn targets(steps: &[Step]) -> Vec<&str> {
+        steps.iter().map(Step::target).collect()
+    }
+
+    #[test]
+    fn proc_sys_dev_come_before_what_they_contain() {
+        let steps = plan(&spec(Network::Loopback), &host(), &[]);
+        let t = targets(&steps);
+        let pos = |p: &str| t.iter().position(|x| *x == p).expect(p);
+        assert!(pos("/dev") < pos("/dev/null"));
+        assert!(pos("/dev") < pos("/dev/pts"));
+        assert!(pos("/dev/pts") < pos("/dev/ptmx"));
+        assert!(pos("/proc") < pos("/proc/sys"));
+        assert_eq!(t[..3], ["/proc", "/sys", "/dev"]);
+    }
+
+    #[test]
+    fn devices_are_bound_from_the_host_dev() {
+        let steps = plan(&spec(Network::Loopback), &host(), &[]);
+        for dev in DEVICES {
+            assert!(steps.contains(&Step::Bind {
+                source: PathBuf::from("/dev").join(dev),
+                target: format!("/dev/{dev}"),
+                readonly: false,
+                create: Create::File,
+            }));
+        }
+    }
+
+    #[test]
+    fn sysfs_is_read_only_and_proc_is_not() {
+        let steps = plan(&spec(Network::Loopback), &host(), &[]);
+        let attrs = |name: &str| match steps.iter().find(|s| s.target() == name) {
+            Some(Step::Fs { attrs, .. }) => *attrs,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(attrs("/sys").readonly);
+        assert!(!attrs("/proc").readonly);
+        assert!(attrs("/proc").noexec);
+    }
+
+    #[test]
+    fn etc_files_are_bound_from_the_state_dir() {
+        let steps = plan(&spec(Network::Loopback), &host(), &[]);
+        for f in ["hosts", "resolv.conf", "hostname"] {
+            assert!(steps.iter().any(|s| matches!(s,
+                Step::Bind { source, target, create: Create::File, .. }
+                    if *source == Path::new("/state").join(f) && *target == format!("/etc/{f}"))));
+        }
+    }
+
+    #[test]
+    fn masked_paths_follow_host_kinds_and_skip_missing_ones() {
+        let mut kinds = vec![None; MASKED_PATHS.len()];
+        kinds[0] = Some(true); // /proc/asound
+        kinds[2] = Some(false); // /proc/kcore
+        let steps = plan(&spec(Network::Loopback), &host(), &kinds);
+        assert!(steps.iter().any(|s| matches!(s,
+            Step::Fs { fstype: "tmpfs", target, attrs, create: Create::Skip, .. }
+                if target == "/proc/asound" && attrs.readonly)));
+        assert!(steps.iter().any(|s| matches!(s,
+            Step::Bind { source, target, readonly: true, .. }
+                if target == "/proc/kcore" && source == Path::new("/dev/null"))));
+        assert!(!targets(&steps).contains(&"/proc/keys"));
+    }
+
+    #[test]
+    fn user_mounts_come_last_in_order() {
+        let mut s = spec(Network::Loopback);
+        s.mounts = vec![
+            MountSpec {
+                target: "/src".into(),
+                kind: MountKind::Bind {
+                    source: "/host/src".into(),
+                },
+                readonly: true,
+            },
+            MountSpec {
+                target: "/tmp".into(),
+                kind: MountKind::Tmpfs { size: Some(1024) },
+                readonly: false,
+            },
+        ];
+        let steps = plan(&s, &host(), &[]);
+        let n = steps.len();
+        assert_eq!(
+            steps[n - 2],
+            Step::Bind {
+                source: "/host/src".into(),
+                target: "/src".into(),
+                readonly: true,
+                create: Create::LikeSource
+            }
+        );
+        assert!(
+            matches!(&steps[n - 1], Step::Fs { fstype: "tmpfs", options, .. }
+            if options == &vec![("size", "1024".to_string())])
+        );
+    }
+
+    #[test]
+    fn loopback_network_gets_loopback_hosts_and_no_nameserver() {
+        let files = etc_files(
+            &spec(Network::Loopback),
+            Some("10.0.0.1 x\n"),
+            Some("nameserver 9.9.9.9\n"),
+        );
+        let get = |n| &files.iter().find(|(f, _)| *f == n).expect(n).1;
+        assert!(get("hosts").contains("127.0.0.1\tlocalhost box"));
+        assert!(!get("hosts").contains("10.0.0.1"));
+        assert_eq!(get("resolv.conf"), "");
+        assert_eq!(get("hostname"), "box\n");
+    }
+
+    #[test]
+    fn host_network_copies_host_files() {
+        let files = etc_files(
+            &spec(Network::Host),
+            Some("10.0.0.1 x\n"),
+            Some("nameserver 9.9.9.9\n"),
+        );
+        assert_eq!(files[0].1, "10.0.0.1 x\n");
+        assert_eq!(files[1].1, "nameserver 9.9.9.9\n");
+    }
+
+    #[test]
+    fn ancestors_lists_parents_top_down() {
+        assert_eq!(ancestors("/etc/hosts"), vec!["/etc"]);
+        assert_eq!(ancestors("/a/b/c"), vec!["/a", "/a/b"]);
+        assert!(ancestors("/proc").is_empty());
+    }
+}

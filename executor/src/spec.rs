@@ -1,0 +1,143 @@
+//! The specs a caller hands to the sandbox. They cross a process boundary as JSON (the argument
+//! of `kiln __init`), so they are plain data with serde derives and no behaviour.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What the re-executed `kiln __init` process does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InitSpec {
+    /// Run a process (RUN, `kiln run`).
+    Run(RunSpec),
+    /// Edit a filesystem (COPY, ADD, WORKDIR).
+    Copy(CopySpec),
+}
+
+/// An overlay root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rootfs {
+    /// Read-only layers, newest first. Empty for `scratch`.
+    pub lowers: Vec<PathBuf>,
+    /// The writable layer; after the run it holds exactly the changes (overlay format).
+    pub upper: PathBuf,
+    /// Overlay's work dir: empty, on the same filesystem as `upper`.
+    pub work: PathBuf,
+}
+
+/// Network namespace of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Network {
+    /// A new network namespace with only `lo`, which is brought up.
+    #[default]
+    Loopback,
+    /// The host's network namespace.
+    Host,
+}
+
+/// A process to run in a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The root filesystem.
+    pub rootfs: Rootfs,
+    /// argv; `args[0]` is looked up in the `PATH` of `env` when it has no `/`.
+    pub args: Vec<String>,
+    /// Environment, `KEY=value`. `PATH` and `HOME` get Docker's defaults when missing.
+    pub env: Vec<String>,
+    /// Absolute working directory, created when missing.
+    pub cwd: String,
+    /// `""` (root), `name`, `uid`, `user:group`, `uid:gid`; resolved in the rootfs.
+    pub user: String,
+    /// Hostname inside the sandbox (also written to /etc/hostname).
+    pub hostname: String,
+    /// Network namespace.
+    pub network: Network,
+    /// Extra mounts (RUN --mount, volumes), applied in order after the standard ones.
+    pub mounts: Vec<MountSpec>,
+    /// stdin is a pty the process should take as its controlling terminal.
+    pub tty: bool,
+}
+
+/// An extra mount inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Absolute path inside the sandbox; created (as a placeholder that never reaches the
+    /// layer) when missing.
+    pub target: String,
+    /// What is mounted there.
+    pub kind: MountKind,
+    /// Mount read-only.
+    pub readonly: bool,
+}
+
+/// What a [`MountSpec`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// A host file or directory (recursive bind).
+    Bind {
+        /// Absolute host path.
+        source: PathBuf,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Size limit in bytes.
+        size: Option<u64>,
+    },
+}
+
+/// Filesystem edits on an overlay root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopySpec {
+    /// The destination root: tasks write into its upper dir.
+    pub rootfs: Rootfs,
+    /// Edits, applied in order.
+    pub tasks: Vec<CopyTask>,
+}
+
+/// One filesystem edit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyTask {
+    /// COPY or ADD.
+    Copy {
+        /// Where sources are read.
+        from: CopyFrom,
+        /// Source paths or wildcard patterns, relative to the source root.
+        sources: Vec<String>,
+        /// Absolute destination; a trailing `/` means "into this directory".
+        dest: String,
+        /// `--chown=user[:group]`.
+        chown: Option<String>,
+        /// `--chmod=` in octal.
+        chmod: Option<String>,
+        /// `--exclude=` patterns.
+        exclude: Vec<String>,
+        /// `--parents`.
+        parents: bool,
+        /// ADD: extract local tar archives.
+        unpack_archives: bool,
+    },
+    /// Create a directory and its missing parents (WORKDIR).
+    Mkdir {
+        /// Absolute path.
+        path: String,
+        /// `user[:group]` owning created directories; empty = root.
+        owner: String,
+    },
+}
+
+/// Where COPY sources come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyFrom {
+    /// The build context directory, filtered by `.dockerignore` patterns.
+    Context {
+        /// Absolute host path.
+        dir: PathBuf,
+        /// `.dockerignore` lines.
+        ignore: Vec<String>,
+    },
+    /// A stage's filesystem, mounted read-only.
+    Layers {
+        /// Newest first.
+        lowers: Vec<PathBuf>,
+    },
+}

@@ -1,0 +1,164 @@
+//! Thin wrappers over the few syscalls rustix does not offer. The only module with `unsafe`.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+/// Result of [`fork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// Only call it from a single-threaded process (the `__init` process): in the child of a
+/// multi-threaded process only async-signal-safe calls are allowed.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions of its own; the caller guarantees the
+    // process is single-threaded, so the child's copy of every lock and allocator state is
+    // consistent.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// `execve(2)`; returns only on failure.
+pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // SAFETY: path, argv and envp are NUL-terminated C strings that outlive the call, and both
+    // pointer arrays end with a null pointer as execve requires.
+    unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+#[repr(C)]
+struct IfreqFlags {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+
+/// Brings the loopback interface `lo` of the current network namespace up.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket(2) call; the returned fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = IfreqFlags {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: req is a properly sized `struct ifreq` (16-byte name, then the union) that lives
+    // across the call; SIOCGIFFLAGS writes only ifr_flags.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS only reads the struct.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes capability number `cap` from the bounding set (`PR_CAPBSET_DROP`).
+pub fn drop_bounding_capability(cap: u32) -> io::Result<()> {
+    // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // EINVAL: a capability this kernel does not know; nothing to drop.
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `MOUNT_ATTR_*` bits for [`mount_setattr`].
+pub mod attr {
+    /// Read-only.
+    pub const RDONLY: u64 = 0x1;
+    /// nosuid.
+    pub const NOSUID: u64 = 0x2;
+    /// nodev.
+    pub const NODEV: u64 = 0x4;
+    /// noexec.
+    pub const NOEXEC: u64 = 0x8;
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, {attr_set: set})`: sets attributes on
+/// the mount tree `fd` refers to (a detached tree from `open_tree` or an attached mount).
+pub fn mount_setattr(fd: impl AsFd, set: u64) -> io::Result<()> {
+    let a = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is a valid empty C string, `a` is a correctly laid out `struct
+    // mount_attr` of the size passed, and both outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &a as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unshare(2)` of namespaces (never `CLONE_FILES`).
+pub fn unshare(flags: rustix::thread::UnshareFlags) -> rustix::io::Result<()> {
+    debug_assert!(!flags.contains(rustix::thread::UnshareFlags::FILES));
+    // SAFETY: the fd-table hazard of unshare_unsafe concerns CLONE_FILES only, which callers
+    // never pass; the __init process is single-threaded anyway.
+    unsafe { rustix::thread::unshare_unsafe(flags) }
+}
+
+/// Makes the kernel send SIGKILL to the caller when its parent dies.
+pub fn die_with_parent() -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(io::Error::from)
+}
+
+/// `_exit(2)`: leaves without running atexit handlers or flushing stdio buffers owned by the
+/// parent's copy.
+pub fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
