@@ -1042,10 +1042,11 @@ fn registry_killed_mid_push_fails_clearly_and_a_retry_completes() {
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let k = killed.clone();
     opts.progress = Some(Arc::new(move |p: &Progress| {
-        if let Progress::Upload { done, .. } = p {
-            if *done >= 4 << 20 && !k.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                Registry::kill(&child);
-            }
+        if let Progress::Upload { done, .. } = p
+            && *done >= 4 << 20
+            && !k.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            Registry::kill(&child);
         }
     }));
     let err = rt
