@@ -182,6 +182,9 @@ pub fn plan_attach(net: &NetworkConfig, lease: &Lease) -> Vec<LinkStep> {
             side: Side::Host,
             link: net.bridge.clone(),
         },
+        // The address is ours under the lease lock, so a link with its name is a leftover of a
+        // kiln that died between release and delete: remove it or CreateVeth would fail.
+        LinkStep::DeleteLink { link: veth.clone() },
         LinkStep::CreateVeth {
             host: veth.clone(),
             container: "eth0".to_string(),
@@ -451,6 +454,20 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
         Ok(true)
     }
 
+    /// Detaches every container of `network` for which `keep` says false: leases left by a
+    /// kiln that died before detaching (the cli passes the ids of containers it knows are
+    /// alive; pooled namespaces are `pool-N`). Returns the leases removed. Fails on the first
+    /// detach that fails.
+    pub fn prune(&mut self, network: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<Lease>> {
+        let mut removed = Vec::new();
+        for lease in self.ipam.leases(network)? {
+            if !keep(&lease.container) && self.detach(network, &lease.container)? {
+                removed.push(lease);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Regenerates kiln's nft table from the leases (see [`nft::ruleset`]).
     pub fn sync_rules(&mut self) -> Result<()> {
         let (nft, table) = (&mut self.nft, &self.table);
@@ -514,6 +531,7 @@ mod tests {
                 r#"AddAddress { side: Host, link: "kiln0", ip: 10.88.0.1, prefix: 16 }"#,
                 r#"Sysctl { key: "net/ipv4/conf/kiln0/route_localnet", value: "1" }"#,
                 r#"SetUp { side: Host, link: "kiln0" }"#,
+                r#"DeleteLink { link: "kv0a580002" }"#,
                 r#"CreateVeth { host: "kv0a580002", container: "eth0" }"#,
                 r#"SetController { link: "kv0a580002", bridge: "kiln0" }"#,
                 r#"SetUp { side: Host, link: "kv0a580002" }"#,
@@ -529,6 +547,60 @@ mod tests {
                 link: "kv0a580002".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_stale_veth_with_the_leased_name_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path().join("sys");
+        fs::create_dir_all(sys.join("net/ipv4/conf/kiln0")).expect("mkdir");
+        let mut host = FakeNetlink::new();
+        host.create_veth("kv0a580002", "old-peer", None)
+            .expect("stale veth");
+        let file = fs::File::open(dir.path()).expect("any fd stands in for the netns");
+        let net = NetworkConfig::default_bridge();
+        execute(
+            &plan_attach(&net, &lease("10.88.0.2")),
+            &mut host,
+            Some(file.as_fd()),
+            &sys,
+        )
+        .expect("attach over a stale veth");
+        let names = host.link_names().expect("names");
+        assert!(!names.contains(&"old-peer".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn prune_detaches_only_unknown_containers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::open(dir.path()).expect("ipam");
+        let net = ipam.network("bridge").expect("default");
+        for c in ["alive", "dead", "pool-0"] {
+            ipam.allocate(&net, c, &[]).expect("alloc");
+        }
+        let mut nets = Networks::new(
+            ipam,
+            FakeNetlink::new(),
+            RecordingNft::default(),
+            dir.path().into(),
+        );
+        let gone = nets
+            .prune("bridge", |c| c == "alive" || c.starts_with("pool-"))
+            .expect("prune");
+        assert_eq!(
+            gone.iter()
+                .map(|l| l.container.as_str())
+                .collect::<Vec<_>>(),
+            ["dead"]
+        );
+        let left: Vec<_> = nets
+            .ipam()
+            .leases("bridge")
+            .expect("leases")
+            .into_iter()
+            .map(|l| l.container)
+            .collect();
+        assert_eq!(left, ["alive", "pool-0"]);
     }
 
     #[test]
