@@ -19,6 +19,7 @@
 //! caller's mount namespace.
 #![deny(missing_docs)]
 
+pub mod context;
 pub mod copy;
 pub mod init;
 pub mod mounts;
