@@ -25,5 +25,6 @@ pub mod layer;
 pub mod oci;
 pub mod records;
 pub mod reference;
+pub mod registry;
 pub mod snapshot;
 pub mod store;
