@@ -3,11 +3,28 @@
 //! - [`oci`]: the OCI types (digests, descriptors, manifests, indexes, image configs) every other
 //!   crate uses. Nothing else in the workspace redefines them.
 //! - [`reference`]: image references with docker's normalisation.
-//! - [`store`]: the content-addressed blob store (`blobs/sha256/<hex>`), atomic and verified.
+//! - [`store`]: the content-addressed store (`blobs/sha256/<hex>`, atomic and verified), locks
+//!   and temp space; the entry point to everything below, which adds `impl Store` blocks.
+//! - [`layer`]: directory -> deterministic layer tar ([`layer::writer`]) and safe
+//!   tar -> directory ([`layer::apply`]).
+//! - [`snapshot`]: layers in the store (tar blob + extracted snapshot dir): commit and unpack.
+//! - [`image`]: image configs, manifests and name refs.
+//! - [`records`]: build cache records.
+//! - [`compress`]: memoized, multi-core gzip/zstd copies of layers.
+//! - [`archive`]: `save` to an OCI layout + docker-archive tar.
 //!
-//! This crate is a leaf: it depends on no other workspace crate. It never prints and never reads
-//! environment variables; the caller passes every path in.
+//! In: directories (overlay upper dirs), tar streams, configs. Out: digests, snapshot paths,
+//! images, archives. This crate is a leaf: it depends on no other workspace crate. It never
+//! prints and never reads environment variables; the caller passes every path in.
 #![deny(missing_docs)]
 
+pub mod archive;
+pub mod compress;
+pub mod image;
+pub mod layer;
 pub mod oci;
+pub mod records;
 pub mod reference;
+pub mod registry;
+pub mod snapshot;
+pub mod store;

@@ -1,0 +1,183 @@
+//! `save`: one tar holding an OCI image layout and a docker-archive `manifest.json`.
+//!
+//! Layout of the archive (the shape docker 25+ writes, which older docker, skopeo and umoci
+//! all read):
+//! - `oci-layout`, `index.json` (one manifest per image, annotated with
+//!   `io.containerd.image.name` = full name and `org.opencontainers.image.ref.name` = tag);
+//! - `blobs/sha256/<hex>`: configs, manifests and gzip layers (from [`Store::compressed_layer`]);
+//! - `manifest.json` (docker-archive: `Config`, `RepoTags`, `Layers` pointing into `blobs/`)
+//!   and the legacy `repositories` file.
+//!
+//! Entries are written in a fixed order with fixed metadata, so the same images give the same
+//! bytes.
+
+use crate::compress::Compression;
+use crate::oci::{
+    Descriptor, Digest, ImageIndex, ImageManifest, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+    to_canonical_json,
+};
+use crate::reference::Reference;
+use crate::store::{Store, StoreError, io_err};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// One entry of docker-archive's `manifest.json`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerArchiveEntry {
+    config: String,
+    repo_tags: Vec<String>,
+    layers: Vec<String>,
+}
+
+enum Blob {
+    File(Digest),
+    Bytes(Vec<u8>),
+}
+
+fn blob_name(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    to_canonical_json(v).map_err(|source| StoreError::Json {
+        path: "<saved archive>".into(),
+        source,
+    })
+}
+
+impl Store {
+    /// Writes a tar holding an OCI layout (oci-layout, index.json, blobs/) and a docker-archive
+    /// manifest.json for `images` (name, manifest digest), with gzip layers. Accepted by
+    /// `docker load`, `skopeo inspect oci-archive:` and umoci.
+    ///
+    /// Fails when a name is invalid, an image or layer is missing, or on I/O errors.
+    pub fn save(&self, images: &[(String, Digest)], out: impl Write) -> Result<()> {
+        let mut blobs: BTreeMap<Digest, Blob> = BTreeMap::new();
+        let mut index = Vec::new();
+        let mut docker = Vec::new();
+        let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (name, digest) in images {
+            let r = Reference::parse(name).map_err(|source| StoreError::Reference {
+                name: name.clone(),
+                source,
+            })?;
+            let img = self.image(digest)?;
+            let mut layers = Vec::with_capacity(img.manifest.layers.len());
+            for l in &img.manifest.layers {
+                let desc = self.compressed_layer(&l.digest, Compression::default())?;
+                blobs.insert(desc.digest.clone(), Blob::File(desc.digest.clone()));
+                layers.push(desc);
+            }
+            let manifest = ImageManifest {
+                schema_version: 2,
+                media_type: Some(MEDIA_TYPE_MANIFEST.to_owned()),
+                config: img.manifest.config.clone(),
+                layers: layers.clone(),
+                annotations: BTreeMap::new(),
+            };
+            let mbytes = json(&manifest)?;
+            let mdigest = Digest::of(&mbytes);
+            let mut desc =
+                Descriptor::new(MEDIA_TYPE_MANIFEST, mdigest.clone(), mbytes.len() as u64);
+            desc.annotations
+                .insert("io.containerd.image.name".into(), r.to_string());
+            if let Some(tag) = &r.tag {
+                desc.annotations
+                    .insert("org.opencontainers.image.ref.name".into(), tag.clone());
+            }
+            index.push(desc);
+            blobs.insert(
+                img.config_digest.clone(),
+                Blob::File(img.config_digest.clone()),
+            );
+            blobs.insert(mdigest, Blob::Bytes(mbytes));
+            let mut repo_tags = Vec::new();
+            if r.tag.is_some() && r.digest.is_none() {
+                repo_tags.push(r.familiar());
+                let short = Reference {
+                    tag: None,
+                    digest: None,
+                    ..r.clone()
+                }
+                .familiar();
+                repositories.entry(short).or_default().insert(
+                    r.tag.clone().unwrap_or_default(),
+                    img.config_digest.hex().to_owned(),
+                );
+            }
+            docker.push(DockerArchiveEntry {
+                config: blob_name(&img.config_digest),
+                repo_tags,
+                layers: layers.iter().map(|l| blob_name(&l.digest)).collect(),
+            });
+        }
+        let index = ImageIndex {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_INDEX.to_owned()),
+            manifests: index,
+            annotations: BTreeMap::new(),
+        };
+        let mut w = ArchiveWriter {
+            b: tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out)),
+        };
+        let save = |source| StoreError::Save { source };
+        w.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .map_err(save)?;
+        w.dir("blobs/").map_err(save)?;
+        w.dir("blobs/sha256/").map_err(save)?;
+        for (d, blob) in &blobs {
+            match blob {
+                Blob::Bytes(b) => w.file(&blob_name(d), b).map_err(save)?,
+                Blob::File(d) => {
+                    let p = self.blob_path(d);
+                    let f = File::open(&p).map_err(io_err("open", &p))?;
+                    let len = f.metadata().map_err(io_err("stat", &p))?.len();
+                    w.stream(&blob_name(d), len, f).map_err(save)?;
+                }
+            }
+        }
+        w.file("index.json", &json(&index)?).map_err(save)?;
+        w.file("manifest.json", &json(&docker)?).map_err(save)?;
+        w.file("repositories", &json(&repositories)?)
+            .map_err(save)?;
+        let mut inner = w.b.into_inner().map_err(save)?;
+        inner.flush().map_err(save)?;
+        Ok(())
+    }
+}
+
+struct ArchiveWriter<W: Write> {
+    b: tar::Builder<W>,
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    fn header(name: &str, size: u64, kind: tar::EntryType, mode: u32) -> io::Result<tar::Header> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name)?;
+        h.set_size(size);
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        Ok(h)
+    }
+    fn dir(&mut self, name: &str) -> io::Result<()> {
+        let h = Self::header(name, 0, tar::EntryType::Directory, 0o755)?;
+        self.b.append(&h, io::empty())
+    }
+    fn file(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
+        let h = Self::header(name, data.len() as u64, tar::EntryType::Regular, 0o644)?;
+        self.b.append(&h, data)
+    }
+    fn stream(&mut self, name: &str, size: u64, r: impl io::Read) -> io::Result<()> {
+        let h = Self::header(name, size, tar::EntryType::Regular, 0o644)?;
+        self.b.append(&h, r)
+    }
+}

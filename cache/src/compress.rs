@@ -1,0 +1,215 @@
+//! Compressed copies of layers for leaving the machine (save, push, cache export).
+//!
+//! The result is memoized per (diff_id, codec, level) in `compressed/<hex>-<codec>-<level>`
+//! (a descriptor pointing at the compressed blob), so a layer is never compressed twice: the
+//! compressed digest is part of pushed manifests and of remote caches.
+//!
+//! gzip runs on all cores: the tar is cut into fixed 1 MiB chunks, each compressed as an
+//! independent gzip member (mtime 0, no name) in parallel with rayon, and the members are
+//! concatenated in order. A multi-member stream is valid gzip (RFC 1952) and Go's and
+//! docker's readers accept it. The output does not depend on the number of threads.
+//! zstd uses zstdmt, whose output is the same for any worker count >= 1.
+
+use crate::oci::{Descriptor, Digest, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_ZSTD};
+use crate::store::{HashWriter, Store, StoreError, io_err};
+use rayon::prelude::*;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A compression codec for layers leaving the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// gzip (`application/vnd.oci.image.layer.v1.tar+gzip`), what every registry and tool reads.
+    Gzip,
+    /// zstd (`application/vnd.oci.image.layer.v1.tar+zstd`): faster and smaller.
+    Zstd,
+}
+
+impl Codec {
+    /// `gzip` or `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+/// Codec and level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Compression {
+    /// The codec.
+    pub codec: Codec,
+    /// The level (gzip 0-9, zstd 1-22).
+    pub level: i32,
+}
+
+impl Default for Compression {
+    /// gzip level 6, the level docker and BuildKit use.
+    fn default() -> Self {
+        Compression {
+            codec: Codec::Gzip,
+            level: 6,
+        }
+    }
+}
+
+/// Bytes of input per independent gzip member.
+const GZIP_CHUNK: usize = 1 << 20;
+
+impl Store {
+    /// The descriptor of the layer `diff_id` compressed with `c`, compressing it on first use
+    /// and returning the memoized blob afterwards.
+    ///
+    /// Fails when the layer blob is missing or on I/O errors.
+    pub fn compressed_layer(&self, diff_id: &Digest, c: Compression) -> Result<Descriptor> {
+        let memo = self.path("compressed").join(format!(
+            "{}-{}-{}",
+            diff_id.hex(),
+            c.codec.name(),
+            c.level
+        ));
+        if let Ok(bytes) = fs::read(&memo)
+            && let Ok(desc) = serde_json::from_slice::<Descriptor>(&bytes)
+            && self.has_blob(&desc.digest)
+        {
+            return Ok(desc);
+        }
+        let src_path = self.blob_path(diff_id);
+        let src = match File::open(&src_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::LayerMissing {
+                    diff_id: diff_id.clone(),
+                });
+            }
+            Err(e) => return Err(io_err("open", &src_path)(e)),
+        };
+        let tmp = self.temp_file("compress")?;
+        let mut out = HashWriter::new(io::BufWriter::with_capacity(1 << 20, &tmp.file));
+        let err = |source| StoreError::Compress {
+            diff_id: diff_id.clone(),
+            source,
+        };
+        match c.codec {
+            Codec::Gzip => gzip_parallel(src, &mut out, c.level).map_err(err)?,
+            Codec::Zstd => zstd_mt(src, &mut out, c.level).map_err(err)?,
+        }
+        out.flush().map_err(io_err("write", tmp.path()))?;
+        let (digest, size) = out.finish();
+        let media_type = match c.codec {
+            Codec::Gzip => MEDIA_TYPE_LAYER_GZIP,
+            Codec::Zstd => MEDIA_TYPE_LAYER_ZSTD,
+        };
+        self.persist_blob(tmp, &digest)?;
+        let desc = Descriptor::new(media_type, digest, size);
+        let json = serde_json::to_vec(&desc).map_err(|source| StoreError::Json {
+            path: memo.clone(),
+            source,
+        })?;
+        self.write_atomic(&memo, &json)?;
+        Ok(desc)
+    }
+}
+
+fn read_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    r.take(GZIP_CHUNK as u64).read_to_end(buf)?;
+    Ok(())
+}
+
+fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::GzBuilder::new().mtime(0).write(
+        Vec::with_capacity(data.len() / 2 + 64),
+        flate2::Compression::new(level),
+    );
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+/// pigz-style gzip: independent members compressed in parallel, written in order.
+pub(crate) fn gzip_parallel(
+    mut src: impl Read,
+    out: &mut impl Write,
+    level: i32,
+) -> io::Result<()> {
+    let level = level.clamp(0, 9) as u32;
+    let batch = rayon::current_num_threads().max(1) * 2;
+    let mut chunks: Vec<Vec<u8>> = (0..batch).map(|_| Vec::with_capacity(GZIP_CHUNK)).collect();
+    let mut wrote_any = false;
+    loop {
+        let mut filled = 0;
+        for c in chunks.iter_mut() {
+            read_chunk(&mut src, c)?;
+            if c.is_empty() {
+                break;
+            }
+            filled += 1;
+            if c.len() < GZIP_CHUNK {
+                break;
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        let members: Vec<io::Result<Vec<u8>>> = chunks[..filled]
+            .par_iter()
+            .map(|c| gzip_member(c, level))
+            .collect();
+        for m in members {
+            out.write_all(&m?)?;
+            wrote_any = true;
+        }
+        if chunks[filled - 1].len() < GZIP_CHUNK {
+            break;
+        }
+    }
+    if !wrote_any {
+        // An empty input still needs one (empty) member to be a gzip stream.
+        out.write_all(&gzip_member(&[], level)?)?;
+    }
+    Ok(())
+}
+
+fn zstd_mt(mut src: impl Read, out: &mut impl Write, level: i32) -> io::Result<()> {
+    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    // Always >= 1 worker: zstdmt output is then independent of the worker count.
+    enc.multithread(workers.max(1))?;
+    io::copy(&mut src, &mut enc)?;
+    enc.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_gzip_is_a_valid_multi_member_stream() {
+        let data: Vec<u8> = (0..(GZIP_CHUNK * 3 + 123))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut out = Vec::new();
+        gzip_parallel(&data[..], &mut out, 6).unwrap();
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+        // Deterministic.
+        let mut again = Vec::new();
+        gzip_parallel(&data[..], &mut again, 6).unwrap();
+        assert_eq!(out, again);
+        // Empty input is still gzip.
+        let mut empty = Vec::new();
+        gzip_parallel(&[][..], &mut empty, 6).unwrap();
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&empty[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back.is_empty());
+    }
+}

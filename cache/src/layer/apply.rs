@@ -1,0 +1,605 @@
+//! Layer tar -> directory in overlayfs format, safe against hostile archives.
+//!
+//! Every path is checked before anything is written: absolute names and `..` components are
+//! rejected. Each parent directory is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
+//! | RESOLVE_NO_MAGICLINKS)` relative to the root, and the last component is created with `*at`
+//! calls on that directory fd, so a symlink placed by an earlier entry can never redirect a
+//! later write (it makes the later entry fail instead). Hardlink targets are resolved the same
+//! way, so they stay inside the root.
+//!
+//! `.wh.<name>` entries become 0:0 character devices and `.wh..wh..opq` sets
+//! `trusted.overlay.opaque=y` on its directory: the layout overlayfs reads as a lower dir.
+
+use super::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use tar::EntryType;
+
+/// Why a layer tar could not be applied. `path` is the entry's name inside the tar.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The tar stream itself is unreadable or malformed.
+    #[error("reading layer tar")]
+    Read {
+        /// The read or decode error.
+        #[source]
+        source: io::Error,
+    },
+    /// An entry name is absolute or contains `..`.
+    #[error("tar entry `{path}` escapes the layer root ({reason})")]
+    UnsafePath {
+        /// The entry name.
+        path: String,
+        /// `absolute path` or `contains ..`.
+        reason: &'static str,
+    },
+    /// An entry's parent directory is a symlink or not a directory.
+    #[error("tar entry `{path}` would be written through a symlink or non-directory")]
+    ThroughSymlink {
+        /// The entry name.
+        path: String,
+    },
+    /// A hardlink's target is missing, escapes the root or cannot be linked.
+    #[error("tar entry `{path}` is a hardlink to `{target}`, which is not a file inside the layer")]
+    BadHardlink {
+        /// The entry name.
+        path: String,
+        /// The link target.
+        target: String,
+    },
+    /// An entry type kiln does not unpack (GNU sparse files and the like).
+    #[error("tar entry `{path}` has unsupported type {kind:?}")]
+    Unsupported {
+        /// The entry name.
+        path: String,
+        /// The tar type flag.
+        kind: u8,
+    },
+    /// A filesystem operation on the destination failed.
+    #[error("{op} `{path}` in {}", root.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The entry name.
+        path: String,
+        /// The destination root.
+        root: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, ApplyError>;
+
+/// What an applied tar contained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Number of tar entries applied (not counting PAX/GNU meta entries).
+    pub entries: u64,
+}
+
+/// Unpacks the tar stream `r` into the existing directory `root` (normally empty).
+/// Reads entries up to the end-of-archive marker; the caller drains what follows if it hashes.
+///
+/// Fails on a malformed tar, on a hostile entry (absolute, `..`, through a symlink, hardlink
+/// outside) and on I/O errors. On failure `root` holds a partial tree the caller must discard.
+pub fn apply_layer<R: Read>(r: R, root: &Path) -> Result<Applied> {
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ApplyError::Io {
+        op: "open",
+        path: String::new(),
+        root: root.to_path_buf(),
+        source: e.into(),
+    })?;
+    let mut a = Applier {
+        root: root.to_path_buf(),
+        root_fd,
+        dirs: Vec::new(),
+        buf: vec![0u8; 256 * 1024],
+        entries: 0,
+    };
+    let mut archive = tar::Archive::new(r);
+    let entries = archive
+        .entries()
+        .map_err(|source| ApplyError::Read { source })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| ApplyError::Read { source })?;
+        a.apply(entry)?;
+    }
+    a.finish_dirs()?;
+    Ok(Applied { entries: a.entries })
+}
+
+struct Applier {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    /// Directories whose times are set last (creating children changes a dir's mtime).
+    dirs: Vec<(Vec<u8>, Timespec)>,
+    buf: Vec<u8>,
+    entries: u64,
+}
+
+/// A checked entry name: its components, none empty, `.` or `..`.
+fn components(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("contains .."),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Timespec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Applier {
+    fn io(&self, op: &'static str, path: &[u8]) -> impl FnOnce(Errno) -> ApplyError + use<> {
+        let path = lossy(path);
+        let root = self.root.clone();
+        move |e| ApplyError::Io {
+            op,
+            path,
+            root,
+            source: e.into(),
+        }
+    }
+
+    fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        let raw = entry.path_bytes().into_owned();
+        let comps = components(&raw).map_err(|reason| ApplyError::UnsafePath {
+            path: lossy(&raw),
+            reason,
+        })?;
+        let meta = self.meta(&mut entry, &raw)?;
+        let Some((name, parents)) = comps.split_last() else {
+            // The root itself (`./`): take its metadata, nothing else.
+            if kind.is_dir() {
+                self.set_dir_meta(None, &raw, &meta)?;
+            }
+            return Ok(());
+        };
+        self.entries += 1;
+        let parent = self.open_parent(parents, &raw)?;
+        if *name == OPAQUE_MARKER.as_bytes() {
+            return self.set_opaque(&parent, &raw);
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(ApplyError::UnsafePath {
+                    path: lossy(&raw),
+                    reason: "contains ..",
+                });
+            }
+            self.clear(&parent, hidden, &raw, false)?;
+            rustix::fs::mknodat(
+                &parent,
+                OsStr::from_bytes(hidden),
+                rustix::fs::FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .map_err(self.io("create whiteout", &raw))?;
+            return self.times_at(&parent, OsStr::from_bytes(hidden), &raw, &meta);
+        }
+        let cname = OsStr::from_bytes(name);
+        match kind {
+            EntryType::Directory => {
+                if !self.clear(&parent, name, &raw, true)? {
+                    rustix::fs::mkdirat(&parent, cname, Mode::from_raw_mode(0o700))
+                        .map_err(self.io("create directory", &raw))?;
+                }
+                let fd = rustix::fs::openat(
+                    &parent,
+                    cname,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(self.io("open directory", &raw))?;
+                self.set_dir_meta(Some(fd), &raw, &meta)?;
+                let mut rel = Vec::new();
+                for c in &comps {
+                    if !rel.is_empty() {
+                        rel.push(b'/');
+                    }
+                    rel.extend_from_slice(c);
+                }
+                self.dirs.push((rel, meta.mtime));
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                self.clear(&parent, name, &raw, false)?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    cname,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(self.io("create file", &raw))?;
+                let mut file = std::fs::File::from(fd);
+                loop {
+                    let n = entry
+                        .read(&mut self.buf)
+                        .map_err(|source| ApplyError::Read { source })?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all(&self.buf[..n]).map_err(|e| ApplyError::Io {
+                        op: "write",
+                        path: lossy(&raw),
+                        root: self.root.clone(),
+                        source: e,
+                    })?;
+                }
+                let fd = OwnedFd::from(file);
+                self.set_fd_meta(&fd, &raw, &meta)?;
+                let times = Timestamps {
+                    last_access: meta.mtime,
+                    last_modification: meta.mtime,
+                };
+                rustix::fs::futimens(&fd, &times).map_err(self.io("set times of", &raw))?;
+            }
+            EntryType::Symlink => {
+                self.clear(&parent, name, &raw, false)?;
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, cname)
+                    .map_err(self.io("create symlink", &raw))?;
+                self.chown_at(&parent, cname, &raw, &meta)?;
+                self.times_at(&parent, cname, &raw, &meta)?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let bad = || ApplyError::BadHardlink {
+                    path: lossy(&raw),
+                    target: lossy(&target),
+                };
+                let tcomps = components(&target).map_err(|_| bad())?;
+                let Some((tname, tparents)) = tcomps.split_last() else {
+                    return Err(bad());
+                };
+                let tparent = self.open_parent_existing(tparents).map_err(|_| bad())?;
+                self.clear(&parent, name, &raw, false)?;
+                rustix::fs::linkat(
+                    &tparent,
+                    OsStr::from_bytes(tname),
+                    &parent,
+                    cname,
+                    AtFlags::empty(),
+                )
+                .map_err(|_| bad())?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.clear(&parent, name, &raw, false)?;
+                let (ft, dev) = match kind {
+                    EntryType::Char | EntryType::Block => {
+                        let h = entry.header();
+                        let major = h.device_major().ok().flatten().unwrap_or(0);
+                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let ft = if kind == EntryType::Char {
+                            rustix::fs::FileType::CharacterDevice
+                        } else {
+                            rustix::fs::FileType::BlockDevice
+                        };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                    _ => (rustix::fs::FileType::Fifo, 0),
+                };
+                rustix::fs::mknodat(&parent, cname, ft, Mode::from_raw_mode(0o600), dev)
+                    .map_err(self.io("create device", &raw))?;
+                self.chown_at(&parent, cname, &raw, &meta)?;
+                rustix::fs::chmodat(
+                    &parent,
+                    cname,
+                    Mode::from_raw_mode(meta.mode),
+                    AtFlags::empty(),
+                )
+                .map_err(self.io("chmod", &raw))?;
+                self.times_at(&parent, cname, &raw, &meta)?;
+            }
+            other => {
+                return Err(ApplyError::Unsupported {
+                    path: lossy(&raw),
+                    kind: other.as_byte(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> {
+        let h = entry.header();
+        let bad = |source| ApplyError::Read { source };
+        let mode = h.mode().map_err(bad)? & 0o7777;
+        // Some writers leave uid/gid/mtime empty (all NULs); read those as 0 like GNU tar.
+        let uid = h.uid().unwrap_or(0);
+        let gid = h.gid().unwrap_or(0);
+        let mut mtime = Timespec {
+            tv_sec: h.mtime().unwrap_or(0) as i64,
+            tv_nsec: 0,
+        };
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry.pax_extensions().map_err(bad)? {
+            for ext in exts {
+                let ext = ext.map_err(bad)?;
+                let key = ext.key_bytes();
+                if key == b"mtime" {
+                    if let Some(t) = parse_pax_time(ext.value_bytes()) {
+                        mtime = t;
+                    }
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.")
+                    && !is_overlay_xattr(name)
+                {
+                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        let id = |v: u64| {
+            u32::try_from(v).map_err(|_| ApplyError::Read {
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("uid/gid {v} of `{}` out of range", lossy(raw)),
+                ),
+            })
+        };
+        Ok(Meta {
+            mode,
+            uid: id(uid)?,
+            gid: id(gid)?,
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// Opens (creating as needed) the directory `parents` under the root, never following a
+    /// symlink.
+    fn open_parent(&self, parents: &[&[u8]], raw: &[u8]) -> Result<OwnedFd> {
+        if parents.is_empty() {
+            return rustix::io::dup(&self.root_fd).map_err(self.io("open root", raw));
+        }
+        match self.open_parent_existing(parents) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) => {}
+            Err(Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => {
+                return Err(ApplyError::ThroughSymlink { path: lossy(raw) });
+            }
+            Err(e) => return Err(self.io("open parent of", raw)(e)),
+        }
+        // Create missing parents one component at a time.
+        let mut cur = rustix::io::dup(&self.root_fd).map_err(self.io("open root", raw))?;
+        for c in parents {
+            let name = OsStr::from_bytes(c);
+            match rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(self.io("create parent of", raw)(e)),
+            }
+            cur = rustix::fs::openat(
+                &cur,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| match e {
+                Errno::LOOP | Errno::NOTDIR => ApplyError::ThroughSymlink { path: lossy(raw) },
+                e => self.io("open parent of", raw)(e),
+            })?;
+        }
+        Ok(cur)
+    }
+
+    fn open_parent_existing(&self, parents: &[&[u8]]) -> std::result::Result<OwnedFd, Errno> {
+        if parents.is_empty() {
+            return rustix::io::dup(&self.root_fd);
+        }
+        let path = parents.join(&b'/');
+        rustix::fs::openat2(
+            &self.root_fd,
+            OsStr::from_bytes(&path),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    /// Removes whatever is at `parent/name`, except a directory when `keep_dir`.
+    /// Returns true when a directory was kept.
+    fn clear(&self, parent: &OwnedFd, name: &[u8], raw: &[u8], keep_dir: bool) -> Result<bool> {
+        let cname = OsStr::from_bytes(name);
+        let st = match rustix::fs::statat(parent, cname, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(self.io("stat", raw)(e)),
+        };
+        let is_dir =
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+        if is_dir && keep_dir {
+            return Ok(true);
+        }
+        if is_dir {
+            // The parent was resolved without symlinks and `name` is a real directory, so this
+            // path stays inside the root; remove_dir_all never follows symlinks.
+            let path = self.root.join(OsStr::from_bytes(raw));
+            std::fs::remove_dir_all(&path).map_err(|e| ApplyError::Io {
+                op: "replace directory",
+                path: lossy(raw),
+                root: self.root.clone(),
+                source: e,
+            })?;
+        } else {
+            rustix::fs::unlinkat(parent, cname, AtFlags::empty())
+                .map_err(self.io("replace", raw))?;
+        }
+        Ok(false)
+    }
+
+    fn set_opaque(&self, dir: &OwnedFd, raw: &[u8]) -> Result<()> {
+        let flags = rustix::fs::XattrFlags::empty();
+        match rustix::fs::fsetxattr(dir, "trusted.overlay.opaque", b"y", flags) {
+            // Without CAP_SYS_ADMIN, fall back to the userxattr form overlayfs also reads.
+            Err(Errno::PERM) => rustix::fs::fsetxattr(dir, "user.overlay.opaque", b"y", flags),
+            r => r,
+        }
+        .map_err(self.io("mark opaque", raw))
+    }
+
+    fn set_dir_meta(&self, fd: Option<OwnedFd>, raw: &[u8], meta: &Meta) -> Result<()> {
+        match fd {
+            Some(fd) => self.set_fd_meta(&fd, raw, meta),
+            None => {
+                let fd = rustix::io::dup(&self.root_fd).map_err(self.io("open root", raw))?;
+                self.set_fd_meta(&fd, raw, meta)
+            }
+        }
+    }
+
+    fn set_fd_meta(&self, fd: &OwnedFd, raw: &[u8], meta: &Meta) -> Result<()> {
+        match rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw_unchecked(meta.uid)),
+            Some(rustix::fs::Gid::from_raw_unchecked(meta.gid)),
+        ) {
+            // Unprivileged: ownership cannot be kept; the tree is still usable.
+            Ok(()) | Err(Errno::PERM) | Err(Errno::INVAL) => {}
+            Err(e) => return Err(self.io("chown", raw)(e)),
+        }
+        // After chown, which clears setuid/setgid bits.
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(self.io("chmod", raw))?;
+        for (k, v) in &meta.xattrs {
+            match rustix::fs::fsetxattr(
+                fd,
+                OsStr::from_bytes(k),
+                v,
+                rustix::fs::XattrFlags::empty(),
+            ) {
+                Ok(()) | Err(Errno::NOTSUP) => {}
+                Err(e) => return Err(self.io("set xattr on", raw)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn chown_at(&self, parent: &OwnedFd, name: &OsStr, raw: &[u8], meta: &Meta) -> Result<()> {
+        match rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw_unchecked(meta.uid)),
+            Some(rustix::fs::Gid::from_raw_unchecked(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) | Err(Errno::PERM) | Err(Errno::INVAL) => Ok(()),
+            Err(e) => Err(self.io("chown", raw)(e)),
+        }
+    }
+
+    fn times_at(&self, parent: &OwnedFd, name: &OsStr, raw: &[u8], meta: &Meta) -> Result<()> {
+        let times = Timestamps {
+            last_access: meta.mtime,
+            last_modification: meta.mtime,
+        };
+        rustix::fs::utimensat(parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(self.io("set times of", raw))
+    }
+
+    fn finish_dirs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (rel, mtime) in dirs.iter().rev() {
+            let fd = rustix::fs::openat2(
+                &self.root_fd,
+                OsStr::from_bytes(rel),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            );
+            // A directory replaced by a later entry no longer exists as such: skip it.
+            let Ok(fd) = fd else { continue };
+            let times = Timestamps {
+                last_access: *mtime,
+                last_modification: *mtime,
+            };
+            rustix::fs::futimens(fd.as_fd(), &times).map_err(self.io("set times of", rel))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a PAX time (`1234567890.123456789`, possibly negative) into a timespec.
+fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = match s.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    };
+    let secs: i64 = secs.parse().ok()?;
+    let mut nanos: i64 = 0;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        let d = c.to_digit(10)? as i64;
+        nanos += d * 10i64.pow(8 - i as u32);
+    }
+    if s.starts_with('-') && nanos > 0 {
+        return Some(Timespec {
+            tv_sec: secs - 1,
+            tv_nsec: 1_000_000_000 - nanos,
+        });
+    }
+    Some(Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_are_checked() {
+        assert_eq!(components(b"./a//b/").unwrap(), vec![&b"a"[..], b"b"]);
+        assert_eq!(components(b"/etc/x").unwrap_err(), "absolute path");
+        assert_eq!(components(b"a/../../etc").unwrap_err(), "contains ..");
+        assert!(components(b"./").unwrap().is_empty());
+    }
+
+    #[test]
+    fn pax_times_keep_nanoseconds() {
+        let t = parse_pax_time(b"1700000000.5").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1700000000, 500_000_000));
+        let t = parse_pax_time(b"-1.25").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 750_000_000));
+    }
+}

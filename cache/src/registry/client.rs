@@ -1,0 +1,852 @@
+//! The HTTP side of the distribution API: one [`Client`] per (registry, operation), holding the
+//! resolved scheme, the credentials and the auth state (basic, or a bearer token for the
+//! operation's scopes).
+//!
+//! Built on reqwest directly rather than oci-client: kiln needs a mount that falls back to an
+//! upload on 202, a wrong password reported as such, manifests with `mediaType`, uploads
+//! streamed from files, and no aws-lc; see the module docs of [`super`].
+
+use super::auth::{Challenge, Credentials, DockerConfig, is_docker_hub, parse_challenge};
+use crate::oci::Digest;
+use futures_util::StreamExt as _;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, Response, StatusCode};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Manifests and indexes larger than this are refused (docker's limit is 4 MiB too).
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+
+/// The media types kiln accepts for a manifest GET, in the `Accept` header.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// Errors talking to a registry. Each names the registry (and the request) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The HTTP client could not be built (TLS roots).
+    #[error("cannot set up the HTTP client")]
+    Setup(#[source] reqwest::Error),
+    /// Connection, TLS, timeout or body errors.
+    #[error("{registry}: {what}: network error")]
+    Network {
+        /// Registry host.
+        registry: String,
+        /// The request, e.g. `GET manifest app:1`.
+        what: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The registry answered with an unexpected status.
+    #[error("{registry}: {what}: {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Status {
+        /// Registry host.
+        registry: String,
+        /// The request.
+        what: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The registry's error message, if it sent one.
+        message: String,
+    },
+    /// 404.
+    #[error("{registry}: {what}: not found")]
+    NotFound {
+        /// Registry host.
+        registry: String,
+        /// The request.
+        what: String,
+    },
+    /// 401 and no credentials are known.
+    #[error(
+        "{registry}: authentication required (401 Unauthorized)\nhint: run `kiln login {registry}`"
+    )]
+    Unauthorized {
+        /// Registry host.
+        registry: String,
+    },
+    /// 401/403 although credentials were sent: a wrong password, or no access to the repository.
+    #[error("{registry}: the registry rejected the credentials of user `{username}` ({status})")]
+    Denied {
+        /// Registry host.
+        registry: String,
+        /// The user name that was sent.
+        username: String,
+        /// 401 or 403.
+        status: StatusCode,
+    },
+    /// The token endpoint misbehaved.
+    #[error("{registry}: token request to {realm} failed: {message}")]
+    Token {
+        /// Registry host.
+        registry: String,
+        /// The token realm URL.
+        realm: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A manifest (or error body) beyond [`MAX_MANIFEST_SIZE`].
+    #[error("{registry}: {what}: larger than the {limit} byte limit")]
+    TooLarge {
+        /// Registry host.
+        registry: String,
+        /// The request.
+        what: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The registry sent a manifest whose bytes do not match the digest asked for.
+    #[error("{registry}: {what}: content has digest {actual}, expected {expected}")]
+    DigestMismatch {
+        /// Registry host.
+        registry: String,
+        /// The request.
+        what: String,
+        /// The digest in the reference.
+        expected: Digest,
+        /// The digest of what was received.
+        actual: Digest,
+    },
+    /// The upload did not give a usable `Location`.
+    #[error("{registry}: {what}: missing or invalid Location header")]
+    BadLocation {
+        /// Registry host.
+        registry: String,
+        /// The request.
+        what: String,
+    },
+    /// A local file to upload could not be opened.
+    #[error("cannot open {path}")]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading credentials failed.
+    #[error(transparent)]
+    Credentials(#[from] super::auth::AuthError),
+}
+
+impl ClientError {
+    /// True for errors worth retrying: network errors, 5xx and 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Network { .. } => true,
+            ClientError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// How to talk to registries: the pieces of [`super::RegistryOptions`] the client needs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Where credentials come from.
+    pub docker_config: DockerConfig,
+    /// Registries (`host[:port]`) that may be reached over plain HTTP, besides loopback.
+    pub insecure: Vec<String>,
+    /// Retries after the first attempt for transient errors.
+    pub retries: u32,
+    /// The first backoff; doubled after each retry, capped at 10 s.
+    pub retry_base: Duration,
+}
+
+/// True when `registry` (`host[:port]`) may be reached over plain HTTP.
+pub fn allows_plain_http(registry: &str, insecure: &[String]) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        registry.rsplit_once(':').map_or(registry, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                registry
+            }
+        })
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
+        || insecure.iter().any(|i| i == registry || i == host)
+}
+
+#[derive(Debug, Clone)]
+enum AuthState {
+    None,
+    Basic,
+    Bearer(String),
+}
+
+/// A connection to one registry for one operation (its scopes decide the bearer token).
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    registry: String,
+    api_host: String,
+    plain_allowed: bool,
+    base: tokio::sync::OnceCell<String>,
+    creds: Option<Credentials>,
+    scopes: Vec<String>,
+    auth: std::sync::Mutex<AuthState>,
+    retries: u32,
+    retry_base: Duration,
+}
+
+/// What [`Client::start_upload`] got.
+#[derive(Debug)]
+pub enum UploadStart {
+    /// The mount succeeded (201): nothing to upload.
+    Mounted,
+    /// An upload session: PUT the blob here.
+    Session(String),
+}
+
+fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(300))
+        .build()
+        .map_err(ClientError::Setup)
+}
+
+impl Client {
+    /// A client for `registry` whose bearer tokens cover `scopes`
+    /// (`repository:NAME:pull[,push]`).
+    ///
+    /// Fails when the credentials cannot be read or the HTTP client cannot be built.
+    pub fn new(registry: &str, scopes: Vec<String>, cfg: &ClientConfig) -> Result<Client> {
+        let creds = cfg.docker_config.credentials(registry)?;
+        Client::with_given_credentials(registry, scopes, creds, cfg)
+    }
+
+    /// Like [`Client::new`] with `creds` instead of the stored credentials (for login).
+    ///
+    /// Fails when the HTTP client cannot be built.
+    pub fn with_given_credentials(
+        registry: &str,
+        scopes: Vec<String>,
+        creds: Option<Credentials>,
+        cfg: &ClientConfig,
+    ) -> Result<Client> {
+        let http = http_client()?;
+        let api_host = if is_docker_hub(registry) {
+            "registry-1.docker.io".to_owned()
+        } else {
+            registry.to_owned()
+        };
+        Ok(Client {
+            http,
+            registry: registry.to_owned(),
+            api_host,
+            plain_allowed: allows_plain_http(registry, &cfg.insecure),
+            base: tokio::sync::OnceCell::new(),
+            creds,
+            scopes,
+            auth: std::sync::Mutex::new(AuthState::None),
+            retries: cfg.retries,
+            retry_base: cfg.retry_base,
+        })
+    }
+
+    /// The registry host this client talks to.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// Runs `op` again after transient errors, with exponential backoff.
+    pub async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && attempt < self.retries => {
+                    let delay = self
+                        .retry_base
+                        .saturating_mul(1 << attempt.min(16))
+                        .min(Duration::from_secs(10));
+                    tracing::debug!(registry = %self.registry, error = %e, attempt, ?delay, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `https://host` or, when allowed and https fails to connect, `http://host`.
+    async fn base(&self) -> Result<&str> {
+        self.base
+            .get_or_try_init(|| async {
+                let https = format!("https://{}", self.api_host);
+                if !self.plain_allowed {
+                    return Ok(https);
+                }
+                match self.http.get(format!("{https}/v2/")).send().await {
+                    Ok(_) => Ok(https),
+                    Err(e) => {
+                        tracing::debug!(registry = %self.registry, error = %e, "https failed; using plain http");
+                        Ok(format!("http://{}", self.api_host))
+                    }
+                }
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    fn network(&self, what: &str, source: reqwest::Error) -> ClientError {
+        ClientError::Network {
+            registry: self.registry.clone(),
+            what: what.to_owned(),
+            source,
+        }
+    }
+
+    fn auth_header(&self) -> Option<HeaderValue> {
+        let state = self
+            .auth
+            .lock()
+            .expect("auth mutex is never poisoned: no panics while held")
+            .clone();
+        let value = match (state, &self.creds) {
+            (AuthState::Bearer(t), _) => format!("Bearer {t}"),
+            (AuthState::Basic, Some(Credentials::Basic { username, password })) => {
+                use base64::Engine as _;
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                )
+            }
+            _ => return None,
+        };
+        let mut v = HeaderValue::from_str(&value).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
+    /// Sends the request `build` makes (called again after an auth challenge), answering
+    /// 401 challenges once. Returns the response whatever its status, except 401/403 after
+    /// credentials were sent.
+    async fn send<B>(&self, what: &str, build: B) -> Result<Response>
+    where
+        B: Fn(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
+    {
+        let base = self.base().await?;
+        let mut answered = false;
+        loop {
+            let mut rb = build(&self.http, base)?;
+            if let Some(h) = self.auth_header() {
+                rb = rb.header(header::AUTHORIZATION, h);
+            }
+            let resp = rb.send().await.map_err(|e| self.network(what, e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED && resp.status() != StatusCode::FORBIDDEN {
+                return Ok(resp);
+            }
+            let sent_creds = !matches!(
+                *self
+                    .auth
+                    .lock()
+                    .expect("auth mutex is never poisoned: no panics while held"),
+                AuthState::None
+            ) && self.creds.is_some();
+            let status = resp.status();
+            if answered || status == StatusCode::FORBIDDEN {
+                return Err(self.rejected(status, sent_creds));
+            }
+            let challenge = resp
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(parse_challenge)
+                .min_by_key(|c| matches!(c, Challenge::Basic));
+            let new_state = match challenge {
+                Some(Challenge::Bearer {
+                    realm,
+                    service,
+                    scope,
+                }) => AuthState::Bearer(
+                    self.fetch_token(&realm, service.as_deref(), scope.as_deref())
+                        .await?,
+                ),
+                Some(Challenge::Basic) if matches!(self.creds, Some(Credentials::Basic { .. })) => {
+                    AuthState::Basic
+                }
+                _ => return Err(self.rejected(status, false)),
+            };
+            *self
+                .auth
+                .lock()
+                .expect("auth mutex is never poisoned: no panics while held") = new_state;
+            answered = true;
+        }
+    }
+
+    fn rejected(&self, status: StatusCode, sent_creds: bool) -> ClientError {
+        match (&self.creds, sent_creds || status == StatusCode::FORBIDDEN) {
+            (Some(c), true) => ClientError::Denied {
+                registry: self.registry.clone(),
+                username: c.username().to_owned(),
+                status,
+            },
+            _ => ClientError::Unauthorized {
+                registry: self.registry.clone(),
+            },
+        }
+    }
+
+    /// The bearer token flow (<https://distribution.github.io/distribution/spec/auth/token/>):
+    /// GET the realm with basic credentials when known, or POST the OAuth2 refresh-token grant
+    /// for identity tokens.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        challenge_scope: Option<&str>,
+    ) -> Result<String> {
+        let token_err = |message: String| ClientError::Token {
+            registry: self.registry.clone(),
+            realm: realm.to_owned(),
+            message,
+        };
+        let mut scopes = self.scopes.clone();
+        if let Some(s) = challenge_scope {
+            for s in s.split(' ') {
+                if !s.is_empty() && !scopes.iter().any(|x| x == s) {
+                    scopes.push(s.to_owned());
+                }
+            }
+        }
+        let url =
+            reqwest::Url::parse(realm).map_err(|e| token_err(format!("invalid realm: {e}")))?;
+        if url.scheme() != "https" && !(url.scheme() == "http" && self.plain_allowed) {
+            return Err(token_err("the realm is not https".to_owned()));
+        }
+        let rb = match &self.creds {
+            Some(Credentials::IdentityToken(tok)) => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token".to_owned()),
+                    ("refresh_token", tok.clone()),
+                    ("client_id", "kiln".to_owned()),
+                    ("scope", scopes.join(" ")),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s.to_owned()));
+                }
+                self.http.post(url).form(&form)
+            }
+            creds => {
+                let mut q: Vec<(&str, &str)> =
+                    scopes.iter().map(|s| ("scope", s.as_str())).collect();
+                if let Some(s) = service {
+                    q.push(("service", s));
+                }
+                let rb = self.http.get(url).query(&q);
+                match creds {
+                    Some(Credentials::Basic { username, password }) => {
+                        rb.basic_auth(username, Some(password))
+                    }
+                    _ => rb,
+                }
+            }
+        };
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| self.network("token request", e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.rejected(status, self.creds.is_some()));
+        }
+        if !status.is_success() {
+            return Err(token_err(status.to_string()));
+        }
+        let body = read_limited(resp, MAX_MANIFEST_SIZE)
+            .await
+            .map_err(|e| e.unwrap_or_else(|| token_err("answer too large".to_owned())))
+            .map_err(|e| match e {
+                ClientError::Network { source, .. } => self.network("token request", source),
+                e => e,
+            })?;
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            #[serde(default)]
+            token: String,
+            #[serde(default)]
+            access_token: String,
+        }
+        let a: TokenAnswer =
+            serde_json::from_slice(&body).map_err(|e| token_err(format!("invalid JSON: {e}")))?;
+        let t = if a.token.is_empty() {
+            a.access_token
+        } else {
+            a.token
+        };
+        if t.is_empty() {
+            return Err(token_err("the answer holds no token".to_owned()));
+        }
+        Ok(t)
+    }
+
+    /// Turns a non-success response into an error naming the request.
+    async fn check(&self, what: &str, resp: Response) -> Result<Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        if status == StatusCode::NOT_FOUND {
+            return Err(ClientError::NotFound {
+                registry: self.registry.clone(),
+                what: what.to_owned(),
+            });
+        }
+        let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
+        Err(ClientError::Status {
+            registry: self.registry.clone(),
+            what: what.to_owned(),
+            status,
+            message: error_message(&body),
+        })
+    }
+
+    /// `GET /v2/`: checks that the registry answers and accepts the credentials.
+    ///
+    /// Fails when it does not answer, or rejects the credentials.
+    pub async fn ping(&self) -> Result<()> {
+        let what = "GET /v2/";
+        let resp = self
+            .send(what, |http, base| Ok(http.get(format!("{base}/v2/"))))
+            .await?;
+        self.check(what, resp).await.map(drop)
+    }
+
+    /// Fetches a manifest or index by tag or digest. Returns its bytes and media type; when
+    /// `reference` is a digest, the bytes are verified against it.
+    ///
+    /// Fails on HTTP errors, a body over [`MAX_MANIFEST_SIZE`], or a digest mismatch.
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<(Vec<u8>, String)> {
+        let what = format!("GET manifest {repo}:{reference}");
+        let (body, media_type) = self
+            .retry(|| async {
+                let resp = self
+                    .send(&what, |http, base| {
+                        Ok(http
+                            .get(format!("{base}/v2/{repo}/manifests/{reference}"))
+                            .header(header::ACCEPT, MANIFEST_ACCEPT))
+                    })
+                    .await?;
+                let resp = self.check(&what, resp).await?;
+                let media_type = resp
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned())
+                    .unwrap_or_default();
+                let body = read_limited(resp, MAX_MANIFEST_SIZE).await.map_err(|e| {
+                    e.unwrap_or_else(|| ClientError::TooLarge {
+                        registry: self.registry.clone(),
+                        what: what.clone(),
+                        limit: MAX_MANIFEST_SIZE,
+                    })
+                })?;
+                Ok((body, media_type))
+            })
+            .await?;
+        if let Ok(expected) = reference.parse::<Digest>() {
+            let actual = Digest::of(&body);
+            if actual != expected {
+                return Err(ClientError::DigestMismatch {
+                    registry: self.registry.clone(),
+                    what,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok((body, media_type))
+    }
+
+    /// Starts a blob download; the caller streams and verifies the body. Not retried here:
+    /// the caller retries the whole download.
+    ///
+    /// Fails on network errors and non-2xx answers (404 as [`ClientError::NotFound`]).
+    pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<Response> {
+        let what = format!("GET blob {digest} in {repo}");
+        let resp = self
+            .send(&what, |http, base| {
+                Ok(http.get(format!("{base}/v2/{repo}/blobs/{digest}")))
+            })
+            .await?;
+        self.check(&what, resp).await
+    }
+
+    /// True when the registry has `digest` in `repo`.
+    ///
+    /// Fails on network errors and answers other than 200/404.
+    pub async fn has_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let what = format!("HEAD blob {digest} in {repo}");
+        self.retry(|| async {
+            let resp = self
+                .send(&what, |http, base| {
+                    Ok(http.head(format!("{base}/v2/{repo}/blobs/{digest}")))
+                })
+                .await?;
+            match self.check(&what, resp).await {
+                Ok(_) => Ok(true),
+                Err(ClientError::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// `POST /v2/<repo>/blobs/uploads/`, with `?mount=&from=` when `mount_from` is given.
+    /// A mount the registry cannot do answers 202 with an upload session, which is returned.
+    ///
+    /// Fails on HTTP errors or a missing `Location`.
+    pub async fn start_upload(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        mount_from: Option<&str>,
+    ) -> Result<UploadStart> {
+        let what = match mount_from {
+            Some(from) => format!("mount blob {digest} from {from} into {repo}"),
+            None => format!("start upload of {digest} to {repo}"),
+        };
+        let resp = self
+            .send(&what, |http, base| {
+                let mut rb = http
+                    .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+                    .header(header::CONTENT_LENGTH, 0);
+                if let Some(from) = mount_from {
+                    rb = rb.query(&[("mount", digest.to_string().as_str()), ("from", from)]);
+                }
+                Ok(rb)
+            })
+            .await?;
+        let resp = self.check(&what, resp).await?;
+        if resp.status() == StatusCode::CREATED && mount_from.is_some() {
+            return Ok(UploadStart::Mounted);
+        }
+        let location = self.location(&what, resp.headers()).await?;
+        Ok(UploadStart::Session(location))
+    }
+
+    async fn location(&self, what: &str, headers: &HeaderMap) -> Result<String> {
+        let bad = || ClientError::BadLocation {
+            registry: self.registry.clone(),
+            what: what.to_owned(),
+        };
+        let loc = headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(bad)?;
+        let base = reqwest::Url::parse(self.base().await?).map_err(|_| bad())?;
+        let url = base.join(loc).map_err(|_| bad())?;
+        // Only follow the session to the registry itself (a hostile Location must not make us
+        // send credentials elsewhere).
+        if url.host_str() != base.host_str()
+            || url.port_or_known_default() != base.port_or_known_default()
+        {
+            return Err(bad());
+        }
+        Ok(url.to_string())
+    }
+
+    /// Finishes an upload session with one streamed PUT of the file at `path` (`size` bytes).
+    /// `progress` gets the bytes sent so far, about every MiB and at the end.
+    ///
+    /// Fails on I/O, network or HTTP errors.
+    pub async fn put_blob(
+        &self,
+        session: &str,
+        digest: &Digest,
+        path: &Path,
+        size: u64,
+        progress: Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Result<()> {
+        let what = format!("upload blob {digest}");
+        let mut url = reqwest::Url::parse(session).map_err(|_| ClientError::BadLocation {
+            registry: self.registry.clone(),
+            what: what.clone(),
+        })?;
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let sent = Arc::new(AtomicU64::new(0));
+        let resp = self
+            .send(&what, |http, _| {
+                let file = std::fs::File::open(path).map_err(|source| ClientError::Open {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let file = tokio::fs::File::from_std(file);
+                sent.store(0, Ordering::Relaxed);
+                let counter = sent.clone();
+                let progress = progress.clone();
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).inspect(
+                    move |chunk| {
+                        if let Ok(c) = chunk {
+                            let before = counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+                            // Report about every MiB, not every chunk.
+                            if (before + c.len() as u64) >> 20 != before >> 20 {
+                                progress(before + c.len() as u64);
+                            }
+                        }
+                    },
+                );
+                Ok(http
+                    .put(url.clone())
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, size)
+                    .body(reqwest::Body::wrap_stream(stream)))
+            })
+            .await;
+        progress(sent.load(Ordering::Relaxed));
+        self.check(&what, resp?).await.map(drop)
+    }
+
+    /// PUTs a manifest (or index) with its media type under a tag or digest.
+    ///
+    /// Fails on network or HTTP errors.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<()> {
+        let what = format!("PUT manifest {repo}:{reference}");
+        self.retry(|| async {
+            let resp = self
+                .send(&what, |http, base| {
+                    Ok(http
+                        .request(
+                            Method::PUT,
+                            format!("{base}/v2/{repo}/manifests/{reference}"),
+                        )
+                        .header(header::CONTENT_TYPE, media_type)
+                        .body(body.to_vec()))
+                })
+                .await?;
+            self.check(&what, resp).await.map(drop)
+        })
+        .await
+    }
+}
+
+/// Reads a body up to `limit` bytes. `Err(None)` when it is larger.
+async fn read_limited(
+    resp: Response,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, Option<ClientError>> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(None);
+    }
+    let url = resp.url().host_str().unwrap_or_default().to_owned();
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| {
+            Some(ClientError::Network {
+                registry: url.clone(),
+                what: "reading a response".to_owned(),
+                source,
+            })
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The first message of a distribution error body (`{"errors":[{"code","message"}]}`), or
+/// the start of the text.
+fn error_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorItem {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(e) = serde_json::from_slice::<Errors>(body) {
+        if let Some(first) = e.errors.first() {
+            return format!("{} {}", first.code, first.message)
+                .trim()
+                .to_owned();
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    text.trim().chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_and_listed_registries() {
+        assert!(allows_plain_http("localhost:5000", &[]));
+        assert!(allows_plain_http("127.0.0.1:41234", &[]));
+        assert!(allows_plain_http("[::1]:5000", &[]));
+        assert!(allows_plain_http("localhost", &[]));
+        assert!(!allows_plain_http("registry.example:5000", &[]));
+        assert!(!allows_plain_http("127.0.0.1.example", &[]));
+        assert!(allows_plain_http(
+            "registry.example:5000",
+            &["registry.example:5000".into()]
+        ));
+        assert!(allows_plain_http(
+            "registry.example:5000",
+            &["registry.example".into()]
+        ));
+    }
+
+    #[test]
+    fn distribution_error_bodies_are_summarised() {
+        assert_eq!(
+            error_message(br#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":{}}]}"#),
+            "MANIFEST_INVALID manifest invalid"
+        );
+        assert_eq!(error_message(b"  oops \n"), "oops");
+    }
+
+    #[test]
+    fn transient_errors_are_5xx_429_and_network() {
+        let status = |s: u16| ClientError::Status {
+            registry: "r".into(),
+            what: "w".into(),
+            status: StatusCode::from_u16(s).unwrap(),
+            message: String::new(),
+        };
+        assert!(status(503).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(400).is_transient());
+        assert!(
+            !ClientError::Unauthorized {
+                registry: "r".into()
+            }
+            .is_transient()
+        );
+    }
+}

@@ -1,0 +1,535 @@
+//! `pull`: registry -> store, verifying every digest before anything is used.
+
+use super::client::{Client, ClientError};
+use super::{Progress, RegistryOptions, record};
+use crate::image::Image;
+use crate::oci::{self, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
+use crate::reference::Reference;
+use crate::store::{Store, StoreError};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use std::io::Read as _;
+use std::sync::{Arc, Mutex};
+
+/// Image configs larger than this are refused.
+const MAX_CONFIG_SIZE: u64 = 16 << 20;
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// Talking to the registry failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The manifest or index is not valid JSON of the expected shape.
+    #[error("{reference}: invalid {what} {digest}")]
+    InvalidManifest {
+        /// The reference being pulled.
+        reference: String,
+        /// `manifest`, `index` or `config`.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A media type kiln does not pull (schema1, artifacts, foreign layers).
+    #[error("{reference}: unsupported media type `{media_type}` for {what}")]
+    Unsupported {
+        /// The reference.
+        reference: String,
+        /// What carried it.
+        what: String,
+        /// The media type.
+        media_type: String,
+    },
+    /// The index has no manifest for the wanted platform.
+    #[error("{reference}: no image for platform {platform} (the index has: {available})")]
+    NoPlatform {
+        /// The reference.
+        reference: String,
+        /// The wanted platform.
+        platform: String,
+        /// What the index lists.
+        available: String,
+    },
+    /// The config's diff_ids and the manifest's layers disagree.
+    #[error(
+        "{reference}: the manifest lists {layers} layers but the config has {diff_ids} diff_ids"
+    )]
+    LayerCount {
+        /// The reference.
+        reference: String,
+        /// Layers in the manifest.
+        layers: usize,
+        /// diff_ids in the config.
+        diff_ids: usize,
+    },
+    /// A blob failed verification or could not be stored or unpacked.
+    #[error("{reference}: blob {digest}")]
+    Blob {
+        /// The reference.
+        reference: String,
+        /// The blob.
+        digest: Digest,
+        /// The cause (digest mismatch, unsafe tar entry, I/O).
+        #[source]
+        source: StoreError,
+    },
+    /// A small blob (the config) does not match its digest.
+    #[error("{reference}: blob content has digest {actual}, expected {expected}")]
+    DigestMismatch {
+        /// The reference.
+        reference: String,
+        /// The digest in the manifest.
+        expected: Digest,
+        /// The digest of what was received.
+        actual: Digest,
+    },
+    /// A verified blob could not be reopened from the store.
+    #[error("cannot open {path}")]
+    Open {
+        /// The blob file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blob's size differs from its descriptor.
+    #[error("{reference}: blob {digest} has {actual} bytes, the manifest says {expected}")]
+    Size {
+        /// The reference.
+        reference: String,
+        /// The blob.
+        digest: Digest,
+        /// From the descriptor.
+        expected: u64,
+        /// Received.
+        actual: u64,
+    },
+    /// Writing the image or its tag failed.
+    #[error("{reference}: cannot store the image")]
+    Store {
+        /// The reference.
+        reference: String,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
+    /// A worker task panicked or was cancelled.
+    #[error("{reference}: internal task failed")]
+    Task {
+        /// The reference.
+        reference: String,
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+type Result<T> = std::result::Result<T, PullError>;
+
+fn is_index(media_type: &str) -> bool {
+    media_type == oci::MEDIA_TYPE_INDEX || media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST
+}
+
+fn is_manifest(media_type: &str) -> bool {
+    media_type == oci::MEDIA_TYPE_MANIFEST || media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST
+}
+
+fn is_layer(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        oci::MEDIA_TYPE_LAYER_TAR
+            | oci::MEDIA_TYPE_LAYER_GZIP
+            | oci::MEDIA_TYPE_LAYER_ZSTD
+            | oci::MEDIA_TYPE_DOCKER_LAYER_GZIP
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+    )
+}
+
+/// The media type of a manifest body: its `mediaType` field, else the Content-Type, else a
+/// guess from its shape (OCI allows omitting both).
+fn media_type_of(body: &[u8], content_type: &str) -> String {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Peek {
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+        #[serde(default)]
+        schema_version: Option<u32>,
+    }
+    match serde_json::from_slice::<Peek>(body) {
+        Ok(Peek {
+            media_type: Some(m),
+            ..
+        }) if !m.is_empty() => m,
+        _ if !content_type.is_empty() && content_type != "application/json" => {
+            content_type.to_owned()
+        }
+        Ok(Peek {
+            manifests: Some(_), ..
+        }) => oci::MEDIA_TYPE_INDEX.to_owned(),
+        Ok(Peek {
+            schema_version: Some(2),
+            ..
+        }) => oci::MEDIA_TYPE_MANIFEST.to_owned(),
+        _ => content_type.to_owned(),
+    }
+}
+
+fn platform_matches(p: &Platform, want: &Platform) -> bool {
+    p.os == want.os
+        && p.architecture == want.architecture
+        && (want.variant.is_none()
+            || p.variant == want.variant
+            || (p.variant.is_none() && want.variant.as_deref() == Some("v8")))
+}
+
+/// Pulls `reference` for `platform` into `store` and tags it with `reference` (when it has a
+/// tag). Layers already in the store are not downloaded again.
+///
+/// Fails when the registry cannot be reached or refuses, the image has no manifest for
+/// `platform`, a blob does not match its digest or holds an unsafe tar entry, or the store
+/// cannot be written. A failed pull tags nothing and writes no manifest or config; layers that
+/// were fully verified before the failure stay in the store for the next try.
+pub async fn pull(
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+    opts: &RegistryOptions,
+) -> Result<Image> {
+    let name = reference.to_string();
+    let repo = reference.repository.as_str();
+    let client = Client::new(
+        &reference.registry,
+        vec![format!("repository:{repo}:pull")],
+        &opts.client_config(),
+    )?;
+    let tag_or_digest = match (&reference.digest, &reference.tag) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => crate::reference::DEFAULT_TAG.to_owned(),
+    };
+    let (mut body, content_type) = client.get_manifest(repo, &tag_or_digest).await?;
+    let mut media_type = media_type_of(&body, &content_type);
+    let mut stored = Vec::new();
+    if is_index(&media_type) {
+        let index: ImageIndex =
+            serde_json::from_slice(&body).map_err(|source| PullError::InvalidManifest {
+                reference: name.clone(),
+                what: "index",
+                digest: Digest::of(&body),
+                source,
+            })?;
+        let chosen = index
+            .manifests
+            .iter()
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| platform_matches(p, platform))
+                    && is_manifest(&d.media_type)
+            })
+            .ok_or_else(|| PullError::NoPlatform {
+                reference: name.clone(),
+                platform: platform.to_string(),
+                available: index
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref().map(Platform::to_string))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        tracing::debug!(reference = %name, manifest = %chosen.digest, %platform, "index entry chosen");
+        stored.push(std::mem::take(&mut body));
+        let (b, ct) = client
+            .get_manifest(repo, &chosen.digest.to_string())
+            .await?;
+        body = b;
+        media_type = media_type_of(&body, &ct);
+    }
+    if !is_manifest(&media_type) {
+        return Err(PullError::Unsupported {
+            reference: name,
+            what: "manifest".to_owned(),
+            media_type,
+        });
+    }
+    let manifest_digest = Digest::of(&body);
+    let manifest: ImageManifest =
+        serde_json::from_slice(&body).map_err(|source| PullError::InvalidManifest {
+            reference: name.clone(),
+            what: "manifest",
+            digest: manifest_digest.clone(),
+            source,
+        })?;
+    stored.push(body);
+    for l in &manifest.layers {
+        if !is_layer(&l.media_type) {
+            return Err(PullError::Unsupported {
+                reference: name,
+                what: format!("layer {}", l.digest),
+                media_type: l.media_type.clone(),
+            });
+        }
+    }
+
+    // The config is small: fetch and verify it in memory; it is stored with the image.
+    let config = fetch_config(&client, repo, &manifest, &name).await?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(PullError::LayerCount {
+            reference: name,
+            layers: manifest.layers.len(),
+            diff_ids: config.rootfs.diff_ids.len(),
+        });
+    }
+
+    let jobs = manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(desc, diff_id)| {
+            let (client, name) = (&client, &name);
+            async move { fetch_layer(store, client, repo, desc, diff_id, name, opts).await }
+        });
+    futures_util::stream::iter(jobs)
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let store2 = store.clone();
+    let tag = reference
+        .tag
+        .as_ref()
+        .map(|t| format!("{}:{t}", reference.name()));
+    let image = tokio::task::spawn_blocking(move || -> std::result::Result<Image, StoreError> {
+        let image = store2.write_image(&config)?;
+        for b in &stored {
+            store2.put_blob(b)?;
+        }
+        if let Some(tag) = tag {
+            store2.tag(&tag, &image.manifest_digest)?;
+        }
+        Ok(image)
+    })
+    .await
+    .map_err(|source| PullError::Task {
+        reference: name.clone(),
+        source,
+    })?
+    .map_err(|source| PullError::Store {
+        reference: name.clone(),
+        source,
+    })?;
+    tracing::debug!(reference = %name, registry_manifest = %manifest_digest, local = %image.manifest_digest, "pulled");
+    Ok(image)
+}
+
+async fn fetch_config(
+    client: &Client,
+    repo: &str,
+    manifest: &ImageManifest,
+    name: &str,
+) -> Result<ImageConfig> {
+    let desc = &manifest.config;
+    let limit = desc.size.min(MAX_CONFIG_SIZE);
+    let bytes = client
+        .retry(|| async {
+            let resp = client.get_blob(repo, &desc.digest).await?;
+            let mut out = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|source| ClientError::Network {
+                    registry: client.registry().to_owned(),
+                    what: format!("GET blob {}", desc.digest),
+                    source,
+                })?;
+                out.extend_from_slice(&chunk);
+                if out.len() as u64 > limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    let actual = Digest::of(&bytes);
+    if actual != desc.digest {
+        return Err(PullError::DigestMismatch {
+            reference: name.to_owned(),
+            expected: desc.digest.clone(),
+            actual,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|source| PullError::InvalidManifest {
+        reference: name.to_owned(),
+        what: "config",
+        digest: desc.digest.clone(),
+        source,
+    })
+}
+
+/// Downloads one layer blob into the store (verified) and unpacks it (diff_id verified).
+async fn fetch_layer(
+    store: &Store,
+    client: &Client,
+    repo: &str,
+    desc: &oci::Descriptor,
+    diff_id: &Digest,
+    name: &str,
+    opts: &RegistryOptions,
+) -> Result<()> {
+    let digest = &desc.digest;
+    if store.has_layer(diff_id) {
+        opts.report(Progress::Local {
+            digest: digest.clone(),
+        });
+        return Ok(());
+    }
+    let blob_err = |source| PullError::Blob {
+        reference: name.to_owned(),
+        digest: digest.clone(),
+        source,
+    };
+    let task_err = |source| PullError::Task {
+        reference: name.to_owned(),
+        source,
+    };
+    if !store.has_blob(digest) {
+        let ingested = client
+            .retry(|| async {
+                let resp = client.get_blob(repo, digest).await?;
+                // Network errors inside the byte stream surface to the store as I/O errors; keep
+                // the original so that they are retried as network errors, not reported as
+                // store failures.
+                let net_error: Arc<Mutex<Option<reqwest::Error>>> = Arc::default();
+                let seen = net_error.clone();
+                let total = desc.size;
+                let progress = opts.progress.clone();
+                let d = digest.clone();
+                let mut done = 0u64;
+                let stream = resp.bytes_stream().map(move |r| match r {
+                    Ok(b) => {
+                        let before = done;
+                        done += b.len() as u64;
+                        if let Some(p) = &progress {
+                            if done >> 20 != before >> 20 || done == total {
+                                p(&Progress::Download {
+                                    digest: d.clone(),
+                                    done,
+                                    total,
+                                });
+                            }
+                        }
+                        Ok(b)
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        *seen.lock().expect("net_error mutex is never poisoned") = Some(e);
+                        Err(std::io::Error::other(msg))
+                    }
+                });
+                let reader =
+                    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+                let (store, expected) = (store.clone(), digest.clone());
+                // Read at most one byte more than announced: a longer body fails the digest
+                // check instead of filling the disk.
+                let limit = desc.size.saturating_add(1);
+                let result = tokio::task::spawn_blocking(move || {
+                    let reader = std::io::BufReader::with_capacity(1 << 20, reader).take(limit);
+                    store.ingest_blob(reader, Some(&expected))
+                })
+                .await;
+                match result {
+                    Ok(Err(_))
+                        if net_error
+                            .lock()
+                            .expect("net_error mutex is never poisoned")
+                            .is_some() =>
+                    {
+                        let source = net_error
+                            .lock()
+                            .expect("net_error mutex is never poisoned")
+                            .take()
+                            .expect("checked just above");
+                        Err(ClientError::Network {
+                            registry: client.registry().to_owned(),
+                            what: format!("GET blob {digest}"),
+                            source,
+                        })
+                    }
+                    other => Ok(other),
+                }
+            })
+            .await?;
+        let (_, size) = ingested.map_err(task_err)?.map_err(blob_err)?;
+        if size != desc.size {
+            return Err(PullError::Size {
+                reference: name.to_owned(),
+                digest: digest.clone(),
+                expected: desc.size,
+                actual: size,
+            });
+        }
+    }
+    let path = store.blob_path(digest);
+    let f = std::fs::File::open(&path).map_err(|source| PullError::Open { path, source })?;
+    let (store2, want) = (store.clone(), diff_id.clone());
+    tokio::task::spawn_blocking(move || {
+        store2.unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), Some(&want))
+    })
+    .await
+    .map_err(task_err)?
+    .map_err(blob_err)?;
+    record::remember(store.root(), client.registry(), digest, repo);
+    opts.report(Progress::Unpacked {
+        digest: digest.clone(),
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_kind_comes_from_field_then_header_then_shape() {
+        assert_eq!(
+            media_type_of(br#"{"mediaType":"x/y","manifests":[]}"#, "a/b"),
+            "x/y"
+        );
+        assert_eq!(
+            media_type_of(br#"{"manifests":[]}"#, oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST),
+            oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST
+        );
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#, "application/json"),
+            oci::MEDIA_TYPE_INDEX
+        );
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"config":{}}"#, ""),
+            oci::MEDIA_TYPE_MANIFEST
+        );
+    }
+
+    #[test]
+    fn platform_match_honours_variant_only_when_asked() {
+        let p = |a: &str, v: Option<&str>| Platform {
+            architecture: a.into(),
+            os: "linux".into(),
+            variant: v.map(Into::into),
+            os_version: None,
+        };
+        assert!(platform_matches(&p("amd64", None), &p("amd64", None)));
+        assert!(!platform_matches(&p("arm64", None), &p("amd64", None)));
+        assert!(platform_matches(&p("arm", Some("v7")), &p("arm", None)));
+        assert!(!platform_matches(
+            &p("arm", Some("v6")),
+            &p("arm", Some("v7"))
+        ));
+        assert!(platform_matches(&p("arm64", None), &p("arm64", Some("v8"))));
+    }
+}

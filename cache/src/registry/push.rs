@@ -1,0 +1,207 @@
+//! `push`: store -> registry. Blobs the registry has are skipped, blobs in a sibling
+//! repository are mounted, the rest are streamed from disk.
+
+use super::client::{Client, ClientError, UploadStart};
+use super::{Progress, RegistryOptions, record};
+use crate::image::Image;
+use crate::oci::{self, Descriptor, Digest, ImageManifest};
+use crate::reference::Reference;
+use crate::store::{Store, StoreError};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Why a push failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Talking to the registry failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A layer could not be compressed, or a blob read, from the store.
+    #[error("{reference}: cannot read {digest} from the store")]
+    Store {
+        /// The destination.
+        reference: String,
+        /// The blob or diff_id.
+        digest: Digest,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
+    /// The destination names a digest that is not the pushed manifest's.
+    #[error("{reference}: the pushed manifest has digest {actual}")]
+    DigestMismatch {
+        /// The destination.
+        reference: String,
+        /// The manifest's digest.
+        actual: Digest,
+    },
+    /// A worker task panicked or was cancelled.
+    #[error("{reference}: internal task failed")]
+    Task {
+        /// The destination.
+        reference: String,
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+type Result<T> = std::result::Result<T, PushError>;
+
+/// Pushes `image` from `store` to `reference` and returns the pushed manifest's digest.
+///
+/// The manifest is an OCI manifest listing the compressed layers (compressed with
+/// `opts.compression`, memoized by the store) and the image's config blob as stored.
+///
+/// Fails when a layer cannot be compressed, the registry cannot be reached or refuses a
+/// request (after retries for transient errors), or `reference` carries a digest that is
+/// not the manifest's.
+pub async fn push(
+    store: &Store,
+    image: &Image,
+    reference: &Reference,
+    opts: &RegistryOptions,
+) -> Result<Digest> {
+    let name = reference.to_string();
+    let repo = reference.repository.as_str();
+    let registry = reference.registry.as_str();
+    let diff_ids: Vec<Digest> = image.config.rootfs.diff_ids.clone();
+
+    // Blobs we may mount from a sibling repository need that repository's pull scope in the
+    // token. Compressed layer digests are known only after compression, so only the config
+    // (and layers, looked up again below) can be planned here; a mount the token does not
+    // cover is answered with an upload session, which push_blob uses.
+    let config_digest = image.config_digest.clone();
+    let mut scopes = vec![format!("repository:{repo}:pull,push")];
+    let config_from = record::lookup(store.root(), registry, &config_digest).filter(|r| r != repo);
+    if let Some(from) = &config_from {
+        scopes.push(format!("repository:{from}:pull"));
+    }
+    let client = Arc::new(Client::new(registry, scopes, &opts.client_config())?);
+
+    let layer_jobs = diff_ids.iter().map(|diff_id| {
+        let (client, name) = (client.clone(), name.clone());
+        async move {
+            opts.report(Progress::Compress {
+                diff_id: diff_id.clone(),
+            });
+            let (store2, d, c) = (store.clone(), diff_id.clone(), opts.compression);
+            let desc = tokio::task::spawn_blocking(move || store2.compressed_layer(&d, c))
+                .await
+                .map_err(|source| PushError::Task {
+                    reference: name.clone(),
+                    source,
+                })?
+                .map_err(|source| PushError::Store {
+                    reference: name.clone(),
+                    digest: diff_id.clone(),
+                    source,
+                })?;
+            let from = record::lookup(store.root(), registry, &desc.digest).filter(|r| r != repo);
+            push_blob(store, &client, repo, &desc, from.as_deref(), opts).await?;
+            Ok::<Descriptor, PushError>(Descriptor::new(&desc.media_type, desc.digest, desc.size))
+        }
+    });
+    let config_job = {
+        let client = client.clone();
+        let desc = Descriptor::new(
+            oci::MEDIA_TYPE_CONFIG,
+            config_digest.clone(),
+            image.manifest.config.size,
+        );
+        async move {
+            push_blob(store, &client, repo, &desc, config_from.as_deref(), opts).await?;
+            Ok::<Descriptor, PushError>(desc)
+        }
+    };
+    // Layers keep their order: `buffered` (not `buffer_unordered`) yields results in order
+    // while running up to `concurrency` jobs at once.
+    let (layers, config) = futures_util::future::try_join(
+        futures_util::stream::iter(layer_jobs)
+            .buffered(opts.concurrency.max(1))
+            .try_collect::<Vec<_>>(),
+        config_job,
+    )
+    .await?;
+
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(oci::MEDIA_TYPE_MANIFEST.to_owned()),
+        config,
+        layers,
+        annotations: BTreeMap::new(),
+    };
+    let bytes = oci::to_canonical_json(&manifest).expect("manifests always serialise to JSON");
+    let digest = Digest::of(&bytes);
+    if let Some(want) = &reference.digest {
+        if *want != digest {
+            return Err(PushError::DigestMismatch {
+                reference: name,
+                actual: digest,
+            });
+        }
+    }
+    let target = reference.tag.clone().unwrap_or_else(|| digest.to_string());
+    client
+        .put_manifest(repo, &target, oci::MEDIA_TYPE_MANIFEST, &bytes)
+        .await?;
+    tracing::debug!(reference = %name, %digest, "pushed");
+    Ok(digest)
+}
+
+/// Makes the registry have `desc` in `repo`: HEAD, else mount from `from`, else a streamed
+/// upload. Retried as a whole on transient errors (a new upload session each time).
+async fn push_blob(
+    store: &Store,
+    client: &Client,
+    repo: &str,
+    desc: &Descriptor,
+    from: Option<&str>,
+    opts: &RegistryOptions,
+) -> Result<()> {
+    let digest = &desc.digest;
+    let path = store.blob_path(digest);
+    client
+        .retry(|| async {
+            if client.has_blob(repo, digest).await? {
+                opts.report(Progress::Exists {
+                    digest: digest.clone(),
+                });
+                return Ok(());
+            }
+            let session = match client.start_upload(repo, digest, from).await? {
+                UploadStart::Mounted => {
+                    opts.report(Progress::Mounted {
+                        digest: digest.clone(),
+                        from: from.unwrap_or_default().to_owned(),
+                    });
+                    return Ok(());
+                }
+                UploadStart::Session(s) => s,
+            };
+            let progress: Arc<dyn Fn(u64) + Send + Sync> = match &opts.progress {
+                Some(p) => {
+                    let (p, d, total) = (p.clone(), digest.clone(), desc.size);
+                    Arc::new(move |done| {
+                        p(&Progress::Upload {
+                            digest: d.clone(),
+                            done,
+                            total,
+                        })
+                    })
+                }
+                None => Arc::new(|_| {}),
+            };
+            client
+                .put_blob(&session, digest, &path, desc.size, progress)
+                .await?;
+            opts.report(Progress::Uploaded {
+                digest: digest.clone(),
+            });
+            Ok(())
+        })
+        .await?;
+    record::remember(store.root(), client.registry(), digest, repo);
+    Ok(())
+}
