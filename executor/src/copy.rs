@@ -274,6 +274,22 @@ pub fn place(
     })
 }
 
+/// The part of a match `--parents` keeps: all of it, or what follows a `/./` pivot in the
+/// source (`COPY --parents ./a/./b/c /dst/` gives `/dst/b/c`, as in BuildKit).
+pub fn parents_path(source: &str, matched: &str) -> String {
+    let Some(at) = source.find("/./") else {
+        return matched.to_string();
+    };
+    let pivot = context::clean(&source[..at]);
+    if pivot.is_empty() {
+        return matched.to_string();
+    }
+    matched
+        .strip_prefix(&pivot)
+        .map(|rest| rest.trim_start_matches('/').to_string())
+        .unwrap_or_else(|| matched.to_string())
+}
+
 fn sub_path(rel: &str, matched: &str) -> String {
     if matched.is_empty() {
         rel.to_string()
@@ -342,7 +358,12 @@ pub fn copy(
         let end = tops.get(t + 1).copied().unwrap_or(entries.len());
         let top = &entries[start];
         let is_dir = top.kind == EntryKind::Dir;
-        let target = place(to, dest_is_dir, multi, &top.matched, is_dir, opts.parents)?;
+        let kept = if opts.parents {
+            parents_path(&sources[top.source], &top.matched)
+        } else {
+            top.matched.clone()
+        };
+        let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
         if !is_dir
             && opts.unpack_archives
             && opts.from_context
@@ -493,6 +514,14 @@ mod tests {
         let err = parse_chmod("17777").expect_err("too big");
         assert!(err.to_string().contains("--chmod=17777"));
         assert!(parse_chmod("").is_err());
+    }
+
+    #[test]
+    fn parents_pivot_drops_what_precedes_it() {
+        assert_eq!(parents_path("a/./b/c", "a/b/c"), "b/c");
+        assert_eq!(parents_path("./a/./b/*", "a/b/x"), "b/x");
+        assert_eq!(parents_path("a/b/c", "a/b/c"), "a/b/c");
+        assert_eq!(parents_path("./a/b", "a/b"), "a/b");
     }
 
     #[test]

@@ -486,6 +486,13 @@ fn copy_parents_keeps_source_paths() -> Result<()> {
         tree(&layer.upper())?,
         vec!["p", "p/a.txt", "p/dir", "p/dir/sub", "p/dir/sub/b"]
     );
+    // A `/./` pivot keeps only what follows it.
+    let mut t = copy_task(ctx.path(), &["dir/./sub/b"], "/q/");
+    if let CopyTask::Copy { parents, .. } = &mut t {
+        *parents = true;
+    }
+    let layer = copy_ok(vec![], vec![t])?;
+    ensure_eq!(tree(&layer.upper())?, vec!["q", "q/sub", "q/sub/b"]);
     Ok(())
 }
 
