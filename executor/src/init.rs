@@ -242,14 +242,14 @@ fn parse_args(args: &[String]) -> Result<InitSpec> {
     serde_json::from_str(json).map_err(InitError::Spec)
 }
 
-fn file_err(path: &Path) -> impl FnOnce(io::Error) -> InitError + '_ {
+pub(crate) fn file_err(path: &Path) -> impl FnOnce(io::Error) -> InitError + '_ {
     move |source| InitError::File {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn ns_err(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> InitError {
+pub(crate) fn ns_err(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> InitError {
     move |e| InitError::Namespace {
         what,
         source: e.into(),
@@ -267,9 +267,10 @@ impl StateDir {
     pub(crate) fn create(work: &Path) -> Result<StateDir> {
         let parent = work.parent().unwrap_or(Path::new("/"));
         let path = parent.join(format!(".kiln-init-{}", std::process::id()));
-        // A stale one from a killed run with a recycled pid.
+        // A stale one from a killed run with a recycled pid (nothing is mounted in it: the
+        // mount namespace that had mounts there died with that run).
         if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(file_err(&path))?;
+            drop(StateDir { path: path.clone() });
         }
         std::fs::create_dir(&path).map_err(file_err(&path))?;
         let state = StateDir { path };
@@ -282,8 +283,20 @@ impl StateDir {
 }
 
 impl Drop for StateDir {
+    /// Never recursive: a directory that is still a mount point (in this mount namespace)
+    /// must not be emptied through the mount; `rmdir` just fails with EBUSY there.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if let Ok(rd) = std::fs::read_dir(&self.path) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(&p);
+                } else {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.path);
     }
 }
 

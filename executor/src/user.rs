@@ -139,6 +139,39 @@ pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<
     Ok(id)
 }
 
+/// Resolves a `--chown`/WORKDIR owner as BuildKit does: a user name takes its uid and primary
+/// gid from /etc/passwd, a numeric user uses its uid as gid too, and an explicit group (name or
+/// number) overrides the gid. No supplementary groups.
+///
+/// Fails when a name is not listed, or a part is empty.
+pub fn resolve_owner(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<(u32, u32)> {
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if user_part.is_empty() || group_part.is_some_and(str::is_empty) {
+        return Err(UserError::Invalid(spec.to_string()));
+    }
+    let (uid, mut gid) = match user_part.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => {
+            let users = passwd.map(parse_passwd).unwrap_or_default();
+            let e = users
+                .iter()
+                .find(|e| e.name == user_part)
+                .ok_or_else(|| UserError::UnknownUser(user_part.to_string()))?;
+            (e.uid, e.gid)
+        }
+    };
+    if let Some(g) = group_part {
+        gid = resolve_group_spec(g, group)?;
+    }
+    Ok((uid, gid))
+}
+
 /// Resolves a group name or number.
 pub fn resolve_group_spec(g: &str, group: Option<&str>) -> Result<u32> {
     resolve_group(g, &group.map(parse_group).unwrap_or_default())
@@ -243,6 +276,22 @@ mod tests {
     fn unknown_group_name_is_an_error_naming_it() {
         let err = resolve("bob:staff", Some(PASSWD), Some(GROUP)).expect_err("missing");
         assert_eq!(err, UserError::UnknownGroup("staff".into()));
+    }
+
+    #[test]
+    fn owner_by_name_takes_primary_gid_and_numeric_uid_doubles_as_gid() {
+        assert_eq!(
+            resolve_owner("bob", Some(PASSWD), Some(GROUP)),
+            Ok((1001, 100))
+        );
+        assert_eq!(resolve_owner("55", None, None), Ok((55, 55)));
+        assert_eq!(resolve_owner("55:wheel", None, Some(GROUP)), Ok((55, 10)));
+        assert_eq!(resolve_owner("bob:7", Some(PASSWD), None), Ok((1001, 7)));
+        assert_eq!(resolve_owner("", None, None), Ok((0, 0)));
+        assert_eq!(
+            resolve_owner("ghost", Some(PASSWD), None),
+            Err(UserError::UnknownUser("ghost".into()))
+        );
     }
 
     #[test]

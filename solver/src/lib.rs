@@ -6,6 +6,9 @@
 //! - [`sched`]: runs the nodes the target needs, concurrently, each once, behind the
 //!   [`sched::OpRunner`] trait.
 //! - [`progress`]: the events the solver emits while it runs (the cli renders them).
+//! - [`ops`]: the real runner ([`Solver`]): cache lookups, sandboxed RUN/COPY, layer commits
+//!   and the final image.
+//! - [`run`]: the sandbox spec of a `kiln run` container.
 //!
 //! The solver depends on `cache` (store, layers, images) and `executor` (sandboxes). It never
 //! parses Dockerfiles and never prints: progress leaves as events.
@@ -13,5 +16,9 @@
 
 pub mod graph;
 pub mod key;
+pub mod ops;
 pub mod progress;
+pub mod run;
 pub mod sched;
+
+pub use ops::{SolveError, SolveOptions, Solver};

@@ -1,0 +1,688 @@
+//! Host-side view of COPY sources: `.dockerignore` matching and source expansion.
+//!
+//! The solver hashes what [`walk_sources`] lists to build cache keys, and the copy engine
+//! copies exactly that list, so the two can never disagree. No `unsafe`, no mounts: this runs
+//! in the multi-threaded kiln process as well as in `__init`.
+//!
+//! Rules (Docker/BuildKit):
+//! - a source is cleaned and made relative to the root: `/x`, `./x` and `../x` all mean `x`
+//!   (BuildKit cleans `../` away rather than failing);
+//! - the path is resolved inside the root: symlinks (including a top-level source symlink,
+//!   which is followed) can never lead outside it;
+//! - a wildcard source (`*`, `?`, `[...]`) expands to the sorted matching paths, and may match
+//!   nothing; a plain source must exist and not be ignored;
+//! - a directory source lists its whole tree (entries under it are not followed), minus
+//!   ignored and `--exclude`d paths.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use serde::{Deserialize, Serialize};
+
+/// Errors expanding COPY sources.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// A plain source does not exist (or is ignored, which makes it absent from the context).
+    #[error("file not found in build context: {path}")]
+    NotFound {
+        /// The source as written.
+        path: String,
+    },
+    /// Reading the context failed.
+    #[error("reading {path}")]
+    Io {
+        /// Host path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, ContextError>;
+
+/// Kind of a source entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link (only below a directory source; top-level links are followed).
+    Symlink,
+    /// FIFO, socket or device node.
+    Special,
+}
+
+/// One path COPY will read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceEntry {
+    /// Absolute host path (top-level symlinks resolved inside the root).
+    pub path: PathBuf,
+    /// Path relative to the root, as named (`dir/sub/file`).
+    pub rel: String,
+    /// Kind.
+    pub kind: EntryKind,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Modification time in nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Symlink target.
+    pub link_target: Option<String>,
+    /// Index of the COPY source that produced this entry.
+    pub source: usize,
+    /// `rel` of the top-level match this entry belongs to (equal to `rel` for the match).
+    pub matched: String,
+    /// Device (major, minor) of a device node; `(dev, inode)` of a file with several links
+    /// is in `inode`.
+    pub rdev: u64,
+    /// `(st_dev, st_ino)` when the file has more than one hard link, for keeping hard links.
+    pub inode: Option<(u64, u64)>,
+}
+
+/// A compiled `.dockerignore` (also used for `--exclude`).
+#[derive(Debug, Clone, Default)]
+pub struct Ignore {
+    patterns: Vec<Pattern>,
+}
+
+#[derive(Debug, Clone)]
+struct Pattern {
+    negate: bool,
+    segments: Vec<String>,
+}
+
+impl Ignore {
+    /// Parses `.dockerignore` text: one pattern per line, `#` comments, `!` exceptions, a
+    /// leading `/` ignored, `**` for any number of directories. The last matching line wins,
+    /// and a pattern matching a directory matches everything below it.
+    pub fn parse(dockerignore: &str) -> Ignore {
+        Ignore::from_lines(dockerignore.lines())
+    }
+
+    /// Like [`Ignore::parse`], one pattern per item.
+    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Ignore {
+        let mut patterns = Vec::new();
+        for line in lines {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (negate, pat) = match line.strip_prefix('!') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line),
+            };
+            let cleaned = clean(pat);
+            if cleaned.is_empty() {
+                continue;
+            }
+            patterns.push(Pattern {
+                negate,
+                segments: cleaned.split('/').map(String::from).collect(),
+            });
+        }
+        Ignore { patterns }
+    }
+
+    /// True when nothing is ignored.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    fn has_exceptions(&self) -> bool {
+        self.patterns.iter().any(|p| p.negate)
+    }
+
+    /// Whether `rel` (relative to the context root, `/`-separated) is ignored.
+    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
+        let _ = is_dir; // Docker cleans the trailing `/` off patterns: files and dirs match alike.
+        let rel = clean(rel);
+        if rel.is_empty() {
+            return false;
+        }
+        let parts: Vec<&str> = rel.split('/').collect();
+        let mut ignored = false;
+        for p in &self.patterns {
+            // The path itself or any of its parents.
+            let hit = (1..=parts.len()).any(|n| match_segments(&p.segments, &parts[..n]));
+            if hit {
+                ignored = !p.negate;
+            }
+        }
+        ignored
+    }
+}
+
+fn match_segments(pat: &[String], path: &[&str]) -> bool {
+    match pat.first() {
+        None => path.is_empty(),
+        Some(s) if s == "**" => {
+            (0..=path.len()).any(|skip| match_segments(&pat[1..], &path[skip..]))
+        }
+        Some(s) => {
+            !path.is_empty() && glob_match(s, path[0]) && match_segments(&pat[1..], &path[1..])
+        }
+    }
+}
+
+/// `filepath.Match` on one path segment: `*`, `?`, `[a-z]`, `[^x]`/`[!x]`, `\` escapes.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    glob_at(&p, &n)
+}
+
+fn glob_at(p: &[char], n: &[char]) -> bool {
+    match p.first() {
+        None => n.is_empty(),
+        Some('*') => (0..=n.len()).any(|i| glob_at(&p[1..], &n[i..])),
+        Some('?') => !n.is_empty() && glob_at(&p[1..], &n[1..]),
+        Some('[') => {
+            let Some(c) = n.first() else { return false };
+            match class_match(&p[1..], *c) {
+                Some((ok, used)) => ok && glob_at(&p[1 + used..], &n[1..]),
+                None => false,
+            }
+        }
+        Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && glob_at(&p[2..], &n[1..]),
+        Some(c) => n.first() == Some(c) && glob_at(&p[1..], &n[1..]),
+    }
+}
+
+/// Matches `c` against a class body (after `[`); returns (matched, chars used incl. `]`).
+fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
+    let mut i = 0;
+    let negate = matches!(p.first(), Some('^') | Some('!'));
+    if negate {
+        i += 1;
+    }
+    let mut hit = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == ']' && !first {
+            return Some((hit != negate, i + 1));
+        }
+        first = false;
+        let mut lo = p[i];
+        if lo == '\\' && i + 1 < p.len() {
+            i += 1;
+            lo = p[i];
+        }
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            let hi = p[i + 2];
+            hit |= lo <= c && c <= hi;
+            i += 3;
+        } else {
+            hit |= lo == c;
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Whether a source has wildcard characters.
+pub fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Cleans a path lexically and makes it relative: `/a/./b/../c/` and `../a/c` give `a/c`;
+/// `.` and `/` give `""`.
+pub fn clean(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    out.join("/")
+}
+
+/// Expands COPY sources (wildcards, directories recursively) under `root`, skipping ignored
+/// files; errors when a non-wildcard source is missing, ignored or escapes `root`.
+///
+/// `exclude` are `--exclude` patterns, matched against paths relative to each match (and
+/// against the basename of the match itself).
+pub fn walk_sources(
+    root: &Path,
+    sources: &[String],
+    ignore: &Ignore,
+    exclude: &[String],
+) -> Result<Vec<SourceEntry>> {
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(root, e.into()))?;
+    let exclude = Ignore::from_lines(exclude.iter().map(String::as_str));
+    let walker = Walker {
+        root,
+        root_fd,
+        ignore,
+        exclude: &exclude,
+    };
+    let mut out = Vec::new();
+    for (index, source) in sources.iter().enumerate() {
+        let rel = clean(source);
+        let matches = if has_wildcard(&rel) {
+            walker.expand(&rel)?
+        } else {
+            if walker.ignore.is_ignored(&rel, false) && !rel.is_empty() {
+                return Err(ContextError::NotFound {
+                    path: source.clone(),
+                });
+            }
+            vec![rel]
+        };
+        for m in matches {
+            let Some(path) = walker.resolve(&m)? else {
+                return Err(ContextError::NotFound {
+                    path: source.clone(),
+                });
+            };
+            let base = m.rsplit('/').next().unwrap_or("");
+            if !base.is_empty() && walker.exclude.is_ignored(base, false) {
+                continue;
+            }
+            let meta = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?;
+            let top = entry(path.clone(), m.clone(), &meta, None, index, &m);
+            let is_dir = top.kind == EntryKind::Dir;
+            out.push(top);
+            if is_dir {
+                walker.walk_dir(&path, &m, "", (index, &m), &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> ContextError {
+    ContextError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+struct Walker<'a> {
+    root: &'a Path,
+    root_fd: OwnedFd,
+    ignore: &'a Ignore,
+    exclude: &'a Ignore,
+}
+
+impl Walker<'_> {
+    /// The host path of `rel` with every symlink resolved inside the root; `None` if missing.
+    fn resolve(&self, rel: &str) -> Result<Option<PathBuf>> {
+        if rel.is_empty() {
+            return Ok(Some(self.root.to_path_buf()));
+        }
+        let fd = match rustix::fs::openat2(
+            &self.root_fd,
+            rel,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => return Ok(None),
+            Err(e) => return Err(io_err(&self.root.join(rel), e.into())),
+        };
+        let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        std::fs::read_link(&link)
+            .map(Some)
+            .map_err(|e| io_err(&self.root.join(rel), e))
+    }
+
+    /// Expands a wildcard path segment by segment; sorted, ignored paths left out.
+    fn expand(&self, rel: &str) -> Result<Vec<String>> {
+        let mut found = vec![String::new()];
+        for seg in rel.split('/') {
+            let mut next = Vec::new();
+            for prefix in found {
+                let join = |name: &str| {
+                    if prefix.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{prefix}/{name}")
+                    }
+                };
+                if !has_wildcard(seg) {
+                    next.push(join(seg));
+                    continue;
+                }
+                let Some(dir) = self.resolve(&prefix)? else {
+                    continue;
+                };
+                let Ok(rd) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                let mut names: Vec<String> = rd
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| glob_match(seg, n))
+                    .collect();
+                names.sort();
+                next.extend(names.iter().map(|n| join(n)));
+            }
+            found = next;
+        }
+        let mut out = Vec::new();
+        for m in found {
+            if !self.ignore.is_ignored(&m, false) && self.resolve(&m)?.is_some() {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn walk_dir(
+        &self,
+        dir: &Path,
+        rel: &str,
+        sub: &str,
+        (index, matched): (usize, &str),
+        out: &mut Vec<SourceEntry>,
+    ) -> Result<()> {
+        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
+            .map_err(|e| io_err(dir, e))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| io_err(dir, e))?;
+        names.sort();
+        for name in names {
+            let name = name.to_string_lossy().into_owned();
+            let child_rel = join_rel(rel, &name);
+            let child_sub = join_rel(sub, &name);
+            let path = dir.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| io_err(&path, e))?;
+            let ignored = self.ignore.is_ignored(&child_rel, meta.is_dir())
+                || self.exclude.is_ignored(&child_sub, meta.is_dir());
+            if ignored
+                && !(meta.is_dir()
+                    && (self.ignore.has_exceptions() || self.exclude.has_exceptions()))
+            {
+                continue;
+            }
+            let link = if meta.file_type().is_symlink() {
+                Some(
+                    std::fs::read_link(&path)
+                        .map_err(|e| io_err(&path, e))?
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            } else {
+                None
+            };
+            let e = entry(path.clone(), child_rel.clone(), &meta, link, index, matched);
+            if meta.is_dir() {
+                let at = out.len();
+                out.push(e);
+                self.walk_dir(&path, &child_rel, &child_sub, (index, matched), out)?;
+                // An ignored directory stays only to hold re-included (`!`) entries.
+                if ignored && out.len() == at + 1 {
+                    out.pop();
+                }
+            } else {
+                out.push(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn join_rel(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+fn entry(
+    path: PathBuf,
+    rel: String,
+    meta: &std::fs::Metadata,
+    link_target: Option<String>,
+    source: usize,
+    matched: &str,
+) -> SourceEntry {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else {
+        EntryKind::Special
+    };
+    SourceEntry {
+        path,
+        rel,
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: if kind == EntryKind::File {
+            meta.len()
+        } else {
+            0
+        },
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        link_target,
+        source,
+        matched: matched.to_string(),
+        rdev: meta.rdev(),
+        inode: (kind == EntryKind::File && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn ig(text: &str) -> Ignore {
+        Ignore::parse(text)
+    }
+
+    #[test]
+    fn plain_pattern_matches_the_path_and_everything_below() {
+        let i = ig("build\n");
+        assert!(i.is_ignored("build", true));
+        assert!(i.is_ignored("build/out/x.o", false));
+        assert!(!i.is_ignored("src/build", true));
+    }
+
+    #[test]
+    fn comments_blank_lines_and_leading_slash() {
+        let i = ig("# comment\n\n/secret.txt\n./tmp/\n");
+        assert!(i.is_ignored("secret.txt", false));
+        assert!(i.is_ignored("tmp/a", false));
+        assert!(!i.is_ignored("# comment", false));
+    }
+
+    #[test]
+    fn star_does_not_cross_directories_but_double_star_does() {
+        let i = ig("*.log\n**/*.tmp\n");
+        assert!(i.is_ignored("a.log", false));
+        assert!(!i.is_ignored("dir/a.log", false));
+        assert!(i.is_ignored("a.tmp", false));
+        assert!(i.is_ignored("x/y/z.tmp", false));
+    }
+
+    #[test]
+    fn double_star_in_the_middle_and_at_the_end() {
+        let i = ig("a/**/z\nlogs/**\n");
+        assert!(i.is_ignored("a/z", false));
+        assert!(i.is_ignored("a/b/c/z", false));
+        assert!(!i.is_ignored("a/b/c/y", false));
+        assert!(i.is_ignored("logs/x/y", false));
+    }
+
+    #[test]
+    fn exceptions_re_include_and_last_match_wins() {
+        let i = ig("*.md\n!README.md\ndocs\n!docs/keep\n");
+        assert!(i.is_ignored("CHANGES.md", false));
+        assert!(!i.is_ignored("README.md", false));
+        assert!(i.is_ignored("docs/other", false));
+        assert!(!i.is_ignored("docs/keep", false));
+        let j = ig("!README.md\n*.md\n");
+        assert!(j.is_ignored("README.md", false));
+    }
+
+    #[test]
+    fn character_classes_and_question_mark() {
+        let i = ig("file[0-9].txt\n?.c\nx[!a]\n");
+        assert!(i.is_ignored("file3.txt", false));
+        assert!(!i.is_ignored("fileA.txt", false));
+        assert!(i.is_ignored("a.c", false));
+        assert!(!i.is_ignored("ab.c", false));
+        assert!(i.is_ignored("xb", false));
+        assert!(!i.is_ignored("xa", false));
+    }
+
+    #[test]
+    fn clean_makes_paths_relative_and_drops_dotdot() {
+        assert_eq!(clean("/a/./b/../c/"), "a/c");
+        assert_eq!(clean("../../x"), "x");
+        assert_eq!(clean("."), "");
+    }
+
+    fn ctx() -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path();
+        std::fs::create_dir_all(p.join("src/sub")).expect("mkdir");
+        std::fs::write(p.join("src/a.rs"), "a").expect("write");
+        std::fs::write(p.join("src/sub/b.rs"), "bb").expect("write");
+        std::fs::write(p.join("src/sub/skip.tmp"), "").expect("write");
+        std::fs::write(p.join("one.txt"), "1").expect("write");
+        std::fs::write(p.join("two.txt"), "2").expect("write");
+        std::fs::write(p.join("secret.key"), "k").expect("write");
+        symlink("src/a.rs", p.join("link")).expect("symlink");
+        symlink("../../../../etc/passwd", p.join("evil")).expect("symlink");
+        symlink("a.rs", p.join("src/inner-link")).expect("symlink");
+        d
+    }
+
+    fn rels(entries: &[SourceEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.rel.as_str()).collect()
+    }
+
+    #[test]
+    fn directory_source_lists_its_tree_sorted_without_ignored_files() {
+        let d = ctx();
+        let e = walk_sources(d.path(), &["src".into()], &ig("**/*.tmp"), &[]).expect("walk");
+        assert_eq!(
+            rels(&e),
+            [
+                "src",
+                "src/a.rs",
+                "src/inner-link",
+                "src/sub",
+                "src/sub/b.rs"
+            ]
+        );
+        assert_eq!(e[2].kind, EntryKind::Symlink);
+        assert_eq!(e[2].link_target.as_deref(), Some("a.rs"));
+        assert!(e.iter().all(|x| x.matched == "src" && x.source == 0));
+        assert_eq!(e[4].size, 2);
+    }
+
+    #[test]
+    fn wildcards_expand_sorted_and_may_match_nothing() {
+        let d = ctx();
+        let e = walk_sources(
+            d.path(),
+            &["*.txt".into(), "*.none".into()],
+            &Ignore::default(),
+            &[],
+        )
+        .expect("walk");
+        assert_eq!(rels(&e), ["one.txt", "two.txt"]);
+    }
+
+    #[test]
+    fn missing_and_ignored_plain_sources_are_not_found() {
+        let d = ctx();
+        let err =
+            walk_sources(d.path(), &["nope".into()], &Ignore::default(), &[]).expect_err("missing");
+        assert_eq!(err.to_string(), "file not found in build context: nope");
+        let err =
+            walk_sources(d.path(), &["secret.key".into()], &ig("*.key"), &[]).expect_err("ignored");
+        assert!(matches!(err, ContextError::NotFound { .. }));
+    }
+
+    #[test]
+    fn dotdot_is_cleaned_and_symlinks_stay_inside_the_root() {
+        let d = ctx();
+        let e = walk_sources(d.path(), &["../../one.txt".into()], &Ignore::default(), &[])
+            .expect("walk");
+        assert_eq!(rels(&e), ["one.txt"]);
+        let real = std::fs::canonicalize(d.path()).expect("canon");
+        assert_eq!(e[0].path, real.join("one.txt"));
+        // `evil` points far above the root: resolved inside it, it names /etc/passwd of the
+        // context, which does not exist.
+        let err =
+            walk_sources(d.path(), &["evil".into()], &Ignore::default(), &[]).expect_err("escape");
+        assert!(matches!(err, ContextError::NotFound { .. }));
+    }
+
+    #[test]
+    fn top_level_symlink_is_followed() {
+        let d = ctx();
+        let e = walk_sources(d.path(), &["link".into()], &Ignore::default(), &[]).expect("walk");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].kind, EntryKind::File);
+        assert_eq!(e[0].size, 1);
+        assert!(e[0].path.ends_with("src/a.rs"));
+    }
+
+    #[test]
+    fn exclude_patterns_apply_relative_to_the_match() {
+        let d = ctx();
+        let e = walk_sources(
+            d.path(),
+            &["src".into(), "*.txt".into()],
+            &Ignore::default(),
+            &["sub".into(), "two.*".into()],
+        )
+        .expect("walk");
+        assert_eq!(rels(&e), ["src", "src/a.rs", "src/inner-link", "one.txt"]);
+        assert_eq!(e[3].source, 1);
+    }
+
+    #[test]
+    fn ignored_directory_keeps_re_included_children() {
+        let d = ctx();
+        let e = walk_sources(
+            d.path(),
+            &["src".into()],
+            &ig("src/sub\n!src/sub/b.rs"),
+            &[],
+        )
+        .expect("walk");
+        assert_eq!(
+            rels(&e),
+            [
+                "src",
+                "src/a.rs",
+                "src/inner-link",
+                "src/sub",
+                "src/sub/b.rs"
+            ]
+        );
+    }
+}

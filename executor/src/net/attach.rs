@@ -1,0 +1,615 @@
+//! Attaching a container's network namespace to a bridge network, and detaching it.
+//!
+//! The link work is first computed as data ([`plan_attach`]: a list of [`LinkStep`]s, tested
+//! without root), then executed against a [`Netlink`] connection for the host and one inside
+//! the container's namespace. [`Networks`] ties together the lease, the links and the nft table,
+//! and undoes what it did when a later step fails, so a failed attach leaks nothing.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ipam::{Ipam, IpamError, Lease, NetworkConfig};
+use super::netlink::{Netlink, NetlinkError, NetnsTarget, RealNetlink};
+use super::netns::Netns;
+use super::nft::{self, Nft, NftCommand, NftError};
+use super::subnet::PortMapping;
+
+/// Errors from attaching or detaching.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// Lease bookkeeping failed (includes a port already in use).
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// A link operation failed.
+    #[error("attaching {container} to network {network}")]
+    Link {
+        /// The container.
+        container: String,
+        /// The network.
+        network: String,
+        /// The cause.
+        #[source]
+        source: NetlinkError,
+    },
+    /// A link operation outside of an attach (detach, bridge removal) failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A sysctl could not be written.
+    #[error("cannot write {path}")]
+    Sysctl {
+        /// The /proc/sys file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The nft table could not be updated.
+    #[error("updating kiln's nftables rules")]
+    Nft(#[from] NftError),
+    /// A link the plan refers to does not exist.
+    #[error("link {name} not found")]
+    MissingLink {
+        /// Its name.
+        name: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, AttachError>;
+
+/// Which namespace a step runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The host (kiln's own namespace).
+    Host,
+    /// The container's namespace.
+    Container,
+}
+
+/// One link operation of an attach or detach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStep {
+    /// Create the bridge unless it exists.
+    EnsureBridge {
+        /// Bridge name.
+        bridge: String,
+    },
+    /// Write `value` to `/proc/sys/<key>`.
+    Sysctl {
+        /// Path under /proc/sys.
+        key: String,
+        /// The value.
+        value: &'static str,
+    },
+    /// Create a veth pair: `host` on the host, `container` created directly in the container.
+    CreateVeth {
+        /// Host-side name.
+        host: String,
+        /// Container-side name (eth0).
+        container: String,
+    },
+    /// Enslave a host link to the bridge.
+    SetController {
+        /// The link.
+        link: String,
+        /// The bridge.
+        bridge: String,
+    },
+    /// Add an IPv4 address.
+    AddAddress {
+        /// Where.
+        side: Side,
+        /// The link.
+        link: String,
+        /// The address.
+        ip: Ipv4Addr,
+        /// Prefix length.
+        prefix: u8,
+    },
+    /// Set a link up.
+    SetUp {
+        /// Where.
+        side: Side,
+        /// The link.
+        link: String,
+    },
+    /// Default route inside the container.
+    DefaultRoute {
+        /// The gateway (the bridge's address).
+        gateway: Ipv4Addr,
+    },
+    /// Delete a host link (for a veth, both ends go).
+    DeleteLink {
+        /// The link.
+        link: String,
+    },
+}
+
+/// What a container got from [`Networks::attach`]; store it with the container (for
+/// `inspect`, /etc/hosts and detach).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The network name.
+    pub network: String,
+    /// The container (or pool entry) id.
+    pub container: String,
+    /// The container's address (on eth0).
+    pub ip: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix: u8,
+    /// The default gateway.
+    pub gateway: Ipv4Addr,
+    /// The bridge device.
+    pub bridge: String,
+    /// The host end of the veth pair.
+    pub host_veth: String,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+}
+
+/// The host-side veth name for an address: `kv` + the address in hex (`kv0a580002`). Addresses
+/// are unique across kiln's networks (subnets may not overlap), so names never collide and
+/// detach needs nothing but the lease.
+pub fn host_veth_name(ip: Ipv4Addr) -> String {
+    format!("kv{:08x}", u32::from(ip))
+}
+
+/// The steps that attach a namespace to `net` with `lease`'s address.
+pub fn plan_attach(net: &NetworkConfig, lease: &Lease) -> Vec<LinkStep> {
+    let veth = host_veth_name(lease.ip);
+    let prefix = net.subnet.prefix();
+    vec![
+        LinkStep::EnsureBridge {
+            bridge: net.bridge.clone(),
+        },
+        LinkStep::AddAddress {
+            side: Side::Host,
+            link: net.bridge.clone(),
+            ip: net.gateway,
+            prefix,
+        },
+        // Lets DNAT from the host's 127.0.0.1 leave through this bridge (see nft.rs).
+        LinkStep::Sysctl {
+            key: format!("net/ipv4/conf/{}/route_localnet", net.bridge),
+            value: "1",
+        },
+        LinkStep::SetUp {
+            side: Side::Host,
+            link: net.bridge.clone(),
+        },
+        LinkStep::CreateVeth {
+            host: veth.clone(),
+            container: "eth0".to_string(),
+        },
+        LinkStep::SetController {
+            link: veth.clone(),
+            bridge: net.bridge.clone(),
+        },
+        LinkStep::SetUp {
+            side: Side::Host,
+            link: veth,
+        },
+        LinkStep::SetUp {
+            side: Side::Container,
+            link: "lo".to_string(),
+        },
+        LinkStep::AddAddress {
+            side: Side::Container,
+            link: "eth0".to_string(),
+            ip: lease.ip,
+            prefix,
+        },
+        LinkStep::SetUp {
+            side: Side::Container,
+            link: "eth0".to_string(),
+        },
+        LinkStep::DefaultRoute {
+            gateway: net.gateway,
+        },
+    ]
+}
+
+/// The steps that detach `lease` (the namespace side disappears with the veth).
+pub fn plan_detach(lease: &Lease) -> Vec<LinkStep> {
+    vec![LinkStep::DeleteLink {
+        link: host_veth_name(lease.ip),
+    }]
+}
+
+/// Runs `steps`. `container` is opened (inside `netns`) the first time a step needs it.
+pub fn execute<N: Netlink>(
+    steps: &[LinkStep],
+    host: &mut N,
+    netns: Option<BorrowedFd<'_>>,
+    proc_sys: &Path,
+) -> Result<()> {
+    let mut ctr: Option<N> = None;
+    let mut index: HashMap<(Side, String), u32> = HashMap::new();
+    fn lookup<N: Netlink>(
+        nl: &mut N,
+        cache: &mut HashMap<(Side, String), u32>,
+        side: Side,
+        name: &str,
+    ) -> Result<u32> {
+        if let Some(i) = cache.get(&(side, name.to_string())) {
+            return Ok(*i);
+        }
+        let i = nl
+            .link_index(name)?
+            .ok_or_else(|| AttachError::MissingLink {
+                name: name.to_string(),
+            })?;
+        cache.insert((side, name.to_string()), i);
+        Ok(i)
+    }
+    let missing_netns = || AttachError::MissingLink {
+        name: "eth0 (no container namespace given)".to_string(),
+    };
+    for step in steps {
+        match step {
+            LinkStep::EnsureBridge { bridge } => {
+                let i = host.create_bridge(bridge)?;
+                index.insert((Side::Host, bridge.clone()), i);
+            }
+            LinkStep::Sysctl { key, value } => {
+                let path = proc_sys.join(key);
+                fs::write(&path, value).map_err(|source| AttachError::Sysctl { path, source })?;
+            }
+            LinkStep::CreateVeth {
+                host: name,
+                container,
+            } => {
+                let fd = netns.ok_or_else(missing_netns)?;
+                let i = host.create_veth(name, container, Some(NetnsTarget::Fd(fd)))?;
+                index.insert((Side::Host, name.clone()), i);
+            }
+            LinkStep::SetController { link, bridge } => {
+                let l = lookup(host, &mut index, Side::Host, link)?;
+                let b = lookup(host, &mut index, Side::Host, bridge)?;
+                host.set_controller(l, b)?;
+            }
+            LinkStep::AddAddress {
+                side,
+                link,
+                ip,
+                prefix,
+            } => {
+                let nl = side_conn(*side, host, &mut ctr, netns)?;
+                let i = lookup(nl, &mut index, *side, link)?;
+                nl.add_address(i, *ip, *prefix)?;
+            }
+            LinkStep::SetUp { side, link } => {
+                let nl = side_conn(*side, host, &mut ctr, netns)?;
+                let i = lookup(nl, &mut index, *side, link)?;
+                nl.set_up(i)?;
+            }
+            LinkStep::DefaultRoute { gateway } => {
+                side_conn(Side::Container, host, &mut ctr, netns)?.add_default_route(*gateway)?;
+            }
+            LinkStep::DeleteLink { link } => {
+                if let Some(i) = host.link_index(link)? {
+                    host.delete_link(i)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn side_conn<'a, N: Netlink>(
+    side: Side,
+    host: &'a mut N,
+    ctr: &'a mut Option<N>,
+    netns: Option<BorrowedFd<'_>>,
+) -> Result<&'a mut N> {
+    match side {
+        Side::Host => Ok(host),
+        Side::Container => {
+            if ctr.is_none() {
+                let fd = netns.ok_or_else(|| AttachError::MissingLink {
+                    name: "eth0 (no container namespace given)".to_string(),
+                })?;
+                *ctr = Some(host.in_netns(fd)?);
+            }
+            Ok(ctr.as_mut().expect("set just above when it was None"))
+        }
+    }
+}
+
+/// Networks as a whole: leases, links and nft rules, kept consistent.
+#[derive(Debug)]
+pub struct Networks<N: Netlink, F: Nft> {
+    ipam: Ipam,
+    netlink: N,
+    nft: F,
+    proc_sys: PathBuf,
+    table: String,
+}
+
+impl Networks<RealNetlink, NftCommand> {
+    /// The real thing: state under `state_dir` (`KILN_ROOT/networks`), rtnetlink in the
+    /// calling thread's namespace, `nft` from PATH, `/proc/sys`. Fails when the state dir
+    /// cannot be created or netlink cannot be opened.
+    pub fn open(state_dir: impl Into<PathBuf>) -> Result<Self> {
+        Ok(Networks::new(
+            Ipam::open(state_dir)?,
+            RealNetlink::open()?,
+            NftCommand::default(),
+            PathBuf::from("/proc/sys"),
+        ))
+    }
+}
+
+impl<N: Netlink, F: Nft> Networks<N, F> {
+    /// Assembles from parts (tests pass fakes and a temp `proc_sys`).
+    pub fn new(ipam: Ipam, netlink: N, nft: F, proc_sys: PathBuf) -> Self {
+        Networks {
+            ipam,
+            netlink,
+            nft,
+            proc_sys,
+            table: nft::TABLE.to_string(),
+        }
+    }
+
+    /// Uses nft table `table` instead of `kiln` (tests, or several KILN_ROOTs on one host).
+    pub fn with_table(mut self, table: &str) -> Self {
+        self.table = table.to_string();
+        self
+    }
+
+    /// The nft table in use.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The lease and network store.
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// The host netlink connection.
+    pub fn netlink(&mut self) -> &mut N {
+        &mut self.netlink
+    }
+
+    /// Attaches `netns` to `network` as `container`, publishing `ports`: leases an address,
+    /// creates the bridge if needed and a veth pair (eth0 inside, with address, default route,
+    /// lo up), and adds the NAT rules. Fails when a port is taken, the subnet is full, or a link
+    /// or nft step fails; everything done so far is undone first.
+    pub fn attach(
+        &mut self,
+        network: &str,
+        container: &str,
+        netns: &Netns,
+        ports: &[PortMapping],
+    ) -> Result<Attachment> {
+        let net = self.ipam.network(network)?;
+        let lease = self.ipam.allocate(&net, container, ports)?;
+        let steps = plan_attach(&net, &lease);
+        let done = execute(
+            &steps,
+            &mut self.netlink,
+            Some(netns.as_fd()),
+            &self.proc_sys,
+        )
+        .map_err(|e| match e {
+            AttachError::Netlink(source) => AttachError::Link {
+                container: container.to_string(),
+                network: network.to_string(),
+                source,
+            },
+            e => e,
+        })
+        .and_then(|()| self.sync_rules());
+        if let Err(e) = done {
+            let _ = self.undo(&net.name, &lease);
+            return Err(e);
+        }
+        Ok(Attachment {
+            network: net.name,
+            container: container.to_string(),
+            ip: lease.ip,
+            prefix: net.subnet.prefix(),
+            gateway: net.gateway,
+            bridge: net.bridge,
+            host_veth: host_veth_name(lease.ip),
+            ports: lease.ports,
+        })
+    }
+
+    fn undo(&mut self, network: &str, lease: &Lease) -> Result<()> {
+        let links = execute(&plan_detach(lease), &mut self.netlink, None, &self.proc_sys);
+        let released = self.ipam.release(network, &lease.container);
+        let rules = self.sync_rules();
+        links?;
+        released?;
+        rules
+    }
+
+    /// Detaches `container` from `network`: deletes its veth pair, releases its lease and
+    /// drops its rules (the whole table when it was the last). Ok(false) when it was not
+    /// attached. Fails when a link or nft step fails (the lease is released regardless).
+    pub fn detach(&mut self, network: &str, container: &str) -> Result<bool> {
+        let Some(lease) = self.ipam.release(network, container)? else {
+            return Ok(false);
+        };
+        let links = execute(
+            &plan_detach(&lease),
+            &mut self.netlink,
+            None,
+            &self.proc_sys,
+        );
+        let rules = self.sync_rules();
+        links?;
+        rules?;
+        Ok(true)
+    }
+
+    /// Regenerates kiln's nft table from the leases (see [`nft::ruleset`]).
+    pub fn sync_rules(&mut self) -> Result<()> {
+        let (nft, table) = (&mut self.nft, &self.table);
+        self.ipam
+            .with_state(|state| nft.apply(&nft::ruleset(table, state)))??;
+        Ok(())
+    }
+
+    /// `kiln network rm NAME`: removes a user network's definition and its bridge. Fails while
+    /// containers (or pooled namespaces: destroy the network's [`NetnsPool`] first) hold
+    /// leases on it, or for the default network.
+    ///
+    /// [`NetnsPool`]: super::pool::NetnsPool
+    pub fn remove_network(&mut self, name: &str) -> Result<NetworkConfig> {
+        let config = self.ipam.remove_network(name)?;
+        self.remove_bridge(&config)?;
+        Ok(config)
+    }
+
+    /// Deletes a network's bridge (for `network rm`, or tests); ok when it is gone. Callers
+    /// check that no container is attached (see [`Ipam::remove_network`]).
+    pub fn remove_bridge(&mut self, net: &NetworkConfig) -> Result<()> {
+        if let Some(i) = self.netlink.link_index(&net.bridge)? {
+            self.netlink.delete_link(i)?;
+        }
+        Ok(())
+    }
+}
+
+/// Turns on IPv4 forwarding (`/proc/sys/net/ipv4/ip_forward`), which outbound NAT needs. This
+/// is a host-wide setting, so kiln's cli asks for it explicitly (as dockerd does at start);
+/// attach never does it implicitly, and tests never call it.
+pub fn enable_ip_forward(proc_sys: &Path) -> Result<()> {
+    let path = proc_sys.join("net/ipv4/ip_forward");
+    fs::write(&path, "1").map_err(|source| AttachError::Sysctl { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::netlink::fake::FakeNetlink;
+    use super::super::nft::RecordingNft;
+    use super::*;
+
+    fn lease(ip: &str) -> Lease {
+        Lease {
+            container: "c1".into(),
+            ip: ip.parse().expect("ip"),
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn attach_plan_builds_bridge_veth_address_and_route() {
+        let net = NetworkConfig::default_bridge();
+        let steps = plan_attach(&net, &lease("10.88.0.2"));
+        let text: Vec<String> = steps.iter().map(|s| format!("{s:?}")).collect();
+        assert_eq!(
+            text,
+            [
+                r#"EnsureBridge { bridge: "kiln0" }"#,
+                r#"AddAddress { side: Host, link: "kiln0", ip: 10.88.0.1, prefix: 16 }"#,
+                r#"Sysctl { key: "net/ipv4/conf/kiln0/route_localnet", value: "1" }"#,
+                r#"SetUp { side: Host, link: "kiln0" }"#,
+                r#"CreateVeth { host: "kv0a580002", container: "eth0" }"#,
+                r#"SetController { link: "kv0a580002", bridge: "kiln0" }"#,
+                r#"SetUp { side: Host, link: "kv0a580002" }"#,
+                r#"SetUp { side: Container, link: "lo" }"#,
+                r#"AddAddress { side: Container, link: "eth0", ip: 10.88.0.2, prefix: 16 }"#,
+                r#"SetUp { side: Container, link: "eth0" }"#,
+                "DefaultRoute { gateway: 10.88.0.1 }",
+            ]
+        );
+        assert_eq!(
+            plan_detach(&lease("10.88.0.2")),
+            [LinkStep::DeleteLink {
+                link: "kv0a580002".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn real_networks_can_move_to_a_blocking_thread() {
+        // The solver/cli hold Networks in tokio code and call it through spawn_blocking.
+        fn send<T: Send + 'static>() {}
+        send::<Networks<RealNetlink, NftCommand>>();
+        send::<super::super::pool::PooledNetns>();
+    }
+
+    #[test]
+    fn veth_names_fit_ifnamsiz_and_are_unique_per_address() {
+        let a = host_veth_name("10.88.255.254".parse().expect("ip"));
+        assert_eq!(a, "kv0a58fffe");
+        assert!(a.len() <= 15);
+        assert_ne!(a, host_veth_name("10.88.255.253".parse().expect("ip")));
+    }
+
+    #[test]
+    fn executing_the_plan_on_fakes_configures_both_sides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path().join("sys");
+        fs::create_dir_all(sys.join("net/ipv4/conf/kiln0")).expect("mkdir");
+        let mut host = FakeNetlink::new();
+        let net = NetworkConfig::default_bridge();
+        let file = fs::File::open(dir.path()).expect("any fd stands in for the netns");
+        execute(
+            &plan_attach(&net, &lease("10.88.0.2")),
+            &mut host,
+            Some(file.as_fd()),
+            &sys,
+        )
+        .expect("execute");
+        let br = host.link_index("kiln0").expect("get").expect("bridge");
+        assert_eq!(
+            host.links[&br].addresses,
+            [("10.88.0.1".parse().expect("ip"), 16)]
+        );
+        assert!(host.links[&br].up);
+        let v = host.link_index("kv0a580002").expect("get").expect("veth");
+        assert_eq!(host.links[&v].controller, Some(br));
+        assert_eq!(
+            fs::read_to_string(sys.join("net/ipv4/conf/kiln0/route_localnet")).expect("sysctl"),
+            "1"
+        );
+        assert!(host.calls.contains(&"in_netns".to_string()));
+        assert!(
+            host.calls
+                .contains(&"create_veth kv0a580002 eth0 netns".to_string())
+        );
+    }
+
+    #[test]
+    fn a_failed_attach_releases_the_lease_and_deletes_the_veth() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // No /proc/sys tree: the sysctl step fails after the bridge exists.
+        let ipam = Ipam::open(dir.path().join("state")).expect("ipam");
+        let mut nets = Networks::new(
+            ipam,
+            FakeNetlink::new(),
+            RecordingNft::default(),
+            dir.path().join("missing-sys"),
+        );
+        let fake_ns_path = dir.path().join("ns");
+        fs::write(&fake_ns_path, "").expect("file");
+        // Netns::open refuses non-nsfs files, so drive execute's failure through attach's parts.
+        let net = nets.ipam().network("bridge").expect("net");
+        let lease = nets.ipam().allocate(&net, "c1", &[]).expect("alloc");
+        let err = execute(
+            &plan_attach(&net, &lease),
+            nets.netlink(),
+            None,
+            &dir.path().join("x"),
+        )
+        .expect_err("sysctl missing");
+        assert!(matches!(err, AttachError::Sysctl { .. }), "{err}");
+        nets.undo("bridge", &lease).expect("undo");
+        assert!(nets.ipam().leases("bridge").expect("leases").is_empty());
+        assert_eq!(
+            nets.nft.scripts.last().map(String::as_str),
+            Some("add table ip kiln\ndelete table ip kiln\n")
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! Bridge networking for containers and RUN steps: subnets and leases, links, NAT and
+//! published ports, a pool of prepared namespaces, and the /etc files that name it all.
+//!
+//! Flow: [`Networks::attach`] takes a network name, a container id, an open [`Netns`] and the
+//! ports to publish, and returns an [`Attachment`] (address, gateway, veth, ports) to keep with
+//! the container; [`Networks::detach`] undoes it by container id. Build RUN steps use
+//! [`NetnsPool`]: `acquire` hands out an already attached namespace by path, which the sandbox
+//! `setns`es into instead of unsharing a fresh one; `release` checks it and keeps it for reuse.
+//!
+//! Side effects sit behind two seams: [`Netlink`] (links, addresses, routes) and [`Nft`]
+//! (kiln's nftables table). Everything else here is pure and tested without root. This module
+//! never changes host interfaces it did not create, never touches other nft tables, and never
+//! enables forwarding by itself ([`enable_ip_forward`] is the caller's explicit choice).
+
+pub mod attach;
+pub mod files;
+pub mod ipam;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod pool;
+pub mod subnet;
+
+pub use attach::{Attachment, Networks, enable_ip_forward};
+pub use ipam::{Ipam, Lease, NetworkConfig};
+pub use netlink::{Netlink, RealNetlink};
+pub use netns::Netns;
+pub use nft::{Nft, NftCommand};
+pub use pool::{NetnsPool, PooledNetns};
+pub use subnet::{PortMapping, Proto, Subnet};

@@ -1,0 +1,659 @@
+//! Privileged networking tests: real bridges, network namespaces, veth pairs and nftables.
+//!
+//! Needs root, `nft`, `ip` and `/bin/busybox`. Without them every test is skipped with the
+//! reason, unless REQUIRE_PRIVILEGED_TESTS=1, which turns the skip into a failure (CI).
+//!
+//! Isolation: each test gets its own bridge (`kt<pid>x<n>`), its own /24 in 10.89.0.0/16, its
+//! own nft table (`kiln_t<pid>`), and its own state and run dirs in a tempdir; traffic only goes
+//! to addresses inside these namespaces or to the host's loopback. A fixture tears everything
+//! down even when the test body panics, and the harness checks that no link or table is left.
+//!
+//! Run one test: `cargo test -p kiln-executor --test net -- NAME_SUBSTRING`.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use executor::net::attach::Networks;
+use executor::net::ipam::{Ipam, NetworkConfig};
+use executor::net::netlink::{Netlink, RealNetlink};
+use executor::net::netns::Netns;
+use executor::net::nft::NftCommand;
+use executor::net::pool::NetnsPool;
+use executor::net::subnet::{PortMapping, Proto, Subnet};
+
+type Nets = Networks<RealNetlink, NftCommand>;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    net: NetworkConfig,
+    nets: Nets,
+    table: String,
+}
+
+impl Fixture {
+    fn new(n: u32) -> Fixture {
+        let pid = std::process::id();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let third = u8::try_from((pid % 40) * 6 + n).expect("fits in a byte");
+        let subnet = Subnet::new(Ipv4Addr::new(10, 89, third, 0), 24).expect("subnet");
+        let net = NetworkConfig {
+            name: "t".into(),
+            bridge: format!("kt{pid}x{n}"),
+            subnet,
+            gateway: subnet.first_host(),
+        };
+        let ipam = Ipam::open(dir.path().join("networks")).expect("ipam");
+        ipam.create_network(&net).expect("create network");
+        let table = format!("kiln_t{pid}");
+        let nets = Networks::new(
+            ipam,
+            RealNetlink::open().expect("netlink"),
+            NftCommand::default(),
+            PathBuf::from("/proc/sys"),
+        )
+        .with_table(&table);
+        Fixture {
+            dir,
+            net,
+            nets,
+            table,
+        }
+    }
+
+    fn netns(&self, name: &str) -> Netns {
+        Netns::create(self.dir.path().join("run").join(name)).expect("create netns")
+    }
+
+    fn pool(&self, max: usize) -> NetnsPool {
+        NetnsPool::new(self.dir.path().join("pool"), "t", max)
+    }
+
+    fn host_links(&mut self) -> usize {
+        self.nets.netlink().link_names().expect("links").len()
+    }
+
+    fn leases(&self) -> usize {
+        self.nets.ipam().leases("t").expect("leases").len()
+    }
+
+    fn rules(&self) -> usize {
+        self.table_text().lines().filter(|l| is_rule(l)).count()
+    }
+
+    fn table_text(&self) -> String {
+        NftCommand::default()
+            .list_table(&self.table)
+            .expect("nft list")
+            .unwrap_or_default()
+    }
+}
+
+fn is_rule(line: &str) -> bool {
+    let t = line.trim();
+    !(t.is_empty()
+        || t.starts_with("table")
+        || t.starts_with("chain")
+        || t.starts_with("type")
+        || t == "}")
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.pool(8).destroy(&mut self.nets);
+        let mut nets = self.nets.ipam().networks().unwrap_or_default();
+        nets.retain(|n| n.name != "bridge");
+        for net in nets {
+            for l in self.nets.ipam().leases(&net.name).unwrap_or_default() {
+                let _ = self.nets.detach(&net.name, &l.container);
+            }
+            let _ = self.nets.remove_bridge(&net);
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .stderr(Stdio::null())
+            .status();
+        for sub in ["run", "pool/t"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir.path().join(sub)) {
+                for e in rd.flatten() {
+                    if e.path().extension().is_none_or(|x| x == "netns") {
+                        let _ = executor::net::netns::remove_path(&e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs a command inside `ns` (the child inherits the spawning thread's namespace).
+fn in_ns(ns: &Netns, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    ns.run(move || {
+        Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn in netns")
+    })
+    .expect("enter netns")
+}
+
+fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
+    in_ns(ns, &[BUSYBOX, "ping", "-c1", "-W1", &ip.to_string()])
+        .status
+        .success()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+/// A one-shot TCP server inside `ns` on `port` that answers `reply` to the first client.
+fn serve_once(ns: &Netns, port: u16, reply: &'static str) -> std::thread::JoinHandle<()> {
+    let listener = ns
+        .run(move || TcpListener::bind(("0.0.0.0", port)))
+        .expect("enter netns")
+        .expect("bind in netns");
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(reply.as_bytes());
+        }
+    })
+}
+
+fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn two_namespaces_ping_each_other_by_ip() {
+    let mut f = Fixture::new(1);
+    let (a, b) = (f.netns("a"), f.netns("b"));
+    let aa = f.nets.attach("t", "a", &a, &[]).expect("attach a");
+    let ab = f.nets.attach("t", "b", &b, &[]).expect("attach b");
+    assert_ne!(aa.ip, ab.ip);
+    assert!(f.net.subnet.contains(aa.ip) && f.net.subnet.contains(ab.ip));
+    assert!(ping(&a, ab.ip), "a cannot ping b at {}", ab.ip);
+    assert!(ping(&b, aa.ip), "b cannot ping a at {}", aa.ip);
+    assert!(ping(&a, f.net.gateway), "a cannot ping the gateway");
+    // Inside: exactly lo and eth0, with the leased address and a default route.
+    let out = in_ns(&a, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{}/24", aa.ip)), "{text}");
+    let out = in_ns(&a, &["ip", "route", "show", "default"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("via {}", f.net.gateway)), "{text}");
+    let mut inside = RealNetlink::open_in(a.as_fd()).expect("netlink in a");
+    let mut names = inside.link_names().expect("names");
+    names.sort();
+    assert_eq!(names, ["eth0", "lo"]);
+}
+
+fn published_port_is_reachable_from_host_loopback() {
+    let mut f = Fixture::new(2);
+    let ns = f.netns("web");
+    let host_port = free_port();
+    let p: PortMapping = format!("{host_port}:8080").parse().expect("spec");
+    let att = f.nets.attach("t", "web", &ns, &[p]).expect("attach");
+    assert_eq!(att.ports, [p]);
+    let server = serve_once(&ns, 8080, "hello from the container\n");
+    let got = fetch(SocketAddr::from((Ipv4Addr::LOCALHOST, host_port))).expect("fetch");
+    assert_eq!(got, "hello from the container\n");
+    server.join().expect("server");
+    // An address-bound mapping answers on that address too.
+    let host_port2 = free_port();
+    let ns2 = f.netns("web2");
+    let q: PortMapping = format!("127.0.0.1:{host_port2}:81").parse().expect("spec");
+    f.nets.attach("t", "web2", &ns2, &[q]).expect("attach 2");
+    let server = serve_once(&ns2, 81, "second\n");
+    let got = fetch(SocketAddr::from((Ipv4Addr::LOCALHOST, host_port2))).expect("fetch 2");
+    assert_eq!(got, "second\n");
+    server.join().expect("server 2");
+    assert!(f.table_text().contains(&format!("dnat to {}:8080", att.ip)));
+    // -P: the allocator picks the host port.
+    let ns3 = f.netns("web3");
+    let any = PortMapping::any_host_port(82, Proto::Tcp);
+    let a3 = f.nets.attach("t", "web3", &ns3, &[any]).expect("attach -P");
+    let picked = a3.ports[0].host_port;
+    assert_ne!(picked, 0);
+    let server = serve_once(&ns3, 82, "third\n");
+    let got = fetch(SocketAddr::from((Ipv4Addr::LOCALHOST, picked))).expect("fetch 3");
+    assert_eq!(got, "third\n");
+    server.join().expect("server 3");
+}
+
+fn user_network_create_attach_and_rm_removes_its_bridge() {
+    let mut f = Fixture::new(6);
+    let pid = std::process::id();
+    let name = format!("kt{pid}user");
+    // 10.89.240-249.0/24: above every Fixture subnet of this run.
+    let third = 240 + u8::try_from(pid % 10).expect("below 10");
+    let subnet = Subnet::new(Ipv4Addr::new(10, 89, third, 0), 24).expect("subnet");
+    let net = f
+        .nets
+        .ipam()
+        .define_network(&name, Some(subnet))
+        .expect("define");
+    let ns = f.netns("u");
+    let a = f.nets.attach(&name, "u", &ns, &[]).expect("attach");
+    assert_eq!(a.bridge, net.bridge);
+    assert!(ping(&ns, net.gateway));
+    let e = f.nets.remove_network(&name).expect_err("in use");
+    assert!(e.to_string().contains("1 attached container"), "{e}");
+    assert!(f.nets.detach(&name, "u").expect("detach"));
+    f.nets.remove_network(&name).expect("rm");
+    assert_eq!(
+        f.nets.netlink().link_index(&net.bridge).expect("lookup"),
+        None
+    );
+    assert!(f.nets.ipam().network(&name).is_err());
+}
+
+fn container_cannot_reach_a_host_loopback_service() {
+    let mut f = Fixture::new(3);
+    let ns = f.netns("probe");
+    f.nets.attach("t", "probe", &ns, &[]).expect("attach");
+    let host = TcpListener::bind("127.0.0.1:0").expect("host listener");
+    let port = host.local_addr().expect("addr").port();
+    // The CVE-2020-8558 attack: the container routes 127.0.0.0/8 to the bridge, hoping the
+    // host (whose bridge has route_localnet=1 for published ports) accepts it.
+    let gw = f.net.gateway.to_string();
+    for cmd in [
+        vec![
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet",
+        ],
+        // 127.0.0.1 must not be a local address in the container either, or its kernel drops
+        // the host's SYN-ACK as a martian source.
+        vec!["ip", "addr", "flush", "dev", "lo"],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "127.0.0.0/8",
+            "via",
+            &gw,
+            "dev",
+            "eth0",
+        ],
+    ] {
+        let out = in_ns(&ns, &cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let connect = || {
+        ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(700)))
+            .expect("enter netns")
+    };
+    assert!(
+        connect().is_err(),
+        "the container reached the host's 127.0.0.1:{port}"
+    );
+    let table = f.table_text();
+    let guard = table
+        .lines()
+        .find(|l| l.contains("127.0.0.0/8") && l.contains("drop"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        guard.contains("counter") && !guard.contains("packets 0 "),
+        "the guard rule saw nothing, so the probe proved nothing: {guard}"
+    );
+    // Control: without the guard the same probe connects, so the guard is what stops it.
+    let st = Command::new("nft")
+        .args(["flush", "chain", "ip", &f.table, "guard"])
+        .status()
+        .expect("nft");
+    assert!(st.success());
+    let control = connect();
+    f.nets.sync_rules().expect("restore rules");
+    assert!(
+        control.is_ok(),
+        "control probe failed, the test setup is wrong: {control:?}"
+    );
+    assert!(connect().is_err(), "guard restored by sync_rules");
+    drop(host);
+}
+
+fn port_in_use_gives_a_clear_error_and_leaks_nothing() {
+    let mut f = Fixture::new(4);
+    let ns = f.netns("c");
+    // Make the bridge and table exist first so the counts include them.
+    let first = f.netns("first");
+    f.nets
+        .attach("t", "first", &first, &[])
+        .expect("attach first");
+    let (links, leases, rules) = (f.host_links(), f.leases(), f.rules());
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let p: PortMapping = format!("127.0.0.1:{port}:80").parse().expect("spec");
+    let e = f.nets.attach("t", "c", &ns, &[p]).expect_err("port in use");
+    assert_eq!(
+        e.to_string(),
+        format!("host port 127.0.0.1:{port}:80/tcp is already in use on the host")
+    );
+    // A port another container publishes is refused too.
+    let q: PortMapping = format!("{}:80", free_port()).parse().expect("spec");
+    let ns2 = f.netns("d");
+    f.nets.attach("t", "d", &ns2, &[q]).expect("publish");
+    let e = f
+        .nets
+        .attach("t", "c", &ns, &[q])
+        .expect_err("published twice");
+    assert!(
+        e.to_string().contains("already published by container d"),
+        "{e}"
+    );
+    f.nets.detach("t", "d").expect("detach d");
+    assert_eq!(
+        (f.host_links(), f.leases(), f.rules()),
+        (links, leases, rules)
+    );
+}
+
+fn ipam_two_processes_allocate_without_collisions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = NetworkConfig::user("p", "10.89.250.0/24".parse().expect("cidr"));
+    Ipam::open(dir.path())
+        .expect("open")
+        .create_network(&net)
+        .expect("create");
+    let exe = std::env::current_exe().expect("exe");
+    let children: Vec<_> = ["x", "y"]
+        .iter()
+        .map(|tag| {
+            Command::new(&exe)
+                .args(["--ipam-child", &dir.path().display().to_string(), tag])
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().expect("wait").success(), "child failed");
+    }
+    let leases = Ipam::open(dir.path())
+        .expect("open")
+        .leases("p")
+        .expect("leases");
+    assert_eq!(leases.len(), 100);
+    let ips: std::collections::HashSet<_> = leases.iter().map(|l| l.ip).collect();
+    assert_eq!(ips.len(), 100, "two processes were handed the same address");
+}
+
+fn ipam_child(dir: &str, tag: &str) {
+    let ipam = Ipam::open(dir).expect("open");
+    let net = ipam.network("p").expect("network");
+    for i in 0..50 {
+        ipam.allocate(&net, &format!("{tag}{i}"), &[])
+            .expect("allocate");
+    }
+}
+
+fn fifty_attach_detach_cycles_leave_links_leases_and_rules_as_they_were() {
+    let mut f = Fixture::new(5);
+    // Warm up: the bridge exists from here on (like docker0); the table goes with the last lease.
+    let w = f.netns("warm");
+    f.nets.attach("t", "warm", &w, &[]).expect("warm attach");
+    f.nets.detach("t", "warm").expect("warm detach");
+    w.remove().expect("rm netns");
+    assert_eq!(
+        f.rules(),
+        0,
+        "the table is deleted when no container is left"
+    );
+    // A resident container keeps the table, as a long-running `kiln run -d` would.
+    let keeper = f.netns("keeper");
+    f.nets.attach("t", "keeper", &keeper, &[]).expect("keeper");
+    let before = (f.host_links(), f.leases(), f.rules());
+    let (mut attach, mut detach, mut detach_gone, mut sync) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..50 {
+        let ns = f.netns(&format!("c{i}"));
+        let p: PortMapping = format!("{}:80", free_port()).parse().expect("spec");
+        let t = Instant::now();
+        f.nets
+            .attach("t", &format!("c{i}"), &ns, &[p])
+            .expect("attach");
+        attach.push(t.elapsed());
+        assert_eq!(f.leases(), 2);
+        // Half the cycles detach while the namespace lives (`kiln network disconnect`), half
+        // after it is gone (the usual `rm` of an exited container: the kernel has then started
+        // tearing the veth pair down itself).
+        if i % 2 == 0 {
+            let t = Instant::now();
+            assert!(f.nets.detach("t", &format!("c{i}")).expect("detach"));
+            detach.push(t.elapsed());
+            ns.remove().expect("rm netns");
+        } else {
+            ns.remove().expect("rm netns");
+            let t = Instant::now();
+            assert!(f.nets.detach("t", &format!("c{i}")).expect("detach"));
+            detach_gone.push(t.elapsed());
+        }
+        let t = Instant::now();
+        f.nets.sync_rules().expect("sync");
+        sync.push(t.elapsed());
+    }
+    assert_eq!((f.host_links(), f.leases(), f.rules()), before);
+    assert!(
+        !f.nets.detach("t", "c0").expect("detach again"),
+        "detach is idempotent"
+    );
+    f.nets.detach("t", "keeper").expect("keeper detach");
+    keeper.remove().expect("rm keeper netns");
+    assert_eq!(f.rules(), 0, "the table goes with the last container");
+    println!(
+        "    timing over 50 cycles: attach median {:?}; detach median {:?} with the netns alive, \
+         {:?} after it is gone; one nft run (sync_rules) median {:?}",
+        median(attach),
+        median(detach),
+        median(detach_gone),
+        median(sync)
+    );
+}
+
+fn netns_pool_reuses_prepared_namespaces() {
+    let mut f = Fixture::new(0);
+    let pool = f.pool(4);
+    let t = Instant::now();
+    pool.prewarm(&mut f.nets, 2).expect("prewarm");
+    let warm = t.elapsed();
+    assert_eq!(f.leases(), 2);
+    let a = pool.acquire(&mut f.nets).expect("acquire");
+    let b = pool.acquire(&mut f.nets).expect("acquire 2");
+    assert_ne!(a.path(), b.path());
+    assert_ne!(a.attachment().ip, b.attachment().ip);
+    assert!(
+        ping(a.netns(), b.attachment().ip),
+        "pooled namespaces reach each other"
+    );
+    // The sandbox's view: open by path, setns.
+    let by_path = Netns::open(a.path()).expect("open by path");
+    assert!(ping(&by_path, f.net.gateway));
+    drop(by_path);
+    let (slot, path) = (a.slot(), a.path().to_path_buf());
+    pool.release(a, &mut f.nets).expect("release");
+    let (mut acq, mut rel) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let t = Instant::now();
+        let p = pool.acquire(&mut f.nets).expect("reacquire");
+        acq.push(t.elapsed());
+        assert_eq!((p.slot(), p.path()), (slot, path.as_path()), "slot reused");
+        let t = Instant::now();
+        pool.release(p, &mut f.nets).expect("release");
+        rel.push(t.elapsed());
+    }
+    // A namespace that comes back changed is rebuilt, not handed out again as is.
+    let p = pool.acquire(&mut f.nets).expect("acquire");
+    let out = in_ns(
+        p.netns(),
+        &[
+            "ip", "link", "add", "junk0", "type", "veth", "peer", "name", "junk1",
+        ],
+    );
+    assert!(out.status.success());
+    pool.release(p, &mut f.nets).expect("release dirty");
+    let p = pool.acquire(&mut f.nets).expect("acquire rebuilt");
+    let mut inside = RealNetlink::open_in(p.netns().as_fd()).expect("netlink");
+    assert_eq!(inside.link_index("junk0").expect("lookup"), None);
+    assert!(ping(p.netns(), f.net.gateway));
+    drop(p);
+    drop(b);
+    assert_eq!(pool.destroy(&mut f.nets).expect("destroy"), 2);
+    assert_eq!(f.leases(), 0);
+    assert_eq!(f.rules(), 0);
+    println!(
+        "    timing: prewarm of 2 {:?}; pooled acquire median {:?}, release median {:?}",
+        warm,
+        median(acq),
+        median(rel)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn preconditions() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    if !Path::new(BUSYBOX).exists() {
+        return Err(format!(
+            "{BUSYBOX} missing (apt-get install busybox-static)"
+        ));
+    }
+    match Command::new("nft").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => return Err("nft missing (apt-get install nftables)".into()),
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("ip missing (apt-get install iproute2)".into());
+    }
+    Ok(())
+}
+
+fn leftovers() -> Vec<String> {
+    let pid = std::process::id();
+    let mut nl = RealNetlink::open().expect("netlink");
+    let mut left: Vec<String> = nl
+        .link_names()
+        .expect("links")
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("kt{pid}x")))
+        .collect();
+    if NftCommand::default()
+        .list_table(&format!("kiln_t{pid}"))
+        .expect("nft")
+        .is_some()
+    {
+        left.push(format!("nft table kiln_t{pid}"));
+    }
+    left
+}
+
+type Test = (&'static str, fn());
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 && args[1] == "--ipam-child" {
+        ipam_child(&args[2], &args[3]);
+        return;
+    }
+    let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
+    let all: &[Test] = &[
+        (
+            "two_namespaces_ping_each_other_by_ip",
+            two_namespaces_ping_each_other_by_ip,
+        ),
+        (
+            "published_port_is_reachable_from_host_loopback",
+            published_port_is_reachable_from_host_loopback,
+        ),
+        (
+            "container_cannot_reach_a_host_loopback_service",
+            container_cannot_reach_a_host_loopback_service,
+        ),
+        (
+            "user_network_create_attach_and_rm_removes_its_bridge",
+            user_network_create_attach_and_rm_removes_its_bridge,
+        ),
+        (
+            "port_in_use_gives_a_clear_error_and_leaks_nothing",
+            port_in_use_gives_a_clear_error_and_leaks_nothing,
+        ),
+        (
+            "ipam_two_processes_allocate_without_collisions",
+            ipam_two_processes_allocate_without_collisions,
+        ),
+        (
+            "fifty_attach_detach_cycles_leave_links_leases_and_rules_as_they_were",
+            fifty_attach_detach_cycles_leave_links_leases_and_rules_as_they_were,
+        ),
+        (
+            "netns_pool_reuses_prepared_namespaces",
+            netns_pool_reuses_prepared_namespaces,
+        ),
+    ];
+    let tests: Vec<&Test> = all
+        .iter()
+        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
+        .collect();
+    if let Err(why) = preconditions() {
+        if std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+            println!("net: REQUIRE_PRIVILEGED_TESTS=1 but {why}");
+            println!("0 passed, {} failed", tests.len());
+            std::process::exit(1);
+        }
+        println!("net: skipping {} tests: {why}", tests.len());
+        println!("0 passed, 0 failed, {} skipped", tests.len());
+        return;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        let t = Instant::now();
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:?})", t.elapsed());
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    let left = leftovers();
+    if left.is_empty() {
+        passed += 1;
+        println!("test leaves_nothing_behind ... ok");
+    } else {
+        failed += 1;
+        println!("test leaves_nothing_behind ... FAILED: {left:?}");
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

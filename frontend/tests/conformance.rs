@@ -1,0 +1,213 @@
+//! BuildKit conformance: the parser and word-expansion corpora from
+//! `<repo>/../shared/conformance/buildkit`, read in place (override with KILN_SHARED_DIR).
+
+use frontend::ast::parse_ast;
+use frontend::shell::Lex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn shared_dir() -> PathBuf {
+    let dir = match std::env::var_os("KILN_SHARED_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    };
+    assert!(
+        dir.join("conformance/buildkit").is_dir(),
+        "conformance data missing: {} has no conformance/buildkit (set KILN_SHARED_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+fn conformance() -> PathBuf {
+    shared_dir().join("conformance")
+}
+
+fn cases(dir: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(conformance().join("buildkit").join(dir))
+        .expect("read corpus dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no cases in {dir}");
+    v
+}
+
+#[test]
+fn buildkit_parser_corpus_dumps_match() {
+    let mut failures = Vec::new();
+    let all = cases("parser");
+    for case in &all {
+        let src = std::fs::read_to_string(case.join("Dockerfile")).expect("read Dockerfile");
+        let want = std::fs::read_to_string(case.join("result")).expect("read result");
+        match parse_ast(&src) {
+            Ok(ast) => {
+                let got = ast.dump();
+                let want: Vec<&str> = want
+                    .lines()
+                    .map(str::trim_end)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                let got: Vec<&str> = got.lines().collect();
+                if got != want {
+                    failures.push(format!(
+                        "{}:\n--- want\n{}\n--- got\n{}",
+                        case.display(),
+                        want.join("\n"),
+                        got.join("\n")
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", case.display())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn buildkit_parser_negative_corpus_is_rejected() {
+    for case in cases("parser-negative") {
+        let src = std::fs::read_to_string(case.join("Dockerfile")).expect("read Dockerfile");
+        let err = frontend::parse(&src).expect_err(&format!("{} must be rejected", case.display()));
+        let msg = err.to_string();
+        assert!(msg.starts_with("Dockerfile:"), "{}: {msg}", case.display());
+        assert!(err.span().is_some(), "{}: no span", case.display());
+    }
+}
+
+fn env_var_test_env(name: &str) -> Option<String> {
+    match name {
+        "PWD" => Some("/home".into()),
+        "SHELL" => Some("bash".into()),
+        "KOREAN" => Some("한국어".into()),
+        "NULL" => Some(String::new()),
+        _ => None,
+    }
+}
+
+#[test]
+fn buildkit_env_var_test_unix_lines_pass() {
+    let text = std::fs::read_to_string(conformance().join("buildkit/envVarTest"))
+        .expect("read envVarTest");
+    let lex = Lex::new('\\');
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parts: Vec<&str> = line.splitn(3, '|').collect();
+        assert_eq!(parts.len(), 3, "envVarTest:{}: malformed", n + 1);
+        if parts[0] != "A" && parts[0] != "U" {
+            continue;
+        }
+        count += 1;
+        let (input, want) = (parts[1].trim(), parts[2].trim());
+        let got = lex.process_word(input, &env_var_test_env);
+        let ok = match (&got, want) {
+            (Err(_), "error") => true,
+            (Ok(g), w) => g == w && w != "error",
+            _ => false,
+        };
+        if !ok {
+            failures.push(format!(
+                "envVarTest:{}: {input:?}: want {want:?}, got {got:?}",
+                n + 1
+            ));
+        }
+    }
+    assert!(count > 200, "only {count} cases");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn buildkit_words_test_lines_pass() {
+    let text =
+        std::fs::read_to_string(conformance().join("buildkit/wordsTest")).expect("read wordsTest");
+    let lex = Lex::new('\\');
+    let mut env: HashMap<String, String> = HashMap::new();
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if let Some(kv) = line.strip_prefix("ENV ") {
+            let (k, v) = kv.split_once('=').expect("ENV k=v");
+            env.insert(k.to_owned(), v.to_owned());
+            continue;
+        }
+        let (input, want) = line.split_once('|').expect("input | words");
+        let (input, want) = (input.trim(), want.trim_start());
+        count += 1;
+        let lookup = |k: &str| env.get(k).cloned();
+        let got = lex.process_words(input, &lookup);
+        let ok = match (&got, want) {
+            (Err(_), "error") => true,
+            (Ok(g), w) => w != "error" && g.join(",") == w,
+            _ => false,
+        };
+        if !ok {
+            failures.push(format!(
+                "wordsTest:{}: {input:?}: want {want:?}, got {got:?}",
+                n + 1
+            ));
+        }
+    }
+    assert!(count > 20, "only {count} cases");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn real_world_corpus_parses() {
+    let dir = conformance().join("real-world");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read real-world")
+        .map(|e| e.expect("dir entry").path().join("Dockerfile"))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 60,
+        "only {} real-world Dockerfiles",
+        files.len()
+    );
+    let mut failures = Vec::new();
+    for f in &files {
+        let src = std::fs::read_to_string(f).expect("read Dockerfile");
+        let rel = f
+            .strip_prefix(&dir)
+            .expect("under real-world")
+            .display()
+            .to_string();
+        if let Err(e) = frontend::parse(&src) {
+            let s = e.span().unwrap_or_default();
+            failures.push(format!("{rel}:{}:{}: {}", s.line, s.column, e.message()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} files fail:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,813 @@
+//! The real op runner: cache lookups, sandboxed RUN and COPY, layer commits, cache records,
+//! and the final image.
+//!
+//! For each node the target needs ([`crate::sched`] decides the order):
+//! - a source resolves to its image's layer chain (or nothing, for scratch);
+//! - an exec or file node looks up its key ([`crate::key`]); when the record exists and every
+//!   layer in it is still in the store it emits `Cached` and runs nothing;
+//! - otherwise it gets a fresh upper/work dir under `KILN_ROOT/tmp`, runs
+//!   `kiln __init <spec>` on an overlay of its root's chain (output streamed as `Log` events),
+//!   commits the upper dir as a layer and records `key -> chain`.
+//!
+//! COPY sources from the context are walked and hashed on the host before anything runs, so a
+//! missing, ignored or escaping source fails the build before the store is touched.
+
+use crate::graph::{
+    BuildGraph, CopySource, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Node, NodeId, Op,
+    SourceOp,
+};
+use crate::key::{self, SourceMeta};
+use crate::progress::{self, EventKind, Stream};
+use crate::sched::{self, OpRunner, SchedError};
+use cache::image::Image;
+use cache::oci::{Digest, History, ImageConfig};
+use cache::records::CacheRecord;
+use cache::snapshot::CommitOptions;
+use cache::store::{Store, StoreError};
+use executor::context::{ContextError, Ignore, SourceEntry};
+use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, MountSpec, Network, Rootfs, RunSpec};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncReadExt;
+
+/// mtime clamp of RUN layers: every mtime becomes the epoch. A RUN stamps files with the wall
+/// clock; clamping them (SOURCE_DATE_EPOCH=0 style) is what makes a rebuild byte-identical.
+pub const RUN_CLAMP_MTIME: Option<i64> = Some(0);
+
+/// mtime clamp of COPY layers when no context file is copied (COPY --from, WORKDIR): the epoch,
+/// as for RUN (files from other stages already carry clamped times).
+///
+/// When a node copies context files, the clamp is instead the newest mtime among them: copied
+/// files keep their own mtimes (as `docker build` does), while directories the copy creates or
+/// touches (stamped with the wall clock) drop to that time, so the layer depends only on the
+/// context, never on when the build ran.
+pub const COPY_CLAMP_MTIME: Option<i64> = Some(0);
+
+/// The `created` time of kiln images and their history: fixed, so builds are reproducible.
+pub const CREATED: &str = "1970-01-01T00:00:00Z";
+
+/// Lines of output kept for a failure message.
+const TAIL_LINES: usize = 10;
+
+/// Options of a build.
+#[derive(Debug, Clone)]
+pub struct SolveOptions {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The `.dockerignore` text (empty when there is none).
+    pub dockerignore: String,
+    /// Maximum number of steps running at once.
+    pub jobs: usize,
+    /// Run every step, ignoring cache records (still writing new ones).
+    pub no_cache: bool,
+    /// The kiln binary, re-executed as `kiln __init` for sandboxes.
+    pub kiln_exe: PathBuf,
+    /// The Dockerfile's name, for messages (`Dockerfile:12: RUN make: exit code 2`).
+    pub dockerfile_name: String,
+}
+
+/// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The Dockerfile's name.
+    pub file: String,
+    /// The line, when the node has a span.
+    pub line: Option<u32>,
+    /// The instruction as written.
+    pub instruction: String,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.file, self.instruction),
+            None => write!(f, "{}: {}", self.file, self.instruction),
+        }
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    /// A RUN exited non-zero.
+    #[error("{at}: exit code {code}{}", tail_text(.tail))]
+    Exit {
+        /// The step.
+        at: Location,
+        /// Its exit status (128+N for signal N).
+        code: i32,
+        /// The last lines of its output.
+        tail: Vec<String>,
+    },
+    /// The sandbox reported a failure of its own (setup, COPY).
+    #[error("{at}: {message}")]
+    Sandbox {
+        /// The step.
+        at: Location,
+        /// The sandbox's message (`kiln: ...` stripped).
+        message: String,
+    },
+    /// A COPY source is missing, ignored or outside the context.
+    #[error("{at}: {source}")]
+    Source {
+        /// The step.
+        at: Location,
+        /// What the walker found.
+        #[source]
+        source: ContextError,
+    },
+    /// Hashing a context file failed.
+    #[error("{at}: reading {}", .path.display())]
+    Hash {
+        /// The step.
+        at: Location,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandbox could not be started.
+    #[error("{at}: starting the sandbox {}", .exe.display())]
+    Spawn {
+        /// The step.
+        at: Location,
+        /// The kiln binary.
+        exe: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed during a step.
+    #[error("{at}: store")]
+    Store {
+        /// The step.
+        at: Location,
+        /// The store's error.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// The store failed while writing the image.
+    #[error("writing the image")]
+    Image(#[source] StoreError),
+    /// A base image's layer is gone from the store.
+    #[error("{at}: base image layer {diff_id} is missing from the store")]
+    MissingLayer {
+        /// The step.
+        at: Location,
+        /// The layer.
+        diff_id: Digest,
+    },
+    /// Something the graph asks for that this solver cannot do yet.
+    #[error("{at}: {what} is not supported yet")]
+    Unsupported {
+        /// The step.
+        at: Location,
+        /// What.
+        what: &'static str,
+    },
+    /// A step panicked or the graph is malformed (bugs).
+    #[error("internal error")]
+    Internal(#[source] SchedError<std::convert::Infallible>),
+}
+
+fn tail_text(tail: &[String]) -> String {
+    tail.iter().map(|l| format!("\n{l}")).collect()
+}
+
+/// A node's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeResult {
+    /// The node's filesystem: diff_ids, base first.
+    pub chain: Vec<Digest>,
+    /// Whether the node added a layer (false: its changes were empty).
+    pub made_layer: bool,
+    /// The config of the base image (source nodes only).
+    pub base: Option<ImageConfig>,
+}
+
+/// Runs build graphs on a store.
+#[derive(Debug, Clone)]
+pub struct Solver {
+    store: Store,
+    opts: SolveOptions,
+}
+
+impl Solver {
+    /// A solver over `store`.
+    pub fn new(store: Store, opts: SolveOptions) -> Solver {
+        Solver { store, opts }
+    }
+
+    /// Runs the nodes the target needs and writes the image (not tagged).
+    ///
+    /// Fails on the first failing step, a missing or escaping COPY source, or a store error.
+    pub async fn solve(
+        &self,
+        graph: &BuildGraph,
+        events: progress::Sender,
+    ) -> Result<Image, SolveError> {
+        let graph = Arc::new(graph.clone());
+        let (keys, clamps) = {
+            let (g, opts) = (Arc::clone(&graph), self.opts.clone());
+            tokio::task::spawn_blocking(move || compute_keys(&g, &opts))
+                .await
+                .expect("key computation does not panic")?
+        };
+        let runner = Arc::new(Runner {
+            store: self.store.clone(),
+            graph: Arc::clone(&graph),
+            keys,
+            clamps,
+            opts: self.opts.clone(),
+            events,
+        });
+        let done = sched::schedule(&graph, runner, self.opts.jobs)
+            .await
+            .map_err(|e| match e {
+                SchedError::Op(e) => e,
+                SchedError::Panicked { node } => {
+                    SolveError::Internal(SchedError::Panicked { node })
+                }
+                SchedError::BadGraph { node, input } => {
+                    SolveError::Internal(SchedError::BadGraph { node, input })
+                }
+            })?;
+        let config = final_config(&graph, &done);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.write_image(&config))
+            .await
+            .expect("write_image does not panic")
+            .map_err(SolveError::Image)
+    }
+}
+
+/// The image config of the result: the target stage's base history, then the template's.
+fn final_config(graph: &BuildGraph, done: &BTreeMap<NodeId, Arc<NodeResult>>) -> ImageConfig {
+    let mut config = graph.image.config.clone();
+    // The source the target stage starts from: follow roots down.
+    let mut n = graph.target;
+    let base = loop {
+        match &graph.nodes[n].op {
+            Op::Source(_) => break done.get(&n).and_then(|r| r.base.clone()),
+            Op::Exec(x) => n = x.root,
+            Op::File(f) => n = f.root,
+        }
+    };
+    let mut history = base.map(|b| b.history).unwrap_or_default();
+    for step in &graph.image.history {
+        let made = step
+            .layer
+            .and_then(|l| done.get(&l))
+            .is_some_and(|r| r.made_layer);
+        history.push(History {
+            created: Some(CREATED.to_owned()),
+            created_by: Some(step.created_by.clone()),
+            author: None,
+            comment: Some("buildkit.dockerfile.v0".to_owned()),
+            empty_layer: !made,
+        });
+    }
+    config.history = history;
+    config.created = Some(CREATED.to_owned());
+    config.rootfs.diff_ids = done
+        .get(&graph.target)
+        .map(|r| r.chain.clone())
+        .unwrap_or_default();
+    config
+}
+
+fn location(opts: &SolveOptions, node: &Node) -> Location {
+    Location {
+        file: opts.dockerfile_name.clone(),
+        line: node.span.map(|s| s.line),
+        instruction: if node.instruction.is_empty() {
+            node.name.clone()
+        } else {
+            node.instruction.clone()
+        },
+    }
+}
+
+/// Keys of every needed node, and the mtime clamp of each file node.
+type Keys = (Vec<Option<Digest>>, BTreeMap<NodeId, Option<i64>>);
+
+/// Walks and hashes context COPY sources, then computes each needed node's key in order.
+fn compute_keys(graph: &BuildGraph, opts: &SolveOptions) -> Result<Keys, SolveError> {
+    let ignore = Ignore::parse(&opts.dockerignore);
+    let mut keys: Vec<Option<Digest>> = vec![None; graph.nodes.len()];
+    let mut clamps = BTreeMap::new();
+    for n in graph.reachable() {
+        let node = &graph.nodes[n];
+        let mut contents = Vec::new();
+        if let Op::File(f) = &node.op {
+            let mut newest: Option<i64> = None;
+            for a in &f.actions {
+                let content = match a {
+                    FileAction::Copy(c) if c.from == CopySource::Context => {
+                        let at = || location(opts, node);
+                        let entries = executor::context::walk_sources(
+                            &opts.context,
+                            &c.sources,
+                            &ignore,
+                            &c.exclude,
+                        )
+                        .map_err(|source| SolveError::Source { at: at(), source })?;
+                        for e in &entries {
+                            let secs = i64::try_from(e.mtime_ns.div_euclid(1_000_000_000))
+                                .unwrap_or(i64::MAX);
+                            newest = Some(newest.map_or(secs, |m| m.max(secs)));
+                        }
+                        Some(key::content_digest(&hash_entries(&entries).map_err(
+                            |(path, source)| SolveError::Hash {
+                                at: at(),
+                                path,
+                                source,
+                            },
+                        )?))
+                    }
+                    _ => None,
+                };
+                contents.push(content);
+            }
+            clamps.insert(n, newest.map(|t| t.max(0)).or(COPY_CLAMP_MTIME));
+        }
+        keys[n] = Some(key::node_key(node, &keys, &contents));
+    }
+    Ok((keys, clamps))
+}
+
+/// Metadata and content hashes of walked entries (files hashed in parallel).
+fn hash_entries(entries: &[SourceEntry]) -> Result<Vec<SourceMeta>, (PathBuf, std::io::Error)> {
+    entries
+        .par_iter()
+        .map(|e| {
+            use executor::context::EntryKind as K;
+            let kind = match e.kind {
+                K::File => key::EntryKind::File,
+                K::Dir => key::EntryKind::Dir,
+                K::Symlink => key::EntryKind::Symlink,
+                _ => key::EntryKind::Other,
+            };
+            let content = if kind == key::EntryKind::File {
+                Some(hash_file(&e.path).map_err(|err| (e.path.clone(), err))?)
+            } else {
+                None
+            };
+            Ok(SourceMeta {
+                rel: e.rel.clone(),
+                kind,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                size: e.size,
+                content,
+                link_target: e.link_target.clone(),
+            })
+        })
+        .collect()
+}
+
+fn hash_file(path: &Path) -> std::io::Result<Digest> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = cache::oci::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// The last lines of a process's output.
+#[derive(Debug, Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial).into_owned();
+                self.partial.clear();
+                self.lines.push_back(line);
+                if self.lines.len() > TAIL_LINES {
+                    self.lines.pop_front();
+                }
+            } else {
+                self.partial.push(b);
+            }
+        }
+    }
+    fn into_lines(mut self) -> Vec<String> {
+        if !self.partial.is_empty() {
+            self.push(b"\n");
+        }
+        self.lines.into()
+    }
+}
+
+struct Runner {
+    store: Store,
+    graph: Arc<BuildGraph>,
+    keys: Vec<Option<Digest>>,
+    clamps: BTreeMap<NodeId, Option<i64>>,
+    opts: SolveOptions,
+    events: progress::Sender,
+}
+
+impl Runner {
+    fn emit(&self, n: NodeId, kind: EventKind) {
+        progress::emit(&self.events, n, &self.graph.nodes[n].name, kind);
+    }
+
+    fn lowers(&self, chain: &[Digest]) -> Vec<PathBuf> {
+        chain
+            .iter()
+            .rev()
+            .map(|d| self.store.snapshot_path(d))
+            .collect()
+    }
+
+    fn source(&self, n: NodeId, op: &SourceOp) -> Result<NodeResult, SolveError> {
+        let at = || location(&self.opts, &self.graph.nodes[n]);
+        match op {
+            SourceOp::Scratch => Ok(NodeResult {
+                chain: vec![],
+                made_layer: false,
+                base: None,
+            }),
+            SourceOp::Image { manifest, .. } => {
+                let image = self
+                    .store
+                    .image(manifest)
+                    .map_err(|source| SolveError::Store { at: at(), source: Box::new(source) })?;
+                let chain = image.config.rootfs.diff_ids.clone();
+                if let Some(d) = chain.iter().find(|d| !self.store.has_layer(d)) {
+                    return Err(SolveError::MissingLayer {
+                        at: at(),
+                        diff_id: d.clone(),
+                    });
+                }
+                Ok(NodeResult {
+                    chain,
+                    made_layer: false,
+                    base: Some(image.config),
+                })
+            }
+        }
+    }
+
+    /// The cached result of `n`, when its record exists and all its layers are present.
+    fn cached(&self, n: NodeId, key: &Digest) -> Result<Option<Vec<Digest>>, SolveError> {
+        if self.opts.no_cache {
+            return Ok(None);
+        }
+        let at = || location(&self.opts, &self.graph.nodes[n]);
+        let rec = self
+            .store
+            .cache_get(key)
+            .map_err(|source| SolveError::Store { at: at(), source: Box::new(source) })?;
+        Ok(rec
+            .filter(|r| r.layers.iter().all(|d| self.store.has_layer(d)))
+            .map(|r| r.layers))
+    }
+
+    fn exec_spec(&self, n: NodeId, x: &ExecOp, rootfs: Rootfs) -> Result<InitSpec, SolveError> {
+        let at = || location(&self.opts, &self.graph.nodes[n]);
+        let mut mounts = Vec::new();
+        for m in &x.mounts {
+            let kind = match &m.kind {
+                MountKind::Tmpfs { size } => executor::spec::MountKind::Tmpfs { size: *size },
+                MountKind::Bind {
+                    from: CopySource::Context,
+                    source,
+                } => executor::spec::MountKind::Bind {
+                    source: self.opts.context.join(source.trim_start_matches('/')),
+                },
+                MountKind::Bind { .. } => {
+                    return Err(SolveError::Unsupported {
+                        at: at(),
+                        what: "RUN --mount=type=bind from a stage",
+                    });
+                }
+                MountKind::Cache { .. } => {
+                    return Err(SolveError::Unsupported {
+                        at: at(),
+                        what: "RUN --mount=type=cache",
+                    });
+                }
+                MountKind::Secret { .. } => {
+                    return Err(SolveError::Unsupported {
+                        at: at(),
+                        what: "RUN --mount=type=secret",
+                    });
+                }
+                MountKind::Ssh { .. } => {
+                    return Err(SolveError::Unsupported {
+                        at: at(),
+                        what: "RUN --mount=type=ssh",
+                    });
+                }
+            };
+            mounts.push(MountSpec {
+                target: m.target.clone(),
+                kind,
+                readonly: m.readonly,
+            });
+        }
+        let mut env = x.env.clone();
+        env.extend(x.proxy_env.iter().cloned());
+        Ok(InitSpec::Run(RunSpec {
+            rootfs,
+            args: x.args.clone(),
+            env,
+            cwd: x.cwd.clone(),
+            user: x.user.clone(),
+            hostname: "kiln".to_owned(),
+            network: match x.network {
+                NetworkMode::Host => Network::Host,
+                NetworkMode::Default | NetworkMode::None => Network::Loopback,
+            },
+            mounts,
+            tty: false,
+        }))
+    }
+
+    fn file_spec(
+        &self,
+        n: NodeId,
+        f: &FileOp,
+        rootfs: Rootfs,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<InitSpec, SolveError> {
+        let at = || location(&self.opts, &self.graph.nodes[n]);
+        let mut tasks = Vec::new();
+        for a in &f.actions {
+            tasks.push(match a {
+                FileAction::Mkdir { path, owner } => CopyTask::Mkdir {
+                    path: path.clone(),
+                    owner: owner.clone(),
+                },
+                FileAction::Copy(c) => {
+                    let from = match &c.from {
+                        CopySource::Context => CopyFrom::Context {
+                            dir: self.opts.context.clone(),
+                            ignore: self.opts.dockerignore.lines().map(str::to_owned).collect(),
+                        },
+                        CopySource::Node(m) => CopyFrom::Layers {
+                            lowers: self.lowers(
+                                &inputs
+                                    .get(m)
+                                    .expect("the scheduler passes every input")
+                                    .chain,
+                            ),
+                        },
+                        CopySource::Url { .. } => {
+                            return Err(SolveError::Unsupported {
+                                at: at(),
+                                what: "ADD from a URL",
+                            });
+                        }
+                    };
+                    CopyTask::Copy {
+                        from,
+                        sources: c.sources.clone(),
+                        dest: c.dest.clone(),
+                        chown: c.chown.clone(),
+                        chmod: c.chmod.clone(),
+                        exclude: c.exclude.clone(),
+                        parents: c.parents,
+                        unpack_archives: c.unpack_archives,
+                    }
+                }
+            });
+        }
+        Ok(InitSpec::Copy(CopySpec { rootfs, tasks }))
+    }
+
+    /// Runs the sandbox for `spec`, streaming its output; fails on a non-zero exit.
+    async fn sandbox(&self, n: NodeId, spec: &InitSpec) -> Result<(), SolveError> {
+        let at = || location(&self.opts, &self.graph.nodes[n]);
+        let spawn_err = |source| SolveError::Spawn {
+            at: at(),
+            exe: self.opts.kiln_exe.clone(),
+            source,
+        };
+        let cmd = executor::sandbox::command(&self.opts.kiln_exe, spec).map_err(spawn_err)?;
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let tail = Mutex::new(Tail::default());
+        let pump = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>, stream: Stream| {
+            let tail = &tail;
+            async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            tail.lock().expect("not poisoned").push(&buf[..k]);
+                            self.emit(
+                                n,
+                                EventKind::Log {
+                                    stream,
+                                    bytes: buf[..k].to_vec(),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        };
+        let out = child.stdout.take().expect("stdout is piped");
+        let err = child.stderr.take().expect("stderr is piped");
+        let (_, _, status) = tokio::join!(
+            pump(Box::new(out), Stream::Stdout),
+            pump(Box::new(err), Stream::Stderr),
+            child.wait()
+        );
+        let status = status.map_err(spawn_err)?;
+        if status.success() {
+            return Ok(());
+        }
+        let code = status.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        });
+        let tail = tail.into_inner().expect("not poisoned").into_lines();
+        // Setup and copy failures: exit 125 with one `kiln: ` line naming the culprit.
+        if code == 125
+            && let Some(msg) = tail.iter().rev().find_map(|l| l.strip_prefix("kiln: "))
+        {
+            return Err(SolveError::Sandbox {
+                at: at(),
+                message: msg.to_owned(),
+            });
+        }
+        Err(SolveError::Exit {
+            at: at(),
+            code,
+            tail,
+        })
+    }
+
+    async fn build(
+        &self,
+        n: NodeId,
+        key: &Digest,
+        root: &NodeResult,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<NodeResult, SolveError> {
+        let node = &self.graph.nodes[n];
+        let at = || location(&self.opts, node);
+        let store_err = |source| SolveError::Store { at: at(), source: Box::new(source) };
+        let tmp = self.store.temp_dir("step-").map_err(store_err)?;
+        let upper = tmp.path().join("upper");
+        let work = tmp.path().join("work");
+        for d in [&upper, &work] {
+            std::fs::create_dir(d).map_err(|e| SolveError::Spawn {
+                at: at(),
+                exe: d.clone(),
+                source: e,
+            })?;
+        }
+        let rootfs = Rootfs {
+            lowers: self.lowers(&root.chain),
+            upper: upper.clone(),
+            work,
+        };
+        let (spec, clamp) = match &node.op {
+            Op::Exec(x) => (self.exec_spec(n, x, rootfs)?, RUN_CLAMP_MTIME),
+            Op::File(f) => (
+                self.file_spec(n, f, rootfs, inputs)?,
+                self.clamps.get(&n).copied().flatten(),
+            ),
+            Op::Source(_) => unreachable!("sources are resolved, not built"),
+        };
+        self.sandbox(n, &spec).await?;
+        let store = self.store.clone();
+        let layer = tokio::task::spawn_blocking(move || {
+            store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })
+        })
+        .await
+        .expect("commit_layer does not panic")
+        .map_err(store_err)?;
+        drop(tmp);
+        let mut chain = root.chain.clone();
+        let made_layer = layer.is_some();
+        chain.extend(layer.map(|l| l.diff_id));
+        self.store
+            .cache_put(
+                key,
+                &CacheRecord {
+                    layers: chain.clone(),
+                },
+            )
+            .map_err(store_err)?;
+        Ok(NodeResult {
+            chain,
+            made_layer,
+            base: None,
+        })
+    }
+
+    async fn run_node(
+        &self,
+        n: NodeId,
+        inputs: BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<NodeResult, SolveError> {
+        let node = &self.graph.nodes[n];
+        let root = match &node.op {
+            Op::Source(s) => return self.source(n, s),
+            Op::Exec(x) => x.root,
+            Op::File(f) => f.root,
+        };
+        let root = inputs.get(&root).expect("the scheduler passes every input");
+        let key = self.keys[n]
+            .as_ref()
+            .expect("keys exist for every needed node");
+        if let Some(chain) = self.cached(n, key)? {
+            self.emit(n, EventKind::Cached);
+            let made_layer = chain.len() > root.chain.len();
+            return Ok(NodeResult {
+                chain,
+                made_layer,
+                base: None,
+            });
+        }
+        self.build(n, key, root, &inputs).await
+    }
+}
+
+impl OpRunner for Runner {
+    type Output = Arc<NodeResult>;
+    type Error = SolveError;
+
+    async fn run(
+        &self,
+        n: NodeId,
+        inputs: BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<Arc<NodeResult>, SolveError> {
+        self.emit(n, EventKind::Started);
+        match self.run_node(n, inputs).await {
+            Ok(r) => {
+                self.emit(n, EventKind::Done);
+                Ok(Arc::new(r))
+            }
+            Err(e) => {
+                self.emit(
+                    n,
+                    EventKind::Error {
+                        message: e.to_string(),
+                    },
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines_and_a_partial_one() {
+        let mut t = Tail::default();
+        for i in 0..15 {
+            t.push(format!("line {i}\n").as_bytes());
+        }
+        t.push(b"no newline");
+        let lines = t.into_lines();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines.first().map(String::as_str), Some("line 6"));
+        assert_eq!(lines.last().map(String::as_str), Some("no newline"));
+    }
+
+    #[test]
+    fn exit_error_names_line_instruction_and_code() {
+        let e = SolveError::Exit {
+            at: Location {
+                file: "Dockerfile".into(),
+                line: Some(7),
+                instruction: "RUN false".into(),
+            },
+            code: 1,
+            tail: vec!["oops".into()],
+        };
+        assert_eq!(e.to_string(), "Dockerfile:7: RUN false: exit code 1\noops");
+    }
+}

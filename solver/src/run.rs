@@ -1,0 +1,201 @@
+//! `kiln run`: the sandbox spec of a container from an image config plus command-line overrides.
+//!
+//! A container's writable layer lives under `KILN_ROOT/containers/<id>/` (`upper/`, `work/`);
+//! its lower dirs are the image's snapshots, newest first. Pure apart from creating that
+//! directory; the cli spawns the sandbox and removes the directory for `--rm`.
+
+use cache::oci::{Digest, ImageConfig};
+use cache::store::Store;
+use executor::spec::{Network, Rootfs, RunSpec};
+use std::path::PathBuf;
+
+/// What `kiln run` flags override.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `-e K=V` (or `-e K`, taken from the caller's environment by the cli).
+    pub env: Vec<String>,
+    /// `-w DIR`.
+    pub workdir: Option<String>,
+    /// `-u USER`.
+    pub user: Option<String>,
+    /// `--entrypoint X` (an empty string clears the image's entrypoint).
+    pub entrypoint: Option<String>,
+    /// Arguments after the image name; replace the image's CMD when non-empty.
+    pub cmd: Vec<String>,
+    /// `-t`: stdin is a terminal.
+    pub tty: bool,
+}
+
+/// Why a container cannot be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Neither the image nor the command line gives a command.
+    #[error("no command specified: the image has no ENTRYPOINT or CMD and none was given")]
+    NoCommand,
+    /// An image layer is missing from the store.
+    #[error("layer {0} of the image is missing from the store")]
+    MissingLayer(Digest),
+    /// The container directory could not be created.
+    #[error("creating container directory {}", .path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A container with this name exists.
+    #[error("container {0:?} already exists")]
+    Exists(String),
+}
+
+/// A prepared container.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// `KILN_ROOT/containers/<id>`.
+    pub dir: PathBuf,
+    /// What to run.
+    pub spec: RunSpec,
+}
+
+/// The argv of a container: entrypoint then cmd, Docker's rules (`--entrypoint` resets CMD).
+pub fn argv(config: &ImageConfig, o: &Overrides) -> Vec<String> {
+    let c = &config.config;
+    let (entry, cmd) = match &o.entrypoint {
+        Some(e) if e.is_empty() => (vec![], o.cmd.clone()),
+        Some(e) => (vec![e.clone()], o.cmd.clone()),
+        None => {
+            let cmd = if o.cmd.is_empty() {
+                c.cmd.clone().unwrap_or_default()
+            } else {
+                o.cmd.clone()
+            };
+            (c.entrypoint.clone().unwrap_or_default(), cmd)
+        }
+    };
+    entry.into_iter().chain(cmd).collect()
+}
+
+/// The image env with `overrides` replacing variables of the same name, in order.
+pub fn env(image: &[String], overrides: &[String]) -> Vec<String> {
+    let name = |kv: &str| kv.split('=').next().unwrap_or("").to_owned();
+    let mut out: Vec<String> = image.to_vec();
+    for kv in overrides {
+        let k = name(kv);
+        match out.iter_mut().find(|e| name(e) == k) {
+            Some(e) => e.clone_from(kv),
+            None => out.push(kv.clone()),
+        }
+    }
+    out
+}
+
+/// Creates `KILN_ROOT/containers/<id>` and the run spec of `config`'s image with `o` applied.
+///
+/// Fails when there is no command, a layer is missing or the directory cannot be created.
+pub fn prepare(
+    store: &Store,
+    config: &ImageConfig,
+    id: &str,
+    o: &Overrides,
+) -> Result<Container, RunError> {
+    let args = argv(config, o);
+    if args.is_empty() {
+        return Err(RunError::NoCommand);
+    }
+    let lowers = config
+        .rootfs
+        .diff_ids
+        .iter()
+        .rev()
+        .map(|d| {
+            if store.has_layer(d) {
+                Ok(store.snapshot_path(d))
+            } else {
+                Err(RunError::MissingLayer(d.clone()))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dir = store.root().join("containers").join(id);
+    let mkdir = |p: &PathBuf| {
+        std::fs::create_dir_all(p).map_err(|source| RunError::Dir {
+            path: p.clone(),
+            source,
+        })
+    };
+    mkdir(&store.root().join("containers"))?;
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(RunError::Exists(id.to_owned()));
+        }
+        Err(source) => return Err(RunError::Dir { path: dir, source }),
+    }
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    mkdir(&upper)?;
+    mkdir(&work)?;
+    let c = &config.config;
+    let cwd = o.workdir.clone().unwrap_or_else(|| c.working_dir.clone());
+    Ok(Container {
+        spec: RunSpec {
+            rootfs: Rootfs {
+                lowers,
+                upper,
+                work,
+            },
+            args,
+            env: env(&c.env, &o.env),
+            cwd: if cwd.is_empty() { "/".to_owned() } else { cwd },
+            user: o.user.clone().unwrap_or_else(|| c.user.clone()),
+            hostname: id.chars().take(12).collect(),
+            network: Network::Loopback,
+            mounts: vec![],
+            tty: o.tty,
+        },
+        dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache::oci::Platform;
+
+    fn image(entry: Option<&[&str]>, cmd: Option<&[&str]>) -> ImageConfig {
+        let mut c = ImageConfig::empty(&Platform::host());
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        c.config.entrypoint = entry.map(own);
+        c.config.cmd = cmd.map(own);
+        c
+    }
+
+    #[test]
+    fn command_line_args_replace_cmd_but_keep_entrypoint() {
+        let c = image(Some(&["/bin/tini", "--"]), Some(&["sh"]));
+        let o = Overrides {
+            cmd: vec!["echo".into(), "hi".into()],
+            ..Default::default()
+        };
+        assert_eq!(argv(&c, &o), ["/bin/tini", "--", "echo", "hi"]);
+        assert_eq!(argv(&c, &Overrides::default()), ["/bin/tini", "--", "sh"]);
+    }
+
+    #[test]
+    fn entrypoint_override_resets_cmd() {
+        let c = image(Some(&["/bin/tini"]), Some(&["sh"]));
+        let o = Overrides {
+            entrypoint: Some("/bin/echo".into()),
+            ..Default::default()
+        };
+        assert_eq!(argv(&c, &o), ["/bin/echo"]);
+    }
+
+    #[test]
+    fn env_overrides_replace_by_name_and_append_new() {
+        let got = env(
+            &["PATH=/bin".into(), "A=1".into()],
+            &["A=2".into(), "B=3".into()],
+        );
+        assert_eq!(got, ["PATH=/bin", "A=2", "B=3"]);
+    }
+}
