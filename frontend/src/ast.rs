@@ -246,8 +246,7 @@ impl Logical {
     }
     /// Appends `s`, which starts at `span` on one physical line.
     fn push(&mut self, s: &str, span: Span) {
-        let mut col = span.column;
-        for c in s.chars() {
+        for (col, c) in (span.column..).zip(s.chars()) {
             for _ in 0..c.len_utf8() {
                 self.pos.push(Span {
                     line: span.line,
@@ -255,7 +254,6 @@ impl Logical {
                 });
             }
             self.text.push(c);
-            col += 1;
         }
     }
     fn span_at(&self, byte: usize, fallback: Span) -> Span {

@@ -187,6 +187,14 @@ pub enum ErrorKind {
         /// The stage.
         name: String,
     },
+    /// `--from` naming neither a stage nor an image that exists.
+    #[error("{instruction} --from={name}: no stage or image named {name:?}")]
+    UnknownStage {
+        /// The instruction (`COPY`, `RUN --mount`).
+        instruction: String,
+        /// The name.
+        name: String,
+    },
     /// `--target` that is not a stage.
     #[error("target stage {target:?} could not be found")]
     UnknownTarget {
@@ -242,7 +250,11 @@ pub enum ErrorKind {
 
 /// A frontend error with its location.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
+pub struct Error(Box<Inner>);
+
+/// The fields of an [`Error`] (boxed to keep `Result`s small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inner {
     kind: ErrorKind,
     span: Option<Span>,
     file: String,
@@ -250,16 +262,29 @@ pub struct Error {
     hint: Option<String>,
 }
 
+impl std::ops::Deref for Error {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Error {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.0
+    }
+}
+
 impl Error {
     /// An error of `kind` at `span`.
     pub fn new(kind: ErrorKind, span: Option<Span>) -> Error {
-        Error {
+        Error(Box::new(Inner {
             kind,
             span,
             file: "Dockerfile".to_owned(),
             line_text: None,
             hint: None,
-        }
+        }))
     }
 
     /// Adds a `hint:` line.
@@ -364,8 +389,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {

@@ -496,7 +496,7 @@ fn cmd_line(node: &Node) -> CmdLine {
 }
 
 /// Parses one non-FROM instruction node.
-fn parse_instruction(node: &Node) -> Result<Instruction, Error> {
+pub(crate) fn parse_instruction(node: &Node) -> Result<Instruction, Error> {
     let name = node.name();
     let none: &[(&str, Kind)] = &[];
     let command = match name.as_str() {

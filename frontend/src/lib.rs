@@ -1,12 +1,36 @@
 //! kiln's Dockerfile frontend: text in, build graph out.
 //!
-//! Pure: no filesystem, no network, no clock. Base image configs and build args come in as data.
+//! Pure: no filesystem, no network, no clock, no environment. Base image configs and build
+//! args come in as data.
+//!
+//! The flow, as the cli drives it:
+//!
+//! 1. [`parse`] turns the text into a [`Dockerfile`]: [`ast`] does the line-level work exactly
+//!    as BuildKit's parser (directives, continuations, heredocs, JSON vs shell form, flags,
+//!    spans), [`instructions`] checks each instruction and groups them into stages.
+//! 2. [`base_images`] lists the image references the target stage needs (after ARG
+//!    expansion); the caller resolves them in its store.
+//! 3. [`lower`] turns the stages the target needs into a [`solver::graph::BuildGraph`]:
+//!    source, exec and file nodes with BuildKit-style names and spans, plus the target's
+//!    image config and history ([`solver::graph::ImageTemplate`]).
+//!
+//! [`shell`] is the word expander (`$V`, `${V:-x}`, `${V#p}`...). [`check`] lints without
+//! building. [`apply_changes`] serves `kiln import --change`. Errors ([`Error`]) render as
+//! `Dockerfile:LINE:COL: message`, the quoted line with a caret, and a `hint:`.
 #![deny(missing_docs)]
 
 pub mod ast;
+mod changes;
+pub mod check;
 pub mod error;
 pub mod instructions;
+mod lower;
+pub mod mounts;
 pub mod shell;
+
+pub use changes::apply_changes;
+pub use check::{Level, Warning, check};
+pub use lower::{DEFAULT_PATH, PLATFORM_ARGS, PROXY_ARGS};
 
 pub use error::{Error, ErrorKind};
 pub use instructions::{Command, Dockerfile, Instruction, Stage};
@@ -19,4 +43,75 @@ pub use solver::graph::Span;
 pub fn parse(source: &str) -> Result<Dockerfile, Error> {
     let tree = ast::parse_ast(source).map_err(|e| e.with_source(source))?;
     instructions::from_ast(tree, source).map_err(|e| e.with_source(source))
+}
+
+use cache::oci::{Digest, ImageConfig, Platform};
+use std::collections::BTreeMap;
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// The Dockerfile's name, for messages (`Dockerfile`, `build/Dockerfile.prod`).
+    pub dockerfile_name: String,
+    /// `--target`: the stage to build (default: the last one).
+    pub target: Option<String>,
+    /// `--build-arg K=V`.
+    pub build_args: BTreeMap<String, String>,
+    /// The platform built for (kiln builds natively, so also the build platform).
+    pub platform: Platform,
+}
+
+impl BuildOptions {
+    /// Options for building the last stage of `Dockerfile` for `platform`.
+    pub fn new(platform: Platform) -> BuildOptions {
+        BuildOptions {
+            dockerfile_name: "Dockerfile".to_owned(),
+            target: None,
+            build_args: BTreeMap::new(),
+            platform,
+        }
+    }
+}
+
+/// A base image the build needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImageRef {
+    /// The reference after ARG expansion, as written (`busybox`, `alpine:3.20`).
+    pub reference: String,
+    /// Where it is first used (FROM line, `--from`, `from=`).
+    pub span: Span,
+}
+
+/// A resolved base image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    /// Its manifest digest.
+    pub manifest: Digest,
+    /// Its config.
+    pub config: ImageConfig,
+}
+
+/// The base images (not stages, not `scratch`) the target needs, in the order lowering
+/// meets them: FROM lines, `COPY --from=<image>` and `RUN --mount from=<image>`.
+///
+/// Fails on an unknown `--target`, a bad expansion in a FROM line, a stage cycle or any
+/// lowering error that does not depend on base image configs.
+pub fn base_images(df: &Dockerfile, opts: &BuildOptions) -> Result<Vec<BaseImageRef>, Error> {
+    Ok(lower::collect_bases(df, opts)?.0)
+}
+
+/// Lowers the stages the target needs into a build graph. `bases` is keyed by
+/// [`BaseImageRef::reference`].
+///
+/// The template's `config.rootfs` and `config.history` are the target's base image's (empty
+/// for `scratch`); the solver appends the layers and [`solver::graph::ImageTemplate::history`].
+///
+/// Fails with a located error on anything the build cannot do: unknown stage or target,
+/// bad flag values, expansion errors, a base image missing from `bases`.
+pub fn lower(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    bases: &BTreeMap<String, BaseImage>,
+) -> Result<solver::graph::BuildGraph, Error> {
+    Ok(lower::Lowerer::new(df, opts, Some(bases))?.finish()?.0)
 }

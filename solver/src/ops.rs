@@ -450,7 +450,10 @@ impl Runner {
                 let image = self
                     .store
                     .image(manifest)
-                    .map_err(|source| SolveError::Store { at: at(), source: Box::new(source) })?;
+                    .map_err(|source| SolveError::Store {
+                        at: at(),
+                        source: Box::new(source),
+                    })?;
                 let chain = image.config.rootfs.diff_ids.clone();
                 if let Some(d) = chain.iter().find(|d| !self.store.has_layer(d)) {
                     return Err(SolveError::MissingLayer {
@@ -476,7 +479,10 @@ impl Runner {
         let rec = self
             .store
             .cache_get(key)
-            .map_err(|source| SolveError::Store { at: at(), source: Box::new(source) })?;
+            .map_err(|source| SolveError::Store {
+                at: at(),
+                source: Box::new(source),
+            })?;
         Ok(rec
             .filter(|r| r.layers.iter().all(|d| self.store.has_layer(d)))
             .map(|r| r.layers))
@@ -673,7 +679,10 @@ impl Runner {
     ) -> Result<NodeResult, SolveError> {
         let node = &self.graph.nodes[n];
         let at = || location(&self.opts, node);
-        let store_err = |source| SolveError::Store { at: at(), source: Box::new(source) };
+        let store_err = |source| SolveError::Store {
+            at: at(),
+            source: Box::new(source),
+        };
         let tmp = self.store.temp_dir("step-").map_err(store_err)?;
         let upper = tmp.path().join("upper");
         let work = tmp.path().join("work");
