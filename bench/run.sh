@@ -1,161 +1,135 @@
 #!/usr/bin/env bash
-# kiln benchmarks: cold and warm builds of a few scenarios, medians and peak RSS.
+# kiln build benchmarks: cold and warm builds of a few scenarios, medians and peak RSS.
+# Runs the same scenarios with BuildKit (DOCKER_BUILDKIT=1 /usr/bin/docker build) when a docker
+# daemon answers. Compare the two as ratios within one run: these machines are noisy.
 #
-#   bench/run.sh [--quick] [--reps N] [--only SCENARIO] [--kiln PATH]
-#
-# Scenarios: parallel (three CPU-bound stages and a final stage copying from them),
-# run40 (40 RUN steps), ctx20k (COPY of a 20,000-file context), layer512 (a 512 MiB RUN layer),
-# edit (edit one context file and rebuild), run-true (`kiln run --rm IMAGE true`: sandbox
-# start-to-exit).
-#
-# cold = fresh KILN_ROOT holding only the busybox base image; warm = the same build again.
-# Wall time and peak RSS come from /usr/bin/time (Debian package `time`). When a docker daemon
-# answers, the same scenarios run with `DOCKER_BUILDKIT=1 /usr/bin/docker build` (cold =
-# --no-cache). Needs root, overlayfs and /bin/busybox (busybox-static).
+# Usage: bench/run.sh [-n REPS] [-s SCENARIO[,SCENARIO]] [--kiln PATH]
+#   scenarios: parallel, steps40, context20k, layer512m, edit, runtrue
+# Needs root (namespaces, overlayfs), /bin/busybox (busybox-static) and /usr/bin/time (time).
 set -euo pipefail
 
-REPS=5
-ONLY=""
-HERE="$(cd "$(dirname "$0")" && pwd)"
-KILN="$HERE/../target/release/kiln"
+reps=5
+only=""
+here=$(cd "$(dirname "$0")" && pwd)
+kiln="$here/../target/release/kiln"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) REPS=1 ;;
-    --reps) REPS="$2"; shift ;;
-    --only) ONLY="$2"; shift ;;
-    --kiln) KILN="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "unknown argument $1" >&2; exit 2 ;;
+    -n) reps=$2; shift 2 ;;
+    -s) only=$2; shift 2 ;;
+    --kiln) kiln=$2; shift 2 ;;
+    *) echo "usage: $0 [-n REPS] [-s SCENARIOS] [--kiln PATH]" >&2; exit 2 ;;
   esac
-  shift
 done
-if [ ! -x "$KILN" ]; then
-  echo "building kiln (release)..." >&2
-  (cd "$HERE/.." && cargo build --release -p kiln-cli >&2)
+[ -x "$kiln" ] || { echo "bench: $kiln missing: cargo build --release" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "bench: /usr/bin/time missing: apt-get install time" >&2; exit 1; }
+kiln=$(readlink -f "$kiln")
+
+work=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+"$here/../examples/make-busybox-rootfs.sh" "$work/busybox.tar"
+
+docker_ok=0
+if [ -x /usr/bin/docker ] && /usr/bin/docker info >/dev/null 2>&1; then
+  docker_ok=1
+  /usr/bin/docker import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
 fi
-[ -x /usr/bin/time ] || { echo "bench: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
 
-WORK="$(mktemp -d /tmp/kiln-bench.XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
+want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
-# The busybox base image, as a rootfs tarball.
-mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc" "$WORK/rootfs/tmp"
-cp /bin/busybox "$WORK/rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$WORK/rootfs/bin/$a"; done
-printf 'root:x:0:0:root:/root:/bin/sh\n' > "$WORK/rootfs/etc/passwd"
-printf 'root:x:0:\n' > "$WORK/rootfs/etc/group"
-tar -C "$WORK/rootfs" -cf "$WORK/busybox.tar" .
+# median of the numbers on stdin
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-# Scenario contexts.
-mk_parallel() {
-  local c="$1/ctx"; mkdir -p "$c"
-  {
-    for s in a b c; do
-      echo "FROM busybox AS $s"
-      echo "RUN i=0; while [ \$i -lt 300000 ]; do i=\$((i+1)); done; echo $s > /$s"
-    done
-    echo "FROM busybox"
-    for s in a b c; do echo "COPY --from=$s /$s /$s"; done
-  } > "$c/Dockerfile"
-}
-mk_run40() {
-  local c="$1/ctx"; mkdir -p "$c"
-  { echo "FROM busybox"; for i in $(seq 1 40); do echo "RUN echo $i > /f$i"; done; } > "$c/Dockerfile"
-}
-mk_ctx20k() {
-  local c="$1/ctx"; mkdir -p "$c/files"
-  for d in $(seq 0 199); do
-    mkdir -p "$c/files/d$d"
-    for f in $(seq 0 99); do echo "$d/$f" > "$c/files/d$d/f$f"; done
-  done
-  printf 'FROM busybox\nCOPY files /files\nRUN ls /files | wc -l\n' > "$c/Dockerfile"
-}
-mk_layer512() {
-  local c="$1/ctx"; mkdir -p "$c"
-  printf 'FROM busybox\nRUN head -c 536870912 /dev/urandom > /big\n' > "$c/Dockerfile"
-}
-mk_edit() {
-  local c="$1/ctx"; mkdir -p "$c"
-  echo one > "$c/app.txt"
-  printf 'FROM busybox\nRUN echo deps > /deps\nCOPY app.txt /app.txt\nRUN cat /app.txt > /out\n' > "$c/Dockerfile"
+# timed CMD...: runs CMD, appends "seconds rss_kib" to $work/sample
+timed() {
+  /usr/bin/time -f '%e %M' -o "$work/t" "$@" >"$work/out" 2>&1 || { echo "bench: failed: $*" >&2; tail -20 "$work/out" >&2; exit 1; }
+  cat "$work/t" >> "$work/sample"
 }
 
-# measure OUTFILE CMD...: appends "seconds max_rss_kib" to OUTFILE.
-measure() {
-  local out="$1"; shift
-  /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/err" || {
-    echo "bench: command failed: $*" >&2; tail -20 "$WORK/err" >&2; exit 1; }
-  cat "$WORK/t" >> "$out"
+report() { # name
+  local name=$1
+  local secs rss
+  secs=$(awk '{print $1}' "$work/sample" | median)
+  rss=$(awk '{print $2}' "$work/sample" | sort -n | tail -1)
+  printf '%-34s median %8ss   peak RSS %6s MiB   (n=%s)\n' "$name" "$secs" "$((rss / 1024))" "$(wc -l < "$work/sample")"
+  : > "$work/sample"
 }
 
-# median FILE COLUMN
-median() { awk -v c="$2" '{print $c}' "$1" | sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-peak() { awk -v c="$2" 'BEGIN{m=0} {if ($c>m) m=$c} END {print m}' "$1"; }
-
-report() { # name tool phase file
-  printf '%-10s %-9s %-6s median %8ss  peak RSS %6d MiB  (n=%d)\n' "$1" "$2" "$3" \
-    "$(median "$4" 1)" "$(( $(peak "$4" 2) / 1024 ))" "$(wc -l < "$4")"
+fresh_root() {
+  rm -rf "$work/root"
+  export KILN_ROOT="$work/root"
+  "$kiln" import --change 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
 }
 
-fresh_root() { # dir
-  rm -rf "$1/root"
-  KILN_ROOT="$1/root" "$KILN" import --change 'CMD ["sh"]' --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
-    "$WORK/busybox.tar" busybox >/dev/null
-}
-
-bench_kiln() { # scenario
-  local s="$1" d="$WORK/$1"
-  mkdir -p "$d"; "mk_$s" "$d"
-  : > "$d/cold"; : > "$d/warm"
-  for _ in $(seq 1 "$REPS"); do
-    fresh_root "$d"
-    measure "$d/cold" env KILN_ROOT="$d/root" "$KILN" build --progress plain -t bench "$d/ctx"
-    if [ "$s" = edit ]; then
-      echo "edit $RANDOM" > "$d/ctx/app.txt"
+# bench_scenario NAME CONTEXT-DIR [EDIT-CMD]
+bench_scenario() {
+  local name=$1 ctx=$2 edit=${3:-}
+  : > "$work/sample"
+  for _ in $(seq "$reps"); do fresh_root; timed "$kiln" build --progress=plain -t bench "$ctx"; done
+  report "kiln $name cold"
+  fresh_root; "$kiln" build --progress=plain -t bench "$ctx" >/dev/null 2>&1
+  for _ in $(seq "$reps"); do timed "$kiln" build --progress=plain -t bench "$ctx"; done
+  report "kiln $name warm (no-op)"
+  if [ -n "$edit" ]; then
+    for i in $(seq "$reps"); do (cd "$ctx" && eval "$edit $i"); timed "$kiln" build --progress=plain -t bench "$ctx"; done
+    report "kiln $name edit+rebuild"
+  fi
+  if [ "$docker_ok" = 1 ]; then
+    for _ in $(seq "$reps"); do timed env DOCKER_BUILDKIT=1 /usr/bin/docker build --no-cache -q -t bench "$ctx"; done
+    report "buildkit $name cold"
+    for _ in $(seq "$reps"); do timed env DOCKER_BUILDKIT=1 /usr/bin/docker build -q -t bench "$ctx"; done
+    report "buildkit $name warm (no-op)"
+    if [ -n "$edit" ]; then
+      for i in $(seq "$reps"); do (cd "$ctx" && eval "$edit x$i"); timed env DOCKER_BUILDKIT=1 /usr/bin/docker build -q -t bench "$ctx"; done
+      report "buildkit $name edit+rebuild"
     fi
-    measure "$d/warm" env KILN_ROOT="$d/root" "$KILN" build --progress plain -t bench "$d/ctx"
-  done
-  local warm=warm; [ "$s" = edit ] && warm=edited
-  report "$s" kiln cold "$d/cold"; report "$s" kiln "$warm" "$d/warm"
+  fi
 }
 
-bench_run_true() {
-  local d="$WORK/run-true"; mkdir -p "$d"; fresh_root "$d"; : > "$d/t"
-  for _ in $(seq 1 $(( REPS * 10 ))); do
-    measure "$d/t" env KILN_ROOT="$d/root" "$KILN" run --rm busybox true
-  done
-  report run-true kiln run "$d/t"
-}
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r); reps=$reps; docker=$docker_ok"
 
-docker_up() { timeout 5 /usr/bin/docker info >/dev/null 2>&1; }
+if want parallel; then
+  d="$work/ctx-parallel"; mkdir -p "$d"
+  cat > "$d/Dockerfile" <<'EOF'
+FROM busybox AS a
+RUN i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo a > /a
+FROM busybox AS b
+RUN i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo b > /b
+FROM busybox
+COPY --from=a /a /a
+COPY --from=b /b /b
+EOF
+  bench_scenario "parallel stages" "$d"
+fi
 
-bench_docker() { # scenario
-  local s="$1" d="$WORK/docker-$1"
-  mkdir -p "$d"; "mk_$s" "$d"
-  : > "$d/cold"; : > "$d/warm"
-  for _ in $(seq 1 "$REPS"); do
-    measure "$d/cold" env DOCKER_BUILDKIT=1 /usr/bin/docker build --no-cache --progress plain -t kiln-bench "$d/ctx"
-    [ "$s" = edit ] && echo "edit $RANDOM" > "$d/ctx/app.txt"
-    measure "$d/warm" env DOCKER_BUILDKIT=1 /usr/bin/docker build --progress plain -t kiln-bench "$d/ctx"
-  done
-  local warm=warm; [ "$s" = edit ] && warm=edited
-  report "$s" buildkit cold "$d/cold"; report "$s" buildkit "$warm" "$d/warm"
-}
+if want steps40; then
+  d="$work/ctx-steps40"; mkdir -p "$d"
+  { echo "FROM busybox"; for i in $(seq 40); do echo "RUN echo $i >> /steps"; done; } > "$d/Dockerfile"
+  bench_scenario "40 RUN steps" "$d"
+fi
 
-SCENARIOS="parallel run40 ctx20k layer512 edit"
-echo "kiln: $KILN   reps: $REPS   cores: $(nproc)"
-echo "(peak RSS is kiln's own process, or the docker client's for BuildKit)"
-for s in $SCENARIOS; do
-  [ -z "$ONLY" ] || [ "$ONLY" = "$s" ] || continue
-  bench_kiln "$s"
-done
-if [ -z "$ONLY" ] || [ "$ONLY" = run-true ]; then bench_run_true; fi
-if docker_up; then
-  /usr/bin/docker import "$WORK/busybox.tar" busybox:latest >/dev/null
-  for s in $SCENARIOS; do
-    [ -z "$ONLY" ] || [ "$ONLY" = "$s" ] || continue
-    bench_docker "$s"
-  done
-else
-  echo "no docker daemon answers: BuildKit comparison skipped (start dockerd to include it)"
+if want context20k; then
+  d="$work/ctx-20k"; mkdir -p "$d/src"
+  for i in $(seq 200); do mkdir -p "$d/src/d$i"; for j in $(seq 100); do echo "file $i $j" > "$d/src/d$i/f$j"; done; done
+  printf 'FROM busybox\nCOPY src /src\nRUN ls -R /src | wc -l\n' > "$d/Dockerfile"
+  bench_scenario "20,000-file context" "$d" 'echo >> src/d1/f1; true'
+fi
+
+if want layer512m; then
+  d="$work/ctx-512m"; mkdir -p "$d"
+  printf 'FROM busybox\nRUN head -c 536870912 /dev/urandom > /big\n' > "$d/Dockerfile"
+  bench_scenario "512 MiB layer" "$d"
+fi
+
+if want edit; then
+  d="$work/ctx-edit"; mkdir -p "$d"
+  echo one > "$d/a.txt"; echo two > "$d/b.txt"
+  printf 'FROM busybox\nRUN echo base > /base\nCOPY a.txt /a.txt\nRUN cat /a.txt > /copy\nCOPY b.txt /b.txt\n' > "$d/Dockerfile"
+  bench_scenario "edit-and-rebuild" "$d" 'echo edit >> a.txt; true'
+fi
+
+if want runtrue; then
+  fresh_root
+  : > "$work/sample"
+  for _ in $(seq $((reps * 4))); do timed "$kiln" run --rm busybox true; done
+  report "kiln run --rm busybox true"
 fi

@@ -65,12 +65,7 @@ impl Store {
     ///
     /// Fails when the layer blob is missing or on I/O errors.
     pub fn compressed_layer(&self, diff_id: &Digest, c: Compression) -> Result<Descriptor> {
-        let memo = self.path("compressed").join(format!(
-            "{}-{}-{}",
-            diff_id.hex(),
-            c.codec.name(),
-            c.level
-        ));
+        let memo = self.memo_path(diff_id, c);
         if let Ok(bytes) = fs::read(&memo)
             && let Ok(desc) = serde_json::from_slice::<Descriptor>(&bytes)
             && self.has_blob(&desc.digest)
@@ -111,6 +106,37 @@ impl Store {
         })?;
         self.write_atomic(&memo, &json)?;
         Ok(desc)
+    }
+}
+
+impl Store {
+    /// Records `desc` (a blob already in the store, e.g. the compressed layer a registry served
+    /// on pull) as the compressed form of `diff_id` for `c`, so that a later push reuses it
+    /// instead of compressing again (and the registry already has it).
+    ///
+    /// Fails when the blob is missing or on I/O errors.
+    pub fn remember_compressed(
+        &self,
+        diff_id: &Digest,
+        c: Compression,
+        desc: &Descriptor,
+    ) -> Result<()> {
+        if !self.has_blob(&desc.digest) {
+            return Err(StoreError::BlobMissing {
+                digest: desc.digest.clone(),
+            });
+        }
+        let memo = self.memo_path(diff_id, c);
+        let json = serde_json::to_vec(desc).map_err(|source| StoreError::Json {
+            path: memo.clone(),
+            source,
+        })?;
+        self.write_atomic(&memo, &json)
+    }
+
+    fn memo_path(&self, diff_id: &Digest, c: Compression) -> std::path::PathBuf {
+        self.path("compressed")
+            .join(format!("{}-{}-{}", diff_id.hex(), c.codec.name(), c.level))
     }
 }
 

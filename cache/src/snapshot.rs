@@ -6,8 +6,8 @@
 //! processes make the same layer, the first rename wins and the other copy is dropped.
 
 use crate::layer::{apply, writer};
-use crate::oci::{Digest, Hasher};
-use crate::store::{HashWriter, Store, StoreError, io_err};
+use crate::oci::Digest;
+use crate::store::{HashingFile, Store, StoreError, io_err};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -85,20 +85,16 @@ impl Read for ErrReader {
     }
 }
 
-/// Reads from `inner`, copying every byte into `sink` and the hasher.
-struct Tee<'a, R, W> {
+/// Reads from `inner`, copying every byte into `sink`.
+struct Tee<R, W> {
     inner: R,
     sink: W,
-    hasher: &'a mut Hasher,
-    n: u64,
 }
 
-impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+impl<R: Read, W: Write> Read for Tee<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.sink.write_all(&buf[..n])?;
-        self.hasher.update(&buf[..n]);
-        self.n += n as u64;
         Ok(n)
     }
 }
@@ -129,21 +125,20 @@ impl Store {
     pub fn commit_layer(&self, upper: &Path, opts: &CommitOptions) -> Result<Option<Layer>> {
         let tmp = self.temp_file("layer")?;
         let tmp_path = tmp.path().to_path_buf();
-        let out = io::BufWriter::with_capacity(1 << 20, HashWriter::new(&tmp.file));
-        let (out, entries) =
-            writer::write_layer(upper, opts.clamp_mtime, out).map_err(|source| {
-                StoreError::Commit {
-                    dir: upper.to_path_buf(),
-                    source,
-                }
-            })?;
-        if entries == 0 {
-            return Ok(None);
-        }
-        let hw = out
-            .into_inner()
-            .map_err(|e| io_err("write", &tmp_path)(e.into_error()))?;
-        let (diff_id, size) = hw.finish();
+        let (diff_id, size) = {
+            let out = HashingFile::new(&tmp.file);
+            let (out, entries) =
+                writer::write_layer(upper, opts.clamp_mtime, out).map_err(|source| {
+                    StoreError::Commit {
+                        dir: upper.to_path_buf(),
+                        source,
+                    }
+                })?;
+            if entries == 0 {
+                return Ok(None);
+            }
+            out.finish().map_err(io_err("write", &tmp_path))?
+        };
         self.persist_blob(tmp, &diff_id)?;
         let dest = self.snapshot_path(&diff_id);
         match rename_noreplace(upper, &dest) {
@@ -203,22 +198,18 @@ impl Store {
         let (reader, _) = decompress(r).map_err(|source| StoreError::Unpack {
             source: apply::ApplyError::Read { source },
         })?;
-        let mut hasher = Hasher::new();
-        let mut tee = Tee {
-            inner: reader,
-            sink: io::BufWriter::with_capacity(1 << 20, &blob.file),
-            hasher: &mut hasher,
-            n: 0,
+        let (diff_id, size) = {
+            let mut tee = Tee {
+                inner: reader,
+                sink: HashingFile::new(&blob.file),
+            };
+            apply::apply_layer(&mut tee, &root).map_err(|source| StoreError::Unpack { source })?;
+            // Hash the end-of-archive blocks and any padding too: the diff_id covers the stream.
+            io::copy(&mut tee, &mut io::sink()).map_err(|source| StoreError::Unpack {
+                source: apply::ApplyError::Read { source },
+            })?;
+            tee.sink.finish().map_err(io_err("write", &blob_path))?
         };
-        apply::apply_layer(&mut tee, &root).map_err(|source| StoreError::Unpack { source })?;
-        // Hash the end-of-archive blocks and any padding too: the diff_id covers the stream.
-        io::copy(&mut tee, &mut io::sink()).map_err(|source| StoreError::Unpack {
-            source: apply::ApplyError::Read { source },
-        })?;
-        let size = tee.n;
-        tee.sink.flush().map_err(io_err("write", &blob_path))?;
-        drop(tee);
-        let diff_id = hasher.finish();
         if let Some(exp) = expected_diff_id
             && *exp != diff_id
         {

@@ -780,15 +780,36 @@ fn basic_auth_accepts_right_and_names_the_registry_for_wrong_credentials() {
 /// serves at most `max_requests` requests and stops when dropped.
 struct HostileServer {
     port: u16,
+    /// Request lines seen.
+    requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HostileServer {
     fn start(routes: BTreeMap<String, (String, Vec<u8>)>, max_requests: usize) -> HostileServer {
+        HostileServer::start_with_token(routes, max_requests, None)
+    }
+
+    /// With `Some((user, password))`, `/v2/` paths need `Bearer t0k`, which `/token` hands out
+    /// for those basic credentials, as a token-auth registry does.
+    fn start_with_token(
+        routes: BTreeMap<String, (String, Vec<u8>)>,
+        max_requests: usize,
+        token_user: Option<(&str, &str)>,
+    ) -> HostileServer {
+        use base64::Engine as _;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
+        let basic = token_user.map(|(u, p)| {
+            format!(
+                "basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        });
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -812,14 +833,51 @@ impl HostileServer {
                     continue;
                 }
                 let mut header = String::new();
+                let mut authorization = String::new();
                 while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    if let Some((k, v)) = header.split_once(':')
+                        && k.eq_ignore_ascii_case("authorization")
+                    {
+                        authorization = v.trim().to_owned();
+                    }
                     header.clear();
                 }
+                seen.lock().unwrap().push(line.trim().to_owned());
                 let path = line.split(' ').nth(1).unwrap_or("").to_owned();
                 let mut conn = conn;
-                let (status, ctype, body) = match routes.get(&path) {
-                    Some((ctype, body)) => ("200 OK", ctype.clone(), body.clone()),
-                    None => (
+                let mut extra = String::new();
+                let route = match &basic {
+                    Some(basic) if path.starts_with("/token?") => {
+                        if authorization.eq_ignore_ascii_case(basic) {
+                            Some((
+                                "200 OK",
+                                "application/json".to_owned(),
+                                br#"{"token":"t0k"}"#.to_vec(),
+                            ))
+                        } else {
+                            Some((
+                                "401 Unauthorized",
+                                "application/json".to_owned(),
+                                b"{}".to_vec(),
+                            ))
+                        }
+                    }
+                    Some(_) if authorization != "Bearer t0k" => {
+                        extra = format!(
+                            "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"kiln-test\"\r\n"
+                        );
+                        Some((
+                            "401 Unauthorized",
+                            "application/json".to_owned(),
+                            b"{}".to_vec(),
+                        ))
+                    }
+                    _ => None,
+                };
+                let (status, ctype, body) = match (route, routes.get(&path)) {
+                    (Some(r), _) => r,
+                    (None, Some((ctype, body))) => ("200 OK", ctype.clone(), body.clone()),
+                    (None, None) => (
                         "404 Not Found",
                         "application/json".to_owned(),
                         br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#
@@ -829,7 +887,7 @@ impl HostileServer {
                 let head = line.starts_with("HEAD ");
                 let _ = write!(
                     conn,
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
                     body.len()
                 );
                 if !head {
@@ -839,6 +897,7 @@ impl HostileServer {
         });
         HostileServer {
             port,
+            requests,
             stop,
             thread: Some(thread),
         }
@@ -1042,10 +1101,11 @@ fn registry_killed_mid_push_fails_clearly_and_a_retry_completes() {
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let k = killed.clone();
     opts.progress = Some(Arc::new(move |p: &Progress| {
-        if let Progress::Upload { done, .. } = p {
-            if *done >= 4 << 20 && !k.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                Registry::kill(&child);
-            }
+        if let Progress::Upload { done, .. } = p
+            && *done >= 4 << 20
+            && !k.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            Registry::kill(&child);
         }
     }));
     let err = rt
@@ -1091,4 +1151,76 @@ fn anyhow_chain(e: &dyn std::error::Error) -> String {
         s = c.source();
     }
     out
+}
+
+#[test]
+fn bearer_token_flow_sends_basic_credentials_to_the_realm() {
+    let layer_tar = tar_of("t.txt", b"token\n");
+    let layer = gzip(&layer_tar);
+    let mut routes = BTreeMap::new();
+    hostile_routes(
+        &mut routes,
+        "tok",
+        &Digest::of(&layer),
+        layer.len() as u64,
+        Some(layer.clone()),
+        Digest::of(&layer_tar),
+    );
+    let server = HostileServer::start_with_token(routes, 100, Some(("bob", "pw")));
+    let host = format!("127.0.0.1:{}", server.port);
+    let reference = Reference::parse(&format!("{host}/evil/tok")).unwrap();
+    let rt = rt();
+    let cfg = tempfile::tempdir().unwrap();
+    let with = |user: &str, password: &str| {
+        let path = cfg.path().join(format!("{user}-{password}.json"));
+        let mut c = DockerConfig::load(&path).unwrap();
+        c.store(
+            &host,
+            &Credentials::Basic {
+                username: user.into(),
+                password: password.into(),
+            },
+        )
+        .unwrap();
+        RegistryOptions {
+            docker_config: DockerConfig::load(&path).unwrap(),
+            ..options()
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+
+    let err = rt
+        .block_on(registry::pull(
+            &store,
+            &reference,
+            &Platform::host(),
+            &with("bob", "wrong"),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(err, PullError::Client(ClientError::Denied { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&host) && err.to_string().contains("bob"),
+        "{err}"
+    );
+
+    let image = rt
+        .block_on(registry::pull(
+            &store,
+            &reference,
+            &Platform::host(),
+            &with("bob", "pw"),
+        ))
+        .unwrap();
+    assert_eq!(image.config.rootfs.diff_ids, vec![Digest::of(&layer_tar)]);
+    let requests = server.requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET /token?")
+            && r.contains("scope=repository%3Aevil%2Ftok%3Apull")
+            && r.contains("service=kiln-test")),
+        "{requests:#?}"
+    );
 }

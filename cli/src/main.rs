@@ -3,6 +3,7 @@
 
 mod build;
 mod images;
+mod registry;
 mod render;
 mod run;
 
@@ -67,6 +68,49 @@ enum Command {
     },
     /// Run a command in a new container.
     Run(run::RunArgs),
+    /// Pull an image from a registry.
+    Pull {
+        /// Image reference (`busybox`, `registry:5000/app:1`, `name@sha256:...`).
+        reference: String,
+        /// Platform to pick from a multi-platform image (`linux/amd64`).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Allow plain HTTP to this registry (`host:port`); may be repeated.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
+    /// Push an image to a registry.
+    Push {
+        /// Local image.
+        name: String,
+        /// Destination reference (default: NAME).
+        dest: Option<String>,
+        /// Allow plain HTTP to this registry (`host:port`); may be repeated.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
+    /// Save registry credentials.
+    Login {
+        /// Registry host (default: docker.io).
+        registry: Option<String>,
+        /// User name.
+        #[arg(short, long)]
+        username: String,
+        /// Password (prefer --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Allow plain HTTP to this registry (`host:port`); may be repeated.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
+    /// Remove saved registry credentials.
+    Logout {
+        /// Registry host (default: docker.io).
+        registry: Option<String>,
+    },
     /// Internal: the sandbox init process.
     #[command(name = "__init", hide = true)]
     Init {
@@ -130,6 +174,19 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn print_line(s: &str) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{s}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Build(a) => build::build(a).map(|()| ExitCode::SUCCESS),
@@ -144,6 +201,59 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             images::save(&names, &output).map(|()| ExitCode::SUCCESS)
         }
         Command::Run(a) => run::run(a),
+        Command::Pull {
+            reference,
+            platform,
+            insecure,
+        } => {
+            let store = open_store()?;
+            let cfg = registry::RegistryConfig::from_env(&insecure);
+            let image = runtime()?.block_on(async {
+                let _lock = store.lock_shared().context("locking the store")?;
+                registry::pull(&store, &reference, platform.as_deref(), &cfg).await
+            })?;
+            print_line(&image.manifest_digest.to_string())
+        }
+        Command::Push {
+            name,
+            dest,
+            insecure,
+        } => {
+            let store = open_store()?;
+            let cfg = registry::RegistryConfig::from_env(&insecure);
+            let digest =
+                runtime()?.block_on(registry::push(&store, &name, dest.as_deref(), &cfg))?;
+            print_line(&digest.to_string())
+        }
+        Command::Login {
+            registry: host,
+            username,
+            password,
+            password_stdin,
+            insecure,
+        } => {
+            let password = match (password, password_stdin) {
+                (Some(p), false) => p,
+                (None, true) => registry::read_password_stdin()?,
+                (Some(_), true) => anyhow::bail!("--password and --password-stdin are exclusive"),
+                (None, false) => {
+                    anyhow::bail!("give the password with --password-stdin (or --password)")
+                }
+            };
+            let cfg = registry::RegistryConfig::from_env(&insecure);
+            runtime()?.block_on(registry::login(&cfg, host.as_deref(), &username, &password))?;
+            print_line("Login Succeeded")
+        }
+        Command::Logout { registry: host } => {
+            let cfg = registry::RegistryConfig::from_env(&[]);
+            let removed = registry::logout(&cfg, host.as_deref())?;
+            let name = registry::registry_host(host.as_deref());
+            print_line(&if removed {
+                format!("Removing login credentials for {name}")
+            } else {
+                format!("Not logged in to {name}")
+            })
+        }
         Command::Init { .. } => executor::init::main(std::env::args().collect()),
     }
 }

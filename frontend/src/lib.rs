@@ -21,6 +21,7 @@
 
 pub mod ast;
 mod changes;
+pub mod check;
 pub mod error;
 pub mod instructions;
 mod lower;
@@ -28,6 +29,7 @@ pub mod mounts;
 pub mod shell;
 
 pub use changes::apply_changes;
+pub use check::{Level, Warning, check};
 pub use lower::{DEFAULT_PATH, PLATFORM_ARGS, PROXY_ARGS};
 
 pub use error::{Error, ErrorKind};

@@ -105,6 +105,11 @@ pub(crate) struct Lowerer<'a> {
     pub(crate) collected: Vec<BaseImageRef>,
     /// Names referenced in FROM lines that no ARG defines (for `check`).
     pub(crate) unmatched_from_args: Vec<(String, Span)>,
+    /// `check` mode: tolerate what only matters for a real build (blank bases from unset
+    /// ARGs, foreign platforms) and record it instead.
+    pub(crate) lenient: bool,
+    /// Base names that expanded to nothing in lenient mode.
+    pub(crate) blank_bases: Vec<(String, Span)>,
 }
 
 impl<'a> Lowerer<'a> {
@@ -126,6 +131,8 @@ impl<'a> Lowerer<'a> {
             scratch: None,
             collected: Vec::new(),
             unmatched_from_args: Vec::new(),
+            lenient: false,
+            blank_bases: Vec::new(),
         };
         l.eval_meta_args()?;
         Ok(l)
@@ -209,6 +216,11 @@ impl<'a> Lowerer<'a> {
             .stages
             .iter()
             .position(|s| s.name.as_deref() == Some(lower.as_str()))
+    }
+
+    /// Lowers stage `t` and what it needs (for `check`).
+    pub(crate) fn lower_target(&mut self, t: usize) -> Result<(), Error> {
+        self.stage(t).map(|_| ())
     }
 
     /// Lowers the target and everything it needs; returns the graph.
@@ -323,8 +335,9 @@ impl<'a> Lowerer<'a> {
             ));
         }
         self.in_progress[idx] = true;
-        let st = self.lower_stage(stage)?;
+        let st = self.lower_stage(stage);
         self.in_progress[idx] = false;
+        let st = st?;
         self.done[idx] = Some(st.clone());
         Ok(st)
     }
@@ -349,7 +362,7 @@ impl<'a> Lowerer<'a> {
                 let env = |k: &str| self.meta_lookup(k);
                 let v = expand(&self.lex, p, &env, span)?;
                 let want = platform_string(&self.opts.platform);
-                if normalize_platform(&v) != normalize_platform(&want) {
+                if !self.lenient && normalize_platform(&v) != normalize_platform(&want) {
                     return Err(self.err(
                         Error::new(ErrorKind::BadPlatform { value: v.clone() }, Some(span))
                             .with_hint(format!("kiln builds natively for {want}; remove --platform or set it to {want}")),
@@ -375,6 +388,19 @@ impl<'a> Lowerer<'a> {
                 self.unmatched_from_args.push((u.clone(), stage.base_span));
             }
             exp.result
+        };
+        let base = if base.is_empty() && self.lenient {
+            self.blank_bases.push((
+                stage
+                    .base
+                    .trim_start_matches(['$', '{'])
+                    .trim_end_matches('}')
+                    .to_owned(),
+                stage.base_span,
+            ));
+            "scratch".to_owned()
+        } else {
+            base
         };
         if base.is_empty() {
             return Err(self.err(Error::new(
@@ -839,6 +865,7 @@ impl<'a> Lowerer<'a> {
         let r = self.classify_from(st, from, span, instr)?;
         Ok(match r {
             FromRef::Stage(i) => CopySource::Node(self.stage(i)?.node),
+            FromRef::Image(reference) if reference.is_empty() => CopySource::Context,
             FromRef::Image(reference) => {
                 let name = format!("[internal] load {reference}");
                 CopySource::Node(self.image_node(&reference, span, name, Some(instr))?.0)
@@ -918,7 +945,7 @@ impl<'a> Lowerer<'a> {
     fn copy(&mut self, st: &mut StageCtx, instr: &Instruction, c: &CopyInstr) -> Result<(), Error> {
         let span = instr.span;
         let kw = if c.add { "ADD" } else { "COPY" };
-        if !c.inline.is_empty() {
+        if !c.inline.is_empty() && !self.lenient {
             return Err(self.err(
                 Error::new(
                     ErrorKind::HeredocNotAllowed {
@@ -1000,7 +1027,7 @@ impl<'a> Lowerer<'a> {
         let mut local = Vec::new();
         for s in &sources {
             if c.add && is_url(s) {
-                if is_git(s) {
+                if is_git(s) && !self.lenient {
                     return Err(self.err(Error::new(
                         ErrorKind::BadFlagValue {
                             flag: "source".into(),

@@ -198,13 +198,10 @@ pub fn parse_mount(spec: &str, cwd: &str) -> Result<ParsedMount, ErrorKind> {
                 m.target = "/run/buildkit/ssh_agent.0".into();
             }
         }
-        _ => {
-            if m.target.is_empty() {
-                return Err(bad("target= is required".into()));
-            }
-        }
+        _ => {}
     }
-    if !m.target.is_empty() && !m.target.starts_with('/') {
+    // BuildKit joins a relative target onto WORKDIR, so an empty one means WORKDIR itself.
+    if !m.target.starts_with('/') && !(m.target.is_empty() && m.kind == MountType::Secret) {
         m.target = clean_path(&format!("{cwd}/{}", m.target));
     }
     // BuildKit: bind mounts are read-only unless rw; cache and tmpfs are writable.
@@ -297,6 +294,16 @@ mod tests {
     }
 
     #[test]
+    fn missing_target_means_workdir() {
+        assert_eq!(
+            parse_mount("from=src,rw", "/usr/src/app")
+                .expect("parses")
+                .target,
+            "/usr/src/app"
+        );
+    }
+
+    #[test]
     fn secret_and_ssh_defaults() {
         let s = parse_mount("type=secret,id=npm", "/").expect("parses");
         assert_eq!(s.target, "/run/secrets/npm");
@@ -310,7 +317,7 @@ mod tests {
     #[test]
     fn bad_specs_are_rejected() {
         assert!(parse_mount("type=nfs,target=/a", "/").is_err());
-        assert!(parse_mount("type=cache", "/").is_err());
+        assert!(parse_mount("type=cache,target=/a,sharing=odd", "/").is_err());
         assert!(parse_mount("type=cache,target=/a,mode=9z", "/").is_err());
         assert!(parse_mount("type=bind,target=/a,bogus=1", "/").is_err());
     }

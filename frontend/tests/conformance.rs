@@ -211,3 +211,63 @@ fn real_world_corpus_parses() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn real_world_corpus_checks_without_errors() {
+    let dir = conformance().join("real-world");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read real-world")
+        .map(|e| e.expect("dir entry").path().join("Dockerfile"))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let opts = frontend::BuildOptions::new(cache::oci::Platform {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        variant: None,
+        os_version: None,
+    });
+    let mut errors = Vec::new();
+    let mut warnings = 0;
+    for f in &files {
+        let src = std::fs::read_to_string(f).expect("read Dockerfile");
+        let rel = f
+            .strip_prefix(&dir)
+            .expect("under real-world")
+            .display()
+            .to_string();
+        let df = match frontend::parse(&src) {
+            Ok(df) => df,
+            Err(e) => {
+                let s = e.span().unwrap_or_default();
+                errors.push(format!("{rel}:{}:{}: {}", s.line, s.column, e.message()));
+                continue;
+            }
+        };
+        for w in frontend::check(&df, &opts) {
+            if w.level == frontend::Level::Error {
+                let s = w.span.unwrap_or_default();
+                errors.push(format!(
+                    "{rel}:{}:{}: {}: {}",
+                    s.line, s.column, w.rule, w.message
+                ));
+            } else {
+                if std::env::var_os("KILN_SHOW_LINT").is_some() {
+                    eprintln!("{rel}:{w}");
+                }
+                warnings += 1;
+            }
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} errors:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+    // The corpus is known to raise lint warnings (legacy ENV, ARGs without defaults).
+    assert!(
+        warnings > 0,
+        "no lint warnings at all over the corpus: the rules are not running"
+    );
+}

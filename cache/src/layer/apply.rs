@@ -192,6 +192,10 @@ impl Applier {
         if *name == OPAQUE_MARKER.as_bytes() {
             return self.set_opaque(&parent, &raw);
         }
+        if name.starts_with(b".wh..wh.") {
+            // Other aufs metadata (`.wh..wh.plnk`, `.wh..wh.aufs`): not content; docker skips it.
+            return Ok(());
+        }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(ApplyError::UnsafePath {
@@ -405,10 +409,11 @@ impl Applier {
         let mut cur = rustix::io::dup(&self.root_fd).map_err(self.io("open root", raw))?;
         for c in parents {
             let name = OsStr::from_bytes(c);
-            match rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(Errno::EXIST) => {}
+            let created = match rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) => true,
+                Err(Errno::EXIST) => false,
                 Err(e) => return Err(self.io("create parent of", raw)(e)),
-            }
+            };
             cur = rustix::fs::openat(
                 &cur,
                 name,
@@ -419,6 +424,11 @@ impl Applier {
                 Errno::LOOP | Errno::NOTDIR => ApplyError::ThroughSymlink { path: lossy(raw) },
                 e => self.io("open parent of", raw)(e),
             })?;
+            if created {
+                // An implied parent: 0755 whatever the process umask, as docker does.
+                rustix::fs::fchmod(&cur, Mode::from_raw_mode(0o755))
+                    .map_err(self.io("chmod parent of", raw))?;
+            }
         }
         Ok(cur)
     }

@@ -61,6 +61,7 @@ pub fn write_layer<W: Write>(dir: &Path, clamp_mtime: Option<i64>, out: W) -> Re
         links: HashMap::new(),
         entries: 0,
         xattr_buf: vec![0u8; 4096],
+        copy_buf: Vec::new(),
     };
     let mut stack = children(dir, b"")?;
     stack.reverse();
@@ -117,10 +118,15 @@ struct LayerWriter<W: Write> {
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: u64,
     xattr_buf: Vec<u8>,
+    /// Read buffer for file contents, allocated on first use.
+    copy_buf: Vec<u8>,
 }
 
 /// PAX records for one entry, written sorted by key.
 type Pax = Vec<(String, Vec<u8>)>;
+
+/// Xattr (name, value) pairs.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl<W: Write> LayerWriter<W> {
     fn emit(&mut self, item: &Item) -> Result<()> {
@@ -169,6 +175,10 @@ impl<W: Write> LayerWriter<W> {
             if ft.is_file() {
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(meta.len());
+                if meta.len() > MAX_USTAR_SIZE {
+                    // The header then holds base-256; strict readers want the PAX record.
+                    pax.push(("size".to_owned(), meta.len().to_string().into_bytes()));
+                }
                 data = Some(meta.len());
             } else if ft.is_symlink() {
                 h.set_entry_type(EntryType::Symlink);
@@ -264,6 +274,9 @@ impl<W: Write> LayerWriter<W> {
     }
 
     fn copy_data(&mut self, abs: &Path, size: u64) -> Result<()> {
+        if self.copy_buf.is_empty() {
+            self.copy_buf = vec![0u8; 256 * 1024];
+        }
         let file = File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -283,7 +296,7 @@ impl<W: Write> LayerWriter<W> {
     }
 
     /// The entry's xattrs, sorted, minus overlay ones; and whether it is an opaque directory.
-    fn xattrs(&mut self, item: &Item) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+    fn xattrs(&mut self, item: &Item) -> Result<(Xattrs, bool)> {
         let path = &item.abs;
         let list = loop {
             match rustix::fs::llistxattr(path, &mut self.xattr_buf[..]) {
@@ -339,6 +352,9 @@ fn split_rel(rel: &[u8]) -> (&[u8], &[u8]) {
         None => (&[], rel),
     }
 }
+
+/// The largest size a ustar octal field holds (8 GiB - 1).
+const MAX_USTAR_SIZE: u64 = 0o77777777777;
 
 /// The largest id a ustar octal field holds; larger ids also go in a PAX record.
 const MAX_USTAR_ID: u32 = 0o7777777;

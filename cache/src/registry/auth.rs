@@ -222,10 +222,10 @@ impl DockerConfig {
         let host = normalise_key(registry);
         if let Some(Value::Object(helpers)) = self.json.get("credHelpers") {
             for (k, v) in helpers {
-                if normalise_key(k) == host {
-                    if let Some(name) = v.as_str().filter(|s| !s.is_empty()) {
-                        return Some(name.to_owned());
-                    }
+                if normalise_key(k) == host
+                    && let Some(name) = v.as_str().filter(|s| !s.is_empty())
+                {
+                    return Some(name.to_owned());
                 }
             }
         }
@@ -250,10 +250,10 @@ impl DockerConfig {
     ///
     /// Fails when a helper cannot run or fails other than "not found", or an entry is malformed.
     pub fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
-        if let Some(name) = self.helper_for(registry) {
-            if let Some(c) = self.helper_get(&name, registry)? {
-                return Ok(Some(c));
-            }
+        if let Some(name) = self.helper_for(registry)
+            && let Some(c) = self.helper_get(&name, registry)?
+        {
+            return Ok(Some(c));
         }
         let host = normalise_key(registry);
         let Some(Value::Object(auths)) = self.json.get("auths") else {

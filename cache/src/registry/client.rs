@@ -789,12 +789,12 @@ fn error_message(body: &[u8]) -> String {
         #[serde(default)]
         message: String,
     }
-    if let Ok(e) = serde_json::from_slice::<Errors>(body) {
-        if let Some(first) = e.errors.first() {
-            return format!("{} {}", first.code, first.message)
-                .trim()
-                .to_owned();
-        }
+    if let Ok(e) = serde_json::from_slice::<Errors>(body)
+        && let Some(first) = e.errors.first()
+    {
+        return format!("{} {}", first.code, first.message)
+            .trim()
+            .to_owned();
     }
     let text = String::from_utf8_lossy(body);
     text.trim().chars().take(200).collect()

@@ -415,14 +415,14 @@ async fn fetch_layer(
                     Ok(b) => {
                         let before = done;
                         done += b.len() as u64;
-                        if let Some(p) = &progress {
-                            if done >> 20 != before >> 20 || done == total {
-                                p(&Progress::Download {
-                                    digest: d.clone(),
-                                    done,
-                                    total,
-                                });
-                            }
+                        if let Some(p) = &progress
+                            && (done >> 20 != before >> 20 || done == total)
+                        {
+                            p(&Progress::Download {
+                                digest: d.clone(),
+                                done,
+                                total,
+                            });
                         }
                         Ok(b)
                     }

@@ -134,13 +134,13 @@ pub async fn push(
     };
     let bytes = oci::to_canonical_json(&manifest).expect("manifests always serialise to JSON");
     let digest = Digest::of(&bytes);
-    if let Some(want) = &reference.digest {
-        if *want != digest {
-            return Err(PushError::DigestMismatch {
-                reference: name,
-                actual: digest,
-            });
-        }
+    if let Some(want) = &reference.digest
+        && *want != digest
+    {
+        return Err(PushError::DigestMismatch {
+            reference: name,
+            actual: digest,
+        });
     }
     let target = reference.tag.clone().unwrap_or_else(|| digest.to_string());
     client

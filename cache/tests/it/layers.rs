@@ -46,7 +46,7 @@ pub fn make_upper(dir: &Path, mtime: i64) {
     std::os::unix::fs::lchown(dir.join("owned"), Some(3_000_000), Some(1234)).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("null"),
+        dir.join("null"),
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o666),
         makedev(1, 3),
@@ -54,7 +54,7 @@ pub fn make_upper(dir: &Path, mtime: i64) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("fifo"),
+        dir.join("fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o644),
         0,
@@ -62,7 +62,7 @@ pub fn make_upper(dir: &Path, mtime: i64) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("etc/deleted"),
+        dir.join("etc/deleted"),
         FileType::CharacterDevice,
         Mode::empty(),
         makedev(0, 0),
@@ -70,7 +70,7 @@ pub fn make_upper(dir: &Path, mtime: i64) {
     .unwrap();
     rustix::fs::chmodat(
         rustix::fs::CWD,
-        &dir.join("null"),
+        dir.join("null"),
         Mode::from_raw_mode(0o666),
         rustix::fs::AtFlags::empty(),
     )
@@ -366,4 +366,120 @@ fn image_store_tags_resolves_and_lists() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert_eq!(names, vec!["bin/", "bin/sh"]);
+}
+
+#[test]
+fn busybox_rootfs_made_by_gnu_tar_imports() {
+    let busybox = Path::new("/usr/bin/busybox");
+    if !precondition(busybox.is_file(), "busybox-static not installed")
+        || !precondition(
+            std::process::Command::new("tar")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "GNU tar not installed",
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ls", "echo", "cat"] {
+        symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    // GNU tar writes `./`-prefixed names, a `./` root entry and GNU-format headers.
+    let out = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-C"])
+        .arg(&rootfs)
+        .args(["-czf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let store = Store::open(dir.path().join("root")).unwrap();
+    let img = store
+        .import_rootfs(&out.stdout[..], ImageConfig::empty(&Platform::host()))
+        .unwrap();
+    let snap = store.snapshot_path(&img.config.rootfs.diff_ids[0]);
+    assert_eq!(
+        fs::read_link(snap.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    let m = fs::metadata(snap.join("bin/busybox")).unwrap();
+    assert_eq!(m.len(), fs::metadata(busybox).unwrap().len());
+    assert_eq!(m.mode() & 0o111, 0o111);
+    let o = std::process::Command::new(snap.join("bin/busybox"))
+        .args(["echo", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(o.stdout, b"hello\n");
+}
+
+#[test]
+fn user_overlay_opaque_is_accepted_and_pax_nanoseconds_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // An upper dir made with `userxattr` marks opaque dirs with user.overlay.opaque.
+    let upper = store.temp_dir("upper").unwrap().into_path();
+    fs::create_dir(upper.join("o")).unwrap();
+    rustix::fs::lsetxattr(
+        upper.join("o"),
+        "user.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let layer = store
+        .commit_layer(&upper, &CommitOptions::default())
+        .unwrap()
+        .unwrap();
+    let names: Vec<String> = tar_names(&store, &layer.diff_id)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, vec!["o/", "o/.wh..wh..opq"]);
+
+    // A PAX mtime with a fraction keeps its nanoseconds on disk.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("mtime", &b"1700000000.123456789"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    h.set_mode(0o640);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let l = store.unpack_layer(&tar[..], None).unwrap();
+    let m = fs::metadata(store.snapshot_path(&l.diff_id).join("f")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_700_000_000, 123_456_789));
+    assert_eq!(m.mode() & 0o7777, 0o640);
+}
+
+#[test]
+fn remembered_compressed_blob_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let upper = store.temp_dir("upper").unwrap().into_path();
+    fs::write(upper.join("f"), b"data").unwrap();
+    let layer = store
+        .commit_layer(&upper, &CommitOptions::default())
+        .unwrap()
+        .unwrap();
+    // Say a registry served this layer gzip-compressed by someone else's gzip.
+    let raw = fs::read(store.blob_path(&layer.diff_id)).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut enc, &raw).unwrap();
+    let theirs = enc.finish().unwrap();
+    let digest = store.put_blob(&theirs).unwrap();
+    let desc = cache::oci::Descriptor::new(
+        cache::oci::MEDIA_TYPE_LAYER_GZIP,
+        digest,
+        theirs.len() as u64,
+    );
+    let c = cache::store::Compression::default();
+    store.remember_compressed(&layer.diff_id, c, &desc).unwrap();
+    assert_eq!(store.compressed_layer(&layer.diff_id, c).unwrap(), desc);
 }

@@ -6,6 +6,20 @@ use std::fs;
 use std::io::Write;
 use std::time::Instant;
 
+/// CPU seconds (user + system, all threads) this process has used: wall time is meaningless on
+/// a shared, loaded machine.
+fn cpu() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
 #[test]
 #[ignore = "benchmark; run by hand"]
 fn perf_commit_20000_small_files() {
@@ -23,19 +37,19 @@ fn perf_commit_20000_small_files() {
             .unwrap();
         }
     }
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu());
     let layer = store
         .commit_layer(&upper, &CommitOptions::default())
         .unwrap()
         .unwrap();
-    let commit = t.elapsed();
-    let t = Instant::now();
+    let (commit, commit_cpu) = (t.elapsed(), cpu() - c);
+    let (t, c) = (Instant::now(), cpu());
     let store2 = Store::open(dir.path().join("other")).unwrap();
     let f = fs::File::open(store.blob_path(&layer.diff_id)).unwrap();
     store2.unpack_layer(f, None).unwrap();
-    let unpack = t.elapsed();
+    let (unpack, unpack_cpu) = (t.elapsed(), cpu() - c);
     eprintln!(
-        "20,000 files: commit {commit:?}, unpack {unpack:?}, tar {} bytes",
+        "20,000 files: commit {commit:?} (cpu {commit_cpu:.2}s), unpack {unpack:?} (cpu {unpack_cpu:.2}s), tar {} bytes",
         layer.size
     );
     assert!(commit.as_secs_f64() < 5.0);
@@ -55,17 +69,17 @@ fn perf_commit_512_mib_file() {
         f.write_all(&block).unwrap();
     }
     drop(f);
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu());
     let layer = store
         .commit_layer(&upper, &CommitOptions::default())
         .unwrap()
         .unwrap();
-    let commit = t.elapsed();
-    let t = Instant::now();
+    let (commit, commit_cpu) = (t.elapsed(), cpu() - c);
+    let (t, c) = (Instant::now(), cpu());
     let gz = store
         .compressed_layer(&layer.diff_id, Default::default())
         .unwrap();
-    let gzip = t.elapsed();
+    let (gzip, gzip_cpu) = (t.elapsed(), cpu() - c);
     let t = Instant::now();
     let zs = store
         .compressed_layer(
@@ -78,7 +92,7 @@ fn perf_commit_512_mib_file() {
         .unwrap();
     let zstd = t.elapsed();
     eprintln!(
-        "512 MiB: commit {commit:?}; gzip-6 {gzip:?} ({} bytes); zstd-3 {zstd:?} ({} bytes)",
+        "512 MiB: commit {commit:?} (cpu {commit_cpu:.2}s); gzip-6 {gzip:?} (cpu {gzip_cpu:.2}s, {} bytes); zstd-3 {zstd:?} ({} bytes)",
         gz.size, zs.size
     );
     assert!(commit.as_secs_f64() < 30.0);

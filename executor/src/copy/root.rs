@@ -4,6 +4,8 @@
 //! in the image (`/app -> /`, `/etc/x -> ../../../../host`) is followed the way it would be
 //! inside the container, and can never name a host path.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -29,6 +31,10 @@ pub struct Meta {
 #[derive(Debug)]
 pub struct DestRoot {
     fd: OwnedFd,
+    /// Directories known to exist (as directories, possibly through symlinks). Nothing here
+    /// ever replaces a directory, so an entry never goes stale; it saves re-resolving every
+    /// parent of every file of a large COPY.
+    known_dirs: RefCell<HashSet<String>>,
 }
 
 /// Dangling symlinks followed when creating directories (the kernel's limit is 40).
@@ -64,7 +70,10 @@ impl DestRoot {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(DestRoot { fd })
+        Ok(DestRoot {
+            fd,
+            known_dirs: RefCell::new(HashSet::new()),
+        })
     }
 
     fn open_at(&self, rel: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
@@ -117,6 +126,9 @@ impl DestRoot {
         created: &mut Vec<String>,
         depth: u32,
     ) -> io::Result<()> {
+        if rel.is_empty() || self.known_dirs.borrow().contains(rel) {
+            return Ok(());
+        }
         let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
         let mut prefix = String::new();
         for (i, part) in parts.iter().enumerate() {
@@ -164,6 +176,7 @@ impl DestRoot {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
             created.push(prefix.clone());
         }
+        self.known_dirs.borrow_mut().insert(rel.to_string());
         Ok(())
     }
 

@@ -49,6 +49,15 @@ pub enum AttachError {
         #[source]
         source: io::Error,
     },
+    /// The record of the applied nft rules could not be written.
+    #[error("cannot write {path}")]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The nft table could not be updated.
     #[error("updating kiln's nftables rules")]
     Nft(#[from] NftError),
@@ -182,6 +191,9 @@ pub fn plan_attach(net: &NetworkConfig, lease: &Lease) -> Vec<LinkStep> {
             side: Side::Host,
             link: net.bridge.clone(),
         },
+        // The address is ours under the lease lock, so a link with its name is a leftover of a
+        // kiln that died between release and delete: remove it or CreateVeth would fail.
+        LinkStep::DeleteLink { link: veth.clone() },
         LinkStep::CreateVeth {
             host: veth.clone(),
             container: "eth0".to_string(),
@@ -451,12 +463,59 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
         Ok(true)
     }
 
-    /// Regenerates kiln's nft table from the leases (see [`nft::ruleset`]).
+    /// Detaches every container of `network` for which `keep` says false: leases left by a
+    /// kiln that died before detaching (the cli passes the ids of containers it knows are
+    /// alive; pooled namespaces are `pool-N`). Returns the leases removed. Fails on the first
+    /// detach that fails.
+    pub fn prune(&mut self, network: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<Lease>> {
+        let mut removed = Vec::new();
+        for lease in self.ipam.leases(network)? {
+            if !keep(&lease.container) && self.detach(network, &lease.container)? {
+                removed.push(lease);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Brings kiln's nft table in line with the leases (see [`nft::ruleset`]), skipping the
+    /// `nft` run (~15 ms) when the rules are the ones this boot last applied, which is the
+    /// case for most attaches and detaches without published ports.
+    ///
+    /// The record of what was applied (`<state>/<table>.applied`: boot id + script) lives next
+    /// to the leases and is written under the same lock; the boot id makes a reboot, which
+    /// empties the kernel's tables, force a real run. Changes made to the table behind kiln's
+    /// back are not noticed: [`resync_rules`](Self::resync_rules) repairs them.
     pub fn sync_rules(&mut self) -> Result<()> {
+        self.apply_rules(false)
+    }
+
+    /// Like [`sync_rules`](Self::sync_rules), but always runs `nft`.
+    pub fn resync_rules(&mut self) -> Result<()> {
+        self.apply_rules(true)
+    }
+
+    fn apply_rules(&mut self, force: bool) -> Result<()> {
         let (nft, table) = (&mut self.nft, &self.table);
-        self.ipam
-            .with_state(|state| nft.apply(&nft::ruleset(table, state)))??;
-        Ok(())
+        let record = self.ipam.dir().join(format!("{table}.applied"));
+        let boot_id =
+            fs::read_to_string(self.proc_sys.join("kernel/random/boot_id")).unwrap_or_default();
+        self.ipam.with_state(|state| -> Result<()> {
+            let script = nft::ruleset(table, state);
+            let key = format!("{}\n{script}", boot_id.trim());
+            if !force && fs::read_to_string(&record).is_ok_and(|k| k == key) {
+                return Ok(());
+            }
+            // Forget the record first: if nft fails half-way, the next call must run it again.
+            let _ = fs::remove_file(&record);
+            nft.apply(&script)?;
+            let tmp = record.with_extension("applied.tmp");
+            fs::write(&tmp, &key)
+                .and_then(|()| fs::rename(&tmp, &record))
+                .map_err(|source| AttachError::Record {
+                    path: record.clone(),
+                    source,
+                })
+        })?
     }
 
     /// `kiln network rm NAME`: removes a user network's definition and its bridge. Fails while
@@ -514,6 +573,7 @@ mod tests {
                 r#"AddAddress { side: Host, link: "kiln0", ip: 10.88.0.1, prefix: 16 }"#,
                 r#"Sysctl { key: "net/ipv4/conf/kiln0/route_localnet", value: "1" }"#,
                 r#"SetUp { side: Host, link: "kiln0" }"#,
+                r#"DeleteLink { link: "kv0a580002" }"#,
                 r#"CreateVeth { host: "kv0a580002", container: "eth0" }"#,
                 r#"SetController { link: "kv0a580002", bridge: "kiln0" }"#,
                 r#"SetUp { side: Host, link: "kv0a580002" }"#,
@@ -529,6 +589,94 @@ mod tests {
                 link: "kv0a580002".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_stale_veth_with_the_leased_name_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path().join("sys");
+        fs::create_dir_all(sys.join("net/ipv4/conf/kiln0")).expect("mkdir");
+        let mut host = FakeNetlink::new();
+        host.create_veth("kv0a580002", "old-peer", None)
+            .expect("stale veth");
+        let file = fs::File::open(dir.path()).expect("any fd stands in for the netns");
+        let net = NetworkConfig::default_bridge();
+        execute(
+            &plan_attach(&net, &lease("10.88.0.2")),
+            &mut host,
+            Some(file.as_fd()),
+            &sys,
+        )
+        .expect("attach over a stale veth");
+        let names = host.link_names().expect("names");
+        assert!(!names.contains(&"old-peer".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn prune_detaches_only_unknown_containers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::open(dir.path()).expect("ipam");
+        let net = ipam.network("bridge").expect("default");
+        for c in ["alive", "dead", "pool-0"] {
+            ipam.allocate(&net, c, &[]).expect("alloc");
+        }
+        let mut nets = Networks::new(
+            ipam,
+            FakeNetlink::new(),
+            RecordingNft::default(),
+            dir.path().into(),
+        );
+        let gone = nets
+            .prune("bridge", |c| c == "alive" || c.starts_with("pool-"))
+            .expect("prune");
+        assert_eq!(
+            gone.iter()
+                .map(|l| l.container.as_str())
+                .collect::<Vec<_>>(),
+            ["dead"]
+        );
+        let left: Vec<_> = nets
+            .ipam()
+            .leases("bridge")
+            .expect("leases")
+            .into_iter()
+            .map(|l| l.container)
+            .collect();
+        assert_eq!(left, ["alive", "pool-0"]);
+    }
+
+    #[test]
+    fn unchanged_rules_are_not_applied_twice_within_a_boot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path().join("sys");
+        fs::create_dir_all(sys.join("kernel/random")).expect("mkdir");
+        fs::write(sys.join("kernel/random/boot_id"), "boot-1\n").expect("boot id");
+        let ipam = Ipam::open(dir.path().join("state")).expect("ipam");
+        let net = ipam.network("bridge").expect("default");
+        ipam.allocate(&net, "a", &[]).expect("alloc");
+        let mut nets = Networks::new(
+            ipam,
+            FakeNetlink::new(),
+            RecordingNft::default(),
+            sys.clone(),
+        );
+        nets.sync_rules().expect("first");
+        nets.sync_rules().expect("unchanged");
+        assert_eq!(nets.nft.scripts.len(), 1);
+        // Another container without ports: the same rules, so no nft run.
+        nets.ipam().release("bridge", "a").expect("release");
+        nets.ipam().allocate(&net, "b", &[]).expect("alloc b");
+        nets.sync_rules().expect("same rules: still no run");
+        assert_eq!(nets.nft.scripts.len(), 1);
+        nets.resync_rules().expect("forced");
+        assert_eq!(nets.nft.scripts.len(), 2);
+        fs::write(sys.join("kernel/random/boot_id"), "boot-2\n").expect("reboot");
+        nets.sync_rules().expect("after reboot");
+        assert_eq!(nets.nft.scripts.len(), 3);
+        nets.ipam().release("bridge", "b").expect("release b");
+        nets.sync_rules().expect("table goes");
+        assert_eq!(nets.nft.scripts.len(), 4);
+        assert!(nets.nft.scripts[3].starts_with("add table ip kiln\ndelete table"));
     }
 
     #[test]

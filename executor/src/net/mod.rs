@@ -7,6 +7,29 @@
 //! [`NetnsPool`]: `acquire` hands out an already attached namespace by path, which the sandbox
 //! `setns`es into instead of unsharing a fresh one; `release` checks it and keeps it for reuse.
 //!
+//! ```no_run
+//! use executor::net::{Networks, NetnsPool, Netns, PortMapping, files};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut nets = Networks::open("/var/lib/kiln/networks")?;
+//! // kiln run -p 18080:80: a namespace for the container, attached to the default network.
+//! let ns = Netns::create("/run/kiln/netns/3f2a9c")?;
+//! let port: PortMapping = "18080:80".parse()?;
+//! let att = nets.attach("bridge", "3f2a9c", &ns, &[port])?;
+//! let hosts = files::hosts("3f2a9c", Some(att.ip), &[]);
+//! let resolv = files::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf")?);
+//! // ... the sandbox joins ns.path() (setns CLONE_NEWNET) and bind-mounts hosts/resolv ...
+//! # let _ = (hosts, resolv);
+//! nets.detach("bridge", "3f2a9c")?;
+//! ns.remove()?;
+//!
+//! // A build: RUN steps borrow prepared namespaces.
+//! let pool = NetnsPool::new("/run/kiln/pool", "bridge", 8);
+//! let pooled = pool.acquire(&mut nets)?;
+//! // ... the RUN sandbox joins pooled.path() ...
+//! pool.release(pooled, &mut nets)?;
+//! # Ok(()) }
+//! ```
+//!
 //! Side effects sit behind two seams: [`Netlink`] (links, addresses, routes) and [`Nft`]
 //! (kiln's nftables table). Everything else here is pure and tested without root. This module
 //! never changes host interfaces it did not create, never touches other nft tables, and never

@@ -73,6 +73,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "run_symlinked_etc_hosts_stays_inside_the_root",
         run_symlinked_etc_hosts_stays_inside_the_root,
     ),
+    (
+        "run_tty_becomes_the_controlling_terminal",
+        run_tty_becomes_the_controlling_terminal,
+    ),
 ];
 
 fn busybox() -> Vec<PathBuf> {
@@ -412,5 +416,46 @@ fn run_symlinked_etc_hosts_stays_inside_the_root() -> Result<()> {
     ensure_eq!(out, "2\n");
     ensure!(!std::path::Path::new("/tmp/kiln-escape-hosts").exists());
     ensure_eq!(tree(&layer.upper())?, Vec::<String>::new());
+    Ok(())
+}
+
+fn run_tty_becomes_the_controlling_terminal() -> Result<()> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::Read;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_string_lossy().as_ref())?;
+    let layer = Layer::new()?;
+    let mut spec = sh(
+        &layer,
+        busybox(),
+        "test -t 0 && test -t 1 && echo is-a-tty; set -- $(cat /proc/1/stat); [ $6 = 1 ] && [ $7 != 0 ] && echo ctty-ok",
+    );
+    spec.tty = true;
+    let exe = std::env::current_exe()?;
+    let mut child = executor::sandbox::command(&exe, &executor::spec::InitSpec::Run(spec))?
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave)
+        .spawn()?;
+    let status = child.wait()?;
+    let mut out = Vec::new();
+    let mut master = std::fs::File::from(master);
+    // Read what is buffered; EIO once the slave side is closed everywhere.
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    ensure!(status.success(), "{status}: {out}");
+    ensure_eq!(out, "is-a-tty\nctty-ok\n");
     Ok(())
 }

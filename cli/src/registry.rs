@@ -1,0 +1,280 @@
+//! `kiln pull`, `kiln push`, `kiln login`, `kiln logout`: the CLI side of `cache::registry`.
+//!
+//! This module reads the environment (`DOCKER_CONFIG`, `HOME`, `KILN_INSECURE_REGISTRIES`) and
+//! prints progress on stderr; the library does neither. It holds no clap types: main.rs maps
+//! its arguments onto these functions.
+
+use anyhow::{Context as _, bail};
+use cache::image::Image;
+use cache::oci::{Digest, Platform};
+use cache::reference::Reference;
+use cache::registry::auth::{Credentials, DockerConfig, is_docker_hub};
+use cache::registry::{self, Progress, RegistryOptions};
+use cache::store::Store;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where credentials live and which registries may use plain HTTP.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// docker's `config.json`.
+    pub docker_config: PathBuf,
+    /// Registries (`host[:port]`) allowed over plain HTTP besides loopback.
+    pub insecure: Vec<String>,
+    /// Show progress on stderr.
+    pub progress: bool,
+}
+
+impl RegistryConfig {
+    /// From the environment: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, and
+    /// `KILN_INSECURE_REGISTRIES` (comma or space separated) plus the `--insecure-registry`
+    /// values in `insecure_flags`.
+    pub fn from_env(insecure_flags: &[String]) -> RegistryConfig {
+        let docker_config = match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("config.json"),
+            _ => {
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/root"));
+                home.join(".docker").join("config.json")
+            }
+        };
+        let mut insecure: Vec<String> = insecure_flags.to_vec();
+        if let Ok(list) = std::env::var("KILN_INSECURE_REGISTRIES") {
+            insecure.extend(
+                list.split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        RegistryConfig {
+            docker_config,
+            insecure,
+            progress: true,
+        }
+    }
+
+    fn options(&self) -> anyhow::Result<RegistryOptions> {
+        let docker_config = DockerConfig::load(&self.docker_config)?;
+        let mut opts = RegistryOptions::new(docker_config);
+        opts.insecure = self.insecure.clone();
+        if self.progress {
+            opts.progress = Some(progress_printer());
+        }
+        Ok(opts)
+    }
+}
+
+/// Parses `os/arch[/variant]` (`linux/amd64`, `linux/arm/v7`).
+///
+/// Fails on anything else.
+pub fn parse_platform(s: &str) -> anyhow::Result<Platform> {
+    let parts: Vec<&str> = s.split('/').collect();
+    match parts.as_slice() {
+        [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+            os: (*os).to_owned(),
+            architecture: (*arch).to_owned(),
+            variant: parts
+                .get(2)
+                .map(|v| (*v).to_owned())
+                .filter(|v| !v.is_empty()),
+            os_version: None,
+        }),
+        _ => bail!("invalid platform `{s}`: expected os/arch[/variant], e.g. linux/amd64"),
+    }
+}
+
+/// `kiln pull REF [--platform P]`: pulls and tags the image.
+///
+/// Fails when the reference or platform is invalid, or the pull fails.
+pub async fn pull(
+    store: &Store,
+    reference: &str,
+    platform: Option<&str>,
+    cfg: &RegistryConfig,
+) -> anyhow::Result<Image> {
+    let r = Reference::parse(reference)?;
+    let platform = platform
+        .map(parse_platform)
+        .transpose()?
+        .unwrap_or_else(Platform::host);
+    let opts = cfg.options()?;
+    let image = registry::pull(store, &r, &platform, &opts).await?;
+    finish_progress(cfg);
+    Ok(image)
+}
+
+/// `kiln push NAME [DEST]`: pushes the local image NAME to DEST (default: NAME) and returns the
+/// pushed manifest digest (the caller prints it).
+///
+/// Fails when NAME is not in the store, DEST is invalid, or the push fails.
+pub async fn push(
+    store: &Store,
+    name: &str,
+    dest: Option<&str>,
+    cfg: &RegistryConfig,
+) -> anyhow::Result<Digest> {
+    let image = store
+        .resolve(name)?
+        .with_context(|| format!("no such image: {name}"))?;
+    let dest = dest.unwrap_or(name);
+    let r = Reference::parse(dest)?;
+    let opts = cfg.options()?;
+    let digest = registry::push(store, &image, &r, &opts).await?;
+    finish_progress(cfg);
+    Ok(digest)
+}
+
+/// The registry host a `kiln login`/`logout` argument names (`https://host/v2/` -> `host`;
+/// none -> `docker.io`).
+pub fn registry_host(arg: Option<&str>) -> String {
+    let Some(arg) = arg.filter(|a| !a.is_empty()) else {
+        return "docker.io".to_owned();
+    };
+    let s = arg
+        .strip_prefix("https://")
+        .or_else(|| arg.strip_prefix("http://"))
+        .unwrap_or(arg);
+    let host = s.split('/').next().unwrap_or(s);
+    if is_docker_hub(host) {
+        "docker.io".to_owned()
+    } else {
+        host.to_owned()
+    }
+}
+
+/// Reads a password from stdin (`--password-stdin`), without the trailing newline.
+///
+/// Fails when stdin cannot be read or is empty.
+pub fn read_password_stdin() -> anyhow::Result<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+        .context("reading the password from stdin")?;
+    let p = s.trim_end_matches(['\n', '\r']).to_owned();
+    if p.is_empty() {
+        bail!("the password on stdin is empty");
+    }
+    Ok(p)
+}
+
+/// `kiln login [-u USER] [--password-stdin] [REGISTRY]`: checks the credentials against the
+/// registry and saves them in the docker config (or its credential helper).
+///
+/// Fails when the registry rejects them (the error names the registry) or the file cannot be
+/// written.
+pub async fn login(
+    cfg: &RegistryConfig,
+    registry: Option<&str>,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let host = registry_host(registry);
+    let mut config = DockerConfig::load(&cfg.docker_config)?;
+    let creds = Credentials::Basic {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    };
+    let mut opts = RegistryOptions::new(config.clone());
+    opts.insecure = cfg.insecure.clone();
+    registry::login(&host, &creds, &mut config, &opts).await?;
+    Ok(())
+}
+
+/// `kiln logout [REGISTRY]`: removes the saved credentials. Returns whether any were saved.
+///
+/// Fails when a credential helper fails or the file cannot be written.
+pub fn logout(cfg: &RegistryConfig, registry: Option<&str>) -> anyhow::Result<bool> {
+    let host = registry_host(registry);
+    let mut config = DockerConfig::load(&cfg.docker_config)?;
+    Ok(registry::logout(&host, &mut config)?)
+}
+
+/// Per-blob progress on stderr: a live line per blob on a terminal, one line per finished
+/// blob otherwise.
+fn progress_printer() -> registry::ProgressFn {
+    let tty = std::io::stderr().is_terminal();
+    Arc::new(move |p: &Progress| {
+        let mut err = std::io::stderr().lock();
+        let line = match p {
+            Progress::Local { digest } => Some(format!("{}: already present", digest.short())),
+            Progress::Unpacked { digest } => Some(format!("{}: pulled", digest.short())),
+            Progress::Compress { diff_id } => {
+                tty.then(|| format!("{}: compressing", diff_id.short()))
+            }
+            Progress::Exists { digest } => Some(format!("{}: already exists", digest.short())),
+            Progress::Mounted { digest, from } => {
+                Some(format!("{}: mounted from {from}", digest.short()))
+            }
+            Progress::Uploaded { digest } => Some(format!("{}: pushed", digest.short())),
+            Progress::Download {
+                digest,
+                done,
+                total,
+            }
+            | Progress::Upload {
+                digest,
+                done,
+                total,
+            } => {
+                if tty {
+                    let verb = if matches!(p, Progress::Download { .. }) {
+                        "downloading"
+                    } else {
+                        "uploading"
+                    };
+                    let _ = write!(
+                        err,
+                        "\r\x1b[K{}: {verb} {} / {}",
+                        digest.short(),
+                        mib(*done),
+                        mib(*total)
+                    );
+                    let _ = err.flush();
+                }
+                None
+            }
+        };
+        if let Some(line) = line {
+            if tty {
+                let _ = write!(err, "\r\x1b[K");
+            }
+            let _ = writeln!(err, "{line}");
+        }
+    })
+}
+
+fn finish_progress(cfg: &RegistryConfig) {
+    if cfg.progress && std::io::stderr().is_terminal() {
+        let _ = write!(std::io::stderr(), "\r\x1b[K");
+    }
+}
+
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_and_registry_arguments_normalise() {
+        let p = parse_platform("linux/arm/v7").unwrap();
+        assert_eq!(
+            (p.os.as_str(), p.architecture.as_str(), p.variant.as_deref()),
+            ("linux", "arm", Some("v7"))
+        );
+        assert!(parse_platform("amd64").is_err());
+        assert_eq!(registry_host(None), "docker.io");
+        assert_eq!(
+            registry_host(Some("https://index.docker.io/v1/")),
+            "docker.io"
+        );
+        assert_eq!(registry_host(Some("localhost:5000")), "localhost:5000");
+        assert_eq!(
+            registry_host(Some("http://127.0.0.1:5000/v2/")),
+            "127.0.0.1:5000"
+        );
+    }
+}

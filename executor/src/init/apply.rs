@@ -1,0 +1,387 @@
+//! The thin shell executing the [`crate::mounts`] plan in the sandbox child, and the overlay
+//! mount shared with COPY. Every mount target is resolved inside the new root
+//! (`RESOLVE_IN_ROOT`), and every mount uses the new mount API (`fsopen`/`open_tree` +
+//! `move_mount` onto an fd), so nothing is ever mounted through a path an image controls.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags};
+
+use super::{InitError, Result};
+use crate::mounts::{Attrs, Create, Step};
+use crate::sys;
+
+/// Reports the mount points the child creates on the overlay to the parent, one path (in the
+/// root) per line.
+pub(super) struct Reporter {
+    pub(super) fd: OwnedFd,
+    pub(super) root_path: PathBuf,
+    pub(super) overlay_dev: u64,
+}
+
+impl Reporter {
+    fn created(&mut self, parent: &OwnedFd, name: &str) {
+        let Ok(st) = rustix::fs::fstat(parent) else {
+            return;
+        };
+        if st.st_dev != self.overlay_dev {
+            return;
+        }
+        // The physical location: a symlink in the image may have redirected the path.
+        let Ok(link) = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(parent)
+        )) else {
+            return;
+        };
+        let Ok(rel) = link.strip_prefix(&self.root_path) else {
+            return;
+        };
+        let line = format!("/{}/{name}\n", rel.display());
+        let line = line.replacen("//", "/", 1);
+        let _ = rustix::io::write(&self.fd, line.as_bytes());
+    }
+}
+
+/// Mounts an overlay of `lowers` (newest first) on `target`, with `upper` and `work` when
+/// given, read-only otherwise. One read-only lower is a read-only bind mount instead (overlay
+/// wants two lowers when it has no upper).
+pub(crate) fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Result<()> {
+    let overlay_err = |source: io::Error| InitError::Overlay {
+        upper: upper
+            .map(|(u, _)| u.to_path_buf())
+            .or_else(|| lowers.first().cloned())
+            .unwrap_or_default(),
+        lowers: lowers.len(),
+        source,
+    };
+    let errno = |e: rustix::io::Errno| overlay_err(e.into());
+    if upper.is_none() && lowers.len() == 1 {
+        let tree = rustix::mount::open_tree(
+            CWD,
+            &lowers[0],
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_RECURSIVE,
+        )
+        .map_err(errno)?;
+        sys::mount_setattr(&tree, sys::attr::RDONLY).map_err(overlay_err)?;
+        return rustix::mount::move_mount(
+            &tree,
+            "",
+            CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(errno);
+    }
+    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
+    for lower in lowers {
+        rustix::mount::fsconfig_set_string(&fs, "lowerdir+", lower).map_err(|e| {
+            InitError::Lower {
+                path: lower.clone(),
+                source: e.into(),
+            }
+        })?;
+    }
+    if let Some((upper, work)) = upper {
+        rustix::mount::fsconfig_set_string(&fs, "upperdir", upper).map_err(errno)?;
+        rustix::mount::fsconfig_set_string(&fs, "workdir", work).map_err(errno)?;
+    }
+    // Layers are committed from the upper dir as plain files and whiteouts: a renamed
+    // directory must be copied, not recorded as an overlay redirect, and metadata-only
+    // copy-ups would leave files without data in the upper dir.
+    for (k, v) in [("redirect_dir", "off"), ("metacopy", "off")] {
+        rustix::mount::fsconfig_set_string(&fs, k, v).map_err(errno)?;
+    }
+    // Without `volatile`, unmounting (here: the mount namespace dying with pid 1) syncs the
+    // whole upper filesystem, a journal commit that costs tens of ms per RUN. The upper dir
+    // is throw-away until the store commits it as a layer blob with its own fsync, so a crash
+    // can only lose a dir under tmp/ that nothing trusts. Overlay leaves
+    // `work/work/incompat/volatile` behind, which only forbids remounting this upper/work
+    // pair; every run gets fresh ones.
+    if upper.is_some() {
+        rustix::mount::fsconfig_set_flag(&fs, "volatile").map_err(errno)?;
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(errno)?;
+    let attrs = if upper.is_none() {
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+    } else {
+        MountAttrFlags::empty()
+    };
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(errno)?;
+    rustix::mount::move_mount(
+        &mnt,
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(errno)
+}
+
+fn mount_attrs(a: Attrs) -> MountAttrFlags {
+    let mut f = MountAttrFlags::empty();
+    if a.readonly {
+        f |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+    }
+    if a.nosuid {
+        f |= MountAttrFlags::MOUNT_ATTR_NOSUID;
+    }
+    if a.nodev {
+        f |= MountAttrFlags::MOUNT_ATTR_NODEV;
+    }
+    if a.noexec {
+        f |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    }
+    f
+}
+
+pub(super) fn execute(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()> {
+    let target = step.target();
+    let mount_err = |what: &str| {
+        let what = what.to_string();
+        move |e: rustix::io::Errno| InitError::Mount {
+            what,
+            target: target.to_string(),
+            source: e.into(),
+        }
+    };
+    match step {
+        Step::Fs {
+            fstype,
+            options,
+            attrs,
+            create,
+            ..
+        } => {
+            let Some(dest) = open_in_root(root, target, *create, report)? else {
+                return Ok(());
+            };
+            let fs = rustix::mount::fsopen(*fstype, FsOpenFlags::FSOPEN_CLOEXEC)
+                .map_err(mount_err(fstype))?;
+            for (k, v) in options {
+                rustix::mount::fsconfig_set_string(&fs, *k, v.as_str())
+                    .map_err(mount_err(fstype))?;
+            }
+            rustix::mount::fsconfig_create(&fs).map_err(mount_err(fstype))?;
+            let mnt =
+                rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, mount_attrs(*attrs))
+                    .map_err(mount_err(fstype))?;
+            attach(&mnt, &dest).map_err(mount_err(fstype))
+        }
+        Step::Bind {
+            source,
+            readonly,
+            create,
+            ..
+        } => {
+            let what = source.display().to_string();
+            let create = match create {
+                Create::LikeSource => match std::fs::metadata(source) {
+                    Ok(m) if m.is_dir() => Create::Dir,
+                    Ok(_) => Create::File,
+                    Err(e) => {
+                        return Err(InitError::Mount {
+                            what,
+                            target: target.to_string(),
+                            source: e,
+                        });
+                    }
+                },
+                c => *c,
+            };
+            let Some(dest) = open_in_root(root, target, create, report)? else {
+                return Ok(());
+            };
+            let tree = rustix::mount::open_tree(
+                CWD,
+                source,
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE,
+            )
+            .map_err(mount_err(&what))?;
+            if *readonly {
+                sys::mount_setattr(&tree, sys::attr::RDONLY).map_err(|source| {
+                    InitError::Mount {
+                        what: what.clone(),
+                        target: target.to_string(),
+                        source,
+                    }
+                })?;
+            }
+            attach(&tree, &dest).map_err(mount_err(&what))
+        }
+        Step::ReadonlySelf { .. } => {
+            let Some(dest) = open_in_root(root, target, Create::Skip, report)? else {
+                return Ok(());
+            };
+            let tree = rustix::mount::open_tree(
+                &dest,
+                "",
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE
+                    | OpenTreeFlags::AT_EMPTY_PATH,
+            )
+            .map_err(mount_err("read-only bind"))?;
+            sys::mount_setattr(&tree, sys::attr::RDONLY).map_err(|source| InitError::Mount {
+                what: "read-only bind".into(),
+                target: target.to_string(),
+                source,
+            })?;
+            attach(&tree, &dest).map_err(mount_err("read-only bind"))
+        }
+        Step::Symlink { path, to } => {
+            let (parent, name) = split_parent(path);
+            let Some(dir) = open_in_root(root, parent, Create::Dir, report)? else {
+                return Ok(());
+            };
+            rustix::fs::symlinkat(to.as_str(), &dir, name).map_err(|e| InitError::MountPoint {
+                path: path.clone(),
+                source: e.into(),
+            })
+        }
+    }
+}
+
+fn attach(mnt: &OwnedFd, dest: &OwnedFd) -> rustix::io::Result<()> {
+    rustix::mount::move_mount(
+        mnt,
+        "",
+        dest,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+}
+
+pub(super) fn split_parent(path: &str) -> (&str, &str) {
+    let path = path.trim_end_matches('/');
+    match path.rfind('/') {
+        Some(0) => ("/", &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("/", path),
+    }
+}
+
+fn open_path_in_root(root: &OwnedFd, path: &str, dir: bool) -> rustix::io::Result<OwnedFd> {
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if dir {
+        flags |= OFlags::DIRECTORY;
+    }
+    rustix::fs::openat2(
+        root,
+        path,
+        flags,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// Opens `path` (resolved inside `root`) as an `O_PATH` fd, creating it and its missing parents
+/// as `create` says. `None` when it is missing and `create` is [`Create::Skip`].
+fn open_in_root(
+    root: &OwnedFd,
+    path: &str,
+    create: Create,
+    report: &mut Reporter,
+) -> Result<Option<OwnedFd>> {
+    open_in_root_depth(root, path, create, report, 0)
+}
+
+/// Symlinks followed when a mount point is a dangling symlink (ELOOP past this).
+const MAX_DANGLING_LINKS: u32 = 8;
+
+fn open_in_root_depth(
+    root: &OwnedFd,
+    path: &str,
+    create: Create,
+    report: &mut Reporter,
+    depth: u32,
+) -> Result<Option<OwnedFd>> {
+    let point_err = |e: rustix::io::Errno| InitError::MountPoint {
+        path: path.to_string(),
+        source: e.into(),
+    };
+    match open_path_in_root(root, path, false) {
+        Ok(fd) => return Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) if create != Create::Skip => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(point_err(e)),
+    }
+    let mut dir = rustix::fs::openat(root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(point_err)?;
+    let mut prefix = String::new();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        prefix.push('/');
+        prefix.push_str(part);
+        let last = i + 1 == parts.len();
+        match open_path_in_root(root, &prefix, !last) {
+            Ok(fd) => {
+                dir = fd;
+                continue;
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(point_err(e)),
+        }
+        let made = if last && create == Create::File {
+            rustix::fs::openat(
+                &dir,
+                *part,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o644),
+            )
+            .map(drop)
+        } else {
+            rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o755))
+        };
+        match made {
+            Ok(()) => {}
+            // A dangling symlink: create what it points to, resolved inside the root like
+            // the kernel would resolve it after pivot_root.
+            Err(rustix::io::Errno::EXIST) => {
+                let link = rustix::fs::readlinkat(&dir, *part, Vec::new()).map_err(point_err)?;
+                if depth >= MAX_DANGLING_LINKS {
+                    return Err(point_err(rustix::io::Errno::LOOP));
+                }
+                let link = link.to_string_lossy();
+                let rest = parts[i + 1..].join("/");
+                let base = if link.starts_with('/') {
+                    link.to_string()
+                } else {
+                    format!("{}/{link}", &prefix[..prefix.len() - part.len()])
+                };
+                let next = if rest.is_empty() {
+                    base
+                } else {
+                    format!("{base}/{rest}")
+                };
+                return open_in_root_depth(root, &next, create, report, depth + 1);
+            }
+            Err(e) => return Err(point_err(e)),
+        }
+        report.created(&dir, part);
+        dir = open_path_in_root(root, &prefix, !last).map_err(point_err)?;
+    }
+    Ok(Some(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_parent_handles_top_level_paths() {
+        assert_eq!(split_parent("/dev/ptmx"), ("/dev", "ptmx"));
+        assert_eq!(split_parent("/x"), ("/", "x"));
+    }
+}

@@ -1,0 +1,430 @@
+//! `kiln build --check`: lint rules in the spirit of BuildKit's (`docker build --check`),
+//! plus every error lowering would raise.
+//!
+//! Rule names are BuildKit's so that `# check=skip=RuleName` directives written for BuildKit
+//! work here too. Checks that need the build context (a COPY source that is missing or
+//! ignored) belong to the caller, which has the filesystem.
+
+use crate::BuildOptions;
+use crate::error::Error;
+use crate::instructions::{Command, Dockerfile, Stage};
+use crate::lower::{Lowerer, PLATFORM_ARGS};
+use solver::graph::Span;
+use std::collections::BTreeSet;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// A lint warning.
+    Warning,
+    /// The build would fail (or `# check=error=true` promoted a warning).
+    Error,
+}
+
+/// One finding of [`check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// BuildKit's rule name (`StageNameCasing`), or `BuildError` for a lowering error.
+    pub rule: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// Where.
+    pub span: Option<Span>,
+    /// Warning or error.
+    pub level: Level,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let level = match self.level {
+            Level::Warning => "warning",
+            Level::Error => "error",
+        };
+        match self.span {
+            Some(s) => write!(
+                f,
+                "{}:{}: {level}: {}: {}",
+                s.line, s.column, self.rule, self.message
+            ),
+            None => write!(f, "{level}: {}: {}", self.rule, self.message),
+        }
+    }
+}
+
+struct Lint {
+    out: Vec<Warning>,
+    skip: BTreeSet<String>,
+    skip_all: bool,
+    as_error: bool,
+}
+
+impl Lint {
+    fn add(&mut self, rule: &'static str, message: String, span: Span) {
+        if self.skip_all || self.skip.contains(&rule.to_ascii_lowercase()) {
+            return;
+        }
+        let level = if self.as_error {
+            Level::Error
+        } else {
+            Level::Warning
+        };
+        self.out.push(Warning {
+            rule,
+            message,
+            span: Some(span),
+            level,
+        });
+    }
+}
+
+/// Parses `# check=skip=A,B;error=true`.
+fn parse_check_directive(v: &str) -> (BTreeSet<String>, bool, bool) {
+    let mut skip = BTreeSet::new();
+    let mut all = false;
+    let mut error = false;
+    for part in v.split(';') {
+        let Some((k, val)) = part.trim().split_once('=') else {
+            continue;
+        };
+        match k.trim() {
+            "skip" => {
+                for r in val.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                    if r.eq_ignore_ascii_case("all") {
+                        all = true;
+                    }
+                    skip.insert(r.to_ascii_lowercase());
+                }
+            }
+            "error" => error = val.trim().eq_ignore_ascii_case("true"),
+            _ => {}
+        }
+    }
+    (skip, all, error)
+}
+
+/// Lints `df` and lowers every stage without base image configs, reporting what a build
+/// with `opts` would reject. Findings come in source order.
+pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
+    let (skip, skip_all, as_error) = df
+        .directives
+        .check
+        .as_deref()
+        .map(parse_check_directive)
+        .unwrap_or_default();
+    let mut lint = Lint {
+        out: Vec::new(),
+        skip,
+        skip_all,
+        as_error,
+    };
+
+    for w in &df.warnings {
+        lint.add(
+            "NoEmptyContinuation",
+            "Empty continuation line".to_owned(),
+            w.span,
+        );
+    }
+    let meta_names: BTreeSet<String> = df
+        .meta_args
+        .iter()
+        .flat_map(|i| match &i.command {
+            Command::Arg(defs) => defs.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let mut seen_names: Vec<String> = Vec::new();
+    for stage in &df.stages {
+        lint_stage(&mut lint, df, stage, &meta_names, &mut seen_names);
+    }
+
+    // Lowering errors: every stage, as if it were the target, without base image configs.
+    let mut errors: Vec<Error> = Vec::new();
+    match Lowerer::new(df, opts, None) {
+        Err(e) => errors.push(e),
+        Ok(mut l) => {
+            l.lenient = true;
+            let targets: Vec<usize> = match &opts.target {
+                Some(_) => match l.target_index() {
+                    Ok(t) => vec![t],
+                    Err(e) => {
+                        errors.push(e);
+                        Vec::new()
+                    }
+                },
+                None => (0..df.stages.len()).collect(),
+            };
+            for t in targets {
+                if let Err(e) = l.lower_target(t) {
+                    if !errors.contains(&e) {
+                        errors.push(e);
+                    }
+                }
+            }
+            let mut undefined = BTreeSet::new();
+            for (name, span) in std::mem::take(&mut l.unmatched_from_args) {
+                let declared = meta_names.contains(&name) || PLATFORM_ARGS.contains(&name.as_str());
+                if !declared && undefined.insert((name.clone(), span.line)) {
+                    lint.add(
+                        "UndefinedArgInFrom",
+                        format!("FROM argument '{name}' is not declared"),
+                        span,
+                    );
+                }
+            }
+            for (name, span) in std::mem::take(&mut l.blank_bases) {
+                lint.add(
+                    "InvalidDefaultArgInFrom",
+                    format!(
+                        "Default value for ARG {name} results in empty or invalid base image name"
+                    ),
+                    span,
+                );
+            }
+        }
+    }
+    let mut out = lint.out;
+    for e in errors {
+        out.push(Warning {
+            rule: "BuildError",
+            message: e.message(),
+            span: e.span(),
+            level: Level::Error,
+        });
+    }
+    out.sort_by_key(|w| w.span.map(|s| (s.line, s.column)));
+    out
+}
+
+fn lint_stage(
+    lint: &mut Lint,
+    df: &Dockerfile,
+    stage: &Stage,
+    meta: &BTreeSet<String>,
+    seen: &mut Vec<String>,
+) {
+    let from_kw = stage.original.split_whitespace().next().unwrap_or("FROM");
+    if let Some(name) = &stage.name_as_written {
+        if name != &name.to_ascii_lowercase() {
+            lint.add(
+                "StageNameCasing",
+                format!("Stage name '{name}' should be lowercase"),
+                stage.span,
+            );
+        }
+        let as_kw = stage
+            .original
+            .split_whitespace()
+            .rev()
+            .nth(1)
+            .unwrap_or("AS");
+        let from_upper = from_kw == from_kw.to_ascii_uppercase();
+        let as_upper = as_kw == as_kw.to_ascii_uppercase();
+        if from_upper != as_upper {
+            lint.add(
+                "FromAsCasing",
+                format!("'{as_kw}' and '{from_kw}' keywords' casing do not match"),
+                stage.span,
+            );
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "scratch" || lower == "context" {
+            lint.add(
+                "ReservedStageName",
+                format!("'{name}' is reserved and should not be used as a stage name"),
+                stage.span,
+            );
+        }
+        if seen.contains(&lower) {
+            lint.add(
+                "DuplicateStageName",
+                format!("Duplicate stage name {lower:?}, stage names should be unique"),
+                stage.span,
+            );
+        }
+        seen.push(lower);
+    }
+    if let Some(p) = &stage.platform {
+        let span = stage.platform_span.unwrap_or(stage.span);
+        if !p.contains('$') {
+            lint.add(
+                "FromPlatformFlagConstDisallowed",
+                format!("FROM --platform flag should not use constant value {p:?}"),
+                span,
+            );
+        } else if p == "$TARGETPLATFORM" || p == "${TARGETPLATFORM}" {
+            lint.add(
+                "RedundantTargetPlatform",
+                format!("Setting platform to predefined {p} in FROM is redundant as this is the default behavior"),
+                span,
+            );
+        }
+    }
+    let _ = meta;
+    let mut workdir_set = false;
+    let mut cmd_count = 0;
+    let mut entrypoint_count = 0;
+    let mut health_count = 0;
+    for instr in &stage.instructions {
+        let kw = instr.original.split_whitespace().next().unwrap_or_default();
+        let consistent = kw == kw.to_ascii_uppercase() || kw == kw.to_ascii_lowercase();
+        if !consistent
+            || (kw == kw.to_ascii_lowercase()) != (from_kw == from_kw.to_ascii_lowercase())
+        {
+            lint.add(
+                "ConsistentInstructionCasing",
+                format!(
+                    "Command '{kw}' should match the case of the command majority ({})",
+                    if from_kw == from_kw.to_ascii_lowercase() {
+                        "lowercase"
+                    } else {
+                        "uppercase"
+                    }
+                ),
+                instr.span,
+            );
+        }
+        match &instr.command {
+            Command::Cmd(c) | Command::Entrypoint(c) => {
+                let kw = instr.command.keyword();
+                if c.shell_form && !c.args.is_empty() {
+                    lint.add(
+                        "JSONArgsRecommended",
+                        format!("JSON arguments recommended for {kw} to prevent unintended behavior related to OS signals"),
+                        instr.span,
+                    );
+                }
+                let count = if kw == "CMD" {
+                    &mut cmd_count
+                } else {
+                    &mut entrypoint_count
+                };
+                *count += 1;
+                if *count == 2 {
+                    lint.add(
+                        "MultipleInstructionsDisallowed",
+                        format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
+                        instr.span,
+                    );
+                }
+            }
+            Command::Healthcheck(_) => {
+                health_count += 1;
+                if health_count == 2 {
+                    lint.add(
+                        "MultipleInstructionsDisallowed",
+                        "Multiple HEALTHCHECK instructions should not be used in the same stage because only the last one will be used".to_owned(),
+                        instr.span,
+                    );
+                }
+            }
+            Command::Env(kvs) | Command::Label(kvs) => {
+                let kw = instr.command.keyword();
+                if kvs.iter().any(|kv| kv.legacy) {
+                    lint.add(
+                        "LegacyKeyValueFormat",
+                        format!("\"{kw} key=value\" should be used instead of legacy \"{kw} key value\" format"),
+                        instr.span,
+                    );
+                }
+            }
+            Command::Maintainer(_) => {
+                lint.add(
+                    "MaintainerDeprecated",
+                    "Maintainer instruction is deprecated in favor of using label".to_owned(),
+                    instr.span,
+                );
+            }
+            Command::Workdir(w) => {
+                if w.starts_with('/') || w.starts_with('$') {
+                    workdir_set = true;
+                } else if !workdir_set {
+                    lint.add(
+                        "WorkdirRelativePath",
+                        format!("Relative workdir {w:?} can have unexpected results if the base image changes"),
+                        instr.span,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = df;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache::oci::Platform;
+
+    fn rules(src: &str) -> Vec<&'static str> {
+        let df = crate::parse(src).expect("parses");
+        let opts = BuildOptions::new(Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        });
+        check(&df, &opts).into_iter().map(|w| w.rule).collect()
+    }
+
+    #[test]
+    fn each_rule_fires() {
+        assert_eq!(rules("FROM a AS Build\n"), vec!["StageNameCasing"]);
+        assert_eq!(rules("FROM a as b\n"), vec!["FromAsCasing"]);
+        assert_eq!(
+            rules("FROM --platform=linux/amd64 a\n"),
+            vec!["FromPlatformFlagConstDisallowed"]
+        );
+        assert_eq!(rules("FROM a:$NOPE\n"), vec!["UndefinedArgInFrom"]);
+        assert_eq!(rules("FROM a\nCMD run me\n"), vec!["JSONArgsRecommended"]);
+        assert_eq!(
+            rules("FROM a AS x\nFROM b AS x\n"),
+            vec!["DuplicateStageName"]
+        );
+        assert_eq!(rules("FROM a\nENV k v\n"), vec!["LegacyKeyValueFormat"]);
+        assert_eq!(
+            rules("FROM a\nMAINTAINER me\n"),
+            vec!["MaintainerDeprecated"]
+        );
+        assert_eq!(rules("FROM a\nWORKDIR app\n"), vec!["WorkdirRelativePath"]);
+        assert!(rules("FROM a\nWORKDIR /app\nWORKDIR sub\n").is_empty());
+    }
+
+    #[test]
+    fn check_directive_skips_and_promotes() {
+        assert!(rules("# check=skip=JSONArgsRecommended\nFROM a\nCMD x\n").is_empty());
+        let df = crate::parse("# check=error=true\nFROM a\nCMD x\n").expect("parses");
+        let opts = BuildOptions::new(Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        });
+        assert_eq!(check(&df, &opts)[0].level, Level::Error);
+    }
+
+    #[test]
+    fn lowering_errors_are_reported() {
+        let df =
+            crate::parse("FROM a AS builder\nFROM b\nCOPY --from=biulder /x /x\n").expect("parses");
+        let opts = BuildOptions::new(Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        });
+        let found = check(&df, &opts);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].level, Level::Error);
+        assert_eq!(found[0].span, Some(Span { line: 3, column: 6 }));
+    }
+
+    #[test]
+    fn blank_base_from_missing_arg_is_a_warning() {
+        assert_eq!(
+            rules("ARG BASE\nFROM $BASE\n"),
+            vec!["InvalidDefaultArgInFrom"]
+        );
+    }
+}
