@@ -5,4 +5,5 @@
 mod build;
 mod errors;
 mod harness;
+mod registry;
 mod save;
