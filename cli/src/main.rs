@@ -10,6 +10,7 @@ mod run;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 const EXIT_CODES: &str = "\
@@ -145,8 +146,11 @@ fn open_store() -> anyhow::Result<cache::store::Store> {
 /// True when `e`'s chain holds a broken pipe (stdout closed by the reader).
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        let io = c.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+        let json = c
+            .downcast_ref::<serde_json::Error>()
+            .and_then(serde_json::Error::io_error_kind);
+        io.or(json) == Some(std::io::ErrorKind::BrokenPipe)
     })
 }
 
@@ -168,7 +172,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A closed stderr leaves only the exit status to tell.
+            let _ = writeln!(std::io::stderr().lock(), "error: {e:#}");
             ExitCode::from(if is_run { 125 } else { 1 })
         }
     }
@@ -182,7 +187,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn print_line(s: &str) -> anyhow::Result<ExitCode> {
-    use std::io::Write as _;
     writeln!(std::io::stdout().lock(), "{s}")?;
     Ok(ExitCode::SUCCESS)
 }
