@@ -12,6 +12,7 @@
 //! - [`records`]: build cache records.
 //! - [`compress`]: memoized, multi-core gzip/zstd copies of layers.
 //! - [`archive`]: `save` to an OCI layout + docker-archive tar.
+//! - [`statcache`]: reuse of context file digests while their stat is unchanged (git index style).
 //!
 //! In: directories (overlay upper dirs), tar streams, configs. Out: digests, snapshot paths,
 //! images, archives. This crate is a leaf: it depends on no other workspace crate. It never
@@ -27,4 +28,5 @@ pub mod records;
 pub mod reference;
 pub mod registry;
 pub mod snapshot;
+pub mod statcache;
 pub mod store;

@@ -86,6 +86,12 @@ pub struct SourceEntry {
     pub rdev: u64,
     /// `(st_dev, st_ino)` when the file has more than one hard link, for keeping hard links.
     pub inode: Option<(u64, u64)>,
+    /// Status change time in nanoseconds since the epoch (for the solver's stat cache).
+    pub ctime_ns: i128,
+    /// `st_dev` (for the solver's stat cache).
+    pub dev: u64,
+    /// `st_ino` (for the solver's stat cache).
+    pub ino: u64,
 }
 
 /// A compiled `.dockerignore` (also used for `--exclude`).
@@ -486,6 +492,9 @@ fn entry(
         matched: matched.to_string(),
         rdev: meta.rdev(),
         inode: (kind == EntryKind::File && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
+        ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        dev: meta.dev(),
+        ino: meta.ino(),
     }
 }
 

@@ -23,6 +23,7 @@ use cache::image::Image;
 use cache::oci::{Digest, History, ImageConfig};
 use cache::records::CacheRecord;
 use cache::snapshot::CommitOptions;
+use cache::statcache::{StatCache, StatKey};
 use cache::store::{Store, StoreError};
 use executor::context::{ContextError, Ignore, SourceEntry};
 use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, MountSpec, Network, Rootfs, RunSpec};
@@ -225,9 +226,17 @@ impl Solver {
         let graph = Arc::new(graph.clone());
         let (keys, clamps) = {
             let (g, opts) = (Arc::clone(&graph), self.opts.clone());
-            tokio::task::spawn_blocking(move || compute_keys(&g, &opts))
-                .await
-                .expect("key computation does not panic")?
+            let stat_file = StatCache::file_for(self.store.root(), &opts.context);
+            tokio::task::spawn_blocking(move || {
+                let stats = StatCache::open(stat_file);
+                let keys = compute_keys(&g, &opts, &stats);
+                if let Err(e) = stats.save() {
+                    tracing::warn!(error = %e, "stat cache not saved");
+                }
+                keys
+            })
+            .await
+            .expect("key computation does not panic")?
         };
         let runner = Arc::new(Runner {
             store: self.store.clone(),
@@ -300,7 +309,11 @@ fn location(opts: &SolveOptions, node: &Node) -> Location {
 type Keys = (Vec<Option<Digest>>, BTreeMap<NodeId, Option<i64>>);
 
 /// Walks and hashes context COPY sources, then computes each needed node's key in order.
-fn compute_keys(graph: &BuildGraph, opts: &SolveOptions) -> Result<Keys, SolveError> {
+fn compute_keys(
+    graph: &BuildGraph,
+    opts: &SolveOptions,
+    stats: &StatCache,
+) -> Result<Keys, SolveError> {
     let ignore = Ignore::parse(&opts.dockerignore);
     let mut keys: Vec<Option<Digest>> = vec![None; graph.nodes.len()];
     let mut clamps = BTreeMap::new();
@@ -325,13 +338,15 @@ fn compute_keys(graph: &BuildGraph, opts: &SolveOptions) -> Result<Keys, SolveEr
                                 .unwrap_or(i64::MAX);
                             newest = Some(newest.map_or(secs, |m| m.max(secs)));
                         }
-                        Some(key::content_digest(&hash_entries(&entries).map_err(
-                            |(path, source)| SolveError::Hash {
-                                at: at(),
-                                path,
-                                source,
-                            },
-                        )?))
+                        Some(key::content_digest(
+                            &hash_entries(&entries, stats).map_err(|(path, source)| {
+                                SolveError::Hash {
+                                    at: at(),
+                                    path,
+                                    source,
+                                }
+                            })?,
+                        ))
                     }
                     _ => None,
                 };
@@ -345,7 +360,10 @@ fn compute_keys(graph: &BuildGraph, opts: &SolveOptions) -> Result<Keys, SolveEr
 }
 
 /// Metadata and content hashes of walked entries (files hashed in parallel).
-fn hash_entries(entries: &[SourceEntry]) -> Result<Vec<SourceMeta>, (PathBuf, std::io::Error)> {
+fn hash_entries(
+    entries: &[SourceEntry],
+    stats: &StatCache,
+) -> Result<Vec<SourceMeta>, (PathBuf, std::io::Error)> {
     entries
         .par_iter()
         .map(|e| {
@@ -357,7 +375,19 @@ fn hash_entries(entries: &[SourceEntry]) -> Result<Vec<SourceMeta>, (PathBuf, st
                 _ => key::EntryKind::Other,
             };
             let content = if kind == key::EntryKind::File {
-                Some(hash_file(&e.path).map_err(|err| (e.path.clone(), err))?)
+                let stat = StatKey {
+                    size: e.size,
+                    mtime_ns: e.mtime_ns,
+                    ctime_ns: e.ctime_ns,
+                    ino: e.ino,
+                    dev: e.dev,
+                    mode: e.mode,
+                };
+                Some(
+                    stats
+                        .digest(&e.path, stat, hash_file)
+                        .map_err(|err| (e.path.clone(), err))?,
+                )
             } else {
                 None
             };

@@ -35,6 +35,10 @@ const TESTS: &[(&str, TestFn)] = &[
         editing_a_context_file_reruns_only_steps_after_its_copy,
     ),
     (
+        "same_size_edit_with_the_same_mtime_is_rebuilt",
+        same_size_edit_with_the_same_mtime_is_rebuilt,
+    ),
+    (
         "failing_run_reports_line_code_and_output",
         failing_run_reports_line_code_and_output,
     ),
@@ -408,6 +412,35 @@ fn editing_a_context_file_reruns_only_steps_after_its_copy() -> anyhow::Result<(
         "only the step before the COPY is cached: {cached:?}"
     );
     ensure!(std::fs::read_to_string(f.find(&image, "both").context("/both")?)? == "two\nhi\n");
+    Ok(())
+}
+
+/// The stat cache (KILN_ROOT/statcache) must not hide an edit that keeps size and mtime.
+fn same_size_edit_with_the_same_mtime_is_rebuilt() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    f.write("a.txt", "one\n")?;
+    let g = three_steps(&f);
+    f.solve(&g, false).0?;
+    ensure!(
+        std::fs::read_dir(f.store.root().join("statcache"))?.count() == 1,
+        "the build wrote a stat cache"
+    );
+    let path = f.context.join("a.txt");
+    let mtime = std::fs::metadata(&path)?.modified()?;
+    f.write("a.txt", "two\n")?;
+    std::fs::File::options()
+        .write(true)
+        .open(&path)?
+        .set_modified(mtime)?;
+    let (image, events) = f.solve(&g, false);
+    ensure!(
+        count(&events, "cached") == 1,
+        "the COPY and the RUN after it run again: {events:#?}"
+    );
+    ensure!(std::fs::read_to_string(f.find(&image?, "both").context("/both")?)? == "two\nhi\n");
+    // A third build with nothing changed is fully cached.
+    let (_, events) = f.solve(&g, false);
+    ensure!(count(&events, "cached") == 3, "no-op rebuild: {events:#?}");
     Ok(())
 }
 

@@ -1,0 +1,412 @@
+//! A stat cache for build-context hashing, as git's index does it: the content digest of a file
+//! is reused while its `(size, mtime, ctime, inode, device, mode)` are unchanged, so a warm
+//! rebuild reads no unchanged file.
+//!
+//! One cache file per context directory, `KILN_ROOT/statcache/<sha256 of the context path>`,
+//! written atomically (temp file + rename). The racy-git rule applies: an entry whose mtime or
+//! ctime is not older than the moment the cache file was written may have been changed within
+//! the same timestamp tick after it was hashed, so it is hashed again (and stays racy until a
+//! later save finds it older).
+//!
+//! Saving keeps only the entries looked up since [`StatCache::open`], so files removed from the
+//! context drop out on the next build.
+//!
+//! File format (`kiln.statcache.v1`): the tag line, then per entry: path length (u32 LE), path
+//! bytes, size (u64), mtime_ns (i128), ctime_ns (i128), inode (u64), device (u64), mode (u32),
+//! digest length (u16), digest text. A file that fails to parse is treated as empty.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::oci::Digest;
+
+const TAG: &[u8] = b"kiln.statcache.v1\n";
+
+/// Errors of the stat cache.
+#[derive(Debug, thiserror::Error)]
+pub enum StatCacheError {
+    /// Writing the cache file failed.
+    #[error("writing stat cache {path}")]
+    Write {
+        /// The cache file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, StatCacheError>;
+
+/// What must be unchanged for a cached digest to be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatKey {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number.
+    pub dev: u64,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+}
+
+impl StatKey {
+    /// The key of a file's metadata (from `stat`, not `lstat`, for a followed link).
+    pub fn of(meta: &fs::Metadata) -> StatKey {
+        StatKey {
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+            mode: meta.mode(),
+        }
+    }
+}
+
+/// Cached digests of one context directory's files.
+#[derive(Debug)]
+pub struct StatCache {
+    file: PathBuf,
+    /// mtime of the cache file when loaded; entries not older than this are racy.
+    written_ns: Option<i128>,
+    old: HashMap<PathBuf, (StatKey, Digest)>,
+    seen: Mutex<Vec<(PathBuf, StatKey, Digest)>>,
+    hashed: AtomicU64,
+    reused: AtomicU64,
+}
+
+impl StatCache {
+    /// The cache file for `context` under `kiln_root`.
+    pub fn file_for(kiln_root: &Path, context: &Path) -> PathBuf {
+        let abs = fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
+        kiln_root
+            .join("statcache")
+            .join(Digest::of(abs.as_os_str().as_bytes()).hex())
+    }
+
+    /// Loads `file`; a missing or unreadable file gives an empty cache.
+    pub fn open(file: PathBuf) -> StatCache {
+        let (written_ns, old) = match (fs::read(&file), fs::metadata(&file)) {
+            (Ok(bytes), Ok(meta)) => (
+                Some(StatKey::of(&meta).mtime_ns),
+                parse(&bytes).unwrap_or_default(),
+            ),
+            _ => (None, HashMap::new()),
+        };
+        StatCache {
+            file,
+            written_ns,
+            old,
+            seen: Mutex::new(Vec::new()),
+            hashed: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+        }
+    }
+
+    /// The digest of `path` whose current metadata is `key`: the cached one when `key` matches
+    /// and the entry is not racy, otherwise `hash(path)` (counted in [`StatCache::hashed`]).
+    ///
+    /// Fails when `hash` fails.
+    pub fn digest(
+        &self,
+        path: &Path,
+        key: StatKey,
+        hash: impl FnOnce(&Path) -> io::Result<Digest>,
+    ) -> io::Result<Digest> {
+        let cached = self.old.get(path).filter(|(k, _)| {
+            *k == key
+                && self
+                    .written_ns
+                    .is_some_and(|w| k.mtime_ns < w && k.ctime_ns < w)
+        });
+        let digest = match cached {
+            Some((_, d)) => {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                d.clone()
+            }
+            None => {
+                self.hashed.fetch_add(1, Ordering::Relaxed);
+                hash(path)?
+            }
+        };
+        self.seen
+            .lock()
+            .expect("stat cache lock is not poisoned: no code panics while holding it")
+            .push((path.to_path_buf(), key, digest.clone()));
+        Ok(digest)
+    }
+
+    /// How many files were hashed (read) since opening.
+    pub fn hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    /// How many digests were reused without reading the file.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    /// Writes the entries looked up since opening, atomically. Nothing is written when no
+    /// lookup happened.
+    ///
+    /// Fails when the directory or file cannot be written.
+    pub fn save(&self) -> Result<()> {
+        let seen = self
+            .seen
+            .lock()
+            .expect("stat cache lock is not poisoned: no code panics while holding it");
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(TAG.len() + seen.len() * 160);
+        buf.extend_from_slice(TAG);
+        for (path, k, d) in seen.iter() {
+            let p = path.as_os_str().as_bytes();
+            let ds = d.to_string();
+            buf.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_le_bytes());
+            buf.extend_from_slice(p);
+            buf.extend_from_slice(&k.size.to_le_bytes());
+            buf.extend_from_slice(&k.mtime_ns.to_le_bytes());
+            buf.extend_from_slice(&k.ctime_ns.to_le_bytes());
+            buf.extend_from_slice(&k.ino.to_le_bytes());
+            buf.extend_from_slice(&k.dev.to_le_bytes());
+            buf.extend_from_slice(&k.mode.to_le_bytes());
+            buf.extend_from_slice(&u16::try_from(ds.len()).unwrap_or(u16::MAX).to_le_bytes());
+            buf.extend_from_slice(ds.as_bytes());
+        }
+        let err = |source| StatCacheError::Write {
+            path: self.file.clone(),
+            source,
+        };
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(err)?;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            self.file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let mut f = fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&buf).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        fs::rename(&tmp, &self.file).map_err(err)
+    }
+}
+
+fn parse(bytes: &[u8]) -> Option<HashMap<PathBuf, (StatKey, Digest)>> {
+    let mut r = bytes.strip_prefix(TAG)?;
+    let mut out = HashMap::new();
+    fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if r.len() < n {
+            return None;
+        }
+        let (a, b) = r.split_at(n);
+        *r = b;
+        Some(a)
+    }
+    fn arr<const N: usize>(r: &mut &[u8]) -> Option<[u8; N]> {
+        take(r, N)?.try_into().ok()
+    }
+    while !r.is_empty() {
+        let plen = u32::from_le_bytes(arr(&mut r)?) as usize;
+        let path = PathBuf::from(std::ffi::OsString::from_vec(take(&mut r, plen)?.to_vec()));
+        let key = StatKey {
+            size: u64::from_le_bytes(arr(&mut r)?),
+            mtime_ns: i128::from_le_bytes(arr(&mut r)?),
+            ctime_ns: i128::from_le_bytes(arr(&mut r)?),
+            ino: u64::from_le_bytes(arr(&mut r)?),
+            dev: u64::from_le_bytes(arr(&mut r)?),
+            mode: u32::from_le_bytes(arr(&mut r)?),
+        };
+        let dlen = u16::from_le_bytes(arr(&mut r)?) as usize;
+        let digest: Digest = std::str::from_utf8(take(&mut r, dlen)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        out.insert(path, (key, digest));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn hash(p: &Path) -> io::Result<Digest> {
+        Ok(Digest::of(&fs::read(p)?))
+    }
+
+    /// Digest of `f` through a freshly opened cache, then saved; returns (digest, hashed?).
+    fn look(cache_file: &Path, f: &Path) -> (Digest, bool) {
+        let c = StatCache::open(cache_file.to_path_buf());
+        let key = StatKey::of(&fs::metadata(f).expect("stat"));
+        let d = c.digest(f, key, hash).expect("digest");
+        c.save().expect("save");
+        (d, c.hashed() == 1)
+    }
+
+    /// Sets a file's mtime (and, as a side effect, ctime to now).
+    fn set_mtime(f: &Path, t: std::time::SystemTime) {
+        fs::File::options()
+            .write(true)
+            .open(f)
+            .expect("open")
+            .set_modified(t)
+            .expect("set mtime");
+    }
+
+    fn past() -> std::time::SystemTime {
+        std::time::SystemTime::now() - std::time::Duration::from_secs(3600)
+    }
+
+    /// Writes a file and makes its times old, so that it is not racy after the next save.
+    fn old_file(f: &Path, data: &[u8]) {
+        fs::write(f, data).expect("write");
+        set_mtime(f, past());
+    }
+
+    /// Waits until the clock has moved past the file's ctime (timestamps are ticks of the
+    /// kernel clock), so that a save after this makes the entry non-racy.
+    fn settle(f: &Path) {
+        let c = StatKey::of(&fs::metadata(f).expect("stat")).ctime_ns;
+        let probe = f.with_extension("probe");
+        loop {
+            fs::write(&probe, b"").expect("probe");
+            if StatKey::of(&fs::metadata(&probe).expect("stat")).mtime_ns > c {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn unchanged_file_is_not_reread() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (cf, f) = (d.path().join("cache"), d.path().join("a.txt"));
+        old_file(&f, b"hello");
+        settle(&f);
+        let (d1, h1) = look(&cf, &f);
+        assert!(h1, "first lookup hashes");
+        let (d2, h2) = look(&cf, &f);
+        assert!(!h2, "second lookup reuses the cached digest");
+        assert_eq!(d1, d2);
+        // The cache file survives reopening many times and stays valid.
+        let c = StatCache::open(cf.clone());
+        assert_eq!(c.old.len(), 1);
+    }
+
+    #[test]
+    fn same_size_edit_in_the_same_second_is_detected() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (cf, f) = (d.path().join("cache"), d.path().join("a.txt"));
+        fs::write(&f, b"aaaa").expect("write");
+        // Hash and save immediately: the file's mtime is not older than the cache file's.
+        let (d1, _) = look(&cf, &f);
+        // Same size, and force the very same mtime (a racy edit inside one timestamp tick).
+        let before = fs::metadata(&f).expect("stat").modified().expect("mtime");
+        fs::write(&f, b"bbbb").expect("write");
+        set_mtime(&f, before);
+        let (d2, h2) = look(&cf, &f);
+        assert!(h2, "racy entry is hashed again");
+        assert_ne!(d1, d2, "content change found");
+        assert_eq!(d2, Digest::of(b"bbbb"));
+    }
+
+    #[test]
+    fn racy_entry_with_identical_stat_is_rehashed() {
+        // Even when every stat field is identical (ctime too), a racy entry is re-read.
+        let d = tempfile::tempdir().expect("tempdir");
+        let (cf, f) = (d.path().join("cache"), d.path().join("a.txt"));
+        fs::write(&f, b"x").expect("write");
+        let c = StatCache::open(cf.clone());
+        let key = StatKey::of(&fs::metadata(&f).expect("stat"));
+        c.digest(&f, key, hash).expect("digest");
+        c.save().expect("save");
+        // Pretend the cache file was written in the same tick as the file.
+        let cache = fs::File::options().write(true).open(&cf).expect("open");
+        cache
+            .set_modified(fs::metadata(&f).expect("stat").modified().expect("mtime"))
+            .expect("set");
+        let c = StatCache::open(cf);
+        c.digest(&f, key, hash).expect("digest");
+        assert_eq!(c.hashed(), 1);
+        assert_eq!(c.reused(), 0);
+    }
+
+    #[test]
+    fn mode_change_is_detected() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (cf, f) = (d.path().join("cache"), d.path().join("a.sh"));
+        old_file(&f, b"#!/bin/sh\n");
+        settle(&f);
+        let k1 = StatKey::of(&fs::metadata(&f).expect("stat"));
+        look(&cf, &f);
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let k2 = StatKey::of(&fs::metadata(&f).expect("stat"));
+        assert_ne!(k1.mode, k2.mode);
+        let (_, h) = look(&cf, &f);
+        assert!(h, "mode change misses the cache");
+    }
+
+    #[test]
+    fn replaced_inode_is_detected() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (cf, f) = (d.path().join("cache"), d.path().join("a.txt"));
+        old_file(&f, b"one");
+        settle(&f);
+        let t = fs::metadata(&f).expect("stat").modified().expect("mtime");
+        let (d1, _) = look(&cf, &f);
+        // Replace by rename with a same-size file carrying the same mtime: only inode/ctime differ.
+        let g = d.path().join("new");
+        fs::write(&g, b"two").expect("write");
+        set_mtime(&g, t);
+        fs::rename(&g, &f).expect("rename");
+        let (d2, h) = look(&cf, &f);
+        assert!(h, "new inode misses the cache");
+        assert_eq!(d2, Digest::of(b"two"));
+        assert_ne!(d1, d2);
+    }
+
+    #[test]
+    fn unseen_entries_are_dropped_and_garbage_is_ignored() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cf = d.path().join("cache");
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        old_file(&a, b"a");
+        old_file(&b, b"b");
+        look(&cf, &a);
+        look(&cf, &b);
+        assert_eq!(
+            StatCache::open(cf.clone()).old.len(),
+            1,
+            "only b was seen last"
+        );
+        fs::write(&cf, b"kiln.statcache.v1\n\x05\x00").expect("write");
+        assert!(StatCache::open(cf).old.is_empty());
+    }
+
+    #[test]
+    fn file_for_depends_on_the_context_path() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let a = StatCache::file_for(Path::new("/r"), d.path());
+        let b = StatCache::file_for(Path::new("/r"), &d.path().join("."));
+        assert_eq!(a, b, "same directory, same file");
+        assert_ne!(a, StatCache::file_for(Path::new("/r"), Path::new("/")));
+        assert!(a.starts_with("/r/statcache"));
+    }
+}
