@@ -12,6 +12,7 @@
 //! COPY sources from the context are walked and hashed on the host before anything runs, so a
 //! missing, ignored or escaping source fails the build before the store is touched.
 
+use crate::explain;
 use crate::graph::{
     BuildGraph, CopySource, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Node, NodeId, Op,
     SourceOp,
@@ -224,12 +225,13 @@ impl Solver {
         events: progress::Sender,
     ) -> Result<Image, SolveError> {
         let graph = Arc::new(graph.clone());
-        let (keys, clamps) = {
+        let (keys, clamps, reasons) = {
             let (g, opts) = (Arc::clone(&graph), self.opts.clone());
+            let kiln_root = self.store.root().to_path_buf();
             let stat_file = StatCache::file_for(self.store.root(), &opts.context);
             tokio::task::spawn_blocking(move || {
                 let stats = StatCache::open(stat_file);
-                let keys = compute_keys(&g, &opts, &stats);
+                let keys = compute_keys(&g, &opts, &stats, &kiln_root);
                 if let Err(e) = stats.save() {
                     tracing::warn!(error = %e, "stat cache not saved");
                 }
@@ -243,6 +245,7 @@ impl Solver {
             graph: Arc::clone(&graph),
             keys,
             clamps,
+            reasons,
             opts: self.opts.clone(),
             events,
         });
@@ -305,21 +308,37 @@ fn location(opts: &SolveOptions, node: &Node) -> Location {
     }
 }
 
-/// Keys of every needed node, and the mtime clamp of each file node.
-type Keys = (Vec<Option<Digest>>, BTreeMap<NodeId, Option<i64>>);
+/// Keys of every needed node, the mtime clamp of each file node, and why each needed node
+/// would miss the cache (see [`explain`]).
+type Keys = (
+    Vec<Option<Digest>>,
+    BTreeMap<NodeId, Option<i64>>,
+    Vec<Option<String>>,
+);
 
 /// Walks and hashes context COPY sources, then computes each needed node's key in order.
 fn compute_keys(
     graph: &BuildGraph,
     opts: &SolveOptions,
     stats: &StatCache,
+    kiln_root: &Path,
 ) -> Result<Keys, SolveError> {
     let ignore = Ignore::parse(&opts.dockerignore);
     let mut keys: Vec<Option<Digest>> = vec![None; graph.nodes.len()];
     let mut clamps = BTreeMap::new();
+    let history_file = explain::file_for(kiln_root, &opts.context, &opts.dockerfile_name);
+    let history = explain::load(&history_file);
+    let mut recorded = history.clone();
+    let mut reasons: Vec<Option<String>> = vec![None; graph.nodes.len()];
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in graph.reachable() {
+        *ids.entry(explain::step_id(&graph.nodes[n].name))
+            .or_default() += 1;
+    }
     for n in graph.reachable() {
         let node = &graph.nodes[n];
         let mut contents = Vec::new();
+        let mut files = Vec::new();
         if let Op::File(f) = &node.op {
             let mut newest: Option<i64> = None;
             for a in &f.actions {
@@ -338,15 +357,16 @@ fn compute_keys(
                                 .unwrap_or(i64::MAX);
                             newest = Some(newest.map_or(secs, |m| m.max(secs)));
                         }
-                        Some(key::content_digest(
-                            &hash_entries(&entries, stats).map_err(|(path, source)| {
-                                SolveError::Hash {
-                                    at: at(),
-                                    path,
-                                    source,
-                                }
-                            })?,
-                        ))
+                        let metas = hash_entries(&entries, stats).map_err(|(path, source)| {
+                            SolveError::Hash {
+                                at: at(),
+                                path,
+                                source,
+                            }
+                        })?;
+                        let digest = key::content_digest(&metas);
+                        files.extend(metas);
+                        Some(digest)
                     }
                     _ => None,
                 };
@@ -354,9 +374,22 @@ fn compute_keys(
             }
             clamps.insert(n, newest.map(|t| t.max(0)).or(COPY_CLAMP_MTIME));
         }
-        keys[n] = Some(key::node_key(node, &keys, &contents));
+        let k = key::node_key(node, &keys, &contents);
+        let now = explain::inputs(node, &k, &keys, &files);
+        let id = explain::step_id(&node.name);
+        let id = if ids.get(id).copied().unwrap_or(0) > 1 {
+            node.name.clone()
+        } else {
+            id.to_owned()
+        };
+        reasons[n] = Some(explain::reason(history.get(&id), &now));
+        recorded.insert(id, now);
+        keys[n] = Some(k);
     }
-    Ok((keys, clamps))
+    if let Err(e) = explain::save(&history_file, &recorded) {
+        tracing::warn!(error = %e, "explain records not saved");
+    }
+    Ok((keys, clamps, reasons))
 }
 
 /// Metadata and content hashes of walked entries (files hashed in parallel).
@@ -453,6 +486,8 @@ struct Runner {
     graph: Arc<BuildGraph>,
     keys: Vec<Option<Digest>>,
     clamps: BTreeMap<NodeId, Option<i64>>,
+    /// Why each node misses the cache, when it does.
+    reasons: Vec<Option<String>>,
     opts: SolveOptions,
     events: progress::Sender,
 }
@@ -779,6 +814,18 @@ impl Runner {
             let made_layer = chain.len() > root.chain.len();
             return Ok(NodeResult { chain, made_layer });
         }
+        let why = if self.opts.no_cache {
+            "--no-cache"
+        } else {
+            self.reasons[n].as_deref().unwrap_or("no cache entry")
+        };
+        self.emit(
+            n,
+            EventKind::Log {
+                stream: Stream::Stderr,
+                bytes: format!("{}{why}\n", explain::PREFIX).into_bytes(),
+            },
+        );
         self.build(n, key, root, &inputs).await
     }
 }

@@ -38,6 +38,7 @@ const TESTS: &[(&str, TestFn)] = &[
         "same_size_edit_with_the_same_mtime_is_rebuilt",
         same_size_edit_with_the_same_mtime_is_rebuilt,
     ),
+    ("cache_misses_say_why", cache_misses_say_why),
     (
         "failing_run_reports_line_code_and_output",
         failing_run_reports_line_code_and_output,
@@ -441,6 +442,62 @@ fn same_size_edit_with_the_same_mtime_is_rebuilt() -> anyhow::Result<()> {
     // A third build with nothing changed is fully cached.
     let (_, events) = f.solve(&g, false);
     ensure!(count(&events, "cached") == 3, "no-op rebuild: {events:#?}");
+    Ok(())
+}
+
+/// The progress log of every step that missed the cache (`cache miss: ...` lines), by name.
+fn misses(events: &[Event]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Log { bytes, .. } => String::from_utf8_lossy(bytes)
+                .strip_prefix(solver::explain::PREFIX)
+                .map(|r| (e.name.clone(), r.trim_end().to_owned())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cache_misses_say_why() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    f.write("a.txt", "one\n")?;
+    let g = three_steps(&f);
+    let (_, events) = f.solve(&g, false);
+    let first = misses(&events);
+    ensure!(
+        first.len() == 3 && first.iter().all(|(_, r)| r == "no cache entry"),
+        "{first:?}"
+    );
+    f.write("a.txt", "two, longer\n")?;
+    let (_, events) = f.solve(&g, false);
+    let second = misses(&events);
+    ensure!(
+        second
+            == [
+                (
+                    "[stage] COPY a.txt /a.txt".to_owned(),
+                    "file changed: a.txt".to_owned()
+                ),
+                (
+                    "[stage] RUN cat /a.txt /hello > /both".to_owned(),
+                    "parent step changed".to_owned()
+                ),
+            ],
+        "{second:?}"
+    );
+    // An ENV change on the last RUN.
+    let mut g2 = g.clone();
+    if let Op::Exec(x) = &mut g2.nodes[3].op {
+        x.env.push("X=1".into());
+    }
+    let (_, events) = f.solve(&g2, false);
+    let third = misses(&events);
+    ensure!(
+        third.len() == 1 && third[0].1 == "ARG or ENV X changed",
+        "{third:?}"
+    );
+    let (_, events) = f.solve(&g2, true);
+    ensure!(misses(&events).iter().all(|(_, r)| r == "--no-cache"));
     Ok(())
 }
 
