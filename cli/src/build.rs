@@ -23,6 +23,9 @@ pub struct BuildArgs {
     /// Run every step; ignore the build cache.
     #[arg(long)]
     no_cache: bool,
+    /// After the build, list every step that missed the cache and why.
+    #[arg(long)]
+    explain: bool,
     /// Progress output.
     #[arg(long, value_enum, default_value = "auto")]
     progress: Mode,
@@ -134,16 +137,32 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let image = rt.block_on(async {
         let _lock = store.lock_shared().context("locking the store")?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
         let mut renderer = Renderer::new(a.progress);
         let render = async move {
+            let mut misses = Vec::new();
             while let Some(ev) = rx.recv().await {
+                if let solver::progress::EventKind::Log { bytes, .. } = &ev.kind {
+                    let text = String::from_utf8_lossy(bytes);
+                    if let Some(why) = text.strip_prefix(solver::explain::PREFIX) {
+                        misses.push(format!("{}: {}", ev.name, why.trim_end()));
+                    }
+                }
                 // A closed stderr must not stop the build.
                 let _ = renderer.event(&ev);
             }
+            misses
         };
         let solver = solver::Solver::new(store.clone(), solve_opts);
-        let (image, ()) = tokio::join!(solver.solve(&graph, tx), render);
+        let (image, misses) = tokio::join!(solver.solve(&graph, tx), render);
+        if a.explain {
+            use std::io::Write as _;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "cache misses: {}", misses.len());
+            for m in &misses {
+                let _ = writeln!(err, "  {m}");
+            }
+        }
         anyhow::Ok(image?)
     })?;
     for t in &a.tags {

@@ -3,6 +3,7 @@
 //! /bin/busybox. Privileged tests skip with a reason, or fail when REQUIRE_PRIVILEGED_TESTS=1.
 
 mod build;
+mod cache;
 mod errors;
 mod harness;
 mod registry;
