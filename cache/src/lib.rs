@@ -13,6 +13,7 @@
 //! - [`compress`]: memoized, multi-core gzip/zstd copies of layers.
 //! - [`archive`]: `save` to an OCI layout + docker-archive tar.
 //! - [`statcache`]: reuse of context file digests while their stat is unchanged (git index style).
+//! - [`usage`]: disk usage of the store by kind (`kiln system df`).
 //!
 //! In: directories (overlay upper dirs), tar streams, configs. Out: digests, snapshot paths,
 //! images, archives. This crate is a leaf: it depends on no other workspace crate. It never
@@ -30,3 +31,4 @@ pub mod registry;
 pub mod snapshot;
 pub mod statcache;
 pub mod store;
+pub mod usage;

@@ -6,6 +6,7 @@ mod images;
 mod registry;
 mod render;
 mod run;
+mod system;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -69,6 +70,11 @@ enum Command {
     },
     /// Run a command in a new container.
     Run(run::RunArgs),
+    /// Store management (`kiln system df`).
+    System {
+        #[command(subcommand)]
+        cmd: system::SystemCommand,
+    },
     /// Pull an image from a registry.
     Pull {
         /// Image reference (`busybox`, `registry:5000/app:1`, `name@sha256:...`).
@@ -205,6 +211,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             images::save(&names, &output).map(|()| ExitCode::SUCCESS)
         }
         Command::Run(a) => run::run(a),
+        Command::System { cmd } => system::system(cmd).map(|()| ExitCode::SUCCESS),
         Command::Pull {
             reference,
             platform,

@@ -92,3 +92,38 @@ fn build_writes_a_stat_cache_and_a_touched_file_stays_cached() -> anyhow::Result
     ensure!(touched.contains("cache misses: 0"), "{touched}");
     Ok(())
 }
+
+#[test]
+fn system_df_counts_images_layers_and_cache_records() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", DOCKERFILE);
+    t.write("src/a.txt", "one\n");
+    plain_build(&t, &[])?;
+    let out = t.ok(&["system", "df"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let count = |kind: &str| -> Option<u64> {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(kind))?
+            .strip_prefix(kind)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    ensure!(count("Images") == Some(2), "busybox and x:1: {stdout}");
+    ensure!(
+        count("Snapshots") == Some(3),
+        "busybox, COPY and RUN layers: {stdout}"
+    );
+    ensure!(
+        count("Build cache") == Some(2),
+        "COPY and RUN records: {stdout}"
+    );
+    ensure!(count("Blobs").is_some_and(|n| n >= 6), "{stdout}");
+    Ok(())
+}
