@@ -331,7 +331,8 @@ fn pull_into_an_empty_store_gives_the_same_layers_and_runs() {
     let (_d, store, image) = busybox_store();
     let dest = reg.reference("kiln/pullme:v1");
     let rt = rt();
-    rt.block_on(registry::push(&store, &image, &dest, &options()))
+    let pushed = rt
+        .block_on(registry::push(&store, &image, &dest, &options()))
         .unwrap();
 
     let empty = tempfile::tempdir().unwrap();
@@ -368,6 +369,31 @@ fn pull_into_an_empty_store_gives_the_same_layers_and_runs() {
     assert_eq!(
         count(&events, |p| matches!(p, Progress::Download { .. })),
         0
+    );
+
+    // Pushing the pulled image elsewhere on the registry reuses the registry's compressed
+    // blob (no recompression) and mounts it from where it was pulled.
+    let events = recording(&mut opts);
+    let again = rt
+        .block_on(registry::push(
+            &store2,
+            &pulled,
+            &reg.reference("kiln/copy:v1"),
+            &opts,
+        ))
+        .unwrap();
+    assert_eq!(
+        again, pushed,
+        "same config and same compressed layer: same manifest"
+    );
+    assert_eq!(
+        count(
+            &events,
+            |p| matches!(p, Progress::Mounted { from, .. } if from == "kiln/pullme")
+        ),
+        1,
+        "{:?}",
+        events.lock().unwrap()
     );
 }
 

@@ -2,8 +2,9 @@
 
 use super::client::{Client, ClientError};
 use super::{Progress, RegistryOptions, record};
+use crate::compress::{Codec, Compression};
 use crate::image::Image;
-use crate::oci::{self, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
+use crate::oci::{self, Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
 use crate::reference::Reference;
 use crate::store::{Store, StoreError};
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -418,10 +419,40 @@ async fn fetch_layer(
             .await??;
     }
     record::remember(store.root(), client.registry(), digest, repo);
+    remember_compressed(store, desc, diff_id, opts);
     opts.report(Progress::Unpacked {
         digest: digest.clone(),
     });
     Ok(())
+}
+
+/// Keeps the registry's compressed blob as the store's compressed form of the layer, so that
+/// pushing an image built on this one sends (or mounts) the same blob instead of compressing
+/// the layer again into a blob with another digest. A gzip blob stands in for the push
+/// compression when that is gzip, whatever level the original was made with.
+fn remember_compressed(
+    store: &Store,
+    desc: &oci::Descriptor,
+    diff_id: &Digest,
+    opts: &RegistryOptions,
+) {
+    let codec = match desc.media_type.as_str() {
+        oci::MEDIA_TYPE_LAYER_GZIP | oci::MEDIA_TYPE_DOCKER_LAYER_GZIP => Codec::Gzip,
+        oci::MEDIA_TYPE_LAYER_ZSTD => Codec::Zstd,
+        _ => return,
+    };
+    let c = if opts.compression.codec == codec {
+        opts.compression
+    } else {
+        match codec {
+            Codec::Gzip => Compression::default(),
+            Codec::Zstd => Compression { codec, level: 3 },
+        }
+    };
+    let d = Descriptor::new(&desc.media_type, desc.digest.clone(), desc.size);
+    if let Err(error) = store.remember_compressed(diff_id, c, &d) {
+        tracing::debug!(%diff_id, %error, "cannot remember the compressed layer");
+    }
 }
 
 /// One download attempt. The outer error is a transient network error (retried); the inner
