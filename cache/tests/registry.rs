@@ -814,7 +814,7 @@ struct HostileServer {
 
 impl HostileServer {
     fn start(routes: BTreeMap<String, (String, Vec<u8>)>, max_requests: usize) -> HostileServer {
-        HostileServer::start_with_token(routes, max_requests, None)
+        HostileServer::start_with_token(routes, max_requests, None, Default::default())
     }
 
     /// With `Some((user, password))`, `/v2/` paths need `Bearer t0k`, which `/token` hands out
@@ -823,6 +823,7 @@ impl HostileServer {
         routes: BTreeMap<String, (String, Vec<u8>)>,
         max_requests: usize,
         token_user: Option<(&str, &str)>,
+        mut cut_once: std::collections::BTreeSet<String>,
     ) -> HostileServer {
         use base64::Engine as _;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -917,7 +918,13 @@ impl HostileServer {
                     body.len()
                 );
                 if !head {
-                    let _ = conn.write_all(&body);
+                    // Paths in `cut_once` lose their connection halfway, the first time.
+                    let n = if cut_once.remove(&path) {
+                        body.len() / 2
+                    } else {
+                        body.len()
+                    };
+                    let _ = conn.write_all(&body[..n]);
                 }
             }
         });
@@ -1192,7 +1199,8 @@ fn bearer_token_flow_sends_basic_credentials_to_the_realm() {
         Some(layer.clone()),
         Digest::of(&layer_tar),
     );
-    let server = HostileServer::start_with_token(routes, 100, Some(("bob", "pw")));
+    let server =
+        HostileServer::start_with_token(routes, 100, Some(("bob", "pw")), Default::default());
     let host = format!("127.0.0.1:{}", server.port);
     let reference = Reference::parse(&format!("{host}/evil/tok")).unwrap();
     let rt = rt();
@@ -1249,4 +1257,37 @@ fn bearer_token_flow_sends_basic_credentials_to_the_realm() {
             && r.contains("service=kiln-test")),
         "{requests:#?}"
     );
+}
+
+#[test]
+fn a_download_cut_halfway_is_retried_and_completes() {
+    let layer_tar = tar_of("big.bin", &vec![7u8; 256 << 10]);
+    let layer = gzip(&layer_tar);
+    let mut routes = BTreeMap::new();
+    let ld = Digest::of(&layer);
+    hostile_routes(
+        &mut routes,
+        "flaky",
+        &ld,
+        layer.len() as u64,
+        Some(layer.clone()),
+        Digest::of(&layer_tar),
+    );
+    let cut = [format!("/v2/evil/flaky/blobs/{ld}")].into_iter().collect();
+    let server = HostileServer::start_with_token(routes, 100, None, cut);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let r = Reference::parse(&format!("127.0.0.1:{}/evil/flaky", server.port)).unwrap();
+    let image = rt()
+        .block_on(registry::pull(&store, &r, &Platform::host(), &options()))
+        .unwrap();
+    assert_eq!(image.config.rootfs.diff_ids, vec![Digest::of(&layer_tar)]);
+    let gets = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(&format!("blobs/{ld}")))
+        .count();
+    assert_eq!(gets, 2, "one cut download, one retry");
 }
