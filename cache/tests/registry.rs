@@ -495,6 +495,24 @@ fn image_pushed_by_skopeo_as_docker_schema2_is_pulled() {
         std::fs::read(store.snapshot_path(&diff_id).join("hello.txt")).unwrap(),
         b"from skopeo\n"
     );
+
+    // Pushed back as OCI: the same layer blob, mounted, listed with the OCI media type.
+    let docker: ImageManifest = serde_json::from_str(&raw).unwrap();
+    let copy = reg.reference("other/copy:oci");
+    rt().block_on(registry::push(&store, &image, &copy, &options()))
+        .unwrap();
+    let raw = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{copy}"),
+    ]);
+    let oci_manifest: ImageManifest = serde_json::from_str(&raw).unwrap();
+    assert_eq!(oci_manifest.layers[0].digest, docker.layers[0].digest);
+    assert_eq!(
+        oci_manifest.layers[0].media_type,
+        oci::MEDIA_TYPE_LAYER_GZIP
+    );
 }
 
 #[test]
