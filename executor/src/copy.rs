@@ -10,12 +10,13 @@
 //! (ending in `/` or existing); a directory source copies its contents; a file goes into a
 //! directory destination under its own name; missing parents are created (owned by the
 //! `--chown` user, else root); context files become root-owned unless `--chown`, files from
-//! another stage keep their owners; modes and mtimes are kept (`--chmod` replaces the mode,
-//! keeping setuid/setgid/sticky if given); symlinks inside directories are copied as links and
+//! another stage keep their owners; modes and mtimes are kept (`--chmod`, octal or symbolic, sets
+//! it for files and directories, setuid/setgid/sticky included); symlinks inside directories are copied as links and
 //! hard links stay hard links; ADD extracts local tar archives (plain, gzip, zstd, and bzip2/xz
 //! through the host's `bzip2`/`xz`).
 
 mod archive;
+pub mod chmod;
 pub mod root;
 
 use std::collections::HashMap;
@@ -61,8 +62,10 @@ pub enum CopyError {
         #[source]
         source: UserError,
     },
-    /// `--chmod` is not an octal mode.
-    #[error("COPY failed: invalid --chmod={spec}: expected an octal mode such as 0755")]
+    /// `--chmod` is neither octal nor symbolic.
+    #[error(
+        "COPY failed: invalid --chmod={spec}: expected an octal mode (0755) or a symbolic one (u+x,go-w)"
+    )]
     Chmod {
         /// The mode as written.
         spec: String,
@@ -224,16 +227,13 @@ fn mkdir(dest: &DestRoot, path: &str, owner: &str) -> Result<()> {
     Ok(())
 }
 
-/// Parses `--chmod`: octal, up to 0o7777.
+/// Parses `--chmod`: octal up to 0o7777, or symbolic.
 ///
-/// Fails on anything else (symbolic modes are not supported yet).
-pub fn parse_chmod(spec: &str) -> Result<u32> {
-    u32::from_str_radix(spec, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777 && !spec.is_empty())
-        .ok_or_else(|| CopyError::Chmod {
-            spec: spec.to_string(),
-        })
+/// Fails on anything else.
+pub fn parse_chmod(spec: &str) -> Result<chmod::Chmod> {
+    chmod::Chmod::parse(spec).ok_or_else(|| CopyError::Chmod {
+        spec: spec.to_string(),
+    })
 }
 
 /// Where one top-level match goes, relative to the destination root.
@@ -272,6 +272,22 @@ pub fn place(
     } else {
         dest_rel
     })
+}
+
+/// The part of a match `--parents` keeps: all of it, or what follows a `/./` pivot in the
+/// source (`COPY --parents ./a/./b/c /dst/` gives `/dst/b/c`, as in BuildKit).
+pub fn parents_path(source: &str, matched: &str) -> String {
+    let Some(at) = source.find("/./") else {
+        return matched.to_string();
+    };
+    let pivot = context::clean(&source[..at]);
+    if pivot.is_empty() {
+        return matched.to_string();
+    }
+    matched
+        .strip_prefix(&pivot)
+        .map(|rest| rest.trim_start_matches('/').to_string())
+        .unwrap_or_else(|| matched.to_string())
 }
 
 fn sub_path(rel: &str, matched: &str) -> String {
@@ -327,8 +343,10 @@ pub fn copy(
     let meta_of = |e: &SourceEntry| Meta {
         uid: owner.map_or(if opts.from_context { 0 } else { e.uid }, |o| o.0),
         gid: owner.map_or(if opts.from_context { 0 } else { e.gid }, |o| o.1),
-        mode: match (chmod, e.kind) {
-            (Some(m), EntryKind::File | EntryKind::Dir) => m,
+        mode: match (&chmod, e.kind) {
+            (Some(m), EntryKind::File | EntryKind::Dir) => {
+                m.apply(e.mode, e.kind == EntryKind::Dir)
+            }
             _ => e.mode,
         },
         mtime_ns: e.mtime_ns,
@@ -340,7 +358,12 @@ pub fn copy(
         let end = tops.get(t + 1).copied().unwrap_or(entries.len());
         let top = &entries[start];
         let is_dir = top.kind == EntryKind::Dir;
-        let target = place(to, dest_is_dir, multi, &top.matched, is_dir, opts.parents)?;
+        let kept = if opts.parents {
+            parents_path(&sources[top.source], &top.matched)
+        } else {
+            top.matched.clone()
+        };
+        let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
         if !is_dir
             && opts.unpack_archives
             && opts.from_context
@@ -485,12 +508,20 @@ mod tests {
     }
 
     #[test]
-    fn chmod_is_octal_and_keeps_special_bits() {
-        assert_eq!(parse_chmod("755").expect("755"), 0o755);
-        assert_eq!(parse_chmod("4755").expect("4755"), 0o4755);
-        assert!(parse_chmod("u+x").is_err());
-        assert!(parse_chmod("17777").is_err());
+    fn chmod_accepts_octal_and_symbolic_and_names_bad_values() {
+        assert_eq!(parse_chmod("4755").expect("4755").apply(0, false), 0o4755);
+        assert_eq!(parse_chmod("u+x").expect("u+x").apply(0o644, false), 0o744);
+        let err = parse_chmod("17777").expect_err("too big");
+        assert!(err.to_string().contains("--chmod=17777"));
         assert!(parse_chmod("").is_err());
+    }
+
+    #[test]
+    fn parents_pivot_drops_what_precedes_it() {
+        assert_eq!(parents_path("a/./b/c", "a/b/c"), "b/c");
+        assert_eq!(parents_path("./a/./b/*", "a/b/x"), "b/x");
+        assert_eq!(parents_path("a/b/c", "a/b/c"), "a/b/c");
+        assert_eq!(parents_path("./a/b", "a/b"), "a/b");
     }
 
     #[test]

@@ -339,10 +339,18 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, symlink};
 
+    /// The caller's own ids, so that these tests also pass without root.
+    fn me() -> (u32, u32) {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    }
+
     fn meta(mode: u32) -> Meta {
         Meta {
-            uid: 0,
-            gid: 0,
+            uid: me().0,
+            gid: me().1,
             mode,
             mtime_ns: 1_000_000_000_500,
         }
@@ -360,11 +368,11 @@ mod tests {
         // The link's directory exists inside the root too, as /etc would for /etc/x.
         std::fs::create_dir_all(inside.parent().expect("parent")).expect("mkdir");
         let root = DestRoot::open(d.path()).expect("open");
-        root.write_file("abs", &mut &b"x"[..], meta(0o644), (0, 0))
+        root.write_file("abs", &mut &b"x"[..], meta(0o644), me())
             .expect("write");
         assert!(!target.exists());
         assert_eq!(std::fs::read(&inside).expect("inside"), b"x");
-        root.write_file("up/f", &mut &b"y"[..], meta(0o644), (0, 0))
+        root.write_file("up/f", &mut &b"y"[..], meta(0o644), me())
             .expect("write");
         assert_eq!(std::fs::read(d.path().join("tmp/f")).expect("tmp/f"), b"y");
     }
@@ -373,7 +381,7 @@ mod tests {
     fn file_keeps_mode_with_setuid_and_mtime() {
         let d = tempfile::tempdir().expect("tempdir");
         let root = DestRoot::open(d.path()).expect("open");
-        root.write_file("a/b/c", &mut &b"data"[..], meta(0o4755), (0, 0))
+        root.write_file("a/b/c", &mut &b"data"[..], meta(0o4755), me())
             .expect("write");
         let m = std::fs::metadata(d.path().join("a/b/c")).expect("stat");
         assert_eq!(m.mode() & 0o7777, 0o4755);
@@ -390,7 +398,7 @@ mod tests {
         std::fs::create_dir(d.path().join("x")).expect("mkdir");
         let root = DestRoot::open(d.path()).expect("open");
         assert_eq!(
-            root.mkdir_all("x/y/z", (0, 0)).expect("mkdir"),
+            root.mkdir_all("x/y/z", me()).expect("mkdir"),
             vec!["x/y", "x/y/z"]
         );
     }

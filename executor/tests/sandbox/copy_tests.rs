@@ -298,6 +298,14 @@ fn copy_chown_numeric_and_chmod_with_setuid() -> Result<()> {
     let layer = copy_ok(vec![], vec![t])?;
     let m = std::fs::metadata(layer.upper().join("x/a.txt"))?;
     ensure_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (55, 55, 0o4755));
+    // Symbolic: applied to each entry's own mode.
+    let mut t = copy_task(ctx.path(), &["dir/sub"], "/y");
+    if let CopyTask::Copy { chmod, .. } = &mut t {
+        *chmod = Some("go-rx,u+s".into());
+    }
+    let layer = copy_ok(vec![], vec![t])?;
+    let m = std::fs::metadata(layer.upper().join("y/b"))?;
+    ensure_eq!(m.mode() & 0o7777, 0o4700);
     Ok(())
 }
 
@@ -478,6 +486,13 @@ fn copy_parents_keeps_source_paths() -> Result<()> {
         tree(&layer.upper())?,
         vec!["p", "p/a.txt", "p/dir", "p/dir/sub", "p/dir/sub/b"]
     );
+    // A `/./` pivot keeps only what follows it.
+    let mut t = copy_task(ctx.path(), &["dir/./sub/b"], "/q/");
+    if let CopyTask::Copy { parents, .. } = &mut t {
+        *parents = true;
+    }
+    let layer = copy_ok(vec![], vec![t])?;
+    ensure_eq!(tree(&layer.upper())?, vec!["q", "q/sub", "q/sub/b"]);
     Ok(())
 }
 
