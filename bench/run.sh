@@ -5,8 +5,11 @@
 #
 # Usage: bench/run.sh [-n REPS] [-s SCENARIO[,SCENARIO]] [--kiln PATH]
 #   scenarios: parallel, steps40, context20k, layer512m, edit, runtrue
+# DOCKER_BUILD_ARGS: extra `docker build` flags (`--network host` for a dockerd started with
+# --bridge=none so that it leaves the host's network alone).
 # Needs root (namespaces, overlayfs), /bin/busybox (busybox-static) and /usr/bin/time (time).
 set -euo pipefail
+DOCKER_BUILD_ARGS=${DOCKER_BUILD_ARGS:-}
 
 reps=5
 only=""
@@ -74,12 +77,12 @@ bench_scenario() {
     report "kiln $name edit+rebuild"
   fi
   if [ "$docker_ok" = 1 ]; then
-    for _ in $(seq "$reps"); do timed env DOCKER_BUILDKIT=1 /usr/bin/docker build --no-cache -q -t bench "$ctx"; done
+    for _ in $(seq "$reps"); do timed env DOCKER_BUILDKIT=1 /usr/bin/docker build $DOCKER_BUILD_ARGS --no-cache -q -t bench "$ctx"; done
     report "buildkit $name cold"
-    for _ in $(seq "$reps"); do timed env DOCKER_BUILDKIT=1 /usr/bin/docker build -q -t bench "$ctx"; done
+    for _ in $(seq "$reps"); do timed env DOCKER_BUILDKIT=1 /usr/bin/docker build $DOCKER_BUILD_ARGS -q -t bench "$ctx"; done
     report "buildkit $name warm (no-op)"
     if [ -n "$edit" ]; then
-      for i in $(seq "$reps"); do (cd "$ctx" && eval "$edit x$i"); timed env DOCKER_BUILDKIT=1 /usr/bin/docker build -q -t bench "$ctx"; done
+      for i in $(seq "$reps"); do (cd "$ctx" && eval "$edit x$i"); timed env DOCKER_BUILDKIT=1 /usr/bin/docker build $DOCKER_BUILD_ARGS -q -t bench "$ctx"; done
       report "buildkit $name edit+rebuild"
     fi
   fi

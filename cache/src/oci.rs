@@ -30,8 +30,7 @@ pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
 /// Media type of a Docker image config.
 pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Media type of a gzip-compressed Docker layer.
-pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str =
-    "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// A content digest. kiln only produces `sha256`, and only accepts `sha256` on ingest.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,7 +51,9 @@ impl Digest {
 
     /// Wraps a finished SHA-256 hash.
     pub fn from_sha256(hash: [u8; 32]) -> Digest {
-        Digest { hex: hex::encode(hash) }
+        Digest {
+            hex: hex::encode(hash),
+        }
     }
 
     /// The 64 hex digits, without the algorithm prefix.
@@ -74,11 +75,19 @@ impl Digest {
 impl FromStr for Digest {
     type Err = InvalidDigest;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| InvalidDigest(s.to_owned()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| InvalidDigest(s.to_owned()))?;
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(InvalidDigest(s.to_owned()));
         }
-        Ok(Digest { hex: hex.to_owned() })
+        Ok(Digest {
+            hex: hex.to_owned(),
+        })
     }
 }
 
@@ -153,7 +162,11 @@ pub struct Platform {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// OS version (Windows), if any.
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
 }
 
@@ -336,7 +349,10 @@ pub struct RootFs {
 
 impl Default for RootFs {
     fn default() -> Self {
-        RootFs { kind: "layers".to_owned(), diff_ids: Vec::new() }
+        RootFs {
+            kind: "layers".to_owned(),
+            diff_ids: Vec::new(),
+        }
     }
 }
 
@@ -428,7 +444,11 @@ mod tests {
     fn digest_rejects_other_algorithms_and_bad_hex() {
         assert!("md5:abc".parse::<Digest>().is_err());
         assert!("sha256:ABC".parse::<Digest>().is_err());
-        assert!(format!("sha256:{}", "g".repeat(64)).parse::<Digest>().is_err());
+        assert!(
+            format!("sha256:{}", "g".repeat(64))
+                .parse::<Digest>()
+                .is_err()
+        );
     }
 
     #[test]
@@ -439,6 +459,9 @@ mod tests {
         let json = String::from_utf8(to_canonical_json(&c).unwrap()).unwrap();
         assert!(json.contains("\"Env\":[\"PATH=/bin\"]"), "{json}");
         assert!(json.contains("\"ExposedPorts\":{\"80/tcp\":{}}"), "{json}");
-        assert!(json.contains("\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}"), "{json}");
+        assert!(
+            json.contains("\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}"),
+            "{json}"
+        );
     }
 }

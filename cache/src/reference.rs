@@ -33,13 +33,17 @@ pub enum ReferenceError {
     #[error("invalid reference format: empty name")]
     Empty,
     /// Uppercase letters or other characters not allowed in a repository path.
-    #[error("invalid reference format `{reference}`: repository name must be lowercase and use only [a-z0-9._-/]")]
+    #[error(
+        "invalid reference format `{reference}`: repository name must be lowercase and use only [a-z0-9._-/]"
+    )]
     InvalidName {
         /// The input.
         reference: String,
     },
     /// The tag is malformed.
-    #[error("invalid reference format `{reference}`: tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")]
+    #[error(
+        "invalid reference format `{reference}`: tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+    )]
     InvalidTag {
         /// The input.
         reference: String,
@@ -83,10 +87,15 @@ impl Reference {
         if let Some(t) = tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                && t.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
             if !ok {
-                return Err(ReferenceError::InvalidTag { reference: s.to_owned() });
+                return Err(ReferenceError::InvalidTag {
+                    reference: s.to_owned(),
+                });
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -97,7 +106,11 @@ impl Reference {
             }
             _ => (DEFAULT_REGISTRY.to_owned(), name.to_owned()),
         };
-        let registry = if registry == "index.docker.io" { DEFAULT_REGISTRY.to_owned() } else { registry };
+        let registry = if registry == "index.docker.io" {
+            DEFAULT_REGISTRY.to_owned()
+        } else {
+            registry
+        };
         let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -105,19 +118,34 @@ impl Reference {
         };
         let valid_component = |c: &str| {
             !c.is_empty()
-                && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
-                && c.chars().next().is_some_and(|ch| ch.is_ascii_alphanumeric())
-                && c.chars().last().is_some_and(|ch| ch.is_ascii_alphanumeric())
+                && c.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+                && c.chars()
+                    .next()
+                    .is_some_and(|ch| ch.is_ascii_alphanumeric())
+                && c.chars()
+                    .last()
+                    .is_some_and(|ch| ch.is_ascii_alphanumeric())
         };
-        if repository.is_empty() || !repository.split('/').all(valid_component) || registry.is_empty() {
-            return Err(ReferenceError::InvalidName { reference: s.to_owned() });
+        if repository.is_empty()
+            || !repository.split('/').all(valid_component)
+            || registry.is_empty()
+        {
+            return Err(ReferenceError::InvalidName {
+                reference: s.to_owned(),
+            });
         }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_owned()),
             (None, None) => Some(DEFAULT_TAG.to_owned()),
             (None, Some(_)) => None,
         };
-        Ok(Reference { registry, repository, tag, digest })
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// `registry/repository` without tag or digest.
@@ -128,7 +156,10 @@ impl Reference {
     /// The short form docker prints: `alpine:latest` for docker.io/library names.
     pub fn familiar(&self) -> String {
         let name = if self.registry == DEFAULT_REGISTRY {
-            self.repository.strip_prefix("library/").unwrap_or(&self.repository).to_owned()
+            self.repository
+                .strip_prefix("library/")
+                .unwrap_or(&self.repository)
+                .to_owned()
         } else {
             self.name()
         };
@@ -168,7 +199,10 @@ mod tests {
         let r = Reference::parse("alpine").unwrap();
         assert_eq!(r.to_string(), "docker.io/library/alpine:latest");
         assert_eq!(r.familiar(), "alpine:latest");
-        assert_eq!(Reference::parse("user/app:1").unwrap().to_string(), "docker.io/user/app:1");
+        assert_eq!(
+            Reference::parse("user/app:1").unwrap().to_string(),
+            "docker.io/user/app:1"
+        );
     }
 
     #[test]
@@ -179,8 +213,14 @@ mod tests {
         assert_eq!(r.repository, "a/b");
         assert_eq!(r.tag.as_deref(), Some("v1"));
         assert_eq!(r.digest.unwrap().to_string(), d);
-        assert_eq!(Reference::parse("localhost/x").unwrap().registry, "localhost");
-        assert_eq!(Reference::parse("localhost:5000/x").unwrap().tag.as_deref(), Some("latest"));
+        assert_eq!(
+            Reference::parse("localhost/x").unwrap().registry,
+            "localhost"
+        );
+        assert_eq!(
+            Reference::parse("localhost:5000/x").unwrap().tag.as_deref(),
+            Some("latest")
+        );
     }
 
     #[test]

@@ -104,13 +104,17 @@ fn registry_bench_op() {
         "unpack" => {
             // The unpack half of a pull alone: a (compressed) layer file into the store.
             let f = std::fs::File::open(env("KILN_BENCH_BLOB")).unwrap();
-            let layer = store.unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), None).unwrap();
+            let layer = store
+                .unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), None)
+                .unwrap();
             println!("unpacked {}", layer.diff_id);
         }
         "ingest" => {
             // The download half's disk side: hash and store a blob.
             let f = std::fs::File::open(env("KILN_BENCH_BLOB")).unwrap();
-            let (d, n) = store.ingest_blob(std::io::BufReader::with_capacity(1 << 20, f), None).unwrap();
+            let (d, n) = store
+                .ingest_blob(std::io::BufReader::with_capacity(1 << 20, f), None)
+                .unwrap();
             println!("ingested {d} {n}");
         }
         other => panic!("unknown KILN_BENCH_OP {other}"),

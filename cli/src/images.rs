@@ -31,6 +31,14 @@ pub fn import(a: ImportArgs) -> anyhow::Result<()> {
     cache::reference::Reference::parse(&a.name)
         .with_context(|| format!("invalid image name {:?}", a.name))?;
     let mut config = ImageConfig::empty(&cache::oci::Platform::host());
+    // One history entry for the one layer, so tools that pair history with layers line up.
+    config.created = Some(solver::ops::CREATED.to_owned());
+    config.history.push(cache::oci::History {
+        created: Some(solver::ops::CREATED.to_owned()),
+        created_by: Some("kiln import".to_owned()),
+        comment: Some("imported from a root filesystem tarball".to_owned()),
+        ..Default::default()
+    });
     frontend::apply_changes(&mut config.config, &a.changes)
         .map_err(|e| anyhow::anyhow!("--change: {e}"))?;
     let store = crate::open_store()?;

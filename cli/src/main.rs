@@ -9,8 +9,8 @@ mod run;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 const EXIT_CODES: &str = "\

@@ -69,7 +69,11 @@ impl Renderer {
 
     /// Renders one event.
     pub fn event(&mut self, ev: &Event) -> io::Result<()> {
-        let mut err = io::stderr().lock();
+        self.event_to(ev, &mut io::stderr().lock())
+    }
+
+    /// Renders one event to `err`.
+    fn event_to(&mut self, ev: &Event, err: &mut impl Write) -> io::Result<()> {
         if self.mode == Mode::Rawjson {
             let nanos = ev.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
             let mut obj = serde_json::json!({
@@ -127,7 +131,7 @@ impl Renderer {
                     }
                 }
             }
-            return self.redraw(&mut err);
+            return self.redraw(err);
         }
         let since = ev.at.duration_since(v.started).unwrap_or_default();
         match &ev.kind {
@@ -194,5 +198,92 @@ impl Renderer {
         lines += blank;
         self.drawn = lines;
         err.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use solver::progress::Stream;
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)
+    }
+
+    fn ev(vertex: usize, name: &str, kind: EventKind, ms: u64) -> Event {
+        Event {
+            vertex,
+            name: name.to_owned(),
+            kind,
+            at: at(ms),
+        }
+    }
+
+    fn render(mode: Mode, events: &[Event]) -> String {
+        let mut r = Renderer::new(mode);
+        let mut out = Vec::new();
+        for e in events {
+            r.event_to(e, &mut out).expect("writing to a Vec");
+        }
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn plain_output_follows_buildkit() {
+        let run = "[2/3] RUN make";
+        let events = [
+            ev(0, "[1/3] FROM busybox", EventKind::Started, 0),
+            ev(0, "[1/3] FROM busybox", EventKind::Done, 0),
+            ev(1, run, EventKind::Started, 0),
+            ev(
+                1,
+                run,
+                EventKind::Log {
+                    stream: Stream::Stdout,
+                    bytes: b"cc -o app\nlin".to_vec(),
+                },
+                123,
+            ),
+            ev(
+                1,
+                run,
+                EventKind::Log {
+                    stream: Stream::Stderr,
+                    bytes: b"king\n".to_vec(),
+                },
+                456,
+            ),
+            ev(1, run, EventKind::Done, 1234),
+            ev(2, "[3/3] COPY a /a", EventKind::Started, 1300),
+            ev(2, "[3/3] COPY a /a", EventKind::Cached, 1300),
+            ev(2, "[3/3] COPY a /a", EventKind::Done, 1300),
+        ];
+        assert_eq!(
+            render(Mode::Plain, &events),
+            "#1 [1/3] FROM busybox\n#1 DONE 0.0s\n\n#2 [2/3] RUN make\n#2 0.123 cc -o app\n\
+             #2 0.456 linking\n#2 DONE 1.2s\n\n#3 [3/3] COPY a /a\n#3 CACHED\n"
+        );
+    }
+
+    #[test]
+    fn rawjson_is_one_object_per_event_with_nanosecond_times() {
+        let out = render(
+            Mode::Rawjson,
+            &[ev(
+                4,
+                "[a 2/2] RUN x",
+                EventKind::Log {
+                    stream: Stream::Stderr,
+                    bytes: b"oops\n".to_vec(),
+                },
+                5,
+            )],
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim_end()).expect("one JSON object");
+        assert_eq!(v["vertex"], 4);
+        assert_eq!(v["kind"], "log");
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["data"], "oops\n");
+        assert_eq!(v["time"], 1_000_005_000_000u64);
     }
 }

@@ -445,6 +445,10 @@ pub fn parse_ast(source: &str) -> Result<Ast, Error> {
         }
         let mut node = node_from_line(&logical, 0, escape, start)?;
         node.end_line = last_line;
+        if first.is_empty() {
+            // A logical line that starts with a lone continuation begins on that line.
+            node.span = start;
+        }
         if node_can_contain_heredoc(&node) && logical.text.contains("<<") {
             for mut doc in
                 heredocs_from_line(&logical.text).map_err(|k| Error::new(k, Some(start)))?
@@ -772,8 +776,13 @@ fn parse_json(rest: &str) -> Result<JsonArgs, ErrorKind> {
     if !t.starts_with('[') {
         return Ok(JsonArgs::NotJson);
     }
-    match serde_json::from_str::<serde_json::Value>(t) {
-        Ok(serde_json::Value::Array(items)) => {
+    // BuildKit decodes with a json.Decoder: the first value counts, trailing text is ignored
+    // (`CMD ["a"] junk` is exec form).
+    let first = serde_json::Deserializer::from_str(t)
+        .into_iter::<serde_json::Value>()
+        .next();
+    match first {
+        Some(Ok(serde_json::Value::Array(items))) => {
             let mut out = Vec::with_capacity(items.len());
             for it in items {
                 match it {

@@ -67,6 +67,19 @@ fn render(src: &str, opts: &BuildOptions, missing: &[String]) -> Result<String, 
         .map(|r| (r.reference.clone(), base(&r.reference)))
         .collect();
     let g = frontend::lower(&df, opts, &bases)?;
+    // Only what the target needs is lowered, in topological order.
+    assert_eq!(
+        g.reachable().len(),
+        g.nodes.len(),
+        "unreachable nodes were lowered:\n{}",
+        g.dump()
+    );
+    for (i, n) in g.nodes.iter().enumerate() {
+        assert!(
+            n.op.inputs().iter().all(|&j| j < i),
+            "node n{i} uses a later node"
+        );
+    }
     let mut out = String::new();
     for r in &refs {
         let _ = writeln!(out, "base {} (line {})", r.reference, r.span.line);
