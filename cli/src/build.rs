@@ -29,6 +29,16 @@ pub struct BuildArgs {
     /// Steps run at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Pull base images from their registry even when the local store has them (the tag is
+    /// resolved again; a moved tag gives a new base and a cache miss).
+    #[arg(long)]
+    pull: bool,
+    /// Push the result to the registry of every `-t` name and print the pushed digest.
+    #[arg(long)]
+    push: bool,
+    /// Allow plain HTTP to this registry (`host:port`); may be repeated.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
     /// The build context directory.
     context: PathBuf,
 }
@@ -94,28 +104,28 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         platform: cache::oci::Platform::host(),
     };
     let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = crate::open_store()?;
-    let mut bases = BTreeMap::new();
-    for r in &refs {
-        let image = store
-            .resolve(&r.reference)
-            .with_context(|| format!("{dockerfile_name}:{}: FROM {}", r.span.line, r.reference))?;
-        let Some(image) = image else {
-            bail!(
-                "{dockerfile_name}:{}: FROM {}: image not found in the local store\n\
-                 hint: `kiln import` a root filesystem or `kiln pull` the image first",
-                r.span.line,
-                r.reference
-            );
-        };
-        bases.insert(
-            r.reference.clone(),
-            frontend::BaseImage {
-                manifest: image.manifest_digest.clone(),
-                config: image.config.clone(),
-            },
-        );
+    if a.push && a.tags.is_empty() {
+        bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
+    let store = crate::open_store()?;
+    let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
+    reg_cfg.progress = !matches!(a.progress, Mode::Rawjson);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let bases = rt.block_on(async {
+        let _lock = store.lock_shared().context("locking the store")?;
+        crate::bases::resolve(
+            &store,
+            &refs,
+            &dockerfile_name,
+            &opts.platform,
+            a.pull,
+            &reg_cfg,
+        )
+        .await
+    })?;
     let graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let solve_opts = solver::SolveOptions {
@@ -128,10 +138,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
         dockerfile_name,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let image = rt.block_on(async {
         let _lock = store.lock_shared().context("locking the store")?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -156,6 +162,14 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     let _ = writeln!(err, "writing image {} done", image.manifest_digest);
     for t in &a.tags {
         let _ = writeln!(err, "naming to {t} done");
+    }
+    drop(err);
+    if a.push {
+        for t in &a.tags {
+            let digest = rt.block_on(crate::registry::push(&store, t, None, &reg_cfg))?;
+            let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
+            writeln!(std::io::stdout().lock(), "{digest}")?;
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `kiln` binary: argument parsing, output and exit codes. All the work happens in the
 //! library crates; this file only wires them together.
 
+mod bases;
 mod build;
 mod images;
 mod registry;

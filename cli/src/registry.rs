@@ -56,7 +56,7 @@ impl RegistryConfig {
         }
     }
 
-    fn options(&self) -> anyhow::Result<RegistryOptions> {
+    pub(crate) fn options(&self) -> anyhow::Result<RegistryOptions> {
         let docker_config = DockerConfig::load(&self.docker_config)?;
         let mut opts = RegistryOptions::new(docker_config);
         opts.insecure = self.insecure.clone();

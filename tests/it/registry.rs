@@ -1,7 +1,7 @@
 //! `kiln push` and `kiln pull` through the real CNCF registry (`docker-registry`, started here on
 //! a free 127.0.0.1 port with its own storage): build, push, pull into another store, run.
 
-use crate::harness::{TestDir, privileged, text};
+use crate::harness::{TestDir, executed_runs, privileged, text};
 use anyhow::{Context as _, ensure};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -71,6 +71,115 @@ fn pushed_image_pulls_into_another_store_and_runs() -> anyhow::Result<()> {
     let out = other.ok(&["run", "--rm", &remote])?;
     ensure!(
         String::from_utf8_lossy(&out.stdout) == "pushed-and-pulled\n",
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+/// Builds `dockerfile` in a fresh busybox root and pushes the result to `remote`.
+fn push_image(reg: &Registry, dockerfile: &str, remote: &str) -> anyhow::Result<()> {
+    let src = TestDir::new();
+    src.import_busybox()?;
+    src.write("Dockerfile", dockerfile);
+    src.build("src:1", &[])?;
+    src.ok(&["push", "src:1", &format!("127.0.0.1:{}/{remote}", reg.port)])?;
+    Ok(())
+}
+
+#[test]
+fn build_pulls_a_registry_only_base_and_pushes_the_result() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    let reg = start_registry(t.dir.path())?;
+    push_image(
+        &reg,
+        "FROM busybox\nRUN echo from-base > /base\n",
+        "kiln/base:1",
+    )?;
+
+    // An empty root: busybox is nowhere, the base only in the registry.
+    let base = format!("127.0.0.1:{}/kiln/base:1", reg.port);
+    let app = format!("127.0.0.1:{}/kiln/app:1", reg.port);
+    t.write(
+        "Dockerfile",
+        &format!(
+            "FROM {base}\nCOPY --from={base} /base /copied\nRUN cat /base /copied > /msg\n\
+             CMD [\"cat\", \"/msg\"]\n"
+        ),
+    );
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let out = t.ok(&["build", "--progress", "plain", "--push", "-t", &app, ctx])?;
+    let pushed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(pushed.starts_with("sha256:"), "{}", text(&out));
+
+    // Pulling by the printed digest checks that it is the registry's manifest digest.
+    let other = TestDir::new();
+    other.ok(&["pull", &format!("{app}@{pushed}")])?;
+    let run = other.ok(&["run", "--rm", &app])?;
+    ensure!(
+        String::from_utf8_lossy(&run.stdout) == "from-base\nfrom-base\n",
+        "{}",
+        text(&run)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_moved_tag_invalidates_the_cache_with_pull() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    let reg = start_registry(t.dir.path())?;
+    push_image(&reg, "FROM busybox\nRUN echo one > /v\n", "kiln/moving:1")?;
+    let base = format!("127.0.0.1:{}/kiln/moving:1", reg.port);
+    t.write(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN cp /v /msg\nCMD [\"cat\", \"/msg\"]\n"),
+    );
+    let first = t.build("app:1", &[])?;
+    ensure!(executed_runs(&first).len() == 1, "{first:#?}");
+    let again = t.build("app:1", &["--pull"])?;
+    ensure!(
+        executed_runs(&again).is_empty(),
+        "same tag, same base: {again:#?}"
+    );
+
+    push_image(&reg, "FROM busybox\nRUN echo two > /v\n", "kiln/moving:1")?;
+    // Without --pull the local tag still names the old base (docker's rule).
+    let local = t.build("app:1", &[])?;
+    ensure!(executed_runs(&local).is_empty(), "{local:#?}");
+    let moved = t.build("app:1", &["--pull"])?;
+    ensure!(executed_runs(&moved).len() == 1, "moved tag: {moved:#?}");
+    let run = t.ok(&["run", "--rm", "app:1"])?;
+    ensure!(
+        String::from_utf8_lossy(&run.stdout) == "two\n",
+        "{}",
+        text(&run)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_base_missing_everywhere_names_the_line_and_the_registry() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    let reg = start_registry(t.dir.path())?;
+    t.write(
+        "Dockerfile",
+        &format!("FROM 127.0.0.1:{}/kiln/none:1\nRUN true\n", reg.port),
+    );
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let out = t.kiln(&["build", "--progress", "plain", ctx]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{}", text(&out));
+    ensure!(
+        err.contains("Dockerfile:1") && err.contains("not in the local store"),
         "{}",
         text(&out)
     );
