@@ -21,12 +21,18 @@ impl Drop for Registry {
 }
 
 fn start_registry(dir: &std::path::Path) -> anyhow::Result<Registry> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    start_registry_on(dir, "127.0.0.1")
+}
+
+/// A registry listening on `ip` (any 127.x.y.z: only 127.0.0.1 counts as loopback for plain
+/// HTTP, so another one stands for a remote plain-HTTP registry).
+fn start_registry_on(dir: &std::path::Path, ip: &str) -> anyhow::Result<Registry> {
+    let port = TcpListener::bind((ip, 0))?.local_addr()?.port();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {ip}:{port}\n  secret: kiln-test\n",
             dir.join("registry-data").display()
         ),
     )?;
@@ -40,7 +46,7 @@ fn start_registry(dir: &std::path::Path) -> anyhow::Result<Registry> {
     let reg = Registry { child, port };
     let deadline = Instant::now() + Duration::from_secs(10);
     // Polling the port is the only readiness signal the registry gives.
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((ip, port)).is_err() {
         ensure!(
             Instant::now() < deadline,
             "docker-registry did not start on port {port}"
@@ -182,6 +188,58 @@ fn a_base_missing_everywhere_names_the_line_and_the_registry() -> anyhow::Result
         err.contains("Dockerfile:1") && err.contains("not in the local store"),
         "{}",
         text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_plain_http_registry_is_used_only_when_named_insecure() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    let reg = start_registry_on(t.dir.path(), "127.0.0.2")?;
+    let host = format!("127.0.0.2:{}", reg.port);
+    let src = TestDir::new();
+    src.import_busybox()?;
+    src.write("Dockerfile", "FROM busybox\nRUN echo insecure > /msg\n");
+    src.build("src:1", &[])?;
+    let base = format!("{host}/kiln/base:1");
+    src.ok(&["push", "--insecure-registry", &host, "src:1", &base])?;
+
+    t.write(
+        "Dockerfile",
+        &format!("FROM {base}\nCMD [\"cat\", \"/msg\"]\n"),
+    );
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let refused = t.kiln(&["build", "--progress", "plain", "-t", "app:1", ctx]);
+    ensure!(
+        !refused.status.success() && text(&refused).contains(&format!("https://{host}/v2/")),
+        "plain HTTP to a non-loopback registry must be refused: {}",
+        text(&refused)
+    );
+    let mut by_env = t.cmd(&["build", "--progress", "plain", "-t", "app:1", ctx]);
+    let out = by_env
+        .env("KILN_INSECURE_REGISTRIES", format!("other:1,{host}"))
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let out = t.ok(&[
+        "build",
+        "--pull",
+        "--insecure-registry",
+        &host,
+        "--progress",
+        "plain",
+        "-t",
+        "app:2",
+        ctx,
+    ])?;
+    let run = t.ok(&["run", "--rm", "app:2"])?;
+    ensure!(
+        String::from_utf8_lossy(&run.stdout) == "insecure\n",
+        "{}\n{}",
+        text(&out),
+        text(&run)
     );
     Ok(())
 }
