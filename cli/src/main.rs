@@ -3,6 +3,7 @@
 
 mod build;
 mod images;
+mod netrun;
 mod registry;
 mod render;
 mod run;

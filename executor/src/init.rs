@@ -327,6 +327,14 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let before = upper_dirs_on_paths(&spec.rootfs.upper, &plan);
 
     let mut flags = UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
+    if let Network::Join { netns, .. } = &spec.network {
+        let ns = std::fs::File::open(netns).map_err(file_err(netns))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&ns),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(ns_err("joining the network namespace"))?;
+    }
     if spec.network == Network::Loopback {
         flags |= UnshareFlags::NEWNET;
     }

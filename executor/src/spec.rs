@@ -26,13 +26,23 @@ pub struct Rootfs {
 }
 
 /// Network namespace of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Network {
     /// A new network namespace with only `lo`, which is brought up.
     #[default]
     Loopback,
     /// The host's network namespace.
     Host,
+    /// An existing network namespace, entered by `setns` on its pinned file (a bridge
+    /// attachment prepared by the caller), with these /etc/hosts and /etc/resolv.conf.
+    Join {
+        /// The pinned namespace file (`/run/kiln/netns/<id>` or `/proc/<pid>/ns/net`).
+        netns: PathBuf,
+        /// Contents of /etc/hosts.
+        hosts: String,
+        /// Contents of /etc/resolv.conf.
+        resolv_conf: String,
+    },
 }
 
 /// A process to run in a sandbox.

@@ -5,5 +5,6 @@
 mod build;
 mod errors;
 mod harness;
+mod network;
 mod registry;
 mod save;
