@@ -2,6 +2,7 @@
 //! library crates; this file only wires them together.
 
 mod build;
+mod containers;
 mod images;
 mod netrun;
 mod registry;
@@ -113,6 +114,9 @@ enum Command {
         /// Registry host (default: docker.io).
         registry: Option<String>,
     },
+    /// Container commands: ps, logs, stop, kill, rm.
+    #[command(flatten)]
+    Containers(containers::Cmd),
     /// Internal: the sandbox init process.
     #[command(name = "__init", hide = true)]
     Init {
@@ -259,6 +263,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 format!("Not logged in to {name}")
             })
         }
+        Command::Containers(c) => containers::dispatch(c),
         Command::Init { .. } => executor::init::main(std::env::args().collect()),
     }
 }

@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// Publish every EXPOSEd port on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     publish_all: bool,
+    /// Run in the background and print the container id.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -102,6 +105,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             }
         };
     container.spec.network = network;
+    if a.detach {
+        let att = joined.as_ref().map(|j| j.attachment.clone());
+        let state = crate::containers::State {
+            id: id.clone(),
+            image: a.image.clone(),
+            command: container.spec.args.clone(),
+            status: "created".to_owned(),
+            pid: None,
+            exit_code: None,
+            network: att.as_ref().map(|x| x.network.clone()),
+            ip: att.as_ref().map(|x| x.ip),
+            ports: att.map(|x| x.ports).unwrap_or_default(),
+            auto_remove: a.rm,
+        };
+        return crate::containers::start_detached(&container.dir, &container.spec, state, joined);
+    }
     let status = spawn_and_wait(&container.spec, a.interactive || a.tty, joined.is_some());
     let torn = joined.map(crate::netrun::Joined::teardown);
     if a.rm {

@@ -191,3 +191,132 @@ fn network_none_has_only_lo_and_bridge_has_eth0_with_a_route() -> anyhow::Result
     ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
     Ok(())
 }
+
+fn ps(t: &TestDir, all: bool) -> anyhow::Result<String> {
+    let args: &[&str] = if all { &["ps", "-a"] } else { &["ps"] };
+    Ok(String::from_utf8_lossy(&t.ok(args)?.stdout).into_owned())
+}
+
+fn row<'a>(ps: &'a str, name: &str) -> Option<&'a str> {
+    ps.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+}
+
+#[test]
+fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", WEB);
+    t.build("web:1", &[])?;
+    let n = name("detached");
+    let out = t.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "-p",
+        "18082:80",
+        "web:1",
+        "sh",
+        "-c",
+        "echo started; exec httpd -f -p 80 -h /www",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == n,
+        "{}",
+        text(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get(18082).is_ok_and(|b| b.contains("hello-from-kiln")) {
+        ensure!(Instant::now() < deadline, "no page on 18082");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listing = ps(&t, false)?;
+    let r = row(&listing, &n).context(format!("{n} not in ps:\n{listing}"))?;
+    ensure!(r.contains("Up") && r.contains("18082->80/tcp"), "{r}");
+    let logs = t.ok(&["logs", &n])?;
+    ensure!(
+        String::from_utf8_lossy(&logs.stdout).contains("started"),
+        "{}",
+        text(&logs)
+    );
+
+    // Name conflict and rm of a running container: clear errors, nothing changes.
+    let out = t.kiln(&["run", "-d", "--name", &n, "web:1", "true"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("already exists"),
+        "{}",
+        text(&out)
+    );
+    let out = t.kiln(&["rm", &n]);
+    ensure!(
+        !out.status.success() && text(&out).contains("is running"),
+        "{}",
+        text(&out)
+    );
+    ensure!(
+        row(&ps(&t, false)?, &n).is_some(),
+        "rm without -f removed it"
+    );
+
+    let started = Instant::now();
+    t.ok(&["stop", "-t", "5", &n])?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(6),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        row(&ps(&t, false)?, &n).is_none(),
+        "still listed as running"
+    );
+    let all = ps(&t, true)?;
+    ensure!(row(&all, &n).is_some_and(|r| r.contains("Exited")), "{all}");
+    ensure!(lease(&n).is_none(), "lease left after stop");
+    ensure!(!nft_ruleset().contains("18082"), "rule left after stop");
+    t.ok(&["rm", &n])?;
+    ensure!(row(&ps(&t, true)?, &n).is_none(), "still listed after rm");
+    ensure!(!t.root.join("containers").join(&n).exists());
+    Ok(())
+}
+
+#[test]
+fn container_whose_processes_died_shows_exited_and_rm_f_cleans_up() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let n = name("died");
+    t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        t.root.join("containers").join(&n).join("state.json"),
+    )?)?;
+    let pid = state["pid"].as_i64().context("pid in state.json")? as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+        .context("ppid")?
+        .parse()?;
+    // The supervisor dies first, so nothing records the exit: ps must still tell.
+    for p in [ppid, pid] {
+        let p = rustix::process::Pid::from_raw(p).context("pid")?;
+        rustix::process::kill_process(p, rustix::process::Signal::KILL)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let all = ps(&t, true)?;
+    ensure!(row(&all, &n).is_some_and(|r| r.contains("Exited")), "{all}");
+    ensure!(
+        row(&ps(&t, false)?, &n).is_none(),
+        "a dead container listed as running"
+    );
+    t.ok(&["rm", "-f", &n])?;
+    ensure!(lease(&n).is_none(), "rm left the lease");
+    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    Ok(())
+}
