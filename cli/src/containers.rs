@@ -82,6 +82,26 @@ pub enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Run a command inside a running container (all its namespaces).
+    Exec {
+        /// Set an environment variable (`K=V`).
+        #[arg(short = 'e', long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        /// User (`name`, `uid`, `user:group`).
+        #[arg(short = 'u', long = "user")]
+        user: Option<String>,
+        /// Keep stdin open.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Container.
+        name: String,
+        /// Command and arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Internal: supervises a detached container.
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -129,7 +149,7 @@ fn effective(mut s: State) -> State {
 }
 
 /// Finds a container by id, name or unique id prefix.
-fn find(name: &str) -> anyhow::Result<(PathBuf, State)> {
+pub(crate) fn find(name: &str) -> anyhow::Result<(PathBuf, State)> {
     let root = containers_dir()?;
     let exact = root.join(name);
     if !name.is_empty() && !name.contains('/') && exact.join("state.json").exists() {
@@ -389,7 +409,59 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{n}")?;
             }
         }
+        Cmd::Exec {
+            env,
+            workdir,
+            user,
+            interactive,
+            name,
+            command,
+        } => {
+            drop(out);
+            return exec(&name, env, workdir, user, interactive, command);
+        }
         Cmd::Supervise { id } => return supervise(&id),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln exec`: the container's PID 1 is the sandbox process's child.
+fn exec(
+    name: &str,
+    env: Vec<String>,
+    workdir: Option<String>,
+    user: Option<String>,
+    interactive: bool,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let (dir, s) = find(name)?;
+    anyhow::ensure!(s.status == "running", "container {name} is not running");
+    let sandbox = s.pid.context("the container has no process")?;
+    let children = std::fs::read_to_string(format!("/proc/{sandbox}/task/{sandbox}/children"))
+        .with_context(|| format!("reading the processes of container {name}"))?;
+    let pid: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("container {name} has no running process"))?;
+    let spec: executor::spec::RunSpec =
+        serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
+    let exec = executor::spec::ExecSpec {
+        pid,
+        args: command,
+        env: solver::run::env(&spec.env, &env),
+        cwd: workdir.unwrap_or(spec.cwd),
+        user: user.unwrap_or(spec.user),
+    };
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Exec(exec))?;
+    if !interactive {
+        cmd.stdin(Stdio::null());
+    }
+    let st = cmd
+        .status()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
 }

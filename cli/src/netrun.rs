@@ -28,6 +28,8 @@ pub enum Mode {
     None,
     /// The host's network namespace.
     Host,
+    /// Another container's network namespace (`container:NAME`).
+    Container(String),
 }
 
 impl std::str::FromStr for Mode {
@@ -38,7 +40,9 @@ impl std::str::FromStr for Mode {
             "host" => Mode::Host,
             "" | "default" => Mode::Bridge("bridge".to_owned()),
             s if s.starts_with("container:") => {
-                anyhow::bail!("--network {s}: joining another container is not supported yet")
+                let name = &s["container:".len()..];
+                anyhow::ensure!(!name.is_empty(), "--network container:NAME needs a name");
+                Mode::Container(name.to_owned())
             }
             s => Mode::Bridge(s.to_owned()),
         })
@@ -102,11 +106,12 @@ pub fn setup(
     ports: &[PortMapping],
 ) -> anyhow::Result<(Network, Option<Joined>)> {
     let name = match mode {
-        Mode::None | Mode::Host if !ports.is_empty() => {
+        Mode::None | Mode::Host | Mode::Container(_) if !ports.is_empty() => {
             anyhow::bail!("published ports (-p, -P) need a bridge network")
         }
         Mode::None => return Ok((Network::Loopback, None)),
         Mode::Host => return Ok((Network::Host, None)),
+        Mode::Container(other) => return Ok((join_container(other, hostname)?, None)),
         Mode::Bridge(name) => name,
     };
     let mut nets = executor::net::Networks::open(STATE_DIR)
@@ -144,6 +149,37 @@ pub fn setup(
     ))
 }
 
+/// The network of running container `name`: its pinned namespace when it has one, else
+/// its sandbox's, with /etc/hosts naming its address.
+fn join_container(name: &str, hostname: &str) -> anyhow::Result<Network> {
+    let (_, state) = crate::containers::find(name)?;
+    anyhow::ensure!(
+        state.status == "running",
+        "--network container:{name}: the container is not running"
+    );
+    let pinned = netns_path(&state.id);
+    let netns = if state.network.is_some() && pinned.exists() {
+        pinned
+    } else {
+        let pid = state.pid.context("the container has no process")?;
+        PathBuf::from(format!("/proc/{pid}/ns/net"))
+    };
+    let mut hosts = files::hosts(hostname, state.ip, &[]);
+    if let Some(ip) = state.ip {
+        hosts.push_str(&format!("{ip}\t{}\n", state.id));
+    }
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    Ok(Network::Join {
+        netns,
+        hosts,
+        resolv_conf: if state.ip.is_some() {
+            files::resolv_conf(&host_resolv)
+        } else {
+            String::new()
+        },
+    })
+}
+
 impl Joined {
     /// Detaches the container (veth, lease, rules) and unpins its namespace. Both are tried;
     /// the first failure is returned.
@@ -175,7 +211,11 @@ mod tests {
             "bridge".parse::<Mode>().ok(),
             Some(Mode::Bridge("bridge".into()))
         );
-        assert!("container:x".parse::<Mode>().is_err());
+        assert_eq!(
+            "container:x".parse::<Mode>().ok(),
+            Some(Mode::Container("x".into()))
+        );
+        assert!("container:".parse::<Mode>().is_err());
     }
 
     #[test]

@@ -12,6 +12,23 @@ pub enum InitSpec {
     Run(RunSpec),
     /// Edit a filesystem (COPY, ADD, WORKDIR).
     Copy(CopySpec),
+    /// Run a process inside a running container's namespaces (`kiln exec`).
+    Exec(ExecSpec),
+}
+
+/// A process to start in the namespaces (mount, UTS, IPC, network, PID) of a running one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// A process of the container (host pid), usually its PID 1.
+    pub pid: i32,
+    /// argv; `args[0]` is looked up in `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// Environment, `KEY=value`; `PATH` and `HOME` get Docker's defaults when missing.
+    pub env: Vec<String>,
+    /// Working directory inside the container (`/` when empty).
+    pub cwd: String,
+    /// User, as in [`RunSpec::user`].
+    pub user: String,
 }
 
 /// An overlay root filesystem.

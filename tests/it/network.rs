@@ -320,3 +320,59 @@ fn container_whose_processes_died_shows_exited_and_rm_f_cleans_up() -> anyhow::R
     ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
     Ok(())
 }
+
+#[test]
+fn container_network_shares_the_ip_and_exec_sees_the_processes() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let n = name("shared");
+    t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
+    let ip = lease(&n).context("a lease")?["ip"]
+        .as_str()
+        .context("ip")?
+        .to_owned();
+    let net = format!("container:{n}");
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {ip}/16")),
+        "not the same address {ip}: {}",
+        text(&out)
+    );
+    let out = t.ok(&["exec", &n, "ps"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("sleep 1000"),
+        "{}",
+        text(&out)
+    );
+    let out = t.ok(&["exec", &n, "ip", "-4", "-o", "addr"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains(&ip),
+        "{}",
+        text(&out)
+    );
+    let out = t.kiln(&["exec", &n, "sh", "-c", "exit 3"]);
+    ensure!(out.status.code() == Some(3), "{}", text(&out));
+    t.ok(&["kill", &n])?;
+    let out = t.kiln(&["exec", &n, "true"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("not running"),
+        "{}",
+        text(&out)
+    );
+    t.ok(&["rm", &n])?;
+    ensure!(lease(&n).is_none(), "lease left after kill and rm");
+    Ok(())
+}
