@@ -376,3 +376,38 @@ fn container_network_shares_the_ip_and_exec_sees_the_processes() -> anyhow::Resu
     ensure!(lease(&n).is_none(), "lease left after kill and rm");
     Ok(())
 }
+
+#[test]
+fn logs_follow_prints_until_the_container_exits() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let n = name("logs");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "echo one; sleep 0.5; echo two >&2; exit 4",
+    ])?;
+    let out = t.ok(&["logs", "-f", &n])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "one\ntwo\n",
+        "{}",
+        text(&out)
+    );
+    let all = ps(&t, true)?;
+    ensure!(
+        row(&all, &n).is_some_and(|r| r.contains("Exited (4)")),
+        "{all}"
+    );
+    t.ok(&["rm", &n])?;
+    Ok(())
+}
