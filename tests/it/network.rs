@@ -142,6 +142,19 @@ fn host_port_in_use_is_a_clear_error_and_leaks_nothing() -> anyhow::Result<()> {
     ensure!(lease(&n).is_none(), "leaked a lease");
     ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
     ensure!(!t.root.join("containers").join(&n).exists());
+
+    // A command that cannot start and an unknown image leak nothing either.
+    let out = t.kiln(&["run", "--rm", "--name", &n, "busybox", "no-such-command"]);
+    ensure!(!out.status.success(), "{}", text(&out));
+    ensure!(lease(&n).is_none(), "a failed start leaked a lease");
+    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    let out = t.kiln(&["run", "--rm", "--name", &n, "no-such-image:1", "true"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("no-such-image"),
+        "{}",
+        text(&out)
+    );
+    ensure!(lease(&n).is_none() && !t.root.join("containers").join(&n).exists());
     Ok(())
 }
 
