@@ -29,6 +29,10 @@ pub struct BuildArgs {
     /// Steps run at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Parse and lower the Dockerfile without building; print lint warnings and errors as
+    /// `Dockerfile:LINE:COL: [rule] message` and exit non-zero on an error.
+    #[arg(long)]
+    check: bool,
     /// The build context directory.
     context: PathBuf,
 }
@@ -86,13 +90,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
 
-    let df = frontend::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
     };
+    if a.check {
+        return crate::check::run(&text, &opts);
+    }
+    let df = frontend::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = crate::open_store()?;
     let mut bases = BTreeMap::new();
