@@ -29,6 +29,9 @@ pub struct BuildArgs {
     /// Steps run at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
+    /// A secret for RUN --mount=type=secret: `id=x,src=FILE` or `id=x,env=VAR`.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    secrets: Vec<String>,
     /// Parse and lower the Dockerfile without building; print lint warnings and errors as
     /// `Dockerfile:LINE:COL: [rule] message` and exit non-zero on an error.
     #[arg(long)]
@@ -134,6 +137,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         no_cache: a.no_cache,
         kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
         dockerfile_name,
+        secrets: crate::check::secrets(&a.secrets)?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

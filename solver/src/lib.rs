@@ -16,6 +16,7 @@
 
 pub mod graph;
 pub mod key;
+pub mod mounts;
 pub mod ops;
 pub mod progress;
 pub mod run;

@@ -13,8 +13,7 @@
 //! missing, ignored or escaping source fails the build before the store is touched.
 
 use crate::graph::{
-    BuildGraph, CopySource, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Node, NodeId, Op,
-    SourceOp,
+    BuildGraph, CopySource, ExecOp, FileAction, FileOp, NetworkMode, Node, NodeId, Op, SourceOp,
 };
 use crate::key::{self, SourceMeta};
 use crate::progress::{self, EventKind, Stream};
@@ -25,7 +24,7 @@ use cache::records::CacheRecord;
 use cache::snapshot::CommitOptions;
 use cache::store::{Store, StoreError};
 use executor::context::{ContextError, Ignore, SourceEntry};
-use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, MountSpec, Network, Rootfs, RunSpec};
+use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, Network, Rootfs, RunSpec};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -69,6 +68,8 @@ pub struct SolveOptions {
     pub kiln_exe: PathBuf,
     /// The Dockerfile's name, for messages (`Dockerfile:12: RUN make: exit code 2`).
     pub dockerfile_name: String,
+    /// `kiln build --secret`: id to content, for RUN --mount=type=secret (never hashed).
+    pub secrets: crate::mounts::Secrets,
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
@@ -162,6 +163,15 @@ pub enum SolveError {
         at: Location,
         /// The layer.
         diff_id: Digest,
+    },
+    /// A RUN --mount could not be prepared.
+    #[error("{at}: RUN --mount: {source}")]
+    Mount {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: crate::mounts::MountError,
     },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
@@ -488,52 +498,35 @@ impl Runner {
             .map(|r| r.layers))
     }
 
-    fn exec_spec(&self, n: NodeId, x: &ExecOp, rootfs: Rootfs) -> Result<InitSpec, SolveError> {
+    fn exec_spec(
+        &self,
+        n: NodeId,
+        x: &ExecOp,
+        rootfs: Rootfs,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<(InitSpec, crate::mounts::Guards), SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
-        let mut mounts = Vec::new();
-        for m in &x.mounts {
-            let kind = match &m.kind {
-                MountKind::Tmpfs { size } => executor::spec::MountKind::Tmpfs { size: *size },
-                MountKind::Bind {
-                    from: CopySource::Context,
-                    source,
-                } => executor::spec::MountKind::Bind {
-                    source: self.opts.context.join(source.trim_start_matches('/')),
-                },
-                MountKind::Bind { .. } => {
-                    return Err(SolveError::Unsupported {
-                        at: at(),
-                        what: "RUN --mount=type=bind from a stage",
-                    });
-                }
-                MountKind::Cache { .. } => {
-                    return Err(SolveError::Unsupported {
-                        at: at(),
-                        what: "RUN --mount=type=cache",
-                    });
-                }
-                MountKind::Secret { .. } => {
-                    return Err(SolveError::Unsupported {
-                        at: at(),
-                        what: "RUN --mount=type=secret",
-                    });
-                }
-                MountKind::Ssh { .. } => {
-                    return Err(SolveError::Unsupported {
-                        at: at(),
-                        what: "RUN --mount=type=ssh",
-                    });
-                }
-            };
-            mounts.push(MountSpec {
-                target: m.target.clone(),
-                kind,
-                readonly: m.readonly,
-            });
-        }
+        let lowers = |m: NodeId| {
+            self.lowers(
+                &inputs
+                    .get(&m)
+                    .expect("the scheduler passes every input")
+                    .chain,
+            )
+        };
+        let cx = crate::mounts::MountContext {
+            store: &self.store,
+            context: &self.opts.context,
+            secrets: &self.opts.secrets,
+            lowers: &lowers,
+        };
+        let prepared = crate::mounts::prepare(&cx, &x.mounts)
+            .map_err(|source| SolveError::Mount { at: at(), source })?;
+        let mounts = prepared.mounts;
         let mut env = x.env.clone();
         env.extend(x.proxy_env.iter().cloned());
-        Ok(InitSpec::Run(RunSpec {
+        env.extend(prepared.env);
+        let spec = InitSpec::Run(RunSpec {
             rootfs,
             args: x.args.clone(),
             env,
@@ -546,7 +539,8 @@ impl Runner {
             },
             mounts,
             tty: false,
-        }))
+        });
+        Ok((spec, prepared.guards))
     }
 
     fn file_spec(
@@ -698,8 +692,13 @@ impl Runner {
             upper: upper.clone(),
             work,
         };
+        let mut guards = None;
         let (spec, clamp) = match &node.op {
-            Op::Exec(x) => (self.exec_spec(n, x, rootfs)?, RUN_CLAMP_MTIME),
+            Op::Exec(x) => {
+                let (spec, g) = self.exec_spec(n, x, rootfs, inputs)?;
+                guards = Some(g);
+                (spec, RUN_CLAMP_MTIME)
+            }
             Op::File(f) => (
                 self.file_spec(n, f, rootfs, inputs)?,
                 self.clamps.get(&n).copied().flatten(),
@@ -707,6 +706,7 @@ impl Runner {
             Op::Source(_) => unreachable!("sources are resolved, not built"),
         };
         self.sandbox(n, &spec).await?;
+        drop(guards);
         let store = self.store.clone();
         let layer = tokio::task::spawn_blocking(move || {
             store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })

@@ -1,6 +1,6 @@
 //! Issue 3's execution side: `kiln build --check`, RUN mounts, ADD of a URL.
 
-use crate::harness::{TestDir, text};
+use crate::harness::{TestDir, executed_runs, privileged, text};
 use anyhow::ensure;
 use std::path::Path;
 
@@ -121,5 +121,143 @@ fn check_accepts_every_real_world_dockerfile() -> anyhow::Result<()> {
     }
     ensure!(n >= 60, "only {n} Dockerfiles under {}", dir.display());
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cache_mount_persists_across_builds_and_stays_out_of_the_image() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nARG N\nRUN --mount=type=cache,target=/cache,id=c1,sharing=locked,mode=0750 \
+         echo run$N >> /cache/log && cat /cache/log > /seen && stat -c %a /cache > /mode\n",
+    );
+    t.build("cache:1", &["--build-arg", "N=1"])?;
+    t.build("cache:2", &["--build-arg", "N=2"])?;
+    let out = t.ok(&["run", "--rm", "cache:2", "cat", "/seen", "/mode"])?;
+    ensure!(stdout(&out) == "run1\nrun2\n750\n", "{}", text(&out));
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "cache:2",
+        "sh",
+        "-c",
+        "test -e /cache/log || echo absent",
+    ])?;
+    ensure!(
+        stdout(&out) == "absent\n",
+        "the cache leaked into the image: {}",
+        text(&out)
+    );
+    // The directory lives under KILN_ROOT/cachemounts.
+    let dirs: Vec<_> = std::fs::read_dir(t.root.join("cachemounts"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .collect();
+    ensure!(dirs.len() == 1, "{dirs:?}");
+    Ok(())
+}
+
+#[test]
+fn secret_mount_is_readable_absent_from_the_image_and_not_in_the_cache_key() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=secret,id=tok,required=true \
+         stat -c %a /run/secrets/tok > /mode && wc -c < /run/secrets/tok > /len\n\
+         RUN --mount=type=secret,id=tok,env=TOK sh -c 'test -n \"$TOK\" && echo ok > /env'\n",
+    );
+    let secret = t.dir.path().join("secret.txt");
+    std::fs::write(&secret, "s3cr3t-value")?;
+    let arg = format!("id=tok,src={}", secret.display());
+    let ev = t.build("secret:1", &["--secret", &arg])?;
+    ensure!(executed_runs(&ev).len() == 2, "{:?}", executed_runs(&ev));
+    let out = t.ok(&["run", "--rm", "secret:1", "cat", "/mode", "/len", "/env"])?;
+    ensure!(stdout(&out) == "400\n12\nok\n", "{}", text(&out));
+    // Neither the file nor its content is anywhere in the image's filesystem.
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "secret:1",
+        "sh",
+        "-c",
+        "test -e /run/secrets/tok && echo file-left; \
+         find / -xdev -type f | xargs grep -l s3cr3t-value; echo checked",
+    ])?;
+    ensure!(
+        stdout(&out) == "checked\n",
+        "secret left in the image: {}",
+        text(&out)
+    );
+    // A changed secret does not invalidate the cache.
+    std::fs::write(&secret, "another-value-entirely")?;
+    let ev = t.build("secret:2", &["--secret", &arg])?;
+    ensure!(
+        executed_runs(&ev).is_empty(),
+        "re-ran: {:?}",
+        executed_runs(&ev)
+    );
+    // A required secret that is not given fails the build.
+    let out = t.kiln(&[
+        "build",
+        "--no-cache",
+        "-t",
+        "secret:3",
+        t.ctx.to_str().expect("utf-8"),
+    ]);
+    ensure!(
+        !out.status.success() && text(&out).contains("tok"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn bind_mount_from_a_stage_tmpfs_and_network_none() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox AS src\nRUN mkdir /data && echo one > /data/a\nRUN echo two > /data/b\n\
+         FROM busybox\n\
+         RUN --mount=type=bind,from=src,source=/data,target=/mnt cat /mnt/a /mnt/b > /got \
+         && (touch /mnt/x 2>/dev/null && echo writable || echo readonly) >> /got\n\
+         RUN --mount=type=tmpfs,target=/scratch echo t > /scratch/f && grep -c tmpfs /proc/mounts > /tmpfs\n\
+         RUN --network=none sh -c 'ls /sys/class/net > /nets'\n",
+    );
+    t.build("bind:1", &[])?;
+    let out = t.ok(&["run", "--rm", "bind:1", "cat", "/got"])?;
+    ensure!(stdout(&out) == "one\ntwo\nreadonly\n", "{}", text(&out));
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "bind:1",
+        "sh",
+        "-c",
+        "ls -A /mnt /scratch; cat /nets",
+    ])?;
+    let s = stdout(&out);
+    ensure!(
+        !s.contains("a\n") && !s.contains("f\n"),
+        "a mount leaked into the image: {s}"
+    );
+    ensure!(s.lines().any(|l| l == "lo") && !s.contains("eth"), "{s}");
     Ok(())
 }
