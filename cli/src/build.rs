@@ -32,6 +32,9 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: `id=x,src=FILE` or `id=x,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     secrets: Vec<String>,
+    /// Network of RUN steps that do not set `--network`: default, none or host.
+    #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "none", "host"])]
+    network: String,
     /// Parse and lower the Dockerfile without building; print lint warnings and errors as
     /// `Dockerfile:LINE:COL: [rule] message` and exit non-zero on an error.
     #[arg(long)]
@@ -138,6 +141,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
         dockerfile_name,
         secrets: crate::check::secrets(&a.secrets)?,
+        network: match a.network.as_str() {
+            "host" => solver::graph::NetworkMode::Host,
+            "none" => solver::graph::NetworkMode::None,
+            _ => solver::graph::NetworkMode::Default,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

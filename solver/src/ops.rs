@@ -70,6 +70,8 @@ pub struct SolveOptions {
     pub dockerfile_name: String,
     /// `kiln build --secret`: id to content, for RUN --mount=type=secret (never hashed).
     pub secrets: crate::mounts::Secrets,
+    /// `kiln build --network`: the network of RUN steps without `--network`.
+    pub network: NetworkMode,
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
@@ -533,9 +535,9 @@ impl Runner {
             cwd: x.cwd.clone(),
             user: x.user.clone(),
             hostname: "kiln".to_owned(),
-            network: match x.network {
-                NetworkMode::Host => Network::Host,
-                NetworkMode::Default | NetworkMode::None => Network::Loopback,
+            network: match (x.network, self.opts.network) {
+                (NetworkMode::Host, _) | (NetworkMode::Default, NetworkMode::Host) => Network::Host,
+                _ => Network::Loopback,
             },
             mounts,
             tty: false,
