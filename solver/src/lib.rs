@@ -14,6 +14,7 @@
 //! parses Dockerfiles and never prints: progress leaves as events.
 #![deny(missing_docs)]
 
+pub mod fetch;
 pub mod graph;
 pub mod key;
 pub mod mounts;

@@ -175,6 +175,15 @@ pub enum SolveError {
         #[source]
         source: crate::mounts::MountError,
     },
+    /// ADD of a URL failed.
+    #[error("{at}: {source}")]
+    Fetch {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: crate::fetch::FetchError,
+    },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
     Unsupported {
@@ -551,6 +560,7 @@ impl Runner {
         f: &FileOp,
         rootfs: Rootfs,
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+        fetched: &BTreeMap<String, (PathBuf, String)>,
     ) -> Result<InitSpec, SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let mut tasks = Vec::new();
@@ -561,6 +571,7 @@ impl Runner {
                     owner: owner.clone(),
                 },
                 FileAction::Copy(c) => {
+                    let mut sources = c.sources.clone();
                     let from = match &c.from {
                         CopySource::Context => CopyFrom::Context {
                             dir: self.opts.context.clone(),
@@ -574,16 +585,23 @@ impl Runner {
                                     .chain,
                             ),
                         },
-                        CopySource::Url { .. } => {
-                            return Err(SolveError::Unsupported {
-                                at: at(),
-                                what: "ADD from a URL",
-                            });
+                        CopySource::Url { url, .. } => {
+                            let Some((dir, name)) = fetched.get(url) else {
+                                return Err(SolveError::Unsupported {
+                                    at: at(),
+                                    what: "ADD from a URL that was not downloaded",
+                                });
+                            };
+                            sources = vec![name.clone()];
+                            CopyFrom::Context {
+                                dir: dir.clone(),
+                                ignore: Vec::new(),
+                            }
                         }
                     };
                     CopyTask::Copy {
                         from,
-                        sources: c.sources.clone(),
+                        sources,
                         dest: c.dest.clone(),
                         chown: c.chown.clone(),
                         chmod: c.chmod.clone(),
@@ -695,6 +713,12 @@ impl Runner {
             work,
         };
         let mut guards = None;
+        let fetched = match &node.op {
+            Op::File(f) => crate::fetch::fetch_all(&self.store, f)
+                .await
+                .map_err(|source| SolveError::Fetch { at: at(), source })?,
+            _ => Default::default(),
+        };
         let (spec, clamp) = match &node.op {
             Op::Exec(x) => {
                 let (spec, g) = self.exec_spec(n, x, rootfs, inputs)?;
@@ -702,8 +726,11 @@ impl Runner {
                 (spec, RUN_CLAMP_MTIME)
             }
             Op::File(f) => (
-                self.file_spec(n, f, rootfs, inputs)?,
-                self.clamps.get(&n).copied().flatten(),
+                self.file_spec(n, f, rootfs, inputs, &fetched.files)?,
+                match (self.clamps.get(&n).copied().flatten(), fetched.newest) {
+                    (Some(c), Some(t)) => Some(c.max(t)),
+                    (c, t) => c.or(t),
+                },
             ),
             Op::Source(_) => unreachable!("sources are resolved, not built"),
         };

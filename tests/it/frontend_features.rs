@@ -291,3 +291,105 @@ fn run_network_host_and_build_network_flag_see_the_host_interfaces() -> anyhow::
     ensure!(stdout(&out).contains(iface.as_str()), "{}", text(&out));
     Ok(())
 }
+
+/// A one-file HTTP/1.1 server on 127.0.0.1 (a thread; serves until the process ends).
+/// Returns the base URL.
+fn serve(body: &'static [u8], last_modified: &'static str) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(match conn.try_clone() {
+                Ok(c) => c,
+                Err(_) => continue,
+            });
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            let found = first.starts_with("GET /files/hello.txt ");
+            let head = if found {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: {last_modified}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = conn.write_all(head.as_bytes());
+            if found {
+                let _ = conn.write_all(body);
+            }
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+#[test]
+fn add_url_with_checksum_keeps_last_modified_and_rejects_a_bad_checksum() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    const BODY: &[u8] = b"hello from the web\n";
+    let base = serve(BODY, "Sun, 06 Nov 1994 08:49:37 GMT")?;
+    let sum = cache::oci::Digest::of(BODY);
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\nADD --checksum=sha256:{} {base}/files/hello.txt /dl/\n\
+             ADD {base}/files/hello.txt /named.txt\n",
+            sum.hex()
+        ),
+    );
+    t.build("url:1", &[])?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "url:1",
+        "sh",
+        "-c",
+        "cat /dl/hello.txt && stat -c '%Y %a' /dl/hello.txt /named.txt",
+    ])?;
+    ensure!(
+        stdout(&out) == "hello from the web\n784111777 600\n784111777 600\n",
+        "{}",
+        text(&out)
+    );
+
+    let wrong = cache::oci::Digest::of(b"something else");
+    t.write(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\nADD --checksum=sha256:{} {base}/files/hello.txt /x\n",
+            wrong.hex()
+        ),
+    );
+    let out = t.kiln(&["build", "-t", "url:2", t.ctx.to_str().expect("utf-8")]);
+    ensure!(
+        !out.status.success() && text(&out).contains("checksum mismatch"),
+        "{}",
+        text(&out)
+    );
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nADD {base}/files/missing /x\n"),
+    );
+    let out = t.kiln(&["build", "-t", "url:3", t.ctx.to_str().expect("utf-8")]);
+    ensure!(
+        !out.status.success() && text(&out).contains("404"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
