@@ -182,7 +182,7 @@ pub enum SolveError {
         at: Location,
         /// Why.
         #[source]
-        source: crate::fetch::FetchError,
+        source: Box<crate::fetch::FetchError>,
     },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
@@ -716,7 +716,10 @@ impl Runner {
         let fetched = match &node.op {
             Op::File(f) => crate::fetch::fetch_all(&self.store, f)
                 .await
-                .map_err(|source| SolveError::Fetch { at: at(), source })?,
+                .map_err(|source| SolveError::Fetch {
+                    at: at(),
+                    source: Box::new(source),
+                })?,
             _ => Default::default(),
         };
         let (spec, clamp) = match &node.op {
