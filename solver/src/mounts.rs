@@ -356,4 +356,71 @@ mod tests {
         assert_ne!(a, b);
         assert!(cache_dir_name("..").starts_with('_'));
     }
+
+    fn cache_mount(sharing: CacheSharing) -> Mount {
+        Mount {
+            target: "/c".into(),
+            kind: MountKind::Cache {
+                id: "shared-id".into(),
+                sharing,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                from: None,
+            },
+            readonly: false,
+        }
+    }
+
+    fn source(p: &Prepared) -> PathBuf {
+        match &p.mounts[0].kind {
+            ExecMount::Bind { source } => source.clone(),
+            other => panic!("not a bind: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn private_gets_its_own_dir_while_another_holds_the_cache_and_locked_waits() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path().join("root")).expect("store");
+        let secrets = Secrets::default();
+        let lowers = |_: NodeId| Vec::new();
+        let cx = MountContext {
+            store: &store,
+            context: tmp.path(),
+            secrets: &secrets,
+            lowers: &lowers,
+        };
+        let first = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("first");
+        let main_dir = source(&first);
+        assert!(main_dir.starts_with(store.root().join("cachemounts")));
+        let second = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("second");
+        assert_ne!(source(&second), main_dir, "private while held: own dir");
+        drop(second);
+        drop(first);
+        let again = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("again");
+        assert_eq!(source(&again), main_dir, "free again: the shared dir");
+
+        // `locked` waits for the holder: it gets the lock only after `again` is dropped.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let cx = MountContext {
+                    store: &store,
+                    context: tmp.path(),
+                    secrets: &secrets,
+                    lowers: &lowers,
+                };
+                let p = prepare(&cx, &[cache_mount(CacheSharing::Locked)]).expect("locked");
+                tx.send(source(&p)).expect("send");
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(rx.try_recv().is_err(), "locked did not wait");
+            drop(again);
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("locked got the lock");
+            assert_eq!(got, main_dir);
+        });
+    }
 }
