@@ -103,7 +103,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         platform: cache::oci::Platform::host(),
     };
     if a.check {
-        return crate::check::run(&text, &opts);
+        return crate::check::run(&text, &opts, &context, &dockerignore);
     }
     let df = frontend::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -12,8 +12,86 @@ fn line(file: &str, span: Option<frontend::Span>, rule: &str, message: &str) -> 
     }
 }
 
+/// COPY/ADD sources from the context that are missing or `.dockerignore`d, found by lowering
+/// the target with placeholder base images (so no store is needed). Wildcards that match
+/// nothing are fine (BuildKit copies nothing). Lowering errors are [`frontend::check`]'s to
+/// report, so they are skipped here.
+fn copy_sources(
+    df: &frontend::Dockerfile,
+    opts: &frontend::BuildOptions,
+    context: &std::path::Path,
+    dockerignore: &str,
+) -> Vec<frontend::Warning> {
+    use solver::graph::{CopySource, FileAction, Op};
+    let Ok(refs) = frontend::base_images(df, opts) else {
+        return Vec::new();
+    };
+    let bases = refs
+        .iter()
+        .map(|r| {
+            let placeholder = frontend::BaseImage {
+                manifest: cache::oci::Digest::of(r.reference.as_bytes()),
+                config: cache::oci::ImageConfig::empty(&opts.platform),
+            };
+            (r.reference.clone(), placeholder)
+        })
+        .collect();
+    let Ok(graph) = frontend::lower(df, opts, &bases) else {
+        return Vec::new();
+    };
+    let ignore = executor::context::Ignore::parse(dockerignore);
+    let none = executor::context::Ignore::parse("");
+    let mut out = Vec::new();
+    for n in graph.reachable() {
+        let node = &graph.nodes[n];
+        let Op::File(f) = &node.op else { continue };
+        for a in &f.actions {
+            let FileAction::Copy(c) = a else { continue };
+            if c.from != CopySource::Context {
+                continue;
+            }
+            for src in &c.sources {
+                let one = std::slice::from_ref(src);
+                if executor::context::walk_sources(context, one, &ignore, &[]).is_ok() {
+                    continue;
+                }
+                let ignored = executor::context::walk_sources(context, one, &none, &[]).is_ok();
+                let (rule, message) = if ignored {
+                    (
+                        "CopyIgnoredFile",
+                        format!(
+                            "Attempting to {} file {src:?} that is excluded by .dockerignore",
+                            c.instruction
+                        ),
+                    )
+                } else {
+                    (
+                        "CopyMissingSource",
+                        format!(
+                            "{} source {src:?} is not in the build context",
+                            c.instruction
+                        ),
+                    )
+                };
+                out.push(frontend::Warning {
+                    rule,
+                    message,
+                    span: node.span,
+                    level: frontend::Level::Warning,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Checks `text` under `opts`; prints the findings on stdout and fails if one is an error.
-pub fn run(text: &str, opts: &frontend::BuildOptions) -> anyhow::Result<()> {
+pub fn run(
+    text: &str,
+    opts: &frontend::BuildOptions,
+    context: &std::path::Path,
+    dockerignore: &str,
+) -> anyhow::Result<()> {
     let file = &opts.dockerfile_name;
     let mut out = std::io::stdout().lock();
     let df = match frontend::parse(text) {
@@ -26,7 +104,9 @@ pub fn run(text: &str, opts: &frontend::BuildOptions) -> anyhow::Result<()> {
             anyhow::bail!("{file}: check failed: 1 error");
         }
     };
-    let findings = frontend::check(&df, opts);
+    let mut findings = frontend::check(&df, opts);
+    findings.extend(copy_sources(&df, opts, context, dockerignore));
+    findings.sort_by_key(|w| w.span.map(|s| (s.line, s.column)));
     let errors = findings
         .iter()
         .filter(|w| w.level == frontend::Level::Error)

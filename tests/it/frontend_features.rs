@@ -393,3 +393,29 @@ fn add_url_with_checksum_keeps_last_modified_and_rejects_a_bad_checksum() -> any
     );
     Ok(())
 }
+
+#[test]
+fn check_warns_about_ignored_and_missing_copy_sources() -> anyhow::Result<()> {
+    let t = TestDir::new();
+    t.write(".dockerignore", "ignored.txt\n");
+    t.write("ignored.txt", "x");
+    t.write("present.txt", "x");
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nCOPY present.txt /p\nCOPY ignored.txt /i\nADD missing.txt /m\nCOPY *.nomatch /n/\n",
+    );
+    let out = t.ok(&["build", "--check", t.ctx.to_str().expect("utf-8")])?;
+    let s = stdout(&out);
+    ensure!(
+        s.contains("Dockerfile:3:1: [CopyIgnoredFile]")
+            && s.contains("Dockerfile:4:1: [CopyMissingSource]"),
+        "{}",
+        text(&out)
+    );
+    ensure!(
+        !s.contains("present.txt") && !s.contains("nomatch") && s.matches("[Copy").count() == 2,
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
