@@ -92,12 +92,12 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
 
 /// Downloads `url` into `dir` (mode 0600, as BuildKit), checks `checksum`, sets the mtime
 /// from `Last-Modified` (the epoch without one, so that the layer stays reproducible).
-/// Returns the file's name inside `dir` and the `Last-Modified` time in seconds.
+/// Returns the file's name inside `dir`, the `Last-Modified` time in seconds and the digest.
 pub async fn fetch(
     url: &str,
     checksum: Option<&Digest>,
     dir: &Path,
-) -> Result<(String, Option<i64>), FetchError> {
+) -> Result<(String, Option<i64>, Digest), FetchError> {
     let http = |source| FetchError::Http {
         url: url.to_owned(),
         source,
@@ -156,7 +156,7 @@ pub async fn fetch(
     let secs = mtime
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_secs()).ok());
-    Ok((name, secs))
+    Ok((name, secs, actual))
 }
 
 /// The downloads of one file op. The temp dirs are removed when this is dropped.
@@ -191,7 +191,7 @@ pub async fn fetch_all(
             path: store.root().join("tmp"),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let (name, mtime) = fetch(url, checksum.as_ref(), dir.path()).await?;
+        let (name, mtime, _) = fetch(url, checksum.as_ref(), dir.path()).await?;
         if let Some(t) = mtime {
             out.newest = Some(out.newest.map_or(t, |n| n.max(t)));
         }
@@ -199,6 +199,47 @@ pub async fn fetch_all(
         out.dirs.push(dir);
     }
     Ok(out)
+}
+
+/// Gives every checksum-less URL source of the reachable nodes the checksum of what the URL
+/// serves now, so that the cache key follows the content (as BuildKit keys remote files by
+/// content) and the later download is verified against it. Downloads each URL once here.
+pub async fn pin_checksums(
+    store: &cache::store::Store,
+    graph: &mut crate::graph::BuildGraph,
+) -> Result<(), (crate::graph::NodeId, FetchError)> {
+    use crate::graph::{CopySource, FileAction, Op};
+    let mut pinned: std::collections::BTreeMap<String, Digest> = Default::default();
+    for n in graph.reachable() {
+        let Op::File(f) = &mut graph.nodes[n].op else {
+            continue;
+        };
+        for a in &mut f.actions {
+            let FileAction::Copy(c) = a else { continue };
+            let CopySource::Url { url, checksum } = &mut c.from else {
+                continue;
+            };
+            if checksum.is_some() {
+                continue;
+            }
+            if let Some(d) = pinned.get(url.as_str()) {
+                *checksum = Some(d.clone());
+                continue;
+            }
+            let dir = store.temp_dir("fetch-").map_err(|e| {
+                let e = FetchError::Io {
+                    url: url.clone(),
+                    path: store.root().join("tmp"),
+                    source: std::io::Error::other(e.to_string()),
+                };
+                (n, e)
+            })?;
+            let (_, _, d) = fetch(url, None, dir.path()).await.map_err(|e| (n, e))?;
+            pinned.insert(url.clone(), d.clone());
+            *checksum = Some(d);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -243,7 +243,14 @@ impl Solver {
         graph: &BuildGraph,
         events: progress::Sender,
     ) -> Result<Image, SolveError> {
-        let graph = Arc::new(graph.clone());
+        let mut graph = graph.clone();
+        crate::fetch::pin_checksums(&self.store, &mut graph)
+            .await
+            .map_err(|(n, source)| SolveError::Fetch {
+                at: location(&self.opts, &graph.nodes[n]),
+                source: Box::new(source),
+            })?;
+        let graph = Arc::new(graph);
         let (keys, clamps) = {
             let (g, opts) = (Arc::clone(&graph), self.opts.clone());
             tokio::task::spawn_blocking(move || compute_keys(&g, &opts))

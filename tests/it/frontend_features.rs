@@ -294,7 +294,10 @@ fn run_network_host_and_build_network_flag_see_the_host_interfaces() -> anyhow::
 
 /// A one-file HTTP/1.1 server on 127.0.0.1 (a thread; serves until the process ends).
 /// Returns the base URL.
-fn serve(body: &'static [u8], last_modified: &'static str) -> anyhow::Result<String> {
+fn serve(
+    body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    last_modified: &'static str,
+) -> anyhow::Result<String> {
     use std::io::{BufRead as _, BufReader, Write as _};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -316,6 +319,7 @@ fn serve(body: &'static [u8], last_modified: &'static str) -> anyhow::Result<Str
                 }
             }
             let found = first.starts_with("GET /files/hello.txt ");
+            let body = body.lock().map(|b| b.clone()).unwrap_or_default();
             let head = if found {
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: {last_modified}\r\nConnection: close\r\n\r\n",
@@ -327,7 +331,7 @@ fn serve(body: &'static [u8], last_modified: &'static str) -> anyhow::Result<Str
             };
             let _ = conn.write_all(head.as_bytes());
             if found {
-                let _ = conn.write_all(body);
+                let _ = conn.write_all(&body);
             }
         }
     });
@@ -335,12 +339,13 @@ fn serve(body: &'static [u8], last_modified: &'static str) -> anyhow::Result<Str
 }
 
 #[test]
-fn add_url_with_checksum_keeps_last_modified_and_rejects_a_bad_checksum() -> anyhow::Result<()> {
+fn add_url_checksum_last_modified_content_keyed_cache_and_errors() -> anyhow::Result<()> {
     if !privileged(&[]) {
         return Ok(());
     }
     const BODY: &[u8] = b"hello from the web\n";
-    let base = serve(BODY, "Sun, 06 Nov 1994 08:49:37 GMT")?;
+    let body = std::sync::Arc::new(std::sync::Mutex::new(BODY.to_vec()));
+    let base = serve(body.clone(), "Sun, 06 Nov 1994 08:49:37 GMT")?;
     let sum = cache::oci::Digest::of(BODY);
     let t = TestDir::new();
     t.import_busybox()?;
@@ -366,6 +371,26 @@ fn add_url_with_checksum_keeps_last_modified_and_rejects_a_bad_checksum() -> any
         "{}",
         text(&out)
     );
+
+    // Unchanged content: cached. Changed content: the checksum-less ADD runs again (the key
+    // follows the content), the pinned one fails its checksum.
+    let ev = t.build("url:1b", &[])?;
+    ensure!(crate::harness::cached(&ev).len() >= 2, "{ev:?}");
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nADD {base}/files/hello.txt /named.txt\n"),
+    );
+    t.build("url:4", &[])?;
+    let ev = t.build("url:4", &[])?;
+    ensure!(crate::harness::cached(&ev).len() == 1, "not cached: {ev:?}");
+    *body.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = b"new content\n".to_vec();
+    let ev = t.build("url:5", &[])?;
+    ensure!(
+        crate::harness::cached(&ev).is_empty(),
+        "stale cache: {ev:?}"
+    );
+    let out = t.ok(&["run", "--rm", "url:5", "cat", "/named.txt"])?;
+    ensure!(stdout(&out) == "new content\n", "{}", text(&out));
 
     let wrong = cache::oci::Digest::of(b"something else");
     t.write(
