@@ -147,9 +147,17 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
             MountKind::Bind {
                 from: CopySource::Context,
                 source,
-            } => ExecMount::Bind {
-                source: cx.context.join(source.trim_start_matches('/')),
-            },
+            } => {
+                // A writable bind (`rw`) writes to a throw-away overlay, never to the context.
+                let root = if m.readonly {
+                    cx.context.to_owned()
+                } else {
+                    overlay(cx, &mut out.guards, vec![cx.context.to_owned()], false)?
+                };
+                ExecMount::Bind {
+                    source: root.join(source.trim_start_matches('/')),
+                }
+            }
             MountKind::Bind {
                 from: CopySource::Node(n),
                 source,

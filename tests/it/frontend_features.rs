@@ -444,3 +444,31 @@ fn check_warns_about_ignored_and_missing_copy_sources() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn writable_bind_mounts_never_change_the_context_or_the_stage() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("in.txt", "context\n");
+    t.write(
+        "Dockerfile",
+        "FROM busybox AS src\nRUN echo stage > /s.txt\n\
+         FROM busybox\n\
+         RUN --mount=type=bind,rw,target=/ctx sh -c 'echo changed > /ctx/in.txt && touch /ctx/new && cat /ctx/in.txt > /got'\n\
+         RUN --mount=type=bind,from=src,rw,target=/st sh -c 'echo changed > /st/s.txt && cat /st/s.txt >> /got'\n\
+         COPY --from=src /s.txt /s.txt\n",
+    );
+    t.build("rw:1", &[])?;
+    ensure!(std::fs::read_to_string(t.ctx.join("in.txt"))? == "context\n");
+    ensure!(!t.ctx.join("new").exists(), "a write reached the context");
+    let out = t.ok(&["run", "--rm", "rw:1", "cat", "/got", "/s.txt"])?;
+    ensure!(
+        stdout(&out) == "changed\nchanged\nstage\n",
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
