@@ -538,8 +538,14 @@ impl Runner {
             secrets: &self.opts.secrets,
             lowers: &lowers,
         };
-        let prepared = crate::mounts::prepare(&cx, &x.mounts)
-            .map_err(|source| SolveError::Mount { at: at(), source })?;
+        // A sharing=locked cache mount blocks on its flock: let the runtime move its other
+        // tasks (the lock holder's sandbox among them) off this worker meanwhile.
+        let prepare = || crate::mounts::prepare(&cx, &x.mounts);
+        let prepared = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(prepare),
+            _ => prepare(),
+        }
+        .map_err(|source| SolveError::Mount { at: at(), source })?;
         let mounts = prepared.mounts;
         let mut env = x.env.clone();
         env.extend(x.proxy_env.iter().cloned());

@@ -472,3 +472,32 @@ fn writable_bind_mounts_never_change_the_context_or_the_stage() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[test]
+fn locked_cache_mounts_serialize_parallel_steps_without_stalling() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let mut df = String::new();
+    for s in ["a", "b", "c"] {
+        df.push_str(&format!(
+            "FROM busybox AS {s}\nRUN --mount=type=cache,target=/c,id=L,sharing=locked \
+             sh -c 'test ! -e /c/busy && touch /c/busy && sleep 1 && rm /c/busy && echo {s} >> /c/log && cp /c/log /log-{s}'\n"
+        ));
+    }
+    df.push_str(
+        "FROM busybox\nCOPY --from=a /log-a /\nCOPY --from=b /log-b /\nCOPY --from=c /log-c /\n",
+    );
+    t.write("Dockerfile", &df);
+    t.build("locked:1", &["--jobs", "3"])?;
+    let out = t.ok(&["run", "--rm", "locked:1", "sh", "-c", "cat /log-a /log-b /log-c | sort | uniq -c | wc -l; wc -l < /log-a; wc -l < /log-b; wc -l < /log-c"])?;
+    // Each step saw nobody else inside (`busy` absent), and the logs grew one at a time:
+    // lengths 1, 2 and 3 in some order.
+    let lines: Vec<String> = stdout(&out).lines().map(|l| l.trim().to_owned()).collect();
+    let mut lens = lines[1..].to_vec();
+    lens.sort();
+    ensure!(lines[0] == "3" && lens == ["1", "2", "3"], "{}", text(&out));
+    Ok(())
+}
