@@ -179,12 +179,25 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 gid,
                 from,
             } => {
-                if from.is_some() {
-                    return Err(MountError::Unsupported("RUN --mount=type=cache,from="));
+                let (dir, created) =
+                    cache_dir(cx, &mut out.guards, id, *sharing, *mode, *uid, *gid)?;
+                if created && let Some((src, path)) = from {
+                    let root = match src {
+                        CopySource::Context => cx.context.to_owned(),
+                        CopySource::Node(n) => overlay(cx, &mut out.guards, (cx.lowers)(*n), true)?,
+                        CopySource::Url { .. } => {
+                            return Err(MountError::Unsupported(
+                                "RUN --mount=type=cache,from=<url>",
+                            ));
+                        }
+                    };
+                    seed(&root.join(path.trim_start_matches('/')), &dir)?;
+                    std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))
+                        .map_err(io("chown of cache mount", &dir))?;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(*mode))
+                        .map_err(io("chmod of cache mount", &dir))?;
                 }
-                ExecMount::Bind {
-                    source: cache_dir(cx, &mut out.guards, id, *sharing, *mode, *uid, *gid)?,
-                }
+                ExecMount::Bind { source: dir }
             }
             MountKind::Secret {
                 id,
@@ -249,7 +262,7 @@ fn cache_dir(
     mode: u32,
     uid: u32,
     gid: u32,
-) -> Result<PathBuf, MountError> {
+) -> Result<(PathBuf, bool), MountError> {
     let base = cx.store.root().join("cachemounts");
     std::fs::create_dir_all(&base).map_err(io("creating", &base))?;
     let name = cache_dir_name(id);
@@ -285,17 +298,38 @@ fn cache_dir(
         },
     };
     guards._locks.push(lock);
-    match std::fs::create_dir(&dir) {
+    let created = match std::fs::create_dir(&dir) {
         Ok(()) => {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(io("chown of cache mount", &dir))?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
                 .map_err(io("chmod of cache mount", &dir))?;
+            true
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
         Err(e) => return Err(io("creating cache mount", &dir)(e)),
+    };
+    Ok((dir, created))
+}
+
+/// Copies the contents of `src` (a directory) into the new cache directory `dir`, keeping
+/// modes, owners, times and links (`cp -a`, from coreutils).
+fn seed(src: &Path, dir: &Path) -> Result<(), MountError> {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(src.join("."))
+        .arg(dir)
+        .output()
+        .map_err(io("running cp -a from", src))?;
+    if !out.status.success() {
+        return Err(MountError::Io {
+            what: "seeding the cache mount from",
+            path: src.to_owned(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        });
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// Mounts an overlay of `lowers` (top first) on the host and returns its root. Read-only

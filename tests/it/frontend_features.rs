@@ -501,3 +501,27 @@ fn locked_cache_mounts_serialize_parallel_steps_without_stalling() -> anyhow::Re
     ensure!(lines[0] == "3" && lens == ["1", "2", "3"], "{}", text(&out));
     Ok(())
 }
+
+#[test]
+fn cache_mount_from_a_stage_seeds_a_new_cache_only() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox AS seed\nRUN mkdir -p /s && echo seeded > /s/first\n\
+         FROM busybox\nARG N\n\
+         RUN --mount=type=cache,target=/c,id=S,from=seed,source=/s \
+         sh -c 'echo run$N >> /c/log; ls /c > /ls; cat /c/log > /log; rm /c/first || true'\n",
+    );
+    t.build("seed:1", &["--build-arg", "N=1"])?;
+    t.build("seed:2", &["--build-arg", "N=2"])?;
+    let out = t.ok(&["run", "--rm", "seed:1", "cat", "/ls"])?;
+    ensure!(stdout(&out) == "first\nlog\n", "{}", text(&out));
+    // The first build removed `first`; an existing cache is not seeded again.
+    let out = t.ok(&["run", "--rm", "seed:2", "cat", "/ls", "/log"])?;
+    ensure!(stdout(&out) == "log\nrun1\nrun2\n", "{}", text(&out));
+    Ok(())
+}
