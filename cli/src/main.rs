@@ -2,6 +2,7 @@
 //! library crates; this file only wires them together.
 
 mod build;
+mod check;
 mod containers;
 mod images;
 mod netrun;

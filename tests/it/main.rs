@@ -4,6 +4,7 @@
 
 mod build;
 mod errors;
+mod frontend_features;
 mod harness;
 mod network;
 mod registry;
