@@ -39,6 +39,16 @@ pub struct BuildArgs {
     /// Allow plain HTTP to this registry (`host:port`); may be repeated.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure: Vec<String>,
+    /// A secret for RUN --mount=type=secret: `id=x,src=FILE` or `id=x,env=VAR`.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    secrets: Vec<String>,
+    /// Network of RUN steps that do not set `--network`: default, none or host.
+    #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "none", "host"])]
+    network: String,
+    /// Parse and lower the Dockerfile without building; print lint warnings and errors as
+    /// `Dockerfile:LINE:COL: [rule] message` and exit non-zero on an error.
+    #[arg(long)]
+    check: bool,
     /// The build context directory.
     context: PathBuf,
 }
@@ -96,13 +106,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
 
-    let df = frontend::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
     };
+    if a.check {
+        return crate::check::run(&text, &opts, &context, &dockerignore);
+    }
+    let df = frontend::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
@@ -137,6 +150,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         no_cache: a.no_cache,
         kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
         dockerfile_name,
+        secrets: crate::check::secrets(&a.secrets)?,
+        network: match a.network.as_str() {
+            "host" => solver::graph::NetworkMode::Host,
+            "none" => solver::graph::NetworkMode::None,
+            _ => solver::graph::NetworkMode::Default,
+        },
     };
     let image = rt.block_on(async {
         let _lock = store.lock_shared().context("locking the store")?;

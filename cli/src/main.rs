@@ -3,7 +3,10 @@
 
 mod bases;
 mod build;
+mod check;
+mod containers;
 mod images;
+mod netrun;
 mod registry;
 mod render;
 mod run;
@@ -113,6 +116,9 @@ enum Command {
         /// Registry host (default: docker.io).
         registry: Option<String>,
     },
+    /// Container commands: ps, logs, stop, kill, rm.
+    #[command(flatten)]
+    Containers(containers::Cmd),
     /// Internal: the sandbox init process.
     #[command(name = "__init", hide = true)]
     Init {
@@ -259,6 +265,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 format!("Not logged in to {name}")
             })
         }
+        Command::Containers(c) => containers::dispatch(c),
         Command::Init { .. } => executor::init::main(std::env::args().collect()),
     }
 }

@@ -14,8 +14,10 @@
 //! parses Dockerfiles and never prints: progress leaves as events.
 #![deny(missing_docs)]
 
+pub mod fetch;
 pub mod graph;
 pub mod key;
+pub mod mounts;
 pub mod ops;
 pub mod progress;
 pub mod run;

@@ -4,6 +4,8 @@
 
 mod build;
 mod errors;
+mod frontend_features;
 mod harness;
+mod network;
 mod registry;
 mod save;
