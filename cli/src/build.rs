@@ -32,6 +32,26 @@ pub struct BuildArgs {
     /// Steps run at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Pull base images from their registry even when the local store has them (the tag is
+    /// resolved again; a moved tag gives a new base and a cache miss).
+    #[arg(long)]
+    pull: bool,
+    /// Push the result to the registry of every `-t` name and print the pushed digest.
+    #[arg(long)]
+    push: bool,
+    /// Allow plain HTTP to this registry (`host:port`); may be repeated.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// A secret for RUN --mount=type=secret: `id=x,src=FILE` or `id=x,env=VAR`.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    secrets: Vec<String>,
+    /// Network of RUN steps that do not set `--network`: default, none or host.
+    #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "none", "host"])]
+    network: String,
+    /// Parse and lower the Dockerfile without building; print lint warnings and errors as
+    /// `Dockerfile:LINE:COL: [rule] message` and exit non-zero on an error.
+    #[arg(long)]
+    check: bool,
     /// The build context directory.
     context: PathBuf,
 }
@@ -89,36 +109,39 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
 
-    let df = frontend::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
     };
-    let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = crate::open_store()?;
-    let mut bases = BTreeMap::new();
-    for r in &refs {
-        let image = store
-            .resolve(&r.reference)
-            .with_context(|| format!("{dockerfile_name}:{}: FROM {}", r.span.line, r.reference))?;
-        let Some(image) = image else {
-            bail!(
-                "{dockerfile_name}:{}: FROM {}: image not found in the local store\n\
-                 hint: `kiln import` a root filesystem or `kiln pull` the image first",
-                r.span.line,
-                r.reference
-            );
-        };
-        bases.insert(
-            r.reference.clone(),
-            frontend::BaseImage {
-                manifest: image.manifest_digest.clone(),
-                config: image.config.clone(),
-            },
-        );
+    if a.check {
+        return crate::check::run(&text, &opts, &context, &dockerignore);
     }
+    let df = frontend::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if a.push && a.tags.is_empty() {
+        bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
+    }
+    let store = crate::open_store()?;
+    let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
+    reg_cfg.progress = !matches!(a.progress, Mode::Rawjson);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let bases = rt.block_on(async {
+        let _lock = store.lock_shared().context("locking the store")?;
+        crate::bases::resolve(
+            &store,
+            &refs,
+            &dockerfile_name,
+            &opts.platform,
+            a.pull,
+            &reg_cfg,
+        )
+        .await
+    })?;
     let graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let solve_opts = solver::SolveOptions {
@@ -130,11 +153,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         no_cache: a.no_cache,
         kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
         dockerfile_name,
+        secrets: crate::check::secrets(&a.secrets)?,
+        network: match a.network.as_str() {
+            "host" => solver::graph::NetworkMode::Host,
+            "none" => solver::graph::NetworkMode::None,
+            _ => solver::graph::NetworkMode::Default,
+        },
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let image = rt.block_on(async {
         let _lock = store.lock_shared().context("locking the store")?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
@@ -175,6 +200,14 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     let _ = writeln!(err, "writing image {} done", image.manifest_digest);
     for t in &a.tags {
         let _ = writeln!(err, "naming to {t} done");
+    }
+    drop(err);
+    if a.push {
+        for t in &a.tags {
+            let digest = rt.block_on(crate::registry::push(&store, t, None, &reg_cfg))?;
+            let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
+            writeln!(std::io::stdout().lock(), "{digest}")?;
+        }
     }
     Ok(())
 }

@@ -1,8 +1,12 @@
 //! The `kiln` binary: argument parsing, output and exit codes. All the work happens in the
 //! library crates; this file only wires them together.
 
+mod bases;
 mod build;
+mod check;
+mod containers;
 mod images;
+mod netrun;
 mod registry;
 mod render;
 mod run;
@@ -118,6 +122,9 @@ enum Command {
         /// Registry host (default: docker.io).
         registry: Option<String>,
     },
+    /// Container commands: ps, logs, stop, kill, rm.
+    #[command(flatten)]
+    Containers(containers::Cmd),
     /// Internal: the sandbox init process.
     #[command(name = "__init", hide = true)]
     Init {
@@ -265,6 +272,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 format!("Not logged in to {name}")
             })
         }
+        Command::Containers(c) => containers::dispatch(c),
         Command::Init { .. } => executor::init::main(std::env::args().collect()),
     }
 }

@@ -11,9 +11,10 @@ use cache::reference::Reference;
 use cache::registry::auth::{Credentials, DockerConfig, is_docker_hub};
 use cache::registry::{self, Progress, RegistryOptions};
 use cache::store::Store;
+use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Where credentials live and which registries may use plain HTTP.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ impl RegistryConfig {
         }
     }
 
-    fn options(&self) -> anyhow::Result<RegistryOptions> {
+    pub(crate) fn options(&self) -> anyhow::Result<RegistryOptions> {
         let docker_config = DockerConfig::load(&self.docker_config)?;
         let mut opts = RegistryOptions::new(docker_config);
         opts.insecure = self.insecure.clone();
@@ -190,23 +191,24 @@ pub fn logout(cfg: &RegistryConfig, registry: Option<&str>) -> anyhow::Result<bo
     Ok(registry::logout(&host, &mut config)?)
 }
 
-/// Per-blob progress on stderr: a live line per blob on a terminal, one line per finished
-/// blob otherwise.
+/// Per-blob progress on stderr. On a terminal, one live status line shows every blob in
+/// flight (`abc123 12.0/40.0 MiB  def456 3.0/9.5 MiB`) and finished blobs scroll above it;
+/// otherwise only one line per finished blob is printed.
 fn progress_printer() -> registry::ProgressFn {
     let tty = std::io::stderr().is_terminal();
+    // short digest -> (done, total), for the blobs in flight.
+    let active: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());
     Arc::new(move |p: &Progress| {
-        let mut err = std::io::stderr().lock();
-        let line = match p {
-            Progress::Local { digest } => Some(format!("{}: already present", digest.short())),
-            Progress::Unpacked { digest } => Some(format!("{}: pulled", digest.short())),
-            Progress::Compress { diff_id } => {
-                tty.then(|| format!("{}: compressing", diff_id.short()))
-            }
-            Progress::Exists { digest } => Some(format!("{}: already exists", digest.short())),
+        let mut active = active.lock().expect("progress mutex is never poisoned");
+        let (short, line) = match p {
+            Progress::Local { digest } => (digest.short(), Some("already present".to_owned())),
+            Progress::Unpacked { digest } => (digest.short(), Some("pulled".to_owned())),
+            Progress::Compress { diff_id } => (diff_id.short(), None),
+            Progress::Exists { digest } => (digest.short(), Some("already exists".to_owned())),
             Progress::Mounted { digest, from } => {
-                Some(format!("{}: mounted from {from}", digest.short()))
+                (digest.short(), Some(format!("mounted from {from}")))
             }
-            Progress::Uploaded { digest } => Some(format!("{}: pushed", digest.short())),
+            Progress::Uploaded { digest } => (digest.short(), Some("pushed".to_owned())),
             Progress::Download {
                 digest,
                 done,
@@ -217,29 +219,25 @@ fn progress_printer() -> registry::ProgressFn {
                 done,
                 total,
             } => {
-                if tty {
-                    let verb = if matches!(p, Progress::Download { .. }) {
-                        "downloading"
-                    } else {
-                        "uploading"
-                    };
-                    let _ = write!(
-                        err,
-                        "\r\x1b[K{}: {verb} {} / {}",
-                        digest.short(),
-                        mib(*done),
-                        mib(*total)
-                    );
-                    let _ = err.flush();
-                }
-                None
+                active.insert(digest.short().to_owned(), (*done, *total));
+                (digest.short(), None)
             }
         };
-        if let Some(line) = line {
+        let mut err = std::io::stderr().lock();
+        if let Some(line) = &line {
+            active.remove(short);
             if tty {
                 let _ = write!(err, "\r\x1b[K");
             }
-            let _ = writeln!(err, "{line}");
+            let _ = writeln!(err, "{short}: {line}");
+        }
+        if tty && !active.is_empty() {
+            let status: Vec<String> = active
+                .iter()
+                .map(|(d, (done, total))| format!("{d} {}/{} MiB", mib(*done), mib(*total)))
+                .collect();
+            let _ = write!(err, "\r\x1b[K{}", status.join("  "));
+            let _ = err.flush();
         }
     })
 }
@@ -251,7 +249,7 @@ fn finish_progress(cfg: &RegistryConfig) {
 }
 
 fn mib(n: u64) -> String {
-    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    format!("{:.1}", n as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]

@@ -30,6 +30,18 @@ pub struct RunArgs {
     /// Allocate a terminal (stdin must be one).
     #[arg(short = 't', long)]
     tty: bool,
+    /// Network: `bridge` (default, kiln0), `none` (only lo), `host`, or a network name.
+    #[arg(long = "network", alias = "net", default_value = "bridge")]
+    network: crate::netrun::Mode,
+    /// Publish a port: `HOSTPORT:CPORT[/tcp|udp]` or `IP:HOSTPORT:CPORT[/proto]`.
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOSTPORT:CPORT")]
+    publish: Vec<String>,
+    /// Publish every EXPOSEd port on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    /// Run in the background and print the container id.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -73,29 +85,112 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         cmd: a.command.clone(),
         tty: a.tty,
     };
+    let ports = crate::netrun::ports(
+        &a.publish,
+        a.publish_all,
+        &image.config.config.exposed_ports,
+    )?;
     let id = a.name.clone().unwrap_or_else(container_id);
-    let container = {
+    let mut container = {
         let _lock = store.lock_shared().context("locking the store")?;
         solver::run::prepare(&store, &image.config, &id, &overrides)
             .with_context(|| format!("preparing container {id}"))?
     };
-    let exe = std::env::current_exe().context("locating the kiln binary")?;
-    let spec = executor::spec::InitSpec::Run(container.spec.clone());
-    let mut cmd =
-        executor::sandbox::command(&exe, &spec).context("building the sandbox command")?;
-    if !a.interactive && !a.tty {
-        cmd.stdin(Stdio::null());
+    let (network, joined) =
+        match crate::netrun::setup(&a.network, &id, &container.spec.hostname, &ports) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&container.dir);
+                return Err(e);
+            }
+        };
+    container.spec.network = network;
+    if a.detach {
+        let att = joined.as_ref().map(|j| j.attachment.clone());
+        let state = crate::containers::State {
+            id: id.clone(),
+            image: a.image.clone(),
+            command: container.spec.args.clone(),
+            status: "created".to_owned(),
+            pid: None,
+            exit_code: None,
+            network: att.as_ref().map(|x| x.network.clone()),
+            ip: att.as_ref().map(|x| x.ip),
+            ports: att.map(|x| x.ports).unwrap_or_default(),
+            auto_remove: a.rm,
+        };
+        return crate::containers::start_detached(&container.dir, &container.spec, state, joined);
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {}", exe.display()));
+    let status = spawn_and_wait(&container.spec, a.interactive || a.tty, joined.is_some());
+    let torn = joined.map(crate::netrun::Joined::teardown);
     if a.rm {
         let _ = std::fs::remove_dir_all(&container.dir);
     }
     let status = status?;
+    if let Some(t) = torn {
+        t?;
+    }
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
     });
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+/// Runs the sandbox of `spec` and waits for it. With `forward_signals`, SIGINT, SIGTERM and
+/// SIGHUP to kiln kill the sandbox (its container dies with it) so the caller still gets to
+/// clean up the network.
+fn spawn_and_wait(
+    spec: &executor::spec::RunSpec,
+    stdin: bool,
+    forward_signals: bool,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    let spec = executor::spec::InitSpec::Run(spec.clone());
+    let mut cmd =
+        executor::sandbox::command(&exe, &spec).context("building the sandbox command")?;
+    if !stdin {
+        cmd.stdin(Stdio::null());
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    if forward_signals {
+        let pid = child.id();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || kill_on_signal(pid, ready_tx));
+        // Handlers are installed before waiting, so a signal never escapes the cleanup.
+        let _ = ready_rx.recv();
+    }
+    child.wait().context("waiting for the sandbox")
+}
+
+fn kill_on_signal(pid: u32, ready: std::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    else {
+        let _ = ready.send(());
+        return;
+    };
+    rt.block_on(async move {
+        let streams = [
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ];
+        let _ = ready.send(());
+        let [Ok(mut int), Ok(mut term), Ok(mut hup)] = streams else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    });
 }

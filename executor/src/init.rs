@@ -224,6 +224,7 @@ pub fn main(args: Vec<String>) -> ! {
     let code = match spec {
         InitSpec::Run(run) => run_sandbox(&run),
         InitSpec::Copy(copy) => crate::copy::run(&copy).map(|()| 0),
+        InitSpec::Exec(exec) => exec_in(&exec),
     };
     match code {
         Ok(code) => {
@@ -327,6 +328,14 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let before = upper_dirs_on_paths(&spec.rootfs.upper, &plan);
 
     let mut flags = UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
+    if let Network::Join { netns, .. } = &spec.network {
+        let ns = std::fs::File::open(netns).map_err(file_err(netns))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&ns),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(ns_err("joining the network namespace"))?;
+    }
     if spec.network == Network::Loopback {
         flags |= UnshareFlags::NEWNET;
     }
@@ -539,6 +548,90 @@ fn child_main(spec: &RunSpec, state: &Path, plan: &[Step], report: OwnedFd) -> R
         cmd: spec.args[0].clone(),
         source,
     };
+    let argv: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<io::Result<_>>()
+        .map_err(to_exec_err)?;
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<io::Result<_>>()
+        .map_err(to_exec_err)?;
+    let path = CString::new(exe.as_os_str().as_bytes())
+        .map_err(|e| to_exec_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    Err(to_exec_err(sys::execve(&path, &argv, &envp)))
+}
+
+/// `kiln exec`: joins the namespaces of `spec.pid` (all handles opened first, the mount
+/// namespace last, which also moves the root and cwd to the container's root), forks so the
+/// child is inside the PID namespace, and runs the command there; returns its exit code.
+fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
+    use rustix::thread::LinkNameSpaceType as T;
+    if spec.args.is_empty() {
+        return Err(InitError::NoCommand);
+    }
+    let kinds = [
+        ("ipc", T::InterProcessCommunication),
+        ("uts", T::HostNameAndNISDomainName),
+        ("net", T::Network),
+        ("pid", T::ProcessID),
+        ("mnt", T::Mount),
+    ];
+    let mut handles = Vec::new();
+    for (name, kind) in kinds {
+        let p = PathBuf::from(format!("/proc/{}/ns/{name}", spec.pid));
+        handles.push((std::fs::File::open(&p).map_err(file_err(&p))?, kind));
+    }
+    for (f, kind) in &handles {
+        rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(f), Some(*kind))
+            .map_err(ns_err("joining the container's namespaces"))?;
+    }
+    drop(handles);
+    let child = sys::fork().map_err(|source| InitError::Namespace {
+        what: "fork",
+        source,
+    })?;
+    match child {
+        sys::Forked::Child => {
+            let err = match exec_child(spec) {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            fail(&err)
+        }
+        sys::Forked::Parent(pid) => wait(pid),
+    }
+}
+
+fn exec_child(spec: &crate::spec::ExecSpec) -> Result<Infallible> {
+    sys::die_with_parent().map_err(|source| InitError::Namespace {
+        what: "setting the parent-death signal",
+        source,
+    })?;
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())?;
+    let env = complete_env(&spec.env, &id.home);
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    std::env::set_current_dir(cwd).map_err(|source| InitError::Cwd {
+        path: cwd.to_string(),
+        source,
+    })?;
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+    let exe = find_executable(&spec.args[0], &path_var)?;
+    drop_privileges(&spec.user, &id)?;
+    let to_exec_err = |source| InitError::Exec {
+        cmd: spec.args[0].clone(),
+        source,
+    };
+    let cstr =
+        |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
     let argv: Vec<CString> = spec
         .args
         .iter()

@@ -285,7 +285,7 @@ pub fn etc_files(
     host_resolv: Option<&str>,
 ) -> Vec<(&'static str, String)> {
     let hostname = &spec.hostname;
-    let (hosts, resolv) = match spec.network {
+    let (hosts, resolv) = match &spec.network {
         Network::Host => (
             host_hosts.unwrap_or_default().to_string(),
             host_resolv.unwrap_or_default().to_string(),
@@ -296,6 +296,9 @@ pub fn etc_files(
             format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
             String::new(),
         ),
+        Network::Join {
+            hosts, resolv_conf, ..
+        } => (hosts.clone(), resolv_conf.clone()),
     };
     vec![
         ("hosts", hosts),

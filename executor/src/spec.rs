@@ -12,6 +12,23 @@ pub enum InitSpec {
     Run(RunSpec),
     /// Edit a filesystem (COPY, ADD, WORKDIR).
     Copy(CopySpec),
+    /// Run a process inside a running container's namespaces (`kiln exec`).
+    Exec(ExecSpec),
+}
+
+/// A process to start in the namespaces (mount, UTS, IPC, network, PID) of a running one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// A process of the container (host pid), usually its PID 1.
+    pub pid: i32,
+    /// argv; `args[0]` is looked up in `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// Environment, `KEY=value`; `PATH` and `HOME` get Docker's defaults when missing.
+    pub env: Vec<String>,
+    /// Working directory inside the container (`/` when empty).
+    pub cwd: String,
+    /// User, as in [`RunSpec::user`].
+    pub user: String,
 }
 
 /// An overlay root filesystem.
@@ -26,13 +43,23 @@ pub struct Rootfs {
 }
 
 /// Network namespace of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Network {
     /// A new network namespace with only `lo`, which is brought up.
     #[default]
     Loopback,
     /// The host's network namespace.
     Host,
+    /// An existing network namespace, entered by `setns` on its pinned file (a bridge
+    /// attachment prepared by the caller), with these /etc/hosts and /etc/resolv.conf.
+    Join {
+        /// The pinned namespace file (`/run/kiln/netns/<id>` or `/proc/<pid>/ns/net`).
+        netns: PathBuf,
+        /// Contents of /etc/hosts.
+        hosts: String,
+        /// Contents of /etc/resolv.conf.
+        resolv_conf: String,
+    },
 }
 
 /// A process to run in a sandbox.

@@ -15,8 +15,10 @@
 #![deny(missing_docs)]
 
 pub mod explain;
+pub mod fetch;
 pub mod graph;
 pub mod key;
+pub mod mounts;
 pub mod ops;
 pub mod progress;
 pub mod run;

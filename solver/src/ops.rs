@@ -14,8 +14,7 @@
 
 use crate::explain;
 use crate::graph::{
-    BuildGraph, CopySource, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Node, NodeId, Op,
-    SourceOp,
+    BuildGraph, CopySource, ExecOp, FileAction, FileOp, NetworkMode, Node, NodeId, Op, SourceOp,
 };
 use crate::key::{self, SourceMeta};
 use crate::progress::{self, EventKind, Stream};
@@ -27,7 +26,7 @@ use cache::snapshot::CommitOptions;
 use cache::statcache::{StatCache, StatKey};
 use cache::store::{Store, StoreError};
 use executor::context::{ContextError, Ignore, SourceEntry};
-use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, MountSpec, Network, Rootfs, RunSpec};
+use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, Network, Rootfs, RunSpec};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -71,6 +70,10 @@ pub struct SolveOptions {
     pub kiln_exe: PathBuf,
     /// The Dockerfile's name, for messages (`Dockerfile:12: RUN make: exit code 2`).
     pub dockerfile_name: String,
+    /// `kiln build --secret`: id to content, for RUN --mount=type=secret (never hashed).
+    pub secrets: crate::mounts::Secrets,
+    /// `kiln build --network`: the network of RUN steps without `--network`.
+    pub network: NetworkMode,
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
@@ -165,6 +168,24 @@ pub enum SolveError {
         /// The layer.
         diff_id: Digest,
     },
+    /// A RUN --mount could not be prepared.
+    #[error("{at}: RUN --mount: {source}")]
+    Mount {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: crate::mounts::MountError,
+    },
+    /// ADD of a URL failed.
+    #[error("{at}: {source}")]
+    Fetch {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: Box<crate::fetch::FetchError>,
+    },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
     Unsupported {
@@ -224,7 +245,14 @@ impl Solver {
         graph: &BuildGraph,
         events: progress::Sender,
     ) -> Result<Image, SolveError> {
-        let graph = Arc::new(graph.clone());
+        let mut graph = graph.clone();
+        crate::fetch::pin_checksums(&self.store, &mut graph)
+            .await
+            .map_err(|(n, source)| SolveError::Fetch {
+                at: location(&self.opts, &graph.nodes[n]),
+                source: Box::new(source),
+            })?;
+        let graph = Arc::new(graph);
         let (keys, clamps, reasons) = {
             let (g, opts) = (Arc::clone(&graph), self.opts.clone());
             let kiln_root = self.store.root().to_path_buf();
@@ -553,65 +581,55 @@ impl Runner {
             .map(|r| r.layers))
     }
 
-    fn exec_spec(&self, n: NodeId, x: &ExecOp, rootfs: Rootfs) -> Result<InitSpec, SolveError> {
+    fn exec_spec(
+        &self,
+        n: NodeId,
+        x: &ExecOp,
+        rootfs: Rootfs,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<(InitSpec, crate::mounts::Guards), SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
-        let mut mounts = Vec::new();
-        for m in &x.mounts {
-            let kind = match &m.kind {
-                MountKind::Tmpfs { size } => executor::spec::MountKind::Tmpfs { size: *size },
-                MountKind::Bind {
-                    from: CopySource::Context,
-                    source,
-                } => executor::spec::MountKind::Bind {
-                    source: self.opts.context.join(source.trim_start_matches('/')),
-                },
-                MountKind::Bind { .. } => {
-                    return Err(SolveError::Unsupported {
-                        at: at(),
-                        what: "RUN --mount=type=bind from a stage",
-                    });
-                }
-                MountKind::Cache { .. } => {
-                    return Err(SolveError::Unsupported {
-                        at: at(),
-                        what: "RUN --mount=type=cache",
-                    });
-                }
-                MountKind::Secret { .. } => {
-                    return Err(SolveError::Unsupported {
-                        at: at(),
-                        what: "RUN --mount=type=secret",
-                    });
-                }
-                MountKind::Ssh { .. } => {
-                    return Err(SolveError::Unsupported {
-                        at: at(),
-                        what: "RUN --mount=type=ssh",
-                    });
-                }
-            };
-            mounts.push(MountSpec {
-                target: m.target.clone(),
-                kind,
-                readonly: m.readonly,
-            });
+        let lowers = |m: NodeId| {
+            self.lowers(
+                &inputs
+                    .get(&m)
+                    .expect("the scheduler passes every input")
+                    .chain,
+            )
+        };
+        let cx = crate::mounts::MountContext {
+            store: &self.store,
+            context: &self.opts.context,
+            secrets: &self.opts.secrets,
+            lowers: &lowers,
+        };
+        // A sharing=locked cache mount blocks on its flock: let the runtime move its other
+        // tasks (the lock holder's sandbox among them) off this worker meanwhile.
+        let prepare = || crate::mounts::prepare(&cx, &x.mounts);
+        let prepared = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(prepare),
+            _ => prepare(),
         }
+        .map_err(|source| SolveError::Mount { at: at(), source })?;
+        let mounts = prepared.mounts;
         let mut env = x.env.clone();
         env.extend(x.proxy_env.iter().cloned());
-        Ok(InitSpec::Run(RunSpec {
+        env.extend(prepared.env);
+        let spec = InitSpec::Run(RunSpec {
             rootfs,
             args: x.args.clone(),
             env,
             cwd: x.cwd.clone(),
             user: x.user.clone(),
             hostname: "kiln".to_owned(),
-            network: match x.network {
-                NetworkMode::Host => Network::Host,
-                NetworkMode::Default | NetworkMode::None => Network::Loopback,
+            network: match (x.network, self.opts.network) {
+                (NetworkMode::Host, _) | (NetworkMode::Default, NetworkMode::Host) => Network::Host,
+                _ => Network::Loopback,
             },
             mounts,
             tty: false,
-        }))
+        });
+        Ok((spec, prepared.guards))
     }
 
     fn file_spec(
@@ -620,6 +638,7 @@ impl Runner {
         f: &FileOp,
         rootfs: Rootfs,
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+        fetched: &BTreeMap<String, (PathBuf, String)>,
     ) -> Result<InitSpec, SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let mut tasks = Vec::new();
@@ -630,6 +649,7 @@ impl Runner {
                     owner: owner.clone(),
                 },
                 FileAction::Copy(c) => {
+                    let mut sources = c.sources.clone();
                     let from = match &c.from {
                         CopySource::Context => CopyFrom::Context {
                             dir: self.opts.context.clone(),
@@ -643,16 +663,23 @@ impl Runner {
                                     .chain,
                             ),
                         },
-                        CopySource::Url { .. } => {
-                            return Err(SolveError::Unsupported {
-                                at: at(),
-                                what: "ADD from a URL",
-                            });
+                        CopySource::Url { url, .. } => {
+                            let Some((dir, name)) = fetched.get(url) else {
+                                return Err(SolveError::Unsupported {
+                                    at: at(),
+                                    what: "ADD from a URL that was not downloaded",
+                                });
+                            };
+                            sources = vec![name.clone()];
+                            CopyFrom::Context {
+                                dir: dir.clone(),
+                                ignore: Vec::new(),
+                            }
                         }
                     };
                     CopyTask::Copy {
                         from,
-                        sources: c.sources.clone(),
+                        sources,
                         dest: c.dest.clone(),
                         chown: c.chown.clone(),
                         chmod: c.chmod.clone(),
@@ -763,15 +790,33 @@ impl Runner {
             upper: upper.clone(),
             work,
         };
+        let mut guards = None;
+        let fetched = match &node.op {
+            Op::File(f) => crate::fetch::fetch_all(&self.store, f)
+                .await
+                .map_err(|source| SolveError::Fetch {
+                    at: at(),
+                    source: Box::new(source),
+                })?,
+            _ => Default::default(),
+        };
         let (spec, clamp) = match &node.op {
-            Op::Exec(x) => (self.exec_spec(n, x, rootfs)?, RUN_CLAMP_MTIME),
+            Op::Exec(x) => {
+                let (spec, g) = self.exec_spec(n, x, rootfs, inputs)?;
+                guards = Some(g);
+                (spec, RUN_CLAMP_MTIME)
+            }
             Op::File(f) => (
-                self.file_spec(n, f, rootfs, inputs)?,
-                self.clamps.get(&n).copied().flatten(),
+                self.file_spec(n, f, rootfs, inputs, &fetched.files)?,
+                match (self.clamps.get(&n).copied().flatten(), fetched.newest) {
+                    (Some(c), Some(t)) => Some(c.max(t)),
+                    (c, t) => c.or(t),
+                },
             ),
             Op::Source(_) => unreachable!("sources are resolved, not built"),
         };
         self.sandbox(n, &spec).await?;
+        drop(guards);
         let store = self.store.clone();
         let layer = tokio::task::spawn_blocking(move || {
             store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })

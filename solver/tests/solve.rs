@@ -210,6 +210,8 @@ impl Fixture {
             no_cache,
             kiln_exe: std::env::current_exe().expect("the test binary has a path"),
             dockerfile_name: "Dockerfile".into(),
+            secrets: Default::default(),
+            network: Default::default(),
         };
         let solver = Solver::new(self.store.clone(), opts);
         let rt = tokio::runtime::Builder::new_multi_thread()

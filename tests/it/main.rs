@@ -5,6 +5,8 @@
 mod build;
 mod cache;
 mod errors;
+mod frontend_features;
 mod harness;
+mod network;
 mod registry;
 mod save;

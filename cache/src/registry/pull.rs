@@ -2,8 +2,9 @@
 
 use super::client::{Client, ClientError};
 use super::{Progress, RegistryOptions, record};
+use crate::compress::{Codec, Compression};
 use crate::image::Image;
-use crate::oci::{self, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
+use crate::oci::{self, Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
 use crate::reference::Reference;
 use crate::store::{Store, StoreError};
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -418,10 +419,40 @@ async fn fetch_layer(
             .await??;
     }
     record::remember(store.root(), client.registry(), digest, repo);
+    remember_compressed(store, desc, diff_id, opts);
     opts.report(Progress::Unpacked {
         digest: digest.clone(),
     });
     Ok(())
+}
+
+/// Keeps the registry's compressed blob as the store's compressed form of the layer, so that
+/// pushing an image built on this one sends (or mounts) the same blob instead of compressing
+/// the layer again into a blob with another digest. A gzip blob stands in for the push
+/// compression when that is gzip, whatever level the original was made with.
+fn remember_compressed(
+    store: &Store,
+    desc: &oci::Descriptor,
+    diff_id: &Digest,
+    opts: &RegistryOptions,
+) {
+    let codec = match desc.media_type.as_str() {
+        oci::MEDIA_TYPE_LAYER_GZIP | oci::MEDIA_TYPE_DOCKER_LAYER_GZIP => Codec::Gzip,
+        oci::MEDIA_TYPE_LAYER_ZSTD => Codec::Zstd,
+        _ => return,
+    };
+    let c = if opts.compression.codec == codec {
+        opts.compression
+    } else {
+        match codec {
+            Codec::Gzip => Compression::default(),
+            Codec::Zstd => Compression { codec, level: 3 },
+        }
+    };
+    let d = Descriptor::new(&desc.media_type, desc.digest.clone(), desc.size);
+    if let Err(error) = store.remember_compressed(diff_id, c, &d) {
+        tracing::debug!(%diff_id, %error, "cannot remember the compressed layer");
+    }
 }
 
 /// One download attempt. The outer error is a transient network error (retried); the inner
@@ -442,12 +473,14 @@ async fn download_and_unpack(
     let (s1, d) = (store.clone(), digest.clone());
     let ingest =
         tokio::task::spawn_blocking(move || s1.ingest_blob(ChannelReader::new(rx_blob), Some(&d)));
+    // Decompression runs on its own thread, so that it overlaps with hashing and writing the
+    // tar in the unpacker instead of adding to them.
+    let (tx_plain, rx_plain) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+    let inflate =
+        tokio::task::spawn_blocking(move || inflate(ChannelReader::new(rx_tree), &tx_plain));
     let (s2, want) = (store.clone(), diff_id.clone());
     let unpack = tokio::task::spawn_blocking(move || {
-        s2.unpack_layer(
-            std::io::BufReader::with_capacity(1 << 20, ChannelReader::new(rx_tree)),
-            Some(&want),
-        )
+        s2.unpack_layer(ChunkReader::new(rx_plain), Some(&want))
     });
 
     let mut stream = resp.bytes_stream();
@@ -507,6 +540,10 @@ async fn download_and_unpack(
         Ok(r) => r,
         Err(e) => return Ok(Err(task_err(e))),
     };
+    // Its errors reached the unpacker as read errors.
+    if let Err(e) = inflate.await {
+        return Ok(Err(task_err(e)));
+    }
     if let Some(source) = net_error {
         return Err(ClientError::Network {
             registry: client.registry().to_owned(),
@@ -534,6 +571,81 @@ async fn download_and_unpack(
         (Err(e), _) => Err(blob_err(e)),
         (Ok(_), Err(u)) => Err(blob_err(u)),
     })
+}
+
+/// Size of the decompressed chunks passed from [`inflate`] to the unpacker.
+const PLAIN_CHUNK: usize = 1 << 20;
+
+/// Decompresses `r` (gzip, zstd or plain, by its magic bytes; `decompress` buffers it) into
+/// chunks on `tx`. A read or
+/// decompression error is sent on as the last item; a closed channel (the unpacker stopped)
+/// ends it quietly.
+fn inflate(r: ChannelReader, tx: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>) {
+    use std::io::Read as _;
+    let mut r = match crate::snapshot::decompress(r) {
+        Ok((r, _)) => r,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
+    loop {
+        let mut buf = vec![0u8; PLAIN_CHUNK];
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        buf.truncate(n);
+        if tx.send(Ok(buf)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A blocking reader over the chunks of [`inflate`].
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkReader {
+    fn new(rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> ChunkReader {
+        ChunkReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.current = chunk?;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// A blocking reader over chunks sent from async code.
@@ -568,6 +680,39 @@ impl std::io::Read for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `input` through [`inflate`] on a thread and reads it back through [`ChunkReader`].
+    fn inflate_all(input: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx_plain, rx_plain) = std::sync::mpsc::sync_channel(2);
+        let worker = std::thread::spawn(move || inflate(ChannelReader::new(rx), &tx_plain));
+        for piece in input.chunks(1000) {
+            tx.blocking_send(bytes::Bytes::copy_from_slice(piece))
+                .expect("inflate reads to the end");
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        let r = ChunkReader::new(rx_plain).read_to_end(&mut out);
+        worker.join().expect("inflate does not panic");
+        r.map(|_| out)
+    }
+
+    #[test]
+    fn inflate_passes_plain_and_gzip_through_and_reports_corruption() {
+        use std::io::Write as _;
+        let plain: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(inflate_all(plain.clone()).unwrap(), plain);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(inflate_all(gz.clone()).unwrap(), plain);
+        let mut bad = gz.clone();
+        let mid = bad.len() / 2;
+        bad[mid..mid + 64].fill(0xff);
+        assert!(inflate_all(bad).is_err());
+        assert!(inflate_all(gz[..gz.len() - 100].to_vec()).is_err());
+    }
 
     #[test]
     fn manifest_kind_comes_from_field_then_header_then_shape() {

@@ -100,7 +100,13 @@ pub async fn push(
                 })?;
             let from = record::lookup(store.root(), registry, &desc.digest).filter(|r| r != repo);
             push_blob(store, &client, repo, &desc, from.as_deref(), opts).await?;
-            Ok::<Descriptor, PushError>(Descriptor::new(&desc.media_type, desc.digest, desc.size))
+            // A blob pulled from a Docker schema2 image keeps its bytes but is listed with the
+            // OCI media type, as the manifest is OCI.
+            let media_type = match desc.media_type.as_str() {
+                oci::MEDIA_TYPE_DOCKER_LAYER_GZIP => oci::MEDIA_TYPE_LAYER_GZIP,
+                m => m,
+            };
+            Ok::<Descriptor, PushError>(Descriptor::new(media_type, desc.digest, desc.size))
         }
     });
     let config_job = {

@@ -1,0 +1,467 @@
+//! Detached containers: `kiln run -d`, `ps`, `logs`, `stop`, `kill`, `rm`.
+//!
+//! State lives in `KILN_ROOT/containers/<id>/`: `spec.json` (the sandbox spec), `state.json`
+//! ([`State`]) and `log` (stdout and stderr). `kiln run -d` prepares the container and its
+//! network in the foreground (so errors such as a taken port are reported there), then starts
+//! `kiln __supervise ID` in its own process group. The supervisor spawns the sandbox, records
+//! its pid, waits for it, records the exit code and undoes the network. A container whose
+//! sandbox process is gone is shown as exited whatever its state file says.
+
+use anyhow::Context as _;
+use executor::net::PortMapping;
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// The container id (its name when `--name` was given).
+    pub id: String,
+    /// The image as given on the command line.
+    pub image: String,
+    /// The command.
+    pub command: Vec<String>,
+    /// `created`, `running` or `exited`.
+    pub status: String,
+    /// The sandbox process.
+    pub pid: Option<i32>,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// The bridge network, when attached.
+    pub network: Option<String>,
+    /// The container's address.
+    pub ip: Option<Ipv4Addr>,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+    /// Remove everything on exit (`--rm`).
+    pub auto_remove: bool,
+}
+
+/// Container subcommands (flattened into the top-level command enum).
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// List containers (running ones; all with -a).
+    Ps {
+        /// Show exited containers too.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Print a detached container's output.
+    Logs {
+        /// Keep printing until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// Container.
+        name: String,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Kill a container (SIGKILL).
+    Kill {
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill a running container first.
+        #[arg(short, long)]
+        force: bool,
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Run a command inside a running container (all its namespaces).
+    Exec {
+        /// Set an environment variable (`K=V`).
+        #[arg(short = 'e', long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        /// User (`name`, `uid`, `user:group`).
+        #[arg(short = 'u', long = "user")]
+        user: Option<String>,
+        /// Keep stdin open.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Container.
+        name: String,
+        /// Command and arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Internal: supervises a detached container.
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// Container id.
+        id: String,
+    },
+}
+
+fn containers_dir() -> anyhow::Result<PathBuf> {
+    Ok(crate::kiln_root()?.join("containers"))
+}
+
+fn read_state(dir: &Path) -> anyhow::Result<State> {
+    let p = dir.join("state.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
+/// Writes `state.json` atomically.
+pub fn write_state(dir: &Path, s: &State) -> anyhow::Result<()> {
+    let tmp = dir.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join("state.json")).context("renaming state.json")
+}
+
+fn alive(pid: Option<i32>) -> bool {
+    pid.is_some_and(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            // A zombie (state Z) is dead: its supervisor has not reaped it yet.
+            .is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
+    })
+}
+
+/// The state with `status` corrected: running but without a live process is exited.
+fn effective(mut s: State) -> State {
+    if s.status != "exited" && !alive(s.pid) && s.status == "running" {
+        s.status = "exited".to_owned();
+    }
+    s
+}
+
+/// Finds a container by id, name or unique id prefix.
+pub(crate) fn find(name: &str) -> anyhow::Result<(PathBuf, State)> {
+    let root = containers_dir()?;
+    let exact = root.join(name);
+    if !name.is_empty() && !name.contains('/') && exact.join("state.json").exists() {
+        let s = read_state(&exact)?;
+        return Ok((exact, effective(s)));
+    }
+    let mut hits = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(name) && e.path().join("state.json").exists() {
+                hits.push(e.path());
+            }
+        }
+    }
+    match hits.as_slice() {
+        [one] => Ok((one.clone(), effective(read_state(one)?))),
+        [] => anyhow::bail!("no such container: {name}"),
+        _ => anyhow::bail!("container name {name:?} is ambiguous"),
+    }
+}
+
+/// Starts a prepared container in the background under a supervisor; prints its id.
+pub fn start_detached(
+    dir: &Path,
+    spec: &executor::spec::RunSpec,
+    state: State,
+    joined: Option<crate::netrun::Joined>,
+) -> anyhow::Result<ExitCode> {
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec(spec)?)
+        .with_context(|| format!("writing {}", spec_path.display()))?;
+    write_state(dir, &state)?;
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    use std::os::unix::process::CommandExt as _;
+    let spawned = std::process::Command::new(&exe)
+        .args(["__supervise", &state.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    // The supervisor owns the network from here on; the pinned namespace outlives this fd.
+    let supervisor = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(j) = joined {
+                let _ = j.teardown();
+            }
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(anyhow::Error::new(e).context("starting the supervisor"));
+        }
+    };
+    drop(joined);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = read_state(dir).or_else(|e| {
+            // --rm containers that already exited are gone.
+            if dir.exists() {
+                Err(e)
+            } else {
+                Ok(state.clone())
+            }
+        })?;
+        if s.status != "created" || !dir.exists() {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the supervisor of {} did not start it", state.id);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(supervisor);
+    writeln!(std::io::stdout().lock(), "{}", state.id)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn supervise(id: &str) -> anyhow::Result<ExitCode> {
+    let dir = containers_dir()?.join(id);
+    let mut state = read_state(&dir)?;
+    let spec: executor::spec::RunSpec =
+        serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
+    let log = std::fs::File::create(dir.join("log")).context("creating the log")?;
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Run(spec))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let result = match cmd.spawn() {
+        Ok(mut child) => {
+            state.pid = i32::try_from(child.id()).ok();
+            state.status = "running".to_owned();
+            write_state(&dir, &state)?;
+            child.wait().map(|st| {
+                use std::os::unix::process::ExitStatusExt as _;
+                st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+            })
+        }
+        Err(e) => Err(e),
+    };
+    state.exit_code = Some(result.as_ref().copied().unwrap_or(125));
+    state.status = "exited".to_owned();
+    cleanup_network(&state);
+    if state.auto_remove {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        write_state(&dir, &state)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Detaches the container from its network and unpins its namespace; idempotent.
+fn cleanup_network(state: &State) {
+    if let Some(net) = &state.network {
+        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::STATE_DIR) {
+            let _ = nets.detach(net, &state.id);
+        }
+        let _ = executor::net::netns::remove_path(&crate::netrun::netns_path(&state.id));
+    }
+}
+
+fn signal(s: &State, sig: rustix::process::Signal) {
+    if let Some(p) = s.pid.and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Waits until the container is exited (its supervisor has cleaned up) or `timeout` passes.
+fn wait_exited(dir: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match read_state(dir) {
+            Ok(s) if s.status == "exited" => return true,
+            Err(_) if !dir.exists() => return true,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stop(name: &str, timeout: Duration) -> anyhow::Result<()> {
+    let (dir, s) = find(name)?;
+    if s.status != "running" {
+        return Ok(());
+    }
+    signal(&s, rustix::process::Signal::TERM);
+    if !wait_exited(&dir, timeout) {
+        signal(&s, rustix::process::Signal::KILL);
+        wait_exited(&dir, Duration::from_secs(10));
+    }
+    Ok(())
+}
+
+/// Runs a container subcommand.
+pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        Cmd::Ps { all } => {
+            writeln!(
+                out,
+                "{:<20} {:<20} {:<24} {:<12} {:<15} PORTS",
+                "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "IP"
+            )?;
+            let mut rows = Vec::new();
+            if let Ok(rd) = std::fs::read_dir(containers_dir()?) {
+                for e in rd.flatten() {
+                    if let Ok(s) = read_state(&e.path()) {
+                        rows.push(effective(s));
+                    }
+                }
+            }
+            rows.sort_by(|a, b| a.id.cmp(&b.id));
+            for s in rows.iter().filter(|s| all || s.status == "running") {
+                let status = match (s.status.as_str(), s.exit_code) {
+                    ("exited", Some(c)) => format!("Exited ({c})"),
+                    ("exited", None) => "Exited".to_owned(),
+                    ("running", _) => "Up".to_owned(),
+                    (o, _) => o.to_owned(),
+                };
+                let ports: Vec<String> = s
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}:{}->{}/{}",
+                            p.host_ip.map_or("0.0.0.0".to_owned(), |i| i.to_string()),
+                            p.host_port,
+                            p.container_port,
+                            p.proto
+                        )
+                    })
+                    .collect();
+                let mut command = s.command.join(" ");
+                command.truncate(22);
+                writeln!(
+                    out,
+                    "{:<20} {:<20} {:<24} {:<12} {:<15} {}",
+                    s.id,
+                    s.image,
+                    format!("\"{command}\""),
+                    status,
+                    s.ip.map(|i| i.to_string()).unwrap_or_default(),
+                    ports.join(", ")
+                )?;
+            }
+        }
+        Cmd::Logs { follow, name } => {
+            let (dir, _) = find(&name)?;
+            let mut f = std::fs::File::open(dir.join("log"))
+                .with_context(|| format!("container {name} has no log (not run with -d)"))?;
+            loop {
+                std::io::copy(&mut f, &mut out)?;
+                out.flush()?;
+                if !follow {
+                    break;
+                }
+                let done = read_state(&dir).map_or(true, |s| effective(s).status == "exited");
+                if done {
+                    std::io::copy(&mut f, &mut out)?;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Cmd::Stop { time, names } => {
+            for n in &names {
+                stop(n, Duration::from_secs(time))?;
+                writeln!(out, "{n}")?;
+            }
+        }
+        Cmd::Kill { names } => {
+            for n in &names {
+                let (dir, s) = find(n)?;
+                anyhow::ensure!(s.status == "running", "container {n} is not running");
+                signal(&s, rustix::process::Signal::KILL);
+                wait_exited(&dir, Duration::from_secs(10));
+                writeln!(out, "{n}")?;
+            }
+        }
+        Cmd::Rm { force, names } => {
+            for n in &names {
+                let (dir, s) = find(n)?;
+                if s.status == "running" {
+                    anyhow::ensure!(
+                        force,
+                        "container {n} is running: stop it first or use rm -f"
+                    );
+                    signal(&s, rustix::process::Signal::KILL);
+                    wait_exited(&dir, Duration::from_secs(10));
+                }
+                cleanup_network(&s);
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+                writeln!(out, "{n}")?;
+            }
+        }
+        Cmd::Exec {
+            env,
+            workdir,
+            user,
+            interactive,
+            name,
+            command,
+        } => {
+            drop(out);
+            return exec(&name, env, workdir, user, interactive, command);
+        }
+        Cmd::Supervise { id } => return supervise(&id),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln exec`: the container's PID 1 is the sandbox process's child.
+fn exec(
+    name: &str,
+    env: Vec<String>,
+    workdir: Option<String>,
+    user: Option<String>,
+    interactive: bool,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let (dir, s) = find(name)?;
+    anyhow::ensure!(s.status == "running", "container {name} is not running");
+    let sandbox = s.pid.context("the container has no process")?;
+    let children = std::fs::read_to_string(format!("/proc/{sandbox}/task/{sandbox}/children"))
+        .with_context(|| format!("reading the processes of container {name}"))?;
+    let pid: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("container {name} has no running process"))?;
+    let spec: executor::spec::RunSpec =
+        serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
+    let exec = executor::spec::ExecSpec {
+        pid,
+        args: command,
+        env: solver::run::env(&spec.env, &env),
+        cwd: workdir.unwrap_or(spec.cwd),
+        user: user.unwrap_or(spec.user),
+    };
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Exec(exec))?;
+    if !interactive {
+        cmd.stdin(Stdio::null());
+    }
+    let st = cmd
+        .status()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}

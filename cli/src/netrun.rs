@@ -1,0 +1,233 @@
+//! Networking of `kiln run`: `--network bridge|none|host|NAME`, `-p`, `-P`.
+//!
+//! Bridge mode creates a network namespace pinned at `/run/kiln/netns/<id>`, attaches it with
+//! [`Networks::attach`] (veth, lease, default route, NAT and published ports) and hands the
+//! sandbox a [`Network::Join`] with the container's /etc/hosts and resolv.conf. [`Joined::teardown`]
+//! detaches and unpins it. The bridge `kiln0` and the nft table `kiln` are host-wide, so the
+//! lease store is too: `/run/kiln/networks` (a tmpfs, like the links it describes, so a reboot
+//! clears both together). Published ports reach the host's 127.0.0.1 through DNAT in the nat
+//! output hook plus route_localnet on kiln's bridges (see `executor::net::nft`).
+
+use anyhow::Context as _;
+use executor::net::{Attachment, Netns, NftCommand, PortMapping, Proto, RealNetlink, files};
+use executor::spec::Network;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where the host-wide lease store lives.
+pub const STATE_DIR: &str = "/run/kiln/networks";
+/// Where container network namespaces are pinned.
+pub const NETNS_DIR: &str = "/run/kiln/netns";
+
+/// `--network`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// A bridge network by name (`bridge` is the default `kiln0`).
+    Bridge(String),
+    /// Only `lo`.
+    None,
+    /// The host's network namespace.
+    Host,
+    /// Another container's network namespace (`container:NAME`).
+    Container(String),
+}
+
+impl std::str::FromStr for Mode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Mode> {
+        Ok(match s {
+            "none" => Mode::None,
+            "host" => Mode::Host,
+            "" | "default" => Mode::Bridge("bridge".to_owned()),
+            s if s.starts_with("container:") => {
+                let name = &s["container:".len()..];
+                anyhow::ensure!(!name.is_empty(), "--network container:NAME needs a name");
+                Mode::Container(name.to_owned())
+            }
+            s => Mode::Bridge(s.to_owned()),
+        })
+    }
+}
+
+/// The ports to publish: `-p` specs, plus (with `-P`) every EXPOSEd port on a host port the
+/// allocator picks. Fails on a malformed spec, or on `-p`/`-P` without a bridge network.
+pub fn ports(
+    specs: &[String],
+    publish_all: bool,
+    exposed: &BTreeMap<String, impl Sized>,
+) -> anyhow::Result<Vec<PortMapping>> {
+    let mut out = specs
+        .iter()
+        .map(|s| s.parse::<PortMapping>().with_context(|| format!("-p {s}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if publish_all {
+        for key in exposed.keys() {
+            let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+            let proto = match proto {
+                "udp" => Proto::Udp,
+                "tcp" => Proto::Tcp,
+                _ => continue,
+            };
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("EXPOSEd port {key:?} of the image"))?;
+            if !out
+                .iter()
+                .any(|p| p.container_port == port && p.proto == proto)
+            {
+                out.push(PortMapping::any_host_port(port, proto));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A container attached to a bridge network; [`Joined::teardown`] undoes it.
+#[allow(missing_debug_implementations)]
+pub struct Joined {
+    nets: executor::net::Networks<RealNetlink, NftCommand>,
+    netns: Netns,
+    /// What the container got.
+    pub attachment: Attachment,
+}
+
+/// The pinned namespace path of container `id`.
+pub fn netns_path(id: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(id)
+}
+
+/// Prepares the network of container `id` (host name `hostname`): the sandbox's [`Network`]
+/// and, for a bridge, the attachment to tear down after the run. Fails (leaving nothing
+/// behind) when a port is taken, the network is unknown, or a link or nft step fails.
+pub fn setup(
+    mode: &Mode,
+    id: &str,
+    hostname: &str,
+    ports: &[PortMapping],
+) -> anyhow::Result<(Network, Option<Joined>)> {
+    let name = match mode {
+        Mode::None | Mode::Host | Mode::Container(_) if !ports.is_empty() => {
+            anyhow::bail!("published ports (-p, -P) need a bridge network")
+        }
+        Mode::None => return Ok((Network::Loopback, None)),
+        Mode::Host => return Ok((Network::Host, None)),
+        Mode::Container(other) => return Ok((join_container(other, hostname)?, None)),
+        Mode::Bridge(name) => name,
+    };
+    let mut nets = executor::net::Networks::open(STATE_DIR)
+        .with_context(|| format!("opening the network state at {STATE_DIR}"))?;
+    executor::net::enable_ip_forward(Path::new("/proc/sys")).context("enabling IPv4 forwarding")?;
+    let path = netns_path(id);
+    let netns = Netns::create(&path)
+        .with_context(|| format!("creating the network namespace {}", path.display()))?;
+    let attachment = match nets.attach(name, id, &netns, ports) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = netns.remove();
+            return Err(anyhow::Error::new(e)
+                .context(format!("attaching container {id} to network {name}")));
+        }
+    };
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut hosts = files::hosts(hostname, Some(attachment.ip), &[]);
+    if id != hostname {
+        // The full container name too (the host name is its first 12 characters).
+        hosts.push_str(&format!("{}\t{id}\n", attachment.ip));
+    }
+    let network = Network::Join {
+        netns: path,
+        hosts,
+        resolv_conf: files::resolv_conf(&host_resolv),
+    };
+    Ok((
+        network,
+        Some(Joined {
+            nets,
+            netns,
+            attachment,
+        }),
+    ))
+}
+
+/// The network of running container `name`: its pinned namespace when it has one, else
+/// its sandbox's, with /etc/hosts naming its address.
+fn join_container(name: &str, hostname: &str) -> anyhow::Result<Network> {
+    let (_, state) = crate::containers::find(name)?;
+    anyhow::ensure!(
+        state.status == "running",
+        "--network container:{name}: the container is not running"
+    );
+    let pinned = netns_path(&state.id);
+    let netns = if state.network.is_some() && pinned.exists() {
+        pinned
+    } else {
+        let pid = state.pid.context("the container has no process")?;
+        PathBuf::from(format!("/proc/{pid}/ns/net"))
+    };
+    let mut hosts = files::hosts(hostname, state.ip, &[]);
+    if let Some(ip) = state.ip {
+        hosts.push_str(&format!("{ip}\t{}\n", state.id));
+    }
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    Ok(Network::Join {
+        netns,
+        hosts,
+        resolv_conf: if state.ip.is_some() {
+            files::resolv_conf(&host_resolv)
+        } else {
+            String::new()
+        },
+    })
+}
+
+impl Joined {
+    /// Detaches the container (veth, lease, rules) and unpins its namespace. Both are tried;
+    /// the first failure is returned.
+    pub fn teardown(self) -> anyhow::Result<()> {
+        let Joined {
+            mut nets,
+            netns,
+            attachment,
+        } = self;
+        let detached = nets
+            .detach(&attachment.network, &attachment.container)
+            .with_context(|| format!("detaching container {}", attachment.container));
+        let removed = netns.remove().context("removing the network namespace");
+        detached?;
+        removed?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_modes_parse() {
+        assert_eq!("none".parse::<Mode>().ok(), Some(Mode::None));
+        assert_eq!("host".parse::<Mode>().ok(), Some(Mode::Host));
+        assert_eq!(
+            "bridge".parse::<Mode>().ok(),
+            Some(Mode::Bridge("bridge".into()))
+        );
+        assert_eq!(
+            "container:x".parse::<Mode>().ok(),
+            Some(Mode::Container("x".into()))
+        );
+        assert!("container:".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn publish_all_adds_exposed_ports_not_given_with_p() {
+        let mut exposed = BTreeMap::new();
+        exposed.insert("80/tcp".to_string(), ());
+        exposed.insert("53/udp".to_string(), ());
+        let got = ports(&["8080:80".into()], true, &exposed).expect("ports");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].host_port, 8080);
+        assert_eq!((got[1].container_port, got[1].host_port), (53, 0));
+        assert_eq!(got[1].proto, Proto::Udp);
+        assert!(ports(&["80".into()], false, &exposed).is_err());
+    }
+}

@@ -1,0 +1,468 @@
+//! RUN --mount on the host side: cache directories (with their locks), secrets in temp
+//! files, read-only overlays of another node's filesystem. [`prepare`] turns the graph's
+//! mounts into executor mounts plus [`Guards`] that must live until the step ends.
+
+use crate::graph::{CacheSharing, CopySource, Mount, MountKind, NodeId};
+use cache::store::{Store, TempDir};
+use executor::spec::{MountKind as ExecMount, MountSpec};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+/// Why a mount could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// A filesystem operation on the host failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A temp directory in the store could not be made.
+    #[error("temp dir for a mount: {0}")]
+    Store(#[source] Box<cache::store::StoreError>),
+    /// `required=true` secret that `kiln build --secret` did not supply.
+    #[error(
+        "secret {id:?} is required but was not supplied (kiln build --secret id={id},src=FILE)"
+    )]
+    MissingSecret {
+        /// The secret id.
+        id: String,
+    },
+    /// A mount kind the solver cannot run yet.
+    #[error("{0} is not supported yet")]
+    Unsupported(&'static str),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MountError + 'a {
+    move |source| MountError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A read-only (or throw-away writable) overlay mounted on the host; unmounted on drop,
+/// before its temp dir is removed.
+#[derive(Debug)]
+struct Overlay {
+    target: PathBuf,
+    _dir: TempDir,
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        if let Err(e) = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH) {
+            tracing::warn!("unmounting {}: {e}", self.target.display());
+        }
+    }
+}
+
+/// What must stay alive while the step runs: cache locks, secret files, overlays.
+#[derive(Debug, Default)]
+pub struct Guards {
+    _locks: Vec<File>,
+    _overlays: Vec<Overlay>,
+    _temps: Vec<TempDir>,
+}
+
+/// Executor mounts and extra environment of one RUN.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Mounts for [`executor::spec::RunSpec::mounts`].
+    pub mounts: Vec<MountSpec>,
+    /// `K=V` for secrets with `env=`.
+    pub env: Vec<String>,
+    /// Keep until the sandbox exits.
+    pub guards: Guards,
+}
+
+/// `kiln build --secret` values: id to content. Debug prints the ids only.
+#[derive(Clone, Default)]
+pub struct Secrets(pub BTreeMap<String, Vec<u8>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// What [`prepare`] needs from the build.
+pub struct MountContext<'a> {
+    /// The store (its root holds `cachemounts/`, its tmp the secrets and overlays).
+    pub store: &'a Store,
+    /// The build context directory.
+    pub context: &'a Path,
+    /// `kiln build --secret`: id to content.
+    pub secrets: &'a Secrets,
+    /// The snapshot dirs of a node's filesystem, top layer first.
+    pub lowers: &'a dyn Fn(NodeId) -> Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for MountContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are never printed.
+        f.debug_struct("MountContext")
+            .field("context", &self.context)
+            .field("secrets", self.secrets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cache id as a single safe file name (ids may contain `/`).
+fn cache_dir_name(id: &str) -> String {
+    let mut s: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.starts_with('.') || s.is_empty() {
+        s.insert(0, '_');
+    }
+    // Distinct ids that sanitize alike stay apart.
+    let hash = cache::oci::Digest::of(id.as_bytes());
+    format!("{s}-{}", &hash.hex()[..12])
+}
+
+/// Prepares every mount of a RUN.
+pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, MountError> {
+    let mut out = Prepared {
+        mounts: Vec::new(),
+        env: Vec::new(),
+        guards: Guards::default(),
+    };
+    for m in mounts {
+        let kind = match &m.kind {
+            MountKind::Tmpfs { size } => ExecMount::Tmpfs { size: *size },
+            MountKind::Bind {
+                from: CopySource::Context,
+                source,
+            } => {
+                // A writable bind (`rw`) writes to a throw-away overlay, never to the context.
+                let root = if m.readonly {
+                    cx.context.to_owned()
+                } else {
+                    overlay(cx, &mut out.guards, vec![cx.context.to_owned()], false)?
+                };
+                ExecMount::Bind {
+                    source: root.join(source.trim_start_matches('/')),
+                }
+            }
+            MountKind::Bind {
+                from: CopySource::Node(n),
+                source,
+            } => {
+                let root = overlay(cx, &mut out.guards, (cx.lowers)(*n), m.readonly)?;
+                ExecMount::Bind {
+                    source: root.join(source.trim_start_matches('/')),
+                }
+            }
+            MountKind::Bind {
+                from: CopySource::Url { .. },
+                ..
+            } => return Err(MountError::Unsupported("RUN --mount=type=bind from a URL")),
+            MountKind::Cache {
+                id,
+                sharing,
+                mode,
+                uid,
+                gid,
+                from,
+            } => {
+                let (dir, created) =
+                    cache_dir(cx, &mut out.guards, id, *sharing, *mode, *uid, *gid)?;
+                if created && let Some((src, path)) = from {
+                    let root = match src {
+                        CopySource::Context => cx.context.to_owned(),
+                        CopySource::Node(n) => overlay(cx, &mut out.guards, (cx.lowers)(*n), true)?,
+                        CopySource::Url { .. } => {
+                            return Err(MountError::Unsupported(
+                                "RUN --mount=type=cache,from=<url>",
+                            ));
+                        }
+                    };
+                    seed(&root.join(path.trim_start_matches('/')), &dir)?;
+                    std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))
+                        .map_err(io("chown of cache mount", &dir))?;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(*mode))
+                        .map_err(io("chmod of cache mount", &dir))?;
+                }
+                ExecMount::Bind { source: dir }
+            }
+            MountKind::Secret {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+                env,
+            } => {
+                let Some(content) = cx.secrets.0.get(id) else {
+                    if *required {
+                        return Err(MountError::MissingSecret { id: id.clone() });
+                    }
+                    continue;
+                };
+                if let Some(name) = env {
+                    out.env
+                        .push(format!("{name}={}", String::from_utf8_lossy(content)));
+                }
+                if m.target.is_empty() {
+                    continue;
+                }
+                let dir = cx
+                    .store
+                    .temp_dir("secret-")
+                    .map_err(|e| MountError::Store(Box::new(e)))?;
+                let file = dir.path().join("secret");
+                std::fs::write(&file, content).map_err(io("writing secret", &file))?;
+                std::os::unix::fs::chown(&file, Some(*uid), Some(*gid))
+                    .map_err(io("chown of secret", &file))?;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode))
+                    .map_err(io("chmod of secret", &file))?;
+                out.guards._temps.push(dir);
+                out.mounts.push(MountSpec {
+                    target: m.target.clone(),
+                    kind: ExecMount::Bind { source: file },
+                    readonly: true,
+                });
+                continue;
+            }
+            MountKind::Ssh { .. } => {
+                return Err(MountError::Unsupported("RUN --mount=type=ssh"));
+            }
+        };
+        out.mounts.push(MountSpec {
+            target: m.target.clone(),
+            kind,
+            readonly: m.readonly,
+        });
+    }
+    Ok(out)
+}
+
+/// `KILN_ROOT/cachemounts/<id>`, created with `mode`/`uid`/`gid`, locked by `sharing`:
+/// shared takes a shared flock (so that `locked` users wait), locked an exclusive one, and
+/// private an exclusive one if free, or else a fresh throw-away directory.
+fn cache_dir(
+    cx: &MountContext<'_>,
+    guards: &mut Guards,
+    id: &str,
+    sharing: CacheSharing,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<(PathBuf, bool), MountError> {
+    let base = cx.store.root().join("cachemounts");
+    std::fs::create_dir_all(&base).map_err(io("creating", &base))?;
+    let name = cache_dir_name(id);
+    let dir = base.join(&name);
+    let lock_path = base.join(format!("{name}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io("opening", &lock_path))?;
+    let dir = match sharing {
+        CacheSharing::Shared => {
+            lock.lock_shared().map_err(io("locking", &lock_path))?;
+            dir
+        }
+        CacheSharing::Locked => {
+            lock.lock().map_err(io("locking", &lock_path))?;
+            dir
+        }
+        CacheSharing::Private => match lock.try_lock() {
+            Ok(()) => dir,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let t = cx
+                    .store
+                    .temp_dir("cachemount-")
+                    .map_err(|e| MountError::Store(Box::new(e)))?;
+                let p = t.path().join("cache");
+                guards._temps.push(t);
+                p
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", &lock_path)(e)),
+        },
+    };
+    guards._locks.push(lock);
+    let created = match std::fs::create_dir(&dir) {
+        Ok(()) => {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(io("chown of cache mount", &dir))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                .map_err(io("chmod of cache mount", &dir))?;
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io("creating cache mount", &dir)(e)),
+    };
+    Ok((dir, created))
+}
+
+/// Copies the contents of `src` (a directory) into the new cache directory `dir`, keeping
+/// modes, owners, times and links (`cp -a`, from coreutils).
+fn seed(src: &Path, dir: &Path) -> Result<(), MountError> {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(src.join("."))
+        .arg(dir)
+        .output()
+        .map_err(io("running cp -a from", src))?;
+    if !out.status.success() {
+        return Err(MountError::Io {
+            what: "seeding the cache mount from",
+            path: src.to_owned(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        });
+    }
+    Ok(())
+}
+
+/// Mounts an overlay of `lowers` (top first) on the host and returns its root. Read-only
+/// unless `readonly` is false, in which case writes go to a throw-away upper dir.
+fn overlay(
+    cx: &MountContext<'_>,
+    guards: &mut Guards,
+    lowers: Vec<PathBuf>,
+    readonly: bool,
+) -> Result<PathBuf, MountError> {
+    let dir = cx
+        .store
+        .temp_dir("mount-")
+        .map_err(|e| MountError::Store(Box::new(e)))?;
+    let target = dir.path().join("root");
+    let empty = dir.path().join("empty");
+    let upper = dir.path().join("upper");
+    let work = dir.path().join("work");
+    for d in [&target, &empty, &upper, &work] {
+        std::fs::create_dir(d).map_err(io("creating", d))?;
+    }
+    // An empty bottom layer: overlayfs without an upper dir needs two lower dirs.
+    let mut lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    lowerdir.push(empty.display().to_string());
+    let mut data = format!("lowerdir={}", lowerdir.join(":"));
+    if !readonly {
+        data.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
+    }
+    let flags = if readonly {
+        rustix::mount::MountFlags::RDONLY
+    } else {
+        rustix::mount::MountFlags::empty()
+    };
+    let data = std::ffi::CString::new(data).map_err(|_| MountError::Io {
+        what: "overlay options for",
+        path: target.clone(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    rustix::mount::mount("overlay", &target, "overlay", flags, data.as_c_str()).map_err(|e| {
+        MountError::Io {
+            what: "mounting an overlay on",
+            path: target.clone(),
+            source: e.into(),
+        }
+    })?;
+    guards._overlays.push(Overlay {
+        target: target.clone(),
+        _dir: dir,
+    });
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dir_names_are_safe_and_distinct() {
+        let a = cache_dir_name("/root/.cache");
+        let b = cache_dir_name("_root_.cache");
+        assert!(!a.contains('/') && !a.starts_with('.'), "{a}");
+        assert_ne!(a, b);
+        assert!(cache_dir_name("..").starts_with('_'));
+    }
+
+    fn cache_mount(sharing: CacheSharing) -> Mount {
+        Mount {
+            target: "/c".into(),
+            kind: MountKind::Cache {
+                id: "shared-id".into(),
+                sharing,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                from: None,
+            },
+            readonly: false,
+        }
+    }
+
+    fn source(p: &Prepared) -> PathBuf {
+        match &p.mounts[0].kind {
+            ExecMount::Bind { source } => source.clone(),
+            other => panic!("not a bind: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn private_gets_its_own_dir_while_another_holds_the_cache_and_locked_waits() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path().join("root")).expect("store");
+        let secrets = Secrets::default();
+        let lowers = |_: NodeId| Vec::new();
+        let cx = MountContext {
+            store: &store,
+            context: tmp.path(),
+            secrets: &secrets,
+            lowers: &lowers,
+        };
+        let first = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("first");
+        let main_dir = source(&first);
+        assert!(main_dir.starts_with(store.root().join("cachemounts")));
+        let second = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("second");
+        assert_ne!(source(&second), main_dir, "private while held: own dir");
+        drop(second);
+        drop(first);
+        let again = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("again");
+        assert_eq!(source(&again), main_dir, "free again: the shared dir");
+
+        // `locked` waits for the holder: it gets the lock only after `again` is dropped.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let cx = MountContext {
+                    store: &store,
+                    context: tmp.path(),
+                    secrets: &secrets,
+                    lowers: &lowers,
+                };
+                let p = prepare(&cx, &[cache_mount(CacheSharing::Locked)]).expect("locked");
+                tx.send(source(&p)).expect("send");
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(rx.try_recv().is_err(), "locked did not wait");
+            drop(again);
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("locked got the lock");
+            assert_eq!(got, main_dir);
+        });
+    }
+}

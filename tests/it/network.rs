@@ -1,0 +1,426 @@
+//! `kiln run` networking: the default bridge with a published port reached from the host's
+//! 127.0.0.1, cleanup after the container is stopped, port conflicts, `--network none`.
+
+use crate::harness::{TestDir, privileged, text};
+use anyhow::{Context as _, ensure};
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const LEASES: &str = "/run/kiln/networks/bridge/leases.json";
+
+const WEB: &str = "FROM busybox\nRUN mkdir -p /www && echo hello-from-kiln > /www/index.html\n";
+
+/// The lease of `container` on the default bridge, as JSON.
+fn lease(container: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(LEASES).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["leases"]
+        .as_array()?
+        .iter()
+        .find(|l| l["container"] == container)
+        .cloned()
+}
+
+fn links() -> anyhow::Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nft_ruleset() -> String {
+    std::process::Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn get(port: u16) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// A unique container name (tests share the host-wide bridge).
+fn name(tag: &str) -> String {
+    format!("it-{tag}-{}", std::process::id())
+}
+
+#[test]
+fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", WEB);
+    t.build("web:1", &[])?;
+    let n = name("web");
+    let mut child = t
+        .cmd(&[
+            "run", "--name", &n, "-p", "18080:80", "web:1", "httpd", "-f", "-p", "80", "-h", "/www",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        match get(18080) {
+            Ok(b) if b.contains("hello-from-kiln") => break b,
+            r => {
+                if Instant::now() > deadline || child.try_wait()?.is_some() {
+                    let _ = child.kill();
+                    let out = child.wait_with_output()?;
+                    anyhow::bail!("no page on 127.0.0.1:18080 ({r:?}):\n{}", text(&out));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    ensure!(body.starts_with("HTTP/1."), "{body}");
+    let l = lease(&n).context("a lease while running")?;
+    let ip: std::net::Ipv4Addr = l["ip"].as_str().context("lease ip")?.parse()?;
+    let veth = format!("kv{:08x}", u32::from(ip));
+    ensure!(links()?.contains(&veth), "no {veth} while running");
+    ensure!(
+        nft_ruleset().contains("18080"),
+        "no DNAT rule while running"
+    );
+    ensure!(Path::new("/run/kiln/netns").join(&n).exists());
+
+    // The same host port again: a clear error, nothing leaked.
+    let other = name("clash");
+    let out = t.kiln(&[
+        "run", "--rm", "--name", &other, "-p", "18080:80", "web:1", "true",
+    ]);
+    ensure!(!out.status.success(), "{}", text(&out));
+    ensure!(
+        text(&out).contains("18080"),
+        "unclear error: {}",
+        text(&out)
+    );
+    ensure!(lease(&other).is_none(), "the clash leaked a lease");
+    ensure!(!Path::new("/run/kiln/netns").join(&other).exists());
+    ensure!(!t.root.join("containers").join(&other).exists());
+
+    // Stop kiln: the container dies and the network is undone.
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).context("pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    let out = child.wait_with_output()?;
+    ensure!(!out.status.success(), "{}", text(&out));
+    ensure!(lease(&n).is_none(), "lease left after stop");
+    ensure!(!links()?.contains(&veth), "{veth} left after stop");
+    ensure!(!nft_ruleset().contains("18080"), "rule left after stop");
+    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    ensure!(get(18080).is_err(), "port still answers");
+    Ok(())
+}
+
+#[test]
+fn host_port_in_use_is_a_clear_error_and_leaks_nothing() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let taken = std::net::TcpListener::bind(("0.0.0.0", 0))?;
+    let port = taken.local_addr()?.port();
+    let n = name("inuse");
+    let spec = format!("{port}:80");
+    let out = t.kiln(&["run", "--rm", "--name", &n, "-p", &spec, "busybox", "true"]);
+    ensure!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    ensure!(
+        msg.contains(&port.to_string()) && msg.contains("in use"),
+        "unclear error: {msg}"
+    );
+    ensure!(lease(&n).is_none(), "leaked a lease");
+    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    ensure!(!t.root.join("containers").join(&n).exists());
+
+    // A command that cannot start and an unknown image leak nothing either.
+    let out = t.kiln(&["run", "--rm", "--name", &n, "busybox", "no-such-command"]);
+    ensure!(!out.status.success(), "{}", text(&out));
+    ensure!(lease(&n).is_none(), "a failed start leaked a lease");
+    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    let out = t.kiln(&["run", "--rm", "--name", &n, "no-such-image:1", "true"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("no-such-image"),
+        "{}",
+        text(&out)
+    );
+    ensure!(lease(&n).is_none() && !t.root.join("containers").join(&n).exists());
+    Ok(())
+}
+
+#[test]
+fn network_none_has_only_lo_and_bridge_has_eth0_with_a_route() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            == ["lo"],
+        "{}",
+        text(&out)
+    );
+    let n = name("bridge");
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "ls /sys/class/net; ip route; cat /etc/hosts",
+    ])?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        s.contains("eth0") && s.contains("default via 10.88.0.1"),
+        "{}",
+        text(&out)
+    );
+    ensure!(s.contains(&n), "no own name in /etc/hosts: {s}");
+    ensure!(lease(&n).is_none(), "--rm left a lease");
+    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    Ok(())
+}
+
+fn ps(t: &TestDir, all: bool) -> anyhow::Result<String> {
+    let args: &[&str] = if all { &["ps", "-a"] } else { &["ps"] };
+    Ok(String::from_utf8_lossy(&t.ok(args)?.stdout).into_owned())
+}
+
+fn row<'a>(ps: &'a str, name: &str) -> Option<&'a str> {
+    ps.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+}
+
+#[test]
+fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", WEB);
+    t.build("web:1", &[])?;
+    let n = name("detached");
+    let out = t.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "-p",
+        "18082:80",
+        "web:1",
+        "sh",
+        "-c",
+        "echo started; exec httpd -f -p 80 -h /www",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == n,
+        "{}",
+        text(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get(18082).is_ok_and(|b| b.contains("hello-from-kiln")) {
+        ensure!(Instant::now() < deadline, "no page on 18082");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listing = ps(&t, false)?;
+    let r = row(&listing, &n).context(format!("{n} not in ps:\n{listing}"))?;
+    ensure!(r.contains("Up") && r.contains("18082->80/tcp"), "{r}");
+    let logs = t.ok(&["logs", &n])?;
+    ensure!(
+        String::from_utf8_lossy(&logs.stdout).contains("started"),
+        "{}",
+        text(&logs)
+    );
+
+    // Name conflict and rm of a running container: clear errors, nothing changes.
+    let out = t.kiln(&["run", "-d", "--name", &n, "web:1", "true"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("already exists"),
+        "{}",
+        text(&out)
+    );
+    let out = t.kiln(&["rm", &n]);
+    ensure!(
+        !out.status.success() && text(&out).contains("is running"),
+        "{}",
+        text(&out)
+    );
+    ensure!(
+        row(&ps(&t, false)?, &n).is_some(),
+        "rm without -f removed it"
+    );
+
+    let started = Instant::now();
+    t.ok(&["stop", "-t", "5", &n])?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(6),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        row(&ps(&t, false)?, &n).is_none(),
+        "still listed as running"
+    );
+    let all = ps(&t, true)?;
+    ensure!(row(&all, &n).is_some_and(|r| r.contains("Exited")), "{all}");
+    ensure!(lease(&n).is_none(), "lease left after stop");
+    ensure!(!nft_ruleset().contains("18082"), "rule left after stop");
+    t.ok(&["rm", &n])?;
+    ensure!(row(&ps(&t, true)?, &n).is_none(), "still listed after rm");
+    ensure!(!t.root.join("containers").join(&n).exists());
+    Ok(())
+}
+
+#[test]
+fn container_whose_processes_died_shows_exited_and_rm_f_cleans_up() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let n = name("died");
+    t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        t.root.join("containers").join(&n).join("state.json"),
+    )?)?;
+    let pid = state["pid"].as_i64().context("pid in state.json")? as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+        .context("ppid")?
+        .parse()?;
+    // The supervisor dies first, so nothing records the exit: ps must still tell.
+    for p in [ppid, pid] {
+        let p = rustix::process::Pid::from_raw(p).context("pid")?;
+        rustix::process::kill_process(p, rustix::process::Signal::KILL)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let all = ps(&t, true)?;
+    ensure!(row(&all, &n).is_some_and(|r| r.contains("Exited")), "{all}");
+    ensure!(
+        row(&ps(&t, false)?, &n).is_none(),
+        "a dead container listed as running"
+    );
+    t.ok(&["rm", "-f", &n])?;
+    ensure!(lease(&n).is_none(), "rm left the lease");
+    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    Ok(())
+}
+
+#[test]
+fn container_network_shares_the_ip_and_exec_sees_the_processes() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let n = name("shared");
+    t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
+    let ip = lease(&n).context("a lease")?["ip"]
+        .as_str()
+        .context("ip")?
+        .to_owned();
+    let net = format!("container:{n}");
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {ip}/16")),
+        "not the same address {ip}: {}",
+        text(&out)
+    );
+    let out = t.ok(&["exec", &n, "ps"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("sleep 1000"),
+        "{}",
+        text(&out)
+    );
+    let out = t.ok(&["exec", &n, "ip", "-4", "-o", "addr"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains(&ip),
+        "{}",
+        text(&out)
+    );
+    let out = t.kiln(&["exec", &n, "sh", "-c", "exit 3"]);
+    ensure!(out.status.code() == Some(3), "{}", text(&out));
+    t.ok(&["kill", &n])?;
+    let out = t.kiln(&["exec", &n, "true"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("not running"),
+        "{}",
+        text(&out)
+    );
+    t.ok(&["rm", &n])?;
+    ensure!(lease(&n).is_none(), "lease left after kill and rm");
+    Ok(())
+}
+
+#[test]
+fn logs_follow_prints_until_the_container_exits() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let n = name("logs");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "echo one; sleep 0.5; echo two >&2; exit 4",
+    ])?;
+    let out = t.ok(&["logs", "-f", &n])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "one\ntwo\n",
+        "{}",
+        text(&out)
+    );
+    let all = ps(&t, true)?;
+    ensure!(
+        row(&all, &n).is_some_and(|r| r.contains("Exited (4)")),
+        "{all}"
+    );
+    t.ok(&["rm", &n])?;
+    Ok(())
+}
