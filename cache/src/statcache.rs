@@ -159,7 +159,7 @@ impl StatCache {
     }
 
     /// Writes the entries looked up since opening, atomically. Nothing is written when no
-    /// lookup happened.
+    /// lookup happened or when every lookup reused an entry and the set is unchanged.
     ///
     /// Fails when the directory or file cannot be written.
     pub fn save(&self) -> Result<()> {
@@ -167,7 +167,8 @@ impl StatCache {
             .seen
             .lock()
             .expect("stat cache lock is not poisoned: no code panics while holding it");
-        if seen.is_empty() {
+        // Nothing new: every entry was reused (so none was racy) and none was added or dropped.
+        if seen.is_empty() || (self.hashed() == 0 && seen.len() == self.old.len()) {
             return Ok(());
         }
         let mut buf = Vec::with_capacity(TAG.len() + seen.len() * 160);
