@@ -414,7 +414,9 @@ fn compute_keys(
         recorded.insert(id, now);
         keys[n] = Some(k);
     }
-    if let Err(e) = explain::save(&history_file, &recorded) {
+    if recorded != history
+        && let Err(e) = explain::save(&history_file, &recorded)
+    {
         tracing::warn!(error = %e, "explain records not saved");
     }
     Ok((keys, clamps, reasons))
