@@ -534,34 +534,7 @@ fn child_main(spec: &RunSpec, state: &Path, plan: &[Step], report: OwnedFd) -> R
             .map_err(ns_err("making stdin the controlling terminal"))?;
     }
 
-    let path_var = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
-    let exe = find_executable(&spec.args[0], &path_var)?;
-    drop_privileges(&spec.user, &id)?;
-
-    let cstr =
-        |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
-    let to_exec_err = |source| InitError::Exec {
-        cmd: spec.args[0].clone(),
-        source,
-    };
-    let argv: Vec<CString> = spec
-        .args
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<io::Result<_>>()
-        .map_err(to_exec_err)?;
-    let envp: Vec<CString> = env
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<io::Result<_>>()
-        .map_err(to_exec_err)?;
-    let path = CString::new(exe.as_os_str().as_bytes())
-        .map_err(|e| to_exec_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    Err(to_exec_err(sys::execve(&path, &argv, &envp)))
+    exec_as(&spec.args, &env, &spec.user, &id)
 }
 
 /// `kiln exec`: joins the namespaces of `spec.pid` (all handles opened first, the mount
@@ -619,21 +592,27 @@ fn exec_child(spec: &crate::spec::ExecSpec) -> Result<Infallible> {
         path: cwd.to_string(),
         source,
     })?;
+    exec_as(&spec.args, &env, &spec.user, &id)
+}
+
+/// The last step of RUN and `kiln exec`: finds `args[0]` on the `PATH` of `env` (while still
+/// privileged), drops to `user`/`id`, and execs. Returns only on failure.
+fn exec_as(args: &[String], env: &[String], user: &str, id: &user::Identity) -> Result<Infallible> {
     let path_var = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH)
         .to_string();
-    let exe = find_executable(&spec.args[0], &path_var)?;
-    drop_privileges(&spec.user, &id)?;
-    let to_exec_err = |source| InitError::Exec {
-        cmd: spec.args[0].clone(),
-        source,
-    };
+    let exe = find_executable(&args[0], &path_var)?;
+    drop_privileges(user, id)?;
+
     let cstr =
         |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
-    let argv: Vec<CString> = spec
-        .args
+    let to_exec_err = |source| InitError::Exec {
+        cmd: args[0].clone(),
+        source,
+    };
+    let argv: Vec<CString> = args
         .iter()
         .map(|a| cstr(a))
         .collect::<io::Result<_>>()
