@@ -14,6 +14,7 @@
 //! - [`archive`]: `save` to an OCI layout + docker-archive tar.
 //! - [`statcache`]: reuse of context file digests while their stat is unchanged (git index style).
 //! - [`usage`]: disk usage of the store by kind (`kiln system df`).
+//! - [`gc`]: `kiln prune` and garbage collection of unreferenced blobs and snapshots.
 //!
 //! In: directories (overlay upper dirs), tar streams, configs. Out: digests, snapshot paths,
 //! images, archives. This crate is a leaf: it depends on no other workspace crate. It never
@@ -22,6 +23,7 @@
 
 pub mod archive;
 pub mod compress;
+pub mod gc;
 pub mod image;
 pub mod layer;
 pub mod oci;

@@ -5,7 +5,7 @@ use crate::oci::Digest;
 use crate::store::{Store, StoreError, io_err};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -18,16 +18,21 @@ pub struct CacheRecord {
 
 impl Store {
     /// The record stored for `key`, if any. The caller checks that its layers still exist
-    /// ([`Store::has_layer`]) before trusting it.
+    /// ([`Store::has_layer`]) before trusting it. A found record is marked used: its mtime
+    /// becomes now (one `futimens`; [`crate::gc`] prunes by it).
     ///
     /// Fails on I/O errors or a record that does not parse.
     pub fn cache_get(&self, key: &Digest) -> Result<Option<CacheRecord>> {
         let p = self.path("cachekeys").join(key.hex());
-        let bytes = match fs::read(&p) {
-            Ok(b) => b,
+        let mut f = match fs::File::options().read(true).write(true).open(&p) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("read", &p)(e)),
+            Err(e) => return Err(io_err("open", &p)(e)),
         };
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io_err("read", &p))?;
+        // Last use is a hint for prune: a failure to record it must not fail the lookup.
+        let _ = f.set_modified(std::time::SystemTime::now());
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| StoreError::Json { path: p, source })
@@ -61,5 +66,24 @@ mod tests {
         };
         store.cache_put(&key, &rec).unwrap();
         assert_eq!(store.cache_get(&key).unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn a_lookup_marks_the_record_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = Digest::of(b"key");
+        store.cache_put(&key, &CacheRecord::default()).unwrap();
+        let p = store.path("cachekeys").join(key.hex());
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        store.cache_get(&key).unwrap().unwrap();
+        let used = fs::metadata(&p).unwrap().modified().unwrap();
+        assert!(used > old + std::time::Duration::from_secs(3000));
     }
 }

@@ -189,6 +189,19 @@ impl Store {
         self.lock(rustix::fs::FlockOperation::LockExclusive)
     }
 
+    /// Takes the exclusive lock if no build holds the shared one; `None` when it would block.
+    ///
+    /// Fails when the lock file cannot be opened or locked.
+    pub fn try_lock_exclusive(&self) -> Result<Option<RootLock>> {
+        match self.lock(rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(l) => Ok(Some(l)),
+            Err(StoreError::Io {
+                op: "lock", source, ..
+            }) if source.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn lock(&self, op: rustix::fs::FlockOperation) -> Result<RootLock> {
         let path = self.path("lock");
         let file = OpenOptions::new()

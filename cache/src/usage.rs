@@ -77,7 +77,7 @@ impl Store {
 
 /// Bytes of the regular files at or below `path`, each inode once (unreadable parts skipped:
 /// a concurrent build may remove its temp files while we walk).
-fn tree_bytes(path: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+pub(crate) fn tree_bytes(path: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {

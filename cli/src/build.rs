@@ -23,6 +23,10 @@ pub struct BuildArgs {
     /// Run every step; ignore the build cache.
     #[arg(long)]
     no_cache: bool,
+    /// Run the steps of these stages again (ignore their cache); comma-separated or repeated.
+    /// Steps of other stages that use them run again only when the re-run changed a result.
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
     /// After the build, list every step that missed the cache and why.
     #[arg(long)]
     explain: bool,
@@ -84,6 +88,28 @@ fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>>
         };
     }
     Ok(out)
+}
+
+/// The solver's stage labels for `--no-cache-filter` names (BuildKit matches stage names,
+/// case-insensitively). A single-stage build's steps carry no label (`[2/3] RUN ...`): `""`.
+fn no_cache_stages(df: &frontend::Dockerfile, filter: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in filter.iter().map(|f| f.trim().to_ascii_lowercase()) {
+        let stage = df.stages.iter().find(|s| s.name.as_deref() == Some(&f));
+        match stage {
+            Some(_) if df.stages.len() == 1 => out.push(String::new()),
+            Some(_) => out.push(f),
+            None if f.is_empty() => {}
+            None => {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: --no-cache-filter {f}: no stage of that name"
+                );
+            }
+        }
+    }
+    out
 }
 
 /// Runs `kiln build`.
@@ -151,6 +177,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         no_cache: a.no_cache,
+        no_cache_stages: no_cache_stages(&df, &a.no_cache_filter),
         kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
         dockerfile_name,
         secrets: crate::check::secrets(&a.secrets)?,
@@ -160,8 +187,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             _ => solver::graph::NetworkMode::Default,
         },
     };
+    // Held until the image is tagged, so that a prune cannot take an untagged result.
+    let lock = store.lock_shared().context("locking the store")?;
+    // Left by killed builds: their processes are gone, so nothing can be using them.
+    if let Err(e) = store.clean_stale_tmp() {
+        tracing::warn!(error = %e, "stale temp entries not removed");
+    }
     let image = rt.block_on(async {
-        let _lock = store.lock_shared().context("locking the store")?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
         let mut renderer = Renderer::new(a.progress);
         let render = async move {
@@ -209,5 +241,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             writeln!(std::io::stdout().lock(), "{digest}")?;
         }
     }
+    drop(lock);
     Ok(())
 }

@@ -166,6 +166,8 @@ pub fn rmi(names: &[String]) -> anyhow::Result<()> {
 /// `kiln save`: written to a temp file beside the output, renamed when complete.
 pub fn save(names: &[String], output: &Path) -> anyhow::Result<()> {
     let store = crate::open_store()?;
+    // Save reads layers and writes compressed copies: prune must not run meanwhile.
+    let _lock = store.lock_shared().context("locking the store")?;
     let mut images = Vec::new();
     for n in names {
         images.push((n.clone(), resolve(&store, n)?.manifest_digest));

@@ -7,6 +7,7 @@ mod check;
 mod containers;
 mod images;
 mod netrun;
+mod prune;
 mod registry;
 mod render;
 mod run;
@@ -74,7 +75,9 @@ enum Command {
     },
     /// Run a command in a new container.
     Run(run::RunArgs),
-    /// Store management (`kiln system df`).
+    /// Remove build cache: records, cache mounts and the layers only they hold.
+    Prune(prune::PruneArgs),
+    /// Store management (`kiln system df`, `kiln system prune`).
     System {
         #[command(subcommand)]
         cmd: system::SystemCommand,
@@ -218,6 +221,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             images::save(&names, &output).map(|()| ExitCode::SUCCESS)
         }
         Command::Run(a) => run::run(a),
+        Command::Prune(a) => prune::prune(a).map(|()| ExitCode::SUCCESS),
         Command::System { cmd } => system::system(cmd).map(|()| ExitCode::SUCCESS),
         Command::Pull {
             reference,
@@ -239,6 +243,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let store = open_store()?;
             let cfg = registry::RegistryConfig::from_env(&insecure);
+            // Push writes compressed blobs: prune must not run meanwhile.
+            let _lock = store.lock_shared().context("locking the store")?;
             let digest =
                 runtime()?.block_on(registry::push(&store, &name, dest.as_deref(), &cfg))?;
             print_line(&digest.to_string())

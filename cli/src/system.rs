@@ -7,12 +7,15 @@ use std::io::Write as _;
 pub enum SystemCommand {
     /// Show disk usage: images, blobs, layer snapshots, build cache records, cache mounts.
     Df,
+    /// Remove build cache (the same as `kiln prune`).
+    Prune(crate::prune::PruneArgs),
 }
 
 /// Runs a `kiln system` subcommand.
 pub fn system(cmd: SystemCommand) -> anyhow::Result<()> {
     match cmd {
         SystemCommand::Df => df(),
+        SystemCommand::Prune(a) => crate::prune::prune(a),
     }
 }
 
@@ -35,7 +38,7 @@ fn df() -> anyhow::Result<()> {
 }
 
 /// `1.5MB` style sizes (powers of 1000, as docker prints them).
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut i = 0;

@@ -274,6 +274,8 @@ fn cache_dir(
         .write(true)
         .open(&lock_path)
         .map_err(io("opening", &lock_path))?;
+    // The lock file's mtime is the mount's last use, which `kiln prune` goes by (a hint only).
+    let _ = lock.set_modified(std::time::SystemTime::now());
     let dir = match sharing {
         CacheSharing::Shared => {
             lock.lock_shared().map_err(io("locking", &lock_path))?;

@@ -28,7 +28,7 @@ use cache::store::{Store, StoreError};
 use executor::context::{ContextError, Ignore, SourceEntry};
 use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, Network, Rootfs, RunSpec};
 use rayon::prelude::*;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,11 @@ pub struct SolveOptions {
     pub jobs: usize,
     /// Run every step, ignoring cache records (still writing new ones).
     pub no_cache: bool,
+    /// `--no-cache-filter`: the stage labels (lower-case, as in progress names; `""` for the
+    /// stage of a single-stage build) whose steps run again. A step that builds on one of them
+    /// runs again too, but only when the re-run changed that step's result (see
+    /// [`explain::stage_label`]).
+    pub no_cache_stages: Vec<String>,
     /// The kiln binary, re-executed as `kiln __init` for sandboxes.
     pub kiln_exe: PathBuf,
     /// The Dockerfile's name, for messages (`Dockerfile:12: RUN make: exit code 2`).
@@ -276,6 +281,7 @@ impl Solver {
             reasons,
             opts: self.opts.clone(),
             events,
+            changed: Mutex::default(),
         });
         let done = sched::schedule(&graph, runner, self.opts.jobs)
             .await
@@ -520,9 +526,22 @@ struct Runner {
     reasons: Vec<Option<String>>,
     opts: SolveOptions,
     events: progress::Sender,
+    /// Steps re-run by `--no-cache-filter` (or after one) whose result differs from their
+    /// previous record: the steps that use them cannot trust their own records.
+    changed: Mutex<HashSet<NodeId>>,
 }
 
 impl Runner {
+    /// The `--no-cache-filter` stage of `n`, when it is one of the filtered stages.
+    fn filtered(&self, n: NodeId) -> Option<&str> {
+        let label = explain::stage_label(&self.graph.nodes[n].name)?;
+        self.opts
+            .no_cache_stages
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(label))
+            .map(String::as_str)
+    }
+
     fn emit(&self, n: NodeId, kind: EventKind) {
         progress::emit(&self.events, n, &self.graph.nodes[n].name, kind);
     }
@@ -856,15 +875,31 @@ impl Runner {
         let key = self.keys[n]
             .as_ref()
             .expect("keys exist for every needed node");
-        if let Some(chain) = self.cached(n, key)? {
+        let filtered = self.filtered(n);
+        let after_changed = {
+            let changed = self.changed.lock().expect("not poisoned");
+            inputs.keys().any(|i| changed.contains(i))
+        };
+        let forced = filtered.is_some() || after_changed;
+        if !forced && let Some(chain) = self.cached(n, key)? {
             self.emit(n, EventKind::Cached);
             let made_layer = chain.len() > root.chain.len();
             return Ok(NodeResult { chain, made_layer });
         }
-        let why = if self.opts.no_cache {
-            "--no-cache"
-        } else {
-            self.reasons[n].as_deref().unwrap_or("no cache entry")
+        // A forced step's previous result, to tell its users whether they may keep theirs.
+        let previous = match forced {
+            true => self.store.cache_get(key).ok().flatten(),
+            false => None,
+        };
+        let why = match (self.opts.no_cache, filtered) {
+            (true, _) => "--no-cache".to_owned(),
+            (false, Some(stage)) => format!("--no-cache-filter {stage}"),
+            (false, None) if after_changed => {
+                "a step it uses was re-run (--no-cache-filter) with a different result".to_owned()
+            }
+            _ => self.reasons[n]
+                .clone()
+                .unwrap_or_else(|| "no cache entry".to_owned()),
         };
         self.emit(
             n,
@@ -873,7 +908,11 @@ impl Runner {
                 bytes: format!("{}{why}\n", explain::PREFIX).into_bytes(),
             },
         );
-        self.build(n, key, root, &inputs).await
+        let result = self.build(n, key, root, &inputs).await?;
+        if previous.is_some_and(|p| p.layers != result.chain) {
+            self.changed.lock().expect("not poisoned").insert(n);
+        }
+        Ok(result)
     }
 }
 

@@ -208,6 +208,7 @@ impl Fixture {
             dockerignore: String::new(),
             jobs: 2,
             no_cache,
+            no_cache_stages: Vec::new(),
             kiln_exe: std::env::current_exe().expect("the test binary has a path"),
             dockerfile_name: "Dockerfile".into(),
             secrets: Default::default(),
