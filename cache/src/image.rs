@@ -210,6 +210,10 @@ impl Store {
                 digest: manifest.clone(),
             });
         }
+        // A rebuild that changed nothing re-tags the same image: skip the write (and its fsync).
+        if self.read_ref(&r).ok().flatten().as_ref() == Some(manifest) {
+            return Ok(());
+        }
         self.write_atomic(&self.ref_path(&r), format!("{manifest}\n").as_bytes())
     }
 

@@ -9,24 +9,34 @@
 //! later save finds it older).
 //!
 //! Saving keeps only the entries looked up since [`StatCache::open`], so files removed from the
-//! context drop out on the next build.
+//! context drop out on the next build. Nothing is written when every lookup reused an entry
+//! and none went unused: a warm rebuild only reads the file.
 //!
-//! File format (`kiln.statcache.v1`): the tag line, then per entry: path length (u32 LE), path
+//! File format (`kiln.statcache.v2`): the tag line, then per entry: path length (u32 LE), path
 //! bytes, size (u64), mtime_ns (i128), ctime_ns (i128), inode (u64), device (u64), mode (u32),
-//! digest length (u16), digest text. A file that fails to parse is treated as empty.
+//! the raw 32-byte SHA-256. A file that fails to parse is treated as empty (a `v1` file too:
+//! it is rewritten as `v2` by the next build).
+//!
+//! Loading keeps the file's bytes and indexes them by a 64-bit hash of the path (no per-entry
+//! allocation); a lookup compares the stored path bytes, so a hash collision can only cost a
+//! re-hash of the file, never a wrong digest.
 
 use std::collections::HashMap;
 use std::fs;
+use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
 use std::io::{self, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::oci::Digest;
 
-const TAG: &[u8] = b"kiln.statcache.v1\n";
+const TAG: &[u8] = b"kiln.statcache.v2\n";
+
+/// Bytes of an entry after its path: size, mtime, ctime, inode, device, mode, digest.
+const FIXED: usize = 8 + 16 + 16 + 8 + 8 + 4 + 32;
 
 /// Errors of the stat cache.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +83,39 @@ impl StatKey {
             mode: meta.mode(),
         }
     }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&self.size.to_le_bytes());
+        buf.extend_from_slice(&self.mtime_ns.to_le_bytes());
+        buf.extend_from_slice(&self.ctime_ns.to_le_bytes());
+        buf.extend_from_slice(&self.ino.to_le_bytes());
+        buf.extend_from_slice(&self.dev.to_le_bytes());
+        buf.extend_from_slice(&self.mode.to_le_bytes());
+    }
+
+    fn decode(b: &[u8]) -> StatKey {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let i128_at = |i: usize| i128::from_le_bytes(b[i..i + 16].try_into().expect("16 bytes"));
+        StatKey {
+            size: u64_at(0),
+            mtime_ns: i128_at(8),
+            ctime_ns: i128_at(24),
+            ino: u64_at(40),
+            dev: u64_at(48),
+            mode: u32::from_le_bytes(b[56..60].try_into().expect("4 bytes")),
+        }
+    }
 }
+
+/// Where an entry of the loaded file is: its path at `path..key`, then [`FIXED`] bytes.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    path: usize,
+    key: usize,
+}
+
+/// A freshly hashed entry, kept for the next save.
+type Fresh = (PathBuf, StatKey, [u8; 32]);
 
 /// Cached digests of one context directory's files.
 #[derive(Debug)]
@@ -81,10 +123,37 @@ pub struct StatCache {
     file: PathBuf,
     /// mtime of the cache file when loaded; entries not older than this are racy.
     written_ns: Option<i128>,
-    old: HashMap<PathBuf, (StatKey, Digest)>,
-    seen: Mutex<Vec<(PathBuf, StatKey, Digest)>>,
+    /// The loaded file.
+    bytes: Vec<u8>,
+    slots: Vec<Slot>,
+    /// Path hash -> slot (the first of any colliding paths; the others are simply misses).
+    index: HashMap<u64, usize, BuildHasherDefault<IdentityHasher>>,
+    used: Vec<AtomicBool>,
+    fresh: Mutex<Vec<Fresh>>,
     hashed: AtomicU64,
     reused: AtomicU64,
+}
+
+/// The path hashes are SipHash already: the index map uses them as they are.
+#[derive(Debug, Default)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+fn path_hash(path: &[u8]) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(path)
 }
 
 impl StatCache {
@@ -98,21 +167,38 @@ impl StatCache {
 
     /// Loads `file`; a missing or unreadable file gives an empty cache.
     pub fn open(file: PathBuf) -> StatCache {
-        let (written_ns, old) = match (fs::read(&file), fs::metadata(&file)) {
-            (Ok(bytes), Ok(meta)) => (
-                Some(StatKey::of(&meta).mtime_ns),
-                parse(&bytes).unwrap_or_default(),
-            ),
-            _ => (None, HashMap::new()),
+        let (written_ns, bytes) = match (fs::read(&file), fs::metadata(&file)) {
+            (Ok(bytes), Ok(meta)) => (Some(StatKey::of(&meta).mtime_ns), bytes),
+            _ => (None, Vec::new()),
         };
+        let slots = index(&bytes).unwrap_or_default();
+        let mut map = HashMap::with_capacity_and_hasher(slots.len(), Default::default());
+        for (i, s) in slots.iter().enumerate() {
+            map.entry(path_hash(&bytes[s.path..s.key])).or_insert(i);
+        }
         StatCache {
             file,
             written_ns,
-            old,
-            seen: Mutex::new(Vec::new()),
+            used: slots.iter().map(|_| AtomicBool::new(false)).collect(),
+            bytes,
+            slots,
+            index: map,
+            fresh: Mutex::new(Vec::new()),
             hashed: AtomicU64::new(0),
             reused: AtomicU64::new(0),
         }
+    }
+
+    /// The cached entry of `path`: its slot number, stat key and digest.
+    fn cached(&self, path: &[u8]) -> Option<(usize, StatKey, [u8; 32])> {
+        let i = *self.index.get(&path_hash(path))?;
+        let s = self.slots[i];
+        if &self.bytes[s.path..s.key] != path {
+            return None;
+        }
+        let fixed = &self.bytes[s.key..s.key + FIXED];
+        let digest = fixed[FIXED - 32..].try_into().expect("32 bytes");
+        Some((i, StatKey::decode(fixed), digest))
     }
 
     /// The digest of `path` whose current metadata is `key`: the cached one when `key` matches
@@ -125,26 +211,28 @@ impl StatCache {
         key: StatKey,
         hash: impl FnOnce(&Path) -> io::Result<Digest>,
     ) -> io::Result<Digest> {
-        let cached = self.old.get(path).filter(|(k, _)| {
-            *k == key
-                && self
-                    .written_ns
-                    .is_some_and(|w| k.mtime_ns < w && k.ctime_ns < w)
-        });
-        let digest = match cached {
-            Some((_, d)) => {
-                self.reused.fetch_add(1, Ordering::Relaxed);
-                d.clone()
-            }
-            None => {
-                self.hashed.fetch_add(1, Ordering::Relaxed);
-                hash(path)?
-            }
-        };
-        self.seen
-            .lock()
-            .expect("stat cache lock is not poisoned: no code panics while holding it")
-            .push((path.to_path_buf(), key, digest.clone()));
+        let hit = self
+            .cached(path.as_os_str().as_bytes())
+            .filter(|(_, k, _)| {
+                *k == key
+                    && self
+                        .written_ns
+                        .is_some_and(|w| k.mtime_ns < w && k.ctime_ns < w)
+            });
+        if let Some((i, _, raw)) = hit {
+            self.used[i].store(true, Ordering::Relaxed);
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(Digest::from_sha256(raw));
+        }
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        let digest = hash(path)?;
+        let mut raw = [0u8; 32];
+        if hex::decode_to_slice(digest.hex(), &mut raw).is_ok() {
+            self.fresh
+                .lock()
+                .expect("stat cache lock is not poisoned: no code panics while holding it")
+                .push((path.to_path_buf(), key, raw));
+        }
         Ok(digest)
     }
 
@@ -158,34 +246,41 @@ impl StatCache {
         self.reused.load(Ordering::Relaxed)
     }
 
-    /// Writes the entries looked up since opening, atomically. Nothing is written when no
-    /// lookup happened or when every lookup reused an entry and the set is unchanged.
+    /// Writes the entries looked up since opening, atomically. Nothing is written when nothing
+    /// was hashed and every loaded entry was reused (the file would not change).
     ///
     /// Fails when the directory or file cannot be written.
     pub fn save(&self) -> Result<()> {
-        let seen = self
-            .seen
+        let fresh = self
+            .fresh
             .lock()
             .expect("stat cache lock is not poisoned: no code panics while holding it");
-        // Nothing new: every entry was reused (so none was racy) and none was added or dropped.
-        if seen.is_empty() || (self.hashed() == 0 && seen.len() == self.old.len()) {
+        let used = self
+            .used
+            .iter()
+            .filter(|u| u.load(Ordering::Relaxed))
+            .count();
+        if fresh.is_empty() && used == self.slots.len() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(TAG.len() + seen.len() * 160);
+        let mut buf = Vec::with_capacity(TAG.len() + (used + fresh.len()) * (FIXED + 64));
         buf.extend_from_slice(TAG);
-        for (path, k, d) in seen.iter() {
+        for (s, u) in self.slots.iter().zip(&self.used) {
+            if u.load(Ordering::Relaxed) {
+                let len = u32::try_from(s.key - s.path).expect("paths were read from a u32 length");
+                buf.extend_from_slice(&len.to_le_bytes());
+                buf.extend_from_slice(&self.bytes[s.path..s.key + FIXED]);
+            }
+        }
+        for (path, k, raw) in fresh.iter() {
             let p = path.as_os_str().as_bytes();
-            let ds = d.to_string();
-            buf.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_le_bytes());
+            let Ok(len) = u32::try_from(p.len()) else {
+                continue;
+            };
+            buf.extend_from_slice(&len.to_le_bytes());
             buf.extend_from_slice(p);
-            buf.extend_from_slice(&k.size.to_le_bytes());
-            buf.extend_from_slice(&k.mtime_ns.to_le_bytes());
-            buf.extend_from_slice(&k.ctime_ns.to_le_bytes());
-            buf.extend_from_slice(&k.ino.to_le_bytes());
-            buf.extend_from_slice(&k.dev.to_le_bytes());
-            buf.extend_from_slice(&k.mode.to_le_bytes());
-            buf.extend_from_slice(&u16::try_from(ds.len()).unwrap_or(u16::MAX).to_le_bytes());
-            buf.extend_from_slice(ds.as_bytes());
+            k.encode(&mut buf);
+            buf.extend_from_slice(raw);
         }
         let err = |source| StatCacheError::Write {
             path: self.file.clone(),
@@ -208,37 +303,23 @@ impl StatCache {
     }
 }
 
-fn parse(bytes: &[u8]) -> Option<HashMap<PathBuf, (StatKey, Digest)>> {
-    let mut r = bytes.strip_prefix(TAG)?;
-    let mut out = HashMap::new();
-    fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if r.len() < n {
+/// The entries of a cache file (`None` when it is not a whole `v2` file).
+fn index(bytes: &[u8]) -> Option<Vec<Slot>> {
+    let mut at = TAG.len();
+    if !bytes.starts_with(TAG) {
+        return None;
+    }
+    let mut out = Vec::new();
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
+        let path = at + 4;
+        let key = path.checked_add(len)?;
+        let end = key.checked_add(FIXED)?;
+        if end > bytes.len() {
             return None;
         }
-        let (a, b) = r.split_at(n);
-        *r = b;
-        Some(a)
-    }
-    fn arr<const N: usize>(r: &mut &[u8]) -> Option<[u8; N]> {
-        take(r, N)?.try_into().ok()
-    }
-    while !r.is_empty() {
-        let plen = u32::from_le_bytes(arr(&mut r)?) as usize;
-        let path = PathBuf::from(std::ffi::OsString::from_vec(take(&mut r, plen)?.to_vec()));
-        let key = StatKey {
-            size: u64::from_le_bytes(arr(&mut r)?),
-            mtime_ns: i128::from_le_bytes(arr(&mut r)?),
-            ctime_ns: i128::from_le_bytes(arr(&mut r)?),
-            ino: u64::from_le_bytes(arr(&mut r)?),
-            dev: u64::from_le_bytes(arr(&mut r)?),
-            mode: u32::from_le_bytes(arr(&mut r)?),
-        };
-        let dlen = u16::from_le_bytes(arr(&mut r)?) as usize;
-        let digest: Digest = std::str::from_utf8(take(&mut r, dlen)?)
-            .ok()?
-            .parse()
-            .ok()?;
-        out.insert(path, (key, digest));
+        out.push(Slot { path, key });
+        at = end;
     }
     Some(out)
 }
@@ -308,7 +389,7 @@ mod tests {
         assert_eq!(d1, d2);
         // The cache file survives reopening many times and stays valid.
         let c = StatCache::open(cf.clone());
-        assert_eq!(c.old.len(), 1);
+        assert_eq!(c.slots.len(), 1);
     }
 
     #[test]
@@ -393,12 +474,14 @@ mod tests {
         look(&cf, &a);
         look(&cf, &b);
         assert_eq!(
-            StatCache::open(cf.clone()).old.len(),
+            StatCache::open(cf.clone()).slots.len(),
             1,
             "only b was seen last"
         );
-        fs::write(&cf, b"kiln.statcache.v1\n\x05\x00").expect("write");
-        assert!(StatCache::open(cf).old.is_empty());
+        fs::write(&cf, b"kiln.statcache.v2\n\x05\x00").expect("write");
+        assert!(StatCache::open(cf.clone()).slots.is_empty());
+        fs::write(&cf, b"kiln.statcache.v1\n").expect("write");
+        assert!(StatCache::open(cf).slots.is_empty());
     }
 
     #[test]

@@ -266,6 +266,30 @@ pub fn walk_sources(
     ignore: &Ignore,
     exclude: &[String],
 ) -> Result<Vec<SourceEntry>> {
+    walk(root, sources, ignore, exclude, false)
+}
+
+/// [`walk_sources`] with sibling subdirectories listed concurrently on the rayon pool (the
+/// same entries in the same order). For the solver's cache keys; the sandbox init, which must
+/// stay single-threaded, uses [`walk_sources`].
+///
+/// Fails as [`walk_sources`] does.
+pub fn walk_sources_parallel(
+    root: &Path,
+    sources: &[String],
+    ignore: &Ignore,
+    exclude: &[String],
+) -> Result<Vec<SourceEntry>> {
+    walk(root, sources, ignore, exclude, true)
+}
+
+fn walk(
+    root: &Path,
+    sources: &[String],
+    ignore: &Ignore,
+    exclude: &[String],
+    parallel: bool,
+) -> Result<Vec<SourceEntry>> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -278,6 +302,7 @@ pub fn walk_sources(
         root_fd,
         ignore,
         exclude: &exclude,
+        parallel,
     };
     let mut out = Vec::new();
     for (index, source) in sources.iter().enumerate() {
@@ -303,7 +328,14 @@ pub fn walk_sources(
                 continue;
             }
             let meta = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?;
-            let top = entry(path.clone(), m.clone(), &meta, None, index, &m);
+            let top = entry(
+                path.clone(),
+                m.clone(),
+                &Meta::of_std(&meta),
+                None,
+                index,
+                &m,
+            );
             let is_dir = top.kind == EntryKind::Dir;
             out.push(top);
             if is_dir {
@@ -326,6 +358,17 @@ struct Walker<'a> {
     root_fd: OwnedFd,
     ignore: &'a Ignore,
     exclude: &'a Ignore,
+    /// List sibling subdirectories concurrently (rayon).
+    parallel: bool,
+}
+
+/// One listed child of a directory.
+struct Child {
+    cname: std::ffi::CString,
+    rel: String,
+    sub: String,
+    entry: SourceEntry,
+    ignored: bool,
 }
 
 impl Walker<'_> {
@@ -398,53 +441,207 @@ impl Walker<'_> {
         dir: &Path,
         rel: &str,
         sub: &str,
-        (index, matched): (usize, &str),
+        matched: (usize, &str),
         out: &mut Vec<SourceEntry>,
     ) -> Result<()> {
-        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
-            .map_err(|e| io_err(dir, e))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| io_err(dir, e))?;
+        let fd =
+            rustix::fs::open(dir, DIR_FLAGS, Mode::empty()).map_err(|e| io_err(dir, e.into()))?;
+        self.walk_fd(&fd, dir, rel, sub, matched, out)
+    }
+
+    /// Lists the directory open as `fd` (host path `dir`). Every lookup is relative to the
+    /// directory's descriptor (`statx`, `openat`, `readlinkat` of one name), so that a big
+    /// context costs one short lookup per entry instead of a walk of its whole path.
+    fn walk_fd(
+        &self,
+        fd: &OwnedFd,
+        dir: &Path,
+        rel: &str,
+        sub: &str,
+        matched: (usize, &str),
+        out: &mut Vec<SourceEntry>,
+    ) -> Result<()> {
+        let children = self.children(fd, dir, rel, sub, matched)?;
+        let dirs = children
+            .iter()
+            .filter(|c| c.entry.kind == EntryKind::Dir)
+            .count();
+        // Each subdirectory's entries, listed concurrently when there are several.
+        let mut subtrees: Vec<Option<Vec<SourceEntry>>> = if self.parallel && dirs > 1 {
+            use rayon::prelude::*;
+            children
+                .par_iter()
+                .map(|c| self.subtree(fd, c, matched).map(Some))
+                .collect::<Result<_>>()?
+        } else {
+            children.iter().map(|_| None).collect()
+        };
+        for (c, tree) in children.into_iter().zip(subtrees.iter_mut()) {
+            if c.entry.kind != EntryKind::Dir {
+                out.push(c.entry);
+                continue;
+            }
+            let at = out.len();
+            let tree = match tree.take() {
+                Some(t) => t,
+                None => self.subtree(fd, &c, matched)?,
+            };
+            out.push(c.entry);
+            out.extend(tree);
+            // An ignored directory stays only to hold re-included (`!`) entries.
+            if c.ignored && out.len() == at + 1 {
+                out.pop();
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries below child directory `c` of the directory open as `fd` (none for others).
+    fn subtree(&self, fd: &OwnedFd, c: &Child, matched: (usize, &str)) -> Result<Vec<SourceEntry>> {
+        let mut out = Vec::new();
+        if c.entry.kind == EntryKind::Dir {
+            let child = rustix::fs::openat(fd, c.cname.as_c_str(), DIR_FLAGS, Mode::empty())
+                .map_err(|e| io_err(&c.entry.path, e.into()))?;
+            self.walk_fd(&child, &c.entry.path, &c.rel, &c.sub, matched, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The sorted, not ignored children of the directory open as `fd` (host path `dir`). Every
+    /// lookup is relative to the directory's descriptor (`statx`, `readlinkat` of one name), so
+    /// that a big context costs one short lookup per entry instead of a walk of its whole path.
+    fn children(
+        &self,
+        fd: &OwnedFd,
+        dir: &Path,
+        rel: &str,
+        sub: &str,
+        (index, matched): (usize, &str),
+    ) -> Result<Vec<Child>> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut names: Vec<std::ffi::CString> = Vec::new();
+        let mut rd = rustix::fs::Dir::read_from(fd).map_err(|e| io_err(dir, e.into()))?;
+        while let Some(e) = rd.read() {
+            let e = e.map_err(|e| io_err(dir, e.into()))?;
+            let name = e.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
+            }
+        }
+        drop(rd);
         names.sort();
-        for name in names {
-            let name = name.to_string_lossy().into_owned();
+        let mut out = Vec::with_capacity(names.len());
+        for cname in names {
+            let name = cname.to_string_lossy().into_owned();
             let child_rel = join_rel(rel, &name);
             let child_sub = join_rel(sub, &name);
-            let path = dir.join(&name);
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| io_err(&path, e))?;
-            let ignored = self.ignore.is_ignored(&child_rel, meta.is_dir())
-                || self.exclude.is_ignored(&child_sub, meta.is_dir());
+            let path = dir.join(std::ffi::OsStr::from_bytes(cname.to_bytes()));
+            let meta = rustix::fs::statx(
+                fd,
+                cname.as_c_str(),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                rustix::fs::StatxFlags::BASIC_STATS,
+            )
+            .map(|st| Meta::of_statx(&st))
+            .map_err(|e| io_err(&path, e.into()))?;
+            let is_dir = meta.kind == EntryKind::Dir;
+            let ignored = self.ignore.is_ignored(&child_rel, is_dir)
+                || self.exclude.is_ignored(&child_sub, is_dir);
             if ignored
-                && !(meta.is_dir()
-                    && (self.ignore.has_exceptions() || self.exclude.has_exceptions()))
+                && !(is_dir && (self.ignore.has_exceptions() || self.exclude.has_exceptions()))
             {
                 continue;
             }
-            let link = if meta.file_type().is_symlink() {
+            let link = if meta.kind == EntryKind::Symlink {
                 Some(
-                    std::fs::read_link(&path)
-                        .map_err(|e| io_err(&path, e))?
+                    rustix::fs::readlinkat(fd, cname.as_c_str(), Vec::new())
+                        .map_err(|e| io_err(&path, e.into()))?
                         .to_string_lossy()
                         .into_owned(),
                 )
             } else {
                 None
             };
-            let e = entry(path.clone(), child_rel.clone(), &meta, link, index, matched);
-            if meta.is_dir() {
-                let at = out.len();
-                out.push(e);
-                self.walk_dir(&path, &child_rel, &child_sub, (index, matched), out)?;
-                // An ignored directory stays only to hold re-included (`!`) entries.
-                if ignored && out.len() == at + 1 {
-                    out.pop();
-                }
-            } else {
-                out.push(e);
-            }
+            let entry = entry(path, child_rel.clone(), &meta, link, index, matched);
+            out.push(Child {
+                cname,
+                rel: child_rel,
+                sub: child_sub,
+                entry,
+                ignored,
+            });
         }
-        Ok(())
+        Ok(out)
+    }
+}
+
+/// How the walker opens directories: for reading entries, never following a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The stat fields an entry keeps, from `std::fs::Metadata` or a `statx`.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    kind: EntryKind,
+    /// `st_mode` (type and permission bits).
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    dev: u64,
+    ino: u64,
+    rdev: u64,
+    nlink: u64,
+}
+
+impl Meta {
+    fn kind_of(mode: u32) -> EntryKind {
+        match mode & 0o170000 {
+            0o040000 => EntryKind::Dir,
+            0o100000 => EntryKind::File,
+            0o120000 => EntryKind::Symlink,
+            _ => EntryKind::Special,
+        }
+    }
+
+    fn of_std(m: &std::fs::Metadata) -> Meta {
+        Meta {
+            kind: Meta::kind_of(m.mode()),
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            dev: m.dev(),
+            ino: m.ino(),
+            rdev: m.rdev(),
+            nlink: m.nlink(),
+        }
+    }
+
+    fn of_statx(st: &rustix::fs::Statx) -> Meta {
+        let ns = |t: &rustix::fs::StatxTimestamp| {
+            i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
+        };
+        Meta {
+            kind: Meta::kind_of(u32::from(st.stx_mode)),
+            mode: u32::from(st.stx_mode),
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            size: st.stx_size,
+            mtime_ns: ns(&st.stx_mtime),
+            ctime_ns: ns(&st.stx_ctime),
+            // The same encoding `stat` uses for `st_dev` (glibc's makedev).
+            dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            rdev: rustix::fs::makedev(st.stx_rdev_major, st.stx_rdev_minor),
+            nlink: u64::from(st.stx_nlink),
+        }
     }
 }
 
@@ -459,42 +656,33 @@ fn join_rel(a: &str, b: &str) -> String {
 fn entry(
     path: PathBuf,
     rel: String,
-    meta: &std::fs::Metadata,
+    meta: &Meta,
     link_target: Option<String>,
     source: usize,
     matched: &str,
 ) -> SourceEntry {
-    let ft = meta.file_type();
-    let kind = if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_file() {
-        EntryKind::File
-    } else if ft.is_symlink() {
-        EntryKind::Symlink
-    } else {
-        EntryKind::Special
-    };
+    let kind = meta.kind;
     SourceEntry {
         path,
         rel,
         kind,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
+        mode: meta.mode & 0o7777,
+        uid: meta.uid,
+        gid: meta.gid,
         size: if kind == EntryKind::File {
-            meta.len()
+            meta.size
         } else {
             0
         },
-        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        mtime_ns: meta.mtime_ns,
         link_target,
         source,
         matched: matched.to_string(),
-        rdev: meta.rdev(),
-        inode: (kind == EntryKind::File && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
-        ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        dev: meta.dev(),
-        ino: meta.ino(),
+        rdev: meta.rdev,
+        inode: (kind == EntryKind::File && meta.nlink > 1).then_some((meta.dev, meta.ino)),
+        ctime_ns: meta.ctime_ns,
+        dev: meta.dev,
+        ino: meta.ino,
     }
 }
 
@@ -588,6 +776,27 @@ mod tests {
 
     fn rels(entries: &[SourceEntry]) -> Vec<&str> {
         entries.iter().map(|e| e.rel.as_str()).collect()
+    }
+
+    #[test]
+    fn parallel_walk_lists_the_same_entries_in_the_same_order() {
+        let d = tempfile::tempdir().expect("tempdir");
+        for i in 0..5 {
+            for j in 0..4 {
+                let p = d.path().join(format!("src/d{i}/e{j}"));
+                std::fs::create_dir_all(&p).expect("mkdir");
+                std::fs::write(p.join("f"), format!("{i}{j}")).expect("write");
+                std::fs::write(p.join("x.tmp"), "ignored").expect("write");
+            }
+            std::fs::write(d.path().join(format!("src/d{i}.txt")), "file").expect("write");
+        }
+        let ig = ig("**/*.tmp\n!src/d3/e1/x.tmp\nsrc/d4\n");
+        let seq = walk_sources(d.path(), &["src".into()], &ig, &[]).expect("walk");
+        let par = walk_sources_parallel(d.path(), &["src".into()], &ig, &[]).expect("walk");
+        assert_eq!(seq, par);
+        assert!(rels(&seq).contains(&"src/d3/e1/x.tmp"));
+        assert!(!rels(&seq).iter().any(|r| r.starts_with("src/d4/")));
+        assert_eq!(seq.len(), 1 + 5 + 4 * (1 + 4 * 2) + 1);
     }
 
     #[test]

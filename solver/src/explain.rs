@@ -1,11 +1,17 @@
 //! Why a step missed the cache: each build records, per step, the inputs that made its key
-//! (parent keys, per-file content of its COPY sources, the environment of a RUN, the base image
-//! digest, the instruction), and the next build compares a changed key with that record.
+//! (parent keys, the content digests of its COPY sources, the environment of a RUN, the base
+//! image digest, the instruction), and the next build compares a changed key with that record.
 //!
 //! Steps are matched by their stage position (`[builder 2/4]` of the progress name), so a
 //! step whose instruction was edited still finds its previous record. Records live in
 //! `KILN_ROOT/explain/<sha256 of context path and Dockerfile name>` (JSON, atomic writes); they
 //! are diagnostics only and never enter a key.
+//!
+//! The per-file metadata behind a COPY's content digest (which file changed) is large (tens of
+//! thousands of files in a big context), so it is kept apart, content-addressed:
+//! `KILN_ROOT/explain/files/<content digest hex>`, written once when that content is first
+//! seen ([`remember_files`]) and read only to explain a miss. A warm build with nothing changed
+//! reads and writes none of it: the step records hold only the digests.
 
 use crate::graph::{CopySource, FileAction, Node, NodeId, Op, SourceOp};
 use crate::key::SourceMeta;
@@ -26,20 +32,23 @@ pub struct StepInputs {
     pub instruction: String,
     /// Keys of the steps it builds on.
     pub parents: Vec<String>,
-    /// Per COPY source path: a summary of its metadata and content digest.
-    pub files: BTreeMap<String, String>,
+    /// Content digests of its context COPY sources, in action order (per-file details in
+    /// `explain/files/<hex>`).
+    #[serde(default)]
+    pub contents: Vec<String>,
     /// The environment a RUN sees (ARG and ENV values), by name.
     pub env: BTreeMap<String, String>,
     /// The base image's manifest digest.
     pub base: Option<String>,
 }
 
-/// The inputs of `node`, whose key is `key`; `files` are its walked COPY sources.
+/// The inputs of `node`, whose key is `key`; `contents` are the content digests of its COPY
+/// actions (`None` for actions that read no context).
 pub fn inputs(
     node: &Node,
     key: &Digest,
     keys: &[Option<Digest>],
-    files: &[SourceMeta],
+    contents: &[Option<Digest>],
 ) -> StepInputs {
     let parent = |id: NodeId| keys.get(id).cloned().flatten().map(|d| d.to_string());
     let mut s = StepInputs {
@@ -73,15 +82,21 @@ pub fn inputs(
             }
         }
     }
-    for m in files {
-        let content = m
-            .content
-            .as_ref()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
-        s.files.insert(
-            m.rel.clone(),
-            format!(
+    s.contents = contents.iter().flatten().map(|d| d.to_string()).collect();
+    s
+}
+
+/// Per path, a summary of what the key covers (kind, mode, owner, size, content, link).
+fn summaries(files: &[SourceMeta]) -> BTreeMap<String, String> {
+    files
+        .iter()
+        .map(|m| {
+            let content = m
+                .content
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            let summary = format!(
                 "{:?} {:o} {}:{} {} {} {}",
                 m.kind,
                 m.mode,
@@ -90,10 +105,37 @@ pub fn inputs(
                 m.size,
                 content,
                 m.link_target.as_deref().unwrap_or("")
-            ),
-        );
+            );
+            (m.rel.clone(), summary)
+        })
+        .collect()
+}
+
+/// `explain/files` beside the step records in `record_file`'s directory.
+pub fn files_dir(record_file: &Path) -> PathBuf {
+    record_file.parent().unwrap_or(Path::new(".")).join("files")
+}
+
+/// Keeps the per-file details of one COPY's sources under their content digest, unless they
+/// are there already (then this is one `stat`).
+///
+/// Fails when the file cannot be written.
+pub fn remember_files(dir: &Path, content: &Digest, files: &[SourceMeta]) -> std::io::Result<()> {
+    let file = dir.join(content.hex());
+    if file.exists() {
+        return Ok(());
     }
-    s
+    write_atomic(
+        &file,
+        &serde_json::to_vec(&summaries(files)).map_err(std::io::Error::other)?,
+    )
+}
+
+/// The per-file details of a content digest (`None` when never recorded or unreadable).
+fn recall_files(dir: &Path, content: &str) -> Option<BTreeMap<String, String>> {
+    let d: Digest = content.parse().ok()?;
+    let bytes = std::fs::read(dir.join(d.hex())).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn m_source(m: &crate::graph::Mount) -> Option<NodeId> {
@@ -106,8 +148,15 @@ fn m_source(m: &crate::graph::Mount) -> Option<NodeId> {
     }
 }
 
-/// Why `now` missed, compared with the previous record of the same step.
-pub fn reason(prev: Option<&StepInputs>, now: &StepInputs) -> String {
+/// Why `now` missed, compared with the previous record of the same step. `files` are the
+/// step's walked COPY sources; the previous ones are read from `files_dir` when the content
+/// digests differ.
+pub fn reason(
+    prev: Option<&StepInputs>,
+    now: &StepInputs,
+    files: &[SourceMeta],
+    files_dir: &Path,
+) -> String {
     let Some(prev) = prev else {
         return "no cache entry".into();
     };
@@ -120,26 +169,8 @@ pub fn reason(prev: Option<&StepInputs>, now: &StepInputs) -> String {
     if prev.instruction != now.instruction {
         return "instruction changed".into();
     }
-    let mut changed: Vec<&str> = now
-        .files
-        .iter()
-        .filter(|(p, v)| prev.files.get(*p) != Some(v))
-        .map(|(p, _)| p.as_str())
-        .collect();
-    changed.extend(
-        prev.files
-            .keys()
-            .filter(|p| !now.files.contains_key(*p))
-            .map(String::as_str),
-    );
-    if !changed.is_empty() {
-        let more = changed.len().saturating_sub(3);
-        let list = changed[..changed.len().min(3)].join(", ");
-        return if more > 0 {
-            format!("file changed: {list} (and {more} more)")
-        } else {
-            format!("file changed: {list}")
-        };
+    if prev.contents != now.contents {
+        return files_reason(prev, files, files_dir);
     }
     let env: Vec<&str> = now
         .env
@@ -160,6 +191,39 @@ pub fn reason(prev: Option<&StepInputs>, now: &StepInputs) -> String {
         return "parent step changed".into();
     }
     "key changed (flags or options)".into()
+}
+
+/// Which COPY source files differ from the previous record's.
+fn files_reason(prev: &StepInputs, files: &[SourceMeta], files_dir: &Path) -> String {
+    let mut before = BTreeMap::new();
+    for c in &prev.contents {
+        match recall_files(files_dir, c) {
+            Some(m) => before.extend(m),
+            None => return "COPY sources changed (no per-file record of the last build)".into(),
+        }
+    }
+    let now = summaries(files);
+    let mut changed: Vec<&str> = now
+        .iter()
+        .filter(|(p, v)| before.get(*p) != Some(v))
+        .map(|(p, _)| p.as_str())
+        .collect();
+    changed.extend(
+        before
+            .keys()
+            .filter(|p| !now.contains_key(*p))
+            .map(String::as_str),
+    );
+    if changed.is_empty() {
+        return "COPY sources changed".into();
+    }
+    let more = changed.len().saturating_sub(3);
+    let list = changed[..changed.len().min(3)].join(", ");
+    if more > 0 {
+        format!("file changed: {list} (and {more} more)")
+    } else {
+        format!("file changed: {list}")
+    }
 }
 
 /// The step identity: the stage position of a progress name (`[builder 2/4]`), else the name.
@@ -202,13 +266,20 @@ pub fn load(file: &Path) -> BTreeMap<String, StepInputs> {
 ///
 /// Fails when the directory or file cannot be written.
 pub fn save(file: &Path, records: &BTreeMap<String, StepInputs>) -> std::io::Result<()> {
+    write_atomic(
+        file,
+        &serde_json::to_vec(records).map_err(std::io::Error::other)?,
+    )
+}
+
+/// Temp file beside `file` (unique per process and thread), then rename.
+fn write_atomic(file: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec(records).map_err(std::io::Error::other)?,
-    )?;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, file)
 }
 
@@ -221,32 +292,75 @@ mod tests {
             key: key.into(),
             instruction: "COPY src /src".into(),
             parents: vec!["p".into()],
-            files: [("src/a.txt".to_owned(), "File 644 a".to_owned())].into(),
+            contents: vec![],
             env: [("X".to_owned(), "1".to_owned())].into(),
             base: None,
         }
     }
 
+    fn meta(rel: &str, data: &[u8]) -> SourceMeta {
+        SourceMeta {
+            rel: rel.into(),
+            kind: crate::key::EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: data.len() as u64,
+            content: Some(Digest::of(data)),
+            link_target: None,
+        }
+    }
+
     #[test]
     fn reasons_name_what_changed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        let why = |p: &StepInputs, n: &StepInputs| reason(Some(p), n, &[], dir);
         let prev = step("k1");
-        assert_eq!(reason(None, &prev), "no cache entry");
-        assert!(reason(Some(&prev), &prev).starts_with("no cache entry"));
-        let mut f = step("k2");
-        f.files.insert("src/a.txt".into(), "File 644 b".into());
-        assert_eq!(reason(Some(&prev), &f), "file changed: src/a.txt");
-        let mut gone = step("k2");
-        gone.files.clear();
-        assert_eq!(reason(Some(&prev), &gone), "file changed: src/a.txt");
+        assert_eq!(reason(None, &prev, &[], dir), "no cache entry");
+        assert!(why(&prev, &prev).starts_with("no cache entry"));
         let mut e = step("k2");
         e.env.insert("X".into(), "2".into());
-        assert_eq!(reason(Some(&prev), &e), "ARG or ENV X changed");
+        assert_eq!(why(&prev, &e), "ARG or ENV X changed");
         let mut p = step("k2");
         p.parents = vec!["q".into()];
-        assert_eq!(reason(Some(&prev), &p), "parent step changed");
+        assert_eq!(why(&prev, &p), "parent step changed");
         let mut b = step("k2");
         b.base = Some("sha256:x".into());
-        assert_eq!(reason(Some(&prev), &b), "base image digest moved");
+        assert_eq!(why(&prev, &b), "base image digest moved");
+    }
+
+    #[test]
+    fn file_reasons_come_from_the_remembered_details() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        let old = [meta("src/a.txt", b"a"), meta("src/b.txt", b"b")];
+        let new = [meta("src/a.txt", b"A"), meta("src/b.txt", b"b")];
+        let (c_old, c_new) = (
+            crate::key::content_digest(&old),
+            crate::key::content_digest(&new),
+        );
+        remember_files(dir, &c_old, &old).expect("remember");
+        let mut prev = step("k1");
+        prev.contents = vec![c_old.to_string()];
+        let mut now = step("k2");
+        now.contents = vec![c_new.to_string()];
+        assert_eq!(
+            reason(Some(&prev), &now, &new, dir),
+            "file changed: src/a.txt"
+        );
+        assert_eq!(
+            reason(Some(&prev), &now, &new[1..], dir),
+            "file changed: src/a.txt",
+            "a removed file"
+        );
+        // Without the previous details, the reason is still a file reason.
+        let mut lost = prev.clone();
+        lost.contents = vec![Digest::of(b"never seen").to_string()];
+        assert!(reason(Some(&lost), &now, &new, dir).starts_with("COPY sources changed"));
+        // Remembering is idempotent and content-addressed.
+        remember_files(dir, &c_old, &old).expect("again");
+        assert_eq!(std::fs::read_dir(dir).expect("dir").count(), 1);
     }
 
     #[test]

@@ -263,11 +263,22 @@ impl Solver {
             let kiln_root = self.store.root().to_path_buf();
             let stat_file = StatCache::file_for(self.store.root(), &opts.context);
             tokio::task::spawn_blocking(move || {
+                let t = std::time::Instant::now();
                 let stats = StatCache::open(stat_file);
+                let opened = t.elapsed();
                 let keys = compute_keys(&g, &opts, &stats, &kiln_root);
+                let computed = t.elapsed();
                 if let Err(e) = stats.save() {
                     tracing::warn!(error = %e, "stat cache not saved");
                 }
+                tracing::debug!(
+                    stat_cache_open = ?opened,
+                    keys = ?(computed - opened),
+                    stat_cache_save = ?(t.elapsed() - computed),
+                    hashed = stats.hashed(),
+                    reused = stats.reused(),
+                    "cache keys computed"
+                );
                 keys
             })
             .await
@@ -283,6 +294,7 @@ impl Solver {
             events,
             changed: Mutex::default(),
         });
+        let t = std::time::Instant::now();
         let done = sched::schedule(&graph, runner, self.opts.jobs)
             .await
             .map_err(|e| match e {
@@ -294,6 +306,7 @@ impl Solver {
                     SolveError::Internal(SchedError::BadGraph { node, input })
                 }
             })?;
+        tracing::debug!(elapsed = ?t.elapsed(), "steps done");
         let config = final_config(&graph, &done);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.write_image(&config))
@@ -362,6 +375,7 @@ fn compute_keys(
     let mut clamps = BTreeMap::new();
     let history_file = explain::file_for(kiln_root, &opts.context, &opts.dockerfile_name);
     let history = explain::load(&history_file);
+    let files_dir = explain::files_dir(&history_file);
     let mut recorded = history.clone();
     let mut reasons: Vec<Option<String>> = vec![None; graph.nodes.len()];
     let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
@@ -379,13 +393,15 @@ fn compute_keys(
                 let content = match a {
                     FileAction::Copy(c) if c.from == CopySource::Context => {
                         let at = || location(opts, node);
-                        let entries = executor::context::walk_sources(
+                        let t = std::time::Instant::now();
+                        let entries = executor::context::walk_sources_parallel(
                             &opts.context,
                             &c.sources,
                             &ignore,
                             &c.exclude,
                         )
                         .map_err(|source| SolveError::Source { at: at(), source })?;
+                        let walked = t.elapsed();
                         for e in &entries {
                             let secs = i64::try_from(e.mtime_ns.div_euclid(1_000_000_000))
                                 .unwrap_or(i64::MAX);
@@ -398,7 +414,19 @@ fn compute_keys(
                                 source,
                             }
                         })?;
+                        let hashed = t.elapsed();
                         let digest = key::content_digest(&metas);
+                        tracing::debug!(
+                            node = n,
+                            files = entries.len(),
+                            walk = ?walked,
+                            hash = ?(hashed - walked),
+                            content_digest = ?(t.elapsed() - hashed),
+                            "COPY sources hashed"
+                        );
+                        if let Err(e) = explain::remember_files(&files_dir, &digest, &metas) {
+                            tracing::warn!(error = %e, "explain details not saved");
+                        }
                         files.extend(metas);
                         Some(digest)
                     }
@@ -409,14 +437,14 @@ fn compute_keys(
             clamps.insert(n, newest.map(|t| t.max(0)).or(COPY_CLAMP_MTIME));
         }
         let k = key::node_key(node, &keys, &contents);
-        let now = explain::inputs(node, &k, &keys, &files);
+        let now = explain::inputs(node, &k, &keys, &contents);
         let id = explain::step_id(&node.name);
         let id = if ids.get(id).copied().unwrap_or(0) > 1 {
             node.name.clone()
         } else {
             id.to_owned()
         };
-        reasons[n] = Some(explain::reason(history.get(&id), &now));
+        reasons[n] = Some(explain::reason(history.get(&id), &now, &files, &files_dir));
         recorded.insert(id, now);
         keys[n] = Some(k);
     }
