@@ -10,7 +10,8 @@
 //!   blobs;
 //! - the compressed copies (`compressed/` memos) of every layer kept.
 //!
-//! Everything else under `blobs/`, `snapshots/` and `compressed/` is removed. A snapshot is
+//! Everything else under `blobs/`, `snapshots/` and `compressed/` is removed, and so are the
+//! `--explain` per-file details (`explain/files/<digest>`) that no step record names. A snapshot is
 //! first renamed into `tmp/` and then deleted, so a crash never leaves a half-deleted snapshot
 //! that [`Store::has_layer`] would trust; the snapshot goes before its blob for the same reason.
 //!
@@ -204,6 +205,7 @@ impl Store {
                 report.blobs += 1;
             }
         }
+        report.reclaimed += self.sweep_explain_files(&mut seen)?;
         let (n, bytes) = self.clean_tmp(true, opts.now, &mut seen)?;
         report.tmp = n;
         report.reclaimed += bytes;
@@ -430,6 +432,32 @@ impl Store {
                     marks.blobs.insert(desc.digest.hex().to_owned());
                 }
                 _ => bytes += remove_file(&ent.path(), seen)?,
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Removes `explain/files/<digest>` (the solver's per-file details of COPY sources, kept
+    /// for `--explain`) that no step record in `explain/` names any more.
+    fn sweep_explain_files(&self, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
+        let mut named = HashSet::new();
+        for ent in read_dir(&self.path("explain"))? {
+            if !ent.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let Ok(text) = fs::read_to_string(ent.path()) else {
+                continue;
+            };
+            for (i, _) in text.match_indices("sha256:") {
+                if let Some(hex) = text.get(i + 7..i + 7 + 64) {
+                    named.insert(hex.to_owned());
+                }
+            }
+        }
+        let mut bytes = 0;
+        for ent in read_dir(&self.path("explain/files"))? {
+            if !named.contains(ent.file_name().to_string_lossy().as_ref()) {
+                bytes += remove_file(&ent.path(), seen)?;
             }
         }
         Ok(bytes)
@@ -771,6 +799,22 @@ mod tests {
             })
             .expect("prune");
         assert!(w.store.has_layer(&w.cache_only));
+    }
+
+    #[test]
+    fn explain_details_go_when_no_step_record_names_them() {
+        let w = world();
+        let files = w.store.root().join("explain/files");
+        fs::create_dir_all(&files).expect("mkdir");
+        let (named, orphan) = (Digest::of(b"named"), Digest::of(b"orphan"));
+        for d in [&named, &orphan] {
+            fs::write(files.join(d.hex()), b"{}").expect("write");
+        }
+        let record = serde_json::json!({"[1/2]": {"contents": [named.to_string()]}});
+        fs::write(w.store.root().join("explain/abc"), record.to_string()).expect("write");
+        w.store.prune(&PruneOptions::default()).expect("prune");
+        assert!(files.join(named.hex()).exists());
+        assert!(!files.join(orphan.hex()).exists());
     }
 
     #[test]
