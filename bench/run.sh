@@ -114,7 +114,7 @@ if want context20k; then
   # 200 directories of 100 files of 10,000 bytes: 20,000 files, 200 MB (issue 5's warm no-op case).
   d="$work/ctx-20k"; mkdir -p "$d/src"
   for i in $(seq 200); do mkdir -p "$d/src/d$i"; done
-  awk -v d="$d/src" 'BEGIN { pad = sprintf("%9980s", ""); for (i = 1; i <= 200; i++) for (j = 1; j <= 100; j++) { f = d "/d" i "/f" j; printf "%s %d %d\n", pad, i, j > f; close(f) } }'
+  awk -v d="$d/src" 'BEGIN { pad = "x"; while (length(pad) < 9980) pad = pad pad; pad = substr(pad, 1, 9980); for (i = 1; i <= 200; i++) for (j = 1; j <= 100; j++) { f = d "/d" i "/f" j; printf "%s %d %d\n", pad, i, j > f; close(f) } }'
   printf 'FROM busybox\nCOPY src /src\nRUN ls -R /src | wc -l\n' > "$d/Dockerfile"
   bench_scenario "20,000-file 200 MB context" "$d" 'echo >> src/d1/f1; true'
 fi

@@ -244,3 +244,19 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     drop(lock);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_cache_filter_names_become_stage_labels() {
+        let multi = frontend::parse("FROM busybox AS Base\nRUN true\nFROM base\nRUN true\n")
+            .expect("parses");
+        assert_eq!(
+            super::no_cache_stages(&multi, &["BASE".into(), "nope".into()]),
+            ["base"]
+        );
+        // A single-stage build's steps carry no label: `[2/2] RUN true`.
+        let single = frontend::parse("FROM busybox AS app\nRUN true\n").expect("parses");
+        assert_eq!(super::no_cache_stages(&single, &["app".into()]), [""]);
+    }
+}
