@@ -24,7 +24,18 @@ impl Store {
     /// Fails on I/O errors or a record that does not parse.
     pub fn cache_get(&self, key: &Digest) -> Result<Option<CacheRecord>> {
         let p = self.path("cachekeys").join(key.hex());
-        let mut f = match fs::File::options().read(true).write(true).open(&p) {
+        // Writable to set the mtime; a store we may only read still answers lookups.
+        let opened = fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+                    fs::File::open(&p)
+                }
+                _ => Err(e),
+            });
+        let mut f = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("open", &p)(e)),
