@@ -1,11 +1,13 @@
 //! The registry client: pull images into the [`Store`], push images from it, log in.
 //!
 //! - [`pull`] fetches a manifest (OCI or Docker schema2; through an index or manifest list
-//!   for the wanted platform), the config and the layers. Layers download concurrently and
-//!   stream to disk through [`Store::ingest_blob`], which verifies the digest before the blob
-//!   becomes visible; [`Store::unpack_layer`] then turns the verified blob into a snapshot and
-//!   checks its diff_id against the config. Manifest and config are verified in memory and
-//!   stored only after every layer is in, so a failed pull leaves no image behind.
+//!   for the wanted platform), the config and the layers. Layers download concurrently; each
+//!   body is read once and, in the same pass, stored through [`Store::ingest_blob`] (digest
+//!   verified before the blob becomes visible) and decompressed and unpacked into a snapshot
+//!   whose diff_id is checked against the config (see `layer.rs`). The compressed blob stays
+//!   the layer's stored form; its tar is rebuilt from it when needed. Manifest and config are
+//!   verified in memory and stored only after every layer is in, so a failed pull leaves no
+//!   image behind.
 //! - [`push`] compresses layers ([`Store::compressed_layer`], memoized), skips blobs the
 //!   registry has (HEAD), mounts blobs known to be in another repository of the same registry,
 //!   uploads the rest with one streamed PUT each (never a whole blob in memory), then PUTs an
@@ -25,6 +27,7 @@
 
 pub mod auth;
 pub mod client;
+mod layer;
 mod pull;
 mod push;
 mod record;

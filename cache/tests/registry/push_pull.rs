@@ -143,6 +143,79 @@ fn pull_into_an_empty_store_gives_the_same_layers_and_runs() {
     );
 }
 
+/// A pull keeps the layer compressed (the registry's blob) instead of also writing the tar:
+/// the tar comes back from it byte for byte, verified, when something needs it.
+#[test]
+fn pulled_layer_tar_is_rebuilt_from_the_compressed_blob_and_verified() {
+    if !require(&[REGISTRY_BIN]) {
+        return;
+    }
+    let reg = Registry::start();
+    let (_d, store, image) = busybox_store();
+    let diff_id = image.config.rootfs.diff_ids[0].clone();
+    let original = std::fs::read(store.blob_path(&diff_id)).unwrap();
+    let dest = reg.reference("kiln/lazy:v1");
+    let rt = rt();
+    rt.block_on(registry::push(&store, &image, &dest, &options()))
+        .unwrap();
+
+    let empty = tempfile::tempdir().unwrap();
+    let store2 = Store::open(empty.path()).unwrap();
+    let pulled = rt
+        .block_on(registry::pull(
+            &store2,
+            &dest,
+            &Platform::host(),
+            &options(),
+        ))
+        .unwrap();
+    assert!(store2.has_layer(&diff_id));
+    assert!(!store2.has_blob(&diff_id), "the tar is not written at pull");
+    let source = store2.layer_source(&diff_id).expect("source recorded");
+    assert_eq!(source.size, original.len() as u64);
+    assert_eq!(pulled.manifest.layers[0].size, original.len() as u64);
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut store2.open_layer(&diff_id).unwrap(), &mut tar).unwrap();
+    assert!(tar == original, "the rebuilt tar is the original");
+
+    // Another codec compresses from the rebuilt tar.
+    let zstd = cache::compress::Compression {
+        codec: cache::compress::Codec::Zstd,
+        level: 3,
+    };
+    let z = store2.compressed_layer(&diff_id, zstd).unwrap();
+    assert!(store2.has_blob(&z.digest));
+    // The saved archive holds the registry's gzip blob.
+    let mut saved = Vec::new();
+    store2
+        .save(
+            &[(dest.to_string(), pulled.manifest_digest.clone())],
+            &mut saved,
+        )
+        .unwrap();
+
+    // A corrupted source is caught by the diff_id check, and no tar blob appears.
+    let blob = store2.blob_path(&source.blob.digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    let mut out = Vec::new();
+    let read = store2.open_layer(&diff_id).and_then(|mut r| {
+        std::io::Read::read_to_end(&mut r, &mut out)
+            .map_err(|e| cache::store::StoreError::Save { source: e })
+    });
+    assert!(read.is_err(), "corruption must not read back as the layer");
+    assert!(store2.layer_blob(&diff_id).is_err());
+    assert!(!store2.has_blob(&diff_id));
+
+    // Materialised from an intact source, the tar blob is the original.
+    bytes[mid] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    let path = store2.layer_blob(&diff_id).unwrap();
+    assert!(std::fs::read(path).unwrap() == original);
+}
+
 #[test]
 fn image_pushed_by_skopeo_as_docker_schema2_is_pulled() {
     if !require(&[REGISTRY_BIN, "skopeo"]) {
