@@ -5,7 +5,6 @@
 //! its arguments onto these functions.
 
 use anyhow::{Context as _, bail};
-use cache::image::Image;
 use cache::oci::{Digest, Platform};
 use cache::reference::Reference;
 use cache::registry::auth::{Credentials, DockerConfig, is_docker_hub};
@@ -25,6 +24,8 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Upload blobs larger than this in chunks of this size (`KILN_REGISTRY_CHUNK_SIZE`).
+    pub chunk_size: Option<u64>,
 }
 
 impl RegistryConfig {
@@ -49,10 +50,20 @@ impl RegistryConfig {
                     .map(str::to_owned),
             );
         }
+        let chunk_size = std::env::var("KILN_REGISTRY_CHUNK_SIZE")
+            .ok()
+            .and_then(|v| {
+                let size = parse_size(&v);
+                if size.is_none() {
+                    tracing::warn!(value = %v, "ignoring KILN_REGISTRY_CHUNK_SIZE: expected bytes with an optional K, M or G suffix");
+                }
+                size
+            });
         RegistryConfig {
             docker_config,
             insecure,
             progress: true,
+            chunk_size,
         }
     }
 
@@ -60,11 +71,25 @@ impl RegistryConfig {
         let docker_config = DockerConfig::load(&self.docker_config)?;
         let mut opts = RegistryOptions::new(docker_config);
         opts.insecure = self.insecure.clone();
+        opts.chunk_size = self.chunk_size;
         if self.progress {
             opts.progress = Some(progress_printer());
         }
         Ok(opts)
     }
+}
+
+/// `4096`, `64K`, `16M`, `1G` (binary units) -> bytes; `None` for anything else or 0.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 10),
+        (i, 'm' | 'M') => (&s[..i], 20),
+        (i, 'g' | 'G') => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().ok()?;
+    n.checked_mul(1 << shift).filter(|&v| v > 0)
 }
 
 /// Parses `os/arch[/variant]` (`linux/amd64`, `linux/arm/v7`).
@@ -86,7 +111,8 @@ pub fn parse_platform(s: &str) -> anyhow::Result<Platform> {
     }
 }
 
-/// `kiln pull REF [--platform P]`: pulls and tags the image.
+/// `kiln pull REF [--platform P]`: pulls and tags the image. The caller prints
+/// [`registry::Pulled::digest`], the registry's digest (what docker prints as `Digest:`).
 ///
 /// Fails when the reference or platform is invalid, or the pull fails.
 pub async fn pull(
@@ -94,16 +120,16 @@ pub async fn pull(
     reference: &str,
     platform: Option<&str>,
     cfg: &RegistryConfig,
-) -> anyhow::Result<Image> {
+) -> anyhow::Result<registry::Pulled> {
     let r = Reference::parse(reference)?;
     let platform = platform
         .map(parse_platform)
         .transpose()?
         .unwrap_or_else(Platform::host);
     let opts = cfg.options()?;
-    let image = registry::pull(store, &r, &platform, &opts).await?;
+    let pulled = registry::pull_image(store, &r, &platform, &opts).await?;
     finish_progress(cfg);
-    Ok(image)
+    Ok(pulled)
 }
 
 /// `kiln push NAME [DEST]`: pushes the local image NAME to DEST (default: NAME) and returns the
@@ -255,6 +281,17 @@ fn mib(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("16m"), Some(16 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size(""), None);
+    }
 
     #[test]
     fn platforms_and_registry_arguments_normalise() {

@@ -724,6 +724,80 @@ impl Client {
         self.check(&what, resp?).await.map(drop)
     }
 
+    /// Uploads the file at `path` (`size` bytes) into an upload session in PATCH requests of
+    /// at most `chunk` bytes each (`Content-Range: start-end`), each streamed from the file,
+    /// then closes the session with an empty PUT carrying the digest. For registries or
+    /// proxies that limit request bodies. `progress` gets the bytes sent so far.
+    ///
+    /// Fails on I/O, network or HTTP errors, or a missing `Location` between chunks.
+    pub async fn put_blob_chunked(
+        &self,
+        session: &str,
+        digest: &Digest,
+        path: &Path,
+        size: u64,
+        chunk: u64,
+        progress: Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Result<()> {
+        use tokio::io::AsyncReadExt as _;
+        let what = format!("chunked upload of blob {digest}");
+        let bad = || ClientError::BadLocation {
+            registry: self.registry.clone(),
+            what: what.clone(),
+        };
+        let chunk = chunk.max(1);
+        let mut url = reqwest::Url::parse(session).map_err(|_| bad())?;
+        let mut offset = 0u64;
+        while offset < size {
+            let len = chunk.min(size - offset);
+            let resp = self
+                .send(&what, |http, _| {
+                    let open = |source| ClientError::Open {
+                        path: path.to_owned(),
+                        source,
+                    };
+                    let mut file = std::fs::File::open(path).map_err(open)?;
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
+                        .map_err(open)?;
+                    let body = tokio::fs::File::from_std(file).take(len);
+                    let progress = progress.clone();
+                    let sent = Arc::new(AtomicU64::new(offset));
+                    let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 << 10)
+                        .inspect(move |c| {
+                            if let Ok(c) = c {
+                                let before = sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+                                if (before + c.len() as u64) >> 20 != before >> 20 {
+                                    progress(before + c.len() as u64);
+                                }
+                            }
+                        });
+                    Ok(http
+                        .patch(url.clone())
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .header(
+                            header::CONTENT_RANGE,
+                            format!("{offset}-{}", offset + len - 1),
+                        )
+                        .header(header::CONTENT_LENGTH, len)
+                        .body(reqwest::Body::wrap_stream(stream)))
+                })
+                .await?;
+            let resp = self.check(&what, resp).await?;
+            url = reqwest::Url::parse(&self.location(&what, resp.headers()).await?)
+                .map_err(|_| bad())?;
+            offset += len;
+            progress(offset);
+        }
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let resp = self
+            .send(&what, |http, _| {
+                Ok(http.put(url.clone()).header(header::CONTENT_LENGTH, 0))
+            })
+            .await?;
+        self.check(&what, resp).await.map(drop)
+    }
+
     /// PUTs a manifest (or index) with its media type under a tag or digest.
     ///
     /// Fails on network or HTTP errors.

@@ -1,7 +1,7 @@
 //! `pull`: registry -> store, verifying every digest before anything is used.
 
-use super::RegistryOptions;
 use super::client::{Client, ClientError};
+use super::{RegistryOptions, record};
 use crate::image::Image;
 use crate::oci::{self, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
 use crate::reference::Reference;
@@ -187,19 +187,46 @@ fn platform_matches(p: &Platform, want: &Platform) -> bool {
             || (p.variant.is_none() && want.variant.as_deref() == Some("v8")))
 }
 
+/// What [`pull_image`] pulled.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The image as stored locally (its manifest is kiln's, listing uncompressed layers).
+    pub image: Image,
+    /// The digest of what the reference names on the registry, as served: the index or
+    /// manifest list for a multi-platform image, else the manifest. This is the digest docker
+    /// prints (`Digest: sha256:...`) and `name@digest` pulls the same image again.
+    pub digest: Digest,
+    /// The digest of the platform's manifest as served (equal to `digest` without an index).
+    pub manifest_digest: Digest,
+}
+
 /// Pulls `reference` for `platform` into `store` and tags it with `reference` (when it has a
-/// tag). Layers already in the store are not downloaded again.
+/// tag). Layers already in the store are not downloaded again. Returns the local image; see
+/// [`pull_image`] for the registry's digests too.
 ///
-/// Fails when the registry cannot be reached or refuses, the image has no manifest for
-/// `platform`, a blob does not match its digest or holds an unsafe tar entry, or the store
-/// cannot be written. A failed pull tags nothing and writes no manifest or config; layers that
-/// were fully verified before the failure stay in the store for the next try.
+/// Fails as [`pull_image`] does.
 pub async fn pull(
     store: &Store,
     reference: &Reference,
     platform: &Platform,
     opts: &RegistryOptions,
 ) -> Result<Image> {
+    Ok(pull_image(store, reference, platform, opts).await?.image)
+}
+
+/// Like [`pull`], and returns the registry's digests of what was pulled, which are also
+/// recorded as the image's repo digests ([`super::repo_digests`]).
+///
+/// Fails when the registry cannot be reached or refuses, the image has no manifest for
+/// `platform`, a blob does not match its digest or holds an unsafe tar entry, or the store
+/// cannot be written. A failed pull tags nothing and writes no manifest or config; layers that
+/// were fully verified before the failure stay in the store for the next try.
+pub async fn pull_image(
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+    opts: &RegistryOptions,
+) -> Result<Pulled> {
     let name = reference.to_string();
     let repo = reference.repository.as_str();
     let client = Client::new(
@@ -214,6 +241,7 @@ pub async fn pull(
     };
     let (mut body, content_type) = client.get_manifest(repo, &tag_or_digest).await?;
     let mut media_type = media_type_of(&body, &content_type);
+    let top_digest = Digest::of(&body);
     let mut stored = Vec::new();
     if is_index(&media_type) {
         let index: ImageIndex =
@@ -325,8 +353,17 @@ pub async fn pull(
         reference: name.clone(),
         source,
     })?;
-    tracing::debug!(reference = %name, registry_manifest = %manifest_digest, local = %image.manifest_digest, "pulled");
-    Ok(image)
+    tracing::debug!(reference = %name, registry = %top_digest, registry_manifest = %manifest_digest, local = %image.manifest_digest, "pulled");
+    record::remember_repo_digest(
+        store.root(),
+        &image.manifest_digest,
+        &format!("{}@{top_digest}", reference.name()),
+    );
+    Ok(Pulled {
+        image,
+        digest: top_digest,
+        manifest_digest,
+    })
 }
 
 async fn fetch_config(

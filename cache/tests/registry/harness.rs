@@ -56,6 +56,15 @@ impl Registry {
 
     /// With `Some((user, password))`, htpasswd basic auth.
     pub fn start_with(user: Option<(&str, &str)>) -> Registry {
+        Registry::start_full(user, "error")
+    }
+
+    /// Logs every request (`level: info`) to [`Registry::log`].
+    pub fn start_logging() -> Registry {
+        Registry::start_full(None, "info")
+    }
+
+    fn start_full(user: Option<(&str, &str)>, level: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -76,7 +85,7 @@ impl Registry {
             );
         }
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n{auth}",
+            "version: 0.1\nlog:\n  level: {level}\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n{auth}",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();

@@ -335,11 +335,20 @@ fn multi_arch_index_pull_picks_the_wanted_platform() {
         os_version: None,
     };
     let store = Store::open(work.path().join("store")).unwrap();
-    let image = rt
-        .block_on(registry::pull(&store, &dest, &amd64, &opts))
+    let pulled = rt
+        .block_on(registry::pull_image(&store, &dest, &amd64, &opts))
         .unwrap();
+    let image = &pulled.image;
     assert_eq!(image.config.architecture, "amd64");
     assert_eq!(image.config.rootfs.diff_ids, vec![entries[1].1.clone()]);
+    // The registry digests: the index's (what the tag names) and the chosen manifest's.
+    let index_digest = Digest::of(&serde_json::to_vec(&index).unwrap());
+    assert_eq!(pulled.digest, index_digest);
+    assert_eq!(pulled.manifest_digest, entries[1].0.digest);
+    assert_eq!(
+        registry::repo_digests(&store, &image.manifest_digest),
+        vec![format!("{}@{index_digest}", dest.name())]
+    );
     let arm = Platform {
         architecture: "arm64".into(),
         ..amd64.clone()
@@ -447,5 +456,53 @@ fn second_push_uploads_nothing_and_other_repository_mounts() {
     assert_eq!(
         count(&events, uploaded) + count(&events, |p| matches!(p, Progress::Exists { .. })),
         2
+    );
+}
+
+/// Issue 4: uploads stream monolithic or chunked. A tiny chunk size forces PATCH chunks
+/// against the real registry; the image comes back intact.
+#[test]
+fn chunked_upload_sends_patches_and_the_image_pulls_back() {
+    if !require(&[REGISTRY_BIN]) {
+        return;
+    }
+    let reg = Registry::start_logging();
+    let (_d, store, image) = random_store(300 << 10, 7);
+    let dest = reg.reference("kiln/chunked:1");
+    let rt = rt();
+    let mut opts = options();
+    opts.chunk_size = Some(64 << 10);
+    let events = recording(&mut opts);
+    let digest = rt
+        .block_on(registry::push(&store, &image, &dest, &opts))
+        .unwrap();
+    assert_eq!(
+        count(&events, |p| matches!(p, Progress::Uploaded { .. })),
+        2,
+        "layer and config"
+    );
+    let patches = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("http.request.method=PATCH") && l.contains("response completed"))
+        .count();
+    // 300 KiB of random data gzips to a bit more than 300 KiB: at least 5 chunks of 64 KiB;
+    // the config is smaller than a chunk and goes in one PUT.
+    assert!(patches >= 5, "{patches} PATCH requests:\n{}", reg.log());
+
+    let empty = tempfile::tempdir().unwrap();
+    let store2 = Store::open(empty.path()).unwrap();
+    let pulled = rt
+        .block_on(registry::pull_image(
+            &store2,
+            &dest,
+            &Platform::host(),
+            &options(),
+        ))
+        .unwrap();
+    assert_eq!(pulled.digest, digest);
+    assert_eq!(
+        pulled.image.config.rootfs.diff_ids,
+        image.config.rootfs.diff_ids
     );
 }
