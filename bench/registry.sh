@@ -10,8 +10,10 @@
 # build). Each push goes to a freshly started registry with empty storage, so nothing is
 # skipped or mounted. "kiln push" reuses the memoized gzip blob, as skopeo copies an
 # already-compressed blob; the first, cold push (compression included) is shown separately.
-# "kiln pull" verifies and unpacks into a snapshot; "skopeo pull" (to an OCI dir) only
-# downloads and verifies.
+# "kiln pull" verifies both digests (blob and diff_id) and unpacks into a snapshot, keeping the
+# compressed blob (not the tar); "skopeo pull" (to an OCI dir) only downloads and verifies.
+# The machine is shared: the load average is printed, and the ratios (same run) are what to
+# compare.
 set -euo pipefail
 SIZE_MIB=${SIZE_MIB:-512}
 RUNS=${RUNS:-3}
@@ -79,6 +81,7 @@ kiln_words() {
     echo env KILN_BENCH_OP="$1" KILN_BENCH_ROOT="$2" KILN_BENCH_REF="${3:-}" "${KILN[@]}"
 }
 
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "making a ${SIZE_MIB} MiB single-layer image..." >&2
 kiln_op make "$W/src" >/dev/null 2>&1
 start_registry
@@ -101,6 +104,8 @@ done
 stop_registry
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+
 printf '%-16s %10s %10s %14s\n' "operation" "median s" "MB/s" "peak RSS MiB"
 for name in kiln-push-cold kiln-push skopeo-push kiln-pull skopeo-pull; do
     secs=$(awk '{print $1}' "$W/$name" | median)
@@ -108,3 +113,8 @@ for name in kiln-push-cold kiln-push skopeo-push kiln-pull skopeo-pull; do
     printf '%-16s %10.2f %10.0f %14.1f\n' "$name" "$secs" "$(echo "$SIZE_MIB * 1.048576 / $secs" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
 done
 echo "(${SIZE_MIB} MiB uncompressed, about half compressible; ${RUNS} runs; MB/s of uncompressed size)"
+for op in push pull; do
+    k=$(awk '{print $1}' "$W/kiln-$op" | median)
+    sk=$(awk '{print $1}' "$W/skopeo-$op" | median)
+    printf 'kiln/skopeo %s time ratio: %.2f (below 1: kiln faster)\n' "$op" "$(echo "$k / $sk" | bc -l)"
+done
