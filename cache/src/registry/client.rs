@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The smallest chunk [`Client::put_blob_chunked`] halves a refused chunk down to.
+const MIN_CHUNK: u64 = 64 << 10;
+
 /// Manifests and indexes larger than this are refused (docker's limit is 4 MiB too).
 pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
 
@@ -727,7 +730,8 @@ impl Client {
     /// Uploads the file at `path` (`size` bytes) into an upload session in PATCH requests of
     /// at most `chunk` bytes each (`Content-Range: start-end`), each streamed from the file,
     /// then closes the session with an empty PUT carrying the digest. For registries or
-    /// proxies that limit request bodies. `progress` gets the bytes sent so far.
+    /// proxies that limit request bodies: a chunk refused with 413 is sent again in halves
+    /// (down to 64 KiB). `progress` gets the bytes sent so far.
     ///
     /// Fails on I/O, network or HTTP errors, or a missing `Location` between chunks.
     pub async fn put_blob_chunked(
@@ -745,7 +749,7 @@ impl Client {
             registry: self.registry.clone(),
             what: what.clone(),
         };
-        let chunk = chunk.max(1);
+        let mut chunk = chunk.max(1);
         let mut url = reqwest::Url::parse(session).map_err(|_| bad())?;
         let mut offset = 0u64;
         while offset < size {
@@ -782,7 +786,17 @@ impl Client {
                         .body(reqwest::Body::wrap_stream(stream)))
                 })
                 .await?;
-            let resp = self.check(&what, resp).await?;
+            let resp = match self.check(&what, resp).await {
+                // Refused before the registry saw it (a body limit on the way): the session
+                // is unchanged, so the same range goes again in smaller pieces.
+                Err(ClientError::Status { status, .. })
+                    if status == StatusCode::PAYLOAD_TOO_LARGE && len > MIN_CHUNK =>
+                {
+                    chunk = (len / 2).max(MIN_CHUNK);
+                    continue;
+                }
+                r => r?,
+            };
             url = reqwest::Url::parse(&self.location(&what, resp.headers()).await?)
                 .map_err(|_| bad())?;
             offset += len;

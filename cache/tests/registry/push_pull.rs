@@ -506,3 +506,42 @@ fn chunked_upload_sends_patches_and_the_image_pulls_back() {
         image.config.rootfs.diff_ids
     );
 }
+
+/// A registry behind a proxy that refuses large bodies (413): the monolithic PUT is refused
+/// and the blob goes again in chunks, in a new upload session.
+#[test]
+fn a_blob_refused_as_too_large_is_uploaded_in_chunks() {
+    if !require(&[REGISTRY_BIN]) {
+        return;
+    }
+    let reg = Registry::start();
+    let proxy = BodyLimitProxy::start(reg.port, 256 << 10);
+    let (_d, store, image) = random_store(600 << 10, 11);
+    let dest =
+        cache::reference::Reference::parse(&format!("127.0.0.1:{}/kiln/limited:1", proxy.port))
+            .unwrap();
+    let rt = rt();
+    let digest = rt
+        .block_on(registry::push(&store, &image, &dest, &options()))
+        .unwrap();
+    let seen = proxy.requests.lock().unwrap().clone();
+    let empty = tempfile::tempdir().unwrap();
+    let puts_refused = seen
+        .iter()
+        .filter(|l| l.starts_with("PUT ") && l.contains("/blobs/uploads/"))
+        .count();
+    let patches = seen.iter().filter(|l| l.starts_with("PATCH ")).count();
+    // About 600 KiB of gzip: the PUT is refused, then PATCHes of 600 and 300 KiB are, and
+    // 150 KiB ones get through.
+    assert!(puts_refused >= 1, "{seen:#?}");
+    assert!(patches >= 6, "{seen:#?}");
+    let pulled = rt
+        .block_on(registry::pull_image(
+            &Store::open(empty.path()).unwrap(),
+            &reg.reference("kiln/limited:1"),
+            &Platform::host(),
+            &options(),
+        ))
+        .unwrap();
+    assert_eq!(pulled.digest, digest);
+}
