@@ -78,6 +78,15 @@ fn pushed_image_pulls_into_another_store_and_runs() -> anyhow::Result<()> {
     let other = TestDir::new();
     let pulled = other.ok(&["pull", &remote])?;
     let printed = String::from_utf8_lossy(&pulled.stdout).trim().to_owned();
+    // Not a terminal: plain progress lines, one when a layer starts and one when it is done.
+    let progress = String::from_utf8_lossy(&pulled.stderr);
+    ensure!(
+        progress.contains(": downloading ")
+            && progress.contains(": pulled")
+            && !progress.contains('\x1b'),
+        "{}",
+        text(&pulled)
+    );
     ensure!(
         printed == pushed && printed.starts_with("sha256:"),
         "pull printed {printed}, push printed {pushed}"
