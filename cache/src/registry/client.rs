@@ -215,13 +215,15 @@ pub enum UploadStart {
 
 /// The HTTP client. For insecure registries (loopback or listed), TLS certificates are not
 /// verified either, as docker does: such a registry may serve https with a self-signed
-/// certificate, or plain http.
+/// certificate, or plain http. Such a client needs no root certificates, so it skips loading
+/// the system's (about 150 files: 50-100 ms of every pull or push).
 fn http_client(insecure: bool) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(300))
         .danger_accept_invalid_certs(insecure)
+        .tls_built_in_root_certs(!insecure)
         .build()
         .map_err(ClientError::Setup)
 }
