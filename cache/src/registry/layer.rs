@@ -1,8 +1,9 @@
 //! Pulling one layer: download, verify and unpack in one pass.
 //!
 //! The response body is read once and fanned out to two threads:
-//! - the blob thread stores the compressed bytes through [`Store::ingest_blob`], which
-//!   verifies the layer digest before the blob becomes visible;
+//! - the blob thread hashes and writes the compressed bytes to a temp file, starting
+//!   writeback as it goes, and renames it into the store only when it matches the layer
+//!   digest ([`ingest`]);
 //! - the inflate thread decompresses (gzip through [`Gunzip`], fed the network chunks
 //!   directly; zstd and plain through the store's readers) into recycled 1 MiB buffers for
 //!   the unpack thread, which hashes the tar as it applies it into a new directory under
