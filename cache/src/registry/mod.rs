@@ -1,15 +1,16 @@
-//! The registry client: pull images into the [`Store`](crate::store::Store), push images from it, log in.
+//! The registry client: pull images into the [`Store`](crate::store::Store), push images
+//! from it, log in.
 //!
 //! - [`pull`] fetches a manifest (OCI or Docker schema2; through an index or manifest list
 //!   for the wanted platform), the config and the layers. Layers download concurrently; each
-//!   body is read once and, in the same pass, stored through [`Store::ingest_blob`](crate::store::Store::ingest_blob) (digest
-//!   verified before the blob becomes visible) and decompressed and unpacked into a snapshot
-//!   whose diff_id is checked against the config (see `layer.rs`). The compressed blob stays
-//!   the layer's stored form; its tar is rebuilt from it when needed. Manifest and config are
-//!   verified in memory and stored only after every layer is in, so a failed pull leaves no
-//!   image behind.
-//! - [`push`] compresses layers ([`Store::compressed_layer`](crate::store::Store::compressed_layer), memoized), skips blobs the
-//!   registry has (HEAD), mounts blobs known to be in another repository of the same registry,
+//!   body is read once and, in the same pass, stored (its digest verified before the blob
+//!   becomes visible) and decompressed and unpacked into a snapshot whose diff_id is checked
+//!   against the config (see `layer.rs`). The compressed blob stays the layer's stored form;
+//!   its tar is rebuilt from it when needed. Manifest and config are verified in memory and
+//!   stored only after every layer is in, so a failed pull leaves no image behind.
+//! - [`push`] compresses layers
+//!   ([`Store::compressed_layer`](crate::store::Store::compressed_layer), memoized), skips
+//!   blobs the registry has (HEAD), mounts blobs known to be in another repository of the same registry,
 //!   uploads the rest streamed from disk (never a whole blob in memory): one PUT each, or
 //!   PATCH chunks when [`RegistryOptions::chunk_size`] asks for them or the registry refuses
 //!   a whole blob as too large; then PUTs an OCI manifest with its media type.
