@@ -10,8 +10,8 @@
 //!   stored only after every layer is in, so a failed pull leaves no image behind.
 //! - [`push`] compresses layers
 //!   ([`Store::compressed_layer`](crate::store::Store::compressed_layer), memoized), skips
-//!   blobs the registry has (HEAD), mounts blobs known to be in another repository of the same registry,
-//!   uploads the rest streamed from disk (never a whole blob in memory): one PUT each, or
+//!   blobs the registry has (HEAD), mounts blobs known to be in another repository of the
+//!   same registry, uploads the rest streamed from disk (never a whole blob in memory): one PUT each, or
 //!   PATCH chunks when [`RegistryOptions::chunk_size`] asks for them or the registry refuses
 //!   a whole blob as too large; then PUTs an OCI manifest with its media type.
 //! - [`auth`] reads and writes docker's `config.json` and runs credential helpers; [`client`]
