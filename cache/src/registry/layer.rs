@@ -354,8 +354,18 @@ fn ingest(
     while let Some(batch) = rx.blocking_recv() {
         for b in &batch {
             hasher.update(b);
-            (&tmp.file).write_all(b).map_err(write_err)?;
             n += b.len() as u64;
+        }
+        // One writev per batch rather than one write per network chunk.
+        let mut slices: Vec<io::IoSlice<'_>> = batch.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match (&tmp.file).write_vectored(rest) {
+                Ok(0) => return Err(write_err(io::ErrorKind::WriteZero.into())),
+                Ok(k) => io::IoSlice::advance_slices(&mut rest, k),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(write_err(e)),
+            }
         }
         if n - hinted >= WRITEBACK_STEP {
             // Only a hint: an error changes nothing about the data.
