@@ -45,7 +45,11 @@ enum Command {
     /// Import a root filesystem tarball as a one-layer image.
     Import(images::ImportArgs),
     /// List images.
-    Images,
+    Images {
+        /// Show the registry digest of each image (from its last pull or push).
+        #[arg(long)]
+        digests: bool,
+    },
     /// Show an image as JSON.
     Inspect {
         /// Image name or id.
@@ -211,7 +215,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Build(a) => build::build(a).map(|()| ExitCode::SUCCESS),
         Command::Import(a) => images::import(a).map(|()| ExitCode::SUCCESS),
-        Command::Images => images::list().map(|()| ExitCode::SUCCESS),
+        Command::Images { digests } => images::list(digests).map(|()| ExitCode::SUCCESS),
         Command::Inspect { name } => images::inspect(&name).map(|()| ExitCode::SUCCESS),
         Command::Tag { source, target } => {
             images::tag(&source, &target).map(|()| ExitCode::SUCCESS)
@@ -230,11 +234,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let store = open_store()?;
             let cfg = registry::RegistryConfig::from_env(&insecure);
-            let image = runtime()?.block_on(async {
+            let pulled = runtime()?.block_on(async {
                 let _lock = store.lock_shared().context("locking the store")?;
                 registry::pull(&store, &reference, platform.as_deref(), &cfg).await
             })?;
-            print_line(&image.manifest_digest.to_string())
+            // The registry's digest, as docker prints it: `name@digest` pulls the same image.
+            print_line(&pulled.digest.to_string())
         }
         Command::Push {
             name,
