@@ -16,6 +16,7 @@
 
 pub mod explain;
 pub mod fetch;
+pub mod git;
 pub mod graph;
 pub mod key;
 pub mod mounts;

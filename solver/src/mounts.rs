@@ -34,6 +34,12 @@ pub enum MountError {
         /// The secret id.
         id: String,
     },
+    /// `required=true` ssh mount that `kiln build --ssh` did not supply.
+    #[error("ssh agent {id:?} is required but was not supplied (kiln build --ssh {id}[=SOCKET])")]
+    MissingSsh {
+        /// The ssh id.
+        id: String,
+    },
     /// A mount kind the solver cannot run yet.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
@@ -63,12 +69,115 @@ impl Drop for Overlay {
     }
 }
 
-/// What must stay alive while the step runs: cache locks, secret files, overlays.
+/// What must stay alive while the step runs: cache locks, secret files, overlays, ssh
+/// agent proxies (dropped first: they live in the temp dirs).
 #[derive(Debug, Default)]
 pub struct Guards {
+    _ssh: Vec<SshProxy>,
     _locks: Vec<File>,
     _overlays: Vec<Overlay>,
     _temps: Vec<TempDir>,
+}
+
+/// `kiln build --ssh`: id to the host path of an ssh agent socket.
+#[derive(Debug, Clone, Default)]
+pub struct SshAgents(pub BTreeMap<String, PathBuf>);
+
+impl SshAgents {
+    /// The `default` agent, which also serves ADD of ssh git remotes.
+    pub fn default_socket(&self) -> Option<PathBuf> {
+        self.0.get("default").cloned()
+    }
+}
+
+/// The first needed RUN with a `required=true` ssh mount whose id `agents` lacks: (node, id).
+pub fn missing_ssh(
+    graph: &crate::graph::BuildGraph,
+    agents: &SshAgents,
+) -> Option<(NodeId, String)> {
+    graph.reachable().into_iter().find_map(|n| {
+        let crate::graph::Op::Exec(x) = &graph.nodes[n].op else {
+            return None;
+        };
+        x.mounts.iter().find_map(|m| match &m.kind {
+            MountKind::Ssh {
+                id, required: true, ..
+            } if !agents.0.contains_key(id) => Some((n, id.clone())),
+            _ => None,
+        })
+    })
+}
+
+/// A unix socket that forwards every connection to an ssh agent, owned by the mount's
+/// uid/gid with its mode: the agent's own socket belongs to whoever started it (mode 0600),
+/// so a RUN as another user could not use a plain bind of it (BuildKit proxies it too).
+/// Only the path of this socket enters the sandbox. Dropping it stops accepting.
+#[derive(Debug)]
+struct SshProxy {
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SshProxy {
+    fn start(
+        agent: &Path,
+        path: &Path,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> std::io::Result<SshProxy> {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let listener = UnixListener::bind(path)?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (agent, flag) = (agent.to_owned(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("ssh-proxy".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = conn else { continue };
+                    let upstream = match UnixStream::connect(&agent) {
+                        Ok(u) => u,
+                        Err(e) => {
+                            tracing::warn!(agent = %agent.display(), "ssh agent: {e}");
+                            continue;
+                        }
+                    };
+                    let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+                        continue;
+                    };
+                    let pipe = |mut from: UnixStream, mut to: UnixStream| {
+                        move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        }
+                    };
+                    std::thread::spawn(pipe(client, upstream));
+                    std::thread::spawn(pipe(u2, c2));
+                }
+            })?;
+        Ok(SshProxy {
+            path: path.to_owned(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SshProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = std::os::unix::net::UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Executor mounts and extra environment of one RUN.
@@ -100,6 +209,10 @@ pub struct MountContext<'a> {
     pub context: &'a Path,
     /// `kiln build --secret`: id to content.
     pub secrets: &'a Secrets,
+    /// `kiln build --ssh`: id to agent socket.
+    pub ssh: &'a SshAgents,
+    /// The `.dockerignore` of the context: a context bind mount shows only what it keeps.
+    pub ignore: &'a executor::context::Ignore,
     /// The snapshot dirs of a node's filesystem, top layer first.
     pub lowers: &'a dyn Fn(NodeId) -> Vec<PathBuf>,
 }
@@ -148,12 +261,7 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 from: CopySource::Context,
                 source,
             } => {
-                // A writable bind (`rw`) writes to a throw-away overlay, never to the context.
-                let root = if m.readonly {
-                    cx.context.to_owned()
-                } else {
-                    overlay(cx, &mut out.guards, vec![cx.context.to_owned()], false)?
-                };
+                let root = context_view(cx, &mut out.guards, m.readonly)?;
                 ExecMount::Bind {
                     source: root.join(source.trim_start_matches('/')),
                 }
@@ -168,7 +276,7 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 }
             }
             MountKind::Bind {
-                from: CopySource::Url { .. },
+                from: CopySource::Url { .. } | CopySource::Git(_),
                 ..
             } => return Err(MountError::Unsupported("RUN --mount=type=bind from a URL")),
             MountKind::Cache {
@@ -185,7 +293,7 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                     let root = match src {
                         CopySource::Context => cx.context.to_owned(),
                         CopySource::Node(n) => overlay(cx, &mut out.guards, (cx.lowers)(*n), true)?,
-                        CopySource::Url { .. } => {
+                        CopySource::Url { .. } | CopySource::Git(_) => {
                             return Err(MountError::Unsupported(
                                 "RUN --mount=type=cache,from=<url>",
                             ));
@@ -238,8 +346,38 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 });
                 continue;
             }
-            MountKind::Ssh { .. } => {
-                return Err(MountError::Unsupported("RUN --mount=type=ssh"));
+            MountKind::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(agent) = cx.ssh.0.get(id) else {
+                    if *required {
+                        return Err(MountError::MissingSsh { id: id.clone() });
+                    }
+                    continue;
+                };
+                let dir = cx
+                    .store
+                    .temp_dir("ssh-")
+                    .map_err(|e| MountError::Store(Box::new(e)))?;
+                let sock = dir.path().join("agent.sock");
+                let proxy = SshProxy::start(agent, &sock, *uid, *gid, *mode)
+                    .map_err(io("proxying the ssh agent at", &sock))?;
+                out.guards._ssh.push(proxy);
+                out.guards._temps.push(dir);
+                // BuildKit: the first ssh mount becomes SSH_AUTH_SOCK.
+                if !out.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    out.env.push(format!("SSH_AUTH_SOCK={}", m.target));
+                }
+                out.mounts.push(MountSpec {
+                    target: m.target.clone(),
+                    kind: ExecMount::Bind { source: sock },
+                    readonly: false,
+                });
+                continue;
             }
         };
         out.mounts.push(MountSpec {
@@ -330,6 +468,74 @@ fn seed(src: &Path, dir: &Path) -> Result<(), MountError> {
         });
     }
     Ok(())
+}
+
+/// The context as a RUN bind mount sees it: without the `.dockerignore`d paths (BuildKit
+/// sends only the filtered context). Those are hidden by a top layer of overlay whiteouts
+/// (0:0 character devices), so nothing is copied and the mount costs one walk of the context.
+/// A writable bind (`rw`) writes to a throw-away upper dir, never to the context.
+fn context_view(
+    cx: &MountContext<'_>,
+    guards: &mut Guards,
+    readonly: bool,
+) -> Result<PathBuf, MountError> {
+    let hidden =
+        executor::context::ignored_paths(cx.context, cx.ignore).map_err(|e| MountError::Io {
+            what: "listing ignored files of",
+            path: cx.context.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    if hidden.is_empty() {
+        return if readonly {
+            Ok(cx.context.to_owned())
+        } else {
+            overlay(cx, guards, vec![cx.context.to_owned()], false)
+        };
+    }
+    let dir = cx
+        .store
+        .temp_dir("ctxview-")
+        .map_err(|e| MountError::Store(Box::new(e)))?;
+    let whiteouts = dir.path().join("whiteouts");
+    std::fs::create_dir(&whiteouts).map_err(io("creating", &whiteouts))?;
+    for rel in &hidden {
+        let target = whiteouts.join(rel);
+        // Parents mirror the context's directories, whose metadata the merged view shows.
+        let mut parent = PathBuf::new();
+        for part in Path::new(rel)
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+        {
+            parent.push(part);
+            let p = whiteouts.join(&parent);
+            if p.exists() {
+                continue;
+            }
+            std::fs::create_dir(&p).map_err(io("creating", &p))?;
+            if let Ok(m) = std::fs::metadata(cx.context.join(&parent)) {
+                use std::os::unix::fs::MetadataExt as _;
+                std::os::unix::fs::chown(&p, Some(m.uid()), Some(m.gid()))
+                    .map_err(io("chown of", &p))?;
+                std::fs::set_permissions(&p, m.permissions()).map_err(io("chmod of", &p))?;
+            }
+        }
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &target,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .map_err(|e| MountError::Io {
+            what: "creating a whiteout at",
+            path: target.clone(),
+            source: e.into(),
+        })?;
+    }
+    let root = overlay(cx, guards, vec![whiteouts, cx.context.to_owned()], readonly)?;
+    guards._temps.push(dir);
+    Ok(root)
 }
 
 /// Mounts an overlay of `lowers` (top first) on the host and returns its root. Read-only
@@ -427,10 +633,13 @@ mod tests {
         let store = Store::open(tmp.path().join("root")).expect("store");
         let secrets = Secrets::default();
         let lowers = |_: NodeId| Vec::new();
+        let (ssh, ignore) = (SshAgents::default(), executor::context::Ignore::default());
         let cx = MountContext {
             store: &store,
             context: tmp.path(),
             secrets: &secrets,
+            ssh: &ssh,
+            ignore: &ignore,
             lowers: &lowers,
         };
         let first = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("first");
@@ -451,6 +660,8 @@ mod tests {
                     store: &store,
                     context: tmp.path(),
                     secrets: &secrets,
+                    ssh: &ssh,
+                    ignore: &ignore,
                     lowers: &lowers,
                 };
                 let p = prepare(&cx, &[cache_mount(CacheSharing::Locked)]).expect("locked");

@@ -1,0 +1,414 @@
+//! Issue 3's remaining sources and mounts: ADD of a git repository (against `git daemon` on
+//! 127.0.0.1), RUN --mount=type=ssh (a real `ssh-agent`), a context bind mount that hides
+//! `.dockerignore`d files.
+
+use crate::harness::{TestDir, cached, executed_runs, privileged, text};
+use anyhow::{Context as _, ensure};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Kills and reaps a helper process (git daemon, ssh-agent) when the test ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `git args...` in `dir` with a fixed identity and dates, so commits are reproducible.
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "kiln")
+        .env("GIT_AUTHOR_EMAIL", "kiln@example.invalid")
+        .env("GIT_COMMITTER_NAME", "kiln")
+        .env("GIT_COMMITTER_EMAIL", "kiln@example.invalid")
+        .env("GIT_AUTHOR_DATE", "2020-01-02T03:04:05Z")
+        .env("GIT_COMMITTER_DATE", "2020-01-02T03:04:05Z")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .context("running git")?;
+    ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Writes `files` into the work tree and commits them; returns the commit id.
+fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> anyhow::Result<String> {
+    for (rel, text) in files {
+        let p = repo.join(rel);
+        std::fs::create_dir_all(p.parent().context("a parent")?)?;
+        std::fs::write(&p, text)?;
+    }
+    git(repo, &["add", "-A"])?;
+    git(repo, &["commit", "-q", "-m", message])?;
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// A repository `base/repo.git` served by `git daemon` on a free 127.0.0.1 port.
+struct GitServer {
+    _daemon: Proc,
+    repo: PathBuf,
+    url: String,
+}
+
+fn git_server(t: &TestDir) -> anyhow::Result<GitServer> {
+    let base = t.dir.path().join("git");
+    let repo = base.join("repo.git");
+    std::fs::create_dir_all(&repo)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let daemon = Command::new("git")
+        .arg("daemon")
+        .arg("--export-all")
+        .arg("--reuseaddr")
+        .arg("--informative-errors")
+        .arg(format!("--base-path={}", base.display()))
+        .arg("--listen=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg(&base)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting git daemon")?;
+    let daemon = Proc(daemon);
+    // Ready once it accepts connections (bounded wait).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "git daemon did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(GitServer {
+        _daemon: daemon,
+        repo,
+        url: format!("git://127.0.0.1:{port}/repo.git"),
+    })
+}
+
+fn cat(t: &TestDir, image: &str, path: &str) -> anyhow::Result<String> {
+    let out = t.ok(&["run", "--rm", image, "cat", path])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn add_git_branch_tag_commit_subdir_query_and_keep_git_dir() -> anyhow::Result<()> {
+    if !privileged(&["git"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let s = git_server(&t)?;
+    let c1 = commit(&s.repo, &[("README", "v1\n"), ("sub/file", "s1\n")], "one")?;
+    git(&s.repo, &["tag", "-a", "v1", "-m", "release 1"])?;
+    let c2 = commit(&s.repo, &[("README", "v2\n"), ("sub/file", "s2\n")], "two")?;
+    let u = &s.url;
+    let prefix = &c1[..10];
+    t.write(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\n\
+             ADD {u} /src/main\n\
+             ADD {u}#v1 /src/tag\n\
+             ADD {u}#{c1} /src/commit\n\
+             ADD {u}#main:sub /src/sub\n\
+             ADD {u}?tag=v1&subdir=sub /src/qsub/\n\
+             ADD --checksum={prefix} --keep-git-dir=true {u}#v1 /src/keep\n\
+             RUN cat /src/main/README /src/tag/README /src/commit/README /src/sub/file \
+             /src/qsub/file /src/keep/.git/HEAD > /out && \
+             (test -e /src/main/.git || echo no-git-dir) >> /out && \
+             stat -c %Y /src/main/README >> /out\n"
+        ),
+    );
+    t.build("gitsrc:1", &[])?;
+    let out = cat(&t, "gitsrc:1", "/out")?;
+    // The checked-out files carry the commit time (2020-01-02T03:04:05Z), not the clock.
+    let want = format!("v2\nv1\nv1\ns2\ns1\n{c1}\nno-git-dir\n1577934245\n");
+    ensure!(out == want, "got {out:?}, want {want:?} (main is {c2})");
+    Ok(())
+}
+
+#[test]
+fn add_git_cache_follows_the_branch_and_bad_refs_name_the_url() -> anyhow::Result<()> {
+    if !privileged(&["git"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let s = git_server(&t)?;
+    commit(&s.repo, &[("README", "v1\n")], "one")?;
+    let u = &s.url;
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nADD {u}#main /src\nRUN cat /src/README > /out\n"),
+    );
+    t.build("gitcache:1", &[])?;
+    let ev = t.build("gitcache:2", &[])?;
+    ensure!(
+        cached(&ev).iter().any(|n| n.contains("ADD")),
+        "an unchanged branch must hit the cache: {ev:?}"
+    );
+    ensure!(executed_runs(&ev).is_empty(), "{:?}", executed_runs(&ev));
+    // The branch moves: ls-remote sees the new commit, the ADD and the RUN run again.
+    commit(&s.repo, &[("README", "v2\n")], "two")?;
+    let ev = t.build("gitcache:3", &[])?;
+    ensure!(
+        !cached(&ev).iter().any(|n| n.contains("ADD")),
+        "a moved branch must miss the cache"
+    );
+    ensure!(cat(&t, "gitcache:3", "/out")? == "v2\n");
+
+    // A ref that does not exist: the error names the step and the URL.
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nADD {u}#nosuchbranch /src\n"),
+    );
+    let out = t.kiln(&["build", "-t", "gitcache:4", t.ctx.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{}", text(&out));
+    ensure!(
+        err.contains("Dockerfile:2")
+            && err.contains(&format!("{u}#nosuchbranch"))
+            && err.contains("\"nosuchbranch\" not found"),
+        "{}",
+        text(&out)
+    );
+    // A checksum that does not match the commit.
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nADD --checksum=0000000 {u}#main /src\n"),
+    );
+    let out = t.kiln(&["build", "-t", "gitcache:5", t.ctx.to_str().expect("utf-8")]);
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+/// `kiln build` with extra environment; returns the rawjson events.
+fn build_env(
+    t: &TestDir,
+    tag: &str,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let mut args = vec!["build", "--progress", "rawjson", "-t", tag];
+    args.extend_from_slice(extra);
+    args.push(ctx);
+    let mut cmd = t.cmd(&args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    ensure!(out.status.success(), "kiln {args:?}:\n{}", text(&out));
+    crate::harness::events(&out)
+}
+
+/// Copies `bin` and the shared libraries `ldd` lists for it under `root`, at their own paths,
+/// so that a dynamically linked tool runs in the busybox image.
+fn copy_with_libs(bin: &str, root: &Path) -> anyhow::Result<()> {
+    let out = Command::new("ldd").arg(bin).output()?;
+    ensure!(out.status.success(), "ldd {bin}");
+    let mut files = vec![bin.to_owned()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(p.to_owned());
+        }
+    }
+    for f in files {
+        let dst = root.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().context("a parent")?)?;
+        std::fs::copy(&f, &dst).with_context(|| format!("copying {f}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn ssh_mount_reaches_a_real_agent_and_stays_out_of_keys_and_layers() -> anyhow::Result<()> {
+    if !privileged(&["ssh-agent", "ssh-add", "ssh-keygen", "ldd"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let d = t.dir.path();
+    let key = d.join("key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test", "-f"])
+        .arg(&key)
+        .status()?;
+    ensure!(st.success(), "ssh-keygen");
+    let fp = Command::new("ssh-keygen").arg("-lf").arg(&key).output()?;
+    let fingerprint = String::from_utf8_lossy(&fp.stdout)
+        .split_whitespace()
+        .nth(1)
+        .context("a fingerprint")?
+        .to_owned();
+    let sock = d.join("agent.sock");
+    let _agent = Proc(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "ssh-agent did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let st = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(Stdio::null())
+        .status()?;
+    ensure!(st.success(), "ssh-add");
+
+    copy_with_libs("/usr/bin/ssh-add", &t.ctx.join("sshroot"))?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         COPY sshroot/ /\n\
+         ARG N\n\
+         RUN --mount=type=ssh sh -c 'test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /sock \
+         && ssh-add -l > /keys'\n\
+         RUN --mount=type=ssh,id=deploy,target=/agent,uid=1000,gid=1000,mode=0660 \
+         stat -c '%u %g %a %F' /agent > /stat\n",
+    );
+    let sock_s = sock.to_str().expect("utf-8");
+    let deploy = format!("deploy={sock_s}");
+    build_env(
+        &t,
+        "ssh:1",
+        &["--ssh", "default", "--ssh", &deploy],
+        &[("SSH_AUTH_SOCK", &sock)],
+    )?;
+    ensure!(cat(&t, "ssh:1", "/sock")? == "/run/buildkit/ssh_agent.0\n");
+    let keys = cat(&t, "ssh:1", "/keys")?;
+    ensure!(keys.contains(&fingerprint), "{keys:?} lacks {fingerprint}");
+    ensure!(cat(&t, "ssh:1", "/stat")? == "1000 1000 660 socket\n");
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "ssh:1",
+        "sh",
+        "-c",
+        "test -e /run/buildkit/ssh_agent.0 || test -e /agent || echo gone",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "gone\n",
+        "the socket reached the layer: {}",
+        text(&out)
+    );
+
+    // A key file instead of a socket: kiln loads it into a private agent.
+    let key_s = key.to_str().expect("utf-8");
+    let ev = build_env(
+        &t,
+        "ssh:2",
+        &[
+            "--build-arg",
+            "N=2",
+            "--ssh",
+            &format!("default={key_s}"),
+            "--ssh",
+            &format!("deploy={key_s}"),
+        ],
+        &[],
+    )?;
+    ensure!(executed_runs(&ev).len() == 2, "{:?}", executed_runs(&ev));
+    let keys = cat(&t, "ssh:2", "/keys")?;
+    ensure!(keys.contains(&fingerprint), "{keys:?} lacks {fingerprint}");
+    // Another agent does not change the keys: everything is cached.
+    let ev = build_env(
+        &t,
+        "ssh:3",
+        &["--build-arg", "N=2", "--ssh", "default", "--ssh", &deploy],
+        &[("SSH_AUTH_SOCK", &sock)],
+    )?;
+    ensure!(executed_runs(&ev).is_empty(), "{:?}", executed_runs(&ev));
+
+    // required=true without --ssh: the error names file:line:col and the id.
+    t.write(
+        "Dockerfile",
+        "FROM busybox\n  RUN --mount=type=ssh,id=gh,required=true true\n",
+    );
+    let out = t.kiln(&["build", "-t", "ssh:4", t.ctx.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && err.contains("Dockerfile:2:3")
+            && err.contains("ssh agent \"gh\" is required"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn context_bind_mount_hides_ignored_files_and_its_key_ignores_them() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write(".dockerignore", "secret.txt\nignored/\n");
+    t.write("keep.txt", "k1\n");
+    t.write("secret.txt", "s1\n");
+    t.write("ignored/x", "x\n");
+    t.write("sub/y", "y\n");
+    t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=bind,target=/ctx sh -c 'ls -A /ctx /ctx/sub > /list; cat /ctx/keep.txt >> /list'\n\
+         RUN --mount=type=bind,target=/ctx,rw sh -c 'ls -A /ctx > /list-rw; echo changed > /ctx/secret.txt'\n",
+    );
+    t.build("bind:1", &[])?;
+    let list = cat(&t, "bind:1", "/list")?;
+    ensure!(
+        list == "/ctx:\n.dockerignore\nDockerfile\nkeep.txt\nsub\n\n/ctx/sub:\ny\nk1\n",
+        "{list:?}"
+    );
+    let list = cat(&t, "bind:1", "/list-rw")?;
+    ensure!(
+        list == ".dockerignore\nDockerfile\nkeep.txt\nsub\n",
+        "{list:?}"
+    );
+    ensure!(std::fs::read_to_string(t.ctx.join("secret.txt"))? == "s1\n");
+
+    // An ignored file changes: nothing runs again.
+    t.write("secret.txt", "s2\n");
+    t.write("ignored/x", "x2\n");
+    let ev = t.build("bind:2", &[])?;
+    ensure!(executed_runs(&ev).is_empty(), "{:?}", executed_runs(&ev));
+    // A visible one changes: both RUNs see a new context.
+    t.write("keep.txt", "k2\n");
+    let ev = t.build("bind:3", &[])?;
+    ensure!(executed_runs(&ev).len() == 2, "{:?}", executed_runs(&ev));
+    ensure!(cat(&t, "bind:3", "/list")?.ends_with("k2\n"));
+    Ok(())
+}
