@@ -412,3 +412,131 @@ fn context_bind_mount_hides_ignored_files_and_its_key_ignores_them() -> anyhow::
     ensure!(cat(&t, "bind:3", "/list")?.ends_with("k2\n"));
     Ok(())
 }
+
+/// Serves `git http-backend` (git's smart HTTP, as a CGI program) on a free 127.0.0.1 port:
+/// one thread per connection, `Connection: close`. Returns `http://127.0.0.1:PORT`.
+fn git_http(base: &Path) -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let base = base.to_owned();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let _ = cgi(conn, &base);
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+fn cgi(mut conn: std::net::TcpStream, base: &Path) -> std::io::Result<()> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let mut parts = first.split_whitespace();
+    let method = parts.next().unwrap_or("GET").to_owned();
+    let target = parts.next().unwrap_or("/").to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut headers = std::collections::BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    let header = |k: &str| headers.get(k).cloned().unwrap_or_default();
+    // git sends chunked bodies only above http.postBuffer (1 MiB); these repositories are tiny.
+    let len: usize = header("content-length").parse().unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let mut child = Command::new("git")
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", base)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", len.to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("HTTP_GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&body)?;
+    }
+    let out = child.wait_with_output()?;
+    let split = out
+        .stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| {
+            out.stdout
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, 2))
+        });
+    let (head, body) = match split {
+        Some((i, n)) => (
+            String::from_utf8_lossy(&out.stdout[..i]).into_owned(),
+            &out.stdout[i + n..],
+        ),
+        None => (String::new(), &out.stdout[..]),
+    };
+    let mut status = "200 OK".to_owned();
+    let mut resp = String::new();
+    for line in head.lines() {
+        match line.split_once(':') {
+            Some((k, v)) if k.eq_ignore_ascii_case("status") => status = v.trim().to_owned(),
+            Some(_) => {
+                resp.push_str(line.trim_end());
+                resp.push_str("\r\n");
+            }
+            None => {}
+        }
+    }
+    let head = format!(
+        "HTTP/1.1 {status}\r\n{resp}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)?;
+    Ok(())
+}
+
+#[test]
+fn add_git_over_smart_http_with_a_tag_and_subdir() -> anyhow::Result<()> {
+    if !privileged(&["git"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let base = t.dir.path().join("http");
+    let repo = base.join("repo.git");
+    std::fs::create_dir_all(&repo)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    commit(&repo, &[("app/main.sh", "echo one\n")], "one")?;
+    git(&repo, &["tag", "v1"])?;
+    commit(&repo, &[("app/main.sh", "echo two\n")], "two")?;
+    let url = format!("{}/repo.git", git_http(&base)?);
+    t.write(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\nADD {url}#v1:app /a/\nADD {url} /b\n\
+             RUN cat /a/main.sh /b/app/main.sh > /out\n"
+        ),
+    );
+    t.build("githttp:1", &[])?;
+    ensure!(cat(&t, "githttp:1", "/out")? == "echo one\necho two\n");
+    Ok(())
+}
