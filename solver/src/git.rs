@@ -107,6 +107,10 @@ fn is_hex(s: &str) -> bool {
 
 /// Whether `s` names a git repository rather than a file or an http(s) download.
 pub fn is_git_url(s: &str) -> bool {
+    // Never something git could read as an option.
+    if s.starts_with('-') {
+        return false;
+    }
     let lower = s.to_ascii_lowercase();
     if lower.starts_with("git://") || lower.starts_with("ssh://") {
         return true;
@@ -149,6 +153,7 @@ pub fn parse_url(url: &str, mut keep_git_dir: bool) -> Result<GitSource, GitErro
     let mut reference: Option<String> = None;
     let mut subdir = String::new();
     let mut checksum: Option<String> = None;
+    let mut submodules = true;
     let mut remote = before_fragment.to_owned();
     if let Some((base, query)) = before_fragment.split_once('?') {
         let mut recognised = false;
@@ -169,9 +174,10 @@ pub fn parse_url(url: &str, mut keep_git_dir: bool) -> Result<GitSource, GitErro
                         "0" | "f" | "F" | "false" | "FALSE" | "False" => false,
                         _ => return Err(bad(format!("invalid {k} value {v:?}"))),
                     };
-                    // Submodules are not fetched yet (the key is accepted, as BuildKit does).
                     if k == "keep-git-dir" {
                         keep_git_dir = on;
+                    } else {
+                        submodules = on;
                     }
                 }
                 other => {
@@ -237,19 +243,20 @@ pub fn parse_url(url: &str, mut keep_git_dir: bool) -> Result<GitSource, GitErro
         reference: reference.filter(|r| !r.is_empty()),
         subdir: executor::context::clean(&subdir),
         keep_git_dir,
+        submodules,
         checksum,
         commit: None,
     })
 }
 
-/// Environment of every git command: no prompts, no pager; `ssh_auth_sock` (the `--ssh`
-/// default agent) for ssh remotes.
+/// Every git command: no prompts, no pager, ssh in batch mode (as config, so that a
+/// `GIT_SSH_COMMAND` of the caller still wins); `ssh_auth_sock` (the `--ssh` default agent)
+/// for ssh remotes.
 fn git(ssh_auth_sock: Option<&Path>) -> Command {
     let mut c = Command::new("git");
-    c.env("GIT_TERMINAL_PROMPT", "0")
+    c.args(["-c", "core.sshCommand=ssh -o BatchMode=yes"])
+        .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_PAGER", "cat")
-        .env("GIT_SSH_VARIANT", "ssh")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
         .stdin(Stdio::null());
     if let Some(sock) = ssh_auth_sock {
         c.env("SSH_AUTH_SOCK", sock);
@@ -399,7 +406,10 @@ pub fn checkout(
         "init",
         git(ssh_auth_sock).args(["init", "-q"]).arg(&repo),
     )?;
-    g("remote add", &["remote", "add", "origin", &src.remote])?;
+    g(
+        "remote add",
+        &["remote", "add", "--", "origin", &src.remote],
+    )?;
     // The ref as written (git's fetch resolves it like ls-remote did), or the commit itself.
     let want = src.reference.clone().unwrap_or_else(|| "HEAD".to_owned());
     let shallow = g(
@@ -438,9 +448,40 @@ pub fn checkout(
             &commit,
         ],
     )?;
+    let mut submodule_paths = Vec::new();
+    if src.submodules && repo.join(".gitmodules").is_file() {
+        // Relative submodule URLs resolve against `origin`. Shallow first; a server that
+        // refuses the recorded commit as a shallow `want` gets a full fetch.
+        let base = ["submodule", "update", "--init", "--recursive"];
+        let shallow: Vec<&str> = base.iter().copied().chain(["--depth=1"]).collect();
+        if g("submodule update", &shallow).is_err() {
+            g("submodule update", &base)?;
+        }
+        let list = g(
+            "submodule foreach",
+            &[
+                "submodule",
+                "--quiet",
+                "foreach",
+                "--recursive",
+                "echo \"$displaypath\"",
+            ],
+        )?;
+        submodule_paths.extend(list.lines().map(str::to_owned));
+    }
     let time = g("log", &["log", "-1", "--format=%ct", &commit])?;
     let time = time.trim().parse::<i64>().unwrap_or(0);
     if !src.keep_git_dir {
+        // A submodule's `.git` is a file pointing into the top `.git/modules`.
+        for sub in &submodule_paths {
+            let link = repo.join(sub).join(".git");
+            std::fs::remove_file(&link).map_err(|source| GitError::Io {
+                url: url.clone(),
+                what: "removing",
+                path: link.clone(),
+                source,
+            })?;
+        }
         let dot_git = repo.join(".git");
         std::fs::remove_dir_all(&dot_git).map_err(|source| GitError::Io {
             url: url.clone(),
@@ -481,11 +522,12 @@ pub struct Checkouts {
 /// The key of a checkout in [`Checkouts::dirs`].
 pub fn checkout_key(g: &GitSource) -> String {
     format!(
-        "{}\0{}\0{}\0{}",
+        "{}\0{}\0{}\0{}\0{}",
         g.remote,
         g.commit.as_deref().unwrap_or(""),
         g.subdir,
-        g.keep_git_dir
+        g.keep_git_dir,
+        g.submodules
     )
 }
 
@@ -548,6 +590,7 @@ mod tests {
             "src/",
             "a:b",
             "dir/x@y:z",
+            "-u@h:r.git",
         ] {
             assert!(!is_git_url(no), "{no}");
         }
@@ -589,6 +632,8 @@ mod tests {
         assert_eq!(g.remote, "https://github.com/krallin/tini.git");
         assert!(g.keep_git_dir);
         assert!(p("https://h/r.git?keep-git-dir").keep_git_dir);
+        assert!(p("https://h/r.git").submodules);
+        assert!(!p("https://h/r.git?submodules=false").submodules);
         assert!(parse_url("https://h/r.git?keep-git-dir=maybe", false).is_err());
         assert!(parse_url("https://h/r.git##ref=a,odd=1", false).is_err());
         assert!(parse_url("https://h/r.git?checksum=xyz", false).is_err());

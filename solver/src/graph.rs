@@ -212,6 +212,9 @@ pub struct GitSource {
     pub subdir: String,
     /// `--keep-git-dir=true`: keep `.git`.
     pub keep_git_dir: bool,
+    /// Check out submodules too (BuildKit's default; `submodules=false` in the URL query
+    /// turns it off).
+    pub submodules: bool,
     /// `--checksum=` or `checksum=`/`commit=` in the URL: a hex prefix the commit must have.
     pub checksum: Option<String>,
     /// The commit `reference` resolves to, filled in by the solver (`git ls-remote`) before

@@ -169,6 +169,7 @@ fn copy_source(e: &mut Enc, keys: &[Option<Digest>], from: &CopySource, content:
             e.opt_str(g.reference.as_deref());
             e.str(&g.subdir);
             e.flag(g.keep_git_dir);
+            e.flag(g.submodules);
             e.opt_str(g.commit.as_deref());
         }
     }

@@ -291,7 +291,7 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                     cache_dir(cx, &mut out.guards, id, *sharing, *mode, *uid, *gid)?;
                 if created && let Some((src, path)) = from {
                     let root = match src {
-                        CopySource::Context => cx.context.to_owned(),
+                        CopySource::Context => context_view(cx, &mut out.guards, true)?,
                         CopySource::Node(n) => overlay(cx, &mut out.guards, (cx.lowers)(*n), true)?,
                         CopySource::Url { .. } | CopySource::Git(_) => {
                             return Err(MountError::Unsupported(

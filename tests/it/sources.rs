@@ -540,3 +540,45 @@ fn add_git_over_smart_http_with_a_tag_and_subdir() -> anyhow::Result<()> {
     ensure!(cat(&t, "githttp:1", "/out")? == "echo one\necho two\n");
     Ok(())
 }
+
+#[test]
+fn add_git_checks_out_submodules_unless_asked_not_to() -> anyhow::Result<()> {
+    if !privileged(&["git"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let s = git_server(&t)?;
+    let sub = s.repo.with_file_name("sub.git");
+    std::fs::create_dir_all(&sub)?;
+    git(&sub, &["init", "-q", "-b", "main"])?;
+    commit(&sub, &[("lib.txt", "from the submodule\n")], "lib")?;
+    commit(&s.repo, &[("README", "top\n")], "top")?;
+    // A relative URL, resolved against the superproject's remote (the daemon) by kiln.
+    git(
+        &s.repo,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            "../sub.git",
+            "vendor/sub",
+        ],
+    )?;
+    git(&s.repo, &["commit", "-q", "-m", "add submodule"])?;
+    let u = &s.url;
+    t.write(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\nADD {u} /src\nADD {u}?submodules=false /bare\n\
+             RUN cat /src/vendor/sub/lib.txt > /out && ls -A /bare/vendor/sub | wc -l >> /out && \
+             (test -e /src/vendor/sub/.git || echo no-git-file) >> /out\n"
+        ),
+    );
+    t.build("gitsub:1", &[])?;
+    let out = cat(&t, "gitsub:1", "/out")?;
+    ensure!(out == "from the submodule\n0\nno-git-file\n", "{out:?}");
+    Ok(())
+}
