@@ -582,3 +582,76 @@ fn add_git_checks_out_submodules_unless_asked_not_to() -> anyhow::Result<()> {
     ensure!(out == "from the submodule\n0\nno-git-file\n", "{out:?}");
     Ok(())
 }
+
+#[test]
+fn add_extracts_every_archive_codec_without_host_tools() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let tar = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(6);
+        h.set_mode(0o640);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, "dir/a.txt", &b"hello\n"[..])?;
+        b.into_inner()?
+    };
+    let gz = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&tar)?;
+        e.finish()?
+    };
+    let bz = {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+        e.write_all(&tar)?;
+        e.finish()?
+    };
+    let xz = {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        e.write_all(&tar)?;
+        e.finish()?
+    };
+    let zst = zstd::encode_all(&tar[..], 3)?;
+    // Named like an archive but not a tar inside: copied as it is.
+    let not_tar = {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        e.write_all(b"not a tar")?;
+        e.finish()?
+    };
+    for (name, bytes) in [
+        ("a.tar", &tar),
+        ("a.tgz", &gz),
+        ("a.tar.bz2", &bz),
+        ("a.txz", &xz),
+        ("a.tar.zst", &zst),
+        ("text.tar.bz2", &not_tar),
+    ] {
+        std::fs::write(t.ctx.join(name), bytes)?;
+    }
+    t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         ADD a.tar /tar/\nADD a.tgz /gz/\nADD a.tar.bz2 /bz2/\nADD a.txz /xz/\n\
+         ADD a.tar.zst /zst/\nADD text.tar.bz2 /raw/\n\
+         RUN for d in tar gz bz2 xz zst; do cat /$d/dir/a.txt; stat -c '%a %Y' /$d/dir/a.txt; done \
+         > /out && ls /raw > /raw.ls\n",
+    );
+    // No `bzip2`, `xz`, `gzip` or `zstd` on the PATH of kiln: it decodes in-process.
+    let empty = t.dir.path().join("empty-path");
+    std::fs::create_dir(&empty)?;
+    let ctx = t.ctx.to_str().expect("utf-8");
+    let out = t
+        .cmd(&["build", "-t", "codecs:1", ctx])
+        .env("PATH", &empty)
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let want = "hello\n640 1600000000\n".repeat(5);
+    ensure!(cat(&t, "codecs:1", "/out")? == want);
+    ensure!(cat(&t, "codecs:1", "/raw.ls")? == "text.tar.bz2\n");
+    Ok(())
+}
