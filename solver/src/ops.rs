@@ -479,7 +479,9 @@ fn compute_keys(
                                 source,
                             }
                         })?;
-                        Some(key::content_digest(&metas))
+                        let digest = key::content_digest(&metas);
+                        files.extend(metas);
+                        Some(digest)
                     }
                     _ => None,
                 };

@@ -164,10 +164,20 @@ fn add_git_cache_follows_the_branch_and_bad_refs_name_the_url() -> anyhow::Resul
     ensure!(executed_runs(&ev).is_empty(), "{:?}", executed_runs(&ev));
     // The branch moves: ls-remote sees the new commit, the ADD and the RUN run again.
     commit(&s.repo, &[("README", "v2\n")], "two")?;
-    let ev = t.build("gitcache:3", &[])?;
+    let ctx = t.ctx.to_str().expect("utf-8");
+    let out = t.ok(&[
+        "build",
+        "--progress",
+        "plain",
+        "--explain",
+        "-t",
+        "gitcache:3",
+        ctx,
+    ])?;
+    let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        !cached(&ev).iter().any(|n| n.contains("ADD")),
-        "a moved branch must miss the cache"
+        err.contains("cache misses: 2") && err.contains(&format!("file changed: {u}#main (git)")),
+        "a moved branch must miss the cache, and --explain say why: {err}"
     );
     ensure!(cat(&t, "gitcache:3", "/out")? == "v2\n");
 
@@ -405,10 +415,23 @@ fn context_bind_mount_hides_ignored_files_and_its_key_ignores_them() -> anyhow::
     t.write("ignored/x", "x2\n");
     let ev = t.build("bind:2", &[])?;
     ensure!(executed_runs(&ev).is_empty(), "{:?}", executed_runs(&ev));
-    // A visible one changes: both RUNs see a new context.
+    // A visible one changes: both RUNs see a new context, and --explain names the file.
     t.write("keep.txt", "k2\n");
-    let ev = t.build("bind:3", &[])?;
-    ensure!(executed_runs(&ev).len() == 2, "{:?}", executed_runs(&ev));
+    let ctx = t.ctx.to_str().expect("utf-8");
+    let out = t.ok(&[
+        "build",
+        "--progress",
+        "plain",
+        "--explain",
+        "-t",
+        "bind:3",
+        ctx,
+    ])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains("cache misses: 2") && err.contains("file changed: keep.txt"),
+        "{err}"
+    );
     ensure!(cat(&t, "bind:3", "/list")?.ends_with("k2\n"));
     Ok(())
 }
