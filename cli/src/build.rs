@@ -273,7 +273,11 @@ fn private_agent(id: &str, keys: &[PathBuf]) -> anyhow::Result<PrivateAgent> {
             k.display()
         );
     }
-    let dir = std::env::temp_dir().join(format!("kiln-ssh-{}-{id}", std::process::id()));
+    let safe: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("kiln-ssh-{}-{safe}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("chmod {}", dir.display()))?;
