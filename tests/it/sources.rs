@@ -678,3 +678,69 @@ fn add_extracts_every_archive_codec_without_host_tools() -> anyhow::Result<()> {
     ensure!(cat(&t, "codecs:1", "/raw.ls")? == "text.tar.bz2\n");
     Ok(())
 }
+
+#[test]
+fn add_git_over_ssh_gets_the_ssh_default_agent() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !privileged(&["git"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let base = t.dir.path().join("ssh-repos");
+    let repo = base.join("repo.git");
+    std::fs::create_dir_all(&repo)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    commit(&repo, &[("f", "over ssh\n")], "one")?;
+    // No sshd here: git's ssh command is a shim that checks and records the agent socket kiln
+    // hands to git, then runs the real git-upload-pack on the repository (what sshd would
+    // run for `git@host:repo.git`).
+    let log = t.dir.path().join("ssh.log");
+    let shim = t.dir.path().join("ssh-shim");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\n\
+             test -S \"$SSH_AUTH_SOCK\" || {{ echo 'no agent socket' >&2; exit 1; }}\n\
+             echo \"$SSH_AUTH_SOCK\" >> '{}'\n\
+             for last; do :; done\n\
+             cd '{}' && exec sh -c \"$last\"\n",
+            log.display(),
+            base.display()
+        ),
+    )?;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755))?;
+    let agent = t.dir.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&agent)?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nADD git@localhost:repo.git#main /s\nRUN cat /s/f > /out\n",
+    );
+    let ctx = t.ctx.to_str().expect("utf-8");
+    let ssh = format!("default={}", agent.display());
+    let out = t
+        .cmd(&["build", "--ssh", &ssh, "-t", "gitssh:1", ctx])
+        .env("GIT_SSH_COMMAND", &shim)
+        .env_remove("SSH_AUTH_SOCK")
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(cat(&t, "gitssh:1", "/out")? == "over ssh\n");
+    let seen = std::fs::read_to_string(&log)?;
+    ensure!(
+        seen.lines().all(|l| Path::new(l) == agent) && !seen.is_empty(),
+        "{seen:?}"
+    );
+    // Without --ssh, git gets no agent and the error names the URL.
+    let out = t
+        .cmd(&["build", "-t", "gitssh:2", "--no-cache", ctx])
+        .env("GIT_SSH_COMMAND", &shim)
+        .env_remove("SSH_AUTH_SOCK")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("git@localhost:repo.git#main"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
