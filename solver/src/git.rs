@@ -251,13 +251,21 @@ pub fn parse_url(url: &str, mut keep_git_dir: bool) -> Result<GitSource, GitErro
 
 /// Every git command: no prompts, no pager, ssh in batch mode (as config, so that a
 /// `GIT_SSH_COMMAND` of the caller still wins); `ssh_auth_sock` (the `--ssh` default agent)
-/// for ssh remotes.
+/// for ssh remotes. A stalled server fails the step instead of hanging the build: http(s)
+/// aborts below 1 byte/s for 2 minutes, ssh after 2 minutes of unanswered keepalives.
 fn git(ssh_auth_sock: Option<&Path>) -> Command {
     let mut c = Command::new("git");
-    c.args(["-c", "core.sshCommand=ssh -o BatchMode=yes"])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_PAGER", "cat")
-        .stdin(Stdio::null());
+    c.args([
+        "-c",
+        "core.sshCommand=ssh -o BatchMode=yes -o ServerAliveInterval=30 -o ServerAliveCountMax=4",
+        "-c",
+        "http.lowSpeedLimit=1",
+        "-c",
+        "http.lowSpeedTime=120",
+    ])
+    .env("GIT_TERMINAL_PROMPT", "0")
+    .env("GIT_PAGER", "cat")
+    .stdin(Stdio::null());
     if let Some(sock) = ssh_auth_sock {
         c.env("SSH_AUTH_SOCK", sock);
     }
