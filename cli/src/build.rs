@@ -49,6 +49,10 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: `id=x,src=FILE` or `id=x,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     secrets: Vec<String>,
+    /// An ssh agent for RUN --mount=type=ssh and ssh git remotes: `default` ($SSH_AUTH_SOCK),
+    /// `ID=SOCKET`, or `ID=KEY[,KEY...]` (the keys are loaded into a private `ssh-agent`).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY...]]")]
+    ssh: Vec<String>,
     /// Network of RUN steps that do not set `--network`: default, none or host.
     #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "none", "host"])]
     network: String,
@@ -170,6 +174,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     })?;
     let graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    // Private agents for key files live until the build ends.
+    let (ssh, _agents) = ssh_agents(&a.ssh)?;
     let solve_opts = solver::SolveOptions {
         context,
         dockerignore,
@@ -186,6 +192,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             "none" => solver::graph::NetworkMode::None,
             _ => solver::graph::NetworkMode::Default,
         },
+        ssh,
     };
     // Held until the image is tagged, so that a prune cannot take an untagged result.
     let lock = store.lock_shared().context("locking the store")?;
@@ -245,6 +252,102 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A private `ssh-agent -D` holding `--ssh ID=KEY` keys in its own directory; killed and the
+/// directory removed when dropped.
+struct PrivateAgent {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for PrivateAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Parses `--ssh` values into agent sockets (as `docker buildx build --ssh`): `default` is
+/// `$SSH_AUTH_SOCK`; `ID=PATH,...` takes a socket as it is and loads key files into a private
+/// agent.
+fn ssh_agents(args: &[String]) -> anyhow::Result<(solver::mounts::SshAgents, Vec<PrivateAgent>)> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let mut out = BTreeMap::new();
+    let mut agents = Vec::new();
+    for a in args {
+        let (id, paths) = match a.split_once('=') {
+            Some((id, p)) => (id.to_owned(), p.split(',').map(PathBuf::from).collect()),
+            None => (a.clone(), Vec::new()),
+        };
+        anyhow::ensure!(!id.is_empty(), "--ssh {a:?}: the id is empty");
+        let sock = match paths.as_slice() {
+            [] => PathBuf::from(std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
+                anyhow::anyhow!("--ssh {id}: $SSH_AUTH_SOCK is not set; give --ssh {id}=SOCKET")
+            })?),
+            [p] if std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()) => p.clone(),
+            keys => {
+                let agent = private_agent(&id, keys)?;
+                let sock = agent.dir.join("agent.sock");
+                agents.push(agent);
+                sock
+            }
+        };
+        out.insert(id, sock);
+    }
+    Ok((solver::mounts::SshAgents(out), agents))
+}
+
+/// Starts `ssh-agent -D -a SOCK` and adds `keys` to it.
+fn private_agent(id: &str, keys: &[PathBuf]) -> anyhow::Result<PrivateAgent> {
+    for k in keys {
+        anyhow::ensure!(
+            k.is_file(),
+            "--ssh {id}: {} is neither a socket nor a key file",
+            k.display()
+        );
+    }
+    let safe: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("kiln-ssh-{}-{safe}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    let sock = dir.join("agent.sock");
+    let child = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting ssh-agent (openssh-client) for --ssh key files")?;
+    let agent = PrivateAgent { child, dir };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sock.exists() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "--ssh {id}: ssh-agent did not create {}",
+            sock.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = std::process::Command::new("ssh-add")
+        .args(keys)
+        .env("SSH_AUTH_SOCK", &sock)
+        .env("SSH_ASKPASS_REQUIRE", "never")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running ssh-add")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "--ssh {id}: ssh-add failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(agent)
+}
 #[cfg(test)]
 mod tests {
     #[test]

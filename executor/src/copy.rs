@@ -12,8 +12,8 @@
 //! `--chown` user, else root); context files become root-owned unless `--chown`, files from
 //! another stage keep their owners; modes and mtimes are kept (`--chmod`, octal or symbolic, sets
 //! it for files and directories, setuid/setgid/sticky included); symlinks inside directories are copied as links and
-//! hard links stay hard links; ADD extracts local tar archives (plain, gzip, zstd, and bzip2/xz
-//! through the host's `bzip2`/`xz`).
+//! hard links stay hard links; ADD extracts local tar archives (plain, gzip, zstd, bzip2, xz;
+//! all decoded in-process).
 
 mod archive;
 pub mod chmod;

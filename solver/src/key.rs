@@ -161,6 +161,17 @@ fn copy_source(e: &mut Enc, keys: &[Option<Digest>], from: &CopySource, content:
             e.str(url);
             e.opt_digest(checksum.as_ref());
         }
+        // The commit decides the tree; the reference name stays in for `.git` (keep_git_dir
+        // records it) and so that two refs never share a record by accident.
+        CopySource::Git(g) => {
+            e.u8(3);
+            e.str(&g.remote);
+            e.opt_str(g.reference.as_deref());
+            e.str(&g.subdir);
+            e.flag(g.keep_git_dir);
+            e.flag(g.submodules);
+            e.opt_str(g.commit.as_deref());
+        }
     }
 }
 
@@ -456,6 +467,9 @@ mod tests {
                 kind: MountKind::Ssh {
                     id: "default".into(),
                     required: false,
+                    mode: 0o600,
+                    uid: 0,
+                    gid: 0,
                 },
                 readonly: true,
             });

@@ -79,6 +79,9 @@ pub struct SolveOptions {
     pub secrets: crate::mounts::Secrets,
     /// `kiln build --network`: the network of RUN steps without `--network`.
     pub network: NetworkMode,
+    /// `kiln build --ssh`: agent sockets for RUN --mount=type=ssh (never hashed); the
+    /// `default` one also serves ssh git remotes of ADD.
+    pub ssh: crate::mounts::SshAgents,
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
@@ -191,6 +194,31 @@ pub enum SolveError {
         #[source]
         source: Box<crate::fetch::FetchError>,
     },
+    /// A RUN needs an ssh agent (`required=true`) that `kiln build --ssh` did not supply.
+    #[error(
+        "{file}:{line}:{column}: {instruction}: ssh agent {id:?} is required but was not supplied\nhint: kiln build --ssh {id}[=SOCKET] (default: $SSH_AUTH_SOCK)"
+    )]
+    MissingSsh {
+        /// The Dockerfile's name.
+        file: String,
+        /// Line of the RUN.
+        line: u32,
+        /// Column of the RUN.
+        column: u32,
+        /// The instruction as written.
+        instruction: String,
+        /// The ssh id.
+        id: String,
+    },
+    /// ADD of a git repository failed.
+    #[error("{at}: {source}")]
+    Git {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: Box<crate::git::GitError>,
+    },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
     Unsupported {
@@ -251,12 +279,37 @@ impl Solver {
         events: progress::Sender,
     ) -> Result<Image, SolveError> {
         let mut graph = graph.clone();
+        if let Some((n, id)) = crate::mounts::missing_ssh(&graph, &self.opts.ssh) {
+            let node = &graph.nodes[n];
+            let span = node.span.unwrap_or_default();
+            return Err(SolveError::MissingSsh {
+                file: self.opts.dockerfile_name.clone(),
+                line: span.line,
+                column: span.column,
+                instruction: location(&self.opts, node).instruction,
+                id,
+            });
+        }
         crate::fetch::pin_checksums(&self.store, &mut graph)
             .await
             .map_err(|(n, source)| SolveError::Fetch {
                 at: location(&self.opts, &graph.nodes[n]),
                 source: Box::new(source),
             })?;
+        let graph = {
+            let (opts, sock) = (self.opts.clone(), self.opts.ssh.default_socket());
+            tokio::task::spawn_blocking(move || {
+                match crate::git::resolve_all(&mut graph, sock.as_deref()) {
+                    Ok(()) => Ok(graph),
+                    Err((n, source)) => Err(SolveError::Git {
+                        at: location(&opts, &graph.nodes[n]),
+                        source: Box::new(source),
+                    }),
+                }
+            })
+            .await
+            .expect("git resolution does not panic")?
+        };
         let graph = Arc::new(graph);
         let (keys, clamps, reasons) = {
             let (g, opts) = (Arc::clone(&graph), self.opts.clone());
@@ -435,6 +488,39 @@ fn compute_keys(
                 contents.push(content);
             }
             clamps.insert(n, newest.map(|t| t.max(0)).or(COPY_CLAMP_MTIME));
+        }
+        // A context bind mount's key holds what it shows: the non-ignored files below its
+        // source (ignored files are invisible in the mount and must not change the key).
+        if let Op::Exec(x) = &node.op {
+            for m in &x.mounts {
+                let content = match &m.kind {
+                    crate::graph::MountKind::Bind {
+                        from: CopySource::Context,
+                        source,
+                    } => {
+                        let at = || location(opts, node);
+                        let entries = executor::context::walk_sources(
+                            &opts.context,
+                            std::slice::from_ref(source),
+                            &ignore,
+                            &[],
+                        )
+                        .map_err(|source| SolveError::Source { at: at(), source })?;
+                        let metas = hash_entries(&entries, stats).map_err(|(path, source)| {
+                            SolveError::Hash {
+                                at: at(),
+                                path,
+                                source,
+                            }
+                        })?;
+                        let digest = key::content_digest(&metas);
+                        files.extend(metas);
+                        Some(digest)
+                    }
+                    _ => None,
+                };
+                contents.push(content);
+            }
         }
         let k = key::node_key(node, &keys, &contents);
         let now = explain::inputs(node, &k, &keys, &contents);
@@ -646,10 +732,13 @@ impl Runner {
                     .chain,
             )
         };
+        let ignore = Ignore::parse(&self.opts.dockerignore);
         let cx = crate::mounts::MountContext {
             store: &self.store,
             context: &self.opts.context,
             secrets: &self.opts.secrets,
+            ssh: &self.opts.ssh,
+            ignore: &ignore,
             lowers: &lowers,
         };
         // A sharing=locked cache mount blocks on its flock: let the runtime move its other
@@ -688,6 +777,7 @@ impl Runner {
         rootfs: Rootfs,
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
         fetched: &BTreeMap<String, (PathBuf, String)>,
+        checkouts: &BTreeMap<String, PathBuf>,
     ) -> Result<InitSpec, SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let mut tasks = Vec::new();
@@ -720,6 +810,20 @@ impl Runner {
                                 });
                             };
                             sources = vec![name.clone()];
+                            CopyFrom::Context {
+                                dir: dir.clone(),
+                                ignore: Vec::new(),
+                            }
+                        }
+                        CopySource::Git(g) => {
+                            let Some(dir) = checkouts.get(&crate::git::checkout_key(g)) else {
+                                return Err(SolveError::Unsupported {
+                                    at: at(),
+                                    what: "ADD from a git repository that was not checked out",
+                                });
+                            };
+                            // The checkout (or its subdir) is copied like a context directory.
+                            sources = vec![".".to_owned()];
                             CopyFrom::Context {
                                 dir: dir.clone(),
                                 ignore: Vec::new(),
@@ -849,6 +953,29 @@ impl Runner {
                 })?,
             _ => Default::default(),
         };
+        let checkouts = match &node.op {
+            Op::File(f)
+                if f.actions.iter().any(
+                    |a| matches!(a, FileAction::Copy(c) if matches!(c.from, CopySource::Git(_))),
+                ) =>
+            {
+                let (store, f, sock) = (
+                    self.store.clone(),
+                    f.clone(),
+                    self.opts.ssh.default_socket(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    crate::git::checkout_all(&store, &f, sock.as_deref())
+                })
+                .await
+                .expect("git checkout does not panic")
+                .map_err(|source| SolveError::Git {
+                    at: at(),
+                    source: Box::new(source),
+                })?
+            }
+            _ => Default::default(),
+        };
         let (spec, clamp) = match &node.op {
             Op::Exec(x) => {
                 let (spec, g) = self.exec_spec(n, x, rootfs, inputs)?;
@@ -856,11 +983,14 @@ impl Runner {
                 (spec, RUN_CLAMP_MTIME)
             }
             Op::File(f) => (
-                self.file_spec(n, f, rootfs, inputs, &fetched.files)?,
-                match (self.clamps.get(&n).copied().flatten(), fetched.newest) {
-                    (Some(c), Some(t)) => Some(c.max(t)),
-                    (c, t) => c.or(t),
-                },
+                self.file_spec(n, f, rootfs, inputs, &fetched.files, &checkouts.dirs)?,
+                [fetched.newest, checkouts.newest].into_iter().fold(
+                    self.clamps.get(&n).copied().flatten(),
+                    |c, t| match (c, t) {
+                        (Some(c), Some(t)) => Some(c.max(t)),
+                        (c, t) => c.or(t),
+                    },
+                ),
             ),
             Op::Source(_) => unreachable!("sources are resolved, not built"),
         };

@@ -10,3 +10,4 @@ mod harness;
 mod network;
 mod registry;
 mod save;
+mod sources;

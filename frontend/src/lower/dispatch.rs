@@ -1,8 +1,8 @@
 //! Per-instruction lowering: what each Dockerfile instruction does to the stage state.
 
 use super::values::{
-    clean_path, go_quote_list, is_git, is_url, looks_like_image, parse_port_spec, resolve_dest,
-    set_env, valid_chmod, valid_signal,
+    clean_path, go_quote_list, is_url, looks_like_image, parse_port_spec, resolve_dest, set_env,
+    valid_chmod, valid_signal,
 };
 use super::{
     ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, platform_arg, step_prefix,
@@ -303,10 +303,18 @@ impl Lowerer<'_> {
             }
         }
         let mut mounts_out = Vec::new();
+        let mut ssh_count = 0;
         for m in &run.mounts {
             let spec = self.x(st, &m.value, m.span)?;
-            let parsed = mounts::parse_mount(&spec, &st.cwd())
+            let mut parsed = mounts::parse_mount(&spec, &st.cwd())
                 .map_err(|e| self.err(Error::new(e, Some(m.span))))?;
+            // BuildKit numbers default ssh targets: /run/buildkit/ssh_agent.0, .1, ...
+            if parsed.kind == mounts::MountType::Ssh {
+                if parsed.target == mounts::SSH_DEFAULT_TARGET {
+                    parsed.target = format!("/run/buildkit/ssh_agent.{ssh_count}");
+                }
+                ssh_count += 1;
+            }
             let from = match &parsed.from {
                 Some(f) => Some(self.resolve_from(st, f, m.span, "RUN --mount")?),
                 None => None,
@@ -522,21 +530,24 @@ impl Lowerer<'_> {
         for e in &c.exclude {
             exclude.push(self.x(st, &e.value, e.span)?);
         }
-        let checksum = match &c.checksum {
-            Some(f) => {
-                let v = self.x(st, &f.value, f.span)?;
-                Some(v.parse::<Digest>().map_err(|_| {
-                    self.err(Error::new(
-                        ErrorKind::BadFlagValue {
-                            flag: "checksum".into(),
-                            value: v.clone(),
-                            reason: "expected sha256:<64 hex digits>".into(),
-                        },
-                        Some(f.span),
-                    ))
-                })?)
-            }
+        let git_sources = c.add && sources.iter().any(|s| solver::git::is_git_url(s));
+        let checksum_raw = match &c.checksum {
+            Some(f) => Some(self.x(st, &f.value, f.span)?),
             None => None,
+        };
+        // For a git source `--checksum` is a commit id (BuildKit); for http(s) a digest.
+        let checksum = match (&c.checksum, &checksum_raw) {
+            (Some(f), Some(v)) if !git_sources => Some(v.parse::<Digest>().map_err(|_| {
+                self.err(Error::new(
+                    ErrorKind::BadFlagValue {
+                        flag: "checksum".into(),
+                        value: v.clone(),
+                        reason: "expected sha256:<64 hex digits>".into(),
+                    },
+                    Some(f.span),
+                ))
+            })?),
+            _ => None,
         };
         let base = CopyAction {
             from: from.clone().unwrap_or(CopySource::Context),
@@ -553,17 +564,39 @@ impl Lowerer<'_> {
         let mut actions = Vec::new();
         let mut local = Vec::new();
         for s in &sources {
-            if c.add && is_url(s) {
-                if is_git(s) && !self.lenient {
-                    return Err(self.err(Error::new(
+            if c.add && solver::git::is_git_url(s) {
+                let mut g = solver::git::parse_url(s, c.keep_git_dir).map_err(|e| {
+                    self.err(Error::new(
                         ErrorKind::BadFlagValue {
                             flag: "source".into(),
                             value: s.clone(),
-                            reason: "ADD of a git repository is not supported".into(),
+                            reason: e.to_string(),
                         },
                         Some(span),
-                    )));
+                    ))
+                })?;
+                if let Some(v) = &checksum_raw {
+                    let hex =
+                        !v.is_empty() && v.len() <= 40 && v.bytes().all(|b| b.is_ascii_hexdigit());
+                    if !hex {
+                        return Err(self.err(Error::new(
+                            ErrorKind::BadFlagValue {
+                                flag: "checksum".into(),
+                                value: v.clone(),
+                                reason: "a git source's checksum is a commit id (hex)".into(),
+                            },
+                            c.checksum.as_ref().map(|f| f.span),
+                        )));
+                    }
+                    g.checksum = Some(v.clone());
                 }
+                actions.push(FileAction::Copy(CopyAction {
+                    from: CopySource::Git(Box::new(g)),
+                    sources: vec![s.clone()],
+                    unpack_archives: false,
+                    ..base.clone()
+                }));
+            } else if c.add && is_url(s) {
                 actions.push(FileAction::Copy(CopyAction {
                     from: CopySource::Url {
                         url: s.clone(),
@@ -578,7 +611,7 @@ impl Lowerer<'_> {
                 local.push(s.clone());
             }
         }
-        if checksum.is_some() && actions.is_empty() {
+        if checksum_raw.is_some() && actions.is_empty() {
             return Err(self.err(Error::new(
                 ErrorKind::BadFlagValue {
                     flag: "checksum".into(),
@@ -587,7 +620,7 @@ impl Lowerer<'_> {
                         .as_ref()
                         .map(|f| f.value.clone())
                         .unwrap_or_default(),
-                    reason: "only valid for http(s) sources".into(),
+                    reason: "only valid for http(s) and git sources".into(),
                 },
                 c.checksum.as_ref().map(|f| f.span),
             )));
