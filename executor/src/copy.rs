@@ -446,6 +446,29 @@ pub fn copy(
     Ok(())
 }
 
+/// Writes a COPY/ADD heredoc source as `dir/name` (mode 0644, mtime at the epoch), the way
+/// BuildKit's "preparing inline document" step makes it. The caller then copies it from `dir`
+/// with a [`CopyTask::Copy`] whose sources are `[name]`, so every destination rule, `--chown`
+/// and `--chmod` apply as for a context file.
+///
+/// Fails when `name` is not a plain file name or on an I/O error.
+pub fn stage_inline(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("heredoc name {name:?} is not a file name"),
+        ));
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, data)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    let f = std::fs::File::options().write(true).open(&path)?;
+    f.set_modified(std::time::UNIX_EPOCH)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,6 +545,20 @@ mod tests {
         assert_eq!(parents_path("./a/./b/*", "a/b/x"), "b/x");
         assert_eq!(parents_path("a/b/c", "a/b/c"), "a/b/c");
         assert_eq!(parents_path("./a/b", "a/b"), "a/b");
+    }
+
+    #[test]
+    fn inline_files_are_0644_at_the_epoch_and_names_stay_plain() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = stage_inline(dir.path(), "EOF", b"hi\n").expect("staged");
+        let md = std::fs::metadata(&p).expect("stat");
+        assert_eq!(md.mode() & 0o7777, 0o644);
+        assert_eq!(md.mtime(), 0);
+        assert_eq!(std::fs::read(&p).expect("read"), b"hi\n");
+        for bad in ["", "..", "a/b"] {
+            assert!(stage_inline(dir.path(), bad, b"").is_err(), "{bad:?}");
+        }
     }
 
     #[test]

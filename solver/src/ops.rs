@@ -186,6 +186,17 @@ pub enum SolveError {
         #[source]
         source: Box<crate::fetch::FetchError>,
     },
+    /// Writing a COPY/ADD heredoc file to the step's temp dir failed.
+    #[error("{at}: writing the inline file {}", .path.display())]
+    Inline {
+        /// The step.
+        at: Location,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
     Unsupported {
@@ -641,11 +652,35 @@ impl Runner {
         rootfs: Rootfs,
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
         fetched: &BTreeMap<String, (PathBuf, String)>,
+        scratch: &Path,
     ) -> Result<InitSpec, SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let mut tasks = Vec::new();
-        for a in &f.actions {
+        for (i, a) in f.actions.iter().enumerate() {
             tasks.push(match a {
+                FileAction::Inline(x) => {
+                    let dir = scratch.join(format!("inline-{i}"));
+                    executor::copy::stage_inline(&dir, &x.name, &x.data).map_err(|source| {
+                        SolveError::Inline {
+                            at: at(),
+                            path: dir.join(&x.name),
+                            source,
+                        }
+                    })?;
+                    CopyTask::Copy {
+                        from: CopyFrom::Context {
+                            dir,
+                            ignore: Vec::new(),
+                        },
+                        sources: vec![x.name.clone()],
+                        dest: x.dest.clone(),
+                        chown: x.chown.clone(),
+                        chmod: x.chmod.clone(),
+                        exclude: Vec::new(),
+                        parents: false,
+                        unpack_archives: false,
+                    }
+                }
                 FileAction::Mkdir { path, owner } => CopyTask::Mkdir {
                     path: path.clone(),
                     owner: owner.clone(),
@@ -809,7 +844,7 @@ impl Runner {
                 (spec, RUN_CLAMP_MTIME)
             }
             Op::File(f) => (
-                self.file_spec(n, f, rootfs, inputs, &fetched.files)?,
+                self.file_spec(n, f, rootfs, inputs, &fetched.files, tmp.path())?,
                 match (self.clamps.get(&n).copied().flatten(), fetched.newest) {
                     (Some(c), Some(t)) => Some(c.max(t)),
                     (c, t) => c.or(t),

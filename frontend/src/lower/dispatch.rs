@@ -14,7 +14,8 @@ use crate::instructions::{
 use crate::mounts;
 use cache::oci::{Digest, Empty};
 use solver::graph::{
-    CopyAction, CopySource, ExecOp, FileAction, FileOp, HistoryStep, NetworkMode, Op, Span,
+    CopyAction, CopySource, ExecOp, FileAction, FileOp, HistoryStep, InlineFile, NetworkMode,
+    NodeId, Op, Span,
 };
 use std::collections::BTreeSet;
 
@@ -240,15 +241,34 @@ impl Lowerer<'_> {
     fn run(&mut self, st: &mut StageCtx, instr: &Instruction, run: &RunInstr) -> Result<(), Error> {
         let span = instr.span;
         let mut args = run.cmd.args.clone();
+        let mut script_mount = None;
         if !run.cmd.heredocs.is_empty() {
-            // BuildKit: a lone `<<EOF` runs the body (a file when it starts with `#!`, else
-            // as the shell's command string); otherwise the heredocs are appended for the
-            // shell to handle.
+            // BuildKit: a lone `<<EOF` runs the body; one that starts with `#!` is written to
+            // a 0755 file `EOF` in a read-only mount at /dev/pipes/ and the command becomes
+            // that file's path (still wrapped in the shell for the shell form, as BuildKit
+            // does: `/bin/sh -c /dev/pipes/EOF` execs it, and the kernel honours the `#!`);
+            // any other lone heredoc is the shell's command string. Otherwise the heredocs
+            // are appended for the shell to handle. Neither body is expanded by kiln.
             let first = args.first().cloned().unwrap_or_default();
             let lone = crate::ast::parse_heredoc(&first).ok().flatten();
             args = match lone {
                 Some(_) if run.cmd.heredocs.len() == 1 => {
-                    vec![run.cmd.heredocs[0].chomped_content()]
+                    let doc = &run.cmd.heredocs[0];
+                    let body = doc.chomped_content();
+                    if doc.content.starts_with("#!") {
+                        let n = self.inline_script(st, instr, &doc.name, body);
+                        script_mount = Some(solver::graph::Mount {
+                            target: "/dev/pipes".to_owned(),
+                            kind: solver::graph::MountKind::Bind {
+                                from: CopySource::Node(n),
+                                source: "/".to_owned(),
+                            },
+                            readonly: true,
+                        });
+                        vec![format!("/dev/pipes/{}", doc.name)]
+                    } else {
+                        vec![body]
+                    }
                 }
                 _ => {
                     let mut full = first;
@@ -313,6 +333,7 @@ impl Lowerer<'_> {
             };
             mounts_out.push(parsed.into_mount(from));
         }
+        mounts_out.extend(script_mount);
         // Exec env: image ENV, then the ARGs in scope that ENV does not shadow (BuildKit:
         // ENV wins over ARG); proxies go apart so they stay out of the cache key.
         let mut env = st.config.config.env.clone();
@@ -379,6 +400,39 @@ impl Lowerer<'_> {
             layer: Some(n),
         });
         Ok(())
+    }
+
+    /// The node holding a `RUN <<EOF` script that starts with `#!`: `/<name>`, mode 0755, on
+    /// scratch (BuildKit's "preparing inline document"), mounted by the RUN at /dev/pipes/.
+    fn inline_script(
+        &mut self,
+        st: &StageCtx,
+        instr: &Instruction,
+        name: &str,
+        body: String,
+    ) -> NodeId {
+        let root = self.scratch_node();
+        let label = match &st.label {
+            Some(l) => format!("[{l} internal]"),
+            None => "[internal]".to_owned(),
+        };
+        self.push(
+            Op::File(FileOp {
+                root,
+                actions: vec![FileAction::Inline(InlineFile {
+                    name: name.to_owned(),
+                    data: body.into_bytes(),
+                    dest: "/".to_owned(),
+                    chown: None,
+                    chmod: Some("0755".to_owned()),
+                    link: false,
+                    instruction: "RUN",
+                })],
+            }),
+            format!("{label} preparing inline document"),
+            Some(instr.span),
+            instr.original.clone(),
+        )
     }
 
     /// Resolves `--from` / `from=`: a stage name, a stage index, or an image.
@@ -472,17 +526,21 @@ impl Lowerer<'_> {
     fn copy(&mut self, st: &mut StageCtx, instr: &Instruction, c: &CopyInstr) -> Result<(), Error> {
         let span = instr.span;
         let kw = if c.add { "ADD" } else { "COPY" };
-        if !c.inline.is_empty() && !self.lenient {
-            return Err(self.err(
-                Error::new(
-                    ErrorKind::HeredocNotAllowed {
-                        instruction: kw.into(),
-                        what: "a source (inline files are not supported yet)".into(),
-                    },
-                    Some(span),
-                )
-                .with_hint("put the content in a file in the build context"),
-            ));
+        // Heredoc sources: an unquoted delimiter expands ARGs and ENV in the body as BuildKit's
+        // ExpandRaw does (escape `\\` whatever `# escape=` says, quotes kept as written).
+        let mut inline = Vec::new();
+        for doc in &c.inline {
+            let data = if doc.expand {
+                let lex = crate::shell::Lex {
+                    skip_process_quotes: true,
+                    ..crate::shell::Lex::new('\\')
+                };
+                let env = self.stage_env(st);
+                super::expand(&lex, &doc.data, &env, span).map_err(|e| self.err(e))?
+            } else {
+                doc.data.clone()
+            };
+            inline.push((doc.name.clone(), data));
         }
         let mut sources = Vec::new();
         for s in &c.sources {
@@ -592,6 +650,8 @@ impl Lowerer<'_> {
                 c.checksum.as_ref().map(|f| f.span),
             )));
         }
+        let link = base.link;
+        let (chown, chmod) = (base.chown.clone(), base.chmod.clone());
         if !local.is_empty() {
             actions.push(FileAction::Copy(CopyAction {
                 sources: local,
@@ -599,6 +659,19 @@ impl Lowerer<'_> {
                 // COPY never does.
                 unpack_archives: c.add && c.unpack != Some(false),
                 ..base
+            }));
+        }
+        // After the other sources, one copy per heredoc, as BuildKit orders them. An inline
+        // file is never extracted, even by ADD.
+        for (name, data) in &inline {
+            actions.push(FileAction::Inline(InlineFile {
+                name: name.clone(),
+                data: data.clone().into_bytes(),
+                dest: dest.clone(),
+                chown: chown.clone(),
+                chmod: chmod.clone(),
+                link,
+                instruction: kw,
             }));
         }
         st.step += 1;
@@ -621,6 +694,10 @@ impl Lowerer<'_> {
         for s in &sources {
             created.push(' ');
             created.push_str(s);
+        }
+        for (name, _) in &inline {
+            created.push_str(" <<");
+            created.push_str(name);
         }
         created.push(' ');
         created.push_str(&dest_raw);
