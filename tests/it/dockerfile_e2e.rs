@@ -203,7 +203,10 @@ fn onbuild_triggers_fire_in_child_builds_and_from_a_stage() -> anyhow::Result<()
         "FROM busybox\n\
          ONBUILD RUN echo triggered > /onbuild-run\n\
          ONBUILD COPY child.txt /from-child-context\n\
-         ONBUILD ENV TRIGGERED=yes\n",
+         ONBUILD ENV TRIGGERED=yes\n\
+         ONBUILD RUN <<EOF\n\
+         echo \"from a heredoc trigger\" > /onbuild-heredoc\n\
+         EOF\n",
     )?;
     t.write("child.txt", "child context\n");
     let p = build(&t, "parent:1", &["-f", parent.to_str().context("utf-8")?])?;
@@ -211,7 +214,7 @@ fn onbuild_triggers_fire_in_child_builds_and_from_a_stage() -> anyhow::Result<()
         !p.exists("/onbuild-run"),
         "triggers do not fire in the parent"
     );
-    ensure!(strings(p.cfg("OnBuild")).len() == 3, "{}", p.config);
+    ensure!(strings(p.cfg("OnBuild")).len() == 4, "{}", p.config);
 
     t.write(
         "Dockerfile",
@@ -226,6 +229,7 @@ fn onbuild_triggers_fire_in_child_builds_and_from_a_stage() -> anyhow::Result<()
     ensure!(c.read("/onbuild-run")? == "triggered\n");
     ensure!(c.read("/from-child-context")? == "child context\n");
     ensure!(c.read("/stage-trigger")? == "stage\n");
+    ensure!(c.read("/onbuild-heredoc")? == "from a heredoc trigger\n");
     ensure!(
         c.env().iter().any(|e| e == "TRIGGERED=yes"),
         "{:?}",

@@ -574,17 +574,19 @@ fn expand(
 
 /// Parses an ONBUILD trigger expression as an instruction at the child's FROM line.
 fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Error> {
-    let src = if escape == '\\' {
-        expr.to_owned()
+    let directive = if escape == '\\' {
+        String::new()
     } else {
-        format!("# escape={escape}\n{expr}")
+        format!("# escape={escape}\n")
     };
-    let src = format!("{src}\n");
+    let src = format!("{directive}{expr}\n");
     let tree = crate::ast::parse_ast(&src).map_err(|e| Error::new(e.kind().clone(), Some(at)))?;
-    let Some(node) = tree.nodes.into_iter().next() else {
+    if tree.nodes.is_empty() {
         return Err(Error::new(ErrorKind::NoInstructions, Some(at)));
-    };
-    let fake = format!("FROM scratch\n{}", node.original);
+    }
+    // The whole expression, heredoc bodies included (`ONBUILD RUN <<EOF` stores them), parsed
+    // as the one instruction of a stage.
+    let fake = format!("{directive}FROM scratch\n{expr}\n");
     let df = crate::instructions::from_ast(crate::ast::parse_ast(&fake)?, &fake)
         .map_err(|e| Error::new(e.kind().clone(), Some(at)))?;
     let mut instr = df.stages[0]
@@ -592,9 +594,6 @@ fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Erro
         .first()
         .cloned()
         .ok_or_else(|| Error::new(ErrorKind::NoInstructions, Some(at)))?;
-    if let Command::Run(r) = &mut instr.command {
-        r.cmd.heredocs = node.heredocs;
-    }
     instr.span = at;
     instr.end_line = at.line;
     Ok(instr)
