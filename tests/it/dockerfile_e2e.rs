@@ -194,6 +194,109 @@ fn heredoc_copy_sources_and_shebang_run_scripts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// BuildKit's heredoc integration cases (frontend/dockerfile/dockerfile_heredoc_test.go:
+/// testRunComplexHeredoc, testHeredocIndent, testHeredocVarSubstitution, testRunFakeHeredoc;
+/// moby/buildkit, Apache-2.0), rewritten as one Dockerfile, with BuildKit's expected files.
+#[test]
+fn heredocs_match_buildkits_heredoc_suite() -> anyhow::Result<()> {
+    let Some(t) = setup()? else { return Ok(()) };
+    t.write("Dockerfile", BUILDKIT_HEREDOCS);
+    let img = build(&t, "bkheredoc:1", &[])?;
+    for (file, want) in [
+        ("out1", "hello world\n"),
+        ("out2", "HELLO WORLD\n"),
+        ("fd3", "hello world\n"),
+        ("fd4", "HELLO WORLD\n"),
+        ("foo-copy", "\tfoo\n"),
+        ("foo-run", "\n\tfoo\n"),
+        ("foo2-run", "\n\tfoo\n"),
+        ("foo3-run", "\n\tfoo\n"),
+        ("bar-copy", "bar\n"),
+        ("bar-run", "\nbar\n"),
+        ("bar2-run", "\nbar\n"),
+        ("bar3-run", "\nbar\n"),
+        ("r1", "Hello world!\n"),
+        ("r2", "Hello new world!\n"),
+        ("fake", "foo\n"),
+    ] {
+        let got = img.read(&format!("/dest/{file}"))?;
+        ensure!(
+            got == want,
+            "/dest/{file}: {got:?}, BuildKit gives {want:?}"
+        );
+    }
+    Ok(())
+}
+
+const BUILDKIT_HEREDOCS: &str = r#"FROM busybox AS build
+WORKDIR /dest
+RUN cat <<EOF1 | tr '[:upper:]' '[:lower:]' > ./out1; \
+	cat <<EOF2 | tr '[:lower:]' '[:upper:]' > ./out2
+hello WORLD
+EOF1
+HELLO world
+EOF2
+RUN <<EOF 3<<IN1 4<<IN2 awk -f -
+BEGIN {
+	while ((getline line < "/proc/self/fd/3") > 0)
+		print tolower(line) > "./fd3"
+	while ((getline line < "/proc/self/fd/4") > 0)
+		print toupper(line) > "./fd4"
+}
+EOF
+hello WORLD
+IN1
+HELLO world
+IN2
+COPY <<EOF /dest/foo-copy
+	foo
+EOF
+COPY <<-EOF /dest/bar-copy
+	bar
+EOF
+RUN <<EOF
+echo "
+	foo" > /dest/foo-run
+EOF
+RUN <<-EOF
+echo "
+	bar" > /dest/bar-run
+EOF
+RUN <<EOF
+#!/bin/sh
+echo "
+	foo" > /dest/foo2-run
+EOF
+RUN <<-EOF
+#!/bin/sh
+echo "
+	bar" > /dest/bar2-run
+EOF
+RUN <<EOF sh > /dest/foo3-run
+echo "
+	foo"
+EOF
+RUN <<-EOF sh > /dest/bar3-run
+echo "
+	bar"
+EOF
+ARG name=world
+RUN <<EOF
+greeting="Hello"
+echo "${greeting} ${name}!" > /dest/r1
+EOF
+RUN <<EOF
+name="new world"
+echo "Hello ${name}!" > /dest/r2
+EOF
+SHELL ["/bin/awk"]
+RUN <<EOF
+BEGIN {
+	print "foo" > "/dest/fake"
+}
+EOF
+"#;
+
 #[test]
 fn onbuild_triggers_fire_in_child_builds_and_from_a_stage() -> anyhow::Result<()> {
     let Some(t) = setup()? else { return Ok(()) };
