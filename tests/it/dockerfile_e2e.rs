@@ -195,7 +195,8 @@ fn heredoc_copy_sources_and_shebang_run_scripts() -> anyhow::Result<()> {
 }
 
 /// BuildKit's heredoc integration cases (frontend/dockerfile/dockerfile_heredoc_test.go:
-/// testRunComplexHeredoc, testHeredocIndent, testHeredocVarSubstitution, testRunFakeHeredoc;
+/// testRunComplexHeredoc, testHeredocIndent, testHeredocVarSubstitution, testRunFakeHeredoc,
+/// testCopyHeredocSpecialSymbols;
 /// moby/buildkit, Apache-2.0), rewritten as one Dockerfile, with BuildKit's expected files.
 #[test]
 fn heredocs_match_buildkits_heredoc_suite() -> anyhow::Result<()> {
@@ -218,6 +219,20 @@ fn heredocs_match_buildkits_heredoc_suite() -> anyhow::Result<()> {
         ("r1", "Hello world!\n"),
         ("r2", "Hello new world!\n"),
         ("fake", "foo\n"),
+        ("quotefile", "\"quotes in file\"\n"),
+        ("slashfile1", "\n"),
+        ("slashfile2", "\\\n"),
+        ("slashfile3", "$\n"),
+        ("rawslashfile1", "\\\n"),
+        ("rawslashfile2", "\\\\\n"),
+        ("rawslashfile3", "\\$\n"),
+        ("c1", "Hello world!\n"),
+        ("c2", "Hello ${name}!\n"),
+        ("c3", "Hello ${name}!\n"),
+        ("q1", "Hello 'world'!\n"),
+        ("q2", "Hello \"world\"!\n"),
+        ("qsingle1", "Hello '${name}'!\n"),
+        ("qdouble2", "Hello \"${name}\"!\n"),
     ] {
         let got = img.read(&format!("/dest/{file}"))?;
         ensure!(
@@ -288,6 +303,48 @@ EOF
 RUN <<EOF
 name="new world"
 echo "Hello ${name}!" > /dest/r2
+EOF
+COPY <<EOF /dest/quotefile
+"quotes in file"
+EOF
+COPY <<EOF /dest/slashfile1
+\
+EOF
+COPY <<EOF /dest/slashfile2
+\\
+EOF
+COPY <<EOF /dest/slashfile3
+\$
+EOF
+COPY <<"EOF" /dest/rawslashfile1
+\
+EOF
+COPY <<"EOF" /dest/rawslashfile2
+\\
+EOF
+COPY <<"EOF" /dest/rawslashfile3
+\$
+EOF
+COPY <<EOF /dest/c1
+Hello ${name}!
+EOF
+COPY <<'EOF' /dest/c2
+Hello ${name}!
+EOF
+COPY <<"EOF" /dest/c3
+Hello ${name}!
+EOF
+COPY <<EOF /dest/q1
+Hello '${name}'!
+EOF
+COPY <<EOF /dest/q2
+Hello "${name}"!
+EOF
+COPY <<'EOF' /dest/qsingle1
+Hello '${name}'!
+EOF
+COPY <<"EOF" /dest/qdouble2
+Hello "${name}"!
 EOF
 SHELL ["/bin/awk"]
 RUN <<EOF
