@@ -3,7 +3,7 @@
 //! OCI config (image config and history). Several behaviours share one build to keep the
 //! suite fast. Where BuildKit and the Docker documentation disagree, these follow BuildKit.
 
-use crate::harness::{TestDir, privileged, text};
+use crate::harness::{TestDir, cached, executed_runs, privileged, text};
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -191,6 +191,28 @@ fn heredoc_copy_sources_and_shebang_run_scripts() -> anyhow::Result<()> {
             .any(|h| h == "COPY <<EOF <<EOF2 double/ # buildkit"),
         "{history:?}"
     );
+
+    // Inline files are keyed by their bytes: a rebuild runs nothing, and editing one script
+    // re-runs that step and the one after it while the heredoc COPYs stay cached.
+    let again = t.build("heredoc:1", &[])?;
+    ensure!(
+        executed_runs(&again).is_empty(),
+        "{:?}",
+        executed_runs(&again)
+    );
+    let df = std::fs::read_to_string(t.ctx.join("Dockerfile"))?;
+    t.write("Dockerfile", &df.replace("awk ran", "awk ran again"));
+    let edited = t.build("heredoc:2", &[])?;
+    let ran = executed_runs(&edited);
+    ensure!(ran.len() == 2, "{ran:?}");
+    ensure!(
+        cached(&edited)
+            .iter()
+            .any(|n| n.ends_with("COPY <<EOF <<EOF2 double/")),
+        "{:?}",
+        cached(&edited)
+    );
+    ensure!(unpack(&t, "heredoc:2")?.read("/dest/awk-out")? == "awk ran again\n");
     Ok(())
 }
 
