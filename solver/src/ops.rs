@@ -407,6 +407,20 @@ fn compute_keys(
                         files.extend(metas);
                         Some(digest)
                     }
+                    FileAction::Inline(x) => {
+                        // Keyed by the action itself; listed so `--explain` can name it.
+                        files.push(SourceMeta {
+                            rel: format!("<<{}", x.name),
+                            kind: key::EntryKind::File,
+                            mode: 0o644,
+                            uid: 0,
+                            gid: 0,
+                            size: x.data.len() as u64,
+                            content: Some(Digest::of(&x.data)),
+                            link_target: None,
+                        });
+                        None
+                    }
                     _ => None,
                 };
                 contents.push(content);

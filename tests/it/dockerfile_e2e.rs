@@ -213,6 +213,24 @@ fn heredoc_copy_sources_and_shebang_run_scripts() -> anyhow::Result<()> {
         cached(&edited)
     );
     ensure!(unpack(&t, "heredoc:2")?.read("/dest/awk-out")? == "awk ran again\n");
+    // `--explain` names the heredoc that changed.
+    let df = std::fs::read_to_string(t.ctx.join("Dockerfile"))?;
+    t.write("Dockerfile", &df.replace("second", "second!"));
+    let ctx = t.ctx.to_str().context("utf-8")?;
+    let out = t.ok(&[
+        "build",
+        "--progress",
+        "plain",
+        "--explain",
+        "-t",
+        "heredoc:3",
+        ctx,
+    ])?;
+    let all = text(&out);
+    ensure!(
+        all.contains("COPY <<EOF <<EOF2 double/: file changed: <<EOF2"),
+        "{all}"
+    );
     Ok(())
 }
 

@@ -429,7 +429,10 @@ impl Lowerer<'_> {
                     instruction: "RUN",
                 })],
             }),
-            format!("{label} preparing inline document"),
+            format!(
+                "{label} preparing inline document for line {}",
+                instr.span.line
+            ),
             Some(instr.span),
             instr.original.clone(),
         )
