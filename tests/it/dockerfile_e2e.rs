@@ -444,12 +444,18 @@ fn onbuild_triggers_fire_in_child_builds_and_from_a_stage() -> anyhow::Result<()
 fn user_and_chown_names_resolve_and_workdir_is_created_for_the_user() -> anyhow::Result<()> {
     let Some(t) = setup()? else { return Ok(()) };
     t.write("a.txt", "a\n");
+    // A base image whose /etc/passwd and /etc/group know `app` and `staff`.
+    let base = t.dir.path().join("users.Dockerfile");
+    std::fs::write(
+        &base,
+        "FROM busybox\n\
+         RUN echo 'app:x:1000:1000:app:/home/app:/bin/sh' >> /etc/passwd && \
+         printf 'app:x:1000:\\nstaff:x:2000:app\\n' >> /etc/group\n",
+    )?;
+    t.build("users:base", &["-f", base.to_str().context("utf-8")?])?;
     t.write(
         "Dockerfile",
-        "FROM busybox AS users\n\
-         RUN echo 'app:x:1000:1000:app:/home/app:/bin/sh' >> /etc/passwd && \
-         printf 'app:x:1000:\\nstaff:x:2000:app\\n' >> /etc/group\n\
-         FROM users\n\
+        "FROM users:base\n\
          COPY --chown=app:staff a.txt /owned/a.txt\n\
          COPY --chown=app a.txt /owned/user-only\n\
          COPY --chown=1234:5678 a.txt /owned/numeric\n\
