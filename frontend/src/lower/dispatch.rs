@@ -530,7 +530,7 @@ impl Lowerer<'_> {
         let span = instr.span;
         let kw = if c.add { "ADD" } else { "COPY" };
         // Heredoc sources: an unquoted delimiter expands ARGs and ENV in the body as BuildKit's
-        // ExpandRaw does (escape `\\` whatever `# escape=` says, quotes kept as written).
+        // ExpandRaw does (escape character `\` whatever `# escape=` says, quotes kept).
         let mut inline = Vec::new();
         for doc in &c.inline {
             let data = if doc.expand {
