@@ -236,8 +236,9 @@ fn heredoc_copy_sources_and_shebang_run_scripts() -> anyhow::Result<()> {
 
 /// BuildKit's heredoc integration cases (frontend/dockerfile/dockerfile_heredoc_test.go:
 /// testRunComplexHeredoc, testHeredocIndent, testHeredocVarSubstitution, testRunFakeHeredoc,
-/// testCopyHeredocSpecialSymbols;
-/// moby/buildkit, Apache-2.0), rewritten as one Dockerfile, with BuildKit's expected files.
+/// testCopyHeredocSpecialSymbols, testCopyHeredoc;
+/// moby/buildkit, Apache-2.0), rewritten as one Dockerfile (Debian's busybox has no `adduser`:
+/// the user is appended to /etc/passwd), with BuildKit's expected files.
 #[test]
 fn heredocs_match_buildkits_heredoc_suite() -> anyhow::Result<()> {
     let Some(t) = setup()? else { return Ok(()) };
@@ -259,6 +260,7 @@ fn heredocs_match_buildkits_heredoc_suite() -> anyhow::Result<()> {
         ("r1", "Hello world!\n"),
         ("r2", "Hello new world!\n"),
         ("fake", "foo\n"),
+        ("perms", "0777\n0644\nuser:user\n"),
         ("quotefile", "\"quotes in file\"\n"),
         ("slashfile1", "\n"),
         ("slashfile2", "\\\n"),
@@ -386,6 +388,20 @@ EOF
 COPY <<"EOF" /dest/qdouble2
 Hello "${name}"!
 EOF
+RUN echo 'user:x:1000:1000::/home/user:/bin/sh' >> /etc/passwd && \
+	echo 'user:x:1000:' >> /etc/group && mkdir -p /permfiles
+COPY --chmod=777 <<EOF /permfiles/all
+dummy content
+EOF
+COPY --chmod=0644 <<EOF /permfiles/rw
+dummy content
+EOF
+COPY --chown=user:user <<EOF /permfiles/owned
+dummy content
+EOF
+RUN stat -c "%04a" /permfiles/all >> /dest/perms && \
+	stat -c "%04a" /permfiles/rw >> /dest/perms && \
+	stat -c "%U:%G" /permfiles/owned >> /dest/perms
 SHELL ["/bin/awk"]
 RUN <<EOF
 BEGIN {
