@@ -475,6 +475,8 @@ fn user_and_chown_names_resolve_and_workdir_is_created_for_the_user() -> anyhow:
          COPY --chown=app:staff a.txt /owned/a.txt\n\
          COPY --chown=app a.txt /owned/user-only\n\
          COPY --chown=1234:5678 a.txt /owned/numeric\n\
+         RUN mkdir /mine && chown app:app /mine\n\
+         WORKDIR /mine\n\
          USER app\n\
          WORKDIR /srv/app\n\
          WORKDIR sub\n\
@@ -487,6 +489,8 @@ fn user_and_chown_names_resolve_and_workdir_is_created_for_the_user() -> anyhow:
     // `--chown=user` alone takes the user's primary group from /etc/passwd.
     ensure!(img.meta("/owned/user-only")? == (0o644, 1000, 1000));
     ensure!(img.meta("/owned/numeric")? == (0o644, 1234, 5678));
+    // WORKDIR leaves an existing directory's owner alone (BuildKit's testWorkdirExists).
+    ensure!(img.meta("/mine")? == (0o755, 1000, 1000));
     ensure!(img.meta("/srv/app")? == (0o755, 1000, 1000));
     ensure!(img.meta("/srv/app/sub")? == (0o755, 1000, 1000));
     ensure!(img.read("/srv/app/sub/uid")? == "1000\n1000\n");
@@ -709,11 +713,15 @@ fn image_config_instructions_match_buildkit() -> anyhow::Result<()> {
          EXPOSE 9000-9002 53/udp 80\n\
          VOLUME [\"/data\", \"/logs\"]\n\
          VOLUME /cache /tmp/x\n\
+         WORKDIR /work\n\
          FROM main AS nohealth\n\
          HEALTHCHECK NONE\n\
          CMD again --twice\n\
          FROM scratch AS bare\n\
-         COPY hello /\n",
+         WORKDIR /foo\n\
+         WORKDIR /\n\
+         COPY hello /\n\
+         COPY --from=main myshell .\n",
     );
     let proxy = ["--build-arg", "HTTP_PROXY=http://proxy.invalid:3128"];
     let mut flags = vec!["--target", "main"];
@@ -793,5 +801,9 @@ fn image_config_instructions_match_buildkit() -> anyhow::Result<()> {
         img.env()
     );
     ensure!(img.read("/hello")? == "hi\n");
+    // WORKDIR creates its directory even on scratch (BuildKit's testWorkdirCreatesDir); a
+    // relative `COPY --from` source is relative to the stage's root, not its WORKDIR.
+    ensure!(std::fs::symlink_metadata(img.path("/foo"))?.is_dir());
+    ensure!(img.exists("/myshell"));
     Ok(())
 }
