@@ -502,6 +502,75 @@ fn user_and_chown_names_resolve_and_workdir_is_created_for_the_user() -> anyhow:
     Ok(())
 }
 
+/// BuildKit's USER cases (frontend/dockerfile/dockerfile_user_test.go: testUser and
+/// testUserAdditionalGids; moby/buildkit, Apache-2.0), adapted: Debian's busybox image here has
+/// no `daemon` user or `wheel` group, so the first RUN adds the ones the official busybox has,
+/// and the result carries /etc/passwd so that umoci can resolve its USER.
+/// Every `[ ... ]` fails the build when `id` disagrees with BuildKit.
+#[test]
+fn user_switching_matches_buildkits_user_tests() -> anyhow::Result<()> {
+    let Some(t) = setup()? else { return Ok(()) };
+    t.write("Dockerfile", BUILDKIT_USERS);
+    let img = build(&t, "bkuser:1", &[])?;
+    ensure!(img.read("/rootuser")? == "root\n");
+    ensure!(img.read("/daemonuser")? == "daemon\n");
+    ensure!(img.cfg("User") == "nobody", "{}", img.config);
+    Ok(())
+}
+
+const BUILDKIT_USERS: &str = r#"FROM busybox AS base
+RUN echo 'daemon:x:1:1:daemon:/usr/sbin:/bin/false' >> /etc/passwd && \
+	printf 'daemon:x:1:\nwheel:x:10:root\n' >> /etc/group
+RUN mkdir -m 0777 /out
+RUN id -un > /out/rootuser
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)" = '0:0/root:root' ]
+USER root
+RUN [ "$(id -G):$(id -Gn)" = '0 10:root wheel' ]
+RUN echo 'dockerio:x:1001:1001::/bin:/bin/false' >> /etc/passwd && \
+	echo 'dockerio:x:1001:' >> /etc/group
+USER dockerio
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER root
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '0:0/root:root/0 10:root wheel' ] && \
+	echo 'supplementary:x:1002:dockerio' >> /etc/group
+USER dockerio
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001 1002:dockerio supplementary' ]
+USER 1001
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001 1002:dockerio supplementary' ]
+USER dockerio:dockerio
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER 1001:dockerio
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER dockerio:1001
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER 1001:1001
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER dockerio:supplementary
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1002/dockerio:supplementary/1002:supplementary' ]
+USER dockerio:1002
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1002/dockerio:supplementary/1002:supplementary' ]
+USER 1001:supplementary
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1002/dockerio:supplementary/1002:supplementary' ]
+USER 1001:1002
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1002/dockerio:supplementary/1002:supplementary' ]
+USER 1042:1043
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1042:1043/1042:1043/1043:1043' ]
+USER daemon
+RUN id -un > /out/daemonuser
+USER 1234
+RUN [ "$(id)" = "uid=1234 gid=0(root) groups=0(root)" ]
+USER 1234:1234
+RUN [ "$(id)" = "uid=1234 gid=1234 groups=1234" ]
+USER daemon
+RUN [ "$(id)" = "uid=1(daemon) gid=1(daemon) groups=1(daemon)" ]
+USER root
+RUN [ "$(id)" = "uid=0(root) gid=0(root) groups=0(root),10(wheel)" ]
+FROM scratch
+COPY --from=base /out /
+COPY --from=base /etc/passwd /etc/group /etc/
+USER nobody
+"#;
+
 /// A tar holding `<dir>/hello.txt`.
 fn small_tar(dir: &str) -> anyhow::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
