@@ -413,13 +413,17 @@ EOF
 #[test]
 fn onbuild_triggers_fire_in_child_builds_and_from_a_stage() -> anyhow::Result<()> {
     let Some(t) = setup()? else { return Ok(()) };
+    // An image only a trigger names (BuildKit's testOnBuildNewDeps).
+    t.ok(&["tag", "busybox", "only-in-trigger:1"])?;
     let parent = t.dir.path().join("parent.Dockerfile");
     std::fs::write(
         &parent,
         "FROM busybox\n\
-         ONBUILD RUN echo triggered > /onbuild-run\n\
+         ONBUILD RUN echo -n 11 >> /onbuild-run\n\
          ONBUILD COPY child.txt /from-child-context\n\
+         ONBUILD COPY --from=only-in-trigger:1 /etc/group /from-image\n\
          ONBUILD ENV TRIGGERED=yes\n\
+         ONBUILD RUN --mount=type=cache,target=/cache echo -n 42 >> /cache/foo\n\
          ONBUILD RUN <<EOF\n\
          echo \"from a heredoc trigger\" > /onbuild-heredoc\n\
          EOF\n",
@@ -430,29 +434,45 @@ fn onbuild_triggers_fire_in_child_builds_and_from_a_stage() -> anyhow::Result<()
         !p.exists("/onbuild-run"),
         "triggers do not fire in the parent"
     );
-    ensure!(strings(p.cfg("OnBuild")).len() == 4, "{}", p.config);
+    ensure!(strings(p.cfg("OnBuild")).len() == 6, "{}", p.config);
 
+    // BuildKit's testOnBuildWithChildStage, testOnBuildInheritedStageRun and
+    // testOnBuildInheritedStageWithFrom: triggers fire once, in the first stage FROM the
+    // image; a stage's own ONBUILD fires in a stage FROM it, and may name this file's stages.
     t.write(
         "Dockerfile",
         "FROM parent:1 AS fromimage\n\
+         RUN --mount=type=cache,target=/cache [ \"$(cat /cache/foo)\" = 42 ]\n\
+         FROM fromimage AS again\n\
+         RUN [ \"$(cat /onbuild-run)\" = 11 ]\n\
+         FROM busybox AS src\n\
+         RUN echo -n 12 > /in-file\n\
          FROM busybox AS base\n\
          ONBUILD RUN echo stage > /stage-trigger\n\
+         ONBUILD COPY --from=src /in-file /from-src\n\
          FROM base AS childofstage\n\
-         FROM fromimage\n\
-         COPY --from=childofstage /stage-trigger /stage-trigger\n",
+         FROM again\n\
+         COPY --from=childofstage /stage-trigger /from-src /\n",
     );
     let c = build(&t, "child:1", &[])?;
-    ensure!(c.read("/onbuild-run")? == "triggered\n");
+    ensure!(c.read("/onbuild-run")? == "11");
     ensure!(c.read("/from-child-context")? == "child context\n");
+    ensure!(c.read("/from-image")? == p.read("/etc/group")?);
     ensure!(c.read("/stage-trigger")? == "stage\n");
+    ensure!(c.read("/from-src")? == "12");
     ensure!(c.read("/onbuild-heredoc")? == "from a heredoc trigger\n");
     ensure!(
         c.env().iter().any(|e| e == "TRIGGERED=yes"),
         "{:?}",
         c.env()
     );
-    // Triggers run once: the child does not hand them on.
+    // Triggers run once: the child does not hand them on (BuildKit's testOnBuildCleared).
     ensure!(strings(c.cfg("OnBuild")).is_empty(), "{}", c.config);
+    t.write(
+        "Dockerfile",
+        "FROM child:1\nRUN [ \"$(cat /onbuild-run)\" = 11 ]\n",
+    );
+    t.build("grandchild:1", &[])?;
     Ok(())
 }
 

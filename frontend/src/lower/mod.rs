@@ -110,6 +110,9 @@ pub(crate) struct Lowerer<'a> {
     pub(crate) lenient: bool,
     /// Base names that expanded to nothing in lenient mode.
     pub(crate) blank_bases: Vec<(String, Span)>,
+    /// With `bases`: an image missing from them gets a placeholder instead of an error (to
+    /// find the images that the known ones' ONBUILD triggers add).
+    pub(crate) placeholders: bool,
 }
 
 impl<'a> Lowerer<'a> {
@@ -133,6 +136,7 @@ impl<'a> Lowerer<'a> {
             unmatched_from_args: Vec::new(),
             lenient: false,
             blank_bases: Vec::new(),
+            placeholders: false,
         };
         l.eval_meta_args()?;
         Ok(l)
@@ -280,6 +284,10 @@ impl<'a> Lowerer<'a> {
             Some(bases) => {
                 match bases.get(reference) {
                     Some(b) => (b.manifest.clone(), b.config.clone()),
+                    None if self.placeholders => (
+                        Digest::of(reference.as_bytes()),
+                        ImageConfig::empty(&self.opts.platform),
+                    ),
                     None => {
                         let e = match flag {
                         // A `--from` that is neither a stage nor an image the store has.
@@ -460,7 +468,12 @@ impl<'a> Lowerer<'a> {
             args: Vec::new(),
             cmd_set: false,
         };
-        for instr in parsed_triggers.iter().chain(stage.instructions.iter()) {
+        for instr in &parsed_triggers {
+            // Spans inside a trigger are positions in its text: report the FROM line.
+            self.dispatch(stage, &mut st, instr)
+                .map_err(|e| self.err(e.relocated(stage.span)))?;
+        }
+        for instr in &stage.instructions {
             self.dispatch(stage, &mut st, instr)?;
         }
         Ok(StageState {
@@ -604,11 +617,77 @@ fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Erro
 pub(crate) type Collected = (Vec<BaseImageRef>, Vec<(String, Span)>);
 
 pub(crate) fn collect_bases(df: &Dockerfile, opts: &BuildOptions) -> Result<Collected, Error> {
-    let l = Lowerer::new(df, opts, None)?;
-    let mut l = l;
+    collect_bases_with(df, opts, None)
+}
+
+/// [`collect_bases`] with the configs of the images known so far, so that their ONBUILD
+/// triggers (`ONBUILD COPY --from=<image>`) are followed too.
+pub(crate) fn collect_bases_with(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    known: Option<&BTreeMap<String, BaseImage>>,
+) -> Result<Collected, Error> {
+    let mut l = Lowerer::new(df, opts, known)?;
+    l.placeholders = true;
     let target = l.target_index()?;
     l.stage(target)?;
     let mut refs = l.collected;
     refs.sort_by_key(|r| (r.span.line, r.span.column));
     Ok((refs, l.unmatched_from_args))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{BaseImage, BuildOptions};
+    use cache::oci::{Digest, ImageConfig, Platform};
+    use std::collections::BTreeMap;
+
+    fn opts() -> BuildOptions {
+        BuildOptions::new(Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        })
+    }
+
+    fn with_triggers(triggers: &[&str]) -> BTreeMap<String, BaseImage> {
+        let mut config = ImageConfig::empty(&opts().platform);
+        config.config.on_build = triggers.iter().map(|t| (*t).to_owned()).collect();
+        BTreeMap::from([(
+            "parent:1".to_owned(),
+            BaseImage {
+                manifest: Digest::of(b"parent"),
+                config,
+            },
+        )])
+    }
+
+    #[test]
+    fn images_named_by_a_base_images_triggers_are_needed_too() {
+        let df = crate::parse("FROM busybox AS b\nFROM parent:1\nRUN true\n").expect("parses");
+        let first: Vec<String> = crate::base_images(&df, &opts())
+            .expect("bases")
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        assert_eq!(first, ["parent:1"]);
+        let known = with_triggers(&["COPY --from=other:2 /a /b", "RUN echo"]);
+        let all: Vec<String> = crate::base_images_with(&df, &opts(), &known)
+            .expect("bases")
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        assert_eq!(all, ["parent:1", "other:2"]);
+    }
+
+    #[test]
+    fn a_failing_trigger_is_reported_at_the_from_line_that_fired_it() {
+        let src = "ARG X=1\n\nFROM parent:1\nRUN true\n";
+        let df = crate::parse(src).expect("parses");
+        let known = with_triggers(&["RUN --network=bogus true"]);
+        let e = crate::lower(&df, &opts(), &known).expect_err("bad trigger");
+        assert_eq!(e.span().map(|s| s.line), Some(3), "{e}");
+        assert!(e.to_string().contains("FROM parent:1"), "{e}");
+    }
 }
