@@ -667,7 +667,7 @@ fn dockerignore_patterns_and_the_dockerfile_specific_file() -> anyhow::Result<()
     let Some(t) = setup()? else { return Ok(()) };
     t.write(
         ".dockerignore",
-        "# comment\n**/*.log\n!keep.log\n/top.txt\nbuild/\nsecret\n",
+        "# comment\n**/*.log\n!keep.log\n/top.txt\nbuild/\nsecret\nba*\n!bay\n.dockerignore\n",
     );
     for f in [
         "a.log",
@@ -678,15 +678,28 @@ fn dockerignore_patterns_and_the_dockerfile_specific_file() -> anyhow::Result<()
         "build/out.o",
         "secret",
         "ok.txt",
+        "bar",
+        "baz",
+        "bay",
     ] {
         t.write(f, f);
     }
     t.write("Dockerfile", "FROM busybox\nCOPY . /ctx/\n");
     let img = build(&t, "ignore:1", &[])?;
-    for present in ["keep.log", "sub/top.txt", "ok.txt", "Dockerfile"] {
+    // As BuildKit's testDockerignore: `ba*` with `!bay`, and .dockerignore ignoring itself.
+    for present in ["keep.log", "sub/top.txt", "ok.txt", "Dockerfile", "bay"] {
         ensure!(img.exists(&format!("/ctx/{present}")), "{present} missing");
     }
-    for absent in ["a.log", "sub/deep/b.log", "top.txt", "build", "secret"] {
+    for absent in [
+        "a.log",
+        "sub/deep/b.log",
+        "top.txt",
+        "build",
+        "secret",
+        "bar",
+        "baz",
+        ".dockerignore",
+    ] {
         ensure!(!img.exists(&format!("/ctx/{absent}")), "{absent} copied");
     }
 
