@@ -9,7 +9,8 @@
 //! Docker/BuildKit rules implemented here: several sources need a directory destination
 //! (ending in `/` or existing); a directory source copies its contents; a file goes into a
 //! directory destination under its own name; missing parents are created (owned by the
-//! `--chown` user, else root); context files become root-owned unless `--chown`, files from
+//! `--chown` user, else root), and so is a new destination of a directory source (0755, or
+//! `--chmod`); context files become root-owned unless `--chown`, files from
 //! another stage keep their owners; modes and mtimes are kept (`--chmod`, octal or symbolic, sets
 //! it for files and directories, setuid/setgid/sticky included); symlinks inside directories are copied as links and
 //! hard links stay hard links; ADD extracts local tar archives (plain, gzip, zstd, and bzip2/xz
@@ -395,7 +396,18 @@ pub fn copy(
             } else {
                 join(&target, &sub_path(&e.rel, &top.matched))
             };
-            let meta = meta_of(e);
+            let mut meta = meta_of(e);
+            if e.rel == top.rel && is_dir && !opts.parents {
+                // BuildKit (fsutil's prepareTargetDir): a directory copied to a new path
+                // creates that path as it creates missing parents, 0755 (or --chmod) and owned
+                // by root (or --chown) whoever owned the source; only its contents and its
+                // mtime come from the source.
+                meta.uid = owner.map_or(0, |o| o.0);
+                meta.gid = owner.map_or(0, |o| o.1);
+                if chmod.is_none() {
+                    meta.mode = 0o755;
+                }
+            }
             match e.kind {
                 EntryKind::Dir => {
                     let created = dest

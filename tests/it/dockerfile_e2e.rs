@@ -591,6 +591,97 @@ COPY --from=base /etc/passwd /etc/group /etc/
 USER nobody
 "#;
 
+/// BuildKit's COPY cases (frontend/dockerfile/dockerfile_copy_test.go: testCopyChownExistingDir,
+/// testEmptyDestDir, testPreserveDestDirSlash, testCopyLinkDotDestDir, testCopyLinkEmptyDestDir,
+/// testEmptyWildcard, testCopyChownCreateDest, testCopyThroughSymlinkContext; moby/buildkit,
+/// Apache-2.0), adapted to one Dockerfile whose RUN steps fail the build on any difference.
+#[test]
+fn copy_rules_match_buildkits_copy_tests() -> anyhow::Result<()> {
+    let Some(t) = setup()? else { return Ok(()) };
+    t.write("testfile", "contents0");
+    t.write("foo", "contents0");
+    t.write("sub/foo", "contents");
+    std::os::unix::fs::symlink("sub", t.ctx.join("link"))?;
+    t.write("Dockerfile", BUILDKIT_COPIES);
+    let img = build(&t, "bkcopy:1", &["--build-arg", "group=user"])?;
+    ensure!(img.meta("/a")?.1 == 100 && img.meta("/b")?.1 == 300);
+    ensure!(img.read("/c")? == "contents");
+    // `--from` is never expanded (testDockerfileCopyFromArgs).
+    t.write("Dockerfile", "FROM scratch\nCOPY --from=$FOO . .\n");
+    let out = t.kiln(&["build", "-t", "bkcopy:2", t.ctx.to_str().context("utf-8")?]);
+    let all = text(&out);
+    ensure!(
+        !out.status.success() && all.contains("variable expansion is not supported"),
+        "{all}"
+    );
+    Ok(())
+}
+
+const BUILDKIT_COPIES: &str = r#"FROM busybox AS source
+RUN touch /file && chown 100:200 /file \
+ && mkdir -p /dir/subdir \
+ && touch /dir/subdir/nestedfile \
+ && chown 100:200 /dir \
+ && chown 101:201 /dir/subdir \
+ && chown 102:202 /dir/subdir/nestedfile
+
+FROM busybox AS test_base
+RUN mkdir -p /existingdir/existingsubdir \
+ && touch /existingdir/existingfile \
+ && chown 500:600 /existingdir \
+ && chown 501:601 /existingdir/existingsubdir \
+ && chown 501:601 /existingdir/existingfile \
+ && echo 'user:x:1000:1000::/home/user:/bin/sh' >> /etc/passwd \
+ && echo 'user01:x:1001:1001::/home/user01:/bin/sh' >> /etc/passwd \
+ && printf 'user:x:1000:\nuser01:x:1001:\n' >> /etc/group
+
+FROM test_base AS copy_from
+COPY --from=source /file .
+COPY --from=source /dir /dir
+COPY --from=source /dir/. /existingdir
+RUN check() { a=$(stat -c "%u:%g" "$2"); [ "$a" = "$1" ] || { echo "incorrect ownership on $2: expected $1, got $a"; exit 1; }; } \
+ && check 100:200 /file && check 0:0 /dir && check 101:201 /dir/subdir && check 102:202 /dir/subdir/nestedfile \
+ && check 500:600 /existingdir && check 501:601 /existingdir/existingsubdir && check 501:601 /existingdir/existingfile \
+ && check 101:201 /existingdir/subdir && check 102:202 /existingdir/subdir/nestedfile
+
+FROM test_base AS copy_from_chowned
+COPY --from=source --chown=300:400 /file .
+COPY --from=source --chown=300:400 /dir /dir
+COPY --from=source --chown=300:400 /dir/. /existingdir
+RUN check() { a=$(stat -c "%u:%g" "$2"); [ "$a" = "$1" ] || { echo "incorrect ownership on $2: expected $1, got $a"; exit 1; }; } \
+ && check 300:400 /file && check 300:400 /dir && check 300:400 /dir/subdir && check 300:400 /dir/subdir/nestedfile \
+ && check 500:600 /existingdir && check 501:601 /existingdir/existingsubdir && check 501:601 /existingdir/existingfile \
+ && check 300:400 /existingdir/subdir && check 300:400 /existingdir/subdir/nestedfile
+
+FROM test_base AS misc
+ARG group
+ENV owner=user01
+ENV empty=""
+COPY testfile $empty
+RUN [ "$(cat testfile)" = "contents0" ]
+COPY testfile /sample/
+RUN [ "$(cat /sample/testfile)" = "contents0" ]
+WORKDIR /var/www
+COPY --link testfile .
+RUN [ "$(cat testfile)" = "contents0" ]
+WORKDIR /var/www2
+COPY --link testfile $empty
+RUN [ "$(cat testfile)" = "contents0" ]
+COPY foo nomatch* /wild/
+RUN [ "$(cat /wild/foo)" = "contents0" ]
+COPY --chown=user:user . /dest
+COPY --chown=${owner}:${group} . /dest01
+RUN [ "$(stat -c "%U %G" /dest)" = "user user" ]
+RUN [ "$(stat -c "%U %G" /dest01)" = "user01 user" ]
+COPY link/foo /through/
+RUN [ "$(cat /through/foo)" = "contents" ]
+
+FROM scratch
+COPY --from=copy_from /file /a
+COPY --from=copy_from_chowned /file /b
+COPY --from=misc /through/foo /c
+"#;
+
 /// A tar holding `<dir>/hello.txt`.
 fn small_tar(dir: &str) -> anyhow::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
@@ -737,6 +828,11 @@ fn copy_modes_links_slashes_wildcards_and_symlinks() -> anyhow::Result<()> {
     std::os::unix::fs::symlink("f.txt", t.ctx.join("dir/inner-link"))?;
     std::os::unix::fs::symlink("a.txt", t.ctx.join("top-link"))?;
     t.write("sticky/x", "x\n");
+    t.write("private/x", "x\n");
+    std::fs::set_permissions(
+        t.ctx.join("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     t.write(
         "Dockerfile",
         "FROM busybox\n\
@@ -752,6 +848,7 @@ fn copy_modes_links_slashes_wildcards_and_symlinks() -> anyhow::Result<()> {
          COPY *.nomatch /nothing/\n\
          COPY top-link /followed\n\
          COPY dir /d/\n\
+         COPY private /newdir\n\
          COPY a.txt /via/through.txt\n",
     );
     let img = build(&t, "copy:1", &[])?;
@@ -781,6 +878,9 @@ fn copy_modes_links_slashes_wildcards_and_symlinks() -> anyhow::Result<()> {
         img.read("/real/through.txt")? == "a\n",
         "not written through"
     );
+    // BuildKit creates a directory source's new destination like a missing parent (0755,
+    // root); only the contents keep their modes.
+    ensure!(img.meta("/newdir")? == (0o755, 0, 0) && img.meta("/newdir/x")?.0 == 0o644);
     ensure!(
         std::fs::symlink_metadata(img.path("/via"))?
             .file_type()

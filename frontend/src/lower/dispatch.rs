@@ -324,6 +324,16 @@ impl Lowerer<'_> {
         }
         let mut mounts_out = Vec::new();
         for m in &run.mounts {
+            // BuildKit expands the other mount options but not `from`.
+            for field in m.value.split(',') {
+                if let Some((k, v)) = field.split_once('=')
+                    && k.trim().eq_ignore_ascii_case("from")
+                {
+                    self.no_expansion(field, m.span, "mount").map_err(|e| {
+                        self.err(e.with_hint("define an alias stage (FROM ... AS name) instead"))
+                    })?;
+                }
+            }
             let spec = self.x(st, &m.value, m.span)?;
             let parsed = mounts::parse_mount(&spec, &st.cwd())
                 .map_err(|e| self.err(Error::new(e, Some(m.span))))?;
@@ -436,6 +446,23 @@ impl Lowerer<'_> {
             Some(instr.span),
             instr.original.clone(),
         )
+    }
+
+    /// Fails when word expansion would change `value` (BuildKit compares the word before and
+    /// after expanding it with no variables set).
+    fn no_expansion(&self, value: &str, span: Span, flag: &str) -> Result<(), Error> {
+        let expanded = self.lex.process_word(value, &|_: &str| None);
+        if expanded.as_deref() == Ok(value) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::BadFlagValue {
+                flag: flag.to_owned(),
+                value: value.to_owned(),
+                reason: "variable expansion is not supported here".to_owned(),
+            },
+            Some(span),
+        ))
     }
 
     /// Resolves `--from` / `from=`: a stage name, a stage index, or an image.
@@ -553,8 +580,14 @@ impl Lowerer<'_> {
         let dest = resolve_dest(&dest_raw, &st.cwd());
         let from = match &c.from {
             Some(f) => {
-                let v = self.x(st, &f.value, f.span)?;
-                Some(self.resolve_from(st, &v, f.span, if c.add { "ADD" } else { "COPY" })?)
+                // BuildKit never expands `--from` (the stage graph is fixed before any stage
+                // runs): a value that expansion would change is an error.
+                self.no_expansion(&f.value, f.span, "from").map_err(|e| {
+                    self.err(e.with_hint(
+                        "define a new stage with FROM using ARG from global scope as a workaround",
+                    ))
+                })?;
+                Some(self.resolve_from(st, &f.value, f.span, kw)?)
             }
             None => None,
         };
