@@ -326,7 +326,7 @@ impl Lowerer<'_> {
         for m in &run.mounts {
             // BuildKit expands the other mount options but not `from`.
             for field in m.value.split(',') {
-                if let Some((k, v)) = field.split_once('=')
+                if let Some((k, _)) = field.split_once('=')
                     && k.trim().eq_ignore_ascii_case("from")
                 {
                     self.no_expansion(field, m.span, "mount").map_err(|e| {
