@@ -682,6 +682,108 @@ COPY --from=copy_from_chowned /file /b
 COPY --from=misc /through/foo /c
 "#;
 
+/// BuildKit's ARG cases (frontend/dockerfile/dockerfile_args_test.go: testMultiArgs,
+/// testQuotedMetaArgs, testBuiltinArgs, testDefaultEnvWithArgs, testEmptyStringArgInEnv,
+/// testGlobalArgErrors, testArgDefaultExpansion; moby/buildkit, Apache-2.0), adapted to one
+/// Dockerfile.
+#[test]
+fn args_match_buildkits_arg_tests() -> anyhow::Result<()> {
+    let Some(t) = setup()? else { return Ok(()) };
+    t.write("myscript.sh", "#!/bin/sh\necho -n $my_arg $* > /out\n");
+    std::fs::set_permissions(
+        t.ctx.join("myscript.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    t.write("Dockerfile", BUILDKIT_ARGS);
+    let args = |proxy: &'static str| {
+        [
+            "--build-arg",
+            "FOO=foocontents",
+            "--build-arg",
+            proxy,
+            "--build-arg",
+            "NO_PROXY=npvalue",
+        ]
+    };
+    let img = build(&t, "bkargs:1", &args("http_proxy=hpvalue"))?;
+    ensure!(img.read("/multi")? == "foo bar:box-foo:123 456");
+    ensure!(img.read("/quoted")? == "bar-box");
+    // A lowercase proxy build-arg reaches RUN as HTTP_PROXY too.
+    ensure!(img.read("/builtin")? == "hpvalue::npvalue::foocontents::::bazcontent");
+    ensure!(img.read("/defenv")? == "my_arg=def_val my_arg=def_val my_arg=d");
+    let env = img.read("/emptyarg")?;
+    ensure!(
+        env.lines().any(|l| l == "BAR=") && env.contains("FOO=foocontents"),
+        "{env}"
+    );
+    // Another proxy value keeps the cache (and the old output), as in BuildKit.
+    let again = t.build("bkargs:2", &args("http_proxy=hpvalue2"))?;
+    ensure!(
+        executed_runs(&again).is_empty(),
+        "{:?}",
+        executed_runs(&again)
+    );
+
+    // `${V:?msg}` in a global or a stage ARG default fails unless a build-arg sets it.
+    t.write(
+        "Dockerfile",
+        "ARG FOO=${FOO:?\"custom error\"}\nFROM busybox\n",
+    );
+    let ctx = t.ctx.to_str().context("utf-8")?;
+    let out = t.kiln(&["build", "-t", "bkargs:3", ctx]);
+    ensure!(
+        !out.status.success() && text(&out).contains("FOO: custom error"),
+        "{}",
+        text(&out)
+    );
+    t.ok(&["build", "--build-arg", "FOO=bar", "-t", "bkargs:3", ctx])?;
+    t.write(
+        "Dockerfile",
+        "FROM scratch\nARG FOO\nARG BAR=${FOO:?\"foo missing\"}\n",
+    );
+    let out = t.kiln(&["build", "-t", "bkargs:4", ctx]);
+    ensure!(
+        !out.status.success() && text(&out).contains("FOO: foo missing"),
+        "{}",
+        text(&out)
+    );
+    t.ok(&["build", "--build-arg", "BAR=123", "-t", "bkargs:4", ctx])?;
+    Ok(())
+}
+
+const BUILDKIT_ARGS: &str = r#"ARG a1="foo bar" a2=box
+ARG a3="$a2-foo"
+ARG image=idlebox
+FROM busy$a2 AS multi
+ARG a3 a4="123 456" a1
+RUN echo -n "$a1:$a3:$a4" > /out
+FROM busy${image#idle} AS quoted
+ARG a2
+ARG a5="bar-$a2"
+RUN echo -n $a5 > /out
+FROM busybox AS builtin
+ARG FOO
+ARG BAR
+ARG BAZ=bazcontent
+RUN echo -n $HTTP_PROXY::$NO_PROXY::$FOO::$BAR::$BAZ > /out
+FROM busybox AS defenv
+ARG my_arg
+ENV my_arg "my_arg=${my_arg:-def_val}"
+ENV my_trimmed_arg "${my_arg%%e*}"
+COPY myscript.sh myscript.sh
+RUN ./myscript.sh $my_arg $my_trimmed_arg
+FROM busybox AS emptyarg
+ARG FOO
+ARG BAR=
+RUN env > /out
+FROM scratch
+COPY --from=multi /out /multi
+COPY --from=quoted /out /quoted
+COPY --from=builtin /out /builtin
+COPY --from=defenv /out /defenv
+COPY --from=emptyarg /out /emptyarg
+"#;
+
 /// A tar holding `<dir>/hello.txt`.
 fn small_tar(dir: &str) -> anyhow::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());

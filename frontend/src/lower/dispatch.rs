@@ -388,7 +388,7 @@ impl Lowerer<'_> {
                 root: st.node,
                 args: shown_args.clone(),
                 env,
-                proxy_env,
+                proxy_env: both_spellings(&proxy_env),
                 cwd: st.cwd(),
                 user: st.config.config.user.clone(),
                 network,
@@ -743,5 +743,48 @@ impl Lowerer<'_> {
             layer: Some(n),
         });
         Ok(())
+    }
+}
+
+/// BuildKit hands each proxy to RUN in both spellings (`HTTP_PROXY` and `http_proxy`),
+/// whichever one was given (its `proxyEnvFromBuildArgs` matches names case-insensitively).
+fn both_spellings(given: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for upper in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ] {
+        let value = given.iter().find_map(|e| {
+            e.split_once('=')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(upper))
+                .map(|(_, v)| v.to_owned())
+        });
+        if let Some(v) = value {
+            out.push(format!("{upper}={v}"));
+            out.push(format!("{}={v}", upper.to_ascii_lowercase()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::both_spellings;
+
+    #[test]
+    fn proxies_reach_run_in_both_spellings() {
+        let got = both_spellings(&["http_proxy=hp".into(), "NO_PROXY=np".into()]);
+        assert_eq!(
+            got,
+            [
+                "HTTP_PROXY=hp",
+                "http_proxy=hp",
+                "NO_PROXY=np",
+                "no_proxy=np"
+            ]
+        );
     }
 }

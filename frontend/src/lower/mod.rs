@@ -157,11 +157,13 @@ impl<'a> Lowerer<'a> {
             for d in defs {
                 let (name, value) = {
                     let env = |k: &str| self.meta_lookup(k);
-                    let name = expand(&self.lex, &d.name, &env, d.span)?;
+                    let name = expand(&self.lex, &d.name, &env, d.span).map_err(|e| self.err(e))?;
                     let value = match self.opts.build_args.get(&name) {
                         Some(v) => Some(v.clone()),
                         None => match &d.default {
-                            Some(def) => Some(expand(&self.lex, def, &env, d.span)?),
+                            Some(def) => Some(
+                                expand(&self.lex, def, &env, d.span).map_err(|e| self.err(e))?,
+                            ),
                             None => None,
                         },
                     };
