@@ -209,7 +209,8 @@ impl Lowerer<'_> {
                         .rev()
                         .find(|a| a.name == name)
                         .and_then(|a| a.value.clone())
-                        .or_else(|| platform_arg(&name, &self.opts.platform)),
+                        .or_else(|| platform_arg(&name, &self.opts.platform))
+                        .or_else(|| self.target_stage_arg(&name)),
                 },
             };
             if !PROXY_ARGS.contains(&name.as_str()) {

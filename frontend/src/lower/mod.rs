@@ -183,6 +183,21 @@ impl<'a> Lowerer<'a> {
         platform_arg(k, &self.opts.platform)
     }
 
+    /// `ARG TARGETSTAGE`: the target stage's name, or `default` when it has none (BuildKit's
+    /// testTargetStageNameArg).
+    pub(super) fn target_stage_arg(&self, name: &str) -> Option<String> {
+        if name != "TARGETSTAGE" {
+            return None;
+        }
+        let i = self.target_index().ok()?;
+        Some(
+            self.df.stages[i]
+                .name
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+        )
+    }
+
     /// The index of the target stage.
     pub(crate) fn target_index(&self) -> Result<usize, Error> {
         match &self.opts.target {
