@@ -364,7 +364,6 @@ pub fn copy(
         } else {
             top.matched.clone()
         };
-        let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
         if !is_dir
             && opts.unpack_archives
             && opts.from_context
@@ -374,7 +373,10 @@ pub fn copy(
                 source,
             })?
         {
+            // An archive is extracted into the destination as a directory, trailing slash or
+            // not, so several of them may share one (BuildKit's `ADD *.tar /dest`).
             let into = if opts.parents {
+                let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
                 let (parent, _) = target.rsplit_once('/').unwrap_or(("", &target));
                 parent.to_string()
             } else {
@@ -390,6 +392,7 @@ pub fn copy(
             )?;
             continue;
         }
+        let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
         for e in &entries[start..end] {
             let out = if e.rel == top.rel {
                 target.clone()

@@ -784,6 +784,182 @@ COPY --from=defenv /out /defenv
 COPY --from=emptyarg /out /emptyarg
 "#;
 
+/// A tar of `(path, content)` regular files and `(path, target)` symlinks (`symlinks`).
+fn tar_of(files: &[(&str, &str)], symlinks: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, body) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(body.len() as u64);
+        h.set_mtime(0);
+        b.append_data(&mut h, path, body.as_bytes())?;
+    }
+    for (path, target) in symlinks {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(0);
+        b.append_link(&mut h, path, target)?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// BuildKit's COPY/ADD cases from frontend/dockerfile/dockerfile_test.go (moby/buildkit,
+/// Apache-2.0): testDockerfileAddArchiveWildcard, testSymlinkDestination,
+/// testCopyOverrideFiles, testCopyVarSubstitution, testCopyWildcards, testCopyChown,
+/// testCopyChmod, testDockerfileAddChownExpand, testCopyRelative, testMultiStageImplicitFrom,
+/// testMultiStageCaseInsensitive, testExposeExpansion and testDockerfileScratchConfig,
+/// adapted to one Dockerfile (Debian's busybox has `nogroup` where BuildKit's has `nobody`).
+#[test]
+fn copy_and_add_match_buildkits_dockerfile_tests() -> anyhow::Result<()> {
+    let Some(t) = setup()? else { return Ok(()) };
+    std::fs::write(t.ctx.join("t.tar"), tar_of(&[("foo", "content0")], &[])?)?;
+    std::fs::write(t.ctx.join("b.tar"), tar_of(&[("bar", "content1")], &[])?)?;
+    std::fs::write(
+        t.ctx.join("symlink.archive"),
+        tar_of(&[], &[("symlink", "../tmp/symlink-target")])?,
+    )?;
+    for (path, body) in [
+        ("foo", "hello"),
+        ("bar/sub", ""),
+        ("sub/dir1/dir2/foo", "foo-contents"),
+        ("files/foo.go", "foo.go-contents"),
+        ("foo.go", "foo-contents"),
+        ("bar.go", "bar-contents"),
+        ("barfile", "bar-contents"),
+        ("bar2", "bar-contents"),
+    ] {
+        t.write(path, body);
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(t.ctx.join("bar"), std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(t.ctx.join("bar2"), std::fs::Permissions::from_mode(0o700))?;
+    t.write("Dockerfile", BUILDKIT_DOCKERFILE_TESTS);
+    let img = build(&t, "bkdf:1", &["--build-arg", "group=nogroup"])?;
+    for (path, want) in [
+        ("/a/dest/foo", "content0"),
+        ("/a/dest/bar", "content1"),
+        ("/a/tmp/symlink-target/foo", "hello"),
+        ("/a/sub/dir1/dir2/foo", "foo-contents"),
+        ("/a/dest2/foo.go", "foo.go-contents"),
+        ("/a/baz", "bar-contents"),
+        ("/a/gofiles/foo.go", "foo-contents"),
+        ("/a/gofiles/bar.go", "bar-contents"),
+        ("/a/foo2.go", "foo-contents"),
+        ("/a/subdest/dir2/foo", "foo-contents"),
+        ("/a/subdest2/foo", "foo-contents"),
+        ("/a/subdest3/bar", "foo-contents"),
+        ("/a/subdest4/dir2/foo", "foo-contents"),
+        ("/a/subdest5/dir2/foo", "foo-contents"),
+        ("/a/subdest6/dir2/foo", "foo-contents"),
+        ("/baz", "hello"),
+        ("/owners-done", "hello"),
+    ] {
+        ensure!(img.read(path)? == want, "{path}: {:?}", img.read(path));
+    }
+    ensure!(img.read("/test")?.contains("root"));
+    let ports: Vec<&String> = img
+        .cfg("ExposedPorts")
+        .as_object()
+        .context("ports")?
+        .keys()
+        .collect();
+    ensure!(ports == ["3000/tcp", "4000/udp", "5000/tcp"], "{ports:?}");
+
+    t.write("Dockerfile", "FROM scratch\nENV foo=bar\n");
+    let img = build(&t, "bkdf:2", &[])?;
+    ensure!(
+        img.config["rootfs"]["diff_ids"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+    let history = img.config["history"].as_array().context("history")?;
+    ensure!(
+        history.len() == 1 && history[0]["empty_layer"] == true,
+        "{history:?}"
+    );
+    ensure!(img.history()[0].contains("ENV foo=bar"));
+    ensure!(img.env().iter().any(|e| e == "foo=bar"));
+    ensure!(img.env().iter().any(|e| e.starts_with("PATH=")));
+    ensure!(
+        img.cfg("WorkingDir")
+            .as_str()
+            .is_some_and(|w| !w.is_empty())
+    );
+    Ok(())
+}
+
+const BUILDKIT_DOCKERFILE_TESTS: &str = r#"FROM scratch AS addarchive
+ADD *.tar /dest
+ADD symlink.archive /
+COPY foo /symlink/
+COPY sub sub
+COPY sub sub
+COPY files/foo.go dest2/foo.go
+COPY files/foo.go dest2/foo.go
+COPY files dest2
+ENV FOO=barfile
+COPY $FOO baz
+COPY *.go /gofiles/
+COPY f*.go foo2.go
+COPY sub/* /subdest/
+COPY sub/*/dir2/foo /subdest2/
+COPY sub/*/dir2/foo /subdest3/bar
+COPY sub/dir1/ subdest4
+COPY sub/dir1/. subdest5
+COPY sub/dir1 subdest6
+
+FROM busybox AS owners
+RUN echo 'daemon:x:1:1:daemon:/usr/sbin:/bin/false' >> /etc/passwd && echo 'daemon:x:1:' >> /etc/group
+ENV owner=1000
+RUN mkdir -m 0777 /out
+COPY --chown=daemon foo /
+COPY --chown=1000:nogroup bar /baz
+ARG group
+COPY --chown=${owner}:${group} foo /foobis
+ADD --chown=${owner}:${group} foo /addfoo
+COPY --chmod=0644 foo /cfoo
+COPY --chmod=777 bar2 /cbaz
+COPY --chmod=0 foo /cfoobis
+RUN [ "$(stat -c "%U %G" /foo)" = "daemon daemon" ] && [ "$(stat -c "%u %G" /baz/sub)" = "1000 nogroup" ] \
+ && [ "$(stat -c "%u %G" /foobis)" = "1000 nogroup" ] && [ "$(stat -c "%u %G" /addfoo)" = "1000 nogroup" ] \
+ && [ "$(stat -c "%04a" /cfoo)" = 0644 ] && [ "$(stat -c "%04a" /cbaz)" = 0777 ] && [ "$(stat -c "%04a" /cfoobis)" = 0000 ]
+WORKDIR /test1
+WORKDIR test2
+RUN sh -c "[ "$PWD" = '/test1/test2' ]"
+COPY foo ./
+RUN sh -c "[ $(cat /test1/test2/foo) = 'hello' ]"
+ADD foo ./bar/baz
+RUN sh -c "[ $(cat /test1/test2/bar/baz) = 'hello' ]"
+COPY foo ./bar/baz2
+RUN sh -c "[ $(cat /test1/test2/bar/baz2) = 'hello' ]"
+WORKDIR ..
+COPY foo ./
+RUN sh -c "[ $(cat /test1/foo) = 'hello' ]"
+COPY foo /test3/
+RUN sh -c "[ $(cat /test3/foo) = 'hello' ]"
+WORKDIR /test4
+COPY . .
+RUN sh -c "[ $(cat /test4/foo) = 'hello' ]"
+WORKDIR /test5/test6
+COPY foo ../
+RUN sh -c "[ $(cat /test5/foo) = 'hello' ]"
+
+FROM scratch AS STAge0
+COPY foo bar
+FROM scratch AS staGE1
+COPY --from=staGE0 bar baz
+COPY --from=busybox /etc/passwd test
+FROM scratch
+ARG PORTS="3000 4000/udp"
+EXPOSE $PORTS
+EXPOSE 5000
+COPY --from=addarchive / /a/
+COPY --from=stage1 baz test /
+COPY --from=owners /test4/foo /owners-done
+"#;
+
 /// A tar holding `<dir>/hello.txt`.
 fn small_tar(dir: &str) -> anyhow::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
