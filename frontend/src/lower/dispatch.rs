@@ -493,6 +493,18 @@ impl Lowerer<'_> {
         instr: &str,
     ) -> Result<FromRef, Error> {
         if let Some(i) = self.find_stage(from) {
+            // BuildKit: "cannot copy from stage X, it needs to be defined before current stage".
+            if i >= st.index {
+                return Err(self.err(
+                    Error::new(
+                        ErrorKind::StageNotYetDefined {
+                            name: from.to_ascii_lowercase(),
+                        },
+                        Some(span),
+                    )
+                    .with_hint("move that stage above this one: only earlier stages can be read"),
+                ));
+            }
             return Ok(FromRef::Stage(i));
         }
         if let Ok(index) = from.parse::<usize>() {
