@@ -114,12 +114,13 @@ impl Lowerer<'_> {
                         }
                     }
                 }
-                let shown: Vec<String> = all.iter().map(|p| format!("{p}:{{}}")).collect();
+                let shown: Vec<String> = all.iter().cloned().collect();
                 for p in all {
                     st.config.config.exposed_ports.insert(p, Empty {});
                 }
-                // BuildKit prints the Go map: `EXPOSE map[80/tcp:{}]`.
-                st.meta(format!("EXPOSE map[{}]", shown.join(" ")));
+                // Current BuildKit prints the port list (`EXPOSE [1234/udp 2375/tcp]`, sorted
+                // in its testExportedHistory); older versions printed a Go map.
+                st.meta(format!("EXPOSE [{}]", shown.join(" ")));
             }
             Command::Volume(vols) => {
                 let mut list = Vec::new();
@@ -219,8 +220,12 @@ impl Lowerer<'_> {
                     None => name.clone(),
                 });
             }
-            st.args.retain(|a| a.name != name);
-            st.args.push(ArgValue { name, value });
+            // A re-declared ARG keeps its place (BuildKit's history: `ARG foo=bar`, `ARG
+            // bar=123`, `ARG foo=bar2` give `RUN |2 foo=bar2 bar=123 ...`).
+            match st.args.iter_mut().find(|a| a.name == name) {
+                Some(a) => a.value = value,
+                None => st.args.push(ArgValue { name, value }),
+            }
         }
         if !shown.is_empty() {
             st.meta(format!("ARG {}", shown.join(" ")));
