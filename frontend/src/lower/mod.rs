@@ -15,6 +15,7 @@ use cache::oci::{Digest, ImageConfig, Platform};
 use solver::graph::{BuildGraph, HistoryStep, ImageTemplate, Node, NodeId, Op, SourceOp, Span};
 use std::collections::BTreeMap;
 
+mod copy;
 mod dispatch;
 mod values;
 
