@@ -686,7 +686,14 @@ impl Runner {
                             dir,
                             ignore: Vec::new(),
                         },
-                        sources: vec![x.name.clone()],
+                        // The name is a file name, not a pattern: escape glob characters.
+                        sources: vec![x.name.chars().fold(String::new(), |mut o, c| {
+                            if matches!(c, '*' | '?' | '[' | '\\') {
+                                o.push('\\');
+                            }
+                            o.push(c);
+                            o
+                        })],
                         dest: x.dest.clone(),
                         chown: x.chown.clone(),
                         chmod: x.chmod.clone(),

@@ -155,6 +155,11 @@ fn heredoc_copy_sources_and_shebang_run_scripts() -> anyhow::Result<()> {
          ADD <<EOF /added\n\
          added\n\
          EOF\n\
+         COPY <<a*b <<c[1] /odd/\n\
+         star\n\
+         a*b\n\
+         bracket\n\
+         c[1]\n\
          RUN <<EOF\n\
          #!/bin/sh -e\n\
          echo \"sh as $0\" > /dest/sh-out\n\
@@ -176,6 +181,8 @@ fn heredoc_copy_sources_and_shebang_run_scripts() -> anyhow::Result<()> {
     ensure!(img.meta("/dest/single")? == (0o644, 0, 0));
     ensure!(img.meta("/perm/run.sh")? == (0o755, 1000, 1000));
     ensure!(img.read("/added")? == "added\n");
+    // Heredoc names are file names, glob characters included.
+    ensure!(img.read("/odd/a*b")? == "star\n" && img.read("/odd/c[1]")? == "bracket\n");
     // The `#!` script is a file at /dev/pipes/EOF that the shell execs (BuildKit's layout).
     ensure!(img.read("/dest/sh-out")? == "sh as /dev/pipes/EOF\n");
     ensure!(img.read("/dest/awk-out")? == "awk ran\n");
