@@ -266,11 +266,14 @@ pub fn context_sources(df: &Dockerfile, opts: &BuildOptions) -> Vec<ContextSourc
 pub fn copy_source_warning(src: &ContextSource, state: SourceState) -> Option<Warning> {
     let (rule, message) = match state {
         SourceState::Present => return None,
+        // BuildKit's text names the command as `Copy` or `Add`.
         SourceState::Ignored => (
             "CopyIgnoredFile",
             format!(
-                "Attempting to {} file {:?} that is excluded by .dockerignore",
-                src.instruction, src.source
+                "Attempting to {}{} file {:?} that is excluded by .dockerignore",
+                &src.instruction[..1],
+                src.instruction[1..].to_ascii_lowercase(),
+                src.source
             ),
         ),
         SourceState::Missing => (
@@ -572,7 +575,7 @@ mod tests {
         assert_eq!(w.rule, "CopyIgnoredFile");
         assert_eq!(
             w.message,
-            "Attempting to ADD file \"a.txt\" that is excluded by .dockerignore"
+            "Attempting to Add file \"a.txt\" that is excluded by .dockerignore"
         );
         assert_eq!(w.span, s.span);
         let w = copy_source_warning(&s, SourceState::Missing).expect("missing");
