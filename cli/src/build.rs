@@ -162,15 +162,28 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let bases = rt.block_on(async {
         let _lock = store.lock_shared().context("locking the store")?;
-        crate::bases::resolve(
-            &store,
-            &refs,
-            &dockerfile_name,
-            &opts.platform,
-            a.pull,
-            &reg_cfg,
-        )
-        .await
+        let mut refs = refs;
+        let mut bases = std::collections::BTreeMap::new();
+        // ONBUILD triggers of the bases can name more images: resolve until none is new.
+        while !refs.is_empty() {
+            bases.extend(
+                crate::bases::resolve(
+                    &store,
+                    &refs,
+                    &dockerfile_name,
+                    &opts.platform,
+                    a.pull,
+                    &reg_cfg,
+                )
+                .await?,
+            );
+            refs = frontend::base_images_with(&df, &opts, &bases)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .into_iter()
+                .filter(|r| !bases.contains_key(&r.reference))
+                .collect();
+        }
+        anyhow::Ok(bases)
     })?;
     let graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
 

@@ -79,15 +79,6 @@ pub fn inputs(
                 {
                     s.parents.extend(parent(id));
                 }
-                // A moved branch shows as a changed source: `file changed: <url> (git)`.
-                if let FileAction::Copy(c) = a
-                    && let CopySource::Git(g) = &c.from
-                {
-                    s.files.insert(
-                        format!("{} (git)", g.url),
-                        format!("commit {}", g.commit.as_deref().unwrap_or("")),
-                    );
-                }
             }
         }
     }

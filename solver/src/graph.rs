@@ -243,6 +243,30 @@ pub enum FileAction {
         /// `user[:group]` that owns created directories; empty = root.
         owner: String,
     },
+    /// A file whose content is in the Dockerfile (a COPY/ADD heredoc source).
+    Inline(InlineFile),
+}
+
+/// A COPY/ADD heredoc source (`COPY <<EOF /dest`), copied as BuildKit does: a regular file
+/// named after the delimiter, mode 0644 unless `--chmod`, owned by root unless `--chown`,
+/// placed by the same destination rules as a one-file context COPY (a destination ending in
+/// `/` or an existing directory receives `<name>`; anything else becomes the file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InlineFile {
+    /// The file name (the heredoc delimiter, unquoted).
+    pub name: String,
+    /// The content, after `<<-` tab stripping and (unquoted delimiters) word expansion.
+    pub data: Vec<u8>,
+    /// Absolute destination; a trailing `/` means "into this directory".
+    pub dest: String,
+    /// `--chown=user[:group]`.
+    pub chown: Option<String>,
+    /// `--chmod=` (applied to the 0644 file).
+    pub chmod: Option<String>,
+    /// `--link`.
+    pub link: bool,
+    /// Used in messages: `COPY` or `ADD`.
+    pub instruction: &'static str,
 }
 
 /// COPY or ADD.
@@ -392,6 +416,16 @@ impl BuildGraph {
                                 c.dest,
                                 c.chown,
                                 c.chmod
+                            ),
+                            FileAction::Inline(i) => write!(
+                                out,
+                                " {} inline <<{} {:?} -> {:?} chown={:?} chmod={:?}",
+                                i.instruction.to_lowercase(),
+                                i.name,
+                                String::from_utf8_lossy(&i.data),
+                                i.dest,
+                                i.chown,
+                                i.chmod
                             ),
                         };
                     }

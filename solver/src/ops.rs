@@ -219,6 +219,17 @@ pub enum SolveError {
         #[source]
         source: Box<crate::git::GitError>,
     },
+    /// Writing a COPY/ADD heredoc file to the step's temp dir failed.
+    #[error("{at}: writing the inline file {}", .path.display())]
+    Inline {
+        /// The step.
+        at: Location,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
     Unsupported {
@@ -439,6 +450,8 @@ fn compute_keys(
     for n in graph.reachable() {
         let node = &graph.nodes[n];
         let mut contents = Vec::new();
+        // What `--explain` compares: `contents` plus digests of heredoc files and git commits.
+        let mut seen_contents = Vec::new();
         let mut files = Vec::new();
         if let Op::File(f) = &node.op {
             let mut newest: Option<i64> = None;
@@ -485,6 +498,50 @@ fn compute_keys(
                     }
                     _ => None,
                 };
+                // Heredoc files and git checkouts are keyed by the action itself (the bytes, the
+                // resolved commit); `--explain` still names them as changed files.
+                let shown = match a {
+                    FileAction::Inline(x) => Some(SourceMeta {
+                        rel: format!("<<{}", x.name),
+                        kind: key::EntryKind::File,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        size: x.data.len() as u64,
+                        content: Some(Digest::of(&x.data)),
+                        link_target: None,
+                    }),
+                    FileAction::Copy(c) => match &c.from {
+                        CopySource::Git(g) => Some(SourceMeta {
+                            rel: format!("{} (git)", g.url),
+                            kind: key::EntryKind::File,
+                            mode: 0,
+                            uid: 0,
+                            gid: 0,
+                            size: 0,
+                            content: Some(Digest::of(
+                                g.commit.as_deref().unwrap_or_default().as_bytes(),
+                            )),
+                            link_target: None,
+                        }),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let seen = match shown {
+                    Some(meta) => {
+                        let d = key::content_digest(std::slice::from_ref(&meta));
+                        if let Err(e) =
+                            explain::remember_files(&files_dir, &d, std::slice::from_ref(&meta))
+                        {
+                            tracing::warn!(error = %e, "explain details not saved");
+                        }
+                        files.push(meta);
+                        Some(d)
+                    }
+                    None => content.clone(),
+                };
+                seen_contents.push(seen);
                 contents.push(content);
             }
             clamps.insert(n, newest.map(|t| t.max(0)).or(COPY_CLAMP_MTIME));
@@ -514,16 +571,20 @@ fn compute_keys(
                             }
                         })?;
                         let digest = key::content_digest(&metas);
+                        if let Err(e) = explain::remember_files(&files_dir, &digest, &metas) {
+                            tracing::warn!(error = %e, "explain details not saved");
+                        }
                         files.extend(metas);
                         Some(digest)
                     }
                     _ => None,
                 };
+                seen_contents.push(content.clone());
                 contents.push(content);
             }
         }
         let k = key::node_key(node, &keys, &contents);
-        let now = explain::inputs(node, &k, &keys, &contents);
+        let now = explain::inputs(node, &k, &keys, &seen_contents);
         let id = explain::step_id(&node.name);
         let id = if ids.get(id).copied().unwrap_or(0) > 1 {
             node.name.clone()
@@ -778,11 +839,42 @@ impl Runner {
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
         fetched: &BTreeMap<String, (PathBuf, String)>,
         checkouts: &BTreeMap<String, PathBuf>,
+        scratch: &Path,
     ) -> Result<InitSpec, SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let mut tasks = Vec::new();
-        for a in &f.actions {
+        for (i, a) in f.actions.iter().enumerate() {
             tasks.push(match a {
+                FileAction::Inline(x) => {
+                    let dir = scratch.join(format!("inline-{i}"));
+                    executor::copy::stage_inline(&dir, &x.name, &x.data).map_err(|source| {
+                        SolveError::Inline {
+                            at: at(),
+                            path: dir.join(&x.name),
+                            source,
+                        }
+                    })?;
+                    CopyTask::Copy {
+                        from: CopyFrom::Context {
+                            dir,
+                            ignore: Vec::new(),
+                        },
+                        // The name is a file name, not a pattern: escape glob characters.
+                        sources: vec![x.name.chars().fold(String::new(), |mut o, c| {
+                            if matches!(c, '*' | '?' | '[' | '\\') {
+                                o.push('\\');
+                            }
+                            o.push(c);
+                            o
+                        })],
+                        dest: x.dest.clone(),
+                        chown: x.chown.clone(),
+                        chmod: x.chmod.clone(),
+                        exclude: Vec::new(),
+                        parents: false,
+                        unpack_archives: false,
+                    }
+                }
                 FileAction::Mkdir { path, owner } => CopyTask::Mkdir {
                     path: path.clone(),
                     owner: owner.clone(),
@@ -983,7 +1075,15 @@ impl Runner {
                 (spec, RUN_CLAMP_MTIME)
             }
             Op::File(f) => (
-                self.file_spec(n, f, rootfs, inputs, &fetched.files, &checkouts.dirs)?,
+                self.file_spec(
+                    n,
+                    f,
+                    rootfs,
+                    inputs,
+                    &fetched.files,
+                    &checkouts.dirs,
+                    tmp.path(),
+                )?,
                 [fetched.newest, checkouts.newest].into_iter().fold(
                     self.clamps.get(&n).copied().flatten(),
                     |c, t| match (c, t) {

@@ -4,6 +4,8 @@
 
 mod build;
 mod cache;
+mod dockerfile_buildkit;
+mod dockerfile_e2e;
 mod errors;
 mod frontend_features;
 mod harness;
