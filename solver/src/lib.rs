@@ -8,6 +8,8 @@
 //! - [`progress`]: the events the solver emits while it runs (the cli renders them).
 //! - [`ops`]: the real runner ([`Solver`]): cache lookups, sandboxed RUN/COPY, layer commits
 //!   and the final image.
+//! - [`remote`]: remote cache hooks: the steps a build exports, lazy fetching of imported
+//!   layers and cache mounts.
 //! - [`run`]: the sandbox spec of a `kiln run` container.
 //!
 //! The solver depends on `cache` (store, layers, images) and `executor` (sandboxes). It never
@@ -21,6 +23,7 @@ pub mod key;
 pub mod mounts;
 pub mod ops;
 pub mod progress;
+pub mod remote;
 pub mod run;
 pub mod sched;
 

@@ -18,10 +18,12 @@ use crate::graph::{
 };
 use crate::key::{self, SourceMeta};
 use crate::progress::{self, EventKind, Stream};
+use crate::remote::Solved;
 use crate::sched::{self, OpRunner, SchedError};
 use cache::image::Image;
 use cache::oci::{Digest, History, ImageConfig};
 use cache::records::CacheRecord;
+use cache::remote::import::Imported;
 use cache::snapshot::CommitOptions;
 use cache::statcache::{StatCache, StatKey};
 use cache::store::{Store, StoreError};
@@ -186,6 +188,15 @@ pub enum SolveError {
         #[source]
         source: Box<crate::fetch::FetchError>,
     },
+    /// A layer or cache mount of an imported remote cache could not be fetched.
+    #[error("{at}: remote cache")]
+    RemoteCache {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: Box<cache::remote::RemoteError>,
+    },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
     Unsupported {
@@ -229,12 +240,24 @@ pub struct NodeResult {
 pub struct Solver {
     store: Store,
     opts: SolveOptions,
+    /// `--cache-from`: records beyond the local ones, their layers fetched when needed.
+    remote: Option<Arc<Imported>>,
 }
 
 impl Solver {
     /// A solver over `store`.
     pub fn new(store: Store, opts: SolveOptions) -> Solver {
-        Solver { store, opts }
+        Solver {
+            store,
+            opts,
+            remote: None,
+        }
+    }
+
+    /// Also looks keys up in `imported` (after the local records; see [`crate::remote`]).
+    pub fn with_cache_from(mut self, imported: Arc<Imported>) -> Solver {
+        self.remote = Some(imported);
+        self
     }
 
     /// Runs the nodes the target needs and writes the image (not tagged).
@@ -245,6 +268,17 @@ impl Solver {
         graph: &BuildGraph,
         events: progress::Sender,
     ) -> Result<Image, SolveError> {
+        self.solve_steps(graph, events).await.map(|s| s.image)
+    }
+
+    /// [`Solver::solve`], also returning every step's key and result (for a cache export).
+    ///
+    /// Fails as [`Solver::solve`] does.
+    pub async fn solve_steps(
+        &self,
+        graph: &BuildGraph,
+        events: progress::Sender,
+    ) -> Result<Solved, SolveError> {
         let mut graph = graph.clone();
         crate::fetch::pin_checksums(&self.store, &mut graph)
             .await
@@ -271,13 +305,26 @@ impl Solver {
         let runner = Arc::new(Runner {
             store: self.store.clone(),
             graph: Arc::clone(&graph),
-            keys,
+            keys: keys.clone(),
             clamps,
             reasons,
             opts: self.opts.clone(),
             events,
+            remote: self.remote.clone(),
         });
-        let done = sched::schedule(&graph, runner, self.opts.jobs)
+        // A cache hit needs only its root: the stages it copies from are not run (and, when
+        // they come from a remote cache, not downloaded).
+        let hits = crate::remote::hits(&graph, |n| {
+            let key = runner.keys[n].as_ref()?;
+            runner.cached(n, key).ok().flatten()
+        });
+        for &n in &hits.skipped {
+            for kind in [EventKind::Started, EventKind::Cached, EventKind::Done] {
+                runner.emit(n, kind);
+            }
+        }
+        let inputs_of = |n| hits.inputs_of(&graph, n);
+        let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of)
             .await
             .map_err(|e| match e {
                 SchedError::Op(e) => e,
@@ -289,11 +336,25 @@ impl Solver {
                 }
             })?;
         let config = final_config(&graph, &done);
+        if let Some(r) = &self.remote {
+            r.ensure_layers(&self.store, &config.rootfs.diff_ids)
+                .await
+                .map_err(|source| SolveError::RemoteCache {
+                    at: location(&self.opts, &graph.nodes[graph.target]),
+                    source: Box::new(source),
+                })?;
+        }
+        let (steps, cache_mounts) = crate::remote::steps(&graph, &keys, &done, &hits);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.write_image(&config))
+        let image = tokio::task::spawn_blocking(move || store.write_image(&config))
             .await
             .expect("write_image does not panic")
-            .map_err(SolveError::Image)
+            .map_err(SolveError::Image)?;
+        Ok(Solved {
+            image,
+            steps,
+            cache_mounts,
+        })
     }
 }
 
@@ -520,6 +581,7 @@ struct Runner {
     reasons: Vec<Option<String>>,
     opts: SolveOptions,
     events: progress::Sender,
+    remote: Option<Arc<Imported>>,
 }
 
 impl Runner {
@@ -578,9 +640,11 @@ impl Runner {
                 at: at(),
                 source: Box::new(source),
             })?;
-        Ok(rec
+        let local = rec
             .filter(|r| r.layers.iter().all(|d| self.store.has_layer(d)))
-            .map(|r| r.layers))
+            .map(|r| r.layers);
+        // An imported record's layers are fetched only when read (crate::remote).
+        Ok(local.or_else(|| Some(self.remote.as_ref()?.lookup(key)?.to_vec())))
     }
 
     fn exec_spec(
@@ -873,6 +937,14 @@ impl Runner {
                 bytes: format!("{}{why}\n", explain::PREFIX).into_bytes(),
             },
         );
+        if let Some(r) = &self.remote {
+            crate::remote::materialize(r, &self.store, &self.graph, n, root, &inputs)
+                .await
+                .map_err(|source| SolveError::RemoteCache {
+                    at: location(&self.opts, node),
+                    source: Box::new(source),
+                })?;
+        }
         self.build(n, key, root, &inputs).await
     }
 }

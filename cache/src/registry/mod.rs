@@ -27,9 +27,10 @@ pub mod auth;
 pub mod client;
 mod pull;
 mod push;
-mod record;
+pub(crate) mod record;
 
 pub use pull::{PullError, pull};
+pub(crate) use push::push_blob;
 pub use push::{PushError, push};
 
 use crate::compress::{Codec, Compression};

@@ -1,0 +1,210 @@
+//! The solver's side of the remote cache (`cache::remote`): what a build gives an export,
+//! and the points where an import's lazily fetched layers and cache mounts are made real.
+//!
+//! A record found in an imported cache is a hit like a local one, but its layers may not be in
+//! the store. They are fetched only when something reads them:
+//! - a step that misses and runs on top of (or copies from, or bind-mounts) a remote hit
+//!   ([`materialize`]);
+//! - the final image's layers, before the image is written.
+//!
+//! A hit whose result only feeds other hits (a builder stage whose files were copied by a
+//! cached COPY) is never downloaded.
+
+use crate::graph::{BuildGraph, MountKind, NodeId, Op};
+use crate::ops::NodeResult;
+use cache::image::Image;
+use cache::oci::Digest;
+use cache::remote::export::{ExportMount, ExportPlan, ExportRecord};
+use cache::remote::import::Imported;
+use cache::remote::{Mode, RemoteError};
+use cache::store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// A finished build: the image and every step's key and result, for a cache export.
+#[derive(Debug, Clone)]
+pub struct Solved {
+    /// The image (written, not tagged).
+    pub image: Image,
+    /// Every exec and file step that ran or was found in a cache, in graph order.
+    pub steps: Vec<SolvedStep>,
+    /// Cache ids of the `RUN --mount=type=cache` mounts of the steps the target needed.
+    pub cache_mounts: Vec<String>,
+}
+
+/// One step of a [`Solved`] build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SolvedStep {
+    /// The node.
+    pub node: NodeId,
+    /// Its cache key.
+    pub key: Digest,
+    /// The key of the step it ran on (None when that is a base image or scratch).
+    pub parent: Option<Digest>,
+    /// Its filesystem, base first.
+    pub chain: Vec<Digest>,
+    /// Whether the final image is built on it (the target or one of its roots).
+    pub in_final: bool,
+}
+
+impl Solved {
+    /// The records an export of `mode` carries: the final image's steps (min) or all (max),
+    /// and with `mounts` the cache mount directories under `store`.
+    pub fn export_plan(&self, mode: Mode, mounts: bool, store: &Store) -> ExportPlan {
+        let records = self
+            .steps
+            .iter()
+            .filter(|s| mode == Mode::Max || s.in_final)
+            .map(|s| ExportRecord {
+                key: s.key.clone(),
+                parent: s.parent.clone(),
+                chain: s.chain.clone(),
+            })
+            .collect();
+        let mounts = if mounts {
+            self.cache_mounts
+                .iter()
+                .map(|id| ExportMount {
+                    id: id.clone(),
+                    dir: crate::mounts::cache_dir_path(store.root(), id),
+                })
+                .filter(|m| m.dir.is_dir())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ExportPlan { records, mounts }
+    }
+}
+
+/// Which needed nodes are cache hits, and the hits no step needs the result of.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Hits {
+    hit: BTreeMap<NodeId, Vec<Digest>>,
+    /// Hits that are not run at all (reported as cached).
+    pub(crate) skipped: Vec<NodeId>,
+}
+
+impl Hits {
+    /// The inputs `n` needs: a hit only its root (for its result's made-layer flag), any
+    /// other node all its inputs.
+    pub(crate) fn inputs_of(&self, graph: &BuildGraph, n: NodeId) -> Vec<NodeId> {
+        let op = &graph.nodes[n].op;
+        match op {
+            Op::Exec(x) if self.hit.contains_key(&n) => vec![x.root],
+            Op::File(f) if self.hit.contains_key(&n) => vec![f.root],
+            _ => op.inputs(),
+        }
+    }
+}
+
+/// Looks every needed exec and file node up with `cached` (local records, then imported
+/// ones), and finds the hits that no scheduled node needs.
+pub(crate) fn hits(graph: &BuildGraph, cached: impl Fn(NodeId) -> Option<Vec<Digest>>) -> Hits {
+    let reachable = graph.reachable();
+    let mut h = Hits::default();
+    for &n in &reachable {
+        if matches!(graph.nodes[n].op, Op::Exec(_) | Op::File(_))
+            && let Some(chain) = cached(n)
+        {
+            h.hit.insert(n, chain);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![graph.target];
+    while let Some(n) = stack.pop() {
+        if seen.insert(n) {
+            stack.extend(h.inputs_of(graph, n));
+        }
+    }
+    h.skipped = reachable
+        .into_iter()
+        .filter(|n| !seen.contains(n) && h.hit.contains_key(n))
+        .collect();
+    h
+}
+
+/// The steps of a build, from its keys and results.
+pub(crate) fn steps(
+    graph: &BuildGraph,
+    keys: &[Option<Digest>],
+    done: &BTreeMap<NodeId, Arc<NodeResult>>,
+    hits: &Hits,
+) -> (Vec<SolvedStep>, Vec<String>) {
+    let root_of = |n: NodeId| match &graph.nodes[n].op {
+        Op::Exec(x) => Some(x.root),
+        Op::File(f) => Some(f.root),
+        Op::Source(_) => None,
+    };
+    let mut in_final = BTreeSet::new();
+    let mut cur = Some(graph.target);
+    while let Some(n) = cur {
+        in_final.insert(n);
+        cur = root_of(n);
+    }
+    let mut out = Vec::new();
+    let mut ids = BTreeSet::new();
+    // Skipped hits are exported too: a max cache keeps the stages this build did not need.
+    let skipped = hits
+        .skipped
+        .iter()
+        .filter_map(|n| Some((*n, hits.hit.get(n)?.clone())));
+    let results = done
+        .iter()
+        .map(|(&n, r)| (n, r.chain.clone()))
+        .chain(skipped)
+        .collect::<BTreeMap<_, _>>();
+    for (n, chain) in results {
+        let (Some(root), Some(key)) = (root_of(n), keys.get(n).cloned().flatten()) else {
+            continue;
+        };
+        if let Op::Exec(x) = &graph.nodes[n].op {
+            for m in &x.mounts {
+                if let MountKind::Cache { id, .. } = &m.kind {
+                    ids.insert(id.clone());
+                }
+            }
+        }
+        out.push(SolvedStep {
+            node: n,
+            key,
+            parent: root_of(root).and(keys.get(root).cloned().flatten()),
+            chain,
+            in_final: in_final.contains(&n),
+        });
+    }
+    (out, ids.into_iter().collect())
+}
+
+/// Before step `n` runs: fetches the layers of its root and of every other input it reads
+/// (COPY --from, RUN --mount from=) that came from an imported cache, and restores the
+/// contents of its cache mounts that are absent locally.
+///
+/// Fails when a layer or mount cannot be fetched.
+pub(crate) async fn materialize(
+    imported: &Imported,
+    store: &Store,
+    graph: &BuildGraph,
+    n: NodeId,
+    root: &NodeResult,
+    inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+) -> Result<(), RemoteError> {
+    let mut need: Vec<Digest> = root.chain.clone();
+    for r in inputs.values() {
+        need.extend(r.chain.iter().cloned());
+    }
+    need.sort();
+    need.dedup();
+    imported.ensure_layers(store, &need).await?;
+    if let Op::Exec(x) = &graph.nodes[n].op {
+        for m in &x.mounts {
+            if let MountKind::Cache { id, .. } = &m.kind {
+                let dir = crate::mounts::cache_dir_path(store.root(), id);
+                if imported.restore_mount(store, id, &dir).await? {
+                    tracing::debug!(id, ?dir, "cache mount restored");
+                }
+            }
+        }
+    }
+    Ok(())
+}
