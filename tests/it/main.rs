@@ -9,4 +9,5 @@ mod frontend_features;
 mod harness;
 mod network;
 mod registry;
+mod remote_cache;
 mod save;
