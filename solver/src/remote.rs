@@ -208,3 +208,100 @@ pub(crate) async fn materialize(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{
+        CopyAction, CopySource, ExecOp, FileAction, FileOp, ImageTemplate, NetworkMode, Node,
+        SourceOp,
+    };
+    use cache::oci::{ImageConfig, Platform};
+
+    fn node(op: Op) -> Node {
+        Node {
+            op,
+            name: String::new(),
+            span: None,
+            instruction: String::new(),
+        }
+    }
+
+    fn run_on(root: NodeId) -> Node {
+        node(Op::Exec(ExecOp {
+            root,
+            args: vec!["true".into()],
+            env: vec![],
+            proxy_env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::Default,
+            mounts: vec![],
+        }))
+    }
+
+    fn copy_from(root: NodeId, from: NodeId) -> Node {
+        node(Op::File(FileOp {
+            root,
+            actions: vec![FileAction::Copy(CopyAction {
+                from: CopySource::Node(from),
+                sources: vec!["/x".into()],
+                dest: "/".into(),
+                chown: None,
+                chmod: None,
+                exclude: vec![],
+                parents: false,
+                link: false,
+                unpack_archives: false,
+                instruction: "COPY",
+            })],
+        }))
+    }
+
+    /// n0 scratch; builder: n1 -> n2; final: n3 (run on n0), n4 = COPY --from n2 onto n3.
+    fn graph() -> BuildGraph {
+        BuildGraph {
+            nodes: vec![
+                node(Op::Source(SourceOp::Scratch)),
+                run_on(0),
+                run_on(1),
+                run_on(0),
+                copy_from(3, 2),
+            ],
+            target: 4,
+            image: ImageTemplate {
+                config: ImageConfig::empty(&Platform::host()),
+                history: vec![],
+            },
+        }
+    }
+
+    fn chain(n: NodeId) -> Option<Vec<Digest>> {
+        Some(vec![Digest::of(&[n as u8])])
+    }
+
+    #[test]
+    fn a_hit_needs_only_its_root_and_the_stage_it_copies_from_is_skipped() {
+        let g = graph();
+        let h = hits(&g, chain);
+        assert_eq!(h.inputs_of(&g, 4), vec![3]);
+        assert_eq!(h.skipped, vec![1, 2], "the builder stage is not run");
+    }
+
+    #[test]
+    fn a_miss_needs_every_input_and_nothing_is_skipped() {
+        let g = graph();
+        let h = hits(&g, |n| if n == 4 { None } else { chain(n) });
+        assert_eq!(h.inputs_of(&g, 4), vec![3, 2]);
+        assert!(h.skipped.is_empty());
+    }
+
+    #[test]
+    fn unneeded_misses_are_neither_run_nor_reported() {
+        let g = graph();
+        // The builder's first step has no record (a mode=min cache), the final steps do.
+        let h = hits(&g, |n| if n == 1 { None } else { chain(n) });
+        assert_eq!(h.skipped, vec![2]);
+        assert_eq!(h.inputs_of(&g, 1), vec![0], "a miss keeps its inputs");
+    }
+}

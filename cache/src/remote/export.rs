@@ -377,3 +377,113 @@ async fn assemble(
     }
     Ok((config, blobs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::auth::DockerConfig;
+    use crate::snapshot::CommitOptions;
+
+    /// A store holding two layers (`a`, then `b` on it) and a cache mount directory.
+    fn source(dir: &std::path::Path) -> (Store, Vec<Digest>, PathBuf) {
+        let store = Store::open(dir.join("src-root")).unwrap();
+        let mut chain = Vec::new();
+        for name in ["a", "b"] {
+            let upper = store.temp_dir("upper").unwrap();
+            std::fs::write(upper.path().join(name), name).unwrap();
+            let layer = store
+                .commit_layer(
+                    upper.path(),
+                    &CommitOptions {
+                        clamp_mtime: Some(0),
+                    },
+                )
+                .unwrap()
+                .expect("a file makes a layer");
+            chain.push(layer.diff_id);
+        }
+        let mount = dir.join("mount");
+        std::fs::create_dir_all(mount.join("pkgs")).unwrap();
+        std::fs::write(mount.join("pkgs/tool.deb"), "bytes").unwrap();
+        (store, chain, mount)
+    }
+
+    #[tokio::test]
+    async fn layout_export_imports_lazily_and_reexports_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, chain, mount) = source(t.path());
+        let (k1, k2) = (Digest::of(b"step 1"), Digest::of(b"step 2"));
+        let plan = ExportPlan {
+            records: vec![
+                ExportRecord {
+                    key: k1.clone(),
+                    parent: None,
+                    chain: chain[..1].to_vec(),
+                },
+                ExportRecord {
+                    key: k2.clone(),
+                    parent: Some(k1.clone()),
+                    chain: chain.clone(),
+                },
+            ],
+            mounts: vec![ExportMount {
+                id: "pkgs".into(),
+                dir: mount,
+            }],
+        };
+        let loc = CacheLocation::Layout(t.path().join("layout"));
+        let opts = RegistryOptions::new(DockerConfig::anonymous());
+        let first = export(&store, &plan, &loc, None, &opts).await.unwrap();
+        assert_eq!((first.records, first.skipped), (2, 0));
+        // Two layers, one mount chunk, the config.
+        assert_eq!((first.blobs, first.uploaded, first.present), (4, 4, 0));
+        let again = export(&store, &plan, &loc, None, &opts).await.unwrap();
+        assert_eq!((again.uploaded, again.present), (0, 4));
+        assert_eq!(again.manifest, first.manifest);
+
+        let dest = Store::open(t.path().join("dest-root")).unwrap();
+        let (imported, errors) = Imported::load(std::slice::from_ref(&loc), &opts).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(imported.lookup(&k2), Some(&chain[..]));
+        assert_eq!(imported.lookup(&k1), Some(&chain[..1]));
+        assert!(!dest.has_layer(&chain[0]), "a lookup downloads nothing");
+        imported.ensure_layers(&dest, &chain[..1]).await.unwrap();
+        assert!(dest.has_layer(&chain[0]) && !dest.has_layer(&chain[1]));
+        assert_eq!(imported.fetched(), 1);
+        imported.ensure_layers(&dest, &chain).await.unwrap();
+        assert_eq!(imported.fetched(), 2);
+
+        let restored = t.path().join("dest-root/cachemounts/pkgs");
+        assert!(
+            imported
+                .restore_mount(&dest, "pkgs", &restored)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            std::fs::read_to_string(restored.join("pkgs/tool.deb")).unwrap(),
+            "bytes"
+        );
+        assert!(
+            !imported
+                .restore_mount(&dest, "pkgs", &restored)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_cache_is_reported_not_fatal() {
+        let t = tempfile::tempdir().unwrap();
+        let opts = RegistryOptions::new(DockerConfig::anonymous());
+        let loc = CacheLocation::Layout(t.path().join("nothing-here"));
+        let (imported, errors) = Imported::load(&[loc], &opts).await;
+        assert!(imported.is_empty());
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].to_string().contains("nothing-here"),
+            "{}",
+            errors[0]
+        );
+    }
+}
