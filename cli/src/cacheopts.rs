@@ -190,9 +190,13 @@ pub async fn export(
             .with_context(|| format!("exporting cache to {location}"))?;
         let _ = writeln!(
             std::io::stderr().lock(),
-            "exporting cache to {location} done: {} records, {} blobs ({} uploaded, {} mounted, \
+            "exporting cache to {location} done: {} records{}, {} blobs ({} uploaded, {} mounted, \
              {} present), {} mounts, manifest {} in {:.3}s",
             r.records,
+            match r.skipped {
+                0 => String::new(),
+                n => format!(" ({n} left out: layers unavailable)"),
+            },
             r.blobs,
             r.uploaded,
             r.mounted,

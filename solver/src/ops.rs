@@ -345,6 +345,9 @@ impl Solver {
                 })?;
         }
         let (steps, cache_mounts) = crate::remote::steps(&graph, &keys, &done, &hits);
+        if self.remote.is_some() {
+            crate::remote::record_locally(&self.store, &steps);
+        }
         let store = self.store.clone();
         let image = tokio::task::spawn_blocking(move || store.write_image(&config))
             .await

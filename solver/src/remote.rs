@@ -176,6 +176,25 @@ pub(crate) fn steps(
     (out, ids.into_iter().collect())
 }
 
+/// Writes local records for the steps of a build that hit an imported cache and whose layers
+/// are now all in the store, so that the next build on this root hits without `--cache-from`.
+/// Best effort: a record that cannot be written is only a later cache miss.
+pub(crate) fn record_locally(store: &Store, steps: &[SolvedStep]) {
+    for s in steps {
+        if matches!(store.cache_get(&s.key), Ok(Some(_)))
+            || !s.chain.iter().all(|d| store.has_layer(d))
+        {
+            continue;
+        }
+        let rec = cache::records::CacheRecord {
+            layers: s.chain.clone(),
+        };
+        if let Err(error) = store.cache_put(&s.key, &rec) {
+            tracing::debug!(key = %s.key, %error, "imported record not kept locally");
+        }
+    }
+}
+
 /// Before step `n` runs: fetches the layers of its root and of every other input it reads
 /// (COPY --from, RUN --mount from=) that came from an imported cache, and restores the
 /// contents of its cache mounts that are absent locally.

@@ -184,6 +184,13 @@ fn fresh_runner_builds_from_registry_cache_with_zero_runs_and_same_digest() -> a
         "{}",
         text(&out)
     );
+    // The imported records it used are now local: no --cache-from needed any more.
+    let third = build(&fresh, &[])?;
+    ensure!(
+        executed_runs(&third.events).is_empty() && third.digest == first.digest,
+        "{}",
+        third.stderr
+    );
     Ok(())
 }
 
