@@ -477,3 +477,35 @@ fn lazy_import_downloads_only_the_final_image_layers() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn export_mounts_layers_already_pushed_to_a_sibling_repository() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry"]) {
+        return Ok(());
+    }
+    let t = project()?;
+    let reg = Registry::start(t.dir.path())?;
+    build(&t, &[])?;
+    t.ok(&["push", "app:1", &reg.reference("team/web:1")])?;
+    let uploads = reg.uploads();
+    let to = format!(
+        "type=registry,ref={},mode=min",
+        reg.reference("team/cache:main")
+    );
+    let b = build(&t, &["--cache-to", &to])?;
+    // The final image's five layers come from team/web by mount; only the config is sent.
+    let mounts = reg.requests("POST", "/v2/team/cache/blobs/uploads/?mount=", 201);
+    ensure!(
+        mounts.len() == 5 && reg.uploads() == uploads + 1,
+        "{} mounts, {} uploads\n{}",
+        mounts.len(),
+        reg.uploads() - uploads,
+        b.stderr
+    );
+    ensure!(
+        b.stderr.contains("(1 uploaded, 5 mounted, 0 present)"),
+        "{}",
+        b.stderr
+    );
+    Ok(())
+}
