@@ -238,37 +238,21 @@ impl Imported {
                     .map_err(store_err)?;
             }
             Source::Registry { client, repo } => {
-                let resp = client
-                    .get_blob(repo, &desc.digest)
-                    .await
-                    .map_err(|source| RemoteError::Client {
-                        location: location.clone(),
-                        source: Box::new(source),
-                    })?;
-                let limit = desc.size;
-                let stream = resp.bytes_stream().map_err(std::io::Error::other).scan(
-                    0u64,
-                    move |seen, chunk| {
-                        // Never more than the descriptor announced.
-                        let item = chunk.and_then(|c| {
-                            *seen += c.len() as u64;
-                            if *seen > limit {
-                                Err(std::io::Error::other("blob is larger than its descriptor"))
-                            } else {
-                                Ok(c)
-                            }
-                        });
-                        std::future::ready(Some(item))
-                    },
-                );
-                let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
-                    Box::pin(stream),
-                ));
-                let (s, d) = (store.clone(), desc.digest.clone());
-                tokio::task::spawn_blocking(move || s.ingest_blob(reader, Some(&d)))
-                    .await
-                    .map_err(task_err)?
-                    .map_err(store_err)?;
+                // Transient failures (connection, 5xx, a stream cut short) retry the whole
+                // download, as pull does; a digest mismatch does not.
+                let mut attempt = 0u32;
+                loop {
+                    match download(store, client, repo, desc, &location).await {
+                        Ok(()) => break,
+                        Err(e) if attempt < self.opts.retries && is_transient(&e) => {
+                            tracing::debug!(digest = %desc.digest, error = %e, attempt, "retrying");
+                            tokio::time::sleep(self.opts.retry_base * 2u32.pow(attempt.min(8)))
+                                .await;
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 if let Some(p) = &self.opts.progress {
                     p(&registry::Progress::Unpacked {
                         digest: desc.digest.clone(),
@@ -353,6 +337,66 @@ impl Imported {
                 diff_id: diff_id.clone(),
             })?;
         self.fetch_blob(store, &self.caches[*idx], desc).await
+    }
+}
+
+/// One download of `desc` from `repo` into the store, verified against its digest.
+async fn download(
+    store: &Store,
+    client: &Client,
+    repo: &str,
+    desc: &Descriptor,
+    location: &str,
+) -> Result<()> {
+    let resp = client
+        .get_blob(repo, &desc.digest)
+        .await
+        .map_err(|source| RemoteError::Client {
+            location: location.to_owned(),
+            source: Box::new(source),
+        })?;
+    let limit = desc.size;
+    let stream =
+        resp.bytes_stream()
+            .map_err(std::io::Error::other)
+            .scan(0u64, move |seen, chunk| {
+                // Never more than the descriptor announced.
+                let item = chunk.and_then(|c| {
+                    *seen += c.len() as u64;
+                    if *seen > limit {
+                        Err(std::io::Error::other("blob is larger than its descriptor"))
+                    } else {
+                        Ok(c)
+                    }
+                });
+                std::future::ready(Some(item))
+            });
+    let reader =
+        tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(Box::pin(stream)));
+    let (s, d) = (store.clone(), desc.digest.clone());
+    tokio::task::spawn_blocking(move || s.ingest_blob(reader, Some(&d)))
+        .await
+        .map_err(|source| RemoteError::Task {
+            location: location.to_owned(),
+            source,
+        })?
+        .map_err(|source| RemoteError::Store {
+            location: location.to_owned(),
+            digest: desc.digest.clone(),
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
+/// Worth another attempt: a transient registry answer, or an I/O error while the body
+/// streamed into the store (a cut connection surfaces there).
+fn is_transient(e: &RemoteError) -> bool {
+    match e {
+        RemoteError::Client { source, .. } => source.is_transient(),
+        RemoteError::Store { source, .. } => {
+            matches!(**source, crate::store::StoreError::Io { .. })
+        }
+        _ => false,
     }
 }
 

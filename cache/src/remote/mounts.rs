@@ -215,7 +215,7 @@ pub fn restore(store: &Store, chunked: &Chunked, dest: &Path) -> Result<bool> {
     }
     std::os::unix::fs::chown(&root, Some(chunked.uid), Some(chunked.gid))
         .map_err(io_err("chown", &root))?;
-    fs::set_permissions(&root, fs::Permissions::from_mode(chunked.mode))
+    fs::set_permissions(&root, fs::Permissions::from_mode(chunked.mode & 0o7777))
         .map_err(io_err("chmod", &root))?;
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(io_err("create", parent))?;
