@@ -49,7 +49,8 @@ pub struct SolvedStep {
 
 impl Solved {
     /// The records an export of `mode` carries: the final image's steps (min) or all (max),
-    /// and with `mounts` the cache mount directories under `store`.
+    /// and with `mounts` the cache mount directories under `store` (those absent here are
+    /// carried over from an imported cache by the export).
     pub fn export_plan(&self, mode: Mode, mounts: bool, store: &Store) -> ExportPlan {
         let records = self
             .steps
@@ -68,7 +69,6 @@ impl Solved {
                     id: id.clone(),
                     dir: crate::mounts::cache_dir_path(store.root(), id),
                 })
-                .filter(|m| m.dir.is_dir())
                 .collect()
         } else {
             Vec::new()

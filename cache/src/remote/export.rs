@@ -69,8 +69,9 @@ pub struct ExportReport {
 #[derive(Debug, Clone)]
 struct Blob {
     desc: Descriptor,
-    /// The layer, when it is one that only an imported cache has.
-    remote_layer: Option<Digest>,
+    /// Listed by an imported cache and maybe not in the store (a layer this build never
+    /// needed, the chunks of a mount it never used).
+    remote: bool,
 }
 
 /// Exports `plan` to `location`: compresses local layers (memoized), chunks cache mounts,
@@ -119,7 +120,7 @@ pub async fn export(
     let mut all = blobs;
     all.push(Blob {
         desc: config_desc,
-        remote_layer: None,
+        remote: false,
     });
 
     match location {
@@ -128,10 +129,9 @@ pub async fn export(
             // Repositories blobs may be mounted from need their pull scope in the token.
             let mut from: BTreeMap<Digest, String> = BTreeMap::new();
             for b in &all {
-                let f = match &b.remote_layer {
-                    Some(diff_id) => imported
-                        .and_then(|i| i.layer(diff_id))
-                        .and_then(|(loc, _)| imported?.registry_repo(loc))
+                let f = match imported.filter(|_| b.remote) {
+                    Some(i) => i
+                        .blob_repo(&b.desc.digest)
                         .filter(|(reg, _)| *reg == r.registry)
                         .map(|(_, repo)| repo.to_owned()),
                     None => record::lookup(store.root(), &r.registry, &b.desc.digest),
@@ -164,9 +164,7 @@ pub async fn export(
                 let (client, from) = (Arc::clone(&client), from.get(&b.desc.digest).cloned());
                 let name = name.clone();
                 async move {
-                    if let Some(diff_id) = &b.remote_layer
-                        && !store.has_blob(&b.desc.digest)
-                    {
+                    if b.remote && !store.has_blob(&b.desc.digest) {
                         // Only mountable (or already there) unless we fetch it first.
                         if client.has_blob(repo, &b.desc.digest).await.unwrap_or(false) {
                             counted.report(Progress::Exists {
@@ -177,7 +175,7 @@ pub async fn export(
                         if from.is_none()
                             && let Some(i) = imported
                         {
-                            i.fetch_layer_blob(store, diff_id, &b.desc).await?;
+                            i.fetch_remote_blob(store, &b.desc).await?;
                         }
                     }
                     push_blob(store, &client, repo, &b.desc, from.as_deref(), counted)
@@ -207,11 +205,11 @@ pub async fn export(
                     report.present += 1;
                     continue;
                 }
-                if let Some(diff_id) = &b.remote_layer
+                if b.remote
                     && !store.has_blob(&b.desc.digest)
                     && let Some(i) = imported
                 {
-                    i.fetch_layer_blob(store, diff_id, &b.desc).await?;
+                    i.fetch_remote_blob(store, &b.desc).await?;
                 }
                 layout::put_blob(dir, &b.desc.digest, &store.blob_path(&b.desc.digest))?;
                 report.uploaded += 1;
@@ -324,10 +322,7 @@ async fn assemble(
             size: desc.size,
             diff_id: d.clone(),
         });
-        blobs.push(Blob {
-            desc,
-            remote_layer: remote.then(|| d.clone()),
-        });
+        blobs.push(Blob { desc, remote });
     }
     for r in &plan.records {
         let Some(layers) = r
@@ -347,6 +342,27 @@ async fn assemble(
 
     let mut chunk_seen = BTreeSet::new();
     for m in &plan.mounts {
+        let empty = mounts::is_absent_or_empty(&m.dir).map_err(|source| RemoteError::Store {
+            location: name.to_owned(),
+            digest: Digest::of(m.id.as_bytes()),
+            source: Box::new(source),
+        })?;
+        if empty {
+            // Not used (or restored) here: carry the imported contents over, so that a build
+            // whose RUN steps were all cached does not drop the mount from the cache.
+            if let Some(e) = imported.and_then(|i| i.mount(&m.id)) {
+                for c in &e.chunks {
+                    if chunk_seen.insert(c.digest.clone()) {
+                        blobs.push(Blob {
+                            desc: c.clone(),
+                            remote: true,
+                        });
+                    }
+                }
+                config.mounts.push(e.clone());
+            }
+            continue;
+        }
         let (s, dir) = (store.clone(), m.dir.clone());
         let chunked = tokio::task::spawn_blocking(move || mounts::chunk_dir(&s, &dir))
             .await
@@ -360,10 +376,10 @@ async fn assemble(
                 source: Box::new(source),
             })?;
         for c in &chunked.chunks {
-            if chunk_seen.insert(c.digest.clone()) && !index.contains_key(&c.digest) {
+            if chunk_seen.insert(c.digest.clone()) {
                 blobs.push(Blob {
                     desc: c.clone(),
-                    remote_layer: None,
+                    remote: false,
                 });
             }
         }
@@ -470,6 +486,27 @@ mod tests {
                 .await
                 .unwrap()
         );
+
+        // A build whose steps were all cached never touched the mount: exporting again from
+        // a third store carries the imported mount (and layers it never fetched) over.
+        let third = Store::open(t.path().join("third-root")).unwrap();
+        let (imported, _) = Imported::load(std::slice::from_ref(&loc), &opts).await;
+        let plan3 = ExportPlan {
+            records: plan.records.clone(),
+            mounts: vec![ExportMount {
+                id: "pkgs".into(),
+                dir: t.path().join("third-root/cachemounts/pkgs"),
+            }],
+        };
+        let loc2 = CacheLocation::Layout(t.path().join("layout2"));
+        let r = export(&third, &plan3, &loc2, Some(&imported), &opts)
+            .await
+            .unwrap();
+        assert_eq!((r.records, r.uploaded), (2, 4));
+        let (again, errors) = Imported::load(std::slice::from_ref(&loc2), &opts).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(again.mount("pkgs"), imported.mount("pkgs"));
+        assert_eq!(again.lookup(&k2), Some(&chain[..]));
     }
 
     #[tokio::test]

@@ -309,34 +309,45 @@ impl Imported {
             .map_err(store_err(Digest::of(id.as_bytes())))
     }
 
-    /// The source of cache `location` when it is a registry repository: for cross-repository
-    /// mounts on export.
-    pub(crate) fn registry_repo(&self, location: &CacheLocation) -> Option<(&str, &str)> {
-        self.caches
-            .iter()
-            .find_map(|c| match (&c.location, &c.source) {
-                (l, Source::Registry { client, repo }) if l == location => {
-                    Some((client.registry(), repo.as_str()))
-                }
-                _ => None,
-            })
+    /// The imported entry of cache mount `id`, if any cache has it.
+    pub fn mount(&self, id: &str) -> Option<&MountEntry> {
+        self.mounts.get(id).map(|(_, m)| m)
     }
 
-    /// Downloads blob `desc` of the cache that holds layer `diff_id` into `store` (for an
-    /// export that must send a layer it never needed locally).
-    pub(crate) async fn fetch_layer_blob(
-        &self,
-        store: &Store,
-        diff_id: &Digest,
-        desc: &Descriptor,
-    ) -> Result<()> {
-        let (idx, _) = self
-            .layers
-            .get(diff_id)
+    /// The cache that lists blob `digest` (a layer or a mount chunk).
+    fn cache_of_blob(&self, digest: &Digest) -> Option<&Loaded> {
+        let layer = self.layers.values().find(|(_, l)| l.digest == *digest);
+        let chunk = || {
+            self.mounts
+                .values()
+                .find(|(_, m)| m.chunks.iter().any(|c| c.digest == *digest))
+        };
+        let idx = layer
+            .map(|(i, _)| *i)
+            .or_else(|| chunk().map(|(i, _)| *i))?;
+        self.caches.get(idx)
+    }
+
+    /// The registry and repository of the cache that lists blob `digest`, when that cache is
+    /// in a registry: a cross-repository mount source for an export.
+    pub(crate) fn blob_repo(&self, digest: &Digest) -> Option<(&str, &str)> {
+        match &self.cache_of_blob(digest)?.source {
+            Source::Registry { client, repo } => Some((client.registry(), repo.as_str())),
+            Source::Layout(_) => None,
+        }
+    }
+
+    /// Downloads blob `desc` (a layer or mount chunk of an imported cache) into `store`, for
+    /// an export that must send a blob this build never needed locally.
+    ///
+    /// Fails when no imported cache lists it, or on download and verification errors.
+    pub(crate) async fn fetch_remote_blob(&self, store: &Store, desc: &Descriptor) -> Result<()> {
+        let cache = self
+            .cache_of_blob(&desc.digest)
             .ok_or_else(|| RemoteError::Unavailable {
-                diff_id: diff_id.clone(),
+                diff_id: desc.digest.clone(),
             })?;
-        self.fetch_blob(store, &self.caches[*idx], desc).await
+        self.fetch_blob(store, cache, desc).await
     }
 }
 

@@ -135,7 +135,7 @@ pub enum RemoteError {
         #[source]
         source: std::io::Error,
     },
-    /// A layer a record names is in none of the imported caches.
+    /// A layer (or blob) a record names is in none of the imported caches.
     #[error("layer {diff_id} is not in any imported cache")]
     Unavailable {
         /// The layer.
