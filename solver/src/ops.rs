@@ -323,6 +323,8 @@ impl Solver {
                 runner.emit(n, kind);
             }
         }
+        let prefetch = (self.remote.as_ref())
+            .and_then(|r| crate::remote::prefetch(r, &self.store, &graph, &hits));
         let inputs_of = |n| hits.inputs_of(&graph, n);
         let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of)
             .await
@@ -336,6 +338,9 @@ impl Solver {
                 }
             })?;
         let config = final_config(&graph, &done);
+        if let Some(p) = prefetch {
+            let _ = p.await;
+        }
         if let Some(r) = &self.remote {
             r.ensure_layers(&self.store, &config.rootfs.diff_ids)
                 .await

@@ -124,6 +124,35 @@ pub(crate) fn hits(graph: &BuildGraph, cached: impl Fn(NodeId) -> Option<Vec<Dig
     h
 }
 
+/// Starts downloading, in the background, the layers of the first hit on the final image's
+/// path (walking from the target down its roots): they are needed either way (as the final
+/// image, or under the first step that must run on them), and fetching them while other
+/// stages run hides the download. Errors are left to the fetch that needs the layers.
+pub(crate) fn prefetch(
+    imported: &Arc<Imported>,
+    store: &Store,
+    graph: &BuildGraph,
+    hits: &Hits,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut cur = Some(graph.target);
+    while let Some(n) = cur {
+        if let Some(chain) = hits.hit.get(&n) {
+            let (imported, store, chain) = (Arc::clone(imported), store.clone(), chain.clone());
+            return Some(tokio::spawn(async move {
+                if let Err(error) = imported.ensure_layers(&store, &chain).await {
+                    tracing::debug!(%error, "prefetch failed");
+                }
+            }));
+        }
+        cur = match &graph.nodes[n].op {
+            Op::Exec(x) => Some(x.root),
+            Op::File(f) => Some(f.root),
+            Op::Source(_) => None,
+        };
+    }
+    None
+}
+
 /// The steps of a build, from its keys and results.
 pub(crate) fn steps(
     graph: &BuildGraph,
