@@ -55,3 +55,55 @@ pub fn attach(store: &Store, image: &Image, records: &[ExportRecord]) -> Result<
         config: image.config.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Digest, ImageConfig, Platform};
+    use crate::snapshot::CommitOptions;
+
+    #[test]
+    fn only_records_on_the_image_layers_go_inline() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let mut chain = Vec::new();
+        for name in ["a", "b"] {
+            let upper = store.temp_dir("upper").unwrap();
+            std::fs::write(upper.path().join(name), name).unwrap();
+            let layer = store
+                .commit_layer(
+                    upper.path(),
+                    &CommitOptions {
+                        clamp_mtime: Some(0),
+                    },
+                )
+                .unwrap()
+                .expect("a file makes a layer");
+            chain.push(layer.diff_id);
+        }
+        let mut config = ImageConfig::empty(&Platform::host());
+        config.rootfs.diff_ids = chain.clone();
+        let image = store.write_image(&config).unwrap();
+        let rec = |k: &[u8], c: Vec<Digest>| ExportRecord {
+            key: Digest::of(k),
+            parent: None,
+            chain: c,
+        };
+        let records = [
+            rec(b"first", chain[..1].to_vec()),
+            rec(b"second", chain.clone()),
+            rec(b"other stage", vec![chain[1].clone()]),
+        ];
+        let inline = attach(&store, &image, &records).unwrap();
+        assert_ne!(inline.manifest_digest, image.manifest_digest);
+        assert_eq!(inline.config, image.config);
+        let stored: serde_json::Value =
+            serde_json::from_slice(&store.read_blob(&inline.config_digest).unwrap()).unwrap();
+        let cache: CacheConfig = serde_json::from_value(stored[INLINE_KEY].clone()).unwrap();
+        let keys: Vec<_> = cache.records.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(keys, vec![Digest::of(b"first"), Digest::of(b"second")]);
+        assert_eq!(cache.records[1].layers, vec![0, 1]);
+        // The stored image loads as a normal image.
+        assert_eq!(store.image(&inline.manifest_digest).unwrap().config, config);
+    }
+}
