@@ -159,8 +159,14 @@ fn fresh_runner_builds_from_registry_cache_with_zero_runs_and_same_digest() -> a
     let reg = Registry::start(t.dir.path())?;
     let cache = reg.reference("app/cache:main");
     let to = format!("type=registry,ref={cache},mode=max");
-    let first = build(&t, &["--cache-to", &to])?;
+    // The first CI run: the cache it imports does not exist yet, which is only a warning.
+    let first = build(&t, &["--cache-from", &cache, "--cache-to", &to])?;
     ensure!(executed_runs(&first.events).len() == 4, "{}", first.stderr);
+    ensure!(
+        first.stderr.contains("warning: cache not imported") && first.stderr.contains("not found"),
+        "{}",
+        first.stderr
+    );
 
     let fresh = fresh_runner(&t)?;
     let from = format!("type=registry,ref={cache}");
