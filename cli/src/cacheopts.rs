@@ -1,12 +1,13 @@
 //! `kiln build --cache-to` / `--cache-from` values (BuildKit's CSV syntax):
 //!
-//! - `type=registry,ref=REF[,mode=min|max][,mounts=true]` (`--cache-from` also takes a bare
-//!   `REF`);
+//! - `type=registry,ref=REF[,mode=min|max][,mounts=true][,compression=gzip|zstd]
+//!   [,compression-level=N]` (`--cache-from` also takes a bare `REF`);
 //! - `type=local,dest=DIR[,mode=..][,mounts=..]` / `type=local,src=DIR`: an OCI layout;
 //! - `type=inline` (`--cache-to` only): the records in the pushed image's config; import it
 //!   with `--cache-from type=registry,ref=IMAGE`.
 
 use anyhow::{Context as _, bail};
+use cache::compress::{Codec, Compression};
 use cache::reference::Reference;
 use cache::remote::import::Imported;
 use cache::remote::{CacheLocation, Mode};
@@ -28,6 +29,9 @@ pub enum CacheTo {
         mode: Mode,
         /// Export cache mount contents too.
         mounts: bool,
+        /// Layer compression (`compression=gzip|zstd`, `compression-level=N`); None: the
+        /// registry default (gzip 6).
+        compression: Option<Compression>,
     },
     /// `type=inline`.
     Inline,
@@ -98,13 +102,38 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
         Some(o) => bail!("`{spec}`: mode={o}: expected min or max"),
     };
     let mounts = flag(kv.remove("mounts"), "mounts", spec)?;
-    // BuildKit options kiln accepts and has no use for.
-    for k in [
-        "compression",
-        "compression-level",
-        "force-compression",
-        "oci-mediatypes",
-    ] {
+    let codec = match kv.remove("compression").as_deref() {
+        None => None,
+        Some("gzip") => Some(Codec::Gzip),
+        Some("zstd") => Some(Codec::Zstd),
+        Some(o) => bail!("`{spec}`: compression={o}: expected gzip or zstd"),
+    };
+    let level = match kv.remove("compression-level") {
+        None => None,
+        Some(l) => Some(
+            l.parse::<i32>()
+                .ok()
+                .filter(|l| (0..=22).contains(l))
+                .with_context(|| format!("`{spec}`: compression-level={l}: expected 0-22"))?,
+        ),
+    };
+    let compression = match (codec, level) {
+        (None, None) => None,
+        (c, l) => {
+            let codec = c.unwrap_or(Codec::Gzip);
+            let default = match codec {
+                Codec::Gzip => 6,
+                Codec::Zstd => 3,
+            };
+            Some(Compression {
+                codec,
+                level: l.unwrap_or(default),
+            })
+        }
+    };
+    // BuildKit options kiln accepts and has no use for (layers are always OCI media types
+    // and never recompressed once made).
+    for k in ["force-compression", "oci-mediatypes"] {
         kv.remove(k);
     }
     no_more(&kv, spec)?;
@@ -112,6 +141,7 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
         location,
         mode,
         mounts,
+        compression,
     })
 }
 
@@ -178,13 +208,17 @@ pub async fn export(
             location,
             mode,
             mounts,
+            compression,
         } = t
         else {
             continue;
         };
         let start = Instant::now();
         let plan = solved.export_plan(*mode, *mounts, store);
-        let opts = cfg.options()?;
+        let mut opts = cfg.options()?;
+        if let Some(c) = compression {
+            opts.compression = *c;
+        }
         let r = cache::remote::export::export(store, &plan, location, imported, &opts)
             .await
             .with_context(|| format!("exporting cache to {location}"))?;
@@ -248,6 +282,7 @@ mod tests {
             location: CacheLocation::Registry(r),
             mode,
             mounts,
+            compression: None,
         } = c
         else {
             panic!("{c:?}")
@@ -263,7 +298,8 @@ mod tests {
             CacheTo::Export {
                 location: CacheLocation::Layout("/tmp/c".into()),
                 mode: Mode::Min,
-                mounts: false
+                mounts: false,
+                compression: None,
             }
         );
         assert_eq!(parse_cache_to("type=inline").unwrap(), CacheTo::Inline);
@@ -275,6 +311,30 @@ mod tests {
             parse_cache_from("127.0.0.1:5000/app:cache").unwrap(),
             CacheLocation::Registry(_)
         ));
+    }
+
+    #[test]
+    fn compression_and_level() {
+        let c = |s: &str| match parse_cache_to(s).unwrap() {
+            CacheTo::Export { compression, .. } => compression,
+            CacheTo::Inline => panic!("{s}"),
+        };
+        let zstd = Some(Compression {
+            codec: Codec::Zstd,
+            level: 3,
+        });
+        assert_eq!(c("type=local,dest=d,compression=zstd"), zstd);
+        assert_eq!(
+            c("type=local,dest=d,compression-level=1"),
+            Some(Compression {
+                codec: Codec::Gzip,
+                level: 1
+            })
+        );
+        let e = parse_cache_to("type=local,dest=d,compression=lz4").unwrap_err();
+        assert!(e.to_string().contains("compression=lz4"), "{e}");
+        let e = parse_cache_to("type=local,dest=d,compression-level=x").unwrap_err();
+        assert!(e.to_string().contains("expected 0-22"), "{e}");
     }
 
     #[test]

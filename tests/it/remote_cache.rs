@@ -279,10 +279,8 @@ fn local_layout_cache_round_trips_and_skopeo_reads_it() -> anyhow::Result<()> {
     let t = project()?;
     let dir = t.dir.path().join("cache-layout");
     let d = dir.to_str().expect("utf-8 path");
-    let first = build(
-        &t,
-        &["--cache-to", &format!("type=local,dest={d},mode=max")],
-    )?;
+    let to = format!("type=local,dest={d},mode=max,compression=zstd");
+    let first = build(&t, &["--cache-to", &to])?;
 
     let raw = Command::new("skopeo")
         .args(["inspect", "--raw", &format!("oci:{d}:kiln-cache")])
@@ -291,7 +289,8 @@ fn local_layout_cache_round_trips_and_skopeo_reads_it() -> anyhow::Result<()> {
     let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout)?;
     ensure!(
         manifest["artifactType"] == "application/vnd.kiln.cache.v1"
-            && manifest["config"]["mediaType"] == "application/vnd.kiln.cache.config.v1+json",
+            && manifest["config"]["mediaType"] == "application/vnd.kiln.cache.config.v1+json"
+            && manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd",
         "{manifest}"
     );
     let cfg = Command::new("skopeo")
