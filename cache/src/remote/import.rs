@@ -174,7 +174,7 @@ impl Imported {
                     })?;
             let cache = &self.caches[*idx];
             let desc = layer.descriptor();
-            self.fetch_blob(store, cache, &desc).await?;
+            self.fetch_blob(store, cache, &desc, Some(diff_id)).await?;
             let location = cache.location.to_string();
             let (s, d, b) = (
                 store.clone(),
@@ -207,8 +207,16 @@ impl Imported {
         .map(drop)
     }
 
-    /// Makes blob `desc` of `cache` present in `store` (verified against its digest).
-    async fn fetch_blob(&self, store: &Store, cache: &Loaded, desc: &Descriptor) -> Result<()> {
+    /// Makes blob `desc` of `cache` present in `store` (verified against its digest). For a
+    /// layer (`diff_id`) from a registry, the snapshot is unpacked from the same bytes while
+    /// they arrive.
+    async fn fetch_blob(
+        &self,
+        store: &Store,
+        cache: &Loaded,
+        desc: &Descriptor,
+        diff_id: Option<&Digest>,
+    ) -> Result<()> {
         if store.has_blob(&desc.digest) {
             return Ok(());
         }
@@ -242,7 +250,7 @@ impl Imported {
                 // download, as pull does; a digest mismatch does not.
                 let mut attempt = 0u32;
                 loop {
-                    match download(store, client, repo, desc, &location).await {
+                    match download(store, client, repo, desc, diff_id, &location).await {
                         Ok(()) => break,
                         Err(e) if attempt < self.opts.retries && is_transient(&e) => {
                             tracing::debug!(digest = %desc.digest, error = %e, attempt, "retrying");
@@ -288,7 +296,7 @@ impl Imported {
             .chunks
             .iter()
             .cloned()
-            .map(|c| async move { self.fetch_blob(store, cache, &c).await });
+            .map(|c| async move { self.fetch_blob(store, cache, &c, None).await });
         futures_util::stream::iter(jobs)
             .buffer_unordered(self.opts.concurrency.max(1))
             .try_collect::<Vec<()>>()
@@ -347,16 +355,20 @@ impl Imported {
             .ok_or_else(|| RemoteError::Unavailable {
                 diff_id: desc.digest.clone(),
             })?;
-        self.fetch_blob(store, cache, desc).await
+        self.fetch_blob(store, cache, desc, None).await
     }
 }
 
-/// One download of `desc` from `repo` into the store, verified against its digest.
+/// One download of `desc` from `repo` into the store, verified against its digest. With
+/// `diff_id`, the same bytes also feed [`Store::unpack_layer`] on another thread (as pull does),
+/// so that unpacking overlaps the download; an unpack that fails here is left to the caller,
+/// which unpacks again from the verified blob.
 async fn download(
     store: &Store,
     client: &Client,
     repo: &str,
     desc: &Descriptor,
+    diff_id: Option<&Digest>,
     location: &str,
 ) -> Result<()> {
     let resp = client
@@ -366,37 +378,110 @@ async fn download(
             location: location.to_owned(),
             source: Box::new(source),
         })?;
-    let limit = desc.size;
-    let stream =
-        resp.bytes_stream()
-            .map_err(std::io::Error::other)
-            .scan(0u64, move |seen, chunk| {
-                // Never more than the descriptor announced.
-                let item = chunk.and_then(|c| {
-                    *seen += c.len() as u64;
-                    if *seen > limit {
-                        Err(std::io::Error::other("blob is larger than its descriptor"))
-                    } else {
-                        Ok(c)
-                    }
-                });
-                std::future::ready(Some(item))
-            });
-    let reader =
-        tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(Box::pin(stream)));
+    let task_err = |source| RemoteError::Task {
+        location: location.to_owned(),
+        source,
+    };
+    let (tx_blob, rx_blob) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
     let (s, d) = (store.clone(), desc.digest.clone());
-    tokio::task::spawn_blocking(move || s.ingest_blob(reader, Some(&d)))
-        .await
-        .map_err(|source| RemoteError::Task {
+    let ingest =
+        tokio::task::spawn_blocking(move || s.ingest_blob(ChannelReader::new(rx_blob), Some(&d)));
+    let (mut tx_tree, unpack) = match diff_id.filter(|d| !store.has_layer(d)) {
+        Some(want) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
+            let (s, want) = (store.clone(), want.clone());
+            let h = tokio::task::spawn_blocking(move || {
+                s.unpack_layer(ChannelReader::new(rx), Some(&want))
+            });
+            (Some(tx), Some(h))
+        }
+        None => (None, None),
+    };
+    let mut stream = resp.bytes_stream();
+    let (mut seen, mut net_error, mut too_long) = (0u64, None, false);
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                net_error = Some(e);
+                break;
+            }
+        };
+        seen += chunk.len() as u64;
+        if seen > desc.size {
+            // Never more than the descriptor announced.
+            too_long = true;
+            break;
+        }
+        // A closed tree channel means the unpacker stopped; the blob still gets every byte.
+        if let Some(t) = &tx_tree
+            && t.send(chunk.clone()).await.is_err()
+        {
+            tx_tree = None;
+        }
+        if tx_blob.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop((tx_blob, tx_tree));
+    let ingested = ingest.await.map_err(task_err)?;
+    if let Some(h) = unpack
+        && let Err(error) = h.await.map_err(task_err)?
+    {
+        tracing::debug!(digest = %desc.digest, %error, "streamed unpack failed");
+    }
+    if let Some(source) = net_error {
+        return Err(RemoteError::Client {
             location: location.to_owned(),
-            source,
-        })?
-        .map_err(|source| RemoteError::Store {
+            source: Box::new(ClientError::Network {
+                registry: client.registry().to_owned(),
+                what: format!("GET blob {}", desc.digest),
+                source,
+            }),
+        });
+    }
+    let store_err = |source| RemoteError::Store {
+        location: location.to_owned(),
+        digest: desc.digest.clone(),
+        source: Box::new(source),
+    };
+    if too_long {
+        return Err(RemoteError::TooLarge {
             location: location.to_owned(),
             digest: desc.digest.clone(),
-            source: Box::new(source),
-        })?;
-    Ok(())
+            size: desc.size,
+        });
+    }
+    ingested.map(drop).map_err(store_err)
+}
+
+/// A blocking reader over chunks sent from async code.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Worth another attempt: a transient registry answer, or an I/O error while the body

@@ -122,6 +122,16 @@ pub enum RemoteError {
         /// What came.
         actual: Digest,
     },
+    /// A blob is larger than its descriptor says (the download was stopped).
+    #[error("cache {location}: blob {digest} is larger than its descriptor's {size} bytes")]
+    TooLarge {
+        /// The cache.
+        location: String,
+        /// The blob.
+        digest: Digest,
+        /// The descriptor's size.
+        size: u64,
+    },
     /// A file of an OCI layout could not be read or written.
     #[error("cache {location}: {op} {}", path.display())]
     Io {
