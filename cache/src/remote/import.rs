@@ -388,10 +388,15 @@ async fn download(
         tokio::task::spawn_blocking(move || s.ingest_blob(ChannelReader::new(rx_blob), Some(&d)));
     let (mut tx_tree, unpack) = match diff_id.filter(|d| !store.has_layer(d)) {
         Some(want) => {
+            // Decompression gets its own thread, so that it overlaps hashing and writing the
+            // tree instead of adding to them.
             let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
+            let (tx_plain, rx_plain) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+            // Detached: it ends when its input ends or the unpacker stops reading.
+            let _inflate = tokio::task::spawn_blocking(move || inflate(rx, &tx_plain));
             let (s, want) = (store.clone(), want.clone());
             let h = tokio::task::spawn_blocking(move || {
-                s.unpack_layer(ChannelReader::new(rx), Some(&want))
+                s.unpack_layer(ChannelReader::new(rx_plain), Some(&want))
             });
             (Some(tx), Some(h))
         }
@@ -453,6 +458,41 @@ async fn download(
         });
     }
     ingested.map(drop).map_err(store_err)
+}
+
+/// Decompresses (gzip, zstd or plain, by magic bytes) the chunks of `rx` into 1 MiB chunks on
+/// `tx`. Errors end the stream early: the unpacker then fails, and the caller unpacks again
+/// from the verified blob.
+fn inflate(
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) {
+    use std::io::Read as _;
+    let Ok((mut r, _)) = crate::snapshot::decompress(ChannelReader::new(rx)) else {
+        return;
+    };
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::debug!(%error, "streamed decompression failed");
+                    return;
+                }
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        buf.truncate(n);
+        if tx.blocking_send(bytes::Bytes::from(buf)).is_err() {
+            return;
+        }
+    }
 }
 
 /// A blocking reader over chunks sent from async code.
