@@ -514,3 +514,55 @@ fn export_mounts_layers_already_pushed_to_a_sibling_repository() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[test]
+fn a_corrupted_cache_blob_fails_the_build_and_leaves_no_layer() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry"]) {
+        return Ok(());
+    }
+    let t = project()?;
+    let reg = Registry::start(t.dir.path())?;
+    let cache = reg.reference("bad/cache:main");
+    build(
+        &t,
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    )?;
+    // Flip bytes in the middle of every gzip blob the registry stores (same size).
+    let mut corrupted = 0;
+    let mut stack = vec![t.dir.path().join("registry-data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "data") {
+                let mut bytes = std::fs::read(&p)?;
+                if bytes.starts_with(&[0x1f, 0x8b]) && bytes.len() > 64 {
+                    let mid = bytes.len() / 2;
+                    for b in &mut bytes[mid..mid + 8] {
+                        *b ^= 0xff;
+                    }
+                    std::fs::write(&p, bytes)?;
+                    corrupted += 1;
+                }
+            }
+        }
+    }
+    ensure!(corrupted > 0, "no gzip blob found in the registry storage");
+
+    let fresh = fresh_runner(&t)?;
+    let before = snapshots(&fresh);
+    let ctx = fresh.ctx.to_str().expect("utf-8 path");
+    let out = fresh.kiln(&["build", "--progress", "plain", "--cache-from", &cache, ctx]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("digest mismatch") && err.contains("remote cache"),
+        "{}",
+        text(&out)
+    );
+    ensure!(
+        snapshots(&fresh) == before,
+        "a corrupted layer became a snapshot"
+    );
+    Ok(())
+}
