@@ -4,6 +4,7 @@ use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// `kiln build` flags.
 #[derive(Debug, clap::Args)]
@@ -60,6 +61,14 @@ pub struct BuildArgs {
     /// `Dockerfile:LINE:COL: [rule] message` and exit non-zero on an error.
     #[arg(long)]
     check: bool,
+    /// Export the build cache: `type=registry,ref=REF[,mode=min|max][,mounts=true]`,
+    /// `type=local,dest=DIR[,...]` (an OCI layout) or `type=inline`; may be repeated.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Import a build cache: `type=registry,ref=REF`, `REF`, or `type=local,src=DIR`; may be
+    /// repeated (the first that has a step wins). Layers are downloaded only when needed.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
     /// The build context directory.
     context: PathBuf,
 }
@@ -153,6 +162,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
+    let cache_to = a
+        .cache_to
+        .iter()
+        .map(|s| crate::cacheopts::parse_cache_to(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_from = a
+        .cache_from
+        .iter()
+        .map(|s| crate::cacheopts::parse_cache_from(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
     reg_cfg.progress = !matches!(a.progress, Mode::Rawjson);
@@ -213,7 +232,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if let Err(e) = store.clean_stale_tmp() {
         tracing::warn!(error = %e, "stale temp entries not removed");
     }
-    let image = rt.block_on(async {
+    let imported = match cache_from.is_empty() || a.no_cache {
+        true => None,
+        false => Some(rt.block_on(crate::cacheopts::import(&cache_from, &reg_cfg))?),
+    };
+    let solved = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
         let mut renderer = Renderer::new(a.progress);
         let render = async move {
@@ -230,8 +253,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             }
             misses
         };
-        let solver = solver::Solver::new(store.clone(), solve_opts);
-        let (image, misses) = tokio::join!(solver.solve(&graph, tx), render);
+        let mut solver = solver::Solver::new(store.clone(), solve_opts);
+        if let Some(i) = &imported {
+            solver = solver.with_cache_from(Arc::clone(i));
+        }
+        let (solved, misses) = tokio::join!(solver.solve_steps(&graph, tx), render);
         if a.explain {
             use std::io::Write as _;
             let mut err = std::io::stderr().lock();
@@ -240,8 +266,20 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                 let _ = writeln!(err, "  {m}");
             }
         }
-        anyhow::Ok(image?)
+        anyhow::Ok(solved?)
     })?;
+    let image = if cache_to.contains(&crate::cacheopts::CacheTo::Inline) {
+        crate::cacheopts::attach_inline(&store, &solved)?
+    } else {
+        solved.image.clone()
+    };
+    if let Some(i) = imported.as_deref().filter(|i| !i.is_empty()) {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "remote cache: {} layers downloaded",
+            i.fetched()
+        );
+    }
     for t in &a.tags {
         store
             .tag(t, &image.manifest_digest)
@@ -261,6 +299,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             writeln!(std::io::stdout().lock(), "{digest}")?;
         }
     }
+    rt.block_on(crate::cacheopts::export(
+        &store,
+        &cache_to,
+        &solved,
+        imported.as_deref(),
+        &reg_cfg,
+    ))?;
     drop(lock);
     Ok(())
 }

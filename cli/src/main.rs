@@ -3,6 +3,7 @@
 
 mod bases;
 mod build;
+mod cacheopts;
 mod check;
 mod containers;
 mod images;

@@ -8,6 +8,8 @@
 //! - [`progress`]: the events the solver emits while it runs (the cli renders them).
 //! - [`ops`]: the real runner ([`Solver`]): cache lookups, sandboxed RUN/COPY, layer commits
 //!   and the final image.
+//! - [`remote`]: remote cache hooks: the steps a build exports, lazy fetching of imported
+//!   layers and cache mounts.
 //! - [`run`]: the sandbox spec of a `kiln run` container.
 //! - [`fetch`] and [`git`]: ADD of http(s) URLs and of git repositories.
 //! - [`mounts`]: RUN --mount on the host side (cache dirs, secrets, ssh agent proxies, bind
@@ -25,6 +27,7 @@ pub mod key;
 pub mod mounts;
 pub mod ops;
 pub mod progress;
+pub mod remote;
 pub mod run;
 pub mod sched;
 

@@ -130,6 +130,11 @@ impl std::fmt::Debug for MountContext<'_> {
     }
 }
 
+/// `KILN_ROOT/cachemounts/<name>`: the directory of cache mount `id` (it may not exist).
+pub fn cache_dir_path(root: &Path, id: &str) -> PathBuf {
+    root.join("cachemounts").join(cache_dir_name(id))
+}
+
 /// A cache id as a single safe file name (ids may contain `/`).
 fn cache_dir_name(id: &str) -> String {
     let mut s: String = id

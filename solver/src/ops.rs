@@ -18,10 +18,12 @@ use crate::graph::{
 };
 use crate::key::{self, SourceMeta};
 use crate::progress::{self, EventKind, Stream};
+use crate::remote::Solved;
 use crate::sched::{self, OpRunner, SchedError};
 use cache::image::Image;
 use cache::oci::{Digest, History, ImageConfig};
 use cache::records::CacheRecord;
+use cache::remote::import::Imported;
 use cache::snapshot::CommitOptions;
 use cache::statcache::{StatCache, StatKey};
 use cache::store::{Store, StoreError};
@@ -230,6 +232,15 @@ pub enum SolveError {
         #[source]
         source: std::io::Error,
     },
+    /// A layer or cache mount of an imported remote cache could not be fetched.
+    #[error("{at}: remote cache")]
+    RemoteCache {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: Box<cache::remote::RemoteError>,
+    },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
     Unsupported {
@@ -273,12 +284,24 @@ pub struct NodeResult {
 pub struct Solver {
     store: Store,
     opts: SolveOptions,
+    /// `--cache-from`: records beyond the local ones, their layers fetched when needed.
+    remote: Option<Arc<Imported>>,
 }
 
 impl Solver {
     /// A solver over `store`.
     pub fn new(store: Store, opts: SolveOptions) -> Solver {
-        Solver { store, opts }
+        Solver {
+            store,
+            opts,
+            remote: None,
+        }
+    }
+
+    /// Also looks keys up in `imported` (after the local records; see [`crate::remote`]).
+    pub fn with_cache_from(mut self, imported: Arc<Imported>) -> Solver {
+        self.remote = Some(imported);
+        self
     }
 
     /// Runs the nodes the target needs and writes the image (not tagged).
@@ -289,6 +312,17 @@ impl Solver {
         graph: &BuildGraph,
         events: progress::Sender,
     ) -> Result<Image, SolveError> {
+        self.solve_steps(graph, events).await.map(|s| s.image)
+    }
+
+    /// [`Solver::solve`], also returning every step's key and result (for a cache export).
+    ///
+    /// Fails as [`Solver::solve`] does.
+    pub async fn solve_steps(
+        &self,
+        graph: &BuildGraph,
+        events: progress::Sender,
+    ) -> Result<Solved, SolveError> {
         let mut graph = graph.clone();
         if let Some((n, id)) = crate::mounts::missing_ssh(&graph, &self.opts.ssh) {
             let node = &graph.nodes[n];
@@ -351,15 +385,40 @@ impl Solver {
         let runner = Arc::new(Runner {
             store: self.store.clone(),
             graph: Arc::clone(&graph),
-            keys,
+            keys: keys.clone(),
             clamps,
             reasons,
             opts: self.opts.clone(),
             events,
             changed: Mutex::default(),
+            remote: self.remote.clone(),
         });
         let t = std::time::Instant::now();
-        let done = sched::schedule(&graph, runner, self.opts.jobs)
+        // A cache hit needs only its root: the stages it copies from are not run (and, when
+        // they come from a remote cache, not downloaded).
+        // A step under `--no-cache-filter`, or built on one, is never a hit up front: whether it
+        // may keep its record is known only after the filtered step re-ran.
+        let mut forced = vec![false; graph.nodes.len()];
+        for n in graph.reachable() {
+            forced[n] = runner.filtered(n).is_some()
+                || graph.nodes[n].op.inputs().iter().any(|&i| forced[i]);
+        }
+        let hits = crate::remote::hits(&graph, |n| {
+            if forced[n] {
+                return None;
+            }
+            let key = runner.keys[n].as_ref()?;
+            runner.cached(n, key).ok().flatten()
+        });
+        for &n in &hits.skipped {
+            for kind in [EventKind::Started, EventKind::Cached, EventKind::Done] {
+                runner.emit(n, kind);
+            }
+        }
+        let prefetch = (self.remote.as_ref())
+            .and_then(|r| crate::remote::prefetch(r, &self.store, &graph, &hits));
+        let inputs_of = |n| hits.inputs_of(&graph, n);
+        let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of)
             .await
             .map_err(|e| match e {
                 SchedError::Op(e) => e,
@@ -372,11 +431,31 @@ impl Solver {
             })?;
         tracing::debug!(elapsed = ?t.elapsed(), "steps done");
         let config = final_config(&graph, &done);
+        if let Some(p) = prefetch {
+            let _ = p.await;
+        }
+        if let Some(r) = &self.remote {
+            r.ensure_layers(&self.store, &config.rootfs.diff_ids)
+                .await
+                .map_err(|source| SolveError::RemoteCache {
+                    at: location(&self.opts, &graph.nodes[graph.target]),
+                    source: Box::new(source),
+                })?;
+        }
+        let (steps, cache_mounts) = crate::remote::steps(&graph, &keys, &done, &hits);
+        if self.remote.is_some() {
+            crate::remote::record_locally(&self.store, &steps);
+        }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.write_image(&config))
+        let image = tokio::task::spawn_blocking(move || store.write_image(&config))
             .await
             .expect("write_image does not panic")
-            .map_err(SolveError::Image)
+            .map_err(SolveError::Image)?;
+        Ok(Solved {
+            image,
+            steps,
+            cache_mounts,
+        })
     }
 }
 
@@ -704,6 +783,7 @@ struct Runner {
     /// Steps re-run by `--no-cache-filter` (or after one) whose result differs from their
     /// previous record: the steps that use them cannot trust their own records.
     changed: Mutex<HashSet<NodeId>>,
+    remote: Option<Arc<Imported>>,
 }
 
 impl Runner {
@@ -772,9 +852,11 @@ impl Runner {
                 at: at(),
                 source: Box::new(source),
             })?;
-        Ok(rec
+        let local = rec
             .filter(|r| r.layers.iter().all(|d| self.store.has_layer(d)))
-            .map(|r| r.layers))
+            .map(|r| r.layers);
+        // An imported record's layers are fetched only when read (crate::remote).
+        Ok(local.or_else(|| Some(self.remote.as_ref()?.lookup(key)?.to_vec())))
     }
 
     fn exec_spec(
@@ -1166,6 +1248,14 @@ impl Runner {
                 bytes: format!("{}{why}\n", explain::PREFIX).into_bytes(),
             },
         );
+        if let Some(r) = &self.remote {
+            crate::remote::materialize(r, &self.store, &self.graph, n, root, &inputs)
+                .await
+                .map_err(|source| SolveError::RemoteCache {
+                    at: location(&self.opts, node),
+                    source: Box::new(source),
+                })?;
+        }
         let result = self.build(n, key, root, &inputs).await?;
         if previous.is_some_and(|p| p.layers != result.chain) {
             self.changed.lock().expect("not poisoned").insert(n);

@@ -11,5 +11,6 @@ mod frontend_features;
 mod harness;
 mod network;
 mod registry;
+mod remote_cache;
 mod save;
 mod sources;

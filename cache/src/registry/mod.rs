@@ -32,9 +32,10 @@ pub mod client;
 mod layer;
 mod pull;
 mod push;
-mod record;
+pub(crate) mod record;
 
 pub use pull::{PullError, Pulled, pull, pull_image};
+pub(crate) use push::push_blob;
 pub use push::{PushError, push};
 
 use crate::compress::{Codec, Compression};

@@ -163,7 +163,7 @@ pub async fn push(
 
 /// Makes the registry have `desc` in `repo`: HEAD, else mount from `from`, else a streamed
 /// upload. Retried as a whole on transient errors (a new upload session each time).
-async fn push_blob(
+pub(crate) async fn push_blob(
     store: &Store,
     client: &Client,
     repo: &str,
