@@ -160,13 +160,13 @@ pub enum InitError {
     /// The command was not found.
     #[error("{cmd}: executable file not found in $PATH")]
     NotFound {
-        /// argv[0].
+        /// `argv[0]`.
         cmd: String,
     },
     /// execve failed.
     #[error("exec {cmd}")]
     Exec {
-        /// argv[0].
+        /// `argv[0]`.
         cmd: String,
         /// Cause.
         #[source]
