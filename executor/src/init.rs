@@ -96,6 +96,15 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
+    /// The network namespace to join could not be entered.
+    #[error("joining network namespace {path}")]
+    JoinNetns {
+        /// The namespace file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// The overlay root could not be mounted.
     #[error("mounting overlay root (upper {upper}, {lowers} lower dirs)")]
     Overlay {
@@ -329,6 +338,18 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let mut flags = UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
     if spec.network == Network::Loopback {
         flags |= UnshareFlags::NEWNET;
+    }
+    if let Network::Join { netns, .. } = &spec.network {
+        let fd = rustix::fs::open(netns, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| file_err(netns)(e.into()))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&fd),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| InitError::JoinNetns {
+            path: netns.clone(),
+            source: e.into(),
+        })?;
     }
     sys::unshare(flags).map_err(ns_err("unsharing namespaces"))?;
     rustix::system::sethostname(spec.hostname.as_bytes()).map_err(ns_err("setting hostname"))?;

@@ -26,13 +26,23 @@ pub struct Rootfs {
 }
 
 /// Network namespace of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Network {
     /// A new network namespace with only `lo`, which is brought up.
     #[default]
     Loopback,
     /// The host's network namespace.
     Host,
+    /// An existing network namespace (a bridge-attached one from `net`), joined with `setns`;
+    /// `lo` and the links in it are left as they are.
+    Join {
+        /// A bind-mounted namespace file (`/run/kiln/netns/<id>`) or `/proc/<pid>/ns/net`.
+        netns: PathBuf,
+        /// Contents of the sandbox's /etc/hosts.
+        hosts: String,
+        /// Contents of the sandbox's /etc/resolv.conf.
+        resolv_conf: String,
+    },
 }
 
 /// A process to run in a sandbox.
