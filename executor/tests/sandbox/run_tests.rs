@@ -81,6 +81,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "run_joins_an_existing_network_namespace",
         run_joins_an_existing_network_namespace,
     ),
+    (
+        "run_signals_to_init_reach_pid_1",
+        run_signals_to_init_reach_pid_1,
+    ),
 ];
 
 fn busybox() -> Vec<PathBuf> {
@@ -522,5 +526,32 @@ fn run_joins_an_existing_network_namespace() -> Result<()> {
         err.starts_with("kiln: /run/netns/kiln-no-such-ns: "),
         "{err}"
     );
+    Ok(())
+}
+
+fn run_signals_to_init_reach_pid_1() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let layer = Layer::new()?;
+    let spec = sh(
+        &layer,
+        busybox(),
+        "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+    );
+    let exe = std::env::current_exe()?;
+    let mut child = executor::sandbox::command(&exe, &executor::spec::InitSpec::Run(spec))?
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    ensure_eq!(line, "ready\n");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    let status = child.wait()?;
+    line.clear();
+    out.read_line(&mut line)?;
+    ensure_eq!(line, "got-term\n");
+    ensure_eq!(status.code(), Some(7));
     Ok(())
 }
