@@ -1,9 +1,9 @@
 //! One registry operation per process, for bench/registry.sh (which measures time and peak
 //! RSS around it). Ignored by `cargo test`; the script runs it with `--ignored --exact`.
 //!
-//! Environment: KILN_BENCH_OP (`make`, `save`, `push`, `pull`), KILN_BENCH_ROOT (the store),
+//! Environment: KILN_BENCH_OP (`make`, `save`, `push`, `pull`, `unpack`, `ingest`), KILN_BENCH_ROOT (the store),
 //! KILN_BENCH_REF (registry reference, push/pull), KILN_BENCH_SIZE_MIB (make),
-//! KILN_BENCH_OUT (save: the tar to write).
+//! KILN_BENCH_OUT (save: the tar to write), KILN_BENCH_BLOB (unpack, ingest: the input file).
 
 use cache::oci::{ImageConfig, Platform};
 use cache::reference::Reference;
@@ -100,6 +100,18 @@ fn registry_bench_op() {
                 .block_on(registry::pull(&store, &r, &Platform::host(), &opts))
                 .unwrap();
             println!("pulled {}", image.manifest_digest);
+        }
+        "unpack" => {
+            // The unpack half of a pull alone: a (compressed) layer file into the store.
+            let f = std::fs::File::open(env("KILN_BENCH_BLOB")).unwrap();
+            let layer = store.unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), None).unwrap();
+            println!("unpacked {}", layer.diff_id);
+        }
+        "ingest" => {
+            // The download half's disk side: hash and store a blob.
+            let f = std::fs::File::open(env("KILN_BENCH_BLOB")).unwrap();
+            let (d, n) = store.ingest_blob(std::io::BufReader::with_capacity(1 << 20, f), None).unwrap();
+            println!("ingested {d} {n}");
         }
         other => panic!("unknown KILN_BENCH_OP {other}"),
     }

@@ -1,10 +1,263 @@
-//! The `kiln` binary: argument parsing and output only.
+//! The `kiln` binary: argument parsing, output and exit codes. All the work happens in the
+//! library crates; this file only wires them together.
 
-// Wired into clap by the integration engineer; until then only its tests use it.
-#[allow(dead_code)]
+mod build;
+mod images;
 mod registry;
+mod render;
+mod run;
 
-fn main() {
-    eprintln!("kiln: not yet implemented");
-    std::process::exit(2);
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::io::Write as _;
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0    success
+  1    a build or command failed, or the command line was wrong
+  125  `kiln run`: kiln itself failed (image not found, sandbox setup)
+  N    `kiln run`: the container's own exit status (128+N when killed by signal N)
+A closed stdout (broken pipe) exits 0.
+
+Environment:
+  KILN_ROOT  the store (default: /var/lib/kiln as root, $XDG_DATA_HOME/kiln otherwise)";
+
+/// kiln: a daemonless container image builder.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build an image from a Dockerfile.
+    Build(build::BuildArgs),
+    /// Import a root filesystem tarball as a one-layer image.
+    Import(images::ImportArgs),
+    /// List images.
+    Images,
+    /// Show an image as JSON.
+    Inspect {
+        /// Image name or id.
+        name: String,
+    },
+    /// Give an image another name.
+    Tag {
+        /// Existing image.
+        source: String,
+        /// New name.
+        target: String,
+    },
+    /// Remove an image name.
+    Rmi {
+        /// Image names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Write images to a tar (OCI layout plus docker-archive manifest.json).
+    Save {
+        /// Images.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Run a command in a new container.
+    Run(run::RunArgs),
+    /// Pull an image from a registry.
+    Pull {
+        /// Image reference (`busybox`, `registry:5000/app:1`, `name@sha256:...`).
+        reference: String,
+        /// Platform to pick from a multi-platform image (`linux/amd64`).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Allow plain HTTP to this registry (`host:port`); may be repeated.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
+    /// Push an image to a registry.
+    Push {
+        /// Local image.
+        name: String,
+        /// Destination reference (default: NAME).
+        dest: Option<String>,
+        /// Allow plain HTTP to this registry (`host:port`); may be repeated.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
+    /// Save registry credentials.
+    Login {
+        /// Registry host (default: docker.io).
+        registry: Option<String>,
+        /// User name.
+        #[arg(short, long)]
+        username: String,
+        /// Password (prefer --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Allow plain HTTP to this registry (`host:port`); may be repeated.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
+    /// Remove saved registry credentials.
+    Logout {
+        /// Registry host (default: docker.io).
+        registry: Option<String>,
+    },
+    /// Internal: the sandbox init process.
+    #[command(name = "__init", hide = true)]
+    Init {
+        /// The spec, as JSON.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The store root: KILN_ROOT, else /var/lib/kiln as root, else the XDG data dir.
+fn kiln_root() -> anyhow::Result<PathBuf> {
+    if let Some(r) = std::env::var_os("KILN_ROOT").filter(|r| !r.is_empty()) {
+        return Ok(PathBuf::from(r));
+    }
+    if rustix::process::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/kiln"));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|r| !r.is_empty()) {
+        return Ok(PathBuf::from(x).join("kiln"));
+    }
+    let home =
+        std::env::var_os("HOME").context("neither KILN_ROOT, XDG_DATA_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/kiln"))
+}
+
+fn open_store() -> anyhow::Result<cache::store::Store> {
+    let root = kiln_root()?;
+    cache::store::Store::open(&root)
+        .with_context(|| format!("opening the store at {}", root.display()))
+}
+
+/// True when `e`'s chain holds a broken pipe (stdout closed by the reader).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+        let json = c
+            .downcast_ref::<serde_json::Error>()
+            .and_then(serde_json::Error::io_error_kind);
+        io.or(json) == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn main() -> ExitCode {
+    // The sandbox init runs before anything else: single-threaded, no clap, no runtime.
+    if std::env::args().nth(1).as_deref() == Some("__init") {
+        executor::init::main(std::env::args().collect());
+    }
+    let cli = Cli::parse();
+    if std::env::var_os("KILN_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let is_run = matches!(cli.command, Command::Run(_));
+    let result = dispatch(cli.command);
+    match result {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed stderr leaves only the exit status to tell.
+            let _ = writeln!(std::io::stderr().lock(), "error: {e:#}");
+            ExitCode::from(if is_run { 125 } else { 1 })
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn print_line(s: &str) -> anyhow::Result<ExitCode> {
+    writeln!(std::io::stdout().lock(), "{s}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Build(a) => build::build(a).map(|()| ExitCode::SUCCESS),
+        Command::Import(a) => images::import(a).map(|()| ExitCode::SUCCESS),
+        Command::Images => images::list().map(|()| ExitCode::SUCCESS),
+        Command::Inspect { name } => images::inspect(&name).map(|()| ExitCode::SUCCESS),
+        Command::Tag { source, target } => {
+            images::tag(&source, &target).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Rmi { names } => images::rmi(&names).map(|()| ExitCode::SUCCESS),
+        Command::Save { names, output } => {
+            images::save(&names, &output).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Run(a) => run::run(a),
+        Command::Pull {
+            reference,
+            platform,
+            insecure,
+        } => {
+            let store = open_store()?;
+            let cfg = registry::RegistryConfig::from_env(&insecure);
+            let image = runtime()?.block_on(async {
+                let _lock = store.lock_shared().context("locking the store")?;
+                registry::pull(&store, &reference, platform.as_deref(), &cfg).await
+            })?;
+            print_line(&image.manifest_digest.to_string())
+        }
+        Command::Push {
+            name,
+            dest,
+            insecure,
+        } => {
+            let store = open_store()?;
+            let cfg = registry::RegistryConfig::from_env(&insecure);
+            let digest =
+                runtime()?.block_on(registry::push(&store, &name, dest.as_deref(), &cfg))?;
+            print_line(&digest.to_string())
+        }
+        Command::Login {
+            registry: host,
+            username,
+            password,
+            password_stdin,
+            insecure,
+        } => {
+            let password = match (password, password_stdin) {
+                (Some(p), false) => p,
+                (None, true) => registry::read_password_stdin()?,
+                (Some(_), true) => anyhow::bail!("--password and --password-stdin are exclusive"),
+                (None, false) => {
+                    anyhow::bail!("give the password with --password-stdin (or --password)")
+                }
+            };
+            let cfg = registry::RegistryConfig::from_env(&insecure);
+            runtime()?.block_on(registry::login(&cfg, host.as_deref(), &username, &password))?;
+            print_line("Login Succeeded")
+        }
+        Command::Logout { registry: host } => {
+            let cfg = registry::RegistryConfig::from_env(&[]);
+            let removed = registry::logout(&cfg, host.as_deref())?;
+            let name = registry::registry_host(host.as_deref());
+            print_line(&if removed {
+                format!("Removing login credentials for {name}")
+            } else {
+                format!("Not logged in to {name}")
+            })
+        }
+        Command::Init { .. } => executor::init::main(std::env::args().collect()),
+    }
 }

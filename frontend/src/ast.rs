@@ -658,9 +658,12 @@ fn node_from_line(
                 Args::Sub(Box::new(child))
             }
         }
-        // Unknown instructions are kept without arguments; `instructions` rejects them with
-        // a suggestion (BuildKit's parser does the same split).
-        _ => Args::Words(Vec::new()),
+        // Unknown instructions keep one empty argument, as BuildKit's `parseIgnore` does;
+        // `instructions` rejects them with a suggestion.
+        _ => Args::Words(vec![Word {
+            value: String::new(),
+            span: span_of(0),
+        }]),
     };
     Ok(Node {
         keyword: keyword.to_owned(),

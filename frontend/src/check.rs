@@ -155,10 +155,10 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
                 None => (0..df.stages.len()).collect(),
             };
             for t in targets {
-                if let Err(e) = l.lower_target(t) {
-                    if !errors.contains(&e) {
-                        errors.push(e);
-                    }
+                if let Err(e) = l.lower_target(t)
+                    && !errors.contains(&e)
+                {
+                    errors.push(e);
                 }
             }
             let mut undefined = BTreeSet::new();

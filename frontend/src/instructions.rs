@@ -633,11 +633,14 @@ pub(crate) fn parse_instruction(node: &Node) -> Result<Instruction, Error> {
                 }
                 _ => {}
             }
-            let mut trigger = parse_instruction(child)?;
+            // Heredoc bodies are attached to the ONBUILD node; the trigger needs them.
+            let mut child = (**child).clone();
+            child.heredocs = node.heredocs.clone();
+            let mut trigger = parse_instruction(&child)?;
             trigger.end_line = node.end_line;
             // BuildKit stores the trigger text after `ONBUILD`, heredoc bodies appended.
             let mut expression = child.original.clone();
-            for h in &child.heredocs {
+            for h in &node.heredocs {
                 expression.push('\n');
                 expression.push_str(&h.content);
                 expression.push_str(&h.name);
@@ -954,6 +957,15 @@ mod tests {
             panic!("not onbuild")
         };
         assert_eq!(o.expression, "RUN make");
+        let df = parse("FROM a\nONBUILD RUN <<EOF\nhello\nEOF\n").expect("parses");
+        let Command::Onbuild(o) = &df.stages[0].instructions[0].command else {
+            panic!("not onbuild")
+        };
+        assert_eq!(o.expression, "RUN <<EOF\nhello\nEOF");
+        let Command::Run(r) = &o.trigger.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.cmd.heredocs.len(), 1);
     }
 
     #[test]

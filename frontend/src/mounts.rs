@@ -201,7 +201,8 @@ pub fn parse_mount(spec: &str, cwd: &str) -> Result<ParsedMount, ErrorKind> {
         _ => {}
     }
     // BuildKit joins a relative target onto WORKDIR, so an empty one means WORKDIR itself.
-    if !m.target.starts_with('/') && !(m.target.is_empty() && m.kind == MountType::Secret) {
+    let secret_without_target = m.target.is_empty() && m.kind == MountType::Secret;
+    if !m.target.starts_with('/') && !secret_without_target {
         m.target = clean_path(&format!("{cwd}/{}", m.target));
     }
     // BuildKit: bind mounts are read-only unless rw; cache and tmpfs are writable.

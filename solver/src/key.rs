@@ -474,7 +474,8 @@ mod tests {
         let g = sample();
         let content = content_digest(&[meta("src/main.rs", b"x")]);
         let base = keys_of(&g, &content);
-        let mut variants: Vec<Box<dyn Fn(&mut BuildGraph)>> = vec![
+        type Edit = Box<dyn Fn(&mut BuildGraph)>;
+        let mut variants: Vec<Edit> = vec![
             Box::new(|g| {
                 if let Op::Source(SourceOp::Image { manifest, .. }) = &mut g.nodes[0].op {
                     *manifest = Digest::of(b"other");

@@ -113,7 +113,7 @@ pub enum SolveError {
         message: String,
     },
     /// A COPY source is missing, ignored or outside the context.
-    #[error("{at}: {source}")]
+    #[error("{at}")]
     Source {
         /// The step.
         at: Location,
@@ -176,6 +176,18 @@ pub enum SolveError {
     Internal(#[source] SchedError<std::convert::Infallible>),
 }
 
+/// `e` and its sources, joined with `: ` (as anyhow's `{:#}` renders them).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 fn tail_text(tail: &[String]) -> String {
     tail.iter().map(|l| format!("\n{l}")).collect()
 }
@@ -187,8 +199,6 @@ pub struct NodeResult {
     pub chain: Vec<Digest>,
     /// Whether the node added a layer (false: its changes were empty).
     pub made_layer: bool,
-    /// The config of the base image (source nodes only).
-    pub base: Option<ImageConfig>,
 }
 
 /// Runs build graphs on a store.
@@ -247,19 +257,11 @@ impl Solver {
     }
 }
 
-/// The image config of the result: the target stage's base history, then the template's.
+/// The image config of the result: the template's config, whose history is the target's
+/// base image's (the frontend copies it), then one entry per template step.
 fn final_config(graph: &BuildGraph, done: &BTreeMap<NodeId, Arc<NodeResult>>) -> ImageConfig {
     let mut config = graph.image.config.clone();
-    // The source the target stage starts from: follow roots down.
-    let mut n = graph.target;
-    let base = loop {
-        match &graph.nodes[n].op {
-            Op::Source(_) => break done.get(&n).and_then(|r| r.base.clone()),
-            Op::Exec(x) => n = x.root,
-            Op::File(f) => n = f.root,
-        }
-    };
-    let mut history = base.map(|b| b.history).unwrap_or_default();
+    let mut history = std::mem::take(&mut config.history);
     for step in &graph.image.history {
         let made = step
             .layer
@@ -444,7 +446,6 @@ impl Runner {
             SourceOp::Scratch => Ok(NodeResult {
                 chain: vec![],
                 made_layer: false,
-                base: None,
             }),
             SourceOp::Image { manifest, .. } => {
                 let image = self
@@ -464,7 +465,6 @@ impl Runner {
                 Ok(NodeResult {
                     chain,
                     made_layer: false,
-                    base: Some(image.config),
                 })
             }
         }
@@ -726,11 +726,7 @@ impl Runner {
                 },
             )
             .map_err(store_err)?;
-        Ok(NodeResult {
-            chain,
-            made_layer,
-            base: None,
-        })
+        Ok(NodeResult { chain, made_layer })
     }
 
     async fn run_node(
@@ -751,11 +747,7 @@ impl Runner {
         if let Some(chain) = self.cached(n, key)? {
             self.emit(n, EventKind::Cached);
             let made_layer = chain.len() > root.chain.len();
-            return Ok(NodeResult {
-                chain,
-                made_layer,
-                base: None,
-            });
+            return Ok(NodeResult { chain, made_layer });
         }
         self.build(n, key, root, &inputs).await
     }
@@ -777,12 +769,7 @@ impl OpRunner for Runner {
                 Ok(Arc::new(r))
             }
             Err(e) => {
-                self.emit(
-                    n,
-                    EventKind::Error {
-                        message: e.to_string(),
-                    },
-                );
+                self.emit(n, EventKind::Error { message: chain(&e) });
                 Err(e)
             }
         }

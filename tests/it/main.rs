@@ -1,1 +1,9 @@
-//! kiln's end-to-end tests: one binary, each test with its own temp dir and KILN_ROOT.
+//! kiln's end-to-end tests: one binary, each test with its own temp dir and KILN_ROOT, running
+//! the real `kiln` (real namespaces, overlayfs, tar) on a busybox image built from
+//! /bin/busybox. Privileged tests skip with a reason, or fail when REQUIRE_PRIVILEGED_TESTS=1.
+
+mod build;
+mod errors;
+mod harness;
+mod registry;
+mod save;

@@ -32,6 +32,16 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
+    /// The upper dir uses an overlay feature whose on-disk form is not the file's content
+    /// (`metacopy` copies only metadata up, `redirect_dir` records renames in an xattr).
+    /// kiln mounts with both off; meeting one means the dir came from elsewhere.
+    #[error("{} carries overlay xattr `{xattr}`: mount overlays with metacopy=off,redirect_dir=off", path.display())]
+    OverlayFeature {
+        /// The file or directory.
+        path: PathBuf,
+        /// The xattr found.
+        xattr: String,
+    },
     /// A file's size changed while it was being copied into the tar.
     #[error("{} changed size while being committed", path.display())]
     FileChanged {
@@ -315,6 +325,12 @@ impl<W: Write> LayerWriter<W> {
         for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
             let value = get_xattr(path, name)?;
             if is_overlay_xattr(name) {
+                if name.ends_with(b".overlay.metacopy") || name.ends_with(b".overlay.redirect") {
+                    return Err(WriteError::OverlayFeature {
+                        path: path.clone(),
+                        xattr: String::from_utf8_lossy(name).into_owned(),
+                    });
+                }
                 if item.meta.is_dir() && name.ends_with(b".overlay.opaque") && value == b"y" {
                     opaque = true;
                 }

@@ -210,11 +210,15 @@ pub enum UploadStart {
     Session(String),
 }
 
-fn http_client() -> Result<reqwest::Client> {
+/// The HTTP client. For insecure registries (loopback or listed), TLS certificates are not
+/// verified either, as docker does: such a registry may serve https with a self-signed
+/// certificate, or plain http.
+fn http_client(insecure: bool) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(300))
+        .danger_accept_invalid_certs(insecure)
         .build()
         .map_err(ClientError::Setup)
 }
@@ -238,7 +242,8 @@ impl Client {
         creds: Option<Credentials>,
         cfg: &ClientConfig,
     ) -> Result<Client> {
-        let http = http_client()?;
+        let plain_allowed = allows_plain_http(registry, &cfg.insecure);
+        let http = http_client(plain_allowed)?;
         let api_host = if is_docker_hub(registry) {
             "registry-1.docker.io".to_owned()
         } else {
@@ -248,7 +253,7 @@ impl Client {
             http,
             registry: registry.to_owned(),
             api_host,
-            plain_allowed: allows_plain_http(registry, &cfg.insecure),
+            plain_allowed,
             base: tokio::sync::OnceCell::new(),
             creds,
             scopes,

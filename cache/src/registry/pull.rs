@@ -7,8 +7,6 @@ use crate::oci::{self, Digest, ImageConfig, ImageIndex, ImageManifest, Platform}
 use crate::reference::Reference;
 use crate::store::{Store, StoreError};
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use std::io::Read as _;
-use std::sync::{Arc, Mutex};
 
 /// Image configs larger than this are refused.
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
@@ -372,7 +370,12 @@ async fn fetch_config(
     })
 }
 
-/// Downloads one layer blob into the store (verified) and unpacks it (diff_id verified).
+/// Downloads one layer into the store: the compressed blob through
+/// [`Store::ingest_blob`] (digest verified) and, at the same time from the same bytes, the
+/// snapshot through [`Store::unpack_layer`] (diff_id verified). Doing both in one pass keeps a
+/// pull at the speed of the slower of download and unpack instead of their sum. Each store
+/// call verifies before it makes anything visible; the diff_id comes from the config, which
+/// was verified against the manifest, so a snapshot is trusted on its own.
 async fn fetch_layer(
     store: &Store,
     client: &Client,
@@ -398,97 +401,168 @@ async fn fetch_layer(
         reference: name.to_owned(),
         source,
     };
-    if !store.has_blob(digest) {
-        let ingested = client
-            .retry(|| async {
-                let resp = client.get_blob(repo, digest).await?;
-                // Network errors inside the byte stream surface to the store as I/O errors; keep
-                // the original so that they are retried as network errors, not reported as
-                // store failures.
-                let net_error: Arc<Mutex<Option<reqwest::Error>>> = Arc::default();
-                let seen = net_error.clone();
-                let total = desc.size;
-                let progress = opts.progress.clone();
-                let d = digest.clone();
-                let mut done = 0u64;
-                let stream = resp.bytes_stream().map(move |r| match r {
-                    Ok(b) => {
-                        let before = done;
-                        done += b.len() as u64;
-                        if let Some(p) = &progress
-                            && (done >> 20 != before >> 20 || done == total)
-                        {
-                            p(&Progress::Download {
-                                digest: d.clone(),
-                                done,
-                                total,
-                            });
-                        }
-                        Ok(b)
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        *seen.lock().expect("net_error mutex is never poisoned") = Some(e);
-                        Err(std::io::Error::other(msg))
-                    }
-                });
-                let reader =
-                    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-                let (store, expected) = (store.clone(), digest.clone());
-                // Read at most one byte more than announced: a longer body fails the digest
-                // check instead of filling the disk.
-                let limit = desc.size.saturating_add(1);
-                let result = tokio::task::spawn_blocking(move || {
-                    let reader = std::io::BufReader::with_capacity(1 << 20, reader).take(limit);
-                    store.ingest_blob(reader, Some(&expected))
-                })
-                .await;
-                match result {
-                    Ok(Err(_))
-                        if net_error
-                            .lock()
-                            .expect("net_error mutex is never poisoned")
-                            .is_some() =>
-                    {
-                        let source = net_error
-                            .lock()
-                            .expect("net_error mutex is never poisoned")
-                            .take()
-                            .expect("checked just above");
-                        Err(ClientError::Network {
-                            registry: client.registry().to_owned(),
-                            what: format!("GET blob {digest}"),
-                            source,
-                        })
-                    }
-                    other => Ok(other),
-                }
-            })
-            .await?;
-        let (_, size) = ingested.map_err(task_err)?.map_err(blob_err)?;
-        if size != desc.size {
-            return Err(PullError::Size {
-                reference: name.to_owned(),
-                digest: digest.clone(),
-                expected: desc.size,
-                actual: size,
-            });
-        }
+    if store.has_blob(digest) {
+        // Downloaded before (a pull that failed later): unpack the verified blob.
+        let path = store.blob_path(digest);
+        let f = std::fs::File::open(&path).map_err(|source| PullError::Open { path, source })?;
+        let (store2, want) = (store.clone(), diff_id.clone());
+        tokio::task::spawn_blocking(move || {
+            store2.unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), Some(&want))
+        })
+        .await
+        .map_err(task_err)?
+        .map_err(blob_err)?;
+    } else {
+        client
+            .retry(|| download_and_unpack(store, client, repo, desc, diff_id, name, opts))
+            .await??;
     }
-    let path = store.blob_path(digest);
-    let f = std::fs::File::open(&path).map_err(|source| PullError::Open { path, source })?;
-    let (store2, want) = (store.clone(), diff_id.clone());
-    tokio::task::spawn_blocking(move || {
-        store2.unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), Some(&want))
-    })
-    .await
-    .map_err(task_err)?
-    .map_err(blob_err)?;
     record::remember(store.root(), client.registry(), digest, repo);
     opts.report(Progress::Unpacked {
         digest: digest.clone(),
     });
     Ok(())
+}
+
+/// One download attempt. The outer error is a transient network error (retried); the inner
+/// one is final.
+async fn download_and_unpack(
+    store: &Store,
+    client: &Client,
+    repo: &str,
+    desc: &oci::Descriptor,
+    diff_id: &Digest,
+    name: &str,
+    opts: &RegistryOptions,
+) -> std::result::Result<Result<()>, ClientError> {
+    let digest = &desc.digest;
+    let resp = client.get_blob(repo, digest).await?;
+    let (tx_blob, rx_blob) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
+    let (tx_tree, rx_tree) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
+    let (s1, d) = (store.clone(), digest.clone());
+    let ingest =
+        tokio::task::spawn_blocking(move || s1.ingest_blob(ChannelReader::new(rx_blob), Some(&d)));
+    let (s2, want) = (store.clone(), diff_id.clone());
+    let unpack = tokio::task::spawn_blocking(move || {
+        s2.unpack_layer(
+            std::io::BufReader::with_capacity(1 << 20, ChannelReader::new(rx_tree)),
+            Some(&want),
+        )
+    });
+
+    let mut stream = resp.bytes_stream();
+    let (mut done, mut net_error, mut too_long) = (0u64, None, false);
+    let mut tree = Some(tx_tree);
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                net_error = Some(e);
+                break;
+            }
+        };
+        let before = done;
+        done += chunk.len() as u64;
+        if done > desc.size {
+            // Never more than announced: stop reading instead of filling the disk.
+            too_long = true;
+            break;
+        }
+        if let Some(p) = &opts.progress
+            && (done >> 20 != before >> 20 || done == desc.size)
+        {
+            p(&Progress::Download {
+                digest: digest.clone(),
+                done,
+                total: desc.size,
+            });
+        }
+        // The blob always gets the whole stream, so that its verdict is about the blob. A
+        // closed channel means that consumer stopped (failed, or the unpacker needs no more);
+        // its result is looked at below.
+        if let Some(t) = &tree
+            && t.send(chunk.clone()).await.is_err()
+        {
+            tree = None;
+        }
+        if tx_blob.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop((tx_blob, tree));
+    let task_err = |source| PullError::Task {
+        reference: name.to_owned(),
+        source,
+    };
+    let blob_err = |source| PullError::Blob {
+        reference: name.to_owned(),
+        digest: digest.clone(),
+        source,
+    };
+    let ingested = match ingest.await {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(task_err(e))),
+    };
+    let unpacked = match unpack.await {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(task_err(e))),
+    };
+    if let Some(source) = net_error {
+        return Err(ClientError::Network {
+            registry: client.registry().to_owned(),
+            what: format!("GET blob {digest}"),
+            source,
+        });
+    }
+    if too_long {
+        return Ok(Err(PullError::Size {
+            reference: name.to_owned(),
+            digest: digest.clone(),
+            expected: desc.size,
+            actual: done,
+        }));
+    }
+    Ok(match (ingested, unpacked) {
+        (Ok((_, size)), Ok(_)) if size != desc.size => Err(PullError::Size {
+            reference: name.to_owned(),
+            digest: digest.clone(),
+            expected: desc.size,
+            actual: size,
+        }),
+        (Ok(_), Ok(_)) => Ok(()),
+        // A blob that does not match its digest is the root cause of any unpack failure.
+        (Err(e), _) => Err(blob_err(e)),
+        (Ok(_), Err(u)) => Err(blob_err(u)),
+    })
+}
+
+/// A blocking reader over chunks sent from async code.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -483,3 +483,32 @@ fn remembered_compressed_blob_is_reused() {
     store.remember_compressed(&layer.diff_id, c, &desc).unwrap();
     assert_eq!(store.compressed_layer(&layer.diff_id, c).unwrap(), desc);
 }
+
+#[test]
+fn metacopy_upper_is_refused_not_committed_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let upper = store.temp_dir("upper").unwrap().into_path();
+    fs::write(upper.join("f"), b"").unwrap();
+    rustix::fs::lsetxattr(
+        upper.join("f"),
+        "user.overlay.metacopy",
+        b"",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let err = store
+        .commit_layer(&upper, &CommitOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Commit { source: cache::layer::writer::WriteError::OverlayFeature { xattr, .. }, .. } if xattr == "user.overlay.metacopy"),
+        "{err:?}"
+    );
+    assert!(upper.exists());
+    assert_eq!(
+        fs::read_dir(store.root().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -1,0 +1,198 @@
+//! Progress rendering: BuildKit-style plain lines, a small live view for terminals, and raw
+//! JSON events (one per line, for tests and tools). Everything goes to stderr.
+
+use solver::progress::{Event, EventKind, Stream};
+use std::collections::BTreeMap;
+use std::io::{self, IsTerminal, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `--progress` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// tty on a terminal, plain otherwise.
+    Auto,
+    /// Plain lines, BuildKit's format.
+    Plain,
+    /// A live view.
+    Tty,
+    /// One JSON object per event.
+    Rawjson,
+}
+
+impl Mode {
+    /// Resolves `auto` against stderr.
+    pub fn resolve(self) -> Mode {
+        match self {
+            Mode::Auto if io::stderr().is_terminal() => Mode::Tty,
+            Mode::Auto => Mode::Plain,
+            m => m,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Vertex {
+    number: usize,
+    name: String,
+    started: SystemTime,
+    finished: Option<SystemTime>,
+    state: &'static str,
+    partial: Vec<u8>,
+    last_line: String,
+}
+
+/// Renders events as they arrive.
+#[derive(Debug)]
+pub struct Renderer {
+    mode: Mode,
+    vertices: BTreeMap<usize, Vertex>,
+    order: Vec<usize>,
+    drawn: usize,
+    last_vertex: Option<usize>,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+impl Renderer {
+    /// A renderer for a resolved mode.
+    pub fn new(mode: Mode) -> Renderer {
+        Renderer {
+            mode: mode.resolve(),
+            vertices: BTreeMap::new(),
+            order: Vec::new(),
+            drawn: 0,
+            last_vertex: None,
+        }
+    }
+
+    /// Renders one event.
+    pub fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let mut err = io::stderr().lock();
+        if self.mode == Mode::Rawjson {
+            let nanos = ev.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let mut obj = serde_json::json!({
+                "vertex": ev.vertex, "name": ev.name, "kind": ev.kind.label(), "time": nanos as u64,
+            });
+            match &ev.kind {
+                EventKind::Log { stream, bytes } => {
+                    obj["stream"] = (if *stream == Stream::Stdout {
+                        "stdout"
+                    } else {
+                        "stderr"
+                    })
+                    .into();
+                    obj["data"] = String::from_utf8_lossy(bytes).into();
+                }
+                EventKind::Error { message } => obj["message"] = message.clone().into(),
+                _ => {}
+            }
+            return writeln!(err, "{obj}");
+        }
+        let next = self.vertices.len() + 1;
+        let v = self.vertices.entry(ev.vertex).or_insert_with(|| Vertex {
+            number: next,
+            name: ev.name.clone(),
+            started: ev.at,
+            finished: None,
+            state: "",
+            partial: Vec::new(),
+            last_line: String::new(),
+        });
+        if v.number == next {
+            self.order.push(ev.vertex);
+        }
+        let n = v.number;
+        if self.mode == Mode::Tty {
+            match &ev.kind {
+                EventKind::Started => v.state = "",
+                EventKind::Cached => v.state = "CACHED",
+                EventKind::Done => {
+                    v.finished = Some(ev.at);
+                    if v.state.is_empty() {
+                        v.state = "DONE";
+                    }
+                }
+                EventKind::Error { .. } => {
+                    v.finished = Some(ev.at);
+                    v.state = "ERROR";
+                }
+                EventKind::Log { bytes, .. } => {
+                    v.partial.extend_from_slice(bytes);
+                    if let Some(pos) = v.partial.iter().rposition(|&b| b == b'\n') {
+                        let text = String::from_utf8_lossy(&v.partial[..pos]).into_owned();
+                        v.last_line = text.rsplit('\n').next().unwrap_or("").to_owned();
+                        v.partial.drain(..=pos);
+                    }
+                }
+            }
+            return self.redraw(&mut err);
+        }
+        let since = ev.at.duration_since(v.started).unwrap_or_default();
+        match &ev.kind {
+            EventKind::Started => {
+                if self.last_vertex.is_some() {
+                    writeln!(err)?;
+                }
+                writeln!(err, "#{n} {}", v.name)?;
+            }
+            EventKind::Cached => {
+                v.state = "CACHED";
+                writeln!(err, "#{n} CACHED")?;
+            }
+            EventKind::Log { bytes, .. } => {
+                v.partial.extend_from_slice(bytes);
+                while let Some(pos) = v.partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = v.partial.drain(..=pos).collect();
+                    let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                    writeln!(err, "#{n} {:.3} {text}", since.as_secs_f64())?;
+                }
+            }
+            // BuildKit prints no DONE line for a cached step.
+            EventKind::Done if v.state == "CACHED" => {}
+            EventKind::Done => {
+                if !v.partial.is_empty() {
+                    let text = String::from_utf8_lossy(&v.partial).into_owned();
+                    v.partial.clear();
+                    writeln!(err, "#{n} {:.3} {text}", since.as_secs_f64())?;
+                }
+                writeln!(err, "#{n} DONE {}", secs(since))?;
+            }
+            EventKind::Error { message } => writeln!(err, "#{n} ERROR: {message}")?,
+        }
+        self.last_vertex = Some(ev.vertex);
+        Ok(())
+    }
+
+    fn redraw(&mut self, err: &mut impl Write) -> io::Result<()> {
+        if self.drawn > 0 {
+            write!(err, "\x1b[{}A", self.drawn)?;
+        }
+        let now = SystemTime::now();
+        let mut lines = 0;
+        for id in &self.order {
+            let v = &self.vertices[id];
+            let took = v
+                .finished
+                .unwrap_or(now)
+                .duration_since(v.started)
+                .unwrap_or_default();
+            writeln!(err, "\x1b[2K=> {} {} {}", v.name, v.state, secs(took))?;
+            lines += 1;
+            if v.finished.is_none() && !v.last_line.is_empty() {
+                let shown: String = v.last_line.chars().take(100).collect();
+                writeln!(err, "\x1b[2K   > {shown}")?;
+                lines += 1;
+            }
+        }
+        // Clear lines left over from a taller previous frame.
+        let blank = self.drawn.saturating_sub(lines);
+        for _ in 0..blank {
+            writeln!(err, "\x1b[2K")?;
+        }
+        lines += blank;
+        self.drawn = lines;
+        err.flush()
+    }
+}

@@ -1,0 +1,634 @@
+//! Per-instruction lowering: what each Dockerfile instruction does to the stage state.
+
+use super::values::{
+    clean_path, go_quote_list, is_git, is_url, looks_like_image, parse_port_spec, resolve_dest,
+    set_env, valid_chmod, valid_signal,
+};
+use super::{
+    ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, platform_arg, step_prefix,
+};
+use crate::error::{Error, ErrorKind, suggest};
+use crate::instructions::{
+    ArgDef, CmdLine, Command, CopyInstr, Instruction, KeyValue, RunInstr, Stage,
+};
+use crate::mounts;
+use cache::oci::{Digest, Empty};
+use solver::graph::{
+    CopyAction, CopySource, ExecOp, FileAction, FileOp, HistoryStep, NetworkMode, Op, Span,
+};
+use std::collections::BTreeSet;
+
+impl Lowerer<'_> {
+    pub(super) fn dispatch(
+        &mut self,
+        stage: &Stage,
+        st: &mut StageCtx,
+        instr: &Instruction,
+    ) -> Result<(), Error> {
+        let span = instr.span;
+        match &instr.command {
+            Command::Run(run) => self.run(st, instr, run)?,
+            Command::Copy(c) => self.copy(st, instr, c)?,
+            Command::Workdir(w) => {
+                let p = self.x(st, w, span)?;
+                let cwd = if p.starts_with('/') {
+                    clean_path(&p)
+                } else {
+                    clean_path(&format!("{}/{p}", st.cwd()))
+                };
+                st.config.config.working_dir = cwd.clone();
+                if cwd != "/" {
+                    st.step += 1;
+                    let name = format!(
+                        "{} {}",
+                        step_prefix(&st.label, st.step, st.total),
+                        instr.original
+                    );
+                    let n = self.push(
+                        Op::File(FileOp {
+                            root: st.node,
+                            actions: vec![FileAction::Mkdir {
+                                path: cwd.clone(),
+                                owner: st.config.config.user.clone(),
+                            }],
+                        }),
+                        name,
+                        Some(span),
+                        instr.original.clone(),
+                    );
+                    st.node = n;
+                    st.history.push(HistoryStep {
+                        created_by: format!("WORKDIR {cwd}"),
+                        layer: Some(n),
+                    });
+                } else {
+                    st.history.push(HistoryStep {
+                        created_by: format!("WORKDIR {cwd}"),
+                        layer: None,
+                    });
+                }
+            }
+            Command::Env(kvs) => {
+                // All pairs see the values from before this instruction.
+                let mut pairs = Vec::new();
+                for kv in kvs {
+                    pairs.push((
+                        self.x(st, &kv.key, kv.span)?,
+                        self.x(st, &kv.value, kv.span)?,
+                    ));
+                }
+                let mut msg = "ENV".to_owned();
+                for (k, v) in pairs {
+                    msg.push_str(&format!(" {k}={v}"));
+                    set_env(&mut st.config.config.env, &k, &v);
+                }
+                st.meta(msg);
+            }
+            Command::Label(kvs) => {
+                let mut msg = "LABEL".to_owned();
+                for KeyValue {
+                    key, value, span, ..
+                } in kvs
+                {
+                    let (k, v) = (self.x(st, key, *span)?, self.x(st, value, *span)?);
+                    msg.push_str(&format!(" {k}={v}"));
+                    st.config.config.labels.insert(k, v);
+                }
+                st.meta(msg);
+            }
+            Command::Arg(defs) => self.arg(st, defs)?,
+            Command::User(u) => {
+                let u = self.x(st, u, span)?;
+                st.config.config.user = u.clone();
+                st.meta(format!("USER {u}"));
+            }
+            Command::Expose(ports) => {
+                let mut all = BTreeSet::new();
+                for p in ports {
+                    for w in self.xs(st, p, span)? {
+                        for spec in
+                            parse_port_spec(&w).map_err(|e| self.err(Error::new(e, Some(span))))?
+                        {
+                            all.insert(spec);
+                        }
+                    }
+                }
+                let shown: Vec<String> = all.iter().map(|p| format!("{p}:{{}}")).collect();
+                for p in all {
+                    st.config.config.exposed_ports.insert(p, Empty {});
+                }
+                // BuildKit prints the Go map: `EXPOSE map[80/tcp:{}]`.
+                st.meta(format!("EXPOSE map[{}]", shown.join(" ")));
+            }
+            Command::Volume(vols) => {
+                let mut list = Vec::new();
+                for v in vols {
+                    let v = self.x(st, v, span)?;
+                    if v.trim().is_empty() {
+                        return Err(self.err(Error::new(
+                            ErrorKind::BlankName {
+                                instruction: "VOLUME".into(),
+                            },
+                            Some(span),
+                        )));
+                    }
+                    st.config.config.volumes.insert(v.clone(), Empty {});
+                    list.push(v);
+                }
+                st.meta(format!("VOLUME [{}]", list.join(" ")));
+            }
+            Command::StopSignal(s) => {
+                let s = self.x(st, s, span)?;
+                if !valid_signal(&s) {
+                    return Err(self.err(Error::new(
+                        ErrorKind::BadFlagValue {
+                            flag: "STOPSIGNAL".into(),
+                            value: s,
+                            reason: "not a signal name or number".into(),
+                        },
+                        Some(span),
+                    )));
+                }
+                st.config.config.stop_signal = s.clone();
+                st.meta(format!("STOPSIGNAL {s}"));
+            }
+            Command::Cmd(c) => {
+                let args = self.command_args(st, c);
+                st.config.config.cmd = Some(args.clone());
+                st.cmd_set = true;
+                st.meta(format!("CMD {}", go_quote_list(&args)));
+            }
+            Command::Entrypoint(c) => {
+                let args = self.command_args(st, c);
+                st.config.config.entrypoint = if args.is_empty() && !c.shell_form {
+                    None
+                } else {
+                    Some(args.clone())
+                };
+                // An ENTRYPOINT resets a CMD inherited from the base (not one set in this stage).
+                if !st.cmd_set {
+                    st.config.config.cmd = None;
+                }
+                st.meta(format!("ENTRYPOINT {}", go_quote_list(&args)));
+            }
+            Command::Shell(args) => {
+                st.config.config.shell = args.clone();
+                st.meta(format!("SHELL [{}]", args.join(" ")));
+            }
+            Command::Healthcheck(h) => {
+                st.config.config.healthcheck = Some(h.health.clone());
+                st.meta(format!("HEALTHCHECK {}", go_quote_list(&h.health.test)));
+            }
+            Command::Onbuild(o) => {
+                st.config.config.on_build.push(o.expression.clone());
+                st.meta(format!("ONBUILD {}", o.expression));
+            }
+            Command::Maintainer(m) => {
+                st.config.author = Some(m.clone());
+                st.meta(format!("MAINTAINER {m}"));
+            }
+        }
+        let _ = stage;
+        Ok(())
+    }
+
+    fn arg(&mut self, st: &mut StageCtx, defs: &[ArgDef]) -> Result<(), Error> {
+        let mut shown = Vec::new();
+        for d in defs {
+            let name = self.x(st, &d.name, d.span)?;
+            let value = match self.opts.build_args.get(&name) {
+                Some(v) => Some(v.clone()),
+                None => match &d.default {
+                    Some(def) => Some(self.x(st, def, d.span)?),
+                    // A global ARG re-declared without a value takes the global value; the
+                    // platform ARGs take theirs.
+                    None => self
+                        .meta
+                        .iter()
+                        .rev()
+                        .find(|a| a.name == name)
+                        .and_then(|a| a.value.clone())
+                        .or_else(|| platform_arg(&name, &self.opts.platform)),
+                },
+            };
+            if !PROXY_ARGS.contains(&name.as_str()) {
+                shown.push(match &value {
+                    Some(v) => format!("{name}={v}"),
+                    None => name.clone(),
+                });
+            }
+            st.args.retain(|a| a.name != name);
+            st.args.push(ArgValue { name, value });
+        }
+        if !shown.is_empty() {
+            st.meta(format!("ARG {}", shown.join(" ")));
+        }
+        Ok(())
+    }
+
+    /// CMD/ENTRYPOINT argv: exec form as is, shell form wrapped in the stage's SHELL.
+    fn command_args(&self, st: &StageCtx, c: &CmdLine) -> Vec<String> {
+        if c.shell_form && !c.args.is_empty() {
+            let mut v = st.shell();
+            v.extend(c.args.iter().cloned());
+            v
+        } else {
+            c.args.clone()
+        }
+    }
+
+    fn run(&mut self, st: &mut StageCtx, instr: &Instruction, run: &RunInstr) -> Result<(), Error> {
+        let span = instr.span;
+        let mut args = run.cmd.args.clone();
+        if !run.cmd.heredocs.is_empty() {
+            // BuildKit: a lone `<<EOF` runs the body (a file when it starts with `#!`, else
+            // as the shell's command string); otherwise the heredocs are appended for the
+            // shell to handle.
+            let first = args.first().cloned().unwrap_or_default();
+            let lone = crate::ast::parse_heredoc(&first).ok().flatten();
+            args = match lone {
+                Some(_) if run.cmd.heredocs.len() == 1 => {
+                    vec![run.cmd.heredocs[0].chomped_content()]
+                }
+                _ => {
+                    let mut full = first;
+                    for h in &run.cmd.heredocs {
+                        full.push('\n');
+                        full.push_str(&h.content);
+                        full.push_str(&h.name);
+                    }
+                    vec![full]
+                }
+            };
+        }
+        let shown_args = if run.cmd.shell_form {
+            let mut v = st.shell();
+            v.extend(args);
+            v
+        } else {
+            args
+        };
+        let network = match &run.network {
+            None => NetworkMode::Default,
+            Some(n) => match self.x(st, &n.value, n.span)?.as_str() {
+                "default" => NetworkMode::Default,
+                "none" => NetworkMode::None,
+                "host" => NetworkMode::Host,
+                other => {
+                    return Err(self.err(
+                        Error::new(
+                            ErrorKind::BadFlagValue {
+                                flag: "network".into(),
+                                value: other.to_owned(),
+                                reason: "expected default, none or host".into(),
+                            },
+                            Some(n.span),
+                        )
+                        .with_hint("use --network=none, --network=host or --network=default"),
+                    ));
+                }
+            },
+        };
+        if let Some(s) = &run.security {
+            let v = self.x(st, &s.value, s.span)?;
+            if v != "sandbox" {
+                return Err(self.err(Error::new(
+                    ErrorKind::BadFlagValue {
+                        flag: "security".into(),
+                        value: v,
+                        reason: "kiln only runs sandboxed steps".into(),
+                    },
+                    Some(s.span),
+                )));
+            }
+        }
+        let mut mounts_out = Vec::new();
+        for m in &run.mounts {
+            let spec = self.x(st, &m.value, m.span)?;
+            let parsed = mounts::parse_mount(&spec, &st.cwd())
+                .map_err(|e| self.err(Error::new(e, Some(m.span))))?;
+            let from = match &parsed.from {
+                Some(f) => Some(self.resolve_from(st, f, m.span, "RUN --mount")?),
+                None => None,
+            };
+            mounts_out.push(parsed.into_mount(from));
+        }
+        // Exec env: image ENV, then the ARGs in scope that ENV does not shadow (BuildKit:
+        // ENV wins over ARG); proxies go apart so they stay out of the cache key.
+        let mut env = st.config.config.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, format!("PATH={DEFAULT_PATH}"));
+        }
+        let mut proxy_env: Vec<String> = Vec::new();
+        let mut hist_args = Vec::new();
+        for a in &st.args {
+            let Some(v) = &a.value else { continue };
+            if PROXY_ARGS.contains(&a.name.as_str()) {
+                proxy_env.push(format!("{}={v}", a.name));
+                continue;
+            }
+            let shadowed = st
+                .config
+                .config
+                .env
+                .iter()
+                .any(|e| e.split_once('=').is_some_and(|(k, _)| k == a.name));
+            if !shadowed {
+                env.push(format!("{}={v}", a.name));
+            }
+            let shown = st.lookup(&a.name).unwrap_or_else(|| v.clone());
+            hist_args.push(format!("{}={shown}", a.name));
+        }
+        for p in PROXY_ARGS {
+            if let Some(v) = self.opts.build_args.get(*p)
+                && !proxy_env.iter().any(|e| e.starts_with(&format!("{p}=")))
+            {
+                proxy_env.push(format!("{p}={v}"));
+            }
+        }
+        st.step += 1;
+        let name = format!(
+            "{} {}",
+            step_prefix(&st.label, st.step, st.total),
+            instr.original
+        );
+        let n = self.push(
+            Op::Exec(ExecOp {
+                root: st.node,
+                args: shown_args.clone(),
+                env,
+                proxy_env,
+                cwd: st.cwd(),
+                user: st.config.config.user.clone(),
+                network,
+                mounts: mounts_out,
+            }),
+            name,
+            Some(span),
+            instr.original.clone(),
+        );
+        st.node = n;
+        let mut created = "RUN ".to_owned();
+        if !hist_args.is_empty() {
+            created.push_str(&format!("|{} {} ", hist_args.len(), hist_args.join(" ")));
+        }
+        created.push_str(&shown_args.join(" "));
+        created.push_str(" # buildkit");
+        st.history.push(HistoryStep {
+            created_by: created,
+            layer: Some(n),
+        });
+        Ok(())
+    }
+
+    /// Resolves `--from` / `from=`: a stage name, a stage index, or an image.
+    fn resolve_from(
+        &mut self,
+        st: &StageCtx,
+        from: &str,
+        span: Span,
+        instr: &str,
+    ) -> Result<CopySource, Error> {
+        let r = self.classify_from(st, from, span, instr)?;
+        Ok(match r {
+            FromRef::Stage(i) => CopySource::Node(self.stage(i)?.node),
+            FromRef::Image(reference) if reference.is_empty() => CopySource::Context,
+            FromRef::Image(reference) => {
+                let name = format!("[internal] load {reference}");
+                CopySource::Node(self.image_node(&reference, span, name, Some(instr))?.0)
+            }
+        })
+    }
+
+    fn classify_from(
+        &self,
+        st: &StageCtx,
+        from: &str,
+        span: Span,
+        instr: &str,
+    ) -> Result<FromRef, Error> {
+        if let Some(i) = self.find_stage(from) {
+            return Ok(FromRef::Stage(i));
+        }
+        if let Ok(index) = from.parse::<usize>() {
+            let current = st.index;
+            if index >= current {
+                return Err(self.err(
+                    Error::new(
+                        ErrorKind::BadStageIndex {
+                            instruction: "--from".into(),
+                            index,
+                            count: current,
+                        },
+                        Some(span),
+                    )
+                    .with_hint(self.stages_hint()),
+                ));
+            }
+            return Ok(FromRef::Stage(index));
+        }
+        if from.is_empty() {
+            return Err(self.err(Error::new(
+                ErrorKind::BlankBaseName {
+                    name: from.to_owned(),
+                },
+                Some(span),
+            )));
+        }
+        let names = self.stage_names();
+        let typo = suggest(from, names.iter().map(String::as_str));
+        // A bare name close to a stage name is a typo, not an image (`--from=biulder`).
+        if looks_like_image(from) && (typo.is_none() || from.contains(['/', ':', '@'])) {
+            return Ok(FromRef::Image(from.to_owned()));
+        }
+        let hint = match typo {
+            Some(t) => format!("did you mean stage `{t}`? {}", self.stages_hint()),
+            None => self.stages_hint(),
+        };
+        Err(self.err(
+            Error::new(
+                ErrorKind::UnknownStage {
+                    instruction: instr.to_owned(),
+                    name: from.to_owned(),
+                },
+                Some(span),
+            )
+            .with_hint(hint),
+        ))
+    }
+
+    pub(super) fn stages_hint(&self) -> String {
+        let names = self.stage_names();
+        let mut s = format!(
+            "stages are numbered 0..{}",
+            self.df.stages.len().saturating_sub(1)
+        );
+        if !names.is_empty() {
+            s.push_str(&format!("; the named stages are: {}", names.join(", ")));
+        }
+        s
+    }
+
+    fn copy(&mut self, st: &mut StageCtx, instr: &Instruction, c: &CopyInstr) -> Result<(), Error> {
+        let span = instr.span;
+        let kw = if c.add { "ADD" } else { "COPY" };
+        if !c.inline.is_empty() && !self.lenient {
+            return Err(self.err(
+                Error::new(
+                    ErrorKind::HeredocNotAllowed {
+                        instruction: kw.into(),
+                        what: "a source (inline files are not supported yet)".into(),
+                    },
+                    Some(span),
+                )
+                .with_hint("put the content in a file in the build context"),
+            ));
+        }
+        let mut sources = Vec::new();
+        for s in &c.sources {
+            sources.push(self.x(st, &s.value, s.span)?);
+        }
+        let dest_raw = self.x(st, &c.dest.value, c.dest.span)?;
+        let dest = resolve_dest(&dest_raw, &st.cwd());
+        let from = match &c.from {
+            Some(f) => {
+                let v = self.x(st, &f.value, f.span)?;
+                Some(self.resolve_from(st, &v, f.span, if c.add { "ADD" } else { "COPY" })?)
+            }
+            None => None,
+        };
+        let chown = match &c.chown {
+            Some(f) => Some(self.x(st, &f.value, f.span)?),
+            None => None,
+        };
+        let chmod = match &c.chmod {
+            Some(f) => {
+                let v = self.x(st, &f.value, f.span)?;
+                if !valid_chmod(&v) {
+                    return Err(self.err(Error::new(
+                        ErrorKind::BadFlagValue {
+                            flag: "chmod".into(),
+                            value: v,
+                            reason: "expected octal like 0755 or symbolic like u+x".into(),
+                        },
+                        Some(f.span),
+                    )));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let mut exclude = Vec::new();
+        for e in &c.exclude {
+            exclude.push(self.x(st, &e.value, e.span)?);
+        }
+        let checksum = match &c.checksum {
+            Some(f) => {
+                let v = self.x(st, &f.value, f.span)?;
+                Some(v.parse::<Digest>().map_err(|_| {
+                    self.err(Error::new(
+                        ErrorKind::BadFlagValue {
+                            flag: "checksum".into(),
+                            value: v.clone(),
+                            reason: "expected sha256:<64 hex digits>".into(),
+                        },
+                        Some(f.span),
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        let base = CopyAction {
+            from: from.clone().unwrap_or(CopySource::Context),
+            sources: Vec::new(),
+            dest: dest.clone(),
+            chown,
+            chmod,
+            exclude,
+            parents: c.parents,
+            link: c.link,
+            unpack_archives: false,
+            instruction: if c.add { "ADD" } else { "COPY" },
+        };
+        let mut actions = Vec::new();
+        let mut local = Vec::new();
+        for s in &sources {
+            if c.add && is_url(s) {
+                if is_git(s) && !self.lenient {
+                    return Err(self.err(Error::new(
+                        ErrorKind::BadFlagValue {
+                            flag: "source".into(),
+                            value: s.clone(),
+                            reason: "ADD of a git repository is not supported".into(),
+                        },
+                        Some(span),
+                    )));
+                }
+                actions.push(FileAction::Copy(CopyAction {
+                    from: CopySource::Url {
+                        url: s.clone(),
+                        checksum: checksum.clone(),
+                    },
+                    sources: vec![s.clone()],
+                    // BuildKit extracts remote archives only with --unpack=true.
+                    unpack_archives: c.unpack == Some(true),
+                    ..base.clone()
+                }));
+            } else {
+                local.push(s.clone());
+            }
+        }
+        if checksum.is_some() && actions.is_empty() {
+            return Err(self.err(Error::new(
+                ErrorKind::BadFlagValue {
+                    flag: "checksum".into(),
+                    value: c
+                        .checksum
+                        .as_ref()
+                        .map(|f| f.value.clone())
+                        .unwrap_or_default(),
+                    reason: "only valid for http(s) sources".into(),
+                },
+                c.checksum.as_ref().map(|f| f.span),
+            )));
+        }
+        if !local.is_empty() {
+            actions.push(FileAction::Copy(CopyAction {
+                sources: local,
+                // ADD extracts local archives (detected by content) unless --unpack=false;
+                // COPY never does.
+                unpack_archives: c.add && c.unpack != Some(false),
+                ..base
+            }));
+        }
+        st.step += 1;
+        let name = format!(
+            "{} {}",
+            step_prefix(&st.label, st.step, st.total),
+            instr.original
+        );
+        let n = self.push(
+            Op::File(FileOp {
+                root: st.node,
+                actions,
+            }),
+            name,
+            Some(span),
+            instr.original.clone(),
+        );
+        st.node = n;
+        let mut created = kw.to_owned();
+        for s in &sources {
+            created.push(' ');
+            created.push_str(s);
+        }
+        created.push(' ');
+        created.push_str(&dest_raw);
+        created.push_str(" # buildkit");
+        st.history.push(HistoryStep {
+            created_by: created,
+            layer: Some(n),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,615 @@
+//! Lowering: stages of instructions -> a [`BuildGraph`] plus the target's image config.
+//!
+//! The walk starts at the target stage and lowers a stage only when something needs it
+//! (`FROM stage`, `COPY --from`, `RUN --mount from=`), so nodes come out in topological
+//! order and unused stages never appear. Per stage it tracks what BuildKit's
+//! `dispatchState` does: the image config, the ARGs in scope, the shell, the history.
+//!
+//! Where BuildKit and the Docker docs disagree we follow BuildKit; such places say so.
+
+use crate::error::{Error, ErrorKind};
+use crate::instructions::{Command, Dockerfile, Instruction, Stage};
+use crate::shell::{ExpandError, Lex};
+use crate::{BaseImage, BaseImageRef, BuildOptions};
+use cache::oci::{Digest, ImageConfig, Platform};
+use solver::graph::{BuildGraph, HistoryStep, ImageTemplate, Node, NodeId, Op, SourceOp, Span};
+use std::collections::BTreeMap;
+
+mod dispatch;
+mod values;
+
+use values::normalize_platform;
+pub(crate) use values::{clean_path, parse_port_spec};
+
+/// The default PATH of `FROM scratch` and of RUN steps whose image sets none (BuildKit's
+/// `system.DefaultPathEnv` for Linux).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The ARGs every build predefines for proxies: usable without an ARG line, kept out of the
+/// cache key and the history.
+pub const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The automatic platform ARGs.
+pub const PLATFORM_ARGS: &[&str] = &[
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
+fn platform_string(p: &Platform) -> String {
+    p.to_string()
+}
+
+/// Values of the automatic platform ARGs. kiln builds natively: the build platform is the
+/// target platform.
+pub fn platform_arg(name: &str, p: &Platform) -> Option<String> {
+    let variant = p.variant.clone().unwrap_or_default();
+    Some(match name {
+        "TARGETPLATFORM" | "BUILDPLATFORM" => platform_string(p),
+        "TARGETOS" | "BUILDOS" => p.os.clone(),
+        "TARGETARCH" | "BUILDARCH" => p.architecture.clone(),
+        "TARGETVARIANT" | "BUILDVARIANT" => variant,
+        _ => return None,
+    })
+}
+
+/// An ARG in scope: name and value (`None` when declared without a value).
+#[derive(Debug, Clone)]
+struct ArgValue {
+    name: String,
+    value: Option<String>,
+}
+
+/// The lowered result of one stage.
+#[derive(Debug, Clone)]
+struct StageState {
+    node: NodeId,
+    config: ImageConfig,
+    history: Vec<HistoryStep>,
+}
+
+/// Where a `--from` points.
+enum FromRef {
+    Stage(usize),
+    Image(String),
+}
+
+pub(crate) struct Lowerer<'a> {
+    df: &'a Dockerfile,
+    opts: &'a BuildOptions,
+    /// `None`: collecting base images only (`base_images`).
+    bases: Option<&'a BTreeMap<String, BaseImage>>,
+    lex: Lex,
+    meta: Vec<ArgValue>,
+    nodes: Vec<Node>,
+    done: Vec<Option<StageState>>,
+    in_progress: Vec<bool>,
+    images: BTreeMap<String, NodeId>,
+    scratch: Option<NodeId>,
+    pub(crate) collected: Vec<BaseImageRef>,
+    /// Names referenced in FROM lines that no ARG defines (for `check`).
+    pub(crate) unmatched_from_args: Vec<(String, Span)>,
+    /// `check` mode: tolerate what only matters for a real build (blank bases from unset
+    /// ARGs, foreign platforms) and record it instead.
+    pub(crate) lenient: bool,
+    /// Base names that expanded to nothing in lenient mode.
+    pub(crate) blank_bases: Vec<(String, Span)>,
+}
+
+impl<'a> Lowerer<'a> {
+    pub(crate) fn new(
+        df: &'a Dockerfile,
+        opts: &'a BuildOptions,
+        bases: Option<&'a BTreeMap<String, BaseImage>>,
+    ) -> Result<Lowerer<'a>, Error> {
+        let mut l = Lowerer {
+            df,
+            opts,
+            bases,
+            lex: Lex::new(df.escape),
+            meta: Vec::new(),
+            nodes: Vec::new(),
+            done: vec![None; df.stages.len()],
+            in_progress: vec![false; df.stages.len()],
+            images: BTreeMap::new(),
+            scratch: None,
+            collected: Vec::new(),
+            unmatched_from_args: Vec::new(),
+            lenient: false,
+            blank_bases: Vec::new(),
+        };
+        l.eval_meta_args()?;
+        Ok(l)
+    }
+
+    fn err(&self, e: Error) -> Error {
+        e.with_source(&self.df.source)
+            .with_file_name(&self.opts.dockerfile_name)
+    }
+
+    /// Global ARGs: visible to FROM lines (with the platform ARGs), and as defaults when a
+    /// stage re-declares them.
+    fn eval_meta_args(&mut self) -> Result<(), Error> {
+        for instr in &self.df.meta_args {
+            let Command::Arg(defs) = &instr.command else {
+                continue;
+            };
+            for d in defs {
+                let (name, value) = {
+                    let env = |k: &str| self.meta_lookup(k);
+                    let name = expand(&self.lex, &d.name, &env, d.span)?;
+                    let value = match self.opts.build_args.get(&name) {
+                        Some(v) => Some(v.clone()),
+                        None => match &d.default {
+                            Some(def) => Some(expand(&self.lex, def, &env, d.span)?),
+                            None => None,
+                        },
+                    };
+                    (name, value)
+                };
+                self.meta.retain(|a| a.name != name);
+                self.meta.push(ArgValue { name, value });
+            }
+        }
+        Ok(())
+    }
+
+    fn meta_lookup(&self, k: &str) -> Option<String> {
+        if let Some(a) = self.meta.iter().rev().find(|a| a.name == k) {
+            return a.value.clone();
+        }
+        platform_arg(k, &self.opts.platform)
+    }
+
+    /// The index of the target stage.
+    pub(crate) fn target_index(&self) -> Result<usize, Error> {
+        match &self.opts.target {
+            None => Ok(self.df.stages.len() - 1),
+            Some(t) => {
+                let lower = t.to_ascii_lowercase();
+                self.df
+                    .stages
+                    .iter()
+                    .position(|s| s.name.as_deref() == Some(lower.as_str()))
+                    .ok_or_else(|| {
+                        let names = self.stage_names();
+                        let mut e =
+                            Error::new(ErrorKind::UnknownTarget { target: t.clone() }, None);
+                        e = e.with_hint(if names.is_empty() {
+                            "no stage has a name; add `AS name` to a FROM line".to_owned()
+                        } else {
+                            format!("the named stages are: {}", names.join(", "))
+                        });
+                        self.err(e)
+                    })
+            }
+        }
+    }
+
+    fn stage_names(&self) -> Vec<String> {
+        self.df
+            .stages
+            .iter()
+            .filter_map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn find_stage(&self, name: &str) -> Option<usize> {
+        let lower = name.to_ascii_lowercase();
+        self.df
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+    }
+
+    /// Lowers stage `t` and what it needs (for `check`).
+    pub(crate) fn lower_target(&mut self, t: usize) -> Result<(), Error> {
+        self.stage(t).map(|_| ())
+    }
+
+    /// Lowers the target and everything it needs; returns the graph.
+    pub(crate) fn finish(mut self) -> Result<(BuildGraph, Vec<BaseImageRef>), Error> {
+        let target = self.target_index()?;
+        let st = self.stage(target)?;
+        let graph = BuildGraph {
+            nodes: self.nodes,
+            target: st.node,
+            image: ImageTemplate {
+                config: st.config,
+                history: st.history,
+            },
+        };
+        Ok((graph, self.collected))
+    }
+
+    fn push(&mut self, op: Op, name: String, span: Option<Span>, instruction: String) -> NodeId {
+        self.nodes.push(Node {
+            op,
+            name,
+            span,
+            instruction,
+        });
+        self.nodes.len() - 1
+    }
+
+    fn scratch_node(&mut self) -> NodeId {
+        if let Some(n) = self.scratch {
+            return n;
+        }
+        let n = self.push(
+            Op::Source(SourceOp::Scratch),
+            "scratch".to_owned(),
+            None,
+            "FROM scratch".to_owned(),
+        );
+        self.scratch = Some(n);
+        n
+    }
+
+    /// A Source node for an image reference (shared between uses).
+    fn image_node(
+        &mut self,
+        reference: &str,
+        span: Span,
+        name: String,
+        flag: Option<&str>,
+    ) -> Result<(NodeId, ImageConfig), Error> {
+        if !self.collected.iter().any(|b| b.reference == reference) {
+            self.collected.push(BaseImageRef {
+                reference: reference.to_owned(),
+                span,
+            });
+        }
+        let (manifest, config) = match self.bases {
+            Some(bases) => {
+                match bases.get(reference) {
+                    Some(b) => (b.manifest.clone(), b.config.clone()),
+                    None => {
+                        let e = match flag {
+                        // A `--from` that is neither a stage nor an image the store has.
+                        Some(instr) => Error::new(
+                            ErrorKind::UnknownStage { instruction: instr.to_owned(), name: reference.to_owned() },
+                            Some(span),
+                        )
+                        .with_hint(self.stages_hint()),
+                        None => Error::new(ErrorKind::MissingBaseImage { reference: reference.to_owned() }, Some(span))
+                            .with_hint("the caller must resolve every reference that `base_images` returns"),
+                    };
+                        return Err(self.err(e));
+                    }
+                }
+            }
+            // Collecting only: the config is unknown, an empty one stands in.
+            None => (
+                Digest::of(reference.as_bytes()),
+                ImageConfig::empty(&self.opts.platform),
+            ),
+        };
+        if let Some(&n) = self.images.get(reference) {
+            return Ok((n, config));
+        }
+        let n = self.push(
+            Op::Source(SourceOp::Image {
+                reference: reference.to_owned(),
+                manifest,
+            }),
+            name,
+            Some(span),
+            format!("FROM {reference}"),
+        );
+        self.images.insert(reference.to_owned(), n);
+        Ok((n, config))
+    }
+
+    /// Lowers stage `idx` (once) and returns its final state.
+    fn stage(&mut self, idx: usize) -> Result<StageState, Error> {
+        if let Some(s) = &self.done[idx] {
+            return Ok(s.clone());
+        }
+        let stage = &self.df.stages[idx];
+        if self.in_progress[idx] {
+            return Err(self.err(
+                Error::new(
+                    ErrorKind::StageNotYetDefined {
+                        name: stage.name.clone().unwrap_or_else(|| idx.to_string()),
+                    },
+                    Some(stage.span),
+                )
+                .with_hint("stages form a cycle"),
+            ));
+        }
+        self.in_progress[idx] = true;
+        let st = self.lower_stage(stage);
+        self.in_progress[idx] = false;
+        let st = st?;
+        self.done[idx] = Some(st.clone());
+        Ok(st)
+    }
+
+    fn stage_label(&self, stage: &Stage) -> Option<String> {
+        if self.df.stages.len() == 1 {
+            // BuildKit omits the stage name in single-stage builds: `[2/3] RUN ...`.
+            return None;
+        }
+        Some(
+            stage
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("stage-{}", stage.index)),
+        )
+    }
+
+    fn lower_stage(&mut self, stage: &Stage) -> Result<StageState, Error> {
+        let platform = match &stage.platform {
+            Some(p) => {
+                let span = stage.platform_span.unwrap_or(stage.span);
+                let env = |k: &str| self.meta_lookup(k);
+                let v = expand(&self.lex, p, &env, span)?;
+                let want = platform_string(&self.opts.platform);
+                if !self.lenient && normalize_platform(&v) != normalize_platform(&want) {
+                    return Err(self.err(
+                        Error::new(ErrorKind::BadPlatform { value: v.clone() }, Some(span))
+                            .with_hint(format!("kiln builds natively for {want}; remove --platform or set it to {want}")),
+                    ));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let _ = platform;
+        let base = {
+            let env = |k: &str| self.meta_lookup(k);
+            let exp = self.lex.process(&stage.base, &env).map_err(|e| {
+                self.err(Error::new(
+                    ErrorKind::Expand {
+                        word: stage.base.clone(),
+                        source: e,
+                    },
+                    Some(stage.base_span),
+                ))
+            })?;
+            for u in &exp.unmatched {
+                self.unmatched_from_args.push((u.clone(), stage.base_span));
+            }
+            exp.result
+        };
+        let base = if base.is_empty() && self.lenient {
+            self.blank_bases.push((
+                stage
+                    .base
+                    .trim_start_matches(['$', '{'])
+                    .trim_end_matches('}')
+                    .to_owned(),
+                stage.base_span,
+            ));
+            "scratch".to_owned()
+        } else {
+            base
+        };
+        if base.is_empty() {
+            return Err(self.err(Error::new(
+                ErrorKind::BlankBaseName {
+                    name: stage.base.clone(),
+                },
+                Some(stage.base_span),
+            )));
+        }
+        let label = self.stage_label(stage);
+        let mut total = 1 + stage
+            .instructions
+            .iter()
+            .filter(|i| makes_vertex(&i.command))
+            .count();
+        let (node, config, history) =
+            if let Some(parent) = self.find_stage(&base).filter(|&p| p != stage.index) {
+                let st = self.stage(parent)?;
+                (st.node, st.config, st.history)
+            } else if base == "scratch" {
+                let mut config = ImageConfig::empty(&self.opts.platform);
+                // BuildKit's emptyImage: WorkingDir "/" and the default PATH.
+                config.config.working_dir = "/".to_owned();
+                config.config.env = vec![format!("PATH={DEFAULT_PATH}")];
+                (self.scratch_node(), config, Vec::new())
+            } else {
+                let name = format!("{} FROM {base}", step_prefix(&label, 1, total));
+                let (n, c) = self.image_node(&base, stage.base_span, name, None)?;
+                (n, c, Vec::new())
+            };
+        // ONBUILD triggers of the base run first, and are consumed.
+        let triggers = std::mem::take(&mut config.config.on_build.clone());
+        let mut parsed_triggers = Vec::new();
+        for t in &triggers {
+            let instr = parse_trigger(t, stage.span, self.df.escape).map_err(|e| self.err(e))?;
+            if makes_vertex(&instr.command) {
+                total += 1;
+            }
+            parsed_triggers.push(instr);
+        }
+        let mut config = config;
+        config.config.on_build.clear();
+        if !triggers.is_empty()
+            && matches!(self.nodes[node].op, Op::Source(SourceOp::Image { .. }))
+            && self.nodes[node].span == Some(stage.base_span)
+        {
+            self.nodes[node].name = format!("{} FROM {base}", step_prefix(&label, 1, total));
+        }
+        let mut st = StageCtx {
+            index: stage.index,
+            label,
+            step: 1,
+            total,
+            node,
+            config,
+            history,
+            args: Vec::new(),
+            cmd_set: false,
+        };
+        for instr in parsed_triggers.iter().chain(stage.instructions.iter()) {
+            self.dispatch(stage, &mut st, instr)?;
+        }
+        Ok(StageState {
+            node: st.node,
+            config: st.config,
+            history: st.history,
+        })
+    }
+
+    fn stage_env<'s>(&self, st: &'s StageCtx) -> impl Fn(&str) -> Option<String> + 's {
+        move |k: &str| st.lookup(k)
+    }
+
+    fn x(&self, st: &StageCtx, word: &str, span: Span) -> Result<String, Error> {
+        let env = self.stage_env(st);
+        expand(&self.lex, word, &env, span).map_err(|e| self.err(e))
+    }
+
+    fn xs(&self, st: &StageCtx, word: &str, span: Span) -> Result<Vec<String>, Error> {
+        let env = self.stage_env(st);
+        self.lex.process_words(word, &env).map_err(|e| {
+            self.err(Error::new(
+                ErrorKind::Expand {
+                    word: word.to_owned(),
+                    source: e,
+                },
+                Some(span),
+            ))
+        })
+    }
+}
+
+/// Per-stage dispatch state.
+struct StageCtx {
+    index: usize,
+    label: Option<String>,
+    step: usize,
+    total: usize,
+    node: NodeId,
+    config: ImageConfig,
+    history: Vec<HistoryStep>,
+    args: Vec<ArgValue>,
+    cmd_set: bool,
+}
+
+impl StageCtx {
+    /// Word-expansion lookup: ENV first (it wins over ARG), then ARGs in scope.
+    fn lookup(&self, k: &str) -> Option<String> {
+        for e in self.config.config.env.iter().rev() {
+            match e.split_once('=') {
+                Some((key, v)) if key == k => return Some(v.to_owned()),
+                None if e == k => return Some(String::new()),
+                _ => {}
+            }
+        }
+        self.args
+            .iter()
+            .rev()
+            .find(|a| a.name == k)
+            .and_then(|a| a.value.clone())
+    }
+    fn cwd(&self) -> String {
+        if self.config.config.working_dir.is_empty() {
+            "/".to_owned()
+        } else {
+            self.config.config.working_dir.clone()
+        }
+    }
+    fn shell(&self) -> Vec<String> {
+        if self.config.config.shell.is_empty() {
+            vec!["/bin/sh".to_owned(), "-c".to_owned()]
+        } else {
+            self.config.config.shell.clone()
+        }
+    }
+    fn meta(&mut self, created_by: String) {
+        self.history.push(HistoryStep {
+            created_by,
+            layer: None,
+        });
+    }
+}
+
+fn makes_vertex(c: &Command) -> bool {
+    matches!(c, Command::Run(_) | Command::Copy(_) | Command::Workdir(_))
+}
+
+fn step_prefix(label: &Option<String>, i: usize, n: usize) -> String {
+    match label {
+        Some(l) => format!("[{l} {i}/{n}]"),
+        None => format!("[{i}/{n}]"),
+    }
+}
+
+fn expand(
+    lex: &Lex,
+    word: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    span: Span,
+) -> Result<String, Error> {
+    lex.process_word(word, env).map_err(|e: ExpandError| {
+        Error::new(
+            ErrorKind::Expand {
+                word: word.to_owned(),
+                source: e,
+            },
+            Some(span),
+        )
+    })
+}
+
+/// Parses an ONBUILD trigger expression as an instruction at the child's FROM line.
+fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Error> {
+    let src = if escape == '\\' {
+        expr.to_owned()
+    } else {
+        format!("# escape={escape}\n{expr}")
+    };
+    let src = format!("{src}\n");
+    let tree = crate::ast::parse_ast(&src).map_err(|e| Error::new(e.kind().clone(), Some(at)))?;
+    let Some(node) = tree.nodes.into_iter().next() else {
+        return Err(Error::new(ErrorKind::NoInstructions, Some(at)));
+    };
+    let fake = format!("FROM scratch\n{}", node.original);
+    let df = crate::instructions::from_ast(crate::ast::parse_ast(&fake)?, &fake)
+        .map_err(|e| Error::new(e.kind().clone(), Some(at)))?;
+    let mut instr = df.stages[0]
+        .instructions
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::new(ErrorKind::NoInstructions, Some(at)))?;
+    if let Command::Run(r) = &mut instr.command {
+        r.cmd.heredocs = node.heredocs;
+    }
+    instr.span = at;
+    instr.end_line = at.line;
+    Ok(instr)
+}
+
+/// Which image references the target needs, without lowering for real.
+/// Base images, and the names FROM lines referenced that no ARG defines.
+pub(crate) type Collected = (Vec<BaseImageRef>, Vec<(String, Span)>);
+
+pub(crate) fn collect_bases(df: &Dockerfile, opts: &BuildOptions) -> Result<Collected, Error> {
+    let l = Lowerer::new(df, opts, None)?;
+    let mut l = l;
+    let target = l.target_index()?;
+    l.stage(target)?;
+    let mut refs = l.collected;
+    refs.sort_by_key(|r| (r.span.line, r.span.column));
+    Ok((refs, l.unmatched_from_args))
+}

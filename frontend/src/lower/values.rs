@@ -1,0 +1,144 @@
+//! Small value parsers and path helpers used by lowering (and `--change`).
+
+use crate::error::ErrorKind;
+
+pub(super) fn set_env(env: &mut Vec<String>, k: &str, v: &str) {
+    let entry = format!("{k}={v}");
+    for e in env.iter_mut() {
+        if e.split_once('=')
+            .map_or(e.as_str() == k, |(key, _)| key == k)
+        {
+            *e = entry;
+            return;
+        }
+    }
+    env.push(entry);
+}
+
+/// `path.Clean` for absolute paths.
+pub(crate) fn clean_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// COPY destinations are relative to WORKDIR; a trailing `/` (or `.`) means "into".
+pub(super) fn resolve_dest(dest: &str, cwd: &str) -> String {
+    let dir_like = dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest == "..";
+    let joined = if dest.starts_with('/') {
+        dest.to_owned()
+    } else {
+        format!("{}/{dest}", cwd.trim_end_matches('/'))
+    };
+    let mut out = clean_path(&joined);
+    if dir_like && !out.ends_with('/') {
+        out.push('/');
+    }
+    out
+}
+
+pub(super) fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+pub(super) fn is_git(s: &str) -> bool {
+    s.starts_with("git@")
+        || s.starts_with("git://")
+        || (is_url(s)
+            && s.split(['?', '#'])
+                .next()
+                .is_some_and(|p| p.ends_with(".git")))
+}
+
+pub(super) fn looks_like_image(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':' | '@'))
+        && !s.starts_with(['-', '.', '/', ':'])
+}
+
+pub(super) fn normalize_platform(p: &str) -> String {
+    let p = p.to_ascii_lowercase();
+    let mut parts: Vec<&str> = p.split('/').collect();
+    if parts.len() == 2 && parts[1] == "arm64" {
+        parts.push("v8");
+    }
+    if parts.len() == 3 && parts[1] == "amd64" && parts[2] == "v1" {
+        parts.pop();
+    }
+    parts.join("/")
+}
+
+pub(super) fn valid_signal(s: &str) -> bool {
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    // Docker's signal.ParseSignal upper-cases the name first.
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-')
+}
+
+pub(super) fn valid_chmod(s: &str) -> bool {
+    if !s.is_empty() && s.len() <= 4 && s.chars().all(|c| ('0'..='7').contains(&c)) {
+        return true;
+    }
+    // Symbolic: [ugoa]*[+-=][rwxXst]* joined by commas.
+    !s.is_empty()
+        && s.split(',').all(|clause| {
+            let who = clause.chars().take_while(|c| "ugoa".contains(*c)).count();
+            let rest = &clause[who..];
+            !rest.is_empty()
+                && rest.starts_with(['+', '-', '='])
+                && rest[1..].chars().all(|c| "rwxXst+-=".contains(c))
+        })
+}
+
+/// Go's `%q` of a `[]string`: `["a" "b"]`.
+pub(super) fn go_quote_list(v: &[String]) -> String {
+    let q: Vec<String> = v.iter().map(|s| crate::ast::go_quote(s)).collect();
+    format!("[{}]", q.join(" "))
+}
+
+/// Expands one EXPOSE word: `80`, `53/udp`, `9000-9002`, `8000-8001/tcp` into `port/proto`.
+pub(crate) fn parse_port_spec(w: &str) -> Result<Vec<String>, ErrorKind> {
+    let bad = |reason: &str| ErrorKind::BadPort {
+        port: w.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (ports, proto) = match w.split_once('/') {
+        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+        None => (w, "tcp".to_owned()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(bad("protocol must be tcp, udp or sctp"));
+    }
+    // `ip:hostport:containerport` forms: only the container port matters for EXPOSE.
+    let ports = ports.rsplit(':').next().unwrap_or(ports);
+    let num = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| bad("not a port number (0-65535)"))
+    };
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let p = num(ports)?;
+            (p, p)
+        }
+    };
+    if hi < lo {
+        return Err(bad("range end is below its start"));
+    }
+    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}

@@ -1,0 +1,291 @@
+//! The test harness: a temp dir and KILN_ROOT per test, the real `kiln` binary, a busybox
+//! base image built from /bin/busybox, and helpers to read rawjson progress.
+
+use anyhow::{Context as _, ensure};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// `target/<profile>/kiln`, found from this test binary's path (`target/<profile>/deps/it-*`).
+/// `cargo test --workspace` builds it (cli has an integration test, which makes cargo build
+/// the binary); `cargo test -p kiln-tests` alone needs `cargo build -p kiln-cli` first.
+pub fn kiln_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let bin = profile_dir.join("kiln");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p kiln-cli` (or `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Checks root, overlayfs, /bin/busybox and `tools`. Returns false (test skipped, reason
+/// printed) when one is missing, or panics when REQUIRE_PRIVILEGED_TESTS=1.
+pub fn privileged(tools: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("overlay")) {
+        missing.push("overlayfs".to_owned());
+    }
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("/bin/busybox (busybox-static)".to_owned());
+    }
+    for t in tools {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()));
+        if !found {
+            missing.push((*t).to_owned());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        panic!(
+            "privileged test required but missing: {}",
+            missing.join(", ")
+        );
+    }
+    eprintln!("skipped: missing {}", missing.join(", "));
+    false
+}
+
+/// One test's world: a temp dir holding `root/` (KILN_ROOT) and `ctx/` (a build context).
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub ctx: PathBuf,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-it-")
+            .tempdir()
+            .expect("a temp dir");
+        let root = dir.path().join("root");
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir(&ctx).expect("ctx dir");
+        TestDir { dir, root, ctx }
+    }
+
+    /// Writes `text` at `rel` under the context (creating parents).
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.ctx.join(rel);
+        std::fs::create_dir_all(p.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    }
+
+    /// A `kiln` command with this test's KILN_ROOT.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(kiln_bin());
+        c.args(args)
+            .env("KILN_ROOT", &self.root)
+            .env_remove("KILN_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `kiln args...` and returns its output.
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("kiln runs")
+    }
+
+    /// Runs `kiln args...`, failing the test with its output unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let out = self.kiln(args);
+        ensure!(
+            out.status.success(),
+            "kiln {args:?} failed ({}):\n{}",
+            out.status,
+            text(&out)
+        );
+        Ok(out)
+    }
+
+    /// Builds the context as `tag` with rawjson progress; returns the parsed events.
+    pub fn build(&self, tag: &str, extra: &[&str]) -> anyhow::Result<Vec<Value>> {
+        let ctx = self.ctx.to_str().expect("utf-8 path");
+        let mut args = vec!["build", "--progress", "rawjson", "-t", tag];
+        args.extend_from_slice(extra);
+        args.push(ctx);
+        let out = self.ok(&args)?;
+        events(&out)
+    }
+
+    /// Imports busybox as `busybox:latest` with `CMD ["sh"]` and a PATH.
+    pub fn import_busybox(&self) -> anyhow::Result<()> {
+        let tar = self.dir.path().join("busybox.tar");
+        std::fs::write(&tar, busybox_tar()?)?;
+        self.ok(&[
+            "import",
+            "--change",
+            r#"CMD ["sh"]"#,
+            "--change",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            tar.to_str().expect("utf-8 path"),
+            "busybox",
+        ])?;
+        Ok(())
+    }
+
+    /// Every path under KILN_ROOT except tmp/ and the lock, with sizes: a store fingerprint.
+    pub fn store_listing(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                let rel = p
+                    .strip_prefix(&self.root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .into_owned();
+                if rel == "tmp"
+                    || rel == "lock"
+                    || rel.starts_with("snapshots/") && rel.matches('/').count() > 1
+                {
+                    continue;
+                }
+                let md = std::fs::symlink_metadata(&p).expect("stat");
+                out.insert(rel, if md.is_file() { md.len() } else { 0 });
+                if md.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// stdout and stderr, for failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "--- stdout\n{}--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The rawjson events on stderr (lines that are not JSON, like the final summary, skipped).
+pub fn events(out: &Output) -> anyhow::Result<Vec<Value>> {
+    Ok(String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
+}
+
+/// The events of vertices whose name contains `needle`, as (kind, time) pairs.
+pub fn kinds<'a>(events: &'a [Value], needle: &str) -> Vec<(&'a str, u64)> {
+    events
+        .iter()
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.contains(needle)))
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or(""),
+                e["time"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Names of RUN vertices that actually executed (started, not cached).
+pub fn executed_runs(events: &[Value]) -> Vec<String> {
+    let mut started = BTreeMap::new();
+    for e in events {
+        let name = e["name"].as_str().unwrap_or("").to_owned();
+        match e["kind"].as_str() {
+            Some("started") => {
+                started.insert(name, true);
+            }
+            Some("cached") => {
+                started.insert(name, false);
+            }
+            _ => {}
+        }
+    }
+    started
+        .into_iter()
+        .filter(|(n, ran)| *ran && n.contains("RUN"))
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Names of vertices reported CACHED.
+pub fn cached(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "cached")
+        .filter_map(|e| e["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A rootfs tar: /bin/busybox, a symlink per applet, /etc/passwd, /etc/group, /tmp, /root.
+pub fn busybox_tar() -> anyhow::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    };
+    for (p, m) in [
+        ("bin", 0o755),
+        ("etc", 0o755),
+        ("tmp", 0o1777),
+        ("root", 0o700),
+        ("usr", 0o755),
+    ] {
+        b.append_data(
+            &mut header(tar::EntryType::Directory, m, 0),
+            p,
+            std::io::empty(),
+        )?;
+    }
+    let bb = std::fs::read("/bin/busybox").context("reading /bin/busybox")?;
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 0o755, bb.len() as u64),
+        "bin/busybox",
+        bb.as_slice(),
+    )?;
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            b.append_link(
+                &mut header(tar::EntryType::Symlink, 0o777, 0),
+                format!("bin/{applet}"),
+                "busybox",
+            )?;
+        }
+    }
+    for (p, text) in [
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        ),
+        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+    ] {
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 0o644, text.len() as u64),
+            p,
+            text.as_bytes(),
+        )?;
+    }
+    Ok(b.into_inner()?)
+}
