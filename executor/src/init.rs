@@ -96,6 +96,15 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
+    /// The network namespace to join could not be entered.
+    #[error("joining network namespace {path}")]
+    JoinNetns {
+        /// The namespace file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// The overlay root could not be mounted.
     #[error("mounting overlay root (upper {upper}, {lowers} lower dirs)")]
     Overlay {
@@ -160,13 +169,13 @@ pub enum InitError {
     /// The command was not found.
     #[error("{cmd}: executable file not found in $PATH")]
     NotFound {
-        /// argv[0].
+        /// `argv[0]`.
         cmd: String,
     },
     /// execve failed.
     #[error("exec {cmd}")]
     Exec {
-        /// argv[0].
+        /// `argv[0]`.
         cmd: String,
         /// Cause.
         #[source]
@@ -339,6 +348,18 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     if spec.network == Network::Loopback {
         flags |= UnshareFlags::NEWNET;
     }
+    if let Network::Join { netns, .. } = &spec.network {
+        let fd = rustix::fs::open(netns, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| file_err(netns)(e.into()))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&fd),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| InitError::JoinNetns {
+            path: netns.clone(),
+            source: e.into(),
+        })?;
+    }
     sys::unshare(flags).map_err(ns_err("unsharing namespaces"))?;
     rustix::system::sethostname(spec.hostname.as_bytes()).map_err(ns_err("setting hostname"))?;
     if spec.network == Network::Loopback {
@@ -350,6 +371,12 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
 
     let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(ns_err("creating a pipe"))?;
+    // Signals sent to this process (`kill`, a terminal, a supervisor) are relayed to pid 1:
+    // they queue while blocked and are forwarded from the wait loop.
+    let old_mask = sys::block_relayed_signals().map_err(|source| InitError::Namespace {
+        what: "blocking signals",
+        source,
+    })?;
     let child = sys::fork().map_err(|source| InitError::Namespace {
         what: "fork",
         source,
@@ -357,7 +384,13 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let pid = match child {
         sys::Forked::Child => {
             drop(reader);
-            let err = match child_main(spec, &state.path, &plan, writer) {
+            let err = match sys::restore_signal_mask(&old_mask)
+                .map_err(|source| InitError::Namespace {
+                    what: "restoring the signal mask",
+                    source,
+                })
+                .and_then(|()| child_main(spec, &state.path, &plan, writer))
+            {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -376,13 +409,14 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     Ok(status)
 }
 
+/// Waits for pid 1 to exit, relaying the signals this process gets to it.
 fn wait(pid: i32) -> Result<i32> {
     let pid = rustix::process::Pid::from_raw(pid).ok_or(InitError::Namespace {
         what: "fork returned pid 0 in the parent",
         source: io::Error::from(io::ErrorKind::InvalidData),
     })?;
     loop {
-        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
             Ok(Some((_, status))) => {
                 if let Some(code) = status.exit_status() {
                     return Ok(code);
@@ -391,9 +425,18 @@ fn wait(pid: i32) -> Result<i32> {
                     return Ok(128 + sig);
                 }
             }
-            Ok(None) => {}
-            Err(rustix::io::Errno::INTR) => {}
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(ns_err("waiting for the sandbox")(e)),
+        }
+        let sig = sys::wait_signal().map_err(|source| InitError::Namespace {
+            what: "waiting for signals",
+            source,
+        })?;
+        if sig != libc::SIGCHLD
+            && let Some(signal) = rustix::process::Signal::from_named_raw(sig)
+        {
+            // The child may be gone already; its exit is collected on the next turn.
+            let _ = rustix::process::kill_process(pid, signal);
         }
     }
 }

@@ -292,6 +292,9 @@ pub fn etc_files(
         ),
         // Only loopback exists: a nameserver from the host would be unreachable (or, for
         // 127.0.0.53, would point at the sandbox's own loopback).
+        Network::Join {
+            hosts, resolv_conf, ..
+        } => (hosts.clone(), resolv_conf.clone()),
         Network::Loopback => (
             format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
             String::new(),
@@ -473,6 +476,21 @@ mod tests {
         );
         assert_eq!(files[0].1, "10.0.0.1 x\n");
         assert_eq!(files[1].1, "nameserver 9.9.9.9\n");
+    }
+
+    #[test]
+    fn joined_network_uses_the_given_files() {
+        let files = etc_files(
+            &spec(Network::Join {
+                netns: "/run/kiln/netns/x".into(),
+                hosts: "10.88.0.2\tbox\n".into(),
+                resolv_conf: "nameserver 10.88.0.1\n".into(),
+            }),
+            Some("host\n"),
+            Some("host\n"),
+        );
+        assert_eq!(files[0].1, "10.88.0.2\tbox\n");
+        assert_eq!(files[1].1, "nameserver 10.88.0.1\n");
     }
 
     #[test]
