@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use executor::net::{Attachment, Netns, NftCommand, PortMapping, Proto, RealNetlink, files};
 use executor::spec::Network;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// Where the host-wide lease store lives.
@@ -96,14 +97,21 @@ pub fn netns_path(id: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(id)
 }
 
-/// Prepares the network of container `id` (host name `hostname`): the sandbox's [`Network`]
-/// and, for a bridge, the attachment to tear down after the run. Fails (leaving nothing
-/// behind) when a port is taken, the network is unknown, or a link or nft step fails.
+/// Prepares the network of container `id` (host name `hostname`, state in `dir`): the
+/// sandbox's [`Network`] and, for a bridge, the attachment to tear down after the run. Fails
+/// (leaving nothing behind) when a port is taken, the network is unknown, or a link or nft
+/// step fails.
+///
+/// On a bridge, /etc/hosts is also written to `dir/hosts`, which the caller bind-mounts over
+/// the sandbox's (see [`hosts_mount`]): on a user network every member's file is rewritten in
+/// place when a container joins or leaves ([`refresh_hosts`]), so containers started earlier
+/// resolve the ones started later by name, as docker's embedded DNS would let them.
 pub fn setup(
     mode: &Mode,
     id: &str,
     hostname: &str,
     ports: &[PortMapping],
+    dir: &Path,
 ) -> anyhow::Result<(Network, Option<Joined>)> {
     let name = match mode {
         Mode::None | Mode::Host | Mode::Container(_) if !ports.is_empty() => {
@@ -129,10 +137,15 @@ pub fn setup(
         }
     };
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut hosts = files::hosts(hostname, Some(attachment.ip), &[]);
-    if id != hostname {
-        // The full container name too (the host name is its first 12 characters).
-        hosts.push_str(&format!("{}\t{id}\n", attachment.ip));
+    let hosts = hosts_text(id, hostname, attachment.ip, &[]);
+    let hosts_file = dir.join("hosts");
+    if let Err(e) = std::fs::write(&hosts_file, &hosts) {
+        let _ = nets.detach(name, id);
+        let _ = netns.remove();
+        return Err(anyhow::Error::new(e).context(format!("writing {}", hosts_file.display())));
+    }
+    if name != executor::net::ipam::DEFAULT_NETWORK {
+        refresh_hosts(name);
     }
     let network = Network::Join {
         netns: path,
@@ -147,6 +160,57 @@ pub fn setup(
             attachment,
         }),
     ))
+}
+
+fn hosts_text(id: &str, hostname: &str, ip: Ipv4Addr, peers: &[(String, Ipv4Addr)]) -> String {
+    let mut hosts = files::hosts(hostname, Some(ip), peers);
+    if id != hostname {
+        // The full container name too (the host name is its first 12 characters).
+        hosts.push_str(&format!("{ip}\t{id}\n"));
+    }
+    hosts
+}
+
+/// The mount that puts `dir/hosts` (written by [`setup`]) on the sandbox's /etc/hosts.
+pub fn hosts_mount(dir: &Path) -> executor::spec::MountSpec {
+    executor::spec::MountSpec {
+        target: "/etc/hosts".to_owned(),
+        kind: executor::spec::MountKind::Bind {
+            source: dir.join("hosts"),
+        },
+        readonly: false,
+    }
+}
+
+/// Rewrites the /etc/hosts of every container of user network `network` that this KILN_ROOT
+/// knows, naming all current members. Files are rewritten in place (truncate and write, not
+/// rename) because running sandboxes have them bind-mounted. Best effort: a member that
+/// cannot be updated keeps its old file.
+pub fn refresh_hosts(network: &str) {
+    if network == executor::net::ipam::DEFAULT_NETWORK {
+        return;
+    }
+    let (Ok(ipam), Ok(root)) = (executor::net::Ipam::open(STATE_DIR), crate::kiln_root()) else {
+        return;
+    };
+    let Ok(leases) = ipam.leases(network) else {
+        return;
+    };
+    let peers: Vec<(String, Ipv4Addr)> =
+        leases.iter().map(|l| (l.container.clone(), l.ip)).collect();
+    for l in &leases {
+        let file = root.join("containers").join(&l.container).join("hosts");
+        if !file.exists() {
+            continue;
+        }
+        let hostname: String = l.container.chars().take(12).collect();
+        let text = hosts_text(&l.container, &hostname, l.ip, &peers);
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    }
 }
 
 /// The network of running container `name`: its pinned namespace when it has one, else
@@ -193,6 +257,7 @@ impl Joined {
             .detach(&attachment.network, &attachment.container)
             .with_context(|| format!("detaching container {}", attachment.container));
         let removed = netns.remove().context("removing the network namespace");
+        refresh_hosts(&attachment.network);
         detached?;
         removed?;
         Ok(())

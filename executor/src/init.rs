@@ -96,15 +96,6 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
-    /// The network namespace to join could not be entered.
-    #[error("joining network namespace {path}")]
-    JoinNetns {
-        /// The namespace file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
     /// The overlay root could not be mounted.
     #[error("mounting overlay root (upper {upper}, {lowers} lower dirs)")]
     Overlay {
@@ -347,18 +338,6 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     }
     if spec.network == Network::Loopback {
         flags |= UnshareFlags::NEWNET;
-    }
-    if let Network::Join { netns, .. } = &spec.network {
-        let fd = rustix::fs::open(netns, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| file_err(netns)(e.into()))?;
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&fd),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .map_err(|e| InitError::JoinNetns {
-            path: netns.clone(),
-            source: e.into(),
-        })?;
     }
     sys::unshare(flags).map_err(ns_err("unsharing namespaces"))?;
     rustix::system::sethostname(spec.hostname.as_bytes()).map_err(ns_err("setting hostname"))?;
@@ -605,13 +584,25 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
             .map_err(ns_err("joining the container's namespaces"))?;
     }
     drop(handles);
+    // As for RUN: signals to this process are relayed to the command, and `wait` needs
+    // SIGCHLD blocked so that it queues for sigwaitinfo.
+    let old_mask = sys::block_relayed_signals().map_err(|source| InitError::Namespace {
+        what: "blocking signals",
+        source,
+    })?;
     let child = sys::fork().map_err(|source| InitError::Namespace {
         what: "fork",
         source,
     })?;
     match child {
         sys::Forked::Child => {
-            let err = match exec_child(spec) {
+            let err = match sys::restore_signal_mask(&old_mask)
+                .map_err(|source| InitError::Namespace {
+                    what: "restoring the signal mask",
+                    source,
+                })
+                .and_then(|()| exec_child(spec))
+            {
                 Err(e) => e,
                 Ok(never) => match never {},
             };

@@ -11,6 +11,7 @@
 //! - [`mounts`]: the pure mount plan of a RUN sandbox;
 //! - [`user`]: /etc/passwd and /etc/group resolution (pure);
 //! - [`copy`]: COPY/ADD/WORKDIR semantics, run inside `__init`;
+//! - [`cgroup`]: `--memory`/`--cpus`/`--pids-limit` through cgroup v1 or v2;
 //! - [`net`]: bridge networks, leases, NAT and published ports, the netns pool for RUN;
 //! - [`context`]: host-side source walking and `.dockerignore` matching (for cache keys);
 //! - [`sys`]: the only module with `unsafe` (fork, execve, ioctl, prctl, mount_setattr).
@@ -29,6 +30,7 @@
 //! caller's mount namespace.
 #![deny(missing_docs)]
 
+pub mod cgroup;
 pub mod context;
 pub mod copy;
 pub mod init;

@@ -4,6 +4,7 @@
 
 mod build;
 mod cache;
+mod containers;
 mod errors;
 mod frontend_features;
 mod harness;

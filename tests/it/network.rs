@@ -424,3 +424,138 @@ fn logs_follow_prints_until_the_container_exits() -> anyhow::Result<()> {
     t.ok(&["rm", &n])?;
     Ok(())
 }
+
+/// A /24 of 10.89.0.0/16 (left to tests by kiln's auto subnets) for this test process.
+fn test_subnet(offset: u32) -> String {
+    format!("10.89.{}.0/24", (std::process::id() + offset) % 250)
+}
+
+fn inspect(t: &TestDir, name: &str) -> anyhow::Result<serde_json::Value> {
+    let out = t.ok(&["inspect", name])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v.get(0).cloned().context("inspect gives an array")
+}
+
+#[test]
+fn user_network_containers_ping_each_other_by_ip_and_name() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let net = name("net");
+    let subnet = test_subnet(0);
+    t.ok(&["network", "create", "--subnet", &subnet, &net])?;
+    let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
+    ensure!(ls.contains(&net) && ls.contains(&subnet), "{ls}");
+    let (a, b) = (name("pa"), name("pb"));
+    for n in [&a, &b] {
+        t.ok(&[
+            "run",
+            "-d",
+            "--network",
+            &net,
+            "--name",
+            n,
+            "busybox",
+            "sleep",
+            "1000",
+        ])?;
+    }
+    let ip_b = inspect(&t, &b)?["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .context("IPAddress")?
+        .to_owned();
+    ensure!(
+        ip_b.starts_with(&subnet[..subnet.len() - 4]),
+        "{ip_b} not in {subnet}"
+    );
+    // a started before b: its /etc/hosts was updated in place when b joined.
+    for (from, to) in [(&a, b.as_str()), (&b, a.as_str()), (&a, ip_b.as_str())] {
+        let out = t.kiln(&["exec", from, "ping", "-c", "1", "-W", "3", to]);
+        ensure!(out.status.success(), "{from} -> {to}: {}", text(&out));
+    }
+    let out = t.kiln(&["network", "rm", &net]);
+    ensure!(
+        !out.status.success() && text(&out).contains("in use"),
+        "{}",
+        text(&out)
+    );
+    t.ok(&["rm", "-f", &a])?;
+    let hosts = t.ok(&["exec", &b, "cat", "/etc/hosts"])?;
+    ensure!(
+        !String::from_utf8_lossy(&hosts.stdout).contains(&a),
+        "a removed container is still named: {}",
+        text(&hosts)
+    );
+    t.ok(&["rm", "-f", &b])?;
+    t.ok(&["network", "rm", &net])?;
+    let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
+    ensure!(!ls.contains(&net), "{ls}");
+    Ok(())
+}
+
+#[test]
+fn inspect_gives_state_address_and_ports_like_docker() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let free = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    let port = free.local_addr()?.port();
+    drop(free);
+    let n = name("inspect");
+    let spec = format!("{port}:80");
+    t.ok(&[
+        "run", "-d", "--name", &n, "-p", &spec, "busybox", "sleep", "1000",
+    ])?;
+    let c = inspect(&t, &n)?;
+    ensure!(
+        c["Name"] == format!("/{n}") && c["Config"]["Image"] == "busybox",
+        "{c}"
+    );
+    ensure!(
+        c["State"]["Status"] == "running" && c["State"]["Running"] == true,
+        "{c}"
+    );
+    let pid = c["State"]["Pid"].as_i64().context("Pid")?;
+    ensure!(
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))?.starts_with("sleep"),
+        "Pid {pid} is not the container's process"
+    );
+    ensure!(
+        c["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("10.88.")),
+        "{c}"
+    );
+    ensure!(
+        c["NetworkSettings"]["Ports"]["80/tcp"]
+            == serde_json::json!([{ "HostIp": "0.0.0.0", "HostPort": port.to_string() }]),
+        "{c}"
+    );
+    ensure!(
+        c["State"]["StartedAt"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{c}"
+    );
+    t.ok(&["kill", &n])?;
+    let c = inspect(&t, &n)?;
+    ensure!(
+        c["State"]["Status"] == "exited" && c["State"]["ExitCode"] == 137,
+        "{c}"
+    );
+    // Images go through the same command.
+    let img = inspect(&t, "busybox")?;
+    ensure!(img["RootFS"]["DiffIDs"].is_array(), "{img}");
+    t.ok(&["rm", &n])?;
+    let out = t.kiln(&["inspect", &n]);
+    ensure!(
+        !out.status.success() && text(&out).contains(&n),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
