@@ -292,9 +292,6 @@ pub fn etc_files(
         ),
         // Only loopback exists: a nameserver from the host would be unreachable (or, for
         // 127.0.0.53, would point at the sandbox's own loopback).
-        Network::Join {
-            hosts, resolv_conf, ..
-        } => (hosts.clone(), resolv_conf.clone()),
         Network::Loopback => (
             format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
             String::new(),
