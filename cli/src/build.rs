@@ -159,6 +159,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             "none" => solver::graph::NetworkMode::None,
             _ => solver::graph::NetworkMode::Default,
         },
+        // RUN steps on the default network join the bridge (pooled namespaces).
+        bridge: match a.network.as_str() {
+            "host" | "none" => None,
+            _ => Some(crate::netrun::build_network()?),
+        },
     };
     let image = rt.block_on(async {
         let _lock = store.lock_shared().context("locking the store")?;

@@ -83,6 +83,28 @@ pub fn ports(
     Ok(out)
 }
 
+/// Where build RUN steps keep their pooled namespaces (`POOL_DIR/bridge/N.netns`).
+pub const POOL_DIR: &str = "/run/kiln/pool";
+
+/// Slots of the RUN pool: enough for a build's parallel steps and a few concurrent builds.
+const POOL_SLOTS: usize = 16;
+
+/// The bridge that build RUN steps on the default network join (see
+/// [`executor::net::BuildNetwork`]). Fails when the lease store or netlink cannot be opened.
+pub fn build_network() -> anyhow::Result<std::sync::Arc<executor::net::BuildNetwork>> {
+    executor::net::enable_ip_forward(Path::new("/proc/sys")).context("enabling IPv4 forwarding")?;
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let net = executor::net::BuildNetwork::open(
+        Path::new(STATE_DIR),
+        Path::new(POOL_DIR),
+        executor::net::ipam::DEFAULT_NETWORK,
+        POOL_SLOTS,
+        &host_resolv,
+    )
+    .with_context(|| format!("opening the network state at {STATE_DIR}"))?;
+    Ok(std::sync::Arc::new(net))
+}
+
 /// A container attached to a bridge network; [`Joined::teardown`] undoes it.
 #[allow(missing_debug_implementations)]
 pub struct Joined {

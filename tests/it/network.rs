@@ -559,3 +559,60 @@ fn inspect_gives_state_address_and_ports_like_docker() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn build_run_steps_join_the_bridge_unless_none_or_host_is_asked() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN ip -4 -o addr > /default.txt && ip route >> /default.txt && cat /etc/hosts >> /default.txt\n\
+         RUN --network=none ls /sys/class/net > /none.txt\n",
+    );
+    t.build("netbuild:1", &[])?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "netbuild:1",
+        "cat",
+        "/default.txt",
+        "/none.txt",
+    ])?;
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        s.contains("eth0") && s.contains("default via 10.88.0.1"),
+        "the default RUN network is not the bridge: {s}"
+    );
+    ensure!(s.trim_end().ends_with("lo"), "RUN --network=none: {s}");
+    ensure!(
+        Path::new("/run/kiln/pool/bridge/0.netns").exists(),
+        "no pooled namespace"
+    );
+    // kiln build --network none: the default steps get only lo.
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nRUN ls /sys/class/net > /net.txt\n",
+    );
+    t.build("netbuild:2", &["--network", "none"])?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "netbuild:2",
+        "cat",
+        "/net.txt",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == "lo",
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
