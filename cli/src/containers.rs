@@ -378,10 +378,16 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
 /// Detaches the container from its network and unpins its namespace; idempotent.
 fn cleanup_network(state: &State) {
     if let Some(net) = &state.network {
-        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::STATE_DIR) {
-            let _ = nets.detach(net, &state.id);
-        }
         let _ = executor::net::netns::remove_path(&crate::netrun::netns_path(&state.id));
+        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::STATE_DIR) {
+            // A container still running here is being killed by `rm -f`: delete its veth
+            // now. Otherwise the namespace died with the sandbox and takes the veth along.
+            let _ = if alive(state.pid) {
+                nets.detach(net, &state.id)
+            } else {
+                nets.forget(net, &state.id)
+            };
+        }
         crate::netrun::refresh_hosts(net);
     }
 }

@@ -275,10 +275,12 @@ impl Joined {
             netns,
             attachment,
         } = self;
-        let detached = nets
-            .detach(&attachment.network, &attachment.container)
-            .with_context(|| format!("detaching container {}", attachment.container));
+        // Unpinned first: with the sandbox gone, the namespace dies and takes the veth pair
+        // with it, so only the lease and rules are left to undo (see `Networks::forget`).
         let removed = netns.remove().context("removing the network namespace");
+        let detached = nets
+            .forget(&attachment.network, &attachment.container)
+            .with_context(|| format!("detaching container {}", attachment.container));
         refresh_hosts(&attachment.network);
         detached?;
         removed?;

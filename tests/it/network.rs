@@ -46,6 +46,18 @@ fn get(port: u16) -> std::io::Result<String> {
     Ok(body)
 }
 
+/// Polls `f` for up to 10 s (links of a dead namespace are deleted asynchronously).
+fn settles(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// A unique container name (tests share the host-wide bridge).
 fn name(tag: &str) -> String {
     format!("it-{tag}-{}", std::process::id())
@@ -114,7 +126,11 @@ fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()
     let out = child.wait_with_output()?;
     ensure!(!out.status.success(), "{}", text(&out));
     ensure!(lease(&n).is_none(), "lease left after stop");
-    ensure!(!links()?.contains(&veth), "{veth} left after stop");
+    // The kernel deletes the pair with the namespace, in the background.
+    ensure!(
+        settles(|| links().is_ok_and(|l| !l.contains(&veth))),
+        "{veth} left after stop"
+    );
     ensure!(!nft_ruleset().contains("18080"), "rule left after stop");
     ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
     ensure!(get(18080).is_err(), "port still answers");
@@ -614,5 +630,144 @@ fn build_run_steps_join_the_bridge_unless_none_or_host_is_asked() -> anyhow::Res
         "{}",
         text(&out)
     );
+    Ok(())
+}
+
+/// What a network holds on the host: links naming its bridge (the bridge and the veths
+/// enslaved to it), its leases, and kiln's nft rules naming its bridge or subnet.
+fn footprint(net: &str, bridge: &str, subnet: &str) -> anyhow::Result<(usize, usize, usize)> {
+    let links = links()?.lines().filter(|l| l.contains(bridge)).count();
+    let leases = std::fs::read_to_string(format!("/run/kiln/networks/{net}/leases.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["leases"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    let rules = std::process::Command::new("nft")
+        .args(["list", "table", "ip", "kiln"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains(bridge) || l.contains(subnet))
+                .count()
+        })?;
+    // DNAT rules name the container's address, which is in the subnet's /24.
+    let prefix = format!("dnat to {}", subnet.trim_end_matches("0/24"));
+    let dnat = nft_ruleset()
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .count();
+    Ok((links, leases, rules + dnat))
+}
+
+#[test]
+fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let net = name("leak");
+    let subnet = test_subnet(100);
+    t.ok(&["network", "create", "--subnet", &subnet, &net])?;
+    let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
+    let bridge = ls
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(net.as_str()))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("bridge in network ls")?
+        .to_owned();
+    // Warm up: the bridge and the network's NAT rules stay from here on, as docker0's do.
+    t.ok(&["run", "--rm", "--network", &net, "busybox", "true"])?;
+    let before = footprint(&net, &bridge, &subnet)?;
+    for i in 0..50 {
+        let c = format!("{}-{i}", name("cyc"));
+        if i % 2 == 0 {
+            // Detached with a published port (DNAT rules), then rm -f of the running one.
+            let free = std::net::TcpListener::bind(("0.0.0.0", 0))?;
+            let spec = format!("{}:80", free.local_addr()?.port());
+            drop(free);
+            t.ok(&[
+                "run",
+                "-d",
+                "--network",
+                &net,
+                "--name",
+                &c,
+                "-p",
+                &spec,
+                "busybox",
+                "sleep",
+                "100",
+            ])?;
+            t.ok(&["rm", "-f", &c])?;
+        } else {
+            t.ok(&[
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "--name",
+                &c,
+                "busybox",
+                "true",
+            ])?;
+        }
+    }
+    let mut after = footprint(&net, &bridge, &subnet)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while after != before && Instant::now() < deadline {
+        // Veth pairs go with their namespaces, which the kernel destroys in the background.
+        std::thread::sleep(Duration::from_millis(50));
+        after = footprint(&net, &bridge, &subnet)?;
+    }
+    ensure!(
+        after == before,
+        "(links, leases, rules) before {before:?}, after 50 cycles {after:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir("/run/kiln/netns")?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&name("cyc")))
+        .collect();
+    ensure!(left.is_empty(), "pinned namespaces left: {left:?}");
+    t.ok(&["network", "rm", &net])?;
+    Ok(())
+}
+
+#[test]
+fn a_container_cannot_reach_an_unpublished_host_loopback_listener() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    // The bridge's gateway address exists once a container has been on it.
+    t.ok(&["run", "--rm", "busybox", "true"])?;
+    let local = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    let local_port = local.local_addr()?.port();
+    // Control: a listener on the gateway address itself is reachable, so the path works.
+    let open = std::net::TcpListener::bind(("10.88.0.1", 0))?;
+    let open_port = open.local_addr()?.port();
+    let accepted = std::thread::spawn(move || open.accept().map(|_| ()));
+    let script = format!(
+        "echo hi | nc -w 2 10.88.0.1 {open_port} && echo control-ok; \
+         echo hi | nc -w 2 10.88.0.1 {local_port} && echo gateway-reached; \
+         echo hi | nc -w 2 127.0.0.1 {local_port} && echo loopback-reached; true"
+    );
+    let out = t.ok(&["run", "--rm", "busybox", "sh", "-c", &script])?;
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        s.contains("control-ok"),
+        "the control connection failed: {}",
+        text(&out)
+    );
+    ensure!(
+        !s.contains("reached"),
+        "a container reached the host's 127.0.0.1:{local_port}: {s}"
+    );
+    accepted
+        .join()
+        .map_err(|_| anyhow::anyhow!("accept thread"))??;
+    drop(local);
     Ok(())
 }
