@@ -117,6 +117,9 @@ pub enum Cmd {
         /// Keep stdin open.
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Allocate a pseudo-terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
         /// Container.
         name: String,
         /// Command and arguments.
@@ -653,11 +656,12 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             workdir,
             user,
             interactive,
+            tty,
             name,
             command,
         } => {
             drop(out);
-            return exec(&name, env, workdir, user, interactive, command);
+            return exec(&name, env, workdir, user, (interactive, tty), command);
         }
         Cmd::Supervise { id } => return supervise(&id),
     }
@@ -670,7 +674,7 @@ fn exec(
     env: Vec<String>,
     workdir: Option<String>,
     user: Option<String>,
-    interactive: bool,
+    (interactive, tty): (bool, bool),
     command: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let (dir, s) = find(name)?;
@@ -686,15 +690,19 @@ fn exec(
         env: solver::run::env(&spec.env, &env),
         cwd: workdir.unwrap_or(spec.cwd),
         user: user.unwrap_or(spec.user),
+        tty,
     };
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Exec(exec))?;
     if !interactive {
         cmd.stdin(Stdio::null());
     }
+    let raw = tty.then(crate::run::RawTerminal::enter).flatten();
     let st = cmd
         .status()
-        .with_context(|| format!("starting {}", exe.display()))?;
+        .with_context(|| format!("starting {}", exe.display()));
+    drop(raw);
+    let st = st?;
     use std::os::unix::process::ExitStatusExt as _;
     let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))

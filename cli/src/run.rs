@@ -27,7 +27,7 @@ pub struct RunArgs {
     /// Keep stdin open.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Allocate a terminal (stdin must be one).
+    /// Allocate a pseudo-terminal in the container (the caller's terminal goes raw).
     #[arg(short = 't', long)]
     tty: bool,
     /// Network: `bridge` (default, kiln0), `none` (only lo), `host`, or a network name.
@@ -182,12 +182,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         };
         return crate::containers::start_detached(&container.dir, &container.spec, state, joined);
     }
+    let raw = a.tty.then(RawTerminal::enter).flatten();
     let status = spawn_and_wait(
         &container.spec,
         a.interactive || a.tty,
         joined.is_some(),
         &cgroups,
     );
+    drop(raw);
     let torn = joined.map(crate::netrun::Joined::teardown);
     if let Some(c) = &cgroup {
         let _ = c.remove();
@@ -264,4 +266,36 @@ fn kill_on_signal(pid: u32, ready: std::sync::mpsc::Sender<()>) {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
         }
     });
+}
+
+/// The caller's terminal in raw mode while a container's terminal is relayed (keys such as ^C
+/// go to the container as bytes); restored on drop.
+#[derive(Debug)]
+pub struct RawTerminal {
+    saved: rustix::termios::Termios,
+}
+
+impl RawTerminal {
+    /// Puts stdin in raw mode; None when stdin is not a terminal.
+    pub fn enter() -> Option<RawTerminal> {
+        let stdin = rustix::stdio::stdin();
+        if !rustix::termios::isatty(stdin) {
+            return None;
+        }
+        let saved = rustix::termios::tcgetattr(stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            rustix::stdio::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
 }

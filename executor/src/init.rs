@@ -356,6 +356,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
         what: "blocking signals",
         source,
     })?;
+    let (console, console_child) = console_pair(spec.tty)?;
     let child = sys::fork().map_err(|source| InitError::Namespace {
         what: "fork",
         source,
@@ -363,12 +364,13 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let pid = match child {
         sys::Forked::Child => {
             drop(reader);
+            drop(console);
             let err = match sys::restore_signal_mask(&old_mask)
                 .map_err(|source| InitError::Namespace {
                     what: "restoring the signal mask",
                     source,
                 })
-                .and_then(|()| child_main(spec, &state.path, &plan, writer))
+                .and_then(|()| child_main(spec, &state.path, &plan, writer, console_child))
             {
                 Err(e) => e,
                 Ok(never) => match never {},
@@ -378,14 +380,44 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
         sys::Forked::Parent(pid) => pid,
     };
     drop(writer);
+    drop(console_child);
     let mut report = String::new();
     // The pipe closes when the child execs or dies; a read error only loses cleanup hints.
     let _ = std::fs::File::from(reader).read_to_string(&mut report);
-    let status = wait(pid)?;
+    let status = wait_or_relay(pid, console)?;
     let created: Vec<&str> = report.lines().collect();
     remove_placeholders(&spec.rootfs, &created, &before, &plan);
     drop(state);
     Ok(status)
+}
+
+/// With `tty`, the socket pair a pty master travels on (see [`crate::tty`]).
+fn console_pair(tty: bool) -> Result<(Option<OwnedFd>, Option<OwnedFd>)> {
+    if !tty {
+        return Ok((None, None));
+    }
+    let (parent, child) = crate::tty::console_socket().map_err(|source| InitError::Namespace {
+        what: "creating the console socket",
+        source,
+    })?;
+    Ok((Some(parent), Some(child)))
+}
+
+/// Waits for `pid` like [`wait`]; with a console socket, first receives the pty master and
+/// relays the terminal until then.
+fn wait_or_relay(pid: i32, console: Option<OwnedFd>) -> Result<i32> {
+    let tty_err = |source| InitError::Namespace {
+        what: "relaying the terminal",
+        source,
+    };
+    let master = match console {
+        Some(sock) => crate::tty::receive_master(sock).map_err(tty_err)?,
+        None => None,
+    };
+    match (master, rustix::process::Pid::from_raw(pid)) {
+        (Some(m), Some(p)) => crate::tty::relay(m, p).map_err(tty_err),
+        _ => wait(pid),
+    }
 }
 
 /// Waits for pid 1 to exit, relaying the signals this process gets to it.
@@ -491,7 +523,13 @@ fn is_opaque(p: &Path) -> bool {
     rustix::fs::lgetxattr(p, "trusted.overlay.opaque", &mut buf).is_ok()
 }
 
-fn child_main(spec: &RunSpec, state: &Path, plan: &[Step], report: OwnedFd) -> Result<Infallible> {
+fn child_main(
+    spec: &RunSpec,
+    state: &Path,
+    plan: &[Step],
+    report: OwnedFd,
+    console: Option<OwnedFd>,
+) -> Result<Infallible> {
     sys::die_with_parent().map_err(|source| InitError::Namespace {
         what: "setting the parent-death signal",
         source,
@@ -550,10 +588,11 @@ fn child_main(spec: &RunSpec, state: &Path, plan: &[Step], report: OwnedFd) -> R
     std::fs::create_dir_all(cwd).map_err(cwd_err)?;
     std::env::set_current_dir(cwd).map_err(cwd_err)?;
 
-    if spec.tty {
-        rustix::process::setsid().map_err(ns_err("setsid"))?;
-        rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())
-            .map_err(ns_err("making stdin the controlling terminal"))?;
+    if let Some(sock) = console {
+        crate::tty::take_new_pty(sock).map_err(|source| InitError::Namespace {
+            what: "allocating a terminal",
+            source,
+        })?;
     }
 
     exec_as(&spec.args, &env, &spec.user, &id)
@@ -590,29 +629,34 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
         what: "blocking signals",
         source,
     })?;
+    let (console, console_child) = console_pair(spec.tty)?;
     let child = sys::fork().map_err(|source| InitError::Namespace {
         what: "fork",
         source,
     })?;
     match child {
         sys::Forked::Child => {
+            drop(console);
             let err = match sys::restore_signal_mask(&old_mask)
                 .map_err(|source| InitError::Namespace {
                     what: "restoring the signal mask",
                     source,
                 })
-                .and_then(|()| exec_child(spec))
+                .and_then(|()| exec_child(spec, console_child))
             {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
             fail(&err)
         }
-        sys::Forked::Parent(pid) => wait(pid),
+        sys::Forked::Parent(pid) => {
+            drop(console_child);
+            wait_or_relay(pid, console)
+        }
     }
 }
 
-fn exec_child(spec: &crate::spec::ExecSpec) -> Result<Infallible> {
+fn exec_child(spec: &crate::spec::ExecSpec, console: Option<OwnedFd>) -> Result<Infallible> {
     sys::die_with_parent().map_err(|source| InitError::Namespace {
         what: "setting the parent-death signal",
         source,
@@ -626,6 +670,12 @@ fn exec_child(spec: &crate::spec::ExecSpec) -> Result<Infallible> {
         path: cwd.to_string(),
         source,
     })?;
+    if let Some(sock) = console {
+        crate::tty::take_new_pty(sock).map_err(|source| InitError::Namespace {
+            what: "allocating a terminal",
+            source,
+        })?;
+    }
     exec_as(&spec.args, &env, &spec.user, &id)
 }
 

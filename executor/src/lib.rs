@@ -39,4 +39,5 @@ pub mod net;
 pub mod sandbox;
 pub mod spec;
 pub mod sys;
+pub(crate) mod tty;
 pub mod user;

@@ -236,3 +236,42 @@ pub fn wait_signal() -> io::Result<i32> {
         }
     }
 }
+
+/// A signalfd for [`RELAYED_SIGNALS`] and SIGCHLD (which must be blocked, see
+/// [`block_relayed_signals`]), so that a poll loop can wait for them next to file descriptors.
+pub fn relay_signalfd() -> io::Result<OwnedFd> {
+    let set = relay_set();
+    // SAFETY: set is a valid sigset_t; -1 asks for a new descriptor, which we own on success.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by signalfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until at least one of `fds` is readable (or hung up); returns which are.
+pub fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: pfds is a valid, exclusively borrowed array of pfds.len() pollfd structs.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if r >= 0 {
+            return Ok(pfds
+                .iter()
+                .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+                .collect());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}

@@ -156,3 +156,69 @@ fn pids_limit_stops_forks_and_memory_limit_is_in_the_cgroup() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// Runs `kiln ARGS` on a fresh pty (`script` from bsdutils is the harness's terminal).
+fn on_a_terminal(t: &TestDir, args: &str) -> anyhow::Result<std::process::Output> {
+    let line = format!("{} {args}", crate::harness::kiln_bin().display());
+    Ok(std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("KILN_ROOT", &t.root)
+        .stdin(std::process::Stdio::null())
+        .output()?)
+}
+
+#[test]
+fn run_and_exec_with_t_get_a_terminal_of_the_container() -> anyhow::Result<()> {
+    if !privileged(&["script"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let out = on_a_terminal(
+        &t,
+        "run --rm -it --network none busybox sh -c 'tty; exit 3'",
+    )?;
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        s.contains("/dev/pts/0"),
+        "no terminal in the container: {}",
+        text(&out)
+    );
+    ensure!(
+        out.status.code() == Some(3),
+        "exit code lost: {}",
+        text(&out)
+    );
+    // Without -t the same command has no terminal.
+    let out = t.kiln(&["run", "--rm", "--network", "none", "busybox", "tty"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("not a tty"),
+        "{}",
+        text(&out)
+    );
+    let n = name("tty");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sleep",
+        "1000",
+    ])?;
+    let out = on_a_terminal(&t, &format!("exec -it {n} sh -c 'tty; exit 5'"))?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("/dev/pts/"),
+        "exec -t: {}",
+        text(&out)
+    );
+    ensure!(
+        out.status.code() == Some(5),
+        "exec exit code lost: {}",
+        text(&out)
+    );
+    t.ok(&["rm", "-f", &n])?;
+    Ok(())
+}
