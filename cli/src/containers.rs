@@ -326,7 +326,13 @@ pub fn start_detached(
                 Ok(state.clone())
             }
         })?;
-        if s.status != "created" || !dir.exists() {
+        // Started means the container's PID 1 exists (it is in its cgroups and namespaces,
+        // so `inspect` and `exec` right after `run -d` see it), or it has already exited.
+        let started = s.status == "running" && s.pid.and_then(init_pid).is_some();
+        if started || s.status == "exited" || !alive(s.pid) && s.status != "created" {
+            break;
+        }
+        if !dir.exists() {
             break;
         }
         if Instant::now() > deadline {
