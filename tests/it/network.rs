@@ -677,16 +677,16 @@ fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Re
         .and_then(|l| l.split_whitespace().nth(1))
         .context("bridge in network ls")?
         .to_owned();
+    t.write("Dockerfile", "FROM busybox\nEXPOSE 80\n");
+    t.build("exposed:1", &[])?;
     // Warm up: the bridge and the network's NAT rules stay from here on, as docker0's do.
     t.ok(&["run", "--rm", "--network", &net, "busybox", "true"])?;
     let before = footprint(&net, &bridge, &subnet)?;
     for i in 0..50 {
         let c = format!("{}-{i}", name("cyc"));
         if i % 2 == 0 {
-            // Detached with a published port (DNAT rules), then rm -f of the running one.
-            let free = std::net::TcpListener::bind(("0.0.0.0", 0))?;
-            let spec = format!("{}:80", free.local_addr()?.port());
-            drop(free);
+            // Detached with a published port (-P: kiln picks a free one under its lock; DNAT
+            // rules), then rm -f of the running one.
             t.ok(&[
                 "run",
                 "-d",
@@ -694,9 +694,8 @@ fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Re
                 &net,
                 "--name",
                 &c,
-                "-p",
-                &spec,
-                "busybox",
+                "-P",
+                "exposed:1",
                 "sleep",
                 "100",
             ])?;
