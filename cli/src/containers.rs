@@ -713,3 +713,30 @@ fn exec(
     let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn stop_signals_parse_by_name_or_number() {
+        use rustix::process::Signal;
+        for (s, want) in [
+            ("SIGTERM", Signal::TERM),
+            ("term", Signal::TERM),
+            ("15", Signal::TERM),
+            ("SIGUSR1", Signal::USR1),
+            ("QUIT", Signal::QUIT),
+        ] {
+            assert_eq!(parse_signal(s).expect(s), want, "{s}");
+        }
+        assert!(parse_signal("SIGRTMIN+3").is_err());
+    }
+}

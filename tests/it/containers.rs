@@ -75,6 +75,31 @@ fn stop_sends_term_to_pid_1_and_kills_after_the_timeout() -> anyhow::Result<()> 
     let c = inspect(&t, &stubborn)?;
     ensure!(c["State"]["ExitCode"] == 137, "{c}");
     t.ok(&["rm", &graceful, &stubborn])?;
+
+    // The image's STOPSIGNAL replaces TERM.
+    t.write("Dockerfile", "FROM busybox\nSTOPSIGNAL SIGUSR1\n");
+    t.build("usr1:1", &[])?;
+    let n = name("usr1");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "usr1:1",
+        "sh",
+        "-c",
+        "trap 'exit 9' USR1; trap '' TERM; echo ready; while true; do sleep 0.1; done",
+    ])?;
+    wait_log(&t, &n, "ready")?;
+    t.ok(&["stop", "-t", "10", &n])?;
+    let c = inspect(&t, &n)?;
+    ensure!(
+        c["State"]["ExitCode"] == 9 && c["Config"]["StopSignal"] == "SIGUSR1",
+        "STOPSIGNAL not used: {c}"
+    );
+    t.ok(&["rm", &n])?;
     Ok(())
 }
 
