@@ -326,9 +326,10 @@ pub fn start_detached(
                 Ok(state.clone())
             }
         })?;
-        // Started means the container's PID 1 exists (it is in its cgroups and namespaces,
-        // so `inspect` and `exec` right after `run -d` see it), or it has already exited.
-        let started = s.status == "running" && s.pid.and_then(init_pid).is_some();
+        // Started means the container's PID 1 has exec'd its command (its cgroups, namespaces
+        // and mounts are complete, so `inspect` and `exec` right after `run -d` see them), or
+        // it has already exited.
+        let started = s.status == "running" && s.pid.and_then(ready_init_pid).is_some();
         if started || s.status == "exited" || !alive(s.pid) && s.status != "created" {
             break;
         }
@@ -470,6 +471,16 @@ fn init_pid(sandbox: i32) -> Option<i32> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The container's PID 1 once it has exec'd the container's command: before that it is still
+/// `kiln __init` setting up mounts, and a `kiln exec` joining its mount namespace then would
+/// see a half-built one.
+fn ready_init_pid(sandbox: i32) -> Option<i32> {
+    let pid = init_pid(sandbox)?;
+    let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let own = exe(pid)?;
+    (Some(own) != exe(sandbox)).then_some(pid)
 }
 
 /// A signal by name (`SIGTERM`, `TERM`, `term`) or number, as STOPSIGNAL gives it.
@@ -686,6 +697,11 @@ fn exec(
     let (dir, s) = find(name)?;
     anyhow::ensure!(s.status == "running", "container {name} is not running");
     let sandbox = s.pid.context("the container has no process")?;
+    // A container being started: wait (briefly) until its setup is complete.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready_init_pid(sandbox).is_none() && alive(Some(sandbox)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let pid =
         init_pid(sandbox).with_context(|| format!("container {name} has no running process"))?;
     let spec: executor::spec::RunSpec =

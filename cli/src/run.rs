@@ -131,6 +131,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         &container.spec.hostname,
         &ports,
         &container.dir,
+        a.detach,
     ) {
         Ok(n) => n,
         Err(e) => {

@@ -536,8 +536,10 @@ fn inspect_gives_state_address_and_ports_like_docker() -> anyhow::Result<()> {
         "{c}"
     );
     let pid = c["State"]["Pid"].as_i64().context("Pid")?;
+    // PID 1 exists when `run -d` returns; its exec of sleep may follow a moment later.
     ensure!(
-        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))?.starts_with("sleep"),
+        settles(|| std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.starts_with("sleep"))),
         "Pid {pid} is not the container's process"
     );
     ensure!(
@@ -722,7 +724,12 @@ fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Re
     }
     ensure!(
         after == before,
-        "(links, leases, rules) before {before:?}, after 50 cycles {after:?}"
+        "(links, leases, rules) before {before:?}, after 50 cycles {after:?}; links now:\n{}",
+        links()?
+            .lines()
+            .filter(|l| l.contains(&bridge))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let left: Vec<_> = std::fs::read_dir("/run/kiln/netns")?
         .flatten()

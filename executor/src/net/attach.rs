@@ -403,11 +403,6 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
     ) -> Result<Attachment> {
         let net = self.ipam.network(network)?;
         let lease = self.ipam.allocate(&net, container, ports)?;
-        // A pair left by a forgotten container whose namespace the kernel has not finished
-        // destroying (see `forget`) would block the name: delete it first.
-        if let Ok(Some(stale)) = self.netlink.link_index(&host_veth_name(lease.ip)) {
-            let _ = self.netlink.delete_link(stale);
-        }
         let steps = plan_attach(&net, &lease);
         let done = execute(
             &steps,
@@ -473,7 +468,8 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
     /// both ends when the namespace dies, asynchronously. Deleting a veth ourselves waits for
     /// an RCU grace period (~35 ms here), the largest part of a `kiln run --rm` on the bridge.
     /// The address is not handed out again soon (allocation continues after the last one), and
-    /// `attach` deletes a leftover pair of the same name. Ok(false) when it was not attached.
+    /// the attach plan deletes a leftover pair of the same name. Ok(false) when it was not
+    /// attached.
     pub fn forget(&mut self, network: &str, container: &str) -> Result<bool> {
         if self.ipam.release(network, container)?.is_none() {
             return Ok(false);

@@ -23,6 +23,7 @@ const WAIT_FOR_SLOT: Duration = Duration::from_secs(120);
 #[derive(Debug)]
 pub struct BuildNetwork {
     pool: NetnsPool,
+    max: usize,
     nets: Mutex<Networks<RealNetlink, NftCommand>>,
     resolv_conf: String,
 }
@@ -48,6 +49,7 @@ impl BuildNetwork {
     ) -> Result<BuildNetwork, super::attach::AttachError> {
         Ok(BuildNetwork {
             pool: NetnsPool::new(pool_dir, network, max),
+            max,
             nets: Mutex::new(Networks::open(state_dir)?),
             resolv_conf: files::resolv_conf(host_resolv),
         })
@@ -58,27 +60,48 @@ impl BuildNetwork {
     pub fn acquire(self: &Arc<Self>) -> Result<BuildLease, PoolError> {
         let deadline = Instant::now() + WAIT_FOR_SLOT;
         loop {
-            let got = {
-                let mut nets = self.nets.lock().unwrap_or_else(|p| p.into_inner());
-                self.pool.acquire(&mut nets)
-            };
-            match got {
-                Ok(p) => {
-                    return Ok(BuildLease {
-                        owner: Arc::clone(self),
-                        pooled: Some(p),
-                    });
-                }
-                Err(PoolError::Exhausted { .. }) if Instant::now() < deadline => {
+            match self.try_acquire() {
+                Ok(Some(lease)) => return Ok(lease),
+                Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => {
+                    return Err(PoolError::Exhausted {
+                        dir: self.pool.dir().to_path_buf(),
+                        max: self.max,
+                    });
                 }
                 Err(e) => return Err(e),
             }
         }
     }
+
+    /// Like [`acquire`](Self::acquire), but None at once when every slot is busy.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Option<BuildLease>, PoolError> {
+        let got = {
+            let mut nets = self.nets.lock().unwrap_or_else(|p| p.into_inner());
+            self.pool.acquire(&mut nets)
+        };
+        match got {
+            Ok(p) => Ok(Some(BuildLease {
+                owner: Arc::clone(self),
+                pooled: Some(p),
+            })),
+            Err(PoolError::Exhausted { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl BuildLease {
+    /// Address, gateway and veth of the lent namespace.
+    pub fn attachment(&self) -> &super::attach::Attachment {
+        self.pooled
+            .as_ref()
+            .expect("the namespace is only taken out on drop")
+            .attachment()
+    }
+
     /// The sandbox network: join the pooled namespace, with /etc/hosts naming `hostname` on
     /// its address.
     pub fn network(&self, hostname: &str) -> Network {
