@@ -225,6 +225,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             _ => solver::graph::NetworkMode::Default,
         },
         ssh,
+        // RUN steps on the default network join the bridge (pooled namespaces).
+        bridge: match a.network.as_str() {
+            "host" | "none" => None,
+            _ => Some(crate::netrun::build_network()?),
+        },
     };
     // Held until the image is tagged, so that a prune cannot take an untagged result.
     let lock = store.lock_shared().context("locking the store")?;

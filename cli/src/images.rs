@@ -122,8 +122,8 @@ pub fn list(digests: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kiln inspect`: one JSON object.
-pub fn inspect(name: &str) -> anyhow::Result<()> {
+/// `kiln inspect` of an image: docker's shape (the caller prints an array).
+pub fn inspect_value(name: &str) -> anyhow::Result<serde_json::Value> {
     let store = crate::open_store()?;
     let image = resolve(&store, name)?;
     let tags: Vec<String> = store
@@ -156,10 +156,7 @@ pub fn inspect(name: &str) -> anyhow::Result<()> {
         "Size": image.manifest.layers.iter().map(|l| l.size).sum::<u64>(),
         "History": image.config.history,
     });
-    let mut out = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &doc)?;
-    writeln!(out)?;
-    Ok(())
+    Ok(doc)
 }
 
 /// `kiln tag`.

@@ -68,7 +68,7 @@ pub enum SourceOp {
 /// Network of a RUN step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NetworkMode {
-    /// The builder's default (loopback only until bridge networking exists).
+    /// The builder's default: the bridge (with NAT), or `kiln build --network`.
     #[default]
     Default,
     /// Only a loopback interface.

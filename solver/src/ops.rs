@@ -57,6 +57,9 @@ pub const CREATED: &str = "1970-01-01T00:00:00Z";
 /// Lines of output kept for a failure message.
 const TAIL_LINES: usize = 10;
 
+/// What a RUN step holds until its sandbox exits: mount locks and temps, its network lease.
+type RunGuards = (crate::mounts::Guards, Option<executor::net::BuildLease>);
+
 /// Options of a build.
 #[derive(Debug, Clone)]
 pub struct SolveOptions {
@@ -84,6 +87,9 @@ pub struct SolveOptions {
     /// `kiln build --ssh`: agent sockets for RUN --mount=type=ssh (never hashed); the
     /// `default` one also serves ssh git remotes of ADD.
     pub ssh: crate::mounts::SshAgents,
+    /// The bridge that default-network RUN steps join (pooled namespaces); None runs them
+    /// with loopback only.
+    pub bridge: Option<std::sync::Arc<executor::net::BuildNetwork>>,
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
@@ -186,6 +192,15 @@ pub enum SolveError {
         /// Why.
         #[source]
         source: crate::mounts::MountError,
+    },
+    /// No network namespace could be prepared for a RUN step.
+    #[error("{at}: preparing the bridge network")]
+    Network {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: Box<executor::net::PoolError>,
     },
     /// ADD of a URL failed.
     #[error("{at}: {source}")]
@@ -865,7 +880,7 @@ impl Runner {
         x: &ExecOp,
         rootfs: Rootfs,
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
-    ) -> Result<(InitSpec, crate::mounts::Guards), SolveError> {
+    ) -> Result<(InitSpec, RunGuards), SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let lowers = |m: NodeId| {
             self.lowers(
@@ -893,6 +908,28 @@ impl Runner {
         }
         .map_err(|source| SolveError::Mount { at: at(), source })?;
         let mounts = prepared.mounts;
+        let (network, lease) = match (x.network, self.opts.network, &self.opts.bridge) {
+            (NetworkMode::Host, _, _) | (NetworkMode::Default, NetworkMode::Host, _) => {
+                (Network::Host, None)
+            }
+            (NetworkMode::Default, NetworkMode::Default, Some(bridge)) => {
+                // Usually instant (a pooled namespace); may wait for a free slot.
+                let acquire = || bridge.acquire();
+                let lease = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor())
+                {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                        tokio::task::block_in_place(acquire)
+                    }
+                    _ => acquire(),
+                }
+                .map_err(|source| SolveError::Network {
+                    at: at(),
+                    source: Box::new(source),
+                })?;
+                (lease.network("kiln"), Some(lease))
+            }
+            _ => (Network::Loopback, None),
+        };
         let mut env = x.env.clone();
         env.extend(x.proxy_env.iter().cloned());
         env.extend(prepared.env);
@@ -903,14 +940,11 @@ impl Runner {
             cwd: x.cwd.clone(),
             user: x.user.clone(),
             hostname: "kiln".to_owned(),
-            network: match (x.network, self.opts.network) {
-                (NetworkMode::Host, _) | (NetworkMode::Default, NetworkMode::Host) => Network::Host,
-                _ => Network::Loopback,
-            },
+            network,
             mounts,
             tty: false,
         });
-        Ok((spec, prepared.guards))
+        Ok((spec, (prepared.guards, lease)))
     }
 
     fn file_spec(

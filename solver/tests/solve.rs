@@ -214,6 +214,7 @@ impl Fixture {
             secrets: Default::default(),
             network: Default::default(),
             ssh: Default::default(),
+            bridge: None,
         };
         let solver = Solver::new(self.store.clone(), opts);
         let rt = tokio::runtime::Builder::new_multi_thread()

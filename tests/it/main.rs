@@ -4,6 +4,7 @@
 
 mod build;
 mod cache;
+mod containers;
 mod dockerfile_buildkit;
 mod dockerfile_e2e;
 mod errors;
