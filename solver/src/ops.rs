@@ -947,6 +947,8 @@ impl Runner {
         Ok((spec, (prepared.guards, lease)))
     }
 
+    // The downloads, checkouts and heredoc scratch dir each come from their own prepare step.
+    #[allow(clippy::too_many_arguments)]
     fn file_spec(
         &self,
         n: NodeId,
