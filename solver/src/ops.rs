@@ -947,6 +947,7 @@ impl Runner {
         Ok((spec, (prepared.guards, lease)))
     }
 
+    #[allow(clippy::too_many_arguments)] // the step's inputs, each already resolved
     fn file_spec(
         &self,
         n: NodeId,
