@@ -529,6 +529,11 @@ fn user_network_containers_ping_each_other_by_ip_and_name() -> anyhow::Result<()
         ip_b.starts_with(&subnet[..subnet.len() - 4]),
         "{ip_b} not in {subnet}"
     );
+    ensure!(
+        inspect(&t, &b)?["NetworkSettings"]["Networks"][&net]["IPPrefixLen"] == 24,
+        "prefix of a /24 user network"
+    );
+
     // a started before b: its /etc/hosts was updated in place when b joined.
     for (from, to) in [(&a, b.as_str()), (&b, a.as_str()), (&a, ip_b.as_str())] {
         let out = t.kiln(&["exec", from, "ping", "-c", "1", "-W", "3", to]);
