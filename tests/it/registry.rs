@@ -92,9 +92,8 @@ fn pushed_image_pulls_into_another_store_and_runs() -> anyhow::Result<()> {
         "pull printed {printed}, push printed {pushed}"
     );
     let inspect = other.ok(&["inspect", &remote])?;
-    // `kiln inspect` prints a JSON array of objects, as docker does.
-    let all: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
-    let doc = &all[0];
+    let doc: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
+    let doc = &doc[0];
     let repo_digest = format!("127.0.0.1:{}/kiln/app@{pushed}", reg.port);
     ensure!(
         doc["RepoDigests"] == serde_json::json!([repo_digest]),
