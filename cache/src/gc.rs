@@ -8,7 +8,8 @@
 //! - unless [`PruneOptions::all`]: every image manifest in the store, tagged or not (an untagged
 //!   build result is an image the user can still run by ID), found by reading the small JSON
 //!   blobs;
-//! - the compressed copies (`compressed/` memos) of every layer kept.
+//! - the compressed copies (`compressed/` memos) of every layer kept, and the compressed
+//!   blob a pulled layer is kept as (`layers/` records).
 //!
 //! Everything else under `blobs/`, `snapshots/` and `compressed/` is removed, and so are the
 //! `--explain` per-file details (`explain/files/<digest>`) that no step record names. A snapshot is
@@ -189,6 +190,7 @@ impl Store {
         }
 
         report.reclaimed += self.sweep_memos(&mut marks, &mut seen)?;
+        report.reclaimed += self.sweep_layer_sources(&mut marks, &mut seen)?;
         let dir = self.path("snapshots");
         for ent in read_dir(&dir)? {
             let name = ent.file_name().to_string_lossy().into_owned();
@@ -430,6 +432,31 @@ impl Store {
             match target {
                 Some(desc) if marks.blobs.contains(diff_id) => {
                     marks.blobs.insert(desc.digest.hex().to_owned());
+                }
+                _ => bytes += remove_file(&ent.path(), seen)?,
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// `layers/<diffid>` records (a pulled layer kept only compressed, see
+    /// [`Store::layer_source`]): a kept layer keeps its source blob; the records of the layers
+    /// that go are removed (before their snapshots, so `has_layer` never trusts a half-swept
+    /// layer).
+    fn sweep_layer_sources(
+        &self,
+        marks: &mut Marks,
+        seen: &mut HashSet<(u64, u64)>,
+    ) -> Result<u64> {
+        let mut bytes = 0;
+        for ent in read_dir(&self.path("layers"))? {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let source = fs::read(ent.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<crate::compress::LayerSource>(&b).ok());
+            match source {
+                Some(src) if marks.blobs.contains(&name) => {
+                    marks.blobs.insert(src.blob.digest.hex().to_owned());
                 }
                 _ => bytes += remove_file(&ent.path(), seen)?,
             }

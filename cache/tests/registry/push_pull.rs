@@ -178,6 +178,21 @@ fn pulled_layer_tar_is_rebuilt_from_the_compressed_blob_and_verified() {
     std::io::Read::read_to_end(&mut store2.open_layer(&diff_id).unwrap(), &mut tar).unwrap();
     assert!(tar == original, "the rebuilt tar is the original");
 
+    // Garbage collection keeps the compressed blob of a kept layer (it is the layer's only
+    // copy of its tar), also without the compressed/ memo that names it too.
+    for memo in std::fs::read_dir(store2.root().join("compressed")).unwrap() {
+        std::fs::remove_file(memo.unwrap().path()).unwrap();
+    }
+    // (`all`: the registry's manifest, stored with the image, is no root then.)
+    store2
+        .prune(&cache::gc::PruneOptions {
+            all: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(store2.has_layer(&diff_id));
+    assert!(store2.layer_source(&diff_id).is_some());
+
     // Another codec compresses from the rebuilt tar.
     let zstd = cache::compress::Compression {
         codec: cache::compress::Codec::Zstd,
@@ -544,4 +559,45 @@ fn a_blob_refused_as_too_large_is_uploaded_in_chunks() {
         ))
         .unwrap();
     assert_eq!(pulled.digest, digest);
+}
+
+/// Once nothing holds a pulled image, prune removes its layer record, snapshot and blob.
+#[test]
+fn prune_removes_a_pulled_layer_and_its_compressed_source() {
+    if !require(&[REGISTRY_BIN]) {
+        return;
+    }
+    let reg = Registry::start();
+    let (_d, store, image) = busybox_store();
+    let dest = reg.reference("kiln/gone:v1");
+    let rt = rt();
+    rt.block_on(registry::push(&store, &image, &dest, &options()))
+        .unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let store2 = Store::open(empty.path()).unwrap();
+    rt.block_on(registry::pull(
+        &store2,
+        &dest,
+        &Platform::host(),
+        &options(),
+    ))
+    .unwrap();
+    let diff_id = image.config.rootfs.diff_ids[0].clone();
+    let source = store2.layer_source(&diff_id).expect("source recorded");
+    assert!(store2.untag(&dest.to_string()).unwrap());
+    store2
+        .prune(&cache::gc::PruneOptions {
+            all: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(!store2.has_layer(&diff_id));
+    assert!(store2.layer_source(&diff_id).is_none());
+    assert!(!store2.has_blob(&source.blob.digest));
+    assert_eq!(
+        std::fs::read_dir(store2.root().join("layers"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
