@@ -4,7 +4,8 @@
 # daemon answers. Compare the two as ratios within one run: these machines are noisy.
 #
 # Usage: bench/run.sh [-n REPS] [-s SCENARIO[,SCENARIO]] [--kiln PATH]
-#   scenarios: parallel, steps40, context20k, layer512m, edit, runtrue
+#   scenarios: parallel, steps40, steps40bridge, context20k, layer512m, edit, runtrue
+#   (steps40bridge: 40 RUN steps on the default bridge network vs --network none; target <= 1.2x)
 # DOCKER_BUILD_ARGS: extra `docker build` flags (`--network host` for a dockerd started with
 # --bridge=none so that it leaves the host's network alone).
 # Needs root (namespaces, overlayfs), /bin/busybox (busybox-static) and /usr/bin/time (time).
@@ -137,4 +138,20 @@ if want runtrue; then
   : > "$work/sample"
   for _ in $(seq $((reps * 4))); do timed "$kiln" run --rm busybox true; done
   report "kiln run --rm busybox true"
+fi
+
+if want steps40bridge; then
+  d="$work/ctx-steps40b"; mkdir -p "$d"
+  { echo "FROM busybox"; for i in $(seq 40); do echo "RUN echo $i >> /steps"; done; } > "$d/Dockerfile"
+  # One build first: the RUN namespace pool (/run/kiln/pool) lives across builds, like the
+  # bridge itself; what is measured is the per-step cost.
+  fresh_root; "$kiln" build -t warm "$d" >/dev/null 2>&1
+  declare -A med
+  for mode in default none; do
+    : > "$work/sample"
+    for _ in $(seq "$reps"); do fresh_root; timed "$kiln" build --progress=plain --network "$mode" -t bench "$d"; done
+    med[$mode]=$(awk '{print $1}' "$work/sample" | median)
+    report "kiln 40 RUN steps --network $mode"
+  done
+  awk -v a="${med[default]}" -v b="${med[none]}" 'BEGIN { printf "bridge/none ratio: %.2f (target <= 1.20)\n", a / b }'
 fi

@@ -9,8 +9,16 @@
 //! concatenated in order. A multi-member stream is valid gzip (RFC 1952) and Go's and
 //! docker's readers accept it. The output does not depend on the number of threads.
 //! zstd uses zstdmt, whose output is the same for any worker count >= 1.
+//!
+//! A layer may also be kept only compressed: a pull stores the registry's blob and the
+//! snapshot, and a record `layers/<diffid-hex>` (see [`LayerSource`]) says which stored blob
+//! decompresses to the layer's tar, so the tar (the blob named by the diff_id) need not be
+//! written. [`Store::open_layer`] reads the tar either way, verified against the diff_id, and
+//! [`Store::layer_blob`] writes it out for callers that need a file.
 
-use crate::oci::{Descriptor, Digest, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_ZSTD};
+pub(crate) mod gunzip;
+
+use crate::oci::{Descriptor, Digest, Hasher, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_ZSTD};
 use crate::store::{HashWriter, Store, StoreError, io_err};
 use rayon::prelude::*;
 use std::fs::{self, File};
@@ -72,16 +80,9 @@ impl Store {
         {
             return Ok(desc);
         }
-        let src_path = self.blob_path(diff_id);
-        let src = match File::open(&src_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::LayerMissing {
-                    diff_id: diff_id.clone(),
-                });
-            }
-            Err(e) => return Err(io_err("open", &src_path)(e)),
-        };
+        // A layer kept only compressed is decompressed on the fly; its reader fails at the
+        // end if the tar does not match the diff_id, before anything is persisted.
+        let src = self.open_layer(diff_id)?;
         let tmp = self.temp_file("compress")?;
         let mut out = HashWriter::new(io::BufWriter::with_capacity(1 << 20, &tmp.file));
         let err = |source| StoreError::Compress {
@@ -137,6 +138,156 @@ impl Store {
     fn memo_path(&self, diff_id: &Digest, c: Compression) -> std::path::PathBuf {
         self.path("compressed")
             .join(format!("{}-{}-{}", diff_id.hex(), c.codec.name(), c.level))
+    }
+}
+
+/// Where the tar of a layer kept only compressed comes from: `layers/<diffid-hex>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerSource {
+    /// The stored blob (gzip, zstd) that decompresses to the layer's tar.
+    pub blob: Descriptor,
+    /// Size of the tar in bytes.
+    pub size: u64,
+}
+
+impl Store {
+    fn source_path(&self, diff_id: &Digest) -> std::path::PathBuf {
+        self.path("layers").join(diff_id.hex())
+    }
+
+    /// Records that the tar of `diff_id` is the decompression of `blob` (already in the store
+    /// and verified by the caller to decompress to exactly `diff_id`), `size` bytes long.
+    ///
+    /// Fails when the blob is missing or on I/O errors.
+    pub fn record_layer_source(
+        &self,
+        diff_id: &Digest,
+        blob: &Descriptor,
+        size: u64,
+    ) -> Result<()> {
+        if !self.has_blob(&blob.digest) {
+            return Err(StoreError::BlobMissing {
+                digest: blob.digest.clone(),
+            });
+        }
+        let path = self.source_path(diff_id);
+        let src = LayerSource {
+            blob: blob.clone(),
+            size,
+        };
+        let json = serde_json::to_vec(&src).map_err(|source| StoreError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        self.write_atomic(&path, &json)
+    }
+
+    /// The recorded source of `diff_id`'s tar, when there is one and its blob is stored.
+    pub fn layer_source(&self, diff_id: &Digest) -> Option<LayerSource> {
+        let bytes = fs::read(self.source_path(diff_id)).ok()?;
+        let src: LayerSource = serde_json::from_slice(&bytes).ok()?;
+        self.has_blob(&src.blob.digest).then_some(src)
+    }
+
+    /// The layer's tar: its blob, or the decompression of its recorded source. The second
+    /// kind is verified while it is read: the reader fails at the end when the bytes do not
+    /// hash to `diff_id` (the stored tar blob was verified when it was written).
+    ///
+    /// Fails when the layer has neither, or on I/O errors opening it.
+    pub fn open_layer(&self, diff_id: &Digest) -> Result<Box<dyn Read + Send>> {
+        let path = self.blob_path(diff_id);
+        match File::open(&path) {
+            Ok(f) => return Ok(Box::new(io::BufReader::with_capacity(1 << 20, f))),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("open", &path)(e)),
+            Err(_) => {}
+        }
+        let Some(src) = self.layer_source(diff_id) else {
+            return Err(StoreError::LayerMissing {
+                diff_id: diff_id.clone(),
+            });
+        };
+        let path = self.blob_path(&src.blob.digest);
+        let f = File::open(&path).map_err(io_err("open", &path))?;
+        let plain = open_compressed(f).map_err(io_err("read", &path))?;
+        Ok(Box::new(VerifyReader {
+            inner: plain,
+            hasher: Some(Hasher::new()),
+            n: 0,
+            want: diff_id.clone(),
+            size: src.size,
+            bad: None,
+        }))
+    }
+
+    /// The path of the layer's tar blob, writing it from its compressed source first when the
+    /// layer is kept only compressed.
+    ///
+    /// Fails when the layer is missing, its source does not decompress to `diff_id`, or on
+    /// I/O errors.
+    pub fn layer_blob(&self, diff_id: &Digest) -> Result<std::path::PathBuf> {
+        if !self.has_blob(diff_id) {
+            let r = self.open_layer(diff_id)?;
+            self.ingest_blob(r, Some(diff_id))?;
+        }
+        Ok(self.blob_path(diff_id))
+    }
+}
+
+/// The decompressed stream of a stored layer blob: gzip through [`gunzip::GunzipReader`] (the
+/// decoder a pull used, so the bytes are the ones that were verified), zstd or plain.
+pub(crate) fn open_compressed(f: File) -> io::Result<Box<dyn Read + Send>> {
+    let mut r = io::BufReader::with_capacity(1 << 20, f);
+    let magic = io::BufRead::fill_buf(&mut r)?;
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(gunzip::GunzipReader::new(r)))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// Hashes what it reads; at the end, fails unless it was `size` bytes with digest `want`.
+struct VerifyReader {
+    inner: Box<dyn Read + Send>,
+    hasher: Option<Hasher>,
+    n: u64,
+    want: Digest,
+    size: u64,
+    /// The digest found when it was not the wanted one.
+    bad: Option<Digest>,
+}
+
+impl Read for VerifyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            if let Some(h) = &mut self.hasher {
+                h.update(&buf[..n]);
+            }
+            self.n += n as u64;
+            return Ok(n);
+        }
+        if let Some(h) = self.hasher.take() {
+            let got = h.finish();
+            if got != self.want || self.n != self.size {
+                self.bad = Some(got);
+            }
+        }
+        match &self.bad {
+            // Sticky, so that a caller reading on after the error cannot take it for an end.
+            Some(got) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "layer {} decompresses to {got} ({} bytes)",
+                    self.want, self.n
+                ),
+            )),
+            None => Ok(0),
+        }
     }
 }
 

@@ -74,8 +74,7 @@ impl Store {
             if !self.has_layer(d) {
                 return Err(StoreError::LayerMissing { diff_id: d.clone() });
             }
-            let p = self.blob_path(d);
-            let size = fs::metadata(&p).map_err(io_err("stat", &p))?.len();
+            let size = self.layer_size(d)?;
             layers.push(Descriptor::new(MEDIA_TYPE_LAYER_TAR, d.clone(), size));
         }
         let config_json = to_canonical_json(config).map_err(|source| StoreError::Json {

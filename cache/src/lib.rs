@@ -15,6 +15,8 @@
 //! - [`statcache`]: reuse of context file digests while their stat is unchanged (git index style).
 //! - [`usage`]: disk usage of the store by kind (`kiln system df`).
 //! - [`gc`]: `kiln prune` and garbage collection of unreferenced blobs and snapshots.
+//! - [`remote`]: remote build cache (`--cache-to`/`--cache-from`): export to and lazy import
+//!   from registries and OCI layout directories, inline caches, cache mount contents.
 //!
 //! In: directories (overlay upper dirs), tar streams, configs. Out: digests, snapshot paths,
 //! images, archives. This crate is a leaf: it depends on no other workspace crate. It never
@@ -30,6 +32,7 @@ pub mod oci;
 pub mod records;
 pub mod reference;
 pub mod registry;
+pub mod remote;
 pub mod snapshot;
 pub mod statcache;
 pub mod store;

@@ -105,14 +105,23 @@ impl Store {
         self.path("snapshots").join(diff_id.hex())
     }
 
-    /// True when both the layer's tar blob and its snapshot directory are present.
+    /// True when the layer's snapshot directory and its tar are present: the tar blob, or a
+    /// compressed blob recorded as its source ([`Store::layer_source`], kept by pulls).
     pub fn has_layer(&self, diff_id: &Digest) -> bool {
-        self.has_blob(diff_id) && self.snapshot_path(diff_id).is_dir()
+        (self.has_blob(diff_id) || self.layer_source(diff_id).is_some())
+            && self.snapshot_path(diff_id).is_dir()
     }
 
-    fn layer_size(&self, diff_id: &Digest) -> Result<u64> {
+    /// Size of the layer's tar, stored or kept compressed.
+    pub(crate) fn layer_size(&self, diff_id: &Digest) -> Result<u64> {
         let p = self.blob_path(diff_id);
-        Ok(fs::metadata(&p).map_err(io_err("stat", &p))?.len())
+        match fs::metadata(&p) {
+            Ok(m) => Ok(m.len()),
+            Err(e) => match self.layer_source(diff_id) {
+                Some(src) => Ok(src.size),
+                None => Err(io_err("stat", &p)(e)),
+            },
+        }
     }
 
     /// Turns an overlay upper dir into a layer: deterministic tar (sorted, `.wh.` whiteouts),
@@ -167,7 +176,7 @@ impl Store {
     }
 
     /// Renames `dir` to `snapshots/<diff_id>` unless that exists already.
-    fn install_snapshot(&self, dir: &Path, diff_id: &Digest) -> Result<()> {
+    pub(crate) fn install_snapshot(&self, dir: &Path, diff_id: &Digest) -> Result<()> {
         let dest = self.snapshot_path(diff_id);
         match rename_noreplace(dir, &dest) {
             Ok(()) => Ok(()),

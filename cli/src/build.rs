@@ -4,6 +4,7 @@ use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// `kiln build` flags.
 #[derive(Debug, clap::Args)]
@@ -49,6 +50,10 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: `id=x,src=FILE` or `id=x,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     secrets: Vec<String>,
+    /// An ssh agent for RUN --mount=type=ssh and ssh git remotes: `default` ($SSH_AUTH_SOCK),
+    /// `ID=SOCKET`, or `ID=KEY[,KEY...]` (the keys are loaded into a private `ssh-agent`).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY...]]")]
+    ssh: Vec<String>,
     /// Network of RUN steps that do not set `--network`: default, none or host.
     #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "none", "host"])]
     network: String,
@@ -56,6 +61,14 @@ pub struct BuildArgs {
     /// `Dockerfile:LINE:COL: [rule] message` and exit non-zero on an error.
     #[arg(long)]
     check: bool,
+    /// Export the build cache: `type=registry,ref=REF[,mode=min|max][,mounts=true]`,
+    /// `type=local,dest=DIR[,...]` (an OCI layout) or `type=inline`; may be repeated.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Import a build cache: `type=registry,ref=REF`, `REF`, or `type=local,src=DIR`; may be
+    /// repeated (the first that has a step wins). Layers are downloaded only when needed.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
     /// The build context directory.
     context: PathBuf,
 }
@@ -149,6 +162,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
+    let cache_to = a
+        .cache_to
+        .iter()
+        .map(|s| crate::cacheopts::parse_cache_to(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_from = a
+        .cache_from
+        .iter()
+        .map(|s| crate::cacheopts::parse_cache_from(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
     reg_cfg.progress = !matches!(a.progress, Mode::Rawjson);
@@ -158,18 +181,33 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let bases = rt.block_on(async {
         let _lock = store.lock_shared().context("locking the store")?;
-        crate::bases::resolve(
-            &store,
-            &refs,
-            &dockerfile_name,
-            &opts.platform,
-            a.pull,
-            &reg_cfg,
-        )
-        .await
+        let mut refs = refs;
+        let mut bases = std::collections::BTreeMap::new();
+        // ONBUILD triggers of the bases can name more images: resolve until none is new.
+        while !refs.is_empty() {
+            bases.extend(
+                crate::bases::resolve(
+                    &store,
+                    &refs,
+                    &dockerfile_name,
+                    &opts.platform,
+                    a.pull,
+                    &reg_cfg,
+                )
+                .await?,
+            );
+            refs = frontend::base_images_with(&df, &opts, &bases)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .into_iter()
+                .filter(|r| !bases.contains_key(&r.reference))
+                .collect();
+        }
+        anyhow::Ok(bases)
     })?;
     let graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    // Private agents for key files live until the build ends.
+    let (ssh, _agents) = ssh_agents(&a.ssh)?;
     let solve_opts = solver::SolveOptions {
         context,
         dockerignore,
@@ -186,6 +224,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             "none" => solver::graph::NetworkMode::None,
             _ => solver::graph::NetworkMode::Default,
         },
+        ssh,
+        // RUN steps on the default network join the bridge (pooled namespaces).
+        bridge: match a.network.as_str() {
+            "host" | "none" => None,
+            _ => Some(crate::netrun::build_network()?),
+        },
     };
     // Held until the image is tagged, so that a prune cannot take an untagged result.
     let lock = store.lock_shared().context("locking the store")?;
@@ -193,7 +237,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if let Err(e) = store.clean_stale_tmp() {
         tracing::warn!(error = %e, "stale temp entries not removed");
     }
-    let image = rt.block_on(async {
+    let imported = match cache_from.is_empty() || a.no_cache {
+        true => None,
+        false => Some(rt.block_on(crate::cacheopts::import(&cache_from, &reg_cfg))?),
+    };
+    let solved = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
         let mut renderer = Renderer::new(a.progress);
         let render = async move {
@@ -210,8 +258,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             }
             misses
         };
-        let solver = solver::Solver::new(store.clone(), solve_opts);
-        let (image, misses) = tokio::join!(solver.solve(&graph, tx), render);
+        let mut solver = solver::Solver::new(store.clone(), solve_opts);
+        if let Some(i) = &imported {
+            solver = solver.with_cache_from(Arc::clone(i));
+        }
+        let (solved, misses) = tokio::join!(solver.solve_steps(&graph, tx), render);
         if a.explain {
             use std::io::Write as _;
             let mut err = std::io::stderr().lock();
@@ -220,8 +271,20 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                 let _ = writeln!(err, "  {m}");
             }
         }
-        anyhow::Ok(image?)
+        anyhow::Ok(solved?)
     })?;
+    let image = if cache_to.contains(&crate::cacheopts::CacheTo::Inline) {
+        crate::cacheopts::attach_inline(&store, &solved)?
+    } else {
+        solved.image.clone()
+    };
+    if let Some(i) = imported.as_deref().filter(|i| !i.is_empty()) {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "remote cache: {} layers downloaded",
+            i.fetched()
+        );
+    }
     for t in &a.tags {
         store
             .tag(t, &image.manifest_digest)
@@ -241,10 +304,113 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             writeln!(std::io::stdout().lock(), "{digest}")?;
         }
     }
+    rt.block_on(crate::cacheopts::export(
+        &store,
+        &cache_to,
+        &solved,
+        imported.as_deref(),
+        &reg_cfg,
+    ))?;
     drop(lock);
     Ok(())
 }
 
+/// A private `ssh-agent -D` holding `--ssh ID=KEY` keys in its own directory; killed and the
+/// directory removed when dropped.
+struct PrivateAgent {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for PrivateAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Parses `--ssh` values into agent sockets (as `docker buildx build --ssh`): `default` is
+/// `$SSH_AUTH_SOCK`; `ID=PATH,...` takes a socket as it is and loads key files into a private
+/// agent.
+fn ssh_agents(args: &[String]) -> anyhow::Result<(solver::mounts::SshAgents, Vec<PrivateAgent>)> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let mut out = BTreeMap::new();
+    let mut agents = Vec::new();
+    for a in args {
+        let (id, paths) = match a.split_once('=') {
+            Some((id, p)) => (id.to_owned(), p.split(',').map(PathBuf::from).collect()),
+            None => (a.clone(), Vec::new()),
+        };
+        anyhow::ensure!(!id.is_empty(), "--ssh {a:?}: the id is empty");
+        let sock = match paths.as_slice() {
+            [] => PathBuf::from(std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
+                anyhow::anyhow!("--ssh {id}: $SSH_AUTH_SOCK is not set; give --ssh {id}=SOCKET")
+            })?),
+            [p] if std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()) => p.clone(),
+            keys => {
+                let agent = private_agent(&id, keys)?;
+                let sock = agent.dir.join("agent.sock");
+                agents.push(agent);
+                sock
+            }
+        };
+        out.insert(id, sock);
+    }
+    Ok((solver::mounts::SshAgents(out), agents))
+}
+
+/// Starts `ssh-agent -D -a SOCK` and adds `keys` to it.
+fn private_agent(id: &str, keys: &[PathBuf]) -> anyhow::Result<PrivateAgent> {
+    for k in keys {
+        anyhow::ensure!(
+            k.is_file(),
+            "--ssh {id}: {} is neither a socket nor a key file",
+            k.display()
+        );
+    }
+    let safe: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("kiln-ssh-{}-{safe}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    let sock = dir.join("agent.sock");
+    let child = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting ssh-agent (openssh-client) for --ssh key files")?;
+    let agent = PrivateAgent { child, dir };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sock.exists() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "--ssh {id}: ssh-agent did not create {}",
+            sock.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = std::process::Command::new("ssh-add")
+        .args(keys)
+        .env("SSH_AUTH_SOCK", &sock)
+        .env("SSH_ASKPASS_REQUIRE", "never")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running ssh-add")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "--ssh {id}: ssh-add failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(agent)
+}
 #[cfg(test)]
 mod tests {
     #[test]

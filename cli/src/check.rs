@@ -12,77 +12,32 @@ fn line(file: &str, span: Option<frontend::Span>, rule: &str, message: &str) -> 
     }
 }
 
-/// COPY/ADD sources from the context that are missing or `.dockerignore`d, found by lowering
-/// the target with placeholder base images (so no store is needed). Wildcards that match
-/// nothing are fine (BuildKit copies nothing). Lowering errors are [`frontend::check`]'s to
-/// report, so they are skipped here.
+/// COPY/ADD sources from the context that are missing or `.dockerignore`d, in every stage the
+/// target reaches ([`frontend::check::context_sources`]). Wildcards that match nothing are fine
+/// (BuildKit copies nothing).
 fn copy_sources(
     df: &frontend::Dockerfile,
     opts: &frontend::BuildOptions,
     context: &std::path::Path,
     dockerignore: &str,
 ) -> Vec<frontend::Warning> {
-    use solver::graph::{CopySource, FileAction, Op};
-    let Ok(refs) = frontend::base_images(df, opts) else {
-        return Vec::new();
-    };
-    let bases = refs
-        .iter()
-        .map(|r| {
-            let placeholder = frontend::BaseImage {
-                manifest: cache::oci::Digest::of(r.reference.as_bytes()),
-                config: cache::oci::ImageConfig::empty(&opts.platform),
-            };
-            (r.reference.clone(), placeholder)
-        })
-        .collect();
-    let Ok(graph) = frontend::lower(df, opts, &bases) else {
-        return Vec::new();
-    };
+    use frontend::check::{SourceState, context_sources, copy_source_warning};
     let ignore = executor::context::Ignore::parse(dockerignore);
     let none = executor::context::Ignore::parse("");
-    let mut out = Vec::new();
-    for n in graph.reachable() {
-        let node = &graph.nodes[n];
-        let Op::File(f) = &node.op else { continue };
-        for a in &f.actions {
-            let FileAction::Copy(c) = a else { continue };
-            if c.from != CopySource::Context {
-                continue;
-            }
-            for src in &c.sources {
-                let one = std::slice::from_ref(src);
-                if executor::context::walk_sources(context, one, &ignore, &[]).is_ok() {
-                    continue;
-                }
-                let ignored = executor::context::walk_sources(context, one, &none, &[]).is_ok();
-                let (rule, message) = if ignored {
-                    (
-                        "CopyIgnoredFile",
-                        format!(
-                            "Attempting to {} file {src:?} that is excluded by .dockerignore",
-                            c.instruction
-                        ),
-                    )
-                } else {
-                    (
-                        "CopyMissingSource",
-                        format!(
-                            "{} source {src:?} is not in the build context",
-                            c.instruction
-                        ),
-                    )
-                };
-                out.push(frontend::Warning {
-                    rule,
-                    message,
-                    span: node.span,
-                    level: frontend::Level::Warning,
-                });
-            }
-        }
-    }
-    out
+    context_sources(df, opts)
+        .iter()
+        .filter_map(|src| {
+            let one = std::slice::from_ref(&src.source);
+            let state = if executor::context::walk_sources(context, one, &ignore, &[]).is_ok() {
+                SourceState::Present
+            } else if executor::context::walk_sources(context, one, &none, &[]).is_ok() {
+                SourceState::Ignored
+            } else {
+                SourceState::Missing
+            };
+            copy_source_warning(src, state)
+        })
+        .collect()
 }
 
 /// Checks `text` under `opts`; prints the findings on stdout and fails if one is an error.

@@ -39,6 +39,27 @@ pub struct State {
     pub ports: Vec<PortMapping>,
     /// Remove everything on exit (`--rm`).
     pub auto_remove: bool,
+    /// The bridge gateway, when attached.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// The image's STOPSIGNAL (`SIGTERM` when unset).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// When the container was created (RFC 3339, UTC).
+    #[serde(default)]
+    pub created: Option<String>,
+    /// When its process started.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// When its process exited.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// Its cgroup directories (one per v1 hierarchy, or one on v2), removed with it.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+    /// `--memory`, `--cpus` (in millicpus), `--pids-limit`, as given.
+    #[serde(default)]
+    pub limits: executor::cgroup::Limits,
 }
 
 /// Container subcommands (flattened into the top-level command enum).
@@ -96,6 +117,9 @@ pub enum Cmd {
         /// Keep stdin open.
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Allocate a pseudo-terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
         /// Container.
         name: String,
         /// Command and arguments.
@@ -150,11 +174,16 @@ fn effective(mut s: State) -> State {
 
 /// Finds a container by id, name or unique id prefix.
 pub(crate) fn find(name: &str) -> anyhow::Result<(PathBuf, State)> {
+    lookup(name)?.with_context(|| format!("no such container: {name}"))
+}
+
+/// Like [`find`], but None when no container matches.
+fn lookup(name: &str) -> anyhow::Result<Option<(PathBuf, State)>> {
     let root = containers_dir()?;
     let exact = root.join(name);
     if !name.is_empty() && !name.contains('/') && exact.join("state.json").exists() {
         let s = read_state(&exact)?;
-        return Ok((exact, effective(s)));
+        return Ok(Some((exact, effective(s))));
     }
     let mut hits = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&root) {
@@ -166,10 +195,93 @@ pub(crate) fn find(name: &str) -> anyhow::Result<(PathBuf, State)> {
         }
     }
     match hits.as_slice() {
-        [one] => Ok((one.clone(), effective(read_state(one)?))),
-        [] => anyhow::bail!("no such container: {name}"),
+        [one] => Ok(Some((one.clone(), effective(read_state(one)?)))),
+        [] => Ok(None),
         _ => anyhow::bail!("container name {name:?} is ambiguous"),
     }
+}
+
+/// `kiln inspect` of a container, in docker's shape; None when no container matches `name`.
+pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some((dir, s)) = lookup(name)? else {
+        return Ok(None);
+    };
+    let spec: Option<executor::spec::RunSpec> = std::fs::read(dir.join("spec.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let running = s.status == "running";
+    let pid = if running {
+        s.pid.map(|p| init_pid(p).unwrap_or(p)).unwrap_or(0)
+    } else {
+        0
+    };
+    let mut ports = serde_json::Map::new();
+    for p in &s.ports {
+        let key = format!("{}/{}", p.container_port, p.proto);
+        let binding = serde_json::json!({
+            "HostIp": p.host_ip.map_or("0.0.0.0".to_owned(), |i| i.to_string()),
+            "HostPort": p.host_port.to_string(),
+        });
+        match ports.get_mut(&key).and_then(|v| v.as_array_mut()) {
+            Some(list) => list.push(binding),
+            None => {
+                ports.insert(key, serde_json::json!([binding]));
+            }
+        }
+    }
+    let ip = s.ip.map(|i| i.to_string()).unwrap_or_default();
+    let gateway = s.gateway.map(|i| i.to_string()).unwrap_or_default();
+    let mut networks = serde_json::Map::new();
+    if let Some(n) = &s.network {
+        networks.insert(
+            n.clone(),
+            serde_json::json!({ "IPAddress": ip, "Gateway": gateway, "IPPrefixLen": 16 }),
+        );
+    }
+    let (path, args) = s
+        .command
+        .split_first()
+        .map_or((String::new(), Vec::new()), |(p, a)| {
+            (p.clone(), a.to_vec())
+        });
+    Ok(Some(serde_json::json!({
+        "Id": s.id,
+        "Created": s.created.clone().unwrap_or_default(),
+        "Path": path,
+        "Args": args,
+        "State": {
+            "Status": s.status,
+            "Running": running,
+            "Paused": false,
+            "Pid": pid,
+            "ExitCode": s.exit_code.unwrap_or(0),
+            "StartedAt": s.started_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".to_owned()),
+            "FinishedAt": s.finished_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".to_owned()),
+        },
+        "Name": format!("/{}", s.id),
+        "Config": {
+            "Hostname": spec.as_ref().map(|x| x.hostname.clone()).unwrap_or_default(),
+            "Image": s.image,
+            "Cmd": s.command,
+            "Env": spec.as_ref().map(|x| x.env.clone()).unwrap_or_default(),
+            "WorkingDir": spec.as_ref().map(|x| x.cwd.clone()).unwrap_or_default(),
+            "User": spec.as_ref().map(|x| x.user.clone()).unwrap_or_default(),
+            "StopSignal": s.stop_signal.clone().unwrap_or_else(|| "SIGTERM".to_owned()),
+        },
+        "HostConfig": {
+            "NetworkMode": s.network.clone().unwrap_or_default(),
+            "AutoRemove": s.auto_remove,
+            "Memory": s.limits.memory.unwrap_or(0),
+            "NanoCpus": s.limits.millicpus.unwrap_or(0) * 1_000_000,
+            "PidsLimit": s.limits.pids.unwrap_or(0),
+        },
+        "NetworkSettings": {
+            "IPAddress": ip,
+            "Gateway": gateway,
+            "Ports": ports,
+            "Networks": networks,
+        },
+    })))
 }
 
 /// Starts a prepared container in the background under a supervisor; prints its id.
@@ -214,7 +326,14 @@ pub fn start_detached(
                 Ok(state.clone())
             }
         })?;
-        if s.status != "created" || !dir.exists() {
+        // Started means the container's PID 1 has exec'd its command (its cgroups, namespaces
+        // and mounts are complete, so `inspect` and `exec` right after `run -d` see them), or
+        // it has already exited.
+        let started = s.status == "running" && s.pid.and_then(ready_init_pid).is_some();
+        if started || s.status == "exited" || !alive(s.pid) && s.status != "created" {
+            break;
+        }
+        if !dir.exists() {
             break;
         }
         if Instant::now() > deadline {
@@ -238,10 +357,12 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    set_cgroup_env(&mut cmd, &state.cgroups);
     let result = match cmd.spawn() {
         Ok(mut child) => {
             state.pid = i32::try_from(child.id()).ok();
             state.status = "running".to_owned();
+            state.started_at = Some(now_rfc3339());
             write_state(&dir, &state)?;
             child.wait().map(|st| {
                 use std::os::unix::process::ExitStatusExt as _;
@@ -252,7 +373,10 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
     };
     state.exit_code = Some(result.as_ref().copied().unwrap_or(125));
     state.status = "exited".to_owned();
+    state.finished_at = Some(now_rfc3339());
     cleanup_network(&state);
+    // The processes are gone with the sandbox: its cgroup can go too (rm retries it).
+    let _ = executor::cgroup::Cgroup::open(state.cgroups.clone()).remove();
     if state.auto_remove {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
@@ -264,15 +388,140 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
 /// Detaches the container from its network and unpins its namespace; idempotent.
 fn cleanup_network(state: &State) {
     if let Some(net) = &state.network {
-        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::STATE_DIR) {
-            let _ = nets.detach(net, &state.id);
-        }
         let _ = executor::net::netns::remove_path(&crate::netrun::netns_path(&state.id));
+        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::STATE_DIR) {
+            // A container still running here is being killed by `rm -f`: delete its veth
+            // now. Otherwise the namespace died with the sandbox and takes the veth along.
+            let _ = if alive(state.pid) {
+                nets.detach(net, &state.id)
+            } else {
+                nets.forget(net, &state.id)
+            };
+        }
+        crate::netrun::refresh_hosts(net);
     }
+}
+
+/// Tells `kiln __init` which cgroups to join before it forks (see `main`).
+pub fn set_cgroup_env(cmd: &mut std::process::Command, dirs: &[PathBuf]) {
+    if !dirs.is_empty() {
+        let joined: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        cmd.env(CGROUP_ENV, joined.join(":"));
+    }
+}
+
+/// The variable [`set_cgroup_env`] sets.
+pub const CGROUP_ENV: &str = "KILN_CGROUP";
+
+/// The cgroup of container `id` with `limits`, or None when nothing is limited. Fails when
+/// no hierarchy has a needed controller or the cgroup cannot be written.
+pub fn create_cgroup(
+    id: &str,
+    limits: &executor::cgroup::Limits,
+) -> anyhow::Result<Option<executor::cgroup::Cgroup>> {
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    let h = executor::cgroup::Hierarchy::host().context("no cgroup filesystem is mounted")?;
+    let plan = executor::cgroup::plan(&h, id, limits)?;
+    Ok(Some(executor::cgroup::Cgroup::create(&plan).with_context(
+        || format!("creating the cgroup of container {id}"),
+    )?))
+}
+
+/// The current time as RFC 3339 (UTC, second precision), as docker's `StartedAt`.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn signal(s: &State, sig: rustix::process::Signal) {
     if let Some(p) = s.pid.and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// The container's PID 1 (a host pid): the sandbox process's only child.
+fn init_pid(sandbox: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{sandbox}/task/{sandbox}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The container's PID 1 once it has exec'd the container's command: before that it is still
+/// `kiln __init` setting up mounts, and a `kiln exec` joining its mount namespace then would
+/// see a half-built one.
+fn ready_init_pid(sandbox: i32) -> Option<i32> {
+    let pid = init_pid(sandbox)?;
+    let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let own = exe(pid)?;
+    (Some(own) != exe(sandbox)).then_some(pid)
+}
+
+/// A signal by name (`SIGTERM`, `TERM`, `term`) or number, as STOPSIGNAL gives it.
+fn parse_signal(s: &str) -> anyhow::Result<rustix::process::Signal> {
+    use rustix::process::Signal;
+    let t = s.trim().to_ascii_uppercase();
+    let name = t.strip_prefix("SIG").unwrap_or(&t);
+    let sig = match name {
+        "HUP" | "1" => Signal::HUP,
+        "INT" | "2" => Signal::INT,
+        "QUIT" | "3" => Signal::QUIT,
+        "KILL" | "9" => Signal::KILL,
+        "USR1" | "10" => Signal::USR1,
+        "USR2" | "12" => Signal::USR2,
+        "TERM" | "15" => Signal::TERM,
+        "WINCH" | "28" => Signal::WINCH,
+        "PWR" | "30" => Signal::POWER,
+        _ => anyhow::bail!("unsupported stop signal {s:?}"),
+    };
+    Ok(sig)
+}
+
+/// Sends the stop signal: the signals `__init` relays go to it (it forwards them to PID 1),
+/// others straight to PID 1.
+fn send_stop_signal(s: &State, sig: rustix::process::Signal) {
+    use rustix::process::Signal;
+    let relayed = [
+        Signal::TERM,
+        Signal::INT,
+        Signal::HUP,
+        Signal::QUIT,
+        Signal::USR1,
+        Signal::USR2,
+        Signal::WINCH,
+    ];
+    let target = if relayed.contains(&sig) {
+        s.pid
+    } else {
+        s.pid.and_then(init_pid).or(s.pid)
+    };
+    if let Some(p) = target.and_then(rustix::process::Pid::from_raw) {
         let _ = rustix::process::kill_process(p, sig);
     }
 }
@@ -298,7 +547,14 @@ fn stop(name: &str, timeout: Duration) -> anyhow::Result<()> {
     if s.status != "running" {
         return Ok(());
     }
-    signal(&s, rustix::process::Signal::TERM);
+    let sig = s
+        .stop_signal
+        .as_deref()
+        .filter(|x| !x.is_empty())
+        .map(parse_signal)
+        .transpose()?
+        .unwrap_or(rustix::process::Signal::TERM);
+    send_stop_signal(&s, sig);
     if !wait_exited(&dir, timeout) {
         signal(&s, rustix::process::Signal::KILL);
         wait_exited(&dir, Duration::from_secs(10));
@@ -404,6 +660,9 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     wait_exited(&dir, Duration::from_secs(10));
                 }
                 cleanup_network(&s);
+                executor::cgroup::Cgroup::open(s.cgroups.clone())
+                    .remove()
+                    .with_context(|| format!("removing the cgroup of {n}"))?;
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("removing {}", dir.display()))?;
                 writeln!(out, "{n}")?;
@@ -414,11 +673,12 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             workdir,
             user,
             interactive,
+            tty,
             name,
             command,
         } => {
             drop(out);
-            return exec(&name, env, workdir, user, interactive, command);
+            return exec(&name, env, workdir, user, (interactive, tty), command);
         }
         Cmd::Supervise { id } => return supervise(&id),
     }
@@ -431,19 +691,19 @@ fn exec(
     env: Vec<String>,
     workdir: Option<String>,
     user: Option<String>,
-    interactive: bool,
+    (interactive, tty): (bool, bool),
     command: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let (dir, s) = find(name)?;
     anyhow::ensure!(s.status == "running", "container {name} is not running");
     let sandbox = s.pid.context("the container has no process")?;
-    let children = std::fs::read_to_string(format!("/proc/{sandbox}/task/{sandbox}/children"))
-        .with_context(|| format!("reading the processes of container {name}"))?;
-    let pid: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("container {name} has no running process"))?;
+    // A container being started: wait (briefly) until its setup is complete.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready_init_pid(sandbox).is_none() && alive(Some(sandbox)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid =
+        init_pid(sandbox).with_context(|| format!("container {name} has no running process"))?;
     let spec: executor::spec::RunSpec =
         serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
     let exec = executor::spec::ExecSpec {
@@ -452,16 +712,47 @@ fn exec(
         env: solver::run::env(&spec.env, &env),
         cwd: workdir.unwrap_or(spec.cwd),
         user: user.unwrap_or(spec.user),
+        tty,
     };
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Exec(exec))?;
     if !interactive {
         cmd.stdin(Stdio::null());
     }
+    let raw = tty.then(crate::run::RawTerminal::enter).flatten();
     let st = cmd
         .status()
-        .with_context(|| format!("starting {}", exe.display()))?;
+        .with_context(|| format!("starting {}", exe.display()));
+    drop(raw);
+    let st = st?;
     use std::os::unix::process::ExitStatusExt as _;
     let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn stop_signals_parse_by_name_or_number() {
+        use rustix::process::Signal;
+        for (s, want) in [
+            ("SIGTERM", Signal::TERM),
+            ("term", Signal::TERM),
+            ("15", Signal::TERM),
+            ("SIGUSR1", Signal::USR1),
+            ("QUIT", Signal::QUIT),
+        ] {
+            assert_eq!(parse_signal(s).expect(s), want, "{s}");
+        }
+        assert!(parse_signal("SIGRTMIN+3").is_err());
+    }
 }

@@ -73,14 +73,25 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// `kiln images`.
-pub fn list() -> anyhow::Result<()> {
+/// `kiln images [--digests]`.
+pub fn list(digests: bool) -> anyhow::Result<()> {
     let store = crate::open_store()?;
     let mut out = io::stdout().lock();
+    let digest_col = |v: &str| {
+        if digests {
+            format!(" {v:<71}")
+        } else {
+            String::new()
+        }
+    };
     writeln!(
         out,
-        "{:<40} {:<16} {:<14} {:>10}",
-        "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
+        "{:<40} {:<16}{} {:<14} {:>10}",
+        "REPOSITORY",
+        "TAG",
+        digest_col("DIGEST"),
+        "IMAGE ID",
+        "SIZE"
     )?;
     for (r, d) in store.list_images().context("listing images")? {
         let image = store
@@ -92,9 +103,18 @@ pub fn list() -> anyhow::Result<()> {
             Some((repo, tag)) if !tag.contains('/') => (repo.to_owned(), tag.to_owned()),
             _ => (name.clone(), "<none>".to_owned()),
         };
+        // The registry digest recorded for this repository (see `kiln pull`).
+        let repo_digest = cache::registry::repo_digests(&store, &d)
+            .into_iter()
+            .find_map(|rd| {
+                let (name, digest) = rd.rsplit_once('@')?;
+                (name == r.name()).then(|| digest.to_owned())
+            })
+            .unwrap_or_else(|| "<none>".to_owned());
         writeln!(
             out,
-            "{repo:<40} {tag:<16} {:<14} {:>10}",
+            "{repo:<40} {tag:<16}{} {:<14} {:>10}",
+            digest_col(&repo_digest),
             d.short(),
             human(size)
         )?;
@@ -102,8 +122,8 @@ pub fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kiln inspect`: one JSON object.
-pub fn inspect(name: &str) -> anyhow::Result<()> {
+/// `kiln inspect` of an image: docker's shape (the caller prints an array).
+pub fn inspect_value(name: &str) -> anyhow::Result<serde_json::Value> {
     let store = crate::open_store()?;
     let image = resolve(&store, name)?;
     let tags: Vec<String> = store
@@ -125,6 +145,7 @@ pub fn inspect(name: &str) -> anyhow::Result<()> {
         "Id": image.manifest_digest,
         "Digest": image.manifest_digest,
         "RepoTags": tags,
+        "RepoDigests": cache::registry::repo_digests(&store, &image.manifest_digest),
         "ConfigDigest": image.config_digest,
         "Created": image.config.created,
         "Architecture": image.config.architecture,
@@ -135,10 +156,7 @@ pub fn inspect(name: &str) -> anyhow::Result<()> {
         "Size": image.manifest.layers.iter().map(|l| l.size).sum::<u64>(),
         "History": image.config.history,
     });
-    let mut out = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &doc)?;
-    writeln!(out)?;
-    Ok(())
+    Ok(doc)
 }
 
 /// `kiln tag`.

@@ -3,10 +3,12 @@
 
 mod bases;
 mod build;
+mod cacheopts;
 mod check;
 mod containers;
 mod images;
 mod netrun;
+mod network;
 mod prune;
 mod registry;
 mod render;
@@ -45,11 +47,16 @@ enum Command {
     /// Import a root filesystem tarball as a one-layer image.
     Import(images::ImportArgs),
     /// List images.
-    Images,
-    /// Show an image as JSON.
+    Images {
+        /// Show the registry digest of each image (from its last pull or push).
+        #[arg(long)]
+        digests: bool,
+    },
+    /// Show containers or images as a JSON array (containers are looked up first).
     Inspect {
-        /// Image name or id.
-        name: String,
+        /// Container or image names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Give an image another name.
     Tag {
@@ -125,6 +132,12 @@ enum Command {
         /// Registry host (default: docker.io).
         registry: Option<String>,
     },
+    /// Manage networks: create, ls, rm.
+    Network {
+        /// The subcommand.
+        #[command(subcommand)]
+        cmd: network::Cmd,
+    },
     /// Container commands: ps, logs, stop, kill, rm.
     #[command(flatten)]
     Containers(containers::Cmd),
@@ -173,6 +186,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn main() -> ExitCode {
     // The sandbox init runs before anything else: single-threaded, no clap, no runtime.
     if std::env::args().nth(1).as_deref() == Some("__init") {
+        // Limits apply from the start: join the container's cgroups before __init forks.
+        if let Some(dirs) = std::env::var_os(containers::CGROUP_ENV) {
+            let dirs: Vec<std::path::PathBuf> = std::env::split_paths(&dirs).collect();
+            if let Err(e) = executor::cgroup::join(&dirs, std::process::id()) {
+                let _ = writeln!(std::io::stderr().lock(), "kiln: {e:#}");
+                std::process::exit(125);
+            }
+        }
         executor::init::main(std::env::args().collect());
     }
     let cli = Cli::parse();
@@ -211,8 +232,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Build(a) => build::build(a).map(|()| ExitCode::SUCCESS),
         Command::Import(a) => images::import(a).map(|()| ExitCode::SUCCESS),
-        Command::Images => images::list().map(|()| ExitCode::SUCCESS),
-        Command::Inspect { name } => images::inspect(&name).map(|()| ExitCode::SUCCESS),
+        Command::Images { digests } => images::list(digests).map(|()| ExitCode::SUCCESS),
+        Command::Inspect { names } => {
+            let mut docs = Vec::new();
+            for n in &names {
+                docs.push(match containers::inspect(n)? {
+                    Some(c) => c,
+                    None => images::inspect_value(n)?,
+                });
+            }
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &docs)?;
+            writeln!(out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tag { source, target } => {
             images::tag(&source, &target).map(|()| ExitCode::SUCCESS)
         }
@@ -230,11 +263,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let store = open_store()?;
             let cfg = registry::RegistryConfig::from_env(&insecure);
-            let image = runtime()?.block_on(async {
+            let pulled = runtime()?.block_on(async {
                 let _lock = store.lock_shared().context("locking the store")?;
                 registry::pull(&store, &reference, platform.as_deref(), &cfg).await
             })?;
-            print_line(&image.manifest_digest.to_string())
+            // The registry's digest, as docker prints it: `name@digest` pulls the same image.
+            print_line(&pulled.digest.to_string())
         }
         Command::Push {
             name,
@@ -278,6 +312,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 format!("Not logged in to {name}")
             })
         }
+        Command::Network { cmd } => network::dispatch(cmd).map(|()| ExitCode::SUCCESS),
         Command::Containers(c) => containers::dispatch(c),
         Command::Init { .. } => executor::init::main(std::env::args().collect()),
     }

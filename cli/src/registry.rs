@@ -5,7 +5,6 @@
 //! its arguments onto these functions.
 
 use anyhow::{Context as _, bail};
-use cache::image::Image;
 use cache::oci::{Digest, Platform};
 use cache::reference::Reference;
 use cache::registry::auth::{Credentials, DockerConfig, is_docker_hub};
@@ -25,6 +24,8 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Upload blobs larger than this in chunks of this size (`KILN_REGISTRY_CHUNK_SIZE`).
+    pub chunk_size: Option<u64>,
 }
 
 impl RegistryConfig {
@@ -49,10 +50,20 @@ impl RegistryConfig {
                     .map(str::to_owned),
             );
         }
+        let chunk_size = std::env::var("KILN_REGISTRY_CHUNK_SIZE")
+            .ok()
+            .and_then(|v| {
+                let size = parse_size(&v);
+                if size.is_none() {
+                    tracing::warn!(value = %v, "ignoring KILN_REGISTRY_CHUNK_SIZE: expected bytes with an optional K, M or G suffix");
+                }
+                size
+            });
         RegistryConfig {
             docker_config,
             insecure,
             progress: true,
+            chunk_size,
         }
     }
 
@@ -60,11 +71,25 @@ impl RegistryConfig {
         let docker_config = DockerConfig::load(&self.docker_config)?;
         let mut opts = RegistryOptions::new(docker_config);
         opts.insecure = self.insecure.clone();
+        opts.chunk_size = self.chunk_size;
         if self.progress {
             opts.progress = Some(progress_printer());
         }
         Ok(opts)
     }
+}
+
+/// `4096`, `64K`, `16M`, `1G` (binary units) -> bytes; `None` for anything else or 0.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 10),
+        (i, 'm' | 'M') => (&s[..i], 20),
+        (i, 'g' | 'G') => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().ok()?;
+    n.checked_mul(1 << shift).filter(|&v| v > 0)
 }
 
 /// Parses `os/arch[/variant]` (`linux/amd64`, `linux/arm/v7`).
@@ -86,7 +111,8 @@ pub fn parse_platform(s: &str) -> anyhow::Result<Platform> {
     }
 }
 
-/// `kiln pull REF [--platform P]`: pulls and tags the image.
+/// `kiln pull REF [--platform P]`: pulls and tags the image. The caller prints
+/// [`registry::Pulled::digest`], the registry's digest (what docker prints as `Digest:`).
 ///
 /// Fails when the reference or platform is invalid, or the pull fails.
 pub async fn pull(
@@ -94,16 +120,16 @@ pub async fn pull(
     reference: &str,
     platform: Option<&str>,
     cfg: &RegistryConfig,
-) -> anyhow::Result<Image> {
+) -> anyhow::Result<registry::Pulled> {
     let r = Reference::parse(reference)?;
     let platform = platform
         .map(parse_platform)
         .transpose()?
         .unwrap_or_else(Platform::host);
     let opts = cfg.options()?;
-    let image = registry::pull(store, &r, &platform, &opts).await?;
+    let pulled = registry::pull_image(store, &r, &platform, &opts).await?;
     finish_progress(cfg);
-    Ok(image)
+    Ok(pulled)
 }
 
 /// `kiln push NAME [DEST]`: pushes the local image NAME to DEST (default: NAME) and returns the
@@ -191,15 +217,15 @@ pub fn logout(cfg: &RegistryConfig, registry: Option<&str>) -> anyhow::Result<bo
     Ok(registry::logout(&host, &mut config)?)
 }
 
-/// Per-blob progress on stderr. On a terminal, one live status line shows every blob in
-/// flight (`abc123 12.0/40.0 MiB  def456 3.0/9.5 MiB`) and finished blobs scroll above it;
-/// otherwise only one line per finished blob is printed.
+/// Per-blob progress on stderr. On a terminal, one bar per blob in flight
+/// (`abc123def456 [=======>      ]  12.0/40.0 MiB`), redrawn in place at most every 100 ms,
+/// with finished blobs scrolling above the bars; otherwise plain lines: one when a transfer
+/// starts and one when a blob is done.
 fn progress_printer() -> registry::ProgressFn {
     let tty = std::io::stderr().is_terminal();
-    // short digest -> (done, total), for the blobs in flight.
-    let active: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());
+    let board = Mutex::new(Board::default());
     Arc::new(move |p: &Progress| {
-        let mut active = active.lock().expect("progress mutex is never poisoned");
+        let mut b = board.lock().expect("progress mutex is never poisoned");
         let (short, line) = match p {
             Progress::Local { digest } => (digest.short(), Some("already present".to_owned())),
             Progress::Unpacked { digest } => (digest.short(), Some("pulled".to_owned())),
@@ -219,32 +245,100 @@ fn progress_printer() -> registry::ProgressFn {
                 done,
                 total,
             } => {
-                active.insert(digest.short().to_owned(), (*done, *total));
+                let verb = if matches!(p, Progress::Download { .. }) {
+                    "downloading"
+                } else {
+                    "uploading"
+                };
+                let new = b
+                    .active
+                    .insert(digest.short().to_owned(), (*done, *total))
+                    .is_none();
+                if new && !tty {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{}: {verb} {} MiB",
+                        digest.short(),
+                        mib(*total)
+                    );
+                }
                 (digest.short(), None)
             }
         };
-        let mut err = std::io::stderr().lock();
-        if let Some(line) = &line {
-            active.remove(short);
-            if tty {
-                let _ = write!(err, "\r\x1b[K");
-            }
-            let _ = writeln!(err, "{short}: {line}");
-        }
-        if tty && !active.is_empty() {
-            let status: Vec<String> = active
-                .iter()
-                .map(|(d, (done, total))| format!("{d} {}/{} MiB", mib(*done), mib(*total)))
-                .collect();
-            let _ = write!(err, "\r\x1b[K{}", status.join("  "));
-            let _ = err.flush();
+        let finished = line.map(|l| {
+            b.active.remove(short);
+            format!("{short}: {l}")
+        });
+        if tty {
+            b.draw(finished.as_deref());
+        } else if let Some(l) = finished {
+            let _ = writeln!(std::io::stderr(), "{l}");
         }
     })
 }
 
+/// The live bars of [`progress_printer`] on a terminal.
+#[derive(Default)]
+struct Board {
+    /// short digest -> (done, total), for the blobs in flight.
+    active: BTreeMap<String, (u64, u64)>,
+    /// Bar lines currently on the screen below the cursor's line start.
+    drawn: usize,
+    last: Option<std::time::Instant>,
+}
+
+impl Board {
+    /// Moves up over the old bars, prints `finished` (which then stays), and redraws the bars.
+    /// Byte updates redraw at most every 100 ms; a finished blob always does.
+    fn draw(&mut self, finished: Option<&str>) {
+        let now = std::time::Instant::now();
+        if finished.is_none()
+            && self
+                .last
+                .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(now);
+        let mut out = String::new();
+        if self.drawn > 0 {
+            out.push_str(&format!("\x1b[{}A", self.drawn));
+        }
+        out.push_str("\r\x1b[J");
+        if let Some(l) = finished {
+            out.push_str(l);
+            out.push('\n');
+        }
+        for (short, (done, total)) in &self.active {
+            out.push_str(&bar_line(short, *done, *total, 30));
+            out.push('\n');
+        }
+        self.drawn = self.active.len();
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(out.as_bytes());
+        let _ = err.flush();
+    }
+}
+
+/// `abc123def456 [=========>          ]  12.0/40.0 MiB` with a bar `width` cells wide.
+fn bar_line(short: &str, done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 {
+        width
+    } else {
+        ((done.min(total) as u128 * width as u128) / total as u128) as usize
+    };
+    let mut bar = "=".repeat(filled);
+    if filled < width {
+        bar.push('>');
+        bar.push_str(&" ".repeat(width - filled - 1));
+    }
+    format!("{short} [{bar}] {:>6}/{} MiB", mib(done), mib(total))
+}
+
+/// Clears what may be left of a bar line (finished blobs erase their bars themselves).
 fn finish_progress(cfg: &RegistryConfig) {
     if cfg.progress && std::io::stderr().is_terminal() {
-        let _ = write!(std::io::stderr(), "\r\x1b[K");
+        let _ = write!(std::io::stderr(), "\r\x1b[J");
     }
 }
 
@@ -255,6 +349,34 @@ fn mib(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_bars_fill_with_the_bytes_done() {
+        assert_eq!(
+            bar_line("abc", 0, 100 << 20, 10),
+            "abc [>         ]    0.0/100.0 MiB"
+        );
+        assert_eq!(
+            bar_line("abc", 50 << 20, 100 << 20, 10),
+            "abc [=====>    ]   50.0/100.0 MiB"
+        );
+        assert_eq!(
+            bar_line("abc", 100 << 20, 100 << 20, 10),
+            "abc [==========]  100.0/100.0 MiB"
+        );
+        assert_eq!(bar_line("e", 0, 0, 4), "e [====]    0.0/0.0 MiB");
+    }
+
+    #[test]
+    fn chunk_sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("16m"), Some(16 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size(""), None);
+    }
 
     #[test]
     fn platforms_and_registry_arguments_normalise() {

@@ -27,7 +27,7 @@ pub struct RunArgs {
     /// Keep stdin open.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Allocate a terminal (stdin must be one).
+    /// Allocate a pseudo-terminal in the container (the caller's terminal goes raw).
     #[arg(short = 't', long)]
     tty: bool,
     /// Network: `bridge` (default, kiln0), `none` (only lo), `host`, or a network name.
@@ -42,6 +42,15 @@ pub struct RunArgs {
     /// Run in the background and print the container id.
     #[arg(short = 'd', long)]
     detach: bool,
+    /// Memory limit (`64m`, `1g`, bytes).
+    #[arg(short = 'm', long, value_name = "BYTES")]
+    memory: Option<String>,
+    /// CPU limit in CPUs (`1.5`).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Maximum number of processes (`-1` or `0`: unlimited).
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
     /// Image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -90,21 +99,67 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         a.publish_all,
         &image.config.config.exposed_ports,
     )?;
+    let limits = executor::cgroup::Limits {
+        memory: a
+            .memory
+            .as_deref()
+            .map(|m| {
+                executor::cgroup::parse_memory(m).with_context(|| {
+                    format!("--memory {m}: expected bytes or a number with b, k, m, g")
+                })
+            })
+            .transpose()?,
+        millicpus: a
+            .cpus
+            .as_deref()
+            .map(|c| {
+                executor::cgroup::parse_cpus(c)
+                    .with_context(|| format!("--cpus {c}: expected a positive number"))
+            })
+            .transpose()?,
+        pids: a.pids_limit.filter(|n| *n > 0).map(|n| n as u64),
+    };
     let id = a.name.clone().unwrap_or_else(container_id);
     let mut container = {
         let _lock = store.lock_shared().context("locking the store")?;
         solver::run::prepare(&store, &image.config, &id, &overrides)
             .with_context(|| format!("preparing container {id}"))?
     };
-    let (network, joined) =
-        match crate::netrun::setup(&a.network, &id, &container.spec.hostname, &ports) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&container.dir);
-                return Err(e);
-            }
-        };
+    let (network, joined) = match crate::netrun::setup(
+        &a.network,
+        &id,
+        &container.spec.hostname,
+        &ports,
+        &container.dir,
+        a.detach,
+    ) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&container.dir);
+            return Err(e);
+        }
+    };
+    if joined.is_some() {
+        container
+            .spec
+            .mounts
+            .push(crate::netrun::hosts_mount(&container.dir));
+    }
     container.spec.network = network;
+    let cgroup = match crate::containers::create_cgroup(&id, &limits) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(j) = joined {
+                let _ = j.teardown();
+            }
+            let _ = std::fs::remove_dir_all(&container.dir);
+            return Err(e);
+        }
+    };
+    let cgroups = cgroup
+        .as_ref()
+        .map(|c| c.dirs().to_vec())
+        .unwrap_or_default();
     if a.detach {
         let att = joined.as_ref().map(|j| j.attachment.clone());
         let state = crate::containers::State {
@@ -116,13 +171,30 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             exit_code: None,
             network: att.as_ref().map(|x| x.network.clone()),
             ip: att.as_ref().map(|x| x.ip),
+            gateway: att.as_ref().map(|x| x.gateway),
             ports: att.map(|x| x.ports).unwrap_or_default(),
             auto_remove: a.rm,
+            stop_signal: Some(image.config.config.stop_signal.clone()).filter(|x| !x.is_empty()),
+            created: Some(crate::containers::now_rfc3339()),
+            started_at: None,
+            finished_at: None,
+            cgroups,
+            limits,
         };
         return crate::containers::start_detached(&container.dir, &container.spec, state, joined);
     }
-    let status = spawn_and_wait(&container.spec, a.interactive || a.tty, joined.is_some());
+    let raw = a.tty.then(RawTerminal::enter).flatten();
+    let status = spawn_and_wait(
+        &container.spec,
+        a.interactive || a.tty,
+        joined.is_some(),
+        &cgroups,
+    );
+    drop(raw);
     let torn = joined.map(crate::netrun::Joined::teardown);
+    if let Some(c) = &cgroup {
+        let _ = c.remove();
+    }
     if a.rm {
         let _ = std::fs::remove_dir_all(&container.dir);
     }
@@ -144,11 +216,13 @@ fn spawn_and_wait(
     spec: &executor::spec::RunSpec,
     stdin: bool,
     forward_signals: bool,
+    cgroups: &[std::path::PathBuf],
 ) -> anyhow::Result<std::process::ExitStatus> {
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let spec = executor::spec::InitSpec::Run(spec.clone());
     let mut cmd =
         executor::sandbox::command(&exe, &spec).context("building the sandbox command")?;
+    crate::containers::set_cgroup_env(&mut cmd, cgroups);
     if !stdin {
         cmd.stdin(Stdio::null());
     }
@@ -193,4 +267,36 @@ fn kill_on_signal(pid: u32, ready: std::sync::mpsc::Sender<()>) {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
         }
     });
+}
+
+/// The caller's terminal in raw mode while a container's terminal is relayed (keys such as ^C
+/// go to the container as bytes); restored on drop.
+#[derive(Debug)]
+pub struct RawTerminal {
+    saved: rustix::termios::Termios,
+}
+
+impl RawTerminal {
+    /// Puts stdin in raw mode; None when stdin is not a terminal.
+    pub fn enter() -> Option<RawTerminal> {
+        let stdin = rustix::stdio::stdin();
+        if !rustix::termios::isatty(stdin) {
+            return None;
+        }
+        let saved = rustix::termios::tcgetattr(stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            rustix::stdio::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
 }

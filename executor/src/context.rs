@@ -645,6 +645,44 @@ impl Meta {
     }
 }
 
+/// The paths under `root` that `ignore` hides, each as high up as possible: an ignored
+/// directory is listed once, unless `!` exceptions may re-include something below it, in
+/// which case its ignored entries are listed one by one. Symlinks are not followed. A
+/// context bind mount covers exactly these paths (with overlay whiteouts).
+///
+/// Fails when a directory cannot be read.
+pub fn ignored_paths(root: &Path, ignore: &Ignore) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if !ignore.is_empty() {
+        ignored_below(root, "", ignore, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn ignored_below(dir: &Path, rel: &str, ignore: &Ignore, out: &mut Vec<String>) -> Result<()> {
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
+        .map_err(|e| io_err(dir, e))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| io_err(dir, e))?;
+    names.sort();
+    for name in names {
+        let name = name.to_string_lossy().into_owned();
+        let child_rel = join_rel(rel, &name);
+        let path = dir.join(&name);
+        let is_dir = std::fs::symlink_metadata(&path)
+            .map_err(|e| io_err(&path, e))?
+            .is_dir();
+        let ignored = ignore.is_ignored(&child_rel, is_dir);
+        if ignored && !(is_dir && ignore.has_exceptions()) {
+            out.push(child_rel);
+        } else if is_dir {
+            ignored_below(&path, &child_rel, ignore, out)?;
+        }
+    }
+    Ok(())
+}
+
 fn join_rel(a: &str, b: &str) -> String {
     if a.is_empty() {
         b.to_string()
@@ -901,6 +939,38 @@ mod tests {
                 "src/sub",
                 "src/sub/b.rs"
             ]
+        );
+    }
+
+    #[test]
+    fn ignored_paths_are_listed_as_high_as_possible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in [
+            "keep.txt",
+            "secret.txt",
+            "node_modules/a/b.js",
+            "logs/x.log",
+            "logs/keep.me",
+        ] {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, "x").expect("write");
+        }
+        let ignore = Ignore::parse("secret.txt\nnode_modules\n");
+        assert_eq!(
+            ignored_paths(dir.path(), &ignore).expect("walk"),
+            ["node_modules", "secret.txt"]
+        );
+        // With an exception, an ignored directory is opened and only its ignored entries listed.
+        let ignore = Ignore::parse("logs\n!logs/keep.me\n");
+        assert_eq!(
+            ignored_paths(dir.path(), &ignore).expect("walk"),
+            ["logs/x.log"]
+        );
+        assert!(
+            ignored_paths(dir.path(), &Ignore::default())
+                .expect("walk")
+                .is_empty()
         );
     }
 }

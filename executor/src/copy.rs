@@ -9,11 +9,12 @@
 //! Docker/BuildKit rules implemented here: several sources need a directory destination
 //! (ending in `/` or existing); a directory source copies its contents; a file goes into a
 //! directory destination under its own name; missing parents are created (owned by the
-//! `--chown` user, else root); context files become root-owned unless `--chown`, files from
+//! `--chown` user, else root), and so is a new destination of a directory source (0755, or
+//! `--chmod`); context files become root-owned unless `--chown`, files from
 //! another stage keep their owners; modes and mtimes are kept (`--chmod`, octal or symbolic, sets
 //! it for files and directories, setuid/setgid/sticky included); symlinks inside directories are copied as links and
-//! hard links stay hard links; ADD extracts local tar archives (plain, gzip, zstd, and bzip2/xz
-//! through the host's `bzip2`/`xz`).
+//! hard links stay hard links; ADD extracts local tar archives (plain, gzip, zstd, bzip2, xz;
+//! all decoded in-process).
 
 mod archive;
 pub mod chmod;
@@ -363,7 +364,6 @@ pub fn copy(
         } else {
             top.matched.clone()
         };
-        let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
         if !is_dir
             && opts.unpack_archives
             && opts.from_context
@@ -373,7 +373,10 @@ pub fn copy(
                 source,
             })?
         {
+            // An archive is extracted into the destination as a directory, trailing slash or
+            // not, so several of them may share one (BuildKit's `ADD *.tar /dest`).
             let into = if opts.parents {
+                let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
                 let (parent, _) = target.rsplit_once('/').unwrap_or(("", &target));
                 parent.to_string()
             } else {
@@ -389,13 +392,25 @@ pub fn copy(
             )?;
             continue;
         }
+        let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
         for e in &entries[start..end] {
             let out = if e.rel == top.rel {
                 target.clone()
             } else {
                 join(&target, &sub_path(&e.rel, &top.matched))
             };
-            let meta = meta_of(e);
+            let mut meta = meta_of(e);
+            if e.rel == top.rel && is_dir && !opts.parents {
+                // BuildKit (fsutil's prepareTargetDir): a directory copied to a new path
+                // creates that path as it creates missing parents, 0755 (or --chmod) and owned
+                // by root (or --chown) whoever owned the source; only its contents and its
+                // mtime come from the source.
+                meta.uid = owner.map_or(0, |o| o.0);
+                meta.gid = owner.map_or(0, |o| o.1);
+                if chmod.is_none() {
+                    meta.mode = 0o755;
+                }
+            }
             match e.kind {
                 EntryKind::Dir => {
                     let created = dest
@@ -444,6 +459,29 @@ pub fn copy(
         dest.set_mtime(dir, *mtime).map_err(write_err(dir))?;
     }
     Ok(())
+}
+
+/// Writes a COPY/ADD heredoc source as `dir/name` (mode 0644, mtime at the epoch), the way
+/// BuildKit's "preparing inline document" step makes it. The caller then copies it from `dir`
+/// with a [`CopyTask::Copy`] whose sources are `[name]`, so every destination rule, `--chown`
+/// and `--chmod` apply as for a context file.
+///
+/// Fails when `name` is not a plain file name or on an I/O error.
+pub fn stage_inline(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("heredoc name {name:?} is not a file name"),
+        ));
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, data)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    let f = std::fs::File::options().write(true).open(&path)?;
+    f.set_modified(std::time::UNIX_EPOCH)?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -522,6 +560,20 @@ mod tests {
         assert_eq!(parents_path("./a/./b/*", "a/b/x"), "b/x");
         assert_eq!(parents_path("a/b/c", "a/b/c"), "a/b/c");
         assert_eq!(parents_path("./a/b", "a/b"), "a/b");
+    }
+
+    #[test]
+    fn inline_files_are_0644_at_the_epoch_and_names_stay_plain() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = stage_inline(dir.path(), "EOF", b"hi\n").expect("staged");
+        let md = std::fs::metadata(&p).expect("stat");
+        assert_eq!(md.mode() & 0o7777, 0o644);
+        assert_eq!(md.mtime(), 0);
+        assert_eq!(std::fs::read(&p).expect("read"), b"hi\n");
+        for bad in ["", "..", "a/b"] {
+            assert!(stage_inline(dir.path(), bad, b"").is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -160,13 +160,13 @@ pub enum InitError {
     /// The command was not found.
     #[error("{cmd}: executable file not found in $PATH")]
     NotFound {
-        /// argv[0].
+        /// `argv[0]`.
         cmd: String,
     },
     /// execve failed.
     #[error("exec {cmd}")]
     Exec {
-        /// argv[0].
+        /// `argv[0]`.
         cmd: String,
         /// Cause.
         #[source]
@@ -350,6 +350,13 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
 
     let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(ns_err("creating a pipe"))?;
+    // Signals sent to this process (`kill`, a terminal, a supervisor) are relayed to pid 1:
+    // they queue while blocked and are forwarded from the wait loop.
+    let old_mask = sys::block_relayed_signals().map_err(|source| InitError::Namespace {
+        what: "blocking signals",
+        source,
+    })?;
+    let (console, console_child) = console_pair(spec.tty)?;
     let child = sys::fork().map_err(|source| InitError::Namespace {
         what: "fork",
         source,
@@ -357,7 +364,14 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let pid = match child {
         sys::Forked::Child => {
             drop(reader);
-            let err = match child_main(spec, &state.path, &plan, writer) {
+            drop(console);
+            let err = match sys::restore_signal_mask(&old_mask)
+                .map_err(|source| InitError::Namespace {
+                    what: "restoring the signal mask",
+                    source,
+                })
+                .and_then(|()| child_main(spec, &state.path, &plan, writer, console_child))
+            {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -366,23 +380,54 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
         sys::Forked::Parent(pid) => pid,
     };
     drop(writer);
+    drop(console_child);
     let mut report = String::new();
     // The pipe closes when the child execs or dies; a read error only loses cleanup hints.
     let _ = std::fs::File::from(reader).read_to_string(&mut report);
-    let status = wait(pid)?;
+    let status = wait_or_relay(pid, console)?;
     let created: Vec<&str> = report.lines().collect();
     remove_placeholders(&spec.rootfs, &created, &before, &plan);
     drop(state);
     Ok(status)
 }
 
+/// With `tty`, the socket pair a pty master travels on (see [`crate::tty`]).
+fn console_pair(tty: bool) -> Result<(Option<OwnedFd>, Option<OwnedFd>)> {
+    if !tty {
+        return Ok((None, None));
+    }
+    let (parent, child) = crate::tty::console_socket().map_err(|source| InitError::Namespace {
+        what: "creating the console socket",
+        source,
+    })?;
+    Ok((Some(parent), Some(child)))
+}
+
+/// Waits for `pid` like [`wait`]; with a console socket, first receives the pty master and
+/// relays the terminal until then.
+fn wait_or_relay(pid: i32, console: Option<OwnedFd>) -> Result<i32> {
+    let tty_err = |source| InitError::Namespace {
+        what: "relaying the terminal",
+        source,
+    };
+    let master = match console {
+        Some(sock) => crate::tty::receive_master(sock).map_err(tty_err)?,
+        None => None,
+    };
+    match (master, rustix::process::Pid::from_raw(pid)) {
+        (Some(m), Some(p)) => crate::tty::relay(m, p).map_err(tty_err),
+        _ => wait(pid),
+    }
+}
+
+/// Waits for pid 1 to exit, relaying the signals this process gets to it.
 fn wait(pid: i32) -> Result<i32> {
     let pid = rustix::process::Pid::from_raw(pid).ok_or(InitError::Namespace {
         what: "fork returned pid 0 in the parent",
         source: io::Error::from(io::ErrorKind::InvalidData),
     })?;
     loop {
-        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
             Ok(Some((_, status))) => {
                 if let Some(code) = status.exit_status() {
                     return Ok(code);
@@ -391,9 +436,18 @@ fn wait(pid: i32) -> Result<i32> {
                     return Ok(128 + sig);
                 }
             }
-            Ok(None) => {}
-            Err(rustix::io::Errno::INTR) => {}
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(ns_err("waiting for the sandbox")(e)),
+        }
+        let sig = sys::wait_signal().map_err(|source| InitError::Namespace {
+            what: "waiting for signals",
+            source,
+        })?;
+        if sig != libc::SIGCHLD
+            && let Some(signal) = rustix::process::Signal::from_named_raw(sig)
+        {
+            // The child may be gone already; its exit is collected on the next turn.
+            let _ = rustix::process::kill_process(pid, signal);
         }
     }
 }
@@ -469,7 +523,13 @@ fn is_opaque(p: &Path) -> bool {
     rustix::fs::lgetxattr(p, "trusted.overlay.opaque", &mut buf).is_ok()
 }
 
-fn child_main(spec: &RunSpec, state: &Path, plan: &[Step], report: OwnedFd) -> Result<Infallible> {
+fn child_main(
+    spec: &RunSpec,
+    state: &Path,
+    plan: &[Step],
+    report: OwnedFd,
+    console: Option<OwnedFd>,
+) -> Result<Infallible> {
     sys::die_with_parent().map_err(|source| InitError::Namespace {
         what: "setting the parent-death signal",
         source,
@@ -528,10 +588,11 @@ fn child_main(spec: &RunSpec, state: &Path, plan: &[Step], report: OwnedFd) -> R
     std::fs::create_dir_all(cwd).map_err(cwd_err)?;
     std::env::set_current_dir(cwd).map_err(cwd_err)?;
 
-    if spec.tty {
-        rustix::process::setsid().map_err(ns_err("setsid"))?;
-        rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())
-            .map_err(ns_err("making stdin the controlling terminal"))?;
+    if let Some(sock) = console {
+        crate::tty::take_new_pty(sock).map_err(|source| InitError::Namespace {
+            what: "allocating a terminal",
+            source,
+        })?;
     }
 
     exec_as(&spec.args, &env, &spec.user, &id)
@@ -562,23 +623,40 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
             .map_err(ns_err("joining the container's namespaces"))?;
     }
     drop(handles);
+    // As for RUN: signals to this process are relayed to the command, and `wait` needs
+    // SIGCHLD blocked so that it queues for sigwaitinfo.
+    let old_mask = sys::block_relayed_signals().map_err(|source| InitError::Namespace {
+        what: "blocking signals",
+        source,
+    })?;
+    let (console, console_child) = console_pair(spec.tty)?;
     let child = sys::fork().map_err(|source| InitError::Namespace {
         what: "fork",
         source,
     })?;
     match child {
         sys::Forked::Child => {
-            let err = match exec_child(spec) {
+            drop(console);
+            let err = match sys::restore_signal_mask(&old_mask)
+                .map_err(|source| InitError::Namespace {
+                    what: "restoring the signal mask",
+                    source,
+                })
+                .and_then(|()| exec_child(spec, console_child))
+            {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
             fail(&err)
         }
-        sys::Forked::Parent(pid) => wait(pid),
+        sys::Forked::Parent(pid) => {
+            drop(console_child);
+            wait_or_relay(pid, console)
+        }
     }
 }
 
-fn exec_child(spec: &crate::spec::ExecSpec) -> Result<Infallible> {
+fn exec_child(spec: &crate::spec::ExecSpec, console: Option<OwnedFd>) -> Result<Infallible> {
     sys::die_with_parent().map_err(|source| InitError::Namespace {
         what: "setting the parent-death signal",
         source,
@@ -592,6 +670,12 @@ fn exec_child(spec: &crate::spec::ExecSpec) -> Result<Infallible> {
         path: cwd.to_string(),
         source,
     })?;
+    if let Some(sock) = console {
+        crate::tty::take_new_pty(sock).map_err(|source| InitError::Namespace {
+            what: "allocating a terminal",
+            source,
+        })?;
+    }
     exec_as(&spec.args, &env, &spec.user, &id)
 }
 

@@ -476,6 +476,21 @@ mod tests {
     }
 
     #[test]
+    fn joined_network_uses_the_given_files() {
+        let files = etc_files(
+            &spec(Network::Join {
+                netns: "/run/kiln/netns/x".into(),
+                hosts: "10.88.0.2\tbox\n".into(),
+                resolv_conf: "nameserver 10.88.0.1\n".into(),
+            }),
+            Some("host\n"),
+            Some("host\n"),
+        );
+        assert_eq!(files[0].1, "10.88.0.2\tbox\n");
+        assert_eq!(files[1].1, "nameserver 10.88.0.1\n");
+    }
+
+    #[test]
     fn ancestors_lists_parents_top_down() {
         assert_eq!(ancestors("/etc/hosts"), vec!["/etc"]);
         assert_eq!(ancestors("/a/b/c"), vec!["/a", "/a/b"]);

@@ -29,6 +29,9 @@ pub struct ExecSpec {
     pub cwd: String,
     /// User, as in [`RunSpec::user`].
     pub user: String,
+    /// Allocate a terminal for the command, as [`RunSpec::tty`].
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// An overlay root filesystem.
@@ -81,7 +84,8 @@ pub struct RunSpec {
     pub network: Network,
     /// Extra mounts (RUN --mount, volumes), applied in order after the standard ones.
     pub mounts: Vec<MountSpec>,
-    /// stdin is a pty the process should take as its controlling terminal.
+    /// Allocate a pseudo-terminal in the sandbox's devpts for the process (its controlling
+    /// terminal and stdio); `__init` relays it to its own stdin and stdout.
     pub tty: bool,
 }
 

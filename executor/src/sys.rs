@@ -162,3 +162,116 @@ pub fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(code) }
 }
+
+/// Signals `__init` relays to the sandbox's pid 1 (what `kill`, `docker stop` or a terminal
+/// would send), plus SIGCHLD, which it waits for.
+pub const RELAYED_SIGNALS: [i32; 7] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// A saved signal mask.
+#[derive(Clone, Copy)]
+pub struct SigMask(libc::sigset_t);
+
+impl std::fmt::Debug for SigMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigMask")
+    }
+}
+
+fn relay_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write into the local, properly sized set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in RELAYED_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        set
+    }
+}
+
+/// Blocks [`RELAYED_SIGNALS`] and SIGCHLD, so that they queue for [`wait_signal`]; returns
+/// the previous mask (to restore in the child before exec: masks survive exec).
+pub fn block_relayed_signals() -> io::Result<SigMask> {
+    let set = relay_set();
+    // SAFETY: both pointers are valid sigset_t values for the duration of the call.
+    unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SigMask(old))
+    }
+}
+
+/// Restores a mask saved by [`block_relayed_signals`].
+pub fn restore_signal_mask(mask: &SigMask) -> io::Result<()> {
+    // SAFETY: the mask is a valid sigset_t; the old-mask pointer may be null.
+    if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for one of the blocked signals and returns its number.
+pub fn wait_signal() -> io::Result<i32> {
+    let set = relay_set();
+    loop {
+        // SAFETY: set is a valid sigset_t; the siginfo pointer may be null.
+        let r = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        if r >= 0 {
+            return Ok(r);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// A signalfd for [`RELAYED_SIGNALS`] and SIGCHLD (which must be blocked, see
+/// [`block_relayed_signals`]), so that a poll loop can wait for them next to file descriptors.
+pub fn relay_signalfd() -> io::Result<OwnedFd> {
+    let set = relay_set();
+    // SAFETY: set is a valid sigset_t; -1 asks for a new descriptor, which we own on success.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by signalfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until at least one of `fds` is readable (or hung up); returns which are.
+pub fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: pfds is a valid, exclusively borrowed array of pfds.len() pollfd structs.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if r >= 0 {
+            return Ok(pfds
+                .iter()
+                .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+                .collect());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}

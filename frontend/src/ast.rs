@@ -776,13 +776,11 @@ fn parse_json(rest: &str) -> Result<JsonArgs, ErrorKind> {
     if !t.starts_with('[') {
         return Ok(JsonArgs::NotJson);
     }
-    // BuildKit decodes with a json.Decoder: the first value counts, trailing text is ignored
-    // (`CMD ["a"] junk` is exec form).
-    let first = serde_json::Deserializer::from_str(t)
-        .into_iter::<serde_json::Value>()
-        .next();
-    match first {
-        Some(Ok(serde_json::Value::Array(items))) => {
+    // BuildKit decodes with json.Unmarshal: text after the array makes it invalid JSON, so
+    // `RUN ["echo", "hi"]junk` is shell form (its testInvalidJSONCommands; BuildKit's parser
+    // once used a json.Decoder, which ignored the rest).
+    match serde_json::from_str::<serde_json::Value>(t) {
+        Ok(serde_json::Value::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for it in items {
                 match it {

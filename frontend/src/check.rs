@@ -196,6 +196,102 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
     out
 }
 
+/// A COPY/ADD source read from the build context by a step the target needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextSource {
+    /// `COPY` or `ADD`.
+    pub instruction: &'static str,
+    /// The source after expansion, relative to the context.
+    pub source: String,
+    /// The instruction's position.
+    pub span: Option<Span>,
+}
+
+/// What the caller found in the build context for a [`ContextSource`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// Present and not ignored (a wildcard that matches nothing counts: BuildKit copies
+    /// nothing).
+    Present,
+    /// Present, but excluded by `.dockerignore`.
+    Ignored,
+    /// Not in the context.
+    Missing,
+}
+
+/// Every context source read by the stages the target needs (as BuildKit, which converts only
+/// reachable stages: through `FROM <stage>`, `COPY --from` and `RUN --mount from=`), found by
+/// lowering with placeholder base images. Heredoc sources and URLs are not listed. Empty when
+/// lowering fails: [`check`] reports those errors.
+pub fn context_sources(df: &Dockerfile, opts: &BuildOptions) -> Vec<ContextSource> {
+    use solver::graph::{CopySource, FileAction, Op};
+    let Ok(refs) = crate::base_images(df, opts) else {
+        return Vec::new();
+    };
+    let bases = refs
+        .iter()
+        .map(|r| {
+            let placeholder = crate::BaseImage {
+                manifest: cache::oci::Digest::of(r.reference.as_bytes()),
+                config: cache::oci::ImageConfig::empty(&opts.platform),
+            };
+            (r.reference.clone(), placeholder)
+        })
+        .collect();
+    let Ok(graph) = crate::lower(df, opts, &bases) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for n in graph.reachable() {
+        let node = &graph.nodes[n];
+        let Op::File(f) = &node.op else { continue };
+        for a in &f.actions {
+            let FileAction::Copy(c) = a else { continue };
+            if c.from != CopySource::Context {
+                continue;
+            }
+            for src in &c.sources {
+                out.push(ContextSource {
+                    instruction: c.instruction,
+                    source: src.clone(),
+                    span: node.span,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The `CopyIgnoredFile` or `CopyMissingSource` finding for a source in `state`, if any.
+pub fn copy_source_warning(src: &ContextSource, state: SourceState) -> Option<Warning> {
+    let (rule, message) = match state {
+        SourceState::Present => return None,
+        // BuildKit's text names the command as `Copy` or `Add`.
+        SourceState::Ignored => (
+            "CopyIgnoredFile",
+            format!(
+                "Attempting to {}{} file {:?} that is excluded by .dockerignore",
+                &src.instruction[..1],
+                src.instruction[1..].to_ascii_lowercase(),
+                src.source
+            ),
+        ),
+        SourceState::Missing => (
+            "CopyMissingSource",
+            format!(
+                "{} source {:?} is not in the build context",
+                src.instruction, src.source
+            ),
+        ),
+    };
+    Some(Warning {
+        rule,
+        message,
+        span: src.span,
+        level: Level::Warning,
+    })
+}
+
 fn lint_stage(
     lint: &mut Lint,
     df: &Dockerfile,
@@ -418,6 +514,76 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].level, Level::Error);
         assert_eq!(found[0].span, Some(Span { line: 3, column: 6 }));
+    }
+
+    fn opts() -> BuildOptions {
+        BuildOptions::new(Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        })
+    }
+
+    #[test]
+    fn json_args_recommended_covers_entrypoint_and_empty_continuation_is_reported() {
+        assert_eq!(
+            rules("FROM a\nENTRYPOINT run me\n"),
+            vec!["JSONArgsRecommended"]
+        );
+        assert_eq!(
+            rules("FROM a\nRUN echo a \\\n\n  b\n"),
+            vec!["NoEmptyContinuation"]
+        );
+    }
+
+    #[test]
+    fn context_sources_come_from_every_stage_the_target_reaches_and_no_other() {
+        let src = "FROM busybox AS a\nCOPY from-a /x\nFROM a AS b\nCOPY from-b /y\n\
+                   FROM busybox AS c\nCOPY from-c /z\nFROM busybox AS d\nCOPY from-d /w\n\
+                   FROM busybox AS e\nADD from-e /v\nFROM b\nCOPY --from=c /z /z\n\
+                   RUN --mount=from=e,target=/m true\nCOPY <<EOF /inline\nhi\nEOF\n\
+                   COPY last /last\n";
+        let df = crate::parse(src).expect("parses");
+        let found: Vec<(String, u32)> = context_sources(&df, &opts())
+            .into_iter()
+            .map(|s| (s.source, s.span.map_or(0, |s| s.line)))
+            .collect();
+        let mut names: Vec<&str> = found.iter().map(|(s, _)| s.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["from-a", "from-b", "from-c", "from-e", "last"]);
+        assert!(found.contains(&("from-c".to_owned(), 6)), "{found:?}");
+
+        let mut o = opts();
+        o.target = Some("c".into());
+        let only: Vec<String> = context_sources(&df, &o)
+            .into_iter()
+            .map(|s| s.source)
+            .collect();
+        assert_eq!(only, ["from-c"]);
+    }
+
+    #[test]
+    fn copy_source_rules_name_the_instruction_and_the_source() {
+        let s = ContextSource {
+            instruction: "ADD",
+            source: "a.txt".into(),
+            span: Some(Span { line: 3, column: 1 }),
+        };
+        assert_eq!(copy_source_warning(&s, SourceState::Present), None);
+        let w = copy_source_warning(&s, SourceState::Ignored).expect("ignored");
+        assert_eq!(w.rule, "CopyIgnoredFile");
+        assert_eq!(
+            w.message,
+            "Attempting to Add file \"a.txt\" that is excluded by .dockerignore"
+        );
+        assert_eq!(w.span, s.span);
+        let w = copy_source_warning(&s, SourceState::Missing).expect("missing");
+        assert_eq!(w.rule, "CopyMissingSource");
+        assert_eq!(
+            w.message,
+            "ADD source \"a.txt\" is not in the build context"
+        );
     }
 
     #[test]

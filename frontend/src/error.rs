@@ -311,6 +311,14 @@ impl Error {
         self
     }
 
+    /// Moves the error to `span` (an ONBUILD trigger's error belongs to the FROM line that
+    /// fired it) and drops the quoted line, which [`Error::with_source`] sets again.
+    pub(crate) fn relocated(mut self, span: Span) -> Error {
+        self.span = Some(span);
+        self.line_text = None;
+        self
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> &ErrorKind {
         &self.kind

@@ -100,6 +100,19 @@ pub fn base_images(df: &Dockerfile, opts: &BuildOptions) -> Result<Vec<BaseImage
     Ok(lower::collect_bases(df, opts)?.0)
 }
 
+/// The base images the target needs once the ONBUILD triggers of the `known` ones run: what
+/// [`base_images`] returns plus the images those triggers name (`ONBUILD COPY --from=alpine`,
+/// as BuildKit resolves them). Call it again after resolving new ones, until it adds nothing.
+///
+/// Fails as [`base_images`] does, and on a trigger that does not parse.
+pub fn base_images_with(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    known: &BTreeMap<String, BaseImage>,
+) -> Result<Vec<BaseImageRef>, Error> {
+    Ok(lower::collect_bases_with(df, opts, Some(known))?.0)
+}
+
 /// Lowers the stages the target needs into a build graph. `bases` is keyed by
 /// [`BaseImageRef::reference`].
 ///

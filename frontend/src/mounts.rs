@@ -4,6 +4,9 @@ use crate::error::ErrorKind;
 use crate::lower::clean_path;
 use solver::graph::{CacheSharing, CopySource, Mount, MountKind};
 
+/// The target of the first `type=ssh` mount without one (the next get `.1`, `.2`...).
+pub const SSH_DEFAULT_TARGET: &str = "/run/buildkit/ssh_agent.0";
+
 /// The kind of a parsed mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MountType {
@@ -195,7 +198,7 @@ pub fn parse_mount(spec: &str, cwd: &str) -> Result<ParsedMount, ErrorKind> {
                 m.id = Some("default".into());
             }
             if m.target.is_empty() {
-                m.target = "/run/buildkit/ssh_agent.0".into();
+                m.target = SSH_DEFAULT_TARGET.into();
             }
         }
         _ => {}
@@ -244,6 +247,9 @@ impl ParsedMount {
             MountType::Ssh => MountKind::Ssh {
                 id: self.id.unwrap_or_default(),
                 required: self.required,
+                mode: self.mode.unwrap_or(0o600),
+                uid: self.uid,
+                gid: self.gid,
             },
         };
         Mount {

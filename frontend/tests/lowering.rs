@@ -117,6 +117,9 @@ fn render(src: &str, opts: &BuildOptions, missing: &[String]) -> Result<String, 
                         {
                             let _ = writeln!(out, "n{i} checksum {d}");
                         }
+                        if let solver::graph::CopySource::Git(g) = &c.from {
+                            let _ = writeln!(out, "n{i} git {g:?}");
+                        }
                     }
                 }
             }

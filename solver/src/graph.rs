@@ -68,7 +68,7 @@ pub enum SourceOp {
 /// Network of a RUN step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NetworkMode {
-    /// The builder's default (loopback only until bridge networking exists).
+    /// The builder's default: the bridge (with NAT), or `kiln build --network`.
     #[default]
     Default,
     /// Only a loopback interface.
@@ -166,12 +166,18 @@ pub enum MountKind {
         /// Expose as this environment variable instead of (or as well as) a file.
         env: Option<String>,
     },
-    /// `type=ssh`: an agent socket.
+    /// `type=ssh`: an agent socket, never stored or hashed.
     Ssh {
-        /// SSH id.
+        /// SSH id (`kiln build --ssh ID=...`).
         id: String,
         /// Fail when the agent is not supplied.
         required: bool,
+        /// Socket mode.
+        mode: u32,
+        /// Socket owner uid.
+        uid: u32,
+        /// Socket owner gid.
+        gid: u32,
     },
 }
 
@@ -189,6 +195,31 @@ pub enum CopySource {
         /// `--checksum`, if given.
         checksum: Option<Digest>,
     },
+    /// A git repository (ADD): its tree at one commit, copied like a directory.
+    Git(Box<GitSource>),
+}
+
+/// An ADD git source, parsed from BuildKit's URL forms by [`crate::git::parse_url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSource {
+    /// The URL as written in the Dockerfile (for messages).
+    pub url: String,
+    /// The remote as `git` takes it: no fragment, no kiln/BuildKit query keys.
+    pub remote: String,
+    /// Branch, tag, full ref (`refs/pull/1/head`) or 40-hex commit; `None`: the remote's HEAD.
+    pub reference: Option<String>,
+    /// Directory inside the repository whose contents are copied (`""`: the root).
+    pub subdir: String,
+    /// `--keep-git-dir=true`: keep `.git`.
+    pub keep_git_dir: bool,
+    /// Check out submodules too (BuildKit's default; `submodules=false` in the URL query
+    /// turns it off).
+    pub submodules: bool,
+    /// `--checksum=` or `checksum=`/`commit=` in the URL: a hex prefix the commit must have.
+    pub checksum: Option<String>,
+    /// The commit `reference` resolves to, filled in by the solver (`git ls-remote`) before
+    /// cache keys are computed; the key holds it, so a moved branch misses the cache.
+    pub commit: Option<String>,
 }
 
 /// COPY/ADD/WORKDIR edits on top of `root`.
@@ -212,6 +243,30 @@ pub enum FileAction {
         /// `user[:group]` that owns created directories; empty = root.
         owner: String,
     },
+    /// A file whose content is in the Dockerfile (a COPY/ADD heredoc source).
+    Inline(InlineFile),
+}
+
+/// A COPY/ADD heredoc source (`COPY <<EOF /dest`), copied as BuildKit does: a regular file
+/// named after the delimiter, mode 0644 unless `--chmod`, owned by root unless `--chown`,
+/// placed by the same destination rules as a one-file context COPY (a destination ending in
+/// `/` or an existing directory receives `<name>`; anything else becomes the file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InlineFile {
+    /// The file name (the heredoc delimiter, unquoted).
+    pub name: String,
+    /// The content, after `<<-` tab stripping and (unquoted delimiters) word expansion.
+    pub data: Vec<u8>,
+    /// Absolute destination; a trailing `/` means "into this directory".
+    pub dest: String,
+    /// `--chown=user[:group]`.
+    pub chown: Option<String>,
+    /// `--chmod=` (applied to the 0644 file).
+    pub chmod: Option<String>,
+    /// `--link`.
+    pub link: bool,
+    /// Used in messages: `COPY` or `ADD`.
+    pub instruction: &'static str,
 }
 
 /// COPY or ADD.
@@ -362,6 +417,16 @@ impl BuildGraph {
                                 c.chown,
                                 c.chmod
                             ),
+                            FileAction::Inline(i) => write!(
+                                out,
+                                " {} inline <<{} {:?} -> {:?} chown={:?} chmod={:?}",
+                                i.instruction.to_lowercase(),
+                                i.name,
+                                String::from_utf8_lossy(&i.data),
+                                i.dest,
+                                i.chown,
+                                i.chmod
+                            ),
                         };
                     }
                     Ok(())
@@ -383,6 +448,7 @@ impl fmt::Display for Source<'_> {
             CopySource::Context => write!(f, "context"),
             CopySource::Node(n) => write!(f, "n{n}"),
             CopySource::Url { url, .. } => write!(f, "{url}"),
+            CopySource::Git(g) => write!(f, "{}", g.url),
         }
     }
 }

@@ -10,7 +10,8 @@
 //! - `kiln.exec.v1`: argv, env, cwd, user, network, mounts, and the keys of the inputs
 //!   (root first, then mount sources, as [`Op::inputs`] lists them).
 //! - `kiln.file.v1`: every action's fields, the content digest of each context COPY's sources
-//!   (see [`content_digest`]) and the keys of the inputs.
+//!   (see [`content_digest`]), the SHA-256 of each inline (heredoc) file's bytes, and the keys
+//!   of the inputs.
 //!
 //! What stays out (a test lists these): the progress name, the span and the instruction text
 //! (they change messages, not results), `proxy_env` (BuildKit keeps proxies out of the key too),
@@ -161,6 +162,17 @@ fn copy_source(e: &mut Enc, keys: &[Option<Digest>], from: &CopySource, content:
             e.str(url);
             e.opt_digest(checksum.as_ref());
         }
+        // The commit decides the tree; the reference name stays in for `.git` (keep_git_dir
+        // records it) and so that two refs never share a record by accident.
+        CopySource::Git(g) => {
+            e.u8(3);
+            e.str(&g.remote);
+            e.opt_str(g.reference.as_deref());
+            e.str(&g.subdir);
+            e.flag(g.keep_git_dir);
+            e.flag(g.submodules);
+            e.opt_str(g.commit.as_deref());
+        }
     }
 }
 
@@ -262,6 +274,15 @@ pub fn file_key(op: &FileOp, keys: &[Option<Digest>], contents: &[Option<Digest>
                 e.u8(1);
                 e.str(path);
                 e.str(owner);
+            }
+            FileAction::Inline(f) => {
+                e.u8(2);
+                e.str(&f.name);
+                e.digest(&Digest::of(&f.data));
+                e.str(&f.dest);
+                e.opt_str(f.chown.as_deref());
+                e.opt_str(f.chmod.as_deref());
+                e.flag(f.link);
             }
         }
     }
@@ -421,6 +442,57 @@ mod tests {
         "16db4a6ab00f1559a667cb5db85b9e4ce9e1c4bbf3cec0bd67b7c4e8fd12a156",
     ];
 
+    fn inline(data: &[u8]) -> FileAction {
+        FileAction::Inline(crate::graph::InlineFile {
+            name: "EOF".into(),
+            data: data.to_vec(),
+            dest: "/etc/app.conf".into(),
+            chown: None,
+            chmod: None,
+            link: false,
+            instruction: "COPY",
+        })
+    }
+
+    /// Pins the encoding of inline (heredoc) files, added after [`GOLDEN`] without changing it.
+    #[test]
+    fn inline_file_keys_are_pinned_and_follow_the_bytes() {
+        let mut g = sample();
+        g.nodes.push(node(Op::File(FileOp {
+            root: 0,
+            actions: vec![inline(b"a=1\n")],
+        })));
+        let content = content_digest(&[meta("src", b""), meta("src/main.rs", b"fn main() {}\n")]);
+        let mut keys = keys_of(&g, &content);
+        keys[4] = Some(node_key(&g.nodes[4], &keys, &[None]));
+        assert_eq!(
+            key_hex(&keys[4]),
+            INLINE_GOLDEN,
+            "a key encoding changed: bump its tag and update INLINE_GOLDEN"
+        );
+        let before = keys[4].clone();
+        type Edit = Box<dyn Fn(&mut crate::graph::InlineFile)>;
+        let mut edits: Vec<Edit> = vec![
+            Box::new(|f| f.data = b"a=2\n".to_vec()),
+            Box::new(|f| f.name = "END".into()),
+            Box::new(|f| f.dest = "/etc/other.conf".into()),
+            Box::new(|f| f.chown = Some("1:1".into())),
+            Box::new(|f| f.chmod = Some("0600".into())),
+            Box::new(|f| f.link = true),
+        ];
+        for (i, edit) in edits.iter_mut().enumerate() {
+            let mut h = g.clone();
+            if let Op::File(f) = &mut h.nodes[4].op
+                && let FileAction::Inline(x) = &mut f.actions[0]
+            {
+                edit(x);
+            }
+            let k = node_key(&h.nodes[4], &keys, &[None]);
+            assert_ne!(Some(k), before, "inline edit {i} did not change the key");
+        }
+    }
+    const INLINE_GOLDEN: &str = "4d130e56c1187443598cf5f293e58e75cd6dd344a0ec61b2f825957b2af64797";
+
     #[test]
     fn excluded_fields_do_not_change_keys() {
         let g = sample();
@@ -456,6 +528,9 @@ mod tests {
                 kind: MountKind::Ssh {
                     id: "default".into(),
                     required: false,
+                    mode: 0o600,
+                    uid: 0,
+                    gid: 0,
                 },
                 readonly: true,
             });

@@ -8,7 +8,12 @@
 //! - [`progress`]: the events the solver emits while it runs (the cli renders them).
 //! - [`ops`]: the real runner ([`Solver`]): cache lookups, sandboxed RUN/COPY, layer commits
 //!   and the final image.
+//! - [`remote`]: remote cache hooks: the steps a build exports, lazy fetching of imported
+//!   layers and cache mounts.
 //! - [`run`]: the sandbox spec of a `kiln run` container.
+//! - [`fetch`] and [`git`]: ADD of http(s) URLs and of git repositories.
+//! - [`mounts`]: RUN --mount on the host side (cache dirs, secrets, ssh agent proxies, bind
+//!   overlays, the context filtered by `.dockerignore`).
 //!
 //! The solver depends on `cache` (store, layers, images) and `executor` (sandboxes). It never
 //! parses Dockerfiles and never prints: progress leaves as events.
@@ -16,11 +21,13 @@
 
 pub mod explain;
 pub mod fetch;
+pub mod git;
 pub mod graph;
 pub mod key;
 pub mod mounts;
 pub mod ops;
 pub mod progress;
+pub mod remote;
 pub mod run;
 pub mod sched;
 

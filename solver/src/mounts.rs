@@ -10,6 +10,10 @@ use std::fs::File;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+mod ssh;
+use ssh::SshProxy;
+pub use ssh::{SshAgents, missing_ssh};
+
 /// Why a mount could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -32,6 +36,12 @@ pub enum MountError {
     )]
     MissingSecret {
         /// The secret id.
+        id: String,
+    },
+    /// `required=true` ssh mount that `kiln build --ssh` did not supply.
+    #[error("ssh agent {id:?} is required but was not supplied (kiln build --ssh {id}[=SOCKET])")]
+    MissingSsh {
+        /// The ssh id.
         id: String,
     },
     /// A mount kind the solver cannot run yet.
@@ -63,9 +73,11 @@ impl Drop for Overlay {
     }
 }
 
-/// What must stay alive while the step runs: cache locks, secret files, overlays.
+/// What must stay alive while the step runs: cache locks, secret files, overlays, ssh
+/// agent proxies (dropped first: they live in the temp dirs).
 #[derive(Debug, Default)]
 pub struct Guards {
+    _ssh: Vec<SshProxy>,
     _locks: Vec<File>,
     _overlays: Vec<Overlay>,
     _temps: Vec<TempDir>,
@@ -100,6 +112,10 @@ pub struct MountContext<'a> {
     pub context: &'a Path,
     /// `kiln build --secret`: id to content.
     pub secrets: &'a Secrets,
+    /// `kiln build --ssh`: id to agent socket.
+    pub ssh: &'a SshAgents,
+    /// The `.dockerignore` of the context: a context bind mount shows only what it keeps.
+    pub ignore: &'a executor::context::Ignore,
     /// The snapshot dirs of a node's filesystem, top layer first.
     pub lowers: &'a dyn Fn(NodeId) -> Vec<PathBuf>,
 }
@@ -112,6 +128,11 @@ impl std::fmt::Debug for MountContext<'_> {
             .field("secrets", self.secrets)
             .finish_non_exhaustive()
     }
+}
+
+/// `KILN_ROOT/cachemounts/<name>`: the directory of cache mount `id` (it may not exist).
+pub fn cache_dir_path(root: &Path, id: &str) -> PathBuf {
+    root.join("cachemounts").join(cache_dir_name(id))
 }
 
 /// A cache id as a single safe file name (ids may contain `/`).
@@ -148,12 +169,7 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 from: CopySource::Context,
                 source,
             } => {
-                // A writable bind (`rw`) writes to a throw-away overlay, never to the context.
-                let root = if m.readonly {
-                    cx.context.to_owned()
-                } else {
-                    overlay(cx, &mut out.guards, vec![cx.context.to_owned()], false)?
-                };
+                let root = context_view(cx, &mut out.guards, m.readonly)?;
                 ExecMount::Bind {
                     source: root.join(source.trim_start_matches('/')),
                 }
@@ -168,7 +184,7 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 }
             }
             MountKind::Bind {
-                from: CopySource::Url { .. },
+                from: CopySource::Url { .. } | CopySource::Git(_),
                 ..
             } => return Err(MountError::Unsupported("RUN --mount=type=bind from a URL")),
             MountKind::Cache {
@@ -183,9 +199,9 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                     cache_dir(cx, &mut out.guards, id, *sharing, *mode, *uid, *gid)?;
                 if created && let Some((src, path)) = from {
                     let root = match src {
-                        CopySource::Context => cx.context.to_owned(),
+                        CopySource::Context => context_view(cx, &mut out.guards, true)?,
                         CopySource::Node(n) => overlay(cx, &mut out.guards, (cx.lowers)(*n), true)?,
-                        CopySource::Url { .. } => {
+                        CopySource::Url { .. } | CopySource::Git(_) => {
                             return Err(MountError::Unsupported(
                                 "RUN --mount=type=cache,from=<url>",
                             ));
@@ -238,8 +254,38 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 });
                 continue;
             }
-            MountKind::Ssh { .. } => {
-                return Err(MountError::Unsupported("RUN --mount=type=ssh"));
+            MountKind::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(agent) = cx.ssh.0.get(id) else {
+                    if *required {
+                        return Err(MountError::MissingSsh { id: id.clone() });
+                    }
+                    continue;
+                };
+                let dir = cx
+                    .store
+                    .temp_dir("ssh-")
+                    .map_err(|e| MountError::Store(Box::new(e)))?;
+                let sock = dir.path().join("agent.sock");
+                let proxy = SshProxy::start(agent, &sock, *uid, *gid, *mode)
+                    .map_err(io("proxying the ssh agent at", &sock))?;
+                out.guards._ssh.push(proxy);
+                out.guards._temps.push(dir);
+                // BuildKit: the first ssh mount becomes SSH_AUTH_SOCK.
+                if !out.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    out.env.push(format!("SSH_AUTH_SOCK={}", m.target));
+                }
+                out.mounts.push(MountSpec {
+                    target: m.target.clone(),
+                    kind: ExecMount::Bind { source: sock },
+                    readonly: false,
+                });
+                continue;
             }
         };
         out.mounts.push(MountSpec {
@@ -332,6 +378,74 @@ fn seed(src: &Path, dir: &Path) -> Result<(), MountError> {
         });
     }
     Ok(())
+}
+
+/// The context as a RUN bind mount sees it: without the `.dockerignore`d paths (BuildKit
+/// sends only the filtered context). Those are hidden by a top layer of overlay whiteouts
+/// (0:0 character devices), so nothing is copied and the mount costs one walk of the context.
+/// A writable bind (`rw`) writes to a throw-away upper dir, never to the context.
+fn context_view(
+    cx: &MountContext<'_>,
+    guards: &mut Guards,
+    readonly: bool,
+) -> Result<PathBuf, MountError> {
+    let hidden =
+        executor::context::ignored_paths(cx.context, cx.ignore).map_err(|e| MountError::Io {
+            what: "listing ignored files of",
+            path: cx.context.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    if hidden.is_empty() {
+        return if readonly {
+            Ok(cx.context.to_owned())
+        } else {
+            overlay(cx, guards, vec![cx.context.to_owned()], false)
+        };
+    }
+    let dir = cx
+        .store
+        .temp_dir("ctxview-")
+        .map_err(|e| MountError::Store(Box::new(e)))?;
+    let whiteouts = dir.path().join("whiteouts");
+    std::fs::create_dir(&whiteouts).map_err(io("creating", &whiteouts))?;
+    for rel in &hidden {
+        let target = whiteouts.join(rel);
+        // Parents mirror the context's directories, whose metadata the merged view shows.
+        let mut parent = PathBuf::new();
+        for part in Path::new(rel)
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+        {
+            parent.push(part);
+            let p = whiteouts.join(&parent);
+            if p.exists() {
+                continue;
+            }
+            std::fs::create_dir(&p).map_err(io("creating", &p))?;
+            if let Ok(m) = std::fs::metadata(cx.context.join(&parent)) {
+                use std::os::unix::fs::MetadataExt as _;
+                std::os::unix::fs::chown(&p, Some(m.uid()), Some(m.gid()))
+                    .map_err(io("chown of", &p))?;
+                std::fs::set_permissions(&p, m.permissions()).map_err(io("chmod of", &p))?;
+            }
+        }
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &target,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .map_err(|e| MountError::Io {
+            what: "creating a whiteout at",
+            path: target.clone(),
+            source: e.into(),
+        })?;
+    }
+    let root = overlay(cx, guards, vec![whiteouts, cx.context.to_owned()], readonly)?;
+    guards._temps.push(dir);
+    Ok(root)
 }
 
 /// Mounts an overlay of `lowers` (top first) on the host and returns its root. Read-only
@@ -429,10 +543,13 @@ mod tests {
         let store = Store::open(tmp.path().join("root")).expect("store");
         let secrets = Secrets::default();
         let lowers = |_: NodeId| Vec::new();
+        let (ssh, ignore) = (SshAgents::default(), executor::context::Ignore::default());
         let cx = MountContext {
             store: &store,
             context: tmp.path(),
             secrets: &secrets,
+            ssh: &ssh,
+            ignore: &ignore,
             lowers: &lowers,
         };
         let first = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("first");
@@ -453,6 +570,8 @@ mod tests {
                     store: &store,
                     context: tmp.path(),
                     secrets: &secrets,
+                    ssh: &ssh,
+                    ignore: &ignore,
                     lowers: &lowers,
                 };
                 let p = prepare(&cx, &[cache_mount(CacheSharing::Locked)]).expect("locked");

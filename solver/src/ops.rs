@@ -18,10 +18,12 @@ use crate::graph::{
 };
 use crate::key::{self, SourceMeta};
 use crate::progress::{self, EventKind, Stream};
+use crate::remote::Solved;
 use crate::sched::{self, OpRunner, SchedError};
 use cache::image::Image;
 use cache::oci::{Digest, History, ImageConfig};
 use cache::records::CacheRecord;
+use cache::remote::import::Imported;
 use cache::snapshot::CommitOptions;
 use cache::statcache::{StatCache, StatKey};
 use cache::store::{Store, StoreError};
@@ -55,6 +57,9 @@ pub const CREATED: &str = "1970-01-01T00:00:00Z";
 /// Lines of output kept for a failure message.
 const TAIL_LINES: usize = 10;
 
+/// What a RUN step holds until its sandbox exits: mount locks and temps, its network lease.
+type RunGuards = (crate::mounts::Guards, Option<executor::net::BuildLease>);
+
 /// Options of a build.
 #[derive(Debug, Clone)]
 pub struct SolveOptions {
@@ -79,6 +84,12 @@ pub struct SolveOptions {
     pub secrets: crate::mounts::Secrets,
     /// `kiln build --network`: the network of RUN steps without `--network`.
     pub network: NetworkMode,
+    /// `kiln build --ssh`: agent sockets for RUN --mount=type=ssh (never hashed); the
+    /// `default` one also serves ssh git remotes of ADD.
+    pub ssh: crate::mounts::SshAgents,
+    /// The bridge that default-network RUN steps join (pooled namespaces); None runs them
+    /// with loopback only.
+    pub bridge: Option<std::sync::Arc<executor::net::BuildNetwork>>,
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
@@ -182,6 +193,15 @@ pub enum SolveError {
         #[source]
         source: crate::mounts::MountError,
     },
+    /// No network namespace could be prepared for a RUN step.
+    #[error("{at}: preparing the bridge network")]
+    Network {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: Box<executor::net::PoolError>,
+    },
     /// ADD of a URL failed.
     #[error("{at}: {source}")]
     Fetch {
@@ -190,6 +210,51 @@ pub enum SolveError {
         /// Why.
         #[source]
         source: Box<crate::fetch::FetchError>,
+    },
+    /// A RUN needs an ssh agent (`required=true`) that `kiln build --ssh` did not supply.
+    #[error(
+        "{file}:{line}:{column}: {instruction}: ssh agent {id:?} is required but was not supplied\nhint: kiln build --ssh {id}[=SOCKET] (default: $SSH_AUTH_SOCK)"
+    )]
+    MissingSsh {
+        /// The Dockerfile's name.
+        file: String,
+        /// Line of the RUN.
+        line: u32,
+        /// Column of the RUN.
+        column: u32,
+        /// The instruction as written.
+        instruction: String,
+        /// The ssh id.
+        id: String,
+    },
+    /// ADD of a git repository failed.
+    #[error("{at}: {source}")]
+    Git {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: Box<crate::git::GitError>,
+    },
+    /// Writing a COPY/ADD heredoc file to the step's temp dir failed.
+    #[error("{at}: writing the inline file {}", .path.display())]
+    Inline {
+        /// The step.
+        at: Location,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A layer or cache mount of an imported remote cache could not be fetched.
+    #[error("{at}: remote cache")]
+    RemoteCache {
+        /// The step.
+        at: Location,
+        /// Why.
+        #[source]
+        source: Box<cache::remote::RemoteError>,
     },
     /// Something the graph asks for that this solver cannot do yet.
     #[error("{at}: {what} is not supported yet")]
@@ -234,12 +299,24 @@ pub struct NodeResult {
 pub struct Solver {
     store: Store,
     opts: SolveOptions,
+    /// `--cache-from`: records beyond the local ones, their layers fetched when needed.
+    remote: Option<Arc<Imported>>,
 }
 
 impl Solver {
     /// A solver over `store`.
     pub fn new(store: Store, opts: SolveOptions) -> Solver {
-        Solver { store, opts }
+        Solver {
+            store,
+            opts,
+            remote: None,
+        }
+    }
+
+    /// Also looks keys up in `imported` (after the local records; see [`crate::remote`]).
+    pub fn with_cache_from(mut self, imported: Arc<Imported>) -> Solver {
+        self.remote = Some(imported);
+        self
     }
 
     /// Runs the nodes the target needs and writes the image (not tagged).
@@ -250,13 +327,49 @@ impl Solver {
         graph: &BuildGraph,
         events: progress::Sender,
     ) -> Result<Image, SolveError> {
+        self.solve_steps(graph, events).await.map(|s| s.image)
+    }
+
+    /// [`Solver::solve`], also returning every step's key and result (for a cache export).
+    ///
+    /// Fails as [`Solver::solve`] does.
+    pub async fn solve_steps(
+        &self,
+        graph: &BuildGraph,
+        events: progress::Sender,
+    ) -> Result<Solved, SolveError> {
         let mut graph = graph.clone();
+        if let Some((n, id)) = crate::mounts::missing_ssh(&graph, &self.opts.ssh) {
+            let node = &graph.nodes[n];
+            let span = node.span.unwrap_or_default();
+            return Err(SolveError::MissingSsh {
+                file: self.opts.dockerfile_name.clone(),
+                line: span.line,
+                column: span.column,
+                instruction: location(&self.opts, node).instruction,
+                id,
+            });
+        }
         crate::fetch::pin_checksums(&self.store, &mut graph)
             .await
             .map_err(|(n, source)| SolveError::Fetch {
                 at: location(&self.opts, &graph.nodes[n]),
                 source: Box::new(source),
             })?;
+        let graph = {
+            let (opts, sock) = (self.opts.clone(), self.opts.ssh.default_socket());
+            tokio::task::spawn_blocking(move || {
+                match crate::git::resolve_all(&mut graph, sock.as_deref()) {
+                    Ok(()) => Ok(graph),
+                    Err((n, source)) => Err(SolveError::Git {
+                        at: location(&opts, &graph.nodes[n]),
+                        source: Box::new(source),
+                    }),
+                }
+            })
+            .await
+            .expect("git resolution does not panic")?
+        };
         let graph = Arc::new(graph);
         let (keys, clamps, reasons) = {
             let (g, opts) = (Arc::clone(&graph), self.opts.clone());
@@ -287,15 +400,40 @@ impl Solver {
         let runner = Arc::new(Runner {
             store: self.store.clone(),
             graph: Arc::clone(&graph),
-            keys,
+            keys: keys.clone(),
             clamps,
             reasons,
             opts: self.opts.clone(),
             events,
             changed: Mutex::default(),
+            remote: self.remote.clone(),
         });
         let t = std::time::Instant::now();
-        let done = sched::schedule(&graph, runner, self.opts.jobs)
+        // A cache hit needs only its root: the stages it copies from are not run (and, when
+        // they come from a remote cache, not downloaded).
+        // A step under `--no-cache-filter`, or built on one, is never a hit up front: whether it
+        // may keep its record is known only after the filtered step re-ran.
+        let mut forced = vec![false; graph.nodes.len()];
+        for n in graph.reachable() {
+            forced[n] = runner.filtered(n).is_some()
+                || graph.nodes[n].op.inputs().iter().any(|&i| forced[i]);
+        }
+        let hits = crate::remote::hits(&graph, |n| {
+            if forced[n] {
+                return None;
+            }
+            let key = runner.keys[n].as_ref()?;
+            runner.cached(n, key).ok().flatten()
+        });
+        for &n in &hits.skipped {
+            for kind in [EventKind::Started, EventKind::Cached, EventKind::Done] {
+                runner.emit(n, kind);
+            }
+        }
+        let prefetch = (self.remote.as_ref())
+            .and_then(|r| crate::remote::prefetch(r, &self.store, &graph, &hits));
+        let inputs_of = |n| hits.inputs_of(&graph, n);
+        let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of)
             .await
             .map_err(|e| match e {
                 SchedError::Op(e) => e,
@@ -308,11 +446,31 @@ impl Solver {
             })?;
         tracing::debug!(elapsed = ?t.elapsed(), "steps done");
         let config = final_config(&graph, &done);
+        if let Some(p) = prefetch {
+            let _ = p.await;
+        }
+        if let Some(r) = &self.remote {
+            r.ensure_layers(&self.store, &config.rootfs.diff_ids)
+                .await
+                .map_err(|source| SolveError::RemoteCache {
+                    at: location(&self.opts, &graph.nodes[graph.target]),
+                    source: Box::new(source),
+                })?;
+        }
+        let (steps, cache_mounts) = crate::remote::steps(&graph, &keys, &done, &hits);
+        if self.remote.is_some() {
+            crate::remote::record_locally(&self.store, &steps);
+        }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.write_image(&config))
+        let image = tokio::task::spawn_blocking(move || store.write_image(&config))
             .await
             .expect("write_image does not panic")
-            .map_err(SolveError::Image)
+            .map_err(SolveError::Image)?;
+        Ok(Solved {
+            image,
+            steps,
+            cache_mounts,
+        })
     }
 }
 
@@ -386,6 +544,8 @@ fn compute_keys(
     for n in graph.reachable() {
         let node = &graph.nodes[n];
         let mut contents = Vec::new();
+        // What `--explain` compares: `contents` plus digests of heredoc files and git commits.
+        let mut seen_contents = Vec::new();
         let mut files = Vec::new();
         if let Op::File(f) = &node.op {
             let mut newest: Option<i64> = None;
@@ -432,12 +592,93 @@ fn compute_keys(
                     }
                     _ => None,
                 };
+                // Heredoc files and git checkouts are keyed by the action itself (the bytes, the
+                // resolved commit); `--explain` still names them as changed files.
+                let shown = match a {
+                    FileAction::Inline(x) => Some(SourceMeta {
+                        rel: format!("<<{}", x.name),
+                        kind: key::EntryKind::File,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        size: x.data.len() as u64,
+                        content: Some(Digest::of(&x.data)),
+                        link_target: None,
+                    }),
+                    FileAction::Copy(c) => match &c.from {
+                        CopySource::Git(g) => Some(SourceMeta {
+                            rel: format!("{} (git)", g.url),
+                            kind: key::EntryKind::File,
+                            mode: 0,
+                            uid: 0,
+                            gid: 0,
+                            size: 0,
+                            content: Some(Digest::of(
+                                g.commit.as_deref().unwrap_or_default().as_bytes(),
+                            )),
+                            link_target: None,
+                        }),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let seen = match shown {
+                    Some(meta) => {
+                        let d = key::content_digest(std::slice::from_ref(&meta));
+                        if let Err(e) =
+                            explain::remember_files(&files_dir, &d, std::slice::from_ref(&meta))
+                        {
+                            tracing::warn!(error = %e, "explain details not saved");
+                        }
+                        files.push(meta);
+                        Some(d)
+                    }
+                    None => content.clone(),
+                };
+                seen_contents.push(seen);
                 contents.push(content);
             }
             clamps.insert(n, newest.map(|t| t.max(0)).or(COPY_CLAMP_MTIME));
         }
+        // A context bind mount's key holds what it shows: the non-ignored files below its
+        // source (ignored files are invisible in the mount and must not change the key).
+        if let Op::Exec(x) = &node.op {
+            for m in &x.mounts {
+                let content = match &m.kind {
+                    crate::graph::MountKind::Bind {
+                        from: CopySource::Context,
+                        source,
+                    } => {
+                        let at = || location(opts, node);
+                        let entries = executor::context::walk_sources(
+                            &opts.context,
+                            std::slice::from_ref(source),
+                            &ignore,
+                            &[],
+                        )
+                        .map_err(|source| SolveError::Source { at: at(), source })?;
+                        let metas = hash_entries(&entries, stats).map_err(|(path, source)| {
+                            SolveError::Hash {
+                                at: at(),
+                                path,
+                                source,
+                            }
+                        })?;
+                        let digest = key::content_digest(&metas);
+                        if let Err(e) = explain::remember_files(&files_dir, &digest, &metas) {
+                            tracing::warn!(error = %e, "explain details not saved");
+                        }
+                        files.extend(metas);
+                        Some(digest)
+                    }
+                    _ => None,
+                };
+                seen_contents.push(content.clone());
+                contents.push(content);
+            }
+        }
         let k = key::node_key(node, &keys, &contents);
-        let now = explain::inputs(node, &k, &keys, &contents);
+        let now = explain::inputs(node, &k, &keys, &seen_contents);
         let id = explain::step_id(&node.name);
         let id = if ids.get(id).copied().unwrap_or(0) > 1 {
             node.name.clone()
@@ -557,6 +798,7 @@ struct Runner {
     /// Steps re-run by `--no-cache-filter` (or after one) whose result differs from their
     /// previous record: the steps that use them cannot trust their own records.
     changed: Mutex<HashSet<NodeId>>,
+    remote: Option<Arc<Imported>>,
 }
 
 impl Runner {
@@ -625,9 +867,11 @@ impl Runner {
                 at: at(),
                 source: Box::new(source),
             })?;
-        Ok(rec
+        let local = rec
             .filter(|r| r.layers.iter().all(|d| self.store.has_layer(d)))
-            .map(|r| r.layers))
+            .map(|r| r.layers);
+        // An imported record's layers are fetched only when read (crate::remote).
+        Ok(local.or_else(|| Some(self.remote.as_ref()?.lookup(key)?.to_vec())))
     }
 
     fn exec_spec(
@@ -636,7 +880,7 @@ impl Runner {
         x: &ExecOp,
         rootfs: Rootfs,
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
-    ) -> Result<(InitSpec, crate::mounts::Guards), SolveError> {
+    ) -> Result<(InitSpec, RunGuards), SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let lowers = |m: NodeId| {
             self.lowers(
@@ -646,10 +890,13 @@ impl Runner {
                     .chain,
             )
         };
+        let ignore = Ignore::parse(&self.opts.dockerignore);
         let cx = crate::mounts::MountContext {
             store: &self.store,
             context: &self.opts.context,
             secrets: &self.opts.secrets,
+            ssh: &self.opts.ssh,
+            ignore: &ignore,
             lowers: &lowers,
         };
         // A sharing=locked cache mount blocks on its flock: let the runtime move its other
@@ -661,6 +908,28 @@ impl Runner {
         }
         .map_err(|source| SolveError::Mount { at: at(), source })?;
         let mounts = prepared.mounts;
+        let (network, lease) = match (x.network, self.opts.network, &self.opts.bridge) {
+            (NetworkMode::Host, _, _) | (NetworkMode::Default, NetworkMode::Host, _) => {
+                (Network::Host, None)
+            }
+            (NetworkMode::Default, NetworkMode::Default, Some(bridge)) => {
+                // Usually instant (a pooled namespace); may wait for a free slot.
+                let acquire = || bridge.acquire();
+                let lease = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor())
+                {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                        tokio::task::block_in_place(acquire)
+                    }
+                    _ => acquire(),
+                }
+                .map_err(|source| SolveError::Network {
+                    at: at(),
+                    source: Box::new(source),
+                })?;
+                (lease.network("kiln"), Some(lease))
+            }
+            _ => (Network::Loopback, None),
+        };
         let mut env = x.env.clone();
         env.extend(x.proxy_env.iter().cloned());
         env.extend(prepared.env);
@@ -671,14 +940,11 @@ impl Runner {
             cwd: x.cwd.clone(),
             user: x.user.clone(),
             hostname: "kiln".to_owned(),
-            network: match (x.network, self.opts.network) {
-                (NetworkMode::Host, _) | (NetworkMode::Default, NetworkMode::Host) => Network::Host,
-                _ => Network::Loopback,
-            },
+            network,
             mounts,
             tty: false,
         });
-        Ok((spec, prepared.guards))
+        Ok((spec, (prepared.guards, lease)))
     }
 
     fn file_spec(
@@ -688,11 +954,43 @@ impl Runner {
         rootfs: Rootfs,
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
         fetched: &BTreeMap<String, (PathBuf, String)>,
+        checkouts: &BTreeMap<String, PathBuf>,
+        scratch: &Path,
     ) -> Result<InitSpec, SolveError> {
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let mut tasks = Vec::new();
-        for a in &f.actions {
+        for (i, a) in f.actions.iter().enumerate() {
             tasks.push(match a {
+                FileAction::Inline(x) => {
+                    let dir = scratch.join(format!("inline-{i}"));
+                    executor::copy::stage_inline(&dir, &x.name, &x.data).map_err(|source| {
+                        SolveError::Inline {
+                            at: at(),
+                            path: dir.join(&x.name),
+                            source,
+                        }
+                    })?;
+                    CopyTask::Copy {
+                        from: CopyFrom::Context {
+                            dir,
+                            ignore: Vec::new(),
+                        },
+                        // The name is a file name, not a pattern: escape glob characters.
+                        sources: vec![x.name.chars().fold(String::new(), |mut o, c| {
+                            if matches!(c, '*' | '?' | '[' | '\\') {
+                                o.push('\\');
+                            }
+                            o.push(c);
+                            o
+                        })],
+                        dest: x.dest.clone(),
+                        chown: x.chown.clone(),
+                        chmod: x.chmod.clone(),
+                        exclude: Vec::new(),
+                        parents: false,
+                        unpack_archives: false,
+                    }
+                }
                 FileAction::Mkdir { path, owner } => CopyTask::Mkdir {
                     path: path.clone(),
                     owner: owner.clone(),
@@ -720,6 +1018,20 @@ impl Runner {
                                 });
                             };
                             sources = vec![name.clone()];
+                            CopyFrom::Context {
+                                dir: dir.clone(),
+                                ignore: Vec::new(),
+                            }
+                        }
+                        CopySource::Git(g) => {
+                            let Some(dir) = checkouts.get(&crate::git::checkout_key(g)) else {
+                                return Err(SolveError::Unsupported {
+                                    at: at(),
+                                    what: "ADD from a git repository that was not checked out",
+                                });
+                            };
+                            // The checkout (or its subdir) is copied like a context directory.
+                            sources = vec![".".to_owned()];
                             CopyFrom::Context {
                                 dir: dir.clone(),
                                 ignore: Vec::new(),
@@ -849,6 +1161,29 @@ impl Runner {
                 })?,
             _ => Default::default(),
         };
+        let checkouts = match &node.op {
+            Op::File(f)
+                if f.actions.iter().any(
+                    |a| matches!(a, FileAction::Copy(c) if matches!(c.from, CopySource::Git(_))),
+                ) =>
+            {
+                let (store, f, sock) = (
+                    self.store.clone(),
+                    f.clone(),
+                    self.opts.ssh.default_socket(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    crate::git::checkout_all(&store, &f, sock.as_deref())
+                })
+                .await
+                .expect("git checkout does not panic")
+                .map_err(|source| SolveError::Git {
+                    at: at(),
+                    source: Box::new(source),
+                })?
+            }
+            _ => Default::default(),
+        };
         let (spec, clamp) = match &node.op {
             Op::Exec(x) => {
                 let (spec, g) = self.exec_spec(n, x, rootfs, inputs)?;
@@ -856,11 +1191,22 @@ impl Runner {
                 (spec, RUN_CLAMP_MTIME)
             }
             Op::File(f) => (
-                self.file_spec(n, f, rootfs, inputs, &fetched.files)?,
-                match (self.clamps.get(&n).copied().flatten(), fetched.newest) {
-                    (Some(c), Some(t)) => Some(c.max(t)),
-                    (c, t) => c.or(t),
-                },
+                self.file_spec(
+                    n,
+                    f,
+                    rootfs,
+                    inputs,
+                    &fetched.files,
+                    &checkouts.dirs,
+                    tmp.path(),
+                )?,
+                [fetched.newest, checkouts.newest].into_iter().fold(
+                    self.clamps.get(&n).copied().flatten(),
+                    |c, t| match (c, t) {
+                        (Some(c), Some(t)) => Some(c.max(t)),
+                        (c, t) => c.or(t),
+                    },
+                ),
             ),
             Op::Source(_) => unreachable!("sources are resolved, not built"),
         };
@@ -936,6 +1282,14 @@ impl Runner {
                 bytes: format!("{}{why}\n", explain::PREFIX).into_bytes(),
             },
         );
+        if let Some(r) = &self.remote {
+            crate::remote::materialize(r, &self.store, &self.graph, n, root, &inputs)
+                .await
+                .map_err(|source| SolveError::RemoteCache {
+                    at: location(&self.opts, node),
+                    source: Box::new(source),
+                })?;
+        }
         let result = self.build(n, key, root, &inputs).await?;
         if previous.is_some_and(|p| p.layers != result.chain) {
             self.changed.lock().expect("not poisoned").insert(n);

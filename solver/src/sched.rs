@@ -67,12 +67,35 @@ pub async fn schedule<R: OpRunner>(
     runner: Arc<R>,
     jobs: usize,
 ) -> Result<BTreeMap<NodeId, R::Output>, SchedError<R::Error>> {
-    let needed = graph.reachable();
+    schedule_with(graph, runner, jobs, |n| graph.nodes[n].op.inputs()).await
+}
+
+/// [`schedule`], where `inputs_of(n)` says which inputs node `n` needs: a subset of its op's
+/// inputs (a cache hit needs only its root, not the stage it copies from). Only nodes
+/// reachable from the target through `inputs_of` run.
+///
+/// Fails as [`schedule`] does.
+pub async fn schedule_with<R: OpRunner>(
+    graph: &BuildGraph,
+    runner: Arc<R>,
+    jobs: usize,
+    inputs_of: impl Fn(NodeId) -> Vec<NodeId>,
+) -> Result<BTreeMap<NodeId, R::Output>, SchedError<R::Error>> {
+    let needed = {
+        let mut seen = BTreeMap::new();
+        let mut stack = vec![graph.target];
+        while let Some(n) = stack.pop() {
+            if n < graph.nodes.len() && seen.insert(n, ()).is_none() {
+                stack.extend(inputs_of(n));
+            }
+        }
+        seen.into_keys().collect::<Vec<_>>()
+    };
     // Distinct inputs of each needed node, and who waits on whom.
     let mut inputs: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
     let mut users: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
     for &n in &needed {
-        let mut ins = graph.nodes[n].op.inputs();
+        let mut ins = inputs_of(n);
         ins.sort_unstable();
         ins.dedup();
         for &i in &ins {

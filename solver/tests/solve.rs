@@ -213,6 +213,8 @@ impl Fixture {
             dockerfile_name: "Dockerfile".into(),
             secrets: Default::default(),
             network: Default::default(),
+            ssh: Default::default(),
+            bridge: None,
         };
         let solver = Solver::new(self.store.clone(), opts);
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -136,7 +136,7 @@ fn two_builds_of_the_same_input_give_byte_identical_manifests() -> anyhow::Resul
     let manifest = |name: &str| -> anyhow::Result<String> {
         let out = t.ok(&["inspect", name])?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        Ok(v["Id"].as_str().context("Id")?.to_owned())
+        Ok(v[0]["Id"].as_str().context("Id")?.to_owned())
     };
     let first = manifest("det:1")?;
     t.build("det:2", &["--no-cache"])?;

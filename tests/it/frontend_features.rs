@@ -525,3 +525,40 @@ fn cache_mount_from_a_stage_seeds_a_new_cache_only() -> anyhow::Result<()> {
     ensure!(stdout(&out) == "log\nrun1\nrun2\n", "{}", text(&out));
     Ok(())
 }
+
+#[test]
+fn check_reports_copy_sources_of_every_stage_the_target_reaches_only() -> anyhow::Result<()> {
+    let t = TestDir::new();
+    t.write(".dockerignore", "ign.txt\n");
+    t.write("ign.txt", "x");
+    t.write(
+        "Dockerfile",
+        "FROM busybox AS a\nCOPY missing-a /x\nFROM a AS b\nCOPY ign.txt /y\n\
+         FROM busybox AS c\nCOPY missing-c /z\nFROM busybox AS d\nCOPY missing-d /w\n\
+         FROM busybox AS e\nCOPY missing-e /v\nFROM b\nCOPY --from=c /z /z\n\
+         RUN --mount=from=e,target=/m true\nCOPY <<EOF /inline\nhi\nEOF\n",
+    );
+    let ctx = t.ctx.to_str().expect("utf-8");
+    let out = t.ok(&["build", "--check", ctx])?;
+    let s = stdout(&out);
+    for want in [
+        "Dockerfile:2:1: [CopyMissingSource]",
+        "Dockerfile:4:1: [CopyIgnoredFile]",
+        "Dockerfile:6:1: [CopyMissingSource]",
+        "Dockerfile:10:1: [CopyMissingSource]",
+    ] {
+        ensure!(s.contains(want), "{want} missing:\n{}", text(&out));
+    }
+    ensure!(
+        !s.contains("missing-d"),
+        "unreachable stage d checked:\n{s}"
+    );
+    let out = t.ok(&["build", "--check", "--target", "c", ctx])?;
+    let s = stdout(&out);
+    ensure!(
+        s.matches("[Copy").count() == 1 && s.contains("missing-c"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}

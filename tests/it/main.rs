@@ -4,9 +4,14 @@
 
 mod build;
 mod cache;
+mod containers;
+mod dockerfile_buildkit;
+mod dockerfile_e2e;
 mod errors;
 mod frontend_features;
 mod harness;
 mod network;
 mod registry;
+mod remote_cache;
 mod save;
+mod sources;

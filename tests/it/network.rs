@@ -46,6 +46,18 @@ fn get(port: u16) -> std::io::Result<String> {
     Ok(body)
 }
 
+/// Polls `f` for up to 10 s (links of a dead namespace are deleted asynchronously).
+fn settles(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// A unique container name (tests share the host-wide bridge).
 fn name(tag: &str) -> String {
     format!("it-{tag}-{}", std::process::id())
@@ -114,7 +126,11 @@ fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()
     let out = child.wait_with_output()?;
     ensure!(!out.status.success(), "{}", text(&out));
     ensure!(lease(&n).is_none(), "lease left after stop");
-    ensure!(!links()?.contains(&veth), "{veth} left after stop");
+    // The kernel deletes the pair with the namespace, in the background.
+    ensure!(
+        settles(|| links().is_ok_and(|l| !l.contains(&veth))),
+        "{veth} left after stop"
+    );
     ensure!(!nft_ruleset().contains("18080"), "rule left after stop");
     ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
     ensure!(get(18080).is_err(), "port still answers");
@@ -422,5 +438,342 @@ fn logs_follow_prints_until_the_container_exits() -> anyhow::Result<()> {
         "{all}"
     );
     t.ok(&["rm", &n])?;
+    Ok(())
+}
+
+/// A /24 of 10.89.0.0/16 (left to tests by kiln's auto subnets) for this test process.
+fn test_subnet(offset: u32) -> String {
+    format!("10.89.{}.0/24", (std::process::id() + offset) % 250)
+}
+
+fn inspect(t: &TestDir, name: &str) -> anyhow::Result<serde_json::Value> {
+    let out = t.ok(&["inspect", name])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v.get(0).cloned().context("inspect gives an array")
+}
+
+#[test]
+fn user_network_containers_ping_each_other_by_ip_and_name() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let net = name("net");
+    let subnet = test_subnet(0);
+    t.ok(&["network", "create", "--subnet", &subnet, &net])?;
+    let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
+    ensure!(ls.contains(&net) && ls.contains(&subnet), "{ls}");
+    let (a, b) = (name("pa"), name("pb"));
+    for n in [&a, &b] {
+        t.ok(&[
+            "run",
+            "-d",
+            "--network",
+            &net,
+            "--name",
+            n,
+            "busybox",
+            "sleep",
+            "1000",
+        ])?;
+    }
+    let ip_b = inspect(&t, &b)?["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .context("IPAddress")?
+        .to_owned();
+    ensure!(
+        ip_b.starts_with(&subnet[..subnet.len() - 4]),
+        "{ip_b} not in {subnet}"
+    );
+    // a started before b: its /etc/hosts was updated in place when b joined.
+    for (from, to) in [(&a, b.as_str()), (&b, a.as_str()), (&a, ip_b.as_str())] {
+        let out = t.kiln(&["exec", from, "ping", "-c", "1", "-W", "3", to]);
+        ensure!(out.status.success(), "{from} -> {to}: {}", text(&out));
+    }
+    let out = t.kiln(&["network", "rm", &net]);
+    ensure!(
+        !out.status.success() && text(&out).contains("in use"),
+        "{}",
+        text(&out)
+    );
+    t.ok(&["rm", "-f", &a])?;
+    let hosts = t.ok(&["exec", &b, "cat", "/etc/hosts"])?;
+    ensure!(
+        !String::from_utf8_lossy(&hosts.stdout).contains(&a),
+        "a removed container is still named: {}",
+        text(&hosts)
+    );
+    t.ok(&["rm", "-f", &b])?;
+    t.ok(&["network", "rm", &net])?;
+    let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
+    ensure!(!ls.contains(&net), "{ls}");
+    Ok(())
+}
+
+#[test]
+fn inspect_gives_state_address_and_ports_like_docker() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let free = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    let port = free.local_addr()?.port();
+    drop(free);
+    let n = name("inspect");
+    let spec = format!("{port}:80");
+    t.ok(&[
+        "run", "-d", "--name", &n, "-p", &spec, "busybox", "sleep", "1000",
+    ])?;
+    let c = inspect(&t, &n)?;
+    ensure!(
+        c["Name"] == format!("/{n}") && c["Config"]["Image"] == "busybox",
+        "{c}"
+    );
+    ensure!(
+        c["State"]["Status"] == "running" && c["State"]["Running"] == true,
+        "{c}"
+    );
+    let pid = c["State"]["Pid"].as_i64().context("Pid")?;
+    // PID 1 exists when `run -d` returns; its exec of sleep may follow a moment later.
+    ensure!(
+        settles(|| std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.starts_with("sleep"))),
+        "Pid {pid} is not the container's process"
+    );
+    ensure!(
+        c["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("10.88.")),
+        "{c}"
+    );
+    ensure!(
+        c["NetworkSettings"]["Ports"]["80/tcp"]
+            == serde_json::json!([{ "HostIp": "0.0.0.0", "HostPort": port.to_string() }]),
+        "{c}"
+    );
+    ensure!(
+        c["State"]["StartedAt"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{c}"
+    );
+    t.ok(&["kill", &n])?;
+    let c = inspect(&t, &n)?;
+    ensure!(
+        c["State"]["Status"] == "exited" && c["State"]["ExitCode"] == 137,
+        "{c}"
+    );
+    // Images go through the same command.
+    let img = inspect(&t, "busybox")?;
+    ensure!(img["RootFS"]["DiffIDs"].is_array(), "{img}");
+    t.ok(&["rm", &n])?;
+    let out = t.kiln(&["inspect", &n]);
+    ensure!(
+        !out.status.success() && text(&out).contains(&n),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn build_run_steps_join_the_bridge_unless_none_or_host_is_asked() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN ip -4 -o addr > /default.txt && ip route >> /default.txt && cat /etc/hosts >> /default.txt\n\
+         RUN --network=none ls /sys/class/net > /none.txt\n",
+    );
+    t.build("netbuild:1", &[])?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "netbuild:1",
+        "cat",
+        "/default.txt",
+        "/none.txt",
+    ])?;
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        s.contains("eth0") && s.contains("default via 10.88.0.1"),
+        "the default RUN network is not the bridge: {s}"
+    );
+    ensure!(s.trim_end().ends_with("lo"), "RUN --network=none: {s}");
+    ensure!(
+        Path::new("/run/kiln/pool/bridge/0.netns").exists(),
+        "no pooled namespace"
+    );
+    // kiln build --network none: the default steps get only lo.
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nRUN ls /sys/class/net > /net.txt\n",
+    );
+    t.build("netbuild:2", &["--network", "none"])?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "netbuild:2",
+        "cat",
+        "/net.txt",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == "lo",
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+/// What a network holds on the host: links naming its bridge (the bridge and the veths
+/// enslaved to it), its leases, and kiln's nft rules naming its bridge or subnet.
+fn footprint(net: &str, bridge: &str, subnet: &str) -> anyhow::Result<(usize, usize, usize)> {
+    let links = links()?.lines().filter(|l| l.contains(bridge)).count();
+    let leases = std::fs::read_to_string(format!("/run/kiln/networks/{net}/leases.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["leases"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    let rules = std::process::Command::new("nft")
+        .args(["list", "table", "ip", "kiln"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains(bridge) || l.contains(subnet))
+                .count()
+        })?;
+    // DNAT rules name the container's address, which is in the subnet's /24.
+    let prefix = format!("dnat to {}", subnet.trim_end_matches("0/24"));
+    let dnat = nft_ruleset()
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .count();
+    Ok((links, leases, rules + dnat))
+}
+
+#[test]
+fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let net = name("leak");
+    let subnet = test_subnet(100);
+    t.ok(&["network", "create", "--subnet", &subnet, &net])?;
+    let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
+    let bridge = ls
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(net.as_str()))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("bridge in network ls")?
+        .to_owned();
+    t.write("Dockerfile", "FROM busybox\nEXPOSE 80\n");
+    t.build("exposed:1", &[])?;
+    // Warm up: the bridge and the network's NAT rules stay from here on, as docker0's do.
+    t.ok(&["run", "--rm", "--network", &net, "busybox", "true"])?;
+    let before = footprint(&net, &bridge, &subnet)?;
+    for i in 0..50 {
+        let c = format!("{}-{i}", name("cyc"));
+        if i % 2 == 0 {
+            // Detached with a published port (-P: kiln picks a free one under its lock; DNAT
+            // rules), then rm -f of the running one.
+            t.ok(&[
+                "run",
+                "-d",
+                "--network",
+                &net,
+                "--name",
+                &c,
+                "-P",
+                "exposed:1",
+                "sleep",
+                "100",
+            ])?;
+            t.ok(&["rm", "-f", &c])?;
+        } else {
+            t.ok(&[
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "--name",
+                &c,
+                "busybox",
+                "true",
+            ])?;
+        }
+    }
+    let mut after = footprint(&net, &bridge, &subnet)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while after != before && Instant::now() < deadline {
+        // Veth pairs go with their namespaces, which the kernel destroys in the background.
+        std::thread::sleep(Duration::from_millis(50));
+        after = footprint(&net, &bridge, &subnet)?;
+    }
+    ensure!(
+        after == before,
+        "(links, leases, rules) before {before:?}, after 50 cycles {after:?}; links now:\n{}",
+        links()?
+            .lines()
+            .filter(|l| l.contains(&bridge))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let left: Vec<_> = std::fs::read_dir("/run/kiln/netns")?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&name("cyc")))
+        .collect();
+    ensure!(left.is_empty(), "pinned namespaces left: {left:?}");
+    t.ok(&["network", "rm", &net])?;
+    Ok(())
+}
+
+#[test]
+fn a_container_cannot_reach_an_unpublished_host_loopback_listener() -> anyhow::Result<()> {
+    if !privileged(&["ip", "nft"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    // The bridge's gateway address exists once a container has been on it.
+    t.ok(&["run", "--rm", "busybox", "true"])?;
+    let local = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    let local_port = local.local_addr()?.port();
+    // Control: a listener on the gateway address itself is reachable, so the path works.
+    let open = std::net::TcpListener::bind(("10.88.0.1", 0))?;
+    let open_port = open.local_addr()?.port();
+    let accepted = std::thread::spawn(move || open.accept().map(|_| ()));
+    let script = format!(
+        "echo hi | nc -w 2 10.88.0.1 {open_port} && echo control-ok; \
+         echo hi | nc -w 2 10.88.0.1 {local_port} && echo gateway-reached; \
+         echo hi | nc -w 2 127.0.0.1 {local_port} && echo loopback-reached; true"
+    );
+    let out = t.ok(&["run", "--rm", "busybox", "sh", "-c", &script])?;
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        s.contains("control-ok"),
+        "the control connection failed: {}",
+        text(&out)
+    );
+    ensure!(
+        !s.contains("reached"),
+        "a container reached the host's 127.0.0.1:{local_port}: {s}"
+    );
+    accepted
+        .join()
+        .map_err(|_| anyhow::anyhow!("accept thread"))??;
+    drop(local);
     Ok(())
 }

@@ -70,10 +70,46 @@ fn pushed_image_pulls_into_another_store_and_runs() -> anyhow::Result<()> {
     t.build("app:1", &[])?;
     let reg = start_registry(t.dir.path())?;
     let remote = format!("127.0.0.1:{}/kiln/app:1", reg.port);
-    t.ok(&["push", "app:1", &remote])?;
+    let pushed = t.ok(&["push", "app:1", &remote])?;
+    let pushed = String::from_utf8_lossy(&pushed.stdout).trim().to_owned();
 
+    // `kiln pull` prints the registry's digest (docker's `Digest:`), not the local manifest's,
+    // and inspect and `images --digests` show it as the repo digest.
     let other = TestDir::new();
-    other.ok(&["pull", &remote])?;
+    let pulled = other.ok(&["pull", &remote])?;
+    let printed = String::from_utf8_lossy(&pulled.stdout).trim().to_owned();
+    // Not a terminal: plain progress lines, one when a layer starts and one when it is done.
+    let progress = String::from_utf8_lossy(&pulled.stderr);
+    ensure!(
+        progress.contains(": downloading ")
+            && progress.contains(": pulled")
+            && !progress.contains('\x1b'),
+        "{}",
+        text(&pulled)
+    );
+    ensure!(
+        printed == pushed && printed.starts_with("sha256:"),
+        "pull printed {printed}, push printed {pushed}"
+    );
+    let inspect = other.ok(&["inspect", &remote])?;
+    let doc: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
+    let repo_digest = format!("127.0.0.1:{}/kiln/app@{pushed}", reg.port);
+    ensure!(
+        doc["RepoDigests"] == serde_json::json!([repo_digest]),
+        "{}",
+        text(&inspect)
+    );
+    ensure!(
+        doc["Id"].as_str() != Some(pushed.as_str()),
+        "{}",
+        text(&inspect)
+    );
+    let images = other.ok(&["images", "--digests"])?;
+    ensure!(
+        text(&images).contains(&pushed) && text(&images).contains("DIGEST"),
+        "{}",
+        text(&images)
+    );
     let out = other.ok(&["run", "--rm", &remote])?;
     ensure!(
         String::from_utf8_lossy(&out.stdout) == "pushed-and-pulled\n",

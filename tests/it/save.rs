@@ -91,7 +91,7 @@ fn saved_tar_is_accepted_by_skopeo_and_umoci_with_the_same_tree() -> anyhow::Res
     // kiln's own view: its snapshots stacked read-only with overlayfs.
     let inspect: serde_json::Value =
         serde_json::from_slice(&t.ok(&["inspect", "saved:1"])?.stdout)?;
-    let lowers: Vec<String> = inspect["RootFS"]["DiffIDs"]
+    let lowers: Vec<String> = inspect[0]["RootFS"]["DiffIDs"]
         .as_array()
         .context("diff ids")?
         .iter()

@@ -1,15 +1,19 @@
-//! The registry client: pull images into the [`Store`], push images from it, log in.
+//! The registry client: pull images into the [`Store`](crate::store::Store), push images
+//! from it, log in.
 //!
 //! - [`pull`] fetches a manifest (OCI or Docker schema2; through an index or manifest list
-//!   for the wanted platform), the config and the layers. Layers download concurrently and
-//!   stream to disk through [`Store::ingest_blob`], which verifies the digest before the blob
-//!   becomes visible; [`Store::unpack_layer`] then turns the verified blob into a snapshot and
-//!   checks its diff_id against the config. Manifest and config are verified in memory and
+//!   for the wanted platform), the config and the layers. Layers download concurrently; each
+//!   body is read once and, in the same pass, stored (its digest verified before the blob
+//!   becomes visible) and decompressed and unpacked into a snapshot whose diff_id is checked
+//!   against the config (see `layer.rs`). The compressed blob stays the layer's stored form;
+//!   its tar is rebuilt from it when needed. Manifest and config are verified in memory and
 //!   stored only after every layer is in, so a failed pull leaves no image behind.
-//! - [`push`] compresses layers ([`Store::compressed_layer`], memoized), skips blobs the
-//!   registry has (HEAD), mounts blobs known to be in another repository of the same registry,
-//!   uploads the rest with one streamed PUT each (never a whole blob in memory), then PUTs an
-//!   OCI manifest with its media type.
+//! - [`push`] compresses layers
+//!   ([`Store::compressed_layer`](crate::store::Store::compressed_layer), memoized), skips
+//!   blobs the registry has (HEAD), mounts blobs known to be in another repository of the
+//!   same registry, uploads the rest streamed from disk (never a whole blob in memory): one PUT each, or
+//!   PATCH chunks when [`RegistryOptions::chunk_size`] asks for them or the registry refuses
+//!   a whole blob as too large; then PUTs an OCI manifest with its media type.
 //! - [`auth`] reads and writes docker's `config.json` and runs credential helpers; [`client`]
 //!   speaks HTTP, answers basic and bearer challenges and retries transient failures.
 //!
@@ -25,11 +29,13 @@
 
 pub mod auth;
 pub mod client;
+mod layer;
 mod pull;
 mod push;
-mod record;
+pub(crate) mod record;
 
-pub use pull::{PullError, pull};
+pub use pull::{PullError, Pulled, pull, pull_image};
+pub(crate) use push::push_blob;
 pub use push::{PushError, push};
 
 use crate::compress::{Codec, Compression};
@@ -94,6 +100,9 @@ pub enum Progress {
     },
 }
 
+/// The chunk size of a chunked upload after a registry refused a whole blob with 413.
+pub const FALLBACK_CHUNK: u64 = 32 << 20;
+
 /// A progress callback; called from several tasks at once.
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
@@ -112,6 +121,10 @@ pub struct RegistryOptions {
     pub retry_base: Duration,
     /// Layer compression for push.
     pub compression: Compression,
+    /// Upload blobs larger than this in PATCH chunks of this size instead of one PUT. `None`
+    /// (the default): one streamed PUT, which is faster, falling back to chunks of
+    /// [`FALLBACK_CHUNK`] when the registry refuses the body as too large (413).
+    pub chunk_size: Option<u64>,
     /// Called as blobs move.
     pub progress: Option<ProgressFn>,
 }
@@ -124,6 +137,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("concurrency", &self.concurrency)
             .field("retries", &self.retries)
             .field("compression", &self.compression)
+            .field("chunk_size", &self.chunk_size)
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -143,6 +157,7 @@ impl RegistryOptions {
                 codec: Codec::Gzip,
                 level: 6,
             },
+            chunk_size: None,
             progress: None,
         }
     }
@@ -161,6 +176,12 @@ impl RegistryOptions {
             f(&p);
         }
     }
+}
+
+/// The repo digests (`registry/repo@sha256:...`) recorded for the local image `image` by
+/// pulls and pushes: the digests the registry knows it by. Sorted; empty when none.
+pub fn repo_digests(store: &crate::store::Store, image: &Digest) -> Vec<String> {
+    record::repo_digests(store.root(), image)
 }
 
 /// Checks `creds` against `registry` (a `GET /v2/` with the basic or bearer flow), then saves

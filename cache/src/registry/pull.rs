@@ -1,10 +1,9 @@
 //! `pull`: registry -> store, verifying every digest before anything is used.
 
 use super::client::{Client, ClientError};
-use super::{Progress, RegistryOptions, record};
-use crate::compress::{Codec, Compression};
+use super::{RegistryOptions, record};
 use crate::image::Image;
-use crate::oci::{self, Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
+use crate::oci::{self, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
 use crate::reference::Reference;
 use crate::store::{Store, StoreError};
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -188,19 +187,46 @@ fn platform_matches(p: &Platform, want: &Platform) -> bool {
             || (p.variant.is_none() && want.variant.as_deref() == Some("v8")))
 }
 
+/// What [`pull_image`] pulled.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The image as stored locally (its manifest is kiln's, listing uncompressed layers).
+    pub image: Image,
+    /// The digest of what the reference names on the registry, as served: the index or
+    /// manifest list for a multi-platform image, else the manifest. This is the digest docker
+    /// prints (`Digest: sha256:...`) and `name@digest` pulls the same image again.
+    pub digest: Digest,
+    /// The digest of the platform's manifest as served (equal to `digest` without an index).
+    pub manifest_digest: Digest,
+}
+
 /// Pulls `reference` for `platform` into `store` and tags it with `reference` (when it has a
-/// tag). Layers already in the store are not downloaded again.
+/// tag). Layers already in the store are not downloaded again. Returns the local image; see
+/// [`pull_image`] for the registry's digests too.
 ///
-/// Fails when the registry cannot be reached or refuses, the image has no manifest for
-/// `platform`, a blob does not match its digest or holds an unsafe tar entry, or the store
-/// cannot be written. A failed pull tags nothing and writes no manifest or config; layers that
-/// were fully verified before the failure stay in the store for the next try.
+/// Fails as [`pull_image`] does.
 pub async fn pull(
     store: &Store,
     reference: &Reference,
     platform: &Platform,
     opts: &RegistryOptions,
 ) -> Result<Image> {
+    Ok(pull_image(store, reference, platform, opts).await?.image)
+}
+
+/// Like [`pull`], and returns the registry's digests of what was pulled, which are also
+/// recorded as the image's repo digests ([`super::repo_digests`]).
+///
+/// Fails when the registry cannot be reached or refuses, the image has no manifest for
+/// `platform`, a blob does not match its digest or holds an unsafe tar entry, or the store
+/// cannot be written. A failed pull tags nothing and writes no manifest or config; layers that
+/// were fully verified before the failure stay in the store for the next try.
+pub async fn pull_image(
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+    opts: &RegistryOptions,
+) -> Result<Pulled> {
     let name = reference.to_string();
     let repo = reference.repository.as_str();
     let client = Client::new(
@@ -215,6 +241,7 @@ pub async fn pull(
     };
     let (mut body, content_type) = client.get_manifest(repo, &tag_or_digest).await?;
     let mut media_type = media_type_of(&body, &content_type);
+    let top_digest = Digest::of(&body);
     let mut stored = Vec::new();
     if is_index(&media_type) {
         let index: ImageIndex =
@@ -293,7 +320,9 @@ pub async fn pull(
         .zip(&config.rootfs.diff_ids)
         .map(|(desc, diff_id)| {
             let (client, name) = (&client, &name);
-            async move { fetch_layer(store, client, repo, desc, diff_id, name, opts).await }
+            async move {
+                super::layer::fetch_layer(store, client, repo, desc, diff_id, name, opts).await
+            }
         });
     futures_util::stream::iter(jobs)
         .buffer_unordered(opts.concurrency.max(1))
@@ -324,8 +353,17 @@ pub async fn pull(
         reference: name.clone(),
         source,
     })?;
-    tracing::debug!(reference = %name, registry_manifest = %manifest_digest, local = %image.manifest_digest, "pulled");
-    Ok(image)
+    tracing::debug!(reference = %name, registry = %top_digest, registry_manifest = %manifest_digest, local = %image.manifest_digest, "pulled");
+    record::remember_repo_digest(
+        store.root(),
+        &image.manifest_digest,
+        &format!("{}@{top_digest}", reference.name()),
+    );
+    Ok(Pulled {
+        image,
+        digest: top_digest,
+        manifest_digest,
+    })
 }
 
 async fn fetch_config(
@@ -371,348 +409,9 @@ async fn fetch_config(
     })
 }
 
-/// Downloads one layer into the store: the compressed blob through
-/// [`Store::ingest_blob`] (digest verified) and, at the same time from the same bytes, the
-/// snapshot through [`Store::unpack_layer`] (diff_id verified). Doing both in one pass keeps a
-/// pull at the speed of the slower of download and unpack instead of their sum. Each store
-/// call verifies before it makes anything visible; the diff_id comes from the config, which
-/// was verified against the manifest, so a snapshot is trusted on its own.
-async fn fetch_layer(
-    store: &Store,
-    client: &Client,
-    repo: &str,
-    desc: &oci::Descriptor,
-    diff_id: &Digest,
-    name: &str,
-    opts: &RegistryOptions,
-) -> Result<()> {
-    let digest = &desc.digest;
-    if store.has_layer(diff_id) {
-        opts.report(Progress::Local {
-            digest: digest.clone(),
-        });
-        return Ok(());
-    }
-    let blob_err = |source| PullError::Blob {
-        reference: name.to_owned(),
-        digest: digest.clone(),
-        source,
-    };
-    let task_err = |source| PullError::Task {
-        reference: name.to_owned(),
-        source,
-    };
-    if store.has_blob(digest) {
-        // Downloaded before (a pull that failed later): unpack the verified blob.
-        let path = store.blob_path(digest);
-        let f = std::fs::File::open(&path).map_err(|source| PullError::Open { path, source })?;
-        let (store2, want) = (store.clone(), diff_id.clone());
-        tokio::task::spawn_blocking(move || {
-            store2.unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), Some(&want))
-        })
-        .await
-        .map_err(task_err)?
-        .map_err(blob_err)?;
-    } else {
-        client
-            .retry(|| download_and_unpack(store, client, repo, desc, diff_id, name, opts))
-            .await??;
-    }
-    record::remember(store.root(), client.registry(), digest, repo);
-    remember_compressed(store, desc, diff_id, opts);
-    opts.report(Progress::Unpacked {
-        digest: digest.clone(),
-    });
-    Ok(())
-}
-
-/// Keeps the registry's compressed blob as the store's compressed form of the layer, so that
-/// pushing an image built on this one sends (or mounts) the same blob instead of compressing
-/// the layer again into a blob with another digest. A gzip blob stands in for the push
-/// compression when that is gzip, whatever level the original was made with.
-fn remember_compressed(
-    store: &Store,
-    desc: &oci::Descriptor,
-    diff_id: &Digest,
-    opts: &RegistryOptions,
-) {
-    let codec = match desc.media_type.as_str() {
-        oci::MEDIA_TYPE_LAYER_GZIP | oci::MEDIA_TYPE_DOCKER_LAYER_GZIP => Codec::Gzip,
-        oci::MEDIA_TYPE_LAYER_ZSTD => Codec::Zstd,
-        _ => return,
-    };
-    let c = if opts.compression.codec == codec {
-        opts.compression
-    } else {
-        match codec {
-            Codec::Gzip => Compression::default(),
-            Codec::Zstd => Compression { codec, level: 3 },
-        }
-    };
-    let d = Descriptor::new(&desc.media_type, desc.digest.clone(), desc.size);
-    if let Err(error) = store.remember_compressed(diff_id, c, &d) {
-        tracing::debug!(%diff_id, %error, "cannot remember the compressed layer");
-    }
-}
-
-/// One download attempt. The outer error is a transient network error (retried); the inner
-/// one is final.
-async fn download_and_unpack(
-    store: &Store,
-    client: &Client,
-    repo: &str,
-    desc: &oci::Descriptor,
-    diff_id: &Digest,
-    name: &str,
-    opts: &RegistryOptions,
-) -> std::result::Result<Result<()>, ClientError> {
-    let digest = &desc.digest;
-    let resp = client.get_blob(repo, digest).await?;
-    let (tx_blob, rx_blob) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
-    let (tx_tree, rx_tree) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
-    let (s1, d) = (store.clone(), digest.clone());
-    let ingest =
-        tokio::task::spawn_blocking(move || s1.ingest_blob(ChannelReader::new(rx_blob), Some(&d)));
-    // Decompression runs on its own thread, so that it overlaps with hashing and writing the
-    // tar in the unpacker instead of adding to them.
-    let (tx_plain, rx_plain) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
-    let inflate =
-        tokio::task::spawn_blocking(move || inflate(ChannelReader::new(rx_tree), &tx_plain));
-    let (s2, want) = (store.clone(), diff_id.clone());
-    let unpack = tokio::task::spawn_blocking(move || {
-        s2.unpack_layer(ChunkReader::new(rx_plain), Some(&want))
-    });
-
-    let mut stream = resp.bytes_stream();
-    let (mut done, mut net_error, mut too_long) = (0u64, None, false);
-    let mut tree = Some(tx_tree);
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                net_error = Some(e);
-                break;
-            }
-        };
-        let before = done;
-        done += chunk.len() as u64;
-        if done > desc.size {
-            // Never more than announced: stop reading instead of filling the disk.
-            too_long = true;
-            break;
-        }
-        if let Some(p) = &opts.progress
-            && (done >> 20 != before >> 20 || done == desc.size)
-        {
-            p(&Progress::Download {
-                digest: digest.clone(),
-                done,
-                total: desc.size,
-            });
-        }
-        // The blob always gets the whole stream, so that its verdict is about the blob. A
-        // closed channel means that consumer stopped (failed, or the unpacker needs no more);
-        // its result is looked at below.
-        if let Some(t) = &tree
-            && t.send(chunk.clone()).await.is_err()
-        {
-            tree = None;
-        }
-        if tx_blob.send(chunk).await.is_err() {
-            break;
-        }
-    }
-    drop((tx_blob, tree));
-    let task_err = |source| PullError::Task {
-        reference: name.to_owned(),
-        source,
-    };
-    let blob_err = |source| PullError::Blob {
-        reference: name.to_owned(),
-        digest: digest.clone(),
-        source,
-    };
-    let ingested = match ingest.await {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(task_err(e))),
-    };
-    let unpacked = match unpack.await {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(task_err(e))),
-    };
-    // Its errors reached the unpacker as read errors.
-    if let Err(e) = inflate.await {
-        return Ok(Err(task_err(e)));
-    }
-    if let Some(source) = net_error {
-        return Err(ClientError::Network {
-            registry: client.registry().to_owned(),
-            what: format!("GET blob {digest}"),
-            source,
-        });
-    }
-    if too_long {
-        return Ok(Err(PullError::Size {
-            reference: name.to_owned(),
-            digest: digest.clone(),
-            expected: desc.size,
-            actual: done,
-        }));
-    }
-    Ok(match (ingested, unpacked) {
-        (Ok((_, size)), Ok(_)) if size != desc.size => Err(PullError::Size {
-            reference: name.to_owned(),
-            digest: digest.clone(),
-            expected: desc.size,
-            actual: size,
-        }),
-        (Ok(_), Ok(_)) => Ok(()),
-        // A blob that does not match its digest is the root cause of any unpack failure.
-        (Err(e), _) => Err(blob_err(e)),
-        (Ok(_), Err(u)) => Err(blob_err(u)),
-    })
-}
-
-/// Size of the decompressed chunks passed from [`inflate`] to the unpacker.
-const PLAIN_CHUNK: usize = 1 << 20;
-
-/// Decompresses `r` (gzip, zstd or plain, by its magic bytes; `decompress` buffers it) into
-/// chunks on `tx`. A read or
-/// decompression error is sent on as the last item; a closed channel (the unpacker stopped)
-/// ends it quietly.
-fn inflate(r: ChannelReader, tx: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>) {
-    use std::io::Read as _;
-    let mut r = match crate::snapshot::decompress(r) {
-        Ok((r, _)) => r,
-        Err(e) => {
-            let _ = tx.send(Err(e));
-            return;
-        }
-    };
-    loop {
-        let mut buf = vec![0u8; PLAIN_CHUNK];
-        let mut n = 0;
-        while n < buf.len() {
-            match r.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-        }
-        if n == 0 {
-            return;
-        }
-        buf.truncate(n);
-        if tx.send(Ok(buf)).is_err() {
-            return;
-        }
-    }
-}
-
-/// A blocking reader over the chunks of [`inflate`].
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl ChunkReader {
-    fn new(rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> ChunkReader {
-        ChunkReader {
-            rx,
-            current: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl std::io::Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.current = chunk?;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// A blocking reader over chunks sent from async code.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-    current: bytes::Bytes,
-}
-
-impl ChannelReader {
-    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> ChannelReader {
-        ChannelReader {
-            rx,
-            current: bytes::Bytes::new(),
-        }
-    }
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.current = b,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Runs `input` through [`inflate`] on a thread and reads it back through [`ChunkReader`].
-    fn inflate_all(input: Vec<u8>) -> std::io::Result<Vec<u8>> {
-        use std::io::Read as _;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (tx_plain, rx_plain) = std::sync::mpsc::sync_channel(2);
-        let worker = std::thread::spawn(move || inflate(ChannelReader::new(rx), &tx_plain));
-        for piece in input.chunks(1000) {
-            tx.blocking_send(bytes::Bytes::copy_from_slice(piece))
-                .expect("inflate reads to the end");
-        }
-        drop(tx);
-        let mut out = Vec::new();
-        let r = ChunkReader::new(rx_plain).read_to_end(&mut out);
-        worker.join().expect("inflate does not panic");
-        r.map(|_| out)
-    }
-
-    #[test]
-    fn inflate_passes_plain_and_gzip_through_and_reports_corruption() {
-        use std::io::Write as _;
-        let plain: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        assert_eq!(inflate_all(plain.clone()).unwrap(), plain);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&plain).unwrap();
-        let gz = gz.finish().unwrap();
-        assert_eq!(inflate_all(gz.clone()).unwrap(), plain);
-        let mut bad = gz.clone();
-        let mid = bad.len() / 2;
-        bad[mid..mid + 64].fill(0xff);
-        assert!(inflate_all(bad).is_err());
-        assert!(inflate_all(gz[..gz.len() - 100].to_vec()).is_err());
-    }
 
     #[test]
     fn manifest_kind_comes_from_field_then_header_then_shape() {

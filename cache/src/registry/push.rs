@@ -152,13 +152,18 @@ pub async fn push(
     client
         .put_manifest(repo, &target, oci::MEDIA_TYPE_MANIFEST, &bytes)
         .await?;
+    record::remember_repo_digest(
+        store.root(),
+        &image.manifest_digest,
+        &format!("{}@{digest}", reference.name()),
+    );
     tracing::debug!(reference = %name, %digest, "pushed");
     Ok(digest)
 }
 
 /// Makes the registry have `desc` in `repo`: HEAD, else mount from `from`, else a streamed
 /// upload. Retried as a whole on transient errors (a new upload session each time).
-async fn push_blob(
+pub(crate) async fn push_blob(
     store: &Store,
     client: &Client,
     repo: &str,
@@ -199,9 +204,41 @@ async fn push_blob(
                 }
                 None => Arc::new(|_| {}),
             };
-            client
-                .put_blob(&session, digest, &path, desc.size, progress)
-                .await?;
+            match opts.chunk_size.filter(|&c| c > 0 && desc.size > c) {
+                Some(chunk) => {
+                    client
+                        .put_blob_chunked(&session, digest, &path, desc.size, chunk, progress)
+                        .await?
+                }
+                None => match client
+                    .put_blob(&session, digest, &path, desc.size, progress.clone())
+                    .await
+                {
+                    // The registry, or a proxy in front of it, limits request bodies: send the
+                    // blob again in chunks, in a new session (the refused one is spent).
+                    Err(ClientError::Status { status, .. })
+                        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE =>
+                    {
+                        tracing::debug!(%digest, "blob refused as too large; uploading in chunks");
+                        match client.start_upload(repo, digest, None).await? {
+                            UploadStart::Session(s) => {
+                                client
+                                    .put_blob_chunked(
+                                        &s,
+                                        digest,
+                                        &path,
+                                        desc.size,
+                                        super::FALLBACK_CHUNK,
+                                        progress,
+                                    )
+                                    .await?
+                            }
+                            UploadStart::Mounted => {}
+                        }
+                    }
+                    r => r?,
+                },
+            }
             opts.report(Progress::Uploaded {
                 digest: digest.clone(),
             });

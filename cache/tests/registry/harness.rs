@@ -56,6 +56,15 @@ impl Registry {
 
     /// With `Some((user, password))`, htpasswd basic auth.
     pub fn start_with(user: Option<(&str, &str)>) -> Registry {
+        Registry::start_full(user, "error")
+    }
+
+    /// Logs every request (`level: info`) to [`Registry::log`].
+    pub fn start_logging() -> Registry {
+        Registry::start_full(None, "info")
+    }
+
+    fn start_full(user: Option<(&str, &str)>, level: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -76,7 +85,7 @@ impl Registry {
             );
         }
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n{auth}",
+            "version: 0.1\nlog:\n  level: {level}\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n{auth}",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
@@ -563,4 +572,96 @@ pub fn anyhow_chain(e: &dyn std::error::Error) -> String {
         s = c.source();
     }
     out
+}
+
+/// A loopback HTTP/1.1 proxy in front of a registry that refuses request bodies larger than
+/// `limit` with 413, as registries behind size-limited load balancers do. One request per
+/// connection (it answers `Connection: close`); it records the request lines it saw.
+pub struct BodyLimitProxy {
+    pub port: u16,
+    pub requests: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BodyLimitProxy {
+    pub fn start(upstream: u16, limit: u64) -> BodyLimitProxy {
+        use std::io::Read as _;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || !line.ends_with("HTTP/1.1\r\n") {
+                    continue;
+                }
+                let mut head = line.clone();
+                let mut len = 0u64;
+                let mut h = String::new();
+                while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+                    let (k, v) = h.split_once(':').unwrap_or((&h, ""));
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if !k.eq_ignore_ascii_case("connection") {
+                        head.push_str(&h);
+                    }
+                    h.clear();
+                }
+                head.push_str("Connection: close\r\n\r\n");
+                let mut body = vec![0u8; len as usize];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                seen.lock().unwrap().push(line.trim().to_owned());
+                let mut conn = conn;
+                if len > limit {
+                    let msg = b"request body too large";
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        msg.len()
+                    );
+                    let _ = conn.write_all(msg);
+                    continue;
+                }
+                let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                // The registry builds Location headers from Host, so they point back here.
+                if up.write_all(head.as_bytes()).is_err() || up.write_all(&body).is_err() {
+                    continue;
+                }
+                let _ = std::io::copy(&mut up, &mut conn);
+            }
+        });
+        BodyLimitProxy {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BodyLimitProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

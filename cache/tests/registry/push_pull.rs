@@ -143,6 +143,79 @@ fn pull_into_an_empty_store_gives_the_same_layers_and_runs() {
     );
 }
 
+/// A pull keeps the layer compressed (the registry's blob) instead of also writing the tar:
+/// the tar comes back from it byte for byte, verified, when something needs it.
+#[test]
+fn pulled_layer_tar_is_rebuilt_from_the_compressed_blob_and_verified() {
+    if !require(&[REGISTRY_BIN]) {
+        return;
+    }
+    let reg = Registry::start();
+    let (_d, store, image) = busybox_store();
+    let diff_id = image.config.rootfs.diff_ids[0].clone();
+    let original = std::fs::read(store.blob_path(&diff_id)).unwrap();
+    let dest = reg.reference("kiln/lazy:v1");
+    let rt = rt();
+    rt.block_on(registry::push(&store, &image, &dest, &options()))
+        .unwrap();
+
+    let empty = tempfile::tempdir().unwrap();
+    let store2 = Store::open(empty.path()).unwrap();
+    let pulled = rt
+        .block_on(registry::pull(
+            &store2,
+            &dest,
+            &Platform::host(),
+            &options(),
+        ))
+        .unwrap();
+    assert!(store2.has_layer(&diff_id));
+    assert!(!store2.has_blob(&diff_id), "the tar is not written at pull");
+    let source = store2.layer_source(&diff_id).expect("source recorded");
+    assert_eq!(source.size, original.len() as u64);
+    assert_eq!(pulled.manifest.layers[0].size, original.len() as u64);
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut store2.open_layer(&diff_id).unwrap(), &mut tar).unwrap();
+    assert!(tar == original, "the rebuilt tar is the original");
+
+    // Another codec compresses from the rebuilt tar.
+    let zstd = cache::compress::Compression {
+        codec: cache::compress::Codec::Zstd,
+        level: 3,
+    };
+    let z = store2.compressed_layer(&diff_id, zstd).unwrap();
+    assert!(store2.has_blob(&z.digest));
+    // The saved archive holds the registry's gzip blob.
+    let mut saved = Vec::new();
+    store2
+        .save(
+            &[(dest.to_string(), pulled.manifest_digest.clone())],
+            &mut saved,
+        )
+        .unwrap();
+
+    // A corrupted source is caught by the diff_id check, and no tar blob appears.
+    let blob = store2.blob_path(&source.blob.digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    let mut out = Vec::new();
+    let read = store2.open_layer(&diff_id).and_then(|mut r| {
+        std::io::Read::read_to_end(&mut r, &mut out)
+            .map_err(|e| cache::store::StoreError::Save { source: e })
+    });
+    assert!(read.is_err(), "corruption must not read back as the layer");
+    assert!(store2.layer_blob(&diff_id).is_err());
+    assert!(!store2.has_blob(&diff_id));
+
+    // Materialised from an intact source, the tar blob is the original.
+    bytes[mid] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    let path = store2.layer_blob(&diff_id).unwrap();
+    assert!(std::fs::read(path).unwrap() == original);
+}
+
 #[test]
 fn image_pushed_by_skopeo_as_docker_schema2_is_pulled() {
     if !require(&[REGISTRY_BIN, "skopeo"]) {
@@ -262,11 +335,20 @@ fn multi_arch_index_pull_picks_the_wanted_platform() {
         os_version: None,
     };
     let store = Store::open(work.path().join("store")).unwrap();
-    let image = rt
-        .block_on(registry::pull(&store, &dest, &amd64, &opts))
+    let pulled = rt
+        .block_on(registry::pull_image(&store, &dest, &amd64, &opts))
         .unwrap();
+    let image = &pulled.image;
     assert_eq!(image.config.architecture, "amd64");
     assert_eq!(image.config.rootfs.diff_ids, vec![entries[1].1.clone()]);
+    // The registry digests: the index's (what the tag names) and the chosen manifest's.
+    let index_digest = Digest::of(&serde_json::to_vec(&index).unwrap());
+    assert_eq!(pulled.digest, index_digest);
+    assert_eq!(pulled.manifest_digest, entries[1].0.digest);
+    assert_eq!(
+        registry::repo_digests(&store, &image.manifest_digest),
+        vec![format!("{}@{index_digest}", dest.name())]
+    );
     let arm = Platform {
         architecture: "arm64".into(),
         ..amd64.clone()
@@ -375,4 +457,91 @@ fn second_push_uploads_nothing_and_other_repository_mounts() {
         count(&events, uploaded) + count(&events, |p| matches!(p, Progress::Exists { .. })),
         2
     );
+}
+
+/// Issue 4: uploads stream monolithic or chunked. A tiny chunk size forces PATCH chunks
+/// against the real registry; the image comes back intact.
+#[test]
+fn chunked_upload_sends_patches_and_the_image_pulls_back() {
+    if !require(&[REGISTRY_BIN]) {
+        return;
+    }
+    let reg = Registry::start_logging();
+    let (_d, store, image) = random_store(300 << 10, 7);
+    let dest = reg.reference("kiln/chunked:1");
+    let rt = rt();
+    let mut opts = options();
+    opts.chunk_size = Some(64 << 10);
+    let events = recording(&mut opts);
+    let digest = rt
+        .block_on(registry::push(&store, &image, &dest, &opts))
+        .unwrap();
+    assert_eq!(
+        count(&events, |p| matches!(p, Progress::Uploaded { .. })),
+        2,
+        "layer and config"
+    );
+    let patches = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("http.request.method=PATCH") && l.contains("response completed"))
+        .count();
+    // 300 KiB of random data gzips to a bit more than 300 KiB: at least 5 chunks of 64 KiB;
+    // the config is smaller than a chunk and goes in one PUT.
+    assert!(patches >= 5, "{patches} PATCH requests:\n{}", reg.log());
+
+    let empty = tempfile::tempdir().unwrap();
+    let store2 = Store::open(empty.path()).unwrap();
+    let pulled = rt
+        .block_on(registry::pull_image(
+            &store2,
+            &dest,
+            &Platform::host(),
+            &options(),
+        ))
+        .unwrap();
+    assert_eq!(pulled.digest, digest);
+    assert_eq!(
+        pulled.image.config.rootfs.diff_ids,
+        image.config.rootfs.diff_ids
+    );
+}
+
+/// A registry behind a proxy that refuses large bodies (413): the monolithic PUT is refused
+/// and the blob goes again in chunks, in a new upload session.
+#[test]
+fn a_blob_refused_as_too_large_is_uploaded_in_chunks() {
+    if !require(&[REGISTRY_BIN]) {
+        return;
+    }
+    let reg = Registry::start();
+    let proxy = BodyLimitProxy::start(reg.port, 256 << 10);
+    let (_d, store, image) = random_store(600 << 10, 11);
+    let dest =
+        cache::reference::Reference::parse(&format!("127.0.0.1:{}/kiln/limited:1", proxy.port))
+            .unwrap();
+    let rt = rt();
+    let digest = rt
+        .block_on(registry::push(&store, &image, &dest, &options()))
+        .unwrap();
+    let seen = proxy.requests.lock().unwrap().clone();
+    let empty = tempfile::tempdir().unwrap();
+    let puts_refused = seen
+        .iter()
+        .filter(|l| l.starts_with("PUT ") && l.contains("/blobs/uploads/"))
+        .count();
+    let patches = seen.iter().filter(|l| l.starts_with("PATCH ")).count();
+    // About 600 KiB of gzip: the PUT is refused, then PATCHes of 600 and 300 KiB are, and
+    // 150 KiB ones get through.
+    assert!(puts_refused >= 1, "{seen:#?}");
+    assert!(patches >= 6, "{seen:#?}");
+    let pulled = rt
+        .block_on(registry::pull_image(
+            &Store::open(empty.path()).unwrap(),
+            &reg.reference("kiln/limited:1"),
+            &Platform::host(),
+            &options(),
+        ))
+        .unwrap();
+    assert_eq!(pulled.digest, digest);
 }

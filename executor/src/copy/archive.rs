@@ -5,7 +5,6 @@
 
 use std::io::{self, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use rustix::fs::FileType;
 
@@ -21,9 +20,9 @@ pub enum Format {
     Gzip,
     /// zstd.
     Zstd,
-    /// bzip2 (through the host's `bzip2`).
+    /// bzip2 (the `bzip2` crate, pure Rust).
     Bzip2,
-    /// xz (through the host's `xz`).
+    /// xz (the `liblzma` crate, its bundled liblzma).
     Xz,
 }
 
@@ -70,54 +69,27 @@ pub fn is_tar_header(block: &[u8]) -> bool {
 
 struct Decoded {
     reader: Box<dyn Read>,
-    child: Option<Child>,
 }
 
 impl Decoded {
-    fn finish(mut self) -> io::Result<()> {
+    fn finish(self) -> io::Result<()> {
         drop(self.reader);
-        if let Some(mut c) = self.child.take() {
-            c.wait()?;
-        }
         Ok(())
     }
 }
 
+/// Opens `path` decompressed. Every codec is in-process (no host `bzip2`/`xz` binaries):
+/// concatenated streams are read through, as the command-line tools do.
 fn open(path: &Path, format: Format) -> io::Result<Decoded> {
-    let file = std::fs::File::open(path)?;
-    let tool = |name: &str| -> io::Result<Decoded> {
-        let mut child = Command::new(name)
-            .arg("-dc")
-            .stdin(file.try_clone()?)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("running {name}: {e}")))?;
-        let out = child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("no stdout"))?;
-        Ok(Decoded {
-            reader: Box::new(out),
-            child: Some(child),
-        })
+    let file = io::BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
+    let reader: Box<dyn Read> = match format {
+        Format::Tar => Box::new(file),
+        Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(file)),
+        Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+        Format::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(file)),
+        Format::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(file)),
     };
-    Ok(match format {
-        Format::Tar => Decoded {
-            reader: Box::new(file),
-            child: None,
-        },
-        Format::Gzip => Decoded {
-            reader: Box::new(flate2::read::MultiGzDecoder::new(file)),
-            child: None,
-        },
-        Format::Zstd => Decoded {
-            reader: Box::new(zstd::stream::read::Decoder::new(file)?),
-            child: None,
-        },
-        Format::Bzip2 => tool("bzip2")?,
-        Format::Xz => tool("xz")?,
-    })
+    Ok(Decoded { reader })
 }
 
 /// Detects a tar archive (plain or compressed) by content; `None` for any other file.
@@ -250,5 +222,48 @@ mod tests {
         old.set_cksum();
         assert!(is_tar_header(old.as_bytes()));
         assert!(!is_tar_header(&[b'x'; 512]));
+    }
+
+    fn sample_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "dir/hello.txt", &b"hello"[..])
+            .expect("append");
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn bzip2_and_xz_tars_are_detected_and_decoded_in_process() {
+        use std::io::Write as _;
+        let tar = sample_tar();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bz = {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+            e.write_all(&tar).expect("bzip2");
+            e.finish().expect("bzip2")
+        };
+        let xz = {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+            e.write_all(&tar).expect("xz");
+            e.finish().expect("xz")
+        };
+        for (name, bytes, format) in [("a.bz", bz, Format::Bzip2), ("a.xz", xz, Format::Xz)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, &bytes).expect("write");
+            assert_eq!(detect(&p).expect("detect"), Some(format), "{name}");
+            let mut d = open(&p, format).expect("open");
+            let mut out = Vec::new();
+            d.reader.read_to_end(&mut out).expect("decode");
+            assert_eq!(out, tar, "{name}");
+        }
+        // A compressed file that is not a tar is not an archive.
+        let p = dir.path().join("text.bz2");
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        e.write_all(b"just text").expect("bzip2");
+        std::fs::write(&p, e.finish().expect("bzip2")).expect("write");
+        assert_eq!(detect(&p).expect("detect"), None);
     }
 }

@@ -63,6 +63,16 @@ pub(crate) fn mount_overlay(
         source,
     };
     let errno = |e: rustix::io::Errno| overlay_err(e.into());
+    // The same layer twice in a chain (`COPY sub sub` run twice gives one diff id) would make
+    // overlayfs refuse the mount with ELOOP. Keeping only its topmost occurrence shows the
+    // same tree: whatever the layers between the two copies changed, the top copy restates.
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<PathBuf> = lowers
+        .iter()
+        .filter(|l| seen.insert(l.as_path()))
+        .cloned()
+        .collect();
+    let lowers = unique.as_slice();
     if upper.is_none() && lowers.len() == 1 {
         let tree = rustix::mount::open_tree(
             CWD,

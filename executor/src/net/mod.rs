@@ -36,6 +36,7 @@
 //! enables forwarding by itself ([`enable_ip_forward`] is the caller's explicit choice).
 
 pub mod attach;
+pub mod build;
 pub mod files;
 pub mod ipam;
 pub mod netlink;
@@ -44,10 +45,11 @@ pub mod nft;
 pub mod pool;
 pub mod subnet;
 
-pub use attach::{Attachment, Networks, enable_ip_forward};
+pub use attach::{AttachError, Attachment, Networks, enable_ip_forward};
+pub use build::{BuildLease, BuildNetwork};
 pub use ipam::{Ipam, Lease, NetworkConfig};
 pub use netlink::{Netlink, RealNetlink};
 pub use netns::Netns;
 pub use nft::{Nft, NftCommand};
-pub use pool::{NetnsPool, PooledNetns};
+pub use pool::{NetnsPool, PoolError, PooledNetns};
 pub use subnet::{PortMapping, Proto, Subnet};

@@ -99,6 +99,18 @@ pub struct RealNetlink {
     seq: u32,
 }
 
+/// A stable, locally administered unicast address for bridge `name`.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    // FNV-1a: stable across releases.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let b = h.to_be_bytes();
+    [0x02, 0x6b, b[0], b[1], b[2], b[3]]
+}
+
 fn nl_err(op: &'static str, target: impl ToString) -> impl FnOnce(io::Error) -> NetlinkError {
     move |source| NetlinkError {
         op,
@@ -241,10 +253,26 @@ impl Netlink for RealNetlink {
 
     fn create_bridge(&mut self, name: &str) -> Result<u32> {
         if let Some(i) = self.link_index(name)? {
+            // A bridge made by an older kiln may still follow its ports' addresses.
+            let assigned =
+                std::fs::read_to_string(format!("/sys/class/net/{name}/addr_assign_type"));
+            if assigned.is_ok_and(|t| t.trim() != "3") {
+                let mut m = Self::link_msg(i);
+                m.attributes
+                    .push(LinkAttribute::Address(bridge_mac(name).to_vec()));
+                self.set_link(m)
+                    .map_err(nl_err("set bridge address", name))?;
+            }
             return Ok(i);
         }
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        // A fixed address: otherwise a bridge takes the lowest address of its ports, which
+        // changes as containers come and go, and namespaces that cached the gateway's old
+        // address (pooled ones, long-running containers) lose it for seconds (docker sets it
+        // for the same reason).
+        m.attributes
+            .push(LinkAttribute::Address(bridge_mac(name).to_vec()));
         m.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,
@@ -581,5 +609,18 @@ pub mod fake {
             }
             Ok(ns)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bridge_mac;
+
+    #[test]
+    fn bridge_addresses_are_stable_local_unicast_and_differ_by_name() {
+        let a = bridge_mac("kiln0");
+        assert_eq!(a, bridge_mac("kiln0"));
+        assert_eq!(a[0] & 0b11, 0b10, "locally administered, unicast");
+        assert_ne!(a, bridge_mac("kiln-1234abcd"));
     }
 }

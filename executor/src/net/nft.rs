@@ -2,12 +2,18 @@
 //! keeps containers away from the host's loopback services. Everything lives in one table,
 //! `table ip kiln`, which never touches other tables (docker's, the distribution's firewall).
 //!
-//! The rules are *derived from the leases*: every attach and detach regenerates the whole table
-//! from the IPAM state in one `nft -f -` transaction (`add table; delete table; table {...}`),
-//! and deletes it when no lease is left. So removal per container is exact by construction (a
-//! detached container's rules are simply not generated again), a crash between two steps heals
-//! on the next attach or detach, and concurrent kiln processes cannot interleave half-updates
-//! because regeneration runs under the IPAM lock.
+//! The rules are *derived from the IPAM state*: every attach and detach regenerates the whole
+//! table from the networks and their leases in one `nft -f -` transaction (`add table; flush
+//! table; table {...}`). So removal per container is exact by construction (a detached
+//! container's rules are simply not generated again), a crash between two steps heals on the
+//! next attach or detach, and concurrent kiln processes cannot interleave half-updates because
+//! regeneration runs under the IPAM lock.
+//!
+//! Each defined network (the default one always) keeps its NAT and guard rules whether or not a
+//! container is attached, as docker's do: only published ports depend on the leases. So an
+//! attach or detach without `-p` generates the same script as before, and
+//! `Networks::sync_rules` skips running `nft` (~15-25 ms a run, twice per `kiln run --rm`).
+//! `kiln network rm` drops a network's rules; the table goes only with the last network.
 //!
 //! Host loopback access to published ports (`curl 127.0.0.1:HOSTPORT`): DNAT in the `output`
 //! hook plus `route_localnet=1` on kiln's bridges (only those, never on host interfaces) and a
@@ -153,14 +159,14 @@ fn comment_text(s: &str) -> String {
         .collect()
 }
 
-/// The script that replaces the rules of kiln's table with those `state` needs: the leases of
-/// each network. With no lease anywhere, it deletes the table.
+/// The script that replaces the rules of kiln's table with those `state` needs: NAT and the
+/// loopback guard for each network, DNAT for the ports its leases publish. With no network at
+/// all, it deletes the table.
 ///
 /// `add table` first makes `flush`/`delete` valid when the table is absent; the whole script
-/// is one transaction, so other processes never see the table half-built. Chains of networks
-/// that lost their last lease stay (empty) until the table goes.
+/// is one transaction, so other processes never see the table half-built.
 pub fn ruleset(table: &str, state: &[(NetworkConfig, Vec<Lease>)]) -> String {
-    let active: Vec<_> = state.iter().filter(|(_, l)| !l.is_empty()).collect();
+    let active: Vec<_> = state.iter().collect();
     if active.is_empty() {
         return format!("add table ip {table}\ndelete table ip {table}\n");
     }
@@ -253,11 +259,22 @@ mod tests {
     }
 
     #[test]
-    fn no_lease_left_means_the_table_is_deleted() {
+    fn networks_keep_their_rules_without_leases_and_no_network_means_no_table() {
         let net = NetworkConfig::default_bridge();
-        let s = ruleset(TABLE, &[(net, vec![])]);
-        assert_eq!(s, "add table ip kiln\ndelete table ip kiln\n");
-        assert_eq!(ruleset(TABLE, &[]), s);
+        let empty = ruleset(TABLE, &[(net.clone(), vec![])]);
+        assert!(
+            empty.contains("masquerade comment \"outbound bridge\""),
+            "{empty}"
+        );
+        // A container without ports changes nothing: no nft run on its attach or detach.
+        assert_eq!(
+            ruleset(TABLE, &[(net, vec![lease("a", "10.88.0.2", &[])])]),
+            empty
+        );
+        assert_eq!(
+            ruleset(TABLE, &[]),
+            "add table ip kiln\ndelete table ip kiln\n"
+        );
     }
 
     #[test]
@@ -304,14 +321,14 @@ table ip kiln {
     }
 
     #[test]
-    fn only_networks_with_leases_get_rules() {
+    fn every_network_gets_nat_and_guard_rules() {
         let a = NetworkConfig::default_bridge();
         let b = NetworkConfig::user("front", "10.89.1.0/24".parse().expect("cidr"));
         let s = ruleset(
             TABLE,
             &[(a, vec![]), (b.clone(), vec![lease("x", "10.89.1.2", &[])])],
         );
-        assert!(!s.contains("kiln0"));
+        assert!(s.contains("iifname \"kiln0\""));
         assert!(s.contains(&format!("iifname \"{}\"", b.bridge)));
         assert!(s.contains("ip saddr 10.89.1.0/24 oifname"));
     }

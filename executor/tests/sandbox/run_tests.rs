@@ -77,6 +77,14 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "run_tty_becomes_the_controlling_terminal",
         run_tty_becomes_the_controlling_terminal,
     ),
+    (
+        "run_joins_an_existing_network_namespace",
+        run_joins_an_existing_network_namespace,
+    ),
+    (
+        "run_signals_to_init_reach_pid_1",
+        run_signals_to_init_reach_pid_1,
+    ),
 ];
 
 fn busybox() -> Vec<PathBuf> {
@@ -457,5 +465,93 @@ fn run_tty_becomes_the_controlling_terminal() -> Result<()> {
     let out = String::from_utf8_lossy(&out).replace('\r', "");
     ensure!(status.success(), "{status}: {out}");
     ensure_eq!(out, "is-a-tty\nctty-ok\n");
+    Ok(())
+}
+
+/// A named netns from `ip netns add`, deleted on drop.
+struct IpNetns(String);
+
+impl Drop for IpNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn run_joins_an_existing_network_namespace() -> Result<()> {
+    let ns = IpNetns(format!("kiln-sbx-test-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0])?;
+    ip(&[
+        "-n", &ns.0, "link", "add", "kiln-a", "type", "veth", "peer", "name", "kiln-b",
+    ])?;
+    let layer = Layer::new()?;
+    let mut spec = sh(
+        &layer,
+        busybox(),
+        "ls /sys/class/net | tr '\\n' ' '; echo; cat /etc/hosts /etc/resolv.conf",
+    );
+    spec.network = Network::Join {
+        netns: PathBuf::from("/run/netns").join(&ns.0),
+        hosts: "10.88.0.9\tbox\n".into(),
+        resolv_conf: "nameserver 10.88.0.1\n".into(),
+    };
+    let (code, out, err) = run_spec(spec)?;
+    ensure!(code == 0, "{err}");
+    ensure_eq!(
+        out,
+        "kiln-a kiln-b lo \n10.88.0.9\tbox\nnameserver 10.88.0.1\n"
+    );
+    // A missing namespace is a setup error naming it.
+    let layer = Layer::new()?;
+    let mut spec = sh(&layer, busybox(), "true");
+    spec.network = Network::Join {
+        netns: "/run/netns/kiln-no-such-ns".into(),
+        hosts: String::new(),
+        resolv_conf: String::new(),
+    };
+    let (code, _, err) = run_spec(spec)?;
+    ensure_eq!(code, 125);
+    ensure!(
+        err.starts_with("kiln: /run/netns/kiln-no-such-ns: "),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn run_signals_to_init_reach_pid_1() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let layer = Layer::new()?;
+    let spec = sh(
+        &layer,
+        busybox(),
+        "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+    );
+    let exe = std::env::current_exe()?;
+    let mut child = executor::sandbox::command(&exe, &executor::spec::InitSpec::Run(spec))?
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    ensure_eq!(line, "ready\n");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    let status = child.wait()?;
+    line.clear();
+    out.read_line(&mut line)?;
+    ensure_eq!(line, "got-term\n");
+    ensure_eq!(status.code(), Some(7));
     Ok(())
 }

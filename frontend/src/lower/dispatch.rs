@@ -1,20 +1,17 @@
 //! Per-instruction lowering: what each Dockerfile instruction does to the stage state.
 
 use super::values::{
-    clean_path, go_quote_list, is_git, is_url, looks_like_image, parse_port_spec, resolve_dest,
-    set_env, valid_chmod, valid_signal,
+    clean_path, go_quote_list, looks_like_image, parse_port_spec, set_env, valid_signal,
 };
 use super::{
     ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, platform_arg, step_prefix,
 };
 use crate::error::{Error, ErrorKind, suggest};
-use crate::instructions::{
-    ArgDef, CmdLine, Command, CopyInstr, Instruction, KeyValue, RunInstr, Stage,
-};
+use crate::instructions::{ArgDef, CmdLine, Command, Instruction, KeyValue, RunInstr, Stage};
 use crate::mounts;
-use cache::oci::{Digest, Empty};
+use cache::oci::Empty;
 use solver::graph::{
-    CopyAction, CopySource, ExecOp, FileAction, FileOp, HistoryStep, NetworkMode, Op, Span,
+    CopySource, ExecOp, FileAction, FileOp, HistoryStep, InlineFile, NetworkMode, NodeId, Op, Span,
 };
 use std::collections::BTreeSet;
 
@@ -113,12 +110,13 @@ impl Lowerer<'_> {
                         }
                     }
                 }
-                let shown: Vec<String> = all.iter().map(|p| format!("{p}:{{}}")).collect();
+                let shown: Vec<String> = all.iter().cloned().collect();
                 for p in all {
                     st.config.config.exposed_ports.insert(p, Empty {});
                 }
-                // BuildKit prints the Go map: `EXPOSE map[80/tcp:{}]`.
-                st.meta(format!("EXPOSE map[{}]", shown.join(" ")));
+                // Current BuildKit prints the port list (`EXPOSE [1234/udp 2375/tcp]`, sorted
+                // in its testExportedHistory); older versions printed a Go map.
+                st.meta(format!("EXPOSE [{}]", shown.join(" ")));
             }
             Command::Volume(vols) => {
                 let mut list = Vec::new();
@@ -208,7 +206,8 @@ impl Lowerer<'_> {
                         .rev()
                         .find(|a| a.name == name)
                         .and_then(|a| a.value.clone())
-                        .or_else(|| platform_arg(&name, &self.opts.platform)),
+                        .or_else(|| platform_arg(&name, &self.opts.platform))
+                        .or_else(|| self.target_stage_arg(&name)),
                 },
             };
             if !PROXY_ARGS.contains(&name.as_str()) {
@@ -217,8 +216,12 @@ impl Lowerer<'_> {
                     None => name.clone(),
                 });
             }
-            st.args.retain(|a| a.name != name);
-            st.args.push(ArgValue { name, value });
+            // A re-declared ARG keeps its place (BuildKit's history: `ARG foo=bar`, `ARG
+            // bar=123`, `ARG foo=bar2` give `RUN |2 foo=bar2 bar=123 ...`).
+            match st.args.iter_mut().find(|a| a.name == name) {
+                Some(a) => a.value = value,
+                None => st.args.push(ArgValue { name, value }),
+            }
         }
         if !shown.is_empty() {
             st.meta(format!("ARG {}", shown.join(" ")));
@@ -240,15 +243,34 @@ impl Lowerer<'_> {
     fn run(&mut self, st: &mut StageCtx, instr: &Instruction, run: &RunInstr) -> Result<(), Error> {
         let span = instr.span;
         let mut args = run.cmd.args.clone();
+        let mut script_mount = None;
         if !run.cmd.heredocs.is_empty() {
-            // BuildKit: a lone `<<EOF` runs the body (a file when it starts with `#!`, else
-            // as the shell's command string); otherwise the heredocs are appended for the
-            // shell to handle.
+            // BuildKit: a lone `<<EOF` runs the body; one that starts with `#!` is written to
+            // a 0755 file `EOF` in a read-only mount at /dev/pipes/ and the command becomes
+            // that file's path (still wrapped in the shell for the shell form, as BuildKit
+            // does: `/bin/sh -c /dev/pipes/EOF` execs it, and the kernel honours the `#!`);
+            // any other lone heredoc is the shell's command string. Otherwise the heredocs
+            // are appended for the shell to handle. Neither body is expanded by kiln.
             let first = args.first().cloned().unwrap_or_default();
             let lone = crate::ast::parse_heredoc(&first).ok().flatten();
             args = match lone {
                 Some(_) if run.cmd.heredocs.len() == 1 => {
-                    vec![run.cmd.heredocs[0].chomped_content()]
+                    let doc = &run.cmd.heredocs[0];
+                    let body = doc.chomped_content();
+                    if doc.content.starts_with("#!") {
+                        let n = self.inline_script(st, instr, &doc.name, body);
+                        script_mount = Some(solver::graph::Mount {
+                            target: "/dev/pipes".to_owned(),
+                            kind: solver::graph::MountKind::Bind {
+                                from: CopySource::Node(n),
+                                source: "/".to_owned(),
+                            },
+                            readonly: true,
+                        });
+                        vec![format!("/dev/pipes/{}", doc.name)]
+                    } else {
+                        vec![body]
+                    }
                 }
                 _ => {
                     let mut full = first;
@@ -303,16 +325,35 @@ impl Lowerer<'_> {
             }
         }
         let mut mounts_out = Vec::new();
+        let mut ssh_count = 0;
         for m in &run.mounts {
+            // BuildKit expands the other mount options but not `from`.
+            for field in m.value.split(',') {
+                if let Some((k, _)) = field.split_once('=')
+                    && k.trim().eq_ignore_ascii_case("from")
+                {
+                    self.no_expansion(field, m.span, "mount").map_err(|e| {
+                        self.err(e.with_hint("define an alias stage (FROM ... AS name) instead"))
+                    })?;
+                }
+            }
             let spec = self.x(st, &m.value, m.span)?;
-            let parsed = mounts::parse_mount(&spec, &st.cwd())
+            let mut parsed = mounts::parse_mount(&spec, &st.cwd())
                 .map_err(|e| self.err(Error::new(e, Some(m.span))))?;
+            // BuildKit numbers default ssh targets: /run/buildkit/ssh_agent.0, .1, ...
+            if parsed.kind == mounts::MountType::Ssh {
+                if parsed.target == mounts::SSH_DEFAULT_TARGET {
+                    parsed.target = format!("/run/buildkit/ssh_agent.{ssh_count}");
+                }
+                ssh_count += 1;
+            }
             let from = match &parsed.from {
                 Some(f) => Some(self.resolve_from(st, f, m.span, "RUN --mount")?),
                 None => None,
             };
             mounts_out.push(parsed.into_mount(from));
         }
+        mounts_out.extend(script_mount);
         // Exec env: image ENV, then the ARGs in scope that ENV does not shadow (BuildKit:
         // ENV wins over ARG); proxies go apart so they stay out of the cache key.
         let mut env = st.config.config.env.clone();
@@ -357,7 +398,7 @@ impl Lowerer<'_> {
                 root: st.node,
                 args: shown_args.clone(),
                 env,
-                proxy_env,
+                proxy_env: both_spellings(&proxy_env),
                 cwd: st.cwd(),
                 user: st.config.config.user.clone(),
                 network,
@@ -381,8 +422,61 @@ impl Lowerer<'_> {
         Ok(())
     }
 
+    /// The node holding a `RUN <<EOF` script that starts with `#!`: `/<name>`, mode 0755, on
+    /// scratch (BuildKit's "preparing inline document"), mounted by the RUN at /dev/pipes/.
+    fn inline_script(
+        &mut self,
+        st: &StageCtx,
+        instr: &Instruction,
+        name: &str,
+        body: String,
+    ) -> NodeId {
+        let root = self.scratch_node();
+        let label = match &st.label {
+            Some(l) => format!("[{l} internal]"),
+            None => "[internal]".to_owned(),
+        };
+        self.push(
+            Op::File(FileOp {
+                root,
+                actions: vec![FileAction::Inline(InlineFile {
+                    name: name.to_owned(),
+                    data: body.into_bytes(),
+                    dest: "/".to_owned(),
+                    chown: None,
+                    chmod: Some("0755".to_owned()),
+                    link: false,
+                    instruction: "RUN",
+                })],
+            }),
+            format!(
+                "{label} preparing inline document for line {}",
+                instr.span.line
+            ),
+            Some(instr.span),
+            instr.original.clone(),
+        )
+    }
+
+    /// Fails when word expansion would change `value` (BuildKit compares the word before and
+    /// after expanding it with no variables set).
+    pub(super) fn no_expansion(&self, value: &str, span: Span, flag: &str) -> Result<(), Error> {
+        let expanded = self.lex.process_word(value, &|_: &str| None);
+        if expanded.as_deref() == Ok(value) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::BadFlagValue {
+                flag: flag.to_owned(),
+                value: value.to_owned(),
+                reason: "variable expansion is not supported here".to_owned(),
+            },
+            Some(span),
+        ))
+    }
+
     /// Resolves `--from` / `from=`: a stage name, a stage index, or an image.
-    fn resolve_from(
+    pub(super) fn resolve_from(
         &mut self,
         st: &StageCtx,
         from: &str,
@@ -408,6 +502,18 @@ impl Lowerer<'_> {
         instr: &str,
     ) -> Result<FromRef, Error> {
         if let Some(i) = self.find_stage(from) {
+            // BuildKit: "cannot copy from stage X, it needs to be defined before current stage".
+            if i >= st.index {
+                return Err(self.err(
+                    Error::new(
+                        ErrorKind::StageNotYetDefined {
+                            name: from.to_ascii_lowercase(),
+                        },
+                        Some(span),
+                    )
+                    .with_hint("move that stage above this one: only earlier stages can be read"),
+                ));
+            }
             return Ok(FromRef::Stage(i));
         }
         if let Ok(index) = from.parse::<usize>() {
@@ -468,167 +574,47 @@ impl Lowerer<'_> {
         }
         s
     }
+}
 
-    fn copy(&mut self, st: &mut StageCtx, instr: &Instruction, c: &CopyInstr) -> Result<(), Error> {
-        let span = instr.span;
-        let kw = if c.add { "ADD" } else { "COPY" };
-        if !c.inline.is_empty() && !self.lenient {
-            return Err(self.err(
-                Error::new(
-                    ErrorKind::HeredocNotAllowed {
-                        instruction: kw.into(),
-                        what: "a source (inline files are not supported yet)".into(),
-                    },
-                    Some(span),
-                )
-                .with_hint("put the content in a file in the build context"),
-            ));
-        }
-        let mut sources = Vec::new();
-        for s in &c.sources {
-            sources.push(self.x(st, &s.value, s.span)?);
-        }
-        let dest_raw = self.x(st, &c.dest.value, c.dest.span)?;
-        let dest = resolve_dest(&dest_raw, &st.cwd());
-        let from = match &c.from {
-            Some(f) => {
-                let v = self.x(st, &f.value, f.span)?;
-                Some(self.resolve_from(st, &v, f.span, if c.add { "ADD" } else { "COPY" })?)
-            }
-            None => None,
-        };
-        let chown = match &c.chown {
-            Some(f) => Some(self.x(st, &f.value, f.span)?),
-            None => None,
-        };
-        let chmod = match &c.chmod {
-            Some(f) => {
-                let v = self.x(st, &f.value, f.span)?;
-                if !valid_chmod(&v) {
-                    return Err(self.err(Error::new(
-                        ErrorKind::BadFlagValue {
-                            flag: "chmod".into(),
-                            value: v,
-                            reason: "expected octal like 0755 or symbolic like u+x".into(),
-                        },
-                        Some(f.span),
-                    )));
-                }
-                Some(v)
-            }
-            None => None,
-        };
-        let mut exclude = Vec::new();
-        for e in &c.exclude {
-            exclude.push(self.x(st, &e.value, e.span)?);
-        }
-        let checksum = match &c.checksum {
-            Some(f) => {
-                let v = self.x(st, &f.value, f.span)?;
-                Some(v.parse::<Digest>().map_err(|_| {
-                    self.err(Error::new(
-                        ErrorKind::BadFlagValue {
-                            flag: "checksum".into(),
-                            value: v.clone(),
-                            reason: "expected sha256:<64 hex digits>".into(),
-                        },
-                        Some(f.span),
-                    ))
-                })?)
-            }
-            None => None,
-        };
-        let base = CopyAction {
-            from: from.clone().unwrap_or(CopySource::Context),
-            sources: Vec::new(),
-            dest: dest.clone(),
-            chown,
-            chmod,
-            exclude,
-            parents: c.parents,
-            link: c.link,
-            unpack_archives: false,
-            instruction: if c.add { "ADD" } else { "COPY" },
-        };
-        let mut actions = Vec::new();
-        let mut local = Vec::new();
-        for s in &sources {
-            if c.add && is_url(s) {
-                if is_git(s) && !self.lenient {
-                    return Err(self.err(Error::new(
-                        ErrorKind::BadFlagValue {
-                            flag: "source".into(),
-                            value: s.clone(),
-                            reason: "ADD of a git repository is not supported".into(),
-                        },
-                        Some(span),
-                    )));
-                }
-                actions.push(FileAction::Copy(CopyAction {
-                    from: CopySource::Url {
-                        url: s.clone(),
-                        checksum: checksum.clone(),
-                    },
-                    sources: vec![s.clone()],
-                    // BuildKit extracts remote archives only with --unpack=true.
-                    unpack_archives: c.unpack == Some(true),
-                    ..base.clone()
-                }));
-            } else {
-                local.push(s.clone());
-            }
-        }
-        if checksum.is_some() && actions.is_empty() {
-            return Err(self.err(Error::new(
-                ErrorKind::BadFlagValue {
-                    flag: "checksum".into(),
-                    value: c
-                        .checksum
-                        .as_ref()
-                        .map(|f| f.value.clone())
-                        .unwrap_or_default(),
-                    reason: "only valid for http(s) sources".into(),
-                },
-                c.checksum.as_ref().map(|f| f.span),
-            )));
-        }
-        if !local.is_empty() {
-            actions.push(FileAction::Copy(CopyAction {
-                sources: local,
-                // ADD extracts local archives (detected by content) unless --unpack=false;
-                // COPY never does.
-                unpack_archives: c.add && c.unpack != Some(false),
-                ..base
-            }));
-        }
-        st.step += 1;
-        let name = format!(
-            "{} {}",
-            step_prefix(&st.label, st.step, st.total),
-            instr.original
-        );
-        let n = self.push(
-            Op::File(FileOp {
-                root: st.node,
-                actions,
-            }),
-            name,
-            Some(span),
-            instr.original.clone(),
-        );
-        st.node = n;
-        let mut created = kw.to_owned();
-        for s in &sources {
-            created.push(' ');
-            created.push_str(s);
-        }
-        created.push(' ');
-        created.push_str(&dest_raw);
-        created.push_str(" # buildkit");
-        st.history.push(HistoryStep {
-            created_by: created,
-            layer: Some(n),
+/// BuildKit hands each proxy to RUN in both spellings (`HTTP_PROXY` and `http_proxy`),
+/// whichever one was given (its `proxyEnvFromBuildArgs` matches names case-insensitively).
+fn both_spellings(given: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for upper in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ] {
+        let value = given.iter().find_map(|e| {
+            e.split_once('=')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(upper))
+                .map(|(_, v)| v.to_owned())
         });
-        Ok(())
+        if let Some(v) = value {
+            out.push(format!("{upper}={v}"));
+            out.push(format!("{}={v}", upper.to_ascii_lowercase()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::both_spellings;
+
+    #[test]
+    fn proxies_reach_run_in_both_spellings() {
+        let got = both_spellings(&["http_proxy=hp".into(), "NO_PROXY=np".into()]);
+        assert_eq!(
+            got,
+            [
+                "HTTP_PROXY=hp",
+                "http_proxy=hp",
+                "NO_PROXY=np",
+                "no_proxy=np"
+            ]
+        );
     }
 }

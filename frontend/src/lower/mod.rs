@@ -15,6 +15,7 @@ use cache::oci::{Digest, ImageConfig, Platform};
 use solver::graph::{BuildGraph, HistoryStep, ImageTemplate, Node, NodeId, Op, SourceOp, Span};
 use std::collections::BTreeMap;
 
+mod copy;
 mod dispatch;
 mod values;
 
@@ -110,6 +111,9 @@ pub(crate) struct Lowerer<'a> {
     pub(crate) lenient: bool,
     /// Base names that expanded to nothing in lenient mode.
     pub(crate) blank_bases: Vec<(String, Span)>,
+    /// With `bases`: an image missing from them gets a placeholder instead of an error (to
+    /// find the images that the known ones' ONBUILD triggers add).
+    pub(crate) placeholders: bool,
 }
 
 impl<'a> Lowerer<'a> {
@@ -133,6 +137,7 @@ impl<'a> Lowerer<'a> {
             unmatched_from_args: Vec::new(),
             lenient: false,
             blank_bases: Vec::new(),
+            placeholders: false,
         };
         l.eval_meta_args()?;
         Ok(l)
@@ -153,11 +158,13 @@ impl<'a> Lowerer<'a> {
             for d in defs {
                 let (name, value) = {
                     let env = |k: &str| self.meta_lookup(k);
-                    let name = expand(&self.lex, &d.name, &env, d.span)?;
+                    let name = expand(&self.lex, &d.name, &env, d.span).map_err(|e| self.err(e))?;
                     let value = match self.opts.build_args.get(&name) {
                         Some(v) => Some(v.clone()),
                         None => match &d.default {
-                            Some(def) => Some(expand(&self.lex, def, &env, d.span)?),
+                            Some(def) => Some(
+                                expand(&self.lex, def, &env, d.span).map_err(|e| self.err(e))?,
+                            ),
                             None => None,
                         },
                     };
@@ -175,6 +182,21 @@ impl<'a> Lowerer<'a> {
             return a.value.clone();
         }
         platform_arg(k, &self.opts.platform)
+    }
+
+    /// `ARG TARGETSTAGE`: the target stage's name, or `default` when it has none (BuildKit's
+    /// testTargetStageNameArg).
+    pub(super) fn target_stage_arg(&self, name: &str) -> Option<String> {
+        if name != "TARGETSTAGE" {
+            return None;
+        }
+        let i = self.target_index().ok()?;
+        Some(
+            self.df.stages[i]
+                .name
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+        )
     }
 
     /// The index of the target stage.
@@ -280,6 +302,10 @@ impl<'a> Lowerer<'a> {
             Some(bases) => {
                 match bases.get(reference) {
                     Some(b) => (b.manifest.clone(), b.config.clone()),
+                    None if self.placeholders => (
+                        Digest::of(reference.as_bytes()),
+                        ImageConfig::empty(&self.opts.platform),
+                    ),
                     None => {
                         let e = match flag {
                         // A `--from` that is neither a stage nor an image the store has.
@@ -460,7 +486,12 @@ impl<'a> Lowerer<'a> {
             args: Vec::new(),
             cmd_set: false,
         };
-        for instr in parsed_triggers.iter().chain(stage.instructions.iter()) {
+        for instr in &parsed_triggers {
+            // Spans inside a trigger are positions in its text: report the FROM line.
+            self.dispatch(stage, &mut st, instr)
+                .map_err(|e| self.err(e.relocated(stage.span)))?;
+        }
+        for instr in &stage.instructions {
             self.dispatch(stage, &mut st, instr)?;
         }
         Ok(StageState {
@@ -574,17 +605,19 @@ fn expand(
 
 /// Parses an ONBUILD trigger expression as an instruction at the child's FROM line.
 fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Error> {
-    let src = if escape == '\\' {
-        expr.to_owned()
+    let directive = if escape == '\\' {
+        String::new()
     } else {
-        format!("# escape={escape}\n{expr}")
+        format!("# escape={escape}\n")
     };
-    let src = format!("{src}\n");
+    let src = format!("{directive}{expr}\n");
     let tree = crate::ast::parse_ast(&src).map_err(|e| Error::new(e.kind().clone(), Some(at)))?;
-    let Some(node) = tree.nodes.into_iter().next() else {
+    if tree.nodes.is_empty() {
         return Err(Error::new(ErrorKind::NoInstructions, Some(at)));
-    };
-    let fake = format!("FROM scratch\n{}", node.original);
+    }
+    // The whole expression, heredoc bodies included (`ONBUILD RUN <<EOF` stores them), parsed
+    // as the one instruction of a stage.
+    let fake = format!("{directive}FROM scratch\n{expr}\n");
     let df = crate::instructions::from_ast(crate::ast::parse_ast(&fake)?, &fake)
         .map_err(|e| Error::new(e.kind().clone(), Some(at)))?;
     let mut instr = df.stages[0]
@@ -592,9 +625,6 @@ fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Erro
         .first()
         .cloned()
         .ok_or_else(|| Error::new(ErrorKind::NoInstructions, Some(at)))?;
-    if let Command::Run(r) = &mut instr.command {
-        r.cmd.heredocs = node.heredocs;
-    }
     instr.span = at;
     instr.end_line = at.line;
     Ok(instr)
@@ -605,11 +635,77 @@ fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Erro
 pub(crate) type Collected = (Vec<BaseImageRef>, Vec<(String, Span)>);
 
 pub(crate) fn collect_bases(df: &Dockerfile, opts: &BuildOptions) -> Result<Collected, Error> {
-    let l = Lowerer::new(df, opts, None)?;
-    let mut l = l;
+    collect_bases_with(df, opts, None)
+}
+
+/// [`collect_bases`] with the configs of the images known so far, so that their ONBUILD
+/// triggers (`ONBUILD COPY --from=<image>`) are followed too.
+pub(crate) fn collect_bases_with(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    known: Option<&BTreeMap<String, BaseImage>>,
+) -> Result<Collected, Error> {
+    let mut l = Lowerer::new(df, opts, known)?;
+    l.placeholders = true;
     let target = l.target_index()?;
     l.stage(target)?;
     let mut refs = l.collected;
     refs.sort_by_key(|r| (r.span.line, r.span.column));
     Ok((refs, l.unmatched_from_args))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{BaseImage, BuildOptions};
+    use cache::oci::{Digest, ImageConfig, Platform};
+    use std::collections::BTreeMap;
+
+    fn opts() -> BuildOptions {
+        BuildOptions::new(Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        })
+    }
+
+    fn with_triggers(triggers: &[&str]) -> BTreeMap<String, BaseImage> {
+        let mut config = ImageConfig::empty(&opts().platform);
+        config.config.on_build = triggers.iter().map(|t| (*t).to_owned()).collect();
+        BTreeMap::from([(
+            "parent:1".to_owned(),
+            BaseImage {
+                manifest: Digest::of(b"parent"),
+                config,
+            },
+        )])
+    }
+
+    #[test]
+    fn images_named_by_a_base_images_triggers_are_needed_too() {
+        let df = crate::parse("FROM busybox AS b\nFROM parent:1\nRUN true\n").expect("parses");
+        let first: Vec<String> = crate::base_images(&df, &opts())
+            .expect("bases")
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        assert_eq!(first, ["parent:1"]);
+        let known = with_triggers(&["COPY --from=other:2 /a /b", "RUN echo"]);
+        let all: Vec<String> = crate::base_images_with(&df, &opts(), &known)
+            .expect("bases")
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        assert_eq!(all, ["parent:1", "other:2"]);
+    }
+
+    #[test]
+    fn a_failing_trigger_is_reported_at_the_from_line_that_fired_it() {
+        let src = "ARG X=1\n\nFROM parent:1\nRUN true\n";
+        let df = crate::parse(src).expect("parses");
+        let known = with_triggers(&["RUN --network=bogus true"]);
+        let e = crate::lower(&df, &opts(), &known).expect_err("bad trigger");
+        assert_eq!(e.span().map(|s| s.line), Some(3), "{e}");
+        assert!(e.to_string().contains("FROM parent:1"), "{e}");
+    }
 }

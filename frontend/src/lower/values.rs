@@ -49,15 +49,6 @@ pub(super) fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 
-pub(super) fn is_git(s: &str) -> bool {
-    s.starts_with("git@")
-        || s.starts_with("git://")
-        || (is_url(s)
-            && s.split(['?', '#'])
-                .next()
-                .is_some_and(|p| p.ends_with(".git")))
-}
-
 pub(super) fn looks_like_image(s: &str) -> bool {
     !s.is_empty()
         && s.chars()

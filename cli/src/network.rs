@@ -1,0 +1,98 @@
+//! `kiln network create|ls|rm`: user-defined bridge networks.
+//!
+//! A user network is a definition in the host-wide lease store (`/run/kiln/networks/NAME/`):
+//! its bridge (`kiln-<hash>`, created on first attach) and subnet. Containers on the same user
+//! network find each other by name through /etc/hosts (see `netrun::refresh_hosts`).
+
+use anyhow::Context as _;
+use std::io::Write as _;
+
+/// `kiln network` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Define a user network.
+    Create {
+        /// Subnet in CIDR form (default: the first free /24 of 10.90.0.0/16).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Network name.
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove user networks (fails while containers are attached).
+    #[command(alias = "remove")]
+    Rm {
+        /// Network names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Runs a network subcommand.
+pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        Cmd::Create { subnet, name } => {
+            let subnet = subnet
+                .as_deref()
+                .map(|s| {
+                    s.parse::<executor::net::Subnet>()
+                        .with_context(|| format!("--subnet {s}"))
+                })
+                .transpose()?;
+            let ipam = executor::net::Ipam::open(crate::netrun::STATE_DIR)?;
+            let config = ipam
+                .define_network(&name, subnet)
+                .with_context(|| format!("creating network {name}"))?;
+            writeln!(out, "{}", config.name)?;
+        }
+        Cmd::Ls => {
+            let ipam = executor::net::Ipam::open(crate::netrun::STATE_DIR)?;
+            writeln!(
+                out,
+                "{:<20} {:<16} {:<18} {:<15} CONTAINERS",
+                "NAME", "BRIDGE", "SUBNET", "GATEWAY"
+            )?;
+            for n in ipam.networks()? {
+                let count = ipam
+                    .leases(&n.name)?
+                    .iter()
+                    .filter(|l| !l.container.starts_with("pool-"))
+                    .count();
+                writeln!(
+                    out,
+                    "{:<20} {:<16} {:<18} {:<15} {count}",
+                    n.name,
+                    n.bridge,
+                    n.subnet.to_string(),
+                    n.gateway.to_string()
+                )?;
+            }
+        }
+        Cmd::Rm { names } => {
+            let mut nets = executor::net::Networks::open(crate::netrun::STATE_DIR)?;
+            for n in &names {
+                anyhow::ensure!(
+                    n != executor::net::ipam::DEFAULT_NETWORK,
+                    "the default network {n} cannot be removed"
+                );
+                let leases = nets.ipam().leases(n)?;
+                if !leases.is_empty() {
+                    let who: Vec<&str> = leases.iter().map(|l| l.container.as_str()).collect();
+                    anyhow::bail!(
+                        "network {n} is in use by {} container(s): {}\nhint: remove them first (kiln rm -f {})",
+                        who.len(),
+                        who.join(", "),
+                        who.join(" ")
+                    );
+                }
+                nets.remove_network(n)
+                    .with_context(|| format!("removing network {n}"))?;
+                writeln!(out, "{n}")?;
+            }
+        }
+    }
+    Ok(())
+}

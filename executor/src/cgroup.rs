@@ -1,0 +1,491 @@
+//! Resource limits of containers (`--memory`, `--cpus`, `--pids-limit`) through cgroups, v1
+//! or v2.
+//!
+//! [`Hierarchy::parse`] reads `/proc/self/mountinfo` text and finds where the controllers are:
+//! on a hybrid host (v1 controllers under `/sys/fs/cgroup/<controller>` plus an empty unified
+//! hierarchy, as on this project's machines) the v1 controllers win, because the v2 tree has
+//! none of them; on a pure v2 host the unified tree is used. [`plan`] turns limits into the
+//! directories to create and the files to write (pure, tested without root); [`Cgroup::create`]
+//! executes it. A container joins with [`join`] (its pid into every `cgroup.procs`), done by
+//! the sandbox process itself before it forks, so nothing escapes the limits.
+//!
+//! Layout: `<controller mount>/kiln/<container id>` on v1 (one directory per controller that a
+//! limit needs), `<unified mount>/kiln/<container id>` on v2 (with `+memory +cpu +pids` enabled
+//! in the `subtree_control` of the root and of `kiln`). A container without limits gets no
+//! cgroup at all, which keeps `kiln run` from paying for one.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors from cgroup setup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// A cgroup file or directory could not be used.
+    #[error("cgroup {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// No hierarchy offers a controller a limit needs.
+    #[error("no cgroup hierarchy with the {controller} controller is mounted")]
+    MissingController {
+        /// `memory`, `cpu` or `pids`.
+        controller: &'static str,
+    },
+}
+
+type Result<T> = std::result::Result<T, CgroupError>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a container may use. `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory in bytes (`--memory`).
+    pub memory: Option<u64>,
+    /// CPU time in thousandths of a CPU (`--cpus 1.5` is 1500).
+    pub millicpus: Option<u64>,
+    /// Number of processes and threads (`--pids-limit`).
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// True when nothing is limited (no cgroup is needed).
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    fn controllers(&self) -> Vec<&'static str> {
+        let mut c = Vec::new();
+        if self.memory.is_some() {
+            c.push("memory");
+        }
+        if self.millicpus.is_some() {
+            c.push("cpu");
+        }
+        if self.pids.is_some() {
+            c.push("pids");
+        }
+        c
+    }
+}
+
+/// The CFS period kiln uses, as docker does (100 ms).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Where the controllers live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// cgroup v1: controller name to its mount point.
+    V1(BTreeMap<String, PathBuf>),
+    /// cgroup v2: the unified mount point.
+    V2(PathBuf),
+}
+
+impl Hierarchy {
+    /// The hierarchy described by `/proc/self/mountinfo` text: v1 when any of the memory, cpu
+    /// or pids controllers is mounted as v1, else the cgroup2 mount. None when neither exists.
+    pub fn parse(mountinfo: &str) -> Option<Hierarchy> {
+        let mut v1 = BTreeMap::new();
+        let mut v2 = None;
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mount_point) = left.split(' ').nth(4) else {
+                continue;
+            };
+            let mut r = right.split(' ');
+            let (fstype, _source, opts) = (r.next(), r.next(), r.next().unwrap_or(""));
+            match fstype {
+                Some("cgroup") => {
+                    for o in opts.split(',') {
+                        if matches!(o, "memory" | "cpu" | "pids") {
+                            v1.insert(o.to_string(), PathBuf::from(mount_point));
+                        }
+                    }
+                }
+                Some("cgroup2") if v2.is_none() => v2 = Some(PathBuf::from(mount_point)),
+                _ => {}
+            }
+        }
+        if !v1.is_empty() {
+            Some(Hierarchy::V1(v1))
+        } else {
+            v2.map(Hierarchy::V2)
+        }
+    }
+
+    /// The host's hierarchy, from `/proc/self/mountinfo`. None when no cgroup fs is mounted.
+    pub fn host() -> Option<Hierarchy> {
+        Hierarchy::parse(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+    }
+}
+
+/// What [`Cgroup::create`] does: directories to create (in order), then files to write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The container's cgroup directories (what it joins and what removal deletes).
+    pub dirs: Vec<PathBuf>,
+    /// `(file, contents)`, written in order after the directories exist.
+    pub writes: Vec<(PathBuf, String)>,
+}
+
+/// The plan for container `name` with `limits` in hierarchy `h`. Fails when a limit needs a
+/// controller `h` lacks (v1 only: on v2 the kernel reports it when the file is written).
+pub fn plan(h: &Hierarchy, name: &str, limits: &Limits) -> Result<Plan> {
+    let mut p = Plan::default();
+    if limits.is_empty() {
+        return Ok(p);
+    }
+    let mut settings: Vec<(&'static str, &'static str, String)> = Vec::new();
+    if let Some(m) = limits.memory {
+        settings.push((
+            "memory",
+            if matches!(h, Hierarchy::V1(_)) {
+                "memory.limit_in_bytes"
+            } else {
+                "memory.max"
+            },
+            m.to_string(),
+        ));
+    }
+    if let Some(c) = limits.millicpus {
+        let quota = (c * CPU_PERIOD_US / 1000).max(1000);
+        match h {
+            Hierarchy::V1(_) => {
+                settings.push(("cpu", "cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
+                settings.push(("cpu", "cpu.cfs_quota_us", quota.to_string()));
+            }
+            Hierarchy::V2(_) => {
+                settings.push(("cpu", "cpu.max", format!("{quota} {CPU_PERIOD_US}")));
+            }
+        }
+    }
+    if let Some(n) = limits.pids {
+        settings.push(("pids", "pids.max", n.to_string()));
+    }
+    match h {
+        Hierarchy::V1(mounts) => {
+            for controller in limits.controllers() {
+                let mount = mounts
+                    .get(controller)
+                    .ok_or(CgroupError::MissingController { controller })?;
+                let dir = mount.join("kiln").join(name);
+                if !p.dirs.contains(&dir) {
+                    p.dirs.push(dir);
+                }
+            }
+            for (controller, file, value) in settings {
+                let mount = mounts
+                    .get(controller)
+                    .ok_or(CgroupError::MissingController { controller })?;
+                p.writes
+                    .push((mount.join("kiln").join(name).join(file), value));
+            }
+        }
+        Hierarchy::V2(root) => {
+            let enable = limits
+                .controllers()
+                .iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let dir = root.join("kiln").join(name);
+            p.dirs.push(dir.clone());
+            p.writes
+                .push((root.join("cgroup.subtree_control"), enable.clone()));
+            p.writes
+                .push((root.join("kiln").join("cgroup.subtree_control"), enable));
+            for (_, file, value) in settings {
+                p.writes.push((dir.join(file), value));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// A container's cgroup directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    /// Creates the directories of `plan` and writes its limits. Fails when a directory or
+    /// file cannot be written (the directories made so far are removed again).
+    pub fn create(plan: &Plan) -> Result<Cgroup> {
+        let cg = Cgroup {
+            dirs: plan.dirs.clone(),
+        };
+        let done = (|| {
+            for d in &plan.dirs {
+                std::fs::create_dir_all(d).map_err(io_err(d))?;
+            }
+            for (f, v) in &plan.writes {
+                std::fs::write(f, v).map_err(io_err(f))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = done {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// The cgroup of existing directories (from a container's state).
+    pub fn open(dirs: Vec<PathBuf>) -> Cgroup {
+        Cgroup { dirs }
+    }
+
+    /// Its directories.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Removes the directories (missing ones are fine). The kernel refuses while a process is
+    /// still in one; an exited container's processes may take a moment to be released, so
+    /// EBUSY is retried for up to a second. Fails with the last error.
+    pub fn remove(&self) -> Result<()> {
+        let mut result = Ok(());
+        for d in &self.dirs {
+            let mut tries = 0;
+            loop {
+                match std::fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        result = Err(io_err(d)(e));
+                        break;
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Moves process `pid` into every directory of `dirs` (`cgroup.procs`). Its later children
+/// inherit the cgroups.
+pub fn join(dirs: &[PathBuf], pid: u32) -> Result<()> {
+    for d in dirs {
+        let f = d.join("cgroup.procs");
+        std::fs::write(&f, pid.to_string()).map_err(io_err(&f))?;
+    }
+    Ok(())
+}
+
+/// Parses a `--memory` value: bytes, or a number with `b`, `k`, `m`, `g` (powers of 1024).
+pub fn parse_memory(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.chars().last()? {
+        'b' => (&s[..s.len() - 1], 1),
+        'k' => (&s[..s.len() - 1], 1 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s.as_str(), 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Parses a `--cpus` value (`1.5`) into millicpus.
+pub fn parse_cpus(s: &str) -> Option<u64> {
+    let v: f64 = s.trim().parse().ok()?;
+    (v.is_finite() && v > 0.0).then(|| (v * 1000.0).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const UNIFIED: &str = "\
+25 20 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    #[test]
+    fn hybrid_hosts_use_the_v1_controllers() {
+        let Some(Hierarchy::V1(m)) = Hierarchy::parse(HYBRID) else {
+            panic!("expected v1");
+        };
+        assert_eq!(m["cpu"], Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(m["memory"], Path::new("/sys/fs/cgroup/memory"));
+        assert_eq!(m["pids"], Path::new("/sys/fs/cgroup/pids"));
+    }
+
+    #[test]
+    fn pure_v2_hosts_use_the_unified_tree() {
+        assert_eq!(
+            Hierarchy::parse(UNIFIED),
+            Some(Hierarchy::V2("/sys/fs/cgroup".into()))
+        );
+        assert_eq!(
+            Hierarchy::parse("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn v1_plan_writes_each_limit_in_its_controller() {
+        let h = Hierarchy::parse(HYBRID).expect("hierarchy");
+        let limits = Limits {
+            memory: Some(64 << 20),
+            millicpus: Some(1500),
+            pids: Some(20),
+        };
+        let p = plan(&h, "web", &limits).expect("plan");
+        assert_eq!(
+            p.dirs,
+            [
+                PathBuf::from("/sys/fs/cgroup/memory/kiln/web"),
+                "/sys/fs/cgroup/cpu,cpuacct/kiln/web".into(),
+                "/sys/fs/cgroup/pids/kiln/web".into(),
+            ]
+        );
+        let w: Vec<(String, &str)> = p
+            .writes
+            .iter()
+            .map(|(f, v)| (f.display().to_string(), v.as_str()))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                (
+                    "/sys/fs/cgroup/memory/kiln/web/memory.limit_in_bytes".into(),
+                    "67108864"
+                ),
+                (
+                    "/sys/fs/cgroup/cpu,cpuacct/kiln/web/cpu.cfs_period_us".into(),
+                    "100000"
+                ),
+                (
+                    "/sys/fs/cgroup/cpu,cpuacct/kiln/web/cpu.cfs_quota_us".into(),
+                    "150000"
+                ),
+                ("/sys/fs/cgroup/pids/kiln/web/pids.max".into(), "20"),
+            ]
+        );
+    }
+
+    #[test]
+    fn v2_plan_enables_controllers_then_writes_limits() {
+        let h = Hierarchy::V2("/sys/fs/cgroup".into());
+        let limits = Limits {
+            memory: Some(1 << 30),
+            millicpus: Some(500),
+            pids: None,
+        };
+        let p = plan(&h, "db", &limits).expect("plan");
+        assert_eq!(p.dirs, [PathBuf::from("/sys/fs/cgroup/kiln/db")]);
+        let w: Vec<(String, &str)> = p
+            .writes
+            .iter()
+            .map(|(f, v)| (f.display().to_string(), v.as_str()))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                (
+                    "/sys/fs/cgroup/cgroup.subtree_control".into(),
+                    "+memory +cpu"
+                ),
+                (
+                    "/sys/fs/cgroup/kiln/cgroup.subtree_control".into(),
+                    "+memory +cpu"
+                ),
+                ("/sys/fs/cgroup/kiln/db/memory.max".into(), "1073741824"),
+                ("/sys/fs/cgroup/kiln/db/cpu.max".into(), "50000 100000"),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_limits_means_no_cgroup_and_missing_controllers_are_named() {
+        let h = Hierarchy::parse(HYBRID).expect("hierarchy");
+        assert_eq!(
+            plan(&h, "x", &Limits::default()).expect("plan"),
+            Plan::default()
+        );
+        let only_mem = Hierarchy::V1([("memory".to_string(), PathBuf::from("/m"))].into());
+        let e = plan(
+            &only_mem,
+            "x",
+            &Limits {
+                pids: Some(1),
+                ..Limits::default()
+            },
+        )
+        .expect_err("no pids controller");
+        assert_eq!(
+            e.to_string(),
+            "no cgroup hierarchy with the pids controller is mounted"
+        );
+    }
+
+    #[test]
+    fn memory_and_cpu_flags_parse_like_docker() {
+        assert_eq!(parse_memory("64m"), Some(64 << 20));
+        assert_eq!(parse_memory("1G"), Some(1 << 30));
+        assert_eq!(parse_memory("4096"), Some(4096));
+        assert_eq!(parse_memory("12x"), None);
+        assert_eq!(parse_cpus("1.5"), Some(1500));
+        assert_eq!(parse_cpus("0"), None);
+    }
+
+    #[test]
+    fn create_join_and_remove_on_a_plain_directory_tree() {
+        // The real files of a cgroup fs cannot be made elsewhere; a plain directory stands
+        // in to check the order of operations and the cleanup.
+        let t = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy::V1(
+            [
+                ("memory".to_string(), t.path().join("memory")),
+                ("pids".to_string(), t.path().join("pids")),
+            ]
+            .into(),
+        );
+        let limits = Limits {
+            memory: Some(1 << 20),
+            pids: Some(3),
+            ..Limits::default()
+        };
+        let cg = Cgroup::create(&plan(&h, "c1", &limits).expect("plan")).expect("create");
+        let mem = t.path().join("memory/kiln/c1/memory.limit_in_bytes");
+        assert_eq!(std::fs::read_to_string(mem).expect("limit"), "1048576");
+        join(cg.dirs(), 42).expect("join");
+        let procs = t.path().join("pids/kiln/c1/cgroup.procs");
+        assert_eq!(std::fs::read_to_string(&procs).expect("procs"), "42");
+        // A cgroup fs directory is empty to rmdir; here the files must go first.
+        for d in cg.dirs() {
+            for e in std::fs::read_dir(d).expect("dir").flatten() {
+                std::fs::remove_file(e.path()).expect("rm");
+            }
+        }
+        cg.remove().expect("remove");
+        assert!(!t.path().join("pids/kiln/c1").exists());
+        cg.remove().expect("removing twice is fine");
+    }
+}

@@ -1,0 +1,249 @@
+//! Container lifecycle beyond networking: graceful stop, cgroup limits.
+
+use crate::harness::{TestDir, privileged, text};
+use anyhow::{Context as _, ensure};
+use std::time::{Duration, Instant};
+
+fn name(tag: &str) -> String {
+    format!("it-{tag}-{}", std::process::id())
+}
+
+fn inspect(t: &TestDir, name: &str) -> anyhow::Result<serde_json::Value> {
+    let out = t.ok(&["inspect", name])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v.get(0).cloned().context("inspect gives an array")
+}
+
+/// Waits until the container's log holds `needle` (its trap is installed).
+fn wait_log(t: &TestDir, n: &str, needle: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = t.ok(&["logs", n])?;
+        if String::from_utf8_lossy(&out.stdout).contains(needle) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "no {needle:?} in the log of {n}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stop_sends_term_to_pid_1_and_kills_after_the_timeout() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let (graceful, stubborn) = (name("graceful"), name("stubborn"));
+    for (n, trap) in [(&graceful, "exit 7"), (&stubborn, "")] {
+        let script = format!("trap '{trap}' TERM; echo ready; while true; do sleep 0.1; done");
+        t.ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            n,
+            "busybox",
+            "sh",
+            "-c",
+            &script,
+        ])?;
+        wait_log(&t, n, "ready")?;
+    }
+
+    let started = Instant::now();
+    t.ok(&["stop", "-t", "10", &graceful])?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "a trapped TERM took {:?}",
+        started.elapsed()
+    );
+    let c = inspect(&t, &graceful)?;
+    ensure!(
+        c["State"]["Status"] == "exited" && c["State"]["ExitCode"] == 7,
+        "the trap's exit code is lost: {c}"
+    );
+
+    let started = Instant::now();
+    t.ok(&["stop", "-t", "1", &stubborn])?;
+    let took = started.elapsed();
+    ensure!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "an ignored TERM was killed after {took:?}, not after -t 1"
+    );
+    let c = inspect(&t, &stubborn)?;
+    ensure!(c["State"]["ExitCode"] == 137, "{c}");
+    t.ok(&["rm", &graceful, &stubborn])?;
+
+    // The image's STOPSIGNAL replaces TERM.
+    t.write("Dockerfile", "FROM busybox\nSTOPSIGNAL SIGUSR1\n");
+    t.build("usr1:1", &[])?;
+    let n = name("usr1");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "usr1:1",
+        "sh",
+        "-c",
+        "trap 'exit 9' USR1; trap '' TERM; echo ready; while true; do sleep 0.1; done",
+    ])?;
+    wait_log(&t, &n, "ready")?;
+    t.ok(&["stop", "-t", "10", &n])?;
+    let c = inspect(&t, &n)?;
+    ensure!(
+        c["State"]["ExitCode"] == 9 && c["Config"]["StopSignal"] == "SIGUSR1",
+        "STOPSIGNAL not used: {c}"
+    );
+    t.ok(&["rm", &n])?;
+    Ok(())
+}
+
+#[test]
+fn pids_limit_stops_forks_and_memory_limit_is_in_the_cgroup() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let out = t.kiln(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--pids-limit",
+        "5",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait",
+    ]);
+    ensure!(
+        text(&out).contains("can't fork"),
+        "forks were not limited: {}",
+        text(&out)
+    );
+
+    let n = name("limits");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        "busybox",
+        "sleep",
+        "1000",
+    ])?;
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        t.root.join("containers").join(&n).join("state.json"),
+    )?)?;
+    let dirs: Vec<std::path::PathBuf> = state["cgroups"]
+        .as_array()
+        .context("cgroups in state.json")?
+        .iter()
+        .filter_map(|d| d.as_str().map(Into::into))
+        .collect();
+    ensure!(!dirs.is_empty(), "no cgroup: {state}");
+    let read = |f: &str| {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(f)).ok())
+            .map(|s| s.trim().to_owned())
+    };
+    let memory = read("memory.limit_in_bytes").or_else(|| read("memory.max"));
+    ensure!(
+        memory.as_deref() == Some("67108864"),
+        "memory limit {memory:?}"
+    );
+    let cpu = read("cpu.cfs_quota_us").or_else(|| read("cpu.max"));
+    ensure!(
+        cpu.as_deref().is_some_and(|c| c.starts_with("50000")),
+        "cpu {cpu:?}"
+    );
+    let pid = inspect(&t, &n)?["State"]["Pid"].as_i64().context("Pid")?;
+    let procs = read("cgroup.procs").unwrap_or_default();
+    ensure!(
+        procs.lines().any(|p| p == pid.to_string()),
+        "pid {pid} not in the cgroup: {procs}"
+    );
+    t.ok(&["rm", "-f", &n])?;
+    for d in &dirs {
+        ensure!(!d.exists(), "{} left after rm", d.display());
+    }
+    Ok(())
+}
+
+/// Runs `kiln ARGS` on a fresh pty (`script` from bsdutils is the harness's terminal).
+fn on_a_terminal(t: &TestDir, args: &str) -> anyhow::Result<std::process::Output> {
+    let line = format!("{} {args}", crate::harness::kiln_bin().display());
+    Ok(std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("KILN_ROOT", &t.root)
+        .stdin(std::process::Stdio::null())
+        .output()?)
+}
+
+#[test]
+fn run_and_exec_with_t_get_a_terminal_of_the_container() -> anyhow::Result<()> {
+    if !privileged(&["script"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let out = on_a_terminal(
+        &t,
+        "run --rm -it --network none busybox sh -c 'tty; exit 3'",
+    )?;
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        s.contains("/dev/pts/0"),
+        "no terminal in the container: {}",
+        text(&out)
+    );
+    ensure!(
+        out.status.code() == Some(3),
+        "exit code lost: {}",
+        text(&out)
+    );
+    // Without -t the same command has no terminal.
+    let out = t.kiln(&["run", "--rm", "--network", "none", "busybox", "tty"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("not a tty"),
+        "{}",
+        text(&out)
+    );
+    let n = name("tty");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sleep",
+        "1000",
+    ])?;
+    let out = on_a_terminal(&t, &format!("exec -it {n} sh -c 'tty; exit 5'"))?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("/dev/pts/"),
+        "exec -t: {}",
+        text(&out)
+    );
+    ensure!(
+        out.status.code() == Some(5),
+        "exec exit code lost: {}",
+        text(&out)
+    );
+    t.ok(&["rm", "-f", &n])?;
+    Ok(())
+}
