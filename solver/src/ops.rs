@@ -650,7 +650,7 @@ fn compute_keys(
                         source,
                     } => {
                         let at = || location(opts, node);
-                        let entries = executor::context::walk_sources(
+                        let entries = executor::context::walk_sources_parallel(
                             &opts.context,
                             std::slice::from_ref(source),
                             &ignore,
@@ -947,6 +947,7 @@ impl Runner {
         Ok((spec, (prepared.guards, lease)))
     }
 
+    #[allow(clippy::too_many_arguments)] // the merged fetch, git and heredoc inputs
     fn file_spec(
         &self,
         n: NodeId,
