@@ -786,6 +786,13 @@ impl Tail {
     }
 }
 
+/// Where a file op's remote sources landed: ADD URL downloads (URL to dir and file name) and
+/// git checkouts ([`crate::git::checkout_key`] to dir).
+struct RemoteSources<'a> {
+    fetched: &'a BTreeMap<String, (PathBuf, String)>,
+    checkouts: &'a BTreeMap<String, PathBuf>,
+}
+
 struct Runner {
     store: Store,
     graph: Arc<BuildGraph>,
@@ -954,10 +961,10 @@ impl Runner {
         f: &FileOp,
         rootfs: Rootfs,
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
-        fetched: &BTreeMap<String, (PathBuf, String)>,
-        checkouts: &BTreeMap<String, PathBuf>,
+        remote: RemoteSources<'_>,
         scratch: &Path,
     ) -> Result<InitSpec, SolveError> {
+        let RemoteSources { fetched, checkouts } = remote;
         let at = || location(&self.opts, &self.graph.nodes[n]);
         let mut tasks = Vec::new();
         for (i, a) in f.actions.iter().enumerate() {
@@ -1197,8 +1204,10 @@ impl Runner {
                     f,
                     rootfs,
                     inputs,
-                    &fetched.files,
-                    &checkouts.dirs,
+                    RemoteSources {
+                        fetched: &fetched.files,
+                        checkouts: &checkouts.dirs,
+                    },
                     tmp.path(),
                 )?,
                 [fetched.newest, checkouts.newest].into_iter().fold(
