@@ -954,7 +954,6 @@ impl Runner {
         Ok((spec, (prepared.guards, lease)))
     }
 
-    #[allow(clippy::too_many_arguments)] // the merged fetch, git and heredoc inputs
     fn file_spec(
         &self,
         n: NodeId,
