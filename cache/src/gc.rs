@@ -8,12 +8,12 @@
 //! - unless [`PruneOptions::all`]: every image manifest in the store, tagged or not (an untagged
 //!   build result is an image the user can still run by ID), found by reading the small JSON
 //!   blobs;
-//! - the compressed copies (`compressed/` memos) of every layer kept, and the compressed
-//!   blob a pulled layer is kept as (`layers/` records).
+//! - the compressed copies (`compressed/` memos) of every layer kept, and the compressed blob a
+//!   pulled layer is kept as instead of its tar (`layers/<diffid>`, see [`crate::compress`]).
 //!
-//! Everything else under `blobs/`, `snapshots/` and `compressed/` is removed, and so are the
-//! `--explain` per-file details (`explain/files/<digest>`) that no step record names. A snapshot is
-//! first renamed into `tmp/` and then deleted, so a crash never leaves a half-deleted snapshot
+//! Everything else under `blobs/`, `snapshots/`, `compressed/` and `layers/` is removed, and so
+//! are the `--explain` per-file details (`explain/files/<digest>`) that no step record names. A
+//! snapshot is first renamed into `tmp/` and then deleted, so a crash never leaves a half-deleted snapshot
 //! that [`Store::has_layer`] would trust; the snapshot goes before its blob for the same reason.
 //!
 //! Concurrency: the caller holds [`Store::lock_exclusive`]. Builds, pulls and pushes hold
@@ -413,10 +413,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Bytes of a layer: its tar blob and its snapshot tree.
+    /// Bytes of a layer: its tar blob (or the compressed blob it is kept as) and its snapshot.
     fn layer_bytes(&self, hex: &str) -> u64 {
         let mut seen = HashSet::new();
-        crate::usage::tree_bytes(&self.path("blobs/sha256").join(hex), &mut seen)
+        let tar = self.path("blobs/sha256").join(hex);
+        let blob = match fs::symlink_metadata(&tar) {
+            Ok(_) => tar,
+            Err(_) => format!("sha256:{hex}")
+                .parse::<Digest>()
+                .ok()
+                .and_then(|d| self.layer_source(&d))
+                .map_or(tar, |src| self.blob_path(&src.blob.digest)),
+        };
+        crate::usage::tree_bytes(&blob, &mut seen)
             + crate::usage::tree_bytes(&self.path("snapshots").join(hex), &mut seen)
     }
 
@@ -439,10 +448,8 @@ impl Store {
         Ok(bytes)
     }
 
-    /// `layers/<diffid>` records (a pulled layer kept only compressed, see
-    /// [`Store::layer_source`]): a kept layer keeps its source blob; the records of the layers
-    /// that go are removed (before their snapshots, so `has_layer` never trusts a half-swept
-    /// layer).
+    /// Keeps the compressed blob of every kept layer that is stored only compressed (pulled);
+    /// removes the `layers/` records of layers not kept.
     fn sweep_layer_sources(
         &self,
         marks: &mut Marks,
@@ -455,7 +462,7 @@ impl Store {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<crate::compress::LayerSource>(&b).ok());
             match source {
-                Some(src) if marks.blobs.contains(&name) => {
+                Some(src) if marks.snapshots.contains(&name) => {
                     marks.blobs.insert(src.blob.digest.hex().to_owned());
                 }
                 _ => bytes += remove_file(&ent.path(), seen)?,
@@ -809,6 +816,52 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn a_layer_kept_only_compressed_keeps_its_blob() {
+        let w = world();
+        let gz = crate::compress::Compression {
+            codec: crate::compress::Codec::Gzip,
+            level: 1,
+        };
+        // As a pull leaves them: the compressed blob and `layers/<diffid>`, no tar blob.
+        let mut sources = Vec::new();
+        for l in [&w.shared, &w.cache_only] {
+            let desc = w.store.compressed_layer(l, gz).expect("gzip");
+            let size = fs::metadata(w.store.blob_path(l)).expect("tar").len();
+            w.store.record_layer_source(l, &desc, size).expect("source");
+            fs::remove_file(w.store.blob_path(l)).expect("drop the tar");
+            fs::remove_dir_all(w.store.path("compressed")).expect("no memo");
+            fs::create_dir(w.store.path("compressed")).expect("mkdir");
+            assert!(w.store.has_layer(l));
+            sources.push(desc.digest);
+        }
+        w.store
+            .prune(&PruneOptions {
+                all: true,
+                ..Default::default()
+            })
+            .expect("prune");
+        assert!(
+            w.store.has_layer(&w.shared),
+            "the tagged image's pulled layer"
+        );
+        assert!(w.store.has_blob(&sources[0]));
+        assert!(!w.store.has_layer(&w.cache_only));
+        assert!(!w.store.has_blob(&sources[1]));
+        assert_eq!(
+            fs::read_dir(w.store.path("layers")).expect("dir").count(),
+            1
+        );
+        let tagged = w.store.resolve("app:1").expect("resolve").expect("tagged");
+        let mut tar = Vec::new();
+        w.store
+            .open_layer(&tagged.config.rootfs.diff_ids[0])
+            .expect("open")
+            .read_to_end(&mut tar)
+            .expect("read");
+        assert_eq!(Digest::of(&tar), w.shared);
     }
 
     #[test]

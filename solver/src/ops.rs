@@ -650,7 +650,7 @@ fn compute_keys(
                         source,
                     } => {
                         let at = || location(opts, node);
-                        let entries = executor::context::walk_sources(
+                        let entries = executor::context::walk_sources_parallel(
                             &opts.context,
                             std::slice::from_ref(source),
                             &ignore,

@@ -492,3 +492,37 @@ fn no_cache_filter_reruns_the_stage_and_its_users_only_when_its_result_changed()
     ensure!(executed_runs(&ev).len() == 2, "{}", runs(&ev));
     Ok(())
 }
+
+#[test]
+fn prune_all_keeps_a_pulled_image_runnable() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    let reg = crate::registry::start_registry(t.dir.path())?;
+    let remote = format!("127.0.0.1:{}/kiln/busybox:1", reg.port);
+    t.ok(&["push", "busybox", &remote])?;
+    // A pulled layer is kept as the registry's compressed blob (no tar): prune keeps that.
+    let other = TestDir::new();
+    other.ok(&["pull", &remote])?;
+    other.ok(&["prune", "--all", "--force"])?;
+    let out = other.ok(&["run", "--rm", &remote, "echo", "still here"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "still here\n",
+        "{}",
+        text(&out)
+    );
+    // And it still builds on it and pushes it (the tar comes from the compressed blob).
+    other.write(
+        "Dockerfile",
+        &format!("FROM {remote}\nRUN echo built > /x\n"),
+    );
+    other.build("on-pulled:1", &[])?;
+    other.ok(&[
+        "push",
+        &remote,
+        &format!("127.0.0.1:{}/kiln/copy:1", reg.port),
+    ])?;
+    Ok(())
+}

@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A `docker-registry serve` child, killed on drop.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Registry {
@@ -20,7 +20,7 @@ impl Drop for Registry {
     }
 }
 
-fn start_registry(dir: &std::path::Path) -> anyhow::Result<Registry> {
+pub(crate) fn start_registry(dir: &std::path::Path) -> anyhow::Result<Registry> {
     start_registry_on(dir, "127.0.0.1")
 }
 
