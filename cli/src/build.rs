@@ -389,10 +389,11 @@ fn private_agent(id: &str, keys: &[PathBuf]) -> anyhow::Result<PrivateAgent> {
         .context("starting ssh-agent (openssh-client) for --ssh key files")?;
     let agent = PrivateAgent { child, dir };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !sock.exists() {
+    // The socket file appears at bind(), before listen(): wait until a connection succeeds.
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
-            "--ssh {id}: ssh-agent did not create {}",
+            "--ssh {id}: ssh-agent did not listen on {}",
             sock.display()
         );
         std::thread::sleep(std::time::Duration::from_millis(10));

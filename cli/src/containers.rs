@@ -233,9 +233,12 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     let gateway = s.gateway.map(|i| i.to_string()).unwrap_or_default();
     let mut networks = serde_json::Map::new();
     if let Some(n) = &s.network {
+        let prefix = executor::net::Ipam::open(crate::netrun::STATE_DIR)
+            .and_then(|i| i.network(n))
+            .map_or(0, |c| c.subnet.prefix());
         networks.insert(
             n.clone(),
-            serde_json::json!({ "IPAddress": ip, "Gateway": gateway, "IPPrefixLen": 16 }),
+            serde_json::json!({ "IPAddress": ip, "Gateway": gateway, "IPPrefixLen": prefix }),
         );
     }
     let (path, args) = s

@@ -947,6 +947,10 @@ impl Runner {
         Ok((spec, (prepared.guards, lease)))
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the per-step inputs a copy spec is made of; a struct would only rename them"
+    )]
     fn file_spec(
         &self,
         n: NodeId,

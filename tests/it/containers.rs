@@ -33,6 +33,7 @@ fn stop_sends_term_to_pid_1_and_kills_after_the_timeout() -> anyhow::Result<()> 
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = crate::network::Reaper::new(&t);
     t.import_busybox()?;
     let (graceful, stubborn) = (name("graceful"), name("stubborn"));
     for (n, trap) in [(&graceful, "exit 7"), (&stubborn, "")] {
@@ -109,6 +110,7 @@ fn pids_limit_stops_forks_and_memory_limit_is_in_the_cgroup() -> anyhow::Result<
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = crate::network::Reaper::new(&t);
     t.import_busybox()?;
     let out = t.kiln(&[
         "run",
@@ -198,6 +200,7 @@ fn run_and_exec_with_t_get_a_terminal_of_the_container() -> anyhow::Result<()> {
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = crate::network::Reaper::new(&t);
     t.import_busybox()?;
     let out = on_a_terminal(
         &t,

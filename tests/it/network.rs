@@ -58,6 +58,40 @@ fn settles(mut f: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// Removes what a test left when it failed half-way: every container of its KILN_ROOT (their
+/// processes, leases and cgroups outlive the temp dir otherwise) and the networks it names.
+pub struct Reaper<'a> {
+    t: &'a TestDir,
+    networks: std::cell::RefCell<Vec<String>>,
+}
+
+impl<'a> Reaper<'a> {
+    pub fn new(t: &'a TestDir) -> Reaper<'a> {
+        Reaper {
+            t,
+            networks: Default::default(),
+        }
+    }
+
+    /// Also remove network `name`.
+    pub fn network(&self, name: &str) {
+        self.networks.borrow_mut().push(name.to_owned());
+    }
+}
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(self.t.root.join("containers")) {
+            for e in rd.flatten() {
+                let _ = self.t.kiln(&["rm", "-f", &e.file_name().to_string_lossy()]);
+            }
+        }
+        for n in self.networks.borrow().iter() {
+            let _ = self.t.kiln(&["network", "rm", n]);
+        }
+    }
+}
+
 /// A unique container name (tests share the host-wide bridge).
 fn name(tag: &str) -> String {
     format!("it-{tag}-{}", std::process::id())
@@ -69,6 +103,7 @@ fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     t.write("Dockerfile", WEB);
     t.build("web:1", &[])?;
@@ -143,6 +178,7 @@ fn host_port_in_use_is_a_clear_error_and_leaks_nothing() -> anyhow::Result<()> {
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     let taken = std::net::TcpListener::bind(("0.0.0.0", 0))?;
     let port = taken.local_addr()?.port();
@@ -180,6 +216,7 @@ fn network_none_has_only_lo_and_bridge_has_eth0_with_a_route() -> anyhow::Result
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     let out = t.ok(&[
         "run",
@@ -237,6 +274,7 @@ fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     t.write("Dockerfile", WEB);
     t.build("web:1", &[])?;
@@ -318,6 +356,7 @@ fn container_whose_processes_died_shows_exited_and_rm_f_cleans_up() -> anyhow::R
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     let n = name("died");
     t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
@@ -356,6 +395,7 @@ fn container_network_shares_the_ip_and_exec_sees_the_processes() -> anyhow::Resu
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     let n = name("shared");
     t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
@@ -412,6 +452,7 @@ fn logs_follow_prints_until_the_container_exits() -> anyhow::Result<()> {
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     let n = name("logs");
     t.ok(&[
@@ -458,9 +499,11 @@ fn user_network_containers_ping_each_other_by_ip_and_name() -> anyhow::Result<()
         return Ok(());
     }
     let t = TestDir::new();
+    let reap = Reaper::new(&t);
     t.import_busybox()?;
     let net = name("net");
     let subnet = test_subnet(0);
+    reap.network(&net);
     t.ok(&["network", "create", "--subnet", &subnet, &net])?;
     let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
     ensure!(ls.contains(&net) && ls.contains(&subnet), "{ls}");
@@ -486,6 +529,11 @@ fn user_network_containers_ping_each_other_by_ip_and_name() -> anyhow::Result<()
         ip_b.starts_with(&subnet[..subnet.len() - 4]),
         "{ip_b} not in {subnet}"
     );
+    ensure!(
+        inspect(&t, &b)?["NetworkSettings"]["Networks"][&net]["IPPrefixLen"] == 24,
+        "prefix of a /24 user network"
+    );
+
     // a started before b: its /etc/hosts was updated in place when b joined.
     for (from, to) in [(&a, b.as_str()), (&b, a.as_str()), (&a, ip_b.as_str())] {
         let out = t.kiln(&["exec", from, "ping", "-c", "1", "-W", "3", to]);
@@ -517,6 +565,7 @@ fn inspect_gives_state_address_and_ports_like_docker() -> anyhow::Result<()> {
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     let free = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     let port = free.local_addr()?.port();
@@ -584,6 +633,7 @@ fn build_run_steps_join_the_bridge_unless_none_or_host_is_asked() -> anyhow::Res
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     t.write(
         "Dockerfile",
@@ -668,9 +718,11 @@ fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Re
         return Ok(());
     }
     let t = TestDir::new();
+    let reap = Reaper::new(&t);
     t.import_busybox()?;
     let net = name("leak");
     let subnet = test_subnet(100);
+    reap.network(&net);
     t.ok(&["network", "create", "--subnet", &subnet, &net])?;
     let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
     let bridge = ls
@@ -746,6 +798,7 @@ fn a_container_cannot_reach_an_unpublished_host_loopback_listener() -> anyhow::R
         return Ok(());
     }
     let t = TestDir::new();
+    let _reap = Reaper::new(&t);
     t.import_busybox()?;
     // The bridge's gateway address exists once a container has been on it.
     t.ok(&["run", "--rm", "busybox", "true"])?;

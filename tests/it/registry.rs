@@ -93,6 +93,8 @@ fn pushed_image_pulls_into_another_store_and_runs() -> anyhow::Result<()> {
     );
     let inspect = other.ok(&["inspect", &remote])?;
     let doc: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
+    // `inspect` prints an array, like docker's.
+    let doc = &doc[0];
     let repo_digest = format!("127.0.0.1:{}/kiln/app@{pushed}", reg.port);
     ensure!(
         doc["RepoDigests"] == serde_json::json!([repo_digest]),
