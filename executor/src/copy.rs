@@ -354,6 +354,7 @@ pub fn copy(
     };
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     let mut dir_times: Vec<(String, i128)> = Vec::new();
+    let mut parent_modes: Vec<(String, u32)> = Vec::new();
 
     for (t, &start) in tops.iter().enumerate() {
         let end = tops.get(t + 1).copied().unwrap_or(entries.len());
@@ -393,6 +394,19 @@ pub fn copy(
             continue;
         }
         let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
+        // BuildKit (since fsutil#228, its testCopyChmod): with --chmod, the parents this copy
+        // creates take that mode too (`COPY --chmod=770 f /p/sub/f` makes /p/sub 0770). They
+        // are set once everything is written.
+        if let Some(m) = &chmod
+            && let Some((parent, _)) = target.rsplit_once('/')
+        {
+            for d in dest
+                .mkdir_all(parent, parents_owner)
+                .map_err(write_err(parent))?
+            {
+                parent_modes.push((d, m.apply(0o755, true)));
+            }
+        }
         for e in &entries[start..end] {
             let out = if e.rel == top.rel {
                 target.clone()
@@ -448,11 +462,21 @@ pub fn copy(
                             source,
                         })?;
                     let ft = FileType::from_raw_mode(std::os::unix::fs::MetadataExt::mode(&st));
-                    dest.mknod(&out, ft, e.rdev, meta, parents_owner)
-                        .map_err(write_err(&out))?;
+                    if ft == FileType::Socket && opts.from_context {
+                        // BuildKit sends a context socket as an empty regular file.
+                        dest.write_file(&out, &mut std::io::empty(), meta, parents_owner)
+                            .map_err(write_err(&out))?;
+                    } else {
+                        dest.mknod(&out, ft, e.rdev, meta, parents_owner)
+                            .map_err(write_err(&out))?;
+                    }
                 }
             }
         }
+    }
+    for (dir, mode) in &parent_modes {
+        dest.set_owner_mode(dir, parents_owner.0, parents_owner.1, *mode)
+            .map_err(write_err(dir))?;
     }
     // Children changed their parents' mtimes: restore them deepest first.
     for (dir, mtime) in dir_times.iter().rev() {

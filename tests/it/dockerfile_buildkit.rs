@@ -620,3 +620,64 @@ COPY --from=addarchive / /a/
 COPY --from=stage1 baz test /
 COPY --from=owners /test4/foo /owners-done
 "#;
+
+/// BuildKit's testCopyChmod (parents take the --chmod mode), testCopySymlinks (wildcard matches
+/// that are symlinks are followed, chains included), testCopyUnicodePath and testCopySocket
+/// (a context socket arrives as a regular file); moby/buildkit, Apache-2.0, adapted.
+#[test]
+fn copy_chmod_parents_symlinks_and_sockets_match_buildkit() -> anyhow::Result<()> {
+    let Some(t) = setup()? else { return Ok(()) };
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+    t.write("foo", "foo-contents");
+    t.write("bar", "bar-contents");
+    std::fs::set_permissions(t.ctx.join("bar"), std::fs::Permissions::from_mode(0o700))?;
+    symlink("bar", t.ctx.join("sfoo"))?;
+    t.write("sub/lfile", "lfile-contents");
+    t.write("sub/subfile", "subfile-contents");
+    t.write("sub/baz", "baz-contents");
+    symlink("subfile", t.ctx.join("sub/l0"))?;
+    symlink("second", t.ctx.join("sub/l1"))?;
+    symlink("baz", t.ctx.join("sub/second"))?;
+    t.write("test-äöü.txt", "foo");
+    t.write("test-%C3%A4%C3%B6%C3%BC.txt", "bar");
+    let _socket = std::os::unix::net::UnixListener::bind(t.ctx.join("sock.sock"))?;
+    t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         COPY --chmod=0644 foo /\n\
+         COPY --chmod=777 bar /baz\n\
+         COPY --chmod=0 foo /foobis\n\
+         COPY --chmod=777 foo /parent/foo\n\
+         COPY --chmod=770 foo /parent/sub/foo\n\
+         ARG mode\n\
+         COPY --chmod=${mode} foo /footer\n\
+         COPY sfoo /sfoo\n\
+         COPY sub/l* /alllinks/\n\
+         COPY test-äöü.txt test-%C3%A4%C3%B6%C3%BC.txt sock.sock /uni/\n",
+    );
+    let img = build(&t, "bkchmod:1", &["--build-arg", "mode=755"])?;
+    for (path, mode) in [
+        ("/foo", 0o644),
+        ("/baz", 0o777),
+        ("/foobis", 0),
+        ("/parent", 0o777),
+        ("/parent/sub", 0o770),
+        ("/footer", 0o755),
+    ] {
+        ensure!(img.meta(path)?.0 == mode, "{path}: {:o}", img.meta(path)?.0);
+    }
+    for (path, want) in [
+        ("/sfoo", "bar-contents"),
+        ("/alllinks/l0", "subfile-contents"),
+        ("/alllinks/lfile", "lfile-contents"),
+        ("/alllinks/l1", "baz-contents"),
+        ("/uni/test-äöü.txt", "foo"),
+        ("/uni/test-%C3%A4%C3%B6%C3%BC.txt", "bar"),
+        ("/uni/sock.sock", ""),
+    ] {
+        ensure!(img.read(path)? == want, "{path}");
+    }
+    ensure!(std::fs::symlink_metadata(img.path("/alllinks/l1"))?.is_file());
+    ensure!(std::fs::symlink_metadata(img.path("/uni/sock.sock"))?.is_file());
+    Ok(())
+}
