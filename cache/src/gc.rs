@@ -13,8 +13,9 @@
 //!
 //! Everything else under `blobs/`, `snapshots/`, `compressed/` and `layers/` is removed, and so
 //! are the `--explain` per-file details (`explain/files/<digest>`) that no step record names. A
-//! snapshot is first renamed into `tmp/` and then deleted, so a crash never leaves a half-deleted snapshot
-//! that [`Store::has_layer`] would trust; the snapshot goes before its blob for the same reason.
+//! snapshot is first renamed into `tmp/` and then deleted, so a crash never leaves a half-deleted
+//! snapshot that [`Store::has_layer`] would trust; the snapshot goes before its blob for the same
+//! reason.
 //!
 //! Concurrency: the caller holds [`Store::lock_exclusive`]. Builds, pulls and pushes hold
 //! [`Store::lock_shared`] for as long as they use the store, so while GC runs nothing is in
