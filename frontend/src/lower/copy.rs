@@ -211,7 +211,20 @@ impl Lowerer<'_> {
             instr.original.clone(),
         );
         st.node = n;
+        // BuildKit's history line names --parents, --chown and --chmod (expanded), then the
+        // sources and the destination as written.
         let mut created = kw.to_owned();
+        if c.parents {
+            created.push_str(" --parents");
+        }
+        if let Some(v) = &chown {
+            created.push_str(" --chown=");
+            created.push_str(v);
+        }
+        if let Some(v) = &chmod {
+            created.push_str(" --chmod=");
+            created.push_str(v);
+        }
         for s in &sources {
             created.push(' ');
             created.push_str(s);
