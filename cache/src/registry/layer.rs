@@ -25,7 +25,7 @@ use crate::oci::{self, Descriptor, Digest, Hasher};
 use crate::store::{Store, StoreError, TempDir};
 use futures_util::StreamExt as _;
 use std::io::{self, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use super::pull::PullError;
@@ -45,11 +45,45 @@ const NET_QUEUE: usize = 8;
 /// A batch of network chunks, in order.
 type Batch = Vec<bytes::Bytes>;
 
+/// Where the compressed blob of a layer comes from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LayerSource<'a> {
+    /// Repository `repo` of `client`'s registry.
+    Registry {
+        /// The client (pull scope on `repo`).
+        client: &'a Client,
+        /// The repository.
+        repo: &'a str,
+    },
+    /// A file that should hold the blob (one of an OCI layout's), trusted no more than a
+    /// download.
+    File(&'a Path),
+}
+
 /// Downloads one layer into the store (unless it is there) and reports progress.
 pub(super) async fn fetch_layer(
     store: &Store,
     client: &Client,
     repo: &str,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    name: &str,
+    opts: &RegistryOptions,
+) -> Result<()> {
+    let source = LayerSource::Registry { client, repo };
+    fetch_layer_from(store, source, desc, diff_id, name, opts).await
+}
+
+/// Makes layer `diff_id` (compressed as blob `desc`) present in the store, from `source`,
+/// and reports progress. The blob is stored only when it matches `desc`'s digest and the
+/// snapshot installed only when its tar also matches `diff_id`; `name` (the image or cache
+/// being read) is for errors.
+///
+/// Fails on download, read, verification and store errors; transient registry errors are
+/// retried first.
+pub(crate) async fn fetch_layer_from(
+    store: &Store,
+    source: LayerSource<'_>,
     desc: &Descriptor,
     diff_id: &Digest,
     name: &str,
@@ -86,11 +120,38 @@ pub(super) async fn fetch_layer(
             source,
         })?;
     } else {
-        client
-            .retry(|| download_and_unpack(store, client, repo, desc, diff_id, name, opts))
-            .await??;
+        match source {
+            LayerSource::Registry { client, repo } => {
+                client
+                    .retry(|| download_and_unpack(store, client, repo, desc, diff_id, name, opts))
+                    .await??;
+            }
+            LayerSource::File(path) => {
+                let read_err = |source| PullError::Blob {
+                    reference: name.to_owned(),
+                    digest: digest.clone(),
+                    source: StoreError::Io {
+                        op: "read",
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                };
+                let f = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|source| PullError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                let chunks = tokio_util::io::ReaderStream::with_capacity(f, NET_BATCH);
+                unpack_stream(store, desc, diff_id, name, opts, chunks)
+                    .await
+                    .map_err(read_err)??;
+            }
+        }
     }
-    record::remember(store.root(), client.registry(), digest, repo);
+    if let LayerSource::Registry { client, repo } = source {
+        record::remember(store.root(), client.registry(), digest, repo);
+    }
     remember_compressed(store, desc, diff_id, opts);
     opts.report(Progress::Unpacked {
         digest: digest.clone(),
@@ -193,6 +254,28 @@ async fn download_and_unpack(
 ) -> std::result::Result<Result<()>, ClientError> {
     let digest = &desc.digest;
     let resp = client.get_blob(repo, digest).await?;
+    unpack_stream(store, desc, diff_id, name, opts, resp.bytes_stream())
+        .await
+        .map_err(|source| ClientError::Network {
+            registry: client.registry().to_owned(),
+            what: format!("GET blob {digest}"),
+            source,
+        })
+}
+
+/// Runs the bytes of blob `desc` from `chunks` through the pipeline: stored as the blob when
+/// they match its digest, inflated and unpacked, and committed as layer `diff_id` when the
+/// tar matches too. The outer error is the stream's own (nothing is committed then); the
+/// inner one is a verdict.
+async fn unpack_stream<E>(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    name: &str,
+    opts: &RegistryOptions,
+    chunks: impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>>,
+) -> std::result::Result<Result<()>, E> {
+    let digest = &desc.digest;
     let (tx_blob, rx_blob) = tokio::sync::mpsc::channel::<Batch>(NET_QUEUE);
     let (tx_tree, rx_tree) = tokio::sync::mpsc::channel::<Batch>(NET_QUEUE);
     let (s1, d) = (store.clone(), digest.clone());
@@ -208,7 +291,7 @@ async fn download_and_unpack(
         unpack_verified(&s2, ChunkReader::new(rx_plain, tx_spare), &want)
     });
 
-    let mut stream = resp.bytes_stream();
+    let mut stream = std::pin::pin!(chunks);
     let (mut done, mut net_error, mut too_long) = (0u64, None, false);
     let mut tree = Some(tx_tree);
     let (mut batch, mut batched): (Batch, usize) = (Vec::new(), 0);
@@ -288,12 +371,8 @@ async fn download_and_unpack(
     if let Err(e) = inflate.await {
         return Ok(Err(task_err(e)));
     }
-    if let Some(source) = net_error {
-        return Err(ClientError::Network {
-            registry: client.registry().to_owned(),
-            what: format!("GET blob {digest}"),
-            source,
-        });
+    if let Some(e) = net_error {
+        return Err(e);
     }
     if too_long {
         return Ok(Err(PullError::Size {

@@ -29,7 +29,7 @@
 
 pub mod auth;
 pub mod client;
-mod layer;
+pub(crate) mod layer;
 mod pull;
 mod push;
 pub(crate) mod record;

@@ -6,9 +6,9 @@ use super::format::{
 };
 use super::mounts::{self, Chunked};
 use super::{CacheLocation, RemoteError, Result, layout};
-use crate::compress::{Codec, Compression};
 use crate::oci::{self, Descriptor, Digest};
 use crate::registry::client::{Client, ClientError};
+use crate::registry::layer::{LayerSource, fetch_layer_from};
 use crate::registry::{self, RegistryOptions};
 use crate::store::Store;
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -174,32 +174,21 @@ impl Imported {
                     })?;
             let cache = &self.caches[*idx];
             let desc = layer.descriptor();
-            self.fetch_blob(store, cache, &desc, Some(diff_id)).await?;
             let location = cache.location.to_string();
-            let (s, d, b) = (
-                store.clone(),
-                diff_id.clone(),
-                store.blob_path(&desc.digest),
-            );
-            tokio::task::spawn_blocking(move || {
-                let f = std::fs::File::open(&b).map_err(|source| crate::store::StoreError::Io {
-                    op: "open",
-                    path: b.clone(),
-                    source,
+            let file;
+            let source = match &cache.source {
+                Source::Registry { client, repo } => LayerSource::Registry { client, repo },
+                Source::Layout(dir) => {
+                    file = layout::blob_path(dir, &desc.digest);
+                    LayerSource::File(&file)
+                }
+            };
+            fetch_layer_from(store, source, &desc, diff_id, &location, &self.opts)
+                .await
+                .map_err(|source| RemoteError::Pull {
+                    diff_id: diff_id.clone(),
+                    source: Box::new(source),
                 })?;
-                s.unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), Some(&d))
-            })
-            .await
-            .map_err(|source| RemoteError::Task {
-                location: location.clone(),
-                source,
-            })?
-            .map_err(|source| RemoteError::Store {
-                location,
-                digest: diff_id.clone(),
-                source: Box::new(source),
-            })?;
-            remember_compressed(store, &desc, diff_id, self.opts.compression);
             self.fetched.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -207,16 +196,9 @@ impl Imported {
         .map(drop)
     }
 
-    /// Makes blob `desc` of `cache` present in `store` (verified against its digest). For a
-    /// layer (`diff_id`) from a registry, the snapshot is unpacked from the same bytes while
-    /// they arrive.
-    async fn fetch_blob(
-        &self,
-        store: &Store,
-        cache: &Loaded,
-        desc: &Descriptor,
-        diff_id: Option<&Digest>,
-    ) -> Result<()> {
+    /// Makes blob `desc` of `cache` (a mount chunk, or a layer an export needs) present in
+    /// `store`, verified against its digest.
+    async fn fetch_blob(&self, store: &Store, cache: &Loaded, desc: &Descriptor) -> Result<()> {
         if store.has_blob(&desc.digest) {
             return Ok(());
         }
@@ -250,7 +232,7 @@ impl Imported {
                 // download, as pull does; a digest mismatch does not.
                 let mut attempt = 0u32;
                 loop {
-                    match download(store, client, repo, desc, diff_id, &location).await {
+                    match download(store, client, repo, desc, &location).await {
                         Ok(()) => break,
                         Err(e) if attempt < self.opts.retries && is_transient(&e) => {
                             tracing::debug!(digest = %desc.digest, error = %e, attempt, "retrying");
@@ -296,7 +278,7 @@ impl Imported {
             .chunks
             .iter()
             .cloned()
-            .map(|c| async move { self.fetch_blob(store, cache, &c, None).await });
+            .map(|c| async move { self.fetch_blob(store, cache, &c).await });
         futures_util::stream::iter(jobs)
             .buffer_unordered(self.opts.concurrency.max(1))
             .try_collect::<Vec<()>>()
@@ -355,20 +337,16 @@ impl Imported {
             .ok_or_else(|| RemoteError::Unavailable {
                 diff_id: desc.digest.clone(),
             })?;
-        self.fetch_blob(store, cache, desc, None).await
+        self.fetch_blob(store, cache, desc).await
     }
 }
 
-/// One download of `desc` from `repo` into the store, verified against its digest. With
-/// `diff_id`, the same bytes also feed [`Store::unpack_layer`] on another thread (as pull does),
-/// so that unpacking overlaps the download; an unpack that fails here is left to the caller,
-/// which unpacks again from the verified blob.
+/// One download of `desc` from `repo` into the store, verified against its digest.
 async fn download(
     store: &Store,
     client: &Client,
     repo: &str,
     desc: &Descriptor,
-    diff_id: Option<&Digest>,
     location: &str,
 ) -> Result<()> {
     let resp = client
@@ -386,22 +364,6 @@ async fn download(
     let (s, d) = (store.clone(), desc.digest.clone());
     let ingest =
         tokio::task::spawn_blocking(move || s.ingest_blob(ChannelReader::new(rx_blob), Some(&d)));
-    let (mut tx_tree, unpack) = match diff_id.filter(|d| !store.has_layer(d)) {
-        Some(want) => {
-            // Decompression gets its own thread, so that it overlaps hashing and writing the
-            // tree instead of adding to them.
-            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
-            let (tx_plain, rx_plain) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
-            // Detached: it ends when its input ends or the unpacker stops reading.
-            let _inflate = tokio::task::spawn_blocking(move || inflate(rx, &tx_plain));
-            let (s, want) = (store.clone(), want.clone());
-            let h = tokio::task::spawn_blocking(move || {
-                s.unpack_layer(ChannelReader::new(rx_plain), Some(&want))
-            });
-            (Some(tx), Some(h))
-        }
-        None => (None, None),
-    };
     let mut stream = resp.bytes_stream();
     let (mut seen, mut net_error, mut too_long) = (0u64, None, false);
     while let Some(chunk) = stream.next().await {
@@ -418,23 +380,12 @@ async fn download(
             too_long = true;
             break;
         }
-        // A closed tree channel means the unpacker stopped; the blob still gets every byte.
-        if let Some(t) = &tx_tree
-            && t.send(chunk.clone()).await.is_err()
-        {
-            tx_tree = None;
-        }
         if tx_blob.send(chunk).await.is_err() {
             break;
         }
     }
-    drop((tx_blob, tx_tree));
+    drop(tx_blob);
     let ingested = ingest.await.map_err(task_err)?;
-    if let Some(h) = unpack
-        && let Err(error) = h.await.map_err(task_err)?
-    {
-        tracing::debug!(digest = %desc.digest, %error, "streamed unpack failed");
-    }
     if let Some(source) = net_error {
         return Err(RemoteError::Client {
             location: location.to_owned(),
@@ -458,41 +409,6 @@ async fn download(
         });
     }
     ingested.map(drop).map_err(store_err)
-}
-
-/// Decompresses (gzip, zstd or plain, by magic bytes) the chunks of `rx` into 1 MiB chunks on
-/// `tx`. Errors end the stream early: the unpacker then fails, and the caller unpacks again
-/// from the verified blob.
-fn inflate(
-    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-    tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
-) {
-    use std::io::Read as _;
-    let Ok((mut r, _)) = crate::snapshot::decompress(ChannelReader::new(rx)) else {
-        return;
-    };
-    loop {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0;
-        while n < buf.len() {
-            match r.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => {
-                    tracing::debug!(%error, "streamed decompression failed");
-                    return;
-                }
-            }
-        }
-        if n == 0 {
-            return;
-        }
-        buf.truncate(n);
-        if tx.blocking_send(bytes::Bytes::from(buf)).is_err() {
-            return;
-        }
-    }
 }
 
 /// A blocking reader over chunks sent from async code.
@@ -533,27 +449,6 @@ fn is_transient(e: &RemoteError) -> bool {
             matches!(**source, crate::store::StoreError::Io { .. })
         }
         _ => false,
-    }
-}
-
-/// Keeps the cache's compressed blob as the store's compressed form of the layer (as pull
-/// does), so that exporting or pushing it again sends the same blob instead of a new one.
-fn remember_compressed(store: &Store, desc: &Descriptor, diff_id: &Digest, want: Compression) {
-    let codec = match desc.media_type.as_str() {
-        oci::MEDIA_TYPE_LAYER_GZIP | oci::MEDIA_TYPE_DOCKER_LAYER_GZIP => Codec::Gzip,
-        oci::MEDIA_TYPE_LAYER_ZSTD => Codec::Zstd,
-        _ => return,
-    };
-    let c = if want.codec == codec {
-        want
-    } else {
-        match codec {
-            Codec::Gzip => Compression::default(),
-            Codec::Zstd => Compression { codec, level: 3 },
-        }
-    };
-    if let Err(error) = store.remember_compressed(diff_id, c, desc) {
-        tracing::debug!(%diff_id, %error, "cannot remember the compressed layer");
     }
 }
 

@@ -151,6 +151,15 @@ pub enum RemoteError {
         /// The layer.
         diff_id: Digest,
     },
+    /// A layer could not be fetched, verified or unpacked.
+    #[error("importing layer {diff_id}")]
+    Pull {
+        /// The layer.
+        diff_id: Digest,
+        /// The cause (it names the cache).
+        #[source]
+        source: Box<crate::registry::PullError>,
+    },
     /// A worker task panicked or was cancelled.
     #[error("cache {location}: internal task failed")]
     Task {
