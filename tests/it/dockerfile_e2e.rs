@@ -485,6 +485,16 @@ fn dockerignore_patterns_and_the_dockerfile_specific_file() -> anyhow::Result<()
         all.contains("Dockerfile:2") && all.contains("secret"),
         "{all}"
     );
+
+    // A bare `!` line is refused as BuildKit does, naming the file and line.
+    t.write(".dockerignore", "secret\n!\n");
+    let out = t.kiln(&["build", "-t", "ignore:4", t.ctx.to_str().context("utf-8")?]);
+    let all = text(&out);
+    ensure!(!out.status.success(), "{all}");
+    ensure!(
+        all.contains(".dockerignore:2: illegal exclusion pattern: \"!\""),
+        "{all}"
+    );
     Ok(())
 }
 
