@@ -58,6 +58,17 @@ pub fn privileged(tools: &[&str]) -> bool {
     false
 }
 
+/// A fresh [`TestDir`] with busybox imported, or `None` when [`privileged`] skips the test
+/// (it panics instead when REQUIRE_PRIVILEGED_TESTS=1).
+pub fn busybox_dir(tools: &[&str]) -> anyhow::Result<Option<TestDir>> {
+    if !privileged(tools) {
+        return Ok(None);
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    Ok(Some(t))
+}
+
 /// One test's world: a temp dir holding `root/` (KILN_ROOT) and `ctx/` (a build context).
 pub struct TestDir {
     pub dir: tempfile::TempDir,
