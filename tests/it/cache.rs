@@ -1,6 +1,6 @@
 //! The build cache seen from the CLI: why steps missed (`--explain`), the stat cache.
 
-use crate::harness::{TestDir, cached, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, cached, executed_runs, text};
 use anyhow::ensure;
 
 const DOCKERFILE: &str =
@@ -17,11 +17,9 @@ fn plain_build(t: &TestDir, extra: &[&str]) -> anyhow::Result<String> {
 
 #[test]
 fn explain_says_which_file_or_arg_made_a_step_miss() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", DOCKERFILE);
     t.write("src/a.txt", "one\n");
     t.write("src/b.txt", "b\n");
@@ -71,11 +69,9 @@ fn explain_says_which_file_or_arg_made_a_step_miss() -> anyhow::Result<()> {
 
 #[test]
 fn build_writes_a_stat_cache_and_a_touched_file_stays_cached() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", DOCKERFILE);
     t.write("src/a.txt", "one\n");
     plain_build(&t, &[])?;
@@ -95,11 +91,9 @@ fn build_writes_a_stat_cache_and_a_touched_file_stays_cached() -> anyhow::Result
 
 #[test]
 fn system_df_counts_images_layers_and_cache_records() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", DOCKERFILE);
     t.write("src/a.txt", "one\n");
     plain_build(&t, &[])?;
@@ -150,12 +144,10 @@ fn misses(stderr: &str) -> (usize, Vec<String>) {
 #[test]
 fn keys_change_exactly_for_content_mode_and_owner_never_for_mtime_or_ignored_files()
 -> anyhow::Result<()> {
-    if !privileged(&[]) {
-        return Ok(());
-    }
     use std::os::unix::fs::PermissionsExt as _;
-    let t = TestDir::new();
-    t.import_busybox()?;
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
     t.write(
         "Dockerfile",
         "FROM busybox AS other\nCOPY b.txt dir /other/\n\
@@ -234,11 +226,9 @@ fn age_records(t: &TestDir, secs: u64) -> anyhow::Result<()> {
 
 #[test]
 fn prune_removes_build_cache_and_tagged_images_still_run() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", TWO_STAGES);
     t.build("x:1", &[])?;
     ensure!(count_dir(&t.root.join("cachekeys")) == 3);
@@ -275,11 +265,9 @@ fn prune_removes_build_cache_and_tagged_images_still_run() -> anyhow::Result<()>
 
 #[test]
 fn prune_all_removes_untagged_images_and_keeps_tagged_ones() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", TWO_STAGES);
     let out = t.ok(&[
         "build",
@@ -309,12 +297,10 @@ fn prune_all_removes_untagged_images_and_keeps_tagged_ones() -> anyhow::Result<(
 
 #[test]
 fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
-    if !privileged(&[]) {
-        return Ok(());
-    }
     use std::io::BufRead as _;
-    let t = TestDir::new();
-    t.import_busybox()?;
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
     t.write(
         "Dockerfile",
         "FROM busybox AS builder\nRUN echo built > /artifact\n\
@@ -365,11 +351,9 @@ fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
 
 #[test]
 fn prune_until_and_keep_storage_remove_the_least_recently_used_cache() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     // Each build's first stage makes a layer only its cache record holds.
     let df = |bytes: u64| {
         format!(
@@ -420,11 +404,9 @@ fn prune_until_and_keep_storage_remove_the_least_recently_used_cache() -> anyhow
 
 #[test]
 fn stale_temp_entries_of_killed_builds_are_cleaned() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", "FROM busybox\nRUN true\n");
     // What a killed build leaves: its pid (which no process has) in the name.
     let dead = t.root.join("tmp/step--99999999-3-1f");
@@ -448,11 +430,9 @@ fn stale_temp_entries_of_killed_builds_are_cleaned() -> anyhow::Result<()> {
 #[test]
 fn no_cache_filter_reruns_the_stage_and_its_users_only_when_its_result_changed()
 -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox AS same\nRUN echo same > /same\n\
@@ -495,11 +475,9 @@ fn no_cache_filter_reruns_the_stage_and_its_users_only_when_its_result_changed()
 
 #[test]
 fn prune_all_keeps_a_pulled_image_runnable() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some(t) = busybox_dir(&["docker-registry"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let reg = crate::registry::start_registry(t.dir.path())?;
     let remote = format!("127.0.0.1:{}/kiln/busybox:1", reg.port);
     t.ok(&["push", "busybox", &remote])?;
