@@ -3,7 +3,7 @@
 //! OCI config (image config and history). Several behaviours share one build to keep the
 //! suite fast. Where BuildKit and the Docker documentation disagree, these follow BuildKit.
 
-use crate::harness::{TestDir, cached, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, cached, executed_runs, privileged, text};
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -116,12 +116,7 @@ pub(crate) fn build(t: &TestDir, tag: &str, extra: &[&str]) -> anyhow::Result<Im
 }
 
 pub(crate) fn setup() -> anyhow::Result<Option<TestDir>> {
-    if !privileged(&["umoci"]) {
-        return Ok(None);
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
-    Ok(Some(t))
+    busybox_dir(&["umoci"])
 }
 
 #[test]
