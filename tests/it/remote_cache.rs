@@ -1,7 +1,7 @@
 //! Remote build cache (`--cache-to` / `--cache-from`) through the real CNCF registry, started
 //! here with its access log on, so that tests count the blob requests kiln makes.
 
-use crate::harness::{TestDir, events, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, events, executed_runs, privileged, text};
 use anyhow::{Context as _, ensure};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -383,11 +383,9 @@ fn mount_dir(t: &TestDir, id: &str) -> Option<PathBuf> {
 
 #[test]
 fn cache_mount_contents_travel_with_mounts_true() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some(t) = busybox_dir(&["docker-registry"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", MOUNT_DOCKERFILE);
     t.write("v.txt", "1\n");
     let reg = Registry::start(t.dir.path())?;
@@ -418,11 +416,9 @@ fn cache_mount_contents_travel_with_mounts_true() -> anyhow::Result<()> {
 
 #[test]
 fn exporting_an_exported_build_again_uploads_nothing() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some(t) = busybox_dir(&["docker-registry"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", MOUNT_DOCKERFILE);
     t.write("v.txt", "1\n");
     let reg = Registry::start(t.dir.path())?;
