@@ -1,6 +1,6 @@
 //! `kiln save`: the tar is an OCI layout that skopeo and umoci accept, with kiln's file tree.
 
-use crate::harness::{TestDir, privileged, text};
+use crate::harness::{busybox_dir, text};
 use anyhow::{Context as _, ensure};
 use cache::oci::Digest;
 use std::collections::BTreeMap;
@@ -42,11 +42,9 @@ fn tree(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
 
 #[test]
 fn saved_tar_is_accepted_by_skopeo_and_umoci_with_the_same_tree() -> anyhow::Result<()> {
-    if !privileged(&["skopeo", "umoci", "mount", "umount"]) {
+    let Some(t) = busybox_dir(&["skopeo", "umoci", "mount", "umount"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox\nRUN mkdir -p /srv/data && echo hello > /srv/data/greeting && ln -s greeting /srv/data/link && rm /bin/vi\nCOPY app/ /app/\nRUN chmod 0750 /app/run.sh\n",
