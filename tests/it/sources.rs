@@ -53,6 +53,12 @@ fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> anyhow::Result<
     git(repo, &["rev-parse", "HEAD"])
 }
 
+/// An empty repository `base/repo.git` on branch `main`.
+fn init_repo(base: &Path) -> anyhow::Result<PathBuf> {
+    let repo = init_repo(&base)?;
+    Ok(repo)
+}
+
 /// A repository `base/repo.git` served by `git daemon` on a free 127.0.0.1 port.
 struct GitServer {
     _daemon: Proc,
@@ -62,9 +68,7 @@ struct GitServer {
 
 fn git_server(t: &TestDir) -> anyhow::Result<GitServer> {
     let base = t.dir.path().join("git");
-    let repo = base.join("repo.git");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
+    let repo = init_repo(&base)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -535,9 +539,7 @@ fn add_git_over_smart_http_with_a_tag_and_subdir() -> anyhow::Result<()> {
         return Ok(());
     };
     let base = t.dir.path().join("http");
-    let repo = base.join("repo.git");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
+    let repo = init_repo(&base)?;
     commit(&repo, &[("app/main.sh", "echo one\n")], "one")?;
     git(&repo, &["tag", "v1"])?;
     commit(&repo, &[("app/main.sh", "echo two\n")], "two")?;
@@ -672,9 +674,7 @@ fn add_git_over_ssh_gets_the_ssh_default_agent() -> anyhow::Result<()> {
         return Ok(());
     };
     let base = t.dir.path().join("ssh-repos");
-    let repo = base.join("repo.git");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
+    let repo = init_repo(&base)?;
     commit(&repo, &[("f", "over ssh\n")], "one")?;
     // No sshd here: git's ssh command is a shim that checks and records the agent socket kiln
     // hands to git, then runs the real git-upload-pack on the repository (what sshd would
