@@ -55,7 +55,9 @@ fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> anyhow::Result<
 
 /// An empty repository `base/repo.git` on branch `main`.
 fn init_repo(base: &Path) -> anyhow::Result<PathBuf> {
-    let repo = init_repo(&base)?;
+    let repo = base.join("repo.git");
+    std::fs::create_dir_all(&repo)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
     Ok(repo)
 }
 
