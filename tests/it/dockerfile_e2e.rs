@@ -3,7 +3,7 @@
 //! OCI config (image config and history). Several behaviours share one build to keep the
 //! suite fast. Where BuildKit and the Docker documentation disagree, these follow BuildKit.
 
-use crate::harness::{TestDir, busybox_dir, cached, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, cached, executed_runs, privileged, text, umoci_unpack};
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -96,13 +96,7 @@ pub(crate) fn unpack(t: &TestDir, tag: &str) -> anyhow::Result<Image> {
     let manifest = json(blob(&index["manifests"][0]["digest"])?)?;
     let config = json(blob(&manifest["config"]["digest"])?)?;
     let bundle = t.dir.path().join(format!("{name}-bundle"));
-    let out = Command::new("umoci")
-        .arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:{refname}", layout.display()))
-        .arg(&bundle)
-        .output()?;
-    ensure!(out.status.success(), "umoci unpack: {}", text(&out));
+    umoci_unpack(&layout, &refname, &bundle)?;
     Ok(Image {
         rootfs: bundle.join("rootfs"),
         config,

@@ -180,6 +180,19 @@ impl TestDir {
     }
 }
 
+/// Unpacks image `refname` of the OCI layout at `layout` into the bundle dir `bundle` with
+/// umoci (the rootfs lands in `bundle/rootfs`).
+pub fn umoci_unpack(layout: &Path, refname: &str, bundle: &Path) -> anyhow::Result<()> {
+    let out = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{refname}", layout.display()))
+        .arg(bundle)
+        .output()?;
+    ensure!(out.status.success(), "umoci unpack: {}", text(&out));
+    Ok(())
+}
+
 /// stdout and stderr, for failure messages.
 pub fn text(out: &Output) -> String {
     format!(

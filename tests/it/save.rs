@@ -1,6 +1,6 @@
 //! `kiln save`: the tar is an OCI layout that skopeo and umoci accept, with kiln's file tree.
 
-use crate::harness::{busybox_dir, text};
+use crate::harness::{busybox_dir, text, umoci_unpack};
 use anyhow::{Context as _, ensure};
 use cache::oci::Digest;
 use std::collections::BTreeMap;
@@ -78,13 +78,7 @@ fn saved_tar_is_accepted_by_skopeo_and_umoci_with_the_same_tree() -> anyhow::Res
         .context("index.json names the image")?
         .to_owned();
     let bundle = t.dir.path().join("bundle");
-    let out = Command::new("umoci")
-        .arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:{refname}", layout.display()))
-        .arg(&bundle)
-        .output()?;
-    ensure!(out.status.success(), "umoci unpack: {}", text(&out));
+    umoci_unpack(&layout, &refname, &bundle)?;
 
     // kiln's own view: its snapshots stacked read-only with overlayfs.
     let inspect: serde_json::Value =
