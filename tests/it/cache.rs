@@ -15,13 +15,21 @@ fn plain_build(t: &TestDir, extra: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-#[test]
-fn explain_says_which_file_or_arg_made_a_step_miss() -> anyhow::Result<()> {
+/// A busybox test dir with [`DOCKERFILE`] and `src/a.txt`, or `None` when the test is skipped.
+fn project() -> anyhow::Result<Option<TestDir>> {
     let Some(t) = busybox_dir(&[])? else {
-        return Ok(());
+        return Ok(None);
     };
     t.write("Dockerfile", DOCKERFILE);
     t.write("src/a.txt", "one\n");
+    Ok(Some(t))
+}
+
+#[test]
+fn explain_says_which_file_or_arg_made_a_step_miss() -> anyhow::Result<()> {
+    let Some(t) = project()? else {
+        return Ok(());
+    };
     t.write("src/b.txt", "b\n");
     let first = plain_build(&t, &[])?;
     ensure!(first.contains("cache miss: no cache entry"), "{first}");
@@ -69,11 +77,9 @@ fn explain_says_which_file_or_arg_made_a_step_miss() -> anyhow::Result<()> {
 
 #[test]
 fn build_writes_a_stat_cache_and_a_touched_file_stays_cached() -> anyhow::Result<()> {
-    let Some(t) = busybox_dir(&[])? else {
+    let Some(t) = project()? else {
         return Ok(());
     };
-    t.write("Dockerfile", DOCKERFILE);
-    t.write("src/a.txt", "one\n");
     plain_build(&t, &[])?;
     ensure!(
         std::fs::read_dir(t.root.join("statcache"))?.count() == 1,
@@ -91,11 +97,9 @@ fn build_writes_a_stat_cache_and_a_touched_file_stays_cached() -> anyhow::Result
 
 #[test]
 fn system_df_counts_images_layers_and_cache_records() -> anyhow::Result<()> {
-    let Some(t) = busybox_dir(&[])? else {
+    let Some(t) = project()? else {
         return Ok(());
     };
-    t.write("Dockerfile", DOCKERFILE);
-    t.write("src/a.txt", "one\n");
     plain_build(&t, &[])?;
     let out = t.ok(&["system", "df"])?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
