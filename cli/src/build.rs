@@ -80,7 +80,10 @@ fn read_dockerignore(dockerfile: &Path, context: &Path) -> anyhow::Result<String
     specific.push(".dockerignore");
     for p in [PathBuf::from(specific), context.join(".dockerignore")] {
         match std::fs::read_to_string(&p) {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                executor::context::Ignore::validate(&p, &s)?;
+                return Ok(s);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
         }

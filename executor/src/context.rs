@@ -43,6 +43,19 @@ pub enum ContextError {
 
 type Result<T> = std::result::Result<T, ContextError>;
 
+/// A `.dockerignore` line BuildKit refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum IgnoreError {
+    /// A line that is only `!` (moby/patternmatcher: `illegal exclusion pattern: "!"`).
+    #[error("{}:{line}: illegal exclusion pattern: \"!\"", file.display())]
+    BareExclusion {
+        /// The `.dockerignore` file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+}
+
 /// Kind of a source entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
@@ -112,6 +125,24 @@ impl Ignore {
     /// and a pattern matching a directory matches everything below it.
     pub fn parse(dockerignore: &str) -> Ignore {
         Ignore::from_lines(dockerignore.lines())
+    }
+
+    /// Checks `.dockerignore` text read from `file` for lines BuildKit rejects (a bare `!`).
+    /// [`Ignore::parse`] itself skips such lines, so call this where the file is read.
+    pub fn validate(file: &Path, dockerignore: &str) -> std::result::Result<(), IgnoreError> {
+        for (i, line) in dockerignore.lines().enumerate() {
+            if line
+                .trim()
+                .strip_prefix('!')
+                .is_some_and(|rest| rest.trim().is_empty())
+            {
+                return Err(IgnoreError::BareExclusion {
+                    file: file.to_path_buf(),
+                    line: i + 1,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Like [`Ignore::parse`], one pattern per item.
@@ -731,6 +762,21 @@ mod tests {
 
     fn ig(text: &str) -> Ignore {
         Ignore::parse(text)
+    }
+
+    #[test]
+    fn a_bare_exclamation_mark_is_rejected_with_file_and_line() {
+        let file = Path::new("/ctx/.dockerignore");
+        let e = Ignore::validate(file, "# c\nbuild\n  !  \n!keep\n").expect_err("bare !");
+        assert!(
+            matches!(&e, IgnoreError::BareExclusion { line: 3, .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "/ctx/.dockerignore:3: illegal exclusion pattern: \"!\""
+        );
+        Ignore::validate(file, "build\n!keep\n! spaced\n#!\n").expect("valid");
     }
 
     #[test]

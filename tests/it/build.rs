@@ -1,6 +1,6 @@
 //! Builds that succeed: parallel stages, the cache, determinism, failures, concurrency.
 
-use crate::harness::{TestDir, cached, executed_runs, kinds, privileged, text};
+use crate::harness::{busybox_dir, cached, executed_runs, kinds, text};
 use anyhow::{Context as _, ensure};
 
 const MULTI_STAGE: &str = r#"FROM busybox AS a
@@ -36,11 +36,9 @@ fn interval(events: &[serde_json::Value], needle: &str) -> anyhow::Result<(u64, 
 
 #[test]
 fn parallel_stages_overlap_unused_stage_never_runs_and_image_runs() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", MULTI_STAGE);
     let events = t.build("multi:1", &["--jobs", "2"])?;
     let (a0, a1) = interval(&events, "from-a")?;
@@ -78,11 +76,9 @@ COPY b.txt /b.txt
 
 #[test]
 fn noop_rebuild_runs_nothing_and_an_edit_reruns_only_steps_after_its_copy() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", EDIT);
     t.write("a.txt", "one\n");
     t.write("b.txt", "bee\n");
@@ -124,11 +120,9 @@ fn noop_rebuild_runs_nothing_and_an_edit_reruns_only_steps_after_its_copy() -> a
 
 #[test]
 fn two_builds_of_the_same_input_give_byte_identical_manifests() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", "FROM busybox\nRUN mkdir -p /data && echo x > /data/x\nWORKDIR /app\nCOPY src/ ./src/\nENV A=1\nCMD [\"ls\"]\n");
     t.write("src/main.c", "int main(void) { return 0; }\n");
     t.write("src/lib/util.h", "#define X 1\n");
@@ -148,11 +142,9 @@ fn two_builds_of_the_same_input_give_byte_identical_manifests() -> anyhow::Resul
 
 #[test]
 fn failing_run_names_its_line_exits_nonzero_and_the_store_stays_usable() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox\nRUN echo fine\nRUN echo going down; exit 3\n",
@@ -189,11 +181,9 @@ fn failing_run_names_its_line_exits_nonzero_and_the_store_stays_usable() -> anyh
 
 #[test]
 fn two_concurrent_builds_on_one_root_both_succeed() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let ctx2 = t.dir.path().join("ctx2");
     std::fs::create_dir(&ctx2)?;
     t.write(

@@ -1,6 +1,6 @@
 //! The build cache seen from the CLI: why steps missed (`--explain`), the stat cache.
 
-use crate::harness::{TestDir, cached, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, cached, executed_runs, text};
 use anyhow::ensure;
 
 const DOCKERFILE: &str =
@@ -15,15 +15,21 @@ fn plain_build(t: &TestDir, extra: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-#[test]
-fn explain_says_which_file_or_arg_made_a_step_miss() -> anyhow::Result<()> {
-    if !privileged(&[]) {
-        return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+/// A busybox test dir with [`DOCKERFILE`] and `src/a.txt`, or `None` when the test is skipped.
+fn project() -> anyhow::Result<Option<TestDir>> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(None);
+    };
     t.write("Dockerfile", DOCKERFILE);
     t.write("src/a.txt", "one\n");
+    Ok(Some(t))
+}
+
+#[test]
+fn explain_says_which_file_or_arg_made_a_step_miss() -> anyhow::Result<()> {
+    let Some(t) = project()? else {
+        return Ok(());
+    };
     t.write("src/b.txt", "b\n");
     let first = plain_build(&t, &[])?;
     ensure!(first.contains("cache miss: no cache entry"), "{first}");
@@ -71,13 +77,9 @@ fn explain_says_which_file_or_arg_made_a_step_miss() -> anyhow::Result<()> {
 
 #[test]
 fn build_writes_a_stat_cache_and_a_touched_file_stays_cached() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = project()? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
-    t.write("Dockerfile", DOCKERFILE);
-    t.write("src/a.txt", "one\n");
+    };
     plain_build(&t, &[])?;
     ensure!(
         std::fs::read_dir(t.root.join("statcache"))?.count() == 1,
@@ -95,13 +97,9 @@ fn build_writes_a_stat_cache_and_a_touched_file_stays_cached() -> anyhow::Result
 
 #[test]
 fn system_df_counts_images_layers_and_cache_records() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = project()? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
-    t.write("Dockerfile", DOCKERFILE);
-    t.write("src/a.txt", "one\n");
+    };
     plain_build(&t, &[])?;
     let out = t.ok(&["system", "df"])?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -150,12 +148,10 @@ fn misses(stderr: &str) -> (usize, Vec<String>) {
 #[test]
 fn keys_change_exactly_for_content_mode_and_owner_never_for_mtime_or_ignored_files()
 -> anyhow::Result<()> {
-    if !privileged(&[]) {
-        return Ok(());
-    }
     use std::os::unix::fs::PermissionsExt as _;
-    let t = TestDir::new();
-    t.import_busybox()?;
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
     t.write(
         "Dockerfile",
         "FROM busybox AS other\nCOPY b.txt dir /other/\n\
@@ -234,11 +230,9 @@ fn age_records(t: &TestDir, secs: u64) -> anyhow::Result<()> {
 
 #[test]
 fn prune_removes_build_cache_and_tagged_images_still_run() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", TWO_STAGES);
     t.build("x:1", &[])?;
     ensure!(count_dir(&t.root.join("cachekeys")) == 3);
@@ -275,11 +269,9 @@ fn prune_removes_build_cache_and_tagged_images_still_run() -> anyhow::Result<()>
 
 #[test]
 fn prune_all_removes_untagged_images_and_keeps_tagged_ones() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", TWO_STAGES);
     let out = t.ok(&[
         "build",
@@ -309,12 +301,10 @@ fn prune_all_removes_untagged_images_and_keeps_tagged_ones() -> anyhow::Result<(
 
 #[test]
 fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
-    if !privileged(&[]) {
-        return Ok(());
-    }
     use std::io::BufRead as _;
-    let t = TestDir::new();
-    t.import_busybox()?;
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
     t.write(
         "Dockerfile",
         "FROM busybox AS builder\nRUN echo built > /artifact\n\
@@ -365,11 +355,9 @@ fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
 
 #[test]
 fn prune_until_and_keep_storage_remove_the_least_recently_used_cache() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     // Each build's first stage makes a layer only its cache record holds.
     let df = |bytes: u64| {
         format!(
@@ -420,11 +408,9 @@ fn prune_until_and_keep_storage_remove_the_least_recently_used_cache() -> anyhow
 
 #[test]
 fn stale_temp_entries_of_killed_builds_are_cleaned() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", "FROM busybox\nRUN true\n");
     // What a killed build leaves: its pid (which no process has) in the name.
     let dead = t.root.join("tmp/step--99999999-3-1f");
@@ -448,11 +434,9 @@ fn stale_temp_entries_of_killed_builds_are_cleaned() -> anyhow::Result<()> {
 #[test]
 fn no_cache_filter_reruns_the_stage_and_its_users_only_when_its_result_changed()
 -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox AS same\nRUN echo same > /same\n\
@@ -495,11 +479,9 @@ fn no_cache_filter_reruns_the_stage_and_its_users_only_when_its_result_changed()
 
 #[test]
 fn prune_all_keeps_a_pulled_image_runnable() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some(t) = busybox_dir(&["docker-registry"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let reg = crate::registry::start_registry(t.dir.path())?;
     let remote = format!("127.0.0.1:{}/kiln/busybox:1", reg.port);
     t.ok(&["push", "busybox", &remote])?;

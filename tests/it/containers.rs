@@ -1,6 +1,7 @@
 //! Container lifecycle beyond networking: graceful stop, cgroup limits.
 
-use crate::harness::{TestDir, privileged, text};
+use crate::harness::{TestDir, busybox_dir, text};
+use crate::network::Reaper;
 use anyhow::{Context as _, ensure};
 use std::time::{Duration, Instant};
 
@@ -29,12 +30,10 @@ fn wait_log(t: &TestDir, n: &str, needle: &str) -> anyhow::Result<()> {
 
 #[test]
 fn stop_sends_term_to_pid_1_and_kills_after_the_timeout() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    let _reap = crate::network::Reaper::new(&t);
-    t.import_busybox()?;
+    };
+    let _reap = Reaper::new(&t);
     let (graceful, stubborn) = (name("graceful"), name("stubborn"));
     for (n, trap) in [(&graceful, "exit 7"), (&stubborn, "")] {
         let script = format!("trap '{trap}' TERM; echo ready; while true; do sleep 0.1; done");
@@ -106,12 +105,10 @@ fn stop_sends_term_to_pid_1_and_kills_after_the_timeout() -> anyhow::Result<()> 
 
 #[test]
 fn pids_limit_stops_forks_and_memory_limit_is_in_the_cgroup() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    let _reap = crate::network::Reaper::new(&t);
-    t.import_busybox()?;
+    };
+    let _reap = Reaper::new(&t);
     let out = t.kiln(&[
         "run",
         "--rm",
@@ -196,12 +193,10 @@ fn on_a_terminal(t: &TestDir, args: &str) -> anyhow::Result<std::process::Output
 
 #[test]
 fn run_and_exec_with_t_get_a_terminal_of_the_container() -> anyhow::Result<()> {
-    if !privileged(&["script"]) {
+    let Some(t) = busybox_dir(&["script"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    let _reap = crate::network::Reaper::new(&t);
-    t.import_busybox()?;
+    };
+    let _reap = Reaper::new(&t);
     let out = on_a_terminal(
         &t,
         "run --rm -it --network none busybox sh -c 'tty; exit 3'",

@@ -3,7 +3,7 @@
 //! OCI config (image config and history). Several behaviours share one build to keep the
 //! suite fast. Where BuildKit and the Docker documentation disagree, these follow BuildKit.
 
-use crate::harness::{TestDir, cached, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, cached, executed_runs, privileged, text, umoci_unpack};
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -96,13 +96,7 @@ pub(crate) fn unpack(t: &TestDir, tag: &str) -> anyhow::Result<Image> {
     let manifest = json(blob(&index["manifests"][0]["digest"])?)?;
     let config = json(blob(&manifest["config"]["digest"])?)?;
     let bundle = t.dir.path().join(format!("{name}-bundle"));
-    let out = Command::new("umoci")
-        .arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:{refname}", layout.display()))
-        .arg(&bundle)
-        .output()?;
-    ensure!(out.status.success(), "umoci unpack: {}", text(&out));
+    umoci_unpack(&layout, &refname, &bundle)?;
     Ok(Image {
         rootfs: bundle.join("rootfs"),
         config,
@@ -116,12 +110,7 @@ pub(crate) fn build(t: &TestDir, tag: &str, extra: &[&str]) -> anyhow::Result<Im
 }
 
 pub(crate) fn setup() -> anyhow::Result<Option<TestDir>> {
-    if !privileged(&["umoci"]) {
-        return Ok(None);
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
-    Ok(Some(t))
+    busybox_dir(&["umoci"])
 }
 
 #[test]
@@ -483,6 +472,16 @@ fn dockerignore_patterns_and_the_dockerfile_specific_file() -> anyhow::Result<()
     ensure!(!out.status.success(), "{all}");
     ensure!(
         all.contains("Dockerfile:2") && all.contains("secret"),
+        "{all}"
+    );
+
+    // A bare `!` line is refused as BuildKit does, naming the file and line.
+    t.write(".dockerignore", "secret\n!\n");
+    let out = t.kiln(&["build", "-t", "ignore:4", t.ctx.to_str().context("utf-8")?]);
+    let all = text(&out);
+    ensure!(!out.status.success(), "{all}");
+    ensure!(
+        all.contains(".dockerignore:2: illegal exclusion pattern: \"!\""),
         "{all}"
     );
     Ok(())

@@ -1,16 +1,14 @@
 //! Bad input: a clear error naming file:line, a non-zero exit, and an unchanged store.
 
-use crate::harness::{TestDir, privileged, text};
+use crate::harness::{busybox_dir, text};
 use anyhow::ensure;
 
 /// Builds `dockerfile` (or none) and checks the failure mentions every `needles` item, exits 1
 /// and leaves the store as it was.
 fn fails(dockerfile: Option<&str>, files: &[(&str, &str)], needles: &[&str]) -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     if let Some(d) = dockerfile {
         t.write("Dockerfile", d);
     }

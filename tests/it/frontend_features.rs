@@ -1,6 +1,6 @@
 //! Issue 3's execution side: `kiln build --check`, RUN mounts, ADD of a URL.
 
-use crate::harness::{TestDir, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, executed_runs, privileged, text};
 use anyhow::ensure;
 use std::path::Path;
 
@@ -130,11 +130,9 @@ fn stdout(out: &std::process::Output) -> String {
 
 #[test]
 fn cache_mount_persists_across_builds_and_stays_out_of_the_image() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox\nARG N\nRUN --mount=type=cache,target=/cache,id=c1,sharing=locked,mode=0750 \
@@ -168,11 +166,9 @@ fn cache_mount_persists_across_builds_and_stays_out_of_the_image() -> anyhow::Re
 
 #[test]
 fn secret_mount_is_readable_absent_from_the_image_and_not_in_the_cache_key() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox\n\
@@ -228,11 +224,9 @@ fn secret_mount_is_readable_absent_from_the_image_and_not_in_the_cache_key() -> 
 
 #[test]
 fn bind_mount_from_a_stage_tmpfs_and_network_none() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox AS src\nRUN mkdir /data && echo one > /data/a\nRUN echo two > /data/b\n\
@@ -447,11 +441,9 @@ fn check_warns_about_ignored_and_missing_copy_sources() -> anyhow::Result<()> {
 
 #[test]
 fn writable_bind_mounts_never_change_the_context_or_the_stage() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("in.txt", "context\n");
     t.write(
         "Dockerfile",
@@ -475,11 +467,9 @@ fn writable_bind_mounts_never_change_the_context_or_the_stage() -> anyhow::Resul
 
 #[test]
 fn locked_cache_mounts_serialize_parallel_steps_without_stalling() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let mut df = String::new();
     for s in ["a", "b", "c"] {
         df.push_str(&format!(
@@ -504,11 +494,9 @@ fn locked_cache_mounts_serialize_parallel_steps_without_stalling() -> anyhow::Re
 
 #[test]
 fn cache_mount_from_a_stage_seeds_a_new_cache_only() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox AS seed\nRUN mkdir -p /s && echo seeded > /s/first\n\

@@ -58,6 +58,17 @@ pub fn privileged(tools: &[&str]) -> bool {
     false
 }
 
+/// A fresh [`TestDir`] with busybox imported, or `None` when [`privileged`] skips the test
+/// (it panics instead when REQUIRE_PRIVILEGED_TESTS=1).
+pub fn busybox_dir(tools: &[&str]) -> anyhow::Result<Option<TestDir>> {
+    if !privileged(tools) {
+        return Ok(None);
+    }
+    let t = TestDir::new();
+    t.import_busybox()?;
+    Ok(Some(t))
+}
+
 /// One test's world: a temp dir holding `root/` (KILN_ROOT) and `ctx/` (a build context).
 pub struct TestDir {
     pub dir: tempfile::TempDir,
@@ -167,6 +178,19 @@ impl TestDir {
         }
         out
     }
+}
+
+/// Unpacks image `refname` of the OCI layout at `layout` into the bundle dir `bundle` with
+/// umoci (the rootfs lands in `bundle/rootfs`).
+pub fn umoci_unpack(layout: &Path, refname: &str, bundle: &Path) -> anyhow::Result<()> {
+    let out = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{refname}", layout.display()))
+        .arg(bundle)
+        .output()?;
+    ensure!(out.status.success(), "umoci unpack: {}", text(&out));
+    Ok(())
 }
 
 /// stdout and stderr, for failure messages.

@@ -1,7 +1,7 @@
 //! `kiln run` networking: the default bridge with a published port reached from the host's
 //! 127.0.0.1, cleanup after the container is stopped, port conflicts, `--network none`.
 
-use crate::harness::{TestDir, privileged, text};
+use crate::harness::{TestDir, busybox_dir, text};
 use anyhow::{Context as _, ensure};
 use std::io::{Read as _, Write as _};
 use std::path::Path;
@@ -99,12 +99,10 @@ fn name(tag: &str) -> String {
 
 #[test]
 fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     t.write("Dockerfile", WEB);
     t.build("web:1", &[])?;
     let n = name("web");
@@ -174,12 +172,10 @@ fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()
 
 #[test]
 fn host_port_in_use_is_a_clear_error_and_leaks_nothing() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     let taken = std::net::TcpListener::bind(("0.0.0.0", 0))?;
     let port = taken.local_addr()?.port();
     let n = name("inuse");
@@ -212,12 +208,10 @@ fn host_port_in_use_is_a_clear_error_and_leaks_nothing() -> anyhow::Result<()> {
 
 #[test]
 fn network_none_has_only_lo_and_bridge_has_eth0_with_a_route() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     let out = t.ok(&[
         "run",
         "--rm",
@@ -270,12 +264,10 @@ fn row<'a>(ps: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     t.write("Dockerfile", WEB);
     t.build("web:1", &[])?;
     let n = name("detached");
@@ -352,12 +344,10 @@ fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
 
 #[test]
 fn container_whose_processes_died_shows_exited_and_rm_f_cleans_up() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     let n = name("died");
     t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
@@ -391,12 +381,10 @@ fn container_whose_processes_died_shows_exited_and_rm_f_cleans_up() -> anyhow::R
 
 #[test]
 fn container_network_shares_the_ip_and_exec_sees_the_processes() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     let n = name("shared");
     t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
     let ip = lease(&n).context("a lease")?["ip"]
@@ -448,12 +436,10 @@ fn container_network_shares_the_ip_and_exec_sees_the_processes() -> anyhow::Resu
 
 #[test]
 fn logs_follow_prints_until_the_container_exits() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     let n = name("logs");
     t.ok(&[
         "run",
@@ -495,12 +481,10 @@ fn inspect(t: &TestDir, name: &str) -> anyhow::Result<serde_json::Value> {
 
 #[test]
 fn user_network_containers_ping_each_other_by_ip_and_name() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let reap = Reaper::new(&t);
-    t.import_busybox()?;
     let net = name("net");
     let subnet = test_subnet(0);
     reap.network(&net);
@@ -561,12 +545,10 @@ fn user_network_containers_ping_each_other_by_ip_and_name() -> anyhow::Result<()
 
 #[test]
 fn inspect_gives_state_address_and_ports_like_docker() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     let free = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     let port = free.local_addr()?.port();
     drop(free);
@@ -629,12 +611,10 @@ fn inspect_gives_state_address_and_ports_like_docker() -> anyhow::Result<()> {
 
 #[test]
 fn build_run_steps_join_the_bridge_unless_none_or_host_is_asked() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     t.write(
         "Dockerfile",
         "FROM busybox\n\
@@ -714,12 +694,10 @@ fn footprint(net: &str, bridge: &str, subnet: &str) -> anyhow::Result<(usize, us
 
 #[test]
 fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let reap = Reaper::new(&t);
-    t.import_busybox()?;
     let net = name("leak");
     let subnet = test_subnet(100);
     reap.network(&net);
@@ -794,12 +772,10 @@ fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Re
 
 #[test]
 fn a_container_cannot_reach_an_unpublished_host_loopback_listener() -> anyhow::Result<()> {
-    if !privileged(&["ip", "nft"]) {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
+    };
     let _reap = Reaper::new(&t);
-    t.import_busybox()?;
     // The bridge's gateway address exists once a container has been on it.
     t.ok(&["run", "--rm", "busybox", "true"])?;
     let local = std::net::TcpListener::bind(("127.0.0.1", 0))?;

@@ -1,7 +1,7 @@
 //! `kiln push` and `kiln pull` through the real CNCF registry (`docker-registry`, started here on
 //! a free 127.0.0.1 port with its own storage): build, push, pull into another store, run.
 
-use crate::harness::{TestDir, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, executed_runs, privileged, text};
 use anyhow::{Context as _, ensure};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -58,11 +58,9 @@ fn start_registry_on(dir: &std::path::Path, ip: &str) -> anyhow::Result<Registry
 
 #[test]
 fn pushed_image_pulls_into_another_store_and_runs() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some(t) = busybox_dir(&["docker-registry"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox\nRUN echo pushed-and-pulled > /msg\nCMD [\"cat\", \"/msg\"]\n",

@@ -1,7 +1,7 @@
 //! Remote build cache (`--cache-to` / `--cache-from`) through the real CNCF registry, started
 //! here with its access log on, so that tests count the blob requests kiln makes.
 
-use crate::harness::{TestDir, events, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, events, executed_runs, privileged, text};
 use anyhow::{Context as _, ensure};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -137,6 +137,25 @@ fn project() -> anyhow::Result<TestDir> {
     Ok(t)
 }
 
+/// The three-stage [`project`] and a registry in its temp dir, or `None` when [`privileged`]
+/// skips the test.
+fn project_and_registry() -> anyhow::Result<Option<(TestDir, Registry)>> {
+    if !privileged(&["docker-registry"]) {
+        return Ok(None);
+    }
+    let t = project()?;
+    let reg = Registry::start(t.dir.path())?;
+    Ok(Some((t, reg)))
+}
+
+/// Builds `t`, exporting every stage's cache (`mode=max`) to the registry reference `cache`.
+fn export_max(t: &TestDir, cache: &str) -> anyhow::Result<Built> {
+    build(
+        t,
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    )
+}
+
 /// A fresh runner: an empty KILN_ROOT with only the base image, the same context.
 fn fresh_runner(like: &TestDir) -> anyhow::Result<TestDir> {
     let t = project()?;
@@ -152,11 +171,9 @@ fn snapshots(t: &TestDir) -> usize {
 
 #[test]
 fn fresh_runner_builds_from_registry_cache_with_zero_runs_and_same_digest() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some((t, reg)) = project_and_registry()? else {
         return Ok(());
-    }
-    let t = project()?;
-    let reg = Registry::start(t.dir.path())?;
+    };
     let cache = reg.reference("app/cache:main");
     let to = format!("type=registry,ref={cache},mode=max");
     // The first CI run: the cache it imports does not exist yet, which is only a warning.
@@ -202,16 +219,11 @@ fn fresh_runner_builds_from_registry_cache_with_zero_runs_and_same_digest() -> a
 
 #[test]
 fn fresh_runner_with_one_changed_file_runs_only_dependent_steps() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some((t, reg)) = project_and_registry()? else {
         return Ok(());
-    }
-    let t = project()?;
-    let reg = Registry::start(t.dir.path())?;
+    };
     let cache = reg.reference("app/cache:main");
-    build(
-        &t,
-        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
-    )?;
+    export_max(&t, &cache)?;
 
     let fresh = fresh_runner(&t)?;
     fresh.write("a.txt", "changed\n");
@@ -235,11 +247,9 @@ fn fresh_runner_with_one_changed_file_runs_only_dependent_steps() -> anyhow::Res
 
 #[test]
 fn intermediate_stage_hits_only_with_mode_max() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some((t, reg)) = project_and_registry()? else {
         return Ok(());
-    }
-    let t = project()?;
-    let reg = Registry::start(t.dir.path())?;
+    };
     let (min, max) = (
         reg.reference("app/cache:min"),
         reg.reference("app/cache:max"),
@@ -320,11 +330,9 @@ fn local_layout_cache_round_trips_and_skopeo_reads_it() -> anyhow::Result<()> {
 
 #[test]
 fn inline_cache_of_a_pushed_image_is_imported_from_the_image() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some((t, reg)) = project_and_registry()? else {
         return Ok(());
-    }
-    let t = project()?;
-    let reg = Registry::start(t.dir.path())?;
+    };
     let image = reg.reference("app/web:1");
     let ctx = t.ctx.to_str().expect("utf-8 path");
     let out = t.ok(&[
@@ -383,11 +391,9 @@ fn mount_dir(t: &TestDir, id: &str) -> Option<PathBuf> {
 
 #[test]
 fn cache_mount_contents_travel_with_mounts_true() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some(t) = busybox_dir(&["docker-registry"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", MOUNT_DOCKERFILE);
     t.write("v.txt", "1\n");
     let reg = Registry::start(t.dir.path())?;
@@ -418,11 +424,9 @@ fn cache_mount_contents_travel_with_mounts_true() -> anyhow::Result<()> {
 
 #[test]
 fn exporting_an_exported_build_again_uploads_nothing() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some(t) = busybox_dir(&["docker-registry"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write("Dockerfile", MOUNT_DOCKERFILE);
     t.write("v.txt", "1\n");
     let reg = Registry::start(t.dir.path())?;
@@ -450,16 +454,11 @@ fn exporting_an_exported_build_again_uploads_nothing() -> anyhow::Result<()> {
 
 #[test]
 fn lazy_import_downloads_only_the_final_image_layers() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some((t, reg)) = project_and_registry()? else {
         return Ok(());
-    }
-    let t = project()?;
-    let reg = Registry::start(t.dir.path())?;
+    };
     let cache = reg.reference("lazy/cache:main");
-    build(
-        &t,
-        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
-    )?;
+    export_max(&t, &cache)?;
     let before = reg.blob_gets("lazy/cache").len();
 
     let fresh = fresh_runner(&t)?;
@@ -485,11 +484,9 @@ fn lazy_import_downloads_only_the_final_image_layers() -> anyhow::Result<()> {
 
 #[test]
 fn export_mounts_layers_already_pushed_to_a_sibling_repository() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some((t, reg)) = project_and_registry()? else {
         return Ok(());
-    }
-    let t = project()?;
-    let reg = Registry::start(t.dir.path())?;
+    };
     build(&t, &[])?;
     t.ok(&["push", "app:1", &reg.reference("team/web:1")])?;
     let uploads = reg.uploads();
@@ -517,16 +514,11 @@ fn export_mounts_layers_already_pushed_to_a_sibling_repository() -> anyhow::Resu
 
 #[test]
 fn a_corrupted_cache_blob_fails_the_build_and_leaves_no_layer() -> anyhow::Result<()> {
-    if !privileged(&["docker-registry"]) {
+    let Some((t, reg)) = project_and_registry()? else {
         return Ok(());
-    }
-    let t = project()?;
-    let reg = Registry::start(t.dir.path())?;
+    };
     let cache = reg.reference("bad/cache:main");
-    build(
-        &t,
-        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
-    )?;
+    export_max(&t, &cache)?;
     // Flip bytes in the middle of every gzip blob the registry stores (same size).
     let mut corrupted = 0;
     let mut stack = vec![t.dir.path().join("registry-data")];

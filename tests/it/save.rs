@@ -1,6 +1,6 @@
 //! `kiln save`: the tar is an OCI layout that skopeo and umoci accept, with kiln's file tree.
 
-use crate::harness::{TestDir, privileged, text};
+use crate::harness::{busybox_dir, text, umoci_unpack};
 use anyhow::{Context as _, ensure};
 use cache::oci::Digest;
 use std::collections::BTreeMap;
@@ -42,11 +42,9 @@ fn tree(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
 
 #[test]
 fn saved_tar_is_accepted_by_skopeo_and_umoci_with_the_same_tree() -> anyhow::Result<()> {
-    if !privileged(&["skopeo", "umoci", "mount", "umount"]) {
+    let Some(t) = busybox_dir(&["skopeo", "umoci", "mount", "umount"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(
         "Dockerfile",
         "FROM busybox\nRUN mkdir -p /srv/data && echo hello > /srv/data/greeting && ln -s greeting /srv/data/link && rm /bin/vi\nCOPY app/ /app/\nRUN chmod 0750 /app/run.sh\n",
@@ -80,13 +78,7 @@ fn saved_tar_is_accepted_by_skopeo_and_umoci_with_the_same_tree() -> anyhow::Res
         .context("index.json names the image")?
         .to_owned();
     let bundle = t.dir.path().join("bundle");
-    let out = Command::new("umoci")
-        .arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:{refname}", layout.display()))
-        .arg(&bundle)
-        .output()?;
-    ensure!(out.status.success(), "umoci unpack: {}", text(&out));
+    umoci_unpack(&layout, &refname, &bundle)?;
 
     // kiln's own view: its snapshots stacked read-only with overlayfs.
     let inspect: serde_json::Value =

@@ -2,7 +2,7 @@
 //! 127.0.0.1), RUN --mount=type=ssh (a real `ssh-agent`), a context bind mount that hides
 //! `.dockerignore`d files.
 
-use crate::harness::{TestDir, cached, executed_runs, privileged, text};
+use crate::harness::{TestDir, busybox_dir, cached, executed_runs, text};
 use anyhow::{Context as _, ensure};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,6 +53,14 @@ fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> anyhow::Result<
     git(repo, &["rev-parse", "HEAD"])
 }
 
+/// An empty repository `base/repo.git` on branch `main`.
+fn init_repo(base: &Path) -> anyhow::Result<PathBuf> {
+    let repo = base.join("repo.git");
+    std::fs::create_dir_all(&repo)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    Ok(repo)
+}
+
 /// A repository `base/repo.git` served by `git daemon` on a free 127.0.0.1 port.
 struct GitServer {
     _daemon: Proc,
@@ -62,9 +70,7 @@ struct GitServer {
 
 fn git_server(t: &TestDir) -> anyhow::Result<GitServer> {
     let base = t.dir.path().join("git");
-    let repo = base.join("repo.git");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
+    let repo = init_repo(&base)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -106,11 +112,9 @@ fn cat(t: &TestDir, image: &str, path: &str) -> anyhow::Result<String> {
 
 #[test]
 fn add_git_branch_tag_commit_subdir_query_and_keep_git_dir() -> anyhow::Result<()> {
-    if !privileged(&["git"]) {
+    let Some(t) = busybox_dir(&["git"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let s = git_server(&t)?;
     let c1 = commit(&s.repo, &[("README", "v1\n"), ("sub/file", "s1\n")], "one")?;
     git(&s.repo, &["tag", "-a", "v1", "-m", "release 1"])?;
@@ -143,11 +147,9 @@ fn add_git_branch_tag_commit_subdir_query_and_keep_git_dir() -> anyhow::Result<(
 
 #[test]
 fn add_git_cache_follows_the_branch_and_bad_refs_name_the_url() -> anyhow::Result<()> {
-    if !privileged(&["git"]) {
+    let Some(t) = busybox_dir(&["git"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let s = git_server(&t)?;
     commit(&s.repo, &[("README", "v1\n")], "one")?;
     let u = &s.url;
@@ -255,11 +257,9 @@ fn copy_with_libs(bin: &str, root: &Path) -> anyhow::Result<()> {
 
 #[test]
 fn ssh_mount_reaches_a_real_agent_and_stays_out_of_keys_and_layers() -> anyhow::Result<()> {
-    if !privileged(&["ssh-agent", "ssh-add", "ssh-keygen", "ldd"]) {
+    let Some(t) = busybox_dir(&["ssh-agent", "ssh-add", "ssh-keygen", "ldd"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let d = t.dir.path();
     let key = d.join("key");
     let st = Command::new("ssh-keygen")
@@ -381,11 +381,9 @@ fn ssh_mount_reaches_a_real_agent_and_stays_out_of_keys_and_layers() -> anyhow::
 
 #[test]
 fn context_bind_mount_hides_ignored_files_and_its_key_ignores_them() -> anyhow::Result<()> {
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     t.write(".dockerignore", "secret.txt\nignored/\n");
     t.write("keep.txt", "k1\n");
     t.write("secret.txt", "s1\n");
@@ -539,15 +537,11 @@ fn cgi(mut conn: std::net::TcpStream, base: &Path) -> std::io::Result<()> {
 
 #[test]
 fn add_git_over_smart_http_with_a_tag_and_subdir() -> anyhow::Result<()> {
-    if !privileged(&["git"]) {
+    let Some(t) = busybox_dir(&["git"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let base = t.dir.path().join("http");
-    let repo = base.join("repo.git");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
+    let repo = init_repo(&base)?;
     commit(&repo, &[("app/main.sh", "echo one\n")], "one")?;
     git(&repo, &["tag", "v1"])?;
     commit(&repo, &[("app/main.sh", "echo two\n")], "two")?;
@@ -566,11 +560,9 @@ fn add_git_over_smart_http_with_a_tag_and_subdir() -> anyhow::Result<()> {
 
 #[test]
 fn add_git_checks_out_submodules_unless_asked_not_to() -> anyhow::Result<()> {
-    if !privileged(&["git"]) {
+    let Some(t) = busybox_dir(&["git"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let s = git_server(&t)?;
     let sub = s.repo.with_file_name("sub.git");
     std::fs::create_dir_all(&sub)?;
@@ -609,11 +601,9 @@ fn add_git_checks_out_submodules_unless_asked_not_to() -> anyhow::Result<()> {
 #[test]
 fn add_extracts_every_archive_codec_without_host_tools() -> anyhow::Result<()> {
     use std::io::Write as _;
-    if !privileged(&[]) {
+    let Some(t) = busybox_dir(&[])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let tar = {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
@@ -682,15 +672,11 @@ fn add_extracts_every_archive_codec_without_host_tools() -> anyhow::Result<()> {
 #[test]
 fn add_git_over_ssh_gets_the_ssh_default_agent() -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    if !privileged(&["git"]) {
+    let Some(t) = busybox_dir(&["git"])? else {
         return Ok(());
-    }
-    let t = TestDir::new();
-    t.import_busybox()?;
+    };
     let base = t.dir.path().join("ssh-repos");
-    let repo = base.join("repo.git");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
+    let repo = init_repo(&base)?;
     commit(&repo, &[("f", "over ssh\n")], "one")?;
     // No sshd here: git's ssh command is a shim that checks and records the agent socket kiln
     // hands to git, then runs the real git-upload-pack on the repository (what sshd would
