@@ -122,8 +122,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let id = a.name.clone().unwrap_or_else(container_id);
     let mut container = {
         let _lock = store.lock_shared().context("locking the store")?;
-        solver::run::prepare(&store, &image.config, &id, &overrides)
-            .with_context(|| format!("preparing container {id}"))?
+        let c = solver::run::prepare(&store, &image.config, &id, &overrides)
+            .with_context(|| format!("preparing container {id}"))?;
+        // Written before the lock goes: `kiln prune` keeps the snapshots a container's
+        // spec.json names, so none of this container's layers can go while it exists.
+        let spec_path = c.dir.join("spec.json");
+        std::fs::write(&spec_path, serde_json::to_vec(&c.spec)?)
+            .with_context(|| format!("writing {}", spec_path.display()))?;
+        c
     };
     let (network, joined) = match crate::netrun::setup(
         &a.network,
@@ -183,12 +189,38 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         };
         return crate::containers::start_detached(&container.dir, &container.spec, state, joined);
     }
+    // A foreground container is listed by `kiln ps` while it runs and, without --rm, stays
+    // as an exited container until `kiln rm` (as docker's do). Its network is its own to tear
+    // down, so the state names none.
+    let mut state = crate::containers::State {
+        id: id.clone(),
+        image: a.image.clone(),
+        command: container.spec.args.clone(),
+        status: "running".to_owned(),
+        pid: None,
+        exit_code: None,
+        network: None,
+        ip: None,
+        gateway: None,
+        ports: Vec::new(),
+        auto_remove: a.rm,
+        stop_signal: Some(image.config.config.stop_signal.clone()).filter(|x| !x.is_empty()),
+        created: Some(crate::containers::now_rfc3339()),
+        started_at: Some(crate::containers::now_rfc3339()),
+        finished_at: None,
+        cgroups: cgroups.clone(),
+        limits,
+    };
     let raw = a.tty.then(RawTerminal::enter).flatten();
     let status = spawn_and_wait(
         &container.spec,
         a.interactive || a.tty,
         joined.is_some(),
         &cgroups,
+        |pid| {
+            state.pid = i32::try_from(pid).ok();
+            crate::containers::write_state(&container.dir, &state)
+        },
     );
     drop(raw);
     let torn = joined.map(crate::netrun::Joined::teardown);
@@ -197,6 +229,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if a.rm {
         let _ = std::fs::remove_dir_all(&container.dir);
+    } else if let Ok(st) = &status {
+        use std::os::unix::process::ExitStatusExt;
+        state.status = "exited".to_owned();
+        state.exit_code = Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
+        state.finished_at = Some(crate::containers::now_rfc3339());
+        crate::containers::write_state(&container.dir, &state)?;
     }
     let status = status?;
     if let Some(t) = torn {
@@ -217,6 +255,7 @@ fn spawn_and_wait(
     stdin: bool,
     forward_signals: bool,
     cgroups: &[std::path::PathBuf],
+    started: impl FnOnce(u32) -> anyhow::Result<()>,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let spec = executor::spec::InitSpec::Run(spec.clone());
@@ -229,6 +268,11 @@ fn spawn_and_wait(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
+    if let Err(e) = started(child.id()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     if forward_signals {
         let pid = child.id();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -245,3 +245,83 @@ fn run_and_exec_with_t_get_a_terminal_of_the_container() -> anyhow::Result<()> {
     t.ok(&["rm", "-f", &n])?;
     Ok(())
 }
+
+#[test]
+fn foreground_containers_are_listed_kept_until_rm_and_their_layers_survive_prune()
+-> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    // An untagged image (reachable only by id) run in the foreground: `prune -a` removes
+    // untagged images, but not the layers a live container stands on.
+    t.write("Dockerfile", "FROM busybox\nRUN echo layer > /made\n");
+    t.build("fg:1", &[])?;
+    let id = inspect(&t, "fg:1")?["Id"]
+        .as_str()
+        .context("image id")?
+        .to_owned();
+    t.ok(&["rmi", "fg:1"])?;
+    let long = name("fg-long");
+    let mut child = t
+        .cmd(&[
+            "run",
+            "--name",
+            &long,
+            "--network",
+            "none",
+            &id,
+            "sh",
+            "-c",
+            "sleep 2; cat /made",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&t.ok(&["ps"])?.stdout).contains(&long) {
+        ensure!(
+            Instant::now() < deadline,
+            "a running foreground container is not in ps"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.ok(&["prune", "-a", "-f"])?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("layer"),
+        "the container lost its layers to prune: {:?}",
+        out
+    );
+
+    // Without --rm an exited foreground container stays (docker's behaviour) until rm.
+    let short = name("fg-exit");
+    let out = t.kiln(&[
+        "run",
+        "--name",
+        &short,
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    ensure!(out.status.code() == Some(3), "{}", text(&out));
+    let ps = t.ok(&["ps", "-a"])?;
+    ensure!(
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.starts_with(&short) && l.contains("Exited (3)")),
+        "{}",
+        text(&ps)
+    );
+    ensure!(inspect(&t, &short)?["State"]["ExitCode"] == 3);
+    t.ok(&["rm", &short, &long])?;
+    let left = std::fs::read_dir(t.root.join("containers"))?.count();
+    ensure!(left == 0, "{left} container dirs left after rm");
+    // With --rm nothing stays.
+    t.ok(&["run", "--rm", "--network", "none", "busybox", "true"])?;
+    let left = std::fs::read_dir(t.root.join("containers"))?.count();
+    ensure!(left == 0, "--rm left {left} container dirs");
+    Ok(())
+}
