@@ -263,7 +263,7 @@ fn foreground_containers_are_listed_kept_until_rm_and_their_layers_survive_prune
         .to_owned();
     t.ok(&["rmi", "fg:1"])?;
     let long = name("fg-long");
-    let mut child = t
+    let child = t
         .cmd(&[
             "run",
             "--name",
