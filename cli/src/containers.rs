@@ -367,10 +367,7 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
             state.status = "running".to_owned();
             state.started_at = Some(now_rfc3339());
             write_state(&dir, &state)?;
-            child.wait().map(|st| {
-                use std::os::unix::process::ExitStatusExt as _;
-                st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
-            })
+            child.wait().map(|st| exit_code(&st))
         }
         Err(e) => Err(e),
     };
@@ -727,10 +724,14 @@ fn exec(
         .status()
         .with_context(|| format!("starting {}", exe.display()));
     drop(raw);
-    let st = st?;
-    use std::os::unix::process::ExitStatusExt as _;
-    let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+    let code = exit_code(&st?);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+/// A process's exit status as a shell reports it: its code, or 128 + the signal that killed it.
+pub fn exit_code(st: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -166,37 +166,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|c| c.dirs().to_vec())
         .unwrap_or_default();
-    if a.detach {
-        let att = joined.as_ref().map(|j| j.attachment.clone());
-        let state = crate::containers::State {
-            id: id.clone(),
-            image: a.image.clone(),
-            command: container.spec.args.clone(),
-            status: "created".to_owned(),
-            pid: None,
-            exit_code: None,
-            network: att.as_ref().map(|x| x.network.clone()),
-            ip: att.as_ref().map(|x| x.ip),
-            gateway: att.as_ref().map(|x| x.gateway),
-            ports: att.map(|x| x.ports).unwrap_or_default(),
-            auto_remove: a.rm,
-            stop_signal: Some(image.config.config.stop_signal.clone()).filter(|x| !x.is_empty()),
-            created: Some(crate::containers::now_rfc3339()),
-            started_at: None,
-            finished_at: None,
-            cgroups,
-            limits,
-        };
-        return crate::containers::start_detached(&container.dir, &container.spec, state, joined);
-    }
-    // A foreground container is listed by `kiln ps` while it runs and, without --rm, stays
-    // as an exited container until `kiln rm` (as docker's do). Its network is its own to tear
-    // down, so the state names none.
     let mut state = crate::containers::State {
         id: id.clone(),
         image: a.image.clone(),
         command: container.spec.args.clone(),
-        status: "running".to_owned(),
+        status: "created".to_owned(),
         pid: None,
         exit_code: None,
         network: None,
@@ -206,11 +180,25 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         auto_remove: a.rm,
         stop_signal: Some(image.config.config.stop_signal.clone()).filter(|x| !x.is_empty()),
         created: Some(crate::containers::now_rfc3339()),
-        started_at: Some(crate::containers::now_rfc3339()),
+        started_at: None,
         finished_at: None,
         cgroups: cgroups.clone(),
         limits,
     };
+    if a.detach {
+        if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {
+            state.network = Some(att.network);
+            state.ip = Some(att.ip);
+            state.gateway = Some(att.gateway);
+            state.ports = att.ports;
+        }
+        return crate::containers::start_detached(&container.dir, &container.spec, state, joined);
+    }
+    // A foreground container is listed by `kiln ps` while it runs and, without --rm, stays
+    // as an exited container until `kiln rm` (as docker's do). Its network is its own to tear
+    // down, so the state names none.
+    state.status = "running".to_owned();
+    state.started_at = state.created.clone();
     let raw = a.tty.then(RawTerminal::enter).flatten();
     let status = spawn_and_wait(
         &container.spec,
@@ -230,9 +218,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if a.rm {
         let _ = std::fs::remove_dir_all(&container.dir);
     } else if let Ok(st) = &status {
-        use std::os::unix::process::ExitStatusExt;
         state.status = "exited".to_owned();
-        state.exit_code = Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
+        state.exit_code = Some(crate::containers::exit_code(st));
         state.finished_at = Some(crate::containers::now_rfc3339());
         crate::containers::write_state(&container.dir, &state)?;
     }
@@ -240,10 +227,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = torn {
         t?;
     }
-    let code = status.code().unwrap_or_else(|| {
-        use std::os::unix::process::ExitStatusExt;
-        128 + status.signal().unwrap_or(0)
-    });
+    let code = crate::containers::exit_code(&status);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
 }
 
