@@ -398,26 +398,11 @@ async fn assemble(
 mod tests {
     use super::*;
     use crate::registry::auth::DockerConfig;
-    use crate::snapshot::CommitOptions;
 
     /// A store holding two layers (`a`, then `b` on it) and a cache mount directory.
     fn source(dir: &std::path::Path) -> (Store, Vec<Digest>, PathBuf) {
         let store = Store::open(dir.join("src-root")).unwrap();
-        let mut chain = Vec::new();
-        for name in ["a", "b"] {
-            let upper = store.temp_dir("upper").unwrap();
-            std::fs::write(upper.path().join(name), name).unwrap();
-            let layer = store
-                .commit_layer(
-                    upper.path(),
-                    &CommitOptions {
-                        clamp_mtime: Some(0),
-                    },
-                )
-                .unwrap()
-                .expect("a file makes a layer");
-            chain.push(layer.diff_id);
-        }
+        let chain = super::super::tests::two_layers(&store);
         let mount = dir.join("mount");
         std::fs::create_dir_all(mount.join("pkgs")).unwrap();
         std::fs::write(mount.join("pkgs/tool.deb"), "bytes").unwrap();

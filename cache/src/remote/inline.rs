@@ -60,27 +60,12 @@ pub fn attach(store: &Store, image: &Image, records: &[ExportRecord]) -> Result<
 mod tests {
     use super::*;
     use crate::oci::{Digest, ImageConfig, Platform};
-    use crate::snapshot::CommitOptions;
 
     #[test]
     fn only_records_on_the_image_layers_go_inline() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(t.path()).unwrap();
-        let mut chain = Vec::new();
-        for name in ["a", "b"] {
-            let upper = store.temp_dir("upper").unwrap();
-            std::fs::write(upper.path().join(name), name).unwrap();
-            let layer = store
-                .commit_layer(
-                    upper.path(),
-                    &CommitOptions {
-                        clamp_mtime: Some(0),
-                    },
-                )
-                .unwrap()
-                .expect("a file makes a layer");
-            chain.push(layer.diff_id);
-        }
+        let chain = super::super::tests::two_layers(&store);
         let mut config = ImageConfig::empty(&Platform::host());
         config.rootfs.diff_ids = chain.clone();
         let image = store.write_image(&config).unwrap();

@@ -172,3 +172,31 @@ pub enum RemoteError {
 }
 
 type Result<T> = std::result::Result<T, RemoteError>;
+
+#[cfg(test)]
+mod tests {
+    use crate::oci::Digest;
+    use crate::snapshot::CommitOptions;
+    use crate::store::Store;
+
+    /// Commits two one-file layers (`a`, then `b`) and returns their diff_ids, base first.
+    pub(super) fn two_layers(store: &Store) -> Vec<Digest> {
+        ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                let upper = store.temp_dir("upper").unwrap();
+                std::fs::write(upper.path().join(name), name).unwrap();
+                store
+                    .commit_layer(
+                        upper.path(),
+                        &CommitOptions {
+                            clamp_mtime: Some(0),
+                        },
+                    )
+                    .unwrap()
+                    .expect("a file makes a layer")
+                    .diff_id
+            })
+            .collect()
+    }
+}
