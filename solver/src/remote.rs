@@ -260,51 +260,9 @@ pub(crate) async fn materialize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{
-        CopyAction, CopySource, ExecOp, FileAction, FileOp, ImageTemplate, NetworkMode, Node,
-        SourceOp,
-    };
+    use crate::graph::{ImageTemplate, SourceOp};
+    use crate::sched::tests::{copy_from, node, run_on};
     use cache::oci::{ImageConfig, Platform};
-
-    fn node(op: Op) -> Node {
-        Node {
-            op,
-            name: String::new(),
-            span: None,
-            instruction: String::new(),
-        }
-    }
-
-    fn run_on(root: NodeId) -> Node {
-        node(Op::Exec(ExecOp {
-            root,
-            args: vec!["true".into()],
-            env: vec![],
-            proxy_env: vec![],
-            cwd: "/".into(),
-            user: String::new(),
-            network: NetworkMode::Default,
-            mounts: vec![],
-        }))
-    }
-
-    fn copy_from(root: NodeId, from: NodeId) -> Node {
-        node(Op::File(FileOp {
-            root,
-            actions: vec![FileAction::Copy(CopyAction {
-                from: CopySource::Node(from),
-                sources: vec!["/x".into()],
-                dest: "/".into(),
-                chown: None,
-                chmod: None,
-                exclude: vec![],
-                parents: false,
-                link: false,
-                unpack_archives: false,
-                instruction: "COPY",
-            })],
-        }))
-    }
 
     /// n0 scratch; builder: n1 -> n2; final: n3 (run on n0), n4 = COPY --from n2 onto n3.
     fn graph() -> BuildGraph {
@@ -314,7 +272,7 @@ mod tests {
                 run_on(0),
                 run_on(1),
                 run_on(0),
-                copy_from(3, 2),
+                copy_from(3, &[2]),
             ],
             target: 4,
             image: ImageTemplate {

@@ -161,7 +161,7 @@ pub async fn schedule_with<R: OpRunner>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::graph::{
         CopyAction, CopySource, ExecOp, FileAction, FileOp, ImageTemplate, NetworkMode, Node, Op,
@@ -226,7 +226,7 @@ mod tests {
         }
     }
 
-    fn node(op: Op) -> Node {
+    pub(crate) fn node(op: Op) -> Node {
         Node {
             op,
             name: String::new(),
@@ -234,7 +234,7 @@ mod tests {
             instruction: String::new(),
         }
     }
-    fn run_on(root: NodeId) -> Node {
+    pub(crate) fn run_on(root: NodeId) -> Node {
         node(Op::Exec(ExecOp {
             root,
             args: vec!["true".into()],
@@ -246,7 +246,7 @@ mod tests {
             mounts: vec![],
         }))
     }
-    fn copy_from(root: NodeId, from: &[NodeId]) -> Node {
+    pub(crate) fn copy_from(root: NodeId, from: &[NodeId]) -> Node {
         let actions = from
             .iter()
             .map(|&n| {
