@@ -27,34 +27,9 @@ for tool in docker-registry python3 /bin/busybox; do
 done
 
 W=$(mktemp -d /var/tmp/kiln-cache-bench.XXXXXX)
-REG_PID=
-cleanup() {
-    if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; fi
-    rm -rf "$W"
-}
-trap cleanup EXIT
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$W/reg"
-cat > "$W/reg/config.yml" <<YML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $W/reg/data
-http:
-  addr: 127.0.0.1:$PORT
-  secret: kiln-bench
-YML
-docker-registry serve "$W/reg/config.yml" >"$W/reg/log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 200); do
-    (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-    sleep 0.05
-done
+source "$(dirname "$0")/lib/registry.sh"
+trap 'stop_registry; rm -rf "$W"' EXIT
+start_registry
 
 # A busybox rootfs tar (the same bytes every time, so every root gets the same base digest).
 mkdir -p "$W/rootfs/bin" "$W/rootfs/etc" "$W/rootfs/tmp"

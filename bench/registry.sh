@@ -38,38 +38,8 @@ bin=$(cargo test --release -p kiln-cache --test registry_bench --no-run 2>&1 |
 [ -x "$bin" ] || { echo "bench/registry.sh: cannot find the bench binary" >&2; exit 1; }
 
 W=$(mktemp -d /var/tmp/kiln-registry-bench.XXXXXX)
-REG_PID=
-stop_registry() {
-    if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; REG_PID=; fi
-}
+source "$(dirname "$0")/lib/registry.sh"
 trap 'stop_registry; rm -rf "$W"' EXIT
-
-start_registry() {
-    stop_registry
-    rm -rf "$W/reg"
-    mkdir -p "$W/reg"
-    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    cat > "$W/reg/config.yml" <<YML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $W/reg/data
-http:
-  addr: 127.0.0.1:$PORT
-  secret: kiln-bench
-YML
-    "${PRIO[@]}" docker-registry serve "$W/reg/config.yml" >"$W/reg/log" 2>&1 &
-    REG_PID=$!
-    for _ in $(seq 200); do
-        (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "registry did not start" >&2; cat "$W/reg/log" >&2; exit 1
-}
 
 # measure NAME CMD...: appends "seconds kib" to $W/NAME.
 measure() {
