@@ -552,41 +552,10 @@ fn compute_keys(
             for a in &f.actions {
                 let content = match a {
                     FileAction::Copy(c) if c.from == CopySource::Context => {
-                        let at = || location(opts, node);
-                        let t = std::time::Instant::now();
-                        let entries = executor::context::walk_sources_parallel(
-                            &opts.context,
-                            &c.sources,
-                            &ignore,
-                            &c.exclude,
-                        )
-                        .map_err(|source| SolveError::Source { at: at(), source })?;
-                        let walked = t.elapsed();
-                        for e in &entries {
-                            let secs = i64::try_from(e.mtime_ns.div_euclid(1_000_000_000))
-                                .unwrap_or(i64::MAX);
-                            newest = Some(newest.map_or(secs, |m| m.max(secs)));
-                        }
-                        let metas = hash_entries(&entries, stats).map_err(|(path, source)| {
-                            SolveError::Hash {
-                                at: at(),
-                                path,
-                                source,
-                            }
-                        })?;
-                        let hashed = t.elapsed();
-                        let digest = key::content_digest(&metas);
-                        tracing::debug!(
-                            node = n,
-                            files = entries.len(),
-                            walk = ?walked,
-                            hash = ?(hashed - walked),
-                            content_digest = ?(t.elapsed() - hashed),
-                            "COPY sources hashed"
-                        );
-                        if let Err(e) = explain::remember_files(&files_dir, &digest, &metas) {
-                            tracing::warn!(error = %e, "explain details not saved");
-                        }
+                        let (digest, latest, metas) = hash_context(
+                            opts, node, &ignore, stats, &files_dir, &c.sources, &c.exclude,
+                        )?;
+                        newest = newest.max(latest);
                         files.extend(metas);
                         Some(digest)
                     }
@@ -649,25 +618,15 @@ fn compute_keys(
                         from: CopySource::Context,
                         source,
                     } => {
-                        let at = || location(opts, node);
-                        let entries = executor::context::walk_sources_parallel(
-                            &opts.context,
-                            std::slice::from_ref(source),
+                        let (digest, _, metas) = hash_context(
+                            opts,
+                            node,
                             &ignore,
+                            stats,
+                            &files_dir,
+                            std::slice::from_ref(source),
                             &[],
-                        )
-                        .map_err(|source| SolveError::Source { at: at(), source })?;
-                        let metas = hash_entries(&entries, stats).map_err(|(path, source)| {
-                            SolveError::Hash {
-                                at: at(),
-                                path,
-                                source,
-                            }
-                        })?;
-                        let digest = key::content_digest(&metas);
-                        if let Err(e) = explain::remember_files(&files_dir, &digest, &metas) {
-                            tracing::warn!(error = %e, "explain details not saved");
-                        }
+                        )?;
                         files.extend(metas);
                         Some(digest)
                     }
@@ -695,6 +654,48 @@ fn compute_keys(
         tracing::warn!(error = %e, "explain records not saved");
     }
     Ok((keys, clamps, reasons))
+}
+
+/// Walks `sources` in the context (after .dockerignore and `exclude`) and hashes them: their
+/// content digest, the newest mtime among them (seconds) and the per-file metadata, whose
+/// summary is kept for `--explain`.
+fn hash_context(
+    opts: &SolveOptions,
+    node: &Node,
+    ignore: &Ignore,
+    stats: &StatCache,
+    files_dir: &Path,
+    sources: &[String],
+    exclude: &[String],
+) -> Result<(Digest, Option<i64>, Vec<SourceMeta>), SolveError> {
+    let at = || location(opts, node);
+    let t = std::time::Instant::now();
+    let entries = executor::context::walk_sources_parallel(&opts.context, sources, ignore, exclude)
+        .map_err(|source| SolveError::Source { at: at(), source })?;
+    let walked = t.elapsed();
+    let newest = entries
+        .iter()
+        .map(|e| i64::try_from(e.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(i64::MAX))
+        .max();
+    let metas = hash_entries(&entries, stats).map_err(|(path, source)| SolveError::Hash {
+        at: at(),
+        path,
+        source,
+    })?;
+    let hashed = t.elapsed();
+    let digest = key::content_digest(&metas);
+    tracing::debug!(
+        step = %node.name,
+        files = entries.len(),
+        walk = ?walked,
+        hash = ?(hashed - walked),
+        content_digest = ?(t.elapsed() - hashed),
+        "context sources hashed"
+    );
+    if let Err(e) = explain::remember_files(files_dir, &digest, &metas) {
+        tracing::warn!(error = %e, "explain details not saved");
+    }
+    Ok((digest, newest, metas))
 }
 
 /// Metadata and content hashes of walked entries (files hashed in parallel).
