@@ -13,6 +13,8 @@
 //! - [`copy`]: COPY/ADD/WORKDIR semantics, run inside `__init`;
 //! - [`cgroup`]: `--memory`/`--cpus`/`--pids-limit` through cgroup v1 or v2;
 //! - [`net`]: bridge networks, leases, NAT and published ports, the netns pool for RUN;
+//! - [`fsroot`]: the one resolver of untrusted paths inside a root (openat2 `RESOLVE_IN_ROOT`,
+//!   or a checked walk), used for every mount source and target and every COPY destination;
 //! - [`context`]: host-side source walking and `.dockerignore` matching (for cache keys);
 //! - [`sys`]: the only module with `unsafe` (fork, execve, ioctl, prctl, mount_setattr).
 //!
@@ -33,6 +35,7 @@
 pub mod cgroup;
 pub mod context;
 pub mod copy;
+pub mod fsroot;
 pub mod init;
 pub mod mounts;
 pub mod net;

@@ -1,8 +1,8 @@
 //! Writing into a destination root without ever leaving it.
 //!
-//! Every path is resolved with `openat2(RESOLVE_IN_ROOT)` against the root's fd, so a symlink
-//! in the image (`/app -> /`, `/etc/x -> ../../../../host`) is followed the way it would be
-//! inside the container, and can never name a host path.
+//! Every path is resolved by [`crate::fsroot`] against the root's fd, so a symlink in the image
+//! (`/app -> /`, `/etc/x -> ../../../../host`) is followed the way it would be inside the
+//! container, and can never name a host path.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -11,7 +11,9 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+
+use crate::fsroot::{MAX_LINKS, Root};
 use rustix::process::{Gid, Uid};
 
 /// Ownership, permissions and time to give a written entry.
@@ -30,18 +32,11 @@ pub struct Meta {
 /// An open destination root.
 #[derive(Debug)]
 pub struct DestRoot {
-    fd: OwnedFd,
+    root: Root,
     /// Directories known to exist (as directories, possibly through symlinks). Nothing here
     /// ever replaces a directory, so an entry never goes stale; it saves re-resolving every
     /// parent of every file of a large COPY.
     known_dirs: RefCell<HashSet<String>>,
-}
-
-/// Dangling symlinks followed when creating directories (the kernel's limit is 40).
-const MAX_LINKS: u32 = 40;
-
-fn resolve_flags() -> ResolveFlags {
-    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
 }
 
 fn split(rel: &str) -> (&str, &str) {
@@ -65,26 +60,14 @@ fn timestamps(mtime_ns: i128) -> Timestamps {
 impl DestRoot {
     /// Opens the root directory at `path`.
     pub fn open(path: &Path) -> io::Result<DestRoot> {
-        let fd = rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
         Ok(DestRoot {
-            fd,
+            root: Root::open(path)?,
             known_dirs: RefCell::new(HashSet::new()),
         })
     }
 
     fn open_at(&self, rel: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
-        let rel = if rel.is_empty() { "." } else { rel };
-        Ok(rustix::fs::openat2(
-            &self.fd,
-            rel,
-            flags | OFlags::CLOEXEC,
-            Mode::from_raw_mode(mode),
-            resolve_flags(),
-        )?)
+        self.root.open_at(rel, flags, Mode::from_raw_mode(mode))
     }
 
     /// Stat of `rel` following symlinks inside the root; `None` when missing.
