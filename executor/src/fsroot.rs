@@ -134,36 +134,7 @@ impl Root {
     ///
     /// Fails as `openat2` would.
     pub fn open_at(&self, path: &str, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
-        let flags = flags | OFlags::CLOEXEC;
-        if self.method == Method::Openat2 && OPENAT2.load(Ordering::Relaxed) != 2 {
-            let p = if path.is_empty() { "." } else { path };
-            for _ in 0..16 {
-                match rustix::fs::openat2(
-                    &self.fd,
-                    p,
-                    flags,
-                    mode,
-                    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-                ) {
-                    Ok(fd) => {
-                        OPENAT2.store(1, Ordering::Relaxed);
-                        return Ok(fd);
-                    }
-                    // A concurrent rename while `..` was resolved: the kernel asks to retry.
-                    Err(Errno::AGAIN) => continue,
-                    // No openat2 (kernel before 5.6, or a seccomp filter hiding it).
-                    Err(Errno::NOSYS) if OPENAT2.load(Ordering::Relaxed) != 1 => {
-                        OPENAT2.store(2, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if OPENAT2.load(Ordering::Relaxed) != 2 {
-                return Err(Errno::AGAIN.into());
-            }
-        }
-        walk(self.fd.as_fd(), path, flags, mode)
+        open_in(self.fd.as_fd(), path, flags, mode, self.method)
     }
 
     /// Metadata of `path` itself (a final symlink is not followed; the parents are resolved
@@ -195,6 +166,57 @@ impl Root {
         let fd = self.open_at(dir, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
         Ok(Some((fd, name)))
     }
+}
+
+/// [`Root::open_at`] on a borrowed root descriptor (the sandbox's new root, a detached mount).
+///
+/// Fails as `openat2` would.
+pub fn open_in(
+    root: BorrowedFd<'_>,
+    path: &str,
+    flags: OFlags,
+    mode: Mode,
+    method: Method,
+) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::CLOEXEC;
+    if method == Method::Openat2 && OPENAT2.load(Ordering::Relaxed) != 2 {
+        let p = if path.is_empty() { "." } else { path };
+        for _ in 0..16 {
+            match rustix::fs::openat2(
+                root,
+                p,
+                flags,
+                mode,
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Ok(fd) => {
+                    OPENAT2.store(1, Ordering::Relaxed);
+                    return Ok(fd);
+                }
+                // A concurrent rename while `..` was resolved: the kernel asks to retry.
+                Err(Errno::AGAIN) => continue,
+                // No openat2 (kernel before 5.6, or a seccomp filter hiding it).
+                Err(Errno::NOSYS) if OPENAT2.load(Ordering::Relaxed) != 1 => {
+                    OPENAT2.store(2, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if OPENAT2.load(Ordering::Relaxed) != 2 {
+            return Err(Errno::AGAIN.into());
+        }
+    }
+    walk(root, path, flags, mode)
+}
+
+/// [`Root::resolve`] on a borrowed root descriptor.
+///
+/// Fails as [`Root::resolve`].
+pub fn resolve_in(root: BorrowedFd<'_>, path: &str) -> io::Result<Resolved> {
+    Ok(Resolved {
+        fd: open_in(root, path, OFlags::PATH, Mode::empty(), Method::Openat2)?,
+    })
 }
 
 /// A path's components without empty ones and `.`, in order.

@@ -542,9 +542,8 @@ fn child_main(
     .map_err(ns_err("making mounts private"))?;
 
     let root_path = state.join("root");
-    let empty = state.join("empty");
     let lowers: Vec<PathBuf> = if spec.rootfs.lowers.is_empty() {
-        vec![empty]
+        vec![state.join("empty")]
     } else {
         spec.rootfs.lowers.clone()
     };
@@ -565,6 +564,7 @@ fn child_main(
         overlay_dev: rustix::fs::fstat(&root)
             .map_err(|e| file_err(&root_path)(e.into()))?
             .st_dev,
+        empty: state.join("empty"),
     };
     for step in plan {
         execute(step, &root, &mut created)?;

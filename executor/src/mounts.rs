@@ -69,6 +69,21 @@ pub enum Step {
         /// Missing target policy.
         create: Create,
     },
+    /// A path of a tree (a stage, an image, the context) bound at `target`: the tree is
+    /// mounted detached, `path` is resolved inside it by [`crate::fsroot`], and that file
+    /// or directory is cloned from its descriptor onto the target.
+    Tree {
+        /// The tree's directories, top first.
+        lowers: Vec<PathBuf>,
+        /// Upper and work dirs of a writable (throw-away) tree.
+        scratch: Option<(PathBuf, PathBuf)>,
+        /// Untrusted path inside the tree.
+        path: String,
+        /// Absolute path in the root.
+        target: String,
+        /// Read-only.
+        readonly: bool,
+    },
     /// A bind of a path of the root onto itself, made read-only.
     ReadonlySelf {
         /// Absolute path in the root.
@@ -87,9 +102,10 @@ impl Step {
     /// The path in the root this step mounts on or creates.
     pub fn target(&self) -> &str {
         match self {
-            Step::Fs { target, .. } | Step::Bind { target, .. } | Step::ReadonlySelf { target } => {
-                target
-            }
+            Step::Fs { target, .. }
+            | Step::Bind { target, .. }
+            | Step::Tree { target, .. }
+            | Step::ReadonlySelf { target } => target,
             Step::Symlink { path, .. } => path,
         }
     }
@@ -257,6 +273,17 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
                 target: m.target.clone(),
                 readonly: m.readonly,
                 create: Create::LikeSource,
+            },
+            MountKind::Tree {
+                lowers,
+                scratch,
+                path,
+            } => Step::Tree {
+                lowers: lowers.clone(),
+                scratch: scratch.clone(),
+                path: path.clone(),
+                target: m.target.clone(),
+                readonly: m.readonly,
             },
             MountKind::Tmpfs { size } => Step::Fs {
                 fstype: "tmpfs",

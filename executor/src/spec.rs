@@ -104,10 +104,26 @@ pub struct MountSpec {
 /// What a [`MountSpec`] mounts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountKind {
-    /// A host file or directory (recursive bind).
+    /// A host file or directory that kiln made itself (a cache dir, a secret file, an agent
+    /// socket), never a path that a Dockerfile names: those are [`MountKind::Tree`].
     Bind {
         /// Absolute host path.
         source: PathBuf,
+    },
+    /// A path inside a tree kiln holds (the layers of a stage or an image, the build
+    /// context). The tree is mounted inside the sandbox's own mount namespace, so it never
+    /// outlives the sandbox, and `path`, which the Dockerfile wrote and kiln does not trust,
+    /// is resolved inside it by [`crate::fsroot`]: `..`, absolute paths and symlinks all stay
+    /// in the tree (BuildKit's behaviour).
+    Tree {
+        /// The tree's directories, top first: an overlay of them, or the directory itself
+        /// when there is one and no `scratch`.
+        lowers: Vec<PathBuf>,
+        /// Upper and work dir (empty, same filesystem) of a writable mount whose writes
+        /// are thrown away afterwards; read-only without.
+        scratch: Option<(PathBuf, PathBuf)>,
+        /// The untrusted path in the tree (`/` or empty for its root).
+        path: String,
     },
     /// A fresh tmpfs.
     Tmpfs {

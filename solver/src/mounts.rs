@@ -1,5 +1,7 @@
 //! RUN --mount on the host side: cache directories (with their locks), secrets in temp
-//! files, read-only overlays of another node's filesystem. [`prepare`] turns the graph's
+//! files, the layers of the trees (context, stage, image) that bind mounts show. Those trees
+//! are mounted by the sandbox in its own mount namespace, and the Dockerfile's source path is
+//! resolved inside them there by [`executor::fsroot`]; nothing here joins it onto a host path. [`prepare`] turns the graph's
 //! mounts into executor mounts plus [`Guards`] that must live until the step ends.
 
 use crate::graph::{CacheSharing, CopySource, Mount, MountKind, NodeId};
@@ -44,6 +46,15 @@ pub enum MountError {
         /// The ssh id.
         id: String,
     },
+    /// The `source` of a cache mount's `from` could not be copied.
+    #[error("seeding the cache mount from {path:?}")]
+    Seed {
+        /// The source path, as the Dockerfile wrote it.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A mount kind the solver cannot run yet.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
@@ -57,8 +68,8 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// A read-only (or throw-away writable) overlay mounted on the host; unmounted on drop,
-/// before its temp dir is removed.
+/// A read-only overlay mounted on the host while a cache mount is seeded; unmounted on
+/// drop, before its temp dir is removed.
 #[derive(Debug)]
 struct Overlay {
     target: PathBuf,
@@ -73,13 +84,12 @@ impl Drop for Overlay {
     }
 }
 
-/// What must stay alive while the step runs: cache locks, secret files, overlays, ssh
+/// What must stay alive while the step runs: cache locks, secret files, scratch dirs, ssh
 /// agent proxies (dropped first: they live in the temp dirs).
 #[derive(Debug, Default)]
 pub struct Guards {
     _ssh: Vec<SshProxy>,
     _locks: Vec<File>,
-    _overlays: Vec<Overlay>,
     _temps: Vec<TempDir>,
 }
 
@@ -169,18 +179,26 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 from: CopySource::Context,
                 source,
             } => {
-                let root = context_view(cx, &mut out.guards, m.readonly)?;
-                ExecMount::Bind {
-                    source: root.join(source.trim_start_matches('/')),
+                let (lowers, scratch) = context_tree(cx, &mut out.guards, m.readonly)?;
+                ExecMount::Tree {
+                    lowers,
+                    scratch,
+                    path: source.clone(),
                 }
             }
             MountKind::Bind {
                 from: CopySource::Node(n),
                 source,
             } => {
-                let root = overlay(cx, &mut out.guards, (cx.lowers)(*n), m.readonly)?;
-                ExecMount::Bind {
-                    source: root.join(source.trim_start_matches('/')),
+                let scratch = if m.readonly {
+                    None
+                } else {
+                    Some(scratch_dirs(cx, &mut out.guards)?)
+                };
+                ExecMount::Tree {
+                    lowers: (cx.lowers)(*n),
+                    scratch,
+                    path: source.clone(),
                 }
             }
             MountKind::Bind {
@@ -198,16 +216,23 @@ pub fn prepare(cx: &MountContext<'_>, mounts: &[Mount]) -> Result<Prepared, Moun
                 let (dir, created) =
                     cache_dir(cx, &mut out.guards, id, *sharing, *mode, *uid, *gid)?;
                 if created && let Some((src, path)) = from {
-                    let root = match src {
-                        CopySource::Context => context_view(cx, &mut out.guards, true)?,
-                        CopySource::Node(n) => overlay(cx, &mut out.guards, (cx.lowers)(*n), true)?,
+                    let lowers = match src {
+                        CopySource::Context => context_tree(cx, &mut out.guards, true)?.0,
+                        CopySource::Node(n) => (cx.lowers)(*n),
                         CopySource::Url { .. } | CopySource::Git(_) => {
                             return Err(MountError::Unsupported(
                                 "RUN --mount=type=cache,from=<url>",
                             ));
                         }
                     };
-                    seed(&root.join(path.trim_start_matches('/')), &dir)?;
+                    // Mounted on the host only while `cp` runs.
+                    let seeded =
+                        overlay(cx, lowers).and_then(|view| seed(&view.target, path, &dir));
+                    if let Err(e) = seeded {
+                        // Unseeded, it must not pass for seeded next time.
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e);
+                    }
                     std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))
                         .map_err(io("chown of cache mount", &dir))?;
                     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(*mode))
@@ -360,22 +385,38 @@ fn cache_dir(
     Ok((dir, created))
 }
 
-/// Copies the contents of `src` (a directory) into the new cache directory `dir`, keeping
-/// modes, owners, times and links (`cp -a`, from coreutils).
-fn seed(src: &Path, dir: &Path) -> Result<(), MountError> {
+/// Copies the contents of `path` (a directory, resolved inside the tree mounted at `root`
+/// by [`executor::fsroot`], so `..`, absolute paths and symlinks stay in the tree) into the
+/// new cache directory `dir`, keeping modes, owners, times and links (`cp -a`, from
+/// coreutils, which copies symlinks as symlinks and so never leaves the source either).
+fn seed(root: &Path, path: &str, dir: &Path) -> Result<(), MountError> {
+    let resolve_err = |source| MountError::Seed {
+        path: path.to_owned(),
+        source,
+    };
+    let resolved = executor::fsroot::Root::open(root)
+        .and_then(|r| r.resolve(path))
+        .map_err(resolve_err)?;
+    if !resolved.is_dir().map_err(resolve_err)? {
+        return Err(resolve_err(std::io::Error::from(
+            std::io::ErrorKind::NotADirectory,
+        )));
+    }
+    // `cp` reaches the resolved directory through this process's descriptor, not by path.
+    let src = resolved.proc_path();
     let out = std::process::Command::new("cp")
         .arg("-a")
+        .arg("--one-file-system")
         .arg("--")
         .arg(src.join("."))
         .arg(dir)
         .output()
-        .map_err(io("running cp -a from", src))?;
+        .map_err(io("running cp -a from", &src))?;
+    drop(resolved);
     if !out.status.success() {
-        return Err(MountError::Io {
-            what: "seeding the cache mount from",
-            path: src.to_owned(),
-            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        });
+        return Err(resolve_err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )));
     }
     Ok(())
 }
@@ -383,12 +424,19 @@ fn seed(src: &Path, dir: &Path) -> Result<(), MountError> {
 /// The context as a RUN bind mount sees it: without the `.dockerignore`d paths (BuildKit
 /// sends only the filtered context). Those are hidden by a top layer of overlay whiteouts
 /// (0:0 character devices), so nothing is copied and the mount costs one walk of the context.
-/// A writable bind (`rw`) writes to a throw-away upper dir, never to the context.
-fn context_view(
+/// Returns the tree's layers and, unless `readonly`, scratch upper/work dirs so that a
+/// writable bind (`rw`) writes to a throw-away upper dir, never to the context. The sandbox
+/// mounts the tree in its own mount namespace.
+fn context_tree(
     cx: &MountContext<'_>,
     guards: &mut Guards,
     readonly: bool,
-) -> Result<PathBuf, MountError> {
+) -> Result<(Vec<PathBuf>, Option<(PathBuf, PathBuf)>), MountError> {
+    let scratch = if readonly {
+        None
+    } else {
+        Some(scratch_dirs(cx, guards)?)
+    };
     let hidden =
         executor::context::ignored_paths(cx.context, cx.ignore).map_err(|e| MountError::Io {
             what: "listing ignored files of",
@@ -396,11 +444,7 @@ fn context_view(
             source: std::io::Error::other(e.to_string()),
         })?;
     if hidden.is_empty() {
-        return if readonly {
-            Ok(cx.context.to_owned())
-        } else {
-            overlay(cx, guards, vec![cx.context.to_owned()], false)
-        };
+        return Ok((vec![cx.context.to_owned()], scratch));
     }
     let dir = cx
         .store
@@ -443,63 +487,63 @@ fn context_view(
             source: e.into(),
         })?;
     }
-    let root = overlay(cx, guards, vec![whiteouts, cx.context.to_owned()], readonly)?;
     guards._temps.push(dir);
-    Ok(root)
+    Ok((vec![whiteouts, cx.context.to_owned()], scratch))
 }
 
-/// Mounts an overlay of `lowers` (top first) on the host and returns its root. Read-only
-/// unless `readonly` is false, in which case writes go to a throw-away upper dir.
-fn overlay(
+/// Empty upper and work dirs for a writable tree mount, removed when the step ends.
+fn scratch_dirs(
     cx: &MountContext<'_>,
     guards: &mut Guards,
-    lowers: Vec<PathBuf>,
-    readonly: bool,
-) -> Result<PathBuf, MountError> {
+) -> Result<(PathBuf, PathBuf), MountError> {
+    let dir = cx
+        .store
+        .temp_dir("scratch-")
+        .map_err(|e| MountError::Store(Box::new(e)))?;
+    let upper = dir.path().join("upper");
+    let work = dir.path().join("work");
+    for d in [&upper, &work] {
+        std::fs::create_dir(d).map_err(io("creating", d))?;
+    }
+    guards._temps.push(dir);
+    Ok((upper, work))
+}
+
+/// Mounts a read-only overlay of `lowers` (top first) on the host, for `cp` to read; the
+/// returned guard unmounts it. A build killed meanwhile leaves it mounted under `tmp/`, where
+/// the next build's (or `kiln prune`'s) stale-temp cleanup unmounts it.
+fn overlay(cx: &MountContext<'_>, lowers: Vec<PathBuf>) -> Result<Overlay, MountError> {
     let dir = cx
         .store
         .temp_dir("mount-")
         .map_err(|e| MountError::Store(Box::new(e)))?;
     let target = dir.path().join("root");
     let empty = dir.path().join("empty");
-    let upper = dir.path().join("upper");
-    let work = dir.path().join("work");
-    for d in [&target, &empty, &upper, &work] {
+    for d in [&target, &empty] {
         std::fs::create_dir(d).map_err(io("creating", d))?;
     }
     // An empty bottom layer: overlayfs without an upper dir needs two lower dirs.
     let mut lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     lowerdir.push(empty.display().to_string());
-    let mut data = format!("lowerdir={}", lowerdir.join(":"));
-    if !readonly {
-        data.push_str(&format!(
-            ",upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        ));
-    }
-    let flags = if readonly {
-        rustix::mount::MountFlags::RDONLY
-    } else {
-        rustix::mount::MountFlags::empty()
-    };
+    let data = format!("lowerdir={}", lowerdir.join(":"));
     let data = std::ffi::CString::new(data).map_err(|_| MountError::Io {
         what: "overlay options for",
         path: target.clone(),
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
-    rustix::mount::mount("overlay", &target, "overlay", flags, data.as_c_str()).map_err(|e| {
-        MountError::Io {
-            what: "mounting an overlay on",
-            path: target.clone(),
-            source: e.into(),
-        }
+    rustix::mount::mount(
+        "overlay",
+        &target,
+        "overlay",
+        rustix::mount::MountFlags::RDONLY,
+        data.as_c_str(),
+    )
+    .map_err(|e| MountError::Io {
+        what: "mounting an overlay on",
+        path: target.clone(),
+        source: e.into(),
     })?;
-    guards._overlays.push(Overlay {
-        target: target.clone(),
-        _dir: dir,
-    });
-    Ok(target)
+    Ok(Overlay { target, _dir: dir })
 }
 
 #[cfg(test)]

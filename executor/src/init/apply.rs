@@ -4,13 +4,14 @@
 //! `move_mount` onto an fd), so nothing is ever mounted through a path an image controls.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+use rustix::fs::{CWD, Mode, OFlags};
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags};
 
 use super::{InitError, Result};
+use crate::fsroot::{self, Method};
 use crate::mounts::{Attrs, Create, Step};
 use crate::sys;
 
@@ -20,6 +21,8 @@ pub(super) struct Reporter {
     pub(super) fd: OwnedFd,
     pub(super) root_path: PathBuf,
     pub(super) overlay_dev: u64,
+    /// An empty directory (the bottom layer of read-only tree mounts).
+    pub(super) empty: PathBuf,
 }
 
 impl Reporter {
@@ -54,14 +57,35 @@ pub(crate) fn mount_overlay(
     upper: Option<(&Path, &Path)>,
     target: &Path,
 ) -> Result<()> {
-    let overlay_err = |source: io::Error| InitError::Overlay {
+    let tree = overlay_tree(lowers, upper)?;
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| overlay_error(lowers, upper, e.into()))
+}
+
+fn overlay_error(
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    source: io::Error,
+) -> InitError {
+    InitError::Overlay {
         upper: upper
             .map(|(u, _)| u.to_path_buf())
             .or_else(|| lowers.first().cloned())
             .unwrap_or_default(),
         lowers: lowers.len(),
         source,
-    };
+    }
+}
+
+/// The detached mount [`mount_overlay`] attaches.
+fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<OwnedFd> {
+    let overlay_err = |source: io::Error| overlay_error(lowers, upper, source);
     let errno = |e: rustix::io::Errno| overlay_err(e.into());
     // The same layer twice in a chain (`COPY sub sub` run twice gives one diff id) would make
     // overlayfs refuse the mount with ELOOP. Keeping only its topmost occurrence shows the
@@ -83,14 +107,7 @@ pub(crate) fn mount_overlay(
         )
         .map_err(errno)?;
         sys::mount_setattr(&tree, sys::attr::RDONLY).map_err(overlay_err)?;
-        return rustix::mount::move_mount(
-            &tree,
-            "",
-            CWD,
-            target,
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .map_err(errno);
+        return Ok(tree);
     }
     let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
     for lower in lowers {
@@ -126,15 +143,7 @@ pub(crate) fn mount_overlay(
     } else {
         MountAttrFlags::empty()
     };
-    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(errno)?;
-    rustix::mount::move_mount(
-        &mnt,
-        "",
-        CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(errno)
+    rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(errno)
 }
 
 fn mount_attrs(a: Attrs) -> MountAttrFlags {
@@ -230,6 +239,53 @@ pub(super) fn execute(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Res
             }
             attach(&tree, &dest).map_err(mount_err(&what))
         }
+        Step::Tree {
+            lowers,
+            scratch,
+            path,
+            readonly,
+            ..
+        } => {
+            // Overlay wants two lowers without an upper dir: pad with an empty one (one
+            // lower alone, read-only, is bound as it is).
+            let mut lowers = lowers.clone();
+            if lowers.len() > 1 || scratch.is_some() {
+                lowers.push(report.empty.clone());
+            }
+            let tree = overlay_tree(
+                &lowers,
+                scratch.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
+            )?;
+            let what = format!("{path:?} of {}", lowers[0].display());
+            let source_err = |source: io::Error| InitError::Mount {
+                what: what.clone(),
+                target: target.to_string(),
+                source,
+            };
+            let source = fsroot::resolve_in(tree.as_fd(), path).map_err(source_err)?;
+            let create = if source.is_dir().map_err(source_err)? {
+                Create::Dir
+            } else {
+                Create::File
+            };
+            let Some(dest) = open_in_root(root, target, create, report)? else {
+                return Ok(());
+            };
+            // Cloned from the descriptor: what was resolved is what gets mounted.
+            let clone = rustix::mount::open_tree(
+                source.fd(),
+                "",
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE
+                    | OpenTreeFlags::AT_EMPTY_PATH,
+            )
+            .map_err(mount_err(&what))?;
+            if *readonly {
+                sys::mount_setattr(&clone, sys::attr::RDONLY).map_err(source_err)?;
+            }
+            attach(&clone, &dest).map_err(mount_err(&what))
+        }
         Step::ReadonlySelf { .. } => {
             let Some(dest) = open_in_root(root, target, Create::Skip, report)? else {
                 return Ok(());
@@ -287,13 +343,8 @@ fn open_path_in_root(root: &OwnedFd, path: &str, dir: bool) -> rustix::io::Resul
     if dir {
         flags |= OFlags::DIRECTORY;
     }
-    rustix::fs::openat2(
-        root,
-        path,
-        flags,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
+    fsroot::open_in(root.as_fd(), path, flags, Mode::empty(), Method::Openat2)
+        .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
 }
 
 /// Opens `path` (resolved inside `root`) as an `O_PATH` fd, creating it and its missing parents
