@@ -156,6 +156,41 @@ pub fn die_with_parent() -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// Makes the process `cmd` starts get SIGKILL when the thread that spawns it dies
+/// (`PR_SET_PDEATHSIG`, set between fork and exec, which exec keeps). The kernel tracks the
+/// parent *thread*, so spawn from a thread that lives as long as the caller wants the child
+/// to (see `solver::spawn`). A parent that died before the prctl is caught by comparing
+/// `getppid` with the pid recorded here: the child then fails to start.
+pub fn kill_with_spawner(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let hook = move || {
+        // SAFETY: prctl and getppid are async-signal-safe system calls with integer
+        // arguments; nothing is allocated or locked between fork and exec.
+        unsafe {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls (see above).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
 /// `_exit(2)`: leaves without running atexit handlers or flushing stdio buffers owned by the
 /// parent's copy.
 pub fn exit_immediately(code: i32) -> ! {

@@ -30,5 +30,6 @@ pub mod progress;
 pub mod remote;
 pub mod run;
 pub mod sched;
+pub mod spawn;
 
 pub use ops::{SolveError, SolveOptions, Solver};

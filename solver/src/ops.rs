@@ -1070,13 +1070,15 @@ impl Runner {
             exe: self.opts.kiln_exe.clone(),
             source,
         };
-        let cmd = executor::sandbox::command(&self.opts.kiln_exe, spec).map_err(spawn_err)?;
+        let mut cmd = executor::sandbox::command(&self.opts.kiln_exe, spec).map_err(spawn_err)?;
+        // A killed build takes its sandbox with it.
+        executor::sys::kill_with_spawner(&mut cmd);
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let mut child = crate::spawn::spawn(cmd).await.map_err(spawn_err)?;
         let tail = Mutex::new(Tail::default());
         let pump = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>, stream: Stream| {
             let tail = &tail;
