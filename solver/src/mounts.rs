@@ -431,7 +431,7 @@ fn context_tree(
     cx: &MountContext<'_>,
     guards: &mut Guards,
     readonly: bool,
-) -> Result<(Vec<PathBuf>, Option<(PathBuf, PathBuf)>), MountError> {
+) -> Result<(Vec<PathBuf>, Option<Scratch>), MountError> {
     let scratch = if readonly {
         None
     } else {
@@ -491,11 +491,11 @@ fn context_tree(
     Ok((vec![whiteouts, cx.context.to_owned()], scratch))
 }
 
+/// Upper and work dir of a writable tree mount.
+type Scratch = (PathBuf, PathBuf);
+
 /// Empty upper and work dirs for a writable tree mount, removed when the step ends.
-fn scratch_dirs(
-    cx: &MountContext<'_>,
-    guards: &mut Guards,
-) -> Result<(PathBuf, PathBuf), MountError> {
+fn scratch_dirs(cx: &MountContext<'_>, guards: &mut Guards) -> Result<Scratch, MountError> {
     let dir = cx
         .store
         .temp_dir("scratch-")
