@@ -144,6 +144,50 @@ fn mtime(md: &fs::Metadata) -> SystemTime {
     md.modified().unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// Lazily unmounts every mount point at or below `dir` in this mount namespace, deepest
+/// first (mount points from `/proc/self/mountinfo`, whose octal escapes are decoded).
+fn unmount_below(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(e) = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH) {
+            tracing::warn!(path = %p.display(), error = %e, "unmounting a stale temp mount");
+        }
+    }
+}
+
+/// Decodes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+            // Three octal digits above \377 are not an escape mountinfo writes.
+            out.push(u8::try_from(v).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl Store {
     /// Removes build cache entries chosen by `opts`, then every blob, snapshot and compressed
     /// copy that no root (see the module docs) refers to, then stale temp entries.
@@ -249,6 +293,10 @@ impl Store {
             };
             if stale {
                 let p = ent.path();
+                // A build killed while it had something mounted here (a cache mount being
+                // seeded from an overlay) left the mount behind: detach it first, so that
+                // neither the mount nor what it shows outlives the cleanup.
+                unmount_below(&p);
                 let b = crate::usage::tree_bytes(&p, seen);
                 let res = if p.is_dir() {
                     fs::remove_dir_all(&p)
@@ -915,5 +963,14 @@ mod tests {
         assert_eq!(tmp_owner("step--1234-5-abc"), Some(1234));
         assert_eq!(tmp_owner("gc-77-0-0"), Some(77));
         assert_eq!(tmp_owner("something"), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(
+            super::unescape_mountinfo(r"/tmp/a\040b\134c\011"),
+            "/tmp/a b\\c\t"
+        );
+        assert_eq!(super::unescape_mountinfo(r"/x\04"), r"/x\04");
     }
 }
