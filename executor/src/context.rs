@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 /// Errors expanding COPY sources.
@@ -408,16 +408,12 @@ impl Walker<'_> {
         if rel.is_empty() {
             return Ok(Some(self.root.to_path_buf()));
         }
-        let fd = match rustix::fs::openat2(
-            &self.root_fd,
-            rel,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => return Ok(None),
-            Err(e) => return Err(io_err(&self.root.join(rel), e.into())),
+        let fd = match crate::fsroot::resolve_in(std::os::fd::AsFd::as_fd(&self.root_fd), rel) {
+            Ok(fd) => fd.into_fd(),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err(self.root, e)),
         };
         let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
         std::fs::read_link(&link)
