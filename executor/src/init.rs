@@ -24,13 +24,14 @@ use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
+use crate::fsroot;
 use crate::mounts::{self, HostPaths, Step};
 
 mod apply;
@@ -455,30 +456,35 @@ fn wait(pid: i32) -> Result<i32> {
 /// Which directories along the plan's targets already exist in the upper dir, so that the
 /// cleanup can tell a directory the command made from one overlay copied up for a mount point.
 fn upper_dirs_on_paths(upper: &Path, plan: &[Step]) -> BTreeSet<String> {
+    let Ok(root) = fsroot::Root::open(upper) else {
+        return BTreeSet::new();
+    };
     plan.iter()
         .flat_map(|s| mounts::ancestors(s.target()))
-        .filter(|a| mounts::host_path(upper, a).symlink_metadata().is_ok())
+        .filter(|a| root.lstat(a).is_ok_and(|st| st.is_some()))
         .collect()
 }
 
 /// Removes, from the upper dir, the mount points the child created (if still empty) and the
 /// directories overlay copied up only to hold them (if empty and unchanged from the lower).
+///
+/// The command ran in between and may have put symlinks in the upper dir (`/a -> /host/dir`),
+/// so every path is resolved inside the upper dir by [`fsroot`], never joined onto it.
 fn remove_placeholders(
     rootfs: &crate::spec::Rootfs,
     created: &[&str],
     before: &BTreeSet<String>,
     plan: &[Step],
 ) {
-    let upper = &rootfs.upper;
+    let Ok(upper) = fsroot::Root::open(&rootfs.upper) else {
+        return;
+    };
     for path in created.iter().rev() {
-        let p = mounts::host_path(upper, path);
-        match p.symlink_metadata() {
-            Ok(m) if m.is_file() && m.len() == 0 => {
-                let _ = std::fs::remove_file(&p);
+        match upper.lstat(path) {
+            Ok(Some(st)) if is_kind(&st, FileType::RegularFile) && st.st_size == 0 => {
+                remove_in(&upper, path, false);
             }
-            Ok(m) if m.is_dir() => {
-                let _ = std::fs::remove_dir(&p);
-            }
+            Ok(Some(st)) if is_kind(&st, FileType::Directory) => remove_in(&upper, path, true),
             _ => {}
         }
     }
@@ -491,36 +497,75 @@ fn remove_placeholders(
         .collect();
     // Deepest first.
     copied_up.sort_by_key(|a| std::cmp::Reverse(a.matches('/').count()));
+    let lowers: Vec<fsroot::Root> = rootfs
+        .lowers
+        .iter()
+        .filter_map(|l| fsroot::Root::open(l).ok())
+        .collect();
     for dir in copied_up {
-        let p = mounts::host_path(upper, &dir);
-        let Ok(m) = p.symlink_metadata() else {
+        let Ok(Some(m)) = upper.lstat(&dir) else {
             continue;
         };
-        if !m.is_dir() || !is_empty_dir(&p) || is_opaque(&p) {
+        if !is_kind(&m, FileType::Directory) {
             continue;
         }
-        let lower = rootfs
-            .lowers
-            .iter()
-            .find_map(|l| mounts::host_path(l, &dir).symlink_metadata().ok());
+        // Opened without following a final symlink: the directory itself.
+        let Ok(fd) = upper.open_at(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        if !is_empty_dir(&fd) || is_opaque(&fd) {
+            continue;
+        }
+        let lower = lowers.iter().find_map(|l| l.lstat(&dir).ok().flatten());
         if let Some(l) = lower
-            && l.is_dir()
-            && l.mode() == m.mode()
-            && l.uid() == m.uid()
-            && l.gid() == m.gid()
+            && is_kind(&l, FileType::Directory)
+            && l.st_mode == m.st_mode
+            && l.st_uid == m.st_uid
+            && l.st_gid == m.st_gid
         {
-            let _ = std::fs::remove_dir(&p);
+            remove_in(&upper, &dir, true);
         }
     }
 }
 
-fn is_empty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
+fn is_kind(st: &rustix::fs::Stat, kind: FileType) -> bool {
+    FileType::from_raw_mode(st.st_mode) == kind
 }
 
-fn is_opaque(p: &Path) -> bool {
+/// Unlinks `path` (a directory with `dir`) in its parent resolved inside `root`.
+fn remove_in(root: &fsroot::Root, path: &str, dir: bool) {
+    if let Ok(Some((parent, name))) = root.parent(path) {
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        let _ = rustix::fs::unlinkat(&parent, name, flags);
+    }
+}
+
+fn is_empty_dir(fd: &OwnedFd) -> bool {
+    let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(fd, 0) else {
+        return false;
+    };
+    let Ok(mut dir) = rustix::fs::Dir::new(dup) else {
+        return false;
+    };
+    dir.all(|e| {
+        e.is_ok_and(|e| {
+            let n = e.file_name().to_bytes();
+            n == b"." || n == b".."
+        })
+    })
+}
+
+fn is_opaque(fd: &OwnedFd) -> bool {
     let mut buf = [0u8; 8];
-    rustix::fs::lgetxattr(p, "trusted.overlay.opaque", &mut buf).is_ok()
+    rustix::fs::fgetxattr(fd, "trusted.overlay.opaque", &mut buf).is_ok()
 }
 
 fn child_main(

@@ -5,7 +5,7 @@
 //! Every target is a path inside the sandbox root. `init` resolves it with `RESOLVE_IN_ROOT`, so
 //! a symlink in the image (say `/etc/hosts -> /run/hosts`) never makes a mount land outside.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::spec::{MountKind, Network, RunSpec};
 
@@ -342,15 +342,11 @@ pub fn ancestors(path: &str) -> Vec<String> {
         .collect()
 }
 
-/// `root` joined with an absolute sandbox path.
-pub fn host_path(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spec::{MountSpec, Rootfs};
+    use std::path::Path;
 
     fn spec(network: Network) -> RunSpec {
         RunSpec {

@@ -384,6 +384,36 @@ fn copy_source_chains_out_of_the_context_read_nothing_from_the_host() -> anyhow:
     )
 }
 
+#[test]
+fn mount_point_cleanup_never_follows_symlinks_the_command_planted() -> anyhow::Result<()> {
+    let Some((t, c)) = world()? else {
+        return Ok(());
+    };
+    // An empty host directory where the cleanup would look if it joined `/a/pb/point` onto
+    // the upper dir after the command turned `/a` into a symlink to the host dir.
+    let point = c.dir.join("pb/point");
+    std::fs::create_dir_all(&point)?;
+    let rel = c.rel();
+    t.write(
+        "Dockerfile",
+        &format!(
+            "FROM busybox
+             RUN --mount=type=tmpfs,target=/a/pb/point sh -c 'mv /a /moved && ln -s /{rel} /a'
+             RUN echo \"CASE[a]=$(readlink /a)\"
+"
+        ),
+    );
+    let out = build(&t, "x:1", &[]);
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(
+        point.is_dir(),
+        "the cleanup removed the host's {}\n{}",
+        point.display(),
+        text(&out)
+    );
+    expect_cases(&out, &[("a".into(), format!("/{rel}"))])
+}
+
 /// Pids of processes whose command line contains `marker`.
 fn processes_with(marker: &str) -> Vec<u32> {
     let mut found = Vec::new();
