@@ -47,6 +47,9 @@ pub enum RunError {
     /// A container with this name exists.
     #[error("container {0:?} already exists")]
     Exists(String),
+    /// A container name that cannot be a directory name (`../x`, `a/b`).
+    #[error(transparent)]
+    Name(#[from] executor::names::NameError),
 }
 
 /// A prepared container.
@@ -92,13 +95,16 @@ pub fn env(image: &[String], overrides: &[String]) -> Vec<String> {
 
 /// Creates `KILN_ROOT/containers/<id>` and the run spec of `config`'s image with `o` applied.
 ///
-/// Fails when there is no command, a layer is missing or the directory cannot be created.
+/// Fails when `id` is not a valid container name, there is no command, a layer is missing or
+/// the directory cannot be created.
 pub fn prepare(
     store: &Store,
     config: &ImageConfig,
     id: &str,
     o: &Overrides,
 ) -> Result<Container, RunError> {
+    // The id is a directory name under the store: check it before it becomes a path.
+    executor::names::check_container(id)?;
     let args = argv(config, o);
     if args.is_empty() {
         return Err(RunError::NoCommand);
