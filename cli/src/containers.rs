@@ -112,7 +112,7 @@ pub enum Cmd {
         #[arg(short = 'w', long = "workdir")]
         workdir: Option<String>,
         /// User (`name`, `uid`, `user:group`).
-        #[arg(short = 'u', long = "user")]
+        #[arg(short = 'u', long = "user", allow_hyphen_values = true)]
         user: Option<String>,
         /// Keep stdin open.
         #[arg(short = 'i', long)]

@@ -16,7 +16,7 @@ pub struct RunArgs {
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
     /// User (`name`, `uid`, `user:group`).
-    #[arg(short = 'u', long = "user")]
+    #[arg(short = 'u', long = "user", allow_hyphen_values = true)]
     user: Option<String>,
     /// Override the image's entrypoint.
     #[arg(long)]

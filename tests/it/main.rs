@@ -15,3 +15,4 @@ mod registry;
 mod remote_cache;
 mod save;
 mod sources;
+mod validation;
