@@ -175,6 +175,21 @@ mod tests {
         c
     }
 
+    /// Issue 10: `kiln run --name ../../x` wrote the container's state outside KILN_ROOT.
+    #[test]
+    fn container_ids_that_are_paths_create_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("a/root")).expect("store");
+        let c = image(None, Some(&["sh"]));
+        for id in ["../../x", "a/b", "..", "x"] {
+            let e = prepare(&store, &c, id, &Overrides::default()).expect_err(id);
+            assert!(matches!(e, RunError::Name(_)), "{id}: {e}");
+        }
+        assert!(!dir.path().join("x").exists());
+        assert!(!store.root().join("containers").exists());
+        prepare(&store, &c, "ok-1", &Overrides::default()).expect("a valid name");
+    }
+
     #[test]
     fn command_line_args_replace_cmd_but_keep_entrypoint() {
         let c = image(Some(&["/bin/tini", "--"]), Some(&["sh"]));

@@ -711,6 +711,37 @@ mod tests {
         );
     }
 
+    /// Issue 10: every path of the store built from a network name goes through one check, so
+    /// `../x` reaches no file outside the state directory, whatever the call.
+    #[test]
+    fn network_names_that_are_paths_reach_nothing_outside_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::open(dir.path().join("state")).expect("open");
+        let outside = dir.path().join("x");
+        std::fs::create_dir(&outside).expect("mkdir");
+        std::fs::write(
+            outside.join("leases.json"),
+            r#"{"last":null,"leases":[{"container":"c","ip":"10.1.0.2"}]}"#,
+        )
+        .expect("planted lease file");
+        let net = NetworkConfig::user("../x", "10.89.22.0/24".parse().expect("cidr"));
+        let bad = |r: Result<()>| matches!(r, Err(IpamError::BadName { .. }));
+        assert!(bad(ipam.leases("../x").map(drop)));
+        assert!(bad(ipam.release("../x", "c").map(drop)));
+        assert!(bad(ipam.network("../x").map(drop)));
+        assert!(bad(ipam.remove_network("../x").map(drop)));
+        assert!(bad(ipam.allocate(&net, "c", &[]).map(drop)));
+        assert!(bad(ipam.create_network(&net)));
+        assert!(
+            outside.join("leases.json").exists(),
+            "nothing removed outside"
+        );
+        assert!(
+            !outside.join("network.json").exists(),
+            "nothing written outside"
+        );
+    }
+
     #[test]
     fn user_networks_are_created_listed_and_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
