@@ -140,12 +140,15 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .file
         .as_ref()
         .map_or_else(|| "Dockerfile".to_owned(), |f| f.display().to_string());
-    let text = std::fs::read_to_string(&dockerfile).with_context(|| {
+    let bytes = std::fs::read(&dockerfile).with_context(|| {
         format!(
             "{dockerfile_name}: cannot read Dockerfile {}",
             dockerfile.display()
         )
     })?;
+    // Bytes that are not UTF-8 are fine in comments (docker ignores them there).
+    let text = frontend::decode(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
     let dockerignore = read_dockerignore(&dockerfile, &context)?;
     for t in &a.tags {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
@@ -160,7 +163,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.check {
         return crate::check::run(&text, &opts, &context, &dockerignore);
     }
-    let df = frontend::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let df = frontend::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
     let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");

@@ -112,7 +112,7 @@ pub enum Cmd {
         #[arg(short = 'w', long = "workdir")]
         workdir: Option<String>,
         /// User (`name`, `uid`, `user:group`).
-        #[arg(short = 'u', long = "user")]
+        #[arg(short = 'u', long = "user", allow_hyphen_values = true)]
         user: Option<String>,
         /// Keep stdin open.
         #[arg(short = 'i', long)]
@@ -180,8 +180,10 @@ pub(crate) fn find(name: &str) -> anyhow::Result<(PathBuf, State)> {
 /// Like [`find`], but None when no container matches.
 fn lookup(name: &str) -> anyhow::Result<Option<(PathBuf, State)>> {
     let root = containers_dir()?;
+    // Only a valid name is joined to the directory (`..` would name KILN_ROOT itself); any
+    // other string can still match an id prefix below, which never leaves the directory.
     let exact = root.join(name);
-    if !name.is_empty() && !name.contains('/') && exact.join("state.json").exists() {
+    if executor::names::check_container(name).is_ok() && exact.join("state.json").exists() {
         let s = read_state(&exact)?;
         return Ok(Some((exact, effective(s))));
     }
@@ -694,6 +696,9 @@ fn exec(
     (interactive, tty): (bool, bool),
     command: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
+    crate::run::check_env(&env)?;
+    crate::run::check_workdir(workdir.as_deref())?;
+    crate::run::check_user(user.as_deref())?;
     let (dir, s) = find(name)?;
     anyhow::ensure!(s.status == "running", "container {name} is not running");
     let sandbox = s.pid.context("the container has no process")?;

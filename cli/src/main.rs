@@ -30,7 +30,9 @@ Exit status:
 A closed stdout (broken pipe) exits 0.
 
 Environment:
-  KILN_ROOT  the store (default: /var/lib/kiln as root, $XDG_DATA_HOME/kiln otherwise)";
+  KILN_ROOT  the store (default: /var/lib/kiln as root, $XDG_DATA_HOME/kiln otherwise)
+  KILN_REGISTRY_TIMEOUT  registry timeouts: `90s`, or `connect=30s,response=60s,idle=60s`
+             (the defaults)";
 
 /// kiln: a daemonless container image builder.
 #[derive(Debug, Parser)]

@@ -45,7 +45,10 @@ impl std::str::FromStr for Mode {
                 anyhow::ensure!(!name.is_empty(), "--network container:NAME needs a name");
                 Mode::Container(name.to_owned())
             }
-            s => Mode::Bridge(s.to_owned()),
+            s => {
+                executor::names::check_network(s)?;
+                Mode::Bridge(s.to_owned())
+            }
         })
     }
 }

@@ -35,6 +35,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         Cmd::Create { subnet, name } => {
+            executor::names::check_network(&name)?;
             let subnet = subnet
                 .as_deref()
                 .map(|s| {
@@ -74,6 +75,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Rm { names } => {
             let mut nets = executor::net::Networks::open(crate::netrun::STATE_DIR)?;
             for n in &names {
+                executor::names::check_network(n)?;
                 anyhow::ensure!(
                     n != executor::net::ipam::DEFAULT_NETWORK,
                     "the default network {n} cannot be removed"

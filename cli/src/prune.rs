@@ -101,7 +101,7 @@ fn confirm(all: bool) -> anyhow::Result<bool> {
 
 /// Go-style durations (`24h`, `1h30m`, `90s`, `500ms`) plus days (`7d`); a bare number is
 /// seconds.
-fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let bad = || anyhow::anyhow!("invalid duration {s:?} (examples: 24h, 90m, 1h30m, 7d)");
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));

@@ -1,6 +1,7 @@
 //! `kiln pull`, `kiln push`, `kiln login`, `kiln logout`: the CLI side of `cache::registry`.
 //!
-//! This module reads the environment (`DOCKER_CONFIG`, `HOME`, `KILN_INSECURE_REGISTRIES`) and
+//! This module reads the environment (`DOCKER_CONFIG`, `HOME`, `KILN_INSECURE_REGISTRIES`,
+//! `KILN_REGISTRY_TIMEOUT`) and
 //! prints progress on stderr; the library does neither. It holds no clap types: main.rs maps
 //! its arguments onto these functions.
 
@@ -8,6 +9,7 @@ use anyhow::{Context as _, bail};
 use cache::oci::{Digest, Platform};
 use cache::reference::Reference;
 use cache::registry::auth::{Credentials, DockerConfig, is_docker_hub};
+use cache::registry::client::Timeouts;
 use cache::registry::{self, Progress, RegistryOptions};
 use cache::store::Store;
 use std::collections::BTreeMap;
@@ -70,6 +72,7 @@ impl RegistryConfig {
     pub(crate) fn options(&self) -> anyhow::Result<RegistryOptions> {
         let docker_config = DockerConfig::load(&self.docker_config)?;
         let mut opts = RegistryOptions::new(docker_config);
+        opts.timeouts = timeouts_from_env()?;
         opts.insecure = self.insecure.clone();
         opts.chunk_size = self.chunk_size;
         if self.progress {
@@ -77,6 +80,50 @@ impl RegistryConfig {
         }
         Ok(opts)
     }
+}
+
+/// The variable that sets the registry timeouts.
+const TIMEOUT_ENV: &str = "KILN_REGISTRY_TIMEOUT";
+
+/// [`TIMEOUT_ENV`]: one duration for all three timeouts (`90s`), or some of
+/// `connect=D,response=D,idle=D` (the others keep their defaults). Unset or empty: defaults.
+///
+/// Fails on anything else, naming the variable.
+fn timeouts_from_env() -> anyhow::Result<Timeouts> {
+    match std::env::var(TIMEOUT_ENV) {
+        Ok(v) if !v.trim().is_empty() => parse_timeouts(&v).with_context(|| {
+            format!("{TIMEOUT_ENV}={v:?}: expected a duration (90s) or connect=D,response=D,idle=D")
+        }),
+        _ => Ok(Timeouts::default()),
+    }
+}
+
+fn parse_timeouts(s: &str) -> anyhow::Result<Timeouts> {
+    let positive = |d: &str| {
+        let d = crate::prune::parse_duration(d.trim())?;
+        anyhow::ensure!(!d.is_zero(), "a timeout of 0 would fail every request");
+        Ok(d)
+    };
+    if !s.contains('=') {
+        let d = positive(s)?;
+        return Ok(Timeouts {
+            connect: d,
+            response: d,
+            idle: d,
+        });
+    }
+    let mut t = Timeouts::default();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part.split_once('=').context("expected key=duration")?;
+        let d = positive(v)?;
+        match k.trim() {
+            "connect" => t.connect = d,
+            "response" => t.response = d,
+            "idle" => t.idle = d,
+            other => bail!("unknown timeout {other:?} (connect, response, idle)"),
+        }
+    }
+    Ok(t)
 }
 
 /// `4096`, `64K`, `16M`, `1G` (binary units) -> bytes; `None` for anything else or 0.
@@ -203,6 +250,7 @@ pub async fn login(
         password: password.to_owned(),
     };
     let mut opts = RegistryOptions::new(config.clone());
+    opts.timeouts = timeouts_from_env()?;
     opts.insecure = cfg.insecure.clone();
     registry::login(&host, &creds, &mut config, &opts).await?;
     Ok(())
@@ -349,6 +397,7 @@ fn mib(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn progress_bars_fill_with_the_bytes_done() {
@@ -365,6 +414,28 @@ mod tests {
             "abc [==========]  100.0/100.0 MiB"
         );
         assert_eq!(bar_line("e", 0, 0, 4), "e [====]    0.0/0.0 MiB");
+    }
+
+    #[test]
+    fn registry_timeouts_take_one_duration_or_named_parts() {
+        let d = Timeouts::default();
+        let all = parse_timeouts("90s").expect("one duration");
+        assert_eq!(
+            (all.connect, all.response, all.idle),
+            (
+                Duration::from_secs(90),
+                Duration::from_secs(90),
+                Duration::from_secs(90)
+            )
+        );
+        let some = parse_timeouts("connect=5s, idle=2m").expect("parts");
+        assert_eq!(
+            (some.connect, some.response, some.idle),
+            (Duration::from_secs(5), d.response, Duration::from_secs(120))
+        );
+        for bad in ["0", "x", "connect=0s", "read=5s", "connect"] {
+            assert!(parse_timeouts(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub struct RunArgs {
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
     /// User (`name`, `uid`, `user:group`).
-    #[arg(short = 'u', long = "user")]
+    #[arg(short = 'u', long = "user", allow_hyphen_values = true)]
     user: Option<String>,
     /// Override the image's entrypoint.
     #[arg(long)]
@@ -71,8 +71,72 @@ fn container_id() -> String {
     cache::oci::Digest::of(seed.as_bytes()).hex()[..16].to_owned()
 }
 
+/// `-e` values as docker's opts.ValidateEnv takes them: `=x` and `` (no name) are refused
+/// with docker's message. Fails on the first bad one.
+pub(crate) fn check_env(env: &[String]) -> anyhow::Result<()> {
+    for e in env {
+        let name = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        anyhow::ensure!(!name.is_empty(), "invalid environment variable: {e}");
+    }
+    Ok(())
+}
+
+/// `-w` must be absolute, as docker requires (the daemon's message; runc refuses a relative
+/// cwd too). Fails when it is not.
+pub(crate) fn check_workdir(workdir: Option<&str>) -> anyhow::Result<()> {
+    if let Some(w) = workdir {
+        anyhow::ensure!(
+            w.starts_with('/'),
+            "the working directory '{w}' is invalid, it needs to be an absolute path"
+        );
+    }
+    Ok(())
+}
+
+/// `-u`: a numeric uid or gid must be in docker's range (the image's /etc/passwd is checked
+/// when the container starts, see `executor::user`). Fails on one outside it.
+pub(crate) fn check_user(user: Option<&str>) -> anyhow::Result<()> {
+    if let Some(u) = user {
+        executor::user::check_spec(u)?;
+    }
+    Ok(())
+}
+
+/// The smallest `--memory` docker accepts (daemon/daemon_unix.go `linuxMinMemory`).
+const MIN_MEMORY: u64 = 6 * 1024 * 1024;
+
+/// `--memory`: None for unlimited (no flag, or `0` as in docker), else the limit in bytes.
+/// Fails on a malformed size or one below docker's 6 MB minimum.
+fn memory_limit(memory: Option<&str>) -> anyhow::Result<Option<u64>> {
+    let Some(m) = memory else {
+        return Ok(None);
+    };
+    let bytes = executor::cgroup::parse_memory(m)
+        .with_context(|| format!("--memory {m}: expected bytes or a number with b, k, m, g"))?;
+    if bytes == 0 {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        bytes >= MIN_MEMORY,
+        "--memory {m}: Minimum memory limit allowed is 6MB"
+    );
+    Ok(Some(bytes))
+}
+
+/// Everything on the command line that docker refuses before creating a container.
+fn check(a: &RunArgs) -> anyhow::Result<()> {
+    if let Some(n) = &a.name {
+        executor::names::check_container(n)?;
+    }
+    check_env(&a.env)?;
+    check_workdir(a.workdir.as_deref())?;
+    check_user(a.user.as_deref())?;
+    Ok(())
+}
+
 /// Runs `kiln run`; the exit code is the container's.
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    check(&a)?;
     let store = crate::open_store()?;
     let image = store
         .resolve(&a.image)
@@ -100,15 +164,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         &image.config.config.exposed_ports,
     )?;
     let limits = executor::cgroup::Limits {
-        memory: a
-            .memory
-            .as_deref()
-            .map(|m| {
-                executor::cgroup::parse_memory(m).with_context(|| {
-                    format!("--memory {m}: expected bytes or a number with b, k, m, g")
-                })
-            })
-            .transpose()?,
+        memory: memory_limit(a.memory.as_deref())?,
         millicpus: a
             .cpus
             .as_deref()

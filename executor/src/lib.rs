@@ -9,6 +9,7 @@
 //! - [`sandbox`]: builds the `__init` command line (host side);
 //! - [`init`]: the single-threaded `__init` process (namespaces, fork, pivot_root, exec);
 //! - [`mounts`]: the pure mount plan of a RUN sandbox;
+//! - [`names`]: container and network names checked before they become paths;
 //! - [`user`]: /etc/passwd and /etc/group resolution (pure);
 //! - [`copy`]: COPY/ADD/WORKDIR semantics, run inside `__init`;
 //! - [`cgroup`]: `--memory`/`--cpus`/`--pids-limit` through cgroup v1 or v2;
@@ -38,6 +39,7 @@ pub mod copy;
 pub mod fsroot;
 pub mod init;
 pub mod mounts;
+pub mod names;
 pub mod net;
 pub mod sandbox;
 pub mod spec;

@@ -17,7 +17,20 @@ pub enum UserError {
     /// An empty user or group part (`":"`, `"user:"`).
     #[error("invalid user specification {0:?}")]
     Invalid(String),
+    /// An id outside 0..=2147483647, given as a number or found in /etc/passwd or /etc/group
+    /// (docker's and runc's message). 4294967295 is `(uid_t)-1`, which `setresuid` reads as
+    /// "leave unchanged": accepting it would run the process as root.
+    #[error("uids and gids must be in range 0-{MAX_ID}: {id} ({origin})")]
+    Range {
+        /// The id as written.
+        id: String,
+        /// Where it came from: `user spec "4294967295"`, `/etc/passwd entry "alice"`.
+        origin: String,
+    },
 }
+
+/// The largest uid or gid docker, runc and BuildKit accept (`math.MaxInt32`).
+pub const MAX_ID: u32 = 2_147_483_647;
 
 type Result<T> = std::result::Result<T, UserError>;
 
@@ -104,10 +117,57 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
         .collect()
 }
 
+/// A user or group part that is a number (`-?[0-9]+`): Some(its id), or Some(Err) when it is
+/// outside 0..=[`MAX_ID`]; None for a name.
+fn numeric(part: &str, spec: &str) -> Option<Result<u32>> {
+    let digits = part.strip_prefix('-').unwrap_or(part);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        part.parse::<u32>()
+            .ok()
+            .filter(|id| *id <= MAX_ID)
+            .ok_or_else(|| UserError::Range {
+                id: part.to_string(),
+                origin: format!("user spec {spec:?}"),
+            }),
+    )
+}
+
+/// Checks the numeric parts of a user spec (`-u`, `--user`, `USER`, `--chown`) without any
+/// /etc files, so a command line can be refused before anything runs.
+///
+/// Fails when a numeric user or group is outside 0..=[`MAX_ID`].
+pub fn check_spec(spec: &str) -> Result<()> {
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    for part in std::iter::once(user_part).chain(group_part) {
+        if let Some(Err(e)) = numeric(part, spec) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn check_entry_id(id: u32, file: &str, name: &str) -> Result<u32> {
+    if id <= MAX_ID {
+        Ok(id)
+    } else {
+        Err(UserError::Range {
+            id: id.to_string(),
+            origin: format!("{file} entry {name:?}"),
+        })
+    }
+}
+
 /// Resolves `""`, `name`, `uid`, `name:group`, `uid:gid` (any mix) given the text of the root's
 /// /etc/passwd and /etc/group (`None` when the file is missing).
 ///
-/// Fails when a name is not listed, or the spec has an empty part.
+/// Fails when a name is not listed, the spec has an empty part, or an id (given or found in
+/// the files) is outside 0..=[`MAX_ID`].
 pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<Identity> {
     let users = passwd.map(parse_passwd).unwrap_or_default();
     let groups = group.map(parse_group).unwrap_or_default();
@@ -116,23 +176,26 @@ pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<
         None => (spec, None),
     };
     if spec.is_empty() {
-        return Ok(with_entry(0, users.iter().find(|e| e.uid == 0), &groups));
+        return with_entry(0, users.iter().find(|e| e.uid == 0), &groups);
     }
     if user_part.is_empty() || group_part.is_some_and(str::is_empty) {
         return Err(UserError::Invalid(spec.to_string()));
     }
-    let mut id = match user_part.parse::<u32>() {
-        Ok(uid) => with_entry(uid, users.iter().find(|e| e.uid == uid), &groups),
-        Err(_) => {
+    let mut id = match numeric(user_part, spec) {
+        Some(uid) => {
+            let uid = uid?;
+            with_entry(uid, users.iter().find(|e| e.uid == uid), &groups)?
+        }
+        None => {
             let entry = users
                 .iter()
                 .find(|e| e.name == user_part)
                 .ok_or_else(|| UserError::UnknownUser(user_part.to_string()))?;
-            with_entry(entry.uid, Some(entry), &groups)
+            with_entry(entry.uid, Some(entry), &groups)?
         }
     };
     if let Some(g) = group_part {
-        id.gid = resolve_group(g, &groups)?;
+        id.gid = resolve_group(g, spec, &groups)?;
         // An explicit group replaces the membership-derived supplementary groups (runc).
         id.groups = vec![id.gid];
     }
@@ -143,7 +206,7 @@ pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<
 /// gid from /etc/passwd, a numeric user uses its uid as gid too, and an explicit group (name or
 /// number) overrides the gid. No supplementary groups.
 ///
-/// Fails when a name is not listed, or a part is empty.
+/// Fails when a name is not listed, a part is empty, or an id is outside 0..=[`MAX_ID`].
 pub fn resolve_owner(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<(u32, u32)> {
     if spec.is_empty() {
         return Ok((0, 0));
@@ -155,50 +218,64 @@ pub fn resolve_owner(spec: &str, passwd: Option<&str>, group: Option<&str>) -> R
     if user_part.is_empty() || group_part.is_some_and(str::is_empty) {
         return Err(UserError::Invalid(spec.to_string()));
     }
-    let (uid, mut gid) = match user_part.parse::<u32>() {
-        Ok(uid) => (uid, uid),
-        Err(_) => {
+    let (uid, mut gid) = match numeric(user_part, spec) {
+        Some(uid) => {
+            let uid = uid?;
+            (uid, uid)
+        }
+        None => {
             let users = passwd.map(parse_passwd).unwrap_or_default();
             let e = users
                 .iter()
                 .find(|e| e.name == user_part)
                 .ok_or_else(|| UserError::UnknownUser(user_part.to_string()))?;
-            (e.uid, e.gid)
+            (
+                check_entry_id(e.uid, "/etc/passwd", &e.name)?,
+                check_entry_id(e.gid, "/etc/passwd", &e.name)?,
+            )
         }
     };
     if let Some(g) = group_part {
-        gid = resolve_group_spec(g, group)?;
+        gid = resolve_group(g, spec, &group.map(parse_group).unwrap_or_default())?;
     }
     Ok((uid, gid))
 }
 
 /// Resolves a group name or number.
+///
+/// Fails when a name is not listed or an id is outside 0..=[`MAX_ID`].
 pub fn resolve_group_spec(g: &str, group: Option<&str>) -> Result<u32> {
-    resolve_group(g, &group.map(parse_group).unwrap_or_default())
+    resolve_group(g, g, &group.map(parse_group).unwrap_or_default())
 }
 
-fn resolve_group(g: &str, groups: &[GroupEntry]) -> Result<u32> {
-    if let Ok(gid) = g.parse::<u32>() {
-        return Ok(gid);
+fn resolve_group(g: &str, spec: &str, groups: &[GroupEntry]) -> Result<u32> {
+    if let Some(gid) = numeric(g, spec) {
+        return gid;
     }
-    groups
+    let e = groups
         .iter()
         .find(|e| e.name == g)
-        .map(|e| e.gid)
-        .ok_or_else(|| UserError::UnknownGroup(g.to_string()))
+        .ok_or_else(|| UserError::UnknownGroup(g.to_string()))?;
+    check_entry_id(e.gid, "/etc/group", &e.name)
 }
 
-fn with_entry(uid: u32, entry: Option<&PasswdEntry>, groups: &[GroupEntry]) -> Identity {
-    let gid = entry.map_or(0, |e| e.gid);
+fn with_entry(uid: u32, entry: Option<&PasswdEntry>, groups: &[GroupEntry]) -> Result<Identity> {
+    let gid = match entry {
+        Some(e) => {
+            check_entry_id(e.uid, "/etc/passwd", &e.name)?;
+            check_entry_id(e.gid, "/etc/passwd", &e.name)?
+        }
+        None => 0,
+    };
     let mut sup = vec![gid];
     if let Some(e) = entry {
         for g in groups {
             if g.members.contains(&e.name) && !sup.contains(&g.gid) {
-                sup.push(g.gid);
+                sup.push(check_entry_id(g.gid, "/etc/group", &g.name)?);
             }
         }
     }
-    Identity {
+    Ok(Identity {
         uid,
         gid,
         groups: sup,
@@ -206,7 +283,7 @@ fn with_entry(uid: u32, entry: Option<&PasswdEntry>, groups: &[GroupEntry]) -> I
             .map(|e| e.home.clone())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "/".to_string()),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -304,5 +381,55 @@ mod tests {
             resolve("bob:", Some(PASSWD), None),
             Err(UserError::Invalid(_))
         ));
+    }
+
+    /// Issue 10: `(uid_t)-1` must never reach setresuid, where it means "unchanged" (root).
+    #[test]
+    fn ids_outside_docker_range_are_refused_wherever_they_come_from() {
+        for spec in [
+            "4294967295",
+            "2147483648",
+            "-1",
+            "0:4294967295",
+            "alice:2147483648",
+            "99999999999999999999",
+        ] {
+            let err = resolve(spec, Some(PASSWD), Some(GROUP)).expect_err(spec);
+            assert!(matches!(err, UserError::Range { .. }), "{spec}: {err}");
+            assert!(
+                err.to_string()
+                    .starts_with("uids and gids must be in range 0-2147483647"),
+                "{err}"
+            );
+            assert!(check_spec(spec).is_err(), "{spec}");
+            assert!(resolve_owner(spec, Some(PASSWD), Some(GROUP)).is_err());
+        }
+        let top = resolve("2147483647:2147483647", None, None).expect("MAX_ID is allowed");
+        assert_eq!((top.uid, top.gid), (MAX_ID, MAX_ID));
+        assert_eq!(check_spec("alice:wheel"), Ok(()));
+        assert_eq!(check_spec("2147483647"), Ok(()));
+    }
+
+    #[test]
+    fn passwd_and_group_entries_out_of_range_name_the_entry() {
+        let passwd =
+            "evil:x:4294967295:0::/:/bin/sh\nlow:x:5:4294967295::/:/bin/sh\nok:x:7:7::/:/bin/sh\n";
+        let group = "bad:x:4294967295:ok\n";
+        let err = resolve("evil", Some(passwd), None).expect_err("uid");
+        assert_eq!(
+            err.to_string(),
+            "uids and gids must be in range 0-2147483647: 4294967295 (/etc/passwd entry \"evil\")"
+        );
+        assert!(resolve("low", Some(passwd), None).is_err());
+        // A numeric uid that matches such an entry is refused too (its gid comes from it).
+        assert!(resolve("5", Some(passwd), None).is_err());
+        let err = resolve("ok", Some(passwd), Some(group)).expect_err("group");
+        assert!(
+            err.to_string().contains("/etc/group entry \"bad\""),
+            "{err}"
+        );
+        assert!(resolve("ok:bad", Some(passwd), Some(group)).is_err());
+        assert!(resolve_owner("evil", Some(passwd), None).is_err());
+        assert!(resolve_owner("ok:bad", Some(passwd), Some(group)).is_err());
     }
 }

@@ -378,13 +378,50 @@ fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
     (before, false)
 }
 
+/// The longest physical line BuildKit's parser takes, in bytes without the newline (its
+/// `bufio.Scanner` buffer, `bufio.MaxScanTokenSize`, holds the line and its `\n`).
+pub const MAX_LINE: usize = 65_535;
+
 /// Parses a Dockerfile into nodes, exactly as BuildKit's parser would.
 ///
-/// Fails on a bad directive, a line-level syntax error (`ENV` without a value, nested JSON),
-/// an unterminated heredoc, or a file with no instructions.
+/// Fails on a line over [`MAX_LINE`] bytes, a bad directive, a line-level syntax error (`ENV`
+/// without a value, nested JSON), an unterminated heredoc, or a file with no instructions.
 pub fn parse_ast(source: &str) -> Result<Ast, Error> {
+    parse_ast_checked(source, &[])
+}
+
+/// [`parse_ast`] of text decoded from bytes where the lines of `not_utf8` (sorted by line)
+/// held bytes that are not UTF-8: those lines may only be comments, which the parser drops
+/// unread. Fails with [`ErrorKind::InvalidUtf8`] at the first such line that is an instruction,
+/// a continuation or heredoc content.
+pub(crate) fn parse_ast_checked(source: &str, not_utf8: &[(Span, u8)]) -> Result<Ast, Error> {
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     let lines: Vec<&str> = source.split_inclusive('\n').collect();
+    if let Some(i) = lines
+        .iter()
+        .position(|l| l.strip_suffix('\n').unwrap_or(l).len() > MAX_LINE)
+    {
+        return Err(Error::new(
+            ErrorKind::LineTooLong { limit: MAX_LINE },
+            Some(Span {
+                line: i as u32 + 1,
+                column: 1,
+            }),
+        ));
+    }
+    // Called for every line the parser reads as content (not for comments).
+    let content_line = |line: u32| match not_utf8.binary_search_by_key(&line, |(s, _)| s.line) {
+        Ok(at) => {
+            let (span, byte) = not_utf8[at];
+            Err(
+                Error::new(ErrorKind::InvalidUtf8 { byte }, Some(span)).with_hint(
+                    "kiln reads a Dockerfile as UTF-8 and allows other bytes only in comments; \
+                 convert the file (iconv -f latin1 -t utf-8)",
+                ),
+            )
+        }
+        Err(_) => Ok(()),
+    };
     let mut directives = Directives::default();
     let mut escape = DEFAULT_ESCAPE;
     let mut dstate = DirectiveState {
@@ -402,6 +439,9 @@ pub fn parse_ast(source: &str) -> Result<Ast, Error> {
         let lead_cols = raw[..raw.len() - trimmed.len()].chars().count() as u32;
         dstate.check(trimmed, lineno, &mut directives, &mut escape)?;
         let content = if is_comment(trimmed) { "" } else { trimmed };
+        if !content.is_empty() {
+            content_line(lineno)?;
+        }
         let start = Span {
             line: lineno,
             column: lead_cols + 1,
@@ -427,6 +467,7 @@ pub fn parse_ast(source: &str) -> Result<Ast, Error> {
                 empty_continuation = true;
                 continue;
             }
+            content_line(ln)?;
             let (part, eol) = trim_continuation(raw, escape);
             end_of_line = eol;
             logical.push(
@@ -457,6 +498,7 @@ pub fn parse_ast(source: &str) -> Result<Ast, Error> {
                 while i < lines.len() {
                     let body = lines[i];
                     i += 1;
+                    content_line(i as u32)?;
                     node.end_line = i as u32;
                     let mut candidate = trim_newline(body);
                     if doc.chomp {

@@ -20,6 +20,18 @@ pub enum ErrorKind {
     /// Nothing but comments and blank lines.
     #[error("file with no instructions")]
     NoInstructions,
+    /// A physical line longer than BuildKit's parser takes (BuildKit's message).
+    #[error("dockerfile line greater than max allowed size of {limit}")]
+    LineTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A byte that is not UTF-8 outside a comment.
+    #[error("invalid UTF-8 byte 0x{byte:02x}")]
+    InvalidUtf8 {
+        /// The first such byte of the line.
+        byte: u8,
+    },
     /// A parser directive given twice.
     #[error("only one {name} parser directive can be used")]
     DuplicateDirective {
@@ -163,7 +175,7 @@ pub enum ErrorKind {
     #[error("{0}")]
     Healthcheck(String),
     /// A word that does not expand.
-    #[error("failed to process {word:?}: {source}")]
+    #[error("failed to process {:?}: {source}", shorten(word))]
     Expand {
         /// The word as written.
         word: String,
@@ -349,10 +361,11 @@ impl fmt::Display for Error {
         if let (Some(s), Some(text)) = (self.span, &self.line_text) {
             let num = s.line.to_string();
             let pad = " ".repeat(num.len());
+            let text = shorten(text);
             // Tabs are kept so the caret lines up with the quoted text.
             let lead: String = text
                 .chars()
-                .take(s.column.saturating_sub(1) as usize)
+                .take((s.column.saturating_sub(1) as usize).min(QUOTE_MAX))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
             write!(f, "\n {num} | {text}\n {pad} | {lead}^")?;
@@ -370,6 +383,18 @@ impl std::error::Error for Error {
             ErrorKind::Expand { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// How much of a word or source line a message quotes: a 1 MB line must not become a 1 MB
+/// error message.
+const QUOTE_MAX: usize = 160;
+
+/// `s`, or its first [`QUOTE_MAX`] characters and `…`.
+fn shorten(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(QUOTE_MAX) {
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
+        None => s.into(),
     }
 }
 

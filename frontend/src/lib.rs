@@ -5,6 +5,8 @@
 //!
 //! The flow, as the cli drives it:
 //!
+//! 0. [`decode`] turns the file's bytes into text (bytes that are not UTF-8 only in comments,
+//!    as docker ignores them there; elsewhere an error with line and column).
 //! 1. [`parse`] turns the text into a [`Dockerfile`]: [`ast`] does the line-level work exactly
 //!    as BuildKit's parser (directives, continuations, heredocs, JSON vs shell form, flags,
 //!    spans), [`instructions`] checks each instruction and groups them into stages.
@@ -27,6 +29,7 @@ pub mod instructions;
 mod lower;
 pub mod mounts;
 pub mod shell;
+mod source;
 
 pub use changes::apply_changes;
 pub use check::{Level, Warning, check};
@@ -35,6 +38,7 @@ pub use lower::{DEFAULT_PATH, PLATFORM_ARGS, PROXY_ARGS};
 pub use error::{Error, ErrorKind};
 pub use instructions::{Command, Dockerfile, Instruction, Stage};
 pub use solver::graph::Span;
+pub use source::decode;
 
 /// Parses a Dockerfile into stages of typed instructions.
 ///

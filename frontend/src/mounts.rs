@@ -163,9 +163,12 @@ pub fn parse_mount(spec: &str, cwd: &str) -> Result<ParsedMount, ErrorKind> {
             }
             "uid" | "gid" => {
                 let s = need(v)?;
+                // docker's range: 4294967295 is (uid_t)-1, "unchanged" to chown.
                 let n = s
                     .parse::<u32>()
-                    .map_err(|_| bad(format!("{k} {s:?} is not a number")))?;
+                    .ok()
+                    .filter(|n| *n <= 2_147_483_647)
+                    .ok_or_else(|| bad(format!("{k} {s:?} is not a number in 0-2147483647")))?;
                 if k == "uid" {
                     m.uid = n;
                 } else {

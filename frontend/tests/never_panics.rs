@@ -73,6 +73,8 @@ fn word() -> impl Strategy<Value = String> {
         Just("#".to_owned()),
         Just("\t".to_owned()),
         Just("é☃".to_owned()),
+        // Deeper than shell::MAX_NESTING (issue 10: this overflowed the stack).
+        Just("${a:-".repeat(100)),
     ]
 }
 

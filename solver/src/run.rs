@@ -47,6 +47,9 @@ pub enum RunError {
     /// A container with this name exists.
     #[error("container {0:?} already exists")]
     Exists(String),
+    /// A container name that cannot be a directory name (`../x`, `a/b`).
+    #[error(transparent)]
+    Name(#[from] executor::names::NameError),
 }
 
 /// A prepared container.
@@ -92,13 +95,16 @@ pub fn env(image: &[String], overrides: &[String]) -> Vec<String> {
 
 /// Creates `KILN_ROOT/containers/<id>` and the run spec of `config`'s image with `o` applied.
 ///
-/// Fails when there is no command, a layer is missing or the directory cannot be created.
+/// Fails when `id` is not a valid container name, there is no command, a layer is missing or
+/// the directory cannot be created.
 pub fn prepare(
     store: &Store,
     config: &ImageConfig,
     id: &str,
     o: &Overrides,
 ) -> Result<Container, RunError> {
+    // The id is a directory name under the store: check it before it becomes a path.
+    executor::names::check_container(id)?;
     let args = argv(config, o);
     if args.is_empty() {
         return Err(RunError::NoCommand);
@@ -167,6 +173,21 @@ mod tests {
         c.config.entrypoint = entry.map(own);
         c.config.cmd = cmd.map(own);
         c
+    }
+
+    /// Issue 10: `kiln run --name ../../x` wrote the container's state outside KILN_ROOT.
+    #[test]
+    fn container_ids_that_are_paths_create_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("a/root")).expect("store");
+        let c = image(None, Some(&["sh"]));
+        for id in ["../../x", "a/b", "..", "x"] {
+            let e = prepare(&store, &c, id, &Overrides::default()).expect_err(id);
+            assert!(matches!(e, RunError::Name(_)), "{id}: {e}");
+        }
+        assert!(!dir.path().join("x").exists());
+        assert!(!store.root().join("containers").exists());
+        prepare(&store, &c, "ok-1", &Overrides::default()).expect("a valid name");
     }
 
     #[test]

@@ -16,3 +16,4 @@ mod registry;
 mod remote_cache;
 mod save;
 mod sources;
+mod validation;

@@ -135,6 +135,72 @@ pub enum ClientError {
     /// Reading credentials failed.
     #[error(transparent)]
     Credentials(#[from] super::auth::AuthError),
+    /// The registry accepted the connection but stopped answering: no connection, no
+    /// response headers, or no body data within the configured [`Timeouts`].
+    #[error(
+        "{registry}: {what}: no answer {phase} within {}\nhint: a slow registry may need a longer timeout: KILN_REGISTRY_TIMEOUT (e.g. `120s`, or `connect=30s,response=120s,idle=60s`)",
+        seconds(*after)
+    )]
+    Timeout {
+        /// Registry host.
+        registry: String,
+        /// The request.
+        what: String,
+        /// Which wait ran out.
+        phase: TimeoutPhase,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+}
+
+/// `2s`, `0.5s`: how a timeout is shown.
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// Which of the [`Timeouts`] ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// The TCP connection and TLS handshake.
+    Connect,
+    /// From sending the request to the response headers.
+    Response,
+    /// Between two reads of the response body.
+    Idle,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Connect => "(connecting)",
+            TimeoutPhase::Response => "(waiting for the response headers)",
+            TimeoutPhase::Idle => "(the body stalled)",
+        })
+    }
+}
+
+/// How long kiln waits on a registry. A registry that accepts a connection and then says
+/// nothing would otherwise hold `kiln pull` forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake.
+    pub connect: Duration,
+    /// From the request to the response headers (token requests included).
+    pub response: Duration,
+    /// Longest silence while reading a body; resets on every read, so big layers on a slow
+    /// link are fine as long as bytes keep coming.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    /// 30 s to connect (docker's dial timeout), 60 s for the headers and between body reads.
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
 }
 
 impl ClientError {
@@ -163,6 +229,8 @@ pub struct ClientConfig {
     pub retries: u32,
     /// The first backoff; doubled after each retry, capped at 10 s.
     pub retry_base: Duration,
+    /// Connect, response and idle-read timeouts.
+    pub timeouts: Timeouts,
 }
 
 /// True when `registry` (`host[:port]`) may be reached over plain HTTP.
@@ -202,6 +270,7 @@ pub struct Client {
     auth: std::sync::Mutex<AuthState>,
     retries: u32,
     retry_base: Duration,
+    timeouts: Timeouts,
 }
 
 /// What [`Client::start_upload`] got.
@@ -217,11 +286,14 @@ pub enum UploadStart {
 /// verified either, as docker does: such a registry may serve https with a self-signed
 /// certificate, or plain http. Such a client needs no root certificates, so it skips loading
 /// the system's (about 150 files: 50-100 ms of every pull or push).
-fn http_client(insecure: bool) -> Result<reqwest::Client> {
+///
+/// reqwest's `read_timeout` is the idle timeout: it bounds every read, of the headers too, so
+/// the wait for headers is the smaller of `response` and `idle`.
+fn http_client(insecure: bool, timeouts: &Timeouts) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(300))
+        .connect_timeout(timeouts.connect)
+        .read_timeout(timeouts.idle)
         .danger_accept_invalid_certs(insecure)
         .tls_built_in_root_certs(!insecure)
         .build()
@@ -248,7 +320,7 @@ impl Client {
         cfg: &ClientConfig,
     ) -> Result<Client> {
         let plain_allowed = allows_plain_http(registry, &cfg.insecure);
-        let http = http_client(plain_allowed)?;
+        let http = http_client(plain_allowed, &cfg.timeouts)?;
         let api_host = if is_docker_hub(registry) {
             "registry-1.docker.io".to_owned()
         } else {
@@ -265,6 +337,7 @@ impl Client {
             auth: std::sync::Mutex::new(AuthState::None),
             retries: cfg.retries,
             retry_base: cfg.retry_base,
+            timeouts: cfg.timeouts,
         })
     }
 
@@ -304,10 +377,17 @@ impl Client {
                 if !self.plain_allowed {
                     return Ok(https);
                 }
-                match self.http.get(format!("{https}/v2/")).send().await {
-                    Ok(_) => Ok(https),
-                    Err(e) => {
+                let probe = self.http.get(format!("{https}/v2/")).send();
+                match tokio::time::timeout(self.timeouts.response, probe).await {
+                    Ok(Ok(_)) => Ok(https),
+                    Ok(Err(e)) => {
                         tracing::debug!(registry = %self.registry, error = %e, "https failed; using plain http");
+                        Ok(format!("http://{}", self.api_host))
+                    }
+                    // A TLS handshake is bounded by the connect timeout; an https server that
+                    // never answers is no better than one that is not there.
+                    Err(_) => {
+                        tracing::debug!(registry = %self.registry, "https timed out; using plain http");
                         Ok(format!("http://{}", self.api_host))
                     }
                 }
@@ -316,11 +396,43 @@ impl Client {
             .map(String::as_str)
     }
 
-    fn network(&self, what: &str, source: reqwest::Error) -> ClientError {
+    /// A network error of request `what`; a reqwest timeout becomes [`ClientError::Timeout`]
+    /// naming the timeout that ran out.
+    pub(crate) fn network(&self, what: &str, source: reqwest::Error) -> ClientError {
+        if source.is_timeout() {
+            let (phase, after) = if source.is_connect() {
+                (TimeoutPhase::Connect, self.timeouts.connect)
+            } else {
+                (TimeoutPhase::Idle, self.timeouts.idle)
+            };
+            return self.timeout(what, phase, after);
+        }
         ClientError::Network {
             registry: self.registry.clone(),
             what: what.to_owned(),
             source,
+        }
+    }
+
+    fn timeout(&self, what: &str, phase: TimeoutPhase, after: Duration) -> ClientError {
+        ClientError::Timeout {
+            registry: self.registry.clone(),
+            what: what.to_owned(),
+            phase,
+            after,
+        }
+    }
+
+    /// Sends `rb`, waiting at most the response timeout for the headers. reqwest's idle
+    /// timeout also runs while it waits for them, so whichever is shorter ends the wait.
+    async fn send_timed(&self, what: &str, rb: reqwest::RequestBuilder) -> Result<Response> {
+        let waited = self.timeouts.response.min(self.timeouts.idle);
+        match tokio::time::timeout(self.timeouts.response, rb.send()).await {
+            Ok(Err(e)) if e.is_timeout() && !e.is_connect() => {
+                Err(self.timeout(what, TimeoutPhase::Response, waited))
+            }
+            Ok(r) => r.map_err(|e| self.network(what, e)),
+            Err(_) => Err(self.timeout(what, TimeoutPhase::Response, waited)),
         }
     }
 
@@ -361,7 +473,7 @@ impl Client {
             if let Some(h) = self.auth_header() {
                 rb = rb.header(header::AUTHORIZATION, h);
             }
-            let resp = rb.send().await.map_err(|e| self.network(what, e))?;
+            let resp = self.send_timed(what, rb).await?;
             if resp.status() != StatusCode::UNAUTHORIZED && resp.status() != StatusCode::FORBIDDEN {
                 return Ok(resp);
             }
@@ -473,10 +585,7 @@ impl Client {
                 }
             }
         };
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| self.network("token request", e))?;
+        let resp = self.send_timed("token request", rb).await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(self.rejected(status, self.creds.is_some()));
@@ -484,13 +593,10 @@ impl Client {
         if !status.is_success() {
             return Err(token_err(status.to_string()));
         }
-        let body = read_limited(resp, MAX_MANIFEST_SIZE)
+        let body = self
+            .read_limited("token request", resp, MAX_MANIFEST_SIZE)
             .await
-            .map_err(|e| e.unwrap_or_else(|| token_err("answer too large".to_owned())))
-            .map_err(|e| match e {
-                ClientError::Network { source, .. } => self.network("token request", source),
-                e => e,
-            })?;
+            .map_err(|e| e.unwrap_or_else(|| token_err("answer too large".to_owned())))?;
         #[derive(serde::Deserialize)]
         struct TokenAnswer {
             #[serde(default)]
@@ -523,7 +629,10 @@ impl Client {
                 what: what.to_owned(),
             });
         }
-        let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
+        let body = self
+            .read_limited(what, resp, 64 << 10)
+            .await
+            .unwrap_or_default();
         Err(ClientError::Status {
             registry: self.registry.clone(),
             what: what.to_owned(),
@@ -565,13 +674,16 @@ impl Client {
                     .and_then(|v| v.to_str().ok())
                     .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned())
                     .unwrap_or_default();
-                let body = read_limited(resp, MAX_MANIFEST_SIZE).await.map_err(|e| {
-                    e.unwrap_or_else(|| ClientError::TooLarge {
-                        registry: self.registry.clone(),
-                        what: what.clone(),
-                        limit: MAX_MANIFEST_SIZE,
-                    })
-                })?;
+                let body = self
+                    .read_limited(&what, resp, MAX_MANIFEST_SIZE)
+                    .await
+                    .map_err(|e| {
+                        e.unwrap_or_else(|| ClientError::TooLarge {
+                            registry: self.registry.clone(),
+                            what: what.clone(),
+                            limit: MAX_MANIFEST_SIZE,
+                        })
+                    })?;
                 Ok((body, media_type))
             })
             .await?;
@@ -843,31 +955,28 @@ impl Client {
     }
 }
 
-/// Reads a body up to `limit` bytes. `Err(None)` when it is larger.
-async fn read_limited(
-    resp: Response,
-    limit: usize,
-) -> std::result::Result<Vec<u8>, Option<ClientError>> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(None);
-    }
-    let url = resp.url().host_str().unwrap_or_default().to_owned();
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| {
-            Some(ClientError::Network {
-                registry: url.clone(),
-                what: "reading a response".to_owned(),
-                source,
-            })
-        })?;
-        if out.len() + chunk.len() > limit {
+impl Client {
+    /// Reads the body of request `what` up to `limit` bytes. `Err(None)` when it is larger.
+    async fn read_limited(
+        &self,
+        what: &str,
+        resp: Response,
+        limit: usize,
+    ) -> std::result::Result<Vec<u8>, Option<ClientError>> {
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
             return Err(None);
         }
-        out.extend_from_slice(&chunk);
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| Some(self.network(what, source)))?;
+            if out.len() + chunk.len() > limit {
+                return Err(None);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// The first message of a distribution error body (`{"errors":[{"code","message"}]}`), or

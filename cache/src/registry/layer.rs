@@ -256,11 +256,7 @@ async fn download_and_unpack(
     let resp = client.get_blob(repo, digest).await?;
     unpack_stream(store, desc, diff_id, name, opts, resp.bytes_stream())
         .await
-        .map_err(|source| ClientError::Network {
-            registry: client.registry().to_owned(),
-            what: format!("GET blob {digest}"),
-            source,
-        })
+        .map_err(|source| client.network(&format!("GET blob {digest}"), source))
 }
 
 /// Runs the bytes of blob `desc` from `chunks` through the pipeline: stored as the blob when

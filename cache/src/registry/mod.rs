@@ -119,6 +119,9 @@ pub struct RegistryOptions {
     pub retries: u32,
     /// First backoff delay, doubled after each retry.
     pub retry_base: Duration,
+    /// Connect, response and idle-read timeouts (a timeout is not retried: the wait would
+    /// multiply).
+    pub timeouts: client::Timeouts,
     /// Layer compression for push.
     pub compression: Compression,
     /// Upload blobs larger than this in PATCH chunks of this size instead of one PUT. `None`
@@ -136,6 +139,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("insecure", &self.insecure)
             .field("concurrency", &self.concurrency)
             .field("retries", &self.retries)
+            .field("timeouts", &self.timeouts)
             .field("compression", &self.compression)
             .field("chunk_size", &self.chunk_size)
             .field("progress", &self.progress.is_some())
@@ -145,6 +149,7 @@ impl std::fmt::Debug for RegistryOptions {
 
 impl RegistryOptions {
     /// Defaults: credentials from `docker_config`, 4 blobs at once, 4 retries from 250 ms,
+    /// [`client::Timeouts::default`],
     /// gzip level 6 (what docker pushes), no progress.
     pub fn new(docker_config: DockerConfig) -> RegistryOptions {
         RegistryOptions {
@@ -153,6 +158,7 @@ impl RegistryOptions {
             concurrency: 4,
             retries: 4,
             retry_base: Duration::from_millis(250),
+            timeouts: client::Timeouts::default(),
             compression: Compression {
                 codec: Codec::Gzip,
                 level: 6,
@@ -168,6 +174,7 @@ impl RegistryOptions {
             insecure: self.insecure.clone(),
             retries: self.retries,
             retry_base: self.retry_base,
+            timeouts: self.timeouts,
         }
     }
 

@@ -380,10 +380,8 @@ async fn fetch_config(
             let mut out = Vec::new();
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| ClientError::Network {
-                    registry: client.registry().to_owned(),
-                    what: format!("GET blob {}", desc.digest),
-                    source,
+                let chunk = chunk.map_err(|source| {
+                    client.network(&format!("GET blob {}", desc.digest), source)
                 })?;
                 out.extend_from_slice(&chunk);
                 if out.len() as u64 > limit {

@@ -331,6 +331,7 @@ pub fn client_config(opts: &RegistryOptions) -> cache::registry::client::ClientC
         insecure: opts.insecure.clone(),
         retries: opts.retries,
         retry_base: opts.retry_base,
+        timeouts: opts.timeouts,
     }
 }
 

@@ -10,3 +10,4 @@ mod auth;
 mod harness;
 mod hostile;
 mod push_pull;
+mod timeouts;

@@ -39,7 +39,7 @@ impl BuildNetwork {
     /// Steps join network `network` of the lease store `state_dir`, with namespaces pooled
     /// under `pool_dir` (at most `max` at once) and `host_resolv` (the host's resolv.conf
     /// text) made into their /etc/resolv.conf. Fails when the store or netlink cannot be
-    /// opened.
+    /// opened, or `network` is not a valid name.
     pub fn open(
         state_dir: &std::path::Path,
         pool_dir: &std::path::Path,
@@ -47,6 +47,13 @@ impl BuildNetwork {
         max: usize,
         host_resolv: &str,
     ) -> Result<BuildNetwork, super::attach::AttachError> {
+        // The pool directory is named after the network.
+        if crate::names::check_network(network).is_err() {
+            return Err(super::ipam::IpamError::BadName {
+                name: network.to_owned(),
+            }
+            .into());
+        }
         Ok(BuildNetwork {
             pool: NetnsPool::new(pool_dir, network, max),
             max,

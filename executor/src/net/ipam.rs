@@ -113,7 +113,7 @@ pub enum IpamError {
     },
     /// The name is not usable as a network name.
     #[error(
-        "invalid network name `{name}`: use 1-64 characters from [a-zA-Z0-9_.-], not starting with . or -"
+        "invalid network name `{name}`: use 1-64 characters from [a-zA-Z0-9_.-], starting with a letter or digit"
     )]
     BadName {
         /// The name.
@@ -216,12 +216,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IpamError + '_ {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    crate::names::check_network(name).is_ok()
 }
 
 impl Ipam {
@@ -281,12 +276,23 @@ impl Ipam {
         fs::rename(&tmp, path).map_err(io_err(path))
     }
 
-    fn leases_path(&self, network: &str) -> PathBuf {
-        self.dir.join(network).join("leases.json")
+    /// The directory of `network`; every path in the store built from a name goes through
+    /// here, so a name such as `../x` never leaves the state directory.
+    fn network_dir(&self, network: &str) -> Result<PathBuf> {
+        if !valid_name(network) {
+            return Err(IpamError::BadName {
+                name: network.to_string(),
+            });
+        }
+        Ok(self.dir.join(network))
     }
 
-    fn config_path(&self, network: &str) -> PathBuf {
-        self.dir.join(network).join("network.json")
+    fn leases_path(&self, network: &str) -> Result<PathBuf> {
+        Ok(self.network_dir(network)?.join("leases.json"))
+    }
+
+    fn config_path(&self, network: &str) -> Result<PathBuf> {
+        Ok(self.network_dir(network)?.join("network.json"))
     }
 
     /// Defines a user network. Fails on a bad or taken name, or a subnet overlapping another
@@ -313,7 +319,7 @@ impl Ipam {
                 });
             }
         }
-        Self::write_json(&self.config_path(&config.name), config)
+        Self::write_json(&self.config_path(&config.name)?, config)
     }
 
     /// `kiln network create NAME [--subnet CIDR]`: defines a user network with `subnet`, or
@@ -356,7 +362,7 @@ impl Ipam {
                 name: name.to_string(),
             });
         }
-        Self::read_json(&self.config_path(name))?.ok_or_else(|| IpamError::NoSuchNetwork {
+        Self::read_json(&self.config_path(name)?)?.ok_or_else(|| IpamError::NoSuchNetwork {
             name: name.to_string(),
         })
     }
@@ -374,14 +380,14 @@ impl Ipam {
             let entry = entry.map_err(io_err(&self.dir))?;
             if let Some(name) = entry.file_name().to_str()
                 && name != DEFAULT_NETWORK
-                && self.config_path(name).exists()
+                && self.config_path(name).is_ok_and(|p| p.exists())
             {
                 names.push(name.to_string());
             }
         }
         names.sort();
         for name in names {
-            if let Some(c) = Self::read_json(&self.config_path(&name))? {
+            if let Some(c) = Self::read_json(&self.config_path(&name)?)? {
                 out.push(c);
             }
         }
@@ -392,14 +398,14 @@ impl Ipam {
     pub fn remove_network(&self, name: &str) -> Result<NetworkConfig> {
         let config = self.network(name)?;
         let _l = self.lock()?;
-        let file: LeaseFile = Self::read_json(&self.leases_path(name))?.unwrap_or_default();
+        let file: LeaseFile = Self::read_json(&self.leases_path(name)?)?.unwrap_or_default();
         if !file.leases.is_empty() || name == DEFAULT_NETWORK {
             return Err(IpamError::InUse {
                 name: name.to_string(),
                 count: file.leases.len(),
             });
         }
-        let dir = self.dir.join(name);
+        let dir = self.network_dir(name)?;
         fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(config)
     }
@@ -416,7 +422,7 @@ impl Ipam {
         ports: &[PortMapping],
     ) -> Result<Lease> {
         let _l = self.lock()?;
-        let path = self.leases_path(&net.name);
+        let path = self.leases_path(&net.name)?;
         let mut file: LeaseFile = Self::read_json(&path)?.unwrap_or_default();
         if file.leases.iter().any(|l| l.container == container) {
             return Err(IpamError::AlreadyAttached {
@@ -524,7 +530,7 @@ impl Ipam {
     /// Releases `container`'s lease on `network`; Ok(None) when it had none.
     pub fn release(&self, network: &str, container: &str) -> Result<Option<Lease>> {
         let _l = self.lock()?;
-        let path = self.leases_path(network);
+        let path = self.leases_path(network)?;
         let Some(mut file) = Self::read_json::<LeaseFile>(&path)? else {
             return Ok(None);
         };
@@ -543,7 +549,7 @@ impl Ipam {
         let mut state = Vec::new();
         for net in self.networks_locked()? {
             let file: LeaseFile =
-                Self::read_json(&self.leases_path(&net.name))?.unwrap_or_default();
+                Self::read_json(&self.leases_path(&net.name)?)?.unwrap_or_default();
             state.push((net, file.leases));
         }
         Ok(f(&state))
@@ -552,7 +558,7 @@ impl Ipam {
     /// The leases on `network`, in allocation order.
     pub fn leases(&self, network: &str) -> Result<Vec<Lease>> {
         let _l = self.lock()?;
-        Ok(Self::read_json::<LeaseFile>(&self.leases_path(network))?
+        Ok(Self::read_json::<LeaseFile>(&self.leases_path(network)?)?
             .unwrap_or_default()
             .leases)
     }
@@ -702,6 +708,37 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "cannot publish 192.0.2.7:8080:80/tcp: 192.0.2.7 is not an address of this host"
+        );
+    }
+
+    /// Issue 10: every path of the store built from a network name goes through one check, so
+    /// `../x` reaches no file outside the state directory, whatever the call.
+    #[test]
+    fn network_names_that_are_paths_reach_nothing_outside_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::open(dir.path().join("state")).expect("open");
+        let outside = dir.path().join("x");
+        std::fs::create_dir(&outside).expect("mkdir");
+        std::fs::write(
+            outside.join("leases.json"),
+            r#"{"last":null,"leases":[{"container":"c","ip":"10.1.0.2"}]}"#,
+        )
+        .expect("planted lease file");
+        let net = NetworkConfig::user("../x", "10.89.22.0/24".parse().expect("cidr"));
+        let bad = |r: Result<()>| matches!(r, Err(IpamError::BadName { .. }));
+        assert!(bad(ipam.leases("../x").map(drop)));
+        assert!(bad(ipam.release("../x", "c").map(drop)));
+        assert!(bad(ipam.network("../x").map(drop)));
+        assert!(bad(ipam.remove_network("../x").map(drop)));
+        assert!(bad(ipam.allocate(&net, "c", &[]).map(drop)));
+        assert!(bad(ipam.create_network(&net)));
+        assert!(
+            outside.join("leases.json").exists(),
+            "nothing removed outside"
+        );
+        assert!(
+            !outside.join("network.json").exists(),
+            "nothing written outside"
         );
     }
 
