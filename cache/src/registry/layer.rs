@@ -90,7 +90,10 @@ pub(crate) async fn fetch_layer_from(
     opts: &RegistryOptions,
 ) -> Result<()> {
     let digest = &desc.digest;
-    if store.has_layer(diff_id) {
+    // The image's own blob is kept too (not only the snapshot), so that the image can be
+    // pushed and saved as it was served; an uncompressed layer's blob is its tar, which the
+    // store rebuilds from the snapshot's source when needed.
+    if store.has_layer(diff_id) && (store.has_blob(digest) || digest == diff_id) {
         opts.report(Progress::Local {
             digest: digest.clone(),
         });

@@ -301,7 +301,9 @@ impl<'a> Lowerer<'a> {
         let (manifest, config) = match self.bases {
             Some(bases) => {
                 match bases.get(reference) {
-                    Some(b) => (b.manifest.clone(), b.config.clone()),
+                    // Only what kiln models carries over into the image it writes (BuildKit
+                    // decodes the base config into its own types too).
+                    Some(b) => (b.manifest.clone(), b.config.clone().without_extra()),
                     None if self.placeholders => (
                         Digest::of(reference.as_bytes()),
                         ImageConfig::empty(&self.opts.platform),
