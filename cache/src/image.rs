@@ -116,11 +116,15 @@ impl Store {
     }
 
     /// True when `image` is in the form [`Store::write_image`] writes (kiln built it): an OCI
-    /// manifest listing uncompressed layers by diff_id. Push compresses those layers; any
-    /// other image (pulled, loaded) is pushed exactly as stored.
+    /// manifest listing uncompressed layers by diff_id, serialised as kiln serialises it.
+    /// Push compresses those layers; any other image (pulled, loaded) is pushed exactly as
+    /// stored.
     pub fn is_local_form(image: &Image) -> bool {
         let m = &image.manifest;
-        m.media_type.as_deref() == Some(MEDIA_TYPE_MANIFEST)
+        // Bytes first: a foreign manifest that parses to the same shape (`"layers":null`,
+        // other key order or spacing) is not kiln's.
+        to_canonical_json(m).is_ok_and(|b| Digest::of(&b) == image.manifest_digest)
+            && m.media_type.as_deref() == Some(MEDIA_TYPE_MANIFEST)
             && m.config.media_type == MEDIA_TYPE_CONFIG
             && m.annotations.is_empty()
             && m.extra.is_empty()

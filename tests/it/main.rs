@@ -10,6 +10,7 @@ mod dockerfile_e2e;
 mod errors;
 mod frontend_features;
 mod harness;
+mod interop;
 mod network;
 mod registry;
 mod remote_cache;
