@@ -518,4 +518,60 @@ mod tests {
         ));
         assert!(platform_matches(&p("arm64", None), &p("arm64", Some("v8"))));
     }
+
+    #[test]
+    fn schema1_is_recognised_and_refused_by_name() {
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#, ""),
+            oci::MEDIA_TYPE_DOCKER_SCHEMA1
+        );
+        assert!(is_schema1(oci::MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED));
+        let e = PullError::Schema1 {
+            reference: "reg/x:1".into(),
+            media_type: oci::MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED.into(),
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("schema 1") && msg.contains("prettyjws") && msg.contains("reg/x:1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn index_choice_skips_attestations_and_follows_nested_indexes() {
+        let host = Platform::host();
+        let d = |media_type: &str, n: &[u8], platform: Option<Platform>| {
+            let mut d = oci::Descriptor::new(media_type, Digest::of(n), 1);
+            d.platform = platform;
+            d
+        };
+        let mut attestation = d(oci::MEDIA_TYPE_MANIFEST, b"att", Some(host.clone()));
+        attestation.annotations.insert(
+            oci::ANNOTATION_REFERENCE_TYPE.into(),
+            "attestation-manifest".into(),
+        );
+        let nested = d(oci::MEDIA_TYPE_INDEX, b"nested", Some(host.clone()));
+        let index = ImageIndex {
+            schema_version: 2,
+            media_type: None,
+            manifests: vec![attestation, nested.clone()],
+            annotations: Default::default(),
+            extra: Default::default(),
+        };
+        assert_eq!(choose(&index, &host), Some(&nested));
+        // A nested index without a platform is followed when nothing else matches.
+        let bare = d(oci::MEDIA_TYPE_INDEX, b"bare", None);
+        let other = Platform {
+            architecture: "s390x".into(),
+            ..host.clone()
+        };
+        let index = ImageIndex {
+            manifests: vec![
+                d(oci::MEDIA_TYPE_MANIFEST, b"s390x", Some(other)),
+                bare.clone(),
+            ],
+            ..index
+        };
+        assert_eq!(choose(&index, &host), Some(&bare));
+    }
 }
