@@ -36,6 +36,9 @@ const TOOLS: &[&str] = &[
 /// runc (crun fails on this machine's hybrid cgroups), podman's rlimits within the host's.
 const RUNC: &str = "/usr/sbin/runc";
 
+/// The produced image whose layer is non-distributable (see [`make_world`]).
+const NONDISTRIBUTABLE: &str = "nondistributable";
+
 /// One image a producer made, as pushed to the registry.
 struct Produced {
     /// Short name (the test messages use it).
@@ -145,6 +148,8 @@ fn world() -> Option<&'static World> {
 
 /// Starts `docker-registry` under a shell that kills it when its stdin closes: the world is a
 /// static, never dropped, and the pipe closes when the test process exits however it exits.
+/// Layer URLs are allowed (without an allow list the registry refuses every manifest that
+/// has a non-distributable layer with `urls`).
 fn start_registry(dir: &Path) -> anyhow::Result<(String, ChildStdin)> {
     let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
@@ -153,7 +158,7 @@ fn start_registry(dir: &Path) -> anyhow::Result<(String, ChildStdin)> {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\nvalidation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n",
             dir.join("registry-data").display()
         ),
     )?;
@@ -534,6 +539,36 @@ fn make_world() -> anyhow::Result<World> {
         has_shell: true,
     });
 
+    // The same layer as an OCI non-distributable layer with `urls` (the registry then does not
+    // require the blob; this one has it, so kiln can pull it).
+    let cd = put_blob(&host, repo, &config, &d)?;
+    let m = fixture(
+        "manifest-oci-nondistributable.json",
+        &[
+            ("CONFIG_SIZE", config.len().to_string()),
+            ("CONFIG_DIGEST", cd.to_string()),
+            ("LAYER_SIZE", layer["size"].to_string()),
+            (
+                "LAYER_DIGEST",
+                layer["digest"].as_str().unwrap_or_default().to_owned(),
+            ),
+        ],
+    )?;
+    put_manifest(
+        &host,
+        repo,
+        "nondistributable",
+        "application/vnd.oci.image.manifest.v1+json",
+        &m,
+        &d,
+    )?;
+    produced.push(Produced {
+        name: NONDISTRIBUTABLE,
+        reference: format!("{host}/{repo}:nondistributable"),
+        cmd_output: None,
+        has_shell: true,
+    });
+
     // The same for arm64 only: kiln refuses it on this machine unless --platform says so.
     let other = if host_arch() == "arm64" {
         "amd64"
@@ -741,6 +776,41 @@ fn check_producer(w: &World, t: &TestDir, p: &Produced) -> anyhow::Result<()> {
     if single {
         let copy = format!("{}/copy/{}:1", w.host, p.name);
         let pushed = t.ok(&["push", r, &copy])?;
+        if p.name == NONDISTRIBUTABLE {
+            // Like docker, push leaves non-distributable layers to their URLs.
+            let manifest: serde_json::Value = serde_json::from_slice(
+                &tool(
+                    "skopeo",
+                    &[
+                        "inspect",
+                        "--tls-verify=false",
+                        "--raw",
+                        &format!("docker://{r}"),
+                    ],
+                )?
+                .stdout,
+            )?;
+            let layer = manifest["layers"][0]["digest"]
+                .as_str()
+                .context("a layer")?;
+            let head = tool(
+                "curl",
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-I",
+                    &format!("http://{}/v2/copy/{}/blobs/{layer}", w.host, p.name),
+                ],
+            )?;
+            ensure!(
+                stdout(&head) == "404",
+                "the non-distributable layer was uploaded ({})",
+                stdout(&head)
+            );
+        }
         ensure!(
             stdout(&pushed).trim() == top.to_string(),
             "push printed {}, the original is {top}",
