@@ -12,8 +12,10 @@
 //! bytes.
 
 use crate::compress::Compression;
+use crate::image::Image;
 use crate::oci::{
-    Descriptor, Digest, ImageIndex, ImageManifest, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+    Descriptor, Digest, ImageIndex, ImageManifest, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
     to_canonical_json,
 };
 use crate::reference::Reference;
@@ -50,7 +52,40 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// The OCI media type of a layer blob whose type may be Docker's.
+fn oci_layer_type(media_type: &str) -> &str {
+    match media_type {
+        crate::oci::MEDIA_TYPE_DOCKER_LAYER_GZIP => MEDIA_TYPE_LAYER_GZIP,
+        crate::oci::MEDIA_TYPE_DOCKER_LAYER_TAR => MEDIA_TYPE_LAYER_TAR,
+        m => m,
+    }
+}
+
+/// True when `img` is stored as served with OCI media types throughout (no Docker types,
+/// which umoci refuses in an OCI layout), and is not kiln's uncompressed form.
+fn is_oci_as_stored(img: &Image) -> bool {
+    !Store::is_local_form(img)
+        && img
+            .manifest
+            .media_type
+            .as_deref()
+            .unwrap_or(MEDIA_TYPE_MANIFEST)
+            == MEDIA_TYPE_MANIFEST
+        && img.manifest.config.media_type == MEDIA_TYPE_CONFIG
+        && img.manifest.layers.iter().all(|l| {
+            matches!(
+                l.media_type.as_str(),
+                MEDIA_TYPE_LAYER_GZIP | MEDIA_TYPE_LAYER_ZSTD | MEDIA_TYPE_LAYER_TAR
+            )
+        })
+}
+
 impl Store {
+    /// True when every layer blob `img`'s manifest lists is in the store.
+    fn has_layer_blobs(&self, img: &Image) -> bool {
+        img.manifest.layers.iter().all(|l| self.has_blob(&l.digest))
+    }
+
     /// Writes a tar holding an OCI layout (oci-layout, index.json, blobs/) and a docker-archive
     /// manifest.json for `images` (name, manifest digest), with gzip layers. Accepted by
     /// `docker load`, `skopeo inspect oci-archive:` and umoci.
@@ -67,21 +102,44 @@ impl Store {
                 source,
             })?;
             let img = self.image(digest)?;
-            let mut layers = Vec::with_capacity(img.manifest.layers.len());
-            for l in &img.manifest.layers {
-                let desc = self.compressed_layer(&l.digest, Compression::default())?;
+            // Layers are gzip blobs: a pulled image's own (the store remembers the blob it was
+            // pulled as), else compressed once and memoized.
+            let mut layers = Vec::with_capacity(img.config.rootfs.diff_ids.len());
+            for d in &img.config.rootfs.diff_ids {
+                let mut desc = self.compressed_layer(d, Compression::default())?;
+                desc.media_type = oci_layer_type(&desc.media_type).to_owned();
                 blobs.insert(desc.digest.clone(), Blob::File(desc.digest.clone()));
                 layers.push(desc);
             }
-            let manifest = ImageManifest {
-                schema_version: 2,
-                media_type: Some(MEDIA_TYPE_MANIFEST.to_owned()),
-                config: img.manifest.config.clone(),
-                layers: layers.clone(),
-                annotations: BTreeMap::new(),
+            let (mdigest, mbytes) = if is_oci_as_stored(&img) && self.has_layer_blobs(&img) {
+                // An OCI image kept as served (pulled, loaded) is saved byte for byte: its
+                // digest stays the registry's.
+                for l in &img.manifest.layers {
+                    blobs.insert(l.digest.clone(), Blob::File(l.digest.clone()));
+                }
+                (
+                    img.manifest_digest.clone(),
+                    self.read_blob(&img.manifest_digest)?,
+                )
+            } else {
+                // kiln's own form (uncompressed layers), or a Docker-typed image: the OCI
+                // layout gets an OCI manifest with OCI media types (umoci refuses Docker
+                // types there); the config keeps its bytes.
+                let manifest = ImageManifest {
+                    schema_version: 2,
+                    media_type: Some(MEDIA_TYPE_MANIFEST.to_owned()),
+                    config: Descriptor::new(
+                        MEDIA_TYPE_CONFIG,
+                        img.config_digest.clone(),
+                        img.manifest.config.size,
+                    ),
+                    layers: layers.clone(),
+                    annotations: BTreeMap::new(),
+                    extra: Default::default(),
+                };
+                let mbytes = json(&manifest)?;
+                (Digest::of(&mbytes), mbytes)
             };
-            let mbytes = json(&manifest)?;
-            let mdigest = Digest::of(&mbytes);
             let mut desc =
                 Descriptor::new(MEDIA_TYPE_MANIFEST, mdigest.clone(), mbytes.len() as u64);
             desc.annotations
@@ -121,6 +179,7 @@ impl Store {
             media_type: Some(MEDIA_TYPE_INDEX.to_owned()),
             manifests: index,
             annotations: BTreeMap::new(),
+            extra: Default::default(),
         };
         let mut w = ArchiveWriter {
             b: tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out)),

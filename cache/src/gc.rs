@@ -349,6 +349,21 @@ impl Store {
                     .map(|d| d.hex().to_owned())
             };
             if let Some(c) = v.get("config").and_then(digest_hex) {
+                // A pulled image's manifest lists compressed blobs; its layers (snapshots and
+                // tars, by diff_id) are named by the config.
+                let diff_ids = self
+                    .small_json(&self.path("blobs/sha256").join(&c))
+                    .and_then(|cfg| cfg.pointer("/rootfs/diff_ids").cloned());
+                for d in diff_ids
+                    .as_ref()
+                    .and_then(|d| d.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(h) = d.as_str().and_then(|d| d.parse::<Digest>().ok()) {
+                        marks.layer(h.hex());
+                    }
+                }
                 marks.blobs.insert(c);
             }
             for l in v
@@ -649,8 +664,9 @@ fn choose(
 /// An image manifest or index (not a config, not a cache record).
 fn is_manifest(v: &serde_json::Value) -> bool {
     let descs = |k: &str| v.get(k).is_some_and(serde_json::Value::is_array);
-    (descs("layers") && v.get("config").is_some_and(serde_json::Value::is_object))
-        || descs("manifests")
+    // Go tools write `"layers":null` for an image without layers.
+    let layers = descs("layers") || v.get("layers").is_some_and(serde_json::Value::is_null);
+    (layers && v.get("config").is_some_and(serde_json::Value::is_object)) || descs("manifests")
 }
 
 /// The pid in a temp entry name made by [`Store::temp_dir`]: `<prefix>-<pid>-<n>-<nanos>`.

@@ -1,5 +1,12 @@
 //! Images in the store: config and manifest blobs, and name -> manifest refs under `images/`.
 //!
+//! An image is its manifest blob. Images kiln builds get a manifest and config that kiln
+//! writes ([`Store::write_image`]: an OCI manifest listing the uncompressed layers, whose
+//! digests are the diff_ids). Pulled and loaded images keep the manifest, config and index
+//! blobs exactly as the registry served them (docker media types, `null`s, unknown fields
+//! and all), so that their digests stay valid references and pushing them back gives the same
+//! digests. Either way the layers are found by the config's `rootfs.diff_ids`.
+//!
 //! A ref is one file per normalised reference (`docker.io/library/busybox:latest`), its name
 //! percent-encoded, holding the manifest digest. One file per ref makes `tag` a single atomic
 //! rename, so concurrent builds tagging different names never lose each other's refs.
@@ -23,7 +30,8 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub struct Image {
     /// Digest of the manifest blob (the image ID kiln shows).
     pub manifest_digest: Digest,
-    /// The manifest (layers are the uncompressed tars).
+    /// The manifest: kiln's (layers are the uncompressed tars) or the registry's as served
+    /// (layers are the compressed blobs). Layers are found by `config.rootfs.diff_ids`.
     pub manifest: ImageManifest,
     /// Digest of the config blob.
     pub config_digest: Digest,
@@ -92,6 +100,7 @@ impl Store {
             ),
             layers,
             annotations: BTreeMap::new(),
+            extra: Default::default(),
         };
         let manifest_json = to_canonical_json(&manifest).map_err(|source| StoreError::Json {
             path: PathBuf::from("<image manifest>"),
@@ -106,11 +115,59 @@ impl Store {
         })
     }
 
-    /// Loads the image whose manifest blob is `manifest`.
+    /// True when `image` is in the form [`Store::write_image`] writes (kiln built it): an OCI
+    /// manifest listing uncompressed layers by diff_id, serialised as kiln serialises it.
+    /// Push compresses those layers; any other image (pulled, loaded) is pushed exactly as
+    /// stored.
+    pub fn is_local_form(image: &Image) -> bool {
+        let m = &image.manifest;
+        // Bytes first: a foreign manifest that parses to the same shape (`"layers":null`,
+        // other key order or spacing) is not kiln's.
+        to_canonical_json(m).is_ok_and(|b| Digest::of(&b) == image.manifest_digest)
+            && m.media_type.as_deref() == Some(MEDIA_TYPE_MANIFEST)
+            && m.config.media_type == MEDIA_TYPE_CONFIG
+            && m.annotations.is_empty()
+            && m.extra.is_empty()
+            && m.layers.len() == image.config.rootfs.diff_ids.len()
+            && m.layers
+                .iter()
+                .zip(&image.config.rootfs.diff_ids)
+                .all(|(l, d)| l.media_type == MEDIA_TYPE_LAYER_TAR && l.digest == *d)
+    }
+
+    /// Loads the image whose manifest blob is `manifest`. When `manifest` is an index (or a
+    /// manifest list) pulled with an image, the entry of this machine's platform that is in
+    /// the store is loaded (the first stored entry when none matches).
     ///
     /// Fails when the manifest or config blob is missing, corrupt or not valid JSON.
     pub fn image(&self, manifest: &Digest) -> Result<Image> {
+        self.image_at(manifest, 0)
+    }
+
+    fn image_at(&self, manifest: &Digest, depth: usize) -> Result<Image> {
         let bytes = self.read_blob(manifest)?;
+        if depth < 4
+            && let Ok(index) = serde_json::from_slice::<crate::oci::ImageIndex>(&bytes)
+            && !index.manifests.is_empty()
+        {
+            let host = crate::oci::Platform::host();
+            let stored = || {
+                index
+                    .manifests
+                    .iter()
+                    .filter(|d| !d.is_attestation() && self.has_blob(&d.digest))
+            };
+            let entry = stored()
+                .find(|d| {
+                    d.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == host.os && p.architecture == host.architecture)
+                })
+                .or_else(|| stored().next());
+            if let Some(entry) = entry {
+                return self.image_at(&entry.digest, depth + 1);
+            }
+        }
         let m: ImageManifest =
             serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
                 path: self.blob_path(manifest),

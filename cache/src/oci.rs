@@ -31,6 +31,69 @@ pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
 pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Media type of a gzip-compressed Docker layer.
 pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// Media type of an uncompressed Docker layer (`docker save` style, some `docker push`es).
+pub const MEDIA_TYPE_DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+/// Media type of a Docker foreign layer (Windows base layers), fetched from its `urls`.
+pub const MEDIA_TYPE_DOCKER_LAYER_FOREIGN: &str =
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+/// Media type of an uncompressed OCI non-distributable layer.
+pub const MEDIA_TYPE_LAYER_NONDIST_TAR: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar";
+/// Media type of a gzip-compressed OCI non-distributable layer.
+pub const MEDIA_TYPE_LAYER_NONDIST_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+/// Media type of a zstd-compressed OCI non-distributable layer.
+pub const MEDIA_TYPE_LAYER_NONDIST_ZSTD: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+/// Media type of a Docker schema1 manifest (unsigned); kiln refuses these, as docker 20.10+
+/// does by default.
+pub const MEDIA_TYPE_DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+/// Media type of a signed Docker schema1 manifest.
+pub const MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
+/// The index annotation BuildKit puts on attestation (SBOM, provenance) manifests; those are
+/// not images and are skipped when choosing a platform.
+pub const ANNOTATION_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+
+/// How a layer media type is stored and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A layer the registry serves (tar, gzip or zstd; decompression is chosen by magic bytes,
+    /// so eStargz, which is gzip, reads as gzip).
+    Distributable,
+    /// A foreign (docker) or non-distributable (OCI) layer: pulled like the others when the
+    /// registry has it, never uploaded by push (docker does the same).
+    NonDistributable,
+}
+
+/// The kind of the layer media type `media_type`, or None when it is not a layer type of the
+/// OCI or Docker image specs.
+pub fn layer_kind(media_type: &str) -> Option<LayerKind> {
+    match media_type {
+        MEDIA_TYPE_LAYER_TAR
+        | MEDIA_TYPE_LAYER_GZIP
+        | MEDIA_TYPE_LAYER_ZSTD
+        | MEDIA_TYPE_DOCKER_LAYER_GZIP
+        | MEDIA_TYPE_DOCKER_LAYER_TAR => Some(LayerKind::Distributable),
+        MEDIA_TYPE_DOCKER_LAYER_FOREIGN
+        | MEDIA_TYPE_LAYER_NONDIST_TAR
+        | MEDIA_TYPE_LAYER_NONDIST_GZIP
+        | MEDIA_TYPE_LAYER_NONDIST_ZSTD => Some(LayerKind::NonDistributable),
+        _ => None,
+    }
+}
+
+/// Fields kiln does not model, kept as they were (docker's `container_config`,
+/// `docker_version`, OCI `os.features`, future fields) so that decoding loses nothing.
+pub type Extra = BTreeMap<String, serde_json::Value>;
+
+/// Reads `null` as the type's default: Go tools (docker, BuildKit, containerd) write `null`
+/// for empty slices and maps (`"Env":null`, `"layers":null`), and docker reads them as empty.
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
 
 /// A content digest. kiln only produces `sha256`, and only accepts `sha256` on ingest.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,8 +223,10 @@ impl std::io::Write for Hasher {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
     /// CPU architecture, GOARCH style (`amd64`, `arm64`).
+    #[serde(default, deserialize_with = "null_default")]
     pub architecture: String,
     /// Operating system, GOOS style (`linux`).
+    #[serde(default, deserialize_with = "null_default")]
     pub os: String,
     /// CPU variant (`v8`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,17 +273,26 @@ impl fmt::Display for Platform {
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
     /// Media type of the referenced content.
+    #[serde(default, deserialize_with = "null_default")]
     pub media_type: String,
     /// Digest of the referenced content.
     pub digest: Digest,
     /// Size in bytes of the referenced content.
+    #[serde(default, deserialize_with = "null_default")]
     pub size: u64,
     /// Optional annotations (`org.opencontainers.image.ref.name` in index.json).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
     /// Platform of a manifest inside an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// Other fields (`urls` of foreign layers, `artifactType`, `data`), kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 impl Descriptor {
@@ -230,7 +304,15 @@ impl Descriptor {
             size,
             annotations: BTreeMap::new(),
             platform: None,
+            extra: Extra::new(),
         }
+    }
+
+    /// True for a BuildKit attestation manifest in an index (not an image).
+    pub fn is_attestation(&self) -> bool {
+        self.annotations
+            .get(ANNOTATION_REFERENCE_TYPE)
+            .is_some_and(|t| t == "attestation-manifest")
     }
 }
 
@@ -239,6 +321,7 @@ impl Descriptor {
 #[serde(rename_all = "camelCase")]
 pub struct ImageManifest {
     /// Always 2.
+    #[serde(default, deserialize_with = "null_default")]
     pub schema_version: u32,
     /// The manifest's own media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,10 +329,18 @@ pub struct ImageManifest {
     /// The image config blob.
     pub config: Descriptor,
     /// Layer blobs, base first.
+    #[serde(default, deserialize_with = "null_default")]
     pub layers: Vec<Descriptor>,
     /// Optional annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
+    /// Other fields (`artifactType`, `subject`), kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// An OCI image index (also reads Docker manifest lists).
@@ -257,42 +348,83 @@ pub struct ImageManifest {
 #[serde(rename_all = "camelCase")]
 pub struct ImageIndex {
     /// Always 2.
+    #[serde(default, deserialize_with = "null_default")]
     pub schema_version: u32,
     /// The index's own media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
     /// The manifests it lists.
+    #[serde(default, deserialize_with = "null_default")]
     pub manifests: Vec<Descriptor>,
     /// Optional annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
+    /// Other fields, kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
-/// An empty JSON object, as used for `ExposedPorts` and `Volumes` set members.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// An empty JSON object, as used for `ExposedPorts` and `Volumes` set members. Anything else
+/// there (docker writes `{}`; some tools write `null`) is accepted and ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Empty {}
+
+impl<'de> Deserialize<'de> for Empty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Empty {})
+    }
+}
 
 /// Docker's HEALTHCHECK configuration (an extension the OCI spec tolerates).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct HealthConfig {
     /// `["NONE"]`, `["CMD", args...]` or `["CMD-SHELL", command]`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub test: Vec<String>,
     /// Nanoseconds between checks.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub interval: i64,
     /// Nanoseconds before a check is considered hung.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub timeout: i64,
     /// Nanoseconds of start-up grace.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub start_period: i64,
     /// Nanoseconds between checks during the start period.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub start_interval: i64,
     /// Consecutive failures before unhealthy.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub retries: i64,
 }
 
@@ -305,13 +437,25 @@ fn is_zero(v: &i64) -> bool {
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerConfig {
     /// `user`, `uid`, `user:group` or `uid:gid`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub user: String,
     /// Ports as `80/tcp`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub exposed_ports: BTreeMap<String, Empty>,
     /// `KEY=value` entries, in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub env: Vec<String>,
     /// Entrypoint argv.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -320,42 +464,83 @@ pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
     /// Volume mount points.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub volumes: BTreeMap<String, Empty>,
     /// Working directory.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub working_dir: String,
     /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
     /// Stop signal (`SIGTERM`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub stop_signal: String,
     /// Docker extension: health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthConfig>,
     /// Docker extension: ONBUILD triggers, as source lines.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub on_build: Vec<String>,
     /// Docker extension: SHELL.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub shell: Vec<String>,
+    /// Fields kiln does not model (docker's `Hostname`, `AttachStdin`, `ArgsEscaped`, ...),
+    /// kept as read. Images kiln builds drop them, as BuildKit does.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// `rootfs` of an image config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootFs {
     /// Always `layers`.
-    #[serde(rename = "type")]
+    #[serde(
+        rename = "type",
+        default = "layers_kind",
+        deserialize_with = "null_layers"
+    )]
     pub kind: String,
     /// Digests of the uncompressed layer tars, base first.
+    #[serde(default, deserialize_with = "null_default")]
     pub diff_ids: Vec<Digest>,
+}
+
+fn layers_kind() -> String {
+    "layers".to_owned()
+}
+
+fn null_layers<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(layers_kind))
 }
 
 impl Default for RootFs {
     fn default() -> Self {
         RootFs {
-            kind: "layers".to_owned(),
+            kind: layers_kind(),
             diff_ids: Vec::new(),
         }
     }
@@ -377,7 +562,11 @@ pub struct History {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     /// True when this step made no layer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub empty_layer: bool,
 }
 
@@ -391,21 +580,32 @@ pub struct ImageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
     /// GOARCH.
+    #[serde(default, deserialize_with = "null_default")]
     pub architecture: String,
     /// GOOS.
+    #[serde(default, deserialize_with = "null_default")]
     pub os: String,
     /// CPU variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// Runtime configuration.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub config: ContainerConfig,
     /// Layer diff IDs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub rootfs: RootFs,
     /// Build history.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub history: Vec<History>,
+    /// Fields kiln does not model (docker's `container`, `container_config`,
+    /// `docker_version`; OCI `os.version`, `os.features`), kept as read. Images kiln builds
+    /// drop them, as BuildKit does.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 impl ImageConfig {
@@ -420,7 +620,31 @@ impl ImageConfig {
             config: ContainerConfig::default(),
             rootfs: RootFs::default(),
             history: Vec::new(),
+            extra: Extra::new(),
         }
+    }
+
+    /// The config's platform.
+    pub fn platform(&self) -> Platform {
+        Platform {
+            architecture: self.architecture.clone(),
+            os: self.os.clone(),
+            variant: self.variant.clone(),
+            os_version: self
+                .extra
+                .get("os.version")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+        }
+    }
+
+    /// This config without the fields kiln does not model: the start of a config kiln writes
+    /// for an image built on this one (BuildKit decodes the base config into its own types
+    /// too, so docker's `container_config` and the like do not carry over).
+    pub fn without_extra(mut self) -> ImageConfig {
+        self.extra.clear();
+        self.config.extra.clear();
+        self
     }
 }
 
@@ -468,5 +692,87 @@ mod tests {
             json.contains("\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}"),
             "{json}"
         );
+    }
+
+    /// What docker 20.10 writes for `docker import` and BuildKit for `FROM scratch`: Go's nil
+    /// slices and maps are `null`. Every optional field is `null` here.
+    const NULL_CONFIG: &str = r#"{"architecture":"amd64","os":"linux","created":null,"author":null,"variant":null,
+        "config":{"Hostname":"","User":null,"ExposedPorts":null,"Env":null,"Entrypoint":null,"Cmd":null,
+        "Volumes":null,"WorkingDir":null,"Labels":null,"StopSignal":null,"OnBuild":null,"Shell":null,
+        "Healthcheck":{"Test":null,"Interval":null,"Timeout":null,"StartPeriod":null,"StartInterval":null,"Retries":null}},
+        "container_config":{"Cmd":null},"docker_version":"20.10.24",
+        "rootfs":{"type":"layers","diff_ids":null},
+        "history":[{"created":null,"created_by":null,"author":null,"comment":null,"empty_layer":null}]}"#;
+
+    #[test]
+    fn null_reads_as_absent_in_configs_and_unknown_fields_are_kept() {
+        let c: ImageConfig = serde_json::from_str(NULL_CONFIG).unwrap();
+        assert_eq!(c.config.env, Vec::<String>::new());
+        assert_eq!(c.config.entrypoint, None);
+        assert_eq!(c.config.healthcheck, Some(HealthConfig::default()));
+        assert!(c.rootfs.diff_ids.is_empty());
+        assert_eq!(c.history, vec![History::default()]);
+        assert_eq!(c.extra["docker_version"], "20.10.24");
+        assert_eq!(c.config.extra["Hostname"], "");
+        assert!(c.extra.contains_key("container_config"));
+        // Kept through a round trip; dropped for a config kiln writes.
+        let again: ImageConfig = serde_json::from_slice(&to_canonical_json(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        let own = c.without_extra();
+        assert!(own.extra.is_empty() && own.config.extra.is_empty());
+        for top in [
+            r#"{"architecture":"amd64","os":"linux","config":null,"rootfs":null,"history":null}"#,
+            r#"{"architecture":"amd64","os":"linux","rootfs":{"type":null,"diff_ids":null}}"#,
+        ] {
+            let c: ImageConfig = serde_json::from_str(top).unwrap();
+            assert_eq!(
+                c,
+                ImageConfig::empty(&Platform {
+                    architecture: "amd64".into(),
+                    os: "linux".into(),
+                    variant: None,
+                    os_version: None
+                }),
+                "{top}"
+            );
+        }
+    }
+
+    #[test]
+    fn null_reads_as_absent_in_manifests_indexes_and_descriptors() {
+        let d = Digest::of(b"x");
+        let m: ImageManifest = serde_json::from_str(&format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_TYPE_DOCKER_MANIFEST}","config":{{"mediaType":"{MEDIA_TYPE_DOCKER_CONFIG}","digest":"{d}","size":1,"annotations":null,"platform":null,"urls":null}},"layers":null,"annotations":null}}"#
+        ))
+        .unwrap();
+        assert!(m.layers.is_empty() && m.annotations.is_empty());
+        assert!(m.config.annotations.is_empty());
+        assert_eq!(m.config.extra["urls"], serde_json::Value::Null);
+        let i: ImageIndex =
+            serde_json::from_str(r#"{"schemaVersion":2,"manifests":null,"annotations":null}"#)
+                .unwrap();
+        assert!(i.manifests.is_empty() && i.annotations.is_empty());
+    }
+
+    #[test]
+    fn every_layer_type_of_both_specs_is_known() {
+        for t in [
+            MEDIA_TYPE_LAYER_TAR,
+            MEDIA_TYPE_LAYER_GZIP,
+            MEDIA_TYPE_LAYER_ZSTD,
+            MEDIA_TYPE_DOCKER_LAYER_GZIP,
+            MEDIA_TYPE_DOCKER_LAYER_TAR,
+        ] {
+            assert_eq!(layer_kind(t), Some(LayerKind::Distributable), "{t}");
+        }
+        for t in [
+            MEDIA_TYPE_DOCKER_LAYER_FOREIGN,
+            MEDIA_TYPE_LAYER_NONDIST_TAR,
+            MEDIA_TYPE_LAYER_NONDIST_GZIP,
+            MEDIA_TYPE_LAYER_NONDIST_ZSTD,
+        ] {
+            assert_eq!(layer_kind(t), Some(LayerKind::NonDistributable), "{t}");
+        }
+        assert_eq!(layer_kind("application/vnd.in-toto+json"), None);
     }
 }

@@ -51,6 +51,12 @@ pub struct RunArgs {
     /// Maximum number of processes (`-1` or `0`: unlimited).
     #[arg(long = "pids-limit")]
     pids_limit: Option<i64>,
+    /// When to pull the image: `missing` (default), `always`, `never` (docker's `--pull`).
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: crate::runimage::PullPolicy,
+    /// Platform of the image (`os/arch[/variant]`; default: this machine's).
+    #[arg(long)]
+    platform: Option<String>,
     /// Image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -138,10 +144,7 @@ fn check(a: &RunArgs) -> anyhow::Result<()> {
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     check(&a)?;
     let store = crate::open_store()?;
-    let image = store
-        .resolve(&a.image)
-        .with_context(|| format!("looking up image {}", a.image))?
-        .with_context(|| format!("no such image: {}", a.image))?;
+    let image = crate::runimage::image(&store, &a.image, a.pull, a.platform.as_deref())?;
     let env = a
         .env
         .iter()

@@ -11,6 +11,7 @@ mod errors;
 mod escape;
 mod frontend_features;
 mod harness;
+mod interop;
 mod network;
 mod registry;
 mod remote_cache;

@@ -71,7 +71,7 @@ pub(super) async fn fetch_layer(
     opts: &RegistryOptions,
 ) -> Result<()> {
     let source = LayerSource::Registry { client, repo };
-    fetch_layer_from(store, source, desc, diff_id, name, opts).await
+    fetch(store, source, desc, diff_id, name, opts, true).await
 }
 
 /// Makes layer `diff_id` (compressed as blob `desc`) present in the store, from `source`,
@@ -89,8 +89,24 @@ pub(crate) async fn fetch_layer_from(
     name: &str,
     opts: &RegistryOptions,
 ) -> Result<()> {
+    fetch(store, source, desc, diff_id, name, opts, false).await
+}
+
+/// [`fetch_layer_from`]; with `need_blob`, a layer already in the store is fetched anyway
+/// when its blob `desc` is not: a pulled image keeps its manifest as served, so it must be
+/// able to push and save the very blobs that manifest names (an uncompressed layer's blob is
+/// its tar, which the store rebuilds from the snapshot's source when needed).
+async fn fetch(
+    store: &Store,
+    source: LayerSource<'_>,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    name: &str,
+    opts: &RegistryOptions,
+    need_blob: bool,
+) -> Result<()> {
     let digest = &desc.digest;
-    if store.has_layer(diff_id) {
+    if store.has_layer(diff_id) && (!need_blob || store.has_blob(digest) || digest == diff_id) {
         opts.report(Progress::Local {
             digest: digest.clone(),
         });

@@ -40,6 +40,34 @@ pub enum PullError {
         /// The media type.
         media_type: String,
     },
+    /// A Docker schema1 manifest: deprecated since 2015, refused by docker 20.10 and later.
+    #[error(
+        "{reference}: the registry serves a Docker schema 1 manifest (`{media_type}`), which kiln does not support (docker stopped pulling them too); push the image again with a current tool, or convert it with `skopeo copy --format v2s2`"
+    )]
+    Schema1 {
+        /// The reference.
+        reference: String,
+        /// The manifest's media type.
+        media_type: String,
+    },
+    /// The index nests indexes deeper than [`MAX_INDEX_DEPTH`].
+    #[error("{reference}: indexes nested more than {MAX_INDEX_DEPTH} deep")]
+    NestedTooDeep {
+        /// The reference.
+        reference: String,
+    },
+    /// A single-platform image of another platform than the one asked for (docker's words).
+    #[error(
+        "image with reference {reference} was found but does not match the specified platform: wanted {wanted}, actual: {actual}"
+    )]
+    PlatformMismatch {
+        /// The reference.
+        reference: String,
+        /// The wanted platform.
+        wanted: String,
+        /// The image's platform.
+        actual: String,
+    },
     /// The index has no manifest for the wanted platform.
     #[error("{reference}: no image for platform {platform} (the index has: {available})")]
     NoPlatform {
@@ -134,18 +162,14 @@ fn is_manifest(media_type: &str) -> bool {
     media_type == oci::MEDIA_TYPE_MANIFEST || media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST
 }
 
-fn is_layer(media_type: &str) -> bool {
-    matches!(
-        media_type,
-        oci::MEDIA_TYPE_LAYER_TAR
-            | oci::MEDIA_TYPE_LAYER_GZIP
-            | oci::MEDIA_TYPE_LAYER_ZSTD
-            | oci::MEDIA_TYPE_DOCKER_LAYER_GZIP
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-    )
+fn is_schema1(media_type: &str) -> bool {
+    media_type == oci::MEDIA_TYPE_DOCKER_SCHEMA1
+        || media_type == oci::MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED
 }
+
+/// Indexes inside indexes followed at most this deep (BuildKit and docker follow nested
+/// indexes; real images nest one level at most).
+const MAX_INDEX_DEPTH: usize = 4;
 
 /// The media type of a manifest body: its `mediaType` field, else the Content-Type, else a
 /// guess from its shape (OCI allows omitting both).
@@ -175,6 +199,10 @@ fn media_type_of(body: &[u8], content_type: &str) -> String {
             schema_version: Some(2),
             ..
         }) => oci::MEDIA_TYPE_MANIFEST.to_owned(),
+        Ok(Peek {
+            schema_version: Some(1),
+            ..
+        }) => oci::MEDIA_TYPE_DOCKER_SCHEMA1.to_owned(),
         _ => content_type.to_owned(),
     }
 }
@@ -190,7 +218,7 @@ fn platform_matches(p: &Platform, want: &Platform) -> bool {
 /// What [`pull_image`] pulled.
 #[derive(Debug, Clone)]
 pub struct Pulled {
-    /// The image as stored locally (its manifest is kiln's, listing uncompressed layers).
+    /// The image as stored locally: the registry's manifest and config, byte for byte.
     pub image: Image,
     /// The digest of what the reference names on the registry, as served: the index or
     /// manifest list for a multi-platform image, else the manifest. This is the digest docker
@@ -200,8 +228,8 @@ pub struct Pulled {
     pub manifest_digest: Digest,
 }
 
-/// Pulls `reference` for `platform` into `store` and tags it with `reference` (when it has a
-/// tag). Layers already in the store are not downloaded again. Returns the local image; see
+/// Pulls `reference` for `platform` into `store`, keeping the manifest, config and indexes
+/// exactly as served, and tags it with `reference` (when it has a tag). Layers already in the store are not downloaded again. Returns the local image; see
 /// [`pull_image`] for the registry's digests too.
 ///
 /// Fails as [`pull_image`] does.
@@ -242,8 +270,13 @@ pub async fn pull_image(
     let (mut body, content_type) = client.get_manifest(repo, &tag_or_digest).await?;
     let mut media_type = media_type_of(&body, &content_type);
     let top_digest = Digest::of(&body);
+    // Indexes (and the manifest) are stored byte for byte as served, so that every digest the
+    // registry knows them by resolves locally too.
     let mut stored = Vec::new();
-    if is_index(&media_type) {
+    while is_index(&media_type) {
+        if stored.len() >= MAX_INDEX_DEPTH {
+            return Err(PullError::NestedTooDeep { reference: name });
+        }
         let index: ImageIndex =
             serde_json::from_slice(&body).map_err(|source| PullError::InvalidManifest {
                 reference: name.clone(),
@@ -251,25 +284,21 @@ pub async fn pull_image(
                 digest: Digest::of(&body),
                 source,
             })?;
-        let chosen = index
-            .manifests
-            .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| platform_matches(p, platform))
-                    && is_manifest(&d.media_type)
-            })
-            .ok_or_else(|| PullError::NoPlatform {
-                reference: name.clone(),
-                platform: platform.to_string(),
-                available: index
-                    .manifests
-                    .iter()
-                    .filter_map(|d| d.platform.as_ref().map(Platform::to_string))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
+        let chosen = choose(&index, platform).ok_or_else(|| PullError::NoPlatform {
+            reference: name.clone(),
+            platform: platform.to_string(),
+            available: index
+                .manifests
+                .iter()
+                .filter(|d| !d.is_attestation())
+                .map(|d| match &d.platform {
+                    Some(p) => p.to_string(),
+                    None if is_index(&d.media_type) => "a nested index".to_owned(),
+                    None => "a manifest without platform".to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
         tracing::debug!(reference = %name, manifest = %chosen.digest, %platform, "index entry chosen");
         stored.push(std::mem::take(&mut body));
         let (b, ct) = client
@@ -277,6 +306,15 @@ pub async fn pull_image(
             .await?;
         body = b;
         media_type = media_type_of(&body, &ct);
+        if media_type.is_empty() || media_type == "application/json" {
+            media_type = chosen.media_type.clone();
+        }
+    }
+    if is_schema1(&media_type) {
+        return Err(PullError::Schema1 {
+            reference: name,
+            media_type,
+        });
     }
     if !is_manifest(&media_type) {
         return Err(PullError::Unsupported {
@@ -293,9 +331,8 @@ pub async fn pull_image(
             digest: manifest_digest.clone(),
             source,
         })?;
-    stored.push(body);
     for l in &manifest.layers {
-        if !is_layer(&l.media_type) {
+        if oci::layer_kind(&l.media_type).is_none() {
             return Err(PullError::Unsupported {
                 reference: name,
                 what: format!("layer {}", l.digest),
@@ -304,13 +341,24 @@ pub async fn pull_image(
         }
     }
 
-    // The config is small: fetch and verify it in memory; it is stored with the image.
-    let config = fetch_config(&client, repo, &manifest, &name).await?;
+    // The config is small: fetch and verify it in memory; it is stored as served.
+    let (config_bytes, config) = fetch_config(&client, repo, &manifest, &name).await?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(PullError::LayerCount {
             reference: name,
             layers: manifest.layers.len(),
             diff_ids: config.rootfs.diff_ids.len(),
+        });
+    }
+    // A single-platform image must be of the platform asked for (docker refuses it the same
+    // way when --platform is given; kiln always knows the platform it wants). An index entry
+    // was chosen by platform already; its config is checked too, as it is what runs.
+    let actual = config.platform();
+    if !actual.os.is_empty() && !platform_matches(&actual, platform) {
+        return Err(PullError::PlatformMismatch {
+            reference: name,
+            wanted: platform.to_string(),
+            actual: actual.to_string(),
         });
     }
 
@@ -334,11 +382,15 @@ pub async fn pull_image(
         .tag
         .as_ref()
         .map(|t| format!("{}:{t}", reference.name()));
+    stored.push(body);
     let image = tokio::task::spawn_blocking(move || -> std::result::Result<Image, StoreError> {
-        let image = store2.write_image(&config)?;
+        store2.put_blob(&config_bytes)?;
+        let mut manifest_digest = None;
         for b in &stored {
-            store2.put_blob(b)?;
+            manifest_digest = Some(store2.put_blob(b)?);
         }
+        let manifest_digest = manifest_digest.expect("the manifest was pushed onto `stored`");
+        let image = store2.image(&manifest_digest)?;
         if let Some(tag) = tag {
             store2.tag(&tag, &image.manifest_digest)?;
         }
@@ -353,7 +405,7 @@ pub async fn pull_image(
         reference: name.clone(),
         source,
     })?;
-    tracing::debug!(reference = %name, registry = %top_digest, registry_manifest = %manifest_digest, local = %image.manifest_digest, "pulled");
+    tracing::debug!(reference = %name, registry = %top_digest, manifest = %manifest_digest, "pulled");
     record::remember_repo_digest(
         store.root(),
         &image.manifest_digest,
@@ -366,12 +418,27 @@ pub async fn pull_image(
     })
 }
 
+/// The entry of `index` for `platform`: an image manifest or a nested index whose platform
+/// matches, attestation manifests skipped. A nested index without a platform is followed
+/// when nothing matches directly (docker does the same).
+fn choose<'a>(index: &'a ImageIndex, platform: &Platform) -> Option<&'a oci::Descriptor> {
+    let candidates = || index.manifests.iter().filter(|d| !d.is_attestation());
+    candidates()
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| platform_matches(p, platform))
+                && (is_manifest(&d.media_type) || is_index(&d.media_type))
+        })
+        .or_else(|| candidates().find(|d| d.platform.is_none() && is_index(&d.media_type)))
+}
+
 async fn fetch_config(
     client: &Client,
     repo: &str,
     manifest: &ImageManifest,
     name: &str,
-) -> Result<ImageConfig> {
+) -> Result<(Vec<u8>, ImageConfig)> {
     let desc = &manifest.config;
     let limit = desc.size.min(MAX_CONFIG_SIZE);
     let bytes = client
@@ -399,12 +466,13 @@ async fn fetch_config(
             actual,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|source| PullError::InvalidManifest {
+    let config = serde_json::from_slice(&bytes).map_err(|source| PullError::InvalidManifest {
         reference: name.to_owned(),
         what: "config",
         digest: desc.digest.clone(),
         source,
-    })
+    })?;
+    Ok((bytes, config))
 }
 
 #[cfg(test)]
@@ -447,5 +515,61 @@ mod tests {
             &p("arm", Some("v7"))
         ));
         assert!(platform_matches(&p("arm64", None), &p("arm64", Some("v8"))));
+    }
+
+    #[test]
+    fn schema1_is_recognised_and_refused_by_name() {
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#, ""),
+            oci::MEDIA_TYPE_DOCKER_SCHEMA1
+        );
+        assert!(is_schema1(oci::MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED));
+        let e = PullError::Schema1 {
+            reference: "reg/x:1".into(),
+            media_type: oci::MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED.into(),
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("schema 1") && msg.contains("prettyjws") && msg.contains("reg/x:1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn index_choice_skips_attestations_and_follows_nested_indexes() {
+        let host = Platform::host();
+        let d = |media_type: &str, n: &[u8], platform: Option<Platform>| {
+            let mut d = oci::Descriptor::new(media_type, Digest::of(n), 1);
+            d.platform = platform;
+            d
+        };
+        let mut attestation = d(oci::MEDIA_TYPE_MANIFEST, b"att", Some(host.clone()));
+        attestation.annotations.insert(
+            oci::ANNOTATION_REFERENCE_TYPE.into(),
+            "attestation-manifest".into(),
+        );
+        let nested = d(oci::MEDIA_TYPE_INDEX, b"nested", Some(host.clone()));
+        let index = ImageIndex {
+            schema_version: 2,
+            media_type: None,
+            manifests: vec![attestation, nested.clone()],
+            annotations: Default::default(),
+            extra: Default::default(),
+        };
+        assert_eq!(choose(&index, &host), Some(&nested));
+        // A nested index without a platform is followed when nothing else matches.
+        let bare = d(oci::MEDIA_TYPE_INDEX, b"bare", None);
+        let other = Platform {
+            architecture: "s390x".into(),
+            ..host.clone()
+        };
+        let index = ImageIndex {
+            manifests: vec![
+                d(oci::MEDIA_TYPE_MANIFEST, b"s390x", Some(other)),
+                bare.clone(),
+            ],
+            ..index
+        };
+        assert_eq!(choose(&index, &host), Some(&bare));
     }
 }

@@ -51,8 +51,11 @@ type Result<T> = std::result::Result<T, PushError>;
 
 /// Pushes `image` from `store` to `reference` and returns the pushed manifest's digest.
 ///
-/// The manifest is an OCI manifest listing the compressed layers (compressed with
-/// `opts.compression`, memoized by the store) and the image's config blob as stored.
+/// An image kiln built is pushed as an OCI manifest listing the compressed layers (compressed
+/// with `opts.compression`, memoized by the store) and the image's config blob as stored. A
+/// pulled or loaded image is pushed exactly as stored (manifest, config and layer blobs, so
+/// its digest does not change, as with `skopeo copy`); its foreign and non-distributable
+/// layers are not uploaded, as docker does.
 ///
 /// Fails when a layer cannot be compressed, the registry cannot be reached or refuses a
 /// request (after retries for transient errors), or `reference` carries a digest that is
@@ -79,6 +82,17 @@ pub async fn push(
         scopes.push(format!("repository:{from}:pull"));
     }
     let client = Arc::new(Client::new(registry, scopes, &opts.client_config())?);
+    if !Store::is_local_form(image) {
+        return push_as_stored(
+            store,
+            image,
+            reference,
+            &client,
+            config_from.as_deref(),
+            opts,
+        )
+        .await;
+    }
 
     let layer_jobs = diff_ids.iter().map(|diff_id| {
         let (client, name) = (client.clone(), name.clone());
@@ -137,6 +151,7 @@ pub async fn push(
         config,
         layers,
         annotations: BTreeMap::new(),
+        extra: Default::default(),
     };
     let bytes = oci::to_canonical_json(&manifest).expect("manifests always serialise to JSON");
     let digest = Digest::of(&bytes);
@@ -158,6 +173,102 @@ pub async fn push(
         &format!("{}@{digest}", reference.name()),
     );
     tracing::debug!(reference = %name, %digest, "pushed");
+    Ok(digest)
+}
+
+/// Pushes a pulled or loaded image byte for byte: its layer blobs, config and manifest.
+async fn push_as_stored(
+    store: &Store,
+    image: &Image,
+    reference: &Reference,
+    client: &Client,
+    config_from: Option<&str>,
+    opts: &RegistryOptions,
+) -> Result<Digest> {
+    let name = reference.to_string();
+    let repo = reference.repository.as_str();
+    let registry = reference.registry.as_str();
+    let digest = image.manifest_digest.clone();
+    if let Some(want) = &reference.digest
+        && *want != digest
+    {
+        return Err(PushError::DigestMismatch {
+            reference: name,
+            actual: digest,
+        });
+    }
+    let store_err = |digest: &Digest| {
+        let (name, digest) = (name.clone(), digest.clone());
+        move |source| PushError::Store {
+            reference: name,
+            digest,
+            source,
+        }
+    };
+    let manifest_bytes = store.read_blob(&digest).map_err(store_err(&digest))?;
+    let layer_jobs = image
+        .manifest
+        .layers
+        .iter()
+        .zip(&image.config.rootfs.diff_ids)
+        .filter(|(l, _)| oci::layer_kind(&l.media_type) == Some(oci::LayerKind::Distributable))
+        .map(|(desc, diff_id)| {
+            let store_err = store_err(&desc.digest);
+            let name = &name;
+            async move {
+                if !store.has_blob(&desc.digest) {
+                    // An uncompressed layer is its own tar, rebuilt from the snapshot's source.
+                    if desc.digest != *diff_id {
+                        return Err(store_err(StoreError::BlobMissing {
+                            digest: desc.digest.clone(),
+                        }));
+                    }
+                    let (s, d) = (store.clone(), diff_id.clone());
+                    tokio::task::spawn_blocking(move || s.layer_blob(&d))
+                        .await
+                        .map_err(|source| PushError::Task {
+                            reference: name.clone(),
+                            source,
+                        })?
+                        .map_err(store_err)?;
+                }
+                let from =
+                    record::lookup(store.root(), registry, &desc.digest).filter(|r| r != repo);
+                push_blob(store, client, repo, desc, from.as_deref(), opts).await
+            }
+        });
+    let config_job = push_blob(
+        store,
+        client,
+        repo,
+        &image.manifest.config,
+        config_from,
+        opts,
+    );
+    futures_util::future::try_join(
+        futures_util::stream::iter(layer_jobs)
+            .buffer_unordered(opts.concurrency.max(1))
+            .try_collect::<Vec<()>>(),
+        config_job,
+    )
+    .await?;
+    let media_type = match image.manifest.media_type.as_deref() {
+        Some(m) => m,
+        None if image.manifest.config.media_type == oci::MEDIA_TYPE_DOCKER_CONFIG => {
+            oci::MEDIA_TYPE_DOCKER_MANIFEST
+        }
+        None => oci::MEDIA_TYPE_MANIFEST,
+    };
+    let target = reference.tag.clone().unwrap_or_else(|| digest.to_string());
+    client
+        .put_manifest(repo, &target, media_type, &manifest_bytes)
+        .await?;
+    record::remember_repo_digest(
+        store.root(),
+        &image.manifest_digest,
+        &format!("{}@{digest}", reference.name()),
+    );
+    tracing::debug!(reference = %name, %digest, "pushed as stored");
     Ok(digest)
 }
 

@@ -60,6 +60,7 @@ pub fn set_manifest(dir: &Path, manifest: Descriptor) -> Result<()> {
             media_type: Some(oci::MEDIA_TYPE_INDEX.to_owned()),
             manifests: Vec::new(),
             annotations: BTreeMap::new(),
+            extra: Default::default(),
         },
     };
     index

@@ -305,6 +305,7 @@ pub fn write_layout(dir: &Path, files: &[(&str, &[u8])], arch: &str) -> (Digest,
         config,
         layers: vec![layer],
         annotations: BTreeMap::new(),
+        extra: Default::default(),
     };
     let m = Descriptor {
         media_type: oci::MEDIA_TYPE_MANIFEST.into(),
@@ -319,6 +320,7 @@ pub fn write_layout(dir: &Path, files: &[(&str, &[u8])], arch: &str) -> (Digest,
         media_type: None,
         manifests: vec![m_ref],
         annotations: BTreeMap::new(),
+        extra: Default::default(),
     };
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -507,6 +509,7 @@ pub fn hostile_routes(
             size,
         )],
         annotations: BTreeMap::new(),
+        extra: Default::default(),
     };
     let json = "application/octet-stream".to_owned();
     routes.insert("/v2/".into(), ("application/json".into(), b"{}".to_vec()));

@@ -26,6 +26,22 @@ pub(crate) use values::{clean_path, parse_port_spec};
 /// `system.DefaultPathEnv` for Linux).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Appends `PATH=`[`DEFAULT_PATH`] to a base image's environment when it sets no PATH (images
+/// made by `docker import`, many minimal images), so that the built image and every RUN see
+/// it. This is BuildKit's rule (dockerfile2llb: "make sure that PATH is always set",
+/// appended last, `system.DefaultPathEnv`), which since v0.13 leaves Windows images alone
+/// (moby/buildkit#5445: Windows sets its own path).
+pub(crate) fn default_path(config: &mut ImageConfig) {
+    let has_path = config
+        .config
+        .env
+        .iter()
+        .any(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == "PATH");
+    if !has_path && config.os != "windows" {
+        config.config.env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+}
+
 /// The ARGs every build predefines for proxies: usable without an ARG line, kept out of the
 /// cache key and the history.
 pub const PROXY_ARGS: &[&str] = &[
@@ -301,7 +317,9 @@ impl<'a> Lowerer<'a> {
         let (manifest, config) = match self.bases {
             Some(bases) => {
                 match bases.get(reference) {
-                    Some(b) => (b.manifest.clone(), b.config.clone()),
+                    // Only what kiln models carries over into the image it writes (BuildKit
+                    // decodes the base config into its own types too).
+                    Some(b) => (b.manifest.clone(), b.config.clone().without_extra()),
                     None if self.placeholders => (
                         Digest::of(reference.as_bytes()),
                         ImageConfig::empty(&self.opts.platform),
@@ -454,7 +472,8 @@ impl<'a> Lowerer<'a> {
                 (self.scratch_node(), config, Vec::new())
             } else {
                 let name = format!("{} FROM {base}", step_prefix(&label, 1, total));
-                let (n, c) = self.image_node(&base, stage.base_span, name, None)?;
+                let (n, mut c) = self.image_node(&base, stage.base_span, name, None)?;
+                default_path(&mut c);
                 (n, c, Vec::new())
             };
         // ONBUILD triggers of the base run first, and are consumed.
@@ -707,5 +726,39 @@ mod tests {
         let e = crate::lower(&df, &opts(), &known).expect_err("bad trigger");
         assert_eq!(e.span().map(|s| s.line), Some(3), "{e}");
         assert!(e.to_string().contains("FROM parent:1"), "{e}");
+    }
+
+    /// BuildKit appends its default PATH to a base image that sets none (`docker import`),
+    /// in the image config and in RUN's environment, and keeps a base image's own PATH.
+    #[test]
+    fn a_base_image_without_path_gets_buildkits_default_path() {
+        let df = crate::parse("FROM parent:1\nRUN true\n").expect("parses");
+        let mut bases = with_triggers(&[]);
+        bases.get_mut("parent:1").expect("base").config.config.env = vec!["A=1".into()];
+        let g = crate::lower(&df, &opts(), &bases).expect("lowers");
+        let want = vec!["A=1".to_owned(), format!("PATH={}", super::DEFAULT_PATH)];
+        assert_eq!(g.image.config.config.env, want);
+        let run_env: Vec<&Vec<String>> = g
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                solver::graph::Op::Exec(e) => Some(&e.env),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(run_env, [&want]);
+
+        let own = "PATH=/opt/bin".to_owned();
+        bases.get_mut("parent:1").expect("base").config.config.env = vec![own.clone()];
+        let g = crate::lower(&df, &opts(), &bases).expect("lowers");
+        assert_eq!(g.image.config.config.env, [own]);
+
+        let mut windows = ImageConfig::empty(&opts().platform);
+        windows.os = "windows".into();
+        super::default_path(&mut windows);
+        assert!(
+            windows.config.env.is_empty(),
+            "BuildKit leaves Windows images alone"
+        );
     }
 }
