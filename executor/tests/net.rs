@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use executor::net::attach::Networks;
+use executor::net::firewall::{self, XtablesCommand};
 use executor::net::ipam::{Ipam, NetworkConfig};
 use executor::net::netlink::{Netlink, RealNetlink};
 use executor::net::netns::Netns;
@@ -55,6 +56,7 @@ impl Fixture {
             ipam,
             RealNetlink::open().expect("netlink"),
             NftCommand::default(),
+            Box::new(XtablesCommand::default()),
             PathBuf::from("/proc/sys"),
         )
         .with_table(&table);
@@ -130,6 +132,7 @@ impl Drop for Fixture {
             .args(["delete", "table", "ip", &self.table])
             .stderr(Stdio::null())
             .status();
+        let _ = firewall::sync(&mut XtablesCommand::default(), &self.table, &[]);
         for sub in ["run", "pool/t"] {
             if let Ok(rd) = std::fs::read_dir(self.dir.path().join(sub)) {
                 for e in rd.flatten() {
@@ -606,6 +609,13 @@ fn leftovers() -> Vec<String> {
         .is_some()
     {
         left.push(format!("nft table kiln_t{pid}"));
+    }
+    let chain = firewall::chain_name(&format!("kiln_t{pid}"));
+    for b in ["iptables-nft-save", "iptables-legacy-save"] {
+        let saved = Command::new(b).args(["-t", "filter"]).output();
+        if saved.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&chain)) {
+            left.push(format!("{b}: chain {chain}"));
+        }
     }
     left
 }
