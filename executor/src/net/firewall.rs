@@ -373,6 +373,163 @@ pub fn sync<X: Xtables + ?Sized>(x: &mut X, table: &str, bridges: &[String]) -> 
     Ok(())
 }
 
+/// Something on the host that still drops traffic of kiln's bridges (`kiln system check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocker {
+    /// `net.ipv4.ip_forward` is 0: nothing leaves a bridge for another interface.
+    IpForwardOff,
+    /// A backend's FORWARD chain drops what no rule accepts, and kiln's chain or its jump is
+    /// missing or stale (a firewall reload flushed it, or the host changed since kiln last
+    /// synced).
+    Iptables {
+        /// The backend.
+        backend: Backend,
+        /// FORWARD's policy.
+        policy: String,
+        /// Bridges kiln's chain does not accept (all of them when the jump is missing).
+        bridges: Vec<String>,
+        /// br_netfilter hands bridged frames to iptables, so even traffic between two
+        /// containers on one bridge is dropped.
+        br_netfilter: bool,
+    },
+    /// A native nftables base chain on the forward hook with policy drop (firewalld's nftables
+    /// backend, a hand-written /etc/nftables.conf): kiln does not write into other tables, and
+    /// cannot tell whether its rules let kiln's bridges through.
+    NftForwardDrop {
+        /// Family and table (`inet firewalld`).
+        table: String,
+        /// The chain.
+        chain: String,
+    },
+}
+
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Blocker::IpForwardOff => write!(
+                f,
+                "IPv4 forwarding is off (net.ipv4.ip_forward = 0): containers cannot reach \
+                 anything beyond their bridge\nhint: kiln turns it on at each `kiln run` and \
+                 build; something turned it off since (sysctl -w net.ipv4.ip_forward=1)"
+            ),
+            Blocker::Iptables {
+                backend,
+                policy,
+                bridges,
+                br_netfilter,
+            } => {
+                write!(
+                    f,
+                    "{}: the filter table's FORWARD chain (policy {policy}) drops traffic of {}, \
+                     which kiln's chain does not accept",
+                    backend.name(),
+                    bridges.join(", ")
+                )?;
+                if *br_netfilter {
+                    write!(
+                        f,
+                        " (br_netfilter is loaded: this includes traffic between containers \
+                         on one bridge)"
+                    )?;
+                }
+                write!(
+                    f,
+                    "\nhint: `kiln system check --fix` reinstalls kiln's chain (needed after \
+                     a firewall reload flushes it)"
+                )
+            }
+            Blocker::NftForwardDrop { table, chain } => write!(
+                f,
+                "nftables table {table}, chain {chain} drops forwarded packets by default, and \
+                 kiln does not add rules to other tables: if nothing there accepts kiln's \
+                 bridges, their traffic is dropped\nhint: accept them there (firewalld: \
+                 firewall-cmd --zone=trusted --add-interface=kiln0)"
+            ),
+        }
+    }
+}
+
+/// What the host's packet filters do to kiln's bridges: each backend's FORWARD chain against
+/// the chain `table` needs for `bridges`, `ip_forward` and br_netfilter under `proc_sys`, and
+/// the forward base chains in `nft_chains` (`nft -j list chains`; None to skip). Fails when
+/// iptables cannot be read.
+pub fn check<X: Xtables + ?Sized>(
+    x: &mut X,
+    table: &str,
+    bridges: &[String],
+    proc_sys: &std::path::Path,
+    nft_chains: Option<&str>,
+) -> Result<Vec<Blocker>> {
+    let mut found = Vec::new();
+    let read = |k: &str| std::fs::read_to_string(proc_sys.join(k)).unwrap_or_default();
+    if read("net/ipv4/ip_forward").trim() == "0" {
+        found.push(Blocker::IpForwardOff);
+    }
+    let br_netfilter = read("net/bridge/bridge-nf-call-iptables").trim() == "1";
+    let chain = chain_name(table);
+    let jump = format!("-j {chain}");
+    for b in x.backends() {
+        let Some(saved) = x.save(b)? else {
+            continue;
+        };
+        let t = FilterTable::parse(&saved);
+        if !t.forward_filters() {
+            continue;
+        }
+        // Reached only through the jump, and the jump only from FORWARD or DOCKER-USER
+        // (which FORWARD jumps to first when dockerd made it).
+        let jumped = ["FORWARD", "DOCKER-USER"]
+            .iter()
+            .any(|c| t.chain_rules(c).contains(&jump.as_str()));
+        let have = t.chain_rules(&chain);
+        let missing: Vec<String> = bridges
+            .iter()
+            .filter(|b| {
+                !jumped
+                    || accept_rules(std::slice::from_ref(b))
+                        .iter()
+                        .any(|r| !have.contains(&r.as_str()))
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            found.push(Blocker::Iptables {
+                backend: b,
+                policy: t.forward_policy.clone().unwrap_or_default(),
+                bridges: missing,
+                br_netfilter,
+            });
+        }
+    }
+    if let Some(json) = nft_chains {
+        found.extend(nft_forward_drops(json, table));
+    }
+    Ok(found)
+}
+
+/// Forward-hook base chains with policy drop in `nft -j list chains` output, except
+/// iptables-nft's own (`ip filter`, `ip6 filter`: checked through iptables) and kiln's.
+pub fn nft_forward_drops(json: &str, kiln_table: &str) -> Vec<Blocker> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let items = v["nftables"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|i| i.get("chain"))
+        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop")
+        .filter_map(|c| {
+            let (family, table) = (c["family"].as_str()?, c["table"].as_str()?);
+            let iptables = table == "filter" && (family == "ip" || family == "ip6");
+            let kiln = family == "ip" && table == kiln_table;
+            (!iptables && !kiln).then(|| Blocker::NftForwardDrop {
+                table: format!("{family} {table}"),
+                chain: c["name"].as_str().unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,5 +730,90 @@ COMMIT
         assert_eq!(chain_name("kiln"), "KILN-FORWARD");
         assert_eq!(chain_name("kiln_t4294967295"), "KILN_T4294967295-FORWARD");
         assert!(chain_name(&"x".repeat(64)).len() <= 28);
+    }
+
+    #[test]
+    fn check_names_what_still_blocks_and_nothing_once_synced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path();
+        std::fs::create_dir_all(sys.join("net/ipv4")).expect("mkdir");
+        std::fs::create_dir_all(sys.join("net/bridge")).expect("mkdir");
+        std::fs::write(sys.join("net/ipv4/ip_forward"), "0\n").expect("write");
+        std::fs::write(sys.join("net/bridge/bridge-nf-call-iptables"), "1\n").expect("write");
+        let mut x = RecordingXtables {
+            tables: vec![(Backend::Nft, DOCKER.to_string())],
+            restores: vec![],
+        };
+        let b = bridges(&["kiln0", "kiln-ab12"]);
+        let found = check(&mut x, "kiln", &b, sys, None).expect("check");
+        assert_eq!(
+            found,
+            [
+                Blocker::IpForwardOff,
+                Blocker::Iptables {
+                    backend: Backend::Nft,
+                    policy: "DROP".into(),
+                    bridges: b.clone(),
+                    br_netfilter: true,
+                }
+            ]
+        );
+        assert!(
+            found[1].to_string().contains("kiln system check --fix"),
+            "{}",
+            found[1]
+        );
+        // Installed, but for kiln0 only: kiln-ab12 is still blocked.
+        let t = FilterTable::parse(DOCKER);
+        let one = apply(&t, &plan(&t, "KILN-FORWARD", &b[..1]).expect("install"));
+        let mut x = RecordingXtables {
+            tables: vec![(Backend::Nft, save_text(&one))],
+            restores: vec![],
+        };
+        std::fs::write(sys.join("net/ipv4/ip_forward"), "1\n").expect("write");
+        let found = check(&mut x, "kiln", &b, sys, None).expect("check");
+        assert!(
+            matches!(&found[..], [Blocker::Iptables { bridges, .. }] if bridges == &b[1..]),
+            "{found:?}"
+        );
+        let both = apply(&t, &plan(&t, "KILN-FORWARD", &b).expect("install"));
+        let mut x = RecordingXtables {
+            tables: vec![(Backend::Nft, save_text(&both))],
+            restores: vec![],
+        };
+        assert_eq!(check(&mut x, "kiln", &b, sys, None).expect("check"), []);
+    }
+
+    #[test]
+    fn native_nft_forward_drops_are_reported_except_iptables_and_kiln_tables() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+          {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "policy": "drop"}},
+          {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD", "hook": "forward", "policy": "drop"}},
+          {"chain": {"family": "inet", "table": "filter", "name": "forward", "hook": "forward", "policy": "accept"}},
+          {"chain": {"family": "ip", "table": "kiln", "name": "isolation", "hook": "forward", "policy": "drop"}}]}"#;
+        assert_eq!(
+            nft_forward_drops(json, "kiln"),
+            [Blocker::NftForwardDrop {
+                table: "inet firewalld".into(),
+                chain: "filter_FORWARD".into()
+            }]
+        );
+    }
+
+    /// `t` as iptables-save prints it (enough of it for `FilterTable::parse`).
+    fn save_text(t: &FilterTable) -> String {
+        let mut s = String::from("*filter\n");
+        for c in &t.chains {
+            let policy = match c.as_str() {
+                "FORWARD" => t.forward_policy.as_deref().unwrap_or("ACCEPT"),
+                "INPUT" | "OUTPUT" => "ACCEPT",
+                _ => "-",
+            };
+            s.push_str(&format!(":{c} {policy} [0:0]\n"));
+        }
+        for (c, r) in &t.rules {
+            s.push_str(&format!("-A {c} {r}\n"));
+        }
+        s + "COMMIT\n"
     }
 }

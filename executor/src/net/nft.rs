@@ -124,6 +124,13 @@ impl NftCommand {
     }
 }
 
+impl NftCommand {
+    /// `nft -j list chains`: every chain of every table, as JSON (for `kiln system check`).
+    pub fn list_chains_json(&self) -> Result<String> {
+        self.run(&["-j", "list", "chains"], None)
+    }
+}
+
 impl Nft for NftCommand {
     fn apply(&mut self, script: &str) -> Result<()> {
         self.run(&["-f", "-"], Some(script)).map(drop)
