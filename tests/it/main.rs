@@ -8,6 +8,7 @@ mod containers;
 mod dockerfile_buildkit;
 mod dockerfile_e2e;
 mod errors;
+mod firewall;
 mod frontend_features;
 mod harness;
 mod network;
