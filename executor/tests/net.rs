@@ -818,6 +818,57 @@ fn this_host_with_its_firewall() {
     outside_through_nat("this host");
 }
 
+/// A host with ufw enabled (Debian's package, its shipped rules: FORWARD policy DROP, INPUT
+/// DROP, its ufw-* chains): ufw runs in the private host's network namespace and a private
+/// mount namespace over a copy of /etc/ufw, so the machine's own firewall and config stay
+/// as they are.
+fn ufw_host_passes_kiln_bridges() {
+    if Command::new("ufw").arg("version").output().is_err() {
+        assert!(
+            std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() != Ok("1"),
+            "ufw missing (apt-get install ufw) and REQUIRE_PRIVILEGED_TESTS=1"
+        );
+        println!("    skipped: ufw missing (apt-get install ufw)");
+        return;
+    }
+    in_private_host(|| {
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-ec"])
+            .arg(
+                "d=$(mktemp -d); cp -a /etc/ufw/. \"$d\"/; mount --bind \"$d\" /etc/ufw; \
+                 ufw --force enable",
+            )
+            .output()
+            .expect("unshare");
+        assert!(out.status.success(), "ufw enable: {out:?}");
+        let s = saved("iptables-nft");
+        assert!(
+            s.contains(":FORWARD DROP") && s.contains("-A FORWARD -j ufw-before-forward"),
+            "{s}"
+        );
+        bridges_isolated_and_open_inside("host with ufw");
+        outside_through_nat("host with ufw");
+        // And ufw does block kiln's bridges without kiln's chain (TCP: ufw's before.rules
+        // accept ICMP echo requests in FORWARD).
+        let mut f = Fixture::new(4);
+        let (a, b) = (f.netns("a"), f.netns("b"));
+        f.nets.attach("t", "a", &a, &[]).expect("attach a");
+        let ab = f.nets.attach("t", "b", &b, &[]).expect("attach b");
+        let port = 8500 + u16::try_from(std::process::id() % 100).expect("fits");
+        let server = serve_once(&b, port, "with-chain\n");
+        let got = fetch_in(&a, SocketAddr::from((ab.ip, port)));
+        assert_eq!(got.ok().as_deref(), Some("with-chain\n"));
+        server.join().expect("server");
+        firewall::sync(&mut XtablesCommand::default(), &f.table, &[]).expect("remove");
+        let _server = serve_once(&b, port + 1, "without\n");
+        let got = fetch_in(&a, SocketAddr::from((ab.ip, port + 1)));
+        assert!(
+            got.is_err(),
+            "ufw lets kiln's TCP through by itself: {got:?}"
+        );
+    });
+}
+
 /// Both iptables backends dropping forwarded traffic (as a legacy firewall beside dockerd's
 /// nft rules would): kiln's chain goes into each, traffic passes, and it is the chain that
 /// makes it pass.
@@ -963,6 +1014,7 @@ fn main() {
             "private_host_without_firewall",
             private_host_without_firewall,
         ),
+        ("ufw_host_passes_kiln_bridges", ufw_host_passes_kiln_bridges),
         (
             "forward_drop_in_nft_and_legacy_iptables_is_passed_by_kiln_chains",
             forward_drop_in_nft_and_legacy_iptables_is_passed_by_kiln_chains,
