@@ -1,6 +1,11 @@
-//! `kiln system df`: what the store holds, by kind.
+//! `kiln system df`: what the store holds, by kind. `kiln system check`: whether anything on
+//! the host (dockerd's or another firewall's FORWARD drop, br_netfilter, ip_forward) still
+//! blocks the traffic of kiln's bridges.
 
+use anyhow::Context as _;
+use executor::net::Xtables as _;
 use std::io::Write as _;
+use std::path::Path;
 
 /// `kiln system` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -9,6 +14,13 @@ pub enum SystemCommand {
     Df,
     /// Remove build cache (the same as `kiln prune`).
     Prune(crate::prune::PruneArgs),
+    /// Check that the host's packet filters let kiln's bridges through (exit 1 when not).
+    Check {
+        /// First reinstall kiln's firewall rules and turn IPv4 forwarding on, as `kiln run`
+        /// does (after a firewall reload flushed them).
+        #[arg(long)]
+        fix: bool,
+    },
 }
 
 /// Runs a `kiln system` subcommand.
@@ -16,7 +28,70 @@ pub fn system(cmd: SystemCommand) -> anyhow::Result<()> {
     match cmd {
         SystemCommand::Df => df(),
         SystemCommand::Prune(a) => crate::prune::prune(a),
+        SystemCommand::Check { fix } => check(fix),
     }
+}
+
+fn check(fix: bool) -> anyhow::Result<()> {
+    let state = crate::netrun::STATE_DIR;
+    let proc_sys = Path::new("/proc/sys");
+    if fix {
+        let mut nets = executor::net::Networks::open(state)
+            .with_context(|| format!("opening the network state at {state}"))?;
+        executor::net::enable_ip_forward(proc_sys).context("enabling IPv4 forwarding")?;
+        nets.resync_rules().context("reinstalling kiln's rules")?;
+    }
+    let ipam = executor::net::Ipam::open(state)
+        .with_context(|| format!("opening the network state at {state}"))?;
+    let bridges: Vec<String> = ipam.networks()?.into_iter().map(|n| n.bridge).collect();
+    let table = executor::net::nft::TABLE;
+    let chain = executor::net::firewall::chain_name(table);
+    let mut xt = executor::net::XtablesCommand::default();
+    let mut out = std::io::stdout().lock();
+    for b in xt.backends() {
+        let Some(saved) = xt.save(b)? else {
+            writeln!(out, "{}: not installed", b.name())?;
+            continue;
+        };
+        let t = executor::net::firewall::FilterTable::parse(&saved);
+        let jump = format!("-j {chain}");
+        let from: Vec<&str> = ["DOCKER-USER", "FORWARD"]
+            .into_iter()
+            .filter(|c| t.chain_rules(c).contains(&jump.as_str()))
+            .collect();
+        writeln!(
+            out,
+            "{}: FORWARD policy {}, {}",
+            b.name(),
+            t.forward_policy
+                .as_deref()
+                .unwrap_or("none (no filter table)"),
+            if from.is_empty() {
+                format!("no jump to {chain}")
+            } else {
+                format!("{chain} jumped to from {}", from.join(", "))
+            }
+        )?;
+    }
+    // Without nft (or its JSON support) the native-table part is skipped, not failed.
+    let nft = executor::net::NftCommand::default().list_chains_json().ok();
+    let found = executor::net::firewall::check(&mut xt, table, &bridges, proc_sys, nft.as_deref())?;
+    if found.is_empty() {
+        writeln!(
+            out,
+            "ok: nothing on this host blocks kiln's bridges ({})",
+            bridges.join(", ")
+        )?;
+        return Ok(());
+    }
+    for f in &found {
+        writeln!(out, "blocked: {f}")?;
+    }
+    out.flush()?;
+    anyhow::bail!(
+        "{} thing(s) on this host block kiln's bridges (see above)",
+        found.len()
+    )
 }
 
 fn df() -> anyhow::Result<()> {

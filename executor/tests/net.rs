@@ -18,8 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use executor::net::attach::Networks;
+use executor::net::firewall::{self, XtablesCommand};
 use executor::net::ipam::{Ipam, NetworkConfig};
-use executor::net::netlink::{Netlink, RealNetlink};
+use executor::net::netlink::{Netlink, NetnsTarget, RealNetlink};
 use executor::net::netns::Netns;
 use executor::net::nft::NftCommand;
 use executor::net::pool::NetnsPool;
@@ -55,6 +56,7 @@ impl Fixture {
             ipam,
             RealNetlink::open().expect("netlink"),
             NftCommand::default(),
+            Box::new(XtablesCommand::default()),
             PathBuf::from("/proc/sys"),
         )
         .with_table(&table);
@@ -130,6 +132,7 @@ impl Drop for Fixture {
             .args(["delete", "table", "ip", &self.table])
             .stderr(Stdio::null())
             .status();
+        let _ = firewall::sync(&mut XtablesCommand::default(), &self.table, &[]);
         for sub in ["run", "pool/t"] {
             if let Ok(rd) = std::fs::read_dir(self.dir.path().join(sub)) {
                 for e in rd.flatten() {
@@ -165,6 +168,14 @@ fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
     })
 }
 
+/// One echo request with a one-second wait: for addresses that must not answer (a positive
+/// check uses [`ping`], which retries).
+fn answers_ping(ns: &Netns, ip: Ipv4Addr) -> bool {
+    in_ns(ns, &[BUSYBOX, "ping", "-c1", "-W1", &ip.to_string()])
+        .status
+        .success()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -186,7 +197,7 @@ fn serve_once(ns: &Netns, port: u16, reply: &'static str) -> std::thread::JoinHa
 }
 
 fn fetch(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(1500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -570,6 +581,345 @@ fn netns_pool_reuses_prepared_namespaces() {
     );
 }
 
+// --- Coexistence with host firewalls (issue 12) -------------------------------------------
+//
+// These run twice: in the machine's own namespace, with whatever firewall it has (in CI,
+// dockerd's FORWARD DROP, br_netfilter and DOCKER-USER), and inside a private "host"
+// namespace with no firewall at all, which is a machine without dockerd.
+
+/// Runs `f` inside a fresh network namespace standing in for a second host (its own
+/// iptables tables, sysctls and links), then removes the namespace.
+fn in_private_host<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = Netns::create(dir.path().join("host")).expect("private host namespace");
+    let out = host.run(f);
+    let _ = host.remove();
+    match out {
+        Ok(v) => v,
+        Err(e) => panic!("the test body failed inside the private host: {e}"),
+    }
+}
+
+/// `iptables-*-save -t filter` in the calling thread's namespace (empty when absent).
+fn saved(backend: &str) -> String {
+    Command::new(format!("{backend}-save"))
+        .args(["-t", "filter"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn iptables(backend: &str, args: &[&str]) {
+    let out = Command::new(backend).args(args).output().expect(backend);
+    assert!(out.status.success(), "{backend} {args:?}: {out:?}");
+}
+
+/// A second network in the fixture's state, on its own bridge and /24 (10.89.250-254: above
+/// every other test subnet of both test binaries).
+fn second_network(f: &mut Fixture) -> NetworkConfig {
+    let pid = std::process::id();
+    let third = 250 + u8::try_from(pid % 5).expect("below 5");
+    let subnet = Subnet::new(Ipv4Addr::new(10, 89, third, 0), 24).expect("subnet");
+    f.nets
+        .ipam()
+        .define_network(&format!("kt{pid}other"), Some(subnet))
+        .expect("define a second network")
+}
+
+/// A namespace outside every bridge, standing in for a host on the internet: a veth pair
+/// whose host end gets `.1` and whose far end (`eth0` inside) gets `.2` of a /30 of
+/// 192.0.2.0/24 (TEST-NET-1, documentation addresses, created here only).
+struct Outside {
+    ns: Option<Netns>,
+    host_link: String,
+    host_ip: Ipv4Addr,
+    ip: Ipv4Addr,
+}
+
+impl Outside {
+    fn new(f: &mut Fixture) -> Outside {
+        let pid = std::process::id();
+        let base = u8::try_from(pid % 64 * 4).expect("fits");
+        let (host_ip, ip) = (
+            Ipv4Addr::new(192, 0, 2, base + 1),
+            Ipv4Addr::new(192, 0, 2, base + 2),
+        );
+        let ns = f.netns("outside");
+        let host_link = format!("kt{pid}out");
+        let nl = f.nets.netlink();
+        let i = nl
+            .create_veth(&host_link, "eth0", Some(NetnsTarget::Fd(ns.as_fd())))
+            .expect("veth to the outside");
+        nl.add_address(i, host_ip, 30).expect("host address");
+        nl.set_up(i).expect("up");
+        let mut inside = RealNetlink::open_in(ns.as_fd()).expect("netlink outside");
+        for l in ["lo", "eth0"] {
+            let j = inside.link_index(l).expect("lookup").expect(l);
+            inside.set_up(j).expect("up inside");
+        }
+        let j = inside.link_index("eth0").expect("lookup").expect("eth0");
+        inside.add_address(j, ip, 30).expect("outside address");
+        // No route back to the containers: only NAT (the host's address as source) lets the
+        // answers find their way.
+        Outside {
+            ns: Some(ns),
+            host_link,
+            host_ip,
+            ip,
+        }
+    }
+
+    /// A one-shot server on the outside that answers with the address the client came from.
+    fn serve_peer_address(&self, port: u16) -> std::thread::JoinHandle<()> {
+        let listener = self
+            .ns
+            .as_ref()
+            .expect("alive")
+            .run(move || TcpListener::bind(("0.0.0.0", port)))
+            .expect("enter netns")
+            .expect("bind outside");
+        std::thread::spawn(move || {
+            if let Ok((mut s, peer)) = listener.accept() {
+                let _ = s.write_all(peer.ip().to_string().as_bytes());
+            }
+        })
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        if let Ok(mut nl) = RealNetlink::open()
+            && let Ok(Some(i)) = nl.link_index(&self.host_link)
+        {
+            let _ = nl.delete_link(i);
+        }
+        if let Some(ns) = self.ns.take() {
+            let _ = ns.remove();
+        }
+    }
+}
+
+/// Connects from inside `ns` to `addr` and reads the answer.
+fn fetch_in(ns: &Netns, addr: SocketAddr) -> std::io::Result<String> {
+    ns.run(move || fetch(addr)).expect("enter netns")
+}
+
+fn bridges_isolated_and_open_inside(where_: &str) {
+    let mut f = Fixture::new(1);
+    let other = second_network(&mut f);
+    let (a, b, c) = (f.netns("a"), f.netns("b"), f.netns("c"));
+    let _aa = f.nets.attach("t", "a", &a, &[]).expect("attach a");
+    let ab = f.nets.attach("t", "b", &b, &[]).expect("attach b");
+    let ac = f.nets.attach(&other.name, "c", &c, &[]).expect("attach c");
+    assert!(ping(&a, ab.ip), "{where_}: a cannot ping b on one network");
+    let port = 8300 + u16::try_from(std::process::id() % 100).expect("fits");
+    let server = serve_once(&b, port, "tcp-on-one-network\n");
+    let got = fetch_in(&a, SocketAddr::from((ab.ip, port))).expect("TCP a -> b");
+    assert_eq!(got, "tcp-on-one-network\n", "{where_}");
+    server.join().expect("server b");
+    // Across networks: neither ping nor TCP, either way.
+    // (The three probes wait for their timeouts at the same time.)
+    let _server = serve_once(&c, port, "leak\n");
+    let (a_to_c, c_to_b, tcp) = std::thread::scope(|sc| {
+        let p1 = sc.spawn(|| answers_ping(&a, ac.ip));
+        let p2 = sc.spawn(|| answers_ping(&c, ab.ip));
+        let t = sc.spawn(|| fetch_in(&a, SocketAddr::from((ac.ip, port))));
+        (p1.join(), p2.join(), t.join().expect("fetch thread"))
+    });
+    assert_eq!(
+        a_to_c.ok(),
+        Some(false),
+        "{where_}: a reaches c on another network"
+    );
+    assert_eq!(
+        c_to_b.ok(),
+        Some(false),
+        "{where_}: c reaches b on another network"
+    );
+    assert!(tcp.is_err(), "{where_}: TCP across networks: {tcp:?}");
+    // The bridge-level rules name both bridges; with the second network gone, only ours.
+    let table = f.table_text();
+    assert!(
+        table.contains(&format!("isolate {}", other.name)),
+        "{table}"
+    );
+    let chain = firewall::chain_name(&f.table);
+    let nft_save = saved("iptables-nft");
+    assert!(
+        nft_save.contains(&format!("-A {chain} -i {} -j ACCEPT", other.bridge)),
+        "{where_}: {nft_save}"
+    );
+    let hook = if nft_save.contains(":DOCKER-USER") {
+        "DOCKER-USER"
+    } else {
+        "FORWARD"
+    };
+    assert_eq!(
+        nft_save
+            .lines()
+            .filter(|l| *l == format!("-A {hook} -j {chain}"))
+            .count(),
+        1,
+        "{where_}: one jump from {hook}: {nft_save}"
+    );
+    assert!(f.nets.detach(&other.name, "c").expect("detach c"));
+    f.nets.remove_network(&other.name).expect("rm other");
+    let nft_save = saved("iptables-nft");
+    assert!(
+        !nft_save.contains(&other.bridge)
+            && nft_save.contains(&format!("-A {chain} -i {} ", f.net.bridge)),
+        "{where_}: the removed network's rules stay: {nft_save}"
+    );
+    let table = f.table_text();
+    assert!(
+        !table.contains(&other.bridge) && !table.contains(&format!("isolate {}", other.name)),
+        "{table}"
+    );
+    println!(
+        "    {where_}: FORWARD policy {:?}, jump from {hook}",
+        policy(&saved("iptables-nft"))
+    );
+}
+
+fn policy(save: &str) -> Option<String> {
+    save.lines()
+        .find_map(|l| l.strip_prefix(":FORWARD "))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+fn outside_through_nat(where_: &str) {
+    let mut f = Fixture::new(2);
+    let out = Outside::new(&mut f);
+    let a = f.netns("a");
+    let aa = f.nets.attach("t", "a", &a, &[]).expect("attach a");
+    assert!(ping(&a, out.ip), "{where_}: a cannot ping the outside host");
+    let port = 8400 + u16::try_from(std::process::id() % 100).expect("fits");
+    let server = out.serve_peer_address(port);
+    let seen = fetch_in(&a, SocketAddr::from((out.ip, port))).expect("TCP to the outside");
+    server.join().expect("outside server");
+    assert_eq!(
+        seen,
+        out.host_ip.to_string(),
+        "{where_}: the outside saw {seen}, not the host's address (container {})",
+        aa.ip
+    );
+}
+
+fn private_host_without_firewall() {
+    in_private_host(|| {
+        bridges_isolated_and_open_inside("host without a firewall");
+        outside_through_nat("host without a firewall");
+    });
+}
+
+fn this_host_with_its_firewall() {
+    bridges_isolated_and_open_inside("this host");
+    outside_through_nat("this host");
+}
+
+/// A host with ufw enabled (Debian's package, its shipped rules: FORWARD policy DROP, INPUT
+/// DROP, its ufw-* chains): ufw runs in the private host's network namespace and a private
+/// mount namespace over a copy of /etc/ufw, so the machine's own firewall and config stay
+/// as they are.
+fn ufw_host_passes_kiln_bridges() {
+    if Command::new("ufw").arg("version").output().is_err() {
+        assert!(
+            std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() != Ok("1"),
+            "ufw missing (apt-get install ufw) and REQUIRE_PRIVILEGED_TESTS=1"
+        );
+        println!("    skipped: ufw missing (apt-get install ufw)");
+        return;
+    }
+    in_private_host(|| {
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-ec"])
+            .arg(
+                "d=$(mktemp -d); cp -a /etc/ufw/. \"$d\"/; mount --bind \"$d\" /etc/ufw; \
+                 ufw --force enable",
+            )
+            .output()
+            .expect("unshare");
+        assert!(out.status.success(), "ufw enable: {out:?}");
+        let s = saved("iptables-nft");
+        assert!(
+            s.contains(":FORWARD DROP") && s.contains("-A FORWARD -j ufw-before-forward"),
+            "{s}"
+        );
+        bridges_isolated_and_open_inside("host with ufw");
+        outside_through_nat("host with ufw");
+        // And ufw does block kiln's bridges without kiln's chain (TCP: ufw's before.rules
+        // accept ICMP echo requests in FORWARD).
+        let mut f = Fixture::new(4);
+        let (a, b) = (f.netns("a"), f.netns("b"));
+        f.nets.attach("t", "a", &a, &[]).expect("attach a");
+        let ab = f.nets.attach("t", "b", &b, &[]).expect("attach b");
+        let port = 8500 + u16::try_from(std::process::id() % 100).expect("fits");
+        let server = serve_once(&b, port, "with-chain\n");
+        let got = fetch_in(&a, SocketAddr::from((ab.ip, port)));
+        assert_eq!(got.ok().as_deref(), Some("with-chain\n"));
+        server.join().expect("server");
+        firewall::sync(&mut XtablesCommand::default(), &f.table, &[]).expect("remove");
+        let _server = serve_once(&b, port + 1, "without\n");
+        let got = fetch_in(&a, SocketAddr::from((ab.ip, port + 1)));
+        assert!(
+            got.is_err(),
+            "ufw lets kiln's TCP through by itself: {got:?}"
+        );
+    });
+}
+
+/// Both iptables backends dropping forwarded traffic (as a legacy firewall beside dockerd's
+/// nft rules would): kiln's chain goes into each, traffic passes, and it is the chain that
+/// makes it pass.
+fn forward_drop_in_nft_and_legacy_iptables_is_passed_by_kiln_chains() {
+    in_private_host(|| {
+        iptables("iptables-nft", &["-P", "FORWARD", "DROP"]);
+        iptables("iptables-legacy", &["-P", "FORWARD", "DROP"]);
+        let br = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+            .unwrap_or_default();
+        assert_eq!(
+            br.trim(),
+            "1",
+            "br_netfilter must be loaded for this test to mean anything"
+        );
+        let mut f = Fixture::new(3);
+        let (a, b) = (f.netns("a"), f.netns("b"));
+        f.nets.attach("t", "a", &a, &[]).expect("attach a");
+        let ab = f.nets.attach("t", "b", &b, &[]).expect("attach b");
+        let chain = firewall::chain_name(&f.table);
+        for backend in ["iptables-nft", "iptables-legacy"] {
+            let s = saved(backend);
+            assert!(
+                s.contains(&format!("-A FORWARD -j {chain}")),
+                "{backend}: {s}"
+            );
+        }
+        assert!(ping(&a, ab.ip), "kiln's chains do not pass the traffic");
+        // Without the chains (a firewall reload flushing them), the drop wins...
+        firewall::sync(&mut XtablesCommand::default(), &f.table, &[]).expect("remove");
+        for backend in ["iptables-nft", "iptables-legacy"] {
+            assert!(!saved(backend).contains(&chain), "{backend}");
+        }
+        assert!(
+            !answers_ping(&a, ab.ip),
+            "traffic passes without kiln's chains"
+        );
+        // ... and a resync (what `kiln system check --fix` does) brings them back.
+        f.nets.resync_rules().expect("resync");
+        assert!(ping(&a, ab.ip), "after the resync");
+        // dockerd arriving: DOCKER-USER appears, the jump moves there on the next resync.
+        iptables("iptables-nft", &["-N", "DOCKER-USER"]);
+        iptables("iptables-nft", &["-A", "DOCKER-USER", "-j", "RETURN"]);
+        iptables("iptables-nft", &["-I", "FORWARD", "1", "-j", "DOCKER-USER"]);
+        f.nets.resync_rules().expect("resync");
+        let s = saved("iptables-nft");
+        assert!(s.contains(&format!("-A DOCKER-USER -j {chain}")), "{s}");
+        assert!(!s.contains(&format!("-A FORWARD -j {chain}")), "{s}");
+        assert!(ping(&a, ab.ip), "through DOCKER-USER");
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn preconditions() -> Result<(), String> {
@@ -606,6 +956,13 @@ fn leftovers() -> Vec<String> {
         .is_some()
     {
         left.push(format!("nft table kiln_t{pid}"));
+    }
+    let chain = firewall::chain_name(&format!("kiln_t{pid}"));
+    for b in ["iptables-nft-save", "iptables-legacy-save"] {
+        let saved = Command::new(b).args(["-t", "filter"]).output();
+        if saved.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&chain)) {
+            left.push(format!("{b}: chain {chain}"));
+        }
     }
     left
 }
@@ -651,6 +1008,16 @@ fn main() {
         (
             "netns_pool_reuses_prepared_namespaces",
             netns_pool_reuses_prepared_namespaces,
+        ),
+        ("this_host_with_its_firewall", this_host_with_its_firewall),
+        (
+            "private_host_without_firewall",
+            private_host_without_firewall,
+        ),
+        ("ufw_host_passes_kiln_bridges", ufw_host_passes_kiln_bridges),
+        (
+            "forward_drop_in_nft_and_legacy_iptables_is_passed_by_kiln_chains",
+            forward_drop_in_nft_and_legacy_iptables_is_passed_by_kiln_chains,
         ),
     ];
     let tests: Vec<&Test> = all

@@ -9,6 +9,7 @@ mod dockerfile_buildkit;
 mod dockerfile_e2e;
 mod errors;
 mod escape;
+mod firewall;
 mod frontend_features;
 mod harness;
 mod interop;

@@ -93,7 +93,7 @@ impl Drop for Reaper<'_> {
 }
 
 /// A unique container name (tests share the host-wide bridge).
-fn name(tag: &str) -> String {
+pub(crate) fn name(tag: &str) -> String {
     format!("it-{tag}-{}", std::process::id())
 }
 
@@ -469,11 +469,11 @@ fn logs_follow_prints_until_the_container_exits() -> anyhow::Result<()> {
 }
 
 /// A /24 of 10.89.0.0/16 (left to tests by kiln's auto subnets) for this test process.
-fn test_subnet(offset: u32) -> String {
+pub(crate) fn test_subnet(offset: u32) -> String {
     format!("10.89.{}.0/24", (std::process::id() + offset) % 250)
 }
 
-fn inspect(t: &TestDir, name: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn inspect(t: &TestDir, name: &str) -> anyhow::Result<serde_json::Value> {
     let out = t.ok(&["inspect", name])?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     v.get(0).cloned().context("inspect gives an array")

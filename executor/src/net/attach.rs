@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::firewall::{self, FirewallError, Xtables, XtablesCommand};
 use super::ipam::{Ipam, IpamError, Lease, NetworkConfig};
 use super::netlink::{Netlink, NetlinkError, NetnsTarget, RealNetlink};
 use super::netns::Netns;
@@ -61,6 +62,9 @@ pub enum AttachError {
     /// The nft table could not be updated.
     #[error("updating kiln's nftables rules")]
     Nft(#[from] NftError),
+    /// kiln's accept rules in the host's iptables filter table could not be updated.
+    #[error("updating kiln's rules in the iptables filter table")]
+    Firewall(#[from] FirewallError),
     /// A link the plan refers to does not exist.
     #[error("link {name} not found")]
     MissingLink {
@@ -333,25 +337,38 @@ fn side_conn<'a, N: Netlink>(
     }
 }
 
-/// Networks as a whole: leases, links and nft rules, kept consistent.
-#[derive(Debug)]
+/// Networks as a whole: leases, links, nft rules and the host firewall's accept rules, kept
+/// consistent.
 pub struct Networks<N: Netlink, F: Nft> {
     ipam: Ipam,
     netlink: N,
     nft: F,
+    firewall: Box<dyn Xtables + Send>,
     proc_sys: PathBuf,
     table: String,
 }
 
+impl<N: Netlink + std::fmt::Debug, F: Nft + std::fmt::Debug> std::fmt::Debug for Networks<N, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Networks")
+            .field("ipam", &self.ipam)
+            .field("netlink", &self.netlink)
+            .field("nft", &self.nft)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Networks<RealNetlink, NftCommand> {
     /// The real thing: state under `state_dir` (`KILN_ROOT/networks`), rtnetlink in the
-    /// calling thread's namespace, `nft` from PATH, `/proc/sys`. Fails when the state dir
-    /// cannot be created or netlink cannot be opened.
+    /// calling thread's namespace, `nft` and `iptables-*` from PATH, `/proc/sys`. Fails when
+    /// the state dir cannot be created or netlink cannot be opened.
     pub fn open(state_dir: impl Into<PathBuf>) -> Result<Self> {
         Ok(Networks::new(
             Ipam::open(state_dir)?,
             RealNetlink::open()?,
             NftCommand::default(),
+            Box::new(XtablesCommand::default()),
             PathBuf::from("/proc/sys"),
         ))
     }
@@ -359,11 +376,18 @@ impl Networks<RealNetlink, NftCommand> {
 
 impl<N: Netlink, F: Nft> Networks<N, F> {
     /// Assembles from parts (tests pass fakes and a temp `proc_sys`).
-    pub fn new(ipam: Ipam, netlink: N, nft: F, proc_sys: PathBuf) -> Self {
+    pub fn new(
+        ipam: Ipam,
+        netlink: N,
+        nft: F,
+        firewall: Box<dyn Xtables + Send>,
+        proc_sys: PathBuf,
+    ) -> Self {
         Networks {
             ipam,
             netlink,
             nft,
+            firewall,
             proc_sys,
             table: nft::TABLE.to_string(),
         }
@@ -510,26 +534,28 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
     }
 
     fn apply_rules(&mut self, force: bool) -> Result<()> {
-        let (nft, table) = (&mut self.nft, &self.table);
-        let record = self.ipam.dir().join(format!("{table}.applied"));
+        let (nft, firewall, table) = (&mut self.nft, &mut self.firewall, &self.table);
+        let dir = self.ipam.dir();
         let boot_id =
             fs::read_to_string(self.proc_sys.join("kernel/random/boot_id")).unwrap_or_default();
+        let boot_id = boot_id.trim();
         self.ipam.with_state(|state| -> Result<()> {
             let script = nft::ruleset(table, state);
-            let key = format!("{}\n{script}", boot_id.trim());
-            if !force && fs::read_to_string(&record).is_ok_and(|k| k == key) {
-                return Ok(());
-            }
-            // Forget the record first: if nft fails half-way, the next call must run it again.
-            let _ = fs::remove_file(&record);
-            nft.apply(&script)?;
-            let tmp = record.with_extension("applied.tmp");
-            fs::write(&tmp, &key)
-                .and_then(|()| fs::rename(&tmp, &record))
-                .map_err(|source| AttachError::Record {
-                    path: record.clone(),
-                    source,
-                })
+            unless_recorded(
+                &dir.join(format!("{table}.applied")),
+                force,
+                &format!("{boot_id}\n{script}"),
+                || nft.apply(&script).map_err(AttachError::from),
+            )?;
+            // The firewall's chain depends on the bridges only, so ports coming and going do
+            // not run iptables; the backends are in the key so that a legacy table appearing
+            // (a firewall started since) gets the chain too.
+            let bridges: Vec<String> = state.iter().map(|(n, _)| n.bridge.clone()).collect();
+            let backends = firewall.backends();
+            let key = format!("{boot_id}\n{backends:?}\n{}", bridges.join("\n"));
+            unless_recorded(&dir.join(format!("{table}.firewall")), force, &key, || {
+                firewall::sync(firewall.as_mut(), table, &bridges).map_err(AttachError::from)
+            })
         })?
     }
 
@@ -555,6 +581,30 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
     }
 }
 
+/// Runs `apply` unless `record` holds `key` (and `force` is false), then records `key`: the
+/// record is removed first, so that an `apply` failing half-way runs again next time.
+fn unless_recorded(
+    record: &Path,
+    force: bool,
+    key: &str,
+    apply: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    if !force && fs::read_to_string(record).is_ok_and(|k| k == key) {
+        return Ok(());
+    }
+    let _ = fs::remove_file(record);
+    apply()?;
+    let mut tmp = record.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, key)
+        .and_then(|()| fs::rename(&tmp, record))
+        .map_err(|source| AttachError::Record {
+            path: record.to_path_buf(),
+            source,
+        })
+}
+
 /// Turns on IPv4 forwarding (`/proc/sys/net/ipv4/ip_forward`), which outbound NAT needs. This
 /// is a host-wide setting, so kiln's cli asks for it explicitly (as dockerd does at start);
 /// attach never does it implicitly, and tests never call it.
@@ -565,6 +615,7 @@ pub fn enable_ip_forward(proc_sys: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::firewall::RecordingXtables;
     use super::super::netlink::fake::FakeNetlink;
     use super::super::nft::RecordingNft;
     use super::*;
@@ -640,6 +691,7 @@ mod tests {
             ipam,
             FakeNetlink::new(),
             RecordingNft::default(),
+            Box::new(RecordingXtables::default()),
             dir.path().into(),
         );
         let gone = nets
@@ -674,6 +726,7 @@ mod tests {
             ipam,
             FakeNetlink::new(),
             RecordingNft::default(),
+            Box::new(RecordingXtables::default()),
             sys.clone(),
         );
         nets.sync_rules().expect("first");
@@ -754,6 +807,7 @@ mod tests {
             ipam,
             FakeNetlink::new(),
             RecordingNft::default(),
+            Box::new(RecordingXtables::default()),
             dir.path().join("missing-sys"),
         );
         let fake_ns_path = dir.path().join("ns");

@@ -30,14 +30,18 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Side effects sit behind two seams: [`Netlink`] (links, addresses, routes) and [`Nft`]
-//! (kiln's nftables table). Everything else here is pure and tested without root. This module
-//! never changes host interfaces it did not create, never touches other nft tables, and never
-//! enables forwarding by itself ([`enable_ip_forward`] is the caller's explicit choice).
+//! Side effects sit behind three seams: [`Netlink`] (links, addresses, routes), [`Nft`]
+//! (kiln's nftables table) and [`Xtables`] (kiln's accept chain in the host's iptables filter
+//! table, for hosts where dockerd or a firewall drops forwarded traffic; see [`firewall`]).
+//! Everything else here is pure and tested without root. This module never changes host
+//! interfaces it did not create, never touches other nft tables (in the iptables filter table
+//! only its own chain and the one jump to it), and never enables forwarding by itself
+//! ([`enable_ip_forward`] is the caller's explicit choice).
 
 pub mod attach;
 pub mod build;
 pub mod files;
+pub mod firewall;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;
@@ -47,6 +51,7 @@ pub mod subnet;
 
 pub use attach::{AttachError, Attachment, Networks, enable_ip_forward};
 pub use build::{BuildLease, BuildNetwork};
+pub use firewall::{Xtables, XtablesCommand};
 pub use ipam::{Ipam, Lease, NetworkConfig};
 pub use netlink::{Netlink, RealNetlink};
 pub use netns::Netns;

@@ -124,6 +124,13 @@ impl NftCommand {
     }
 }
 
+impl NftCommand {
+    /// `nft -j list chains`: every chain of every table, as JSON (for `kiln system check`).
+    pub fn list_chains_json(&self) -> Result<String> {
+        self.run(&["-j", "list", "chains"], None)
+    }
+}
+
 impl Nft for NftCommand {
     fn apply(&mut self, script: &str) -> Result<()> {
         self.run(&["-f", "-"], Some(script)).map(drop)
@@ -188,6 +195,30 @@ pub fn ruleset(table: &str, state: &[(NetworkConfig, Vec<Lease>)]) -> String {
         );
     }
     let _ = writeln!(w, "  }}");
+    // Isolation between networks, as docker's DOCKER-ISOLATION chains do: a drop here is final
+    // whatever the iptables filter table accepts (see firewall.rs), so it holds with or
+    // without a host firewall. One network alone needs no chain on the forward hook.
+    if active.len() > 1 {
+        let _ = writeln!(
+            w,
+            "  chain isolation {{\n    type filter hook forward priority filter; policy accept;"
+        );
+        for (net, _) in &active {
+            let others: Vec<String> = active
+                .iter()
+                .filter(|(o, _)| o.bridge != net.bridge)
+                .map(|(o, _)| format!("\"{}\"", o.bridge))
+                .collect();
+            let _ = writeln!(
+                w,
+                "    iifname \"{}\" oifname {{ {} }} counter drop comment \"isolate {}\"",
+                net.bridge,
+                others.join(", "),
+                net.name
+            );
+        }
+        let _ = writeln!(w, "  }}");
+    }
     let _ = writeln!(
         w,
         "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump ports\n  }}"
@@ -331,6 +362,20 @@ table ip kiln {
         assert!(s.contains("iifname \"kiln0\""));
         assert!(s.contains(&format!("iifname \"{}\"", b.bridge)));
         assert!(s.contains("ip saddr 10.89.1.0/24 oifname"));
+        assert!(
+            s.contains(&format!(
+                "iifname \"kiln0\" oifname {{ \"{}\" }} counter drop comment \"isolate bridge\"",
+                b.bridge
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!(
+                "iifname \"{}\" oifname {{ \"kiln0\" }} counter drop comment \"isolate front\"",
+                b.bridge
+            )),
+            "{s}"
+        );
     }
 
     #[test]
