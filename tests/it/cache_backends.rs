@@ -507,3 +507,145 @@ fn s3_large_layer_goes_up_in_multipart_parts() -> anyhow::Result<()> {
 fn azblob_large_layer_goes_up_in_blocks() -> anyhow::Result<()> {
     large_layer(Kind::Azblob)
 }
+
+/// Where the fleet shares its cache.
+enum Shared {
+    Registry(crate::remote_cache::Registry),
+    Local(PathBuf),
+    Object(Server),
+}
+
+impl Shared {
+    fn to(&self) -> String {
+        match self {
+            Shared::Registry(r) => format!(
+                "type=registry,ref={},mode=max",
+                r.reference("fleet/cache:main")
+            ),
+            Shared::Local(d) => format!("type=local,dest={},mode=max", d.display()),
+            Shared::Object(s) => s.spec("fleet", "mode=max"),
+        }
+    }
+
+    fn from(&self) -> String {
+        match self {
+            Shared::Registry(r) => format!("type=registry,ref={}", r.reference("fleet/cache:main")),
+            Shared::Local(d) => format!("type=local,src={}", d.display()),
+            Shared::Object(s) => s.spec("fleet", ""),
+        }
+    }
+}
+
+/// Variant `i` of the fleet's Dockerfile: shared stages, then one step of its own.
+fn fleet_dockerfile(i: usize) -> String {
+    format!(
+        "FROM busybox AS deps\nRUN echo deps > /deps.txt\n\n\
+         FROM busybox\nCOPY --from=deps /deps.txt /deps.txt\nCOPY a.txt /a.txt\n\
+         RUN cat /deps.txt /a.txt > /shared\nRUN echo variant-{i} > /variant\n"
+    )
+}
+
+fn fleet_runner(i: usize) -> anyhow::Result<TestDir> {
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", &fleet_dockerfile(i));
+    t.write("a.txt", "a\n");
+    Ok(t)
+}
+
+const FLEET: usize = 4;
+
+/// Four runners (separate KILN_ROOTs) build overlapping Dockerfiles at once against one cache
+/// reference on every backend: all succeed with the images of a serial build; the cache left
+/// behind is whole (the last export wins, and it is one runner's complete manifest); a later
+/// fresh runner gets full hits on the winner's Dockerfile and hits every shared step of the
+/// others.
+#[test]
+fn fleet_of_four_concurrent_runners_shares_one_cache_on_every_backend() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry", "moto_server", "azurite-blob"]) {
+        return Ok(());
+    }
+    // A serial build of each variant, and what its image holds. (RUN layers keep their
+    // files' mtimes, so independent builds differ in digest: images are compared by content,
+    // and by digest only where one came from the other's cache.)
+    let serial: Vec<String> = (0..FLEET)
+        .map(|i| {
+            let t = fleet_runner(i)?;
+            build(&t, &[])?;
+            image_content(&t)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let world = TestDir::new();
+    let backends = [
+        Shared::Registry(crate::remote_cache::Registry::start(world.dir.path())?),
+        Shared::Local(world.dir.path().join("layout")),
+        Shared::Object(Server::start(Kind::S3, world.dir.path())?),
+        Shared::Object(Server::start(Kind::Azblob, world.dir.path())?),
+    ];
+    for shared in &backends {
+        let (to, from) = (shared.to(), shared.from());
+        let runners: Vec<TestDir> = (0..FLEET)
+            .map(fleet_runner)
+            .collect::<anyhow::Result<_>>()?;
+        let children = runners
+            .iter()
+            .map(|t| {
+                let ctx = t.ctx.to_str().expect("utf-8 path");
+                t.cmd(&[
+                    "build",
+                    "--progress",
+                    "rawjson",
+                    "-t",
+                    "app:1",
+                    "--cache-from",
+                    &from,
+                    "--cache-to",
+                    &to,
+                    ctx,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(anyhow::Error::from)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut digests = Vec::new();
+        for (i, c) in children.into_iter().enumerate() {
+            let out = c.wait_with_output()?;
+            ensure!(out.status.success(), "{to}: runner {i}:\n{}", text(&out));
+            digests.push(parse_built(&out)?.digest);
+            let content = image_content(&runners[i])?;
+            ensure!(
+                content == serial[i],
+                "{to}: runner {i}: {content:?} vs {:?}",
+                serial[i]
+            );
+        }
+        let mut full_hits = 0;
+        for i in 0..FLEET {
+            let fresh = fleet_runner(i)?;
+            let b = build(&fresh, &["--cache-from", &from])?;
+            ensure!(!b.stderr.contains("warning"), "{to}: {}", b.stderr);
+            let ran = ran_lines(&b);
+            ensure!(
+                ran.len() <= 1 && ran.iter().all(|r| r.contains("echo variant-")),
+                "{to}: variant {i} ran {ran:?}\n{}",
+                b.stderr
+            );
+            ensure!(image_content(&fresh)? == serial[i], "{to}: variant {i}");
+            if ran.is_empty() {
+                // The winner's own image, layer for layer.
+                ensure!(b.digest == digests[i], "{to}: variant {i}: {}", b.digest);
+                full_hits += 1;
+            }
+        }
+        ensure!(full_hits == 1, "{to}: {full_hits} variants hit fully");
+    }
+    Ok(())
+}
+
+/// What the fleet's image `app:1` of `t` holds.
+fn image_content(t: &TestDir) -> anyhow::Result<String> {
+    let out = t.ok(&["run", "--rm", "app:1", "cat", "/shared", "/variant"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
