@@ -201,10 +201,11 @@ pub async fn export(
             report.present = counts.present.load(Ordering::Relaxed);
         }
         CacheLocation::Object(o) => {
-            let (uploaded, present) = export_objects(store, o, &all, imported, &name).await?;
+            let client = ObjectClient::new(&o.backend).map_err(object_err(&name))?;
+            let (uploaded, present) =
+                export_objects(store, &client, o, &all, imported, &name).await?;
             report.uploaded = uploaded;
             report.present = present;
-            let client = ObjectClient::new(&o.backend).map_err(object_err(&name))?;
             // Written last, once per name, after every blob it lists exists: a reader never
             // sees a manifest whose blobs are still on their way.
             let body = bytes::Bytes::from(manifest_bytes.clone());
@@ -259,15 +260,15 @@ fn object_err(name: &str) -> impl Fn(ObjectError) -> RemoteError + '_ {
 /// touches old ones when `touch_refresh` says so. Returns (uploaded, present).
 async fn export_objects(
     store: &Store,
+    client: &ObjectClient,
     o: &ObjectLocation,
     all: &[Blob],
     imported: Option<&Imported>,
     name: &str,
 ) -> Result<(usize, usize)> {
-    let client = ObjectClient::new(&o.backend).map_err(object_err(name))?;
     client.prepare_export().await.map_err(object_err(name))?;
     let (uploaded, present) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let (client, uploaded_ref, present_ref) = (&client, &uploaded, &present);
+    let (uploaded_ref, present_ref) = (&uploaded, &present);
     let jobs = all.iter().map(|b| async move {
         let key = o.blob_key(&b.desc.digest);
         if let Some(head) = client.head(&key).await.map_err(object_err(name))? {
