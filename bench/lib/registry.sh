@@ -1,6 +1,7 @@
 # Sourced by the bench scripts: a throwaway CNCF distribution registry on a free 127.0.0.1
 # port, storing under $W/reg. Needs W set; PRIO (an array, e.g. chrt -r 10) prefixes the
 # registry command when set. start_registry sets PORT; stop_registry is safe to call twice.
+# REG_ACCESSLOG=1 keeps the access log (one line per request, in $W/reg/log).
 declare -p PRIO >/dev/null 2>&1 || PRIO=()
 REG_PID=
 stop_registry() {
@@ -16,7 +17,7 @@ version: 0.1
 log:
   level: error
   accesslog:
-    disabled: true
+    disabled: $([ "${REG_ACCESSLOG:-0}" = 1 ] && echo false || echo true)
 storage:
   filesystem:
     rootdirectory: $W/reg/data

@@ -127,7 +127,7 @@ fn parse_timeouts(s: &str) -> anyhow::Result<Timeouts> {
 }
 
 /// `4096`, `64K`, `16M`, `1G` (binary units) -> bytes; `None` for anything else or 0.
-fn parse_size(s: &str) -> Option<u64> {
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, shift) = match s.char_indices().last()? {
         (i, 'k' | 'K') => (&s[..i], 10),

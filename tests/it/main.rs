@@ -4,6 +4,7 @@
 
 mod build;
 mod cache;
+mod cache_backends;
 mod containers;
 mod dockerfile_buildkit;
 mod dockerfile_e2e;

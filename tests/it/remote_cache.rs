@@ -27,7 +27,7 @@ RUN cat /app/out /deps.txt > /app/final
 ";
 
 /// A `docker-registry serve` child with its access log in a file, killed on drop.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
     port: u16,
     log: PathBuf,
@@ -41,7 +41,7 @@ impl Drop for Registry {
 }
 
 impl Registry {
-    fn start(dir: &Path) -> anyhow::Result<Registry> {
+    pub(crate) fn start(dir: &Path) -> anyhow::Result<Registry> {
         let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
         let config = dir.join("registry.yml");
         std::fs::write(
@@ -72,7 +72,7 @@ impl Registry {
         Ok(reg)
     }
 
-    fn reference(&self, repo_tag: &str) -> String {
+    pub(crate) fn reference(&self, repo_tag: &str) -> String {
         format!("127.0.0.1:{}/{repo_tag}", self.port)
     }
 

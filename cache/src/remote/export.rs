@@ -6,6 +6,7 @@ use super::format::{
     MEDIA_TYPE_CACHE_CONFIG, MountEntry, VERSION,
 };
 use super::import::Imported;
+use super::object::{ObjectClient, ObjectError, ObjectLocation};
 use super::{CacheLocation, RemoteError, Result, layout, mounts};
 use crate::oci::{self, Descriptor, Digest};
 use crate::registry::client::Client;
@@ -199,6 +200,22 @@ pub async fn export(
             report.mounted = counts.mounted.load(Ordering::Relaxed);
             report.present = counts.present.load(Ordering::Relaxed);
         }
+        CacheLocation::Object(o) => {
+            let client = ObjectClient::new(&o.backend).map_err(object_err(&name))?;
+            let (uploaded, present) =
+                export_objects(store, &client, o, &all, imported, &name).await?;
+            report.uploaded = uploaded;
+            report.present = present;
+            // Written last, once per name, after every blob it lists exists: a reader never
+            // sees a manifest whose blobs are still on their way.
+            let body = bytes::Bytes::from(manifest_bytes.clone());
+            for n in &o.names {
+                client
+                    .put_bytes(&o.manifest_key(n), body.clone())
+                    .await
+                    .map_err(object_err(&name))?;
+            }
+        }
         CacheLocation::Layout(dir) => {
             for b in &all {
                 if layout::has_blob(dir, &b.desc.digest) {
@@ -230,6 +247,58 @@ pub async fn export(
     }
     tracing::debug!(cache = %name, manifest = %report.manifest, uploaded = report.uploaded, "cache exported");
     Ok(report)
+}
+
+fn object_err(name: &str) -> impl Fn(ObjectError) -> RemoteError + '_ {
+    move |source| RemoteError::Object {
+        location: name.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// Sends the blobs an object store lacks (HEAD first; up to `upload_parallelism` at once) and
+/// touches old ones when `touch_refresh` says so. Returns (uploaded, present).
+async fn export_objects(
+    store: &Store,
+    client: &ObjectClient,
+    o: &ObjectLocation,
+    all: &[Blob],
+    imported: Option<&Imported>,
+    name: &str,
+) -> Result<(usize, usize)> {
+    client.prepare_export().await.map_err(object_err(name))?;
+    let (uploaded, present) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (uploaded_ref, present_ref) = (&uploaded, &present);
+    let jobs = all.iter().map(|b| async move {
+        let key = o.blob_key(&b.desc.digest);
+        if let Some(head) = client.head(&key).await.map_err(object_err(name))? {
+            if let (Some(limit), Some(age)) = (o.touch_refresh, head.age)
+                && age > limit
+            {
+                client.touch(&key).await.map_err(object_err(name))?;
+            }
+            present_ref.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if b.remote
+            && !store.has_blob(&b.desc.digest)
+            && let Some(i) = imported
+        {
+            i.fetch_remote_blob(store, &b.desc).await?;
+        }
+        let path = store.blob_path(&b.desc.digest);
+        client
+            .put_file(&key, &path, b.desc.size, o.part_size, o.upload_parallelism)
+            .await
+            .map_err(object_err(name))?;
+        uploaded_ref.fetch_add(1, Ordering::Relaxed);
+        Ok::<(), RemoteError>(())
+    });
+    futures_util::stream::iter(jobs)
+        .buffer_unordered(o.upload_parallelism.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok((uploaded.into_inner(), present.into_inner()))
 }
 
 #[derive(Debug, Default)]

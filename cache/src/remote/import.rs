@@ -5,6 +5,7 @@ use super::format::{
     CacheConfig, CacheLayer, CacheManifest, INLINE_KEY, MEDIA_TYPE_CACHE_CONFIG, MountEntry,
 };
 use super::mounts::{self, Chunked};
+use super::object::{ObjectClient, ObjectLocation};
 use super::{CacheLocation, RemoteError, Result, layout};
 use crate::oci::{self, Descriptor, Digest};
 use crate::registry::client::{Client, ClientError};
@@ -33,6 +34,13 @@ pub(crate) enum Source {
     },
     /// An OCI layout directory.
     Layout(PathBuf),
+    /// An object store.
+    Object {
+        /// Its client.
+        client: Box<ObjectClient>,
+        /// Where the blobs are.
+        location: Box<ObjectLocation>,
+    },
 }
 
 #[derive(Debug)]
@@ -182,6 +190,13 @@ impl Imported {
                     file = layout::blob_path(dir, &desc.digest);
                     LayerSource::File(&file)
                 }
+                Source::Object { .. } => {
+                    // Downloaded into the store (verified against its digest), then unpacked
+                    // from there by the same code that resumes an interrupted pull.
+                    self.fetch_blob(store, cache, &desc).await?;
+                    file = store.blob_path(&desc.digest);
+                    LayerSource::File(&file)
+                }
             };
             fetch_layer_from(store, source, &desc, diff_id, &location, &self.opts)
                 .await
@@ -226,6 +241,25 @@ impl Imported {
                     .await
                     .map_err(task_err)?
                     .map_err(store_err)?;
+            }
+            Source::Object {
+                client,
+                location: loc,
+            } => {
+                let key = loc.blob_key(&desc.digest);
+                let mut attempt = 0u32;
+                loop {
+                    match download_object(store, client, &key, desc, &location).await {
+                        Ok(()) => break,
+                        Err(e) if attempt < self.opts.retries && is_transient(&e) => {
+                            tracing::debug!(digest = %desc.digest, error = %e, attempt, "retrying");
+                            tokio::time::sleep(self.opts.retry_base * 2u32.pow(attempt.min(8)))
+                                .await;
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             Source::Registry { client, repo } => {
                 // Transient failures (connection, 5xx, a stream cut short) retry the whole
@@ -323,7 +357,7 @@ impl Imported {
     pub(crate) fn blob_repo(&self, digest: &Digest) -> Option<(&str, &str)> {
         match &self.cache_of_blob(digest)?.source {
             Source::Registry { client, repo } => Some((client.registry(), repo.as_str())),
-            Source::Layout(_) => None,
+            Source::Layout(_) | Source::Object { .. } => None,
         }
     }
 
@@ -356,6 +390,56 @@ async fn download(
             location: location.to_owned(),
             source: Box::new(source),
         })?;
+    ingest(store, resp, desc, location, |source| RemoteError::Client {
+        location: location.to_owned(),
+        source: Box::new(ClientError::Network {
+            registry: client.registry().to_owned(),
+            what: format!("GET blob {}", desc.digest),
+            source,
+        }),
+    })
+    .await
+}
+
+/// One download of blob `desc` from object `key` into the store, verified against its digest.
+async fn download_object(
+    store: &Store,
+    client: &ObjectClient,
+    key: &str,
+    desc: &Descriptor,
+    location: &str,
+) -> Result<()> {
+    let object_err = |source| RemoteError::Object {
+        location: location.to_owned(),
+        source: Box::new(source),
+    };
+    let resp = client
+        .get(key)
+        .await
+        .map_err(object_err)?
+        .ok_or_else(|| RemoteError::Missing {
+            location: location.to_owned(),
+            key: key.to_owned(),
+        })?;
+    ingest(store, resp, desc, location, |source| {
+        object_err(super::object::ObjectError::Network {
+            op: "GET",
+            key: key.to_owned(),
+            source,
+        })
+    })
+    .await
+}
+
+/// Streams a response body into the store as blob `desc`: never more than its size, and
+/// stored only when it matches its digest. `net_err` names a cut connection.
+async fn ingest(
+    store: &Store,
+    resp: reqwest::Response,
+    desc: &Descriptor,
+    location: &str,
+    net_err: impl FnOnce(reqwest::Error) -> RemoteError,
+) -> Result<()> {
     let task_err = |source| RemoteError::Task {
         location: location.to_owned(),
         source,
@@ -387,14 +471,7 @@ async fn download(
     drop(tx_blob);
     let ingested = ingest.await.map_err(task_err)?;
     if let Some(source) = net_error {
-        return Err(RemoteError::Client {
-            location: location.to_owned(),
-            source: Box::new(ClientError::Network {
-                registry: client.registry().to_owned(),
-                what: format!("GET blob {}", desc.digest),
-                source,
-            }),
-        });
+        return Err(net_err(source));
     }
     let store_err = |source| RemoteError::Store {
         location: location.to_owned(),
@@ -445,6 +522,7 @@ impl std::io::Read for ChannelReader {
 fn is_transient(e: &RemoteError) -> bool {
     match e {
         RemoteError::Client { source, .. } => source.is_transient(),
+        RemoteError::Object { source, .. } => source.is_transient(),
         RemoteError::Store { source, .. } => {
             matches!(**source, crate::store::StoreError::Io { .. })
         }
@@ -463,6 +541,35 @@ async fn read(loc: &CacheLocation, opts: &RegistryOptions) -> Result<(Source, Ca
             let config_bytes = layout::read_blob(dir, &manifest.config.digest)?;
             let config = parse_config(&location, &manifest, &config_bytes)?;
             Ok((Source::Layout(dir.clone()), config))
+        }
+        CacheLocation::Object(o) => {
+            let object_err = |source| RemoteError::Object {
+                location: location.clone(),
+                source: Box::new(source),
+            };
+            let client = ObjectClient::new(&o.backend).map_err(object_err)?;
+            // BuildKit reads the first name; the others are written for other readers.
+            let key = o.manifest_key(o.names.first().map(String::as_str).unwrap_or_default());
+            let body = get_small_object(&client, &key, &location).await?;
+            let manifest = parse_manifest(&location, &body)?;
+            let config_key = o.blob_key(&manifest.config.digest);
+            let config_bytes = get_small_object(&client, &config_key, &location).await?;
+            let actual = Digest::of(&config_bytes);
+            if actual != manifest.config.digest {
+                return Err(RemoteError::DigestMismatch {
+                    location,
+                    expected: manifest.config.digest.clone(),
+                    actual,
+                });
+            }
+            let config = parse_config(&location, &manifest, &config_bytes)?;
+            Ok((
+                Source::Object {
+                    client: Box::new(client),
+                    location: o.clone(),
+                },
+                config,
+            ))
         }
         CacheLocation::Registry(r) => {
             let repo = r.repository.clone();
@@ -507,6 +614,39 @@ async fn read(loc: &CacheLocation, opts: &RegistryOptions) -> Result<(Source, Ca
             ))
         }
     }
+}
+
+/// A manifest or config object, at most [`MAX_CONFIG_SIZE`] bytes read.
+async fn get_small_object(client: &ObjectClient, key: &str, location: &str) -> Result<Vec<u8>> {
+    let object_err = |source| RemoteError::Object {
+        location: location.to_owned(),
+        source: Box::new(source),
+    };
+    super::object::retry(|| async {
+        let Some(resp) = client.get(key).await? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| super::object::ObjectError::Network {
+                op: "GET",
+                key: key.to_owned(),
+                source,
+            })?;
+            out.extend_from_slice(&chunk);
+            if out.len() > MAX_CONFIG_SIZE {
+                break;
+            }
+        }
+        Ok(Some(out))
+    })
+    .await
+    .map_err(object_err)?
+    .ok_or_else(|| RemoteError::Missing {
+        location: location.to_owned(),
+        key: key.to_owned(),
+    })
 }
 
 async fn get_small_blob(

@@ -12,15 +12,20 @@
 //!   against their digest and diff_id on the way in.
 //! - [`inline`]: the cache config embedded in the image config (`type=inline`).
 //! - [`mounts`]: cache mount directories as content-addressed chunks.
+//! - [`object`]: object stores ([`s3`], [`azblob`]) as a third kind of place: the same
+//!   manifest, config and blobs as plain objects in BuildKit's key layout.
 //!
 //! This module knows nothing of build graphs: the solver hands it keys and layer chains.
 
+pub mod azblob;
 pub mod export;
 pub mod format;
 pub mod import;
 pub mod inline;
 mod layout;
 pub mod mounts;
+pub mod object;
+pub mod s3;
 
 use crate::oci::Digest;
 use crate::reference::Reference;
@@ -37,6 +42,8 @@ pub enum CacheLocation {
     Registry(Reference),
     /// `type=local,src|dest=DIR`: an OCI image layout directory.
     Layout(PathBuf),
+    /// `type=s3` / `type=azblob`: objects in a bucket or container.
+    Object(Box<object::ObjectLocation>),
 }
 
 impl fmt::Display for CacheLocation {
@@ -44,6 +51,7 @@ impl fmt::Display for CacheLocation {
         match self {
             CacheLocation::Registry(r) => write!(f, "{r}"),
             CacheLocation::Layout(p) => write!(f, "{}", p.display()),
+            CacheLocation::Object(o) => write!(f, "{o}"),
         }
     }
 }
@@ -69,6 +77,23 @@ pub enum RemoteError {
         /// The cause.
         #[source]
         source: Box<ClientError>,
+    },
+    /// An object store request failed.
+    #[error("cache {location}")]
+    Object {
+        /// The cache (it names the backend and the bucket or container).
+        location: String,
+        /// The cause.
+        #[source]
+        source: Box<object::ObjectError>,
+    },
+    /// An object the cache needs is not there (`not found` for a manifest: not exported yet).
+    #[error("cache {location}: {key} not found")]
+    Missing {
+        /// The cache.
+        location: String,
+        /// The object key.
+        key: String,
     },
     /// Sending a blob failed.
     #[error("cache {location}")]

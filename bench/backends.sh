@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Cache backends benchmark (issue 14): the same build shared through each backend, all
+# servers local on 127.0.0.1 (so it measures kiln's requests and work, not a network):
+#
+#   registry  Debian's docker-registry (CNCF distribution)
+#   local     an OCI layout directory
+#   s3        moto_server (PyPI moto[server])
+#   azblob    azurite-blob (npm azurite), telemetry off
+#
+# For each backend and run:
+#   reexport  `--cache-to ...,mode=max` of a build already exported: the export line's time
+#             (target: under 1 s)
+#   fresh     a fresh runner (empty KILN_ROOT, busybox imported) building with --cache-from
+#             (zero RUN executed); target: within 1.2x of the registry backend's fresh time
+#   requests  requests the fresh runner sent to the server (from its access log)
+#
+#   bench/backends.sh                         # SIZE_MIB=32 RUNS=5, target/release/kiln
+#   RUNS=3 KILN=target/debug/kiln bench/backends.sh
+#
+# Needs root, /bin/busybox, docker-registry, moto_server, azurite-blob, python3, bc.
+set -euo pipefail
+SIZE_MIB=${SIZE_MIB:-32}
+RUNS=${RUNS:-5}
+cd "$(dirname "$0")/.."
+KILN=$(readlink -f "${KILN:-target/release/kiln}")
+[ -x "$KILN" ] || { echo "bench/backends.sh: $KILN missing: cargo build --release -p kiln-cli" >&2; exit 1; }
+for tool in docker-registry moto_server azurite-blob python3 bc /bin/busybox; do
+    command -v "$tool" >/dev/null || { echo "bench/backends.sh: $tool is missing" >&2; exit 1; }
+done
+
+W=$(mktemp -d /var/tmp/kiln-backends-bench.XXXXXX)
+REG_ACCESSLOG=1
+source "$(dirname "$0")/lib/registry.sh"
+PIDS=()
+cleanup() {
+    stop_registry
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
+    echo "bench/backends.sh: nothing listens on $1" >&2; exit 1
+}
+
+start_registry
+S3_PORT=$(free_port)
+moto_server -H 127.0.0.1 -p "$S3_PORT" 2>"$W/s3.log" >/dev/null &
+PIDS+=($!)
+AZ_PORT=$(free_port)
+azurite-blob --blobHost 127.0.0.1 --blobPort "$AZ_PORT" --location "$W/azurite" \
+    --disableTelemetry --skipApiVersionCheck >"$W/azblob.log" 2>/dev/null &
+PIDS+=($!)
+wait_port "$S3_PORT"; wait_port "$AZ_PORT"
+python3 - "$S3_PORT" <<'PY'
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1])); c.request("PUT", "/bench"); assert c.getresponse().status == 200
+PY
+AZ_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
+
+# spec BACKEND NAME: the --cache-from value (add ,mode=max for --cache-to).
+spec() {
+    case $1 in
+    registry) echo "type=registry,ref=127.0.0.1:$PORT/bench/cache:$2" ;;
+    local) echo "type=local,dest=$W/layout-$2" ;;
+    s3) echo "type=s3,region=us-east-1,bucket=bench,endpoint_url=http://127.0.0.1:$S3_PORT,use_path_style=true,access_key_id=AKIABENCH,secret_access_key=x,name=$2" ;;
+    azblob) echo "type=azblob,account_url=http://127.0.0.1:$AZ_PORT/devstoreaccount1,secret_access_key=$AZ_KEY,container=bench,name=$2" ;;
+    esac
+}
+from_spec() { spec "$@" | sed 's/,dest=/,src=/'; }
+log_of() {
+    case $1 in registry) echo "$W/reg/log" ;; s3) echo "$W/s3.log" ;; azblob) echo "$W/azblob.log" ;; *) echo /dev/null ;; esac
+}
+# Requests in a log: lines naming an HTTP method in quotes (the access log format of all three).
+requests() { grep -cE '"(GET|HEAD|PUT|POST|PATCH|DELETE) ' "$1" 2>/dev/null || true; }
+
+mkdir -p "$W/rootfs/bin" "$W/rootfs/etc" "$W/rootfs/tmp"
+cp /bin/busybox "$W/rootfs/bin/"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$W/rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' > "$W/rootfs/etc/passwd"
+echo 'root:x:0:' > "$W/rootfs/etc/group"
+tar -C "$W/rootfs" --mtime=@0 --owner=0 --group=0 --sort=name -cf "$W/busybox.tar" .
+
+mkdir -p "$W/ctx"
+head -c 1M /dev/urandom > "$W/ctx/src.bin"
+cat > "$W/ctx/Dockerfile" <<DF
+FROM busybox AS builder
+RUN dd if=/dev/urandom of=/toolchain bs=1048576 count=${SIZE_MIB} 2>/dev/null && echo built > /artifact
+
+FROM busybox
+RUN dd if=/dev/urandom of=/runtime-data bs=1048576 count=$((SIZE_MIB / 2)) 2>/dev/null
+COPY src.bin /app/src.bin
+COPY --from=builder /artifact /app/artifact
+RUN cat /app/artifact > /app/ready
+DF
+
+new_root() {
+    rm -rf "$1"
+    KILN_ROOT="$1" "$KILN" import --change 'ENV PATH=/bin' "$W/busybox.tar" busybox >/dev/null
+}
+now() { date +%s.%N; }
+t() {
+    local s; s=$(now)
+    if ! "$@" >"$W/out" 2>&1; then echo "bench/backends.sh: failed: $*" >&2; tail -20 "$W/out" >&2; exit 1; fi
+    echo "$(now) - $s" | bc -l
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+BACKENDS="registry local s3 azblob"
+for i in $(seq "$RUNS"); do
+    echo "run $i/$RUNS..." >&2
+    new_root "$W/a"
+    for b in $BACKENDS; do
+        to="$(spec $b run$i),mode=max"
+        KILN_ROOT="$W/a" t "$KILN" build --progress plain -t app "$W/ctx" --cache-to "$to" >/dev/null
+        KILN_ROOT="$W/a" t "$KILN" build --progress plain -t app "$W/ctx" --cache-to "$to" >/dev/null
+        sed -n 's/^exporting cache to .* in \([0-9.]*\)s$/\1/p' "$W/out" >> "$W/$b.reexport"
+        grep -q '(0 uploaded, 0 mounted' "$W/out" || { echo "$b: re-export uploaded something:" >&2; grep exporting "$W/out" >&2; exit 1; }
+    done
+    for b in $BACKENDS; do
+        new_root "$W/f"
+        log=$(log_of $b); before=$(requests "$log")
+        KILN_ROOT="$W/f" t "$KILN" build --progress plain -t app --cache-from "$(from_spec $b run$i)" "$W/ctx" >> "$W/$b.fresh"
+        if grep -q 'cache miss' "$W/out"; then echo "$b: fresh runner missed the cache:" >&2; grep 'cache miss' "$W/out" >&2; exit 1; fi
+        echo $(( $(requests "$log") - before )) >> "$W/$b.requests"
+    done
+done
+
+reg=$(median < "$W/registry.fresh")
+printf '%-10s %14s %12s %16s %18s\n' backend "re-export (s)" "fresh (s)" "fresh/registry" "requests (fresh)"
+for b in $BACKENDS; do
+    f=$(median < "$W/$b.fresh")
+    req=$(median < "$W/$b.requests"); [ "$b" = local ] && req="- (files)"
+    printf '%-10s %14.3f %12.3f %16.2f %18s\n' "$b" "$(median < "$W/$b.reexport")" "$f" "$(echo "$f / $reg" | bc -l)" "$req"
+done
+echo "(medians of $RUNS; builder stage ${SIZE_MIB} MiB, final image $((SIZE_MIB / 2)) MiB + 1 MiB; $KILN; load: $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -1,0 +1,357 @@
+//! `type=s3`: Amazon S3 and S3-compatible servers. Every request is a SigV4-presigned URL
+//! (rusty-s3 signs, reqwest sends): the payload is not signed (`UNSIGNED-PAYLOAD`), so a
+//! layer streams from disk without being read twice to hash it.
+
+use super::object::Head;
+use super::object::{ObjResult, ObjectError, Secret, check, file_body, head_of, retry, xml_text};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use rusty_s3::{Bucket, Method, UrlStyle};
+use std::path::Path;
+use std::time::Duration;
+
+/// Presigned URLs are used at once; this only bounds a clock skew and a slow upload start.
+const EXPIRES: u64 = 3600;
+
+/// Where the bucket is and who we are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// Its region (signed into every request).
+    pub region: String,
+    /// An S3-compatible server instead of AWS (`http://127.0.0.1:9000`).
+    pub endpoint_url: Option<String>,
+    /// `endpoint/bucket/key` instead of `bucket.endpoint/key`.
+    pub use_path_style: bool,
+    /// None: anonymous (unsigned) requests.
+    pub credentials: Option<S3Credentials>,
+}
+
+/// Static AWS credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// `AKIA...`
+    pub access_key_id: String,
+    /// The secret key.
+    pub secret_access_key: Secret,
+    /// For temporary credentials.
+    pub session_token: Option<Secret>,
+}
+
+/// A bucket's client.
+#[derive(Debug)]
+pub(crate) struct S3Client {
+    bucket: Bucket,
+    credentials: Option<S3Credentials>,
+    http: reqwest::Client,
+}
+
+impl S3Client {
+    /// Fails when the endpoint cannot name the bucket.
+    pub(crate) fn new(c: &S3Config, http: reqwest::Client) -> ObjResult<S3Client> {
+        let endpoint = c
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", c.region));
+        let url = url::Url::parse(&endpoint).map_err(|source| ObjectError::Url {
+            url: endpoint.clone(),
+            source,
+        })?;
+        let style = if c.use_path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket =
+            Bucket::new(url, style, c.bucket.clone(), c.region.clone()).map_err(|source| {
+                ObjectError::Bucket {
+                    bucket: c.bucket.clone(),
+                    url: endpoint,
+                    source,
+                }
+            })?;
+        Ok(S3Client {
+            bucket,
+            credentials: c.credentials.clone(),
+            http,
+        })
+    }
+
+    /// The presigned URL of `method` on `key` with `query` and the signed `headers` (both
+    /// sorted by name; header names lowercase).
+    fn url(
+        &self,
+        method: Method,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> url::Url {
+        let mut url = self.bucket.object_url(key);
+        match &self.credentials {
+            Some(c) => rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                method,
+                url,
+                &c.access_key_id,
+                &c.secret_access_key.0,
+                c.session_token.as_ref().map(|t| t.0.as_str()),
+                self.bucket.region(),
+                EXPIRES,
+                query.iter().copied(),
+                headers.iter().copied(),
+            ),
+            None => {
+                if !query.is_empty() {
+                    url.query_pairs_mut().extend_pairs(query.iter().copied());
+                }
+                url
+            }
+        }
+    }
+
+    pub(crate) async fn head(&self, key: &str) -> ObjResult<Option<Head>> {
+        let url = self.url(Method::Head, key, &[], &[]);
+        let resp = check(self.http.head(url).send().await, "HEAD", key, true).await?;
+        Ok(resp.as_ref().map(head_of))
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> ObjResult<Option<reqwest::Response>> {
+        let url = self.url(Method::Get, key, &[], &[]);
+        check(self.http.get(url).send().await, "GET", key, true).await
+    }
+
+    pub(crate) async fn put(&self, key: &str, body: reqwest::Body, len: u64) -> ObjResult<()> {
+        let url = self.url(Method::Put, key, &[], &[]);
+        let req = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        check(req.send().await, "PUT", key, false).await.map(drop)
+    }
+
+    /// CopyObject onto itself with new metadata: S3 refuses a copy that changes nothing.
+    pub(crate) async fn touch(&self, key: &str) -> ObjResult<()> {
+        let encoded = self.bucket.object_url(key);
+        let base = self.bucket.base_url().path().len();
+        let source = format!("/{}/{}", self.bucket.name(), &encoded.path()[base..]);
+        let headers = [
+            ("x-amz-copy-source", source.as_str()),
+            ("x-amz-metadata-directive", "REPLACE"),
+        ];
+        let url = self.url(Method::Put, key, &[], &headers);
+        let mut req = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, 0);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        check(req.send().await, "PUT (copy)", key, false)
+            .await
+            .map(drop)
+    }
+
+    /// A multipart upload of `path`: create, upload the parts (each retried alone), complete.
+    /// A failed upload is aborted so that its parts do not linger (and cost).
+    pub(crate) async fn put_multipart(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        part_size: u64,
+        parallel: usize,
+    ) -> ObjResult<()> {
+        let id = retry(|| async {
+            let url = self.url(Method::Post, key, &[("uploads", "")], &[]);
+            let resp = check(
+                self.http
+                    .post(url)
+                    .header(reqwest::header::CONTENT_LENGTH, 0)
+                    .send()
+                    .await,
+                "POST (create multipart upload)",
+                key,
+                false,
+            )
+            .await?
+            .expect("only missing_ok gives None");
+            let body = resp.text().await.map_err(|source| ObjectError::Network {
+                op: "POST (create multipart upload)",
+                key: key.to_owned(),
+                source,
+            })?;
+            xml_text(&body, "UploadId")
+                .map(str::to_owned)
+                .ok_or_else(|| ObjectError::Answer {
+                    op: "POST (create multipart upload)",
+                    key: key.to_owned(),
+                    what: "UploadId",
+                })
+        })
+        .await?;
+        let result = self
+            .upload_parts(key, &id, path, size, part_size, parallel)
+            .await;
+        if result.is_err() {
+            let url = self.url(Method::Delete, key, &[("uploadId", &id)], &[]);
+            if let Err(error) = self.http.delete(url).send().await {
+                tracing::debug!(%error, key, "aborting a multipart upload failed");
+            }
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        id: &str,
+        path: &Path,
+        size: u64,
+        part_size: u64,
+        parallel: usize,
+    ) -> ObjResult<()> {
+        let parts = size.div_ceil(part_size);
+        let jobs = (0..parts).map(|i| async move {
+            let (offset, len) = (i * part_size, part_size.min(size - i * part_size));
+            let n = (i + 1).to_string();
+            let etag = retry(|| async {
+                let url = self.url(
+                    Method::Put,
+                    key,
+                    &[("partNumber", &n), ("uploadId", id)],
+                    &[],
+                );
+                let body = file_body(path, offset, len).await?;
+                let req = self
+                    .http
+                    .put(url)
+                    .header(reqwest::header::CONTENT_LENGTH, len)
+                    .body(body);
+                let resp = check(req.send().await, "PUT (upload part)", key, false)
+                    .await?
+                    .expect("only missing_ok gives None");
+                resp.headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .ok_or_else(|| ObjectError::Answer {
+                        op: "PUT (upload part)",
+                        key: key.to_owned(),
+                        what: "ETag",
+                    })
+            })
+            .await?;
+            Ok::<_, ObjectError>((i + 1, etag))
+        });
+        let mut etags: Vec<(u64, String)> = futures_util::stream::iter(jobs)
+            .buffer_unordered(parallel.max(1))
+            .try_collect()
+            .await?;
+        etags.sort();
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (n, etag) in &etags {
+            xml.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        retry(|| async {
+            let url = self.url(Method::Post, key, &[("uploadId", id)], &[]);
+            let resp = check(
+                self.http.post(url).body(xml.clone()).send().await,
+                "POST (complete multipart upload)",
+                key,
+                false,
+            )
+            .await?
+            .expect("only missing_ok gives None");
+            // S3 may answer 200 and put the error in the body (a slow completion).
+            let body = resp.text().await.map_err(|source| ObjectError::Network {
+                op: "POST (complete multipart upload)",
+                key: key.to_owned(),
+                source,
+            })?;
+            match xml_text(&body, "Code") {
+                Some(code) => Err(ObjectError::Status {
+                    op: "POST (complete multipart upload)",
+                    key: key.to_owned(),
+                    status: 500,
+                    code: Some(code.to_owned()),
+                }),
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+}
+
+/// Parses `touch_refresh` (BuildKit takes Go durations: `24h`, `30m`, `90s`, `1h30m`).
+///
+/// Returns None for anything else.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("1d"), None);
+    }
+
+    #[test]
+    fn presigned_urls_name_the_bucket_by_style() {
+        let mut c = S3Config {
+            bucket: "cache".into(),
+            region: "eu-west-1".into(),
+            endpoint_url: Some("http://127.0.0.1:9000".into()),
+            use_path_style: true,
+            credentials: Some(S3Credentials {
+                access_key_id: "AKIAEXAMPLE".into(),
+                secret_access_key: Secret("s".into()),
+                session_token: None,
+            }),
+        };
+        let client = S3Client::new(&c, reqwest::Client::new()).unwrap();
+        let u = client.url(Method::Get, "blobs/sha256:ab", &[], &[]);
+        assert_eq!(u.host_str(), Some("127.0.0.1"));
+        assert!(u.path().starts_with("/cache/blobs/sha256"), "{u}");
+        assert!(u.query().unwrap().contains("X-Amz-Signature="), "{u}");
+        assert!(u.query().unwrap().contains("eu-west-1"), "{u}");
+        // Virtual-host style cannot put a bucket in front of an IP address.
+        c.use_path_style = false;
+        let e = S3Client::new(&c, reqwest::Client::new()).unwrap_err();
+        assert!(e.to_string().contains("use_path_style=true"), "{e}");
+    }
+}

@@ -1,0 +1,732 @@
+//! Object store cache backends (`type=s3`, `type=azblob`) against real servers started here on
+//! free 127.0.0.1 ports: moto's S3 server (PyPI `moto[server]`, binary `moto_server`) and
+//! Microsoft's Azure Storage emulator azurite (npm `azurite`, binary `azurite-blob`, run with
+//! telemetry off). Each server writes an access log, which the tests read to count requests.
+//! Then the fleet test: four runners at once against one cache on every backend.
+
+use crate::harness::{TestDir, executed_runs, privileged, text};
+use anyhow::{Context as _, ensure};
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Three stages, as in remote_cache.rs: `a.txt` matters only to `builder`, `b.txt` only to
+/// the final stage; the final stage also uses a cache mount.
+const DOCKERFILE: &str = "\
+FROM busybox AS deps
+RUN echo deps > /deps.txt
+
+FROM busybox AS builder
+RUN echo building > /built
+COPY a.txt /a.txt
+RUN cat /a.txt /built > /out
+
+FROM busybox
+COPY b.txt /b.txt
+COPY --from=deps /deps.txt /deps.txt
+COPY --from=builder /out /app/out
+RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
+    ( [ -f /var/cache/pkgs/tool ] || echo fetched > /var/cache/pkgs/tool ) && \
+    cat /app/out /deps.txt /var/cache/pkgs/tool > /app/final
+";
+
+/// The azurite emulator's documented development account and key.
+const AZ_ACCOUNT: &str = "devstoreaccount1";
+const AZ_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Polling the port is the only readiness signal either server gives.
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// One plain HTTP/1.1 request to 127.0.0.1:`port` (for setup only); returns the status.
+fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {resp:?}"))
+}
+
+/// A server child whose access log goes to a file, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// moto: the S3 server of the tests. It checks no signature of a presigned request (and
+    /// fails with a 500 when auth is switched on), so signatures are checked with:
+    S3,
+    /// s3rver (npm): checks the access key id of every signed request, presigned ones
+    /// included, against its built-in `S3RVER` (it does not recompute V4 signatures).
+    S3rver,
+    Azblob,
+}
+
+const BUCKET: &str = "kiln-cache";
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn tools(kind: Kind) -> &'static [&'static str] {
+        match kind {
+            Kind::S3 => &["moto_server"],
+            Kind::S3rver => &["s3rver"],
+            Kind::Azblob => &["azurite-blob"],
+        }
+    }
+
+    fn start(kind: Kind, dir: &Path) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let log = dir.join(format!("{kind:?}-access.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = match kind {
+            // moto logs each request (werkzeug's access log) on stderr.
+            Kind::S3 => Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(out)
+                .spawn()
+                .context("starting moto_server")?,
+            Kind::S3rver => Command::new("s3rver")
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "--no-vhost-buckets",
+                ])
+                .arg("-d")
+                .arg(dir.join("s3rver"))
+                .args(["--configure-bucket", BUCKET])
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting s3rver")?,
+            // azurite logs each request on stdout unless --silent.
+            Kind::Azblob => Command::new("azurite-blob")
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .arg("--location")
+                .arg(dir.join("azurite"))
+                .args(["--disableTelemetry", "--skipApiVersionCheck"])
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting azurite-blob")?,
+        };
+        let s = Server {
+            child,
+            port,
+            log,
+            kind,
+        };
+        wait_for_port(port, &format!("{kind:?} server"))?;
+        if kind == Kind::S3 {
+            let status = http(port, "PUT", &format!("/{BUCKET}"), "")?;
+            ensure!(status == 200, "creating the bucket: HTTP {status}");
+        }
+        Ok(s)
+    }
+
+    /// A `--cache-to`/`--cache-from` value for cache `name` (the container or bucket is
+    /// `kiln-cache`), with `extra` options.
+    fn spec(&self, name: &str, extra: &str) -> String {
+        let p = self.port;
+        let s = match self.kind {
+            Kind::S3 => format!(
+                "type=s3,region=us-east-1,bucket={BUCKET},endpoint_url=http://127.0.0.1:{p},\
+                 use_path_style=true,access_key_id=AKIAKILNTEST,secret_access_key=kiln,\
+                 prefix=ci/,name={name}"
+            ),
+            Kind::S3rver => format!(
+                "type=s3,region=us-east-1,bucket={BUCKET},endpoint_url=http://127.0.0.1:{p},\
+                 use_path_style=true,access_key_id=S3RVER,secret_access_key=S3RVER,\
+                 prefix=ci/,name={name}"
+            ),
+            Kind::Azblob => format!(
+                "type=azblob,account_url=http://127.0.0.1:{p}/{AZ_ACCOUNT},\
+                 secret_access_key={AZ_KEY},container={BUCKET},prefix=ci,name={name}"
+            ),
+        };
+        if extra.is_empty() {
+            s
+        } else {
+            format!("{s},{extra}")
+        }
+    }
+
+    /// Access log lines of `method` requests whose target contains `path`, answered 2xx.
+    fn requests(&self, method: &str, path: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.contains(&format!("\"{method} ")) && l.contains(path) && {
+                    // `"METHOD /path HTTP/1.1" STATUS`
+                    let after = l.rsplit('"').next().unwrap_or_default().trim_start();
+                    after.starts_with('2')
+                }
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Blob writes so far (single PUTs and parts).
+    fn blob_puts(&self) -> usize {
+        self.requests("PUT", "/blobs/").len()
+    }
+}
+
+/// A build's rawjson events, its image digest and its stderr.
+struct Built {
+    events: Vec<serde_json::Value>,
+    digest: String,
+    stderr: String,
+}
+
+fn build(t: &TestDir, extra: &[&str]) -> anyhow::Result<Built> {
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let mut args = vec!["build", "--progress", "rawjson", "-t", "app:1"];
+    args.extend_from_slice(extra);
+    args.push(ctx);
+    let out = t.ok(&args)?;
+    parse_built(&out)
+}
+
+fn parse_built(out: &std::process::Output) -> anyhow::Result<Built> {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let digest = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("writing image ")?.strip_suffix(" done"))
+        .with_context(|| format!("no image digest in:\n{}", text(out)))?
+        .to_owned();
+    Ok(Built {
+        events: crate::harness::events(out)?,
+        digest,
+        stderr,
+    })
+}
+
+/// A test dir with busybox imported and the Dockerfile.
+fn project() -> anyhow::Result<TestDir> {
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", DOCKERFILE);
+    t.write("a.txt", "a\n");
+    t.write("b.txt", "b\n");
+    Ok(t)
+}
+
+/// The project and a server of `kind` in its temp dir, or None when the test is skipped.
+fn setup(kind: Kind) -> anyhow::Result<Option<(TestDir, Server)>> {
+    if !privileged(Server::tools(kind)) {
+        return Ok(None);
+    }
+    let t = project()?;
+    let s = Server::start(kind, t.dir.path())?;
+    Ok(Some((t, s)))
+}
+
+fn ran_lines(b: &Built) -> Vec<String> {
+    executed_runs(&b.events)
+}
+
+/// Export (mode=max, mounts) from one runner; a fresh runner (new KILN_ROOT) builds with zero
+/// RUN steps and the same digest; re-export sends no blob; one changed file reruns only its
+/// dependents; the cache mount travelled.
+fn round_trip(kind: Kind) -> anyhow::Result<()> {
+    let Some((t, srv)) = setup(kind)? else {
+        return Ok(());
+    };
+    let to = srv.spec("main", "mode=max,mounts=true");
+    let from = srv.spec("main", "");
+    // The first CI run: nothing to import yet, which is a warning naming the backend.
+    let first = build(&t, &["--cache-from", &from, "--cache-to", &to])?;
+    ensure!(ran_lines(&first).len() == 4, "{}", first.stderr);
+    let backend = match kind {
+        Kind::S3 | Kind::S3rver => format!("s3 bucket {BUCKET}"),
+        Kind::Azblob => format!("azblob container {BUCKET}"),
+    };
+    ensure!(
+        first.stderr.contains("warning: cache not imported")
+            && first.stderr.contains(&backend)
+            && first.stderr.contains("not found"),
+        "{}",
+        first.stderr
+    );
+    let puts = srv.blob_puts();
+    ensure!(puts > 0, "no blob PUT in the access log");
+
+    // Re-export of an unchanged build: HEADs only, no blob is written again.
+    let again = build(&t, &["--cache-to", &to])?;
+    ensure!(
+        srv.blob_puts() == puts,
+        "re-export wrote blobs: {:?}\n{}",
+        srv.requests("PUT", "/blobs/"),
+        again.stderr
+    );
+    ensure!(again.stderr.contains("0 uploaded"), "{}", again.stderr);
+
+    // A fresh runner: zero RUN steps, the same image, the cache mount restored.
+    let fresh = project()?;
+    let manifest_gets = srv.requests("GET", "manifests/main").len();
+    let second = build(&fresh, &["--cache-from", &from])?;
+    ensure!(
+        ran_lines(&second).is_empty() && second.digest == first.digest,
+        "ran {:?}; {} vs {}\n{}",
+        ran_lines(&second),
+        second.digest,
+        first.digest,
+        second.stderr
+    );
+    ensure!(srv.requests("GET", "manifests/main").len() == manifest_gets + 1);
+    let out = fresh.ok(&["run", "--rm", "app:1", "cat", "/app/final"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "a\nbuilding\ndeps\nfetched\n",
+        "{}",
+        text(&out)
+    );
+
+    // One changed file: only the steps after it run, and the cache mount comes from the
+    // cache (the RUN finds `tool` instead of writing it).
+    let changed = project()?;
+    changed.write("a.txt", "changed\n");
+    let third = build(&changed, &["--cache-from", &from])?;
+    let ran = ran_lines(&third);
+    ensure!(
+        ran.len() == 2
+            && ran.iter().any(|r| r.contains("RUN cat /a.txt"))
+            && ran.iter().any(|r| r.contains("cat /app/out")),
+        "ran {ran:?}\n{}",
+        third.stderr
+    );
+    let mount = std::fs::read_dir(changed.root.join("cachemounts"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("pkgs-"))
+        })
+        .context("no pkgs cache mount")?;
+    ensure!(std::fs::read_to_string(mount.join("tool"))? == "fetched\n");
+    Ok(())
+}
+
+#[test]
+fn s3_fresh_runner_hits_reexport_uploads_nothing_and_changes_rerun_dependents() -> anyhow::Result<()>
+{
+    round_trip(Kind::S3)
+}
+
+#[test]
+fn azblob_fresh_runner_hits_reexport_uploads_nothing_and_changes_rerun_dependents()
+-> anyhow::Result<()> {
+    round_trip(Kind::Azblob)
+}
+
+/// mode=min carries the final image's steps only: when the final stage's first step misses,
+/// its builder stage runs again from a min cache and not from a max one.
+fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
+    let Some((t, srv)) = setup(kind)? else {
+        return Ok(());
+    };
+    build(
+        &t,
+        &[
+            "--cache-to",
+            &srv.spec("min", "mode=min"),
+            "--cache-to",
+            &srv.spec("max", "mode=max"),
+        ],
+    )?;
+    for (name, want) in [("min", 4), ("max", 1)] {
+        let fresh = project()?;
+        fresh.write("b.txt", "changed\n");
+        let b = build(&fresh, &["--cache-from", &srv.spec(name, "")])?;
+        let ran = ran_lines(&b);
+        ensure!(ran.len() == want, "{name}: ran {ran:?}\n{}", b.stderr);
+    }
+    if kind == Kind::S3 {
+        // touch_refresh=0s: every blob already there is older than that, so a re-export
+        // copies each onto itself (CopyObject) instead of uploading it; the cache still works.
+        let before = srv.requests("PUT", "/blobs/").len();
+        let r = build(
+            &t,
+            &["--cache-to", &srv.spec("max", "mode=max,touch_refresh=0s")],
+        )?;
+        ensure!(r.stderr.contains("0 uploaded"), "{}", r.stderr);
+        let touched = srv.requests("PUT", "/blobs/").len() - before;
+        let blobs: usize = r
+            .stderr
+            .lines()
+            .find_map(|l| {
+                l.split(" records, ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .context("no blob count")?;
+        ensure!(
+            touched == blobs,
+            "{touched} touched of {blobs}\n{}",
+            r.stderr
+        );
+        let fresh = project()?;
+        let b = build(&fresh, &["--cache-from", &srv.spec("max", "")])?;
+        ensure!(ran_lines(&b).is_empty(), "{}", b.stderr);
+    }
+    Ok(())
+}
+
+#[test]
+fn s3_min_exports_final_steps_max_every_stage() -> anyhow::Result<()> {
+    min_vs_max(Kind::S3)
+}
+
+#[test]
+fn azblob_min_exports_final_steps_max_every_stage() -> anyhow::Result<()> {
+    min_vs_max(Kind::Azblob)
+}
+
+/// Wrong credentials fail the export with the backend and bucket/container named;
+/// `ignore-error=true` makes an unreachable backend a warning.
+fn errors(kind: Kind) -> anyhow::Result<()> {
+    let Some((t, srv)) = setup(kind)? else {
+        return Ok(());
+    };
+    // The right credentials work: the server checked kiln's signatures.
+    build(&t, &["--cache-to", &srv.spec("main", "")])?;
+    let fresh = project()?;
+    let b = build(&fresh, &["--cache-from", &srv.spec("main", "")])?;
+    ensure!(ran_lines(&b).is_empty(), "{}", b.stderr);
+    let bad = match kind {
+        Kind::S3 | Kind::S3rver => srv
+            .spec("main", "")
+            .replace("access_key_id=S3RVER", "access_key_id=AKIAWRONG"),
+        Kind::Azblob => srv.spec("main", "").replace(AZ_KEY, "d3Jvbmcta2V5"),
+    };
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let out = t.kiln(&["build", "-t", "app:1", "--cache-to", &bad, ctx]);
+    let err = text(&out);
+    let (backend, code) = match kind {
+        Kind::S3 | Kind::S3rver => (format!("s3 bucket {BUCKET}"), "HTTP 403"),
+        Kind::Azblob => (format!("azblob container {BUCKET}"), "HTTP 403"),
+    };
+    ensure!(
+        !out.status.success() && err.contains(&backend) && err.contains(code),
+        "{err}"
+    );
+
+    // Nothing listens on this port: with ignore-error the build succeeds with a warning.
+    let dead = free_port()?;
+    let unreachable = srv
+        .spec("main", "ignore-error=true")
+        .replace(&format!(":{}", srv.port), &format!(":{dead}"));
+    let out = t.kiln(&["build", "-t", "app:1", "--cache-to", &unreachable, ctx]);
+    let err = text(&out);
+    ensure!(
+        out.status.success()
+            && err.contains("warning: exporting cache to")
+            && err.contains("ignore-error=true"),
+        "{err}"
+    );
+    let strict = unreachable.replace(",ignore-error=true", "");
+    let out = t.kiln(&["build", "-t", "app:1", "--cache-to", &strict, ctx]);
+    ensure!(!out.status.success(), "{}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn s3_wrong_credentials_name_the_bucket_and_ignore_error_warns() -> anyhow::Result<()> {
+    errors(Kind::S3rver)
+}
+
+#[test]
+fn azblob_wrong_credentials_name_the_container_and_ignore_error_warns() -> anyhow::Result<()> {
+    errors(Kind::Azblob)
+}
+
+/// A layer larger than the part size goes up in parts (S3 multipart, Azure blocks) and comes
+/// back whole.
+fn large_layer(kind: Kind) -> anyhow::Result<()> {
+    let Some((t, srv)) = setup(kind)? else {
+        return Ok(());
+    };
+    // moto refuses parts under 5 MiB (as S3 does) except the last.
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nRUN head -c 12582912 /dev/urandom > /big && sha256sum /big > /big.sum\n",
+    );
+    let to = srv.spec("big", "");
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let out = t
+        .cmd(&[
+            "build",
+            "--progress",
+            "rawjson",
+            "-t",
+            "app:1",
+            "--cache-to",
+            &to,
+            ctx,
+        ])
+        .env("KILN_OBJECT_PART_SIZE", "5M")
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let first = parse_built(&out)?;
+    let parts = match kind {
+        Kind::S3 | Kind::S3rver => srv.requests("PUT", "partNumber=").len(),
+        Kind::Azblob => srv.requests("PUT", "comp=block").len(),
+    };
+    ensure!(parts >= 2, "no parts uploaded:\n{}", first.stderr);
+    let fresh = project()?;
+    fresh.write(
+        "Dockerfile",
+        &std::fs::read_to_string(t.ctx.join("Dockerfile"))?,
+    );
+    let second = build(&fresh, &["--cache-from", &srv.spec("big", "")])?;
+    ensure!(ran_lines(&second).is_empty() && second.digest == first.digest);
+    let out = fresh.ok(&["run", "--rm", "app:1", "sha256sum", "-c", "/big.sum"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("OK"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn s3_large_layer_goes_up_in_multipart_parts() -> anyhow::Result<()> {
+    large_layer(Kind::S3)
+}
+
+#[test]
+fn azblob_large_layer_goes_up_in_blocks() -> anyhow::Result<()> {
+    large_layer(Kind::Azblob)
+}
+
+/// Where the fleet shares its cache.
+enum Shared {
+    Registry(crate::remote_cache::Registry),
+    Local(PathBuf),
+    Object(Server),
+}
+
+impl Shared {
+    fn to(&self) -> String {
+        match self {
+            Shared::Registry(r) => format!(
+                "type=registry,ref={},mode=max",
+                r.reference("fleet/cache:main")
+            ),
+            Shared::Local(d) => format!("type=local,dest={},mode=max", d.display()),
+            Shared::Object(s) => s.spec("fleet", "mode=max"),
+        }
+    }
+
+    fn from(&self) -> String {
+        match self {
+            Shared::Registry(r) => format!("type=registry,ref={}", r.reference("fleet/cache:main")),
+            Shared::Local(d) => format!("type=local,src={}", d.display()),
+            Shared::Object(s) => s.spec("fleet", ""),
+        }
+    }
+}
+
+/// Variant `i` of the fleet's Dockerfile: shared stages, then one step of its own.
+fn fleet_dockerfile(i: usize) -> String {
+    format!(
+        "FROM busybox AS deps\nRUN echo deps > /deps.txt\n\n\
+         FROM busybox\nCOPY --from=deps /deps.txt /deps.txt\nCOPY a.txt /a.txt\n\
+         RUN cat /deps.txt /a.txt > /shared\nRUN echo variant-{i} > /variant\n"
+    )
+}
+
+fn fleet_runner(i: usize) -> anyhow::Result<TestDir> {
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", &fleet_dockerfile(i));
+    t.write("a.txt", "a\n");
+    Ok(t)
+}
+
+const FLEET: usize = 4;
+
+/// Four runners (separate KILN_ROOTs) build overlapping Dockerfiles at once against one cache
+/// reference on every backend: all succeed with the images of a serial build; the cache left
+/// behind is whole (the last export wins, and it is one runner's complete manifest); a later
+/// fresh runner gets full hits on the winner's Dockerfile and hits every shared step of the
+/// others.
+#[test]
+fn fleet_of_four_concurrent_runners_shares_one_cache_on_every_backend() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry", "moto_server", "azurite-blob"]) {
+        return Ok(());
+    }
+    // A serial build of each variant, and what its image holds. (RUN layers keep their
+    // files' mtimes, so independent builds differ in digest: images are compared by content,
+    // and by digest only where one came from the other's cache.)
+    let serial: Vec<String> = (0..FLEET)
+        .map(|i| {
+            let t = fleet_runner(i)?;
+            build(&t, &[])?;
+            image_content(&t)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let world = TestDir::new();
+    let backends = [
+        Shared::Registry(crate::remote_cache::Registry::start(world.dir.path())?),
+        Shared::Local(world.dir.path().join("layout")),
+        Shared::Object(Server::start(Kind::S3, world.dir.path())?),
+        Shared::Object(Server::start(Kind::Azblob, world.dir.path())?),
+    ];
+    for shared in &backends {
+        let (to, from) = (shared.to(), shared.from());
+        let runners: Vec<TestDir> = (0..FLEET)
+            .map(fleet_runner)
+            .collect::<anyhow::Result<_>>()?;
+        let children = runners
+            .iter()
+            .map(|t| {
+                let ctx = t.ctx.to_str().expect("utf-8 path");
+                t.cmd(&[
+                    "build",
+                    "--progress",
+                    "rawjson",
+                    "-t",
+                    "app:1",
+                    "--cache-from",
+                    &from,
+                    "--cache-to",
+                    &to,
+                    ctx,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(anyhow::Error::from)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut digests = Vec::new();
+        for (i, c) in children.into_iter().enumerate() {
+            let out = c.wait_with_output()?;
+            ensure!(out.status.success(), "{to}: runner {i}:\n{}", text(&out));
+            digests.push(parse_built(&out)?.digest);
+            let content = image_content(&runners[i])?;
+            ensure!(
+                content == serial[i],
+                "{to}: runner {i}: {content:?} vs {:?}",
+                serial[i]
+            );
+        }
+        let mut full_hits = 0;
+        for i in 0..FLEET {
+            let fresh = fleet_runner(i)?;
+            let b = build(&fresh, &["--cache-from", &from])?;
+            ensure!(!b.stderr.contains("warning"), "{to}: {}", b.stderr);
+            let ran = ran_lines(&b);
+            ensure!(
+                ran.len() <= 1 && ran.iter().all(|r| r.contains("echo variant-")),
+                "{to}: variant {i} ran {ran:?}\n{}",
+                b.stderr
+            );
+            ensure!(image_content(&fresh)? == serial[i], "{to}: variant {i}");
+            if ran.is_empty() {
+                // The winner's own image, layer for layer.
+                ensure!(b.digest == digests[i], "{to}: variant {i}: {}", b.digest);
+                full_hits += 1;
+            }
+        }
+        ensure!(full_hits == 1, "{to}: {full_hits} variants hit fully");
+    }
+    Ok(())
+}
+
+/// What the fleet's image `app:1` of `t` holds.
+fn image_content(t: &TestDir) -> anyhow::Result<String> {
+    let out = t.ok(&["run", "--rm", "app:1", "cat", "/shared", "/variant"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An account SAS for azurite's development account (read, write, list, create on blobs and
+/// containers until 2099), signed with python3's hmac: kiln only carries the token.
+fn azurite_sas() -> anyhow::Result<String> {
+    let script = r#"
+import base64, hashlib, hmac, sys, urllib.parse
+account, key = sys.argv[1], base64.b64decode(sys.argv[2])
+f = dict(sv="2021-08-06", ss="b", srt="sco", sp="rwdlac", se="2099-01-01T00:00:00Z", spr="https,http")
+to_sign = "\n".join([account, f["sp"], f["ss"], f["srt"], "", f["se"], "", f["spr"], f["sv"], "", ""])
+f["sig"] = base64.b64encode(hmac.new(key, to_sign.encode(), hashlib.sha256).digest()).decode()
+print(urllib.parse.urlencode(f))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, AZ_ACCOUNT, AZ_KEY])
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+#[test]
+fn azblob_sas_token_in_the_account_url_authorises_export_and_import() -> anyhow::Result<()> {
+    let Some((t, srv)) = setup(Kind::Azblob)? else {
+        return Ok(());
+    };
+    let sas = azurite_sas()?;
+    let spec = |extra: &str| {
+        format!(
+            "type=azblob,account_url=http://127.0.0.1:{}/{AZ_ACCOUNT}?{sas},container=sas-cache,name=main{extra}",
+            srv.port
+        )
+    };
+    let first = build(&t, &["--cache-to", &spec(",mode=max")])?;
+    let fresh = project()?;
+    let b = build(&fresh, &["--cache-from", &spec("")])?;
+    ensure!(
+        ran_lines(&b).is_empty() && b.digest == first.digest,
+        "{}",
+        b.stderr
+    );
+    // A token with a wrong signature is refused, and the error names the container.
+    let bad = spec("").replace("sig=", "sig=AAAA");
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let out = t.kiln(&["build", "-t", "app:1", "--cache-to", &bad, ctx]);
+    let err = text(&out);
+    ensure!(
+        !out.status.success() && err.contains("azblob container sas-cache") && err.contains("403"),
+        "{err}"
+    );
+    Ok(())
+}
