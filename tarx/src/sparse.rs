@@ -86,7 +86,7 @@ fn number(key: &str, value: &[u8]) -> Result<u64> {
 }
 
 fn pairs(flat: &[u64]) -> Result<Vec<Chunk>> {
-    if flat.len() % 2 != 0 {
+    if !flat.len().is_multiple_of(2) {
         return Err(SparseError::Map {
             reason: "odd number of offset and length values",
         });
