@@ -226,8 +226,10 @@ impl Sparse {
     /// Writes the entry's `data` into `file` (new and empty): the chunks at their offsets,
     /// holes as holes, then the real size.
     pub fn write(&self, data: &mut dyn Read, file: &mut File) -> Result<()> {
+        // The size first: an absurd one fails here (EFBIG) before any data is read.
+        file.set_len(self.real_size).map_err(SparseError::Write)?;
         let chunks = match &self.layout {
-            Layout::Expanded => return write_skipping_zeros(data, file, self.real_size),
+            Layout::Expanded => return write_skipping_zeros(data, file),
             Layout::Map(c) => c.clone(),
             Layout::InData => read_map_1_0(data)?,
         };
@@ -251,14 +253,15 @@ impl Sparse {
                 });
             }
         }
-        file.set_len(self.real_size).map_err(SparseError::Write)
+        Ok(())
     }
 }
 
 /// Filesystem block granularity used to find holes again in expanded data.
 const BLOCK: usize = 4096;
 
-fn write_skipping_zeros(data: &mut dyn Read, file: &mut File, real_size: u64) -> Result<()> {
+/// Writes `data` into `file` (already sized), seeking over all-zero blocks.
+fn write_skipping_zeros(data: &mut dyn Read, file: &mut File) -> Result<()> {
     let mut buf = vec![0u8; 64 * BLOCK];
     let mut pending_seek = 0i64;
     loop {
@@ -279,7 +282,7 @@ fn write_skipping_zeros(data: &mut dyn Read, file: &mut File, real_size: u64) ->
             file.write_all(block).map_err(SparseError::Write)?;
         }
     }
-    file.set_len(real_size).map_err(SparseError::Write)
+    Ok(())
 }
 
 /// Fills `buf` as far as the reader allows, so that blocks stay aligned to the file.
@@ -359,8 +362,13 @@ mod tests {
     fn expanded_zero_blocks_become_holes() {
         let mut data = vec![0u8; 3 * BLOCK];
         data[BLOCK + 7] = 1;
+        let s = Sparse {
+            name: None,
+            real_size: 10 * BLOCK as u64,
+            layout: Layout::Expanded,
+        };
         let mut f = tempfile::tempfile().expect("tempfile");
-        write_skipping_zeros(&mut &data[..], &mut f, 10 * BLOCK as u64).expect("write");
+        s.write(&mut &data[..], &mut f).expect("write");
         let m = f.metadata().expect("stat");
         assert_eq!(m.len(), 10 * BLOCK as u64);
         let mut out = Vec::new();

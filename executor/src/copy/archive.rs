@@ -450,6 +450,46 @@ mod tests {
     }
 
     #[test]
+    fn pax_1_0_sparse_file_gets_its_name_size_and_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(src.path().join("sub")).expect("mkdir");
+        let f = std::fs::File::create(src.path().join("sub/sp")).expect("create");
+        std::os::unix::fs::FileExt::write_all_at(&f, b"data", 2 << 20).expect("write");
+        f.set_len(4 << 20).expect("size");
+        let out = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(src.path())
+            .args([
+                "--format=posix",
+                "--sparse-version=1.0",
+                "-cf",
+                "-",
+                "sub/sp",
+            ])
+            .output()
+            .expect("GNU tar must be installed (Debian: tar)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = tempfile::tempdir().expect("tempdir");
+        extract_into(d.path(), &out.stdout).expect("extract");
+        let names: Vec<_> = std::fs::read_dir(d.path().join("sub"))
+            .expect("sub")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["sp"]);
+        let got = std::fs::read(d.path().join("sub/sp")).expect("read");
+        assert_eq!(got.len(), 4 << 20);
+        assert_eq!(&got[2 << 20..(2 << 20) + 4], b"data");
+        assert_eq!(got.iter().filter(|b| **b != 0).count(), 4);
+        let m = std::fs::metadata(d.path().join("sub/sp")).expect("stat");
+        assert!(m.blocks() * 512 < 256 << 10, "holes were filled");
+    }
+
+    #[test]
     fn extraction_errors_name_the_entry() {
         let d = tempfile::tempdir().expect("tempdir");
         std::fs::write(d.path().join("file"), b"x").expect("write");
