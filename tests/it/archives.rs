@@ -433,3 +433,65 @@ fn pulled_hostile_layers_match_docker() -> anyhow::Result<()> {
     ensure_sparse(&kiln.rootfs, &["p00", "p01", "p10"])?;
     ensure_same(&kiln.rootfs, &reference, "docker")
 }
+
+/// An entry whose parent is a file cannot be extracted (dockerd fails the same ADD): the error
+/// names the Dockerfile line, the archive and the entry.
+#[test]
+fn add_error_names_the_line_the_archive_and_the_entry() -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    let mut b = tar::Builder::new(Vec::new());
+    entry(&mut b, "file", EntryType::Regular, "", b"x");
+    entry(&mut b, "file/below", EntryType::Regular, "", b"y");
+    std::fs::write(t.ctx.join("bad.tar"), b.into_inner()?)?;
+    t.write("Dockerfile", "FROM scratch\nADD bad.tar /\n");
+    let out = t.kiln(&["build", "-t", "bad:1", t.ctx.to_str().context("utf-8")?]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && err.contains("Dockerfile:2")
+            && err.contains("bad.tar")
+            && err.contains("entry `file/below`"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+/// A layer entry with a garbage mode field: `kiln pull` fails naming the image, the layer's
+/// blob (skopeo compresses it on push, so only its presence is checked) and the entry.
+#[test]
+fn pull_error_names_the_layer_and_the_entry() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry", "skopeo"]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(0);
+    h.set_path("etc/bad-mode")?;
+    h.as_mut_bytes()[100..108].copy_from_slice(b"zzzzzzz\0");
+    h.set_cksum();
+    b.append(&h, &b""[..])?;
+    let layout = t.dir.path().join("layout");
+    oci_layout(&layout, &[b.into_inner()?])?;
+    let reg = start_registry(t.dir.path())?;
+    let remote = format!("127.0.0.1:{}/hostile/mode:1", reg.port);
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!("docker://{remote}")))?;
+    let out = t.kiln(&["pull", &remote]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && err.contains(&remote)
+            && err.contains("blob sha256:")
+            && err.contains("reading tar entry `etc/bad-mode`"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
