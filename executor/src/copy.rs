@@ -94,9 +94,9 @@ pub enum CopyError {
     Archive {
         /// Host path of the archive.
         path: PathBuf,
-        /// Cause.
+        /// Cause, naming the entry.
         #[source]
-        source: std::io::Error,
+        source: archive::ExtractError,
     },
     /// WORKDIR could not be created.
     #[error("WORKDIR failed: creating {path}")]

@@ -2,6 +2,7 @@
 //! the real `kiln` (real namespaces, overlayfs, tar) on a busybox image built from
 //! /bin/busybox. Privileged tests skip with a reason, or fail when REQUIRE_PRIVILEGED_TESTS=1.
 
+mod archives;
 mod build;
 mod cache;
 mod cache_backends;

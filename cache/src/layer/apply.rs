@@ -7,6 +7,11 @@
 //! later write (it makes the later entry fail instead). Hardlink targets are resolved the same
 //! way, so they stay inside the root.
 //!
+//! An entry replaces whatever an earlier entry left at its path (a symlink itself, never its
+//! target; a directory with its contents), except that a directory entry over a directory
+//! merges: docker's rule. Sparse files (old GNU and PAX 0.0, 0.1, 1.0) get their real name and
+//! size, holes as holes; empty numeric fields (a FIFO's device numbers) read as 0.
+//!
 //! `.wh.<name>` entries become 0:0 character devices and `.wh..wh..opq` sets
 //! `trusted.overlay.opaque=y` on its directory: the layout overlayfs reads as a lower dir.
 
@@ -38,6 +43,26 @@ pub enum ApplyError {
         /// `absolute path` or `contains ..`.
         reason: &'static str,
     },
+    /// Reading an entry's header fields or data failed.
+    #[error("reading tar entry `{path}`")]
+    Entry {
+        /// The entry name.
+        path: String,
+        /// The read or decode error.
+        #[source]
+        source: io::Error,
+    },
+    /// A sparse entry's map is malformed or its data could not be written.
+    #[error("sparse tar entry `{path}` in {}", root.display())]
+    Sparse {
+        /// The entry name.
+        path: String,
+        /// The destination root.
+        root: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: tarx::sparse::SparseError,
+    },
     /// An entry's parent directory is a symlink or not a directory.
     #[error("tar entry `{path}` would be written through a symlink or non-directory")]
     ThroughSymlink {
@@ -52,7 +77,7 @@ pub enum ApplyError {
         /// The link target.
         target: String,
     },
-    /// An entry type kiln does not unpack (GNU sparse files and the like).
+    /// An entry type kiln does not unpack (GNU volume headers, multi-volume continuations).
     #[error("tar entry `{path}` has unsupported type {kind:?}")]
     Unsupported {
         /// The entry name.
@@ -174,7 +199,16 @@ impl Applier {
         if matches!(kind, EntryType::XGlobalHeader) {
             return Ok(());
         }
-        let raw = entry.path_bytes().into_owned();
+        let sparse = tarx::sparse::detect(&mut entry).map_err(|source| ApplyError::Sparse {
+            path: lossy(&entry.path_bytes()),
+            root: self.root.clone(),
+            source,
+        })?;
+        // PAX sparse 0.1 and 1.0 name the file `GNUSparseFile.<pid>/<name>` in the header.
+        let raw = match sparse.as_ref().and_then(|s| s.name.clone()) {
+            Some(name) => name,
+            None => entry.path_bytes().into_owned(),
+        };
         let comps = components(&raw).map_err(|reason| ApplyError::UnsafePath {
             path: lossy(&raw),
             reason,
@@ -238,7 +272,7 @@ impl Applier {
                 }
                 self.dirs.push((rel, meta.mtime));
             }
-            EntryType::Regular | EntryType::Continuous => {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.clear(&parent, name, &raw, false)?;
                 let fd = rustix::fs::openat(
                     &parent,
@@ -252,19 +286,32 @@ impl Applier {
                 )
                 .map_err(self.io("create file", &raw))?;
                 let mut file = std::fs::File::from(fd);
-                loop {
-                    let n = entry
-                        .read(&mut self.buf)
-                        .map_err(|source| ApplyError::Read { source })?;
-                    if n == 0 {
-                        break;
+                if let Some(sparse) = &sparse {
+                    sparse
+                        .write(&mut entry, &mut file)
+                        .map_err(|source| ApplyError::Sparse {
+                            path: lossy(&raw),
+                            root: self.root.clone(),
+                            source,
+                        })?;
+                } else {
+                    loop {
+                        let n = entry
+                            .read(&mut self.buf)
+                            .map_err(|source| ApplyError::Entry {
+                                path: lossy(&raw),
+                                source,
+                            })?;
+                        if n == 0 {
+                            break;
+                        }
+                        file.write_all(&self.buf[..n]).map_err(|e| ApplyError::Io {
+                            op: "write",
+                            path: lossy(&raw),
+                            root: self.root.clone(),
+                            source: e,
+                        })?;
                     }
-                    file.write_all(&self.buf[..n]).map_err(|e| ApplyError::Io {
-                        op: "write",
-                        path: lossy(&raw),
-                        root: self.root.clone(),
-                        source: e,
-                    })?;
                 }
                 let fd = OwnedFd::from(file);
                 self.set_fd_meta(&fd, &raw, &meta)?;
@@ -313,9 +360,13 @@ impl Applier {
                 self.clear(&parent, name, &raw, false)?;
                 let (ft, dev) = match kind {
                     EntryType::Char | EntryType::Block => {
-                        let h = entry.header();
-                        let major = h.device_major().ok().flatten().unwrap_or(0);
-                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let (major, minor) =
+                            tarx::fields::device(entry.header()).map_err(|source| {
+                                ApplyError::Entry {
+                                    path: lossy(&raw),
+                                    source,
+                                }
+                            })?;
                         let ft = if kind == EntryType::Char {
                             rustix::fs::FileType::CharacterDevice
                         } else {
@@ -349,8 +400,11 @@ impl Applier {
 
     fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> {
         let h = entry.header();
-        let bad = |source| ApplyError::Read { source };
-        let mode = h.mode().map_err(bad)? & 0o7777;
+        let bad = |source| ApplyError::Entry {
+            path: lossy(raw),
+            source,
+        };
+        let mode = tarx::fields::mode(h).map_err(bad)?;
         // Some writers leave uid/gid/mtime empty (all NULs); read those as 0 like GNU tar.
         let uid = h.uid().unwrap_or(0);
         let gid = h.gid().unwrap_or(0);
@@ -375,10 +429,11 @@ impl Applier {
             }
         }
         let id = |v: u64| {
-            u32::try_from(v).map_err(|_| ApplyError::Read {
+            u32::try_from(v).map_err(|_| ApplyError::Entry {
+                path: lossy(raw),
                 source: io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("uid/gid {v} of `{}` out of range", lossy(raw)),
+                    format!("uid/gid {v} out of range"),
                 ),
             })
         };
@@ -462,10 +517,8 @@ impl Applier {
             return Ok(true);
         }
         if is_dir {
-            // The parent was resolved without symlinks and `name` is a real directory, so this
-            // path stays inside the root; remove_dir_all never follows symlinks.
-            let path = self.root.join(OsStr::from_bytes(raw));
-            std::fs::remove_dir_all(&path).map_err(|e| ApplyError::Io {
+            // Through the parent's fd, never following a symlink inside the tree.
+            tarx::remove_tree_at(parent, cname).map_err(|e| ApplyError::Io {
                 op: "replace directory",
                 path: lossy(raw),
                 root: self.root.clone(),
@@ -603,6 +656,144 @@ mod tests {
         assert_eq!(components(b"/etc/x").unwrap_err(), "absolute path");
         assert_eq!(components(b"a/../../etc").unwrap_err(), "contains ..");
         assert!(components(b"./").unwrap().is_empty());
+    }
+
+    /// A 3 MiB file with two small data runs, written with real holes.
+    pub(crate) fn sparse_source(dir: &Path) -> Vec<u8> {
+        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        let f = std::fs::File::create(dir.join("sub/sp")).expect("create");
+        let mut want = vec![0u8; 3 << 20];
+        for (at, data) in [(1usize << 20, &b"hello"[..]), (3_000_000, b"end")] {
+            std::os::unix::fs::FileExt::write_all_at(&f, data, at as u64).expect("write");
+            want[at..at + data.len()].copy_from_slice(data);
+        }
+        f.set_len(3 << 20).expect("size");
+        want
+    }
+
+    /// `tar` (GNU tar, essential on Debian) writing `sub/sp` of `dir` with `args`.
+    fn gnu_tar(dir: &Path, args: &[&str]) -> Vec<u8> {
+        let out = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .args(["-cf", "-", "sub/sp"])
+            .output()
+            .expect("GNU tar must be installed (Debian: tar)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    #[test]
+    fn gnu_and_pax_sparse_files_keep_name_size_and_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let src = tempfile::tempdir().expect("tempdir");
+        let want = sparse_source(src.path());
+        for args in [
+            &["--sparse", "--format=gnu"][..],
+            &["--format=posix", "--sparse-version=0.0"],
+            &["--format=posix", "--sparse-version=0.1"],
+            &["--format=posix", "--sparse-version=1.0"],
+        ] {
+            let tar = gnu_tar(src.path(), args);
+            let root = tempfile::tempdir().expect("tempdir");
+            apply_layer(&tar[..], root.path()).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let names: Vec<_> = std::fs::read_dir(root.path().join("sub"))
+                .expect("sub")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert_eq!(names, ["sp"], "{args:?}: only the real name");
+            let got = std::fs::read(root.path().join("sub/sp")).expect("read");
+            assert!(got == want, "{args:?}: contents differ");
+            let m = std::fs::metadata(root.path().join("sub/sp")).expect("stat");
+            assert!(m.blocks() * 512 < 256 << 10, "{args:?}: holes were filled");
+        }
+    }
+
+    fn entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: EntryType, link: &str, data: &[u8]) {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(data.len() as u64);
+        h.set_path(name).expect("path");
+        if !link.is_empty() {
+            h.set_link_name(link).expect("link");
+        }
+        h.set_cksum();
+        b.append(&h, data).expect("append");
+    }
+
+    #[test]
+    fn later_entries_replace_links_and_directories_without_following_them() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"host").expect("write");
+        let mut b = tar::Builder::new(Vec::new());
+        entry(
+            &mut b,
+            "abs",
+            EntryType::Symlink,
+            victim.to_str().expect("utf-8"),
+            b"",
+        );
+        entry(&mut b, "abs", EntryType::Regular, "", b"replaced");
+        entry(&mut b, "d/", EntryType::Directory, "", b"");
+        entry(&mut b, "d/x", EntryType::Regular, "", b"x");
+        entry(&mut b, "d", EntryType::Regular, "", b"was a dir");
+        entry(&mut b, "f", EntryType::Regular, "", b"f");
+        entry(&mut b, "f/", EntryType::Directory, "", b"");
+        // A FIFO whose device fields are empty (as Python's tarfile writes them).
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(EntryType::Fifo);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_path("fifo").expect("path");
+        h.as_mut_bytes()[329..345].fill(0);
+        h.set_cksum();
+        b.append(&h, &b""[..]).expect("append");
+        let tar = b.into_inner().expect("tar");
+        let root = tempfile::tempdir().expect("tempdir");
+        apply_layer(&tar[..], root.path()).expect("apply");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"host");
+        let r = root.path();
+        assert_eq!(std::fs::read(r.join("abs")).expect("abs"), b"replaced");
+        assert!(
+            std::fs::symlink_metadata(r.join("abs"))
+                .expect("abs")
+                .is_file()
+        );
+        assert_eq!(std::fs::read(r.join("d")).expect("d"), b"was a dir");
+        assert!(std::fs::symlink_metadata(r.join("f")).expect("f").is_dir());
+        use std::os::unix::fs::FileTypeExt;
+        let fifo = std::fs::symlink_metadata(r.join("fifo")).expect("fifo");
+        assert!(fifo.file_type().is_fifo());
+    }
+
+    #[test]
+    fn errors_name_the_entry() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_path("etc/bad-mode").expect("path");
+        h.as_mut_bytes()[100..108].copy_from_slice(b"zzzzzzz\0");
+        h.set_cksum();
+        b.append(&h, &b""[..]).expect("append");
+        let tar = b.into_inner().expect("tar");
+        let root = tempfile::tempdir().expect("tempdir");
+        let e = apply_layer(&tar[..], root.path()).expect_err("bad mode");
+        assert!(
+            matches!(&e, ApplyError::Entry { path, .. } if path == "etc/bad-mode"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "reading tar entry `etc/bad-mode`");
     }
 
     #[test]

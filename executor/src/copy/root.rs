@@ -33,9 +33,9 @@ pub struct Meta {
 #[derive(Debug)]
 pub struct DestRoot {
     root: Root,
-    /// Directories known to exist (as directories, possibly through symlinks). Nothing here
-    /// ever replaces a directory, so an entry never goes stale; it saves re-resolving every
-    /// parent of every file of a large COPY.
+    /// Directories known to exist (as directories, possibly through symlinks). Only
+    /// [`DestRoot::remove_entry`] removes a directory, and it empties this set when it does;
+    /// it saves re-resolving every parent of every file of a large COPY.
     known_dirs: RefCell<HashSet<String>>,
 }
 
@@ -229,6 +229,57 @@ impl DestRoot {
         )?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode & 0o7777))?;
         Ok(true)
+    }
+
+    /// Clears the way for an archive entry at `rel` as docker's extraction does: whatever is
+    /// there is removed (a symlink itself, never its target; a directory with its contents)
+    /// unless it is a directory and `keep_dir` (a directory entry merges into a directory).
+    /// Parents are resolved inside the root. Returns whether a directory was kept.
+    pub fn remove_entry(&self, rel: &str, keep_dir: bool) -> io::Result<bool> {
+        let (parent, name) = split(rel);
+        if name.is_empty() {
+            return Ok(true);
+        }
+        let dir = match self.open_at(parent, OFlags::PATH | OFlags::DIRECTORY, 0) {
+            Ok(dir) => dir,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let st = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if is_dir && keep_dir {
+            return Ok(true);
+        }
+        if is_dir {
+            self.known_dirs.borrow_mut().clear();
+        }
+        tarx::remove_tree_at(&dir, std::ffi::OsStr::new(name))?;
+        Ok(false)
+    }
+
+    /// Creates the regular file `rel`, which must not exist (see [`DestRoot::remove_entry`]):
+    /// `O_EXCL | O_NOFOLLOW` in its parent, so a symlink there is never written through. The
+    /// caller fills it and hands it to [`DestRoot::finish_file`].
+    pub fn create_file(&self, rel: &str, parents_owner: (u32, u32)) -> io::Result<File> {
+        let (dir, name) = self.parent(rel, parents_owner)?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Applies owner, mode and time to a file made by [`DestRoot::create_file`].
+    pub fn finish_file(file: File, meta: Meta) -> io::Result<()> {
+        Self::apply_fd(file.into(), meta)
     }
 
     /// Sets the modification time of the directory `rel`.
