@@ -62,6 +62,7 @@ fn main() {
             network: Network::Loopback,
             mounts: vec![],
             tty: false,
+            security: Default::default(),
         });
         let start = Instant::now();
         let status = executor::sandbox::command(&exe, &spec)

@@ -12,6 +12,8 @@
 //! - [`user`]: /etc/passwd and /etc/group resolution (pure);
 //! - [`copy`]: COPY/ADD/WORKDIR semantics, run inside `__init`;
 //! - [`cgroup`]: `--memory`/`--cpus`/`--pids-limit` through cgroup v1 or v2;
+//! - [`devices`]: runc's default device list, through the v1 devices cgroup or a v2 eBPF program;
+//! - [`seccomp`]: docker's seccomp profile format, compiled to the BPF filter of every sandbox;
 //! - [`net`]: bridge networks, leases, NAT and published ports, the netns pool for RUN;
 //! - [`context`]: host-side source walking and `.dockerignore` matching (for cache keys);
 //! - [`sys`]: the only module with `unsafe` (fork, execve, ioctl, prctl, mount_setattr).
@@ -33,10 +35,12 @@
 pub mod cgroup;
 pub mod context;
 pub mod copy;
+pub mod devices;
 pub mod init;
 pub mod mounts;
 pub mod net;
 pub mod sandbox;
+pub mod seccomp;
 pub mod spec;
 pub mod sys;
 pub(crate) mod tty;

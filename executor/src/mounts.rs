@@ -340,6 +340,7 @@ mod tests {
             network,
             mounts: vec![],
             tty: false,
+            security: Default::default(),
         }
     }
 

@@ -951,6 +951,7 @@ impl Runner {
             network,
             mounts,
             tty: false,
+            security: Default::default(),
         });
         Ok((spec, (prepared.guards, lease)))
     }
