@@ -39,6 +39,8 @@ fn main() {
         eprintln!("sandbox_start: needs root, skipped");
         return;
     }
+    // As `kiln build` does: sandboxes are born under the device policy.
+    executor::devices::confine_self().expect("device policy");
     let dir = tempfile::tempdir().expect("tempdir");
     let lower = dir.path().join("lower");
     busybox_root(&lower).expect("busybox root");

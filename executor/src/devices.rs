@@ -12,12 +12,17 @@
 //! instead of paying for a cgroup of its own:
 //! - v1 (`devices` controller mounted, hybrid hosts): `<devices>/kiln/sandbox`. It is
 //!   configured under a temporary name and renamed into place, so that whoever finds it
-//!   finds it complete; joining it is one write to `cgroup.procs`.
+//!   finds it complete.
 //! - v2: the program is attached (`BPF_F_ALLOW_MULTI`, so it applies to every descendant)
 //!   to `<unified>/kiln`, the parent of the containers' limit cgroups too; a process already
 //!   below `kiln` (a container with limits) stays where it is, others join `kiln/sandbox`.
 //!   The program carries a versioned name ([`PROGRAM_NAME`]) by which an attached one is
 //!   recognised.
+//!
+//! Moving a process into a cgroup can wait for an RCU grace period (~15 ms on this project's
+//! machines), more than a whole RUN costs otherwise. So the kiln process that starts
+//! sandboxes joins once ([`confine_self`]) and every sandbox is born inside; `__init` checks
+//! `/proc/self/cgroup` and joins only when it was started from elsewhere.
 //!
 //! A host where neither is possible fails the sandbox: kiln does not run untrusted code
 //! without a device policy.
@@ -231,8 +236,10 @@ pub fn program(rules: &[Rule]) -> Vec<BpfInsn> {
 pub enum DeviceCgroup {
     /// cgroup v1: the configured cgroup in the `devices` hierarchy that sandboxes join.
     V1 {
-        /// `<devices mount>/kiln/sandbox`.
-        dir: PathBuf,
+        /// The `devices` hierarchy's mount point.
+        mount: PathBuf,
+        /// The configured cgroup, relative to `mount` (`kiln/sandbox`).
+        path: PathBuf,
     },
     /// cgroup v2: the program sits on `mount/parent`; sandboxes outside it join
     /// `mount/parent/sandbox`.
@@ -252,7 +259,8 @@ impl DeviceCgroup {
         for (mount, fstype, opts) in crate::cgroup::cgroup_mounts(mountinfo) {
             if fstype == "cgroup" && opts.split(',').any(|o| o == "devices") {
                 return Some(DeviceCgroup::V1 {
-                    dir: mount.join("kiln").join("sandbox"),
+                    mount,
+                    path: "kiln/sandbox".into(),
                 });
             }
             if fstype == "cgroup2" && v2.is_none() {
@@ -272,17 +280,41 @@ impl DeviceCgroup {
         DeviceCgroup::parse(&text).ok_or(DeviceError::NoHierarchy)
     }
 
+    /// True when `self_cgroup` (`/proc/self/cgroup` text) puts the process at or below the
+    /// cgroup carrying the policy.
+    pub fn contains(&self, self_cgroup: &str) -> bool {
+        let (prefix, path) = match self {
+            DeviceCgroup::V1 { path, .. } => ("devices", path),
+            DeviceCgroup::V2 { parent, .. } => ("", parent),
+        };
+        self_cgroup.lines().any(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, p) = (f.next(), f.next(), f.next());
+            let listed = match prefix {
+                "" => controllers == Some(""),
+                c => controllers.is_some_and(|cs| cs.split(',').any(|x| x == c)),
+            };
+            listed && p.is_some_and(|p| Path::new(p).starts_with(Path::new("/").join(path)))
+        })
+    }
+
     /// Puts the calling process (and so every process it starts later) under the policy,
-    /// setting the policy up first if nobody has. `self_cgroup` is `/proc/self/cgroup` text
-    /// (v2: a process already below the program's cgroup stays where it is). Fails when a
-    /// cgroup cannot be created or joined or the program cannot be loaded.
+    /// setting the policy up first if nobody has. `self_cgroup` is `/proc/self/cgroup` text:
+    /// a process already [inside](DeviceCgroup::contains) stays where it is, which costs
+    /// nothing (moving a process between cgroups can wait for an RCU grace period, ~15 ms
+    /// here). Fails when a cgroup cannot be created or joined or the program cannot be
+    /// loaded.
     pub fn enter(&self, self_cgroup: &str) -> Result<()> {
         match self {
-            DeviceCgroup::V1 { dir } => {
+            DeviceCgroup::V1 { mount, path } => {
+                if self.contains(self_cgroup) {
+                    return Ok(());
+                }
+                let dir = mount.join(path);
                 let procs = dir.join("cgroup.procs");
                 match std::fs::write(&procs, "0") {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        setup_v1(dir)?;
+                        setup_v1(&dir)?;
                         std::fs::write(&procs, "0").map_err(io_err(&procs))
                     }
                     r => r.map_err(io_err(&procs)),
@@ -291,11 +323,7 @@ impl DeviceCgroup {
             DeviceCgroup::V2 { mount, parent } => {
                 let dir = mount.join(parent);
                 ensure_v2_program(&dir)?;
-                let inside = self_cgroup
-                    .lines()
-                    .find_map(|l| l.strip_prefix("0::"))
-                    .is_some_and(|p| Path::new(p).starts_with(Path::new("/").join(parent)));
-                if inside {
+                if self.contains(self_cgroup) {
                     return Ok(());
                 }
                 let leaf = dir.join("sandbox");
@@ -315,6 +343,19 @@ impl DeviceCgroup {
             }
         }
     }
+}
+
+/// Puts the calling process under the host's device policy ([`DeviceCgroup::enter`]).
+///
+/// `kiln build`, `kiln run` and the container commands call it once at start, before any
+/// thread exists, so that every sandbox they start is born inside and `__init` (which calls
+/// it again) finds nothing to do. Fails as [`DeviceCgroup::host`] and
+/// [`DeviceCgroup::enter`].
+pub fn confine_self() -> Result<()> {
+    let cg = DeviceCgroup::host()?;
+    let p = Path::new("/proc/self/cgroup");
+    let own = std::fs::read_to_string(p).map_err(io_err(p))?;
+    cg.enter(&own)
 }
 
 /// Creates the v1 cgroup `dir` with the default rules: configured under a temporary name,

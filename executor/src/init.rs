@@ -34,7 +34,6 @@ use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 use crate::mounts::{self, HostPaths, Step};
 
 mod apply;
-use crate::devices::DeviceCgroup;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
@@ -404,11 +403,10 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
 }
 
 /// Puts this process, and so the sandbox it forks, under the device policy
-/// ([`crate::devices`]). It opens no device itself afterwards: stdio is inherited.
+/// ([`crate::devices`]); usually it was born there. It opens no device itself afterwards:
+/// stdio is inherited.
 fn confine_devices() -> Result<()> {
-    let cg = DeviceCgroup::host()?;
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    Ok(cg.enter(&own)?)
+    Ok(crate::devices::confine_self()?)
 }
 
 /// With `tty`, the socket pair a pty master travels on (see [`crate::tty`]).

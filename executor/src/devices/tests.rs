@@ -36,7 +36,8 @@ fn hybrid_hosts_use_the_v1_devices_controller_and_pure_v2_the_program() {
     assert_eq!(
         DeviceCgroup::parse(hybrid),
         Some(DeviceCgroup::V1 {
-            dir: "/sys/fs/cgroup/devices/kiln/sandbox".into()
+            mount: "/sys/fs/cgroup/devices".into(),
+            path: "kiln/sandbox".into(),
         })
     );
     let unified = "25 20 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
@@ -51,6 +52,24 @@ fn hybrid_hosts_use_the_v1_devices_controller_and_pure_v2_the_program() {
         DeviceCgroup::parse("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
         None
     );
+}
+
+#[test]
+fn a_process_inside_the_policy_cgroup_is_not_moved_again() {
+    let v1 = DeviceCgroup::V1 {
+        mount: "/sys/fs/cgroup/devices".into(),
+        path: "kiln/sandbox".into(),
+    };
+    assert!(v1.contains("5:devices:/kiln/sandbox\n0::/\n"));
+    assert!(v1.contains("3:cpu,devices:/kiln/sandbox/x\n"));
+    assert!(!v1.contains("5:devices:/\n0::/kiln/sandbox\n"));
+    assert!(!v1.contains("5:devices:/kiln/sandboxes\n"));
+    let v2 = DeviceCgroup::V2 {
+        mount: "/sys/fs/cgroup".into(),
+        parent: "kiln".into(),
+    };
+    assert!(v2.contains("0::/kiln/web\n"));
+    assert!(!v2.contains("0::/user.slice\n5:devices:/kiln\n"));
 }
 
 #[test]
@@ -153,11 +172,10 @@ fn v1_devices_cgroup_allows_null_and_mknod_but_not_opening_a_disk() {
     if let Some(why) = unprivileged() {
         return skip_or_fail(why);
     }
-    let Some(DeviceCgroup::V1 { dir: real }) = DeviceCgroup::host().ok() else {
+    let Some(DeviceCgroup::V1 { mount, .. }) = DeviceCgroup::host().ok() else {
         return skip_or_fail("the v1 devices controller is not mounted".into());
     };
-    let root = real.parent().and_then(Path::parent).expect("devices mount");
-    let parent = root.join(format!("kiln-test-{}", std::process::id()));
+    let parent = mount.join(format!("kiln-test-{}", std::process::id()));
     let dir = parent.join("sandbox");
     setup_v1(&dir).expect("setup");
     // Set up once: a second setup finds it complete and keeps it.
