@@ -13,6 +13,7 @@ mod prune;
 mod registry;
 mod render;
 mod run;
+mod security;
 mod system;
 
 use anyhow::Context as _;
