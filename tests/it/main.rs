@@ -13,5 +13,6 @@ mod harness;
 mod network;
 mod registry;
 mod remote_cache;
+mod sandbox_security;
 mod save;
 mod sources;
