@@ -227,3 +227,32 @@ fn keyctl_add_key_and_perf_event_open_are_refused_as_docker_refuses_them() -> an
     ensure!(kiln == docker, "kiln:\n{kiln}\ndocker:\n{docker}");
     Ok(())
 }
+
+#[test]
+fn kiln_exec_gets_the_containers_filter_and_device_policy() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = crate::network::Reaper::new(&t);
+    let name = format!("it-exec-sec-{}", std::process::id());
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        "busybox",
+        "sleep",
+        "30",
+    ])?;
+    let script = format!("grep '^Seccomp:' /proc/self/status; {}", device_script()?);
+    // A detached container may still be starting: exec waits for it.
+    let out = t.ok(&["exec", &name, "sh", "-c", &script])?;
+    let out = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out == format!("Seccomp:\t2\n{DEVICE_CONFINED}"),
+        "kiln exec:\n{out}"
+    );
+    Ok(())
+}
