@@ -2,7 +2,8 @@
 //!
 //! Layout: check `seccomp_data.arch` against each architecture (anything else is killed,
 //! as libseccomp's bad-arch action), then per architecture a binary search on the syscall
-//! number whose leaves return the action directly or jump to a block checking arguments.
+//! number over intervals of numbers with the same outcome, whose leaves return the action
+//! directly or jump to a block checking arguments.
 //! Conditional jumps only ever skip one instruction; every longer jump is a `ja` (32-bit
 //! offset), so the 8-bit `jt`/`jf` fields never overflow whatever the program's size.
 
@@ -98,35 +99,56 @@ impl Asm {
     }
 }
 
-/// What a leaf of the search does for its syscall.
-#[derive(Debug, Clone, Copy)]
+/// What a leaf of the search does for the syscall numbers of its interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leaf {
     Ret(Ret),
     Block(usize),
 }
 
-/// Leaves compared one after the other at the bottom of the search tree.
-const LINEAR: usize = 4;
-
-fn tree(a: &mut Asm, leaves: &[(u32, Leaf)], default: Ret) {
-    if leaves.len() <= LINEAR {
-        for (nr, leaf) in leaves {
-            a.raw(JMP_JEQ_K, 0, 1, *nr);
-            match leaf {
-                Leaf::Ret(r) => a.ret(*r),
-                Leaf::Block(l) => a.ja(*l),
-            }
+/// A binary search over intervals `(first number, leaf)` that cover every number from 0 up
+/// (each interval runs to the next one's start): internal nodes cost a `jge` and a `ja`,
+/// leaves one instruction, and a run of consecutive syscalls with the same action (most of
+/// docker's allow list) is one interval.
+fn tree(a: &mut Asm, intervals: &[(u32, Leaf)]) {
+    if let [(_, leaf)] = intervals {
+        match leaf {
+            Leaf::Ret(r) => a.ret(*r),
+            Leaf::Block(l) => a.ja(*l),
         }
-        a.ret(default);
         return;
     }
-    let mid = leaves.len() / 2;
+    let mid = intervals.len() / 2;
     let right = a.label();
-    a.raw(JMP_JGE_K, 0, 1, leaves[mid].0);
+    a.raw(JMP_JGE_K, 0, 1, intervals[mid].0);
     a.ja(right);
-    tree(a, &leaves[..mid], default);
+    tree(a, &intervals[..mid]);
     a.place(right);
-    tree(a, &leaves[mid..], default);
+    tree(a, &intervals[mid..]);
+}
+
+/// The intervals of [`tree`] for `leaves` (sorted by number), the gaps getting `default`,
+/// neighbours with the same return merged.
+fn intervals(leaves: &[(u32, Leaf)], default: Ret) -> Vec<(u32, Leaf)> {
+    fn push(out: &mut Vec<(u32, Leaf)>, start: u32, leaf: Leaf) {
+        match (out.last(), leaf) {
+            (Some((_, Leaf::Ret(prev))), Leaf::Ret(r)) if *prev == r => {}
+            _ => out.push((start, leaf)),
+        }
+    }
+    let mut out = Vec::new();
+    let mut next = 0u32;
+    for (nr, leaf) in leaves {
+        if *nr > next {
+            push(&mut out, next, Leaf::Ret(default));
+        }
+        push(&mut out, *nr, *leaf);
+        next = nr.saturating_add(1);
+    }
+    if out.is_empty() || next != u32::MAX {
+        push(&mut out, next, Leaf::Ret(default));
+    }
+    out
 }
 
 /// Emits the check of one argument condition: falls through when it holds, jumps to
@@ -255,7 +277,7 @@ pub(super) fn assemble(arches: &[(ArchTable, Rules)], default: Ret) -> Vec<SockF
                 }
             })
             .collect();
-        tree(&mut a, &leaves, default);
+        tree(&mut a, &intervals(&leaves, default));
         for (l, rs) in blocks {
             a.place(l);
             block(&mut a, rs, arch.wide, default);
