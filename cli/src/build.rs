@@ -9,6 +9,9 @@ use std::sync::Arc;
 /// `kiln build` flags.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
+    /// `seccomp=unconfined`, `seccomp=PROFILE.json` (docker's format) for every RUN.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
     /// Name (and tag) of the result; may be given more than once.
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
@@ -232,6 +235,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             _ => solver::graph::NetworkMode::Default,
         },
         ssh,
+        security: crate::security::parse(&a.security_opt)?,
         // RUN steps on the default network join the bridge (pooled namespaces).
         bridge: match a.network.as_str() {
             "host" | "none" => None,

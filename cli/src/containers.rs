@@ -718,6 +718,7 @@ fn exec(
         cwd: workdir.unwrap_or(spec.cwd),
         user: user.unwrap_or(spec.user),
         tty,
+        security: spec.security.clone(),
     };
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Exec(exec))?;

@@ -14,6 +14,7 @@ mod registry;
 mod render;
 mod run;
 mod runimage;
+mod security;
 mod system;
 
 use anyhow::Context as _;
@@ -207,6 +208,19 @@ fn main() -> ExitCode {
             .init();
     }
     let is_run = matches!(cli.command, Command::Run(_));
+    // Sandboxes are born under the device policy: join it once, before any thread exists.
+    if matches!(
+        cli.command,
+        Command::Build(_) | Command::Run(_) | Command::Containers(_)
+    ) && let Err(e) = executor::devices::confine_self()
+    {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "error: {:#}",
+            anyhow::Error::new(e)
+        );
+        return ExitCode::from(if is_run { 125 } else { 1 });
+    }
     let result = dispatch(cli.command);
     match result {
         Ok(code) => code,

@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Platform of the image (`os/arch[/variant]`; default: this machine's).
     #[arg(long)]
     platform: Option<String>,
+    /// `seccomp=unconfined`, `seccomp=PROFILE.json` (docker's format), `no-new-privileges`.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
     /// Image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -178,11 +181,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         pids: a.pids_limit.filter(|n| *n > 0).map(|n| n as u64),
     };
+    let security = crate::security::parse(&a.security_opt)?;
     let id = a.name.clone().unwrap_or_else(container_id);
     let mut container = {
         let _lock = store.lock_shared().context("locking the store")?;
-        let c = solver::run::prepare(&store, &image.config, &id, &overrides)
+        let mut c = solver::run::prepare(&store, &image.config, &id, &overrides)
             .with_context(|| format!("preparing container {id}"))?;
+        c.spec.security = security;
         // Written before the lock goes: `kiln prune` keeps the snapshots a container's
         // spec.json names, so none of this container's layers can go while it exists.
         let spec_path = c.dir.join("spec.json");

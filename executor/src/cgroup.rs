@@ -99,25 +99,15 @@ impl Hierarchy {
     pub fn parse(mountinfo: &str) -> Option<Hierarchy> {
         let mut v1 = BTreeMap::new();
         let mut v2 = None;
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let Some(mount_point) = left.split(' ').nth(4) else {
-                continue;
-            };
-            let mut r = right.split(' ');
-            let (fstype, _source, opts) = (r.next(), r.next(), r.next().unwrap_or(""));
-            match fstype {
-                Some("cgroup") => {
-                    for o in opts.split(',') {
-                        if matches!(o, "memory" | "cpu" | "pids") {
-                            v1.insert(o.to_string(), PathBuf::from(mount_point));
-                        }
+        for (mount_point, fstype, opts) in cgroup_mounts(mountinfo) {
+            if fstype == "cgroup" {
+                for o in opts.split(',') {
+                    if matches!(o, "memory" | "cpu" | "pids") {
+                        v1.insert(o.to_string(), mount_point.clone());
                     }
                 }
-                Some("cgroup2") if v2.is_none() => v2 = Some(PathBuf::from(mount_point)),
-                _ => {}
+            } else if v2.is_none() {
+                v2 = Some(mount_point);
             }
         }
         if !v1.is_empty() {
@@ -131,6 +121,18 @@ impl Hierarchy {
     pub fn host() -> Option<Hierarchy> {
         Hierarchy::parse(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
     }
+}
+
+/// The `cgroup` and `cgroup2` mounts of `/proc/self/mountinfo` text, in order: mount point,
+/// filesystem type and super options (where v1 names its controllers).
+pub fn cgroup_mounts(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        let mut r = right.split(' ');
+        let (fstype, _source, opts) = (r.next()?, r.next(), r.next().unwrap_or(""));
+        matches!(fstype, "cgroup" | "cgroup2").then(|| (PathBuf::from(mount_point), fstype, opts))
+    })
 }
 
 /// What [`Cgroup::create`] does: directories to create (in order), then files to write.

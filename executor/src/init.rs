@@ -5,15 +5,15 @@
 //! signal N); a setup failure is 125 with one `kiln: ` line on stderr.
 //!
 //! RUN, step by step:
-//! - parent: writes /etc/hosts, resolv.conf and hostname into a state dir next to the overlay
-//!   work dir, unshares pid, uts, ipc (and net unless the host network is asked for), sets the
-//!   hostname, brings `lo` up, and forks;
+//! - parent: joins the device cgroup ([`crate::devices`]), writes /etc/hosts, resolv.conf
+//!   and hostname into a state dir next to the overlay work dir, unshares pid, uts, ipc (and
+//!   net unless the host network is asked for), sets the hostname, brings `lo` up, and forks;
 //! - child (pid 1 of the new pid namespace): unshares the mount namespace and makes every mount
 //!   private, mounts the overlay root with the new mount API (`lowerdir+`, so there is no
 //!   ~37-layer limit), executes the [`crate::mounts`] plan with every target resolved inside
 //!   the root (`RESOLVE_IN_ROOT`), pivot_roots, resolves the user in the root's /etc/passwd,
 //!   creates and enters the working dir, drops capabilities to Docker's default set, sets
-//!   no_new_privs, switches user and execs;
+//!   no_new_privs, switches user, loads the seccomp filter ([`crate::seccomp`]) and execs;
 //! - parent: reads the mount points the child had to create (through a close-on-exec pipe),
 //!   waits, and deletes those placeholders from the upper dir so they never reach the layer.
 //!   The child had its own mount namespace, so by then nothing is mounted any more.
@@ -35,7 +35,8 @@ use crate::fsroot;
 use crate::mounts::{self, HostPaths, Step};
 
 mod apply;
-use crate::spec::{InitSpec, Network, RunSpec};
+use crate::seccomp;
+use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
 use crate::user::{self, UserError};
 pub(crate) use apply::mount_overlay;
@@ -173,6 +174,15 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
+    /// The device policy could not be applied.
+    #[error("device policy")]
+    Devices(#[from] crate::devices::DeviceError),
+    /// The seccomp profile could not be compiled.
+    #[error("seccomp profile")]
+    Seccomp(#[from] seccomp::SeccompError),
+    /// The kernel refused the seccomp filter.
+    #[error("loading the seccomp filter")]
+    SeccompLoad(#[source] io::Error),
     /// A COPY/ADD/WORKDIR task failed.
     #[error(transparent)]
     Copy(#[from] crate::copy::CopyError),
@@ -307,6 +317,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(InitError::NoCommand);
     }
+    confine_devices()?;
     let state = StateDir::create(&spec.rootfs.work)?;
     let read_host = |p: &str| std::fs::read_to_string(p).ok();
     for (name, text) in mounts::etc_files(
@@ -390,6 +401,13 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     remove_placeholders(&spec.rootfs, &created, &before, &plan);
     drop(state);
     Ok(status)
+}
+
+/// Puts this process, and so the sandbox it forks, under the device policy
+/// ([`crate::devices`]); usually it was born there. It opens no device itself afterwards:
+/// stdio is inherited.
+fn confine_devices() -> Result<()> {
+    Ok(crate::devices::confine_self()?)
 }
 
 /// With `tty`, the socket pair a pty master travels on (see [`crate::tty`]).
@@ -640,7 +658,7 @@ fn child_main(
         })?;
     }
 
-    exec_as(&spec.args, &env, &spec.user, &id)
+    exec_as(&spec.args, &env, &spec.user, &id, &spec.security)
 }
 
 /// `kiln exec`: joins the namespaces of `spec.pid` (all handles opened first, the mount
@@ -658,6 +676,8 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
         ("pid", T::ProcessID),
         ("mnt", T::Mount),
     ];
+    // While the host's cgroup filesystems are still in view.
+    confine_devices()?;
     let mut handles = Vec::new();
     for (name, kind) in kinds {
         let p = PathBuf::from(format!("/proc/{}/ns/{name}", spec.pid));
@@ -721,18 +741,26 @@ fn exec_child(spec: &crate::spec::ExecSpec, console: Option<OwnedFd>) -> Result<
             source,
         })?;
     }
-    exec_as(&spec.args, &env, &spec.user, &id)
+    exec_as(&spec.args, &env, &spec.user, &id, &spec.security)
 }
 
 /// The last step of RUN and `kiln exec`: finds `args[0]` on the `PATH` of `env` (while still
-/// privileged), drops to `user`/`id`, and execs. Returns only on failure.
-fn exec_as(args: &[String], env: &[String], user: &str, id: &user::Identity) -> Result<Infallible> {
+/// privileged), compiles the seccomp filter, drops to `user`/`id`, loads the filter and
+/// execs. Returns only on failure.
+fn exec_as(
+    args: &[String],
+    env: &[String],
+    user: &str,
+    id: &user::Identity,
+    security: &Security,
+) -> Result<Infallible> {
     let path_var = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH)
         .to_string();
     let exe = find_executable(&args[0], &path_var)?;
+    let filter = seccomp_filter(&security.seccomp)?;
     drop_privileges(user, id)?;
 
     let cstr =
@@ -753,7 +781,30 @@ fn exec_as(args: &[String], env: &[String], user: &str, id: &user::Identity) -> 
         .map_err(to_exec_err)?;
     let path = CString::new(exe.as_os_str().as_bytes())
         .map_err(|e| to_exec_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    // Last, so that nothing of kiln's own runs under the filter; no_new_privs is set.
+    if let Some(f) = &filter {
+        sys::load_seccomp(&f.program).map_err(InitError::SeccompLoad)?;
+    }
     Err(to_exec_err(sys::execve(&path, &argv, &envp)))
+}
+
+/// The filter `mode` asks for, compiled for this machine and Docker's capability set; None
+/// when unconfined.
+fn seccomp_filter(mode: &Seccomp) -> Result<Option<seccomp::Filter>> {
+    let default;
+    let profile = match mode {
+        Seccomp::Unconfined => return Ok(None),
+        Seccomp::Default => {
+            default = seccomp::Profile::docker_default();
+            &default
+        }
+        Seccomp::Profile(p) => p.as_ref(),
+    };
+    let release = rustix::system::uname();
+    let release = release.release().to_string_lossy();
+    let caps = seccomp::capability_names(default_capabilities());
+    let target = seccomp::Target::native(caps, &release)?;
+    Ok(Some(seccomp::compile(profile, &target)?))
 }
 
 /// `env` plus Docker's defaults for `PATH` and `HOME` when they are missing.

@@ -13,6 +13,8 @@
 //! - [`user`]: /etc/passwd and /etc/group resolution (pure);
 //! - [`copy`]: COPY/ADD/WORKDIR semantics, run inside `__init`;
 //! - [`cgroup`]: `--memory`/`--cpus`/`--pids-limit` through cgroup v1 or v2;
+//! - [`devices`]: runc's default device list, through the v1 devices cgroup or a v2 eBPF program;
+//! - [`seccomp`]: docker's seccomp profile format, compiled to the BPF filter of every sandbox;
 //! - [`net`]: bridge networks, leases, NAT and published ports, the netns pool for RUN;
 //! - [`fsroot`]: the one resolver of untrusted paths inside a root (openat2 `RESOLVE_IN_ROOT`,
 //!   or a checked walk), used for every mount source and target and every COPY destination;
@@ -36,12 +38,14 @@
 pub mod cgroup;
 pub mod context;
 pub mod copy;
+pub mod devices;
 pub mod fsroot;
 pub mod init;
 pub mod mounts;
 pub mod names;
 pub mod net;
 pub mod sandbox;
+pub mod seccomp;
 pub mod spec;
 pub mod sys;
 pub(crate) mod tty;

@@ -363,6 +363,7 @@ mod tests {
             network,
             mounts: vec![],
             tty: false,
+            security: Default::default(),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct ExecSpec {
     /// Allocate a terminal for the command, as [`RunSpec::tty`].
     #[serde(default)]
     pub tty: bool,
+    /// The container's confinement (the same as its PID 1's).
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// An overlay root filesystem.
@@ -87,6 +90,28 @@ pub struct RunSpec {
     /// Allocate a pseudo-terminal in the sandbox's devpts for the process (its controlling
     /// terminal and stdio); `__init` relays it to its own stdin and stdout.
     pub tty: bool,
+    /// seccomp and friends (`--security-opt`).
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// Confinement set by `--security-opt` (the device cgroup is not optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// The seccomp filter of the process.
+    pub seccomp: Seccomp,
+}
+
+/// Which seccomp filter a sandbox's process gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Seccomp {
+    /// Docker's default profile ([`crate::seccomp::Profile::docker_default`]).
+    #[default]
+    Default,
+    /// No filter (`--security-opt seccomp=unconfined`).
+    Unconfined,
+    /// A profile in docker's format (`--security-opt seccomp=PROFILE.json`).
+    Profile(Box<crate::seccomp::Profile>),
 }
 
 /// An extra mount inside the sandbox.

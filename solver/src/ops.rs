@@ -90,6 +90,9 @@ pub struct SolveOptions {
     /// The bridge that default-network RUN steps join (pooled namespaces); None runs them
     /// with loopback only.
     pub bridge: Option<std::sync::Arc<executor::net::BuildNetwork>>,
+    /// `kiln build --security-opt`: the seccomp filter of every RUN (not part of cache
+    /// keys, as in docker).
+    pub security: executor::spec::Security,
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
@@ -951,6 +954,7 @@ impl Runner {
             network,
             mounts,
             tty: false,
+            security: self.opts.security.clone(),
         });
         Ok((spec, (prepared.guards, lease)))
     }

@@ -157,6 +157,7 @@ pub fn prepare(
             network: Network::Loopback,
             mounts: vec![],
             tty: o.tty,
+            security: Default::default(),
         },
         dir,
     })

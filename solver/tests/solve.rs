@@ -215,6 +215,7 @@ impl Fixture {
             network: Default::default(),
             ssh: Default::default(),
             bridge: None,
+            security: Default::default(),
         };
         let solver = Solver::new(self.store.clone(), opts);
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -18,6 +18,7 @@ mod interop;
 mod network;
 mod registry;
 mod remote_cache;
+mod sandbox_security;
 mod save;
 mod sources;
 mod validation;

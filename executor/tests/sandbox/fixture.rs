@@ -103,6 +103,7 @@ pub fn sh(layer: &Layer, lowers: Vec<PathBuf>, script: &str) -> RunSpec {
         network: Network::Loopback,
         mounts: vec![],
         tty: false,
+        security: Default::default(),
     }
 }
 
