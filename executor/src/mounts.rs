@@ -475,6 +475,32 @@ mod tests {
     }
 
     #[test]
+    fn tree_mounts_keep_the_untrusted_path_for_the_resolver() {
+        let mut s = spec(Network::Loopback);
+        s.mounts = vec![MountSpec {
+            target: "/m".into(),
+            kind: MountKind::Tree {
+                lowers: vec!["/snap/a".into(), "/snap/b".into()],
+                scratch: None,
+                path: "../../etc".into(),
+            },
+            readonly: true,
+        }];
+        let steps = plan(&s, &host(), &[]);
+        // Never joined onto a lower here: `init` resolves it inside the mounted tree.
+        assert_eq!(
+            steps.last(),
+            Some(&Step::Tree {
+                lowers: vec!["/snap/a".into(), "/snap/b".into()],
+                scratch: None,
+                path: "../../etc".into(),
+                target: "/m".into(),
+                readonly: true,
+            })
+        );
+    }
+
+    #[test]
     fn loopback_network_gets_loopback_hosts_and_no_nameserver() {
         let files = etc_files(
             &spec(Network::Loopback),

@@ -501,17 +501,29 @@ pub fn checkout(
     let root = if src.subdir.is_empty() {
         repo
     } else {
-        let sub = repo.join(&src.subdir);
-        // The subdirectory must be a directory of the checkout, not a link out of it.
-        let inside = std::fs::symlink_metadata(&sub).is_ok_and(|m| m.is_dir());
-        if !inside {
-            return Err(GitError::NoSubdir {
-                url: url.clone(),
-                subdir: src.subdir.clone(),
-                commit,
+        // The repository is untrusted: its symlinks are followed inside the checkout only
+        // (`link -> /` then `#main:link/etc` names the checkout's own `etc`). The checkout is
+        // a temp dir of ours that nothing else changes, so the resolved directory's path
+        // stays valid.
+        let sub = executor::fsroot::Root::open(&repo)
+            .and_then(|root| root.resolve(&src.subdir))
+            .and_then(|r| {
+                if r.is_dir()? {
+                    std::fs::read_link(r.proc_path()).map(Some)
+                } else {
+                    Ok(None)
+                }
             });
+        match sub {
+            Ok(Some(sub)) => sub,
+            _ => {
+                return Err(GitError::NoSubdir {
+                    url: url.clone(),
+                    subdir: src.subdir.clone(),
+                    commit,
+                });
+            }
         }
-        sub
     };
     Ok((root, time))
 }

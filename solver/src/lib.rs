@@ -12,8 +12,10 @@
 //!   layers and cache mounts.
 //! - [`run`]: the sandbox spec of a `kiln run` container.
 //! - [`fetch`] and [`git`]: ADD of http(s) URLs and of git repositories.
-//! - [`mounts`]: RUN --mount on the host side (cache dirs, secrets, ssh agent proxies, bind
-//!   overlays, the context filtered by `.dockerignore`).
+//! - [`mounts`]: RUN --mount on the host side (cache dirs, secrets, ssh agent proxies, the
+//!   layers of bind-mounted trees, the context filtered by `.dockerignore`); the sandbox
+//!   mounts the trees and resolves their untrusted source paths with `executor::fsroot`.
+//! - [`spawn`]: starts sandboxes from one long-lived thread, so that they die with the build.
 //!
 //! The solver depends on `cache` (store, layers, images) and `executor` (sandboxes). It never
 //! parses Dockerfiles and never prints: progress leaves as events.

@@ -65,3 +65,60 @@ pub async fn spawn(mut cmd: tokio::process::Command) -> std::io::Result<tokio::p
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `child` is still running after up to a second (the parent-death signal is
+    /// sent while the dying thread exits, which can be just after `join` returns).
+    fn survives(child: &mut tokio::process::Child) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().expect("try_wait").is_some() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn sleeper() -> tokio::process::Command {
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        executor::sys::kill_with_spawner(&mut cmd);
+        tokio::process::Command::from(cmd)
+    }
+
+    #[test]
+    fn a_sandbox_outlives_the_worker_thread_that_asked_for_it() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handle = rt.handle().clone();
+        // A thread that asks for the child and exits, as a retired tokio thread would.
+        let mut child = std::thread::spawn(move || handle.block_on(spawn(sleeper())))
+            .join()
+            .expect("thread")
+            .expect("spawn");
+        assert!(
+            survives(&mut child),
+            "killed with the thread that asked for it"
+        );
+        let _ = child.start_kill();
+
+        // The same child spawned by the exiting thread itself dies with it: the signal
+        // follows the parent thread, which is why `spawn` exists.
+        let handle = rt.handle().clone();
+        let mut child = std::thread::spawn(move || {
+            let _entered = handle.enter();
+            sleeper().spawn()
+        })
+        .join()
+        .expect("thread")
+        .expect("spawn");
+        assert!(!survives(&mut child), "PR_SET_PDEATHSIG was not set");
+    }
+}

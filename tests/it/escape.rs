@@ -414,6 +414,38 @@ fn mount_point_cleanup_never_follows_symlinks_the_command_planted() -> anyhow::R
     expect_cases(&out, &[("a".into(), format!("/{rel}"))])
 }
 
+#[test]
+fn add_git_subdir_through_a_symlink_in_the_repository_stays_in_the_checkout() -> anyhow::Result<()>
+{
+    let Some(t) = busybox_dir(&["git"])? else {
+        return Ok(());
+    };
+    let c = Canary::plant(&t)?;
+    let s = crate::sources::git_server(&t)?;
+    let rel = c.rel();
+    crate::sources::commit(
+        &s.repo,
+        &[(&format!("{rel}/secret"), "DECOY-git\n")],
+        "decoy",
+    )?;
+    // A hostile repository: `link -> /`, so `link/<host dir>` names the host dir if the
+    // checkout follows it with the host's root.
+    std::os::unix::fs::symlink("/", s.repo.join("link"))?;
+    crate::sources::commit(&s.repo, &[], "link")?;
+    let u = &s.url;
+    t.write(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\nADD {u}#main:link/{rel} /got\n\
+             RUN echo \"CASE[git]=$(cat /got/secret)\"\n"
+        ),
+    );
+    let out = build(&t, "x:1", &[]);
+    c.check(&out)?;
+    ensure!(out.status.success(), "{}", text(&out));
+    expect_cases(&out, &[("git".into(), "DECOY-git".into())])
+}
+
 /// Pids of processes whose command line contains `marker`.
 fn processes_with(marker: &str) -> Vec<u32> {
     let mut found = Vec::new();

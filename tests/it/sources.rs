@@ -42,7 +42,7 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Writes `files` into the work tree and commits them; returns the commit id.
-fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> anyhow::Result<String> {
+pub(crate) fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> anyhow::Result<String> {
     for (rel, text) in files {
         let p = repo.join(rel);
         std::fs::create_dir_all(p.parent().context("a parent")?)?;
@@ -62,13 +62,13 @@ fn init_repo(base: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// A repository `base/repo.git` served by `git daemon` on a free 127.0.0.1 port.
-struct GitServer {
+pub(crate) struct GitServer {
     _daemon: Proc,
-    repo: PathBuf,
-    url: String,
+    pub(crate) repo: PathBuf,
+    pub(crate) url: String,
 }
 
-fn git_server(t: &TestDir) -> anyhow::Result<GitServer> {
+pub(crate) fn git_server(t: &TestDir) -> anyhow::Result<GitServer> {
     let base = t.dir.path().join("git");
     let repo = init_repo(&base)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
