@@ -331,4 +331,22 @@ mod tests {
         assert!(parse_mount("type=cache,target=/a,mode=9z", "/").is_err());
         assert!(parse_mount("type=bind,target=/a,bogus=1", "/").is_err());
     }
+
+    /// Issue 10: 4294967295 is (uid_t)-1, which chown reads as "leave unchanged".
+    #[test]
+    fn mount_owners_outside_dockers_id_range_are_rejected() {
+        for spec in [
+            "type=secret,id=s,uid=4294967295",
+            "type=secret,id=s,gid=2147483648",
+            "type=cache,target=/c,uid=-1",
+        ] {
+            let e = parse_mount(spec, "/").expect_err(spec);
+            assert!(
+                e.to_string().contains("not a number in 0-2147483647"),
+                "{e}"
+            );
+        }
+        let m = parse_mount("type=cache,target=/c,uid=2147483647", "/").expect("top of range");
+        assert_eq!(m.uid, 2_147_483_647);
+    }
 }

@@ -120,6 +120,21 @@ proptest! {
         exercise(&text);
     }
 
+    /// Bytes that are not UTF-8 (issue 10): decoded or refused, never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        lines in prop::collection::vec(line(), 0..6),
+        junk in prop::collection::vec(any::<u8>(), 0..16),
+        at in 0usize..200,
+    ) {
+        let mut bytes = format!("FROM busybox\n{}\n", lines.join("\n")).into_bytes();
+        let at = at.min(bytes.len());
+        bytes.splice(at..at, junk);
+        if let Ok(text) = frontend::decode(&bytes) {
+            exercise(&text);
+        }
+    }
+
     #[test]
     fn dockerfile_like_text_never_panics(lines in prop::collection::vec(line(), 0..12)) {
         exercise(&format!("FROM busybox AS s0\n{}\n", lines.join("\n")));

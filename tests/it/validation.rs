@@ -366,6 +366,17 @@ fn a_latin1_comment_builds_as_with_docker() -> anyhow::Result<()> {
         "{}",
         text(&out)
     );
+    // With -f the message names the file given.
+    let other = t.ctx.join("build.Dockerfile");
+    std::fs::write(&other, b"FROM busybox\n# \xe9\nRUN echo \xe9\n")?;
+    let other = other.to_str().context("utf-8")?;
+    let out = t.kiln(&["build", "-t", "latin1:3", "-f", other, ctx]);
+    ensure!(
+        !out.status.success()
+            && stderr(&out).contains(&format!("{other}:3:10: invalid UTF-8 byte 0xe9")),
+        "{}",
+        text(&out)
+    );
     Ok(())
 }
 

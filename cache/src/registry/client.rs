@@ -271,7 +271,15 @@ pub struct Client {
     retries: u32,
     retry_base: Duration,
     timeouts: Timeouts,
+    /// The client for blob uploads, made on first use: reqwest's read timeout runs from the
+    /// start of a request to its response headers, so on this client, whose requests stream
+    /// whole blobs, it would cut every upload longer than the idle timeout. Uploads are
+    /// bounded by their progress instead (see [`Client::wait_upload`]).
+    upload_http: tokio::sync::OnceCell<reqwest::Client>,
 }
+
+/// A request body's progress: bytes sent so far, and the size when all is sent.
+type Sent<'a> = (&'a AtomicU64, u64);
 
 /// What [`Client::start_upload`] got.
 #[derive(Debug)]
@@ -287,14 +295,21 @@ pub enum UploadStart {
 /// certificate, or plain http. Such a client needs no root certificates, so it skips loading
 /// the system's (about 150 files: 50-100 ms of every pull or push).
 ///
-/// reqwest's `read_timeout` is the idle timeout: it bounds every read, of the headers too, so
-/// the wait for headers is the smaller of `response` and `idle`.
-fn http_client(insecure: bool, timeouts: &Timeouts) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// reqwest's `read_timeout` is the idle timeout (`None` for the upload client): it bounds every
+/// read, of the headers too, so the wait for headers is the smaller of `response` and `idle`.
+fn http_client(
+    insecure: bool,
+    connect: Duration,
+    idle: Option<Duration>,
+) -> Result<reqwest::Client> {
+    let b = reqwest::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(timeouts.connect)
-        .read_timeout(timeouts.idle)
-        .danger_accept_invalid_certs(insecure)
+        .connect_timeout(connect);
+    let b = match idle {
+        Some(d) => b.read_timeout(d),
+        None => b,
+    };
+    b.danger_accept_invalid_certs(insecure)
         .tls_built_in_root_certs(!insecure)
         .build()
         .map_err(ClientError::Setup)
@@ -320,7 +335,7 @@ impl Client {
         cfg: &ClientConfig,
     ) -> Result<Client> {
         let plain_allowed = allows_plain_http(registry, &cfg.insecure);
-        let http = http_client(plain_allowed, &cfg.timeouts)?;
+        let http = http_client(plain_allowed, cfg.timeouts.connect, Some(cfg.timeouts.idle))?;
         let api_host = if is_docker_hub(registry) {
             "registry-1.docker.io".to_owned()
         } else {
@@ -338,6 +353,7 @@ impl Client {
             retries: cfg.retries,
             retry_base: cfg.retry_base,
             timeouts: cfg.timeouts,
+            upload_http: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -423,6 +439,39 @@ impl Client {
         }
     }
 
+    /// Sends `rb`, a blob upload, failing when its body makes no progress for the idle timeout,
+    /// or when, all sent, no response headers come within the response timeout (the registry
+    /// verifies the digest first). Progress is checked once per timeout, so a stall is noticed
+    /// after one to two timeouts.
+    async fn wait_upload(
+        &self,
+        what: &str,
+        rb: reqwest::RequestBuilder,
+        (sent, size): Sent<'_>,
+    ) -> Result<Response> {
+        let fut = rb.send();
+        tokio::pin!(fut);
+        let mut last = sent.load(Ordering::Relaxed);
+        loop {
+            let done = last >= size;
+            let (phase, wait) = if done {
+                (TimeoutPhase::Response, self.timeouts.response)
+            } else {
+                (TimeoutPhase::Idle, self.timeouts.idle)
+            };
+            match tokio::time::timeout(wait, &mut fut).await {
+                Ok(r) => return r.map_err(|e| self.network(what, e)),
+                Err(_) => {
+                    let now = sent.load(Ordering::Relaxed);
+                    if now == last && done == (now >= size) {
+                        return Err(self.timeout(what, phase, wait));
+                    }
+                    last = now;
+                }
+            }
+        }
+    }
+
     /// Sends `rb`, waiting at most the response timeout for the headers. reqwest's idle
     /// timeout also runs while it waits for them, so whichever is shorter ends the wait.
     async fn send_timed(&self, what: &str, rb: reqwest::RequestBuilder) -> Result<Response> {
@@ -466,14 +515,43 @@ impl Client {
     where
         B: Fn(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
     {
+        self.send_with(what, build, None).await
+    }
+
+    /// Like [`Client::send`] for a request that streams a blob whose progress `sent` reports:
+    /// on the upload client, bounded by progress rather than by one timeout.
+    async fn send_upload<B>(&self, what: &str, sent: Sent<'_>, build: B) -> Result<Response>
+    where
+        B: Fn(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
+    {
+        self.send_with(what, build, Some(sent)).await
+    }
+
+    async fn send_with<B>(&self, what: &str, build: B, upload: Option<Sent<'_>>) -> Result<Response>
+    where
+        B: Fn(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
+    {
         let base = self.base().await?;
+        let http = match upload {
+            Some(_) => {
+                self.upload_http
+                    .get_or_try_init(|| async {
+                        http_client(self.plain_allowed, self.timeouts.connect, None)
+                    })
+                    .await?
+            }
+            None => &self.http,
+        };
         let mut answered = false;
         loop {
-            let mut rb = build(&self.http, base)?;
+            let mut rb = build(http, base)?;
             if let Some(h) = self.auth_header() {
                 rb = rb.header(header::AUTHORIZATION, h);
             }
-            let resp = self.send_timed(what, rb).await?;
+            let resp = match upload {
+                Some(sent) => self.wait_upload(what, rb, sent).await?,
+                None => self.send_timed(what, rb).await?,
+            };
             if resp.status() != StatusCode::UNAUTHORIZED && resp.status() != StatusCode::FORBIDDEN {
                 return Ok(resp);
             }
@@ -810,7 +888,7 @@ impl Client {
             .append_pair("digest", &digest.to_string());
         let sent = Arc::new(AtomicU64::new(0));
         let resp = self
-            .send(&what, |http, _| {
+            .send_upload(&what, (&sent, size), |http, _| {
                 let file = std::fs::File::open(path).map_err(|source| ClientError::Open {
                     path: path.to_owned(),
                     source,
@@ -868,8 +946,9 @@ impl Client {
         let mut offset = 0u64;
         while offset < size {
             let len = chunk.min(size - offset);
+            let sent = Arc::new(AtomicU64::new(offset));
             let resp = self
-                .send(&what, |http, _| {
+                .send_upload(&what, (&sent, offset + len), |http, _| {
                     let open = |source| ClientError::Open {
                         path: path.to_owned(),
                         source,
@@ -879,7 +958,8 @@ impl Client {
                         .map_err(open)?;
                     let body = tokio::fs::File::from_std(file).take(len);
                     let progress = progress.clone();
-                    let sent = Arc::new(AtomicU64::new(offset));
+                    sent.store(offset, Ordering::Relaxed);
+                    let sent = sent.clone();
                     let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 << 10)
                         .inspect(move |c| {
                             if let Ok(c) = c {
