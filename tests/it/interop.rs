@@ -146,8 +146,9 @@ fn world() -> Option<&'static World> {
     }
 }
 
-/// Starts `docker-registry` under a shell that kills it when its stdin closes: the world is a
-/// static, never dropped, and the pipe closes when the test process exits however it exits.
+/// Starts `docker-registry` under a shell that kills it, and removes the world's directory
+/// `dir` (registry data, buildah's and podman's stores), when its stdin closes: the world is
+/// a static, never dropped, and the pipe closes when the test process exits however it exits.
 /// Layer URLs are allowed (without an allow list the registry refuses every manifest that
 /// has a non-distributable layer with `urls`).
 fn start_registry(dir: &Path) -> anyhow::Result<(String, ChildStdin)> {
@@ -165,10 +166,11 @@ fn start_registry(dir: &Path) -> anyhow::Result<(String, ChildStdin)> {
     let mut child = Command::new("sh")
         .args([
             "-c",
-            "docker-registry serve \"$1\" >/dev/null 2>&1 & pid=$!; read _ignored; kill $pid",
+            "docker-registry serve \"$1\" >/dev/null 2>&1 & pid=$!; read _ignored; kill $pid; wait $pid; rm -rf \"$2\"",
             "sh",
         ])
         .arg(&config)
+        .arg(dir)
         .stdin(Stdio::piped())
         .spawn()
         .context("starting docker-registry")?;
