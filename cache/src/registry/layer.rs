@@ -725,4 +725,28 @@ mod tests {
         assert_eq!(inflate_all(zst).unwrap(), plain);
         assert_eq!(inflate_all(b"ab".to_vec()).unwrap(), b"ab");
     }
+
+    /// eStargz layers are gzip (their media type says so): one member per file chunk, the
+    /// TOC, and a footer member with an `SG` extra field and no data. They read as plain gzip.
+    #[test]
+    fn inflate_reads_an_estargz_shaped_stream_as_gzip() {
+        use std::io::Write as _;
+        let tar: Vec<u8> = (0..200_000u32).map(|i| (i % 97) as u8).collect();
+        let mut blob = Vec::new();
+        for piece in tar.chunks(70_000) {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(piece).unwrap();
+            blob.extend(gz.finish().unwrap());
+        }
+        let mut extra = b"SG".to_vec();
+        extra.extend((22u16).to_le_bytes());
+        extra.extend(b"00000000000493e0STARGZ");
+        let footer = flate2::GzBuilder::new()
+            .extra(extra)
+            .write(Vec::new(), flate2::Compression::default())
+            .finish()
+            .unwrap();
+        blob.extend(footer);
+        assert_eq!(inflate_all(blob).unwrap(), tar);
+    }
 }

@@ -354,7 +354,10 @@ pub async fn pull_image(
     // way when --platform is given; kiln always knows the platform it wants). An index entry
     // was chosen by platform already; its config is checked too, as it is what runs.
     let actual = config.platform();
-    if !actual.os.is_empty() && !platform_matches(&actual, platform) {
+    if !actual.os.is_empty()
+        && !actual.architecture.is_empty()
+        && !platform_matches(&actual, platform)
+    {
         return Err(PullError::PlatformMismatch {
             reference: name,
             wanted: platform.to_string(),

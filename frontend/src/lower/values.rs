@@ -69,16 +69,29 @@ pub(super) fn normalize_platform(p: &str) -> String {
 }
 
 pub(super) fn valid_signal(s: &str) -> bool {
-    if let Ok(n) = s.parse::<u32>() {
-        return (1..=64).contains(&n);
+    // BuildKit's dispatchStopSignal runs moby/sys/signal's ParseSignal: a nonzero integer as
+    // Go's Atoi reads it (sign allowed, no range check), or a name of its Linux SignalMap,
+    // upper-cased, with or without `SIG`.
+    const NAMES: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "RTMIN", "RTMAX",
+    ];
+    if let Ok(n) = s.parse::<i64>() {
+        return n != 0;
     }
-    // Docker's signal.ParseSignal upper-cases the name first.
     let upper = s.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-')
+    let offset = |prefix: &str, sign: char| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(sign))
+            .is_some_and(|n| {
+                // Exactly the map's spellings: `RTMIN+1`..`RTMIN+15`, `RTMAX-14`..`RTMAX-1`.
+                !n.starts_with('0') && n.parse::<u8>().is_ok_and(|n| (1..=15).contains(&n))
+            })
+    };
+    NAMES.contains(&name) || offset("RTMIN", '+') || (offset("RTMAX", '-') && name != "RTMAX-15")
 }
 
 pub(super) fn valid_chmod(s: &str) -> bool {
@@ -132,4 +145,49 @@ pub(crate) fn parse_port_spec(w: &str) -> Result<Vec<String>, ErrorKind> {
         return Err(bad("range end is below its start"));
     }
     Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_signal;
+
+    /// STOPSIGNAL takes what moby/sys/signal's ParseSignal takes (BuildKit calls it), and
+    /// nothing else (issue 11: an invalid STOPSIGNAL was accepted).
+    #[test]
+    fn stop_signals_are_those_buildkit_parses() {
+        for ok in [
+            "SIGTERM",
+            "term",
+            "SigKill",
+            "9",
+            "-5",
+            "+3",
+            "100",
+            "SIGRTMIN",
+            "RTMIN+15",
+            "SIGRTMAX-14",
+            "rtmax-1",
+            "CLD",
+            "STKFLT",
+        ] {
+            assert!(valid_signal(ok), "{ok}");
+        }
+        for bad in [
+            "0",
+            "SIGFOO",
+            "FOO",
+            "SIG",
+            "",
+            "RTMIN+16",
+            "RTMIN+0",
+            "RTMIN+01",
+            "RTMAX-15",
+            "RTMAX+1",
+            "RTMIN-1",
+            "SIGSIGTERM",
+            "TERM ",
+        ] {
+            assert!(!valid_signal(bad), "{bad:?}");
+        }
+    }
 }
