@@ -8,6 +8,11 @@
 //! to addresses inside these namespaces or to the host's loopback. A fixture tears everything
 //! down even when the test body panics, and the harness checks that no link or table is left.
 //!
+//! Coexistence with host firewalls (issue 12) is tested on this host's own firewall (dockerd's
+//! in CI) and in private network namespaces standing in for other hosts: one without any
+//! firewall, one with ufw enabled, one with FORWARD DROP in both iptables backends. The
+//! machine's own firewall is never changed.
+//!
 //! Run one test: `cargo test -p kiln-executor --test net -- NAME_SUBSTRING`.
 
 use std::io::{Read, Write};

@@ -524,6 +524,10 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
     /// to the leases and is written under the same lock; the boot id makes a reboot, which
     /// empties the kernel's tables, force a real run. Changes made to the table behind kiln's
     /// back are not noticed: [`resync_rules`](Self::resync_rules) repairs them.
+    ///
+    /// kiln's chain in the host's iptables filter table (see [`firewall`]) is synced the same
+    /// way, with its own record (`<state>/<table>.firewall`: boot id, backends, bridges), so
+    /// only a network created or removed, or a legacy iptables table appearing, runs iptables.
     pub fn sync_rules(&mut self) -> Result<()> {
         self.apply_rules(false)
     }
