@@ -456,3 +456,52 @@ fn docker_containers_keep_working_beside_kiln() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `kiln system check` on a host whose firewall drops forwarded traffic without kiln's chain
+/// (here a private network namespace with its own empty iptables: FORWARD DROP, and
+/// ip_forward off), as after a firewall reload flushed kiln's rules; `--fix` repairs both.
+#[test]
+fn system_check_names_what_blocks_the_bridges_and_fix_repairs_it() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["ip", "nft", "unshare", "iptables-nft"])? else {
+        return Ok(());
+    };
+    let kiln = crate::harness::kiln_bin();
+    let k = kiln.to_str().context("utf-8 path")?;
+    let script = format!(
+        "iptables-nft -P FORWARD DROP; echo 0 > /proc/sys/net/ipv4/ip_forward; \
+         {k} system check; echo rc=$?; echo =====; \
+         {k} system check --fix; echo rc=$?; echo =====; \
+         iptables-nft-save -t filter; cat /proc/sys/net/ipv4/ip_forward"
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .env("KILN_ROOT", &t.root)
+        .stdin(Stdio::null())
+        .output()?;
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    let parts: Vec<&str> = all.split("=====\n").collect();
+    ensure!(parts.len() == 3, "{}", text(&out));
+    let before = parts[0];
+    ensure!(
+        before.contains("blocked: IPv4 forwarding is off")
+            && before.contains(
+                "blocked: iptables-nft: the filter table's FORWARD chain (policy DROP) drops \
+                 traffic of kiln0"
+            )
+            && before.contains("kiln system check --fix")
+            && before.contains("rc=1"),
+        "{all}"
+    );
+    let fixed = parts[1];
+    ensure!(
+        fixed.contains("ok: nothing on this host blocks kiln's bridges") && fixed.contains("rc=0"),
+        "{all}"
+    );
+    ensure!(
+        parts[2].contains("-A FORWARD -j KILN-FORWARD\n")
+            && parts[2].contains("-A KILN-FORWARD -i kiln0 -j ACCEPT\n")
+            && parts[2].trim_end().ends_with('1'),
+        "{all}"
+    );
+    Ok(())
+}
