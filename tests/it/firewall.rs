@@ -459,7 +459,8 @@ fn docker_containers_keep_working_beside_kiln() -> anyhow::Result<()> {
 
 /// `kiln system check` on a host whose firewall drops forwarded traffic without kiln's chain
 /// (here a private network namespace with its own empty iptables: FORWARD DROP, and
-/// ip_forward off), as after a firewall reload flushed kiln's rules; `--fix` repairs both.
+/// ip_forward off), as after a firewall reload flushed kiln's rules; `kiln network ls` warns;
+/// `--fix` repairs both.
 #[test]
 fn system_check_names_what_blocks_the_bridges_and_fix_repairs_it() -> anyhow::Result<()> {
     let Some(t) = busybox_dir(&["ip", "nft", "unshare", "iptables-nft"])? else {
@@ -469,7 +470,7 @@ fn system_check_names_what_blocks_the_bridges_and_fix_repairs_it() -> anyhow::Re
     let k = kiln.to_str().context("utf-8 path")?;
     let script = format!(
         "iptables-nft -P FORWARD DROP; echo 0 > /proc/sys/net/ipv4/ip_forward; \
-         {k} system check; echo rc=$?; echo =====; \
+         {k} network ls 2>&1 >/dev/null; {k} system check; echo rc=$?; echo =====; \
          {k} system check --fix; echo rc=$?; echo =====; \
          iptables-nft-save -t filter; cat /proc/sys/net/ipv4/ip_forward"
     );
@@ -483,7 +484,9 @@ fn system_check_names_what_blocks_the_bridges_and_fix_repairs_it() -> anyhow::Re
     ensure!(parts.len() == 3, "{}", text(&out));
     let before = parts[0];
     ensure!(
-        before.contains("blocked: IPv4 forwarding is off")
+        before.contains(
+            "warning: 2 thing(s) on this host block kiln's bridges: run `kiln system check`"
+        ) && before.contains("blocked: IPv4 forwarding is off")
             && before.contains(
                 "blocked: iptables-nft: the filter table's FORWARD chain (policy DROP) drops \
                  traffic of kiln0"
