@@ -190,6 +190,9 @@ impl OutsideHost {
             httpd: None,
         };
         let (ns, link) = (h.ns.clone(), h.link.clone());
+        // Leftovers of a killed run of a process with the same pid would make `add` fail.
+        let _ = Command::new("ip").args(["link", "del", &link]).output();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         run_ok("ip", &["netns", "add", &ns])?;
         run_ok(
             "ip",
