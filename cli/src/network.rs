@@ -71,6 +71,18 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     n.gateway.to_string()
                 )?;
             }
+            // Tell when the host's firewall still drops the bridges' traffic (details and the
+            // fix: `kiln system check`). A failure to look is not an error of `ls`.
+            let bridges: Vec<String> = ipam.networks()?.into_iter().map(|n| n.bridge).collect();
+            let mut xt = executor::net::XtablesCommand::default();
+            if let Ok(found) = crate::system::blockers(&mut xt, &bridges)
+                && !found.is_empty()
+            {
+                eprintln!(
+                    "warning: {} thing(s) on this host block kiln's bridges: run `kiln system check`",
+                    found.len()
+                );
+            }
         }
         Cmd::Rm { names } => {
             let mut nets = executor::net::Networks::open(crate::netrun::STATE_DIR)?;

@@ -32,6 +32,22 @@ pub fn system(cmd: SystemCommand) -> anyhow::Result<()> {
     }
 }
 
+/// What on the host still blocks `bridges` (see [`executor::net::firewall::check`]).
+pub(crate) fn blockers(
+    xt: &mut executor::net::XtablesCommand,
+    bridges: &[String],
+) -> anyhow::Result<Vec<executor::net::firewall::Blocker>> {
+    // Without nft (or its JSON support) the native-table part is skipped, not failed.
+    let nft = executor::net::NftCommand::default().list_chains_json().ok();
+    Ok(executor::net::firewall::check(
+        xt,
+        executor::net::nft::TABLE,
+        bridges,
+        Path::new("/proc/sys"),
+        nft.as_deref(),
+    )?)
+}
+
 fn check(fix: bool) -> anyhow::Result<()> {
     let state = crate::netrun::STATE_DIR;
     let proc_sys = Path::new("/proc/sys");
@@ -73,9 +89,7 @@ fn check(fix: bool) -> anyhow::Result<()> {
             }
         )?;
     }
-    // Without nft (or its JSON support) the native-table part is skipped, not failed.
-    let nft = executor::net::NftCommand::default().list_chains_json().ok();
-    let found = executor::net::firewall::check(&mut xt, table, &bridges, proc_sys, nft.as_deref())?;
+    let found = blockers(&mut xt, &bridges)?;
     if found.is_empty() {
         writeln!(
             out,

@@ -8,6 +8,11 @@
 //! to addresses inside these namespaces or to the host's loopback. A fixture tears everything
 //! down even when the test body panics, and the harness checks that no link or table is left.
 //!
+//! Coexistence with host firewalls (issue 12) is tested on this host's own firewall (dockerd's
+//! in CI) and in private network namespaces standing in for other hosts: one without any
+//! firewall, one with ufw enabled, one with FORWARD DROP in both iptables backends. The
+//! machine's own firewall is never changed.
+//!
 //! Run one test: `cargo test -p kiln-executor --test net -- NAME_SUBSTRING`.
 
 use std::io::{Read, Write};
@@ -592,7 +597,13 @@ fn netns_pool_reuses_prepared_namespaces() {
 fn in_private_host<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = Netns::create(dir.path().join("host")).expect("private host namespace");
-    let out = host.run(f);
+    let out = host.run(|| {
+        // A host has its loopback up.
+        let mut nl = RealNetlink::open().expect("netlink in the private host");
+        let lo = nl.link_index("lo").expect("lookup").expect("lo");
+        nl.set_up(lo).expect("lo up");
+        f()
+    });
     let _ = host.remove();
     match out {
         Ok(v) => v,
@@ -792,7 +803,9 @@ fn outside_through_nat(where_: &str) {
     let mut f = Fixture::new(2);
     let out = Outside::new(&mut f);
     let a = f.netns("a");
-    let aa = f.nets.attach("t", "a", &a, &[]).expect("attach a");
+    let host_port = free_port();
+    let published: PortMapping = format!("{host_port}:80").parse().expect("port");
+    let aa = f.nets.attach("t", "a", &a, &[published]).expect("attach a");
     assert!(ping(&a, out.ip), "{where_}: a cannot ping the outside host");
     let port = 8400 + u16::try_from(std::process::id() % 100).expect("fits");
     let server = out.serve_peer_address(port);
@@ -804,6 +817,17 @@ fn outside_through_nat(where_: &str) {
         "{where_}: the outside saw {seen}, not the host's address (container {})",
         aa.ip
     );
+    // Inward: the outside host reaches a's published port at the host's address (DNAT, then
+    // FORWARD into the bridge, which a firewall's drop would stop without kiln's chain).
+    let server = serve_once(&a, 80, "published\n");
+    let outside = out.ns.as_ref().expect("alive");
+    let got = fetch_in(outside, SocketAddr::from((out.host_ip, host_port)));
+    assert_eq!(
+        got.ok().as_deref(),
+        Some("published\n"),
+        "{where_}: the outside host cannot reach a published port"
+    );
+    server.join().expect("published server");
 }
 
 fn private_host_without_firewall() {

@@ -140,6 +140,30 @@ fn ping_and_tcp_within_a_network_and_nothing_across_networks() -> anyhow::Result
     ensure!(leaks.is_empty(), "traffic crossed networks: {leaks:?}");
     let check = t.kiln(&["system", "check"]);
     ensure!(check.status.success(), "{}", text(&check));
+    // Removing the networks removes their rules from the iptables filter table.
+    let ls = String::from_utf8_lossy(&t.ok(&["network", "ls"])?.stdout).into_owned();
+    let bridge_of = |n: &str| {
+        ls.lines()
+            .find(|l| l.split_whitespace().next() == Some(n))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+            .with_context(|| format!("{n} in network ls: {ls}"))
+    };
+    let bridges = [bridge_of(&one)?, bridge_of(&two)?];
+    let save = run_ok("iptables-nft-save", &["-t", "filter"])?;
+    ensure!(
+        bridges
+            .iter()
+            .all(|b| save.contains(&format!("-A KILN-FORWARD -i {b} -j ACCEPT"))),
+        "{bridges:?} not accepted: {save}"
+    );
+    t.ok(&["rm", "-f", &u1, &u2, &x])?;
+    t.ok(&["network", "rm", &one, &two])?;
+    let save = run_ok("iptables-nft-save", &["-t", "filter"])?;
+    ensure!(
+        bridges.iter().all(|b| !save.contains(b.as_str())),
+        "rules of removed networks stay: {save}"
+    );
     Ok(())
 }
 
@@ -166,6 +190,9 @@ impl OutsideHost {
             httpd: None,
         };
         let (ns, link) = (h.ns.clone(), h.link.clone());
+        // Leftovers of a killed run of a process with the same pid would make `add` fail.
+        let _ = Command::new("ip").args(["link", "del", &link]).output();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         run_ok("ip", &["netns", "add", &ns])?;
         run_ok(
             "ip",
@@ -256,7 +283,7 @@ fn run_and_build_steps_reach_a_host_outside_the_bridge_through_nat() -> anyhow::
     let url = out.peer_url();
     // httpd starts in the background: the first request may come too early.
     let mut seen = String::new();
-    for _ in 0..20 {
+    for _ in 0..10 {
         let r = t.kiln(&[
             "run", "--rm", "busybox", "timeout", "3", "wget", "-q", "-O", "-", &url,
         ]);
@@ -429,6 +456,58 @@ fn docker_containers_keep_working_beside_kiln() -> anyhow::Result<()> {
             && save.contains("-A DOCKER-USER -j KILN-FORWARD\n")
             && save.contains("-A DOCKER-USER -j RETURN\n"),
         "{save}"
+    );
+    Ok(())
+}
+
+/// `kiln system check` on a host whose firewall drops forwarded traffic without kiln's chain
+/// (here a private network namespace with its own empty iptables: FORWARD DROP, and
+/// ip_forward off), as after a firewall reload flushed kiln's rules; `kiln network ls` warns;
+/// `--fix` repairs both.
+#[test]
+fn system_check_names_what_blocks_the_bridges_and_fix_repairs_it() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["ip", "nft", "unshare", "iptables-nft"])? else {
+        return Ok(());
+    };
+    let kiln = crate::harness::kiln_bin();
+    let k = kiln.to_str().context("utf-8 path")?;
+    let script = format!(
+        "iptables-nft -P FORWARD DROP; echo 0 > /proc/sys/net/ipv4/ip_forward; \
+         {k} network ls 2>&1 >/dev/null; {k} system check; echo rc=$?; echo =====; \
+         {k} system check --fix; echo rc=$?; echo =====; \
+         iptables-nft-save -t filter; cat /proc/sys/net/ipv4/ip_forward"
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .env("KILN_ROOT", &t.root)
+        .stdin(Stdio::null())
+        .output()?;
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    let parts: Vec<&str> = all.split("=====\n").collect();
+    ensure!(parts.len() == 3, "{}", text(&out));
+    let before = parts[0];
+    ensure!(
+        before.contains(
+            "warning: 2 thing(s) on this host block kiln's bridges: run `kiln system check`"
+        ) && before.contains("blocked: IPv4 forwarding is off")
+            && before.contains(
+                "blocked: iptables-nft: the filter table's FORWARD chain (policy DROP) drops \
+                 traffic of kiln0"
+            )
+            && before.contains("kiln system check --fix")
+            && before.contains("rc=1"),
+        "{all}"
+    );
+    let fixed = parts[1];
+    ensure!(
+        fixed.contains("ok: nothing on this host blocks kiln's bridges") && fixed.contains("rc=0"),
+        "{all}"
+    );
+    ensure!(
+        parts[2].contains("-A FORWARD -j KILN-FORWARD\n")
+            && parts[2].contains("-A KILN-FORWARD -i kiln0 -j ACCEPT\n")
+            && parts[2].trim_end().ends_with('1'),
+        "{all}"
     );
     Ok(())
 }

@@ -524,6 +524,10 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
     /// to the leases and is written under the same lock; the boot id makes a reboot, which
     /// empties the kernel's tables, force a real run. Changes made to the table behind kiln's
     /// back are not noticed: [`resync_rules`](Self::resync_rules) repairs them.
+    ///
+    /// kiln's chain in the host's iptables filter table (see [`firewall`]) is synced the same
+    /// way, with its own record (`<state>/<table>.firewall`: boot id, backends, bridges), so
+    /// only a network created or removed, or a legacy iptables table appearing, runs iptables.
     pub fn sync_rules(&mut self) -> Result<()> {
         self.apply_rules(false)
     }
@@ -746,6 +750,73 @@ mod tests {
         nets.sync_rules()
             .expect("the network's rules stay without leases");
         assert_eq!(nets.nft.scripts.len(), 3);
+    }
+
+    /// Counts iptables reads; the table it shows is always empty.
+    #[derive(Debug, Clone, Default)]
+    struct CountingXtables(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Xtables for CountingXtables {
+        fn backends(&mut self) -> Vec<firewall::Backend> {
+            vec![firewall::Backend::Nft]
+        }
+        fn save(
+            &mut self,
+            _: firewall::Backend,
+        ) -> std::result::Result<Option<String>, FirewallError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(String::new()))
+        }
+        fn restore(
+            &mut self,
+            _: firewall::Backend,
+            _: &str,
+        ) -> std::result::Result<(), FirewallError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn iptables_runs_when_networks_change_not_when_containers_or_ports_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path().join("sys");
+        fs::create_dir_all(sys.join("kernel/random")).expect("mkdir");
+        fs::write(sys.join("kernel/random/boot_id"), "boot-1\n").expect("boot id");
+        let ipam = Ipam::open(dir.path().join("state")).expect("ipam");
+        let net = ipam.network("bridge").expect("default");
+        let xt = CountingXtables::default();
+        let runs = || xt.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut nets = Networks::new(
+            ipam,
+            FakeNetlink::new(),
+            RecordingNft::default(),
+            Box::new(xt.clone()),
+            sys.clone(),
+        );
+        nets.sync_rules().expect("first");
+        assert_eq!(runs(), 1);
+        // Containers with and without published ports: nft runs, iptables does not.
+        nets.ipam()
+            .allocate(&net, "web", &["18080:80".parse().expect("port")])
+            .expect("alloc");
+        nets.sync_rules().expect("a port");
+        nets.ipam().allocate(&net, "db", &[]).expect("alloc");
+        nets.sync_rules().expect("a container");
+        assert_eq!((nets.nft.scripts.len(), runs()), (2, 1));
+        // A network created, then removed: iptables each time.
+        nets.ipam()
+            .define_network("front", Some("10.89.7.0/24".parse().expect("cidr")))
+            .expect("define");
+        nets.sync_rules().expect("a network");
+        assert_eq!(runs(), 2);
+        nets.remove_network("front").expect("rm");
+        assert_eq!(runs(), 3);
+        // A reboot, or a forced resync (`kiln system check --fix`).
+        fs::write(sys.join("kernel/random/boot_id"), "boot-2\n").expect("reboot");
+        nets.sync_rules().expect("after reboot");
+        assert_eq!(runs(), 4);
+        nets.resync_rules().expect("forced");
+        assert_eq!(runs(), 5);
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! kiln's nftables rules: NAT for its bridges, DNAT for published ports, and the guard that
-//! keeps containers away from the host's loopback services. Everything lives in one table,
+//! kiln's nftables rules: NAT for its bridges, DNAT for published ports, the guard that
+//! keeps containers away from the host's loopback services, and the isolation between
+//! networks (a container on one network never reaches one on another, as docker's
+//! DOCKER-ISOLATION chains do; a drop here is final whatever other tables accept). The accepts
+//! a host firewall's FORWARD drop needs cannot live here: see [`firewall`](super::firewall). Everything lives in one table,
 //! `table ip kiln`, which never touches other tables (docker's, the distribution's firewall).
 //!
 //! The rules are *derived from the IPAM state*: every attach and detach regenerates the whole
