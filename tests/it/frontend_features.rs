@@ -4,9 +4,21 @@ use crate::harness::{TestDir, busybox_dir, executed_runs, privileged, text};
 use anyhow::ensure;
 use std::path::Path;
 
-/// The real-world corpus shared by the project (../shared/conformance/real-world).
+/// The real-world corpus shared by the project: `<repo>/../shared/conformance/real-world`, or
+/// under `KILN_SHARED_DIR` (as frontend/tests/conformance.rs). Says where it looked when absent.
 fn real_world() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/real-world")
+    let shared = match std::env::var_os("KILN_SHARED_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    };
+    let dir = shared.join("conformance/real-world");
+    assert!(
+        dir.is_dir(),
+        "the real-world Dockerfile corpus is missing: no directory {} (put the project's shared/ \
+         beside the checkout or set KILN_SHARED_DIR)",
+        dir.display()
+    );
+    dir
 }
 
 #[test]
