@@ -26,8 +26,7 @@ fn openable_block_device() -> Result<(u32, u32)> {
     anyhow::bail!("no block device root can open on the host")
 }
 
-/// Forks; the child enters `cg` and execs a probe shell whose output goes to `out`. Returns
-/// the probe's output.
+/// Forks; the child enters `cg` and runs a probe shell. Returns the probe's output.
 fn probe_in(cg: &DeviceCgroup, dir: &Path) -> Result<String> {
     let (major, minor) = openable_block_device()?;
     let node = dir.join("disk");
@@ -48,15 +47,12 @@ fn probe_in(cg: &DeviceCgroup, dir: &Path) -> Result<String> {
     match executor::sys::fork()? {
         executor::sys::Forked::Child => {
             let code = match cg.enter(&own) {
-                Ok(()) => {
-                    let err = std::process::Command::new("sh")
-                        .arg("-c")
-                        .arg(format!("exec >{} 2>&1; {script}", out.display()))
-                        .status()
-                        .map(|s| s.code().unwrap_or(3))
-                        .unwrap_or(4);
-                    err
-                }
+                Ok(()) => std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("exec >{} 2>&1; {script}", out.display()))
+                    .status()
+                    .map(|s| s.code().unwrap_or(3))
+                    .unwrap_or(4),
                 Err(e) => {
                     let _ = std::fs::write(&out, format!("enter: {e:#?}"));
                     5
