@@ -8,6 +8,7 @@
 
 mod sandbox {
     pub mod copy_tests;
+    pub mod device_tests;
     pub mod fixture;
     pub mod run_tests;
 }
@@ -25,6 +26,7 @@ fn main() {
     let mut tests: Vec<(&str, TestFn)> = Vec::new();
     tests.extend(sandbox::run_tests::TESTS);
     tests.extend(sandbox::copy_tests::TESTS);
+    tests.extend(sandbox::device_tests::TESTS);
     let selected: Vec<_> = tests
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
