@@ -242,31 +242,25 @@ impl Imported {
                     .map_err(task_err)?
                     .map_err(store_err)?;
             }
-            Source::Object {
-                client,
-                location: loc,
-            } => {
-                let key = loc.blob_key(&desc.digest);
-                let mut attempt = 0u32;
-                loop {
-                    match download_object(store, client, &key, desc, &location).await {
-                        Ok(()) => break,
-                        Err(e) if attempt < self.opts.retries && is_transient(&e) => {
-                            tracing::debug!(digest = %desc.digest, error = %e, attempt, "retrying");
-                            tokio::time::sleep(self.opts.retry_base * 2u32.pow(attempt.min(8)))
-                                .await;
-                            attempt += 1;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Source::Registry { client, repo } => {
+            Source::Registry { .. } | Source::Object { .. } => {
                 // Transient failures (connection, 5xx, a stream cut short) retry the whole
                 // download, as pull does; a digest mismatch does not.
                 let mut attempt = 0u32;
                 loop {
-                    match download(store, client, repo, desc, &location).await {
+                    let once = match &cache.source {
+                        Source::Registry { client, repo } => {
+                            download(store, client, repo, desc, &location).await
+                        }
+                        Source::Object {
+                            client,
+                            location: loc,
+                        } => {
+                            let key = loc.blob_key(&desc.digest);
+                            download_object(store, client, &key, desc, &location).await
+                        }
+                        Source::Layout(_) => unreachable!("layouts are read above"),
+                    };
+                    match once {
                         Ok(()) => break,
                         Err(e) if attempt < self.opts.retries && is_transient(&e) => {
                             tracing::debug!(digest = %desc.digest, error = %e, attempt, "retrying");
@@ -277,7 +271,8 @@ impl Imported {
                         Err(e) => return Err(e),
                     }
                 }
-                if let Some(p) = &self.opts.progress {
+                // An object store layer is reported once, when fetch_layer_from unpacks it.
+                if let (Some(p), Source::Registry { .. }) = (&self.opts.progress, &cache.source) {
                     p(&registry::Progress::Unpacked {
                         digest: desc.digest.clone(),
                     });
