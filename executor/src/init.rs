@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -597,6 +597,11 @@ fn child_main(
         what: "setting the parent-death signal",
         source,
     })?;
+    // `__init` may have died between the fork and the prctl above, which then never fires:
+    // its end of the report pipe is closed in that case, so stop here.
+    if sys::pipe_reader_gone(report.as_fd()) {
+        sys::exit_immediately(EXIT_SETUP);
+    }
     sys::unshare(UnshareFlags::NEWNS).map_err(ns_err("unsharing the mount namespace"))?;
     rustix::mount::mount_change(
         "/",

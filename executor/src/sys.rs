@@ -313,6 +313,19 @@ pub fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<Vec<bool
     }
 }
 
+/// Whether the reading end of the pipe whose writing end is `fd` is closed everywhere (the
+/// reader died): `poll` reports `POLLERR` on such a writing end. A zero timeout; never blocks.
+pub fn pipe_reader_gone(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: pfd is one valid, exclusively borrowed pollfd struct; nfds is 1.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & libc::POLLERR != 0
+}
+
 /// Installs a seccomp filter on the calling thread (`seccomp(SECCOMP_SET_MODE_FILTER)`);
 /// the kernel requires no_new_privs (or CAP_SYS_ADMIN) first. It stays across exec.
 pub fn load_seccomp(program: &[crate::seccomp::SockFilter]) -> io::Result<()> {
@@ -336,4 +349,20 @@ pub fn load_seccomp(program: &[crate::seccomp::SockFilter]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_pipe_writer_sees_its_reader_die() {
+        let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+        assert!(
+            !super::pipe_reader_gone(writer.as_fd()),
+            "reader still open"
+        );
+        drop(reader);
+        assert!(super::pipe_reader_gone(writer.as_fd()), "reader closed");
+    }
 }
