@@ -3,7 +3,7 @@
 //! when kiln disagrees, and the files the build leaves are compared with BuildKit's expected
 //! values. Helpers come from [`crate::dockerfile_e2e`].
 
-use crate::dockerfile_e2e::{build, setup};
+use crate::harness::{build, setup};
 use crate::harness::{executed_runs, text};
 use anyhow::{Context as _, ensure};
 
