@@ -421,3 +421,37 @@ pub(crate) fn build(t: &TestDir, tag: &str, extra: &[&str]) -> anyhow::Result<Im
 pub(crate) fn setup() -> anyhow::Result<Option<TestDir>> {
     busybox_dir(&["umoci"])
 }
+
+/// Runs `kiln args...` and fails the test with its output unless it succeeds; kills it and fails
+/// when it has not returned after `watchdog`. The watchdog only turns a hang into a failure: pick
+/// it far above any time the command may take, never as an assertion about timing.
+pub fn ok_within(
+    t: &TestDir,
+    args: &[&str],
+    watchdog: std::time::Duration,
+) -> anyhow::Result<Output> {
+    let child = t
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(watchdog) else {
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+        anyhow::bail!("kiln {args:?} hung for {watchdog:?}");
+    };
+    let out = out?;
+    ensure!(
+        out.status.success(),
+        "kiln {args:?} failed ({}):\n{}",
+        out.status,
+        text(&out)
+    );
+    Ok(out)
+}
