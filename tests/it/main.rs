@@ -21,6 +21,7 @@ mod interop;
 mod network;
 mod registry;
 mod remote_cache;
+mod run_flags;
 mod sandbox_security;
 mod save;
 mod sources;
