@@ -10,7 +10,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `kiln args...` with `input` on its stdin.
-fn with_stdin(t: &TestDir, args: &[&str], env: &[(&str, &str)], input: &str) -> anyhow::Result<Output> {
+fn with_stdin(
+    t: &TestDir,
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: &str,
+) -> anyhow::Result<Output> {
     let mut c = t.cmd(args);
     for (k, v) in env {
         c.env(k, v);
@@ -41,23 +46,65 @@ fn run_env_workdir_user_entrypoint_and_stdin_reach_the_container() -> anyhow::Re
 
     // -e adds and overrides variables; the image's others stay.
     let out = t.ok(&[
-        "run", "--rm", "-e", "A=1", "-e", "FROM_IMAGE=over", "--entrypoint", "sh", "flags:1", "-c",
+        "run",
+        "--rm",
+        "-e",
+        "A=1",
+        "-e",
+        "FROM_IMAGE=over",
+        "--entrypoint",
+        "sh",
+        "flags:1",
+        "-c",
         "echo $A $FROM_IMAGE",
     ])?;
     ensure!(stdout(&out) == "1 over\n", "{}", text(&out));
-    let out = t.ok(&["run", "--rm", "--entrypoint", "sh", "flags:1", "-c", "echo $FROM_IMAGE"])?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        "flags:1",
+        "-c",
+        "echo $FROM_IMAGE",
+    ])?;
     ensure!(stdout(&out) == "kept\n", "{}", text(&out));
 
     // -w sets the working directory (created when missing, as docker does).
-    let out = t.ok(&["run", "--rm", "-w", "/srv/app", "--entrypoint", "pwd", "flags:1"])?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "-w",
+        "/srv/app",
+        "--entrypoint",
+        "pwd",
+        "flags:1",
+    ])?;
     ensure!(stdout(&out) == "/srv/app\n", "{}", text(&out));
 
     // -u sets uid and gid, numerically and by name from the image's /etc/passwd.
     let out = t.ok(&[
-        "run", "--rm", "-u", "1234:4321", "--entrypoint", "sh", "flags:1", "-c", "id -u; id -g",
+        "run",
+        "--rm",
+        "-u",
+        "1234:4321",
+        "--entrypoint",
+        "sh",
+        "flags:1",
+        "-c",
+        "id -u; id -g",
     ])?;
     ensure!(stdout(&out) == "1234\n4321\n", "{}", text(&out));
-    let out = t.ok(&["run", "--rm", "-u", "nobody", "--entrypoint", "id", "flags:1", "-un"])?;
+    let out = t.ok(&[
+        "run",
+        "--rm",
+        "-u",
+        "nobody",
+        "--entrypoint",
+        "id",
+        "flags:1",
+        "-un",
+    ])?;
     ensure!(stdout(&out) == "nobody\n", "{}", text(&out));
 
     // Without --entrypoint the image's runs with CMD as its arguments; with it, it replaces it.
@@ -67,10 +114,28 @@ fn run_env_workdir_user_entrypoint_and_stdin_reach_the_container() -> anyhow::Re
     ensure!(stdout(&out) == "x\n", "{}", text(&out));
 
     // -i connects stdin; without it the container reads nothing.
-    let out = with_stdin(&t, &["run", "--rm", "-i", "--entrypoint", "cat", "flags:1"], &[], "piped in\n")?;
-    ensure!(out.status.success() && stdout(&out) == "piped in\n", "{}", text(&out));
-    let out = with_stdin(&t, &["run", "--rm", "--entrypoint", "cat", "flags:1"], &[], "piped in\n")?;
-    ensure!(out.status.success() && stdout(&out).is_empty(), "{}", text(&out));
+    let out = with_stdin(
+        &t,
+        &["run", "--rm", "-i", "--entrypoint", "cat", "flags:1"],
+        &[],
+        "piped in\n",
+    )?;
+    ensure!(
+        out.status.success() && stdout(&out) == "piped in\n",
+        "{}",
+        text(&out)
+    );
+    let out = with_stdin(
+        &t,
+        &["run", "--rm", "--entrypoint", "cat", "flags:1"],
+        &[],
+        "piped in\n",
+    )?;
+    ensure!(
+        out.status.success() && stdout(&out).is_empty(),
+        "{}",
+        text(&out)
+    );
     Ok(())
 }
 
@@ -103,7 +168,15 @@ fn progress_tty_redraws_on_a_terminal_and_plain_has_no_escapes() -> anyhow::Resu
     let run = t.ok(&["run", "--rm", "tty:1", "cat", "/out"])?;
     ensure!(stdout(&run) == "tty-step\n", "{}", text(&run));
 
-    let out = t.ok(&["build", "--progress", "plain", "--no-cache", "-t", "tty:2", ctx])?;
+    let out = t.ok(&[
+        "build",
+        "--progress",
+        "plain",
+        "--no-cache",
+        "-t",
+        "tty:2",
+        ctx,
+    ])?;
     ensure!(
         !text(&out).contains('\x1b') && text(&out).contains("RUN echo tty-step"),
         "{}",
@@ -125,9 +198,15 @@ impl Drop for AuthRegistry {
     }
 }
 
-fn start_auth_registry(dir: &std::path::Path, user: &str, password: &str) -> anyhow::Result<AuthRegistry> {
+fn start_auth_registry(
+    dir: &std::path::Path,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<AuthRegistry> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let out = Command::new("htpasswd").args(["-Bbn", user, password]).output()?;
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()?;
     ensure!(out.status.success(), "htpasswd: {}", text(&out));
     std::fs::write(dir.join("htpasswd"), out.stdout)?;
     let config = dir.join("auth-registry.yml");
@@ -153,7 +232,10 @@ fn start_auth_registry(dir: &std::path::Path, user: &str, password: &str) -> any
     // Polling the port is the only readiness signal the registry gives.
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(Instant::now() < deadline, "docker-registry did not start on {port}");
+        ensure!(
+            Instant::now() < deadline,
+            "docker-registry did not start on {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(reg)
@@ -173,19 +255,44 @@ fn login_password_stdin_stores_checked_credentials_that_push_and_pull_use() -> a
     t.build("auth:1", &[])?;
     let remote = format!("{}/kiln/auth:1", reg.host);
 
-    let push = |t: &TestDir| t.cmd(&["push", "auth:1", &remote]).env("DOCKER_CONFIG", dc).output();
+    let push = |t: &TestDir| {
+        t.cmd(&["push", "auth:1", &remote])
+            .env("DOCKER_CONFIG", dc)
+            .output()
+    };
     let out = push(&t)?;
-    ensure!(!out.status.success(), "pushed without credentials: {}", text(&out));
+    ensure!(
+        !out.status.success(),
+        "pushed without credentials: {}",
+        text(&out)
+    );
 
     // A wrong password is refused by the registry and nothing is saved.
-    let out = with_stdin(&t, &["login", "-u", "kiln", "--password-stdin", &reg.host], &env, "wrong\n")?;
-    ensure!(!out.status.success(), "a wrong password logged in: {}", text(&out));
+    let out = with_stdin(
+        &t,
+        &["login", "-u", "kiln", "--password-stdin", &reg.host],
+        &env,
+        "wrong\n",
+    )?;
+    ensure!(
+        !out.status.success(),
+        "a wrong password logged in: {}",
+        text(&out)
+    );
     let saved = std::fs::read_to_string(docker_config.join("config.json")).unwrap_or_default();
-    ensure!(!saved.contains(&reg.host), "a refused login was saved: {saved}");
+    ensure!(
+        !saved.contains(&reg.host),
+        "a refused login was saved: {saved}"
+    );
 
     // The password read from stdin (trailing newline stripped, as docker) is checked and saved
     // in docker's format: base64 of user:password.
-    let out = with_stdin(&t, &["login", "-u", "kiln", "--password-stdin", &reg.host], &env, "s3cret\n")?;
+    let out = with_stdin(
+        &t,
+        &["login", "-u", "kiln", "--password-stdin", &reg.host],
+        &env,
+        "s3cret\n",
+    )?;
     ensure!(out.status.success(), "{}", text(&out));
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(docker_config.join("config.json"))?)?;
@@ -197,7 +304,75 @@ fn login_password_stdin_stores_checked_credentials_that_push_and_pull_use() -> a
     let out = push(&t)?;
     ensure!(out.status.success(), "{}", text(&out));
     let other = TestDir::new();
-    let out = other.cmd(&["run", "--rm", &remote, "cat", "/msg"]).env("DOCKER_CONFIG", dc).output()?;
-    ensure!(out.status.success() && stdout(&out) == "authed\n", "{}", text(&out));
+    let out = other
+        .cmd(&["run", "--rm", &remote, "cat", "/msg"])
+        .env("DOCKER_CONFIG", dc)
+        .output()?;
+    ensure!(
+        out.status.success() && stdout(&out) == "authed\n",
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn pull_platform_takes_an_image_of_another_architecture() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["docker-registry", "umoci", "skopeo"])? else {
+        return Ok(());
+    };
+    let other = if std::env::consts::ARCH == "aarch64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    // A single-platform image whose config says `other`, made by umoci from a kiln image and
+    // pushed by skopeo.
+    t.write("Dockerfile", "FROM busybox\nRUN echo elsewhere > /msg\n");
+    t.build("arch:1", &[])?;
+    let tar = t.dir.path().join("arch.tar");
+    t.ok(&["save", "arch:1", "-o", tar.to_str().context("utf-8")?])?;
+    let layout = t.dir.path().join("arch-layout");
+    std::fs::create_dir(&layout)?;
+    tar::Archive::new(std::fs::File::open(&tar)?).unpack(&layout)?;
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let refname = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .context("index.json names the image")?;
+    let image = format!("{}:{refname}", layout.display());
+    let tool = |bin: &str, args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new(bin).args(args).output()?;
+        ensure!(out.status.success(), "{bin} {args:?}: {}", text(&out));
+        Ok(())
+    };
+    tool(
+        "umoci",
+        &["config", "--image", &image, "--architecture", other],
+    )?;
+    let reg = crate::registry::start_registry(t.dir.path())?;
+    let remote = format!("127.0.0.1:{}/kiln/other:1", reg.port);
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{image}"),
+            &format!("docker://{remote}"),
+        ],
+    )?;
+
+    // Refused on this machine, naming the image's platform, unless --platform asks for it.
+    let store = TestDir::new();
+    let out = store.kiln(&["pull", &remote]);
+    ensure!(
+        !out.status.success() && text(&out).contains(&format!("linux/{other}")),
+        "{}",
+        text(&out)
+    );
+    store.ok(&["pull", "--platform", &format!("linux/{other}"), &remote])?;
+    let inspect = store.ok(&["inspect", &remote])?;
+    let doc: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
+    ensure!(doc[0]["Architecture"] == other, "{}", text(&inspect));
     Ok(())
 }
