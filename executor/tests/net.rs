@@ -999,7 +999,6 @@ fn main() {
         ipam_child(&args[2], &args[3]);
         return;
     }
-    let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
     let all: &[Test] = &[
         (
             "two_namespaces_ping_each_other_by_ip",
@@ -1044,44 +1043,27 @@ fn main() {
             forward_drop_in_nft_and_legacy_iptables_is_passed_by_kiln_chains,
         ),
     ];
-    let tests: Vec<&Test> = all
+    let tests = all
         .iter()
-        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
+        .map(|&(name, test)| {
+            let body = move || {
+                test();
+                Ok(())
+            };
+            (
+                name,
+                Box::new(body) as Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
+            )
+        })
         .collect();
-    if let Err(why) = preconditions() {
-        if std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
-            println!("net: REQUIRE_PRIVILEGED_TESTS=1 but {why}");
-            println!("0 passed, {} failed", tests.len());
-            std::process::exit(1);
+    let after = || {
+        let left = leftovers();
+        if left.is_empty() {
+            println!("test leaves_nothing_behind ... ok");
+            Ok(())
+        } else {
+            Err(format!("test leaves_nothing_behind ... FAILED: {left:?}"))
         }
-        println!("net: skipping {} tests: {why}", tests.len());
-        println!("0 passed, 0 failed, {} skipped", tests.len());
-        return;
-    }
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        let t = Instant::now();
-        match std::panic::catch_unwind(test) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:?})", t.elapsed());
-            }
-            Err(_) => {
-                failed += 1;
-                println!("test {name} ... FAILED");
-            }
-        }
-    }
-    let left = leftovers();
-    if left.is_empty() {
-        passed += 1;
-        println!("test leaves_nothing_behind ... ok");
-    } else {
-        failed += 1;
-        println!("test leaves_nothing_behind ... FAILED: {left:?}");
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    };
+    testutil::run("net", tests, preconditions(), Some(Box::new(after)))
 }

@@ -148,6 +148,10 @@ fn render(src: &str, opts: &BuildOptions, missing: &[String]) -> Result<String, 
 fn lowering_goldens_match() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/lower");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    // A run that rewrites its goldens proves nothing: under CI it writes them, then fails.
+    let ci = std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1");
+    let mut rewritten = Vec::new();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .expect("testdata")
         .map(|e| e.expect("entry").path())
@@ -168,6 +172,9 @@ fn lowering_goldens_match() {
             "graph.snap"
         };
         if update {
+            if std::fs::read_to_string(dir.join(file)).ok().as_deref() != Some(got.as_str()) {
+                rewritten.push(format!("{}/{file}", dir.display()));
+            }
             std::fs::write(dir.join(file), &got).expect("write snap");
             let _ = std::fs::remove_file(dir.join(other));
             continue;
@@ -184,5 +191,11 @@ fn lowering_goldens_match() {
             )),
         }
     }
+    assert!(
+        !(update && ci),
+        "UPDATE_GOLDEN is set in a CI run (CI=true or REQUIRE_PRIVILEGED_TESTS=1): the goldens \
+         were rewritten ({} changed: {rewritten:?}) and this run verifies nothing; unset it",
+        rewritten.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -2,8 +2,9 @@
 //! sandboxes (namespaces, overlayfs), cache records, deterministic images.
 //!
 //! `harness = false`: `main` first dispatches `__init`, so the solver re-executes this very
-//! binary as the sandbox, as `kiln` would. Tests need root, overlayfs and /bin/busybox; without
-//! them they are skipped with a reason, or fail when REQUIRE_PRIVILEGED_TESTS=1.
+//! binary as the sandbox, as `kiln` would, then hands the tests to `testutil::run` (libtest
+//! compatible: `--list` lists). Tests need root, overlayfs and /bin/busybox; without them they
+//! are ignored with the reason, or fail when REQUIRE_PRIVILEGED_TESTS=1.
 //!
 //! Usage: `cargo test -p kiln-solver --test solve [-- NAME_FILTER...]`.
 
@@ -17,7 +18,6 @@ use solver::graph::{
 use solver::progress::{Event, EventKind};
 use solver::{SolveError, SolveOptions, Solver};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 type TestFn = fn() -> anyhow::Result<()>;
 
@@ -72,37 +72,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__init") {
         executor::init::main(args);
     }
-    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<_> = TESTS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-        .collect();
-    if let Err(reason) = privileged() {
-        if std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
-            eprintln!("FAIL: privileged tests required but {reason}");
-            std::process::exit(1);
-        }
-        eprintln!("skipping {} solver tests: {reason}", selected.len());
-        return;
-    }
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in selected {
-        let start = Instant::now();
-        match test() {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.0?})", start.elapsed());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test {name} ... FAILED\n{e:#}");
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    testutil::run("solve", testutil::from_fns(TESTS), privileged(), None)
 }
 
 /// A temp dir with a store holding busybox, and a context dir.

@@ -8,7 +8,7 @@
 //! owner, size, contents, link target). docker 20.10 refuses old GNU sparse entries
 //! ("unhandled tar header type 83"), so those are compared with GNU tar's own extraction.
 
-use crate::dockerfile_e2e::unpack;
+use crate::harness::unpack;
 use crate::harness::{TestDir, privileged, text};
 use crate::registry::start_registry;
 use anyhow::{Context as _, ensure};

@@ -301,14 +301,30 @@ fn prune_all_removes_untagged_images_and_keeps_tagged_ones() -> anyhow::Result<(
 
 #[test]
 fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
-    use std::io::BufRead as _;
+    use std::io::{BufRead as _, Read as _, Write as _};
     let Some(t) = busybox_dir(&[])? else {
         return Ok(());
     };
+    // The build's last RUN blocks on a gate the test holds (an HTTP server on the host's
+    // loopback that answers only when told), so prune surely starts while the build runs, and
+    // the build ends only after prune has said it waits: events, not a time window.
+    let gate = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = gate.local_addr()?.port();
+    let (open, opened) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut c, _) = gate.accept()?;
+        let mut buf = [0u8; 1024];
+        let _ = c.read(&mut buf)?;
+        let _ = opened.recv();
+        c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nopen\n")
+    });
     t.write(
         "Dockerfile",
-        "FROM busybox AS builder\nRUN echo built > /artifact\n\
-         FROM busybox\nCOPY --from=builder /artifact /artifact\nRUN sleep 2 && cat /artifact > /copy\n",
+        &format!(
+            "FROM busybox AS builder\nRUN echo built > /artifact\n\
+             FROM busybox\nCOPY --from=builder /artifact /artifact\n\
+             RUN --network=host wget -q -O /gate http://127.0.0.1:{port}/ && cat /artifact > /copy\n"
+        ),
     );
     let mut build = t
         .cmd(&[
@@ -322,11 +338,11 @@ fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     let mut lines = std::io::BufReader::new(build.stderr.take().expect("piped")).lines();
-    // Wait until the slow RUN has started: the build holds the store then.
+    // Wait until the gated RUN has started: the build holds the store then.
     let mut seen = Vec::new();
     for l in lines.by_ref() {
         let l = l?;
-        let slow = l.contains("\"started\"") && l.contains("sleep 2");
+        let slow = l.contains("\"started\"") && l.contains("wget");
         seen.push(l);
         if slow {
             break;
@@ -334,7 +350,23 @@ fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
     }
     // Keep draining the build's progress so that it never blocks on a full pipe.
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let prune = t.ok(&["prune", "-f"])?;
+    let mut prune = t
+        .cmd(&["prune", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut prune_err = Vec::new();
+    for l in std::io::BufReader::new(prune.stderr.take().expect("piped")).lines() {
+        let l = l?;
+        let waiting = l.contains("waiting for running builds");
+        prune_err.push(l);
+        if waiting {
+            // Prune waits for the build: now let the build finish.
+            let _ = open.send(());
+        }
+    }
+    let _ = open.send(());
+    let prune = prune.wait_with_output()?;
     let rest = rest.join().expect("reader thread");
     let status = build.wait()?;
     ensure!(
@@ -343,10 +375,15 @@ fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
         seen.join("\n"),
         rest.join("\n")
     );
+    server.join().expect("gate thread")?;
     ensure!(
-        String::from_utf8_lossy(&prune.stderr).contains("waiting for running builds"),
-        "{}",
-        text(&prune)
+        prune.status.success()
+            && prune_err
+                .iter()
+                .any(|l| l.contains("waiting for running builds")),
+        "prune did not wait for the build ({}): {}",
+        prune.status,
+        prune_err.join("\n")
     );
     let run = t.ok(&["run", "--rm", "x:1", "cat", "/copy"])?;
     ensure!(String::from_utf8_lossy(&run.stdout) == "built\n");

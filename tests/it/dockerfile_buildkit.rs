@@ -1,9 +1,9 @@
 //! BuildKit's own Dockerfile integration cases (moby/buildkit, frontend/dockerfile/*_test.go,
 //! Apache-2.0), adapted to one Dockerfile per file of theirs: each RUN `[ ... ]` fails the build
 //! when kiln disagrees, and the files the build leaves are compared with BuildKit's expected
-//! values. Helpers come from [`crate::dockerfile_e2e`].
+//! values. Helpers come from [`crate::harness`].
 
-use crate::dockerfile_e2e::{build, setup};
+use crate::harness::{build, setup};
 use crate::harness::{executed_runs, text};
 use anyhow::{Context as _, ensure};
 

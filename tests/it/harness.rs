@@ -4,6 +4,7 @@
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -312,4 +313,145 @@ pub fn busybox_tar() -> anyhow::Result<Vec<u8>> {
         )?;
     }
     Ok(b.into_inner()?)
+}
+
+/// A command's stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An image read back from `kiln save`.
+pub(crate) struct Image {
+    /// umoci's unpacked root filesystem.
+    pub(crate) rootfs: PathBuf,
+    /// The OCI image config (`config`, `history`...).
+    pub(crate) config: Value,
+}
+
+impl Image {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
+        self.rootfs.join(rel.trim_start_matches('/'))
+    }
+
+    pub(crate) fn read(&self, rel: &str) -> anyhow::Result<String> {
+        std::fs::read_to_string(self.path(rel)).with_context(|| format!("reading {rel}"))
+    }
+
+    /// `(mode & 0o7777, uid, gid)` of a path (not following a final symlink).
+    pub(crate) fn meta(&self, rel: &str) -> anyhow::Result<(u32, u32, u32)> {
+        let md =
+            std::fs::symlink_metadata(self.path(rel)).with_context(|| format!("stat {rel}"))?;
+        Ok((md.mode() & 0o7777, md.uid(), md.gid()))
+    }
+
+    pub(crate) fn exists(&self, rel: &str) -> bool {
+        std::fs::symlink_metadata(self.path(rel)).is_ok()
+    }
+
+    pub(crate) fn cfg(&self, key: &str) -> &Value {
+        &self.config["config"][key]
+    }
+
+    pub(crate) fn history(&self) -> Vec<String> {
+        self.config["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|e| e["created_by"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn env(&self) -> Vec<String> {
+        strings(self.cfg("Env"))
+    }
+}
+
+pub(crate) fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `kiln save TAG`, the tar unpacked as an OCI layout, `umoci unpack` of it, and its config.
+pub(crate) fn unpack(t: &TestDir, tag: &str) -> anyhow::Result<Image> {
+    let name = tag.replace([':', '/'], "_");
+    let tar = t.dir.path().join(format!("{name}.tar"));
+    t.ok(&["save", tag, "-o", tar.to_str().context("utf-8")?])?;
+    let layout = t.dir.path().join(format!("{name}-layout"));
+    std::fs::create_dir(&layout)?;
+    tar::Archive::new(std::fs::File::open(&tar)?).unpack(&layout)?;
+    let json = |p: PathBuf| -> anyhow::Result<Value> {
+        Ok(serde_json::from_slice(
+            &std::fs::read(&p).with_context(|| p.display().to_string())?,
+        )?)
+    };
+    let blob = |d: &Value| -> anyhow::Result<PathBuf> {
+        let d = d.as_str().context("a digest")?;
+        Ok(layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:")))
+    };
+    let index = json(layout.join("index.json"))?;
+    let refname = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .context("index.json names the image")?
+        .to_owned();
+    let manifest = json(blob(&index["manifests"][0]["digest"])?)?;
+    let config = json(blob(&manifest["config"]["digest"])?)?;
+    let bundle = t.dir.path().join(format!("{name}-bundle"));
+    umoci_unpack(&layout, &refname, &bundle)?;
+    Ok(Image {
+        rootfs: bundle.join("rootfs"),
+        config,
+    })
+}
+
+/// Builds `ctx` (with `extra` flags) as `tag` and reads the image back.
+pub(crate) fn build(t: &TestDir, tag: &str, extra: &[&str]) -> anyhow::Result<Image> {
+    t.build(tag, extra)?;
+    unpack(t, tag)
+}
+
+pub(crate) fn setup() -> anyhow::Result<Option<TestDir>> {
+    busybox_dir(&["umoci"])
+}
+
+/// Runs `kiln args...` and fails the test with its output unless it succeeds; kills it and fails
+/// when it has not returned after `watchdog`. The watchdog only turns a hang into a failure: pick
+/// it far above any time the command may take, never as an assertion about timing.
+pub fn ok_within(
+    t: &TestDir,
+    args: &[&str],
+    watchdog: std::time::Duration,
+) -> anyhow::Result<Output> {
+    let child = t
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(watchdog) else {
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+        anyhow::bail!("kiln {args:?} hung for {watchdog:?}");
+    };
+    let out = out?;
+    ensure!(
+        out.status.success(),
+        "kiln {args:?} failed ({}):\n{}",
+        out.status,
+        text(&out)
+    );
+    Ok(out)
 }

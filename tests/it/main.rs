@@ -2,22 +2,26 @@
 //! the real `kiln` (real namespaces, overlayfs, tar) on a busybox image built from
 //! /bin/busybox. Privileged tests skip with a reason, or fail when REQUIRE_PRIVILEGED_TESTS=1.
 
+mod add_url;
 mod archives;
 mod build;
+mod build_run_mounts;
+mod build_run_network;
 mod cache;
 mod cache_backends;
+mod check;
 mod containers;
 mod dockerfile_buildkit;
-mod dockerfile_e2e;
+mod dockerfile_semantics;
 mod errors;
 mod escape;
 mod firewall;
-mod frontend_features;
 mod harness;
 mod interop;
 mod network;
 mod registry;
 mod remote_cache;
+mod run_flags;
 mod sandbox_security;
 mod save;
 mod sources;

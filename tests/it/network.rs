@@ -321,19 +321,18 @@ fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
         "rm without -f removed it"
     );
 
-    let started = Instant::now();
-    t.ok(&["stop", "-t", "5", &n])?;
-    ensure!(
-        started.elapsed() < Duration::from_secs(6),
-        "stop took {:?}",
-        started.elapsed()
-    );
+    // httpd as PID 1 ignores TERM: stop ends it with KILL after the timeout (137). The
+    // watchdog only turns a hang into a failure.
+    crate::harness::ok_within(&t, &["stop", "-t", "5", &n], Duration::from_secs(120))?;
     ensure!(
         row(&ps(&t, false)?, &n).is_none(),
         "still listed as running"
     );
     let all = ps(&t, true)?;
-    ensure!(row(&all, &n).is_some_and(|r| r.contains("Exited")), "{all}");
+    ensure!(
+        row(&all, &n).is_some_and(|r| r.contains("Exited (137)")),
+        "{all}"
+    );
     ensure!(lease(&n).is_none(), "lease left after stop");
     ensure!(!nft_ruleset().contains("18082"), "rule left after stop");
     t.ok(&["rm", &n])?;

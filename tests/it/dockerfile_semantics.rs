@@ -1,117 +1,15 @@
-//! Issue 3's Dockerfile behaviours end to end: each test builds with the real kiln, then reads
+//! Dockerfile instruction semantics end to end (heredocs, ONBUILD, USER/--chown, ADD of
+//! archives, .dockerignore, COPY modes and links, image config): each test builds with the real kiln, then reads
 //! the image back through `kiln save` + `umoci unpack` (files, modes, owners) and the saved
 //! OCI config (image config and history). Several behaviours share one build to keep the
 //! suite fast. Where BuildKit and the Docker documentation disagree, these follow BuildKit.
 
-use crate::harness::{TestDir, busybox_dir, cached, executed_runs, privileged, text, umoci_unpack};
+use crate::harness::{build, cached, executed_runs, privileged, setup, strings, text, unpack};
 use anyhow::{Context as _, ensure};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// An image read back from `kiln save`.
-pub(crate) struct Image {
-    /// umoci's unpacked root filesystem.
-    pub(crate) rootfs: PathBuf,
-    /// The OCI image config (`config`, `history`...).
-    pub(crate) config: Value,
-}
-
-impl Image {
-    pub(crate) fn path(&self, rel: &str) -> PathBuf {
-        self.rootfs.join(rel.trim_start_matches('/'))
-    }
-
-    pub(crate) fn read(&self, rel: &str) -> anyhow::Result<String> {
-        std::fs::read_to_string(self.path(rel)).with_context(|| format!("reading {rel}"))
-    }
-
-    /// `(mode & 0o7777, uid, gid)` of a path (not following a final symlink).
-    pub(crate) fn meta(&self, rel: &str) -> anyhow::Result<(u32, u32, u32)> {
-        let md =
-            std::fs::symlink_metadata(self.path(rel)).with_context(|| format!("stat {rel}"))?;
-        Ok((md.mode() & 0o7777, md.uid(), md.gid()))
-    }
-
-    pub(crate) fn exists(&self, rel: &str) -> bool {
-        std::fs::symlink_metadata(self.path(rel)).is_ok()
-    }
-
-    pub(crate) fn cfg(&self, key: &str) -> &Value {
-        &self.config["config"][key]
-    }
-
-    pub(crate) fn history(&self) -> Vec<String> {
-        self.config["history"]
-            .as_array()
-            .map(|h| {
-                h.iter()
-                    .map(|e| e["created_by"].as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn env(&self) -> Vec<String> {
-        strings(self.cfg("Env"))
-    }
-}
-
-pub(crate) fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `kiln save TAG`, the tar unpacked as an OCI layout, `umoci unpack` of it, and its config.
-pub(crate) fn unpack(t: &TestDir, tag: &str) -> anyhow::Result<Image> {
-    let name = tag.replace([':', '/'], "_");
-    let tar = t.dir.path().join(format!("{name}.tar"));
-    t.ok(&["save", tag, "-o", tar.to_str().context("utf-8")?])?;
-    let layout = t.dir.path().join(format!("{name}-layout"));
-    std::fs::create_dir(&layout)?;
-    tar::Archive::new(std::fs::File::open(&tar)?).unpack(&layout)?;
-    let json = |p: PathBuf| -> anyhow::Result<Value> {
-        Ok(serde_json::from_slice(
-            &std::fs::read(&p).with_context(|| p.display().to_string())?,
-        )?)
-    };
-    let blob = |d: &Value| -> anyhow::Result<PathBuf> {
-        let d = d.as_str().context("a digest")?;
-        Ok(layout
-            .join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:")))
-    };
-    let index = json(layout.join("index.json"))?;
-    let refname = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
-        .as_str()
-        .context("index.json names the image")?
-        .to_owned();
-    let manifest = json(blob(&index["manifests"][0]["digest"])?)?;
-    let config = json(blob(&manifest["config"]["digest"])?)?;
-    let bundle = t.dir.path().join(format!("{name}-bundle"));
-    umoci_unpack(&layout, &refname, &bundle)?;
-    Ok(Image {
-        rootfs: bundle.join("rootfs"),
-        config,
-    })
-}
-
-/// Builds `ctx` (with `extra` flags) as `tag` and reads the image back.
-pub(crate) fn build(t: &TestDir, tag: &str, extra: &[&str]) -> anyhow::Result<Image> {
-    t.build(tag, extra)?;
-    unpack(t, tag)
-}
-
-pub(crate) fn setup() -> anyhow::Result<Option<TestDir>> {
-    busybox_dir(&["umoci"])
-}
 
 #[test]
 fn heredoc_copy_sources_and_shebang_run_scripts() -> anyhow::Result<()> {
