@@ -20,9 +20,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// How the miss line starts in a step's progress output (`cache miss: file changed: a.txt`).
-pub const PREFIX: &str = "cache miss: ";
-
 /// The inputs that made one step's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StepInputs {

@@ -1121,8 +1121,8 @@ impl Runner {
             128 + status.signal().unwrap_or(0)
         });
         let tail = tail.into_inner().expect("not poisoned").into_lines();
-        // Setup and copy failures: exit 125 with one `kiln: ` line naming the culprit.
-        if code == 125
+        // Setup and copy failures: one `kiln: ` line naming the culprit.
+        if code == executor::init::EXIT_SETUP
             && let Some(msg) = tail.iter().rev().find_map(|l| l.strip_prefix("kiln: "))
         {
             return Err(SolveError::Sandbox {
@@ -1291,13 +1291,7 @@ impl Runner {
                 .clone()
                 .unwrap_or_else(|| "no cache entry".to_owned()),
         };
-        self.emit(
-            n,
-            EventKind::Log {
-                stream: Stream::Stderr,
-                bytes: format!("{}{why}\n", explain::PREFIX).into_bytes(),
-            },
-        );
+        self.emit(n, EventKind::CacheMiss { reason: why });
         if let Some(r) = &self.remote {
             crate::remote::materialize(r, &self.store, &self.graph, n, root, &inputs)
                 .await
