@@ -1,0 +1,125 @@
+//! File ops (COPY, ADD, WORKDIR): the copy tasks of the sandbox spec.
+
+use super::runner::Runner;
+use super::{NodeResult, SolveError, location};
+use crate::graph::{CopySource, FileAction, FileOp, NodeId};
+use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, Rootfs};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a file op's remote sources landed: ADD URL downloads (URL to dir and file name) and
+/// git checkouts ([`crate::git::checkout_key`] to dir).
+pub(super) struct RemoteSources<'a> {
+    pub(super) fetched: &'a BTreeMap<String, (PathBuf, String)>,
+    pub(super) checkouts: &'a BTreeMap<String, PathBuf>,
+}
+
+impl Runner {
+    pub(super) fn file_spec(
+        &self,
+        n: NodeId,
+        f: &FileOp,
+        rootfs: Rootfs,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+        remote: RemoteSources<'_>,
+        scratch: &Path,
+    ) -> Result<InitSpec, SolveError> {
+        let RemoteSources { fetched, checkouts } = remote;
+        let at = || location(&self.opts, &self.graph.nodes[n]);
+        let mut tasks = Vec::new();
+        for (i, a) in f.actions.iter().enumerate() {
+            tasks.push(match a {
+                FileAction::Inline(x) => {
+                    let dir = scratch.join(format!("inline-{i}"));
+                    executor::copy::stage_inline(&dir, &x.name, &x.data).map_err(|source| {
+                        SolveError::Inline {
+                            at: at(),
+                            path: dir.join(&x.name),
+                            source,
+                        }
+                    })?;
+                    CopyTask::Copy {
+                        from: CopyFrom::Context {
+                            dir,
+                            ignore: Vec::new(),
+                        },
+                        // The name is a file name, not a pattern: escape glob characters.
+                        sources: vec![x.name.chars().fold(String::new(), |mut o, c| {
+                            if matches!(c, '*' | '?' | '[' | '\\') {
+                                o.push('\\');
+                            }
+                            o.push(c);
+                            o
+                        })],
+                        dest: x.dest.clone(),
+                        chown: x.chown.clone(),
+                        chmod: x.chmod.clone(),
+                        exclude: Vec::new(),
+                        parents: false,
+                        unpack_archives: false,
+                    }
+                }
+                FileAction::Mkdir { path, owner } => CopyTask::Mkdir {
+                    path: path.clone(),
+                    owner: owner.clone(),
+                },
+                FileAction::Copy(c) => {
+                    let mut sources = c.sources.clone();
+                    let from = match &c.from {
+                        CopySource::Context => CopyFrom::Context {
+                            dir: self.opts.context.clone(),
+                            ignore: self.opts.dockerignore.lines().map(str::to_owned).collect(),
+                        },
+                        CopySource::Node(m) => CopyFrom::Layers {
+                            lowers: self.lowers(
+                                &inputs
+                                    .get(m)
+                                    .expect("the scheduler passes every input")
+                                    .chain,
+                            ),
+                        },
+                        CopySource::Url { url, .. } => {
+                            let Some((dir, name)) = fetched.get(url) else {
+                                return Err(SolveError::Unsupported {
+                                    at: at(),
+                                    what: "ADD from a URL that was not downloaded",
+                                });
+                            };
+                            sources = vec![name.clone()];
+                            CopyFrom::Context {
+                                dir: dir.clone(),
+                                ignore: Vec::new(),
+                            }
+                        }
+                        CopySource::Git(g) => {
+                            let Some(dir) = checkouts.get(&crate::git::checkout_key(g)) else {
+                                return Err(SolveError::Unsupported {
+                                    at: at(),
+                                    what: "ADD from a git repository that was not checked out",
+                                });
+                            };
+                            // The checkout (or its subdir) is copied like a context directory.
+                            sources = vec![".".to_owned()];
+                            CopyFrom::Context {
+                                dir: dir.clone(),
+                                ignore: Vec::new(),
+                            }
+                        }
+                    };
+                    CopyTask::Copy {
+                        from,
+                        sources,
+                        dest: c.dest.clone(),
+                        chown: c.chown.clone(),
+                        chmod: c.chmod.clone(),
+                        exclude: c.exclude.clone(),
+                        parents: c.parents,
+                        unpack_archives: c.unpack_archives,
+                    }
+                }
+            });
+        }
+        Ok(InitSpec::Copy(CopySpec { rootfs, tasks }))
+    }
+}

@@ -1,0 +1,275 @@
+//! Runs one node of the graph: the cache lookup, the `--no-cache-filter` policy, the op
+//! itself ([`super::source`], [`super::exec`], [`super::file`] and [`super::sandbox`]), then
+//! the layer commit and the cache record.
+
+use super::file::RemoteSources;
+use super::{NodeResult, RUN_CLAMP_MTIME, SolveError, SolveOptions, chain, location};
+use crate::explain;
+use crate::graph::{BuildGraph, CopySource, FileAction, NodeId, Op};
+use crate::progress::{self, EventKind};
+use crate::sched::OpRunner;
+use cache::oci::Digest;
+use cache::records::CacheRecord;
+use cache::remote::import::Imported;
+use cache::snapshot::CommitOptions;
+use cache::store::Store;
+use executor::spec::Rootfs;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub(super) struct Runner {
+    pub(super) store: Store,
+    pub(super) graph: Arc<BuildGraph>,
+    pub(super) keys: Vec<Option<Digest>>,
+    pub(super) clamps: BTreeMap<NodeId, Option<i64>>,
+    /// Why each node misses the cache, when it does.
+    pub(super) reasons: Vec<Option<String>>,
+    pub(super) opts: SolveOptions,
+    pub(super) events: progress::Sender,
+    /// Steps re-run by `--no-cache-filter` (or after one) whose result differs from their
+    /// previous record: the steps that use them cannot trust their own records.
+    pub(super) changed: Mutex<HashSet<NodeId>>,
+    pub(super) remote: Option<Arc<Imported>>,
+}
+
+impl Runner {
+    /// The `--no-cache-filter` stage of `n`, when it is one of the filtered stages.
+    pub(super) fn filtered(&self, n: NodeId) -> Option<&str> {
+        let label = explain::stage_label(&self.graph.nodes[n].name)?;
+        self.opts
+            .no_cache_stages
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(label))
+            .map(String::as_str)
+    }
+
+    pub(super) fn emit(&self, n: NodeId, kind: EventKind) {
+        progress::emit(&self.events, n, &self.graph.nodes[n].name, kind);
+    }
+
+    pub(super) fn lowers(&self, chain: &[Digest]) -> Vec<PathBuf> {
+        chain
+            .iter()
+            .rev()
+            .map(|d| self.store.snapshot_path(d))
+            .collect()
+    }
+
+    /// The cached result of `n`, when its record exists and all its layers are present.
+    pub(super) fn cached(
+        &self,
+        n: NodeId,
+        key: &Digest,
+    ) -> Result<Option<Vec<Digest>>, SolveError> {
+        if self.opts.no_cache {
+            return Ok(None);
+        }
+        let at = || location(&self.opts, &self.graph.nodes[n]);
+        let rec = self
+            .store
+            .cache_get(key)
+            .map_err(|source| SolveError::Store {
+                at: at(),
+                source: Box::new(source),
+            })?;
+        let local = rec
+            .filter(|r| r.layers.iter().all(|d| self.store.has_layer(d)))
+            .map(|r| r.layers);
+        // An imported record's layers are fetched only when read (crate::remote).
+        Ok(local.or_else(|| Some(self.remote.as_ref()?.lookup(key)?.to_vec())))
+    }
+
+    pub(super) async fn build(
+        &self,
+        n: NodeId,
+        key: &Digest,
+        root: &NodeResult,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<NodeResult, SolveError> {
+        let node = &self.graph.nodes[n];
+        let at = || location(&self.opts, node);
+        let store_err = |source| SolveError::Store {
+            at: at(),
+            source: Box::new(source),
+        };
+        let tmp = self.store.temp_dir("step-").map_err(store_err)?;
+        let upper = tmp.path().join("upper");
+        let work = tmp.path().join("work");
+        for d in [&upper, &work] {
+            std::fs::create_dir(d).map_err(|e| SolveError::Spawn {
+                at: at(),
+                exe: d.clone(),
+                source: e,
+            })?;
+        }
+        let rootfs = Rootfs {
+            lowers: self.lowers(&root.chain),
+            upper: upper.clone(),
+            work,
+        };
+        let mut guards = None;
+        let fetched = match &node.op {
+            Op::File(f) => crate::fetch::fetch_all(&self.store, f)
+                .await
+                .map_err(|source| SolveError::Fetch {
+                    at: at(),
+                    source: Box::new(source),
+                })?,
+            _ => Default::default(),
+        };
+        let checkouts = match &node.op {
+            Op::File(f)
+                if f.actions.iter().any(
+                    |a| matches!(a, FileAction::Copy(c) if matches!(c.from, CopySource::Git(_))),
+                ) =>
+            {
+                let (store, f, sock) = (
+                    self.store.clone(),
+                    f.clone(),
+                    self.opts.ssh.default_socket(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    crate::git::checkout_all(&store, &f, sock.as_deref())
+                })
+                .await
+                .expect("git checkout does not panic")
+                .map_err(|source| SolveError::Git {
+                    at: at(),
+                    source: Box::new(source),
+                })?
+            }
+            _ => Default::default(),
+        };
+        let (spec, clamp) = match &node.op {
+            Op::Exec(x) => {
+                let (spec, g) = self.exec_spec(n, x, rootfs, inputs)?;
+                guards = Some(g);
+                (spec, RUN_CLAMP_MTIME)
+            }
+            Op::File(f) => (
+                self.file_spec(
+                    n,
+                    f,
+                    rootfs,
+                    inputs,
+                    RemoteSources {
+                        fetched: &fetched.files,
+                        checkouts: &checkouts.dirs,
+                    },
+                    tmp.path(),
+                )?,
+                [fetched.newest, checkouts.newest].into_iter().fold(
+                    self.clamps.get(&n).copied().flatten(),
+                    |c, t| match (c, t) {
+                        (Some(c), Some(t)) => Some(c.max(t)),
+                        (c, t) => c.or(t),
+                    },
+                ),
+            ),
+            Op::Source(_) => unreachable!("sources are resolved, not built"),
+        };
+        self.sandbox(n, &spec).await?;
+        drop(guards);
+        let store = self.store.clone();
+        let layer = tokio::task::spawn_blocking(move || {
+            store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })
+        })
+        .await
+        .expect("commit_layer does not panic")
+        .map_err(store_err)?;
+        drop(tmp);
+        let mut chain = root.chain.clone();
+        let made_layer = layer.is_some();
+        chain.extend(layer.map(|l| l.diff_id));
+        self.store
+            .cache_put(
+                key,
+                &CacheRecord {
+                    layers: chain.clone(),
+                },
+            )
+            .map_err(store_err)?;
+        Ok(NodeResult { chain, made_layer })
+    }
+
+    pub(super) async fn run_node(
+        &self,
+        n: NodeId,
+        inputs: BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<NodeResult, SolveError> {
+        let node = &self.graph.nodes[n];
+        let root = match &node.op {
+            Op::Source(s) => return self.source(n, s),
+            Op::Exec(x) => x.root,
+            Op::File(f) => f.root,
+        };
+        let root = inputs.get(&root).expect("the scheduler passes every input");
+        let key = self.keys[n]
+            .as_ref()
+            .expect("keys exist for every needed node");
+        let filtered = self.filtered(n);
+        let after_changed = {
+            let changed = self.changed.lock().expect("not poisoned");
+            inputs.keys().any(|i| changed.contains(i))
+        };
+        let forced = filtered.is_some() || after_changed;
+        if !forced && let Some(chain) = self.cached(n, key)? {
+            self.emit(n, EventKind::Cached);
+            let made_layer = chain.len() > root.chain.len();
+            return Ok(NodeResult { chain, made_layer });
+        }
+        // A forced step's previous result, to tell its users whether they may keep theirs.
+        let previous = match forced {
+            true => self.store.cache_get(key).ok().flatten(),
+            false => None,
+        };
+        let why = match (self.opts.no_cache, filtered) {
+            (true, _) => "--no-cache".to_owned(),
+            (false, Some(stage)) => format!("--no-cache-filter {stage}"),
+            (false, None) if after_changed => {
+                "a step it uses was re-run (--no-cache-filter) with a different result".to_owned()
+            }
+            _ => self.reasons[n]
+                .clone()
+                .unwrap_or_else(|| "no cache entry".to_owned()),
+        };
+        self.emit(n, EventKind::CacheMiss { reason: why });
+        if let Some(r) = &self.remote {
+            crate::remote::materialize(r, &self.store, &self.graph, n, root, &inputs)
+                .await
+                .map_err(|source| SolveError::RemoteCache {
+                    at: location(&self.opts, node),
+                    source: Box::new(source),
+                })?;
+        }
+        let result = self.build(n, key, root, &inputs).await?;
+        if previous.is_some_and(|p| p.layers != result.chain) {
+            self.changed.lock().expect("not poisoned").insert(n);
+        }
+        Ok(result)
+    }
+}
+
+impl OpRunner for Runner {
+    type Output = Arc<NodeResult>;
+    type Error = SolveError;
+
+    async fn run(
+        &self,
+        n: NodeId,
+        inputs: BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<Arc<NodeResult>, SolveError> {
+        self.emit(n, EventKind::Started);
+        match self.run_node(n, inputs).await {
+            Ok(r) => {
+                self.emit(n, EventKind::Done);
+                Ok(Arc::new(r))
+            }
+            Err(e) => {
+                self.emit(n, EventKind::Error { message: chain(&e) });
+                Err(e)
+            }
+        }
+    }
+}
