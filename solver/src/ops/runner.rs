@@ -4,13 +4,14 @@
 
 use super::file::RemoteSources;
 use super::{NodeResult, RUN_CLAMP_MTIME, SolveError, SolveOptions, chain, location};
+use crate::cachesource::{CacheSource, CacheSourceError};
 use crate::explain;
+use crate::graph::MountKind;
 use crate::graph::{BuildGraph, CopySource, FileAction, NodeId, Op};
 use crate::progress::{self, EventKind};
 use crate::sched::OpRunner;
 use cache::oci::Digest;
 use cache::records::CacheRecord;
-use cache::remote::import::Imported;
 use cache::snapshot::CommitOptions;
 use cache::store::Store;
 use executor::spec::Rootfs;
@@ -30,7 +31,8 @@ pub(super) struct Runner {
     /// Steps re-run by `--no-cache-filter` (or after one) whose result differs from their
     /// previous record: the steps that use them cannot trust their own records.
     pub(super) changed: Mutex<HashSet<NodeId>>,
-    pub(super) remote: Option<Arc<Imported>>,
+    /// Where results are looked up by key, in order: the local store, then imported caches.
+    pub(super) sources: Vec<Arc<dyn CacheSource>>,
 }
 
 impl Runner {
@@ -65,19 +67,50 @@ impl Runner {
         if self.opts.no_cache {
             return Ok(None);
         }
+        for s in &self.sources {
+            let found = s
+                .lookup(key)
+                .map_err(|e| source_err(location(&self.opts, &self.graph.nodes[n]), e))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Before step `n` runs: every source makes present the layers of its root and of every
+    /// other input it reads (COPY --from, RUN --mount from=), and the contents of its cache
+    /// mounts that are absent locally.
+    async fn materialize(
+        &self,
+        n: NodeId,
+        root: &NodeResult,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<(), SolveError> {
+        let mut need: Vec<Digest> = root.chain.clone();
+        for r in inputs.values() {
+            need.extend(r.chain.iter().cloned());
+        }
+        need.sort();
+        need.dedup();
+        let mut mounts = Vec::new();
+        if let Op::Exec(x) = &self.graph.nodes[n].op {
+            for m in &x.mounts {
+                if let MountKind::Cache { id, .. } = &m.kind {
+                    mounts.push(id.clone());
+                }
+            }
+        }
         let at = || location(&self.opts, &self.graph.nodes[n]);
-        let rec = self
-            .store
-            .cache_get(key)
-            .map_err(|source| SolveError::Store {
-                at: at(),
-                source: Box::new(source),
-            })?;
-        let local = rec
-            .filter(|r| r.layers.iter().all(|d| self.store.has_layer(d)))
-            .map(|r| r.layers);
-        // An imported record's layers are fetched only when read (crate::remote).
-        Ok(local.or_else(|| Some(self.remote.as_ref()?.lookup(key)?.to_vec())))
+        for s in &self.sources {
+            s.fetch(&self.store, &need)
+                .await
+                .map_err(|e| source_err(at(), e))?;
+            s.restore_mounts(&self.store, &mounts)
+                .await
+                .map_err(|e| source_err(at(), e))?;
+        }
+        Ok(())
     }
 
     pub(super) async fn build(
@@ -235,14 +268,7 @@ impl Runner {
                 .unwrap_or_else(|| "no cache entry".to_owned()),
         };
         self.emit(n, EventKind::CacheMiss { reason: why });
-        if let Some(r) = &self.remote {
-            crate::remote::materialize(r, &self.store, &self.graph, n, root, &inputs)
-                .await
-                .map_err(|source| SolveError::RemoteCache {
-                    at: location(&self.opts, node),
-                    source: Box::new(source),
-                })?;
-        }
+        self.materialize(n, root, &inputs).await?;
         let result = self.build(n, key, root, &inputs).await?;
         if previous.is_some_and(|p| p.layers != result.chain) {
             self.changed.lock().expect("not poisoned").insert(n);
@@ -271,5 +297,19 @@ impl OpRunner for Runner {
                 Err(e)
             }
         }
+    }
+}
+
+/// A cache source's failure at `at`, as the solver reports it.
+pub(super) fn source_err(at: super::Location, e: CacheSourceError) -> SolveError {
+    match e {
+        CacheSourceError::Store(source) => SolveError::Store {
+            at,
+            source: Box::new(source),
+        },
+        CacheSourceError::Remote(source) => SolveError::RemoteCache {
+            at,
+            source: Box::new(source),
+        },
     }
 }

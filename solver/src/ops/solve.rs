@@ -3,8 +3,9 @@
 //! orchestrates: each node is run by [`super::runner`].
 
 use super::keys::compute_keys;
-use super::runner::Runner;
+use super::runner::{Runner, source_err};
 use super::{CREATED, NodeResult, SolveError, SolveOptions, location};
+use crate::cachesource::{CacheSource, LocalCache};
 use crate::graph::{BuildGraph, NodeId};
 use crate::progress::{self, EventKind};
 use crate::remote::Solved;
@@ -22,23 +23,24 @@ use std::sync::{Arc, Mutex};
 pub struct Solver {
     store: Store,
     opts: SolveOptions,
-    /// `--cache-from`: records beyond the local ones, their layers fetched when needed.
-    remote: Option<Arc<Imported>>,
+    /// Where step results are looked up by key: the local store, then `--cache-from`
+    /// imports, whose layers are fetched when needed.
+    sources: Vec<Arc<dyn CacheSource>>,
 }
 
 impl Solver {
     /// A solver over `store`.
     pub fn new(store: Store, opts: SolveOptions) -> Solver {
         Solver {
+            sources: vec![Arc::new(LocalCache::new(store.clone()))],
             store,
             opts,
-            remote: None,
         }
     }
 
     /// Also looks keys up in `imported` (after the local records; see [`crate::remote`]).
     pub fn with_cache_from(mut self, imported: Arc<Imported>) -> Solver {
-        self.remote = Some(imported);
+        self.sources.push(imported);
         self
     }
 
@@ -129,7 +131,7 @@ impl Solver {
             opts: self.opts.clone(),
             events,
             changed: Mutex::default(),
-            remote: self.remote.clone(),
+            sources: self.sources.clone(),
         });
         let t = std::time::Instant::now();
         // A cache hit needs only its root: the stages it copies from are not run (and, when
@@ -153,8 +155,7 @@ impl Solver {
                 runner.emit(n, kind);
             }
         }
-        let prefetch = (self.remote.as_ref())
-            .and_then(|r| crate::remote::prefetch(r, &self.store, &graph, &hits));
+        let prefetch = crate::remote::prefetch(&self.sources, &self.store, &graph, &hits);
         let inputs_of = |n| hits.inputs_of(&graph, n);
         let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of)
             .await
@@ -172,17 +173,15 @@ impl Solver {
         if let Some(p) = prefetch {
             let _ = p.await;
         }
-        if let Some(r) = &self.remote {
-            r.ensure_layers(&self.store, &config.rootfs.diff_ids)
+        for s in &self.sources {
+            s.fetch(&self.store, &config.rootfs.diff_ids)
                 .await
-                .map_err(|source| SolveError::RemoteCache {
-                    at: location(&self.opts, &graph.nodes[graph.target]),
-                    source: Box::new(source),
-                })?;
+                .map_err(|e| source_err(location(&self.opts, &graph.nodes[graph.target]), e))?;
         }
-        let (steps, cache_mounts) = crate::remote::steps(&graph, &keys, &done, &hits);
-        if self.remote.is_some() {
-            crate::remote::record_locally(&self.store, &steps);
+        let chains = done.iter().map(|(&n, r)| (n, r.chain.clone())).collect();
+        let (steps, cache_mounts) = crate::remote::steps(&graph, &keys, &chains, &hits);
+        for s in &self.sources {
+            s.keep(&self.store, &steps);
         }
         let store = self.store.clone();
         let image = tokio::task::spawn_blocking(move || store.write_image(&config))
