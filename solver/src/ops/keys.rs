@@ -14,12 +14,13 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Keys of every needed node, the mtime clamp of each file node, and why each needed node
-/// would miss the cache (see [`explain`]).
+/// Keys of every needed node, the mtime clamp of each file node, why each needed node would
+/// miss the cache, and the `--explain` observer that saw them (written after the solve).
 pub(super) type Keys = (
     Vec<Option<Digest>>,
     BTreeMap<NodeId, Option<i64>>,
     Vec<Option<String>>,
+    explain::Explain,
 );
 
 /// Walks and hashes context COPY sources, then computes each needed node's key in order.
@@ -32,10 +33,7 @@ pub(super) fn compute_keys(
     let ignore = Ignore::parse(&opts.dockerignore);
     let mut keys: Vec<Option<Digest>> = vec![None; graph.nodes.len()];
     let mut clamps = BTreeMap::new();
-    let history_file = explain::file_for(kiln_root, &opts.context, &opts.dockerfile_name);
-    let history = explain::load(&history_file);
-    let files_dir = explain::files_dir(&history_file);
-    let mut recorded = history.clone();
+    let mut explain = explain::Explain::open(kiln_root, &opts.context, &opts.dockerfile_name);
     let mut reasons: Vec<Option<String>> = vec![None; graph.nodes.len()];
     let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
     for n in graph.reachable() {
@@ -53,9 +51,9 @@ pub(super) fn compute_keys(
             for a in &f.actions {
                 let content = match a {
                     FileAction::Copy(c) if c.from == CopySource::Context => {
-                        let (digest, latest, metas) = hash_context(
-                            opts, node, &ignore, stats, &files_dir, &c.sources, &c.exclude,
-                        )?;
+                        let (digest, latest, metas) =
+                            hash_context(opts, node, &ignore, stats, &c.sources, &c.exclude)?;
+                        explain.saw_files(&digest, &metas);
                         newest = newest.max(latest);
                         files.extend(metas);
                         Some(digest)
@@ -95,11 +93,7 @@ pub(super) fn compute_keys(
                 let seen = match shown {
                     Some(meta) => {
                         let d = key::content_digest(std::slice::from_ref(&meta));
-                        if let Err(e) =
-                            explain::remember_files(&files_dir, &d, std::slice::from_ref(&meta))
-                        {
-                            tracing::warn!(error = %e, "explain details not saved");
-                        }
+                        explain.saw_files(&d, std::slice::from_ref(&meta));
                         files.push(meta);
                         Some(d)
                     }
@@ -124,10 +118,10 @@ pub(super) fn compute_keys(
                             node,
                             &ignore,
                             stats,
-                            &files_dir,
                             std::slice::from_ref(source),
                             &[],
                         )?;
+                        explain.saw_files(&digest, &metas);
                         files.extend(metas);
                         Some(digest)
                     }
@@ -145,16 +139,10 @@ pub(super) fn compute_keys(
         } else {
             id.to_owned()
         };
-        reasons[n] = Some(explain::reason(history.get(&id), &now, &files, &files_dir));
-        recorded.insert(id, now);
+        reasons[n] = Some(explain.observe(id, now, &files));
         keys[n] = Some(k);
     }
-    if recorded != history
-        && let Err(e) = explain::save(&history_file, &recorded)
-    {
-        tracing::warn!(error = %e, "explain records not saved");
-    }
-    Ok((keys, clamps, reasons))
+    Ok((keys, clamps, reasons, explain))
 }
 
 /// Walks `sources` in the context (after .dockerignore and `exclude`) and hashes them: their
@@ -165,7 +153,6 @@ pub(super) fn hash_context(
     node: &Node,
     ignore: &Ignore,
     stats: &StatCache,
-    files_dir: &Path,
     sources: &[String],
     exclude: &[String],
 ) -> Result<(Digest, Option<i64>, Vec<SourceMeta>), SolveError> {
@@ -193,9 +180,6 @@ pub(super) fn hash_context(
         content_digest = ?(t.elapsed() - hashed),
         "context sources hashed"
     );
-    if let Err(e) = explain::remember_files(files_dir, &digest, &metas) {
-        tracing::warn!(error = %e, "explain details not saved");
-    }
     Ok((digest, newest, metas))
 }
 

@@ -96,7 +96,7 @@ impl Solver {
             .expect("git resolution does not panic")?
         };
         let graph = Arc::new(graph);
-        let (keys, clamps, reasons) = {
+        let (keys, clamps, reasons, explain) = {
             let (g, opts) = (Arc::clone(&graph), self.opts.clone());
             let kiln_root = self.store.root().to_path_buf();
             let stat_file = StatCache::file_for(self.store.root(), &opts.context);
@@ -157,17 +157,22 @@ impl Solver {
         }
         let prefetch = crate::remote::prefetch(&self.sources, &self.store, &graph, &hits);
         let inputs_of = |n| hits.inputs_of(&graph, n);
-        let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of)
-            .await
-            .map_err(|e| match e {
-                SchedError::Op(e) => e,
-                SchedError::Panicked { node } => {
-                    SolveError::Internal(SchedError::Panicked { node })
-                }
-                SchedError::BadGraph { node, input } => {
-                    SolveError::Internal(SchedError::BadGraph { node, input })
-                }
-            })?;
+        let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of).await;
+        // `--explain` records what this build saw, whether or not it succeeded.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = explain.write() {
+                tracing::warn!(error = %e, "explain records not saved");
+            }
+        })
+        .await
+        .expect("writing explain records does not panic");
+        let done = done.map_err(|e| match e {
+            SchedError::Op(e) => e,
+            SchedError::Panicked { node } => SolveError::Internal(SchedError::Panicked { node }),
+            SchedError::BadGraph { node, input } => {
+                SolveError::Internal(SchedError::BadGraph { node, input })
+            }
+        })?;
         tracing::debug!(elapsed = ?t.elapsed(), "steps done");
         let config = final_config(&graph, &done);
         if let Some(p) = prefetch {
