@@ -296,17 +296,6 @@ pub fn step_id(name: &str) -> &str {
     }
 }
 
-/// The stage label of a step's progress name: `builder` for `[builder 2/4] RUN make`, `""` for
-/// `[2/3] RUN make` (a single-stage build), `None` for names that are not stage steps
-/// (`[internal] load ...`).
-pub fn stage_label(name: &str) -> Option<&str> {
-    let inner = step_id(name).strip_prefix('[')?.strip_suffix(']')?;
-    let (label, pos) = inner.rsplit_once(' ').unwrap_or(("", inner));
-    let (i, n) = pos.split_once('/')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(i) && digits(n)).then_some(label)
-}
-
 /// The record file for a context directory and Dockerfile.
 pub fn file_for(kiln_root: &Path, context: &Path, dockerfile: &str) -> PathBuf {
     let abs = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
@@ -430,15 +419,6 @@ mod tests {
         assert_eq!(step_id("[builder 2/4] RUN make"), "[builder 2/4]");
         assert_eq!(step_id("[stage] FROM busybox"), "[stage]");
         assert_eq!(step_id("plain"), "plain");
-    }
-
-    #[test]
-    fn stage_label_of_progress_names() {
-        assert_eq!(stage_label("[builder 2/4] RUN make"), Some("builder"));
-        assert_eq!(stage_label("[2/3] COPY . ."), Some(""));
-        assert_eq!(stage_label("[stage-1 1/2] FROM busybox"), Some("stage-1"));
-        assert_eq!(stage_label("[internal] load busybox"), None);
-        assert_eq!(stage_label("plain"), None);
     }
 
     #[test]

@@ -248,6 +248,7 @@ fn node(op: Op, line: u32, instruction: &str) -> Node {
     Node {
         op,
         name: format!("[stage] {instruction}"),
+        stage: None,
         span: Some(Span { line, column: 1 }),
         instruction: instruction.into(),
     }

@@ -65,7 +65,7 @@ pub struct SolveOptions {
     /// `--no-cache-filter`: the stage labels (lower-case, as in progress names; `""` for the
     /// stage of a single-stage build) whose steps run again. A step that builds on one of them
     /// runs again too, but only when the re-run changed that step's result (see
-    /// [`crate::explain::stage_label`]).
+    /// [`crate::graph::Node::stage`]).
     pub no_cache_stages: Vec<String>,
     /// The kiln binary, re-executed as `kiln __init` for sandboxes.
     pub kiln_exe: PathBuf,

@@ -5,7 +5,6 @@
 use super::file::RemoteSources;
 use super::{NodeResult, RUN_CLAMP_MTIME, SolveError, SolveOptions, chain, location};
 use crate::cachesource::{CacheSource, CacheSourceError};
-use crate::explain;
 use crate::graph::MountKind;
 use crate::graph::{BuildGraph, CopySource, FileAction, NodeId, Op};
 use crate::progress::{self, EventKind};
@@ -38,7 +37,7 @@ pub(super) struct Runner {
 impl Runner {
     /// The `--no-cache-filter` stage of `n`, when it is one of the filtered stages.
     pub(super) fn filtered(&self, n: NodeId) -> Option<&str> {
-        let label = explain::stage_label(&self.graph.nodes[n].name)?;
+        let label = self.graph.nodes[n].stage.as_deref()?;
         self.opts
             .no_cache_stages
             .iter()
