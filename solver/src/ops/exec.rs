@@ -1,8 +1,9 @@
 //! Exec ops (RUN): the sandbox spec of a process run, with its mounts and network.
 
 use super::runner::Runner;
-use super::{NodeResult, SolveError, location};
+use super::{NodeResult, RUN_CLAMP_MTIME, SolveError, SolveOp, location};
 use crate::graph::{ExecOp, NetworkMode, NodeId};
+use cache::oci::Digest;
 use executor::context::Ignore;
 use executor::spec::{InitSpec, Network, Rootfs, RunSpec};
 use std::collections::BTreeMap;
@@ -10,6 +11,27 @@ use std::sync::Arc;
 
 /// What a RUN step holds until its sandbox exits: mount locks and temps, its network lease.
 pub(super) type RunGuards = (crate::mounts::Guards, Option<executor::net::BuildLease>);
+
+impl SolveOp for ExecOp {
+    fn cache_map(&self, keys: &[Option<Digest>], contents: &[Option<Digest>]) -> Digest {
+        crate::key::exec_key(self, keys, contents)
+    }
+
+    async fn exec(
+        &self,
+        r: &Runner,
+        n: NodeId,
+        root: Option<&NodeResult>,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<NodeResult, SolveError> {
+        let root = root.expect("an exec op has a root");
+        r.build(n, root, async |rootfs, _scratch| {
+            let (spec, guards) = r.exec_spec(n, self, rootfs, inputs)?;
+            Ok((spec, RUN_CLAMP_MTIME, guards))
+        })
+        .await
+    }
+}
 
 impl Runner {
     pub(super) fn exec_spec(

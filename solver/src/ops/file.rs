@@ -1,8 +1,9 @@
 //! File ops (COPY, ADD, WORKDIR): the copy tasks of the sandbox spec.
 
 use super::runner::Runner;
-use super::{NodeResult, SolveError, location};
+use super::{NodeResult, SolveError, SolveOp, location};
 use crate::graph::{CopySource, FileAction, FileOp, NodeId};
+use cache::oci::Digest;
 use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, Rootfs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,70 @@ use std::sync::Arc;
 pub(super) struct RemoteSources<'a> {
     pub(super) fetched: &'a BTreeMap<String, (PathBuf, String)>,
     pub(super) checkouts: &'a BTreeMap<String, PathBuf>,
+}
+
+impl SolveOp for FileOp {
+    fn cache_map(&self, keys: &[Option<Digest>], contents: &[Option<Digest>]) -> Digest {
+        crate::key::file_key(self, keys, contents)
+    }
+
+    async fn exec(
+        &self,
+        r: &Runner,
+        n: NodeId,
+        root: Option<&NodeResult>,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<NodeResult, SolveError> {
+        let root = root.expect("a file op has a root");
+        let at = || location(&r.opts, &r.graph.nodes[n]);
+        r.build(n, root, async |rootfs, scratch| {
+            let fetched = crate::fetch::fetch_all(&r.store, self)
+                .await
+                .map_err(|source| SolveError::Fetch {
+                    at: at(),
+                    source: Box::new(source),
+                })?;
+            let checkouts = if self
+                .actions
+                .iter()
+                .any(|a| matches!(a, FileAction::Copy(c) if matches!(c.from, CopySource::Git(_))))
+            {
+                let (store, f, sock) = (r.store.clone(), self.clone(), r.opts.ssh.default_socket());
+                tokio::task::spawn_blocking(move || {
+                    crate::git::checkout_all(&store, &f, sock.as_deref())
+                })
+                .await
+                .expect("git checkout does not panic")
+                .map_err(|source| SolveError::Git {
+                    at: at(),
+                    source: Box::new(source),
+                })?
+            } else {
+                Default::default()
+            };
+            let spec = r.file_spec(
+                n,
+                self,
+                rootfs,
+                inputs,
+                RemoteSources {
+                    fetched: &fetched.files,
+                    checkouts: &checkouts.dirs,
+                },
+                scratch,
+            )?;
+            let clamp = [fetched.newest, checkouts.newest].into_iter().fold(
+                r.clamps.get(&n).copied().flatten(),
+                |c, t| match (c, t) {
+                    (Some(c), Some(t)) => Some(c.max(t)),
+                    (c, t) => c.or(t),
+                },
+            );
+            // The downloads and checkouts live until the sandbox has copied them.
+            Ok((spec, clamp, (fetched, checkouts)))
+        })
+        .await
+    }
 }
 
 impl Runner {

@@ -131,7 +131,7 @@ pub(super) fn compute_keys(
                 contents.push(content);
             }
         }
-        let k = key::node_key(node, &keys, &contents);
+        let k = super::cache_map(node, &keys, &contents);
         let now = explain::inputs(node, &k, &keys, &seen_contents);
         let id = explain::step_id(&node.name);
         let id = if ids.get(id).copied().unwrap_or(0) > 1 {

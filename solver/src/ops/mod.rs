@@ -3,8 +3,8 @@
 //!
 //! For each node the target needs ([`crate::sched`] decides the order):
 //! - a source resolves to its image's layer chain (or nothing, for scratch);
-//! - an exec or file node looks up its key ([`crate::key`]); when the record exists and every
-//!   layer in it is still in the store it emits `Cached` and runs nothing;
+//! - an exec or file node asks the cache sources ([`crate::cachesource`]: the local store,
+//!   then `--cache-from` imports) for its key; on a hit it emits `Cached` and runs nothing;
 //! - otherwise it gets a fresh upper/work dir under `KILN_ROOT/tmp`, runs
 //!   `kiln __init <spec>` on an overlay of its root's chain (output streamed as `Log` events),
 //!   commits the upper dir as a layer and records `key -> chain`.
@@ -14,8 +14,9 @@
 //!
 //! One file per concern: [`solve`] is the solve loop (it only orchestrates), [`runner`] runs
 //! one node (cache lookup, `--no-cache-filter`, commit and record), [`source`], [`exec`] and
-//! [`file`] turn each kind of graph op into its result or sandbox spec, [`sandbox`] runs a
-//! sandbox and pumps its output, and [`keys`] computes the cache keys before anything runs.
+//! [`file`] implement [`SolveOp`] (cache map and exec) for each kind of graph op,
+//! [`sandbox`] runs a sandbox and pumps its output, and [`keys`] computes the cache keys (and
+//! feeds `--explain`) before anything runs.
 
 mod exec;
 mod file;
@@ -27,7 +28,37 @@ mod source;
 
 pub use solve::Solver;
 
-use crate::graph::{NetworkMode, Node};
+use runner::Runner;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One kind of graph op as the solver runs it (BuildKit's `solver.Op`).
+trait SolveOp {
+    /// BuildKit's CacheMap: the op's cache key from the keys of the nodes (its inputs among
+    /// them) and the content digests of what it reads from the context ([`crate::key`]).
+    fn cache_map(&self, keys: &[Option<Digest>], contents: &[Option<Digest>]) -> Digest;
+
+    /// BuildKit's Exec: node `n`'s result, given its root's (`None` for a source, which has
+    /// none) and its inputs'. Exec and file ops run a sandbox and commit a layer.
+    async fn exec(
+        &self,
+        r: &Runner,
+        n: NodeId,
+        root: Option<&NodeResult>,
+        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<NodeResult, SolveError>;
+}
+
+/// The cache key of `node` (the [`SolveOp::cache_map`] of its op).
+fn cache_map(node: &Node, keys: &[Option<Digest>], contents: &[Option<Digest>]) -> Digest {
+    match &node.op {
+        Op::Source(s) => s.cache_map(keys, contents),
+        Op::Exec(x) => x.cache_map(keys, contents),
+        Op::File(f) => f.cache_map(keys, contents),
+    }
+}
+
+use crate::graph::{NetworkMode, Node, NodeId, Op};
 use crate::sched::SchedError;
 use cache::oci::Digest;
 use cache::store::StoreError;

@@ -2,20 +2,19 @@
 //! itself ([`super::source`], [`super::exec`], [`super::file`] and [`super::sandbox`]), then
 //! the layer commit and the cache record.
 
-use super::file::RemoteSources;
-use super::{NodeResult, RUN_CLAMP_MTIME, SolveError, SolveOptions, chain, location};
+use super::{NodeResult, SolveError, SolveOp, SolveOptions, chain, location};
 use crate::cachesource::{CacheSource, CacheSourceError};
 use crate::graph::MountKind;
-use crate::graph::{BuildGraph, CopySource, FileAction, NodeId, Op};
+use crate::graph::{BuildGraph, NodeId, Op};
 use crate::progress::{self, EventKind};
 use crate::sched::OpRunner;
 use cache::oci::Digest;
 use cache::records::CacheRecord;
 use cache::snapshot::CommitOptions;
 use cache::store::Store;
-use executor::spec::Rootfs;
+use executor::spec::{InitSpec, Rootfs};
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub(super) struct Runner {
@@ -112,14 +111,19 @@ impl Runner {
         Ok(())
     }
 
-    pub(super) async fn build(
+    /// Builds node `n`'s layer on `root`: a fresh upper/work dir under `KILN_ROOT/tmp`, the
+    /// sandbox that `prepare` specifies on the overlay (with the layer's mtime clamp, and
+    /// what must live until the sandbox exits), the commit, and the record `key -> chain`.
+    pub(super) async fn build<H>(
         &self,
         n: NodeId,
-        key: &Digest,
         root: &NodeResult,
-        inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+        prepare: impl AsyncFnOnce(Rootfs, &Path) -> Result<(InitSpec, Option<i64>, H), SolveError>,
     ) -> Result<NodeResult, SolveError> {
         let node = &self.graph.nodes[n];
+        let key = self.keys[n]
+            .as_ref()
+            .expect("keys exist for every needed node");
         let at = || location(&self.opts, node);
         let store_err = |source| SolveError::Store {
             at: at(),
@@ -140,69 +144,9 @@ impl Runner {
             upper: upper.clone(),
             work,
         };
-        let mut guards = None;
-        let fetched = match &node.op {
-            Op::File(f) => crate::fetch::fetch_all(&self.store, f)
-                .await
-                .map_err(|source| SolveError::Fetch {
-                    at: at(),
-                    source: Box::new(source),
-                })?,
-            _ => Default::default(),
-        };
-        let checkouts = match &node.op {
-            Op::File(f)
-                if f.actions.iter().any(
-                    |a| matches!(a, FileAction::Copy(c) if matches!(c.from, CopySource::Git(_))),
-                ) =>
-            {
-                let (store, f, sock) = (
-                    self.store.clone(),
-                    f.clone(),
-                    self.opts.ssh.default_socket(),
-                );
-                tokio::task::spawn_blocking(move || {
-                    crate::git::checkout_all(&store, &f, sock.as_deref())
-                })
-                .await
-                .expect("git checkout does not panic")
-                .map_err(|source| SolveError::Git {
-                    at: at(),
-                    source: Box::new(source),
-                })?
-            }
-            _ => Default::default(),
-        };
-        let (spec, clamp) = match &node.op {
-            Op::Exec(x) => {
-                let (spec, g) = self.exec_spec(n, x, rootfs, inputs)?;
-                guards = Some(g);
-                (spec, RUN_CLAMP_MTIME)
-            }
-            Op::File(f) => (
-                self.file_spec(
-                    n,
-                    f,
-                    rootfs,
-                    inputs,
-                    RemoteSources {
-                        fetched: &fetched.files,
-                        checkouts: &checkouts.dirs,
-                    },
-                    tmp.path(),
-                )?,
-                [fetched.newest, checkouts.newest].into_iter().fold(
-                    self.clamps.get(&n).copied().flatten(),
-                    |c, t| match (c, t) {
-                        (Some(c), Some(t)) => Some(c.max(t)),
-                        (c, t) => c.or(t),
-                    },
-                ),
-            ),
-            Op::Source(_) => unreachable!("sources are resolved, not built"),
-        };
+        let (spec, clamp, hold) = prepare(rootfs, tmp.path()).await?;
         self.sandbox(n, &spec).await?;
-        drop(guards);
+        drop(hold);
         let store = self.store.clone();
         let layer = tokio::task::spawn_blocking(move || {
             store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })
@@ -232,7 +176,7 @@ impl Runner {
     ) -> Result<NodeResult, SolveError> {
         let node = &self.graph.nodes[n];
         let root = match &node.op {
-            Op::Source(s) => return self.source(n, s),
+            Op::Source(s) => return s.exec(self, n, None, &inputs).await,
             Op::Exec(x) => x.root,
             Op::File(f) => f.root,
         };
@@ -268,7 +212,11 @@ impl Runner {
         };
         self.emit(n, EventKind::CacheMiss { reason: why });
         self.materialize(n, root, &inputs).await?;
-        let result = self.build(n, key, root, &inputs).await?;
+        let result = match &node.op {
+            Op::Exec(x) => x.exec(self, n, Some(root), &inputs).await?,
+            Op::File(f) => f.exec(self, n, Some(root), &inputs).await?,
+            Op::Source(_) => unreachable!("sources returned above"),
+        };
         if previous.is_some_and(|p| p.layers != result.chain) {
             self.changed.lock().expect("not poisoned").insert(n);
         }

@@ -1,8 +1,27 @@
 //! Source ops: a base filesystem is the layer chain of a stored image, or nothing (scratch).
 
 use super::runner::Runner;
-use super::{NodeResult, SolveError, location};
+use super::{NodeResult, SolveError, SolveOp, location};
 use crate::graph::{NodeId, SourceOp};
+use cache::oci::Digest;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+impl SolveOp for SourceOp {
+    fn cache_map(&self, _keys: &[Option<Digest>], _contents: &[Option<Digest>]) -> Digest {
+        crate::key::source_key(self)
+    }
+
+    async fn exec(
+        &self,
+        r: &Runner,
+        n: NodeId,
+        _root: Option<&NodeResult>,
+        _inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
+    ) -> Result<NodeResult, SolveError> {
+        r.source(n, self)
+    }
+}
 
 impl Runner {
     pub(super) fn source(&self, n: NodeId, op: &SourceOp) -> Result<NodeResult, SolveError> {
