@@ -56,7 +56,8 @@ impl Runner {
             .collect()
     }
 
-    /// The cached result of `n`, when its record exists and all its layers are present.
+    /// The cached result of `n`: the chain of the first cache source that has its key (an
+    /// imported record's layers are fetched only when read). None under `--no-cache`.
     pub(super) fn cached(
         &self,
         n: NodeId,
