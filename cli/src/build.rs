@@ -258,11 +258,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         let render = async move {
             let mut misses = Vec::new();
             while let Some(ev) = rx.recv().await {
-                if let solver::progress::EventKind::Log { bytes, .. } = &ev.kind {
-                    let text = String::from_utf8_lossy(bytes);
-                    if let Some(why) = text.strip_prefix(solver::explain::PREFIX) {
-                        misses.push(format!("{}: {}", ev.name, why.trim_end()));
-                    }
+                if let solver::progress::EventKind::CacheMiss { reason } = &ev.kind {
+                    misses.push(format!("{}: {reason}", ev.name));
                 }
                 // A closed stderr must not stop the build.
                 let _ = renderer.event(&ev);

@@ -51,6 +51,11 @@ pub struct Renderer {
     last_vertex: Option<usize>,
 }
 
+/// How a cache miss shows in plain and tty progress (`cache miss: file changed: a.txt`).
+fn miss_line(reason: &str) -> String {
+    format!("cache miss: {reason}")
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -90,6 +95,7 @@ impl Renderer {
                     obj["data"] = String::from_utf8_lossy(bytes).into();
                 }
                 EventKind::Error { message } => obj["message"] = message.clone().into(),
+                EventKind::CacheMiss { reason } => obj["reason"] = reason.clone().into(),
                 _ => {}
             }
             return writeln!(err, "{obj}");
@@ -122,6 +128,7 @@ impl Renderer {
                     v.finished = Some(ev.at);
                     v.state = "ERROR";
                 }
+                EventKind::CacheMiss { reason } => v.last_line = miss_line(reason),
                 EventKind::Log { bytes, .. } => {
                     v.partial.extend_from_slice(bytes);
                     if let Some(pos) = v.partial.iter().rposition(|&b| b == b'\n') {
@@ -144,6 +151,9 @@ impl Renderer {
             EventKind::Cached => {
                 v.state = "CACHED";
                 writeln!(err, "#{n} CACHED")?;
+            }
+            EventKind::CacheMiss { reason } => {
+                writeln!(err, "#{n} {:.3} {}", since.as_secs_f64(), miss_line(reason))?;
             }
             EventKind::Log { bytes, .. } => {
                 v.partial.extend_from_slice(bytes);
@@ -285,5 +295,28 @@ mod tests {
         assert_eq!(v["stream"], "stderr");
         assert_eq!(v["data"], "oops\n");
         assert_eq!(v["time"], 1_000_005_000_000u64);
+    }
+
+    #[test]
+    fn a_cache_miss_is_a_progress_line_in_plain_and_a_reason_in_rawjson() {
+        let run = "[2/2] RUN make";
+        let miss = EventKind::CacheMiss {
+            reason: "file changed: a.txt".to_owned(),
+        };
+        let plain = render(
+            Mode::Plain,
+            &[
+                ev(1, run, EventKind::Started, 0),
+                ev(1, run, miss.clone(), 7),
+            ],
+        );
+        assert_eq!(
+            plain,
+            "#1 [2/2] RUN make\n#1 0.007 cache miss: file changed: a.txt\n"
+        );
+        let raw = render(Mode::Rawjson, &[ev(1, run, miss, 7)]);
+        let v: serde_json::Value = serde_json::from_str(raw.trim_end()).expect("one JSON object");
+        assert_eq!(v["kind"], "cache_miss");
+        assert_eq!(v["reason"], "file changed: a.txt");
     }
 }

@@ -80,6 +80,14 @@ fn render(src: &str, opts: &BuildOptions, missing: &[String]) -> Result<String, 
             "node n{i} uses a later node"
         );
     }
+    for n in &g.nodes {
+        assert_eq!(
+            n.stage.as_deref(),
+            stage_in_name(&n.name),
+            "the stage of {:?} is not what its name shows",
+            n.name
+        );
+    }
     let mut out = String::new();
     for r in &refs {
         let _ = writeln!(out, "base {} (line {})", r.reference, r.span.line);
@@ -142,6 +150,56 @@ fn render(src: &str, opts: &BuildOptions, missing: &[String]) -> Result<String, 
         );
     }
     Ok(out)
+}
+
+/// The stage label a progress name shows: `builder` for `[builder 2/4] RUN make`, `""` for
+/// `[2/3] RUN make` (a single-stage build), `None` for names that are not stage steps.
+fn stage_in_name(name: &str) -> Option<&str> {
+    let inner = name.strip_prefix('[')?.split_once("] ")?.0;
+    let (label, pos) = inner.rsplit_once(' ').unwrap_or(("", inner));
+    let (i, n) = pos.split_once('/')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(i) && digits(n)).then_some(label)
+}
+
+#[test]
+fn stage_in_name_reads_the_label_of_stage_steps_only() {
+    assert_eq!(stage_in_name("[builder 2/4] RUN make"), Some("builder"));
+    assert_eq!(stage_in_name("[2/3] COPY . ."), Some(""));
+    assert_eq!(stage_in_name("[stage-1 1/2] FROM busybox"), Some("stage-1"));
+    assert_eq!(stage_in_name("[internal] load busybox"), None);
+    assert_eq!(
+        stage_in_name("[b internal] preparing inline document for line 3"),
+        None
+    );
+    assert_eq!(stage_in_name("plain"), None);
+}
+
+#[test]
+fn every_step_carries_its_stage_label() {
+    // No options file there: the default options.
+    let (opts, _) = options(Path::new("/nonexistent"));
+    let src = "FROM busybox AS Builder\nRUN make\nFROM busybox\nCOPY --from=builder /a /a\n";
+    let df = frontend::parse(src).expect("parses");
+    let refs = frontend::base_images(&df, &opts).expect("refs");
+    let bases = refs
+        .iter()
+        .map(|r| (r.reference.clone(), base(&r.reference)))
+        .collect();
+    let g = frontend::lower(&df, &opts, &bases).expect("lowers");
+    let stages: Vec<(&str, Option<&str>)> = g
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.stage.as_deref()))
+        .collect();
+    assert!(
+        stages.contains(&("[builder 2/2] RUN make", Some("builder"))),
+        "{stages:?}"
+    );
+    assert!(
+        stages.contains(&("[stage-1 2/2] COPY --from=builder /a /a", Some("stage-1"))),
+        "{stages:?}"
+    );
 }
 
 #[test]

@@ -12,6 +12,10 @@
 //! `KILN_ROOT/explain/files/<content digest hex>`, written once when that content is first
 //! seen ([`remember_files`]) and read only to explain a miss. A warm build with nothing changed
 //! reads and writes none of it: the step records hold only the digests.
+//!
+//! [`Explain`] is the observer: key computation tells it each step's inputs (it answers why the
+//! step would miss, compared with the last build) and the file details behind each content
+//! digest; it writes all of that only after the solve, with [`Explain::write`].
 
 use crate::graph::{CopySource, FileAction, Node, NodeId, Op, SourceOp};
 use crate::key::SourceMeta;
@@ -19,9 +23,6 @@ use cache::oci::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// How the miss line starts in a step's progress output (`cache miss: file changed: a.txt`).
-pub const PREFIX: &str = "cache miss: ";
 
 /// The inputs that made one step's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -109,6 +110,67 @@ fn summaries(files: &[SourceMeta]) -> BTreeMap<String, String> {
             (m.rel.clone(), summary)
         })
         .collect()
+}
+
+/// The `--explain` observer of one build: the last build's step records, this build's, and the
+/// file details not yet kept.
+#[derive(Debug)]
+pub struct Explain {
+    file: PathBuf,
+    files_dir: PathBuf,
+    history: BTreeMap<String, StepInputs>,
+    recorded: BTreeMap<String, StepInputs>,
+    /// Content digest to per-file summaries, for digests not yet under `files_dir`.
+    pending: BTreeMap<Digest, BTreeMap<String, String>>,
+}
+
+impl Explain {
+    /// The observer of a build of `dockerfile` in `context`, with the records of the last one
+    /// (see [`file_for`]; unreadable records count as none).
+    pub fn open(kiln_root: &Path, context: &Path, dockerfile: &str) -> Explain {
+        let file = file_for(kiln_root, context, dockerfile);
+        let history = load(&file);
+        Explain {
+            files_dir: files_dir(&file),
+            recorded: history.clone(),
+            history,
+            file,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Notes the per-file details behind `content` (kept by [`Explain::write`] unless they
+    /// are kept already: then this is one `stat`).
+    pub fn saw_files(&mut self, content: &Digest, files: &[SourceMeta]) {
+        if !self.pending.contains_key(content) && !self.files_dir.join(content.hex()).exists() {
+            self.pending.insert(content.clone(), summaries(files));
+        }
+    }
+
+    /// Records step `id`'s inputs `now` (its walked COPY sources are `files`) and says why it
+    /// would miss the cache, compared with the last build's record of the same step.
+    pub fn observe(&mut self, id: String, now: StepInputs, files: &[SourceMeta]) -> String {
+        let why = reason(self.history.get(&id), &now, files, &self.files_dir);
+        self.recorded.insert(id, now);
+        why
+    }
+
+    /// Writes what this build observed: the file details first seen, then the step records
+    /// when they changed.
+    ///
+    /// Fails on the first file that cannot be written (the rest are still tried).
+    pub fn write(&self) -> std::io::Result<()> {
+        let mut first = Ok(());
+        for (content, summaries) in &self.pending {
+            let bytes = serde_json::to_vec(summaries).map_err(std::io::Error::other)?;
+            let r = write_atomic(&self.files_dir.join(content.hex()), &bytes);
+            first = first.and(r);
+        }
+        if self.recorded != self.history {
+            first = first.and(save(&self.file, &self.recorded));
+        }
+        first
+    }
 }
 
 /// `explain/files` beside the step records in `record_file`'s directory.
@@ -232,17 +294,6 @@ pub fn step_id(name: &str) -> &str {
         Some(i) if name.starts_with('[') => &name[..=i],
         _ => name,
     }
-}
-
-/// The stage label of a step's progress name: `builder` for `[builder 2/4] RUN make`, `""` for
-/// `[2/3] RUN make` (a single-stage build), `None` for names that are not stage steps
-/// (`[internal] load ...`).
-pub fn stage_label(name: &str) -> Option<&str> {
-    let inner = step_id(name).strip_prefix('[')?.strip_suffix(']')?;
-    let (label, pos) = inner.rsplit_once(' ').unwrap_or(("", inner));
-    let (i, n) = pos.split_once('/')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(i) && digits(n)).then_some(label)
 }
 
 /// The record file for a context directory and Dockerfile.
@@ -371,15 +422,6 @@ mod tests {
     }
 
     #[test]
-    fn stage_label_of_progress_names() {
-        assert_eq!(stage_label("[builder 2/4] RUN make"), Some("builder"));
-        assert_eq!(stage_label("[2/3] COPY . ."), Some(""));
-        assert_eq!(stage_label("[stage-1 1/2] FROM busybox"), Some("stage-1"));
-        assert_eq!(stage_label("[internal] load busybox"), None);
-        assert_eq!(stage_label("plain"), None);
-    }
-
-    #[test]
     fn records_round_trip() {
         let d = tempfile::tempdir().expect("tempdir");
         let f = file_for(d.path(), d.path(), "Dockerfile");
@@ -387,5 +429,35 @@ mod tests {
         save(&f, &recs).expect("save");
         assert_eq!(load(&f), recs);
         assert!(load(&d.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn the_observer_writes_nothing_until_the_solve_is_over_then_explains_the_next_build() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (root, ctx) = (d.path().join("root"), d.path());
+        let old = [meta("src/a.txt", b"a")];
+        let new = [meta("src/a.txt", b"A")];
+        let (c_old, c_new) = (
+            crate::key::content_digest(&old),
+            crate::key::content_digest(&new),
+        );
+        let mut first = Explain::open(&root, ctx, "Dockerfile");
+        first.saw_files(&c_old, &old);
+        let mut s1 = step("k1");
+        s1.contents = vec![c_old.to_string()];
+        assert_eq!(first.observe("[1/2]".into(), s1, &old), "no cache entry");
+        assert!(
+            !root.join("explain").exists(),
+            "nothing written while observing"
+        );
+        first.write().expect("write");
+        let mut second = Explain::open(&root, ctx, "Dockerfile");
+        second.saw_files(&c_new, &new);
+        let mut s2 = step("k2");
+        s2.contents = vec![c_new.to_string()];
+        assert_eq!(
+            second.observe("[1/2]".into(), s2, &new),
+            "file changed: src/a.txt"
+        );
     }
 }

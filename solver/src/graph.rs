@@ -34,6 +34,11 @@ pub struct Node {
     pub op: Op,
     /// Progress name in BuildKit's style: `[builder 2/4] RUN make`.
     pub name: String,
+    /// The label of the Dockerfile stage whose step this is, as its progress name shows it
+    /// (`builder`; `""` in a single-stage build, whose names carry no label); `None` for
+    /// nodes outside the stages' steps (scratch, `--from` images, heredoc preparation).
+    /// `--no-cache-filter` matches it.
+    pub stage: Option<String>,
     /// Where in the Dockerfile it comes from (none for implicit nodes).
     pub span: Option<Span>,
     /// The Dockerfile instruction as written (for errors: `Dockerfile:12: RUN make: ...`).

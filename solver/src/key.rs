@@ -13,7 +13,7 @@
 //!   (see [`content_digest`]), the SHA-256 of each inline (heredoc) file's bytes, and the keys
 //!   of the inputs.
 //!
-//! What stays out (a test lists these): the progress name, the span and the instruction text
+//! What stays out (a test lists these): the progress name, the stage, the span and the instruction text
 //! (they change messages, not results), `proxy_env` (BuildKit keeps proxies out of the key too),
 //! secret and ssh mounts (never stored or hashed), and file mtimes in COPY sources (a `touch`
 //! or a fresh checkout must not invalidate the cache).
@@ -331,6 +331,7 @@ mod tests {
         Node {
             op,
             name: "[stage 1/1] X".into(),
+            stage: Some("stage".into()),
             span: Some(Span { line: 1, column: 1 }),
             instruction: "X".into(),
         }
@@ -499,10 +500,11 @@ mod tests {
         let content = content_digest(&[meta("src/main.rs", b"x")]);
         let before = keys_of(&g, &content);
 
-        // Excluded: progress name, span, instruction text, proxy env, secret/ssh mounts.
+        // Excluded: progress name, stage, span, instruction text, proxy env, secret/ssh mounts.
         let mut h = g.clone();
         for n in &mut h.nodes {
             n.name = "renamed".into();
+            n.stage = Some("other".into());
             n.span = Some(Span {
                 line: 99,
                 column: 7,

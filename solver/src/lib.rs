@@ -8,6 +8,7 @@
 //! - [`progress`]: the events the solver emits while it runs (the cli renders them).
 //! - [`ops`]: the real runner ([`Solver`]): cache lookups, sandboxed RUN/COPY, layer commits
 //!   and the final image.
+//! - [`cachesource`]: where results are found by key (the local store; imported caches).
 //! - [`remote`]: remote cache hooks: the steps a build exports, lazy fetching of imported
 //!   layers and cache mounts.
 //! - [`run`]: the sandbox spec of a `kiln run` container.
@@ -21,6 +22,7 @@
 //! parses Dockerfiles and never prints: progress leaves as events.
 #![deny(missing_docs)]
 
+pub mod cachesource;
 pub mod explain;
 pub mod fetch;
 pub mod git;

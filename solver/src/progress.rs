@@ -1,7 +1,7 @@
 //! Progress events: what the solver tells the cli about each vertex while it runs.
 //!
 //! The solver never prints. Each node the build touches emits `Started` then either `Cached`
-//! or some `Log`s followed by `Done` or `Error`. Events go out on an unbounded channel so a
+//! or a `CacheMiss` and some `Log`s followed by `Done` or `Error`. Events go out on an unbounded channel so a
 //! slow renderer never blocks a build; the cli renders them as plain text, a live view or raw
 //! JSON lines.
 
@@ -24,6 +24,12 @@ pub enum EventKind {
     Started,
     /// The vertex's result came from the cache: nothing ran.
     Cached,
+    /// The vertex misses the cache and runs; `reason` says why (`file changed: a.txt`,
+    /// `--no-cache`, `no cache entry`; see [`crate::explain`]).
+    CacheMiss {
+        /// Why, as one line.
+        reason: String,
+    },
     /// Output of the vertex's process.
     Log {
         /// Which stream.
@@ -41,11 +47,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// A short lowercase name (`started`, `cached`, `log`, `done`, `error`), as used in rawjson.
+    /// A short lowercase name (`started`, `cached`, `cache_miss`, `log`, `done`, `error`), as
+    /// used in rawjson.
     pub fn label(&self) -> &'static str {
         match self {
             EventKind::Started => "started",
             EventKind::Cached => "cached",
+            EventKind::CacheMiss { .. } => "cache_miss",
             EventKind::Log { .. } => "log",
             EventKind::Done => "done",
             EventKind::Error { .. } => "error",

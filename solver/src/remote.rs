@@ -4,19 +4,21 @@
 //! A record found in an imported cache is a hit like a local one, but its layers may not be in
 //! the store. They are fetched only when something reads them:
 //! - a step that misses and runs on top of (or copies from, or bind-mounts) a remote hit
-//!   ([`materialize`]);
+//!   ([`CacheSource::fetch`], [`CacheSource::restore_mounts`]);
 //! - the final image's layers, before the image is written.
 //!
 //! A hit whose result only feeds other hits (a builder stage whose files were copied by a
 //! cached COPY) is never downloaded.
+//!
+//! An import is a [`CacheSource`] like the local store: the solve loop asks both, in order.
 
+use crate::cachesource::{CacheSource, CacheSourceError, Fetch};
 use crate::graph::{BuildGraph, MountKind, NodeId, Op};
-use crate::ops::NodeResult;
 use cache::image::Image;
 use cache::oci::Digest;
+use cache::remote::Mode;
 use cache::remote::export::{ExportMount, ExportPlan, ExportRecord};
 use cache::remote::import::Imported;
-use cache::remote::{Mode, RemoteError};
 use cache::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -129,7 +131,7 @@ pub(crate) fn hits(graph: &BuildGraph, cached: impl Fn(NodeId) -> Option<Vec<Dig
 /// image, or under the first step that must run on them), and fetching them while other
 /// stages run hides the download. Errors are left to the fetch that needs the layers.
 pub(crate) fn prefetch(
-    imported: &Arc<Imported>,
+    sources: &[Arc<dyn CacheSource>],
     store: &Store,
     graph: &BuildGraph,
     hits: &Hits,
@@ -137,10 +139,12 @@ pub(crate) fn prefetch(
     let mut cur = Some(graph.target);
     while let Some(n) = cur {
         if let Some(chain) = hits.hit.get(&n) {
-            let (imported, store, chain) = (Arc::clone(imported), store.clone(), chain.clone());
+            let (sources, store, chain) = (sources.to_vec(), store.clone(), chain.clone());
             return Some(tokio::spawn(async move {
-                if let Err(error) = imported.ensure_layers(&store, &chain).await {
-                    tracing::debug!(%error, "prefetch failed");
+                for s in &sources {
+                    if let Err(error) = s.fetch(&store, &chain).await {
+                        tracing::debug!(%error, "prefetch failed");
+                    }
                 }
             }));
         }
@@ -153,11 +157,12 @@ pub(crate) fn prefetch(
     None
 }
 
-/// The steps of a build, from its keys and results.
+/// The steps of a build, from its keys and results (the layer chain of each node that ran
+/// or was looked up).
 pub(crate) fn steps(
     graph: &BuildGraph,
     keys: &[Option<Digest>],
-    done: &BTreeMap<NodeId, Arc<NodeResult>>,
+    done: &BTreeMap<NodeId, Vec<Digest>>,
     hits: &Hits,
 ) -> (Vec<SolvedStep>, Vec<String>) {
     let root_of = |n: NodeId| match &graph.nodes[n].op {
@@ -180,7 +185,7 @@ pub(crate) fn steps(
         .filter_map(|n| Some((*n, hits.hit.get(n)?.clone())));
     let results = done
         .iter()
-        .map(|(&n, r)| (n, r.chain.clone()))
+        .map(|(&n, chain)| (n, chain.clone()))
         .chain(skipped)
         .collect::<BTreeMap<_, _>>();
     for (n, chain) in results {
@@ -224,37 +229,35 @@ pub(crate) fn record_locally(store: &Store, steps: &[SolvedStep]) {
     }
 }
 
-/// Before step `n` runs: fetches the layers of its root and of every other input it reads
-/// (COPY --from, RUN --mount from=) that came from an imported cache, and restores the
-/// contents of its cache mounts that are absent locally.
-///
-/// Fails when a layer or mount cannot be fetched.
-pub(crate) async fn materialize(
-    imported: &Imported,
-    store: &Store,
-    graph: &BuildGraph,
-    n: NodeId,
-    root: &NodeResult,
-    inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
-) -> Result<(), RemoteError> {
-    let mut need: Vec<Digest> = root.chain.clone();
-    for r in inputs.values() {
-        need.extend(r.chain.iter().cloned());
+impl CacheSource for Imported {
+    fn lookup(&self, key: &Digest) -> Result<Option<Vec<Digest>>, CacheSourceError> {
+        // An imported record's layers are fetched only when read.
+        Ok(Imported::lookup(self, key).map(<[Digest]>::to_vec))
     }
-    need.sort();
-    need.dedup();
-    imported.ensure_layers(store, &need).await?;
-    if let Op::Exec(x) = &graph.nodes[n].op {
-        for m in &x.mounts {
-            if let MountKind::Cache { id, .. } = &m.kind {
+
+    fn fetch<'a>(&'a self, store: &'a Store, layers: &'a [Digest]) -> Fetch<'a> {
+        Box::pin(async move {
+            self.ensure_layers(store, layers)
+                .await
+                .map_err(CacheSourceError::Remote)
+        })
+    }
+
+    fn restore_mounts<'a>(&'a self, store: &'a Store, ids: &'a [String]) -> Fetch<'a> {
+        Box::pin(async move {
+            for id in ids {
                 let dir = crate::mounts::cache_dir_path(store.root(), id);
-                if imported.restore_mount(store, id, &dir).await? {
+                if (self.restore_mount(store, id, &dir).await).map_err(CacheSourceError::Remote)? {
                     tracing::debug!(id, ?dir, "cache mount restored");
                 }
             }
-        }
+            Ok(())
+        })
     }
-    Ok(())
+
+    fn keep(&self, store: &Store, steps: &[SolvedStep]) {
+        record_locally(store, steps);
+    }
 }
 
 #[cfg(test)]

@@ -230,6 +230,7 @@ pub(crate) mod tests {
         Node {
             op,
             name: String::new(),
+            stage: None,
             span: None,
             instruction: String::new(),
         }

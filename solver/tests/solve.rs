@@ -218,6 +218,7 @@ fn node(op: Op, line: u32, instruction: &str) -> Node {
     Node {
         op,
         name: format!("[stage] {instruction}"),
+        stage: None,
         span: Some(Span { line, column: 1 }),
         instruction: instruction.into(),
     }
@@ -421,14 +422,12 @@ fn same_size_edit_with_the_same_mtime_is_rebuilt() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The progress log of every step that missed the cache (`cache miss: ...` lines), by name.
+/// The `CacheMiss` reason of every step that missed the cache, by name.
 fn misses(events: &[Event]) -> Vec<(String, String)> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Log { bytes, .. } => String::from_utf8_lossy(bytes)
-                .strip_prefix(solver::explain::PREFIX)
-                .map(|r| (e.name.clone(), r.trim_end().to_owned())),
+            EventKind::CacheMiss { reason } => Some((e.name.clone(), reason.clone())),
             _ => None,
         })
         .collect()

@@ -1,7 +1,7 @@
 //! COPY and ADD: sources from the context, a stage, an image or a URL, and heredoc files.
 
 use super::values::{is_url, resolve_dest, valid_chmod};
-use super::{Lowerer, StageCtx, step_prefix};
+use super::{Lowerer, StageCtx, step_name};
 use crate::error::{Error, ErrorKind};
 use crate::instructions::{CopyInstr, Instruction};
 use cache::oci::Digest;
@@ -196,11 +196,7 @@ impl Lowerer<'_> {
             }));
         }
         st.step += 1;
-        let name = format!(
-            "{} {}",
-            step_prefix(&st.label, st.step, st.total),
-            instr.original
-        );
+        let name = step_name(&st.label, st.step, st.total, &instr.original);
         let n = self.push(
             Op::File(FileOp {
                 root: st.node,

@@ -4,7 +4,7 @@ use super::values::{
     clean_path, go_quote_list, looks_like_image, parse_port_spec, set_env, valid_signal,
 };
 use super::{
-    ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, platform_arg, step_prefix,
+    ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, platform_arg, step_name,
 };
 use crate::error::{Error, ErrorKind, suggest};
 use crate::instructions::{ArgDef, CmdLine, Command, Instruction, KeyValue, RunInstr, Stage};
@@ -36,11 +36,7 @@ impl Lowerer<'_> {
                 st.config.config.working_dir = cwd.clone();
                 if cwd != "/" {
                     st.step += 1;
-                    let name = format!(
-                        "{} {}",
-                        step_prefix(&st.label, st.step, st.total),
-                        instr.original
-                    );
+                    let name = step_name(&st.label, st.step, st.total, &instr.original);
                     let n = self.push(
                         Op::File(FileOp {
                             root: st.node,
@@ -388,11 +384,7 @@ impl Lowerer<'_> {
             }
         }
         st.step += 1;
-        let name = format!(
-            "{} {}",
-            step_prefix(&st.label, st.step, st.total),
-            instr.original
-        );
+        let name = step_name(&st.label, st.step, st.total, &instr.original);
         let n = self.push(
             Op::Exec(ExecOp {
                 root: st.node,
@@ -449,9 +441,12 @@ impl Lowerer<'_> {
                     instruction: "RUN",
                 })],
             }),
-            format!(
-                "{label} preparing inline document for line {}",
-                instr.span.line
+            (
+                format!(
+                    "{label} preparing inline document for line {}",
+                    instr.span.line
+                ),
+                None,
             ),
             Some(instr.span),
             instr.original.clone(),
@@ -488,7 +483,7 @@ impl Lowerer<'_> {
             FromRef::Stage(i) => CopySource::Node(self.stage(i)?.node),
             FromRef::Image(reference) if reference.is_empty() => CopySource::Context,
             FromRef::Image(reference) => {
-                let name = format!("[internal] load {reference}");
+                let name = (format!("[internal] load {reference}"), None);
                 CopySource::Node(self.image_node(&reference, span, name, Some(instr))?.0)
             }
         })

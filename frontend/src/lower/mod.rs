@@ -276,10 +276,17 @@ impl<'a> Lowerer<'a> {
         Ok((graph, self.collected))
     }
 
-    fn push(&mut self, op: Op, name: String, span: Option<Span>, instruction: String) -> NodeId {
+    fn push(
+        &mut self,
+        op: Op,
+        (name, stage): (String, Option<String>),
+        span: Option<Span>,
+        instruction: String,
+    ) -> NodeId {
         self.nodes.push(Node {
             op,
             name,
+            stage,
             span,
             instruction,
         });
@@ -292,7 +299,7 @@ impl<'a> Lowerer<'a> {
         }
         let n = self.push(
             Op::Source(SourceOp::Scratch),
-            "scratch".to_owned(),
+            ("scratch".to_owned(), None),
             None,
             "FROM scratch".to_owned(),
         );
@@ -305,7 +312,7 @@ impl<'a> Lowerer<'a> {
         &mut self,
         reference: &str,
         span: Span,
-        name: String,
+        name: (String, Option<String>),
         flag: Option<&str>,
     ) -> Result<(NodeId, ImageConfig), Error> {
         if !self.collected.iter().any(|b| b.reference == reference) {
@@ -471,7 +478,10 @@ impl<'a> Lowerer<'a> {
                 config.config.env = vec![format!("PATH={DEFAULT_PATH}")];
                 (self.scratch_node(), config, Vec::new())
             } else {
-                let name = format!("{} FROM {base}", step_prefix(&label, 1, total));
+                let name = (
+                    format!("{} FROM {base}", step_prefix(&label, 1, total)),
+                    Some(label.clone().unwrap_or_default()),
+                );
                 let (n, mut c) = self.image_node(&base, stage.base_span, name, None)?;
                 default_path(&mut c);
                 (n, c, Vec::new())
@@ -596,6 +606,15 @@ impl StageCtx {
 
 fn makes_vertex(c: &Command) -> bool {
     matches!(c, Command::Run(_) | Command::Copy(_) | Command::Workdir(_))
+}
+
+/// The progress name of step `i` of `n` of a stage and that stage's label (`""` when the
+/// name carries none).
+fn step_name(label: &Option<String>, i: usize, n: usize, text: &str) -> (String, Option<String>) {
+    (
+        format!("{} {text}", step_prefix(label, i, n)),
+        Some(label.clone().unwrap_or_default()),
+    )
 }
 
 fn step_prefix(label: &Option<String>, i: usize, n: usize) -> String {

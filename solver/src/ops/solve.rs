@@ -1,0 +1,232 @@
+//! The solve loop: prepares the graph (checksums, git refs, keys), asks the caches which
+//! steps they hold, lets [`crate::sched`] run the rest and writes the image. It only
+//! orchestrates: each node is run by [`super::runner`].
+
+use super::keys::compute_keys;
+use super::runner::{Runner, source_err};
+use super::{CREATED, NodeResult, SolveError, SolveOptions, location};
+use crate::cachesource::{CacheSource, LocalCache};
+use crate::graph::{BuildGraph, NodeId};
+use crate::progress::{self, EventKind};
+use crate::remote::Solved;
+use crate::sched::{self, SchedError};
+use cache::image::Image;
+use cache::oci::{History, ImageConfig};
+use cache::remote::import::Imported;
+use cache::statcache::StatCache;
+use cache::store::Store;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Runs build graphs on a store.
+#[derive(Debug, Clone)]
+pub struct Solver {
+    store: Store,
+    opts: SolveOptions,
+    /// Where step results are looked up by key: the local store, then `--cache-from`
+    /// imports, whose layers are fetched when needed.
+    sources: Vec<Arc<dyn CacheSource>>,
+}
+
+impl Solver {
+    /// A solver over `store`.
+    pub fn new(store: Store, opts: SolveOptions) -> Solver {
+        Solver {
+            sources: vec![Arc::new(LocalCache::new(store.clone()))],
+            store,
+            opts,
+        }
+    }
+
+    /// Also looks keys up in `imported` (after the local records; see [`crate::remote`]).
+    pub fn with_cache_from(mut self, imported: Arc<Imported>) -> Solver {
+        self.sources.push(imported);
+        self
+    }
+
+    /// Runs the nodes the target needs and writes the image (not tagged).
+    ///
+    /// Fails on the first failing step, a missing or escaping COPY source, or a store error.
+    pub async fn solve(
+        &self,
+        graph: &BuildGraph,
+        events: progress::Sender,
+    ) -> Result<Image, SolveError> {
+        self.solve_steps(graph, events).await.map(|s| s.image)
+    }
+
+    /// [`Solver::solve`], also returning every step's key and result (for a cache export).
+    ///
+    /// Fails as [`Solver::solve`] does.
+    pub async fn solve_steps(
+        &self,
+        graph: &BuildGraph,
+        events: progress::Sender,
+    ) -> Result<Solved, SolveError> {
+        let mut graph = graph.clone();
+        if let Some((n, id)) = crate::mounts::missing_ssh(&graph, &self.opts.ssh) {
+            let node = &graph.nodes[n];
+            let span = node.span.unwrap_or_default();
+            return Err(SolveError::MissingSsh {
+                file: self.opts.dockerfile_name.clone(),
+                line: span.line,
+                column: span.column,
+                instruction: location(&self.opts, node).instruction,
+                id,
+            });
+        }
+        crate::fetch::pin_checksums(&self.store, &mut graph)
+            .await
+            .map_err(|(n, source)| SolveError::Fetch {
+                at: location(&self.opts, &graph.nodes[n]),
+                source: Box::new(source),
+            })?;
+        let graph = {
+            let (opts, sock) = (self.opts.clone(), self.opts.ssh.default_socket());
+            tokio::task::spawn_blocking(move || {
+                match crate::git::resolve_all(&mut graph, sock.as_deref()) {
+                    Ok(()) => Ok(graph),
+                    Err((n, source)) => Err(SolveError::Git {
+                        at: location(&opts, &graph.nodes[n]),
+                        source: Box::new(source),
+                    }),
+                }
+            })
+            .await
+            .expect("git resolution does not panic")?
+        };
+        let graph = Arc::new(graph);
+        let (keys, clamps, reasons, explain) = {
+            let (g, opts) = (Arc::clone(&graph), self.opts.clone());
+            let kiln_root = self.store.root().to_path_buf();
+            let stat_file = StatCache::file_for(self.store.root(), &opts.context);
+            tokio::task::spawn_blocking(move || {
+                let t = std::time::Instant::now();
+                let stats = StatCache::open(stat_file);
+                let opened = t.elapsed();
+                let keys = compute_keys(&g, &opts, &stats, &kiln_root);
+                let computed = t.elapsed();
+                if let Err(e) = stats.save() {
+                    tracing::warn!(error = %e, "stat cache not saved");
+                }
+                tracing::debug!(
+                    stat_cache_open = ?opened,
+                    keys = ?(computed - opened),
+                    stat_cache_save = ?(t.elapsed() - computed),
+                    hashed = stats.hashed(),
+                    reused = stats.reused(),
+                    "cache keys computed"
+                );
+                keys
+            })
+            .await
+            .expect("key computation does not panic")?
+        };
+        let runner = Arc::new(Runner {
+            store: self.store.clone(),
+            graph: Arc::clone(&graph),
+            keys: keys.clone(),
+            clamps,
+            reasons,
+            opts: self.opts.clone(),
+            events,
+            changed: Mutex::default(),
+            sources: self.sources.clone(),
+        });
+        let t = std::time::Instant::now();
+        // A cache hit needs only its root: the stages it copies from are not run (and, when
+        // they come from a remote cache, not downloaded).
+        // A step under `--no-cache-filter`, or built on one, is never a hit up front: whether it
+        // may keep its record is known only after the filtered step re-ran.
+        let mut forced = vec![false; graph.nodes.len()];
+        for n in graph.reachable() {
+            forced[n] = runner.filtered(n).is_some()
+                || graph.nodes[n].op.inputs().iter().any(|&i| forced[i]);
+        }
+        let hits = crate::remote::hits(&graph, |n| {
+            if forced[n] {
+                return None;
+            }
+            let key = runner.keys[n].as_ref()?;
+            runner.cached(n, key).ok().flatten()
+        });
+        for &n in &hits.skipped {
+            for kind in [EventKind::Started, EventKind::Cached, EventKind::Done] {
+                runner.emit(n, kind);
+            }
+        }
+        let prefetch = crate::remote::prefetch(&self.sources, &self.store, &graph, &hits);
+        let inputs_of = |n| hits.inputs_of(&graph, n);
+        let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of).await;
+        // `--explain` records what this build saw, whether or not it succeeded.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = explain.write() {
+                tracing::warn!(error = %e, "explain records not saved");
+            }
+        })
+        .await
+        .expect("writing explain records does not panic");
+        let done = done.map_err(|e| match e {
+            SchedError::Op(e) => e,
+            SchedError::Panicked { node } => SolveError::Internal(SchedError::Panicked { node }),
+            SchedError::BadGraph { node, input } => {
+                SolveError::Internal(SchedError::BadGraph { node, input })
+            }
+        })?;
+        tracing::debug!(elapsed = ?t.elapsed(), "steps done");
+        let config = final_config(&graph, &done);
+        if let Some(p) = prefetch {
+            let _ = p.await;
+        }
+        for s in &self.sources {
+            s.fetch(&self.store, &config.rootfs.diff_ids)
+                .await
+                .map_err(|e| source_err(location(&self.opts, &graph.nodes[graph.target]), e))?;
+        }
+        let chains = done.iter().map(|(&n, r)| (n, r.chain.clone())).collect();
+        let (steps, cache_mounts) = crate::remote::steps(&graph, &keys, &chains, &hits);
+        for s in &self.sources {
+            s.keep(&self.store, &steps);
+        }
+        let store = self.store.clone();
+        let image = tokio::task::spawn_blocking(move || store.write_image(&config))
+            .await
+            .expect("write_image does not panic")
+            .map_err(SolveError::Image)?;
+        Ok(Solved {
+            image,
+            steps,
+            cache_mounts,
+        })
+    }
+}
+
+/// The image config of the result: the template's config, whose history is the target's
+/// base image's (the frontend copies it), then one entry per template step.
+pub(super) fn final_config(
+    graph: &BuildGraph,
+    done: &BTreeMap<NodeId, Arc<NodeResult>>,
+) -> ImageConfig {
+    let mut config = graph.image.config.clone();
+    let mut history = std::mem::take(&mut config.history);
+    for step in &graph.image.history {
+        let made = step
+            .layer
+            .and_then(|l| done.get(&l))
+            .is_some_and(|r| r.made_layer);
+        history.push(History {
+            created: Some(CREATED.to_owned()),
+            created_by: Some(step.created_by.clone()),
+            author: None,
+            comment: Some("buildkit.dockerfile.v0".to_owned()),
+            empty_layer: !made,
+        });
+    }
+    config.history = history;
+    config.created = Some(CREATED.to_owned());
+    config.rootfs.diff_ids = done
+        .get(&graph.target)
+        .map(|r| r.chain.clone())
+        .unwrap_or_default();
+    config
+}
