@@ -156,6 +156,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             None => format!("{e}={}", std::env::var(e).unwrap_or_default()),
         })
         .collect();
+    let env = crate::containers::with_term(env, &image.config.config.env, a.tty);
     let overrides = solver::run::Overrides {
         env,
         workdir: a.workdir.clone(),
@@ -209,6 +210,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
+    if matches!(a.network, crate::netrun::Mode::Host) {
+        // The host's network, the host's name (as docker's --network host).
+        container.spec.hostname = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+    }
     if joined.is_some() {
         container
             .spec
@@ -248,6 +256,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         finished_at: None,
         cgroups: cgroups.clone(),
         limits,
+        network_mode: Some(a.network.to_string()),
     };
     if a.detach {
         if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {
