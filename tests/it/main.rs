@@ -6,6 +6,7 @@ mod archives;
 mod build;
 mod cache;
 mod cache_backends;
+mod cli_docker;
 mod containers;
 mod dockerfile_buildkit;
 mod dockerfile_e2e;

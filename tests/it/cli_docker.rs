@@ -1,0 +1,475 @@
+//! The docker commands people type, against real kiln containers and images, and compared
+//! with the real docker's output for the same image where the format matters.
+
+use crate::harness::{busybox_dir, busybox_tar, text};
+use crate::network::Reaper;
+use anyhow::{Context as _, ensure};
+use std::process::{Command, Output, Stdio};
+
+fn name(tag: &str) -> String {
+    format!("it-cli-{tag}-{}", std::process::id())
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[test]
+fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let named = name("named");
+    let out = t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &named,
+        "busybox",
+        "sleep",
+        "30",
+    ])?;
+    ensure!(stdout(&out).trim() == named, "{}", text(&out));
+    let out = t.ok(&["run", "-d", "--network", "none", "busybox", "sleep", "31"])?;
+    let id = stdout(&out).trim().to_owned();
+    ensure!(
+        id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "run -d printed {id:?}"
+    );
+
+    // ps -q: one id per line, docker's 12-digit short form for generated ids; usable as a
+    // prefix everywhere a container is named.
+    let q = stdout(&t.ok(&["ps", "-q"])?);
+    let ids: Vec<&str> = q.lines().collect();
+    ensure!(ids.len() == 2, "ps -q: {q:?}");
+    ensure!(ids.contains(&named.as_str()), "{q}");
+    let short = ids
+        .iter()
+        .find(|l| **l != named)
+        .context("the generated id")?;
+    ensure!(
+        is_hex(short, 12) && id.starts_with(short),
+        "{short} of {id}"
+    );
+    let running = t.ok(&["inspect", "-f", "{{.State.Running}}", short])?;
+    ensure!(stdout(&running) == "true\n", "{}", text(&running));
+
+    // The default listing has docker's columns, NAMES and CREATED included.
+    let ps = stdout(&t.ok(&["ps"])?);
+    let header = ps.lines().next().unwrap_or_default();
+    for col in [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS",
+        "NAMES",
+    ] {
+        ensure!(header.contains(col), "no {col} in {header:?}");
+    }
+    ensure!(
+        ps.lines().any(|l| l.starts_with(short)
+            && l.contains("\"sleep 31\"")
+            && l.contains(" ago ")
+            && l.contains("Up ")
+            && l.ends_with(&id)),
+        "{ps}"
+    );
+
+    // --format with docker's field names, plain and as a table.
+    let f = stdout(&t.ok(&[
+        "ps",
+        "--format",
+        "{{.ID}}|{{.Names}}|{{.Image}}|{{.Command}}|{{.State}}|{{.Ports}}",
+    ])?);
+    ensure!(
+        f.lines()
+            .any(|l| l == format!("{named}|{named}|busybox|\"sleep 30\"|running|")),
+        "{f}"
+    );
+    let tbl = stdout(&t.ok(&["ps", "--format", "table {{.Names}}\\t{{.Status}}"])?);
+    let head = tbl.lines().next().unwrap_or_default();
+    ensure!(
+        head.starts_with("NAMES ") && head.ends_with("STATUS"),
+        "{tbl}"
+    );
+    let row = tbl
+        .lines()
+        .find(|l| l.starts_with(&named))
+        .context("named row")?;
+    // docker's tabwriter: the widest cell plus 3 spaces.
+    ensure!(
+        head.find("STATUS") == Some(named.len() + 3) && row.find("Up ") == Some(named.len() + 3),
+        "columns not aligned:\n{tbl}"
+    );
+    let created = stdout(&t.ok(&["ps", "--format", "{{.CreatedAt}}"])?);
+    ensure!(
+        created
+            .lines()
+            .all(|l| l.ends_with(" +0000 UTC") && l.len() == 29),
+        "CreatedAt as docker prints it: {created}"
+    );
+
+    // inspect -f: field paths, json, index, range over maps and slices, literal text.
+    let f = t.ok(&[
+        "inspect",
+        "-f",
+        "cmd={{json .Config.Cmd}} first={{index .Config.Cmd 0}} net={{.HostConfig.NetworkMode}}{{range .Config.Cmd}} [{{.}}]{{end}}",
+        &named,
+        short,
+    ])?;
+    ensure!(
+        stdout(&f)
+            == "cmd=[\"sleep\",\"30\"] first=sleep net=none [sleep] [30]\n\
+                cmd=[\"sleep\",\"31\"] first=sleep net=none [sleep] [31]\n",
+        "{}",
+        text(&f)
+    );
+    let bad = t.kiln(&["inspect", "-f", "{{.Nope}}", &named]);
+    ensure!(
+        bad.status.code() == Some(1) && text(&bad).contains("no entry for key \"Nope\""),
+        "{}",
+        text(&bad)
+    );
+    let bad = t.kiln(&["inspect", "-f", "{{range .Config.Cmd}}", &named]);
+    ensure!(!bad.status.success(), "an unclosed range rendered");
+
+    // The container namespace.
+    let ls = stdout(&t.ok(&["container", "ls", "-q"])?);
+    ensure!(ls == q, "container ls -q {ls:?} vs ps -q {q:?}");
+    t.ok(&["container", "inspect", &named])?;
+    ensure!(
+        !t.kiln(&["container", "inspect", "busybox"])
+            .status
+            .success(),
+        "container inspect fell back to an image"
+    );
+
+    // top: the container's processes, by PID namespace.
+    let top = stdout(&t.ok(&["top", &named])?);
+    ensure!(
+        top.starts_with("UID") && top.lines().any(|l| l.ends_with("sleep 30")),
+        "{top}"
+    );
+    ensure!(
+        !top.contains("sleep 31"),
+        "top shows another container: {top}"
+    );
+
+    // Images: -q, REPO[:TAG], --format, the image namespace, history.
+    t.ok(&["tag", "busybox", "busybox:other"])?;
+    t.ok(&["tag", "busybox", "elsewhere:1"])?;
+    let digest = stdout(&t.ok(&["image", "inspect", "-f", "{{.Id}}", "busybox"])?);
+    let hex = digest
+        .trim()
+        .strip_prefix("sha256:")
+        .context("an image id")?;
+    let iq = stdout(&t.ok(&["images", "-q"])?);
+    ensure!(
+        iq == format!("{}\n", &hex[..12]),
+        "one image, listed once: {iq:?}"
+    );
+    let repo = stdout(&t.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}", "busybox"])?);
+    ensure!(repo == "busybox:latest\nbusybox:other\n", "{repo}");
+    let one = stdout(&t.ok(&["image", "ls", "--format", "{{.Tag}}", "busybox:other"])?);
+    ensure!(one == "other\n", "{one}");
+    let none = stdout(&t.ok(&["images", "nosuch"])?);
+    ensure!(
+        none.lines().count() == 1 && none.starts_with("REPOSITORY"),
+        "{none}"
+    );
+    let tbl = stdout(&t.ok(&[
+        "images",
+        "--format",
+        "table {{.Repository}}\\t{{.ID}}",
+        "elsewhere",
+    ])?);
+    ensure!(
+        tbl == format!("REPOSITORY   IMAGE ID\nelsewhere    {}\n", &hex[..12]),
+        "{tbl}"
+    );
+    let cmd = stdout(&t.ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Cmd}}",
+        "busybox",
+    ])?);
+    ensure!(cmd == "[\"sh\"]\n", "{cmd}");
+    t.ok(&["image", "rm", "elsewhere:1"])?;
+    ensure!(
+        !t.kiln(&["image", "inspect", "elsewhere:1"])
+            .status
+            .success()
+    );
+    let hist = stdout(&t.ok(&["history", "busybox"])?);
+    let mut hl = hist.lines();
+    ensure!(
+        hl.next()
+            .is_some_and(|h| h.starts_with("IMAGE") && h.contains("CREATED BY")),
+        "{hist}"
+    );
+    ensure!(
+        hl.next()
+            .is_some_and(|l| l.starts_with(&hex[..12]) && l.contains("kiln import")),
+        "{hist}"
+    );
+    let hq = stdout(&t.ok(&["image", "history", "-q", "busybox"])?);
+    ensure!(hq == format!("{}\n", &hex[..12]), "{hq}");
+
+    // version.
+    let v = stdout(&t.ok(&["version", "--format", "{{.Client.Version}}"])?);
+    ensure!(v.trim() == env!("CARGO_PKG_VERSION"), "{v}");
+    ensure!(stdout(&t.ok(&["version"])?).contains(env!("CARGO_PKG_VERSION")));
+
+    t.ok(&["container", "rm", "-f", &named, short])?;
+    ensure!(stdout(&t.ok(&["ps", "-a", "-q"])?).is_empty());
+    Ok(())
+}
+
+#[test]
+fn exec_tty_term_network_mode_and_hostname() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let n = name("exec");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "--name",
+        &n,
+        "busybox",
+        "sleep",
+        "30",
+    ])?;
+    // -it with stdin not a terminal: refused at once, docker's message and status.
+    let started = std::time::Instant::now();
+    let out = t.kiln(&["exec", "-it", &n, "true"]);
+    ensure!(
+        out.status.code() == Some(1) && text(&out).contains("the input device is not a TTY"),
+        "{}",
+        text(&out)
+    );
+    ensure!(started.elapsed() < std::time::Duration::from_secs(5));
+    // -t sets TERM=xterm unless given.
+    let term = stdout(&t.ok(&["exec", "-t", &n, "sh", "-c", "echo $TERM"])?);
+    ensure!(term.trim() == "xterm", "{term:?}");
+    let term = stdout(&t.ok(&[
+        "exec",
+        "-t",
+        "-e",
+        "TERM=vt100",
+        &n,
+        "sh",
+        "-c",
+        "echo $TERM",
+    ])?);
+    ensure!(term.trim() == "vt100", "{term:?}");
+    let term = stdout(&t.ok(&["exec", &n, "sh", "-c", "echo ${TERM:-unset}"])?);
+    ensure!(term.trim() == "unset", "{term:?}");
+    let term = stdout(&t.ok(&[
+        "run",
+        "--rm",
+        "-t",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $TERM",
+    ])?);
+    ensure!(term.trim() == "xterm", "run -t: {term:?}");
+
+    // --network host: the host's name and NetworkMode; container:X names its peer.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    let h = stdout(&t.ok(&["exec", &n, "hostname"])?);
+    ensure!(h.trim() == host.trim(), "{h:?} vs {host:?}");
+    let mode = stdout(&t.ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &n])?);
+    ensure!(mode == "host\n", "{mode:?}");
+    let peer = name("peer");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        &format!("container:{n}"),
+        "--name",
+        &peer,
+        "busybox",
+        "sleep",
+        "30",
+    ])?;
+    let mode = stdout(&t.ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &peer])?);
+    ensure!(mode == format!("container:{n}\n"), "{mode:?}");
+
+    // Usage errors: 125 as docker; help is not an error.
+    for args in [
+        &["run", "--bogus", "busybox"][..],
+        &["ps", "--bogus"],
+        &["nosuch"],
+    ] {
+        let out = t.kiln(args);
+        ensure!(out.status.code() == Some(125), "{args:?}: {}", text(&out));
+    }
+    ensure!(t.kiln(&["ps", "--help"]).status.success());
+    Ok(())
+}
+
+/// Whether dockerd answers; fails when REQUIRE_PRIVILEGED_TESTS=1 and it does not.
+fn docker_ready() -> bool {
+    let answered = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !answered && std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        panic!("docker reference test required but `docker version` gets no answer from dockerd");
+    }
+    if !answered {
+        eprintln!("skipped: dockerd is not answering");
+    }
+    answered
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker runs")
+}
+
+/// Removes the docker container and image of the test.
+struct DockerReaper(String, String);
+
+impl Drop for DockerReaper {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+        let _ = docker(&["rmi", "-f", &self.1]);
+    }
+}
+
+#[test]
+fn formats_and_exit_codes_match_docker() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    if !docker_ready() {
+        return Ok(());
+    }
+    let _reap = Reaper::new(&t);
+    let image = format!("kiln-it-cli-{}:1", std::process::id());
+    let ctr = name("docker");
+    let _dreap = DockerReaper(ctr.clone(), image.clone());
+    let tar = t.dir.path().join("bb.tar");
+    std::fs::write(&tar, busybox_tar()?)?;
+    let tar = tar.to_str().context("utf-8 path")?;
+    let out = docker(&["import", "-c", "CMD [\"sh\"]", tar, &image]);
+    ensure!(out.status.success(), "{}", text(&out));
+    t.ok(&["import", "-c", "CMD [\"sh\"]", tar, &image])?;
+    let run = [
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &ctr,
+        &image,
+        "sleep",
+        "30",
+    ];
+    let out = docker(&run);
+    ensure!(out.status.success(), "{}", text(&out));
+    t.ok(&run)?;
+
+    let same = |args: &[&str]| -> anyhow::Result<(String, String)> {
+        let d = docker(args);
+        let k = t.kiln(args);
+        ensure!(
+            d.status.success() == k.status.success(),
+            "{args:?}: docker {} kiln {}",
+            text(&d),
+            text(&k)
+        );
+        Ok((stdout(&d), stdout(&k)))
+    };
+    for f in [
+        "{{.State.Running}} {{json .Config.Cmd}} {{.HostConfig.NetworkMode}} {{.Name}}",
+        "{{.Path}}{{range .Args}} <{{.}}>{{end}}",
+        "{{index .Config.Cmd 1}} {{len .Args}} {{upper .State.Status}}",
+        "{{if .State.Running}}up{{else}}down{{end}} {{.State.ExitCode}}",
+    ] {
+        let (d, k) = same(&["inspect", "-f", f, &ctr])?;
+        ensure!(d == k, "inspect -f {f:?}: docker {d:?} kiln {k:?}");
+    }
+    for f in [
+        "{{json .Config.Cmd}} {{.Os}} {{.Architecture}}",
+        "{{range .RepoTags}}[{{.}}]{{end}}",
+    ] {
+        let (d, k) = same(&["image", "inspect", "-f", f, &image])?;
+        ensure!(d == k, "image inspect -f {f:?}: docker {d:?} kiln {k:?}");
+    }
+    let (d, k) = same(&["inspect", "-f", "{{.Nope}}", &ctr])?;
+    ensure!(d.trim().is_empty() && k.trim().is_empty(), "{d:?} {k:?}");
+
+    let f = "table {{.Image}}\\t{{.Command}}\\t{{.Names}}\\t{{.Ports}}";
+    let dps = stdout(&docker(&[
+        "ps",
+        "--filter",
+        &format!("name={ctr}"),
+        "--format",
+        f,
+    ]));
+    let kps = stdout(&t.ok(&["ps", "--format", f])?);
+    ensure!(dps == kps, "ps --format table: docker\n{dps}kiln\n{kps}");
+
+    let (d, k) = same(&[
+        "images",
+        "--format",
+        "table {{.Repository}}\\t{{.Tag}}",
+        &image,
+    ])?;
+    ensure!(d == k, "images --format: docker\n{d}kiln\n{k}");
+    let dq = stdout(&docker(&["images", "-q", &image]));
+    let kq = stdout(&t.ok(&["images", "-q", &image])?);
+    ensure!(
+        dq.lines().count() == 1
+            && kq.lines().count() == 1
+            && is_hex(dq.trim(), 12)
+            && is_hex(kq.trim(), 12),
+        "images -q: docker {dq:?} kiln {kq:?}"
+    );
+
+    // Exit codes and messages.
+    for args in [&["run", "--bogus", &image][..], &["ps", "--bogus"]] {
+        let (d, k) = (docker(args), t.kiln(args));
+        ensure!(
+            d.status.code() == Some(125) && k.status.code() == Some(125),
+            "{args:?}: docker {:?} kiln {:?}",
+            d.status,
+            k.status
+        );
+    }
+    let (d, k) = (
+        docker(&["exec", "-it", &ctr, "true"]),
+        t.kiln(&["exec", "-it", &ctr, "true"]),
+    );
+    ensure!(
+        d.status.code() == k.status.code()
+            && text(&d).contains("the input device is not a TTY")
+            && text(&k).contains("the input device is not a TTY"),
+        "docker {} kiln {}",
+        text(&d),
+        text(&k)
+    );
+    Ok(())
+}
