@@ -67,6 +67,8 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
+/// A generated container id: 64 hex digits, as docker's (shown as 12 by `ps`, accepted as
+/// any unique prefix).
 fn container_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -77,7 +79,7 @@ fn container_id() -> String {
         now.as_nanos(),
         std::thread::current().name().unwrap_or("")
     );
-    cache::oci::Digest::of(seed.as_bytes()).hex()[..16].to_owned()
+    cache::oci::Digest::of(seed.as_bytes()).hex().to_owned()
 }
 
 /// `-e` values as docker's opts.ValidateEnv takes them: `=x` and `` (no name) are refused

@@ -105,9 +105,10 @@ fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
         .lines()
         .find(|l| l.starts_with(&named))
         .context("named row")?;
-    // docker's tabwriter: the widest cell plus 3 spaces.
+    // docker's tabwriter: the widest cell (the 64-digit id as the unnamed one's name) plus 3.
+    let width = named.len().max(id.len()) + 3;
     ensure!(
-        head.find("STATUS") == Some(named.len() + 3) && row.find("Up ") == Some(named.len() + 3),
+        head.find("STATUS") == Some(width) && row.find("Up ") == Some(width),
         "columns not aligned:\n{tbl}"
     );
     let created = stdout(&t.ok(&["ps", "--format", "{{.CreatedAt}}"])?);
