@@ -497,6 +497,15 @@ fn init_pid(sandbox: i32) -> Option<i32> {
         .ok()
 }
 
+/// The PID 1 (a host pid) of running container `name`. Fails when it is not running.
+pub fn running_init_pid(name: &str) -> anyhow::Result<i32> {
+    let (_, s) = find(name)?;
+    anyhow::ensure!(s.status == "running", "container {name} is not running");
+    s.pid
+        .and_then(ready_init_pid)
+        .with_context(|| format!("container {name} has no running process"))
+}
+
 /// The container's PID 1 once it has exec'd the container's command: before that it is still
 /// `kiln __init` setting up mounts, and a `kiln exec` joining its mount namespace then would
 /// see a half-built one.

@@ -6,6 +6,7 @@ mod build;
 mod cacheopts;
 mod check;
 mod containers;
+mod cp;
 mod gotmpl;
 mod images;
 mod netrun;
@@ -72,6 +73,8 @@ enum Command {
     },
     /// Show the layers an image was built from.
     History(images::HistoryArgs),
+    /// Copy files between a running container and the host (`CONTAINER:PATH`).
+    Cp(cp::CpArgs),
     /// Show kiln's version.
     Version {
         /// Go template over docker's shape (`{{.Client.Version}}`).
@@ -219,6 +222,8 @@ enum ContainerCmd {
     Inspect(InspectArgs),
     /// Run a command in a new container.
     Run(Box<run::RunArgs>),
+    /// Copy files between a running container and the host.
+    Cp(cp::CpArgs),
     /// Container commands: ps, logs, stop, kill, rm, exec, top.
     #[command(flatten)]
     Other(containers::Cmd),
@@ -387,8 +392,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 inspect(&a, true).map(|()| ExitCode::SUCCESS)
             }
             ContainerCmd::Run(a) => run::run(*a),
+            ContainerCmd::Cp(a) => cp::cp(&a).map(|()| ExitCode::SUCCESS),
             ContainerCmd::Other(c) => containers::dispatch(c),
         },
+        Command::Cp(a) => cp::cp(&a).map(|()| ExitCode::SUCCESS),
         Command::History(a) => images::history(&a).map(|()| ExitCode::SUCCESS),
         Command::Version { format } => {
             let v = serde_json::json!({

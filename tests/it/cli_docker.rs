@@ -474,3 +474,113 @@ fn formats_and_exit_codes_match_docker() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn cp_copies_both_ways_and_stays_inside_the_container() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let n = name("cp");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sleep",
+        "30",
+    ])?;
+    let host = t.dir.path().join("h");
+    std::fs::create_dir_all(host.join("d/sub"))?;
+    std::fs::write(host.join("d/sub/f"), "from the host\n")?;
+    std::fs::set_permissions(
+        host.join("d/sub/f"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )?;
+    std::os::unix::fs::symlink("f", host.join("d/sub/l"))?;
+    let hs = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+
+    // Host to container: a tree into an existing directory, modes and symlinks kept.
+    t.ok(&["cp", &hs(&host.join("d")), &format!("{n}:/tmp/")])?;
+    let got = stdout(&t.ok(&[
+        "exec",
+        &n,
+        "sh",
+        "-c",
+        "cat /tmp/d/sub/f; stat -c %a /tmp/d/sub/f; readlink /tmp/d/sub/l",
+    ])?);
+    ensure!(got == "from the host\n640\nf\n", "{got:?}");
+    // A file to a new name; a missing directory with a trailing `/` is refused (docker).
+    t.ok(&[
+        "container",
+        "cp",
+        &hs(&host.join("d/sub/f")),
+        &format!("{n}:/root/renamed"),
+    ])?;
+    ensure!(stdout(&t.ok(&["exec", &n, "cat", "/root/renamed"])?) == "from the host\n");
+    let out = t.kiln(&["cp", &hs(&host.join("d/sub/f")), &format!("{n}:/nosuch/")]);
+    ensure!(!out.status.success(), "copied into a missing directory");
+
+    // Container to host: a file, and a tree into an existing directory.
+    let passwd = host.join("passwd");
+    t.ok(&["cp", &format!("{n}:/etc/passwd"), &hs(&passwd)])?;
+    let inside = stdout(&t.ok(&["exec", &n, "cat", "/etc/passwd"])?);
+    ensure!(std::fs::read_to_string(&passwd)? == inside);
+    let back = host.join("back");
+    std::fs::create_dir(&back)?;
+    t.ok(&["cp", &format!("{n}:/tmp/d"), &hs(&back)])?;
+    ensure!(std::fs::read_to_string(back.join("d/sub/f"))? == "from the host\n");
+    ensure!(std::fs::read_link(back.join("d/sub/l"))? == std::path::Path::new("f"));
+    let out = t.kiln(&["cp", &format!("{n}:/nosuch"), &hs(&back)]);
+    ensure!(text(&out).contains("no such file"), "{}", text(&out));
+
+    // A symlink in the container naming a host path resolves inside the container: a
+    // write through it lands in the container, a read through it never sees the host's file.
+    let probe = host.join("probe");
+    std::fs::create_dir(&probe)?;
+    std::fs::write(probe.join("secret"), "host secret\n")?;
+    let p = hs(&probe);
+    t.ok(&[
+        "exec",
+        &n,
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p {p} && ln -s {p} /tmp/link && ln -s ../../../../../../{p}/secret /tmp/rel"
+        ),
+    ])?;
+    t.ok(&[
+        "cp",
+        &hs(&host.join("d/sub/f")),
+        &format!("{n}:/tmp/link/planted"),
+    ])?;
+    ensure!(
+        !probe.join("planted").exists(),
+        "kiln cp followed a container symlink onto the host"
+    );
+    let inside = stdout(&t.ok(&["exec", &n, "cat", &format!("{p}/planted")])?);
+    ensure!(inside == "from the host\n", "{inside:?}");
+    for src in ["/tmp/link/secret", "/tmp/link/"] {
+        let out = t.kiln(&["cp", &format!("{n}:{src}"), &hs(&host.join("leak"))]);
+        let leaked = host.join("leak/secret").symlink_metadata().is_ok()
+            || std::fs::read_to_string(host.join("leak")).is_ok();
+        ensure!(
+            !leaked,
+            "kiln cp {src} read the host's file: {}",
+            text(&out)
+        );
+        let _ = std::fs::remove_dir_all(host.join("leak"));
+    }
+    // A symlink is copied as a symlink, not followed.
+    t.ok(&["cp", &format!("{n}:/tmp/rel"), &hs(&host.join("rel"))])?;
+    ensure!(
+        host.join("rel")
+            .symlink_metadata()?
+            .file_type()
+            .is_symlink()
+    );
+    Ok(())
+}
