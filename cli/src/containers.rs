@@ -88,6 +88,21 @@ pub struct PsArgs {
 pub enum Cmd {
     /// List containers (running ones; all with -a).
     Ps(PsArgs),
+    /// Start stopped containers again (same command, network mode, ports and limits).
+    Start {
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop running containers (as `stop`) and start them again.
+    Restart {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Show the processes of a running container.
     Top {
         /// Container.
@@ -311,6 +326,58 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     })))
 }
 
+/// `kiln start`: an exited container runs again under a new supervisor, with its spec (its
+/// writable layer kept), network mode, published ports and limits, as docker's.
+fn start(name: &str) -> anyhow::Result<()> {
+    let (dir, mut s) = find(name)?;
+    if s.status == "running" {
+        return Ok(());
+    }
+    let spec_path = dir.join("spec.json");
+    let mut spec: executor::spec::RunSpec = serde_json::from_slice(
+        &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", spec_path.display()))?;
+    // Whatever the last run left (its supervisor normally undid it already).
+    cleanup_network(&s);
+    // Overlay's work dir must be empty again: a `volatile` overlay leaves a marker in it that
+    // refuses a second mount (the first one is gone with the container's mount namespace).
+    let work = &spec.rootfs.work;
+    if work.exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("emptying {}", work.display()))?;
+    }
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let mode: crate::netrun::Mode = match (&s.network_mode, &s.network) {
+        (Some(m), _) => m.parse()?,
+        (None, Some(n)) => crate::netrun::Mode::Bridge(n.clone()),
+        (None, None) => crate::netrun::Mode::None,
+    };
+    let (network, joined) =
+        crate::netrun::setup(&mode, &s.id, &spec.hostname, &s.ports, &dir, true)?;
+    spec.network = network;
+    let cgroup = match create_cgroup(&s.id, &s.limits) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(j) = joined {
+                let _ = j.teardown();
+            }
+            return Err(e);
+        }
+    };
+    s.cgroups = cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default();
+    s.status = "created".to_owned();
+    s.pid = None;
+    s.exit_code = None;
+    s.finished_at = None;
+    if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {
+        s.network = Some(att.network);
+        s.ip = Some(att.ip);
+        s.gateway = Some(att.gateway);
+        s.ports = att.ports;
+    }
+    launch(&dir, &spec, s, joined)
+}
+
 /// Starts a prepared container in the background under a supervisor; prints its id.
 pub fn start_detached(
     dir: &Path,
@@ -318,6 +385,20 @@ pub fn start_detached(
     state: State,
     joined: Option<crate::netrun::Joined>,
 ) -> anyhow::Result<ExitCode> {
+    let id = state.id.clone();
+    launch(dir, spec, state, joined)?;
+    writeln!(std::io::stdout().lock(), "{id}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the supervisor of a prepared container and waits until the container runs (or
+/// has already exited).
+fn launch(
+    dir: &Path,
+    spec: &executor::spec::RunSpec,
+    state: State,
+    joined: Option<crate::netrun::Joined>,
+) -> anyhow::Result<()> {
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(spec)?)
         .with_context(|| format!("writing {}", spec_path.display()))?;
@@ -338,7 +419,10 @@ pub fn start_detached(
             if let Some(j) = joined {
                 let _ = j.teardown();
             }
-            let _ = std::fs::remove_dir_all(dir);
+            if state.created.is_some() && state.started_at.is_none() {
+                // A new container: nothing of it is worth keeping.
+                let _ = std::fs::remove_dir_all(dir);
+            }
             return Err(anyhow::Error::new(e).context("starting the supervisor"));
         }
     };
@@ -369,8 +453,7 @@ pub fn start_detached(
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(supervisor);
-    writeln!(std::io::stdout().lock(), "{}", state.id)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn supervise(id: &str) -> anyhow::Result<ExitCode> {
@@ -378,7 +461,12 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
     let mut state = read_state(&dir)?;
     let spec: executor::spec::RunSpec =
         serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
-    let log = std::fs::File::create(dir.join("log")).context("creating the log")?;
+    // Appended to: a restarted container's log follows the earlier runs' (as docker's).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .context("opening the log")?;
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Run(spec))?;
     cmd.stdin(Stdio::null())
@@ -861,6 +949,19 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Ps(a) => ps(&a, &mut out)?,
         Cmd::Top { name } => top(&name, &mut out)?,
+        Cmd::Start { names } => {
+            for n in &names {
+                start(n)?;
+                writeln!(out, "{n}")?;
+            }
+        }
+        Cmd::Restart { time, names } => {
+            for n in &names {
+                stop(n, Duration::from_secs(time))?;
+                start(n)?;
+                writeln!(out, "{n}")?;
+            }
+        }
         Cmd::Logs { follow, name } => {
             let (dir, _) = find(&name)?;
             let mut f = std::fs::File::open(dir.join("log"))

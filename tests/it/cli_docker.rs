@@ -584,3 +584,41 @@ fn cp_copies_both_ways_and_stays_inside_the_container() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn start_and_restart_run_the_same_container_again() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let n = name("restart");
+    let script =
+        "echo run >> /runs; echo started; trap 'exit 0' TERM; while true; do sleep 0.1; done";
+    t.ok(&["run", "-d", "--name", &n, "busybox", "sh", "-c", script])?;
+    t.ok(&["stop", "-t", "5", &n])?;
+    let st = stdout(&t.ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])?);
+    ensure!(st == format!("{n} exited\n"), "{st}");
+    let out = t.ok(&["start", &n])?;
+    ensure!(stdout(&out) == format!("{n}\n"), "{}", text(&out));
+    // The writable layer is kept: the second run appended to the first one's file.
+    let runs = stdout(&t.ok(&["exec", &n, "cat", "/runs"])?);
+    ensure!(runs == "run\nrun\n", "{runs:?}");
+    let f = "{{.State.Running}} {{.HostConfig.NetworkMode}} {{.NetworkSettings.IPAddress}}";
+    let before = stdout(&t.ok(&["inspect", "-f", f, &n])?);
+    ensure!(
+        before.starts_with("true bridge 10."),
+        "started on its bridge again: {before:?}"
+    );
+    t.ok(&["container", "restart", "-t", "5", &n])?;
+    let runs = stdout(&t.ok(&["exec", &n, "cat", "/runs"])?);
+    ensure!(runs == "run\nrun\nrun\n", "{runs:?}");
+    let logs = stdout(&t.ok(&["logs", &n])?);
+    ensure!(
+        logs == "started\nstarted\nstarted\n",
+        "the log keeps every run: {logs:?}"
+    );
+    // Starting a running container is a no-op, as docker's.
+    t.ok(&["start", &n])?;
+    ensure!(stdout(&t.ok(&["exec", &n, "cat", "/runs"])?) == "run\nrun\nrun\n");
+    Ok(())
+}
