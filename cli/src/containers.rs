@@ -103,6 +103,8 @@ pub enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Show the CPU, memory, network and process use of running containers.
+    Stats(crate::info::StatsArgs),
     /// Show the processes of a running container.
     Top {
         /// Container.
@@ -199,6 +201,19 @@ fn alive(pid: Option<i32>) -> bool {
                     .is_some_and(|r| !r.trim_start().starts_with('Z'))
             })
     })
+}
+
+/// Every container's state, corrected (see [`effective`]).
+pub fn all() -> anyhow::Result<Vec<State>> {
+    let mut states = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(containers_dir()?) {
+        for e in rd.flatten() {
+            if let Ok(s) = read_state(&e.path()) {
+                states.push(effective(s));
+            }
+        }
+    }
+    Ok(states)
 }
 
 /// The state with `status` corrected: running but without a live process is exited.
@@ -866,14 +881,7 @@ pub fn print_rows(
 
 /// `kiln ps`: docker's columns, `-q` ids, `--format` templates.
 fn ps(a: &PsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    let mut states = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(containers_dir()?) {
-        for e in rd.flatten() {
-            if let Ok(s) = read_state(&e.path()) {
-                states.push(effective(s));
-            }
-        }
-    }
+    let mut states = all()?;
     // Newest first, as docker lists them.
     states.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
     let rows: Vec<serde_json::Value> = states
@@ -897,25 +905,30 @@ fn ps(a: &PsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
 }
 
 /// `kiln top`: the processes in the container's PID namespace, as `ps -ef` columns.
-fn top(name: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+/// The state of running container `name` and the host pids of every process in its PID
+/// namespace, in order. Fails when it is not running.
+pub fn processes(name: &str) -> anyhow::Result<(State, Vec<i32>)> {
     let (_, s) = find(name)?;
     anyhow::ensure!(s.status == "running", "container {name} is not running");
     let init = s
         .pid
         .and_then(init_pid)
         .with_context(|| format!("container {name} has no running process"))?;
-    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
-    let want = ns(&init.to_string()).context("reading the container's PID namespace")?;
-    writeln!(out, "{:<10} {:<10} {:<10} CMD", "UID", "PID", "PPID")?;
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let want = ns(init).context("reading the container's PID namespace")?;
     let mut pids: Vec<i32> = std::fs::read_dir("/proc")?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p| ns(*p).as_ref() == Some(&want))
         .collect();
     pids.sort_unstable();
+    Ok((s, pids))
+}
+
+fn top(name: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let (_, pids) = processes(name)?;
+    writeln!(out, "{:<10} {:<10} {:<10} CMD", "UID", "PID", "PPID")?;
     for p in pids {
-        if ns(&p.to_string()).as_ref() != Some(&want) {
-            continue;
-        }
         let (Ok(stat), Ok(status), Ok(cmdline)) = (
             std::fs::read_to_string(format!("/proc/{p}/stat")),
             std::fs::read_to_string(format!("/proc/{p}/status")),
@@ -949,6 +962,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Ps(a) => ps(&a, &mut out)?,
         Cmd::Top { name } => top(&name, &mut out)?,
+        Cmd::Stats(a) => crate::info::stats(&a, &mut out)?,
         Cmd::Start { names } => {
             for n in &names {
                 start(n)?;

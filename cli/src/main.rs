@@ -9,6 +9,7 @@ mod containers;
 mod cp;
 mod gotmpl;
 mod images;
+mod info;
 mod netrun;
 mod network;
 mod prune;
@@ -75,6 +76,8 @@ enum Command {
     History(images::HistoryArgs),
     /// Copy files between a running container and the host (`CONTAINER:PATH`).
     Cp(cp::CpArgs),
+    /// Show the store, its containers and images, and the host.
+    Info(info::InfoArgs),
     /// Show kiln's version.
     Version {
         /// Go template over docker's shape (`{{.Client.Version}}`).
@@ -396,6 +399,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ContainerCmd::Other(c) => containers::dispatch(c),
         },
         Command::Cp(a) => cp::cp(&a).map(|()| ExitCode::SUCCESS),
+        Command::Info(a) => info::info(&a).map(|()| ExitCode::SUCCESS),
         Command::History(a) => images::history(&a).map(|()| ExitCode::SUCCESS),
         Command::Version { format } => {
             let v = serde_json::json!({

@@ -622,3 +622,78 @@ fn start_and_restart_run_the_same_container_again() -> anyhow::Result<()> {
     ensure!(stdout(&t.ok(&["exec", &n, "cat", "/runs"])?) == "run\nrun\nrun\n");
     Ok(())
 }
+
+#[test]
+fn stats_and_info_read_real_containers() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let (busy, idle) = (name("busy"), name("idle"));
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &busy,
+        "busybox",
+        "sh",
+        "-c",
+        "while true; do :; done",
+    ])?;
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "-m",
+        "64m",
+        "--name",
+        &idle,
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 30 & sleep 30 & wait",
+    ])?;
+    let out = stdout(&t.ok(&["stats", "--no-stream"])?);
+    let head = out.lines().next().unwrap_or_default();
+    for col in [
+        "CONTAINER ID",
+        "NAME",
+        "CPU %",
+        "MEM USAGE / LIMIT",
+        "MEM %",
+        "NET I/O",
+        "BLOCK I/O",
+        "PIDS",
+    ] {
+        ensure!(head.contains(col), "no {col}: {out}");
+    }
+    ensure!(out.lines().count() == 3, "{out}");
+    let f = "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.PIDs}}";
+    let row = |n: &str| -> anyhow::Result<Vec<String>> {
+        let o = stdout(&t.ok(&["stats", "--no-stream", "--format", f, n])?);
+        Ok(o.trim().split('|').map(str::to_owned).collect())
+    };
+    let b = row(&busy)?;
+    let cpu: f64 = b[1].trim_end_matches('%').parse()?;
+    ensure!(cpu > 20.0, "a spinning shell uses {cpu}% CPU: {b:?}");
+    let i = row(&idle)?;
+    ensure!(i[0] == idle && i[3] == "3", "sh and two sleeps: {i:?}");
+    ensure!(i[2].ends_with(" / 64MiB"), "the --memory limit: {i:?}");
+    let cpu: f64 = i[1].trim_end_matches('%').parse()?;
+    ensure!(cpu < 20.0, "sleeping uses {cpu}%: {i:?}");
+
+    let info = stdout(&t.ok(&["info"])?);
+    ensure!(info.contains(" Containers: 2\n  Running: 2\n"), "{info}");
+    ensure!(info.contains(" Images: 1\n"), "{info}");
+    t.ok(&["stop", "-t", "1", &busy])?;
+    let f = stdout(&t.ok(&[
+        "info",
+        "-f",
+        "{{.ContainersRunning}} {{.ContainersStopped}} {{.KilnRootDir}}",
+    ])?);
+    ensure!(f == format!("1 1 {}\n", t.root.display()), "{f}");
+    Ok(())
+}
