@@ -226,6 +226,38 @@ fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
     let hq = stdout(&t.ok(&["image", "history", "-q", "busybox"])?);
     ensure!(hq == format!("{}\n", &hex[..12]), "{hq}");
 
+    // system df weighs images by their layers, not by their index files.
+    let df = stdout(&t.ok(&["system", "df"])?);
+    let line = df
+        .lines()
+        .find(|l| l.starts_with("Images"))
+        .context("Images row")?;
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    ensure!(
+        cols.get(1) == Some(&"1"),
+        "one image under three names: {df}"
+    );
+    let size = cols.get(2).context("SIZE")?;
+    let (num, unit) = size.split_at(
+        size.find(|c: char| c.is_ascii_alphabetic())
+            .context("unit")?,
+    );
+    let mult = match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        u => anyhow::bail!("unit {u}"),
+    };
+    let df_bytes = num.parse::<f64>()? * mult;
+    let want = stdout(&t.ok(&["image", "inspect", "-f", "{{.Size}}", "busybox"])?)
+        .trim()
+        .parse::<f64>()?;
+    ensure!(
+        (df_bytes - want).abs() <= want * 0.05,
+        "system df says {size} for images of {want} bytes: {df}"
+    );
+
     // version.
     let v = stdout(&t.ok(&["version", "--format", "{{.Client.Version}}"])?);
     ensure!(v.trim() == env!("CARGO_PKG_VERSION"), "{v}");
