@@ -282,7 +282,24 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                 let _ = writeln!(err, "  {m}");
             }
         }
-        anyhow::Ok(solved?)
+        match solved {
+            Ok(s) => anyhow::Ok(s),
+            // Plain progress streamed the failed step's output already: the error says what
+            // failed, without those lines again.
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                let exit = e.chain().find_map(|c| match c.downcast_ref() {
+                    Some(solver::SolveError::Exit { at, code, .. }) => Some((at, *code)),
+                    _ => None,
+                });
+                match exit {
+                    Some((at, code)) if a.progress.resolve() == Mode::Plain => {
+                        Err(anyhow::anyhow!("{at}: exit code {code}"))
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
     })?;
     let image = if cache_to.contains(&crate::cacheopts::CacheTo::Inline) {
         crate::cacheopts::attach_inline(&store, &solved)?

@@ -163,7 +163,12 @@ impl Renderer {
                 }
                 writeln!(err, "#{n} DONE {}", secs(since))?;
             }
-            EventKind::Error { message } => writeln!(err, "#{n} ERROR: {message}")?,
+            // The step's output was streamed just above: the first line says what failed
+            // (the rest of the message repeats that output's last lines).
+            EventKind::Error { message } => {
+                let first = message.lines().next().unwrap_or_default();
+                writeln!(err, "#{n} ERROR: {first}")?;
+            }
         }
         self.last_vertex = Some(ev.vertex);
         Ok(())
@@ -262,6 +267,38 @@ mod tests {
             render(Mode::Plain, &events),
             "#1 [1/3] FROM busybox\n#1 DONE 0.0s\n\n#2 [2/3] RUN make\n#2 0.123 cc -o app\n\
              #2 0.456 linking\n#2 DONE 1.2s\n\n#3 [3/3] COPY a /a\n#3 CACHED\n"
+        );
+    }
+
+    #[test]
+    fn plain_prints_a_failed_steps_output_once() {
+        let run = "[2/2] RUN make";
+        let out = render(
+            Mode::Plain,
+            &[
+                ev(1, run, EventKind::Started, 0),
+                ev(
+                    1,
+                    run,
+                    EventKind::Log {
+                        stream: Stream::Stderr,
+                        bytes: b"boom\n".to_vec(),
+                    },
+                    5,
+                ),
+                ev(
+                    1,
+                    run,
+                    EventKind::Error {
+                        message: "Dockerfile:2: RUN make: exit code 2\nboom".to_owned(),
+                    },
+                    6,
+                ),
+            ],
+        );
+        assert_eq!(
+            out,
+            "#1 [2/2] RUN make\n#1 0.005 boom\n#1 ERROR: Dockerfile:2: RUN make: exit code 2\n"
         );
     }
 

@@ -729,3 +729,34 @@ fn stats_and_info_read_real_containers() -> anyhow::Result<()> {
     ensure!(f == format!("1 1 {}\n", t.root.display()), "{f}");
     Ok(())
 }
+
+#[test]
+fn plain_progress_prints_a_failed_steps_output_once() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nRUN echo out-$((6*7)); echo err-$((6*7)) >&2; exit 4\n",
+    );
+    let ctx = t.ctx.to_str().context("utf-8")?;
+    let out = t.kiln(&["build", "--progress", "plain", ctx]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "{}", text(&out));
+    for line in ["out-42", "err-42"] {
+        ensure!(err.matches(line).count() == 1, "{line} not once:\n{err}");
+    }
+    ensure!(
+        err.lines().last()
+            == Some(
+                "error: Dockerfile:2: RUN echo out-$((6*7)); echo err-$((6*7)) >&2; exit 4: exit code 4"
+            ),
+        "{err}"
+    );
+    // Without streamed output (rawjson), the error still carries the output's last lines.
+    let out = t.kiln(&["build", "--progress", "rawjson", ctx]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tail = err.split("error: ").last().unwrap_or_default();
+    ensure!(tail.contains("out-42") && tail.contains("err-42"), "{err}");
+    Ok(())
+}
