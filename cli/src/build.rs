@@ -257,7 +257,18 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         let mut renderer = Renderer::new(a.progress);
         let render = async move {
             let mut misses = Vec::new();
-            while let Some(ev) = rx.recv().await {
+            // The live view redraws on a tick too, so a silent step's timer keeps running.
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = tick.tick() => {
+                        let _ = renderer.tick();
+                        continue;
+                    }
+                };
+                let Some(ev) = ev else { break };
                 if let solver::progress::EventKind::Log { bytes, .. } = &ev.kind {
                     let text = String::from_utf8_lossy(bytes);
                     if let Some(why) = text.strip_prefix(solver::explain::PREFIX) {

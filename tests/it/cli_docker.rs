@@ -760,3 +760,148 @@ fn plain_progress_prints_a_failed_steps_output_once() -> anyhow::Result<()> {
     ensure!(tail.contains("out-42") && tail.contains("err-42"), "{err}");
     Ok(())
 }
+
+/// Whether tmux is installed; fails when REQUIRE_PRIVILEGED_TESTS=1 and it is not.
+fn tmux_ready() -> bool {
+    let ok = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        panic!("the tty progress test needs tmux (apt-get install tmux)");
+    }
+    if !ok {
+        eprintln!("skipped: tmux is not installed");
+    }
+    ok
+}
+
+/// A tmux server of a test (its own socket and no configuration); killed on drop.
+struct Tmux(std::path::PathBuf);
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.0).args(["-f", "/dev/null"]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn pane(&self) -> anyhow::Result<String> {
+        let out = self.cmd().args(["capture-pane", "-p"]).output()?;
+        ensure!(out.status.success(), "{}", text(&out));
+        Ok(stdout(&out))
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+#[test]
+fn tty_progress_ticks_and_fits_40x10_and_200x50_terminals() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    if !tmux_ready() {
+        return Ok(());
+    }
+    let mut df = String::from("FROM busybox\nRUN sleep 1.5\n");
+    for i in 0..12 {
+        df.push_str(&format!(
+            "RUN echo step-{i}-{} && echo {}\n",
+            "padding".repeat(8),
+            "wide-output-".repeat(20)
+        ));
+    }
+    t.write("Dockerfile", &df);
+    let kiln = crate::harness::kiln_bin();
+    for (cols, rows) in [(40, 10), (200, 50)] {
+        let tmux = Tmux(t.dir.path().join(format!("tmux-{cols}")));
+        let cmd = format!(
+            "env KILN_ROOT={} {} build --no-cache --progress tty {}; echo EXIT=$?; sleep 60",
+            t.root.display(),
+            kiln.display(),
+            t.ctx.display()
+        );
+        let out = tmux
+            .cmd()
+            .args([
+                "new-session",
+                "-d",
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+                &cmd,
+            ])
+            .env("TERM", "xterm")
+            .output()?;
+        ensure!(out.status.success(), "tmux: {}", text(&out));
+        // The silent step's timer advances between two looks at the screen.
+        let sleep_line = |pane: &str| {
+            pane.lines()
+                .find(|l| l.contains("RUN sleep 1.5"))
+                .map(str::to_owned)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let first = loop {
+            if let Some(l) = sleep_line(&tmux.pane()?) {
+                break l;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no sleep step: {}",
+                tmux.pane()?
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let second = sleep_line(&tmux.pane()?).context("the sleep step went away")?;
+        ensure!(
+            first != second,
+            "{cols}x{rows}: the timer froze: {first:?} then {second:?}"
+        );
+        let pane = loop {
+            let p = tmux.pane()?;
+            if p.contains("EXIT=") {
+                break p;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "build did not end: {p}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        ensure!(pane.contains("EXIT=0"), "{pane}");
+        // No frame was left behind: each step shows at most once, and no line wrapped.
+        let steps: Vec<&str> = pane.lines().filter(|l| l.starts_with("=> ")).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &steps {
+            let key = s.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+            ensure!(
+                seen.insert(key),
+                "{cols}x{rows}: {s:?} drawn twice:\n{pane}"
+            );
+            ensure!(
+                s.chars().count() < cols,
+                "{cols}x{rows}: {s:?} fills the line"
+            );
+        }
+        ensure!(
+            !steps.is_empty() && steps.len() < rows,
+            "{cols}x{rows}:\n{pane}"
+        );
+        ensure!(
+            pane.lines().all(|l| l.is_empty()
+                || l.starts_with("=> ")
+                || l.starts_with("   > ")
+                || l.starts_with("EXIT=")
+                || !l.contains("padding")),
+            "{cols}x{rows}: a wrapped remainder:\n{pane}"
+        );
+    }
+    Ok(())
+}
