@@ -283,6 +283,11 @@ fn main() -> ExitCode {
         // Help and --version print to stdout and succeed; a wrong command line exits 125,
         // as docker's does.
         Err(e) if !e.use_stderr() => e.exit(),
+        // `kiln` or `kiln image` alone: the help, successfully (as docker).
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(125);

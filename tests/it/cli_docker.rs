@@ -355,6 +355,15 @@ fn exec_tty_term_network_mode_and_hostname() -> anyhow::Result<()> {
         ensure!(out.status.code() == Some(125), "{args:?}: {}", text(&out));
     }
     ensure!(t.kiln(&["ps", "--help"]).status.success());
+    // The command alone prints its help and succeeds, as docker and `docker image` do.
+    for args in [&[][..], &["image"], &["container"]] {
+        let out = t.kiln(args);
+        ensure!(
+            out.status.success() && text(&out).contains("Usage"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
     Ok(())
 }
 
