@@ -257,7 +257,18 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         let mut renderer = Renderer::new(a.progress);
         let render = async move {
             let mut misses = Vec::new();
-            while let Some(ev) = rx.recv().await {
+            // The live view redraws on a tick too, so a silent step's timer keeps running.
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = tick.tick() => {
+                        let _ = renderer.tick();
+                        continue;
+                    }
+                };
+                let Some(ev) = ev else { break };
                 if let solver::progress::EventKind::CacheMiss { reason } = &ev.kind {
                     misses.push(format!("{}: {reason}", ev.name));
                 }
@@ -279,7 +290,24 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                 let _ = writeln!(err, "  {m}");
             }
         }
-        anyhow::Ok(solved?)
+        match solved {
+            Ok(s) => anyhow::Ok(s),
+            // Plain progress streamed the failed step's output already: the error says what
+            // failed, without those lines again.
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                let exit = e.chain().find_map(|c| match c.downcast_ref() {
+                    Some(solver::SolveError::Exit { at, code, .. }) => Some((at, *code)),
+                    _ => None,
+                });
+                match exit {
+                    Some((at, code)) if a.progress.resolve() == Mode::Plain => {
+                        Err(anyhow::anyhow!("{at}: exit code {code}"))
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
     })?;
     let image = if cache_to.contains(&crate::cacheopts::CacheTo::Inline) {
         crate::cacheopts::attach_inline(&store, &solved)?

@@ -60,16 +60,55 @@ pub struct State {
     /// `--memory`, `--cpus` (in millicpus), `--pids-limit`, as given.
     #[serde(default)]
     pub limits: executor::cgroup::Limits,
+    /// `--network` as given (`bridge`, `none`, `host`, `container:NAME`, a network).
+    #[serde(default)]
+    pub network_mode: Option<String>,
+}
+
+/// `kiln ps` flags.
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Show exited containers too.
+    #[arg(short, long)]
+    all: bool,
+    /// Only show container ids.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Don't truncate ids and commands.
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Print each container through a Go template (`{{.ID}} {{.Names}}`; a leading `table`
+    /// adds a header row and aligns the tab-separated columns).
+    #[arg(long)]
+    format: Option<String>,
 }
 
 /// Container subcommands (flattened into the top-level command enum).
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
     /// List containers (running ones; all with -a).
-    Ps {
-        /// Show exited containers too.
-        #[arg(short, long)]
-        all: bool,
+    Ps(PsArgs),
+    /// Start stopped containers again (same command, network mode, ports and limits).
+    Start {
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop running containers (as `stop`) and start them again.
+    Restart {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show the CPU, memory, network and process use of running containers.
+    Stats(crate::info::StatsArgs),
+    /// Show the processes of a running container.
+    Top {
+        /// Container.
+        name: String,
     },
     /// Print a detached container's output.
     Logs {
@@ -162,6 +201,19 @@ fn alive(pid: Option<i32>) -> bool {
                     .is_some_and(|r| !r.trim_start().starts_with('Z'))
             })
     })
+}
+
+/// Every container's state, corrected (see [`effective`]).
+pub fn all() -> anyhow::Result<Vec<State>> {
+    let mut states = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(containers_dir()?) {
+        for e in rd.flatten() {
+            if let Ok(s) = read_state(&e.path()) {
+                states.push(effective(s));
+            }
+        }
+    }
+    Ok(states)
 }
 
 /// The state with `status` corrected: running but without a live process is exited.
@@ -274,7 +326,7 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "StopSignal": s.stop_signal.clone().unwrap_or_else(|| "SIGTERM".to_owned()),
         },
         "HostConfig": {
-            "NetworkMode": s.network.clone().unwrap_or_default(),
+            "NetworkMode": s.network_mode.clone().or_else(|| s.network.clone()).unwrap_or_default(),
             "AutoRemove": s.auto_remove,
             "Memory": s.limits.memory.unwrap_or(0),
             "NanoCpus": s.limits.millicpus.unwrap_or(0) * 1_000_000,
@@ -289,6 +341,58 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     })))
 }
 
+/// `kiln start`: an exited container runs again under a new supervisor, with its spec (its
+/// writable layer kept), network mode, published ports and limits, as docker's.
+fn start(name: &str) -> anyhow::Result<()> {
+    let (dir, mut s) = find(name)?;
+    if s.status == "running" {
+        return Ok(());
+    }
+    let spec_path = dir.join("spec.json");
+    let mut spec: executor::spec::RunSpec = serde_json::from_slice(
+        &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", spec_path.display()))?;
+    // Whatever the last run left (its supervisor normally undid it already).
+    cleanup_network(&s);
+    // Overlay's work dir must be empty again: a `volatile` overlay leaves a marker in it that
+    // refuses a second mount (the first one is gone with the container's mount namespace).
+    let work = &spec.rootfs.work;
+    if work.exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("emptying {}", work.display()))?;
+    }
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let mode: crate::netrun::Mode = match (&s.network_mode, &s.network) {
+        (Some(m), _) => m.parse()?,
+        (None, Some(n)) => crate::netrun::Mode::Bridge(n.clone()),
+        (None, None) => crate::netrun::Mode::None,
+    };
+    let (network, joined) =
+        crate::netrun::setup(&mode, &s.id, &spec.hostname, &s.ports, &dir, true)?;
+    spec.network = network;
+    let cgroup = match create_cgroup(&s.id, &s.limits) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(j) = joined {
+                let _ = j.teardown();
+            }
+            return Err(e);
+        }
+    };
+    s.cgroups = cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default();
+    s.status = "created".to_owned();
+    s.pid = None;
+    s.exit_code = None;
+    s.finished_at = None;
+    if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {
+        s.network = Some(att.network);
+        s.ip = Some(att.ip);
+        s.gateway = Some(att.gateway);
+        s.ports = att.ports;
+    }
+    launch(&dir, &spec, s, joined)
+}
+
 /// Starts a prepared container in the background under a supervisor; prints its id.
 pub fn start_detached(
     dir: &Path,
@@ -296,6 +400,20 @@ pub fn start_detached(
     state: State,
     joined: Option<crate::netrun::Joined>,
 ) -> anyhow::Result<ExitCode> {
+    let id = state.id.clone();
+    launch(dir, spec, state, joined)?;
+    writeln!(std::io::stdout().lock(), "{id}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the supervisor of a prepared container and waits until the container runs (or
+/// has already exited).
+fn launch(
+    dir: &Path,
+    spec: &executor::spec::RunSpec,
+    state: State,
+    joined: Option<crate::netrun::Joined>,
+) -> anyhow::Result<()> {
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(spec)?)
         .with_context(|| format!("writing {}", spec_path.display()))?;
@@ -316,7 +434,10 @@ pub fn start_detached(
             if let Some(j) = joined {
                 let _ = j.teardown();
             }
-            let _ = std::fs::remove_dir_all(dir);
+            if state.created.is_some() && state.started_at.is_none() {
+                // A new container: nothing of it is worth keeping.
+                let _ = std::fs::remove_dir_all(dir);
+            }
             return Err(anyhow::Error::new(e).context("starting the supervisor"));
         }
     };
@@ -347,8 +468,7 @@ pub fn start_detached(
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(supervisor);
-    writeln!(std::io::stdout().lock(), "{}", state.id)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn supervise(id: &str) -> anyhow::Result<ExitCode> {
@@ -356,7 +476,12 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
     let mut state = read_state(&dir)?;
     let spec: executor::spec::RunSpec =
         serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
-    let log = std::fs::File::create(dir.join("log")).context("creating the log")?;
+    // Appended to: a restarted container's log follows the earlier runs' (as docker's).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .context("opening the log")?;
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Run(spec))?;
     cmd.stdin(Stdio::null())
@@ -475,6 +600,15 @@ fn init_pid(sandbox: i32) -> Option<i32> {
         .ok()
 }
 
+/// The PID 1 (a host pid) of running container `name`. Fails when it is not running.
+pub fn running_init_pid(name: &str) -> anyhow::Result<i32> {
+    let (_, s) = find(name)?;
+    anyhow::ensure!(s.status == "running", "container {name} is not running");
+    s.pid
+        .and_then(ready_init_pid)
+        .with_context(|| format!("container {name} has no running process"))
+}
+
 /// The container's PID 1 once it has exec'd the container's command: before that it is still
 /// `kiln __init` setting up mounts, and a `kiln exec` joining its mount namespace then would
 /// see a half-built one.
@@ -564,57 +698,282 @@ fn stop(name: &str, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seconds since the epoch of an RFC 3339 UTC time as [`rfc3339`] writes it.
+fn parse_rfc3339(t: &str) -> Option<u64> {
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Civil date to days (Howard Hinnant's algorithm, the inverse of `rfc3339`'s).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+/// A duration as docker's `units.HumanDuration` words it (`5 seconds`, `About a minute`).
+fn human_duration(secs: u64) -> String {
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    match secs {
+        0 => "Less than a second".to_owned(),
+        1 => "1 second".to_owned(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".to_owned(),
+        s if s < 3600 => format!("{m} minutes"),
+        s if s < 7200 => "About an hour".to_owned(),
+        s if s < 48 * 3600 => format!("{h} hours"),
+        s if s < 14 * 86400 => format!("{d} days"),
+        s if s < 60 * 86400 => format!("{} weeks", d / 7),
+        s if s < 730 * 86400 => format!("{} months", d / 30),
+        _ => format!("{} years", d / 365),
+    }
+}
+
+/// One `kiln ps` row with docker's `--format` field names.
+fn ps_row(s: &State, no_trunc: bool) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ago = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(parse_rfc3339)
+            .map(|t| human_duration(now.saturating_sub(t)))
+    };
+    let status = match (s.status.as_str(), s.exit_code) {
+        ("exited", code) => format!(
+            "Exited ({}) {} ago",
+            code.unwrap_or(0),
+            ago(&s.finished_at).unwrap_or_default()
+        ),
+        ("running", _) => format!("Up {}", ago(&s.started_at).unwrap_or_default()),
+        ("created", _) => "Created".to_owned(),
+        (o, _) => o.to_owned(),
+    };
+    let ports: Vec<String> = s
+        .ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}->{}/{}",
+                p.host_ip.map_or("0.0.0.0".to_owned(), |i| i.to_string()),
+                p.host_port,
+                p.container_port,
+                p.proto
+            )
+        })
+        .collect();
+    let mut command = s.command.join(" ");
+    if !no_trunc && command.chars().count() > 20 {
+        command = command.chars().take(19).collect::<String>() + "…";
+    }
+    // A generated id is hex and shown as docker shows one, 12 digits; a name is the id.
+    let hex = s.id.len() > 12 && s.id.bytes().all(|b| b.is_ascii_hexdigit());
+    let id = if hex && !no_trunc { &s.id[..12] } else { &s.id };
+    let created_at = s
+        .created
+        .as_deref()
+        .map(|c| {
+            format!(
+                "{} {} +0000 UTC",
+                &c[..10.min(c.len())],
+                c.get(11..19).unwrap_or("")
+            )
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "ID": id,
+        "Names": s.id,
+        "Image": s.image,
+        "Command": format!("\"{command}\""),
+        "CreatedAt": created_at,
+        "RunningFor": ago(&s.created).map(|a| a + " ago").unwrap_or_default(),
+        "Status": status,
+        "State": s.status,
+        "Ports": ports.join(", "),
+        "Networks": s.network.clone().unwrap_or_default(),
+    })
+}
+
+/// Docker's column titles for `--format 'table ...'`.
+pub const CONTAINER_HEADERS: &[(&str, &str)] = &[
+    ("ID", "CONTAINER ID"),
+    ("Names", "NAMES"),
+    ("Image", "IMAGE"),
+    ("Command", "COMMAND"),
+    ("CreatedAt", "CREATED AT"),
+    ("RunningFor", "CREATED"),
+    ("Status", "STATUS"),
+    ("State", "STATE"),
+    ("Ports", "PORTS"),
+    ("Networks", "NETWORKS"),
+];
+
+/// Prints `rows` through the `--format` template `src`, as docker's `ps` and `images` do:
+/// a leading `table` adds a header row and aligns the tab-separated columns (docker's
+/// tabwriter: at least 10 wide, 3 spaces of padding); `\t` in the template is a tab.
+pub fn print_rows(
+    out: &mut impl std::io::Write,
+    src: &str,
+    headers: &[(&str, &str)],
+    rows: &[serde_json::Value],
+) -> anyhow::Result<()> {
+    let src = src.replace("\\t", "\t");
+    let (table, body) = match src.trim_start().strip_prefix("table") {
+        Some(b) => (true, b.trim_start().to_owned()),
+        None => (false, src),
+    };
+    let t = crate::gotmpl::Template::parse(&body)?;
+    let mut lines = Vec::new();
+    if table {
+        let mut hdr = serde_json::Map::new();
+        let keys = rows
+            .first()
+            .and_then(|r| r.as_object())
+            .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_else(|| headers.iter().map(|(k, _)| (*k).to_owned()).collect());
+        for k in keys {
+            let title = headers
+                .iter()
+                .find(|(f, _)| *f == k)
+                .map_or_else(|| k.to_uppercase(), |(_, t)| (*t).to_owned());
+            hdr.insert(k, serde_json::Value::String(title));
+        }
+        lines.push(t.render(&serde_json::Value::Object(hdr))?);
+    }
+    for r in rows {
+        lines.push(t.render(r)?);
+    }
+    if !table {
+        for l in lines {
+            writeln!(out, "{l}")?;
+        }
+        return Ok(());
+    }
+    let cells: Vec<Vec<&str>> = lines.iter().map(|l| l.split('\t').collect()).collect();
+    let mut widths = Vec::new();
+    for row in &cells {
+        // The last cell of a line is not a column (it has no tab after it).
+        for (i, c) in row.iter().take(row.len().saturating_sub(1)).enumerate() {
+            let w = (c.chars().count() + 3).max(10);
+            if widths.len() <= i {
+                widths.push(w);
+            } else {
+                widths[i] = widths[i].max(w);
+            }
+        }
+    }
+    for row in &cells {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            line.push_str(c);
+            if i + 1 < row.len() {
+                let pad = widths[i] - c.chars().count();
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// `kiln ps`: docker's columns, `-q` ids, `--format` templates.
+fn ps(a: &PsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let mut states = all()?;
+    // Newest first, as docker lists them.
+    states.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+    let rows: Vec<serde_json::Value> = states
+        .iter()
+        .filter(|s| a.all || s.status == "running")
+        .map(|s| ps_row(s, a.no_trunc))
+        .collect();
+    if a.quiet {
+        for r in &rows {
+            writeln!(out, "{}", r["ID"].as_str().unwrap_or_default())?;
+        }
+        return Ok(());
+    }
+    let default = "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}";
+    print_rows(
+        out,
+        a.format.as_deref().unwrap_or(default),
+        CONTAINER_HEADERS,
+        &rows,
+    )
+}
+
+/// `kiln top`: the processes in the container's PID namespace, as `ps -ef` columns.
+/// The state of running container `name` and the host pids of every process in its PID
+/// namespace, in order. Fails when it is not running.
+pub fn processes(name: &str) -> anyhow::Result<(State, Vec<i32>)> {
+    let (_, s) = find(name)?;
+    anyhow::ensure!(s.status == "running", "container {name} is not running");
+    let init = s
+        .pid
+        .and_then(init_pid)
+        .with_context(|| format!("container {name} has no running process"))?;
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let want = ns(init).context("reading the container's PID namespace")?;
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p| ns(*p).as_ref() == Some(&want))
+        .collect();
+    pids.sort_unstable();
+    Ok((s, pids))
+}
+
+fn top(name: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let (_, pids) = processes(name)?;
+    writeln!(out, "{:<10} {:<10} {:<10} CMD", "UID", "PID", "PPID")?;
+    for p in pids {
+        let (Ok(stat), Ok(status), Ok(cmdline)) = (
+            std::fs::read_to_string(format!("/proc/{p}/stat")),
+            std::fs::read_to_string(format!("/proc/{p}/status")),
+            std::fs::read(format!("/proc/{p}/cmdline")),
+        ) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .unwrap_or("0");
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("?");
+        let cmd: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        writeln!(out, "{uid:<10} {p:<10} {ppid:<10} {}", cmd.join(" "))?;
+    }
+    Ok(())
+}
+
 /// Runs a container subcommand.
 pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        Cmd::Ps { all } => {
-            writeln!(
-                out,
-                "{:<20} {:<20} {:<24} {:<12} {:<15} PORTS",
-                "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "IP"
-            )?;
-            let mut rows = Vec::new();
-            if let Ok(rd) = std::fs::read_dir(containers_dir()?) {
-                for e in rd.flatten() {
-                    if let Ok(s) = read_state(&e.path()) {
-                        rows.push(effective(s));
-                    }
-                }
+        Cmd::Ps(a) => ps(&a, &mut out)?,
+        Cmd::Top { name } => top(&name, &mut out)?,
+        Cmd::Stats(a) => crate::info::stats(&a, &mut out)?,
+        Cmd::Start { names } => {
+            for n in &names {
+                start(n)?;
+                writeln!(out, "{n}")?;
             }
-            rows.sort_by(|a, b| a.id.cmp(&b.id));
-            for s in rows.iter().filter(|s| all || s.status == "running") {
-                let status = match (s.status.as_str(), s.exit_code) {
-                    ("exited", Some(c)) => format!("Exited ({c})"),
-                    ("exited", None) => "Exited".to_owned(),
-                    ("running", _) => "Up".to_owned(),
-                    (o, _) => o.to_owned(),
-                };
-                let ports: Vec<String> = s
-                    .ports
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{}:{}->{}/{}",
-                            p.host_ip.map_or("0.0.0.0".to_owned(), |i| i.to_string()),
-                            p.host_port,
-                            p.container_port,
-                            p.proto
-                        )
-                    })
-                    .collect();
-                let mut command = s.command.join(" ");
-                command.truncate(22);
-                writeln!(
-                    out,
-                    "{:<20} {:<20} {:<24} {:<12} {:<15} {}",
-                    s.id,
-                    s.image,
-                    format!("\"{command}\""),
-                    status,
-                    s.ip.map(|i| i.to_string()).unwrap_or_default(),
-                    ports.join(", ")
-                )?;
+        }
+        Cmd::Restart { time, names } => {
+            for n in &names {
+                stop(n, Duration::from_secs(time))?;
+                start(n)?;
+                writeln!(out, "{n}")?;
             }
         }
         Cmd::Logs { follow, name } => {
@@ -696,6 +1055,10 @@ fn exec(
     (interactive, tty): (bool, bool),
     command: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
+    // docker's check, before anything else: a tty relay needs a terminal on stdin.
+    if tty && interactive && !rustix::termios::isatty(rustix::stdio::stdin()) {
+        return Err(anyhow::Error::new(NotATty));
+    }
     crate::run::check_env(&env)?;
     crate::run::check_workdir(workdir.as_deref())?;
     crate::run::check_user(user.as_deref())?;
@@ -714,7 +1077,7 @@ fn exec(
     let exec = executor::spec::ExecSpec {
         pid,
         args: command,
-        env: solver::run::env(&spec.env, &env),
+        env: solver::run::env(&spec.env, &with_term(env, &spec.env, tty)),
         cwd: workdir.unwrap_or(spec.cwd),
         user: user.unwrap_or(spec.user),
         tty,
@@ -734,6 +1097,28 @@ fn exec(
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
 }
 
+/// `kiln exec -it` with stdin not a terminal (docker's message; exit status 1).
+#[derive(Debug)]
+pub struct NotATty;
+
+impl std::fmt::Display for NotATty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the input device is not a TTY")
+    }
+}
+
+impl std::error::Error for NotATty {}
+
+/// `-e` values plus `TERM=xterm` when a tty is allocated and neither they nor `base` (the
+/// image's or container's environment) set TERM, as docker does.
+pub fn with_term(mut env: Vec<String>, base: &[String], tty: bool) -> Vec<String> {
+    let has = |l: &[String]| l.iter().any(|e| e.split('=').next() == Some("TERM"));
+    if tty && !has(&env) && !has(base) {
+        env.insert(0, "TERM=xterm".to_owned());
+    }
+    env
+}
+
 /// A process's exit status as a shell reports it: its code, or 128 + the signal that killed it.
 pub fn exit_code(st: &std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt as _;
@@ -749,6 +1134,52 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+        for t in [0, 951_782_400 + 3661, 1_795_000_000, 4_102_444_799] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{}", rfc3339(t));
+        }
+        assert_eq!(parse_rfc3339("garbage"), None);
+    }
+
+    #[test]
+    fn durations_read_as_docker_words_them() {
+        for (s, want) in [
+            (0, "Less than a second"),
+            (1, "1 second"),
+            (59, "59 seconds"),
+            (90, "About a minute"),
+            (600, "10 minutes"),
+            (3700, "About an hour"),
+            (5 * 3600, "5 hours"),
+            (3 * 86400, "3 days"),
+            (21 * 86400, "3 weeks"),
+            (90 * 86400, "3 months"),
+            (800 * 86400, "2 years"),
+        ] {
+            assert_eq!(human_duration(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn table_formats_align_like_docker_tabwriter() {
+        let rows = [
+            serde_json::json!({"ID": "abc", "Names": "a-long-name-here"}),
+            serde_json::json!({"ID": "0123456789ab", "Names": "b"}),
+        ];
+        let mut out = Vec::new();
+        print_rows(
+            &mut out,
+            "table {{.ID}}\\t{{.Names}}",
+            CONTAINER_HEADERS,
+            &rows,
+        )
+        .expect("renders");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "CONTAINER ID   NAMES\nabc            a-long-name-here\n0123456789ab   b\n"
+        );
+        let mut out = Vec::new();
+        print_rows(&mut out, "{{.Names}}", CONTAINER_HEADERS, &rows).expect("renders");
+        assert_eq!(out, b"a-long-name-here\nb\n");
     }
 
     #[test]

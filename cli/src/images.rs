@@ -73,12 +73,120 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// `kiln images [--digests]`.
-pub fn list(digests: bool) -> anyhow::Result<()> {
+/// `kiln images` flags.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Show the registry digest of each image (from its last pull or push).
+    #[arg(long)]
+    digests: bool,
+    /// Only show image ids.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Show full ids.
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Print each image through a Go template (`{{.Repository}}:{{.Tag}} {{.ID}}`; a leading
+    /// `table` adds a header row).
+    #[arg(long)]
+    format: Option<String>,
+    /// Only images of this repository (`busybox`, `busybox:1.36`).
+    repository: Option<String>,
+}
+
+/// One `kiln images` row, with docker's `--format` field names.
+fn image_row(
+    store: &Store,
+    r: &cache::reference::Reference,
+    d: &cache::oci::Digest,
+    full: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let image = store
+        .image(d)
+        .with_context(|| format!("reading image {d}"))?;
+    let size: u64 = image.manifest.layers.iter().map(|l| l.size).sum();
+    let name = r.familiar();
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_owned(), tag.to_owned()),
+        _ => (name.clone(), "<none>".to_owned()),
+    };
+    // The registry digest recorded for this repository (see `kiln pull`).
+    let repo_digest = cache::registry::repo_digests(store, d)
+        .into_iter()
+        .find_map(|rd| {
+            let (name, digest) = rd.rsplit_once('@')?;
+            (name == r.name()).then(|| digest.to_owned())
+        })
+        .unwrap_or_else(|| "<none>".to_owned());
+    Ok(serde_json::json!({
+        "Repository": repo,
+        "Tag": tag,
+        "Digest": repo_digest,
+        "ID": if full { d.to_string() } else { d.short().to_owned() },
+        "CreatedAt": image.config.created.clone().unwrap_or_default(),
+        "Size": human(size),
+    }))
+}
+
+/// The repository of a familiar name (`busybox:1` -> `busybox`, `host:5000/a` stays).
+fn repo_of(familiar: &str) -> &str {
+    familiar
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .map_or(familiar, |(r, _)| r)
+}
+
+/// True when the image named `familiar` is selected by `kiln images WANTED`: every tag of a
+/// repository, or exactly `repo:tag` when a tag is given (as docker).
+fn selects(familiar: &str, wanted: &str) -> bool {
+    let norm = cache::reference::Reference::parse(wanted)
+        .map_or_else(|_| wanted.to_owned(), |r| r.familiar());
+    if repo_of(wanted) != wanted {
+        familiar == norm
+    } else {
+        repo_of(familiar) == repo_of(&norm)
+    }
+}
+
+/// Docker's column titles for `images --format 'table ...'`.
+const IMAGE_HEADERS: &[(&str, &str)] = &[
+    ("Repository", "REPOSITORY"),
+    ("Tag", "TAG"),
+    ("Digest", "DIGEST"),
+    ("ID", "IMAGE ID"),
+    ("CreatedAt", "CREATED AT"),
+    ("Size", "SIZE"),
+];
+
+/// `kiln images`.
+pub fn list(a: &ListArgs) -> anyhow::Result<()> {
     let store = crate::open_store()?;
     let mut out = io::stdout().lock();
+    let mut rows = Vec::new();
+    for (r, d) in store.list_images().context("listing images")? {
+        if a.repository
+            .as_deref()
+            .is_some_and(|w| !selects(&r.familiar(), w))
+        {
+            continue;
+        }
+        rows.push(image_row(&store, &r, &d, a.no_trunc)?);
+    }
+    if a.quiet {
+        // One id per image, as docker prints them (an image with two names is listed once).
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &rows {
+            let id = r["ID"].as_str().unwrap_or_default();
+            if seen.insert(id.to_owned()) {
+                writeln!(out, "{id}")?;
+            }
+        }
+        return Ok(());
+    }
+    if let Some(f) = &a.format {
+        return crate::containers::print_rows(&mut out, f, IMAGE_HEADERS, &rows);
+    }
     let digest_col = |v: &str| {
-        if digests {
+        if a.digests {
             format!(" {v:<71}")
         } else {
             String::new()
@@ -93,30 +201,77 @@ pub fn list(digests: bool) -> anyhow::Result<()> {
         "IMAGE ID",
         "SIZE"
     )?;
-    for (r, d) in store.list_images().context("listing images")? {
-        let image = store
-            .image(&d)
-            .with_context(|| format!("reading image {d}"))?;
-        let size: u64 = image.manifest.layers.iter().map(|l| l.size).sum();
-        let name = r.familiar();
-        let (repo, tag) = match name.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => (repo.to_owned(), tag.to_owned()),
-            _ => (name.clone(), "<none>".to_owned()),
-        };
-        // The registry digest recorded for this repository (see `kiln pull`).
-        let repo_digest = cache::registry::repo_digests(&store, &d)
-            .into_iter()
-            .find_map(|rd| {
-                let (name, digest) = rd.rsplit_once('@')?;
-                (name == r.name()).then(|| digest.to_owned())
-            })
-            .unwrap_or_else(|| "<none>".to_owned());
+    for r in &rows {
+        let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
         writeln!(
             out,
-            "{repo:<40} {tag:<16}{} {:<14} {:>10}",
-            digest_col(&repo_digest),
-            d.short(),
-            human(size)
+            "{:<40} {:<16}{} {:<14} {:>10}",
+            s("Repository"),
+            s("Tag"),
+            digest_col(&s("Digest")),
+            s("ID"),
+            s("Size")
+        )?;
+    }
+    Ok(())
+}
+
+/// `kiln history` flags.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// Only show image ids.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Don't truncate the CREATED BY column.
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Image.
+    image: String,
+}
+
+/// `kiln history`: newest step first, as docker prints it; steps that made a layer show its
+/// size, the newest one the image id (the others are `<missing>`, as for a pulled image).
+pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
+    let store = crate::open_store()?;
+    let image = resolve(&store, &a.image)?;
+    let mut layers = image.manifest.layers.iter();
+    let mut rows = Vec::new();
+    for h in &image.config.history {
+        let size = if h.empty_layer {
+            0
+        } else {
+            layers.next().map_or(0, |l| l.size)
+        };
+        rows.push((h, size));
+    }
+    let mut out = io::stdout().lock();
+    if !a.quiet {
+        writeln!(
+            out,
+            "{:<14} {:<22} {:<46} {:>10}   COMMENT",
+            "IMAGE", "CREATED", "CREATED BY", "SIZE"
+        )?;
+    }
+    for (i, (h, size)) in rows.iter().rev().enumerate() {
+        let id = if i == 0 {
+            image.manifest_digest.short().to_owned()
+        } else {
+            "<missing>".to_owned()
+        };
+        if a.quiet {
+            writeln!(out, "{id}")?;
+            continue;
+        }
+        let mut by = h.created_by.clone().unwrap_or_default();
+        if !a.no_trunc && by.chars().count() > 45 {
+            by = by.chars().take(44).collect::<String>() + "…";
+        }
+        writeln!(
+            out,
+            "{id:<14} {:<22} {by:<46} {:>10}   {}",
+            h.created.as_deref().unwrap_or(""),
+            human(*size),
+            h.comment.as_deref().unwrap_or("")
         )?;
     }
     Ok(())
@@ -216,4 +371,21 @@ fn tempfile_in(dir: &Path, output: &Path) -> anyhow::Result<(PathBuf, std::fs::F
     let p = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
     Ok((p, f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_argument_selects_a_repository_or_one_tag() {
+        assert!(selects("busybox:latest", "busybox"));
+        assert!(selects("busybox:1.36", "busybox"));
+        assert!(selects("busybox:1.36", "busybox:1.36"));
+        assert!(!selects("busybox:latest", "busybox:1.36"));
+        assert!(!selects("busybox2:latest", "busybox"));
+        assert!(selects("localhost:5000/app:1", "localhost:5000/app"));
+        assert!(!selects("localhost:5000/app:1", "localhost:5000/app:2"));
+        assert!(selects("user/app:1", "docker.io/user/app:1"));
+    }
 }

@@ -6,7 +6,10 @@ mod build;
 mod cacheopts;
 mod check;
 mod containers;
+mod cp;
+mod gotmpl;
 mod images;
+mod info;
 mod netrun;
 mod network;
 mod prune;
@@ -26,8 +29,11 @@ use std::process::ExitCode;
 const EXIT_CODES: &str = "\
 Exit status:
   0    success
-  1    a build or command failed, or the command line was wrong
-  125  `kiln run`: kiln itself failed (image not found, sandbox setup)
+  1    a build or command failed (as docker: `exec -it` without a terminal, no such
+       container or image)
+  125  the command line was wrong (unknown flag or subcommand, missing argument; docker
+       exits 125 for these too), or `kiln run`: kiln itself failed (image not found,
+       sandbox setup)
   N    `kiln run`: the container's own exit status (128+N when killed by signal N)
 A closed stdout (broken pipe) exits 0.
 
@@ -50,17 +56,33 @@ enum Command {
     Build(build::BuildArgs),
     /// Import a root filesystem tarball as a one-layer image.
     Import(images::ImportArgs),
-    /// List images.
-    Images {
-        /// Show the registry digest of each image (from its last pull or push).
-        #[arg(long)]
-        digests: bool,
-    },
+    /// List images (`kiln images busybox`, `-q` for ids only).
+    Images(images::ListArgs),
     /// Show containers or images as a JSON array (containers are looked up first).
-    Inspect {
-        /// Container or image names or ids.
-        #[arg(required = true)]
-        names: Vec<String>,
+    Inspect(InspectArgs),
+    /// Image commands under docker's `image` namespace (`image ls`, `image rm`, ...).
+    Image {
+        /// The subcommand.
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Container commands under docker's `container` namespace (`container ls`, ...).
+    Container {
+        /// The subcommand.
+        #[command(subcommand)]
+        cmd: ContainerCmd,
+    },
+    /// Show the layers an image was built from.
+    History(images::HistoryArgs),
+    /// Copy files between a running container and the host (`CONTAINER:PATH`).
+    Cp(cp::CpArgs),
+    /// Show the store, its containers and images, and the host.
+    Info(info::InfoArgs),
+    /// Show kiln's version.
+    Version {
+        /// Go template over docker's shape (`{{.Client.Version}}`).
+        #[arg(short, long)]
+        format: Option<String>,
     },
     /// Give an image another name.
     Tag {
@@ -154,6 +176,62 @@ enum Command {
     },
 }
 
+/// `kiln inspect` flags.
+#[derive(Debug, clap::Args)]
+struct InspectArgs {
+    /// Print each object through a Go template (`{{.NetworkSettings.IPAddress}}`).
+    #[arg(short, long)]
+    format: Option<String>,
+    /// Container or image names or ids.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+/// `kiln image ...`.
+#[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// List images.
+    #[command(visible_alias = "list")]
+    Ls(images::ListArgs),
+    /// Remove image names.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Image names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show images as a JSON array.
+    Inspect(InspectArgs),
+    /// Show the layers an image was built from.
+    History(images::HistoryArgs),
+    /// Give an image another name.
+    Tag {
+        /// Existing image.
+        source: String,
+        /// New name.
+        target: String,
+    },
+    /// Import a root filesystem tarball as a one-layer image.
+    Import(images::ImportArgs),
+}
+
+/// `kiln container ...`.
+#[derive(Debug, Subcommand)]
+enum ContainerCmd {
+    /// List containers.
+    #[command(visible_alias = "list")]
+    Ls(containers::PsArgs),
+    /// Show containers as a JSON array.
+    Inspect(InspectArgs),
+    /// Run a command in a new container.
+    Run(Box<run::RunArgs>),
+    /// Copy files between a running container and the host.
+    Cp(cp::CpArgs),
+    /// Container commands: ps, logs, stop, kill, rm, exec, top.
+    #[command(flatten)]
+    Other(containers::Cmd),
+}
+
 /// The store root: KILN_ROOT, else /var/lib/kiln as root, else the XDG data dir.
 fn kiln_root() -> anyhow::Result<PathBuf> {
     if let Some(r) = std::env::var_os("KILN_ROOT").filter(|r| !r.is_empty()) {
@@ -200,18 +278,38 @@ fn main() -> ExitCode {
         }
         executor::init::main(std::env::args().collect());
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // Help and --version print to stdout and succeed; a wrong command line exits 125,
+        // as docker's does.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // `kiln` or `kiln image` alone: the help, successfully (as docker).
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(125);
+        }
+    };
     if std::env::var_os("KILN_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
             .with_writer(std::io::stderr)
             .init();
     }
-    let is_run = matches!(cli.command, Command::Run(_));
+    let is_run = matches!(
+        cli.command,
+        Command::Run(_)
+            | Command::Container {
+                cmd: ContainerCmd::Run(_)
+            }
+    );
     // Sandboxes are born under the device policy: join it once, before any thread exists.
     if matches!(
         cli.command,
-        Command::Build(_) | Command::Run(_) | Command::Containers(_)
+        Command::Build(_) | Command::Run(_) | Command::Containers(_) | Command::Container { .. }
     ) && let Err(e) = executor::devices::confine_self()
     {
         let _ = writeln!(
@@ -245,23 +343,91 @@ fn print_line(s: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kiln inspect`: containers first (when `containers`), then images; a JSON array, or each
+/// object through `a.format`.
+fn inspect(a: &InspectArgs, containers: bool) -> anyhow::Result<()> {
+    let mut docs = Vec::new();
+    for n in &a.names {
+        let c = if containers {
+            containers::inspect(n)?
+        } else {
+            None
+        };
+        docs.push(match c {
+            Some(c) => c,
+            None => images::inspect_value(n)?,
+        });
+    }
+    if let Some(f) = &a.format {
+        return print_template(f, &docs);
+    }
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &docs)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints each of `docs` through the Go template `src`, one line each (as docker does).
+fn print_template(src: &str, docs: &[serde_json::Value]) -> anyhow::Result<()> {
+    let t = gotmpl::Template::parse(src)?;
+    let mut out = std::io::stdout().lock();
+    for d in docs {
+        writeln!(out, "{}", t.render(d)?)?;
+    }
+    Ok(())
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Build(a) => build::build(a).map(|()| ExitCode::SUCCESS),
         Command::Import(a) => images::import(a).map(|()| ExitCode::SUCCESS),
-        Command::Images { digests } => images::list(digests).map(|()| ExitCode::SUCCESS),
-        Command::Inspect { names } => {
-            let mut docs = Vec::new();
-            for n in &names {
-                docs.push(match containers::inspect(n)? {
-                    Some(c) => c,
-                    None => images::inspect_value(n)?,
-                });
+        Command::Images(a) => images::list(&a).map(|()| ExitCode::SUCCESS),
+        Command::Inspect(a) => inspect(&a, true).map(|()| ExitCode::SUCCESS),
+        Command::Image { cmd } => dispatch(match cmd {
+            ImageCmd::Ls(a) => Command::Images(a),
+            ImageCmd::Rm { names } => Command::Rmi { names },
+            ImageCmd::Inspect(a) => return inspect(&a, false).map(|()| ExitCode::SUCCESS),
+            ImageCmd::History(a) => Command::History(a),
+            ImageCmd::Tag { source, target } => Command::Tag { source, target },
+            ImageCmd::Import(a) => Command::Import(a),
+        }),
+        Command::Container { cmd } => match cmd {
+            ContainerCmd::Ls(a) => containers::dispatch(containers::Cmd::Ps(a)),
+            ContainerCmd::Inspect(a) => {
+                for n in &a.names {
+                    containers::find(n)?;
+                }
+                inspect(&a, true).map(|()| ExitCode::SUCCESS)
             }
-            let mut out = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut out, &docs)?;
-            writeln!(out)?;
-            Ok(ExitCode::SUCCESS)
+            ContainerCmd::Run(a) => run::run(*a),
+            ContainerCmd::Cp(a) => cp::cp(&a).map(|()| ExitCode::SUCCESS),
+            ContainerCmd::Other(c) => containers::dispatch(c),
+        },
+        Command::Cp(a) => cp::cp(&a).map(|()| ExitCode::SUCCESS),
+        Command::Info(a) => info::info(&a).map(|()| ExitCode::SUCCESS),
+        Command::History(a) => images::history(&a).map(|()| ExitCode::SUCCESS),
+        Command::Version { format } => {
+            let v = serde_json::json!({
+                "Client": {
+                    "Version": env!("CARGO_PKG_VERSION"),
+                    "Os": std::env::consts::OS,
+                    "Arch": cache::oci::Platform::host().architecture,
+                },
+            });
+            match format {
+                Some(f) => print_template(&f, std::slice::from_ref(&v)),
+                None => {
+                    let c = &v["Client"];
+                    print_line(&format!(
+                        "Client: kiln\n Version:     {}\n OS/Arch:     {}/{}\n Daemonless:  true",
+                        env!("CARGO_PKG_VERSION"),
+                        c["Os"].as_str().unwrap_or_default(),
+                        c["Arch"].as_str().unwrap_or_default(),
+                    ))
+                    .map(|_| ())
+                }
+            }
+            .map(|()| ExitCode::SUCCESS)
         }
         Command::Tag { source, target } => {
             images::tag(&source, &target).map(|()| ExitCode::SUCCESS)

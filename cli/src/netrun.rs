@@ -33,6 +33,18 @@ pub enum Mode {
     Container(String),
 }
 
+impl std::fmt::Display for Mode {
+    /// As docker's `HostConfig.NetworkMode` shows it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Bridge(n) => f.write_str(n),
+            Mode::None => f.write_str("none"),
+            Mode::Host => f.write_str("host"),
+            Mode::Container(c) => write!(f, "container:{c}"),
+        }
+    }
+}
+
 impl std::str::FromStr for Mode {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Mode> {

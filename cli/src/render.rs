@@ -49,6 +49,8 @@ pub struct Renderer {
     order: Vec<usize>,
     drawn: usize,
     last_vertex: Option<usize>,
+    /// The terminal's columns and rows; None: ask stderr at each redraw.
+    size: Option<(usize, usize)>,
 }
 
 /// How a cache miss shows in plain and tty progress (`cache miss: file changed: a.txt`).
@@ -69,6 +71,27 @@ impl Renderer {
             order: Vec::new(),
             drawn: 0,
             last_vertex: None,
+            size: None,
+        }
+    }
+
+    /// Redraws the live view so running steps' timers advance between events (call it on a
+    /// timer tick); does nothing in other modes or before anything is drawn.
+    pub fn tick(&mut self) -> io::Result<()> {
+        if self.mode != Mode::Tty || self.order.is_empty() {
+            return Ok(());
+        }
+        self.redraw(&mut io::stderr().lock())
+    }
+
+    /// The terminal's size (columns, rows); 80x24 when stderr is not a terminal.
+    fn size(&self) -> (usize, usize) {
+        if let Some(s) = self.size {
+            return s;
+        }
+        match rustix::termios::tcgetwinsize(rustix::stdio::stderr()) {
+            Ok(w) if w.ws_col > 0 && w.ws_row > 0 => (usize::from(w.ws_col), usize::from(w.ws_row)),
+            _ => (80, 24),
         }
     }
 
@@ -173,18 +196,28 @@ impl Renderer {
                 }
                 writeln!(err, "#{n} DONE {}", secs(since))?;
             }
-            EventKind::Error { message } => writeln!(err, "#{n} ERROR: {message}")?,
+            // The step's output was streamed just above: the first line says what failed
+            // (the rest of the message repeats that output's last lines).
+            EventKind::Error { message } => {
+                let first = message.lines().next().unwrap_or_default();
+                writeln!(err, "#{n} ERROR: {first}")?;
+            }
         }
         self.last_vertex = Some(ev.vertex);
         Ok(())
     }
 
+    /// Draws the view over the previous frame. Every line is clipped to the terminal's width
+    /// (a wrapped line would make the cursor-up count wrong) and the frame to its height less
+    /// one (the cursor cannot move above the screen's top): when the steps do not fit, the
+    /// oldest finished ones give way first, then the oldest running ones.
     fn redraw(&mut self, err: &mut impl Write) -> io::Result<()> {
-        if self.drawn > 0 {
-            write!(err, "\x1b[{}A", self.drawn)?;
-        }
+        let (cols, rows) = self.size();
+        let width = cols.saturating_sub(1).max(1);
+        let max_lines = rows.saturating_sub(1).max(1);
         let now = SystemTime::now();
-        let mut lines = 0;
+        // (line, finished) per step, with its output line under a running one.
+        let mut frame: Vec<(String, bool)> = Vec::new();
         for id in &self.order {
             let v = &self.vertices[id];
             let took = v
@@ -192,13 +225,37 @@ impl Renderer {
                 .unwrap_or(now)
                 .duration_since(v.started)
                 .unwrap_or_default();
-            writeln!(err, "\x1b[2K=> {} {} {}", v.name, v.state, secs(took))?;
-            lines += 1;
-            if v.finished.is_none() && !v.last_line.is_empty() {
-                let shown: String = v.last_line.chars().take(100).collect();
-                writeln!(err, "\x1b[2K   > {shown}")?;
-                lines += 1;
+            let done = v.finished.is_some();
+            frame.push((format!("=> {} {} {}", v.name, v.state, secs(took)), done));
+            if !done && !v.last_line.is_empty() {
+                frame.push((format!("   > {}", v.last_line), false));
             }
+        }
+        let mut excess = frame.len().saturating_sub(max_lines);
+        if excess > 0 {
+            frame.retain(|(_, done)| {
+                if *done && excess > 0 {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            let extra = frame.len().saturating_sub(max_lines);
+            frame.drain(..extra);
+        }
+        if self.drawn > 0 {
+            write!(err, "\x1b[{}A", self.drawn)?;
+        }
+        let mut lines = 0;
+        for (line, _) in &frame {
+            let clipped: String = line
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(width)
+                .collect();
+            writeln!(err, "\x1b[2K{clipped}")?;
+            lines += 1;
         }
         // Clear lines left over from a taller previous frame.
         let blank = self.drawn.saturating_sub(lines);
@@ -272,6 +329,107 @@ mod tests {
             render(Mode::Plain, &events),
             "#1 [1/3] FROM busybox\n#1 DONE 0.0s\n\n#2 [2/3] RUN make\n#2 0.123 cc -o app\n\
              #2 0.456 linking\n#2 DONE 1.2s\n\n#3 [3/3] COPY a /a\n#3 CACHED\n"
+        );
+    }
+
+    /// The visible lines of a tty frame sequence: escapes removed, one entry per line.
+    fn visible(out: &str) -> Vec<String> {
+        out.split('\n')
+            .map(|l| {
+                let mut s = String::new();
+                let mut chars = l.chars();
+                while let Some(c) = chars.next() {
+                    if c == '\x1b' {
+                        // CSI: ESC [ params final-byte
+                        for d in chars.by_ref() {
+                            if d.is_ascii_alphabetic() {
+                                break;
+                            }
+                        }
+                    } else {
+                        s.push(c);
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tty_frames_fit_narrow_and_short_terminals() {
+        for (cols, rows) in [(40, 10), (200, 50), (10, 3)] {
+            let mut r = Renderer::new(Mode::Tty);
+            r.size = Some((cols, rows));
+            let mut out = Vec::new();
+            for i in 0..30 {
+                let name = format!("[{i}/30] RUN a very long command line that goes on and on {i}");
+                r.event_to(&ev(i, &name, EventKind::Started, 0), &mut out)
+                    .expect("vec");
+                r.event_to(
+                    &ev(
+                        i,
+                        &name,
+                        EventKind::Log {
+                            stream: Stream::Stdout,
+                            bytes: format!("output of step {i} {}\n", "x".repeat(300)).into_bytes(),
+                        },
+                        1,
+                    ),
+                    &mut out,
+                )
+                .expect("vec");
+                if i % 3 != 0 {
+                    r.event_to(&ev(i, &name, EventKind::Done, 2), &mut out)
+                        .expect("vec");
+                }
+                assert!(
+                    r.drawn < rows,
+                    "{cols}x{rows}: a frame of {} lines",
+                    r.drawn
+                );
+            }
+            let text = String::from_utf8(out).expect("utf-8");
+            for l in visible(&text) {
+                assert!(l.chars().count() < cols, "{cols}x{rows}: {l:?} wraps");
+            }
+            // The newest running step is on the last frame (finished ones gave way first).
+            let last: Vec<String> = visible(&text).into_iter().rev().take(rows).collect();
+            assert!(
+                last.iter().any(|l| l.contains("[27/30]")) || cols < 20,
+                "{cols}x{rows}: {last:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_prints_a_failed_steps_output_once() {
+        let run = "[2/2] RUN make";
+        let out = render(
+            Mode::Plain,
+            &[
+                ev(1, run, EventKind::Started, 0),
+                ev(
+                    1,
+                    run,
+                    EventKind::Log {
+                        stream: Stream::Stderr,
+                        bytes: b"boom\n".to_vec(),
+                    },
+                    5,
+                ),
+                ev(
+                    1,
+                    run,
+                    EventKind::Error {
+                        message: "Dockerfile:2: RUN make: exit code 2\nboom".to_owned(),
+                    },
+                    6,
+                ),
+            ],
+        );
+        assert_eq!(
+            out,
+            "#1 [2/2] RUN make\n#1 0.005 boom\n#1 ERROR: Dockerfile:2: RUN make: exit code 2\n"
         );
     }
 

@@ -67,6 +67,8 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
+/// A generated container id: 64 hex digits, as docker's (shown as 12 by `ps`, accepted as
+/// any unique prefix).
 fn container_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -77,7 +79,7 @@ fn container_id() -> String {
         now.as_nanos(),
         std::thread::current().name().unwrap_or("")
     );
-    cache::oci::Digest::of(seed.as_bytes()).hex()[..16].to_owned()
+    cache::oci::Digest::of(seed.as_bytes()).hex().to_owned()
 }
 
 /// `-e` values as docker's opts.ValidateEnv takes them: `=x` and `` (no name) are refused
@@ -156,6 +158,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             None => format!("{e}={}", std::env::var(e).unwrap_or_default()),
         })
         .collect();
+    let env = crate::containers::with_term(env, &image.config.config.env, a.tty);
     let overrides = solver::run::Overrides {
         env,
         workdir: a.workdir.clone(),
@@ -209,6 +212,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
+    if matches!(a.network, crate::netrun::Mode::Host) {
+        // The host's network, the host's name (as docker's --network host).
+        container.spec.hostname = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+    }
     if joined.is_some() {
         container
             .spec
@@ -248,6 +258,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         finished_at: None,
         cgroups: cgroups.clone(),
         limits,
+        network_mode: Some(a.network.to_string()),
     };
     if a.detach {
         if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {

@@ -111,10 +111,33 @@ fn check(fix: bool) -> anyhow::Result<()> {
 fn df() -> anyhow::Result<()> {
     let store = crate::open_store()?;
     let u = store.disk_usage()?;
+    // The store counts the images' index files; what an image weighs is its layers (each
+    // shared layer once, as docker's `system df` counts them), the same sizes `kiln images`
+    // shows.
+    let mut layers = std::collections::BTreeMap::new();
+    let mut images = std::collections::BTreeSet::new();
+    for (_, d) in store.list_images().context("listing images")? {
+        if !images.insert(d.clone()) {
+            continue;
+        }
+        let image = store
+            .image(&d)
+            .with_context(|| format!("reading image {d}"))?;
+        for l in &image.manifest.layers {
+            layers.insert(l.digest.clone(), l.size);
+        }
+    }
+    let image_usage = (images.len(), layers.values().sum::<u64>());
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<16} {:>8} {:>12}", "TYPE", "COUNT", "SIZE")?;
+    writeln!(
+        out,
+        "{:<16} {:>8} {:>12}",
+        "Images",
+        image_usage.0,
+        human(image_usage.1)
+    )?;
     for (name, c) in [
-        ("Images", u.images),
         ("Blobs", u.blobs),
         ("Snapshots", u.snapshots),
         ("Build cache", u.cache_records),

@@ -10,6 +10,7 @@ mod build_run_network;
 mod cache;
 mod cache_backends;
 mod check;
+mod cli_docker;
 mod containers;
 mod dockerfile_buildkit;
 mod dockerfile_semantics;
