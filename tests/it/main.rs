@@ -7,6 +7,7 @@ mod build;
 mod cache;
 mod cache_backends;
 mod containers;
+mod differential;
 mod dockerfile_buildkit;
 mod dockerfile_e2e;
 mod errors;

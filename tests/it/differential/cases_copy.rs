@@ -1,0 +1,260 @@
+//! COPY and ADD semantics: sources, destinations, wildcards, directories, ownership, modes.
+//!
+//! Directory mtimes: BuildKit 0.8 stamps every directory a COPY writes with the wall clock
+//! (the ones it creates, and the copied ones: its context transfer does not keep directory
+//! dates); kiln gives them the COPY's clamp, the newest date among the copied context files.
+
+use super::{Case, Group, run_group};
+
+const FILES: &[(&str, &str)] = &[
+    ("a.txt", "alpha\n"),
+    ("b.txt", "bravo\n"),
+    ("c.md", "charlie\n"),
+    ("x1.txt", "x one\n"),
+    ("xa.txt", "x a\n"),
+    ("dir/one", "1\n"),
+    ("dir/sub/two", "2\n"),
+    ("dir/sub/deeper/three", "3\n"),
+    ("empty/", ""),
+    ("link", "->a.txt"),
+    ("dirlink", "->dir"),
+    ("run.sh", "#!/bin/sh\necho hi\n"),
+];
+
+#[test]
+fn copy_sources_and_destinations() -> anyhow::Result<()> {
+    run_group(&Group {
+        name: "copy-paths",
+        dockerfile: r#"FROM scratch AS file-to-dir
+COPY a.txt /dst/
+
+FROM scratch AS file-rename
+COPY a.txt /dst/renamed
+
+FROM scratch AS two-files
+COPY a.txt b.txt /dst/
+
+FROM scratch AS dir-contents
+COPY dir /dst
+
+FROM scratch AS dir-into-dir
+COPY dir /dst/
+
+FROM scratch AS dot
+COPY . /all/
+
+FROM scratch AS empty-dir
+COPY empty /e
+
+FROM scratch AS symlink-kept
+COPY link /l
+
+FROM scratch AS dirlink-kept
+COPY dirlink /dl
+
+FROM scratch AS relative-dest
+WORKDIR /w
+COPY a.txt rel/
+
+FROM scratch AS nested-dest
+COPY b.txt /p/q/r/s.txt
+"#,
+        files: FILES,
+        args: &[],
+        cases: &[
+            Case {
+                stage: "file-to-dir",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "file-rename",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "two-files",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "dir-contents",
+                expect: &[
+                    "/dst mtime kiln=1609459200 docker=now",
+                    "/dst/sub mtime kiln=1609459200 docker=now",
+                    "/dst/sub/deeper mtime kiln=1609459200 docker=now",
+                ],
+            },
+            Case {
+                stage: "dir-into-dir",
+                expect: &[
+                    "/dst mtime kiln=1609459200 docker=now",
+                    "/dst/sub mtime kiln=1609459200 docker=now",
+                    "/dst/sub/deeper mtime kiln=1609459200 docker=now",
+                ],
+            },
+            Case {
+                stage: "dot",
+                expect: &[
+                    "/all mtime kiln=1609459200 docker=now",
+                    "/all/dir mtime kiln=1609459200 docker=now",
+                    "/all/dir/sub mtime kiln=1609459200 docker=now",
+                    "/all/dir/sub/deeper mtime kiln=1609459200 docker=now",
+                ],
+            },
+            Case {
+                stage: "empty-dir",
+                expect: &["/e mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "symlink-kept",
+                expect: &[],
+            },
+            Case {
+                stage: "dirlink-kept",
+                expect: &[
+                    "/dl mtime kiln=1609459200 docker=now",
+                    "/dl/sub mtime kiln=1609459200 docker=now",
+                    "/dl/sub/deeper mtime kiln=1609459200 docker=now",
+                ],
+            },
+            Case {
+                stage: "relative-dest",
+                expect: &[
+                    "/w mtime kiln=1609459200 docker=now",
+                    "/w/rel mtime kiln=1609459200 docker=now",
+                ],
+            },
+            Case {
+                stage: "nested-dest",
+                expect: &[
+                    "/p mtime kiln=1609459200 docker=now",
+                    "/p/q mtime kiln=1609459200 docker=now",
+                    "/p/q/r mtime kiln=1609459200 docker=now",
+                ],
+            },
+        ],
+    })
+}
+
+#[test]
+fn copy_wildcards() -> anyhow::Result<()> {
+    run_group(&Group {
+        name: "copy-wild",
+        dockerfile: r#"FROM scratch AS star
+COPY *.txt /dst/
+
+FROM scratch AS question
+COPY ?.txt /dst/
+
+FROM scratch AS class
+COPY x[0-9].txt /dst/
+
+FROM scratch AS class-bang
+COPY x[!1].txt /dst/
+
+FROM scratch AS class-caret
+COPY x[^1].txt /dst/
+
+FROM scratch AS dir-star
+COPY dir/* /dst/
+"#,
+        files: FILES,
+        args: &[],
+        cases: &[
+            Case {
+                stage: "star",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "question",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "class",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "class-bang",
+                expect: &[
+                    "/dst mtime kiln=1609459200 docker=now",
+                    "/dst/x1.txt exists kiln=- docker=file",
+                    "/dst/xa.txt exists kiln=file docker=-",
+                ],
+            },
+            Case {
+                stage: "class-caret",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "dir-star",
+                expect: &[
+                    "/dst mtime kiln=1609459200 docker=now",
+                    "/dst/deeper mtime kiln=1609459200 docker=now",
+                ],
+            },
+        ],
+    })
+}
+
+#[test]
+fn copy_ownership_and_modes() -> anyhow::Result<()> {
+    run_group(&Group {
+        name: "copy-owner",
+        dockerfile: r#"FROM base AS chown-ids
+COPY --chown=1000:1000 a.txt /dst/
+
+FROM base AS chown-uid-only
+COPY --chown=1234 dir /dst
+
+FROM base AS chown-names
+COPY --chown=nobody:nogroup a.txt /dst/
+
+FROM base AS exec-bit
+COPY run.sh /usr/local/bin/
+
+FROM base AS into-existing
+COPY dir /etc/
+
+FROM base AS over-file
+COPY b.txt /etc/passwd
+"#,
+        files: FILES,
+        args: &[],
+        cases: &[
+            Case {
+                stage: "chown-ids",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "chown-uid-only",
+                expect: &[
+                    "/dst mtime kiln=1609459200 docker=now",
+                    "/dst/sub mtime kiln=1609459200 docker=now",
+                    "/dst/sub/deeper mtime kiln=1609459200 docker=now",
+                ],
+            },
+            Case {
+                stage: "chown-names",
+                expect: &["/dst mtime kiln=1609459200 docker=now"],
+            },
+            Case {
+                stage: "exec-bit",
+                expect: &[
+                    "/usr mtime kiln=1609459200 docker=now",
+                    "/usr/local mtime kiln=1609459200 docker=now",
+                    "/usr/local/bin mtime kiln=1609459200 docker=now",
+                ],
+            },
+            Case {
+                stage: "into-existing",
+                expect: &[
+                    "/etc mtime kiln=1609459200 docker=now",
+                    "/etc/sub mtime kiln=1609459200 docker=now",
+                    "/etc/sub/deeper mtime kiln=1609459200 docker=now",
+                ],
+            },
+            Case {
+                stage: "over-file",
+                expect: &[],
+            },
+        ],
+    })
+}
