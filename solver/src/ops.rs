@@ -38,9 +38,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
 
-/// mtime clamp of RUN layers: every mtime becomes the epoch. A RUN stamps files with the wall
-/// clock; clamping them (SOURCE_DATE_EPOCH=0 style) is what makes a rebuild byte-identical.
-pub const RUN_CLAMP_MTIME: Option<i64> = Some(0);
+/// mtime clamp of RUN layers: none; [`cache::layer::writer::StepMtimes`] gives what the RUN
+/// dated the build's epoch and keeps older dates, which makes a rebuild byte-identical.
+pub const RUN_CLAMP_MTIME: Option<i64> = None;
 
 /// mtime clamp of COPY layers when no context file is copied (COPY --from, WORKDIR): the epoch,
 /// as for RUN (files from other stages already carry clamped times).
@@ -1198,8 +1198,10 @@ impl Runner {
             }
             _ => Default::default(),
         };
+        let mut mtimes = None;
         let (spec, clamp) = match &node.op {
             Op::Exec(x) => {
+                mtimes = Some(cache::layer::writer::StepMtimes::starting_now());
                 let (spec, g) = self.exec_spec(n, x, rootfs, inputs)?;
                 guards = Some(g);
                 (spec, RUN_CLAMP_MTIME)
@@ -1230,6 +1232,7 @@ impl Runner {
         drop(guards);
         let store = self.store.clone();
         let layer = tokio::task::spawn_blocking(move || {
+            mtimes.map_or(Ok(0), |m| m.restamp(&upper))?;
             store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })
         })
         .await
