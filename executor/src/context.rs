@@ -210,7 +210,7 @@ fn match_segments(pat: &[String], path: &[&str]) -> bool {
     }
 }
 
-/// `filepath.Match` on one path segment: `*`, `?`, `[a-z]`, `[^x]`/`[!x]`, `\` escapes.
+/// `filepath.Match` on one path segment: `*`, `?`, `[a-z]`, `[^x]`, `\` escapes.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
@@ -234,35 +234,40 @@ fn glob_at(p: &[char], n: &[char]) -> bool {
     }
 }
 
-/// Matches `c` against a class body (after `[`); returns (matched, chars used incl. `]`).
+/// Matches `c` against a class body (after `[`); returns (matched, chars used incl. `]`), or
+/// `None` for a bad class. As Go's `filepath.Match`: only `^` negates (`[!x]` is the set of
+/// `!` and `x`), and an unescaped `-` or `]` where a class character is expected (`[]a]`,
+/// `[a-]`, `[-a]`, `[]`) or an unclosed class makes the pattern bad, which matches nothing.
 fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
+    /// One class character, `\` escapes allowed; `None` when bad or nothing follows it.
+    fn class_char(p: &[char], i: usize) -> Option<(char, usize)> {
+        let (ch, next) = match p.get(i)? {
+            '-' | ']' => return None,
+            '\\' => (*p.get(i + 1)?, i + 2),
+            ch => (*ch, i + 1),
+        };
+        (next < p.len()).then_some((ch, next))
+    }
     let mut i = 0;
-    let negate = matches!(p.first(), Some('^') | Some('!'));
+    let negate = p.first() == Some(&'^');
     if negate {
         i += 1;
     }
     let mut hit = false;
-    let mut first = true;
-    while i < p.len() {
-        if p[i] == ']' && !first {
+    let mut ranges = 0;
+    loop {
+        if p.get(i) == Some(&']') && ranges > 0 {
             return Some((hit != negate, i + 1));
         }
-        first = false;
-        let mut lo = p[i];
-        if lo == '\\' && i + 1 < p.len() {
-            i += 1;
-            lo = p[i];
+        let (lo, next) = class_char(p, i)?;
+        i = next;
+        let mut hi = lo;
+        if p[i] == '-' {
+            (hi, i) = class_char(p, i + 1)?;
         }
-        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-            let hi = p[i + 2];
-            hit |= lo <= c && c <= hi;
-            i += 3;
-        } else {
-            hit |= lo == c;
-            i += 1;
-        }
+        hit |= lo <= c && c <= hi;
+        ranges += 1;
     }
-    None
 }
 
 /// Whether a source has wildcard characters.
@@ -827,8 +832,28 @@ mod tests {
         assert!(!i.is_ignored("fileA.txt", false));
         assert!(i.is_ignored("a.c", false));
         assert!(!i.is_ignored("ab.c", false));
-        assert!(i.is_ignored("xb", false));
-        assert!(!i.is_ignored("xa", false));
+        // As docker: `!` in a class is literal (`x[!a]` is x followed by `!` or `a`).
+        assert!(i.is_ignored("xa", false));
+        assert!(i.is_ignored("x!", false));
+        assert!(!i.is_ignored("xb", false));
+    }
+
+    #[test]
+    fn classes_follow_go_filepath_match() {
+        assert!(glob_match("x[^1]", "xa"));
+        assert!(!glob_match("x[^1]", "x1"));
+        assert!(glob_match("x[!1]", "x1"));
+        assert!(glob_match("x[!1]", "x!"));
+        assert!(!glob_match("x[!1]", "xa"));
+        assert!(glob_match("[a-c]", "b"));
+        assert!(glob_match("[\\]]", "]"));
+        assert!(glob_match("[\\-]", "-"));
+        // Bad patterns match nothing, as filepath.Match's ErrBadPattern.
+        for bad in ["[]a]", "[a-]", "[-a]", "[]", "[a", "[a-"] {
+            for name in ["a", "]", "-", "[a]"] {
+                assert!(!glob_match(bad, name), "{bad} matched {name}");
+            }
+        }
     }
 
     #[test]

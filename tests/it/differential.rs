@@ -16,6 +16,7 @@
 //! checks both halves of that (docker's time is within the build, kiln's is exactly 0).
 
 mod cases_copy;
+mod cases_ignore;
 mod cases_meta;
 mod cases_run;
 
