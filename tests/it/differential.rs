@@ -40,6 +40,9 @@ const BASE: &str = "kiln-differential-base:1";
 /// build, so that a kept date and a stamped one are told apart.
 pub const CTX_MTIME: i64 = 1_609_459_200;
 
+/// The mtime of every context directory (2020-12-31T00:00:00Z), told apart from the files'.
+pub const CTX_DIR_MTIME: i64 = CTX_MTIME - 86_400;
+
 /// One case: a stage of its group's Dockerfile and the divergences it expects.
 pub struct Case {
     pub stage: &'static str,
@@ -335,7 +338,7 @@ fn compare(kiln: &Image, docker: &Image) -> Vec<String> {
     out
 }
 
-/// Writes the group's context, with every mtime set to [`CTX_MTIME`].
+/// Writes the group's context, files dated [`CTX_MTIME`] and directories [`CTX_DIR_MTIME`].
 fn write_context(t: &TestDir, g: &Group) -> anyhow::Result<()> {
     std::fs::write(
         t.ctx.join("Dockerfile"),
@@ -365,6 +368,13 @@ fn write_context(t: &TestDir, g: &Group) -> anyhow::Result<()> {
             "{}",
             "+",
         ])
+        .output()?;
+    ensure!(out.status.success(), "touch: {}", text(&out));
+    let out = Command::new("find")
+        .arg(&t.ctx)
+        .args(["-type", "d", "-exec", "touch", "-d"])
+        .arg(format!("@{CTX_DIR_MTIME}"))
+        .args(["{}", "+"])
         .output()?;
     ensure!(out.status.success(), "touch: {}", text(&out));
     Ok(())
@@ -399,7 +409,7 @@ pub fn run_group(g: &Group) -> anyhow::Result<()> {
         args.push(ctx);
         t.ok(&args)?;
         t.ok(&["save", "-o", kiln_tar.to_str().context("utf-8")?, &tag])?;
-        let mut dargs = vec!["build", "-q"];
+        let mut dargs = vec!["build", "-q", "--no-cache"];
         dargs.extend_from_slice(&args[1..]);
         let built = docker(&dargs);
         if built.is_ok() {

@@ -1,8 +1,11 @@
 //! COPY and ADD semantics: sources, destinations, wildcards, directories, ownership, modes.
 //!
-//! Directory mtimes: BuildKit 0.8 stamps every directory a COPY writes with the wall clock
-//! (the ones it creates, and the copied ones: its context transfer does not keep directory
-//! dates); kiln gives them the COPY's clamp, the newest date among the copied context files.
+//! Directory mtimes: directories a COPY creates as parents or adds entries to carry the
+//! build's time in both (BuildKit's wall clock, kiln's epoch: the global rule). Directories
+//! copied from the context keep their own date in kiln (as newer BuildKit does: fsutil's
+//! disk writer restores directory times after the transfer); BuildKit 0.8's context transfer
+//! loses them, so its copies are stamped with the wall clock: asserted as
+//! `DIR mtime kiln=1609372800 docker=now` ([`super::CTX_DIR_MTIME`]).
 
 use super::{Case, Group, run_group};
 
@@ -64,44 +67,44 @@ COPY b.txt /p/q/r/s.txt
         cases: &[
             Case {
                 stage: "file-to-dir",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "file-rename",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "two-files",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "dir-contents",
                 expect: &[
-                    "/dst mtime kiln=1609459200 docker=now",
-                    "/dst/sub mtime kiln=1609459200 docker=now",
-                    "/dst/sub/deeper mtime kiln=1609459200 docker=now",
+                    "/dst mtime kiln=1609372800 docker=now",
+                    "/dst/sub mtime kiln=1609372800 docker=now",
+                    "/dst/sub/deeper mtime kiln=1609372800 docker=now",
                 ],
             },
             Case {
                 stage: "dir-into-dir",
                 expect: &[
-                    "/dst mtime kiln=1609459200 docker=now",
-                    "/dst/sub mtime kiln=1609459200 docker=now",
-                    "/dst/sub/deeper mtime kiln=1609459200 docker=now",
+                    "/dst mtime kiln=1609372800 docker=now",
+                    "/dst/sub mtime kiln=1609372800 docker=now",
+                    "/dst/sub/deeper mtime kiln=1609372800 docker=now",
                 ],
             },
             Case {
                 stage: "dot",
                 expect: &[
-                    "/all mtime kiln=1609459200 docker=now",
-                    "/all/dir mtime kiln=1609459200 docker=now",
-                    "/all/dir/sub mtime kiln=1609459200 docker=now",
-                    "/all/dir/sub/deeper mtime kiln=1609459200 docker=now",
+                    "/all mtime kiln=1609372800 docker=now",
+                    "/all/dir mtime kiln=1609372800 docker=now",
+                    "/all/dir/sub mtime kiln=1609372800 docker=now",
+                    "/all/dir/sub/deeper mtime kiln=1609372800 docker=now",
                 ],
             },
             Case {
                 stage: "empty-dir",
-                expect: &["/e mtime kiln=1609459200 docker=now"],
+                expect: &["/e mtime kiln=1609372800 docker=now"],
             },
             Case {
                 stage: "symlink-kept",
@@ -110,25 +113,18 @@ COPY b.txt /p/q/r/s.txt
             Case {
                 stage: "dirlink-kept",
                 expect: &[
-                    "/dl mtime kiln=1609459200 docker=now",
-                    "/dl/sub mtime kiln=1609459200 docker=now",
-                    "/dl/sub/deeper mtime kiln=1609459200 docker=now",
+                    "/dl mtime kiln=1609372800 docker=now",
+                    "/dl/sub mtime kiln=1609372800 docker=now",
+                    "/dl/sub/deeper mtime kiln=1609372800 docker=now",
                 ],
             },
             Case {
                 stage: "relative-dest",
-                expect: &[
-                    "/w mtime kiln=1609459200 docker=now",
-                    "/w/rel mtime kiln=1609459200 docker=now",
-                ],
+                expect: &[],
             },
             Case {
                 stage: "nested-dest",
-                expect: &[
-                    "/p mtime kiln=1609459200 docker=now",
-                    "/p/q mtime kiln=1609459200 docker=now",
-                    "/p/q/r mtime kiln=1609459200 docker=now",
-                ],
+                expect: &[],
             },
         ],
     })
@@ -170,45 +166,41 @@ COPY * /dst/
         cases: &[
             Case {
                 stage: "star",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "question",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "class",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "class-bang",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "class-caret",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "dir-star",
-                expect: &[
-                    "/dst mtime kiln=1609459200 docker=now",
-                    "/dst/deeper mtime kiln=1609459200 docker=now",
-                ],
+                expect: &["/dst/deeper mtime kiln=1609372800 docker=now"],
             },
             Case {
                 stage: "class-letters",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "star-dir-depth",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "star-everything",
                 expect: &[
-                    "/dst mtime kiln=1609459200 docker=now",
-                    "/dst/sub mtime kiln=1609459200 docker=now",
-                    "/dst/sub/deeper mtime kiln=1609459200 docker=now",
+                    "/dst/sub mtime kiln=1609372800 docker=now",
+                    "/dst/sub/deeper mtime kiln=1609372800 docker=now",
                 ],
             },
         ],
@@ -242,34 +234,29 @@ COPY b.txt /etc/passwd
         cases: &[
             Case {
                 stage: "chown-ids",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "chown-uid-only",
                 expect: &[
-                    "/dst mtime kiln=1609459200 docker=now",
-                    "/dst/sub mtime kiln=1609459200 docker=now",
-                    "/dst/sub/deeper mtime kiln=1609459200 docker=now",
+                    "/dst mtime kiln=1609372800 docker=now",
+                    "/dst/sub mtime kiln=1609372800 docker=now",
+                    "/dst/sub/deeper mtime kiln=1609372800 docker=now",
                 ],
             },
             Case {
                 stage: "chown-names",
-                expect: &["/dst mtime kiln=1609459200 docker=now"],
+                expect: &[],
             },
             Case {
                 stage: "exec-bit",
-                expect: &[
-                    "/usr mtime kiln=1609459200 docker=now",
-                    "/usr/local mtime kiln=1609459200 docker=now",
-                    "/usr/local/bin mtime kiln=1609459200 docker=now",
-                ],
+                expect: &[],
             },
             Case {
                 stage: "into-existing",
                 expect: &[
-                    "/etc mtime kiln=1609459200 docker=now",
-                    "/etc/sub mtime kiln=1609459200 docker=now",
-                    "/etc/sub/deeper mtime kiln=1609459200 docker=now",
+                    "/etc/sub mtime kiln=1609372800 docker=now",
+                    "/etc/sub/deeper mtime kiln=1609372800 docker=now",
                 ],
             },
             Case {
