@@ -21,7 +21,9 @@ mod cases_copy;
 mod cases_expand;
 mod cases_ignore;
 mod cases_meta;
+mod cases_onto;
 mod cases_run;
+mod cases_run2;
 mod cases_stages;
 
 use crate::harness::{TestDir, busybox_tar, privileged, text};
