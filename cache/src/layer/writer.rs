@@ -232,23 +232,7 @@ impl<W: Write> LayerWriter<W> {
         if secs < clamp || (secs == clamp && item.meta.mtime_nsec() == 0) {
             return Ok(secs);
         }
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: clamp,
-                tv_nsec: 0,
-            },
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            &item.abs,
-            &times,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| io_err("clamp mtime of", &item.abs)(e.into()))?;
+        set_mtime(&item.abs, clamp)?;
         Ok(clamp)
     }
 
