@@ -17,6 +17,7 @@
 //! checks both halves of that (docker's time is within the build, kiln's is exactly 0).
 
 mod cases_add;
+mod cases_chmod;
 mod cases_copy;
 mod cases_expand;
 mod cases_ignore;
