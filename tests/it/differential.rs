@@ -21,6 +21,7 @@ mod cases_chmod;
 mod cases_copy;
 mod cases_expand;
 mod cases_ignore;
+mod cases_links;
 mod cases_meta;
 mod cases_onto;
 mod cases_run;
@@ -63,7 +64,8 @@ pub struct Group {
     pub name: &'static str,
     pub dockerfile: &'static str,
     /// Context files: (path, content); a path ending in `/` is an empty directory, a content
-    /// starting with `->` a symlink to the rest.
+    /// starting with `->` a symlink to the rest, one starting with `=>` a hard link to the
+    /// context file the rest names (listed before it).
     pub files: &'static [(&'static str, &'static str)],
     pub args: &'static [&'static str],
     pub cases: &'static [Case],
@@ -393,7 +395,9 @@ fn write_context(t: &TestDir, g: &Group) -> anyhow::Result<()> {
             continue;
         }
         std::fs::create_dir_all(abs.parent().context("a parent")?)?;
-        if let Some(target) = content.strip_prefix("->") {
+        if let Some(target) = content.strip_prefix("=>") {
+            std::fs::hard_link(t.ctx.join(target), &abs)?;
+        } else if let Some(target) = content.strip_prefix("->") {
             std::os::unix::fs::symlink(target, &abs)?;
         } else if *content == "@tar" {
             let tar = sample_tar()?;
