@@ -476,6 +476,13 @@ pub fn run_group(g: &Group) -> anyhow::Result<()> {
             t.ok(&["save", "-o", kiln_tar.to_str().context("utf-8")?, &tag])?;
             let kiln = read_archive(&kiln_tar)?;
             let dock = read_archive(&docker_tar)?;
+            // Every case's image has files: empty trees would compare equal and prove nothing.
+            ensure!(
+                !kiln.files.is_empty() && !dock.files.is_empty(),
+                "{}/{}: an image read back empty",
+                g.name,
+                case.stage
+            );
             compare(&kiln, &dock)
         } else {
             // A build kiln refuses on purpose: the case names a line of kiln's error.
@@ -498,4 +505,59 @@ pub fn run_group(g: &Group) -> anyhow::Result<()> {
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
+}
+
+#[test]
+fn compare_names_every_field_that_differs() {
+    let entry = |kind: &str| Entry {
+        kind: kind.to_owned(),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        size: 3,
+        digest: String::from("abc"),
+        link: String::new(),
+        mtime: CTX_MTIME,
+    };
+    let image = |files: Vec<(&str, Entry)>, user: &str| Image {
+        config: serde_json::json!({ "User": user, "Env": null }),
+        files: files.into_iter().map(|(p, e)| (p.to_owned(), e)).collect(),
+    };
+    let mut changed = entry("file");
+    changed.mode = 0o600;
+    changed.uid = 1;
+    changed.size = 4;
+    changed.digest = String::from("def");
+    changed.mtime = 5;
+    let mut stamped = entry("dir");
+    stamped.mtime = CTX_MTIME + 100;
+    let mut epoch = entry("dir");
+    epoch.mtime = 0;
+    let kiln = image(
+        vec![("f", changed), ("only-kiln", entry("file")), ("d", epoch)],
+        "1",
+    );
+    let docker = image(
+        vec![
+            ("f", entry("file")),
+            ("l", entry("symlink")),
+            ("d", stamped),
+        ],
+        "",
+    );
+    let mut got = compare(&kiln, &docker);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "/f digest kiln=def docker=abc",
+            "/f mode kiln=600 docker=644",
+            "/f mtime kiln=5 docker=1609459200",
+            "/f owner kiln=1:0 docker=0:0",
+            "/f size kiln=4 docker=3",
+            "/l exists kiln=- docker=symlink",
+            "/only-kiln exists kiln=file docker=-",
+            "config.User kiln=1 docker=-",
+        ]
+    );
 }

@@ -95,3 +95,32 @@ RUN echo "$GREETING $WHO $PATH" > /out
         ],
     })
 }
+
+/// The epoch of the mtime rule comes from SOURCE_DATE_EPOCH (kiln only: BuildKit 0.8 has no
+/// SOURCE_DATE_EPOCH): what the RUN dated gets it, older dates stay.
+#[test]
+fn run_dates_get_source_date_epoch() -> anyhow::Result<()> {
+    let Some(t) = crate::harness::busybox_dir(&[])? else {
+        return Ok(());
+    };
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nRUN echo new > /new && touch -t 201901010000 /old && chmod 600 /etc/group\n",
+    );
+    let ctx = t.ctx.to_str().unwrap_or_default().to_owned();
+    let out = t
+        .cmd(&["build", "-t", "epoch:1", &ctx])
+        .env("SOURCE_DATE_EPOCH", "1234567890")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{}", crate::harness::text(&out));
+    let tar = t.dir.path().join("epoch.tar");
+    t.ok(&["save", "-o", tar.to_str().unwrap_or_default(), "epoch:1"])?;
+    let image = super::read_archive(&tar)?;
+    let mtime = |p: &str| image.files.get(p).map(|e| e.mtime);
+    anyhow::ensure!(mtime("new") == Some(1_234_567_890), "{:?}", mtime("new"));
+    anyhow::ensure!(mtime("etc") == Some(1_234_567_890), "{:?}", mtime("etc"));
+    // Dated by the step on purpose, and a base file (dated 0) copied up by chmod: kept.
+    anyhow::ensure!(mtime("old") == Some(1_546_300_800), "{:?}", mtime("old"));
+    anyhow::ensure!(mtime("etc/group") == Some(0), "{:?}", mtime("etc/group"));
+    Ok(())
+}
