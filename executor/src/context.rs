@@ -30,6 +30,13 @@ pub enum ContextError {
         /// The source as written.
         path: String,
     },
+    /// A wildcard source whose character class is malformed (`x[]a]`, `[a-]`): BuildKit's
+    /// `syntax error in pattern` (Go's `filepath.ErrBadPattern`).
+    #[error("syntax error in pattern: {pattern}")]
+    BadPattern {
+        /// The source as written.
+        pattern: String,
+    },
     /// Reading the context failed.
     #[error("reading {path}")]
     Io {
@@ -270,6 +277,25 @@ fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
     }
 }
 
+/// Whether every character class and escape of `pattern` is well formed, as Go's
+/// `filepath.Match` requires (a bad one is an error there, whatever the name).
+pub fn pattern_is_valid(pattern: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '\\' if i + 1 == p.len() => return false,
+            '\\' => i += 2,
+            '[' => match class_match(&p[i + 1..], '\0') {
+                Some((_, used)) => i += 1 + used,
+                None => return false,
+            },
+            _ => i += 1,
+        }
+    }
+    true
+}
+
 /// Whether a source has wildcard characters.
 pub fn has_wildcard(s: &str) -> bool {
     s.contains(['*', '?', '['])
@@ -344,6 +370,11 @@ fn walk(
     for (index, source) in sources.iter().enumerate() {
         let rel = clean(source);
         let matches = if has_wildcard(&rel) {
+            if !pattern_is_valid(&rel) {
+                return Err(ContextError::BadPattern {
+                    pattern: source.clone(),
+                });
+            }
             walker.expand(&rel)?
         } else {
             if walker.ignore.is_ignored(&rel, false) && !rel.is_empty() {
@@ -848,11 +879,14 @@ mod tests {
         assert!(glob_match("[a-c]", "b"));
         assert!(glob_match("[\\]]", "]"));
         assert!(glob_match("[\\-]", "-"));
+        assert!(pattern_is_valid("x[a-c]/[^1]*.txt"));
+        assert!(pattern_is_valid("\\[literal"));
         // Bad patterns match nothing, as filepath.Match's ErrBadPattern.
         for bad in ["[]a]", "[a-]", "[-a]", "[]", "[a", "[a-"] {
             for name in ["a", "]", "-", "[a]"] {
                 assert!(!glob_match(bad, name), "{bad} matched {name}");
             }
+            assert!(!pattern_is_valid(&format!("dir/{bad}")), "{bad} is valid");
         }
     }
 

@@ -10,7 +10,8 @@
 //!
 //! Every difference found must be listed by its case, as `PATH FIELD kiln=X docker=Y` or
 //! `config.FIELD kiln=X docker=Y` (or `kiln fails (ERROR LINE), docker builds` for a build
-//! kiln refuses on purpose): an intentional divergence is asserted, never ignored. One
+//! kiln refuses on purpose, `both fail (kiln ERROR; docker ERROR)` for one both refuse): an
+//! intentional divergence is asserted, never ignored. One
 //! rule applies to every case: a file that BuildKit 0.8 stamps with the build's wall clock
 //! (a RUN's new files, WORKDIR's new directories) carries the build epoch (0) in kiln's image,
 //! as BuildKit does with SOURCE_DATE_EPOCH=0 (0.8 has no SOURCE_DATE_EPOCH); [`compare`]
@@ -471,27 +472,43 @@ pub fn run_group(g: &Group) -> anyhow::Result<()> {
             docker(&["save", "-o", docker_tar.to_str().context("utf-8")?, &tag])?;
         }
         let _ = docker(&["rmi", "-f", &tag]);
-        built?;
-        let mut got = if kiln_build.status.success() {
-            t.ok(&["save", "-o", kiln_tar.to_str().context("utf-8")?, &tag])?;
-            let kiln = read_archive(&kiln_tar)?;
-            let dock = read_archive(&docker_tar)?;
-            // Every case's image has files: empty trees would compare equal and prove nothing.
-            ensure!(
-                !kiln.files.is_empty() && !dock.files.is_empty(),
-                "{}/{}: an image read back empty",
-                g.name,
-                case.stage
-            );
-            compare(&kiln, &dock)
-        } else {
-            // A build kiln refuses on purpose: the case names a line of kiln's error.
+        let error_line = |err: &str| {
+            err.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(no output)")
+                .to_owned()
+        };
+        let kiln_error = || {
             let err = String::from_utf8_lossy(&kiln_build.stderr).into_owned();
-            let line = err
-                .lines()
+            err.lines()
                 .find(|l| l.starts_with("error: "))
-                .unwrap_or("error: (no error line)");
-            vec![format!("kiln fails ({line}), docker builds")]
+                .unwrap_or("error: (no error line)")
+                .to_owned()
+        };
+        let mut got = match (kiln_build.status.success(), built) {
+            // A build both refuse: the case names both errors.
+            (false, Err(e)) => vec![format!(
+                "both fail (kiln {}; docker {})",
+                kiln_error(),
+                error_line(&format!("{e:#}"))
+            )],
+            (true, Err(e)) => return Err(e),
+            // A build kiln refuses on purpose: the case names kiln's error.
+            (false, Ok(_)) => vec![format!("kiln fails ({}), docker builds", kiln_error())],
+            (true, Ok(_)) => {
+                t.ok(&["save", "-o", kiln_tar.to_str().context("utf-8")?, &tag])?;
+                let kiln = read_archive(&kiln_tar)?;
+                let dock = read_archive(&docker_tar)?;
+                // Every case's image has files: empty trees would compare equal and prove nothing.
+                ensure!(
+                    !kiln.files.is_empty() && !dock.files.is_empty(),
+                    "{}/{}: an image read back empty",
+                    g.name,
+                    case.stage
+                );
+                compare(&kiln, &dock)
+            }
         };
         got.sort();
         let mut want: Vec<String> = case.expect.iter().map(|s| (*s).to_owned()).collect();

@@ -160,6 +160,12 @@ COPY dir/*/two /dst/
 
 FROM scratch AS star-everything
 COPY * /dst/
+
+FROM scratch AS bad-class-bracket
+COPY x[]a].txt a.txt /dst/
+
+FROM scratch AS bad-class-dash
+COPY x[a-].txt x[-a].txt a.txt /dst/
 "#,
         files: FILES,
         args: &[],
@@ -201,6 +207,18 @@ COPY * /dst/
                 expect: &[
                     "/dst/sub mtime kiln=1609372800 docker=now",
                     "/dst/sub/deeper mtime kiln=1609372800 docker=now",
+                ],
+            },
+            Case {
+                stage: "bad-class-bracket",
+                expect: &[
+                    "both fail (kiln error: Dockerfile:29: COPY x[]a].txt a.txt /dst/: syntax error in pattern: x[]a].txt; docker failed to compute cache key: syntax error in pattern)",
+                ],
+            },
+            Case {
+                stage: "bad-class-dash",
+                expect: &[
+                    "both fail (kiln error: Dockerfile:32: COPY x[a-].txt x[-a].txt a.txt /dst/: syntax error in pattern: x[a-].txt; docker failed to compute cache key: syntax error in pattern)",
                 ],
             },
         ],
