@@ -131,3 +131,107 @@ WORKDIR ../c
         ],
     })
 }
+
+#[test]
+fn metadata_variants() -> anyhow::Result<()> {
+    run_group(&Group {
+        name: "meta2",
+        dockerfile: r#"FROM base AS expose-range
+EXPOSE 8000-8002 9000/udp
+
+FROM base AS stopsignal-number
+STOPSIGNAL 9
+
+FROM base AS entrypoint-shell
+ENTRYPOINT exec top -b
+
+FROM base AS last-cmd-wins
+CMD ["first"]
+CMD ["second"]
+
+FROM base AS healthcheck-shell
+HEALTHCHECK --start-period=3s CMD echo ok || exit 1
+
+FROM base AS healthcheck-exec
+HEALTHCHECK CMD ["/bin/true"]
+
+FROM base AS user-uid
+USER 1000
+
+FROM base AS label-from-arg
+ARG VERSION=1.2.3
+LABEL version=$VERSION "multi word"="x y" empty=""
+
+FROM base AS volume-expanded
+ENV V=/vol
+VOLUME $V ${V}2
+
+FROM base AS workdir-root
+WORKDIR /
+
+FROM base AS env-multiline
+ENV A=1 \
+    B=2 \
+    C="three four"
+
+FROM base AS inherited-meta
+ENV X=1
+LABEL l=1
+FROM base AS x-unused
+FROM inherited-meta AS child
+ENV Y=$X
+"#,
+        files: &[],
+        args: &[],
+        cases: &[
+            Case {
+                stage: "expose-range",
+                expect: &[],
+            },
+            Case {
+                stage: "stopsignal-number",
+                expect: &[],
+            },
+            Case {
+                stage: "entrypoint-shell",
+                expect: &[],
+            },
+            Case {
+                stage: "last-cmd-wins",
+                expect: &[],
+            },
+            Case {
+                stage: "healthcheck-shell",
+                expect: &[],
+            },
+            Case {
+                stage: "healthcheck-exec",
+                expect: &[],
+            },
+            Case {
+                stage: "user-uid",
+                expect: &[],
+            },
+            Case {
+                stage: "label-from-arg",
+                expect: &[],
+            },
+            Case {
+                stage: "volume-expanded",
+                expect: &[],
+            },
+            Case {
+                stage: "workdir-root",
+                expect: &[],
+            },
+            Case {
+                stage: "env-multiline",
+                expect: &[],
+            },
+            Case {
+                stage: "child",
+                expect: &[],
+            },
+        ],
+    })
+}
