@@ -236,6 +236,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         },
         ssh,
         security: crate::security::parse(&a.security_opt)?,
+        // A whole number of seconds in the environment's SOURCE_DATE_EPOCH, else 0.
+        epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0),
         // RUN steps on the default network join the bridge (pooled namespaces).
         bridge: match a.network.as_str() {
             "host" | "none" => None,

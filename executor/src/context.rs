@@ -30,6 +30,13 @@ pub enum ContextError {
         /// The source as written.
         path: String,
     },
+    /// A wildcard source whose character class is malformed (`x[]a]`, `[a-]`): BuildKit's
+    /// `syntax error in pattern` (Go's `filepath.ErrBadPattern`).
+    #[error("syntax error in pattern: {pattern}")]
+    BadPattern {
+        /// The source as written.
+        pattern: String,
+    },
     /// Reading the context failed.
     #[error("reading {path}")]
     Io {
@@ -210,7 +217,7 @@ fn match_segments(pat: &[String], path: &[&str]) -> bool {
     }
 }
 
-/// `filepath.Match` on one path segment: `*`, `?`, `[a-z]`, `[^x]`/`[!x]`, `\` escapes.
+/// `filepath.Match` on one path segment: `*`, `?`, `[a-z]`, `[^x]`, `\` escapes.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
@@ -234,35 +241,59 @@ fn glob_at(p: &[char], n: &[char]) -> bool {
     }
 }
 
-/// Matches `c` against a class body (after `[`); returns (matched, chars used incl. `]`).
+/// Matches `c` against a class body (after `[`); returns (matched, chars used incl. `]`), or
+/// `None` for a bad class. As Go's `filepath.Match`: only `^` negates (`[!x]` is the set of
+/// `!` and `x`), and an unescaped `-` or `]` where a class character is expected (`[]a]`,
+/// `[a-]`, `[-a]`, `[]`) or an unclosed class makes the pattern bad, which matches nothing.
 fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
+    /// One class character, `\` escapes allowed; `None` when bad or nothing follows it.
+    fn class_char(p: &[char], i: usize) -> Option<(char, usize)> {
+        let (ch, next) = match p.get(i)? {
+            '-' | ']' => return None,
+            '\\' => (*p.get(i + 1)?, i + 2),
+            ch => (*ch, i + 1),
+        };
+        (next < p.len()).then_some((ch, next))
+    }
     let mut i = 0;
-    let negate = matches!(p.first(), Some('^') | Some('!'));
+    let negate = p.first() == Some(&'^');
     if negate {
         i += 1;
     }
     let mut hit = false;
-    let mut first = true;
-    while i < p.len() {
-        if p[i] == ']' && !first {
+    let mut ranges = 0;
+    loop {
+        if p.get(i) == Some(&']') && ranges > 0 {
             return Some((hit != negate, i + 1));
         }
-        first = false;
-        let mut lo = p[i];
-        if lo == '\\' && i + 1 < p.len() {
-            i += 1;
-            lo = p[i];
+        let (lo, next) = class_char(p, i)?;
+        i = next;
+        let mut hi = lo;
+        if p[i] == '-' {
+            (hi, i) = class_char(p, i + 1)?;
         }
-        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-            let hi = p[i + 2];
-            hit |= lo <= c && c <= hi;
-            i += 3;
-        } else {
-            hit |= lo == c;
-            i += 1;
+        hit |= lo <= c && c <= hi;
+        ranges += 1;
+    }
+}
+
+/// Whether every character class and escape of `pattern` is well formed, as Go's
+/// `filepath.Match` requires (a bad one is an error there, whatever the name).
+pub fn pattern_is_valid(pattern: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '\\' if i + 1 == p.len() => return false,
+            '\\' => i += 2,
+            '[' => match class_match(&p[i + 1..], '\0') {
+                Some((_, used)) => i += 1 + used,
+                None => return false,
+            },
+            _ => i += 1,
         }
     }
-    None
+    true
 }
 
 /// Whether a source has wildcard characters.
@@ -339,6 +370,11 @@ fn walk(
     for (index, source) in sources.iter().enumerate() {
         let rel = clean(source);
         let matches = if has_wildcard(&rel) {
+            if !pattern_is_valid(&rel) {
+                return Err(ContextError::BadPattern {
+                    pattern: source.clone(),
+                });
+            }
             walker.expand(&rel)?
         } else {
             if walker.ignore.is_ignored(&rel, false) && !rel.is_empty() {
@@ -827,8 +863,31 @@ mod tests {
         assert!(!i.is_ignored("fileA.txt", false));
         assert!(i.is_ignored("a.c", false));
         assert!(!i.is_ignored("ab.c", false));
-        assert!(i.is_ignored("xb", false));
-        assert!(!i.is_ignored("xa", false));
+        // As docker: `!` in a class is literal (`x[!a]` is x followed by `!` or `a`).
+        assert!(i.is_ignored("xa", false));
+        assert!(i.is_ignored("x!", false));
+        assert!(!i.is_ignored("xb", false));
+    }
+
+    #[test]
+    fn classes_follow_go_filepath_match() {
+        assert!(glob_match("x[^1]", "xa"));
+        assert!(!glob_match("x[^1]", "x1"));
+        assert!(glob_match("x[!1]", "x1"));
+        assert!(glob_match("x[!1]", "x!"));
+        assert!(!glob_match("x[!1]", "xa"));
+        assert!(glob_match("[a-c]", "b"));
+        assert!(glob_match("[\\]]", "]"));
+        assert!(glob_match("[\\-]", "-"));
+        assert!(pattern_is_valid("x[a-c]/[^1]*.txt"));
+        assert!(pattern_is_valid("\\[literal"));
+        // Bad patterns match nothing, as filepath.Match's ErrBadPattern.
+        for bad in ["[]a]", "[a-]", "[-a]", "[]", "[a", "[a-"] {
+            for name in ["a", "]", "-", "[a]"] {
+                assert!(!glob_match(bad, name), "{bad} matched {name}");
+            }
+            assert!(!pattern_is_valid(&format!("dir/{bad}")), "{bad} is valid");
+        }
     }
 
     #[test]

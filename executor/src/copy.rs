@@ -20,7 +20,7 @@ mod archive;
 pub mod chmod;
 pub mod root;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FileType;
@@ -354,6 +354,22 @@ pub fn copy(
     };
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     let mut dir_times: Vec<(String, i128)> = Vec::new();
+    // Directories this copy changes without copying them (missing parents it creates, existing
+    // ones it adds to): BuildKit stamps them with the build's time, kiln with its epoch.
+    let mut stamped: BTreeSet<String> = BTreeSet::new();
+    let mut stamp_parents = |out: &str| -> Result<()> {
+        let mut dir = out;
+        while let Some((parent, _)) = dir.rsplit_once('/') {
+            if !stamped.insert(parent.to_string()) {
+                break;
+            }
+            if dest.is_dir(parent).map_err(write_err(parent))? {
+                break;
+            }
+            dir = parent;
+        }
+        Ok(())
+    };
     let mut parent_modes: Vec<(String, u32)> = Vec::new();
 
     for (t, &start) in tops.iter().enumerate() {
@@ -383,6 +399,7 @@ pub fn copy(
             } else {
                 dest_rel.clone()
             };
+            stamp_parents(&format!("{into}/-"))?;
             dest.mkdir_all(&into, parents_owner)
                 .map_err(write_err(&into))?;
             archive::extract(dest, &top.path, format, &into, owner, parents_owner).map_err(
@@ -394,6 +411,7 @@ pub fn copy(
             continue;
         }
         let target = place(to, dest_is_dir, multi, &kept, is_dir, opts.parents)?;
+        stamp_parents(&target)?;
         // BuildKit (since fsutil#228, its testCopyChmod): with --chmod, the parents this copy
         // creates take that mode too (`COPY --chmod=770 f /p/sub/f` makes /p/sub 0770). They
         // are set once everything is written.
@@ -413,6 +431,7 @@ pub fn copy(
             } else {
                 join(&target, &sub_path(&e.rel, &top.matched))
             };
+            stamp_parents(&out)?;
             let mut meta = meta_of(e);
             if e.rel == top.rel && is_dir && !opts.parents {
                 // BuildKit (fsutil's prepareTargetDir): a directory copied to a new path
@@ -478,11 +497,23 @@ pub fn copy(
         dest.set_owner_mode(dir, parents_owner.0, parents_owner.1, *mode)
             .map_err(write_err(dir))?;
     }
+    let epoch = build_epoch();
+    for dir in stamped.iter().filter(|d| !d.is_empty()) {
+        dest.set_mtime(dir, epoch).map_err(write_err(dir))?;
+    }
     // Children changed their parents' mtimes: restore them deepest first.
     for (dir, mtime) in dir_times.iter().rev() {
         dest.set_mtime(dir, *mtime).map_err(write_err(dir))?;
     }
     Ok(())
+}
+
+/// The build's epoch in nanoseconds: `SOURCE_DATE_EPOCH` (whole seconds) when set, else 0.
+fn build_epoch() -> i128 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .map_or(0, |s| i128::from(s) * 1_000_000_000)
 }
 
 /// Writes a COPY/ADD heredoc source as `dir/name` (mode 0644, mtime at the epoch), the way

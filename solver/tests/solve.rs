@@ -186,6 +186,7 @@ impl Fixture {
             ssh: Default::default(),
             bridge: None,
             security: Default::default(),
+            epoch: 0,
         };
         let solver = Solver::new(self.store.clone(), opts);
         let rt = tokio::runtime::Builder::new_multi_thread()

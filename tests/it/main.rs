@@ -12,6 +12,7 @@ mod cache_backends;
 mod check;
 mod cli_docker;
 mod containers;
+mod differential;
 mod dockerfile_buildkit;
 mod dockerfile_semantics;
 mod errors;

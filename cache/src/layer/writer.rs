@@ -232,23 +232,7 @@ impl<W: Write> LayerWriter<W> {
         if secs < clamp || (secs == clamp && item.meta.mtime_nsec() == 0) {
             return Ok(secs);
         }
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: clamp,
-                tv_nsec: 0,
-            },
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            &item.abs,
-            &times,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| io_err("clamp mtime of", &item.abs)(e.into()))?;
+        set_mtime(&item.abs, clamp)?;
         Ok(clamp)
     }
 
@@ -419,5 +403,112 @@ fn set_link(h: &mut Header, pax: &mut Pax, target: &[u8]) {
         let n = old.linkname.len();
         old.linkname.copy_from_slice(&target[..n]);
         pax.push(("linkpath".to_owned(), target.to_vec()));
+    }
+}
+
+/// The mtime rule of a RUN layer: what the step dated (every mtime at or after its start) gets
+/// the build's epoch, older mtimes stay (a base file copied up for a chmod keeps its date, and
+/// so does a file the step dated on purpose with `touch -d`). BuildKit's rewrite-timestamp
+/// clamps the same way; the layer then depends on what the step did, not on when it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMtimes {
+    /// mtimes at or after this (seconds since the epoch) are the step's own.
+    since: i64,
+    /// What they become: SOURCE_DATE_EPOCH, or 0.
+    epoch: i64,
+}
+
+impl StepMtimes {
+    /// The rule of a step starting now. The start is taken a second early: file times come
+    /// from the kernel's coarse clock, which lags the clock read here by up to a tick.
+    /// `epoch` is the build's (SOURCE_DATE_EPOCH, or 0), which the caller reads.
+    pub fn starting_now(epoch: i64) -> StepMtimes {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        StepMtimes::new(now - 1, epoch)
+    }
+
+    /// The rule with an explicit start and epoch.
+    pub fn new(since: i64, epoch: i64) -> StepMtimes {
+        StepMtimes { since, epoch }
+    }
+
+    /// Applies the rule on disk to every entry under `dir` (an upper dir; symlinks are not
+    /// followed); returns how many entries were restamped.
+    ///
+    /// Fails on the first entry that cannot be read or restamped, naming it.
+    pub fn restamp(&self, dir: &Path) -> std::result::Result<u64, crate::store::StoreError> {
+        let wrap = |source| crate::store::StoreError::Commit {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let mut count = 0;
+        let mut stack = children(dir, b"").map_err(wrap)?;
+        while let Some(item) = stack.pop() {
+            if item.meta.is_dir() {
+                stack.extend(children(&item.abs, &item.rel).map_err(wrap)?);
+            }
+            if item.meta.mtime() < self.since {
+                continue;
+            }
+            set_mtime(&item.abs, self.epoch).map_err(wrap)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+/// Sets the mtime of `path` (not following a symlink), leaving its atime.
+fn set_mtime(path: &Path, secs: i64) -> Result<()> {
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_err("set mtime of", path)(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mtime(p: &Path) -> i64 {
+        fs::symlink_metadata(p).expect("stat").mtime()
+    }
+
+    #[test]
+    fn step_mtimes_restamp_only_what_the_step_dated() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let old = d.path().join("sub/old");
+        let new = d.path().join("sub/new");
+        let link = d.path().join("link");
+        fs::create_dir(d.path().join("sub")).expect("mkdir");
+        fs::write(&old, "kept").expect("write");
+        fs::write(&new, "made").expect("write");
+        std::os::unix::fs::symlink("sub/old", &link).expect("symlink");
+        set_mtime(&old, 1_577_934_240).expect("date old");
+        let rule = StepMtimes::new(1_600_000_000, 7);
+        // new, sub (changed by the writes) and link; old keeps its date.
+        assert_eq!(rule.restamp(d.path()).expect("restamp"), 3);
+        assert_eq!(mtime(&old), 1_577_934_240);
+        assert_eq!(mtime(&new), 7);
+        assert_eq!(mtime(&d.path().join("sub")), 7);
+        assert_eq!(mtime(&link), 7);
+        // The symlink was not followed: its target kept its date.
+        assert_eq!(mtime(&old), 1_577_934_240);
+        // A second pass finds nothing newer than the start.
+        assert_eq!(rule.restamp(d.path()).expect("restamp"), 0);
     }
 }

@@ -66,9 +66,9 @@ use executor::context::ContextError;
 use std::fmt;
 use std::path::PathBuf;
 
-/// mtime clamp of RUN layers: every mtime becomes the epoch. A RUN stamps files with the wall
-/// clock; clamping them (SOURCE_DATE_EPOCH=0 style) is what makes a rebuild byte-identical.
-pub const RUN_CLAMP_MTIME: Option<i64> = Some(0);
+/// mtime clamp of RUN layers: none; [`cache::layer::writer::StepMtimes`] gives what the RUN
+/// dated the build's epoch and keeps older dates, which makes a rebuild byte-identical.
+pub const RUN_CLAMP_MTIME: Option<i64> = None;
 
 /// mtime clamp of COPY layers when no context file is copied (COPY --from, WORKDIR): the epoch,
 /// as for RUN (files from other stages already carry clamped times).
@@ -115,6 +115,9 @@ pub struct SolveOptions {
     /// `kiln build --security-opt`: the seccomp filter of every RUN (not part of cache
     /// keys, as in docker).
     pub security: executor::spec::Security,
+    /// The build's epoch (seconds): what a RUN layer's own file dates become
+    /// ([`cache::layer::writer::StepMtimes`]); `SOURCE_DATE_EPOCH`, or 0.
+    pub epoch: i64,
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.

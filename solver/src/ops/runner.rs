@@ -145,11 +145,17 @@ impl Runner {
             upper: upper.clone(),
             work,
         };
+        // A RUN's own file dates become the build's epoch; older dates stay.
+        let mtimes = matches!(node.op, Op::Exec(_))
+            .then(|| cache::layer::writer::StepMtimes::starting_now(self.opts.epoch));
         let (spec, clamp, hold) = prepare(rootfs, tmp.path()).await?;
         self.sandbox(n, &spec).await?;
         drop(hold);
         let store = self.store.clone();
         let layer = tokio::task::spawn_blocking(move || {
+            if let Some(m) = mtimes {
+                m.restamp(&upper)?;
+            }
             store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })
         })
         .await
