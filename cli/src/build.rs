@@ -34,9 +34,18 @@ pub struct BuildArgs {
     /// After the build, list every step that missed the cache and why.
     #[arg(long)]
     explain: bool,
-    /// Progress output.
-    #[arg(long, value_enum, default_value = "auto")]
-    progress: Mode,
+    /// Progress output: auto, plain, tty, rawjson, or quiet (as `-q`).
+    #[arg(long, default_value = "auto", value_parser = parse_progress)]
+    progress: Progress,
+    /// Print only the image id on stdout; no progress.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Write the image id (`sha256:...`, no newline) to this file.
+    #[arg(long = "iidfile", value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write the build result's metadata as JSON (buildx's keys) to this file.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
     /// Steps run at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
@@ -74,6 +83,59 @@ pub struct BuildArgs {
     cache_from: Vec<String>,
     /// The build context directory.
     context: PathBuf,
+}
+
+/// `--progress`: a renderer mode, or `quiet` (nothing on stderr, the image id on stdout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Quiet,
+    Show(Mode),
+}
+
+fn parse_progress(s: &str) -> Result<Progress, String> {
+    if s.eq_ignore_ascii_case("quiet") {
+        return Ok(Progress::Quiet);
+    }
+    <Mode as clap::ValueEnum>::from_str(s, true)
+        .map(Progress::Show)
+        .map_err(|_| format!("--progress {s:?}: expected auto, plain, tty, rawjson or quiet"))
+}
+
+/// buildx's `buildx.build.ref` shape, `BUILDER/NODE/ID`, with a random 25-character id.
+fn build_ref() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom for the build ref")?;
+    let mut n = u128::from_be_bytes(b);
+    let mut id = String::with_capacity(25);
+    for _ in 0..25 {
+        id.push(char::from_digit((n % 36) as u32, 36).expect("a digit below 36"));
+        n /= 36;
+    }
+    Ok(format!("kiln/local/{id}"))
+}
+
+/// The `--metadata-file` document: the keys `docker buildx build` writes for an image.
+fn metadata(
+    image: &cache::image::Image,
+    manifest_size: u64,
+    tags: &[String],
+    build_ref: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "buildx.build.ref": build_ref,
+        "containerimage.config.digest": image.config_digest.to_string(),
+        "containerimage.descriptor": {
+            "mediaType": image.manifest.media_type.as_deref()
+                .unwrap_or(cache::oci::MEDIA_TYPE_MANIFEST),
+            "digest": image.manifest_digest.to_string(),
+            "size": manifest_size,
+        },
+        "containerimage.digest": image.manifest_digest.to_string(),
+        "image.name": tags.join(","),
+    })
 }
 
 /// `.dockerignore` of a build: `<Dockerfile>.dockerignore` beside the Dockerfile wins over
@@ -133,6 +195,20 @@ fn no_cache_stages(df: &frontend::Dockerfile, filter: &[String]) -> Vec<String> 
 
 /// Runs `kiln build`.
 pub fn build(a: BuildArgs) -> anyhow::Result<()> {
+    let quiet = a.quiet || a.progress == Progress::Quiet;
+    let mode = match a.progress {
+        Progress::Show(m) if !quiet => Some(m),
+        _ => None,
+    };
+    // As buildx: a failed build must not leave the previous build's id behind.
+    for f in [&a.iidfile, &a.metadata_file].into_iter().flatten() {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", f.display()));
+            }
+            _ => {}
+        }
+    }
     let context = std::fs::canonicalize(&a.context)
         .with_context(|| format!("build context {}", a.context.display()))?;
     if !context.is_dir() {
@@ -184,7 +260,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
-    reg_cfg.progress = !matches!(a.progress, Mode::Rawjson);
+    reg_cfg.progress = matches!(mode, Some(m) if m != Mode::Rawjson);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -254,7 +330,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     };
     let solved = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
-        let mut renderer = Renderer::new(a.progress);
+        let mut renderer = mode.map(Renderer::new);
         let render = async move {
             let mut misses = Vec::new();
             while let Some(ev) = rx.recv().await {
@@ -265,7 +341,9 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                     }
                 }
                 // A closed stderr must not stop the build.
-                let _ = renderer.event(&ev);
+                if let Some(r) = &mut renderer {
+                    let _ = r.event(&ev);
+                }
             }
             misses
         };
@@ -289,7 +367,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     } else {
         solved.image.clone()
     };
-    if let Some(i) = imported.as_deref().filter(|i| !i.is_empty()) {
+    if let Some(i) = imported.as_deref().filter(|i| !i.is_empty() && !quiet) {
         let _ = writeln!(
             std::io::stderr().lock(),
             "remote cache: {} layers downloaded",
@@ -301,18 +379,21 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             .tag(t, &image.manifest_digest)
             .with_context(|| format!("tagging {t}"))?;
     }
-    let mut err = std::io::stderr().lock();
     use std::io::Write as _;
-    let _ = writeln!(err, "writing image {} done", image.manifest_digest);
-    for t in &a.tags {
-        let _ = writeln!(err, "naming to {t} done");
+    if !quiet {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "writing image {} done", image.manifest_digest);
+        for t in &a.tags {
+            let _ = writeln!(err, "naming to {t} done");
+        }
     }
-    drop(err);
     if a.push {
         for t in &a.tags {
             let digest = rt.block_on(crate::registry::push(&store, t, None, &reg_cfg))?;
-            let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
-            writeln!(std::io::stdout().lock(), "{digest}")?;
+            if !quiet {
+                let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
+                writeln!(std::io::stdout().lock(), "{digest}")?;
+            }
         }
     }
     rt.block_on(crate::cacheopts::export(
@@ -322,6 +403,22 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         imported.as_deref(),
         &reg_cfg,
     ))?;
+    if let Some(f) = &a.iidfile {
+        std::fs::write(f, image.manifest_digest.to_string())
+            .with_context(|| format!("--iidfile {}", f.display()))?;
+    }
+    if let Some(f) = &a.metadata_file {
+        let manifest_size = std::fs::metadata(store.blob_path(&image.manifest_digest))
+            .with_context(|| format!("reading the size of manifest {}", image.manifest_digest))?
+            .len();
+        let doc = metadata(&image, manifest_size, &a.tags, &build_ref()?);
+        let mut text = serde_json::to_string_pretty(&doc)?;
+        text.push('\n');
+        std::fs::write(f, text).with_context(|| format!("--metadata-file {}", f.display()))?;
+    }
+    if quiet {
+        writeln!(std::io::stdout().lock(), "{}", image.manifest_digest)?;
+    }
     drop(lock);
     Ok(())
 }

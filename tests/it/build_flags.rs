@@ -1,0 +1,154 @@
+//! `kiln build` flags CI scripts pass to `docker buildx build`: `--iidfile`,
+//! `--metadata-file`, `-q`/`--progress=quiet`, `--label`, stdin contexts, cache flags.
+
+use crate::harness::{busybox_dir, text};
+use anyhow::{Context as _, ensure};
+use std::process::Command;
+
+/// `sha256:HEX` of a file, computed by coreutils' sha256sum (not by kiln).
+fn sha256sum(path: &std::path::Path) -> anyhow::Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    ensure!(out.status.success(), "sha256sum: {}", text(&out));
+    let hex = String::from_utf8(out.stdout)?;
+    Ok(format!(
+        "sha256:{}",
+        hex.split_whitespace().next().context("sha256sum output")?
+    ))
+}
+
+/// The raw manifest and config of `image`, read back by skopeo from a `kiln save` archive.
+fn skopeo_raw(t: &crate::harness::TestDir, image: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let tar = t.dir.path().join("saved.tar");
+    t.ok(&["save", image, "-o", tar.to_str().context("utf-8")?])?;
+    let mut got = Vec::new();
+    for extra in [&[][..], &["--config"][..]] {
+        let out = Command::new("skopeo")
+            .arg("inspect")
+            .arg("--raw")
+            .args(extra)
+            .arg(format!("oci-archive:{}", tar.display()))
+            .output()?;
+        ensure!(out.status.success(), "skopeo inspect: {}", text(&out));
+        got.push(out.stdout);
+    }
+    let config = got.pop().context("config")?;
+    Ok((got.pop().context("manifest")?, config))
+}
+
+#[test]
+fn iidfile_metadata_file_and_quiet_name_the_image_as_buildx_does() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["skopeo", "sha256sum"])? else {
+        return Ok(());
+    };
+    t.write("Dockerfile", "FROM busybox\nRUN echo meta > /m\n");
+    let iid = t.dir.path().join("iid");
+    let meta = t.dir.path().join("meta.json");
+    // A stale file from an earlier build must not survive a failed one.
+    std::fs::write(&iid, "stale")?;
+    let bad = t.kiln(&[
+        "build",
+        "--iidfile",
+        iid.to_str().context("utf-8")?,
+        "-f",
+        "/nonexistent/Dockerfile",
+        t.ctx.to_str().context("utf-8")?,
+    ]);
+    ensure!(!bad.status.success(), "{}", text(&bad));
+    ensure!(!iid.exists(), "a failed build left the old --iidfile");
+
+    let out = t.ok(&[
+        "build",
+        "-q",
+        "-t",
+        "meta:1",
+        "-t",
+        "127.0.0.1:5999/team/meta:2",
+        "--iidfile",
+        iid.to_str().context("utf-8")?,
+        "--metadata-file",
+        meta.to_str().context("utf-8")?,
+        t.ctx.to_str().context("utf-8")?,
+    ])?;
+    let id = std::fs::read_to_string(&iid)?;
+    ensure!(
+        id.starts_with("sha256:") && id.len() == 71,
+        "iidfile holds only the id, no newline: {id:?}"
+    );
+    // -q: only the id on stdout, nothing on stderr.
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == format!("{id}\n") && out.stderr.is_empty(),
+        "{}",
+        text(&out)
+    );
+    // The id is the one kiln's other commands take.
+    let inspect: serde_json::Value = serde_json::from_slice(&t.ok(&["inspect", &id])?.stdout)?;
+    ensure!(inspect[0]["Id"] == id.as_str(), "{inspect:#}");
+    let run = t.ok(&["run", "--rm", &id, "cat", "/m"])?;
+    ensure!(
+        String::from_utf8_lossy(&run.stdout) == "meta\n",
+        "{}",
+        text(&run)
+    );
+
+    // Every metadata field checked against bytes read without kiln: the manifest blob in the
+    // store (its digest by sha256sum), and the config as skopeo reads it from `kiln save`
+    // (save recompresses layers, so its manifest differs; the config does not).
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta)?)?;
+    let hex = id.strip_prefix("sha256:").context("sha256: id")?;
+    let mf = t.root.join("blobs/sha256").join(hex);
+    let manifest = std::fs::read(&mf)?;
+    let manifest_digest = sha256sum(&mf)?;
+    let mv: serde_json::Value = serde_json::from_slice(&manifest)?;
+    let (_, config) = skopeo_raw(&t, "meta:1")?;
+    let cf = t.dir.path().join("config.json");
+    std::fs::write(&cf, &config)?;
+    let config_digest = sha256sum(&cf)?;
+    ensure!(mv["config"]["digest"] == config_digest.as_str(), "{mv:#}");
+    ensure!(
+        m["containerimage.digest"] == manifest_digest.as_str(),
+        "{m:#}"
+    );
+    ensure!(
+        m["containerimage.config.digest"] == config_digest.as_str(),
+        "{m:#}"
+    );
+    ensure!(
+        m["containerimage.descriptor"]
+            == serde_json::json!({
+                "mediaType": mv["mediaType"],
+                "digest": manifest_digest,
+                "size": manifest.len(),
+            }),
+        "{m:#}"
+    );
+    ensure!(
+        m["image.name"] == "meta:1,127.0.0.1:5999/team/meta:2",
+        "{m:#}"
+    );
+    let r = m["buildx.build.ref"].as_str().context("buildx.build.ref")?;
+    let parts: Vec<&str> = r.split('/').collect();
+    ensure!(
+        parts.len() == 3 && parts[2].len() == 25 && parts.iter().all(|p| !p.is_empty()),
+        "buildx's BUILDER/NODE/REF shape: {r}"
+    );
+    ensure!(id == manifest_digest, "iidfile {id} names the image");
+
+    // --progress=quiet is -q.
+    let out = t.ok(&[
+        "build",
+        "--progress=quiet",
+        t.ctx.to_str().context("utf-8")?,
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == format!("{id}\n") && out.stderr.is_empty(),
+        "{}",
+        text(&out)
+    );
+    let bad = t.kiln(&["build", "--progress=loud", t.ctx.to_str().context("utf-8")?]);
+    ensure!(
+        !bad.status.success() && text(&bad).contains("--progress") && text(&bad).contains("loud"),
+        "{}",
+        text(&bad)
+    );
+    Ok(())
+}
