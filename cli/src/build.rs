@@ -40,6 +40,10 @@ pub struct BuildArgs {
     /// Print only the image id on stdout; no progress.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Set an image label (`K=V`, or `K` for an empty value); overrides the Dockerfile's
+    /// LABEL of that key; may be repeated.
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
     /// Write the image id (`sha256:...`, no newline) to this file.
     #[arg(long = "iidfile", value_name = "FILE")]
     iidfile: Option<PathBuf>,
@@ -156,6 +160,17 @@ fn read_dockerignore(dockerfile: &Path, context: &Path) -> anyhow::Result<String
     Ok(String::new())
 }
 
+/// `--label` values as buildx reads them: `K=V`, `K` alone is an empty value, the last wins.
+fn parse_labels(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (k, v) = a.split_once('=').unwrap_or((a, ""));
+        anyhow::ensure!(!k.trim().is_empty(), "--label {a:?}: the key is empty");
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
 fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for a in args {
@@ -233,6 +248,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
 
+    let labels = parse_labels(&a.labels)?;
     let opts = frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         target: a.target.clone(),
@@ -362,6 +378,14 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(solved?)
     })?;
+    let mut solved = solved;
+    if !labels.is_empty() {
+        let mut config = solved.image.config.clone();
+        config.config.labels.extend(labels);
+        solved.image = store
+            .write_image(&config)
+            .context("writing the image config with --label labels")?;
+    }
     let image = if cache_to.contains(&crate::cacheopts::CacheTo::Inline) {
         crate::cacheopts::attach_inline(&store, &solved)?
     } else {

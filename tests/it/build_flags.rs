@@ -152,3 +152,46 @@ fn iidfile_metadata_file_and_quiet_name_the_image_as_buildx_does() -> anyhow::Re
     );
     Ok(())
 }
+
+#[test]
+fn label_flags_join_and_override_dockerfile_labels() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["skopeo"])? else {
+        return Ok(());
+    };
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nLABEL org.example.tier=dockerfile keep=yes\nRUN true\n",
+    );
+    let ctx = t.ctx.to_str().context("utf-8")?;
+    t.ok(&[
+        "build",
+        "-t",
+        "labelled:1",
+        "--label",
+        "org.example.tier=cli",
+        "--label",
+        "org.opencontainers.image.revision=abc123",
+        "--label",
+        "empty",
+        ctx,
+    ])?;
+    let (_, config) = skopeo_raw(&t, "labelled:1")?;
+    let c: serde_json::Value = serde_json::from_slice(&config)?;
+    ensure!(
+        c["config"]["Labels"]
+            == serde_json::json!({
+                "org.example.tier": "cli",
+                "keep": "yes",
+                "org.opencontainers.image.revision": "abc123",
+                "empty": "",
+            }),
+        "{c:#}"
+    );
+    let bad = t.kiln(&["build", "--label", "=v", ctx]);
+    ensure!(
+        !bad.status.success() && text(&bad).contains("--label \"=v\""),
+        "{}",
+        text(&bad)
+    );
+    Ok(())
+}
