@@ -195,3 +195,120 @@ fn label_flags_join_and_override_dockerfile_labels() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Runs `kiln args...` with `input` on stdin.
+fn with_stdin(
+    t: &crate::harness::TestDir,
+    args: &[&str],
+    input: &[u8],
+) -> anyhow::Result<std::process::Output> {
+    use std::io::Write as _;
+    let mut child = t
+        .cmd(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    stdin.write_all(input)?;
+    drop(stdin);
+    Ok(child.wait_with_output()?)
+}
+
+fn run_cat(t: &crate::harness::TestDir, image: &str, path: &str) -> anyhow::Result<String> {
+    let out = t.ok(&["run", "--rm", image, "cat", path])?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[test]
+fn stdin_dockerfile_stdin_contexts_and_lowercase_dockerfile() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["tar", "gzip"])? else {
+        return Ok(());
+    };
+    t.write("data.txt", "from-dir\n");
+    let ctx = t.ctx.to_str().context("utf-8")?;
+
+    // -f -: the Dockerfile from stdin, the context a directory.
+    let out = with_stdin(
+        &t,
+        &["build", "-q", "-t", "s:1", "-f", "-", ctx],
+        b"FROM busybox\nCOPY data.txt /d\n",
+    )?;
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(run_cat(&t, "s:1", "/d")? == "from-dir\n");
+
+    // - : a Dockerfile alone on stdin, with an empty context (COPY finds nothing).
+    let out = with_stdin(
+        &t,
+        &["build", "-q", "-t", "s:2", "-"],
+        b"FROM busybox\nRUN echo alone > /a\n",
+    )?;
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(run_cat(&t, "s:2", "/a")? == "alone\n");
+    let out = with_stdin(&t, &["build", "-"], b"FROM busybox\nCOPY data.txt /d\n")?;
+    ensure!(
+        !out.status.success() && text(&out).contains("data.txt"),
+        "{}",
+        text(&out)
+    );
+
+    // - : a tar archive (made by GNU tar), plain and gzip, holding a lowercase `dockerfile`.
+    let src = t.dir.path().join("tarsrc");
+    std::fs::create_dir_all(src.join("sub"))?;
+    std::fs::write(src.join("dockerfile"), "FROM busybox\nCOPY sub/f.txt /f\n")?;
+    std::fs::write(src.join("sub/f.txt"), "from-tar\n")?;
+    for (flags, tag) in [("cf", "s:3"), ("czf", "s:4")] {
+        let archive = t.dir.path().join(format!("ctx-{flags}.tar"));
+        let out = Command::new("tar")
+            .arg(flags)
+            .arg(&archive)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .output()?;
+        ensure!(out.status.success(), "tar: {}", text(&out));
+        let out = with_stdin(
+            &t,
+            &["build", "-q", "-t", tag, "-"],
+            &std::fs::read(&archive)?,
+        )?;
+        ensure!(out.status.success(), "{tag}: {}", text(&out));
+        ensure!(run_cat(&t, tag, "/f")? == "from-tar\n", "{tag}");
+    }
+
+    // A directory context with only a lowercase `dockerfile` is found; `Dockerfile` wins
+    // when both exist.
+    std::fs::write(
+        t.ctx.join("dockerfile"),
+        "FROM busybox\nRUN echo lower > /w\n",
+    )?;
+    t.ok(&["build", "-q", "-t", "s:5", ctx])?;
+    ensure!(run_cat(&t, "s:5", "/w")? == "lower\n");
+    std::fs::write(
+        t.ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo upper > /w\n",
+    )?;
+    t.ok(&["build", "-q", "-t", "s:6", ctx])?;
+    ensure!(run_cat(&t, "s:6", "/w")? == "upper\n");
+
+    // A tar whose Dockerfile is a symlink out of the context is refused.
+    let evil = t.dir.path().join("evil");
+    std::fs::create_dir(&evil)?;
+    std::os::unix::fs::symlink("/etc/hostname", evil.join("Dockerfile"))?;
+    let archive = t.dir.path().join("evil.tar");
+    let out = Command::new("tar")
+        .arg("cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&evil)
+        .arg(".")
+        .output()?;
+    ensure!(out.status.success(), "tar: {}", text(&out));
+    let out = with_stdin(&t, &["build", "-"], &std::fs::read(&archive)?)?;
+    ensure!(
+        !out.status.success() && text(&out).contains("leads out of the build context"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
