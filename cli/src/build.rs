@@ -408,15 +408,25 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
-    let cache_to = a
+    let mut cache_to = a
         .cache_to
         .iter()
-        .map(|s| crate::cacheopts::parse_cache_to(s))
+        .map(|s| crate::cacheopts::parse_cache_to(s).context("--cache-to"))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // buildx: `--build-arg BUILDKIT_INLINE_CACHE=1` (Go's true spellings) is
+    // `--cache-to type=inline`.
+    if opts
+        .build_args
+        .get("BUILDKIT_INLINE_CACHE")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+        && !cache_to.contains(&crate::cacheopts::CacheTo::Inline)
+    {
+        cache_to.push(crate::cacheopts::CacheTo::Inline);
+    }
     let cache_from = a
         .cache_from
         .iter()
-        .map(|s| crate::cacheopts::parse_cache_from(s))
+        .map(|s| crate::cacheopts::parse_cache_from(s).context("--cache-from"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);

@@ -14,7 +14,9 @@
 //!   [,blobs_prefix=..][,manifests_prefix=..][,secret_access_key=KEY][,upload_parallelism=N]`
 //!   (SharedKey with the account key, or a SAS token in the URL's query string).
 //!
-//! Every `--cache-to` also takes `ignore-error=true`: a failed export is a warning.
+//! Every `--cache-to` also takes `ignore-error=true`: a failed export is a warning. Registry
+//! and local exports take `image-manifest=true|false` (kiln always writes an OCI image
+//! manifest, which is what `true` asks BuildKit for).
 
 use anyhow::{Context as _, bail};
 use cache::compress::{Codec, Compression};
@@ -137,6 +139,11 @@ fn parse_cache_to_with(spec: &str, env: &dyn Env) -> anyhow::Result<CacheTo> {
         }
     };
     let ignore_error = flag(kv.remove("ignore-error"), "ignore-error", spec)?;
+    // BuildKit's `image-manifest=true` asks registry and local exports for an OCI image
+    // manifest instead of an index: kiln's export is that manifest either way.
+    if matches!(ty.as_str(), "registry" | "local") {
+        flag(kv.remove("image-manifest"), "image-manifest", spec)?;
+    }
     let mode = match kv.remove("mode").as_deref() {
         None | Some("min") => Mode::Min,
         Some("max") => Mode::Max,

@@ -312,3 +312,78 @@ fn stdin_dockerfile_stdin_contexts_and_lowercase_dockerfile() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[test]
+fn cache_to_image_manifest_ignore_error_and_buildkit_inline_cache_arg() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["skopeo"])? else {
+        return Ok(());
+    };
+    t.write("Dockerfile", "FROM busybox\nRUN echo cached > /c\n");
+    let ctx = t.ctx.to_str().context("utf-8")?;
+    let layout = t.dir.path().join("cache-layout");
+    let dest = format!(
+        "type=local,dest={},mode=max,image-manifest=true,ignore-error=true",
+        layout.display()
+    );
+    t.ok(&["build", "-t", "c:1", "--cache-to", &dest, ctx])?;
+    // The export is an OCI image manifest (what image-manifest=true asks for), read by skopeo.
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}", layout.display()))
+        .output()?;
+    ensure!(out.status.success(), "skopeo: {}", text(&out));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        m["mediaType"] == "application/vnd.oci.image.manifest.v1+json",
+        "{m:#}"
+    );
+    // ... and imported by a fresh store: the RUN is a cache hit.
+    let fresh = crate::harness::TestDir::new();
+    fresh.import_busybox()?;
+    fresh.write("Dockerfile", "FROM busybox\nRUN echo cached > /c\n");
+    let src = format!("type=local,src={}", layout.display());
+    let events = fresh.build("c:2", &["--cache-from", &src])?;
+    ensure!(
+        crate::harness::executed_runs(&events).is_empty(),
+        "{:?}",
+        crate::harness::executed_runs(&events)
+    );
+
+    // ignore-error=true: an export that cannot be written is a warning, not a failure.
+    let blocker = t.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "file")?;
+    let unwritable = format!("type=local,dest={}/sub", blocker.display());
+    let bad = t.kiln(&["build", "--cache-to", &unwritable, ctx]);
+    ensure!(!bad.status.success(), "{}", text(&bad));
+    t.ok(&[
+        "build",
+        "--cache-to",
+        &format!("{unwritable},ignore-error=true"),
+        ctx,
+    ])?;
+    // Bad values name the flag and the value.
+    let bad = t.kiln(&[
+        "build",
+        "--cache-to",
+        "type=local,dest=/x,image-manifest=maybe",
+        ctx,
+    ]);
+    ensure!(
+        !bad.status.success()
+            && text(&bad).contains("--cache-to")
+            && text(&bad).contains("image-manifest=maybe"),
+        "{}",
+        text(&bad)
+    );
+
+    // BUILDKIT_INLINE_CACHE=1 is --cache-to type=inline: the cache is in the image config.
+    for (v, inline) in [("1", true), ("0", false)] {
+        let tag = format!("inline:{v}");
+        let arg = format!("BUILDKIT_INLINE_CACHE={v}");
+        t.ok(&["build", "-t", &tag, "--build-arg", &arg, ctx])?;
+        let (_, config) = skopeo_raw(&t, &tag)?;
+        let c: serde_json::Value = serde_json::from_slice(&config)?;
+        ensure!(c.get("kiln.cache.v1").is_some() == inline, "{arg}: {c:#}");
+    }
+    Ok(())
+}
