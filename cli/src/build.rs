@@ -122,24 +122,66 @@ fn build_ref() -> anyhow::Result<String> {
 }
 
 /// The `--metadata-file` document: the keys `docker buildx build` writes for an image.
+/// `manifest` describes the manifest kiln stored, or the one it pushed.
 fn metadata(
-    image: &cache::image::Image,
-    manifest_size: u64,
+    config_digest: &cache::oci::Digest,
+    manifest: &cache::oci::Descriptor,
     tags: &[String],
     build_ref: &str,
 ) -> serde_json::Value {
     serde_json::json!({
         "buildx.build.ref": build_ref,
-        "containerimage.config.digest": image.config_digest.to_string(),
+        "containerimage.config.digest": config_digest.to_string(),
         "containerimage.descriptor": {
-            "mediaType": image.manifest.media_type.as_deref()
-                .unwrap_or(cache::oci::MEDIA_TYPE_MANIFEST),
-            "digest": image.manifest_digest.to_string(),
-            "size": manifest_size,
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest.to_string(),
+            "size": manifest.size,
         },
-        "containerimage.digest": image.manifest_digest.to_string(),
+        "containerimage.digest": manifest.digest.to_string(),
         "image.name": tags.join(","),
     })
+}
+
+/// The descriptor of the manifest `push` sent for `image`: kiln's own images go out with
+/// compressed layers (the memoized blobs push made), others as stored. Checked against the
+/// digest the push returned.
+fn pushed_descriptor(
+    store: &cache::store::Store,
+    image: &cache::image::Image,
+    stored: &cache::oci::Descriptor,
+    pushed: &cache::oci::Digest,
+    compression: cache::compress::Compression,
+) -> anyhow::Result<cache::oci::Descriptor> {
+    use cache::oci;
+    if *pushed == image.manifest_digest {
+        return Ok(stored.clone());
+    }
+    let mut manifest = image.manifest.clone();
+    manifest.layers = image
+        .config
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| {
+            let desc = store.compressed_layer(d, compression)?;
+            let media_type = match desc.media_type.as_str() {
+                oci::MEDIA_TYPE_DOCKER_LAYER_GZIP => oci::MEDIA_TYPE_LAYER_GZIP,
+                m => m,
+            };
+            Ok(oci::Descriptor::new(media_type, desc.digest, desc.size))
+        })
+        .collect::<Result<_, cache::store::StoreError>>()
+        .context("--metadata-file: reading the pushed layers' descriptors")?;
+    let bytes = oci::to_canonical_json(&manifest).context("--metadata-file: the manifest")?;
+    anyhow::ensure!(
+        oci::Digest::of(&bytes) == *pushed,
+        "--metadata-file: cannot describe the pushed manifest {pushed}"
+    );
+    Ok(oci::Descriptor::new(
+        oci::MEDIA_TYPE_MANIFEST,
+        pushed.clone(),
+        bytes.len() as u64,
+    ))
 }
 
 /// A directory kiln made for a stdin context; removed when dropped.
@@ -565,9 +607,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             let _ = writeln!(err, "naming to {t} done");
         }
     }
+    let mut pushed = None;
     if a.push {
         for t in &a.tags {
             let digest = rt.block_on(crate::registry::push(&store, t, None, &reg_cfg))?;
+            pushed.get_or_insert(digest.clone());
             if !quiet {
                 let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
                 writeln!(std::io::stdout().lock(), "{digest}")?;
@@ -589,7 +633,24 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         let manifest_size = std::fs::metadata(store.blob_path(&image.manifest_digest))
             .with_context(|| format!("reading the size of manifest {}", image.manifest_digest))?
             .len();
-        let doc = metadata(&image, manifest_size, &a.tags, &build_ref()?);
+        let stored = cache::oci::Descriptor::new(
+            image
+                .manifest
+                .media_type
+                .as_deref()
+                .unwrap_or(cache::oci::MEDIA_TYPE_MANIFEST),
+            image.manifest_digest.clone(),
+            manifest_size,
+        );
+        // As buildx with --push: the digest the registry has.
+        let manifest = match &pushed {
+            Some(p) => {
+                let compression = reg_cfg.options()?.compression;
+                pushed_descriptor(&store, &image, &stored, p, compression)?
+            }
+            None => stored,
+        };
+        let doc = metadata(&image.config_digest, &manifest, &a.tags, &build_ref()?);
         let mut text = serde_json::to_string_pretty(&doc)?;
         text.push('\n');
         std::fs::write(f, text).with_context(|| format!("--metadata-file {}", f.display()))?;

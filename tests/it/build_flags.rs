@@ -387,3 +387,46 @@ fn cache_to_image_manifest_ignore_error_and_buildkit_inline_cache_arg() -> anyho
     }
     Ok(())
 }
+
+#[test]
+fn metadata_file_after_push_names_the_manifest_the_registry_serves() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["skopeo", "sha256sum", "docker-registry"])? else {
+        return Ok(());
+    };
+    let reg = crate::registry::start_registry(t.dir.path())?;
+    t.write("Dockerfile", "FROM busybox\nRUN echo pushed > /p\n");
+    let name = format!("127.0.0.1:{}/team/pushed:1", reg.port);
+    let meta = t.dir.path().join("meta.json");
+    t.ok(&[
+        "build",
+        "-t",
+        &name,
+        "--push",
+        "--metadata-file",
+        meta.to_str().context("utf-8")?,
+        t.ctx.to_str().context("utf-8")?,
+    ])?;
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta)?)?;
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{name}"))
+        .output()?;
+    ensure!(out.status.success(), "skopeo: {}", text(&out));
+    let served = t.dir.path().join("served.json");
+    std::fs::write(&served, &out.stdout)?;
+    let digest = sha256sum(&served)?;
+    let mv: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        m["containerimage.digest"] == digest.as_str()
+            && m["containerimage.descriptor"]
+                == serde_json::json!({
+                    "mediaType": mv["mediaType"],
+                    "digest": digest,
+                    "size": out.stdout.len(),
+                })
+            && m["containerimage.config.digest"] == mv["config"]["digest"]
+            && m["image.name"] == name.as_str(),
+        "metadata {m:#}\nserved {digest} {mv:#}"
+    );
+    Ok(())
+}
