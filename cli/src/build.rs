@@ -538,7 +538,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     let imported = match cache_from.is_empty() || a.no_cache {
         true => None,
-        false => Some(rt.block_on(crate::cacheopts::import(&cache_from, &reg_cfg))?),
+        false => Some(rt.block_on(crate::cacheopts::import(&cache_from, &reg_cfg, quiet))?),
     };
     let solved = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
@@ -624,6 +624,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         &solved,
         imported.as_deref(),
         &reg_cfg,
+        quiet,
     ))?;
     if let Some(f) = &a.iidfile {
         std::fs::write(f, image.manifest_digest.to_string())

@@ -475,12 +475,14 @@ fn azblob_location(
 }
 
 /// Reads the `--cache-from` caches (manifest and config only); a cache that cannot be read
-/// is a warning on stderr, not an error (the first CI run has no cache yet).
+/// is a warning on stderr, not an error (the first CI run has no cache yet). `quiet` (`-q`)
+/// leaves out the summary line, not the warnings.
 ///
 /// Fails only when the registry configuration cannot be loaded.
 pub async fn import(
     from: &[CacheLocation],
     cfg: &crate::registry::RegistryConfig,
+    quiet: bool,
 ) -> anyhow::Result<Arc<Imported>> {
     let opts = cfg.options()?;
     let (imported, errors) = Imported::load(from, &opts).await;
@@ -488,7 +490,7 @@ pub async fn import(
     for e in &errors {
         let _ = writeln!(err, "warning: cache not imported: {e:#}", e = Chain(e));
     }
-    if !from.is_empty() {
+    if !from.is_empty() && !quiet {
         let _ = writeln!(
             err,
             "importing cache manifest from {}: {} records",
@@ -503,7 +505,8 @@ pub async fn import(
 }
 
 /// Exports `solved` to every `--cache-to` registry or layout destination and prints one line
-/// per destination: records, blobs, what was uploaded, mounted or already there.
+/// per destination: records, blobs, what was uploaded, mounted or already there (unless
+/// `quiet`; warnings are printed either way).
 ///
 /// Fails when an export fails.
 pub async fn export(
@@ -512,6 +515,7 @@ pub async fn export(
     solved: &solver::remote::Solved,
     imported: Option<&Imported>,
     cfg: &crate::registry::RegistryConfig,
+    quiet: bool,
 ) -> anyhow::Result<()> {
     for t in to {
         let CacheTo::Export {
@@ -545,6 +549,9 @@ pub async fn export(
                     .with_context(|| format!("exporting cache to {location}"));
             }
         };
+        if quiet {
+            continue;
+        }
         let _ = writeln!(
             std::io::stderr().lock(),
             "exporting cache to {location} done: {} records{}, {} blobs ({} uploaded, {} mounted, \

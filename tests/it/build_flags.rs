@@ -355,12 +355,37 @@ fn cache_to_image_manifest_ignore_error_and_buildkit_inline_cache_arg() -> anyho
     let unwritable = format!("type=local,dest={}/sub", blocker.display());
     let bad = t.kiln(&["build", "--cache-to", &unwritable, ctx]);
     ensure!(!bad.status.success(), "{}", text(&bad));
-    t.ok(&[
+    let out = t.ok(&[
         "build",
         "--cache-to",
         &format!("{unwritable},ignore-error=true"),
         ctx,
     ])?;
+    ensure!(
+        text(&out).contains("warning: exporting cache to") && text(&out).contains("ignore-error"),
+        "{}",
+        text(&out)
+    );
+    // -q keeps cache import and export quiet too: only the id on stdout.
+    let again = t.dir.path().join("cache-again");
+    let out = t.ok(&[
+        "build",
+        "-q",
+        "--cache-from",
+        &src,
+        "--cache-to",
+        &format!("type=local,dest={}", again.display()),
+        ctx,
+    ])?;
+    ensure!(
+        out.stderr.is_empty() && String::from_utf8_lossy(&out.stdout).starts_with("sha256:"),
+        "{}",
+        text(&out)
+    );
+    ensure!(
+        again.join("index.json").is_file(),
+        "the -q export was written"
+    );
     // Bad values name the flag and the value.
     let bad = t.kiln(&[
         "build",
