@@ -455,3 +455,62 @@ fn metadata_file_after_push_names_the_manifest_the_registry_serves() -> anyhow::
     );
     Ok(())
 }
+
+/// A tar entry header named `name` (raw bytes, `..` allowed) for a regular file or symlink.
+fn raw_header(name: &str, size: u64, link: Option<&str>) -> anyhow::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    let field = &mut h.as_old_mut().name;
+    ensure!(name.len() < field.len(), "name too long");
+    field[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_size(size);
+    h.set_mode(0o644);
+    match link {
+        Some(target) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_link_name(target)?;
+        }
+        None => h.set_entry_type(tar::EntryType::Regular),
+    }
+    h.set_cksum();
+    Ok(h)
+}
+
+#[test]
+fn a_hostile_stdin_context_archive_stays_inside_its_context() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    // Names that try to leave the context: `..` entries, and a file written through a
+    // symlink to a directory outside it.
+    let outside = t.dir.path().join("outside");
+    std::fs::create_dir(&outside)?;
+    let tag = format!("{}", std::process::id());
+    let escape_name = format!("kiln-escape-{tag}.txt");
+    let mut b = tar::Builder::new(Vec::new());
+    let df = b"FROM busybox\nCOPY . /ctx/\n";
+    b.append(&raw_header("Dockerfile", df.len() as u64, None)?, &df[..])?;
+    let up = format!("../../../../{escape_name}");
+    b.append(&raw_header(&up, 4, None)?, &b"up!\n"[..])?;
+    let link_target = outside.to_str().context("utf-8")?;
+    b.append(&raw_header("out", 0, Some(link_target))?, &b""[..])?;
+    b.append(&raw_header("out/through.txt", 5, None)?, &b"thru\n"[..])?;
+    let archive = b.into_inner()?;
+
+    let out = with_stdin(&t, &["build", "-q", "-t", "hostile:1", "-"], &archive)?;
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(
+        std::fs::read_dir(&outside)?.next().is_none(),
+        "a file was written through the symlink into {}",
+        outside.display()
+    );
+    for dir in [std::env::temp_dir(), std::path::PathBuf::from("/")] {
+        ensure!(
+            !dir.join(&escape_name).exists(),
+            "`..` escaped to {}",
+            dir.display()
+        );
+    }
+    // The `..` entry landed inside the context, as ADD places it.
+    ensure!(run_cat(&t, "hostile:1", &format!("/ctx/{escape_name}"))? == "up!\n");
+    Ok(())
+}
