@@ -237,7 +237,6 @@ fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Result<Input> 
             !stdin_file,
             "-f - and the context - both read stdin: give the context as a directory"
         );
-        let data = read_stdin("the build context")?;
         let dir = std::env::temp_dir().join(format!(
             "kiln-context-{}-{}",
             std::process::id(),
@@ -245,15 +244,24 @@ fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Result<Input> 
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let temp = TempDir(dir.clone());
         let ctx = dir.join("context");
-        std::fs::create_dir_all(&ctx).with_context(|| format!("creating {}", ctx.display()))?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("chmod {}", dir.display()))?;
-        if is_archive(&data) {
-            let staged = dir.join("stdin.tar");
-            std::fs::write(&staged, &data)
-                .with_context(|| format!("writing {}", staged.display()))?;
+        std::fs::create_dir(&ctx).with_context(|| format!("creating {}", ctx.display()))?;
+        // Streamed to a file: a context archive can be larger than memory.
+        let staged = dir.join("stdin.tar");
+        let mut f = std::fs::File::create(&staged)
+            .with_context(|| format!("creating {}", staged.display()))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut f)
+            .context("reading the build context from stdin")?;
+        drop(f);
+        let mut head = Vec::with_capacity(512);
+        std::fs::File::open(&staged)
+            .and_then(|f| f.take(512).read_to_end(&mut head))
+            .with_context(|| format!("reading {}", staged.display()))?;
+        if is_archive(&head) {
             let dest = executor::copy::root::DestRoot::open(&ctx)
                 .with_context(|| format!("opening {}", ctx.display()))?;
             let opts = executor::copy::CopyOptions {
@@ -275,6 +283,8 @@ fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Result<Input> 
             .context("build context -: extracting the archive read from stdin")?;
             (ctx, Some(temp), None)
         } else {
+            let data =
+                std::fs::read(&staged).with_context(|| format!("reading {}", staged.display()))?;
             (ctx, Some(temp), Some(data))
         }
     } else {
