@@ -102,7 +102,7 @@ fn parse_progress(s: &str) -> Result<Progress, String> {
     }
     <Mode as clap::ValueEnum>::from_str(s, true)
         .map(Progress::Show)
-        .map_err(|_| format!("--progress {s:?}: expected auto, plain, tty, rawjson or quiet"))
+        .map_err(|_| "expected auto, plain, tty, rawjson or quiet".to_owned())
 }
 
 /// buildx's `buildx.build.ref` shape, `BUILDER/NODE/ID`, with a random 25-character id.
@@ -430,6 +430,18 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             _ => {}
         }
     }
+    // Flags are checked before stdin is read.
+    let labels = parse_labels(&a.labels)?;
+    let mut cache_to = a
+        .cache_to
+        .iter()
+        .map(|s| crate::cacheopts::parse_cache_to(s).context("--cache-to"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_from = a
+        .cache_from
+        .iter()
+        .map(|s| crate::cacheopts::parse_cache_from(s).context("--cache-from"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let input = read_input(&a.context, a.file.as_deref())?;
     let (context, dockerfile_name, bytes) = (
         input.context.clone(),
@@ -444,7 +456,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
 
-    let labels = parse_labels(&a.labels)?;
     let opts = frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         target: a.target.clone(),
@@ -460,11 +471,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
-    let mut cache_to = a
-        .cache_to
-        .iter()
-        .map(|s| crate::cacheopts::parse_cache_to(s).context("--cache-to"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     // buildx: `--build-arg BUILDKIT_INLINE_CACHE=1` (Go's true spellings) is
     // `--cache-to type=inline`.
     if opts
@@ -475,11 +481,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     {
         cache_to.push(crate::cacheopts::CacheTo::Inline);
     }
-    let cache_from = a
-        .cache_from
-        .iter()
-        .map(|s| crate::cacheopts::parse_cache_from(s).context("--cache-from"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
     reg_cfg.progress = matches!(mode, Some(m) if m != Mode::Rawjson);
