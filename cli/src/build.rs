@@ -1,5 +1,7 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
+mod input;
+
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
@@ -34,9 +36,22 @@ pub struct BuildArgs {
     /// After the build, list every step that missed the cache and why.
     #[arg(long)]
     explain: bool,
-    /// Progress output.
-    #[arg(long, value_enum, default_value = "auto")]
-    progress: Mode,
+    /// Progress output: auto, plain, tty, rawjson, or quiet (as `-q`).
+    #[arg(long, default_value = "auto", value_parser = parse_progress)]
+    progress: Progress,
+    /// Print only the image id on stdout; no progress.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Set an image label (`K=V`, or `K` for an empty value); overrides the Dockerfile's
+    /// LABEL of that key; may be repeated.
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Write the image id (`sha256:...`, no newline) to this file.
+    #[arg(long = "iidfile", value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write the build result's metadata as JSON (buildx's keys) to this file.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
     /// Steps run at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
@@ -76,6 +91,101 @@ pub struct BuildArgs {
     context: PathBuf,
 }
 
+/// `--progress`: a renderer mode, or `quiet` (nothing on stderr, the image id on stdout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Quiet,
+    Show(Mode),
+}
+
+fn parse_progress(s: &str) -> Result<Progress, String> {
+    if s.eq_ignore_ascii_case("quiet") {
+        return Ok(Progress::Quiet);
+    }
+    <Mode as clap::ValueEnum>::from_str(s, true)
+        .map(Progress::Show)
+        .map_err(|_| "expected auto, plain, tty, rawjson or quiet".to_owned())
+}
+
+/// buildx's `buildx.build.ref` shape, `BUILDER/NODE/ID`, with a random 25-character id.
+fn build_ref() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom for the build ref")?;
+    let mut n = u128::from_be_bytes(b);
+    let mut id = String::with_capacity(25);
+    for _ in 0..25 {
+        id.push(char::from_digit((n % 36) as u32, 36).expect("a digit below 36"));
+        n /= 36;
+    }
+    Ok(format!("kiln/local/{id}"))
+}
+
+/// The `--metadata-file` document: the keys `docker buildx build` writes for an image.
+/// `manifest` describes the manifest kiln stored, or the one it pushed.
+fn metadata(
+    config_digest: &cache::oci::Digest,
+    manifest: &cache::oci::Descriptor,
+    tags: &[String],
+    build_ref: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "buildx.build.ref": build_ref,
+        "containerimage.config.digest": config_digest.to_string(),
+        "containerimage.descriptor": {
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest.to_string(),
+            "size": manifest.size,
+        },
+        "containerimage.digest": manifest.digest.to_string(),
+        "image.name": tags.join(","),
+    })
+}
+
+/// The descriptor of the manifest `push` sent for `image`: kiln's own images go out with
+/// compressed layers (the memoized blobs push made), others as stored. Checked against the
+/// digest the push returned.
+fn pushed_descriptor(
+    store: &cache::store::Store,
+    image: &cache::image::Image,
+    stored: &cache::oci::Descriptor,
+    pushed: &cache::oci::Digest,
+    compression: cache::compress::Compression,
+) -> anyhow::Result<cache::oci::Descriptor> {
+    use cache::oci;
+    if *pushed == image.manifest_digest {
+        return Ok(stored.clone());
+    }
+    let mut manifest = image.manifest.clone();
+    manifest.layers = image
+        .config
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| {
+            let desc = store.compressed_layer(d, compression)?;
+            let media_type = match desc.media_type.as_str() {
+                oci::MEDIA_TYPE_DOCKER_LAYER_GZIP => oci::MEDIA_TYPE_LAYER_GZIP,
+                m => m,
+            };
+            Ok(oci::Descriptor::new(media_type, desc.digest, desc.size))
+        })
+        .collect::<Result<_, cache::store::StoreError>>()
+        .context("--metadata-file: reading the pushed layers' descriptors")?;
+    let bytes = oci::to_canonical_json(&manifest).context("--metadata-file: the manifest")?;
+    anyhow::ensure!(
+        oci::Digest::of(&bytes) == *pushed,
+        "--metadata-file: cannot describe the pushed manifest {pushed}"
+    );
+    Ok(oci::Descriptor::new(
+        oci::MEDIA_TYPE_MANIFEST,
+        pushed.clone(),
+        bytes.len() as u64,
+    ))
+}
+
 /// `.dockerignore` of a build: `<Dockerfile>.dockerignore` beside the Dockerfile wins over
 /// the context's `.dockerignore` (BuildKit's rule).
 fn read_dockerignore(dockerfile: &Path, context: &Path) -> anyhow::Result<String> {
@@ -92,6 +202,17 @@ fn read_dockerignore(dockerfile: &Path, context: &Path) -> anyhow::Result<String
         }
     }
     Ok(String::new())
+}
+
+/// `--label` values as buildx reads them: `K=V`, `K` alone is an empty value, the last wins.
+fn parse_labels(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (k, v) = a.split_once('=').unwrap_or((a, ""));
+        anyhow::ensure!(!k.trim().is_empty(), "--label {a:?}: the key is empty");
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
 }
 
 fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -133,26 +254,42 @@ fn no_cache_stages(df: &frontend::Dockerfile, filter: &[String]) -> Vec<String> 
 
 /// Runs `kiln build`.
 pub fn build(a: BuildArgs) -> anyhow::Result<()> {
-    let context = std::fs::canonicalize(&a.context)
-        .with_context(|| format!("build context {}", a.context.display()))?;
-    if !context.is_dir() {
-        bail!("build context {} is not a directory", a.context.display());
+    let quiet = a.quiet || a.progress == Progress::Quiet;
+    let mode = match a.progress {
+        Progress::Show(m) if !quiet => Some(m),
+        _ => None,
+    };
+    // As buildx: a failed build must not leave the previous build's id behind.
+    for f in [&a.iidfile, &a.metadata_file].into_iter().flatten() {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", f.display()));
+            }
+            _ => {}
+        }
     }
-    let dockerfile = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
-    let dockerfile_name = a
-        .file
-        .as_ref()
-        .map_or_else(|| "Dockerfile".to_owned(), |f| f.display().to_string());
-    let bytes = std::fs::read(&dockerfile).with_context(|| {
-        format!(
-            "{dockerfile_name}: cannot read Dockerfile {}",
-            dockerfile.display()
-        )
-    })?;
+    // Flags are checked before stdin is read.
+    let labels = parse_labels(&a.labels)?;
+    let mut cache_to = a
+        .cache_to
+        .iter()
+        .map(|s| crate::cacheopts::parse_cache_to(s).context("--cache-to"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_from = a
+        .cache_from
+        .iter()
+        .map(|s| crate::cacheopts::parse_cache_from(s).context("--cache-from"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let input = input::read_input(&a.context, a.file.as_deref())?;
+    let (context, dockerfile_name, bytes) = (
+        input.context.clone(),
+        input.dockerfile_name.clone(),
+        &input.dockerfile,
+    );
     // Bytes that are not UTF-8 are fine in comments (docker ignores them there).
-    let text = frontend::decode(&bytes)
+    let text = frontend::decode(bytes)
         .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
-    let dockerignore = read_dockerignore(&dockerfile, &context)?;
+    let dockerignore = read_dockerignore(&input.dockerfile_path, &context)?;
     for t in &a.tags {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
@@ -172,19 +309,19 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
-    let cache_to = a
-        .cache_to
-        .iter()
-        .map(|s| crate::cacheopts::parse_cache_to(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_from = a
-        .cache_from
-        .iter()
-        .map(|s| crate::cacheopts::parse_cache_from(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // buildx: `--build-arg BUILDKIT_INLINE_CACHE=1` (Go's true spellings) is
+    // `--cache-to type=inline`.
+    if opts
+        .build_args
+        .get("BUILDKIT_INLINE_CACHE")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+        && !cache_to.contains(&crate::cacheopts::CacheTo::Inline)
+    {
+        cache_to.push(crate::cacheopts::CacheTo::Inline);
+    }
     let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
-    reg_cfg.progress = !matches!(a.progress, Mode::Rawjson);
+    reg_cfg.progress = matches!(mode, Some(m) if m != Mode::Rawjson);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -255,11 +392,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     let imported = match cache_from.is_empty() || a.no_cache {
         true => None,
-        false => Some(rt.block_on(crate::cacheopts::import(&cache_from, &reg_cfg))?),
+        false => Some(rt.block_on(crate::cacheopts::import(&cache_from, &reg_cfg, quiet))?),
     };
     let solved = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
-        let mut renderer = Renderer::new(a.progress);
+        let mut renderer = mode.map(Renderer::new);
         let render = async move {
             let mut misses = Vec::new();
             // The live view redraws on a tick too, so a silent step's timer keeps running.
@@ -269,7 +406,9 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                 let ev = tokio::select! {
                     ev = rx.recv() => ev,
                     _ = tick.tick() => {
-                        let _ = renderer.tick();
+                        if let Some(r) = &mut renderer {
+                            let _ = r.tick();
+                        }
                         continue;
                     }
                 };
@@ -278,7 +417,9 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                     misses.push(format!("{}: {reason}", ev.name));
                 }
                 // A closed stderr must not stop the build.
-                let _ = renderer.event(&ev);
+                if let Some(r) = &mut renderer {
+                    let _ = r.event(&ev);
+                }
             }
             misses
         };
@@ -306,7 +447,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                     _ => None,
                 });
                 match exit {
-                    Some((at, code)) if a.progress.resolve() == Mode::Plain => {
+                    Some((at, code)) if mode.map(Mode::resolve) == Some(Mode::Plain) => {
                         Err(anyhow::anyhow!("{at}: exit code {code}"))
                     }
                     _ => Err(e),
@@ -314,12 +455,20 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             }
         }
     })?;
+    let mut solved = solved;
+    if !labels.is_empty() {
+        let mut config = solved.image.config.clone();
+        config.config.labels.extend(labels);
+        solved.image = store
+            .write_image(&config)
+            .context("writing the image config with --label labels")?;
+    }
     let image = if cache_to.contains(&crate::cacheopts::CacheTo::Inline) {
         crate::cacheopts::attach_inline(&store, &solved)?
     } else {
         solved.image.clone()
     };
-    if let Some(i) = imported.as_deref().filter(|i| !i.is_empty()) {
+    if let Some(i) = imported.as_deref().filter(|i| !i.is_empty() && !quiet) {
         let _ = writeln!(
             std::io::stderr().lock(),
             "remote cache: {} layers downloaded",
@@ -331,18 +480,23 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             .tag(t, &image.manifest_digest)
             .with_context(|| format!("tagging {t}"))?;
     }
-    let mut err = std::io::stderr().lock();
     use std::io::Write as _;
-    let _ = writeln!(err, "writing image {} done", image.manifest_digest);
-    for t in &a.tags {
-        let _ = writeln!(err, "naming to {t} done");
+    if !quiet {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "writing image {} done", image.manifest_digest);
+        for t in &a.tags {
+            let _ = writeln!(err, "naming to {t} done");
+        }
     }
-    drop(err);
+    let mut pushed = None;
     if a.push {
         for t in &a.tags {
             let digest = rt.block_on(crate::registry::push(&store, t, None, &reg_cfg))?;
-            let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
-            writeln!(std::io::stdout().lock(), "{digest}")?;
+            pushed.get_or_insert(digest.clone());
+            if !quiet {
+                let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
+                writeln!(std::io::stdout().lock(), "{digest}")?;
+            }
         }
     }
     rt.block_on(crate::cacheopts::export(
@@ -351,7 +505,41 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         &solved,
         imported.as_deref(),
         &reg_cfg,
+        quiet,
     ))?;
+    if let Some(f) = &a.iidfile {
+        std::fs::write(f, image.manifest_digest.to_string())
+            .with_context(|| format!("--iidfile {}", f.display()))?;
+    }
+    if let Some(f) = &a.metadata_file {
+        let manifest_size = std::fs::metadata(store.blob_path(&image.manifest_digest))
+            .with_context(|| format!("reading the size of manifest {}", image.manifest_digest))?
+            .len();
+        let stored = cache::oci::Descriptor::new(
+            image
+                .manifest
+                .media_type
+                .as_deref()
+                .unwrap_or(cache::oci::MEDIA_TYPE_MANIFEST),
+            image.manifest_digest.clone(),
+            manifest_size,
+        );
+        // As buildx with --push: the digest the registry has.
+        let manifest = match &pushed {
+            Some(p) => {
+                let compression = reg_cfg.options()?.compression;
+                pushed_descriptor(&store, &image, &stored, p, compression)?
+            }
+            None => stored,
+        };
+        let doc = metadata(&image.config_digest, &manifest, &a.tags, &build_ref()?);
+        let mut text = serde_json::to_string_pretty(&doc)?;
+        text.push('\n');
+        std::fs::write(f, text).with_context(|| format!("--metadata-file {}", f.display()))?;
+    }
+    if quiet {
+        writeln!(std::io::stdout().lock(), "{}", image.manifest_digest)?;
+    }
     drop(lock);
     Ok(())
 }

@@ -14,7 +14,9 @@
 //!   [,blobs_prefix=..][,manifests_prefix=..][,secret_access_key=KEY][,upload_parallelism=N]`
 //!   (SharedKey with the account key, or a SAS token in the URL's query string).
 //!
-//! Every `--cache-to` also takes `ignore-error=true`: a failed export is a warning.
+//! Every `--cache-to` also takes `ignore-error=true`: a failed export is a warning. Registry
+//! and local exports take `image-manifest=true|false` (kiln always writes an OCI image
+//! manifest, which is what `true` asks BuildKit for).
 
 use anyhow::{Context as _, bail};
 use cache::compress::{Codec, Compression};
@@ -137,6 +139,11 @@ fn parse_cache_to_with(spec: &str, env: &dyn Env) -> anyhow::Result<CacheTo> {
         }
     };
     let ignore_error = flag(kv.remove("ignore-error"), "ignore-error", spec)?;
+    // BuildKit's `image-manifest=true` asks registry and local exports for an OCI image
+    // manifest instead of an index: kiln's export is that manifest either way.
+    if matches!(ty.as_str(), "registry" | "local") {
+        flag(kv.remove("image-manifest"), "image-manifest", spec)?;
+    }
     let mode = match kv.remove("mode").as_deref() {
         None | Some("min") => Mode::Min,
         Some("max") => Mode::Max,
@@ -468,12 +475,14 @@ fn azblob_location(
 }
 
 /// Reads the `--cache-from` caches (manifest and config only); a cache that cannot be read
-/// is a warning on stderr, not an error (the first CI run has no cache yet).
+/// is a warning on stderr, not an error (the first CI run has no cache yet). `quiet` (`-q`)
+/// leaves out the summary line, not the warnings.
 ///
 /// Fails only when the registry configuration cannot be loaded.
 pub async fn import(
     from: &[CacheLocation],
     cfg: &crate::registry::RegistryConfig,
+    quiet: bool,
 ) -> anyhow::Result<Arc<Imported>> {
     let opts = cfg.options()?;
     let (imported, errors) = Imported::load(from, &opts).await;
@@ -481,7 +490,7 @@ pub async fn import(
     for e in &errors {
         let _ = writeln!(err, "warning: cache not imported: {e:#}", e = Chain(e));
     }
-    if !from.is_empty() {
+    if !from.is_empty() && !quiet {
         let _ = writeln!(
             err,
             "importing cache manifest from {}: {} records",
@@ -496,7 +505,8 @@ pub async fn import(
 }
 
 /// Exports `solved` to every `--cache-to` registry or layout destination and prints one line
-/// per destination: records, blobs, what was uploaded, mounted or already there.
+/// per destination: records, blobs, what was uploaded, mounted or already there (unless
+/// `quiet`; warnings are printed either way).
 ///
 /// Fails when an export fails.
 pub async fn export(
@@ -505,6 +515,7 @@ pub async fn export(
     solved: &solver::remote::Solved,
     imported: Option<&Imported>,
     cfg: &crate::registry::RegistryConfig,
+    quiet: bool,
 ) -> anyhow::Result<()> {
     for t in to {
         let CacheTo::Export {
@@ -538,6 +549,9 @@ pub async fn export(
                     .with_context(|| format!("exporting cache to {location}"));
             }
         };
+        if quiet {
+            continue;
+        }
         let _ = writeln!(
             std::io::stderr().lock(),
             "exporting cache to {location} done: {} records{}, {} blobs ({} uploaded, {} mounted, \

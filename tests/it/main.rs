@@ -5,6 +5,7 @@
 mod add_url;
 mod archives;
 mod build;
+mod build_flags;
 mod build_run_mounts;
 mod build_run_network;
 mod cache;

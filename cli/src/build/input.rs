@@ -1,0 +1,183 @@
+//! Where `kiln build` finds its Dockerfile and context: a directory, `-f -`, or `-` (a
+//! Dockerfile or a tar archive on stdin).
+
+use anyhow::{Context as _, bail};
+use std::path::{Path, PathBuf};
+
+/// A directory kiln made for a stdin context; removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The Dockerfile and context of a build.
+pub(super) struct Input {
+    pub(super) context: PathBuf,
+    /// The name errors give (`Dockerfile`, or the `-f` path as given).
+    pub(super) dockerfile_name: String,
+    /// Where `<Dockerfile>.dockerignore` is looked for.
+    pub(super) dockerfile_path: PathBuf,
+    pub(super) dockerfile: Vec<u8>,
+    /// Holds a stdin context's files until the build ends.
+    _temp: Option<TempDir>,
+}
+
+/// Whether stdin holds an archive (docker's rule: compressed, or a tar header) rather than a
+/// Dockerfile.
+fn is_archive(b: &[u8]) -> bool {
+    const MAGICS: [&[u8]; 4] = [
+        &[0x1f, 0x8b],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        b"BZh",
+        &[0xfd, b'7', b'z', b'X', b'Z', 0],
+    ];
+    MAGICS.iter().any(|m| b.starts_with(m)) || b.get(257..262) == Some(b"ustar")
+}
+
+/// Reads the Dockerfile and finds the context: `CONTEXT` a directory or `-` (stdin: a tar
+/// archive, plain or compressed, extracted as ADD extracts one; or a Dockerfile alone, with an
+/// empty context); `-f FILE`, `-f -` (stdin), or `Dockerfile` then `dockerfile` in the context
+/// (BuildKit's lookup). With a stdin archive, `-f` names a file inside it.
+pub(super) fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Result<Input> {
+    use std::io::Read as _;
+    let stdin_file = file == Some(Path::new("-"));
+    let read_stdin = |what: &str| -> anyhow::Result<Vec<u8>> {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut b)
+            .with_context(|| format!("reading {what} from stdin"))?;
+        Ok(b)
+    };
+    let (context, temp, mut stdin_dockerfile) = if context_arg == Path::new("-") {
+        anyhow::ensure!(
+            !stdin_file,
+            "-f - and the context - both read stdin: give the context as a directory"
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-context-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let temp = TempDir(dir.clone());
+        let ctx = dir.join("context");
+        std::fs::create_dir(&ctx).with_context(|| format!("creating {}", ctx.display()))?;
+        // Streamed to a file: a context archive can be larger than memory.
+        let staged = dir.join("stdin.tar");
+        let mut f = std::fs::File::create(&staged)
+            .with_context(|| format!("creating {}", staged.display()))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut f)
+            .context("reading the build context from stdin")?;
+        drop(f);
+        let mut head = Vec::with_capacity(512);
+        std::fs::File::open(&staged)
+            .and_then(|f| f.take(512).read_to_end(&mut head))
+            .with_context(|| format!("reading {}", staged.display()))?;
+        if is_archive(&head) {
+            let dest = executor::copy::root::DestRoot::open(&ctx)
+                .with_context(|| format!("opening {}", ctx.display()))?;
+            let opts = executor::copy::CopyOptions {
+                chown: None,
+                chmod: None,
+                exclude: &[],
+                parents: false,
+                unpack_archives: true,
+                from_context: true,
+            };
+            executor::copy::copy(
+                &dest,
+                &dir,
+                &["stdin.tar".to_owned()],
+                "/",
+                &executor::context::Ignore::parse(""),
+                &opts,
+            )
+            .context("build context -: extracting the archive read from stdin")?;
+            (ctx, Some(temp), None)
+        } else {
+            let data =
+                std::fs::read(&staged).with_context(|| format!("reading {}", staged.display()))?;
+            (ctx, Some(temp), Some(data))
+        }
+    } else {
+        let ctx = std::fs::canonicalize(context_arg)
+            .with_context(|| format!("build context {}", context_arg.display()))?;
+        if !ctx.is_dir() {
+            bail!("build context {} is not a directory", context_arg.display());
+        }
+        (ctx, None, None)
+    };
+    if stdin_file {
+        stdin_dockerfile = Some(read_stdin("the Dockerfile (-f -)")?);
+    }
+    if let Some(dockerfile) = stdin_dockerfile {
+        anyhow::ensure!(
+            stdin_file || file.is_none(),
+            "-f {}: the context - read a Dockerfile from stdin, not an archive holding one",
+            file.map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        );
+        return Ok(Input {
+            dockerfile_path: context.join("Dockerfile"),
+            context,
+            dockerfile_name: "Dockerfile".to_owned(),
+            dockerfile,
+            _temp: temp,
+        });
+    }
+    let (path, name) = match file {
+        // Inside a stdin archive, -f names a path in the context.
+        Some(f) if temp.is_some() => (context.join(f), f.display().to_string()),
+        Some(f) => (f.to_path_buf(), f.display().to_string()),
+        None => {
+            let upper = context.join("Dockerfile");
+            let lower = context.join("dockerfile");
+            match (upper.exists(), lower.exists()) {
+                (false, true) => (lower, "dockerfile".to_owned()),
+                _ => (upper, "Dockerfile".to_owned()),
+            }
+        }
+    };
+    // A stdin archive's Dockerfile is read inside it: a symlink out of it is refused.
+    if temp.is_some() {
+        let real = std::fs::canonicalize(&path)
+            .with_context(|| format!("{name}: cannot read Dockerfile {}", path.display()))?;
+        anyhow::ensure!(
+            real.starts_with(&context),
+            "{name}: the Dockerfile leads out of the build context (to {})",
+            real.display()
+        );
+    }
+    let dockerfile = std::fs::read(&path)
+        .with_context(|| format!("{name}: cannot read Dockerfile {}", path.display()))?;
+    Ok(Input {
+        context,
+        dockerfile_name: name,
+        dockerfile_path: path,
+        dockerfile,
+        _temp: temp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stdin_is_an_archive_by_content_not_by_name() {
+        let mut tar = vec![0u8; 512];
+        tar[257..262].copy_from_slice(b"ustar");
+        assert!(super::is_archive(&tar));
+        assert!(super::is_archive(&[0x1f, 0x8b, 8, 0]));
+        assert!(super::is_archive(&[0x28, 0xb5, 0x2f, 0xfd, 0]));
+        assert!(!super::is_archive(b"FROM busybox\nRUN echo ustar\n"));
+        assert!(!super::is_archive(b""));
+    }
+}
