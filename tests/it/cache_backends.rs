@@ -4,13 +4,13 @@
 //! telemetry off). Each server writes an access log, which the tests read to count requests.
 //! Then the fleet test: four runners at once against one cache on every backend.
 
-use crate::harness::{TestDir, executed_runs, privileged, text};
+use crate::harness::{TestDir, executed_runs, free_port, privileged, text, wait_for_port};
 use anyhow::{Context as _, ensure};
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Three stages, as in remote_cache.rs: `a.txt` matters only to `builder`, `b.txt` only to
 /// the final stage; the final stage also uses a cache mount.
@@ -36,23 +36,6 @@ RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
 const AZ_ACCOUNT: &str = "devstoreaccount1";
 const AZ_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
-}
-
-fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Polling the port is the only readiness signal either server gives.
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "{what} did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
 
 /// One plain HTTP/1.1 request to 127.0.0.1:`port` (for setup only); returns the status.
 fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<u16> {
@@ -151,7 +134,12 @@ impl Server {
             log,
             kind,
         };
-        wait_for_port(port, &format!("{kind:?} server"))?;
+        wait_for_port(
+            port,
+            &format!("{kind:?} server"),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+        )?;
         if kind == Kind::S3 {
             let status = http(port, "PUT", &format!("/{BUCKET}"), "")?;
             ensure!(status == 200, "creating the bucket: HTTP {status}");

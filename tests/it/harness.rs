@@ -455,3 +455,30 @@ pub fn ok_within(
     );
     Ok(out)
 }
+
+/// A port on 127.0.0.1 that was free a moment ago (the OS picks it), for a server a test starts.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`, polling every `poll`;
+/// fails naming `what` once `timeout` has passed. Polling the port is the only readiness signal
+/// the servers the tests start (registries, object stores) give.
+pub(crate) fn wait_for_port(
+    port: u16,
+    what: &str,
+    timeout: std::time::Duration,
+    poll: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(poll);
+    }
+    Ok(())
+}

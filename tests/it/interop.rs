@@ -15,13 +15,15 @@
 mod consumers;
 mod producers;
 
-use crate::harness::{TestDir, busybox_tar, privileged, text, umoci_unpack};
+use crate::harness::{
+    TestDir, busybox_tar, free_port, privileged, text, umoci_unpack, wait_for_port,
+};
 use anyhow::{Context as _, ensure};
 use cache::oci::Digest;
 use std::path::Path;
 use std::process::{ChildStdin, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every tool these tests drive; missing ones fail the tests under REQUIRE_PRIVILEGED_TESTS=1.
 const TOOLS: &[&str] = &[
@@ -155,9 +157,7 @@ fn world() -> Option<&'static World> {
 /// Layer URLs are allowed (without an allow list the registry refuses every manifest that
 /// has a non-distributable layer with `urls`).
 fn start_registry(dir: &Path) -> anyhow::Result<(String, ChildStdin)> {
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
@@ -178,15 +178,12 @@ fn start_registry(dir: &Path) -> anyhow::Result<(String, ChildStdin)> {
         .spawn()
         .context("starting docker-registry")?;
     let stdin = child.stdin.take().context("the registry's stdin")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Polling the port is the only readiness signal the registry gives.
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "docker-registry did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(
+        port,
+        "docker-registry",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+    )?;
     Ok((format!("127.0.0.1:{port}"), stdin))
 }
 

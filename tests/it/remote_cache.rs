@@ -1,12 +1,13 @@
 //! Remote build cache (`--cache-to` / `--cache-from`) through the real CNCF registry, started
 //! here with its access log on, so that tests count the blob requests kiln makes.
 
-use crate::harness::{TestDir, busybox_dir, events, executed_runs, privileged, text};
+use crate::harness::{
+    TestDir, busybox_dir, events, executed_runs, free_port, privileged, text, wait_for_port,
+};
 use anyhow::{Context as _, ensure};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Three stages: `deps` and `builder` feed the final one. `a.txt` matters only to `builder`,
 /// `b.txt` only to the final stage.
@@ -42,7 +43,7 @@ impl Drop for Registry {
 
 impl Registry {
     pub(crate) fn start(dir: &Path) -> anyhow::Result<Registry> {
-        let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        let port = free_port()?;
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
@@ -60,15 +61,12 @@ impl Registry {
             .spawn()
             .context("starting docker-registry")?;
         let reg = Registry { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // Polling the port is the only readiness signal the registry gives.
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(
-                Instant::now() < deadline,
-                "docker-registry did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(
+            port,
+            "docker-registry",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+        )?;
         Ok(reg)
     }
 
