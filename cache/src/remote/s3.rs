@@ -3,8 +3,9 @@
 //! layer streams from disk without being read twice to hash it.
 
 use super::object::Head;
-use super::object::{ObjResult, ObjectError, Secret, check, file_body, head_of, retry, xml_text};
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use super::object::{
+    ObjResult, ObjectError, Secret, check, file_body, head_of, retry, upload_in_parts, xml_text,
+};
 use rusty_s3::{Bucket, Method, UrlStyle};
 use std::path::Path;
 use std::time::Duration;
@@ -211,11 +212,9 @@ impl S3Client {
         part_size: u64,
         parallel: usize,
     ) -> ObjResult<()> {
-        let parts = size.div_ceil(part_size);
-        let jobs = (0..parts).map(|i| async move {
-            let (offset, len) = (i * part_size, part_size.min(size - i * part_size));
+        let etags = upload_in_parts(size, part_size, parallel, |i, offset, len| async move {
             let n = (i + 1).to_string();
-            let etag = retry(|| async {
+            retry(|| async {
                 let url = self.url(
                     Method::Put,
                     key,
@@ -241,16 +240,11 @@ impl S3Client {
                         what: "ETag",
                     })
             })
-            .await?;
-            Ok::<_, ObjectError>((i + 1, etag))
-        });
-        let mut etags: Vec<(u64, String)> = futures_util::stream::iter(jobs)
-            .buffer_unordered(parallel.max(1))
-            .try_collect()
-            .await?;
-        etags.sort();
+            .await
+        })
+        .await?;
         let mut xml = String::from("<CompleteMultipartUpload>");
-        for (n, etag) in &etags {
+        for (n, etag) in (1u64..).zip(&etags) {
             xml.push_str(&format!(
                 "<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
             ));
