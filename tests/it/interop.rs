@@ -502,10 +502,16 @@ fn make_world() -> anyhow::Result<World> {
     let layer = &import_manifest["layers"][0];
     let diff_ids = import_config["rootfs"]["diff_ids"].to_string();
     let repo = "prod/docker-import";
-    let hand = |config: &[u8], tag: &str| -> anyhow::Result<(Digest, usize)> {
+    // Puts `config` and a manifest from fixture `manifest` (of `media_type`) naming it and the
+    // base's layer, tagged `tag`.
+    let hand = |config: &[u8],
+                tag: &str,
+                manifest: &str,
+                media_type: &str|
+     -> anyhow::Result<(Digest, usize)> {
         let cd = put_blob(&host, repo, config, &d)?;
         let m = fixture(
-            "manifest-docker-null.json",
+            manifest,
             &[
                 ("CONFIG_SIZE", config.len().to_string()),
                 ("CONFIG_DIGEST", cd.to_string()),
@@ -516,14 +522,7 @@ fn make_world() -> anyhow::Result<World> {
                 ),
             ],
         )?;
-        let md = put_manifest(
-            &host,
-            repo,
-            tag,
-            "application/vnd.docker.distribution.manifest.v2+json",
-            &m,
-            &d,
-        )?;
+        let md = put_manifest(&host, repo, tag, media_type, &m, &d)?;
         Ok((md, m.len()))
     };
     let config = fixture(
@@ -533,7 +532,12 @@ fn make_world() -> anyhow::Result<World> {
             ("DIFF_IDS", diff_ids.clone()),
         ],
     )?;
-    let (null_manifest, null_size) = hand(&config, "null")?;
+    let (null_manifest, null_size) = hand(
+        &config,
+        "null",
+        "manifest-docker-null.json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )?;
     produced.push(Produced {
         name: "null-fields",
         reference: format!("{host}/{repo}:null"),
@@ -543,26 +547,11 @@ fn make_world() -> anyhow::Result<World> {
 
     // The same layer as an OCI non-distributable layer with `urls` (the registry then does not
     // require the blob; this one has it, so kiln can pull it).
-    let cd = put_blob(&host, repo, &config, &d)?;
-    let m = fixture(
-        "manifest-oci-nondistributable.json",
-        &[
-            ("CONFIG_SIZE", config.len().to_string()),
-            ("CONFIG_DIGEST", cd.to_string()),
-            ("LAYER_SIZE", layer["size"].to_string()),
-            (
-                "LAYER_DIGEST",
-                layer["digest"].as_str().unwrap_or_default().to_owned(),
-            ),
-        ],
-    )?;
-    put_manifest(
-        &host,
-        repo,
+    hand(
+        &config,
         "nondistributable",
+        "manifest-oci-nondistributable.json",
         "application/vnd.oci.image.manifest.v1+json",
-        &m,
-        &d,
     )?;
     produced.push(Produced {
         name: NONDISTRIBUTABLE,
@@ -581,7 +570,12 @@ fn make_world() -> anyhow::Result<World> {
         "config-null.json",
         &[("ARCH", other.to_owned()), ("DIFF_IDS", diff_ids)],
     )?;
-    let (arm_manifest, arm_size) = hand(&config, "other-arch")?;
+    let (arm_manifest, arm_size) = hand(
+        &config,
+        "other-arch",
+        "manifest-docker-null.json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )?;
 
     // An index nesting an index, with an attestation entry first. The attestation entry claims
     // this machine's platform and points at the other-arch manifest: a client that did not
