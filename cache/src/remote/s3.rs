@@ -165,23 +165,11 @@ impl S3Client {
     ) -> ObjResult<()> {
         let id = retry(|| async {
             let url = self.url(Method::Post, key, &[("uploads", "")], &[]);
-            let resp = check(
-                self.http
-                    .post(url)
-                    .header(reqwest::header::CONTENT_LENGTH, 0)
-                    .send()
-                    .await,
-                "POST (create multipart upload)",
-                key,
-                false,
-            )
-            .await?
-            .expect("only missing_ok gives None");
-            let body = resp.text().await.map_err(|source| ObjectError::Network {
-                op: "POST (create multipart upload)",
-                key: key.to_owned(),
-                source,
-            })?;
+            let req = self
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_LENGTH, 0);
+            let body = answer_text(req, "POST (create multipart upload)", key).await?;
             xml_text(&body, "UploadId")
                 .map(str::to_owned)
                 .ok_or_else(|| ObjectError::Answer {
@@ -252,20 +240,9 @@ impl S3Client {
         xml.push_str("</CompleteMultipartUpload>");
         retry(|| async {
             let url = self.url(Method::Post, key, &[("uploadId", id)], &[]);
-            let resp = check(
-                self.http.post(url).body(xml.clone()).send().await,
-                "POST (complete multipart upload)",
-                key,
-                false,
-            )
-            .await?
-            .expect("only missing_ok gives None");
+            let req = self.http.post(url).body(xml.clone());
             // S3 may answer 200 and put the error in the body (a slow completion).
-            let body = resp.text().await.map_err(|source| ObjectError::Network {
-                op: "POST (complete multipart upload)",
-                key: key.to_owned(),
-                source,
-            })?;
+            let body = answer_text(req, "POST (complete multipart upload)", key).await?;
             match xml_text(&body, "Code") {
                 Some(code) => Err(ObjectError::Status {
                     op: "POST (complete multipart upload)",
@@ -278,6 +255,22 @@ impl S3Client {
         })
         .await
     }
+}
+
+/// Sends `req` (operation `op` on `key`) and returns the body of its successful answer.
+async fn answer_text(
+    req: reqwest::RequestBuilder,
+    op: &'static str,
+    key: &str,
+) -> ObjResult<String> {
+    let resp = check(req.send().await, op, key, false)
+        .await?
+        .expect("only missing_ok gives None");
+    resp.text().await.map_err(|source| ObjectError::Network {
+        op,
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// Parses `touch_refresh` (BuildKit takes Go durations: `24h`, `30m`, `90s`, `1h30m`).
