@@ -4,7 +4,10 @@
 //! telemetry off). Each server writes an access log, which the tests read to count requests.
 //! Then the fleet test: four runners at once against one cache on every backend.
 
-use crate::harness::{TestDir, executed_runs, free_port, privileged, text, wait_for_port};
+use crate::harness::{
+    Built, TestDir, build_app, cache_project, executed_runs, free_port, parse_built, privileged,
+    text, wait_for_port,
+};
 use anyhow::{Context as _, ensure};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -195,44 +198,9 @@ impl Server {
     }
 }
 
-/// A build's rawjson events, its image digest and its stderr.
-struct Built {
-    events: Vec<serde_json::Value>,
-    digest: String,
-    stderr: String,
-}
-
-fn build(t: &TestDir, extra: &[&str]) -> anyhow::Result<Built> {
-    let ctx = t.ctx.to_str().expect("utf-8 path");
-    let mut args = vec!["build", "--progress", "rawjson", "-t", "app:1"];
-    args.extend_from_slice(extra);
-    args.push(ctx);
-    let out = t.ok(&args)?;
-    parse_built(&out)
-}
-
-fn parse_built(out: &std::process::Output) -> anyhow::Result<Built> {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let digest = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("writing image ")?.strip_suffix(" done"))
-        .with_context(|| format!("no image digest in:\n{}", text(out)))?
-        .to_owned();
-    Ok(Built {
-        events: crate::harness::events(out)?,
-        digest,
-        stderr,
-    })
-}
-
 /// A test dir with busybox imported and the Dockerfile.
 fn project() -> anyhow::Result<TestDir> {
-    let t = TestDir::new();
-    t.import_busybox()?;
-    t.write("Dockerfile", DOCKERFILE);
-    t.write("a.txt", "a\n");
-    t.write("b.txt", "b\n");
-    Ok(t)
+    cache_project(DOCKERFILE)
 }
 
 /// The project and a server of `kind` in its temp dir, or None when the test is skipped.
@@ -259,7 +227,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     let to = srv.spec("main", "mode=max,mounts=true");
     let from = srv.spec("main", "");
     // The first CI run: nothing to import yet, which is a warning naming the backend.
-    let first = build(&t, &["--cache-from", &from, "--cache-to", &to])?;
+    let first = build_app(&t, &["--cache-from", &from, "--cache-to", &to])?;
     ensure!(ran_lines(&first).len() == 4, "{}", first.stderr);
     let backend = match kind {
         Kind::S3 | Kind::S3rver => format!("s3 bucket {BUCKET}"),
@@ -276,7 +244,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     ensure!(puts > 0, "no blob PUT in the access log");
 
     // Re-export of an unchanged build: HEADs only, no blob is written again.
-    let again = build(&t, &["--cache-to", &to])?;
+    let again = build_app(&t, &["--cache-to", &to])?;
     ensure!(
         srv.blob_puts() == puts,
         "re-export wrote blobs: {:?}\n{}",
@@ -288,7 +256,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     // A fresh runner: zero RUN steps, the same image, the cache mount restored.
     let fresh = project()?;
     let manifest_gets = srv.requests("GET", "manifests/main").len();
-    let second = build(&fresh, &["--cache-from", &from])?;
+    let second = build_app(&fresh, &["--cache-from", &from])?;
     ensure!(
         ran_lines(&second).is_empty() && second.digest == first.digest,
         "ran {:?}; {} vs {}\n{}",
@@ -309,7 +277,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     // cache (the RUN finds `tool` instead of writing it).
     let changed = project()?;
     changed.write("a.txt", "changed\n");
-    let third = build(&changed, &["--cache-from", &from])?;
+    let third = build_app(&changed, &["--cache-from", &from])?;
     let ran = ran_lines(&third);
     ensure!(
         ran.len() == 2
@@ -350,7 +318,7 @@ fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
     let Some((t, srv)) = setup(kind)? else {
         return Ok(());
     };
-    build(
+    build_app(
         &t,
         &[
             "--cache-to",
@@ -362,7 +330,7 @@ fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
     for (name, want) in [("min", 4), ("max", 1)] {
         let fresh = project()?;
         fresh.write("b.txt", "changed\n");
-        let b = build(&fresh, &["--cache-from", &srv.spec(name, "")])?;
+        let b = build_app(&fresh, &["--cache-from", &srv.spec(name, "")])?;
         let ran = ran_lines(&b);
         ensure!(ran.len() == want, "{name}: ran {ran:?}\n{}", b.stderr);
     }
@@ -370,7 +338,7 @@ fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
         // touch_refresh=0s: every blob already there is older than that, so a re-export
         // copies each onto itself (CopyObject) instead of uploading it; the cache still works.
         let before = srv.requests("PUT", "/blobs/").len();
-        let r = build(
+        let r = build_app(
             &t,
             &["--cache-to", &srv.spec("max", "mode=max,touch_refresh=0s")],
         )?;
@@ -394,7 +362,7 @@ fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
             r.stderr
         );
         let fresh = project()?;
-        let b = build(&fresh, &["--cache-from", &srv.spec("max", "")])?;
+        let b = build_app(&fresh, &["--cache-from", &srv.spec("max", "")])?;
         ensure!(ran_lines(&b).is_empty(), "{}", b.stderr);
     }
     Ok(())
@@ -417,9 +385,9 @@ fn errors(kind: Kind) -> anyhow::Result<()> {
         return Ok(());
     };
     // The right credentials work: the server checked kiln's signatures.
-    build(&t, &["--cache-to", &srv.spec("main", "")])?;
+    build_app(&t, &["--cache-to", &srv.spec("main", "")])?;
     let fresh = project()?;
-    let b = build(&fresh, &["--cache-from", &srv.spec("main", "")])?;
+    let b = build_app(&fresh, &["--cache-from", &srv.spec("main", "")])?;
     ensure!(ran_lines(&b).is_empty(), "{}", b.stderr);
     let bad = match kind {
         Kind::S3 | Kind::S3rver => srv
@@ -506,7 +474,7 @@ fn large_layer(kind: Kind) -> anyhow::Result<()> {
         "Dockerfile",
         &std::fs::read_to_string(t.ctx.join("Dockerfile"))?,
     );
-    let second = build(&fresh, &["--cache-from", &srv.spec("big", "")])?;
+    let second = build_app(&fresh, &["--cache-from", &srv.spec("big", "")])?;
     ensure!(ran_lines(&second).is_empty() && second.digest == first.digest);
     let out = fresh.ok(&["run", "--rm", "app:1", "sha256sum", "-c", "/big.sum"])?;
     ensure!(
@@ -590,7 +558,7 @@ fn fleet_of_four_concurrent_runners_shares_one_cache_on_every_backend() -> anyho
     let serial: Vec<String> = (0..FLEET)
         .map(|i| {
             let t = fleet_runner(i)?;
-            build(&t, &[])?;
+            build_app(&t, &[])?;
             image_content(&t)
         })
         .collect::<anyhow::Result<_>>()?;
@@ -643,7 +611,7 @@ fn fleet_of_four_concurrent_runners_shares_one_cache_on_every_backend() -> anyho
         let mut full_hits = 0;
         for i in 0..FLEET {
             let fresh = fleet_runner(i)?;
-            let b = build(&fresh, &["--cache-from", &from])?;
+            let b = build_app(&fresh, &["--cache-from", &from])?;
             ensure!(!b.stderr.contains("warning"), "{to}: {}", b.stderr);
             let ran = ran_lines(&b);
             ensure!(
@@ -699,9 +667,9 @@ fn azblob_sas_token_in_the_account_url_authorises_export_and_import() -> anyhow:
             srv.port
         )
     };
-    let first = build(&t, &["--cache-to", &spec(",mode=max")])?;
+    let first = build_app(&t, &["--cache-to", &spec(",mode=max")])?;
     let fresh = project()?;
-    let b = build(&fresh, &["--cache-from", &spec("")])?;
+    let b = build_app(&fresh, &["--cache-from", &spec("")])?;
     ensure!(
         ran_lines(&b).is_empty() && b.digest == first.digest,
         "{}",

@@ -482,3 +482,46 @@ pub(crate) fn wait_for_port(
     }
     Ok(())
 }
+
+/// A `kiln build` of `app:1` (remote cache tests): its rawjson events, image digest and stderr.
+pub(crate) struct Built {
+    pub(crate) events: Vec<Value>,
+    pub(crate) digest: String,
+    pub(crate) stderr: String,
+}
+
+/// `kiln build --progress rawjson -t app:1 EXTRA... CONTEXT` of `t`, which must succeed.
+pub(crate) fn build_app(t: &TestDir, extra: &[&str]) -> anyhow::Result<Built> {
+    let ctx = t.ctx.to_str().expect("utf-8 path");
+    let mut args = vec!["build", "--progress", "rawjson", "-t", "app:1"];
+    args.extend_from_slice(extra);
+    args.push(ctx);
+    let out = t.ok(&args)?;
+    parse_built(&out)
+}
+
+/// The [`Built`] of a `kiln build --progress rawjson` that succeeded with output `out`.
+pub(crate) fn parse_built(out: &Output) -> anyhow::Result<Built> {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let digest = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("writing image ")?.strip_suffix(" done"))
+        .with_context(|| format!("no image digest in:\n{}", text(out)))?
+        .to_owned();
+    Ok(Built {
+        events: events(out)?,
+        digest,
+        stderr,
+    })
+}
+
+/// A test dir with busybox imported, `dockerfile`, and the context files `a.txt` and `b.txt`
+/// that the remote cache tests' Dockerfiles copy.
+pub(crate) fn cache_project(dockerfile: &str) -> anyhow::Result<TestDir> {
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", dockerfile);
+    t.write("a.txt", "a\n");
+    t.write("b.txt", "b\n");
+    Ok(t)
+}
