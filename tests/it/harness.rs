@@ -125,12 +125,16 @@ impl TestDir {
 
     /// Builds the context as `tag` with rawjson progress; returns the parsed events.
     pub fn build(&self, tag: &str, extra: &[&str]) -> anyhow::Result<Vec<Value>> {
+        events(&self.build_output(tag, extra)?)
+    }
+
+    /// `kiln build --progress rawjson -t TAG EXTRA... CONTEXT`, which must succeed.
+    pub fn build_output(&self, tag: &str, extra: &[&str]) -> anyhow::Result<Output> {
         let ctx = self.ctx.to_str().expect("utf-8 path");
         let mut args = vec!["build", "--progress", "rawjson", "-t", tag];
         args.extend_from_slice(extra);
         args.push(ctx);
-        let out = self.ok(&args)?;
-        events(&out)
+        self.ok(&args)
     }
 
     /// Imports busybox as `busybox:latest` with `CMD ["sh"]` and a PATH.
@@ -490,14 +494,9 @@ pub(crate) struct Built {
     pub(crate) stderr: String,
 }
 
-/// `kiln build --progress rawjson -t app:1 EXTRA... CONTEXT` of `t`, which must succeed.
+/// [`TestDir::build_output`] of `app:1`, which must succeed.
 pub(crate) fn build_app(t: &TestDir, extra: &[&str]) -> anyhow::Result<Built> {
-    let ctx = t.ctx.to_str().expect("utf-8 path");
-    let mut args = vec!["build", "--progress", "rawjson", "-t", "app:1"];
-    args.extend_from_slice(extra);
-    args.push(ctx);
-    let out = t.ok(&args)?;
-    parse_built(&out)
+    parse_built(&t.build_output("app:1", extra)?)
 }
 
 /// The [`Built`] of a `kiln build --progress rawjson` that succeeded with output `out`.
