@@ -5,14 +5,14 @@
 //! Then the fleet test: four runners at once against one cache on every backend.
 
 use crate::harness::{
-    Built, TestDir, build_app, cache_project, executed_runs, free_port, parse_built, privileged,
-    text, wait_for_port,
+    Built, KillOnDrop, TestDir, build_app, cache_project, executed_runs, free_port, parse_built,
+    privileged, text, wait_for_port,
 };
 use anyhow::{Context as _, ensure};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Three stages, as in remote_cache.rs: `a.txt` matters only to `builder`, `b.txt` only to
@@ -58,7 +58,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<u16> 
 
 /// A server child whose access log goes to a file, killed on drop.
 struct Server {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
     log: PathBuf,
     kind: Kind,
@@ -76,13 +76,6 @@ enum Kind {
 }
 
 const BUCKET: &str = "kiln-cache";
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 impl Server {
     fn tools(kind: Kind) -> &'static [&'static str] {
@@ -132,7 +125,7 @@ impl Server {
                 .context("starting azurite-blob")?,
         };
         let s = Server {
-            child,
+            _child: KillOnDrop(child),
             port,
             log,
             kind,

@@ -524,3 +524,13 @@ pub(crate) fn cache_project(dockerfile: &str) -> anyhow::Result<TestDir> {
     t.write("b.txt", "b\n");
     Ok(t)
 }
+
+/// A server child a test started, killed and reaped when dropped.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -2,12 +2,12 @@
 //! here with its access log on, so that tests count the blob requests kiln makes.
 
 use crate::harness::{
-    Built, TestDir, build_app, busybox_dir, cache_project, executed_runs, free_port, privileged,
-    text, wait_for_port,
+    Built, KillOnDrop, TestDir, build_app, busybox_dir, cache_project, executed_runs, free_port,
+    privileged, text, wait_for_port,
 };
 use anyhow::{Context as _, ensure};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Three stages: `deps` and `builder` feed the final one. `a.txt` matters only to `builder`,
@@ -30,16 +30,9 @@ RUN cat /app/out /deps.txt > /app/final
 
 /// A `docker-registry serve` child with its access log in a file, killed on drop.
 pub(crate) struct Registry {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
     log: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Registry {
@@ -61,7 +54,11 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .context("starting docker-registry")?;
-        let reg = Registry { child, port, log };
+        let reg = Registry {
+            _child: KillOnDrop(child),
+            port,
+            log,
+        };
         wait_for_port(
             port,
             "docker-registry",
