@@ -6,7 +6,7 @@
 
 use crate::harness::{
     Built, KillOnDrop, TestDir, build_app, cache_project, executed_runs, free_port, parse_built,
-    privileged, text, wait_for_port,
+    privileged, text, three_stage_dockerfile, wait_for_port,
 };
 use anyhow::{Context as _, ensure};
 use std::io::{Read as _, Write as _};
@@ -15,25 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Three stages, as in remote_cache.rs: `a.txt` matters only to `builder`, `b.txt` only to
-/// the final stage; the final stage also uses a cache mount.
-const DOCKERFILE: &str = "\
-FROM busybox AS deps
-RUN echo deps > /deps.txt
-
-FROM busybox AS builder
-RUN echo building > /built
-COPY a.txt /a.txt
-RUN cat /a.txt /built > /out
-
-FROM busybox
-COPY b.txt /b.txt
-COPY --from=deps /deps.txt /deps.txt
-COPY --from=builder /out /app/out
-RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
+/// [`three_stage_dockerfile`] whose final stage also uses a cache mount.
+const DOCKERFILE: &str = three_stage_dockerfile!(
+    "RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
     ( [ -f /var/cache/pkgs/tool ] || echo fetched > /var/cache/pkgs/tool ) && \
-    cat /app/out /deps.txt /var/cache/pkgs/tool > /app/final
-";
+    cat /app/out /deps.txt /var/cache/pkgs/tool > /app/final"
+);
 
 /// The azurite emulator's documented development account and key.
 const AZ_ACCOUNT: &str = "devstoreaccount1";

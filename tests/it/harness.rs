@@ -534,3 +534,30 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The three-stage Dockerfile of the remote cache tests ([`cache_project`]), with `$final_run`
+/// (a string literal) as the final stage's last line: `deps` and `builder` feed the final stage;
+/// `a.txt` matters only to `builder`, `b.txt` only to the final stage.
+macro_rules! three_stage_dockerfile {
+    ($final_run:literal) => {
+        concat!(
+            "\
+FROM busybox AS deps
+RUN echo deps > /deps.txt
+
+FROM busybox AS builder
+RUN echo building > /built
+COPY a.txt /a.txt
+RUN cat /a.txt /built > /out
+
+FROM busybox
+COPY b.txt /b.txt
+COPY --from=deps /deps.txt /deps.txt
+COPY --from=builder /out /app/out
+",
+            $final_run,
+            "\n"
+        )
+    };
+}
+pub(crate) use three_stage_dockerfile;

@@ -3,30 +3,15 @@
 
 use crate::harness::{
     Built, KillOnDrop, TestDir, build_app, busybox_dir, cache_project, executed_runs, free_port,
-    privileged, text, wait_for_port,
+    privileged, text, three_stage_dockerfile, wait_for_port,
 };
 use anyhow::{Context as _, ensure};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Three stages: `deps` and `builder` feed the final one. `a.txt` matters only to `builder`,
-/// `b.txt` only to the final stage.
-const DOCKERFILE: &str = "\
-FROM busybox AS deps
-RUN echo deps > /deps.txt
-
-FROM busybox AS builder
-RUN echo building > /built
-COPY a.txt /a.txt
-RUN cat /a.txt /built > /out
-
-FROM busybox
-COPY b.txt /b.txt
-COPY --from=deps /deps.txt /deps.txt
-COPY --from=builder /out /app/out
-RUN cat /app/out /deps.txt > /app/final
-";
+/// [`three_stage_dockerfile`] whose final stage only concatenates what the others made.
+const DOCKERFILE: &str = three_stage_dockerfile!("RUN cat /app/out /deps.txt > /app/final");
 
 /// A `docker-registry serve` child with its access log in a file, killed on drop.
 pub(crate) struct Registry {
