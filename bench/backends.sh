@@ -31,6 +31,8 @@ done
 W=$(mktemp -d /var/tmp/kiln-backends-bench.XXXXXX)
 REG_ACCESSLOG=1
 source "$(dirname "$0")/lib/registry.sh"
+BENCH=bench/backends.sh
+source "$(dirname "$0")/lib/cache-build.sh"
 PIDS=()
 cleanup() {
     stop_registry
@@ -38,11 +40,8 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
-    echo "bench/backends.sh: nothing listens on $1" >&2; exit 1
-}
+# wait_server PORT: waits up to 20 s for the server on PORT.
+wait_server() { wait_port "$1" 400 || { echo "bench/backends.sh: nothing listens on $1" >&2; exit 1; }; }
 
 start_registry
 S3_PORT=$(free_port)
@@ -52,7 +51,7 @@ AZ_PORT=$(free_port)
 azurite-blob --blobHost 127.0.0.1 --blobPort "$AZ_PORT" --location "$W/azurite" \
     --disableTelemetry --skipApiVersionCheck >"$W/azblob.log" 2>/dev/null &
 PIDS+=($!)
-wait_port "$S3_PORT"; wait_port "$AZ_PORT"
+wait_server "$S3_PORT"; wait_server "$AZ_PORT"
 python3 - "$S3_PORT" <<'PY'
 import http.client, sys
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1])); c.request("PUT", "/bench"); assert c.getresponse().status == 200
@@ -75,37 +74,7 @@ log_of() {
 # Requests in a log: lines naming an HTTP method in quotes (the access log format of all three).
 requests() { grep -cE '"(GET|HEAD|PUT|POST|PATCH|DELETE) ' "$1" 2>/dev/null || true; }
 
-mkdir -p "$W/rootfs/bin" "$W/rootfs/etc" "$W/rootfs/tmp"
-cp /bin/busybox "$W/rootfs/bin/"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$W/rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$W/rootfs/etc/passwd"
-echo 'root:x:0:' > "$W/rootfs/etc/group"
-tar -C "$W/rootfs" --mtime=@0 --owner=0 --group=0 --sort=name -cf "$W/busybox.tar" .
-
-mkdir -p "$W/ctx"
-head -c 1M /dev/urandom > "$W/ctx/src.bin"
-cat > "$W/ctx/Dockerfile" <<DF
-FROM busybox AS builder
-RUN dd if=/dev/urandom of=/toolchain bs=1048576 count=${SIZE_MIB} 2>/dev/null && echo built > /artifact
-
-FROM busybox
-RUN dd if=/dev/urandom of=/runtime-data bs=1048576 count=$((SIZE_MIB / 2)) 2>/dev/null
-COPY src.bin /app/src.bin
-COPY --from=builder /artifact /app/artifact
-RUN cat /app/artifact > /app/ready
-DF
-
-new_root() {
-    rm -rf "$1"
-    KILN_ROOT="$1" "$KILN" import --change 'ENV PATH=/bin' "$W/busybox.tar" busybox >/dev/null
-}
-now() { date +%s.%N; }
-t() {
-    local s; s=$(now)
-    if ! "$@" >"$W/out" 2>&1; then echo "bench/backends.sh: failed: $*" >&2; tail -20 "$W/out" >&2; exit 1; fi
-    echo "$(now) - $s" | bc -l
-}
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+make_cache_bench_inputs
 
 BACKENDS="registry local s3 azblob"
 for i in $(seq "$RUNS"); do
@@ -115,14 +84,13 @@ for i in $(seq "$RUNS"); do
         to="$(spec $b run$i),mode=max"
         KILN_ROOT="$W/a" t "$KILN" build --progress plain -t app "$W/ctx" --cache-to "$to" >/dev/null
         KILN_ROOT="$W/a" t "$KILN" build --progress plain -t app "$W/ctx" --cache-to "$to" >/dev/null
-        sed -n 's/^exporting cache to .* in \([0-9.]*\)s$/\1/p' "$W/out" >> "$W/$b.reexport"
-        grep -q '(0 uploaded, 0 mounted' "$W/out" || { echo "$b: re-export uploaded something:" >&2; grep exporting "$W/out" >&2; exit 1; }
+        reexport_time "$W/$b.reexport" "$b: "
     done
     for b in $BACKENDS; do
         new_root "$W/f"
         log=$(log_of $b); before=$(requests "$log")
         KILN_ROOT="$W/f" t "$KILN" build --progress plain -t app --cache-from "$(from_spec $b run$i)" "$W/ctx" >> "$W/$b.fresh"
-        if grep -q 'cache miss' "$W/out"; then echo "$b: fresh runner missed the cache:" >&2; grep 'cache miss' "$W/out" >&2; exit 1; fi
+        no_cache_miss "$b: "
         echo $(( $(requests "$log") - before )) >> "$W/$b.requests"
     done
 done

@@ -28,42 +28,12 @@ done
 
 W=$(mktemp -d /var/tmp/kiln-cache-bench.XXXXXX)
 source "$(dirname "$0")/lib/registry.sh"
+BENCH=bench/cache.sh
+source "$(dirname "$0")/lib/cache-build.sh"
 trap 'stop_registry; rm -rf "$W"' EXIT
 start_registry
 
-# A busybox rootfs tar (the same bytes every time, so every root gets the same base digest).
-mkdir -p "$W/rootfs/bin" "$W/rootfs/etc" "$W/rootfs/tmp"
-cp /bin/busybox "$W/rootfs/bin/"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$W/rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$W/rootfs/etc/passwd"
-echo 'root:x:0:' > "$W/rootfs/etc/group"
-tar -C "$W/rootfs" --mtime=@0 --owner=0 --group=0 --sort=name -cf "$W/busybox.tar" .
-
-mkdir -p "$W/ctx"
-head -c 1M /dev/urandom > "$W/ctx/src.bin"
-cat > "$W/ctx/Dockerfile" <<DF
-FROM busybox AS builder
-RUN dd if=/dev/urandom of=/toolchain bs=1048576 count=${SIZE_MIB} 2>/dev/null && echo built > /artifact
-
-FROM busybox
-RUN dd if=/dev/urandom of=/runtime-data bs=1048576 count=$((SIZE_MIB / 2)) 2>/dev/null
-COPY src.bin /app/src.bin
-COPY --from=builder /artifact /app/artifact
-RUN cat /app/artifact > /app/ready
-DF
-
-new_root() {
-    rm -rf "$1"
-    KILN_ROOT="$1" "$KILN" import --change 'ENV PATH=/bin' "$W/busybox.tar" busybox >/dev/null
-}
-now() { date +%s.%N; }
-# t CMD...: runs CMD (output to $W/out), prints its wall time in seconds.
-t() {
-    local s; s=$(now)
-    if ! "$@" >"$W/out" 2>&1; then echo "bench/cache.sh: failed: $*" >&2; tail -20 "$W/out" >&2; exit 1; fi
-    echo "$(now) - $s" | bc -l
-}
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+make_cache_bench_inputs
 
 for i in $(seq "$RUNS"); do
     echo "run $i/$RUNS..." >&2
@@ -72,15 +42,14 @@ for i in $(seq "$RUNS"); do
     new_root "$W/a"
     KILN_ROOT="$W/a" t "$KILN" build --progress plain -t "$IMAGE" --cache-to "type=registry,ref=$CACHE,mode=max" "$W/ctx" >> "$W/cold-export"
     KILN_ROOT="$W/a" t "$KILN" build --progress plain -t "$IMAGE" --cache-to "type=registry,ref=$CACHE,mode=max" "$W/ctx" >> "$W/reexport-cmd"
-    sed -n 's/^exporting cache to .* in \([0-9.]*\)s$/\1/p' "$W/out" >> "$W/reexport"
-    grep -q '(0 uploaded, 0 mounted' "$W/out" || { echo "re-export uploaded something:" >&2; grep exporting "$W/out" >&2; exit 1; }
+    reexport_time "$W/reexport" ""
     KILN_ROOT="$W/a" t "$KILN" build --progress plain -t "$IMAGE" "$W/ctx" >> "$W/warm"
     KILN_ROOT="$W/a" "$KILN" push "$IMAGE" >/dev/null 2>&1
     rm -rf "$W/p"
     KILN_ROOT="$W/p" t "$KILN" pull "$IMAGE" >> "$W/pull"
     new_root "$W/f"
     KILN_ROOT="$W/f" t "$KILN" build --progress plain -t "$IMAGE" --cache-from "$CACHE" "$W/ctx" >> "$W/fresh"
-    if grep -q 'cache miss' "$W/out"; then echo "fresh runner missed the cache:" >&2; grep 'cache miss' "$W/out" >&2; exit 1; fi
+    no_cache_miss ""
 done
 
 printf '%-34s %10s\n' "measure (median of $RUNS)" "seconds"

@@ -4,55 +4,28 @@
 //! telemetry off). Each server writes an access log, which the tests read to count requests.
 //! Then the fleet test: four runners at once against one cache on every backend.
 
-use crate::harness::{TestDir, executed_runs, privileged, text};
+use crate::harness::{
+    Built, KillOnDrop, TestDir, build_app, cache_project, executed_runs, free_port, parse_built,
+    privileged, text, three_stage_dockerfile, wait_for_port,
+};
 use anyhow::{Context as _, ensure};
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// Three stages, as in remote_cache.rs: `a.txt` matters only to `builder`, `b.txt` only to
-/// the final stage; the final stage also uses a cache mount.
-const DOCKERFILE: &str = "\
-FROM busybox AS deps
-RUN echo deps > /deps.txt
-
-FROM busybox AS builder
-RUN echo building > /built
-COPY a.txt /a.txt
-RUN cat /a.txt /built > /out
-
-FROM busybox
-COPY b.txt /b.txt
-COPY --from=deps /deps.txt /deps.txt
-COPY --from=builder /out /app/out
-RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
+/// [`three_stage_dockerfile`] whose final stage also uses a cache mount.
+const DOCKERFILE: &str = three_stage_dockerfile!(
+    "RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
     ( [ -f /var/cache/pkgs/tool ] || echo fetched > /var/cache/pkgs/tool ) && \
-    cat /app/out /deps.txt /var/cache/pkgs/tool > /app/final
-";
+    cat /app/out /deps.txt /var/cache/pkgs/tool > /app/final"
+);
 
 /// The azurite emulator's documented development account and key.
 const AZ_ACCOUNT: &str = "devstoreaccount1";
 const AZ_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
-}
-
-fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Polling the port is the only readiness signal either server gives.
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "{what} did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
 
 /// One plain HTTP/1.1 request to 127.0.0.1:`port` (for setup only); returns the status.
 fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<u16> {
@@ -72,7 +45,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<u16> 
 
 /// A server child whose access log goes to a file, killed on drop.
 struct Server {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
     log: PathBuf,
     kind: Kind,
@@ -90,13 +63,6 @@ enum Kind {
 }
 
 const BUCKET: &str = "kiln-cache";
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 impl Server {
     fn tools(kind: Kind) -> &'static [&'static str] {
@@ -146,12 +112,17 @@ impl Server {
                 .context("starting azurite-blob")?,
         };
         let s = Server {
-            child,
+            _child: KillOnDrop(child),
             port,
             log,
             kind,
         };
-        wait_for_port(port, &format!("{kind:?} server"))?;
+        wait_for_port(
+            port,
+            &format!("{kind:?} server"),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+        )?;
         if kind == Kind::S3 {
             let status = http(port, "PUT", &format!("/{BUCKET}"), "")?;
             ensure!(status == 200, "creating the bucket: HTTP {status}");
@@ -207,44 +178,9 @@ impl Server {
     }
 }
 
-/// A build's rawjson events, its image digest and its stderr.
-struct Built {
-    events: Vec<serde_json::Value>,
-    digest: String,
-    stderr: String,
-}
-
-fn build(t: &TestDir, extra: &[&str]) -> anyhow::Result<Built> {
-    let ctx = t.ctx.to_str().expect("utf-8 path");
-    let mut args = vec!["build", "--progress", "rawjson", "-t", "app:1"];
-    args.extend_from_slice(extra);
-    args.push(ctx);
-    let out = t.ok(&args)?;
-    parse_built(&out)
-}
-
-fn parse_built(out: &std::process::Output) -> anyhow::Result<Built> {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let digest = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("writing image ")?.strip_suffix(" done"))
-        .with_context(|| format!("no image digest in:\n{}", text(out)))?
-        .to_owned();
-    Ok(Built {
-        events: crate::harness::events(out)?,
-        digest,
-        stderr,
-    })
-}
-
 /// A test dir with busybox imported and the Dockerfile.
 fn project() -> anyhow::Result<TestDir> {
-    let t = TestDir::new();
-    t.import_busybox()?;
-    t.write("Dockerfile", DOCKERFILE);
-    t.write("a.txt", "a\n");
-    t.write("b.txt", "b\n");
-    Ok(t)
+    cache_project(DOCKERFILE)
 }
 
 /// The project and a server of `kind` in its temp dir, or None when the test is skipped.
@@ -271,7 +207,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     let to = srv.spec("main", "mode=max,mounts=true");
     let from = srv.spec("main", "");
     // The first CI run: nothing to import yet, which is a warning naming the backend.
-    let first = build(&t, &["--cache-from", &from, "--cache-to", &to])?;
+    let first = build_app(&t, &["--cache-from", &from, "--cache-to", &to])?;
     ensure!(ran_lines(&first).len() == 4, "{}", first.stderr);
     let backend = match kind {
         Kind::S3 | Kind::S3rver => format!("s3 bucket {BUCKET}"),
@@ -288,7 +224,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     ensure!(puts > 0, "no blob PUT in the access log");
 
     // Re-export of an unchanged build: HEADs only, no blob is written again.
-    let again = build(&t, &["--cache-to", &to])?;
+    let again = build_app(&t, &["--cache-to", &to])?;
     ensure!(
         srv.blob_puts() == puts,
         "re-export wrote blobs: {:?}\n{}",
@@ -300,7 +236,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     // A fresh runner: zero RUN steps, the same image, the cache mount restored.
     let fresh = project()?;
     let manifest_gets = srv.requests("GET", "manifests/main").len();
-    let second = build(&fresh, &["--cache-from", &from])?;
+    let second = build_app(&fresh, &["--cache-from", &from])?;
     ensure!(
         ran_lines(&second).is_empty() && second.digest == first.digest,
         "ran {:?}; {} vs {}\n{}",
@@ -321,7 +257,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     // cache (the RUN finds `tool` instead of writing it).
     let changed = project()?;
     changed.write("a.txt", "changed\n");
-    let third = build(&changed, &["--cache-from", &from])?;
+    let third = build_app(&changed, &["--cache-from", &from])?;
     let ran = ran_lines(&third);
     ensure!(
         ran.len() == 2
@@ -362,7 +298,7 @@ fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
     let Some((t, srv)) = setup(kind)? else {
         return Ok(());
     };
-    build(
+    build_app(
         &t,
         &[
             "--cache-to",
@@ -374,7 +310,7 @@ fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
     for (name, want) in [("min", 4), ("max", 1)] {
         let fresh = project()?;
         fresh.write("b.txt", "changed\n");
-        let b = build(&fresh, &["--cache-from", &srv.spec(name, "")])?;
+        let b = build_app(&fresh, &["--cache-from", &srv.spec(name, "")])?;
         let ran = ran_lines(&b);
         ensure!(ran.len() == want, "{name}: ran {ran:?}\n{}", b.stderr);
     }
@@ -382,7 +318,7 @@ fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
         // touch_refresh=0s: every blob already there is older than that, so a re-export
         // copies each onto itself (CopyObject) instead of uploading it; the cache still works.
         let before = srv.requests("PUT", "/blobs/").len();
-        let r = build(
+        let r = build_app(
             &t,
             &["--cache-to", &srv.spec("max", "mode=max,touch_refresh=0s")],
         )?;
@@ -406,7 +342,7 @@ fn min_vs_max(kind: Kind) -> anyhow::Result<()> {
             r.stderr
         );
         let fresh = project()?;
-        let b = build(&fresh, &["--cache-from", &srv.spec("max", "")])?;
+        let b = build_app(&fresh, &["--cache-from", &srv.spec("max", "")])?;
         ensure!(ran_lines(&b).is_empty(), "{}", b.stderr);
     }
     Ok(())
@@ -429,9 +365,9 @@ fn errors(kind: Kind) -> anyhow::Result<()> {
         return Ok(());
     };
     // The right credentials work: the server checked kiln's signatures.
-    build(&t, &["--cache-to", &srv.spec("main", "")])?;
+    build_app(&t, &["--cache-to", &srv.spec("main", "")])?;
     let fresh = project()?;
-    let b = build(&fresh, &["--cache-from", &srv.spec("main", "")])?;
+    let b = build_app(&fresh, &["--cache-from", &srv.spec("main", "")])?;
     ensure!(ran_lines(&b).is_empty(), "{}", b.stderr);
     let bad = match kind {
         Kind::S3 | Kind::S3rver => srv
@@ -518,7 +454,7 @@ fn large_layer(kind: Kind) -> anyhow::Result<()> {
         "Dockerfile",
         &std::fs::read_to_string(t.ctx.join("Dockerfile"))?,
     );
-    let second = build(&fresh, &["--cache-from", &srv.spec("big", "")])?;
+    let second = build_app(&fresh, &["--cache-from", &srv.spec("big", "")])?;
     ensure!(ran_lines(&second).is_empty() && second.digest == first.digest);
     let out = fresh.ok(&["run", "--rm", "app:1", "sha256sum", "-c", "/big.sum"])?;
     ensure!(
@@ -602,7 +538,7 @@ fn fleet_of_four_concurrent_runners_shares_one_cache_on_every_backend() -> anyho
     let serial: Vec<String> = (0..FLEET)
         .map(|i| {
             let t = fleet_runner(i)?;
-            build(&t, &[])?;
+            build_app(&t, &[])?;
             image_content(&t)
         })
         .collect::<anyhow::Result<_>>()?;
@@ -655,7 +591,7 @@ fn fleet_of_four_concurrent_runners_shares_one_cache_on_every_backend() -> anyho
         let mut full_hits = 0;
         for i in 0..FLEET {
             let fresh = fleet_runner(i)?;
-            let b = build(&fresh, &["--cache-from", &from])?;
+            let b = build_app(&fresh, &["--cache-from", &from])?;
             ensure!(!b.stderr.contains("warning"), "{to}: {}", b.stderr);
             let ran = ran_lines(&b);
             ensure!(
@@ -711,9 +647,9 @@ fn azblob_sas_token_in_the_account_url_authorises_export_and_import() -> anyhow:
             srv.port
         )
     };
-    let first = build(&t, &["--cache-to", &spec(",mode=max")])?;
+    let first = build_app(&t, &["--cache-to", &spec(",mode=max")])?;
     let fresh = project()?;
-    let b = build(&fresh, &["--cache-from", &spec("")])?;
+    let b = build_app(&fresh, &["--cache-from", &spec("")])?;
     ensure!(
         ran_lines(&b).is_empty() && b.digest == first.digest,
         "{}",

@@ -66,6 +66,15 @@ impl Canary {
         )
     }
 
+    /// The start of a Dockerfile whose mounts read the trees of [`TREES`]: stage `st` (the
+    /// `from=st,` tree) planted as "stage", then the stage the mounting RUNs are added to.
+    fn mount_dockerfile_head(&self) -> String {
+        format!(
+            "FROM busybox AS st\nRUN {}\nFROM busybox\n",
+            self.plant_in_tree("stage")
+        )
+    }
+
     /// The same decoys and symlinks in the build context.
     fn plant_in_context(&self, t: &TestDir) -> anyhow::Result<()> {
         let rel = self.rel();
@@ -196,10 +205,7 @@ fn bind_mount_sources_stay_inside_the_context_the_stage_and_the_image() -> anyho
     let Some((t, c)) = world()? else {
         return Ok(());
     };
-    let mut df = format!(
-        "FROM busybox AS st\nRUN {}\nFROM busybox\n",
-        c.plant_in_tree("stage")
-    );
+    let mut df = c.mount_dockerfile_head();
     let mut want = Vec::new();
     for (tree, marker) in TREES {
         for (i, src) in hostdir_sources(&c).iter().enumerate() {
@@ -246,10 +252,7 @@ fn cache_mount_seeds_and_ids_stay_inside_their_trees_and_the_store() -> anyhow::
     let Some((t, c)) = world()? else {
         return Ok(());
     };
-    let mut df = format!(
-        "FROM busybox AS st\nRUN {}\nFROM busybox\n",
-        c.plant_in_tree("stage")
-    );
+    let mut df = c.mount_dockerfile_head();
     let mut want = Vec::new();
     // A cache mount is seeded only with `from=` (a stage or an image).
     for (tree, marker) in &TREES[1..] {

@@ -31,27 +31,30 @@ fn ip_of(t: &TestDir, container: &str) -> anyhow::Result<String> {
         .to_owned())
 }
 
-/// `kiln exec FROM ping IP` (one request, two seconds).
+/// The ping both kiln's and docker's containers run: one request, two seconds.
+fn ping_argv(ip: &str) -> [&str; 6] {
+    ["ping", "-c", "1", "-W", "2", ip]
+}
+
+/// The page fetch both kiln's and docker's containers run: busybox 1.35's `wget -T`
+/// segfaults, so timeout(1) bounds it instead.
+fn wget_argv(url: &str) -> [&str; 7] {
+    ["timeout", "3", "wget", "-q", "-O", "-", url]
+}
+
+/// `kiln exec FROM ping IP`.
 fn pings(t: &TestDir, from: &str, ip: &str) -> bool {
-    t.kiln(&["exec", from, "ping", "-c", "1", "-W", "2", ip])
-        .status
-        .success()
+    let mut args = vec!["exec", from];
+    args.extend(ping_argv(ip));
+    t.kiln(&args).status.success()
 }
 
 /// `kiln exec FROM wget http://IP/`: the page, or None.
 fn page(t: &TestDir, from: &str, ip: &str) -> Option<String> {
-    let out = t.kiln(&[
-        "exec",
-        from,
-        // (busybox 1.35's `wget -T` segfaults: timeout(1) bounds it instead.)
-        "timeout",
-        "3",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        &format!("http://{ip}/"),
-    ]);
+    let url = format!("http://{ip}/");
+    let mut args = vec!["exec", from];
+    args.extend(wget_argv(&url));
+    let out = t.kiln(&args);
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -284,9 +287,9 @@ fn run_and_build_steps_reach_a_host_outside_the_bridge_through_nat() -> anyhow::
     // httpd starts in the background: the first request may come too early.
     let mut seen = String::new();
     for _ in 0..10 {
-        let r = t.kiln(&[
-            "run", "--rm", "busybox", "timeout", "3", "wget", "-q", "-O", "-", &url,
-        ]);
+        let mut args = vec!["run", "--rm", "busybox"];
+        args.extend(wget_argv(&url));
+        let r = t.kiln(&args);
         if r.status.success() {
             seen = client_v4(&String::from_utf8_lossy(&r.stdout));
             break;
@@ -407,27 +410,16 @@ fn docker_containers_keep_working_beside_kiln() -> anyhow::Result<()> {
     )?
     .trim()
     .to_owned();
-    let docker_ping = run_ok(
-        "docker",
-        &["exec", &dcli, "ping", "-c", "1", "-W", "2", &dweb_ip],
-    );
+    let mut ping = vec!["exec", dcli.as_str()];
+    ping.extend(ping_argv(&dweb_ip));
+    let docker_ping = run_ok("docker", &ping);
     ensure!(docker_ping.is_ok(), "docker ping: {docker_ping:?}");
+    let dweb_url = format!("http://{dweb_ip}/");
+    let mut fetch = vec!["exec", dcli.as_str()];
+    fetch.extend(wget_argv(&dweb_url));
     let mut docker_page = Err(anyhow::anyhow!("not tried"));
     for _ in 0..10 {
-        docker_page = run_ok(
-            "docker",
-            &[
-                "exec",
-                &dcli,
-                "timeout",
-                "3",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                &format!("http://{dweb_ip}/"),
-            ],
-        );
+        docker_page = run_ok("docker", &fetch);
         if docker_page.is_ok() {
             break;
         }

@@ -125,12 +125,16 @@ impl TestDir {
 
     /// Builds the context as `tag` with rawjson progress; returns the parsed events.
     pub fn build(&self, tag: &str, extra: &[&str]) -> anyhow::Result<Vec<Value>> {
+        events(&self.build_output(tag, extra)?)
+    }
+
+    /// `kiln build --progress rawjson -t TAG EXTRA... CONTEXT`, which must succeed.
+    pub fn build_output(&self, tag: &str, extra: &[&str]) -> anyhow::Result<Output> {
         let ctx = self.ctx.to_str().expect("utf-8 path");
         let mut args = vec!["build", "--progress", "rawjson", "-t", tag];
         args.extend_from_slice(extra);
         args.push(ctx);
-        let out = self.ok(&args)?;
-        events(&out)
+        self.ok(&args)
     }
 
     /// Imports busybox as `busybox:latest` with `CMD ["sh"]` and a PATH.
@@ -455,3 +459,105 @@ pub fn ok_within(
     );
     Ok(out)
 }
+
+/// A port on 127.0.0.1 that was free a moment ago (the OS picks it), for a server a test starts.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`, polling every `poll`;
+/// fails naming `what` once `timeout` has passed. Polling the port is the only readiness signal
+/// the servers the tests start (registries, object stores) give.
+pub(crate) fn wait_for_port(
+    port: u16,
+    what: &str,
+    timeout: std::time::Duration,
+    poll: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(poll);
+    }
+    Ok(())
+}
+
+/// A `kiln build` of `app:1` (remote cache tests): its rawjson events, image digest and stderr.
+pub(crate) struct Built {
+    pub(crate) events: Vec<Value>,
+    pub(crate) digest: String,
+    pub(crate) stderr: String,
+}
+
+/// [`TestDir::build_output`] of `app:1`, which must succeed.
+pub(crate) fn build_app(t: &TestDir, extra: &[&str]) -> anyhow::Result<Built> {
+    parse_built(&t.build_output("app:1", extra)?)
+}
+
+/// The [`Built`] of a `kiln build --progress rawjson` that succeeded with output `out`.
+pub(crate) fn parse_built(out: &Output) -> anyhow::Result<Built> {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let digest = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("writing image ")?.strip_suffix(" done"))
+        .with_context(|| format!("no image digest in:\n{}", text(out)))?
+        .to_owned();
+    Ok(Built {
+        events: events(out)?,
+        digest,
+        stderr,
+    })
+}
+
+/// A test dir with busybox imported, `dockerfile`, and the context files `a.txt` and `b.txt`
+/// that the remote cache tests' Dockerfiles copy.
+pub(crate) fn cache_project(dockerfile: &str) -> anyhow::Result<TestDir> {
+    let t = TestDir::new();
+    t.import_busybox()?;
+    t.write("Dockerfile", dockerfile);
+    t.write("a.txt", "a\n");
+    t.write("b.txt", "b\n");
+    Ok(t)
+}
+
+/// A server child a test started, killed and reaped when dropped.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The three-stage Dockerfile of the remote cache tests ([`cache_project`]), with `$final_run`
+/// (a string literal) as the final stage's last line: `deps` and `builder` feed the final stage;
+/// `a.txt` matters only to `builder`, `b.txt` only to the final stage.
+macro_rules! three_stage_dockerfile {
+    ($final_run:literal) => {
+        concat!(
+            "\
+FROM busybox AS deps
+RUN echo deps > /deps.txt
+
+FROM busybox AS builder
+RUN echo building > /built
+COPY a.txt /a.txt
+RUN cat /a.txt /built > /out
+
+FROM busybox
+COPY b.txt /b.txt
+COPY --from=deps /deps.txt /deps.txt
+COPY --from=builder /out /app/out
+",
+            $final_run,
+            "\n"
+        )
+    };
+}
+pub(crate) use three_stage_dockerfile;

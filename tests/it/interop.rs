@@ -15,13 +15,15 @@
 mod consumers;
 mod producers;
 
-use crate::harness::{TestDir, busybox_tar, privileged, text, umoci_unpack};
+use crate::harness::{
+    TestDir, busybox_tar, free_port, privileged, text, umoci_unpack, wait_for_port,
+};
 use anyhow::{Context as _, ensure};
 use cache::oci::Digest;
 use std::path::Path;
 use std::process::{ChildStdin, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every tool these tests drive; missing ones fail the tests under REQUIRE_PRIVILEGED_TESTS=1.
 const TOOLS: &[&str] = &[
@@ -155,9 +157,7 @@ fn world() -> Option<&'static World> {
 /// Layer URLs are allowed (without an allow list the registry refuses every manifest that
 /// has a non-distributable layer with `urls`).
 fn start_registry(dir: &Path) -> anyhow::Result<(String, ChildStdin)> {
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
@@ -178,15 +178,12 @@ fn start_registry(dir: &Path) -> anyhow::Result<(String, ChildStdin)> {
         .spawn()
         .context("starting docker-registry")?;
     let stdin = child.stdin.take().context("the registry's stdin")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Polling the port is the only readiness signal the registry gives.
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "docker-registry did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(
+        port,
+        "docker-registry",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+    )?;
     Ok((format!("127.0.0.1:{port}"), stdin))
 }
 
@@ -505,10 +502,16 @@ fn make_world() -> anyhow::Result<World> {
     let layer = &import_manifest["layers"][0];
     let diff_ids = import_config["rootfs"]["diff_ids"].to_string();
     let repo = "prod/docker-import";
-    let hand = |config: &[u8], tag: &str| -> anyhow::Result<(Digest, usize)> {
+    // Puts `config` and a manifest from fixture `manifest` (of `media_type`) naming it and the
+    // base's layer, tagged `tag`.
+    let hand = |config: &[u8],
+                tag: &str,
+                manifest: &str,
+                media_type: &str|
+     -> anyhow::Result<(Digest, usize)> {
         let cd = put_blob(&host, repo, config, &d)?;
         let m = fixture(
-            "manifest-docker-null.json",
+            manifest,
             &[
                 ("CONFIG_SIZE", config.len().to_string()),
                 ("CONFIG_DIGEST", cd.to_string()),
@@ -519,14 +522,7 @@ fn make_world() -> anyhow::Result<World> {
                 ),
             ],
         )?;
-        let md = put_manifest(
-            &host,
-            repo,
-            tag,
-            "application/vnd.docker.distribution.manifest.v2+json",
-            &m,
-            &d,
-        )?;
+        let md = put_manifest(&host, repo, tag, media_type, &m, &d)?;
         Ok((md, m.len()))
     };
     let config = fixture(
@@ -536,7 +532,12 @@ fn make_world() -> anyhow::Result<World> {
             ("DIFF_IDS", diff_ids.clone()),
         ],
     )?;
-    let (null_manifest, null_size) = hand(&config, "null")?;
+    let (null_manifest, null_size) = hand(
+        &config,
+        "null",
+        "manifest-docker-null.json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )?;
     produced.push(Produced {
         name: "null-fields",
         reference: format!("{host}/{repo}:null"),
@@ -546,26 +547,11 @@ fn make_world() -> anyhow::Result<World> {
 
     // The same layer as an OCI non-distributable layer with `urls` (the registry then does not
     // require the blob; this one has it, so kiln can pull it).
-    let cd = put_blob(&host, repo, &config, &d)?;
-    let m = fixture(
-        "manifest-oci-nondistributable.json",
-        &[
-            ("CONFIG_SIZE", config.len().to_string()),
-            ("CONFIG_DIGEST", cd.to_string()),
-            ("LAYER_SIZE", layer["size"].to_string()),
-            (
-                "LAYER_DIGEST",
-                layer["digest"].as_str().unwrap_or_default().to_owned(),
-            ),
-        ],
-    )?;
-    put_manifest(
-        &host,
-        repo,
+    hand(
+        &config,
         "nondistributable",
+        "manifest-oci-nondistributable.json",
         "application/vnd.oci.image.manifest.v1+json",
-        &m,
-        &d,
     )?;
     produced.push(Produced {
         name: NONDISTRIBUTABLE,
@@ -584,7 +570,12 @@ fn make_world() -> anyhow::Result<World> {
         "config-null.json",
         &[("ARCH", other.to_owned()), ("DIFF_IDS", diff_ids)],
     )?;
-    let (arm_manifest, arm_size) = hand(&config, "other-arch")?;
+    let (arm_manifest, arm_size) = hand(
+        &config,
+        "other-arch",
+        "manifest-docker-null.json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )?;
 
     // An index nesting an index, with an attestation entry first. The attestation entry claims
     // this machine's platform and points at the other-arch manifest: a client that did not

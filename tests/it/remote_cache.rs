@@ -1,48 +1,28 @@
 //! Remote build cache (`--cache-to` / `--cache-from`) through the real CNCF registry, started
 //! here with its access log on, so that tests count the blob requests kiln makes.
 
-use crate::harness::{TestDir, busybox_dir, events, executed_runs, privileged, text};
+use crate::harness::{
+    Built, KillOnDrop, TestDir, build_app, busybox_dir, cache_project, executed_runs, free_port,
+    privileged, text, three_stage_dockerfile, wait_for_port,
+};
 use anyhow::{Context as _, ensure};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// Three stages: `deps` and `builder` feed the final one. `a.txt` matters only to `builder`,
-/// `b.txt` only to the final stage.
-const DOCKERFILE: &str = "\
-FROM busybox AS deps
-RUN echo deps > /deps.txt
-
-FROM busybox AS builder
-RUN echo building > /built
-COPY a.txt /a.txt
-RUN cat /a.txt /built > /out
-
-FROM busybox
-COPY b.txt /b.txt
-COPY --from=deps /deps.txt /deps.txt
-COPY --from=builder /out /app/out
-RUN cat /app/out /deps.txt > /app/final
-";
+/// [`three_stage_dockerfile`] whose final stage only concatenates what the others made.
+const DOCKERFILE: &str = three_stage_dockerfile!("RUN cat /app/out /deps.txt > /app/final");
 
 /// A `docker-registry serve` child with its access log in a file, killed on drop.
 pub(crate) struct Registry {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
     log: PathBuf,
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Registry {
     pub(crate) fn start(dir: &Path) -> anyhow::Result<Registry> {
-        let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        let port = free_port()?;
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
@@ -59,16 +39,17 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .context("starting docker-registry")?;
-        let reg = Registry { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // Polling the port is the only readiness signal the registry gives.
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(
-                Instant::now() < deadline,
-                "docker-registry did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let reg = Registry {
+            _child: KillOnDrop(child),
+            port,
+            log,
+        };
+        wait_for_port(
+            port,
+            "docker-registry",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+        )?;
         Ok(reg)
     }
 
@@ -101,40 +82,9 @@ impl Registry {
     }
 }
 
-/// A build's rawjson events, its image digest and its stderr.
-struct Built {
-    events: Vec<serde_json::Value>,
-    digest: String,
-    stderr: String,
-}
-
-fn build(t: &TestDir, extra: &[&str]) -> anyhow::Result<Built> {
-    let ctx = t.ctx.to_str().expect("utf-8 path");
-    let mut args = vec!["build", "--progress", "rawjson", "-t", "app:1"];
-    args.extend_from_slice(extra);
-    args.push(ctx);
-    let out = t.ok(&args)?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let digest = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("writing image ")?.strip_suffix(" done"))
-        .with_context(|| format!("no image digest in:\n{}", text(&out)))?
-        .to_owned();
-    Ok(Built {
-        events: events(&out)?,
-        digest,
-        stderr,
-    })
-}
-
 /// A test dir with busybox imported and the three-stage Dockerfile.
 fn project() -> anyhow::Result<TestDir> {
-    let t = TestDir::new();
-    t.import_busybox()?;
-    t.write("Dockerfile", DOCKERFILE);
-    t.write("a.txt", "a\n");
-    t.write("b.txt", "b\n");
-    Ok(t)
+    cache_project(DOCKERFILE)
 }
 
 /// The three-stage [`project`] and a registry in its temp dir, or `None` when [`privileged`]
@@ -150,7 +100,7 @@ fn project_and_registry() -> anyhow::Result<Option<(TestDir, Registry)>> {
 
 /// Builds `t`, exporting every stage's cache (`mode=max`) to the registry reference `cache`.
 fn export_max(t: &TestDir, cache: &str) -> anyhow::Result<Built> {
-    build(
+    build_app(
         t,
         &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
     )
@@ -177,7 +127,7 @@ fn fresh_runner_builds_from_registry_cache_with_zero_runs_and_same_digest() -> a
     let cache = reg.reference("app/cache:main");
     let to = format!("type=registry,ref={cache},mode=max");
     // The first CI run: the cache it imports does not exist yet, which is only a warning.
-    let first = build(&t, &["--cache-from", &cache, "--cache-to", &to])?;
+    let first = build_app(&t, &["--cache-from", &cache, "--cache-to", &to])?;
     ensure!(executed_runs(&first.events).len() == 4, "{}", first.stderr);
     ensure!(
         first.stderr.contains("warning: cache not imported") && first.stderr.contains("not found"),
@@ -187,7 +137,7 @@ fn fresh_runner_builds_from_registry_cache_with_zero_runs_and_same_digest() -> a
 
     let fresh = fresh_runner(&t)?;
     let from = format!("type=registry,ref={cache}");
-    let second = build(&fresh, &["--cache-from", &from])?;
+    let second = build_app(&fresh, &["--cache-from", &from])?;
     ensure!(
         executed_runs(&second.events).is_empty(),
         "ran: {:?}\n{}",
@@ -208,7 +158,7 @@ fn fresh_runner_builds_from_registry_cache_with_zero_runs_and_same_digest() -> a
         text(&out)
     );
     // The imported records it used are now local: no --cache-from needed any more.
-    let third = build(&fresh, &[])?;
+    let third = build_app(&fresh, &[])?;
     ensure!(
         executed_runs(&third.events).is_empty() && third.digest == first.digest,
         "{}",
@@ -227,7 +177,7 @@ fn fresh_runner_with_one_changed_file_runs_only_dependent_steps() -> anyhow::Res
 
     let fresh = fresh_runner(&t)?;
     fresh.write("a.txt", "changed\n");
-    let b = build(&fresh, &["--cache-from", &cache])?;
+    let b = build_app(&fresh, &["--cache-from", &cache])?;
     let ran = executed_runs(&b.events);
     ensure!(
         ran.len() == 2
@@ -254,7 +204,7 @@ fn intermediate_stage_hits_only_with_mode_max() -> anyhow::Result<()> {
         reg.reference("app/cache:min"),
         reg.reference("app/cache:max"),
     );
-    build(
+    build_app(
         &t,
         &[
             "--cache-to",
@@ -268,7 +218,7 @@ fn intermediate_stage_hits_only_with_mode_max() -> anyhow::Result<()> {
     for (cache, want) in [(&min, 4), (&max, 1)] {
         let fresh = fresh_runner(&t)?;
         fresh.write("b.txt", "changed\n");
-        let b = build(&fresh, &["--cache-from", cache])?;
+        let b = build_app(&fresh, &["--cache-from", cache])?;
         let ran = executed_runs(&b.events);
         ensure!(
             ran.len() == want,
@@ -290,7 +240,7 @@ fn local_layout_cache_round_trips_and_skopeo_reads_it() -> anyhow::Result<()> {
     let dir = t.dir.path().join("cache-layout");
     let d = dir.to_str().expect("utf-8 path");
     let to = format!("type=local,dest={d},mode=max,compression=zstd");
-    let first = build(&t, &["--cache-to", &to])?;
+    let first = build_app(&t, &["--cache-to", &to])?;
 
     let raw = Command::new("skopeo")
         .args(["inspect", "--raw", &format!("oci:{d}:kiln-cache")])
@@ -319,7 +269,7 @@ fn local_layout_cache_round_trips_and_skopeo_reads_it() -> anyhow::Result<()> {
     );
 
     let fresh = fresh_runner(&t)?;
-    let second = build(&fresh, &["--cache-from", &format!("type=local,src={d}")])?;
+    let second = build_app(&fresh, &["--cache-from", &format!("type=local,src={d}")])?;
     ensure!(
         executed_runs(&second.events).is_empty() && second.digest == first.digest,
         "{}",
@@ -354,7 +304,7 @@ fn inline_cache_of_a_pushed_image_is_imported_from_the_image() -> anyhow::Result
         .to_owned();
 
     let fresh = fresh_runner(&t)?;
-    let b = build(
+    let b = build_app(
         &fresh,
         &["--cache-from", &image, "--cache-to", "type=inline"],
     )?;
@@ -399,7 +349,7 @@ fn cache_mount_contents_travel_with_mounts_true() -> anyhow::Result<()> {
     let reg = Registry::start(t.dir.path())?;
     let cache = reg.reference("app/cache:mounts");
     let to = format!("type=registry,ref={cache},mode=max,mounts=true");
-    let first = build(&t, &["--cache-to", &to])?;
+    let first = build_app(&t, &["--cache-to", &to])?;
     ensure!(first.stderr.contains("1 mounts"), "{}", first.stderr);
 
     let fresh = TestDir::new();
@@ -434,13 +384,13 @@ fn exporting_an_exported_build_again_uploads_nothing() -> anyhow::Result<()> {
         "type=registry,ref={},mode=max,mounts=true",
         reg.reference("app/cache:main")
     );
-    build(&t, &["--cache-to", &to])?;
+    build_app(&t, &["--cache-to", &to])?;
     let after_first = reg.uploads();
     ensure!(
         after_first >= 3,
         "layers, chunks and config uploaded: {after_first}"
     );
-    let again = build(&t, &["--cache-to", &to])?;
+    let again = build_app(&t, &["--cache-to", &to])?;
     ensure!(executed_runs(&again.events).is_empty(), "{}", again.stderr);
     ensure!(
         reg.uploads() == after_first && again.stderr.contains("(0 uploaded, 0 mounted"),
@@ -463,7 +413,7 @@ fn lazy_import_downloads_only_the_final_image_layers() -> anyhow::Result<()> {
 
     let fresh = fresh_runner(&t)?;
     let base_snapshots = snapshots(&fresh);
-    let b = build(&fresh, &["--cache-from", &cache])?;
+    let b = build_app(&fresh, &["--cache-from", &cache])?;
     let gets = reg.blob_gets("lazy/cache");
     // The cache config, then the final stage's four layers (COPY b.txt, two COPY --from, RUN);
     // the deps and builder stages' own layers are never downloaded.
@@ -487,14 +437,14 @@ fn export_mounts_layers_already_pushed_to_a_sibling_repository() -> anyhow::Resu
     let Some((t, reg)) = project_and_registry()? else {
         return Ok(());
     };
-    build(&t, &[])?;
+    build_app(&t, &[])?;
     t.ok(&["push", "app:1", &reg.reference("team/web:1")])?;
     let uploads = reg.uploads();
     let to = format!(
         "type=registry,ref={},mode=min",
         reg.reference("team/cache:main")
     );
-    let b = build(&t, &["--cache-to", &to])?;
+    let b = build_app(&t, &["--cache-to", &to])?;
     // The final image's five layers come from team/web by mount; only the config is sent.
     let mounts = reg.requests("POST", "/v2/team/cache/blobs/uploads/?mount=", 201);
     ensure!(

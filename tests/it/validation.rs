@@ -3,7 +3,7 @@
 //! are paths, uids that wrap to root, `-e =x`, `-w rel`, `--memory 0`, a Latin-1 comment,
 //! 20,000 nested `${a:-`, a 1 MB line, a registry that never answers.
 
-use crate::harness::{busybox_dir, busybox_tar, text};
+use crate::harness::{TestDir, busybox_dir, busybox_tar, text};
 use anyhow::{Context as _, ensure};
 use std::io::Write as _;
 use std::path::Path;
@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 /// Docker with busybox imported as a unique tag, removed on drop.
 struct Docker {
     image: String,
+}
+
+/// A test dir with busybox and the docker reference, or None when either skips the test.
+fn busybox_and_docker() -> anyhow::Result<Option<(TestDir, Docker)>> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(None);
+    };
+    Ok(Docker::start()?.map(|docker| (t, docker)))
 }
 
 impl Docker {
@@ -115,10 +123,7 @@ fn both_refuse(
 
 #[test]
 fn container_names_that_are_paths_are_refused_as_docker_refuses_them() -> anyhow::Result<()> {
-    let Some(t) = busybox_dir(&[])? else {
-        return Ok(());
-    };
-    let Some(docker) = Docker::start()? else {
+    let Some((t, docker)) = busybox_and_docker()? else {
         return Ok(());
     };
     // KILN_ROOT is <dir>/root, so `../../x` would be <dir>/x: outside the store.
@@ -191,10 +196,7 @@ fn network_names_that_are_paths_are_refused() -> anyhow::Result<()> {
 
 #[test]
 fn uids_outside_0_to_2147483647_are_refused_as_docker_refuses_them() -> anyhow::Result<()> {
-    let Some(t) = busybox_dir(&[])? else {
-        return Ok(());
-    };
-    let Some(docker) = Docker::start()? else {
+    let Some((t, docker)) = busybox_and_docker()? else {
         return Ok(());
     };
     // 4294967295 is (uid_t)-1, "unchanged" to setresuid: it must never mean root.
@@ -259,10 +261,7 @@ fn user_and_chown_outside_the_range_fail_the_step_that_uses_them() -> anyhow::Re
 
 #[test]
 fn env_without_a_name_and_a_relative_workdir_are_refused_as_docker_does() -> anyhow::Result<()> {
-    let Some(t) = busybox_dir(&[])? else {
-        return Ok(());
-    };
-    let Some(docker) = Docker::start()? else {
+    let Some((t, docker)) = busybox_and_docker()? else {
         return Ok(());
     };
     both_refuse(
@@ -304,10 +303,7 @@ fn env_without_a_name_and_a_relative_workdir_are_refused_as_docker_does() -> any
 
 #[test]
 fn memory_zero_is_unlimited_as_in_docker() -> anyhow::Result<()> {
-    let Some(t) = busybox_dir(&[])? else {
-        return Ok(());
-    };
-    let Some(docker) = Docker::start()? else {
+    let Some((t, docker)) = busybox_and_docker()? else {
         return Ok(());
     };
     // kiln used to write 0 as the limit: the container was OOM-killed at once (137).
@@ -330,10 +326,7 @@ fn memory_zero_is_unlimited_as_in_docker() -> anyhow::Result<()> {
 
 #[test]
 fn a_latin1_comment_builds_as_with_docker() -> anyhow::Result<()> {
-    let Some(t) = busybox_dir(&[])? else {
-        return Ok(());
-    };
-    let Some(docker) = Docker::start()? else {
+    let Some((t, docker)) = busybox_and_docker()? else {
         return Ok(());
     };
     let ctx = t.ctx.to_str().context("utf-8")?;
@@ -382,10 +375,7 @@ fn a_latin1_comment_builds_as_with_docker() -> anyhow::Result<()> {
 
 #[test]
 fn parser_limits_give_file_line_errors_in_real_builds() -> anyhow::Result<()> {
-    let Some(t) = busybox_dir(&[])? else {
-        return Ok(());
-    };
-    let Some(docker) = Docker::start()? else {
+    let Some((t, docker)) = busybox_and_docker()? else {
         return Ok(());
     };
     let ctx = t.ctx.to_str().context("utf-8")?;

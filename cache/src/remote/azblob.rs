@@ -3,9 +3,10 @@
 //! Blobs are block blobs: one Put Blob, or Put Block per part and a Put Block List that
 //! commits them all at once.
 
-use super::object::{Head, ObjResult, ObjectError, Secret, check, file_body, head_of, retry};
+use super::object::{
+    Head, ObjResult, ObjectError, Secret, check, file_body, head_of, retry, upload_in_parts,
+};
 use base64::Engine as _;
-use futures_util::{StreamExt as _, TryStreamExt as _};
 use hmac::{Hmac, Mac as _};
 use reqwest::Method;
 use std::path::Path;
@@ -227,30 +228,28 @@ impl AzClient {
         let ids: Vec<String> = (0..parts)
             .map(|i| base64::engine::general_purpose::STANDARD.encode(format!("kiln-{i:08}")))
             .collect();
-        let jobs = ids.iter().enumerate().map(|(i, id)| async move {
-            let i = i as u64;
-            let (offset, len) = (i * part_size, part_size.min(size - i * part_size));
-            retry(|| async {
-                let body = file_body(path, offset, len).await?;
-                let req = self
-                    .request(
-                        Method::PUT,
-                        Some(key),
-                        &[("blockid", id), ("comp", "block")],
-                        &[],
-                        len,
-                    )
-                    .body(body);
-                check(req.send().await, "PUT (block)", key, false)
-                    .await
-                    .map(drop)
-            })
-            .await
-        });
-        futures_util::stream::iter(jobs)
-            .buffer_unordered(parallel.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        upload_in_parts(size, part_size, parallel, |i, offset, len| {
+            let id = ids[i as usize].as_str();
+            async move {
+                retry(|| async {
+                    let body = file_body(path, offset, len).await?;
+                    let req = self
+                        .request(
+                            Method::PUT,
+                            Some(key),
+                            &[("blockid", id), ("comp", "block")],
+                            &[],
+                            len,
+                        )
+                        .body(body);
+                    check(req.send().await, "PUT (block)", key, false)
+                        .await
+                        .map(drop)
+                })
+                .await
+            }
+        })
+        .await?;
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
         for id in &ids {
             xml.push_str(&format!("<Latest>{id}</Latest>"));

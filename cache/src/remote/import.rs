@@ -549,15 +549,7 @@ async fn read(loc: &CacheLocation, opts: &RegistryOptions) -> Result<(Source, Ca
             let manifest = parse_manifest(&location, &body)?;
             let config_key = o.blob_key(&manifest.config.digest);
             let config_bytes = get_small_object(&client, &config_key, &location).await?;
-            let actual = Digest::of(&config_bytes);
-            if actual != manifest.config.digest {
-                return Err(RemoteError::DigestMismatch {
-                    location,
-                    expected: manifest.config.digest.clone(),
-                    actual,
-                });
-            }
-            let config = parse_config(&location, &manifest, &config_bytes)?;
+            let config = parse_fetched_config(location, &manifest, &config_bytes)?;
             Ok((
                 Source::Object {
                     client: Box::new(client),
@@ -591,15 +583,7 @@ async fn read(loc: &CacheLocation, opts: &RegistryOptions) -> Result<(Source, Ca
             let config_bytes = get_small_blob(&client, &repo, &manifest.config.digest)
                 .await
                 .map_err(client_err)?;
-            let actual = Digest::of(&config_bytes);
-            if actual != manifest.config.digest {
-                return Err(RemoteError::DigestMismatch {
-                    location,
-                    expected: manifest.config.digest.clone(),
-                    actual,
-                });
-            }
-            let config = parse_config(&location, &manifest, &config_bytes)?;
+            let config = parse_fetched_config(location, &manifest, &config_bytes)?;
             Ok((
                 Source::Registry {
                     client: Box::new(client),
@@ -684,6 +668,24 @@ fn parse_manifest(location: &str, body: &[u8]) -> Result<CacheManifest> {
         });
     }
     Ok(m)
+}
+
+/// [`parse_config`] for config bytes fetched over the network (object store, registry):
+/// first checks that they hash to the digest the manifest names.
+fn parse_fetched_config(
+    location: String,
+    manifest: &CacheManifest,
+    bytes: &[u8],
+) -> Result<CacheConfig> {
+    let actual = Digest::of(bytes);
+    if actual != manifest.config.digest {
+        return Err(RemoteError::DigestMismatch {
+            location,
+            expected: manifest.config.digest.clone(),
+            actual,
+        });
+    }
+    parse_config(&location, manifest, bytes)
 }
 
 /// A cache config, or the inline cache of an image config (whose layers are the manifest's).

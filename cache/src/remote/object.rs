@@ -347,6 +347,33 @@ pub(crate) async fn file_body(path: &Path, offset: u64, len: u64) -> ObjResult<r
     Ok(reqwest::Body::wrap_stream(stream))
 }
 
+/// Runs `part(i, offset, len)` for each slice of `part_size` bytes of a `size`-byte upload
+/// (the last one shorter; `i` counts from 0), up to `parallel` at once, and returns their
+/// results in part order. Serves S3 multipart uploads and Azure block uploads.
+pub(crate) async fn upload_in_parts<T, F, Fut>(
+    size: u64,
+    part_size: u64,
+    parallel: usize,
+    part: F,
+) -> ObjResult<Vec<T>>
+where
+    F: Fn(u64, u64, u64) -> Fut,
+    Fut: std::future::Future<Output = ObjResult<T>>,
+{
+    use futures_util::{StreamExt as _, TryStreamExt as _};
+    let parts = size.div_ceil(part_size);
+    let jobs = (0..parts).map(|i| {
+        let job = part(i, i * part_size, part_size.min(size - i * part_size));
+        async move { job.await.map(|t| (i, t)) }
+    });
+    let mut done: Vec<(u64, T)> = futures_util::stream::iter(jobs)
+        .buffer_unordered(parallel.max(1))
+        .try_collect()
+        .await?;
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, t)| t).collect())
+}
+
 /// Runs `op` up to 4 times while it fails transiently, backing off from 200 ms.
 pub(crate) async fn retry<T, F, Fut>(mut op: F) -> ObjResult<T>
 where

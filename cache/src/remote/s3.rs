@@ -3,8 +3,9 @@
 //! layer streams from disk without being read twice to hash it.
 
 use super::object::Head;
-use super::object::{ObjResult, ObjectError, Secret, check, file_body, head_of, retry, xml_text};
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use super::object::{
+    ObjResult, ObjectError, Secret, check, file_body, head_of, retry, upload_in_parts, xml_text,
+};
 use rusty_s3::{Bucket, Method, UrlStyle};
 use std::path::Path;
 use std::time::Duration;
@@ -164,23 +165,11 @@ impl S3Client {
     ) -> ObjResult<()> {
         let id = retry(|| async {
             let url = self.url(Method::Post, key, &[("uploads", "")], &[]);
-            let resp = check(
-                self.http
-                    .post(url)
-                    .header(reqwest::header::CONTENT_LENGTH, 0)
-                    .send()
-                    .await,
-                "POST (create multipart upload)",
-                key,
-                false,
-            )
-            .await?
-            .expect("only missing_ok gives None");
-            let body = resp.text().await.map_err(|source| ObjectError::Network {
-                op: "POST (create multipart upload)",
-                key: key.to_owned(),
-                source,
-            })?;
+            let req = self
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_LENGTH, 0);
+            let body = answer_text(req, "POST (create multipart upload)", key).await?;
             xml_text(&body, "UploadId")
                 .map(str::to_owned)
                 .ok_or_else(|| ObjectError::Answer {
@@ -211,11 +200,9 @@ impl S3Client {
         part_size: u64,
         parallel: usize,
     ) -> ObjResult<()> {
-        let parts = size.div_ceil(part_size);
-        let jobs = (0..parts).map(|i| async move {
-            let (offset, len) = (i * part_size, part_size.min(size - i * part_size));
+        let etags = upload_in_parts(size, part_size, parallel, |i, offset, len| async move {
             let n = (i + 1).to_string();
-            let etag = retry(|| async {
+            retry(|| async {
                 let url = self.url(
                     Method::Put,
                     key,
@@ -241,16 +228,11 @@ impl S3Client {
                         what: "ETag",
                     })
             })
-            .await?;
-            Ok::<_, ObjectError>((i + 1, etag))
-        });
-        let mut etags: Vec<(u64, String)> = futures_util::stream::iter(jobs)
-            .buffer_unordered(parallel.max(1))
-            .try_collect()
-            .await?;
-        etags.sort();
+            .await
+        })
+        .await?;
         let mut xml = String::from("<CompleteMultipartUpload>");
-        for (n, etag) in &etags {
+        for (n, etag) in (1u64..).zip(&etags) {
             xml.push_str(&format!(
                 "<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
             ));
@@ -258,20 +240,9 @@ impl S3Client {
         xml.push_str("</CompleteMultipartUpload>");
         retry(|| async {
             let url = self.url(Method::Post, key, &[("uploadId", id)], &[]);
-            let resp = check(
-                self.http.post(url).body(xml.clone()).send().await,
-                "POST (complete multipart upload)",
-                key,
-                false,
-            )
-            .await?
-            .expect("only missing_ok gives None");
+            let req = self.http.post(url).body(xml.clone());
             // S3 may answer 200 and put the error in the body (a slow completion).
-            let body = resp.text().await.map_err(|source| ObjectError::Network {
-                op: "POST (complete multipart upload)",
-                key: key.to_owned(),
-                source,
-            })?;
+            let body = answer_text(req, "POST (complete multipart upload)", key).await?;
             match xml_text(&body, "Code") {
                 Some(code) => Err(ObjectError::Status {
                     op: "POST (complete multipart upload)",
@@ -284,6 +255,22 @@ impl S3Client {
         })
         .await
     }
+}
+
+/// Sends `req` (operation `op` on `key`) and returns the body of its successful answer.
+async fn answer_text(
+    req: reqwest::RequestBuilder,
+    op: &'static str,
+    key: &str,
+) -> ObjResult<String> {
+    let resp = check(req.send().await, op, key, false)
+        .await?
+        .expect("only missing_ok gives None");
+    resp.text().await.map_err(|source| ObjectError::Network {
+        op,
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// Parses `touch_refresh` (BuildKit takes Go durations: `24h`, `30m`, `90s`, `1h30m`).

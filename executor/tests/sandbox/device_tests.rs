@@ -74,6 +74,17 @@ fn probe_in(cg: &DeviceCgroup, dir: &Path) -> Result<String> {
 
 const CONFINED: &str = "null=ok\ndisk=denied\n";
 
+/// Runs the probe confined by `cg`, removes the cgroups `parent/sandbox` and `parent` it made
+/// under `mount` (whatever the outcome), and checks that only /dev/null was allowed.
+fn probe_and_remove(cg: &DeviceCgroup, mount: &Path, parent: &str) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = probe_in(cg, tmp.path());
+    let _ = std::fs::remove_dir(mount.join(parent).join("sandbox"));
+    let _ = std::fs::remove_dir(mount.join(parent));
+    ensure!(out? == CONFINED);
+    Ok(())
+}
+
 fn devices_v1_enter() -> Result<()> {
     let host = DeviceCgroup::host()?;
     let DeviceCgroup::V1 { mount, .. } = host else {
@@ -84,12 +95,7 @@ fn devices_v1_enter() -> Result<()> {
         mount: mount.clone(),
         path: Path::new(&parent).join("sandbox"),
     };
-    let tmp = tempfile::tempdir()?;
-    let out = probe_in(&cg, tmp.path());
-    let _ = std::fs::remove_dir(mount.join(&parent).join("sandbox"));
-    let _ = std::fs::remove_dir(mount.join(&parent));
-    ensure!(out? == CONFINED);
-    Ok(())
+    probe_and_remove(&cg, &mount, &parent)
 }
 
 fn devices_v2_enter() -> Result<()> {
@@ -102,10 +108,5 @@ fn devices_v2_enter() -> Result<()> {
         mount: mount.clone(),
         parent: parent.clone().into(),
     };
-    let tmp = tempfile::tempdir()?;
-    let out = probe_in(&cg, tmp.path());
-    let _ = std::fs::remove_dir(mount.join(&parent).join("sandbox"));
-    let _ = std::fs::remove_dir(mount.join(&parent));
-    ensure!(out? == CONFINED);
-    Ok(())
+    probe_and_remove(&cg, &mount, &parent)
 }
