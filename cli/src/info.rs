@@ -120,27 +120,21 @@ fn sig4(v: f64) -> String {
 
 /// Docker's binary sizes (`1.5MiB`), as its memory column shows them.
 fn binary(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes}B")
-    } else {
-        sig4(v) + units[u]
-    }
+    scaled(bytes, 1024.0, ["B", "KiB", "MiB", "GiB", "TiB"])
 }
 
 /// Docker's decimal sizes (`1.2kB`), as its network and block columns show them.
 fn decimal(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
+    scaled(bytes, 1000.0, ["B", "kB", "MB", "GB", "TB"])
+}
+
+/// `bytes` in the largest of `units` (each `base` times the one before) that keeps the value
+/// at 1 or more, with 4 significant digits; plain bytes below `base`.
+fn scaled(bytes: u64, base: f64, units: [&str; 5]) -> String {
     let mut v = bytes as f64;
     let mut u = 0;
-    while v >= 1000.0 && u + 1 < units.len() {
-        v /= 1000.0;
+    while v >= base && u + 1 < units.len() {
+        v /= base;
         u += 1;
     }
     if u == 0 {
