@@ -236,7 +236,7 @@ impl Store {
 
         report.reclaimed += self.sweep_memos(&mut marks, &mut seen)?;
         report.reclaimed += self.sweep_layer_sources(&mut marks, &mut seen)?;
-        let dir = self.path("snapshots");
+        let dir = self.dir(kroot::Dir::Snapshots);
         for ent in read_dir(&dir)? {
             let name = ent.file_name().to_string_lossy().into_owned();
             if !marks.snapshots.contains(&name) {
@@ -244,7 +244,7 @@ impl Store {
                 report.snapshots += 1;
             }
         }
-        let dir = self.path("blobs/sha256");
+        let dir = self.dir(kroot::Dir::Blobs);
         for ent in read_dir(&dir)? {
             let name = ent.file_name().to_string_lossy().into_owned();
             if !marks.blobs.contains(&name) {
@@ -279,7 +279,7 @@ impl Store {
     ) -> Result<(u64, u64)> {
         let (mut n, mut bytes) = (0, 0);
         let me = std::process::id();
-        for ent in read_dir(&self.path("tmp"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::Tmp))? {
             let name = ent.file_name().to_string_lossy().into_owned();
             let stale = match tmp_owner(&name) {
                 Some(pid) => pid != me && !Path::new(&format!("/proc/{pid}")).exists(),
@@ -324,7 +324,7 @@ impl Store {
             todo.push(d.hex().to_owned());
         }
         if !all {
-            for ent in read_dir(&self.path("blobs/sha256"))? {
+            for ent in read_dir(&self.dir(kroot::Dir::Blobs))? {
                 let small = ent.metadata().is_ok_and(|m| m.len() <= MAX_MANIFEST);
                 if small
                     && self
@@ -339,7 +339,7 @@ impl Store {
             if !marks.blobs.insert(hex.clone()) {
                 continue;
             }
-            let Some(v) = self.small_json(&self.path("blobs/sha256").join(&hex)) else {
+            let Some(v) = self.small_json(&self.dir(kroot::Dir::Blobs).join(&hex)) else {
                 continue;
             };
             let digest_hex = |d: &serde_json::Value| {
@@ -352,7 +352,7 @@ impl Store {
                 // A pulled image's manifest lists compressed blobs; its layers (snapshots and
                 // tars, by diff_id) are named by the config.
                 let diff_ids = self
-                    .small_json(&self.path("blobs/sha256").join(&c))
+                    .small_json(&self.dir(kroot::Dir::Blobs).join(&c))
                     .and_then(|cfg| cfg.pointer("/rootfs/diff_ids").cloned());
                 for d in diff_ids
                     .as_ref()
@@ -403,8 +403,8 @@ impl Store {
 
     /// Marks the snapshots (and layer blobs) that containers' overlays use.
     fn mark_containers(&self, marks: &mut Marks) -> Result<()> {
-        let snapshots = self.path("snapshots");
-        for ent in read_dir(&self.path("containers"))? {
+        let snapshots = self.dir(kroot::Dir::Snapshots);
+        for ent in read_dir(&self.dir(kroot::Dir::Containers))? {
             let Ok(bytes) = fs::read(ent.path().join("spec.json")) else {
                 continue;
             };
@@ -433,7 +433,7 @@ impl Store {
     /// Every build cache record with its last use (an unreadable record holds nothing).
     fn records(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        for ent in read_dir(&self.path("cachekeys"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::CacheKeys))? {
             let Ok(md) = ent.metadata() else { continue };
             let rec: CacheRecord = fs::read(ent.path())
                 .ok()
@@ -454,7 +454,7 @@ impl Store {
     /// Every cache mount directory with its last use and size.
     fn cache_mounts(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        let dir = self.path("cachemounts");
+        let dir = self.dir(kroot::Dir::CacheMounts);
         for ent in read_dir(&dir)? {
             let Ok(md) = ent.metadata() else { continue };
             if !md.is_dir() {
@@ -480,7 +480,7 @@ impl Store {
     /// Bytes of a layer: its tar blob (or the compressed blob it is kept as) and its snapshot.
     fn layer_bytes(&self, hex: &str) -> u64 {
         let mut seen = HashSet::new();
-        let tar = self.path("blobs/sha256").join(hex);
+        let tar = self.dir(kroot::Dir::Blobs).join(hex);
         let blob = match fs::symlink_metadata(&tar) {
             Ok(_) => tar,
             Err(_) => format!("sha256:{hex}")
@@ -490,13 +490,13 @@ impl Store {
                 .map_or(tar, |src| self.blob_path(&src.blob.digest)),
         };
         crate::usage::tree_bytes(&blob, &mut seen)
-            + crate::usage::tree_bytes(&self.path("snapshots").join(hex), &mut seen)
+            + crate::usage::tree_bytes(&self.dir(kroot::Dir::Snapshots).join(hex), &mut seen)
     }
 
     /// Removes the memos of layers not kept and marks the compressed blobs of those kept.
     fn sweep_memos(&self, marks: &mut Marks, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
         let mut bytes = 0;
-        for ent in read_dir(&self.path("compressed"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::Compressed))? {
             let name = ent.file_name().to_string_lossy().into_owned();
             let diff_id = name.split('-').next().unwrap_or("");
             let target = fs::read(ent.path())
@@ -520,7 +520,7 @@ impl Store {
         seen: &mut HashSet<(u64, u64)>,
     ) -> Result<u64> {
         let mut bytes = 0;
-        for ent in read_dir(&self.path("layers"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::Layers))? {
             let name = ent.file_name().to_string_lossy().into_owned();
             let source = fs::read(ent.path())
                 .ok()
@@ -539,7 +539,7 @@ impl Store {
     /// for `--explain`) that no step record in `explain/` names any more.
     fn sweep_explain_files(&self, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
         let mut named = HashSet::new();
-        for ent in read_dir(&self.path("explain"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::Explain))? {
             if !ent.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
@@ -553,7 +553,7 @@ impl Store {
             }
         }
         let mut bytes = 0;
-        for ent in read_dir(&self.path("explain/files"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::ExplainFiles))? {
             if !named.contains(ent.file_name().to_string_lossy().as_ref()) {
                 bytes += remove_file(&ent.path(), seen)?;
             }
@@ -772,7 +772,7 @@ mod tests {
         assert!(r.reclaimed > 0);
         assert_eq!(r.snapshots, 1);
         // Nothing left over in tmp/.
-        assert_eq!(fs::read_dir(w.store.path("tmp")).expect("tmp").count(), 0);
+        assert_eq!(fs::read_dir(w.store.dir(kroot::Dir::Tmp)).expect("tmp").count(), 0);
         // A second prune finds nothing.
         let again = w.store.prune(&PruneOptions::default()).expect("prune");
         assert_eq!(
@@ -833,7 +833,7 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(600);
         fs::File::options()
             .write(true)
-            .open(w.store.path("cachekeys").join(w.record.hex()))
+            .open(w.store.dir(kroot::Dir::CacheKeys).join(w.record.hex()))
             .expect("open")
             .set_modified(old)
             .expect("mtime");
@@ -876,7 +876,7 @@ mod tests {
         assert!(w.store.has_blob(&kept.digest));
         assert!(!w.store.has_blob(&gone.digest));
         assert_eq!(
-            fs::read_dir(w.store.path("compressed"))
+            fs::read_dir(w.store.dir(kroot::Dir::Compressed))
                 .expect("dir")
                 .count(),
             1
@@ -897,8 +897,8 @@ mod tests {
             let size = fs::metadata(w.store.blob_path(l)).expect("tar").len();
             w.store.record_layer_source(l, &desc, size).expect("source");
             fs::remove_file(w.store.blob_path(l)).expect("drop the tar");
-            fs::remove_dir_all(w.store.path("compressed")).expect("no memo");
-            fs::create_dir(w.store.path("compressed")).expect("mkdir");
+            fs::remove_dir_all(w.store.dir(kroot::Dir::Compressed)).expect("no memo");
+            fs::create_dir(w.store.dir(kroot::Dir::Compressed)).expect("mkdir");
             assert!(w.store.has_layer(l));
             sources.push(desc.digest);
         }
@@ -916,7 +916,7 @@ mod tests {
         assert!(!w.store.has_layer(&w.cache_only));
         assert!(!w.store.has_blob(&sources[1]));
         assert_eq!(
-            fs::read_dir(w.store.path("layers")).expect("dir").count(),
+            fs::read_dir(w.store.dir(kroot::Dir::Layers)).expect("dir").count(),
             1
         );
         let tagged = w.store.resolve("app:1").expect("resolve").expect("tagged");
@@ -967,10 +967,10 @@ mod tests {
         let w = world();
         let mine = w.store.temp_dir("step-").expect("temp");
         // A pid that cannot exist (above pid_max's ceiling of 2^22).
-        let dead = w.store.path("tmp").join("step--99999999-0-1f");
+        let dead = w.store.dir(kroot::Dir::Tmp).join("step--99999999-0-1f");
         fs::create_dir(&dead).expect("mkdir");
         fs::write(dead.join("f"), b"left by a killed build").expect("write");
-        let unnamed = w.store.path("tmp").join("something");
+        let unnamed = w.store.dir(kroot::Dir::Tmp).join("something");
         fs::write(&unnamed, b"?").expect("write");
         assert_eq!(w.store.clean_stale_tmp().expect("clean"), 1);
         assert!(!dead.exists());

@@ -598,12 +598,7 @@ fn unless_recorded(
     }
     let _ = fs::remove_file(record);
     apply()?;
-    let mut tmp = record.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, key)
-        .and_then(|()| fs::rename(&tmp, record))
-        .map_err(|source| AttachError::Record {
+    kroot::write_atomic(record, key.as_bytes()).map_err(|source| AttachError::Record {
             path: record.to_path_buf(),
             source,
         })
