@@ -136,8 +136,12 @@ impl Store {
     }
 
     fn memo_path(&self, diff_id: &Digest, c: Compression) -> std::path::PathBuf {
-        self.dir(kroot::Dir::Compressed)
-            .join(format!("{}-{}-{}", diff_id.hex(), c.codec.name(), c.level))
+        self.dir(kroot::Dir::Compressed).join(format!(
+            "{}-{}-{}",
+            diff_id.hex(),
+            c.codec.name(),
+            c.level
+        ))
     }
 }
 

@@ -69,7 +69,8 @@ impl Store {
     }
 
     fn ref_path(&self, r: &Reference) -> PathBuf {
-        self.dir(kroot::Dir::Images).join(encode_ref(&r.to_string()))
+        self.dir(kroot::Dir::Images)
+            .join(encode_ref(&r.to_string()))
     }
 
     /// Writes `config` (its `rootfs.diff_ids` set by the caller) and an OCI manifest listing

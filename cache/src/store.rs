@@ -218,7 +218,8 @@ impl Store {
     /// Fails when the directory cannot be created.
     pub fn temp_dir(&self, prefix: &str) -> Result<TempDir> {
         loop {
-            let path = self.dir(kroot::Dir::Tmp)
+            let path = self
+                .dir(kroot::Dir::Tmp)
                 .join(format!("{prefix}-{}", unique_suffix()));
             match fs::create_dir(&path) {
                 Ok(()) => return Ok(TempDir { path: Some(path) }),
@@ -230,7 +231,8 @@ impl Store {
 
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<TempFile> {
         loop {
-            let path = self.dir(kroot::Dir::Tmp)
+            let path = self
+                .dir(kroot::Dir::Tmp)
                 .join(format!("{prefix}-{}", unique_suffix()));
             match OpenOptions::new()
                 .write(true)

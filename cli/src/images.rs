@@ -58,21 +58,6 @@ pub fn import(a: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < units.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{v:.3}{}", units[u]).replace(".000", "")
-    }
-}
-
 /// `kiln images` flags.
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
@@ -123,7 +108,7 @@ fn image_row(
         "Digest": repo_digest,
         "ID": if full { d.to_string() } else { d.short().to_owned() },
         "CreatedAt": image.config.created.clone().unwrap_or_default(),
-        "Size": human(size),
+        "Size": kroot::size::human_with_precision(size, 3),
     }))
 }
 
@@ -270,7 +255,7 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
             out,
             "{id:<14} {:<22} {by:<46} {:>10}   {}",
             h.created.as_deref().unwrap_or(""),
-            human(*size),
+            kroot::size::human_with_precision(*size, 3),
             h.comment.as_deref().unwrap_or("")
         )?;
     }

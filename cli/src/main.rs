@@ -7,6 +7,7 @@ mod cacheopts;
 mod check;
 mod containers;
 mod cp;
+mod gcroots;
 mod gotmpl;
 mod images;
 mod info;

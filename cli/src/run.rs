@@ -122,8 +122,7 @@ fn memory_limit(memory: Option<&str>) -> anyhow::Result<Option<u64>> {
     let Some(m) = memory else {
         return Ok(None);
     };
-    let bytes = executor::cgroup::parse_memory(m)
-        .with_context(|| format!("--memory {m}: expected bytes or a number with b, k, m, g"))?;
+    let bytes = kroot::size::parse(m).with_context(|| format!("--memory {m}"))?;
     if bytes == 0 {
         return Ok(None);
     }

@@ -222,5 +222,7 @@ mod tests {
         assert_eq!(binary(1536 * 1024), "1.5MiB");
         assert_eq!(binary(64 << 20), "64MiB");
         assert_eq!(binary(3 << 30), "3GiB");
+        assert_eq!(binary(25_275_000_000), "23.54GiB");
+        assert_eq!(human(180_224), "180.2kB");
     }
 }

@@ -16,7 +16,9 @@ fn path(root: &Path, registry: &str, digest: &Digest) -> PathBuf {
         .chars()
         .map(|c| if c == '/' || c == '\0' { '_' } else { c })
         .collect();
-    kroot::Dir::RegistryBlobs.path(root).join(reg)
+    kroot::Dir::RegistryBlobs
+        .path(root)
+        .join(reg)
         .join(digest.hex())
 }
 

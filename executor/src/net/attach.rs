@@ -599,9 +599,9 @@ fn unless_recorded(
     let _ = fs::remove_file(record);
     apply()?;
     kroot::write_atomic(record, key.as_bytes()).map_err(|source| AttachError::Record {
-            path: record.to_path_buf(),
-            source,
-        })
+        path: record.to_path_buf(),
+        source,
+    })
 }
 
 /// Turns on IPv4 forwarding (`/proc/sys/net/ipv4/ip_forward`), which outbound NAT needs. This
