@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod blocking;
 pub mod compress;
 pub mod gc;
 pub mod image;
