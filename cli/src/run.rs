@@ -193,7 +193,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         // Written before the lock goes: `kiln prune` keeps the snapshots a container's
         // spec.json names, so none of this container's layers can go while it exists.
         let spec_path = c.dir.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec(&c.spec)?)
+        kroot::write_atomic(&spec_path, &serde_json::to_vec(&c.spec)?)
             .with_context(|| format!("writing {}", spec_path.display()))?;
         c
     };
