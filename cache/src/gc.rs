@@ -275,6 +275,10 @@ impl Store {
         for t in tenants {
             report.reclaimed += t.sweep()?;
         }
+        // Directories an older kiln used under names this one no longer reads.
+        for name in kroot::Dir::RETIRED {
+            report.reclaimed += self.remove_tree(&self.root().join(name), &mut seen)?;
+        }
         let (n, bytes) = self.clean_tmp(true, opts.now, &mut seen)?;
         report.tmp = n;
         report.reclaimed += bytes;

@@ -452,7 +452,7 @@ mod tests {
         s1.contents = vec![c_old.to_string()];
         assert_eq!(first.observe("[1/2]".into(), s1, &old), "no cache entry");
         assert!(
-            !root.join("explain").exists(),
+            !kroot::Dir::Explain.path(&root).exists(),
             "nothing written while observing"
         );
         first.write().expect("write");

@@ -606,7 +606,7 @@ mod tests {
         };
         let first = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("first");
         let main_dir = source(&first);
-        assert!(main_dir.starts_with(store.root().join("cachemounts")));
+        assert!(main_dir.starts_with(store.dir(kroot::Dir::CacheMounts)));
         let second = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("second");
         assert_ne!(source(&second), main_dir, "private while held: own dir");
         drop(second);
