@@ -74,3 +74,91 @@ impl GcRoots for ContainerRoots {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use executor::spec::{MountSpec, Network, Rootfs, Security};
+
+    fn spec(lowers: Vec<PathBuf>, mounts: Vec<MountSpec>) -> RunSpec {
+        RunSpec {
+            rootfs: Rootfs {
+                lowers,
+                upper: "/r/containers/c/upper".into(),
+                work: "/r/containers/c/work".into(),
+            },
+            args: vec!["sh".into()],
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+            hostname: "c".into(),
+            network: Network::Loopback,
+            mounts,
+            tty: false,
+            security: Security::default(),
+        }
+    }
+
+    #[test]
+    fn containers_report_the_snapshots_their_root_and_tree_mounts_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let snap = |s: &str| {
+            Dir::Snapshots
+                .path(root)
+                .join(Digest::of(s.as_bytes()).hex())
+        };
+        let tree = MountSpec {
+            target: "/m".into(),
+            kind: MountKind::Tree {
+                lowers: vec![snap("tree")],
+                scratch: None,
+                path: "/".into(),
+            },
+            readonly: true,
+        };
+        let containers = Dir::Containers.path(root);
+        for (id, s) in [
+            (
+                "a",
+                spec(
+                    vec![snap("top"), snap("base"), "/elsewhere/x".into()],
+                    vec![tree],
+                ),
+            ),
+            ("b", spec(vec![snap("base")], Vec::new())),
+        ] {
+            std::fs::create_dir_all(containers.join(id)).expect("mkdir");
+            kroot::write_atomic(
+                &containers.join(id).join("spec.json"),
+                &serde_json::to_vec(&s).expect("json"),
+            )
+            .expect("spec");
+        }
+        // Being created: no spec yet; half written by an old kiln: not a spec.
+        std::fs::create_dir_all(containers.join("new")).expect("mkdir");
+        std::fs::create_dir_all(containers.join("bad")).expect("mkdir");
+        std::fs::write(containers.join("bad/spec.json"), b"{").expect("write");
+
+        let mut got = ContainerRoots::new(root).layers().expect("layers");
+        got.sort_by(|a, b| a.hex().cmp(b.hex()));
+        got.dedup();
+        let mut want: Vec<Digest> = ["top", "base", "tree"]
+            .iter()
+            .map(|s| Digest::of(s.as_bytes()))
+            .collect();
+        want.sort_by(|a, b| a.hex().cmp(b.hex()));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_root_without_containers_reports_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(
+            ContainerRoots::new(dir.path())
+                .layers()
+                .expect("layers")
+                .is_empty()
+        );
+    }
+}
