@@ -25,6 +25,7 @@
 
 pub mod archive;
 pub mod compress;
+pub mod export;
 pub mod gc;
 pub mod image;
 pub mod layer;

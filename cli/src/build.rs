@@ -1,6 +1,9 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
+mod attest;
 mod input;
+mod load;
+mod output;
 
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
@@ -87,6 +90,9 @@ pub struct BuildArgs {
     /// repeated (the first that has a step wins). Layers are downloaded only when needed.
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
+    /// `-o/--output`, `--load`, `--annotation`, `--provenance`, `--sbom`, `--attest`.
+    #[command(flatten)]
+    outputs: output::OutputFlags,
     /// The build context directory.
     context: PathBuf,
 }
@@ -270,6 +276,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     // Flags are checked before stdin is read.
     let labels = parse_labels(&a.labels)?;
+    let outputs = output::parse(&a.outputs, &a.tags)?;
+    let attest_req = attest::parse(
+        a.outputs.provenance.as_deref(),
+        a.outputs.sbom.as_deref(),
+        &a.outputs.attest,
+    )?;
+    let started = crate::containers::now_rfc3339();
     let mut cache_to = a
         .cache_to
         .iter()
@@ -507,6 +520,35 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         &reg_cfg,
         quiet,
     ))?;
+    let build_ref = build_ref()?;
+    let attest = (attest_req != attest::Requested::default()).then(|| attest::Attest {
+        requested: attest_req.clone(),
+        facts: attest::Facts {
+            dockerfile_name: opts.dockerfile_name.clone(),
+            dockerfile: input.dockerfile.clone(),
+            build_args: opts.build_args.clone(),
+            labels: parse_labels(&a.labels).unwrap_or_default(),
+            target: a.target.clone(),
+            bases: bases
+                .iter()
+                .map(|(k, b)| (k.clone(), b.manifest.clone()))
+                .collect(),
+            git: git_sources(&graph),
+            invocation: build_ref.rsplit('/').next().unwrap_or_default().to_owned(),
+            started,
+            finished: crate::containers::now_rfc3339(),
+        },
+    });
+    let exported = rt.block_on(output::run(
+        &output::Context {
+            store: &store,
+            images: std::slice::from_ref(&image),
+            reg: &reg_cfg,
+            attest: attest.as_ref(),
+            quiet,
+        },
+        &outputs,
+    ))?;
     if let Some(f) = &a.iidfile {
         std::fs::write(f, image.manifest_digest.to_string())
             .with_context(|| format!("--iidfile {}", f.display()))?;
@@ -526,22 +568,44 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         );
         // As buildx with --push: the digest the registry has.
         let manifest = match &pushed {
+            // As buildx: the result the (last) image output wrote.
+            None if exported.is_some() => exported.clone().expect("checked"),
             Some(p) => {
                 let compression = reg_cfg.options()?.compression;
                 pushed_descriptor(&store, &image, &stored, p, compression)?
             }
             None => stored,
         };
-        let doc = metadata(&image.config_digest, &manifest, &a.tags, &build_ref()?);
+        let doc = metadata(&image.config_digest, &manifest, &a.tags, &build_ref);
         let mut text = serde_json::to_string_pretty(&doc)?;
         text.push('\n');
         std::fs::write(f, text).with_context(|| format!("--metadata-file {}", f.display()))?;
     }
-    if quiet {
+    if quiet && !outputs.iter().any(output::Output::to_stdout) {
         writeln!(std::io::stdout().lock(), "{}", image.manifest_digest)?;
     }
     drop(lock);
     Ok(())
+}
+
+/// The ADD git sources the target reaches: remote, ref, commit (when the graph has it).
+fn git_sources(graph: &solver::graph::BuildGraph) -> Vec<(String, Option<String>, Option<String>)> {
+    use solver::graph::{CopySource, FileAction, Op};
+    let mut out = Vec::new();
+    for n in graph.reachable() {
+        if let Op::File(f) = &graph.nodes[n].op {
+            for act in &f.actions {
+                if let FileAction::Copy(c) = act
+                    && let CopySource::Git(g) = &c.from
+                {
+                    out.push((g.remote.clone(), g.reference.clone(), g.commit.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A private `ssh-agent -D` holding `--ssh ID=KEY` keys in its own directory; killed and the

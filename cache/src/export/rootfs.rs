@@ -1,0 +1,157 @@
+//! `type=local` and `type=tar`: an image's root filesystem, its layers merged.
+//!
+//! The layers are read top (last) to bottom into one tar stream: an entry is written when no
+//! upper layer wrote the same path, deleted it (`.wh.NAME`), made one of its parents opaque
+//! (`.wh..wh..opq`) or put a non-directory over one of its parents; whiteouts themselves are
+//! not written. `type=local` unpacks that stream with the safe layer applier
+//! ([`crate::layer::apply`]), so nothing in it can write outside the destination.
+
+use super::{ExportError, Result};
+use crate::image::Image;
+use crate::store::Store;
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// A path inside the image, without `./`, leading or trailing `/`.
+fn clean(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    let s = s.trim_start_matches("./").trim_matches('/');
+    s.to_owned()
+}
+
+/// `p` and its parents, nearest first (`a/b/c`, `a/b`, `a`).
+fn ancestors(p: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(p), |q| q.rsplit_once('/').map(|(a, _)| a))
+}
+
+fn parent(p: &str) -> &str {
+    p.rsplit_once('/').map_or("", |(a, _)| a)
+}
+
+/// What the upper layers did, which hides entries of the lower ones.
+#[derive(Default)]
+struct Hidden {
+    /// Paths written by an upper layer.
+    written: BTreeSet<String>,
+    /// Paths deleted by a whiteout, or holding a non-directory (their descendants are gone).
+    gone: BTreeSet<String>,
+    /// Directories made opaque: their lower contents are gone.
+    opaque: BTreeSet<String>,
+}
+
+impl Hidden {
+    fn hides(&self, p: &str) -> bool {
+        self.written.contains(p)
+            || ancestors(p).any(|a| self.gone.contains(a))
+            || ancestors(p).skip(1).any(|a| self.opaque.contains(a))
+    }
+}
+
+/// Writes the merged root filesystem of `image` as a tar to `out` (`dest` names it in
+/// errors).
+///
+/// Fails when a layer cannot be read or the destination written.
+pub fn write_tar(store: &Store, image: &Image, out: impl Write, dest: &str) -> Result<()> {
+    let werr = |source| ExportError::Io {
+        op: "write",
+        path: dest.to_owned(),
+        source,
+    };
+    let mut b = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out));
+    b.follow_symlinks(false);
+    let mut hidden = Hidden::default();
+    for diff_id in image.config.rootfs.diff_ids.iter().rev() {
+        let lerr = |source| ExportError::Layer {
+            diff_id: diff_id.clone(),
+            source,
+        };
+        let mut layer = Hidden::default();
+        let mut archive = tar::Archive::new(store.open_layer(diff_id)?);
+        for entry in archive.entries().map_err(lerr)? {
+            let mut entry = entry.map_err(lerr)?;
+            let path = clean(&entry.path().map_err(lerr)?);
+            let name = path.rsplit('/').next().unwrap_or_default();
+            if name == ".wh..wh..opq" {
+                layer.opaque.insert(parent(&path).to_owned());
+                continue;
+            }
+            if let Some(deleted) = name.strip_prefix(".wh.") {
+                let dir = parent(&path);
+                let p = if dir.is_empty() {
+                    deleted.to_owned()
+                } else {
+                    format!("{dir}/{deleted}")
+                };
+                layer.gone.insert(p);
+                continue;
+            }
+            if path.is_empty() || hidden.hides(&path) {
+                continue;
+            }
+            let mut h = entry.header().clone();
+            let kind = h.entry_type();
+            layer.written.insert(path.clone());
+            if !kind.is_dir() {
+                layer.gone.insert(path.clone());
+            }
+            let link = entry.link_name().map_err(lerr)?.map(|l| l.into_owned());
+            match link {
+                Some(target) if kind.is_symlink() || kind.is_hard_link() => {
+                    let target = match kind.is_hard_link() {
+                        true => std::path::PathBuf::from(clean(&target)),
+                        false => target,
+                    };
+                    b.append_link(&mut h, &path, &target).map_err(werr)?
+                }
+                _ => {
+                    let path = if kind.is_dir() {
+                        format!("{path}/")
+                    } else {
+                        path
+                    };
+                    b.append_data(&mut h, &path, &mut entry).map_err(werr)?
+                }
+            }
+        }
+        // This layer's changes hide the layers below it, not its own entries.
+        hidden.written.extend(layer.written);
+        hidden.gone.extend(layer.gone);
+        hidden.opaque.extend(layer.opaque);
+    }
+    let mut inner = b.into_inner().map_err(werr)?;
+    inner.flush().map_err(werr)?;
+    Ok(())
+}
+
+/// Unpacks the merged root filesystem of `image` into `dir` (created if missing; existing
+/// files it names are replaced).
+///
+/// Fails when a layer cannot be read or the tree written.
+pub fn write_dir(store: &Store, image: &Image, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ExportError::Io {
+        op: "create",
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let (r, w) = rustix::pipe::pipe().map_err(|e| ExportError::Io {
+        op: "pipe",
+        path: dir.display().to_string(),
+        source: e.into(),
+    })?;
+    let (r, w) = (std::fs::File::from(r), std::fs::File::from(w));
+    let dest = dir.display().to_string();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| write_tar(store, image, w, &dest));
+        let applied = crate::layer::apply::apply_layer(r, dir);
+        let written = writer
+            .join()
+            .expect("the rootfs writer thread does not panic");
+        written?;
+        applied.map_err(|source| ExportError::Unpack {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(())
+    })
+}
