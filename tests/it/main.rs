@@ -4,6 +4,7 @@
 
 mod add_url;
 mod archives;
+mod attest;
 mod build;
 mod build_flags;
 mod build_run_mounts;

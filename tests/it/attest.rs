@@ -1,0 +1,205 @@
+//! `--provenance` / `--attest type=provenance`: an in-toto SLSA v1 statement in an attestation
+//! manifest of the result's index, as BuildKit attaches it, read back from an OCI layout and
+//! from the CNCF registry through skopeo.
+
+use crate::harness::{busybox_dir, text};
+use crate::registry::start_registry;
+use anyhow::{Context as _, ensure};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
+    Ok(out.stdout)
+}
+
+fn blob(layout: &Path, digest: &Value) -> anyhow::Result<Vec<u8>> {
+    let hex = digest
+        .as_str()
+        .and_then(|d| d.strip_prefix("sha256:"))
+        .context("a sha256 digest")?;
+    let bytes = std::fs::read(layout.join("blobs/sha256").join(hex))?;
+    ensure!(
+        cache::oci::Digest::of(&bytes).hex() == hex,
+        "blob {hex} does not match its digest"
+    );
+    Ok(bytes)
+}
+
+/// Checks an index holding one image and its attestation manifest; returns the statement
+/// and the image manifest's digest.
+fn check_index(
+    index: &Value,
+    read: impl Fn(&Value) -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<(Value, String)> {
+    let ms = index["manifests"].as_array().context("an index")?;
+    ensure!(ms.len() == 2, "{index:#}");
+    let (img, att) = (&ms[0], &ms[1]);
+    ensure!(img["platform"]["os"] == "linux", "{index:#}");
+    ensure!(att["platform"]["os"] == "unknown" && att["platform"]["architecture"] == "unknown");
+    ensure!(att["annotations"]["vnd.docker.reference.type"] == "attestation-manifest");
+    ensure!(att["annotations"]["vnd.docker.reference.digest"] == img["digest"]);
+    let m: Value = serde_json::from_slice(&read(&att["digest"])?)?;
+    let layer = &m["layers"][0];
+    ensure!(
+        layer["mediaType"] == "application/vnd.in-toto+json",
+        "{m:#}"
+    );
+    ensure!(layer["annotations"]["in-toto.io/predicate-type"] == "https://slsa.dev/provenance/v1");
+    let stmt: Value = serde_json::from_slice(&read(&layer["digest"])?)?;
+    let digest = img["digest"].as_str().context("digest")?.to_owned();
+    Ok((stmt, digest))
+}
+
+#[test]
+fn provenance_is_an_in_toto_statement_about_the_image_manifest() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["skopeo"])? else {
+        return Ok(());
+    };
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nARG FLAVOUR\nRUN echo $FLAVOUR > /flavour\n",
+    );
+    let layout = t.dir.path().join("layout");
+    t.build_output(
+        "prov:1",
+        &[
+            "--build-arg",
+            "FLAVOUR=mint",
+            "--provenance=mode=max",
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+            "--annotation",
+            "index:com.example.idx=yes",
+        ],
+    )?;
+    let index_json: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let root = &index_json["manifests"][0];
+    ensure!(
+        root["mediaType"] == "application/vnd.oci.image.index.v1+json",
+        "{index_json:#}"
+    );
+    let index: Value = serde_json::from_slice(&blob(&layout, &root["digest"])?)?;
+    ensure!(
+        index["annotations"]["com.example.idx"] == "yes",
+        "{index:#}"
+    );
+    let (stmt, image_digest) = check_index(&index, |d| blob(&layout, d))?;
+    ensure!(
+        stmt["_type"] == "https://in-toto.io/Statement/v0.1",
+        "{stmt:#}"
+    );
+    ensure!(stmt["predicateType"] == "https://slsa.dev/provenance/v1");
+    ensure!(
+        format!(
+            "sha256:{}",
+            stmt["subject"][0]["digest"]["sha256"]
+                .as_str()
+                .unwrap_or("")
+        ) == image_digest,
+        "subject {stmt:#} vs {image_digest}"
+    );
+    let def = &stmt["predicate"]["buildDefinition"];
+    ensure!(
+        def["externalParameters"]["request"]["args"]["build-arg:FLAVOUR"] == "mint",
+        "{def:#}"
+    );
+    ensure!(def["externalParameters"]["configSource"]["path"] == "Dockerfile");
+    // The base image is a material, with the digest the store knows it by.
+    let busybox: Value = serde_json::from_slice(&t.ok(&["inspect", "busybox"])?.stdout)?;
+    let id = busybox[0]["Id"].as_str().context("busybox id")?;
+    let dep = def["resolvedDependencies"]
+        .as_array()
+        .and_then(|d| {
+            d.iter()
+                .find(|d| d["uri"].as_str().is_some_and(|u| u.contains("busybox")))
+        })
+        .context("busybox in resolvedDependencies")?;
+    ensure!(
+        format!("sha256:{}", dep["digest"]["sha256"].as_str().unwrap_or("")) == id,
+        "{dep:#} vs {id}"
+    );
+    // mode=max carries the Dockerfile.
+    let src =
+        &stmt["predicate"]["runDetails"]["metadata"]["buildkit_metadata"]["source"]["infos"][0];
+    ensure!(src["filename"] == "Dockerfile", "{stmt:#}");
+    // skopeo reads the layout's image through the index.
+    run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}", layout.display())))?;
+    Ok(())
+}
+
+#[test]
+fn pushed_provenance_is_in_the_registry_index() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["docker-registry", "skopeo"])? else {
+        return Ok(());
+    };
+    t.write("Dockerfile", "FROM busybox\nRUN echo pushed > /p\n");
+    let reg = start_registry(t.dir.path())?;
+    let remote = format!("127.0.0.1:{}/kiln/attest:1", reg.port);
+    t.build_output(
+        &remote,
+        &[
+            "--attest",
+            "type=provenance,mode=min",
+            "-o",
+            "type=registry",
+        ],
+    )?;
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{remote}"),
+    ]))?;
+    let index: Value = serde_json::from_slice(&raw)?;
+    let repo = format!("127.0.0.1:{}/kiln/attest", reg.port);
+    let read = |d: &Value| -> anyhow::Result<Vec<u8>> {
+        let d = d.as_str().context("digest")?;
+        // Manifests through skopeo; blobs straight from the registry's API.
+        let out = Command::new("skopeo")
+            .args([
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{repo}@{d}"),
+            ])
+            .output()?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        let url = format!("http://127.0.0.1:{}/v2/kiln/attest/blobs/{d}", reg.port);
+        run(Command::new("curl").args(["-fsSL", &url]))
+    };
+    let (stmt, image_digest) = check_index(&index, read)?;
+    ensure!(
+        format!(
+            "sha256:{}",
+            stmt["subject"][0]["digest"]["sha256"]
+                .as_str()
+                .unwrap_or("")
+        ) == image_digest
+    );
+    ensure!(
+        stmt["subject"][0]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(&format!(
+                "pkg:docker/127.0.0.1:{}/kiln/attest@1?platform=linux%2F",
+                reg.port
+            ))),
+        "{stmt:#}"
+    );
+    // mode=min: no Dockerfile in the statement.
+    ensure!(stmt["predicate"]["runDetails"]["metadata"]["buildkit_metadata"].is_null());
+    // skopeo resolves the tag to the linux image, passing over the attestation.
+    let v: Value = serde_json::from_slice(&run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{remote}"),
+    ]))?)?;
+    ensure!(v["Os"] == "linux", "{v:#}");
+    Ok(())
+}
