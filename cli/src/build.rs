@@ -4,6 +4,7 @@ mod attest;
 mod input;
 mod load;
 mod output;
+mod sbom;
 
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
@@ -397,6 +398,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             _ => Some(crate::netrun::build_network()?),
         },
     };
+    let sbom_opts = solve_opts.clone();
     // Held until the image is tagged, so that a prune cannot take an untagged result.
     let lock = store.lock_shared().context("locking the store")?;
     // Left by killed builds: their processes are gone, so nothing can be using them.
@@ -538,7 +540,21 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             started,
             finished: crate::containers::now_rfc3339(),
         },
+        sboms: Vec::new(),
     });
+    let mut attest = attest;
+    let sboms = match &attest_req.sbom {
+        Some(generator) if outputs.iter().any(output::Output::is_image) => {
+            if !quiet {
+                let _ = writeln!(std::io::stderr(), "scanning with {generator}");
+            }
+            rt.block_on(sbom::scan(&store, sbom_opts, &reg_cfg, generator, &image))?
+        }
+        _ => Vec::new(),
+    };
+    if let Some(a) = &mut attest {
+        a.sboms = sboms;
+    }
     let exported = rt.block_on(output::run(
         &output::Context {
             store: &store,

@@ -203,3 +203,94 @@ fn pushed_provenance_is_in_the_registry_index() -> anyhow::Result<()> {
     ensure!(v["Os"] == "linux", "{v:#}");
     Ok(())
 }
+
+/// A scanner that follows BuildKit's protocol: one SPDX document about the rootfs it was
+/// given (listing /srv), naming the extras it saw.
+const SCANNER: &str = r#"#!/bin/sh
+set -e
+name=$(basename "$BUILDKIT_SCAN_SOURCE")
+files=$(ls "$BUILDKIT_SCAN_SOURCE/srv" | tr '\n' ' ')
+extras=$(ls "$BUILDKIT_SCAN_SOURCE_EXTRAS" | tr '\n' ' ')
+ctxfile=$(cat "$BUILDKIT_SCAN_SOURCE_EXTRAS/context/marker.txt")
+cat > "$BUILDKIT_SCAN_DESTINATION/$name.spdx.json" <<SPDX_END
+{"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","name":"$name","dataLicense":"CC0-1.0","packages":[{"SPDXID":"SPDXRef-srv","name":"srv","versionInfo":"$files"}],"comment":"extras: $extras; marker: $ctxfile"}
+SPDX_END
+"#;
+
+#[test]
+fn sbom_generator_runs_with_the_scanner_protocol_and_is_attached() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["skopeo"])? else {
+        return Ok(());
+    };
+    // The scanner image, built by the test.
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nCOPY scan.sh /scan.sh\nENTRYPOINT [\"/bin/sh\", \"/scan.sh\"]\n",
+    );
+    t.write("scan.sh", SCANNER);
+    t.build("scanner:1", &[])?;
+    // The image it scans.
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nRUN mkdir /srv && touch /srv/alpha /srv/beta\n",
+    );
+    t.write("marker.txt", "from-the-context");
+    let layout = t.dir.path().join("layout");
+    t.build_output(
+        "scanned:1",
+        &[
+            "--sbom=generator=scanner:1",
+            "--provenance=true",
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+        ],
+    )?;
+    let index_json: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let index: Value =
+        serde_json::from_slice(&blob(&layout, &index_json["manifests"][0]["digest"])?)?;
+    let ms = index["manifests"].as_array().context("an index")?;
+    ensure!(ms.len() == 2, "{index:#}");
+    let att: Value = serde_json::from_slice(&blob(&layout, &ms[1]["digest"])?)?;
+    let layers = att["layers"].as_array().context("layers")?;
+    let spdx = layers
+        .iter()
+        .find(|l| l["annotations"]["in-toto.io/predicate-type"] == "https://spdx.dev/Document")
+        .context("an SPDX layer")?;
+    ensure!(
+        layers
+            .iter()
+            .any(|l| l["annotations"]["in-toto.io/predicate-type"]
+                == "https://slsa.dev/provenance/v1"),
+        "{att:#}"
+    );
+    let stmt: Value = serde_json::from_slice(&blob(&layout, &spdx["digest"])?)?;
+    ensure!(
+        stmt["predicateType"] == "https://spdx.dev/Document",
+        "{stmt:#}"
+    );
+    ensure!(
+        Some(
+            format!(
+                "sha256:{}",
+                stmt["subject"][0]["digest"]["sha256"]
+                    .as_str()
+                    .unwrap_or("")
+            )
+            .as_str()
+        ) == ms[0]["digest"].as_str()
+    );
+    let doc = &stmt["predicate"];
+    ensure!(
+        doc["spdxVersion"] == "SPDX-2.3" && doc["name"] == "core",
+        "{doc:#}"
+    );
+    ensure!(
+        doc["packages"][0]["versionInfo"] == "alpha beta ",
+        "{doc:#}"
+    );
+    ensure!(
+        doc["comment"] == "extras: context ; marker: from-the-context",
+        "{doc:#}"
+    );
+    Ok(())
+}

@@ -155,3 +155,41 @@ pub fn write_dir(store: &Store, image: &Image, dir: &Path) -> Result<()> {
         Ok(())
     })
 }
+
+/// The regular files directly inside `dir` (a path in the image, without a leading `/`) that
+/// the layer `diff_id` holds: name and content. For reading what one step wrote.
+///
+/// Fails when the layer cannot be read.
+pub fn files_in(
+    store: &Store,
+    diff_id: &crate::oci::Digest,
+    dir: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    use std::io::Read as _;
+    let lerr = |source| ExportError::Layer {
+        diff_id: diff_id.clone(),
+        source,
+    };
+    let dir = dir.trim_matches('/');
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(store.open_layer(diff_id)?);
+    for entry in archive.entries().map_err(lerr)? {
+        let mut entry = entry.map_err(lerr)?;
+        let path = clean(&entry.path().map_err(lerr)?);
+        let Some(name) = path
+            .strip_prefix(dir)
+            .and_then(|p| p.strip_prefix('/'))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        if !entry.header().entry_type().is_file() || name.starts_with(".wh.") {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).map_err(lerr)?;
+        out.push((name, bytes));
+    }
+    Ok(out)
+}

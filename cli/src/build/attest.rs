@@ -114,8 +114,12 @@ pub fn parse(
             .get("generator")
             .cloned()
             .unwrap_or_else(|| "docker/buildkit-syft-scanner:stable-1".to_owned());
+        for k in attrs.keys() {
+            if !matches!(k.as_str(), "type" | "generator" | "disabled") {
+                bail!("{what}: unknown attribute {k:?}");
+            }
+        }
         out.sbom = Some(generator);
-        bail!("{what}: SBOM attestations are not supported yet");
     }
     Ok(out)
 }
@@ -152,6 +156,8 @@ pub struct Attest {
     pub requested: Requested,
     /// The build's facts.
     pub facts: Facts,
+    /// SBOMs from the `--sbom` generator: file name, SPDX document.
+    pub sboms: Vec<(String, serde_json::Value)>,
 }
 
 /// `pkg:docker/NAME?platform=OS%2FARCH`: BuildKit's purl of an image.
@@ -185,7 +191,34 @@ impl Attest {
                 .context("serialising the provenance statement")?;
             out.push((PREDICATE_SLSA_V1.to_owned(), bytes));
         }
+        for (_, doc) in &self.sboms {
+            let stmt = json!({
+                "_type": "https://in-toto.io/Statement/v0.1",
+                "predicateType": super::sbom::PREDICATE_SPDX,
+                "subject": self.subject(image, names),
+                "predicate": doc,
+            });
+            let bytes = serde_json::to_vec(&stmt).context("serialising an SBOM statement")?;
+            out.push((super::sbom::PREDICATE_SPDX.to_owned(), bytes));
+        }
         Ok(out)
+    }
+
+    /// The statement's subject: the image manifest, under each name (`_` without one).
+    fn subject(&self, image: &Prepared, names: &[Reference]) -> Vec<serde_json::Value> {
+        let platform = image
+            .descriptor
+            .platform
+            .clone()
+            .unwrap_or_else(cache::oci::Platform::host);
+        let digest = json!({ "sha256": image.descriptor.digest.hex() });
+        match names {
+            [] => vec![json!({ "name": "_", "digest": digest })],
+            names => names
+                .iter()
+                .map(|n| json!({ "name": purl(&n.to_string(), &platform), "digest": digest }))
+                .collect(),
+        }
     }
 
     fn provenance(&self, image: &Prepared, names: &[Reference], mode: Mode) -> serde_json::Value {
@@ -195,14 +228,7 @@ impl Attest {
             .platform
             .clone()
             .unwrap_or_else(cache::oci::Platform::host);
-        let digest = json!({ "sha256": image.descriptor.digest.hex() });
-        let subject: Vec<_> = match names {
-            [] => vec![json!({ "name": "_", "digest": digest })],
-            names => names
-                .iter()
-                .map(|n| json!({ "name": purl(&n.to_string(), &platform), "digest": digest }))
-                .collect(),
-        };
+        let subject = self.subject(image, names);
         let mut args = serde_json::Map::new();
         for (k, v) in &f.build_args {
             args.insert(format!("build-arg:{k}"), json!(v));

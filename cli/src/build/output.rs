@@ -408,6 +408,11 @@ pub struct Context<'a> {
 }
 
 impl Output {
+    /// True for the outputs that carry an image (and so attestations).
+    pub fn is_image(&self) -> bool {
+        matches!(self, Output::Layout { .. } | Output::Image { .. })
+    }
+
     /// True when this output writes to stdout.
     pub fn to_stdout(&self) -> bool {
         matches!(
