@@ -562,6 +562,10 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             reg: &reg_cfg,
             attest: attest.as_ref(),
             quiet,
+            epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .or_else(|| opts.build_args.get("SOURCE_DATE_EPOCH").cloned())
+                .and_then(|s| s.trim().parse::<i64>().ok()),
         },
         &outputs,
     ))?;

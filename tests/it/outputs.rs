@@ -357,3 +357,62 @@ fn bad_outputs_are_refused_before_the_build() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The newest date (`YYYY-MM-DD HH:MM:SS`, UTC) of any entry in the layers of the OCI layout
+/// `layout`'s image, read by GNU tar.
+fn newest_layer_date(layout: &Path) -> anyhow::Result<String> {
+    let (_, manifest) = layout_manifest(layout)?;
+    let mut newest = String::new();
+    for l in manifest["layers"].as_array().context("layers")? {
+        let hex = l["digest"]
+            .as_str()
+            .and_then(|d| d.strip_prefix("sha256:"))
+            .context("digest")?;
+        let out = run(Command::new("tar")
+            .env("TZ", "UTC")
+            .args(["--full-time", "-tvf"])
+            .arg(layout.join("blobs/sha256").join(hex)))?;
+        for line in String::from_utf8(out)?.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let date = format!("{} {}", f.get(3).unwrap_or(&""), f.get(4).unwrap_or(&""));
+            newest = newest.max(date);
+        }
+    }
+    Ok(newest)
+}
+
+#[test]
+fn rewrite_timestamp_clamps_layer_dates_at_source_date_epoch() -> anyhow::Result<()> {
+    let Some(t) = setup(&["tar", "umoci"])? else {
+        return Ok(());
+    };
+    let plain = t.dir.path().join("plain");
+    let clamped = t.dir.path().join("clamped");
+    let out = t
+        .cmd(&[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=oci,dest={},tar=false", s(&plain)),
+            "-o",
+            &format!(
+                "type=oci,dest={},tar=false,rewrite-timestamp=true,name=x:clamped",
+                s(&clamped)
+            ),
+            s(&t.ctx),
+        ])
+        .env("SOURCE_DATE_EPOCH", "1000")
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    // The copied context file keeps today's date without the rewrite...
+    let before = newest_layer_date(&plain)?;
+    ensure!(before.as_str() > "2000", "{before}");
+    // ...and nothing is later than the epoch (1970-01-01 00:16:40) with it.
+    let after = newest_layer_date(&clamped)?;
+    ensure!(after.as_str() <= "1970-01-01 00:16:40", "{after}");
+    // The rewritten layers and config still make a whole image for umoci.
+    let bundle = t.dir.path().join("bundle");
+    crate::harness::umoci_unpack(&clamped, "clamped", &bundle)?;
+    ensure!(std::fs::read_to_string(bundle.join("rootfs/srv/app.txt"))? == "app\n");
+    Ok(())
+}

@@ -13,6 +13,7 @@
 
 pub mod layout;
 pub mod push;
+pub mod rewrite;
 pub mod rootfs;
 
 use crate::compress::Compression;
@@ -137,6 +138,9 @@ pub struct ExportOptions {
     pub oci_mediatypes: bool,
     /// `--annotation` values.
     pub annotations: Vec<Annotation>,
+    /// `rewrite-timestamp=true`: clamp the layers' file dates at the build's epoch (see
+    /// [`rewrite`]); the caller applies it with the epoch it knows.
+    pub rewrite_timestamp: bool,
 }
 
 /// One prepared image manifest.

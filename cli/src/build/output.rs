@@ -291,6 +291,7 @@ fn parse_one(spec: &str, tags: &[String], annotations: &[Annotation]) -> anyhow:
         // buildx: OCI types except for the docker exporter.
         oci_mediatypes: !docker,
         annotations,
+        rewrite_timestamp: false,
     };
     let mut level = None;
     let mut codec = Some(cache::compress::Codec::Gzip);
@@ -316,10 +317,7 @@ fn parse_one(spec: &str, tags: &[String], annotations: &[Annotation]) -> anyhow:
             }
             "force-compression" => opts.force_compression = parse_bool(k, v)?,
             "oci-mediatypes" => opts.oci_mediatypes = parse_bool(k, v)?,
-            "rewrite-timestamp" if parse_bool(k, v)? => {
-                bail!("rewrite-timestamp=true is not supported yet")
-            }
-            "rewrite-timestamp" => {}
+            "rewrite-timestamp" => opts.rewrite_timestamp = parse_bool(k, v)?,
             "name" => names.extend(v.split(',').filter(|n| !n.is_empty()).map(str::to_owned)),
             "push" => push = parse_bool(k, v)?,
             "tar" => tar = parse_bool(k, v)?,
@@ -405,6 +403,8 @@ pub struct Context<'a> {
     pub attest: Option<&'a super::attest::Attest>,
     /// Print progress lines on stderr.
     pub quiet: bool,
+    /// `SOURCE_DATE_EPOCH` (environment or build arg), for `rewrite-timestamp`.
+    pub epoch: Option<i64>,
 }
 
 impl Output {
@@ -428,7 +428,28 @@ impl Output {
 
 /// Makes the manifests (and attestations, and index) of an image-shaped export.
 fn prepare(cx: &Context<'_>, opts: &ExportOptions, names: &[Reference]) -> anyhow::Result<Export> {
-    let mut export = Export::prepare(cx.store, cx.images, opts).context("preparing the image")?;
+    let rewritten;
+    let images = match (opts.rewrite_timestamp, cx.epoch) {
+        (true, Some(epoch)) => {
+            rewritten = cx
+                .images
+                .iter()
+                .map(|i| cache::export::rewrite::rewrite_timestamps(cx.store, i, epoch))
+                .collect::<Result<Vec<_>, _>>()
+                .context("rewrite-timestamp")?;
+            &rewritten[..]
+        }
+        (true, None) => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: rewrite-timestamp=true without SOURCE_DATE_EPOCH: dates kept"
+            );
+            cx.images
+        }
+        (false, _) => cx.images,
+    };
+    let mut export = Export::prepare(cx.store, images, opts).context("preparing the image")?;
     if let Some(attest) = cx.attest {
         for i in 0..export.images.len() {
             let statements = attest.statements(&export.images[i], names)?;
