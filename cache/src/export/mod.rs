@@ -63,9 +63,15 @@ pub enum ExportError {
     /// zstd layers have no Docker media type.
     #[error("compression=zstd needs oci-mediatypes=true")]
     ZstdDocker,
-    /// Pushing failed.
+    /// Pushing failed (boxed: the push error is large).
     #[error(transparent)]
-    Push(#[from] crate::registry::PushError),
+    Push(Box<crate::registry::PushError>),
+}
+
+impl From<crate::registry::PushError> for ExportError {
+    fn from(e: crate::registry::PushError) -> ExportError {
+        ExportError::Push(Box::new(e))
+    }
 }
 
 type Result<T> = std::result::Result<T, ExportError>;
