@@ -442,3 +442,46 @@ fn layer(store: &Store, d: &Digest, opts: &ExportOptions) -> Result<Descriptor> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_qualified_annotations_apply_to_their_platform_only() {
+        let p = |s: &str| {
+            let mut it = s.split('/');
+            Platform {
+                os: it.next().unwrap_or_default().into(),
+                architecture: it.next().unwrap_or_default().into(),
+                variant: it.next().map(Into::into),
+                os_version: None,
+            }
+        };
+        let a = |level, platform: Option<&str>, key: &str| Annotation {
+            level,
+            platform: platform.map(p),
+            key: key.into(),
+            value: "v".into(),
+        };
+        let all = [
+            a(Level::Manifest, None, "all"),
+            a(Level::Manifest, Some("linux/arm64"), "arm"),
+            a(Level::Manifest, Some("linux/arm64/v8"), "arm-v8"),
+            a(Level::Index, None, "idx"),
+        ];
+        let keys = |platform: &str| -> Vec<String> {
+            annotations_for(&all, Level::Manifest, Some(&p(platform)))
+                .into_keys()
+                .collect()
+        };
+        assert_eq!(keys("linux/amd64"), ["all"]);
+        assert_eq!(keys("linux/arm64/v8"), ["all", "arm", "arm-v8"]);
+        assert_eq!(
+            annotations_for(&all, Level::Index, None)
+                .into_keys()
+                .collect::<Vec<_>>(),
+            ["idx"]
+        );
+    }
+}

@@ -193,3 +193,78 @@ pub fn files_in(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Digest, ImageConfig, Platform};
+
+    /// A layer tar of `(path, is_dir)` entries; files hold their path.
+    fn layer(entries: &[(&str, bool)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, dir) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(if *dir {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            h.set_mode(0o755);
+            let data: &[u8] = if *dir { b"" } else { p.as_bytes() };
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, p, data).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn whiteouts_opaque_dirs_and_replacements_hide_lower_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let lower = layer(&[
+            ("a/", true),
+            ("a/x", false),
+            ("a/y", false),
+            ("b/", true),
+            ("b/z", false),
+            ("f", false),
+            ("d/", true),
+            ("d/inner", false),
+        ]);
+        let upper = layer(&[
+            ("a/.wh.x", false),
+            ("b/.wh..wh..opq", false),
+            ("b/new", false),
+            (".wh.f", false),
+            ("d", false),
+            ("c", false),
+        ]);
+        let mut config = ImageConfig::empty(&Platform::host());
+        config.rootfs.diff_ids = vec![
+            store.put_blob(&lower).expect("lower"),
+            store.put_blob(&upper).expect("upper"),
+        ];
+        let image = Image {
+            manifest_digest: Digest::of(b"m"),
+            manifest: crate::oci::ImageManifest {
+                schema_version: 2,
+                media_type: None,
+                config: crate::oci::Descriptor::new("x", Digest::of(b"c"), 1),
+                layers: Vec::new(),
+                annotations: Default::default(),
+                extra: Default::default(),
+            },
+            config_digest: Digest::of(b"c"),
+            config,
+        };
+        let mut out = Vec::new();
+        write_tar(&store, &image, &mut out, "test").expect("writes");
+        let mut names: Vec<String> = tar::Archive::new(&out[..])
+            .entries()
+            .expect("entries")
+            .map(|e| clean(&e.expect("entry").path().expect("path")))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "a/y", "b", "b/new", "c", "d"]);
+    }
+}
