@@ -510,7 +510,10 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             pushed.get_or_insert(digest.clone());
             if !quiet {
                 let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
-                writeln!(std::io::stdout().lock(), "{digest}")?;
+                // stdout may carry an output (`-o -`): the digest is on stderr then.
+                if !outputs.iter().any(output::Output::to_stdout) {
+                    writeln!(std::io::stdout().lock(), "{digest}")?;
+                }
             }
         }
     }

@@ -147,6 +147,8 @@ fn pushed_provenance_is_in_the_registry_index() -> anyhow::Result<()> {
             "type=provenance,mode=min",
             "-o",
             "type=registry",
+            "--annotation",
+            "manifest-descriptor:com.example.entry=image",
         ],
     )?;
     let raw = run(Command::new("skopeo").args([
@@ -174,6 +176,10 @@ fn pushed_provenance_is_in_the_registry_index() -> anyhow::Result<()> {
         let url = format!("http://127.0.0.1:{}/v2/kiln/attest/blobs/{d}", reg.port);
         run(Command::new("curl").args(["-fsSL", &url]))
     };
+    ensure!(
+        index["manifests"][0]["annotations"]["com.example.entry"] == "image",
+        "{index:#}"
+    );
     let (stmt, image_digest) = check_index(&index, read)?;
     ensure!(
         format!(
