@@ -277,12 +277,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     // Flags are checked before stdin is read.
     let labels = parse_labels(&a.labels)?;
-    let outputs = output::parse(&a.outputs, &a.tags)?;
     let attest_req = attest::parse(
         a.outputs.provenance.as_deref(),
         a.outputs.sbom.as_deref(),
         &a.outputs.attest,
     )?;
+    // `--push` with attestations or annotations is buildx's `-o type=registry`; alone it
+    // keeps kiln's push of each tag.
+    let push_as_output =
+        a.push && (attest_req != attest::Requested::default() || !a.outputs.annotation.is_empty());
+    let outputs = output::parse(&a.outputs, &a.tags, push_as_output)?;
     let started = crate::containers::now_rfc3339();
     let mut cache_to = a
         .cache_to
@@ -504,7 +508,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         }
     }
     let mut pushed = None;
-    if a.push {
+    if a.push && !push_as_output {
         for t in &a.tags {
             let digest = rt.block_on(crate::registry::push(&store, t, None, &reg_cfg))?;
             pushed.get_or_insert(digest.clone());

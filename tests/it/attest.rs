@@ -300,3 +300,44 @@ fn sbom_generator_runs_with_the_scanner_protocol_and_is_attached() -> anyhow::Re
     );
     Ok(())
 }
+
+#[test]
+fn push_with_provenance_pushes_the_index_as_buildx_does() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["docker-registry", "skopeo"])? else {
+        return Ok(());
+    };
+    t.write("Dockerfile", "FROM busybox\nRUN echo pushed > /p\n");
+    let reg = start_registry(t.dir.path())?;
+    let remote = format!("127.0.0.1:{}/kiln/push-attest:1", reg.port);
+    let meta = t.dir.path().join("meta.json");
+    t.build_output(
+        &remote,
+        &[
+            "--push",
+            "--provenance=true",
+            "--metadata-file",
+            meta.to_str().context("utf-8")?,
+        ],
+    )?;
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{remote}"),
+    ]))?;
+    let index: Value = serde_json::from_slice(&raw)?;
+    ensure!(
+        index["mediaType"] == "application/vnd.oci.image.index.v1+json",
+        "{index:#}"
+    );
+    ensure!(
+        index["manifests"][1]["annotations"]["vnd.docker.reference.type"] == "attestation-manifest"
+    );
+    // --metadata-file names what the registry serves: the index.
+    let md: Value = serde_json::from_slice(&std::fs::read(&meta)?)?;
+    ensure!(
+        md["containerimage.digest"] == cache::oci::Digest::of(&raw).to_string(),
+        "{md:#}"
+    );
+    Ok(())
+}

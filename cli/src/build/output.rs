@@ -227,11 +227,11 @@ fn attr_annotation(key: &str, value: &str) -> anyhow::Result<Option<Vec<Annotati
     parse_annotation(&format!("{prefix}:{k}={value}")).map(Some)
 }
 
-/// Parses the `-o` values and `--load` into outputs, with `tags` as the default names and
-/// `annotations` from `--annotation`.
+/// Parses the `-o` values, `--load` and (with `push`) `--push` into outputs, with `tags` as
+/// the default names and `annotations` from `--annotation`.
 ///
 /// Fails on a malformed value, an unknown type, or a missing destination.
-pub fn parse(flags: &OutputFlags, tags: &[String]) -> anyhow::Result<Vec<Output>> {
+pub fn parse(flags: &OutputFlags, tags: &[String], push: bool) -> anyhow::Result<Vec<Output>> {
     let mut annotations = Vec::new();
     for a in &flags.annotation {
         annotations.extend(parse_annotation(a)?);
@@ -239,6 +239,9 @@ pub fn parse(flags: &OutputFlags, tags: &[String]) -> anyhow::Result<Vec<Output>
     let mut specs = flags.output.clone();
     if flags.load {
         specs.push("type=docker".to_owned());
+    }
+    if push {
+        specs.push("type=registry".to_owned());
     }
     let mut out = Vec::new();
     for spec in &specs {
@@ -627,21 +630,26 @@ mod tests {
 
     #[test]
     fn shorthands_are_buildx_s() {
-        let out = parse(&flags(&["out", "-"]), &[]).expect("parses");
+        let out = parse(&flags(&["out", "-"]), &[], false).expect("parses");
         assert!(matches!(&out[0], Output::Local(p) if p == &PathBuf::from("out")));
         assert!(matches!(&out[1], Output::Tar(Dest::Stdout)));
     }
 
     #[test]
     fn registry_is_image_with_push_and_names_default_to_tags() {
-        let out = parse(&flags(&["type=registry"]), &["r:5000/a:1".into()]).expect("parses");
+        let out = parse(&flags(&["type=registry"]), &["r:5000/a:1".into()], false).expect("parses");
         let Output::Image { names, push, opts } = &out[0] else {
             panic!("{out:?}")
         };
         assert!(*push);
         assert_eq!(names[0].to_string(), "r:5000/a:1");
         assert!(opts.oci_mediatypes);
-        let out = parse(&flags(&[r#"type=image,"name=a:1,b:2",push=false"#]), &[]).expect("csv");
+        let out = parse(
+            &flags(&[r#"type=image,"name=a:1,b:2",push=false"#]),
+            &[],
+            false,
+        )
+        .expect("csv");
         let Output::Image { names, push, .. } = &out[0] else {
             panic!()
         };
@@ -654,6 +662,7 @@ mod tests {
         let out = parse(
             &flags(&["type=docker,dest=x.tar,compression=uncompressed"]),
             &[],
+            false,
         )
         .expect("parses");
         let Output::Layout {
@@ -673,7 +682,7 @@ mod tests {
             "type=image",
             "type=nope,dest=x",
         ] {
-            assert!(parse(&flags(&[bad]), &[]).is_err(), "{bad}");
+            assert!(parse(&flags(&[bad]), &[], false).is_err(), "{bad}");
         }
     }
 
