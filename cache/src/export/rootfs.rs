@@ -53,6 +53,19 @@ impl Hidden {
 ///
 /// Fails when a layer cannot be read or the destination written.
 pub fn write_tar(store: &Store, image: &Image, out: impl Write, dest: &str) -> Result<()> {
+    write_tars(store, &[(image, String::new())], out, dest)
+}
+
+/// Writes several merged root filesystems into one tar, each under its prefix directory
+/// (`linux_amd64/`, as buildx lays out a multi-platform tar; `""` for none).
+///
+/// Fails when a layer cannot be read or the destination written.
+pub fn write_tars(
+    store: &Store,
+    images: &[(&Image, String)],
+    out: impl Write,
+    dest: &str,
+) -> Result<()> {
     let werr = |source| ExportError::Io {
         op: "write",
         path: dest.to_owned(),
@@ -60,6 +73,39 @@ pub fn write_tar(store: &Store, image: &Image, out: impl Write, dest: &str) -> R
     };
     let mut b = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out));
     b.follow_symlinks(false);
+    for (image, prefix) in images {
+        if !prefix.is_empty() {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{prefix}/"), io::empty())
+                .map_err(werr)?;
+        }
+        append_rootfs(&mut b, store, image, prefix, dest)?;
+    }
+    let mut inner = b.into_inner().map_err(werr)?;
+    inner.flush().map_err(werr)?;
+    Ok(())
+}
+
+/// Appends `image`'s merged root filesystem to `b`, every path under `prefix`.
+fn append_rootfs<W: Write>(
+    b: &mut tar::Builder<W>,
+    store: &Store,
+    image: &Image,
+    prefix: &str,
+    dest: &str,
+) -> Result<()> {
+    let werr = |source| ExportError::Io {
+        op: "write",
+        path: dest.to_owned(),
+        source,
+    };
+    let under = |p: &str| match prefix {
+        "" => p.to_owned(),
+        pre => format!("{pre}/{p}"),
+    };
     let mut hidden = Hidden::default();
     for diff_id in image.config.rootfs.diff_ids.iter().rev() {
         let lerr = |source| ExportError::Layer {
@@ -98,19 +144,20 @@ pub fn write_tar(store: &Store, image: &Image, out: impl Write, dest: &str) -> R
             let link = entry.link_name().map_err(lerr)?.map(|l| l.into_owned());
             match link {
                 Some(target) if kind.is_symlink() || kind.is_hard_link() => {
+                    // A hard link names a path in the same tree: under the same prefix.
                     let target = match kind.is_hard_link() {
-                        true => std::path::PathBuf::from(clean(&target)),
+                        true => std::path::PathBuf::from(under(&clean(&target))),
                         false => target,
                     };
-                    b.append_link(&mut h, &path, &target).map_err(werr)?
+                    b.append_link(&mut h, under(&path), &target).map_err(werr)?
                 }
                 _ => {
-                    let path = if kind.is_dir() {
-                        format!("{path}/")
+                    let p = if kind.is_dir() {
+                        format!("{}/", under(&path))
                     } else {
-                        path
+                        under(&path)
                     };
-                    b.append_data(&mut h, &path, &mut entry).map_err(werr)?
+                    b.append_data(&mut h, &p, &mut entry).map_err(werr)?
                 }
             }
         }
@@ -119,8 +166,6 @@ pub fn write_tar(store: &Store, image: &Image, out: impl Write, dest: &str) -> R
         hidden.gone.extend(layer.gone);
         hidden.opaque.extend(layer.opaque);
     }
-    let mut inner = b.into_inner().map_err(werr)?;
-    inner.flush().map_err(werr)?;
     Ok(())
 }
 
@@ -266,5 +311,21 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["a", "a/y", "b", "b/new", "c", "d"]);
+
+        // Several platforms: each tree under its own directory.
+        let mut out = Vec::new();
+        let two = [
+            (&image, "linux_amd64".to_owned()),
+            (&image, "linux_arm64".to_owned()),
+        ];
+        write_tars(&store, &two, &mut out, "test").expect("writes");
+        let names: Vec<String> = tar::Archive::new(&out[..])
+            .entries()
+            .expect("entries")
+            .map(|e| clean(&e.expect("entry").path().expect("path")))
+            .collect();
+        assert_eq!(names.len(), 14, "{names:?}");
+        assert!(names.contains(&"linux_arm64/b/new".to_owned()), "{names:?}");
+        assert!(names.contains(&"linux_amd64".to_owned()), "{names:?}");
     }
 }

@@ -494,11 +494,12 @@ pub async fn run(
                 say(format!("copying files to {} done", dir.display()));
             }
             Output::Tar(dest) => {
-                let [img] = cx.images else {
-                    bail!("type=tar of a multi-platform result is not supported yet");
-                };
+                let images: Vec<_> = per_platform(cx.images)
+                    .into_iter()
+                    .map(|(i, sub)| (i, sub.unwrap_or_default()))
+                    .collect();
                 write_to(dest, |w| {
-                    cache::export::rootfs::write_tar(cx.store, img, w, &dest.to_string())
+                    cache::export::rootfs::write_tars(cx.store, &images, w, &dest.to_string())
                         .map_err(Into::into)
                 })
                 .with_context(|| format!("--output type=tar,dest={dest}"))?;
