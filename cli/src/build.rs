@@ -547,20 +547,22 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             started,
             finished: crate::containers::now_rfc3339(),
         },
-        sboms: Vec::new(),
+        sboms: BTreeMap::new(),
     });
     let mut attest = attest;
-    let sboms = match &attest_req.sbom {
-        Some(generator) if outputs.iter().any(output::Output::is_image) => {
-            if !quiet {
-                let _ = writeln!(std::io::stderr(), "scanning with {generator}");
-            }
-            rt.block_on(sbom::scan(&store, sbom_opts, &reg_cfg, generator, &image))?
+    if let (Some(a), Some(generator)) = (&mut attest, &attest_req.sbom)
+        && outputs.iter().any(output::Output::is_image)
+    {
+        if !quiet {
+            let _ = writeln!(std::io::stderr(), "scanning with {generator}");
         }
-        _ => Vec::new(),
-    };
-    if let Some(a) = &mut attest {
-        a.sboms = sboms;
+        a.sboms = rt.block_on(sbom::scan_all(
+            &store,
+            sbom_opts,
+            &reg_cfg,
+            generator,
+            std::slice::from_ref(&image),
+        ))?;
     }
     let exported = rt.block_on(output::run(
         &output::Context {

@@ -156,8 +156,9 @@ pub struct Attest {
     pub requested: Requested,
     /// The build's facts.
     pub facts: Facts,
-    /// SBOMs from the `--sbom` generator: file name, SPDX document.
-    pub sboms: Vec<(String, serde_json::Value)>,
+    /// SBOMs from the `--sbom` generator, per platform (`linux/amd64`): file name, SPDX
+    /// document.
+    pub sboms: BTreeMap<String, Vec<(String, serde_json::Value)>>,
 }
 
 /// `pkg:docker/NAME?platform=OS%2FARCH`: BuildKit's purl of an image.
@@ -191,7 +192,8 @@ impl Attest {
                 .context("serialising the provenance statement")?;
             out.push((PREDICATE_SLSA_V1.to_owned(), bytes));
         }
-        for (_, doc) in &self.sboms {
+        let platform = cache::export::platform_of(&image.image).to_string();
+        for (_, doc) in self.sboms.get(&platform).into_iter().flatten() {
             let stmt = json!({
                 "_type": "https://in-toto.io/Statement/v0.1",
                 "predicateType": super::sbom::PREDICATE_SPDX,

@@ -52,6 +52,28 @@ fn dockerfile(
     ))
 }
 
+/// Runs `generator` over each of `images` (one per platform) and returns the SBOMs by
+/// platform (`linux/amd64`).
+///
+/// Fails as [`scan`].
+pub async fn scan_all(
+    store: &cache::store::Store,
+    opts: solver::SolveOptions,
+    reg: &crate::registry::RegistryConfig,
+    generator: &str,
+    images: &[cache::image::Image],
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<(String, serde_json::Value)>>> {
+    let mut out = std::collections::BTreeMap::new();
+    for image in images {
+        let platform = cache::export::platform_of(image).to_string();
+        out.insert(
+            platform,
+            scan(store, opts.clone(), reg, generator, image).await?,
+        );
+    }
+    Ok(out)
+}
+
 /// Runs `generator` over `image` (and the context in `opts`) and returns the SBOM
 /// predicates it wrote, by file name.
 ///
@@ -63,7 +85,9 @@ pub async fn scan(
     generator: &str,
     image: &cache::image::Image,
 ) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
-    let platform = cache::export::platform_of(image);
+    // The generator runs natively (BuildKit runs it on the build platform), whatever
+    // platform the image it reads is for.
+    let platform = cache::oci::Platform::host();
     // The built image is a `from=` of the scan's mount: named in the store while it runs.
     let target = format!("kiln-sbom-target:{}", &image.manifest_digest.hex()[..12]);
     store
