@@ -512,6 +512,13 @@ pub async fn run(
                 names,
                 opts,
             } => {
+                if *docker && cx.images.len() > 1 {
+                    // docker load takes one image; buildx's docker exporter refuses too.
+                    bail!(
+                        "type=docker cannot hold a multi-platform result: use type=oci, or \
+                         build one --platform"
+                    );
+                }
                 let export = prepare(cx, opts, names)?;
                 let kind = if *docker { "docker" } else { "oci" };
                 match dest {
