@@ -246,7 +246,12 @@ fn docker_output_is_read_by_docker_load() -> anyhow::Result<()> {
     let file = t.dir.path().join("d.tar");
     t.build_output(
         "dock:1",
-        &["-o", &format!("type=docker,dest={},name={name}", s(&file))],
+        // With an attestation the layout's root is an index; docker reads manifest.json.
+        &[
+            "-o",
+            &format!("type=docker,dest={},name={name}", s(&file)),
+            "--provenance=true",
+        ],
     )?;
     let out = run(Command::new("/usr/bin/docker")
         .arg("load")
