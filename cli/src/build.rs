@@ -530,53 +530,25 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         quiet,
     ))?;
     let build_ref = build_ref()?;
-    let attest = (attest_req != attest::Requested::default()).then(|| attest::Attest {
-        requested: attest_req.clone(),
-        facts: attest::Facts {
-            dockerfile_name: opts.dockerfile_name.clone(),
-            dockerfile: input.dockerfile.clone(),
-            build_args: opts.build_args.clone(),
-            labels: parse_labels(&a.labels).unwrap_or_default(),
-            target: a.target.clone(),
-            bases: bases
-                .iter()
-                .map(|(k, b)| (k.clone(), b.manifest.clone()))
-                .collect(),
-            git: git_sources(&graph),
-            invocation: build_ref.rsplit('/').next().unwrap_or_default().to_owned(),
-            started,
-            finished: crate::containers::now_rfc3339(),
-        },
-        sboms: BTreeMap::new(),
-    });
-    let mut attest = attest;
-    if let (Some(a), Some(generator)) = (&mut attest, &attest_req.sbom)
-        && outputs.iter().any(output::Output::is_image)
-    {
-        if !quiet {
-            let _ = writeln!(std::io::stderr(), "scanning with {generator}");
-        }
-        a.sboms = rt.block_on(sbom::scan_all(
-            &store,
-            sbom_opts,
-            &reg_cfg,
-            generator,
-            std::slice::from_ref(&image),
-        ))?;
-    }
-    let exported = rt.block_on(output::run(
-        &output::Context {
-            store: &store,
-            images: std::slice::from_ref(&image),
-            reg: &reg_cfg,
-            attest: attest.as_ref(),
-            quiet,
-            epoch: std::env::var("SOURCE_DATE_EPOCH")
-                .ok()
-                .or_else(|| opts.build_args.get("SOURCE_DATE_EPOCH").cloned())
-                .and_then(|s| s.trim().parse::<i64>().ok()),
-        },
+    let facts = attest::Facts::of_build(
+        &opts,
+        &input.dockerfile,
+        parse_labels(&a.labels)?,
+        &bases,
+        &graph,
+        &build_ref,
+        started,
+    );
+    let images = std::slice::from_ref(&image);
+    let exported = rt.block_on(output::run_all(
+        &store,
+        images,
+        &reg_cfg,
         &outputs,
+        &attest_req,
+        facts,
+        sbom_opts,
+        quiet,
     ))?;
     if let Some(f) = &a.iidfile {
         std::fs::write(f, image.manifest_digest.to_string())
@@ -615,26 +587,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     drop(lock);
     Ok(())
-}
-
-/// The ADD git sources the target reaches: remote, ref, commit (when the graph has it).
-fn git_sources(graph: &solver::graph::BuildGraph) -> Vec<(String, Option<String>, Option<String>)> {
-    use solver::graph::{CopySource, FileAction, Op};
-    let mut out = Vec::new();
-    for n in graph.reachable() {
-        if let Op::File(f) = &graph.nodes[n].op {
-            for act in &f.actions {
-                if let FileAction::Copy(c) = act
-                    && let CopySource::Git(g) = &c.from
-                {
-                    out.push((g.remote.clone(), g.reference.clone(), g.commit.clone()));
-                }
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// A private `ssh-agent -D` holding `--ssh ID=KEY` keys in its own directory; killed and the

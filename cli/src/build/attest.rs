@@ -149,6 +149,55 @@ pub struct Facts {
     pub finished: String,
 }
 
+impl Facts {
+    /// The facts of a build: its options, Dockerfile, `--label`s, resolved bases and graph.
+    pub fn of_build(
+        opts: &frontend::BuildOptions,
+        dockerfile: &[u8],
+        labels: BTreeMap<String, String>,
+        bases: &BTreeMap<String, frontend::BaseImage>,
+        graph: &solver::graph::BuildGraph,
+        build_ref: &str,
+        started: String,
+    ) -> Facts {
+        Facts {
+            dockerfile_name: opts.dockerfile_name.clone(),
+            dockerfile: dockerfile.to_vec(),
+            build_args: opts.build_args.clone(),
+            labels,
+            target: opts.target.clone(),
+            bases: bases
+                .iter()
+                .map(|(k, b)| (k.clone(), b.manifest.clone()))
+                .collect(),
+            git: git_sources(graph),
+            invocation: build_ref.rsplit('/').next().unwrap_or_default().to_owned(),
+            started,
+            finished: crate::containers::now_rfc3339(),
+        }
+    }
+}
+
+/// The ADD git sources the target reaches: remote, ref, commit (when the graph has it).
+fn git_sources(graph: &solver::graph::BuildGraph) -> Vec<(String, Option<String>, Option<String>)> {
+    use solver::graph::{CopySource, FileAction, Op};
+    let mut out = Vec::new();
+    for n in graph.reachable() {
+        if let Op::File(f) = &graph.nodes[n].op {
+            for act in &f.actions {
+                if let FileAction::Copy(c) = act
+                    && let CopySource::Git(g) = &c.from
+                {
+                    out.push((g.remote.clone(), g.reference.clone(), g.commit.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Attestations to attach to every image output.
 #[derive(Debug, Clone)]
 pub struct Attest {

@@ -467,6 +467,54 @@ fn prepare(cx: &Context<'_>, opts: &ExportOptions, names: &[Reference]) -> anyho
     Ok(export)
 }
 
+/// `SOURCE_DATE_EPOCH` from the environment, else from the build args.
+fn source_date_epoch(build_args: &std::collections::BTreeMap<String, String>) -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .or_else(|| build_args.get("SOURCE_DATE_EPOCH").cloned())
+        .and_then(|s| s.trim().parse::<i64>().ok())
+}
+
+/// After the build: runs the SBOM scan when asked (and an image output will carry it), then
+/// every output with the attestations `requested`. Returns what [`run`] returns.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_all(
+    store: &cache::store::Store,
+    images: &[cache::image::Image],
+    reg: &crate::registry::RegistryConfig,
+    outputs: &[Output],
+    requested: &super::attest::Requested,
+    facts: super::attest::Facts,
+    solve_opts: solver::SolveOptions,
+    quiet: bool,
+) -> anyhow::Result<Option<cache::oci::Descriptor>> {
+    use std::io::Write as _;
+    let epoch = source_date_epoch(&facts.build_args);
+    let mut attest =
+        (*requested != super::attest::Requested::default()).then(|| super::attest::Attest {
+            requested: requested.clone(),
+            facts,
+            sboms: Default::default(),
+        });
+    if let (Some(a), Some(generator)) = (&mut attest, &requested.sbom)
+        && outputs.iter().any(Output::is_image)
+    {
+        if !quiet {
+            let _ = writeln!(std::io::stderr(), "scanning with {generator}");
+        }
+        a.sboms = super::sbom::scan_all(store, solve_opts, reg, generator, images).await?;
+    }
+    let cx = Context {
+        store,
+        images,
+        reg,
+        attest: attest.as_ref(),
+        quiet,
+        epoch,
+    };
+    run(&cx, outputs).await
+}
+
 /// Runs every output; returns the descriptor of the last image-shaped one (for
 /// `--metadata-file`), if any.
 pub async fn run(
