@@ -341,3 +341,42 @@ fn push_with_provenance_pushes_the_index_as_buildx_does() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn provenance_lists_add_git_sources_with_their_commit() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["git"])? else {
+        return Ok(());
+    };
+    let server = crate::sources::git_server(&t)?;
+    let commit = crate::sources::commit(&server.repo, &[("f", "from git\n")], "one")?;
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nADD {}#main /src\n", server.url),
+    );
+    let layout = t.dir.path().join("layout");
+    t.build_output(
+        "gitprov:1",
+        &[
+            "--provenance=true",
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+        ],
+    )?;
+    let index_json: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let index: Value =
+        serde_json::from_slice(&blob(&layout, &index_json["manifests"][0]["digest"])?)?;
+    let (stmt, _) = check_index(&index, |d| blob(&layout, d))?;
+    let deps = &stmt["predicate"]["buildDefinition"]["resolvedDependencies"];
+    let git = deps
+        .as_array()
+        .and_then(|d| {
+            d.iter()
+                .find(|d| d["uri"] == format!("{}#main", server.url))
+        })
+        .with_context(|| format!("the git source in {deps:#}"))?;
+    ensure!(
+        git["digest"]["sha1"] == commit.as_str(),
+        "{git:#} vs {commit}"
+    );
+    Ok(())
+}

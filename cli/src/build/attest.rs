@@ -170,11 +170,28 @@ impl Facts {
                 .iter()
                 .map(|(k, b)| (k.clone(), b.manifest.clone()))
                 .collect(),
-            git: git_sources(graph),
+            git: resolved_git_sources(graph),
             invocation: build_ref.rsplit('/').next().unwrap_or_default().to_owned(),
             started,
             finished: crate::containers::now_rfc3339(),
         }
+    }
+}
+
+/// [`git_sources`] with their commits: the solver resolves refs in its own copy of the
+/// graph, so they are resolved again here (`git ls-remote`, as the build did); a source that
+/// cannot be resolved now is listed without a digest.
+fn resolved_git_sources(
+    graph: &solver::graph::BuildGraph,
+) -> Vec<(String, Option<String>, Option<String>)> {
+    let sources = git_sources(graph);
+    if sources.iter().all(|(_, _, c)| c.is_some()) {
+        return sources;
+    }
+    let mut g = graph.clone();
+    match solver::git::resolve_all(&mut g, None) {
+        Ok(()) => git_sources(&g),
+        Err(_) => sources,
     }
 }
 
