@@ -92,6 +92,15 @@ fn local_and_tar_outputs_in_one_build_hold_the_merged_rootfs() -> anyhow::Result
     std::fs::write(&piped, &out.stdout)?;
     check_rootfs_names(&tar_names(&piped)?)?;
     ensure!(dir2.join("srv/app.txt").is_file());
+    // type=oci without dest goes to stdout (not a terminal here), as buildx.
+    let out = t.ok(&["build", "-q", "-o", "type=oci", s(&t.ctx)])?;
+    let piped = t.dir.path().join("oci.tar");
+    std::fs::write(&piped, &out.stdout)?;
+    let names = tar_names(&piped)?;
+    ensure!(
+        names.iter().any(|n| n == "index.json") && names.iter().any(|n| n == "oci-layout"),
+        "{names:?}"
+    );
     Ok(())
 }
 
@@ -341,7 +350,10 @@ fn bad_outputs_are_refused_before_the_build() -> anyhow::Result<()> {
     let t = TestDir::new();
     t.write("Dockerfile", "FROM scratch\n");
     for (args, want) in [
-        (vec!["-o", "type=oci"], "type=oci needs dest"),
+        (
+            vec!["-o", "-", "-o", "type=oci"],
+            "only one output can write to stdout",
+        ),
         (vec!["-o", "type=nope,dest=x"], "unknown type"),
         (vec!["-o", "dest=x"], "type is required"),
         (

@@ -247,6 +247,9 @@ pub fn parse(flags: &OutputFlags, tags: &[String], push: bool) -> anyhow::Result
     for spec in &specs {
         out.push(parse_one(spec, tags, &annotations).with_context(|| format!("--output {spec}"))?);
     }
+    if out.iter().filter(|o| o.to_stdout()).count() > 1 {
+        bail!("only one output can write to stdout");
+    }
     if !annotations.is_empty()
         && !out
             .iter()
@@ -369,11 +372,13 @@ fn parse_one(spec: &str, tags: &[String], annotations: &[Annotation]) -> anyhow:
             Some(Dest::Stdout) => bail!("type=local needs a directory, not -"),
             None => bail!("type=local needs dest=DIR"),
         },
-        "tar" => Output::Tar(dest.context("type=tar needs dest=FILE or dest=-")?),
+        // As buildx: tar and oci without `dest` go to stdout, unless it is a terminal.
+        "tar" => Output::Tar(stdout_dest(&kind, dest)?),
         "oci" | "docker" => {
-            if kind == "oci" && dest.is_none() {
-                bail!("type=oci needs dest=FILE or dest=DIR (with tar=false)");
-            }
+            let dest = match kind.as_str() {
+                "oci" => Some(stdout_dest(&kind, dest)?),
+                _ => dest,
+            };
             if !tar && !matches!(dest, Some(Dest::Path(_))) {
                 bail!("tar=false needs dest=DIR");
             }
@@ -391,6 +396,16 @@ fn parse_one(spec: &str, tags: &[String], annotations: &[Annotation]) -> anyhow:
         }
         _ => bail!("unknown type {kind:?} (local, tar, oci, docker, image or registry)"),
     })
+}
+
+/// `dest`, or stdout when it is missing; refused when that is a terminal (buildx's words).
+fn stdout_dest(kind: &str, dest: Option<Dest>) -> anyhow::Result<Dest> {
+    use std::io::IsTerminal as _;
+    let dest = dest.unwrap_or(Dest::Stdout);
+    if dest == Dest::Stdout && std::io::stdout().is_terminal() {
+        bail!("dest file is required for {kind} exporter. refusing to write to console");
+    }
+    Ok(dest)
 }
 
 /// What the exports need of the build.
@@ -730,9 +745,7 @@ mod tests {
         assert!(!opts.oci_mediatypes);
         assert_eq!(opts.compression, LayerCompression::Uncompressed);
         for bad in [
-            "type=oci",
             "dest=x",
-            "type=tar",
             "type=oci,dest=x,compression=lz4",
             "type=oci,dest=x,compression=gzip,compression-level=12",
             "type=image",
