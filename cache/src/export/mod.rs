@@ -241,13 +241,13 @@ impl Export {
         for image in images {
             let mut layers = Vec::new();
             for d in &image.config.rootfs.diff_ids {
-                let desc = layer(store, d, opts)?;
-                let mut desc = Descriptor::new(
-                    layer_type(&desc.media_type, opts.oci_mediatypes),
-                    desc.digest,
-                    desc.size,
+                // A fresh descriptor: the stored one may carry a pulled layer's annotations.
+                let stored = layer(store, d, opts)?;
+                let desc = Descriptor::new(
+                    layer_type(&stored.media_type, opts.oci_mediatypes),
+                    stored.digest,
+                    stored.size,
                 );
-                desc.annotations.clear();
                 blobs.insert(desc.digest.clone(), desc.clone());
                 layers.push(desc);
             }
