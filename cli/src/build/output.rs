@@ -19,7 +19,7 @@ pub struct OutputFlags {
     /// `type=oci,dest=FILE|DIR[,tar=false]`, `type=docker[,dest=FILE][,name=N]`,
     /// `type=image,name=N[,push=true]`, `type=registry[,name=N]`, `DIR` or `-`; with
     /// `compression=gzip|zstd|uncompressed`, `compression-level=N`, `force-compression=true`,
-    /// `oci-mediatypes=true|false`; may be repeated.
+    /// `oci-mediatypes=true|false`, `rewrite-timestamp=true`; may be repeated.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub output: Vec<String>,
     /// Load the result into the local docker daemon (`type=docker`).
