@@ -26,6 +26,7 @@
 pub mod archive;
 pub mod blocking;
 pub mod compress;
+pub mod export;
 pub mod gc;
 pub mod image;
 pub mod layer;

@@ -371,7 +371,7 @@ fn bar_line(short: &str, done: u64, total: u64, width: usize) -> String {
 }
 
 /// Clears what may be left of a bar line (finished blobs erase their bars themselves).
-fn finish_progress(cfg: &RegistryConfig) {
+pub(crate) fn finish_progress(cfg: &RegistryConfig) {
     if cfg.progress && std::io::stderr().is_terminal() {
         let _ = write!(std::io::stderr(), "\r\x1b[J");
     }
