@@ -15,10 +15,15 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// Where the host-wide lease store lives.
-pub const STATE_DIR: &str = "/run/kiln/networks";
-/// Where container network namespaces are pinned.
-pub const NETNS_DIR: &str = "/run/kiln/netns";
+/// Where the host-wide lease store lives (`/run/kiln/networks`; rootless, in the session's
+/// runtime dir).
+pub fn state_dir() -> PathBuf {
+    crate::rootless::run_dir().join("networks")
+}
+/// Where container network namespaces are pinned (`/run/kiln/netns`).
+pub fn netns_dir() -> PathBuf {
+    crate::rootless::run_dir().join("netns")
+}
 
 /// `--network`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,8 +103,10 @@ pub fn ports(
     Ok(out)
 }
 
-/// Where build RUN steps keep their pooled namespaces (`POOL_DIR/bridge/N.netns`).
-pub const POOL_DIR: &str = "/run/kiln/pool";
+/// Where build RUN steps keep their pooled namespaces (`/run/kiln/pool/bridge/N.netns`).
+pub fn pool_dir() -> PathBuf {
+    crate::rootless::run_dir().join("pool")
+}
 
 /// Slots of the RUN pool: enough for a build's parallel steps and a few concurrent builds.
 const POOL_SLOTS: usize = 16;
@@ -110,13 +117,13 @@ pub fn build_network() -> anyhow::Result<std::sync::Arc<executor::net::BuildNetw
     executor::net::enable_ip_forward(Path::new("/proc/sys")).context("enabling IPv4 forwarding")?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let net = executor::net::BuildNetwork::open(
-        Path::new(STATE_DIR),
-        Path::new(POOL_DIR),
+        &state_dir(),
+        &pool_dir(),
         executor::net::ipam::DEFAULT_NETWORK,
         POOL_SLOTS,
         &host_resolv,
     )
-    .with_context(|| format!("opening the network state at {STATE_DIR}"))?;
+    .with_context(|| format!("opening the network state at {}", state_dir().display()))?;
     Ok(std::sync::Arc::new(net))
 }
 
@@ -141,7 +148,7 @@ enum JoinedKind {
 
 /// The pinned namespace path of container `id`.
 pub fn netns_path(id: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(id)
+    netns_dir().join(id)
 }
 
 /// Prepares the network of container `id` (host name `hostname`, state in `dir`): the
@@ -182,8 +189,8 @@ pub fn setup(
         Mode::Container(other) => return Ok((join_container(other, hostname)?, None)),
         Mode::Bridge(name) => name,
     };
-    let mut nets = executor::net::Networks::open(STATE_DIR)
-        .with_context(|| format!("opening the network state at {STATE_DIR}"))?;
+    let mut nets = executor::net::Networks::open(state_dir())
+        .with_context(|| format!("opening the network state at {}", state_dir().display()))?;
     executor::net::enable_ip_forward(Path::new("/proc/sys")).context("enabling IPv4 forwarding")?;
     let path = netns_path(id);
     let netns = Netns::create(&path)
@@ -286,7 +293,7 @@ pub fn refresh_hosts(network: &str) {
     if network == executor::net::ipam::DEFAULT_NETWORK {
         return;
     }
-    let (Ok(ipam), Ok(root)) = (executor::net::Ipam::open(STATE_DIR), crate::kiln_root()) else {
+    let (Ok(ipam), Ok(root)) = (executor::net::Ipam::open(state_dir()), crate::kiln_root()) else {
         return;
     };
     let Ok(leases) = ipam.leases(network) else {

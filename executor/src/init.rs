@@ -407,6 +407,11 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
 /// ([`crate::devices`]); usually it was born there. It opens no device itself afterwards:
 /// stdio is inherited.
 fn confine_devices() -> Result<()> {
+    // Rootless: no device cgroup can be joined; the user namespace cannot create device nodes
+    // and the sandbox's /dev holds only bind mounts of the host's harmless ones.
+    if crate::rootless::in_user_namespace() {
+        return Ok(());
+    }
     Ok(crate::devices::confine_self()?)
 }
 
@@ -584,6 +589,7 @@ fn is_empty_dir(fd: &OwnedFd) -> bool {
 fn is_opaque(fd: &OwnedFd) -> bool {
     let mut buf = [0u8; 8];
     rustix::fs::fgetxattr(fd, "trusted.overlay.opaque", &mut buf).is_ok()
+        || rustix::fs::fgetxattr(fd, "user.overlay.opaque", &mut buf).is_ok()
 }
 
 fn child_main(

@@ -125,7 +125,11 @@ fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Own
     // Layers are committed from the upper dir as plain files and whiteouts: a renamed
     // directory must be copied, not recorded as an overlay redirect, and metadata-only
     // copy-ups would leave files without data in the upper dir.
-    for (k, v) in [("redirect_dir", "off"), ("metacopy", "off")] {
+    // Rootless (`userxattr`, below) overlay refuses to follow redirects, so there the same is
+    // `nofollow`.
+    let userxattr = crate::rootless::in_user_namespace();
+    let redirect = if userxattr { "nofollow" } else { "off" };
+    for (k, v) in [("redirect_dir", redirect), ("metacopy", "off")] {
         rustix::mount::fsconfig_set_string(&fs, k, v).map_err(errno)?;
     }
     // Without `volatile`, unmounting (here: the mount namespace dying with pid 1) syncs the
@@ -136,6 +140,12 @@ fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Own
     // pair; every run gets fresh ones.
     if upper.is_some() {
         rustix::mount::fsconfig_set_flag(&fs, "volatile").map_err(errno)?;
+    }
+    // Rootless: overlay keeps its opaque and whiteout markers in `user.overlay.*` (trusted.*
+    // needs CAP_SYS_ADMIN in the initial user namespace); the store's snapshots carry the
+    // same (cache::layer::apply falls back to `user.overlay.opaque`).
+    if userxattr {
+        rustix::mount::fsconfig_set_flag(&fs, "userxattr").map_err(errno)?;
     }
     rustix::mount::fsconfig_create(&fs).map_err(errno)?;
     let attrs = if upper.is_none() {

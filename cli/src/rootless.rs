@@ -1,0 +1,117 @@
+//! Start-up of rootless kiln: when kiln is started by a user other than root, join (or
+//! create) the user's session (`executor::rootless::session`) before anything else runs.
+//! Afterwards kiln is root in the session's user namespace; [`active`] tells the few places
+//! that differ (default store and runtime paths, device policy, cgroups, `-p`).
+
+use anyhow::Context as _;
+use executor::rootless::{net::Backend, session, subid};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The session this process joined, when rootless.
+#[derive(Debug)]
+pub struct Active {
+    /// `$XDG_RUNTIME_DIR/kiln`.
+    pub runtime_dir: PathBuf,
+    /// `$XDG_DATA_HOME/kiln` (or `~/.local/share/kiln`), unless KILN_ROOT says otherwise.
+    pub data_dir: PathBuf,
+    /// True when only the single id 0 is mapped.
+    pub single_id: bool,
+}
+
+static ACTIVE: OnceLock<Active> = OnceLock::new();
+
+/// The rootless session of this process, if any.
+pub fn active() -> Option<&'static Active> {
+    ACTIVE.get()
+}
+
+/// Where runtime state goes (netns pins, leases, the RUN pool): /run/kiln as root,
+/// `$XDG_RUNTIME_DIR/kiln/run` rootless.
+pub fn run_dir() -> PathBuf {
+    match active() {
+        Some(a) => a.runtime_dir.join("run"),
+        None => PathBuf::from("/run/kiln"),
+    }
+}
+
+/// Joins the session when the effective uid is not 0 (must run while single-threaded).
+/// `warn` says whether to print the single-id warning (commands that build or run).
+pub fn enter_if_unprivileged(warn: bool) -> anyhow::Result<()> {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid == 0 {
+        return Ok(());
+    }
+    let gid = rustix::process::getegid().as_raw();
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+    let runtime_dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|r| !r.is_empty()) {
+        Some(r) => PathBuf::from(r).join("kiln"),
+        None => std::env::temp_dir().join(format!("kiln-run-{uid}")),
+    };
+    let data_dir = match std::env::var_os("XDG_DATA_HOME").filter(|r| !r.is_empty()) {
+        Some(x) => PathBuf::from(x).join("kiln"),
+        None => PathBuf::from(home.context("neither KILN_ROOT, XDG_DATA_HOME nor HOME is set")?)
+            .join(".local/share/kiln"),
+    };
+    let name = user_name(uid).unwrap_or_default();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let subuids = subid::ranges(&read("/etc/subuid"), &name, uid);
+    let subgids = subid::ranges(&read("/etc/subgid"), &name, gid);
+    let single_id = subuids.is_empty() || subgids.is_empty();
+    let (uid_map, gid_map) = if single_id {
+        (subid::id_map(uid, &[]), subid::id_map(gid, &[]))
+    } else {
+        (subid::id_map(uid, &subuids), subid::id_map(gid, &subgids))
+    };
+    if single_id && warn {
+        eprintln!(
+            "warning: rootless: no subordinate ids for user {name} (uid {uid}) in /etc/subuid and \
+             /etc/subgid: running with the single id 0 (= you); files owned by any other id cannot \
+             be created (chown, USER other than root, images with other owners fail)\n\
+             hint: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}"
+        );
+    }
+    let net = match std::env::var("KILN_ROOTLESS_NET") {
+        Ok(s) => Backend::parse(&s).with_context(|| {
+            format!("KILN_ROOTLESS_NET={s}: expected slirp4netns, pasta or none")
+        })?,
+        Err(_) => Backend::Slirp4netns,
+    };
+    let exe = std::fs::read_link("/proc/self/exe").context("finding the kiln binary")?;
+    let cfg = session::Config {
+        runtime_dir: runtime_dir.clone(),
+        exe,
+        uid,
+        gid,
+        uid_map,
+        gid_map,
+        net,
+    };
+    session::enter(&cfg).context("entering the rootless session")?;
+    let _ = ACTIVE.set(Active {
+        runtime_dir,
+        data_dir,
+        single_id,
+    });
+    Ok(())
+}
+
+/// The name of `uid` in /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id: u32 = f.nth(1)?.parse().ok()?;
+        (id == uid).then(|| name.to_owned())
+    })
+}
+
+/// The message for `--memory`/`--cpus`/`--pids-limit` when rootless has no delegated cgroup.
+pub fn no_limits_warning(path: &Path) -> String {
+    format!(
+        "warning: rootless: no delegated cgroup v2 subtree is writable ({}): running without \
+         --memory/--cpus/--pids-limit limits",
+        path.display()
+    )
+}
