@@ -515,6 +515,7 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
 /// Detaches the container from its network and unpins its namespace; idempotent.
 fn cleanup_network(state: &State) {
     if let Some(net) = &state.network {
+        crate::netrun::rootless_unpublish(&state.ports);
         let _ = executor::net::netns::remove_path(&crate::netrun::netns_path(&state.id));
         if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::state_dir()) {
             // A container still running here is being killed by `rm -f`: delete its veth
@@ -546,7 +547,7 @@ pub fn create_cgroup(
     id: &str,
     limits: &executor::cgroup::Limits,
 ) -> anyhow::Result<Option<executor::cgroup::Cgroup>> {
-    if limits.is_empty() {
+    if limits.is_empty() || !crate::rootless::limits_possible() {
         return Ok(None);
     }
     let h = executor::cgroup::Hierarchy::host().context("no cgroup filesystem is mounted")?;

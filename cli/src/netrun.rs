@@ -203,6 +203,11 @@ pub fn setup(
                 .context(format!("attaching container {id} to network {name}")));
         }
     };
+    if let Err(e) = rootless_publish(&attachment.ports) {
+        let _ = nets.detach(name, id);
+        let _ = netns.remove();
+        return Err(e);
+    }
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let hosts = hosts_text(id, hostname, attachment.ip, &[]);
     let hosts_file = dir.join("hosts");
@@ -362,6 +367,7 @@ impl Joined {
         };
         // Unpinned first: with the sandbox gone, the namespace dies and takes the veth pair
         // with it, so only the lease and rules are left to undo (see `Networks::forget`).
+        rootless_unpublish(&attachment.ports);
         let removed = netns.remove().context("removing the network namespace");
         let detached = nets
             .forget(&attachment.network, &attachment.container)
@@ -370,6 +376,40 @@ impl Joined {
         detached?;
         removed?;
         Ok(())
+    }
+}
+
+/// Rootless: the session's namespace holds kiln's DNAT rules as in root mode; the user-mode
+/// network helper forwards each published host port into it (`executor::rootless::net`).
+fn rootless_publish(ports: &[PortMapping]) -> anyhow::Result<()> {
+    let Some(active) = crate::rootless::active() else {
+        return Ok(());
+    };
+    for (i, p) in ports.iter().enumerate() {
+        let ip = p.host_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        if let Err(e) = executor::rootless::net::forward(
+            &active.runtime_dir,
+            p.proto == Proto::Udp,
+            &ip,
+            p.host_port,
+        ) {
+            rootless_unpublish(&ports[..i]);
+            return Err(anyhow::Error::new(e).context(format!("publishing port {}", p.host_port)));
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`rootless_publish`]; best effort.
+pub fn rootless_unpublish(ports: &[PortMapping]) {
+    if let Some(active) = crate::rootless::active() {
+        for p in ports {
+            let _ = executor::rootless::net::unforward(
+                &active.runtime_dir,
+                p.proto == Proto::Udp,
+                p.host_port,
+            );
+        }
     }
 }
 

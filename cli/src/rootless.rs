@@ -15,8 +15,6 @@ pub struct Active {
     pub runtime_dir: PathBuf,
     /// `$XDG_DATA_HOME/kiln` (or `~/.local/share/kiln`), unless KILN_ROOT says otherwise.
     pub data_dir: PathBuf,
-    /// True when only the single id 0 is mapped.
-    pub single_id: bool,
 }
 
 static ACTIVE: OnceLock<Active> = OnceLock::new();
@@ -39,20 +37,37 @@ pub fn run_dir() -> PathBuf {
 /// `warn` says whether to print the single-id warning (commands that build or run).
 pub fn enter_if_unprivileged(warn: bool) -> anyhow::Result<()> {
     let uid = rustix::process::geteuid().as_raw();
+    let dirs = |uid: u32| -> anyhow::Result<(PathBuf, PathBuf)> {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+        let runtime_dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|r| !r.is_empty()) {
+            Some(r) => PathBuf::from(r).join("kiln"),
+            None => std::env::temp_dir().join(format!("kiln-run-{uid}")),
+        };
+        let data_dir = match std::env::var_os("XDG_DATA_HOME").filter(|r| !r.is_empty()) {
+            Some(x) => PathBuf::from(x).join("kiln"),
+            None => {
+                PathBuf::from(home.context("neither KILN_ROOT, XDG_DATA_HOME nor HOME is set")?)
+                    .join(".local/share/kiln")
+            }
+        };
+        Ok((runtime_dir, data_dir))
+    };
     if uid == 0 {
+        // A kiln started by kiln inside the session (the `run -d` supervisor) is root there
+        // and inherits the environment that locates the session.
+        if executor::rootless::in_user_namespace()
+            && let Ok((runtime_dir, data_dir)) = dirs(0)
+            && session::is_current(&runtime_dir)
+        {
+            let _ = ACTIVE.set(Active {
+                runtime_dir,
+                data_dir,
+            });
+        }
         return Ok(());
     }
     let gid = rustix::process::getegid().as_raw();
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
-    let runtime_dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|r| !r.is_empty()) {
-        Some(r) => PathBuf::from(r).join("kiln"),
-        None => std::env::temp_dir().join(format!("kiln-run-{uid}")),
-    };
-    let data_dir = match std::env::var_os("XDG_DATA_HOME").filter(|r| !r.is_empty()) {
-        Some(x) => PathBuf::from(x).join("kiln"),
-        None => PathBuf::from(home.context("neither KILN_ROOT, XDG_DATA_HOME nor HOME is set")?)
-            .join(".local/share/kiln"),
-    };
+    let (runtime_dir, data_dir) = dirs(uid)?;
     let name = user_name(uid).unwrap_or_default();
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let subuids = subid::ranges(&read("/etc/subuid"), &name, uid);
@@ -91,7 +106,6 @@ pub fn enter_if_unprivileged(warn: bool) -> anyhow::Result<()> {
     let _ = ACTIVE.set(Active {
         runtime_dir,
         data_dir,
-        single_id,
     });
     Ok(())
 }
@@ -107,11 +121,35 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-/// The message for `--memory`/`--cpus`/`--pids-limit` when rootless has no delegated cgroup.
-pub fn no_limits_warning(path: &Path) -> String {
-    format!(
-        "warning: rootless: no delegated cgroup v2 subtree is writable ({}): running without \
-         --memory/--cpus/--pids-limit limits",
-        path.display()
-    )
+/// Whether `--memory`/`--cpus`/`--pids-limit` can be applied: always as root; rootless only
+/// with a cgroup v2 subtree delegated to the user (systemd's `user@UID.service`), which
+/// kiln does not use yet. Otherwise says so on stderr and returns false: the container runs
+/// without limits.
+pub fn limits_possible() -> bool {
+    if active().is_none() {
+        return true;
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let delegated = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| Path::new("/sys/fs/cgroup").join(p.trim_start_matches('/')))
+        .filter(|d| {
+            rustix::fs::access(
+                &d.join("cgroup.subtree_control"),
+                rustix::fs::Access::WRITE_OK,
+            )
+            .is_ok()
+        });
+    eprintln!(
+        "warning: rootless: {}: running without --memory/--cpus/--pids-limit limits",
+        match delegated {
+            Some(d) => format!(
+                "limits in the delegated cgroup {} are not implemented yet",
+                d.display()
+            ),
+            None => "no delegated cgroup v2 subtree is writable".to_owned(),
+        }
+    );
+    false
 }

@@ -133,6 +133,22 @@ pub fn enter(cfg: &Config) -> Result<Entered> {
     Ok(Entered { pid, created })
 }
 
+/// True when this process is in the user namespace of the session of `runtime_dir`.
+pub fn is_current(runtime_dir: &Path) -> bool {
+    let ino = |p: &str| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    match alive_pause(&runtime_dir.join("pause.pid")) {
+        Some(pid) => {
+            let theirs = ino(&format!("/proc/{pid}/ns/user"));
+            theirs.is_some() && theirs == ino("/proc/self/ns/user")
+        }
+        None => false,
+    }
+}
+
 /// The pid in `pid_path` when that process is still a kiln pause process.
 fn alive_pause(pid_path: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_path)
