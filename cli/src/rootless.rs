@@ -28,7 +28,7 @@ pub fn active() -> Option<&'static Active> {
 /// `$XDG_RUNTIME_DIR/kiln/run` rootless.
 pub fn run_dir() -> PathBuf {
     match active() {
-        Some(a) => a.runtime_dir.join("run"),
+        Some(a) => session::state_dir(&a.runtime_dir),
         None => PathBuf::from("/run/kiln"),
     }
 }

@@ -102,7 +102,14 @@ pub fn session_backend(runtime_dir: &Path) -> Backend {
 }
 
 /// Starts the helper on the network namespace of `pid`; returns once it is up.
-pub fn start(backend: Backend, pid: i32, runtime_dir: &Path) -> Result<()> {
+/// slirp4netns exits when `exit_fd` (a pipe whose write end the pause process holds) reads
+/// EOF.
+pub fn start(
+    backend: Backend,
+    pid: i32,
+    runtime_dir: &Path,
+    exit_fd: &std::os::fd::OwnedFd,
+) -> Result<()> {
     let _ = std::fs::write(runtime_dir.join("net"), backend.name());
     let (tool, package) = match backend {
         Backend::None => return Ok(()),
@@ -125,16 +132,19 @@ pub fn start(backend: Backend, pid: i32, runtime_dir: &Path) -> Result<()> {
             let _ = std::fs::remove_file(&sock);
             // The write end is handed over without close-on-exec (`dup` clears the flag).
             let ready = rustix::io::dup(&writer).map_err(|e| spawn_err(e.into()))?;
+            let exit = rustix::io::dup(exit_fd).map_err(|e| spawn_err(e.into()))?;
             let mut c = Command::new("slirp4netns");
             c.args(["--configure", "--mtu=65520", "--disable-host-loopback"])
                 .arg("--api-socket")
                 .arg(&sock)
                 .arg("--ready-fd")
                 .arg(ready.as_raw_fd().to_string())
+                .arg("--exit-fd")
+                .arg(exit.as_raw_fd().to_string())
                 .arg(pid.to_string())
                 .arg("tap0");
             let child = spawn_detached(&mut c, log_file, log_err).map_err(spawn_err)?;
-            drop(ready);
+            drop((ready, exit));
             drop(writer);
             let mut buf = [0u8; 1];
             let mut r = std::fs::File::from(reader);

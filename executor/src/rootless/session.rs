@@ -120,17 +120,33 @@ pub fn enter(cfg: &Config) -> Result<Entered> {
     let (pid, created) = match alive_pause(&pid_path) {
         Some(pid) => (pid, false),
         None => {
-            let pid = create(cfg)?;
+            // What the previous session's namespaces left (netns pins, leases, the RUN pool)
+            // describes namespaces that died with it, as /run/kiln does after a reboot.
+            let state = state_dir(dir);
+            if state.exists() {
+                std::fs::remove_dir_all(&state).map_err(io_err(&state))?;
+            }
+            // The pause process holds the write end of this pipe; the network helper exits
+            // when it reads EOF from it, so it never outlives the session.
+            let (exit_r, exit_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| io_err(dir)(e.into()))?;
+            let pid = create(cfg, &exit_w)?;
+            drop(exit_w);
             let tmp = dir.join("pause.pid.tmp");
             std::fs::write(&tmp, format!("{pid}\n")).map_err(io_err(&tmp))?;
             std::fs::rename(&tmp, &pid_path).map_err(io_err(&pid_path))?;
-            net::start(cfg.net, pid, dir)?;
+            net::start(cfg.net, pid, dir, &exit_r)?;
             (pid, true)
         }
     };
     join(pid)?;
     drop(lock);
     Ok(Entered { pid, created })
+}
+
+/// The session's runtime state (what /run/kiln holds in root mode).
+pub fn state_dir(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("run")
 }
 
 /// True when this process is in the user namespace of the session of `runtime_dir`.
@@ -166,18 +182,24 @@ fn alive_pause(pid_path: &Path) -> Option<i32> {
 /// The hidden subcommand of the pause process.
 pub const PAUSE_ARG: &str = "__rootless-pause";
 
-fn create(cfg: &Config) -> Result<i32> {
-    let mut child = Command::new(&cfg.exe)
+fn create(cfg: &Config, hold: &std::os::fd::OwnedFd) -> Result<i32> {
+    // Inherited across exec (`dup` clears close-on-exec), closed here after the spawn.
+    let held = rustix::io::dup(hold).map_err(|e| SessionError::Spawn {
+        tool: cfg.exe.display().to_string(),
+        source: e.into(),
+    })?;
+    let spawned = Command::new(&cfg.exe)
         .arg(PAUSE_ARG)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .process_group(0)
-        .spawn()
-        .map_err(|source| SessionError::Spawn {
-            tool: cfg.exe.display().to_string(),
-            source,
-        })?;
+        .spawn();
+    drop(held);
+    let mut child = spawned.map_err(|source| SessionError::Spawn {
+        tool: cfg.exe.display().to_string(),
+        source,
+    })?;
     let pid = i32::try_from(child.id()).expect("pids fit in i32");
     let mut to = child.stdin.take().expect("stdin is piped");
     let mut from = BufReader::new(child.stdout.take().expect("stdout is piped"));
