@@ -880,7 +880,15 @@ fn drop_privileges(user_spec: &str, id: &user::Identity) -> Result<()> {
         .iter()
         .map(|g| rustix::process::Gid::from_raw(*g))
         .collect();
-    rustix::thread::set_thread_groups(&groups).map_err(errno)?;
+    match rustix::thread::set_thread_groups(&groups) {
+        // Rootless with a single id: setgroups is denied in the user namespace (the
+        // kernel's condition for an unprivileged gid_map), so the process keeps the groups
+        // it was started with, which the namespace shows as unmapped (65534).
+        Err(rustix::io::Errno::PERM)
+            if std::fs::read_to_string("/proc/self/setgroups")
+                .is_ok_and(|s| s.trim() == "deny") => {}
+        r => r.map_err(errno)?,
+    }
     let gid = rustix::process::Gid::from_raw(id.gid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(errno)?;
     let uid = rustix::process::Uid::from_raw(id.uid);

@@ -24,6 +24,7 @@ mod interop;
 mod network;
 mod registry;
 mod remote_cache;
+mod rootless;
 mod run_flags;
 mod sandbox_security;
 mod save;

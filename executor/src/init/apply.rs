@@ -197,8 +197,13 @@ pub(super) fn execute(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Res
             let fs = rustix::mount::fsopen(*fstype, FsOpenFlags::FSOPEN_CLOEXEC)
                 .map_err(mount_err(fstype))?;
             for (k, v) in options {
-                rustix::mount::fsconfig_set_string(&fs, *k, v.as_str())
-                    .map_err(mount_err(fstype))?;
+                match rustix::mount::fsconfig_set_string(&fs, *k, v.as_str()) {
+                    // Rootless with a single id: the tty group (devpts `gid=5`) is not
+                    // mapped, so ptys keep the creator's group (as rootless podman does).
+                    Err(rustix::io::Errno::INVAL)
+                        if *k == "gid" && crate::rootless::in_user_namespace() => {}
+                    r => r.map_err(mount_err(fstype))?,
+                }
             }
             rustix::mount::fsconfig_create(&fs).map_err(mount_err(fstype))?;
             let mnt =
