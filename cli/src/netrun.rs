@@ -173,6 +173,9 @@ pub fn setup(
     dir: &Path,
     detached: bool,
 ) -> anyhow::Result<(Network, Option<Joined>)> {
+    if matches!(mode, Mode::Bridge(_)) && ports.is_empty() && !crate::rootless::has_uplink() {
+        return Ok((Network::Loopback, None));
+    }
     if !detached
         && ports.is_empty()
         && *mode == Mode::Bridge(executor::net::ipam::DEFAULT_NETWORK.to_owned())

@@ -33,6 +33,13 @@ pub fn run_dir() -> PathBuf {
     }
 }
 
+/// False in a rootless session started with `KILN_ROOTLESS_NET=none`: bridged RUN steps and
+/// containers then get only loopback.
+pub fn has_uplink() -> bool {
+    active()
+        .is_none_or(|a| executor::rootless::net::session_backend(&a.runtime_dir) != Backend::None)
+}
+
 /// Joins the session when the effective uid is not 0 (must run while single-threaded).
 /// `warn` says whether to print the single-id warning (commands that build or run).
 pub fn enter_if_unprivileged(warn: bool) -> anyhow::Result<()> {

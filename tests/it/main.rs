@@ -25,6 +25,7 @@ mod network;
 mod registry;
 mod remote_cache;
 mod rootless;
+mod rootless_docker;
 mod run_flags;
 mod sandbox_security;
 mod save;
