@@ -497,3 +497,41 @@ fn rootless_without_subordinate_ids_warns_and_builds_with_one_id() -> anyhow::Re
     ensure!(text(&out).contains("chown"), "{}", text(&out));
     Ok(())
 }
+
+#[test]
+fn rootless_sandbox_keeps_the_security_policy() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    let script = "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; \
+                  echo timer_list=$(wc -c < /proc/timer_list) firmware=$(ls /sys/firmware | wc -l); \
+                  (echo x > /proc/sysrq-trigger) 2>/dev/null && echo sysrq-written; \
+                  unshare -U true 2>/dev/null && echo unshared; \
+                  mknod /tmp/null c 1 3 2>/dev/null && echo mknod-worked; echo done";
+    let out = r.ok(&["run", "--rm", "busybox", "sh", "-c", script])?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    // seccomp filter mode, no_new_privs, docker's 14 capabilities.
+    ensure!(s.contains("Seccomp:\t2"), "{s}");
+    ensure!(s.contains("NoNewPrivs:\t1"), "{s}");
+    ensure!(s.contains("CapEff:\t00000000a80425fb"), "{s}");
+    // Masked and read-only /proc paths, as root mode.
+    ensure!(s.contains("timer_list=0 firmware=0"), "{s}");
+    ensure!(!s.contains("sysrq-written"), "{s}");
+    // The seccomp profile refuses new user namespaces; device nodes cannot be made.
+    ensure!(!s.contains("unshared"), "{s}");
+    ensure!(!s.contains("mknod-worked"), "{s}");
+    ensure!(s.contains("done"), "{s}");
+    // Path confinement: a COPY through a symlink that points out of the root lands inside it.
+    r.t.write(
+        "Dockerfile",
+        "FROM busybox\nRUN ln -s ../../../../../../tmp /escape\nCOPY f /escape/copied\nRUN cat /tmp/copied\n",
+    );
+    r.t.write("f", "inside\n");
+    let out = r.build("conf:1", &r.t.ctx, &[])?;
+    ensure!(text(&out).contains("inside"), "{}", text(&out));
+    ensure!(
+        !Path::new("/tmp/copied").exists(),
+        "COPY escaped to the host's /tmp"
+    );
+    Ok(())
+}
