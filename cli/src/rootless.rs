@@ -143,7 +143,7 @@ pub fn limits_possible() -> bool {
         .map(|p| Path::new("/sys/fs/cgroup").join(p.trim_start_matches('/')))
         .filter(|d| {
             rustix::fs::access(
-                &d.join("cgroup.subtree_control"),
+                d.join("cgroup.subtree_control"),
                 rustix::fs::Access::WRITE_OK,
             )
             .is_ok()

@@ -109,6 +109,20 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
+    /// Rootless: the kernel refused overlayfs in the user namespace.
+    #[error(
+        "mounting overlay root (upper {upper}) in a user namespace (rootless): the kernel's \
+         overlayfs refused it (it needs Linux 5.11 or later and a store on a filesystem that \
+         supports user xattrs: ext4, xfs, btrfs, tmpfs; not overlayfs itself)\n\
+         hint: put KILN_ROOT on such a filesystem; kiln has no fuse-overlayfs fallback yet"
+    )]
+    OverlayRootless {
+        /// Upper dir (or the first lower for a read-only overlay).
+        upper: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// A lower dir could not be added to the overlay.
     #[error("adding overlay lower dir {path}")]
     Lower {

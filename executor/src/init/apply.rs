@@ -73,11 +73,15 @@ fn overlay_error(
     upper: Option<(&Path, &Path)>,
     source: io::Error,
 ) -> InitError {
+    let upper = upper
+        .map(|(u, _)| u.to_path_buf())
+        .or_else(|| lowers.first().cloned())
+        .unwrap_or_default();
+    if crate::rootless::in_user_namespace() {
+        return InitError::OverlayRootless { upper, source };
+    }
     InitError::Overlay {
-        upper: upper
-            .map(|(u, _)| u.to_path_buf())
-            .or_else(|| lowers.first().cloned())
-            .unwrap_or_default(),
+        upper,
         lowers: lowers.len(),
         source,
     }
