@@ -413,8 +413,14 @@ fn rootless_run_publishes_a_port() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     })();
+    let exec = r.kiln(&["exec", "web", "cat", "/www/index.html"]);
     r.ok(&["rm", "-f", "web"])?;
     let got = got?;
+    ensure!(
+        String::from_utf8_lossy(&exec.stdout) == "published\n",
+        "exec: {}",
+        text(&exec)
+    );
     ensure!(
         got.contains("published"),
         "127.0.0.1:{port} answered {got:?}"

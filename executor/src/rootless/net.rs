@@ -157,11 +157,20 @@ pub fn start(
         Backend::Pasta => {
             drop((reader, writer));
             let mut c = Command::new("pasta");
-            c.args(["--config-net", "--quiet", "-t", "none", "-u", "none"])
-                .args(["-T", "none", "-U", "none", "--netns"])
-                .arg(format!("/proc/{pid}/ns/net"))
-                .arg("--userns")
-                .arg(format!("/proc/{pid}/ns/user"));
+            c.args([
+                "--config-net",
+                "--quiet",
+                "-t",
+                "none",
+                "-u",
+                "none",
+                "--pid",
+            ])
+            .arg(runtime_dir.join("pasta.pid"))
+            .args(["-T", "none", "-U", "none", "--netns"])
+            .arg(format!("/proc/{pid}/ns/net"))
+            .arg("--userns")
+            .arg(format!("/proc/{pid}/ns/user"));
             c
         }
         Backend::None => unreachable!("returned above"),
@@ -173,6 +182,27 @@ pub fn start(
         Ok(s) if s.success() => Ok(()),
         _ => Err(NetError::NotReady { tool, log }),
     }
+}
+
+/// Stops the pasta of a previous session (pasta cannot tell that a namespace named by
+/// `/proc/PID/ns/net` is gone, so it would outlive its session; slirp4netns exits by itself).
+pub fn stop_stale(runtime_dir: &Path) {
+    let pid_file = runtime_dir.join("pasta.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let is_pasta = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|b| *b == 0)
+            .next()
+            .is_some_and(|a| a.ends_with(b"pasta"))
+    });
+    if is_pasta && let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let _ = std::fs::remove_file(pid_file);
 }
 
 fn spawn_detached(

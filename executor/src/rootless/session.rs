@@ -122,6 +122,7 @@ pub fn enter(cfg: &Config) -> Result<Entered> {
         None => {
             // What the previous session's namespaces left (netns pins, leases, the RUN pool)
             // describes namespaces that died with it, as /run/kiln does after a reboot.
+            net::stop_stale(dir);
             let state = state_dir(dir);
             if state.exists() {
                 std::fs::remove_dir_all(&state).map_err(io_err(&state))?;
