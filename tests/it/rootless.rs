@@ -541,3 +541,33 @@ fn rootless_sandbox_keeps_the_security_policy() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn rootless_limits_without_a_delegated_cgroup_warn_and_run_unlimited() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    let out = r.ok(&[
+        "run",
+        "--rm",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "50",
+        "busybox",
+        "echo",
+        "ran",
+    ])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "ran\n",
+        "{}",
+        text(&out)
+    );
+    ensure!(
+        text(&out).contains("warning: rootless:")
+            && text(&out).contains("running without --memory/--cpus/--pids-limit limits"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
