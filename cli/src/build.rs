@@ -399,6 +399,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         // RUN steps on the default network join the bridge (pooled namespaces).
         bridge: match a.network.as_str() {
             "host" | "none" => None,
+            // Rootless without a network helper: nothing to bridge to.
+            _ if !crate::rootless::has_uplink() => None,
             _ => Some(crate::netrun::build_network()?),
         },
     };

@@ -286,7 +286,7 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     let gateway = s.gateway.map(|i| i.to_string()).unwrap_or_default();
     let mut networks = serde_json::Map::new();
     if let Some(n) = &s.network {
-        let prefix = executor::net::Ipam::open(crate::netrun::STATE_DIR)
+        let prefix = executor::net::Ipam::open(crate::netrun::state_dir())
             .and_then(|i| i.network(n))
             .map_or(0, |c| c.subnet.prefix());
         networks.insert(
@@ -514,8 +514,9 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
 /// Detaches the container from its network and unpins its namespace; idempotent.
 fn cleanup_network(state: &State) {
     if let Some(net) = &state.network {
+        crate::netrun::rootless_unpublish(&state.ports);
         let _ = executor::net::netns::remove_path(&crate::netrun::netns_path(&state.id));
-        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::STATE_DIR) {
+        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::state_dir()) {
             // A container still running here is being killed by `rm -f`: delete its veth
             // now. Otherwise the namespace died with the sandbox and takes the veth along.
             let _ = if alive(state.pid) {
@@ -545,7 +546,7 @@ pub fn create_cgroup(
     id: &str,
     limits: &executor::cgroup::Limits,
 ) -> anyhow::Result<Option<executor::cgroup::Cgroup>> {
-    if limits.is_empty() {
+    if limits.is_empty() || !crate::rootless::limits_possible() {
         return Ok(None);
     }
     let h = executor::cgroup::Hierarchy::host().context("no cgroup filesystem is mounted")?;

@@ -26,6 +26,8 @@ mod network;
 mod outputs;
 mod registry;
 mod remote_cache;
+mod rootless;
+mod rootless_docker;
 mod run_flags;
 mod sandbox_security;
 mod save;
