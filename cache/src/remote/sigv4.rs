@@ -1,9 +1,9 @@
 //! AWS Signature Version 4 in the `Authorization` header, for S3 requests.
 //!
-//! Header signatures rather than presigned URLs: every S3 server that checks signatures
-//! checks these (moto's server verifies only header signatures, through botocore, and answers
-//! a presigned URL with a 500 when IAM auth is on), and a signature does not end up in access
-//! logs as part of the URL. The payload is not signed (`x-amz-content-sha256:
+//! Header signatures rather than presigned URLs: they are what the AWS SDKs send, so every
+//! S3-compatible server that checks signatures checks these (moto's server verifies only
+//! header signatures, through botocore, and answers a presigned URL with a 500 when IAM auth
+//! is on), and a signature does not end up in access logs as part of the URL. The payload is not signed (`x-amz-content-sha256:
 //! UNSIGNED-PAYLOAD`, which S3 accepts for every request), so a layer streams from disk
 //! without being read twice to hash it.
 //!
