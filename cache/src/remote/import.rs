@@ -183,19 +183,20 @@ impl Imported {
             let cache = &self.caches[*idx];
             let desc = layer.descriptor();
             let location = cache.location.to_string();
-            let file;
+            let (file, key);
             let source = match &cache.source {
                 Source::Registry { client, repo } => LayerSource::Registry { client, repo },
                 Source::Layout(dir) => {
                     file = layout::blob_path(dir, &desc.digest);
                     LayerSource::File(&file)
                 }
-                Source::Object { .. } => {
-                    // Downloaded into the store (verified against its digest), then unpacked
-                    // from there by the same code that resumes an interrupted pull.
-                    self.fetch_blob(store, cache, &desc).await?;
-                    file = store.blob_path(&desc.digest);
-                    LayerSource::File(&file)
+                Source::Object {
+                    client,
+                    location: loc,
+                } => {
+                    // Unpacked as it streams, like a registry layer.
+                    key = loc.blob_key(&desc.digest);
+                    LayerSource::Object { client, key: &key }
                 }
             };
             fetch_layer_from(store, source, &desc, diff_id, &location, &self.opts)
