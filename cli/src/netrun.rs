@@ -9,6 +9,7 @@
 //! output hook plus route_localnet on kiln's bridges (see `executor::net::nft`).
 
 use anyhow::Context as _;
+use executor::container::{LeaseRef, Owner, Owners};
 use executor::net::{Attachment, Netns, NftCommand, PortMapping, Proto, RealNetlink, files};
 use executor::spec::Network;
 use std::collections::BTreeMap;
@@ -19,6 +20,123 @@ use std::path::{Path, PathBuf};
 pub const STATE_DIR: &str = "/run/kiln/networks";
 /// Where container network namespaces are pinned.
 pub const NETNS_DIR: &str = "/run/kiln/netns";
+
+/// The owner record of a container being set up (see `executor::container::owner`): written
+/// before it takes a lease, so that a lease is never without its claim.
+#[derive(Debug)]
+pub struct Record {
+    owners: Option<Owners>,
+    /// What it says.
+    pub owner: Owner,
+}
+
+impl Record {
+    /// A record of container `id` (directory `dir`), owned by this process.
+    pub fn new(id: &str, dir: &Path) -> Record {
+        Record {
+            owners: Owners::open(executor::container::owner::OWNERS_DIR).ok(),
+            owner: Owner::new(id, dir),
+        }
+    }
+
+    /// Writes it. Fails when it cannot be written: a lease without its record would be
+    /// reclaimed as an orphan.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let owners = self.owners.as_ref().with_context(|| {
+            format!(
+                "cannot create {}",
+                executor::container::owner::OWNERS_DIR
+            )
+        })?;
+        owners
+            .record(&self.owner)
+            .context("recording the container's owner")
+    }
+
+    /// Writes it if it can (a container that holds nothing host-wide).
+    pub fn save_if_possible(&self) {
+        if let Some(o) = &self.owners {
+            let _ = o.record(&self.owner);
+        }
+    }
+}
+
+/// Reclaims what containers whose owner died left behind (leases, DNAT rules, veths,
+/// namespaces, cgroups; see `executor::container::owner`). Run by `run`, `ps`, `network`
+/// and `system prune`; a failure is a warning, not the command's error.
+pub fn reclaim_orphans() {
+    let (Ok(owners), Ok(ipam)) = (
+        Owners::open(executor::container::owner::OWNERS_DIR),
+        executor::net::Ipam::open(STATE_DIR),
+    ) else {
+        return;
+    };
+    let leases = ipam
+        .with_state(|st| {
+            st.iter()
+                .flat_map(|(n, ls)| {
+                    ls.iter().map(|l| LeaseRef {
+                        network: n.name.clone(),
+                        container: l.container.clone(),
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if !owners.pending(&leases) {
+        return;
+    }
+    let done = executor::net::Networks::open(STATE_DIR)
+        .map_err(anyhow::Error::new)
+        .and_then(|mut nets| Ok(owners.reclaim(&mut nets, &leases)?));
+    match done {
+        Ok(r) => {
+            let mut nets: Vec<&str> = r.leases.iter().map(|l| l.network.as_str()).collect();
+            nets.dedup();
+            for n in nets {
+                refresh_hosts(n);
+            }
+        }
+        Err(e) => eprintln!("warning: reclaiming orphaned container resources: {e:#}"),
+    }
+}
+
+/// Container `id` is done with its network (it exited, or `rm`): unpins its namespace and
+/// releases its lease (`network`, when the record does not name it) and the one it shares,
+/// unless a live container still claims them; with `running` (`rm -f`) its veth is deleted
+/// now. Idempotent and best effort.
+pub fn release(id: &str, network: Option<&str>, running: bool) {
+    let Ok(owners) = Owners::open(executor::container::owner::OWNERS_DIR) else {
+        return;
+    };
+    let own = network.map(|n| LeaseRef {
+        network: n.to_owned(),
+        container: id.to_owned(),
+    });
+    if network.is_some() {
+        let _ = executor::net::netns::remove_path(&netns_path(id));
+    }
+    let rec = owners.get(id);
+    let holds = own.is_some()
+        || rec
+            .as_ref()
+            .is_some_and(|r| r.lease.is_some() || r.shares.is_some());
+    if !holds {
+        owners.remove(id);
+        return;
+    }
+    let Ok(mut nets) = executor::net::Networks::open(STATE_DIR) else {
+        return;
+    };
+    if let Ok(released) = owners.release(&mut nets, id, own, running) {
+        for l in released {
+            refresh_hosts(&l.network);
+        }
+    }
+    if let Some(n) = network {
+        refresh_hosts(n);
+    }
+}
 
 /// `--network`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,34 +276,64 @@ pub fn netns_path(id: &str) -> PathBuf {
 /// borrows a namespace from the RUN pool instead, as build steps do: no namespace, veth or
 /// lease to create and undo (~10-20 ms of a ~20 ms run). Nothing outside kiln can name such a
 /// container (it has no state), so its address being the pool slot's is invisible.
+#[allow(clippy::too_many_arguments)]
 pub fn setup(
     mode: &Mode,
     id: &str,
+    cname: &str,
     hostname: &str,
     ports: &[PortMapping],
     dir: &Path,
     detached: bool,
+    rec: &mut Record,
 ) -> anyhow::Result<(Network, Option<Joined>)> {
     if !detached
         && ports.is_empty()
         && *mode == Mode::Bridge(executor::net::ipam::DEFAULT_NETWORK.to_owned())
-        && let Some(done) = pooled(id, hostname, dir)?
+        && let Some(done) = pooled(id, cname, hostname, dir)?
     {
+        rec.save_if_possible();
         return Ok(done);
     }
     let name = match mode {
         Mode::None | Mode::Host | Mode::Container(_) if !ports.is_empty() => {
             anyhow::bail!("published ports (-p, -P) need a bridge network")
         }
-        Mode::None => return Ok((Network::Loopback, None)),
-        Mode::Host => return Ok((Network::Host, None)),
-        Mode::Container(other) => return Ok((join_container(other, hostname)?, None)),
+        Mode::None | Mode::Host => {
+            rec.save_if_possible();
+            return Ok((
+                if *mode == Mode::Host {
+                    Network::Host
+                } else {
+                    Network::Loopback
+                },
+                None,
+            ));
+        }
+        Mode::Container(other) => {
+            let (network, shares) = join_container(other, hostname)?;
+            // The shared address stays taken while this container runs (see
+            // `executor::container::owner`).
+            rec.owner.shares = shares;
+            if rec.owner.shares.is_some() {
+                rec.save()?;
+            } else {
+                rec.save_if_possible();
+            }
+            return Ok((network, None));
+        }
         Mode::Bridge(name) => name,
     };
     let mut nets = executor::net::Networks::open(STATE_DIR)
         .with_context(|| format!("opening the network state at {STATE_DIR}"))?;
     executor::net::enable_ip_forward(Path::new("/proc/sys")).context("enabling IPv4 forwarding")?;
     let path = netns_path(id);
+    rec.owner.lease = Some(LeaseRef {
+        network: name.clone(),
+        container: id.to_owned(),
+    });
+    rec.owner.netns = Some(path.clone());
+    rec.save()?;
     let netns = Netns::create(&path)
         .with_context(|| format!("creating the network namespace {}", path.display()))?;
     let attachment = match nets.attach(name, id, &netns, ports) {
@@ -197,7 +345,7 @@ pub fn setup(
         }
     };
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let hosts = hosts_text(id, hostname, attachment.ip, &[]);
+    let hosts = hosts_text(cname, hostname, attachment.ip, &[]);
     let hosts_file = dir.join("hosts");
     if let Err(e) = std::fs::write(&hosts_file, &hosts) {
         let _ = nets.detach(name, id);
@@ -225,9 +373,11 @@ pub fn setup(
 /// then makes the container its own).
 fn pooled(
     id: &str,
+    cname: &str,
     hostname: &str,
     dir: &Path,
 ) -> anyhow::Result<Option<(Network, Option<Joined>)>> {
+    let _ = id;
     let Some(lease) = build_network()?
         .try_acquire()
         .context("borrowing a network namespace of the default bridge")?
@@ -235,7 +385,7 @@ fn pooled(
         return Ok(None);
     };
     let attachment = lease.attachment().clone();
-    let hosts = hosts_text(id, hostname, attachment.ip, &[]);
+    let hosts = hosts_text(cname, hostname, attachment.ip, &[]);
     let hosts_file = dir.join("hosts");
     std::fs::write(&hosts_file, &hosts)
         .with_context(|| format!("writing {}", hosts_file.display()))?;
@@ -258,11 +408,12 @@ fn pooled(
     )))
 }
 
-fn hosts_text(id: &str, hostname: &str, ip: Ipv4Addr, peers: &[(String, Ipv4Addr)]) -> String {
+/// /etc/hosts of container `name` (host name `hostname`, its id's first 12 digits).
+fn hosts_text(name: &str, hostname: &str, ip: Ipv4Addr, peers: &[(String, Ipv4Addr)]) -> String {
     let mut hosts = files::hosts(hostname, Some(ip), peers);
-    if id != hostname {
-        // The full container name too (the host name is its first 12 characters).
-        hosts.push_str(&format!("{ip}\t{id}\n"));
+    if name != hostname && !peers.iter().any(|(p, _)| p == name) {
+        // Its name too.
+        hosts.push_str(&format!("{ip}\t{name}\n"));
     }
     hosts
 }
@@ -292,15 +443,28 @@ pub fn refresh_hosts(network: &str) {
     let Ok(leases) = ipam.leases(network) else {
         return;
     };
-    let peers: Vec<(String, Ipv4Addr)> =
-        leases.iter().map(|l| (l.container.clone(), l.ip)).collect();
-    for l in &leases {
-        let file = root.join("containers").join(&l.container).join("hosts");
+    let containers = root.join("containers");
+    // Peers by name (a lease is named by container id; the name is in its state).
+    let name_of = |id: &str| {
+        executor::names::check_container(id)
+            .ok()
+            .and_then(|()| executor::container::state::read(&containers.join(id)).ok())
+            .map_or_else(|| id.to_owned(), |s| s.name().to_owned())
+    };
+    let peers: Vec<(String, Ipv4Addr)> = leases
+        .iter()
+        .map(|l| (name_of(&l.container), l.ip))
+        .collect();
+    for (l, (name, _)) in leases.iter().zip(&peers) {
+        if executor::names::check_container(&l.container).is_err() {
+            continue;
+        }
+        let file = containers.join(&l.container).join("hosts");
         if !file.exists() {
             continue;
         }
         let hostname: String = l.container.chars().take(12).collect();
-        let text = hosts_text(&l.container, &hostname, l.ip, &peers);
+        let text = hosts_text(name, &hostname, l.ip, &peers);
         let _ = std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)
@@ -310,11 +474,11 @@ pub fn refresh_hosts(network: &str) {
 }
 
 /// The network of running container `name`: its pinned namespace when it has one, else
-/// its sandbox's, with /etc/hosts naming its address.
-fn join_container(name: &str, hostname: &str) -> anyhow::Result<Network> {
+/// its sandbox's, with /etc/hosts naming its address; and its lease, which the joiner claims.
+fn join_container(name: &str, hostname: &str) -> anyhow::Result<(Network, Option<LeaseRef>)> {
     let (_, state) = crate::containers::find(name)?;
     anyhow::ensure!(
-        state.status == "running",
+        state.is_running(),
         "--network container:{name}: the container is not running"
     );
     let pinned = netns_path(&state.id);
@@ -326,10 +490,14 @@ fn join_container(name: &str, hostname: &str) -> anyhow::Result<Network> {
     };
     let mut hosts = files::hosts(hostname, state.ip, &[]);
     if let Some(ip) = state.ip {
-        hosts.push_str(&format!("{ip}\t{}\n", state.id));
+        hosts.push_str(&format!("{ip}\t{}\n", state.name()));
     }
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    Ok(Network::Join {
+    let lease = state.network.as_ref().map(|n| LeaseRef {
+        network: n.clone(),
+        container: state.id.clone(),
+    });
+    let network = Network::Join {
         netns,
         hosts,
         resolv_conf: if state.ip.is_some() {
@@ -337,7 +505,8 @@ fn join_container(name: &str, hostname: &str) -> anyhow::Result<Network> {
         } else {
             String::new()
         },
-    })
+    };
+    Ok((network, lease))
 }
 
 impl Joined {
@@ -354,10 +523,18 @@ impl Joined {
             }
         };
         // Unpinned first: with the sandbox gone, the namespace dies and takes the veth pair
-        // with it, so only the lease and rules are left to undo (see `Networks::forget`).
+        // with it, so only the lease and rules are left to undo (see `Networks::forget`),
+        // unless a container sharing the namespace still claims the lease.
         let removed = netns.remove().context("removing the network namespace");
-        let detached = nets
-            .forget(&attachment.network, &attachment.container)
+        let detached = Owners::open(executor::container::owner::OWNERS_DIR)
+            .map_err(anyhow::Error::new)
+            .and_then(|owners| {
+                let own = LeaseRef {
+                    network: attachment.network.clone(),
+                    container: attachment.container.clone(),
+                };
+                Ok(owners.release(&mut nets, &attachment.container, Some(own), false)?)
+            })
             .with_context(|| format!("detaching container {}", attachment.container));
         refresh_hosts(&attachment.network);
         detached?;

@@ -32,6 +32,7 @@ pub enum Cmd {
 
 /// Runs a network subcommand.
 pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    crate::netrun::reclaim_orphans();
     let mut out = std::io::stdout().lock();
     match cmd {
         Cmd::Create { subnet, name } => {
