@@ -171,14 +171,20 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let security = crate::security::parse(&a.security_opt)?;
     crate::netrun::reclaim_orphans();
-    // docker's: a 64-hex id, and a name apart from it (given, else the id's first 12 digits).
+    // docker's: a 64-hex id, and a name apart from it (`--name`; else the id itself, where
+    // docker would make up a name).
     let id = executor::container::state::new_id();
-    let cname = a.name.clone().unwrap_or_else(|| id[..12].to_owned());
+    let cname = a.name.clone().unwrap_or_else(|| id.clone());
     let containers = store.root().join("containers");
-    anyhow::ensure!(
-        executor::container::state::lookup(&containers, &cname)?.is_none(),
-        "the container name {cname:?} is already in use"
-    );
+    if let Some((_, other)) = executor::container::state::all(&containers)
+        .into_iter()
+        .find(|(_, s)| s.name() == cname)
+    {
+        anyhow::bail!(
+            "Conflict. The container name \"/{cname}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+            other.id
+        );
+    }
     let mut container = {
         let _lock = store.lock_shared().context("locking the store")?;
         let c = &image.config.config;

@@ -6,6 +6,7 @@
 
 pub mod owner;
 pub mod process;
+pub mod rootfs;
 pub mod spec;
 pub mod state;
 pub mod time;

@@ -237,7 +237,6 @@ impl Owners {
         if let Some(ns) = rec.as_ref().and_then(|r| r.netns.as_ref()) {
             let _ = crate::net::netns::remove_path(ns);
         }
-        self.remove(id);
         let live: Vec<Owner> = self.all().into_iter().filter(Owner::alive).collect();
         let own = rec.as_ref().and_then(|r| r.lease.clone()).or(own);
         let shared = rec.and_then(|r| r.shares);
@@ -255,6 +254,7 @@ impl Owners {
                 Ok(true) => released.push(l),
                 Ok(false) => {}
                 Err(source) => {
+                    self.remove(id);
                     return Err(OwnerError::Release {
                         container: l.container,
                         network: l.network,
@@ -263,6 +263,8 @@ impl Owners {
                 }
             }
         }
+        // Last: a lease is never without the record that claims it.
+        self.remove(id);
         Ok(released)
     }
 
