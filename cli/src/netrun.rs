@@ -353,7 +353,7 @@ pub fn setup(
         return Err(anyhow::Error::new(e).context(format!("writing {}", hosts_file.display())));
     }
     if name != executor::net::ipam::DEFAULT_NETWORK {
-        refresh_hosts(name);
+        refresh_hosts_naming(name, Some((id, cname)));
     }
     let network = Network::Join {
         netns: path,
@@ -434,6 +434,11 @@ pub fn hosts_mount(dir: &Path) -> executor::spec::MountSpec {
 /// rename) because running sandboxes have them bind-mounted. Best effort: a member that
 /// cannot be updated keeps its old file.
 pub fn refresh_hosts(network: &str) {
+    refresh_hosts_naming(network, None);
+}
+
+/// [`refresh_hosts`], naming container `joining` (id, name) whose state is not written yet.
+fn refresh_hosts_naming(network: &str, joining: Option<(&str, &str)>) {
     if network == executor::net::ipam::DEFAULT_NETWORK {
         return;
     }
@@ -449,7 +454,9 @@ pub fn refresh_hosts(network: &str) {
         executor::names::check_container(id)
             .ok()
             .and_then(|()| executor::container::state::read(&containers.join(id)).ok())
-            .map_or_else(|| id.to_owned(), |s| s.name().to_owned())
+            .map(|s| s.name().to_owned())
+            .or_else(|| joining.filter(|(j, _)| *j == id).map(|(_, n)| n.to_owned()))
+            .unwrap_or_else(|| id.to_owned())
     };
     let peers: Vec<(String, Ipv4Addr)> = leases
         .iter()

@@ -315,7 +315,7 @@ fn foreground_containers_are_listed_kept_until_rm_and_their_layers_survive_prune
     ensure!(
         String::from_utf8_lossy(&ps.stdout)
             .lines()
-            .any(|l| l.starts_with(&short) && l.contains("Exited (3)")),
+            .any(|l| l.ends_with(&short) && l.contains("Exited (3)")),
         "{}",
         text(&ps)
     );
