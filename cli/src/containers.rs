@@ -14,9 +14,9 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 pub use executor::container::State;
-pub use executor::container::{CGROUP_ENV, set_cgroup_env};
 use executor::container::process::{alive, exit_code as status_code, init_pid, ready_init_pid};
 use executor::container::time::{human_duration, now_rfc3339, parse_rfc3339};
+pub use executor::container::{CGROUP_ENV, set_cgroup_env};
 use executor::container::{Owners, Status, owner::OWNERS_DIR, state};
 
 /// `kiln ps` flags.
@@ -370,8 +370,7 @@ fn launch(
         // and mounts are complete, so `inspect` and `exec` right after `run -d` see them), or
         // it has already exited.
         let started = s.is_running() && s.pid.and_then(ready_init_pid).is_some();
-        if started || s.status == Status::Exited || !alive(s.pid) && s.status != Status::Created
-        {
+        if started || s.status == Status::Exited || !alive(s.pid) && s.status != Status::Created {
             break;
         }
         if !dir.exists() {

@@ -42,12 +42,10 @@ impl Record {
     /// Writes it. Fails when it cannot be written: a lease without its record would be
     /// reclaimed as an orphan.
     pub fn save(&self) -> anyhow::Result<()> {
-        let owners = self.owners.as_ref().with_context(|| {
-            format!(
-                "cannot create {}",
-                executor::container::owner::OWNERS_DIR
-            )
-        })?;
+        let owners = self
+            .owners
+            .as_ref()
+            .with_context(|| format!("cannot create {}", executor::container::owner::OWNERS_DIR))?;
         owners
             .record(&self.owner)
             .context("recording the container's owner")

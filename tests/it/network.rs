@@ -27,9 +27,17 @@ pub(crate) fn id_of(t: &TestDir, name: &str) -> anyhow::Result<String> {
 /// which kiln writes before it takes them and removes after it gives them back. A container
 /// whose start failed has no id to look for, so this is how tests see that it leaked nothing.
 pub(crate) fn unowned() -> Vec<String> {
-    let owned = |id: &str| Path::new("/run/kiln/containers").join(format!("{id}.json")).exists();
+    let owned = |id: &str| {
+        Path::new("/run/kiln/containers")
+            .join(format!("{id}.json"))
+            .exists()
+    };
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/run/kiln/networks").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/run/kiln/networks")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let Ok(text) = std::fs::read_to_string(e.path().join("leases.json")) else {
             continue;
         };
@@ -41,7 +49,11 @@ pub(crate) fn unowned() -> Vec<String> {
             }
         }
     }
-    for e in std::fs::read_dir("/run/kiln/netns").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/run/kiln/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let n = e.file_name().to_string_lossy().into_owned();
         if !owned(&n) {
             out.push(format!("netns {n}"));
@@ -239,7 +251,11 @@ fn host_port_in_use_is_a_clear_error_and_leaks_nothing() -> anyhow::Result<()> {
     // A command that cannot start and an unknown image leak nothing either.
     let out = t.kiln(&["run", "--rm", "--name", &n, "busybox", "no-such-command"]);
     ensure!(!out.status.success(), "{}", text(&out));
-    ensure!(unowned().is_empty(), "a failed start leaked: {:?}", unowned());
+    ensure!(
+        unowned().is_empty(),
+        "a failed start leaked: {:?}",
+        unowned()
+    );
     ensure!(no_containers());
     let out = t.kiln(&["run", "--rm", "--name", &n, "no-such-image:1", "true"]);
     ensure!(

@@ -27,8 +27,11 @@ fn ppid(pid: i32) -> anyhow::Result<i32> {
 }
 
 fn gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
 }
 
 #[test]
@@ -102,13 +105,22 @@ fn a_dead_supervisor_and_a_deleted_root_free_the_published_port() -> anyhow::Res
         "{veth} remains"
     );
     let rules = nft_ruleset();
-    ensure!(!rules.contains(&format!("{ip}:")), "a rule names {ip}:\n{rules}");
-    ensure!(rules.contains(&format!("{ip2}:80")), "the heir's rule:\n{rules}");
+    ensure!(
+        !rules.contains(&format!("{ip}:")),
+        "a rule names {ip}:\n{rules}"
+    );
+    ensure!(
+        rules.contains(&format!("{ip2}:80")),
+        "the heir's rule:\n{rules}"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     ensure!(!mounts.contains(&id), "a bind mount names {id}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while get(18093).is_err() {
-        ensure!(std::time::Instant::now() < deadline, "the heir does not answer on 18093");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the heir does not answer on 18093"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     t2.ok(&["rm", "-f", &n2])?;
@@ -143,7 +155,15 @@ fn a_shared_network_keeps_its_address_until_every_sharer_is_gone() -> anyhow::Re
     let (x, s, y) = (name("x"), name("sharer"), name("y"));
     let run = |n: &str, network: &str| {
         t.kiln(&[
-            "run", "-d", "--name", n, "--network", network, "busybox", "sleep", "1000",
+            "run",
+            "-d",
+            "--name",
+            n,
+            "--network",
+            network,
+            "busybox",
+            "sleep",
+            "1000",
         ])
     };
     let out = run(&x, &net);

@@ -49,7 +49,7 @@ pub enum OwnerError {
         network: String,
         /// The cause.
         #[source]
-        source: crate::net::AttachError,
+        source: Box<crate::net::AttachError>,
     },
 }
 
@@ -258,7 +258,7 @@ impl Owners {
                     return Err(OwnerError::Release {
                         container: l.container,
                         network: l.network,
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
@@ -318,7 +318,7 @@ impl Owners {
                     return Err(OwnerError::Release {
                         container: l.container.clone(),
                         network: l.network.clone(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
@@ -363,21 +363,21 @@ mod tests {
         let owners = Owners::open(dir.path().join("owners")).expect("open");
         let cdir = dir.path().join("x");
         std::fs::create_dir(&cdir).expect("mkdir");
-        let mut x = Owner::new("x", &cdir);
-        x.lease = Some(lease("bridge", "x"));
+        let mut x = Owner::new("xx", &cdir);
+        x.lease = Some(lease("bridge", "xx"));
         owners.record(&x).expect("record");
-        let mut s = Owner::new("s", &cdir);
-        s.shares = Some(lease("bridge", "x"));
+        let mut s = Owner::new("ss", &cdir);
+        s.shares = Some(lease("bridge", "xx"));
         owners.record(&s).expect("record");
-        let held = [lease("bridge", "x"), lease("bridge", "pool-1")];
+        let held = [lease("bridge", "xx"), lease("bridge", "pool-1")];
         assert!(!owners.pending(&held));
         assert!(owners.pending(&[lease("bridge", "gone")]));
         // x's record gone (removed): its sharer still claims the lease.
-        owners.remove("x");
+        owners.remove("xx");
         assert!(!owners.pending(&held));
         s.start += 1;
         owners.record(&s).expect("record");
         assert!(owners.pending(&held), "the sharer's owner is dead");
-        assert_eq!(owners.get("s"), Some(s));
+        assert_eq!(owners.get("ss"), Some(s));
     }
 }

@@ -140,7 +140,10 @@ pub fn prepare(
     let (upper, work) = (dir.join("upper"), dir.join("work"));
     mkdir(&upper)?;
     mkdir(&work)?;
-    let cwd = o.workdir.clone().unwrap_or_else(|| image.working_dir.clone());
+    let cwd = o
+        .workdir
+        .clone()
+        .unwrap_or_else(|| image.working_dir.clone());
     Ok(Container {
         spec: RunSpec {
             rootfs: Rootfs {
