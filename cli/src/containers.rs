@@ -1,11 +1,10 @@
-//! Detached containers: `kiln run -d`, `ps`, `logs`, `stop`, `kill`, `rm`.
+//! Container commands: `ps`, `start`, `restart`, `logs`, `stop`, `kill`, `rm`, `exec`,
+//! `top`, `inspect` of containers, and the hidden `__supervise`: their arguments and output.
+//! The lifecycle itself (state and its transitions, the supervisor, networks, owner records
+//! and orphan reclaim, cgroups) is `executor::container`.
 //!
 //! State lives in `KILN_ROOT/containers/<id>/`: `spec.json` (the sandbox spec), `state.json`
-//! ([`State`]) and `log` (stdout and stderr). `kiln run -d` prepares the container and its
-//! network in the foreground (so errors such as a taken port are reported there), then starts
-//! `kiln __supervise ID` in its own process group. The supervisor spawns the sandbox, records
-//! its pid, waits for it, records the exit code and undoes the network. A container whose
-//! sandbox process is gone is shown as exited whatever its state file says.
+//! ([`State`]), `log` (stdout and stderr) and `hosts`.
 
 use anyhow::Context as _;
 use std::io::Write as _;
@@ -13,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+pub use executor::container::CGROUP_ENV;
 pub use executor::container::State;
 use executor::container::process::{alive, exit_code as status_code, init_pid, ready_init_pid};
-use executor::container::time::{human_duration, now_rfc3339, parse_rfc3339};
-pub use executor::container::{CGROUP_ENV, set_cgroup_env};
-use executor::container::{Owners, Status, owner::OWNERS_DIR, state};
+use executor::container::time::{human_duration, parse_rfc3339};
+use executor::container::{Status, state};
 
 /// `kiln ps` flags.
 #[derive(Debug, clap::Args)]
@@ -320,124 +319,23 @@ pub fn start_detached(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the supervisor of a prepared container and waits until the container runs (or
-/// has already exited).
+/// Starts the supervisor of a prepared container and waits until it runs (see
+/// [`executor::container::supervisor::launch`]).
 fn launch(
     dir: &Path,
     spec: &executor::spec::RunSpec,
     state: State,
     joined: Option<crate::netrun::Joined>,
 ) -> anyhow::Result<()> {
-    let spec_path = dir.join("spec.json");
-    std::fs::write(&spec_path, serde_json::to_vec(spec)?)
-        .with_context(|| format!("writing {}", spec_path.display()))?;
-    write_state(dir, &state)?;
     let exe = std::env::current_exe().context("locating the kiln binary")?;
-    use std::os::unix::process::CommandExt as _;
-    let spawned = std::process::Command::new(&exe)
-        .args(["__supervise", &state.id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-    // The supervisor owns the network from here on; the pinned namespace outlives this fd.
-    let supervisor = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(j) = joined {
-                let _ = j.teardown();
-            }
-            if state.created.is_some() && state.started_at.is_none() {
-                // A new container: nothing of it is worth keeping.
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            return Err(anyhow::Error::new(e).context("starting the supervisor"));
-        }
-    };
-    drop(joined);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = read_state(dir).or_else(|e| {
-            // --rm containers that already exited are gone.
-            if dir.exists() {
-                Err(e)
-            } else {
-                Ok(state.clone())
-            }
-        })?;
-        // Started means the container's PID 1 has exec'd its command (its cgroups, namespaces
-        // and mounts are complete, so `inspect` and `exec` right after `run -d` see them), or
-        // it has already exited.
-        let started = s.is_running() && s.pid.and_then(ready_init_pid).is_some();
-        if started || s.status == Status::Exited || !alive(s.pid) && s.status != Status::Created {
-            break;
-        }
-        if !dir.exists() {
-            break;
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("the supervisor of {} did not start it", state.id);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    drop(supervisor);
-    Ok(())
+    Ok(executor::container::supervisor::launch(
+        &exe, dir, spec, state, joined,
+    )?)
 }
 
 fn supervise(id: &str) -> anyhow::Result<ExitCode> {
-    let dir = containers_dir()?.join(id);
-    let mut state = read_state(&dir)?;
-    let spec: executor::spec::RunSpec =
-        serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
-    // Appended to: a restarted container's log follows the earlier runs' (as docker's).
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("log"))
-        .context("opening the log")?;
-    // This process owns the container's network and cgroups from here on: recorded before
-    // the state says running, which is what `kiln run -d` waits for before it exits.
-    let owners = Owners::open(OWNERS_DIR).ok();
-    let mut rec = owners
-        .as_ref()
-        .and_then(|o| o.get(id))
-        .unwrap_or_else(|| executor::container::Owner::new(id, &dir));
-    rec.take_over();
-    if let Some(o) = &owners {
-        o.record(&rec)?;
-    }
     let exe = std::env::current_exe().context("locating the kiln binary")?;
-    let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Run(spec))?;
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    set_cgroup_env(&mut cmd, &state.cgroups);
-    let result = match cmd.spawn() {
-        Ok(mut child) => {
-            state.pid = i32::try_from(child.id()).ok();
-            if let (Some(o), Some(pid)) = (&owners, state.pid) {
-                rec.set_sandbox(pid);
-                o.record(&rec)?;
-            }
-            state.transition(Status::Running)?;
-            state.started_at = Some(now_rfc3339());
-            write_state(&dir, &state)?;
-            child.wait().map(|st| exit_code(&st))
-        }
-        Err(e) => Err(e),
-    };
-    state.exit_code = Some(result.as_ref().copied().unwrap_or(125));
-    state.transition(Status::Exited)?;
-    state.finished_at = Some(now_rfc3339());
-    cleanup_network(&state);
-    // The processes are gone with the sandbox: its cgroup can go too (rm retries it).
-    let _ = executor::cgroup::Cgroup::open(state.cgroups.clone()).remove();
-    if state.auto_remove {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        write_state(&dir, &state)?;
-    }
+    executor::container::supervisor::supervise(&exe, &containers_dir()?, id)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -469,40 +367,13 @@ pub fn running_init_pid(name: &str) -> anyhow::Result<i32> {
         .with_context(|| format!("container {name} has no running process"))
 }
 
-/// Waits until the container is exited (its supervisor has cleaned up) or `timeout` passes.
 fn wait_exited(dir: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match read_state(dir) {
-            Ok(s) if s.status == Status::Exited => return true,
-            Err(_) if !dir.exists() => return true,
-            _ => {}
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    executor::container::supervisor::wait_exited(dir, timeout)
 }
 
 fn stop(name: &str, timeout: Duration) -> anyhow::Result<()> {
     let (dir, s) = find(name)?;
-    if !s.is_running() {
-        return Ok(());
-    }
-    let sig = s
-        .stop_signal
-        .as_deref()
-        .filter(|x| !x.is_empty())
-        .map(executor::container::process::parse_signal)
-        .transpose()?
-        .unwrap_or(rustix::process::Signal::TERM);
-    executor::container::process::send_stop_signal(s.pid, sig);
-    if !wait_exited(&dir, timeout) {
-        signal(&s, rustix::process::Signal::KILL);
-        wait_exited(&dir, Duration::from_secs(10));
-    }
-    Ok(())
+    Ok(executor::container::supervisor::stop(&dir, &s, timeout)?)
 }
 
 /// One `kiln ps` row with docker's `--format` field names.

@@ -10,6 +10,7 @@ pub mod process;
 pub mod rootfs;
 pub mod spec;
 pub mod state;
+pub mod supervisor;
 pub mod time;
 
 pub use owner::{LeaseRef, Owner, Owners};
