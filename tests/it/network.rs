@@ -27,11 +27,27 @@ pub(crate) fn id_of(t: &TestDir, name: &str) -> anyhow::Result<String> {
 /// which kiln writes before it takes them and removes after it gives them back. A container
 /// whose start failed has no id to look for, so this is how tests see that it leaked nothing.
 pub(crate) fn unowned() -> Vec<String> {
-    let owned = |id: &str| {
-        Path::new("/run/kiln/containers")
-            .join(format!("{id}.json"))
-            .exists()
-    };
+    // Every container id a record claims a lease of: its own, and the one it shares.
+    let mut claimed = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir("/run/kiln/containers")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(v) = std::fs::read(e.path())
+            .map_err(anyhow::Error::new)
+            .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?))
+        else {
+            continue;
+        };
+        for k in ["id", "/lease/container", "/shares/container"] {
+            let c = if k == "id" { v.get("id") } else { v.pointer(k) };
+            if let Some(c) = c.and_then(|c| c.as_str()) {
+                claimed.insert(c.to_owned());
+            }
+        }
+    }
+    let owned = |id: &str| claimed.contains(id);
     let mut out = Vec::new();
     for e in std::fs::read_dir("/run/kiln/networks")
         .into_iter()

@@ -158,6 +158,12 @@ impl Record {
 /// networks that lost members. Cheap when there is nothing to do (no netlink socket is
 /// opened).
 pub fn reclaim_orphans(containers: &Path) -> Result<()> {
+    // The links and rules to reclaim live in the host's network namespace: from another one
+    // (`unshare -n kiln network ls`) a reclaim would delete nothing there yet record the
+    // rules as applied.
+    if !in_host_netns() {
+        return Ok(());
+    }
     let (Ok(owners), Ok(ipam)) = (Owners::open(OWNERS_DIR), crate::net::Ipam::open(STATE_DIR))
     else {
         // Nothing can have been recorded where nothing can be written.
@@ -192,6 +198,18 @@ pub fn reclaim_orphans(containers: &Path) -> Result<()> {
         refresh_hosts(containers, n);
     }
     Ok(())
+}
+
+/// Whether this process is in the network namespace of PID 1 (the host's, or the
+/// container's that kiln itself runs in).
+fn in_host_netns() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    match (ns("/proc/self/ns/net"), ns("/proc/1/ns/net")) {
+        (Some(a), Some(b)) => a == b,
+        // Unreadable (no /proc, or PID 1 not ours to inspect): assume the host's.
+        _ => true,
+    }
 }
 
 /// Container `id` is done with its network (it exited, or `rm`): unpins its namespace and
