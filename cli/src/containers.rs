@@ -243,67 +243,16 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     })))
 }
 
-/// `kiln start`: an exited container runs again under a new supervisor, with its spec (its
-/// writable layer kept), network mode, published ports and limits, as docker's.
+/// `kiln start` (see [`executor::container::supervisor::start`]).
 fn start(name: &str) -> anyhow::Result<()> {
-    let (dir, mut s) = find(name)?;
-    if s.is_running() {
-        return Ok(());
-    }
-    let spec_path = dir.join("spec.json");
-    let mut spec: executor::spec::RunSpec = serde_json::from_slice(
-        &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", spec_path.display()))?;
-    // Whatever the last run left (its supervisor normally undid it already).
-    cleanup_network(&s);
-    let mut rec = crate::netrun::Record::new(&s.id, &dir);
-    // Overlay's work dir must be empty again: a `volatile` overlay leaves a marker in it that
-    // refuses a second mount (the first one is gone with the container's mount namespace).
-    let work = &spec.rootfs.work;
-    if work.exists() {
-        std::fs::remove_dir_all(work).with_context(|| format!("emptying {}", work.display()))?;
-    }
-    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    let mode: crate::netrun::Mode = match (&s.network_mode, &s.network) {
-        (Some(m), _) => m.parse()?,
-        (None, Some(n)) => crate::netrun::Mode::Bridge(n.clone()),
-        (None, None) => crate::netrun::Mode::None,
-    };
-    let (network, joined) = crate::netrun::setup(
-        &mode,
-        &s.id,
-        s.name(),
-        &spec.hostname,
-        &s.ports,
+    let (dir, s) = find(name)?;
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    Ok(executor::container::supervisor::start(
+        &exe,
+        &containers_dir()?,
         &dir,
-        true,
-        &mut rec,
-    )?;
-    spec.network = network;
-    let cgroup = match create_cgroup(&s.id, &s.limits) {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(j) = joined {
-                let _ = j.teardown();
-            }
-            return Err(e);
-        }
-    };
-    s.cgroups = cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default();
-    rec.owner.cgroups = s.cgroups.clone();
-    rec.save_if_possible();
-    s.transition(Status::Created)?;
-    s.pid = None;
-    s.exit_code = None;
-    s.finished_at = None;
-    if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {
-        s.network = Some(att.network);
-        s.ip = Some(att.ip);
-        s.gateway = Some(att.gateway);
-        s.ports = att.ports;
-    }
-    launch(&dir, &spec, s, joined)
+        s,
+    )?)
 }
 
 /// Starts a prepared container in the background under a supervisor; prints its id.

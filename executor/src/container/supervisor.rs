@@ -54,6 +54,18 @@ pub enum SuperviseError {
     /// The supervisor never reported the container running.
     #[error("the supervisor of {0} did not start it")]
     NotStarted(String),
+    /// The network could not be set up again.
+    #[error(transparent)]
+    Net(#[from] super::network::NetError),
+    /// The cgroup could not be created again.
+    #[error("creating the cgroup of container {id}")]
+    Cgroup {
+        /// The container id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
     /// The image's STOPSIGNAL is not one kiln sends.
     #[error(transparent)]
     Signal(#[from] super::process::UnknownSignal),
@@ -215,6 +227,74 @@ pub fn supervise(exe: &Path, containers: &Path, id: &str) -> Result<()> {
         state::write(&dir, &state)?;
     }
     Ok(())
+}
+
+/// `kiln start`: exited container `s` (in `dir` under `containers`) runs again under a new
+/// supervisor, with its spec (its writable layer kept), network mode, published ports and
+/// limits, as docker's. A running container is left alone.
+pub fn start(exe: &Path, containers: &Path, dir: &Path, mut s: State) -> Result<()> {
+    if s.is_running() {
+        return Ok(());
+    }
+    let mut spec = read_spec(dir)?;
+    // Whatever the last run left (its supervisor normally undid it already).
+    release(containers, &s.id, s.network.as_deref(), alive(s.pid));
+    let mut rec = super::network::Record::new(&s.id, dir);
+    // Overlay's work dir must be empty again: a `volatile` overlay leaves a marker in it that
+    // refuses a second mount (the first one is gone with the container's mount namespace).
+    let work = spec.rootfs.work.clone();
+    let io = |what, source| SuperviseError::Io {
+        what,
+        path: work.clone(),
+        source,
+    };
+    if work.exists() {
+        std::fs::remove_dir_all(&work).map_err(|e| io("emptying", e))?;
+    }
+    std::fs::create_dir_all(&work).map_err(|e| io("creating", e))?;
+    let mode: super::network::Mode = match (&s.network_mode, &s.network) {
+        (Some(m), _) => m.parse()?,
+        (None, Some(n)) => super::network::Mode::Bridge(n.clone()),
+        (None, None) => super::network::Mode::None,
+    };
+    let (network, joined) = super::network::setup(
+        containers,
+        &mode,
+        &s.id,
+        s.name(),
+        &spec.hostname,
+        &s.ports,
+        dir,
+        true,
+        &mut rec,
+    )?;
+    spec.network = network;
+    let cgroup = match super::create_cgroup(&s.id, &s.limits) {
+        Ok(c) => c,
+        Err(source) => {
+            if let Some(j) = joined {
+                let _ = j.teardown();
+            }
+            return Err(SuperviseError::Cgroup {
+                id: s.id.clone(),
+                source,
+            });
+        }
+    };
+    s.cgroups = cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default();
+    rec.owner.cgroups = s.cgroups.clone();
+    rec.save_if_possible();
+    s.transition(Status::Created)?;
+    s.pid = None;
+    s.exit_code = None;
+    s.finished_at = None;
+    if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {
+        s.network = Some(att.network);
+        s.ip = Some(att.ip);
+        s.gateway = Some(att.gateway);
+        s.ports = att.ports;
+    }
+    launch(exe, dir, &spec, s, joined)
 }
 
 /// Waits until the container in `dir` is exited (its supervisor has cleaned up) or `timeout`
