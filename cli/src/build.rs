@@ -287,7 +287,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     let push_as_output =
         a.push && (attest_req != attest::Requested::default() || !a.outputs.annotation.is_empty());
     let outputs = output::parse(&a.outputs, &a.tags, push_as_output)?;
-    let started = crate::containers::now_rfc3339();
+    let started = executor::container::time::now_rfc3339();
     let mut cache_to = a
         .cache_to
         .iter()
@@ -400,7 +400,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         bridge: match a.network.as_str() {
             "host" | "none" => None,
             // Rootless without a network helper: nothing to bridge to.
-            _ if !crate::rootless::has_uplink() => None,
+            _ if !executor::container::runtime::has_uplink() => None,
             _ => Some(crate::netrun::build_network()?),
         },
     };

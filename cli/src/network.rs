@@ -2,7 +2,7 @@
 //!
 //! A user network is a definition in the host-wide lease store (`/run/kiln/networks/NAME/`):
 //! its bridge (`kiln-<hash>`, created on first attach) and subnet. Containers on the same user
-//! network find each other by name through /etc/hosts (see `netrun::refresh_hosts`).
+//! network find each other by name through /etc/hosts (see `executor::container::network::refresh_hosts`).
 
 use anyhow::Context as _;
 use std::io::Write as _;
@@ -32,6 +32,7 @@ pub enum Cmd {
 
 /// Runs a network subcommand.
 pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    crate::netrun::reclaim_orphans();
     let mut out = std::io::stdout().lock();
     match cmd {
         Cmd::Create { subnet, name } => {

@@ -33,11 +33,16 @@ pub fn run_dir() -> PathBuf {
     }
 }
 
-/// False in a rootless session started with `KILN_ROOTLESS_NET=none`: bridged RUN steps and
-/// containers then get only loopback.
-pub fn has_uplink() -> bool {
-    active()
-        .is_none_or(|a| executor::rootless::net::session_backend(&a.runtime_dir) != Backend::None)
+/// Records the session and tells the container runtime where its state and port forwarder
+/// are (`executor::container::runtime`).
+fn activate(a: Active) {
+    let rootless = Some(a.runtime_dir.clone());
+    if ACTIVE.set(a).is_ok() {
+        executor::container::runtime::configure(executor::container::runtime::Runtime {
+            run_dir: run_dir(),
+            rootless,
+        });
+    }
 }
 
 /// Joins the session when the effective uid is not 0 (must run while single-threaded).
@@ -66,7 +71,7 @@ pub fn enter_if_unprivileged(warn: bool) -> anyhow::Result<()> {
             && let Ok((runtime_dir, data_dir)) = dirs(0)
             && session::is_current(&runtime_dir)
         {
-            let _ = ACTIVE.set(Active {
+            activate(Active {
                 runtime_dir,
                 data_dir,
             });
@@ -110,7 +115,7 @@ pub fn enter_if_unprivileged(warn: bool) -> anyhow::Result<()> {
         net,
     };
     session::enter(&cfg).context("entering the rootless session")?;
-    let _ = ACTIVE.set(Active {
+    activate(Active {
         runtime_dir,
         data_dir,
     });

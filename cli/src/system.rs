@@ -27,7 +27,11 @@ pub enum SystemCommand {
 pub fn system(cmd: SystemCommand) -> anyhow::Result<()> {
     match cmd {
         SystemCommand::Df => df(),
-        SystemCommand::Prune(a) => crate::prune::prune(a),
+        SystemCommand::Prune(a) => {
+            // What dead containers left on the host goes too (see `netrun::reclaim_orphans`).
+            crate::netrun::reclaim_orphans();
+            crate::prune::prune(a)
+        }
         SystemCommand::Check { fix } => check(fix),
     }
 }

@@ -34,7 +34,7 @@ use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 use crate::fsroot;
 use crate::mounts::{self, HostPaths, Step};
 
-mod apply;
+pub(crate) mod apply;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;

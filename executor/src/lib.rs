@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod cgroup;
+pub mod container;
 pub mod context;
 pub mod copy;
 pub mod devices;

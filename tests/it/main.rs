@@ -24,6 +24,7 @@ mod harness;
 mod interop;
 mod network;
 mod outputs;
+mod orphans;
 mod registry;
 mod remote_cache;
 mod rootless;

@@ -88,7 +88,7 @@ fn overlay_error(
 }
 
 /// The detached mount [`mount_overlay`] attaches.
-fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<OwnedFd> {
+pub(crate) fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<OwnedFd> {
     let overlay_err = |source: io::Error| overlay_error(lowers, upper, source);
     let errno = |e: rustix::io::Errno| overlay_err(e.into());
     // The same layer twice in a chain (`COPY sub sub` run twice gives one diff id) would make
