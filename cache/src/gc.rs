@@ -744,6 +744,7 @@ mod tests {
                 &record,
                 &CacheRecord {
                     layers: vec![shared.clone(), cache_only.clone()],
+                    ..CacheRecord::default()
                 },
             )
             .expect("record");
@@ -826,6 +827,7 @@ mod tests {
                 &newer,
                 &CacheRecord {
                     layers: vec![w.shared.clone(), other.clone()],
+                    ..CacheRecord::default()
                 },
             )
             .expect("record");

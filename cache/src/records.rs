@@ -14,6 +14,32 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub struct CacheRecord {
     /// The node's full chain of diff_ids, base first.
     pub layers: Vec<Digest>,
+    /// An image date record ([`created_key`], [`created_note_key`]): the `created` time,
+    /// seconds since 1970.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    /// A date note ([`created_note_key`]): where the image's `created` came from, for
+    /// `kiln inspect` (kept here, outside the image, so the digest does not depend on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_from: Option<String>,
+}
+
+/// The key of the record that keeps the date of the first build of an image's content:
+/// `config` is the image config serialized with its dates at the placeholder.
+pub fn created_key(config: &[u8]) -> Digest {
+    let mut b = b"kiln.created.v1\n".to_vec();
+    b.extend_from_slice(config);
+    Digest::of(&b)
+}
+
+/// The key of the note that says where an image's `created` came from: its date and layers
+/// (unchanged by `--label` and inline-cache rewrites of the config).
+pub fn created_note_key(created: &str, diff_ids: &[Digest]) -> Digest {
+    let mut b = format!("kiln.created-from.v1\n{created}\n");
+    for d in diff_ids {
+        b.push_str(&format!("{d}\n"));
+    }
+    Digest::of(b.as_bytes())
 }
 
 impl Store {
@@ -74,6 +100,8 @@ mod tests {
         assert_eq!(store.cache_get(&key).unwrap(), None);
         let rec = CacheRecord {
             layers: vec![Digest::of(b"a"), Digest::of(b"b")],
+            created: Some(7),
+            created_from: None,
         };
         store.cache_put(&key, &rec).unwrap();
         assert_eq!(store.cache_get(&key).unwrap(), Some(rec));

@@ -263,6 +263,16 @@ fn read_archive(path: &Path) -> anyhow::Result<Image> {
     })
 }
 
+/// The mtimes of the files of a `kiln save` archive's image, flattened, by path (no leading
+/// `/`): what tests/it/timestamps.rs checks.
+pub fn read_mtimes(path: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
+    Ok(read_archive(path)?
+        .files
+        .into_iter()
+        .map(|(p, e)| (p, e.mtime))
+        .collect())
+}
+
 /// The config fields compared; `null`, absent and empty are the same.
 const CONFIG_FIELDS: &[&str] = &[
     "Env",

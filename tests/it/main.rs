@@ -28,4 +28,5 @@ mod run_flags;
 mod sandbox_security;
 mod save;
 mod sources;
+mod timestamps;
 mod validation;

@@ -27,6 +27,8 @@ pub struct ExportRecord {
     pub parent: Option<Digest>,
     /// Its filesystem: diff_ids, base first.
     pub chain: Vec<Digest>,
+    /// An image date record's date ([`crate::records::created_key`]).
+    pub created: Option<i64>,
 }
 
 /// A cache mount directory to export (`mounts=true`).
@@ -406,6 +408,7 @@ async fn assemble(
             key: r.key.clone(),
             parent: r.parent.clone(),
             layers,
+            created: r.created,
         });
     }
 
@@ -489,11 +492,13 @@ mod tests {
                     key: k1.clone(),
                     parent: None,
                     chain: chain[..1].to_vec(),
+                    created: None,
                 },
                 ExportRecord {
                     key: k2.clone(),
                     parent: Some(k1.clone()),
                     chain: chain.clone(),
+                    created: None,
                 },
             ],
             mounts: vec![ExportMount {

@@ -86,6 +86,10 @@ pub struct CacheRecordEntry {
     pub parent: Option<Digest>,
     /// Indices into [`CacheConfig::layers`]: the step's filesystem, base first.
     pub layers: Vec<usize>,
+    /// The image date kept under this key ([`crate::records::created_key`]), seconds since
+    /// 1970: a fresh runner that imports the cache dates the same image the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 /// One cache mount's contents.
@@ -150,6 +154,7 @@ mod tests {
                 key: Digest::of(b"k"),
                 parent: None,
                 layers: vec![0],
+                created: None,
             }],
             mounts: vec![],
         };
@@ -174,6 +179,7 @@ mod tests {
                 key: Digest::of(b"k"),
                 parent: None,
                 layers: vec![3],
+                created: None,
             }],
             ..Default::default()
         };

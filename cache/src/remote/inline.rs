@@ -26,6 +26,7 @@ pub fn attach(store: &Store, image: &Image, records: &[ExportRecord]) -> Result<
                 key: r.key.clone(),
                 parent: r.parent.clone(),
                 layers: (0..r.chain.len()).collect(),
+                created: r.created,
             });
         }
     }
@@ -73,6 +74,7 @@ mod tests {
             key: Digest::of(k),
             parent: None,
             chain: c,
+            created: None,
         };
         let records = [
             rec(b"first", chain[..1].to_vec()),
