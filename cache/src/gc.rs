@@ -253,6 +253,7 @@ impl Store {
             }
         }
         report.reclaimed += self.sweep_explain_files(&mut seen)?;
+        report.reclaimed += self.sweep_dates(&mut seen)?;
         let (n, bytes) = self.clean_tmp(true, opts.now, &mut seen)?;
         report.tmp = n;
         report.reclaimed += bytes;
@@ -561,6 +562,22 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Removes the image dates (`dates/<key>`, [`crate::records::ImageDate`]) of which a layer
+    /// is gone: no build can make that image from this store's cache any more.
+    fn sweep_dates(&self, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
+        let mut bytes = 0;
+        for ent in read_dir(&self.path("dates"))? {
+            let kept = fs::read(ent.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<crate::records::ImageDate>(&b).ok())
+                .is_some_and(|d| d.layers.iter().all(|l| self.has_layer(l)));
+            if !kept {
+                bytes += remove_file(&ent.path(), seen)?;
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Moves `path` into `tmp/` (atomic: it is gone from its old place at once), then deletes
     /// it. Returns the bytes freed.
     fn remove_tree(&self, path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
@@ -744,7 +761,6 @@ mod tests {
                 &record,
                 &CacheRecord {
                     layers: vec![shared.clone(), cache_only.clone()],
-                    ..CacheRecord::default()
                 },
             )
             .expect("record");
@@ -827,7 +843,6 @@ mod tests {
                 &newer,
                 &CacheRecord {
                     layers: vec![w.shared.clone(), other.clone()],
-                    ..CacheRecord::default()
                 },
             )
             .expect("record");

@@ -14,14 +14,21 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub struct CacheRecord {
     /// The node's full chain of diff_ids, base first.
     pub layers: Vec<Digest>,
-    /// An image date record ([`created_key`], [`created_note_key`]): the `created` time,
-    /// seconds since 1970.
+}
+
+/// An image date (`dates/<key>`): the date of the first build of an image's content
+/// ([`created_key`]), or where a built image's date came from ([`created_note_key`]), kept
+/// outside the image so that its digest does not depend on it. [`crate::gc`] removes it once
+/// one of its layers is gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDate {
+    /// The `created` time, seconds since 1970.
+    pub created: i64,
+    /// Where it came from (notes only), as `kiln inspect` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
-    /// A date note ([`created_note_key`]): where the image's `created` came from, for
-    /// `kiln inspect` (kept here, outside the image, so the digest does not depend on it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_from: Option<String>,
+    pub from: Option<String>,
+    /// The image's layers (diff_ids).
+    pub layers: Vec<Digest>,
 }
 
 /// The key of the record that keeps the date of the first build of an image's content:
@@ -43,6 +50,33 @@ pub fn created_note_key(created: &str, diff_ids: &[Digest]) -> Digest {
 }
 
 impl Store {
+    /// The image date stored under `key` ([`created_key`], [`created_note_key`]), if any.
+    ///
+    /// Fails on I/O errors or a file that does not parse.
+    pub fn date_get(&self, key: &Digest) -> Result<Option<ImageDate>> {
+        let p = self.path("dates").join(key.hex());
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StoreError::Json { path: p, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p)(e)),
+        }
+    }
+
+    /// Stores `date` under `key` (atomically).
+    ///
+    /// Fails on I/O errors.
+    pub fn date_put(&self, key: &Digest, date: &ImageDate) -> Result<()> {
+        let dir = self.path("dates");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let bytes = serde_json::to_vec(date).map_err(|source| StoreError::Json {
+            path: dir.clone(),
+            source,
+        })?;
+        self.write_atomic(&dir.join(key.hex()), &bytes)
+    }
+
     /// The record stored for `key`, if any. The caller checks that its layers still exist
     /// ([`Store::has_layer`]) before trusting it. A found record is marked used: its mtime
     /// becomes now (one `futimens`; [`crate::gc`] prunes by it).
@@ -100,8 +134,6 @@ mod tests {
         assert_eq!(store.cache_get(&key).unwrap(), None);
         let rec = CacheRecord {
             layers: vec![Digest::of(b"a"), Digest::of(b"b")],
-            created: Some(7),
-            created_from: None,
         };
         store.cache_put(&key, &rec).unwrap();
         assert_eq!(store.cache_get(&key).unwrap(), Some(rec));

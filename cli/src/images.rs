@@ -321,7 +321,7 @@ pub fn inspect_value(name: &str) -> anyhow::Result<serde_json::Value> {
 fn created_from(store: &cache::store::Store, image: &cache::image::Image) -> Option<String> {
     let created = image.config.created.as_deref()?;
     let key = cache::records::created_note_key(created, &image.config.rootfs.diff_ids);
-    store.cache_get(&key).ok().flatten()?.created_from
+    store.date_get(&key).ok().flatten()?.from
 }
 
 /// `kiln tag`.

@@ -81,7 +81,7 @@ impl CacheSource for LocalCache {
     }
 
     fn created(&self, key: &Digest) -> Option<i64> {
-        self.store.cache_get(key).ok().flatten()?.created
+        Some(self.store.date_get(key).ok().flatten()?.created)
     }
 
     fn fetch<'a>(&'a self, _store: &'a Store, _layers: &'a [Digest]) -> Fetch<'a> {
@@ -129,18 +129,11 @@ mod tests {
                 &key("1"),
                 &CacheRecord {
                     layers: present.clone(),
-                    ..CacheRecord::default()
                 },
             )
             .expect("record");
         store
-            .cache_put(
-                &key("2"),
-                &CacheRecord {
-                    layers: absent,
-                    ..CacheRecord::default()
-                },
-            )
+            .cache_put(&key("2"), &CacheRecord { layers: absent })
             .expect("record");
         let local = LocalCache::new(store);
         assert_eq!(local.lookup(&key("1")).expect("lookup"), Some(present));

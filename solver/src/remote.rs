@@ -232,7 +232,6 @@ pub(crate) fn record_locally(store: &Store, steps: &[SolvedStep]) {
         }
         let rec = cache::records::CacheRecord {
             layers: s.chain.clone(),
-            ..Default::default()
         };
         if let Err(error) = store.cache_put(&s.key, &rec) {
             tracing::debug!(key = %s.key, %error, "imported record not kept locally");

@@ -27,7 +27,8 @@ pub struct ExportRecord {
     pub parent: Option<Digest>,
     /// Its filesystem: diff_ids, base first.
     pub chain: Vec<Digest>,
-    /// An image date record's date ([`crate::records::created_key`]).
+    /// Set for an image date ([`crate::records::created_key`]): exported in
+    /// [`CacheConfig::dates`], not as a record.
     pub created: Option<i64>,
 }
 
@@ -396,6 +397,10 @@ async fn assemble(
         blobs.push(Blob { desc, remote });
     }
     for r in &plan.records {
+        if let Some(t) = r.created {
+            config.dates.insert(r.key.clone(), t);
+            continue;
+        }
         let Some(layers) = r
             .chain
             .iter()
@@ -408,7 +413,6 @@ async fn assemble(
             key: r.key.clone(),
             parent: r.parent.clone(),
             layers,
-            created: r.created,
         });
     }
 

@@ -26,6 +26,7 @@
 
 use crate::oci::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The `version` of this format.
 pub const VERSION: &str = "kiln.cache.v1";
@@ -52,6 +53,10 @@ pub struct CacheConfig {
     /// Cache mount contents (`mounts=true`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountEntry>,
+    /// Image dates by [`crate::records::created_key`] (seconds since 1970): a runner that
+    /// imports the cache dates an image of the same content the same way.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dates: BTreeMap<Digest, i64>,
 }
 
 /// One layer blob.
@@ -86,10 +91,6 @@ pub struct CacheRecordEntry {
     pub parent: Option<Digest>,
     /// Indices into [`CacheConfig::layers`]: the step's filesystem, base first.
     pub layers: Vec<usize>,
-    /// The image date kept under this key ([`crate::records::created_key`]), seconds since
-    /// 1970: a fresh runner that imports the cache dates the same image the same way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
 }
 
 /// One cache mount's contents.
@@ -154,7 +155,6 @@ mod tests {
                 key: Digest::of(b"k"),
                 parent: None,
                 layers: vec![0],
-                created: None,
             }],
             mounts: vec![],
         };
@@ -179,7 +179,6 @@ mod tests {
                 key: Digest::of(b"k"),
                 parent: None,
                 layers: vec![3],
-                created: None,
             }],
             ..Default::default()
         };

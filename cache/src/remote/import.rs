@@ -102,9 +102,9 @@ impl Imported {
             if let Some(chain) = config.chain(rec) {
                 self.records.entry(rec.key.clone()).or_insert(chain);
             }
-            if let Some(t) = rec.created {
-                self.dates.entry(rec.key.clone()).or_insert(t);
-            }
+        }
+        for (k, t) in &config.dates {
+            self.dates.entry(k.clone()).or_insert(*t);
         }
         for l in &config.layers {
             self.layers

@@ -21,12 +21,15 @@ pub fn attach(store: &Store, image: &Image, records: &[ExportRecord]) -> Result<
         ..Default::default()
     };
     for r in records {
+        if let Some(t) = r.created {
+            cfg.dates.insert(r.key.clone(), t);
+            continue;
+        }
         if r.chain.len() <= layers.len() && r.chain[..] == layers[..r.chain.len()] {
             cfg.records.push(CacheRecordEntry {
                 key: r.key.clone(),
                 parent: r.parent.clone(),
                 layers: (0..r.chain.len()).collect(),
-                created: r.created,
             });
         }
     }

@@ -176,7 +176,6 @@ impl Runner {
                 key,
                 &CacheRecord {
                     layers: chain.clone(),
-                    ..CacheRecord::default()
                 },
             )
             .map_err(store_err)?;

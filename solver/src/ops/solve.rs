@@ -12,7 +12,7 @@ use crate::remote::Solved;
 use crate::sched::{self, SchedError};
 use cache::image::Image;
 use cache::oci::{History, ImageConfig};
-use cache::records::{CacheRecord, created_key, created_note_key};
+use cache::records::{ImageDate, created_key, created_note_key};
 use cache::remote::import::Imported;
 use cache::statcache::StatCache;
 use cache::store::Store;
@@ -204,13 +204,13 @@ impl Solver {
         // Where the date came from, for `kiln inspect`: kept beside the image, not in it.
         let (secs, from, date) = dated;
         let diff_ids = &image.config.rootfs.diff_ids;
-        let note = CacheRecord {
+        let note = ImageDate {
+            created: secs,
+            from: Some(from),
             layers: diff_ids.clone(),
-            created: Some(secs),
-            created_from: Some(from),
         };
         let note_key = created_note_key(&rfc3339(secs), diff_ids);
-        if let Err(error) = self.store.cache_put(&note_key, &note) {
+        if let Err(error) = self.store.date_put(&note_key, &note) {
             tracing::warn!(%error, "the note of where the image's date came from is not kept");
         }
         Ok(Solved {
@@ -255,8 +255,8 @@ pub(super) fn final_config(
 /// Dates the image by `rule`: its `created` and the dates of its `new` last history entries
 /// (the base image's entries keep theirs, as BuildKit). Returns the date (seconds) and where
 /// it came from. Without SOURCE_DATE_EPOCH or a git HEAD, the date is the first build's clock,
-/// kept in a cache record keyed by the undated config, so a rebuild of the same content
-/// gets the same date and digest.
+/// kept (`dates/`, and in exported caches) under the undated config's [`created_key`], so a
+/// rebuild of the same content gets the same date and digest.
 pub(super) fn date_image(
     store: &Store,
     sources: &[Arc<dyn CacheSource>],
@@ -276,10 +276,9 @@ pub(super) fn date_image(
         CreatedRule::FirstBuild => {
             let undated = serde_json::to_vec(&*config).expect("an image config serializes");
             let key = created_key(&undated);
-            let from =
-                String::from("the clock of the first build of this content (a build cache record)");
+            let from = String::from("the clock of the first build of this content");
             // The local record, else an imported one (kept locally), else now (recorded).
-            let local = store.cache_get(&key).ok().flatten().and_then(|r| r.created);
+            let local = store.date_get(&key).ok().flatten().map(|d| d.created);
             let t = local.or_else(|| sources.iter().find_map(|s| s.created(&key)));
             let secs = t.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -287,13 +286,13 @@ pub(super) fn date_image(
                     .map_or(0, |d| d.as_secs() as i64)
             });
             if local.is_none() {
-                let rec = CacheRecord {
+                let date = ImageDate {
+                    created: secs,
+                    from: None,
                     layers: config.rootfs.diff_ids.clone(),
-                    created: Some(secs),
-                    created_from: None,
                 };
                 // Best effort: without it, only the next build's date differs.
-                if let Err(error) = store.cache_put(&key, &rec) {
+                if let Err(error) = store.date_put(&key, &date) {
                     tracing::warn!(%error, "the image's date is not recorded");
                 }
             }
