@@ -140,6 +140,29 @@ mod tests {
     }
 
     #[test]
+    fn image_dates_round_trip_and_their_keys_depend_on_what_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = created_key(b"{}");
+        assert_eq!(store.date_get(&key).unwrap(), None);
+        let date = ImageDate {
+            created: 1_700_000_000,
+            from: Some("SOURCE_DATE_EPOCH=1700000000 (build arg)".into()),
+            layers: vec![Digest::of(b"a")],
+        };
+        store.date_put(&key, &date).unwrap();
+        assert_eq!(store.date_get(&key).unwrap(), Some(date));
+        assert_ne!(created_key(b"{}"), created_key(b"{ }"));
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let one = std::slice::from_ref(&a);
+        assert_ne!(created_note_key("x", one), created_note_key("y", one));
+        assert_ne!(
+            created_note_key("x", one),
+            created_note_key("x", &[a.clone(), b])
+        );
+    }
+
+    #[test]
     fn a_lookup_marks_the_record_used() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

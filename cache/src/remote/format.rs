@@ -157,11 +157,13 @@ mod tests {
                 layers: vec![0],
             }],
             mounts: vec![],
+            dates: BTreeMap::from([(Digest::of(b"image"), 1_700_000_000)]),
         };
         let json = String::from_utf8(serde_json::to_vec(&cfg).unwrap()).unwrap();
         assert!(json.starts_with(r#"{"version":"kiln.cache.v1","layers":[{"mediaType":"#));
         assert!(json.contains(r#""diffID":"sha256:"#), "{json}");
         assert!(json.contains(r#""layers":[0]"#), "{json}");
+        assert!(json.contains(r#""dates":{"sha256:"#), "{json}");
         assert!(
             !json.contains("parent") && !json.contains("mounts"),
             "{json}"

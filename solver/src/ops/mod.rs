@@ -114,6 +114,14 @@ pub enum CreatedRule {
 }
 
 /// `secs` since 1970 as RFC 3339 UTC with second precision (`2021-01-01T00:00:00Z`).
+///
+/// ```
+/// use solver::ops::rfc3339;
+/// assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+/// assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+/// assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+/// assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+/// ```
 pub fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Days to a civil date (Howard Hinnant's algorithm).

@@ -1,6 +1,7 @@
 //! Cases compared with BuildKit v0.24.0 (dockerfile frontend 1.18) instead of docker's 0.8,
 //! for what 0.8 lacks or does differently from newer BuildKit: `COPY --link`, and the
-//! supplementary groups of a `USER` that names no group.
+//! supplementary groups of a `USER` that names no group. (docker 20.10's BuildKit 0.8 refuses
+//! `--link`: `dockerfile parse error line 2: Unknown flag: link`.)
 //!
 //! How the stored results ([`ORACLE`]) were produced, outside the project: BuildKit v0.24.0
 //! (moby/buildkit tag v0.24.0) built from its vendored sources with Debian's golang-1.23
