@@ -97,7 +97,7 @@ pub async fn export(
     let mut report = ExportReport {
         manifest: Digest::of(b""),
         records: config.records.len(),
-        skipped: plan.records.len() - config.records.len(),
+        skipped: plan.records.len() - config.records.len() - config.dates.len(),
         blobs: 0,
         uploaded: 0,
         mounted: 0,

@@ -19,7 +19,9 @@ pub fn rule(build_args: &BTreeMap<String, String>, context: &Path) -> anyhow::Re
             .filter(|v| !v.trim().is_empty())
             .map(|v| (v, "environment")),
     };
-    if let Some((v, from)) = given {
+    // An empty value is none, as BuildKit's (an empty build arg also hides the environment's,
+    // as buildx passes the environment's only when no build arg is given).
+    if let Some((v, from)) = given.filter(|(v, _)| !v.is_empty()) {
         let Ok(secs) = v.trim().parse::<i64>() else {
             bail!("invalid SOURCE_DATE_EPOCH ({from}): {v:?} is not a whole number of seconds");
         };
