@@ -327,6 +327,28 @@ fn a_plain_directory_is_dated_now_and_its_cached_rebuild_keeps_the_digest() -> a
 }
 
 #[test]
+fn an_empty_source_date_epoch_build_arg_is_none_and_hides_the_environments() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    t.write("Dockerfile", "FROM busybox\nRUN echo x > /x\n");
+    let before = now();
+    let image = build_with(
+        &t,
+        &t.ctx,
+        "empty:1",
+        &["--build-arg", "SOURCE_DATE_EPOCH="],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    )?;
+    let created = image["Created"].as_str().context("Created")?;
+    ensure!(
+        parse_rfc3339(created).is_some_and(|s| s >= before - 1),
+        "created {created}: not the build's time"
+    );
+    Ok(())
+}
+
+#[test]
 fn an_invalid_source_date_epoch_is_refused() -> anyhow::Result<()> {
     let Some(t) = busybox_dir(&[])? else {
         return Ok(());
