@@ -1,6 +1,7 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
 mod attest;
+mod dates;
 mod input;
 mod load;
 mod output;
@@ -373,6 +374,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
 
     // Private agents for key files live until the build ends.
     let (ssh, _agents) = ssh_agents(&a.ssh)?;
+    let created = dates::rule(&opts.build_args, &context)?;
     let solve_opts = solver::SolveOptions {
         context,
         dockerignore,
@@ -391,11 +393,9 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         },
         ssh,
         security: crate::security::parse(&a.security_opt)?,
-        // A whole number of seconds in the environment's SOURCE_DATE_EPOCH, else 0.
-        epoch: std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0),
+        // SOURCE_DATE_EPOCH dates what steps make; without it, 0.
+        epoch: solver::ops::SolveOptions::epoch_of(&created),
+        created,
         // RUN steps on the default network join the bridge (pooled namespaces).
         bridge: match a.network.as_str() {
             "host" | "none" => None,

@@ -295,8 +295,18 @@ pub fn inspect_value(name: &str) -> anyhow::Result<serde_json::Value> {
         "Layers": layers,
         "Size": image.manifest.layers.iter().map(|l| l.size).sum::<u64>(),
         "History": image.config.history,
+        // kiln's own: where `Created` came from (README "Image dates"), from the note the
+        // build kept beside the image; null for images kiln did not build here.
+        "CreatedFrom": created_from(&store, &image),
     });
     Ok(doc)
+}
+
+/// Where a built image's `created` came from: the note its build kept in the build cache.
+fn created_from(store: &cache::store::Store, image: &cache::image::Image) -> Option<String> {
+    let created = image.config.created.as_deref()?;
+    let key = cache::records::created_note_key(created, &image.config.rootfs.diff_ids);
+    store.date_get(&key).ok().flatten()?.from
 }
 
 /// `kiln tag`.

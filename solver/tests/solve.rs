@@ -187,6 +187,7 @@ impl Fixture {
             bridge: None,
             security: Default::default(),
             epoch: 0,
+            created: solver::ops::CreatedRule::FirstBuild,
         };
         let solver = Solver::new(self.store.clone(), opts);
         let rt = tokio::runtime::Builder::new_multi_thread()

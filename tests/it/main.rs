@@ -33,4 +33,5 @@ mod run_flags;
 mod sandbox_security;
 mod save;
 mod sources;
+mod timestamps;
 mod validation;

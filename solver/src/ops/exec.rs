@@ -1,7 +1,7 @@
 //! Exec ops (RUN): the sandbox spec of a process run, with its mounts and network.
 
 use super::runner::Runner;
-use super::{NodeResult, RUN_CLAMP_MTIME, SolveError, SolveOp, location};
+use super::{LayerMtimes, NodeResult, SolveError, SolveOp, location};
 use crate::graph::{ExecOp, NetworkMode, NodeId};
 use cache::oci::Digest;
 use executor::context::Ignore;
@@ -27,7 +27,9 @@ impl SolveOp for ExecOp {
         let root = root.expect("an exec op has a root");
         r.build(n, root, async |rootfs, _scratch| {
             let (spec, guards) = r.exec_spec(n, self, rootfs, inputs)?;
-            Ok((spec, RUN_CLAMP_MTIME, guards))
+            // Taken before the sandbox starts: what the step dates is at or after this.
+            let mtimes = cache::layer::writer::StepMtimes::starting_now(r.opts.epoch);
+            Ok((spec, LayerMtimes::Step(mtimes), guards))
         })
         .await
     }

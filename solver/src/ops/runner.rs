@@ -2,7 +2,7 @@
 //! itself ([`super::source`], [`super::exec`], [`super::file`] and [`super::sandbox`]), then
 //! the layer commit and the cache record.
 
-use super::{NodeResult, SolveError, SolveOp, SolveOptions, chain, location};
+use super::{LayerMtimes, NodeResult, SolveError, SolveOp, SolveOptions, chain, location};
 use crate::cachesource::{CacheSource, CacheSourceError};
 use crate::graph::MountKind;
 use crate::graph::{BuildGraph, NodeId, Op};
@@ -119,7 +119,7 @@ impl Runner {
         &self,
         n: NodeId,
         root: &NodeResult,
-        prepare: impl AsyncFnOnce(Rootfs, &Path) -> Result<(InitSpec, Option<i64>, H), SolveError>,
+        prepare: impl AsyncFnOnce(Rootfs, &Path) -> Result<(InitSpec, LayerMtimes, H), SolveError>,
     ) -> Result<NodeResult, SolveError> {
         let node = &self.graph.nodes[n];
         let key = self.keys[n]
@@ -140,23 +140,29 @@ impl Runner {
                 source: e,
             })?;
         }
+        let lowers = match &node.op {
+            // COPY --link: the copy runs on an empty root; its layer goes on the stage's.
+            Op::File(f) if super::file::on_empty_root(f) => Vec::new(),
+            _ => self.lowers(&root.chain),
+        };
         let rootfs = Rootfs {
-            lowers: self.lowers(&root.chain),
+            lowers,
             upper: upper.clone(),
             work,
         };
-        // A RUN's own file dates become the build's epoch; older dates stay.
-        let mtimes = matches!(node.op, Op::Exec(_))
-            .then(|| cache::layer::writer::StepMtimes::starting_now(self.opts.epoch));
-        let (spec, clamp, hold) = prepare(rootfs, tmp.path()).await?;
+        let (spec, mtimes, hold) = prepare(rootfs, tmp.path()).await?;
         self.sandbox(n, &spec).await?;
         drop(hold);
         let store = self.store.clone();
         let layer = cache::blocking::unblock(move || {
-            if let Some(m) = mtimes {
-                m.restamp(&upper)?;
-            }
-            store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })
+            let clamp_mtime = match mtimes {
+                LayerMtimes::Clamp(c) => c,
+                LayerMtimes::Step(m) => {
+                    m.restamp(&upper)?;
+                    None
+                }
+            };
+            store.commit_layer(&upper, &CommitOptions { clamp_mtime })
         })
         .await
         .map_err(store_err)?;
