@@ -26,7 +26,17 @@ pub async fn resolve(
     let mut bases = BTreeMap::new();
     for r in refs {
         let at = || format!("{dockerfile}:{}: FROM {}", r.span.line, r.reference);
-        let local = store.resolve(&r.reference).with_context(at)?;
+        let platform = r.platform.as_ref().unwrap_or(platform);
+        // A build for another platform than the host's takes only an image of that platform
+        // from the store (the platform's entry of a stored index), else pulls it.
+        let local = store
+            .resolve_for(&r.reference, platform)
+            .with_context(at)?
+            .filter(|i| {
+                *platform == cache::oci::Platform::host()
+                    || (i.config.os == platform.os
+                        && i.config.architecture == platform.architecture)
+            });
         let image = match local {
             Some(image) if !always_pull => image,
             local => {
@@ -46,7 +56,7 @@ pub async fn resolve(
             }
         };
         bases.insert(
-            r.reference.clone(),
+            r.key(),
             frontend::BaseImage {
                 manifest: image.manifest_digest.clone(),
                 config: image.config.clone(),

@@ -1,6 +1,7 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
 mod input;
+pub mod platforms;
 
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
@@ -87,6 +88,11 @@ pub struct BuildArgs {
     /// repeated (the first that has a step wins). Layers are downloaded only when needed.
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
+    /// Target platforms (`linux/amd64,linux/arm64`; comma-separated or repeated): one image
+    /// per platform, under one OCI index when there are several. RUN steps of another
+    /// architecture run through qemu-user binfmt handlers.
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    platforms: Vec<String>,
     /// The build context directory.
     context: PathBuf,
 }
@@ -299,13 +305,20 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
+        build_platform: cache::oci::Platform::host(),
     };
+    let platforms = platforms::parse(&a.platforms)?;
+    anyhow::ensure!(
+        platforms.len() < 2 || (cache_to.is_empty() && cache_from.is_empty()),
+        "--cache-to and --cache-from take one platform at a time: build each --platform on its own"
+    );
     if a.check {
         return crate::check::run(&text, &opts, &context, &dockerignore);
     }
     let df = frontend::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
-    let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Checked before the store is opened (each platform's bases are collected again below).
+    frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
@@ -326,64 +339,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let bases = rt.block_on(async {
-        let _lock = store.lock_shared().context("locking the store")?;
-        let mut refs = refs;
-        let mut bases = std::collections::BTreeMap::new();
-        // ONBUILD triggers of the bases can name more images: resolve until none is new.
-        while !refs.is_empty() {
-            bases.extend(
-                crate::bases::resolve(
-                    &store,
-                    &refs,
-                    &dockerfile_name,
-                    &opts.platform,
-                    a.pull,
-                    &reg_cfg,
-                )
-                .await?,
-            );
-            refs = frontend::base_images_with(&df, &opts, &bases)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .into_iter()
-                .filter(|r| !bases.contains_key(&r.reference))
-                .collect();
-        }
-        anyhow::Ok(bases)
-    })?;
-    let graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
-
     // Private agents for key files live until the build ends.
     let (ssh, _agents) = ssh_agents(&a.ssh)?;
-    let solve_opts = solver::SolveOptions {
-        context,
-        dockerignore,
-        jobs: a
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        no_cache: a.no_cache,
-        no_cache_stages: no_cache_stages(&df, &a.no_cache_filter),
-        kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
-        dockerfile_name,
-        secrets: crate::check::secrets(&a.secrets)?,
-        network: match a.network.as_str() {
-            "host" => solver::graph::NetworkMode::Host,
-            "none" => solver::graph::NetworkMode::None,
-            _ => solver::graph::NetworkMode::Default,
-        },
-        ssh,
-        security: crate::security::parse(&a.security_opt)?,
-        // A whole number of seconds in the environment's SOURCE_DATE_EPOCH, else 0.
-        epoch: std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0),
-        // RUN steps on the default network join the bridge (pooled namespaces).
-        bridge: match a.network.as_str() {
-            "host" | "none" => None,
-            _ => Some(crate::netrun::build_network()?),
-        },
-    };
     // Held until the image is tagged, so that a prune cannot take an untagged result.
     let lock = store.lock_shared().context("locking the store")?;
     // Left by killed builds: their processes are gone, so nothing can be using them.
@@ -394,68 +351,144 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         true => None,
         false => Some(rt.block_on(crate::cacheopts::import(&cache_from, &reg_cfg, quiet))?),
     };
-    let solved = rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
-        let mut renderer = mode.map(Renderer::new);
-        let render = async move {
-            let mut misses = Vec::new();
-            // The live view redraws on a tick too, so a silent step's timer keeps running.
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                let ev = tokio::select! {
-                    ev = rx.recv() => ev,
-                    _ = tick.tick() => {
-                        if let Some(r) = &mut renderer {
-                            let _ = r.tick();
-                        }
-                        continue;
-                    }
-                };
-                let Some(ev) = ev else { break };
-                if let solver::progress::EventKind::CacheMiss { reason } = &ev.kind {
-                    misses.push(format!("{}: {reason}", ev.name));
-                }
-                // A closed stderr must not stop the build.
-                if let Some(r) = &mut renderer {
-                    let _ = r.event(&ev);
-                }
-            }
-            misses
+    // One solve per platform, in order; steps of build-platform stages are the same in
+    // each (same keys), so they run once and the later platforms find them cached.
+    let multi = platforms.len() > 1;
+    let mut built = Vec::new();
+    for platform in platforms
+        .iter()
+        .cloned()
+        .chain(platforms.is_empty().then(cache::oci::Platform::host))
+    {
+        let opts = frontend::BuildOptions {
+            platform: platform.clone(),
+            ..opts.clone()
         };
-        let mut solver = solver::Solver::new(store.clone(), solve_opts);
-        if let Some(i) = &imported {
-            solver = solver.with_cache_from(Arc::clone(i));
-        }
-        let (solved, misses) = tokio::join!(solver.solve_steps(&graph, tx), render);
-        if a.explain {
-            use std::io::Write as _;
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "cache misses: {}", misses.len());
-            for m in &misses {
-                let _ = writeln!(err, "  {m}");
+        let bases = rt.block_on(async {
+            let _lock = store.lock_shared().context("locking the store")?;
+            let mut refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut bases = std::collections::BTreeMap::new();
+            // ONBUILD triggers of the bases can name more images: resolve until none is new.
+            while !refs.is_empty() {
+                bases.extend(
+                    crate::bases::resolve(
+                        &store,
+                        &refs,
+                        &dockerfile_name,
+                        &opts.platform,
+                        a.pull,
+                        &reg_cfg,
+                    )
+                    .await?,
+                );
+                refs = frontend::base_images_with(&df, &opts, &bases)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .into_iter()
+                    .filter(|r| !bases.contains_key(&r.key()))
+                    .collect();
             }
+            anyhow::Ok(bases)
+        })?;
+        let mut graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if multi {
+            platforms::label_nodes(&mut graph);
         }
-        match solved {
-            Ok(s) => anyhow::Ok(s),
-            // Plain progress streamed the failed step's output already: the error says what
-            // failed, without those lines again.
-            Err(e) => {
-                let e = anyhow::Error::new(e);
-                let exit = e.chain().find_map(|c| match c.downcast_ref() {
-                    Some(solver::SolveError::Exit { at, code, .. }) => Some((at, *code)),
-                    _ => None,
-                });
-                match exit {
-                    Some((at, code)) if mode.map(Mode::resolve) == Some(Mode::Plain) => {
-                        Err(anyhow::anyhow!("{at}: exit code {code}"))
+        let solve_opts = solver::SolveOptions {
+            context: context.clone(),
+            dockerignore: dockerignore.clone(),
+            jobs: a
+                .jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            no_cache: a.no_cache,
+            no_cache_stages: no_cache_stages(&df, &a.no_cache_filter),
+            kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
+            dockerfile_name: dockerfile_name.clone(),
+            secrets: crate::check::secrets(&a.secrets)?,
+            network: match a.network.as_str() {
+                "host" => solver::graph::NetworkMode::Host,
+                "none" => solver::graph::NetworkMode::None,
+                _ => solver::graph::NetworkMode::Default,
+            },
+            ssh: ssh.clone(),
+            security: crate::security::parse(&a.security_opt)?,
+            // A whole number of seconds in the environment's SOURCE_DATE_EPOCH, else 0.
+            epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .unwrap_or(0),
+            // RUN steps on the default network join the bridge (pooled namespaces).
+            bridge: match a.network.as_str() {
+                "host" | "none" => None,
+                _ => Some(crate::netrun::build_network()?),
+            },
+        };
+        let solved = rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
+            let mut renderer = mode.map(Renderer::new);
+            let render = async move {
+                let mut misses = Vec::new();
+                // The live view redraws on a tick too, so a silent step's timer keeps running.
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    let ev = tokio::select! {
+                        ev = rx.recv() => ev,
+                        _ = tick.tick() => {
+                            if let Some(r) = &mut renderer {
+                                let _ = r.tick();
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(ev) = ev else { break };
+                    if let solver::progress::EventKind::CacheMiss { reason } = &ev.kind {
+                        misses.push(format!("{}: {reason}", ev.name));
                     }
-                    _ => Err(e),
+                    // A closed stderr must not stop the build.
+                    if let Some(r) = &mut renderer {
+                        let _ = r.event(&ev);
+                    }
+                }
+                misses
+            };
+            let mut solver = solver::Solver::new(store.clone(), solve_opts);
+            if let Some(i) = &imported {
+                solver = solver.with_cache_from(Arc::clone(i));
+            }
+            let (solved, misses) = tokio::join!(solver.solve_steps(&graph, tx), render);
+            if a.explain {
+                use std::io::Write as _;
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "cache misses: {}", misses.len());
+                for m in &misses {
+                    let _ = writeln!(err, "  {m}");
                 }
             }
-        }
-    })?;
-    let mut solved = solved;
+            match solved {
+                Ok(s) => anyhow::Ok(s),
+                // Plain progress streamed the failed step's output already: the error says what
+                // failed, without those lines again.
+                Err(e) => {
+                    let e = anyhow::Error::new(e);
+                    let exit = e.chain().find_map(|c| match c.downcast_ref() {
+                        Some(solver::SolveError::Exit { at, code, .. }) => Some((at, *code)),
+                        _ => None,
+                    });
+                    match exit {
+                        Some((at, code)) if mode.map(Mode::resolve) == Some(Mode::Plain) => {
+                            Err(anyhow::anyhow!("{at}: exit code {code}"))
+                        }
+                        _ => Err(e),
+                    }
+                }
+            }
+        })?;
+        built.push((platform, solved));
+    }
+    if multi {
+        return platforms::finish(&store, &a, built, &labels, &rt, &reg_cfg, quiet, lock);
+    }
+    let (_, mut solved) = built.pop().expect("one platform was built");
     if !labels.is_empty() {
         let mut config = solved.image.config.clone();
         config.config.labels.extend(labels);

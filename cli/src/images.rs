@@ -13,6 +13,9 @@ pub struct ImportArgs {
     /// WORKDIR, VOLUME, STOPSIGNAL).
     #[arg(short = 'c', long = "change", value_name = "INSTR")]
     changes: Vec<String>,
+    /// The platform the root filesystem is for (`linux/arm64`; default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
     /// Root filesystem tarball (plain, gzip or zstd), or `-` for stdin.
     source: PathBuf,
     /// Name of the image.
@@ -30,7 +33,11 @@ fn resolve(store: &Store, name: &str) -> anyhow::Result<Image> {
 pub fn import(a: ImportArgs) -> anyhow::Result<()> {
     cache::reference::Reference::parse(&a.name)
         .with_context(|| format!("invalid image name {:?}", a.name))?;
-    let mut config = ImageConfig::empty(&cache::oci::Platform::host());
+    let platform = match &a.platform {
+        Some(p) => crate::registry::parse_platform(p)?,
+        None => cache::oci::Platform::host(),
+    };
+    let mut config = ImageConfig::empty(&platform);
     // One history entry for the one layer, so tools that pair history with layers line up.
     config.created = Some(solver::ops::CREATED.to_owned());
     config.history.push(cache::oci::History {

@@ -35,6 +35,7 @@
 //! caller's mount namespace.
 #![deny(missing_docs)]
 
+pub mod binfmt;
 pub mod cgroup;
 pub mod context;
 pub mod copy;

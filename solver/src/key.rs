@@ -6,7 +6,8 @@
 //! hash `Debug` output, serde maps or `std::hash`: those change between releases.
 //!
 //! What goes in:
-//! - `kiln.source.v1`: scratch, or the manifest digest of the base image.
+//! - `kiln.source.v1`: scratch, or the manifest digest of the base image; then the node's
+//!   platform when it has one (every node of a `--platform` build).
 //! - `kiln.exec.v1`: argv, env, cwd, user, network, mounts, and the keys of the inputs
 //!   (root first, then mount sources, as [`Op::inputs`] lists them).
 //! - `kiln.file.v1`: every action's fields, the content digest of each context COPY's sources
@@ -24,7 +25,7 @@ use crate::graph::{
     CacheSharing, CopyAction, CopySource, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Node,
     NodeId, Op, SourceOp,
 };
-use cache::oci::{Digest, Hasher};
+use cache::oci::{Digest, Hasher, Platform};
 
 /// Tag of source keys.
 pub const SOURCE_TAG: &str = "kiln.source.v1";
@@ -129,8 +130,11 @@ impl Enc {
     }
 }
 
-/// The key of a source op.
-pub fn source_key(op: &SourceOp) -> Digest {
+/// The key of a source op. With a `platform` (a node of a platform build), its
+/// `os/arch[/variant]` follows, so that every key built on the source differs per platform
+/// (`scratch` too) and a stage that builds for the build platform has the same keys for
+/// every target.
+pub fn source_key(op: &SourceOp, platform: Option<&Platform>) -> Digest {
     let mut e = Enc::new(SOURCE_TAG);
     match op {
         SourceOp::Scratch => e.u8(0),
@@ -138,6 +142,9 @@ pub fn source_key(op: &SourceOp) -> Digest {
             e.u8(1);
             e.digest(manifest);
         }
+    }
+    if let Some(p) = platform {
+        e.str(&p.to_string());
     }
     e.finish()
 }
@@ -292,7 +299,7 @@ pub fn file_key(op: &FileOp, keys: &[Option<Digest>], contents: &[Option<Digest>
 /// The key of any node (see the per-op functions for `keys` and `contents`).
 pub fn node_key(node: &Node, keys: &[Option<Digest>], contents: &[Option<Digest>]) -> Digest {
     match &node.op {
-        Op::Source(s) => source_key(s),
+        Op::Source(s) => source_key(s, node.platform.as_ref()),
         Op::Exec(x) => exec_key(x, keys, contents),
         Op::File(f) => file_key(f, keys, contents),
     }
@@ -334,6 +341,7 @@ mod tests {
             stage: Some("stage".into()),
             span: Some(Span { line: 1, column: 1 }),
             instruction: "X".into(),
+            platform: None,
         }
     }
 

@@ -233,6 +233,7 @@ pub(crate) mod tests {
             stage: None,
             span: None,
             instruction: String::new(),
+            platform: None,
         }
     }
     pub(crate) fn run_on(root: NodeId) -> Node {

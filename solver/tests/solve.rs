@@ -222,6 +222,7 @@ fn node(op: Op, line: u32, instruction: &str) -> Node {
         stage: None,
         span: Some(Span { line, column: 1 }),
         instruction: instruction.into(),
+        platform: None,
     }
 }
 

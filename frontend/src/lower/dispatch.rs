@@ -3,9 +3,7 @@
 use super::values::{
     clean_path, go_quote_list, looks_like_image, parse_port_spec, set_env, valid_signal,
 };
-use super::{
-    ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, platform_arg, step_name,
-};
+use super::{ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, step_name};
 use crate::error::{Error, ErrorKind, suggest};
 use crate::instructions::{ArgDef, CmdLine, Command, Instruction, KeyValue, RunInstr, Stage};
 use crate::mounts;
@@ -202,7 +200,7 @@ impl Lowerer<'_> {
                         .rev()
                         .find(|a| a.name == name)
                         .and_then(|a| a.value.clone())
-                        .or_else(|| platform_arg(&name, &self.opts.platform))
+                        .or_else(|| self.platform_arg(&name))
                         .or_else(|| self.target_stage_arg(&name)),
                 },
             };
