@@ -22,6 +22,7 @@ mod firewall;
 mod harness;
 mod interop;
 mod network;
+mod platforms;
 mod registry;
 mod remote_cache;
 mod run_flags;

@@ -216,7 +216,8 @@ impl<'a> Lowerer<'a> {
                             Some(def) => Some(
                                 expand(&self.lex, def, &env, d.span).map_err(|e| self.err(e))?,
                             ),
-                            None => None,
+                            // `ARG TARGETARCH` without a value takes the automatic one.
+                            None => self.platform_arg(&name),
                         },
                     };
                     (name, value)
