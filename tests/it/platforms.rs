@@ -280,3 +280,127 @@ fn two_platforms_make_one_index_arm64_runs_through_binfmt_and_push_keeps_it() ->
     assert_eq!(stdout(&out), "aarch64\n");
     Ok(())
 }
+
+/// `docker` (Debian's 20.10 client, BuildKit on), failing with its output.
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("/usr/bin/docker")
+        .env("DOCKER_BUILDKIT", "1")
+        .args(args)
+        .output()
+        .context("running docker")?;
+    ensure!(out.status.success(), "docker {args:?}: {}", text(&out));
+    Ok(stdout(&out))
+}
+
+/// Whether dockerd answers; a skip, or a panic with REQUIRE_PRIVILEGED_TESTS=1.
+fn docker_ready() -> bool {
+    if docker(&["version", "--format", "{{.Server.Version}}"]).is_ok() {
+        return true;
+    }
+    if std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        panic!("docker reference test required but dockerd does not answer");
+    }
+    eprintln!("skipped: dockerd is not answering");
+    false
+}
+
+#[test]
+fn one_foreign_platform_is_one_manifest_and_matches_docker_buildkit() -> anyhow::Result<()> {
+    if !privileged(&["docker-registry", "skopeo", "dpkg-deb"]) || !docker_ready() {
+        return Ok(());
+    }
+    let Some(deb) = arm64_deb() else {
+        return Ok(());
+    };
+    let t = TestDir::new();
+    let (reg, base) = multi_base(&t, &deb)?;
+    let app = TestDir::new();
+    app.write(
+        "Dockerfile",
+        &format!(
+            "FROM {base}\nARG TARGETPLATFORM TARGETOS TARGETARCH TARGETVARIANT BUILDPLATFORM BUILDOS BUILDARCH BUILDVARIANT\n\
+             RUN uname -m > /args && echo \"$TARGETPLATFORM|$TARGETOS|$TARGETARCH|$TARGETVARIANT|$BUILDPLATFORM|$BUILDOS|$BUILDARCH|$BUILDVARIANT\" >> /args\n"
+        ),
+    );
+    let dest = format!("127.0.0.1:{}/kiln/one:1", reg.port);
+    app.build_output(&dest, &["--platform", "linux/arm64", "--push"])?;
+    // As buildx: one platform is a plain manifest, not an index of one.
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{dest}"),
+    ])?;
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let config = skopeo(&[
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        "--override-arch",
+        "arm64",
+        &format!("docker://{dest}"),
+    ])?;
+    let kiln_args = stdout(&app.ok(&[
+        "run",
+        "--rm",
+        "--platform",
+        "linux/arm64",
+        &dest,
+        "cat",
+        "/args",
+    ])?);
+    assert!(
+        kiln_args.starts_with("aarch64\nlinux/arm64|linux|arm64|"),
+        "{kiln_args}"
+    );
+
+    // docker's BuildKit, the same Dockerfile and platform, FROM the same index.
+    let name = format!("kiln-it-platforms-{}", std::process::id());
+    docker(&[
+        "build",
+        "-q",
+        "--platform",
+        "linux/arm64",
+        "-t",
+        &name,
+        app.ctx.to_str().context("utf-8")?,
+    ])?;
+    let res = (|| -> anyhow::Result<()> {
+        let docker_args = docker(&[
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            &name,
+            "cat",
+            "/args",
+        ])?;
+        assert_eq!(
+            kiln_args, docker_args,
+            "TARGET*/BUILD* values differ from docker's BuildKit"
+        );
+        let fields = docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{.Os}}|{{.Architecture}}|{{.Variant}}",
+            &name,
+        ])?;
+        let ours = format!(
+            "{}|{}|{}\n",
+            config["os"].as_str().unwrap_or(""),
+            config["architecture"].as_str().unwrap_or(""),
+            config["variant"].as_str().unwrap_or("")
+        );
+        assert_eq!(
+            ours, fields,
+            "config platform fields differ from docker's BuildKit"
+        );
+        Ok(())
+    })();
+    let _ = docker(&["rmi", "-f", &name]);
+    res
+}
