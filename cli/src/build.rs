@@ -2,6 +2,7 @@
 
 mod input;
 pub mod platforms;
+mod runopts;
 
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
@@ -93,6 +94,26 @@ pub struct BuildArgs {
     /// architecture run through qemu-user binfmt handlers.
     #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
     platforms: Vec<String>,
+    /// Add `NAME:IP` to /etc/hosts of every RUN step; may be repeated.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN steps (`128m`; default 64m).
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    shm_size: Option<String>,
+    /// A resource limit of RUN steps, `NAME=SOFT[:HARD]` (`nofile=1024:2048`); may be repeated.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// Refused: kiln does not place RUN steps in a cgroup of the caller's choosing.
+    #[arg(long = "cgroup-parent", value_name = "CGROUP")]
+    cgroup_parent: Option<String>,
+    /// Entitlements: `network.host` (for `RUN --network=host`), `security.insecure` (for
+    /// `RUN --security=insecure`); comma-separated or repeated.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
+    /// What to do with the Dockerfile, as buildx's `--call`: `build` (default), `check` (as
+    /// `--check`) or `targets` (list the stages).
+    #[arg(long = "call", value_name = "METHOD", default_value = "build", value_parser = ["build", "check", "targets", "outline"])]
+    call: String,
     /// The build context directory.
     context: PathBuf,
 }
@@ -312,11 +333,32 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         platforms.len() < 2 || (cache_to.is_empty() && cache_from.is_empty()),
         "--cache-to and --cache-from take one platform at a time: build each --platform on its own"
     );
-    if a.check {
+    if a.check || a.call == "check" {
         return crate::check::run(&text, &opts, &context, &dockerignore);
     }
+    if a.call == "outline" {
+        bail!("--call outline is not supported by kiln yet; --call check and --call targets are");
+    }
+    if let Some(p) = &a.cgroup_parent {
+        bail!(
+            "--cgroup-parent {p}: not supported: kiln's RUN steps live in kiln's own device-policy \
+             cgroup, which a parent of the caller's choosing would bypass"
+        );
+    }
+    let mut allow = runopts::parse_allow(&a.allow)?;
+    // buildx grants network.host itself for `--network host`.
+    allow.network_host |= a.network == "host";
+    let run_security = runopts::apply(
+        crate::security::parse(&a.security_opt)?,
+        &a.add_hosts,
+        a.shm_size.as_deref(),
+        &a.ulimits,
+    )?;
     let df = frontend::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
+    if a.call == "targets" {
+        return runopts::print_targets(&df, &text);
+    }
     // Checked before the store is opened (each platform's bases are collected again below).
     frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.push && a.tags.is_empty() {
@@ -390,6 +432,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             anyhow::Ok(bases)
         })?;
         let mut graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
+        runopts::check_entitlements(&graph, allow, &dockerfile_name)?;
         if multi {
             platforms::label_nodes(&mut graph);
         }
@@ -410,7 +453,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                 _ => solver::graph::NetworkMode::Default,
             },
             ssh: ssh.clone(),
-            security: crate::security::parse(&a.security_opt)?,
+            security: run_security.clone(),
             // A whole number of seconds in the environment's SOURCE_DATE_EPOCH, else 0.
             epoch: std::env::var("SOURCE_DATE_EPOCH")
                 .ok()

@@ -106,6 +106,9 @@ pub struct ExecOp {
     pub network: NetworkMode,
     /// Extra mounts (RUN --mount).
     pub mounts: Vec<Mount>,
+    /// `RUN --security=insecure`: every capability, no seccomp filter (only with
+    /// `--allow security.insecure`).
+    pub insecure: bool,
 }
 
 /// A `RUN --mount`.

@@ -192,11 +192,13 @@ pub fn exec_key(op: &ExecOp, keys: &[Option<Digest>], contents: &[Option<Digest>
     e.strs(&op.env);
     e.str(&op.cwd);
     e.str(&op.user);
+    // An insecure step is a different op (BuildKit's security mode is in the op digest); the
+    // byte is new in the network field's place, so sandboxed steps keep their keys.
     e.u8(match op.network {
         NetworkMode::Default => 0,
         NetworkMode::None => 1,
         NetworkMode::Host => 2,
-    });
+    } | if op.insecure { 0x80 } else { 0 });
     let hashed: Vec<_> = op
         .mounts
         .iter()
@@ -355,6 +357,7 @@ mod tests {
             user: String::new(),
             network: NetworkMode::Default,
             mounts: vec![],
+            insecure: false,
         }
     }
 

@@ -246,6 +246,7 @@ pub(crate) mod tests {
             user: String::new(),
             network: NetworkMode::Default,
             mounts: vec![],
+            insecure: false,
         }))
     }
     pub(crate) fn copy_from(root: NodeId, from: &[NodeId]) -> Node {

@@ -237,6 +237,7 @@ fn run(root: NodeId, line: u32, cmd: &str) -> Node {
             user: String::new(),
             network: NetworkMode::Default,
             mounts: vec![],
+            insecure: false,
         }),
         line,
         &format!("RUN {cmd}"),

@@ -26,6 +26,7 @@ mod platforms;
 mod registry;
 mod remote_cache;
 mod run_flags;
+mod run_options;
 mod sandbox_security;
 mod save;
 mod sources;

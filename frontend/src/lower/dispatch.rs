@@ -305,19 +305,25 @@ impl Lowerer<'_> {
                 }
             },
         };
-        if let Some(s) = &run.security {
-            let v = self.x(st, &s.value, s.span)?;
-            if v != "sandbox" {
-                return Err(self.err(Error::new(
-                    ErrorKind::BadFlagValue {
-                        flag: "security".into(),
-                        value: v,
-                        reason: "kiln only runs sandboxed steps".into(),
-                    },
-                    Some(s.span),
-                )));
-            }
-        }
+        // BuildKit's values; whether an insecure step may run is the builder's `--allow
+        // security.insecure` (checked on the graph, as BuildKit checks entitlements).
+        let insecure = match &run.security {
+            None => false,
+            Some(s) => match self.x(st, &s.value, s.span)?.as_str() {
+                "sandbox" => false,
+                "insecure" => true,
+                v => {
+                    return Err(self.err(Error::new(
+                        ErrorKind::BadFlagValue {
+                            flag: "security".into(),
+                            value: v.to_owned(),
+                            reason: "expected sandbox or insecure".into(),
+                        },
+                        Some(s.span),
+                    )));
+                }
+            },
+        };
         let mut mounts_out = Vec::new();
         let mut ssh_count = 0;
         for m in &run.mounts {
@@ -393,6 +399,7 @@ impl Lowerer<'_> {
                 user: st.config.config.user.clone(),
                 network,
                 mounts: mounts_out,
+                insecure,
             }),
             name,
             Some(span),

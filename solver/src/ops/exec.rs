@@ -113,7 +113,10 @@ impl Runner {
             network,
             mounts,
             tty: false,
-            security: self.opts.security.clone(),
+            security: executor::spec::Security {
+                privileged: x.insecure,
+                ..self.opts.security.clone()
+            },
         });
         Ok((spec, (prepared.guards, lease)))
     }
