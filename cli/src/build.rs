@@ -396,6 +396,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     // One solve per platform, in order; steps of build-platform stages are the same in
     // each (same keys), so they run once and the later platforms find them cached.
     let multi = platforms.len() > 1;
+    // Keys built so far in this build: under --no-cache too, a later platform reuses them.
+    let session = Arc::default();
     let mut built = Vec::new();
     for platform in platforms
         .iter()
@@ -494,7 +496,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                 }
                 misses
             };
-            let mut solver = solver::Solver::new(store.clone(), solve_opts);
+            let mut solver =
+                solver::Solver::new(store.clone(), solve_opts).with_session(Arc::clone(&session));
             if let Some(i) = &imported {
                 solver = solver.with_cache_from(Arc::clone(i));
             }

@@ -206,6 +206,25 @@ fn two_platforms_make_one_index_arm64_runs_through_binfmt_and_push_keeps_it() ->
         text(&out)
     );
 
+    // Under --no-cache too: the build-platform step the amd64 solve ran is this build's, so
+    // the arm64 solve reuses it.
+    let again = app.build_output(
+        "app:nocache",
+        &[
+            "--no-cache",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--insecure-registry",
+            &format!("127.0.0.1:{}", reg.port),
+        ],
+    )?;
+    let tool_runs = events(&again)?
+        .iter()
+        .filter(|e| e["kind"] == "cache_miss")
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.contains("tool 2/2")))
+        .count();
+    assert_eq!(tool_runs, 1, "{}", text(&again));
+
     let run = |platform: &str, cmd: &[&str]| -> anyhow::Result<String> {
         let mut args = vec!["run", "--rm", "--platform", platform, "app:1"];
         args.extend_from_slice(cmd);
@@ -220,8 +239,18 @@ fn two_platforms_make_one_index_arm64_runs_through_binfmt_and_push_keeps_it() ->
         "x86_64\nlinux/amd64|linux|amd64||linux/amd64|amd64\n"
     );
     // The marker the tool stage appends to a cache mount, as the arm64 step (which ran
-    // last) saw it: one line, so the stage ran once.
+    // last) saw it: one line per build, so the stage ran once in each.
     assert_eq!(run("linux/arm64", &["cat", "/toolcount"])?, "ran\n");
+    let nocache = app.ok(&[
+        "run",
+        "--rm",
+        "--platform",
+        "linux/arm64",
+        "app:nocache",
+        "cat",
+        "/toolcount",
+    ])?;
+    assert_eq!(stdout(&nocache), "ran\nran\n");
     let inspect: Value = serde_json::from_slice(&app.ok(&["inspect", "app:1"])?.stdout)?;
     assert_eq!(
         inspect[0]["Architecture"], "amd64",
