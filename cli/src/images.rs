@@ -350,7 +350,12 @@ pub fn save(names: &[String], output: &Path) -> anyhow::Result<()> {
     let _lock = store.lock_shared().context("locking the store")?;
     let mut images = Vec::new();
     for n in names {
-        images.push((n.clone(), resolve(&store, n)?.manifest_digest));
+        // The name's index when it has one (a multi-platform image keeps it).
+        let top = store
+            .resolve_top(n)
+            .with_context(|| format!("looking up image {n}"))?
+            .with_context(|| format!("no such image: {n}"))?;
+        images.push((n.clone(), top));
     }
     let dir = output
         .parent()

@@ -294,6 +294,16 @@ fn two_platforms_make_one_index_arm64_runs_through_binfmt_and_push_keeps_it() ->
         (Some("arm64"), Some("linux"))
     );
 
+    // `kiln save` keeps the index too (nested under index.json, as docker 25+ saves one);
+    // skopeo reads each platform from the archive.
+    let archive = app.dir.path().join("app.tar");
+    app.ok(&["save", "app:1", "-o", archive.to_str().context("utf-8")?])?;
+    let oci = format!("oci-archive:{}", archive.display());
+    let raw = skopeo(&["inspect", "--raw", &oci])?;
+    assert_eq!(index_platforms(&raw), ["linux/amd64", "linux/arm64"]);
+    let arm = skopeo(&["inspect", "--config", "--override-arch", "arm64", &oci])?;
+    assert_eq!(arm["architecture"], "arm64");
+
     // Pulled into another store for arm64 only, it runs there through binfmt too.
     let other = TestDir::new();
     other.ok(&["pull", "--platform", "linux/arm64", &dest])?;
