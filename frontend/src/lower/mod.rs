@@ -775,6 +775,66 @@ mod tests {
     }
 
     #[test]
+    fn build_platform_stages_resolve_and_run_for_the_build_platform() {
+        let arm = Platform {
+            architecture: "arm64".into(),
+            ..opts().platform
+        };
+        let o = BuildOptions {
+            platform: arm.clone(),
+            ..opts()
+        };
+        let df = crate::parse(
+            "FROM --platform=$BUILDPLATFORM tool AS t
+ARG TARGETARCH
+RUN echo $TARGETARCH
+             FROM tool
+COPY --from=t / /
+",
+        )
+        .expect("parses");
+        let refs = crate::base_images(&df, &o).expect("bases");
+        let keys: Vec<String> = refs.iter().map(|r| r.key()).collect();
+        assert_eq!(keys, ["tool --platform=linux/amd64", "tool"]);
+        let bases = refs
+            .iter()
+            .map(|r| {
+                let p = r.platform.clone().unwrap_or_else(|| arm.clone());
+                let base = BaseImage {
+                    manifest: Digest::of(r.key().as_bytes()),
+                    config: ImageConfig::empty(&p),
+                };
+                (r.key(), base)
+            })
+            .collect();
+        let g = crate::lower(&df, &o, &bases).expect("lowers");
+        let run = g
+            .nodes
+            .iter()
+            .find(|n| n.instruction.starts_with("RUN"))
+            .expect("run");
+        assert_eq!(
+            run.platform.as_ref().map(|p| p.architecture.as_str()),
+            Some("amd64")
+        );
+        // TARGETARCH is the target's, in the build-platform stage too.
+        let solver::graph::Op::Exec(x) = &run.op else {
+            panic!("exec")
+        };
+        assert!(
+            x.env.contains(&"TARGETARCH=arm64".to_owned()),
+            "{:?}",
+            x.env
+        );
+        let target = &g.nodes[g.target];
+        assert_eq!(
+            target.platform.as_ref().map(|p| p.architecture.as_str()),
+            Some("arm64")
+        );
+        assert_eq!(g.image.config.architecture, "arm64");
+    }
+
+    #[test]
     fn images_named_by_a_base_images_triggers_are_needed_too() {
         let df = crate::parse("FROM busybox AS b\nFROM parent:1\nRUN true\n").expect("parses");
         let first: Vec<String> = crate::base_images(&df, &opts())
