@@ -101,7 +101,7 @@ impl Store {
             blobs.insert(desc.digest.clone(), Blob::File(desc.digest.clone()));
             layers.push(desc);
         }
-        let (mdigest, mbytes) = if is_oci_as_stored(&img) && self.has_layer_blobs(&img) {
+        let (mdigest, mbytes) = if is_oci_as_stored(img) && self.has_layer_blobs(img) {
             // An OCI image kept as served (pulled, loaded) is saved byte for byte: its
             // digest stays the registry's.
             for l in &img.manifest.layers {

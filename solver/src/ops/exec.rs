@@ -31,7 +31,7 @@ impl SolveOp for ExecOp {
             executor::binfmt::check(dir, &p.architecture, &host.architecture).map_err(
                 |source| SolveError::Binfmt {
                     at: location(&r.opts, &r.graph.nodes[n]),
-                    source,
+                    source: Box::new(source),
                 },
             )?;
         }

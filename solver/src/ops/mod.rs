@@ -161,7 +161,7 @@ pub enum SolveError {
         at: Location,
         /// What is missing.
         #[source]
-        source: executor::binfmt::BinfmtError,
+        source: Box<executor::binfmt::BinfmtError>,
     },
     /// The sandbox reported a failure of its own (setup, COPY).
     #[error("{at}: {message}")]
