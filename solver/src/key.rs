@@ -7,7 +7,7 @@
 //!
 //! What goes in:
 //! - `kiln.source.v1`: scratch, or the manifest digest of the base image; then the node's
-//!   platform when it has one (every node of a `--platform` build).
+//!   platform when it has one (the frontend sets it on every node; hand-made graphs may not).
 //! - `kiln.exec.v1`: argv, env, cwd, user, network, mounts, and the keys of the inputs
 //!   (root first, then mount sources, as [`Op::inputs`] lists them).
 //! - `kiln.file.v1`: every action's fields, the content digest of each context COPY's sources
@@ -433,6 +433,33 @@ mod tests {
 
     fn key_hex(k: &Option<Digest>) -> &str {
         k.as_ref().map_or("none", |d| d.hex())
+    }
+
+    /// A source's platform is in its key (so in every key built on it); none keeps the
+    /// platform-less encoding.
+    #[test]
+    fn source_keys_hold_the_platform() {
+        let op = SourceOp::Scratch;
+        let amd = Platform::host();
+        let arm = Platform {
+            architecture: "arm64".into(),
+            ..amd.clone()
+        };
+        let keys = [
+            source_key(&op, None),
+            source_key(&op, Some(&amd)),
+            source_key(&op, Some(&arm)),
+        ];
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_eq!(keys[2], source_key(&op, Some(&arm)));
+        let mut insecure = exec(0, "true");
+        let sandboxed = exec_key(&insecure, &[Some(keys[1].clone())], &[]);
+        insecure.insecure = true;
+        assert_ne!(
+            sandboxed,
+            exec_key(&insecure, &[Some(keys[1].clone())], &[])
+        );
     }
 
     /// Pins the key encodings. If this fails, you changed a key format: bump its tag.
