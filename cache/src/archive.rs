@@ -134,7 +134,8 @@ impl Store {
     }
 
     /// The (platform, manifest) entries of the index `digest` when it is one whose every
-    /// manifest is stored with a platform (a multi-platform image kiln built); else None.
+    /// manifest is stored with a platform in kiln's own form (a multi-platform image kiln
+    /// built); else None.
     fn stored_platforms(
         &self,
         digest: &Digest,
@@ -149,6 +150,12 @@ impl Store {
             .manifests
             .iter()
             .map(|d| match (&d.platform, self.has_blob(&d.digest)) {
+                // Only kiln's own images: a pulled index keeps the registry's bytes.
+                (Some(_), true)
+                    if !self.image(&d.digest).is_ok_and(|i| Self::is_local_form(&i)) =>
+                {
+                    None
+                }
                 (Some(p), true) if d.media_type == MEDIA_TYPE_MANIFEST => {
                     Some((p.clone(), d.digest.clone()))
                 }

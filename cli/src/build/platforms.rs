@@ -97,9 +97,10 @@ pub fn write_index(store: &Store, images: &[PlatformImage]) -> anyhow::Result<De
     ))
 }
 
-/// The platforms of a stored index that kiln can push whole: every entry's manifest in the
-/// store (a pulled index holds only the pulled platform's). `None` for a manifest, or an
-/// index with entries missing.
+/// The platforms of a stored index that kiln built and can push whole: every entry a
+/// manifest in the store in kiln's own form. `None` for a manifest, an index with entries
+/// missing (a pulled index holds only the pulled platform's), or a pulled index (pushed as
+/// before: its bytes are the registry's, never re-serialised).
 pub fn stored_index(store: &Store, top: &Digest) -> Option<Vec<PlatformImage>> {
     let bytes = store.read_blob(top).ok()?;
     let index: ImageIndex = serde_json::from_slice(&bytes).ok()?;
@@ -110,10 +111,9 @@ pub fn stored_index(store: &Store, top: &Digest) -> Option<Vec<PlatformImage>> {
         .manifests
         .iter()
         .map(|d| {
-            Some(PlatformImage {
-                platform: d.platform.clone()?,
-                image: store.image(&d.digest).ok()?,
-            })
+            let image = store.image(&d.digest).ok()?;
+            let platform = d.platform.clone()?;
+            Store::is_local_form(&image).then_some(PlatformImage { platform, image })
         })
         .collect()
 }
