@@ -398,6 +398,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     let multi = platforms.len() > 1;
     // Keys built so far in this build: under --no-cache too, a later platform reuses them.
     let session = Arc::default();
+    let mut renderer = mode.map(Renderer::new);
+    let mut vertex_offset = 0;
     let mut built = Vec::new();
     for platform in platforms
         .iter()
@@ -469,7 +471,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         };
         let solved = rt.block_on(async {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
-            let mut renderer = mode.map(Renderer::new);
+            // One renderer for every platform's solve, the vertices of each numbered after the
+            // previous ones, so that a multi-platform build numbers its steps once.
+            let mut shown = renderer.take();
+            let offset = vertex_offset;
+            vertex_offset += graph.nodes.len();
             let render = async move {
                 let mut misses = Vec::new();
                 // The live view redraws on a tick too, so a silent step's timer keeps running.
@@ -479,7 +485,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                     let ev = tokio::select! {
                         ev = rx.recv() => ev,
                         _ = tick.tick() => {
-                            if let Some(r) = &mut renderer {
+                            if let Some(r) = &mut shown {
                                 let _ = r.tick();
                             }
                             continue;
@@ -490,18 +496,21 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
                         misses.push(format!("{}: {reason}", ev.name));
                     }
                     // A closed stderr must not stop the build.
-                    if let Some(r) = &mut renderer {
+                    if let Some(r) = &mut shown {
+                        let mut ev = ev;
+                        ev.vertex += offset;
                         let _ = r.event(&ev);
                     }
                 }
-                misses
+                (misses, shown)
             };
             let mut solver =
                 solver::Solver::new(store.clone(), solve_opts).with_session(Arc::clone(&session));
             if let Some(i) = &imported {
                 solver = solver.with_cache_from(Arc::clone(i));
             }
-            let (solved, misses) = tokio::join!(solver.solve_steps(&graph, tx), render);
+            let (solved, (misses, used)) = tokio::join!(solver.solve_steps(&graph, tx), render);
+            renderer = used;
             if a.explain {
                 use std::io::Write as _;
                 let mut err = std::io::stderr().lock();
