@@ -45,9 +45,11 @@ pub async fn resolve(
                 match cache::registry::pull(store, &reference, platform, &opts).await {
                     Ok(image) => image,
                     Err(e) if local.is_none() => anyhow::bail!(
-                        "{}: image not in the local store, and pulling it failed: {:#}\n\
-                         hint: `kiln import` a root filesystem, or check the registry \
-                         (plain HTTP needs --insecure-registry or KILN_INSECURE_REGISTRIES)",
+                        "{}: image not in the local store for {platform}, and pulling it failed: \
+                         {:#}\n\
+                         hint: `kiln import [--platform {platform}]` a root filesystem, or check \
+                         the registry (plain HTTP needs --insecure-registry or \
+                         KILN_INSECURE_REGISTRIES)",
                         at(),
                         anyhow::Error::new(e)
                     ),
