@@ -1,8 +1,12 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
+mod attest;
 mod input;
+mod load;
+mod output;
 pub mod platforms;
 mod runopts;
+mod sbom;
 
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
@@ -114,6 +118,9 @@ pub struct BuildArgs {
     /// `--check`) or `targets` (list the stages).
     #[arg(long = "call", value_name = "METHOD", default_value = "build", value_parser = ["build", "check", "targets", "outline"])]
     call: String,
+    /// `-o/--output`, `--load`, `--annotation`, `--provenance`, `--sbom`, `--attest`.
+    #[command(flatten)]
+    outputs: output::OutputFlags,
     /// The build context directory.
     context: PathBuf,
 }
@@ -297,6 +304,17 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     // Flags are checked before stdin is read.
     let labels = parse_labels(&a.labels)?;
+    let attest_req = attest::parse(
+        a.outputs.provenance.as_deref(),
+        a.outputs.sbom.as_deref(),
+        &a.outputs.attest,
+    )?;
+    // `--push` with attestations or annotations is buildx's `-o type=registry`; alone it
+    // keeps kiln's push of each tag.
+    let push_as_output =
+        a.push && (attest_req != attest::Requested::default() || !a.outputs.annotation.is_empty());
+    let outputs = output::parse(&a.outputs, &a.tags, push_as_output)?;
+    let started = crate::containers::now_rfc3339();
     let mut cache_to = a
         .cache_to
         .iter()
@@ -383,6 +401,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     // Private agents for key files live until the build ends.
     let (ssh, _agents) = ssh_agents(&a.ssh)?;
+    let mut sbom_opts = None;
+    let mut last = None;
     // Held until the image is tagged, so that a prune cannot take an untagged result.
     let lock = store.lock_shared().context("locking the store")?;
     // Left by killed builds: their processes are gone, so nothing can be using them.
@@ -466,9 +486,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             // RUN steps on the default network join the bridge (pooled namespaces).
             bridge: match a.network.as_str() {
                 "host" | "none" => None,
+                // Rootless without a network helper: nothing to bridge to.
+                _ if !crate::rootless::has_uplink() => None,
                 _ => Some(crate::netrun::build_network()?),
             },
         };
+        sbom_opts = Some(solve_opts.clone());
         let solved = rt.block_on(async {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
             // One renderer for every platform's solve, the vertices of each numbered after the
@@ -539,9 +562,37 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             }
         })?;
         built.push((platform, solved));
+        last = Some((opts, bases, graph));
     }
+    // The last platform's lowering, for the attestations of a one-platform build.
+    let (opts, bases, graph) = last.expect("one platform was built");
+    let sbom_opts = sbom_opts.expect("one platform was built");
     if multi {
-        return platforms::finish(&store, &a, built, &labels, &rt, &reg_cfg, quiet, lock);
+        let push = a.push && !push_as_output;
+        let images = platforms::finish(&store, &a, built, &labels, &rt, &reg_cfg, quiet, push)?;
+        // The -o outputs, --load and attestations get every platform's image.
+        let facts = attest::Facts::of_build(
+            &opts,
+            &input.dockerfile,
+            parse_labels(&a.labels)?,
+            &bases,
+            &graph,
+            &build_ref()?,
+            started,
+        );
+        let images: Vec<_> = images.into_iter().map(|p| p.image).collect();
+        rt.block_on(output::run_all(
+            &store,
+            &images,
+            &reg_cfg,
+            &outputs,
+            &attest_req,
+            facts,
+            sbom_opts,
+            quiet,
+        ))?;
+        drop(lock);
+        return Ok(());
     }
     let (_, mut solved) = built.pop().expect("one platform was built");
     if !labels.is_empty() {
@@ -577,13 +628,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         }
     }
     let mut pushed = None;
-    if a.push {
+    if a.push && !push_as_output {
         for t in &a.tags {
             let digest = rt.block_on(crate::registry::push(&store, t, None, &reg_cfg))?;
             pushed.get_or_insert(digest.clone());
             if !quiet {
                 let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
-                writeln!(std::io::stdout().lock(), "{digest}")?;
+                // stdout may carry an output (`-o -`): the digest is on stderr then.
+                if !outputs.iter().any(output::Output::to_stdout) {
+                    writeln!(std::io::stdout().lock(), "{digest}")?;
+                }
             }
         }
     }
@@ -593,6 +647,27 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         &solved,
         imported.as_deref(),
         &reg_cfg,
+        quiet,
+    ))?;
+    let build_ref = build_ref()?;
+    let facts = attest::Facts::of_build(
+        &opts,
+        &input.dockerfile,
+        parse_labels(&a.labels)?,
+        &bases,
+        &graph,
+        &build_ref,
+        started,
+    );
+    let images = std::slice::from_ref(&image);
+    let exported = rt.block_on(output::run_all(
+        &store,
+        images,
+        &reg_cfg,
+        &outputs,
+        &attest_req,
+        facts,
+        sbom_opts,
         quiet,
     ))?;
     if let Some(f) = &a.iidfile {
@@ -614,18 +689,20 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         );
         // As buildx with --push: the digest the registry has.
         let manifest = match &pushed {
+            // As buildx: the result the (last) image output wrote.
+            None if exported.is_some() => exported.clone().expect("checked"),
             Some(p) => {
                 let compression = reg_cfg.options()?.compression;
                 pushed_descriptor(&store, &image, &stored, p, compression)?
             }
             None => stored,
         };
-        let doc = metadata(&image.config_digest, &manifest, &a.tags, &build_ref()?);
+        let doc = metadata(&image.config_digest, &manifest, &a.tags, &build_ref);
         let mut text = serde_json::to_string_pretty(&doc)?;
         text.push('\n');
         std::fs::write(f, text).with_context(|| format!("--metadata-file {}", f.display()))?;
     }
-    if quiet {
+    if quiet && !outputs.iter().any(output::Output::to_stdout) {
         writeln!(std::io::stdout().lock(), "{}", image.manifest_digest)?;
     }
     drop(lock);

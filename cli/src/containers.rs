@@ -183,12 +183,11 @@ fn read_state(dir: &Path) -> anyhow::Result<State> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
-/// Writes `state.json` atomically.
+/// Writes `state.json` atomically ([`kroot::write_atomic`]).
 pub fn write_state(dir: &Path, s: &State) -> anyhow::Result<()> {
-    let tmp = dir.join("state.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join("state.json")).context("renaming state.json")
+    let p = dir.join("state.json");
+    kroot::write_atomic(&p, &serde_json::to_vec_pretty(s)?)
+        .with_context(|| format!("writing {}", p.display()))
 }
 
 fn alive(pid: Option<i32>) -> bool {
@@ -287,7 +286,7 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     let gateway = s.gateway.map(|i| i.to_string()).unwrap_or_default();
     let mut networks = serde_json::Map::new();
     if let Some(n) = &s.network {
-        let prefix = executor::net::Ipam::open(crate::netrun::STATE_DIR)
+        let prefix = executor::net::Ipam::open(crate::netrun::state_dir())
             .and_then(|i| i.network(n))
             .map_or(0, |c| c.subnet.prefix());
         networks.insert(
@@ -415,7 +414,7 @@ fn launch(
     joined: Option<crate::netrun::Joined>,
 ) -> anyhow::Result<()> {
     let spec_path = dir.join("spec.json");
-    std::fs::write(&spec_path, serde_json::to_vec(spec)?)
+    kroot::write_atomic(&spec_path, &serde_json::to_vec(spec)?)
         .with_context(|| format!("writing {}", spec_path.display()))?;
     write_state(dir, &state)?;
     let exe = std::env::current_exe().context("locating the kiln binary")?;
@@ -515,8 +514,9 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
 /// Detaches the container from its network and unpins its namespace; idempotent.
 fn cleanup_network(state: &State) {
     if let Some(net) = &state.network {
+        crate::netrun::rootless_unpublish(&state.ports);
         let _ = executor::net::netns::remove_path(&crate::netrun::netns_path(&state.id));
-        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::STATE_DIR) {
+        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::state_dir()) {
             // A container still running here is being killed by `rm -f`: delete its veth
             // now. Otherwise the namespace died with the sandbox and takes the veth along.
             let _ = if alive(state.pid) {
@@ -546,7 +546,7 @@ pub fn create_cgroup(
     id: &str,
     limits: &executor::cgroup::Limits,
 ) -> anyhow::Result<Option<executor::cgroup::Cgroup>> {
-    if limits.is_empty() {
+    if limits.is_empty() || !crate::rootless::limits_possible() {
         return Ok(None);
     }
     let h = executor::cgroup::Hierarchy::host().context("no cgroup filesystem is mounted")?;

@@ -7,6 +7,7 @@ mod cacheopts;
 mod check;
 mod containers;
 mod cp;
+mod gcroots;
 mod gotmpl;
 mod images;
 mod info;
@@ -15,6 +16,7 @@ mod network;
 mod prune;
 mod registry;
 mod render;
+mod rootless;
 mod run;
 mod runimage;
 mod security;
@@ -39,6 +41,8 @@ A closed stdout (broken pipe) exits 0.
 
 Environment:
   KILN_ROOT  the store (default: /var/lib/kiln as root, $XDG_DATA_HOME/kiln otherwise)
+  KILN_ROOTLESS_NET  a new rootless session's network helper: slirp4netns (default), pasta
+             or none
   KILN_REGISTRY_TIMEOUT  registry timeouts: `90s`, or `connect=30s,response=60s,idle=60s`
              (the defaults)";
 
@@ -237,6 +241,9 @@ fn kiln_root() -> anyhow::Result<PathBuf> {
     if let Some(r) = std::env::var_os("KILN_ROOT").filter(|r| !r.is_empty()) {
         return Ok(PathBuf::from(r));
     }
+    if let Some(a) = rootless::active() {
+        return Ok(a.data_dir.clone());
+    }
     if rustix::process::geteuid().is_root() {
         return Ok(PathBuf::from("/var/lib/kiln"));
     }
@@ -278,6 +285,9 @@ fn main() -> ExitCode {
         }
         executor::init::main(std::env::args().collect());
     }
+    if std::env::args().nth(1).as_deref() == Some(executor::rootless::session::PAUSE_ARG) {
+        executor::rootless::session::pause_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         // Help and --version print to stdout and succeed; a wrong command line exits 125,
@@ -306,11 +316,21 @@ fn main() -> ExitCode {
                 cmd: ContainerCmd::Run(_)
             }
     );
-    // Sandboxes are born under the device policy: join it once, before any thread exists.
-    if matches!(
+    let sandboxes = matches!(
         cli.command,
         Command::Build(_) | Command::Run(_) | Command::Containers(_) | Command::Container { .. }
-    ) && let Err(e) = executor::devices::confine_self()
+    );
+    // Not root: join the user's rootless session, still single-threaded (setns needs it).
+    if let Err(e) = rootless::enter_if_unprivileged(sandboxes) {
+        let _ = writeln!(std::io::stderr().lock(), "error: {e:#}");
+        return ExitCode::from(if is_run { 125 } else { 1 });
+    }
+    // Sandboxes are born under the device policy: join it once, before any thread exists.
+    // (Rootless, the user namespace cannot create device nodes and host devices are only
+    // bind-mounted, so there is no device cgroup to join.)
+    if sandboxes
+        && rootless::active().is_none()
+        && let Err(e) = executor::devices::confine_self()
     {
         let _ = writeln!(
             std::io::stderr().lock(),

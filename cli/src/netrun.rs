@@ -15,10 +15,15 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// Where the host-wide lease store lives.
-pub const STATE_DIR: &str = "/run/kiln/networks";
-/// Where container network namespaces are pinned.
-pub const NETNS_DIR: &str = "/run/kiln/netns";
+/// Where the host-wide lease store lives (`/run/kiln/networks`; rootless, in the session's
+/// runtime dir).
+pub fn state_dir() -> PathBuf {
+    crate::rootless::run_dir().join("networks")
+}
+/// Where container network namespaces are pinned (`/run/kiln/netns`).
+pub fn netns_dir() -> PathBuf {
+    crate::rootless::run_dir().join("netns")
+}
 
 /// `--network`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,8 +103,10 @@ pub fn ports(
     Ok(out)
 }
 
-/// Where build RUN steps keep their pooled namespaces (`POOL_DIR/bridge/N.netns`).
-pub const POOL_DIR: &str = "/run/kiln/pool";
+/// Where build RUN steps keep their pooled namespaces (`/run/kiln/pool/bridge/N.netns`).
+pub fn pool_dir() -> PathBuf {
+    crate::rootless::run_dir().join("pool")
+}
 
 /// Slots of the RUN pool: enough for a build's parallel steps and a few concurrent builds.
 const POOL_SLOTS: usize = 16;
@@ -110,13 +117,13 @@ pub fn build_network() -> anyhow::Result<std::sync::Arc<executor::net::BuildNetw
     executor::net::enable_ip_forward(Path::new("/proc/sys")).context("enabling IPv4 forwarding")?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let net = executor::net::BuildNetwork::open(
-        Path::new(STATE_DIR),
-        Path::new(POOL_DIR),
+        &state_dir(),
+        &pool_dir(),
         executor::net::ipam::DEFAULT_NETWORK,
         POOL_SLOTS,
         &host_resolv,
     )
-    .with_context(|| format!("opening the network state at {STATE_DIR}"))?;
+    .with_context(|| format!("opening the network state at {}", state_dir().display()))?;
     Ok(std::sync::Arc::new(net))
 }
 
@@ -141,7 +148,7 @@ enum JoinedKind {
 
 /// The pinned namespace path of container `id`.
 pub fn netns_path(id: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(id)
+    netns_dir().join(id)
 }
 
 /// Prepares the network of container `id` (host name `hostname`, state in `dir`): the
@@ -166,6 +173,9 @@ pub fn setup(
     dir: &Path,
     detached: bool,
 ) -> anyhow::Result<(Network, Option<Joined>)> {
+    if matches!(mode, Mode::Bridge(_)) && ports.is_empty() && !crate::rootless::has_uplink() {
+        return Ok((Network::Loopback, None));
+    }
     if !detached
         && ports.is_empty()
         && *mode == Mode::Bridge(executor::net::ipam::DEFAULT_NETWORK.to_owned())
@@ -182,8 +192,8 @@ pub fn setup(
         Mode::Container(other) => return Ok((join_container(other, hostname)?, None)),
         Mode::Bridge(name) => name,
     };
-    let mut nets = executor::net::Networks::open(STATE_DIR)
-        .with_context(|| format!("opening the network state at {STATE_DIR}"))?;
+    let mut nets = executor::net::Networks::open(state_dir())
+        .with_context(|| format!("opening the network state at {}", state_dir().display()))?;
     executor::net::enable_ip_forward(Path::new("/proc/sys")).context("enabling IPv4 forwarding")?;
     let path = netns_path(id);
     let netns = Netns::create(&path)
@@ -196,6 +206,11 @@ pub fn setup(
                 .context(format!("attaching container {id} to network {name}")));
         }
     };
+    if let Err(e) = rootless_publish(&attachment.ports) {
+        let _ = nets.detach(name, id);
+        let _ = netns.remove();
+        return Err(e);
+    }
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let hosts = hosts_text(id, hostname, attachment.ip, &[]);
     let hosts_file = dir.join("hosts");
@@ -286,7 +301,7 @@ pub fn refresh_hosts(network: &str) {
     if network == executor::net::ipam::DEFAULT_NETWORK {
         return;
     }
-    let (Ok(ipam), Ok(root)) = (executor::net::Ipam::open(STATE_DIR), crate::kiln_root()) else {
+    let (Ok(ipam), Ok(root)) = (executor::net::Ipam::open(state_dir()), crate::kiln_root()) else {
         return;
     };
     let Ok(leases) = ipam.leases(network) else {
@@ -295,7 +310,10 @@ pub fn refresh_hosts(network: &str) {
     let peers: Vec<(String, Ipv4Addr)> =
         leases.iter().map(|l| (l.container.clone(), l.ip)).collect();
     for l in &leases {
-        let file = root.join("containers").join(&l.container).join("hosts");
+        let file = kroot::Dir::Containers
+            .path(&root)
+            .join(&l.container)
+            .join("hosts");
         if !file.exists() {
             continue;
         }
@@ -355,6 +373,7 @@ impl Joined {
         };
         // Unpinned first: with the sandbox gone, the namespace dies and takes the veth pair
         // with it, so only the lease and rules are left to undo (see `Networks::forget`).
+        rootless_unpublish(&attachment.ports);
         let removed = netns.remove().context("removing the network namespace");
         let detached = nets
             .forget(&attachment.network, &attachment.container)
@@ -363,6 +382,40 @@ impl Joined {
         detached?;
         removed?;
         Ok(())
+    }
+}
+
+/// Rootless: the session's namespace holds kiln's DNAT rules as in root mode; the user-mode
+/// network helper forwards each published host port into it (`executor::rootless::net`).
+fn rootless_publish(ports: &[PortMapping]) -> anyhow::Result<()> {
+    let Some(active) = crate::rootless::active() else {
+        return Ok(());
+    };
+    for (i, p) in ports.iter().enumerate() {
+        let ip = p.host_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        if let Err(e) = executor::rootless::net::forward(
+            &active.runtime_dir,
+            p.proto == Proto::Udp,
+            &ip,
+            p.host_port,
+        ) {
+            rootless_unpublish(&ports[..i]);
+            return Err(anyhow::Error::new(e).context(format!("publishing port {}", p.host_port)));
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`rootless_publish`]; best effort.
+pub fn rootless_unpublish(ports: &[PortMapping]) {
+    if let Some(active) = crate::rootless::active() {
+        for p in ports {
+            let _ = executor::rootless::net::unforward(
+                &active.runtime_dir,
+                p.proto == Proto::Udp,
+                p.host_port,
+            );
+        }
     }
 }
 

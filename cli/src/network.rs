@@ -43,14 +43,14 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                         .with_context(|| format!("--subnet {s}"))
                 })
                 .transpose()?;
-            let ipam = executor::net::Ipam::open(crate::netrun::STATE_DIR)?;
+            let ipam = executor::net::Ipam::open(crate::netrun::state_dir())?;
             let config = ipam
                 .define_network(&name, subnet)
                 .with_context(|| format!("creating network {name}"))?;
             writeln!(out, "{}", config.name)?;
         }
         Cmd::Ls => {
-            let ipam = executor::net::Ipam::open(crate::netrun::STATE_DIR)?;
+            let ipam = executor::net::Ipam::open(crate::netrun::state_dir())?;
             writeln!(
                 out,
                 "{:<20} {:<16} {:<18} {:<15} CONTAINERS",
@@ -85,7 +85,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Rm { names } => {
-            let mut nets = executor::net::Networks::open(crate::netrun::STATE_DIR)?;
+            let mut nets = executor::net::Networks::open(crate::netrun::state_dir())?;
             for n in &names {
                 executor::names::check_network(n)?;
                 anyhow::ensure!(

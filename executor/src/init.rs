@@ -109,6 +109,20 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
+    /// Rootless: the kernel refused overlayfs in the user namespace.
+    #[error(
+        "mounting overlay root (upper {upper}) in a user namespace (rootless): the kernel's \
+         overlayfs refused it (it needs Linux 5.11 or later and a store on a filesystem that \
+         supports user xattrs: ext4, xfs, btrfs, tmpfs; not overlayfs itself)\n\
+         hint: put KILN_ROOT on such a filesystem; kiln has no fuse-overlayfs fallback yet"
+    )]
+    OverlayRootless {
+        /// Upper dir (or the first lower for a read-only overlay).
+        upper: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// A lower dir could not be added to the overlay.
     #[error("adding overlay lower dir {path}")]
     Lower {
@@ -416,6 +430,11 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
 /// ([`crate::devices`]); usually it was born there. It opens no device itself afterwards:
 /// stdio is inherited.
 fn confine_devices() -> Result<()> {
+    // Rootless: no device cgroup can be joined; the user namespace cannot create device nodes
+    // and the sandbox's /dev holds only bind mounts of the host's harmless ones.
+    if crate::rootless::in_user_namespace() {
+        return Ok(());
+    }
     Ok(crate::devices::confine_self()?)
 }
 
@@ -593,6 +612,7 @@ fn is_empty_dir(fd: &OwnedFd) -> bool {
 fn is_opaque(fd: &OwnedFd) -> bool {
     let mut buf = [0u8; 8];
     rustix::fs::fgetxattr(fd, "trusted.overlay.opaque", &mut buf).is_ok()
+        || rustix::fs::fgetxattr(fd, "user.overlay.opaque", &mut buf).is_ok()
 }
 
 fn child_main(
@@ -932,7 +952,15 @@ fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Re
         .iter()
         .map(|g| rustix::process::Gid::from_raw(*g))
         .collect();
-    rustix::thread::set_thread_groups(&groups).map_err(errno)?;
+    match rustix::thread::set_thread_groups(&groups) {
+        // Rootless with a single id: setgroups is denied in the user namespace (the
+        // kernel's condition for an unprivileged gid_map), so the process keeps the groups
+        // it was started with, which the namespace shows as unmapped (65534).
+        Err(rustix::io::Errno::PERM)
+            if std::fs::read_to_string("/proc/self/setgroups")
+                .is_ok_and(|s| s.trim() == "deny") => {}
+        r => r.map_err(errno)?,
+    }
     let gid = rustix::process::Gid::from_raw(id.gid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(errno)?;
     let uid = rustix::process::Uid::from_raw(id.uid);

@@ -16,6 +16,7 @@
 //! - [`devices`]: runc's default device list, through the v1 devices cgroup or a v2 eBPF program;
 //! - [`seccomp`]: docker's seccomp profile format, compiled to the BPF filter of every sandbox;
 //! - [`net`]: bridge networks, leases, NAT and published ports, the netns pool for RUN;
+//! - [`rootless`]: the per-user session (user, mount and network namespace) of rootless kiln;
 //! - [`fsroot`]: the one resolver of untrusted paths inside a root (openat2 `RESOLVE_IN_ROOT`,
 //!   or a checked walk), used for every mount source and target and every COPY destination;
 //! - [`context`]: host-side source walking and `.dockerignore` matching (for cache keys);
@@ -45,6 +46,7 @@ pub mod init;
 pub mod mounts;
 pub mod names;
 pub mod net;
+pub mod rootless;
 pub mod sandbox;
 pub mod seccomp;
 pub mod spec;

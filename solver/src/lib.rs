@@ -25,6 +25,7 @@
 pub mod cachesource;
 pub mod explain;
 pub mod fetch;
+pub mod gcroots;
 pub mod git;
 pub mod graph;
 pub mod key;

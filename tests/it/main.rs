@@ -4,6 +4,7 @@
 
 mod add_url;
 mod archives;
+mod attest;
 mod build;
 mod build_flags;
 mod build_run_mounts;
@@ -22,9 +23,12 @@ mod firewall;
 mod harness;
 mod interop;
 mod network;
+mod outputs;
 mod platforms;
 mod registry;
 mod remote_cache;
+mod rootless;
+mod rootless_docker;
 mod run_flags;
 mod run_options;
 mod sandbox_security;

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use super::pull::PullError;
+use crate::remote::object::{ObjectClient, ObjectError};
 
 type Result<T> = std::result::Result<T, PullError>;
 
@@ -58,6 +59,14 @@ pub(crate) enum LayerSource<'a> {
     /// A file that should hold the blob (one of an OCI layout's), trusted no more than a
     /// download.
     File(&'a Path),
+    /// Object `key` of an object store cache (`type=s3`, `type=azblob`): streamed through the
+    /// same pipeline as a registry blob.
+    Object {
+        /// The store's client.
+        client: &'a ObjectClient,
+        /// The blob's key.
+        key: &'a str,
+    },
 }
 
 /// Downloads one layer into the store (unless it is there) and reports progress.
@@ -117,7 +126,7 @@ async fn fetch(
         let path = store.blob_path(digest);
         let f = std::fs::File::open(&path).map_err(|source| PullError::Open { path, source })?;
         let (store2, want, d) = (store.clone(), diff_id.clone(), desc.clone());
-        tokio::task::spawn_blocking(move || -> std::result::Result<(), StoreError> {
+        crate::blocking::unblock(move || -> std::result::Result<(), StoreError> {
             let plain =
                 crate::compress::open_compressed(f).map_err(|source| StoreError::Unpack {
                     source: apply::ApplyError::Read { source },
@@ -126,10 +135,6 @@ async fn fetch(
             commit(&store2, &d, &want, unpacked)
         })
         .await
-        .map_err(|source| PullError::Task {
-            reference: name.to_owned(),
-            source,
-        })?
         .map_err(|source| PullError::Blob {
             reference: name.to_owned(),
             digest: digest.clone(),
@@ -141,6 +146,9 @@ async fn fetch(
                 client
                     .retry(|| download_and_unpack(store, client, repo, desc, diff_id, name, opts))
                     .await??;
+            }
+            LayerSource::Object { client, key } => {
+                download_object(store, client, key, desc, diff_id, name, opts).await?;
             }
             LayerSource::File(path) => {
                 let read_err = |source| PullError::Blob {
@@ -275,6 +283,54 @@ async fn download_and_unpack(
         .map_err(|source| client.network(&format!("GET blob {digest}"), source))
 }
 
+/// Streams object `key` through [`unpack_stream`]. A request that fails transiently is
+/// retried by the object client; a body cut short restarts the download, up to
+/// [`OBJECT_ATTEMPTS`] times.
+async fn download_object(
+    store: &Store,
+    client: &ObjectClient,
+    key: &str,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    name: &str,
+    opts: &RegistryOptions,
+) -> Result<()> {
+    let object_err = |source| PullError::Object {
+        reference: name.to_owned(),
+        source: Box::new(source),
+    };
+    let mut attempt = 0u32;
+    loop {
+        let resp = client.get(key).await.map_err(object_err)?.ok_or_else(|| {
+            object_err(ObjectError::Status {
+                op: "GET",
+                key: key.to_owned(),
+                status: 404,
+                code: Some("not found".to_owned()),
+            })
+        })?;
+        match unpack_stream(store, desc, diff_id, name, opts, resp.bytes_stream()).await {
+            Ok(verdict) => return verdict,
+            Err(source) => {
+                let e = ObjectError::Network {
+                    op: "GET",
+                    key: key.to_owned(),
+                    source,
+                };
+                if attempt + 1 >= OBJECT_ATTEMPTS || !e.is_transient() {
+                    return Err(object_err(e));
+                }
+                tracing::debug!(key, error = %e, attempt, "object download cut short; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200) * 2u32.pow(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Downloads of one object layer before a cut stream is final.
+const OBJECT_ATTEMPTS: u32 = 4;
+
 /// Runs the bytes of blob `desc` from `chunks` through the pipeline: stored as the blob when
 /// they match its digest, inflated and unpacked, and committed as layer `diff_id` when the
 /// tar matches too. The outer error is the stream's own (nothing is committed then); the
@@ -291,15 +347,15 @@ async fn unpack_stream<E>(
     let (tx_blob, rx_blob) = tokio::sync::mpsc::channel::<Batch>(NET_QUEUE);
     let (tx_tree, rx_tree) = tokio::sync::mpsc::channel::<Batch>(NET_QUEUE);
     let (s1, d) = (store.clone(), digest.clone());
-    let ingest = tokio::task::spawn_blocking(move || ingest(&s1, rx_blob, &d));
+    let ingest = crate::blocking::unblock(move || ingest(&s1, rx_blob, &d));
     // Decompression runs on its own thread, so that it overlaps with hashing and writing the
     // files in the unpacker instead of adding to them. Buffers go back for reuse: fresh 1 MiB
     // allocations are fresh pages, and faulting them in showed up in profiles.
     let (tx_plain, rx_plain) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PLAIN_QUEUE);
     let (tx_spare, rx_spare) = mpsc::channel::<Vec<u8>>();
-    let inflate = tokio::task::spawn_blocking(move || inflate(rx_tree, &tx_plain, &rx_spare));
+    let inflate = crate::blocking::unblock(move || inflate(rx_tree, &tx_plain, &rx_spare));
     let (s2, want) = (store.clone(), diff_id.clone());
-    let unpack = tokio::task::spawn_blocking(move || {
+    let unpack = crate::blocking::unblock(move || {
         unpack_verified(&s2, ChunkReader::new(rx_plain, tx_spare), &want)
     });
 
@@ -362,27 +418,15 @@ async fn unpack_stream<E>(
     // On a network error or an overlong body the consumers see an early end; their verdicts
     // are then ignored and nothing is committed.
     drop((tx_blob, tree));
-    let task_err = |source| PullError::Task {
-        reference: name.to_owned(),
-        source,
-    };
     let blob_err = |source| PullError::Blob {
         reference: name.to_owned(),
         digest: digest.clone(),
         source,
     };
-    let ingested = match ingest.await {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(task_err(e))),
-    };
-    let unpacked = match unpack.await {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(task_err(e))),
-    };
+    let ingested = ingest.await;
+    let unpacked = unpack.await;
     // Its errors reached the unpacker as read errors.
-    if let Err(e) = inflate.await {
-        return Ok(Err(task_err(e)));
-    }
+    inflate.await;
     if let Some(e) = net_error {
         return Err(e);
     }
@@ -410,10 +454,9 @@ async fn unpack_stream<E>(
     };
     let (s3, d, want) = (store.clone(), desc.clone(), diff_id.clone());
     Ok(
-        match tokio::task::spawn_blocking(move || commit(&s3, &d, &want, unpacked)).await {
-            Ok(r) => r.map_err(blob_err),
-            Err(e) => Err(task_err(e)),
-        },
+        crate::blocking::unblock(move || commit(&s3, &d, &want, unpacked))
+            .await
+            .map_err(blob_err),
     )
 }
 

@@ -132,6 +132,15 @@ pub enum PullError {
         /// Received.
         actual: u64,
     },
+    /// An object store cache (`type=s3`, `type=azblob`) could not be read.
+    #[error("{reference}")]
+    Object {
+        /// The cache.
+        reference: String,
+        /// The cause.
+        #[source]
+        source: Box<crate::remote::object::ObjectError>,
+    },
     /// Writing the image or its tag failed.
     #[error("{reference}: cannot store the image")]
     Store {
@@ -140,15 +149,6 @@ pub enum PullError {
         /// The cause.
         #[source]
         source: StoreError,
-    },
-    /// A worker task panicked or was cancelled.
-    #[error("{reference}: internal task failed")]
-    Task {
-        /// The reference.
-        reference: String,
-        /// The cause.
-        #[source]
-        source: tokio::task::JoinError,
     },
 }
 
@@ -386,7 +386,7 @@ pub async fn pull_image(
         .as_ref()
         .map(|t| format!("{}:{t}", reference.name()));
     stored.push(body);
-    let image = tokio::task::spawn_blocking(move || -> std::result::Result<Image, StoreError> {
+    let image = crate::blocking::unblock(move || -> std::result::Result<Image, StoreError> {
         store2.put_blob(&config_bytes)?;
         let mut manifest_digest = None;
         for b in &stored {
@@ -400,10 +400,6 @@ pub async fn pull_image(
         Ok(image)
     })
     .await
-    .map_err(|source| PullError::Task {
-        reference: name.clone(),
-        source,
-    })?
     .map_err(|source| PullError::Store {
         reference: name.clone(),
         source,

@@ -26,6 +26,7 @@ mod layout;
 pub mod mounts;
 pub mod object;
 pub mod s3;
+mod sigv4;
 
 use crate::oci::Digest;
 use crate::reference::Reference;
@@ -184,15 +185,6 @@ pub enum RemoteError {
         /// The cause (it names the cache).
         #[source]
         source: Box<crate::registry::PullError>,
-    },
-    /// A worker task panicked or was cancelled.
-    #[error("cache {location}: internal task failed")]
-    Task {
-        /// The cache.
-        location: String,
-        /// The cause.
-        #[source]
-        source: tokio::task::JoinError,
     },
 }
 

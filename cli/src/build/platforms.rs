@@ -156,7 +156,8 @@ pub async fn push(
 }
 
 /// The end of a multi-platform build: `--label`s on each image, the index written and
-/// tagged, pushed with `--push`, and `--iidfile`, `--metadata-file` and `-q` naming the index.
+/// tagged, pushed to the `-t` names with `push_tags`, and `--iidfile`, `--metadata-file` and
+/// `-q` naming the index. Returns the images (for the `-o` outputs).
 ///
 /// Fails when the store cannot be written or a push fails.
 #[allow(clippy::too_many_arguments)]
@@ -168,8 +169,8 @@ pub fn finish(
     rt: &tokio::runtime::Runtime,
     reg_cfg: &crate::registry::RegistryConfig,
     quiet: bool,
-    lock: cache::store::RootLock,
-) -> anyhow::Result<()> {
+    push_tags: bool,
+) -> anyhow::Result<Vec<PlatformImage>> {
     use std::io::Write as _;
     let mut images = Vec::new();
     for (platform, solved) in built {
@@ -204,7 +205,7 @@ pub fn finish(
         }
     }
     let mut described = index.clone();
-    if a.push {
+    if push_tags {
         for t in &a.tags {
             described = rt.block_on(push(store, &images, t, reg_cfg))?;
             let digest = &described.digest;
@@ -237,8 +238,7 @@ pub fn finish(
     if quiet {
         writeln!(std::io::stdout().lock(), "{}", index.digest)?;
     }
-    drop(lock);
-    Ok(())
+    Ok(images)
 }
 
 #[cfg(test)]

@@ -133,7 +133,8 @@ pub fn apply(
         .collect::<anyhow::Result<_>>()?;
     security.shm_size = shm_size
         .map(|s| {
-            executor::cgroup::parse_memory(s)
+            kroot::size::parse(s)
+                .ok()
                 .filter(|&b| b > 0)
                 .with_context(|| format!("--shm-size {s:?}: expected bytes or a size like 128m"))
         })
