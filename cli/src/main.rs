@@ -57,7 +57,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Import a root filesystem tarball as a one-layer image.
     Import(images::ImportArgs),
     /// List images (`kiln images busybox`, `-q` for ids only).
@@ -111,7 +111,7 @@ enum Command {
         output: PathBuf,
     },
     /// Run a command in a new container.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Remove build cache: records, cache mounts and the layers only they hold.
     Prune(prune::PruneArgs),
     /// Store management (`kiln system df`, `kiln system prune`).
@@ -399,7 +399,7 @@ fn print_template(src: &str, docs: &[serde_json::Value]) -> anyhow::Result<()> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Build(a) => build::build(a).map(|()| ExitCode::SUCCESS),
+        Command::Build(a) => build::build(*a).map(|()| ExitCode::SUCCESS),
         Command::Import(a) => images::import(a).map(|()| ExitCode::SUCCESS),
         Command::Images(a) => images::list(&a).map(|()| ExitCode::SUCCESS),
         Command::Inspect(a) => inspect(&a, true).map(|()| ExitCode::SUCCESS),
@@ -456,7 +456,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Save { names, output } => {
             images::save(&names, &output).map(|()| ExitCode::SUCCESS)
         }
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Prune(a) => prune::prune(a).map(|()| ExitCode::SUCCESS),
         Command::System { cmd } => system::system(cmd).map(|()| ExitCode::SUCCESS),
         Command::Pull {

@@ -134,6 +134,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     check(&a)?;
     let store = crate::open_store()?;
     let image = crate::runimage::image(&store, &a.image, a.pull, a.platform.as_deref())?;
+    // An image of another architecture runs through its binfmt handler, which must exist.
+    executor::binfmt::check(
+        std::path::Path::new(executor::binfmt::BINFMT_MISC),
+        &image.config.architecture,
+        &cache::oci::Platform::host().architecture,
+    )
+    .with_context(|| format!("image {}", a.image))?;
     let env = a
         .env
         .iter()

@@ -191,6 +191,15 @@ pub enum InitError {
     /// The device policy could not be applied.
     #[error("device policy")]
     Devices(#[from] crate::devices::DeviceError),
+    /// A `--ulimit` could not be set.
+    #[error("setting ulimit {name}")]
+    Ulimit {
+        /// Its docker name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The seccomp profile could not be compiled.
     #[error("seccomp profile")]
     Seccomp(#[from] seccomp::SeccompError),
@@ -785,8 +794,12 @@ fn exec_as(
         .unwrap_or(DEFAULT_PATH)
         .to_string();
     let exe = find_executable(&args[0], &path_var)?;
-    let filter = seccomp_filter(&security.seccomp)?;
-    drop_privileges(user, id)?;
+    let filter = match security.privileged {
+        true => None,
+        false => seccomp_filter(&security.seccomp)?,
+    };
+    set_ulimits(&security.ulimits)?;
+    drop_privileges(user, id, security.privileged)?;
 
     let cstr =
         |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
@@ -871,17 +884,62 @@ pub fn find_executable(cmd: &str, path: &str) -> Result<PathBuf> {
     })
 }
 
-fn drop_privileges(user_spec: &str, id: &user::Identity) -> Result<()> {
+/// Sets the `--ulimit` resource limits (still as root, so hard limits may rise).
+fn set_ulimits(limits: &[crate::spec::Ulimit]) -> Result<()> {
+    use rustix::process::{Resource, Rlimit};
+    for l in limits {
+        let resource = match l.name.as_str() {
+            "core" => Resource::Core,
+            "cpu" => Resource::Cpu,
+            "data" => Resource::Data,
+            "fsize" => Resource::Fsize,
+            "locks" => Resource::Locks,
+            "memlock" => Resource::Memlock,
+            "msgqueue" => Resource::Msgqueue,
+            "nice" => Resource::Nice,
+            "nofile" => Resource::Nofile,
+            "nproc" => Resource::Nproc,
+            "rss" => Resource::Rss,
+            "rtprio" => Resource::Rtprio,
+            "rttime" => Resource::Rttime,
+            "sigpending" => Resource::Sigpending,
+            "stack" => Resource::Stack,
+            "as" => Resource::As,
+            other => {
+                return Err(InitError::Ulimit {
+                    name: other.to_owned(),
+                    source: io::Error::from(io::ErrorKind::InvalidInput),
+                });
+            }
+        };
+        let limit = Rlimit {
+            current: l.soft,
+            maximum: l.hard,
+        };
+        rustix::process::setrlimit(resource, limit).map_err(|e| InitError::Ulimit {
+            name: l.name.clone(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Result<()> {
     let cred = |source: io::Error| InitError::Credentials {
         user: user_spec.to_string(),
         source,
     };
     let errno = |e: rustix::io::Errno| cred(e.into());
-    let keep = default_capabilities();
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
+    // Privileged: every capability kiln itself has (a container around kiln may hold fewer
+    // than the kernel knows).
+    let keep = match privileged {
+        true => rustix::thread::capabilities(None).map_err(errno)?.permitted,
+        false => default_capabilities(),
+    };
     for cap in 0..=last {
         if cap < 64 && !keep.contains(CapabilitySet::from_bits_retain(1 << cap)) {
             sys::drop_bounding_capability(cap).map_err(cred)?;

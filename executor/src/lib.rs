@@ -36,6 +36,7 @@
 //! caller's mount namespace.
 #![deny(missing_docs)]
 
+pub mod binfmt;
 pub mod cgroup;
 pub mod container;
 pub mod context;

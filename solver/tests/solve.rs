@@ -223,6 +223,7 @@ fn node(op: Op, line: u32, instruction: &str) -> Node {
         stage: None,
         span: Some(Span { line, column: 1 }),
         instruction: instruction.into(),
+        platform: None,
     }
 }
 
@@ -237,6 +238,7 @@ fn run(root: NodeId, line: u32, cmd: &str) -> Node {
             user: String::new(),
             network: NetworkMode::Default,
             mounts: vec![],
+            insecure: false,
         }),
         line,
         &format!("RUN {cmd}"),

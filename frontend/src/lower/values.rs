@@ -62,18 +62,6 @@ pub(super) fn looks_like_image(s: &str) -> bool {
         && !s.starts_with(['-', '.', '/', ':'])
 }
 
-pub(super) fn normalize_platform(p: &str) -> String {
-    let p = p.to_ascii_lowercase();
-    let mut parts: Vec<&str> = p.split('/').collect();
-    if parts.len() == 2 && parts[1] == "arm64" {
-        parts.push("v8");
-    }
-    if parts.len() == 3 && parts[1] == "amd64" && parts[2] == "v1" {
-        parts.pop();
-    }
-    parts.join("/")
-}
-
 pub(super) fn valid_signal(s: &str) -> bool {
     // BuildKit's dispatchStopSignal runs moby/sys/signal's ParseSignal: a nonzero integer as
     // Go's Atoi reads it (sign allowed, no range check), or a name of its Linux SignalMap,

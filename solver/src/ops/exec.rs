@@ -25,6 +25,16 @@ impl SolveOp for ExecOp {
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
     ) -> Result<NodeResult, SolveError> {
         let root = root.expect("an exec op has a root");
+        if let Some(p) = &r.graph.nodes[n].platform {
+            let host = cache::oci::Platform::host();
+            let dir = std::path::Path::new(executor::binfmt::BINFMT_MISC);
+            executor::binfmt::check(dir, &p.architecture, &host.architecture).map_err(
+                |source| SolveError::Binfmt {
+                    at: location(&r.opts, &r.graph.nodes[n]),
+                    source: Box::new(source),
+                },
+            )?;
+        }
         r.build(n, root, async |rootfs, _scratch| {
             let (spec, guards) = r.exec_spec(n, self, rootfs, inputs)?;
             // Taken before the sandbox starts: what the step dates is at or after this.
@@ -96,7 +106,10 @@ impl Runner {
             network,
             mounts,
             tty: false,
-            security: self.opts.security.clone(),
+            security: executor::spec::Security {
+                privileged: x.insecure,
+                ..self.opts.security.clone()
+            },
         });
         Ok((spec, (prepared.guards, lease)))
     }

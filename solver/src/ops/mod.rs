@@ -49,10 +49,11 @@ trait SolveOp {
     ) -> Result<NodeResult, SolveError>;
 }
 
-/// The cache key of `node` (the [`SolveOp::cache_map`] of its op).
+/// The cache key of `node` (the [`SolveOp::cache_map`] of its op; a source's key also holds
+/// the node's platform, which the op does not carry).
 fn cache_map(node: &Node, keys: &[Option<Digest>], contents: &[Option<Digest>]) -> Digest {
     match &node.op {
-        Op::Source(s) => s.cache_map(keys, contents),
+        Op::Source(s) => crate::key::source_key(s, node.platform.as_ref()),
         Op::Exec(x) => x.cache_map(keys, contents),
         Op::File(f) => f.cache_map(keys, contents),
     }
@@ -246,6 +247,15 @@ pub enum SolveError {
         code: i32,
         /// The last lines of its output.
         tail: Vec<String>,
+    },
+    /// A RUN of another architecture has no usable binfmt handler.
+    #[error("{at}")]
+    Binfmt {
+        /// The step.
+        at: Location,
+        /// What is missing.
+        #[source]
+        source: Box<executor::binfmt::BinfmtError>,
     },
     /// The sandbox reported a failure of its own (setup, COPY).
     #[error("{at}: {message}")]

@@ -31,6 +31,9 @@ pub(super) struct Runner {
     pub(super) changed: Mutex<HashSet<NodeId>>,
     /// Where results are looked up by key, in order: the local store, then imported caches.
     pub(super) sources: Vec<Arc<dyn CacheSource>>,
+    /// Keys built during this build (shared by the solves of a multi-platform build): hits
+    /// even under `--no-cache`, so a build-platform stage runs once for every target.
+    pub(super) session: Arc<Mutex<HashSet<Digest>>>,
 }
 
 impl Runner {
@@ -63,10 +66,16 @@ impl Runner {
         n: NodeId,
         key: &Digest,
     ) -> Result<Option<Vec<Digest>>, SolveError> {
-        if self.opts.no_cache {
+        let this_build = self.session.lock().expect("not poisoned").contains(key);
+        if self.opts.no_cache && !this_build {
             return Ok(None);
         }
-        for s in &self.sources {
+        // Under --no-cache only the local store's record this build wrote counts.
+        let sources = match self.opts.no_cache {
+            true => &self.sources[..1],
+            false => &self.sources[..],
+        };
+        for s in sources {
             let found = s
                 .lookup(key)
                 .map_err(|e| source_err(location(&self.opts, &self.graph.nodes[n]), e))?;
@@ -232,6 +241,10 @@ impl Runner {
             Op::File(f) => f.exec(self, n, Some(root), &inputs).await?,
             Op::Source(_) => unreachable!("sources returned above"),
         };
+        self.session
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone());
         if previous.is_some_and(|p| p.layers != result.chain) {
             self.changed.lock().expect("not poisoned").insert(n);
         }

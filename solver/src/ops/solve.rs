@@ -11,12 +11,12 @@ use crate::progress::{self, EventKind};
 use crate::remote::Solved;
 use crate::sched::{self, SchedError};
 use cache::image::Image;
-use cache::oci::{History, ImageConfig};
+use cache::oci::{Digest, History, ImageConfig};
 use cache::records::{ImageDate, created_key, created_note_key};
 use cache::remote::import::Imported;
 use cache::statcache::StatCache;
 use cache::store::Store;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// Runs build graphs on a store.
@@ -27,6 +27,8 @@ pub struct Solver {
     /// Where step results are looked up by key: the local store, then `--cache-from`
     /// imports, whose layers are fetched when needed.
     sources: Vec<Arc<dyn CacheSource>>,
+    /// Keys built by this solver or the others sharing the set ([`Solver::with_session`]).
+    session: Arc<Mutex<HashSet<Digest>>>,
 }
 
 impl Solver {
@@ -36,7 +38,16 @@ impl Solver {
             sources: vec![Arc::new(LocalCache::new(store.clone()))],
             store,
             opts,
+            session: Arc::default(),
         }
+    }
+
+    /// Shares `session`, the keys built so far in this build, with other solvers (one per
+    /// platform of a multi-platform build): under `--no-cache` a step one of them built is a
+    /// hit for the others.
+    pub fn with_session(mut self, session: Arc<Mutex<HashSet<Digest>>>) -> Solver {
+        self.session = session;
+        self
     }
 
     /// Also looks keys up in `imported` (after the local records; see [`crate::remote`]).
@@ -131,6 +142,7 @@ impl Solver {
             events,
             changed: Mutex::default(),
             sources: self.sources.clone(),
+            session: Arc::clone(&self.session),
         });
         let t = std::time::Instant::now();
         // A cache hit needs only its root: the stages it copies from are not run (and, when
