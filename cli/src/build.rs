@@ -580,10 +580,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             &build_ref()?,
             started,
         );
-        let images: Vec<_> = images.into_iter().map(|p| p.image).collect();
+        let (images, built_for): (Vec<_>, Vec<_>) =
+            images.into_iter().map(|p| (p.image, p.platform)).unzip();
         rt.block_on(output::run_all(
             &store,
             &images,
+            &built_for,
             &reg_cfg,
             &outputs,
             &attest_req,
@@ -663,6 +665,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     let exported = rt.block_on(output::run_all(
         &store,
         images,
+        &[],
         &reg_cfg,
         &outputs,
         &attest_req,

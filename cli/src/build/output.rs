@@ -414,6 +414,8 @@ pub struct Context<'a> {
     pub store: &'a cache::store::Store,
     /// The per-platform images of the result.
     pub images: &'a [cache::image::Image],
+    /// The platform each of `images` was built for (empty: their configs say).
+    pub platforms: &'a [cache::oci::Platform],
     /// Registry settings for pushes.
     pub reg: &'a crate::registry::RegistryConfig,
     /// Attestations to attach: per image, `(predicate type, statement)`; computed per
@@ -496,6 +498,7 @@ fn source_date_epoch(build_args: &std::collections::BTreeMap<String, String>) ->
 pub async fn run_all(
     store: &cache::store::Store,
     images: &[cache::image::Image],
+    platforms: &[cache::oci::Platform],
     reg: &crate::registry::RegistryConfig,
     outputs: &[Output],
     requested: &super::attest::Requested,
@@ -522,6 +525,7 @@ pub async fn run_all(
     let cx = Context {
         store,
         images,
+        platforms,
         reg,
         attest: attest.as_ref(),
         quiet,
@@ -546,7 +550,7 @@ pub async fn run(
     for o in outputs {
         match o {
             Output::Local(dir) => {
-                for (img, sub) in per_platform(cx.images) {
+                for (img, sub) in per_platform(cx.images, cx.platforms) {
                     let d = match sub {
                         Some(s) => dir.join(s),
                         None => dir.clone(),
@@ -557,7 +561,7 @@ pub async fn run(
                 say(format!("copying files to {} done", dir.display()));
             }
             Output::Tar(dest) => {
-                let images: Vec<_> = per_platform(cx.images)
+                let images: Vec<_> = per_platform(cx.images, cx.platforms)
                     .into_iter()
                     .map(|(i, sub)| (i, sub.unwrap_or_default()))
                     .collect();
@@ -637,23 +641,36 @@ pub async fn run(
 }
 
 /// The images with the subdirectory each goes to: none for one platform, `os_arch[_variant]`
-/// for several (buildx's layout of a multi-platform local export).
-fn per_platform(images: &[cache::image::Image]) -> Vec<(&cache::image::Image, Option<String>)> {
+/// for several (buildx's layout of a multi-platform local export), from the platform each was
+/// built for (a base's config need not say it).
+fn per_platform<'a>(
+    images: &'a [cache::image::Image],
+    platforms: &[cache::oci::Platform],
+) -> Vec<(&'a cache::image::Image, Option<String>)> {
     if images.len() == 1 {
         return vec![(&images[0], None)];
     }
     images
         .iter()
-        .map(|i| {
-            let p = cache::export::platform_of(i);
-            let mut s = format!("{}_{}", p.os, p.architecture);
-            if let Some(v) = &p.variant {
-                s.push('_');
-                s.push_str(v);
-            }
-            (i, Some(s))
+        .enumerate()
+        .map(|(n, i)| {
+            let p = platforms
+                .get(n)
+                .cloned()
+                .unwrap_or_else(|| cache::export::platform_of(i));
+            (i, Some(platform_dir(&p)))
         })
         .collect()
+}
+
+/// `os_arch[_variant]`: a platform's subdirectory in a multi-platform local or tar output.
+pub fn platform_dir(p: &cache::oci::Platform) -> String {
+    let mut s = format!("{}_{}", p.os, p.architecture);
+    if let Some(v) = &p.variant {
+        s.push('_');
+        s.push_str(v);
+    }
+    s
 }
 
 /// Runs `write` on the destination: stdout, or a file written next to it and renamed into
