@@ -428,11 +428,6 @@ pub struct Context<'a> {
 }
 
 impl Output {
-    /// True for the outputs that carry an image (and so attestations).
-    pub fn is_image(&self) -> bool {
-        matches!(self, Output::Layout { .. } | Output::Image { .. })
-    }
-
     /// True when this output writes to stdout.
     pub fn to_stdout(&self) -> bool {
         matches!(
@@ -515,7 +510,7 @@ pub async fn run_all(
             sboms: Default::default(),
         });
     if let (Some(a), Some(generator)) = (&mut attest, &requested.sbom)
-        && outputs.iter().any(Output::is_image)
+        && !outputs.is_empty()
     {
         if !quiet {
             let _ = writeln!(std::io::stderr(), "scanning with {generator}");
@@ -550,13 +545,19 @@ pub async fn run(
     for o in outputs {
         match o {
             Output::Local(dir) => {
-                for (img, sub) in per_platform(cx.images, cx.platforms) {
+                for (n, (img, sub)) in per_platform(cx.images, cx.platforms)
+                    .into_iter()
+                    .enumerate()
+                {
                     let d = match sub {
                         Some(s) => dir.join(s),
                         None => dir.clone(),
                     };
-                    cache::export::rootfs::write_dir(cx.store, img, &d)
-                        .with_context(|| format!("--output type=local,dest={}", dir.display()))?;
+                    let at = || format!("--output type=local,dest={}", dir.display());
+                    cache::export::rootfs::write_dir(cx.store, img, &d).with_context(at)?;
+                    for (name, bytes) in statement_files(cx, n, img)? {
+                        kroot::write_atomic(&d.join(&name), &bytes).with_context(at)?;
+                    }
                 }
                 say(format!("copying files to {} done", dir.display()));
             }
@@ -565,9 +566,25 @@ pub async fn run(
                     .into_iter()
                     .map(|(i, sub)| (i, sub.unwrap_or_default()))
                     .collect();
+                let mut extra = Vec::new();
+                for (n, (img, sub)) in images.iter().enumerate() {
+                    for (name, bytes) in statement_files(cx, n, img)? {
+                        let path = match sub.as_str() {
+                            "" => name,
+                            sub => format!("{sub}/{name}"),
+                        };
+                        extra.push((path, bytes));
+                    }
+                }
                 write_to(dest, |w| {
-                    cache::export::rootfs::write_tars(cx.store, &images, w, &dest.to_string())
-                        .map_err(Into::into)
+                    cache::export::rootfs::write_tars_with(
+                        cx.store,
+                        &images,
+                        &extra,
+                        w,
+                        &dest.to_string(),
+                    )
+                    .map_err(Into::into)
                 })
                 .with_context(|| format!("--output type=tar,dest={dest}"))?;
                 say(format!("sending tarball to {dest} done"));
@@ -661,6 +678,30 @@ fn per_platform<'a>(
             (i, Some(platform_dir(&p)))
         })
         .collect()
+}
+
+/// The attestation files of a local or tar output of `cx.images[n]` (none without
+/// attestations): BuildKit's files beside the result, about its regular files.
+fn statement_files(
+    cx: &Context<'_>,
+    n: usize,
+    img: &cache::image::Image,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let Some(attest) = cx.attest else {
+        return Ok(Vec::new());
+    };
+    let platform = cx
+        .platforms
+        .get(n)
+        .cloned()
+        .unwrap_or_else(|| cache::export::platform_of(img));
+    let files = cache::export::rootfs::regular_files(cx.store, img).with_context(|| {
+        format!(
+            "reading the files of {} for attestations",
+            img.manifest_digest
+        )
+    })?;
+    attest.files(&platform, &files)
 }
 
 /// `os_arch[_variant]`: a platform's subdirectory in a multi-platform local or tar output.
