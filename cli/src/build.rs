@@ -4,6 +4,7 @@ mod attest;
 mod dates;
 mod input;
 mod load;
+mod outline;
 mod output;
 pub mod platforms;
 mod runopts;
@@ -355,9 +356,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.check || a.call == "check" {
         return crate::check::run(&text, &opts, &context, &dockerignore);
     }
-    if a.call == "outline" {
-        bail!("--call outline is not supported by kiln yet; --call check and --call targets are");
-    }
     if let Some(p) = &a.cgroup_parent {
         bail!(
             "--cgroup-parent {p}: not supported: kiln's RUN steps live in kiln's own device-policy \
@@ -377,6 +375,9 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
     if a.call == "targets" {
         return runopts::print_targets(&df, &text);
+    }
+    if a.call == "outline" {
+        return outline::print(&df, &text, opts.target.as_deref(), &opts.build_args);
     }
     // Checked before the store is opened (each platform's bases are collected again below).
     frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,6 +1,6 @@
 //! RUN step options of `kiln build` (buildx's flags): `--add-host`, `--shm-size`, `--ulimit`,
 //! the `--allow` entitlements for `RUN --network=host` and `RUN --security=insecure`,
-//! `--cgroup-parent` (refused), and `--call check|targets`. What docker 20.10's `docker
+//! `--cgroup-parent` (refused), and `--call check|targets|outline`. What docker 20.10's `docker
 //! build` (BuildKit) also has is compared with it.
 
 use crate::harness::{TestDir, busybox_dir, busybox_tar, stdout, text};
@@ -151,6 +151,75 @@ fn cgroup_parent_is_refused_and_call_check_and_targets_answer_without_building()
         "{}",
         text(&out)
     );
+    Ok(())
+}
+
+#[test]
+fn call_outline_prints_the_targets_args_secrets_and_ssh_as_buildx() -> anyhow::Result<()> {
+    let t = TestDir::new();
+    let ctx = t.ctx.to_str().expect("utf-8").to_owned();
+    t.write(
+        "Dockerfile",
+        "# GO_VERSION sets the Go toolchain version\n\
+ARG GO_VERSION=1.22\n\
+ARG UNUSED=x\n\
+FROM busybox:${GO_VERSION} AS base\n\
+# PKG the package to build\n\
+ARG PKG=./cmd/app\n\
+ARG TARGETARCH\n\
+RUN --mount=type=secret,id=github_token,required=true --mount=type=ssh true\n\
+\n\
+# app builds the application\n\
+FROM base AS app\n\
+ARG GO_VERSION\n\
+# EXTRA more flags\n\
+ARG EXTRA\n\
+RUN --mount=type=secret,id=npmrc true\n\
+\n\
+FROM busybox AS other\n\
+ARG OTHER=1\n",
+    );
+    // Nothing is built or pulled: the store stays empty.
+    let out = t.ok(&[
+        "build",
+        "--call",
+        "outline",
+        "--target",
+        "app",
+        "--build-arg",
+        "EXTRA=-v",
+        &ctx,
+    ])?;
+    // buildx's text: tabwriter tables (padding 1 for the target, 3 for the others), the
+    // args the target's stages use in Dockerfile order with --build-arg values applied,
+    // the platform args left out, a blank line after each table.
+    assert_eq!(
+        stdout(&out),
+        "TARGET:      app\n\
+DESCRIPTION: builds the application\n\
+\n\
+BUILD ARG    VALUE       DESCRIPTION\n\
+GO_VERSION   1.22        sets the Go toolchain version\n\
+PKG          ./cmd/app   the package to build\n\
+EXTRA        -v          more flags\n\
+\n\
+SECRET         REQUIRED\n\
+github_token   true\n\
+npmrc          \n\
+\n\
+SSH       REQUIRED\n\
+default   \n\
+\n"
+    );
+    // The default target: the last stage, which uses none of the others' args.
+    let out = t.ok(&["build", "--call", "outline", &ctx])?;
+    assert_eq!(
+        stdout(&out),
+        "TARGET: other\n\nBUILD ARG   VALUE   DESCRIPTION\nOTHER       1       \n\n"
+    );
+    let out = t.kiln(&["build", "--call", "outline", "--target", "nope", &ctx]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("\"nope\""), "{}", text(&out));
     Ok(())
 }
 

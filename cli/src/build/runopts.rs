@@ -195,9 +195,9 @@ pub fn print_targets(df: &frontend::Dockerfile, source: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// BuildKit's stage comment: among the comment lines right above line `from` (1-based), the
-/// first that starts with `name ` gives the rest.
-fn stage_comment(lines: &[&str], from: usize, name: &str) -> String {
+/// BuildKit's stage (or ARG) comment: among the comment lines right above line `from`
+/// (1-based), the first that starts with `name ` gives the rest.
+pub(super) fn stage_comment(lines: &[&str], from: usize, name: &str) -> String {
     if name.is_empty() {
         return String::new();
     }
