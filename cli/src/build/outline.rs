@@ -107,7 +107,7 @@ fn outline(
         }
     }
     for s in &stages {
-        for (n, _) in &global {
+        for n in global.keys() {
             let mention = [format!("${n}"), format!("${{{n}")];
             let from = format!("{} {}", s.base, s.platform.as_deref().unwrap_or(""));
             if mention.iter().any(|m| from.contains(m.as_str())) {
