@@ -215,6 +215,7 @@ fn two_platforms_make_one_index_arm64_runs_through_binfmt_and_push_keeps_it() ->
         "linux/amd64,linux/arm64",
         "--insecure-registry",
         &format!("127.0.0.1:{}", reg.port),
+        "--provenance=mode=min",
         "-o",
         &format!("type=local,dest={}", local.display()),
         app.ctx.to_str().context("utf-8")?,
@@ -232,6 +233,19 @@ fn two_platforms_make_one_index_arm64_runs_through_binfmt_and_push_keeps_it() ->
         std::fs::read_to_string(local.join("linux_arm64/arch"))?,
         "aarch64\n"
     );
+    // Each platform's directory has its own provenance, about its own files.
+    for (sub, arch) in [("linux_amd64", "x86_64\n"), ("linux_arm64", "aarch64\n")] {
+        let stmt: Value =
+            serde_json::from_slice(&std::fs::read(local.join(sub).join("provenance.json"))?)?;
+        let subject = stmt["subject"].as_array().context("subject")?;
+        let want = cache::oci::Digest::of(arch.as_bytes());
+        assert!(
+            subject
+                .iter()
+                .any(|s| s["name"] == "arch" && s["digest"]["sha256"] == want.hex()),
+            "{sub}: {stmt:#}"
+        );
+    }
 
     // Under --no-cache too: the build-platform step the amd64 solve ran is this build's, so
     // the arm64 solve reuses it.
