@@ -109,7 +109,8 @@ pub struct BuildArgs {
     /// A resource limit of RUN steps, `NAME=SOFT[:HARD]` (`nofile=1024:2048`); may be repeated.
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     ulimits: Vec<String>,
-    /// Refused: kiln does not place RUN steps in a cgroup of the caller's choosing.
+    /// The cgroup the RUN steps' cgroups go under (`PARENT/kiln-<pid>` in every cgroup v1
+    /// hierarchy; relative: below kiln's own cgroup there), with the device policy applied.
     #[arg(long = "cgroup-parent", value_name = "CGROUP")]
     cgroup_parent: Option<String>,
     /// Entitlements: `network.host` (for `RUN --network=host`), `security.insecure` (for
@@ -178,6 +179,11 @@ fn metadata(
         "containerimage.digest": manifest.digest.to_string(),
         "image.name": tags.join(","),
     })
+}
+
+/// `--cgroup-parent`, which `main` applies before any thread exists.
+pub fn cgroup_parent(a: &BuildArgs) -> Option<&str> {
+    a.cgroup_parent.as_deref()
 }
 
 /// The descriptor of the manifest `push` sent for `image`: kiln's own images go out with
@@ -355,12 +361,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     );
     if a.check || a.call == "check" {
         return crate::check::run(&text, &opts, &context, &dockerignore);
-    }
-    if let Some(p) = &a.cgroup_parent {
-        bail!(
-            "--cgroup-parent {p}: not supported: kiln's RUN steps live in kiln's own device-policy \
-             cgroup, which a parent of the caller's choosing would bypass"
-        );
     }
     let mut allow = runopts::parse_allow(&a.allow)?;
     // buildx grants network.host itself for `--network host`.

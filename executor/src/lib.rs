@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod binfmt;
+pub mod cgparent;
 pub mod cgroup;
 pub mod container;
 pub mod context;

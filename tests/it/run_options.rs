@@ -1,6 +1,6 @@
 //! RUN step options of `kiln build` (buildx's flags): `--add-host`, `--shm-size`, `--ulimit`,
 //! the `--allow` entitlements for `RUN --network=host` and `RUN --security=insecure`,
-//! `--cgroup-parent` (refused), and `--call check|targets|outline`. What docker 20.10's `docker
+//! `--cgroup-parent` (RUN steps under the parent, the device policy kept), and `--call check|targets|outline`. What docker 20.10's `docker
 //! build` (BuildKit) also has is compared with it.
 
 use crate::harness::{TestDir, busybox_dir, busybox_tar, stdout, text};
@@ -127,8 +127,7 @@ fn network_host_and_insecure_steps_need_allow_as_in_buildkit() -> anyhow::Result
 }
 
 #[test]
-fn cgroup_parent_is_refused_and_call_check_and_targets_answer_without_building()
--> anyhow::Result<()> {
+fn call_check_and_targets_answer_without_building() -> anyhow::Result<()> {
     let t = TestDir::new();
     let ctx = t.ctx.to_str().expect("utf-8").to_owned();
     t.write(
@@ -144,12 +143,90 @@ fn cgroup_parent_is_refused_and_call_check_and_targets_answer_without_building()
     let out = t.ok(&["build", "--call", "check", &ctx])?;
     let check = t.ok(&["build", "--check", &ctx])?;
     assert_eq!(stdout(&out), stdout(&check));
-    let out = t.kiln(&["build", "--cgroup-parent", "ci.slice", "-t", "x", &ctx]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("--cgroup-parent ci.slice: not supported"),
+    Ok(())
+}
+
+/// The v1 cgroup directories of `rel` below this process's own cgroup, one per hierarchy
+/// (`/sys/fs/cgroup/<controller>/<own path>/<rel>`).
+fn own_cgroup_dirs(rel: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    Ok(own
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, cs, p) = (f.next()?, f.next()?, f.next()?);
+            let first = cs.split(',').next().filter(|c| !c.is_empty())?;
+            let name = first.strip_prefix("name=").unwrap_or(first);
+            let mut dir = std::path::PathBuf::from("/sys/fs/cgroup").join(name);
+            dir.extend(p.split('/').filter(|s| !s.is_empty()));
+            Some(dir.join(rel))
+        })
+        .collect())
+}
+
+#[test]
+fn cgroup_parent_holds_run_steps_under_the_device_policy() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let script = crate::sandbox_security::device_script()?;
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nRUN cat /proc/self/cgroup > /cg; ({script}) > /dev.txt\n"),
+    );
+    // Relative, as runc reads it: below kiln's own cgroup in each hierarchy.
+    let parent = format!("kiln-test-{}", std::process::id());
+    let out = t.dir.path().join("out");
+    let built = t.kiln(&[
+        "build",
+        "--cgroup-parent",
+        &parent,
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+        t.ctx.to_str().context("utf-8")?,
+    ]);
+    let dirs = own_cgroup_dirs(&parent)?;
+    let left: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kiln-"))
+        .collect();
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+    ensure!(built.status.success(), "{}", text(&built));
+    ensure!(left.is_empty(), "cgroups left behind: {left:?}");
+    let cg = std::fs::read_to_string(out.join("cg"))?;
+    // Every v1 hierarchy names the parent, the devices one included.
+    let v1: Vec<&str> = cg
+        .lines()
+        .filter(|l| l.split(':').nth(1).is_some_and(|c| !c.is_empty()))
+        .collect();
+    ensure!(v1.iter().any(|l| l.contains(":devices:")), "{cg}");
+    for l in &v1 {
+        ensure!(l.contains(&format!("/{parent}/kiln-")), "{l} in\n{cg}");
+    }
+    // The device policy still holds: mknod works, opening the host's disk does not.
+    ensure!(
+        std::fs::read_to_string(out.join("dev.txt"))? == crate::sandbox_security::DEVICE_CONFINED,
         "{}",
-        text(&out)
+        std::fs::read_to_string(out.join("dev.txt"))?
+    );
+    // `..` is refused before anything is made.
+    let bad = t.kiln(&[
+        "build",
+        "--cgroup-parent",
+        "../up",
+        t.ctx.to_str().context("utf-8")?,
+    ]);
+    ensure!(!bad.status.success(), "{}", text(&bad));
+    ensure!(
+        text(&bad).contains("--cgroup-parent ../up"),
+        "{}",
+        text(&bad)
     );
     Ok(())
 }
