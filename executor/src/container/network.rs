@@ -120,7 +120,6 @@ pub enum NetError {
 
 type Result<T> = std::result::Result<T, NetError>;
 
-
 /// The owner record of a container being set up (see [`super::owner`]): written
 /// before it takes a lease, so that a lease is never without its claim.
 #[derive(Debug)]
@@ -170,8 +169,10 @@ pub fn reclaim_orphans(containers: &Path) -> Result<()> {
     if !in_host_netns() {
         return Ok(());
     }
-    let (Ok(owners), Ok(ipam)) = (Owners::open(owners_dir()), crate::net::Ipam::open(state_dir()))
-    else {
+    let (Ok(owners), Ok(ipam)) = (
+        Owners::open(owners_dir()),
+        crate::net::Ipam::open(state_dir()),
+    ) else {
         // Nothing can have been recorded where nothing can be written.
         return Ok(());
     };
@@ -344,7 +345,6 @@ pub fn ports(
     }
     Ok(out)
 }
-
 
 /// Slots of the RUN pool: enough for a build's parallel steps and a few concurrent builds.
 const POOL_SLOTS: usize = 16;
