@@ -367,9 +367,9 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         dockerfile_name,
         secrets: crate::check::secrets(&a.secrets)?,
         network: match a.network.as_str() {
-            "host" => solver::graph::NetworkMode::Host,
-            "none" => solver::graph::NetworkMode::None,
-            _ => solver::graph::NetworkMode::Default,
+            "host" => graph::NetworkMode::Host,
+            "none" => graph::NetworkMode::None,
+            _ => graph::NetworkMode::Default,
         },
         ssh,
         security: crate::security::parse(&a.security_opt)?,

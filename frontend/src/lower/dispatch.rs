@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorKind, suggest};
 use crate::instructions::{ArgDef, CmdLine, Command, Instruction, KeyValue, RunInstr, Stage};
 use crate::mounts;
 use cache::oci::Empty;
-use solver::graph::{
+use graph::{
     CopySource, ExecOp, FileAction, FileOp, HistoryStep, InlineFile, NetworkMode, NodeId, Op, Span,
 };
 use std::collections::BTreeSet;
@@ -255,9 +255,9 @@ impl Lowerer<'_> {
                     let body = doc.chomped_content();
                     if doc.content.starts_with("#!") {
                         let n = self.inline_script(st, instr, &doc.name, body);
-                        script_mount = Some(solver::graph::Mount {
+                        script_mount = Some(graph::Mount {
                             target: "/dev/pipes".to_owned(),
-                            kind: solver::graph::MountKind::Bind {
+                            kind: graph::MountKind::Bind {
                                 from: CopySource::Node(n),
                                 source: "/".to_owned(),
                             },

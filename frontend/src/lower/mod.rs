@@ -12,7 +12,7 @@ use crate::instructions::{Command, Dockerfile, Instruction, Stage};
 use crate::shell::{ExpandError, Lex};
 use crate::{BaseImage, BaseImageRef, BuildOptions};
 use cache::oci::{Digest, ImageConfig, Platform};
-use solver::graph::{BuildGraph, HistoryStep, ImageTemplate, Node, NodeId, Op, SourceOp, Span};
+use graph::{BuildGraph, HistoryStep, ImageTemplate, Node, NodeId, Op, SourceOp, Span};
 use std::collections::BTreeMap;
 
 mod copy;
@@ -761,7 +761,7 @@ mod tests {
             .nodes
             .iter()
             .filter_map(|n| match &n.op {
-                solver::graph::Op::Exec(e) => Some(&e.env),
+                graph::Op::Exec(e) => Some(&e.env),
                 _ => None,
             })
             .collect();
