@@ -194,7 +194,7 @@ fn read_dockerignore(dockerfile: &Path, context: &Path) -> anyhow::Result<String
     for p in [PathBuf::from(specific), context.join(".dockerignore")] {
         match std::fs::read_to_string(&p) {
             Ok(s) => {
-                executor::context::Ignore::validate(&p, &s)?;
+                context::Ignore::validate(&p, &s)?;
                 return Ok(s);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

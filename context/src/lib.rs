@@ -1,8 +1,10 @@
-//! Host-side view of COPY sources: `.dockerignore` matching and source expansion.
+//! The build context: `.dockerignore` matching and the expansion of COPY sources.
 //!
 //! The solver hashes what [`walk_sources`] lists to build cache keys, and the copy engine
-//! copies exactly that list, so the two can never disagree. No `unsafe`, no mounts: this runs
-//! in the multi-threaded kiln process as well as in `__init`.
+//! (`executor::copy`, inside the sandbox) copies exactly that list, so the two can never
+//! disagree. No `unsafe`, no mounts: this runs in the multi-threaded kiln process as well as in
+//! `__init`. Paths inside the context are resolved by a [`Resolve`] the caller passes in
+//! (`executor::fsroot::InRoot`, the one resolver of untrusted paths), so this crate is a leaf.
 //!
 //! Rules (Docker/BuildKit):
 //! - a source is cleaned and made relative to the root: `/x`, `./x` and `../x` all mean `x`
@@ -13,6 +15,7 @@
 //!   nothing; a plain source must exist and not be ignored;
 //! - a directory source lists its whole tree (entries under it are not followed), minus
 //!   ignored and `--exclude`d paths.
+#![deny(missing_docs)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -20,6 +23,18 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
+
+mod ignore;
+pub use ignore::{Ignore, IgnoreError};
+
+/// Opens paths inside a directory with every symlink resolved inside it (never above it).
+pub trait Resolve: Sync {
+    /// Opens `rel` (`O_PATH`) below the directory `root`; `..` and absolute symlinks stay
+    /// inside `root`.
+    ///
+    /// Fails with the OS error (`ENOENT`/`ENOTDIR` when the path does not exist).
+    fn resolve_in(&self, root: std::os::fd::BorrowedFd<'_>, rel: &str) -> std::io::Result<OwnedFd>;
+}
 
 /// Errors expanding COPY sources.
 #[derive(Debug, thiserror::Error)]
@@ -49,19 +64,6 @@ pub enum ContextError {
 }
 
 type Result<T> = std::result::Result<T, ContextError>;
-
-/// A `.dockerignore` line BuildKit refuses.
-#[derive(Debug, thiserror::Error)]
-pub enum IgnoreError {
-    /// A line that is only `!` (moby/patternmatcher: `illegal exclusion pattern: "!"`).
-    #[error("{}:{line}: illegal exclusion pattern: \"!\"", file.display())]
-    BareExclusion {
-        /// The `.dockerignore` file.
-        file: PathBuf,
-        /// 1-based line number.
-        line: usize,
-    },
-}
 
 /// Kind of a source entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,109 +114,6 @@ pub struct SourceEntry {
     pub dev: u64,
     /// `st_ino` (for the solver's stat cache).
     pub ino: u64,
-}
-
-/// A compiled `.dockerignore` (also used for `--exclude`).
-#[derive(Debug, Clone, Default)]
-pub struct Ignore {
-    patterns: Vec<Pattern>,
-}
-
-#[derive(Debug, Clone)]
-struct Pattern {
-    negate: bool,
-    segments: Vec<String>,
-}
-
-impl Ignore {
-    /// Parses `.dockerignore` text: one pattern per line, `#` comments, `!` exceptions, a
-    /// leading `/` ignored, `**` for any number of directories. The last matching line wins,
-    /// and a pattern matching a directory matches everything below it.
-    pub fn parse(dockerignore: &str) -> Ignore {
-        Ignore::from_lines(dockerignore.lines())
-    }
-
-    /// Checks `.dockerignore` text read from `file` for lines BuildKit rejects (a bare `!`).
-    /// [`Ignore::parse`] itself skips such lines, so call this where the file is read.
-    pub fn validate(file: &Path, dockerignore: &str) -> std::result::Result<(), IgnoreError> {
-        for (i, line) in dockerignore.lines().enumerate() {
-            if line
-                .trim()
-                .strip_prefix('!')
-                .is_some_and(|rest| rest.trim().is_empty())
-            {
-                return Err(IgnoreError::BareExclusion {
-                    file: file.to_path_buf(),
-                    line: i + 1,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Like [`Ignore::parse`], one pattern per item.
-    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Ignore {
-        let mut patterns = Vec::new();
-        for line in lines {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (negate, pat) = match line.strip_prefix('!') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, line),
-            };
-            let cleaned = clean(pat);
-            if cleaned.is_empty() {
-                continue;
-            }
-            patterns.push(Pattern {
-                negate,
-                segments: cleaned.split('/').map(String::from).collect(),
-            });
-        }
-        Ignore { patterns }
-    }
-
-    /// True when nothing is ignored.
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
-    fn has_exceptions(&self) -> bool {
-        self.patterns.iter().any(|p| p.negate)
-    }
-
-    /// Whether `rel` (relative to the context root, `/`-separated) is ignored.
-    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
-        let _ = is_dir; // Docker cleans the trailing `/` off patterns: files and dirs match alike.
-        let rel = clean(rel);
-        if rel.is_empty() {
-            return false;
-        }
-        let parts: Vec<&str> = rel.split('/').collect();
-        let mut ignored = false;
-        for p in &self.patterns {
-            // The path itself or any of its parents.
-            let hit = (1..=parts.len()).any(|n| match_segments(&p.segments, &parts[..n]));
-            if hit {
-                ignored = !p.negate;
-            }
-        }
-        ignored
-    }
-}
-
-fn match_segments(pat: &[String], path: &[&str]) -> bool {
-    match pat.first() {
-        None => path.is_empty(),
-        Some(s) if s == "**" => {
-            (0..=path.len()).any(|skip| match_segments(&pat[1..], &path[skip..]))
-        }
-        Some(s) => {
-            !path.is_empty() && glob_match(s, path[0]) && match_segments(&pat[1..], &path[1..])
-        }
-    }
 }
 
 /// `filepath.Match` on one path segment: `*`, `?`, `[a-z]`, `[^x]`, `\` escapes.
@@ -323,12 +222,13 @@ pub fn clean(path: &str) -> String {
 /// `exclude` are `--exclude` patterns, matched against paths relative to each match (and
 /// against the basename of the match itself).
 pub fn walk_sources(
+    resolver: &dyn Resolve,
     root: &Path,
     sources: &[String],
     ignore: &Ignore,
     exclude: &[String],
 ) -> Result<Vec<SourceEntry>> {
-    walk(root, sources, ignore, exclude, false)
+    walk(resolver, root, sources, ignore, exclude, false)
 }
 
 /// [`walk_sources`] with sibling subdirectories listed concurrently on the rayon pool (the
@@ -337,15 +237,17 @@ pub fn walk_sources(
 ///
 /// Fails as [`walk_sources`] does.
 pub fn walk_sources_parallel(
+    resolver: &dyn Resolve,
     root: &Path,
     sources: &[String],
     ignore: &Ignore,
     exclude: &[String],
 ) -> Result<Vec<SourceEntry>> {
-    walk(root, sources, ignore, exclude, true)
+    walk(resolver, root, sources, ignore, exclude, true)
 }
 
 fn walk(
+    resolver: &dyn Resolve,
     root: &Path,
     sources: &[String],
     ignore: &Ignore,
@@ -360,6 +262,7 @@ fn walk(
     .map_err(|e| io_err(root, e.into()))?;
     let exclude = Ignore::from_lines(exclude.iter().map(String::as_str));
     let walker = Walker {
+        resolver,
         root,
         root_fd,
         ignore,
@@ -421,6 +324,7 @@ fn io_err(path: &Path, source: std::io::Error) -> ContextError {
 }
 
 struct Walker<'a> {
+    resolver: &'a dyn Resolve,
     root: &'a Path,
     root_fd: OwnedFd,
     ignore: &'a Ignore,
@@ -444,8 +348,11 @@ impl Walker<'_> {
         if rel.is_empty() {
             return Ok(Some(self.root.to_path_buf()));
         }
-        let fd = match crate::fsroot::resolve_in(std::os::fd::AsFd::as_fd(&self.root_fd), rel) {
-            Ok(fd) => fd.into_fd(),
+        let fd = match self
+            .resolver
+            .resolve_in(std::os::fd::AsFd::as_fd(&self.root_fd), rel)
+        {
+            Ok(fd) => fd,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
                 return Ok(None);
             }
@@ -792,6 +699,27 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    /// The resolver of the walk tests: `openat2(RESOLVE_IN_ROOT)`, as `executor::fsroot` does
+    /// on kernels that have it.
+    struct TestRoot;
+
+    impl Resolve for TestRoot {
+        fn resolve_in(
+            &self,
+            root: std::os::fd::BorrowedFd<'_>,
+            rel: &str,
+        ) -> std::io::Result<OwnedFd> {
+            rustix::fs::openat2(
+                root,
+                rel,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+            )
+            .map_err(Into::into)
+        }
+    }
+
     fn ig(text: &str) -> Ignore {
         Ignore::parse(text)
     }
@@ -930,8 +858,9 @@ mod tests {
             std::fs::write(d.path().join(format!("src/d{i}.txt")), "file").expect("write");
         }
         let ig = ig("**/*.tmp\n!src/d3/e1/x.tmp\nsrc/d4\n");
-        let seq = walk_sources(d.path(), &["src".into()], &ig, &[]).expect("walk");
-        let par = walk_sources_parallel(d.path(), &["src".into()], &ig, &[]).expect("walk");
+        let seq = walk_sources(&TestRoot, d.path(), &["src".into()], &ig, &[]).expect("walk");
+        let par =
+            walk_sources_parallel(&TestRoot, d.path(), &["src".into()], &ig, &[]).expect("walk");
         assert_eq!(seq, par);
         assert!(rels(&seq).contains(&"src/d3/e1/x.tmp"));
         assert!(!rels(&seq).iter().any(|r| r.starts_with("src/d4/")));
@@ -941,7 +870,8 @@ mod tests {
     #[test]
     fn directory_source_lists_its_tree_sorted_without_ignored_files() {
         let d = ctx();
-        let e = walk_sources(d.path(), &["src".into()], &ig("**/*.tmp"), &[]).expect("walk");
+        let e =
+            walk_sources(&TestRoot, d.path(), &["src".into()], &ig("**/*.tmp"), &[]).expect("walk");
         assert_eq!(
             rels(&e),
             [
@@ -962,6 +892,7 @@ mod tests {
     fn wildcards_expand_sorted_and_may_match_nothing() {
         let d = ctx();
         let e = walk_sources(
+            &TestRoot,
             d.path(),
             &["*.txt".into(), "*.none".into()],
             &Ignore::default(),
@@ -974,33 +905,64 @@ mod tests {
     #[test]
     fn missing_and_ignored_plain_sources_are_not_found() {
         let d = ctx();
-        let err =
-            walk_sources(d.path(), &["nope".into()], &Ignore::default(), &[]).expect_err("missing");
+        let err = walk_sources(
+            &TestRoot,
+            d.path(),
+            &["nope".into()],
+            &Ignore::default(),
+            &[],
+        )
+        .expect_err("missing");
         assert_eq!(err.to_string(), "file not found in build context: nope");
-        let err =
-            walk_sources(d.path(), &["secret.key".into()], &ig("*.key"), &[]).expect_err("ignored");
+        let err = walk_sources(
+            &TestRoot,
+            d.path(),
+            &["secret.key".into()],
+            &ig("*.key"),
+            &[],
+        )
+        .expect_err("ignored");
         assert!(matches!(err, ContextError::NotFound { .. }));
     }
 
     #[test]
     fn dotdot_is_cleaned_and_symlinks_stay_inside_the_root() {
         let d = ctx();
-        let e = walk_sources(d.path(), &["../../one.txt".into()], &Ignore::default(), &[])
-            .expect("walk");
+        let e = walk_sources(
+            &TestRoot,
+            d.path(),
+            &["../../one.txt".into()],
+            &Ignore::default(),
+            &[],
+        )
+        .expect("walk");
         assert_eq!(rels(&e), ["one.txt"]);
         let real = std::fs::canonicalize(d.path()).expect("canon");
         assert_eq!(e[0].path, real.join("one.txt"));
         // `evil` points far above the root: resolved inside it, it names /etc/passwd of the
         // context, which does not exist.
-        let err =
-            walk_sources(d.path(), &["evil".into()], &Ignore::default(), &[]).expect_err("escape");
+        let err = walk_sources(
+            &TestRoot,
+            d.path(),
+            &["evil".into()],
+            &Ignore::default(),
+            &[],
+        )
+        .expect_err("escape");
         assert!(matches!(err, ContextError::NotFound { .. }));
     }
 
     #[test]
     fn top_level_symlink_is_followed() {
         let d = ctx();
-        let e = walk_sources(d.path(), &["link".into()], &Ignore::default(), &[]).expect("walk");
+        let e = walk_sources(
+            &TestRoot,
+            d.path(),
+            &["link".into()],
+            &Ignore::default(),
+            &[],
+        )
+        .expect("walk");
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].kind, EntryKind::File);
         assert_eq!(e[0].size, 1);
@@ -1011,6 +973,7 @@ mod tests {
     fn exclude_patterns_apply_relative_to_the_match() {
         let d = ctx();
         let e = walk_sources(
+            &TestRoot,
             d.path(),
             &["src".into(), "*.txt".into()],
             &Ignore::default(),
@@ -1025,6 +988,7 @@ mod tests {
     fn ignored_directory_keeps_re_included_children() {
         let d = ctx();
         let e = walk_sources(
+            &TestRoot,
             d.path(),
             &["src".into()],
             &ig("src/sub\n!src/sub/b.rs"),

@@ -97,7 +97,7 @@ pub(super) fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Res
                 &dir,
                 &["stdin.tar".to_owned()],
                 "/",
-                &executor::context::Ignore::parse(""),
+                &context::Ignore::parse(""),
                 &opts,
             )
             .context("build context -: extracting the archive read from stdin")?;
