@@ -1,6 +1,7 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
 mod input;
+mod named;
 
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
@@ -87,7 +88,11 @@ pub struct BuildArgs {
     /// repeated (the first that has a step wins). Layers are downloaded only when needed.
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
-    /// The build context directory.
+    /// `NAME=VALUE`: replace the stage or image NAME with a directory, `docker-image://REF`, a
+    /// git URL or an http(s) archive URL (buildx `--build-context`); may be repeated.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
+    /// The build context: a directory, `-` (stdin), a git URL or an http(s) URL.
     context: PathBuf,
 }
 
@@ -299,12 +304,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
+        named_contexts: Default::default(),
     };
+    let mut opts = opts;
     if a.check {
         return crate::check::run(&text, &opts, &context, &dockerignore);
     }
     let df = frontend::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
+    let store = crate::open_store()?;
+    opts.named_contexts = named::resolve(&a.build_contexts, &store, &opts.platform)?;
     let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
@@ -319,7 +328,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     {
         cache_to.push(crate::cacheopts::CacheTo::Inline);
     }
-    let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
     reg_cfg.progress = matches!(mode, Some(m) if m != Mode::Rawjson);
     let rt = tokio::runtime::Builder::new_multi_thread()

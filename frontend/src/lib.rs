@@ -63,6 +63,10 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     /// The platform built for (kiln builds natively, so also the build platform).
     pub platform: Platform,
+    /// `--build-context NAME=...`: NAME (a stage name, or an image name as a FROM, `--from`
+    /// or `from=` writes it) to the image reference that replaces it, which the caller
+    /// resolves like any base image. A stage of that name is replaced, as BuildKit does.
+    pub named_contexts: BTreeMap<String, String>,
 }
 
 impl BuildOptions {
@@ -73,7 +77,29 @@ impl BuildOptions {
             target: None,
             build_args: BTreeMap::new(),
             platform,
+            named_contexts: BTreeMap::new(),
         }
+    }
+}
+
+impl BuildOptions {
+    /// The reference a `--build-context` gives for `name`: the name as written, or its
+    /// familiar form (`docker.io/library/alpine:latest` is `alpine`), as BuildKit looks named
+    /// contexts up.
+    pub fn named_context(&self, name: &str) -> Option<&str> {
+        if self.named_contexts.is_empty() {
+            return None;
+        }
+        let lower = name.to_ascii_lowercase();
+        let familiar = lower
+            .strip_prefix("docker.io/")
+            .map(|n| n.strip_prefix("library/").unwrap_or(n))
+            .unwrap_or(&lower);
+        let familiar = familiar.strip_suffix(":latest").unwrap_or(familiar);
+        [name, lower.as_str(), familiar]
+            .iter()
+            .find_map(|n| self.named_contexts.get(*n))
+            .map(String::as_str)
     }
 }
 

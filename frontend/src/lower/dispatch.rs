@@ -536,6 +536,9 @@ impl Lowerer<'_> {
                 Some(span),
             )));
         }
+        if self.opts.named_context(from).is_some() {
+            return Ok(FromRef::Image(from.to_owned()));
+        }
         let names = self.stage_names();
         let typo = suggest(from, names.iter().map(String::as_str));
         // A bare name close to a stage name is a typo, not an image (`--from=biulder`).

@@ -249,6 +249,10 @@ impl<'a> Lowerer<'a> {
     }
 
     fn find_stage(&self, name: &str) -> Option<usize> {
+        // A `--build-context` of the stage's name replaces the stage.
+        if self.opts.named_context(name).is_some() {
+            return None;
+        }
         let lower = name.to_ascii_lowercase();
         self.df
             .stages
@@ -315,6 +319,8 @@ impl<'a> Lowerer<'a> {
         name: (String, Option<String>),
         flag: Option<&str>,
     ) -> Result<(NodeId, ImageConfig), Error> {
+        let opts = self.opts;
+        let reference = opts.named_context(reference).unwrap_or(reference);
         if !self.collected.iter().any(|b| b.reference == reference) {
             self.collected.push(BaseImageRef {
                 reference: reference.to_owned(),
@@ -735,6 +741,43 @@ mod tests {
             .map(|r| r.reference)
             .collect();
         assert_eq!(all, ["parent:1", "other:2"]);
+    }
+
+    /// buildx `--build-context`: a stage of that name is replaced, and FROM, `--from` and
+    /// `from=` naming an image (in any spelling of it) read the given reference instead.
+    #[test]
+    fn named_contexts_replace_stages_and_images() {
+        let src = "FROM busybox AS deps
+RUN make
+                   FROM docker.io/library/alpine:latest
+                   COPY --from=deps /a /a
+COPY --from=tools:1 /t /t
+                   RUN --mount=from=deps,target=/m true
+";
+        let df = crate::parse(src).expect("parses");
+        let mut o = opts();
+        o.named_contexts = BTreeMap::from([
+            ("deps".to_owned(), "sha256:".to_owned() + &"d".repeat(64)),
+            (
+                "alpine".to_owned(),
+                "alpine@sha256:".to_owned() + &"a".repeat(64),
+            ),
+            ("tools:1".to_owned(), "registry.test/tools:2".to_owned()),
+        ]);
+        let refs: Vec<String> = crate::base_images(&df, &o)
+            .expect("bases")
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        // The `deps` stage (and its busybox) is gone: nothing lowers it.
+        assert_eq!(
+            refs,
+            [
+                "alpine@sha256:".to_owned() + &"a".repeat(64),
+                "sha256:".to_owned() + &"d".repeat(64),
+                "registry.test/tools:2".to_owned(),
+            ]
+        );
     }
 
     #[test]
