@@ -151,7 +151,8 @@ pub(crate) fn run(spec: &CopySpec) -> std::result::Result<(), InitError> {
                     let (src_root, ignore, from_context) = match from {
                         CopyFrom::Context { dir, ignore } => (
                             dir.clone(),
-                            Ignore::from_lines(ignore.iter().map(String::as_str)),
+                            // The `.dockerignore` lines as read: parsed as the file is.
+                            Ignore::parse(&ignore.join("\n")),
                             true,
                         ),
                         CopyFrom::Layers { lowers } => {
