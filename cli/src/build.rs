@@ -2,6 +2,7 @@
 
 mod input;
 mod named;
+mod oci_layout;
 
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};

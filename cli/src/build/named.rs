@@ -6,9 +6,8 @@
 //!   its files, with its own `.dockerignore` applied, as a one-layer image written to the
 //!   store (content-addressed, so an unchanged directory gives the same image and cache
 //!   keys);
-//!
-//! `oci-layout://` is refused with a message: importing a layout's compressed layers byte for
-//! byte needs a store API that records them as layer sources (not written yet).
+//! - `oci-layout://DIR@sha256:DIGEST` (or `DIR:TAG`, or `DIR` holding one image): the image
+//!   of an OCI layout, imported into the store as it is (`oci_layout.rs`).
 //!
 //! The frontend gets a name-to-reference map ([`frontend::BuildOptions::named_contexts`]);
 //! a store-made image is named by its manifest digest, which `Store::resolve` finds.
@@ -39,13 +38,8 @@ pub(super) fn resolve(
         let reference = if let Some(r) = value.strip_prefix("docker-image://") {
             cache::reference::Reference::parse(r).with_context(at)?;
             r.to_owned()
-        } else if value.starts_with("oci-layout://") {
-            bail!(
-                "{}: oci-layout:// contexts are not supported yet\n\
-                 hint: `skopeo copy oci:DIR docker-daemon:` or push the layout to a registry \
-                 and use docker-image://REF",
-                at()
-            );
+        } else if let Some(layout) = value.strip_prefix("oci-layout://") {
+            super::oci_layout::import(store, layout, platform).with_context(at)?
         } else if let Some(remote) = super::input::fetch_remote(value).with_context(at)? {
             if remote.dockerfile.is_some() {
                 bail!("{}: the URL serves a single file, not an archive", at());
