@@ -413,6 +413,27 @@ impl<'a> Lowerer<'a> {
     }
 
     fn lower_stage(&mut self, stage: &Stage) -> Result<StageState, Error> {
+        // A `--build-context` of the stage's name is the stage (reached only as the target:
+        // other stages see the name as an image).
+        if let Some(r) = stage
+            .name
+            .as_deref()
+            .and_then(|n| self.opts.named_context(n))
+        {
+            let r = r.to_owned();
+            let label = self.stage_label(stage);
+            let name = (
+                format!("{} FROM {r}", step_prefix(&label, 1, 1)),
+                Some(label.unwrap_or_default()),
+            );
+            let (node, mut config) = self.image_node(&r, stage.base_span, name, None)?;
+            default_path(&mut config);
+            return Ok(StageState {
+                node,
+                config,
+                history: Vec::new(),
+            });
+        }
         let platform = match &stage.platform {
             Some(p) => {
                 let span = stage.platform_span.unwrap_or(stage.span);
@@ -778,6 +799,14 @@ COPY --from=tools:1 /t /t
                 "registry.test/tools:2".to_owned(),
             ]
         );
+        // As the target, the replaced stage is the named context's image.
+        o.target = Some("deps".to_owned());
+        let refs: Vec<String> = crate::base_images(&df, &o)
+            .expect("bases")
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        assert_eq!(refs, ["sha256:".to_owned() + &"d".repeat(64)]);
     }
 
     #[test]
