@@ -210,8 +210,9 @@ impl Store {
     }
 }
 
-struct ArchiveWriter<W: Write> {
-    b: tar::Builder<W>,
+/// A tar writer of fixed-metadata entries (root-owned, mtime 0), shared with `export`.
+pub(crate) struct ArchiveWriter<W: Write> {
+    pub(crate) b: tar::Builder<W>,
 }
 
 impl<W: Write> ArchiveWriter<W> {
@@ -227,15 +228,15 @@ impl<W: Write> ArchiveWriter<W> {
         h.set_cksum();
         Ok(h)
     }
-    fn dir(&mut self, name: &str) -> io::Result<()> {
+    pub(crate) fn dir(&mut self, name: &str) -> io::Result<()> {
         let h = Self::header(name, 0, tar::EntryType::Directory, 0o755)?;
         self.b.append(&h, io::empty())
     }
-    fn file(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn file(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
         let h = Self::header(name, data.len() as u64, tar::EntryType::Regular, 0o644)?;
         self.b.append(&h, data)
     }
-    fn stream(&mut self, name: &str, size: u64, r: impl io::Read) -> io::Result<()> {
+    pub(crate) fn stream(&mut self, name: &str, size: u64, r: impl io::Read) -> io::Result<()> {
         let h = Self::header(name, size, tar::EntryType::Regular, 0o644)?;
         self.b.append(&h, r)
     }

@@ -136,8 +136,12 @@ impl Store {
     }
 
     fn memo_path(&self, diff_id: &Digest, c: Compression) -> std::path::PathBuf {
-        self.path("compressed")
-            .join(format!("{}-{}-{}", diff_id.hex(), c.codec.name(), c.level))
+        self.dir(kroot::Dir::Compressed).join(format!(
+            "{}-{}-{}",
+            diff_id.hex(),
+            c.codec.name(),
+            c.level
+        ))
     }
 }
 
@@ -152,7 +156,7 @@ pub struct LayerSource {
 
 impl Store {
     fn source_path(&self, diff_id: &Digest) -> std::path::PathBuf {
-        self.path("layers").join(diff_id.hex())
+        self.dir(kroot::Dir::Layers).join(diff_id.hex())
     }
 
     /// Records that the tar of `diff_id` is the decompression of `blob` (already in the store

@@ -3,7 +3,8 @@
 //!
 //! Mark and sweep. The roots are:
 //! - tagged images (`images/`): their manifests (or indexes), configs and layers;
-//! - containers (`containers/<id>/spec.json`): the snapshots their overlays use;
+//! - the layers each tenant reports ([`GcRoots::layers`]: cli's containers, whose overlays
+//!   use snapshots);
 //! - the build cache records that the prune keeps: their layer chains;
 //! - unless [`PruneOptions::all`]: every image manifest in the store, tagged or not (an untagged
 //!   build result is an image the user can still run by ID), found by reading the small JSON
@@ -11,8 +12,8 @@
 //! - the compressed copies (`compressed/` memos) of every layer kept, and the compressed blob a
 //!   pulled layer is kept as instead of its tar (`layers/<diffid>`, see [`crate::compress`]).
 //!
-//! Everything else under `blobs/`, `snapshots/`, `compressed/` and `layers/` is removed, and so
-//! are the `--explain` per-file details (`explain/files/<digest>`) that no step record names. A
+//! Everything else under `blobs/`, `snapshots/`, `compressed/` and `layers/` is removed; then
+//! each tenant sweeps its own files ([`GcRoots::sweep`]: the solver's `--explain` details). A
 //! snapshot is first renamed into `tmp/` and then deleted, so a crash never leaves a half-deleted
 //! snapshot that [`Store::has_layer`] would trust; the snapshot goes before its blob for the same
 //! reason.
@@ -20,14 +21,19 @@
 //! Concurrency: the caller holds [`Store::lock_exclusive`]. Builds, pulls and pushes hold
 //! [`Store::lock_shared`] for as long as they use the store, so while GC runs nothing is in
 //! flight and nothing a build holds can be deleted. (The one process that uses snapshots without
-//! the lock is a running container; `spec.json` makes its snapshots roots.)
+//! the lock is a running container; its tenant reports its snapshots as roots.)
 //!
-//! Last use: a cache record's mtime is its last use ([`Store::cache_get`] touches it on every
-//! lookup); a cache mount's is the newer of its directory's and its lock file's mtimes (the
-//! solver touches the lock file whenever a RUN mounts it). `until` and `keep_storage` go by it.
+//! Build cache entries: the store's records and the entries tenants report
+//! ([`GcRoots::cache_entries`]: the solver's cache mounts). A record's mtime is its last use
+//! ([`Store::cache_get`] touches it on every lookup); a tenant says when its entries were last
+//! used. `until` and `keep_storage` go by it.
 //!
 //! Temp space: names made by [`Store::temp_dir`] carry the creating process's pid; an entry
 //! whose process is gone is garbage ([`Store::clean_stale_tmp`], safe under a shared lock too).
+
+mod roots;
+
+pub use roots::{GcRoots, TenantEntry};
 
 use crate::oci::Digest;
 use crate::records::CacheRecord;
@@ -116,6 +122,8 @@ struct Entry {
     layers: Vec<String>,
     /// Bytes of the entry itself (record file, cache mount tree).
     own_bytes: u64,
+    /// A tenant entry's lock file (see [`TenantEntry::lock`]).
+    lock: Option<PathBuf>,
 }
 
 /// Keep-sets of the mark phase (digest hex).
@@ -189,20 +197,32 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 impl Store {
-    /// Removes build cache entries chosen by `opts`, then every blob, snapshot and compressed
-    /// copy that no root (see the module docs) refers to, then stale temp entries.
+    /// Removes build cache entries chosen by `opts` (the store's records and the `tenants'`
+    /// entries), then every blob, snapshot and compressed copy that no root (see the module
+    /// docs) refers to, then lets each tenant sweep, then removes stale temp entries.
     ///
     /// The caller must hold [`Store::lock_exclusive`]. Fails on I/O errors; what was removed
     /// before the error stays removed (each removal is atomic on its own).
-    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
+    pub fn prune(&self, opts: &PruneOptions, tenants: &[&dyn GcRoots]) -> Result<PruneReport> {
         let mut report = PruneReport::default();
         let mut seen = HashSet::new();
         let mut roots = Marks::default();
         self.mark_images(&mut roots, opts.all)?;
-        self.mark_containers(&mut roots)?;
-
         let mut entries = self.records()?;
-        entries.extend(self.cache_mounts()?);
+        for t in tenants {
+            for l in t.layers()? {
+                roots.layer(l.hex());
+            }
+            entries.extend(t.cache_entries()?.into_iter().map(|e| Entry {
+                kind: EntryKind::CacheMount,
+                id: e.id,
+                path: e.path,
+                last_used: e.last_used,
+                layers: Vec::new(),
+                own_bytes: e.bytes,
+                lock: e.lock,
+            }));
+        }
         entries.sort_by_key(|e| e.last_used);
         let remove = choose(&entries, &roots, opts, |hex| self.layer_bytes(hex));
 
@@ -221,7 +241,7 @@ impl Store {
             }
             let freed = match e.kind {
                 EntryKind::Record => remove_file(&e.path, &mut seen)?,
-                EntryKind::CacheMount => match self.remove_cache_mount(&e.path, &mut seen)? {
+                EntryKind::CacheMount => match self.remove_tenant_entry(e, &mut seen)? {
                     Some(n) => n,
                     // Held by a build after all (a lock taken outside the store lock): kept.
                     None => continue,
@@ -236,7 +256,7 @@ impl Store {
 
         report.reclaimed += self.sweep_memos(&mut marks, &mut seen)?;
         report.reclaimed += self.sweep_layer_sources(&mut marks, &mut seen)?;
-        let dir = self.path("snapshots");
+        let dir = self.dir(kroot::Dir::Snapshots);
         for ent in read_dir(&dir)? {
             let name = ent.file_name().to_string_lossy().into_owned();
             if !marks.snapshots.contains(&name) {
@@ -244,7 +264,7 @@ impl Store {
                 report.snapshots += 1;
             }
         }
-        let dir = self.path("blobs/sha256");
+        let dir = self.dir(kroot::Dir::Blobs);
         for ent in read_dir(&dir)? {
             let name = ent.file_name().to_string_lossy().into_owned();
             if !marks.blobs.contains(&name) {
@@ -252,7 +272,13 @@ impl Store {
                 report.blobs += 1;
             }
         }
-        report.reclaimed += self.sweep_explain_files(&mut seen)?;
+        for t in tenants {
+            report.reclaimed += t.sweep()?;
+        }
+        // Directories an older kiln used under names this one no longer reads.
+        for name in kroot::Dir::RETIRED {
+            report.reclaimed += self.remove_tree(&self.root().join(name), &mut seen)?;
+        }
         let (n, bytes) = self.clean_tmp(true, opts.now, &mut seen)?;
         report.tmp = n;
         report.reclaimed += bytes;
@@ -279,7 +305,7 @@ impl Store {
     ) -> Result<(u64, u64)> {
         let (mut n, mut bytes) = (0, 0);
         let me = std::process::id();
-        for ent in read_dir(&self.path("tmp"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::Tmp))? {
             let name = ent.file_name().to_string_lossy().into_owned();
             let stale = match tmp_owner(&name) {
                 Some(pid) => pid != me && !Path::new(&format!("/proc/{pid}")).exists(),
@@ -324,7 +350,7 @@ impl Store {
             todo.push(d.hex().to_owned());
         }
         if !all {
-            for ent in read_dir(&self.path("blobs/sha256"))? {
+            for ent in read_dir(&self.dir(kroot::Dir::Blobs))? {
                 let small = ent.metadata().is_ok_and(|m| m.len() <= MAX_MANIFEST);
                 if small
                     && self
@@ -339,7 +365,7 @@ impl Store {
             if !marks.blobs.insert(hex.clone()) {
                 continue;
             }
-            let Some(v) = self.small_json(&self.path("blobs/sha256").join(&hex)) else {
+            let Some(v) = self.small_json(&self.dir(kroot::Dir::Blobs).join(&hex)) else {
                 continue;
             };
             let digest_hex = |d: &serde_json::Value| {
@@ -352,7 +378,7 @@ impl Store {
                 // A pulled image's manifest lists compressed blobs; its layers (snapshots and
                 // tars, by diff_id) are named by the config.
                 let diff_ids = self
-                    .small_json(&self.path("blobs/sha256").join(&c))
+                    .small_json(&self.dir(kroot::Dir::Blobs).join(&c))
                     .and_then(|cfg| cfg.pointer("/rootfs/diff_ids").cloned());
                 for d in diff_ids
                     .as_ref()
@@ -401,39 +427,10 @@ impl Store {
         serde_json::from_slice(&buf).ok()
     }
 
-    /// Marks the snapshots (and layer blobs) that containers' overlays use.
-    fn mark_containers(&self, marks: &mut Marks) -> Result<()> {
-        let snapshots = self.path("snapshots");
-        for ent in read_dir(&self.path("containers"))? {
-            let Ok(bytes) = fs::read(ent.path().join("spec.json")) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                continue;
-            };
-            let mut stack = vec![&v];
-            while let Some(v) = stack.pop() {
-                match v {
-                    serde_json::Value::String(s) => {
-                        if let Ok(rest) = Path::new(s).strip_prefix(&snapshots)
-                            && let Some(first) = rest.iter().next()
-                        {
-                            marks.layer(&first.to_string_lossy());
-                        }
-                    }
-                    serde_json::Value::Array(a) => stack.extend(a),
-                    serde_json::Value::Object(o) => stack.extend(o.values()),
-                    _ => {}
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Every build cache record with its last use (an unreadable record holds nothing).
     fn records(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        for ent in read_dir(&self.path("cachekeys"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::CacheKeys))? {
             let Ok(md) = ent.metadata() else { continue };
             let rec: CacheRecord = fs::read(ent.path())
                 .ok()
@@ -446,32 +443,7 @@ impl Store {
                 last_used: mtime(&md),
                 layers: rec.layers.iter().map(|d| d.hex().to_owned()).collect(),
                 own_bytes: md.len(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Every cache mount directory with its last use and size.
-    fn cache_mounts(&self) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
-        let dir = self.path("cachemounts");
-        for ent in read_dir(&dir)? {
-            let Ok(md) = ent.metadata() else { continue };
-            if !md.is_dir() {
-                continue;
-            }
-            let name = ent.file_name().to_string_lossy().into_owned();
-            let lock_used = fs::metadata(dir.join(format!("{name}.lock")))
-                .map(|m| mtime(&m))
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let mut seen = HashSet::new();
-            out.push(Entry {
-                kind: EntryKind::CacheMount,
-                own_bytes: crate::usage::tree_bytes(&ent.path(), &mut seen),
-                id: name,
-                path: ent.path(),
-                last_used: mtime(&md).max(lock_used),
-                layers: Vec::new(),
+                lock: None,
             });
         }
         Ok(out)
@@ -480,7 +452,7 @@ impl Store {
     /// Bytes of a layer: its tar blob (or the compressed blob it is kept as) and its snapshot.
     fn layer_bytes(&self, hex: &str) -> u64 {
         let mut seen = HashSet::new();
-        let tar = self.path("blobs/sha256").join(hex);
+        let tar = self.dir(kroot::Dir::Blobs).join(hex);
         let blob = match fs::symlink_metadata(&tar) {
             Ok(_) => tar,
             Err(_) => format!("sha256:{hex}")
@@ -490,13 +462,13 @@ impl Store {
                 .map_or(tar, |src| self.blob_path(&src.blob.digest)),
         };
         crate::usage::tree_bytes(&blob, &mut seen)
-            + crate::usage::tree_bytes(&self.path("snapshots").join(hex), &mut seen)
+            + crate::usage::tree_bytes(&self.dir(kroot::Dir::Snapshots).join(hex), &mut seen)
     }
 
     /// Removes the memos of layers not kept and marks the compressed blobs of those kept.
     fn sweep_memos(&self, marks: &mut Marks, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
         let mut bytes = 0;
-        for ent in read_dir(&self.path("compressed"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::Compressed))? {
             let name = ent.file_name().to_string_lossy().into_owned();
             let diff_id = name.split('-').next().unwrap_or("");
             let target = fs::read(ent.path())
@@ -520,7 +492,7 @@ impl Store {
         seen: &mut HashSet<(u64, u64)>,
     ) -> Result<u64> {
         let mut bytes = 0;
-        for ent in read_dir(&self.path("layers"))? {
+        for ent in read_dir(&self.dir(kroot::Dir::Layers))? {
             let name = ent.file_name().to_string_lossy().into_owned();
             let source = fs::read(ent.path())
                 .ok()
@@ -530,32 +502,6 @@ impl Store {
                     marks.blobs.insert(src.blob.digest.hex().to_owned());
                 }
                 _ => bytes += remove_file(&ent.path(), seen)?,
-            }
-        }
-        Ok(bytes)
-    }
-
-    /// Removes `explain/files/<digest>` (the solver's per-file details of COPY sources, kept
-    /// for `--explain`) that no step record in `explain/` names any more.
-    fn sweep_explain_files(&self, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
-        let mut named = HashSet::new();
-        for ent in read_dir(&self.path("explain"))? {
-            if !ent.file_type().is_ok_and(|t| t.is_file()) {
-                continue;
-            }
-            let Ok(text) = fs::read_to_string(ent.path()) else {
-                continue;
-            };
-            for (i, _) in text.match_indices("sha256:") {
-                if let Some(hex) = text.get(i + 7..i + 7 + 64) {
-                    named.insert(hex.to_owned());
-                }
-            }
-        }
-        let mut bytes = 0;
-        for ent in read_dir(&self.path("explain/files"))? {
-            if !named.contains(ent.file_name().to_string_lossy().as_ref()) {
-                bytes += remove_file(&ent.path(), seen)?;
             }
         }
         Ok(bytes)
@@ -576,31 +522,31 @@ impl Store {
         Ok(bytes)
     }
 
-    /// Removes a cache mount unless a build holds its lock. `None` when it is in use.
-    fn remove_cache_mount(
+    /// Removes a tenant's entry unless a build holds its lock. `None` when it is in use.
+    fn remove_tenant_entry(
         &self,
-        dir: &Path,
+        e: &Entry,
         seen: &mut HashSet<(u64, u64)>,
     ) -> Result<Option<u64>> {
-        let mut lock_path = dir.as_os_str().to_owned();
-        lock_path.push(".lock");
-        let lock_path = PathBuf::from(lock_path);
-        let lock = match fs::File::open(&lock_path) {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_err("open", &lock_path)(e)),
+        let lock = match &e.lock {
+            None => None,
+            Some(p) => match fs::File::open(p) {
+                Ok(f) => Some((f, p)),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+                Err(err) => return Err(io_err("open", p)(err)),
+            },
         };
-        if let Some(l) = &lock {
+        if let Some((l, p)) = &lock {
             match l.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),
-                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
+                Err(fs::TryLockError::Error(err)) => return Err(io_err("lock", p)(err)),
             }
         }
-        let bytes = self.remove_tree(dir, seen)?;
-        if lock.is_some() {
+        let bytes = self.remove_tree(&e.path, seen)?;
+        if let Some((_, p)) = &lock {
             // Unlinked while we hold it: no build waits on it (they hold the store lock).
-            let _ = fs::remove_file(&lock_path);
+            let _ = fs::remove_file(p);
         }
         Ok(Some(bytes))
     }
@@ -761,7 +707,7 @@ mod tests {
     #[test]
     fn prune_removes_records_and_what_only_they_hold() {
         let w = world();
-        let r = w.store.prune(&PruneOptions::default()).expect("prune");
+        let r = w.store.prune(&PruneOptions::default(), &[]).expect("prune");
         assert_eq!(r.removed.len(), 1);
         assert_eq!(r.removed[0].id, w.record.hex());
         assert!(w.store.cache_get(&w.record).expect("get").is_none());
@@ -772,9 +718,14 @@ mod tests {
         assert!(r.reclaimed > 0);
         assert_eq!(r.snapshots, 1);
         // Nothing left over in tmp/.
-        assert_eq!(fs::read_dir(w.store.path("tmp")).expect("tmp").count(), 0);
+        assert_eq!(
+            fs::read_dir(w.store.dir(kroot::Dir::Tmp))
+                .expect("tmp")
+                .count(),
+            0
+        );
         // A second prune finds nothing.
-        let again = w.store.prune(&PruneOptions::default()).expect("prune");
+        let again = w.store.prune(&PruneOptions::default(), &[]).expect("prune");
         assert_eq!(
             (again.removed.len(), again.blobs, again.reclaimed),
             (0, 0, 0)
@@ -786,10 +737,13 @@ mod tests {
         let w = world();
         let r = w
             .store
-            .prune(&PruneOptions {
-                all: true,
-                ..Default::default()
-            })
+            .prune(
+                &PruneOptions {
+                    all: true,
+                    ..Default::default()
+                },
+                &[],
+            )
             .expect("prune");
         assert!(!w.store.has_blob(&w.dangling_manifest));
         assert!(!w.store.has_layer(&w.dangling_top));
@@ -808,10 +762,10 @@ mod tests {
             now: SystemTime::now() + Duration::from_secs(secs),
             ..Default::default()
         };
-        let r = w.store.prune(&later(60)).expect("prune");
+        let r = w.store.prune(&later(60), &[]).expect("prune");
         assert!(r.removed.is_empty(), "used a minute ago");
         assert!(w.store.has_layer(&w.cache_only));
-        let r = w.store.prune(&later(7200)).expect("prune");
+        let r = w.store.prune(&later(7200), &[]).expect("prune");
         assert_eq!(r.removed.len(), 1, "unused for two hours");
         assert!(!w.store.has_layer(&w.cache_only));
     }
@@ -833,16 +787,19 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(600);
         fs::File::options()
             .write(true)
-            .open(w.store.path("cachekeys").join(w.record.hex()))
+            .open(w.store.dir(kroot::Dir::CacheKeys).join(w.record.hex()))
             .expect("open")
             .set_modified(old)
             .expect("mtime");
         let r = w
             .store
-            .prune(&PruneOptions {
-                keep_storage: Some(w.store.layer_bytes(other.hex()) + 1024),
-                ..Default::default()
-            })
+            .prune(
+                &PruneOptions {
+                    keep_storage: Some(w.store.layer_bytes(other.hex()) + 1024),
+                    ..Default::default()
+                },
+                &[],
+            )
             .expect("prune");
         assert_eq!(r.removed.len(), 1);
         assert_eq!(r.removed[0].id, w.record.hex(), "the older one goes");
@@ -851,14 +808,46 @@ mod tests {
         assert!(!w.store.has_layer(&w.cache_only));
     }
 
+    /// A tenant that reports what it is given and counts its sweeps.
+    #[derive(Debug, Default)]
+    struct Tenant {
+        layers: Vec<Digest>,
+        entries: Vec<TenantEntry>,
+        swept: std::cell::Cell<u32>,
+    }
+
+    impl GcRoots for Tenant {
+        fn layers(&self) -> Result<Vec<Digest>> {
+            Ok(self.layers.clone())
+        }
+        fn cache_entries(&self) -> Result<Vec<TenantEntry>> {
+            Ok(self.entries.clone())
+        }
+        fn sweep(&self) -> Result<u64> {
+            self.swept.set(self.swept.get() + 1);
+            Ok(0)
+        }
+    }
+
     #[test]
-    fn cache_mounts_go_unless_locked_and_compressed_copies_follow_their_layer() {
+    fn tenant_entries_go_unless_locked_and_compressed_copies_follow_their_layer() {
         let w = world();
-        let mounts = w.store.root().join("cachemounts");
-        for m in ["free", "held"] {
+        let mounts = w.store.root().join("mounts");
+        let mut tenant = Tenant::default();
+        for m in ["free", "held", "unlocked"] {
             fs::create_dir_all(mounts.join(m)).expect("mkdir");
             fs::write(mounts.join(m).join("pkg"), b"downloaded").expect("write");
-            fs::write(mounts.join(format!("{m}.lock")), b"").expect("lock file");
+            let lock = (m != "unlocked").then(|| mounts.join(format!("{m}.lock")));
+            if let Some(l) = &lock {
+                fs::write(l, b"").expect("lock file");
+            }
+            tenant.entries.push(TenantEntry {
+                id: m.to_owned(),
+                path: mounts.join(m),
+                last_used: SystemTime::UNIX_EPOCH,
+                bytes: 10,
+                lock,
+            });
         }
         let held = fs::File::open(mounts.join("held.lock")).expect("open");
         held.lock_shared().expect("lock");
@@ -868,15 +857,31 @@ mod tests {
         };
         let kept = w.store.compressed_layer(&w.shared, gz).expect("gzip");
         let gone = w.store.compressed_layer(&w.cache_only, gz).expect("gzip");
-        let r = w.store.prune(&PruneOptions::default()).expect("prune");
+        let r = w
+            .store
+            .prune(&PruneOptions::default(), &[&tenant])
+            .expect("prune");
         assert!(!mounts.join("free").exists());
         assert!(!mounts.join("free.lock").exists());
+        assert!(!mounts.join("unlocked").exists());
         assert!(mounts.join("held/pkg").exists(), "in use: kept");
-        assert!(r.removed.iter().any(|e| e.kind == EntryKind::CacheMount));
+        let mut removed: Vec<&str> = r
+            .removed
+            .iter()
+            .filter(|e| e.kind == EntryKind::CacheMount)
+            .map(|e| e.id.as_str())
+            .collect();
+        removed.sort_unstable();
+        assert_eq!(removed, ["free", "unlocked"]);
+        assert_eq!(
+            tenant.swept.get(),
+            1,
+            "the tenant sweeps once, after the sweep"
+        );
         assert!(w.store.has_blob(&kept.digest));
         assert!(!w.store.has_blob(&gone.digest));
         assert_eq!(
-            fs::read_dir(w.store.path("compressed"))
+            fs::read_dir(w.store.dir(kroot::Dir::Compressed))
                 .expect("dir")
                 .count(),
             1
@@ -897,16 +902,19 @@ mod tests {
             let size = fs::metadata(w.store.blob_path(l)).expect("tar").len();
             w.store.record_layer_source(l, &desc, size).expect("source");
             fs::remove_file(w.store.blob_path(l)).expect("drop the tar");
-            fs::remove_dir_all(w.store.path("compressed")).expect("no memo");
-            fs::create_dir(w.store.path("compressed")).expect("mkdir");
+            fs::remove_dir_all(w.store.dir(kroot::Dir::Compressed)).expect("no memo");
+            fs::create_dir(w.store.dir(kroot::Dir::Compressed)).expect("mkdir");
             assert!(w.store.has_layer(l));
             sources.push(desc.digest);
         }
         w.store
-            .prune(&PruneOptions {
-                all: true,
-                ..Default::default()
-            })
+            .prune(
+                &PruneOptions {
+                    all: true,
+                    ..Default::default()
+                },
+                &[],
+            )
             .expect("prune");
         assert!(
             w.store.has_layer(&w.shared),
@@ -916,7 +924,9 @@ mod tests {
         assert!(!w.store.has_layer(&w.cache_only));
         assert!(!w.store.has_blob(&sources[1]));
         assert_eq!(
-            fs::read_dir(w.store.path("layers")).expect("dir").count(),
+            fs::read_dir(w.store.dir(kroot::Dir::Layers))
+                .expect("dir")
+                .count(),
             1
         );
         let tagged = w.store.resolve("app:1").expect("resolve").expect("tagged");
@@ -930,36 +940,27 @@ mod tests {
     }
 
     #[test]
-    fn containers_keep_their_snapshots() {
+    fn a_tenants_layers_keep_their_snapshots_and_blobs() {
         let w = world();
-        let c = w.store.root().join("containers/c1");
-        fs::create_dir_all(&c).expect("mkdir");
-        let spec =
-            serde_json::json!({"rootfs": {"lowers": [w.store.snapshot_path(&w.cache_only)]}});
-        fs::write(c.join("spec.json"), spec.to_string()).expect("spec");
-        w.store
-            .prune(&PruneOptions {
-                all: true,
-                ..Default::default()
-            })
-            .expect("prune");
-        assert!(w.store.has_layer(&w.cache_only));
-    }
-
-    #[test]
-    fn explain_details_go_when_no_step_record_names_them() {
-        let w = world();
-        let files = w.store.root().join("explain/files");
-        fs::create_dir_all(&files).expect("mkdir");
-        let (named, orphan) = (Digest::of(b"named"), Digest::of(b"orphan"));
-        for d in [&named, &orphan] {
-            fs::write(files.join(d.hex()), b"{}").expect("write");
-        }
-        let record = serde_json::json!({"[1/2]": {"contents": [named.to_string()]}});
-        fs::write(w.store.root().join("explain/abc"), record.to_string()).expect("write");
-        w.store.prune(&PruneOptions::default()).expect("prune");
-        assert!(files.join(named.hex()).exists());
-        assert!(!files.join(orphan.hex()).exists());
+        let tenant = Tenant {
+            layers: vec![w.cache_only.clone()],
+            ..Tenant::default()
+        };
+        let opts = PruneOptions {
+            all: true,
+            ..Default::default()
+        };
+        w.store.prune(&opts, &[&tenant]).expect("prune");
+        assert!(w.store.has_layer(&w.cache_only), "the tenant's layer stays");
+        assert!(w.store.has_blob(&w.cache_only), "and so does its tar blob");
+        assert!(
+            !w.store.has_layer(&w.dangling_top),
+            "what nobody names goes"
+        );
+        // Without the tenant, the layer only the pruned record held goes.
+        w.store.prune(&opts, &[]).expect("prune");
+        assert!(!w.store.has_layer(&w.cache_only));
+        assert!(!w.store.has_blob(&w.cache_only));
     }
 
     #[test]
@@ -967,10 +968,10 @@ mod tests {
         let w = world();
         let mine = w.store.temp_dir("step-").expect("temp");
         // A pid that cannot exist (above pid_max's ceiling of 2^22).
-        let dead = w.store.path("tmp").join("step--99999999-0-1f");
+        let dead = w.store.dir(kroot::Dir::Tmp).join("step--99999999-0-1f");
         fs::create_dir(&dead).expect("mkdir");
         fs::write(dead.join("f"), b"left by a killed build").expect("write");
-        let unnamed = w.store.path("tmp").join("something");
+        let unnamed = w.store.dir(kroot::Dir::Tmp).join("something");
         fs::write(&unnamed, b"?").expect("write");
         assert_eq!(w.store.clean_stale_tmp().expect("clean"), 1);
         assert!(!dead.exists());

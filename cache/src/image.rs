@@ -69,7 +69,8 @@ impl Store {
     }
 
     fn ref_path(&self, r: &Reference) -> PathBuf {
-        self.path("images").join(encode_ref(&r.to_string()))
+        self.dir(kroot::Dir::Images)
+            .join(encode_ref(&r.to_string()))
     }
 
     /// Writes `config` (its `rootfs.diff_ids` set by the caller) and an OCI manifest listing
@@ -290,7 +291,7 @@ impl Store {
     ///
     /// Fails on I/O errors reading `images/`.
     pub fn list_images(&self) -> Result<Vec<(Reference, Digest)>> {
-        let dir = self.path("images");
+        let dir = self.dir(kroot::Dir::Images);
         let mut out = Vec::new();
         for ent in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
             let ent = ent.map_err(io_err("read directory", &dir))?;

@@ -24,7 +24,9 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod blocking;
 pub mod compress;
+pub mod export;
 pub mod gc;
 pub mod image;
 pub mod layer;

@@ -23,7 +23,7 @@ impl Store {
     ///
     /// Fails on I/O errors or a record that does not parse.
     pub fn cache_get(&self, key: &Digest) -> Result<Option<CacheRecord>> {
-        let p = self.path("cachekeys").join(key.hex());
+        let p = self.dir(kroot::Dir::CacheKeys).join(key.hex());
         // Writable to set the mtime; a store we may only read still answers lookups.
         let opened = fs::File::options()
             .read(true)
@@ -53,7 +53,7 @@ impl Store {
     ///
     /// Fails on I/O errors.
     pub fn cache_put(&self, key: &Digest, rec: &CacheRecord) -> Result<()> {
-        let p = self.path("cachekeys").join(key.hex());
+        let p = self.dir(kroot::Dir::CacheKeys).join(key.hex());
         let bytes = serde_json::to_vec(rec).map_err(|source| StoreError::Json {
             path: p.clone(),
             source,
@@ -85,7 +85,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let key = Digest::of(b"key");
         store.cache_put(&key, &CacheRecord::default()).unwrap();
-        let p = store.path("cachekeys").join(key.hex());
+        let p = store.dir(kroot::Dir::CacheKeys).join(key.hex());
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         fs::File::options()
             .write(true)

@@ -102,7 +102,7 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 impl Store {
     /// `KILN_ROOT/snapshots/<hex>`: the extracted layer, usable as an overlay lower dir.
     pub fn snapshot_path(&self, diff_id: &Digest) -> PathBuf {
-        self.path("snapshots").join(diff_id.hex())
+        self.dir(kroot::Dir::Snapshots).join(diff_id.hex())
     }
 
     /// True when the layer's snapshot directory and its tar are present: the tar blob, or a

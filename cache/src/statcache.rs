@@ -3,7 +3,7 @@
 //! rebuild reads no unchanged file.
 //!
 //! One cache file per context directory, `KILN_ROOT/statcache/<sha256 of the context path>`,
-//! written atomically (temp file + rename). The racy-git rule applies: an entry whose mtime or
+//! written atomically (`kroot::write_atomic`). The racy-git rule applies: an entry whose mtime or
 //! ctime is not older than the moment the cache file was written may have been changed within
 //! the same timestamp tick after it was hashed, so it is hashed again (and stays racy until a
 //! later save finds it older).
@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -160,8 +160,8 @@ impl StatCache {
     /// The cache file for `context` under `kiln_root`.
     pub fn file_for(kiln_root: &Path, context: &Path) -> PathBuf {
         let abs = fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
-        kiln_root
-            .join("statcache")
+        kroot::Dir::StatCache
+            .path(kiln_root)
             .join(Digest::of(abs.as_os_str().as_bytes()).hex())
     }
 
@@ -286,20 +286,7 @@ impl StatCache {
             path: self.file.clone(),
             source,
         };
-        let dir = self.file.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            self.file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        let mut f = fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&buf).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        fs::rename(&tmp, &self.file).map_err(err)
+        kroot::write_atomic(&self.file, &buf).map_err(err)
     }
 }
 

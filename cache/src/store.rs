@@ -132,15 +132,6 @@ struct Inner {
     root: PathBuf,
 }
 
-const LAYOUT_DIRS: &[&str] = &[
-    "tmp",
-    "blobs/sha256",
-    "snapshots",
-    "images",
-    "cachekeys",
-    "compressed",
-];
-
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique_suffix() -> String {
@@ -157,8 +148,8 @@ impl Store {
     /// Fails when a directory cannot be created.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for d in LAYOUT_DIRS {
-            let p = root.join(d);
+        for d in kroot::Dir::CREATED_AT_OPEN {
+            let p = d.path(&root);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
         Ok(Store {
@@ -171,8 +162,9 @@ impl Store {
         &self.inner.root
     }
 
-    pub(crate) fn path(&self, rel: &str) -> PathBuf {
-        self.inner.root.join(rel)
+    /// The directory `d` of this root (see [`kroot::Dir`] for what each holds).
+    pub fn dir(&self, d: kroot::Dir) -> PathBuf {
+        d.path(&self.inner.root)
     }
 
     /// Takes a shared lock on `KILN_ROOT/lock` (held by builds). Blocks while GC holds it.
@@ -203,7 +195,7 @@ impl Store {
     }
 
     fn lock(&self, op: rustix::fs::FlockOperation) -> Result<RootLock> {
-        let path = self.path("lock");
+        let path = self.root().join(kroot::LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -227,7 +219,7 @@ impl Store {
     pub fn temp_dir(&self, prefix: &str) -> Result<TempDir> {
         loop {
             let path = self
-                .path("tmp")
+                .dir(kroot::Dir::Tmp)
                 .join(format!("{prefix}-{}", unique_suffix()));
             match fs::create_dir(&path) {
                 Ok(()) => return Ok(TempDir { path: Some(path) }),
@@ -240,7 +232,7 @@ impl Store {
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<TempFile> {
         loop {
             let path = self
-                .path("tmp")
+                .dir(kroot::Dir::Tmp)
                 .join(format!("{prefix}-{}", unique_suffix()));
             match OpenOptions::new()
                 .write(true)
@@ -264,7 +256,7 @@ impl Store {
 
     /// The path a blob has (or would have) in the store.
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.path("blobs/sha256").join(d.hex())
+        self.dir(kroot::Dir::Blobs).join(d.hex())
     }
 
     /// True when the blob is in the store.
@@ -342,7 +334,9 @@ impl Store {
         Ok(data)
     }
 
-    /// Writes `data` to `dest` atomically (temp file in `tmp/`, fsync, rename).
+    /// Writes `data` to `dest` atomically: [`kroot::write_atomic`]'s steps, with the temp file
+    /// under `tmp/` rather than beside `dest`, so that the store's directories (`images/`,
+    /// `cachekeys/`, listed by readers) never show a temp and gc removes a killed writer's.
     pub(crate) fn write_atomic(&self, dest: &Path, data: &[u8]) -> Result<()> {
         let mut tmp = self.temp_file("write")?;
         tmp.file
@@ -403,17 +397,13 @@ impl TempFile {
             .expect("TempFile path is only taken by persist, which consumes it")
     }
 
-    /// fsync + rename onto `dest`.
+    /// fsync, rename onto `dest`, fsync `dest`'s directory ([`kroot::commit`]).
     pub(crate) fn persist(mut self, dest: &Path) -> Result<()> {
         let path = self
             .path
             .take()
             .expect("TempFile path is only taken by persist");
-        let res = self
-            .file
-            .sync_all()
-            .map_err(io_err("fsync", &path))
-            .and_then(|()| fs::rename(&path, dest).map_err(io_err("rename into", dest)));
+        let res = kroot::commit(&self.file, &path, dest).map_err(io_err("commit into", dest));
         if res.is_err() {
             let _ = fs::remove_file(&path);
         }
@@ -580,7 +570,7 @@ mod tests {
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
         assert!(!store.has_blob(&Digest::of(b"hello!")));
         // Nothing is left in tmp/.
-        assert_eq!(fs::read_dir(store.path("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(store.dir(kroot::Dir::Tmp)).unwrap().count(), 0);
     }
 
     #[test]

@@ -42,10 +42,9 @@ impl Store {
     ///
     /// Fails when a directory of the store cannot be read.
     pub fn disk_usage(&self) -> Result<Usage> {
-        let root = self.root();
         let mut seen = HashSet::new();
-        let mut kind = |rel: &str| -> Result<Count> {
-            let dir = root.join(rel);
+        let mut kind = |d: kroot::Dir| -> Result<Count> {
+            let dir = self.dir(d);
             let mut c = Count::default();
             let rd = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
@@ -65,12 +64,12 @@ impl Store {
             Ok(c)
         };
         Ok(Usage {
-            images: kind("images")?,
-            blobs: kind("blobs/sha256")?,
-            snapshots: kind("snapshots")?,
-            cache_records: kind("cachekeys")?,
-            cache_mounts: kind("cachemounts")?,
-            tmp: kind("tmp")?,
+            images: kind(kroot::Dir::Images)?,
+            blobs: kind(kroot::Dir::Blobs)?,
+            snapshots: kind(kroot::Dir::Snapshots)?,
+            cache_records: kind(kroot::Dir::CacheKeys)?,
+            cache_mounts: kind(kroot::Dir::CacheMounts)?,
+            tmp: kind(kroot::Dir::Tmp)?,
         })
     }
 }

@@ -1,8 +1,12 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
+mod attest;
 mod input;
+mod load;
 mod named;
 mod oci_layout;
+mod output;
+mod sbom;
 
 use crate::render::{Mode, Renderer};
 use anyhow::{Context as _, bail};
@@ -89,8 +93,12 @@ pub struct BuildArgs {
     /// repeated (the first that has a step wins). Layers are downloaded only when needed.
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
+    /// `-o/--output`, `--load`, `--annotation`, `--provenance`, `--sbom`, `--attest`.
+    #[command(flatten)]
+    outputs: output::OutputFlags,
     /// `NAME=VALUE`: replace the stage or image NAME with a directory, `docker-image://REF`, a
-    /// git URL or an http(s) archive URL (buildx `--build-context`); may be repeated.
+    /// git URL, an http(s) archive URL or `oci-layout://DIR@sha256:...` (buildx
+    /// `--build-context`); may be repeated.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
     /// The build context: a directory, `-` (stdin), a git URL or an http(s) URL.
@@ -276,6 +284,17 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     // Flags are checked before stdin is read.
     let labels = parse_labels(&a.labels)?;
+    let attest_req = attest::parse(
+        a.outputs.provenance.as_deref(),
+        a.outputs.sbom.as_deref(),
+        &a.outputs.attest,
+    )?;
+    // `--push` with attestations or annotations is buildx's `-o type=registry`; alone it
+    // keeps kiln's push of each tag.
+    let push_as_output =
+        a.push && (attest_req != attest::Requested::default() || !a.outputs.annotation.is_empty());
+    let outputs = output::parse(&a.outputs, &a.tags, push_as_output)?;
+    let started = crate::containers::now_rfc3339();
     let mut cache_to = a
         .cache_to
         .iter()
@@ -393,6 +412,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             _ => Some(crate::netrun::build_network()?),
         },
     };
+    let sbom_opts = solve_opts.clone();
     // Held until the image is tagged, so that a prune cannot take an untagged result.
     let lock = store.lock_shared().context("locking the store")?;
     // Left by killed builds: their processes are gone, so nothing can be using them.
@@ -498,13 +518,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         }
     }
     let mut pushed = None;
-    if a.push {
+    if a.push && !push_as_output {
         for t in &a.tags {
             let digest = rt.block_on(crate::registry::push(&store, t, None, &reg_cfg))?;
             pushed.get_or_insert(digest.clone());
             if !quiet {
                 let _ = writeln!(std::io::stderr(), "pushing {t} done: {digest}");
-                writeln!(std::io::stdout().lock(), "{digest}")?;
+                // stdout may carry an output (`-o -`): the digest is on stderr then.
+                if !outputs.iter().any(output::Output::to_stdout) {
+                    writeln!(std::io::stdout().lock(), "{digest}")?;
+                }
             }
         }
     }
@@ -514,6 +537,27 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         &solved,
         imported.as_deref(),
         &reg_cfg,
+        quiet,
+    ))?;
+    let build_ref = build_ref()?;
+    let facts = attest::Facts::of_build(
+        &opts,
+        &input.dockerfile,
+        parse_labels(&a.labels)?,
+        &bases,
+        &graph,
+        &build_ref,
+        started,
+    );
+    let images = std::slice::from_ref(&image);
+    let exported = rt.block_on(output::run_all(
+        &store,
+        images,
+        &reg_cfg,
+        &outputs,
+        &attest_req,
+        facts,
+        sbom_opts,
         quiet,
     ))?;
     if let Some(f) = &a.iidfile {
@@ -535,18 +579,20 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         );
         // As buildx with --push: the digest the registry has.
         let manifest = match &pushed {
+            // As buildx: the result the (last) image output wrote.
+            None if exported.is_some() => exported.clone().expect("checked"),
             Some(p) => {
                 let compression = reg_cfg.options()?.compression;
                 pushed_descriptor(&store, &image, &stored, p, compression)?
             }
             None => stored,
         };
-        let doc = metadata(&image.config_digest, &manifest, &a.tags, &build_ref()?);
+        let doc = metadata(&image.config_digest, &manifest, &a.tags, &build_ref);
         let mut text = serde_json::to_string_pretty(&doc)?;
         text.push('\n');
         std::fs::write(f, text).with_context(|| format!("--metadata-file {}", f.display()))?;
     }
-    if quiet {
+    if quiet && !outputs.iter().any(output::Output::to_stdout) {
         writeln!(std::io::stdout().lock(), "{}", image.manifest_digest)?;
     }
     drop(lock);

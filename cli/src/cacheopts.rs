@@ -261,7 +261,7 @@ fn object_location(
     };
     let part_size = env
         .var("KILN_OBJECT_PART_SIZE")
-        .and_then(|v| crate::registry::parse_size(&v))
+        .and_then(|v| kroot::size::parse(&v).ok())
         .filter(|n| *n > 0)
         .unwrap_or(DEFAULT_PART_SIZE);
     let touch_refresh = match (&backend, kv.remove("touch_refresh")) {

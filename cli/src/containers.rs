@@ -183,12 +183,11 @@ fn read_state(dir: &Path) -> anyhow::Result<State> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
-/// Writes `state.json` atomically.
+/// Writes `state.json` atomically ([`kroot::write_atomic`]).
 pub fn write_state(dir: &Path, s: &State) -> anyhow::Result<()> {
-    let tmp = dir.join("state.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join("state.json")).context("renaming state.json")
+    let p = dir.join("state.json");
+    kroot::write_atomic(&p, &serde_json::to_vec_pretty(s)?)
+        .with_context(|| format!("writing {}", p.display()))
 }
 
 fn alive(pid: Option<i32>) -> bool {
@@ -415,7 +414,7 @@ fn launch(
     joined: Option<crate::netrun::Joined>,
 ) -> anyhow::Result<()> {
     let spec_path = dir.join("spec.json");
-    std::fs::write(&spec_path, serde_json::to_vec(spec)?)
+    kroot::write_atomic(&spec_path, &serde_json::to_vec(spec)?)
         .with_context(|| format!("writing {}", spec_path.display()))?;
     write_state(dir, &state)?;
     let exe = std::env::current_exe().context("locating the kiln binary")?;

@@ -58,21 +58,6 @@ pub fn import(a: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < units.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{v:.3}{}", units[u]).replace(".000", "")
-    }
-}
-
 /// `kiln images` flags.
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
@@ -123,7 +108,7 @@ fn image_row(
         "Digest": repo_digest,
         "ID": if full { d.to_string() } else { d.short().to_owned() },
         "CreatedAt": image.config.created.clone().unwrap_or_default(),
-        "Size": human(size),
+        "Size": kroot::size::human_with_precision(size, 3),
     }))
 }
 
@@ -270,7 +255,7 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
             out,
             "{id:<14} {:<22} {by:<46} {:>10}   {}",
             h.created.as_deref().unwrap_or(""),
-            human(*size),
+            kroot::size::human_with_precision(*size, 3),
             h.comment.as_deref().unwrap_or("")
         )?;
     }
@@ -336,7 +321,8 @@ pub fn rmi(names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kiln save`: written to a temp file beside the output, renamed when complete.
+/// `kiln save`: streamed into a temp file beside the output, which replaces it when complete
+/// ([`kroot::write_atomic_with`]).
 pub fn save(names: &[String], output: &Path) -> anyhow::Result<()> {
     let store = crate::open_store()?;
     // Save reads layers and writes compressed copies: prune must not run meanwhile.
@@ -345,32 +331,19 @@ pub fn save(names: &[String], output: &Path) -> anyhow::Result<()> {
     for n in names {
         images.push((n.clone(), resolve(&store, n)?.manifest_digest));
     }
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile_in(dir, output)?;
-    let res = store
-        .save(&images, io::BufWriter::new(&mut tmp.1))
-        .with_context(|| format!("writing {}", output.display()));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp.0);
-        return Err(e);
+    // The store's error travels through io::Error and comes back out whole for the chain.
+    let mut failed = None;
+    let res = kroot::write_atomic_with(output, 0o644, |f| {
+        store.save(&images, io::BufWriter::new(f)).map_err(|e| {
+            failed = Some(e);
+            io::Error::other("saving the images failed")
+        })
+    });
+    match (res, failed) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) => Err(e).with_context(|| format!("writing {}", output.display())),
+        (Err(e), None) => Err(e).with_context(|| format!("writing {}", output.display())),
     }
-    tmp.1
-        .sync_all()
-        .with_context(|| format!("writing {}", tmp.0.display()))?;
-    std::fs::rename(&tmp.0, output).with_context(|| format!("renaming to {}", output.display()))?;
-    Ok(())
-}
-
-fn tempfile_in(dir: &Path, output: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
-    let name = output
-        .file_name()
-        .map_or_else(|| "save".into(), |n| n.to_string_lossy().into_owned());
-    let p = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-    Ok((p, f))
 }
 
 #[cfg(test)]

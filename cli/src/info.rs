@@ -87,7 +87,7 @@ pub fn info(a: &InfoArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         " Total Memory: {}",
-        binary(v["MemTotal"].as_u64().unwrap_or(0))
+        kroot::size::binary(v["MemTotal"].as_u64().unwrap_or(0))
     )?;
     writeln!(out, " Name: {}", s("Name"))?;
     writeln!(out, " Kiln Root Dir: {}", s("KilnRootDir"))?;
@@ -105,43 +105,6 @@ pub struct StatsArgs {
     format: Option<String>,
     /// Containers (default: every running one).
     names: Vec<String>,
-}
-
-/// `v` with 4 significant digits and no trailing zeros (Go's `%.4g` for these magnitudes).
-fn sig4(v: f64) -> String {
-    let int_digits = format!("{}", v.trunc() as u64).len();
-    let s = format!("{v:.*}", 4usize.saturating_sub(int_digits));
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        s
-    }
-}
-
-/// Docker's binary sizes (`1.5MiB`), as its memory column shows them.
-fn binary(bytes: u64) -> String {
-    scaled(bytes, 1024.0, ["B", "KiB", "MiB", "GiB", "TiB"])
-}
-
-/// Docker's decimal sizes (`1.2kB`), as its network and block columns show them.
-fn decimal(bytes: u64) -> String {
-    scaled(bytes, 1000.0, ["B", "kB", "MB", "GB", "TB"])
-}
-
-/// `bytes` in the largest of `units` (each `base` times the one before) that keeps the value
-/// at 1 or more, with 4 significant digits; plain bytes below `base`.
-fn scaled(bytes: u64, base: f64, units: [&str; 5]) -> String {
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= base && u + 1 < units.len() {
-        v /= base;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes}B")
-    } else {
-        sig4(v) + units[u]
-    }
 }
 
 /// CPU ticks used by `pids` (user + system).
@@ -243,10 +206,10 @@ fn rows(names: &[String]) -> anyhow::Result<Vec<serde_json::Value>> {
             "ID": if hex { &s.id[..12] } else { &s.id },
             "Name": s.id,
             "CPUPerc": format!("{cpu:.2}%"),
-            "MemUsage": format!("{} / {}", binary(rss), binary(limit)),
+            "MemUsage": format!("{} / {}", kroot::size::binary(rss), kroot::size::binary(limit)),
             "MemPerc": format!("{:.2}%", if limit > 0 { rss as f64 / limit as f64 * 100.0 } else { 0.0 }),
-            "NetIO": format!("{} / {}", decimal(rx), decimal(tx)),
-            "BlockIO": format!("{} / {}", decimal(rd), decimal(wr)),
+            "NetIO": format!("{} / {}", kroot::size::human(rx), kroot::size::human(tx)),
+            "BlockIO": format!("{} / {}", kroot::size::human(rd), kroot::size::human(wr)),
             "PIDs": threads.to_string(),
         }));
     }
@@ -293,22 +256,5 @@ pub fn stats(a: &StatsArgs, out: &mut impl Write) -> anyhow::Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_print_as_docker_units_do() {
-        assert_eq!(binary(512), "512B");
-        assert_eq!(binary(1536 * 1024), "1.5MiB");
-        assert_eq!(binary(8 * 1024 * 1024 * 1024), "8GiB");
-        assert_eq!(decimal(0), "0B");
-        assert_eq!(decimal(1200), "1.2kB");
-        assert_eq!(decimal(3_000_000), "3MB");
-        assert_eq!(decimal(180_224), "180.2kB");
-        assert_eq!(binary(25_275_000_000), "23.54GiB");
     }
 }

@@ -7,6 +7,7 @@ mod cacheopts;
 mod check;
 mod containers;
 mod cp;
+mod gcroots;
 mod gotmpl;
 mod images;
 mod info;
@@ -50,6 +51,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (build's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.

@@ -295,7 +295,10 @@ pub fn refresh_hosts(network: &str) {
     let peers: Vec<(String, Ipv4Addr)> =
         leases.iter().map(|l| (l.container.clone(), l.ip)).collect();
     for l in &leases {
-        let file = root.join("containers").join(&l.container).join("hosts");
+        let file = kroot::Dir::Containers
+            .path(&root)
+            .join(&l.container)
+            .join("hosts");
         if !file.exists() {
             continue;
         }

@@ -12,7 +12,7 @@ pub struct PruneArgs {
     #[arg(short = 'a', long)]
     all: bool,
     /// Keep the most recently used build cache up to this size (`512MB`, `2GB`, `1.5GiB`).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = kroot::size::parse)]
     keep_storage: Option<u64>,
     /// `until=DURATION`: only remove cache unused for at least that long (`24h`, `90m`, `1h30m`).
     #[arg(long = "filter", value_name = "until=DURATION")]
@@ -43,12 +43,17 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<()> {
             store.lock_exclusive().context("locking the store")?
         }
     };
-    let report = store.prune(&cache::gc::PruneOptions {
-        all: a.all,
-        keep_storage: a.keep_storage,
-        until,
-        now: SystemTime::now(),
-    })?;
+    let solver = solver::gcroots::SolverRoots::new(store.root());
+    let containers = crate::gcroots::ContainerRoots::new(store.root());
+    let report = store.prune(
+        &cache::gc::PruneOptions {
+            all: a.all,
+            keep_storage: a.keep_storage,
+            until,
+            now: SystemTime::now(),
+        },
+        &[&solver, &containers],
+    )?;
     drop(lock);
     drop(err);
     let mut out = std::io::stdout().lock();
@@ -72,7 +77,7 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "Total reclaimed space: {}",
-        crate::system::human(report.reclaimed)
+        kroot::size::human(report.reclaimed)
     )?;
     Ok(())
 }
@@ -136,32 +141,6 @@ pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// Sizes as docker takes them: `1024`, `512k`, `512KB`, `2GB`, `1.5GiB` (k/M/G/T: powers of 1000
-/// with `B`/none as in `docker system df`; `KiB`... powers of 1024). Lower-case works too.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let n: f64 = t[..split]
-        .parse()
-        .map_err(|_| format!("invalid size {s:?} (examples: 512MB, 2GB)"))?;
-    let unit = t[split..].trim().to_ascii_lowercase();
-    let mult: f64 = match unit.as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("invalid size unit in {s:?} (examples: 512MB, 2GB)")),
-    };
-    Ok((n * mult) as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,15 +158,5 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("5 years").is_err());
         assert!(parse_duration("h").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_like_docker() {
-        assert_eq!(parse_size("1024"), Ok(1024));
-        assert_eq!(parse_size("512MB"), Ok(512_000_000));
-        assert_eq!(parse_size("1.5GiB"), Ok(1_610_612_736));
-        assert_eq!(parse_size("2g"), Ok(2_000_000_000));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5XB").is_err());
     }
 }

@@ -55,9 +55,9 @@ impl RegistryConfig {
         let chunk_size = std::env::var("KILN_REGISTRY_CHUNK_SIZE")
             .ok()
             .and_then(|v| {
-                let size = parse_size(&v);
+                let size = kroot::size::parse(&v).ok().filter(|&n| n > 0);
                 if size.is_none() {
-                    tracing::warn!(value = %v, "ignoring KILN_REGISTRY_CHUNK_SIZE: expected bytes with an optional K, M or G suffix");
+                    tracing::warn!(value = %v, "ignoring KILN_REGISTRY_CHUNK_SIZE: expected bytes with an optional K, M, G or T suffix (binary units)");
                 }
                 size
             });
@@ -124,19 +124,6 @@ fn parse_timeouts(s: &str) -> anyhow::Result<Timeouts> {
         }
     }
     Ok(t)
-}
-
-/// `4096`, `64K`, `16M`, `1G` (binary units) -> bytes; `None` for anything else or 0.
-pub(crate) fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, shift) = match s.char_indices().last()? {
-        (i, 'k' | 'K') => (&s[..i], 10),
-        (i, 'm' | 'M') => (&s[..i], 20),
-        (i, 'g' | 'G') => (&s[..i], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = num.parse().ok()?;
-    n.checked_mul(1 << shift).filter(|&v| v > 0)
 }
 
 /// Parses `os/arch[/variant]` (`linux/amd64`, `linux/arm/v7`).
@@ -384,7 +371,7 @@ fn bar_line(short: &str, done: u64, total: u64, width: usize) -> String {
 }
 
 /// Clears what may be left of a bar line (finished blobs erase their bars themselves).
-fn finish_progress(cfg: &RegistryConfig) {
+pub(crate) fn finish_progress(cfg: &RegistryConfig) {
     if cfg.progress && std::io::stderr().is_terminal() {
         let _ = write!(std::io::stderr(), "\r\x1b[J");
     }
@@ -436,17 +423,6 @@ mod tests {
         for bad in ["0", "x", "connect=0s", "read=5s", "connect"] {
             assert!(parse_timeouts(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn chunk_sizes_take_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("64K"), Some(64 << 10));
-        assert_eq!(parse_size("16m"), Some(16 << 20));
-        assert_eq!(parse_size("1G"), Some(1 << 30));
-        assert_eq!(parse_size("0"), None);
-        assert_eq!(parse_size("lots"), None);
-        assert_eq!(parse_size(""), None);
     }
 
     #[test]

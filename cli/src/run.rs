@@ -122,8 +122,7 @@ fn memory_limit(memory: Option<&str>) -> anyhow::Result<Option<u64>> {
     let Some(m) = memory else {
         return Ok(None);
     };
-    let bytes = executor::cgroup::parse_memory(m)
-        .with_context(|| format!("--memory {m}: expected bytes or a number with b, k, m, g"))?;
+    let bytes = kroot::size::parse(m).with_context(|| format!("--memory {m}"))?;
     if bytes == 0 {
         return Ok(None);
     }
@@ -194,7 +193,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         // Written before the lock goes: `kiln prune` keeps the snapshots a container's
         // spec.json names, so none of this container's layers can go while it exists.
         let spec_path = c.dir.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec(&c.spec)?)
+        kroot::write_atomic(&spec_path, &serde_json::to_vec(&c.spec)?)
             .with_context(|| format!("writing {}", spec_path.display()))?;
         c
     };

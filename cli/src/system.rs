@@ -135,7 +135,7 @@ fn df() -> anyhow::Result<()> {
         "{:<16} {:>8} {:>12}",
         "Images",
         image_usage.0,
-        human(image_usage.1)
+        kroot::size::human(image_usage.1)
     )?;
     for (name, c) in [
         ("Blobs", u.blobs),
@@ -144,34 +144,12 @@ fn df() -> anyhow::Result<()> {
         ("Cache mounts", u.cache_mounts),
         ("Temp", u.tmp),
     ] {
-        writeln!(out, "{name:<16} {:>8} {:>12}", c.count, human(c.bytes))?;
+        writeln!(
+            out,
+            "{name:<16} {:>8} {:>12}",
+            c.count,
+            kroot::size::human(c.bytes)
+        )?;
     }
     Ok(())
-}
-
-/// `1.5MB` style sizes (powers of 1000, as docker prints them).
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < UNITS.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{v:.1}{}", UNITS[i])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn human_sizes() {
-        assert_eq!(super::human(0), "0B");
-        assert_eq!(super::human(999), "999B");
-        assert_eq!(super::human(1500), "1.5kB");
-        assert_eq!(super::human(20_000_000), "20.0MB");
-    }
 }

@@ -293,19 +293,6 @@ pub fn join(dirs: &[PathBuf], pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Parses a `--memory` value: bytes, or a number with `b`, `k`, `m`, `g` (powers of 1024).
-pub fn parse_memory(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mult) = match s.chars().last()? {
-        'b' => (&s[..s.len() - 1], 1),
-        'k' => (&s[..s.len() - 1], 1 << 10),
-        'm' => (&s[..s.len() - 1], 1 << 20),
-        'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s.as_str(), 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 /// Parses a `--cpus` value (`1.5`) into millicpus.
 pub fn parse_cpus(s: &str) -> Option<u64> {
     let v: f64 = s.trim().parse().ok()?;
@@ -448,11 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_and_cpu_flags_parse_like_docker() {
-        assert_eq!(parse_memory("64m"), Some(64 << 20));
-        assert_eq!(parse_memory("1G"), Some(1 << 30));
-        assert_eq!(parse_memory("4096"), Some(4096));
-        assert_eq!(parse_memory("12x"), None);
+    fn cpu_flags_parse_like_docker() {
         assert_eq!(parse_cpus("1.5"), Some(1500));
         assert_eq!(parse_cpus("0"), None);
     }

@@ -16,14 +16,40 @@ pub enum Forked {
     Child,
 }
 
-/// `fork(2)`.
+/// `fork(2)` in a single-threaded process (the `__init` process). Refused when the process has
+/// other threads: the child of a multi-threaded process may call only async-signal-safe
+/// functions (another thread may have held the allocator's lock), which Rust code after the
+/// fork cannot promise. With one thread, no other thread can start before the fork, so the
+/// check is not racy.
 ///
-/// Only call it from a single-threaded process (the `__init` process): in the child of a
-/// multi-threaded process only async-signal-safe calls are allowed.
+/// Fails when the process has other threads (or their count cannot be read) or fork fails.
 pub fn fork() -> io::Result<Forked> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "fork refused: the process has {threads} threads, and the child of a \
+             multi-threaded process may only make async-signal-safe calls"
+        )));
+    }
+    // SAFETY: the process has exactly one thread (checked above, and only this thread could
+    // start another), so the child's copy of every lock and allocator state is consistent.
+    unsafe { fork_unchecked() }
+}
+
+/// Threads of this process (`/proc/self/task` entries).
+fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// `fork(2)` without the thread check.
+///
+/// # Safety
+///
+/// The process must be single-threaded: after a fork from a multi-threaded process the child
+/// may only call async-signal-safe functions.
+unsafe fn fork_unchecked() -> io::Result<Forked> {
     // SAFETY: fork has no memory-safety preconditions of its own; the caller guarantees the
-    // process is single-threaded, so the child's copy of every lock and allocator state is
-    // consistent.
+    // process is single-threaded.
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => Err(io::Error::last_os_error()),
@@ -364,5 +390,17 @@ mod tests {
         );
         drop(reader);
         assert!(super::pipe_reader_gone(writer.as_fd()), "reader closed");
+    }
+
+    #[test]
+    fn fork_refuses_a_multi_threaded_process() {
+        // Hold a second thread for the duration of the call (libtest's own threads may add
+        // more; any count above one must be refused).
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        let err = super::fork().expect_err("two threads at least");
+        assert!(err.to_string().starts_with("fork refused"), "{err}");
+        drop(tx);
+        other.join().expect("join").expect_err("sender dropped");
     }
 }

@@ -64,20 +64,6 @@ fn parse_bool(key: &str, v: Option<&str>) -> Result<bool, ErrorKind> {
     }
 }
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..digits].parse().ok()?;
-    let mult: u64 = match s[digits..].to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
 /// Parses one `--mount` value; relative targets are resolved against `cwd`.
 ///
 /// Fails on unknown keys or types, bad numbers, or a missing target where one is required.
@@ -178,8 +164,11 @@ pub fn parse_mount(spec: &str, cwd: &str) -> Result<ParsedMount, ErrorKind> {
             "env" => m.env = Some(need(v)?),
             "size" => {
                 let s = need(v)?;
-                m.size =
-                    Some(parse_size(&s).ok_or_else(|| bad(format!("size {s:?} is not a size")))?);
+                m.size = Some(
+                    kroot::size::parse(&s)
+                        .ok()
+                        .ok_or_else(|| bad(format!("size {s:?} is not a size")))?,
+                );
             }
             other => return Err(bad(format!("unknown key {other:?}"))),
         }

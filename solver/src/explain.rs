@@ -175,8 +175,11 @@ impl Explain {
 
 /// `explain/files` beside the step records in `record_file`'s directory.
 pub fn files_dir(record_file: &Path) -> PathBuf {
-    record_file.parent().unwrap_or(Path::new(".")).join("files")
+    record_file.parent().unwrap_or(Path::new(".")).join(FILES)
 }
+
+/// [`kroot::Dir::ExplainFiles`] relative to [`kroot::Dir::Explain`] (a test checks).
+const FILES: &str = "files";
 
 /// Keeps the per-file details of one COPY's sources under their content digest, unless they
 /// are there already (then this is one `stat`).
@@ -302,7 +305,9 @@ pub fn file_for(kiln_root: &Path, context: &Path, dockerfile: &str) -> PathBuf {
     let mut id = abs.to_string_lossy().into_owned().into_bytes();
     id.push(0);
     id.extend_from_slice(dockerfile.as_bytes());
-    kiln_root.join("explain").join(Digest::of(&id).hex())
+    kroot::Dir::Explain
+        .path(kiln_root)
+        .join(Digest::of(&id).hex())
 }
 
 /// Reads the records (empty when missing or unreadable: they are only diagnostics).
@@ -323,20 +328,20 @@ pub fn save(file: &Path, records: &BTreeMap<String, StepInputs>) -> std::io::Res
     )
 }
 
-/// Temp file beside `file` (unique per process and thread), then rename.
-fn write_atomic(file: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = file.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, file)
-}
+use kroot::write_atomic;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_dir_is_the_layouts_explain_files() {
+        let root = Path::new("/r");
+        assert_eq!(
+            files_dir(&file_for(root, Path::new("/ctx"), "Dockerfile")),
+            kroot::Dir::ExplainFiles.path(root)
+        );
+    }
 
     fn step(key: &str) -> StepInputs {
         StepInputs {
@@ -447,7 +452,7 @@ mod tests {
         s1.contents = vec![c_old.to_string()];
         assert_eq!(first.observe("[1/2]".into(), s1, &old), "no cache entry");
         assert!(
-            !root.join("explain").exists(),
+            !kroot::Dir::Explain.path(&root).exists(),
             "nothing written while observing"
         );
         first.write().expect("write");

@@ -188,7 +188,7 @@ pub async fn fetch_all(
         }
         let dir = store.temp_dir("fetch-").map_err(|e| FetchError::Io {
             url: url.clone(),
-            path: store.root().join("tmp"),
+            path: store.dir(kroot::Dir::Tmp),
             source: std::io::Error::other(e.to_string()),
         })?;
         let (name, mtime, _) = fetch(url, checksum.as_ref(), dir.path()).await?;
@@ -229,7 +229,7 @@ pub async fn pin_checksums(
             let dir = store.temp_dir("fetch-").map_err(|e| {
                 let e = FetchError::Io {
                     url: url.clone(),
-                    path: store.root().join("tmp"),
+                    path: store.dir(kroot::Dir::Tmp),
                     source: std::io::Error::other(e.to_string()),
                 };
                 (n, e)

@@ -418,7 +418,7 @@ pub fn checkout_all(
         let tmp = store.temp_dir("git-").map_err(|e| GitError::Io {
             url: g.url.clone(),
             what: "creating a temp dir in",
-            path: store.root().join("tmp"),
+            path: store.dir(kroot::Dir::Tmp),
             source: std::io::Error::other(e.to_string()),
         })?;
         let (dir, time) = checkout(g, tmp.path(), ssh_auth_sock)?;

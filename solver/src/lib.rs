@@ -28,6 +28,7 @@ use ::graph;
 pub mod cachesource;
 pub mod explain;
 pub mod fetch;
+pub mod gcroots;
 pub mod git;
 pub mod key;
 pub mod mounts;

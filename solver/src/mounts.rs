@@ -142,7 +142,15 @@ impl std::fmt::Debug for MountContext<'_> {
 
 /// `KILN_ROOT/cachemounts/<name>`: the directory of cache mount `id` (it may not exist).
 pub fn cache_dir_path(root: &Path, id: &str) -> PathBuf {
-    root.join("cachemounts").join(cache_dir_name(id))
+    kroot::Dir::CacheMounts.path(root).join(cache_dir_name(id))
+}
+
+/// The flock file of the cache mount directory `dir`: `<dir>.lock` beside it. Its mtime is the
+/// mount's last use.
+pub(crate) fn lock_path(dir: &Path) -> PathBuf {
+    let mut p = dir.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
 }
 
 /// A cache id as a single safe file name (ids may contain `/`).
@@ -334,11 +342,11 @@ fn cache_dir(
     uid: u32,
     gid: u32,
 ) -> Result<(PathBuf, bool), MountError> {
-    let base = cx.store.root().join("cachemounts");
+    let base = cx.store.dir(kroot::Dir::CacheMounts);
     std::fs::create_dir_all(&base).map_err(io("creating", &base))?;
     let name = cache_dir_name(id);
     let dir = base.join(&name);
-    let lock_path = base.join(format!("{name}.lock"));
+    let lock_path = lock_path(&dir);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -597,7 +605,7 @@ mod tests {
         };
         let first = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("first");
         let main_dir = source(&first);
-        assert!(main_dir.starts_with(store.root().join("cachemounts")));
+        assert!(main_dir.starts_with(store.dir(kroot::Dir::CacheMounts)));
         let second = prepare(&cx, &[cache_mount(CacheSharing::Private)]).expect("second");
         assert_ne!(source(&second), main_dir, "private while held: own dir");
         drop(second);

@@ -122,14 +122,14 @@ pub fn prepare(
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let dir = store.root().join("containers").join(id);
+    let dir = store.dir(kroot::Dir::Containers).join(id);
     let mkdir = |p: &PathBuf| {
         std::fs::create_dir_all(p).map_err(|source| RunError::Dir {
             path: p.clone(),
             source,
         })
     };
-    mkdir(&store.root().join("containers"))?;
+    mkdir(&store.dir(kroot::Dir::Containers))?;
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -187,7 +187,7 @@ mod tests {
             assert!(matches!(e, RunError::Name(_)), "{id}: {e}");
         }
         assert!(!dir.path().join("x").exists());
-        assert!(!store.root().join("containers").exists());
+        assert!(!store.dir(kroot::Dir::Containers).exists());
         prepare(&store, &c, "ok-1", &Overrides::default()).expect("a valid name");
     }
 

@@ -4,6 +4,7 @@
 
 mod add_url;
 mod archives;
+mod attest;
 mod build;
 mod build_flags;
 mod build_run_mounts;
@@ -23,6 +24,7 @@ mod firewall;
 mod harness;
 mod interop;
 mod network;
+mod outputs;
 mod registry;
 mod remote_cache;
 mod run_flags;

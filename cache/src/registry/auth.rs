@@ -474,36 +474,15 @@ impl DockerConfig {
         Ok(found)
     }
 
-    /// Writes the file: a temp file in the same directory, fsync, rename.
+    /// Writes the file (mode 0600) with [`kroot::write_atomic_with`].
     fn write(&self) -> Result<()> {
         let err = |source| AuthError::Write {
             path: self.path.clone(),
             source,
         };
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir).map_err(err)?;
         let mut bytes = serde_json::to_vec_pretty(&self.json).map_err(|e| err(e.into()))?;
         bytes.push(b'\n');
-        let tmp = dir.join(format!(".config.json.kiln-{}", std::process::id()));
-        let result = (|| {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(err)
+        kroot::write_atomic_with(&self.path, 0o600, |f| f.write_all(&bytes)).map_err(err)
     }
 }
 

@@ -117,7 +117,7 @@ async fn fetch(
         let path = store.blob_path(digest);
         let f = std::fs::File::open(&path).map_err(|source| PullError::Open { path, source })?;
         let (store2, want, d) = (store.clone(), diff_id.clone(), desc.clone());
-        tokio::task::spawn_blocking(move || -> std::result::Result<(), StoreError> {
+        crate::blocking::unblock(move || -> std::result::Result<(), StoreError> {
             let plain =
                 crate::compress::open_compressed(f).map_err(|source| StoreError::Unpack {
                     source: apply::ApplyError::Read { source },
@@ -126,10 +126,6 @@ async fn fetch(
             commit(&store2, &d, &want, unpacked)
         })
         .await
-        .map_err(|source| PullError::Task {
-            reference: name.to_owned(),
-            source,
-        })?
         .map_err(|source| PullError::Blob {
             reference: name.to_owned(),
             digest: digest.clone(),
@@ -291,15 +287,15 @@ async fn unpack_stream<E>(
     let (tx_blob, rx_blob) = tokio::sync::mpsc::channel::<Batch>(NET_QUEUE);
     let (tx_tree, rx_tree) = tokio::sync::mpsc::channel::<Batch>(NET_QUEUE);
     let (s1, d) = (store.clone(), digest.clone());
-    let ingest = tokio::task::spawn_blocking(move || ingest(&s1, rx_blob, &d));
+    let ingest = crate::blocking::unblock(move || ingest(&s1, rx_blob, &d));
     // Decompression runs on its own thread, so that it overlaps with hashing and writing the
     // files in the unpacker instead of adding to them. Buffers go back for reuse: fresh 1 MiB
     // allocations are fresh pages, and faulting them in showed up in profiles.
     let (tx_plain, rx_plain) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PLAIN_QUEUE);
     let (tx_spare, rx_spare) = mpsc::channel::<Vec<u8>>();
-    let inflate = tokio::task::spawn_blocking(move || inflate(rx_tree, &tx_plain, &rx_spare));
+    let inflate = crate::blocking::unblock(move || inflate(rx_tree, &tx_plain, &rx_spare));
     let (s2, want) = (store.clone(), diff_id.clone());
-    let unpack = tokio::task::spawn_blocking(move || {
+    let unpack = crate::blocking::unblock(move || {
         unpack_verified(&s2, ChunkReader::new(rx_plain, tx_spare), &want)
     });
 
@@ -362,27 +358,15 @@ async fn unpack_stream<E>(
     // On a network error or an overlong body the consumers see an early end; their verdicts
     // are then ignored and nothing is committed.
     drop((tx_blob, tree));
-    let task_err = |source| PullError::Task {
-        reference: name.to_owned(),
-        source,
-    };
     let blob_err = |source| PullError::Blob {
         reference: name.to_owned(),
         digest: digest.clone(),
         source,
     };
-    let ingested = match ingest.await {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(task_err(e))),
-    };
-    let unpacked = match unpack.await {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(task_err(e))),
-    };
+    let ingested = ingest.await;
+    let unpacked = unpack.await;
     // Its errors reached the unpacker as read errors.
-    if let Err(e) = inflate.await {
-        return Ok(Err(task_err(e)));
-    }
+    inflate.await;
     if let Some(e) = net_error {
         return Err(e);
     }
@@ -410,10 +394,9 @@ async fn unpack_stream<E>(
     };
     let (s3, d, want) = (store.clone(), desc.clone(), diff_id.clone());
     Ok(
-        match tokio::task::spawn_blocking(move || commit(&s3, &d, &want, unpacked)).await {
-            Ok(r) => r.map_err(blob_err),
-            Err(e) => Err(task_err(e)),
-        },
+        crate::blocking::unblock(move || commit(&s3, &d, &want, unpacked))
+            .await
+            .map_err(blob_err),
     )
 }
 

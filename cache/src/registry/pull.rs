@@ -141,15 +141,6 @@ pub enum PullError {
         #[source]
         source: StoreError,
     },
-    /// A worker task panicked or was cancelled.
-    #[error("{reference}: internal task failed")]
-    Task {
-        /// The reference.
-        reference: String,
-        /// The cause.
-        #[source]
-        source: tokio::task::JoinError,
-    },
 }
 
 type Result<T> = std::result::Result<T, PullError>;
@@ -386,7 +377,7 @@ pub async fn pull_image(
         .as_ref()
         .map(|t| format!("{}:{t}", reference.name()));
     stored.push(body);
-    let image = tokio::task::spawn_blocking(move || -> std::result::Result<Image, StoreError> {
+    let image = crate::blocking::unblock(move || -> std::result::Result<Image, StoreError> {
         store2.put_blob(&config_bytes)?;
         let mut manifest_digest = None;
         for b in &stored {
@@ -400,10 +391,6 @@ pub async fn pull_image(
         Ok(image)
     })
     .await
-    .map_err(|source| PullError::Task {
-        reference: name.clone(),
-        source,
-    })?
     .map_err(|source| PullError::Store {
         reference: name.clone(),
         source,

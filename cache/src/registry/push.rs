@@ -36,15 +36,6 @@ pub enum PushError {
         /// The manifest's digest.
         actual: Digest,
     },
-    /// A worker task panicked or was cancelled.
-    #[error("{reference}: internal task failed")]
-    Task {
-        /// The destination.
-        reference: String,
-        /// The cause.
-        #[source]
-        source: tokio::task::JoinError,
-    },
 }
 
 type Result<T> = std::result::Result<T, PushError>;
@@ -101,12 +92,8 @@ pub async fn push(
                 diff_id: diff_id.clone(),
             });
             let (store2, d, c) = (store.clone(), diff_id.clone(), opts.compression);
-            let desc = tokio::task::spawn_blocking(move || store2.compressed_layer(&d, c))
+            let desc = crate::blocking::unblock(move || store2.compressed_layer(&d, c))
                 .await
-                .map_err(|source| PushError::Task {
-                    reference: name.clone(),
-                    source,
-                })?
                 .map_err(|source| PushError::Store {
                     reference: name.clone(),
                     digest: diff_id.clone(),
@@ -214,7 +201,6 @@ async fn push_as_stored(
         .filter(|(l, _)| oci::layer_kind(&l.media_type) == Some(oci::LayerKind::Distributable))
         .map(|(desc, diff_id)| {
             let store_err = store_err(&desc.digest);
-            let name = &name;
             async move {
                 if !store.has_blob(&desc.digest) {
                     // An uncompressed layer is its own tar, rebuilt from the snapshot's source.
@@ -224,12 +210,8 @@ async fn push_as_stored(
                         }));
                     }
                     let (s, d) = (store.clone(), diff_id.clone());
-                    tokio::task::spawn_blocking(move || s.layer_blob(&d))
+                    crate::blocking::unblock(move || s.layer_blob(&d))
                         .await
-                        .map_err(|source| PushError::Task {
-                            reference: name.clone(),
-                            source,
-                        })?
                         .map_err(store_err)?;
                 }
                 let from =

@@ -16,8 +16,8 @@ fn path(root: &Path, registry: &str, digest: &Digest) -> PathBuf {
         .chars()
         .map(|c| if c == '/' || c == '\0' { '_' } else { c })
         .collect();
-    root.join("registry")
-        .join("blobs")
+    kroot::Dir::RegistryBlobs
+        .path(root)
         .join(reg)
         .join(digest.hex())
 }
@@ -38,25 +38,12 @@ pub(crate) fn remember(root: &Path, registry: &str, digest: &Digest, repository:
     }
 }
 
-/// Writes `content` to `p` through a temp file and a rename (no fsync: these are hints).
 fn write(p: &Path, content: &str) -> std::io::Result<()> {
-    let dir = p
-        .parent()
-        .expect("record paths have a parent under root/registry");
-    std::fs::create_dir_all(dir)?;
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, p)
+    kroot::write_atomic(p, content.as_bytes())
 }
 
 fn repo_digests_path(root: &Path, image: &Digest) -> PathBuf {
-    root.join("registry").join("repodigests").join(image.hex())
+    kroot::Dir::RepoDigests.path(root).join(image.hex())
 }
 
 /// The repo digests (`registry/repo@sha256:...`) recorded for the local image whose manifest

@@ -352,7 +352,7 @@ async fn assemble(
         .cloned()
         .collect();
     let (s, c, n) = (store.clone(), opts.compression, name.to_owned());
-    let compressed = tokio::task::spawn_blocking(move || {
+    let compressed = crate::blocking::unblock(move || {
         local
             .into_iter()
             .map(|d| {
@@ -366,11 +366,7 @@ async fn assemble(
             })
             .collect::<Result<BTreeMap<Digest, Descriptor>>>()
     })
-    .await
-    .map_err(|source| RemoteError::Task {
-        location: name.to_owned(),
-        source,
-    })??;
+    .await?;
 
     let mut config = CacheConfig {
         version: VERSION.to_owned(),
@@ -433,12 +429,8 @@ async fn assemble(
             continue;
         }
         let (s, dir) = (store.clone(), m.dir.clone());
-        let chunked = tokio::task::spawn_blocking(move || mounts::chunk_dir(&s, &dir))
+        let chunked = crate::blocking::unblock(move || mounts::chunk_dir(&s, &dir))
             .await
-            .map_err(|source| RemoteError::Task {
-                location: name.to_owned(),
-                source,
-            })?
             .map_err(|source| RemoteError::Store {
                 location: name.to_owned(),
                 digest: Digest::of(m.id.as_bytes()),

@@ -223,10 +223,6 @@ impl Imported {
             digest: desc.digest.clone(),
             source: Box::new(source),
         };
-        let task_err = |source| RemoteError::Task {
-            location: location.clone(),
-            source,
-        };
         match &cache.source {
             Source::Layout(dir) => {
                 let p = layout::blob_path(dir, &desc.digest);
@@ -237,9 +233,8 @@ impl Imported {
                     source,
                 })?;
                 let (s, d) = (store.clone(), desc.digest.clone());
-                tokio::task::spawn_blocking(move || s.ingest_blob(f, Some(&d)))
+                crate::blocking::unblock(move || s.ingest_blob(f, Some(&d)))
                     .await
-                    .map_err(task_err)?
                     .map_err(store_err)?;
             }
             Source::Registry { .. } | Source::Object { .. } => {
@@ -319,12 +314,8 @@ impl Imported {
             chunks: entry.chunks.clone(),
         };
         let (s, dest) = (store.clone(), dest.to_path_buf());
-        tokio::task::spawn_blocking(move || mounts::restore(&s, &chunked, &dest))
+        crate::blocking::unblock(move || mounts::restore(&s, &chunked, &dest))
             .await
-            .map_err(|source| RemoteError::Task {
-                location: location.clone(),
-                source,
-            })?
             .map_err(store_err(Digest::of(id.as_bytes())))
     }
 
@@ -435,14 +426,10 @@ async fn ingest(
     location: &str,
     net_err: impl FnOnce(reqwest::Error) -> RemoteError,
 ) -> Result<()> {
-    let task_err = |source| RemoteError::Task {
-        location: location.to_owned(),
-        source,
-    };
     let (tx_blob, rx_blob) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
     let (s, d) = (store.clone(), desc.digest.clone());
     let ingest =
-        tokio::task::spawn_blocking(move || s.ingest_blob(ChannelReader::new(rx_blob), Some(&d)));
+        crate::blocking::unblock(move || s.ingest_blob(ChannelReader::new(rx_blob), Some(&d)));
     let mut stream = resp.bytes_stream();
     let (mut seen, mut net_error, mut too_long) = (0u64, None, false);
     while let Some(chunk) = stream.next().await {
@@ -464,7 +451,7 @@ async fn ingest(
         }
     }
     drop(tx_blob);
-    let ingested = ingest.await.map_err(task_err)?;
+    let ingested = ingest.await;
     if let Some(source) = net_error {
         return Err(net_err(source));
     }

@@ -33,16 +33,17 @@ pub fn has_blob(dir: &Path, d: &Digest) -> bool {
     blob_path(dir, d).is_file()
 }
 
-/// Copies the file `src` into the layout as blob `d` (temp file + rename).
+/// Copies the file `src` into the layout as blob `d` ([`kroot::write_atomic_with`]).
 ///
 /// Fails on I/O errors.
 pub fn put_blob(dir: &Path, d: &Digest, src: &Path) -> Result<()> {
     let dest = blob_path(dir, d);
     let parent = dest.parent().expect("blob paths have a parent");
     fs::create_dir_all(parent).map_err(io_err(dir, "create", parent))?;
-    let tmp = parent.join(format!(".{}.{}.tmp", d.hex(), std::process::id()));
-    fs::copy(src, &tmp).map_err(io_err(dir, "copy into", &tmp))?;
-    fs::rename(&tmp, &dest).map_err(io_err(dir, "rename", &dest))
+    kroot::write_atomic_with(&dest, 0o644, |f| {
+        io::copy(&mut fs::File::open(src)?, f).map(drop)
+    })
+    .map_err(io_err(dir, "copy into", &dest))
 }
 
 /// Writes `oci-layout` and points `index.json`'s [`REF_NAME`] entry at `manifest` (other
@@ -137,8 +138,5 @@ pub fn read_blob(dir: &Path, d: &Digest) -> Result<Vec<u8>> {
 }
 
 fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
-    fs::create_dir_all(dir).map_err(io_err(dir, "create", dir))?;
-    let tmp = dest.with_extension(format!("{}.tmp", std::process::id()));
-    fs::write(&tmp, data).map_err(io_err(dir, "write", &tmp))?;
-    fs::rename(&tmp, dest).map_err(io_err(dir, "rename", dest))
+    kroot::write_atomic(dest, data).map_err(io_err(dir, "write", dest))
 }

@@ -185,15 +185,6 @@ pub enum RemoteError {
         #[source]
         source: Box<crate::registry::PullError>,
     },
-    /// A worker task panicked or was cancelled.
-    #[error("cache {location}: internal task failed")]
-    Task {
-        /// The cache.
-        location: String,
-        /// The cause.
-        #[source]
-        source: tokio::task::JoinError,
-    },
 }
 
 type Result<T> = std::result::Result<T, RemoteError>;

@@ -191,10 +191,13 @@ fn pulled_layer_tar_is_rebuilt_from_the_compressed_blob_and_verified() {
     }
     // (`all`: the registry's manifest, stored with the image, is no root then.)
     store2
-        .prune(&cache::gc::PruneOptions {
-            all: true,
-            ..Default::default()
-        })
+        .prune(
+            &cache::gc::PruneOptions {
+                all: true,
+                ..Default::default()
+            },
+            &[],
+        )
         .unwrap();
     assert!(store2.has_layer(&diff_id));
     assert!(store2.layer_source(&diff_id).is_some());
@@ -591,10 +594,13 @@ fn prune_removes_a_pulled_layer_and_its_compressed_source() {
     let source = store2.layer_source(&diff_id).expect("source recorded");
     assert!(store2.untag(&dest.to_string()).unwrap());
     store2
-        .prune(&cache::gc::PruneOptions {
-            all: true,
-            ..Default::default()
-        })
+        .prune(
+            &cache::gc::PruneOptions {
+                all: true,
+                ..Default::default()
+            },
+            &[],
+        )
         .unwrap();
     assert!(!store2.has_layer(&diff_id));
     assert!(store2.layer_source(&diff_id).is_none());

@@ -598,15 +598,10 @@ fn unless_recorded(
     }
     let _ = fs::remove_file(record);
     apply()?;
-    let mut tmp = record.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, key)
-        .and_then(|()| fs::rename(&tmp, record))
-        .map_err(|source| AttachError::Record {
-            path: record.to_path_buf(),
-            source,
-        })
+    kroot::write_atomic(record, key.as_bytes()).map_err(|source| AttachError::Record {
+        path: record.to_path_buf(),
+        source,
+    })
 }
 
 /// Turns on IPv4 forwarding (`/proc/sys/net/ipv4/ip_forward`), which outbound NAT needs. This

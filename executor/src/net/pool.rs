@@ -171,7 +171,7 @@ impl NetnsPool {
             let json = self.path(slot, "json");
             let data =
                 serde_json::to_vec(&attachment).map_err(|e| io_err(&json)(io::Error::other(e)))?;
-            fs::write(&json, data).map_err(io_err(&json))?;
+            kroot::write_atomic(&json, &data).map_err(io_err(&json))?;
             return Ok(PooledNetns {
                 netns,
                 attachment,

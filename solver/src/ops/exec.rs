@@ -62,11 +62,8 @@ impl Runner {
         // A sharing=locked cache mount blocks on its flock: let the runtime move its other
         // tasks (the lock holder's sandbox among them) off this worker meanwhile.
         let prepare = || crate::mounts::prepare(&cx, &x.mounts);
-        let prepared = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(prepare),
-            _ => prepare(),
-        }
-        .map_err(|source| SolveError::Mount { at: at(), source })?;
+        let prepared = cache::blocking::in_place(prepare)
+            .map_err(|source| SolveError::Mount { at: at(), source })?;
         let mounts = prepared.mounts;
         let (network, lease) = match (x.network, self.opts.network, &self.opts.bridge) {
             (NetworkMode::Host, _, _) | (NetworkMode::Default, NetworkMode::Host, _) => {
@@ -75,17 +72,11 @@ impl Runner {
             (NetworkMode::Default, NetworkMode::Default, Some(bridge)) => {
                 // Usually instant (a pooled namespace); may wait for a free slot.
                 let acquire = || bridge.acquire();
-                let lease = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor())
-                {
-                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                        tokio::task::block_in_place(acquire)
-                    }
-                    _ => acquire(),
-                }
-                .map_err(|source| SolveError::Network {
-                    at: at(),
-                    source: Box::new(source),
-                })?;
+                let lease =
+                    cache::blocking::in_place(acquire).map_err(|source| SolveError::Network {
+                        at: at(),
+                        source: Box::new(source),
+                    })?;
                 (lease.network("kiln"), Some(lease))
             }
             _ => (Network::Loopback, None),

@@ -43,11 +43,10 @@ impl SolveOp for FileOp {
                 .any(|a| matches!(a, FileAction::Copy(c) if matches!(c.from, CopySource::Git(_))))
             {
                 let (store, f, sock) = (r.store.clone(), self.clone(), r.opts.ssh.default_socket());
-                tokio::task::spawn_blocking(move || {
+                cache::blocking::unblock(move || {
                     crate::git::checkout_all(&store, &f, sock.as_deref())
                 })
                 .await
-                .expect("git checkout does not panic")
                 .map_err(|source| SolveError::Git {
                     at: at(),
                     source: Box::new(source),

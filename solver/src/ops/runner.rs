@@ -152,26 +152,28 @@ impl Runner {
         self.sandbox(n, &spec).await?;
         drop(hold);
         let store = self.store.clone();
-        let layer = tokio::task::spawn_blocking(move || {
+        let layer = cache::blocking::unblock(move || {
             if let Some(m) = mtimes {
                 m.restamp(&upper)?;
             }
             store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })
         })
         .await
-        .expect("commit_layer does not panic")
         .map_err(store_err)?;
         drop(tmp);
         let mut chain = root.chain.clone();
         let made_layer = layer.is_some();
         chain.extend(layer.map(|l| l.diff_id));
-        self.store
-            .cache_put(
-                key,
-                &CacheRecord {
-                    layers: chain.clone(),
-                },
-            )
+        let (store, key, record) = (
+            self.store.clone(),
+            key.clone(),
+            CacheRecord {
+                layers: chain.clone(),
+            },
+        );
+        // The record is fsynced: off the runtime's workers, as every blocking write.
+        cache::blocking::unblock(move || store.cache_put(&key, &record))
+            .await
             .map_err(store_err)?;
         Ok(NodeResult { chain, made_layer })
     }

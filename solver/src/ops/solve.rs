@@ -83,7 +83,7 @@ impl Solver {
             })?;
         let graph = {
             let (opts, sock) = (self.opts.clone(), self.opts.ssh.default_socket());
-            tokio::task::spawn_blocking(move || {
+            cache::blocking::unblock(move || {
                 match crate::git::resolve_all(&mut graph, sock.as_deref()) {
                     Ok(()) => Ok(graph),
                     Err((n, source)) => Err(SolveError::Git {
@@ -92,15 +92,14 @@ impl Solver {
                     }),
                 }
             })
-            .await
-            .expect("git resolution does not panic")?
+            .await?
         };
         let graph = Arc::new(graph);
         let (keys, clamps, reasons, explain) = {
             let (g, opts) = (Arc::clone(&graph), self.opts.clone());
             let kiln_root = self.store.root().to_path_buf();
             let stat_file = StatCache::file_for(self.store.root(), &opts.context);
-            tokio::task::spawn_blocking(move || {
+            cache::blocking::unblock(move || {
                 let t = std::time::Instant::now();
                 let stats = StatCache::open(stat_file);
                 let opened = t.elapsed();
@@ -119,8 +118,7 @@ impl Solver {
                 );
                 keys
             })
-            .await
-            .expect("key computation does not panic")?
+            .await?
         };
         let runner = Arc::new(Runner {
             store: self.store.clone(),
@@ -159,13 +157,12 @@ impl Solver {
         let inputs_of = |n| hits.inputs_of(&graph, n);
         let done = sched::schedule_with(&graph, runner, self.opts.jobs, inputs_of).await;
         // `--explain` records what this build saw, whether or not it succeeded.
-        tokio::task::spawn_blocking(move || {
+        cache::blocking::unblock(move || {
             if let Err(e) = explain.write() {
                 tracing::warn!(error = %e, "explain records not saved");
             }
         })
-        .await
-        .expect("writing explain records does not panic");
+        .await;
         let done = done.map_err(|e| match e {
             SchedError::Op(e) => e,
             SchedError::Panicked { node } => SolveError::Internal(SchedError::Panicked { node }),
@@ -189,9 +186,8 @@ impl Solver {
             s.keep(&self.store, &steps);
         }
         let store = self.store.clone();
-        let image = tokio::task::spawn_blocking(move || store.write_image(&config))
+        let image = cache::blocking::unblock(move || store.write_image(&config))
             .await
-            .expect("write_image does not panic")
             .map_err(SolveError::Image)?;
         Ok(Solved {
             image,
