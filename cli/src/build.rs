@@ -319,14 +319,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
 
-    let opts = frontend::BuildOptions {
+    let mut opts = frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
         named_contexts: Default::default(),
     };
-    let mut opts = opts;
     if a.check {
         return crate::check::run(&text, &opts, &context, &dockerignore);
     }
