@@ -13,18 +13,20 @@
 #   fresh     a fresh runner (empty KILN_ROOT, busybox imported) building with --cache-from
 #             (zero RUN executed); target: within 1.2x of the registry backend's fresh time
 #   requests  requests the fresh runner sent to the server (from its access log)
+# Then the servers' own speed: the same GETs (the smallest blob, 20 times; the final image's
+# largest layer, 5 times) sent by curl to the registry, moto and azurite, kiln not involved.
 #
 #   bench/backends.sh                         # SIZE_MIB=32 RUNS=5, target/release/kiln
 #   RUNS=3 KILN=target/debug/kiln bench/backends.sh
 #
-# Needs root, /bin/busybox, docker-registry, moto_server, azurite-blob, python3, bc.
+# Needs root, /bin/busybox, docker-registry, moto_server, azurite-blob, python3, bc, curl.
 set -euo pipefail
 SIZE_MIB=${SIZE_MIB:-32}
 RUNS=${RUNS:-5}
 cd "$(dirname "$0")/.."
 KILN=$(readlink -f "${KILN:-target/release/kiln}")
 [ -x "$KILN" ] || { echo "bench/backends.sh: $KILN missing: cargo build --release -p kiln-cli" >&2; exit 1; }
-for tool in docker-registry moto_server azurite-blob python3 bc /bin/busybox; do
+for tool in docker-registry moto_server azurite-blob python3 bc curl /bin/busybox; do
     command -v "$tool" >/dev/null || { echo "bench/backends.sh: $tool is missing" >&2; exit 1; }
 done
 
@@ -95,6 +97,40 @@ for i in $(seq "$RUNS"); do
     done
 done
 
+# Server latency: the same GETs sent by curl to each server (kiln not involved), for the
+# smallest blob of the cache (a request's fixed cost) and the final image's largest layer.
+# The registry serves them from its own storage, moto from memory, azurite from its files.
+AZ_SAS=$(python3 - "$AZ_KEY" <<'PY'
+import base64, hashlib, hmac, sys, urllib.parse
+f = dict(sv="2021-08-06", ss="b", srt="sco", sp="rl", se="2099-01-01T00:00:00Z", spr="https,http")
+s = "\n".join(["devstoreaccount1", f["sp"], f["ss"], f["srt"], "", f["se"], "", f["spr"], f["sv"], "", ""])
+f["sig"] = base64.b64encode(hmac.new(base64.b64decode(sys.argv[1]), s.encode(), hashlib.sha256).digest()).decode()
+print(urllib.parse.urlencode(f))
+PY
+)
+blobs=$W/layout-run1/blobs/sha256
+small=$(ls -S "$blobs" | tail -1); large=$(ls -S "$blobs" | sed -n 2p)
+# url BACKEND HEX
+url() {
+    case $1 in
+    registry) echo "http://127.0.0.1:$PORT/v2/bench/cache/blobs/sha256:$2" ;;
+    s3) echo "http://127.0.0.1:$S3_PORT/bench/blobs/sha256:$2" ;;
+    azblob) echo "http://127.0.0.1:$AZ_PORT/devstoreaccount1/bench/blobs/sha256:$2?$AZ_SAS" ;;
+    esac
+}
+# get_time BACKEND HEX: one GET's total time in ms (fails unless 200).
+get_time() {
+    local out
+    out=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' --aws-sigv4 aws:amz:us-east-1:s3 --user AKIABENCH:x \
+        -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$(url "$1" "$2")")
+    [ "${out%% *}" = 200 ] || { echo "$BENCH: GET $(url "$1" "$2"): HTTP ${out%% *}" >&2; exit 1; }
+    echo "${out#* } * 1000" | bc -l
+}
+for b in registry s3 azblob; do
+    for _ in $(seq 20); do get_time $b "$small"; done | median > "$W/$b.small"
+    for _ in $(seq 5); do get_time $b "$large"; done | median > "$W/$b.large"
+done
+
 reg=$(median < "$W/registry.fresh")
 printf '%-10s %14s %12s %16s %18s\n' backend "re-export (s)" "fresh (s)" "fresh/registry" "requests (fresh)"
 for b in $BACKENDS; do
@@ -102,4 +138,6 @@ for b in $BACKENDS; do
     req=$(median < "$W/$b.requests"); [ "$b" = local ] && req="- (files)"
     printf '%-10s %14.3f %12.3f %16.2f %18s\n' "$b" "$(median < "$W/$b.reexport")" "$f" "$(echo "$f / $reg" | bc -l)" "$req"
 done
+printf '\nthe same GETs with curl, no kiln (medians; ms):\n%-10s %22s %30s\n' server "$(stat -c %s "$blobs/$small") B blob (x20)" "$(( $(stat -c %s "$blobs/$large") >> 20 )) MiB layer (x5)"
+for b in registry s3 azblob; do printf '%-10s %22.1f %30.1f\n' "$b" "$(cat "$W/$b.small")" "$(cat "$W/$b.large")"; done
 echo "(medians of $RUNS; builder stage ${SIZE_MIB} MiB, final image $((SIZE_MIB / 2)) MiB + 1 MiB; $KILN; load: $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -86,6 +86,84 @@ impl Store {
         img.manifest.layers.iter().all(|l| self.has_blob(&l.digest))
     }
 
+    /// The layers (gzip) and the OCI manifest of `img` as saved, its blobs added to `blobs`.
+    fn manifest_blobs(
+        &self,
+        img: &Image,
+        blobs: &mut BTreeMap<Digest, Blob>,
+    ) -> Result<(Vec<Descriptor>, Digest, Vec<u8>)> {
+        // Layers are gzip blobs: a pulled image's own (the store remembers the blob it was
+        // pulled as), else compressed once and memoized.
+        let mut layers = Vec::with_capacity(img.config.rootfs.diff_ids.len());
+        for d in &img.config.rootfs.diff_ids {
+            let mut desc = self.compressed_layer(d, Compression::default())?;
+            desc.media_type = oci_layer_type(&desc.media_type).to_owned();
+            blobs.insert(desc.digest.clone(), Blob::File(desc.digest.clone()));
+            layers.push(desc);
+        }
+        let (mdigest, mbytes) = if is_oci_as_stored(img) && self.has_layer_blobs(img) {
+            // An OCI image kept as served (pulled, loaded) is saved byte for byte: its
+            // digest stays the registry's.
+            for l in &img.manifest.layers {
+                blobs.insert(l.digest.clone(), Blob::File(l.digest.clone()));
+            }
+            (
+                img.manifest_digest.clone(),
+                self.read_blob(&img.manifest_digest)?,
+            )
+        } else {
+            // kiln's own form (uncompressed layers), or a Docker-typed image: the OCI
+            // layout gets an OCI manifest with OCI media types (umoci refuses Docker
+            // types there); the config keeps its bytes.
+            let manifest = ImageManifest {
+                schema_version: 2,
+                media_type: Some(MEDIA_TYPE_MANIFEST.to_owned()),
+                config: Descriptor::new(
+                    MEDIA_TYPE_CONFIG,
+                    img.config_digest.clone(),
+                    img.manifest.config.size,
+                ),
+                layers: layers.clone(),
+                annotations: BTreeMap::new(),
+                extra: Default::default(),
+            };
+            let mbytes = json(&manifest)?;
+            (Digest::of(&mbytes), mbytes)
+        };
+        Ok((layers, mdigest, mbytes))
+    }
+
+    /// The (platform, manifest) entries of the index `digest` when it is one whose every
+    /// manifest is stored with a platform in kiln's own form (a multi-platform image kiln
+    /// built); else None.
+    fn stored_platforms(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<Vec<(crate::oci::Platform, Digest)>>> {
+        let Ok(index) = serde_json::from_slice::<ImageIndex>(&self.read_blob(digest)?) else {
+            return Ok(None);
+        };
+        if index.manifests.is_empty() {
+            return Ok(None);
+        }
+        Ok(index
+            .manifests
+            .iter()
+            .map(|d| match (&d.platform, self.has_blob(&d.digest)) {
+                // Only kiln's own images: a pulled index keeps the registry's bytes.
+                (Some(_), true)
+                    if !self.image(&d.digest).is_ok_and(|i| Self::is_local_form(&i)) =>
+                {
+                    None
+                }
+                (Some(p), true) if d.media_type == MEDIA_TYPE_MANIFEST => {
+                    Some((p.clone(), d.digest.clone()))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Writes a tar holding an OCI layout (oci-layout, index.json, blobs/) and a docker-archive
     /// manifest.json for `images` (name, manifest digest), with gzip layers. Accepted by
     /// `docker load`, `skopeo inspect oci-archive:` and umoci.
@@ -102,46 +180,37 @@ impl Store {
                 source,
             })?;
             let img = self.image(digest)?;
-            // Layers are gzip blobs: a pulled image's own (the store remembers the blob it was
-            // pulled as), else compressed once and memoized.
-            let mut layers = Vec::with_capacity(img.config.rootfs.diff_ids.len());
-            for d in &img.config.rootfs.diff_ids {
-                let mut desc = self.compressed_layer(d, Compression::default())?;
-                desc.media_type = oci_layer_type(&desc.media_type).to_owned();
-                blobs.insert(desc.digest.clone(), Blob::File(desc.digest.clone()));
-                layers.push(desc);
-            }
-            let (mdigest, mbytes) = if is_oci_as_stored(&img) && self.has_layer_blobs(&img) {
-                // An OCI image kept as served (pulled, loaded) is saved byte for byte: its
-                // digest stays the registry's.
-                for l in &img.manifest.layers {
-                    blobs.insert(l.digest.clone(), Blob::File(l.digest.clone()));
+            let (layers, mdigest, mbytes) = self.manifest_blobs(&img, &mut blobs)?;
+            // A multi-platform image kiln built (an index whose every manifest is stored)
+            // keeps its index; docker-archive's manifest.json lists the host's image.
+            let mut desc = match self.stored_platforms(digest)? {
+                Some(entries) => {
+                    let mut manifests = Vec::new();
+                    for (platform, d) in entries {
+                        let i = self.image(&d)?;
+                        let (_, md, mb) = self.manifest_blobs(&i, &mut blobs)?;
+                        let mut m =
+                            Descriptor::new(MEDIA_TYPE_MANIFEST, md.clone(), mb.len() as u64);
+                        m.platform = Some(platform);
+                        blobs.insert(i.config_digest.clone(), Blob::File(i.config_digest.clone()));
+                        blobs.insert(md, Blob::Bytes(mb));
+                        manifests.push(m);
+                    }
+                    let index = ImageIndex {
+                        schema_version: 2,
+                        media_type: Some(MEDIA_TYPE_INDEX.to_owned()),
+                        manifests,
+                        annotations: BTreeMap::new(),
+                        extra: Default::default(),
+                    };
+                    let ibytes = json(&index)?;
+                    let idigest = Digest::of(&ibytes);
+                    let d = Descriptor::new(MEDIA_TYPE_INDEX, idigest.clone(), ibytes.len() as u64);
+                    blobs.insert(idigest, Blob::Bytes(ibytes));
+                    d
                 }
-                (
-                    img.manifest_digest.clone(),
-                    self.read_blob(&img.manifest_digest)?,
-                )
-            } else {
-                // kiln's own form (uncompressed layers), or a Docker-typed image: the OCI
-                // layout gets an OCI manifest with OCI media types (umoci refuses Docker
-                // types there); the config keeps its bytes.
-                let manifest = ImageManifest {
-                    schema_version: 2,
-                    media_type: Some(MEDIA_TYPE_MANIFEST.to_owned()),
-                    config: Descriptor::new(
-                        MEDIA_TYPE_CONFIG,
-                        img.config_digest.clone(),
-                        img.manifest.config.size,
-                    ),
-                    layers: layers.clone(),
-                    annotations: BTreeMap::new(),
-                    extra: Default::default(),
-                };
-                let mbytes = json(&manifest)?;
-                (Digest::of(&mbytes), mbytes)
+                None => Descriptor::new(MEDIA_TYPE_MANIFEST, mdigest.clone(), mbytes.len() as u64),
             };
-            let mut desc =
-                Descriptor::new(MEDIA_TYPE_MANIFEST, mdigest.clone(), mbytes.len() as u64);
             desc.annotations
                 .insert("io.containerd.image.name".into(), r.to_string());
             if let Some(tag) = &r.tag {

@@ -279,6 +279,7 @@ impl Store {
         for name in kroot::Dir::RETIRED {
             report.reclaimed += self.remove_tree(&self.root().join(name), &mut seen)?;
         }
+        report.reclaimed += self.sweep_dates(&mut seen)?;
         let (n, bytes) = self.clean_tmp(true, opts.now, &mut seen)?;
         report.tmp = n;
         report.reclaimed += bytes;
@@ -502,6 +503,22 @@ impl Store {
                     marks.blobs.insert(src.blob.digest.hex().to_owned());
                 }
                 _ => bytes += remove_file(&ent.path(), seen)?,
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Removes the image dates (`dates/<key>`, [`crate::records::ImageDate`]) of which a layer
+    /// is gone: no build can make that image from this store's cache any more.
+    fn sweep_dates(&self, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
+        let mut bytes = 0;
+        for ent in read_dir(&self.dir(kroot::Dir::Dates))? {
+            let kept = fs::read(ent.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<crate::records::ImageDate>(&b).ok())
+                .is_some_and(|d| d.layers.iter().all(|l| self.has_layer(l)));
+            if !kept {
+                bytes += remove_file(&ent.path(), seen)?;
             }
         }
         Ok(bytes)

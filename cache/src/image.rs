@@ -142,16 +142,43 @@ impl Store {
     ///
     /// Fails when the manifest or config blob is missing, corrupt or not valid JSON.
     pub fn image(&self, manifest: &Digest) -> Result<Image> {
-        self.image_at(manifest, 0)
+        self.image_at(manifest, 0, &crate::oci::Platform::host())
     }
 
-    fn image_at(&self, manifest: &Digest, depth: usize) -> Result<Image> {
+    /// Like [`Store::image`], choosing `platform`'s entry (os and architecture, then the
+    /// variant when the entry has one) when `manifest` is an index.
+    ///
+    /// Fails as [`Store::image`] does.
+    pub fn image_for(&self, manifest: &Digest, platform: &crate::oci::Platform) -> Result<Image> {
+        self.image_at(manifest, 0, platform)
+    }
+
+    /// [`Store::resolve`] for `platform` (see [`Store::image_for`]).
+    ///
+    /// Fails as [`Store::resolve`] does.
+    pub fn resolve_for(
+        &self,
+        name: &str,
+        platform: &crate::oci::Platform,
+    ) -> Result<Option<Image>> {
+        // The name's top-level digest (an index or a manifest), then the platform's entry.
+        match self.resolve_top(name)? {
+            Some(d) => self.image_for(&d, platform).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn image_at(
+        &self,
+        manifest: &Digest,
+        depth: usize,
+        host: &crate::oci::Platform,
+    ) -> Result<Image> {
         let bytes = self.read_blob(manifest)?;
         if depth < 4
             && let Ok(index) = serde_json::from_slice::<crate::oci::ImageIndex>(&bytes)
             && !index.manifests.is_empty()
         {
-            let host = crate::oci::Platform::host();
             let stored = || {
                 index
                     .manifests
@@ -160,13 +187,17 @@ impl Store {
             };
             let entry = stored()
                 .find(|d| {
-                    d.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == host.os && p.architecture == host.architecture)
+                    d.platform.as_ref().is_some_and(|p| {
+                        p.os == host.os
+                            && p.architecture == host.architecture
+                            && (host.variant.is_none()
+                                || p.variant.is_none()
+                                || p.variant == host.variant)
+                    })
                 })
                 .or_else(|| stored().next());
             if let Some(entry) = entry {
-                return self.image_at(&entry.digest, depth + 1);
+                return self.image_at(&entry.digest, depth + 1, host);
             }
         }
         let m: ImageManifest =
@@ -194,9 +225,19 @@ impl Store {
     ///
     /// Fails when a prefix is ambiguous or the image's blobs are unreadable.
     pub fn resolve(&self, name: &str) -> Result<Option<Image>> {
+        match self.resolve_top(name)? {
+            Some(d) => self.image(&d).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The digest `name` points at (an index or a manifest), as [`Store::resolve`] finds it.
+    ///
+    /// Fails as [`Store::resolve`] does.
+    pub fn resolve_top(&self, name: &str) -> Result<Option<Digest>> {
         if let Ok(d) = name.parse::<Digest>() {
             return if self.has_blob(&d) {
-                self.image(&d).map(Some)
+                Ok(Some(d))
             } else {
                 Ok(None)
             };
@@ -204,13 +245,13 @@ impl Store {
         if let Ok(r) = Reference::parse(name) {
             if let Some(d) = &r.digest {
                 return if self.has_blob(d) {
-                    self.image(d).map(Some)
+                    Ok(Some(d.clone()))
                 } else {
                     Ok(None)
                 };
             }
             if let Some(d) = self.read_ref(&r)? {
-                return self.image(&d).map(Some);
+                return Ok(Some(d));
             }
         }
         let prefix = name.strip_prefix("sha256:").unwrap_or(name);
@@ -231,7 +272,7 @@ impl Store {
         matches.dedup();
         match matches.len() {
             0 => Ok(None),
-            1 => self.image(&matches[0]).map(Some),
+            1 => Ok(Some(matches[0].clone())),
             _ => Err(StoreError::AmbiguousId {
                 prefix: name.to_owned(),
                 matches,

@@ -26,7 +26,17 @@ pub async fn resolve(
     let mut bases = BTreeMap::new();
     for r in refs {
         let at = || format!("{dockerfile}:{}: FROM {}", r.span.line, r.reference);
-        let local = store.resolve(&r.reference).with_context(at)?;
+        let platform = r.platform.as_ref().unwrap_or(platform);
+        // A build for another platform than the host's takes only an image of that platform
+        // from the store (the platform's entry of a stored index), else pulls it.
+        let local = store
+            .resolve_for(&r.reference, platform)
+            .with_context(at)?
+            .filter(|i| {
+                *platform == cache::oci::Platform::host()
+                    || (i.config.os == platform.os
+                        && i.config.architecture == platform.architecture)
+            });
         let image = match local {
             Some(image) if !always_pull => image,
             local => {
@@ -35,9 +45,11 @@ pub async fn resolve(
                 match cache::registry::pull(store, &reference, platform, &opts).await {
                     Ok(image) => image,
                     Err(e) if local.is_none() => anyhow::bail!(
-                        "{}: image not in the local store, and pulling it failed: {:#}\n\
-                         hint: `kiln import` a root filesystem, or check the registry \
-                         (plain HTTP needs --insecure-registry or KILN_INSECURE_REGISTRIES)",
+                        "{}: image not in the local store for {platform}, and pulling it failed: \
+                         {:#}\n\
+                         hint: `kiln import [--platform {platform}]` a root filesystem, or check \
+                         the registry (plain HTTP needs --insecure-registry or \
+                         KILN_INSECURE_REGISTRIES)",
                         at(),
                         anyhow::Error::new(e)
                     ),
@@ -46,7 +58,7 @@ pub async fn resolve(
             }
         };
         bases.insert(
-            r.reference.clone(),
+            r.key(),
             frontend::BaseImage {
                 manifest: image.manifest_digest.clone(),
                 config: image.config.clone(),

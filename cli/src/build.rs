@@ -1,11 +1,14 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
 mod attest;
+mod dates;
 mod input;
 mod load;
 mod named;
 mod oci_layout;
 mod output;
+pub mod platforms;
+mod runopts;
 mod sbom;
 
 use crate::render::{Mode, Renderer};
@@ -93,6 +96,31 @@ pub struct BuildArgs {
     /// repeated (the first that has a step wins). Layers are downloaded only when needed.
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
+    /// Target platforms (`linux/amd64,linux/arm64`; comma-separated or repeated): one image
+    /// per platform, under one OCI index when there are several. RUN steps of another
+    /// architecture run through qemu-user binfmt handlers.
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    platforms: Vec<String>,
+    /// Add `NAME:IP` to /etc/hosts of every RUN step; may be repeated.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN steps (`128m`; default 64m).
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    shm_size: Option<String>,
+    /// A resource limit of RUN steps, `NAME=SOFT[:HARD]` (`nofile=1024:2048`); may be repeated.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// Refused: kiln does not place RUN steps in a cgroup of the caller's choosing.
+    #[arg(long = "cgroup-parent", value_name = "CGROUP")]
+    cgroup_parent: Option<String>,
+    /// Entitlements: `network.host` (for `RUN --network=host`), `security.insecure` (for
+    /// `RUN --security=insecure`); comma-separated or repeated.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
+    /// What to do with the Dockerfile, as buildx's `--call`: `build` (default), `check` (as
+    /// `--check`) or `targets` (list the stages).
+    #[arg(long = "call", value_name = "METHOD", default_value = "build", value_parser = ["build", "check", "targets", "outline"])]
+    call: String,
     /// `-o/--output`, `--load`, `--annotation`, `--provenance`, `--sbom`, `--attest`.
     #[command(flatten)]
     outputs: output::OutputFlags,
@@ -294,7 +322,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     let push_as_output =
         a.push && (attest_req != attest::Requested::default() || !a.outputs.annotation.is_empty());
     let outputs = output::parse(&a.outputs, &a.tags, push_as_output)?;
-    let started = crate::containers::now_rfc3339();
+    let started = executor::container::time::now_rfc3339();
     let mut cache_to = a
         .cache_to
         .iter()
@@ -324,16 +352,44 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
+        build_platform: cache::oci::Platform::host(),
         named_contexts: Default::default(),
     };
-    if a.check {
+    let platforms = platforms::parse(&a.platforms)?;
+    anyhow::ensure!(
+        platforms.len() < 2 || (cache_to.is_empty() && cache_from.is_empty()),
+        "--cache-to and --cache-from take one platform at a time: build each --platform on its own"
+    );
+    if a.check || a.call == "check" {
         return crate::check::run(&text, &opts, &context, &dockerignore);
     }
+    if a.call == "outline" {
+        bail!("--call outline is not supported by kiln yet; --call check and --call targets are");
+    }
+    if let Some(p) = &a.cgroup_parent {
+        bail!(
+            "--cgroup-parent {p}: not supported: kiln's RUN steps live in kiln's own device-policy \
+             cgroup, which a parent of the caller's choosing would bypass"
+        );
+    }
+    let mut allow = runopts::parse_allow(&a.allow)?;
+    // buildx grants network.host itself for `--network host`.
+    allow.network_host |= a.network == "host";
+    let run_security = runopts::apply(
+        crate::security::parse(&a.security_opt)?,
+        &a.add_hosts,
+        a.shm_size.as_deref(),
+        &a.ulimits,
+    )?;
     let df = frontend::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
+    if a.call == "targets" {
+        return runopts::print_targets(&df, &text);
+    }
     let store = crate::open_store()?;
     opts.named_contexts = named::resolve(&a.build_contexts, &store, &opts.platform)?;
-    let refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Each platform's bases are collected again below.
+    frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
@@ -353,65 +409,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let bases = rt.block_on(async {
-        let _lock = store.lock_shared().context("locking the store")?;
-        let mut refs = refs;
-        let mut bases = std::collections::BTreeMap::new();
-        // ONBUILD triggers of the bases can name more images: resolve until none is new.
-        while !refs.is_empty() {
-            bases.extend(
-                crate::bases::resolve(
-                    &store,
-                    &refs,
-                    &dockerfile_name,
-                    &opts.platform,
-                    a.pull,
-                    &reg_cfg,
-                )
-                .await?,
-            );
-            refs = frontend::base_images_with(&df, &opts, &bases)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .into_iter()
-                .filter(|r| !bases.contains_key(&r.reference))
-                .collect();
-        }
-        anyhow::Ok(bases)
-    })?;
-    let graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
-
     // Private agents for key files live until the build ends.
     let (ssh, _agents) = ssh_agents(&a.ssh)?;
-    let solve_opts = solver::SolveOptions {
-        context,
-        dockerignore,
-        jobs: a
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        no_cache: a.no_cache,
-        no_cache_stages: no_cache_stages(&df, &a.no_cache_filter),
-        kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
-        dockerfile_name,
-        secrets: crate::check::secrets(&a.secrets)?,
-        network: match a.network.as_str() {
-            "host" => graph::NetworkMode::Host,
-            "none" => graph::NetworkMode::None,
-            _ => graph::NetworkMode::Default,
-        },
-        ssh,
-        security: crate::security::parse(&a.security_opt)?,
-        // A whole number of seconds in the environment's SOURCE_DATE_EPOCH, else 0.
-        epoch: std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0),
-        // RUN steps on the default network join the bridge (pooled namespaces).
-        bridge: match a.network.as_str() {
-            "host" | "none" => None,
-            _ => Some(crate::netrun::build_network()?),
-        },
-    };
-    let sbom_opts = solve_opts.clone();
+    let created = dates::rule(&opts.build_args, &context)?;
+    let mut sbom_opts = None;
+    let mut last = None;
     // Held until the image is tagged, so that a prune cannot take an untagged result.
     let lock = store.lock_shared().context("locking the store")?;
     // Left by killed builds: their processes are gone, so nothing can be using them.
@@ -422,68 +424,186 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         true => None,
         false => Some(rt.block_on(crate::cacheopts::import(&cache_from, &reg_cfg, quiet))?),
     };
-    let solved = rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
-        let mut renderer = mode.map(Renderer::new);
-        let render = async move {
-            let mut misses = Vec::new();
-            // The live view redraws on a tick too, so a silent step's timer keeps running.
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                let ev = tokio::select! {
-                    ev = rx.recv() => ev,
-                    _ = tick.tick() => {
-                        if let Some(r) = &mut renderer {
-                            let _ = r.tick();
-                        }
-                        continue;
-                    }
-                };
-                let Some(ev) = ev else { break };
-                if let solver::progress::EventKind::CacheMiss { reason } = &ev.kind {
-                    misses.push(format!("{}: {reason}", ev.name));
-                }
-                // A closed stderr must not stop the build.
-                if let Some(r) = &mut renderer {
-                    let _ = r.event(&ev);
-                }
-            }
-            misses
+    // One solve per platform, in order; steps of build-platform stages are the same in
+    // each (same keys), so they run once and the later platforms find them cached.
+    let multi = platforms.len() > 1;
+    // Keys built so far in this build: under --no-cache too, a later platform reuses them.
+    let session = Arc::default();
+    let mut renderer = mode.map(Renderer::new);
+    let mut vertex_offset = 0;
+    let mut built = Vec::new();
+    for platform in platforms
+        .iter()
+        .cloned()
+        .chain(platforms.is_empty().then(cache::oci::Platform::host))
+    {
+        let opts = frontend::BuildOptions {
+            platform: platform.clone(),
+            ..opts.clone()
         };
-        let mut solver = solver::Solver::new(store.clone(), solve_opts);
-        if let Some(i) = &imported {
-            solver = solver.with_cache_from(Arc::clone(i));
-        }
-        let (solved, misses) = tokio::join!(solver.solve_steps(&graph, tx), render);
-        if a.explain {
-            use std::io::Write as _;
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "cache misses: {}", misses.len());
-            for m in &misses {
-                let _ = writeln!(err, "  {m}");
+        let bases = rt.block_on(async {
+            let _lock = store.lock_shared().context("locking the store")?;
+            let mut refs = frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut bases = std::collections::BTreeMap::new();
+            // ONBUILD triggers of the bases can name more images: resolve until none is new.
+            while !refs.is_empty() {
+                bases.extend(
+                    crate::bases::resolve(
+                        &store,
+                        &refs,
+                        &dockerfile_name,
+                        &opts.platform,
+                        a.pull,
+                        &reg_cfg,
+                    )
+                    .await?,
+                );
+                refs = frontend::base_images_with(&df, &opts, &bases)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .into_iter()
+                    .filter(|r| !bases.contains_key(&r.key()))
+                    .collect();
             }
+            anyhow::Ok(bases)
+        })?;
+        let mut graph = frontend::lower(&df, &opts, &bases).map_err(|e| anyhow::anyhow!("{e}"))?;
+        runopts::check_entitlements(&graph, allow, &dockerfile_name)?;
+        if multi {
+            platforms::label_nodes(&mut graph);
         }
-        match solved {
-            Ok(s) => anyhow::Ok(s),
-            // Plain progress streamed the failed step's output already: the error says what
-            // failed, without those lines again.
-            Err(e) => {
-                let e = anyhow::Error::new(e);
-                let exit = e.chain().find_map(|c| match c.downcast_ref() {
-                    Some(solver::SolveError::Exit { at, code, .. }) => Some((at, *code)),
-                    _ => None,
-                });
-                match exit {
-                    Some((at, code)) if mode.map(Mode::resolve) == Some(Mode::Plain) => {
-                        Err(anyhow::anyhow!("{at}: exit code {code}"))
+        let solve_opts = solver::SolveOptions {
+            context: context.clone(),
+            dockerignore: dockerignore.clone(),
+            jobs: a
+                .jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            no_cache: a.no_cache,
+            no_cache_stages: no_cache_stages(&df, &a.no_cache_filter),
+            kiln_exe: std::env::current_exe().context("locating the kiln binary")?,
+            dockerfile_name: dockerfile_name.clone(),
+            secrets: crate::check::secrets(&a.secrets)?,
+            network: match a.network.as_str() {
+                "host" => graph::NetworkMode::Host,
+                "none" => graph::NetworkMode::None,
+                _ => graph::NetworkMode::Default,
+            },
+            ssh: ssh.clone(),
+            security: run_security.clone(),
+            // SOURCE_DATE_EPOCH dates what steps make; without it, 0.
+            epoch: solver::ops::SolveOptions::epoch_of(&created),
+            created: created.clone(),
+            // RUN steps on the default network join the bridge (pooled namespaces).
+            bridge: match a.network.as_str() {
+                "host" | "none" => None,
+                // Rootless without a network helper: nothing to bridge to.
+                _ if !executor::container::runtime::has_uplink() => None,
+                _ => Some(crate::netrun::build_network()?),
+            },
+        };
+        sbom_opts = Some(solve_opts.clone());
+        let solved = rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<solver::progress::Event>();
+            // One renderer for every platform's solve, the vertices of each numbered after the
+            // previous ones, so that a multi-platform build numbers its steps once.
+            let mut shown = renderer.take();
+            let offset = vertex_offset;
+            vertex_offset += graph.nodes.len();
+            let render = async move {
+                let mut misses = Vec::new();
+                // The live view redraws on a tick too, so a silent step's timer keeps running.
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    let ev = tokio::select! {
+                        ev = rx.recv() => ev,
+                        _ = tick.tick() => {
+                            if let Some(r) = &mut shown {
+                                let _ = r.tick();
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(ev) = ev else { break };
+                    if let solver::progress::EventKind::CacheMiss { reason } = &ev.kind {
+                        misses.push(format!("{}: {reason}", ev.name));
                     }
-                    _ => Err(e),
+                    // A closed stderr must not stop the build.
+                    if let Some(r) = &mut shown {
+                        let mut ev = ev;
+                        ev.vertex += offset;
+                        let _ = r.event(&ev);
+                    }
+                }
+                (misses, shown)
+            };
+            let mut solver =
+                solver::Solver::new(store.clone(), solve_opts).with_session(Arc::clone(&session));
+            if let Some(i) = &imported {
+                solver = solver.with_cache_from(Arc::clone(i));
+            }
+            let (solved, (misses, used)) = tokio::join!(solver.solve_steps(&graph, tx), render);
+            renderer = used;
+            if a.explain {
+                use std::io::Write as _;
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "cache misses: {}", misses.len());
+                for m in &misses {
+                    let _ = writeln!(err, "  {m}");
                 }
             }
-        }
-    })?;
-    let mut solved = solved;
+            match solved {
+                Ok(s) => anyhow::Ok(s),
+                // Plain progress streamed the failed step's output already: the error says what
+                // failed, without those lines again.
+                Err(e) => {
+                    let e = anyhow::Error::new(e);
+                    let exit = e.chain().find_map(|c| match c.downcast_ref() {
+                        Some(solver::SolveError::Exit { at, code, .. }) => Some((at, *code)),
+                        _ => None,
+                    });
+                    match exit {
+                        Some((at, code)) if mode.map(Mode::resolve) == Some(Mode::Plain) => {
+                            Err(anyhow::anyhow!("{at}: exit code {code}"))
+                        }
+                        _ => Err(e),
+                    }
+                }
+            }
+        })?;
+        built.push((platform, solved));
+        last = Some((opts, bases, graph));
+    }
+    // The last platform's lowering, for the attestations of a one-platform build.
+    let (opts, bases, graph) = last.expect("one platform was built");
+    let sbom_opts = sbom_opts.expect("one platform was built");
+    if multi {
+        let push = a.push && !push_as_output;
+        let images = platforms::finish(&store, &a, built, &labels, &rt, &reg_cfg, quiet, push)?;
+        // The -o outputs, --load and attestations get every platform's image.
+        let facts = attest::Facts::of_build(
+            &opts,
+            &input.dockerfile,
+            parse_labels(&a.labels)?,
+            &bases,
+            &graph,
+            &build_ref()?,
+            started,
+        );
+        let images: Vec<_> = images.into_iter().map(|p| p.image).collect();
+        rt.block_on(output::run_all(
+            &store,
+            &images,
+            &reg_cfg,
+            &outputs,
+            &attest_req,
+            facts,
+            sbom_opts,
+            quiet,
+        ))?;
+        drop(lock);
+        return Ok(());
+    }
+    let (_, mut solved) = built.pop().expect("one platform was built");
     if !labels.is_empty() {
         let mut config = solved.image.config.clone();
         config.config.labels.extend(labels);

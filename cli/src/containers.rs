@@ -1,69 +1,22 @@
-//! Detached containers: `kiln run -d`, `ps`, `logs`, `stop`, `kill`, `rm`.
+//! Container commands: `ps`, `start`, `restart`, `logs`, `stop`, `kill`, `rm`, `exec`,
+//! `top`, `inspect` of containers, and the hidden `__supervise`: their arguments and output.
+//! The lifecycle itself (state and its transitions, the supervisor, networks, owner records
+//! and orphan reclaim, cgroups) is `executor::container`.
 //!
 //! State lives in `KILN_ROOT/containers/<id>/`: `spec.json` (the sandbox spec), `state.json`
-//! ([`State`]) and `log` (stdout and stderr). `kiln run -d` prepares the container and its
-//! network in the foreground (so errors such as a taken port are reported there), then starts
-//! `kiln __supervise ID` in its own process group. The supervisor spawns the sandbox, records
-//! its pid, waits for it, records the exit code and undoes the network. A container whose
-//! sandbox process is gone is shown as exited whatever its state file says.
+//! ([`State`]), `log` (stdout and stderr) and `hosts`.
 
 use anyhow::Context as _;
-use executor::net::PortMapping;
-use serde::{Deserialize, Serialize};
 use std::io::Write as _;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-/// `state.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct State {
-    /// The container id (its name when `--name` was given).
-    pub id: String,
-    /// The image as given on the command line.
-    pub image: String,
-    /// The command.
-    pub command: Vec<String>,
-    /// `created`, `running` or `exited`.
-    pub status: String,
-    /// The sandbox process.
-    pub pid: Option<i32>,
-    /// Exit code once exited.
-    pub exit_code: Option<i32>,
-    /// The bridge network, when attached.
-    pub network: Option<String>,
-    /// The container's address.
-    pub ip: Option<Ipv4Addr>,
-    /// Published ports.
-    pub ports: Vec<PortMapping>,
-    /// Remove everything on exit (`--rm`).
-    pub auto_remove: bool,
-    /// The bridge gateway, when attached.
-    #[serde(default)]
-    pub gateway: Option<Ipv4Addr>,
-    /// The image's STOPSIGNAL (`SIGTERM` when unset).
-    #[serde(default)]
-    pub stop_signal: Option<String>,
-    /// When the container was created (RFC 3339, UTC).
-    #[serde(default)]
-    pub created: Option<String>,
-    /// When its process started.
-    #[serde(default)]
-    pub started_at: Option<String>,
-    /// When its process exited.
-    #[serde(default)]
-    pub finished_at: Option<String>,
-    /// Its cgroup directories (one per v1 hierarchy, or one on v2), removed with it.
-    #[serde(default)]
-    pub cgroups: Vec<PathBuf>,
-    /// `--memory`, `--cpus` (in millicpus), `--pids-limit`, as given.
-    #[serde(default)]
-    pub limits: executor::cgroup::Limits,
-    /// `--network` as given (`bridge`, `none`, `host`, `container:NAME`, a network).
-    #[serde(default)]
-    pub network_mode: Option<String>,
-}
+pub use executor::container::CGROUP_ENV;
+pub use executor::container::State;
+use executor::container::process::{alive, exit_code as status_code, init_pid, ready_init_pid};
+use executor::container::time::{human_duration, parse_rfc3339};
+use executor::container::{Status, state};
 
 /// `kiln ps` flags.
 #[derive(Debug, clap::Args)]
@@ -174,84 +127,34 @@ pub enum Cmd {
 }
 
 fn containers_dir() -> anyhow::Result<PathBuf> {
-    Ok(crate::kiln_root()?.join("containers"))
+    Ok(kroot::Dir::Containers.path(&crate::kiln_root()?))
 }
 
 fn read_state(dir: &Path) -> anyhow::Result<State> {
-    let p = dir.join("state.json");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    Ok(state::read(dir)?)
 }
 
-/// Writes `state.json` atomically ([`kroot::write_atomic`]).
+/// Writes `state.json` atomically.
 pub fn write_state(dir: &Path, s: &State) -> anyhow::Result<()> {
-    let p = dir.join("state.json");
-    kroot::write_atomic(&p, &serde_json::to_vec_pretty(s)?)
-        .with_context(|| format!("writing {}", p.display()))
+    Ok(state::write(dir, s)?)
 }
 
-fn alive(pid: Option<i32>) -> bool {
-    pid.is_some_and(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/stat"))
-            // A zombie (state Z) is dead: its supervisor has not reaped it yet.
-            .is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
-            })
-    })
-}
-
-/// Every container's state, corrected (see [`effective`]).
+/// Every container's state, corrected (see [`State::effective`]).
 pub fn all() -> anyhow::Result<Vec<State>> {
-    let mut states = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(containers_dir()?) {
-        for e in rd.flatten() {
-            if let Ok(s) = read_state(&e.path()) {
-                states.push(effective(s));
-            }
-        }
-    }
-    Ok(states)
+    Ok(state::all(&containers_dir()?)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect())
 }
 
-/// The state with `status` corrected: running but without a live process is exited.
-fn effective(mut s: State) -> State {
-    if s.status != "exited" && !alive(s.pid) && s.status == "running" {
-        s.status = "exited".to_owned();
-    }
-    s
-}
-
-/// Finds a container by id, name or unique id prefix.
+/// Finds a container by name, id or unique id prefix.
 pub(crate) fn find(name: &str) -> anyhow::Result<(PathBuf, State)> {
-    lookup(name)?.with_context(|| format!("no such container: {name}"))
+    Ok(state::find(&containers_dir()?, name)?)
 }
 
 /// Like [`find`], but None when no container matches.
 fn lookup(name: &str) -> anyhow::Result<Option<(PathBuf, State)>> {
-    let root = containers_dir()?;
-    // Only a valid name is joined to the directory (`..` would name KILN_ROOT itself); any
-    // other string can still match an id prefix below, which never leaves the directory.
-    let exact = root.join(name);
-    if executor::names::check_container(name).is_ok() && exact.join("state.json").exists() {
-        let s = read_state(&exact)?;
-        return Ok(Some((exact, effective(s))));
-    }
-    let mut hits = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&root) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(name) && e.path().join("state.json").exists() {
-                hits.push(e.path());
-            }
-        }
-    }
-    match hits.as_slice() {
-        [one] => Ok(Some((one.clone(), effective(read_state(one)?)))),
-        [] => Ok(None),
-        _ => anyhow::bail!("container name {name:?} is ambiguous"),
-    }
+    Ok(state::lookup(&containers_dir()?, name)?)
 }
 
 /// `kiln inspect` of a container, in docker's shape; None when no container matches `name`.
@@ -262,7 +165,7 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     let spec: Option<executor::spec::RunSpec> = std::fs::read(dir.join("spec.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let running = s.status == "running";
+    let running = s.is_running();
     let pid = if running {
         s.pid.map(|p| init_pid(p).unwrap_or(p)).unwrap_or(0)
     } else {
@@ -286,7 +189,7 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     let gateway = s.gateway.map(|i| i.to_string()).unwrap_or_default();
     let mut networks = serde_json::Map::new();
     if let Some(n) = &s.network {
-        let prefix = executor::net::Ipam::open(crate::netrun::STATE_DIR)
+        let prefix = executor::net::Ipam::open(crate::netrun::state_dir())
             .and_then(|i| i.network(n))
             .map_or(0, |c| c.subnet.prefix());
         networks.insert(
@@ -306,7 +209,7 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
         "Path": path,
         "Args": args,
         "State": {
-            "Status": s.status,
+            "Status": s.status.as_str(),
             "Running": running,
             "Paused": false,
             "Pid": pid,
@@ -314,7 +217,7 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "StartedAt": s.started_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".to_owned()),
             "FinishedAt": s.finished_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".to_owned()),
         },
-        "Name": format!("/{}", s.id),
+        "Name": format!("/{}", s.name()),
         "Config": {
             "Hostname": spec.as_ref().map(|x| x.hostname.clone()).unwrap_or_default(),
             "Image": s.image,
@@ -340,56 +243,16 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     })))
 }
 
-/// `kiln start`: an exited container runs again under a new supervisor, with its spec (its
-/// writable layer kept), network mode, published ports and limits, as docker's.
+/// `kiln start` (see [`executor::container::supervisor::start`]).
 fn start(name: &str) -> anyhow::Result<()> {
-    let (dir, mut s) = find(name)?;
-    if s.status == "running" {
-        return Ok(());
-    }
-    let spec_path = dir.join("spec.json");
-    let mut spec: executor::spec::RunSpec = serde_json::from_slice(
-        &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", spec_path.display()))?;
-    // Whatever the last run left (its supervisor normally undid it already).
-    cleanup_network(&s);
-    // Overlay's work dir must be empty again: a `volatile` overlay leaves a marker in it that
-    // refuses a second mount (the first one is gone with the container's mount namespace).
-    let work = &spec.rootfs.work;
-    if work.exists() {
-        std::fs::remove_dir_all(work).with_context(|| format!("emptying {}", work.display()))?;
-    }
-    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    let mode: crate::netrun::Mode = match (&s.network_mode, &s.network) {
-        (Some(m), _) => m.parse()?,
-        (None, Some(n)) => crate::netrun::Mode::Bridge(n.clone()),
-        (None, None) => crate::netrun::Mode::None,
-    };
-    let (network, joined) =
-        crate::netrun::setup(&mode, &s.id, &spec.hostname, &s.ports, &dir, true)?;
-    spec.network = network;
-    let cgroup = match create_cgroup(&s.id, &s.limits) {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(j) = joined {
-                let _ = j.teardown();
-            }
-            return Err(e);
-        }
-    };
-    s.cgroups = cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default();
-    s.status = "created".to_owned();
-    s.pid = None;
-    s.exit_code = None;
-    s.finished_at = None;
-    if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {
-        s.network = Some(att.network);
-        s.ip = Some(att.ip);
-        s.gateway = Some(att.gateway);
-        s.ports = att.ports;
-    }
-    launch(&dir, &spec, s, joined)
+    let (dir, s) = find(name)?;
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    Ok(executor::container::supervisor::start(
+        &exe,
+        &containers_dir()?,
+        &dir,
+        s,
+    )?)
 }
 
 /// Starts a prepared container in the background under a supervisor; prints its id.
@@ -405,330 +268,69 @@ pub fn start_detached(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the supervisor of a prepared container and waits until the container runs (or
-/// has already exited).
+/// Starts the supervisor of a prepared container and waits until it runs (see
+/// [`executor::container::supervisor::launch`]).
 fn launch(
     dir: &Path,
     spec: &executor::spec::RunSpec,
     state: State,
     joined: Option<crate::netrun::Joined>,
 ) -> anyhow::Result<()> {
-    let spec_path = dir.join("spec.json");
-    kroot::write_atomic(&spec_path, &serde_json::to_vec(spec)?)
-        .with_context(|| format!("writing {}", spec_path.display()))?;
-    write_state(dir, &state)?;
     let exe = std::env::current_exe().context("locating the kiln binary")?;
-    use std::os::unix::process::CommandExt as _;
-    let spawned = std::process::Command::new(&exe)
-        .args(["__supervise", &state.id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-    // The supervisor owns the network from here on; the pinned namespace outlives this fd.
-    let supervisor = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(j) = joined {
-                let _ = j.teardown();
-            }
-            if state.created.is_some() && state.started_at.is_none() {
-                // A new container: nothing of it is worth keeping.
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            return Err(anyhow::Error::new(e).context("starting the supervisor"));
-        }
-    };
-    drop(joined);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = read_state(dir).or_else(|e| {
-            // --rm containers that already exited are gone.
-            if dir.exists() {
-                Err(e)
-            } else {
-                Ok(state.clone())
-            }
-        })?;
-        // Started means the container's PID 1 has exec'd its command (its cgroups, namespaces
-        // and mounts are complete, so `inspect` and `exec` right after `run -d` see them), or
-        // it has already exited.
-        let started = s.status == "running" && s.pid.and_then(ready_init_pid).is_some();
-        if started || s.status == "exited" || !alive(s.pid) && s.status != "created" {
-            break;
-        }
-        if !dir.exists() {
-            break;
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("the supervisor of {} did not start it", state.id);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    drop(supervisor);
-    Ok(())
+    Ok(executor::container::supervisor::launch(
+        &exe, dir, spec, state, joined,
+    )?)
 }
 
 fn supervise(id: &str) -> anyhow::Result<ExitCode> {
-    let dir = containers_dir()?.join(id);
-    let mut state = read_state(&dir)?;
-    let spec: executor::spec::RunSpec =
-        serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
-    // Appended to: a restarted container's log follows the earlier runs' (as docker's).
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("log"))
-        .context("opening the log")?;
     let exe = std::env::current_exe().context("locating the kiln binary")?;
-    let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Run(spec))?;
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    set_cgroup_env(&mut cmd, &state.cgroups);
-    let result = match cmd.spawn() {
-        Ok(mut child) => {
-            state.pid = i32::try_from(child.id()).ok();
-            state.status = "running".to_owned();
-            state.started_at = Some(now_rfc3339());
-            write_state(&dir, &state)?;
-            child.wait().map(|st| exit_code(&st))
-        }
-        Err(e) => Err(e),
-    };
-    state.exit_code = Some(result.as_ref().copied().unwrap_or(125));
-    state.status = "exited".to_owned();
-    state.finished_at = Some(now_rfc3339());
-    cleanup_network(&state);
-    // The processes are gone with the sandbox: its cgroup can go too (rm retries it).
-    let _ = executor::cgroup::Cgroup::open(state.cgroups.clone()).remove();
-    if state.auto_remove {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        write_state(&dir, &state)?;
-    }
+    executor::container::supervisor::supervise(&exe, &containers_dir()?, id)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Detaches the container from its network and unpins its namespace; idempotent.
+/// Detaches the container from its network (or from the one it shares) and unpins its
+/// namespace; idempotent.
 fn cleanup_network(state: &State) {
-    if let Some(net) = &state.network {
-        let _ = executor::net::netns::remove_path(&crate::netrun::netns_path(&state.id));
-        if let Ok(mut nets) = executor::net::Networks::open(crate::netrun::STATE_DIR) {
-            // A container still running here is being killed by `rm -f`: delete its veth
-            // now. Otherwise the namespace died with the sandbox and takes the veth along.
-            let _ = if alive(state.pid) {
-                nets.detach(net, &state.id)
-            } else {
-                nets.forget(net, &state.id)
-            };
-        }
-        crate::netrun::refresh_hosts(net);
-    }
+    crate::netrun::release(
+        &state.id,
+        state.network.as_deref(),
+        &state.ports,
+        alive(state.pid),
+    );
 }
 
-/// Tells `kiln __init` which cgroups to join before it forks (see `main`).
-pub fn set_cgroup_env(cmd: &mut std::process::Command, dirs: &[PathBuf]) {
-    if !dirs.is_empty() {
-        let joined: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        cmd.env(CGROUP_ENV, joined.join(":"));
-    }
-}
-
-/// The variable [`set_cgroup_env`] sets.
-pub const CGROUP_ENV: &str = "KILN_CGROUP";
-
-/// The cgroup of container `id` with `limits`, or None when nothing is limited. Fails when
-/// no hierarchy has a needed controller or the cgroup cannot be written.
+/// The cgroup of container `id` with `limits`, or None when nothing is limited.
 pub fn create_cgroup(
     id: &str,
     limits: &executor::cgroup::Limits,
 ) -> anyhow::Result<Option<executor::cgroup::Cgroup>> {
-    if limits.is_empty() {
+    if !limits.is_empty() && !crate::rootless::limits_possible() {
         return Ok(None);
     }
-    let h = executor::cgroup::Hierarchy::host().context("no cgroup filesystem is mounted")?;
-    let plan = executor::cgroup::plan(&h, id, limits)?;
-    Ok(Some(executor::cgroup::Cgroup::create(&plan).with_context(
-        || format!("creating the cgroup of container {id}"),
-    )?))
-}
-
-/// The current time as RFC 3339 (UTC, second precision), as docker's `StartedAt`.
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    rfc3339(secs)
-}
-
-fn rfc3339(secs: u64) -> String {
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Days to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    executor::container::create_cgroup(id, limits)
+        .with_context(|| format!("creating the cgroup of container {id}"))
 }
 
 fn signal(s: &State, sig: rustix::process::Signal) {
-    if let Some(p) = s.pid.and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process(p, sig);
-    }
-}
-
-/// The container's PID 1 (a host pid): the sandbox process's only child.
-fn init_pid(sandbox: i32) -> Option<i32> {
-    std::fs::read_to_string(format!("/proc/{sandbox}/task/{sandbox}/children"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    executor::container::process::kill(s.pid, sig);
 }
 
 /// The PID 1 (a host pid) of running container `name`. Fails when it is not running.
 pub fn running_init_pid(name: &str) -> anyhow::Result<i32> {
     let (_, s) = find(name)?;
-    anyhow::ensure!(s.status == "running", "container {name} is not running");
+    anyhow::ensure!(s.is_running(), "container {name} is not running");
     s.pid
         .and_then(ready_init_pid)
         .with_context(|| format!("container {name} has no running process"))
 }
 
-/// The container's PID 1 once it has exec'd the container's command: before that it is still
-/// `kiln __init` setting up mounts, and a `kiln exec` joining its mount namespace then would
-/// see a half-built one.
-fn ready_init_pid(sandbox: i32) -> Option<i32> {
-    let pid = init_pid(sandbox)?;
-    let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
-    let own = exe(pid)?;
-    (Some(own) != exe(sandbox)).then_some(pid)
-}
-
-/// A signal by name (`SIGTERM`, `TERM`, `term`) or number, as STOPSIGNAL gives it.
-fn parse_signal(s: &str) -> anyhow::Result<rustix::process::Signal> {
-    use rustix::process::Signal;
-    let t = s.trim().to_ascii_uppercase();
-    let name = t.strip_prefix("SIG").unwrap_or(&t);
-    let sig = match name {
-        "HUP" | "1" => Signal::HUP,
-        "INT" | "2" => Signal::INT,
-        "QUIT" | "3" => Signal::QUIT,
-        "KILL" | "9" => Signal::KILL,
-        "USR1" | "10" => Signal::USR1,
-        "USR2" | "12" => Signal::USR2,
-        "TERM" | "15" => Signal::TERM,
-        "WINCH" | "28" => Signal::WINCH,
-        "PWR" | "30" => Signal::POWER,
-        _ => anyhow::bail!("unsupported stop signal {s:?}"),
-    };
-    Ok(sig)
-}
-
-/// Sends the stop signal: the signals `__init` relays go to it (it forwards them to PID 1),
-/// others straight to PID 1.
-fn send_stop_signal(s: &State, sig: rustix::process::Signal) {
-    use rustix::process::Signal;
-    let relayed = [
-        Signal::TERM,
-        Signal::INT,
-        Signal::HUP,
-        Signal::QUIT,
-        Signal::USR1,
-        Signal::USR2,
-        Signal::WINCH,
-    ];
-    let target = if relayed.contains(&sig) {
-        s.pid
-    } else {
-        s.pid.and_then(init_pid).or(s.pid)
-    };
-    if let Some(p) = target.and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process(p, sig);
-    }
-}
-
-/// Waits until the container is exited (its supervisor has cleaned up) or `timeout` passes.
 fn wait_exited(dir: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match read_state(dir) {
-            Ok(s) if s.status == "exited" => return true,
-            Err(_) if !dir.exists() => return true,
-            _ => {}
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    executor::container::supervisor::wait_exited(dir, timeout)
 }
 
 fn stop(name: &str, timeout: Duration) -> anyhow::Result<()> {
     let (dir, s) = find(name)?;
-    if s.status != "running" {
-        return Ok(());
-    }
-    let sig = s
-        .stop_signal
-        .as_deref()
-        .filter(|x| !x.is_empty())
-        .map(parse_signal)
-        .transpose()?
-        .unwrap_or(rustix::process::Signal::TERM);
-    send_stop_signal(&s, sig);
-    if !wait_exited(&dir, timeout) {
-        signal(&s, rustix::process::Signal::KILL);
-        wait_exited(&dir, Duration::from_secs(10));
-    }
-    Ok(())
-}
-
-/// Seconds since the epoch of an RFC 3339 UTC time as [`rfc3339`] writes it.
-fn parse_rfc3339(t: &str) -> Option<u64> {
-    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    // Civil date to days (Howard Hinnant's algorithm, the inverse of `rfc3339`'s).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss).ok()
-}
-
-/// A duration as docker's `units.HumanDuration` words it (`5 seconds`, `About a minute`).
-fn human_duration(secs: u64) -> String {
-    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
-    match secs {
-        0 => "Less than a second".to_owned(),
-        1 => "1 second".to_owned(),
-        s if s < 60 => format!("{s} seconds"),
-        s if s < 120 => "About a minute".to_owned(),
-        s if s < 3600 => format!("{m} minutes"),
-        s if s < 7200 => "About an hour".to_owned(),
-        s if s < 48 * 3600 => format!("{h} hours"),
-        s if s < 14 * 86400 => format!("{d} days"),
-        s if s < 60 * 86400 => format!("{} weeks", d / 7),
-        s if s < 730 * 86400 => format!("{} months", d / 30),
-        _ => format!("{} years", d / 365),
-    }
+    Ok(executor::container::supervisor::stop(&dir, &s, timeout)?)
 }
 
 /// One `kiln ps` row with docker's `--format` field names.
@@ -741,15 +343,15 @@ fn ps_row(s: &State, no_trunc: bool) -> serde_json::Value {
             .and_then(parse_rfc3339)
             .map(|t| human_duration(now.saturating_sub(t)))
     };
-    let status = match (s.status.as_str(), s.exit_code) {
-        ("exited", code) => format!(
+    let status = match s.status {
+        Status::Exited => format!(
             "Exited ({}) {} ago",
-            code.unwrap_or(0),
+            s.exit_code.unwrap_or(0),
             ago(&s.finished_at).unwrap_or_default()
         ),
-        ("running", _) => format!("Up {}", ago(&s.started_at).unwrap_or_default()),
-        ("created", _) => "Created".to_owned(),
-        (o, _) => o.to_owned(),
+        Status::Running => format!("Up {}", ago(&s.started_at).unwrap_or_default()),
+        Status::Created => "Created".to_owned(),
+        Status::Removing => "Removal In Progress".to_owned(),
     };
     let ports: Vec<String> = s
         .ports
@@ -768,7 +370,8 @@ fn ps_row(s: &State, no_trunc: bool) -> serde_json::Value {
     if !no_trunc && command.chars().count() > 20 {
         command = command.chars().take(19).collect::<String>() + "…";
     }
-    // A generated id is hex and shown as docker shows one, 12 digits; a name is the id.
+    // An id is shown as docker shows one, 12 digits (state from before ids were separate
+    // from names may have a name as its id).
     let hex = s.id.len() > 12 && s.id.bytes().all(|b| b.is_ascii_hexdigit());
     let id = if hex && !no_trunc { &s.id[..12] } else { &s.id };
     let created_at = s
@@ -784,13 +387,13 @@ fn ps_row(s: &State, no_trunc: bool) -> serde_json::Value {
         .unwrap_or_default();
     serde_json::json!({
         "ID": id,
-        "Names": s.id,
+        "Names": s.name(),
         "Image": s.image,
         "Command": format!("\"{command}\""),
         "CreatedAt": created_at,
         "RunningFor": ago(&s.created).map(|a| a + " ago").unwrap_or_default(),
         "Status": status,
-        "State": s.status,
+        "State": s.status.as_str(),
         "Ports": ports.join(", "),
         "Networks": s.network.clone().unwrap_or_default(),
     })
@@ -885,7 +488,7 @@ fn ps(a: &PsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     states.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
     let rows: Vec<serde_json::Value> = states
         .iter()
-        .filter(|s| a.all || s.status == "running")
+        .filter(|s| a.all || s.is_running())
         .map(|s| ps_row(s, a.no_trunc))
         .collect();
     if a.quiet {
@@ -908,7 +511,7 @@ fn ps(a: &PsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
 /// namespace, in order. Fails when it is not running.
 pub fn processes(name: &str) -> anyhow::Result<(State, Vec<i32>)> {
     let (_, s) = find(name)?;
-    anyhow::ensure!(s.status == "running", "container {name} is not running");
+    anyhow::ensure!(s.is_running(), "container {name} is not running");
     let init = s
         .pid
         .and_then(init_pid)
@@ -959,7 +562,10 @@ fn top(name: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
 pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        Cmd::Ps(a) => ps(&a, &mut out)?,
+        Cmd::Ps(a) => {
+            crate::netrun::reclaim_orphans();
+            ps(&a, &mut out)?
+        }
         Cmd::Top { name } => top(&name, &mut out)?,
         Cmd::Stats(a) => crate::info::stats(&a, &mut out)?,
         Cmd::Start { names } => {
@@ -985,7 +591,8 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 if !follow {
                     break;
                 }
-                let done = read_state(&dir).map_or(true, |s| effective(s).status == "exited");
+                let done =
+                    read_state(&dir).map_or(true, |s| s.effective().status == Status::Exited);
                 if done {
                     std::io::copy(&mut f, &mut out)?;
                     break;
@@ -1002,7 +609,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Kill { names } => {
             for n in &names {
                 let (dir, s) = find(n)?;
-                anyhow::ensure!(s.status == "running", "container {n} is not running");
+                anyhow::ensure!(s.is_running(), "container {n} is not running");
                 signal(&s, rustix::process::Signal::KILL);
                 wait_exited(&dir, Duration::from_secs(10));
                 writeln!(out, "{n}")?;
@@ -1010,8 +617,8 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Rm { force, names } => {
             for n in &names {
-                let (dir, s) = find(n)?;
-                if s.status == "running" {
+                let (dir, mut s) = find(n)?;
+                if s.is_running() {
                     anyhow::ensure!(
                         force,
                         "container {n} is running: stop it first or use rm -f"
@@ -1020,6 +627,9 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     wait_exited(&dir, Duration::from_secs(10));
                 }
                 cleanup_network(&s);
+                if s.transition(Status::Removing).is_ok() {
+                    let _ = write_state(&dir, &s);
+                }
                 executor::cgroup::Cgroup::open(s.cgroups.clone())
                     .remove()
                     .with_context(|| format!("removing the cgroup of {n}"))?;
@@ -1062,7 +672,7 @@ fn exec(
     crate::run::check_workdir(workdir.as_deref())?;
     crate::run::check_user(user.as_deref())?;
     let (dir, s) = find(name)?;
-    anyhow::ensure!(s.status == "running", "container {name} is not running");
+    anyhow::ensure!(s.is_running(), "container {name} is not running");
     let sandbox = s.pid.context("the container has no process")?;
     // A container being started: wait (briefly) until its setup is complete.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1076,7 +686,7 @@ fn exec(
     let exec = executor::spec::ExecSpec {
         pid,
         args: command,
-        env: solver::run::env(&spec.env, &with_term(env, &spec.env, tty)),
+        env: executor::container::spec::env(&spec.env, &with_term(env, &spec.env, tty)),
         cwd: workdir.unwrap_or(spec.cwd),
         user: user.unwrap_or(spec.user),
         tty,
@@ -1120,43 +730,12 @@ pub fn with_term(mut env: Vec<String>, base: &[String], tty: bool) -> Vec<String
 
 /// A process's exit status as a shell reports it: its code, or 128 + the signal that killed it.
 pub fn exit_code(st: &std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt as _;
-    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+    status_code(st)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
-        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
-        for t in [0, 951_782_400 + 3661, 1_795_000_000, 4_102_444_799] {
-            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{}", rfc3339(t));
-        }
-        assert_eq!(parse_rfc3339("garbage"), None);
-    }
-
-    #[test]
-    fn durations_read_as_docker_words_them() {
-        for (s, want) in [
-            (0, "Less than a second"),
-            (1, "1 second"),
-            (59, "59 seconds"),
-            (90, "About a minute"),
-            (600, "10 minutes"),
-            (3700, "About an hour"),
-            (5 * 3600, "5 hours"),
-            (3 * 86400, "3 days"),
-            (21 * 86400, "3 weeks"),
-            (90 * 86400, "3 months"),
-            (800 * 86400, "2 years"),
-        ] {
-            assert_eq!(human_duration(s), want, "{s}");
-        }
-    }
 
     #[test]
     fn table_formats_align_like_docker_tabwriter() {
@@ -1179,20 +758,5 @@ mod tests {
         let mut out = Vec::new();
         print_rows(&mut out, "{{.Names}}", CONTAINER_HEADERS, &rows).expect("renders");
         assert_eq!(out, b"a-long-name-here\nb\n");
-    }
-
-    #[test]
-    fn stop_signals_parse_by_name_or_number() {
-        use rustix::process::Signal;
-        for (s, want) in [
-            ("SIGTERM", Signal::TERM),
-            ("term", Signal::TERM),
-            ("15", Signal::TERM),
-            ("SIGUSR1", Signal::USR1),
-            ("QUIT", Signal::QUIT),
-        ] {
-            assert_eq!(parse_signal(s).expect(s), want, "{s}");
-        }
-        assert!(parse_signal("SIGRTMIN+3").is_err());
     }
 }

@@ -1,8 +1,10 @@
-//! `kiln cp`: files between a running container and the host, in either direction, as
-//! `docker cp` (a directory is copied recursively, symlinks as symlinks, modes kept).
+//! `kiln cp`: files between a container (running or stopped) and the host, in either
+//! direction, as `docker cp` (a directory is copied recursively, symlinks as symlinks, modes
+//! kept).
 //!
 //! The container side is an untrusted tree: every path in it is resolved inside the
-//! container's root (`/proc/PID/root` of its PID 1) by `executor::fsroot`, and everything below
+//! container's root (`/proc/PID/root` of its PID 1, or a stopped container's overlay mounted
+//! detached) by `executor::fsroot`, and everything below
 //! is reached through directory descriptors with `O_NOFOLLOW`, so no symlink in the container
 //! can send a read or a write to the host.
 
@@ -47,10 +49,24 @@ pub fn cp(a: &CpArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The root of container `name`: its PID 1's while it runs; else its overlay mounted
+/// detached (`executor::container::rootfs`), as docker's `cp` also works on stopped
+/// containers.
 fn container_root(name: &str) -> anyhow::Result<executor::fsroot::Root> {
-    let pid = crate::containers::running_init_pid(name)?;
-    executor::fsroot::Root::open(Path::new(&format!("/proc/{pid}/root")))
-        .with_context(|| format!("opening the root of container {name}"))
+    let (dir, state) = crate::containers::find(name)?;
+    if state.is_running() {
+        let pid = crate::containers::running_init_pid(name)?;
+        return executor::fsroot::Root::open(Path::new(&format!("/proc/{pid}/root")))
+            .with_context(|| format!("opening the root of container {name}"));
+    }
+    let spec_path = dir.join("spec.json");
+    let spec: executor::spec::RunSpec = serde_json::from_slice(
+        &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", spec_path.display()))?;
+    let fd = executor::container::rootfs::mount_stopped(&spec.rootfs)
+        .with_context(|| format!("mounting the filesystem of stopped container {name}"))?;
+    Ok(executor::fsroot::Root::from_fd(fd))
 }
 
 /// The last component of `p` (`/` for the root).

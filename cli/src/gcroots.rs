@@ -40,8 +40,7 @@ pub fn container_specs(kiln_root: &Path) -> io::Result<Vec<RunSpec>> {
     };
     Ok(entries
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("spec.json")).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .filter_map(|e| executor::container::supervisor::read_spec(&e.path()).ok())
         .collect())
 }
 

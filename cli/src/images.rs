@@ -13,6 +13,9 @@ pub struct ImportArgs {
     /// WORKDIR, VOLUME, STOPSIGNAL).
     #[arg(short = 'c', long = "change", value_name = "INSTR")]
     changes: Vec<String>,
+    /// The platform the root filesystem is for (`linux/arm64`; default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
     /// Root filesystem tarball (plain, gzip or zstd), or `-` for stdin.
     source: PathBuf,
     /// Name of the image.
@@ -30,7 +33,11 @@ fn resolve(store: &Store, name: &str) -> anyhow::Result<Image> {
 pub fn import(a: ImportArgs) -> anyhow::Result<()> {
     cache::reference::Reference::parse(&a.name)
         .with_context(|| format!("invalid image name {:?}", a.name))?;
-    let mut config = ImageConfig::empty(&cache::oci::Platform::host());
+    let platform = match &a.platform {
+        Some(p) => crate::registry::parse_platform(p)?,
+        None => cache::oci::Platform::host(),
+    };
+    let mut config = ImageConfig::empty(&platform);
     // One history entry for the one layer, so tools that pair history with layers line up.
     config.created = Some(solver::ops::CREATED.to_owned());
     config.history.push(cache::oci::History {
@@ -295,8 +302,18 @@ pub fn inspect_value(name: &str) -> anyhow::Result<serde_json::Value> {
         "Layers": layers,
         "Size": image.manifest.layers.iter().map(|l| l.size).sum::<u64>(),
         "History": image.config.history,
+        // kiln's own: where `Created` came from (README "Image dates"), from the note the
+        // build kept beside the image; null for images kiln did not build here.
+        "CreatedFrom": created_from(&store, &image),
     });
     Ok(doc)
+}
+
+/// Where a built image's `created` came from: the note its build kept in the build cache.
+fn created_from(store: &cache::store::Store, image: &cache::image::Image) -> Option<String> {
+    let created = image.config.created.as_deref()?;
+    let key = cache::records::created_note_key(created, &image.config.rootfs.diff_ids);
+    store.date_get(&key).ok().flatten()?.from
 }
 
 /// `kiln tag`.
@@ -329,7 +346,12 @@ pub fn save(names: &[String], output: &Path) -> anyhow::Result<()> {
     let _lock = store.lock_shared().context("locking the store")?;
     let mut images = Vec::new();
     for n in names {
-        images.push((n.clone(), resolve(&store, n)?.manifest_digest));
+        // The name's index when it has one (a multi-platform image keeps it).
+        let top = store
+            .resolve_top(n)
+            .with_context(|| format!("looking up image {n}"))?
+            .with_context(|| format!("no such image: {n}"))?;
+        images.push((n.clone(), top));
     }
     // The store's error travels through io::Error and comes back out whole for the chain.
     let mut failed = None;

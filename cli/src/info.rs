@@ -33,7 +33,7 @@ fn ncpu() -> usize {
 /// `kiln info`.
 pub fn info(a: &InfoArgs) -> anyhow::Result<()> {
     let states = crate::containers::all()?;
-    let running = states.iter().filter(|s| s.status == "running").count();
+    let running = states.iter().filter(|s| s.is_running()).count();
     let store = crate::open_store()?;
     let images = store.list_images().context("listing images")?;
     let distinct: std::collections::BTreeSet<_> = images.iter().map(|(_, d)| d).collect();
@@ -204,7 +204,7 @@ fn rows(names: &[String]) -> anyhow::Result<Vec<serde_json::Value>> {
         out.push(serde_json::json!({
             "Container": name,
             "ID": if hex { &s.id[..12] } else { &s.id },
-            "Name": s.id,
+            "Name": s.name(),
             "CPUPerc": format!("{cpu:.2}%"),
             "MemUsage": format!("{} / {}", kroot::size::binary(rss), kroot::size::binary(limit)),
             "MemPerc": format!("{:.2}%", if limit > 0 { rss as f64 / limit as f64 * 100.0 } else { 0.0 }),
@@ -237,7 +237,7 @@ pub fn stats(a: &StatsArgs, out: &mut impl Write) -> anyhow::Result<()> {
         let names = if a.names.is_empty() {
             let mut running: Vec<String> = crate::containers::all()?
                 .into_iter()
-                .filter(|s| s.status == "running")
+                .filter(|s| s.is_running())
                 .map(|s| s.id)
                 .collect();
             running.sort();

@@ -16,6 +16,7 @@ mod network;
 mod prune;
 mod registry;
 mod render;
+mod rootless;
 mod run;
 mod runimage;
 mod security;
@@ -40,6 +41,8 @@ A closed stdout (broken pipe) exits 0.
 
 Environment:
   KILN_ROOT  the store (default: /var/lib/kiln as root, $XDG_DATA_HOME/kiln otherwise)
+  KILN_ROOTLESS_NET  a new rootless session's network helper: slirp4netns (default), pasta
+             or none
   KILN_REGISTRY_TIMEOUT  registry timeouts: `90s`, or `connect=30s,response=60s,idle=60s`
              (the defaults)";
 
@@ -56,7 +59,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Import a root filesystem tarball as a one-layer image.
     Import(images::ImportArgs),
     /// List images (`kiln images busybox`, `-q` for ids only).
@@ -110,7 +113,7 @@ enum Command {
         output: PathBuf,
     },
     /// Run a command in a new container.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Remove build cache: records, cache mounts and the layers only they hold.
     Prune(prune::PruneArgs),
     /// Store management (`kiln system df`, `kiln system prune`).
@@ -240,6 +243,9 @@ fn kiln_root() -> anyhow::Result<PathBuf> {
     if let Some(r) = std::env::var_os("KILN_ROOT").filter(|r| !r.is_empty()) {
         return Ok(PathBuf::from(r));
     }
+    if let Some(a) = rootless::active() {
+        return Ok(a.data_dir.clone());
+    }
     if rustix::process::geteuid().is_root() {
         return Ok(PathBuf::from("/var/lib/kiln"));
     }
@@ -281,6 +287,9 @@ fn main() -> ExitCode {
         }
         executor::init::main(std::env::args().collect());
     }
+    if std::env::args().nth(1).as_deref() == Some(executor::rootless::session::PAUSE_ARG) {
+        executor::rootless::session::pause_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         // Help and --version print to stdout and succeed; a wrong command line exits 125,
@@ -309,11 +318,21 @@ fn main() -> ExitCode {
                 cmd: ContainerCmd::Run(_)
             }
     );
-    // Sandboxes are born under the device policy: join it once, before any thread exists.
-    if matches!(
+    let sandboxes = matches!(
         cli.command,
         Command::Build(_) | Command::Run(_) | Command::Containers(_) | Command::Container { .. }
-    ) && let Err(e) = executor::devices::confine_self()
+    );
+    // Not root: join the user's rootless session, still single-threaded (setns needs it).
+    if let Err(e) = rootless::enter_if_unprivileged(sandboxes) {
+        let _ = writeln!(std::io::stderr().lock(), "error: {e:#}");
+        return ExitCode::from(if is_run { 125 } else { 1 });
+    }
+    // Sandboxes are born under the device policy: join it once, before any thread exists.
+    // (Rootless, the user namespace cannot create device nodes and host devices are only
+    // bind-mounted, so there is no device cgroup to join.)
+    if sandboxes
+        && rootless::active().is_none()
+        && let Err(e) = executor::devices::confine_self()
     {
         let _ = writeln!(
             std::io::stderr().lock(),
@@ -382,7 +401,7 @@ fn print_template(src: &str, docs: &[serde_json::Value]) -> anyhow::Result<()> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Build(a) => build::build(a).map(|()| ExitCode::SUCCESS),
+        Command::Build(a) => build::build(*a).map(|()| ExitCode::SUCCESS),
         Command::Import(a) => images::import(a).map(|()| ExitCode::SUCCESS),
         Command::Images(a) => images::list(&a).map(|()| ExitCode::SUCCESS),
         Command::Inspect(a) => inspect(&a, true).map(|()| ExitCode::SUCCESS),
@@ -439,7 +458,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Save { names, output } => {
             images::save(&names, &output).map(|()| ExitCode::SUCCESS)
         }
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Prune(a) => prune::prune(a).map(|()| ExitCode::SUCCESS),
         Command::System { cmd } => system::system(cmd).map(|()| ExitCode::SUCCESS),
         Command::Pull {

@@ -2,7 +2,7 @@
 //!
 //! A user network is a definition in the host-wide lease store (`/run/kiln/networks/NAME/`):
 //! its bridge (`kiln-<hash>`, created on first attach) and subnet. Containers on the same user
-//! network find each other by name through /etc/hosts (see `netrun::refresh_hosts`).
+//! network find each other by name through /etc/hosts (see `executor::container::network::refresh_hosts`).
 
 use anyhow::Context as _;
 use std::io::Write as _;
@@ -32,6 +32,7 @@ pub enum Cmd {
 
 /// Runs a network subcommand.
 pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    crate::netrun::reclaim_orphans();
     let mut out = std::io::stdout().lock();
     match cmd {
         Cmd::Create { subnet, name } => {
@@ -43,14 +44,14 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                         .with_context(|| format!("--subnet {s}"))
                 })
                 .transpose()?;
-            let ipam = executor::net::Ipam::open(crate::netrun::STATE_DIR)?;
+            let ipam = executor::net::Ipam::open(crate::netrun::state_dir())?;
             let config = ipam
                 .define_network(&name, subnet)
                 .with_context(|| format!("creating network {name}"))?;
             writeln!(out, "{}", config.name)?;
         }
         Cmd::Ls => {
-            let ipam = executor::net::Ipam::open(crate::netrun::STATE_DIR)?;
+            let ipam = executor::net::Ipam::open(crate::netrun::state_dir())?;
             writeln!(
                 out,
                 "{:<20} {:<16} {:<18} {:<15} CONTAINERS",
@@ -85,7 +86,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Rm { names } => {
-            let mut nets = executor::net::Networks::open(crate::netrun::STATE_DIR)?;
+            let mut nets = executor::net::Networks::open(crate::netrun::state_dir())?;
             for n in &names {
                 executor::names::check_network(n)?;
                 anyhow::ensure!(

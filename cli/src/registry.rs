@@ -176,10 +176,19 @@ pub async fn push(
     dest: Option<&str>,
     cfg: &RegistryConfig,
 ) -> anyhow::Result<Digest> {
+    let dest = dest.unwrap_or(name);
+    // A multi-platform image kiln built: every platform's manifest, then the index.
+    if let Some(images) = store
+        .resolve_top(name)?
+        .and_then(|top| crate::build::platforms::stored_index(store, &top))
+    {
+        let index = crate::build::platforms::push(store, &images, dest, cfg).await?;
+        finish_progress(cfg);
+        return Ok(index.digest);
+    }
     let image = store
         .resolve(name)?
         .with_context(|| format!("no such image: {name}"))?;
-    let dest = dest.unwrap_or(name);
     let r = Reference::parse(dest)?;
     let opts = cfg.options()?;
     let digest = registry::push(store, &image, &r, &opts).await?;

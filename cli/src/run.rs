@@ -67,21 +67,6 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-/// A generated container id: 64 hex digits, as docker's (shown as 12 by `ps`, accepted as
-/// any unique prefix).
-fn container_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let seed = format!(
-        "{}-{}-{}",
-        std::process::id(),
-        now.as_nanos(),
-        std::thread::current().name().unwrap_or("")
-    );
-    cache::oci::Digest::of(seed.as_bytes()).hex().to_owned()
-}
-
 /// `-e` values as docker's opts.ValidateEnv takes them: `=x` and `` (no name) are refused
 /// with docker's message. Fails on the first bad one.
 pub(crate) fn check_env(env: &[String]) -> anyhow::Result<()> {
@@ -149,6 +134,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     check(&a)?;
     let store = crate::open_store()?;
     let image = crate::runimage::image(&store, &a.image, a.pull, a.platform.as_deref())?;
+    // An image of another architecture runs through its binfmt handler, which must exist.
+    executor::binfmt::check(
+        std::path::Path::new(executor::binfmt::BINFMT_MISC),
+        &image.config.architecture,
+        &cache::oci::Platform::host().architecture,
+    )
+    .with_context(|| format!("image {}", a.image))?;
     let env = a
         .env
         .iter()
@@ -158,7 +150,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let env = crate::containers::with_term(env, &image.config.config.env, a.tty);
-    let overrides = solver::run::Overrides {
+    let overrides = executor::container::spec::Overrides {
         env,
         workdir: a.workdir.clone(),
         user: a.user.clone(),
@@ -184,11 +176,48 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         pids: a.pids_limit.filter(|n| *n > 0).map(|n| n as u64),
     };
     let security = crate::security::parse(&a.security_opt)?;
-    let id = a.name.clone().unwrap_or_else(container_id);
+    crate::netrun::reclaim_orphans();
+    // docker's: a 64-hex id, and a name apart from it (`--name`; else the id itself, where
+    // docker would make up a name).
+    let id = executor::container::state::new_id();
+    let cname = a.name.clone().unwrap_or_else(|| id.clone());
+    let containers = store.dir(kroot::Dir::Containers);
+    if let Some((_, other)) = executor::container::state::all(&containers)
+        .into_iter()
+        .find(|(_, s)| s.name() == cname)
+    {
+        anyhow::bail!(
+            "Conflict. The container name \"/{cname}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+            other.id
+        );
+    }
     let mut container = {
         let _lock = store.lock_shared().context("locking the store")?;
-        let mut c = solver::run::prepare(&store, &image.config, &id, &overrides)
-            .with_context(|| format!("preparing container {id}"))?;
+        let c = &image.config.config;
+        let lowers = image
+            .config
+            .rootfs
+            .diff_ids
+            .iter()
+            .rev()
+            .map(|d| {
+                anyhow::ensure!(
+                    store.has_layer(d),
+                    "layer {d} of the image is missing from the store"
+                );
+                Ok(store.snapshot_path(d))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let defaults = executor::container::spec::Image {
+            entrypoint: c.entrypoint.clone(),
+            cmd: c.cmd.clone(),
+            env: c.env.clone(),
+            working_dir: c.working_dir.clone(),
+            user: c.user.clone(),
+            lowers,
+        };
+        let mut c = executor::container::spec::prepare(&containers, &defaults, &id, &overrides)
+            .with_context(|| format!("preparing container {cname}"))?;
         c.spec.security = security;
         // Written before the lock goes: `kiln prune` keeps the snapshots a container's
         // spec.json names, so none of this container's layers can go while it exists.
@@ -197,16 +226,20 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", spec_path.display()))?;
         c
     };
+    let mut rec = crate::netrun::Record::new(&id, &container.dir);
     let (network, joined) = match crate::netrun::setup(
         &a.network,
         &id,
+        &cname,
         &container.spec.hostname,
         &ports,
         &container.dir,
         a.detach,
+        &mut rec,
     ) {
         Ok(n) => n,
         Err(e) => {
+            crate::netrun::release(&id, None, &[], false);
             let _ = std::fs::remove_dir_all(&container.dir);
             return Err(e);
         }
@@ -231,6 +264,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             if let Some(j) = joined {
                 let _ = j.teardown();
             }
+            crate::netrun::release(&id, None, &[], false);
             let _ = std::fs::remove_dir_all(&container.dir);
             return Err(e);
         }
@@ -239,11 +273,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|c| c.dirs().to_vec())
         .unwrap_or_default();
+    if !cgroups.is_empty() {
+        rec.owner.cgroups = cgroups.clone();
+        rec.save_if_possible();
+    }
     let mut state = crate::containers::State {
         id: id.clone(),
+        name: cname.clone(),
         image: a.image.clone(),
         command: container.spec.args.clone(),
-        status: "created".to_owned(),
+        status: executor::container::Status::Created,
         pid: None,
         exit_code: None,
         network: None,
@@ -252,7 +291,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         ports: Vec::new(),
         auto_remove: a.rm,
         stop_signal: Some(image.config.config.stop_signal.clone()).filter(|x| !x.is_empty()),
-        created: Some(crate::containers::now_rfc3339()),
+        created: Some(executor::container::time::now_rfc3339()),
         started_at: None,
         finished_at: None,
         cgroups: cgroups.clone(),
@@ -271,7 +310,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     // A foreground container is listed by `kiln ps` while it runs and, without --rm, stays
     // as an exited container until `kiln rm` (as docker's do). Its network is its own to tear
     // down, so the state names none.
-    state.status = "running".to_owned();
+    state.transition(executor::container::Status::Running)?;
     state.started_at = state.created.clone();
     let raw = a.tty.then(RawTerminal::enter).flatten();
     let status = spawn_and_wait(
@@ -281,20 +320,26 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         &cgroups,
         |pid| {
             state.pid = i32::try_from(pid).ok();
+            if let Some(p) = state.pid {
+                rec.owner.set_sandbox(p);
+                rec.save_if_possible();
+            }
             crate::containers::write_state(&container.dir, &state)
         },
     );
     drop(raw);
     let torn = joined.map(crate::netrun::Joined::teardown);
+    // Its record (and a shared lease nobody else claims) goes with it.
+    crate::netrun::release(&id, None, &[], false);
     if let Some(c) = &cgroup {
         let _ = c.remove();
     }
     if a.rm {
         let _ = std::fs::remove_dir_all(&container.dir);
     } else if let Ok(st) = &status {
-        state.status = "exited".to_owned();
+        state.transition(executor::container::Status::Exited)?;
         state.exit_code = Some(crate::containers::exit_code(st));
-        state.finished_at = Some(crate::containers::now_rfc3339());
+        state.finished_at = Some(executor::container::time::now_rfc3339());
         crate::containers::write_state(&container.dir, &state)?;
     }
     let status = status?;
@@ -319,7 +364,7 @@ fn spawn_and_wait(
     let spec = executor::spec::InitSpec::Run(spec.clone());
     let mut cmd =
         executor::sandbox::command(&exe, &spec).context("building the sandbox command")?;
-    crate::containers::set_cgroup_env(&mut cmd, cgroups);
+    executor::container::set_cgroup_env(&mut cmd, cgroups);
     if !stdin {
         cmd.stdin(Stdio::null());
     }

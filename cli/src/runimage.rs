@@ -31,9 +31,11 @@ pub fn image(
     platform: Option<&str>,
 ) -> anyhow::Result<Image> {
     let wanted = platform.map(parse_platform).transpose()?;
-    let local = store
-        .resolve(name)
-        .with_context(|| format!("looking up image {name}"))?;
+    let local = match &wanted {
+        Some(p) => store.resolve_for(name, p),
+        None => store.resolve(name),
+    }
+    .with_context(|| format!("looking up image {name}"))?;
     let local = local.filter(|img| {
         wanted
             .as_ref()

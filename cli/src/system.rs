@@ -27,7 +27,11 @@ pub enum SystemCommand {
 pub fn system(cmd: SystemCommand) -> anyhow::Result<()> {
     match cmd {
         SystemCommand::Df => df(),
-        SystemCommand::Prune(a) => crate::prune::prune(a),
+        SystemCommand::Prune(a) => {
+            // What dead containers left on the host goes too (see `netrun::reclaim_orphans`).
+            crate::netrun::reclaim_orphans();
+            crate::prune::prune(a)
+        }
         SystemCommand::Check { fix } => check(fix),
     }
 }
@@ -49,16 +53,16 @@ pub(crate) fn blockers(
 }
 
 fn check(fix: bool) -> anyhow::Result<()> {
-    let state = crate::netrun::STATE_DIR;
+    let state = crate::netrun::state_dir();
     let proc_sys = Path::new("/proc/sys");
     if fix {
-        let mut nets = executor::net::Networks::open(state)
-            .with_context(|| format!("opening the network state at {state}"))?;
+        let mut nets = executor::net::Networks::open(&state)
+            .with_context(|| format!("opening the network state at {}", state.display()))?;
         executor::net::enable_ip_forward(proc_sys).context("enabling IPv4 forwarding")?;
         nets.resync_rules().context("reinstalling kiln's rules")?;
     }
-    let ipam = executor::net::Ipam::open(state)
-        .with_context(|| format!("opening the network state at {state}"))?;
+    let ipam = executor::net::Ipam::open(&state)
+        .with_context(|| format!("opening the network state at {}", state.display()))?;
     let bridges: Vec<String> = ipam.networks()?.into_iter().map(|n| n.bridge).collect();
     let table = executor::net::nft::TABLE;
     let chain = executor::net::firewall::chain_name(table);

@@ -32,6 +32,9 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    /// No cgroup filesystem is mounted at all.
+    #[error("no cgroup filesystem is mounted")]
+    NoHierarchy,
     /// No hierarchy offers a controller a limit needs.
     #[error("no cgroup hierarchy with the {controller} controller is mounted")]
     MissingController {

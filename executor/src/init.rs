@@ -34,7 +34,7 @@ use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 use crate::fsroot;
 use crate::mounts::{self, HostPaths, Step};
 
-mod apply;
+pub(crate) mod apply;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
@@ -109,6 +109,20 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
+    /// Rootless: the kernel refused overlayfs in the user namespace.
+    #[error(
+        "mounting overlay root (upper {upper}) in a user namespace (rootless): the kernel's \
+         overlayfs refused it (it needs Linux 5.11 or later and a store on a filesystem that \
+         supports user xattrs: ext4, xfs, btrfs, tmpfs; not overlayfs itself)\n\
+         hint: put KILN_ROOT on such a filesystem; kiln has no fuse-overlayfs fallback yet"
+    )]
+    OverlayRootless {
+        /// Upper dir (or the first lower for a read-only overlay).
+        upper: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// A lower dir could not be added to the overlay.
     #[error("adding overlay lower dir {path}")]
     Lower {
@@ -177,6 +191,15 @@ pub enum InitError {
     /// The device policy could not be applied.
     #[error("device policy")]
     Devices(#[from] crate::devices::DeviceError),
+    /// A `--ulimit` could not be set.
+    #[error("setting ulimit {name}")]
+    Ulimit {
+        /// Its docker name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The seccomp profile could not be compiled.
     #[error("seccomp profile")]
     Seccomp(#[from] seccomp::SeccompError),
@@ -407,6 +430,11 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
 /// ([`crate::devices`]); usually it was born there. It opens no device itself afterwards:
 /// stdio is inherited.
 fn confine_devices() -> Result<()> {
+    // Rootless: no device cgroup can be joined; the user namespace cannot create device nodes
+    // and the sandbox's /dev holds only bind mounts of the host's harmless ones.
+    if crate::rootless::in_user_namespace() {
+        return Ok(());
+    }
     Ok(crate::devices::confine_self()?)
 }
 
@@ -584,6 +612,7 @@ fn is_empty_dir(fd: &OwnedFd) -> bool {
 fn is_opaque(fd: &OwnedFd) -> bool {
     let mut buf = [0u8; 8];
     rustix::fs::fgetxattr(fd, "trusted.overlay.opaque", &mut buf).is_ok()
+        || rustix::fs::fgetxattr(fd, "user.overlay.opaque", &mut buf).is_ok()
 }
 
 fn child_main(
@@ -765,8 +794,12 @@ fn exec_as(
         .unwrap_or(DEFAULT_PATH)
         .to_string();
     let exe = find_executable(&args[0], &path_var)?;
-    let filter = seccomp_filter(&security.seccomp)?;
-    drop_privileges(user, id)?;
+    let filter = match security.privileged {
+        true => None,
+        false => seccomp_filter(&security.seccomp)?,
+    };
+    set_ulimits(&security.ulimits)?;
+    drop_privileges(user, id, security.privileged)?;
 
     let cstr =
         |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
@@ -851,17 +884,62 @@ pub fn find_executable(cmd: &str, path: &str) -> Result<PathBuf> {
     })
 }
 
-fn drop_privileges(user_spec: &str, id: &user::Identity) -> Result<()> {
+/// Sets the `--ulimit` resource limits (still as root, so hard limits may rise).
+fn set_ulimits(limits: &[crate::spec::Ulimit]) -> Result<()> {
+    use rustix::process::{Resource, Rlimit};
+    for l in limits {
+        let resource = match l.name.as_str() {
+            "core" => Resource::Core,
+            "cpu" => Resource::Cpu,
+            "data" => Resource::Data,
+            "fsize" => Resource::Fsize,
+            "locks" => Resource::Locks,
+            "memlock" => Resource::Memlock,
+            "msgqueue" => Resource::Msgqueue,
+            "nice" => Resource::Nice,
+            "nofile" => Resource::Nofile,
+            "nproc" => Resource::Nproc,
+            "rss" => Resource::Rss,
+            "rtprio" => Resource::Rtprio,
+            "rttime" => Resource::Rttime,
+            "sigpending" => Resource::Sigpending,
+            "stack" => Resource::Stack,
+            "as" => Resource::As,
+            other => {
+                return Err(InitError::Ulimit {
+                    name: other.to_owned(),
+                    source: io::Error::from(io::ErrorKind::InvalidInput),
+                });
+            }
+        };
+        let limit = Rlimit {
+            current: l.soft,
+            maximum: l.hard,
+        };
+        rustix::process::setrlimit(resource, limit).map_err(|e| InitError::Ulimit {
+            name: l.name.clone(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Result<()> {
     let cred = |source: io::Error| InitError::Credentials {
         user: user_spec.to_string(),
         source,
     };
     let errno = |e: rustix::io::Errno| cred(e.into());
-    let keep = default_capabilities();
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
+    // Privileged: every capability kiln itself has (a container around kiln may hold fewer
+    // than the kernel knows).
+    let keep = match privileged {
+        true => rustix::thread::capabilities(None).map_err(errno)?.permitted,
+        false => default_capabilities(),
+    };
     for cap in 0..=last {
         if cap < 64 && !keep.contains(CapabilitySet::from_bits_retain(1 << cap)) {
             sys::drop_bounding_capability(cap).map_err(cred)?;
@@ -874,7 +952,15 @@ fn drop_privileges(user_spec: &str, id: &user::Identity) -> Result<()> {
         .iter()
         .map(|g| rustix::process::Gid::from_raw(*g))
         .collect();
-    rustix::thread::set_thread_groups(&groups).map_err(errno)?;
+    match rustix::thread::set_thread_groups(&groups) {
+        // Rootless with a single id: setgroups is denied in the user namespace (the
+        // kernel's condition for an unprivileged gid_map), so the process keeps the groups
+        // it was started with, which the namespace shows as unmapped (65534).
+        Err(rustix::io::Errno::PERM)
+            if std::fs::read_to_string("/proc/self/setgroups")
+                .is_ok_and(|s| s.trim() == "deny") => {}
+        r => r.map_err(errno)?,
+    }
     let gid = rustix::process::Gid::from_raw(id.gid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(errno)?;
     let uid = rustix::process::Uid::from_raw(id.uid);

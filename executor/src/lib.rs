@@ -16,6 +16,7 @@
 //! - [`devices`]: runc's default device list, through the v1 devices cgroup or a v2 eBPF program;
 //! - [`seccomp`]: docker's seccomp profile format, compiled to the BPF filter of every sandbox;
 //! - [`net`]: bridge networks, leases, NAT and published ports, the netns pool for RUN;
+//! - [`rootless`]: the per-user session (user, mount and network namespace) of rootless kiln;
 //! - [`fsroot`]: the one resolver of untrusted paths inside a root (openat2 `RESOLVE_IN_ROOT`,
 //!   or a checked walk), used for every mount source and target and every COPY destination,
 //!   and given to the `context` crate's walk of COPY sources as [`fsroot::InRoot`];
@@ -35,7 +36,9 @@
 //! caller's mount namespace.
 #![deny(missing_docs)]
 
+pub mod binfmt;
 pub mod cgroup;
+pub mod container;
 pub mod copy;
 pub mod devices;
 pub mod fsroot;
@@ -43,6 +46,7 @@ pub mod init;
 pub mod mounts;
 pub mod names;
 pub mod net;
+pub mod rootless;
 pub mod sandbox;
 pub mod seccomp;
 pub mod spec;

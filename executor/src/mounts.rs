@@ -208,7 +208,16 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
     });
     steps.push(Step::Fs {
         fstype: "tmpfs",
-        options: vec![("mode", "1777".into()), ("size", "65536k".into())],
+        options: vec![
+            ("mode", "1777".into()),
+            (
+                "size",
+                match spec.security.shm_size {
+                    Some(b) => format!("{}k", b.div_ceil(1024)),
+                    None => "65536k".into(),
+                },
+            ),
+        ],
         target: "/dev/shm".into(),
         attrs: NOSUID_NODEV_NOEXEC,
         create: Create::Dir,
@@ -327,6 +336,13 @@ pub fn etc_files(
             hosts, resolv_conf, ..
         } => (hosts.clone(), resolv_conf.clone()),
     };
+    let mut hosts = hosts;
+    for (name, ip) in &spec.security.extra_hosts {
+        if !hosts.is_empty() && !hosts.ends_with('\n') {
+            hosts.push('\n');
+        }
+        hosts.push_str(&format!("{ip}\t{name}\n"));
+    }
     vec![
         ("hosts", hosts),
         ("resolv.conf", resolv),

@@ -95,12 +95,57 @@ pub struct RunSpec {
     pub security: Security,
 }
 
-/// Confinement set by `--security-opt` (the device cgroup is not optional).
+/// Confinement set by `--security-opt` (the device cgroup is not optional), and the limits of
+/// `kiln build --ulimit/--shm-size`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Security {
     /// The seccomp filter of the process.
     pub seccomp: Seccomp,
+    /// `RUN --security=insecure` (with `--allow security.insecure`): the process keeps every
+    /// capability and gets no seccomp filter (masked paths and the device policy stay).
+    #[serde(default)]
+    pub privileged: bool,
+    /// Resource limits set right before exec (`--ulimit nofile=1024:2048`).
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
+    /// Size of the /dev/shm tmpfs in bytes (default 64 MiB, as docker).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// `--add-host NAME:IP`: (name, ip) lines appended to /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, String)>,
 }
+
+/// One `--ulimit NAME=SOFT[:HARD]`; `None` is unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// docker's name of the resource (`nofile`, `nproc`, `core`, ...).
+    pub name: String,
+    /// The soft limit.
+    pub soft: Option<u64>,
+    /// The hard limit.
+    pub hard: Option<u64>,
+}
+
+/// docker's `--ulimit` names, as accepted (`as` is RLIMIT_AS).
+pub const ULIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+    "as",
+];
 
 /// Which seccomp filter a sandbox's process gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,8 +61,10 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// `--build-arg K=V`.
     pub build_args: BTreeMap<String, String>,
-    /// The platform built for (kiln builds natively, so also the build platform).
+    /// The target platform (`TARGETPLATFORM`): what stages without `FROM --platform` build for.
     pub platform: Platform,
+    /// The build platform (`BUILDPLATFORM`): the machine kiln runs on.
+    pub build_platform: Platform,
     /// `--build-context NAME=...`: NAME (a stage name, or an image name as a FROM, `--from`
     /// or `from=` writes it) to the image reference that replaces it, which the caller
     /// resolves like any base image. A stage of that name is replaced, as BuildKit does.
@@ -76,6 +78,7 @@ impl BuildOptions {
             dockerfile_name: "Dockerfile".to_owned(),
             target: None,
             build_args: BTreeMap::new(),
+            build_platform: platform.clone(),
             platform,
             named_contexts: BTreeMap::new(),
         }
@@ -110,6 +113,17 @@ pub struct BaseImageRef {
     pub reference: String,
     /// Where it is first used (FROM line, `--from`, `from=`).
     pub span: Span,
+    /// The platform to resolve it for when it is not the target platform (a stage with
+    /// `FROM --platform=$BUILDPLATFORM`); `None`: the target platform.
+    pub platform: Option<Platform>,
+}
+
+impl BaseImageRef {
+    /// The key of this image in the `bases` map [`lower`] takes: the reference, followed by
+    /// ` --platform=OS/ARCH` when [`BaseImageRef::platform`] is set.
+    pub fn key(&self) -> String {
+        lower::base_key(&self.reference, self.platform.as_ref())
+    }
 }
 
 /// A resolved base image.

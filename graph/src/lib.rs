@@ -51,6 +51,11 @@ pub struct Node {
     pub span: Option<Span>,
     /// The Dockerfile instruction as written (for errors: `Dockerfile:12: RUN make: ...`).
     pub instruction: String,
+    /// The platform the node builds for (its stage's: the target's, or `FROM --platform`).
+    /// It is part of a source's key, so everything built on it differs per platform; a RUN
+    /// of another architecture than the host's runs through its binfmt handler. `None`: the
+    /// host's, and no platform in the key.
+    pub platform: Option<cache::oci::Platform>,
 }
 
 /// An operation.
@@ -109,6 +114,9 @@ pub struct ExecOp {
     pub network: NetworkMode,
     /// Extra mounts (RUN --mount).
     pub mounts: Vec<Mount>,
+    /// `RUN --security=insecure`: every capability, no seccomp filter (only with
+    /// `--allow security.insecure`).
+    pub insecure: bool,
 }
 
 /// A `RUN --mount`.

@@ -47,11 +47,14 @@ pub enum Dir {
     Explain,
     /// Per-file details of a COPY's sources by content digest (solver::explain).
     ExplainFiles,
+    /// Image dates by the key of their dated-less config: the first build's `created` and
+    /// where it came from (cache::records::ImageDate, written by the cli's build).
+    Dates,
 }
 
 impl Dir {
     /// Every directory.
-    pub const ALL: [Dir; 14] = [
+    pub const ALL: [Dir; 15] = [
         Dir::Tmp,
         Dir::Blobs,
         Dir::Snapshots,
@@ -66,6 +69,7 @@ impl Dir {
         Dir::StatCache,
         Dir::Explain,
         Dir::ExplainFiles,
+        Dir::Dates,
     ];
 
     /// The directories `cache::Store::open` creates; the others appear on first use.
@@ -99,6 +103,7 @@ impl Dir {
             Dir::StatCache => "statcache",
             Dir::Explain => "explain",
             Dir::ExplainFiles => "explain/files",
+            Dir::Dates => "dates",
         }
     }
 
@@ -136,7 +141,7 @@ mod tests {
         assert_eq!(
             names.join(" "),
             "tmp blobs/sha256 snapshots images cachekeys compressed layers containers \
-             cachemounts registry/blobs registry/repodigests statcache explain explain/files"
+             cachemounts registry/blobs registry/repodigests statcache explain explain/files dates"
         );
     }
 }

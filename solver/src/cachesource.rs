@@ -51,6 +51,12 @@ pub trait CacheSource: fmt::Debug + Send + Sync {
     /// After a build: keeps in `store` what this source gave it, so that the next build hits
     /// without it. Best effort.
     fn keep(&self, store: &Store, steps: &[SolvedStep]);
+
+    /// The image date this source keeps under `key` ([`cache::records::created_key`]).
+    fn created(&self, key: &Digest) -> Option<i64> {
+        let _ = key;
+        None
+    }
 }
 
 /// The local store's cache records: a record is a hit only while all its layers are present.
@@ -72,6 +78,10 @@ impl CacheSource for LocalCache {
         Ok(rec
             .filter(|r| r.layers.iter().all(|d| self.store.has_layer(d)))
             .map(|r| r.layers))
+    }
+
+    fn created(&self, key: &Digest) -> Option<i64> {
+        Some(self.store.date_get(key).ok().flatten()?.created)
     }
 
     fn fetch<'a>(&'a self, _store: &'a Store, _layers: &'a [Digest]) -> Fetch<'a> {

@@ -6,7 +6,8 @@
 //! hash `Debug` output, serde maps or `std::hash`: those change between releases.
 //!
 //! What goes in:
-//! - `kiln.source.v1`: scratch, or the manifest digest of the base image.
+//! - `kiln.source.v1`: scratch, or the manifest digest of the base image; then the node's
+//!   platform when it has one (the frontend sets it on every node; hand-made graphs may not).
 //! - `kiln.exec.v1`: argv, env, cwd, user, network, mounts, and the keys of the inputs
 //!   (root first, then mount sources, as [`Op::inputs`] lists them).
 //! - `kiln.file.v1`: every action's fields, the content digest of each context COPY's sources
@@ -24,7 +25,7 @@ use crate::graph::{
     CacheSharing, CopyAction, CopySource, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Node,
     NodeId, Op, SourceOp,
 };
-use cache::oci::{Digest, Hasher};
+use cache::oci::{Digest, Hasher, Platform};
 
 /// Tag of source keys.
 pub const SOURCE_TAG: &str = "kiln.source.v1";
@@ -129,8 +130,11 @@ impl Enc {
     }
 }
 
-/// The key of a source op.
-pub fn source_key(op: &SourceOp) -> Digest {
+/// The key of a source op. With a `platform` (a node of a platform build), its
+/// `os/arch[/variant]` follows, so that every key built on the source differs per platform
+/// (`scratch` too) and a stage that builds for the build platform has the same keys for
+/// every target.
+pub fn source_key(op: &SourceOp, platform: Option<&Platform>) -> Digest {
     let mut e = Enc::new(SOURCE_TAG);
     match op {
         SourceOp::Scratch => e.u8(0),
@@ -138,6 +142,9 @@ pub fn source_key(op: &SourceOp) -> Digest {
             e.u8(1);
             e.digest(manifest);
         }
+    }
+    if let Some(p) = platform {
+        e.str(&p.to_string());
     }
     e.finish()
 }
@@ -185,11 +192,13 @@ pub fn exec_key(op: &ExecOp, keys: &[Option<Digest>], contents: &[Option<Digest>
     e.strs(&op.env);
     e.str(&op.cwd);
     e.str(&op.user);
+    // An insecure step is a different op (BuildKit's security mode is in the op digest); the
+    // byte is new in the network field's place, so sandboxed steps keep their keys.
     e.u8(match op.network {
         NetworkMode::Default => 0,
         NetworkMode::None => 1,
         NetworkMode::Host => 2,
-    });
+    } | if op.insecure { 0x80 } else { 0 });
     let hashed: Vec<_> = op
         .mounts
         .iter()
@@ -292,7 +301,7 @@ pub fn file_key(op: &FileOp, keys: &[Option<Digest>], contents: &[Option<Digest>
 /// The key of any node (see the per-op functions for `keys` and `contents`).
 pub fn node_key(node: &Node, keys: &[Option<Digest>], contents: &[Option<Digest>]) -> Digest {
     match &node.op {
-        Op::Source(s) => source_key(s),
+        Op::Source(s) => source_key(s, node.platform.as_ref()),
         Op::Exec(x) => exec_key(x, keys, contents),
         Op::File(f) => file_key(f, keys, contents),
     }
@@ -334,6 +343,7 @@ mod tests {
             stage: Some("stage".into()),
             span: Some(Span { line: 1, column: 1 }),
             instruction: "X".into(),
+            platform: None,
         }
     }
 
@@ -347,6 +357,7 @@ mod tests {
             user: String::new(),
             network: NetworkMode::Default,
             mounts: vec![],
+            insecure: false,
         }
     }
 
@@ -422,6 +433,33 @@ mod tests {
 
     fn key_hex(k: &Option<Digest>) -> &str {
         k.as_ref().map_or("none", |d| d.hex())
+    }
+
+    /// A source's platform is in its key (so in every key built on it); none keeps the
+    /// platform-less encoding.
+    #[test]
+    fn source_keys_hold_the_platform() {
+        let op = SourceOp::Scratch;
+        let amd = Platform::host();
+        let arm = Platform {
+            architecture: "arm64".into(),
+            ..amd.clone()
+        };
+        let keys = [
+            source_key(&op, None),
+            source_key(&op, Some(&amd)),
+            source_key(&op, Some(&arm)),
+        ];
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_eq!(keys[2], source_key(&op, Some(&arm)));
+        let mut insecure = exec(0, "true");
+        let sandboxed = exec_key(&insecure, &[Some(keys[1].clone())], &[]);
+        insecure.insecure = true;
+        assert_ne!(
+            sandboxed,
+            exec_key(&insecure, &[Some(keys[1].clone())], &[])
+        );
     }
 
     /// Pins the key encodings. If this fails, you changed a key format: bump its tag.

@@ -10,7 +10,6 @@
 //! - [`cachesource`]: where results are found by key (the local store; imported caches).
 //! - [`remote`]: remote cache hooks: the steps a build exports, lazy fetching of imported
 //!   layers and cache mounts.
-//! - [`run`]: the sandbox spec of a `kiln run` container.
 //! - [`fetch`] and [`git`]: ADD of http(s) URLs and of git repositories.
 //! - [`mounts`]: RUN --mount on the host side (cache dirs, secrets, ssh agent proxies, the
 //!   layers of bind-mounted trees, the context filtered by `.dockerignore`); the sandbox
@@ -35,7 +34,6 @@ pub mod mounts;
 pub mod ops;
 pub mod progress;
 pub mod remote;
-pub mod run;
 pub mod sched;
 pub mod spawn;
 

@@ -32,6 +32,9 @@ pub struct Solved {
     pub steps: Vec<SolvedStep>,
     /// Cache ids of the `RUN --mount=type=cache` mounts of the steps the target needed.
     pub cache_mounts: Vec<String>,
+    /// The image's date record (key and seconds) when the date is the first build's clock:
+    /// exported with the steps, so a runner that imports the cache dates the image alike.
+    pub date: Option<(Digest, i64)>,
 }
 
 /// One step of a [`Solved`] build.
@@ -62,7 +65,14 @@ impl Solved {
                 key: s.key.clone(),
                 parent: s.parent.clone(),
                 chain: s.chain.clone(),
+                created: None,
             })
+            .chain(self.date.iter().map(|(key, secs)| ExportRecord {
+                key: key.clone(),
+                parent: None,
+                chain: self.image.config.rootfs.diff_ids.clone(),
+                created: Some(*secs),
+            }))
             .collect();
         let mounts = if mounts {
             self.cache_mounts
@@ -233,6 +243,10 @@ impl CacheSource for Imported {
     fn lookup(&self, key: &Digest) -> Result<Option<Vec<Digest>>, CacheSourceError> {
         // An imported record's layers are fetched only when read.
         Ok(Imported::lookup(self, key).map(<[Digest]>::to_vec))
+    }
+
+    fn created(&self, key: &Digest) -> Option<i64> {
+        Imported::created(self, key)
     }
 
     fn fetch<'a>(&'a self, store: &'a Store, layers: &'a [Digest]) -> Fetch<'a> {

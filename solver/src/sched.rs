@@ -233,6 +233,7 @@ pub(crate) mod tests {
             stage: None,
             span: None,
             instruction: String::new(),
+            platform: None,
         }
     }
     pub(crate) fn run_on(root: NodeId) -> Node {
@@ -245,6 +246,7 @@ pub(crate) mod tests {
             user: String::new(),
             network: NetworkMode::Default,
             mounts: vec![],
+            insecure: false,
         }))
     }
     pub(crate) fn copy_from(root: NodeId, from: &[NodeId]) -> Node {

@@ -187,6 +187,7 @@ impl Fixture {
             bridge: None,
             security: Default::default(),
             epoch: 0,
+            created: solver::ops::CreatedRule::FirstBuild,
         };
         let solver = Solver::new(self.store.clone(), opts);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -222,6 +223,7 @@ fn node(op: Op, line: u32, instruction: &str) -> Node {
         stage: None,
         span: Some(Span { line, column: 1 }),
         instruction: instruction.into(),
+        platform: None,
     }
 }
 
@@ -236,6 +238,7 @@ fn run(root: NodeId, line: u32, cmd: &str) -> Node {
             user: String::new(),
             network: NetworkMode::Default,
             mounts: vec![],
+            insecure: false,
         }),
         line,
         &format!("RUN {cmd}"),

@@ -56,7 +56,16 @@ fn run_network_host_and_build_network_flag_see_the_host_interfaces() -> anyhow::
     kiln_in_netns(
         &t,
         &iface,
-        &["build", "--progress", "rawjson", "-t", "net:1", ctx],
+        &[
+            "build",
+            "--progress",
+            "rawjson",
+            "--allow",
+            "network.host",
+            "-t",
+            "net:1",
+            ctx,
+        ],
     )?;
     let out = t.ok(&["run", "--rm", "net:1", "cat", "/host", "/dflt"])?;
     let s = stdout(&out);

@@ -331,6 +331,8 @@ fn prune_waits_for_a_running_build_which_succeeds() -> anyhow::Result<()> {
             "build",
             "--progress",
             "rawjson",
+            "--allow",
+            "network.host",
             "-t",
             "x:1",
             t.ctx.to_str().expect("utf-8"),

@@ -1,16 +1,16 @@
 //! Object store cache backends (`type=s3`, `type=azblob`) against real servers started here on
-//! free 127.0.0.1 ports: moto's S3 server (PyPI `moto[server]`, binary `moto_server`) and
+//! free 127.0.0.1 ports: moto's S3 server (PyPI `moto[server]`, binary `moto_server`) with IAM
+//! authentication on, so that it verifies every SigV4 signature (with botocore's signer), and
 //! Microsoft's Azure Storage emulator azurite (npm `azurite`, binary `azurite-blob`, run with
-//! telemetry off). Each server writes an access log, which the tests read to count requests.
-//! Then the fleet test: four runners at once against one cache on every backend.
+//! telemetry off), which verifies SharedKey and SAS signatures. Each server writes an access
+//! log, which the tests read to count requests. Then the fleet test: four runners at once
+//! against one cache on every backend.
 
 use crate::harness::{
     Built, KillOnDrop, TestDir, build_app, cache_project, executed_runs, free_port, parse_built,
     privileged, text, three_stage_dockerfile, wait_for_port,
 };
 use anyhow::{Context as _, ensure};
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -27,39 +27,100 @@ const AZ_ACCOUNT: &str = "devstoreaccount1";
 const AZ_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-/// One plain HTTP/1.1 request to 127.0.0.1:`port` (for setup only); returns the status.
-fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status in {resp:?}"))
-}
-
 /// A server child whose access log goes to a file, killed on drop.
 struct Server {
     _child: KillOnDrop,
     port: u16,
     log: PathBuf,
     kind: Kind,
+    /// S3: the IAM user's key and temporary (assumed role) credentials.
+    creds: Option<AwsCreds>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
-    /// moto: the S3 server of the tests. It checks no signature of a presigned request (and
-    /// fails with a 500 when auth is switched on), so signatures are checked with:
+    /// moto with IAM authentication on (see [`moto_iam`]).
     S3,
-    /// s3rver (npm): checks the access key id of every signed request, presigned ones
-    /// included, against its built-in `S3RVER` (it does not recompute V4 signatures).
-    S3rver,
     Azblob,
+}
+
+/// moto's server (what `moto_server` runs) with one fix to its signature check. moto
+/// verifies a request against the path as werkzeug hands it over, percent-decoded, where S3
+/// signs the path as sent, encoded once: so every key with a `:` (every blob key of
+/// BuildKit's layout: `sha256:<hex>`) fails with SignatureDoesNotMatch under IAM auth, for
+/// boto3 as for kiln. The fix encodes the path again (as botocore and S3 do) before moto's
+/// check, which is otherwise unchanged: botocore's SigV4 over the request moto received.
+const MOTO_SERVER: &str = r#"
+import sys, urllib.parse
+import moto.iam.access_control as ac
+check = ac.IAMRequestBase.__init__
+def encoded(self, account_id, method, path, *rest, **kw):
+    p, q, query = path.partition("?")
+    check(self, account_id, method, urllib.parse.quote(p, safe="/~") + q + query, *rest, **kw)
+ac.IAMRequestBase.__init__ = encoded
+from moto.server import main
+main(sys.argv[1:])
+"#;
+
+/// Credentials moto's IAM made for the tests.
+struct AwsCreds {
+    access_key_id: String,
+    secret_access_key: String,
+    /// From STS AssumeRole: `ASIA...`, its secret and session token.
+    temporary: (String, String, String),
+}
+
+/// Sets up moto on `port` with boto3 (which comes with moto): an IAM user `kiln` allowed
+/// `s3:*` and its access key, a role it may assume, the bucket; then switches IAM
+/// authentication on (moto's `/moto-api/reset-auth` with 0 unauthenticated requests left, the
+/// runtime form of `INITIAL_NO_AUTH_ACTION_COUNT=0`), from when on moto recomputes the SigV4
+/// signature of every request and refuses a wrong one (`SignatureDoesNotMatch`), an unknown
+/// key (`InvalidAccessKeyId`) and a wrong session token. Last, it assumes the role (a signed
+/// STS call) for temporary credentials.
+fn moto_iam(port: u16) -> anyhow::Result<AwsCreds> {
+    let script = r#"
+import boto3, json, sys, urllib.request
+ep = "http://127.0.0.1:" + sys.argv[1]
+kw = dict(endpoint_url=ep, region_name="us-east-1")
+setup = dict(kw, aws_access_key_id="setup", aws_secret_access_key="setup")
+allow = lambda action, extra={}: json.dumps({"Version": "2012-10-17", "Statement": [dict({"Effect": "Allow", "Action": action, "Resource": "*"}, **extra)]})
+iam = boto3.client("iam", **setup)
+iam.create_user(UserName="kiln")
+iam.put_user_policy(UserName="kiln", PolicyName="cache", PolicyDocument=allow(["s3:*", "sts:AssumeRole"]))
+key = iam.create_access_key(UserName="kiln")["AccessKey"]
+trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+iam.create_role(RoleName="ci", AssumeRolePolicyDocument=trust)
+iam.put_role_policy(RoleName="ci", PolicyName="cache", PolicyDocument=allow("s3:*"))
+boto3.client("s3", **setup).create_bucket(Bucket=sys.argv[2])
+req = urllib.request.Request(ep + "/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"})
+urllib.request.urlopen(req).read()
+sts = boto3.client("sts", aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], **kw)
+tmp = sts.assume_role(RoleArn="arn:aws:iam::123456789012:role/ci", RoleSessionName="kiln")["Credentials"]
+print(key["AccessKeyId"], key["SecretAccessKey"], tmp["AccessKeyId"], tmp["SecretAccessKey"], tmp["SessionToken"])
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string(), BUCKET])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "setting up moto's IAM: {}",
+        text(&out)
+    );
+    let words: Vec<String> = String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let [id, secret, tid, tsecret, token] = <[String; 5]>::try_from(words)
+        .map_err(|w| anyhow::anyhow!("moto's IAM setup printed {w:?}"))?;
+    ensure!(
+        id.starts_with("AKIA") && tid.starts_with("ASIA"),
+        "{id} {tid}"
+    );
+    Ok(AwsCreds {
+        access_key_id: id,
+        secret_access_key: secret,
+        temporary: (tid, tsecret, token),
+    })
 }
 
 const BUCKET: &str = "kiln-cache";
@@ -67,8 +128,7 @@ const BUCKET: &str = "kiln-cache";
 impl Server {
     fn tools(kind: Kind) -> &'static [&'static str] {
         match kind {
-            Kind::S3 => &["moto_server"],
-            Kind::S3rver => &["s3rver"],
+            Kind::S3 => &["moto_server", "python3"],
             Kind::Azblob => &["azurite-blob"],
         }
     }
@@ -79,27 +139,19 @@ impl Server {
         let out = std::fs::File::create(&log)?;
         let child = match kind {
             // moto logs each request (werkzeug's access log) on stderr.
-            Kind::S3 => Command::new("moto_server")
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            Kind::S3 => Command::new("python3")
+                .args([
+                    "-c",
+                    MOTO_SERVER,
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
                 .stdout(Stdio::null())
                 .stderr(out)
                 .spawn()
                 .context("starting moto_server")?,
-            Kind::S3rver => Command::new("s3rver")
-                .args([
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "--no-vhost-buckets",
-                ])
-                .arg("-d")
-                .arg(dir.join("s3rver"))
-                .args(["--configure-bucket", BUCKET])
-                .stdout(out)
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting s3rver")?,
             // azurite logs each request on stdout unless --silent.
             Kind::Azblob => Command::new("azurite-blob")
                 .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
@@ -111,11 +163,12 @@ impl Server {
                 .spawn()
                 .context("starting azurite-blob")?,
         };
-        let s = Server {
+        let mut s = Server {
             _child: KillOnDrop(child),
             port,
             log,
             kind,
+            creds: None,
         };
         wait_for_port(
             port,
@@ -124,8 +177,7 @@ impl Server {
             Duration::from_millis(50),
         )?;
         if kind == Kind::S3 {
-            let status = http(port, "PUT", &format!("/{BUCKET}"), "")?;
-            ensure!(status == 200, "creating the bucket: HTTP {status}");
+            s.creds = Some(moto_iam(port)?);
         }
         Ok(s)
     }
@@ -135,16 +187,15 @@ impl Server {
     fn spec(&self, name: &str, extra: &str) -> String {
         let p = self.port;
         let s = match self.kind {
-            Kind::S3 => format!(
-                "type=s3,region=us-east-1,bucket={BUCKET},endpoint_url=http://127.0.0.1:{p},\
-                 use_path_style=true,access_key_id=AKIAKILNTEST,secret_access_key=kiln,\
-                 prefix=ci/,name={name}"
-            ),
-            Kind::S3rver => format!(
-                "type=s3,region=us-east-1,bucket={BUCKET},endpoint_url=http://127.0.0.1:{p},\
-                 use_path_style=true,access_key_id=S3RVER,secret_access_key=S3RVER,\
-                 prefix=ci/,name={name}"
-            ),
+            Kind::S3 => {
+                let c = self.creds.as_ref().expect("moto has credentials");
+                format!(
+                    "{},access_key_id={},secret_access_key={},name={name}",
+                    self.s3_base(),
+                    c.access_key_id,
+                    c.secret_access_key
+                )
+            }
             Kind::Azblob => format!(
                 "type=azblob,account_url=http://127.0.0.1:{p}/{AZ_ACCOUNT},\
                  secret_access_key={AZ_KEY},container={BUCKET},prefix=ci,name={name}"
@@ -155,6 +206,15 @@ impl Server {
         } else {
             format!("{s},{extra}")
         }
+    }
+
+    /// The S3 options of every spec but the credentials and name.
+    fn s3_base(&self) -> String {
+        format!(
+            "type=s3,region=us-east-1,bucket={BUCKET},endpoint_url=http://127.0.0.1:{},\
+             use_path_style=true,prefix=ci/",
+            self.port
+        )
     }
 
     /// Access log lines of `method` requests whose target contains `path`, answered 2xx.
@@ -210,7 +270,7 @@ fn round_trip(kind: Kind) -> anyhow::Result<()> {
     let first = build_app(&t, &["--cache-from", &from, "--cache-to", &to])?;
     ensure!(ran_lines(&first).len() == 4, "{}", first.stderr);
     let backend = match kind {
-        Kind::S3 | Kind::S3rver => format!("s3 bucket {BUCKET}"),
+        Kind::S3 => format!("s3 bucket {BUCKET}"),
         Kind::Azblob => format!("azblob container {BUCKET}"),
     };
     ensure!(
@@ -369,18 +429,30 @@ fn errors(kind: Kind) -> anyhow::Result<()> {
     let fresh = project()?;
     let b = build_app(&fresh, &["--cache-from", &srv.spec("main", "")])?;
     ensure!(ran_lines(&b).is_empty(), "{}", b.stderr);
+    // The right key id with a wrong secret: only a server that recomputes the signature
+    // notices.
     let bad = match kind {
-        Kind::S3 | Kind::S3rver => srv
-            .spec("main", "")
-            .replace("access_key_id=S3RVER", "access_key_id=AKIAWRONG"),
+        Kind::S3 => {
+            let secret = &srv.creds.as_ref().expect("moto").secret_access_key;
+            srv.spec("main", "").replace(
+                &format!("secret_access_key={secret}"),
+                "secret_access_key=wrong",
+            )
+        }
         Kind::Azblob => srv.spec("main", "").replace(AZ_KEY, "d3Jvbmcta2V5"),
     };
     let ctx = t.ctx.to_str().expect("utf-8 path");
     let out = t.kiln(&["build", "-t", "app:1", "--cache-to", &bad, ctx]);
     let err = text(&out);
     let (backend, code) = match kind {
-        Kind::S3 | Kind::S3rver => (format!("s3 bucket {BUCKET}"), "HTTP 403"),
-        Kind::Azblob => (format!("azblob container {BUCKET}"), "HTTP 403"),
+        Kind::S3 => (
+            format!("s3 bucket {BUCKET}"),
+            "HTTP 403 SignatureDoesNotMatch",
+        ),
+        Kind::Azblob => (
+            format!("azblob container {BUCKET}"),
+            "HTTP 403 AuthorizationFailure",
+        ),
     };
     ensure!(
         !out.status.success() && err.contains(&backend) && err.contains(code),
@@ -408,7 +480,7 @@ fn errors(kind: Kind) -> anyhow::Result<()> {
 
 #[test]
 fn s3_wrong_credentials_name_the_bucket_and_ignore_error_warns() -> anyhow::Result<()> {
-    errors(Kind::S3rver)
+    errors(Kind::S3)
 }
 
 #[test]
@@ -445,7 +517,7 @@ fn large_layer(kind: Kind) -> anyhow::Result<()> {
     ensure!(out.status.success(), "{}", text(&out));
     let first = parse_built(&out)?;
     let parts = match kind {
-        Kind::S3 | Kind::S3rver => srv.requests("PUT", "partNumber=").len(),
+        Kind::S3 => srv.requests("PUT", "partNumber=").len(),
         Kind::Azblob => srv.requests("PUT", "comp=block").len(),
     };
     ensure!(parts >= 2, "no parts uploaded:\n{}", first.stderr);
@@ -662,6 +734,69 @@ fn azblob_sas_token_in_the_account_url_authorises_export_and_import() -> anyhow:
     let err = text(&out);
     ensure!(
         !out.status.success() && err.contains("azblob container sas-cache") && err.contains("403"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// Temporary credentials (an assumed role's key, secret and session token) work from the
+/// options and from the standard environment variables; a wrong session token is refused by
+/// the server and the error names the bucket.
+#[test]
+fn s3_session_token_credentials_are_signed_and_verified() -> anyhow::Result<()> {
+    let Some((t, srv)) = setup(Kind::S3)? else {
+        return Ok(());
+    };
+    let (id, secret, token) = &srv.creds.as_ref().expect("moto").temporary;
+    let with_token = |token: &str| {
+        format!(
+            "{},access_key_id={id},secret_access_key={secret},session_token={token},name=tmp",
+            srv.s3_base()
+        )
+    };
+    let first = build_app(
+        &t,
+        &["--cache-to", &format!("{},mode=max", with_token(token))],
+    )?;
+    // A fresh runner with the credentials in AWS_ACCESS_KEY_ID and friends.
+    let fresh = project()?;
+    let ctx = fresh.ctx.to_str().expect("utf-8 path");
+    let from = format!("{},name=tmp", srv.s3_base());
+    let out = fresh
+        .cmd(&[
+            "build",
+            "--progress",
+            "rawjson",
+            "-t",
+            "app:1",
+            "--cache-from",
+            &from,
+            ctx,
+        ])
+        .env("AWS_ACCESS_KEY_ID", id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_SESSION_TOKEN", token)
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let b = parse_built(&out)?;
+    ensure!(
+        ran_lines(&b).is_empty() && b.digest == first.digest,
+        "{}",
+        b.stderr
+    );
+    let out = t.kiln(&[
+        "build",
+        "-t",
+        "app:1",
+        "--cache-to",
+        &with_token("not-the-token"),
+        t.ctx.to_str().expect("utf-8 path"),
+    ]);
+    let err = text(&out);
+    ensure!(
+        !out.status.success()
+            && err.contains(&format!("s3 bucket {BUCKET}"))
+            && err.contains("HTTP 400 InvalidToken"),
         "{err}"
     );
     Ok(())

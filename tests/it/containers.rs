@@ -146,8 +146,9 @@ fn pids_limit_stops_forks_and_memory_limit_is_in_the_cgroup() -> anyhow::Result<
         "sleep",
         "1000",
     ])?;
+    let id = crate::network::id_of(&t, &n)?;
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        t.root.join("containers").join(&n).join("state.json"),
+        t.root.join("containers").join(&id).join("state.json"),
     )?)?;
     let dirs: Vec<std::path::PathBuf> = state["cgroups"]
         .as_array()
@@ -314,7 +315,7 @@ fn foreground_containers_are_listed_kept_until_rm_and_their_layers_survive_prune
     ensure!(
         String::from_utf8_lossy(&ps.stdout)
             .lines()
-            .any(|l| l.starts_with(&short) && l.contains("Exited (3)")),
+            .any(|l| l.ends_with(&short) && l.contains("Exited (3)")),
         "{}",
         text(&ps)
     );
@@ -326,5 +327,46 @@ fn foreground_containers_are_listed_kept_until_rm_and_their_layers_survive_prune
     t.ok(&["run", "--rm", "--network", "none", "busybox", "true"])?;
     let left = std::fs::read_dir(t.root.join("containers"))?.count();
     ensure!(left == 0, "--rm left {left} container dirs");
+    Ok(())
+}
+
+#[test]
+fn cp_works_on_a_stopped_container_as_dockers_does() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let n = name("cpstopped");
+    t.ok(&[
+        "run",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "echo from-the-container > /made; ln -s /made /link",
+    ])?;
+    ensure!(inspect(&t, &n)?["State"]["Status"] == "exited");
+    let host = t.dir.path().join("cp-out");
+    std::fs::create_dir(&host)?;
+    let hs = |p: &std::path::Path| p.display().to_string();
+    // Out of it: its writable layer over the image's.
+    t.ok(&["cp", &format!("{n}:/made"), &hs(&host.join("made"))])?;
+    ensure!(std::fs::read_to_string(host.join("made"))? == "from-the-container\n");
+    t.ok(&["cp", &format!("{n}:/bin/busybox"), &hs(&host.join("bb"))])?;
+    ensure!(std::fs::metadata(host.join("bb"))?.len() > 100_000);
+    // A symlink is copied as one, and one in the path resolves inside the container.
+    t.ok(&["cp", &format!("{n}:/link"), &hs(&host.join("link"))])?;
+    ensure!(std::fs::read_link(host.join("link"))? == std::path::Path::new("/made"));
+    // Into it: in its writable layer, where the next mount finds it.
+    std::fs::write(host.join("in"), "from-the-host\n")?;
+    t.ok(&["cp", &hs(&host.join("in")), &format!("{n}:/root/in")])?;
+    let out = t.kiln(&["cp", &format!("{n}:/nosuch"), &hs(&host.join("x"))]);
+    ensure!(!out.status.success(), "{}", text(&out));
+    t.ok(&["cp", &format!("{n}:/root/in"), &hs(&host.join("back"))])?;
+    ensure!(std::fs::read_to_string(host.join("back"))? == "from-the-host\n");
+    t.ok(&["rm", "-f", &n])?;
     Ok(())
 }

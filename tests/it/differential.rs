@@ -28,6 +28,7 @@ mod cases_onto;
 mod cases_run;
 mod cases_run2;
 mod cases_stages;
+mod cases_v024;
 
 use crate::harness::{TestDir, busybox_tar, privileged, text};
 use anyhow::{Context as _, bail, ensure};
@@ -261,6 +262,16 @@ fn read_archive(path: &Path) -> anyhow::Result<Image> {
         config: config["config"].clone(),
         files,
     })
+}
+
+/// The mtimes of the files of a `kiln save` archive's image, flattened, by path (no leading
+/// `/`): what tests/it/timestamps.rs checks.
+pub fn read_mtimes(path: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
+    Ok(read_archive(path)?
+        .files
+        .into_iter()
+        .map(|(p, e)| (p, e.mtime))
+        .collect())
 }
 
 /// The config fields compared; `null`, absent and empty are the same.
@@ -516,6 +527,109 @@ pub fn run_group(g: &Group) -> anyhow::Result<()> {
         if got != want {
             failures.push(format!(
                 "{}/{}: differences\n  found:    &{got:?}\n  expected: &{want:?}",
+                g.name, case.stage
+            ));
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Parses a stored BuildKit v0.24 result (see `cases_v024`): one line per file, `PATH KIND
+/// MODE UID:GID SIZE DIGEST LINK MTIME` (`-` for none, `now` for the build's wall clock),
+/// then `config JSON`.
+fn parse_oracle(text: &str) -> anyhow::Result<Image> {
+    let mut files = BTreeMap::new();
+    let mut config = Value::Null;
+    for line in text.lines() {
+        if let Some(json) = line.strip_prefix("config ") {
+            config = serde_json::from_str(json)?;
+            continue;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        ensure!(f.len() == 8, "a stored result line: {line:?}");
+        let (uid, gid) = f[3].split_once(':').context("UID:GID")?;
+        let dash = |s: &str| {
+            if s == "-" {
+                String::new()
+            } else {
+                s.to_owned()
+            }
+        };
+        files.insert(
+            norm(f[0]),
+            Entry {
+                kind: f[1].to_owned(),
+                mode: u32::from_str_radix(f[2], 8)?,
+                uid: uid.parse()?,
+                gid: gid.parse()?,
+                size: f[4].parse()?,
+                digest: dash(f[5]),
+                link: dash(f[6]),
+                // Any date after the context's is one BuildKit stamped with its clock.
+                mtime: if f[7] == "now" {
+                    i64::MAX
+                } else {
+                    f[7].parse()?
+                },
+            },
+        );
+    }
+    Ok(Image { config, files })
+}
+
+/// Builds every case of `g` with kiln only and compares each image with `oracle`'s stored
+/// BuildKit v0.24 result for its stage (`error: ...` for a build BuildKit refuses), as
+/// [`run_group`] does with a live docker; `/bin` (the base's busybox links) is left out on
+/// both sides, as the stored results leave it out.
+pub fn run_oracle_group(g: &Group, oracle: &[(&str, &str)]) -> anyhow::Result<()> {
+    if !privileged(&[]) {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    let base = t.dir.path().join("base.tar");
+    std::fs::write(&base, busybox_tar()?)?;
+    t.ok(&["import", base.to_str().context("utf-8")?, BASE])?;
+    write_context(&t, g)?;
+    let ctx = t.ctx.to_str().context("utf-8")?;
+    let mut failures = Vec::new();
+    for case in g.cases {
+        let stored = oracle
+            .iter()
+            .find(|(s, _)| *s == case.stage)
+            .with_context(|| format!("no stored result for {}", case.stage))?
+            .1;
+        let tag = format!("kiln-v024-{}-{}:1", g.name, case.stage);
+        let mut args = vec!["build", "--target", case.stage, "-t", &tag];
+        args.extend_from_slice(g.args);
+        args.push(ctx);
+        let built = t.kiln(&args);
+        let kiln_error = || {
+            String::from_utf8_lossy(&built.stderr)
+                .lines()
+                .find(|l| l.starts_with("error: "))
+                .unwrap_or("error: (no error line)")
+                .to_owned()
+        };
+        let mut got = match (built.status.success(), stored.strip_prefix("error: ")) {
+            (false, Some(e)) => vec![format!("both fail (kiln {}; buildkit {e})", kiln_error())],
+            (true, Some(e)) => vec![format!("kiln builds, buildkit fails ({e})")],
+            (false, None) => vec![format!("kiln fails ({}), buildkit builds", kiln_error())],
+            (true, None) => {
+                let tar = t.dir.path().join(format!("{}.tar", case.stage));
+                t.ok(&["save", "-o", tar.to_str().context("utf-8")?, &tag])?;
+                let mut kiln = read_archive(&tar)?;
+                kiln.files
+                    .retain(|p, _| p != "bin" && !p.starts_with("bin/"));
+                compare(&kiln, &parse_oracle(stored)?)
+            }
+        };
+        got.sort();
+        let mut want: Vec<String> = case.expect.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+        if got != want {
+            failures.push(format!(
+                "{}/{}: differences from BuildKit v0.24\n  found:    &{got:?}\n  expected: &{want:?}",
                 g.name, case.stage
             ));
         }

@@ -11,8 +11,75 @@ const LEASES: &str = "/run/kiln/networks/bridge/leases.json";
 
 const WEB: &str = "FROM busybox\nRUN mkdir -p /www && echo hello-from-kiln > /www/index.html\n";
 
-/// The lease of `container` on the default bridge, as JSON.
-fn lease(container: &str) -> Option<serde_json::Value> {
+/// The id of container `name` (ids are 64 hex digits, names apart).
+pub(crate) fn id_of(t: &TestDir, name: &str) -> anyhow::Result<String> {
+    let out = t.ok(&["inspect", "-f", "{{.Id}}", name])?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "id of {name}: {id:?}"
+    );
+    Ok(id)
+}
+
+/// Whether nothing host-wide is left without an owner: every lease (but the build pool's) and
+/// every pinned namespace belongs to a container with a record in `/run/kiln/containers`,
+/// which kiln writes before it takes them and removes after it gives them back. A container
+/// whose start failed has no id to look for, so this is how tests see that it leaked nothing.
+pub(crate) fn unowned() -> Vec<String> {
+    // Every container id a record claims a lease of: its own, and the one it shares.
+    let mut claimed = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir("/run/kiln/containers")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(v) = std::fs::read(e.path())
+            .map_err(anyhow::Error::new)
+            .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?))
+        else {
+            continue;
+        };
+        for k in ["id", "/lease/container", "/shares/container"] {
+            let c = if k == "id" { v.get("id") } else { v.pointer(k) };
+            if let Some(c) = c.and_then(|c| c.as_str()) {
+                claimed.insert(c.to_owned());
+            }
+        }
+    }
+    let owned = |id: &str| claimed.contains(id);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/run/kiln/networks")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path().join("leases.json")) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        for l in v["leases"].as_array().into_iter().flatten() {
+            let c = l["container"].as_str().unwrap_or_default();
+            if !c.starts_with("pool-") && !owned(c) {
+                out.push(format!("lease {c} on {:?}", e.file_name()));
+            }
+        }
+    }
+    for e in std::fs::read_dir("/run/kiln/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !owned(&n) {
+            out.push(format!("netns {n}"));
+        }
+    }
+    out
+}
+
+/// The lease of container `container` (its id) on the default bridge, as JSON.
+pub(crate) fn lease(container: &str) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(LEASES).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["leases"]
@@ -22,14 +89,14 @@ fn lease(container: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
-fn links() -> anyhow::Result<String> {
+pub(crate) fn links() -> anyhow::Result<String> {
     let out = std::process::Command::new("ip")
         .args(["-o", "link", "show"])
         .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn nft_ruleset() -> String {
+pub(crate) fn nft_ruleset() -> String {
     std::process::Command::new("nft")
         .args(["list", "ruleset"])
         .output()
@@ -37,7 +104,7 @@ fn nft_ruleset() -> String {
         .unwrap_or_default()
 }
 
-fn get(port: u16) -> std::io::Result<String> {
+pub(crate) fn get(port: u16) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
@@ -47,7 +114,7 @@ fn get(port: u16) -> std::io::Result<String> {
 }
 
 /// Polls `f` for up to 10 s (links of a dead namespace are deleted asynchronously).
-fn settles(mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn settles(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f() {
         if Instant::now() > deadline {
@@ -128,7 +195,8 @@ fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()
         }
     };
     ensure!(body.starts_with("HTTP/1."), "{body}");
-    let l = lease(&n).context("a lease while running")?;
+    let id = id_of(&t, &n)?;
+    let l = lease(&id).context("a lease while running")?;
     let ip: std::net::Ipv4Addr = l["ip"].as_str().context("lease ip")?.parse()?;
     let veth = format!("kv{:08x}", u32::from(ip));
     ensure!(links()?.contains(&veth), "no {veth} while running");
@@ -136,7 +204,7 @@ fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()
         nft_ruleset().contains("18080"),
         "no DNAT rule while running"
     );
-    ensure!(Path::new("/run/kiln/netns").join(&n).exists());
+    ensure!(Path::new("/run/kiln/netns").join(&id).exists());
 
     // The same host port again: a clear error, nothing leaked.
     let other = name("clash");
@@ -149,23 +217,27 @@ fn published_port_serves_host_loopback_and_stop_cleans_up() -> anyhow::Result<()
         "unclear error: {}",
         text(&out)
     );
-    ensure!(lease(&other).is_none(), "the clash leaked a lease");
-    ensure!(!Path::new("/run/kiln/netns").join(&other).exists());
-    ensure!(!t.root.join("containers").join(&other).exists());
+    ensure!(t.kiln(&["inspect", &other]).status.code() != Some(0));
+    ensure!(
+        settles(|| unowned().is_empty()),
+        "the clash leaked: {:?}",
+        unowned()
+    );
+    ensure!(std::fs::read_dir(t.root.join("containers"))?.count() == 1);
 
     // Stop kiln: the container dies and the network is undone.
     let pid = rustix::process::Pid::from_raw(child.id() as i32).context("pid")?;
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
     let out = child.wait_with_output()?;
     ensure!(!out.status.success(), "{}", text(&out));
-    ensure!(lease(&n).is_none(), "lease left after stop");
+    ensure!(lease(&id).is_none(), "lease left after stop");
     // The kernel deletes the pair with the namespace, in the background.
     ensure!(
         settles(|| links().is_ok_and(|l| !l.contains(&veth))),
         "{veth} left after stop"
     );
     ensure!(!nft_ruleset().contains("18080"), "rule left after stop");
-    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    ensure!(!Path::new("/run/kiln/netns").join(&id).exists());
     ensure!(get(18080).is_err(), "port still answers");
     Ok(())
 }
@@ -187,22 +259,27 @@ fn host_port_in_use_is_a_clear_error_and_leaks_nothing() -> anyhow::Result<()> {
         msg.contains(&port.to_string()) && msg.contains("in use"),
         "unclear error: {msg}"
     );
-    ensure!(lease(&n).is_none(), "leaked a lease");
-    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
-    ensure!(!t.root.join("containers").join(&n).exists());
+    let no_containers =
+        || std::fs::read_dir(t.root.join("containers")).map_or(true, |d| d.count() == 0);
+    ensure!(unowned().is_empty(), "leaked: {:?}", unowned());
+    ensure!(no_containers());
 
     // A command that cannot start and an unknown image leak nothing either.
     let out = t.kiln(&["run", "--rm", "--name", &n, "busybox", "no-such-command"]);
     ensure!(!out.status.success(), "{}", text(&out));
-    ensure!(lease(&n).is_none(), "a failed start leaked a lease");
-    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    ensure!(
+        unowned().is_empty(),
+        "a failed start leaked: {:?}",
+        unowned()
+    );
+    ensure!(no_containers());
     let out = t.kiln(&["run", "--rm", "--name", &n, "no-such-image:1", "true"]);
     ensure!(
         !out.status.success() && text(&out).contains("no-such-image"),
         "{}",
         text(&out)
     );
-    ensure!(lease(&n).is_none() && !t.root.join("containers").join(&n).exists());
+    ensure!(unowned().is_empty() && no_containers());
     Ok(())
 }
 
@@ -247,8 +324,7 @@ fn network_none_has_only_lo_and_bridge_has_eth0_with_a_route() -> anyhow::Result
         text(&out)
     );
     ensure!(s.contains(&n), "no own name in /etc/hosts: {s}");
-    ensure!(lease(&n).is_none(), "--rm left a lease");
-    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    ensure!(unowned().is_empty(), "--rm left: {:?}", unowned());
     Ok(())
 }
 
@@ -257,9 +333,10 @@ fn ps(t: &TestDir, all: bool) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&t.ok(args)?.stdout).into_owned())
 }
 
+/// The `ps` row of container `name` (NAMES is the last column).
 fn row<'a>(ps: &'a str, name: &str) -> Option<&'a str> {
     ps.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
+        .find(|l| l.split_whitespace().last() == Some(name))
 }
 
 #[test]
@@ -283,8 +360,10 @@ fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
         "-c",
         "echo started; exec httpd -f -p 80 -h /www",
     ])?;
+    // docker's: run -d prints the id, not the name.
+    let id = id_of(&t, &n)?;
     ensure!(
-        String::from_utf8_lossy(&out.stdout).trim() == n,
+        String::from_utf8_lossy(&out.stdout).trim() == id,
         "{}",
         text(&out)
     );
@@ -306,7 +385,7 @@ fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
     // Name conflict and rm of a running container: clear errors, nothing changes.
     let out = t.kiln(&["run", "-d", "--name", &n, "web:1", "true"]);
     ensure!(
-        !out.status.success() && text(&out).contains("already exists"),
+        !out.status.success() && text(&out).contains("is already in use"),
         "{}",
         text(&out)
     );
@@ -333,11 +412,16 @@ fn detached_container_lifecycle_ps_logs_stop_rm() -> anyhow::Result<()> {
         row(&all, &n).is_some_and(|r| r.contains("Exited (137)")),
         "{all}"
     );
-    ensure!(lease(&n).is_none(), "lease left after stop");
+    ensure!(lease(&id).is_none(), "lease left after stop");
     ensure!(!nft_ruleset().contains("18082"), "rule left after stop");
-    t.ok(&["rm", &n])?;
+    // The id, a unique prefix of it and the name all name it.
+    for n in [&id[..12], &id[..5], &n] {
+        let out = t.ok(&["inspect", "-f", "{{.Id}}", n])?;
+        ensure!(String::from_utf8_lossy(&out.stdout).trim() == id, "{n}");
+    }
+    t.ok(&["rm", &id[..12]])?;
     ensure!(row(&ps(&t, true)?, &n).is_none(), "still listed after rm");
-    ensure!(!t.root.join("containers").join(&n).exists());
+    ensure!(!t.root.join("containers").join(&id).exists());
     Ok(())
 }
 
@@ -349,8 +433,9 @@ fn container_whose_processes_died_shows_exited_and_rm_f_cleans_up() -> anyhow::R
     let _reap = Reaper::new(&t);
     let n = name("died");
     t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
+    let id = id_of(&t, &n)?;
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        t.root.join("containers").join(&n).join("state.json"),
+        t.root.join("containers").join(&id).join("state.json"),
     )?)?;
     let pid = state["pid"].as_i64().context("pid in state.json")? as i32;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -373,8 +458,8 @@ fn container_whose_processes_died_shows_exited_and_rm_f_cleans_up() -> anyhow::R
         "a dead container listed as running"
     );
     t.ok(&["rm", "-f", &n])?;
-    ensure!(lease(&n).is_none(), "rm left the lease");
-    ensure!(!Path::new("/run/kiln/netns").join(&n).exists());
+    ensure!(lease(&id).is_none(), "rm left the lease");
+    ensure!(!Path::new("/run/kiln/netns").join(&id).exists());
     Ok(())
 }
 
@@ -386,7 +471,8 @@ fn container_network_shares_the_ip_and_exec_sees_the_processes() -> anyhow::Resu
     let _reap = Reaper::new(&t);
     let n = name("shared");
     t.ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"])?;
-    let ip = lease(&n).context("a lease")?["ip"]
+    let id = id_of(&t, &n)?;
+    let ip = lease(&id).context("a lease")?["ip"]
         .as_str()
         .context("ip")?
         .to_owned();
@@ -429,7 +515,7 @@ fn container_network_shares_the_ip_and_exec_sees_the_processes() -> anyhow::Resu
         text(&out)
     );
     t.ok(&["rm", &n])?;
-    ensure!(lease(&n).is_none(), "lease left after kill and rm");
+    ensure!(lease(&id).is_none(), "lease left after kill and rm");
     Ok(())
 }
 
@@ -760,11 +846,11 @@ fn fifty_run_rm_cycles_leave_links_leases_and_rules_as_they_were() -> anyhow::Re
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let left: Vec<_> = std::fs::read_dir("/run/kiln/netns")?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&name("cyc")))
-        .collect();
-    ensure!(left.is_empty(), "pinned namespaces left: {left:?}");
+    ensure!(
+        unowned().is_empty(),
+        "namespaces or leases left: {:?}",
+        unowned()
+    );
     t.ok(&["network", "rm", &net])?;
     Ok(())
 }

@@ -26,7 +26,7 @@ pub(crate) fn start_registry(dir: &std::path::Path) -> anyhow::Result<Registry> 
 
 /// A registry listening on `ip` (any 127.x.y.z: only 127.0.0.1 counts as loopback for plain
 /// HTTP, so another one stands for a remote plain-HTTP registry).
-fn start_registry_on(dir: &std::path::Path, ip: &str) -> anyhow::Result<Registry> {
+pub(crate) fn start_registry_on(dir: &std::path::Path, ip: &str) -> anyhow::Result<Registry> {
     let port = TcpListener::bind((ip, 0))?.local_addr()?.port();
     let config = dir.join("registry.yml");
     std::fs::write(

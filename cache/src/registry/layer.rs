@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use super::pull::PullError;
+use crate::remote::object::{ObjectClient, ObjectError};
 
 type Result<T> = std::result::Result<T, PullError>;
 
@@ -58,6 +59,14 @@ pub(crate) enum LayerSource<'a> {
     /// A file that should hold the blob (one of an OCI layout's), trusted no more than a
     /// download.
     File(&'a Path),
+    /// Object `key` of an object store cache (`type=s3`, `type=azblob`): streamed through the
+    /// same pipeline as a registry blob.
+    Object {
+        /// The store's client.
+        client: &'a ObjectClient,
+        /// The blob's key.
+        key: &'a str,
+    },
 }
 
 /// Downloads one layer into the store (unless it is there) and reports progress.
@@ -137,6 +146,9 @@ async fn fetch(
                 client
                     .retry(|| download_and_unpack(store, client, repo, desc, diff_id, name, opts))
                     .await??;
+            }
+            LayerSource::Object { client, key } => {
+                download_object(store, client, key, desc, diff_id, name, opts).await?;
             }
             LayerSource::File(path) => {
                 let read_err = |source| PullError::Blob {
@@ -270,6 +282,54 @@ async fn download_and_unpack(
         .await
         .map_err(|source| client.network(&format!("GET blob {digest}"), source))
 }
+
+/// Streams object `key` through [`unpack_stream`]. A request that fails transiently is
+/// retried by the object client; a body cut short restarts the download, up to
+/// [`OBJECT_ATTEMPTS`] times.
+async fn download_object(
+    store: &Store,
+    client: &ObjectClient,
+    key: &str,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    name: &str,
+    opts: &RegistryOptions,
+) -> Result<()> {
+    let object_err = |source| PullError::Object {
+        reference: name.to_owned(),
+        source: Box::new(source),
+    };
+    let mut attempt = 0u32;
+    loop {
+        let resp = client.get(key).await.map_err(object_err)?.ok_or_else(|| {
+            object_err(ObjectError::Status {
+                op: "GET",
+                key: key.to_owned(),
+                status: 404,
+                code: Some("not found".to_owned()),
+            })
+        })?;
+        match unpack_stream(store, desc, diff_id, name, opts, resp.bytes_stream()).await {
+            Ok(verdict) => return verdict,
+            Err(source) => {
+                let e = ObjectError::Network {
+                    op: "GET",
+                    key: key.to_owned(),
+                    source,
+                };
+                if attempt + 1 >= OBJECT_ATTEMPTS || !e.is_transient() {
+                    return Err(object_err(e));
+                }
+                tracing::debug!(key, error = %e, attempt, "object download cut short; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200) * 2u32.pow(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Downloads of one object layer before a cut stream is final.
+const OBJECT_ATTEMPTS: u32 = 4;
 
 /// Runs the bytes of blob `desc` from `chunks` through the pipeline: stored as the blob when
 /// they match its digest, inflated and unpacked, and committed as layer `diff_id` when the

@@ -36,7 +36,7 @@ pub(crate) mod record;
 
 pub use pull::{PullError, Pulled, pull, pull_image};
 pub(crate) use push::push_blob;
-pub use push::{PushError, push};
+pub use push::{PushError, push, push_index};
 
 use crate::compress::{Codec, Compression};
 use crate::oci::Digest;

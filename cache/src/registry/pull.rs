@@ -132,6 +132,15 @@ pub enum PullError {
         /// Received.
         actual: u64,
     },
+    /// An object store cache (`type=s3`, `type=azblob`) could not be read.
+    #[error("{reference}")]
+    Object {
+        /// The cache.
+        reference: String,
+        /// The cause.
+        #[source]
+        source: Box<crate::remote::object::ObjectError>,
+    },
     /// Writing the image or its tag failed.
     #[error("{reference}: cannot store the image")]
     Store {

@@ -163,6 +163,30 @@ pub async fn push(
     Ok(digest)
 }
 
+/// PUTs the image index `bytes` (`application/vnd.oci.image.index.v1+json`) to `reference`
+/// (its tag, else its digest) and returns its digest. Every manifest it lists must already be
+/// in the repository (pushed by digest with [`push`]), or the registry refuses it.
+///
+/// Fails when the registry cannot be reached or refuses the index.
+pub async fn push_index(
+    reference: &Reference,
+    bytes: &[u8],
+    opts: &RegistryOptions,
+) -> Result<Digest> {
+    let repo = reference.repository.as_str();
+    let client = Client::new(
+        &reference.registry,
+        vec![format!("repository:{repo}:pull,push")],
+        &opts.client_config(),
+    )?;
+    let digest = Digest::of(bytes);
+    let target = reference.tag.clone().unwrap_or_else(|| digest.to_string());
+    client
+        .put_manifest(repo, &target, oci::MEDIA_TYPE_INDEX, bytes)
+        .await?;
+    Ok(digest)
+}
+
 /// Pushes a pulled or loaded image byte for byte: its layer blobs, config and manifest.
 async fn push_as_stored(
     store: &Store,

@@ -27,6 +27,9 @@ pub struct ExportRecord {
     pub parent: Option<Digest>,
     /// Its filesystem: diff_ids, base first.
     pub chain: Vec<Digest>,
+    /// Set for an image date ([`crate::records::created_key`]): exported in
+    /// [`CacheConfig::dates`], not as a record.
+    pub created: Option<i64>,
 }
 
 /// A cache mount directory to export (`mounts=true`).
@@ -94,7 +97,7 @@ pub async fn export(
     let mut report = ExportReport {
         manifest: Digest::of(b""),
         records: config.records.len(),
-        skipped: plan.records.len() - config.records.len(),
+        skipped: plan.records.len() - config.records.len() - config.dates.len(),
         blobs: 0,
         uploaded: 0,
         mounted: 0,
@@ -390,6 +393,10 @@ async fn assemble(
         blobs.push(Blob { desc, remote });
     }
     for r in &plan.records {
+        if let Some(t) = r.created {
+            config.dates.insert(r.key.clone(), t);
+            continue;
+        }
         let Some(layers) = r
             .chain
             .iter()
@@ -481,11 +488,13 @@ mod tests {
                     key: k1.clone(),
                     parent: None,
                     chain: chain[..1].to_vec(),
+                    created: None,
                 },
                 ExportRecord {
                     key: k2.clone(),
                     parent: Some(k1.clone()),
                     chain: chain.clone(),
+                    created: None,
                 },
             ],
             mounts: vec![ExportMount {

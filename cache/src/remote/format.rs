@@ -26,6 +26,7 @@
 
 use crate::oci::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The `version` of this format.
 pub const VERSION: &str = "kiln.cache.v1";
@@ -52,6 +53,10 @@ pub struct CacheConfig {
     /// Cache mount contents (`mounts=true`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountEntry>,
+    /// Image dates by [`crate::records::created_key`] (seconds since 1970): a runner that
+    /// imports the cache dates an image of the same content the same way.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dates: BTreeMap<Digest, i64>,
 }
 
 /// One layer blob.
@@ -152,11 +157,13 @@ mod tests {
                 layers: vec![0],
             }],
             mounts: vec![],
+            dates: BTreeMap::from([(Digest::of(b"image"), 1_700_000_000)]),
         };
         let json = String::from_utf8(serde_json::to_vec(&cfg).unwrap()).unwrap();
         assert!(json.starts_with(r#"{"version":"kiln.cache.v1","layers":[{"mediaType":"#));
         assert!(json.contains(r#""diffID":"sha256:"#), "{json}");
         assert!(json.contains(r#""layers":[0]"#), "{json}");
+        assert!(json.contains(r#""dates":{"sha256:"#), "{json}");
         assert!(
             !json.contains("parent") && !json.contains("mounts"),
             "{json}"

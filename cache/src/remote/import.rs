@@ -54,6 +54,8 @@ struct Loaded {
 pub struct Imported {
     caches: Vec<Loaded>,
     records: BTreeMap<Digest, Vec<Digest>>,
+    /// Image dates by [`crate::records::created_key`].
+    dates: BTreeMap<Digest, i64>,
     layers: BTreeMap<Digest, (usize, CacheLayer)>,
     mounts: BTreeMap<String, (usize, MountEntry)>,
     once: Mutex<BTreeMap<Digest, Arc<OnceCell<()>>>>,
@@ -67,6 +69,7 @@ impl Imported {
         Imported {
             caches: Vec::new(),
             records: BTreeMap::new(),
+            dates: BTreeMap::new(),
             layers: BTreeMap::new(),
             mounts: BTreeMap::new(),
             once: Mutex::new(BTreeMap::new()),
@@ -100,6 +103,9 @@ impl Imported {
                 self.records.entry(rec.key.clone()).or_insert(chain);
             }
         }
+        for (k, t) in &config.dates {
+            self.dates.entry(k.clone()).or_insert(*t);
+        }
         for l in &config.layers {
             self.layers
                 .entry(l.diff_id.clone())
@@ -112,6 +118,11 @@ impl Imported {
         }
         tracing::debug!(%location, records = config.records.len(), layers = config.layers.len(), "cache imported");
         self.caches.push(Loaded { location, source });
+    }
+
+    /// The image date recorded under `key` ([`crate::records::created_key`]).
+    pub fn created(&self, key: &Digest) -> Option<i64> {
+        self.dates.get(key).copied()
     }
 
     /// Number of records across the imported caches.
@@ -183,19 +194,20 @@ impl Imported {
             let cache = &self.caches[*idx];
             let desc = layer.descriptor();
             let location = cache.location.to_string();
-            let file;
+            let (file, key);
             let source = match &cache.source {
                 Source::Registry { client, repo } => LayerSource::Registry { client, repo },
                 Source::Layout(dir) => {
                     file = layout::blob_path(dir, &desc.digest);
                     LayerSource::File(&file)
                 }
-                Source::Object { .. } => {
-                    // Downloaded into the store (verified against its digest), then unpacked
-                    // from there by the same code that resumes an interrupted pull.
-                    self.fetch_blob(store, cache, &desc).await?;
-                    file = store.blob_path(&desc.digest);
-                    LayerSource::File(&file)
+                Source::Object {
+                    client,
+                    location: loc,
+                } => {
+                    // Unpacked as it streams, like a registry layer.
+                    key = loc.blob_key(&desc.digest);
+                    LayerSource::Object { client, key: &key }
                 }
             };
             fetch_layer_from(store, source, &desc, diff_id, &location, &self.opts)

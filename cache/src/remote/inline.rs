@@ -21,6 +21,10 @@ pub fn attach(store: &Store, image: &Image, records: &[ExportRecord]) -> Result<
         ..Default::default()
     };
     for r in records {
+        if let Some(t) = r.created {
+            cfg.dates.insert(r.key.clone(), t);
+            continue;
+        }
         if r.chain.len() <= layers.len() && r.chain[..] == layers[..r.chain.len()] {
             cfg.records.push(CacheRecordEntry {
                 key: r.key.clone(),
@@ -73,6 +77,7 @@ mod tests {
             key: Digest::of(k),
             parent: None,
             chain: c,
+            created: None,
         };
         let records = [
             rec(b"first", chain[..1].to_vec()),

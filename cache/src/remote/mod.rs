@@ -26,6 +26,7 @@ mod layout;
 pub mod mounts;
 pub mod object;
 pub mod s3;
+mod sigv4;
 
 use crate::oci::Digest;
 use crate::reference::Reference;

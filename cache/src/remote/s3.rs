@@ -1,17 +1,17 @@
-//! `type=s3`: Amazon S3 and S3-compatible servers. Every request is a SigV4-presigned URL
-//! (rusty-s3 signs, reqwest sends): the payload is not signed (`UNSIGNED-PAYLOAD`), so a
-//! layer streams from disk without being read twice to hash it.
+//! `type=s3`: Amazon S3 and S3-compatible servers. rusty-s3 builds the object URLs (path or
+//! virtual-host style, keys encoded), [`super::sigv4`] signs every request in its
+//! `Authorization` header, reqwest sends it: the payload is not signed (`UNSIGNED-PAYLOAD`),
+//! so a layer streams from disk without being read twice to hash it.
 
 use super::object::Head;
 use super::object::{
     ObjResult, ObjectError, Secret, check, file_body, head_of, retry, upload_in_parts, xml_text,
 };
-use rusty_s3::{Bucket, Method, UrlStyle};
+use super::sigv4;
+use reqwest::Method;
+use rusty_s3::{Bucket, UrlStyle};
 use std::path::Path;
 use std::time::Duration;
-
-/// Presigned URLs are used at once; this only bounds a clock skew and a slow upload start.
-const EXPIRES: u64 = 3600;
 
 /// Where the bucket is and who we are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,54 +78,98 @@ impl S3Client {
         })
     }
 
-    /// The presigned URL of `method` on `key` with `query` and the signed `headers` (both
-    /// sorted by name; header names lowercase).
-    fn url(
+    /// A request of `method` on `key` with `query` and the further signed `headers`
+    /// (`x-amz-copy-source`...), signed in the `Authorization` header (unsigned payload).
+    fn request(
         &self,
-        method: Method,
+        method: reqwest::Method,
         key: &str,
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
-    ) -> url::Url {
+    ) -> reqwest::RequestBuilder {
         let mut url = self.bucket.object_url(key);
-        match &self.credentials {
-            Some(c) => rusty_s3::signing::sign(
-                &jiff::Timestamp::now(),
-                method,
-                url,
-                &c.access_key_id,
-                &c.secret_access_key.0,
-                c.session_token.as_ref().map(|t| t.0.as_str()),
-                self.bucket.region(),
-                EXPIRES,
-                query.iter().copied(),
-                headers.iter().copied(),
-            ),
-            None => {
-                if !query.is_empty() {
-                    url.query_pairs_mut().extend_pairs(query.iter().copied());
-                }
-                url
-            }
+        let query = sigv4::canonical_query(query);
+        url.set_query((!query.is_empty()).then_some(query.as_str()));
+        let mut req = self.http.request(method.clone(), url.clone());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
+        let Some(c) = &self.credentials else {
+            return req;
+        };
+        let host = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let date = sigv4::amz_date(jiff::Timestamp::now());
+        let mut signed: Vec<(&str, &str)> = vec![
+            ("host", &host),
+            ("x-amz-content-sha256", sigv4::UNSIGNED_PAYLOAD),
+            ("x-amz-date", &date),
+        ];
+        if let Some(t) = &c.session_token {
+            signed.push(("x-amz-security-token", &t.0));
+        }
+        signed.extend_from_slice(headers);
+        let signer = sigv4::Signer {
+            access_key_id: &c.access_key_id,
+            secret_access_key: &c.secret_access_key.0,
+            region: self.bucket.region(),
+            service: "s3",
+        };
+        let auth = signer.authorization(
+            method.as_str(),
+            url.path(),
+            &query,
+            &signed,
+            sigv4::UNSIGNED_PAYLOAD,
+            &date,
+        );
+        req = req
+            .header("x-amz-content-sha256", sigv4::UNSIGNED_PAYLOAD)
+            .header("x-amz-date", &date)
+            .header(reqwest::header::AUTHORIZATION, auth);
+        if let Some(t) = &c.session_token {
+            req = req.header("x-amz-security-token", &t.0);
+        }
+        req
     }
 
     pub(crate) async fn head(&self, key: &str) -> ObjResult<Option<Head>> {
-        let url = self.url(Method::Head, key, &[], &[]);
-        let resp = check(self.http.head(url).send().await, "HEAD", key, true).await?;
-        Ok(resp.as_ref().map(head_of))
+        let req = self.request(Method::HEAD, key, &[], &[]);
+        match check(req.send().await, "HEAD", key, true).await {
+            Ok(resp) => Ok(resp.as_ref().map(head_of)),
+            // A HEAD answer has no body to name the error (SignatureDoesNotMatch,
+            // InvalidToken...): ask again with a GET of the first byte, which has one.
+            Err(ObjectError::Status {
+                status, code: None, ..
+            }) if (400..500).contains(&status) && status != 404 => {
+                let req = self
+                    .request(Method::GET, key, &[], &[])
+                    .header(reqwest::header::RANGE, "bytes=0-0");
+                let code = match check(req.send().await, "GET", key, true).await {
+                    Err(ObjectError::Status { code, .. }) => code,
+                    _ => None,
+                };
+                Err(ObjectError::Status {
+                    op: "HEAD",
+                    key: key.to_owned(),
+                    status,
+                    code,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) async fn get(&self, key: &str) -> ObjResult<Option<reqwest::Response>> {
-        let url = self.url(Method::Get, key, &[], &[]);
-        check(self.http.get(url).send().await, "GET", key, true).await
+        let req = self.request(Method::GET, key, &[], &[]);
+        check(req.send().await, "GET", key, true).await
     }
 
     pub(crate) async fn put(&self, key: &str, body: reqwest::Body, len: u64) -> ObjResult<()> {
-        let url = self.url(Method::Put, key, &[], &[]);
         let req = self
-            .http
-            .put(url)
+            .request(Method::PUT, key, &[], &[])
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(body);
         check(req.send().await, "PUT", key, false).await.map(drop)
@@ -140,14 +184,9 @@ impl S3Client {
             ("x-amz-copy-source", source.as_str()),
             ("x-amz-metadata-directive", "REPLACE"),
         ];
-        let url = self.url(Method::Put, key, &[], &headers);
-        let mut req = self
-            .http
-            .put(url)
+        let req = self
+            .request(Method::PUT, key, &[], &headers)
             .header(reqwest::header::CONTENT_LENGTH, 0);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
         check(req.send().await, "PUT (copy)", key, false)
             .await
             .map(drop)
@@ -164,10 +203,8 @@ impl S3Client {
         parallel: usize,
     ) -> ObjResult<()> {
         let id = retry(|| async {
-            let url = self.url(Method::Post, key, &[("uploads", "")], &[]);
             let req = self
-                .http
-                .post(url)
+                .request(Method::POST, key, &[("uploads", "")], &[])
                 .header(reqwest::header::CONTENT_LENGTH, 0);
             let body = answer_text(req, "POST (create multipart upload)", key).await?;
             xml_text(&body, "UploadId")
@@ -183,8 +220,8 @@ impl S3Client {
             .upload_parts(key, &id, path, size, part_size, parallel)
             .await;
         if result.is_err() {
-            let url = self.url(Method::Delete, key, &[("uploadId", &id)], &[]);
-            if let Err(error) = self.http.delete(url).send().await {
+            let req = self.request(Method::DELETE, key, &[("uploadId", &id)], &[]);
+            if let Err(error) = req.send().await {
                 tracing::debug!(%error, key, "aborting a multipart upload failed");
             }
         }
@@ -203,16 +240,14 @@ impl S3Client {
         let etags = upload_in_parts(size, part_size, parallel, |i, offset, len| async move {
             let n = (i + 1).to_string();
             retry(|| async {
-                let url = self.url(
-                    Method::Put,
-                    key,
-                    &[("partNumber", &n), ("uploadId", id)],
-                    &[],
-                );
                 let body = file_body(path, offset, len).await?;
                 let req = self
-                    .http
-                    .put(url)
+                    .request(
+                        Method::PUT,
+                        key,
+                        &[("partNumber", &n), ("uploadId", id)],
+                        &[],
+                    )
                     .header(reqwest::header::CONTENT_LENGTH, len)
                     .body(body);
                 let resp = check(req.send().await, "PUT (upload part)", key, false)
@@ -239,8 +274,9 @@ impl S3Client {
         }
         xml.push_str("</CompleteMultipartUpload>");
         retry(|| async {
-            let url = self.url(Method::Post, key, &[("uploadId", id)], &[]);
-            let req = self.http.post(url).body(xml.clone());
+            let req = self
+                .request(Method::POST, key, &[("uploadId", id)], &[])
+                .body(xml.clone());
             // S3 may answer 200 and put the error in the body (a slow completion).
             let body = answer_text(req, "POST (complete multipart upload)", key).await?;
             match xml_text(&body, "Code") {
@@ -318,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn presigned_urls_name_the_bucket_by_style() {
+    fn requests_name_the_bucket_by_style_and_carry_the_signature() {
         let mut c = S3Config {
             bucket: "cache".into(),
             region: "eu-west-1".into(),
@@ -327,18 +363,39 @@ mod tests {
             credentials: Some(S3Credentials {
                 access_key_id: "AKIAEXAMPLE".into(),
                 secret_access_key: Secret("s".into()),
-                session_token: None,
+                session_token: Some(Secret("tok".into())),
             }),
         };
         let client = S3Client::new(&c, reqwest::Client::new()).unwrap();
-        let u = client.url(Method::Get, "blobs/sha256:ab", &[], &[]);
+        let req = client
+            .request(
+                Method::PUT,
+                "blobs/sha256:ab",
+                &[("uploadId", "a/b"), ("partNumber", "1")],
+                &[],
+            )
+            .build()
+            .unwrap();
+        let u = req.url();
         assert_eq!(u.host_str(), Some("127.0.0.1"));
-        assert!(u.path().starts_with("/cache/blobs/sha256"), "{u}");
-        assert!(u.query().unwrap().contains("X-Amz-Signature="), "{u}");
-        assert!(u.query().unwrap().contains("eu-west-1"), "{u}");
+        assert_eq!(u.path(), "/cache/blobs/sha256%3Aab");
+        assert_eq!(u.query(), Some("partNumber=1&uploadId=a%2Fb"));
+        let h = req.headers();
+        let auth = h["authorization"].to_str().unwrap();
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/")
+                && auth.contains("/eu-west-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token, Signature="),
+            "{auth}"
+        );
+        assert_eq!(h["x-amz-security-token"], "tok");
+        assert_eq!(h["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
         // Virtual-host style cannot put a bucket in front of an IP address.
         c.use_path_style = false;
         let e = S3Client::new(&c, reqwest::Client::new()).unwrap_err();
         assert!(e.to_string().contains("use_path_style=true"), "{e}");
+        c.endpoint_url = Some("http://minio.internal:9000".into());
+        let client = S3Client::new(&c, reqwest::Client::new()).unwrap();
+        let req = client.request(Method::GET, "k", &[], &[]).build().unwrap();
+        assert_eq!(req.url().as_str(), "http://cache.minio.internal:9000/k");
     }
 }

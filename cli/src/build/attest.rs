@@ -173,7 +173,7 @@ impl Facts {
             git: resolved_git_sources(graph),
             invocation: build_ref.rsplit('/').next().unwrap_or_default().to_owned(),
             started,
-            finished: crate::containers::now_rfc3339(),
+            finished: executor::container::time::now_rfc3339(),
         }
     }
 }

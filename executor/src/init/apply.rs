@@ -73,18 +73,22 @@ fn overlay_error(
     upper: Option<(&Path, &Path)>,
     source: io::Error,
 ) -> InitError {
+    let upper = upper
+        .map(|(u, _)| u.to_path_buf())
+        .or_else(|| lowers.first().cloned())
+        .unwrap_or_default();
+    if crate::rootless::in_user_namespace() {
+        return InitError::OverlayRootless { upper, source };
+    }
     InitError::Overlay {
-        upper: upper
-            .map(|(u, _)| u.to_path_buf())
-            .or_else(|| lowers.first().cloned())
-            .unwrap_or_default(),
+        upper,
         lowers: lowers.len(),
         source,
     }
 }
 
 /// The detached mount [`mount_overlay`] attaches.
-fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<OwnedFd> {
+pub(crate) fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<OwnedFd> {
     let overlay_err = |source: io::Error| overlay_error(lowers, upper, source);
     let errno = |e: rustix::io::Errno| overlay_err(e.into());
     // The same layer twice in a chain (`COPY sub sub` run twice gives one diff id) would make
@@ -125,7 +129,11 @@ fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Own
     // Layers are committed from the upper dir as plain files and whiteouts: a renamed
     // directory must be copied, not recorded as an overlay redirect, and metadata-only
     // copy-ups would leave files without data in the upper dir.
-    for (k, v) in [("redirect_dir", "off"), ("metacopy", "off")] {
+    // Rootless (`userxattr`, below) overlay refuses to follow redirects, so there the same is
+    // `nofollow`.
+    let userxattr = crate::rootless::in_user_namespace();
+    let redirect = if userxattr { "nofollow" } else { "off" };
+    for (k, v) in [("redirect_dir", redirect), ("metacopy", "off")] {
         rustix::mount::fsconfig_set_string(&fs, k, v).map_err(errno)?;
     }
     // Without `volatile`, unmounting (here: the mount namespace dying with pid 1) syncs the
@@ -136,6 +144,12 @@ fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Own
     // pair; every run gets fresh ones.
     if upper.is_some() {
         rustix::mount::fsconfig_set_flag(&fs, "volatile").map_err(errno)?;
+    }
+    // Rootless: overlay keeps its opaque and whiteout markers in `user.overlay.*` (trusted.*
+    // needs CAP_SYS_ADMIN in the initial user namespace); the store's snapshots carry the
+    // same (cache::layer::apply falls back to `user.overlay.opaque`).
+    if userxattr {
+        rustix::mount::fsconfig_set_flag(&fs, "userxattr").map_err(errno)?;
     }
     rustix::mount::fsconfig_create(&fs).map_err(errno)?;
     let attrs = if upper.is_none() {
@@ -187,8 +201,13 @@ pub(super) fn execute(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Res
             let fs = rustix::mount::fsopen(*fstype, FsOpenFlags::FSOPEN_CLOEXEC)
                 .map_err(mount_err(fstype))?;
             for (k, v) in options {
-                rustix::mount::fsconfig_set_string(&fs, *k, v.as_str())
-                    .map_err(mount_err(fstype))?;
+                match rustix::mount::fsconfig_set_string(&fs, *k, v.as_str()) {
+                    // Rootless with a single id: the tty group (devpts `gid=5`) is not
+                    // mapped, so ptys keep the creator's group (as rootless podman does).
+                    Err(rustix::io::Errno::INVAL)
+                        if *k == "gid" && crate::rootless::in_user_namespace() => {}
+                    r => r.map_err(mount_err(fstype))?,
+                }
             }
             rustix::mount::fsconfig_create(&fs).map_err(mount_err(fstype))?;
             let mnt =

@@ -431,7 +431,9 @@ impl Ipam {
             .last
             .filter(|ip| net.subnet.contains(*ip))
             .map_or(1, |ip| u32::from(ip) - u32::from(net.subnet.network()));
-        let ip = (1..size)
+        // Every address once, starting after the last one handed out and ending with it (in
+        // a /30 it is the only one there is).
+        let ip = (1..=size)
             .map(|i| (start + i) % size)
             .filter_map(|n| net.subnet.nth(n))
             .find(|ip| {
@@ -638,6 +640,21 @@ mod tests {
         assert_eq!(freed.ip, Ipv4Addr::new(10, 89, 8, 3));
         assert_eq!(ipam.release("t", "c1").expect("release twice"), None);
         assert_eq!(ipam.allocate(&n, "c9", &[]).expect("reuse").ip, freed.ip);
+    }
+
+    #[test]
+    fn the_last_address_handed_out_is_tried_again_when_it_is_the_only_free_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = net("10.89.11.0/30"); // .1 gateway, .2 the only address
+        let ipam = Ipam::open(dir.path()).expect("open");
+        let only = Ipv4Addr::new(10, 89, 11, 2);
+        assert_eq!(ipam.allocate(&n, "a", &[]).expect("a").ip, only);
+        assert!(matches!(
+            ipam.allocate(&n, "b", &[]),
+            Err(IpamError::Exhausted { .. })
+        ));
+        ipam.release("t", "a").expect("release");
+        assert_eq!(ipam.allocate(&n, "b", &[]).expect("b").ip, only);
     }
 
     #[test]

@@ -3,9 +3,7 @@
 use super::values::{
     clean_path, go_quote_list, looks_like_image, parse_port_spec, set_env, valid_signal,
 };
-use super::{
-    ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, platform_arg, step_name,
-};
+use super::{ArgValue, DEFAULT_PATH, FromRef, Lowerer, PROXY_ARGS, StageCtx, step_name};
 use crate::error::{Error, ErrorKind, suggest};
 use crate::instructions::{ArgDef, CmdLine, Command, Instruction, KeyValue, RunInstr, Stage};
 use crate::mounts;
@@ -202,7 +200,7 @@ impl Lowerer<'_> {
                         .rev()
                         .find(|a| a.name == name)
                         .and_then(|a| a.value.clone())
-                        .or_else(|| platform_arg(&name, &self.opts.platform))
+                        .or_else(|| self.platform_arg(&name))
                         .or_else(|| self.target_stage_arg(&name)),
                 },
             };
@@ -307,19 +305,25 @@ impl Lowerer<'_> {
                 }
             },
         };
-        if let Some(s) = &run.security {
-            let v = self.x(st, &s.value, s.span)?;
-            if v != "sandbox" {
-                return Err(self.err(Error::new(
-                    ErrorKind::BadFlagValue {
-                        flag: "security".into(),
-                        value: v,
-                        reason: "kiln only runs sandboxed steps".into(),
-                    },
-                    Some(s.span),
-                )));
-            }
-        }
+        // BuildKit's values; whether an insecure step may run is the builder's `--allow
+        // security.insecure` (checked on the graph, as BuildKit checks entitlements).
+        let insecure = match &run.security {
+            None => false,
+            Some(s) => match self.x(st, &s.value, s.span)?.as_str() {
+                "sandbox" => false,
+                "insecure" => true,
+                v => {
+                    return Err(self.err(Error::new(
+                        ErrorKind::BadFlagValue {
+                            flag: "security".into(),
+                            value: v.to_owned(),
+                            reason: "expected sandbox or insecure".into(),
+                        },
+                        Some(s.span),
+                    )));
+                }
+            },
+        };
         let mut mounts_out = Vec::new();
         let mut ssh_count = 0;
         for m in &run.mounts {
@@ -395,6 +399,7 @@ impl Lowerer<'_> {
                 user: st.config.config.user.clone(),
                 network,
                 mounts: mounts_out,
+                insecure,
             }),
             name,
             Some(span),

@@ -19,7 +19,6 @@ mod copy;
 mod dispatch;
 mod values;
 
-use values::normalize_platform;
 pub(crate) use values::{clean_path, parse_port_spec};
 
 /// The default PATH of `FROM scratch` and of RUN steps whose image sets none (BuildKit's
@@ -73,17 +72,46 @@ fn platform_string(p: &Platform) -> String {
     p.to_string()
 }
 
-/// Values of the automatic platform ARGs. kiln builds natively: the build platform is the
-/// target platform.
-pub fn platform_arg(name: &str, p: &Platform) -> Option<String> {
-    let variant = p.variant.clone().unwrap_or_default();
-    Some(match name {
-        "TARGETPLATFORM" | "BUILDPLATFORM" => platform_string(p),
-        "TARGETOS" | "BUILDOS" => p.os.clone(),
-        "TARGETARCH" | "BUILDARCH" => p.architecture.clone(),
-        "TARGETVARIANT" | "BUILDVARIANT" => variant,
+/// Values of the automatic platform ARGs: `TARGET*` from the target platform, `BUILD*` from
+/// the build platform.
+pub fn platform_arg(name: &str, target: &Platform, build: &Platform) -> Option<String> {
+    let (p, rest) = match name.strip_prefix("TARGET") {
+        Some(rest) => (target, rest),
+        None => (build, name.strip_prefix("BUILD")?),
+    };
+    Some(match rest {
+        "PLATFORM" => platform_string(p),
+        "OS" => p.os.clone(),
+        "ARCH" => p.architecture.clone(),
+        "VARIANT" => p.variant.clone().unwrap_or_default(),
         _ => return None,
     })
+}
+
+/// The `bases` map key of `reference` resolved for `platform` (`None`: the target's).
+pub(crate) fn base_key(reference: &str, platform: Option<&Platform>) -> String {
+    match platform {
+        Some(p) => format!("{reference} --platform={p}"),
+        None => reference.to_owned(),
+    }
+}
+
+/// Parses an expanded `FROM --platform` value (`linux/arm64`, `linux/arm/v7`); `None` when it
+/// is not `os/arch[/variant]`.
+fn parse_platform(v: &str) -> Option<Platform> {
+    let parts: Vec<&str> = v.split('/').collect();
+    match parts.as_slice() {
+        [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Some(Platform {
+            os: os.to_ascii_lowercase(),
+            architecture: arch.to_ascii_lowercase(),
+            variant: parts
+                .get(2)
+                .map(|v| v.to_ascii_lowercase())
+                .filter(|v| !v.is_empty()),
+            os_version: None,
+        }),
+        _ => None,
+    }
 }
 
 /// An ARG in scope: name and value (`None` when declared without a value).
@@ -97,6 +125,8 @@ struct ArgValue {
 #[derive(Debug, Clone)]
 struct StageState {
     node: NodeId,
+    /// The platform its steps run for.
+    platform: Platform,
     config: ImageConfig,
     history: Vec<HistoryStep>,
 }
@@ -118,7 +148,11 @@ pub(crate) struct Lowerer<'a> {
     done: Vec<Option<StageState>>,
     in_progress: Vec<bool>,
     images: BTreeMap<String, NodeId>,
-    scratch: Option<NodeId>,
+    /// The scratch node of each platform.
+    scratch: Vec<(Platform, NodeId)>,
+    /// The platform of the stage being lowered (its `FROM --platform`, else its parent
+    /// stage's, else the target's): set on every node it makes.
+    cur_platform: Platform,
     pub(crate) collected: Vec<BaseImageRef>,
     /// Names referenced in FROM lines that no ARG defines (for `check`).
     pub(crate) unmatched_from_args: Vec<(String, Span)>,
@@ -148,7 +182,8 @@ impl<'a> Lowerer<'a> {
             done: vec![None; df.stages.len()],
             in_progress: vec![false; df.stages.len()],
             images: BTreeMap::new(),
-            scratch: None,
+            scratch: Vec::new(),
+            cur_platform: opts.platform.clone(),
             collected: Vec::new(),
             unmatched_from_args: Vec::new(),
             lenient: false,
@@ -181,7 +216,8 @@ impl<'a> Lowerer<'a> {
                             Some(def) => Some(
                                 expand(&self.lex, def, &env, d.span).map_err(|e| self.err(e))?,
                             ),
-                            None => None,
+                            // `ARG TARGETARCH` without a value takes the automatic one.
+                            None => self.platform_arg(&name),
                         },
                     };
                     (name, value)
@@ -197,7 +233,12 @@ impl<'a> Lowerer<'a> {
         if let Some(a) = self.meta.iter().rev().find(|a| a.name == k) {
             return a.value.clone();
         }
-        platform_arg(k, &self.opts.platform)
+        self.platform_arg(k)
+    }
+
+    /// The value of an automatic platform ARG.
+    pub(super) fn platform_arg(&self, k: &str) -> Option<String> {
+        platform_arg(k, &self.opts.platform, &self.opts.build_platform)
     }
 
     /// `ARG TARGETSTAGE`: the target stage's name, or `default` when it has none (BuildKit's
@@ -293,13 +334,14 @@ impl<'a> Lowerer<'a> {
             stage,
             span,
             instruction,
+            platform: Some(self.cur_platform.clone()),
         });
         self.nodes.len() - 1
     }
 
     fn scratch_node(&mut self) -> NodeId {
-        if let Some(n) = self.scratch {
-            return n;
+        if let Some((_, n)) = self.scratch.iter().find(|(p, _)| *p == self.cur_platform) {
+            return *n;
         }
         let n = self.push(
             Op::Source(SourceOp::Scratch),
@@ -307,7 +349,7 @@ impl<'a> Lowerer<'a> {
             None,
             "FROM scratch".to_owned(),
         );
-        self.scratch = Some(n);
+        self.scratch.push((self.cur_platform.clone(), n));
         n
     }
 
@@ -321,21 +363,24 @@ impl<'a> Lowerer<'a> {
     ) -> Result<(NodeId, ImageConfig), Error> {
         let opts = self.opts;
         let reference = opts.named_context(reference).unwrap_or(reference);
-        if !self.collected.iter().any(|b| b.reference == reference) {
+        let platform = Some(self.cur_platform.clone()).filter(|p| *p != self.opts.platform);
+        let key = base_key(reference, platform.as_ref());
+        if !self.collected.iter().any(|b| b.key() == key) {
             self.collected.push(BaseImageRef {
                 reference: reference.to_owned(),
                 span,
+                platform,
             });
         }
         let (manifest, config) = match self.bases {
             Some(bases) => {
-                match bases.get(reference) {
+                match bases.get(&key) {
                     // Only what kiln models carries over into the image it writes (BuildKit
                     // decodes the base config into its own types too).
                     Some(b) => (b.manifest.clone(), b.config.clone().without_extra()),
                     None if self.placeholders => (
                         Digest::of(reference.as_bytes()),
-                        ImageConfig::empty(&self.opts.platform),
+                        ImageConfig::empty(&self.cur_platform),
                     ),
                     None => {
                         let e = match flag {
@@ -354,11 +399,11 @@ impl<'a> Lowerer<'a> {
             }
             // Collecting only: the config is unknown, an empty one stands in.
             None => (
-                Digest::of(reference.as_bytes()),
-                ImageConfig::empty(&self.opts.platform),
+                Digest::of(key.as_bytes()),
+                ImageConfig::empty(&self.cur_platform),
             ),
         };
-        if let Some(&n) = self.images.get(reference) {
+        if let Some(&n) = self.images.get(&key) {
             return Ok((n, config));
         }
         let n = self.push(
@@ -370,7 +415,7 @@ impl<'a> Lowerer<'a> {
             Some(span),
             format!("FROM {reference}"),
         );
-        self.images.insert(reference.to_owned(), n);
+        self.images.insert(key, n);
         Ok((n, config))
     }
 
@@ -392,7 +437,9 @@ impl<'a> Lowerer<'a> {
             ));
         }
         self.in_progress[idx] = true;
+        let saved = self.cur_platform.clone();
         let st = self.lower_stage(stage);
+        self.cur_platform = saved;
         self.in_progress[idx] = false;
         let st = st?;
         self.done[idx] = Some(st.clone());
@@ -430,6 +477,7 @@ impl<'a> Lowerer<'a> {
             default_path(&mut config);
             return Ok(StageState {
                 node,
+                platform: self.cur_platform.clone(),
                 config,
                 history: Vec::new(),
             });
@@ -439,18 +487,22 @@ impl<'a> Lowerer<'a> {
                 let span = stage.platform_span.unwrap_or(stage.span);
                 let env = |k: &str| self.meta_lookup(k);
                 let v = expand(&self.lex, p, &env, span)?;
-                let want = platform_string(&self.opts.platform);
-                if !self.lenient && normalize_platform(&v) != normalize_platform(&want) {
-                    return Err(self.err(
-                        Error::new(ErrorKind::BadPlatform { value: v.clone() }, Some(span))
-                            .with_hint(format!("kiln builds natively for {want}; remove --platform or set it to {want}")),
-                    ));
+                match parse_platform(&v) {
+                    Some(p) => Some(p),
+                    None if self.lenient => None,
+                    None => {
+                        return Err(self.err(Error::new(
+                            ErrorKind::BadPlatform { value: v.clone() },
+                            Some(span),
+                        )));
+                    }
                 }
-                Some(v)
             }
             None => None,
         };
-        let _ = platform;
+        self.cur_platform = platform
+            .clone()
+            .unwrap_or_else(|| self.opts.platform.clone());
         let base = {
             let env = |k: &str| self.meta_lookup(k);
             let exp = self.lex.process(&stage.base, &env).map_err(|e| {
@@ -497,9 +549,12 @@ impl<'a> Lowerer<'a> {
         let (node, config, history) =
             if let Some(parent) = self.find_stage(&base).filter(|&p| p != stage.index) {
                 let st = self.stage(parent)?;
+                // A stage on another stage builds for that stage's platform unless its own
+                // `--platform` says otherwise.
+                self.cur_platform = platform.clone().unwrap_or(st.platform);
                 (st.node, st.config, st.history)
             } else if base == "scratch" {
-                let mut config = ImageConfig::empty(&self.opts.platform);
+                let mut config = ImageConfig::empty(&self.cur_platform);
                 // BuildKit's emptyImage: WorkingDir "/" and the default PATH.
                 config.config.working_dir = "/".to_owned();
                 config.config.env = vec![format!("PATH={DEFAULT_PATH}")];
@@ -552,6 +607,7 @@ impl<'a> Lowerer<'a> {
         }
         Ok(StageState {
             node: st.node,
+            platform: self.cur_platform.clone(),
             config: st.config,
             history: st.history,
         })
@@ -744,6 +800,66 @@ mod tests {
                 config,
             },
         )])
+    }
+
+    #[test]
+    fn build_platform_stages_resolve_and_run_for_the_build_platform() {
+        let arm = Platform {
+            architecture: "arm64".into(),
+            ..opts().platform
+        };
+        let o = BuildOptions {
+            platform: arm.clone(),
+            ..opts()
+        };
+        let df = crate::parse(
+            "FROM --platform=$BUILDPLATFORM tool AS t
+ARG TARGETARCH
+RUN echo $TARGETARCH
+             FROM tool
+COPY --from=t / /
+",
+        )
+        .expect("parses");
+        let refs = crate::base_images(&df, &o).expect("bases");
+        let keys: Vec<String> = refs.iter().map(|r| r.key()).collect();
+        assert_eq!(keys, ["tool --platform=linux/amd64", "tool"]);
+        let bases = refs
+            .iter()
+            .map(|r| {
+                let p = r.platform.clone().unwrap_or_else(|| arm.clone());
+                let base = BaseImage {
+                    manifest: Digest::of(r.key().as_bytes()),
+                    config: ImageConfig::empty(&p),
+                };
+                (r.key(), base)
+            })
+            .collect();
+        let g = crate::lower(&df, &o, &bases).expect("lowers");
+        let run = g
+            .nodes
+            .iter()
+            .find(|n| n.instruction.starts_with("RUN"))
+            .expect("run");
+        assert_eq!(
+            run.platform.as_ref().map(|p| p.architecture.as_str()),
+            Some("amd64")
+        );
+        // TARGETARCH is the target's, in the build-platform stage too.
+        let graph::Op::Exec(x) = &run.op else {
+            panic!("exec")
+        };
+        assert!(
+            x.env.contains(&"TARGETARCH=arm64".to_owned()),
+            "{:?}",
+            x.env
+        );
+        let target = &g.nodes[g.target];
+        assert_eq!(
+            target.platform.as_ref().map(|p| p.architecture.as_str()),
+            Some("arm64")
+        );
+        assert_eq!(g.image.config.architecture, "arm64");
     }
 
     #[test]

@@ -32,7 +32,13 @@ pub(crate) fn clean_path(p: &str) -> String {
 
 /// COPY destinations are relative to WORKDIR; a trailing `/` (or `.`) means "into".
 pub(super) fn resolve_dest(dest: &str, cwd: &str) -> String {
-    let dir_like = dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest == "..";
+    // An empty destination is the working directory, as `.` (BuildKit adds the `/` for
+    // both; it matters where the copy cannot look, as `COPY --link`).
+    let dir_like = dest.is_empty()
+        || dest.ends_with('/')
+        || dest == "."
+        || dest.ends_with("/.")
+        || dest == "..";
     let joined = if dest.starts_with('/') {
         dest.to_owned()
     } else {
@@ -54,18 +60,6 @@ pub(super) fn looks_like_image(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':' | '@'))
         && !s.starts_with(['-', '.', '/', ':'])
-}
-
-pub(super) fn normalize_platform(p: &str) -> String {
-    let p = p.to_ascii_lowercase();
-    let mut parts: Vec<&str> = p.split('/').collect();
-    if parts.len() == 2 && parts[1] == "arm64" {
-        parts.push("v8");
-    }
-    if parts.len() == 3 && parts[1] == "amd64" && parts[2] == "v1" {
-        parts.pop();
-    }
-    parts.join("/")
 }
 
 pub(super) fn valid_signal(s: &str) -> bool {
@@ -149,10 +143,26 @@ pub(crate) fn parse_port_spec(w: &str) -> Result<Vec<String>, ErrorKind> {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_signal;
+    use super::{resolve_dest, valid_signal};
 
     /// STOPSIGNAL takes what moby/sys/signal's ParseSignal takes (BuildKit calls it), and
     /// nothing else (issue 11: an invalid STOPSIGNAL was accepted).
+    #[test]
+    fn destinations_that_name_the_working_directory_end_in_a_slash() {
+        for (dest, want) in [
+            ("", "/w/"),
+            (".", "/w/"),
+            ("./", "/w/"),
+            ("sub/.", "/w/sub/"),
+            ("..", "/"),
+            ("f", "/w/f"),
+            ("/abs", "/abs"),
+            ("/abs/", "/abs/"),
+        ] {
+            assert_eq!(resolve_dest(dest, "/w"), want, "{dest:?}");
+        }
+    }
+
     #[test]
     fn stop_signals_are_those_buildkit_parses() {
         for ok in [

@@ -1,7 +1,7 @@
 //! Exec ops (RUN): the sandbox spec of a process run, with its mounts and network.
 
 use super::runner::Runner;
-use super::{NodeResult, RUN_CLAMP_MTIME, SolveError, SolveOp, location};
+use super::{LayerMtimes, NodeResult, SolveError, SolveOp, location};
 use crate::graph::{ExecOp, NetworkMode, NodeId};
 use cache::oci::Digest;
 use context::Ignore;
@@ -25,9 +25,21 @@ impl SolveOp for ExecOp {
         inputs: &BTreeMap<NodeId, Arc<NodeResult>>,
     ) -> Result<NodeResult, SolveError> {
         let root = root.expect("an exec op has a root");
+        if let Some(p) = &r.graph.nodes[n].platform {
+            let host = cache::oci::Platform::host();
+            let dir = std::path::Path::new(executor::binfmt::BINFMT_MISC);
+            executor::binfmt::check(dir, &p.architecture, &host.architecture).map_err(
+                |source| SolveError::Binfmt {
+                    at: location(&r.opts, &r.graph.nodes[n]),
+                    source: Box::new(source),
+                },
+            )?;
+        }
         r.build(n, root, async |rootfs, _scratch| {
             let (spec, guards) = r.exec_spec(n, self, rootfs, inputs)?;
-            Ok((spec, RUN_CLAMP_MTIME, guards))
+            // Taken before the sandbox starts: what the step dates is at or after this.
+            let mtimes = cache::layer::writer::StepMtimes::starting_now(r.opts.epoch);
+            Ok((spec, LayerMtimes::Step(mtimes), guards))
         })
         .await
     }
@@ -94,7 +106,10 @@ impl Runner {
             network,
             mounts,
             tty: false,
-            security: self.opts.security.clone(),
+            security: executor::spec::Security {
+                privileged: x.insecure,
+                ..self.opts.security.clone()
+            },
         });
         Ok((spec, (prepared.guards, lease)))
     }

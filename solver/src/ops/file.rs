@@ -1,7 +1,7 @@
 //! File ops (COPY, ADD, WORKDIR): the copy tasks of the sandbox spec.
 
 use super::runner::Runner;
-use super::{NodeResult, SolveError, SolveOp, location};
+use super::{LayerMtimes, NodeResult, SolveError, SolveOp, location};
 use crate::graph::{CopySource, FileAction, FileOp, NodeId};
 use cache::oci::Digest;
 use executor::spec::{CopyFrom, CopySpec, CopyTask, InitSpec, Rootfs};
@@ -72,11 +72,33 @@ impl SolveOp for FileOp {
                     (c, t) => c.or(t),
                 },
             );
+            // SOURCE_DATE_EPOCH (or the git HEAD's time) caps every date, as BuildKit's
+            // rewrite-timestamp does.
+            let clamp = match (clamp, r.opts.clamp_epoch()) {
+                (Some(c), Some(e)) => Some(c.min(e)),
+                (c, e) => c.or(e),
+            };
             // The downloads and checkouts live until the sandbox has copied them.
-            Ok((spec, clamp, (fetched, checkouts)))
+            Ok((spec, LayerMtimes::Clamp(clamp), (fetched, checkouts)))
         })
         .await
     }
+}
+
+/// Whether `f` is a `COPY --link` (or `ADD --link`): its copies run on an empty root and its
+/// layer is stacked on the stage's, as BuildKit's merge of a copy onto scratch. So it never
+/// sees the stage's files: a destination without a trailing `/` is a file even where the
+/// stage has a directory, symlinks in the stage are replaced rather than followed, and the
+/// parents it creates (mode, owner, date) shadow the stage's directories. As BuildKit v0.24,
+/// `--chmod` turns it back into a plain copy, and a `--chown` name finds no /etc/passwd.
+pub(super) fn on_empty_root(f: &FileOp) -> bool {
+    let mut copies = f.actions.iter().filter_map(|a| match a {
+        FileAction::Copy(c) => Some((c.link, c.chmod.is_none())),
+        FileAction::Inline(x) => Some((x.link, x.chmod.is_none())),
+        _ => None,
+    });
+    let first = copies.next();
+    first.is_some_and(|(link, plain)| link && plain) && copies.all(|(link, plain)| link && plain)
 }
 
 impl Runner {

@@ -102,7 +102,14 @@ pub(super) fn compute_keys(
                 seen_contents.push(seen);
                 contents.push(content);
             }
-            clamps.insert(n, newest.map(|t| t.max(0)).or(COPY_CLAMP_MTIME));
+            let newest = newest.map(|t| t.max(0));
+            // SOURCE_DATE_EPOCH (or the git HEAD's time) caps every date, as BuildKit's
+            // rewrite-timestamp does.
+            let clamp = match (newest, opts.clamp_epoch()) {
+                (Some(t), Some(e)) => Some(t.min(e)),
+                (t, e) => t.or(e).or(COPY_CLAMP_MTIME),
+            };
+            clamps.insert(n, clamp);
         }
         // A context bind mount's key holds what it shows: the non-ignored files below its
         // source (ignored files are invisible in the mount and must not change the key).
@@ -132,6 +139,14 @@ pub(super) fn compute_keys(
             }
         }
         let k = super::cache_map(node, &keys, &contents);
+        // SOURCE_DATE_EPOCH dates what exec and file steps make: it is part of their keys
+        // (left out otherwise, so the pinned keys stay as they are).
+        let k = match (opts.source_date_epoch(), &node.op) {
+            (Some(e), Op::Exec(_) | Op::File(_)) => {
+                Digest::of(format!("kiln.epoch.v1\n{k}\n{e}").as_bytes())
+            }
+            _ => k,
+        };
         let now = explain::inputs(node, &k, &keys, &seen_contents);
         let id = explain::step_id(&node.name);
         let id = if ids.get(id).copied().unwrap_or(0) > 1 {

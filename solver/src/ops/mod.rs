@@ -49,10 +49,11 @@ trait SolveOp {
     ) -> Result<NodeResult, SolveError>;
 }
 
-/// The cache key of `node` (the [`SolveOp::cache_map`] of its op).
+/// The cache key of `node` (the [`SolveOp::cache_map`] of its op; a source's key also holds
+/// the node's platform, which the op does not carry).
 fn cache_map(node: &Node, keys: &[Option<Digest>], contents: &[Option<Digest>]) -> Digest {
     match &node.op {
-        Op::Source(s) => s.cache_map(keys, contents),
+        Op::Source(s) => crate::key::source_key(s, node.platform.as_ref()),
         Op::Exec(x) => x.cache_map(keys, contents),
         Op::File(f) => f.cache_map(keys, contents),
     }
@@ -66,9 +67,15 @@ use context::ContextError;
 use std::fmt;
 use std::path::PathBuf;
 
-/// mtime clamp of RUN layers: none; [`cache::layer::writer::StepMtimes`] gives what the RUN
-/// dated the build's epoch and keeps older dates, which makes a rebuild byte-identical.
-pub const RUN_CLAMP_MTIME: Option<i64> = None;
+/// How a layer's file dates are made reproducible; each op's `prepare` returns its rule.
+pub(crate) enum LayerMtimes {
+    /// Every mtime after the clamp drops to it (COPY/ADD: the newest source date); None
+    /// keeps every date.
+    Clamp(Option<i64>),
+    /// RUN: what the step dated (at or after its start) gets the build's epoch, older dates
+    /// stay ([`cache::layer::writer::StepMtimes`]); a rebuild is byte-identical.
+    Step(cache::layer::writer::StepMtimes),
+}
 
 /// mtime clamp of COPY layers when no context file is copied (COPY --from, WORKDIR): the epoch,
 /// as for RUN (files from other stages already carry clamped times).
@@ -79,8 +86,62 @@ pub const RUN_CLAMP_MTIME: Option<i64> = None;
 /// context, never on when the build ran.
 pub const COPY_CLAMP_MTIME: Option<i64> = Some(0);
 
-/// The `created` time of kiln images and their history: fixed, so builds are reproducible.
+/// The `created` time of images kiln writes without a build (`kiln import`), and the
+/// placeholder of a built image's dates while its content key is computed.
 pub const CREATED: &str = "1970-01-01T00:00:00Z";
+
+/// Where a built image's `created` (and its new history entries' dates) comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreatedRule {
+    /// `SOURCE_DATE_EPOCH` (build arg or environment): the date, also the layers' epoch
+    /// ([`SolveOptions::epoch`]), part of every exec and file key, and the clamp of COPY
+    /// layers. `from` says which of the two gave it.
+    SourceDateEpoch {
+        /// Seconds since 1970.
+        secs: i64,
+        /// `build arg` or `environment`.
+        from: String,
+    },
+    /// The context is a git checkout: its HEAD commit's time (the same on every machine).
+    GitHead {
+        /// The commit time, seconds since 1970.
+        secs: i64,
+        /// The commit.
+        commit: String,
+    },
+    /// Neither: the wall clock of the first build of this content, kept in a cache record
+    /// keyed by the image's layers and config, so a fully cached rebuild has the same date.
+    FirstBuild,
+}
+
+/// `secs` since 1970 as RFC 3339 UTC with second precision (`2021-01-01T00:00:00Z`).
+///
+/// ```
+/// use solver::ops::rfc3339;
+/// assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+/// assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+/// assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+/// assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+/// ```
+pub fn rfc3339(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
 
 /// Options of a build.
 #[derive(Debug, Clone)]
@@ -118,6 +179,40 @@ pub struct SolveOptions {
     /// The build's epoch (seconds): what a RUN layer's own file dates become
     /// ([`cache::layer::writer::StepMtimes`]); `SOURCE_DATE_EPOCH`, or 0.
     pub epoch: i64,
+    /// Where the image's `created` comes from.
+    pub created: CreatedRule,
+}
+
+impl SolveOptions {
+    /// The layers' epoch under `rule`: `SOURCE_DATE_EPOCH` or the git HEAD's commit time,
+    /// else 0.
+    pub fn epoch_of(rule: &CreatedRule) -> i64 {
+        Self::clamp_of(rule).unwrap_or(0)
+    }
+
+    fn clamp_of(rule: &CreatedRule) -> Option<i64> {
+        match rule {
+            CreatedRule::SourceDateEpoch { secs, .. } | CreatedRule::GitHead { secs, .. } => {
+                Some(*secs)
+            }
+            CreatedRule::FirstBuild => None,
+        }
+    }
+
+    /// The date no copied file's date may pass: `SOURCE_DATE_EPOCH` or the git HEAD's time.
+    /// Only `SOURCE_DATE_EPOCH` is part of the cache keys: as file dates are not, a step
+    /// cached at an earlier commit keeps the dates it was built with.
+    pub fn clamp_epoch(&self) -> Option<i64> {
+        Self::clamp_of(&self.created)
+    }
+
+    /// `SOURCE_DATE_EPOCH`, when the build has one.
+    pub fn source_date_epoch(&self) -> Option<i64> {
+        match self.created {
+            CreatedRule::SourceDateEpoch { secs, .. } => Some(secs),
+            _ => None,
+        }
+    }
 }
 
 /// Where a failing step comes from: renders as `Dockerfile:12: RUN make`.
@@ -152,6 +247,15 @@ pub enum SolveError {
         code: i32,
         /// The last lines of its output.
         tail: Vec<String>,
+    },
+    /// A RUN of another architecture has no usable binfmt handler.
+    #[error("{at}")]
+    Binfmt {
+        /// The step.
+        at: Location,
+        /// What is missing.
+        #[source]
+        source: Box<executor::binfmt::BinfmtError>,
     },
     /// The sandbox reported a failure of its own (setup, COPY).
     #[error("{at}: {message}")]

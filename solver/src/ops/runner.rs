@@ -2,7 +2,7 @@
 //! itself ([`super::source`], [`super::exec`], [`super::file`] and [`super::sandbox`]), then
 //! the layer commit and the cache record.
 
-use super::{NodeResult, SolveError, SolveOp, SolveOptions, chain, location};
+use super::{LayerMtimes, NodeResult, SolveError, SolveOp, SolveOptions, chain, location};
 use crate::cachesource::{CacheSource, CacheSourceError};
 use crate::graph::MountKind;
 use crate::graph::{BuildGraph, NodeId, Op};
@@ -31,6 +31,9 @@ pub(super) struct Runner {
     pub(super) changed: Mutex<HashSet<NodeId>>,
     /// Where results are looked up by key, in order: the local store, then imported caches.
     pub(super) sources: Vec<Arc<dyn CacheSource>>,
+    /// Keys built during this build (shared by the solves of a multi-platform build): hits
+    /// even under `--no-cache`, so a build-platform stage runs once for every target.
+    pub(super) session: Arc<Mutex<HashSet<Digest>>>,
 }
 
 impl Runner {
@@ -63,10 +66,16 @@ impl Runner {
         n: NodeId,
         key: &Digest,
     ) -> Result<Option<Vec<Digest>>, SolveError> {
-        if self.opts.no_cache {
+        let this_build = self.session.lock().expect("not poisoned").contains(key);
+        if self.opts.no_cache && !this_build {
             return Ok(None);
         }
-        for s in &self.sources {
+        // Under --no-cache only the local store's record this build wrote counts.
+        let sources = match self.opts.no_cache {
+            true => &self.sources[..1],
+            false => &self.sources[..],
+        };
+        for s in sources {
             let found = s
                 .lookup(key)
                 .map_err(|e| source_err(location(&self.opts, &self.graph.nodes[n]), e))?;
@@ -119,7 +128,7 @@ impl Runner {
         &self,
         n: NodeId,
         root: &NodeResult,
-        prepare: impl AsyncFnOnce(Rootfs, &Path) -> Result<(InitSpec, Option<i64>, H), SolveError>,
+        prepare: impl AsyncFnOnce(Rootfs, &Path) -> Result<(InitSpec, LayerMtimes, H), SolveError>,
     ) -> Result<NodeResult, SolveError> {
         let node = &self.graph.nodes[n];
         let key = self.keys[n]
@@ -140,23 +149,29 @@ impl Runner {
                 source: e,
             })?;
         }
+        let lowers = match &node.op {
+            // COPY --link: the copy runs on an empty root; its layer goes on the stage's.
+            Op::File(f) if super::file::on_empty_root(f) => Vec::new(),
+            _ => self.lowers(&root.chain),
+        };
         let rootfs = Rootfs {
-            lowers: self.lowers(&root.chain),
+            lowers,
             upper: upper.clone(),
             work,
         };
-        // A RUN's own file dates become the build's epoch; older dates stay.
-        let mtimes = matches!(node.op, Op::Exec(_))
-            .then(|| cache::layer::writer::StepMtimes::starting_now(self.opts.epoch));
-        let (spec, clamp, hold) = prepare(rootfs, tmp.path()).await?;
+        let (spec, mtimes, hold) = prepare(rootfs, tmp.path()).await?;
         self.sandbox(n, &spec).await?;
         drop(hold);
         let store = self.store.clone();
         let layer = cache::blocking::unblock(move || {
-            if let Some(m) = mtimes {
-                m.restamp(&upper)?;
-            }
-            store.commit_layer(&upper, &CommitOptions { clamp_mtime: clamp })
+            let clamp_mtime = match mtimes {
+                LayerMtimes::Clamp(c) => c,
+                LayerMtimes::Step(m) => {
+                    m.restamp(&upper)?;
+                    None
+                }
+            };
+            store.commit_layer(&upper, &CommitOptions { clamp_mtime })
         })
         .await
         .map_err(store_err)?;
@@ -226,6 +241,10 @@ impl Runner {
             Op::File(f) => f.exec(self, n, Some(root), &inputs).await?,
             Op::Source(_) => unreachable!("sources returned above"),
         };
+        self.session
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone());
         if previous.is_some_and(|p| p.layers != result.chain) {
             self.changed.lock().expect("not poisoned").insert(n);
         }

@@ -4,18 +4,19 @@
 
 use super::keys::compute_keys;
 use super::runner::{Runner, source_err};
-use super::{CREATED, NodeResult, SolveError, SolveOptions, location};
+use super::{CREATED, CreatedRule, NodeResult, SolveError, SolveOptions, location, rfc3339};
 use crate::cachesource::{CacheSource, LocalCache};
 use crate::graph::{BuildGraph, NodeId};
 use crate::progress::{self, EventKind};
 use crate::remote::Solved;
 use crate::sched::{self, SchedError};
 use cache::image::Image;
-use cache::oci::{History, ImageConfig};
+use cache::oci::{Digest, History, ImageConfig};
+use cache::records::{ImageDate, created_key, created_note_key};
 use cache::remote::import::Imported;
 use cache::statcache::StatCache;
 use cache::store::Store;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// Runs build graphs on a store.
@@ -26,6 +27,8 @@ pub struct Solver {
     /// Where step results are looked up by key: the local store, then `--cache-from`
     /// imports, whose layers are fetched when needed.
     sources: Vec<Arc<dyn CacheSource>>,
+    /// Keys built by this solver or the others sharing the set ([`Solver::with_session`]).
+    session: Arc<Mutex<HashSet<Digest>>>,
 }
 
 impl Solver {
@@ -35,7 +38,16 @@ impl Solver {
             sources: vec![Arc::new(LocalCache::new(store.clone()))],
             store,
             opts,
+            session: Arc::default(),
         }
+    }
+
+    /// Shares `session`, the keys built so far in this build, with other solvers (one per
+    /// platform of a multi-platform build): under `--no-cache` a step one of them built is a
+    /// hit for the others.
+    pub fn with_session(mut self, session: Arc<Mutex<HashSet<Digest>>>) -> Solver {
+        self.session = session;
+        self
     }
 
     /// Also looks keys up in `imported` (after the local records; see [`crate::remote`]).
@@ -130,6 +142,7 @@ impl Solver {
             events,
             changed: Mutex::default(),
             sources: self.sources.clone(),
+            session: Arc::clone(&self.session),
         });
         let t = std::time::Instant::now();
         // A cache hit needs only its root: the stages it copies from are not run (and, when
@@ -171,7 +184,14 @@ impl Solver {
             }
         })?;
         tracing::debug!(elapsed = ?t.elapsed(), "steps done");
-        let config = final_config(&graph, &done);
+        let mut config = final_config(&graph, &done);
+        let dated = date_image(
+            &self.store,
+            &self.sources,
+            &self.opts.created,
+            &mut config,
+            graph.image.history.len(),
+        );
         if let Some(p) = prefetch {
             let _ = p.await;
         }
@@ -189,10 +209,23 @@ impl Solver {
         let image = cache::blocking::unblock(move || store.write_image(&config))
             .await
             .map_err(SolveError::Image)?;
+        // Where the date came from, for `kiln inspect`: kept beside the image, not in it.
+        let (secs, from, date) = dated;
+        let diff_ids = &image.config.rootfs.diff_ids;
+        let note = ImageDate {
+            created: secs,
+            from: Some(from),
+            layers: diff_ids.clone(),
+        };
+        let note_key = created_note_key(&rfc3339(secs), diff_ids);
+        if let Err(error) = self.store.date_put(&note_key, &note) {
+            tracing::warn!(%error, "the note of where the image's date came from is not kept");
+        }
         Ok(Solved {
             image,
             steps,
             cache_mounts,
+            date,
         })
     }
 }
@@ -225,4 +258,61 @@ pub(super) fn final_config(
         .map(|r| r.chain.clone())
         .unwrap_or_default();
     config
+}
+
+/// Dates the image by `rule`: its `created` and the dates of its `new` last history entries
+/// (the base image's entries keep theirs, as BuildKit). Returns the date (seconds) and where
+/// it came from. Without SOURCE_DATE_EPOCH or a git HEAD, the date is the first build's clock,
+/// kept (`dates/`, and in exported caches) under the undated config's [`created_key`], so a
+/// rebuild of the same content gets the same date and digest.
+pub(super) fn date_image(
+    store: &Store,
+    sources: &[Arc<dyn CacheSource>],
+    rule: &CreatedRule,
+    config: &mut ImageConfig,
+    new: usize,
+) -> (i64, String, Option<(cache::oci::Digest, i64)>) {
+    let mut record = None;
+    let (secs, from) = match rule {
+        CreatedRule::SourceDateEpoch { secs, from } => {
+            (*secs, format!("SOURCE_DATE_EPOCH={secs} ({from})"))
+        }
+        CreatedRule::GitHead { secs, commit } => (
+            *secs,
+            format!("commit time of the context's git HEAD {commit}"),
+        ),
+        CreatedRule::FirstBuild => {
+            let undated = serde_json::to_vec(&*config).expect("an image config serializes");
+            let key = created_key(&undated);
+            let from = String::from("the clock of the first build of this content");
+            // The local record, else an imported one (kept locally), else now (recorded).
+            let local = store.date_get(&key).ok().flatten().map(|d| d.created);
+            let t = local.or_else(|| sources.iter().find_map(|s| s.created(&key)));
+            let secs = t.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+            });
+            if local.is_none() {
+                let date = ImageDate {
+                    created: secs,
+                    from: None,
+                    layers: config.rootfs.diff_ids.clone(),
+                };
+                // Best effort: without it, only the next build's date differs.
+                if let Err(error) = store.date_put(&key, &date) {
+                    tracing::warn!(%error, "the image's date is not recorded");
+                }
+            }
+            record = Some((key, secs));
+            (secs, from)
+        }
+    };
+    let t = rfc3339(secs);
+    let first_new = config.history.len().saturating_sub(new);
+    for h in &mut config.history[first_new..] {
+        h.created = Some(t.clone());
+    }
+    config.created = Some(t);
+    (secs, from, record)
 }

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 impl SolveOp for SourceOp {
+    /// The key without a platform (`ops::cache_map` adds the node's).
     fn cache_map(&self, _keys: &[Option<Digest>], _contents: &[Option<Digest>]) -> Digest {
-        crate::key::source_key(self)
+        crate::key::source_key(self, None)
     }
 
     async fn exec(

@@ -1,9 +1,11 @@
 //! Variable expansion: ARG and ENV in WORKDIR, USER, COPY, LABEL, EXPOSE, ENV; defaults and
 //! build-arg overrides; WORKDIR and USER effects on COPY and RUN.
 //!
-//! RUN cases carry BuildKit 0.8's mount points (see `cases_run`). Divergence found and left:
-//! `USER nobody` runs with supplementary group 65534 in kiln (`id` prints
-//! `groups=65534(nogroup)`), with none in BuildKit 0.8 (nobody is no group's member).
+//! RUN cases carry BuildKit 0.8's mount points (see `cases_run`). `USER nobody` runs with
+//! supplementary group 65534 in kiln (`id` prints `groups=65534(nogroup)`), with none in
+//! BuildKit 0.8 (nobody is no group's member): newer BuildKit adds the primary group to the
+//! supplementary ones as kiln does (v0.24 checked in `cases_v024::user-nobody`), so kiln keeps
+//! it and this case asserts the difference from 0.8.
 
 use super::{Case, Group, run_group};
 

@@ -1,13 +1,29 @@
-//! `kiln run`: the sandbox spec of a container from an image config plus command-line overrides.
+//! The sandbox spec of a `kiln run` container: an image's defaults plus command-line
+//! overrides.
 //!
 //! A container's writable layer lives under `KILN_ROOT/containers/<id>/` (`upper/`, `work/`);
-//! its lower dirs are the image's snapshots, newest first. Pure apart from creating that
-//! directory; the cli spawns the sandbox and removes the directory for `--rm`.
+//! its lower dirs are the image's snapshots, newest first, which the caller (it knows the
+//! store) passes in as paths. Pure apart from creating that directory.
 
-use cache::oci::{Digest, ImageConfig};
-use cache::store::Store;
-use executor::spec::{Network, Rootfs, RunSpec};
-use std::path::PathBuf;
+use crate::spec::{Network, Rootfs, RunSpec};
+use std::path::{Path, PathBuf};
+
+/// What a container takes from its image: the config's defaults and the layer snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Image {
+    /// `Entrypoint`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `Cmd`.
+    pub cmd: Option<Vec<String>>,
+    /// `Env`.
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+    /// `User`.
+    pub user: String,
+    /// The layers' snapshot directories, newest first (overlay lower dirs).
+    pub lowers: Vec<PathBuf>,
+}
 
 /// What `kiln run` flags override.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,9 +48,6 @@ pub enum RunError {
     /// Neither the image nor the command line gives a command.
     #[error("no command specified: the image has no ENTRYPOINT or CMD and none was given")]
     NoCommand,
-    /// An image layer is missing from the store.
-    #[error("layer {0} of the image is missing from the store")]
-    MissingLayer(Digest),
     /// The container directory could not be created.
     #[error("creating container directory {}", .path.display())]
     Dir {
@@ -49,7 +62,7 @@ pub enum RunError {
     Exists(String),
     /// A container name that cannot be a directory name (`../x`, `a/b`).
     #[error(transparent)]
-    Name(#[from] executor::names::NameError),
+    Name(#[from] crate::names::NameError),
 }
 
 /// A prepared container.
@@ -62,8 +75,7 @@ pub struct Container {
 }
 
 /// The argv of a container: entrypoint then cmd, Docker's rules (`--entrypoint` resets CMD).
-pub fn argv(config: &ImageConfig, o: &Overrides) -> Vec<String> {
-    let c = &config.config;
+pub fn argv(c: &Image, o: &Overrides) -> Vec<String> {
     let (entry, cmd) = match &o.entrypoint {
         Some(e) if e.is_empty() => (vec![], o.cmd.clone()),
         Some(e) => (vec![e.clone()], o.cmd.clone()),
@@ -93,43 +105,31 @@ pub fn env(image: &[String], overrides: &[String]) -> Vec<String> {
     out
 }
 
-/// Creates `KILN_ROOT/containers/<id>` and the run spec of `config`'s image with `o` applied.
+/// Creates `containers/<id>` (`containers` is `KILN_ROOT/containers`) and the run spec of
+/// `image` with `o` applied.
 ///
-/// Fails when `id` is not a valid container name, there is no command, a layer is missing or
-/// the directory cannot be created.
+/// Fails when `id` is not a valid container name, there is no command, or the directory cannot
+/// be created.
 pub fn prepare(
-    store: &Store,
-    config: &ImageConfig,
+    containers: &Path,
+    image: &Image,
     id: &str,
     o: &Overrides,
 ) -> Result<Container, RunError> {
     // The id is a directory name under the store: check it before it becomes a path.
-    executor::names::check_container(id)?;
-    let args = argv(config, o);
+    crate::names::check_container(id)?;
+    let args = argv(image, o);
     if args.is_empty() {
         return Err(RunError::NoCommand);
     }
-    let lowers = config
-        .rootfs
-        .diff_ids
-        .iter()
-        .rev()
-        .map(|d| {
-            if store.has_layer(d) {
-                Ok(store.snapshot_path(d))
-            } else {
-                Err(RunError::MissingLayer(d.clone()))
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let dir = store.dir(kroot::Dir::Containers).join(id);
-    let mkdir = |p: &PathBuf| {
+    let dir = containers.join(id);
+    let mkdir = |p: &Path| {
         std::fs::create_dir_all(p).map_err(|source| RunError::Dir {
-            path: p.clone(),
+            path: p.to_path_buf(),
             source,
         })
     };
-    mkdir(&store.dir(kroot::Dir::Containers))?;
+    mkdir(containers)?;
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -140,19 +140,21 @@ pub fn prepare(
     let (upper, work) = (dir.join("upper"), dir.join("work"));
     mkdir(&upper)?;
     mkdir(&work)?;
-    let c = &config.config;
-    let cwd = o.workdir.clone().unwrap_or_else(|| c.working_dir.clone());
+    let cwd = o
+        .workdir
+        .clone()
+        .unwrap_or_else(|| image.working_dir.clone());
     Ok(Container {
         spec: RunSpec {
             rootfs: Rootfs {
-                lowers,
+                lowers: image.lowers.clone(),
                 upper,
                 work,
             },
             args,
-            env: env(&c.env, &o.env),
+            env: env(&image.env, &o.env),
             cwd: if cwd.is_empty() { "/".to_owned() } else { cwd },
-            user: o.user.clone().unwrap_or_else(|| c.user.clone()),
+            user: o.user.clone().unwrap_or_else(|| image.user.clone()),
             hostname: id.chars().take(12).collect(),
             network: Network::Loopback,
             mounts: vec![],
@@ -166,29 +168,29 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cache::oci::Platform;
 
-    fn image(entry: Option<&[&str]>, cmd: Option<&[&str]>) -> ImageConfig {
-        let mut c = ImageConfig::empty(&Platform::host());
+    fn image(entry: Option<&[&str]>, cmd: Option<&[&str]>) -> Image {
         let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-        c.config.entrypoint = entry.map(own);
-        c.config.cmd = cmd.map(own);
-        c
+        Image {
+            entrypoint: entry.map(own),
+            cmd: cmd.map(own),
+            ..Default::default()
+        }
     }
 
     /// Issue 10: `kiln run --name ../../x` wrote the container's state outside KILN_ROOT.
     #[test]
     fn container_ids_that_are_paths_create_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path().join("a/root")).expect("store");
+        let containers = dir.path().join("a/root/containers");
         let c = image(None, Some(&["sh"]));
-        for id in ["../../x", "a/b", "..", "x"] {
-            let e = prepare(&store, &c, id, &Overrides::default()).expect_err(id);
+        for id in ["../../x", "a/b", ".."] {
+            let e = prepare(&containers, &c, id, &Overrides::default()).expect_err(id);
             assert!(matches!(e, RunError::Name(_)), "{id}: {e}");
         }
         assert!(!dir.path().join("x").exists());
-        assert!(!store.dir(kroot::Dir::Containers).exists());
-        prepare(&store, &c, "ok-1", &Overrides::default()).expect("a valid name");
+        assert!(!containers.exists());
+        prepare(&containers, &c, "ok-1", &Overrides::default()).expect("a valid name");
     }
 
     #[test]
