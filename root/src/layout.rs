@@ -48,7 +48,7 @@ pub enum Dir {
     /// Per-file details of a COPY's sources by content digest (solver::explain).
     ExplainFiles,
     /// Image dates by the key of their dated-less config: the first build's `created` and
-    /// where it came from (cache::records::ImageDate, written by the cli's build).
+    /// where it came from (cache::records::ImageDate, written by the solver: solver::ops::solve).
     Dates,
 }
 
