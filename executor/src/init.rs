@@ -712,6 +712,9 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
     ];
     // While the host's cgroup filesystems are still in view.
     confine_devices()?;
+    // Opened while this process's own /proc is in view (see `sys::fork_with`).
+    let tasks = PathBuf::from("/proc/self/task");
+    let tasks = std::fs::File::open(&tasks).map_err(file_err(&tasks))?;
     let mut handles = Vec::new();
     for (name, kind) in kinds {
         let p = PathBuf::from(format!("/proc/{}/ns/{name}", spec.pid));
@@ -729,10 +732,11 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
         source,
     })?;
     let (console, console_child) = console_pair(spec.tty)?;
-    let child = sys::fork().map_err(|source| InitError::Namespace {
+    let child = sys::fork_with(&tasks).map_err(|source| InitError::Namespace {
         what: "fork",
         source,
     })?;
+    drop(tasks);
     match child {
         sys::Forked::Child => {
             drop(console);

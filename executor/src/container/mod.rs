@@ -4,6 +4,7 @@
 //! reclaiming of what dead owners left ([`owner`]), cgroups, and docker's times ([`time`]).
 //! The cli keeps only arguments and output.
 
+pub mod name;
 pub mod network;
 pub mod owner;
 pub mod process;
