@@ -310,7 +310,10 @@ mod tests {
                 .iter()
                 .map(|id| s.spawn(|| reserve(&containers, "race", id).is_ok()))
                 .collect();
-            hs.into_iter().filter(|h| h.join().unwrap_or(false)).count()
+            hs.into_iter()
+                .filter_map(|h| h.join().ok())
+                .filter(|won| *won)
+                .count()
         });
         assert_eq!(won, 1);
     }
