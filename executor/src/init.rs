@@ -750,7 +750,16 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
-            fail(&err)
+            // docker's exec: a command that cannot be started, found or not, is 126 (its
+            // run says 127 for one not found).
+            let mut stderr = io::stderr().lock();
+            let _ = writeln!(stderr, "{}", render(&err));
+            let _ = stderr.flush();
+            let code = match err.exit_code() {
+                EXIT_NOT_FOUND => EXIT_CANNOT_EXEC,
+                c => c,
+            };
+            sys::exit_immediately(code)
         }
         sys::Forked::Parent(pid) => {
             drop(console_child);

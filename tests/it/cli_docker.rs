@@ -916,3 +916,68 @@ fn tty_progress_ticks_and_fits_40x10_and_200x50_terminals() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// docker 20.10's exit statuses of `run` and `exec`: 125 when the tool itself fails (an image
+/// that is not there), the command's own status otherwise; for a command that does not exist
+/// in the container 127 from `run` but 126 from `exec` (as dockerd 20.10 answers here), and 1
+/// for `exec` of a container that does not exist.
+#[test]
+fn run_and_exec_exit_with_dockers_codes() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let code = |args: &[&str]| t.kiln(args).status.code();
+    ensure!(
+        code(&["run", "--rm", "--pull", "never", "nosuch-image:1", "true"]) == Some(125),
+        "run of a missing image"
+    );
+    ensure!(
+        code(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "exit 3"
+        ]) == Some(3)
+    );
+    let out = t.kiln(&["run", "--rm", "--network", "none", "busybox", "/nosuch-cmd"]);
+    ensure!(
+        out.status.code() == Some(127),
+        "{:?}: {}",
+        out.status,
+        text(&out)
+    );
+    let n = name("codes");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sleep",
+        "1000",
+    ])?;
+    ensure!(code(&["exec", &n, "sh", "-c", "exit 5"]) == Some(5));
+    let out = t.kiln(&["exec", &n, "/nosuch-cmd"]);
+    ensure!(
+        out.status.code() == Some(126),
+        "{:?}: {}",
+        out.status,
+        text(&out)
+    );
+    let out = t.kiln(&["exec", "nosuch-container", "true"]);
+    ensure!(
+        out.status.code() == Some(1) && text(&out).contains("no such container"),
+        "{:?}: {}",
+        out.status,
+        text(&out)
+    );
+    t.ok(&["rm", "-f", &n])?;
+    Ok(())
+}
