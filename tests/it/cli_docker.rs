@@ -63,6 +63,14 @@ fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
     let running = t.ok(&["inspect", "-f", "{{.State.Running}}", short])?;
     ensure!(stdout(&running) == "true\n", "{}", text(&running));
 
+    // An unnamed container has a made-up name (docker's `adjective_surname`), not its id.
+    let made_up = stdout(&t.ok(&["inspect", "-f", "{{.Name}}", short])?);
+    let made_up = made_up.trim().trim_start_matches('/').to_owned();
+    ensure!(
+        made_up.contains('_') && !id.starts_with(&made_up),
+        "name of {id}: {made_up:?}"
+    );
+
     // The default listing has docker's columns, NAMES and CREATED included.
     let ps = stdout(&t.ok(&["ps"])?);
     let header = ps.lines().next().unwrap_or_default();
@@ -82,7 +90,7 @@ fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
             && l.contains("\"sleep 31\"")
             && l.contains(" ago ")
             && l.contains("Up ")
-            && l.ends_with(&id)),
+            && l.ends_with(&made_up)),
         "{ps}"
     );
 
@@ -107,8 +115,8 @@ fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
         .lines()
         .find(|l| l.starts_with(&named))
         .context("named row")?;
-    // docker's tabwriter: the widest cell (the 64-digit id as the unnamed one's name) plus 3.
-    let width = named.len().max(id.len()) + 3;
+    // docker's tabwriter: the widest cell plus 3, at least 10.
+    let width = (named.len().max(made_up.len()) + 3).max(10);
     ensure!(
         head.find("STATUS") == Some(width) && row.find("Up ") == Some(width),
         "columns not aligned:\n{tbl}"
