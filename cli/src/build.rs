@@ -4,6 +4,8 @@ mod attest;
 mod dates;
 mod input;
 mod load;
+mod named;
+mod oci_layout;
 mod outline;
 mod output;
 pub mod platforms;
@@ -124,7 +126,12 @@ pub struct BuildArgs {
     /// `-o/--output`, `--load`, `--annotation`, `--provenance`, `--sbom`, `--attest`.
     #[command(flatten)]
     outputs: output::OutputFlags,
-    /// The build context directory.
+    /// `NAME=VALUE`: replace the stage or image NAME with a directory, `docker-image://REF`, a
+    /// git URL, an http(s) archive URL or `oci-layout://DIR@sha256:...` (buildx
+    /// `--build-context`); may be repeated.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
+    /// The build context: a directory, `-` (stdin), a git URL or an http(s) URL.
     context: PathBuf,
 }
 
@@ -236,7 +243,7 @@ fn read_dockerignore(dockerfile: &Path, context: &Path) -> anyhow::Result<String
     for p in [PathBuf::from(specific), context.join(".dockerignore")] {
         match std::fs::read_to_string(&p) {
             Ok(s) => {
-                executor::context::Ignore::validate(&p, &s)?;
+                context::Ignore::validate(&p, &s)?;
                 return Ok(s);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -347,12 +354,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
 
-    let opts = frontend::BuildOptions {
+    let mut opts = frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
         build_platform: cache::oci::Platform::host(),
+        named_contexts: Default::default(),
     };
     let platforms = platforms::parse(&a.platforms)?;
     anyhow::ensure!(
@@ -379,7 +387,9 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.call == "outline" {
         return outline::print(&df, &text, opts.target.as_deref(), &opts.build_args);
     }
-    // Checked before the store is opened (each platform's bases are collected again below).
+    let store = crate::open_store()?;
+    opts.named_contexts = named::resolve(&a.build_contexts, &store, &opts.platform)?;
+    // Each platform's bases are collected again below.
     frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
@@ -394,7 +404,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     {
         cache_to.push(crate::cacheopts::CacheTo::Inline);
     }
-    let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
     reg_cfg.progress = matches!(mode, Some(m) if m != Mode::Rawjson);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -475,9 +484,9 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             dockerfile_name: dockerfile_name.clone(),
             secrets: crate::check::secrets(&a.secrets)?,
             network: match a.network.as_str() {
-                "host" => solver::graph::NetworkMode::Host,
-                "none" => solver::graph::NetworkMode::None,
-                _ => solver::graph::NetworkMode::Default,
+                "host" => graph::NetworkMode::Host,
+                "none" => graph::NetworkMode::None,
+                _ => graph::NetworkMode::Default,
             },
             ssh: ssh.clone(),
             security: run_security.clone(),

@@ -635,6 +635,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("removing the cgroup of {n}"))?;
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("removing {}", dir.display()))?;
+                executor::container::name::release(&containers_dir()?, s.name(), &s.id);
                 writeln!(out, "{n}")?;
             }
         }

@@ -14,6 +14,7 @@ mod cache_backends;
 mod check;
 mod cli_docker;
 mod containers;
+mod contexts;
 mod differential;
 mod dockerfile_buildkit;
 mod dockerfile_semantics;

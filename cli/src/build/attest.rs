@@ -156,7 +156,7 @@ impl Facts {
         dockerfile: &[u8],
         labels: BTreeMap<String, String>,
         bases: &BTreeMap<String, frontend::BaseImage>,
-        graph: &solver::graph::BuildGraph,
+        graph: &graph::BuildGraph,
         build_ref: &str,
         started: String,
     ) -> Facts {
@@ -182,7 +182,7 @@ impl Facts {
 /// graph, so they are resolved again here (`git ls-remote`, as the build did); a source that
 /// cannot be resolved now is listed without a digest.
 fn resolved_git_sources(
-    graph: &solver::graph::BuildGraph,
+    graph: &graph::BuildGraph,
 ) -> Vec<(String, Option<String>, Option<String>)> {
     let sources = git_sources(graph);
     if sources.iter().all(|(_, _, c)| c.is_some()) {
@@ -196,8 +196,8 @@ fn resolved_git_sources(
 }
 
 /// The ADD git sources the target reaches: remote, ref, commit (when the graph has it).
-fn git_sources(graph: &solver::graph::BuildGraph) -> Vec<(String, Option<String>, Option<String>)> {
-    use solver::graph::{CopySource, FileAction, Op};
+fn git_sources(graph: &graph::BuildGraph) -> Vec<(String, Option<String>, Option<String>)> {
+    use graph::{CopySource, FileAction, Op};
     let mut out = Vec::new();
     for n in graph.reachable() {
         if let Op::File(f) = &graph.nodes[n].op {

@@ -37,11 +37,11 @@ pub fn parse_allow(args: &[String]) -> anyhow::Result<Allow> {
 ///
 /// Fails with the first step that is not allowed, named as `Dockerfile:LINE`.
 pub fn check_entitlements(
-    graph: &solver::graph::BuildGraph,
+    graph: &graph::BuildGraph,
     allow: Allow,
     dockerfile: &str,
 ) -> anyhow::Result<()> {
-    use solver::graph::{NetworkMode, Op};
+    use graph::{NetworkMode, Op};
     for n in &graph.nodes {
         let Op::Exec(x) = &n.op else { continue };
         let missing = if x.network == NetworkMode::Host && !allow.network_host {

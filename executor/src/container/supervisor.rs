@@ -230,6 +230,7 @@ pub fn supervise(exe: &Path, containers: &Path, id: &str) -> Result<()> {
     let _ = crate::cgroup::Cgroup::open(state.cgroups.clone()).remove();
     if state.auto_remove {
         let _ = std::fs::remove_dir_all(&dir);
+        super::name::release(containers, state.name(), &state.id);
     } else {
         state::write(&dir, &state)?;
     }
