@@ -12,7 +12,6 @@
 //! - [`records`]: build cache records.
 //! - [`compress`]: memoized, multi-core gzip/zstd copies of layers.
 //! - [`archive`]: `save` to an OCI layout + docker-archive tar.
-//! - [`statcache`]: reuse of context file digests while their stat is unchanged (git index style).
 //! - [`usage`]: disk usage of the store by kind (`kiln system df`).
 //! - [`gc`]: `kiln prune` and garbage collection of unreferenced blobs and snapshots.
 //! - [`remote`]: remote build cache (`--cache-to`/`--cache-from`): export to and lazy import
@@ -36,6 +35,5 @@ pub mod reference;
 pub mod registry;
 pub mod remote;
 pub mod snapshot;
-pub mod statcache;
 pub mod store;
 pub mod usage;

@@ -124,6 +124,14 @@ impl Digest {
         Digest { hex }
     }
 
+    /// The raw 32-byte SHA-256 hash (as `context::statcache` stores it).
+    pub fn to_sha256(&self) -> [u8; 32] {
+        let mut raw = [0u8; 32];
+        hex::decode_to_slice(&self.hex, &mut raw)
+            .expect("a Digest holds 64 lowercase hex digits (checked when it is made)");
+        raw
+    }
+
     /// The 64 hex digits, without the algorithm prefix.
     pub fn hex(&self) -> &str {
         &self.hex

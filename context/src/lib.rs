@@ -1,10 +1,12 @@
-//! The build context: `.dockerignore` matching and the expansion of COPY sources.
+//! The build context: `.dockerignore` matching, the expansion of COPY sources and the stat
+//! cache ([`statcache`]) that reuses the digests of unchanged context files.
 //!
 //! The solver hashes what [`walk_sources`] lists to build cache keys, and the copy engine
 //! (`executor::copy`, inside the sandbox) copies exactly that list, so the two can never
 //! disagree. No `unsafe`, no mounts: this runs in the multi-threaded kiln process as well as in
 //! `__init`. Paths inside the context are resolved by a [`Resolve`] the caller passes in
-//! (`executor::fsroot::InRoot`, the one resolver of untrusted paths), so this crate is a leaf.
+//! (`executor::fsroot::InRoot`, the one resolver of untrusted paths), so this crate is a leaf
+//! (its only workspace dependency is `kroot`, for the stat cache's directory and atomic write).
 //!
 //! Rules (Docker/BuildKit):
 //! - a source is cleaned and made relative to the root: `/x`, `./x` and `../x` all mean `x`
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 mod ignore;
 pub use ignore::{Ignore, IgnoreError};
+pub mod statcache;
 
 /// Opens paths inside a directory with every symlink resolved inside it (never above it).
 pub trait Resolve: Sync {

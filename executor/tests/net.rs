@@ -1065,5 +1065,11 @@ fn main() {
             Err(format!("test leaves_nothing_behind ... FAILED: {left:?}"))
         }
     };
-    testutil::run("net", tests, preconditions(), Some(Box::new(after)))
+    testutil::run(
+        "net",
+        tests,
+        &[concat!(env!("CARGO_MANIFEST_DIR"), "/tests/net.rs")],
+        preconditions(),
+        Some(Box::new(after)),
+    )
 }

@@ -22,5 +22,15 @@ fn main() {
     let mut tests = testutil::from_fns(sandbox::run_tests::TESTS);
     tests.extend(testutil::from_fns(sandbox::copy_tests::TESTS));
     tests.extend(testutil::from_fns(sandbox::device_tests::TESTS));
-    testutil::run("sandbox", tests, sandbox::fixture::privileged(), None)
+    let sources = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sandbox.rs"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sandbox"),
+    ];
+    testutil::run(
+        "sandbox",
+        tests,
+        &sources,
+        sandbox::fixture::privileged(),
+        None,
+    )
 }

@@ -41,7 +41,7 @@ pub enum Dir {
     RegistryBlobs,
     /// The registry digests of an image from its last pull or push (cache::registry::record).
     RepoDigests,
-    /// Context file digests by stat, one file per context (cache::statcache).
+    /// Context file digests by stat, one file per context (context::statcache).
     StatCache,
     /// `--explain` step records per context and Dockerfile (solver::explain).
     Explain,

@@ -72,7 +72,13 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__init") {
         executor::init::main(args);
     }
-    testutil::run("solve", testutil::from_fns(TESTS), privileged(), None)
+    testutil::run(
+        "solve",
+        testutil::from_fns(TESTS),
+        &[concat!(env!("CARGO_MANIFEST_DIR"), "/tests/solve.rs")],
+        privileged(),
+        None,
+    )
 }
 
 /// A temp dir with a store holding busybox, and a context dir.

@@ -12,8 +12,14 @@ use executor::devices::DeviceCgroup;
 use super::fixture::TestFn;
 
 pub const TESTS: &[(&str, TestFn)] = &[
-    ("devices_v1_enter_confines_the_process", devices_v1_enter),
-    ("devices_v2_enter_confines_the_process", devices_v2_enter),
+    (
+        "devices_v1_enter_confines_the_process",
+        devices_v1_enter_confines_the_process,
+    ),
+    (
+        "devices_v2_enter_confines_the_process",
+        devices_v2_enter_confines_the_process,
+    ),
 ];
 
 fn openable_block_device() -> Result<(u32, u32)> {
@@ -85,7 +91,7 @@ fn probe_and_remove(cg: &DeviceCgroup, mount: &Path, parent: &str) -> Result<()>
     Ok(())
 }
 
-fn devices_v1_enter() -> Result<()> {
+fn devices_v1_enter_confines_the_process() -> Result<()> {
     let host = DeviceCgroup::host()?;
     let DeviceCgroup::V1 { mount, .. } = host else {
         anyhow::bail!("this test needs the v1 devices controller (hybrid host), found {host:?}");
@@ -98,7 +104,7 @@ fn devices_v1_enter() -> Result<()> {
     probe_and_remove(&cg, &mount, &parent)
 }
 
-fn devices_v2_enter() -> Result<()> {
+fn devices_v2_enter_confines_the_process() -> Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     let (mount, _, _) = executor::cgroup::cgroup_mounts(&mountinfo)
         .find(|m| m.1 == "cgroup2")

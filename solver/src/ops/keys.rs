@@ -7,7 +7,7 @@ use crate::explain;
 use crate::graph::{BuildGraph, CopySource, FileAction, Node, NodeId, Op};
 use crate::key::{self, SourceMeta};
 use cache::oci::Digest;
-use cache::statcache::{StatCache, StatKey};
+use context::statcache::{StatCache, StatKey};
 use context::{Ignore, SourceEntry};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -228,11 +228,10 @@ pub(super) fn hash_entries(
                     dev: e.dev,
                     mode: e.mode,
                 };
-                Some(
-                    stats
-                        .digest(&e.path, stat, hash_file)
-                        .map_err(|err| (e.path.clone(), err))?,
-                )
+                let raw = stats
+                    .digest(&e.path, stat, |p| hash_file(p).map(|d| d.to_sha256()))
+                    .map_err(|err| (e.path.clone(), err))?;
+                Some(Digest::from_sha256(raw))
             } else {
                 None
             };

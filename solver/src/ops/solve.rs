@@ -14,8 +14,8 @@ use cache::image::Image;
 use cache::oci::{Digest, History, ImageConfig};
 use cache::records::{ImageDate, created_key, created_note_key};
 use cache::remote::import::Imported;
-use cache::statcache::StatCache;
 use cache::store::Store;
+use context::statcache::StatCache;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 

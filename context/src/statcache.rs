@@ -31,7 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::oci::Digest;
+use sha2::{Digest as _, Sha256};
+
+/// A raw SHA-256 hash, as the cache file stores it (callers wrap it in their digest type:
+/// this crate is a leaf and does not depend on `cache::oci::Digest`).
+pub type Sha256Hash = [u8; 32];
 
 const TAG: &[u8] = b"kiln.statcache.v2\n";
 
@@ -162,7 +166,7 @@ impl StatCache {
         let abs = fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
         kroot::Dir::StatCache
             .path(kiln_root)
-            .join(Digest::of(abs.as_os_str().as_bytes()).hex())
+            .join(hex::encode(Sha256::digest(abs.as_os_str().as_bytes())))
     }
 
     /// Loads `file`; a missing or unreadable file gives an empty cache.
@@ -209,8 +213,8 @@ impl StatCache {
         &self,
         path: &Path,
         key: StatKey,
-        hash: impl FnOnce(&Path) -> io::Result<Digest>,
-    ) -> io::Result<Digest> {
+        hash: impl FnOnce(&Path) -> io::Result<Sha256Hash>,
+    ) -> io::Result<Sha256Hash> {
         let hit = self
             .cached(path.as_os_str().as_bytes())
             .filter(|(_, k, _)| {
@@ -222,18 +226,15 @@ impl StatCache {
         if let Some((i, _, raw)) = hit {
             self.used[i].store(true, Ordering::Relaxed);
             self.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(Digest::from_sha256(raw));
+            return Ok(raw);
         }
         self.hashed.fetch_add(1, Ordering::Relaxed);
-        let digest = hash(path)?;
-        let mut raw = [0u8; 32];
-        if hex::decode_to_slice(digest.hex(), &mut raw).is_ok() {
-            self.fresh
-                .lock()
-                .expect("stat cache lock is not poisoned: no code panics while holding it")
-                .push((path.to_path_buf(), key, raw));
-        }
-        Ok(digest)
+        let raw = hash(path)?;
+        self.fresh
+            .lock()
+            .expect("stat cache lock is not poisoned: no code panics while holding it")
+            .push((path.to_path_buf(), key, raw));
+        Ok(raw)
     }
 
     /// How many files were hashed (read) since opening.
@@ -316,12 +317,16 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn hash(p: &Path) -> io::Result<Digest> {
-        Ok(Digest::of(&fs::read(p)?))
+    fn hash(p: &Path) -> io::Result<Sha256Hash> {
+        Ok(sha(&fs::read(p)?))
+    }
+
+    fn sha(data: &[u8]) -> Sha256Hash {
+        Sha256::digest(data).into()
     }
 
     /// Digest of `f` through a freshly opened cache, then saved; returns (digest, hashed?).
-    fn look(cache_file: &Path, f: &Path) -> (Digest, bool) {
+    fn look(cache_file: &Path, f: &Path) -> (Sha256Hash, bool) {
         let c = StatCache::open(cache_file.to_path_buf());
         let key = StatKey::of(&fs::metadata(f).expect("stat"));
         let d = c.digest(f, key, hash).expect("digest");
@@ -393,7 +398,7 @@ mod tests {
         let (d2, h2) = look(&cf, &f);
         assert!(h2, "racy entry is hashed again");
         assert_ne!(d1, d2, "content change found");
-        assert_eq!(d2, Digest::of(b"bbbb"));
+        assert_eq!(d2, sha(b"bbbb"));
     }
 
     #[test]
@@ -447,7 +452,7 @@ mod tests {
         fs::rename(&g, &f).expect("rename");
         let (d2, h) = look(&cf, &f);
         assert!(h, "new inode misses the cache");
-        assert_eq!(d2, Digest::of(b"two"));
+        assert_eq!(d2, sha(b"two"));
         assert_ne!(d1, d2);
     }
 
