@@ -475,7 +475,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             secrets: crate::check::secrets(&a.secrets)?,
             network: match a.network.as_str() {
                 "host" => solver::graph::NetworkMode::Host,
+                // A rootless session on the host network has no bridge: RUN steps on the
+                // default network use the host's.
                 "none" => solver::graph::NetworkMode::None,
+                _ if executor::container::runtime::host_network() => {
+                    solver::graph::NetworkMode::Host
+                }
                 _ => solver::graph::NetworkMode::Default,
             },
             ssh: ssh.clone(),
@@ -486,6 +491,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             // RUN steps on the default network join the bridge (pooled namespaces).
             bridge: match a.network.as_str() {
                 "host" | "none" => None,
+                _ if executor::container::runtime::host_network() => None,
                 // Rootless without a network helper: nothing to bridge to.
                 _ if !executor::container::runtime::has_uplink() => None,
                 _ => Some(crate::netrun::build_network()?),

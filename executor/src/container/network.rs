@@ -120,7 +120,6 @@ pub enum NetError {
 
 type Result<T> = std::result::Result<T, NetError>;
 
-
 /// The owner record of a container being set up (see [`super::owner`]): written
 /// before it takes a lease, so that a lease is never without its claim.
 #[derive(Debug)]
@@ -170,8 +169,10 @@ pub fn reclaim_orphans(containers: &Path) -> Result<()> {
     if !in_host_netns() {
         return Ok(());
     }
-    let (Ok(owners), Ok(ipam)) = (Owners::open(owners_dir()), crate::net::Ipam::open(state_dir()))
-    else {
+    let (Ok(owners), Ok(ipam)) = (
+        Owners::open(owners_dir()),
+        crate::net::Ipam::open(state_dir()),
+    ) else {
         // Nothing can have been recorded where nothing can be written.
         return Ok(());
     };
@@ -345,7 +346,6 @@ pub fn ports(
     Ok(out)
 }
 
-
 /// Slots of the RUN pool: enough for a build's parallel steps and a few concurrent builds.
 const POOL_SLOTS: usize = 16;
 
@@ -417,6 +417,16 @@ pub fn setup(
     detached: bool,
     rec: &mut Record,
 ) -> Result<(Network, Option<Joined>)> {
+    if matches!(mode, Mode::Bridge(_)) && runtime::host_network() {
+        if !ports.is_empty() {
+            eprintln!(
+                "warning: rootless session on the host network: published ports are discarded \
+                 (the container's ports are the host's)"
+            );
+        }
+        rec.save_if_possible();
+        return Ok((Network::Host, None));
+    }
     if matches!(mode, Mode::Bridge(_)) && ports.is_empty() && !runtime::has_uplink() {
         rec.save_if_possible();
         return Ok((Network::Loopback, None));

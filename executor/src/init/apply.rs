@@ -178,6 +178,31 @@ fn mount_attrs(a: Attrs) -> MountAttrFlags {
 }
 
 pub(super) fn execute(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()> {
+    match (step, execute_one(step, root, report)) {
+        // Rootless on the host network (`KILN_ROOTLESS_NET=host`): a new sysfs needs the
+        // network namespace to belong to our user namespace, which the host's does not; the
+        // host's /sys is bound read-only instead (as rootless podman does with --net=host).
+        (
+            Step::Fs {
+                fstype: "sysfs",
+                target,
+                ..
+            },
+            Err(InitError::Mount { source, .. }),
+        ) if source.raw_os_error() == Some(libc::EPERM) && crate::rootless::in_user_namespace() => {
+            let bind = Step::Bind {
+                source: "/sys".into(),
+                target: target.clone(),
+                readonly: true,
+                create: Create::Dir,
+            };
+            execute_one(&bind, root, report)
+        }
+        (_, r) => r,
+    }
+}
+
+fn execute_one(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()> {
     let target = step.target();
     let mount_err = |what: &str| {
         let what = what.to_string();
