@@ -571,3 +571,114 @@ fn rootless_limits_without_a_delegated_cgroup_warn_and_run_unlimited() -> anyhow
     );
     Ok(())
 }
+
+#[test]
+fn rootless_fuse_overlayfs_builds_the_example_and_a_multi_step_image() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    ensure!(
+        privileged(&["fuse-overlayfs"]),
+        "fuse-overlayfs is not installed"
+    );
+    // This kernel has overlayfs in user namespaces: the switch forces the fallback.
+    let fuse = |args: &[&str]| -> anyhow::Result<Output> {
+        let out = r
+            .cmd(&r.t.root, args)
+            .env("KILN_ROOTLESS_OVERLAY", "fuse")
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "kiln {args:?} with fuse-overlayfs failed ({}):\n{}",
+            out.status,
+            text(&out)
+        );
+        Ok(out)
+    };
+    let example = example_dir();
+    fuse(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "hello:fuse",
+        example.to_str().expect("utf-8 path"),
+    ])?;
+    let out = fuse(&["run", "--rm", "hello:fuse"])?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        s.contains("HELLO FROM A KILN BUILD") && s.contains("built by kiln"),
+        "run printed {s:?}"
+    );
+    r.t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN grep ' / / ' /proc/self/mountinfo > /root-mount\n\
+         RUN mkdir -p /d/sub && echo one > /d/a && echo gone > /d/b && touch /d/sub/x && chown 1000:1000 /d/a\n\
+         RUN rm /d/b && echo two >> /d/a && rm -rf /d/sub && mkdir /d/sub && echo new > /d/sub/y\n\
+         RUN echo app:x:1000:1000::/:/bin/sh >> /etc/passwd\n\
+         USER app\n\
+         RUN echo by-app > /tmp/by-app && cat /d/a\n",
+    );
+    fuse(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "steps:fuse",
+        r.t.ctx.to_str().expect("utf-8 path"),
+    ])?;
+    // Unpacked by umoci: the layers' whiteouts, opaque directory and owners.
+    let rootfs = r.unpack("steps:fuse")?;
+    let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).with_context(|| p.to_owned());
+    let mount = read("root-mount")?;
+    ensure!(
+        mount.contains("fuse"),
+        "the RUN root was not fuse-overlayfs: {mount}"
+    );
+    ensure!(read("d/a")? == "one\ntwo\n", "d/a: {:?}", read("d/a")?);
+    ensure!(!rootfs.join("d/b").exists(), "the whiteout of d/b was lost");
+    ensure!(
+        !rootfs.join("d/sub/x").exists() && read("d/sub/y")? == "new\n",
+        "the replaced directory d/sub"
+    );
+    let owner = |p: &str| -> anyhow::Result<u32> {
+        Ok(std::fs::symlink_metadata(rootfs.join(p))
+            .with_context(|| p.to_owned())?
+            .uid())
+    };
+    ensure!(owner("d/a")? == 1000, "d/a owner {}", owner("d/a")?);
+    ensure!(
+        owner("tmp/by-app")? == 1000,
+        "tmp/by-app owner {}",
+        owner("tmp/by-app")?
+    );
+    // No layer carries fuse-overlayfs's private xattrs or stray markers.
+    let mut traces = Vec::new();
+    let mut stack = vec![rootfs.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            let mut names = vec![0u8; 4096];
+            let n = rustix::fs::llistxattr(&p, &mut names).unwrap_or(0);
+            let names = String::from_utf8_lossy(&names[..n]).into_owned();
+            if names.contains("fuseoverlayfs") || names.contains(".overlay.") {
+                traces.push(format!("{}: {names:?}", p.display()));
+            }
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".wh."))
+            {
+                traces.push(p.display().to_string());
+            }
+            if std::fs::symlink_metadata(&p)?.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    ensure!(
+        traces.is_empty(),
+        "fuse-overlayfs left traces in the image: {traces:?}"
+    );
+    eprintln!("root mount of the RUN steps: {mount}");
+    Ok(())
+}
