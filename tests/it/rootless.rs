@@ -96,6 +96,13 @@ impl Drop for Rootless {
         {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
+        // pasta does not notice that its namespace is gone.
+        if let Ok(pid) = std::fs::read_to_string(self.runtime.join("kiln/pasta.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -680,5 +687,63 @@ fn rootless_fuse_overlayfs_builds_the_example_and_a_multi_step_image() -> anyhow
         "fuse-overlayfs left traces in the image: {traces:?}"
     );
     eprintln!("root mount of the RUN steps: {mount}");
+    Ok(())
+}
+
+#[test]
+fn rootless_pasta_refuses_published_ports_and_says_why() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    ensure!(
+        privileged(&["pasta"]),
+        "pasta (Debian package passt) is not installed"
+    );
+    // The session from `rootless` runs slirp4netns: end it, the next one uses pasta.
+    let pid: i32 = std::fs::read_to_string(r.runtime.join("kiln/pause.pid"))?
+        .trim()
+        .parse()?;
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).context("pause pid")?,
+        rustix::process::Signal::KILL,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = crate::harness::free_port()?;
+    let out = r
+        .cmd(
+            &r.t.root,
+            &[
+                "run",
+                "--rm",
+                "-p",
+                &format!("{port}:80"),
+                "busybox",
+                "true",
+            ],
+        )
+        .env("KILN_ROOTLESS_NET", "pasta")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && err.contains("this session uses pasta")
+            && err.contains("cannot add a port forward once started")
+            && err.contains("KILN_ROOTLESS_NET=slirp4netns"),
+        "{}",
+        text(&out)
+    );
+    // Without -p the pasta session runs containers.
+    let out = r
+        .cmd(&r.t.root, &["run", "--rm", "busybox", "echo", "ran"])
+        .env("KILN_ROOTLESS_NET", "pasta")
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "ran\n",
+        "{}",
+        text(&out)
+    );
     Ok(())
 }

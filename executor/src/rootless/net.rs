@@ -54,7 +54,11 @@ pub enum NetError {
     },
     /// Port publishing needs slirp4netns.
     #[error(
-        "publishing ports in rootless mode needs the slirp4netns network helper (this session uses {0})"
+        "publishing ports in rootless mode needs the slirp4netns network helper (this session uses \
+         {0}, which cannot add a port forward once started)\n\
+         hint: end the session (kill $(cat $XDG_RUNTIME_DIR/kiln/pause.pid)) and start the next one \
+         with KILN_ROOTLESS_NET=slirp4netns, or with KILN_ROOTLESS_NET=host (the ports are the \
+         host's)"
     )]
     NoForwarder(&'static str),
 }
