@@ -700,17 +700,7 @@ fn rootless_pasta_refuses_published_ports_and_says_why() -> anyhow::Result<()> {
         "pasta (Debian package passt) is not installed"
     );
     // The session from `rootless` runs slirp4netns: end it, the next one uses pasta.
-    let pid: i32 = std::fs::read_to_string(r.runtime.join("kiln/pause.pid"))?
-        .trim()
-        .parse()?;
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).context("pause pid")?,
-        rustix::process::Signal::KILL,
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    end_session(&r)?;
     let port = crate::harness::free_port()?;
     let out = r
         .cmd(
@@ -744,6 +734,87 @@ fn rootless_pasta_refuses_published_ports_and_says_why() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stdout) == "ran\n",
         "{}",
         text(&out)
+    );
+    Ok(())
+}
+
+/// Kills the test's session; the next kiln command starts a new one.
+fn end_session(r: &Rootless) -> anyhow::Result<()> {
+    let pid: i32 = std::fs::read_to_string(r.runtime.join("kiln/pause.pid"))?
+        .trim()
+        .parse()?;
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).context("pause pid")?,
+        rustix::process::Signal::KILL,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// An overlayfs mounted by root, unmounted on drop.
+struct OverlayMount(PathBuf);
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn rootless_store_on_overlayfs_fails_clearly_naming_both_overlays() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    // A store on overlayfs itself (as in a container without a volume): the kernel refuses it
+    // as an upper dir, and so does kiln's fuse-overlayfs fallback (which hangs there).
+    let base = r.t.dir.path().join("ovl");
+    let (lower, upper, work, merged) = (
+        base.join("l"),
+        base.join("u"),
+        base.join("w"),
+        base.join("m"),
+    );
+    for d in [&lower, &upper, &work, &merged] {
+        std::fs::create_dir_all(d)?;
+    }
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&merged)
+        .output()?;
+    ensure!(out.status.success(), "mount overlay: {}", text(&out));
+    let _mounted = OverlayMount(merged.clone());
+    let store = merged.join("store");
+    std::fs::create_dir(&store)?;
+    std::os::unix::fs::chown(&store, Some(r.uid), Some(r.gid))?;
+    // A new session sees the new mount.
+    end_session(&r)?;
+    let tar = r.home.join("busybox.tar");
+    let out = r
+        .cmd(&store, &["import", "--change", r#"CMD ["sh"]"#])
+        .arg(&tar)
+        .arg("busybox")
+        .output()?;
+    ensure!(out.status.success(), "import: {}", text(&out));
+    r.t.write("Dockerfile", "FROM busybox\nRUN echo built > /f\n");
+    let out = r
+        .cmd(&store, &["build", "--progress", "plain", "-t", "ovl:1"])
+        .arg(&r.t.ctx)
+        .output()?;
+    let all = text(&out);
+    ensure!(
+        !out.status.success()
+            && all.contains("overlayfs refused it")
+            && all.contains("fuse-overlayfs cannot use as its upper dir either"),
+        "{all}"
     );
     Ok(())
 }

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+
 /// Which overlay implementation a rootless mount uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -46,6 +48,16 @@ pub fn mount_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> io::Resu
         .write(true)
         .open("/dev/fuse")
         .map_err(|e| io::Error::new(e.kind(), format!("fuse-overlayfs needs /dev/fuse: {e}")))?;
+    // Measured here: fuse-overlayfs with its upper dir on overlayfs (a store inside a
+    // container without a volume) hangs the first RUN step in a FUSE request; refuse instead.
+    if let Some((u, _)) = upper
+        && rustix::fs::statfs(u).is_ok_and(|s| s.f_type as i64 == OVERLAYFS_MAGIC)
+    {
+        return Err(io::Error::other(format!(
+            "{} is on overlayfs, which fuse-overlayfs cannot use as its upper dir either",
+            u.display()
+        )));
+    }
     static N: AtomicU32 = AtomicU32::new(0);
     let point = std::env::temp_dir().join(format!(
         "kiln-fuse-{}-{}",
