@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+const OVERLAYFS_MAGIC: u64 = 0x794c_7630;
 
 /// Which overlay implementation a rootless mount uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,8 @@ pub fn mount_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> io::Resu
     // Measured here: fuse-overlayfs with its upper dir on overlayfs (a store inside a
     // container without a volume) hangs the first RUN step in a FUSE request; refuse instead.
     if let Some((u, _)) = upper
-        && rustix::fs::statfs(u).is_ok_and(|s| s.f_type as i64 == OVERLAYFS_MAGIC)
+        && rustix::fs::statfs(u)
+            .is_ok_and(|s| u64::try_from(s.f_type).ok() == Some(OVERLAYFS_MAGIC))
     {
         return Err(io::Error::other(format!(
             "{} is on overlayfs, which fuse-overlayfs cannot use as its upper dir either",
