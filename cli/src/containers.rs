@@ -291,12 +291,7 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
 /// Detaches the container from its network (or from the one it shares) and unpins its
 /// namespace; idempotent.
 fn cleanup_network(state: &State) {
-    crate::netrun::release(
-        &state.id,
-        state.network.as_deref(),
-        &state.ports,
-        alive(state.pid),
-    );
+    crate::netrun::release(&state.id, state.network.as_deref(), &state.ports, alive(state.pid));
 }
 
 /// The cgroup of container `id` with `limits`, or None when nothing is limited.
