@@ -223,7 +223,13 @@ impl Store {
                 lock: e.lock,
             }));
         }
-        entries.sort_by_key(|e| e.last_used);
+        // Least recently used first; of entries last used at the same moment (the steps of one
+        // build), the largest first, so that a size limit is met by removing as few as it can
+        // (and the order does not depend on the records' names).
+        entries.sort_by_cached_key(|e| {
+            let bytes = e.own_bytes + e.layers.iter().map(|l| self.layer_bytes(l)).sum::<u64>();
+            (e.last_used, std::cmp::Reverse(bytes), e.id.clone())
+        });
         let remove = choose(&entries, &roots, opts, |hex| self.layer_bytes(hex));
 
         let mut marks = roots;

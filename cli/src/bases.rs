@@ -27,23 +27,28 @@ pub async fn resolve(
     for r in refs {
         let at = || format!("{dockerfile}:{}: FROM {}", r.span.line, r.reference);
         let platform = r.platform.as_ref().unwrap_or(platform);
-        // A build for another platform than the host's takes only an image of that platform
-        // from the store (the platform's entry of a stored index), else pulls it.
-        let local = store
-            .resolve_for(&r.reference, platform)
-            .with_context(at)?
-            .filter(|i| {
-                *platform == cache::oci::Platform::host()
-                    || (i.config.os == platform.os
-                        && i.config.architecture == platform.architecture)
-            });
+        // The store's image of that platform (the platform's entry of a stored index) is
+        // taken as is. Another platform's image under the name (the tag of a pull for
+        // another platform of a multi-platform build) is pulled over for this one; a build
+        // for the host's platform falls back to it when that pull fails (an imported image
+        // of another architecture, used as docker's builder would).
+        let local = store.resolve_for(&r.reference, platform).with_context(at)?;
+        let same = local.as_ref().is_some_and(|i| {
+            i.config.architecture.is_empty()
+                || (i.config.os == platform.os && i.config.architecture == platform.architecture)
+        });
+        let host = *platform == cache::oci::Platform::host();
+        let local = local.filter(|_| same || host);
         let image = match local {
-            Some(image) if !always_pull => image,
+            Some(image) if same && !always_pull => image,
             local => {
                 let reference = Reference::parse(&r.reference).with_context(at)?;
                 let opts = cfg.options()?;
                 match cache::registry::pull(store, &reference, platform, &opts).await {
                     Ok(image) => image,
+                    Err(_) if !same && !always_pull && local.is_some() => {
+                        local.expect("checked to be some")
+                    }
                     Err(e) if local.is_none() => anyhow::bail!(
                         "{}: image not in the local store for {platform}, and pulling it failed: \
                          {:#}\n\

@@ -4,6 +4,9 @@ mod attest;
 mod dates;
 mod input;
 mod load;
+mod named;
+mod oci_layout;
+mod outline;
 mod output;
 pub mod platforms;
 mod runopts;
@@ -108,7 +111,8 @@ pub struct BuildArgs {
     /// A resource limit of RUN steps, `NAME=SOFT[:HARD]` (`nofile=1024:2048`); may be repeated.
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     ulimits: Vec<String>,
-    /// Refused: kiln does not place RUN steps in a cgroup of the caller's choosing.
+    /// The cgroup the RUN steps' cgroups go under (`PARENT/kiln-<pid>` in every cgroup v1
+    /// hierarchy; relative: below kiln's own cgroup there), with the device policy applied.
     #[arg(long = "cgroup-parent", value_name = "CGROUP")]
     cgroup_parent: Option<String>,
     /// Entitlements: `network.host` (for `RUN --network=host`), `security.insecure` (for
@@ -122,7 +126,12 @@ pub struct BuildArgs {
     /// `-o/--output`, `--load`, `--annotation`, `--provenance`, `--sbom`, `--attest`.
     #[command(flatten)]
     outputs: output::OutputFlags,
-    /// The build context directory.
+    /// `NAME=VALUE`: replace the stage or image NAME with a directory, `docker-image://REF`, a
+    /// git URL, an http(s) archive URL or `oci-layout://DIR@sha256:...` (buildx
+    /// `--build-context`); may be repeated.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
+    /// The build context: a directory, `-` (stdin), a git URL or an http(s) URL.
     context: PathBuf,
 }
 
@@ -179,6 +188,11 @@ fn metadata(
     })
 }
 
+/// `--cgroup-parent`, which `main` applies before any thread exists.
+pub fn cgroup_parent(a: &BuildArgs) -> Option<&str> {
+    a.cgroup_parent.as_deref()
+}
+
 /// The descriptor of the manifest `push` sent for `image`: kiln's own images go out with
 /// compressed layers (the memoized blobs push made), others as stored. Checked against the
 /// digest the push returned.
@@ -229,7 +243,7 @@ fn read_dockerignore(dockerfile: &Path, context: &Path) -> anyhow::Result<String
     for p in [PathBuf::from(specific), context.join(".dockerignore")] {
         match std::fs::read_to_string(&p) {
             Ok(s) => {
-                executor::context::Ignore::validate(&p, &s)?;
+                context::Ignore::validate(&p, &s)?;
                 return Ok(s);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -340,12 +354,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         cache::reference::Reference::parse(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
 
-    let opts = frontend::BuildOptions {
+    let mut opts = frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         target: a.target.clone(),
         build_args: parse_build_args(&a.build_args)?,
         platform: cache::oci::Platform::host(),
         build_platform: cache::oci::Platform::host(),
+        named_contexts: Default::default(),
     };
     let platforms = platforms::parse(&a.platforms)?;
     anyhow::ensure!(
@@ -354,15 +369,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     );
     if a.check || a.call == "check" {
         return crate::check::run(&text, &opts, &context, &dockerignore);
-    }
-    if a.call == "outline" {
-        bail!("--call outline is not supported by kiln yet; --call check and --call targets are");
-    }
-    if let Some(p) = &a.cgroup_parent {
-        bail!(
-            "--cgroup-parent {p}: not supported: kiln's RUN steps live in kiln's own device-policy \
-             cgroup, which a parent of the caller's choosing would bypass"
-        );
     }
     let mut allow = runopts::parse_allow(&a.allow)?;
     // buildx grants network.host itself for `--network host`.
@@ -378,7 +384,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     if a.call == "targets" {
         return runopts::print_targets(&df, &text);
     }
-    // Checked before the store is opened (each platform's bases are collected again below).
+    if a.call == "outline" {
+        return outline::print(&df, &text, opts.target.as_deref(), &opts.build_args);
+    }
+    let store = crate::open_store()?;
+    opts.named_contexts = named::resolve(&a.build_contexts, &store, &opts.platform)?;
+    // Each platform's bases are collected again below.
     frontend::base_images(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
@@ -393,7 +404,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     {
         cache_to.push(crate::cacheopts::CacheTo::Inline);
     }
-    let store = crate::open_store()?;
     let mut reg_cfg = crate::registry::RegistryConfig::from_env(&a.insecure);
     reg_cfg.progress = matches!(mode, Some(m) if m != Mode::Rawjson);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -474,14 +484,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             dockerfile_name: dockerfile_name.clone(),
             secrets: crate::check::secrets(&a.secrets)?,
             network: match a.network.as_str() {
-                "host" => solver::graph::NetworkMode::Host,
+                "host" => graph::NetworkMode::Host,
                 // A rootless session on the host network has no bridge: RUN steps on the
                 // default network use the host's.
-                "none" => solver::graph::NetworkMode::None,
-                _ if executor::container::runtime::host_network() => {
-                    solver::graph::NetworkMode::Host
-                }
-                _ => solver::graph::NetworkMode::Default,
+                "none" => graph::NetworkMode::None,
+                _ if executor::container::runtime::host_network() => graph::NetworkMode::Host,
+                _ => graph::NetworkMode::Default,
             },
             ssh: ssh.clone(),
             security: run_security.clone(),
@@ -586,10 +594,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             &build_ref()?,
             started,
         );
-        let images: Vec<_> = images.into_iter().map(|p| p.image).collect();
+        let (images, built_for): (Vec<_>, Vec<_>) =
+            images.into_iter().map(|p| (p.image, p.platform)).unzip();
         rt.block_on(output::run_all(
             &store,
             &images,
+            &built_for,
             &reg_cfg,
             &outputs,
             &attest_req,
@@ -669,6 +679,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     let exported = rt.block_on(output::run_all(
         &store,
         images,
+        &[],
         &reg_cfg,
         &outputs,
         &attest_req,

@@ -22,19 +22,24 @@ fn copy_sources(
     dockerignore: &str,
 ) -> Vec<frontend::Warning> {
     use frontend::check::{SourceState, context_sources, copy_source_warning};
-    let ignore = executor::context::Ignore::parse(dockerignore);
-    let none = executor::context::Ignore::parse("");
+    let ignore = context::Ignore::parse(dockerignore);
+    let none = context::Ignore::parse("");
     context_sources(df, opts)
         .iter()
         .filter_map(|src| {
             let one = std::slice::from_ref(&src.source);
-            let state = if executor::context::walk_sources(context, one, &ignore, &[]).is_ok() {
-                SourceState::Present
-            } else if executor::context::walk_sources(context, one, &none, &[]).is_ok() {
-                SourceState::Ignored
-            } else {
-                SourceState::Missing
-            };
+            let state =
+                if context::walk_sources(&executor::fsroot::InRoot, context, one, &ignore, &[])
+                    .is_ok()
+                {
+                    SourceState::Present
+                } else if context::walk_sources(&executor::fsroot::InRoot, context, one, &none, &[])
+                    .is_ok()
+                {
+                    SourceState::Ignored
+                } else {
+                    SourceState::Missing
+                };
             copy_source_warning(src, state)
         })
         .collect()

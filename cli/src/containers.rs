@@ -291,7 +291,12 @@ fn supervise(id: &str) -> anyhow::Result<ExitCode> {
 /// Detaches the container from its network (or from the one it shares) and unpins its
 /// namespace; idempotent.
 fn cleanup_network(state: &State) {
-    crate::netrun::release(&state.id, state.network.as_deref(), &state.ports, alive(state.pid));
+    crate::netrun::release(
+        &state.id,
+        state.network.as_deref(),
+        &state.ports,
+        alive(state.pid),
+    );
 }
 
 /// The cgroup of container `id` with `limits`, or None when nothing is limited.
@@ -630,6 +635,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("removing the cgroup of {n}"))?;
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("removing {}", dir.display()))?;
+                executor::container::name::release(&containers_dir()?, s.name(), &s.id);
                 writeln!(out, "{n}")?;
             }
         }

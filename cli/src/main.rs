@@ -54,6 +54,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (build's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.
@@ -328,7 +330,31 @@ fn main() -> ExitCode {
     // Sandboxes are born under the device policy: join it once, before any thread exists.
     // (Rootless, the user namespace cannot create device nodes and host devices are only
     // bind-mounted, so there is no device cgroup to join.)
+    // `kiln build --cgroup-parent P`: the build (and so every RUN sandbox) in P/kiln-<pid>
+    // of every v1 hierarchy instead, the device policy configured there first.
+    let cgroup_parent = match &cli.command {
+        Command::Build(b) => build::cgroup_parent(b).map(str::to_owned),
+        _ => None,
+    };
+    let mut parented = None;
+    if let Some(p) = &cgroup_parent {
+        let entered = match rootless::active() {
+            Some(_) => Err(executor::devices::DeviceError::CgroupParent {
+                parent: p.clone(),
+                why: "not supported rootless (no cgroup to create)".into(),
+            }),
+            None => executor::cgparent::enter(p),
+        };
+        match entered {
+            Ok(x) => parented = Some(x),
+            Err(e) => {
+                let _ = writeln!(std::io::stderr().lock(), "error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     if sandboxes
+        && cgroup_parent.is_none()
         && rootless::active().is_none()
         && let Err(e) = executor::devices::confine_self()
     {
@@ -340,6 +366,9 @@ fn main() -> ExitCode {
         return ExitCode::from(if is_run { 125 } else { 1 });
     }
     let result = dispatch(cli.command);
+    if let Some(p) = &mut parented {
+        p.leave();
+    }
     match result {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

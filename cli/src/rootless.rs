@@ -5,7 +5,7 @@
 
 use anyhow::Context as _;
 use executor::rootless::{net::Backend, session, subid};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// The session this process joined, when rootless.
@@ -162,7 +162,8 @@ pub fn limits_possible() -> bool {
     let delegated = own
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| Path::new("/sys/fs/cgroup").join(p.trim_start_matches('/')))
+        // The kernel's own cgroup path (absolute, from /proc/self/cgroup), not untrusted input.
+        .map(|p| PathBuf::from(format!("/sys/fs/cgroup{p}")))
         .filter(|d| {
             rustix::fs::access(
                 d.join("cgroup.subtree_control"),

@@ -21,7 +21,7 @@ pub struct RunArgs {
     /// Override the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
-    /// Container name (default: a generated id).
+    /// Container name (default: a made-up `adjective_surname`, as docker's).
     #[arg(long)]
     name: Option<String>,
     /// Keep stdin open.
@@ -177,20 +177,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let security = crate::security::parse(&a.security_opt)?;
     crate::netrun::reclaim_orphans();
-    // docker's: a 64-hex id, and a name apart from it (`--name`; else the id itself, where
-    // docker would make up a name).
+    // docker's: a 64-hex id, and a name apart from it (`--name`, else a made-up one), held
+    // in KILN_ROOT/names once the container's directory exists (see
+    // `executor::container::name`).
     let id = executor::container::state::new_id();
-    let cname = a.name.clone().unwrap_or_else(|| id.clone());
     let containers = store.dir(kroot::Dir::Containers);
-    if let Some((_, other)) = executor::container::state::all(&containers)
-        .into_iter()
-        .find(|(_, s)| s.name() == cname)
-    {
-        anyhow::bail!(
-            "Conflict. The container name \"/{cname}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-            other.id
-        );
-    }
     let mut container = {
         let _lock = store.lock_shared().context("locking the store")?;
         let c = &image.config.config;
@@ -217,7 +208,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             lowers,
         };
         let mut c = executor::container::spec::prepare(&containers, &defaults, &id, &overrides)
-            .with_context(|| format!("preparing container {cname}"))?;
+            .with_context(|| format!("preparing container {}", &id[..12]))?;
         c.spec.security = security;
         // Written before the lock goes: `kiln prune` keeps the snapshots a container's
         // spec.json names, so none of this container's layers can go while it exists.
@@ -226,6 +217,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", spec_path.display()))?;
         c
     };
+    let reserved = match &a.name {
+        Some(n) => executor::container::name::reserve(&containers, n, &id).map(|()| n.clone()),
+        None => executor::container::name::reserve_generated(&containers, &id),
+    };
+    let cname = match reserved {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&container.dir);
+            return Err(e.into());
+        }
+    };
+    let unreserve = || executor::container::name::release(&containers, &cname, &id);
     let mut rec = crate::netrun::Record::new(&id, &container.dir);
     let (network, joined) = match crate::netrun::setup(
         &a.network,
@@ -241,6 +244,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => {
             crate::netrun::release(&id, None, &[], false);
             let _ = std::fs::remove_dir_all(&container.dir);
+            unreserve();
             return Err(e);
         }
     };
@@ -266,6 +270,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             }
             crate::netrun::release(&id, None, &[], false);
             let _ = std::fs::remove_dir_all(&container.dir);
+            unreserve();
             return Err(e);
         }
     };
@@ -336,6 +341,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if a.rm {
         let _ = std::fs::remove_dir_all(&container.dir);
+        unreserve();
     } else if let Ok(st) = &status {
         state.transition(executor::container::Status::Exited)?;
         state.exit_code = Some(crate::containers::exit_code(st));

@@ -2,7 +2,7 @@
 //!
 //! The destination overlay (lowers + the new upper dir) is mounted at a staging dir, each
 //! `CopyFrom::Layers` source read-only next to it; nothing stays mounted when the process
-//! ends. Sources are listed by [`crate::context::walk_sources`], the same function the solver
+//! ends. Sources are listed by [`context::walk_sources`], the same function the solver
 //! hashes for cache keys, and written through [`root::DestRoot`], which resolves every path
 //! inside the destination root.
 //!
@@ -27,11 +27,11 @@ use rustix::fs::FileType;
 use rustix::mount::MountPropagationFlags;
 use rustix::thread::UnshareFlags;
 
-use crate::context::{self, ContextError, EntryKind, Ignore, SourceEntry};
 use crate::init::{InitError, StateDir, mount_overlay, ns_err};
 use crate::spec::{CopyFrom, CopySpec, CopyTask};
 use crate::sys;
 use crate::user::{self, UserError};
+use context::{ContextError, EntryKind, Ignore, SourceEntry};
 use root::{DestRoot, Meta};
 
 /// Why a COPY/ADD/WORKDIR task failed.
@@ -151,7 +151,8 @@ pub(crate) fn run(spec: &CopySpec) -> std::result::Result<(), InitError> {
                     let (src_root, ignore, from_context) = match from {
                         CopyFrom::Context { dir, ignore } => (
                             dir.clone(),
-                            Ignore::from_lines(ignore.iter().map(String::as_str)),
+                            // The `.dockerignore` lines as read: parsed as the file is.
+                            Ignore::parse(&ignore.join("\n")),
                             true,
                         ),
                         CopyFrom::Layers { lowers } => {
@@ -321,11 +322,17 @@ pub fn copy(
     ignore: &Ignore,
     opts: &CopyOptions<'_>,
 ) -> Result<()> {
-    let entries =
-        context::walk_sources(src_root, sources, ignore, opts.exclude).map_err(|e| match e {
-            ContextError::NotFound { path } if !opts.from_context => CopyError::NotInStage { path },
-            e => CopyError::Context(e),
-        })?;
+    let entries = context::walk_sources(
+        &crate::fsroot::InRoot,
+        src_root,
+        sources,
+        ignore,
+        opts.exclude,
+    )
+    .map_err(|e| match e {
+        ContextError::NotFound { path } if !opts.from_context => CopyError::NotInStage { path },
+        e => CopyError::Context(e),
+    })?;
     let owner = opts.chown.map(|c| owner_of(dest, c)).transpose()?;
     let chmod = opts.chmod.map(parse_chmod).transpose()?;
     let parents_owner = owner.unwrap_or((0, 0));

@@ -60,9 +60,27 @@ pub enum DeviceError {
         #[source]
         source: io::Error,
     },
+    /// `--cgroup-parent` cannot be honoured.
+    #[error("--cgroup-parent {parent}: {why}")]
+    CgroupParent {
+        /// The parent asked for.
+        parent: String,
+        /// Why not.
+        why: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, DeviceError>;
+
+/// True when the v1 devices cgroup `dir` allows nothing beyond [`DEFAULT_RULES`] (its
+/// `devices.list` holds only their lines): the device policy holds there.
+pub fn holds_policy(dir: &Path) -> bool {
+    let allowed: Vec<String> = DEFAULT_RULES.iter().map(Rule::v1_line).collect();
+    std::fs::read_to_string(dir.join("devices.list")).is_ok_and(|list| {
+        list.lines().all(|l| allowed.iter().any(|a| a == l.trim()))
+            && list.lines().any(|l| !l.trim().is_empty())
+    })
+}
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DeviceError + '_ {
     move |source| DeviceError::Io {
@@ -308,6 +326,18 @@ impl DeviceCgroup {
         match self {
             DeviceCgroup::V1 { mount, path } => {
                 if self.contains(self_cgroup) {
+                    return Ok(());
+                }
+                // Elsewhere with the policy in force (a `--cgroup-parent` build's cgroup,
+                // [`crate::cgparent`]): stay there.
+                let own = self_cgroup.lines().find_map(|l| {
+                    let mut f = l.splitn(3, ':');
+                    let (_, cs, p) = (f.next()?, f.next()?, f.next()?);
+                    cs.split(',').any(|c| c == "devices").then_some(p)
+                });
+                if let Some(own) = own.filter(|p| *p != "/")
+                    && holds_policy(&crate::cgparent::under(mount, own))
+                {
                     return Ok(());
                 }
                 let dir = mount.join(path);

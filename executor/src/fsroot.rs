@@ -219,6 +219,17 @@ pub fn resolve_in(root: BorrowedFd<'_>, path: &str) -> io::Result<Resolved> {
     })
 }
 
+/// [`resolve_in`] as the context walker's resolver: the build context and COPY sources are
+/// resolved by this module like every other untrusted path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InRoot;
+
+impl context::Resolve for InRoot {
+    fn resolve_in(&self, root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+        resolve_in(root, path).map(Resolved::into_fd)
+    }
+}
+
 /// A path's components without empty ones and `.`, in order.
 fn components(path: &str) -> impl DoubleEndedIterator<Item = &str> {
     path.split('/').filter(|c| !c.is_empty() && *c != ".")

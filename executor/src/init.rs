@@ -716,6 +716,9 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
     ];
     // While the host's cgroup filesystems are still in view.
     confine_devices()?;
+    // Opened while this process's own /proc is in view (see `sys::fork_with`).
+    let tasks = PathBuf::from("/proc/self/task");
+    let tasks = std::fs::File::open(&tasks).map_err(file_err(&tasks))?;
     let mut handles = Vec::new();
     for (name, kind) in kinds {
         let p = PathBuf::from(format!("/proc/{}/ns/{name}", spec.pid));
@@ -733,10 +736,11 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
         source,
     })?;
     let (console, console_child) = console_pair(spec.tty)?;
-    let child = sys::fork().map_err(|source| InitError::Namespace {
+    let child = sys::fork_with(&tasks).map_err(|source| InitError::Namespace {
         what: "fork",
         source,
     })?;
+    drop(tasks);
     match child {
         sys::Forked::Child => {
             drop(console);
@@ -750,7 +754,16 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
-            fail(&err)
+            // docker's exec: a command that cannot be started, found or not, is 126 (its
+            // run says 127 for one not found).
+            let mut stderr = io::stderr().lock();
+            let _ = writeln!(stderr, "{}", render(&err));
+            let _ = stderr.flush();
+            let code = match err.exit_code() {
+                EXIT_NOT_FOUND => EXIT_CANNOT_EXEC,
+                c => c,
+            };
+            sys::exit_immediately(code)
         }
         sys::Forked::Parent(pid) => {
             drop(console_child);

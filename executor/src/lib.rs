@@ -18,8 +18,8 @@
 //! - [`net`]: bridge networks, leases, NAT and published ports, the netns pool for RUN;
 //! - [`rootless`]: the per-user session (user, mount and network namespace) of rootless kiln;
 //! - [`fsroot`]: the one resolver of untrusted paths inside a root (openat2 `RESOLVE_IN_ROOT`,
-//!   or a checked walk), used for every mount source and target and every COPY destination;
-//! - [`context`]: host-side source walking and `.dockerignore` matching (for cache keys);
+//!   or a checked walk), used for every mount source and target and every COPY destination,
+//!   and given to the `context` crate's walk of COPY sources as [`fsroot::InRoot`];
 //! - [`sys`]: the only module with `unsafe` (fork, execve, ioctl, prctl, mount_setattr).
 //!
 //! What callers can rely on after `__init` exits:
@@ -37,9 +37,9 @@
 #![deny(missing_docs)]
 
 pub mod binfmt;
+pub mod cgparent;
 pub mod cgroup;
 pub mod container;
-pub mod context;
 pub mod copy;
 pub mod devices;
 pub mod fsroot;

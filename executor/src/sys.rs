@@ -24,7 +24,14 @@ pub enum Forked {
 ///
 /// Fails when the process has other threads (or their count cannot be read) or fork fails.
 pub fn fork() -> io::Result<Forked> {
-    let threads = thread_count()?;
+    fork_with(&std::fs::File::open("/proc/self/task")?)
+}
+
+/// [`fork`], counting threads in `tasks`, this process's `/proc/self/task` opened earlier: a
+/// process that joined a container's mount namespace sees the container's /proc, where it has
+/// no entry of its own (`kiln exec`).
+pub fn fork_with(tasks: &std::fs::File) -> io::Result<Forked> {
+    let threads = thread_count(tasks)?;
     if threads != 1 {
         return Err(io::Error::other(format!(
             "fork refused: the process has {threads} threads, and the child of a \
@@ -36,9 +43,16 @@ pub fn fork() -> io::Result<Forked> {
     unsafe { fork_unchecked() }
 }
 
-/// Threads of this process (`/proc/self/task` entries).
-fn thread_count() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/task")?.count())
+/// Threads of this process: the entries of `tasks`, its `/proc/self/task`.
+fn thread_count(tasks: &std::fs::File) -> io::Result<usize> {
+    let mut n = 0;
+    for e in rustix::fs::Dir::read_from(tasks)? {
+        let name = e?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// `fork(2)` without the thread check.

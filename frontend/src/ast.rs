@@ -9,7 +9,7 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::shell::Lex;
-use solver::graph::Span;
+use graph::Span;
 
 /// The default escape character.
 pub const DEFAULT_ESCAPE: char = '\\';

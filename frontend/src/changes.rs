@@ -45,7 +45,7 @@ pub fn apply_changes(config: &mut ContainerConfig, changes: &[String]) -> Result
             if let Some(s) = e.span() {
                 e = Error::new(
                     e.kind().clone(),
-                    Some(solver::graph::Span {
+                    Some(graph::Span {
                         line: i as u32 + 1,
                         column: s.column,
                     }),

@@ -9,7 +9,7 @@ use crate::BuildOptions;
 use crate::error::Error;
 use crate::instructions::{Command, Dockerfile, Stage};
 use crate::lower::{Lowerer, PLATFORM_ARGS};
-use solver::graph::Span;
+use graph::Span;
 use std::collections::BTreeSet;
 
 /// How serious a finding is.
@@ -224,7 +224,7 @@ pub enum SourceState {
 /// lowering with placeholder base images. Heredoc sources and URLs are not listed. Empty when
 /// lowering fails: [`check`] reports those errors.
 pub fn context_sources(df: &Dockerfile, opts: &BuildOptions) -> Vec<ContextSource> {
-    use solver::graph::{CopySource, FileAction, Op};
+    use graph::{CopySource, FileAction, Op};
     let Ok(refs) = crate::base_images(df, opts) else {
         return Vec::new();
     };

@@ -10,7 +10,7 @@
 //! ```
 
 use crate::shell::ExpandError;
-use solver::graph::Span;
+use graph::Span;
 use std::fmt;
 
 /// What went wrong.

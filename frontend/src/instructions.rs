@@ -6,7 +6,7 @@
 use crate::ast::{self, Args, Directives, Heredoc, Node, ParseWarning, RawFlag};
 use crate::error::{Error, ErrorKind, suggest};
 use cache::oci::HealthConfig;
-use solver::graph::Span;
+use graph::Span;
 
 /// A parsed Dockerfile.
 #[derive(Debug, Clone, PartialEq)]

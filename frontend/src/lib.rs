@@ -12,9 +12,9 @@
 //!    spans), [`instructions`] checks each instruction and groups them into stages.
 //! 2. [`base_images`] lists the image references the target stage needs (after ARG
 //!    expansion); the caller resolves them in its store.
-//! 3. [`lower`] turns the stages the target needs into a [`solver::graph::BuildGraph`]:
+//! 3. [`lower`] turns the stages the target needs into a [`graph::BuildGraph`]:
 //!    source, exec and file nodes with BuildKit-style names and spans, plus the target's
-//!    image config and history ([`solver::graph::ImageTemplate`]).
+//!    image config and history ([`graph::ImageTemplate`]).
 //!
 //! [`shell`] is the word expander (`$V`, `${V:-x}`, `${V#p}`...). [`check`] lints without
 //! building. [`apply_changes`] serves `kiln import --change`. Errors ([`Error`]) render as
@@ -36,8 +36,8 @@ pub use check::{Level, Warning, check};
 pub use lower::{DEFAULT_PATH, PLATFORM_ARGS, PROXY_ARGS};
 
 pub use error::{Error, ErrorKind};
+pub use graph::Span;
 pub use instructions::{Command, Dockerfile, Instruction, Stage};
-pub use solver::graph::Span;
 pub use source::decode;
 
 /// Parses a Dockerfile into stages of typed instructions.
@@ -65,6 +65,10 @@ pub struct BuildOptions {
     pub platform: Platform,
     /// The build platform (`BUILDPLATFORM`): the machine kiln runs on.
     pub build_platform: Platform,
+    /// `--build-context NAME=...`: NAME (a stage name, or an image name as a FROM, `--from`
+    /// or `from=` writes it) to the image reference that replaces it, which the caller
+    /// resolves like any base image. A stage of that name is replaced, as BuildKit does.
+    pub named_contexts: BTreeMap<String, String>,
 }
 
 impl BuildOptions {
@@ -76,7 +80,29 @@ impl BuildOptions {
             build_args: BTreeMap::new(),
             build_platform: platform.clone(),
             platform,
+            named_contexts: BTreeMap::new(),
         }
+    }
+}
+
+impl BuildOptions {
+    /// The reference a `--build-context` gives for `name`: the name as written, or its
+    /// familiar form (`docker.io/library/alpine:latest` is `alpine`), as BuildKit looks named
+    /// contexts up.
+    pub fn named_context(&self, name: &str) -> Option<&str> {
+        if self.named_contexts.is_empty() {
+            return None;
+        }
+        let lower = name.to_ascii_lowercase();
+        let familiar = lower
+            .strip_prefix("docker.io/")
+            .map(|n| n.strip_prefix("library/").unwrap_or(n))
+            .unwrap_or(&lower);
+        let familiar = familiar.strip_suffix(":latest").unwrap_or(familiar);
+        [name, lower.as_str(), familiar]
+            .iter()
+            .find_map(|n| self.named_contexts.get(*n))
+            .map(String::as_str)
     }
 }
 
@@ -135,7 +161,7 @@ pub fn base_images_with(
 /// [`BaseImageRef::reference`].
 ///
 /// The template's `config.rootfs` and `config.history` are the target's base image's (empty
-/// for `scratch`); the solver appends the layers and [`solver::graph::ImageTemplate::history`].
+/// for `scratch`); the solver appends the layers and [`graph::ImageTemplate::history`].
 ///
 /// Fails with a located error on anything the build cannot do: unknown stage or target,
 /// bad flag values, expansion errors, a base image missing from `bases`.
@@ -143,6 +169,6 @@ pub fn lower(
     df: &Dockerfile,
     opts: &BuildOptions,
     bases: &BTreeMap<String, BaseImage>,
-) -> Result<solver::graph::BuildGraph, Error> {
+) -> Result<graph::BuildGraph, Error> {
     Ok(lower::Lowerer::new(df, opts, Some(bases))?.finish()?.0)
 }

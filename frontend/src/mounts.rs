@@ -2,7 +2,7 @@
 
 use crate::error::ErrorKind;
 use crate::lower::clean_path;
-use solver::graph::{CacheSharing, CopySource, Mount, MountKind};
+use graph::{CacheSharing, CopySource, Mount, MountKind};
 
 /// The target of the first `type=ssh` mount without one (the next get `.1`, `.2`...).
 pub const SSH_DEFAULT_TARGET: &str = "/run/buildkit/ssh_agent.0";

@@ -8,7 +8,7 @@
 
 use crate::ast;
 use crate::error::Error;
-use solver::graph::Span;
+use graph::Span;
 
 /// Decodes a Dockerfile. Lines that are not UTF-8 are decoded lossily (`U+FFFD` for each bad
 /// sequence) when they are comments, which the parser ignores.

@@ -6,7 +6,7 @@
 
 use cache::oci::{Digest, ImageConfig, Platform};
 use frontend::{BaseImage, BuildOptions};
-use solver::graph::{FileAction, Op};
+use graph::{FileAction, Op};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -119,13 +119,13 @@ fn render(src: &str, opts: &BuildOptions, missing: &[String]) -> Result<String, 
                                 c.instruction, c.link, c.parents, c.unpack_archives, c.exclude
                             );
                         }
-                        if let solver::graph::CopySource::Url {
+                        if let graph::CopySource::Url {
                             checksum: Some(d), ..
                         } = &c.from
                         {
                             let _ = writeln!(out, "n{i} checksum {d}");
                         }
-                        if let solver::graph::CopySource::Git(g) = &c.from {
+                        if let graph::CopySource::Git(g) = &c.from {
                             let _ = writeln!(out, "n{i} git {g:?}");
                         }
                     }

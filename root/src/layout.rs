@@ -48,13 +48,17 @@ pub enum Dir {
     /// Per-file details of a COPY's sources by content digest (solver::explain).
     ExplainFiles,
     /// Image dates by the key of their dated-less config: the first build's `created` and
-    /// where it came from (cache::records::ImageDate, written by the cli's build).
+    /// where it came from (cache::records::ImageDate, written by the solver: solver::ops::solve).
     Dates,
+    /// Container names: `<name>` is a symlink to the id of the container holding it, made
+    /// under a flock (`.lock`) so that two `kiln run --name N` never both get `N`
+    /// (executor::container::name).
+    Names,
 }
 
 impl Dir {
     /// Every directory.
-    pub const ALL: [Dir; 15] = [
+    pub const ALL: [Dir; 16] = [
         Dir::Tmp,
         Dir::Blobs,
         Dir::Snapshots,
@@ -70,6 +74,7 @@ impl Dir {
         Dir::Explain,
         Dir::ExplainFiles,
         Dir::Dates,
+        Dir::Names,
     ];
 
     /// The directories `cache::Store::open` creates; the others appear on first use.
@@ -104,6 +109,7 @@ impl Dir {
             Dir::Explain => "explain",
             Dir::ExplainFiles => "explain/files",
             Dir::Dates => "dates",
+            Dir::Names => "names",
         }
     }
 
@@ -141,7 +147,7 @@ mod tests {
         assert_eq!(
             names.join(" "),
             "tmp blobs/sha256 snapshots images cachekeys compressed layers containers \
-             cachemounts registry/blobs registry/repodigests statcache explain explain/files dates"
+             cachemounts registry/blobs registry/repodigests statcache explain explain/files dates names"
         );
     }
 }

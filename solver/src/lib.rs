@@ -1,7 +1,6 @@
 //! kiln's solver: runs a build graph.
 //!
-//! - [`graph`]: the build graph IR that the frontend produces (source, exec and file ops, each
-//!   with its Dockerfile span and progress name) and the template of the final image.
+//! - The build graph IR it runs is the `graph` crate (`kiln-graph`), which the frontend produces.
 //! - [`key`]: versioned, hand-encoded cache keys of nodes.
 //! - [`sched`]: runs the nodes the target needs, concurrently, each once, behind the
 //!   [`sched::OpRunner`] trait.
@@ -21,12 +20,15 @@
 //! parses Dockerfiles and never prints: progress leaves as events.
 #![deny(missing_docs)]
 
+// The IR lives in the `graph` crate; this crate-private alias keeps `crate::graph::...` paths
+// of the solver's modules valid without touching every import.
+use ::graph;
+
 pub mod cachesource;
 pub mod explain;
 pub mod fetch;
 pub mod gcroots;
 pub mod git;
-pub mod graph;
 pub mod key;
 pub mod mounts;
 pub mod ops;

@@ -125,7 +125,7 @@ pub struct MountContext<'a> {
     /// `kiln build --ssh`: id to agent socket.
     pub ssh: &'a SshAgents,
     /// The `.dockerignore` of the context: a context bind mount shows only what it keeps.
-    pub ignore: &'a executor::context::Ignore,
+    pub ignore: &'a context::Ignore,
     /// The snapshot dirs of a node's filesystem, top layer first.
     pub lowers: &'a dyn Fn(NodeId) -> Vec<PathBuf>,
 }
@@ -445,12 +445,11 @@ fn context_tree(
     } else {
         Some(scratch_dirs(cx, guards)?)
     };
-    let hidden =
-        executor::context::ignored_paths(cx.context, cx.ignore).map_err(|e| MountError::Io {
-            what: "listing ignored files of",
-            path: cx.context.to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    let hidden = context::ignored_paths(cx.context, cx.ignore).map_err(|e| MountError::Io {
+        what: "listing ignored files of",
+        path: cx.context.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     if hidden.is_empty() {
         return Ok((vec![cx.context.to_owned()], scratch));
     }
@@ -595,7 +594,7 @@ mod tests {
         let store = Store::open(tmp.path().join("root")).expect("store");
         let secrets = Secrets::default();
         let lowers = |_: NodeId| Vec::new();
-        let (ssh, ignore) = (SshAgents::default(), executor::context::Ignore::default());
+        let (ssh, ignore) = (SshAgents::default(), context::Ignore::default());
         let cx = MountContext {
             store: &store,
             context: tmp.path(),

@@ -11,7 +11,7 @@
 use anyhow::{Context as _, bail, ensure};
 use cache::oci::{Digest, ImageConfig, Platform};
 use cache::store::Store;
-use solver::graph::{
+use graph::{
     BuildGraph, CopyAction, CopySource, ExecOp, FileAction, FileOp, HistoryStep, ImageTemplate,
     NetworkMode, Node, NodeId, Op, SourceOp, Span,
 };

@@ -298,6 +298,31 @@ fn sbom_generator_runs_with_the_scanner_protocol_and_is_attached() -> anyhow::Re
         doc["comment"] == "extras: context ; marker: from-the-context",
         "{doc:#}"
     );
+    // type=local: the SBOM statement beside the files, under the scanner's file name.
+    let local = t.dir.path().join("local");
+    t.build_output(
+        "scanned:1",
+        &[
+            "--sbom=generator=scanner:1",
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+        ],
+    )?;
+    let stmt: Value = serde_json::from_slice(
+        &std::fs::read(local.join("core.spdx.json")).context("core.spdx.json")?,
+    )?;
+    ensure!(
+        stmt["predicateType"] == "https://spdx.dev/Document"
+            && stmt["predicate"]["packages"][0]["versionInfo"] == "alpha beta ",
+        "{stmt:#}"
+    );
+    let subject = stmt["subject"].as_array().context("subject")?;
+    ensure!(
+        subject.iter().any(|s| s["name"] == "srv/alpha"
+            && s["digest"]["sha256"] == cache::oci::Digest::of(b"").hex()),
+        "{stmt:#}"
+    );
+    ensure!(!local.join("provenance.json").exists());
     Ok(())
 }
 
@@ -378,5 +403,118 @@ fn provenance_lists_add_git_sources_with_their_commit() -> anyhow::Result<()> {
         git["digest"]["sha1"] == commit.as_str(),
         "{git:#} vs {commit}"
     );
+    Ok(())
+}
+
+/// The subject of a local or tar output's statement: every regular file of the result, by
+/// path and SHA-256, without the statement files themselves.
+fn check_file_subject(stmt: &Value, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    let subject = stmt["subject"].as_array().context("a subject list")?;
+    let mut named: Vec<(String, String)> = subject
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or("").to_owned(),
+                s["digest"]["sha256"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    named.sort();
+    let mut want: Vec<(String, String)> = files
+        .iter()
+        .filter(|(p, _)| !p.ends_with("provenance.json") && !p.ends_with(".spdx.json"))
+        .map(|(p, b)| (p.clone(), cache::oci::Digest::of(b).hex().to_owned()))
+        .collect();
+    want.sort();
+    ensure!(named == want, "subject {named:?} vs the files {want:?}");
+    ensure!(named.iter().any(|(p, _)| p == "flavour"), "{named:?}");
+    Ok(())
+}
+
+/// The regular files under `dir`, by path relative to it.
+fn tree_files(dir: &Path, rel: &str, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            tree_files(&e.path(), &p, out)?;
+        } else if kind.is_file() {
+            out.push((p, std::fs::read(e.path())?));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn local_and_tar_outputs_carry_provenance_json_beside_the_files() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nARG FLAVOUR\nRUN echo $FLAVOUR > /flavour\n",
+    );
+    let local = t.dir.path().join("local");
+    let tarball = t.dir.path().join("out.tar");
+    t.build_output(
+        "provfiles:1",
+        &[
+            "--build-arg",
+            "FLAVOUR=mint",
+            "--provenance=mode=max",
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+            "-o",
+            &format!("type=tar,dest={}", tarball.display()),
+        ],
+    )?;
+    // type=local: provenance.json at the root, an indented in-toto statement.
+    let raw = std::fs::read(local.join("provenance.json")).context("provenance.json")?;
+    ensure!(raw.windows(3).any(|w| w == b"\n  "), "indented JSON");
+    let stmt: Value = serde_json::from_slice(&raw)?;
+    ensure!(
+        stmt["_type"] == "https://in-toto.io/Statement/v0.1",
+        "{stmt:#}"
+    );
+    ensure!(stmt["predicateType"] == "https://slsa.dev/provenance/v1");
+    let def = &stmt["predicate"]["buildDefinition"];
+    ensure!(
+        def["externalParameters"]["request"]["args"]["build-arg:FLAVOUR"] == "mint",
+        "{def:#}"
+    );
+    let src =
+        &stmt["predicate"]["runDetails"]["metadata"]["buildkit_metadata"]["source"]["infos"][0];
+    ensure!(src["filename"] == "Dockerfile", "{stmt:#}");
+    let mut files = Vec::new();
+    tree_files(&local, "", &mut files)?;
+    check_file_subject(&stmt, &files)?;
+    ensure!(std::fs::read_to_string(local.join("flavour"))? == "mint\n");
+
+    // type=tar: the same file in the archive, read with GNU tar.
+    let listing = String::from_utf8(run(Command::new("tar").arg("-tf").arg(&tarball))?)?;
+    ensure!(listing.lines().any(|l| l == "provenance.json"), "{listing}");
+    let mut files = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&tarball)?);
+    for e in archive.entries()? {
+        let mut e = e?;
+        if e.header().entry_type().is_file() {
+            let p = e.path()?.to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data)?;
+            files.push((p, data));
+        }
+    }
+    let in_tar = files
+        .iter()
+        .find(|(p, _)| p == "provenance.json")
+        .context("provenance.json in the tar")?;
+    let stmt: Value = serde_json::from_slice(&in_tar.1)?;
+    check_file_subject(&stmt, &files)?;
     Ok(())
 }

@@ -63,6 +63,14 @@ fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
     let running = t.ok(&["inspect", "-f", "{{.State.Running}}", short])?;
     ensure!(stdout(&running) == "true\n", "{}", text(&running));
 
+    // An unnamed container has a made-up name (docker's `adjective_surname`), not its id.
+    let made_up = stdout(&t.ok(&["inspect", "-f", "{{.Name}}", short])?);
+    let made_up = made_up.trim().trim_start_matches('/').to_owned();
+    ensure!(
+        made_up.contains('_') && !id.starts_with(&made_up),
+        "name of {id}: {made_up:?}"
+    );
+
     // The default listing has docker's columns, NAMES and CREATED included.
     let ps = stdout(&t.ok(&["ps"])?);
     let header = ps.lines().next().unwrap_or_default();
@@ -82,7 +90,7 @@ fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
             && l.contains("\"sleep 31\"")
             && l.contains(" ago ")
             && l.contains("Up ")
-            && l.ends_with(&id)),
+            && l.ends_with(&made_up)),
         "{ps}"
     );
 
@@ -107,8 +115,8 @@ fn ps_images_inspect_and_friends_on_real_containers() -> anyhow::Result<()> {
         .lines()
         .find(|l| l.starts_with(&named))
         .context("named row")?;
-    // docker's tabwriter: the widest cell (the 64-digit id as the unnamed one's name) plus 3.
-    let width = named.len().max(id.len()) + 3;
+    // docker's tabwriter: the widest cell plus 3, at least 10.
+    let width = (named.len().max(made_up.len()) + 3).max(10);
     ensure!(
         head.find("STATUS") == Some(width) && row.find("Up ") == Some(width),
         "columns not aligned:\n{tbl}"
@@ -914,5 +922,70 @@ fn tty_progress_ticks_and_fits_40x10_and_200x50_terminals() -> anyhow::Result<()
             "{cols}x{rows}: a wrapped remainder:\n{pane}"
         );
     }
+    Ok(())
+}
+
+/// docker 20.10's exit statuses of `run` and `exec`: 125 when the tool itself fails (an image
+/// that is not there), the command's own status otherwise; for a command that does not exist
+/// in the container 127 from `run` but 126 from `exec` (as dockerd 20.10 answers here), and 1
+/// for `exec` of a container that does not exist.
+#[test]
+fn run_and_exec_exit_with_dockers_codes() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let code = |args: &[&str]| t.kiln(args).status.code();
+    ensure!(
+        code(&["run", "--rm", "--pull", "never", "nosuch-image:1", "true"]) == Some(125),
+        "run of a missing image"
+    );
+    ensure!(
+        code(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "exit 3"
+        ]) == Some(3)
+    );
+    let out = t.kiln(&["run", "--rm", "--network", "none", "busybox", "/nosuch-cmd"]);
+    ensure!(
+        out.status.code() == Some(127),
+        "{:?}: {}",
+        out.status,
+        text(&out)
+    );
+    let n = name("codes");
+    t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sleep",
+        "1000",
+    ])?;
+    ensure!(code(&["exec", &n, "sh", "-c", "exit 5"]) == Some(5));
+    let out = t.kiln(&["exec", &n, "/nosuch-cmd"]);
+    ensure!(
+        out.status.code() == Some(126),
+        "{:?}: {}",
+        out.status,
+        text(&out)
+    );
+    let out = t.kiln(&["exec", "nosuch-container", "true"]);
+    ensure!(
+        out.status.code() == Some(1) && text(&out).contains("no such container"),
+        "{:?}: {}",
+        out.status,
+        text(&out)
+    );
+    t.ok(&["rm", "-f", &n])?;
     Ok(())
 }

@@ -370,3 +370,154 @@ fn cp_works_on_a_stopped_container_as_dockers_does() -> anyhow::Result<()> {
     t.ok(&["rm", "-f", &n])?;
     Ok(())
 }
+
+/// Whether `n` looks like a made-up name: `adjective_surname`, perhaps with a digit added.
+fn made_up(n: &str) -> bool {
+    let base = n.trim_end_matches(|c: char| c.is_ascii_digit());
+    base.split_once('_').is_some_and(|(a, s)| {
+        !a.is_empty()
+            && !s.is_empty()
+            && a.bytes().all(|b| b.is_ascii_lowercase())
+            && s.bytes().all(|b| b.is_ascii_lowercase())
+    })
+}
+
+#[test]
+fn unnamed_containers_get_a_made_up_name_that_ps_shows_and_every_command_takes()
+-> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let out = t.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo up; sleep 1000",
+    ])?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(id.len() == 64, "run -d prints the id: {id:?}");
+    let ps = t.ok(&["ps", "--format", "{{.ID}} {{.Names}}"])?;
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    let n = ps
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{} ", &id[..12])))
+        .with_context(|| format!("{id} not in ps: {ps}"))?
+        .to_owned();
+    ensure!(made_up(&n), "not a docker-style name: {n:?}");
+    // The default table's NAMES column shows it.
+    let table = t.ok(&["ps"])?;
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let header = table.lines().next().unwrap_or_default();
+    ensure!(header.trim_end().ends_with("NAMES"), "{table}");
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id[..12]) && l.trim_end().ends_with(&n)),
+        "{table}"
+    );
+    // Every command takes the name.
+    let c = inspect(&t, &n)?;
+    ensure!(c["Id"] == id && c["Name"] == format!("/{n}"), "{c}");
+    wait_log(&t, &n, "up")?;
+    let out = t.ok(&["exec", &n, "echo", "in"])?;
+    ensure!(text(&out).contains("in"), "{}", text(&out));
+    let out = t.ok(&["top", &n])?;
+    ensure!(text(&out).contains("sleep 1000"), "{}", text(&out));
+    ok_within(&t, &["stop", "-t", "1", &n], WATCHDOG)?;
+    ensure!(inspect(&t, &n)?["State"]["Status"] == "exited");
+    t.ok(&["start", &n])?;
+    ensure!(inspect(&t, &n)?["State"]["Status"] == "running");
+    ok_within(&t, &["restart", "-t", "1", &n], WATCHDOG)?;
+    t.ok(&["kill", &n])?;
+    // The name is held while the container exists, and given back by rm.
+    let link = t.root.join("names").join(&n);
+    ensure!(
+        std::fs::read_link(&link)? == std::path::Path::new(&id),
+        "{} does not name {id}",
+        link.display()
+    );
+    t.ok(&["rm", &n])?;
+    ensure!(
+        !link.exists() && link.symlink_metadata().is_err(),
+        "{n} still reserved"
+    );
+    // A foreground --rm container gives its name back too.
+    t.ok(&["run", "--rm", "--network", "none", "busybox", "true"])?;
+    let left: Vec<_> = std::fs::read_dir(t.root.join("names"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|f| f != ".lock")
+        .collect();
+    ensure!(left.is_empty(), "names left: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn concurrent_runs_of_one_name_let_exactly_one_win_with_dockers_conflict() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let n = name("race");
+    let args = [
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &n,
+        "busybox",
+        "sleep",
+        "1000",
+    ];
+    let children = (0..4)
+        .map(|_| {
+            t.cmd(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outs = children
+        .into_iter()
+        .map(|c| c.wait_with_output())
+        .collect::<Result<Vec<_>, _>>()?;
+    let (won, lost): (Vec<_>, Vec<_>) = outs.iter().partition(|o| o.status.success());
+    ensure!(
+        won.len() == 1,
+        "{} of 4 runs got {n}: {:?}",
+        won.len(),
+        outs.iter().map(text).collect::<Vec<_>>()
+    );
+    let id = String::from_utf8_lossy(&won[0].stdout).trim().to_owned();
+    let conflict = format!(
+        "Conflict. The container name \"/{n}\" is already in use by container \"{id}\". \
+         You have to remove (or rename) that container to be able to reuse that name."
+    );
+    for o in &lost {
+        ensure!(
+            o.status.code() == Some(125),
+            "exit {:?}: {}",
+            o.status,
+            text(o)
+        );
+        ensure!(text(o).contains(&conflict), "{}", text(o));
+    }
+    // The losers left nothing: one container, the winner.
+    let dirs: Vec<_> = std::fs::read_dir(t.root.join("containers"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ensure!(dirs == [id.clone()], "containers: {dirs:?}");
+    // Once removed, the name is free again.
+    t.ok(&["rm", "-f", &n])?;
+    let out = t.ok(&args)?;
+    ensure!(String::from_utf8_lossy(&out.stdout).trim() != id);
+    t.ok(&["rm", "-f", &n])?;
+    Ok(())
+}

@@ -630,7 +630,7 @@ fn no_call_site_resolves_untrusted_paths_by_string_joining() -> anyhow::Result<(
     // `cache` cannot use executor (both are leaves): its layer extraction has its own,
     // stricter openat2 (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) and is tested with hostile
     // archives on its own.
-    for krate in ["executor", "solver", "cli", "frontend"] {
+    for krate in ["executor", "solver", "cli", "frontend", "context", "graph"] {
         rust_files(&ws.join(krate).join("src"), &mut files)?;
     }
     ensure!(files.len() > 50, "found only {} sources", files.len());

@@ -197,3 +197,74 @@ fn a_shared_network_keeps_its_address_until_every_sharer_is_gone() -> anyhow::Re
     t.ok(&["rm", "-f", &y])?;
     Ok(())
 }
+
+/// The network namespace of `name`'s PID 1 (`net:[inode]`).
+fn netns_of(t: &TestDir, name: &str) -> anyhow::Result<String> {
+    Ok(stdout(&t.ok(&[
+        "exec",
+        name,
+        "readlink",
+        "/proc/1/ns/net",
+    ])?))
+}
+
+#[test]
+fn start_rejoins_its_own_lease_while_a_sharer_holds_it() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&["ip", "nft"])? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&t);
+    let (x, s) = (name("rejoin-x"), name("rejoin-s"));
+    let run = |n: &str, network: &str| {
+        t.ok(&[
+            "run",
+            "-d",
+            "--name",
+            n,
+            "--network",
+            network,
+            "busybox",
+            "sleep",
+            "1000",
+        ])
+    };
+    run(&x, "bridge")?;
+    let x_id = id_of(&t, &x)?;
+    let ip = inner_ip(&t, &x)?;
+    run(&s, &format!("container:{x}"))?;
+    ensure!(inner_ip(&t, &s)? == ip, "the sharer has another address");
+
+    // X stops; its sharer keeps X's lease (and the namespace, alive through its processes).
+    t.ok(&["stop", "-t", "1", &x])?;
+    ensure!(
+        lease(&x_id).is_some(),
+        "the lease went while the sharer uses it"
+    );
+    ensure!(inner_ip(&t, &s)? == ip, "the sharer lost its address");
+
+    // X starts again on its own lease, in the namespace the sharer is in.
+    let out = t.kiln(&["start", &x]);
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(inner_ip(&t, &x)? == ip, "X came back with another address");
+    let shown = stdout(&t.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &x])?);
+    ensure!(shown == ip, "inspect says {shown}, X has {ip}");
+    ensure!(
+        netns_of(&t, &x)? == netns_of(&t, &s)?,
+        "X and its sharer are apart"
+    );
+    let out = t.kiln(&["exec", &x, "ping", "-c", "1", "-W", "3", "10.88.0.1"]);
+    ensure!(
+        out.status.success(),
+        "X cannot reach its gateway: {}",
+        text(&out)
+    );
+
+    // The sharer goes: X keeps the address; X goes: everything is given back.
+    t.ok(&["rm", "-f", &s])?;
+    ensure!(inner_ip(&t, &x)? == ip);
+    ensure!(lease(&x_id).is_some());
+    t.ok(&["rm", "-f", &x])?;
+    ensure!(lease(&x_id).is_none(), "X's lease outlived both");
+    ensure!(settles(|| unowned().is_empty()), "left: {:?}", unowned());
+    Ok(())
+}

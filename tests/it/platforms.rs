@@ -206,6 +206,47 @@ fn two_platforms_make_one_index_arm64_runs_through_binfmt_and_push_keeps_it() ->
         text(&out)
     );
 
+    // A local output of the same build from the pulled bases: one directory per platform,
+    // each holding that platform's result.
+    let local = app.dir.path().join("local-out");
+    app.ok(&[
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--insecure-registry",
+        &format!("127.0.0.1:{}", reg.port),
+        "--provenance=mode=min",
+        "-o",
+        &format!("type=local,dest={}", local.display()),
+        app.ctx.to_str().context("utf-8")?,
+    ])?;
+    let mut subs: Vec<String> = std::fs::read_dir(&local)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<_>>()?;
+    subs.sort();
+    assert_eq!(subs, ["linux_amd64", "linux_arm64"]);
+    assert_eq!(
+        std::fs::read_to_string(local.join("linux_amd64/arch"))?,
+        "x86_64\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("linux_arm64/arch"))?,
+        "aarch64\n"
+    );
+    // Each platform's directory has its own provenance, about its own files.
+    for (sub, arch) in [("linux_amd64", "x86_64\n"), ("linux_arm64", "aarch64\n")] {
+        let stmt: Value =
+            serde_json::from_slice(&std::fs::read(local.join(sub).join("provenance.json"))?)?;
+        let subject = stmt["subject"].as_array().context("subject")?;
+        let want = cache::oci::Digest::of(arch.as_bytes());
+        assert!(
+            subject
+                .iter()
+                .any(|s| s["name"] == "arch" && s["digest"]["sha256"] == want.hex()),
+            "{sub}: {stmt:#}"
+        );
+    }
+
     // Under --no-cache too: the build-platform step the amd64 solve ran is this build's, so
     // the arm64 solve reuses it.
     let again = app.build_output(

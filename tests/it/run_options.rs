@@ -1,6 +1,6 @@
 //! RUN step options of `kiln build` (buildx's flags): `--add-host`, `--shm-size`, `--ulimit`,
 //! the `--allow` entitlements for `RUN --network=host` and `RUN --security=insecure`,
-//! `--cgroup-parent` (refused), and `--call check|targets`. What docker 20.10's `docker
+//! `--cgroup-parent` (RUN steps under the parent, the device policy kept), and `--call check|targets|outline`. What docker 20.10's `docker
 //! build` (BuildKit) also has is compared with it.
 
 use crate::harness::{TestDir, busybox_dir, busybox_tar, stdout, text};
@@ -127,8 +127,7 @@ fn network_host_and_insecure_steps_need_allow_as_in_buildkit() -> anyhow::Result
 }
 
 #[test]
-fn cgroup_parent_is_refused_and_call_check_and_targets_answer_without_building()
--> anyhow::Result<()> {
+fn call_check_and_targets_answer_without_building() -> anyhow::Result<()> {
     let t = TestDir::new();
     let ctx = t.ctx.to_str().expect("utf-8").to_owned();
     t.write(
@@ -144,13 +143,160 @@ fn cgroup_parent_is_refused_and_call_check_and_targets_answer_without_building()
     let out = t.ok(&["build", "--call", "check", &ctx])?;
     let check = t.ok(&["build", "--check", &ctx])?;
     assert_eq!(stdout(&out), stdout(&check));
-    let out = t.kiln(&["build", "--cgroup-parent", "ci.slice", "-t", "x", &ctx]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("--cgroup-parent ci.slice: not supported"),
-        "{}",
-        text(&out)
+    Ok(())
+}
+
+/// The v1 cgroup directories of `rel` below this process's own cgroup, one per hierarchy
+/// (`/sys/fs/cgroup/<controller>/<own path>/<rel>`).
+fn own_cgroup_dirs(rel: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    Ok(own
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, cs, p) = (f.next()?, f.next()?, f.next()?);
+            let first = cs.split(',').next().filter(|c| !c.is_empty())?;
+            let name = first.strip_prefix("name=").unwrap_or(first);
+            let mut dir = std::path::PathBuf::from("/sys/fs/cgroup").join(name);
+            dir.extend(p.split('/').filter(|s| !s.is_empty()));
+            Some(dir.join(rel))
+        })
+        .collect())
+}
+
+#[test]
+fn cgroup_parent_holds_run_steps_under_the_device_policy() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let script = crate::sandbox_security::device_script()?;
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nRUN cat /proc/self/cgroup > /cg; ({script}) > /dev.txt\n"),
     );
+    // Relative, as runc reads it: below kiln's own cgroup in each hierarchy.
+    let parent = format!("kiln-test-{}", std::process::id());
+    let out = t.dir.path().join("out");
+    let built = t.kiln(&[
+        "build",
+        "--cgroup-parent",
+        &parent,
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+        t.ctx.to_str().context("utf-8")?,
+    ]);
+    let dirs = own_cgroup_dirs(&parent)?;
+    let left: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kiln-"))
+        .collect();
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+    ensure!(built.status.success(), "{}", text(&built));
+    ensure!(left.is_empty(), "cgroups left behind: {left:?}");
+    let cg = std::fs::read_to_string(out.join("cg"))?;
+    // Every v1 hierarchy names the parent, the devices one included.
+    let v1: Vec<&str> = cg
+        .lines()
+        .filter(|l| l.split(':').nth(1).is_some_and(|c| !c.is_empty()))
+        .collect();
+    ensure!(v1.iter().any(|l| l.contains(":devices:")), "{cg}");
+    for l in &v1 {
+        ensure!(l.contains(&format!("/{parent}/kiln-")), "{l} in\n{cg}");
+    }
+    // The device policy still holds: mknod works, opening the host's disk does not.
+    ensure!(
+        std::fs::read_to_string(out.join("dev.txt"))? == crate::sandbox_security::DEVICE_CONFINED,
+        "{}",
+        std::fs::read_to_string(out.join("dev.txt"))?
+    );
+    // `..` is refused before anything is made.
+    let bad = t.kiln(&[
+        "build",
+        "--cgroup-parent",
+        "../up",
+        t.ctx.to_str().context("utf-8")?,
+    ]);
+    ensure!(!bad.status.success(), "{}", text(&bad));
+    ensure!(
+        text(&bad).contains("--cgroup-parent ../up"),
+        "{}",
+        text(&bad)
+    );
+    Ok(())
+}
+
+#[test]
+fn call_outline_prints_the_targets_args_secrets_and_ssh_as_buildx() -> anyhow::Result<()> {
+    let t = TestDir::new();
+    let ctx = t.ctx.to_str().expect("utf-8").to_owned();
+    t.write(
+        "Dockerfile",
+        "# GO_VERSION sets the Go toolchain version\n\
+ARG GO_VERSION=1.22\n\
+ARG UNUSED=x\n\
+FROM busybox:${GO_VERSION} AS base\n\
+# PKG the package to build\n\
+ARG PKG=./cmd/app\n\
+ARG TARGETARCH\n\
+RUN --mount=type=secret,id=github_token,required=true --mount=type=ssh true\n\
+\n\
+# app builds the application\n\
+FROM base AS app\n\
+ARG GO_VERSION\n\
+# EXTRA more flags\n\
+ARG EXTRA\n\
+RUN --mount=type=secret,id=npmrc true\n\
+\n\
+FROM busybox AS other\n\
+ARG OTHER=1\n",
+    );
+    // Nothing is built or pulled: the store stays empty.
+    let out = t.ok(&[
+        "build",
+        "--call",
+        "outline",
+        "--target",
+        "app",
+        "--build-arg",
+        "EXTRA=-v",
+        &ctx,
+    ])?;
+    // buildx's text: tabwriter tables (padding 1 for the target, 3 for the others), the
+    // args the target's stages use in Dockerfile order with --build-arg values applied,
+    // the platform args left out, a blank line after each table.
+    assert_eq!(
+        stdout(&out),
+        "TARGET:      app\n\
+DESCRIPTION: builds the application\n\
+\n\
+BUILD ARG    VALUE       DESCRIPTION\n\
+GO_VERSION   1.22        sets the Go toolchain version\n\
+PKG          ./cmd/app   the package to build\n\
+EXTRA        -v          more flags\n\
+\n\
+SECRET         REQUIRED\n\
+github_token   true\n\
+npmrc          \n\
+\n\
+SSH       REQUIRED\n\
+default   \n\
+\n"
+    );
+    // The default target: the last stage, which uses none of the others' args.
+    let out = t.ok(&["build", "--call", "outline", &ctx])?;
+    assert_eq!(
+        stdout(&out),
+        "TARGET: other\n\nBUILD ARG   VALUE   DESCRIPTION\nOTHER       1       \n\n"
+    );
+    let out = t.kiln(&["build", "--call", "outline", "--target", "nope", &ctx]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("\"nope\""), "{}", text(&out));
     Ok(())
 }
 

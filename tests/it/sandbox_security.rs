@@ -22,7 +22,7 @@ fn openable_block_device() -> anyhow::Result<(u32, u32)> {
 
 /// The shell script of the device test: mknod a node for the host's block device, try to
 /// open it, and check that the allowed devices still work.
-fn device_script() -> anyhow::Result<String> {
+pub(crate) fn device_script() -> anyhow::Result<String> {
     let (major, minor) = openable_block_device()?;
     Ok(format!(
         "mkdir -p /tmp; mknod /tmp/disk b {major} {minor} && echo mknod=ok || echo mknod=denied; \
@@ -34,7 +34,7 @@ fn device_script() -> anyhow::Result<String> {
 
 /// Like docker: mknod is allowed (`b *:* m`), opening the node is not; null, zero and
 /// urandom work.
-const DEVICE_CONFINED: &str = "mknod=ok\ndisk=denied\n4\n4\n";
+pub(crate) const DEVICE_CONFINED: &str = "mknod=ok\ndisk=denied\n4\n4\n";
 
 /// The output lines of a build's RUN step (rawjson events carry them as `log` lines).
 fn build_output(t: &TestDir, extra: &[&str]) -> anyhow::Result<String> {

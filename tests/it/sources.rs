@@ -18,7 +18,7 @@ impl Drop for Proc {
 }
 
 /// Runs `git args...` in `dir` with a fixed identity and dates, so commits are reproducible.
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -54,7 +54,7 @@ pub(crate) fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> anyh
 }
 
 /// An empty repository `base/repo.git` on branch `main`.
-fn init_repo(base: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn init_repo(base: &Path) -> anyhow::Result<PathBuf> {
     let repo = base.join("repo.git");
     std::fs::create_dir_all(&repo)?;
     git(&repo, &["init", "-q", "-b", "main"])?;
@@ -436,7 +436,7 @@ fn context_bind_mount_hides_ignored_files_and_its_key_ignores_them() -> anyhow::
 
 /// Serves `git http-backend` (git's smart HTTP, as a CGI program) on a free 127.0.0.1 port:
 /// one thread per connection, `Connection: close`. Returns `http://127.0.0.1:PORT`.
-fn git_http(base: &Path) -> anyhow::Result<String> {
+pub(crate) fn git_http(base: &Path) -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let base = base.to_owned();

@@ -66,6 +66,20 @@ pub fn write_tars(
     out: impl Write,
     dest: &str,
 ) -> Result<()> {
+    write_tars_with(store, images, &[], out, dest)
+}
+
+/// [`write_tars`], then `extra` files (path in the tar, content) at the end, mode 0600 as
+/// BuildKit writes attestation files into a tar output.
+///
+/// Fails when a layer cannot be read or the destination written.
+pub fn write_tars_with(
+    store: &Store,
+    images: &[(&Image, String)],
+    extra: &[(String, Vec<u8>)],
+    out: impl Write,
+    dest: &str,
+) -> Result<()> {
     let werr = |source| ExportError::Io {
         op: "write",
         path: dest.to_owned(),
@@ -83,6 +97,13 @@ pub fn write_tars(
                 .map_err(werr)?;
         }
         append_rootfs(&mut b, store, image, prefix, dest)?;
+    }
+    for (path, data) in extra {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data.as_slice()).map_err(werr)?;
     }
     let mut inner = b.into_inner().map_err(werr)?;
     inner.flush().map_err(werr)?;
@@ -198,6 +219,53 @@ pub fn write_dir(store: &Store, image: &Image, dir: &Path) -> Result<()> {
             source,
         })?;
         Ok(())
+    })
+}
+
+/// Every regular file of `image`'s merged root filesystem: path (without a leading `/`) and
+/// SHA-256 of its content, in the order the merged tar holds them. The subject of a local or
+/// tar output's attestations.
+///
+/// Fails when a layer cannot be read.
+pub fn regular_files(store: &Store, image: &Image) -> Result<Vec<(String, crate::oci::Digest)>> {
+    let (r, w) = rustix::pipe::pipe().map_err(|e| ExportError::Io {
+        op: "pipe",
+        path: image.manifest_digest.to_string(),
+        source: e.into(),
+    })?;
+    let (r, w) = (std::fs::File::from(r), std::fs::File::from(w));
+    let name = image.manifest_digest.to_string();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| write_tar(store, image, w, &name));
+        let rerr = |source| ExportError::Io {
+            op: "read",
+            path: name.clone(),
+            source,
+        };
+        let read = (|| -> Result<Vec<(String, crate::oci::Digest)>> {
+            let mut out = Vec::new();
+            let mut archive = tar::Archive::new(r);
+            for entry in archive.entries().map_err(rerr)? {
+                let mut entry = entry.map_err(rerr)?;
+                if !entry.header().entry_type().is_file() {
+                    continue;
+                }
+                let path = clean(&entry.path().map_err(rerr)?);
+                let mut h = crate::oci::Hasher::new();
+                io::copy(&mut entry, &mut h).map_err(rerr)?;
+                out.push((path, h.finish()));
+            }
+            // Drain what the writer may still send (tar's end blocks).
+            let mut rest = archive.into_inner();
+            io::copy(&mut rest, &mut io::sink()).map_err(rerr)?;
+            Ok(out)
+        })();
+        let written = writer
+            .join()
+            .expect("the rootfs writer thread does not panic");
+        let out = read?;
+        written?;
+        Ok(out)
     })
 }
 

@@ -156,7 +156,7 @@ impl Facts {
         dockerfile: &[u8],
         labels: BTreeMap<String, String>,
         bases: &BTreeMap<String, frontend::BaseImage>,
-        graph: &solver::graph::BuildGraph,
+        graph: &graph::BuildGraph,
         build_ref: &str,
         started: String,
     ) -> Facts {
@@ -182,7 +182,7 @@ impl Facts {
 /// graph, so they are resolved again here (`git ls-remote`, as the build did); a source that
 /// cannot be resolved now is listed without a digest.
 fn resolved_git_sources(
-    graph: &solver::graph::BuildGraph,
+    graph: &graph::BuildGraph,
 ) -> Vec<(String, Option<String>, Option<String>)> {
     let sources = git_sources(graph);
     if sources.iter().all(|(_, _, c)| c.is_some()) {
@@ -196,8 +196,8 @@ fn resolved_git_sources(
 }
 
 /// The ADD git sources the target reaches: remote, ref, commit (when the graph has it).
-fn git_sources(graph: &solver::graph::BuildGraph) -> Vec<(String, Option<String>, Option<String>)> {
-    use solver::graph::{CopySource, FileAction, Op};
+fn git_sources(graph: &graph::BuildGraph) -> Vec<(String, Option<String>, Option<String>)> {
+    use graph::{CopySource, FileAction, Op};
     let mut out = Vec::new();
     for n in graph.reachable() {
         if let Op::File(f) = &graph.nodes[n].op {
@@ -289,14 +289,63 @@ impl Attest {
         }
     }
 
+    /// The statement files of a local or tar output holding one `platform`'s result, as
+    /// BuildKit writes them beside the files: `provenance.json`, and each SBOM under the file
+    /// name its scanner gave it; in-toto statements (indented JSON) whose subject is every
+    /// regular file of the output (`files`: path inside the output, SHA-256).
+    ///
+    /// Fails when a statement cannot be serialised.
+    pub fn files(
+        &self,
+        platform: &cache::oci::Platform,
+        files: &[(String, cache::oci::Digest)],
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let subject: Vec<_> = files
+            .iter()
+            .map(|(name, d)| json!({ "name": name, "digest": { "sha256": d.hex() } }))
+            .collect();
+        let mut out = Vec::new();
+        if let Some(mode) = self.requested.provenance {
+            let stmt = self.provenance_of(platform, subject.clone(), &[], mode);
+            let bytes =
+                serde_json::to_vec_pretty(&stmt).context("serialising the provenance statement")?;
+            out.push(("provenance.json".to_owned(), bytes));
+        }
+        for (name, doc) in self.sboms.get(&platform.to_string()).into_iter().flatten() {
+            let stmt = json!({
+                "_type": "https://in-toto.io/Statement/v0.1",
+                "predicateType": super::sbom::PREDICATE_SPDX,
+                "subject": subject,
+                "predicate": doc,
+            });
+            let bytes =
+                serde_json::to_vec_pretty(&stmt).context("serialising an SBOM statement")?;
+            let base = name.rsplit('/').next().unwrap_or(name).to_owned();
+            out.push((base, bytes));
+        }
+        Ok(out)
+    }
+
     fn provenance(&self, image: &Prepared, names: &[Reference], mode: Mode) -> serde_json::Value {
-        let f = &self.facts;
         let platform = image
             .descriptor
             .platform
             .clone()
             .unwrap_or_else(cache::oci::Platform::host);
         let subject = self.subject(image, names);
+        self.provenance_of(&platform, subject, &image.layers, mode)
+    }
+
+    /// The SLSA v1 provenance statement of `platform`'s result about `subject`; `layers`:
+    /// the image's layers (none for a local or tar output).
+    fn provenance_of(
+        &self,
+        platform: &cache::oci::Platform,
+        subject: Vec<serde_json::Value>,
+        layers: &[cache::oci::Descriptor],
+        mode: Mode,
+    ) -> serde_json::Value {
+        let f = &self.facts;
         let mut args = serde_json::Map::new();
         for (k, v) in &f.build_args {
             args.insert(format!("build-arg:{k}"), json!(v));
@@ -310,7 +359,9 @@ impl Attest {
         let mut deps: Vec<serde_json::Value> = f
             .bases
             .iter()
-            .map(|(name, d)| json!({ "uri": purl(name, &platform), "digest": { "sha256": d.hex() } }))
+            .map(
+                |(name, d)| json!({ "uri": purl(name, platform), "digest": { "sha256": d.hex() } }),
+            )
             .collect();
         for (remote, reference, commit) in &f.git {
             let uri = match reference {
@@ -339,12 +390,19 @@ impl Attest {
                         "data": base64::engine::general_purpose::STANDARD.encode(&f.dockerfile),
                     }],
                 },
-                "layers": image.layers.iter().map(|l| json!({
-                    "mediaType": l.media_type,
-                    "digest": l.digest.to_string(),
-                    "size": l.size,
-                })).collect::<Vec<_>>(),
             });
+            if !layers.is_empty() {
+                metadata["buildkit_metadata"]["layers"] = layers
+                    .iter()
+                    .map(|l| {
+                        json!({
+                            "mediaType": l.media_type,
+                            "digest": l.digest.to_string(),
+                            "size": l.size,
+                        })
+                    })
+                    .collect();
+            }
         }
         json!({
             "_type": "https://in-toto.io/Statement/v0.1",

@@ -1,11 +1,31 @@
-//! Where `kiln build` finds its Dockerfile and context: a directory, `-f -`, or `-` (a
-//! Dockerfile or a tar archive on stdin).
+//! Where `kiln build` finds its Dockerfile and context: a directory, `-f -`, `-` (a
+//! Dockerfile or a tar archive on stdin), a git URL (checked out with the solver's ADD git
+//! code), or an http(s) URL (a tar archive, plain or compressed, or a Dockerfile alone).
 
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
 
-/// A directory kiln made for a stdin context; removed when dropped.
-struct TempDir(PathBuf);
+/// A directory kiln made for a stdin or remote context; removed when dropped.
+pub(super) struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new private directory under the system temp dir.
+    fn new(what: &str) -> anyhow::Result<TempDir> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-{what}-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -52,22 +72,19 @@ pub(super) fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Res
             .with_context(|| format!("reading {what} from stdin"))?;
         Ok(b)
     };
-    let (context, temp, mut stdin_dockerfile) = if context_arg == Path::new("-") {
+    let remote = match context_arg.to_str() {
+        Some(spec) => fetch_remote(spec)?,
+        None => None,
+    };
+    let (context, temp, mut stdin_dockerfile) = if let Some(r) = remote {
+        (r.dir, Some(r.temp), r.dockerfile)
+    } else if context_arg == Path::new("-") {
         anyhow::ensure!(
             !stdin_file,
             "-f - and the context - both read stdin: give the context as a directory"
         );
-        let dir = std::env::temp_dir().join(format!(
-            "kiln-context-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let temp = TempDir(dir.clone());
+        let temp = TempDir::new("context")?;
+        let dir = temp.0.clone();
         let ctx = dir.join("context");
         std::fs::create_dir(&ctx).with_context(|| format!("creating {}", ctx.display()))?;
         // Streamed to a file: a context archive can be larger than memory.
@@ -82,25 +99,8 @@ pub(super) fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Res
             .and_then(|f| f.take(512).read_to_end(&mut head))
             .with_context(|| format!("reading {}", staged.display()))?;
         if is_archive(&head) {
-            let dest = executor::copy::root::DestRoot::open(&ctx)
-                .with_context(|| format!("opening {}", ctx.display()))?;
-            let opts = executor::copy::CopyOptions {
-                chown: None,
-                chmod: None,
-                exclude: &[],
-                parents: false,
-                unpack_archives: true,
-                from_context: true,
-            };
-            executor::copy::copy(
-                &dest,
-                &dir,
-                &["stdin.tar".to_owned()],
-                "/",
-                &executor::context::Ignore::parse(""),
-                &opts,
-            )
-            .context("build context -: extracting the archive read from stdin")?;
+            extract(&dir, "stdin.tar", &ctx)
+                .context("build context -: extracting the archive read from stdin")?;
             (ctx, Some(temp), None)
         } else {
             let data =
@@ -121,10 +121,11 @@ pub(super) fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Res
     if let Some(dockerfile) = stdin_dockerfile {
         anyhow::ensure!(
             stdin_file || file.is_none(),
-            "-f {}: the context - read a Dockerfile from stdin, not an archive holding one",
+            "-f {}: the context {} is a Dockerfile, not an archive or repository holding one",
             file.map(Path::display)
                 .map(|d| d.to_string())
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            context_arg.display()
         );
         return Ok(Input {
             dockerfile_path: context.join("Dockerfile"),
@@ -135,7 +136,7 @@ pub(super) fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Res
         });
     }
     let (path, name) = match file {
-        // Inside a stdin archive, -f names a path in the context.
+        // Inside a stdin archive or a remote context, -f names a path in the context.
         Some(f) if temp.is_some() => (context.join(f), f.display().to_string()),
         Some(f) => (f.to_path_buf(), f.display().to_string()),
         None => {
@@ -147,7 +148,8 @@ pub(super) fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Res
             }
         }
     };
-    // A stdin archive's Dockerfile is read inside it: a symlink out of it is refused.
+    // A stdin archive's or remote context's Dockerfile is read inside it: a symlink out of it
+    // is refused.
     if temp.is_some() {
         let real = std::fs::canonicalize(&path)
             .with_context(|| format!("{name}: cannot read Dockerfile {}", path.display()))?;
@@ -166,6 +168,102 @@ pub(super) fn read_input(context_arg: &Path, file: Option<&Path>) -> anyhow::Res
         dockerfile,
         _temp: temp,
     })
+}
+
+/// Extracts the archive `dir/name` into `ctx` as ADD extracts one (plain, gzip, zstd, bzip2,
+/// xz), every path resolved inside `ctx`.
+fn extract(dir: &Path, name: &str, ctx: &Path) -> anyhow::Result<()> {
+    let dest = executor::copy::root::DestRoot::open(ctx)
+        .with_context(|| format!("opening {}", ctx.display()))?;
+    let opts = executor::copy::CopyOptions {
+        chown: None,
+        chmod: None,
+        exclude: &[],
+        parents: false,
+        unpack_archives: true,
+        from_context: true,
+    };
+    executor::copy::copy(
+        &dest,
+        dir,
+        &[name.to_owned()],
+        "/",
+        &context::Ignore::parse(""),
+        &opts,
+    )?;
+    Ok(())
+}
+
+/// A context fetched from a git or http(s) URL.
+pub(super) struct Remote {
+    /// The context directory (a checkout's subdirectory, an extracted archive, or empty).
+    pub(super) dir: PathBuf,
+    /// The Dockerfile, when the URL served a plain file.
+    pub(super) dockerfile: Option<Vec<u8>>,
+    /// Holds the files until the build ends.
+    pub(super) temp: TempDir,
+}
+
+/// Fetches `spec` when it is a git URL (`https://host/repo.git#ref:subdir`, `git@host:repo`,
+/// `git://`, `ssh://`, as buildx tells them) or an http(s) URL; `None` for anything else (a
+/// directory or `-`).
+///
+/// Fails when the URL is malformed, git or the download fails, or an archive does not extract.
+pub(super) fn fetch_remote(spec: &str) -> anyhow::Result<Option<Remote>> {
+    let lower = spec.to_ascii_lowercase();
+    if graph::git::is_git_url(spec) {
+        let mut src = graph::git::parse_url(spec, false)?;
+        // The `--ssh default` agent is the caller's, as for buildx's git contexts.
+        let sock = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from);
+        let commit = solver::git::resolve(&src, sock.as_deref())
+            .with_context(|| format!("build context {spec}"))?;
+        src.commit = Some(commit);
+        let temp = TempDir::new("git-context")?;
+        let (dir, _time) = solver::git::checkout(&src, &temp.0, sock.as_deref())
+            .with_context(|| format!("build context {spec}"))?;
+        return Ok(Some(Remote {
+            dir,
+            dockerfile: None,
+            temp,
+        }));
+    }
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Ok(None);
+    }
+    let temp = TempDir::new("url-context")?;
+    let download = temp.0.join("download");
+    let ctx = temp.0.join("context");
+    for d in [&download, &ctx] {
+        std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (name, _, _) = rt
+        .block_on(solver::fetch::fetch(spec, None, &download))
+        .with_context(|| format!("build context {spec}"))?;
+    let file = download.join(&name);
+    let mut head = Vec::with_capacity(512);
+    {
+        use std::io::Read as _;
+        std::fs::File::open(&file)
+            .and_then(|f| f.take(512).read_to_end(&mut head))
+            .with_context(|| format!("reading {}", file.display()))?;
+    }
+    // docker's rule: an archive is the context; anything else is a Dockerfile alone.
+    let dockerfile = if is_archive(&head) {
+        extract(&download, &name, &ctx)
+            .with_context(|| format!("build context {spec}: extracting the archive"))?;
+        None
+    } else {
+        Some(std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
+    };
+    Ok(Some(Remote {
+        dir: ctx,
+        dockerfile,
+        temp,
+    }))
 }
 
 #[cfg(test)]

@@ -414,6 +414,8 @@ pub struct Context<'a> {
     pub store: &'a cache::store::Store,
     /// The per-platform images of the result.
     pub images: &'a [cache::image::Image],
+    /// The platform each of `images` was built for (empty: their configs say).
+    pub platforms: &'a [cache::oci::Platform],
     /// Registry settings for pushes.
     pub reg: &'a crate::registry::RegistryConfig,
     /// Attestations to attach: per image, `(predicate type, statement)`; computed per
@@ -426,11 +428,6 @@ pub struct Context<'a> {
 }
 
 impl Output {
-    /// True for the outputs that carry an image (and so attestations).
-    pub fn is_image(&self) -> bool {
-        matches!(self, Output::Layout { .. } | Output::Image { .. })
-    }
-
     /// True when this output writes to stdout.
     pub fn to_stdout(&self) -> bool {
         matches!(
@@ -496,6 +493,7 @@ fn source_date_epoch(build_args: &std::collections::BTreeMap<String, String>) ->
 pub async fn run_all(
     store: &cache::store::Store,
     images: &[cache::image::Image],
+    platforms: &[cache::oci::Platform],
     reg: &crate::registry::RegistryConfig,
     outputs: &[Output],
     requested: &super::attest::Requested,
@@ -512,7 +510,7 @@ pub async fn run_all(
             sboms: Default::default(),
         });
     if let (Some(a), Some(generator)) = (&mut attest, &requested.sbom)
-        && outputs.iter().any(Output::is_image)
+        && !outputs.is_empty()
     {
         if !quiet {
             let _ = writeln!(std::io::stderr(), "scanning with {generator}");
@@ -522,6 +520,7 @@ pub async fn run_all(
     let cx = Context {
         store,
         images,
+        platforms,
         reg,
         attest: attest.as_ref(),
         quiet,
@@ -546,24 +545,46 @@ pub async fn run(
     for o in outputs {
         match o {
             Output::Local(dir) => {
-                for (img, sub) in per_platform(cx.images) {
+                for (n, (img, sub)) in per_platform(cx.images, cx.platforms)
+                    .into_iter()
+                    .enumerate()
+                {
                     let d = match sub {
                         Some(s) => dir.join(s),
                         None => dir.clone(),
                     };
-                    cache::export::rootfs::write_dir(cx.store, img, &d)
-                        .with_context(|| format!("--output type=local,dest={}", dir.display()))?;
+                    let at = || format!("--output type=local,dest={}", dir.display());
+                    cache::export::rootfs::write_dir(cx.store, img, &d).with_context(at)?;
+                    for (name, bytes) in statement_files(cx, n, img)? {
+                        kroot::write_atomic(&d.join(&name), &bytes).with_context(at)?;
+                    }
                 }
                 say(format!("copying files to {} done", dir.display()));
             }
             Output::Tar(dest) => {
-                let images: Vec<_> = per_platform(cx.images)
+                let images: Vec<_> = per_platform(cx.images, cx.platforms)
                     .into_iter()
                     .map(|(i, sub)| (i, sub.unwrap_or_default()))
                     .collect();
+                let mut extra = Vec::new();
+                for (n, (img, sub)) in images.iter().enumerate() {
+                    for (name, bytes) in statement_files(cx, n, img)? {
+                        let path = match sub.as_str() {
+                            "" => name,
+                            sub => format!("{sub}/{name}"),
+                        };
+                        extra.push((path, bytes));
+                    }
+                }
                 write_to(dest, |w| {
-                    cache::export::rootfs::write_tars(cx.store, &images, w, &dest.to_string())
-                        .map_err(Into::into)
+                    cache::export::rootfs::write_tars_with(
+                        cx.store,
+                        &images,
+                        &extra,
+                        w,
+                        &dest.to_string(),
+                    )
+                    .map_err(Into::into)
                 })
                 .with_context(|| format!("--output type=tar,dest={dest}"))?;
                 say(format!("sending tarball to {dest} done"));
@@ -637,23 +658,60 @@ pub async fn run(
 }
 
 /// The images with the subdirectory each goes to: none for one platform, `os_arch[_variant]`
-/// for several (buildx's layout of a multi-platform local export).
-fn per_platform(images: &[cache::image::Image]) -> Vec<(&cache::image::Image, Option<String>)> {
+/// for several (buildx's layout of a multi-platform local export), from the platform each was
+/// built for (a base's config need not say it).
+fn per_platform<'a>(
+    images: &'a [cache::image::Image],
+    platforms: &[cache::oci::Platform],
+) -> Vec<(&'a cache::image::Image, Option<String>)> {
     if images.len() == 1 {
         return vec![(&images[0], None)];
     }
     images
         .iter()
-        .map(|i| {
-            let p = cache::export::platform_of(i);
-            let mut s = format!("{}_{}", p.os, p.architecture);
-            if let Some(v) = &p.variant {
-                s.push('_');
-                s.push_str(v);
-            }
-            (i, Some(s))
+        .enumerate()
+        .map(|(n, i)| {
+            let p = platforms
+                .get(n)
+                .cloned()
+                .unwrap_or_else(|| cache::export::platform_of(i));
+            (i, Some(platform_dir(&p)))
         })
         .collect()
+}
+
+/// The attestation files of a local or tar output of `cx.images[n]` (none without
+/// attestations): BuildKit's files beside the result, about its regular files.
+fn statement_files(
+    cx: &Context<'_>,
+    n: usize,
+    img: &cache::image::Image,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let Some(attest) = cx.attest else {
+        return Ok(Vec::new());
+    };
+    let platform = cx
+        .platforms
+        .get(n)
+        .cloned()
+        .unwrap_or_else(|| cache::export::platform_of(img));
+    let files = cache::export::rootfs::regular_files(cx.store, img).with_context(|| {
+        format!(
+            "reading the files of {} for attestations",
+            img.manifest_digest
+        )
+    })?;
+    attest.files(&platform, &files)
+}
+
+/// `os_arch[_variant]`: a platform's subdirectory in a multi-platform local or tar output.
+pub fn platform_dir(p: &cache::oci::Platform) -> String {
+    let mut s = format!("{}_{}", p.os, p.architecture);
+    if let Some(v) = &p.variant {
+        s.push('_');
+        s.push_str(v);
+    }
+    s
 }
 
 /// Runs `write` on the destination: stdout, or a file written next to it and renamed into

@@ -41,7 +41,7 @@ pub fn parse(args: &[String]) -> anyhow::Result<Vec<Platform>> {
 
 /// BuildKit's progress names in a multi-platform build: `[linux/arm64 build 2/3] RUN ...`,
 /// each step named with the platform it builds for.
-pub fn label_nodes(graph: &mut solver::graph::BuildGraph) {
+pub fn label_nodes(graph: &mut graph::BuildGraph) {
     for n in &mut graph.nodes {
         if let (Some(p), Some(rest)) = (&n.platform, n.name.strip_prefix('[')) {
             n.name = format!("[{p} {rest}");

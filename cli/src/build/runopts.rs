@@ -37,11 +37,11 @@ pub fn parse_allow(args: &[String]) -> anyhow::Result<Allow> {
 ///
 /// Fails with the first step that is not allowed, named as `Dockerfile:LINE`.
 pub fn check_entitlements(
-    graph: &solver::graph::BuildGraph,
+    graph: &graph::BuildGraph,
     allow: Allow,
     dockerfile: &str,
 ) -> anyhow::Result<()> {
-    use solver::graph::{NetworkMode, Op};
+    use graph::{NetworkMode, Op};
     for n in &graph.nodes {
         let Op::Exec(x) = &n.op else { continue };
         let missing = if x.network == NetworkMode::Host && !allow.network_host {
@@ -195,9 +195,9 @@ pub fn print_targets(df: &frontend::Dockerfile, source: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// BuildKit's stage comment: among the comment lines right above line `from` (1-based), the
-/// first that starts with `name ` gives the rest.
-fn stage_comment(lines: &[&str], from: usize, name: &str) -> String {
+/// BuildKit's stage (or ARG) comment: among the comment lines right above line `from`
+/// (1-based), the first that starts with `name ` gives the rest.
+pub(super) fn stage_comment(lines: &[&str], from: usize, name: &str) -> String {
     if name.is_empty() {
         return String::new();
     }

@@ -1,9 +1,11 @@
 //! Containers as library code (`kiln run`, `ps`, `start`, `stop`, `rm`, ...): their state and
-//! its legal transitions ([`state`]), their run spec from an image ([`spec`]), their processes
+//! its legal transitions ([`state`]), their names and the atomic reservation of them
+//! ([`name`]), their run spec from an image ([`spec`]), their processes
 //! ([`process`]), the host-wide records of who owns their network and cgroups and the
 //! reclaiming of what dead owners left ([`owner`]), cgroups, and docker's times ([`time`]).
 //! The cli keeps only arguments and output.
 
+pub mod name;
 pub mod network;
 pub mod owner;
 pub mod process;

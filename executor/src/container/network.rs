@@ -479,20 +479,25 @@ pub fn setup(
     });
     rec.owner.netns = Some(path.clone());
     rec.save()?;
-    let netns = Netns::create(&path).map_err(|source| NetError::Netns {
-        what: "creating",
-        path: path.clone(),
-        source,
-    })?;
-    let attachment = match nets.attach(name, id, &netns, ports) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = netns.remove();
-            return Err(NetError::Attach {
-                container: id.to_owned(),
-                network: name.clone(),
-                source: Box::new(e),
-            });
+    let (netns, attachment) = match rejoin(&mut nets, name, id, &path)? {
+        Some(done) => done,
+        None => {
+            let netns = Netns::create(&path).map_err(|source| NetError::Netns {
+                what: "creating",
+                path: path.clone(),
+                source,
+            })?;
+            match nets.attach(name, id, &netns, ports) {
+                Ok(a) => (netns, a),
+                Err(e) => {
+                    let _ = netns.remove();
+                    return Err(NetError::Attach {
+                        container: id.to_owned(),
+                        network: name.clone(),
+                        source: Box::new(e),
+                    });
+                }
+            }
         }
     };
     if let Err((port, source)) = runtime::publish(&attachment.ports) {
@@ -527,6 +532,83 @@ pub fn setup(
             attachment,
         }),
     ))
+}
+
+/// Container `id` starting again while its lease on `network` is still held by a container
+/// sharing its network (`--network container:ID`, see [`super::owner`]): the lease, its veth
+/// and the namespace are still its own, alive through the sharer's processes, so it rejoins
+/// them (pinned again at `path`) rather than attaching anew, which the lease store would
+/// refuse. None when it has no lease there (a lease nobody shares is released first).
+fn rejoin(
+    nets: &mut crate::net::Networks<RealNetlink, NftCommand>,
+    network: &str,
+    id: &str,
+    path: &Path,
+) -> Result<Option<(Netns, Attachment)>> {
+    let state = |e| NetError::State(Box::new(AttachError::from(e)));
+    let Some(lease) = nets
+        .ipam()
+        .leases(network)
+        .map_err(state)?
+        .into_iter()
+        .find(|l| l.container == id)
+    else {
+        return Ok(None);
+    };
+    let attach_err = |source: AttachError| NetError::Attach {
+        container: id.to_owned(),
+        network: network.to_owned(),
+        source: Box::new(source),
+    };
+    let owners = Owners::open(owners_dir()).map_err(|_| NetError::NoOwners)?;
+    let lref = LeaseRef {
+        network: network.to_owned(),
+        container: id.to_owned(),
+    };
+    let Some(sharer) = owners.live_sharer(&lref) else {
+        // Nobody uses it: a leftover, released so the attach can lease again.
+        nets.detach(network, id).map_err(attach_err)?;
+        return Ok(None);
+    };
+    let pid = super::process::init_pid(sharer).unwrap_or(sharer);
+    let netns_err = |source| NetError::Netns {
+        what: "pinning",
+        path: path.to_path_buf(),
+        source,
+    };
+    let shared = Netns::of_pid(Path::new("/proc"), pid as u32).map_err(netns_err)?;
+    let _ = crate::net::netns::remove_path(path);
+    let pin = || -> std::io::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        rustix::mount::mount_bind(shared.path(), path)?;
+        Ok(())
+    };
+    if let Err(source) = pin() {
+        let _ = std::fs::remove_file(path);
+        return Err(NetError::Write {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    let netns = Netns::open(path).map_err(netns_err)?;
+    let net = nets.ipam().network(network).map_err(state)?;
+    let attachment = Attachment {
+        network: net.name,
+        container: id.to_owned(),
+        ip: lease.ip,
+        prefix: net.subnet.prefix(),
+        gateway: net.gateway,
+        bridge: net.bridge,
+        host_veth: crate::net::attach::host_veth_name(lease.ip),
+        ports: lease.ports,
+    };
+    Ok(Some((netns, attachment)))
 }
 
 /// A pooled namespace for a foreground container; None when every slot is busy (the caller

@@ -209,6 +209,19 @@ impl Owners {
             .collect()
     }
 
+    /// The sandbox process (pid) of a live container other than `lease.container` that shares
+    /// `lease` (`--network container:X` of the lease's container X), if one runs.
+    pub fn live_sharer(&self, lease: &LeaseRef) -> Option<i32> {
+        self.all()
+            .into_iter()
+            .filter(|o| o.id != lease.container && o.shares.as_ref() == Some(lease) && o.alive())
+            .find_map(|o| {
+                o.sandbox
+                    .filter(|(p, st)| same_alive(*p, *st))
+                    .map(|(p, _)| p)
+            })
+    }
+
     /// Removes container `id`'s record (it holds nothing host-wide any more).
     pub fn remove(&self, id: &str) {
         if let Some(p) = self.path(id) {

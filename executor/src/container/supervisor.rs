@@ -7,8 +7,8 @@
 
 use super::network::{Joined, release};
 use super::owner::{Owner, OwnerError, Owners};
-use super::runtime::owners_dir;
 use super::process::{alive, exit_code, kill, parse_signal, ready_init_pid, send_stop_signal};
+use super::runtime::owners_dir;
 use super::state::{self, State, StateError, Status};
 use super::time::now_rfc3339;
 use crate::spec::{InitSpec, RunSpec};
@@ -219,11 +219,18 @@ pub fn supervise(exe: &Path, containers: &Path, id: &str) -> Result<()> {
     state.exit_code = Some(result.as_ref().copied().unwrap_or(125));
     state.transition(Status::Exited)?;
     state.finished_at = Some(now_rfc3339());
-    release(containers, &state.id, state.network.as_deref(), &state.ports, false);
+    release(
+        containers,
+        &state.id,
+        state.network.as_deref(),
+        &state.ports,
+        false,
+    );
     // The processes are gone with the sandbox: its cgroup can go too (rm retries it).
     let _ = crate::cgroup::Cgroup::open(state.cgroups.clone()).remove();
     if state.auto_remove {
         let _ = std::fs::remove_dir_all(&dir);
+        super::name::release(containers, state.name(), &state.id);
     } else {
         state::write(&dir, &state)?;
     }
@@ -239,7 +246,13 @@ pub fn start(exe: &Path, containers: &Path, dir: &Path, mut s: State) -> Result<
     }
     let mut spec = read_spec(dir)?;
     // Whatever the last run left (its supervisor normally undid it already).
-    release(containers, &s.id, s.network.as_deref(), &s.ports, alive(s.pid));
+    release(
+        containers,
+        &s.id,
+        s.network.as_deref(),
+        &s.ports,
+        alive(s.pid),
+    );
     let mut rec = super::network::Record::new(&s.id, dir);
     // Overlay's work dir must be empty again: a `volatile` overlay leaves a marker in it that
     // refuses a second mount (the first one is gone with the container's mount namespace).

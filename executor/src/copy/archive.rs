@@ -9,7 +9,7 @@ use std::path::Path;
 use rustix::fs::FileType;
 
 use super::root::{DestRoot, Meta};
-use crate::context::clean;
+use context::clean;
 
 /// Compression of a detected tar archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

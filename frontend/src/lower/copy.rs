@@ -5,7 +5,7 @@ use super::{Lowerer, StageCtx, step_name};
 use crate::error::{Error, ErrorKind};
 use crate::instructions::{CopyInstr, Instruction};
 use cache::oci::Digest;
-use solver::graph::{CopyAction, CopySource, FileAction, FileOp, HistoryStep, InlineFile, Op};
+use graph::{CopyAction, CopySource, FileAction, FileOp, HistoryStep, InlineFile, Op};
 
 impl Lowerer<'_> {
     pub(super) fn copy(
@@ -76,7 +76,7 @@ impl Lowerer<'_> {
         for e in &c.exclude {
             exclude.push(self.x(st, &e.value, e.span)?);
         }
-        let git_sources = c.add && sources.iter().any(|s| solver::git::is_git_url(s));
+        let git_sources = c.add && sources.iter().any(|s| graph::git::is_git_url(s));
         let checksum_raw = match &c.checksum {
             Some(f) => Some(self.x(st, &f.value, f.span)?),
             None => None,
@@ -110,8 +110,8 @@ impl Lowerer<'_> {
         let mut actions = Vec::new();
         let mut local = Vec::new();
         for s in &sources {
-            if c.add && solver::git::is_git_url(s) {
-                let mut g = solver::git::parse_url(s, c.keep_git_dir).map_err(|e| {
+            if c.add && graph::git::is_git_url(s) {
+                let mut g = graph::git::parse_url(s, c.keep_git_dir).map_err(|e| {
                     self.err(Error::new(
                         ErrorKind::BadFlagValue {
                             flag: "source".into(),

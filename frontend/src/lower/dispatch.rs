@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorKind, suggest};
 use crate::instructions::{ArgDef, CmdLine, Command, Instruction, KeyValue, RunInstr, Stage};
 use crate::mounts;
 use cache::oci::Empty;
-use solver::graph::{
+use graph::{
     CopySource, ExecOp, FileAction, FileOp, HistoryStep, InlineFile, NetworkMode, NodeId, Op, Span,
 };
 use std::collections::BTreeSet;
@@ -253,9 +253,9 @@ impl Lowerer<'_> {
                     let body = doc.chomped_content();
                     if doc.content.starts_with("#!") {
                         let n = self.inline_script(st, instr, &doc.name, body);
-                        script_mount = Some(solver::graph::Mount {
+                        script_mount = Some(graph::Mount {
                             target: "/dev/pipes".to_owned(),
-                            kind: solver::graph::MountKind::Bind {
+                            kind: graph::MountKind::Bind {
                                 from: CopySource::Node(n),
                                 source: "/".to_owned(),
                             },
@@ -540,6 +540,9 @@ impl Lowerer<'_> {
                 },
                 Some(span),
             )));
+        }
+        if self.opts.named_context(from).is_some() {
+            return Ok(FromRef::Image(from.to_owned()));
         }
         let names = self.stage_names();
         let typo = suggest(from, names.iter().map(String::as_str));

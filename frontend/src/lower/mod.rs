@@ -12,7 +12,7 @@ use crate::instructions::{Command, Dockerfile, Instruction, Stage};
 use crate::shell::{ExpandError, Lex};
 use crate::{BaseImage, BaseImageRef, BuildOptions};
 use cache::oci::{Digest, ImageConfig, Platform};
-use solver::graph::{BuildGraph, HistoryStep, ImageTemplate, Node, NodeId, Op, SourceOp, Span};
+use graph::{BuildGraph, HistoryStep, ImageTemplate, Node, NodeId, Op, SourceOp, Span};
 use std::collections::BTreeMap;
 
 mod copy;
@@ -290,6 +290,10 @@ impl<'a> Lowerer<'a> {
     }
 
     fn find_stage(&self, name: &str) -> Option<usize> {
+        // A `--build-context` of the stage's name replaces the stage.
+        if self.opts.named_context(name).is_some() {
+            return None;
+        }
         let lower = name.to_ascii_lowercase();
         self.df
             .stages
@@ -357,6 +361,8 @@ impl<'a> Lowerer<'a> {
         name: (String, Option<String>),
         flag: Option<&str>,
     ) -> Result<(NodeId, ImageConfig), Error> {
+        let opts = self.opts;
+        let reference = opts.named_context(reference).unwrap_or(reference);
         let platform = Some(self.cur_platform.clone()).filter(|p| *p != self.opts.platform);
         let key = base_key(reference, platform.as_ref());
         if !self.collected.iter().any(|b| b.key() == key) {
@@ -454,6 +460,28 @@ impl<'a> Lowerer<'a> {
     }
 
     fn lower_stage(&mut self, stage: &Stage) -> Result<StageState, Error> {
+        // A `--build-context` of the stage's name is the stage (reached only as the target:
+        // other stages see the name as an image).
+        if let Some(r) = stage
+            .name
+            .as_deref()
+            .and_then(|n| self.opts.named_context(n))
+        {
+            let r = r.to_owned();
+            let label = self.stage_label(stage);
+            let name = (
+                format!("{} FROM {r}", step_prefix(&label, 1, 1)),
+                Some(label.unwrap_or_default()),
+            );
+            let (node, mut config) = self.image_node(&r, stage.base_span, name, None)?;
+            default_path(&mut config);
+            return Ok(StageState {
+                node,
+                platform: self.cur_platform.clone(),
+                config,
+                history: Vec::new(),
+            });
+        }
         let platform = match &stage.platform {
             Some(p) => {
                 let span = stage.platform_span.unwrap_or(stage.span);
@@ -818,7 +846,7 @@ COPY --from=t / /
             Some("amd64")
         );
         // TARGETARCH is the target's, in the build-platform stage too.
-        let solver::graph::Op::Exec(x) = &run.op else {
+        let graph::Op::Exec(x) = &run.op else {
             panic!("exec")
         };
         assert!(
@@ -852,6 +880,51 @@ COPY --from=t / /
         assert_eq!(all, ["parent:1", "other:2"]);
     }
 
+    /// buildx `--build-context`: a stage of that name is replaced, and FROM, `--from` and
+    /// `from=` naming an image (in any spelling of it) read the given reference instead.
+    #[test]
+    fn named_contexts_replace_stages_and_images() {
+        let src = "FROM busybox AS deps
+RUN make
+                   FROM docker.io/library/alpine:latest
+                   COPY --from=deps /a /a
+COPY --from=tools:1 /t /t
+                   RUN --mount=from=deps,target=/m true
+";
+        let df = crate::parse(src).expect("parses");
+        let mut o = opts();
+        o.named_contexts = BTreeMap::from([
+            ("deps".to_owned(), "sha256:".to_owned() + &"d".repeat(64)),
+            (
+                "alpine".to_owned(),
+                "alpine@sha256:".to_owned() + &"a".repeat(64),
+            ),
+            ("tools:1".to_owned(), "registry.test/tools:2".to_owned()),
+        ]);
+        let refs: Vec<String> = crate::base_images(&df, &o)
+            .expect("bases")
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        // The `deps` stage (and its busybox) is gone: nothing lowers it.
+        assert_eq!(
+            refs,
+            [
+                "alpine@sha256:".to_owned() + &"a".repeat(64),
+                "sha256:".to_owned() + &"d".repeat(64),
+                "registry.test/tools:2".to_owned(),
+            ]
+        );
+        // As the target, the replaced stage is the named context's image.
+        o.target = Some("deps".to_owned());
+        let refs: Vec<String> = crate::base_images(&df, &o)
+            .expect("bases")
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        assert_eq!(refs, ["sha256:".to_owned() + &"d".repeat(64)]);
+    }
+
     #[test]
     fn a_failing_trigger_is_reported_at_the_from_line_that_fired_it() {
         let src = "ARG X=1\n\nFROM parent:1\nRUN true\n";
@@ -876,7 +949,7 @@ COPY --from=t / /
             .nodes
             .iter()
             .filter_map(|n| match &n.op {
-                solver::graph::Op::Exec(e) => Some(&e.env),
+                graph::Op::Exec(e) => Some(&e.env),
                 _ => None,
             })
             .collect();

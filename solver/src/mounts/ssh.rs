@@ -158,7 +158,7 @@ mod tests {
         let store = Store::open(deep.join("root")).expect("store");
         let secrets = Secrets::default();
         let ssh = SshAgents([("default".to_owned(), agent)].into_iter().collect());
-        let ignore = executor::context::Ignore::default();
+        let ignore = context::Ignore::default();
         let lowers = |_: NodeId| Vec::new();
         let cx = MountContext {
             store: &store,

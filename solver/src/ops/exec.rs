@@ -4,7 +4,7 @@ use super::runner::Runner;
 use super::{LayerMtimes, NodeResult, SolveError, SolveOp, location};
 use crate::graph::{ExecOp, NetworkMode, NodeId};
 use cache::oci::Digest;
-use executor::context::Ignore;
+use context::Ignore;
 use executor::spec::{InitSpec, Network, Rootfs, RunSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use crate::graph::{BuildGraph, CopySource, FileAction, Node, NodeId, Op};
 use crate::key::{self, SourceMeta};
 use cache::oci::Digest;
 use cache::statcache::{StatCache, StatKey};
-use executor::context::{Ignore, SourceEntry};
+use context::{Ignore, SourceEntry};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -173,8 +173,14 @@ pub(super) fn hash_context(
 ) -> Result<(Digest, Option<i64>, Vec<SourceMeta>), SolveError> {
     let at = || location(opts, node);
     let t = std::time::Instant::now();
-    let entries = executor::context::walk_sources_parallel(&opts.context, sources, ignore, exclude)
-        .map_err(|source| SolveError::Source { at: at(), source })?;
+    let entries = context::walk_sources_parallel(
+        &executor::fsroot::InRoot,
+        &opts.context,
+        sources,
+        ignore,
+        exclude,
+    )
+    .map_err(|source| SolveError::Source { at: at(), source })?;
     let walked = t.elapsed();
     let newest = entries
         .iter()
@@ -206,7 +212,7 @@ pub(super) fn hash_entries(
     entries
         .par_iter()
         .map(|e| {
-            use executor::context::EntryKind as K;
+            use context::EntryKind as K;
             let kind = match e.kind {
                 K::File => key::EntryKind::File,
                 K::Dir => key::EntryKind::Dir,

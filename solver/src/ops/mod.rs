@@ -63,7 +63,7 @@ use crate::graph::{NetworkMode, Node, NodeId, Op};
 use crate::sched::SchedError;
 use cache::oci::Digest;
 use cache::store::StoreError;
-use executor::context::ContextError;
+use context::ContextError;
 use std::fmt;
 use std::path::PathBuf;
 

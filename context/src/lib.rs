@@ -1,8 +1,10 @@
-//! Host-side view of COPY sources: `.dockerignore` matching and source expansion.
+//! The build context: `.dockerignore` matching and the expansion of COPY sources.
 //!
 //! The solver hashes what [`walk_sources`] lists to build cache keys, and the copy engine
-//! copies exactly that list, so the two can never disagree. No `unsafe`, no mounts: this runs
-//! in the multi-threaded kiln process as well as in `__init`.
+//! (`executor::copy`, inside the sandbox) copies exactly that list, so the two can never
+//! disagree. No `unsafe`, no mounts: this runs in the multi-threaded kiln process as well as in
+//! `__init`. Paths inside the context are resolved by a [`Resolve`] the caller passes in
+//! (`executor::fsroot::InRoot`, the one resolver of untrusted paths), so this crate is a leaf.
 //!
 //! Rules (Docker/BuildKit):
 //! - a source is cleaned and made relative to the root: `/x`, `./x` and `../x` all mean `x`
@@ -13,6 +15,7 @@
 //!   nothing; a plain source must exist and not be ignored;
 //! - a directory source lists its whole tree (entries under it are not followed), minus
 //!   ignored and `--exclude`d paths.
+#![deny(missing_docs)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -20,6 +23,18 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
+
+mod ignore;
+pub use ignore::{Ignore, IgnoreError};
+
+/// Opens paths inside a directory with every symlink resolved inside it (never above it).
+pub trait Resolve: Sync {
+    /// Opens `rel` (`O_PATH`) below the directory `root`; `..` and absolute symlinks stay
+    /// inside `root`.
+    ///
+    /// Fails with the OS error (`ENOENT`/`ENOTDIR` when the path does not exist).
+    fn resolve_in(&self, root: std::os::fd::BorrowedFd<'_>, rel: &str) -> std::io::Result<OwnedFd>;
+}
 
 /// Errors expanding COPY sources.
 #[derive(Debug, thiserror::Error)]
@@ -49,19 +64,6 @@ pub enum ContextError {
 }
 
 type Result<T> = std::result::Result<T, ContextError>;
-
-/// A `.dockerignore` line BuildKit refuses.
-#[derive(Debug, thiserror::Error)]
-pub enum IgnoreError {
-    /// A line that is only `!` (moby/patternmatcher: `illegal exclusion pattern: "!"`).
-    #[error("{}:{line}: illegal exclusion pattern: \"!\"", file.display())]
-    BareExclusion {
-        /// The `.dockerignore` file.
-        file: PathBuf,
-        /// 1-based line number.
-        line: usize,
-    },
-}
 
 /// Kind of a source entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,109 +114,6 @@ pub struct SourceEntry {
     pub dev: u64,
     /// `st_ino` (for the solver's stat cache).
     pub ino: u64,
-}
-
-/// A compiled `.dockerignore` (also used for `--exclude`).
-#[derive(Debug, Clone, Default)]
-pub struct Ignore {
-    patterns: Vec<Pattern>,
-}
-
-#[derive(Debug, Clone)]
-struct Pattern {
-    negate: bool,
-    segments: Vec<String>,
-}
-
-impl Ignore {
-    /// Parses `.dockerignore` text: one pattern per line, `#` comments, `!` exceptions, a
-    /// leading `/` ignored, `**` for any number of directories. The last matching line wins,
-    /// and a pattern matching a directory matches everything below it.
-    pub fn parse(dockerignore: &str) -> Ignore {
-        Ignore::from_lines(dockerignore.lines())
-    }
-
-    /// Checks `.dockerignore` text read from `file` for lines BuildKit rejects (a bare `!`).
-    /// [`Ignore::parse`] itself skips such lines, so call this where the file is read.
-    pub fn validate(file: &Path, dockerignore: &str) -> std::result::Result<(), IgnoreError> {
-        for (i, line) in dockerignore.lines().enumerate() {
-            if line
-                .trim()
-                .strip_prefix('!')
-                .is_some_and(|rest| rest.trim().is_empty())
-            {
-                return Err(IgnoreError::BareExclusion {
-                    file: file.to_path_buf(),
-                    line: i + 1,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Like [`Ignore::parse`], one pattern per item.
-    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Ignore {
-        let mut patterns = Vec::new();
-        for line in lines {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (negate, pat) = match line.strip_prefix('!') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, line),
-            };
-            let cleaned = clean(pat);
-            if cleaned.is_empty() {
-                continue;
-            }
-            patterns.push(Pattern {
-                negate,
-                segments: cleaned.split('/').map(String::from).collect(),
-            });
-        }
-        Ignore { patterns }
-    }
-
-    /// True when nothing is ignored.
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
-    fn has_exceptions(&self) -> bool {
-        self.patterns.iter().any(|p| p.negate)
-    }
-
-    /// Whether `rel` (relative to the context root, `/`-separated) is ignored.
-    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
-        let _ = is_dir; // Docker cleans the trailing `/` off patterns: files and dirs match alike.
-        let rel = clean(rel);
-        if rel.is_empty() {
-            return false;
-        }
-        let parts: Vec<&str> = rel.split('/').collect();
-        let mut ignored = false;
-        for p in &self.patterns {
-            // The path itself or any of its parents.
-            let hit = (1..=parts.len()).any(|n| match_segments(&p.segments, &parts[..n]));
-            if hit {
-                ignored = !p.negate;
-            }
-        }
-        ignored
-    }
-}
-
-fn match_segments(pat: &[String], path: &[&str]) -> bool {
-    match pat.first() {
-        None => path.is_empty(),
-        Some(s) if s == "**" => {
-            (0..=path.len()).any(|skip| match_segments(&pat[1..], &path[skip..]))
-        }
-        Some(s) => {
-            !path.is_empty() && glob_match(s, path[0]) && match_segments(&pat[1..], &path[1..])
-        }
-    }
 }
 
 /// `filepath.Match` on one path segment: `*`, `?`, `[a-z]`, `[^x]`, `\` escapes.
@@ -323,12 +222,13 @@ pub fn clean(path: &str) -> String {
 /// `exclude` are `--exclude` patterns, matched against paths relative to each match (and
 /// against the basename of the match itself).
 pub fn walk_sources(
+    resolver: &dyn Resolve,
     root: &Path,
     sources: &[String],
     ignore: &Ignore,
     exclude: &[String],
 ) -> Result<Vec<SourceEntry>> {
-    walk(root, sources, ignore, exclude, false)
+    walk(resolver, root, sources, ignore, exclude, false)
 }
 
 /// [`walk_sources`] with sibling subdirectories listed concurrently on the rayon pool (the
@@ -337,15 +237,17 @@ pub fn walk_sources(
 ///
 /// Fails as [`walk_sources`] does.
 pub fn walk_sources_parallel(
+    resolver: &dyn Resolve,
     root: &Path,
     sources: &[String],
     ignore: &Ignore,
     exclude: &[String],
 ) -> Result<Vec<SourceEntry>> {
-    walk(root, sources, ignore, exclude, true)
+    walk(resolver, root, sources, ignore, exclude, true)
 }
 
 fn walk(
+    resolver: &dyn Resolve,
     root: &Path,
     sources: &[String],
     ignore: &Ignore,
@@ -360,6 +262,7 @@ fn walk(
     .map_err(|e| io_err(root, e.into()))?;
     let exclude = Ignore::from_lines(exclude.iter().map(String::as_str));
     let walker = Walker {
+        resolver,
         root,
         root_fd,
         ignore,
@@ -421,6 +324,7 @@ fn io_err(path: &Path, source: std::io::Error) -> ContextError {
 }
 
 struct Walker<'a> {
+    resolver: &'a dyn Resolve,
     root: &'a Path,
     root_fd: OwnedFd,
     ignore: &'a Ignore,
@@ -444,8 +348,11 @@ impl Walker<'_> {
         if rel.is_empty() {
             return Ok(Some(self.root.to_path_buf()));
         }
-        let fd = match crate::fsroot::resolve_in(std::os::fd::AsFd::as_fd(&self.root_fd), rel) {
-            Ok(fd) => fd.into_fd(),
+        let fd = match self
+            .resolver
+            .resolve_in(std::os::fd::AsFd::as_fd(&self.root_fd), rel)
+        {
+            Ok(fd) => fd,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
                 return Ok(None);
             }
@@ -788,290 +695,4 @@ fn entry(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    fn ig(text: &str) -> Ignore {
-        Ignore::parse(text)
-    }
-
-    #[test]
-    fn a_bare_exclamation_mark_is_rejected_with_file_and_line() {
-        let file = Path::new("/ctx/.dockerignore");
-        let e = Ignore::validate(file, "# c\nbuild\n  !  \n!keep\n").expect_err("bare !");
-        assert!(
-            matches!(&e, IgnoreError::BareExclusion { line: 3, .. }),
-            "{e:?}"
-        );
-        assert_eq!(
-            e.to_string(),
-            "/ctx/.dockerignore:3: illegal exclusion pattern: \"!\""
-        );
-        Ignore::validate(file, "build\n!keep\n! spaced\n#!\n").expect("valid");
-    }
-
-    #[test]
-    fn plain_pattern_matches_the_path_and_everything_below() {
-        let i = ig("build\n");
-        assert!(i.is_ignored("build", true));
-        assert!(i.is_ignored("build/out/x.o", false));
-        assert!(!i.is_ignored("src/build", true));
-    }
-
-    #[test]
-    fn comments_blank_lines_and_leading_slash() {
-        let i = ig("# comment\n\n/secret.txt\n./tmp/\n");
-        assert!(i.is_ignored("secret.txt", false));
-        assert!(i.is_ignored("tmp/a", false));
-        assert!(!i.is_ignored("# comment", false));
-    }
-
-    #[test]
-    fn star_does_not_cross_directories_but_double_star_does() {
-        let i = ig("*.log\n**/*.tmp\n");
-        assert!(i.is_ignored("a.log", false));
-        assert!(!i.is_ignored("dir/a.log", false));
-        assert!(i.is_ignored("a.tmp", false));
-        assert!(i.is_ignored("x/y/z.tmp", false));
-    }
-
-    #[test]
-    fn double_star_in_the_middle_and_at_the_end() {
-        let i = ig("a/**/z\nlogs/**\n");
-        assert!(i.is_ignored("a/z", false));
-        assert!(i.is_ignored("a/b/c/z", false));
-        assert!(!i.is_ignored("a/b/c/y", false));
-        assert!(i.is_ignored("logs/x/y", false));
-    }
-
-    #[test]
-    fn exceptions_re_include_and_last_match_wins() {
-        let i = ig("*.md\n!README.md\ndocs\n!docs/keep\n");
-        assert!(i.is_ignored("CHANGES.md", false));
-        assert!(!i.is_ignored("README.md", false));
-        assert!(i.is_ignored("docs/other", false));
-        assert!(!i.is_ignored("docs/keep", false));
-        let j = ig("!README.md\n*.md\n");
-        assert!(j.is_ignored("README.md", false));
-    }
-
-    #[test]
-    fn character_classes_and_question_mark() {
-        let i = ig("file[0-9].txt\n?.c\nx[!a]\n");
-        assert!(i.is_ignored("file3.txt", false));
-        assert!(!i.is_ignored("fileA.txt", false));
-        assert!(i.is_ignored("a.c", false));
-        assert!(!i.is_ignored("ab.c", false));
-        // As docker: `!` in a class is literal (`x[!a]` is x followed by `!` or `a`).
-        assert!(i.is_ignored("xa", false));
-        assert!(i.is_ignored("x!", false));
-        assert!(!i.is_ignored("xb", false));
-    }
-
-    #[test]
-    fn classes_follow_go_filepath_match() {
-        assert!(glob_match("x[^1]", "xa"));
-        assert!(!glob_match("x[^1]", "x1"));
-        assert!(glob_match("x[!1]", "x1"));
-        assert!(glob_match("x[!1]", "x!"));
-        assert!(!glob_match("x[!1]", "xa"));
-        assert!(glob_match("[a-c]", "b"));
-        assert!(glob_match("[\\]]", "]"));
-        assert!(glob_match("[\\-]", "-"));
-        assert!(pattern_is_valid("x[a-c]/[^1]*.txt"));
-        assert!(pattern_is_valid("\\[literal"));
-        // Bad patterns match nothing, as filepath.Match's ErrBadPattern.
-        for bad in ["[]a]", "[a-]", "[-a]", "[]", "[a", "[a-"] {
-            for name in ["a", "]", "-", "[a]"] {
-                assert!(!glob_match(bad, name), "{bad} matched {name}");
-            }
-            assert!(!pattern_is_valid(&format!("dir/{bad}")), "{bad} is valid");
-        }
-    }
-
-    #[test]
-    fn clean_makes_paths_relative_and_drops_dotdot() {
-        assert_eq!(clean("/a/./b/../c/"), "a/c");
-        assert_eq!(clean("../../x"), "x");
-        assert_eq!(clean("."), "");
-    }
-
-    fn ctx() -> tempfile::TempDir {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path();
-        std::fs::create_dir_all(p.join("src/sub")).expect("mkdir");
-        std::fs::write(p.join("src/a.rs"), "a").expect("write");
-        std::fs::write(p.join("src/sub/b.rs"), "bb").expect("write");
-        std::fs::write(p.join("src/sub/skip.tmp"), "").expect("write");
-        std::fs::write(p.join("one.txt"), "1").expect("write");
-        std::fs::write(p.join("two.txt"), "2").expect("write");
-        std::fs::write(p.join("secret.key"), "k").expect("write");
-        symlink("src/a.rs", p.join("link")).expect("symlink");
-        symlink("../../../../etc/passwd", p.join("evil")).expect("symlink");
-        symlink("a.rs", p.join("src/inner-link")).expect("symlink");
-        d
-    }
-
-    fn rels(entries: &[SourceEntry]) -> Vec<&str> {
-        entries.iter().map(|e| e.rel.as_str()).collect()
-    }
-
-    #[test]
-    fn parallel_walk_lists_the_same_entries_in_the_same_order() {
-        let d = tempfile::tempdir().expect("tempdir");
-        for i in 0..5 {
-            for j in 0..4 {
-                let p = d.path().join(format!("src/d{i}/e{j}"));
-                std::fs::create_dir_all(&p).expect("mkdir");
-                std::fs::write(p.join("f"), format!("{i}{j}")).expect("write");
-                std::fs::write(p.join("x.tmp"), "ignored").expect("write");
-            }
-            std::fs::write(d.path().join(format!("src/d{i}.txt")), "file").expect("write");
-        }
-        let ig = ig("**/*.tmp\n!src/d3/e1/x.tmp\nsrc/d4\n");
-        let seq = walk_sources(d.path(), &["src".into()], &ig, &[]).expect("walk");
-        let par = walk_sources_parallel(d.path(), &["src".into()], &ig, &[]).expect("walk");
-        assert_eq!(seq, par);
-        assert!(rels(&seq).contains(&"src/d3/e1/x.tmp"));
-        assert!(!rels(&seq).iter().any(|r| r.starts_with("src/d4/")));
-        assert_eq!(seq.len(), 1 + 5 + 4 * (1 + 4 * 2) + 1);
-    }
-
-    #[test]
-    fn directory_source_lists_its_tree_sorted_without_ignored_files() {
-        let d = ctx();
-        let e = walk_sources(d.path(), &["src".into()], &ig("**/*.tmp"), &[]).expect("walk");
-        assert_eq!(
-            rels(&e),
-            [
-                "src",
-                "src/a.rs",
-                "src/inner-link",
-                "src/sub",
-                "src/sub/b.rs"
-            ]
-        );
-        assert_eq!(e[2].kind, EntryKind::Symlink);
-        assert_eq!(e[2].link_target.as_deref(), Some("a.rs"));
-        assert!(e.iter().all(|x| x.matched == "src" && x.source == 0));
-        assert_eq!(e[4].size, 2);
-    }
-
-    #[test]
-    fn wildcards_expand_sorted_and_may_match_nothing() {
-        let d = ctx();
-        let e = walk_sources(
-            d.path(),
-            &["*.txt".into(), "*.none".into()],
-            &Ignore::default(),
-            &[],
-        )
-        .expect("walk");
-        assert_eq!(rels(&e), ["one.txt", "two.txt"]);
-    }
-
-    #[test]
-    fn missing_and_ignored_plain_sources_are_not_found() {
-        let d = ctx();
-        let err =
-            walk_sources(d.path(), &["nope".into()], &Ignore::default(), &[]).expect_err("missing");
-        assert_eq!(err.to_string(), "file not found in build context: nope");
-        let err =
-            walk_sources(d.path(), &["secret.key".into()], &ig("*.key"), &[]).expect_err("ignored");
-        assert!(matches!(err, ContextError::NotFound { .. }));
-    }
-
-    #[test]
-    fn dotdot_is_cleaned_and_symlinks_stay_inside_the_root() {
-        let d = ctx();
-        let e = walk_sources(d.path(), &["../../one.txt".into()], &Ignore::default(), &[])
-            .expect("walk");
-        assert_eq!(rels(&e), ["one.txt"]);
-        let real = std::fs::canonicalize(d.path()).expect("canon");
-        assert_eq!(e[0].path, real.join("one.txt"));
-        // `evil` points far above the root: resolved inside it, it names /etc/passwd of the
-        // context, which does not exist.
-        let err =
-            walk_sources(d.path(), &["evil".into()], &Ignore::default(), &[]).expect_err("escape");
-        assert!(matches!(err, ContextError::NotFound { .. }));
-    }
-
-    #[test]
-    fn top_level_symlink_is_followed() {
-        let d = ctx();
-        let e = walk_sources(d.path(), &["link".into()], &Ignore::default(), &[]).expect("walk");
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].kind, EntryKind::File);
-        assert_eq!(e[0].size, 1);
-        assert!(e[0].path.ends_with("src/a.rs"));
-    }
-
-    #[test]
-    fn exclude_patterns_apply_relative_to_the_match() {
-        let d = ctx();
-        let e = walk_sources(
-            d.path(),
-            &["src".into(), "*.txt".into()],
-            &Ignore::default(),
-            &["sub".into(), "two.*".into()],
-        )
-        .expect("walk");
-        assert_eq!(rels(&e), ["src", "src/a.rs", "src/inner-link", "one.txt"]);
-        assert_eq!(e[3].source, 1);
-    }
-
-    #[test]
-    fn ignored_directory_keeps_re_included_children() {
-        let d = ctx();
-        let e = walk_sources(
-            d.path(),
-            &["src".into()],
-            &ig("src/sub\n!src/sub/b.rs"),
-            &[],
-        )
-        .expect("walk");
-        assert_eq!(
-            rels(&e),
-            [
-                "src",
-                "src/a.rs",
-                "src/inner-link",
-                "src/sub",
-                "src/sub/b.rs"
-            ]
-        );
-    }
-
-    #[test]
-    fn ignored_paths_are_listed_as_high_as_possible() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for f in [
-            "keep.txt",
-            "secret.txt",
-            "node_modules/a/b.js",
-            "logs/x.log",
-            "logs/keep.me",
-        ] {
-            let p = dir.path().join(f);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&p, "x").expect("write");
-        }
-        let ignore = Ignore::parse("secret.txt\nnode_modules\n");
-        assert_eq!(
-            ignored_paths(dir.path(), &ignore).expect("walk"),
-            ["node_modules", "secret.txt"]
-        );
-        // With an exception, an ignored directory is opened and only its ignored entries listed.
-        let ignore = Ignore::parse("logs\n!logs/keep.me\n");
-        assert_eq!(
-            ignored_paths(dir.path(), &ignore).expect("walk"),
-            ["logs/x.log"]
-        );
-        assert!(
-            ignored_paths(dir.path(), &Ignore::default())
-                .expect("walk")
-                .is_empty()
-        );
-    }
-}
+mod tests;

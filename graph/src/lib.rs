@@ -11,6 +11,14 @@
 //! Every op is fully explicit: an exec carries its whole environment, working directory and
 //! user, so the solver needs no Dockerfile knowledge. Image metadata (ENV, CMD, LABEL...) is
 //! computed by the frontend into the [`ImageTemplate`] of the target.
+//!
+//! [`git`] parses BuildKit's git URL forms into a [`GitSource`] (the solver runs git).
+//!
+//! This crate is a leaf apart from `cache`'s OCI types: the frontend depends on it (and not on
+//! the solver), the solver consumes it. It does no I/O.
+#![deny(missing_docs)]
+
+pub mod git;
 
 use cache::oci::{Digest, ImageConfig};
 use std::fmt::{self, Write as _};
@@ -212,7 +220,7 @@ pub enum CopySource {
     Git(Box<GitSource>),
 }
 
-/// An ADD git source, parsed from BuildKit's URL forms by [`crate::git::parse_url`].
+/// An ADD git source, parsed from BuildKit's URL forms by [`git::parse_url`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitSource {
     /// The URL as written in the Dockerfile (for messages).
