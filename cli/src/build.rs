@@ -485,7 +485,10 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             secrets: crate::check::secrets(&a.secrets)?,
             network: match a.network.as_str() {
                 "host" => graph::NetworkMode::Host,
+                // A rootless session on the host network has no bridge: RUN steps on the
+                // default network use the host's.
                 "none" => graph::NetworkMode::None,
+                _ if executor::container::runtime::host_network() => graph::NetworkMode::Host,
                 _ => graph::NetworkMode::Default,
             },
             ssh: ssh.clone(),
@@ -496,6 +499,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             // RUN steps on the default network join the bridge (pooled namespaces).
             bridge: match a.network.as_str() {
                 "host" | "none" => None,
+                _ if executor::container::runtime::host_network() => None,
                 // Rootless without a network helper: nothing to bridge to.
                 _ if !executor::container::runtime::has_uplink() => None,
                 _ => Some(crate::netrun::build_network()?),

@@ -41,8 +41,8 @@ A closed stdout (broken pipe) exits 0.
 
 Environment:
   KILN_ROOT  the store (default: /var/lib/kiln as root, $XDG_DATA_HOME/kiln otherwise)
-  KILN_ROOTLESS_NET  a new rootless session's network helper: slirp4netns (default), pasta
-             or none
+  KILN_ROOTLESS_NET  a new rootless session's network helper: slirp4netns (default), pasta,
+             none, or host (the caller's network; the default without /dev/net/tun)
   KILN_REGISTRY_TIMEOUT  registry timeouts: `90s`, or `connect=30s,response=60s,idle=60s`
              (the defaults)";
 

@@ -98,11 +98,20 @@ pub fn enter_if_unprivileged(warn: bool) -> anyhow::Result<()> {
              hint: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}"
         );
     }
+    let mut tun_error = None;
     let net = match std::env::var("KILN_ROOTLESS_NET") {
         Ok(s) => Backend::parse(&s).with_context(|| {
-            format!("KILN_ROOTLESS_NET={s}: expected slirp4netns, pasta or none")
+            format!("KILN_ROOTLESS_NET={s}: expected slirp4netns, pasta, none or host")
         })?,
-        Err(_) => Backend::Slirp4netns,
+        // Without /dev/net/tun (an unprivileged container) no user-mode stack can run: keep
+        // the caller's network, as rootless BuildKit does inside containers.
+        Err(_) => match executor::rootless::net::tun_usable() {
+            Ok(()) => Backend::Slirp4netns,
+            Err(e) => {
+                tun_error = Some(e);
+                Backend::Host
+            }
+        },
     };
     let exe = std::fs::read_link("/proc/self/exe").context("finding the kiln binary")?;
     let cfg = session::Config {
@@ -114,7 +123,15 @@ pub fn enter_if_unprivileged(warn: bool) -> anyhow::Result<()> {
         gid_map,
         net,
     };
-    session::enter(&cfg).context("entering the rootless session")?;
+    let entered = session::enter(&cfg).context("entering the rootless session")?;
+    if entered.created
+        && let Some(e) = tun_error
+    {
+        eprintln!(
+            "notice: rootless: /dev/net/tun cannot be opened ({e}): the session uses the host's \
+             network (KILN_ROOTLESS_NET=host)"
+        );
+    }
     activate(Active {
         runtime_dir,
         data_dir,

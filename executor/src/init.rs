@@ -113,12 +113,16 @@ pub enum InitError {
     #[error(
         "mounting overlay root (upper {upper}) in a user namespace (rootless): the kernel's \
          overlayfs refused it (it needs Linux 5.11 or later and a store on a filesystem that \
-         supports user xattrs: ext4, xfs, btrfs, tmpfs; not overlayfs itself)\n\
-         hint: put KILN_ROOT on such a filesystem; kiln has no fuse-overlayfs fallback yet"
+         supports user xattrs: ext4, xfs, btrfs, tmpfs; not overlayfs itself), and the \
+         fuse-overlayfs fallback failed: {fuse}\n\
+         hint: put KILN_ROOT on such a filesystem, or install fuse-overlayfs and make /dev/fuse \
+         usable (KILN_ROOTLESS_OVERLAY=fuse|native chooses one)"
     )]
     OverlayRootless {
         /// Upper dir (or the first lower for a read-only overlay).
         upper: PathBuf,
+        /// Why fuse-overlayfs did not do instead.
+        fuse: String,
         /// Cause.
         #[source]
         source: io::Error,

@@ -96,6 +96,13 @@ impl Drop for Rootless {
         {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
+        // pasta does not notice that its namespace is gone.
+        if let Ok(pid) = std::fs::read_to_string(self.runtime.join("kiln/pasta.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -568,6 +575,246 @@ fn rootless_limits_without_a_delegated_cgroup_warn_and_run_unlimited() -> anyhow
             && text(&out).contains("running without --memory/--cpus/--pids-limit limits"),
         "{}",
         text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn rootless_fuse_overlayfs_builds_the_example_and_a_multi_step_image() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    ensure!(
+        privileged(&["fuse-overlayfs"]),
+        "fuse-overlayfs is not installed"
+    );
+    // This kernel has overlayfs in user namespaces: the switch forces the fallback.
+    let fuse = |args: &[&str]| -> anyhow::Result<Output> {
+        let out = r
+            .cmd(&r.t.root, args)
+            .env("KILN_ROOTLESS_OVERLAY", "fuse")
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "kiln {args:?} with fuse-overlayfs failed ({}):\n{}",
+            out.status,
+            text(&out)
+        );
+        Ok(out)
+    };
+    let example = example_dir();
+    fuse(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "hello:fuse",
+        example.to_str().expect("utf-8 path"),
+    ])?;
+    let out = fuse(&["run", "--rm", "hello:fuse"])?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        s.contains("HELLO FROM A KILN BUILD") && s.contains("built by kiln"),
+        "run printed {s:?}"
+    );
+    r.t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN grep ' / / ' /proc/self/mountinfo > /root-mount\n\
+         RUN mkdir -p /d/sub && echo one > /d/a && echo gone > /d/b && touch /d/sub/x && chown 1000:1000 /d/a\n\
+         RUN rm /d/b && echo two >> /d/a && rm -rf /d/sub && mkdir /d/sub && echo new > /d/sub/y\n\
+         RUN echo app:x:1000:1000::/:/bin/sh >> /etc/passwd\n\
+         USER app\n\
+         RUN echo by-app > /tmp/by-app && cat /d/a\n",
+    );
+    fuse(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "steps:fuse",
+        r.t.ctx.to_str().expect("utf-8 path"),
+    ])?;
+    // Unpacked by umoci: the layers' whiteouts, opaque directory and owners.
+    let rootfs = r.unpack("steps:fuse")?;
+    let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).with_context(|| p.to_owned());
+    let mount = read("root-mount")?;
+    ensure!(
+        mount.contains("fuse"),
+        "the RUN root was not fuse-overlayfs: {mount}"
+    );
+    ensure!(read("d/a")? == "one\ntwo\n", "d/a: {:?}", read("d/a")?);
+    ensure!(!rootfs.join("d/b").exists(), "the whiteout of d/b was lost");
+    ensure!(
+        !rootfs.join("d/sub/x").exists() && read("d/sub/y")? == "new\n",
+        "the replaced directory d/sub"
+    );
+    let owner = |p: &str| -> anyhow::Result<u32> {
+        Ok(std::fs::symlink_metadata(rootfs.join(p))
+            .with_context(|| p.to_owned())?
+            .uid())
+    };
+    ensure!(owner("d/a")? == 1000, "d/a owner {}", owner("d/a")?);
+    ensure!(
+        owner("tmp/by-app")? == 1000,
+        "tmp/by-app owner {}",
+        owner("tmp/by-app")?
+    );
+    // No layer carries fuse-overlayfs's private xattrs or stray markers.
+    let mut traces = Vec::new();
+    let mut stack = vec![rootfs.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            let mut names = vec![0u8; 4096];
+            let n = rustix::fs::llistxattr(&p, &mut names).unwrap_or(0);
+            let names = String::from_utf8_lossy(&names[..n]).into_owned();
+            if names.contains("fuseoverlayfs") || names.contains(".overlay.") {
+                traces.push(format!("{}: {names:?}", p.display()));
+            }
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".wh."))
+            {
+                traces.push(p.display().to_string());
+            }
+            if std::fs::symlink_metadata(&p)?.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    ensure!(
+        traces.is_empty(),
+        "fuse-overlayfs left traces in the image: {traces:?}"
+    );
+    eprintln!("root mount of the RUN steps: {mount}");
+    Ok(())
+}
+
+#[test]
+fn rootless_pasta_refuses_published_ports_and_says_why() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    ensure!(
+        privileged(&["pasta"]),
+        "pasta (Debian package passt) is not installed"
+    );
+    // The session from `rootless` runs slirp4netns: end it, the next one uses pasta.
+    end_session(&r)?;
+    let port = crate::harness::free_port()?;
+    let out = r
+        .cmd(
+            &r.t.root,
+            &[
+                "run",
+                "--rm",
+                "-p",
+                &format!("{port}:80"),
+                "busybox",
+                "true",
+            ],
+        )
+        .env("KILN_ROOTLESS_NET", "pasta")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && err.contains("this session uses pasta")
+            && err.contains("cannot add a port forward once started")
+            && err.contains("KILN_ROOTLESS_NET=slirp4netns"),
+        "{}",
+        text(&out)
+    );
+    // Without -p the pasta session runs containers.
+    let out = r
+        .cmd(&r.t.root, &["run", "--rm", "busybox", "echo", "ran"])
+        .env("KILN_ROOTLESS_NET", "pasta")
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "ran\n",
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+/// Kills the test's session; the next kiln command starts a new one.
+fn end_session(r: &Rootless) -> anyhow::Result<()> {
+    let pid: i32 = std::fs::read_to_string(r.runtime.join("kiln/pause.pid"))?
+        .trim()
+        .parse()?;
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).context("pause pid")?,
+        rustix::process::Signal::KILL,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// An overlayfs mounted by root, unmounted on drop.
+struct OverlayMount(PathBuf);
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn rootless_store_on_overlayfs_fails_clearly_naming_both_overlays() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    // A store on overlayfs itself (as in a container without a volume): the kernel refuses it
+    // as an upper dir, and so does kiln's fuse-overlayfs fallback (which hangs there).
+    let base = r.t.dir.path().join("ovl");
+    let (lower, upper, work, merged) = (
+        base.join("l"),
+        base.join("u"),
+        base.join("w"),
+        base.join("m"),
+    );
+    for d in [&lower, &upper, &work, &merged] {
+        std::fs::create_dir_all(d)?;
+    }
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&merged)
+        .output()?;
+    ensure!(out.status.success(), "mount overlay: {}", text(&out));
+    let _mounted = OverlayMount(merged.clone());
+    let store = merged.join("store");
+    std::fs::create_dir(&store)?;
+    std::os::unix::fs::chown(&store, Some(r.uid), Some(r.gid))?;
+    // A new session sees the new mount.
+    end_session(&r)?;
+    let tar = r.home.join("busybox.tar");
+    let out = r
+        .cmd(&store, &["import", "--change", r#"CMD ["sh"]"#])
+        .arg(&tar)
+        .arg("busybox")
+        .output()?;
+    ensure!(out.status.success(), "import: {}", text(&out));
+    r.t.write("Dockerfile", "FROM busybox\nRUN echo built > /f\n");
+    let out = r
+        .cmd(&store, &["build", "--progress", "plain", "-t", "ovl:1"])
+        .arg(&r.t.ctx)
+        .output()?;
+    let all = text(&out);
+    ensure!(
+        !out.status.success()
+            && all.contains("overlayfs refused it")
+            && all.contains("fuse-overlayfs cannot use as its upper dir either"),
+        "{all}"
     );
     Ok(())
 }

@@ -193,13 +193,39 @@ fn rootfs(work: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
+/// The host's address on docker's default bridge (`docker0`), which containers reach.
+fn docker_gateway() -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", "docker0"])
+        .output()?;
+    ensure!(out.status.success(), "ip addr show docker0: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_owned)
+        .context("docker0 has no IPv4 address")
+}
+
 #[test]
-fn rootless_kiln_builds_the_example_inside_an_unprivileged_docker_container() -> anyhow::Result<()>
-{
-    if !privileged(&["docker", "strip", "ldd", "newuidmap"]) {
+fn rootless_kiln_builds_and_pushes_the_example_inside_an_unprivileged_docker_container()
+-> anyhow::Result<()> {
+    if !privileged(&[
+        "docker",
+        "strip",
+        "ldd",
+        "newuidmap",
+        "docker-registry",
+        "skopeo",
+        "ip",
+    ]) {
         return Ok(());
     }
     let work = tempfile::tempdir()?;
+    let gateway = docker_gateway()?;
+    let reg = crate::registry::start_registry_on(work.path(), &gateway)?;
+    let registry = format!("{gateway}:{}", reg.port);
     let tar_path = work.path().join("rootfs.tar");
     std::fs::write(&tar_path, rootfs(work.path())?)?;
     let tag = format!("kiln-rootless-it:{}", std::process::id());
@@ -224,18 +250,25 @@ fn rootless_kiln_builds_the_example_inside_an_unprivileged_docker_container() ->
         std::fs::copy(&tar_path, std::env::temp_dir().join("kiln-rootless-it.tar"))?;
     }
     let _ = std::fs::remove_file(&tar_path);
-    let script = "set -e; kiln import --change 'CMD [\"sh\"]' busybox.tar busybox >/dev/null; \
-                  kiln build --progress plain -t hello hello; kiln run --rm hello; id -u";
+    let remote = format!("{registry}/rootless/hello:1");
+    // No /dev/net/tun in the container: kiln keeps the container's network (the automatic
+    // KILN_ROOTLESS_NET=host, with a notice), so RUN steps, `kiln run` and the push use it.
+    let script = format!(
+        "set -e; kiln import --change 'CMD [\"sh\"]' busybox.tar busybox >/dev/null; \
+         kiln build --progress plain -t hello hello; kiln run --rm hello; \
+         kiln run --rm busybox sh -c 'test -r /sys/kernel/mm && echo SYS-OK'; \
+         mkdir net; printf 'FROM busybox\\nRUN wget -q -O /reply http://{registry}/v2/\\n' \
+         > net/Dockerfile; kiln build -q -t net net >/dev/null; \
+         kiln run --rm net sh -c 'echo REPLY=$(cat /reply)'; \
+         kiln push --insecure-registry {registry} hello {remote}; id -u"
+    );
     let out = Command::new(DOCKER)
         .args(["run", "--rm"])
         .args(["--security-opt", "seccomp=unconfined"])
         .args(["--security-opt", "apparmor=unconfined"])
         .args(["--security-opt", "systempaths=unconfined"])
-        // No /dev/net/tun in the container: the session's network has no uplink, which the
-        // example does not need (see README "Rootless").
-        .args(["-e", "KILN_ROOTLESS_NET=none"])
         .arg(&tag)
-        .args(["sh", "-c", script])
+        .args(["sh", "-c", &script])
         .output()?;
     if std::env::var_os("KILN_IT_KEEP").is_none() {
         let _ = Command::new(DOCKER).args(["rmi", "-f", &tag]).output();
@@ -247,7 +280,45 @@ fn rootless_kiln_builds_the_example_inside_an_unprivileged_docker_container() ->
         text(&out)
     );
     let s = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains("/dev/net/tun cannot be opened") && err.contains("KILN_ROOTLESS_NET=host"),
+        "no host-network notice: {}",
+        text(&out)
+    );
     ensure!(s.contains("HELLO FROM A KILN BUILD"), "{}", text(&out));
+    ensure!(
+        s.contains("SYS-OK"),
+        "no /sys in the container: {}",
+        text(&out)
+    );
+    // A RUN step reached the registry on the host through the container's network.
+    ensure!(
+        s.contains("REPLY={}"),
+        "RUN did not reach the host: {}",
+        text(&out)
+    );
     ensure!(s.trim_end().ends_with("1000"), "not run as uid 1000: {s}");
+    // Pulled back on the host by skopeo, a tool we did not write.
+    let oci = work.path().join("pulled");
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{remote}"))
+        .arg(format!("oci:{}:hello", oci.display()))
+        .output()?;
+    ensure!(out.status.success(), "skopeo copy: {}", text(&out));
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:hello", oci.display()))
+        .output()?;
+    ensure!(out.status.success(), "skopeo inspect: {}", text(&out));
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        config["config"]["Labels"]["org.opencontainers.image.title"] == "hello"
+            && config["config"]["Env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v == "GREETING_FILE=/app/GREETING.txt")),
+        "pulled config: {config}"
+    );
     Ok(())
 }

@@ -13,7 +13,10 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the opaque-directory marker in a layer tar (`dir/.wh..wh..opq`).
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
-/// Overlay xattr prefixes: overlay-internal state, never carried in a tar.
+/// Overlay xattr prefixes: overlay-internal state (the kernel's, and fuse-overlayfs's
+/// `user.fuseoverlayfs.*`), never carried in a tar.
 pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.overlay.")
+        || name.starts_with(b"user.fuseoverlayfs.")
 }

@@ -417,6 +417,16 @@ pub fn setup(
     detached: bool,
     rec: &mut Record,
 ) -> Result<(Network, Option<Joined>)> {
+    if matches!(mode, Mode::Bridge(_)) && runtime::host_network() {
+        if !ports.is_empty() {
+            eprintln!(
+                "warning: rootless session on the host network: published ports are discarded \
+                 (the container's ports are the host's)"
+            );
+        }
+        rec.save_if_possible();
+        return Ok((Network::Host, None));
+    }
     if matches!(mode, Mode::Bridge(_)) && ports.is_empty() && !runtime::has_uplink() {
         rec.save_if_possible();
         return Ok((Network::Loopback, None));

@@ -61,6 +61,14 @@ pub fn has_uplink() -> bool {
         .is_none_or(|d| rlnet::session_backend(d) != Backend::None)
 }
 
+/// True in a rootless session on the host's network (`KILN_ROOTLESS_NET=host`): RUN steps
+/// and bridged containers then use the host network (there is no bridge to make).
+pub fn host_network() -> bool {
+    get()
+        .and_then(|r| r.rootless.as_deref())
+        .is_some_and(|d| rlnet::session_backend(d) == Backend::Host)
+}
+
 /// Rootless: forwards each published host port into the session's namespace, where kiln's
 /// DNAT rules take it as in root mode. Undoes what it did on failure. A no-op as root.
 pub(crate) fn publish(ports: &[crate::net::PortMapping]) -> Result<(), (u16, rlnet::NetError)> {

@@ -78,7 +78,11 @@ fn overlay_error(
         .or_else(|| lowers.first().cloned())
         .unwrap_or_default();
     if crate::rootless::in_user_namespace() {
-        return InitError::OverlayRootless { upper, source };
+        return InitError::OverlayRootless {
+            upper,
+            fuse: "not tried (KILN_ROOTLESS_OVERLAY=native)".to_owned(),
+            source,
+        };
     }
     InitError::Overlay {
         upper,
@@ -89,8 +93,6 @@ fn overlay_error(
 
 /// The detached mount [`mount_overlay`] attaches.
 pub(crate) fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<OwnedFd> {
-    let overlay_err = |source: io::Error| overlay_error(lowers, upper, source);
-    let errno = |e: rustix::io::Errno| overlay_err(e.into());
     // The same layer twice in a chain (`COPY sub sub` run twice gives one diff id) would make
     // overlayfs refuse the mount with ELOOP. Keeping only its topmost occurrence shows the
     // same tree: whatever the layers between the two copies changed, the top copy restates.
@@ -101,6 +103,50 @@ pub(crate) fn overlay_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) ->
         .cloned()
         .collect();
     let lowers = unique.as_slice();
+    // Rootless: fuse-overlayfs when asked for, or when the kernel's overlayfs refuses.
+    if crate::rootless::in_user_namespace() {
+        use crate::rootless::fuse;
+        let fuse_err =
+            |upper_dir: PathBuf, fuse: io::Error, source: io::Error| InitError::OverlayRootless {
+                upper: upper_dir,
+                fuse: fuse.to_string(),
+                source,
+            };
+        let upper_dir = || {
+            upper
+                .map(|(u, _)| u.to_path_buf())
+                .or_else(|| lowers.first().cloned())
+                .unwrap_or_default()
+        };
+        match fuse::mode() {
+            fuse::Mode::Fuse => {
+                return fuse::mount_tree(lowers, upper).map_err(|e| {
+                    fuse_err(
+                        upper_dir(),
+                        e,
+                        io::Error::other("not tried (KILN_ROOTLESS_OVERLAY=fuse)"),
+                    )
+                });
+            }
+            fuse::Mode::Auto => {
+                return native_tree(lowers, upper).or_else(|native| {
+                    let source = match native {
+                        InitError::OverlayRootless { source, .. } => source,
+                        other => return Err(other),
+                    };
+                    fuse::mount_tree(lowers, upper).map_err(|e| fuse_err(upper_dir(), e, source))
+                });
+            }
+            fuse::Mode::Native => {}
+        }
+    }
+    native_tree(lowers, upper)
+}
+
+/// [`overlay_tree`] with the kernel's overlayfs (`lowers` without repeats).
+fn native_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<OwnedFd> {
+    let overlay_err = |source: io::Error| overlay_error(lowers, upper, source);
+    let errno = |e: rustix::io::Errno| overlay_err(e.into());
     if upper.is_none() && lowers.len() == 1 {
         let tree = rustix::mount::open_tree(
             CWD,
@@ -178,6 +224,31 @@ fn mount_attrs(a: Attrs) -> MountAttrFlags {
 }
 
 pub(super) fn execute(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()> {
+    match (step, execute_one(step, root, report)) {
+        // Rootless on the host network (`KILN_ROOTLESS_NET=host`): a new sysfs needs the
+        // network namespace to belong to our user namespace, which the host's does not; the
+        // host's /sys is bound read-only instead (as rootless podman does with --net=host).
+        (
+            Step::Fs {
+                fstype: "sysfs",
+                target,
+                ..
+            },
+            Err(InitError::Mount { source, .. }),
+        ) if source.raw_os_error() == Some(libc::EPERM) && crate::rootless::in_user_namespace() => {
+            let bind = Step::Bind {
+                source: "/sys".into(),
+                target: target.clone(),
+                readonly: true,
+                create: Create::Dir,
+            };
+            execute_one(&bind, root, report)
+        }
+        (_, r) => r,
+    }
+}
+
+fn execute_one(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()> {
     let target = step.target();
     let mount_err = |what: &str| {
         let what = what.to_string();

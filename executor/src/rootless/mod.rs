@@ -15,6 +15,7 @@
 //! - [`in_user_namespace`] is how the rest of the executor tells: it reads
 //!   `/proc/self/uid_map`.
 
+pub mod fuse;
 pub mod net;
 pub mod session;
 pub mod subid;

@@ -8,6 +8,11 @@
 //! - [`Backend::Pasta`]: `pasta --config-net` copies the host's addresses into the
 //!   namespace; it has no API to add a port forward after start, so `-p` is refused with it.
 //! - [`Backend::None`]: loopback only.
+//! - [`Backend::Host`]: no network namespace of its own: the session keeps its creator's
+//!   (as rootless BuildKit's `--oci-worker-net=host`), so kiln's own traffic, RUN steps and
+//!   containers use the host's (or the surrounding container's) network directly; no bridge,
+//!   no NAT, no `-p` (ports are the host's). The automatic choice when `/dev/net/tun` cannot
+//!   be opened ([`tun_usable`]), e.g. inside an unprivileged container.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -49,7 +54,11 @@ pub enum NetError {
     },
     /// Port publishing needs slirp4netns.
     #[error(
-        "publishing ports in rootless mode needs the slirp4netns network helper (this session uses {0})"
+        "publishing ports in rootless mode needs the slirp4netns network helper (this session uses \
+         {0}, which cannot add a port forward once started)\n\
+         hint: end the session (kill $(cat $XDG_RUNTIME_DIR/kiln/pause.pid)) and start the next one \
+         with KILN_ROOTLESS_NET=slirp4netns, or with KILN_ROOTLESS_NET=host (the ports are the \
+         host's)"
     )]
     NoForwarder(&'static str),
 }
@@ -65,15 +74,18 @@ pub enum Backend {
     Pasta,
     /// No uplink.
     None,
+    /// The creator's network namespace, not unshared.
+    Host,
 }
 
 impl Backend {
-    /// Parses `slirp4netns`, `pasta` or `none`.
+    /// Parses `slirp4netns`, `pasta`, `none` or `host`.
     pub fn parse(s: &str) -> Option<Backend> {
         match s {
             "slirp4netns" | "" => Some(Backend::Slirp4netns),
             "pasta" => Some(Backend::Pasta),
             "none" => Some(Backend::None),
+            "host" => Some(Backend::Host),
             _ => None,
         }
     }
@@ -84,8 +96,19 @@ impl Backend {
             Backend::Slirp4netns => "slirp4netns",
             Backend::Pasta => "pasta",
             Backend::None => "none",
+            Backend::Host => "host",
         }
     }
+}
+
+/// Whether this process can open `/dev/net/tun` (slirp4netns and pasta need it); the error
+/// says why not.
+pub fn tun_usable() -> std::result::Result<(), io::Error> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map(drop)
 }
 
 /// The slirp4netns API socket of a session.
@@ -112,7 +135,7 @@ pub fn start(
 ) -> Result<()> {
     let _ = std::fs::write(runtime_dir.join("net"), backend.name());
     let (tool, package) = match backend {
-        Backend::None => return Ok(()),
+        Backend::None | Backend::Host => return Ok(()),
         Backend::Slirp4netns => ("slirp4netns", "slirp4netns"),
         Backend::Pasta => ("pasta", "passt"),
     };
@@ -173,7 +196,7 @@ pub fn start(
             .arg(format!("/proc/{pid}/ns/user"));
             c
         }
-        Backend::None => unreachable!("returned above"),
+        Backend::None | Backend::Host => unreachable!("returned above"),
     };
     // pasta forks to the background once the namespace is configured, then its first process
     // exits 0.

@@ -183,14 +183,21 @@ fn alive_pause(pid_path: &Path) -> Option<i32> {
 /// The hidden subcommand of the pause process.
 pub const PAUSE_ARG: &str = "__rootless-pause";
 
+/// The pause process's argument for [`Backend::Host`]: keep the creator's network namespace.
+const KEEP_NET_ARG: &str = "--keep-net";
+
 fn create(cfg: &Config, hold: &std::os::fd::OwnedFd) -> Result<i32> {
     // Inherited across exec (`dup` clears close-on-exec), closed here after the spawn.
     let held = rustix::io::dup(hold).map_err(|e| SessionError::Spawn {
         tool: cfg.exe.display().to_string(),
         source: e.into(),
     })?;
-    let spawned = Command::new(&cfg.exe)
-        .arg(PAUSE_ARG)
+    let mut cmd = Command::new(&cfg.exe);
+    cmd.arg(PAUSE_ARG);
+    if cfg.net == Backend::Host {
+        cmd.arg(KEEP_NET_ARG);
+    }
+    let spawned = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -275,11 +282,23 @@ fn join(pid: i32) -> Result<()> {
                 .map_err(|source| SessionError::Join { what, pid, source })
         };
     let (user, mnt, netns) = (open("user")?, open("mnt")?, open("net")?);
-    for (what, file, kind) in [
+    // A host-network session (`Backend::Host`) shares our network namespace, which belongs to
+    // a user namespace we are not root in: joining it again would be refused.
+    let ino = |f: &std::fs::File| {
+        f.metadata()
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    let same_net = std::fs::File::open("/proc/self/ns/net")
+        .is_ok_and(|own| ino(&own).is_some() && ino(&own) == ino(&netns));
+    let mut joins = vec![
         ("user", &user, LinkNameSpaceType::User),
         ("mnt", &mnt, LinkNameSpaceType::Mount),
-        ("net", &netns, LinkNameSpaceType::Network),
-    ] {
+    ];
+    if !same_net {
+        joins.push(("net", &netns, LinkNameSpaceType::Network));
+    }
+    for (what, file, kind) in joins {
         rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(file), Some(kind))
             .map_err(|e| SessionError::Join {
                 what,
@@ -296,14 +315,17 @@ fn join(pid: i32) -> Result<()> {
 
 /// `kiln __rootless-pause`: the pause process (see the module doc). Never returns.
 pub fn pause_main() -> ! {
+    let keep_net = std::env::args().nth(2).as_deref() == Some(KEEP_NET_ARG);
     let mut out = io::stdout().lock();
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         let _ = writeln!(io::stderr(), "kiln: rootless pause: {what}: {e}");
         std::process::exit(1)
     };
-    if let Err(e) =
-        crate::sys::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWNS | UnshareFlags::NEWNET)
-    {
+    let mut flags = UnshareFlags::NEWUSER | UnshareFlags::NEWNS;
+    if !keep_net {
+        flags |= UnshareFlags::NEWNET;
+    }
+    if let Err(e) = crate::sys::unshare(flags) {
         fail("unsharing user, mount and network namespaces", &e);
     }
     let _ = writeln!(out, "unshared");
@@ -320,7 +342,7 @@ pub fn pause_main() -> ! {
     ) {
         fail("making mounts slaves", &e);
     }
-    if let Err(e) = crate::sys::loopback_up() {
+    if !keep_net && let Err(e) = crate::sys::loopback_up() {
         fail("bringing up lo", &e);
     }
     let _ = writeln!(out, "ready");
