@@ -11,10 +11,10 @@
 //! [`SDE_DOCKERFILE`] over the differential suite's busybox base.
 
 use crate::harness::{TestDir, busybox_dir, text};
+use crate::sources::git;
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
 /// The Dockerfile of the SOURCE_DATE_EPOCH cases (a RUN that dates one file on purpose, a
 /// COPY, a metadata step).
@@ -185,30 +185,6 @@ fn source_date_epoch_gives_the_same_digest_on_two_roots_at_two_times() -> anyhow
     );
     ensure!(mtimes(&a, "sde:2")?.get("x") == Some(&1_700_000_001));
     Ok(())
-}
-
-/// Runs `git args...` in `dir` with a fixed identity and dates.
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "kiln")
-        .env("GIT_AUTHOR_EMAIL", "kiln@example.invalid")
-        .env("GIT_COMMITTER_NAME", "kiln")
-        .env("GIT_COMMITTER_EMAIL", "kiln@example.invalid")
-        .env("GIT_AUTHOR_DATE", "2020-01-02T03:04:05Z")
-        .env("GIT_COMMITTER_DATE", "2020-01-02T03:04:05Z")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .context("running git")?;
-    ensure!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 #[test]
