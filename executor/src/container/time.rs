@@ -3,7 +3,7 @@
 
 /// The current time as RFC 3339 (UTC, second precision), as docker's `StartedAt`.
 pub fn now_rfc3339() -> String {
-    rfc3339(now_secs())
+    rfc3339(i64::try_from(now_secs()).unwrap_or(i64::MAX))
 }
 
 /// Seconds since the epoch now (0 before it).
@@ -13,12 +13,16 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `secs` since the epoch as RFC 3339 (UTC, second precision: `2026-11-18T11:06:40Z`).
-pub fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| jiff::Timestamp::from_second(s).ok())
-        .unwrap_or(jiff::Timestamp::MAX)
+/// `secs` since the epoch as RFC 3339 (UTC, second precision: `2026-11-18T11:06:40Z`); also
+/// the image dates the solver writes. Times outside RFC 3339's four-digit years are clamped to
+/// its first or last second.
+pub fn rfc3339(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(if secs < 0 {
+            jiff::Timestamp::MIN
+        } else {
+            jiff::Timestamp::MAX
+        })
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }
@@ -56,8 +60,10 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
-        for t in [0, 951_782_400 + 3661, 1_795_000_000, 4_102_444_799] {
-            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{}", rfc3339(t));
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        for t in [0_i64, 951_782_400 + 3661, 1_795_000_000, 4_102_444_799] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t as u64), "{}", rfc3339(t));
         }
         assert_eq!(parse_rfc3339("garbage"), None);
     }

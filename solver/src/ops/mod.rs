@@ -114,35 +114,6 @@ pub enum CreatedRule {
     FirstBuild,
 }
 
-/// `secs` since 1970 as RFC 3339 UTC with second precision (`2021-01-01T00:00:00Z`).
-///
-/// ```
-/// use solver::ops::rfc3339;
-/// assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-/// assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-/// assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-/// assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
-/// ```
-pub fn rfc3339(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Days to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 /// Options of a build.
 #[derive(Debug, Clone)]
 pub struct SolveOptions {

@@ -4,7 +4,7 @@
 
 use super::keys::compute_keys;
 use super::runner::{Runner, source_err};
-use super::{CREATED, CreatedRule, NodeResult, SolveError, SolveOptions, location, rfc3339};
+use super::{CREATED, CreatedRule, NodeResult, SolveError, SolveOptions, location};
 use crate::cachesource::{CacheSource, LocalCache};
 use crate::graph::{BuildGraph, NodeId};
 use crate::progress::{self, EventKind};
@@ -16,6 +16,7 @@ use cache::records::{ImageDate, created_key, created_note_key};
 use cache::remote::import::Imported;
 use cache::store::Store;
 use context::statcache::StatCache;
+use executor::container::time::rfc3339;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
