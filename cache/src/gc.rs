@@ -223,13 +223,7 @@ impl Store {
                 lock: e.lock,
             }));
         }
-        // Least recently used first; of entries last used at the same moment (the steps of one
-        // build), the largest first, so that a size limit is met by removing as few as it can
-        // (and the order does not depend on the records' names).
-        entries.sort_by_cached_key(|e| {
-            let bytes = e.own_bytes + e.layers.iter().map(|l| self.layer_bytes(l)).sum::<u64>();
-            (e.last_used, std::cmp::Reverse(bytes), e.id.clone())
-        });
+        entries.sort_by_key(|e| e.last_used);
         let remove = choose(&entries, &roots, opts, |hex| self.layer_bytes(hex));
 
         let mut marks = roots;
@@ -610,8 +604,21 @@ fn choose(
     let sizes: HashMap<&str, u64> = refs.keys().map(|l| (*l, layer_bytes(l))).collect();
     let mut total: u64 =
         entries.iter().map(|e| e.own_bytes).sum::<u64>() + sizes.values().sum::<u64>();
+    // Least recently used first; of entries last used at the same moment (the steps of one
+    // build), the one holding the most bytes first, so that the limit is met by removing as
+    // few as it can (and the order does not depend on the records' names).
+    let mut order: Vec<usize> = candidates.collect();
+    order.sort_by_cached_key(|&i| {
+        let e = &entries[i];
+        let held = e.own_bytes
+            + e.layers
+                .iter()
+                .filter_map(|l| sizes.get(l.as_str()))
+                .sum::<u64>();
+        (e.last_used, std::cmp::Reverse(held), e.id.clone())
+    });
     let mut out = HashSet::new();
-    for i in candidates {
+    for i in order {
         if total <= keep {
             break;
         }
