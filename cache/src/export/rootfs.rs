@@ -8,6 +8,7 @@
 
 use super::{ExportError, Result};
 use crate::image::Image;
+use crate::layer::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::store::Store;
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -139,11 +140,11 @@ fn append_rootfs<W: Write>(
             let mut entry = entry.map_err(lerr)?;
             let path = clean(&entry.path().map_err(lerr)?);
             let name = path.rsplit('/').next().unwrap_or_default();
-            if name == ".wh..wh..opq" {
+            if name == OPAQUE_MARKER {
                 layer.opaque.insert(parent(&path).to_owned());
                 continue;
             }
-            if let Some(deleted) = name.strip_prefix(".wh.") {
+            if let Some(deleted) = name.strip_prefix(WHITEOUT_PREFIX) {
                 let dir = parent(&path);
                 let p = if dir.is_empty() {
                     deleted.to_owned()
@@ -297,7 +298,7 @@ pub fn files_in(
         else {
             continue;
         };
-        if !entry.header().entry_type().is_file() || name.starts_with(".wh.") {
+        if !entry.header().entry_type().is_file() || name.starts_with(WHITEOUT_PREFIX) {
             continue;
         }
         let mut bytes = Vec::new();
