@@ -285,7 +285,11 @@ fn an_inline_cache_of_two_platforms_is_in_each_config_and_serves_both() -> anyho
     let first = build(
         &a,
         BOTH,
-        &[&inline[..], &["--provenance=mode=min", "--push", "-t", &image]].concat(),
+        &[
+            &inline[..],
+            &["--provenance=mode=min", "--push", "-t", &image],
+        ]
+        .concat(),
     )?;
     assert_eq!(first.said.len(), 3, "{}", first.stderr);
     let raw = skopeo(&[
@@ -296,7 +300,12 @@ fn an_inline_cache_of_two_platforms_is_in_each_config_and_serves_both() -> anyho
     ])?;
     assert_eq!(
         index_platforms(&raw),
-        ["linux/amd64", "linux/arm64", "unknown/unknown", "unknown/unknown"]
+        [
+            "linux/amd64",
+            "linux/arm64",
+            "unknown/unknown",
+            "unknown/unknown"
+        ]
     );
     for arch in ["amd64", "arm64"] {
         let config = skopeo(&[
@@ -319,8 +328,25 @@ fn an_inline_cache_of_two_platforms_is_in_each_config_and_serves_both() -> anyho
     // A fresh runner importing the pushed index, writing the inline cache too: nothing runs,
     // the same index (inline records included).
     let b = runner(&base);
-    let both = build(&b, BOTH, &[&inline[..], &["--cache-from", &image]].concat())?;
+    // The base index first: two images without an inline cache, a warning, not an error.
+    let both = build(
+        &b,
+        BOTH,
+        &[
+            &inline[..],
+            &["--cache-from", &base, "--cache-from", &image],
+        ]
+        .concat(),
+    )?;
     all_cached(&both, &first.iid, "both platforms from the inline index");
+    assert!(
+        both.stderr.contains(&format!(
+            "warning: cache not imported: cache {base}: the image index (no platform's image \
+             has an inline cache) is not a kiln cache"
+        )),
+        "{}",
+        both.stderr
+    );
     assert!(
         both.stderr.contains("importing cache manifest from")
             && both.stderr.contains(": 4 records"),

@@ -632,8 +632,8 @@ fn index_of(location: &str, body: &[u8], content_type: &str) -> Result<Option<oc
 
 /// The inline caches of every platform of a multi-platform image (`--cache-to type=inline`
 /// with several `--platform`s writes each platform's records into its own image config), read
-/// as one cache, as BuildKit's importer reads every manifest of an index. Entries without an
-/// inline cache (attestation manifests, images built without one) are passed over.
+/// as one cache, as BuildKit's importer reads every manifest of an index. Attestation
+/// manifests are not read; images without an inline cache are passed over.
 ///
 /// Fails when no entry has an inline cache, or on a registry, digest or parse error.
 async fn read_inline_index(
@@ -648,9 +648,9 @@ async fn read_inline_index(
     };
     let mut merged: Option<CacheConfig> = None;
     for d in &index.manifests {
-        if d.media_type != oci::MEDIA_TYPE_MANIFEST
-            && d.media_type != oci::MEDIA_TYPE_DOCKER_MANIFEST
-        {
+        let image = d.media_type == oci::MEDIA_TYPE_MANIFEST
+            || d.media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST;
+        if !image || d.is_attestation() {
             continue;
         }
         let (body, _) = client
@@ -681,7 +681,10 @@ async fn read_inline_index(
     merged.ok_or_else(|| RemoteError::NotACache {
         location: location.to_owned(),
         what: "the image index (no platform's image has an inline cache)",
-        media_type: oci::MEDIA_TYPE_INDEX.to_owned(),
+        media_type: index
+            .media_type
+            .clone()
+            .unwrap_or_else(|| oci::MEDIA_TYPE_INDEX.to_owned()),
     })
 }
 
