@@ -7,7 +7,7 @@
 //! [`crate::platforms`]). The cache artifacts are read back with skopeo.
 
 use crate::cache_backends::{Kind, Server};
-use crate::harness::{TestDir, events, executed_runs, privileged, text};
+use crate::harness::{TestDir, cached, events, executed_runs, privileged, text};
 use crate::platforms::{arm64_deb, index_platforms, multi_base, skopeo};
 use anyhow::Context as _;
 use serde_json::Value;
@@ -29,6 +29,8 @@ const BOTH: &str = "linux/amd64,linux/arm64";
 /// printed (sorted), the id `--iidfile` wrote, and stderr.
 struct Outcome {
     runs: Vec<String>,
+    /// RUN steps reported CACHED (names, each once).
+    cached_runs: std::collections::BTreeSet<String>,
     said: Vec<String>,
     iid: String,
     stderr: String,
@@ -64,6 +66,10 @@ fn build(t: &TestDir, platforms: &str, extra: &[&str]) -> anyhow::Result<Outcome
     said.sort();
     Ok(Outcome {
         runs: executed_runs(&ev),
+        cached_runs: cached(&ev)
+            .into_iter()
+            .filter(|n| n.contains("] RUN "))
+            .collect(),
         said,
         iid: std::fs::read_to_string(&iidfile)
             .with_context(|| format!("--iidfile after:\n{}", text(&out)))?,
@@ -114,9 +120,33 @@ fn runner(base: &str) -> TestDir {
     t
 }
 
-/// Asserts that `b` ran no RUN step and printed no RUN output, and built `iid`.
-fn all_cached(b: &Outcome, iid: &str, what: &str) {
+/// Asserts that `b` ran no RUN step and printed no RUN output, reported the final stage's
+/// RUN of each of `platforms` CACHED, and the build-platform stage's too with a `max` cache
+/// (a `min` cache has no record of it, and a stage that only feeds hits is neither run nor
+/// reported), and built `iid`.
+fn all_cached(b: &Outcome, platforms: &[&str], mode: &str, iid: &str, what: &str) {
     assert_eq!(b.runs, Vec::<String>::new(), "{what}:\n{}", b.stderr);
+    let tool = (mode == "max").then_some("tool 2/2");
+    let want: Vec<String> = match platforms {
+        [_] => ["stage-1 3/3"]
+            .into_iter()
+            .chain(tool)
+            .map(|s| format!("[{s}] RUN"))
+            .collect(),
+        _ => platforms
+            .iter()
+            .map(|p| format!("[{p} stage-1 3/3] RUN"))
+            .chain(tool.map(|t| format!("[linux/amd64 {t}] RUN")))
+            .collect(),
+    };
+    let got: Vec<&str> = b
+        .cached_runs
+        .iter()
+        .filter_map(|n| n.get(..n.find("] RUN ")? + 5))
+        .collect();
+    let mut want = want;
+    want.sort();
+    assert_eq!(got, want, "{what}: RUN steps reported CACHED");
     assert_eq!(b.said, Vec::<String>::new(), "{what}:\n{}", b.stderr);
     assert_eq!(b.iid, iid, "{what}: not the exporting build's image");
 }
@@ -215,6 +245,8 @@ fn a_two_platform_cache_on_every_backend_serves_both_platforms_and_one() -> anyh
         )?;
         all_cached(
             &both,
+            &["linux/amd64", "linux/arm64"],
+            mode,
             &first.iid,
             &format!("both platforms from {from} ({mode})"),
         );
@@ -226,7 +258,13 @@ fn a_two_platform_cache_on_every_backend_serves_both_platforms_and_one() -> anyh
             "linux/arm64",
             &["--insecure-registry", &insecure, "--cache-from", from],
         )?;
-        all_cached(&one, &arm64, &format!("linux/arm64 from {from} ({mode})"));
+        all_cached(
+            &one,
+            &["linux/arm64"],
+            mode,
+            &arm64,
+            &format!("linux/arm64 from {from} ({mode})"),
+        );
     }
 
     // A cache of one platform serves that platform only: the other's RUN runs.
@@ -338,7 +376,13 @@ fn an_inline_cache_of_two_platforms_is_in_each_config_and_serves_both() -> anyho
         ]
         .concat(),
     )?;
-    all_cached(&both, &first.iid, "both platforms from the inline index");
+    all_cached(
+        &both,
+        &["linux/amd64", "linux/arm64"],
+        "min",
+        &first.iid,
+        "both platforms from the inline index",
+    );
     assert!(
         both.stderr.contains(&format!(
             "warning: cache not imported: cache {base}: the image index (no platform's image \
@@ -361,6 +405,8 @@ fn an_inline_cache_of_two_platforms_is_in_each_config_and_serves_both() -> anyho
     )?;
     all_cached(
         &one,
+        &["linux/arm64"],
+        "min",
         &entry(&a, &first.iid, "arm64")?,
         "linux/arm64 from the inline index",
     );
