@@ -2,8 +2,8 @@
 //! platform's records (the platform is in every key), as BuildKit exports a multi-platform
 //! build, on every backend (the CNCF registry, an OCI layout, moto's S3, azurite) and inline
 //! (each platform's records in its own image config). A fresh runner importing it builds both
-//! platforms with no RUN step and the exporting build's index digest; a one-platform build
-//! gets its platform's hits. The arm64 side runs through qemu-user-static (see
+//! platforms with no RUN step and the exporting build's index digest, and its export back
+//! sends nothing; a one-platform build gets its platform's hits. The arm64 side runs through qemu-user-static (see
 //! [`crate::platforms`]). The cache artifacts are read back with skopeo.
 
 use crate::cache_backends::{Kind, Server};
@@ -99,18 +99,24 @@ fn entry(t: &TestDir, index: &str, arch: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no {arch} entry in {v:#}"))
 }
 
-/// The `exporting cache to LOCATION done: N records` count for `location` in `stderr`.
-fn exported_records(stderr: &str, location: &str) -> anyhow::Result<usize> {
+/// One `exporting cache to LOCATION done: N records, B blobs (U uploaded, ...), ...,
+/// manifest DIGEST in ...` line: (records, uploaded, manifest).
+type Exported = (usize, usize, String);
+
+/// The export lines of `stderr`, in `--cache-to` order.
+fn exports(stderr: &str) -> Vec<Exported> {
     stderr
         .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("exporting cache to {location} done: "))?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
+        .filter(|l| l.starts_with("exporting cache to "))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" done: ")?;
+            let records = rest.split(' ').next()?.parse().ok()?;
+            let (_, up) = rest.split_once(" blobs (")?;
+            let uploaded = up.split(' ').next()?.parse().ok()?;
+            let (_, m) = rest.split_once(", manifest ")?;
+            Some((records, uploaded, m.split(' ').next()?.to_owned()))
         })
-        .with_context(|| format!("no export line for {location} in:\n{stderr}"))
+        .collect()
 }
 
 /// A fresh runner (empty KILN_ROOT) with the app's Dockerfile.
@@ -127,7 +133,7 @@ fn runner(base: &str) -> TestDir {
 fn all_cached(b: &Outcome, platforms: &[&str], mode: &str, iid: &str, what: &str) {
     assert_eq!(b.runs, Vec::<String>::new(), "{what}:\n{}", b.stderr);
     let tool = (mode == "max").then_some("tool 2/2");
-    let want: Vec<String> = match platforms {
+    let mut want: Vec<String> = match platforms {
         [_] => ["stage-1 3/3"]
             .into_iter()
             .chain(tool)
@@ -144,7 +150,6 @@ fn all_cached(b: &Outcome, platforms: &[&str], mode: &str, iid: &str, what: &str
         .iter()
         .filter_map(|n| n.get(..n.find("] RUN ")? + 5))
         .collect();
-    let mut want = want;
     want.sort();
     assert_eq!(got, want, "{what}: RUN steps reported CACHED");
     assert_eq!(b.said, Vec::<String>::new(), "{what}:\n{}", b.stderr);
@@ -206,11 +211,12 @@ fn a_two_platform_cache_on_every_backend_serves_both_platforms_and_one() -> anyh
     // One cache per destination with both platforms' records: max has the tool's RUN (once:
     // the same key for both targets) and each platform's COPY and RUN; min each platform's
     // COPY and RUN.
-    assert_eq!(exported_records(&first.stderr, &cache_ref)?, 5);
-    assert_eq!(
-        exported_records(&first.stderr, &layout.display().to_string())?,
-        4
-    );
+    let first_exports = exports(&first.stderr);
+    let records: Vec<usize> = first_exports.iter().map(|e| e.0).collect();
+    assert_eq!(records, [5, 4, 5, 4], "{}", first.stderr);
+    // The same cache, byte for byte, on every backend of one mode.
+    assert_eq!(first_exports[0].2, first_exports[2].2);
+    assert_eq!(first_exports[1].2, first_exports[3].2);
     // What others see: one OCI manifest (not an index per platform), kiln's artifact type.
     for cache in [
         skopeo(&[
@@ -235,14 +241,29 @@ fn a_two_platform_cache_on_every_backend_serves_both_platforms_and_one() -> anyh
     let amd64 = entry(&a, &first.iid, "amd64")?;
     assert_ne!(arm64, amd64);
 
-    for (_, from, mode) in &backends {
-        // Both platforms on an empty root: nothing runs, the same index.
+    for ((to, from, mode), exported) in backends.iter().zip(&first_exports) {
+        // Both platforms on an empty root, importing and exporting back (the CI pattern):
+        // nothing runs, the same index, and the re-export sends nothing (the layers it never
+        // downloaded are already there).
         let b = runner(&base);
         let both = build(
             &b,
             BOTH,
-            &["--insecure-registry", &insecure, "--cache-from", from],
+            &[
+                "--insecure-registry",
+                &insecure,
+                "--cache-from",
+                from,
+                "--cache-to",
+                to,
+            ],
         )?;
+        assert_eq!(
+            exports(&both.stderr),
+            [(exported.0, 0, exported.2.clone())],
+            "re-export to {to}:\n{}",
+            both.stderr
+        );
         all_cached(
             &both,
             &["linux/amd64", "linux/arm64"],
