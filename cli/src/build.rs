@@ -585,7 +585,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         let images = platforms::finish(
             &store, &a, built, &labels, inline, &rt, &reg_cfg, quiet, push,
         )?;
-        report_fetched(imported.as_deref(), quiet);
+        crate::cacheopts::report_fetched(imported.as_deref(), quiet);
         rt.block_on(crate::cacheopts::export(
             &store,
             &cache_to,
@@ -633,7 +633,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     } else {
         solved.image.clone()
     };
-    report_fetched(imported.as_deref(), quiet);
+    crate::cacheopts::report_fetched(imported.as_deref(), quiet);
     for t in &a.tags {
         store
             .tag(t, &image.manifest_digest)
@@ -728,19 +728,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     drop(lock);
     Ok(())
-}
-
-/// `remote cache: N layers downloaded` on stderr when an imported cache had records (not
-/// with `quiet`).
-fn report_fetched(imported: Option<&cache::remote::import::Imported>, quiet: bool) {
-    if let Some(i) = imported.filter(|i| !i.is_empty() && !quiet) {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "remote cache: {} layers downloaded",
-            i.fetched()
-        );
-    }
 }
 
 /// A private `ssh-agent -D` holding `--ssh ID=KEY` keys in its own directory; killed and the

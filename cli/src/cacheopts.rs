@@ -504,6 +504,18 @@ pub async fn import(
     Ok(Arc::new(imported))
 }
 
+/// `remote cache: N layers downloaded` on stderr when an imported cache had records (not
+/// with `quiet`).
+pub fn report_fetched(imported: Option<&Imported>, quiet: bool) {
+    if let Some(i) = imported.filter(|i| !i.is_empty() && !quiet) {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "remote cache: {} layers downloaded",
+            i.fetched()
+        );
+    }
+}
+
 /// Exports `solved` (one solve per platform: one cache holding every platform's records, as
 /// BuildKit exports a multi-platform build) to every `--cache-to` registry, layout or object
 /// store destination and prints one line per destination: records, blobs, what was

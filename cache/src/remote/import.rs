@@ -578,8 +578,8 @@ async fn read(loc: &CacheLocation, opts: &RegistryOptions) -> Result<(Source, Ca
                 .get_manifest(&repo, &target)
                 .await
                 .map_err(client_err)?;
-            let config = match index_of(&location, &body, &media_type)? {
-                Some(index) => read_inline_index(&client, &repo, &location, &index).await?,
+            let config = match super::inline::index_of(&location, &body, &media_type)? {
+                Some(index) => super::inline::read_index(&client, &repo, &location, &index).await?,
                 None => {
                     let manifest = parse_manifest(&location, &body)?;
                     let config_bytes = get_small_blob(&client, &repo, &manifest.config.digest)
@@ -597,95 +597,6 @@ async fn read(loc: &CacheLocation, opts: &RegistryOptions) -> Result<(Source, Ca
             ))
         }
     }
-}
-
-/// The index `body` is (an OCI image index or a Docker manifest list, by its `mediaType` or
-/// else the registry's Content-Type), or None for a manifest.
-fn index_of(location: &str, body: &[u8], content_type: &str) -> Result<Option<oci::ImageIndex>> {
-    #[derive(serde::Deserialize)]
-    struct Kind {
-        #[serde(rename = "mediaType", default)]
-        media_type: Option<String>,
-    }
-    let is_index =
-        |t: &str| t == oci::MEDIA_TYPE_INDEX || t == oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST;
-    let kind: Kind = serde_json::from_slice(body).map_err(|source| RemoteError::Invalid {
-        location: location.to_owned(),
-        what: "manifest",
-        source,
-    })?;
-    if !kind
-        .media_type
-        .as_deref()
-        .map_or(is_index(content_type), is_index)
-    {
-        return Ok(None);
-    }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|source| RemoteError::Invalid {
-            location: location.to_owned(),
-            what: "image index",
-            source,
-        })
-}
-
-/// The inline caches of every platform of a multi-platform image (`--cache-to type=inline`
-/// with several `--platform`s writes each platform's records into its own image config), read
-/// as one cache, as BuildKit's importer reads every manifest of an index. Attestation
-/// manifests are not read; images without an inline cache are passed over.
-///
-/// Fails when no entry has an inline cache, or on a registry, digest or parse error.
-async fn read_inline_index(
-    client: &Client,
-    repo: &str,
-    location: &str,
-    index: &oci::ImageIndex,
-) -> Result<CacheConfig> {
-    let client_err = |source| RemoteError::Client {
-        location: location.to_owned(),
-        source: Box::new(source),
-    };
-    let mut merged: Option<CacheConfig> = None;
-    for d in &index.manifests {
-        let image = d.media_type == oci::MEDIA_TYPE_MANIFEST
-            || d.media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST;
-        if !image || d.is_attestation() {
-            continue;
-        }
-        let (body, _) = client
-            .get_manifest(repo, &d.digest.to_string())
-            .await
-            .map_err(client_err)?;
-        let actual = Digest::of(&body);
-        if actual != d.digest {
-            return Err(RemoteError::DigestMismatch {
-                location: location.to_owned(),
-                expected: d.digest.clone(),
-                actual,
-            });
-        }
-        let manifest = parse_manifest(location, &body)?;
-        let config_bytes = get_small_blob(client, repo, &manifest.config.digest)
-            .await
-            .map_err(client_err)?;
-        match parse_fetched_config(location.to_owned(), &manifest, &config_bytes) {
-            Ok(c) => match &mut merged {
-                Some(m) => m.merge(c),
-                None => merged = Some(c),
-            },
-            Err(RemoteError::NotACache { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    merged.ok_or_else(|| RemoteError::NotACache {
-        location: location.to_owned(),
-        what: "the image index (no platform's image has an inline cache)",
-        media_type: index
-            .media_type
-            .clone()
-            .unwrap_or_else(|| oci::MEDIA_TYPE_INDEX.to_owned()),
-    })
 }
 
 /// A manifest or config object, at most [`MAX_CONFIG_SIZE`] bytes read.
@@ -721,7 +632,7 @@ async fn get_small_object(client: &ObjectClient, key: &str, location: &str) -> R
     })
 }
 
-async fn get_small_blob(
+pub(super) async fn get_small_blob(
     client: &Client,
     repo: &str,
     digest: &Digest,
@@ -747,7 +658,7 @@ async fn get_small_blob(
         .await
 }
 
-fn parse_manifest(location: &str, body: &[u8]) -> Result<CacheManifest> {
+pub(super) fn parse_manifest(location: &str, body: &[u8]) -> Result<CacheManifest> {
     let m: CacheManifest = serde_json::from_slice(body).map_err(|source| RemoteError::Invalid {
         location: location.to_owned(),
         what: "manifest",
@@ -765,7 +676,7 @@ fn parse_manifest(location: &str, body: &[u8]) -> Result<CacheManifest> {
 
 /// [`parse_config`] for config bytes fetched over the network (object store, registry):
 /// first checks that they hash to the digest the manifest names.
-fn parse_fetched_config(
+pub(super) fn parse_fetched_config(
     location: String,
     manifest: &CacheManifest,
     bytes: &[u8],
