@@ -363,10 +363,6 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         named_contexts: Default::default(),
     };
     let platforms = platforms::parse(&a.platforms)?;
-    anyhow::ensure!(
-        platforms.len() < 2 || (cache_to.is_empty() && cache_from.is_empty()),
-        "--cache-to and --cache-from take one platform at a time: build each --platform on its own"
-    );
     if a.check || a.call == "check" {
         return crate::check::run(&text, &opts, &context, &dockerignore);
     }
@@ -581,9 +577,23 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     // The last platform's lowering, for the attestations of a one-platform build.
     let (opts, bases, graph) = last.expect("one platform was built");
     let sbom_opts = sbom_opts.expect("one platform was built");
+    let inline = cache_to.contains(&crate::cacheopts::CacheTo::Inline);
     if multi {
         let push = a.push && !push_as_output;
-        let images = platforms::finish(&store, &a, built, &labels, &rt, &reg_cfg, quiet, push)?;
+        // One cache for every platform's records (BuildKit's multi-platform export).
+        let solved: Vec<_> = built.iter().map(|(_, s)| s.clone()).collect();
+        let images = platforms::finish(
+            &store, &a, built, &labels, inline, &rt, &reg_cfg, quiet, push,
+        )?;
+        crate::cacheopts::report_fetched(imported.as_deref(), quiet);
+        rt.block_on(crate::cacheopts::export(
+            &store,
+            &cache_to,
+            &solved,
+            imported.as_deref(),
+            &reg_cfg,
+            quiet,
+        ))?;
         // The -o outputs, --load and attestations get every platform's image.
         let facts = attest::Facts::of_build(
             &opts,
@@ -618,18 +628,12 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             .write_image(&config)
             .context("writing the image config with --label labels")?;
     }
-    let image = if cache_to.contains(&crate::cacheopts::CacheTo::Inline) {
+    let image = if inline {
         crate::cacheopts::attach_inline(&store, &solved)?
     } else {
         solved.image.clone()
     };
-    if let Some(i) = imported.as_deref().filter(|i| !i.is_empty() && !quiet) {
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "remote cache: {} layers downloaded",
-            i.fetched()
-        );
-    }
+    crate::cacheopts::report_fetched(imported.as_deref(), quiet);
     for t in &a.tags {
         store
             .tag(t, &image.manifest_digest)
@@ -660,7 +664,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     rt.block_on(crate::cacheopts::export(
         &store,
         &cache_to,
-        &solved,
+        std::slice::from_ref(&solved),
         imported.as_deref(),
         &reg_cfg,
         quiet,

@@ -504,15 +504,28 @@ pub async fn import(
     Ok(Arc::new(imported))
 }
 
-/// Exports `solved` to every `--cache-to` registry or layout destination and prints one line
-/// per destination: records, blobs, what was uploaded, mounted or already there (unless
-/// `quiet`; warnings are printed either way).
+/// `remote cache: N layers downloaded` on stderr when an imported cache had records (not
+/// with `quiet`).
+pub fn report_fetched(imported: Option<&Imported>, quiet: bool) {
+    if let Some(i) = imported.filter(|i| !i.is_empty() && !quiet) {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "remote cache: {} layers downloaded",
+            i.fetched()
+        );
+    }
+}
+
+/// Exports `solved` (one solve per platform: one cache holding every platform's records, as
+/// BuildKit exports a multi-platform build) to every `--cache-to` registry, layout or object
+/// store destination and prints one line per destination: records, blobs, what was
+/// uploaded, mounted or already there (unless `quiet`; warnings are printed either way).
 ///
 /// Fails when an export fails.
 pub async fn export(
     store: &Store,
     to: &[CacheTo],
-    solved: &solver::remote::Solved,
+    solved: &[solver::remote::Solved],
     imported: Option<&Imported>,
     cfg: &crate::registry::RegistryConfig,
     quiet: bool,
@@ -529,7 +542,7 @@ pub async fn export(
             continue;
         };
         let start = Instant::now();
-        let plan = solved.export_plan(*mode, *mounts, store);
+        let plan = solver::remote::export_plan(solved, *mode, *mounts, store);
         let mut opts = cfg.options()?;
         if let Some(c) = compression {
             opts.compression = *c;

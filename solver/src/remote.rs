@@ -57,10 +57,13 @@ impl Solved {
     /// and with `mounts` the cache mount directories under `store` (those absent here are
     /// carried over from an imported cache by the export).
     pub fn export_plan(&self, mode: Mode, mounts: bool, store: &Store) -> ExportPlan {
-        let records = self
-            .steps
+        export_plan(std::slice::from_ref(self), mode, mounts, store)
+    }
+
+    fn records(&self, mode: Mode) -> impl Iterator<Item = ExportRecord> + '_ {
+        self.steps
             .iter()
-            .filter(|s| mode == Mode::Max || s.in_final)
+            .filter(move |s| mode == Mode::Max || s.in_final)
             .map(|s| ExportRecord {
                 key: s.key.clone(),
                 parent: s.parent.clone(),
@@ -73,20 +76,33 @@ impl Solved {
                 chain: self.image.config.rootfs.diff_ids.clone(),
                 created: Some(*secs),
             }))
-            .collect();
-        let mounts = if mounts {
-            self.cache_mounts
-                .iter()
-                .map(|id| ExportMount {
-                    id: id.clone(),
-                    dir: crate::mounts::cache_dir_path(store.root(), id),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        ExportPlan { records, mounts }
     }
+}
+
+/// One export of several solves (the platforms of a multi-platform build), as BuildKit
+/// exports every platform's result into one cache: the records of each (`mode` as in
+/// [`Solved::export_plan`]), a key only once (a build-platform stage is the same step in
+/// every solve; the platform is part of every other key, so the platforms' records never
+/// collide), and each cache mount once.
+pub fn export_plan(builds: &[Solved], mode: Mode, mounts: bool, store: &Store) -> ExportPlan {
+    let mut keys = BTreeSet::new();
+    let records = builds
+        .iter()
+        .flat_map(|b| b.records(mode))
+        .filter(|r| keys.insert(r.key.clone()))
+        .collect();
+    let ids: BTreeSet<&String> = match mounts {
+        true => builds.iter().flat_map(|b| &b.cache_mounts).collect(),
+        false => BTreeSet::new(),
+    };
+    let mounts = ids
+        .into_iter()
+        .map(|id| ExportMount {
+            id: id.clone(),
+            dir: crate::mounts::cache_dir_path(store.root(), id),
+        })
+        .collect();
+    ExportPlan { records, mounts }
 }
 
 /// Which needed nodes are cache hits, and the hits no step needs the result of.
@@ -317,6 +333,75 @@ mod tests {
         let h = hits(&g, |n| if n == 4 { None } else { chain(n) });
         assert_eq!(h.inputs_of(&g, 4), vec![3, 2]);
         assert!(h.skipped.is_empty());
+    }
+
+    /// A solve whose steps are `(key, in_final)`, each on the one before, with `mounts`.
+    fn solved(image: &Image, steps: &[(&[u8], bool)], mounts: &[&str]) -> Solved {
+        let mut parent = None;
+        let steps = steps
+            .iter()
+            .enumerate()
+            .map(|(node, (key, in_final))| {
+                let key = Digest::of(key);
+                SolvedStep {
+                    node,
+                    key: key.clone(),
+                    parent: parent.replace(key.clone()),
+                    chain: vec![Digest::of(&key.to_string().into_bytes())],
+                    in_final: *in_final,
+                }
+            })
+            .collect();
+        Solved {
+            image: image.clone(),
+            steps,
+            cache_mounts: mounts.iter().map(|m| m.to_string()).collect(),
+            date: None,
+        }
+    }
+
+    #[test]
+    fn several_platforms_export_each_key_and_mount_once() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let image = store
+            .write_image(&ImageConfig::empty(&Platform::host()))
+            .unwrap();
+        // A build-platform stage (the same key in both solves, not in the final image) and
+        // each platform's own final step.
+        let amd64 = solved(&image, &[(b"tool", false), (b"amd64 run", true)], &["pkgs"]);
+        let arm64 = solved(
+            &image,
+            &[(b"tool", false), (b"arm64 run", true)],
+            &["pkgs", "go"],
+        );
+        let both = [amd64, arm64];
+        let keys = |mode| {
+            export_plan(&both, mode, true, &store)
+                .records
+                .into_iter()
+                .map(|r| r.key)
+                .collect::<Vec<_>>()
+        };
+        let of = |k: &[u8]| Digest::of(k);
+        assert_eq!(
+            keys(Mode::Max),
+            [of(b"tool"), of(b"amd64 run"), of(b"arm64 run")]
+        );
+        assert_eq!(keys(Mode::Min), [of(b"amd64 run"), of(b"arm64 run")]);
+        let plan = export_plan(&both, Mode::Min, true, &store);
+        let ids: Vec<&str> = plan.mounts.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["go", "pkgs"]);
+        assert!(
+            export_plan(&both, Mode::Min, false, &store)
+                .mounts
+                .is_empty()
+        );
+        // One solve exports as before.
+        assert_eq!(
+            both[0].export_plan(Mode::Max, true, &store),
+            export_plan(&both[..1], Mode::Max, true, &store)
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ const AZ_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// A server child whose access log goes to a file, killed on drop.
-struct Server {
+pub(crate) struct Server {
     _child: KillOnDrop,
     port: u16,
     log: PathBuf,
@@ -38,7 +38,7 @@ struct Server {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
+pub(crate) enum Kind {
     /// moto with IAM authentication on (see [`moto_iam`]).
     S3,
     Azblob,
@@ -126,14 +126,14 @@ print(key["AccessKeyId"], key["SecretAccessKey"], tmp["AccessKeyId"], tmp["Secre
 const BUCKET: &str = "kiln-cache";
 
 impl Server {
-    fn tools(kind: Kind) -> &'static [&'static str] {
+    pub(crate) fn tools(kind: Kind) -> &'static [&'static str] {
         match kind {
             Kind::S3 => &["moto_server", "python3"],
             Kind::Azblob => &["azurite-blob"],
         }
     }
 
-    fn start(kind: Kind, dir: &Path) -> anyhow::Result<Server> {
+    pub(crate) fn start(kind: Kind, dir: &Path) -> anyhow::Result<Server> {
         let port = free_port()?;
         let log = dir.join(format!("{kind:?}-access.log"));
         let out = std::fs::File::create(&log)?;
@@ -184,7 +184,7 @@ impl Server {
 
     /// A `--cache-to`/`--cache-from` value for cache `name` (the container or bucket is
     /// `kiln-cache`), with `extra` options.
-    fn spec(&self, name: &str, extra: &str) -> String {
+    pub(crate) fn spec(&self, name: &str, extra: &str) -> String {
         let p = self.port;
         let s = match self.kind {
             Kind::S3 => {

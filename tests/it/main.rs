@@ -26,6 +26,7 @@ mod interop;
 mod network;
 mod orphans;
 mod outputs;
+mod platform_cache;
 mod platforms;
 mod registry;
 mod remote_cache;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The arm64 busybox-static .deb, or a skip (a panic with REQUIRE_PRIVILEGED_TESTS=1).
-fn arm64_deb() -> Option<PathBuf> {
+pub(crate) fn arm64_deb() -> Option<PathBuf> {
     let dir = std::env::var_os("KILN_ARM64_DEB_DIR")
         .map_or_else(|| PathBuf::from("/var/cache/kiln-ci"), PathBuf::from);
     let found = std::fs::read_dir(&dir).ok().and_then(|d| {
@@ -81,7 +81,7 @@ fn arm64_busybox_tar(deb: &Path, scratch: &Path) -> anyhow::Result<Vec<u8>> {
 /// A test dir and registry holding `busybox:multi`, an index of an amd64 and an arm64
 /// busybox, built by kiln itself (`FROM bb:$TARGETARCH` for two platforms, pushed).
 /// Returns the index's reference.
-fn multi_base(t: &TestDir, deb: &Path) -> anyhow::Result<(Registry, String)> {
+pub(crate) fn multi_base(t: &TestDir, deb: &Path) -> anyhow::Result<(Registry, String)> {
     let reg = start_registry(t.dir.path())?;
     for (arch, tar) in [
         ("amd64", busybox_tar()?),
@@ -119,14 +119,14 @@ fn multi_base(t: &TestDir, deb: &Path) -> anyhow::Result<(Registry, String)> {
     Ok((reg, base))
 }
 
-fn skopeo(args: &[&str]) -> anyhow::Result<Value> {
+pub(crate) fn skopeo(args: &[&str]) -> anyhow::Result<Value> {
     let out = Command::new("skopeo").args(args).output()?;
     ensure!(out.status.success(), "skopeo {args:?}: {}", text(&out));
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// The platforms an index lists, as `os/arch`.
-fn index_platforms(index: &Value) -> Vec<String> {
+pub(crate) fn index_platforms(index: &Value) -> Vec<String> {
     index["manifests"]
         .as_array()
         .map(|m| {

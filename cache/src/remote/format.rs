@@ -134,6 +134,30 @@ impl CacheConfig {
             .map(|&i| self.layers.get(i).map(|l| l.diff_id.clone()))
             .collect()
     }
+
+    /// Adds `other`'s layers, records, mounts and dates (the inline caches of the platforms
+    /// of one image index, read as one cache, as BuildKit reads every manifest's): its layers
+    /// go after ours and its records' indices move with them; a key, mount id or date
+    /// already here keeps ours.
+    pub fn merge(&mut self, other: CacheConfig) {
+        let offset = self.layers.len();
+        self.layers.extend(other.layers);
+        for mut r in other.records {
+            if self.records.iter().any(|mine| mine.key == r.key) {
+                continue;
+            }
+            r.layers.iter_mut().for_each(|i| *i += offset);
+            self.records.push(r);
+        }
+        for m in other.mounts {
+            if !self.mounts.iter().any(|mine| mine.id == m.id) {
+                self.mounts.push(m);
+            }
+        }
+        for (k, t) in other.dates {
+            self.dates.entry(k).or_insert(t);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +195,56 @@ mod tests {
         let back: CacheConfig = serde_json::from_slice(json.as_bytes()).unwrap();
         assert_eq!(back, cfg);
         assert_eq!(back.chain(&back.records[0]), Some(vec![Digest::of(b"tar")]));
+    }
+
+    #[test]
+    fn merged_configs_keep_each_records_chain() {
+        let layer = |name: &[u8]| CacheLayer {
+            media_type: crate::oci::MEDIA_TYPE_LAYER_GZIP.to_owned(),
+            digest: Digest::of(name),
+            size: 1,
+            diff_id: Digest::of(&[name, b".tar"].concat()),
+        };
+        let rec = |key: &[u8], layers: Vec<usize>| CacheRecordEntry {
+            key: Digest::of(key),
+            parent: None,
+            layers,
+        };
+        let amd = CacheConfig {
+            version: VERSION.to_owned(),
+            layers: vec![layer(b"base-amd64"), layer(b"run-amd64")],
+            records: vec![rec(b"run amd64", vec![0, 1]), rec(b"shared", vec![0])],
+            dates: BTreeMap::from([(Digest::of(b"amd64 image"), 1)]),
+            ..Default::default()
+        };
+        let arm = CacheConfig {
+            version: VERSION.to_owned(),
+            layers: vec![layer(b"base-arm64"), layer(b"run-arm64")],
+            records: vec![rec(b"run arm64", vec![0, 1]), rec(b"shared", vec![1])],
+            dates: BTreeMap::from([(Digest::of(b"arm64 image"), 2)]),
+            ..Default::default()
+        };
+        let mut all = amd.clone();
+        all.merge(arm);
+        let chain_of = |key: &[u8]| {
+            let r = all.records.iter().find(|r| r.key == Digest::of(key));
+            all.chain(r.expect("the record is there"))
+        };
+        assert_eq!(chain_of(b"run amd64"), amd.chain(&amd.records[0]));
+        assert_eq!(
+            chain_of(b"run arm64"),
+            Some(vec![
+                Digest::of(b"base-arm64.tar"),
+                Digest::of(b"run-arm64.tar")
+            ])
+        );
+        assert_eq!(
+            chain_of(b"shared"),
+            Some(vec![Digest::of(b"base-amd64.tar")]),
+            "the first config's record of a key wins"
+        );
+        assert_eq!(all.records.len(), 3);
+        assert_eq!(all.dates.len(), 2);
     }
 
     #[test]

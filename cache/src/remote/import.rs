@@ -574,15 +574,20 @@ async fn read(loc: &CacheLocation, opts: &RegistryOptions) -> Result<(Source, Ca
                 (None, Some(t)) => t.clone(),
                 (None, None) => crate::reference::DEFAULT_TAG.to_owned(),
             };
-            let (body, _) = client
+            let (body, media_type) = client
                 .get_manifest(&repo, &target)
                 .await
                 .map_err(client_err)?;
-            let manifest = parse_manifest(&location, &body)?;
-            let config_bytes = get_small_blob(&client, &repo, &manifest.config.digest)
-                .await
-                .map_err(client_err)?;
-            let config = parse_fetched_config(location, &manifest, &config_bytes)?;
+            let config = match super::inline::index_of(&location, &body, &media_type)? {
+                Some(index) => super::inline::read_index(&client, &repo, &location, &index).await?,
+                None => {
+                    let manifest = parse_manifest(&location, &body)?;
+                    let config_bytes = get_small_blob(&client, &repo, &manifest.config.digest)
+                        .await
+                        .map_err(client_err)?;
+                    parse_fetched_config(location, &manifest, &config_bytes)?
+                }
+            };
             Ok((
                 Source::Registry {
                     client: Box::new(client),
@@ -627,7 +632,7 @@ async fn get_small_object(client: &ObjectClient, key: &str, location: &str) -> R
     })
 }
 
-async fn get_small_blob(
+pub(super) async fn get_small_blob(
     client: &Client,
     repo: &str,
     digest: &Digest,
@@ -653,7 +658,7 @@ async fn get_small_blob(
         .await
 }
 
-fn parse_manifest(location: &str, body: &[u8]) -> Result<CacheManifest> {
+pub(super) fn parse_manifest(location: &str, body: &[u8]) -> Result<CacheManifest> {
     let m: CacheManifest = serde_json::from_slice(body).map_err(|source| RemoteError::Invalid {
         location: location.to_owned(),
         what: "manifest",
@@ -671,7 +676,7 @@ fn parse_manifest(location: &str, body: &[u8]) -> Result<CacheManifest> {
 
 /// [`parse_config`] for config bytes fetched over the network (object store, registry):
 /// first checks that they hash to the digest the manifest names.
-fn parse_fetched_config(
+pub(super) fn parse_fetched_config(
     location: String,
     manifest: &CacheManifest,
     bytes: &[u8],

@@ -1,11 +1,15 @@
 //! `--cache-to type=inline`: the cache config, without its own layer list, embedded in the
 //! image config under [`INLINE_KEY`]. Record layer indices point at the image's own layers, so
-//! only records whose chain is a prefix of the image's layers can be inline (mode=min).
+//! only records whose chain is a prefix of the image's layers can be inline (mode=min). A
+//! multi-platform image carries one per platform's config; an import of its index reads them
+//! all ([`read_index`]).
 
+use super::RemoteError;
 use super::export::ExportRecord;
 use super::format::{CacheConfig, CacheRecordEntry, INLINE_KEY, VERSION};
 use crate::image::Image;
-use crate::oci::{self, Descriptor};
+use crate::oci::{self, Descriptor, Digest};
+use crate::registry::client::Client;
 use crate::store::{Store, StoreError};
 use std::path::PathBuf;
 
@@ -57,6 +61,99 @@ pub fn attach(store: &Store, image: &Image, records: &[ExportRecord]) -> Result<
         manifest,
         config_digest,
         config: image.config.clone(),
+    })
+}
+
+/// The index `body` is (an OCI image index or a Docker manifest list, by its `mediaType` or
+/// else the registry's Content-Type), or None for a manifest.
+pub(super) fn index_of(
+    location: &str,
+    body: &[u8],
+    content_type: &str,
+) -> super::Result<Option<oci::ImageIndex>> {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+    }
+    let is_index =
+        |t: &str| t == oci::MEDIA_TYPE_INDEX || t == oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST;
+    let kind: Kind = serde_json::from_slice(body).map_err(|source| RemoteError::Invalid {
+        location: location.to_owned(),
+        what: "manifest",
+        source,
+    })?;
+    if !kind
+        .media_type
+        .as_deref()
+        .map_or(is_index(content_type), is_index)
+    {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|source| RemoteError::Invalid {
+            location: location.to_owned(),
+            what: "image index",
+            source,
+        })
+}
+
+/// The inline caches of every platform of a multi-platform image (`--cache-to type=inline`
+/// with several `--platform`s writes each platform's records into its own image config), read
+/// as one cache, as BuildKit's importer reads every manifest of an index. Attestation
+/// manifests are not read; images without an inline cache are passed over.
+///
+/// Fails when no entry has an inline cache, or on a registry, digest or parse error.
+pub(super) async fn read_index(
+    client: &Client,
+    repo: &str,
+    location: &str,
+    index: &oci::ImageIndex,
+) -> super::Result<CacheConfig> {
+    let client_err = |source| RemoteError::Client {
+        location: location.to_owned(),
+        source: Box::new(source),
+    };
+    let mut merged: Option<CacheConfig> = None;
+    for d in &index.manifests {
+        let image = d.media_type == oci::MEDIA_TYPE_MANIFEST
+            || d.media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST;
+        if !image || d.is_attestation() {
+            continue;
+        }
+        let (body, _) = client
+            .get_manifest(repo, &d.digest.to_string())
+            .await
+            .map_err(client_err)?;
+        let actual = Digest::of(&body);
+        if actual != d.digest {
+            return Err(RemoteError::DigestMismatch {
+                location: location.to_owned(),
+                expected: d.digest.clone(),
+                actual,
+            });
+        }
+        let manifest = super::import::parse_manifest(location, &body)?;
+        let config_bytes = super::import::get_small_blob(client, repo, &manifest.config.digest)
+            .await
+            .map_err(client_err)?;
+        match super::import::parse_fetched_config(location.to_owned(), &manifest, &config_bytes) {
+            Ok(c) => match &mut merged {
+                Some(m) => m.merge(c),
+                None => merged = Some(c),
+            },
+            Err(RemoteError::NotACache { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    merged.ok_or_else(|| RemoteError::NotACache {
+        location: location.to_owned(),
+        what: "the image index (no platform's image has an inline cache)",
+        media_type: index
+            .media_type
+            .clone()
+            .unwrap_or_else(|| oci::MEDIA_TYPE_INDEX.to_owned()),
     })
 }
 

@@ -155,8 +155,9 @@ pub async fn push(
     ))
 }
 
-/// The end of a multi-platform build: `--label`s on each image, the index written and
-/// tagged, pushed to the `-t` names with `push_tags`, and `--iidfile`, `--metadata-file` and
+/// The end of a multi-platform build: `--label`s on each image, with `inline` each
+/// platform's records in its own image config (as BuildKit's inline cache of several
+/// platforms), the index written and tagged, pushed to the `-t` names with `push_tags`, and `--iidfile`, `--metadata-file` and
 /// `-q` naming the index. Returns the images (for the `-o` outputs).
 ///
 /// Fails when the store cannot be written or a push fails.
@@ -166,6 +167,7 @@ pub fn finish(
     a: &super::BuildArgs,
     built: Vec<(Platform, solver::remote::Solved)>,
     labels: &BTreeMap<String, String>,
+    inline: bool,
     rt: &tokio::runtime::Runtime,
     reg_cfg: &crate::registry::RegistryConfig,
     quiet: bool,
@@ -173,15 +175,18 @@ pub fn finish(
 ) -> anyhow::Result<Vec<PlatformImage>> {
     use std::io::Write as _;
     let mut images = Vec::new();
-    for (platform, solved) in built {
-        let mut image = solved.image;
+    for (platform, mut solved) in built {
         if !labels.is_empty() {
-            let mut config = image.config.clone();
+            let mut config = solved.image.config.clone();
             config.config.labels.extend(labels.clone());
-            image = store
+            solved.image = store
                 .write_image(&config)
                 .context("writing the image config with --label labels")?;
         }
+        let image = match inline {
+            true => crate::cacheopts::attach_inline(store, &solved)?,
+            false => solved.image,
+        };
         images.push(PlatformImage { platform, image });
     }
     let index = write_index(store, &images)?;
