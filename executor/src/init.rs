@@ -344,7 +344,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(InitError::NoCommand);
     }
-    confine_devices()?;
+    let insecure = insecure_host(spec.security.privileged)?;
     let state = StateDir::create(&spec.rootfs.work)?;
     let read_host = |p: &str| std::fs::read_to_string(p).ok();
     for (name, text) in mounts::etc_files(
@@ -362,6 +362,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let host = HostPaths {
         dev: "/dev".into(),
         state: state.path.clone(),
+        insecure,
     };
     let plan = mounts::plan(spec, &host, &masked);
     let before = upper_dirs_on_paths(&spec.rootfs.upper, &plan);
@@ -428,6 +429,51 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     remove_placeholders(&spec.rootfs, &created, &before, &plan);
     drop(state);
     Ok(status)
+}
+
+/// Joins the device cgroup of the step ([`confine_devices`], or for `RUN --security=insecure`
+/// as root, out of the policy: [`crate::devices::lift_self`]) and, for an insecure step,
+/// finds what it gets from the host besides ([`mounts::InsecureHost`]: BuildKit's devices the
+/// host has, the loop devices, its own cgroup directories). Rootless, an insecure step gets
+/// no more devices (as BuildKit in a user namespace) and no cgroup filesystem.
+fn insecure_host(insecure: bool) -> Result<mounts::InsecureHost> {
+    if !insecure {
+        confine_devices()?;
+        return Ok(Default::default());
+    }
+    if crate::rootless::in_user_namespace() {
+        return Ok(Default::default());
+    }
+    crate::devices::lift_self()?;
+    let exists = |d: &str| std::fs::symlink_metadata(Path::new("/dev").join(d)).is_ok();
+    let mut devices: Vec<String> = mounts::INSECURE_DEVICES
+        .iter()
+        .filter(|d| exists(d))
+        .map(|d| (*d).to_owned())
+        .collect();
+    // BuildKit makes loop0 to loop<first free + 7>; kiln binds the host's (the kernel makes
+    // more on LOOP_CTL_GET_FREE, which a step may then not see).
+    let mut loops: Vec<u32> = std::fs::read_dir("/dev")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("loop")?.parse().ok())
+        .collect();
+    loops.sort_unstable();
+    devices.extend(loops.iter().map(|n| format!("loop{n}")));
+    let read = |p: &str| std::fs::read_to_string(p).map_err(file_err(Path::new(p)));
+    let (mountinfo, own) = (read("/proc/self/mountinfo")?, read("/proc/self/cgroup")?);
+    let cgroups = crate::cgroup::own_dirs(&mountinfo, &own)
+        .into_iter()
+        .filter_map(|(mount, dir)| {
+            let name = match mount == Path::new("/sys/fs/cgroup") {
+                true => String::new(),
+                false => mount.file_name()?.to_str()?.to_owned(),
+            };
+            Some((dir, name))
+        })
+        .collect();
+    Ok(mounts::InsecureHost { devices, cgroups })
 }
 
 /// Puts this process, and so the sandbox it forks, under the device policy
@@ -978,21 +1024,41 @@ fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Re
                 .is_ok_and(|s| s.trim() == "deny") => {}
         r => r.map_err(errno)?,
     }
+    // Insecure as another user: BuildKit's insecure spec puts every capability in the
+    // inheritable and ambient sets too, so the user's process keeps them across setresuid
+    // and exec.
+    let ambient = privileged && id.uid != 0;
+    if ambient {
+        rustix::thread::set_keep_capabilities(true).map_err(errno)?;
+    }
     let gid = rustix::process::Gid::from_raw(id.gid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(errno)?;
     let uid = rustix::process::Uid::from_raw(id.uid);
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(errno)?;
-    // A non-root uid already lost every capability in the setresuid above.
-    if id.uid == 0 {
+    // Otherwise a non-root uid already lost every capability in the setresuid above.
+    if id.uid == 0 || ambient {
         rustix::thread::set_capabilities(
             None,
             CapabilitySets {
                 effective: keep,
                 permitted: keep,
-                inheritable: CapabilitySet::empty(),
+                inheritable: if ambient {
+                    keep
+                } else {
+                    CapabilitySet::empty()
+                },
             },
         )
         .map_err(errno)?;
+    }
+    if ambient {
+        for bit in 0..64 {
+            let cap = CapabilitySet::from_bits_retain(1 << bit);
+            if keep.contains(cap) {
+                rustix::thread::configure_capability_in_ambient_set(cap, true).map_err(errno)?;
+            }
+        }
+        rustix::thread::set_keep_capabilities(false).map_err(errno)?;
     }
     Ok(())
 }
