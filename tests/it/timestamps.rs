@@ -432,7 +432,10 @@ fn kiln_import_is_dated_at_the_import_as_docker_import() -> anyhow::Result<()> {
     }
 
     let (docker, kiln) = import(Some("1700000000"))?;
-    ensure!(kiln == 1_700_000_000, "kiln import with SOURCE_DATE_EPOCH: {kiln}");
+    ensure!(
+        kiln == 1_700_000_000,
+        "kiln import with SOURCE_DATE_EPOCH: {kiln}"
+    );
     ensure!(
         docker >= before - 1,
         "docker import honoured SOURCE_DATE_EPOCH ({docker}): README says it does not"
