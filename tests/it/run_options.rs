@@ -1,6 +1,7 @@
 //! RUN step options of `kiln build` (buildx's flags): `--add-host`, `--shm-size`, `--ulimit`,
 //! the `--allow` entitlements for `RUN --network=host` and `RUN --security=insecure`,
-//! `--cgroup-parent` (RUN steps under the parent, the device policy kept), and `--call check|targets|outline`. What docker 20.10's `docker
+//! `--cgroup-parent` (RUN steps under the parent, relative or absolute, the device policy
+//! kept), `RUN --security=insecure` against BuildKit v0.24, and `--call check|targets|outline`. What docker 20.10's `docker
 //! build` (BuildKit) also has is compared with it.
 
 use crate::harness::{TestDir, busybox_dir, busybox_tar, stdout, text};
@@ -373,6 +374,104 @@ fn cgroup_parent_holds_run_steps_under_the_device_policy() -> anyhow::Result<()>
         text(&bad).contains("--cgroup-parent ../up"),
         "{}",
         text(&bad)
+    );
+    Ok(())
+}
+
+/// The mount points of this host's cgroup v1 hierarchies, from /proc/self/mountinfo.
+fn v1_hierarchies() -> anyhow::Result<Vec<std::path::PathBuf>> {
+    Ok(std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount = left.split(' ').nth(4)?;
+            right
+                .starts_with("cgroup ")
+                .then(|| std::path::PathBuf::from(mount))
+        })
+        .collect())
+}
+
+/// Removes `dir`'s empty cgroups, deepest first, then `dir` itself.
+fn remove_cgroup_tree(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// An absolute `--cgroup-parent` is read from each hierarchy's root, as runc reads it: RUN
+/// steps land in `<hierarchy>/<parent>/kiln-<pid>` of every v1 hierarchy, the device policy
+/// holds there, and the `kiln-<pid>` cgroups are gone after the build.
+#[test]
+fn an_absolute_cgroup_parent_is_read_from_each_hierarchys_root() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let hierarchies = v1_hierarchies()?;
+    ensure!(
+        !hierarchies.is_empty(),
+        "--cgroup-parent needs a cgroup v1 host; this one has no v1 hierarchy"
+    );
+    let script = crate::sandbox_security::device_script()?;
+    t.write(
+        "Dockerfile",
+        &format!("FROM busybox\nRUN cat /proc/self/cgroup > /cg; ({script}) > /dev.txt\n"),
+    );
+    let name = format!("kiln-test-parent-{}", std::process::id());
+    let parent = format!("/{name}");
+    let out = t.dir.path().join("out");
+    let built = t.kiln(&[
+        "build",
+        "--cgroup-parent",
+        &parent,
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+        t.ctx.to_str().context("utf-8")?,
+    ]);
+    let dirs: Vec<std::path::PathBuf> = hierarchies.iter().map(|h| h.join(&name)).collect();
+    // What the build left under the parent, then the parent itself removed.
+    let made: Vec<bool> = dirs.iter().map(|d| d.is_dir()).collect();
+    let left: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path().display().to_string())
+        .collect();
+    for d in &dirs {
+        remove_cgroup_tree(d);
+    }
+    ensure!(built.status.success(), "{}", text(&built));
+    ensure!(left.is_empty(), "cgroups left behind: {left:?}");
+    ensure!(
+        made.iter().all(|m| *m),
+        "{parent} missing from the root of some hierarchy: {dirs:?} {made:?}"
+    );
+    let cg = std::fs::read_to_string(out.join("cg"))?;
+    let v1: Vec<&str> = cg
+        .lines()
+        .filter(|l| l.split(':').nth(1).is_some_and(|c| !c.is_empty()))
+        .collect();
+    ensure!(v1.len() == hierarchies.len(), "{cg}");
+    ensure!(v1.iter().any(|l| l.contains(":devices:")), "{cg}");
+    for l in &v1 {
+        let path = l.splitn(3, ':').nth(2).unwrap_or_default();
+        let leaf = path.strip_prefix(&format!("{parent}/kiln-"));
+        ensure!(
+            leaf.is_some_and(|pid| pid.parse::<u32>().is_ok()),
+            "{l}: not {parent}/kiln-<pid> in\n{cg}"
+        );
+    }
+    ensure!(
+        std::fs::read_to_string(out.join("dev.txt"))? == crate::sandbox_security::DEVICE_CONFINED,
+        "{}",
+        std::fs::read_to_string(out.join("dev.txt"))?
     );
     Ok(())
 }
