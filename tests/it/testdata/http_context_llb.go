@@ -4,6 +4,8 @@
 // lists it and stats its file; the answers are written to /out.
 // Usage: go run ./examples/kiln-httpctx URL | buildctl build --oci-layout base=DIR
 //   --output type=local,dest=OUT
+// Built inside BuildKit v0.24.0's source tree (its vendored modules), as
+// examples/kiln-httpctx/main.go: go build -mod=vendor ./examples/kiln-httpctx. Not part of kiln's build.
 package main
 
 import (

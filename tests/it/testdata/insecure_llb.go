@@ -2,6 +2,8 @@
 // llb.SecurityModeInsecure on the oracle's busybox base, its files written to /out.
 // Usage: go run ./examples/kiln-insecure SCRIPT [USER] | buildctl build --oci-layout base=DIR
 //   --allow security.insecure --output type=local,dest=OUT
+// Built inside BuildKit v0.24.0's source tree (its vendored modules), as
+// examples/kiln-insecure/main.go: go build -mod=vendor ./examples/kiln-insecure. Not part of kiln's build.
 package main
 
 import (
