@@ -35,6 +35,7 @@ use crate::fsroot;
 use crate::mounts::{self, HostPaths, Step};
 
 pub(crate) mod apply;
+mod insecure;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
@@ -344,7 +345,14 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(InitError::NoCommand);
     }
-    let insecure = insecure_host(spec.security.privileged)?;
+    // The device policy, or for `RUN --security=insecure` out of it with what the host adds.
+    let insecure = match spec.security.privileged {
+        false => {
+            confine_devices()?;
+            mounts::InsecureHost::default()
+        }
+        true => insecure::host()?,
+    };
     let state = StateDir::create(&spec.rootfs.work)?;
     let read_host = |p: &str| std::fs::read_to_string(p).ok();
     for (name, text) in mounts::etc_files(
@@ -429,51 +437,6 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     remove_placeholders(&spec.rootfs, &created, &before, &plan);
     drop(state);
     Ok(status)
-}
-
-/// Joins the device cgroup of the step ([`confine_devices`], or for `RUN --security=insecure`
-/// as root, out of the policy: [`crate::devices::lift_self`]) and, for an insecure step,
-/// finds what it gets from the host besides ([`mounts::InsecureHost`]: BuildKit's devices the
-/// host has, the loop devices, its own cgroup directories). Rootless, an insecure step gets
-/// no more devices (as BuildKit in a user namespace) and no cgroup filesystem.
-fn insecure_host(insecure: bool) -> Result<mounts::InsecureHost> {
-    if !insecure {
-        confine_devices()?;
-        return Ok(Default::default());
-    }
-    if crate::rootless::in_user_namespace() {
-        return Ok(Default::default());
-    }
-    crate::devices::lift_self()?;
-    let exists = |d: &str| std::fs::symlink_metadata(Path::new("/dev").join(d)).is_ok();
-    let mut devices: Vec<String> = mounts::INSECURE_DEVICES
-        .iter()
-        .filter(|d| exists(d))
-        .map(|d| (*d).to_owned())
-        .collect();
-    // BuildKit makes loop0 to loop<first free + 7>; kiln binds the host's (the kernel makes
-    // more on LOOP_CTL_GET_FREE, which a step may then not see).
-    let mut loops: Vec<u32> = std::fs::read_dir("/dev")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("loop")?.parse().ok())
-        .collect();
-    loops.sort_unstable();
-    devices.extend(loops.iter().map(|n| format!("loop{n}")));
-    let read = |p: &str| std::fs::read_to_string(p).map_err(file_err(Path::new(p)));
-    let (mountinfo, own) = (read("/proc/self/mountinfo")?, read("/proc/self/cgroup")?);
-    let cgroups = crate::cgroup::own_dirs(&mountinfo, &own)
-        .into_iter()
-        .filter_map(|(mount, dir)| {
-            let name = match mount == Path::new("/sys/fs/cgroup") {
-                true => String::new(),
-                false => mount.file_name()?.to_str()?.to_owned(),
-            };
-            Some((dir, name))
-        })
-        .collect();
-    Ok(mounts::InsecureHost { devices, cgroups })
 }
 
 /// Puts this process, and so the sandbox it forks, under the device policy
