@@ -1,7 +1,7 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
 mod attest;
-mod dates;
+pub mod dates;
 mod input;
 mod load;
 mod named;

@@ -38,10 +38,18 @@ pub fn import(a: ImportArgs) -> anyhow::Result<()> {
         None => cache::oci::Platform::host(),
     };
     let mut config = ImageConfig::empty(&platform);
+    // Dated as `docker import` dates its images: the time of the import (not 1970, which
+    // `docker images` shows as decades old and `prune --filter until=` removes at once).
+    // SOURCE_DATE_EPOCH from the environment wins, as in `kiln build`, so that an import
+    // can be reproduced (dockerd cannot see its client's environment; README "Image dates").
+    let created = executor::container::time::rfc3339(match crate::build::dates::env_epoch()? {
+        Some(secs) => secs,
+        None => i64::try_from(executor::container::time::now_secs()).unwrap_or(i64::MAX),
+    });
+    config.created = Some(created.clone());
     // One history entry for the one layer, so tools that pair history with layers line up.
-    config.created = Some(solver::ops::CREATED.to_owned());
     config.history.push(cache::oci::History {
-        created: Some(solver::ops::CREATED.to_owned()),
+        created: Some(created),
         created_by: Some("kiln import".to_owned()),
         comment: Some("imported from a root filesystem tarball".to_owned()),
         ..Default::default()

@@ -138,6 +138,35 @@ pub fn cgroup_mounts(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str, &s
     })
 }
 
+/// The process's own cgroup directory in each hierarchy of `mountinfo` (`/proc/self/mountinfo`
+/// text), from `self_cgroup` (`/proc/self/cgroup` text): `(mount point, directory)`.
+/// Hierarchies the process has no line for are left out, and so is cgroup2 where v1
+/// hierarchies are mounted (a hybrid host: runc's v1 containers see only those).
+pub fn own_dirs(mountinfo: &str, self_cgroup: &str) -> Vec<(PathBuf, PathBuf)> {
+    let v1 = cgroup_mounts(mountinfo).any(|(_, fstype, _)| fstype == "cgroup");
+    cgroup_mounts(mountinfo)
+        .filter(|(_, fstype, _)| !v1 || *fstype == "cgroup")
+        .filter_map(|(mount, fstype, opts)| {
+            let own = self_cgroup.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                let matches = match fstype {
+                    "cgroup2" => controllers.is_empty(),
+                    _ => {
+                        !controllers.is_empty()
+                            && controllers
+                                .split(',')
+                                .all(|c| opts.split(',').any(|o| o == c))
+                    }
+                };
+                matches.then_some(path)
+            })?;
+            let dir = crate::cgparent::under(&mount, own);
+            Some((mount, dir))
+        })
+        .collect()
+}
+
 /// What [`Cgroup::create`] does: directories to create (in order), then files to write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -317,6 +346,36 @@ mod tests {
     const UNIFIED: &str = "\
 25 20 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
 ";
+
+    #[test]
+    fn own_dirs_pair_each_hierarchy_with_the_process_cgroup() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+32 25 0:28 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+33 25 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+";
+        let own = "4:memory:/a/b\n3:cpu,cpuacct:/\n1:name=systemd:/s\n0::/u\n";
+        let dirs = own_dirs(mountinfo, own);
+        let want: Vec<(PathBuf, PathBuf)> = [
+            ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory/a/b"),
+            ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"),
+            ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd/s"),
+        ]
+        .iter()
+        .map(|(m, d)| (PathBuf::from(m), PathBuf::from(d)))
+        .collect();
+        assert_eq!(dirs, want);
+        // A pure v2 host: the one hierarchy.
+        let v2 = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            own_dirs(v2, "0::/u\n"),
+            [(
+                PathBuf::from("/sys/fs/cgroup"),
+                PathBuf::from("/sys/fs/cgroup/u")
+            )]
+        );
+    }
 
     #[test]
     fn hybrid_hosts_use_the_v1_controllers() {

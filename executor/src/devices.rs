@@ -388,6 +388,21 @@ pub fn confine_self() -> Result<()> {
     cg.enter(&own)
 }
 
+/// Takes the calling process out of the device policy, for `RUN --security=insecure` (BuildKit
+/// allows an insecure step every device, `c *:* rwm` and `b *:* rwm`): v1, into
+/// `<devices>/kiln/insecure`, a sibling of the policy's cgroup that keeps its parent's
+/// (unrestricted) list; v2, into `<unified>/kiln-insecure`, outside the cgroup the program is
+/// attached to. Fails as [`DeviceCgroup::host`] or when the cgroup cannot be made or joined.
+pub fn lift_self() -> Result<()> {
+    let dir = match DeviceCgroup::host()? {
+        DeviceCgroup::V1 { mount, .. } => mount.join("kiln/insecure"),
+        DeviceCgroup::V2 { mount, .. } => mount.join("kiln-insecure"),
+    };
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let procs = dir.join("cgroup.procs");
+    std::fs::write(&procs, "0").map_err(io_err(&procs))
+}
+
 /// Creates the v1 cgroup `dir` with the default rules: configured under a temporary name,
 /// then renamed, so that a concurrent sandbox never joins a half-configured one.
 pub fn setup_v1(dir: &Path) -> Result<()> {

@@ -35,6 +35,7 @@ use crate::fsroot;
 use crate::mounts::{self, HostPaths, Step};
 
 pub(crate) mod apply;
+mod insecure;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
@@ -344,7 +345,14 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(InitError::NoCommand);
     }
-    confine_devices()?;
+    // The device policy, or for `RUN --security=insecure` out of it with what the host adds.
+    let insecure = match spec.security.privileged {
+        false => {
+            confine_devices()?;
+            mounts::InsecureHost::default()
+        }
+        true => insecure::host()?,
+    };
     let state = StateDir::create(&spec.rootfs.work)?;
     let read_host = |p: &str| std::fs::read_to_string(p).ok();
     for (name, text) in mounts::etc_files(
@@ -362,6 +370,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let host = HostPaths {
         dev: "/dev".into(),
         state: state.path.clone(),
+        insecure,
     };
     let plan = mounts::plan(spec, &host, &masked);
     let before = upper_dirs_on_paths(&spec.rootfs.upper, &plan);
@@ -978,21 +987,41 @@ fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Re
                 .is_ok_and(|s| s.trim() == "deny") => {}
         r => r.map_err(errno)?,
     }
+    // Insecure as another user: BuildKit's insecure spec puts every capability in the
+    // inheritable and ambient sets too, so the user's process keeps them across setresuid
+    // and exec.
+    let ambient = privileged && id.uid != 0;
+    if ambient {
+        rustix::thread::set_keep_capabilities(true).map_err(errno)?;
+    }
     let gid = rustix::process::Gid::from_raw(id.gid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(errno)?;
     let uid = rustix::process::Uid::from_raw(id.uid);
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(errno)?;
-    // A non-root uid already lost every capability in the setresuid above.
-    if id.uid == 0 {
+    // Otherwise a non-root uid already lost every capability in the setresuid above.
+    if id.uid == 0 || ambient {
         rustix::thread::set_capabilities(
             None,
             CapabilitySets {
                 effective: keep,
                 permitted: keep,
-                inheritable: CapabilitySet::empty(),
+                inheritable: if ambient {
+                    keep
+                } else {
+                    CapabilitySet::empty()
+                },
             },
         )
         .map_err(errno)?;
+    }
+    if ambient {
+        for bit in 0..64 {
+            let cap = CapabilitySet::from_bits_retain(1 << bit);
+            if keep.contains(cap) {
+                rustix::thread::configure_capability_in_ambient_set(cap, true).map_err(errno)?;
+            }
+        }
+        rustix::thread::set_keep_capabilities(false).map_err(errno)?;
     }
     Ok(())
 }

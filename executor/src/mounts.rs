@@ -118,7 +118,26 @@ pub struct HostPaths {
     pub dev: PathBuf,
     /// Directory holding the generated `hosts`, `resolv.conf` and `hostname`.
     pub state: PathBuf,
+    /// What an insecure step (`RUN --security=insecure`) gets from the host besides.
+    pub insecure: InsecureHost,
 }
+
+/// The host's parts an insecure step sees (empty for every other sandbox).
+#[derive(Debug, Clone, Default)]
+pub struct InsecureHost {
+    /// Devices under the host's /dev, by relative name (`kmsg`, `net/tun`, `loop0`), that
+    /// exist there: of [`INSECURE_DEVICES`] and the loop devices.
+    pub devices: Vec<String>,
+    /// The sandbox's own cgroup directory in each hierarchy, with the name it gets under
+    /// /sys/fs/cgroup (the hierarchy's mount point name: `memory`, `unified`; empty when the
+    /// hierarchy is mounted at /sys/fs/cgroup itself, as on cgroup v2 hosts).
+    pub cgroups: Vec<(PathBuf, String)>,
+}
+
+/// The devices BuildKit (v0.24, `util/entitlements/security`) adds to an insecure step:
+/// kmsg, cuse, fuse, kvm, tun and loop-control, besides the loop devices. BuildKit creates
+/// them with mknod; kiln binds those the host has.
+pub const INSECURE_DEVICES: [&str; 6] = ["kmsg", "cuse", "fuse", "kvm", "net/tun", "loop-control"];
 
 /// Device nodes bind-mounted from the host into the sandbox's /dev.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -154,6 +173,9 @@ pub const READONLY_PATHS: [&str; 5] = [
 /// `masked_is_dir` tells, for each of [`MASKED_PATHS`], whether the host has it as a directory
 /// (`None` when absent), since /proc and /sys in the sandbox show the same kernel.
 pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) -> Vec<Step> {
+    // `RUN --security=insecure`, as BuildKit's insecure spec: /sys and the cgroup filesystem
+    // writable, no masked or read-only paths, more devices (init lifts the device policy).
+    let insecure = spec.security.privileged;
     let mut steps = vec![
         Step::Fs {
             fstype: "proc",
@@ -167,23 +189,34 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
             options: vec![],
             target: "/sys".into(),
             attrs: Attrs {
-                readonly: true,
+                readonly: !insecure,
                 ..NOSUID_NODEV_NOEXEC
             },
             create: Create::Dir,
         },
-        Step::Fs {
-            fstype: "tmpfs",
-            options: vec![("mode", "755".into()), ("size", "65536k".into())],
-            target: "/dev".into(),
-            attrs: Attrs {
-                nosuid: true,
-                ..Attrs::default()
-            },
-            create: Create::Dir,
-        },
     ];
-    for dev in DEVICES {
+    if insecure {
+        cgroupfs(&mut steps, &host.insecure.cgroups);
+    }
+    steps.push(Step::Fs {
+        fstype: "tmpfs",
+        options: vec![("mode", "755".into()), ("size", "65536k".into())],
+        target: "/dev".into(),
+        attrs: Attrs {
+            nosuid: true,
+            ..Attrs::default()
+        },
+        create: Create::Dir,
+    });
+    let extra = match insecure {
+        true => host.insecure.devices.as_slice(),
+        false => &[],
+    };
+    for dev in DEVICES
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+    {
         steps.push(Step::Bind {
             source: host.dev.join(dev),
             target: format!("/dev/{dev}"),
@@ -249,6 +282,7 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
             create: Create::File,
         });
     }
+    let masked_is_dir = if insecure { &[] } else { masked_is_dir };
     for (path, is_dir) in MASKED_PATHS.iter().zip(masked_is_dir) {
         match is_dir {
             Some(true) => steps.push(Step::Fs {
@@ -270,9 +304,9 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
             None => {}
         }
     }
-    for path in READONLY_PATHS {
+    for path in READONLY_PATHS.iter().filter(|_| !insecure) {
         steps.push(Step::ReadonlySelf {
-            target: path.into(),
+            target: (*path).into(),
         });
     }
     for m in &spec.mounts {
@@ -350,6 +384,35 @@ pub fn etc_files(
     ]
 }
 
+/// An insecure step's writable /sys/fs/cgroup, laid out as runc lays out a v1 container's: a
+/// tmpfs holding each hierarchy's own cgroup directory under the hierarchy's name; on a host
+/// whose cgroup2 is mounted at /sys/fs/cgroup itself, that one directory there.
+fn cgroupfs(steps: &mut Vec<Step>, cgroups: &[(PathBuf, String)]) {
+    if cgroups.is_empty() {
+        return;
+    }
+    if !cgroups.iter().any(|(_, name)| name.is_empty()) {
+        steps.push(Step::Fs {
+            fstype: "tmpfs",
+            options: vec![("mode", "755".into())],
+            target: "/sys/fs/cgroup".into(),
+            attrs: NOSUID_NODEV_NOEXEC,
+            create: Create::Skip,
+        });
+    }
+    for (source, name) in cgroups {
+        steps.push(Step::Bind {
+            source: source.clone(),
+            target: match name.is_empty() {
+                true => "/sys/fs/cgroup".into(),
+                false => format!("/sys/fs/cgroup/{name}"),
+            },
+            readonly: false,
+            create: Create::Dir,
+        });
+    }
+}
+
 /// The parents of `path` (absolute, in the root) from the top: `/a/b/c` gives `/a`, `/a/b`.
 pub fn ancestors(path: &str) -> Vec<String> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -387,7 +450,62 @@ mod tests {
         HostPaths {
             dev: "/dev".into(),
             state: "/state".into(),
+            insecure: InsecureHost {
+                devices: vec!["kmsg".into(), "net/tun".into(), "loop0".into()],
+                cgroups: vec![
+                    ("/sys/fs/cgroup/memory/a".into(), "memory".into()),
+                    (
+                        "/sys/fs/cgroup/devices/kiln/insecure".into(),
+                        "devices".into(),
+                    ),
+                ],
+            },
         }
+    }
+
+    #[test]
+    fn an_insecure_step_gets_writable_sys_and_cgroups_host_devices_and_no_masks() {
+        let mut s = spec(Network::Loopback);
+        let every = vec![Some(false); MASKED_PATHS.len()];
+        let strict = plan(&s, &host(), &every);
+        s.security.privileged = true;
+        let steps = plan(&s, &host(), &every);
+        let t = targets(&steps);
+        // The default sandbox keeps every mask and none of the insecure parts.
+        for p in MASKED_PATHS.iter().chain(READONLY_PATHS.iter()) {
+            assert!(targets(&strict).contains(p), "{p}");
+            assert!(!t.contains(p), "{p}");
+        }
+        for p in ["/dev/kmsg", "/dev/net/tun", "/dev/loop0", "/sys/fs/cgroup"] {
+            assert!(!targets(&strict).contains(&p), "{p}");
+            assert!(t.contains(&p), "{p}");
+        }
+        assert!(steps.iter().any(|s| matches!(s,
+            Step::Fs { fstype: "sysfs", attrs, .. } if !attrs.readonly)));
+        assert!(steps.contains(&Step::Bind {
+            source: "/sys/fs/cgroup/memory/a".into(),
+            target: "/sys/fs/cgroup/memory".into(),
+            readonly: false,
+            create: Create::Dir,
+        }));
+        let pos = |p: &str| t.iter().position(|x| *x == p).expect(p);
+        assert!(pos("/sys") < pos("/sys/fs/cgroup"));
+        assert!(pos("/sys/fs/cgroup") < pos("/sys/fs/cgroup/devices"));
+        assert!(pos("/dev") < pos("/dev/net/tun"));
+    }
+
+    #[test]
+    fn a_cgroup2_mounted_at_sys_fs_cgroup_is_bound_there_without_a_tmpfs() {
+        let mut s = spec(Network::Loopback);
+        s.security.privileged = true;
+        let mut h = host();
+        h.insecure.cgroups = vec![("/sys/fs/cgroup/kiln-insecure".into(), String::new())];
+        let steps = plan(&s, &h, &[]);
+        let at: Vec<&Step> = steps
+            .iter()
+            .filter(|s| s.target() == "/sys/fs/cgroup")
+            .collect();
+        assert!(matches!(at[..], [Step::Bind { .. }]), "{at:?}");
     }
 
     fn targets(steps: &[Step]) -> Vec<&str> {

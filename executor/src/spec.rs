@@ -101,8 +101,10 @@ pub struct RunSpec {
 pub struct Security {
     /// The seccomp filter of the process.
     pub seccomp: Seccomp,
-    /// `RUN --security=insecure` (with `--allow security.insecure`): the process keeps every
-    /// capability and gets no seccomp filter (masked paths and the device policy stay).
+    /// `RUN --security=insecure` (with `--allow security.insecure`), as BuildKit's insecure
+    /// spec: every capability kiln has, no seccomp filter, no masked or read-only /proc paths,
+    /// writable /sys and cgroup filesystem, no device policy and the host's kmsg, fuse, cuse,
+    /// kvm, tun, loop-control and loop devices (as root; rootless, no devices or cgroups).
     #[serde(default)]
     pub privileged: bool,
     /// Resource limits set right before exec (`--ulimit nofile=1024:2048`).

@@ -12,6 +12,16 @@ use std::sync::Arc;
 /// An HTTP/1.1 server on 127.0.0.1 serving `files` (path to body; 404 otherwise) from a
 /// thread until the process ends. Returns `http://127.0.0.1:PORT`.
 fn serve(files: BTreeMap<String, Vec<u8>>) -> anyhow::Result<String> {
+    serve_with_headers(
+        files
+            .into_iter()
+            .map(|(p, b)| (p, (String::new(), b)))
+            .collect(),
+    )
+}
+
+/// [`serve`] with extra header lines (`Name: value\r\n` each) per path.
+fn serve_with_headers(files: BTreeMap<String, (String, Vec<u8>)>) -> anyhow::Result<String> {
     use std::io::{BufRead as _, BufReader, Write as _};
     let files = Arc::new(files);
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -32,12 +42,12 @@ fn serve(files: BTreeMap<String, Vec<u8>>) -> anyhow::Result<String> {
                 }
             }
             let path = first.split(' ').nth(1).unwrap_or("");
-            let (status, body) = match files.get(path) {
-                Some(b) => ("200 OK", b.as_slice()),
-                None => ("404 Not Found", &[][..]),
+            let (status, extra, body) = match files.get(path) {
+                Some((h, b)) => ("200 OK", h.as_str(), b.as_slice()),
+                None => ("404 Not Found", "", &[][..]),
             };
             let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             let _ = conn.write_all(head.as_bytes());
@@ -240,6 +250,86 @@ fn build_contexts_replace_stages_and_images_by_name() -> anyhow::Result<()> {
     let out = t.kiln(&["build", "--build-context", "nonsense", &ctx]);
     ensure!(
         String::from_utf8_lossy(&out.stderr).contains("expected NAME=VALUE"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+/// BuildKit v0.24's answers for the http context below: `ls` of the mount, and `stat -c '%a %Y
+/// %u:%g'` of its file (served with `Last-Modified` 1700000000 and a Content-Disposition name).
+const V024_HTTP_CONTEXT: (&str, &str) = ("context\n", "600 1700000000 0:0\n");
+
+/// `--build-context NAME=https://host/file` of a plain file (not an archive): a context holding
+/// that one file named `context`, as BuildKit's dockerfile frontend 1.24 makes it
+/// (`llb.HTTP(url, llb.Filename("context"))`: the name wins over the URL's and
+/// Content-Disposition's), mode 0600 and dated by `Last-Modified`, as BuildKit's HTTP
+/// source. `COPY --from`, `RUN --mount=from=` and `FROM` take it (FROM: a root holding that
+/// file alone). BuildKit v0.24 (frontend 1.18) fails every such context with `invalid
+/// argument` (checked with the oracle: `--opt context:web=http://...`), so there is no older
+/// behaviour to keep. The file itself is compared with what BuildKit v0.24's HTTP source makes
+/// of the state frontend 1.24 builds (`tests/it/testdata/http_context_llb.go`, the same URL
+/// and headers from a local server, the same `ls` and `stat` in a RUN that mounts it):
+/// [`V024_HTTP_CONTEXT`].
+#[test]
+fn an_http_named_context_of_a_plain_file_is_that_file_named_context() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    let base = serve_with_headers(BTreeMap::from([(
+        "/files/hello.txt".to_owned(),
+        (
+            "Last-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\n\
+             Content-Disposition: attachment; filename=\"by-header.txt\"\r\n"
+                .to_owned(),
+            b"hello from the web\n".to_vec(),
+        ),
+    )]))?;
+    let web = format!("web={base}/files/hello.txt");
+    t.write(
+        "Dockerfile",
+        "FROM busybox\nCOPY --from=web context /got\n\
+         RUN --mount=from=web,target=/w ls /w > /listing && stat -c '%a %Y %u:%g' /w/context > /stat \
+         && stat -c %a /got > /copied\n",
+    );
+    let ctx = t.ctx.to_str().context("utf-8")?.to_owned();
+    build(&t, "web:1", &["--build-context", &web], &ctx)?;
+    ensure!(cat(&t, "web:1", "/got")? == "hello from the web\n");
+    let (listing, stat) = V024_HTTP_CONTEXT;
+    ensure!(cat(&t, "web:1", "/listing")? == listing);
+    let got = cat(&t, "web:1", "/stat")?;
+    ensure!(got == stat, "kiln {got:?}, BuildKit v0.24 {stat:?}");
+    // COPY --from keeps the mode (its date drops to the build's epoch, kiln's rule for files
+    // of other stages and images: README "Image dates").
+    ensure!(cat(&t, "web:1", "/copied")? == "600\n");
+
+    // FROM the context: a root filesystem of that one file.
+    t.write("Dockerfile", "FROM web\n");
+    let out = t.dir.path().join("out");
+    t.ok(&[
+        "build",
+        "--build-context",
+        &web,
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+        &ctx,
+    ])?;
+    let names: Vec<String> = std::fs::read_dir(&out)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(names == ["context"], "{names:?}");
+    ensure!(std::fs::read_to_string(out.join("context"))? == "hello from the web\n");
+
+    // A missing file is the server's 404, naming the flag.
+    let out = t.kiln(&[
+        "build",
+        "--build-context",
+        &format!("web={base}/nope"),
+        &ctx,
+    ]);
+    ensure!(!out.status.success(), "{}", text(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("--build-context web={base}/nope")),
         "{}",
         text(&out)
     );

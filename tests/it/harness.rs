@@ -137,11 +137,13 @@ impl TestDir {
         self.ok(&args)
     }
 
-    /// Imports busybox as `busybox:latest` with `CMD ["sh"]` and a PATH.
+    /// Imports busybox as `busybox:latest` with `CMD ["sh"]` and a PATH, dated 1970
+    /// (`SOURCE_DATE_EPOCH=0`): the same base image digest on every root and at every time, as
+    /// a pulled base would be, so that tests comparing builds across roots compare their steps.
     pub fn import_busybox(&self) -> anyhow::Result<()> {
         let tar = self.dir.path().join("busybox.tar");
         std::fs::write(&tar, busybox_tar()?)?;
-        self.ok(&[
+        let args = [
             "import",
             "--change",
             r#"CMD ["sh"]"#,
@@ -149,7 +151,18 @@ impl TestDir {
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             tar.to_str().expect("utf-8 path"),
             "busybox",
-        ])?;
+        ];
+        let out = self
+            .cmd(&args)
+            .env("SOURCE_DATE_EPOCH", "0")
+            .output()
+            .expect("kiln runs");
+        ensure!(
+            out.status.success(),
+            "kiln {args:?} failed ({}):\n{}",
+            out.status,
+            text(&out)
+        );
         Ok(())
     }
 

@@ -342,3 +342,139 @@ fn an_invalid_source_date_epoch_is_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+fn docker_ready() -> bool {
+    let answered = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !answered && std::env::var("REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        panic!("docker reference test required but `docker version` gets no answer from dockerd");
+    }
+    if !answered {
+        eprintln!("skipped: dockerd is not answering");
+    }
+    answered
+}
+
+/// Removes a docker image when the test ends.
+struct DockerImage(String);
+
+impl Drop for DockerImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
+}
+
+/// `kiln import` dates its image as `docker import` does: the time of the import, image and
+/// history entry alike, not 1970. `SOURCE_DATE_EPOCH` in the environment wins in kiln (as in
+/// `kiln build`); dockerd cannot see its client's environment, so docker's date stays the
+/// clock (README "Image dates").
+#[test]
+fn kiln_import_is_dated_at_the_import_as_docker_import() -> anyhow::Result<()> {
+    if !crate::harness::privileged(&[]) || !docker_ready() {
+        return Ok(());
+    }
+    let t = TestDir::new();
+    let tar = t.dir.path().join("rootfs.tar");
+    std::fs::write(&tar, crate::harness::busybox_tar()?)?;
+    let tar = tar.to_str().context("utf-8")?;
+    let image = format!("kiln-it-import-date-{}:1", std::process::id());
+    let _reap = DockerImage(image.clone());
+    let created = |out: &std::process::Output| -> anyhow::Result<i64> {
+        ensure!(out.status.success(), "{}", text(out));
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        parse_rfc3339(&s).with_context(|| format!("created {s:?}"))
+    };
+    let import = |env: Option<&str>| -> anyhow::Result<(i64, i64)> {
+        let mut d = std::process::Command::new("docker");
+        d.args(["import", tar, &image]);
+        let mut k = t.cmd(&["import", tar, &image]);
+        k.env_remove("SOURCE_DATE_EPOCH");
+        if let Some(v) = env {
+            d.env("SOURCE_DATE_EPOCH", v);
+            k.env("SOURCE_DATE_EPOCH", v);
+        }
+        let out = d.output()?;
+        ensure!(out.status.success(), "docker import: {}", text(&out));
+        let out = k.output()?;
+        ensure!(out.status.success(), "kiln import: {}", text(&out));
+        let f = "{{.Created}}";
+        let docker = created(
+            &std::process::Command::new("docker")
+                .args(["image", "inspect", "-f", f, &image])
+                .output()?,
+        )?;
+        let kiln = created(&t.kiln(&["image", "inspect", "-f", f, &image]))?;
+        // The one history entry carries the same date as the image, as docker's does.
+        let hist = t.ok(&["image", "inspect", "-f", "{{json .History}}", &image])?;
+        let hist: Value = serde_json::from_slice(&hist.stdout)?;
+        let dates: Vec<Option<i64>> = hist
+            .as_array()
+            .context("History")?
+            .iter()
+            .map(|h| h["created"].as_str().and_then(parse_rfc3339))
+            .collect();
+        ensure!(dates == [Some(kiln)], "history {hist}, created {kiln}");
+        Ok((docker, kiln))
+    };
+
+    let before = now();
+    let (docker, kiln) = import(None)?;
+    let after = now();
+    for (who, at) in [("docker", docker), ("kiln", kiln)] {
+        ensure!(
+            (before - 1..=after + 1).contains(&at),
+            "{who} import dated {at}, not between {before} and {after}"
+        );
+    }
+
+    let (docker, kiln) = import(Some("1700000000"))?;
+    ensure!(
+        kiln == 1_700_000_000,
+        "kiln import with SOURCE_DATE_EPOCH: {kiln}"
+    );
+    ensure!(
+        docker >= before - 1,
+        "docker import honoured SOURCE_DATE_EPOCH ({docker}): README says it does not"
+    );
+    Ok(())
+}
+
+/// Under `SOURCE_DATE_EPOCH`, kiln clamps the mtimes of COPY'd files at the epoch (issue 13
+/// item 5; BuildKit only with `rewrite-timestamp=true`, README "Image dates"): a file newer
+/// than the epoch gets the epoch, an older one keeps its own date, in the layer.
+#[test]
+fn copied_files_are_clamped_at_source_date_epoch_and_older_ones_kept() -> anyhow::Result<()> {
+    let Some(t) = busybox_dir(&[])? else {
+        return Ok(());
+    };
+    t.write("Dockerfile", "FROM busybox\nCOPY new.txt old.txt /c/\n");
+    t.write("new.txt", "new\n");
+    t.write("old.txt", "old\n");
+    // 2001-09-09T01:46:40Z, before the epoch.
+    let old = std::fs::File::options()
+        .write(true)
+        .open(t.ctx.join("old.txt"))?;
+    old.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))?;
+    drop(old);
+    build_with(
+        &t,
+        &t.ctx,
+        "clamp:1",
+        &[],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    )?;
+    let got = mtimes(&t, "clamp:1")?;
+    ensure!(got.get("c/new.txt") == Some(&1_700_000_000), "{got:?}");
+    ensure!(got.get("c/old.txt") == Some(&1_000_000_000), "{got:?}");
+    // The context's own file is untouched.
+    let m = std::fs::metadata(t.ctx.join("new.txt"))?.modified()?;
+    ensure!(
+        m.duration_since(std::time::UNIX_EPOCH)?.as_secs() > 1_700_000_000,
+        "the context's new.txt was re-dated"
+    );
+    Ok(())
+}

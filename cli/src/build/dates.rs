@@ -33,6 +33,22 @@ pub fn rule(build_args: &BTreeMap<String, String>, context: &Path) -> anyhow::Re
     Ok(git_head(context)?.unwrap_or(CreatedRule::FirstBuild))
 }
 
+/// `SOURCE_DATE_EPOCH` from the environment alone (`kiln import`, which has no build args):
+/// None when unset or empty.
+///
+/// Fails on a value that is not a whole number of seconds, as [`rule`] does.
+pub fn env_epoch() -> anyhow::Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<i64>() {
+            Ok(secs) => Ok(Some(secs)),
+            Err(_) => bail!(
+                "invalid SOURCE_DATE_EPOCH (environment): {v:?} is not a whole number of seconds"
+            ),
+        },
+        _ => Ok(None),
+    }
+}
+
 /// The HEAD commit time of the git work tree that holds `context`, if it is in one.
 ///
 /// Fails when git says the directory is a work tree but its HEAD cannot be read.

@@ -200,6 +200,8 @@ pub(super) struct Remote {
     pub(super) dir: PathBuf,
     /// The Dockerfile, when the URL served a plain file.
     pub(super) dockerfile: Option<Vec<u8>>,
+    /// That plain file as downloaded (mode 0600, dated by `Last-Modified`), in `temp`.
+    pub(super) file: Option<PathBuf>,
     /// Holds the files until the build ends.
     pub(super) temp: TempDir,
 }
@@ -224,6 +226,7 @@ pub(super) fn fetch_remote(spec: &str) -> anyhow::Result<Option<Remote>> {
         return Ok(Some(Remote {
             dir,
             dockerfile: None,
+            file: None,
             temp,
         }));
     }
@@ -252,16 +255,18 @@ pub(super) fn fetch_remote(spec: &str) -> anyhow::Result<Option<Remote>> {
             .with_context(|| format!("reading {}", file.display()))?;
     }
     // docker's rule: an archive is the context; anything else is a Dockerfile alone.
-    let dockerfile = if is_archive(&head) {
+    let (dockerfile, file) = if is_archive(&head) {
         extract(&download, &name, &ctx)
             .with_context(|| format!("build context {spec}: extracting the archive"))?;
-        None
+        (None, None)
     } else {
-        Some(std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
+        let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        (Some(text), Some(file))
     };
     Ok(Some(Remote {
         dir: ctx,
         dockerfile,
+        file,
         temp,
     }))
 }

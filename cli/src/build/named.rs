@@ -6,6 +6,10 @@
 //!   its files, with its own `.dockerignore` applied, as a one-layer image written to the
 //!   store (content-addressed, so an unchanged directory gives the same image and cache
 //!   keys);
+//! - an http(s) URL of a plain file: that one file, named `context` (BuildKit's dockerfile
+//!   frontend since 1.24 makes such a context `llb.HTTP(url, llb.Filename("context"))`; before,
+//!   it failed every http named context with `invalid argument`), mode 0600 and dated by
+//!   `Last-Modified` as ADD's downloads, in a one-layer image the same way;
 //! - `oci-layout://DIR@sha256:DIGEST` (or `DIR:TAG`, or `DIR` holding one image): the image
 //!   of an OCI layout, imported into the store as it is (`oci_layout.rs`).
 //!
@@ -41,10 +45,10 @@ pub(super) fn resolve(
         } else if let Some(layout) = value.strip_prefix("oci-layout://") {
             super::oci_layout::import(store, layout, platform).with_context(at)?
         } else if let Some(remote) = super::input::fetch_remote(value).with_context(at)? {
-            if remote.dockerfile.is_some() {
-                bail!("{}: the URL serves a single file, not an archive", at());
+            match &remote.file {
+                Some(file) => single_file_image(store, file, platform).with_context(at)?,
+                None => dir_image(store, &remote.dir, platform).with_context(at)?,
             }
-            dir_image(store, &remote.dir, platform).with_context(at)?
         } else {
             let dir = std::fs::canonicalize(value)
                 .with_context(|| format!("{}: no such directory", at()))?;
@@ -56,6 +60,28 @@ pub(super) fn resolve(
         out.insert(name.to_owned(), reference);
     }
     Ok(out)
+}
+
+/// The name BuildKit gives the one file of an http(s) named context.
+const HTTP_CONTEXT_FILE: &str = "context";
+
+/// A one-layer image holding `file` (a download, kept in its temp dir) alone, as
+/// [`HTTP_CONTEXT_FILE`]; returns its manifest digest.
+fn single_file_image(
+    store: &Store,
+    file: &Path,
+    platform: &cache::oci::Platform,
+) -> anyhow::Result<String> {
+    let temp = file
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("{} has no temp dir", file.display()))?;
+    let dir = temp.join("single-file");
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let to = dir.join(HTTP_CONTEXT_FILE);
+    std::fs::rename(file, &to)
+        .with_context(|| format!("moving {} to {}", file.display(), to.display()))?;
+    dir_image(store, &dir, platform)
 }
 
 /// Writes the files of `dir` (minus its `.dockerignore`) as a one-layer image with an empty

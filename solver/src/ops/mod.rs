@@ -86,8 +86,8 @@ pub(crate) enum LayerMtimes {
 /// context, never on when the build ran.
 pub const COPY_CLAMP_MTIME: Option<i64> = Some(0);
 
-/// The `created` time of images kiln writes without a build (`kiln import`), and the
-/// placeholder of a built image's dates while its content key is computed.
+/// The placeholder of a built image's dates while its content key is computed (`kiln
+/// import` dates its images at the import, as `docker import`).
 pub const CREATED: &str = "1970-01-01T00:00:00Z";
 
 /// Where a built image's `created` (and its new history entries' dates) comes from.
