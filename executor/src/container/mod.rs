@@ -5,10 +5,13 @@
 //! reclaiming of what dead owners left ([`owner`]), cgroups, and docker's times ([`time`]).
 //! The cli keeps only arguments and output.
 
+pub mod control;
+pub mod create;
 pub mod name;
 pub mod network;
 pub mod owner;
 pub mod process;
+pub mod relay;
 pub mod rootfs;
 pub mod runtime;
 pub mod spec;
@@ -16,6 +19,7 @@ pub mod state;
 pub mod supervisor;
 pub mod time;
 
+pub use create::{CreateError, Created, Request, create};
 pub use owner::{LeaseRef, Owner, Owners};
 pub use state::{State, StateError, Status};
 
