@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-pub use executor::container::CGROUP_ENV;
 pub use executor::container::State;
 use executor::container::control;
 use executor::container::process::{exit_code as status_code, init_pid};

@@ -7,12 +7,12 @@
 //! kill, and undoes the network and cgroup itself) or under its supervisor
 //! ([`Created::start_detached`]).
 
-use super::name;
 use super::network::{self, Joined, Mode, Record};
 use super::spec::{Image, Overrides, RunError};
 use super::state::{State, StateError, Status};
 use super::supervisor::SuperviseError;
 use super::time::now_rfc3339;
+use super::{SandboxCgroups, name};
 use crate::cgroup::{Cgroup, CgroupError, Limits};
 use crate::net::PortMapping;
 use crate::spec::{InitSpec, RunSpec, Security};
@@ -328,7 +328,7 @@ impl Created {
         // Its network is its own to tear down, so the state names none.
         state.transition(Status::Running)?;
         state.started_at = state.created.clone();
-        let cgroups = state.cgroups.clone();
+        let cgroups = SandboxCgroups(state.cgroups.clone());
         let status = spawn_and_wait(exe, &spec, stdin, joined.is_some(), &cgroups, |pid| {
             state.pid = i32::try_from(pid).ok();
             if let Some(p) = state.pid {
@@ -371,13 +371,15 @@ fn spawn_and_wait(
     spec: &RunSpec,
     stdin: bool,
     forward_signals: bool,
-    cgroups: &[PathBuf],
+    cgroups: &SandboxCgroups,
     started: impl FnOnce(u32) -> Result<()>,
 ) -> Result<ExitStatus> {
     let sandbox = |what: String| move |source| CreateError::Sandbox { what, source };
     let mut cmd = crate::sandbox::command(exe, &InitSpec::Run(spec.clone()))
         .map_err(sandbox("building the sandbox command".to_owned()))?;
-    super::set_cgroup_env(&mut cmd, cgroups);
+    cgroups
+        .pass_to(&mut cmd)
+        .map_err(sandbox("passing the cgroups to the sandbox".to_owned()))?;
     if !stdin {
         cmd.stdin(Stdio::null());
     }
