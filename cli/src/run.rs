@@ -1,4 +1,5 @@
-//! `kiln run`: a container from an image, with the caller's stdio.
+//! `kiln run`: its flags, the image (found or pulled), the terminal and the exit code; the
+//! container itself is made and run by `executor::container::create`.
 
 use anyhow::Context as _;
 use std::io::Write as _;

@@ -1,9 +1,13 @@
-//! Containers as library code (`kiln run`, `ps`, `start`, `stop`, `rm`, ...): their state and
-//! its legal transitions ([`state`]), their names and the atomic reservation of them
-//! ([`name`]), their run spec from an image ([`spec`]), their processes
-//! ([`process`]), the host-wide records of who owns their network and cgroups and the
-//! reclaiming of what dead owners left ([`owner`]), cgroups, and docker's times ([`time`]).
-//! The cli keeps only arguments and output.
+//! Containers as library code (`kiln run`, `ps`, `start`, `stop`, `rm`, ...): `kiln run`'s
+//! whole creation sequence, undone step by step when one fails, and the foreground run with
+//! its signal relay ([`create`], [`relay`]), the commands on existing containers
+//! ([`control`]), the detached container's supervisor ([`supervisor`]), their state and its
+//! legal transitions ([`state`]), their names and the atomic reservation of them ([`name`]),
+//! their run spec from an image ([`spec`]), their networks and hosts files ([`network`]),
+//! their processes ([`process`]), the host-wide records of who owns their network and
+//! cgroups and the reclaiming of what dead owners left ([`owner`]), cgroups
+//! ([`create_cgroup`], [`SandboxCgroups`]), and docker's times ([`time`]). The cli keeps only
+//! arguments and output.
 
 pub mod control;
 pub mod create;
