@@ -13,8 +13,8 @@ pub const TESTS: &[(&str, TestFn)] = &[(
 )];
 
 /// `create` then `run_attached`, as `kiln run --pids-limit 64 --network none` does: the
-/// sandbox joins the cgroup handed to it (a failed join would exit 125), its exit status comes
-/// back, the cgroup is gone after the run and the state says exited with that status; `rm`
+/// sandbox runs in the cgroup handed to it (its command exits 3 only there), its exit status
+/// comes back, the cgroup is gone after the run and the state says exited with that status; `rm`
 /// then removes the directory and gives the name back.
 fn created_container_runs_attached_and_leaves_only_its_exited_state() -> Result<()> {
     let root = tempfile::tempdir()?;
@@ -24,7 +24,14 @@ fn created_container_runs_attached_and_leaves_only_its_exited_state() -> Result<
         name: Some("lib-run".to_owned()),
         image_ref: "busybox".to_owned(),
         image: spec::Image {
-            cmd: Some(vec!["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()]),
+            // 3 once in the container's cgroup (named by its id; the host name is the id's
+            // first 12 digits; no cgroup namespace, so /proc/self/cgroup shows the path).
+            cmd: Some(vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                "grep -q \"$(hostname)\" /proc/self/cgroup && exit 3; cat /proc/self/cgroup; exit 4"
+                    .to_owned(),
+            ]),
             env: vec!["PATH=/bin".to_owned()],
             lowers: vec![busybox_root().to_path_buf()],
             ..Default::default()
@@ -46,6 +53,10 @@ fn created_container_runs_attached_and_leaves_only_its_exited_state() -> Result<
     let id = created.id().to_owned();
     let cgroups = created.state().cgroups.clone();
     ensure!(!cgroups.is_empty(), "a pids limit makes a cgroup");
+    ensure!(
+        cgroups.iter().all(|d| d.ends_with(&id)),
+        "named by the id: {cgroups:?}"
+    );
     ensure!(cgroups.iter().all(|d| d.is_dir()), "{cgroups:?}");
     let exe = std::env::current_exe()?;
     let status = created.run_attached(&exe, false).context("run")?;
