@@ -8,13 +8,14 @@
 
 use anyhow::Context as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use executor::container::CGROUP_ENV;
 pub use executor::container::State;
-use executor::container::process::{alive, exit_code as status_code, init_pid, ready_init_pid};
+use executor::container::control;
+use executor::container::process::{exit_code as status_code, init_pid};
+pub use executor::container::spec::with_term;
 use executor::container::time::{human_duration, parse_rfc3339};
 use executor::container::{Status, state};
 
@@ -130,13 +131,8 @@ fn containers_dir() -> anyhow::Result<PathBuf> {
     Ok(kroot::Dir::Containers.path(&crate::kiln_root()?))
 }
 
-fn read_state(dir: &Path) -> anyhow::Result<State> {
-    Ok(state::read(dir)?)
-}
-
-/// Writes `state.json` atomically.
-pub fn write_state(dir: &Path, s: &State) -> anyhow::Result<()> {
-    Ok(state::write(dir, s)?)
+fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the kiln binary")
 }
 
 /// Every container's state, corrected (see [`State::effective`]).
@@ -243,94 +239,9 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
     })))
 }
 
-/// `kiln start` (see [`executor::container::supervisor::start`]).
-fn start(name: &str) -> anyhow::Result<()> {
-    let (dir, s) = find(name)?;
-    let exe = std::env::current_exe().context("locating the kiln binary")?;
-    Ok(executor::container::supervisor::start(
-        &exe,
-        &containers_dir()?,
-        &dir,
-        s,
-    )?)
-}
-
-/// Starts a prepared container in the background under a supervisor; prints its id.
-pub fn start_detached(
-    dir: &Path,
-    spec: &executor::spec::RunSpec,
-    state: State,
-    joined: Option<crate::netrun::Joined>,
-) -> anyhow::Result<ExitCode> {
-    let id = state.id.clone();
-    launch(dir, spec, state, joined)?;
-    writeln!(std::io::stdout().lock(), "{id}")?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Starts the supervisor of a prepared container and waits until it runs (see
-/// [`executor::container::supervisor::launch`]).
-fn launch(
-    dir: &Path,
-    spec: &executor::spec::RunSpec,
-    state: State,
-    joined: Option<crate::netrun::Joined>,
-) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating the kiln binary")?;
-    Ok(executor::container::supervisor::launch(
-        &exe, dir, spec, state, joined,
-    )?)
-}
-
 fn supervise(id: &str) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("locating the kiln binary")?;
-    executor::container::supervisor::supervise(&exe, &containers_dir()?, id)?;
+    executor::container::supervisor::supervise(&exe()?, &containers_dir()?, id)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Detaches the container from its network (or from the one it shares) and unpins its
-/// namespace; idempotent.
-fn cleanup_network(state: &State) {
-    crate::netrun::release(
-        &state.id,
-        state.network.as_deref(),
-        &state.ports,
-        alive(state.pid),
-    );
-}
-
-/// The cgroup of container `id` with `limits`, or None when nothing is limited.
-pub fn create_cgroup(
-    id: &str,
-    limits: &executor::cgroup::Limits,
-) -> anyhow::Result<Option<executor::cgroup::Cgroup>> {
-    if !limits.is_empty() && !crate::rootless::limits_possible() {
-        return Ok(None);
-    }
-    executor::container::create_cgroup(id, limits)
-        .with_context(|| format!("creating the cgroup of container {id}"))
-}
-
-fn signal(s: &State, sig: rustix::process::Signal) {
-    executor::container::process::kill(s.pid, sig);
-}
-
-/// The PID 1 (a host pid) of running container `name`. Fails when it is not running.
-pub fn running_init_pid(name: &str) -> anyhow::Result<i32> {
-    let (_, s) = find(name)?;
-    anyhow::ensure!(s.is_running(), "container {name} is not running");
-    s.pid
-        .and_then(ready_init_pid)
-        .with_context(|| format!("container {name} has no running process"))
-}
-
-fn wait_exited(dir: &Path, timeout: Duration) -> bool {
-    executor::container::supervisor::wait_exited(dir, timeout)
-}
-
-fn stop(name: &str, timeout: Duration) -> anyhow::Result<()> {
-    let (dir, s) = find(name)?;
-    Ok(executor::container::supervisor::stop(&dir, &s, timeout)?)
 }
 
 /// One `kiln ps` row with docker's `--format` field names.
@@ -506,27 +417,18 @@ fn ps(a: &PsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     )
 }
 
-/// `kiln top`: the processes in the container's PID namespace, as `ps -ef` columns.
 /// The state of running container `name` and the host pids of every process in its PID
-/// namespace, in order. Fails when it is not running.
+/// namespace (see [`control::processes`]).
 pub fn processes(name: &str) -> anyhow::Result<(State, Vec<i32>)> {
-    let (_, s) = find(name)?;
-    anyhow::ensure!(s.is_running(), "container {name} is not running");
-    let init = s
-        .pid
-        .and_then(init_pid)
-        .with_context(|| format!("container {name} has no running process"))?;
-    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
-    let want = ns(init).context("reading the container's PID namespace")?;
-    let mut pids: Vec<i32> = std::fs::read_dir("/proc")?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|p| ns(*p).as_ref() == Some(&want))
-        .collect();
-    pids.sort_unstable();
-    Ok((s, pids))
+    Ok(control::processes(&containers_dir()?, name)?)
 }
 
+/// The PID 1 (a host pid) of running container `name` (see [`control::running_init_pid`]).
+pub fn running_init_pid(name: &str) -> anyhow::Result<i32> {
+    Ok(control::running_init_pid(&containers_dir()?, name)?)
+}
+
+/// `kiln top`: the processes in the container's PID namespace, as `ps -ef` columns.
 fn top(name: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let (_, pids) = processes(name)?;
     writeln!(out, "{:<10} {:<10} {:<10} CMD", "UID", "PID", "PPID")?;
@@ -570,14 +472,14 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Stats(a) => crate::info::stats(&a, &mut out)?,
         Cmd::Start { names } => {
             for n in &names {
-                start(n)?;
+                control::start(&exe()?, &containers_dir()?, n)?;
                 writeln!(out, "{n}")?;
             }
         }
         Cmd::Restart { time, names } => {
             for n in &names {
-                stop(n, Duration::from_secs(time))?;
-                start(n)?;
+                control::stop(&containers_dir()?, n, Duration::from_secs(time))?;
+                control::start(&exe()?, &containers_dir()?, n)?;
                 writeln!(out, "{n}")?;
             }
         }
@@ -592,7 +494,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     break;
                 }
                 let done =
-                    read_state(&dir).map_or(true, |s| s.effective().status == Status::Exited);
+                    state::read(&dir).map_or(true, |s| s.effective().status == Status::Exited);
                 if done {
                     std::io::copy(&mut f, &mut out)?;
                     break;
@@ -602,40 +504,19 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Stop { time, names } => {
             for n in &names {
-                stop(n, Duration::from_secs(time))?;
+                control::stop(&containers_dir()?, n, Duration::from_secs(time))?;
                 writeln!(out, "{n}")?;
             }
         }
         Cmd::Kill { names } => {
             for n in &names {
-                let (dir, s) = find(n)?;
-                anyhow::ensure!(s.is_running(), "container {n} is not running");
-                signal(&s, rustix::process::Signal::KILL);
-                wait_exited(&dir, Duration::from_secs(10));
+                control::kill(&containers_dir()?, n)?;
                 writeln!(out, "{n}")?;
             }
         }
         Cmd::Rm { force, names } => {
             for n in &names {
-                let (dir, mut s) = find(n)?;
-                if s.is_running() {
-                    anyhow::ensure!(
-                        force,
-                        "container {n} is running: stop it first or use rm -f"
-                    );
-                    signal(&s, rustix::process::Signal::KILL);
-                    wait_exited(&dir, Duration::from_secs(10));
-                }
-                cleanup_network(&s);
-                if s.transition(Status::Removing).is_ok() {
-                    let _ = write_state(&dir, &s);
-                }
-                executor::cgroup::Cgroup::open(s.cgroups.clone())
-                    .remove()
-                    .with_context(|| format!("removing the cgroup of {n}"))?;
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("removing {}", dir.display()))?;
-                executor::container::name::release(&containers_dir()?, s.name(), &s.id);
+                control::remove(&containers_dir()?, n, force)?;
                 writeln!(out, "{n}")?;
             }
         }
@@ -672,28 +553,18 @@ fn exec(
     crate::run::check_env(&env)?;
     crate::run::check_workdir(workdir.as_deref())?;
     crate::run::check_user(user.as_deref())?;
-    let (dir, s) = find(name)?;
-    anyhow::ensure!(s.is_running(), "container {name} is not running");
-    let sandbox = s.pid.context("the container has no process")?;
-    // A container being started: wait (briefly) until its setup is complete.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ready_init_pid(sandbox).is_none() && alive(Some(sandbox)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let pid =
-        init_pid(sandbox).with_context(|| format!("container {name} has no running process"))?;
-    let spec: executor::spec::RunSpec =
-        serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
-    let exec = executor::spec::ExecSpec {
-        pid,
-        args: command,
-        env: executor::container::spec::env(&spec.env, &with_term(env, &spec.env, tty)),
-        cwd: workdir.unwrap_or(spec.cwd),
-        user: user.unwrap_or(spec.user),
-        tty,
-        security: spec.security.clone(),
-    };
-    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    let exec = control::exec_spec(
+        &containers_dir()?,
+        name,
+        control::Exec {
+            args: command,
+            env,
+            workdir,
+            user,
+            tty,
+        },
+    )?;
+    let exe = exe()?;
     let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Exec(exec))?;
     if !interactive {
         cmd.stdin(Stdio::null());
@@ -718,16 +589,6 @@ impl std::fmt::Display for NotATty {
 }
 
 impl std::error::Error for NotATty {}
-
-/// `-e` values plus `TERM=xterm` when a tty is allocated and neither they nor `base` (the
-/// image's or container's environment) set TERM, as docker does.
-pub fn with_term(mut env: Vec<String>, base: &[String], tty: bool) -> Vec<String> {
-    let has = |l: &[String]| l.iter().any(|e| e.split('=').next() == Some("TERM"));
-    if tty && !has(&env) && !has(base) {
-        env.insert(0, "TERM=xterm".to_owned());
-    }
-    env
-}
 
 /// A process's exit status as a shell reports it: its code, or 128 + the signal that killed it.
 pub fn exit_code(st: &std::process::ExitStatus) -> i32 {

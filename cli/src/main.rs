@@ -278,12 +278,11 @@ fn main() -> ExitCode {
     // The sandbox init runs before anything else: single-threaded, no clap, no runtime.
     if std::env::args().nth(1).as_deref() == Some("__init") {
         // Limits apply from the start: join the container's cgroups before __init forks.
-        if let Some(dirs) = std::env::var_os(containers::CGROUP_ENV) {
-            let dirs: Vec<std::path::PathBuf> = std::env::split_paths(&dirs).collect();
-            if let Err(e) = executor::cgroup::join(&dirs, std::process::id()) {
-                let _ = writeln!(std::io::stderr().lock(), "kiln: {e:#}");
-                std::process::exit(125);
-            }
+        if let Some(cgroups) = executor::container::SandboxCgroups::from_env()
+            && let Err(e) = cgroups.join(std::process::id())
+        {
+            let _ = writeln!(std::io::stderr().lock(), "kiln: {e:#}");
+            std::process::exit(125);
         }
         executor::init::main(std::env::args().collect());
     }

@@ -1,11 +1,9 @@
 //! The cli's side of container networking (`executor::container::network`): it supplies
 //! `KILN_ROOT/containers` and turns errors into messages.
 
-pub use executor::container::network::{Joined, Mode, Record, hosts_mount, ports};
+pub use executor::container::network::{Mode, ports};
 pub use executor::container::runtime::state_dir;
-use executor::net::PortMapping;
-use executor::spec::Network;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn containers() -> anyhow::Result<PathBuf> {
     Ok(crate::kiln_root()?.join(kroot::Dir::Containers.name()))
@@ -20,32 +18,7 @@ pub fn reclaim_orphans() {
     }
 }
 
-/// See [`executor::container::network::release`].
-pub fn release(id: &str, network: Option<&str>, ports: &[PortMapping], running: bool) {
-    if let Ok(c) = containers() {
-        executor::container::network::release(&c, id, network, ports, running);
-    }
-}
-
 /// See [`executor::container::network::build_network`].
 pub fn build_network() -> anyhow::Result<std::sync::Arc<executor::net::BuildNetwork>> {
     Ok(executor::container::network::build_network()?)
-}
-
-/// See [`executor::container::network::setup`].
-#[allow(clippy::too_many_arguments)]
-pub fn setup(
-    mode: &Mode,
-    id: &str,
-    cname: &str,
-    hostname: &str,
-    ports: &[PortMapping],
-    dir: &Path,
-    detached: bool,
-    rec: &mut Record,
-) -> anyhow::Result<(Network, Option<Joined>)> {
-    let c = containers()?;
-    Ok(executor::container::network::setup(
-        &c, mode, id, cname, hostname, ports, dir, detached, rec,
-    )?)
 }

@@ -1,7 +1,9 @@
-//! `kiln run`: a container from an image, with the caller's stdio.
+//! `kiln run`: its flags, the image (found or pulled), the terminal and the exit code; the
+//! container itself is made and run by `executor::container::create`.
 
 use anyhow::Context as _;
-use std::process::{ExitCode, Stdio};
+use std::io::Write as _;
+use std::process::ExitCode;
 
 /// `kiln run` flags.
 #[derive(Debug, clap::Args)]
@@ -177,14 +179,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let security = crate::security::parse(&a.security_opt)?;
     crate::netrun::reclaim_orphans();
-    // docker's: a 64-hex id, and a name apart from it (`--name`, else a made-up one), held
-    // in KILN_ROOT/names once the container's directory exists (see
-    // `executor::container::name`).
-    let id = executor::container::state::new_id();
-    let containers = store.dir(kroot::Dir::Containers);
-    let mut container = {
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    let c = &image.config.config;
+    let created = {
+        // Held until spec.json names the snapshots (see `executor::container::Request`).
         let _lock = store.lock_shared().context("locking the store")?;
-        let c = &image.config.config;
         let lowers = image
             .config
             .rootfs
@@ -199,227 +198,39 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 Ok(store.snapshot_path(d))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let defaults = executor::container::spec::Image {
-            entrypoint: c.entrypoint.clone(),
-            cmd: c.cmd.clone(),
-            env: c.env.clone(),
-            working_dir: c.working_dir.clone(),
-            user: c.user.clone(),
-            lowers,
-        };
-        let mut c = executor::container::spec::prepare(&containers, &defaults, &id, &overrides)
-            .with_context(|| format!("preparing container {}", &id[..12]))?;
-        c.spec.security = security;
-        // Written before the lock goes: `kiln prune` keeps the snapshots a container's
-        // spec.json names, so none of this container's layers can go while it exists.
-        let spec_path = c.dir.join("spec.json");
-        kroot::write_atomic(&spec_path, &serde_json::to_vec(&c.spec)?)
-            .with_context(|| format!("writing {}", spec_path.display()))?;
-        c
-    };
-    let reserved = match &a.name {
-        Some(n) => executor::container::name::reserve(&containers, n, &id).map(|()| n.clone()),
-        None => executor::container::name::reserve_generated(&containers, &id),
-    };
-    let cname = match reserved {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&container.dir);
-            return Err(e.into());
-        }
-    };
-    let unreserve = || executor::container::name::release(&containers, &cname, &id);
-    let mut rec = crate::netrun::Record::new(&id, &container.dir);
-    let (network, joined) = match crate::netrun::setup(
-        &a.network,
-        &id,
-        &cname,
-        &container.spec.hostname,
-        &ports,
-        &container.dir,
-        a.detach,
-        &mut rec,
-    ) {
-        Ok(n) => n,
-        Err(e) => {
-            crate::netrun::release(&id, None, &[], false);
-            let _ = std::fs::remove_dir_all(&container.dir);
-            unreserve();
-            return Err(e);
-        }
-    };
-    if matches!(a.network, crate::netrun::Mode::Host) {
-        // The host's network, the host's name (as docker's --network host).
-        container.spec.hostname = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
-    }
-    if joined.is_some() {
-        container
-            .spec
-            .mounts
-            .push(crate::netrun::hosts_mount(&container.dir));
-    }
-    container.spec.network = network;
-    let cgroup = match crate::containers::create_cgroup(&id, &limits) {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(j) = joined {
-                let _ = j.teardown();
-            }
-            crate::netrun::release(&id, None, &[], false);
-            let _ = std::fs::remove_dir_all(&container.dir);
-            unreserve();
-            return Err(e);
-        }
-    };
-    let cgroups = cgroup
-        .as_ref()
-        .map(|c| c.dirs().to_vec())
-        .unwrap_or_default();
-    if !cgroups.is_empty() {
-        rec.owner.cgroups = cgroups.clone();
-        rec.save_if_possible();
-    }
-    let mut state = crate::containers::State {
-        id: id.clone(),
-        name: cname.clone(),
-        image: a.image.clone(),
-        command: container.spec.args.clone(),
-        status: executor::container::Status::Created,
-        pid: None,
-        exit_code: None,
-        network: None,
-        ip: None,
-        gateway: None,
-        ports: Vec::new(),
-        auto_remove: a.rm,
-        stop_signal: Some(image.config.config.stop_signal.clone()).filter(|x| !x.is_empty()),
-        created: Some(executor::container::time::now_rfc3339()),
-        started_at: None,
-        finished_at: None,
-        cgroups: cgroups.clone(),
-        limits,
-        network_mode: Some(a.network.to_string()),
+        executor::container::create(executor::container::Request {
+            containers: store.dir(kroot::Dir::Containers),
+            name: a.name.clone(),
+            image_ref: a.image.clone(),
+            image: executor::container::spec::Image {
+                entrypoint: c.entrypoint.clone(),
+                cmd: c.cmd.clone(),
+                env: c.env.clone(),
+                working_dir: c.working_dir.clone(),
+                user: c.user.clone(),
+                lowers,
+            },
+            stop_signal: Some(c.stop_signal.clone()),
+            overrides,
+            security,
+            network: a.network.clone(),
+            ports,
+            apply_limits: limits.is_empty() || crate::rootless::limits_possible(),
+            limits,
+            auto_remove: a.rm,
+            detach: a.detach,
+        })?
     };
     if a.detach {
-        if let Some(att) = joined.as_ref().map(|j| j.attachment.clone()) {
-            state.network = Some(att.network);
-            state.ip = Some(att.ip);
-            state.gateway = Some(att.gateway);
-            state.ports = att.ports;
-        }
-        return crate::containers::start_detached(&container.dir, &container.spec, state, joined);
+        let id = created.start_detached(&exe)?;
+        writeln!(std::io::stdout().lock(), "{id}")?;
+        return Ok(ExitCode::SUCCESS);
     }
-    // A foreground container is listed by `kiln ps` while it runs and, without --rm, stays
-    // as an exited container until `kiln rm` (as docker's do). Its network is its own to tear
-    // down, so the state names none.
-    state.transition(executor::container::Status::Running)?;
-    state.started_at = state.created.clone();
     let raw = a.tty.then(RawTerminal::enter).flatten();
-    let status = spawn_and_wait(
-        &container.spec,
-        a.interactive || a.tty,
-        joined.is_some(),
-        &cgroups,
-        |pid| {
-            state.pid = i32::try_from(pid).ok();
-            if let Some(p) = state.pid {
-                rec.owner.set_sandbox(p);
-                rec.save_if_possible();
-            }
-            crate::containers::write_state(&container.dir, &state)
-        },
-    );
+    let status = created.run_attached(&exe, a.interactive || a.tty);
     drop(raw);
-    let torn = joined.map(crate::netrun::Joined::teardown);
-    // Its record (and a shared lease nobody else claims) goes with it.
-    crate::netrun::release(&id, None, &[], false);
-    if let Some(c) = &cgroup {
-        let _ = c.remove();
-    }
-    if a.rm {
-        let _ = std::fs::remove_dir_all(&container.dir);
-        unreserve();
-    } else if let Ok(st) = &status {
-        state.transition(executor::container::Status::Exited)?;
-        state.exit_code = Some(crate::containers::exit_code(st));
-        state.finished_at = Some(executor::container::time::now_rfc3339());
-        crate::containers::write_state(&container.dir, &state)?;
-    }
-    let status = status?;
-    if let Some(t) = torn {
-        t?;
-    }
-    let code = crate::containers::exit_code(&status);
+    let code = executor::container::process::exit_code(&status?);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
-}
-
-/// Runs the sandbox of `spec` and waits for it. With `forward_signals`, SIGINT, SIGTERM and
-/// SIGHUP to kiln kill the sandbox (its container dies with it) so the caller still gets to
-/// clean up the network.
-fn spawn_and_wait(
-    spec: &executor::spec::RunSpec,
-    stdin: bool,
-    forward_signals: bool,
-    cgroups: &[std::path::PathBuf],
-    started: impl FnOnce(u32) -> anyhow::Result<()>,
-) -> anyhow::Result<std::process::ExitStatus> {
-    let exe = std::env::current_exe().context("locating the kiln binary")?;
-    let spec = executor::spec::InitSpec::Run(spec.clone());
-    let mut cmd =
-        executor::sandbox::command(&exe, &spec).context("building the sandbox command")?;
-    executor::container::set_cgroup_env(&mut cmd, cgroups);
-    if !stdin {
-        cmd.stdin(Stdio::null());
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    if let Err(e) = started(child.id()) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
-    }
-    if forward_signals {
-        let pid = child.id();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || kill_on_signal(pid, ready_tx));
-        // Handlers are installed before waiting, so a signal never escapes the cleanup.
-        let _ = ready_rx.recv();
-    }
-    child.wait().context("waiting for the sandbox")
-}
-
-fn kill_on_signal(pid: u32, ready: std::sync::mpsc::Sender<()>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    else {
-        let _ = ready.send(());
-        return;
-    };
-    rt.block_on(async move {
-        let streams = [
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ];
-        let _ = ready.send(());
-        let [Ok(mut int), Ok(mut term), Ok(mut hup)] = streams else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
-        }
-        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        }
-    });
 }
 
 /// The caller's terminal in raw mode while a container's terminal is relayed (keys such as ^C

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 pub mod bpf;
+pub mod signals;
 
 /// Result of [`fork`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

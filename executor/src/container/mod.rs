@@ -1,14 +1,21 @@
-//! Containers as library code (`kiln run`, `ps`, `start`, `stop`, `rm`, ...): their state and
-//! its legal transitions ([`state`]), their names and the atomic reservation of them
-//! ([`name`]), their run spec from an image ([`spec`]), their processes
-//! ([`process`]), the host-wide records of who owns their network and cgroups and the
-//! reclaiming of what dead owners left ([`owner`]), cgroups, and docker's times ([`time`]).
-//! The cli keeps only arguments and output.
+//! Containers as library code (`kiln run`, `ps`, `start`, `stop`, `rm`, ...): `kiln run`'s
+//! whole creation sequence, undone step by step when one fails, and the foreground run with
+//! its signal relay ([`create`], [`relay`]), the commands on existing containers
+//! ([`control`]), the detached container's supervisor ([`supervisor`]), their state and its
+//! legal transitions ([`state`]), their names and the atomic reservation of them ([`name`]),
+//! their run spec from an image ([`spec`]), their networks and hosts files ([`network`]),
+//! their processes ([`process`]), the host-wide records of who owns their network and
+//! cgroups and the reclaiming of what dead owners left ([`owner`]), cgroups
+//! ([`create_cgroup`], [`SandboxCgroups`]), and docker's times ([`time`]). The cli keeps only
+//! arguments and output.
 
+pub mod control;
+pub mod create;
 pub mod name;
 pub mod network;
 pub mod owner;
 pub mod process;
+pub mod relay;
 pub mod rootfs;
 pub mod runtime;
 pub mod spec;
@@ -16,20 +23,49 @@ pub mod state;
 pub mod supervisor;
 pub mod time;
 
+pub use create::{CreateError, Created, Request, create};
 pub use owner::{LeaseRef, Owner, Owners};
 pub use state::{State, StateError, Status};
 
 use std::path::PathBuf;
 
-/// The environment variable that tells `kiln __init` which cgroups to join before it forks
-/// (a `:`-separated list of directories; see [`set_cgroup_env`]).
-pub const CGROUP_ENV: &str = "KILN_CGROUP";
+/// The cgroups a sandbox joins before it forks, handed from the process that spawns
+/// `kiln __init` (a foreground `kiln run`, a container's supervisor) to `__init` through its
+/// environment: [`SandboxCgroups::pass_to`] writes it, [`SandboxCgroups::from_env`] reads it
+/// back, and nothing else knows the variable or its encoding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxCgroups(pub Vec<PathBuf>);
 
-/// Sets [`CGROUP_ENV`] on the sandbox command when the container has cgroups.
-pub fn set_cgroup_env(cmd: &mut std::process::Command, dirs: &[PathBuf]) {
-    if !dirs.is_empty() {
-        let joined: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        cmd.env(CGROUP_ENV, joined.join(":"));
+impl SandboxCgroups {
+    /// The variable: the directories joined as `PATH` is (`:`-separated).
+    const VAR: &'static str = "KILN_CGROUP";
+
+    /// Sets the variable on the sandbox command `cmd` when there are cgroups. Fails on a
+    /// directory whose name holds a `:` (never one kiln creates).
+    pub fn pass_to(&self, cmd: &mut std::process::Command) -> std::io::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let joined = std::env::join_paths(&self.0).map_err(std::io::Error::other)?;
+        cmd.env(Self::VAR, joined);
+        Ok(())
+    }
+
+    /// The cgroups [`Self::pass_to`] handed to this process (`__init`), if any.
+    pub fn from_env() -> Option<SandboxCgroups> {
+        Self::decode(&std::env::var_os(Self::VAR)?)
+    }
+
+    fn decode(value: &std::ffi::OsStr) -> Option<SandboxCgroups> {
+        let dirs: Vec<PathBuf> = std::env::split_paths(value)
+            .filter(|d| !d.as_os_str().is_empty())
+            .collect();
+        (!dirs.is_empty()).then_some(SandboxCgroups(dirs))
+    }
+
+    /// Moves process `pid` into every one of them. Fails on the first that refuses it.
+    pub fn join(&self, pid: u32) -> Result<(), crate::cgroup::CgroupError> {
+        crate::cgroup::join(&self.0, pid)
     }
 }
 
@@ -45,4 +81,30 @@ pub fn create_cgroup(
     let h = crate::cgroup::Hierarchy::host().ok_or(crate::cgroup::CgroupError::NoHierarchy)?;
     let plan = crate::cgroup::plan(&h, id, limits)?;
     Ok(Some(crate::cgroup::Cgroup::create(&plan)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_cgroups_read_back_what_was_passed() {
+        let cg = SandboxCgroups(vec![
+            PathBuf::from("/sys/fs/cgroup/memory/kiln/abc"),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/kiln/abc"),
+        ]);
+        let mut cmd = std::process::Command::new("true");
+        cg.pass_to(&mut cmd).expect("pass");
+        let (_, value) = cmd
+            .get_envs()
+            .find(|(k, _)| *k == SandboxCgroups::VAR)
+            .expect("set");
+        assert_eq!(SandboxCgroups::decode(value.expect("a value")), Some(cg));
+        // None: the variable is not set at all.
+        let mut cmd = std::process::Command::new("true");
+        SandboxCgroups::default().pass_to(&mut cmd).expect("pass");
+        assert_eq!(cmd.get_envs().count(), 0);
+        let colon = SandboxCgroups(vec![PathBuf::from("/a:b")]);
+        assert!(colon.pass_to(&mut cmd).is_err());
+    }
 }

@@ -97,3 +97,16 @@ fn unpublish_in(dir: &Path, ports: &[crate::net::PortMapping]) {
         let _ = rlnet::unforward(dir, p.proto == crate::net::Proto::Udp, p.host_port);
     }
 }
+
+/// Tests: the host-wide runtime state (owner records, leases) in a private directory of this
+/// test process instead of /run/kiln.
+#[cfg(test)]
+pub(crate) fn private_run_dir() {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir").keep());
+    configure(Runtime {
+        run_dir: dir.clone(),
+        rootless: None,
+    });
+    assert_eq!(&run_dir(), dir, "the runtime was configured elsewhere");
+}

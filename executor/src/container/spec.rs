@@ -105,6 +105,16 @@ pub fn env(image: &[String], overrides: &[String]) -> Vec<String> {
     out
 }
 
+/// `-e` values plus `TERM=xterm` when a tty is allocated and neither they nor `base` (the
+/// image's or container's environment) set TERM, as docker does.
+pub fn with_term(mut env: Vec<String>, base: &[String], tty: bool) -> Vec<String> {
+    let has = |l: &[String]| l.iter().any(|e| e.split('=').next() == Some("TERM"));
+    if tty && !has(&env) && !has(base) {
+        env.insert(0, "TERM=xterm".to_owned());
+    }
+    env
+}
+
 /// Creates `containers/<id>` (`containers` is `KILN_ROOT/containers`) and the run spec of
 /// `image` with `o` applied.
 ///

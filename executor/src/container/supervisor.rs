@@ -199,7 +199,7 @@ pub fn supervise(exe: &Path, containers: &Path, id: &str) -> Result<()> {
     record(&rec)?;
     let result = crate::sandbox::command(exe, &InitSpec::Run(spec)).and_then(|mut cmd| {
         cmd.stdin(Stdio::null()).stdout(log2).stderr(log);
-        super::set_cgroup_env(&mut cmd, &state.cgroups);
+        super::SandboxCgroups(state.cgroups.clone()).pass_to(&mut cmd)?;
         cmd.spawn()
     });
     let result = match result {
