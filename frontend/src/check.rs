@@ -51,6 +51,67 @@ impl std::fmt::Display for Warning {
     }
 }
 
+/// BuildKit's description of a rule kiln reports (its linter's rule set), and whether it
+/// has a documentation page (`https://docs.docker.com/go/dockerfile/rule/<kebab-name>/`).
+/// `None` for kiln's own rules (`CopyMissingSource`, `BuildError`).
+pub fn rule_description(rule: &str) -> Option<&'static str> {
+    Some(match rule {
+        "StageNameCasing" => "Stage names should be lowercase",
+        "FromAsCasing" => "The 'as' keyword should match the case of the 'from' keyword",
+        "NoEmptyContinuation" => "Empty continuation lines will become errors in a future release",
+        "ConsistentInstructionCasing" => {
+            "All commands within the Dockerfile should use the same casing (either upper or lower)"
+        }
+        "DuplicateStageName" => "Stage names should be unique",
+        "ReservedStageName" => "Reserved words should not be used as stage names",
+        "JSONArgsRecommended" => {
+            "JSON arguments recommended for ENTRYPOINT/CMD to prevent unintended behavior related to OS signals"
+        }
+        "MaintainerDeprecated" => {
+            "The MAINTAINER instruction is deprecated, use a label instead to define an image author"
+        }
+        "UndefinedArgInFrom" => "FROM command must use declared ARGs",
+        "WorkdirRelativePath" => {
+            "Relative workdir without an absolute workdir declared within the build can have unexpected results if the base image changes"
+        }
+        "MultipleInstructionsDisallowed" => {
+            "Multiple instructions of the same type should not be used in the same stage"
+        }
+        "LegacyKeyValueFormat" => {
+            "Legacy key/value format with whitespace separator should not be used"
+        }
+        "RedundantTargetPlatform" => {
+            "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior"
+        }
+        "InvalidDefaultArgInFrom" => {
+            "Default value for global ARG results in an empty or invalid base image name"
+        }
+        "FromPlatformFlagConstDisallowed" => "FROM --platform flag should not use a constant value",
+        "CopyIgnoredFile" => "Attempting to Copy file that is excluded by .dockerignore",
+        _ => return None,
+    })
+}
+
+/// The documentation page BuildKit prints for `rule` (kebab case of its name), for the rules
+/// of [`rule_description`].
+pub fn rule_url(rule: &str) -> Option<String> {
+    rule_description(rule)?;
+    let chars: Vec<char> = rule.chars().collect();
+    let mut kebab = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        let prev_lower = i > 0 && chars[i - 1].is_ascii_lowercase();
+        let next_lower = chars.get(i + 1).is_some_and(char::is_ascii_lowercase);
+        let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
+        if c.is_ascii_uppercase() && i > 0 && (prev_lower || (prev_upper && next_lower)) {
+            kebab.push('-');
+        }
+        kebab.push(c.to_ascii_lowercase());
+    }
+    Some(format!(
+        "https://docs.docker.com/go/dockerfile/rule/{kebab}/"
+    ))
+}
+
 struct Lint {
     out: Vec<Warning>,
     skip: BTreeSet<String>,
@@ -134,8 +195,15 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
         })
         .collect();
     let mut seen_names: Vec<String> = Vec::new();
+    let majority_lower = majority_lower(df);
     for stage in &df.stages {
-        lint_stage(&mut lint, df, stage, &meta_names, &mut seen_names);
+        lint_stage(
+            &mut lint,
+            stage,
+            &meta_names,
+            &mut seen_names,
+            majority_lower,
+        );
     }
 
     // Lowering errors: every stage, as if it were the target, without base image configs.
@@ -192,8 +260,51 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
             level: Level::Error,
         });
     }
-    out.sort_by_key(|w| w.span.map(|s| (s.line, s.column)));
+    // By line only, as BuildKit sorts (stable: a line's findings in the order found).
+    out.sort_by_key(|w| w.span.map(|s| s.line));
     out
+}
+
+/// Whether most FROM and instruction keywords of `df` that are all one case are lowercase
+/// (BuildKit's majority for ConsistentInstructionCasing; a tie is uppercase).
+fn majority_lower(df: &Dockerfile) -> bool {
+    let keywords = df.stages.iter().flat_map(|s| {
+        std::iter::once(s.original.as_str())
+            .chain(s.instructions.iter().map(|i| i.original.as_str()))
+            .filter_map(|o| o.split_whitespace().next())
+    });
+    let (mut lower, mut upper) = (0, 0);
+    for kw in keywords {
+        if kw == kw.to_ascii_lowercase() {
+            lower += 1;
+        } else if kw == kw.to_ascii_uppercase() {
+            upper += 1;
+        }
+    }
+    lower > upper
+}
+
+/// ConsistentInstructionCasing for one keyword.
+fn casing(lint: &mut Lint, kw: &str, majority_lower: bool, span: Span) {
+    let wrong = if majority_lower {
+        kw != kw.to_ascii_lowercase()
+    } else {
+        kw != kw.to_ascii_uppercase()
+    };
+    if wrong {
+        lint.add(
+            "ConsistentInstructionCasing",
+            format!(
+                "Command '{kw}' should match the case of the command majority ({})",
+                if majority_lower {
+                    "lowercase"
+                } else {
+                    "uppercase"
+                }
+            ),
+            span,
+        );
+    }
 }
 
 /// A COPY/ADD source read from the build context by a step the target needs.
@@ -294,10 +405,10 @@ pub fn copy_source_warning(src: &ContextSource, state: SourceState) -> Option<Wa
 
 fn lint_stage(
     lint: &mut Lint,
-    df: &Dockerfile,
     stage: &Stage,
     meta: &BTreeSet<String>,
     seen: &mut Vec<String>,
+    majority_lower: bool,
 ) {
     let from_kw = stage.original.split_whitespace().next().unwrap_or("FROM");
     if let Some(name) = &stage.name_as_written {
@@ -340,6 +451,9 @@ fn lint_stage(
         }
         seen.push(lower);
     }
+    // BuildKit's order on a line: what its parser reports, then the casing, then what its
+    // conversion reports.
+    casing(lint, from_kw, majority_lower, stage.span);
     if let Some(p) = &stage.platform {
         let span = stage.platform_span.unwrap_or(stage.span);
         if !p.contains('$') {
@@ -363,23 +477,14 @@ fn lint_stage(
     let mut health_count = 0;
     for instr in &stage.instructions {
         let kw = instr.original.split_whitespace().next().unwrap_or_default();
-        let consistent = kw == kw.to_ascii_uppercase() || kw == kw.to_ascii_lowercase();
-        if !consistent
-            || (kw == kw.to_ascii_lowercase()) != (from_kw == from_kw.to_ascii_lowercase())
-        {
+        if let Command::Maintainer(_) = &instr.command {
             lint.add(
-                "ConsistentInstructionCasing",
-                format!(
-                    "Command '{kw}' should match the case of the command majority ({})",
-                    if from_kw == from_kw.to_ascii_lowercase() {
-                        "lowercase"
-                    } else {
-                        "uppercase"
-                    }
-                ),
+                "MaintainerDeprecated",
+                "Maintainer instruction is deprecated in favor of using label".to_owned(),
                 instr.span,
             );
         }
+        casing(lint, kw, majority_lower, instr.span);
         match &instr.command {
             Command::Cmd(c) | Command::Entrypoint(c) => {
                 let kw = instr.command.keyword();
@@ -424,13 +529,6 @@ fn lint_stage(
                     );
                 }
             }
-            Command::Maintainer(_) => {
-                lint.add(
-                    "MaintainerDeprecated",
-                    "Maintainer instruction is deprecated in favor of using label".to_owned(),
-                    instr.span,
-                );
-            }
             Command::Workdir(w) => {
                 if w.starts_with('/') || w.starts_with('$') {
                     workdir_set = true;
@@ -445,7 +543,6 @@ fn lint_stage(
             _ => {}
         }
     }
-    let _ = df;
 }
 
 #[cfg(test)]
