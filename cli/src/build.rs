@@ -2,8 +2,9 @@
 
 mod attest;
 mod call;
-pub use call::{Call, go_json, instruction_end, location, source_info};
+pub use call::{Call, GoJson, instruction_end, location, source_info};
 mod dates;
+mod fsout;
 mod input;
 mod load;
 mod named;

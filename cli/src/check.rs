@@ -73,6 +73,18 @@ pub fn snippet(file: &str, lines: &[&str], start: usize, end: usize) -> String {
     s
 }
 
+/// When BuildKit's Dockerfile conversion reports `rule`: 0 while parsing lines, 1 while
+/// parsing instructions, 2 checking stage names, 3 checking casing, 4 while converting.
+fn phase(rule: &str) -> u8 {
+    match rule {
+        "NoEmptyContinuation" => 0,
+        "StageNameCasing" | "FromAsCasing" | "MaintainerDeprecated" => 1,
+        "ReservedStageName" | "DuplicateStageName" => 2,
+        "ConsistentInstructionCasing" => 3,
+        _ => 4,
+    }
+}
+
 /// The findings of a check, split as BuildKit's lint result holds them.
 struct Report<'a> {
     /// Warnings (and, with `# check=error=true`, the violations that make it fail).
@@ -165,43 +177,46 @@ fn render(file: &str, text: &str, r: &Report<'_>) -> (String, Option<String>) {
 /// build error. (BuildKit's source also carries the LLB definition of the Dockerfile's
 /// source, which kiln does not have.)
 fn json(file: &str, text: &str, r: &Report<'_>) -> String {
-    use serde_json::{Map, Value};
+    use crate::build::GoJson;
     let location = |line: usize| crate::build::location(text, line);
-    let warnings: Vec<Value> = r
+    let warnings: Vec<GoJson> = r
         .warnings
         .iter()
         .map(|w| {
-            let mut o = Map::new();
-            o.insert("ruleName".into(), w.rule.into());
+            let mut o = vec![("ruleName", w.rule.into())];
             if let Some(d) = frontend::check::rule_description(w.rule) {
-                o.insert("description".into(), d.into());
+                o.push(("description", d.into()));
             }
             if let Some(u) = frontend::check::rule_url(w.rule) {
-                o.insert("url".into(), u.into());
+                o.push(("url", u.into()));
             }
-            o.insert("detail".into(), w.message.clone().into());
+            o.push(("detail", w.message.as_str().into()));
             if let Some(s) = w.span {
-                o.insert("location".into(), location(s.line as usize));
+                o.push(("location", location(s.line as usize)));
             }
-            Value::Object(o)
+            GoJson::Obj(o)
         })
         .collect();
-    let mut v = Map::new();
-    v.insert("warnings".into(), Value::Array(warnings));
-    v.insert(
-        "sources".into(),
-        Value::Array(vec![crate::build::source_info(file, text)]),
-    );
+    let mut v = vec![
+        ("warnings", GoJson::Arr(warnings)),
+        (
+            "sources",
+            GoJson::Arr(vec![crate::build::source_info(file, text)]),
+        ),
+    ];
     if let Some((message, at)) = &r.error {
-        v.insert(
-            "buildError".into(),
-            serde_json::json!({
-                "message": message,
-                "location": at.map_or(serde_json::json!({}), |(l, _)| location(l)),
-            }),
-        );
+        v.push((
+            "buildError",
+            GoJson::Obj(vec![
+                ("message", message.as_str().into()),
+                (
+                    "location",
+                    at.map_or(GoJson::Obj(Vec::new()), |(l, _)| location(l)),
+                ),
+            ]),
+        ));
     }
-    crate::build::go_json(&Value::Object(v))
+    GoJson::Obj(v).indent()
 }
 
 /// Checks `text` under `opts` and prints buildx's `--call check` output: the warnings on
@@ -220,7 +235,8 @@ pub fn run(
         Ok(df) => {
             let mut findings = frontend::check(&df, opts);
             findings.extend(copy_sources(&df, opts, context, dockerignore));
-            findings.sort_by_key(|w| w.span.map(|s| s.line));
+            // BuildKit's order of finding them (its JSON keeps it), by line within a phase.
+            findings.sort_by_key(|w| (phase(w.rule), w.span.map(|s| s.line)));
             findings
         }
         Err(e) => vec![frontend::Warning {
@@ -230,7 +246,11 @@ pub fn run(
             level: frontend::Level::Error,
         }],
     };
-    let r = report(&findings, text);
+    let mut r = report(&findings, text);
+    if !call.json {
+        // buildx sorts by line to print (stable for the few findings of a Dockerfile).
+        r.warnings.sort_by_key(|w| w.span.map(|s| s.line));
+    }
     let mut stdout = std::io::stdout().lock();
     let err = if call.json {
         writeln!(stdout, "{}", json(file, text, &r))?;

@@ -139,43 +139,145 @@ pub fn targets_text(df: &frontend::Dockerfile, source: &str) -> String {
     table(&rows, 1)
 }
 
-/// BuildKit's `result.json` of `frontend.targets` (Go's `json.MarshalIndent`, two spaces):
-/// each stage's name, whether it is the default, its description, its base as written,
-/// its `--platform` as written and its FROM line; and the Dockerfile as the one source.
-pub fn targets_json(df: &frontend::Dockerfile, source: &str) -> String {
-    let targets: Vec<serde_json::Value> = targets(df, source)
-        .into_iter()
-        .map(|t| {
-            let mut o = serde_json::Map::new();
-            if !t.name.is_empty() {
-                o.insert("name".into(), t.name.into());
-            }
-            if t.default {
-                o.insert("default".into(), true.into());
-            }
-            if !t.description.is_empty() {
-                o.insert("description".into(), t.description.into());
-            }
-            o.insert("base".into(), t.stage.base.clone().into());
-            if let Some(p) = &t.stage.platform {
-                o.insert("platform".into(), p.clone().into());
-            }
-            o.insert(
-                "location".into(),
-                location(source, t.stage.span.line as usize),
-            );
-            serde_json::Value::Object(o)
-        })
-        .collect();
-    let v = serde_json::json!({ "targets": targets, "sources": [source_bytes(source)] });
-    go_json(&v)
+/// A JSON value with its object keys in the order written, for Go's encoder's order (the
+/// struct's field order), which `serde_json`'s sorted maps do not keep.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GoJson {
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// An array.
+    Arr(Vec<GoJson>),
+    /// An object, keys in order.
+    Obj(Vec<(&'static str, GoJson)>),
 }
 
-/// A `pb.Location` of source 0: the lines of the instruction starting at `line` (1-based),
-/// continuation lines included.
-pub fn location(source: &str, line: usize) -> serde_json::Value {
-    let end = instruction_end(source, line);
-    serde_json::json!({ "ranges": [{ "start": { "line": line }, "end": { "line": end } }] })
+impl From<&str> for GoJson {
+    fn from(s: &str) -> GoJson {
+        GoJson::Str(s.to_owned())
+    }
+}
+
+impl From<String> for GoJson {
+    fn from(s: String) -> GoJson {
+        GoJson::Str(s)
+    }
+}
+
+impl GoJson {
+    /// As Go's `json.MarshalIndent(v, "", "  ")` writes it: two-space indent, `[]` and `{}`
+    /// for empty ones, and Go's string escapes (`<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX`).
+    pub fn indent(&self) -> String {
+        let mut s = String::new();
+        self.write(&mut s, 0);
+        s
+    }
+
+    fn write(&self, s: &mut String, depth: usize) {
+        let pad = |s: &mut String, d: usize| {
+            s.push('\n');
+            s.extend(std::iter::repeat_n("  ", d));
+        };
+        match self {
+            GoJson::Str(v) => go_string(s, v),
+            GoJson::Bool(b) => s.push_str(if *b { "true" } else { "false" }),
+            GoJson::Int(n) => s.push_str(&n.to_string()),
+            GoJson::Arr(items) if items.is_empty() => s.push_str("[]"),
+            GoJson::Obj(items) if items.is_empty() => s.push_str("{}"),
+            GoJson::Arr(items) => {
+                s.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    pad(s, depth + 1);
+                    v.write(s, depth + 1);
+                }
+                pad(s, depth);
+                s.push(']');
+            }
+            GoJson::Obj(items) => {
+                s.push('{');
+                for (i, (k, v)) in items.iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    pad(s, depth + 1);
+                    go_string(s, k);
+                    s.push_str(": ");
+                    v.write(s, depth + 1);
+                }
+                pad(s, depth);
+                s.push('}');
+            }
+        }
+    }
+}
+
+/// A string as Go's `encoding/json` quotes it.
+fn go_string(s: &mut String, v: &str) {
+    s.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                s.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+}
+
+/// BuildKit's `result.json` of `frontend.targets`: each stage's name, whether it is the
+/// default, its description, its base and `--platform` as written and its FROM line; and
+/// the Dockerfile as the one source.
+pub fn targets_json(df: &frontend::Dockerfile, source: &str) -> String {
+    let targets: Vec<GoJson> = targets(df, source)
+        .into_iter()
+        .map(|t| {
+            let mut o = Vec::new();
+            if !t.name.is_empty() {
+                o.push(("name", t.name.into()));
+            }
+            if t.default {
+                o.push(("default", GoJson::Bool(true)));
+            }
+            if !t.description.is_empty() {
+                o.push(("description", t.description.into()));
+            }
+            o.push(("base", t.stage.base.as_str().into()));
+            if let Some(p) = &t.stage.platform {
+                o.push(("platform", p.as_str().into()));
+            }
+            o.push(("location", location(source, t.stage.span.line as usize)));
+            GoJson::Obj(o)
+        })
+        .collect();
+    GoJson::Obj(vec![
+        ("targets", GoJson::Arr(targets)),
+        ("sources", GoJson::Arr(vec![source_bytes(source)])),
+    ])
+    .indent()
+}
+
+/// A `pb.Location` of source 0 (left out, as Go leaves out a zero) as BuildKit's parser
+/// gives an instruction's: one range per line, from `line` (1-based) to the instruction's
+/// last line.
+pub fn location(source: &str, line: usize) -> GoJson {
+    let pos = |l: usize| GoJson::Obj(vec![("line", GoJson::Int(l as i64))]);
+    let ranges = (line..=instruction_end(source, line))
+        .map(|l| GoJson::Obj(vec![("start", pos(l)), ("end", pos(l))]))
+        .collect();
+    GoJson::Obj(vec![("ranges", GoJson::Arr(ranges))])
 }
 
 /// The last line of the instruction that starts on `line` (1-based): lines ending in the
@@ -210,30 +312,27 @@ pub fn instruction_end(source: &str, line: usize) -> usize {
 
 /// The Dockerfile as BuildKit's outline and targets results carry it (Go's `[]byte`:
 /// base64).
-pub fn source_bytes(source: &str) -> serde_json::Value {
+pub fn source_bytes(source: &str) -> GoJson {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
         .encode(source)
         .into()
 }
 
-/// The Dockerfile as BuildKit's lint result carries it (`pb.SourceInfo`).
-pub fn source_info(file: &str, source: &str) -> serde_json::Value {
+/// The Dockerfile as BuildKit's lint result carries it (`pb.SourceInfo`), without the LLB
+/// definition of its source that BuildKit adds.
+pub fn source_info(file: &str, source: &str) -> GoJson {
     use base64::Engine as _;
-    serde_json::json!({
-        "filename": file,
-        "language": "Dockerfile",
-        "data": base64::engine::general_purpose::STANDARD.encode(source),
-    })
-}
-
-/// `v` as Go's `json.MarshalIndent(v, "", "  ")` writes it: two-space indent, `<`, `>`
-/// and `&` escaped as `\u003c`, `\u003e`, `\u0026`.
-pub fn go_json(v: &serde_json::Value) -> String {
-    let s = serde_json::to_string_pretty(v).expect("a serde_json::Value always serialises");
-    s.replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026")
+    GoJson::Obj(vec![
+        ("filename", file.into()),
+        (
+            "data",
+            base64::engine::general_purpose::STANDARD
+                .encode(source)
+                .into(),
+        ),
+        ("language", "Dockerfile".into()),
+    ])
 }
 
 #[cfg(test)]
@@ -270,6 +369,19 @@ mod tests {
         assert_eq!(
             table(&rows, 3),
             "BUILD ARG   VALUE   DESCRIPTION\nA                   \n"
+        );
+    }
+
+    #[test]
+    fn json_is_written_as_go_indents_and_escapes_it() {
+        let v = GoJson::Obj(vec![
+            ("a", "x<y>&\"\\\n\u{1}".into()),
+            ("b", GoJson::Arr(vec![])),
+            ("c", GoJson::Arr(vec![GoJson::Int(1), GoJson::Bool(true)])),
+        ]);
+        assert_eq!(
+            v.indent(),
+            "{\n  \"a\": \"x\\u003cy\\u003e\\u0026\\\"\\\\\\n\\u0001\",\n  \"b\": [],\n  \"c\": [\n    1,\n    true\n  ]\n}"
         );
     }
 

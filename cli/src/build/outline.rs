@@ -279,41 +279,38 @@ fn render(o: &Outline) -> String {
 /// `Outline` (empty fields left out), each entry with the lines of its instruction, and the
 /// Dockerfile as the one source.
 fn json(o: &Outline, source: &str) -> String {
-    use super::call::location;
-    use serde_json::{Map, Value};
-    let mut v = Map::new();
+    use super::call::{GoJson, location};
+    let mut v = Vec::new();
     if !o.name.is_empty() {
-        v.insert("name".into(), o.name.clone().into());
+        v.push(("name", o.name.as_str().into()));
     }
     if !o.description.is_empty() {
-        v.insert("description".into(), o.description.clone().into());
+        v.push(("description", o.description.as_str().into()));
     }
-    let args: Vec<Value> = o
+    let args: Vec<GoJson> = o
         .args
         .iter()
         .map(|a| {
-            let mut e = Map::new();
-            e.insert("name".into(), a.name.clone().into());
+            let mut e = vec![("name", a.name.as_str().into())];
             if !a.description.is_empty() {
-                e.insert("description".into(), a.description.clone().into());
+                e.push(("description", a.description.as_str().into()));
             }
             if !a.value.is_empty() {
-                e.insert("value".into(), a.value.clone().into());
+                e.push(("value", a.value.as_str().into()));
             }
-            e.insert("location".into(), location(source, a.line as usize));
-            Value::Object(e)
+            e.push(("location", location(source, a.line as usize)));
+            GoJson::Obj(e)
         })
         .collect();
-    let mounts = |list: &[Mount]| -> Vec<Value> {
+    let mounts = |list: &[Mount]| -> Vec<GoJson> {
         list.iter()
             .map(|m| {
-                let mut e = Map::new();
-                e.insert("name".into(), m.id.clone().into());
+                let mut e = vec![("name", m.id.as_str().into())];
                 if m.required {
-                    e.insert("required".into(), true.into());
+                    e.push(("required", GoJson::Bool(true)));
                 }
-                e.insert("location".into(), location(source, m.line as usize));
-                Value::Object(e)
+                e.push(("location", location(source, m.line as usize)));
+                GoJson::Obj(e)
             })
             .collect()
     };
@@ -323,14 +320,14 @@ fn json(o: &Outline, source: &str) -> String {
         ("ssh", mounts(&o.ssh)),
     ] {
         if !list.is_empty() {
-            v.insert(key.into(), Value::Array(list));
+            v.push((key, GoJson::Arr(list)));
         }
     }
-    v.insert(
-        "sources".into(),
-        Value::Array(vec![super::call::source_bytes(source)]),
-    );
-    super::call::go_json(&Value::Object(v))
+    v.push((
+        "sources",
+        GoJson::Arr(vec![super::call::source_bytes(source)]),
+    ));
+    GoJson::Obj(v).indent()
 }
 
 /// The outline of the build's target: buildx's text, or with `json` BuildKit's JSON.
