@@ -379,6 +379,16 @@ pub fn build(a: BuildArgs) -> anyhow::Result<std::process::ExitCode> {
         "--cache-to and --cache-from take one platform at a time: build each --platform on its own"
     );
     if a.check || call.method == call::Method::Check {
+        // The file name buildx shows: `-f` as given, else CONTEXT/Dockerfile.
+        let shown = match &a.file {
+            Some(f) if f.as_os_str() == "-" => "stdin".to_owned(),
+            Some(f) => f.display().to_string(),
+            None => call::go_clean(&format!("{}/Dockerfile", a.context.display())),
+        };
+        let opts = frontend::BuildOptions {
+            dockerfile_name: shown,
+            ..opts
+        };
         return crate::check::run(&text, &opts, &context, &dockerignore, call);
     }
     let mut allow = runopts::parse_allow(&a.allow)?;

@@ -197,8 +197,13 @@ fn json(file: &str, text: &str, r: &Report<'_>) -> String {
             GoJson::Obj(o)
         })
         .collect();
+    // Go's nil slice when there is none.
+    let warnings = match warnings.is_empty() {
+        true => GoJson::Null,
+        false => GoJson::Arr(warnings),
+    };
     let mut v = vec![
-        ("warnings", GoJson::Arr(warnings)),
+        ("warnings", warnings),
         (
             "sources",
             GoJson::Arr(vec![crate::build::source_info(file, text)]),
@@ -241,7 +246,11 @@ pub fn run(
         }
         Err(e) => vec![frontend::Warning {
             rule: "ParseError",
-            message: e.message(),
+            // BuildKit's instruction parser's words.
+            message: match e.span() {
+                Some(s) => format!("dockerfile parse error on line {}: {}", s.line, e.message()),
+                None => e.message(),
+            },
             span: e.span(),
             level: frontend::Level::Error,
         }],
@@ -262,7 +271,7 @@ pub fn run(
     };
     stdout.flush()?;
     if let Some(e) = err {
-        let _ = write!(std::io::stderr().lock(), "ERROR: {e}");
+        let _ = writeln!(std::io::stderr().lock(), "ERROR: {e}");
         return Ok(ExitCode::from(1));
     }
     Ok(if r.warnings.is_empty() || call.ignore_status {

@@ -10,6 +10,7 @@ mod build_flags;
 mod build_run_mounts;
 mod build_run_network;
 mod cache;
+mod call_v024;
 mod cache_backends;
 mod check;
 mod cli_docker;
