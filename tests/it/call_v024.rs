@@ -53,13 +53,17 @@ fn call_outputs_match_buildx_against_buildkit_v024() -> anyhow::Result<()> {
     let cases = std::fs::read_to_string(data.join("cases.tsv")).context("cases.tsv")?;
     let mut failures = Vec::new();
     let mut n = 0;
-    for line in cases.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in cases
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let mut f = line.split('\t');
         let (Some(name), Some(dir), Some(args)) = (f.next(), f.next(), f.next()) else {
             anyhow::bail!("cases.tsv: bad line {line:?}");
         };
         n += 1;
-        let expected = |ext: &str| std::fs::read_to_string(data.join(format!("expected/{name}.{ext}")));
+        let expected =
+            |ext: &str| std::fs::read_to_string(data.join(format!("expected/{name}.{ext}")));
         let want_out = expected("out").with_context(|| format!("{name}.out"))?;
         let want_status: i32 = expected("status")?.trim().parse()?;
         let want_err = expected("err").unwrap_or_default();
@@ -99,7 +103,10 @@ fn call_outputs_match_buildx_against_buildkit_v024() -> anyhow::Result<()> {
             ));
         }
         if !wrong.is_empty() {
-            failures.push(format!("{name} (kiln {argv:?} in {dir}):\n{}", wrong.join("\n")));
+            failures.push(format!(
+                "{name} (kiln {argv:?} in {dir}):\n{}",
+                wrong.join("\n")
+            ));
         }
     }
     ensure!(n >= 20, "only {n} cases in cases.tsv");

@@ -2,11 +2,13 @@
 //! (moby/buildkit docs/attestations/sbom-protocol.md), run as one more kiln build step.
 //!
 //! The scan is a generated Dockerfile built with the same solver and sandbox as RUN:
-//! `FROM <generator>`, the protocol's environment (`BUILDKIT_SCAN_SOURCE=/run/src/core`,
+//! `FROM <generator>`, the protocol's environment (`BUILDKIT_SCAN_SOURCE=/run/src/core/sbom`,
 //! `BUILDKIT_SCAN_SOURCE_EXTRAS=/run/src/extras`, `BUILDKIT_SCAN_DESTINATION=/run/out`), and
 //! a RUN of the generator's entrypoint and command with the built image's root filesystem
-//! bind-mounted read-only at `/run/src/core` and the build context at
-//! `/run/src/extras/context`. Every `/run/out/*.spdx.json` the step writes is one SBOM: an
+//! bind-mounted read-only at `/run/src/core/sbom` and the build context at
+//! `/run/src/extras/sbom-context`: BuildKit's paths, whose last parts scanners name their
+//! files after (`sbom.spdx.json`, `sbom-context.spdx.json`, as BuildKit v0.24's local output
+//! shows them). Every `/run/out/*.spdx.json` the step writes is one SBOM: an
 //! SPDX document, or an in-toto statement whose predicate is one; kiln wraps each in a
 //! statement about the image (predicate type `https://spdx.dev/Document`). The step is
 //! cached like any other, so an unchanged image is not scanned again.
@@ -16,7 +18,7 @@ use anyhow::{Context as _, bail};
 /// The in-toto predicate type of an SPDX SBOM.
 pub const PREDICATE_SPDX: &str = "https://spdx.dev/Document";
 
-const SOURCE: &str = "/run/src/core";
+const SOURCE: &str = "/run/src/core/sbom";
 const EXTRAS: &str = "/run/src/extras";
 const DEST: &str = "/run/out";
 
@@ -47,7 +49,7 @@ fn dockerfile(
          ENV BUILDKIT_SCAN_SOURCE={SOURCE} BUILDKIT_SCAN_SOURCE_EXTRAS={EXTRAS} BUILDKIT_SCAN_DESTINATION={DEST}\n\
          WORKDIR {DEST}\n\
          WORKDIR {workdir}\n\
-         RUN --mount=type=bind,from={target},target={SOURCE} --mount=type=bind,target={EXTRAS}/context {}\n",
+         RUN --mount=type=bind,from={target},target={SOURCE} --mount=type=bind,target={EXTRAS}/sbom-context {}\n",
         serde_json::to_string(&argv)?
     ))
 }
@@ -170,11 +172,11 @@ mod tests {
         gcfg.config.entrypoint = Some(vec!["/bin/sh".into(), "/scan.sh".into()]);
         let text = super::dockerfile("scanner:1", "kiln-sbom-target:abc", &gcfg).expect("ok");
         assert!(
-            text.contains("BUILDKIT_SCAN_SOURCE=/run/src/core"),
+            text.contains("BUILDKIT_SCAN_SOURCE=/run/src/core/sbom "),
             "{text}"
         );
         assert!(
-            text.contains("from=kiln-sbom-target:abc,target=/run/src/core"),
+            text.contains("from=kiln-sbom-target:abc,target=/run/src/core/sbom "),
             "{text}"
         );
         assert!(text.ends_with("[\"/bin/sh\",\"/scan.sh\"]\n"), "{text}");
