@@ -83,6 +83,7 @@ pub fn rule_description(rule: &str) -> Option<&'static str> {
         "RedundantTargetPlatform" => {
             "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior"
         }
+        "SecretsUsedInArgOrEnv" => "Sensitive data should not be used in the ARG or ENV commands",
         "InvalidDefaultArgInFrom" => {
             "Default value for global ARG results in an empty or invalid base image name"
         }
@@ -282,6 +283,33 @@ fn majority_lower(df: &Dockerfile) -> bool {
         }
     }
     lower > upper
+}
+
+/// SecretsUsedInArgOrEnv: a stage's ARG or ENV named like a secret (a `_`-separated part
+/// of the name is one of BuildKit's words, and none is `public`).
+fn secret_key(lint: &mut Lint, instruction: &str, key: &str, span: Span) {
+    const WORDS: &[&str] = &[
+        "apikey",
+        "auth",
+        "credential",
+        "credentials",
+        "key",
+        "password",
+        "pword",
+        "passwd",
+        "secret",
+        "token",
+    ];
+    let parts: Vec<String> = key.split('_').map(str::to_ascii_lowercase).collect();
+    if parts.iter().any(|p| WORDS.contains(&p.as_str())) && !parts.iter().any(|p| p == "public") {
+        lint.add(
+            "SecretsUsedInArgOrEnv",
+            format!(
+                "Do not use ARG or ENV instructions for sensitive data ({instruction} {key:?})"
+            ),
+            span,
+        );
+    }
 }
 
 /// ConsistentInstructionCasing for one keyword.
@@ -521,12 +549,22 @@ fn lint_stage(
             }
             Command::Env(kvs) | Command::Label(kvs) => {
                 let kw = instr.command.keyword();
-                if kvs.iter().any(|kv| kv.legacy) {
-                    lint.add(
-                        "LegacyKeyValueFormat",
-                        format!("\"{kw} key=value\" should be used instead of legacy \"{kw} key value\" format"),
-                        instr.span,
-                    );
+                for kv in kvs {
+                    if kv.legacy {
+                        lint.add(
+                            "LegacyKeyValueFormat",
+                            format!("\"{kw} key=value\" should be used instead of legacy \"{kw} key value\" format"),
+                            instr.span,
+                        );
+                    }
+                    if kw == "ENV" {
+                        secret_key(lint, "ENV", &kv.key, instr.span);
+                    }
+                }
+            }
+            Command::Arg(defs) => {
+                for d in defs {
+                    secret_key(lint, "ARG", &d.name, instr.span);
                 }
             }
             Command::Workdir(w) => {
@@ -565,6 +603,10 @@ mod tests {
     fn each_rule_fires() {
         assert_eq!(rules("FROM a AS Build\n"), vec!["StageNameCasing"]);
         assert_eq!(rules("FROM a as b\n"), vec!["FromAsCasing"]);
+        assert_eq!(
+            rules("FROM a\nARG GITHUB_TOKEN\nENV DB_PASSWORD=x PUBLIC_KEY=y\nARG MONKEY\n"),
+            vec!["SecretsUsedInArgOrEnv", "SecretsUsedInArgOrEnv"]
+        );
         assert_eq!(
             rules("FROM --platform=linux/amd64 a\n"),
             vec!["FromPlatformFlagConstDisallowed"]

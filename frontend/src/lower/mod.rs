@@ -520,14 +520,8 @@ impl<'a> Lowerer<'a> {
             exp.result
         };
         let base = if base.is_empty() && self.lenient {
-            self.blank_bases.push((
-                stage
-                    .base
-                    .trim_start_matches(['$', '{'])
-                    .trim_end_matches('}')
-                    .to_owned(),
-                stage.base_span,
-            ));
+            // BuildKit names the base as written.
+            self.blank_bases.push((stage.base.clone(), stage.base_span));
             "scratch".to_owned()
         } else {
             base
