@@ -204,6 +204,7 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
             &meta_names,
             &mut seen_names,
             majority_lower,
+            df.escape,
         );
     }
 
@@ -437,6 +438,7 @@ fn lint_stage(
     meta: &BTreeSet<String>,
     seen: &mut Vec<String>,
     majority_lower: bool,
+    escape: char,
 ) {
     let from_kw = stage.original.split_whitespace().next().unwrap_or("FROM");
     if let Some(name) = &stage.name_as_written {
@@ -500,6 +502,10 @@ fn lint_stage(
     }
     let _ = meta;
     let mut workdir_set = false;
+    // The stage's own ENV and ARG values, to expand a WORKDIR as BuildKit does; a WORKDIR
+    // naming anything else (the base image's environment, unknown here) counts as set.
+    let lex = crate::shell::Lex::new(escape);
+    let mut env: std::collections::BTreeMap<String, String> = Default::default();
     let mut cmd_count = 0;
     let mut entrypoint_count = 0;
     let mut health_count = 0;
@@ -559,24 +565,47 @@ fn lint_stage(
                     }
                     if kw == "ENV" {
                         secret_key(lint, "ENV", &kv.key, instr.span);
+                        let v = lex.process_word(&kv.value, &|k: &str| env.get(k).cloned());
+                        match v {
+                            Ok(v) => env.insert(kv.key.clone(), v),
+                            Err(_) => env.remove(&kv.key),
+                        };
                     }
                 }
             }
             Command::Arg(defs) => {
                 for d in defs {
                     secret_key(lint, "ARG", &d.name, instr.span);
+                    let v = d
+                        .default
+                        .as_ref()
+                        .and_then(|v| lex.process_word(v, &|k: &str| env.get(k).cloned()).ok());
+                    match v {
+                        Some(v) => env.insert(d.name.clone(), v),
+                        None => env.remove(&d.name),
+                    };
                 }
             }
             Command::Workdir(w) => {
-                if w.starts_with('/') || w.starts_with('$') {
-                    workdir_set = true;
-                } else if !workdir_set {
+                let expanded = lex
+                    .process(w, &|k: &str| env.get(k).cloned())
+                    .ok()
+                    .filter(|e| e.unmatched.is_empty())
+                    .map(|e| e.result);
+                let w = match &expanded {
+                    Some(e) => e.as_str(),
+                    None => w.as_str(),
+                };
+                let absolute = w.starts_with('/') || (expanded.is_none() && w.starts_with('$'));
+                // Only the stage's first WORKDIR is checked, as BuildKit does.
+                if !absolute && !workdir_set {
                     lint.add(
                         "WorkdirRelativePath",
                         format!("Relative workdir {w:?} can have unexpected results if the base image changes"),
                         instr.span,
                     );
                 }
+                workdir_set = true;
             }
             _ => {}
         }
@@ -603,6 +632,13 @@ mod tests {
     fn each_rule_fires() {
         assert_eq!(rules("FROM a AS Build\n"), vec!["StageNameCasing"]);
         assert_eq!(rules("FROM a as b\n"), vec!["FromAsCasing"]);
+        // A WORKDIR is expanded with the stage's own ENV; one naming the base image's
+        // environment counts as absolute; only the first WORKDIR is looked at.
+        assert_eq!(
+            rules("FROM a\nENV D=app\nWORKDIR $D\nWORKDIR rel\n"),
+            vec!["WorkdirRelativePath"]
+        );
+        assert!(rules("FROM a\nWORKDIR $HOME\nWORKDIR rel\n").is_empty());
         assert_eq!(
             rules("FROM a\nARG GITHUB_TOKEN\nENV DB_PASSWORD=x PUBLIC_KEY=y\nARG MONKEY\n"),
             vec!["SecretsUsedInArgOrEnv", "SecretsUsedInArgOrEnv"]

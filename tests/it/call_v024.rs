@@ -127,26 +127,12 @@ fn call_outputs_match_buildx_against_buildkit_v024() -> anyhow::Result<()> {
 
 /// Real-world files where kiln is known to report less than BuildKit v0.24, with why:
 /// `(dir, line, rule)` of BuildKit's warning that kiln does not give.
-const KNOWN_MISSING: &[(&str, &str, &str, &str)] = &[
-    (
-        "authelia__authelia__Dockerfile",
-        "7",
-        "InvalidDefaultArgInFrom",
-        "kiln flags only bases that expand to nothing, not ones that expand to an invalid reference",
-    ),
-    (
-        "docker-library__golang__1.27__windows__nanoserver-ltsc2025__Dockerfile",
-        "30",
-        "WorkdirRelativePath",
-        "kiln's lint does not expand `WORKDIR $GOPATH` with the stage's ENV",
-    ),
-    (
-        "docker-library__golang__1.27__windows__windowsservercore-ltsc2025__Dockerfile",
-        "88",
-        "WorkdirRelativePath",
-        "kiln's lint does not expand `WORKDIR $GOPATH` with the stage's ENV",
-    ),
-];
+const KNOWN_MISSING: &[(&str, &str, &str, &str)] = &[(
+    "authelia__authelia__Dockerfile",
+    "7",
+    "InvalidDefaultArgInFrom",
+    "kiln flags only bases that expand to nothing, not ones that expand to an invalid reference",
+)];
 
 /// The `(line, rule, message)` of every warning in buildx's text of a check, in its order;
 /// kiln's CopyMissingSource (its own rule: the corpus holds no build contexts) left out.
