@@ -74,14 +74,16 @@ pub fn snippet(file: &str, lines: &[&str], start: usize, end: usize) -> String {
 }
 
 /// When BuildKit's Dockerfile conversion reports `rule`: 0 while parsing lines, 1 while
-/// parsing instructions, 2 checking stage names, 3 checking casing, 4 while converting.
+/// parsing instructions, 2 checking stage names, 3 checking casing, 4 checking the bases'
+/// default values, 5 while converting.
 fn phase(rule: &str) -> u8 {
     match rule {
         "NoEmptyContinuation" => 0,
         "StageNameCasing" | "FromAsCasing" | "MaintainerDeprecated" => 1,
         "ReservedStageName" | "DuplicateStageName" => 2,
         "ConsistentInstructionCasing" => 3,
-        _ => 4,
+        "InvalidDefaultArgInFrom" => 4,
+        _ => 5,
     }
 }
 

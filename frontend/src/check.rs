@@ -231,6 +231,16 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
                     errors.push(e);
                 }
             }
+            // BuildKit checks the bases' defaults before it converts the stages.
+            for (name, span) in std::mem::take(&mut l.blank_bases) {
+                lint.add(
+                    "InvalidDefaultArgInFrom",
+                    format!(
+                        "Default value for ARG {name} results in empty or invalid base image name"
+                    ),
+                    span,
+                );
+            }
             let mut undefined = BTreeSet::new();
             for (name, span) in std::mem::take(&mut l.unmatched_from_args) {
                 let declared = meta_names.contains(&name) || PLATFORM_ARGS.contains(&name.as_str());
@@ -241,15 +251,6 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
                         span,
                     );
                 }
-            }
-            for (name, span) in std::mem::take(&mut l.blank_bases) {
-                lint.add(
-                    "InvalidDefaultArgInFrom",
-                    format!(
-                        "Default value for ARG {name} results in empty or invalid base image name"
-                    ),
-                    span,
-                );
             }
         }
     }
@@ -647,7 +648,11 @@ mod tests {
             rules("FROM --platform=linux/amd64 a\n"),
             vec!["FromPlatformFlagConstDisallowed"]
         );
-        assert_eq!(rules("FROM a:$NOPE\n"), vec!["UndefinedArgInFrom"]);
+        // `a:` is no image reference either (BuildKit v0.24 says both, in this order).
+        assert_eq!(
+            rules("FROM a:$NOPE\n"),
+            vec!["InvalidDefaultArgInFrom", "UndefinedArgInFrom"]
+        );
         assert_eq!(rules("FROM a\nCMD run me\n"), vec!["JSONArgsRecommended"]);
         assert_eq!(
             rules("FROM a AS x\nFROM b AS x\n"),

@@ -519,7 +519,13 @@ impl<'a> Lowerer<'a> {
             }
             exp.result
         };
-        let base = if base.is_empty() && self.lenient {
+        // BuildKit's lint also flags a base that expands to an invalid reference.
+        let invalid = |b: &str| {
+            b != "scratch"
+                && self.find_stage(b).is_none()
+                && cache::reference::Reference::parse(b).is_err()
+        };
+        let base = if self.lenient && (base.is_empty() || invalid(&base)) {
             // BuildKit names the base as written.
             self.blank_bases.push((stage.base.clone(), stage.base_span));
             "scratch".to_owned()
