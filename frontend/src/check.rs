@@ -195,21 +195,14 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
             _ => Vec::new(),
         })
         .collect();
-    let mut seen_names: Vec<String> = Vec::new();
-    let majority_lower = majority_lower(df);
-    for stage in &df.stages {
-        lint_stage(
-            &mut lint,
-            stage,
-            &meta_names,
-            &mut seen_names,
-            majority_lower,
-            df.escape,
-        );
-    }
 
     // Lowering errors: every stage, as if it were the target, without base image configs.
     let mut errors: Vec<Error> = Vec::new();
+    // What lowering finds about FROM lines, reported after the stages' own findings.
+    let mut from_lints: Vec<(&'static str, String, Span)> = Vec::new();
+    // The stages BuildKit converts, whose instructions its conversion checks: all of them
+    // without a target, else those the target needs.
+    let mut dispatched = vec![opts.target.is_none(); df.stages.len()];
     match Lowerer::new(df, opts, None) {
         Err(e) => errors.push(e),
         Ok(mut l) => {
@@ -231,28 +224,50 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
                     errors.push(e);
                 }
             }
+            if opts.target.is_some() {
+                dispatched = l.lowered();
+                // Even when lowering it failed.
+                if let Ok(t) = l.target_index() {
+                    dispatched[t] = true;
+                }
+            }
             // BuildKit checks the bases' defaults before it converts the stages.
             for (name, span) in std::mem::take(&mut l.blank_bases) {
-                lint.add(
+                from_lints.push((
                     "InvalidDefaultArgInFrom",
                     format!(
                         "Default value for ARG {name} results in empty or invalid base image name"
                     ),
                     span,
-                );
+                ));
             }
             let mut undefined = BTreeSet::new();
             for (name, span) in std::mem::take(&mut l.unmatched_from_args) {
                 let declared = meta_names.contains(&name) || PLATFORM_ARGS.contains(&name.as_str());
                 if !declared && undefined.insert((name.clone(), span.line)) {
-                    lint.add(
+                    from_lints.push((
                         "UndefinedArgInFrom",
                         format!("FROM argument '{name}' is not declared"),
                         span,
-                    );
+                    ));
                 }
             }
         }
+    }
+    let mut seen_names: Vec<String> = Vec::new();
+    let majority_lower = majority_lower(df);
+    for stage in &df.stages {
+        lint_stage(
+            &mut lint,
+            stage,
+            &meta_names,
+            &mut seen_names,
+            (majority_lower, dispatched[stage.index]),
+            df.escape,
+        );
+    }
+    for (rule, message, span) in from_lints {
+        lint.add(rule, message, span);
     }
     let mut out = lint.out;
     for e in errors {
@@ -438,7 +453,7 @@ fn lint_stage(
     stage: &Stage,
     meta: &BTreeSet<String>,
     seen: &mut Vec<String>,
-    majority_lower: bool,
+    (majority_lower, dispatched): (bool, bool),
     escape: char,
 ) {
     let from_kw = stage.original.split_whitespace().next().unwrap_or("FROM");
@@ -485,7 +500,7 @@ fn lint_stage(
     // BuildKit's order on a line: what its parser reports, then the casing, then what its
     // conversion reports.
     casing(lint, from_kw, majority_lower, stage.span);
-    if let Some(p) = &stage.platform {
+    if let Some(p) = stage.platform.as_ref().filter(|_| dispatched) {
         let span = stage.platform_span.unwrap_or(stage.span);
         if !p.contains('$') {
             lint.add(
@@ -520,6 +535,10 @@ fn lint_stage(
             );
         }
         casing(lint, kw, majority_lower, instr.span);
+        // The rest is what BuildKit's conversion finds, in the stages it converts.
+        if !dispatched {
+            continue;
+        }
         match &instr.command {
             Command::Cmd(c) | Command::Entrypoint(c) => {
                 let kw = instr.command.keyword();
@@ -654,6 +673,19 @@ mod tests {
             vec!["InvalidDefaultArgInFrom", "UndefinedArgInFrom"]
         );
         assert_eq!(rules("FROM a\nCMD run me\n"), vec!["JSONArgsRecommended"]);
+        // With a target, the other stages' instructions are not converted, so only what
+        // BuildKit's parser finds is reported there.
+        let df =
+            crate::parse("FROM a AS t\nFROM a AS other\nMAINTAINER m\nCMD x\n").expect("parses");
+        let mut opts = BuildOptions::new(Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        });
+        opts.target = Some("t".into());
+        let found: Vec<_> = check(&df, &opts).into_iter().map(|w| w.rule).collect();
+        assert_eq!(found, vec!["MaintainerDeprecated"]);
         assert_eq!(
             rules("FROM a AS x\nFROM b AS x\n"),
             vec!["DuplicateStageName"]

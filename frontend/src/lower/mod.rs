@@ -302,6 +302,15 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Lowers stage `t` and what it needs (for `check`).
+    /// Which stages lowering has reached (a failed one included).
+    pub(crate) fn lowered(&self) -> Vec<bool> {
+        self.done
+            .iter()
+            .zip(&self.in_progress)
+            .map(|(d, p)| d.is_some() || *p)
+            .collect()
+    }
+
     pub(crate) fn lower_target(&mut self, t: usize) -> Result<(), Error> {
         self.stage(t).map(|_| ())
     }
