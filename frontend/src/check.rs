@@ -89,6 +89,10 @@ pub fn rule_description(rule: &str) -> Option<&'static str> {
         }
         "FromPlatformFlagConstDisallowed" => "FROM --platform flag should not use a constant value",
         "CopyIgnoredFile" => "Attempting to Copy file that is excluded by .dockerignore",
+        "ExposeProtoCasing" => "Protocol in EXPOSE instruction should be lowercase",
+        "ExposeInvalidFormat" => {
+            "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release"
+        }
         _ => return None,
     })
 }
@@ -323,6 +327,39 @@ fn secret_key(lint: &mut Lint, instruction: &str, key: &str, span: Span) {
             "SecretsUsedInArgOrEnv",
             format!(
                 "Do not use ARG or ENV instructions for sensitive data ({instruction} {key:?})"
+            ),
+            span,
+        );
+    }
+}
+
+/// ExposeProtoCasing and ExposeInvalidFormat for one (expanded) EXPOSE port, split as
+/// BuildKit splits `[ip:][hostport:]port[/proto]`; a port BuildKit refuses is lowering's.
+fn expose(lint: &mut Lint, port: &str, span: Span) {
+    let parts: Vec<&str> = port.split(':').collect();
+    let n = parts.len();
+    let (ip, host, container) = match n {
+        1 => (String::new(), "", parts[0]),
+        2 => (String::new(), parts[0], parts[1]),
+        _ => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
+    };
+    let (num, proto) = container.split_once('/').unwrap_or((container, ""));
+    let known = ["", "tcp", "udp", "sctp"].contains(&proto.to_ascii_lowercase().as_str());
+    if num.is_empty() || !known {
+        return;
+    }
+    if proto != proto.to_ascii_lowercase() {
+        lint.add(
+            "ExposeProtoCasing",
+            format!("Defined protocol '{port}' in EXPOSE instruction should be lowercase"),
+            span,
+        );
+    }
+    if !ip.is_empty() || !host.is_empty() {
+        lint.add(
+            "ExposeInvalidFormat",
+            format!(
+                "EXPOSE instruction should not define an IP address or host-port mapping, found '{port}'"
             ),
             span,
         );
@@ -606,6 +643,14 @@ fn lint_stage(
                     };
                 }
             }
+            Command::Expose(ports) => {
+                for raw in ports {
+                    let Ok(p) = lex.process_word(raw, &|k: &str| env.get(k).cloned()) else {
+                        continue;
+                    };
+                    expose(lint, &p, instr.span);
+                }
+            }
             Command::Workdir(w) => {
                 let expanded = lex
                     .process(w, &|k: &str| env.get(k).cloned())
@@ -673,6 +718,14 @@ mod tests {
             vec!["InvalidDefaultArgInFrom", "UndefinedArgInFrom"]
         );
         assert_eq!(rules("FROM a\nCMD run me\n"), vec!["JSONArgsRecommended"]);
+        assert_eq!(
+            rules("FROM a\nEXPOSE 80/TCP 127.0.0.1:81:81 8080:80/udp 90\n"),
+            vec![
+                "ExposeProtoCasing",
+                "ExposeInvalidFormat",
+                "ExposeInvalidFormat"
+            ]
+        );
         // With a target, the other stages' instructions are not converted, so only what
         // BuildKit's parser finds is reported there.
         let df =
