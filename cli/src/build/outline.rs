@@ -149,7 +149,8 @@ fn outline(
     let mut secrets: Vec<Mount> = Vec::new();
     let mut ssh: Vec<Mount> = Vec::new();
     for s in stages.iter().rev() {
-        let mut env = env.clone();
+        // A stage sees only the args it declares (a global one by naming it again).
+        let mut env = BTreeMap::new();
         let mut own: Vec<Arg> = Vec::new();
         let from = format!("{} {}", s.base, s.platform.as_deref().unwrap_or(""));
         for (n, (line, v)) in &global {
@@ -166,7 +167,8 @@ fn outline(
                 let given = build_args.contains_key(&d.name);
                 let a = match global.get(&d.name) {
                     // Inherited from a global ARG with a value: the global's entry.
-                    Some((line, v @ Some(_))) if d.default.is_none() && !given => {
+                    Some((line, v @ Some(value))) if d.default.is_none() && !given => {
+                        env.insert(d.name.clone(), value.clone());
                         entry(&d.name, *line, v.clone())
                     }
                     _ => {
