@@ -238,7 +238,8 @@ fn sbom_generator_runs_with_the_scanner_protocol_and_is_attached() -> anyhow::Re
     // The image it scans.
     t.write(
         "Dockerfile",
-        "FROM busybox\nRUN mkdir /srv && touch /srv/alpha /srv/beta\n",
+        // The context is scanned too only when asked, as BuildKit.
+        "ARG BUILDKIT_SBOM_SCAN_CONTEXT=true\nFROM busybox\nRUN mkdir /srv && touch /srv/alpha /srv/beta\n",
     );
     t.write("marker.txt", "from-the-context");
     let layout = t.dir.path().join("layout");

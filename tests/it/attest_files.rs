@@ -9,7 +9,8 @@
 //! --frontend dockerfile.v0 --opt attest:provenance=mode=min [--opt
 //! attest:sbom=generator=REGISTRY/scanner] [--opt platform=linux/amd64,linux/arm64] --output
 //! type=local|tar,...` from the Dockerfiles below (the scanner: [`SCANNER`] on busybox,
-//! pushed to a local CNCF registry); a local output listed with `find DEST -mindepth 1
+//! pushed to a local CNCF registry; `Dockerfile.ctx` declares `ARG
+//! BUILDKIT_SBOM_SCAN_CONTEXT=true`, which makes BuildKit scan the context as an extra); a local output listed with `find DEST -mindepth 1
 //! -printf '%P %M\n' | sort`, a tar with `tar tvf` (mode and name, in the archive's order).
 //!
 //! Known difference: BuildKit's tar is one sorted walk of the files and the statements;
@@ -330,15 +331,17 @@ fn provenance_files_are_named_and_placed_as_buildkit_v024_does() -> anyhow::Resu
     Ok(())
 }
 
-/// The scanner: an in-toto statement holding an SPDX document, named after its source's
-/// last path part (as BuildKit's own scanners name their files).
+/// The scanner: for its source and each extra, an in-toto statement holding an SPDX
+/// document, named after the source's last path part (as BuildKit's own scanners name
+/// their files).
 const SCANNER: &str = r#"#!/bin/sh
 set -e
-name=$(basename "$BUILDKIT_SCAN_SOURCE")
-files=$(ls "$BUILDKIT_SCAN_SOURCE/srv" | tr '\n' ' ')
+for src in "$BUILDKIT_SCAN_SOURCE" ${BUILDKIT_SCAN_SOURCE_EXTRAS:+"$BUILDKIT_SCAN_SOURCE_EXTRAS"/*}; do
+name=$(basename "$src")
 cat > "$BUILDKIT_SCAN_DESTINATION/$name.spdx.json" <<SPDX_END
-{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://spdx.dev/Document","predicate":{"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","name":"$name","dataLicense":"CC0-1.0","packages":[{"SPDXID":"SPDXRef-srv","name":"srv","versionInfo":"$files"}]}}
+{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://spdx.dev/Document","predicate":{"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","name":"$name","dataLicense":"CC0-1.0","packages":[]}}
 SPDX_END
+done
 "#;
 
 const SBOM: &[Case] = &[
@@ -397,6 +400,20 @@ const SBOM: &[Case] = &[
                  -rw-r--r-- linux_arm64/srv/alpha\n-rw-r--r-- linux_arm64/srv/beta",
     },
     Case {
+        name: "s6",
+        args: &[
+            "--provenance=mode=min",
+            "--platform",
+            "linux/amd64",
+            "-o",
+            "type=local,dest=OUT",
+        ],
+        dockerfile: "Dockerfile.ctx",
+        oracle: "provenance.json -rw-------\nsbom-context.spdx.json -rw-------\n\
+                 sbom.spdx.json -rw-------\nsrv drwxr-xr-x\nsrv/alpha -rw-r--r--\n\
+                 srv/beta -rw-r--r--",
+    },
+    Case {
         name: "s5.tar",
         args: &[
             "--provenance=mode=min",
@@ -423,6 +440,11 @@ fn sbom_and_provenance_files_are_named_and_placed_as_buildkit_v024_does() -> any
     t.write("scan.sh", SCANNER);
     t.build("scanner:1", &[])?;
     t.write("Dockerfile", "FROM scratch\nCOPY srv/ /srv/\n");
+    // Asks for the context to be scanned too: one more SBOM, `sbom-context.spdx.json`.
+    t.write(
+        "Dockerfile.ctx",
+        "ARG BUILDKIT_SBOM_SCAN_CONTEXT=true\nFROM scratch\nCOPY srv/ /srv/\n",
+    );
     t.write("srv/alpha", "");
     t.write("srv/beta", "");
     std::fs::remove_file(t.ctx.join("scan.sh"))?;
@@ -439,7 +461,7 @@ fn sbom_and_provenance_files_are_named_and_placed_as_buildkit_v024_does() -> any
     ensure!(
         stmt["predicateType"] == "https://spdx.dev/Document"
             && stmt["predicate"]["name"] == "sbom"
-            && stmt["predicate"]["packages"][0]["versionInfo"] == "alpha beta ",
+            && stmt["subject"].as_array().map(Vec::len) == Some(2),
         "{stmt:#}"
     );
     Ok(())

@@ -503,6 +503,11 @@ pub async fn run_all(
 ) -> anyhow::Result<Option<cache::oci::Descriptor>> {
     use std::io::Write as _;
     let epoch = source_date_epoch(&facts.build_args);
+    let scan_context = super::sbom::scan_context(
+        &facts.dockerfile,
+        &facts.build_args,
+        facts.target.as_deref(),
+    );
     let mut attest =
         (*requested != super::attest::Requested::default()).then(|| super::attest::Attest {
             requested: requested.clone(),
@@ -515,7 +520,8 @@ pub async fn run_all(
         if !quiet {
             let _ = writeln!(std::io::stderr(), "scanning with {generator}");
         }
-        a.sboms = super::sbom::scan_all(store, solve_opts, reg, generator, images).await?;
+        a.sboms =
+            super::sbom::scan_all(store, solve_opts, reg, generator, images, scan_context).await?;
     }
     let cx = Context {
         store,
