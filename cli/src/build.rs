@@ -1,7 +1,10 @@
 //! `kiln build`: read the Dockerfile and context, resolve base images, lower, solve, tag.
 
 mod attest;
+mod call;
+pub use call::{Call, GoJson, instruction_end, location, source_info};
 pub mod dates;
+mod fsout;
 mod input;
 mod load;
 mod named;
@@ -85,8 +88,8 @@ pub struct BuildArgs {
     /// Network of RUN steps that do not set `--network`: default, none or host.
     #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "none", "host"])]
     network: String,
-    /// Parse and lower the Dockerfile without building; print lint warnings and errors as
-    /// `Dockerfile:LINE:COL: [rule] message` and exit non-zero on an error.
+    /// Parse and lower the Dockerfile without building and print the lint warnings as buildx
+    /// does (`--call check`); exit 1 when there is a warning or an error.
     #[arg(long)]
     check: bool,
     /// Export the build cache: `type=registry,ref=REF[,mode=min|max][,mounts=true]`,
@@ -120,8 +123,14 @@ pub struct BuildArgs {
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
     /// What to do with the Dockerfile, as buildx's `--call`: `build` (default), `check` (as
-    /// `--check`) or `targets` (list the stages).
-    #[arg(long = "call", value_name = "METHOD", default_value = "build", value_parser = ["build", "check", "targets", "outline"])]
+    /// `--check`: lint, exit 1 when something was found), `targets` (list the stages) or
+    /// `outline` (what the target takes); `,format=json` prints BuildKit's JSON result,
+    /// `,ignorestatus=true` exits 0 after a check that found something.
+    #[arg(
+        long = "call",
+        value_name = "METHOD[,format=json][,ignorestatus=BOOL]",
+        default_value = "build"
+    )]
     call: String,
     /// `-o/--output`, `--load`, `--annotation`, `--provenance`, `--sbom`, `--attest`.
     #[command(flatten)]
@@ -301,8 +310,10 @@ fn no_cache_stages(df: &frontend::Dockerfile, filter: &[String]) -> Vec<String> 
     out
 }
 
-/// Runs `kiln build`.
-pub fn build(a: BuildArgs) -> anyhow::Result<()> {
+/// Runs `kiln build`; the exit status is not 0 only for a `--call check` that found
+/// something (buildx's status code).
+pub fn build(a: BuildArgs) -> anyhow::Result<std::process::ExitCode> {
+    let call = call::parse(&a.call).context("--call")?;
     let quiet = a.quiet || a.progress == Progress::Quiet;
     let mode = match a.progress {
         Progress::Show(m) if !quiet => Some(m),
@@ -363,8 +374,18 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         named_contexts: Default::default(),
     };
     let platforms = platforms::parse(&a.platforms)?;
-    if a.check || a.call == "check" {
-        return crate::check::run(&text, &opts, &context, &dockerignore);
+    if a.check || call.method == call::Method::Check {
+        // The file name buildx shows: `-f` as given, else CONTEXT/Dockerfile.
+        let shown = match &a.file {
+            Some(f) if f.as_os_str() == "-" => "stdin".to_owned(),
+            Some(f) => f.display().to_string(),
+            None => call::go_clean(&format!("{}/Dockerfile", a.context.display())),
+        };
+        let opts = frontend::BuildOptions {
+            dockerfile_name: shown,
+            ..opts
+        };
+        return crate::check::run(&text, &opts, &context, &dockerignore, call);
     }
     let mut allow = runopts::parse_allow(&a.allow)?;
     // buildx grants network.host itself for `--network host`.
@@ -377,11 +398,23 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
     )?;
     let df = frontend::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}", e.with_file_name(&dockerfile_name)))?;
-    if a.call == "targets" {
-        return runopts::print_targets(&df, &text);
-    }
-    if a.call == "outline" {
-        return outline::print(&df, &text, opts.target.as_deref(), &opts.build_args);
+    if call.method != call::Method::Build {
+        let out = match call.method {
+            call::Method::Targets if call.json => call::targets_json(&df, &text),
+            call::Method::Targets => call::targets_text(&df, &text),
+            _ => outline::text(
+                &df,
+                &text,
+                opts.target.as_deref(),
+                &opts.build_args,
+                call.json,
+            )?,
+        };
+        // buildx prints result.json with a newline after it, the text as it is.
+        let nl = if call.json { "\n" } else { "" };
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), "{out}{nl}")?;
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let store = crate::open_store()?;
     opts.named_contexts = named::resolve(&a.build_contexts, &store, &opts.platform)?;
@@ -618,7 +651,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
             quiet,
         ))?;
         drop(lock);
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let (_, mut solved) = built.pop().expect("one platform was built");
     if !labels.is_empty() {
@@ -727,7 +760,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<()> {
         writeln!(std::io::stdout().lock(), "{}", image.manifest_digest)?;
     }
     drop(lock);
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// A private `ssh-agent -D` holding `--ssh ID=KEY` keys in its own directory; killed and the

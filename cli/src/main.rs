@@ -427,7 +427,7 @@ fn print_template(src: &str, docs: &[serde_json::Value]) -> anyhow::Result<()> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Build(a) => build::build(*a).map(|()| ExitCode::SUCCESS),
+        Command::Build(a) => build::build(*a),
         Command::Import(a) => images::import(a).map(|()| ExitCode::SUCCESS),
         Command::Images(a) => images::list(&a).map(|()| ExitCode::SUCCESS),
         Command::Inspect(a) => inspect(&a, true).map(|()| ExitCode::SUCCESS),

@@ -217,7 +217,7 @@ set -e
 name=$(basename "$BUILDKIT_SCAN_SOURCE")
 files=$(ls "$BUILDKIT_SCAN_SOURCE/srv" | tr '\n' ' ')
 extras=$(ls "$BUILDKIT_SCAN_SOURCE_EXTRAS" | tr '\n' ' ')
-ctxfile=$(cat "$BUILDKIT_SCAN_SOURCE_EXTRAS/context/marker.txt")
+ctxfile=$(cat "$BUILDKIT_SCAN_SOURCE_EXTRAS/sbom-context/marker.txt")
 cat > "$BUILDKIT_SCAN_DESTINATION/$name.spdx.json" <<SPDX_END
 {"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","name":"$name","dataLicense":"CC0-1.0","packages":[{"SPDXID":"SPDXRef-srv","name":"srv","versionInfo":"$files"}],"comment":"extras: $extras; marker: $ctxfile"}
 SPDX_END
@@ -238,7 +238,8 @@ fn sbom_generator_runs_with_the_scanner_protocol_and_is_attached() -> anyhow::Re
     // The image it scans.
     t.write(
         "Dockerfile",
-        "FROM busybox\nRUN mkdir /srv && touch /srv/alpha /srv/beta\n",
+        // The context is scanned too only when asked, as BuildKit.
+        "ARG BUILDKIT_SBOM_SCAN_CONTEXT=true\nFROM busybox\nRUN mkdir /srv && touch /srv/alpha /srv/beta\n",
     );
     t.write("marker.txt", "from-the-context");
     let layout = t.dir.path().join("layout");
@@ -287,7 +288,7 @@ fn sbom_generator_runs_with_the_scanner_protocol_and_is_attached() -> anyhow::Re
     );
     let doc = &stmt["predicate"];
     ensure!(
-        doc["spdxVersion"] == "SPDX-2.3" && doc["name"] == "core",
+        doc["spdxVersion"] == "SPDX-2.3" && doc["name"] == "sbom",
         "{doc:#}"
     );
     ensure!(
@@ -295,7 +296,7 @@ fn sbom_generator_runs_with_the_scanner_protocol_and_is_attached() -> anyhow::Re
         "{doc:#}"
     );
     ensure!(
-        doc["comment"] == "extras: context ; marker: from-the-context",
+        doc["comment"] == "extras: sbom-context ; marker: from-the-context",
         "{doc:#}"
     );
     // type=local: the SBOM statement beside the files, under the scanner's file name.
@@ -309,7 +310,8 @@ fn sbom_generator_runs_with_the_scanner_protocol_and_is_attached() -> anyhow::Re
         ],
     )?;
     let stmt: Value = serde_json::from_slice(
-        &std::fs::read(local.join("core.spdx.json")).context("core.spdx.json")?,
+        // BuildKit's source path ends in `sbom`: the scanner names its file sbom.spdx.json.
+        &std::fs::read(local.join("sbom.spdx.json")).context("sbom.spdx.json")?,
     )?;
     ensure!(
         stmt["predicateType"] == "https://spdx.dev/Document"

@@ -5,12 +5,14 @@
 mod add_url;
 mod archives;
 mod attest;
+mod attest_files;
 mod build;
 mod build_flags;
 mod build_run_mounts;
 mod build_run_network;
 mod cache;
 mod cache_backends;
+mod call_v024;
 mod check;
 mod cli_docker;
 mod containers;

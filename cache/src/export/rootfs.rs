@@ -67,17 +67,19 @@ pub fn write_tars(
     out: impl Write,
     dest: &str,
 ) -> Result<()> {
-    write_tars_with(store, images, &[], out, dest)
+    write_tars_with(store, images, &[], 0, out, dest)
 }
 
-/// [`write_tars`], then `extra` files (path in the tar, content) at the end, mode 0600 as
-/// BuildKit writes attestation files into a tar output.
+/// [`write_tars`] with `extra` files (path in the tar, content): mode 0600 and dated `mtime`
+/// as BuildKit writes attestation files into a tar output, each after the root filesystem
+/// of the image whose directory holds it (at the end without directories).
 ///
 /// Fails when a layer cannot be read or the destination written.
 pub fn write_tars_with(
     store: &Store,
     images: &[(&Image, String)],
     extra: &[(String, Vec<u8>)],
+    mtime: u64,
     out: impl Write,
     dest: &str,
 ) -> Result<()> {
@@ -98,17 +100,37 @@ pub fn write_tars_with(
                 .map_err(werr)?;
         }
         append_rootfs(&mut b, store, image, prefix, dest)?;
+        let mine = extra
+            .iter()
+            .filter(|(p, _)| !prefix.is_empty() && p.starts_with(&format!("{prefix}/")));
+        for (path, data) in mine {
+            append_extra(&mut b, path, data, mtime).map_err(werr)?;
+        }
     }
-    for (path, data) in extra {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o600);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, data.as_slice()).map_err(werr)?;
+    for (path, data) in extra.iter().filter(|(p, _)| {
+        !images
+            .iter()
+            .any(|(_, pre)| !pre.is_empty() && p.starts_with(&format!("{pre}/")))
+    }) {
+        append_extra(&mut b, path, data, mtime).map_err(werr)?;
     }
     let mut inner = b.into_inner().map_err(werr)?;
     inner.flush().map_err(werr)?;
     Ok(())
+}
+
+fn append_extra<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    data: &[u8],
+    mtime: u64,
+) -> io::Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_mtime(mtime);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, path, data)
 }
 
 /// Appends `image`'s merged root filesystem to `b`, every path under `prefix`.

@@ -2,6 +2,7 @@
 //! subrequest: the target and its description, the build args it uses with their values and
 //! descriptions, and the secrets and SSH sockets its RUN steps mount.
 
+use super::call::table;
 use frontend::{Command, Dockerfile, Stage};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,6 +12,17 @@ struct Arg {
     name: String,
     value: String,
     description: String,
+    /// The line of the ARG instruction that declares it.
+    line: u32,
+}
+
+/// A secret or SSH mount of a RUN step.
+#[derive(Debug, PartialEq, Eq)]
+struct Mount {
+    id: String,
+    required: bool,
+    /// The line of the RUN instruction.
+    line: u32,
 }
 
 /// What the target stage takes.
@@ -20,9 +32,9 @@ struct Outline {
     description: String,
     args: Vec<Arg>,
     /// Secret ids, with whether the mount is `required`.
-    secrets: Vec<(String, bool)>,
+    secrets: Vec<Mount>,
     /// SSH ids, with whether the mount is `required`.
-    ssh: Vec<(String, bool)>,
+    ssh: Vec<Mount>,
 }
 
 /// The stage `name` refers to: by `AS` name (any case) or by index.
@@ -91,117 +103,132 @@ fn outline(
             .last()
             .ok_or_else(|| anyhow::anyhow!("the Dockerfile has no stage"))?,
     };
-    let name = stage.name_as_written.clone().unwrap_or_default();
+    let name = stage.name.clone().unwrap_or_default();
     let mut out = Outline {
         description: super::runopts::stage_comment(&lines, stage.span.line as usize, &name),
         name,
         ..Outline::default()
     };
     let stages = needed(df, stage);
-    // The global ARGs: their defaults, and the ones a needed FROM line names.
-    let mut global = BTreeMap::new();
-    let mut used_global = BTreeSet::new();
+    let comment =
+        |line: u32, name: &str| super::runopts::stage_comment(&lines, line as usize, name);
+    // Quotes removed and earlier args expanded, as BuildKit evaluates a default.
+    let lex = frontend::shell::Lex::new(df.escape);
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let eval = |name: &str, default: &Option<String>, env: &mut BTreeMap<String, String>| {
+        let v = match (build_args.get(name), default) {
+            (Some(v), _) => Some(v.clone()),
+            (None, Some(d)) => Some(
+                lex.process_word(d, &|k: &str| env.get(k).cloned())
+                    .unwrap_or_else(|_| d.clone()),
+            ),
+            (None, None) => None,
+        };
+        if let Some(v) = &v {
+            env.insert(name.to_owned(), v.clone());
+        }
+        v
+    };
+    // The global ARGs: name -> (line, value); the ones a needed FROM line names are used.
+    let mut global: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
     for i in &df.meta_args {
         for d in arg_names(i) {
-            global.insert(d.name.clone(), (d, i.span.line));
+            let v = eval(&d.name, &d.default, &mut env);
+            global.insert(d.name.clone(), (i.span.line, v));
         }
     }
-    for s in &stages {
-        for n in global.keys() {
-            let mention = [format!("${n}"), format!("${{{n}")];
-            let from = format!("{} {}", s.base, s.platform.as_deref().unwrap_or(""));
-            if mention.iter().any(|m| from.contains(m.as_str())) {
-                used_global.insert(n.clone());
+    let entry = |name: &str, line: u32, value: Option<String>| Arg {
+        description: comment(line, name),
+        name: name.to_owned(),
+        value: value.unwrap_or_default(),
+        line,
+    };
+    // BuildKit visits the target first, then the stages it builds on, and keeps the first
+    // entry of each name; a stage's later ARG of a name replaces its earlier one.
+    let mut args: Vec<Arg> = Vec::new();
+    let mut secrets: Vec<Mount> = Vec::new();
+    let mut ssh: Vec<Mount> = Vec::new();
+    for s in stages.iter().rev() {
+        // A stage sees only the args it declares (a global one by naming it again).
+        let mut env = BTreeMap::new();
+        let mut own: Vec<Arg> = Vec::new();
+        let from = format!("{} {}", s.base, s.platform.as_deref().unwrap_or(""));
+        for (n, (line, v)) in &global {
+            if [format!("${n}"), format!("${{{n}")]
+                .iter()
+                .any(|m| from.contains(m.as_str()))
+            {
+                own.push(entry(n, *line, v.clone()));
             }
         }
-    }
-    // (line, def, global default) of every arg the needed stages declare or use.
-    let mut defs: Vec<(u32, &frontend::instructions::ArgDef, Option<String>)> = Vec::new();
-    for n in &used_global {
-        let (d, line) = global[n];
-        defs.push((line, d, None));
-    }
-    for s in &stages {
+        let (mut stage_secrets, mut stage_ssh) = (Vec::new(), Vec::new());
         for i in &s.instructions {
             for d in arg_names(i) {
-                let inherited = global.get(&d.name).and_then(|(g, _)| g.default.clone());
-                defs.push((i.span.line, d, inherited));
-            }
-            if let Command::Run(r) = &i.command {
-                for m in &r.mounts {
-                    let Ok(m) = frontend::mounts::parse_mount(&m.value, "/") else {
-                        continue;
-                    };
-                    let id = || {
-                        m.id.clone().unwrap_or_else(|| {
-                            m.target.rsplit('/').next().unwrap_or_default().to_owned()
-                        })
-                    };
-                    match m.kind {
-                        frontend::mounts::MountType::Secret => out.secrets.push((id(), m.required)),
-                        frontend::mounts::MountType::Ssh => out.ssh.push((
-                            m.id.clone().unwrap_or_else(|| "default".to_owned()),
-                            m.required,
-                        )),
-                        _ => {}
+                let given = build_args.contains_key(&d.name);
+                let a = match global.get(&d.name) {
+                    // Inherited from a global ARG with a value: the global's entry.
+                    Some((line, v @ Some(value))) if d.default.is_none() && !given => {
+                        env.insert(d.name.clone(), value.clone());
+                        entry(&d.name, *line, v.clone())
                     }
+                    _ => {
+                        let v = eval(&d.name, &d.default, &mut env);
+                        entry(&d.name, i.span.line, v)
+                    }
+                };
+                own.retain(|o| o.name != a.name);
+                own.push(a);
+            }
+            let Command::Run(r) = &i.command else {
+                continue;
+            };
+            for m in &r.mounts {
+                let Ok(m) = frontend::mounts::parse_mount(&m.value, "/") else {
+                    continue;
+                };
+                let line = i.span.line;
+                match m.kind {
+                    frontend::mounts::MountType::Secret => stage_secrets.push(Mount {
+                        id: m.id.clone().unwrap_or_else(|| {
+                            m.target.rsplit('/').next().unwrap_or_default().to_owned()
+                        }),
+                        required: m.required,
+                        line,
+                    }),
+                    frontend::mounts::MountType::Ssh => stage_ssh.push(Mount {
+                        id: m.id.clone().unwrap_or_else(|| "default".to_owned()),
+                        required: m.required,
+                        line,
+                    }),
+                    _ => {}
                 }
             }
         }
-    }
-    defs.sort_by_key(|(line, _, _)| *line);
-    let mut seen = BTreeSet::new();
-    for (line, d, inherited) in defs {
-        if frontend::PLATFORM_ARGS.contains(&d.name.as_str()) || !seen.insert(d.name.clone()) {
-            continue;
+        // A stage keeps the first mount of an id.
+        for (list, stage_list) in [(&mut secrets, stage_secrets), (&mut ssh, stage_ssh)] {
+            for m in stage_list {
+                if !list.iter().any(|l| l.id == m.id) {
+                    list.push(m);
+                }
+            }
         }
-        let value = build_args
-            .get(&d.name)
-            .cloned()
-            .or_else(|| d.default.clone())
-            .or(inherited)
-            .unwrap_or_default();
-        out.args.push(Arg {
-            description: super::runopts::stage_comment(&lines, line as usize, &d.name),
-            name: d.name.clone(),
-            value,
-        });
+        for a in own {
+            if !frontend::PLATFORM_ARGS.contains(&a.name.as_str())
+                && !args.iter().any(|o| o.name == a.name)
+            {
+                args.push(a);
+            }
+        }
     }
-    let mut ids = BTreeSet::new();
-    out.secrets.retain(|(id, _)| ids.insert(id.clone()));
-    let mut ids = BTreeSet::new();
-    out.ssh.retain(|(id, _)| ids.insert(id.clone()));
+    // Then in Dockerfile order (BuildKit sorts by line; its order within a line is not
+    // fixed).
+    args.sort_by_key(|a| a.line);
+    secrets.sort_by_key(|m| m.line);
+    ssh.sort_by_key(|m| m.line);
+    out.args = args;
+    out.secrets = secrets;
+    out.ssh = ssh;
     Ok(out)
-}
-
-/// Rows aligned as Go's tabwriter with padding `pad`: every column but the last padded to
-/// its widest cell plus `pad`.
-fn table(rows: &[Vec<String>], pad: usize) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols.saturating_sub(1))
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-                + pad
-        })
-        .collect();
-    let mut s = String::new();
-    for r in rows {
-        for (c, cell) in r.iter().enumerate() {
-            match widths.get(c) {
-                Some(w) if c + 1 < r.len() => {
-                    s.push_str(cell);
-                    s.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
-                }
-                _ => s.push_str(cell),
-            }
-        }
-        s.push('\n');
-    }
-    s
 }
 
 fn render(o: &Outline) -> String {
@@ -238,44 +265,87 @@ fn render(o: &Outline) -> String {
             continue;
         }
         let mut rows = vec![vec![title.to_owned(), "REQUIRED".to_owned()]];
-        rows.extend(
-            list.iter()
-                .map(|(id, req)| vec![id.clone(), if *req { "true" } else { "" }.to_owned()]),
-        );
+        rows.extend(list.iter().map(|m| {
+            vec![
+                m.id.clone(),
+                if m.required { "true" } else { "" }.to_owned(),
+            ]
+        }));
         s.push_str(&table(&rows, 3));
         s.push('\n');
     }
     s
 }
 
-/// Prints the outline of the build's target on stdout.
+/// BuildKit's `result.json` of `frontend.outline`: Go's `json.MarshalIndent` of its
+/// `Outline` (empty fields left out), each entry with the lines of its instruction, and the
+/// Dockerfile as the one source.
+fn json(o: &Outline, source: &str) -> String {
+    use super::call::{GoJson, location};
+    let mut v = Vec::new();
+    if !o.name.is_empty() {
+        v.push(("name", o.name.as_str().into()));
+    }
+    if !o.description.is_empty() {
+        v.push(("description", o.description.as_str().into()));
+    }
+    let args: Vec<GoJson> = o
+        .args
+        .iter()
+        .map(|a| {
+            let mut e = vec![("name", a.name.as_str().into())];
+            if !a.description.is_empty() {
+                e.push(("description", a.description.as_str().into()));
+            }
+            if !a.value.is_empty() {
+                e.push(("value", a.value.as_str().into()));
+            }
+            e.push(("location", location(source, a.line as usize)));
+            GoJson::Obj(e)
+        })
+        .collect();
+    let mounts = |list: &[Mount]| -> Vec<GoJson> {
+        list.iter()
+            .map(|m| {
+                let mut e = vec![("name", m.id.as_str().into())];
+                if m.required {
+                    e.push(("required", GoJson::Bool(true)));
+                }
+                e.push(("location", location(source, m.line as usize)));
+                GoJson::Obj(e)
+            })
+            .collect()
+    };
+    for (key, list) in [
+        ("args", args),
+        ("secrets", mounts(&o.secrets)),
+        ("ssh", mounts(&o.ssh)),
+    ] {
+        if !list.is_empty() {
+            v.push((key, GoJson::Arr(list)));
+        }
+    }
+    v.push((
+        "sources",
+        GoJson::Arr(vec![super::call::source_bytes(source)]),
+    ));
+    GoJson::Obj(v).indent()
+}
+
+/// The outline of the build's target: buildx's text, or with `json` BuildKit's JSON.
 ///
-/// Fails when the target stage does not exist or stdout is closed.
-pub fn print(
+/// Fails when the target stage does not exist.
+pub fn text(
     df: &Dockerfile,
     source: &str,
     target: Option<&str>,
     build_args: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let text = render(&outline(df, source, target, build_args)?);
-    std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tabwriter_pads_all_but_the_last_column() {
-        let rows = vec![
-            vec!["BUILD ARG".to_owned(), "VALUE".into(), "DESCRIPTION".into()],
-            vec!["A".to_owned(), "".into(), "".into()],
-        ];
-        assert_eq!(
-            table(&rows, 3),
-            "BUILD ARG   VALUE   DESCRIPTION\nA                   \n"
-        );
-    }
+    as_json: bool,
+) -> anyhow::Result<String> {
+    let o = outline(df, source, target, build_args)?;
+    Ok(if as_json {
+        json(&o, source)
+    } else {
+        render(&o)
+    })
 }

@@ -62,9 +62,9 @@ impl std::fmt::Display for Dest {
 #[derive(Debug, Clone)]
 pub enum Output {
     /// `type=local,dest=DIR`: the root filesystem unpacked.
-    Local(PathBuf),
+    Local(PathBuf, super::fsout::FsOpts),
     /// `type=tar,dest=FILE|-`: the root filesystem as a tar.
-    Tar(Dest),
+    Tar(Dest, super::fsout::FsOpts),
     /// `type=oci|docker`: an OCI layout (tar or directory), with docker-archive's
     /// `manifest.json` for docker; `dest: None` for docker loads into the daemon.
     Layout {
@@ -265,9 +265,9 @@ fn parse_one(spec: &str, tags: &[String], annotations: &[Annotation]) -> anyhow:
     let fields = csv_fields(spec)?;
     if fields.len() == 1 && !fields[0].contains('=') {
         return Ok(match fields[0].as_str() {
-            "-" => Output::Tar(Dest::Stdout),
+            "-" => Output::Tar(Dest::Stdout, Default::default()),
             "" => bail!("empty output"),
-            dir => Output::Local(PathBuf::from(dir)),
+            dir => Output::Local(PathBuf::from(dir), Default::default()),
         });
     }
     let mut attrs = std::collections::BTreeMap::new();
@@ -304,8 +304,13 @@ fn parse_one(spec: &str, tags: &[String], annotations: &[Annotation]) -> anyhow:
     let mut names: Vec<String> = Vec::new();
     let mut push = kind == "registry";
     let mut tar = true;
+    let mut fs_opts = super::fsout::FsOpts::default();
     for (k, v) in &attrs {
         match k.as_str() {
+            "platform-split" if matches!(kind.as_str(), "local" | "tar") => {
+                fs_opts.split = Some(parse_bool(k, v)?)
+            }
+            "attestation-prefix" => fs_opts.prefix = v.clone(),
             "compression" => {
                 codec = match v.as_str() {
                     "gzip" => Some(cache::compress::Codec::Gzip),
@@ -328,12 +333,7 @@ fn parse_one(spec: &str, tags: &[String], annotations: &[Annotation]) -> anyhow:
             "push" => push = parse_bool(k, v)?,
             "tar" => tar = parse_bool(k, v)?,
             // Accepted and without effect here, as for a builder with its own store.
-            "unpack"
-            | "store"
-            | "dangling-name-prefix"
-            | "name-canonical"
-            | "buildinfo"
-            | "attestation-prefix" => {}
+            "unpack" | "store" | "dangling-name-prefix" | "name-canonical" | "buildinfo" => {}
             _ => bail!("unknown attribute {k:?} for type={kind}"),
         }
     }
@@ -368,12 +368,12 @@ fn parse_one(spec: &str, tags: &[String], annotations: &[Annotation]) -> anyhow:
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(match kind.as_str() {
         "local" => match dest {
-            Some(Dest::Path(p)) => Output::Local(p),
+            Some(Dest::Path(p)) => Output::Local(p, fs_opts),
             Some(Dest::Stdout) => bail!("type=local needs a directory, not -"),
             None => bail!("type=local needs dest=DIR"),
         },
         // As buildx: tar and oci without `dest` go to stdout, unless it is a terminal.
-        "tar" => Output::Tar(stdout_dest(&kind, dest)?),
+        "tar" => Output::Tar(stdout_dest(&kind, dest)?, fs_opts),
         "oci" | "docker" => {
             let dest = match kind.as_str() {
                 "oci" => Some(stdout_dest(&kind, dest)?),
@@ -432,7 +432,7 @@ impl Output {
     pub fn to_stdout(&self) -> bool {
         matches!(
             self,
-            Output::Tar(Dest::Stdout)
+            Output::Tar(Dest::Stdout, _)
                 | Output::Layout {
                     dest: Some(Dest::Stdout),
                     ..
@@ -503,6 +503,11 @@ pub async fn run_all(
 ) -> anyhow::Result<Option<cache::oci::Descriptor>> {
     use std::io::Write as _;
     let epoch = source_date_epoch(&facts.build_args);
+    let scan_context = super::sbom::scan_context(
+        &facts.dockerfile,
+        &facts.build_args,
+        facts.target.as_deref(),
+    );
     let mut attest =
         (*requested != super::attest::Requested::default()).then(|| super::attest::Attest {
             requested: requested.clone(),
@@ -515,7 +520,8 @@ pub async fn run_all(
         if !quiet {
             let _ = writeln!(std::io::stderr(), "scanning with {generator}");
         }
-        a.sboms = super::sbom::scan_all(store, solve_opts, reg, generator, images).await?;
+        a.sboms =
+            super::sbom::scan_all(store, solve_opts, reg, generator, images, scan_context).await?;
     }
     let cx = Context {
         store,
@@ -544,49 +550,14 @@ pub async fn run(
     let mut root = None;
     for o in outputs {
         match o {
-            Output::Local(dir) => {
-                for (n, (img, sub)) in per_platform(cx.images, cx.platforms)
-                    .into_iter()
-                    .enumerate()
-                {
-                    let d = match sub {
-                        Some(s) => dir.join(s),
-                        None => dir.clone(),
-                    };
-                    let at = || format!("--output type=local,dest={}", dir.display());
-                    cache::export::rootfs::write_dir(cx.store, img, &d).with_context(at)?;
-                    for (name, bytes) in statement_files(cx, n, img)? {
-                        kroot::write_atomic(&d.join(&name), &bytes).with_context(at)?;
-                    }
-                }
+            Output::Local(dir, fs) => {
+                super::fsout::write_local(cx, dir, fs)
+                    .with_context(|| format!("--output type=local,dest={}", dir.display()))?;
                 say(format!("copying files to {} done", dir.display()));
             }
-            Output::Tar(dest) => {
-                let images: Vec<_> = per_platform(cx.images, cx.platforms)
-                    .into_iter()
-                    .map(|(i, sub)| (i, sub.unwrap_or_default()))
-                    .collect();
-                let mut extra = Vec::new();
-                for (n, (img, sub)) in images.iter().enumerate() {
-                    for (name, bytes) in statement_files(cx, n, img)? {
-                        let path = match sub.as_str() {
-                            "" => name,
-                            sub => format!("{sub}/{name}"),
-                        };
-                        extra.push((path, bytes));
-                    }
-                }
-                write_to(dest, |w| {
-                    cache::export::rootfs::write_tars_with(
-                        cx.store,
-                        &images,
-                        &extra,
-                        w,
-                        &dest.to_string(),
-                    )
-                    .map_err(Into::into)
-                })
-                .with_context(|| format!("--output type=tar,dest={dest}"))?;
+            Output::Tar(dest, fs) => {
+                super::fsout::write_tar(cx, dest, fs)
+                    .with_context(|| format!("--output type=tar,dest={dest}"))?;
                 say(format!("sending tarball to {dest} done"));
             }
             Output::Layout {
@@ -657,53 +628,6 @@ pub async fn run(
     Ok(root)
 }
 
-/// The images with the subdirectory each goes to: none for one platform, `os_arch[_variant]`
-/// for several (buildx's layout of a multi-platform local export), from the platform each was
-/// built for (a base's config need not say it).
-fn per_platform<'a>(
-    images: &'a [cache::image::Image],
-    platforms: &[cache::oci::Platform],
-) -> Vec<(&'a cache::image::Image, Option<String>)> {
-    if images.len() == 1 {
-        return vec![(&images[0], None)];
-    }
-    images
-        .iter()
-        .enumerate()
-        .map(|(n, i)| {
-            let p = platforms
-                .get(n)
-                .cloned()
-                .unwrap_or_else(|| cache::export::platform_of(i));
-            (i, Some(platform_dir(&p)))
-        })
-        .collect()
-}
-
-/// The attestation files of a local or tar output of `cx.images[n]` (none without
-/// attestations): BuildKit's files beside the result, about its regular files.
-fn statement_files(
-    cx: &Context<'_>,
-    n: usize,
-    img: &cache::image::Image,
-) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let Some(attest) = cx.attest else {
-        return Ok(Vec::new());
-    };
-    let platform = cx
-        .platforms
-        .get(n)
-        .cloned()
-        .unwrap_or_else(|| cache::export::platform_of(img));
-    let files = cache::export::rootfs::regular_files(cx.store, img).with_context(|| {
-        format!(
-            "reading the files of {} for attestations",
-            img.manifest_digest
-        )
-    })?;
-    attest.files(&platform, &files)
-}
-
 /// `os_arch[_variant]`: a platform's subdirectory in a multi-platform local or tar output.
 pub fn platform_dir(p: &cache::oci::Platform) -> String {
     let mut s = format!("{}_{}", p.os, p.architecture);
@@ -716,7 +640,7 @@ pub fn platform_dir(p: &cache::oci::Platform) -> String {
 
 /// Runs `write` on the destination: stdout, or a file written next to it and renamed into
 /// place when complete.
-fn write_to(
+pub(super) fn write_to(
     dest: &Dest,
     write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -760,8 +684,8 @@ mod tests {
     #[test]
     fn shorthands_are_buildx_s() {
         let out = parse(&flags(&["out", "-"]), &[], false).expect("parses");
-        assert!(matches!(&out[0], Output::Local(p) if p == &PathBuf::from("out")));
-        assert!(matches!(&out[1], Output::Tar(Dest::Stdout)));
+        assert!(matches!(&out[0], Output::Local(p, _) if p == &PathBuf::from("out")));
+        assert!(matches!(&out[1], Output::Tar(Dest::Stdout, _)));
     }
 
     #[test]

@@ -146,55 +146,6 @@ pub fn apply(
     Ok(security)
 }
 
-/// `--call targets`: the stages, as buildx prints BuildKit's target list: a `TARGET` column
-/// (the last stage marked `(default)`), and `DESCRIPTION` when a stage has one: the comment
-/// right above its FROM that starts with the stage's name (`# build compiles the app`).
-///
-/// Fails when stdout is closed.
-pub fn print_targets(df: &frontend::Dockerfile, source: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let lines: Vec<&str> = source.lines().collect();
-    let last = df.stages.len().saturating_sub(1);
-    let rows: Vec<(String, String)> = df
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let name = s.name_as_written.clone().unwrap_or_default();
-            let description = stage_comment(&lines, s.span.line as usize, &name);
-            let shown = match (name.is_empty(), i == last) {
-                (true, true) => "(default)".to_owned(),
-                (false, true) => format!("{name} (default)"),
-                _ => name,
-            };
-            (shown, description)
-        })
-        .collect();
-    let described = rows.iter().any(|(_, d)| !d.is_empty());
-    // Go's tabwriter with minwidth 8, padding 1: the first column padded to its widest cell.
-    let width = rows
-        .iter()
-        .map(|(n, _)| n.len())
-        .chain(["TARGET".len()])
-        .max()
-        .unwrap_or(0)
-        .saturating_add(1)
-        .max(8);
-    let mut out = std::io::stdout().lock();
-    if described {
-        writeln!(out, "{:<width$}DESCRIPTION", "TARGET")?;
-        for (n, d) in &rows {
-            writeln!(out, "{:<width$}{d}", n)?;
-        }
-    } else {
-        writeln!(out, "TARGET")?;
-        for (n, _) in &rows {
-            writeln!(out, "{n}")?;
-        }
-    }
-    Ok(())
-}
-
 /// BuildKit's stage (or ARG) comment: among the comment lines right above line `from`
 /// (1-based), the first that starts with `name ` gives the rest.
 pub(super) fn stage_comment(lines: &[&str], from: usize, name: &str) -> String {

@@ -302,6 +302,15 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Lowers stage `t` and what it needs (for `check`).
+    /// Which stages lowering has reached (a failed one included).
+    pub(crate) fn lowered(&self) -> Vec<bool> {
+        self.done
+            .iter()
+            .zip(&self.in_progress)
+            .map(|(d, p)| d.is_some() || *p)
+            .collect()
+    }
+
     pub(crate) fn lower_target(&mut self, t: usize) -> Result<(), Error> {
         self.stage(t).map(|_| ())
     }
@@ -519,15 +528,15 @@ impl<'a> Lowerer<'a> {
             }
             exp.result
         };
-        let base = if base.is_empty() && self.lenient {
-            self.blank_bases.push((
-                stage
-                    .base
-                    .trim_start_matches(['$', '{'])
-                    .trim_end_matches('}')
-                    .to_owned(),
-                stage.base_span,
-            ));
+        // BuildKit's lint also flags a base that expands to an invalid reference.
+        let invalid = |b: &str| {
+            b != "scratch"
+                && self.find_stage(b).is_none()
+                && cache::reference::Reference::parse(b).is_err()
+        };
+        let base = if self.lenient && (base.is_empty() || invalid(&base)) {
+            // BuildKit names the base as written.
+            self.blank_bases.push((stage.base.clone(), stage.base_span));
             "scratch".to_owned()
         } else {
             base

@@ -7,10 +7,14 @@
 
 use crate::BuildOptions;
 use crate::error::Error;
-use crate::instructions::{Command, Dockerfile, Stage};
+use crate::instructions::{Command, Dockerfile};
 use crate::lower::{Lowerer, PLATFORM_ARGS};
 use graph::Span;
 use std::collections::BTreeSet;
+
+mod rules;
+use rules::{lint_stage, majority_lower};
+pub use rules::{rule_description, rule_url};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -133,13 +137,14 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
             _ => Vec::new(),
         })
         .collect();
-    let mut seen_names: Vec<String> = Vec::new();
-    for stage in &df.stages {
-        lint_stage(&mut lint, df, stage, &meta_names, &mut seen_names);
-    }
 
     // Lowering errors: every stage, as if it were the target, without base image configs.
     let mut errors: Vec<Error> = Vec::new();
+    // What lowering finds about FROM lines, reported after the stages' own findings.
+    let mut from_lints: Vec<(&'static str, String, Span)> = Vec::new();
+    // The stages BuildKit converts, whose instructions its conversion checks: all of them
+    // without a target, else those the target needs.
+    let mut dispatched = vec![opts.target.is_none(); df.stages.len()];
     match Lowerer::new(df, opts, None) {
         Err(e) => errors.push(e),
         Ok(mut l) => {
@@ -161,27 +166,50 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
                     errors.push(e);
                 }
             }
-            let mut undefined = BTreeSet::new();
-            for (name, span) in std::mem::take(&mut l.unmatched_from_args) {
-                let declared = meta_names.contains(&name) || PLATFORM_ARGS.contains(&name.as_str());
-                if !declared && undefined.insert((name.clone(), span.line)) {
-                    lint.add(
-                        "UndefinedArgInFrom",
-                        format!("FROM argument '{name}' is not declared"),
-                        span,
-                    );
+            if opts.target.is_some() {
+                dispatched = l.lowered();
+                // Even when lowering it failed.
+                if let Ok(t) = l.target_index() {
+                    dispatched[t] = true;
                 }
             }
+            // BuildKit checks the bases' defaults before it converts the stages.
             for (name, span) in std::mem::take(&mut l.blank_bases) {
-                lint.add(
+                from_lints.push((
                     "InvalidDefaultArgInFrom",
                     format!(
                         "Default value for ARG {name} results in empty or invalid base image name"
                     ),
                     span,
-                );
+                ));
+            }
+            let mut undefined = BTreeSet::new();
+            for (name, span) in std::mem::take(&mut l.unmatched_from_args) {
+                let declared = meta_names.contains(&name) || PLATFORM_ARGS.contains(&name.as_str());
+                if !declared && undefined.insert((name.clone(), span.line)) {
+                    from_lints.push((
+                        "UndefinedArgInFrom",
+                        format!("FROM argument '{name}' is not declared"),
+                        span,
+                    ));
+                }
             }
         }
+    }
+    let mut seen_names: Vec<String> = Vec::new();
+    let majority_lower = majority_lower(df);
+    for stage in &df.stages {
+        lint_stage(
+            &mut lint,
+            stage,
+            &meta_names,
+            &mut seen_names,
+            (majority_lower, dispatched[stage.index]),
+            df.escape,
+        );
+    }
+    for (rule, message, span) in from_lints {
+        lint.add(rule, message, span);
     }
     let mut out = lint.out;
     for e in errors {
@@ -192,7 +220,8 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
             level: Level::Error,
         });
     }
-    out.sort_by_key(|w| w.span.map(|s| (s.line, s.column)));
+    // By line only, as BuildKit sorts (stable: a line's findings in the order found).
+    out.sort_by_key(|w| w.span.map(|s| s.line));
     out
 }
 
@@ -292,162 +321,6 @@ pub fn copy_source_warning(src: &ContextSource, state: SourceState) -> Option<Wa
     })
 }
 
-fn lint_stage(
-    lint: &mut Lint,
-    df: &Dockerfile,
-    stage: &Stage,
-    meta: &BTreeSet<String>,
-    seen: &mut Vec<String>,
-) {
-    let from_kw = stage.original.split_whitespace().next().unwrap_or("FROM");
-    if let Some(name) = &stage.name_as_written {
-        if name != &name.to_ascii_lowercase() {
-            lint.add(
-                "StageNameCasing",
-                format!("Stage name '{name}' should be lowercase"),
-                stage.span,
-            );
-        }
-        let as_kw = stage
-            .original
-            .split_whitespace()
-            .rev()
-            .nth(1)
-            .unwrap_or("AS");
-        let from_upper = from_kw == from_kw.to_ascii_uppercase();
-        let as_upper = as_kw == as_kw.to_ascii_uppercase();
-        if from_upper != as_upper {
-            lint.add(
-                "FromAsCasing",
-                format!("'{as_kw}' and '{from_kw}' keywords' casing do not match"),
-                stage.span,
-            );
-        }
-        let lower = name.to_ascii_lowercase();
-        if lower == "scratch" || lower == "context" {
-            lint.add(
-                "ReservedStageName",
-                format!("'{name}' is reserved and should not be used as a stage name"),
-                stage.span,
-            );
-        }
-        if seen.contains(&lower) {
-            lint.add(
-                "DuplicateStageName",
-                format!("Duplicate stage name {lower:?}, stage names should be unique"),
-                stage.span,
-            );
-        }
-        seen.push(lower);
-    }
-    if let Some(p) = &stage.platform {
-        let span = stage.platform_span.unwrap_or(stage.span);
-        if !p.contains('$') {
-            lint.add(
-                "FromPlatformFlagConstDisallowed",
-                format!("FROM --platform flag should not use constant value {p:?}"),
-                span,
-            );
-        } else if p == "$TARGETPLATFORM" || p == "${TARGETPLATFORM}" {
-            lint.add(
-                "RedundantTargetPlatform",
-                format!("Setting platform to predefined {p} in FROM is redundant as this is the default behavior"),
-                span,
-            );
-        }
-    }
-    let _ = meta;
-    let mut workdir_set = false;
-    let mut cmd_count = 0;
-    let mut entrypoint_count = 0;
-    let mut health_count = 0;
-    for instr in &stage.instructions {
-        let kw = instr.original.split_whitespace().next().unwrap_or_default();
-        let consistent = kw == kw.to_ascii_uppercase() || kw == kw.to_ascii_lowercase();
-        if !consistent
-            || (kw == kw.to_ascii_lowercase()) != (from_kw == from_kw.to_ascii_lowercase())
-        {
-            lint.add(
-                "ConsistentInstructionCasing",
-                format!(
-                    "Command '{kw}' should match the case of the command majority ({})",
-                    if from_kw == from_kw.to_ascii_lowercase() {
-                        "lowercase"
-                    } else {
-                        "uppercase"
-                    }
-                ),
-                instr.span,
-            );
-        }
-        match &instr.command {
-            Command::Cmd(c) | Command::Entrypoint(c) => {
-                let kw = instr.command.keyword();
-                if c.shell_form && !c.args.is_empty() {
-                    lint.add(
-                        "JSONArgsRecommended",
-                        format!("JSON arguments recommended for {kw} to prevent unintended behavior related to OS signals"),
-                        instr.span,
-                    );
-                }
-                let count = if kw == "CMD" {
-                    &mut cmd_count
-                } else {
-                    &mut entrypoint_count
-                };
-                *count += 1;
-                if *count == 2 {
-                    lint.add(
-                        "MultipleInstructionsDisallowed",
-                        format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
-                        instr.span,
-                    );
-                }
-            }
-            Command::Healthcheck(_) => {
-                health_count += 1;
-                if health_count == 2 {
-                    lint.add(
-                        "MultipleInstructionsDisallowed",
-                        "Multiple HEALTHCHECK instructions should not be used in the same stage because only the last one will be used".to_owned(),
-                        instr.span,
-                    );
-                }
-            }
-            Command::Env(kvs) | Command::Label(kvs) => {
-                let kw = instr.command.keyword();
-                if kvs.iter().any(|kv| kv.legacy) {
-                    lint.add(
-                        "LegacyKeyValueFormat",
-                        format!("\"{kw} key=value\" should be used instead of legacy \"{kw} key value\" format"),
-                        instr.span,
-                    );
-                }
-            }
-            Command::Maintainer(_) => {
-                lint.add(
-                    "MaintainerDeprecated",
-                    "Maintainer instruction is deprecated in favor of using label".to_owned(),
-                    instr.span,
-                );
-            }
-            Command::Workdir(w) => {
-                if w.starts_with('/') || w.starts_with('$') {
-                    workdir_set = true;
-                } else if !workdir_set {
-                    lint.add(
-                        "WorkdirRelativePath",
-                        format!("Relative workdir {w:?} can have unexpected results if the base image changes"),
-                        instr.span,
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-    let _ = df;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,12 +341,48 @@ mod tests {
     fn each_rule_fires() {
         assert_eq!(rules("FROM a AS Build\n"), vec!["StageNameCasing"]);
         assert_eq!(rules("FROM a as b\n"), vec!["FromAsCasing"]);
+        // A WORKDIR is expanded with the stage's own ENV; one naming the base image's
+        // environment counts as absolute; only the first WORKDIR is looked at.
+        assert_eq!(
+            rules("FROM a\nENV D=app\nWORKDIR $D\nWORKDIR rel\n"),
+            vec!["WorkdirRelativePath"]
+        );
+        assert!(rules("FROM a\nWORKDIR $HOME\nWORKDIR rel\n").is_empty());
+        assert_eq!(
+            rules("FROM a\nARG GITHUB_TOKEN\nENV DB_PASSWORD=x PUBLIC_KEY=y\nARG MONKEY\n"),
+            vec!["SecretsUsedInArgOrEnv", "SecretsUsedInArgOrEnv"]
+        );
         assert_eq!(
             rules("FROM --platform=linux/amd64 a\n"),
             vec!["FromPlatformFlagConstDisallowed"]
         );
-        assert_eq!(rules("FROM a:$NOPE\n"), vec!["UndefinedArgInFrom"]);
+        // `a:` is no image reference either (BuildKit v0.24 says both, in this order).
+        assert_eq!(
+            rules("FROM a:$NOPE\n"),
+            vec!["InvalidDefaultArgInFrom", "UndefinedArgInFrom"]
+        );
         assert_eq!(rules("FROM a\nCMD run me\n"), vec!["JSONArgsRecommended"]);
+        assert_eq!(
+            rules("FROM a\nEXPOSE 80/TCP 127.0.0.1:81:81 8080:80/udp 90\n"),
+            vec![
+                "ExposeProtoCasing",
+                "ExposeInvalidFormat",
+                "ExposeInvalidFormat"
+            ]
+        );
+        // With a target, the other stages' instructions are not converted, so only what
+        // BuildKit's parser finds is reported there.
+        let df =
+            crate::parse("FROM a AS t\nFROM a AS other\nMAINTAINER m\nCMD x\n").expect("parses");
+        let mut opts = BuildOptions::new(Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        });
+        opts.target = Some("t".into());
+        let found: Vec<_> = check(&df, &opts).into_iter().map(|w| w.rule).collect();
+        assert_eq!(found, vec!["MaintainerDeprecated"]);
         assert_eq!(
             rules("FROM a AS x\nFROM b AS x\n"),
             vec!["DuplicateStageName"]
