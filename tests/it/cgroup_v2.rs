@@ -95,3 +95,102 @@ echo file=$($K run --rm --network none built cat /f)
     ensure!(g.value("file") == Some("built"), "{out}");
     Ok(())
 }
+
+/// Rootless, as systemd's `Delegate=yes` leaves it: a cgroup owned by the user (the directory
+/// and its cgroup.procs, cgroup.subtree_control, cgroup.threads), memory, pids and cpu enabled
+/// in the parent's subtree_control, the user's shell inside. `kiln run` limits apply in a
+/// child cgroup of it (the shell and the session moved into a leaf); a session outside any
+/// delegated subtree warns and runs unlimited.
+#[test]
+fn cgroup_v2_rootless_limits_apply_in_a_delegated_subtree() -> anyhow::Result<()> {
+    if !vm::available() {
+        return Ok(());
+    }
+    let kiln = kiln_bin();
+    let user = format!(
+        r#"K={kiln}
+$K import --change 'CMD ["sh"]' /run/vm/busybox.tar busybox >/dev/null || exit 80
+{WAIT_CGROUP}
+echo own=$(cat /proc/self/cgroup)
+$K run -d --name lim --network none --memory 64m --pids-limit 20 --cpus 0.5 busybox \
+  sh -c 'while :; do :; done' >/dev/null 2>$HOME/run.err || {{ cat $HOME/run.err; exit 81; }}
+echo warned=$(grep -c 'warning: rootless' $HOME/run.err)
+d=$(wait_cgroup $D/kiln) || exit 82
+echo cgroup=${{d#$D/}}
+echo memory.max=$(cat $d/memory.max)
+echo pids.max=$(cat $d/pids.max)
+echo cpu.max=$(cat $d/cpu.max)
+echo moved=$(cat /proc/self/cgroup)
+echo parent_procs=$(cat $D/cgroup.procs | wc -l)
+$K rm -f lim >/dev/null || exit 83
+[ -e $d ] && echo removed=no || echo removed=yes
+$K run --rm --network none --pids-limit 20 busybox \
+  sh -c 'for i in $(seq 1 40); do sleep 3 & done; wait'
+echo pids_rc=$?
+$K run --rm --network none --memory 32m busybox dd if=/dev/zero of=/dev/null bs=64M count=1
+echo oom_rc=$?
+"#,
+        kiln = kiln.display()
+    );
+    let undelegated = format!(
+        r#"$K run --rm --network none --memory 32m busybox dd if=/dev/zero of=/dev/null bs=64M count=1 2>$HOME/u.err
+echo unlimited_rc=$?
+cat $HOME/u.err
+"#
+    );
+    let script = r#"
+useradd -M -l -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 kvm || exit 70
+usermod --add-subuids 600000-665535 --add-subgids 600000-665535 kvm || exit 71
+D=/sys/fs/cgroup/deleg
+echo '+memory +pids +cpu' > /sys/fs/cgroup/cgroup.subtree_control || exit 72
+mkdir $D && chown kvm:kvm $D $D/cgroup.procs $D/cgroup.subtree_control $D/cgroup.threads || exit 73
+# The user's shell in the delegated cgroup, as a systemd scope with Delegate=yes has it.
+sh -c "echo \$\$ > $D/cgroup.procs && exec sh /run/vm/as_user.sh a /run/vm/user.sh" || exit 74
+# A session outside any delegated subtree (in the root cgroup).
+sh /run/vm/as_user.sh b /run/vm/undelegated.sh || exit 75
+"#;
+    let as_user = r#"mkdir -p /home/$1/run && chown -R kvm:kvm /home/$1 && chmod 700 /home/$1/run
+exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/deleg \
+  PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/home/$1 XDG_RUNTIME_DIR=/home/$1/run \
+  KILN_ROOT=/home/$1/kiln KILN_ROOTLESS_NET=none sh $2
+"#;
+    let busybox = busybox_tar()?;
+    let undelegated_script = format!(
+        "K={kiln}\n$K import --change 'CMD [\"sh\"]' /run/vm/busybox.tar busybox >/dev/null || exit 80\n{undelegated}",
+        kiln = kiln.display()
+    );
+    let g = vm::run(
+        script,
+        &[
+            ("busybox.tar", &busybox),
+            ("as_user.sh", as_user.as_bytes()),
+            ("user.sh", user.as_bytes()),
+            ("undelegated.sh", undelegated_script.as_bytes()),
+        ],
+    )?
+    .ok()?;
+    let out = &g.output;
+    ensure!(g.value("own") == Some("0::/deleg"), "{out}");
+    ensure!(g.value("warned") == Some("0"), "{out}");
+    ensure!(
+        g.value("cgroup").is_some_and(|c| c.starts_with("kiln/")),
+        "{out}"
+    );
+    ensure!(g.value("memory.max") == Some("67108864"), "{out}");
+    ensure!(g.value("pids.max") == Some("20"), "{out}");
+    ensure!(g.value("cpu.max") == Some("50000 100000"), "{out}");
+    ensure!(g.value("moved") == Some("0::/deleg/kiln-init"), "{out}");
+    ensure!(g.value("parent_procs") == Some("0"), "{out}");
+    ensure!(g.value("removed") == Some("yes"), "{out}");
+    ensure!(
+        g.value("pids_rc") != Some("0") && out.contains("can't fork"),
+        "{out}"
+    );
+    ensure!(g.value("oom_rc") == Some("137"), "{out}");
+    ensure!(g.value("unlimited_rc") == Some("0"), "{out}");
+    ensure!(
+        out.contains("warning: rootless: no delegated cgroup v2 subtree is writable: running without --memory/--cpus/--pids-limit limits"),
+        "{out}"
+    );
+    Ok(())
+}

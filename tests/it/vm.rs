@@ -3,7 +3,8 @@
 //! it. The host (and CI) is a hybrid cgroup v1 machine, so this is where kiln's cgroup v2
 //! code (limits, the eBPF device program, rootless delegation) really runs.
 //!
-//! The guest: `/` is the host's root (read-only 9p), with tmpfs on /tmp, /run, /root, /home,
+//! The guest: the script runs under the host's `/bin/sh` (so the host's tools, not busybox's
+//! applets); `/` is the host's root (read-only 9p), with tmpfs on /tmp, /run, /root, /home,
 //! /var/tmp and a writable copy of /etc (so tests can add users); cgroup2 alone on
 //! /sys/fs/cgroup (`nsdelegate`); no network device. The script and the files a test passes
 //! are in `/run/vm` (a writable 9p share of a host temp dir); its output (stdout and stderr)
@@ -253,7 +254,7 @@ $B mkdir /etcw && $B mount -t tmpfs tmpfs /etcw && $B cp -a $R/etc/. /etcw/ && $
 $B mkdir -p $R/run/vm
 $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out $R/run/vm || fail "9p mount of the share failed"
 echo "vm: up $($B cat /proc/uptime)"
-exec $B switch_root $R /bin/busybox sh -c 'cd /run/vm; PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root sh /run/vm/script.sh >/run/vm/output 2>&1; echo $? >/run/vm/rc; sync; echo "vm: done $(cat /proc/uptime)"; /bin/busybox poweroff -f'
+exec $B switch_root $R /bin/sh -c 'cd /run/vm; PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root sh /run/vm/script.sh >/run/vm/output 2>&1; echo $? >/run/vm/rc; sync; echo "vm: done $(cat /proc/uptime)"; /bin/busybox poweroff -f'
 "#,
         names = names.join(" ")
     )
