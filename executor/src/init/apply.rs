@@ -580,4 +580,14 @@ mod tests {
         assert_eq!(split_parent("/dev/ptmx"), ("/dev", "ptmx"));
         assert_eq!(split_parent("/x"), ("/", "x"));
     }
+
+    #[test]
+    fn the_legacy_lowerdir_list_keeps_the_order_and_escapes_separators() {
+        let lowers = [
+            PathBuf::from("/s/top"),
+            PathBuf::from("/s/a:b"),
+            PathBuf::from("/s/c\\d"),
+        ];
+        assert_eq!(lowerdir_list(&lowers), "/s/top:/s/a\\:b:/s/c\\\\d");
+    }
 }
