@@ -1,6 +1,6 @@
 //! kiln on a pure cgroup v2 host, in a qemu guest ([`crate::vm`]): the limits of `kiln run`
 //! (memory.max, pids.max, cpu.max written and enforced), the eBPF device program, a build's
-//! RUN step, and rootless limits in a delegated subtree.
+//! RUN step, `kiln build --cgroup-parent`, and rootless limits in a delegated subtree.
 
 use crate::harness::{busybox_tar, kiln_bin};
 use crate::vm;
@@ -66,6 +66,13 @@ mkdir /tmp/ctx
 printf 'FROM busybox\nRUN echo built > /f && mknod /blk b 7 0 && ! head -c1 /blk && rm /blk\n' > /tmp/ctx/Dockerfile
 $K build --progress plain --network none -t built /tmp/ctx >/tmp/build.log 2>&1 || {{ cat /tmp/build.log; exit 94; }}
 echo file=$($K run --rm --network none built cat /f)
+
+mkdir /tmp/ctx2
+printf 'FROM busybox\nRUN cat /proc/self/cgroup && mknod /blk b 7 0 && ! head -c1 /blk && rm /blk\n' > /tmp/ctx2/Dockerfile
+$K build --progress plain --network none --cgroup-parent /ci/jobs -t parented /tmp/ctx2 >/tmp/parent.log 2>&1 \
+  || {{ cat /tmp/parent.log; exit 95; }}
+echo parent_run=$(grep -o '0::/[^ ]*' /tmp/parent.log | head -n1)
+echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
 "#,
         prelude = prelude()
     );
@@ -93,6 +100,14 @@ echo file=$($K run --rm --network none built cat /f)
     );
     ensure!(g.value("null_rc") == Some("0"), "{out}");
     ensure!(g.value("file") == Some("built"), "{out}");
+    // --cgroup-parent on v2: the RUN step ran in /ci/jobs/kiln-<pid> (under the device
+    // program attached there: the mknod'ed block device did not open), removed afterwards.
+    ensure!(
+        g.value("parent_run")
+            .is_some_and(|c| c.starts_with("0::/ci/jobs/kiln-")),
+        "{out}"
+    );
+    ensure!(g.value("parent_left") == Some("0"), "{out}");
     Ok(())
 }
 
