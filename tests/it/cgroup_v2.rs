@@ -147,12 +147,10 @@ echo oom_rc=$?
 "#,
         kiln = kiln.display()
     );
-    let undelegated = format!(
-        r#"$K run --rm --network none --memory 32m busybox dd if=/dev/zero of=/dev/null bs=64M count=1 2>$HOME/u.err
+    let undelegated = r#"$K run --rm --network none --memory 32m busybox dd if=/dev/zero of=/dev/null bs=64M count=1 2>$HOME/u.err
 echo unlimited_rc=$?
 cat $HOME/u.err
-"#
-    );
+"#;
     let script = r#"
 useradd -M -l -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 kvm || exit 70
 usermod --add-subuids 600000-665535 --add-subgids 600000-665535 kvm || exit 71

@@ -189,7 +189,7 @@ fn load_order(modules: &Path, wanted: &[&str]) -> anyhow::Result<Vec<(String, Pa
 fn cpio(entries: &[(String, u32, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     let pad = |out: &mut Vec<u8>| {
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     };
