@@ -115,7 +115,7 @@ echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
 /// and its cgroup.procs, cgroup.subtree_control, cgroup.threads), memory, pids and cpu enabled
 /// in the parent's subtree_control, the user's shell inside. `kiln run` limits apply in a
 /// child cgroup of it (the shell and the session moved into a leaf); a session outside any
-/// delegated subtree warns and runs unlimited.
+/// delegated subtree, or in one without a needed controller, warns and runs unlimited.
 #[test]
 fn cgroup_v2_rootless_limits_apply_in_a_delegated_subtree() -> anyhow::Result<()> {
     if !vm::available() {
@@ -151,6 +151,10 @@ echo oom_rc=$?
 echo unlimited_rc=$?
 cat $HOME/u.err
 "#;
+    let nocpu = r#"$K run --rm --network none --cpus 0.5 --memory 64m busybox echo ran 2>$HOME/c.err
+echo nocpu_rc=$?
+cat $HOME/c.err
+"#;
     let script = r#"
 useradd -M -l -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 kvm || exit 70
 usermod --add-subuids 600000-665535 --add-subgids 600000-665535 kvm || exit 71
@@ -161,6 +165,11 @@ mkdir $D && chown kvm:kvm $D $D/cgroup.procs $D/cgroup.subtree_control $D/cgroup
 sh -c "echo \$\$ > $D/cgroup.procs && exec sh /run/vm/as_user.sh a /run/vm/user.sh" || exit 74
 # A session outside any delegated subtree (in the root cgroup).
 sh /run/vm/as_user.sh b /run/vm/undelegated.sh || exit 75
+# A delegated cgroup whose parent enables memory and pids but not cpu.
+M=/sys/fs/cgroup/mid; D2=$M/deleg2
+mkdir $M && echo '+memory +pids' > $M/cgroup.subtree_control && mkdir $D2 || exit 76
+chown kvm:kvm $D2 $D2/cgroup.procs $D2/cgroup.subtree_control $D2/cgroup.threads || exit 77
+sh -c "echo \$\$ > $D2/cgroup.procs && exec sh /run/vm/as_user.sh c /run/vm/nocpu.sh" || exit 78
 "#;
     let as_user = r#"mkdir -p /home/$1/run && chown -R kvm:kvm /home/$1 && chmod 700 /home/$1/run
 exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/deleg \
@@ -168,17 +177,20 @@ exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/d
   KILN_ROOT=/home/$1/kiln KILN_ROOTLESS_NET=none sh $2
 "#;
     let busybox = busybox_tar()?;
-    let undelegated_script = format!(
-        "K={kiln}\n$K import --change 'CMD [\"sh\"]' /run/vm/busybox.tar busybox >/dev/null || exit 80\n{undelegated}",
-        kiln = kiln.display()
-    );
+    let with_busybox = |body: &str| {
+        format!(
+            "K={kiln}\n$K import --change 'CMD [\"sh\"]' /run/vm/busybox.tar busybox >/dev/null || exit 80\n{body}",
+            kiln = kiln.display()
+        )
+    };
     let g = vm::run(
         script,
         &[
             ("busybox.tar", &busybox),
             ("as_user.sh", as_user.as_bytes()),
             ("user.sh", user.as_bytes()),
-            ("undelegated.sh", undelegated_script.as_bytes()),
+            ("undelegated.sh", with_busybox(undelegated).as_bytes()),
+            ("nocpu.sh", with_busybox(nocpu).as_bytes()),
         ],
     )?
     .ok()?;
@@ -203,6 +215,14 @@ exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/d
     ensure!(g.value("unlimited_rc") == Some("0"), "{out}");
     ensure!(
         out.contains("warning: rootless: no delegated cgroup v2 subtree is writable: running without --memory/--cpus/--pids-limit limits"),
+        "{out}"
+    );
+    ensure!(
+        g.value("nocpu_rc") == Some("0") && out.contains("\nran\n"),
+        "{out}"
+    );
+    ensure!(
+        out.contains("warning: rootless: the delegated cgroup /sys/fs/cgroup/mid/deleg2 does not offer the cpu controller: running without --memory/--cpus/--pids-limit limits"),
         "{out}"
     );
     Ok(())
