@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Where `.ci/run` extracts `linux-image-<version>-amd64` (`dpkg-deb -x`).
 pub const KERNEL_DIR: &str = "/var/cache/kiln-ci/vm/root";
-/// How long a KVM guest may take to reach its init before KVM is given up for TCG.
+/// How long a KVM guest may take to reach its init: then KVM is given up for TCG (or, when
+/// KILN_VM_ACCEL=kvm forces it, the test fails).
 const KVM_GRACE: Duration = Duration::from_secs(20);
 /// The longest a guest may run (TCG included) before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -349,7 +350,7 @@ pub fn run(script: &str, files: &[(&str, &[u8])]) -> anyhow::Result<Guest> {
         &share,
         work.path(),
         accel,
-        first.then_some(KVM_GRACE),
+        (accel == "kvm").then_some(KVM_GRACE),
     );
     let result = match result {
         Err(BootError::NeverUp(serial)) if first => {
