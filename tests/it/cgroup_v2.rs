@@ -144,6 +144,9 @@ $K run --rm --network none --pids-limit 20 busybox \
 echo pids_rc=$?
 $K run --rm --network none --memory 32m busybox dd if=/dev/zero of=/dev/null bs=64M count=1
 echo oom_rc=$?
+mkdir $HOME/ctx && printf 'FROM busybox\nRUN echo built > /f\n' > $HOME/ctx/Dockerfile
+$K build --progress plain --network none -t built $HOME/ctx >$HOME/build.log 2>&1 || {{ cat $HOME/build.log; exit 84; }}
+echo file=$($K run --rm --network none built cat /f)
 "#,
         kiln = kiln.display()
     );
@@ -212,6 +215,9 @@ exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/d
         "{out}"
     );
     ensure!(g.value("oom_rc") == Some("137"), "{out}");
+    // A rootless RUN step and a two-layer container on Linux 6.1 (the overlay's `lowerdir`
+    // fallback, with `userxattr`).
+    ensure!(g.value("file") == Some("built"), "{out}");
     ensure!(g.value("unlimited_rc") == Some("0"), "{out}");
     ensure!(
         out.contains("warning: rootless: no delegated cgroup v2 subtree is writable: running without --memory/--cpus/--pids-limit limits"),
