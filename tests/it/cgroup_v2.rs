@@ -16,13 +16,14 @@ fn prelude() -> String {
     )
 }
 
-/// Waits (up to 60 s: TCG is slow) until a cgroup below `$1` other than the device policy's
-/// `sandbox` holds a process (cgroup files have no size: `test -s` cannot tell); prints it.
+/// Waits (up to 60 s: TCG is slow) until a cgroup below `$1` other than kiln's device policy's
+/// `sandbox` (or podman's `conmon`) holds a process (cgroup files have no size: `test -s`
+/// cannot tell); prints it.
 const WAIT_CGROUP: &str = r#"
 wait_cgroup() {
   for i in $(seq 1 600); do
     for d in $1/*/; do
-      case $d in */sandbox/) continue;; esac
+      case $d in */sandbox/|*/conmon/) continue;; esac
       [ -n "$(cat $d/cgroup.procs 2>/dev/null)" ] && { echo "${d%/}"; return 0; }
     done
     sleep 0.1
@@ -33,7 +34,7 @@ wait_cgroup() {
 
 #[test]
 fn cgroup_v2_root_limits_hold_devices_are_denied_and_run_steps_build() -> anyhow::Result<()> {
-    if !vm::available() {
+    if !vm::available(&["podman"]) {
         return Ok(());
     }
     let script = format!(
@@ -49,6 +50,22 @@ sleep 1
 echo throttled=$(grep nr_throttled $d/cpu.stat | cut -d' ' -f2)
 $K rm -f lim >/dev/null || exit 93
 [ -e $d ] && echo removed=no || echo removed=yes
+
+# The same flags under podman (its cgroupfs manager: no systemd in the guest), for comparison.
+P="podman --root /tmp/podman --runroot /run/podman --cgroup-manager cgroupfs --events-backend file --storage-driver overlay"
+$P import /run/vm/busybox.tar localhost/busybox >/dev/null 2>/tmp/pimport.log || {{ cat /tmp/pimport.log; exit 96; }}
+$P run -d --name lim --network none --memory 64m --pids-limit 20 --cpus 0.5 localhost/busybox \
+  sh -c 'while :; do :; done' >/dev/null || exit 97
+pd=$(wait_cgroup /sys/fs/cgroup/libpod_parent) || exit 98
+echo podman.memory.max=$(cat $pd/memory.max)
+echo podman.pids.max=$(cat $pd/pids.max)
+echo podman.cpu.max=$(cat $pd/cpu.max)
+$P rm -f -t 0 lim >/dev/null
+$P run --rm --network none --memory 32m localhost/busybox dd if=/dev/zero of=/dev/null bs=64M count=1
+echo podman_oom_rc=$?
+# (podman 4 drops CAP_MKNOD by default; docker and kiln keep it)
+$P run --rm --network none --cap-add mknod localhost/busybox sh -c \
+  'mknod /tmp/blk b 7 0 && echo podman_mknod=ok; head -c1 /tmp/blk 2>&1 | sed s/^/podman:/; head -c1 /dev/null; echo podman_null_rc=$?'
 
 $K run --rm --network none --pids-limit 20 busybox \
   sh -c 'for i in $(seq 1 40); do sleep 3 & done; wait'
@@ -82,6 +99,15 @@ echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
     ensure!(g.value("memory.max") == Some("67108864"), "{out}");
     ensure!(g.value("pids.max") == Some("20"), "{out}");
     ensure!(g.value("cpu.max") == Some("50000 100000"), "{out}");
+    // podman (crun/runc's cgroup v2 code) writes the same values for the same flags and
+    // reports the same OOM exit.
+    for key in ["memory.max", "pids.max", "cpu.max"] {
+        ensure!(
+            g.value(&format!("podman.{key}")) == g.value(key),
+            "{key} differs from podman's:\n{out}"
+        );
+    }
+    ensure!(g.value("podman_oom_rc") == g.value("oom_rc"), "{out}");
     ensure!(
         g.value("throttled").and_then(|t| t.parse::<u64>().ok()) > Some(0),
         "a busy loop under --cpus 0.5 was never throttled:\n{out}"
@@ -99,6 +125,12 @@ echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
         "{out}"
     );
     ensure!(g.value("null_rc") == Some("0"), "{out}");
+    ensure!(
+        g.value("podman_mknod") == Some("ok")
+            && out.contains("podman:head: /tmp/blk: Operation not permitted")
+            && g.value("podman_null_rc") == g.value("null_rc"),
+        "the device policy differs from podman's:\n{out}"
+    );
     ensure!(g.value("file") == Some("built"), "{out}");
     // --cgroup-parent on v2: the RUN step ran in /ci/jobs/kiln-<pid> (under the device
     // program attached there: the mknod'ed block device did not open), removed afterwards.
@@ -118,7 +150,7 @@ echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
 /// delegated subtree, or in one without a needed controller, warns and runs unlimited.
 #[test]
 fn cgroup_v2_rootless_limits_apply_in_a_delegated_subtree() -> anyhow::Result<()> {
-    if !vm::available() {
+    if !vm::available(&[]) {
         return Ok(());
     }
     let kiln = kiln_bin();

@@ -133,10 +133,13 @@ fn uncompressed(vmlinuz: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// Whether the guest can be booted: root, qemu, the kernel, busybox. Skips (None) or, with
-/// REQUIRE_PRIVILEGED_TESTS=1, panics naming what is missing.
-pub fn available() -> bool {
-    if !crate::harness::privileged(&["qemu-system-x86_64"]) {
+/// Whether the guest can be booted: root, qemu, the kernel, busybox, and `tools` (which the
+/// guest finds in the host's root). Skips (false) or, with REQUIRE_PRIVILEGED_TESTS=1, panics
+/// naming what is missing.
+pub fn available(tools: &[&str]) -> bool {
+    let mut needs = vec!["qemu-system-x86_64"];
+    needs.extend_from_slice(tools);
+    if !crate::harness::privileged(&needs) {
         return false;
     }
     match kernel() {
