@@ -99,7 +99,7 @@ echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
     ensure!(g.value("memory.max") == Some("67108864"), "{out}");
     ensure!(g.value("pids.max") == Some("20"), "{out}");
     ensure!(g.value("cpu.max") == Some("50000 100000"), "{out}");
-    // podman (crun/runc's cgroup v2 code) writes the same values for the same flags and
+    // podman (runc's cgroup v2 code) writes the same values for the same flags and
     // reports the same OOM exit.
     for key in ["memory.max", "pids.max", "cpu.max"] {
         ensure!(
