@@ -1,6 +1,7 @@
 //! kiln on a pure cgroup v2 host, in a qemu guest ([`crate::vm`]): the limits of `kiln run`
 //! (memory.max, pids.max, cpu.max written and enforced), the eBPF device program, a build's
-//! RUN step, `kiln build --cgroup-parent`, and rootless limits in a delegated subtree.
+//! RUN step, `kiln build --cgroup-parent`, `RUN --security=insecure` leaving the device
+//! program, and rootless limits in a delegated subtree.
 
 use crate::harness::{busybox_tar, kiln_bin};
 use crate::vm;
@@ -90,6 +91,16 @@ $K build --progress plain --network none --cgroup-parent /ci/jobs -t parented /t
   || {{ cat /tmp/parent.log; exit 95; }}
 echo parent_run=$(grep -o '0::/[^ ]*' /tmp/parent.log | head -n1)
 echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
+
+# RUN --security=insecure leaves the device program's cgroup (kiln-insecure): /dev/kmsg
+# (c 1 11, not on the list; opened write-only, which needs no capability) opens there and
+# not in a normal step. $((..)) keeps the markers out of the steps' titles in the log.
+mkdir /tmp/ctx3
+printf 'FROM busybox\nRUN --security=insecure cat /proc/self/cgroup && mknod /k c 1 11 && echo kiln-insecure-step > /k && echo insecure_open=$((1+1))\nRUN mknod /k2 c 1 11 && (echo x > /k2) 2>&1 | grep "Operation not permitted" && echo secure_denied=$((1+1))\n' > /tmp/ctx3/Dockerfile
+$K build --progress plain --network none --allow security.insecure -t insecure /tmp/ctx3 >/tmp/insecure.log 2>&1 \
+  || {{ cat /tmp/insecure.log; exit 99; }}
+echo insecure_cgroup=$(grep -o '0::/[^ ]*' /tmp/insecure.log | head -n1)
+grep -o 'insecure_open=2\|secure_denied=2' /tmp/insecure.log
 "#,
         prelude = prelude()
     );
@@ -140,6 +151,12 @@ echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
         "{out}"
     );
     ensure!(g.value("parent_left") == Some("0"), "{out}");
+    ensure!(
+        g.value("insecure_cgroup") == Some("0::/kiln-insecure")
+            && g.value("insecure_open") == Some("2")
+            && g.value("secure_denied") == Some("2"),
+        "{out}"
+    );
     Ok(())
 }
 
