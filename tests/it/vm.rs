@@ -74,7 +74,7 @@ impl Guest {
     }
 }
 
-/// The kernel image and its modules directory, or None (with the reason) when missing.
+/// The kernel image and its modules directory, or the reason they are missing.
 fn kernel() -> Result<(PathBuf, PathBuf), String> {
     let dir =
         std::env::var_os("KILN_VM_KERNEL_DIR").map_or(PathBuf::from(KERNEL_DIR), PathBuf::from);
@@ -127,7 +127,7 @@ fn uncompressed(vmlinuz: &Path) -> anyhow::Result<PathBuf> {
         return Ok(vmlinuz.to_path_buf());
     }
     // Atomic: another test process may be making the same file (threads wait on ONE).
-    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = out.with_file_name(format!(".vmlinux.tmp-{}", std::process::id()));
     std::fs::write(&tmp, &elf)?;
     std::fs::rename(&tmp, &out)?;
     Ok(out)
