@@ -160,9 +160,10 @@ pub fn limits_possible(limits: &executor::cgroup::Limits) -> bool {
     if active().is_none() {
         return true;
     }
-    let why = match delegate::find() {
+    let found = delegate::find();
+    let why = match &found {
         Some(d) => {
-            let missing = delegate::missing_controllers(&d, limits);
+            let missing = delegate::missing_controllers(d, limits);
             if missing.is_empty() {
                 return true;
             }
@@ -176,5 +177,15 @@ pub fn limits_possible(limits: &executor::cgroup::Limits) -> bool {
         None => "no delegated cgroup v2 subtree is writable".to_owned(),
     };
     eprintln!("warning: rootless: {why}: running without --memory/--cpus/--pids-limit limits");
+    if found.is_none()
+        && matches!(
+            executor::cgroup::Hierarchy::host(),
+            Some(executor::cgroup::Hierarchy::V2(_))
+        )
+    {
+        eprintln!(
+            "hint: systemd delegates one to a scope: systemd-run --user --scope -p Delegate=yes kiln ..."
+        );
+    }
     false
 }

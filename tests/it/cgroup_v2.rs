@@ -269,7 +269,7 @@ exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/d
     ensure!(g.value("file") == Some("built"), "{out}");
     ensure!(g.value("unlimited_rc") == Some("0"), "{out}");
     ensure!(
-        out.contains("warning: rootless: no delegated cgroup v2 subtree is writable: running without --memory/--cpus/--pids-limit limits"),
+        out.contains("warning: rootless: no delegated cgroup v2 subtree is writable: running without --memory/--cpus/--pids-limit limits\nhint: systemd delegates one to a scope: systemd-run --user --scope -p Delegate=yes kiln ..."),
         "{out}"
     );
     ensure!(
