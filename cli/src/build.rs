@@ -115,7 +115,8 @@ pub struct BuildArgs {
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     ulimits: Vec<String>,
     /// The cgroup the RUN steps' cgroups go under (`PARENT/kiln-<pid>` in every cgroup v1
-    /// hierarchy; relative: below kiln's own cgroup there), with the device policy applied.
+    /// hierarchy, or the unified one on cgroup v2; relative: below kiln's own cgroup there),
+    /// with the device policy applied.
     #[arg(long = "cgroup-parent", value_name = "CGROUP")]
     cgroup_parent: Option<String>,
     /// Entitlements: `network.host` (for `RUN --network=host`), `security.insecure` (for

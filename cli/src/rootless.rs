@@ -150,36 +150,42 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-/// Whether `--memory`/`--cpus`/`--pids-limit` can be applied: always as root; rootless only
-/// with a cgroup v2 subtree delegated to the user (systemd's `user@UID.service`), which
-/// kiln does not use yet. Otherwise says so on stderr and returns false: the container runs
-/// without limits.
-pub fn limits_possible() -> bool {
+/// Whether `--memory`/`--cpus`/`--pids-limit` (`limits`) can be applied: always as root;
+/// rootless when this process's cgroup v2 subtree is delegated to the user (systemd's
+/// `Delegate=yes`) and offers every controller they need
+/// (`executor::cgroup::delegate`). Otherwise says so on stderr and returns false: the
+/// container runs without limits.
+pub fn limits_possible(limits: &executor::cgroup::Limits) -> bool {
+    use executor::cgroup::delegate;
     if active().is_none() {
         return true;
     }
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let delegated = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        // The kernel's own cgroup path (absolute, from /proc/self/cgroup), not untrusted input.
-        .map(|p| PathBuf::from(format!("/sys/fs/cgroup{p}")))
-        .filter(|d| {
-            rustix::fs::access(
-                d.join("cgroup.subtree_control"),
-                rustix::fs::Access::WRITE_OK,
+    let found = delegate::find();
+    let why = match &found {
+        Some(d) => {
+            let missing = delegate::missing_controllers(d, limits);
+            if missing.is_empty() {
+                return true;
+            }
+            format!(
+                "the delegated cgroup {} does not offer the {} controller{}",
+                d.display(),
+                missing.join(", "),
+                if missing.len() > 1 { "s" } else { "" }
             )
-            .is_ok()
-        });
-    eprintln!(
-        "warning: rootless: {}: running without --memory/--cpus/--pids-limit limits",
-        match delegated {
-            Some(d) => format!(
-                "limits in the delegated cgroup {} are not implemented yet",
-                d.display()
-            ),
-            None => "no delegated cgroup v2 subtree is writable".to_owned(),
         }
-    );
+        None => "no delegated cgroup v2 subtree is writable".to_owned(),
+    };
+    eprintln!("warning: rootless: {why}: running without --memory/--cpus/--pids-limit limits");
+    if found.is_none()
+        && matches!(
+            executor::cgroup::Hierarchy::host(),
+            Some(executor::cgroup::Hierarchy::V2(_))
+        )
+    {
+        eprintln!(
+            "hint: systemd delegates one to a scope: systemd-run --user --scope -p Delegate=yes kiln ..."
+        );
+    }
     false
 }

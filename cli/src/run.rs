@@ -215,7 +215,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             security,
             network: a.network.clone(),
             ports,
-            apply_limits: limits.is_empty() || crate::rootless::limits_possible(),
+            apply_limits: limits.is_empty() || crate::rootless::limits_possible(&limits),
             limits,
             auto_remove: a.rm,
             detach: a.detach,

@@ -1,4 +1,4 @@
-//! `kiln build --cgroup-parent PARENT` on cgroup v1: the build process, and so every RUN
+//! `kiln build --cgroup-parent PARENT` (cgroup v1, and v2 through [`enter_v2`]): the build process, and so every RUN
 //! sandbox it starts, moves into `PARENT/kiln-<pid>` of every v1 hierarchy, as runc's
 //! cgroupfs driver reads a cgroup parent (an absolute `PARENT` from the hierarchy's root, a
 //! relative one under the process's current cgroup there). The `devices` one is configured
@@ -81,8 +81,9 @@ fn create_levels(mount: &Path, dir: &Path, cpuset: bool) -> Result<(), DeviceErr
 /// devices one configured with kiln's device policy first. Call it where
 /// [`crate::devices::confine_self`] would be called: before any thread or sandbox exists.
 ///
-/// Fails on a `parent` with `..`, on a host without the v1 `devices` controller (cgroup v2
-/// hosts are not supported), or when a cgroup cannot be created or joined.
+/// On a cgroup v2 host (no v1 `devices` controller) the same happens in the unified
+/// hierarchy, with kiln's eBPF device program attached to `parent/kiln-<pid>` ([`enter_v2`]).
+/// Fails on a `parent` with `..`, or when a cgroup cannot be created or joined.
 pub fn enter(parent: &str) -> Result<Parented, DeviceError> {
     let refuse = |why: &str| DeviceError::CgroupParent {
         parent: parent.to_owned(),
@@ -105,12 +106,17 @@ pub fn enter(parent: &str) -> Result<Parented, DeviceError> {
         .filter(|(_, fstype, _)| *fstype == "cgroup")
         .map(|(m, _, opts)| (m, opts))
         .collect();
-    if !v1.iter().any(|(_, o)| o.split(',').any(|x| x == "devices")) {
-        return Err(refuse(
-            "supported on cgroup v1 hosts with the devices controller only",
-        ));
-    }
     let leaf = format!("kiln-{}", std::process::id());
+    if !v1.iter().any(|(_, o)| o.split(',').any(|x| x == "devices")) {
+        let Some((mount, _, _)) =
+            crate::cgroup::cgroup_mounts(&mountinfo).find(|(_, fstype, _)| *fstype == "cgroup2")
+        else {
+            return Err(refuse(
+                "no cgroup filesystem with the devices controller or cgroup2",
+            ));
+        };
+        return enter_v2(&mount, &own, p, &leaf);
+    }
     let mut out = Parented { moved: Vec::new() };
     let mut devices_first: Vec<&(PathBuf, &str)> = v1.iter().collect();
     // The device policy first: no moment in a cgroup without it.
@@ -140,6 +146,34 @@ pub fn enter(parent: &str) -> Result<Parented, DeviceError> {
             out.leave();
             return Err(e);
         }
+    }
+    Ok(out)
+}
+
+/// [`enter`] on a cgroup v2 host: `parent/<leaf>` below the unified mount (an absolute
+/// `parent`) or below the process's own cgroup (a relative one), the device program attached
+/// to it before the process joins.
+fn enter_v2(mount: &Path, own: &str, parent: &Path, leaf: &str) -> Result<Parented, DeviceError> {
+    let current = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/");
+    let base = match parent.is_absolute() {
+        true => mount.to_path_buf(),
+        false => under(mount, current),
+    };
+    let dir = under(&base, &parent.to_string_lossy()).join(leaf);
+    if let Some(up) = dir.parent() {
+        create_levels(mount, up, false)?;
+    }
+    crate::devices::ensure_v2_program(&dir)?;
+    let mut out = Parented { moved: Vec::new() };
+    let procs = dir.join("cgroup.procs");
+    let joined = std::fs::write(&procs, "0").map_err(io_err(&procs));
+    out.moved.push((dir, under(mount, current)));
+    if let Err(e) = joined {
+        out.leave();
+        return Err(e);
     }
     Ok(out)
 }

@@ -12,7 +12,10 @@
 //! Layout: `<controller mount>/kiln/<container id>` on v1 (one directory per controller that a
 //! limit needs), `<unified mount>/kiln/<container id>` on v2 (with `+memory +cpu +pids` enabled
 //! in the `subtree_control` of the root and of `kiln`). A container without limits gets no
-//! cgroup at all, which keeps `kiln run` from paying for one.
+//! cgroup at all, which keeps `kiln run` from paying for one. Rootless, the same layout
+//! lives below the cgroup v2 subtree delegated to the user ([`delegate`]).
+
+pub mod delegate;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -40,6 +43,14 @@ pub enum CgroupError {
     MissingController {
         /// `memory`, `cpu` or `pids`.
         controller: &'static str,
+    },
+    /// Rootless: the delegated subtree does not offer a controller a limit needs.
+    #[error("the {controller} controller is not delegated to {dir} (see its cgroup.controllers)")]
+    NotDelegated {
+        /// `memory`, `cpu` or `pids`.
+        controller: &'static str,
+        /// The delegated directory.
+        dir: PathBuf,
     },
 }
 

@@ -356,6 +356,14 @@ impl DeviceCgroup {
                 if self.contains(self_cgroup) {
                     return Ok(());
                 }
+                // In a `--cgroup-parent` build's cgroup, which carries the program itself
+                // ([`crate::cgparent`]): stay there.
+                let own = self_cgroup.lines().find_map(|l| l.strip_prefix("0::"));
+                if let Some(own) = own.filter(|p| *p != "/")
+                    && holds_v2_program(&crate::cgparent::under(mount, own))
+                {
+                    return Ok(());
+                }
                 let leaf = dir.join("sandbox");
                 let procs = leaf.join("cgroup.procs");
                 match std::fs::write(&procs, "0") {
@@ -435,6 +443,20 @@ pub fn setup_v1(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the v2 cgroup `cg` (an open directory) has a program named [`PROGRAM_NAME`]
+/// attached to it directly.
+fn v2_program_attached(cg: &std::fs::File) -> io::Result<bool> {
+    // A program that went away meanwhile is no match.
+    Ok(bpf::device_programs(cg)?
+        .into_iter()
+        .any(|id| bpf::program_name(id).is_ok_and(|n| n == PROGRAM_NAME)))
+}
+
+/// True when kiln's device program is attached to the v2 cgroup `dir` itself.
+pub fn holds_v2_program(dir: &Path) -> bool {
+    std::fs::File::open(dir).is_ok_and(|cg| v2_program_attached(&cg).unwrap_or(false))
+}
+
 /// Attaches the device program to the v2 cgroup `dir` (creating it) unless one named
 /// [`PROGRAM_NAME`] already is.
 pub fn ensure_v2_program(dir: &Path) -> Result<()> {
@@ -450,12 +472,8 @@ pub fn ensure_v2_program(dir: &Path) -> Result<()> {
         _ => {}
     }
     let cg = std::fs::File::open(dir).map_err(io_err(dir))?;
-    let ids = bpf::device_programs(&cg).map_err(bpf_err("listing programs"))?;
-    for id in ids {
-        // A program that went away meanwhile is no match.
-        if bpf::program_name(id).is_ok_and(|n| n == PROGRAM_NAME) {
-            return Ok(());
-        }
+    if v2_program_attached(&cg).map_err(bpf_err("listing programs"))? {
+        return Ok(());
     }
     let prog = bpf::load_device_program(&program(&DEFAULT_RULES), PROGRAM_NAME)
         .map_err(bpf_err("loading"))?;

@@ -69,8 +69,9 @@ impl SandboxCgroups {
     }
 }
 
-/// The cgroup of container `id` with `limits`, or None when nothing is limited. Fails when
-/// no hierarchy has a needed controller or the cgroup cannot be written.
+/// The cgroup of container `id` with `limits`, or None when nothing is limited (or, rootless,
+/// when no cgroup v2 subtree is delegated). Fails when no hierarchy has a needed controller or
+/// the cgroup cannot be written.
 pub fn create_cgroup(
     id: &str,
     limits: &crate::cgroup::Limits,
@@ -78,7 +79,17 @@ pub fn create_cgroup(
     if limits.is_empty() {
         return Ok(None);
     }
-    let h = crate::cgroup::Hierarchy::host().ok_or(crate::cgroup::CgroupError::NoHierarchy)?;
+    // Rootless (kiln is root in the session's user namespace): the delegated v2 subtree, or
+    // no limits (the binary warned before asking).
+    let h = if crate::rootless::in_user_namespace() {
+        let Some(dir) = crate::cgroup::delegate::find() else {
+            return Ok(None);
+        };
+        crate::cgroup::delegate::prepare(&dir, limits)?;
+        crate::cgroup::Hierarchy::V2(dir)
+    } else {
+        crate::cgroup::Hierarchy::host().ok_or(crate::cgroup::CgroupError::NoHierarchy)?
+    };
     let plan = crate::cgroup::plan(&h, id, limits)?;
     Ok(Some(crate::cgroup::Cgroup::create(&plan)?))
 }

@@ -159,14 +159,59 @@ fn native_tree(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Owne
         sys::mount_setattr(&tree, sys::attr::RDONLY).map_err(overlay_err)?;
         return Ok(tree);
     }
-    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
-    for lower in lowers {
-        rustix::mount::fsconfig_set_string(&fs, "lowerdir+", lower).map_err(|e| {
-            InitError::Lower {
-                path: lower.clone(),
-                source: e.into(),
+    match overlay_fs(lowers, upper, false) {
+        // Before Linux 6.8 overlayfs has no `lowerdir+` (nor its own fs_context parser: the
+        // kernel collects the options as one string and only refuses it at create time, as
+        // EINVAL). Debian 12's kernel (6.1) is one: fall back to a single `lowerdir` list,
+        // which the kernel caps at one page of options.
+        Err((rustix::io::Errno::INVAL, None)) => {
+            overlay_fs(lowers, upper, true).map_err(|(e, _)| errno(e))
+        }
+        Err((e, Some(lower))) => Err(InitError::Lower {
+            path: lower.to_path_buf(),
+            source: e.into(),
+        }),
+        Err((e, None)) => Err(errno(e)),
+        Ok(fd) => Ok(fd),
+    }
+}
+
+/// `lowers` joined into one `lowerdir` value (topmost first, as `lowerdir+` adds them), with
+/// overlayfs's escapes for `:` and `\`.
+fn lowerdir_list(lowers: &[PathBuf]) -> String {
+    let mut s = String::new();
+    for (i, l) in lowers.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        for c in l.to_string_lossy().chars() {
+            if matches!(c, ':' | '\\') {
+                s.push('\\');
             }
-        })?;
+            s.push(c);
+        }
+    }
+    s
+}
+
+/// The overlay mount of [`native_tree`]; `legacy` passes the lower dirs as one `lowerdir`
+/// list instead of one `lowerdir+` each. An error names the lower dir the kernel refused,
+/// when it refused one.
+fn overlay_fs<'a>(
+    lowers: &'a [PathBuf],
+    upper: Option<(&Path, &Path)>,
+    legacy: bool,
+) -> std::result::Result<OwnedFd, (rustix::io::Errno, Option<&'a Path>)> {
+    let errno = |e| (e, None);
+    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
+    if legacy {
+        rustix::mount::fsconfig_set_string(&fs, "lowerdir", lowerdir_list(lowers))
+            .map_err(errno)?;
+    } else {
+        for lower in lowers {
+            rustix::mount::fsconfig_set_string(&fs, "lowerdir+", lower)
+                .map_err(|e| (e, Some(lower.as_path())))?;
+        }
     }
     if let Some((upper, work)) = upper {
         rustix::mount::fsconfig_set_string(&fs, "upperdir", upper).map_err(errno)?;
@@ -534,5 +579,15 @@ mod tests {
     fn split_parent_handles_top_level_paths() {
         assert_eq!(split_parent("/dev/ptmx"), ("/dev", "ptmx"));
         assert_eq!(split_parent("/x"), ("/", "x"));
+    }
+
+    #[test]
+    fn the_legacy_lowerdir_list_keeps_the_order_and_escapes_separators() {
+        let lowers = [
+            PathBuf::from("/s/top"),
+            PathBuf::from("/s/a:b"),
+            PathBuf::from("/s/c\\d"),
+        ];
+        assert_eq!(lowerdir_list(&lowers), "/s/top:/s/a\\:b:/s/c\\\\d");
     }
 }
