@@ -818,3 +818,146 @@ fn rootless_store_on_overlayfs_fails_clearly_naming_both_overlays() -> anyhow::R
     );
     Ok(())
 }
+
+/// A FUSE mount made by root, unmounted on drop.
+struct FuseMount(PathBuf);
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn rootless_store_on_fuse_falls_back_to_fuse_overlayfs_by_itself() -> anyhow::Result<()> {
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    ensure!(
+        privileged(&["fuse-overlayfs", "bindfs"]),
+        "fuse-overlayfs or bindfs is not installed"
+    );
+    // A store on a FUSE filesystem (bindfs here, as sshfs, rclone or s3fs homes would be): the
+    // kernel's overlayfs refuses it as an upper dir in a user namespace ("upper fs does not
+    // support RENAME_WHITEOUT ... missing required features"), fuse-overlayfs takes it.
+    let backing = r.t.dir.path().join("fuse-backing");
+    let mnt = r.t.dir.path().join("fuse-store");
+    for d in [&backing, &mnt] {
+        std::fs::create_dir(d)?;
+        std::os::unix::fs::chown(d, Some(r.uid), Some(r.gid))?;
+    }
+    let out = Command::new("bindfs")
+        .args(["-o", "allow_other"])
+        .arg(&backing)
+        .arg(&mnt)
+        .output()?;
+    ensure!(out.status.success(), "bindfs: {}", text(&out));
+    let _mounted = FuseMount(mnt.clone());
+    let store = mnt.join("store");
+    std::fs::create_dir(&store)?;
+    std::os::unix::fs::chown(&store, Some(r.uid), Some(r.gid))?;
+    // A new session sees the new mount.
+    end_session(&r)?;
+    let tar = r.home.join("busybox.tar");
+    let out = r
+        .cmd(&store, &["import", "--change", r#"CMD ["sh"]"#])
+        .arg(&tar)
+        .arg("busybox")
+        .output()?;
+    ensure!(out.status.success(), "import: {}", text(&out));
+    r.t.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN grep ' / / ' /proc/self/mountinfo > /root-mount\n\
+         RUN mkdir /d && echo one > /d/a && echo gone > /d/b && chown 1000:1000 /d/a\n\
+         RUN rm /d/b && echo two >> /d/a\n",
+    );
+    let build = |tag: &str, overlay: Option<&str>| -> anyhow::Result<Output> {
+        let mut c = r.cmd(&store, &["build", "--progress", "plain", "-t", tag]);
+        if let Some(o) = overlay {
+            c.env("KILN_ROOTLESS_OVERLAY", o);
+        }
+        Ok(c.arg(&r.t.ctx).output()?)
+    };
+    // The kernel's overlayfs alone refuses, and says so.
+    let out = build("fuse:native", Some("native"))?;
+    ensure!(
+        !out.status.success()
+            && text(&out).contains("overlayfs refused it")
+            && text(&out).contains("not tried (KILN_ROOTLESS_OVERLAY=native)"),
+        "the kernel's overlayfs took a FUSE upper dir:\n{}",
+        text(&out)
+    );
+    // Unforced: the build goes through fuse-overlayfs.
+    let out = build("fuse:auto", None)?;
+    ensure!(out.status.success(), "automatic fallback: {}", text(&out));
+    let ctx = r.t.ctx.clone();
+    let example = example_dir();
+    let out = r
+        .cmd(
+            &store,
+            &["build", "--progress", "plain", "-t", "hello:auto"],
+        )
+        .arg(&example)
+        .output()?;
+    ensure!(out.status.success(), "the example: {}", text(&out));
+    let out = r.cmd(&store, &["run", "--rm", "hello:auto"]).output()?;
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("HELLO FROM A KILN BUILD"),
+        "run: {}",
+        text(&out)
+    );
+    let run_out = |args: &[&str]| -> anyhow::Result<String> {
+        let out = r.cmd(&store, args).output()?;
+        ensure!(out.status.success(), "kiln {args:?}: {}", text(&out));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let mount = run_out(&["run", "--rm", "fuse:auto", "cat", "/root-mount"])?;
+    ensure!(
+        mount.contains(" - fuse.fuse-overlayfs "),
+        "the RUN root was not fuse-overlayfs: {mount}"
+    );
+    let a = run_out(&[
+        "run",
+        "--rm",
+        "fuse:auto",
+        "sh",
+        "-c",
+        "cat /d/a; ls /d; stat -c %u /d/a",
+    ])?;
+    ensure!(
+        a == "one\ntwo\na\n1000\n",
+        "the layers through fuse-overlayfs: {a:?}"
+    );
+    // Neither: without fuse-overlayfs on PATH, one error names both causes.
+    let bin = r.t.dir.path().join("bin-without-fuse-overlayfs");
+    std::fs::create_dir(&bin)?;
+    for tool in ["setpriv", "newuidmap", "newgidmap", "slirp4netns"] {
+        std::os::unix::fs::symlink(format!("/usr/bin/{tool}"), bin.join(tool))?;
+    }
+    let out = r
+        .cmd(
+            &store,
+            &[
+                "build",
+                "--no-cache",
+                "--progress",
+                "plain",
+                "-t",
+                "fuse:none",
+            ],
+        )
+        .env("PATH", &bin)
+        .arg(&ctx)
+        .output()?;
+    let all = text(&out);
+    ensure!(
+        !out.status.success()
+            && all.contains("overlayfs refused it")
+            && all.contains("running fuse-overlayfs (Debian package fuse-overlayfs)"),
+        "{all}"
+    );
+    eprintln!("root mount of the RUN steps: {mount}");
+    Ok(())
+}
