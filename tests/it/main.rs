@@ -31,6 +31,7 @@ mod registry;
 mod remote_cache;
 mod rootless;
 mod rootless_docker;
+mod rootless_fallbacks;
 mod rootless_kube;
 mod run_flags;
 mod run_options;

@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The user with ranges, and its range (subuid = subgid).
-const USER: &str = "kiln-it-rl";
-const RANGE: (u32, u32) = (600_000, 65_536);
+pub(crate) const USER: &str = "kiln-it-rl";
+pub(crate) const RANGE: (u32, u32) = (600_000, 65_536);
 /// The user without ranges.
 const SINGLE_USER: &str = "kiln-it-rl1";
 
@@ -25,7 +25,7 @@ static USERADD: Mutex<BTreeMap<String, (u32, u32)>> = Mutex::new(BTreeMap::new()
 
 /// Creates `name` (no home, no automatic subordinate ids) unless it exists, then gives it
 /// `range` in /etc/subuid and /etc/subgid, or removes every range it has. Returns uid, gid.
-fn ensure_user(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<(u32, u32)> {
+pub(crate) fn ensure_user(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<(u32, u32)> {
     let mut done = USERADD.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(ids) = done.get(name) {
         return Ok(*ids);
@@ -78,12 +78,12 @@ fn ensure_user(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<(u32, u3
 }
 
 /// One test's rootless world: a user, a temp dir it can use, and its session.
-struct Rootless {
-    t: TestDir,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
-    runtime: PathBuf,
+pub(crate) struct Rootless {
+    pub(crate) t: TestDir,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) home: PathBuf,
+    pub(crate) runtime: PathBuf,
 }
 
 impl Drop for Rootless {
@@ -106,7 +106,7 @@ impl Drop for Rootless {
     }
 }
 
-fn rootless(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<Option<Rootless>> {
+pub(crate) fn rootless(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<Option<Rootless>> {
     if !privileged(&[
         "newuidmap",
         "newgidmap",
@@ -148,7 +148,7 @@ fn rootless(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<Option<Root
 
 impl Rootless {
     /// `kiln args...` as the user, with only the environment a login would give it.
-    fn cmd(&self, root: &Path, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, root: &Path, args: &[&str]) -> Command {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={}", self.uid))
             .arg(format!("--regid={}", self.gid))
@@ -252,7 +252,7 @@ fn httpd(ip: &str, dir: &Path) -> anyhow::Result<(Httpd, u16)> {
     Ok((h, port))
 }
 
-fn example_dir() -> PathBuf {
+pub(crate) fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello")
 }
 
@@ -739,7 +739,7 @@ fn rootless_pasta_refuses_published_ports_and_says_why() -> anyhow::Result<()> {
 }
 
 /// Kills the test's session; the next kiln command starts a new one.
-fn end_session(r: &Rootless) -> anyhow::Result<()> {
+pub(crate) fn end_session(r: &Rootless) -> anyhow::Result<()> {
     let pid: i32 = std::fs::read_to_string(r.runtime.join("kiln/pause.pid"))?
         .trim()
         .parse()?;
@@ -816,148 +816,5 @@ fn rootless_store_on_overlayfs_fails_clearly_naming_both_overlays() -> anyhow::R
             && all.contains("fuse-overlayfs cannot use as its upper dir either"),
         "{all}"
     );
-    Ok(())
-}
-
-/// A FUSE mount made by root, unmounted on drop.
-struct FuseMount(PathBuf);
-
-impl Drop for FuseMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
-}
-
-#[test]
-fn rootless_store_on_fuse_falls_back_to_fuse_overlayfs_by_itself() -> anyhow::Result<()> {
-    let Some(r) = rootless(USER, Some(RANGE))? else {
-        return Ok(());
-    };
-    ensure!(
-        privileged(&["fuse-overlayfs", "bindfs"]),
-        "fuse-overlayfs or bindfs is not installed"
-    );
-    // A store on a FUSE filesystem (bindfs here, as sshfs, rclone or s3fs homes would be): the
-    // kernel's overlayfs refuses it as an upper dir in a user namespace ("upper fs does not
-    // support RENAME_WHITEOUT ... missing required features"), fuse-overlayfs takes it.
-    let backing = r.t.dir.path().join("fuse-backing");
-    let mnt = r.t.dir.path().join("fuse-store");
-    for d in [&backing, &mnt] {
-        std::fs::create_dir(d)?;
-        std::os::unix::fs::chown(d, Some(r.uid), Some(r.gid))?;
-    }
-    let out = Command::new("bindfs")
-        .args(["-o", "allow_other"])
-        .arg(&backing)
-        .arg(&mnt)
-        .output()?;
-    ensure!(out.status.success(), "bindfs: {}", text(&out));
-    let _mounted = FuseMount(mnt.clone());
-    let store = mnt.join("store");
-    std::fs::create_dir(&store)?;
-    std::os::unix::fs::chown(&store, Some(r.uid), Some(r.gid))?;
-    // A new session sees the new mount.
-    end_session(&r)?;
-    let tar = r.home.join("busybox.tar");
-    let out = r
-        .cmd(&store, &["import", "--change", r#"CMD ["sh"]"#])
-        .arg(&tar)
-        .arg("busybox")
-        .output()?;
-    ensure!(out.status.success(), "import: {}", text(&out));
-    r.t.write(
-        "Dockerfile",
-        "FROM busybox\n\
-         RUN grep ' / / ' /proc/self/mountinfo > /root-mount\n\
-         RUN mkdir /d && echo one > /d/a && echo gone > /d/b && chown 1000:1000 /d/a\n\
-         RUN rm /d/b && echo two >> /d/a\n",
-    );
-    let build = |tag: &str, overlay: Option<&str>| -> anyhow::Result<Output> {
-        let mut c = r.cmd(&store, &["build", "--progress", "plain", "-t", tag]);
-        if let Some(o) = overlay {
-            c.env("KILN_ROOTLESS_OVERLAY", o);
-        }
-        Ok(c.arg(&r.t.ctx).output()?)
-    };
-    // The kernel's overlayfs alone refuses, and says so.
-    let out = build("fuse:native", Some("native"))?;
-    ensure!(
-        !out.status.success()
-            && text(&out).contains("overlayfs refused it")
-            && text(&out).contains("not tried (KILN_ROOTLESS_OVERLAY=native)"),
-        "the kernel's overlayfs took a FUSE upper dir:\n{}",
-        text(&out)
-    );
-    // Unforced: the build goes through fuse-overlayfs.
-    let out = build("fuse:auto", None)?;
-    ensure!(out.status.success(), "automatic fallback: {}", text(&out));
-    let ctx = r.t.ctx.clone();
-    let example = example_dir();
-    let out = r
-        .cmd(
-            &store,
-            &["build", "--progress", "plain", "-t", "hello:auto"],
-        )
-        .arg(&example)
-        .output()?;
-    ensure!(out.status.success(), "the example: {}", text(&out));
-    let out = r.cmd(&store, &["run", "--rm", "hello:auto"]).output()?;
-    ensure!(
-        out.status.success()
-            && String::from_utf8_lossy(&out.stdout).contains("HELLO FROM A KILN BUILD"),
-        "run: {}",
-        text(&out)
-    );
-    let run_out = |args: &[&str]| -> anyhow::Result<String> {
-        let out = r.cmd(&store, args).output()?;
-        ensure!(out.status.success(), "kiln {args:?}: {}", text(&out));
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let mount = run_out(&["run", "--rm", "fuse:auto", "cat", "/root-mount"])?;
-    ensure!(
-        mount.contains(" - fuse.fuse-overlayfs "),
-        "the RUN root was not fuse-overlayfs: {mount}"
-    );
-    let a = run_out(&[
-        "run",
-        "--rm",
-        "fuse:auto",
-        "sh",
-        "-c",
-        "cat /d/a; ls /d; stat -c %u /d/a",
-    ])?;
-    ensure!(
-        a == "one\ntwo\na\n1000\n",
-        "the layers through fuse-overlayfs: {a:?}"
-    );
-    // Neither: without fuse-overlayfs on PATH, one error names both causes.
-    let bin = r.t.dir.path().join("bin-without-fuse-overlayfs");
-    std::fs::create_dir(&bin)?;
-    for tool in ["setpriv", "newuidmap", "newgidmap", "slirp4netns"] {
-        std::os::unix::fs::symlink(format!("/usr/bin/{tool}"), bin.join(tool))?;
-    }
-    let out = r
-        .cmd(
-            &store,
-            &[
-                "build",
-                "--no-cache",
-                "--progress",
-                "plain",
-                "-t",
-                "fuse:none",
-            ],
-        )
-        .env("PATH", &bin)
-        .arg(&ctx)
-        .output()?;
-    let all = text(&out);
-    ensure!(
-        !out.status.success()
-            && all.contains("overlayfs refused it")
-            && all.contains("running fuse-overlayfs (Debian package fuse-overlayfs)"),
-        "{all}"
-    );
-    eprintln!("root mount of the RUN steps: {mount}");
     Ok(())
 }
