@@ -241,9 +241,10 @@ fn readme_pod_spec_runs_under_podman_kube_play_and_its_settings_build_and_push()
     let oci: serde_json::Value = serde_json::from_slice(&std::fs::read(oci_path)?)?;
     ensure!(
         oci["process"]["user"]["uid"] == 1000
+            && oci["process"]["user"]["gid"] == 1000
             && oci["linux"]["seccomp"].is_null()
             && restart == "no",
-        "podman did not apply the spec's user, seccomp profile and restart policy (restart \
+        "podman did not apply the spec's user, group, seccomp profile and restart policy (restart \
          {restart}): {}",
         oci["process"]["user"]
     );
@@ -269,10 +270,12 @@ fn readme_pod_spec_runs_under_podman_kube_play_and_its_settings_build_and_push()
         .find_map(|l| l.trim().strip_prefix("args: "))
         .context("no `args: [...]` line in README's pod spec")
         .and_then(|a| Ok(serde_json::from_str(&a.replace(PUSH_PLACEHOLDER, &remote))?))?;
-    let user = spec
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("runAsUser: "))
-        .context("no runAsUser in README's pod spec")?;
+    let field = |name: &str| {
+        spec.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .with_context(|| format!("no `{name}` in README's pod spec"))
+    };
+    let user = format!("{}:{}", field("runAsUser: ")?, field("runAsGroup: ")?);
     let mount = spec
         .lines()
         .find_map(|l| {
@@ -294,7 +297,7 @@ fn readme_pod_spec_runs_under_podman_kube_play_and_its_settings_build_and_push()
         "--network".into(),
         network.clone(),
         "--user".into(),
-        user.to_owned(),
+        user,
         "--security-opt".into(),
         "seccomp=unconfined".into(),
         "--security-opt".into(),
