@@ -317,6 +317,18 @@ fn readme_pod_spec_runs_under_podman_kube_play_and_its_settings_build_and_push()
         "kiln with the spec's settings as podman flags failed ({}):\n{logs}",
         out.status
     );
+    // Why the spec leaves `allowPrivilegeEscalation` alone: `false` is no_new_privs, under
+    // which newuidmap/newgidmap do not get their file capabilities, and the session fails.
+    let mut nnp = run.clone();
+    nnp.splice(1..1, ["--rm", "--security-opt", "no-new-privileges"]);
+    let out = podman(&conf, &nnp)?;
+    let _ = podman(&conf, &["volume", "rm", "-f", &volume]);
+    ensure!(
+        !out.status.success()
+            && text(&out).contains("newuidmap: write to uid_map failed: Operation not permitted"),
+        "kiln under no_new_privs: {}",
+        text(&out)
+    );
     // The pushed image, pulled back by skopeo.
     let oci = work.path().join("pulled");
     let out = Command::new("skopeo")
