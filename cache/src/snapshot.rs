@@ -242,15 +242,23 @@ pub(crate) fn new_root(tmp: &crate::store::TempDir) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// Renames the directory `from` to `to` unless `to` exists. Filesystems without
+/// `RENAME_NOREPLACE` (FUSE ones such as bindfs refuse the flag with EINVAL) get a plain
+/// rename: a directory never replaces a non-empty one (EEXIST/ENOTEMPTY, as with the flag),
+/// and `to` is content-addressed, so replacing an empty one changes nothing.
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    rustix::fs::renameat_with(
+    match rustix::fs::renameat_with(
         rustix::fs::CWD,
         from,
         rustix::fs::CWD,
         to,
         rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(io::Error::from)
+    ) {
+        Err(rustix::io::Errno::INVAL) if fs::symlink_metadata(from).is_ok_and(|m| m.is_dir()) => {
+            fs::rename(from, to)
+        }
+        r => r.map_err(io::Error::from),
+    }
 }
 
 fn is_exists(e: &io::Error) -> bool {

@@ -114,7 +114,7 @@ pub enum InitError {
     #[error(
         "mounting overlay root (upper {upper}) in a user namespace (rootless): the kernel's \
          overlayfs refused it (it needs Linux 5.11 or later and a store on a filesystem that \
-         supports user xattrs: ext4, xfs, btrfs, tmpfs; not overlayfs itself), and the \
+         supports user xattrs: ext4, xfs, btrfs, tmpfs; not overlayfs itself or FUSE), and the \
          fuse-overlayfs fallback failed: {fuse}\n\
          hint: put KILN_ROOT on such a filesystem, or install fuse-overlayfs and make /dev/fuse \
          usable (KILN_ROOTLESS_OVERLAY=fuse|native chooses one)"

@@ -35,6 +35,8 @@ mod registry;
 mod remote_cache;
 mod rootless;
 mod rootless_docker;
+mod rootless_fallbacks;
+mod rootless_kube;
 mod run_flags;
 mod run_options;
 mod sandbox_security;

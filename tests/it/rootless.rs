@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The user with ranges, and its range (subuid = subgid).
-const USER: &str = "kiln-it-rl";
-const RANGE: (u32, u32) = (600_000, 65_536);
+pub(crate) const USER: &str = "kiln-it-rl";
+pub(crate) const RANGE: (u32, u32) = (600_000, 65_536);
 /// The user without ranges.
 const SINGLE_USER: &str = "kiln-it-rl1";
 
@@ -25,7 +25,7 @@ static USERADD: Mutex<BTreeMap<String, (u32, u32)>> = Mutex::new(BTreeMap::new()
 
 /// Creates `name` (no home, no automatic subordinate ids) unless it exists, then gives it
 /// `range` in /etc/subuid and /etc/subgid, or removes every range it has. Returns uid, gid.
-fn ensure_user(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<(u32, u32)> {
+pub(crate) fn ensure_user(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<(u32, u32)> {
     let mut done = USERADD.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(ids) = done.get(name) {
         return Ok(*ids);
@@ -78,12 +78,12 @@ fn ensure_user(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<(u32, u3
 }
 
 /// One test's rootless world: a user, a temp dir it can use, and its session.
-struct Rootless {
-    t: TestDir,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
-    runtime: PathBuf,
+pub(crate) struct Rootless {
+    pub(crate) t: TestDir,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) home: PathBuf,
+    pub(crate) runtime: PathBuf,
 }
 
 impl Drop for Rootless {
@@ -106,7 +106,7 @@ impl Drop for Rootless {
     }
 }
 
-fn rootless(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<Option<Rootless>> {
+pub(crate) fn rootless(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<Option<Rootless>> {
     if !privileged(&[
         "newuidmap",
         "newgidmap",
@@ -148,7 +148,7 @@ fn rootless(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<Option<Root
 
 impl Rootless {
     /// `kiln args...` as the user, with only the environment a login would give it.
-    fn cmd(&self, root: &Path, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, root: &Path, args: &[&str]) -> Command {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={}", self.uid))
             .arg(format!("--regid={}", self.gid))
@@ -252,7 +252,7 @@ fn httpd(ip: &str, dir: &Path) -> anyhow::Result<(Httpd, u16)> {
     Ok((h, port))
 }
 
-fn example_dir() -> PathBuf {
+pub(crate) fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello")
 }
 
@@ -739,7 +739,7 @@ fn rootless_pasta_refuses_published_ports_and_says_why() -> anyhow::Result<()> {
 }
 
 /// Kills the test's session; the next kiln command starts a new one.
-fn end_session(r: &Rootless) -> anyhow::Result<()> {
+pub(crate) fn end_session(r: &Rootless) -> anyhow::Result<()> {
     let pid: i32 = std::fs::read_to_string(r.runtime.join("kiln/pause.pid"))?
         .trim()
         .parse()?;

@@ -65,8 +65,9 @@ fn libs(bin: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// The image's root filesystem as a tar.
-fn rootfs(work: &Path) -> anyhow::Result<Vec<u8>> {
+/// The image's root filesystem as a tar, with the example's files in `context` (a directory
+/// owned by the user, e.g. `home/u/hello`) and its `FROM busybox` lines naming `base`.
+pub(crate) fn rootfs(work: &Path, context: &str, base: &str) -> anyhow::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     for (d, mode, uid) in [
         ("bin", 0o755, 0),
@@ -171,16 +172,22 @@ fn rootfs(work: &Path) -> anyhow::Result<Vec<u8>> {
     for e in std::fs::read_dir(&example)? {
         let e = e?;
         if e.file_type()?.is_file() {
+            let mut data = std::fs::read(e.path())?;
+            if e.file_name() == "Dockerfile" {
+                data = String::from_utf8(data)?
+                    .replace("FROM busybox", &format!("FROM {base}"))
+                    .into_bytes();
+            }
             texts.push((
-                format!("home/u/hello/{}", e.file_name().to_string_lossy()),
-                std::fs::read(e.path())?,
+                format!("{context}/{}", e.file_name().to_string_lossy()),
+                data,
                 1000,
             ));
         }
     }
     b.append_data(
         &mut header(tar::EntryType::Directory, 0o755, 0, 1000),
-        "home/u/hello",
+        context,
         std::io::empty(),
     )?;
     for (p, data, uid) in texts {
@@ -227,7 +234,7 @@ fn rootless_kiln_builds_and_pushes_the_example_inside_an_unprivileged_docker_con
     let reg = crate::registry::start_registry_on(work.path(), &gateway)?;
     let registry = format!("{gateway}:{}", reg.port);
     let tar_path = work.path().join("rootfs.tar");
-    std::fs::write(&tar_path, rootfs(work.path())?)?;
+    std::fs::write(&tar_path, rootfs(work.path(), "home/u/hello", "busybox")?)?;
     let tag = format!("kiln-rootless-it:{}", std::process::id());
     let out = Command::new(DOCKER)
         .args([

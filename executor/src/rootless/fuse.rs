@@ -1,6 +1,6 @@
 //! The rootless overlay fallback: `fuse-overlayfs` (Debian package fuse-overlayfs), for kernels
 //! whose overlayfs refuses a user namespace (before Linux 5.11, or a store on a filesystem
-//! without user xattrs). `KILN_ROOTLESS_OVERLAY=fuse` forces it, `native` forbids it; by
+//! without user xattrs or `RENAME_WHITEOUT`, such as a FUSE one: measured with bindfs). `KILN_ROOTLESS_OVERLAY=fuse` forces it, `native` forbids it; by
 //! default it is tried only when the kernel's overlayfs refused the mount.
 //!
 //! [`mount_tree`] returns the same thing as the kernel path: a detached mount. fuse-overlayfs

@@ -6,7 +6,9 @@
 //!   through its API socket ([`forward`]): host port -> 10.0.2.100:port, where kiln's DNAT
 //!   rule takes them to the container as in root mode.
 //! - [`Backend::Pasta`]: `pasta --config-net` copies the host's addresses into the
-//!   namespace; it has no API to add a port forward after start, so `-p` is refused with it.
+//!   namespace; it has no API to add a port forward after start, so `-p` is refused with it
+//!   (its `-t auto` scans the namespace's listening sockets once a second and publishes all
+//!   of them, host-network containers' too; Debian 12's pasta does not scan with `-T none`).
 //! - [`Backend::None`]: loopback only.
 //! - [`Backend::Host`]: no network namespace of its own: the session keeps its creator's
 //!   (as rootless BuildKit's `--oci-worker-net=host`), so kiln's own traffic, RUN steps and
