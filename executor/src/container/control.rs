@@ -221,25 +221,10 @@ mod tests {
         let dir = containers.join(&id);
         std::fs::create_dir_all(dir.join("upper")).expect("mkdir");
         let s = State {
-            id: id.clone(),
-            name: name.to_owned(),
-            image: "busybox".to_owned(),
-            command: vec!["sh".to_owned()],
             status: Status::Exited,
-            pid: None,
             exit_code: Some(0),
-            network: None,
-            ip: None,
-            ports: vec![],
-            auto_remove: false,
-            gateway: None,
-            stop_signal: None,
-            created: None,
-            started_at: None,
-            finished_at: None,
-            cgroups: vec![],
-            limits: Default::default(),
             network_mode: Some("none".to_owned()),
+            ..state::sample(&id, name)
         };
         state::write(&dir, &s).expect("state");
         super::super::name::reserve(containers, name, &id).expect("name");

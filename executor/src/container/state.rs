@@ -262,37 +262,39 @@ pub fn find(containers: &Path, name: &str) -> Result<(PathBuf, State)> {
     lookup(containers, name)?.ok_or_else(|| StateError::NotFound(name.to_owned()))
 }
 
+/// A created container's state with only `id` and `name` set, for tests.
+#[cfg(test)]
+pub(crate) fn sample(id: &str, name: &str) -> State {
+    State {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        image: "busybox".to_owned(),
+        command: vec!["sh".to_owned()],
+        status: Status::Created,
+        pid: None,
+        exit_code: None,
+        network: None,
+        ip: None,
+        ports: vec![],
+        auto_remove: false,
+        gateway: None,
+        stop_signal: None,
+        created: None,
+        started_at: None,
+        finished_at: None,
+        cgroups: vec![],
+        limits: Default::default(),
+        network_mode: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn state(id: &str, name: &str) -> State {
-        State {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            image: "busybox".to_owned(),
-            command: vec!["sh".to_owned()],
-            status: Status::Created,
-            pid: None,
-            exit_code: None,
-            network: None,
-            ip: None,
-            ports: vec![],
-            auto_remove: false,
-            gateway: None,
-            stop_signal: None,
-            created: None,
-            started_at: None,
-            finished_at: None,
-            cgroups: vec![],
-            limits: Default::default(),
-            network_mode: None,
-        }
-    }
-
     #[test]
     fn status_moves_only_along_dockers_edges() {
-        let mut s = state("a", "");
+        let mut s = sample("a", "");
         s.transition(Status::Running).expect("created -> running");
         assert!(s.transition(Status::Created).is_err());
         assert_eq!(s.status, Status::Running);
@@ -315,7 +317,7 @@ mod tests {
         for (id, name) in [(&a, "web"), (&b, "db")] {
             let d = dir.path().join(id);
             std::fs::create_dir(&d).expect("mkdir");
-            write(&d, &state(id, name)).expect("write");
+            write(&d, &sample(id, name)).expect("write");
         }
         let id_of = |n: &str| lookup(dir.path(), n).expect(n).map(|(_, s)| s.id);
         assert_eq!(id_of("web").as_deref(), Some(a.as_str()));
