@@ -139,13 +139,7 @@ pub fn enter(parent: &str) -> Result<Parented, DeviceError> {
             let cpuset = opts.split(',').any(|x| x == "cpuset");
             create_levels(mount, &dir, cpuset)?;
         }
-        let procs = dir.join("cgroup.procs");
-        let joined = std::fs::write(&procs, "0").map_err(io_err(&procs));
-        out.moved.push((dir, under(mount, current)));
-        if let Err(e) = joined {
-            out.leave();
-            return Err(e);
-        }
+        out.join(dir, under(mount, current))?;
     }
     Ok(out)
 }
@@ -168,17 +162,24 @@ fn enter_v2(mount: &Path, own: &str, parent: &Path, leaf: &str) -> Result<Parent
     }
     crate::devices::ensure_v2_program(&dir)?;
     let mut out = Parented { moved: Vec::new() };
-    let procs = dir.join("cgroup.procs");
-    let joined = std::fs::write(&procs, "0").map_err(io_err(&procs));
-    out.moved.push((dir, under(mount, current)));
-    if let Err(e) = joined {
-        out.leave();
-        return Err(e);
-    }
+    out.join(dir, under(mount, current))?;
     Ok(out)
 }
 
 impl Parented {
+    /// Moves this process into `dir`, to go back to `previous` on [`Parented::leave`]; on
+    /// failure leaves every cgroup joined so far.
+    fn join(&mut self, dir: PathBuf, previous: PathBuf) -> Result<(), DeviceError> {
+        let procs = dir.join("cgroup.procs");
+        let joined = std::fs::write(&procs, "0").map_err(io_err(&procs));
+        self.moved.push((dir, previous));
+        if let Err(e) = joined {
+            self.leave();
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Moves the process back to the cgroups it left and removes the `kiln-<pid>` ones
     /// (best effort: a cgroup still holding a process stays).
     pub fn leave(&mut self) {
