@@ -11,7 +11,8 @@
 //! vendors BuildKit v0.24.0) built the same way, `go build -mod=vendor ./cmd/buildx`; a
 //! builder made with `buildx create --driver remote unix://SOCKET`; each case run as
 //! `buildx build --progress=plain --build-context base=oci-layout://DIR@sha256:... ARGS` in
-//! its directory. Two things were cut from what buildx printed: the `definition` of the
+//! its directory (DIR: busybox with no Env; kiln gets busybox imported as `base` into its
+//! store, where its check reads a base's Env for UndefinedVar). Two things were cut from what buildx printed: the `definition` of the
 //! Dockerfile's source in a check's JSON (an LLB definition holding buildx's session id,
 //! different on every run, which kiln does not write), and the progress lines before
 //! `ERROR:` on stderr.
@@ -63,6 +64,12 @@ fn call_outputs_match_buildx_against_buildkit_v024() -> anyhow::Result<()> {
     let data = testdata();
     let t = TestDir::new();
     copy_dir(&data, &t.ctx)?;
+    // `FROM base`: busybox in the store as `base`, without an Env, like the oracle's OCI
+    // layout (a check reads a base's Env from the store for UndefinedVar; BuildKit gives
+    // both only its default PATH).
+    let tar = t.ctx.join("busybox.tar");
+    std::fs::write(&tar, crate::harness::busybox_tar()?)?;
+    t.ok(&["import", tar.to_str().context("utf-8 path")?, "base"])?;
     let cases = std::fs::read_to_string(data.join("cases.tsv")).context("cases.tsv")?;
     let mut failures = Vec::new();
     let mut n = 0;

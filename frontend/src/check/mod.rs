@@ -212,7 +212,7 @@ pub fn check_with_bases(
     }
     // BuildKit stops converting at the first error.
     let stop_at = errors.iter().filter_map(|e| e.span()).map(|s| s.line).min();
-    undefined::undefined_vars(df, opts, &dispatched, base_env, stop_at, &mut lint);
+    let workdirs = undefined::undefined_vars(df, opts, &dispatched, base_env, stop_at, &mut lint);
     let mut seen_names: Vec<String> = Vec::new();
     let majority_lower = majority_lower(df);
     for stage in &df.stages {
@@ -223,6 +223,7 @@ pub fn check_with_bases(
             &mut seen_names,
             (majority_lower, dispatched[stage.index]),
             df.escape,
+            &workdirs,
         );
     }
     for (rule, message, span) in from_lints {

@@ -16,6 +16,7 @@ use crate::BuildOptions;
 use crate::instructions::{Command, Dockerfile, Instruction};
 use crate::lower::{DEFAULT_PATH, platform_arg};
 use crate::shell::Lex;
+use std::collections::BTreeMap;
 
 /// ARGs BuildKit never puts in the environment and never reports.
 const NON_ENV_ARGS: &[&str] = &["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];
@@ -97,6 +98,8 @@ struct Pass<'a> {
     /// Stop after the instruction on this line (where the build fails).
     stop_at: Option<u32>,
     stopped: bool,
+    /// Each checked WORKDIR's expansion, by line.
+    workdirs: BTreeMap<u32, String>,
 }
 
 impl Pass<'_> {
@@ -181,7 +184,13 @@ impl Pass<'_> {
                     self.word(&raw, &doc.data, st, instr);
                 }
             }
-            Command::Workdir(w) | Command::User(w) | Command::StopSignal(w) => {
+            Command::Workdir(w) => {
+                let lex = self.lex;
+                if let Some(r) = self.word(&lex, w, st, instr) {
+                    self.workdirs.insert(instr.span.line, r);
+                }
+            }
+            Command::User(w) | Command::StopSignal(w) => {
                 self.words(&[w], st, instr);
             }
             Command::Volume(vs) => {
@@ -264,7 +273,8 @@ fn global_args(df: &Dockerfile, opts: &BuildOptions, lex: &Lex) -> Env {
 
 /// Reports UndefinedVar for every dispatched stage whose base environment is known
 /// (`base_env` is asked for each image a `FROM` names; `scratch` has none), stopping after
-/// the line `stop_at` where the build fails, as BuildKit stops converting there.
+/// the line `stop_at` where the build fails, as BuildKit stops converting there. Returns the
+/// expansion of each WORKDIR it checked (by line), for WorkdirRelativePath.
 pub(super) fn undefined_vars(
     df: &Dockerfile,
     opts: &BuildOptions,
@@ -272,7 +282,7 @@ pub(super) fn undefined_vars(
     base_env: &dyn Fn(&str) -> BaseEnv,
     stop_at: Option<u32>,
     lint: &mut Lint,
-) {
+) -> BTreeMap<u32, String> {
     let lex = Lex::new(df.escape);
     let globals = global_args(df, opts, &lex);
     let mut pass = Pass {
@@ -281,6 +291,7 @@ pub(super) fn undefined_vars(
         opts,
         stop_at,
         stopped: false,
+        workdirs: BTreeMap::new(),
     };
     let mut done: Vec<Option<StageEnv>> = Vec::new();
     for stage in &df.stages {
@@ -320,6 +331,7 @@ pub(super) fn undefined_vars(
         }
         done.push(Some(st));
     }
+    pass.workdirs
 }
 
 /// The state a stage on an image starts from: the image's `Env`, with BuildKit's default
