@@ -177,11 +177,11 @@ fn from_images(text: &str) -> Vec<String> {
                 for pat in [format!("${{{k}}}"), format!("${k}")] {
                     s = s.replace(&pat, v);
                 }
-                if let Some(i) = s.find(&format!("${{{k}:-")) {
-                    if let Some(j) = s[i..].find('}') {
-                        let def = s[i + k.len() + 4..i + j].to_owned();
-                        s.replace_range(i..i + j + 1, if v.is_empty() { &def } else { v });
-                    }
+                if let Some(i) = s.find(&format!("${{{k}:-"))
+                    && let Some(j) = s[i..].find('}')
+                {
+                    let def = s[i + k.len() + 4..i + j].to_owned();
+                    s.replace_range(i..i + j + 1, if v.is_empty() { &def } else { v });
                 }
             }
             if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("as") {
