@@ -212,7 +212,8 @@ pub fn check_with_bases(
     }
     // BuildKit stops converting at the first error.
     let stop_at = errors.iter().filter_map(|e| e.span()).map(|s| s.line).min();
-    let workdirs = undefined::undefined_vars(df, opts, &dispatched, base_env, stop_at, &mut lint);
+    let (workdirs, in_args) =
+        undefined::undefined_vars(df, opts, &dispatched, base_env, stop_at, &mut lint);
     let mut seen_names: Vec<String> = Vec::new();
     let majority_lower = majority_lower(df);
     for stage in &df.stages {
@@ -225,6 +226,9 @@ pub fn check_with_bases(
             df.escape,
             &workdirs,
         );
+    }
+    for (message, span) in in_args {
+        lint.add("UndefinedVar", message, span);
     }
     for (rule, message, span) in from_lints {
         lint.add(rule, message, span);

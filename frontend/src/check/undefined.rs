@@ -100,6 +100,9 @@ struct Pass<'a> {
     stopped: bool,
     /// Each checked WORKDIR's expansion, by line.
     workdirs: BTreeMap<u32, String>,
+    /// Findings in ARG defaults: BuildKit reports them after the ARG's other findings.
+    in_arg: bool,
+    deferred: Vec<(String, graph::Span)>,
 }
 
 impl Pass<'_> {
@@ -124,7 +127,11 @@ impl Pass<'_> {
                 Some(s) => format!("Usage of undefined variable '${name}' (did you mean ${s}?)"),
                 None => format!("Usage of undefined variable '${name}'"),
             };
-            self.lint.add("UndefinedVar", msg, instr.span);
+            if self.in_arg {
+                self.deferred.push((msg, instr.span));
+            } else {
+                self.lint.add("UndefinedVar", msg, instr.span);
+            }
         }
         Some(e.result)
     }
@@ -215,7 +222,10 @@ impl Pass<'_> {
                         None => match &d.default {
                             Some(def) => {
                                 let lex = self.lex;
-                                self.word(&lex, def, st, instr)
+                                self.in_arg = true;
+                                let v = self.word(&lex, def, st, instr);
+                                self.in_arg = false;
+                                v
                             }
                             None => globals.get(&d.name),
                         },
@@ -274,7 +284,8 @@ fn global_args(df: &Dockerfile, opts: &BuildOptions, lex: &Lex) -> Env {
 /// Reports UndefinedVar for every dispatched stage whose base environment is known
 /// (`base_env` is asked for each image a `FROM` names; `scratch` has none), stopping after
 /// the line `stop_at` where the build fails, as BuildKit stops converting there. Returns the
-/// expansion of each WORKDIR it checked (by line), for WorkdirRelativePath.
+/// expansion of each WORKDIR it checked (by line), for WorkdirRelativePath, and the findings
+/// in ARG defaults, for the caller to add after the stages' other findings.
 pub(super) fn undefined_vars(
     df: &Dockerfile,
     opts: &BuildOptions,
@@ -282,7 +293,7 @@ pub(super) fn undefined_vars(
     base_env: &dyn Fn(&str) -> BaseEnv,
     stop_at: Option<u32>,
     lint: &mut Lint,
-) -> BTreeMap<u32, String> {
+) -> (BTreeMap<u32, String>, Vec<(String, graph::Span)>) {
     let lex = Lex::new(df.escape);
     let globals = global_args(df, opts, &lex);
     let mut pass = Pass {
@@ -292,6 +303,8 @@ pub(super) fn undefined_vars(
         stop_at,
         stopped: false,
         workdirs: BTreeMap::new(),
+        in_arg: false,
+        deferred: Vec::new(),
     };
     let mut done: Vec<Option<StageEnv>> = Vec::new();
     for stage in &df.stages {
@@ -331,7 +344,7 @@ pub(super) fn undefined_vars(
         }
         done.push(Some(st));
     }
-    pass.workdirs
+    (pass.workdirs, pass.deferred)
 }
 
 /// The state a stage on an image starts from: the image's `Env`, with BuildKit's default
