@@ -38,9 +38,10 @@ fn copy_sources(
         .collect()
 }
 
-/// The environment of the base image `reference` for UndefinedVar: known when the store (if
-/// there is one: a check creates none) holds the image, else unknown (a check pulls nothing;
-/// BuildKit would resolve the image, and fail when it cannot).
+/// The config of the base image `reference` (for `platform`, a `FROM --platform`, else the
+/// build's) for UndefinedVar and InvalidBaseImagePlatform: known when the store (if there is
+/// one: a check creates none) holds the image, else unknown (a check pulls nothing; BuildKit
+/// would resolve the image, and fail when it cannot).
 fn base_env(
     store: Option<&cache::store::Store>,
     reference: &str,
@@ -48,7 +49,15 @@ fn base_env(
 ) -> frontend::check::BaseEnv {
     use frontend::check::BaseEnv;
     match store.map(|s| s.resolve_for(reference, platform)) {
-        Some(Ok(Some(image))) => BaseEnv::Known(image.config.config.env.clone()),
+        Some(Ok(Some(image))) => BaseEnv::Known {
+            env: image.config.config.env.clone(),
+            platform: cache::oci::Platform {
+                architecture: image.config.architecture.clone(),
+                os: image.config.os.clone(),
+                variant: image.config.variant.clone(),
+                os_version: None,
+            },
+        },
         _ => BaseEnv::Unknown,
     }
 }
@@ -260,7 +269,9 @@ pub fn run(
                 .ok()
                 .filter(|r| r.is_dir())
                 .and_then(|r| cache::store::Store::open(r).ok());
-            let base_env = |reference: &str| base_env(store.as_ref(), reference, &opts.platform);
+            let base_env = |reference: &str, p: Option<&cache::oci::Platform>| {
+                base_env(store.as_ref(), reference, p.unwrap_or(&opts.platform))
+            };
             let mut findings = frontend::check_with_bases(&df, opts, &base_env);
             findings.extend(copy_sources(&df, opts, context, dockerignore));
             // BuildKit's order of finding them (its JSON keeps it), by line within a phase.

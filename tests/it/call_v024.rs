@@ -72,6 +72,8 @@ fn call_outputs_match_buildx_against_buildkit_v024() -> anyhow::Result<()> {
     let tar = t.ctx.join("busybox.tar");
     std::fs::write(&tar, crate::harness::busybox_tar()?)?;
     t.ok(&["import", tar.to_str().context("utf-8 path")?, "base"])?;
+    // `check-platform`'s base: the same image, served to the oracle by a local registry.
+    t.ok(&["tag", "base", "127.0.0.1:5791/busybox-amd64:1"])?;
     let cases = std::fs::read_to_string(data.join("cases.tsv")).context("cases.tsv")?;
     let mut failures = Vec::new();
     let mut n = 0;

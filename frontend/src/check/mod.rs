@@ -112,16 +112,17 @@ fn parse_check_directive(v: &str) -> (BTreeSet<String>, bool, bool) {
 /// with `opts` would reject. Findings come in source order. UndefinedVar is reported only for
 /// stages on `scratch` (or on such stages): see [`check_with_bases`].
 pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
-    check_with_bases(df, opts, &|_| BaseEnv::Unknown)
+    check_with_bases(df, opts, &|_, _| BaseEnv::Unknown)
 }
 
-/// [`check`], with `base_env` telling the environment of each image a `FROM` names (the
-/// reference after ARG expansion), for UndefinedVar. A stage whose base is
-/// [`BaseEnv::Unknown`] (and every stage built on it) gets no UndefinedVar findings.
+/// [`check`], with `base_env` telling the config of each image a `FROM` names (the reference
+/// after ARG expansion, and the platform of its `--platform` flag if any), for UndefinedVar
+/// and InvalidBaseImagePlatform. A stage whose base is [`BaseEnv::Unknown`] (and every stage
+/// built on it) gets neither.
 pub fn check_with_bases(
     df: &Dockerfile,
     opts: &BuildOptions,
-    base_env: &dyn Fn(&str) -> BaseEnv,
+    base_env: &dyn Fn(&str, Option<&cache::oci::Platform>) -> BaseEnv,
 ) -> Vec<Warning> {
     let (skip, skip_all, as_error) = df
         .directives
@@ -212,8 +213,7 @@ pub fn check_with_bases(
     }
     // BuildKit stops converting at the first error.
     let stop_at = errors.iter().filter_map(|e| e.span()).map(|s| s.line).min();
-    let (workdirs, in_args) =
-        undefined::undefined_vars(df, opts, &dispatched, base_env, stop_at, &mut lint);
+    let found = undefined::undefined_vars(df, opts, &dispatched, base_env, stop_at, &mut lint);
     let mut seen_names: Vec<String> = Vec::new();
     let majority_lower = majority_lower(df);
     for stage in &df.stages {
@@ -224,11 +224,14 @@ pub fn check_with_bases(
             &mut seen_names,
             (majority_lower, dispatched[stage.index]),
             df.escape,
-            &workdirs,
+            &found.workdirs,
         );
     }
-    for (message, span) in in_args {
+    for (message, span) in found.in_args {
         lint.add("UndefinedVar", message, span);
+    }
+    for (message, span) in found.platforms {
+        lint.add("InvalidBaseImagePlatform", message, span);
     }
     for (rule, message, span) in from_lints {
         lint.add(rule, message, span);

@@ -26,6 +26,7 @@ pub fn rule_description(rule: &str) -> Option<&'static str> {
         }
         "UndefinedArgInFrom" => "FROM command must use declared ARGs",
         "UndefinedVar" => "Variables should be defined before their use",
+        "InvalidBaseImagePlatform" => "Base image platform does not match expected target platform",
         "WorkdirRelativePath" => {
             "Relative workdir without an absolute workdir declared within the build can have unexpected results if the base image changes"
         }
@@ -56,6 +57,10 @@ pub fn rule_description(rule: &str) -> Option<&'static str> {
 /// of [`rule_description`].
 pub fn rule_url(rule: &str) -> Option<String> {
     rule_description(rule)?;
+    // The one rule of BuildKit's table without a page.
+    if rule == "InvalidBaseImagePlatform" {
+        return None;
+    }
     let chars: Vec<char> = rule.chars().collect();
     let mut kebab = String::new();
     for (i, c) in chars.iter().enumerate() {

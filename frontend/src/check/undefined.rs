@@ -16,6 +16,7 @@ use crate::BuildOptions;
 use crate::instructions::{Command, Dockerfile, Instruction};
 use crate::lower::{DEFAULT_PATH, platform_arg};
 use crate::shell::Lex;
+use cache::oci::Platform;
 use std::collections::BTreeMap;
 
 /// ARGs BuildKit never puts in the environment and never reports.
@@ -82,11 +83,16 @@ pub(crate) fn search<'a>(
     best
 }
 
-/// What the caller knows of the environment of an image a `FROM` names.
+/// What the caller knows of an image a `FROM` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseEnv {
-    /// The image's `Env`.
-    Known(Vec<String>),
+    /// The image's config: its `Env` and its platform.
+    Known {
+        /// `Env`.
+        env: Vec<String>,
+        /// The platform its config names.
+        platform: Platform,
+    },
     /// Not available: the stage (and those built on it) are not checked.
     Unknown,
 }
@@ -103,6 +109,8 @@ struct Pass<'a> {
     /// Findings in ARG defaults: BuildKit reports them after the ARG's other findings.
     in_arg: bool,
     deferred: Vec<(String, graph::Span)>,
+    /// InvalidBaseImagePlatform findings (reported while BuildKit resolves the bases).
+    platforms: Vec<(String, graph::Span)>,
 }
 
 impl Pass<'_> {
@@ -284,16 +292,15 @@ fn global_args(df: &Dockerfile, opts: &BuildOptions, lex: &Lex) -> Env {
 /// Reports UndefinedVar for every dispatched stage whose base environment is known
 /// (`base_env` is asked for each image a `FROM` names; `scratch` has none), stopping after
 /// the line `stop_at` where the build fails, as BuildKit stops converting there. Returns the
-/// expansion of each WORKDIR it checked (by line), for WorkdirRelativePath, and the findings
-/// in ARG defaults, for the caller to add after the stages' other findings.
+/// [`Found`]. Also checks that a `FROM --platform` image is of that platform.
 pub(super) fn undefined_vars(
     df: &Dockerfile,
     opts: &BuildOptions,
     dispatched: &[bool],
-    base_env: &dyn Fn(&str) -> BaseEnv,
+    base_env: &dyn Fn(&str, Option<&Platform>) -> BaseEnv,
     stop_at: Option<u32>,
     lint: &mut Lint,
-) -> (BTreeMap<u32, String>, Vec<(String, graph::Span)>) {
+) -> Found {
     let lex = Lex::new(df.escape);
     let globals = global_args(df, opts, &lex);
     let mut pass = Pass {
@@ -305,6 +312,7 @@ pub(super) fn undefined_vars(
         workdirs: BTreeMap::new(),
         in_arg: false,
         deferred: Vec::new(),
+        platforms: Vec::new(),
     };
     let mut done: Vec<Option<StageEnv>> = Vec::new();
     for stage in &df.stages {
@@ -319,8 +327,27 @@ pub(super) fn undefined_vars(
             (Some(i), _) => done[i].clone(),
             (None, Some(b)) if b.eq_ignore_ascii_case("scratch") => Some(image_env(&[])),
             (None, Some(b)) if !b.is_empty() && opts.named_context(b).is_none() => {
-                match base_env(b) {
-                    BaseEnv::Known(e) => Some(image_env(&e)),
+                // `FROM --platform=P`: the image is resolved for P and must be P.
+                let wanted = stage.platform.as_deref().and_then(|p| {
+                    crate::lower::parse_platform(&lex.process_word(p, &lookup).ok()?)
+                });
+                match base_env(b, wanted.as_ref()) {
+                    BaseEnv::Known { env, platform } => {
+                        if let Some(w) = &wanted
+                            && dispatched[stage.index]
+                            && (w.os != platform.os || w.architecture != platform.architecture)
+                        {
+                            pass.platforms.push((
+                                format!(
+                                    "Base image {b} was pulled with platform {:?}, expected {:?} for current build",
+                                    normalized(&platform),
+                                    normalized(w)
+                                ),
+                                stage.span,
+                            ));
+                        }
+                        Some(image_env(&env))
+                    }
                     BaseEnv::Unknown => None,
                 }
             }
@@ -344,7 +371,30 @@ pub(super) fn undefined_vars(
         }
         done.push(Some(st));
     }
-    (pass.workdirs, pass.deferred)
+    Found {
+        workdirs: pass.workdirs,
+        in_args: pass.deferred,
+        platforms: pass.platforms,
+    }
+}
+
+/// What [`undefined_vars`] found besides the findings it added.
+pub(super) struct Found {
+    /// The expansion of each WORKDIR it checked, by line, for WorkdirRelativePath.
+    pub workdirs: BTreeMap<u32, String>,
+    /// UndefinedVar in ARG defaults, to add after the stages' other findings.
+    pub in_args: Vec<(String, graph::Span)>,
+    /// InvalidBaseImagePlatform: a `FROM --platform` image of another platform.
+    pub platforms: Vec<(String, graph::Span)>,
+}
+
+/// A platform as BuildKit prints it normalized: no `v8` on arm64, no `v1` on amd64.
+fn normalized(p: &Platform) -> String {
+    let variant = match (p.architecture.as_str(), p.variant.as_deref()) {
+        (_, None | Some("")) | ("arm64", Some("v8")) | ("amd64", Some("v1")) => String::new(),
+        (_, Some(v)) => format!("/{v}"),
+    };
+    format!("{}/{}{variant}", p.os, p.architecture)
 }
 
 /// The state a stage on an image starts from: the image's `Env`, with BuildKit's default
@@ -379,7 +429,7 @@ mod tests {
         assert_eq!(search("X", ["X"]), None);
     }
 
-    fn found(src: &str, base: &dyn Fn(&str) -> BaseEnv) -> Vec<(u32, String)> {
+    fn found(src: &str, base: &dyn Fn(&str, Option<&Platform>) -> BaseEnv) -> Vec<(u32, String)> {
         let df = crate::parse(src).expect("parses");
         let opts = BuildOptions::new(cache::oci::Platform {
             architecture: "amd64".into(),
@@ -396,7 +446,7 @@ mod tests {
 
     #[test]
     fn undefined_vars_follow_buildkits_definitions() {
-        let unknown = |_: &str| BaseEnv::Unknown;
+        let unknown = |_: &str, _: Option<&Platform>| BaseEnv::Unknown;
         let src = "ARG G=1\nFROM scratch AS a\nARG G\nARG NOVAL\nENV A=$G B=$A\n\
                    RUN echo $NOT_CHECKED\nWORKDIR /$NOVAL$TARGETARCH\nENV C=$PATH\n\
                    FROM a\nCOPY $A$B$G /x\nFROM img\nUSER $HOMEE\n";
@@ -409,9 +459,17 @@ mod tests {
             ]
         );
         // The base image's environment counts; its stage is checked once it is known.
-        let known = |r: &str| {
+        let known = |r: &str, _: Option<&Platform>| {
             assert_eq!(r, "img");
-            BaseEnv::Known(vec!["HOME=/root".into()])
+            BaseEnv::Known {
+                env: vec!["HOME=/root".into()],
+                platform: Platform {
+                    architecture: "amd64".into(),
+                    os: "linux".into(),
+                    variant: None,
+                    os_version: None,
+                },
+            }
         };
         let got = found(src, &known);
         assert_eq!(
