@@ -51,6 +51,7 @@ fn base_env(
     match store.map(|s| s.resolve_for(reference, platform)) {
         Some(Ok(Some(image))) => BaseEnv::Known {
             env: image.config.config.env.clone(),
+            on_build: image.config.config.on_build.clone(),
             platform: cache::oci::Platform {
                 architecture: image.config.architecture.clone(),
                 os: image.config.os.clone(),

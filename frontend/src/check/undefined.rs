@@ -5,7 +5,7 @@
 //! `--chown`, `--chmod`, ADD's `--checksum`, sources and destination, the bodies of heredocs
 //! with an unquoted delimiter, WORKDIR, USER, VOLUME, STOPSIGNAL, the values of RUN's
 //! `--mount` fields) and ARG defaults. RUN, CMD, ENTRYPOINT, EXPOSE, HEALTHCHECK and ONBUILD
-//! are not looked at. Defined: the stage's environment (the base image's ENV, `PATH` when the
+//! are not looked at; the base's ONBUILD triggers run first, at the FROM line. Defined: the stage's environment (the base image's ENV, `PATH` when the
 //! base sets none, the stage's ENV and the ARGs with a value; a `FROM <stage>` starts from that
 //! stage's), and every ARG the stage (or the stage it is built on) declares, with or without a
 //! value. A global ARG counts only when the stage declares it again. The suggestion is the
@@ -14,7 +14,7 @@
 use super::Lint;
 use crate::BuildOptions;
 use crate::instructions::{Command, Dockerfile, Instruction};
-use crate::lower::{DEFAULT_PATH, platform_arg};
+use crate::lower::{DEFAULT_PATH, parse_trigger, platform_arg};
 use crate::shell::Lex;
 use cache::oci::Platform;
 use std::collections::BTreeMap;
@@ -90,6 +90,8 @@ pub enum BaseEnv {
     Known {
         /// `Env`.
         env: Vec<String>,
+        /// `OnBuild`: triggers that run first in a stage built on it.
+        on_build: Vec<String>,
         /// The platform its config names.
         platform: Platform,
     },
@@ -323,8 +325,18 @@ pub(super) fn undefined_vars(
                 .iter()
                 .rposition(|s| s.name.as_deref() == Some(b))
         });
+        // ONBUILD triggers of the base run first, located at this FROM (an earlier stage's
+        // own ONBUILD instructions; an image's `OnBuild`).
+        let mut triggers: Vec<String> = Vec::new();
         let start = match (earlier, base.as_deref()) {
-            (Some(i), _) => done[i].clone(),
+            (Some(i), _) => {
+                for instr in &df.stages[i].instructions {
+                    if let Command::Onbuild(o) = &instr.command {
+                        triggers.push(o.expression.clone());
+                    }
+                }
+                done[i].clone()
+            }
             (None, Some(b)) if b.eq_ignore_ascii_case("scratch") => Some(image_env(&[])),
             (None, Some(b)) if !b.is_empty() && opts.named_context(b).is_none() => {
                 // `FROM --platform=P`: the image is resolved for P and must be P.
@@ -332,7 +344,12 @@ pub(super) fn undefined_vars(
                     crate::lower::parse_platform(&lex.process_word(p, &lookup).ok()?)
                 });
                 match base_env(b, wanted.as_ref()) {
-                    BaseEnv::Known { env, platform } => {
+                    BaseEnv::Known {
+                        env,
+                        on_build,
+                        platform,
+                    } => {
+                        triggers = on_build;
                         if let Some(w) = &wanted
                             && dispatched[stage.index]
                             && (w.os != platform.os || w.architecture != platform.architecture)
@@ -361,7 +378,18 @@ pub(super) fn undefined_vars(
             continue;
         };
         if dispatched[stage.index] && !pass.stopped {
-            for instr in &stage.instructions {
+            let mut parsed = Vec::new();
+            for t in &triggers {
+                match parse_trigger(t, stage.span, df.escape) {
+                    Ok(i) => parsed.push(i),
+                    // BuildKit fails there.
+                    Err(_) => pass.stopped = true,
+                }
+            }
+            for instr in parsed.iter().chain(&stage.instructions) {
+                if pass.stopped {
+                    break;
+                }
                 pass.instruction(instr, &mut st, &globals);
                 if pass.stopped || pass.stop_at.is_some_and(|l| instr.span.line >= l) {
                     pass.stopped = true;
@@ -463,6 +491,7 @@ mod tests {
             assert_eq!(r, "img");
             BaseEnv::Known {
                 env: vec!["HOME=/root".into()],
+                on_build: Vec::new(),
                 platform: Platform {
                     architecture: "amd64".into(),
                     os: "linux".into(),
@@ -477,5 +506,8 @@ mod tests {
             Some(&(12, format!("{} (did you mean $HOME?)", msg("HOMEE"))))
         );
         assert_eq!(got.len(), 3);
+        // A base stage's ONBUILD triggers run first, reported at the FROM line.
+        let src = "FROM scratch AS a\nONBUILD ARG X\nONBUILD ENV Z=$UNDEF_OB\nFROM a\nENV Y=$X$Z\n";
+        assert_eq!(found(src, &unknown), vec![(4, msg("UNDEF_OB"))]);
     }
 }

@@ -734,7 +734,7 @@ fn expand(
 }
 
 /// Parses an ONBUILD trigger expression as an instruction at the child's FROM line.
-fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Error> {
+pub(crate) fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Error> {
     let directive = if escape == '\\' {
         String::new()
     } else {
