@@ -5,10 +5,11 @@
 //! `--chown`, `--chmod`, ADD's `--checksum`, sources and destination, the bodies of heredocs
 //! with an unquoted delimiter, WORKDIR, USER, VOLUME, STOPSIGNAL, the values of RUN's
 //! `--mount` fields) and ARG defaults. RUN, CMD, ENTRYPOINT, EXPOSE, HEALTHCHECK and ONBUILD
-//! are not looked at; the base's ONBUILD triggers run first, at the FROM line. Defined: the stage's environment (the base image's ENV, `PATH` when the
-//! base sets none, the stage's ENV and the ARGs with a value; a `FROM <stage>` starts from that
-//! stage's), and every ARG the stage (or the stage it is built on) declares, with or without a
-//! value. A global ARG counts only when the stage declares it again. The suggestion is the
+//! are not looked at; the base's ONBUILD triggers run first, at the FROM line. Defined: the
+//! stage's environment (the base image's ENV, `PATH` when the base sets none, the stage's ENV
+//! and the ARGs with a value; a `FROM <stage>` starts from that stage's), and every ARG the
+//! stage (or the stage it is built on) declares, with or without a value. A global ARG counts
+//! only when the stage declares it again. The suggestion is the
 //! first environment variable (in the order last set) within edit distance 2.
 
 use super::Lint;
