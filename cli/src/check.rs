@@ -1,6 +1,7 @@
 //! `kiln build --check` (`--call check`): parse and lower the Dockerfile without building
-//! (no store, no base images) and print the findings as buildx prints BuildKit's lint
-//! result. Also the parsing of `kiln build --secret`.
+//! (no pulls; base images only read from the store when it holds them, for UndefinedVar)
+//! and print the findings as buildx prints BuildKit's lint result. Also the parsing of
+//! `kiln build --secret`.
 
 use std::io::Write as _;
 
@@ -35,6 +36,31 @@ fn copy_sources(
             copy_source_warning(src, state)
         })
         .collect()
+}
+
+/// The config of the base image `reference` (for `platform`, a `FROM --platform`, else the
+/// build's) for UndefinedVar and InvalidBaseImagePlatform: known when the store (if there is
+/// one: a check creates none) holds the image, else unknown (a check pulls nothing; BuildKit
+/// would resolve the image, and fail when it cannot).
+fn base_env(
+    store: Option<&cache::store::Store>,
+    reference: &str,
+    platform: &cache::oci::Platform,
+) -> frontend::check::BaseEnv {
+    use frontend::check::BaseEnv;
+    match store.map(|s| s.resolve_for(reference, platform)) {
+        Some(Ok(Some(image))) => BaseEnv::Known {
+            env: image.config.config.env.clone(),
+            on_build: image.config.config.on_build.clone(),
+            platform: cache::oci::Platform {
+                architecture: image.config.architecture.clone(),
+                os: image.config.os.clone(),
+                variant: image.config.variant.clone(),
+                os_version: None,
+            },
+        },
+        _ => BaseEnv::Unknown,
+    }
 }
 
 /// BuildKit's snippet of the Dockerfile around lines `start..=end` (1-based; `lines` split
@@ -240,7 +266,14 @@ pub fn run(
     let file = &opts.dockerfile_name;
     let findings = match frontend::parse(text) {
         Ok(df) => {
-            let mut findings = frontend::check(&df, opts);
+            let store = crate::kiln_root()
+                .ok()
+                .filter(|r| r.is_dir())
+                .and_then(|r| cache::store::Store::open(r).ok());
+            let base_env = |reference: &str, p: Option<&cache::oci::Platform>| {
+                base_env(store.as_ref(), reference, p.unwrap_or(&opts.platform))
+            };
+            let mut findings = frontend::check_with_bases(&df, opts, &base_env);
             findings.extend(copy_sources(&df, opts, context, dockerignore));
             // BuildKit's order of finding them (its JSON keeps it), by line within a phase.
             findings.sort_by_key(|w| (phase(w.rule), w.span.map(|s| s.line)));

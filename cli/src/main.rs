@@ -239,7 +239,7 @@ enum ContainerCmd {
 }
 
 /// The store root: KILN_ROOT, else /var/lib/kiln as root, else the XDG data dir.
-fn kiln_root() -> anyhow::Result<PathBuf> {
+pub(crate) fn kiln_root() -> anyhow::Result<PathBuf> {
     if let Some(r) = std::env::var_os("KILN_ROOT").filter(|r| !r.is_empty()) {
         return Ok(PathBuf::from(r));
     }

@@ -32,7 +32,7 @@ pub mod shell;
 mod source;
 
 pub use changes::apply_changes;
-pub use check::{Level, Warning, check};
+pub use check::{Level, Warning, check, check_with_bases};
 pub use lower::{DEFAULT_PATH, PLATFORM_ARGS, PROXY_ARGS};
 
 pub use error::{Error, ErrorKind};

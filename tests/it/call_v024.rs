@@ -11,7 +11,8 @@
 //! vendors BuildKit v0.24.0) built the same way, `go build -mod=vendor ./cmd/buildx`; a
 //! builder made with `buildx create --driver remote unix://SOCKET`; each case run as
 //! `buildx build --progress=plain --build-context base=oci-layout://DIR@sha256:... ARGS` in
-//! its directory. Two things were cut from what buildx printed: the `definition` of the
+//! its directory (DIR: busybox with no Env; kiln gets busybox imported as `base` into its
+//! store, where its check reads a base's Env for UndefinedVar). Two things were cut from what buildx printed: the `definition` of the
 //! Dockerfile's source in a check's JSON (an LLB definition holding buildx's session id,
 //! different on every run, which kiln does not write), and the progress lines before
 //! `ERROR:` on stderr.
@@ -20,8 +21,10 @@
 //! 53 of its 65 files are `real-world-warnings.tsv` (rule, line and message, as buildx
 //! printed them), produced the same way with every base image a file names given as the
 //! busybox OCI layout through `--build-context NAME=oci-layout://...` (BuildKit's check
-//! resolves them); the 12 others name another frontend with `# syntax=` or a base that
-//! could not be given so. kiln must print the same warnings in the same order, apart from
+//! resolves them; kiln gets busybox tagged as each image its FROM lines name, so that its
+//! UndefinedVar sees the same base environment; re-running the oracle on 2026-12-05 gave the
+//! same 120 rows, none of them UndefinedVar); the 12 others name another frontend with
+//! `# syntax=` or a base that could not be given so. kiln must print the same warnings in the same order, apart from
 //! its own `CopyMissingSource` (the corpus has no build contexts). Known: on
 //! `youki-dev__youki__cross__Dockerfile.gnu` (`FROM $CROSS_BASE_IMAGE`, no default) and
 //! `authelia__authelia__Dockerfile` (`FROM authelia/base:${TAG}@sha256:${SHA}`) BuildKit's
@@ -63,6 +66,14 @@ fn call_outputs_match_buildx_against_buildkit_v024() -> anyhow::Result<()> {
     let data = testdata();
     let t = TestDir::new();
     copy_dir(&data, &t.ctx)?;
+    // `FROM base`: busybox in the store as `base`, without an Env, like the oracle's OCI
+    // layout (a check reads a base's Env from the store for UndefinedVar; BuildKit gives
+    // both only its default PATH).
+    let tar = t.ctx.join("busybox.tar");
+    std::fs::write(&tar, crate::harness::busybox_tar()?)?;
+    t.ok(&["import", tar.to_str().context("utf-8 path")?, "base"])?;
+    // `check-platform`'s base: the same image, served to the oracle by a local registry.
+    t.ok(&["tag", "base", "127.0.0.1:5791/busybox-amd64:1"])?;
     let cases = std::fs::read_to_string(data.join("cases.tsv")).context("cases.tsv")?;
     let mut failures = Vec::new();
     let mut n = 0;
@@ -144,6 +155,48 @@ fn printed_warnings(out: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The images FROM lines name (not stages, not `scratch`), with `$X`, `${X}` and `${X:-d}`
+/// taken from the global ARGs' defaults: enough to stand in the oracle's bases.
+fn from_images(text: &str) -> Vec<String> {
+    let mut args: std::collections::BTreeMap<String, String> = Default::default();
+    let mut stages = Vec::new();
+    let mut out = Vec::new();
+    let mut seen_from = false;
+    for l in text.lines().map(str::trim) {
+        let mut w = l.split_whitespace();
+        let kw = w.next().unwrap_or("").to_ascii_uppercase();
+        if kw == "ARG" && !seen_from {
+            for a in w {
+                let (k, v) = a.split_once('=').unwrap_or((a, ""));
+                args.insert(k.to_owned(), v.trim_matches('"').to_owned());
+            }
+        } else if kw == "FROM" {
+            seen_from = true;
+            let rest: Vec<&str> = w.filter(|x| !x.starts_with("--")).collect();
+            let Some(image) = rest.first() else { continue };
+            let mut s = (*image).to_owned();
+            for (k, v) in &args {
+                for pat in [format!("${{{k}}}"), format!("${k}")] {
+                    s = s.replace(&pat, v);
+                }
+                if let Some(i) = s.find(&format!("${{{k}:-"))
+                    && let Some(j) = s[i..].find('}')
+                {
+                    let def = s[i + k.len() + 4..i + j].to_owned();
+                    s.replace_range(i..i + j + 1, if v.is_empty() { &def } else { v });
+                }
+            }
+            if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("as") {
+                stages.push(rest[2].to_ascii_lowercase());
+            }
+            if !s.eq_ignore_ascii_case("scratch") && !stages[..].contains(&s.to_ascii_lowercase()) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn check_warnings_match_buildkit_v024_on_the_real_world_corpus() -> anyhow::Result<()> {
     let shared = match std::env::var_os("KILN_SHARED_DIR") {
@@ -171,8 +224,25 @@ fn check_warnings_match_buildkit_v024_on_the_real_world_corpus() -> anyhow::Resu
     }
     ensure!(want.len() >= 50, "only {} files", want.len());
     let t = TestDir::new();
+    // The oracle's bases: busybox without an Env (its OCI layout), here imported once and
+    // tagged as every image a file's FROM lines name, so that UndefinedVar sees the same
+    // environment (BuildKit's default PATH).
+    let tar = t.ctx.join("busybox.tar");
+    std::fs::write(&tar, crate::harness::busybox_tar()?)?;
+    t.ok(&["import", tar.to_str().context("utf-8 path")?, "oracle-base"])?;
+    let mut tagged = std::collections::BTreeSet::new();
+    let mut n_tagged = 0;
     let mut failures = Vec::new();
     for (dir, buildkit) in &want {
+        let text = std::fs::read_to_string(corpus.join(dir).join("Dockerfile"))
+            .or_else(|_| std::fs::read_to_string(corpus.join(dir).join("Containerfile")))
+            .unwrap_or_default();
+        for base in from_images(&text) {
+            if tagged.insert(base.clone()) {
+                // Names that are no tag (a digest, a leftover `$`) stay unknown to the check.
+                n_tagged += usize::from(t.kiln(&["tag", "oracle-base", &base]).status.success());
+            }
+        }
         let out = t
             .cmd(&["build", "--check", "."])
             .current_dir(corpus.join(dir))
@@ -185,6 +255,12 @@ fn check_warnings_match_buildkit_v024_on_the_real_world_corpus() -> anyhow::Resu
             ));
         }
     }
+    // Most files' bases are known, so their stages are checked for UndefinedVar too.
+    ensure!(
+        n_tagged >= 30,
+        "only {n_tagged} of {} bases tagged",
+        tagged.len()
+    );
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }

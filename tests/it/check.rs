@@ -262,3 +262,40 @@ fn check_reports_copy_sources_of_every_stage_the_target_reaches_only() -> anyhow
     );
     Ok(())
 }
+
+#[test]
+fn undefined_var_reads_the_base_environment_from_the_store_and_skips_unknown_bases()
+-> anyhow::Result<()> {
+    let t = TestDir::new();
+    let tar = t.ctx.join("busybox.tar");
+    std::fs::write(&tar, crate::harness::busybox_tar()?)?;
+    t.ok(&[
+        "import",
+        "--change",
+        "ENV APP_HOME=/srv/app",
+        tar.to_str().expect("utf-8"),
+        "withenv",
+    ])?;
+    std::fs::remove_file(&tar)?;
+    let df = "FROM withenv\nWORKDIR $APP_HOME\nUSER $APP_HOM\n\
+              FROM not-in-the-store AS other\nUSER $WHATEVER\n";
+    t.write("Dockerfile", df);
+    let out = t.kiln(&["build", "--check", t.ctx.to_str().expect("utf-8")]);
+    let s = stdout(&out);
+    let ws = warnings(&s);
+    // $APP_HOME comes from the image: defined, and the WORKDIR is absolute; the typo gets
+    // BuildKit's suggestion from the image's environment.
+    ensure!(
+        ws == [("UndefinedVar".to_owned(), "Dockerfile:3".to_owned())],
+        "{}",
+        text(&out)
+    );
+    ensure!(
+        s.contains("Usage of undefined variable '$APP_HOM' (did you mean $APP_HOME?)\n"),
+        "{}",
+        text(&out)
+    );
+    // A base the store does not hold is not pulled: its stage gets no UndefinedVar.
+    ensure!(!s.contains("variable '$WHATEVER'"), "{}", text(&out));
+    Ok(())
+}

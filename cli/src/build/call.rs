@@ -310,7 +310,8 @@ pub fn location(source: &str, line: usize) -> GoJson {
 }
 
 /// The last line of the instruction that starts on `line` (1-based): lines ending in the
-/// escape character continue it, and comment or blank lines inside it are skipped.
+/// escape character continue it, and comment or blank lines inside it are skipped; a heredoc's
+/// body and terminator are part of it.
 pub fn instruction_end(source: &str, line: usize) -> usize {
     let escape = if source
         .lines()
@@ -336,7 +337,15 @@ pub fn instruction_end(source: &str, line: usize) -> usize {
             end += 1;
         }
     }
-    end.min(lines.len().max(line))
+    // A heredoc's body and terminator belong to its instruction (BuildKit's node ends there).
+    let heredoc_end = frontend::parse(source).ok().and_then(|df| {
+        df.stages
+            .iter()
+            .flat_map(|s| &s.instructions)
+            .find(|i| i.span.line as usize == line)
+            .map(|i| i.end_line as usize)
+    });
+    end.min(lines.len().max(line)).max(heredoc_end.unwrap_or(0))
 }
 
 /// The Dockerfile as BuildKit's outline and targets results carry it (Go's `[]byte`:
@@ -429,5 +438,7 @@ mod tests {
         assert_eq!(instruction_end(src, 1), 1);
         assert_eq!(instruction_end(src, 2), 6);
         assert_eq!(instruction_end(src, 7), 7);
+        let heredoc = "FROM a\nCOPY <<EOT /x\nbody\nEOT\nCMD x\n";
+        assert_eq!(instruction_end(heredoc, 2), 4);
     }
 }

@@ -13,8 +13,10 @@ use graph::Span;
 use std::collections::BTreeSet;
 
 mod rules;
+mod undefined;
 use rules::{lint_stage, majority_lower};
 pub use rules::{rule_description, rule_url};
+pub use undefined::BaseEnv;
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,8 +109,21 @@ fn parse_check_directive(v: &str) -> (BTreeSet<String>, bool, bool) {
 }
 
 /// Lints `df` and lowers every stage without base image configs, reporting what a build
-/// with `opts` would reject. Findings come in source order.
+/// with `opts` would reject. Findings come in source order. UndefinedVar is reported only for
+/// stages on `scratch` (or on such stages): see [`check_with_bases`].
 pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
+    check_with_bases(df, opts, &|_, _| BaseEnv::Unknown)
+}
+
+/// [`check`], with `base_env` telling the config of each image a `FROM` names (the reference
+/// after ARG expansion, and the platform of its `--platform` flag if any), for UndefinedVar
+/// and InvalidBaseImagePlatform. A stage whose base is [`BaseEnv::Unknown`] (and every stage
+/// built on it) gets neither.
+pub fn check_with_bases(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    base_env: &dyn Fn(&str, Option<&cache::oci::Platform>) -> BaseEnv,
+) -> Vec<Warning> {
     let (skip, skip_all, as_error) = df
         .directives
         .check
@@ -196,6 +211,9 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
             }
         }
     }
+    // BuildKit stops converting at the first error.
+    let stop_at = errors.iter().filter_map(|e| e.span()).map(|s| s.line).min();
+    let found = undefined::undefined_vars(df, opts, &dispatched, base_env, stop_at, &mut lint);
     let mut seen_names: Vec<String> = Vec::new();
     let majority_lower = majority_lower(df);
     for stage in &df.stages {
@@ -206,7 +224,14 @@ pub fn check(df: &Dockerfile, opts: &BuildOptions) -> Vec<Warning> {
             &mut seen_names,
             (majority_lower, dispatched[stage.index]),
             df.escape,
+            &found.workdirs,
         );
+    }
+    for (message, span) in found.in_args {
+        lint.add("UndefinedVar", message, span);
+    }
+    for (message, span) in found.platforms {
+        lint.add("InvalidBaseImagePlatform", message, span);
     }
     for (rule, message, span) in from_lints {
         lint.add(rule, message, span);

@@ -3,7 +3,7 @@
 use super::Lint;
 use crate::instructions::{Command, Dockerfile, Stage};
 use graph::Span;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// BuildKit's description of a rule kiln reports (its linter's rule set), and whether it
 /// has a documentation page (`https://docs.docker.com/go/dockerfile/rule/<kebab-name>/`).
@@ -25,6 +25,8 @@ pub fn rule_description(rule: &str) -> Option<&'static str> {
             "The MAINTAINER instruction is deprecated, use a label instead to define an image author"
         }
         "UndefinedArgInFrom" => "FROM command must use declared ARGs",
+        "UndefinedVar" => "Variables should be defined before their use",
+        "InvalidBaseImagePlatform" => "Base image platform does not match expected target platform",
         "WorkdirRelativePath" => {
             "Relative workdir without an absolute workdir declared within the build can have unexpected results if the base image changes"
         }
@@ -55,6 +57,10 @@ pub fn rule_description(rule: &str) -> Option<&'static str> {
 /// of [`rule_description`].
 pub fn rule_url(rule: &str) -> Option<String> {
     rule_description(rule)?;
+    // The one rule of BuildKit's table without a page.
+    if rule == "InvalidBaseImagePlatform" {
+        return None;
+    }
     let chars: Vec<char> = rule.chars().collect();
     let mut kebab = String::new();
     for (i, c) in chars.iter().enumerate() {
@@ -180,6 +186,7 @@ pub(super) fn lint_stage(
     seen: &mut Vec<String>,
     (majority_lower, dispatched): (bool, bool),
     escape: char,
+    known_workdirs: &BTreeMap<u32, String>,
 ) {
     let from_kw = stage.original.split_whitespace().next().unwrap_or("FROM");
     if let Some(name) = &stage.name_as_written {
@@ -340,11 +347,16 @@ pub(super) fn lint_stage(
                 }
             }
             Command::Workdir(w) => {
-                let expanded = lex
-                    .process(w, &|k: &str| env.get(k).cloned())
-                    .ok()
-                    .filter(|e| e.unmatched.is_empty())
-                    .map(|e| e.result);
+                // Expanded with the whole environment when the base's is known; else with the
+                // stage's own, a variable it does not set possibly the base image's.
+                let expanded = match known_workdirs.get(&instr.span.line) {
+                    Some(k) => Some(k.clone()),
+                    None => lex
+                        .process(w, &|k: &str| env.get(k).cloned())
+                        .ok()
+                        .filter(|e| e.unmatched.is_empty())
+                        .map(|e| e.result),
+                };
                 let w = match &expanded {
                     Some(e) => e.as_str(),
                     None => w.as_str(),

@@ -98,7 +98,7 @@ pub(crate) fn base_key(reference: &str, platform: Option<&Platform>) -> String {
 
 /// Parses an expanded `FROM --platform` value (`linux/arm64`, `linux/arm/v7`); `None` when it
 /// is not `os/arch[/variant]`.
-fn parse_platform(v: &str) -> Option<Platform> {
+pub(crate) fn parse_platform(v: &str) -> Option<Platform> {
     let parts: Vec<&str> = v.split('/').collect();
     match parts.as_slice() {
         [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Some(Platform {
@@ -734,7 +734,7 @@ fn expand(
 }
 
 /// Parses an ONBUILD trigger expression as an instruction at the child's FROM line.
-fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Error> {
+pub(crate) fn parse_trigger(expr: &str, at: Span, escape: char) -> Result<Instruction, Error> {
     let directive = if escape == '\\' {
         String::new()
     } else {
