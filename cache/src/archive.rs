@@ -196,13 +196,7 @@ impl Store {
                         blobs.insert(md, Blob::Bytes(mb));
                         manifests.push(m);
                     }
-                    let index = ImageIndex {
-                        schema_version: 2,
-                        media_type: Some(MEDIA_TYPE_INDEX.to_owned()),
-                        manifests,
-                        annotations: BTreeMap::new(),
-                        extra: Default::default(),
-                    };
+                    let index = ImageIndex::oci(manifests);
                     let ibytes = json(&index)?;
                     let idigest = Digest::of(&ibytes);
                     let d = Descriptor::new(MEDIA_TYPE_INDEX, idigest.clone(), ibytes.len() as u64);
@@ -243,13 +237,7 @@ impl Store {
                 layers: layers.iter().map(|l| blob_name(&l.digest)).collect(),
             });
         }
-        let index = ImageIndex {
-            schema_version: 2,
-            media_type: Some(MEDIA_TYPE_INDEX.to_owned()),
-            manifests: index,
-            annotations: BTreeMap::new(),
-            extra: Default::default(),
-        };
+        let index = ImageIndex::oci(index);
         let mut w = ArchiveWriter {
             b: tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out)),
         };

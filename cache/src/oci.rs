@@ -376,6 +376,20 @@ pub struct ImageIndex {
     pub extra: Extra,
 }
 
+impl ImageIndex {
+    /// An OCI image index (schema 2, [`MEDIA_TYPE_INDEX`]) listing `manifests`, without
+    /// annotations.
+    pub fn oci(manifests: Vec<Descriptor>) -> ImageIndex {
+        ImageIndex {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_INDEX.to_owned()),
+            manifests,
+            annotations: BTreeMap::new(),
+            extra: Extra::default(),
+        }
+    }
+}
+
 /// An empty JSON object, as used for `ExposedPorts` and `Volumes` set members. Anything else
 /// there (docker writes `{}`; some tools write `null`) is accepted and ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

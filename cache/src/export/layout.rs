@@ -8,7 +8,7 @@
 
 use super::{Export, ExportError, Level, Result, annotations_for};
 use crate::archive::ArchiveWriter;
-use crate::oci::{self, Digest, ImageIndex};
+use crate::oci::{Digest, ImageIndex};
 use crate::reference::Reference;
 use crate::store::Store;
 use serde::Serialize;
@@ -37,13 +37,7 @@ fn layout_index(export: &Export, name: Option<&Reference>) -> Vec<u8> {
         Level::IndexDescriptor,
         None,
     ));
-    let index = ImageIndex {
-        schema_version: 2,
-        media_type: Some(oci::MEDIA_TYPE_INDEX.to_owned()),
-        manifests: vec![root],
-        annotations: BTreeMap::new(),
-        extra: Default::default(),
-    };
+    let index = ImageIndex::oci(vec![root]);
     super::json(&index)
 }
 

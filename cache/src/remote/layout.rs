@@ -4,7 +4,6 @@
 
 use super::{RemoteError, Result};
 use crate::oci::{self, Descriptor, Digest, ImageIndex};
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -56,13 +55,7 @@ pub fn set_manifest(dir: &Path, manifest: Descriptor) -> Result<()> {
     let index_path = dir.join("index.json");
     let mut index = match read_index(dir)? {
         Some(i) => i,
-        None => ImageIndex {
-            schema_version: 2,
-            media_type: Some(oci::MEDIA_TYPE_INDEX.to_owned()),
-            manifests: Vec::new(),
-            annotations: BTreeMap::new(),
-            extra: Default::default(),
-        },
+        None => ImageIndex::oci(Vec::new()),
     };
     index
         .manifests

@@ -52,13 +52,7 @@ pub fn label_nodes(graph: &mut graph::BuildGraph) {
 /// The index of `images` (in the order built), as buildx writes it: one OCI manifest
 /// descriptor per platform with its `platform`.
 fn index_bytes(entries: Vec<Descriptor>) -> anyhow::Result<Vec<u8>> {
-    let index = ImageIndex {
-        schema_version: 2,
-        media_type: Some(oci::MEDIA_TYPE_INDEX.to_owned()),
-        manifests: entries,
-        annotations: BTreeMap::new(),
-        extra: Default::default(),
-    };
+    let index = ImageIndex::oci(entries);
     oci::to_canonical_json(&index).context("serialising the image index")
 }
 
