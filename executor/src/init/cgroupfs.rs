@@ -1,0 +1,74 @@
+//! What a sandbox sees of its cgroups, as a docker (runc) container does: its own cgroup
+//! directory in each hierarchy, bound at /sys/fs/cgroup by the plan
+//! ([`crate::mounts::plan`]), and on a cgroup v2 host a cgroup namespace of its own (docker's
+//! default `cgroupns` mode is `private` on v2 and `host` on v1), so that /proc/self/cgroup
+//! reads `0::/` there and the host's path on v1, as in docker.
+
+use std::path::{Path, PathBuf};
+
+use super::{Result, file_err};
+
+/// This process's own cgroup directory in each hierarchy (see [`crate::cgroup::own_dirs`]:
+/// the v1 ones on a v1 or hybrid host, as runc's v1 layout leaves out the cgroup2 one), with
+/// the name it gets under /sys/fs/cgroup: the mount point's name, or empty for a cgroup2
+/// mounted at /sys/fs/cgroup itself. Read after the process joined its cgroups (the
+/// container's, the device policy's), since the sandbox inherits them.
+///
+/// Fails when /proc cannot be read.
+pub(super) fn own() -> Result<Vec<(PathBuf, String)>> {
+    let read = |p: &str| std::fs::read_to_string(p).map_err(file_err(Path::new(p)));
+    let (mountinfo, own) = (read("/proc/self/mountinfo")?, read("/proc/self/cgroup")?);
+    Ok(named(crate::cgroup::own_dirs(&mountinfo, &own)))
+}
+
+fn named(dirs: Vec<(PathBuf, PathBuf)>) -> Vec<(PathBuf, String)> {
+    dirs.into_iter()
+        .filter_map(|(mount, dir)| {
+            let name = match mount == Path::new("/sys/fs/cgroup") {
+                true => String::new(),
+                false => mount.file_name()?.to_str()?.to_owned(),
+            };
+            Some((dir, name))
+        })
+        .collect()
+}
+
+/// Whether the sandbox gets a cgroup namespace of its own: on a cgroup v2 host (the unified
+/// hierarchy at /sys/fs/cgroup), as docker's and podman's containers do and BuildKit's steps,
+/// insecure ones too (`executor/oci/spec.go`: only where /sys/fs/cgroup has
+/// `cgroup.subtree_control`, since v1 hierarchies can refuse it).
+pub(super) fn private_namespace(cgroups: &[(PathBuf, String)]) -> bool {
+    cgroups.iter().any(|(_, name)| name.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_hierarchies_are_named_after_their_mount_point_and_v2_is_unnamed() {
+        let got = named(vec![
+            (
+                "/sys/fs/cgroup/memory".into(),
+                "/sys/fs/cgroup/memory/kiln/c1".into(),
+            ),
+            (
+                "/sys/fs/cgroup/systemd".into(),
+                "/sys/fs/cgroup/systemd/user".into(),
+            ),
+        ]);
+        assert_eq!(
+            got[0],
+            ("/sys/fs/cgroup/memory/kiln/c1".into(), "memory".into())
+        );
+        assert_eq!(got[1].1, "systemd");
+        assert!(!private_namespace(&got));
+        let v2 = named(vec![(
+            "/sys/fs/cgroup".into(),
+            "/sys/fs/cgroup/kiln/c1".into(),
+        )]);
+        assert_eq!(v2, vec![("/sys/fs/cgroup/kiln/c1".into(), String::new())]);
+        assert!(private_namespace(&v2));
+        assert!(!private_namespace(&[]));
+    }
+}
