@@ -261,6 +261,51 @@ pub fn plan(h: &Hierarchy, name: &str, limits: &Limits) -> Result<Plan> {
     Ok(p)
 }
 
+/// A container's own cgroup in every hierarchy, as docker gives each container one: `plan`
+/// (its limits) plus `kiln/<name>` in each v1 hierarchy of `mountinfo` it has none in (and a
+/// hybrid host's empty cgroup2 one, which runc joins too), but the `devices` one (the sandbox stays in the device policy's cgroup there), or on v2 the
+/// unified `kiln/<name>` without limits. `cpuset` is the hierarchy root's `cpuset.cpus` and
+/// `cpuset.mems`, copied to `kiln` and `kiln/<name>`, since a new v1 cpuset cgroup has none
+/// and takes no process until it has.
+pub fn everywhere(
+    mut p: Plan,
+    h: &Hierarchy,
+    mountinfo: &str,
+    name: &str,
+    cpuset: Option<(&str, &str)>,
+) -> Plan {
+    match h {
+        Hierarchy::V1(_) => {
+            for (mount, fstype, opts) in cgroup_mounts(mountinfo) {
+                let has = |c: &str| fstype == "cgroup" && opts.split(',').any(|o| o == c);
+                if has("devices") {
+                    continue;
+                }
+                let dir = mount.join("kiln").join(name);
+                if p.dirs.contains(&dir) {
+                    continue;
+                }
+                p.dirs.push(dir.clone());
+                if let (true, Some((cpus, mems))) = (has("cpuset"), cpuset) {
+                    for d in [mount.join("kiln"), dir] {
+                        p.writes
+                            .push((d.join("cpuset.cpus"), cpus.trim().to_owned()));
+                        p.writes
+                            .push((d.join("cpuset.mems"), mems.trim().to_owned()));
+                    }
+                }
+            }
+        }
+        Hierarchy::V2(root) => {
+            let dir = root.join("kiln").join(name);
+            if !p.dirs.contains(&dir) {
+                p.dirs.push(dir);
+            }
+        }
+    }
+    p
+}
+
 /// A container's cgroup directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
@@ -482,6 +527,66 @@ mod tests {
                 ("/sys/fs/cgroup/kiln/db/cpu.max".into(), "50000 100000"),
             ]
         );
+    }
+
+    #[test]
+    fn every_container_gets_its_own_cgroup_in_every_hierarchy_but_devices() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+31 25 0:27 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+32 25 0:28 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+33 25 0:29 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+";
+        let h = Hierarchy::parse(mountinfo).expect("v1");
+        let limits = Limits {
+            memory: Some(64 << 20),
+            ..Limits::default()
+        };
+        let p = everywhere(
+            plan(&h, "c1", &limits).expect("plan"),
+            &h,
+            mountinfo,
+            "c1",
+            Some(("0-1\n", "0\n")),
+        );
+        let dirs: Vec<&str> = p.dirs.iter().filter_map(|d| d.to_str()).collect();
+        assert_eq!(
+            dirs,
+            [
+                "/sys/fs/cgroup/memory/kiln/c1",
+                "/sys/fs/cgroup/cpuset/kiln/c1",
+                "/sys/fs/cgroup/unified/kiln/c1"
+            ]
+        );
+        let writes: Vec<(&str, &str)> = p
+            .writes
+            .iter()
+            .filter_map(|(f, v)| Some((f.to_str()?, v.as_str())))
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                (
+                    "/sys/fs/cgroup/memory/kiln/c1/memory.limit_in_bytes",
+                    "67108864"
+                ),
+                ("/sys/fs/cgroup/cpuset/kiln/cpuset.cpus", "0-1"),
+                ("/sys/fs/cgroup/cpuset/kiln/cpuset.mems", "0"),
+                ("/sys/fs/cgroup/cpuset/kiln/c1/cpuset.cpus", "0-1"),
+                ("/sys/fs/cgroup/cpuset/kiln/c1/cpuset.mems", "0"),
+            ]
+        );
+        // No limits on v2: the one directory, nothing written.
+        let v2 = Hierarchy::V2("/sys/fs/cgroup".into());
+        let p = everywhere(
+            plan(&v2, "c2", &Limits::default()).expect("plan"),
+            &v2,
+            UNIFIED,
+            "c2",
+            None,
+        );
+        assert_eq!(p.dirs, [PathBuf::from("/sys/fs/cgroup/kiln/c2")]);
+        assert!(p.writes.is_empty());
     }
 
     #[test]

@@ -355,7 +355,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
         true => insecure::host()?,
     };
     // After joining the cgroups above: the sandbox's own.
-    let cgroups = cgroupfs::own()?;
+    let cgroups = cgroupfs::own(spec.security.privileged && insecure.writable_cgroups)?;
     let private_cgroupns = cgroupfs::private_namespace(&cgroups);
     let state = StateDir::create(&spec.rootfs.work)?;
     let read_host = |p: &str| std::fs::read_to_string(p).ok();

@@ -69,28 +69,53 @@ impl SandboxCgroups {
     }
 }
 
-/// The cgroup of container `id` with `limits`, or None when nothing is limited (or, rootless,
-/// when no cgroup v2 subtree is delegated). Fails when no hierarchy has a needed controller or
-/// the cgroup cannot be written.
+/// The cgroup of container `id` with `limits`: as root its own in every hierarchy, limited or
+/// not, as docker gives each container one ([`crate::cgroup::everywhere`]); rootless only
+/// with limits, below the delegated cgroup v2 subtree (None without one or without limits).
+/// Fails when no hierarchy has a needed controller or the cgroup cannot be written.
 pub fn create_cgroup(
     id: &str,
     limits: &crate::cgroup::Limits,
 ) -> Result<Option<crate::cgroup::Cgroup>, crate::cgroup::CgroupError> {
-    if limits.is_empty() {
-        return Ok(None);
-    }
     // Rootless (kiln is root in the session's user namespace): the delegated v2 subtree, or
     // no limits (the binary warned before asking).
-    let h = if crate::rootless::in_user_namespace() {
+    if crate::rootless::in_user_namespace() {
+        if limits.is_empty() {
+            return Ok(None);
+        }
         let Some(dir) = crate::cgroup::delegate::find() else {
             return Ok(None);
         };
         crate::cgroup::delegate::prepare(&dir, limits)?;
-        crate::cgroup::Hierarchy::V2(dir)
-    } else {
-        crate::cgroup::Hierarchy::host().ok_or(crate::cgroup::CgroupError::NoHierarchy)?
+        let plan = crate::cgroup::plan(&crate::cgroup::Hierarchy::V2(dir), id, limits)?;
+        return Ok(Some(crate::cgroup::Cgroup::create(&plan)?));
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|source| crate::cgroup::CgroupError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
     };
+    let mountinfo = read(std::path::Path::new("/proc/self/mountinfo"))?;
+    let h = crate::cgroup::Hierarchy::parse(&mountinfo)
+        .ok_or(crate::cgroup::CgroupError::NoHierarchy)?;
+    let cpuset = crate::cgroup::cgroup_mounts(&mountinfo)
+        .find(|(_, fstype, opts)| *fstype == "cgroup" && opts.split(',').any(|o| o == "cpuset"))
+        .map(|(mount, _, _)| -> Result<_, crate::cgroup::CgroupError> {
+            Ok((
+                read(&mount.join("cpuset.cpus"))?,
+                read(&mount.join("cpuset.mems"))?,
+            ))
+        })
+        .transpose()?;
     let plan = crate::cgroup::plan(&h, id, limits)?;
+    let plan = crate::cgroup::everywhere(
+        plan,
+        &h,
+        &mountinfo,
+        id,
+        cpuset.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+    );
     Ok(Some(crate::cgroup::Cgroup::create(&plan)?))
 }
 

@@ -14,11 +14,28 @@ use super::{Result, file_err};
 /// mounted at /sys/fs/cgroup itself. Read after the process joined its cgroups (the
 /// container's, the device policy's), since the sandbox inherits them.
 ///
+/// Unless `all` (an insecure step's writable view, as before), only the hierarchies where that
+/// cgroup is a leaf: a sandbox sees its own cgroup (a container's `kiln/<id>`, the device
+/// policy's `kiln/sandbox`, a build's `P/kiln-<pid>`, the cgroup kiln runs in when that has
+/// no children), never a tree of other cgroups such as a hierarchy's root, which is where
+/// kiln's own cgroup can be.
+///
 /// Fails when /proc cannot be read.
-pub(super) fn own() -> Result<Vec<(PathBuf, String)>> {
+pub(super) fn own(all: bool) -> Result<Vec<(PathBuf, String)>> {
     let read = |p: &str| std::fs::read_to_string(p).map_err(file_err(Path::new(p)));
     let (mountinfo, own) = (read("/proc/self/mountinfo")?, read("/proc/self/cgroup")?);
-    Ok(named(crate::cgroup::own_dirs(&mountinfo, &own)))
+    let mut dirs = named(crate::cgroup::own_dirs(&mountinfo, &own));
+    if !all {
+        dirs.retain(|(dir, _)| is_leaf(dir));
+    }
+    Ok(dirs)
+}
+
+/// Whether cgroup directory `dir` has no child cgroups (and can be read).
+fn is_leaf(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| {
+        !entries.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+    })
 }
 
 fn named(dirs: Vec<(PathBuf, PathBuf)>) -> Vec<(PathBuf, String)> {
@@ -44,6 +61,16 @@ pub(super) fn private_namespace(cgroups: &[(PathBuf, String)]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_with_subdirectories_is_no_leaf() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::write(d.path().join("memory.max"), "max").expect("write");
+        assert!(is_leaf(d.path()));
+        std::fs::create_dir(d.path().join("child")).expect("mkdir");
+        assert!(!is_leaf(d.path()));
+        assert!(!is_leaf(&d.path().join("missing")));
+    }
 
     #[test]
     fn v1_hierarchies_are_named_after_their_mount_point_and_v2_is_unnamed() {
