@@ -197,6 +197,9 @@ pub enum InitError {
     /// The device policy could not be applied.
     #[error("device policy")]
     Devices(#[from] crate::devices::DeviceError),
+    /// `kiln exec` could not join the container's cgroups.
+    #[error("joining the container's cgroups")]
+    Cgroup(#[source] crate::cgroup::CgroupError),
     /// A `--ulimit` could not be set.
     #[error("setting ulimit {name}")]
     Ulimit {
@@ -731,7 +734,9 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
         ("pid", T::ProcessID),
         ("mnt", T::Mount),
     ];
-    // While the host's cgroup filesystems are still in view.
+    // While the host's cgroup filesystems are still in view: the container's cgroups (its
+    // limits hold for the command too, as runc's exec joins them), then the device policy.
+    cgroupfs::join_those_of(spec.pid)?;
     confine_devices()?;
     // Opened while this process's own /proc is in view (see `sys::fork_with`).
     let tasks = PathBuf::from("/proc/self/task");

@@ -31,6 +31,21 @@ pub(super) fn own(all: bool) -> Result<Vec<(PathBuf, String)>> {
     Ok(dirs)
 }
 
+/// Moves this process into the cgroups of process `pid` (a container's) where they differ
+/// from its own. Fails when /proc cannot be read or a cgroup refuses the process.
+pub(super) fn join_those_of(pid: i32) -> Result<()> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(file_err(p));
+    let mountinfo = read(Path::new("/proc/self/mountinfo"))?;
+    let theirs = read(&PathBuf::from(format!("/proc/{pid}/cgroup")))?;
+    let ours = crate::cgroup::own_dirs(&mountinfo, &read(Path::new("/proc/self/cgroup"))?);
+    let dirs: Vec<PathBuf> = crate::cgroup::own_dirs(&mountinfo, &theirs)
+        .into_iter()
+        .filter(|d| !ours.contains(d))
+        .map(|(_, dir)| dir)
+        .collect();
+    crate::cgroup::join(&dirs, std::process::id()).map_err(super::InitError::Cgroup)
+}
+
 /// Whether cgroup directory `dir` has no child cgroups (and can be read).
 fn is_leaf(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| {
