@@ -11,9 +11,10 @@
 //!
 //! Layout: `<controller mount>/kiln/<container id>` on v1 (one directory per controller that a
 //! limit needs), `<unified mount>/kiln/<container id>` on v2 (with `+memory +cpu +pids` enabled
-//! in the `subtree_control` of the root and of `kiln`). A container without limits gets no
-//! cgroup at all, which keeps `kiln run` from paying for one. Rootless, the same layout
-//! lives below the cgroup v2 subtree delegated to the user ([`delegate`]).
+//! in the `subtree_control` of the root and of `kiln`). As root, a container also gets
+//! `kiln/<id>` in every other hierarchy, limited or not, as docker's ([`everywhere`]), so that
+//! its read-only /sys/fs/cgroup shows its own cgroups. Rootless, the limits' layout lives
+//! below the cgroup v2 subtree delegated to the user ([`delegate`]).
 
 pub mod delegate;
 
@@ -300,6 +301,13 @@ pub fn everywhere(
             let dir = root.join("kiln").join(name);
             if !p.dirs.contains(&dir) {
                 p.dirs.push(dir);
+                // The controllers a limit would use enabled anyway, so that the container
+                // reads memory.max, cpu.max and pids.max (`max`) as podman's does.
+                let all = "+memory +cpu +pids".to_owned();
+                p.writes
+                    .push((root.join("cgroup.subtree_control"), all.clone()));
+                p.writes
+                    .push((root.join("kiln").join("cgroup.subtree_control"), all));
             }
         }
     }
@@ -576,7 +584,7 @@ mod tests {
                 ("/sys/fs/cgroup/cpuset/kiln/c1/cpuset.mems", "0"),
             ]
         );
-        // No limits on v2: the one directory, nothing written.
+        // No limits on v2: the one directory, the controllers enabled above it.
         let v2 = Hierarchy::V2("/sys/fs/cgroup".into());
         let p = everywhere(
             plan(&v2, "c2", &Limits::default()).expect("plan"),
@@ -586,7 +594,14 @@ mod tests {
             None,
         );
         assert_eq!(p.dirs, [PathBuf::from("/sys/fs/cgroup/kiln/c2")]);
-        assert!(p.writes.is_empty());
+        let files: Vec<&Path> = p.writes.iter().map(|(f, _)| f.as_path()).collect();
+        assert_eq!(
+            files,
+            [
+                Path::new("/sys/fs/cgroup/cgroup.subtree_control"),
+                Path::new("/sys/fs/cgroup/kiln/cgroup.subtree_control")
+            ]
+        );
     }
 
     #[test]
