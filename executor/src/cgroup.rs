@@ -301,14 +301,14 @@ pub fn everywhere(
             let dir = root.join("kiln").join(name);
             if !p.dirs.contains(&dir) {
                 p.dirs.push(dir);
-                // The controllers a limit would use enabled anyway, so that the container
-                // reads memory.max, cpu.max and pids.max (`max`) as podman's does.
-                let all = "+memory +cpu +pids".to_owned();
-                p.writes
-                    .push((root.join("cgroup.subtree_control"), all.clone()));
-                p.writes
-                    .push((root.join("kiln").join("cgroup.subtree_control"), all));
             }
+            // The controllers a limit would use enabled anyway, so that the container reads
+            // memory.max, cpu.max and pids.max (`max` unless limited) as podman's does.
+            let all = "+memory +cpu +pids".to_owned();
+            p.writes
+                .push((root.join("cgroup.subtree_control"), all.clone()));
+            p.writes
+                .push((root.join("kiln").join("cgroup.subtree_control"), all));
         }
     }
     p
