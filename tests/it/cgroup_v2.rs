@@ -212,6 +212,9 @@ $K run --rm --network none --pids-limit 20 busybox \
 echo pids_rc=$?
 $K run --rm --network none --memory 32m busybox dd if=/dev/zero of=/dev/null bs=64M count=1
 echo oom_rc=$?
+# Its cgroup view, as rootless podman's: the own cgroup read-only in a cgroup namespace.
+$K run --rm --network none --memory 64m busybox sh -c 'echo view_cg=$(cat /proc/self/cgroup); \
+  echo view_mem=$(cat /sys/fs/cgroup/memory.max); mkdir /sys/fs/cgroup/x 2>&1 | sed s/^/view_mkdir=/'
 mkdir $HOME/ctx && printf 'FROM busybox\nRUN echo built > /f\n' > $HOME/ctx/Dockerfile
 $K build --progress plain --network none -t built $HOME/ctx >$HOME/build.log 2>&1 || {{ cat $HOME/build.log; exit 84; }}
 echo file=$($K run --rm --network none built cat /f)
@@ -283,6 +286,12 @@ exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/d
         "{out}"
     );
     ensure!(g.value("oom_rc") == Some("137"), "{out}");
+    ensure!(
+        g.value("view_cg") == Some("0::/")
+            && g.value("view_mem") == Some("67108864")
+            && g.value("view_mkdir").is_some_and(|e| e.ends_with("Read-only file system")),
+        "{out}"
+    );
     // A rootless RUN step and a two-layer container on Linux 6.1 (the overlay's `lowerdir`
     // fallback, with `userxattr`).
     ensure!(g.value("file") == Some("built"), "{out}");
