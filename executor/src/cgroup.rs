@@ -11,9 +11,10 @@
 //!
 //! Layout: `<controller mount>/kiln/<container id>` on v1 (one directory per controller that a
 //! limit needs), `<unified mount>/kiln/<container id>` on v2 (with `+memory +cpu +pids` enabled
-//! in the `subtree_control` of the root and of `kiln`). As root, a container also gets
-//! `kiln/<id>` in every other hierarchy, limited or not, as docker's ([`everywhere`]), so that
-//! its read-only /sys/fs/cgroup shows its own cgroups. Rootless, the limits' layout lives
+//! in the `subtree_control` of the root and of `kiln`). As root, a container also gets a
+//! cgroup of its own in every other hierarchy, limited or not, as docker's ([`everywhere`]:
+//! `kiln-<id>` below kiln's own cgroup on v1), so that its read-only /sys/fs/cgroup shows its
+//! own cgroups. Rootless, the limits' layout lives
 //! below the cgroup v2 subtree delegated to the user ([`delegate`]).
 
 pub mod delegate;
@@ -159,24 +160,30 @@ pub fn own_dirs(mountinfo: &str, self_cgroup: &str) -> Vec<(PathBuf, PathBuf)> {
     cgroup_mounts(mountinfo)
         .filter(|(_, fstype, _)| !v1 || *fstype == "cgroup")
         .filter_map(|(mount, fstype, opts)| {
-            let own = self_cgroup.lines().find_map(|l| {
-                let mut f = l.splitn(3, ':');
-                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-                let matches = match fstype {
-                    "cgroup2" => controllers.is_empty(),
-                    _ => {
-                        !controllers.is_empty()
-                            && controllers
-                                .split(',')
-                                .all(|c| opts.split(',').any(|o| o == c))
-                    }
-                };
-                matches.then_some(path)
-            })?;
-            let dir = crate::cgparent::under(&mount, own);
+            let dir = crate::cgparent::under(&mount, own_path(fstype, opts, self_cgroup)?);
             Some((mount, dir))
         })
         .collect()
+}
+
+/// The path in `self_cgroup` (`/proc/self/cgroup` text) of the hierarchy mounted with
+/// `fstype` and super options `opts`: the line naming its controllers, or the `0::` line of
+/// a cgroup2.
+fn own_path<'a>(fstype: &str, opts: &str, self_cgroup: &'a str) -> Option<&'a str> {
+    self_cgroup.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let matches = match fstype {
+            "cgroup2" => controllers.is_empty(),
+            _ => {
+                !controllers.is_empty()
+                    && controllers
+                        .split(',')
+                        .all(|c| opts.split(',').any(|o| o == c))
+            }
+        };
+        matches.then_some(path)
+    })
 }
 
 /// What [`Cgroup::create`] does: directories to create (in order), then files to write.
@@ -263,15 +270,18 @@ pub fn plan(h: &Hierarchy, name: &str, limits: &Limits) -> Result<Plan> {
 }
 
 /// A container's own cgroup in every hierarchy, as docker gives each container one: `plan`
-/// (its limits) plus `kiln/<name>` in each v1 hierarchy of `mountinfo` it has none in (and a
-/// hybrid host's empty cgroup2 one, which runc joins too), but the `devices` one (the sandbox stays in the device policy's cgroup there), or on v2 the
-/// unified `kiln/<name>` without limits. `cpuset` is the hierarchy root's `cpuset.cpus` and
-/// `cpuset.mems`, copied to `kiln` and `kiln/<name>`, since a new v1 cpuset cgroup has none
-/// and takes no process until it has.
+/// (its limits) plus, in each v1 hierarchy of `mountinfo` the plan has no directory in (and a
+/// hybrid host's empty cgroup2 one, which runc joins too) but the `devices` one (the sandbox
+/// stays in the device policy's cgroup there), `kiln-<name>` below the cgroup kiln runs in
+/// (`self_cgroup`, `/proc/self/cgroup` text), so that whatever limits kiln's caller has keep
+/// holding. On v2, the unified `kiln/<name>` with memory, cpu and pids enabled. `cpuset` is
+/// the `cpuset.cpus` and `cpuset.mems` of kiln's own cpuset cgroup, copied to the new one,
+/// since a new v1 cpuset cgroup has none and takes no process until it has.
 pub fn everywhere(
     mut p: Plan,
     h: &Hierarchy,
     mountinfo: &str,
+    self_cgroup: &str,
     name: &str,
     cpuset: Option<(&str, &str)>,
 ) -> Plan {
@@ -279,21 +289,19 @@ pub fn everywhere(
         Hierarchy::V1(_) => {
             for (mount, fstype, opts) in cgroup_mounts(mountinfo) {
                 let has = |c: &str| fstype == "cgroup" && opts.split(',').any(|o| o == c);
-                if has("devices") {
+                if has("devices") || p.dirs.iter().any(|d| d.starts_with(&mount)) {
                     continue;
                 }
-                let dir = mount.join("kiln").join(name);
-                if p.dirs.contains(&dir) {
+                let Some(own) = own_path(fstype, opts, self_cgroup) else {
                     continue;
-                }
+                };
+                let dir = crate::cgparent::under(&mount, own).join(format!("kiln-{name}"));
                 p.dirs.push(dir.clone());
                 if let (true, Some((cpus, mems))) = (has("cpuset"), cpuset) {
-                    for d in [mount.join("kiln"), dir] {
-                        p.writes
-                            .push((d.join("cpuset.cpus"), cpus.trim().to_owned()));
-                        p.writes
-                            .push((d.join("cpuset.mems"), mems.trim().to_owned()));
-                    }
+                    p.writes
+                        .push((dir.join("cpuset.cpus"), cpus.trim().to_owned()));
+                    p.writes
+                        .push((dir.join("cpuset.mems"), mems.trim().to_owned()));
                 }
             }
         }
@@ -554,16 +562,18 @@ mod tests {
             plan(&h, "c1", &limits).expect("plan"),
             &h,
             mountinfo,
+            "4:memory:/job\n3:cpuset:/job/x\n2:devices:/\n0::/job\n",
             "c1",
             Some(("0-1\n", "0\n")),
         );
         let dirs: Vec<&str> = p.dirs.iter().filter_map(|d| d.to_str()).collect();
+        // The limited memory where the limits live; the rest below kiln's own cgroups.
         assert_eq!(
             dirs,
             [
                 "/sys/fs/cgroup/memory/kiln/c1",
-                "/sys/fs/cgroup/cpuset/kiln/c1",
-                "/sys/fs/cgroup/unified/kiln/c1"
+                "/sys/fs/cgroup/cpuset/job/x/kiln-c1",
+                "/sys/fs/cgroup/unified/job/kiln-c1"
             ]
         );
         let writes: Vec<(&str, &str)> = p
@@ -578,10 +588,8 @@ mod tests {
                     "/sys/fs/cgroup/memory/kiln/c1/memory.limit_in_bytes",
                     "67108864"
                 ),
-                ("/sys/fs/cgroup/cpuset/kiln/cpuset.cpus", "0-1"),
-                ("/sys/fs/cgroup/cpuset/kiln/cpuset.mems", "0"),
-                ("/sys/fs/cgroup/cpuset/kiln/c1/cpuset.cpus", "0-1"),
-                ("/sys/fs/cgroup/cpuset/kiln/c1/cpuset.mems", "0"),
+                ("/sys/fs/cgroup/cpuset/job/x/kiln-c1/cpuset.cpus", "0-1"),
+                ("/sys/fs/cgroup/cpuset/job/x/kiln-c1/cpuset.mems", "0"),
             ]
         );
         // No limits on v2: the one directory, the controllers enabled above it.
@@ -590,6 +598,7 @@ mod tests {
             plan(&v2, "c2", &Limits::default()).expect("plan"),
             &v2,
             UNIFIED,
+            "0::/\n",
             "c2",
             None,
         );

@@ -289,7 +289,8 @@ exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/d
     ensure!(
         g.value("view_cg") == Some("0::/")
             && g.value("view_mem") == Some("67108864")
-            && g.value("view_mkdir").is_some_and(|e| e.ends_with("Read-only file system")),
+            && g.value("view_mkdir")
+                .is_some_and(|e| e.ends_with("Read-only file system")),
         "{out}"
     );
     // A rootless RUN step and a two-layer container on Linux 6.1 (the overlay's `lowerdir`

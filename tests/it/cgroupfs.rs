@@ -75,23 +75,25 @@ impl Drop for DockerBase {
     }
 }
 
-/// The probe's lines with container ids (`/docker/<id>`, `/kiln/<id>`) made `/ID`.
+/// The probe's lines with a container's own cgroup path (docker's `/docker/<id>`, kiln's
+/// `/kiln/<id>` where a limit put it, `<kiln's own cgroup>/kiln-<id>` otherwise) made `/ID`.
 fn normalized(out: &str) -> Vec<String> {
     out.lines()
         .filter(|l| l.contains('='))
         .map(|l| {
-            let mut l = l.to_owned();
-            for prefix in ["/docker/", "/kiln/"] {
-                while let Some(at) = l.find(prefix) {
-                    let id = &l[at + prefix.len()..];
-                    let n = id.chars().take_while(char::is_ascii_hexdigit).count();
-                    if n != 64 {
-                        break;
-                    }
-                    l.replace_range(at..at + prefix.len() + 64, "/ID");
-                }
+            let Some((head, path)) = l.rsplit_once(':') else {
+                return l.to_owned();
+            };
+            let id = path.rsplit(['/', '-']).next().unwrap_or_default();
+            let own = id.len() == 64
+                && id.chars().all(|c| c.is_ascii_hexdigit())
+                && ["/docker/", "/kiln/", "/kiln-"]
+                    .iter()
+                    .any(|p| path.ends_with(&format!("{p}{id}")));
+            match own {
+                true => format!("{head}:/ID"),
+                false => l.to_owned(),
             }
-            l
         })
         .collect()
 }

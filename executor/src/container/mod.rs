@@ -70,7 +70,8 @@ impl SandboxCgroups {
 }
 
 /// The cgroup of container `id` with `limits`: as root its own in every hierarchy, limited or
-/// not, as docker gives each container one ([`crate::cgroup::everywhere`]); rootless only
+/// not, as docker gives each container one ([`crate::cgroup::everywhere`], below kiln's own
+/// cgroup where no limit puts it elsewhere); rootless only
 /// with limits, below the delegated cgroup v2 subtree (None without one or without limits).
 /// Fails when no hierarchy has a needed controller or the cgroup cannot be written.
 pub fn create_cgroup(
@@ -97,14 +98,21 @@ pub fn create_cgroup(
         })
     };
     let mountinfo = read(std::path::Path::new("/proc/self/mountinfo"))?;
+    let own = read(std::path::Path::new("/proc/self/cgroup"))?;
     let h = crate::cgroup::Hierarchy::parse(&mountinfo)
         .ok_or(crate::cgroup::CgroupError::NoHierarchy)?;
+    // kiln's own cpuset cgroup's cpus and mems, for the container's below it.
     let cpuset = crate::cgroup::cgroup_mounts(&mountinfo)
         .find(|(_, fstype, opts)| *fstype == "cgroup" && opts.split(',').any(|o| o == "cpuset"))
-        .map(|(mount, _, _)| -> Result<_, crate::cgroup::CgroupError> {
+        .and_then(|(mount, _, _)| {
+            crate::cgroup::own_dirs(&mountinfo, &own)
+                .into_iter()
+                .find_map(|(m, dir)| (m == mount).then_some(dir))
+        })
+        .map(|dir| -> Result<_, crate::cgroup::CgroupError> {
             Ok((
-                read(&mount.join("cpuset.cpus"))?,
-                read(&mount.join("cpuset.mems"))?,
+                read(&dir.join("cpuset.cpus"))?,
+                read(&dir.join("cpuset.mems"))?,
             ))
         })
         .transpose()?;
@@ -113,6 +121,7 @@ pub fn create_cgroup(
         plan,
         &h,
         &mountinfo,
+        &own,
         id,
         cpuset.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
     );
