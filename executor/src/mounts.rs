@@ -89,6 +89,12 @@ pub enum Step {
         /// Absolute path in the root.
         target: String,
     },
+    /// The mount at `target` (a mount point of an earlier step) and the mounts below it,
+    /// made read-only, nosuid, nodev and noexec in place, with no new mount on top.
+    ReadonlyMount {
+        /// Absolute path in the root.
+        target: String,
+    },
     /// A symlink `path -> to` (the root's `/dev` is a fresh tmpfs, so it never exists before).
     Symlink {
         /// Absolute path in the root.
@@ -105,7 +111,8 @@ impl Step {
             Step::Fs { target, .. }
             | Step::Bind { target, .. }
             | Step::Tree { target, .. }
-            | Step::ReadonlySelf { target } => target,
+            | Step::ReadonlySelf { target }
+            | Step::ReadonlyMount { target } => target,
             Step::Symlink { path, .. } => path,
         }
     }
@@ -118,6 +125,11 @@ pub struct HostPaths {
     pub dev: PathBuf,
     /// Directory holding the generated `hosts`, `resolv.conf` and `hostname`.
     pub state: PathBuf,
+    /// The sandbox's own cgroup directory in each hierarchy, with the name it gets under
+    /// /sys/fs/cgroup (the hierarchy's mount point name: `memory`, `systemd`; empty when the
+    /// hierarchy is mounted at /sys/fs/cgroup itself, as on cgroup v2 hosts). Empty: no
+    /// cgroup filesystem.
+    pub cgroups: Vec<(PathBuf, String)>,
     /// What an insecure step (`RUN --security=insecure`) gets from the host besides.
     pub insecure: InsecureHost,
 }
@@ -128,10 +140,8 @@ pub struct InsecureHost {
     /// Devices under the host's /dev, by relative name (`kmsg`, `net/tun`, `loop0`), that
     /// exist there: of [`INSECURE_DEVICES`] and the loop devices.
     pub devices: Vec<String>,
-    /// The sandbox's own cgroup directory in each hierarchy, with the name it gets under
-    /// /sys/fs/cgroup (the hierarchy's mount point name: `memory`, `unified`; empty when the
-    /// hierarchy is mounted at /sys/fs/cgroup itself, as on cgroup v2 hosts).
-    pub cgroups: Vec<(PathBuf, String)>,
+    /// Whether the step may write its cgroup filesystem (root; never rootless).
+    pub writable_cgroups: bool,
 }
 
 /// The devices BuildKit (v0.24, `util/entitlements/security`) adds to an insecure step:
@@ -195,9 +205,13 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
             create: Create::Dir,
         },
     ];
-    if insecure {
-        cgroupfs(&mut steps, &host.insecure.cgroups);
-    }
+    // Every sandbox sees its own cgroups at /sys/fs/cgroup, read-only as docker's (runc's
+    // cgroup mount); an insecure step as root may write them, as BuildKit's insecure spec.
+    cgroupfs(
+        &mut steps,
+        &host.cgroups,
+        insecure && host.insecure.writable_cgroups,
+    );
     steps.push(Step::Fs {
         fstype: "tmpfs",
         options: vec![("mode", "755".into()), ("size", "65536k".into())],
@@ -384,14 +398,18 @@ pub fn etc_files(
     ]
 }
 
-/// An insecure step's writable /sys/fs/cgroup, laid out as runc lays out a v1 container's: a
-/// tmpfs holding each hierarchy's own cgroup directory under the hierarchy's name; on a host
-/// whose cgroup2 is mounted at /sys/fs/cgroup itself, that one directory there.
-fn cgroupfs(steps: &mut Vec<Step>, cgroups: &[(PathBuf, String)]) {
+/// The sandbox's /sys/fs/cgroup, laid out as runc lays out a v1 container's: a tmpfs holding
+/// each hierarchy's own cgroup directory under the hierarchy's name; on a host whose cgroup2
+/// is mounted at /sys/fs/cgroup itself, that one directory there. Unless `writable`, the
+/// binds are read-only and, once in place, they and the tmpfs are made read-only, nosuid,
+/// nodev and noexec as docker's (whose tmpfs stays writable; kiln keeps /sys as unwritable
+/// as before).
+fn cgroupfs(steps: &mut Vec<Step>, cgroups: &[(PathBuf, String)], writable: bool) {
     if cgroups.is_empty() {
         return;
     }
-    if !cgroups.iter().any(|(_, name)| name.is_empty()) {
+    let tmpfs = !cgroups.iter().any(|(_, name)| name.is_empty());
+    if tmpfs {
         steps.push(Step::Fs {
             fstype: "tmpfs",
             options: vec![("mode", "755".into())],
@@ -407,8 +425,13 @@ fn cgroupfs(steps: &mut Vec<Step>, cgroups: &[(PathBuf, String)]) {
                 true => "/sys/fs/cgroup".into(),
                 false => format!("/sys/fs/cgroup/{name}"),
             },
-            readonly: false,
+            readonly: !writable,
             create: Create::Dir,
+        });
+    }
+    if !writable {
+        steps.push(Step::ReadonlyMount {
+            target: "/sys/fs/cgroup".into(),
         });
     }
 }
@@ -450,15 +473,16 @@ mod tests {
         HostPaths {
             dev: "/dev".into(),
             state: "/state".into(),
+            cgroups: vec![
+                ("/sys/fs/cgroup/memory/a".into(), "memory".into()),
+                (
+                    "/sys/fs/cgroup/devices/kiln/insecure".into(),
+                    "devices".into(),
+                ),
+            ],
             insecure: InsecureHost {
                 devices: vec!["kmsg".into(), "net/tun".into(), "loop0".into()],
-                cgroups: vec![
-                    ("/sys/fs/cgroup/memory/a".into(), "memory".into()),
-                    (
-                        "/sys/fs/cgroup/devices/kiln/insecure".into(),
-                        "devices".into(),
-                    ),
-                ],
+                writable_cgroups: true,
             },
         }
     }
@@ -476,10 +500,16 @@ mod tests {
             assert!(targets(&strict).contains(p), "{p}");
             assert!(!t.contains(p), "{p}");
         }
-        for p in ["/dev/kmsg", "/dev/net/tun", "/dev/loop0", "/sys/fs/cgroup"] {
+        for p in ["/dev/kmsg", "/dev/net/tun", "/dev/loop0"] {
             assert!(!targets(&strict).contains(&p), "{p}");
             assert!(t.contains(&p), "{p}");
         }
+        // Both see their cgroups; only the insecure step's are writable.
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::ReadonlyMount { .. }))
+        );
         assert!(steps.iter().any(|s| matches!(s,
             Step::Fs { fstype: "sysfs", attrs, .. } if !attrs.readonly)));
         assert!(steps.contains(&Step::Bind {
@@ -499,13 +529,50 @@ mod tests {
         let mut s = spec(Network::Loopback);
         s.security.privileged = true;
         let mut h = host();
-        h.insecure.cgroups = vec![("/sys/fs/cgroup/kiln-insecure".into(), String::new())];
+        h.cgroups = vec![("/sys/fs/cgroup/kiln-insecure".into(), String::new())];
         let steps = plan(&s, &h, &[]);
         let at: Vec<&Step> = steps
             .iter()
             .filter(|s| s.target() == "/sys/fs/cgroup")
             .collect();
         assert!(matches!(at[..], [Step::Bind { .. }]), "{at:?}");
+    }
+
+    #[test]
+    fn a_default_sandbox_sees_its_cgroups_read_only() {
+        let steps = plan(&spec(Network::Loopback), &host(), &[]);
+        assert!(steps.contains(&Step::Bind {
+            source: "/sys/fs/cgroup/memory/a".into(),
+            target: "/sys/fs/cgroup/memory".into(),
+            readonly: true,
+            create: Create::Dir,
+        }));
+        // The tmpfs holding the directories becomes read-only after the binds.
+        let t = targets(&steps);
+        let last = t
+            .iter()
+            .rposition(|x| *x == "/sys/fs/cgroup")
+            .expect("cgroupfs");
+        assert!(
+            matches!(&steps[last], Step::ReadonlyMount { .. }),
+            "{steps:?}"
+        );
+        assert!(t.iter().position(|x| *x == "/sys/fs/cgroup/devices") < Some(last));
+        // An insecure step rootless gets the same read-only view.
+        let mut s = spec(Network::Loopback);
+        s.security.privileged = true;
+        let mut h = host();
+        h.insecure.writable_cgroups = false;
+        assert!(plan(&s, &h, &[]).contains(&Step::Bind {
+            source: "/sys/fs/cgroup/memory/a".into(),
+            target: "/sys/fs/cgroup/memory".into(),
+            readonly: true,
+            create: Create::Dir,
+        }));
+        // Without cgroups (none found), no cgroup filesystem.
+        let mut h = host();
+        h.cgroups.clear();
+        assert!(!targets(&plan(&spec(Network::Loopback), &h, &[])).contains(&"/sys/fs/cgroup"));
     }
 
     fn targets(steps: &[Step]) -> Vec<&str> {
@@ -521,7 +588,9 @@ mod tests {
         assert!(pos("/dev") < pos("/dev/pts"));
         assert!(pos("/dev/pts") < pos("/dev/ptmx"));
         assert!(pos("/proc") < pos("/proc/sys"));
-        assert_eq!(t[..3], ["/proc", "/sys", "/dev"]);
+        assert!(pos("/sys") < pos("/sys/fs/cgroup"));
+        assert!(pos("/sys/fs/cgroup") < pos("/sys/fs/cgroup/memory"));
+        assert_eq!(t[..3], ["/proc", "/sys", "/sys/fs/cgroup"]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod cache;
 mod cache_backends;
 mod call_v024;
 mod cgroup_v2;
+mod cgroupfs;
 mod check;
 mod cli_docker;
 mod containers;

@@ -216,7 +216,8 @@ pub fn create(req: Request) -> Result<Created> {
         c.spec.mounts.push(network::hosts_mount(&c.dir));
     }
     c.spec.network = net;
-    let cgroup = if req.limits.is_empty() || !req.apply_limits {
+    // Unlimited, as root, the container still gets a cgroup of its own ([`super::create_cgroup`]).
+    let cgroup = if !req.apply_limits {
         Ok(None)
     } else {
         super::create_cgroup(&id, &req.limits)

@@ -441,6 +441,17 @@ fn execute_one(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()>
             })?;
             attach(&tree, &dest).map_err(mount_err("read-only bind"))
         }
+        Step::ReadonlyMount { .. } => {
+            let Some(dest) = open_in_root(root, target, Create::Skip, report)? else {
+                return Ok(());
+            };
+            let set = sys::attr::RDONLY | sys::attr::NOSUID | sys::attr::NODEV | sys::attr::NOEXEC;
+            sys::mount_setattr(&dest, set).map_err(|source| InitError::Mount {
+                what: "read-only remount".into(),
+                target: target.to_string(),
+                source,
+            })
+        }
         Step::Symlink { path, to } => {
             let (parent, name) = split_parent(path);
             let Some(dir) = open_in_root(root, parent, Create::Dir, report)? else {
