@@ -62,6 +62,19 @@ pub struct RunArgs {
     /// `seccomp=unconfined`, `seccomp=PROFILE.json` (docker's format), `no-new-privileges`.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Bind a host path, mount a volume, or an anonymous one: `HOST:CTR[:ro]`,
+    /// `NAME:CTR[:ro]`, `CTR` (docker's `-v`).
+    #[arg(short = 'v', long = "volume", value_name = "[SRC:]CTR[:MODE]")]
+    volume: Vec<String>,
+    /// docker's `--mount type=bind|volume|tmpfs,source=..,target=..[,readonly][,...]`.
+    #[arg(long = "mount", value_name = "MOUNT")]
+    mount: Vec<String>,
+    /// A tmpfs: `CTR[:size=64m,mode=1777,ro]`.
+    #[arg(long = "tmpfs", value_name = "CTR[:OPTS]")]
+    tmpfs: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long = "read-only")]
+    read_only: bool,
     /// Image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -134,6 +147,7 @@ fn check(a: &RunArgs) -> anyhow::Result<()> {
 /// Runs `kiln run`; the exit code is the container's.
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     check(&a)?;
+    let mounts = crate::runmounts::parse(&a.volume, &a.mount, &a.tmpfs)?;
     let store = crate::open_store()?;
     let image = crate::runimage::image(&store, &a.image, a.pull, a.platform.as_deref())?;
     // An image of another architecture runs through its binfmt handler, which must exist.
@@ -159,6 +173,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         entrypoint: a.entrypoint.clone(),
         cmd: a.command.clone(),
         tty: a.tty,
+        mounts: crate::runmounts::prepare(
+            &mounts,
+            &executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes)),
+        )?,
     };
     let ports = crate::netrun::ports(
         &a.publish,
@@ -177,7 +195,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         pids: a.pids_limit.filter(|n| *n > 0).map(|n| n as u64),
     };
-    let security = crate::security::parse(&a.security_opt)?;
+    let mut security = crate::security::parse(&a.security_opt)?;
+    security.read_only_rootfs = a.read_only;
     crate::netrun::reclaim_orphans();
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let c = &image.config.config;

@@ -36,6 +36,7 @@ use crate::mounts::{self, HostPaths, Step};
 
 pub(crate) mod apply;
 mod insecure;
+mod populate;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
@@ -678,6 +679,15 @@ fn child_main(
     };
     for step in plan {
         execute(step, &root, &mut created)?;
+    }
+    if spec.security.read_only_rootfs {
+        // Only the root's own mount: what is mounted on it keeps its modes (as runc's
+        // remount of `/` for docker's --read-only).
+        sys::mount_setattr_top(&root, sys::attr::RDONLY).map_err(|source| InitError::Mount {
+            what: "the read-only root".into(),
+            target: "/".into(),
+            source,
+        })?;
     }
 
     rustix::process::chdir(&root_path).map_err(|e| file_err(&root_path)(e.into()))?;

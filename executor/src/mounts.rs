@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::spec::{MountKind, Network, RunSpec};
+use crate::spec::{ContainerMount, MountKind, Network, RunSpec};
 
 /// What `init` does when a mount target does not exist in the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,15 @@ pub enum Step {
         /// Absolute path in the root.
         target: String,
     },
+    /// Fills `source` (a volume's data directory), when it is empty, with a copy of what the
+    /// root holds at `target` (resolved inside the root), as docker fills a new volume from
+    /// the image; nothing when `target` is missing or not a directory.
+    Populate {
+        /// The volume's data directory.
+        source: PathBuf,
+        /// Absolute path in the root.
+        target: String,
+    },
     /// A symlink `path -> to` (the root's `/dev` is a fresh tmpfs, so it never exists before).
     Symlink {
         /// Absolute path in the root.
@@ -105,7 +114,8 @@ impl Step {
             Step::Fs { target, .. }
             | Step::Bind { target, .. }
             | Step::Tree { target, .. }
-            | Step::ReadonlySelf { target } => target,
+            | Step::ReadonlySelf { target }
+            | Step::Populate { target, .. } => target,
             Step::Symlink { path, .. } => path,
         }
     }
@@ -310,7 +320,7 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
         });
     }
     for m in &spec.mounts {
-        steps.push(match &m.kind {
+        let step = match &m.kind {
             MountKind::Bind { source } => Step::Bind {
                 source: source.clone(),
                 target: m.target.clone(),
@@ -342,9 +352,63 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
                 },
                 create: Create::Dir,
             },
-        });
+            MountKind::Container(c) => {
+                container_mount(&mut steps, c, &m.target, m.readonly);
+                continue;
+            }
+        };
+        steps.push(step);
     }
     steps
+}
+
+/// The steps of a `kiln run` mount at `target`: docker's binds (recursive, no nosuid or
+/// nodev), a volume filled from the image first when it asks for it, a tmpfs with docker's
+/// `nosuid,nodev,noexec`.
+fn container_mount(steps: &mut Vec<Step>, m: &ContainerMount, target: &str, readonly: bool) {
+    match m {
+        ContainerMount::Bind { source, .. } => steps.push(Step::Bind {
+            source: source.clone(),
+            target: target.to_owned(),
+            readonly,
+            create: Create::LikeSource,
+        }),
+        ContainerMount::Volume {
+            source, copy_up, ..
+        } => {
+            if *copy_up {
+                steps.push(Step::Populate {
+                    source: source.clone(),
+                    target: target.to_owned(),
+                });
+            }
+            steps.push(Step::Bind {
+                source: source.clone(),
+                target: target.to_owned(),
+                readonly,
+                create: Create::Dir,
+            });
+        }
+        ContainerMount::Tmpfs { size, mode } => {
+            let mut options = Vec::new();
+            if let Some(s) = size {
+                options.push(("size", s.to_string()));
+            }
+            if let Some(m) = mode {
+                options.push(("mode", format!("{m:o}")));
+            }
+            steps.push(Step::Fs {
+                fstype: "tmpfs",
+                options,
+                target: target.to_owned(),
+                attrs: Attrs {
+                    readonly,
+                    ..NOSUID_NODEV_NOEXEC
+                },
+                create: Create::Dir,
+            });
+        }
+    }
 }
 
 /// The generated /etc files: (file name, contents). With the host network the host's

@@ -229,6 +229,7 @@ pub fn supervise(exe: &Path, containers: &Path, id: &str) -> Result<()> {
     // The processes are gone with the sandbox: its cgroup can go too (rm retries it).
     let _ = crate::cgroup::Cgroup::open(state.cgroups.clone()).remove();
     if state.auto_remove {
+        crate::volume::remove_anonymous_of(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         super::name::release(containers, state.name(), &state.id);
     } else {

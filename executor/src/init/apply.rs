@@ -441,6 +441,7 @@ fn execute_one(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()>
             })?;
             attach(&tree, &dest).map_err(mount_err("read-only bind"))
         }
+        Step::Populate { source, .. } => super::populate::populate(root, target, source),
         Step::Symlink { path, to } => {
             let (parent, name) = split_parent(path);
             let Some(dir) = open_in_root(root, parent, Create::Dir, report)? else {
