@@ -146,6 +146,10 @@ fn parse_volume(raw: &str) -> anyhow::Result<Parsed> {
     let parts: Vec<&str> = raw.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
         [t] if !t.is_empty() => ("", *t, ""),
+        // `CTR:MODE` is no volume: a volume's mode needs its source (moby's linux parser).
+        [_, t] if parse_mode(t, true).is_ok() || parse_mode(t, false).is_ok() => {
+            return Err(spec_err());
+        }
         [s, t] if !s.is_empty() && !t.is_empty() => (*s, *t, ""),
         [s, t, m] if !s.is_empty() && !t.is_empty() => (*s, *t, *m),
         _ => return Err(spec_err()),

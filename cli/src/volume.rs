@@ -58,6 +58,9 @@ pub enum Cmd {
         /// Do not ask.
         #[arg(short, long)]
         force: bool,
+        /// Only volumes matching: `label=K[=V]`, `name=SUBSTRING`.
+        #[arg(long = "filter", value_name = "K=V")]
+        filter: Vec<String>,
     },
 }
 
@@ -193,7 +196,10 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Prune { force } => {
+        Cmd::Prune { force, filter } => {
+            for f in &filter {
+                check_filter(f)?;
+            }
             if !force
                 && !confirm(
                     "WARNING! This will remove all local volumes not used by at least one container.\nAre you sure you want to continue? [y/N] ",
@@ -201,7 +207,8 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             {
                 return Ok(ExitCode::SUCCESS);
             }
-            let (removed, bytes) = vols.prune(&containers);
+            let (removed, bytes) =
+                vols.prune(&containers, |v| filter.iter().all(|f| matches(f, v, false)));
             if !removed.is_empty() {
                 writeln!(out, "Deleted Volumes:")?;
                 for n in &removed {

@@ -20,6 +20,9 @@ pub enum Create {
     LikeSource,
     /// Skip the step (masking a path the kernel does not have).
     Skip,
+    /// A directory; when it exists already, the new filesystem takes its mode (runc's tmpfs
+    /// for docker's `--tmpfs /tmp:mode=...` on an image's /tmp: the image's mode wins).
+    DirKeepMode,
 }
 
 /// Mount attributes (`MOUNT_ATTR_*`).
@@ -405,7 +408,7 @@ fn container_mount(steps: &mut Vec<Step>, m: &ContainerMount, target: &str, read
                     readonly,
                     ..NOSUID_NODEV_NOEXEC
                 },
-                create: Create::Dir,
+                create: Create::DirKeepMode,
             });
         }
     }

@@ -232,14 +232,14 @@ impl Volumes {
         std::fs::remove_dir_all(&gone).map_err(io_err("removing", &gone))
     }
 
-    /// `kiln volume prune` (docker 20.10's: every volume no container names, named ones too):
-    /// the removed names and the bytes their files held.
-    pub fn prune(&self, containers: &Path) -> (Vec<String>, u64) {
+    /// `kiln volume prune` (docker 20.10's: every volume no container names, named ones too)
+    /// of the volumes `pick` takes: the removed names and the bytes their files held.
+    pub fn prune(&self, containers: &Path, pick: impl Fn(&Volume) -> bool) -> (Vec<String>, u64) {
         let used = used_names(containers);
         let mut removed = Vec::new();
         let mut bytes = 0;
         for v in self.list() {
-            if used.contains_key(&v.name) {
+            if used.contains_key(&v.name) || !pick(&v) {
                 continue;
             }
             let size = tree_size(&v.mountpoint);
@@ -362,7 +362,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["data"]
         );
-        let (gone, bytes) = vols.prune(&root.path().join("containers"));
+        let (gone, bytes) = vols.prune(&root.path().join("containers"), |_| true);
         assert_eq!((gone, bytes), (vec!["data".to_owned()], 1));
         assert!(matches!(vols.get("data"), Err(VolumeError::NotFound(_))));
         assert!(matches!(

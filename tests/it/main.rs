@@ -39,6 +39,7 @@ mod rootless_fallbacks;
 mod rootless_kube;
 mod run_flags;
 mod run_options;
+mod run_volumes;
 mod sandbox_security;
 mod save;
 mod sources;
