@@ -523,10 +523,7 @@ mod tests {
     fn bad_volume_flags_fail_with_dockers_messages() {
         for (raw, msg) in [
             ("/a:/b:ro:z", "invalid volume specification: '/a:/b:ro:z'"),
-            (
-                "/src:ro",
-                "invalid volume specification: '/src:ro': invalid mount config for type \"bind\": invalid mount path: 'ro' mount path must be absolute",
-            ),
+            ("/src:ro", "invalid volume specification: '/src:ro'"),
             (
                 "/a:/",
                 "invalid volume specification: '/a:/': invalid mount config for type \"bind\": invalid specification: destination can't be '/'",

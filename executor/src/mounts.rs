@@ -675,6 +675,79 @@ mod tests {
         );
     }
 
+    /// `kiln run`'s mounts: a volume is filled before it is bound, docker's binds get no
+    /// nosuid/nodev, a tmpfs gets docker's nosuid,nodev,noexec and keeps an existing
+    /// directory's mode.
+    #[test]
+    fn container_mounts_plan_as_dockers() {
+        use crate::spec::ContainerMount;
+        let mut s = spec(Network::Loopback);
+        let m = |target: &str, kind: ContainerMount, readonly: bool| MountSpec {
+            target: target.into(),
+            kind: MountKind::Container(kind),
+            readonly,
+        };
+        s.mounts = vec![
+            m(
+                "/src",
+                ContainerMount::Bind {
+                    source: "/h".into(),
+                    mode: "ro".into(),
+                },
+                true,
+            ),
+            m(
+                "/data",
+                ContainerMount::Volume {
+                    name: "data".into(),
+                    source: "/v/data/_data".into(),
+                    anonymous: false,
+                    copy_up: true,
+                    mode: "z".into(),
+                },
+                false,
+            ),
+            m(
+                "/t",
+                ContainerMount::Tmpfs {
+                    size: Some(1 << 20),
+                    mode: Some(0o700),
+                },
+                false,
+            ),
+        ];
+        let steps = plan(&s, &host(), &[]);
+        let n = steps.len();
+        assert_eq!(
+            steps[n - 4..],
+            [
+                Step::Bind {
+                    source: "/h".into(),
+                    target: "/src".into(),
+                    readonly: true,
+                    create: Create::LikeSource
+                },
+                Step::Populate {
+                    source: "/v/data/_data".into(),
+                    target: "/data".into()
+                },
+                Step::Bind {
+                    source: "/v/data/_data".into(),
+                    target: "/data".into(),
+                    readonly: false,
+                    create: Create::Dir
+                },
+                Step::Fs {
+                    fstype: "tmpfs",
+                    options: vec![("size", "1048576".into()), ("mode", "700".into())],
+                    target: "/t".into(),
+                    attrs: NOSUID_NODEV_NOEXEC,
+                    create: Create::DirKeepMode
+                },
+            ]
+        );
+    }
+
     #[test]
     fn tree_mounts_keep_the_untrusted_path_for_the_resolver() {
         let mut s = spec(Network::Loopback);

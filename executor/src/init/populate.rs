@@ -81,8 +81,8 @@ fn times(st: &rustix::fs::Stat) -> Timestamps {
         tv_nsec: nsec as _,
     };
     Timestamps {
-        last_access: ts(st.st_atime as i64, st.st_atime_nsec as i64),
-        last_modification: ts(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        last_access: ts(st.st_atime, st.st_atime_nsec as i64),
+        last_modification: ts(st.st_mtime, st.st_mtime_nsec as i64),
     }
 }
 
