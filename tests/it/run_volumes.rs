@@ -730,3 +730,66 @@ fn started_containers_keep_their_mounts() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn rootless_binds_and_volumes_work_under_the_users_root() -> anyhow::Result<()> {
+    use crate::rootless::{RANGE, USER, rootless};
+    let Some(r) = rootless(USER, Some(RANGE))? else {
+        return Ok(());
+    };
+    let run = |args: &[&str]| -> anyhow::Result<Output> {
+        let out = r.cmd(&r.t.root, args).output()?;
+        ensure!(out.status.success(), "kiln {args:?}: {}", text(&out));
+        Ok(out)
+    };
+    // A directory the user owns, bound: the container's root is the user on the host.
+    let h = r.home.join("src");
+    std::fs::create_dir(&h)?;
+    std::os::unix::fs::chown(&h, Some(r.uid), Some(r.gid))?;
+    let v = format!("{}:/src", s(&h));
+    let out = run(&[
+        "run",
+        "--rm",
+        "-v",
+        &v,
+        "-w",
+        "/src",
+        "busybox",
+        "sh",
+        "-c",
+        "echo hi > f; cat f",
+    ])?;
+    assert_eq!(stdout(&out), "hi\n");
+    let m = std::fs::metadata(h.join("f"))?;
+    assert_eq!((m.uid(), m.gid()), (r.uid, r.gid));
+    // A file only root may read is refused, not exposed.
+    let v = "/etc/shadow:/shadow".to_owned();
+    let out = r
+        .cmd(
+            &r.t.root,
+            &["run", "--rm", "-v", &v, "busybox", "cat", "/shadow"],
+        )
+        .output()?;
+    assert!(!out.status.success(), "{}", text(&out));
+    // A named volume lives under the user's KILN_ROOT and keeps what was written.
+    run(&[
+        "run",
+        "--rm",
+        "-v",
+        "rl:/v",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /v/f",
+    ])?;
+    let mp = stdout(&run(&["volume", "inspect", "-f", "{{.Mountpoint}}", "rl"])?);
+    assert!(Path::new(mp.trim()).starts_with(&r.t.root), "{mp}");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(mp.trim()).join("f"))?,
+        "kept\n"
+    );
+    let out = run(&["run", "--rm", "-v", "rl:/v", "busybox", "cat", "/v/f"])?;
+    assert_eq!(stdout(&out), "kept\n");
+    run(&["volume", "rm", "rl"])?;
+    crate::rootless::end_session(&r)
+}
