@@ -166,17 +166,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let env = crate::containers::with_term(env, &image.config.config.env, a.tty);
-    let overrides = executor::container::spec::Overrides {
+    let mut overrides = executor::container::spec::Overrides {
         env,
         workdir: a.workdir.clone(),
         user: a.user.clone(),
         entrypoint: a.entrypoint.clone(),
         cmd: a.command.clone(),
         tty: a.tty,
-        mounts: crate::runmounts::prepare(
-            &mounts,
-            &executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes)),
-        )?,
+        // Made right before the container (see below).
+        mounts: Vec::new(),
     };
     let ports = crate::netrun::ports(
         &a.publish,
@@ -217,7 +215,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 Ok(store.snapshot_path(d))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        executor::container::create(executor::container::Request {
+        // Host directories and volumes, made last: a failing create takes back the anonymous
+        // volumes it would have used (named ones stay, as docker's).
+        let made = crate::runmounts::prepare(
+            &mounts,
+            &executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes)),
+        )?;
+        overrides.mounts = made.clone();
+        let created = executor::container::create(executor::container::Request {
             containers: store.dir(kroot::Dir::Containers),
             name: a.name.clone(),
             image_ref: a.image.clone(),
@@ -238,7 +243,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             limits,
             auto_remove: a.rm,
             detach: a.detach,
-        })?
+        });
+        created.inspect_err(|_| executor::volume::remove_anonymous(&made))?
     };
     if a.detach {
         let id = created.start_detached(&exe)?;
