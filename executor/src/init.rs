@@ -680,15 +680,6 @@ fn child_main(
     for step in plan {
         execute(step, &root, &mut created)?;
     }
-    if spec.security.read_only_rootfs {
-        // Only the root's own mount: what is mounted on it keeps its modes (as runc's
-        // remount of `/` for docker's --read-only).
-        sys::mount_setattr_top(&root, sys::attr::RDONLY).map_err(|source| InitError::Mount {
-            what: "the read-only root".into(),
-            target: "/".into(),
-            source,
-        })?;
-    }
 
     rustix::process::chdir(&root_path).map_err(|e| file_err(&root_path)(e.into()))?;
     rustix::process::pivot_root(".", ".").map_err(ns_err("pivot_root"))?;
@@ -707,6 +698,15 @@ fn child_main(
     };
     std::fs::create_dir_all(cwd).map_err(cwd_err)?;
     std::env::set_current_dir(cwd).map_err(cwd_err)?;
+    if spec.security.read_only_rootfs {
+        // Once the working directory exists (docker makes it at create time): only the root's
+        // own mount, what is mounted on it keeps its modes (as runc's remount of `/`).
+        sys::mount_setattr_top(&root, sys::attr::RDONLY).map_err(|source| InitError::Mount {
+            what: "the read-only root".into(),
+            target: "/".into(),
+            source,
+        })?;
+    }
 
     if let Some(sock) = console {
         crate::tty::take_new_pty(sock).map_err(|source| InitError::Namespace {

@@ -531,6 +531,14 @@ fn read_only_root_and_tmpfs_options_match_docker() -> anyhow::Result<()> {
         sorted(&k)
             .contains(&"/t tmpfs rw,nosuid,nodev,noexec,relatime,size=2048k,mode=700".to_owned())
     );
+    // The working directory is made before the root turns read-only, as docker makes it.
+    let (k, d) = both_run(&b, &["--read-only", "-w", "/new/dir", "IMG", "pwd"]);
+    assert_eq!(
+        (stdout(&k), stdout(&d)),
+        ("/new/dir\n".into(), "/new/dir\n".into()),
+        "{}",
+        text(&k)
+    );
     let ro = stdout(&b.t.ok(&["run", "--name", "ro", "--read-only", &b.img, "true"])?);
     assert_eq!(ro, "");
     assert_eq!(
