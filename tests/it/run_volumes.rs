@@ -98,6 +98,13 @@ fn both_run(b: &Both, args: &[&str]) -> (Output, Output) {
     (b.t.kiln(&a), docker(&a))
 }
 
+/// `ARGS` on kiln and on docker, each output parsed as JSON: (kiln's, docker's).
+fn both_json(b: &Both, args: &[&str]) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
+    let k = serde_json::from_slice(&b.t.ok(args)?.stdout)?;
+    let d = serde_json::from_slice(&docker_ok(args)?.stdout)?;
+    Ok((k, d))
+}
+
 /// (uid, gid, mode, contents) of a file.
 fn file_facts(p: &Path) -> anyhow::Result<(u32, u32, u32, String)> {
     let m = std::fs::metadata(p).with_context(|| p.display().to_string())?;
@@ -203,6 +210,15 @@ fn bind_mounts_create_write_and_refuse_as_docker() -> anyhow::Result<()> {
         assert!(text(o).contains("Read-only file system"), "{}", text(o));
     }
     assert!(!hk.join("g").exists() && !hd.join("g").exists());
+    // docker's binds add no nosuid/nodev/noexec: the host filesystem's own options.
+    let probe = "grep ' /src ' /proc/mounts | cut -d' ' -f4";
+    let (k, d) = both_run(&b, &["-v", &vk, "IMG", "sh", "-c", probe]);
+    assert_eq!(stdout(&k), stdout(&d), "{}", text(&k));
+    assert!(
+        !stdout(&k).contains("nosuid") && stdout(&k).starts_with("ro,"),
+        "{}",
+        text(&k)
+    );
     // --mount type=bind,readonly: the same.
     let mk = format!("type=bind,source={},target=/src,readonly", s(&hk));
     let k =
@@ -293,10 +309,7 @@ fn named_volumes_are_filled_from_the_image_and_outlive_the_container() -> anyhow
         let d = docker_ok(&["run", "--rm", "-v", &v, &b.img, "cat", "/data/g"])?;
         assert_eq!((stdout(&k), stdout(&d)), ("more\n".into(), "more\n".into()));
         // inspect: docker's keys and values, the mount point aside.
-        let ki: serde_json::Value =
-            serde_json::from_slice(&b.t.ok(&["volume", "inspect", &vol])?.stdout)?;
-        let di: serde_json::Value =
-            serde_json::from_slice(&docker_ok(&["volume", "inspect", &vol])?.stdout)?;
+        let (ki, di) = both_json(&b, &["volume", "inspect", &vol])?;
         for key in ["Driver", "Labels", "Name", "Options", "Scope"] {
             assert_eq!(ki[0][key], di[0][key], "{key}");
         }
@@ -333,18 +346,7 @@ fn named_volumes_are_filled_from_the_image_and_outlive_the_container() -> anyhow
             text(&d)
         );
         // inspect's Mounts of the container: docker's row, the source aside.
-        let km: serde_json::Value = serde_json::from_str(&stdout(&b.t.ok(&[
-            "inspect",
-            "-f",
-            "{{json .Mounts}}",
-            &user,
-        ])?))?;
-        let dm: serde_json::Value = serde_json::from_str(&stdout(&docker_ok(&[
-            "inspect",
-            "-f",
-            "{{json .Mounts}}",
-            &user,
-        ])?))?;
+        let (km, dm) = both_json(&b, &["inspect", "-f", "{{json .Mounts}}", &user])?;
         for key in [
             "Type",
             "Name",
@@ -450,18 +452,7 @@ fn anonymous_volumes_go_with_rm_and_rm_v_as_docker() -> anyhow::Result<()> {
     let res = (|| -> anyhow::Result<()> {
         b.t.ok(&["volume", "inspect", &kv])?;
         docker_ok(&["volume", "inspect", &dv])?;
-        let km: serde_json::Value = serde_json::from_str(&stdout(&b.t.ok(&[
-            "inspect",
-            "-f",
-            "{{json .Mounts}}",
-            &name,
-        ])?))?;
-        let dm: serde_json::Value = serde_json::from_str(&stdout(&docker_ok(&[
-            "inspect",
-            "-f",
-            "{{json .Mounts}}",
-            &name,
-        ])?))?;
+        let (km, dm) = both_json(&b, &["inspect", "-f", "{{json .Mounts}}", &name])?;
         for key in ["Type", "Destination", "Driver", "Mode", "RW", "Propagation"] {
             assert_eq!(km[0][key], dm[0][key], "Mounts {key}");
         }
@@ -630,10 +621,7 @@ fn volume_commands_print_as_docker() -> anyhow::Result<()> {
         ] {
             ensure!(stdout(&out) == format!("{vol}\n"), "{}", text(&out));
         }
-        let ki: serde_json::Value =
-            serde_json::from_slice(&b.t.ok(&["volume", "inspect", &vol])?.stdout)?;
-        let di: serde_json::Value =
-            serde_json::from_slice(&docker_ok(&["volume", "inspect", &vol])?.stdout)?;
+        let (ki, di) = both_json(&b, &["volume", "inspect", &vol])?;
         for key in ["Driver", "Labels", "Name", "Options", "Scope"] {
             assert_eq!(ki[0][key], di[0][key], "{key}");
         }
