@@ -235,6 +235,7 @@ impl Volumes {
     /// `kiln volume prune` (docker 20.10's: every volume no container names, named ones too)
     /// of the volumes `pick` takes: the removed names and the bytes their files held.
     pub fn prune(&self, containers: &Path, pick: impl Fn(&Volume) -> bool) -> (Vec<String>, u64) {
+        self.remove_stale_temps();
         let used = used_names(containers);
         let mut removed = Vec::new();
         let mut bytes = 0;
@@ -249,6 +250,29 @@ impl Volumes {
             }
         }
         (removed, bytes)
+    }
+}
+
+impl Volumes {
+    /// Removes what a kiln that died midway left: `.new-PID-NAME` (a volume being made) and
+    /// `.rm-PID-NAME` (one being removed) of a process that no longer runs.
+    fn remove_stale_temps(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(".new-")
+                .or_else(|| name.strip_prefix(".rm-"))
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 
@@ -365,6 +389,12 @@ mod tests {
         let (gone, bytes) = vols.prune(&root.path().join("containers"), |_| true);
         assert_eq!((gone, bytes), (vec!["data".to_owned()], 1));
         assert!(matches!(vols.get("data"), Err(VolumeError::NotFound(_))));
+        // A dead kiln's half-made volume is cleaned by the next prune, and never listed.
+        let stale = root.path().join("volumes/.new-999999999-x1");
+        std::fs::create_dir_all(stale.join("_data")).expect("mkdir");
+        assert!(vols.list().is_empty());
+        vols.prune(&root.path().join("containers"), |_| true);
+        assert!(!stale.exists());
         assert!(matches!(
             vols.remove(&root.path().join("containers"), "data"),
             Err(VolumeError::NotFound(_))

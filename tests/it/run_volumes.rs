@@ -713,6 +713,13 @@ fn started_containers_keep_their_mounts() -> anyhow::Result<()> {
         std::fs::read_to_string(Path::new(mp.trim()).join("l"))?,
         "k\nk\n"
     );
+    let df = stdout(&t.ok(&["system", "df"])?);
+    let row = df.lines().find(|l| l.starts_with("Local Volumes"));
+    let cols: Vec<&str> = row
+        .context("Local Volumes row")?
+        .split_whitespace()
+        .collect();
+    assert_eq!(cols[2..], ["1", "4B"], "{df}");
     // `system prune --volumes` keeps what a container uses, and takes it once the container
     // is gone.
     t.ok(&["system", "prune", "-f", "--volumes"])?;

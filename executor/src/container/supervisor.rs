@@ -129,6 +129,7 @@ pub fn launch(
             }
             if state.created.is_some() && state.started_at.is_none() {
                 // A new container: nothing of it is worth keeping.
+                crate::volume::remove_anonymous(&spec.mounts);
                 let _ = std::fs::remove_dir_all(dir);
             }
             return Err(SuperviseError::Io {
