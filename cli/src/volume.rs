@@ -162,9 +162,14 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             )?;
         }
         Cmd::Inspect { format, names } => {
+            // As docker: what is found is printed, each missing one is an error (exit 1).
             let mut docs = Vec::new();
+            let mut missing = Vec::new();
             for n in &names {
-                docs.push(inspect_value(&vols.get(n)?));
+                match vols.get(n) {
+                    Ok(v) => docs.push(inspect_value(&v)),
+                    Err(e) => missing.push(e),
+                }
             }
             match format {
                 Some(f) => {
@@ -177,6 +182,13 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     serde_json::to_writer_pretty(&mut out, &docs)?;
                     writeln!(out)?;
                 }
+            }
+            if !missing.is_empty() {
+                let mut err = std::io::stderr().lock();
+                for e in &missing {
+                    let _ = writeln!(err, "error: {e}");
+                }
+                return Ok(ExitCode::from(1));
             }
         }
         Cmd::Rm { force, names } => {

@@ -625,6 +625,20 @@ fn volume_commands_print_as_docker() -> anyhow::Result<()> {
         for key in ["Driver", "Labels", "Name", "Options", "Scope"] {
             assert_eq!(ki[0][key], di[0][key], "{key}");
         }
+        // A missing name among found ones: the found ones printed, exit 1.
+        let missing = format!("{vol}-missing");
+        let k = b.t.kiln(&["volume", "inspect", &vol, &missing]);
+        let d = docker(&["volume", "inspect", &vol, &missing]);
+        assert_eq!((k.status.code(), d.status.code()), (Some(1), Some(1)));
+        let count = |o: &Output| {
+            serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).map(|v| v.len())
+        };
+        assert_eq!((count(&k)?, count(&d)?), (1, 1));
+        assert!(
+            text(&k).contains(&format!("No such volume: {missing}")),
+            "{}",
+            text(&k)
+        );
         // ls: docker's table; -q and filters.
         let filter = format!("label={label}");
         let k = b.t.ok(&["volume", "ls", "-f", &filter])?;
