@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 /// `/evil2 -> ../../..`, the symlinks a hostile image uses to aim a mount at the host.
 const DOCKERFILE: &str = "FROM busybox
 RUN mkdir -p /data && echo image > /data/f && chown -R 1000:1000 /data && chmod 750 /data \\
- && chmod 640 /data/f && ln -s /etc /evil && ln -s ../../.. /evil2 \\
+ && chmod 640 /data/f && ln -s /etc/shadow /data/link && ln -s /etc /evil && ln -s ../../.. /evil2 \\
  && echo 'root:x:0:0:image-root:/root:/bin/sh' > /etc/passwd
 ";
 
@@ -290,7 +290,9 @@ fn named_volumes_are_filled_from_the_image_and_outlive_the_container() -> anyhow
     };
     let vol = format!("kiln-it-{}", b.tag);
     let v = format!("{vol}:/data");
-    let probe = "stat -c '%u %g %a %n' /data /data/f; cat /data/f; echo more > /data/g";
+    // The copy keeps symlinks as they are (`link -> /etc/shadow` is not followed).
+    let probe = "stat -c '%u %g %a %n' /data /data/f; cat /data/f; readlink /data/link; \
+                 echo more > /data/g";
     let (k, d) = both_run(&b, &["-v", &v, "IMG", "sh", "-c", probe]);
     let cleanup = || {
         let _ = docker(&["rm", "-f", &format!("kiln-it-user-{}", b.tag)]);
@@ -301,7 +303,7 @@ fn named_volumes_are_filled_from_the_image_and_outlive_the_container() -> anyhow
         assert_eq!(stdout(&k), stdout(&d), "the copy-up differs from docker's");
         assert_eq!(
             stdout(&k),
-            "1000 1000 750 /data\n1000 1000 640 /data/f\nimage\n"
+            "1000 1000 750 /data\n1000 1000 640 /data/f\nimage\n/etc/shadow\n"
         );
         // The volume outlives its (--rm) container, with what it wrote.
         let k =
@@ -464,7 +466,26 @@ fn anonymous_volumes_go_with_rm_and_rm_v_as_docker() -> anyhow::Result<()> {
         Ok(())
     })();
     let _ = docker(&["rm", "-fv", &name]);
-    res
+    res?;
+    // -d --rm: the supervisor takes the anonymous volume when the container exits.
+    let id = stdout(&b.t.ok(&["run", "-d", "--rm", "-v", "/anon", &b.img, "sleep", "1"])?);
+    let km: serde_json::Value = serde_json::from_slice(
+        &b.t.ok(&["inspect", "-f", "{{json .Mounts}}", id.trim()])?
+            .stdout,
+    )?;
+    let vol = km[0]["Name"].as_str().context("Name")?.to_owned();
+    b.t.ok(&["volume", "inspect", &vol])?;
+    for _ in 0..100 {
+        if !b.t.kiln(&["inspect", id.trim()]).status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        b.t.kiln(&["volume", "inspect", &vol]).status.code(),
+        Some(1)
+    );
+    Ok(())
 }
 
 #[test]
