@@ -46,3 +46,4 @@ mod sources;
 mod timestamps;
 mod validation;
 mod vm;
+mod volume_cmds;
