@@ -217,10 +217,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         // Host directories and volumes, made last: a failing create takes back the anonymous
         // volumes it would have used (named ones stay, as docker's).
-        let made = crate::runmounts::prepare(
-            &mounts,
-            &executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes)),
-        )?;
+        let volumes = executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes));
+        // Held until spec.json names the volumes, so no prune takes them meanwhile.
+        let _volumes_lock = match mounts.is_empty() {
+            true => None,
+            false => Some(volumes.lock_shared()?),
+        };
+        let made = crate::runmounts::prepare(&mounts, &volumes)?;
         overrides.mounts = made.clone();
         let created = executor::container::create(executor::container::Request {
             containers: store.dir(kroot::Dir::Containers),

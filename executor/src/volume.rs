@@ -6,7 +6,10 @@
 //! A volume appears whole: it is made in a temporary directory beside the others and renamed
 //! into place, so two `kiln run -v data:/x` at once share one volume. Which containers use a
 //! volume is read from their `spec.json` mounts, the same record `kiln start` mounts again, so
-//! `rm` and `prune` never remove a volume a container (running or not) still names.
+//! `rm` and `prune` never remove a volume a container (running or not) still names; `kiln run`
+//! holds a shared flock of `volumes/.lock` ([`Volumes::lock_shared`]) from making its volumes
+//! until its `spec.json` names them, and `rm`/`prune` decide under the exclusive one, so a
+//! volume is never pruned between its creation and its first container.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -112,6 +115,25 @@ impl Volumes {
         Volumes { dir }
     }
 
+    fn lock(&self, op: rustix::fs::FlockOperation) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir).map_err(io_err("creating", &self.dir))?;
+        let path = self.dir.join(".lock");
+        let f = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        rustix::fs::flock(&f, op).map_err(|e| io_err("locking", &path)(e.into()))?;
+        Ok(f)
+    }
+
+    /// A shared lock on the store, held by `kiln run` from making its volumes until its
+    /// `spec.json` names them (dropping the file releases it). Fails when it cannot be taken.
+    pub fn lock_shared(&self) -> Result<std::fs::File> {
+        self.lock(rustix::fs::FlockOperation::LockShared)
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -206,6 +228,7 @@ impl Volumes {
     /// names it. Fails when it does not exist, is in use, or cannot be removed.
     pub fn remove(&self, containers: &Path, name: &str) -> Result<()> {
         self.get(name)?;
+        let _lock = self.lock(rustix::fs::FlockOperation::LockExclusive)?;
         let users = users(containers, name);
         if !users.is_empty() {
             return Err(VolumeError::InUse {
@@ -235,6 +258,9 @@ impl Volumes {
     /// `kiln volume prune` (docker 20.10's: every volume no container names, named ones too)
     /// of the volumes `pick` takes: the removed names and the bytes their files held.
     pub fn prune(&self, containers: &Path, pick: impl Fn(&Volume) -> bool) -> (Vec<String>, u64) {
+        let Ok(_lock) = self.lock(rustix::fs::FlockOperation::LockExclusive) else {
+            return (Vec::new(), 0);
+        };
         self.remove_stale_temps();
         let used = used_names(containers);
         let mut removed = Vec::new();
