@@ -150,6 +150,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let mounts = crate::runmounts::parse(&a.volume, &a.mount, &a.tmpfs)?;
     let store = crate::open_store()?;
     let image = crate::runimage::image(&store, &a.image, a.pull, a.platform.as_deref())?;
+    let mounts = crate::runmounts::with_image_volumes(mounts, image.config.config.volumes.keys());
     // An image of another architecture runs through its binfmt handler, which must exist.
     executor::binfmt::check(
         std::path::Path::new(executor::binfmt::BINFMT_MISC),

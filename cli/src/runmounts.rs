@@ -359,6 +359,30 @@ fn parse_tmpfs(raw: &str) -> anyhow::Result<Parsed> {
     })
 }
 
+/// `parsed` plus an anonymous volume for each of the image's `VOLUME`s that no flag mounts, as
+/// docker makes them (filled from the image, gone with `--rm` and `rm -v`), in mount order.
+pub fn with_image_volumes<'a>(
+    mut parsed: Vec<Parsed>,
+    volumes: impl IntoIterator<Item = &'a String>,
+) -> Vec<Parsed> {
+    for v in volumes {
+        let target = clean(v);
+        if target == "/" || parsed.iter().any(|p| p.target() == target) {
+            continue;
+        }
+        parsed.push(Parsed::Volume {
+            name: None,
+            target,
+            readonly: false,
+            nocopy: false,
+            mode: String::new(),
+            labels: BTreeMap::new(),
+        });
+    }
+    parsed.sort_by_key(|p| p.target().split('/').filter(|c| !c.is_empty()).count());
+    parsed
+}
+
 /// Makes what `parsed` needs (a missing `-v` host directory, volumes) and returns the spec
 /// mounts. Fails when a directory or volume cannot be made.
 pub fn prepare(
@@ -575,6 +599,19 @@ mod tests {
             let e = parse(&[], &v(&[raw]), &[]).expect_err(raw);
             assert_eq!(e.to_string(), msg);
         }
+    }
+
+    #[test]
+    fn image_volumes_are_anonymous_unless_a_flag_mounts_them() {
+        let flags = parse(&v(&["/h:/data/"]), &[], &[]).expect("parse");
+        let image = v(&["/data", "/var/lib/db/", "/"]);
+        let got = with_image_volumes(flags, &image);
+        assert_eq!(
+            got.iter().map(Parsed::target).collect::<Vec<_>>(),
+            ["/data", "/var/lib/db"]
+        );
+        assert!(matches!(&got[0], Parsed::Bind { .. }));
+        assert!(matches!(&got[1], Parsed::Volume { name: None, .. }));
     }
 
     #[test]

@@ -60,13 +60,18 @@ impl Drop for Both {
 }
 
 pub(crate) fn setup(what: &str) -> anyhow::Result<Option<Both>> {
+    setup_with(what, DOCKERFILE)
+}
+
+/// [`setup`] of the image `dockerfile` builds.
+fn setup_with(what: &str, dockerfile: &str) -> anyhow::Result<Option<Both>> {
     let Some(t) = busybox_dir(&[])? else {
         return Ok(None);
     };
     if !docker_ready() {
         return Ok(None);
     }
-    t.write("Dockerfile", DOCKERFILE);
+    t.write("Dockerfile", dockerfile);
     let tag = format!("{what}-{}", std::process::id());
     let img = format!("kiln-it-vol:{tag}");
     t.build(&img, &[])?;
@@ -689,4 +694,57 @@ fn rootless_binds_and_volumes_work_under_the_users_root() -> anyhow::Result<()> 
     assert_eq!(stdout(&out), "kept\n");
     run(&["volume", "rm", "rl"])?;
     crate::rootless::end_session(&r)
+}
+
+#[test]
+fn image_volumes_become_anonymous_volumes_as_docker() -> anyhow::Result<()> {
+    let dockerfile = "FROM busybox\nRUN mkdir /vol && echo img > /vol/f\nVOLUME /vol\n";
+    let Some(b) = setup_with("imgvol", dockerfile)? else {
+        return Ok(());
+    };
+    let name = format!("kiln-it-imgvol-{}", b.tag);
+    let k = b.t.ok(&[
+        "run",
+        "--name",
+        &name,
+        &b.img,
+        "sh",
+        "-c",
+        "cat /vol/f; echo c > /vol/g",
+    ])?;
+    let d = docker_ok(&[
+        "run",
+        "--name",
+        &name,
+        &b.img,
+        "sh",
+        "-c",
+        "cat /vol/f; echo c > /vol/g",
+    ])?;
+    let res = (|| -> anyhow::Result<()> {
+        assert_eq!((stdout(&k), stdout(&d)), ("img\n".into(), "img\n".into()));
+        let (km, dm) = both_json(&b, &["inspect", "-f", "{{json .Mounts}}", &name])?;
+        for key in ["Type", "Destination", "Driver", "Mode", "RW", "Propagation"] {
+            assert_eq!(km[0][key], dm[0][key], "Mounts {key}");
+        }
+        let vol = km[0]["Name"].as_str().context("Name")?.to_owned();
+        let mp = stdout(&b.t.ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", &vol])?);
+        assert_eq!(
+            std::fs::read_to_string(Path::new(mp.trim()).join("g"))?,
+            "c\n"
+        );
+        // A flag on the same path replaces the image's volume.
+        let h = b.t.dir.path().join("h");
+        let v = format!("{}:/vol", s(&h));
+        let (k, d) = both_run(&b, &["-v", &v, "IMG", "sh", "-c", "ls /vol | wc -l"]);
+        assert_eq!((stdout(&k), stdout(&d)), ("0\n".into(), "0\n".into()));
+        b.t.ok(&["rm", "-v", &name])?;
+        assert_eq!(
+            b.t.kiln(&["volume", "inspect", &vol]).status.code(),
+            Some(1)
+        );
+        Ok(())
+    })();
+    let _ = docker(&["rm", "-fv", &name]);
+    res
 }
