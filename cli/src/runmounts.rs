@@ -249,6 +249,19 @@ fn parse_mount(raw: &str) -> anyhow::Result<Parsed> {
                 let m = val()?;
                 mode = Some(u32::from_str_radix(m, 8).map_err(|e| flag(e.to_string()))?);
             }
+            "volume-driver" => {
+                families.push("volume");
+                let d = val()?;
+                anyhow::ensure!(
+                    d == "local",
+                    "invalid argument \"{raw}\" for \"--mount\" flag: kiln has only the local volume driver"
+                );
+            }
+            "volume-opt" => {
+                return Err(flag(
+                    "kiln's local volumes take no driver options (volume-opt)".to_owned(),
+                ));
+            }
             "consistency" => {}
             _ => return Err(flag(format!("unexpected key '{k}' in '{kv}'"))),
         }
