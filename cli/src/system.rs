@@ -155,5 +155,18 @@ fn df() -> anyhow::Result<()> {
             kroot::size::human(c.bytes)
         )?;
     }
+    // docker's "Local Volumes": every volume and the bytes of its files.
+    let vols = executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes)).list();
+    let bytes = vols
+        .iter()
+        .map(|v| executor::volume::tree_size(&v.mountpoint))
+        .sum();
+    writeln!(
+        out,
+        "{:<16} {:>8} {:>12}",
+        "Local Volumes",
+        vols.len(),
+        kroot::size::human(bytes)
+    )?;
     Ok(())
 }

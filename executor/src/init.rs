@@ -37,6 +37,7 @@ use crate::mounts::{self, HostPaths, Step};
 pub(crate) mod apply;
 mod cgroupfs;
 mod insecure;
+mod populate;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
@@ -708,6 +709,15 @@ fn child_main(
     };
     std::fs::create_dir_all(cwd).map_err(cwd_err)?;
     std::env::set_current_dir(cwd).map_err(cwd_err)?;
+    if spec.security.read_only_rootfs {
+        // Once the working directory exists (docker makes it at create time): only the root's
+        // own mount, what is mounted on it keeps its modes (as runc's remount of `/`).
+        sys::mount_setattr_top(&root, sys::attr::RDONLY).map_err(|source| InitError::Mount {
+            what: "the read-only root".into(),
+            target: "/".into(),
+            source,
+        })?;
+    }
 
     if let Some(sock) = console {
         crate::tty::take_new_pty(sock).map_err(|source| InitError::Namespace {

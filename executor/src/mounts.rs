@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::spec::{MountKind, Network, RunSpec};
+use crate::spec::{ContainerMount, MountKind, Network, RunSpec};
 
 /// What `init` does when a mount target does not exist in the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub enum Create {
     LikeSource,
     /// Skip the step (masking a path the kernel does not have).
     Skip,
+    /// A directory; when it exists already, the new filesystem takes its mode (runc's tmpfs
+    /// for docker's `--tmpfs /tmp:mode=...` on an image's /tmp: the image's mode wins).
+    DirKeepMode,
 }
 
 /// Mount attributes (`MOUNT_ATTR_*`).
@@ -95,6 +98,15 @@ pub enum Step {
         /// Absolute path in the root.
         target: String,
     },
+    /// Fills `source` (a volume's data directory), when it is empty, with a copy of what the
+    /// root holds at `target` (resolved inside the root), as docker fills a new volume from
+    /// the image; nothing when `target` is missing or not a directory.
+    Populate {
+        /// The volume's data directory.
+        source: PathBuf,
+        /// Absolute path in the root.
+        target: String,
+    },
     /// A symlink `path -> to` (the root's `/dev` is a fresh tmpfs, so it never exists before).
     Symlink {
         /// Absolute path in the root.
@@ -112,7 +124,8 @@ impl Step {
             | Step::Bind { target, .. }
             | Step::Tree { target, .. }
             | Step::ReadonlySelf { target }
-            | Step::ReadonlyMount { target } => target,
+            | Step::ReadonlyMount { target }
+            | Step::Populate { target, .. } => target,
             Step::Symlink { path, .. } => path,
         }
     }
@@ -324,7 +337,7 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
         });
     }
     for m in &spec.mounts {
-        steps.push(match &m.kind {
+        let step = match &m.kind {
             MountKind::Bind { source } => Step::Bind {
                 source: source.clone(),
                 target: m.target.clone(),
@@ -356,9 +369,63 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
                 },
                 create: Create::Dir,
             },
-        });
+            MountKind::Container(c) => {
+                container_mount(&mut steps, c, &m.target, m.readonly);
+                continue;
+            }
+        };
+        steps.push(step);
     }
     steps
+}
+
+/// The steps of a `kiln run` mount at `target`: docker's binds (recursive, no nosuid or
+/// nodev), a volume filled from the image first when it asks for it, a tmpfs with docker's
+/// `nosuid,nodev,noexec`.
+fn container_mount(steps: &mut Vec<Step>, m: &ContainerMount, target: &str, readonly: bool) {
+    match m {
+        ContainerMount::Bind { source, .. } => steps.push(Step::Bind {
+            source: source.clone(),
+            target: target.to_owned(),
+            readonly,
+            create: Create::LikeSource,
+        }),
+        ContainerMount::Volume {
+            source, copy_up, ..
+        } => {
+            if *copy_up {
+                steps.push(Step::Populate {
+                    source: source.clone(),
+                    target: target.to_owned(),
+                });
+            }
+            steps.push(Step::Bind {
+                source: source.clone(),
+                target: target.to_owned(),
+                readonly,
+                create: Create::Dir,
+            });
+        }
+        ContainerMount::Tmpfs { size, mode } => {
+            let mut options = Vec::new();
+            if let Some(s) = size {
+                options.push(("size", s.to_string()));
+            }
+            if let Some(m) = mode {
+                options.push(("mode", format!("{m:o}")));
+            }
+            steps.push(Step::Fs {
+                fstype: "tmpfs",
+                options,
+                target: target.to_owned(),
+                attrs: Attrs {
+                    readonly,
+                    ..NOSUID_NODEV_NOEXEC
+                },
+                create: Create::DirKeepMode,
+            });
+        }
+    }
 }
 
 /// The generated /etc files: (file name, contents). With the host network the host's
@@ -674,6 +741,79 @@ mod tests {
         assert!(
             matches!(&steps[n - 1], Step::Fs { fstype: "tmpfs", options, .. }
             if options == &vec![("size", "1024".to_string())])
+        );
+    }
+
+    /// `kiln run`'s mounts: a volume is filled before it is bound, docker's binds get no
+    /// nosuid/nodev, a tmpfs gets docker's nosuid,nodev,noexec and keeps an existing
+    /// directory's mode.
+    #[test]
+    fn container_mounts_plan_as_dockers() {
+        use crate::spec::ContainerMount;
+        let mut s = spec(Network::Loopback);
+        let m = |target: &str, kind: ContainerMount, readonly: bool| MountSpec {
+            target: target.into(),
+            kind: MountKind::Container(kind),
+            readonly,
+        };
+        s.mounts = vec![
+            m(
+                "/src",
+                ContainerMount::Bind {
+                    source: "/h".into(),
+                    mode: "ro".into(),
+                },
+                true,
+            ),
+            m(
+                "/data",
+                ContainerMount::Volume {
+                    name: "data".into(),
+                    source: "/v/data/_data".into(),
+                    anonymous: false,
+                    copy_up: true,
+                    mode: "z".into(),
+                },
+                false,
+            ),
+            m(
+                "/t",
+                ContainerMount::Tmpfs {
+                    size: Some(1 << 20),
+                    mode: Some(0o700),
+                },
+                false,
+            ),
+        ];
+        let steps = plan(&s, &host(), &[]);
+        let n = steps.len();
+        assert_eq!(
+            steps[n - 4..],
+            [
+                Step::Bind {
+                    source: "/h".into(),
+                    target: "/src".into(),
+                    readonly: true,
+                    create: Create::LikeSource
+                },
+                Step::Populate {
+                    source: "/v/data/_data".into(),
+                    target: "/data".into()
+                },
+                Step::Bind {
+                    source: "/v/data/_data".into(),
+                    target: "/data".into(),
+                    readonly: false,
+                    create: Create::Dir
+                },
+                Step::Fs {
+                    fstype: "tmpfs",
+                    options: vec![("size", "1048576".into()), ("mode", "700".into())],
+                    target: "/t".into(),
+                    attrs: NOSUID_NODEV_NOEXEC,
+                    create: Create::DirKeepMode
+                },
+            ]
         );
     }
 

@@ -345,6 +345,7 @@ impl Created {
             let _ = c.remove();
         }
         if state.auto_remove {
+            crate::volume::remove_anonymous(&spec.mounts);
             let _ = std::fs::remove_dir_all(&dir);
             name::release(&containers, state.name(), &state.id);
         } else {
