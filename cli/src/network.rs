@@ -12,7 +12,8 @@ use std::io::Write as _;
 pub enum Cmd {
     /// Define a user network.
     Create {
-        /// Subnet in CIDR form (default: the first free /24 of 10.90.0.0/16).
+        /// Subnet in CIDR form (default: the first /24 of 10.90.0.0/16 that overlaps no other
+        /// network and no route, address or nameserver of the host).
         #[arg(long)]
         subnet: Option<String>,
         /// Network name.
@@ -45,8 +46,15 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let ipam = executor::net::Ipam::open(crate::netrun::state_dir())?;
+            // Without --subnet: a /24 that nothing on the host routes (this namespace is the
+            // bridges': the session's when rootless). An explicit one is taken as dockerd does.
+            let host = match subnet {
+                Some(_) => Vec::new(),
+                None => executor::net::hostnet::host_in_use()
+                    .context("listing the host's routes and addresses")?,
+            };
             let config = ipam
-                .define_network(&name, subnet)
+                .define_network(&name, subnet, &host)
                 .with_context(|| format!("creating network {name}"))?;
             writeln!(out, "{}", config.name)?;
         }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::firewall::{self, FirewallError, Xtables, XtablesCommand};
-use super::ipam::{Ipam, IpamError, Lease, NetworkConfig};
+use super::hostnet;
+use super::ipam::{DEFAULT_NETWORK, Ipam, IpamError, Lease, NetworkConfig};
 use super::netlink::{Netlink, NetlinkError, NetnsTarget, RealNetlink};
 use super::netns::Netns;
 use super::nft::{self, Nft, NftCommand, NftError};
@@ -345,6 +346,7 @@ pub struct Networks<N: Netlink, F: Nft> {
     nft: F,
     firewall: Box<dyn Xtables + Send>,
     proc_sys: PathBuf,
+    resolv_conf: PathBuf,
     table: String,
 }
 
@@ -389,8 +391,37 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
             nft,
             firewall,
             proc_sys,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
             table: nft::TABLE.to_string(),
         }
+    }
+
+    /// Reads the nameservers that a new subnet must not cover from `path` instead of
+    /// /etc/resolv.conf (tests).
+    pub fn with_resolv_conf(mut self, path: impl Into<PathBuf>) -> Self {
+        self.resolv_conf = path.into();
+        self
+    }
+
+    /// The network called `network`. The default network's subnet is chosen now when none is
+    /// stored yet, from what this namespace's routes, addresses and nameservers leave free
+    /// ([`hostnet::choose_default`]), and stored ([`Ipam::default_network_or`]).
+    pub fn network(&mut self, network: &str) -> Result<NetworkConfig> {
+        if network != DEFAULT_NETWORK {
+            return Ok(self.ipam.network(network)?);
+        }
+        let (ipam, nl, resolv) = (&self.ipam, &mut self.netlink, &self.resolv_conf);
+        ipam.default_network_or(|others| -> Result<_> {
+            let text = fs::read_to_string(resolv).unwrap_or_default();
+            let in_use = hostnet::in_use(nl, &text)?;
+            hostnet::choose_default(super::ipam::DEFAULT_BRIDGE, others, &in_use).map_err(|e| {
+                AttachError::Ipam(IpamError::NoFreeSubnet {
+                    network: DEFAULT_NETWORK.to_string(),
+                    pool: hostnet::DEFAULT_POOL.join(", "),
+                    why: e.to_string(),
+                })
+            })
+        })
     }
 
     /// Uses nft table `table` instead of `kiln` (tests, or several KILN_ROOTs on one host).
@@ -425,7 +456,7 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
         netns: &Netns,
         ports: &[PortMapping],
     ) -> Result<Attachment> {
-        let net = self.ipam.network(network)?;
+        let net = self.network(network)?;
         let lease = self.ipam.allocate(&net, container, ports)?;
         let steps = plan_attach(&net, &lease);
         let done = execute(
@@ -800,7 +831,7 @@ mod tests {
         assert_eq!((nets.nft.scripts.len(), runs()), (2, 1));
         // A network created, then removed: iptables each time.
         nets.ipam()
-            .define_network("front", Some("10.89.7.0/24".parse().expect("cidr")))
+            .define_network("front", Some("10.89.7.0/24".parse().expect("cidr")), &[])
             .expect("define");
         nets.sync_rules().expect("a network");
         assert_eq!(runs(), 2);
@@ -812,6 +843,50 @@ mod tests {
         assert_eq!(runs(), 4);
         nets.resync_rules().expect("forced");
         assert_eq!(runs(), 5);
+    }
+
+    #[test]
+    fn the_default_network_avoids_the_hosts_routes_once_and_keeps_its_choice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut host = FakeNetlink::new();
+        // podman's bridge holds 10.88.0.0/16; a nameserver sits in 10.92.0.0/16.
+        let podman = host.create_bridge("cni-podman0").expect("bridge");
+        host.add_address(podman, "10.88.0.1".parse().expect("ip"), 16)
+            .expect("address");
+        host.routes.push(hostnet::InUse {
+            ip: "10.88.0.0".parse().expect("ip"),
+            prefix: 16,
+            holder: hostnet::Holder::Route {
+                link: Some("cni-podman0".into()),
+                table: 254,
+            },
+        });
+        let resolv = dir.path().join("resolv.conf");
+        fs::write(&resolv, "nameserver 10.92.0.53\n").expect("resolv.conf");
+        let mut nets = Networks::new(
+            Ipam::open(dir.path().join("state")).expect("ipam"),
+            host,
+            RecordingNft::default(),
+            Box::new(RecordingXtables::default()),
+            dir.path().into(),
+        )
+        .with_resolv_conf(&resolv);
+        let net = nets.network("bridge").expect("default");
+        assert_eq!(
+            (net.bridge.as_str(), net.subnet.to_string(), net.gateway),
+            (
+                "kiln0",
+                "10.93.0.0/16".to_string(),
+                "10.93.0.1".parse().expect("ip")
+            )
+        );
+        // podman's network gone: the stored choice stays, as docker's does.
+        let i = nets.netlink().link_index("cni-podman0").expect("get");
+        nets.netlink().delete_link(i.expect("bridge")).expect("rm");
+        nets.netlink().routes.clear();
+        fs::write(&resolv, "").expect("resolv.conf");
+        assert_eq!(nets.network("bridge").expect("default"), net);
+        assert_eq!(nets.ipam().network("bridge").expect("stored"), net);
     }
 
     #[test]
