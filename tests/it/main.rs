@@ -42,6 +42,7 @@ mod run_options;
 mod sandbox_security;
 mod save;
 mod sources;
+mod subnet;
 mod timestamps;
 mod validation;
 mod vm;
