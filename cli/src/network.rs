@@ -1,7 +1,8 @@
 //! `kiln network create|ls|rm`: user-defined bridge networks.
 //!
 //! A user network is a definition in the host-wide lease store (`/run/kiln/networks/NAME/`):
-//! its bridge (`kiln-<hash>`, created on first attach) and subnet. Containers on the same user
+//! its bridge (`kiln-<hash>`, created on first attach) and subnet (given, or the first /24 that
+//! nothing on the host uses: `executor::net::hostnet`). Containers on the same user
 //! network find each other by name through /etc/hosts (see `executor::container::network::refresh_hosts`).
 
 use anyhow::Context as _;

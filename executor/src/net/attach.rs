@@ -846,50 +846,6 @@ mod tests {
     }
 
     #[test]
-    fn the_default_network_avoids_the_hosts_routes_once_and_keeps_its_choice() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut host = FakeNetlink::new();
-        // podman's bridge holds 10.88.0.0/16; a nameserver sits in 10.92.0.0/16.
-        let podman = host.create_bridge("cni-podman0").expect("bridge");
-        host.add_address(podman, "10.88.0.1".parse().expect("ip"), 16)
-            .expect("address");
-        host.routes.push(hostnet::InUse {
-            ip: "10.88.0.0".parse().expect("ip"),
-            prefix: 16,
-            holder: hostnet::Holder::Route {
-                link: Some("cni-podman0".into()),
-                table: 254,
-            },
-        });
-        let resolv = dir.path().join("resolv.conf");
-        fs::write(&resolv, "nameserver 10.92.0.53\n").expect("resolv.conf");
-        let mut nets = Networks::new(
-            Ipam::open(dir.path().join("state")).expect("ipam"),
-            host,
-            RecordingNft::default(),
-            Box::new(RecordingXtables::default()),
-            dir.path().into(),
-        )
-        .with_resolv_conf(&resolv);
-        let net = nets.network("bridge").expect("default");
-        assert_eq!(
-            (net.bridge.as_str(), net.subnet.to_string(), net.gateway),
-            (
-                "kiln0",
-                "10.93.0.0/16".to_string(),
-                "10.93.0.1".parse().expect("ip")
-            )
-        );
-        // podman's network gone: the stored choice stays, as docker's does.
-        let i = nets.netlink().link_index("cni-podman0").expect("get");
-        nets.netlink().delete_link(i.expect("bridge")).expect("rm");
-        nets.netlink().routes.clear();
-        fs::write(&resolv, "").expect("resolv.conf");
-        assert_eq!(nets.network("bridge").expect("default"), net);
-        assert_eq!(nets.ipam().network("bridge").expect("stored"), net);
-    }
-
-    #[test]
     fn real_networks_can_move_to_a_blocking_thread() {
         // The solver/cli hold Networks in tokio code and call it through spawn_blocking.
         fn send<T: Send + 'static>() {}

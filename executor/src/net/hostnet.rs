@@ -340,4 +340,143 @@ mod tests {
             "address 10.88.0.1/16 of cni-podman0"
         );
     }
+
+    // Ipam and Networks with the rule.
+
+    use super::super::attach::Networks;
+    use super::super::firewall::RecordingXtables;
+    use super::super::ipam::{Ipam, IpamError};
+    use super::super::netlink::fake::FakeNetlink;
+    use super::super::nft::RecordingNft;
+    use std::fs;
+
+    type Result<T> = std::result::Result<T, IpamError>;
+
+    fn held(cidr: &str, link: &str) -> InUse {
+        let (ip, prefix) = cidr.split_once('/').expect("cidr");
+        InUse {
+            ip: ip.parse().expect("ip"),
+            prefix: prefix.parse().expect("prefix"),
+            holder: Holder::Route {
+                link: Some(link.into()),
+                table: 254,
+            },
+        }
+    }
+
+    #[test]
+    fn network_create_without_subnet_skips_what_the_host_routes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::open(dir.path()).expect("open");
+        // A VPN routing 10.90.0.0/23 and a docker network on 10.90.2.0/24.
+        let host = [held("10.90.0.0/23", "tun0"), held("10.90.2.0/24", "br-1")];
+        let a = ipam.define_network("a", None, &host).expect("a");
+        assert_eq!(a.subnet.to_string(), "10.90.3.0/24");
+        // An explicit subnet over a host route is taken, as dockerd 20.10 takes it.
+        let b = ipam
+            .define_network("b", Some("10.90.0.0/24".parse().expect("cidr")), &host)
+            .expect("explicit subnet over a route");
+        assert_eq!(b.subnet.to_string(), "10.90.0.0/24");
+        // Every /24 routed elsewhere: the error names the pool and what holds it.
+        let e = ipam
+            .define_network("c", None, &[held("10.0.0.0/8", "vpn0")])
+            .expect_err("nothing free");
+        assert_eq!(
+            e.to_string(),
+            "no subnet of 10.90.0.0/16 (as /24s) is free for network c: 10.90.0.0/24: kiln network \
+             b (10.90.0.0/24); ...; 10.90.255.0/24: route 10.0.0.0/8 dev vpn0"
+        );
+    }
+
+    #[test]
+    fn the_default_network_is_chosen_once_and_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::open(dir.path()).expect("open");
+        // Unchosen, it reads as the first choice and nothing is stored.
+        assert_eq!(
+            ipam.network("bridge").expect("default"),
+            NetworkConfig::default_bridge()
+        );
+        assert!(!dir.path().join("bridge/network.json").exists());
+        let user = ipam
+            .define_network("u", Some("10.92.0.0/24".parse().expect("cidr")), &[])
+            .expect("user network");
+        let chosen = ipam
+            .default_network_or(|others| -> Result<Subnet> {
+                assert_eq!(others, std::slice::from_ref(&user), "kiln's other networks");
+                Ok("10.93.0.0/16".parse().expect("cidr"))
+            })
+            .expect("chosen");
+        assert_eq!(
+            (chosen.bridge.as_str(), chosen.gateway),
+            ("kiln0", Ipv4Addr::new(10, 93, 0, 1))
+        );
+        // Stored: read back by every handle, and never chosen again.
+        let again = Ipam::open(dir.path()).expect("reopen");
+        assert_eq!(again.network("bridge").expect("stored"), chosen);
+        assert_eq!(again.networks().expect("list")[0], chosen);
+        let kept = again
+            .default_network_or(|_| -> Result<Subnet> { panic!("chosen twice") })
+            .expect("kept");
+        assert_eq!(kept, chosen);
+        let e = again
+            .create_network(&NetworkConfig::user(
+                "x",
+                "10.93.1.0/24".parse().expect("cidr"),
+            ))
+            .expect_err("overlaps the stored default");
+        assert!(
+            e.to_string()
+                .contains("overlaps network bridge (10.93.0.0/16)"),
+            "{e}"
+        );
+        assert!(matches!(
+            again.remove_network("bridge"),
+            Err(IpamError::InUse { .. })
+        ));
+    }
+
+    #[test]
+    fn the_default_network_avoids_the_hosts_routes_once_and_keeps_its_choice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut host = FakeNetlink::new();
+        // podman's bridge holds 10.88.0.0/16; a nameserver sits in 10.92.0.0/16.
+        let podman = host.create_bridge("cni-podman0").expect("bridge");
+        host.add_address(podman, "10.88.0.1".parse().expect("ip"), 16)
+            .expect("address");
+        host.routes.push(InUse {
+            ip: "10.88.0.0".parse().expect("ip"),
+            prefix: 16,
+            holder: Holder::Route {
+                link: Some("cni-podman0".into()),
+                table: 254,
+            },
+        });
+        let resolv = dir.path().join("resolv.conf");
+        fs::write(&resolv, "nameserver 10.92.0.53\n").expect("resolv.conf");
+        let mut nets = Networks::new(
+            Ipam::open(dir.path().join("state")).expect("ipam"),
+            host,
+            RecordingNft::default(),
+            Box::new(RecordingXtables::default()),
+            dir.path().into(),
+        )
+        .with_resolv_conf(&resolv);
+        let net = nets.network("bridge").expect("default");
+        assert_eq!(
+            (net.bridge.as_str(), net.subnet.to_string(), net.gateway),
+            (
+                "kiln0",
+                "10.93.0.0/16".to_string(),
+                "10.93.0.1".parse().expect("ip")
+            )
+        );
+        // podman's network gone: the stored choice stays, as docker's does.
+        let i = nets.netlink().link_index("cni-podman0").expect("get");
+        nets.netlink().delete_link(i.expect("bridge")).expect("rm");
+        nets.netlink().routes.clear();
+        fs::write(&resolv, "").expect("resolv.conf");
+        assert_eq!(nets.network("bridge").expect("default"), net);
+        assert_eq!(nets.ipam().network("bridge").expect("stored"), net);
+    }
 }
