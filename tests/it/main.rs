@@ -44,6 +44,7 @@ mod run_volumes;
 mod sandbox_security;
 mod save;
 mod sources;
+mod subnet;
 mod timestamps;
 mod validation;
 mod vm;
