@@ -380,7 +380,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<std::process::ExitCode> {
         let shown = match &a.file {
             Some(f) if f.as_os_str() == "-" => "stdin".to_owned(),
             Some(f) => f.display().to_string(),
-            None => call::go_clean(&format!("{}/Dockerfile", a.context.display())),
+            None => context::go_clean(&format!("{}/Dockerfile", a.context.display())),
         };
         let opts = frontend::BuildOptions {
             dockerfile_name: shown,

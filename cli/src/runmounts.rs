@@ -64,19 +64,9 @@ impl Parsed {
     }
 }
 
-/// docker's `filepath.Clean` of an absolute container path.
+/// docker's `filepath.Clean` of a container path, taken as absolute.
 fn clean(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    context::go_clean(&format!("/{p}"))
 }
 
 /// The flags' mounts in the order they are mounted (shallower targets first, as docker sorts

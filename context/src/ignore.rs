@@ -224,7 +224,7 @@ fn read_lines(text: &str) -> Vec<(usize, String)> {
 
 /// Go's `path.Clean`: `.` and empty elements go, `..` removes the element before it (and stays
 /// at the start of a relative path), a trailing `/` goes; `""` becomes `.`.
-fn go_clean(path: &str) -> String {
+pub fn go_clean(path: &str) -> String {
     let rooted = path.starts_with('/');
     let mut out: Vec<&str> = Vec::new();
     for part in path.split('/') {
@@ -421,3 +421,18 @@ fn run(toks: &[Tok], name: &[char], t: usize, n: usize, memo: &mut [Option<bool>
 #[cfg(test)]
 #[path = "buildkit_cases.rs"]
 mod buildkit_cases;
+
+#[cfg(test)]
+mod tests {
+    use super::go_clean;
+
+    #[test]
+    fn paths_are_cleaned_as_go_cleans_them() {
+        assert_eq!(go_clean("./Dockerfile"), "Dockerfile");
+        assert_eq!(go_clean("ctx//sub/../Dockerfile"), "ctx/Dockerfile");
+        assert_eq!(go_clean("/a/./b/"), "/a/b");
+        assert_eq!(go_clean("../x"), "../x");
+        assert_eq!(go_clean("/../x"), "/x");
+        assert_eq!(go_clean(""), ".");
+    }
+}

@@ -27,7 +27,7 @@ use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 mod ignore;
-pub use ignore::{Ignore, IgnoreError};
+pub use ignore::{Ignore, IgnoreError, go_clean};
 pub mod statcache;
 
 /// Opens paths inside a directory with every symlink resolved inside it (never above it).

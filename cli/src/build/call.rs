@@ -68,32 +68,6 @@ pub fn parse(s: &str) -> anyhow::Result<Call> {
     Ok(call)
 }
 
-/// `path` cleaned as Go's `filepath.Clean` does it, lexically: no empty or `.` parts,
-/// `..` taken back where it can be, `.` for nothing.
-pub fn go_clean(path: &str) -> String {
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for p in path.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => match parts.last() {
-                Some(&l) if l != ".." => {
-                    parts.pop();
-                }
-                _ if rooted => {}
-                _ => parts.push(".."),
-            },
-            p => parts.push(p),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_owned(),
-        (false, false) => joined,
-    }
-}
-
 /// Rows aligned as Go's `text/tabwriter` (minwidth 0, the given `padding`, padded with
 /// spaces) aligns cells ended by a tab: every cell but a row's last is padded to its
 /// column's widest cell plus `padding`; the last cell is written as it is.
@@ -396,15 +370,6 @@ mod tests {
             parse("outline,x=1").expect_err("field").to_string(),
             "invalid print field: x=1"
         );
-    }
-
-    #[test]
-    fn paths_are_cleaned_as_go_cleans_them() {
-        assert_eq!(go_clean("./Dockerfile"), "Dockerfile");
-        assert_eq!(go_clean("ctx//sub/../Dockerfile"), "ctx/Dockerfile");
-        assert_eq!(go_clean("/a/./b/"), "/a/b");
-        assert_eq!(go_clean("../x"), "../x");
-        assert_eq!(go_clean("/../x"), "/x");
     }
 
     #[test]
