@@ -4,10 +4,10 @@
 //! RUN step against `docker build` (BuildKit 0.8). The cgroup v2 view (a cgroup namespace, a
 //! read-only cgroup2) is compared with podman's in the qemu guest ([`crate::vm`]).
 
-use crate::harness::{TestDir, busybox_dir, busybox_tar, kiln_bin, text};
+use crate::harness::{TestDir, busybox_dir, busybox_tar, docker_ok as docker, kiln_bin, text};
 use crate::vm;
 use anyhow::{Context as _, ensure};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Prints the cgroup view as `KEY=value` lines: the names under /sys/fs/cgroup, the memory
 /// limit (v1 or v2 file), whether writing it and making a directory fail with EROFS, every
@@ -35,23 +35,6 @@ fn docker_ready() -> bool {
         eprintln!("skipped: dockerd is not answering");
     }
     answered
-}
-
-/// `/usr/bin/docker args...` (BuildKit on for `build`), which must succeed.
-fn docker(args: &[&str]) -> anyhow::Result<std::process::Output> {
-    let out = Command::new("/usr/bin/docker")
-        .env("DOCKER_BUILDKIT", "1")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running docker")?;
-    ensure!(
-        out.status.success(),
-        "docker {args:?} failed ({}):\n{}",
-        out.status,
-        text(&out)
-    );
-    Ok(out)
 }
 
 /// The test's busybox imported into dockerd as `kiln-it-cgroupfs:<pid>`, removed on drop.

@@ -30,14 +30,14 @@ mod cases_run2;
 mod cases_stages;
 mod cases_v024;
 
-use crate::harness::{TestDir, busybox_tar, privileged, text};
+use crate::harness::{TestDir, busybox_tar, docker_ok as docker, privileged, text};
 use anyhow::{Context as _, bail, ensure};
 use cache::oci::Digest;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 /// The tools the suite drives; missing ones fail it under REQUIRE_PRIVILEGED_TESTS=1.
@@ -71,23 +71,6 @@ pub struct Group {
     pub files: &'static [(&'static str, &'static str)],
     pub args: &'static [&'static str],
     pub cases: &'static [Case],
-}
-
-/// `/usr/bin/docker` (Debian's 20.10 client) with BuildKit on.
-fn docker(args: &[&str]) -> anyhow::Result<std::process::Output> {
-    let out = Command::new("/usr/bin/docker")
-        .env("DOCKER_BUILDKIT", "1")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running docker")?;
-    ensure!(
-        out.status.success(),
-        "docker {args:?} failed ({}):\n{}",
-        out.status,
-        text(&out)
-    );
-    Ok(out)
 }
 
 /// Imports the base into docker once per test process; returns the base tar's path.

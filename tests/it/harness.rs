@@ -211,6 +211,24 @@ pub fn umoci_unpack(layout: &Path, refname: &str, bundle: &Path) -> anyhow::Resu
     Ok(())
 }
 
+/// `/usr/bin/docker args...` (Debian's 20.10 client; BuildKit on for `build`), which must
+/// succeed: its output, or an error with what it printed.
+pub fn docker_ok(args: &[&str]) -> anyhow::Result<Output> {
+    let out = std::process::Command::new("/usr/bin/docker")
+        .env("DOCKER_BUILDKIT", "1")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("running docker: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "docker {args:?} failed ({}):\n{}",
+        out.status,
+        text(&out)
+    );
+    Ok(out)
+}
+
 /// stdout and stderr, for failure messages.
 pub fn text(out: &Output) -> String {
     format!(
