@@ -35,6 +35,10 @@ pub struct PsArgs {
     /// adds a header row and aligns the tab-separated columns).
     #[arg(long)]
     format: Option<String>,
+    /// Only containers matching (`label=K` or `label=K=V`; docker's other filters are not
+    /// supported).
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    filter: Vec<String>,
 }
 
 /// Container subcommands (flattened into the top-level command enum).
@@ -74,9 +78,9 @@ pub enum Cmd {
     },
     /// Stop a container: SIGTERM, then SIGKILL after the timeout.
     Stop {
-        /// Seconds to wait before killing.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
-        time: u64,
+        /// Seconds to wait before killing (default: the container's --stop-timeout, or 10).
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
         /// Containers.
         #[arg(required = true)]
         names: Vec<String>,
@@ -199,7 +203,20 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
         .map_or((String::new(), Vec::new()), |(p, a)| {
             (p.clone(), a.to_vec())
         });
-    Ok(Some(serde_json::json!({
+    let o = &s.options;
+    let or_null = |v: &[String]| match v.is_empty() {
+        true => serde_json::Value::Null,
+        false => serde_json::json!(v),
+    };
+    let ulimits: Vec<serde_json::Value> = o
+        .ulimits
+        .iter()
+        .map(|u| {
+            let n = |x: Option<u64>| x.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+            serde_json::json!({ "Name": u.name, "Hard": n(u.hard), "Soft": n(u.soft) })
+        })
+        .collect();
+    let mut v = serde_json::json!({
         "Id": s.id,
         "Created": s.created.clone().unwrap_or_default(),
         "Path": path,
@@ -222,6 +239,7 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "WorkingDir": spec.as_ref().map(|x| x.cwd.clone()).unwrap_or_default(),
             "User": spec.as_ref().map(|x| x.user.clone()).unwrap_or_default(),
             "StopSignal": s.stop_signal.clone().unwrap_or_else(|| "SIGTERM".to_owned()),
+            "Labels": o.labels,
         },
         "HostConfig": {
             "NetworkMode": s.network_mode.clone().or_else(|| s.network.clone()).unwrap_or_default(),
@@ -229,6 +247,17 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "Memory": s.limits.memory.unwrap_or(0),
             "NanoCpus": s.limits.millicpus.unwrap_or(0) * 1_000_000,
             "PidsLimit": s.limits.pids.unwrap_or(0),
+            "CapAdd": or_null(&o.cap_add),
+            "CapDrop": or_null(&o.cap_drop),
+            "Dns": o.dns,
+            "DnsSearch": o.dns_search,
+            "DnsOptions": o.dns_options,
+            "ExtraHosts": or_null(&o.extra_hosts),
+            "GroupAdd": or_null(&o.group_add),
+            "Privileged": o.privileged,
+            "Ulimits": if ulimits.is_empty() { serde_json::Value::Null } else { ulimits.into() },
+            "ShmSize": o.shm_size.unwrap_or(64 * 1024 * 1024),
+            "RestartPolicy": { "Name": "no", "MaximumRetryCount": 0 },
         },
         "NetworkSettings": {
             "IPAddress": ip,
@@ -236,7 +265,15 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "Ports": ports,
             "Networks": networks,
         },
-    })))
+    });
+    // docker leaves these out unless given.
+    if o.init {
+        v["HostConfig"]["Init"] = true.into();
+    }
+    if let Some(t) = o.stop_timeout {
+        v["Config"]["StopTimeout"] = t.into();
+    }
+    Ok(Some(v))
 }
 
 fn supervise(id: &str) -> anyhow::Result<ExitCode> {
@@ -307,6 +344,7 @@ fn ps_row(s: &State, no_trunc: bool) -> serde_json::Value {
         "State": s.status.as_str(),
         "Ports": ports.join(", "),
         "Networks": s.network.clone().unwrap_or_default(),
+        "Labels": s.options.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
     })
 }
 
@@ -394,12 +432,21 @@ pub fn print_rows(
 
 /// `kiln ps`: docker's columns, `-q` ids, `--format` templates.
 fn ps(a: &PsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let labels = a
+        .filter
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some(("label", l)) => Ok(l),
+            _ => anyhow::bail!("--filter {f}: kiln supports only label=KEY[=VALUE]"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut states = all()?;
     // Newest first, as docker lists them.
     states.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
     let rows: Vec<serde_json::Value> = states
         .iter()
         .filter(|s| a.all || s.is_running())
+        .filter(|s| labels.iter().all(|l| s.options.has_label(l)))
         .map(|s| ps_row(s, a.no_trunc))
         .collect();
     if a.quiet {
@@ -504,6 +551,14 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Stop { time, names } => {
             for n in &names {
+                let time = match time {
+                    Some(t) => t,
+                    None => find(n)?
+                        .1
+                        .options
+                        .stop_timeout
+                        .map_or(10, |t| t.max(0) as u64),
+                };
                 control::stop(&containers_dir()?, n, Duration::from_secs(time))?;
                 writeln!(out, "{n}")?;
             }

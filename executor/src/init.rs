@@ -36,6 +36,7 @@ use crate::mounts::{self, HostPaths, Step};
 
 pub(crate) mod apply;
 mod insecure;
+pub mod reaper;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
@@ -351,7 +352,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
             confine_devices()?;
             mounts::InsecureHost::default()
         }
-        true => insecure::host()?,
+        true => insecure::host(spec.security.all_devices)?,
     };
     let state = StateDir::create(&spec.rootfs.work)?;
     let read_host = |p: &str| std::fs::read_to_string(p).ok();
@@ -688,6 +689,7 @@ fn child_main(
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
     let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())?;
+    let id = add_groups(id, &spec.security.group_add, group.as_deref())?;
     let env = complete_env(&spec.env, &id.home);
 
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
@@ -789,6 +791,7 @@ fn exec_child(spec: &crate::spec::ExecSpec, console: Option<OwnedFd>) -> Result<
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
     let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())?;
+    let id = add_groups(id, &spec.security.group_add, group.as_deref())?;
     let env = complete_env(&spec.env, &id.home);
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     std::env::set_current_dir(cwd).map_err(|source| InitError::Cwd {
@@ -801,7 +804,12 @@ fn exec_child(spec: &crate::spec::ExecSpec, console: Option<OwnedFd>) -> Result<
             source,
         })?;
     }
-    exec_as(&spec.args, &env, &spec.user, &id, &spec.security)
+    // `--init` is the container's PID 1; an exec'd command is not under a reaper (docker's).
+    let security = Security {
+        init: false,
+        ..spec.security.clone()
+    };
+    exec_as(&spec.args, &env, &spec.user, &id, &security)
 }
 
 /// The last step of RUN and `kiln exec`: finds `args[0]` on the `PATH` of `env` (while still
@@ -820,12 +828,16 @@ fn exec_as(
         .unwrap_or(DEFAULT_PATH)
         .to_string();
     let exe = find_executable(&args[0], &path_var)?;
+    let keep = capabilities(security).map_err(|source| InitError::Credentials {
+        user: user.to_string(),
+        source,
+    })?;
     let filter = match security.privileged {
         true => None,
-        false => seccomp_filter(&security.seccomp)?,
+        false => seccomp_filter(&security.seccomp, keep)?,
     };
     set_ulimits(&security.ulimits)?;
-    drop_privileges(user, id, security.privileged)?;
+    drop_privileges(user, id, security.privileged, keep)?;
 
     let cstr =
         |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
@@ -849,12 +861,68 @@ fn exec_as(
     if let Some(f) = &filter {
         sys::load_seccomp(&f.program).map_err(InitError::SeccompLoad)?;
     }
+    if security.init {
+        return match reaper::exec_under_reaper(&path, &argv, &envp) {
+            Err(source) => Err(InitError::Namespace {
+                what: "starting the init process",
+                source,
+            }),
+            Ok(never) => match never {},
+        };
+    }
     Err(to_exec_err(sys::execve(&path, &argv, &envp)))
+}
+
+/// `id` with the `--group-add` groups (names from the root's /etc/group `group`, or gids).
+fn add_groups(
+    mut id: user::Identity,
+    add: &[String],
+    group: Option<&str>,
+) -> Result<user::Identity> {
+    for g in add {
+        let gid = user::resolve_group_spec(g, group)?;
+        if !id.groups.contains(&gid) {
+            id.groups.push(gid);
+        }
+    }
+    Ok(id)
+}
+
+/// The bit of capability `name` (`CAP_CHOWN`).
+fn capability_bit(name: &str) -> Option<CapabilitySet> {
+    (0..64)
+        .map(|b| CapabilitySet::from_bits_retain(1 << b))
+        .find(|c| seccomp::capability_names(*c).first().map(String::as_str) == Some(name))
+}
+
+/// The capabilities the process keeps: every one kiln has when privileged, else docker's
+/// default set with `--cap-drop` and then `--cap-add` applied (moby's order: `ALL` in the
+/// adds starts from every capability, `ALL` in the drops from none).
+fn capabilities(security: &Security) -> io::Result<CapabilitySet> {
+    let all = rustix::thread::capabilities(None)?.permitted;
+    if security.privileged {
+        return Ok(all);
+    }
+    let has_all = |l: &[String]| l.iter().any(|c| c == "ALL");
+    let mut keep = match has_all(&security.cap_add) {
+        true => all,
+        false => default_capabilities(),
+    };
+    if has_all(&security.cap_drop) {
+        keep = CapabilitySet::empty();
+    }
+    for c in security.cap_drop.iter().filter_map(|c| capability_bit(c)) {
+        keep.remove(c);
+    }
+    for c in security.cap_add.iter().filter_map(|c| capability_bit(c)) {
+        keep.insert(c);
+    }
+    Ok(keep & all)
 }
 
 /// The filter `mode` asks for, compiled for this machine and Docker's capability set; None
 /// when unconfined.
-fn seccomp_filter(mode: &Seccomp) -> Result<Option<seccomp::Filter>> {
+fn seccomp_filter(mode: &Seccomp, caps: CapabilitySet) -> Result<Option<seccomp::Filter>> {
     let default;
     let profile = match mode {
         Seccomp::Unconfined => return Ok(None),
@@ -866,7 +934,7 @@ fn seccomp_filter(mode: &Seccomp) -> Result<Option<seccomp::Filter>> {
     };
     let release = rustix::system::uname();
     let release = release.release().to_string_lossy();
-    let caps = seccomp::capability_names(default_capabilities());
+    let caps = seccomp::capability_names(caps);
     let target = seccomp::Target::native(caps, &release)?;
     Ok(Some(seccomp::compile(profile, &target)?))
 }
@@ -950,7 +1018,12 @@ fn set_ulimits(limits: &[crate::spec::Ulimit]) -> Result<()> {
     Ok(())
 }
 
-fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Result<()> {
+fn drop_privileges(
+    user_spec: &str,
+    id: &user::Identity,
+    privileged: bool,
+    keep: CapabilitySet,
+) -> Result<()> {
     let cred = |source: io::Error| InitError::Credentials {
         user: user_spec.to_string(),
         source,
@@ -960,12 +1033,8 @@ fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Re
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
-    // Privileged: every capability kiln itself has (a container around kiln may hold fewer
-    // than the kernel knows).
-    let keep = match privileged {
-        true => rustix::thread::capabilities(None).map_err(errno)?.permitted,
-        false => default_capabilities(),
-    };
+    // `keep` ([`capabilities`]): privileged, every capability kiln itself has (a container
+    // around kiln may hold fewer than the kernel knows).
     for cap in 0..=last {
         if cap < 64 && !keep.contains(CapabilitySet::from_bits_retain(1 << cap)) {
             sys::drop_bounding_capability(cap).map_err(cred)?;

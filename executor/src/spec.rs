@@ -116,6 +116,25 @@ pub struct Security {
     /// `--add-host NAME:IP`: (name, ip) lines appended to /etc/hosts.
     #[serde(default)]
     pub extra_hosts: Vec<(String, String)>,
+    /// `kiln run --cap-add`: `CAP_X` names or `ALL`, added to docker's default set.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `kiln run --cap-drop`: `CAP_X` names or `ALL`, dropped before the adds (docker's order).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `kiln run --group-add`: group names (the root's /etc/group) or numeric gids.
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// `kiln run --init`: PID 1 is kiln's reaper, which forwards signals to the command.
+    #[serde(default)]
+    pub init: bool,
+    /// `kiln run --dns/--dns-search/--dns-option`: /etc/resolv.conf instead of the network's.
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
+    /// `kiln run --privileged`: with [`Security::privileged`], every device node of the
+    /// host's /dev (an insecure RUN step gets BuildKit's few).
+    #[serde(default)]
+    pub all_devices: bool,
 }
 
 /// One `--ulimit NAME=SOFT[:HARD]`; `None` is unlimited.

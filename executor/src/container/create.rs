@@ -86,8 +86,12 @@ pub struct Request {
     pub stop_signal: Option<String>,
     /// `-e`, `-w`, `-u`, `--entrypoint`, the command, `-t`.
     pub overrides: Overrides,
-    /// `--security-opt`.
+    /// `--security-opt`; and `--cap-add`, `--privileged`, `--ulimit`... as the sandbox
+    /// applies them (set by the caller from [`Request::options`]).
     pub security: Security,
+    /// `-h`, `-l`, `--dns`, `--add-host`, `--cap-add`... as given, kept for `inspect`; `-h`,
+    /// the DNS flags and `--add-host NAME:host-gateway` are applied here.
+    pub options: super::options::RunOptions,
     /// `--network`.
     pub network: Mode,
     /// `-p`, `-P` (see [`network::ports`]).
@@ -157,6 +161,9 @@ pub fn create(req: Request) -> Result<Created> {
             }
         })?;
     c.spec.security = req.security.clone();
+    if let Some(h) = &req.options.hostname {
+        c.spec.hostname.clone_from(h);
+    }
     let mut undo = Undo {
         containers,
         id: &id,
@@ -216,6 +223,11 @@ pub fn create(req: Request) -> Result<Created> {
         c.spec.mounts.push(network::hosts_mount(&c.dir));
     }
     c.spec.network = net;
+    if let Err(e) = apply_etc_options(&mut c.spec, &req.options, joined.as_ref(), &c.dir) {
+        undo.joined = joined;
+        undo.run();
+        return Err(e);
+    }
     let cgroup = if req.limits.is_empty() || !req.apply_limits {
         Ok(None)
     } else {
@@ -257,6 +269,7 @@ pub fn create(req: Request) -> Result<Created> {
         cgroups,
         limits: req.limits,
         network_mode: Some(req.network.to_string()),
+        options: req.options,
     };
     Ok(Created {
         containers: req.containers,
@@ -363,6 +376,48 @@ impl Created {
     }
 }
 
+/// `--add-host NAME:host-gateway` resolved to the bridge's gateway, the `--add-host` lines
+/// written into the bridge's hosts file (`dir/hosts`) where docker puts them, and the
+/// resolv.conf of `--dns`, `--dns-search`, `--dns-option` (see [`super::options`]).
+fn apply_etc_options(
+    spec: &mut RunSpec,
+    o: &super::options::RunOptions,
+    joined: Option<&Joined>,
+    dir: &Path,
+) -> Result<()> {
+    let gateway = joined.map(|j| j.attachment.gateway.to_string());
+    for (_, ip) in &mut spec.security.extra_hosts {
+        if ip == super::options::HOST_GATEWAY {
+            // The caller refuses host-gateway without a bridge.
+            *ip = gateway.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        }
+    }
+    if let Some(j) = joined
+        && !spec.security.extra_hosts.is_empty()
+    {
+        let path = dir.join("hosts");
+        let write_err = |source| {
+            CreateError::Net(network::NetError::Write {
+                path: path.clone(),
+                source,
+            })
+        };
+        let hosts = std::fs::read_to_string(&path).map_err(write_err)?;
+        let hosts =
+            super::options::with_extra_hosts(&hosts, j.attachment.ip, &spec.security.extra_hosts);
+        kroot::write_atomic(&path, hosts.as_bytes()).map_err(write_err)?;
+    }
+    let base = match &spec.network {
+        crate::spec::Network::Join { resolv_conf, .. } => resolv_conf.clone(),
+        _ => crate::net::files::resolv_conf(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    };
+    spec.security.resolv_conf =
+        super::options::resolv_conf(&base, &o.dns, &o.dns_search, &o.dns_options);
+    Ok(())
+}
+
 /// Runs the sandbox of `spec` and waits for it; `started` gets its pid first (its failure
 /// kills the sandbox). With `forward_signals`, SIGINT, SIGTERM and SIGHUP to kiln kill the
 /// sandbox (see [`super::relay`]) so the caller still gets to clean up the network.
@@ -416,6 +471,7 @@ mod tests {
             stop_signal: None,
             overrides: Overrides::default(),
             security: Security::default(),
+            options: Default::default(),
             network,
             ports: Vec::new(),
             limits: Limits::default(),

@@ -1,0 +1,82 @@
+//! `kiln run --init`: the container's PID 1 stays kiln (already loaded, so the image needs no
+//! init binary) and runs the command as its child, as docker's `docker-init` (tini) does: it
+//! forwards the signals it gets ([`sys::RELAYED_SIGNALS`]) to the command, reaps every
+//! orphan the kernel hands it, and exits with the command's status (128+N when a signal N
+//! killed it) once the command is gone.
+
+use std::convert::Infallible;
+use std::ffi::{CStr, CString};
+use std::io;
+
+use crate::sys;
+
+/// The name PID 1 shows in `ps` (its `comm`).
+pub const NAME: &str = "kiln-init";
+
+/// Forks: the child execs `path` (under the seccomp filter already loaded), this process
+/// becomes the reaper and exits with the child's status. Returns only when the fork or the
+/// signal set-up fails; the child's exec failure is its exit (127 or 126 as a shell's).
+pub(super) fn exec_under_reaper(
+    path: &CStr,
+    argv: &[CString],
+    envp: &[CString],
+) -> io::Result<Infallible> {
+    let old = sys::block_relayed_signals()?;
+    match sys::fork()? {
+        sys::Forked::Child => {
+            let e = match sys::restore_signal_mask(&old) {
+                Ok(()) => sys::execve(path, argv, envp),
+                Err(e) => e,
+            };
+            let _ = io::Write::write_all(
+                &mut io::stderr(),
+                format!("kiln-init: exec {}: {e}\n", path.to_string_lossy()).as_bytes(),
+            );
+            let code = match e.kind() {
+                io::ErrorKind::NotFound => 127,
+                _ => 126,
+            };
+            sys::exit_immediately(code)
+        }
+        sys::Forked::Parent(pid) => {
+            // The reaper needs no descriptor, and one it kept (the report pipe `__init` reads
+            // until the command execs) would hold up whoever waits for it to close.
+            sys::close_from(3);
+            let _ = rustix::thread::set_name(c"kiln-init");
+            sys::exit_immediately(reap(pid))
+        }
+    }
+}
+
+/// Forwards signals to `child` and reaps every child until `child` exits; its exit code.
+fn reap(child: i32) -> i32 {
+    let Some(main) = rustix::process::Pid::from_raw(child) else {
+        return 125;
+    };
+    loop {
+        // Collect every exited child: the command's end is the reaper's.
+        loop {
+            match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) if pid == main => {
+                    if let Some(code) = status.exit_status() {
+                        return code;
+                    }
+                    if let Some(sig) = status.terminating_signal() {
+                        return 128 + sig;
+                    }
+                }
+                Ok(Some(_)) | Err(rustix::io::Errno::INTR) => {}
+                // No more exited children (None), or none at all (ECHILD).
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Ok(sig) = sys::wait_signal() else {
+            return 125;
+        };
+        if sig != libc::SIGCHLD
+            && let Some(signal) = rustix::process::Signal::from_named_raw(sig)
+        {
+            let _ = rustix::process::kill_process(main, signal);
+        }
+    }
+}
