@@ -38,6 +38,7 @@ mod rootless_docker;
 mod rootless_fallbacks;
 mod rootless_kube;
 mod run_flags;
+mod run_flags_docker;
 mod run_options;
 mod sandbox_security;
 mod save;
