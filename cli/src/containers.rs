@@ -117,6 +117,15 @@ pub enum Cmd {
         /// Allocate a pseudo-terminal.
         #[arg(short = 't', long)]
         tty: bool,
+        /// Read environment variables from a file (as `kiln run --env-file`).
+        #[arg(long = "env-file", value_name = "FILE")]
+        env_file: Vec<String>,
+        /// Run the command in the background (its output is discarded, as docker's).
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Every capability and no seccomp filter for the command.
+        #[arg(long)]
+        privileged: bool,
         /// Container.
         name: String,
         /// Command and arguments.
@@ -581,15 +590,39 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             user,
             interactive,
             tty,
+            env_file,
+            detach,
+            privileged,
             name,
             command,
         } => {
             drop(out);
-            return exec(&name, env, workdir, user, (interactive, tty), command);
+            let mut all = Vec::new();
+            let lookup = |k: &str| std::env::var(k).ok();
+            for f in &env_file {
+                all.extend(crate::runflags::parse_kv_file(f, Some(&lookup))?);
+            }
+            all.extend(env);
+            let how = ExecHow {
+                interactive,
+                tty,
+                detach,
+                privileged,
+            };
+            return exec(&name, all, workdir, user, how, command);
         }
         Cmd::Supervise { id } => return supervise(&id),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln exec -i -t -d --privileged`.
+#[derive(Debug, Clone, Copy)]
+struct ExecHow {
+    interactive: bool,
+    tty: bool,
+    detach: bool,
+    privileged: bool,
 }
 
 /// `kiln exec`: the container's PID 1 is the sandbox process's child.
@@ -598,9 +631,15 @@ fn exec(
     env: Vec<String>,
     workdir: Option<String>,
     user: Option<String>,
-    (interactive, tty): (bool, bool),
+    how: ExecHow,
     command: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
+    let ExecHow {
+        interactive,
+        tty,
+        detach,
+        privileged,
+    } = how;
     // docker's check, before anything else: a tty relay needs a terminal on stdin.
     if tty && interactive && !rustix::termios::isatty(rustix::stdio::stdin()) {
         return Err(anyhow::Error::new(NotATty));
@@ -619,8 +658,23 @@ fn exec(
             tty,
         },
     )?;
+    let mut exec = exec;
+    if privileged {
+        // docker's exec --privileged: every capability, no seccomp filter.
+        exec.security.privileged = true;
+        exec.security.seccomp = executor::spec::Seccomp::Unconfined;
+    }
     let exe = exe()?;
     let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Exec(exec))?;
+    if detach {
+        // Not waited for: `__init` waits for the command and exits with it.
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if !interactive {
         cmd.stdin(Stdio::null());
     }

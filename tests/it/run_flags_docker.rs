@@ -651,6 +651,66 @@ fn bad_values_fail_with_dockers_exit_code_and_message() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn exec_env_file_and_detach_match_docker() -> anyhow::Result<()> {
+    let Some(b) = Both::new("exec")? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&b.t);
+    let name = b.name("ex");
+    let (d, k) = b.run(&["-d", "--name", &name], &["sleep", "60"]);
+    ensure!(d.status.success() && k.status.success(), "{}", text(&k));
+    let envf = b.t.dir.path().join("x.env");
+    std::fs::write(&envf, "# c\nA=1\nB=two words\nRF_CALLER\n")?;
+    let envf = envf.to_str().context("utf-8")?;
+    let both = |args: &[&str]| -> anyhow::Result<(String, String)> {
+        let mut kargs = vec!["exec"];
+        kargs.extend(args);
+        let mut d = std::process::Command::new(DOCKER);
+        d.args(&kargs).env("RF_CALLER", "c");
+        let d = d.output()?;
+        let k = b.t.cmd(&kargs).env("RF_CALLER", "c").output()?;
+        ensure!(
+            d.status.code() == k.status.code(),
+            "exec {args:?}: docker {} kiln {}",
+            text(&d),
+            text(&k)
+        );
+        Ok((stdout(&d), stdout(&k)))
+    };
+    let (d, k) = both(&[
+        "--env-file",
+        envf,
+        "-e",
+        "A=from-e",
+        &name,
+        "sh",
+        "-c",
+        "echo $A/$B/$RF_CALLER",
+    ])?;
+    ensure!(
+        d == k && k == "from-e/two words/c\n",
+        "docker {d:?} kiln {k:?}"
+    );
+    // -d returns at once and prints nothing; the command runs on in the container.
+    let start = Instant::now();
+    let (d, k) = both(&["-d", &name, "sh", "-c", "sleep 1; echo done > /detached"])?;
+    ensure!(
+        d.is_empty() && k.is_empty() && start.elapsed() < Duration::from_secs(2),
+        "docker {d:?} kiln {k:?} after {:?}",
+        start.elapsed()
+    );
+    let (d, k) = both(&[&name, "cat", "/detached"])?;
+    ensure!(
+        d.is_empty() && k.is_empty(),
+        "not yet: docker {d:?} kiln {k:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (d, k) = both(&[&name, "cat", "/detached"])?;
+    ensure!(d == k && k == "done\n", "docker {d:?} kiln {k:?}");
+    Ok(())
+}
+
 /// docker's privileged mode cannot be compared here when dockerd itself runs without every
 /// capability (runc then fails `unable to apply caps`); kiln's is checked against the host:
 /// kiln's own capabilities, no seccomp filter, the host's devices, writable /sys and cgroupfs.
@@ -691,6 +751,23 @@ fn privileged_gets_every_capability_devices_and_writable_sys() -> anyhow::Result
     ensure!(
         out.starts_with(&format!("CapEff:\t{prm}\nSeccomp:\t0\ndev\nrw\ncg\n")),
         "privileged (host CapPrm {prm}, /dev/{dev}):\n{out}"
+    );
+    // exec --privileged in a container that is not: every capability, no filter.
+    let name = b.name("privexec");
+    b.t.ok(&["run", "-d", "--name", &name, "busybox", "sleep", "60"])?;
+    let k = b.t.kiln(&[
+        "exec",
+        "--privileged",
+        &name,
+        "grep",
+        "-E",
+        "^(CapEff|Seccomp):",
+        "/proc/self/status",
+    ]);
+    ensure!(
+        stdout(&k) == format!("CapEff:\t{prm}\nSeccomp:\t0\n"),
+        "exec --privileged: {}",
+        text(&k)
     );
     // Without it: docker's default set, the filter, no such device, read-only /sys.
     let k = b.t.kiln(&["run", "--rm", "busybox", "sh", "-c", &script]);
