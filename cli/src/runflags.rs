@@ -88,6 +88,9 @@ pub struct Applied {
     pub stop_signal: Option<String>,
 }
 
+/// Where `K` alone in an env file takes its value from (the caller's environment).
+pub type Lookup = dyn Fn(&str) -> Option<String>;
+
 /// docker's `ErrBadKey`.
 fn bad_key(msg: String) -> anyhow::Error {
     anyhow::anyhow!("poorly formatted environment: {msg}")
@@ -97,10 +100,7 @@ fn bad_key(msg: String) -> anyhow::Error {
 /// trimmed, `#` lines and empty lines skipped, the name before `=` must hold no blank, `K`
 /// alone is `K=<lookup(K)>` when `lookup` knows it and skipped otherwise (always for labels);
 /// values are taken verbatim (quotes and trailing blanks kept).
-pub fn parse_kv_file(
-    path: &str,
-    lookup: Option<&dyn Fn(&str) -> Option<String>>,
-) -> anyhow::Result<Vec<String>> {
+pub fn parse_kv_file(path: &str, lookup: Option<&Lookup>) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read(path).map_err(|e| {
         let msg = match e.kind() {
             std::io::ErrorKind::NotFound => "no such file or directory".to_owned(),

@@ -93,7 +93,7 @@ pub fn resolv_conf(
     let base_search = base
         .lines()
         .filter_map(|l| l.trim().strip_prefix("search "))
-        .last()
+        .next_back()
         .map(|s| s.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
     let pick = |given: &[String], base: Vec<String>| match given.is_empty() {
