@@ -267,6 +267,9 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "Ulimits": if ulimits.is_empty() { serde_json::Value::Null } else { ulimits.into() },
             "ShmSize": o.shm_size.unwrap_or(64 * 1024 * 1024),
             "RestartPolicy": { "Name": "no", "MaximumRetryCount": 0 },
+            "Devices": o.devices.iter().map(|[h, c, p]| serde_json::json!({
+                "PathOnHost": h, "PathInContainer": c, "CgroupPermissions": p,
+            })).collect::<Vec<_>>(),
         },
         "NetworkSettings": {
             "IPAddress": ip,

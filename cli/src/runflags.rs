@@ -72,6 +72,9 @@ pub struct DockerFlags {
     /// Restart policy: only `no` (kiln has no daemon to restart containers).
     #[arg(long = "restart", value_name = "POLICY")]
     pub restart: Option<String>,
+    /// Give the container a host device (`/dev/fuse`, `/dev/fuse:/dev/f:r`).
+    #[arg(long = "device", value_name = "HOST[:CTR[:rwm]]")]
+    pub device: Vec<String>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -294,6 +297,67 @@ fn check_restart(v: Option<&str>, rm: bool) -> anyhow::Result<()> {
     }
 }
 
+/// docker's `validDeviceMode`: some of `r`, `w`, `m`, each once.
+fn device_mode(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 3
+        && m.chars().all(|c| "rwm".contains(c))
+        && m.chars().all(|c| m.matches(c).count() == 1)
+}
+
+/// `--device HOST[:CTR][:MODE]` as docker's CLI parses and checks it (`validateLinuxPath`,
+/// `parseDevice`), then the host node as its daemon finds it: (host, container, mode).
+fn parse_device(v: &str) -> anyhow::Result<executor::spec::DeviceAllow> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let parts: Vec<&str> = v.split(':').collect();
+    ensure!(
+        parts.len() <= 3 && !parts[0].is_empty(),
+        "bad format for path: {v}"
+    );
+    let (src, dst, mode) = match parts[..] {
+        [s] => (s, s, "rwm"),
+        [s, m] if device_mode(m) => (s, s, m),
+        [s, d] => (s, d, "rwm"),
+        [s, d, m] => {
+            ensure!(device_mode(m), "bad mode specified: {m}");
+            (s, d, m)
+        }
+        _ => bail!("bad format for path: {v}"),
+    };
+    for p in [src, dst] {
+        ensure!(p.starts_with('/'), "{p} is not an absolute path");
+    }
+    let gather = |e: String| {
+        anyhow::anyhow!(
+            "Error response from daemon: error gathering device information while adding custom device \"{src}\": {e}"
+        )
+    };
+    let m = std::fs::metadata(src).map_err(|e| {
+        gather(match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_owned(),
+            _ => e.to_string(),
+        })
+    })?;
+    let t = m.file_type();
+    ensure!(
+        t.is_char_device() || t.is_block_device(),
+        gather("not a device node (kiln takes device nodes, not directories)".to_owned())
+    );
+    let rdev = m.rdev();
+    Ok(executor::spec::DeviceAllow {
+        block: t.is_block_device(),
+        major: rustix::fs::major(rdev),
+        minor: rustix::fs::minor(rdev),
+        access: mode.to_owned(),
+        source: src.into(),
+        target: std::path::Path::new(dst)
+            .components()
+            .collect::<std::path::PathBuf>()
+            .to_string_lossy()
+            .into_owned(),
+    })
+}
+
 /// Parses and checks every flag (docker refuses these before creating a container); fills
 /// `security` (the sandbox's) and returns the rest. `bridge` says whether the container gets
 /// a bridge network (`host-gateway` needs one).
@@ -366,6 +430,11 @@ pub fn apply(
         })
         .transpose()?;
     let stop_signal = f.stop_signal.as_deref().map(parse_signal).transpose()?;
+    let devices = f
+        .device
+        .iter()
+        .map(|d| parse_device(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     security.extra_hosts.extend(extra_hosts);
     security.cap_add.clone_from(&cap_add);
     security.cap_drop.clone_from(&cap_drop);
@@ -375,6 +444,17 @@ pub fn apply(
     if shm_size.is_some() {
         security.shm_size = shm_size;
     }
+    let device_options = devices
+        .iter()
+        .map(|d| {
+            [
+                d.source.to_string_lossy().into_owned(),
+                d.target.clone(),
+                d.access.clone(),
+            ]
+        })
+        .collect();
+    security.devices = devices;
     if f.privileged {
         security.privileged = true;
         security.all_devices = true;
@@ -396,6 +476,7 @@ pub fn apply(
             ulimits,
             shm_size,
             stop_timeout: f.stop_timeout,
+            devices: device_options,
         },
         env,
         stop_signal,

@@ -349,7 +349,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     // The device policy, or for `RUN --security=insecure` out of it with what the host adds.
     let insecure = match spec.security.privileged {
         false => {
-            confine_devices()?;
+            confine_devices_with(&spec.security.devices)?;
             mounts::InsecureHost::default()
         }
         true => insecure::host(spec.security.all_devices)?,
@@ -438,6 +438,28 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     remove_placeholders(&spec.rootfs, &created, &before, &plan);
     drop(state);
     Ok(status)
+}
+
+/// [`confine_devices`], with `kiln run --device`'s devices allowed too when there are any
+/// ([`crate::devices::confine_self_with`]).
+fn confine_devices_with(extra: &[crate::spec::DeviceAllow]) -> Result<()> {
+    use crate::devices::{Kind, MKNOD, READ, Rule, WRITE};
+    if extra.is_empty() || crate::rootless::in_user_namespace() {
+        return confine_devices();
+    }
+    let rules: Vec<Rule> = extra
+        .iter()
+        .map(|d| Rule {
+            kind: if d.block { Kind::Block } else { Kind::Char },
+            major: Some(d.major),
+            minor: Some(d.minor),
+            access: [('r', READ), ('w', WRITE), ('m', MKNOD)]
+                .into_iter()
+                .filter(|(c, _)| d.access.contains(*c))
+                .fold(0, |a, (_, b)| a | b),
+        })
+        .collect();
+    Ok(crate::devices::confine_self_with(&rules)?)
 }
 
 /// Puts this process, and so the sandbox it forks, under the device policy
@@ -726,7 +748,7 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
         ("mnt", T::Mount),
     ];
     // While the host's cgroup filesystems are still in view.
-    confine_devices()?;
+    confine_devices_with(&spec.security.devices)?;
     // Opened while this process's own /proc is in view (see `sys::fork_with`).
     let tasks = PathBuf::from("/proc/self/task");
     let tasks = std::fs::File::open(&tasks).map_err(file_err(&tasks))?;

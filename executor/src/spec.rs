@@ -135,6 +135,26 @@ pub struct Security {
     /// host's /dev (an insecure RUN step gets BuildKit's few).
     #[serde(default)]
     pub all_devices: bool,
+    /// `kiln run --device`: the device cgroup allows these besides the default list.
+    #[serde(default)]
+    pub devices: Vec<DeviceAllow>,
+}
+
+/// One device a container may use besides the default list (`--device HOST:CTR:rwm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAllow {
+    /// Block (`true`) or character device.
+    pub block: bool,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Some of `r`, `w`, `m`.
+    pub access: String,
+    /// The node on the host, bound at `target`.
+    pub source: PathBuf,
+    /// Its path in the container.
+    pub target: String,
 }
 
 /// One `--ulimit NAME=SOFT[:HARD]`; `None` is unlimited.

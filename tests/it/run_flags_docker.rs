@@ -398,7 +398,8 @@ fn env_file_labels_inspect_and_ps_filter_match_docker() -> anyhow::Result<()> {
     ensure!(d.status.success() && k.status.success(), "{}", text(&k));
     let f = "{{json .Config.Labels}} {{json .HostConfig.CapAdd}} {{json .HostConfig.Dns}} \
              {{json .HostConfig.ExtraHosts}} {{json .HostConfig.GroupAdd}} {{.HostConfig.ShmSize}} \
-             {{.HostConfig.Privileged}} {{json .HostConfig.Ulimits}} {{.HostConfig.RestartPolicy.Name}}";
+             {{.HostConfig.Privileged}} {{json .HostConfig.Ulimits}} {{.HostConfig.RestartPolicy.Name}} \
+             {{json .HostConfig.Devices}}";
     let (dv, kv) = b.inspect(f, &plain)?;
     ensure!(dv == kv, "inspect -f {f}: docker {dv:?} kiln {kv:?}");
 
@@ -648,6 +649,79 @@ fn bad_values_fail_with_dockers_exit_code_and_message() -> anyhow::Result<()> {
     let k =
         b.t.kiln(&["run", "--rm", "--restart", "no", "busybox", "true"]);
     ensure!(k.status.success(), "{}", text(&k));
+    Ok(())
+}
+
+#[test]
+fn device_nodes_are_present_and_usable_as_dockers() -> anyhow::Result<()> {
+    let Some(b) = Both::new("dev")? else {
+        return Ok(());
+    };
+    let _reap = Reaper::new(&b.t);
+    // A character device outside the default list that opening read-write does not change.
+    let dev = ["/dev/fuse", "/dev/loop-control"]
+        .into_iter()
+        .find(|d| std::path::Path::new(d).exists())
+        .context("the host has neither /dev/fuse nor /dev/loop-control")?;
+    let probe = |p: &str| {
+        format!(
+            "stat -c '%F %t:%T %a' {p}; exec 3<{p} && echo r-ok; exec 4<>{p} && echo rw-ok; \
+             mknod /dev/made c 1 3 && echo mknod-ok"
+        )
+    };
+    let out = b.same(&["--rm", "--device", dev], &["sh", "-c", &probe(dev)])?;
+    ensure!(out.ends_with("r-ok\nrw-ok\nmknod-ok\n"), "{out}");
+    // Elsewhere and read-only: the write open is refused by the device cgroup (exit 1).
+    let flag = format!("{dev}:/dev/mine:r");
+    let (d, k) = b.run(
+        &["--rm", "--device", &flag],
+        &["sh", "-c", &probe("/dev/mine")],
+    );
+    ensure!(
+        d.status.code() == Some(1) && k.status.code() == Some(1) && stdout(&d) == stdout(&k),
+        "docker {} kiln {}",
+        text(&d),
+        text(&k)
+    );
+    ensure!(
+        stdout(&k).ends_with("r-ok\n") && text(&k).contains("Operation not permitted"),
+        "{}",
+        text(&k)
+    );
+    // Without --device a node made with mknod cannot be opened.
+    let script = format!("stat -c '%t:%T' {dev} >/dev/null 2>&1 || echo absent");
+    let out = b.same(&["--rm"], &["sh", "-c", &script])?;
+    ensure!(out == "absent\n", "{out}");
+    let name = b.name("dev");
+    let (d, k) = b.run(
+        &["-d", "--name", &name, "--device", &flag],
+        &["sleep", "60"],
+    );
+    ensure!(d.status.success() && k.status.success(), "{}", text(&k));
+    let f = "{{range .HostConfig.Devices}}{{.PathOnHost}} {{.PathInContainer}} {{.CgroupPermissions}}{{end}}";
+    let (dv, kv) = b.inspect(f, &name)?;
+    ensure!(
+        dv == kv && kv == format!("{dev} /dev/mine r\n"),
+        "inspect Devices: docker {dv} kiln {kv}"
+    );
+    // Bad values: docker's messages (docker's daemon exits 127 for a missing host node,
+    // kiln refuses it before creating the container: 125).
+    for (v, msg) in [
+        (
+            "/dev/nosuch",
+            "error gathering device information while adding custom device \"/dev/nosuch\": no such file or directory",
+        ),
+        ("/dev/fuse:/dev/f:xyz", "bad mode specified: xyz"),
+        ("fuse", "fuse is not an absolute path"),
+    ] {
+        let (d, k) = b.run(&["--rm", "--device", v], &["true"]);
+        ensure!(
+            text(&d).contains(msg) && text(&k).contains(msg) && k.status.code() == Some(125),
+            "--device {v}: docker {} kiln {}",
+            text(&d),
+            text(&k)
+        );
+    }
     Ok(())
 }
 

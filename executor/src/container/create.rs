@@ -164,6 +164,16 @@ pub fn create(req: Request) -> Result<Created> {
     if let Some(h) = &req.options.hostname {
         c.spec.hostname.clone_from(h);
     }
+    // `--device`: the host's node bound in (the device cgroup allows it, see `crate::init`).
+    for d in &req.security.devices {
+        c.spec.mounts.push(crate::spec::MountSpec {
+            target: d.target.clone(),
+            kind: crate::spec::MountKind::Bind {
+                source: d.source.clone(),
+            },
+            readonly: false,
+        });
+    }
     let mut undo = Undo {
         containers,
         id: &id,

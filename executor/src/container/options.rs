@@ -55,6 +55,9 @@ pub struct RunOptions {
     /// `--stop-timeout` in seconds: `kiln stop` without `-t` waits this long.
     #[serde(default)]
     pub stop_timeout: Option<i64>,
+    /// `--device`: path on the host, path in the container, permissions.
+    #[serde(default)]
+    pub devices: Vec<[String; 3]>,
 }
 
 impl RunOptions {
