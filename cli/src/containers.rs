@@ -54,9 +54,9 @@ pub enum Cmd {
     },
     /// Stop running containers (as `stop`) and start them again.
     Restart {
-        /// Seconds to wait before killing.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
-        time: u64,
+        /// Seconds to wait before killing (default: the container's --stop-timeout, or 10).
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
         /// Containers.
         #[arg(required = true)]
         names: Vec<String>,
@@ -519,6 +519,20 @@ fn top(name: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `stop`/`restart -t`: the seconds given, else the container's `--stop-timeout`, else 10
+/// (docker's default).
+fn stop_time(given: Option<u64>, name: &str) -> anyhow::Result<u64> {
+    Ok(match given {
+        Some(t) => t,
+        None => find(name)?
+            .1
+            .options
+            .stop_timeout
+            // A negative one (docker's -1) waits as good as forever: ten years.
+            .map_or(10, |t| u64::try_from(t).unwrap_or(315_360_000)),
+    })
+}
+
 /// Runs a container subcommand.
 pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
@@ -537,6 +551,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Restart { time, names } => {
             for n in &names {
+                let time = stop_time(time, n)?;
                 control::stop(&containers_dir()?, n, Duration::from_secs(time))?;
                 control::start(&exe()?, &containers_dir()?, n)?;
                 writeln!(out, "{n}")?;
@@ -563,14 +578,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Stop { time, names } => {
             for n in &names {
-                let time = match time {
-                    Some(t) => t,
-                    None => find(n)?
-                        .1
-                        .options
-                        .stop_timeout
-                        .map_or(10, |t| t.max(0) as u64),
-                };
+                let time = stop_time(time, n)?;
                 control::stop(&containers_dir()?, n, Duration::from_secs(time))?;
                 writeln!(out, "{n}")?;
             }

@@ -473,6 +473,24 @@ fn init_reaps_zombies_and_forwards_sigterm_as_dockers() -> anyhow::Result<()> {
         text(&d),
         text(&k)
     );
+    // Its command line is docker-init's, `INIT -- CMD...` (not kiln's `__init` spec).
+    let (d, k) = b.run(
+        &["--rm", "--init"],
+        &["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"],
+    );
+    let line = |o: &Output| {
+        let s = stdout(o);
+        s.trim_end()
+            .split_once(' ')
+            .map(|(_, rest)| rest.to_owned())
+            .unwrap_or_default()
+    };
+    ensure!(
+        line(&d) == line(&k) && line(&k).starts_with("-- sh -c tr"),
+        "docker {:?} kiln {:?}",
+        stdout(&d),
+        stdout(&k)
+    );
     let (d, k) = b.run(&["--rm", "--init"], &["sh", "-c", "echo $$; exit 7"]);
     ensure!(
         d.status.code() == Some(7)

@@ -43,8 +43,46 @@ pub(super) fn exec_under_reaper(
             // until the command execs) would hold up whoever waits for it to close.
             sys::close_from(3);
             let _ = rustix::thread::set_name(c"kiln-init");
+            show_as_init(argv);
             sys::exit_immediately(reap(pid))
         }
+    }
+}
+
+/// Rewrites this process's command line (what `ps` and /proc/1/cmdline show in the container)
+/// as docker-init's reads, `kiln-init -- CMD...`, in place of kiln's own `__init` argument,
+/// the sandbox spec with host paths, which the container has no business reading. The bytes
+/// are written over the argument area (/proc/self/stat's arg_start..arg_end) through
+/// /proc/self/mem, cut to fit and padded with NULs; on failure the old line stays.
+fn show_as_init(argv: &[CString]) {
+    use std::os::unix::fs::FileExt as _;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the `(comm)`: state is field 3, arg_start and arg_end are 48 and 49.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, r)| r.split_whitespace().collect());
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else {
+        return;
+    };
+    let Some(len) = end.checked_sub(start).and_then(|l| usize::try_from(l).ok()) else {
+        return;
+    };
+    let mut line = b"kiln-init\0--\0".to_vec();
+    for a in argv {
+        line.extend_from_slice(a.as_bytes_with_nul());
+    }
+    line.resize(len, 0);
+    if let Some(last) = line.last_mut() {
+        *last = 0;
+    }
+    if let Ok(mem) = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+    {
+        let _ = mem.write_all_at(&line, start);
     }
 }
 
