@@ -149,11 +149,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("image {}", a.image))?;
     let mut security = crate::security::parse(&a.security_opt)?;
-    let bridge = !matches!(
-        a.network,
-        crate::netrun::Mode::None | crate::netrun::Mode::Host
-    );
-    let flags = crate::runflags::apply(&a.docker, a.rm, bridge, &mut security)?;
+    let flags = crate::runflags::apply(&a.docker, a.rm, &mut security)?;
     let env = flags
         .env
         .iter()

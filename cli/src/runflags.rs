@@ -4,7 +4,7 @@
 //! docker 20.10's syntax and messages (its CLI's `opts` package, the daemon's checks), and
 //! turned into the container's [`RunOptions`] and sandbox [`Security`].
 
-use anyhow::{bail, ensure};
+use anyhow::{Context as _, bail, ensure};
 use executor::container::options::{HOST_GATEWAY, RunOptions};
 use executor::spec::Security;
 use std::collections::BTreeMap;
@@ -359,14 +359,8 @@ fn parse_device(v: &str) -> anyhow::Result<executor::spec::DeviceAllow> {
 }
 
 /// Parses and checks every flag (docker refuses these before creating a container); fills
-/// `security` (the sandbox's) and returns the rest. `bridge` says whether the container gets
-/// a bridge network (`host-gateway` needs one).
-pub fn apply(
-    f: &DockerFlags,
-    rm: bool,
-    bridge: bool,
-    security: &mut Security,
-) -> anyhow::Result<Applied> {
+/// `security` (the sandbox's) and returns the rest.
+pub fn apply(f: &DockerFlags, rm: bool, security: &mut Security) -> anyhow::Result<Applied> {
     check_restart(f.restart.as_deref(), rm)?;
     let lookup = |k: &str| std::env::var(k).ok();
     let mut env = Vec::new();
@@ -385,11 +379,16 @@ pub fn apply(
     }
     let mut extra_hosts = Vec::new();
     for h in &f.add_host {
-        let (name, ip) = parse_add_host(h)?;
-        ensure!(
-            ip != HOST_GATEWAY || bridge,
-            "--add-host {h}: host-gateway is the bridge's gateway, and this container has no bridge network"
-        );
+        let (name, mut ip) = parse_add_host(h)?;
+        if ip == HOST_GATEWAY {
+            // docker's host-gateway is its default bridge's address (docker0), whatever the
+            // container's network: kiln's is kiln0's.
+            let gw = executor::net::Ipam::open(crate::netrun::state_dir())
+                .and_then(|i| i.network(executor::net::ipam::DEFAULT_NETWORK))
+                .map(|c| c.gateway)
+                .with_context(|| format!("--add-host {h}: finding the default bridge's address"))?;
+            ip = gw.to_string();
+        }
         extra_hosts.push((name, ip));
     }
     for d in &f.dns {

@@ -219,6 +219,48 @@ fn hostname_add_host_and_dns_flags_write_dockers_etc_files() -> anyhow::Result<(
         "/etc/hosts lines:\ndocker {dl:?}\nkiln {kl:?}\ndocker:\n{d}kiln:\n{k}"
     );
 
+    // host-gateway is the default bridge's address on any network (docker0's, kiln0's);
+    // -h and the /etc flags apply with the host's network too.
+    let gw_of = |o: &str| named_hosts_lines(o, &["gw"]);
+    let (d2, k2) = b.run(
+        &["--rm", "--network", "none", "--add-host", "gw:host-gateway"],
+        &["sh", "-c", "grep -w gw /etc/hosts; echo GW none"],
+    );
+    let bridge_gw = |o: &str| {
+        o.lines()
+            .find_map(|l| l.strip_prefix("GW "))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    for (who, out, bridged) in [("docker", &d2, &d), ("kiln", &k2, &k)] {
+        let want = format!("{}\tgw\nGW none\n", bridge_gw(bridged));
+        ensure!(
+            stdout(out) == want,
+            "{who} --network none host-gateway: {} (want {want:?}; {:?})",
+            text(out),
+            gw_of(bridged)
+        );
+    }
+    let out = b.same(
+        &[
+            "--rm",
+            "--network",
+            "host",
+            "-h",
+            "foo",
+            "--add-host",
+            "a:1.2.3.4",
+            "--dns",
+            "8.8.8.8",
+        ],
+        &[
+            "sh",
+            "-c",
+            "hostname; grep -w a /etc/hosts; cat /etc/resolv.conf",
+        ],
+    )?;
+    ensure!(out == "foo\n1.2.3.4\ta\nnameserver 8.8.8.8\n", "{out:?}");
+
     // One DNS flag alone keeps the network's others (its nameservers here).
     b.same(
         &["--rm", "--dns-search", "a.com"],

@@ -222,7 +222,7 @@ pub fn create(req: Request) -> Result<Created> {
             return Err(e.into());
         }
     };
-    if req.network == Mode::Host {
+    if req.network == Mode::Host && req.options.hostname.is_none() {
         // The host's network, the host's name (as docker's --network host).
         c.spec.hostname = rustix::system::uname()
             .nodename()
@@ -386,7 +386,7 @@ impl Created {
     }
 }
 
-/// `--add-host NAME:host-gateway` resolved to the bridge's gateway, the `--add-host` lines
+/// `--add-host NAME:host-gateway` left unresolved by the caller made the bridge's gateway, the `--add-host` lines
 /// written into the bridge's hosts file (`dir/hosts`) where docker puts them, and the
 /// resolv.conf of `--dns`, `--dns-search`, `--dns-option` (see [`super::options`]).
 fn apply_etc_options(
@@ -395,10 +395,10 @@ fn apply_etc_options(
     joined: Option<&Joined>,
     dir: &Path,
 ) -> Result<()> {
+    // The caller gives host-gateway as an address; left as the word, it is this bridge's.
     let gateway = joined.map(|j| j.attachment.gateway.to_string());
     for (_, ip) in &mut spec.security.extra_hosts {
         if ip == super::options::HOST_GATEWAY {
-            // The caller refuses host-gateway without a bridge.
             *ip = gateway.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
         }
     }
