@@ -421,13 +421,14 @@ pub fn apply(f: &DockerFlags, rm: bool, security: &mut Security) -> anyhow::Resu
     let shm_size = f
         .shm_size
         .as_deref()
-        .map(|s| {
-            kroot::size::parse(s)
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("shm-size", s, format!("invalid size: '{s}'")))
+        .map(|s| match s.trim() {
+            "0" => Ok(0),
+            _ => kroot::size::parse(s)
+                .map_err(|_| invalid("shm-size", s, format!("invalid size: '{s}'"))),
         })
-        .transpose()?;
+        .transpose()?
+        // 0 is docker's default (64m).
+        .filter(|n| *n > 0);
     let stop_signal = f.stop_signal.as_deref().map(parse_signal).transpose()?;
     let devices = f
         .device

@@ -335,8 +335,10 @@ fn capabilities_groups_ulimits_and_shm_size_match_docker() -> anyhow::Result<()>
     let shm = ["sh", "-c", "df -k /dev/shm | awk 'NR==2 {print $2}'"];
     let out = b.same(&["--rm", "--shm-size", "16m"], &shm)?;
     ensure!(out == "16384\n", "{out:?}");
-    let out = b.same(&["--rm"], &shm)?;
-    ensure!(out == "65536\n", "{out:?}");
+    for flags in [&["--rm"][..], &["--rm", "--shm-size", "0"]] {
+        let out = b.same(flags, &shm)?;
+        ensure!(out == "65536\n", "{flags:?}: {out:?}");
+    }
     Ok(())
 }
 

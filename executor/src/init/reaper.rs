@@ -21,6 +21,10 @@ pub(super) fn exec_under_reaper(
     argv: &[CString],
     envp: &[CString],
 ) -> io::Result<Infallible> {
+    // Named before the fork, so that nobody in the container ever sees PID 1 as kiln (the
+    // command's exec gives it its own name and line).
+    let _ = rustix::thread::set_name(c"kiln-init");
+    show_as_init(argv);
     let old = sys::block_relayed_signals()?;
     match sys::fork()? {
         sys::Forked::Child => {
@@ -42,8 +46,6 @@ pub(super) fn exec_under_reaper(
             // The reaper needs no descriptor, and one it kept (the report pipe `__init` reads
             // until the command execs) would hold up whoever waits for it to close.
             sys::close_from(3);
-            let _ = rustix::thread::set_name(c"kiln-init");
-            show_as_init(argv);
             sys::exit_immediately(reap(pid))
         }
     }
