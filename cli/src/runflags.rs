@@ -297,6 +297,39 @@ fn check_restart(v: Option<&str>, rm: bool) -> anyhow::Result<()> {
     }
 }
 
+/// `--ulimit NAME=SOFT[:HARD]` with the messages of docker's `units.ParseUlimit`; the value
+/// itself as `kiln build --ulimit` takes it.
+fn parse_ulimit(v: &str) -> anyhow::Result<executor::spec::Ulimit> {
+    let bad = |msg: String| invalid("ulimit", v, msg);
+    let Some((name, limits)) = v.split_once('=') else {
+        return Err(bad(format!("invalid ulimit argument: {v}")));
+    };
+    if !executor::spec::ULIMIT_NAMES.contains(&name) {
+        return Err(bad(format!("invalid ulimit type: {name}")));
+    }
+    let parts: Vec<&str> = limits.split(':').collect();
+    if parts.len() > 2 {
+        return Err(bad(format!(
+            "too many limit value arguments - {limits}, can only have up to two, `soft[:hard]`"
+        )));
+    }
+    let mut nums = Vec::new();
+    for p in &parts {
+        nums.push(
+            p.parse::<i64>()
+                .map_err(|_| bad(format!("strconv.ParseInt: parsing \"{p}\": invalid syntax")))?,
+        );
+    }
+    if let [s, h] = nums[..]
+        && s > h
+    {
+        return Err(bad(format!(
+            "ulimit soft limit must be less than or equal to hard limit: {s} > {h}"
+        )));
+    }
+    crate::build::runopts::parse_ulimit(v).map_err(|e| bad(format!("{e:#}")))
+}
+
 /// docker's `validDeviceMode`: some of `r`, `w`, `m`, each once.
 fn device_mode(m: &str) -> bool {
     !m.is_empty()
@@ -413,10 +446,7 @@ pub fn apply(f: &DockerFlags, rm: bool, security: &mut Security) -> anyhow::Resu
     let ulimits = f
         .ulimit
         .iter()
-        .map(|u| {
-            crate::build::runopts::parse_ulimit(u)
-                .map_err(|e| invalid("ulimit", u, format!("{e:#}")))
-        })
+        .map(|u| parse_ulimit(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let shm_size = f
         .shm_size

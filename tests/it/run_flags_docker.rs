@@ -671,7 +671,19 @@ fn bad_values_fail_with_dockers_exit_code_and_message() -> anyhow::Result<()> {
         (vec!["--shm-size", "foo"], "invalid size: 'foo'"),
         (
             vec!["--ulimit", "nofile=x"],
-            "invalid argument \"nofile=x\" for \"--ulimit\" flag",
+            "invalid argument \"nofile=x\" for \"--ulimit\" flag: strconv.ParseInt: parsing \"x\": invalid syntax",
+        ),
+        (
+            vec!["--ulimit", "bogus=1"],
+            "invalid argument \"bogus=1\" for \"--ulimit\" flag: invalid ulimit type: bogus",
+        ),
+        (
+            vec!["--ulimit", "nofile=5:2"],
+            "ulimit soft limit must be less than or equal to hard limit: 5 > 2",
+        ),
+        (
+            vec!["--ulimit", "nofile"],
+            "invalid ulimit argument: nofile",
         ),
         (vec!["--restart", "bogus"], "invalid restart policy 'bogus'"),
         (
