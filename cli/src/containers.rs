@@ -244,7 +244,11 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "Hostname": spec.as_ref().map(|x| x.hostname.clone()).unwrap_or_default(),
             "Image": s.image,
             "Cmd": s.command,
-            "Env": spec.as_ref().map(|x| x.env.clone()).unwrap_or_default(),
+            // Without the HOSTNAME kiln adds at run time, as docker's daemon does.
+            "Env": spec.as_ref().map(|x| {
+                let own = format!("HOSTNAME={}", x.hostname);
+                x.env.iter().filter(|e| **e != own).cloned().collect::<Vec<_>>()
+            }).unwrap_or_default(),
             "WorkingDir": spec.as_ref().map(|x| x.cwd.clone()).unwrap_or_default(),
             "User": spec.as_ref().map(|x| x.user.clone()).unwrap_or_default(),
             "StopSignal": s.stop_signal.clone().unwrap_or_else(|| "SIGTERM".to_owned()),

@@ -261,6 +261,10 @@ fn hostname_add_host_and_dns_flags_write_dockers_etc_files() -> anyhow::Result<(
     )?;
     ensure!(out == "foo\n1.2.3.4\ta\nnameserver 8.8.8.8\n", "{out:?}");
 
+    // HOSTNAME is in the environment, after PATH, as docker's daemon sets it.
+    let out = b.same(&["--rm", "-h", "myhost", "-e", "A=1"], &["env"])?;
+    ensure!(out.contains("\nHOSTNAME=myhost\nA=1\n"), "{out}");
+
     // One DNS flag alone keeps the network's others (its nameservers here).
     b.same(
         &["--rm", "--dns-search", "a.com"],

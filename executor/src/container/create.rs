@@ -229,6 +229,13 @@ pub fn create(req: Request) -> Result<Created> {
             .to_string_lossy()
             .into_owned();
     }
+    // docker's daemon environment: PATH (its default when the image has none) and HOSTNAME
+    // first, then the image's and the flags' variables (replacing those by name).
+    let base = [
+        format!("PATH={}", crate::init::DEFAULT_PATH),
+        format!("HOSTNAME={}", c.spec.hostname),
+    ];
+    c.spec.env = super::spec::env(&base, &c.spec.env);
     if joined.is_some() {
         c.spec.mounts.push(network::hosts_mount(&c.dir));
     }
