@@ -144,6 +144,15 @@ impl Both {
     }
 }
 
+/// Removes a docker network on drop.
+struct DockerNetwork(String);
+
+impl Drop for DockerNetwork {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.0]);
+    }
+}
+
 /// The lines of /etc/hosts that name `names`, with the gateway's and the container's own
 /// address replaced by GW and SELF (docker's bridge is 172.17/16, kiln's 10.88/16).
 fn named_hosts_lines(out: &str, names: &[&str]) -> Vec<String> {
@@ -177,7 +186,7 @@ fn hostname_add_host_and_dns_flags_write_dockers_etc_files() -> anyhow::Result<(
     let Some(b) = Both::new("etc")? else {
         return Ok(());
     };
-    let _reap = Reaper::new(&b.t);
+    let reap = Reaper::new(&b.t);
     let flags = [
         "--rm",
         "-h",
@@ -260,6 +269,59 @@ fn hostname_add_host_and_dns_flags_write_dockers_etc_files() -> anyhow::Result<(
         ],
     )?;
     ensure!(out == "foo\n1.2.3.4\ta\nnameserver 8.8.8.8\n", "{out:?}");
+
+    // On a user network the hosts file is rewritten as peers come and go: -h and --add-host
+    // stay in it.
+    let net = format!("it-rf-net-{}", std::process::id());
+    reap.network(&net);
+    let dnet = DockerNetwork(net.clone());
+    for out in [
+        docker(&["network", "create", &dnet.0]),
+        b.t.kiln(&["network", "create", &net]),
+    ] {
+        ensure!(out.status.success(), "network create: {}", text(&out));
+    }
+    let (first, peer) = (b.name("first"), b.name("peer"));
+    let (d, k) = b.run(
+        &[
+            "-d",
+            "--name",
+            &first,
+            "--network",
+            &net,
+            "-h",
+            "myhost",
+            "--add-host",
+            "db:10.1.2.3",
+        ],
+        &["sleep", "60"],
+    );
+    ensure!(d.status.success() && k.status.success(), "{}", text(&k));
+    let (d, k) = b.run(
+        &["-d", "--name", &peer, "--network", &net],
+        &["sleep", "60"],
+    );
+    ensure!(d.status.success() && k.status.success(), "{}", text(&k));
+    let hosts = ["sh", "-c", "cat /etc/hosts; echo GW none"];
+    let args: Vec<&str> = ["exec", first.as_str()]
+        .iter()
+        .copied()
+        .chain(hosts)
+        .collect();
+    let (d, k) = (docker(&args), b.t.kiln(&args));
+    let (dl, kl) = (
+        named_hosts_lines(&stdout(&d), &["db", "myhost"]),
+        named_hosts_lines(&stdout(&k), &["db", "myhost"]),
+    );
+    ensure!(
+        dl == kl && kl == ["10.1.2.3\tdb", "SELF\tmyhost"],
+        "user network hosts after a peer joined: docker {dl:?} kiln {kl:?}\n{}",
+        stdout(&k)
+    );
+    for c in [&first, &peer] {
+        let _ = docker(&["rm", "-f", c]);
+        let _ = b.t.kiln(&["rm", "-f", c]);
+    }
 
     // HOSTNAME is in the environment, after PATH, as docker's daemon sets it.
     let out = b.same(&["--rm", "-h", "myhost", "-e", "A=1"], &["env"])?;
