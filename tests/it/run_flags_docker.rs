@@ -908,9 +908,9 @@ fn exec_env_file_and_detach_match_docker() -> anyhow::Result<()> {
     );
     // -d returns at once and prints nothing; the command runs on in the container.
     let start = Instant::now();
-    let (d, k) = both(&["-d", &name, "sh", "-c", "sleep 1; echo done > /detached"])?;
+    let (d, k) = both(&["-d", &name, "sh", "-c", "sleep 3; echo done > /detached"])?;
     ensure!(
-        d.is_empty() && k.is_empty() && start.elapsed() < Duration::from_secs(2),
+        d.is_empty() && k.is_empty() && start.elapsed() < Duration::from_secs(3),
         "docker {d:?} kiln {k:?} after {:?}",
         start.elapsed()
     );
@@ -919,7 +919,7 @@ fn exec_env_file_and_detach_match_docker() -> anyhow::Result<()> {
         d.is_empty() && k.is_empty(),
         "not yet: docker {d:?} kiln {k:?}"
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3500));
     let (d, k) = both(&[&name, "cat", "/detached"])?;
     ensure!(d == k && k == "done\n", "docker {d:?} kiln {k:?}");
     Ok(())
