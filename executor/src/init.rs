@@ -35,6 +35,7 @@ use crate::fsroot;
 use crate::mounts::{self, HostPaths, Step};
 
 pub(crate) mod apply;
+mod caps;
 mod insecure;
 pub mod reaper;
 use crate::seccomp;
@@ -711,7 +712,7 @@ fn child_main(
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
     let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())?;
-    let id = add_groups(id, &spec.security.group_add, group.as_deref())?;
+    let id = caps::add_groups(id, &spec.security.group_add, group.as_deref())?;
     let env = complete_env(&spec.env, &id.home);
 
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
@@ -813,7 +814,7 @@ fn exec_child(spec: &crate::spec::ExecSpec, console: Option<OwnedFd>) -> Result<
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
     let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())?;
-    let id = add_groups(id, &spec.security.group_add, group.as_deref())?;
+    let id = caps::add_groups(id, &spec.security.group_add, group.as_deref())?;
     let env = complete_env(&spec.env, &id.home);
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     std::env::set_current_dir(cwd).map_err(|source| InitError::Cwd {
@@ -850,7 +851,7 @@ fn exec_as(
         .unwrap_or(DEFAULT_PATH)
         .to_string();
     let exe = find_executable(&args[0], &path_var)?;
-    let keep = capabilities(security).map_err(|source| InitError::Credentials {
+    let keep = caps::capabilities(security).map_err(|source| InitError::Credentials {
         user: user.to_string(),
         source,
     })?;
@@ -893,53 +894,6 @@ fn exec_as(
         };
     }
     Err(to_exec_err(sys::execve(&path, &argv, &envp)))
-}
-
-/// `id` with the `--group-add` groups (names from the root's /etc/group `group`, or gids).
-fn add_groups(
-    mut id: user::Identity,
-    add: &[String],
-    group: Option<&str>,
-) -> Result<user::Identity> {
-    for g in add {
-        let gid = user::resolve_group_spec(g, group)?;
-        if !id.groups.contains(&gid) {
-            id.groups.push(gid);
-        }
-    }
-    Ok(id)
-}
-
-/// The bit of capability `name` (`CAP_CHOWN`).
-fn capability_bit(name: &str) -> Option<CapabilitySet> {
-    (0..64)
-        .map(|b| CapabilitySet::from_bits_retain(1 << b))
-        .find(|c| seccomp::capability_names(*c).first().map(String::as_str) == Some(name))
-}
-
-/// The capabilities the process keeps: every one kiln has when privileged, else docker's
-/// default set with `--cap-drop` and then `--cap-add` applied (moby's order: `ALL` in the
-/// adds starts from every capability, `ALL` in the drops from none).
-fn capabilities(security: &Security) -> io::Result<CapabilitySet> {
-    let all = rustix::thread::capabilities(None)?.permitted;
-    if security.privileged {
-        return Ok(all);
-    }
-    let has_all = |l: &[String]| l.iter().any(|c| c == "ALL");
-    let mut keep = match has_all(&security.cap_add) {
-        true => all,
-        false => default_capabilities(),
-    };
-    if has_all(&security.cap_drop) {
-        keep = CapabilitySet::empty();
-    }
-    for c in security.cap_drop.iter().filter_map(|c| capability_bit(c)) {
-        keep.remove(c);
-    }
-    for c in security.cap_add.iter().filter_map(|c| capability_bit(c)) {
-        keep.insert(c);
-    }
-    Ok(keep & all)
 }
 
 /// The filter `mode` asks for, compiled for this machine and Docker's capability set; None

@@ -40,6 +40,7 @@ mod rootless_kube;
 mod run_flags;
 mod run_flags_docker;
 mod run_options;
+mod run_process_docker;
 mod sandbox_security;
 mod save;
 mod sources;
