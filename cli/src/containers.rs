@@ -96,6 +96,9 @@ pub enum Cmd {
         /// Kill a running container first.
         #[arg(short, long)]
         force: bool,
+        /// Remove its anonymous volumes too (named volumes stay).
+        #[arg(short, long)]
+        volumes: bool,
         /// Containers.
         #[arg(required = true)]
         names: Vec<String>,
@@ -274,7 +277,9 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "Devices": o.devices.iter().map(|[h, c, p]| serde_json::json!({
                 "PathOnHost": h, "PathInContainer": c, "CgroupPermissions": p,
             })).collect::<Vec<_>>(),
+            "ReadonlyRootfs": spec.as_ref().is_some_and(|x| x.security.read_only_rootfs),
         },
+        "Mounts": crate::runmounts::inspect(spec.as_ref().map_or(&[][..], |x| &x.mounts)),
         "NetworkSettings": {
             "IPAddress": ip,
             "Gateway": gateway,
@@ -593,9 +598,24 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{n}")?;
             }
         }
-        Cmd::Rm { force, names } => {
+        Cmd::Rm {
+            force,
+            volumes,
+            names,
+        } => {
             for n in &names {
+                // Read before the container goes: its anonymous volumes (docker's `rm -v`).
+                let mounts = match volumes {
+                    true => find(n)
+                        .ok()
+                        .and_then(|(d, _)| executor::container::supervisor::read_spec(&d).ok())
+                        .map(|s| s.mounts),
+                    false => None,
+                };
                 control::remove(&containers_dir()?, n, force)?;
+                if let Some(m) = mounts {
+                    executor::volume::remove_anonymous(&m);
+                }
                 writeln!(out, "{n}")?;
             }
         }

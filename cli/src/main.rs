@@ -20,8 +20,10 @@ mod rootless;
 mod run;
 mod runflags;
 mod runimage;
+mod runmounts;
 mod security;
 mod system;
+mod volume;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -170,6 +172,12 @@ enum Command {
         /// The subcommand.
         #[command(subcommand)]
         cmd: network::Cmd,
+    },
+    /// Manage volumes: create, ls, inspect, rm, prune.
+    Volume {
+        /// The subcommand.
+        #[command(subcommand)]
+        cmd: volume::Cmd,
     },
     /// Container commands: ps, logs, stop, kill, rm.
     #[command(flatten)]
@@ -545,6 +553,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Network { cmd } => network::dispatch(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Volume { cmd } => volume::dispatch(cmd),
         Command::Containers(c) => containers::dispatch(c),
         Command::Init { .. } => executor::init::main(std::env::args().collect()),
     }

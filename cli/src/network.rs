@@ -1,7 +1,8 @@
 //! `kiln network create|ls|rm`: user-defined bridge networks.
 //!
 //! A user network is a definition in the host-wide lease store (`/run/kiln/networks/NAME/`):
-//! its bridge (`kiln-<hash>`, created on first attach) and subnet. Containers on the same user
+//! its bridge (`kiln-<hash>`, created on first attach) and subnet (given, or the first /24 that
+//! nothing on the host uses: `executor::net::hostnet`). Containers on the same user
 //! network find each other by name through /etc/hosts (see `executor::container::network::refresh_hosts`).
 
 use anyhow::Context as _;
@@ -12,7 +13,8 @@ use std::io::Write as _;
 pub enum Cmd {
     /// Define a user network.
     Create {
-        /// Subnet in CIDR form (default: the first free /24 of 10.90.0.0/16).
+        /// Subnet in CIDR form (default: the first /24 of 10.90.0.0/16 that overlaps no other
+        /// network and no route, address or nameserver of the host).
         #[arg(long)]
         subnet: Option<String>,
         /// Network name.
@@ -45,8 +47,15 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let ipam = executor::net::Ipam::open(crate::netrun::state_dir())?;
+            // Without --subnet: a /24 that nothing on the host routes (this namespace is the
+            // bridges': the session's when rootless). An explicit one is taken as dockerd does.
+            let host = match subnet {
+                Some(_) => Vec::new(),
+                None => executor::net::hostnet::host_in_use()
+                    .context("listing the host's routes and addresses")?,
+            };
             let config = ipam
-                .define_network(&name, subnet)
+                .define_network(&name, subnet, &host)
                 .with_context(|| format!("creating network {name}"))?;
             writeln!(out, "{}", config.name)?;
         }

@@ -20,6 +20,9 @@ pub struct PruneArgs {
     /// Do not ask for confirmation.
     #[arg(short, long)]
     force: bool,
+    /// Also remove the volumes no container uses (as `docker system prune --volumes`).
+    #[arg(long)]
+    volumes: bool,
 }
 
 /// Runs `kiln prune`.
@@ -67,6 +70,19 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<()> {
         }
         writeln!(out)?;
     }
+    let mut reclaimed = report.reclaimed;
+    if a.volumes {
+        let (gone, bytes) = executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes))
+            .prune(&store.dir(kroot::Dir::Containers), |_| true);
+        if !gone.is_empty() {
+            writeln!(out, "Deleted Volumes:")?;
+            for n in &gone {
+                writeln!(out, "{n}")?;
+            }
+            writeln!(out)?;
+        }
+        reclaimed += bytes;
+    }
     if report.blobs + report.snapshots + report.tmp > 0 {
         writeln!(
             out,
@@ -77,7 +93,7 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "Total reclaimed space: {}",
-        kroot::size::human(report.reclaimed)
+        kroot::size::human(reclaimed)
     )?;
     Ok(())
 }

@@ -67,6 +67,19 @@ pub struct RunArgs {
     /// `-l`, `--ulimit`, `--shm-size`, `--stop-*`, `--restart` (see [`crate::runflags`]).
     #[command(flatten)]
     docker: crate::runflags::DockerFlags,
+    /// Bind a host path, mount a volume, or an anonymous one: `HOST:CTR[:ro]`,
+    /// `NAME:CTR[:ro]`, `CTR` (docker's `-v`).
+    #[arg(short = 'v', long = "volume", value_name = "[SRC:]CTR[:MODE]")]
+    volume: Vec<String>,
+    /// docker's `--mount type=bind|volume|tmpfs,source=..,target=..[,readonly][,...]`.
+    #[arg(long = "mount", value_name = "MOUNT")]
+    mount: Vec<String>,
+    /// A tmpfs: `CTR[:size=64m,mode=1777,ro]`.
+    #[arg(long = "tmpfs", value_name = "CTR[:OPTS]")]
+    tmpfs: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long = "read-only")]
+    read_only: bool,
     /// Image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -139,8 +152,10 @@ fn check(a: &RunArgs) -> anyhow::Result<()> {
 /// Runs `kiln run`; the exit code is the container's.
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     check(&a)?;
+    let mounts = crate::runmounts::parse(&a.volume, &a.mount, &a.tmpfs)?;
     let store = crate::open_store()?;
     let image = crate::runimage::image(&store, &a.image, a.pull, a.platform.as_deref())?;
+    let mounts = crate::runmounts::with_image_volumes(mounts, image.config.config.volumes.keys());
     // An image of another architecture runs through its binfmt handler, which must exist.
     executor::binfmt::check(
         std::path::Path::new(executor::binfmt::BINFMT_MISC),
@@ -160,13 +175,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let env = crate::containers::with_term(env, &image.config.config.env, a.tty);
-    let overrides = executor::container::spec::Overrides {
+    let mut overrides = executor::container::spec::Overrides {
         env,
         workdir: a.workdir.clone(),
         user: a.user.clone(),
         entrypoint: a.entrypoint.clone(),
         cmd: a.command.clone(),
         tty: a.tty,
+        // Made right before the container (see below).
+        mounts: Vec::new(),
     };
     let ports = crate::netrun::ports(
         &a.publish,
@@ -185,6 +202,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         pids: a.pids_limit.filter(|n| *n > 0).map(|n| n as u64),
     };
+    security.read_only_rootfs = a.read_only;
     crate::netrun::reclaim_orphans();
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let c = &image.config.config;
@@ -205,7 +223,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 Ok(store.snapshot_path(d))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        executor::container::create(executor::container::Request {
+        // Host directories and volumes, made last: a failing create takes back the anonymous
+        // volumes it would have used (named ones stay, as docker's).
+        let volumes = executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes));
+        // Held until spec.json names the volumes, so no prune takes them meanwhile.
+        let _volumes_lock = match mounts.is_empty() {
+            true => None,
+            false => Some(volumes.lock_shared()?),
+        };
+        let made = crate::runmounts::prepare(&mounts, &volumes)?;
+        overrides.mounts = made.clone();
+        let created = executor::container::create(executor::container::Request {
             containers: store.dir(kroot::Dir::Containers),
             name: a.name.clone(),
             image_ref: a.image.clone(),
@@ -227,7 +255,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             limits,
             auto_remove: a.rm,
             detach: a.detach,
-        })?
+        });
+        created.inspect_err(|_| executor::volume::remove_anonymous(&made))?
     };
     if a.detach {
         let id = created.start_detached(&exe)?;

@@ -474,6 +474,20 @@ pub fn apply(f: &DockerFlags, rm: bool, security: &mut Security) -> anyhow::Resu
     if shm_size.is_some() {
         security.shm_size = shm_size;
     }
+    // On cgroup v2 a container has a cgroup of its own below kiln's, whose device program
+    // every descendant answers to: one container's devices cannot be allowed there.
+    if !devices.is_empty()
+        && !executor::rootless::in_user_namespace()
+        && matches!(
+            executor::devices::DeviceCgroup::host(),
+            Ok(executor::devices::DeviceCgroup::V2 { .. })
+        )
+    {
+        bail!(
+            "--device: not supported on a cgroup v2 host yet (kiln's device program on its \
+             cgroup covers every container and cannot be widened for one)"
+        );
+    }
     let device_options = devices
         .iter()
         .map(|d| {

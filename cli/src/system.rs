@@ -93,6 +93,33 @@ fn check(fix: bool) -> anyhow::Result<()> {
             }
         )?;
     }
+    // A network sharing addresses with something else on the host (kiln0 made on 10.88.0.0/16
+    // before podman's bridge, or a VPN's route added since): traffic to those addresses goes
+    // one way only. A warning, not a blocker: kiln chooses free subnets itself
+    // (`executor::net::hostnet`) and keeps a stored choice, as dockerd does.
+    if let Ok(in_use) = executor::net::hostnet::host_in_use() {
+        for n in ipam.networks()? {
+            let clash = in_use.iter().find(|u| {
+                u.overlaps(n.subnet) && u.link().is_none_or(|l| !bridges.iter().any(|b| b == l))
+            });
+            let Some(u) = clash else { continue };
+            let again = if n.name == executor::net::ipam::DEFAULT_NETWORK {
+                format!(
+                    "`ip link del {}` and removing {} make kiln choose again",
+                    n.bridge,
+                    state.join(&n.name).join("network.json").display()
+                )
+            } else {
+                format!("`kiln network rm {}` and creating it again move it", n.name)
+            };
+            writeln!(
+                out,
+                "warning: network {} ({} on {}) shares addresses with {u}; with no container on \
+                 it, {again}",
+                n.name, n.subnet, n.bridge
+            )?;
+        }
+    }
     let found = blockers(&mut xt, &bridges)?;
     if found.is_empty() {
         writeln!(
@@ -155,5 +182,18 @@ fn df() -> anyhow::Result<()> {
             kroot::size::human(c.bytes)
         )?;
     }
+    // docker's "Local Volumes": every volume and the bytes of its files.
+    let vols = executor::volume::Volumes::new(store.dir(kroot::Dir::Volumes)).list();
+    let bytes = vols
+        .iter()
+        .map(|v| executor::volume::tree_size(&v.mountpoint))
+        .sum();
+    writeln!(
+        out,
+        "{:<16} {:>8} {:>12}",
+        "Local Volumes",
+        vols.len(),
+        kroot::size::human(bytes)
+    )?;
     Ok(())
 }

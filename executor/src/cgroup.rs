@@ -11,9 +11,11 @@
 //!
 //! Layout: `<controller mount>/kiln/<container id>` on v1 (one directory per controller that a
 //! limit needs), `<unified mount>/kiln/<container id>` on v2 (with `+memory +cpu +pids` enabled
-//! in the `subtree_control` of the root and of `kiln`). A container without limits gets no
-//! cgroup at all, which keeps `kiln run` from paying for one. Rootless, the same layout
-//! lives below the cgroup v2 subtree delegated to the user ([`delegate`]).
+//! in the `subtree_control` of the root and of `kiln`). As root, a container also gets a
+//! cgroup of its own in every other hierarchy, limited or not, as docker's ([`everywhere`]:
+//! `kiln-<id>` below kiln's own cgroup on v1), so that its read-only /sys/fs/cgroup shows its
+//! own cgroups. Rootless, the limits' layout lives
+//! below the cgroup v2 subtree delegated to the user ([`delegate`]).
 
 pub mod delegate;
 
@@ -158,24 +160,30 @@ pub fn own_dirs(mountinfo: &str, self_cgroup: &str) -> Vec<(PathBuf, PathBuf)> {
     cgroup_mounts(mountinfo)
         .filter(|(_, fstype, _)| !v1 || *fstype == "cgroup")
         .filter_map(|(mount, fstype, opts)| {
-            let own = self_cgroup.lines().find_map(|l| {
-                let mut f = l.splitn(3, ':');
-                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-                let matches = match fstype {
-                    "cgroup2" => controllers.is_empty(),
-                    _ => {
-                        !controllers.is_empty()
-                            && controllers
-                                .split(',')
-                                .all(|c| opts.split(',').any(|o| o == c))
-                    }
-                };
-                matches.then_some(path)
-            })?;
-            let dir = crate::cgparent::under(&mount, own);
+            let dir = crate::cgparent::under(&mount, own_path(fstype, opts, self_cgroup)?);
             Some((mount, dir))
         })
         .collect()
+}
+
+/// The path in `self_cgroup` (`/proc/self/cgroup` text) of the hierarchy mounted with
+/// `fstype` and super options `opts`: the line naming its controllers, or the `0::` line of
+/// a cgroup2.
+fn own_path<'a>(fstype: &str, opts: &str, self_cgroup: &'a str) -> Option<&'a str> {
+    self_cgroup.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let matches = match fstype {
+            "cgroup2" => controllers.is_empty(),
+            _ => {
+                !controllers.is_empty()
+                    && controllers
+                        .split(',')
+                        .all(|c| opts.split(',').any(|o| o == c))
+            }
+        };
+        matches.then_some(path)
+    })
 }
 
 /// What [`Cgroup::create`] does: directories to create (in order), then files to write.
@@ -259,6 +267,59 @@ pub fn plan(h: &Hierarchy, name: &str, limits: &Limits) -> Result<Plan> {
         }
     }
     Ok(p)
+}
+
+/// A container's own cgroup in every hierarchy, as docker gives each container one: `plan`
+/// (its limits) plus, in each v1 hierarchy of `mountinfo` the plan has no directory in (and a
+/// hybrid host's empty cgroup2 one, which runc joins too) but the `devices` one (the sandbox
+/// stays in the device policy's cgroup there), `kiln-<name>` below the cgroup kiln runs in
+/// (`self_cgroup`, `/proc/self/cgroup` text), so that whatever limits kiln's caller has keep
+/// holding. On v2, the unified `kiln/<name>` with memory, cpu and pids enabled. `cpuset` is
+/// the `cpuset.cpus` and `cpuset.mems` of kiln's own cpuset cgroup, copied to the new one,
+/// since a new v1 cpuset cgroup has none and takes no process until it has.
+pub fn everywhere(
+    mut p: Plan,
+    h: &Hierarchy,
+    mountinfo: &str,
+    self_cgroup: &str,
+    name: &str,
+    cpuset: Option<(&str, &str)>,
+) -> Plan {
+    match h {
+        Hierarchy::V1(_) => {
+            for (mount, fstype, opts) in cgroup_mounts(mountinfo) {
+                let has = |c: &str| fstype == "cgroup" && opts.split(',').any(|o| o == c);
+                if has("devices") || p.dirs.iter().any(|d| d.starts_with(&mount)) {
+                    continue;
+                }
+                let Some(own) = own_path(fstype, opts, self_cgroup) else {
+                    continue;
+                };
+                let dir = crate::cgparent::under(&mount, own).join(format!("kiln-{name}"));
+                p.dirs.push(dir.clone());
+                if let (true, Some((cpus, mems))) = (has("cpuset"), cpuset) {
+                    p.writes
+                        .push((dir.join("cpuset.cpus"), cpus.trim().to_owned()));
+                    p.writes
+                        .push((dir.join("cpuset.mems"), mems.trim().to_owned()));
+                }
+            }
+        }
+        Hierarchy::V2(root) => {
+            let dir = root.join("kiln").join(name);
+            if !p.dirs.contains(&dir) {
+                p.dirs.push(dir);
+            }
+            // The controllers a limit would use enabled anyway, so that the container reads
+            // memory.max, cpu.max and pids.max (`max` unless limited) as podman's does.
+            let all = "+memory +cpu +pids".to_owned();
+            p.writes
+                .push((root.join("cgroup.subtree_control"), all.clone()));
+            p.writes
+                .push((root.join("kiln").join("cgroup.subtree_control"), all));
+        }
+    }
+    p
 }
 
 /// A container's cgroup directories.
@@ -480,6 +541,74 @@ mod tests {
                 ),
                 ("/sys/fs/cgroup/kiln/db/memory.max".into(), "1073741824"),
                 ("/sys/fs/cgroup/kiln/db/cpu.max".into(), "50000 100000"),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_container_gets_its_own_cgroup_in_every_hierarchy_but_devices() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+31 25 0:27 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+32 25 0:28 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+33 25 0:29 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+";
+        let h = Hierarchy::parse(mountinfo).expect("v1");
+        let limits = Limits {
+            memory: Some(64 << 20),
+            ..Limits::default()
+        };
+        let p = everywhere(
+            plan(&h, "c1", &limits).expect("plan"),
+            &h,
+            mountinfo,
+            "4:memory:/job\n3:cpuset:/job/x\n2:devices:/\n0::/job\n",
+            "c1",
+            Some(("0-1\n", "0\n")),
+        );
+        let dirs: Vec<&str> = p.dirs.iter().filter_map(|d| d.to_str()).collect();
+        // The limited memory where the limits live; the rest below kiln's own cgroups.
+        assert_eq!(
+            dirs,
+            [
+                "/sys/fs/cgroup/memory/kiln/c1",
+                "/sys/fs/cgroup/cpuset/job/x/kiln-c1",
+                "/sys/fs/cgroup/unified/job/kiln-c1"
+            ]
+        );
+        let writes: Vec<(&str, &str)> = p
+            .writes
+            .iter()
+            .filter_map(|(f, v)| Some((f.to_str()?, v.as_str())))
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                (
+                    "/sys/fs/cgroup/memory/kiln/c1/memory.limit_in_bytes",
+                    "67108864"
+                ),
+                ("/sys/fs/cgroup/cpuset/job/x/kiln-c1/cpuset.cpus", "0-1"),
+                ("/sys/fs/cgroup/cpuset/job/x/kiln-c1/cpuset.mems", "0"),
+            ]
+        );
+        // No limits on v2: the one directory, the controllers enabled above it.
+        let v2 = Hierarchy::V2("/sys/fs/cgroup".into());
+        let p = everywhere(
+            plan(&v2, "c2", &Limits::default()).expect("plan"),
+            &v2,
+            UNIFIED,
+            "0::/\n",
+            "c2",
+            None,
+        );
+        assert_eq!(p.dirs, [PathBuf::from("/sys/fs/cgroup/kiln/c2")]);
+        let files: Vec<&Path> = p.writes.iter().map(|(f, _)| f.as_path()).collect();
+        assert_eq!(
+            files,
+            [
+                Path::new("/sys/fs/cgroup/cgroup.subtree_control"),
+                Path::new("/sys/fs/cgroup/kiln/cgroup.subtree_control")
             ]
         );
     }

@@ -36,7 +36,9 @@ use crate::mounts::{self, HostPaths, Step};
 
 pub(crate) mod apply;
 mod caps;
+mod cgroupfs;
 mod insecure;
+mod populate;
 pub mod reaper;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
@@ -198,6 +200,9 @@ pub enum InitError {
     /// The device policy could not be applied.
     #[error("device policy")]
     Devices(#[from] crate::devices::DeviceError),
+    /// `kiln exec` could not join the container's cgroups.
+    #[error("joining the container's cgroups")]
+    Cgroup(#[source] crate::cgroup::CgroupError),
     /// A `--ulimit` could not be set.
     #[error("setting ulimit {name}")]
     Ulimit {
@@ -355,6 +360,9 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
         }
         true => insecure::host(spec.security.all_devices)?,
     };
+    // After joining the cgroups above: the sandbox's own.
+    let cgroups = cgroupfs::own(spec.security.privileged && insecure.writable_cgroups)?;
+    let private_cgroupns = cgroupfs::private_namespace(&cgroups);
     let state = StateDir::create(&spec.rootfs.work)?;
     let read_host = |p: &str| std::fs::read_to_string(p).ok();
     for (name, text) in mounts::etc_files(
@@ -372,6 +380,7 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     let host = HostPaths {
         dev: "/dev".into(),
         state: state.path.clone(),
+        cgroups,
         insecure,
     };
     let plan = mounts::plan(spec, &host, &masked);
@@ -388,6 +397,9 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     }
     if spec.network == Network::Loopback {
         flags |= UnshareFlags::NEWNET;
+    }
+    if private_cgroupns {
+        flags |= UnshareFlags::NEWCGROUP;
     }
     sys::unshare(flags).map_err(ns_err("unsharing namespaces"))?;
     rustix::system::sethostname(spec.hostname.as_bytes()).map_err(ns_err("setting hostname"))?;
@@ -722,6 +734,15 @@ fn child_main(
     };
     std::fs::create_dir_all(cwd).map_err(cwd_err)?;
     std::env::set_current_dir(cwd).map_err(cwd_err)?;
+    if spec.security.read_only_rootfs {
+        // Once the working directory exists (docker makes it at create time): only the root's
+        // own mount, what is mounted on it keeps its modes (as runc's remount of `/`).
+        sys::mount_setattr_top(&root, sys::attr::RDONLY).map_err(|source| InitError::Mount {
+            what: "the read-only root".into(),
+            target: "/".into(),
+            source,
+        })?;
+    }
 
     if let Some(sock) = console {
         crate::tty::take_new_pty(sock).map_err(|source| InitError::Namespace {
@@ -748,7 +769,9 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
         ("pid", T::ProcessID),
         ("mnt", T::Mount),
     ];
-    // While the host's cgroup filesystems are still in view.
+    // While the host's cgroup filesystems are still in view: the container's cgroups (its
+    // limits hold for the command too, as runc's exec joins them), then the device policy.
+    cgroupfs::join_those_of(spec.pid)?;
     confine_devices_with(&spec.security.devices)?;
     // Opened while this process's own /proc is in view (see `sys::fork_with`).
     let tasks = PathBuf::from("/proc/self/task");
@@ -757,6 +780,16 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
     for (name, kind) in kinds {
         let p = PathBuf::from(format!("/proc/{}/ns/{name}", spec.pid));
         handles.push((std::fs::File::open(&p).map_err(file_err(&p))?, kind));
+    }
+    // A container with a cgroup namespace of its own (cgroup v2): the process joins it, as
+    // `docker exec` does; joined first, while the mount namespace is still this one.
+    let cgroupns = PathBuf::from(format!("/proc/{}/ns/cgroup", spec.pid));
+    let inode = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    if inode(&cgroupns).map_err(file_err(&cgroupns))?
+        != inode(Path::new("/proc/self/ns/cgroup")).map_err(file_err(Path::new("/proc/self")))?
+    {
+        let f = std::fs::File::open(&cgroupns).map_err(file_err(&cgroupns))?;
+        handles.insert(0, (f, T::ControlGroup));
     }
     for (f, kind) in &handles {
         rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(f), Some(*kind))

@@ -54,3 +54,4 @@ pub mod spec;
 pub mod sys;
 pub(crate) mod tty;
 pub mod user;
+pub mod volume;

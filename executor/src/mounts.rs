@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::spec::{MountKind, Network, RunSpec};
+use crate::spec::{ContainerMount, MountKind, Network, RunSpec};
 
 /// What `init` does when a mount target does not exist in the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub enum Create {
     LikeSource,
     /// Skip the step (masking a path the kernel does not have).
     Skip,
+    /// A directory; when it exists already, the new filesystem takes its mode (runc's tmpfs
+    /// for docker's `--tmpfs /tmp:mode=...` on an image's /tmp: the image's mode wins).
+    DirKeepMode,
 }
 
 /// Mount attributes (`MOUNT_ATTR_*`).
@@ -89,6 +92,21 @@ pub enum Step {
         /// Absolute path in the root.
         target: String,
     },
+    /// The mount at `target` (a mount point of an earlier step) and the mounts below it,
+    /// made read-only, nosuid, nodev and noexec in place, with no new mount on top.
+    ReadonlyMount {
+        /// Absolute path in the root.
+        target: String,
+    },
+    /// Fills `source` (a volume's data directory), when it is empty, with a copy of what the
+    /// root holds at `target` (resolved inside the root), as docker fills a new volume from
+    /// the image; nothing when `target` is missing or not a directory.
+    Populate {
+        /// The volume's data directory.
+        source: PathBuf,
+        /// Absolute path in the root.
+        target: String,
+    },
     /// A symlink `path -> to` (the root's `/dev` is a fresh tmpfs, so it never exists before).
     Symlink {
         /// Absolute path in the root.
@@ -105,7 +123,9 @@ impl Step {
             Step::Fs { target, .. }
             | Step::Bind { target, .. }
             | Step::Tree { target, .. }
-            | Step::ReadonlySelf { target } => target,
+            | Step::ReadonlySelf { target }
+            | Step::ReadonlyMount { target }
+            | Step::Populate { target, .. } => target,
             Step::Symlink { path, .. } => path,
         }
     }
@@ -118,6 +138,11 @@ pub struct HostPaths {
     pub dev: PathBuf,
     /// Directory holding the generated `hosts`, `resolv.conf` and `hostname`.
     pub state: PathBuf,
+    /// The sandbox's own cgroup directory in each hierarchy, with the name it gets under
+    /// /sys/fs/cgroup (the hierarchy's mount point name: `memory`, `systemd`; empty when the
+    /// hierarchy is mounted at /sys/fs/cgroup itself, as on cgroup v2 hosts). Empty: no
+    /// cgroup filesystem.
+    pub cgroups: Vec<(PathBuf, String)>,
     /// What an insecure step (`RUN --security=insecure`) gets from the host besides.
     pub insecure: InsecureHost,
 }
@@ -128,10 +153,8 @@ pub struct InsecureHost {
     /// Devices under the host's /dev, by relative name (`kmsg`, `net/tun`, `loop0`), that
     /// exist there: of [`INSECURE_DEVICES`] and the loop devices.
     pub devices: Vec<String>,
-    /// The sandbox's own cgroup directory in each hierarchy, with the name it gets under
-    /// /sys/fs/cgroup (the hierarchy's mount point name: `memory`, `unified`; empty when the
-    /// hierarchy is mounted at /sys/fs/cgroup itself, as on cgroup v2 hosts).
-    pub cgroups: Vec<(PathBuf, String)>,
+    /// Whether the step may write its cgroup filesystem (root; never rootless).
+    pub writable_cgroups: bool,
 }
 
 /// The devices BuildKit (v0.24, `util/entitlements/security`) adds to an insecure step:
@@ -195,9 +218,13 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
             create: Create::Dir,
         },
     ];
-    if insecure {
-        cgroupfs(&mut steps, &host.insecure.cgroups);
-    }
+    // Every sandbox sees its own cgroups at /sys/fs/cgroup, read-only as docker's (runc's
+    // cgroup mount); an insecure step as root may write them, as BuildKit's insecure spec.
+    cgroupfs(
+        &mut steps,
+        &host.cgroups,
+        insecure && host.insecure.writable_cgroups,
+    );
     steps.push(Step::Fs {
         fstype: "tmpfs",
         options: vec![("mode", "755".into()), ("size", "65536k".into())],
@@ -310,7 +337,7 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
         });
     }
     for m in &spec.mounts {
-        steps.push(match &m.kind {
+        let step = match &m.kind {
             MountKind::Bind { source } => Step::Bind {
                 source: source.clone(),
                 target: m.target.clone(),
@@ -342,9 +369,63 @@ pub fn plan(spec: &RunSpec, host: &HostPaths, masked_is_dir: &[Option<bool>]) ->
                 },
                 create: Create::Dir,
             },
-        });
+            MountKind::Container(c) => {
+                container_mount(&mut steps, c, &m.target, m.readonly);
+                continue;
+            }
+        };
+        steps.push(step);
     }
     steps
+}
+
+/// The steps of a `kiln run` mount at `target`: docker's binds (recursive, no nosuid or
+/// nodev), a volume filled from the image first when it asks for it, a tmpfs with docker's
+/// `nosuid,nodev,noexec`.
+fn container_mount(steps: &mut Vec<Step>, m: &ContainerMount, target: &str, readonly: bool) {
+    match m {
+        ContainerMount::Bind { source, .. } => steps.push(Step::Bind {
+            source: source.clone(),
+            target: target.to_owned(),
+            readonly,
+            create: Create::LikeSource,
+        }),
+        ContainerMount::Volume {
+            source, copy_up, ..
+        } => {
+            if *copy_up {
+                steps.push(Step::Populate {
+                    source: source.clone(),
+                    target: target.to_owned(),
+                });
+            }
+            steps.push(Step::Bind {
+                source: source.clone(),
+                target: target.to_owned(),
+                readonly,
+                create: Create::Dir,
+            });
+        }
+        ContainerMount::Tmpfs { size, mode } => {
+            let mut options = Vec::new();
+            if let Some(s) = size {
+                options.push(("size", s.to_string()));
+            }
+            if let Some(m) = mode {
+                options.push(("mode", format!("{m:o}")));
+            }
+            steps.push(Step::Fs {
+                fstype: "tmpfs",
+                options,
+                target: target.to_owned(),
+                attrs: Attrs {
+                    readonly,
+                    ..NOSUID_NODEV_NOEXEC
+                },
+                create: Create::DirKeepMode,
+            });
+        }
+    }
 }
 
 /// The generated /etc files: (file name, contents). With the host network the host's
@@ -385,14 +466,18 @@ pub fn etc_files(
     ]
 }
 
-/// An insecure step's writable /sys/fs/cgroup, laid out as runc lays out a v1 container's: a
-/// tmpfs holding each hierarchy's own cgroup directory under the hierarchy's name; on a host
-/// whose cgroup2 is mounted at /sys/fs/cgroup itself, that one directory there.
-fn cgroupfs(steps: &mut Vec<Step>, cgroups: &[(PathBuf, String)]) {
+/// The sandbox's /sys/fs/cgroup, laid out as runc lays out a v1 container's: a tmpfs holding
+/// each hierarchy's own cgroup directory under the hierarchy's name; on a host whose cgroup2
+/// is mounted at /sys/fs/cgroup itself, that one directory there. Unless `writable`, the
+/// binds are read-only and, once in place, they and the tmpfs are made read-only, nosuid,
+/// nodev and noexec as docker's (whose tmpfs stays writable; kiln keeps /sys as unwritable
+/// as before).
+fn cgroupfs(steps: &mut Vec<Step>, cgroups: &[(PathBuf, String)], writable: bool) {
     if cgroups.is_empty() {
         return;
     }
-    if !cgroups.iter().any(|(_, name)| name.is_empty()) {
+    let tmpfs = !cgroups.iter().any(|(_, name)| name.is_empty());
+    if tmpfs {
         steps.push(Step::Fs {
             fstype: "tmpfs",
             options: vec![("mode", "755".into())],
@@ -408,8 +493,13 @@ fn cgroupfs(steps: &mut Vec<Step>, cgroups: &[(PathBuf, String)]) {
                 true => "/sys/fs/cgroup".into(),
                 false => format!("/sys/fs/cgroup/{name}"),
             },
-            readonly: false,
+            readonly: !writable,
             create: Create::Dir,
+        });
+    }
+    if !writable {
+        steps.push(Step::ReadonlyMount {
+            target: "/sys/fs/cgroup".into(),
         });
     }
 }
@@ -451,15 +541,16 @@ mod tests {
         HostPaths {
             dev: "/dev".into(),
             state: "/state".into(),
+            cgroups: vec![
+                ("/sys/fs/cgroup/memory/a".into(), "memory".into()),
+                (
+                    "/sys/fs/cgroup/devices/kiln/insecure".into(),
+                    "devices".into(),
+                ),
+            ],
             insecure: InsecureHost {
                 devices: vec!["kmsg".into(), "net/tun".into(), "loop0".into()],
-                cgroups: vec![
-                    ("/sys/fs/cgroup/memory/a".into(), "memory".into()),
-                    (
-                        "/sys/fs/cgroup/devices/kiln/insecure".into(),
-                        "devices".into(),
-                    ),
-                ],
+                writable_cgroups: true,
             },
         }
     }
@@ -477,10 +568,16 @@ mod tests {
             assert!(targets(&strict).contains(p), "{p}");
             assert!(!t.contains(p), "{p}");
         }
-        for p in ["/dev/kmsg", "/dev/net/tun", "/dev/loop0", "/sys/fs/cgroup"] {
+        for p in ["/dev/kmsg", "/dev/net/tun", "/dev/loop0"] {
             assert!(!targets(&strict).contains(&p), "{p}");
             assert!(t.contains(&p), "{p}");
         }
+        // Both see their cgroups; only the insecure step's are writable.
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::ReadonlyMount { .. }))
+        );
         assert!(steps.iter().any(|s| matches!(s,
             Step::Fs { fstype: "sysfs", attrs, .. } if !attrs.readonly)));
         assert!(steps.contains(&Step::Bind {
@@ -500,13 +597,50 @@ mod tests {
         let mut s = spec(Network::Loopback);
         s.security.privileged = true;
         let mut h = host();
-        h.insecure.cgroups = vec![("/sys/fs/cgroup/kiln-insecure".into(), String::new())];
+        h.cgroups = vec![("/sys/fs/cgroup/kiln-insecure".into(), String::new())];
         let steps = plan(&s, &h, &[]);
         let at: Vec<&Step> = steps
             .iter()
             .filter(|s| s.target() == "/sys/fs/cgroup")
             .collect();
         assert!(matches!(at[..], [Step::Bind { .. }]), "{at:?}");
+    }
+
+    #[test]
+    fn a_default_sandbox_sees_its_cgroups_read_only() {
+        let steps = plan(&spec(Network::Loopback), &host(), &[]);
+        assert!(steps.contains(&Step::Bind {
+            source: "/sys/fs/cgroup/memory/a".into(),
+            target: "/sys/fs/cgroup/memory".into(),
+            readonly: true,
+            create: Create::Dir,
+        }));
+        // The tmpfs holding the directories becomes read-only after the binds.
+        let t = targets(&steps);
+        let last = t
+            .iter()
+            .rposition(|x| *x == "/sys/fs/cgroup")
+            .expect("cgroupfs");
+        assert!(
+            matches!(&steps[last], Step::ReadonlyMount { .. }),
+            "{steps:?}"
+        );
+        assert!(t.iter().position(|x| *x == "/sys/fs/cgroup/devices") < Some(last));
+        // An insecure step rootless gets the same read-only view.
+        let mut s = spec(Network::Loopback);
+        s.security.privileged = true;
+        let mut h = host();
+        h.insecure.writable_cgroups = false;
+        assert!(plan(&s, &h, &[]).contains(&Step::Bind {
+            source: "/sys/fs/cgroup/memory/a".into(),
+            target: "/sys/fs/cgroup/memory".into(),
+            readonly: true,
+            create: Create::Dir,
+        }));
+        // Without cgroups (none found), no cgroup filesystem.
+        let mut h = host();
+        h.cgroups.clear();
+        assert!(!targets(&plan(&spec(Network::Loopback), &h, &[])).contains(&"/sys/fs/cgroup"));
     }
 
     fn targets(steps: &[Step]) -> Vec<&str> {
@@ -522,7 +656,9 @@ mod tests {
         assert!(pos("/dev") < pos("/dev/pts"));
         assert!(pos("/dev/pts") < pos("/dev/ptmx"));
         assert!(pos("/proc") < pos("/proc/sys"));
-        assert_eq!(t[..3], ["/proc", "/sys", "/dev"]);
+        assert!(pos("/sys") < pos("/sys/fs/cgroup"));
+        assert!(pos("/sys/fs/cgroup") < pos("/sys/fs/cgroup/memory"));
+        assert_eq!(t[..3], ["/proc", "/sys", "/sys/fs/cgroup"]);
     }
 
     #[test]
@@ -606,6 +742,79 @@ mod tests {
         assert!(
             matches!(&steps[n - 1], Step::Fs { fstype: "tmpfs", options, .. }
             if options == &vec![("size", "1024".to_string())])
+        );
+    }
+
+    /// `kiln run`'s mounts: a volume is filled before it is bound, docker's binds get no
+    /// nosuid/nodev, a tmpfs gets docker's nosuid,nodev,noexec and keeps an existing
+    /// directory's mode.
+    #[test]
+    fn container_mounts_plan_as_dockers() {
+        use crate::spec::ContainerMount;
+        let mut s = spec(Network::Loopback);
+        let m = |target: &str, kind: ContainerMount, readonly: bool| MountSpec {
+            target: target.into(),
+            kind: MountKind::Container(kind),
+            readonly,
+        };
+        s.mounts = vec![
+            m(
+                "/src",
+                ContainerMount::Bind {
+                    source: "/h".into(),
+                    mode: "ro".into(),
+                },
+                true,
+            ),
+            m(
+                "/data",
+                ContainerMount::Volume {
+                    name: "data".into(),
+                    source: "/v/data/_data".into(),
+                    anonymous: false,
+                    copy_up: true,
+                    mode: "z".into(),
+                },
+                false,
+            ),
+            m(
+                "/t",
+                ContainerMount::Tmpfs {
+                    size: Some(1 << 20),
+                    mode: Some(0o700),
+                },
+                false,
+            ),
+        ];
+        let steps = plan(&s, &host(), &[]);
+        let n = steps.len();
+        assert_eq!(
+            steps[n - 4..],
+            [
+                Step::Bind {
+                    source: "/h".into(),
+                    target: "/src".into(),
+                    readonly: true,
+                    create: Create::LikeSource
+                },
+                Step::Populate {
+                    source: "/v/data/_data".into(),
+                    target: "/data".into()
+                },
+                Step::Bind {
+                    source: "/v/data/_data".into(),
+                    target: "/data".into(),
+                    readonly: false,
+                    create: Create::Dir
+                },
+                Step::Fs {
+                    fstype: "tmpfs",
+                    options: vec![("size", "1048576".into()), ("mode", "700".into())],
+                    target: "/t".into(),
+                    attrs: NOSUID_NODEV_NOEXEC,
+                    create: Create::DirKeepMode
+                },
+            ]
         );
     }
 

@@ -116,6 +116,10 @@ pub struct Security {
     /// `--add-host NAME:IP`: (name, ip) lines appended to /etc/hosts.
     #[serde(default)]
     pub extra_hosts: Vec<(String, String)>,
+    /// `kiln run --read-only`: the root overlay is made read-only once every mount is in place
+    /// (only the root: /dev, /proc, volumes and the /etc files keep their own modes, as docker).
+    #[serde(default)]
+    pub read_only_rootfs: bool,
     /// `kiln run --cap-add`: `CAP_X` names or `ALL`, added to docker's default set.
     #[serde(default)]
     pub cap_add: Vec<String>,
@@ -240,6 +244,43 @@ pub enum MountKind {
     Tmpfs {
         /// Size limit in bytes.
         size: Option<u64>,
+    },
+    /// A mount `kiln run` was asked for (`-v`, `--mount`, `--tmpfs`); kept in the container's
+    /// spec.json, so `kiln start` mounts it again and `kiln inspect` shows it.
+    Container(ContainerMount),
+}
+
+/// A `kiln run` mount, as docker's (`-v`, `--mount`, `--tmpfs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerMount {
+    /// A host path the caller named (the caller's choice, so trusted), bound recursively as
+    /// docker's binds (no nosuid/nodev added).
+    Bind {
+        /// Absolute host path.
+        source: PathBuf,
+        /// The mode field as given (`ro`, `rw`, `""`), for `kiln inspect`.
+        mode: String,
+    },
+    /// A kiln volume ([`crate::volume`]): its data directory, bound.
+    Volume {
+        /// The volume's name (64 hex digits for an anonymous one).
+        name: String,
+        /// Its data directory.
+        source: PathBuf,
+        /// Anonymous (`-v /path`): removed with the container by `--rm` and `rm -v`.
+        anonymous: bool,
+        /// Fill an empty volume from the image's content at the target before mounting it
+        /// (docker's copy-up; `nocopy` turns it off).
+        copy_up: bool,
+        /// The mode field as given, for `kiln inspect`.
+        mode: String,
+    },
+    /// A fresh tmpfs, nosuid, nodev and noexec as docker's.
+    Tmpfs {
+        /// `size=`, in bytes.
+        size: Option<u64>,
+        /// `mode=`, octal.
+        mode: Option<u32>,
     },
 }
 

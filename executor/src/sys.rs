@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 pub mod bpf;
 pub mod signals;
@@ -161,6 +161,15 @@ struct MountAttr {
 /// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, {attr_set: set})`: sets attributes on
 /// the mount tree `fd` refers to (a detached tree from `open_tree` or an attached mount).
 pub fn mount_setattr(fd: impl AsFd, set: u64) -> io::Result<()> {
+    setattr(fd.as_fd(), set, libc::AT_RECURSIVE)
+}
+
+/// [`mount_setattr`] of the one mount `fd` refers to, not the mounts below it.
+pub fn mount_setattr_top(fd: impl AsFd, set: u64) -> io::Result<()> {
+    setattr(fd.as_fd(), set, 0)
+}
+
+fn setattr(fd: BorrowedFd<'_>, set: u64, recursive: libc::c_int) -> io::Result<()> {
     let a = MountAttr {
         attr_set: set,
         attr_clr: 0,
@@ -174,7 +183,7 @@ pub fn mount_setattr(fd: impl AsFd, set: u64) -> io::Result<()> {
             libc::SYS_mount_setattr,
             fd.as_fd().as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            libc::AT_EMPTY_PATH | recursive,
             &a as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )

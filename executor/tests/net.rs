@@ -282,7 +282,7 @@ fn user_network_create_attach_and_rm_removes_its_bridge() {
     let net = f
         .nets
         .ipam()
-        .define_network(&name, Some(subnet))
+        .define_network(&name, Some(subnet), &[])
         .expect("define");
     let ns = f.netns("u");
     let a = f.nets.attach(&name, "u", &ns, &[]).expect("attach");
@@ -633,7 +633,7 @@ fn second_network(f: &mut Fixture) -> NetworkConfig {
     let subnet = Subnet::new(Ipv4Addr::new(10, 89, third, 0), 24).expect("subnet");
     f.nets
         .ipam()
-        .define_network(&format!("kt{pid}other"), Some(subnet))
+        .define_network(&format!("kt{pid}other"), Some(subnet), &[])
         .expect("define a second network")
 }
 

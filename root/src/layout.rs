@@ -54,11 +54,14 @@ pub enum Dir {
     /// under a flock (`.lock`) so that two `kiln run --name N` never both get `N`
     /// (executor::container::name).
     Names,
+    /// `kiln volume`s and `kiln run -v NAME:/path` volumes: `<name>/_data` (what is mounted)
+    /// and `<name>/meta.json` (creation date, labels) (executor::volume).
+    Volumes,
 }
 
 impl Dir {
     /// Every directory.
-    pub const ALL: [Dir; 16] = [
+    pub const ALL: [Dir; 17] = [
         Dir::Tmp,
         Dir::Blobs,
         Dir::Snapshots,
@@ -75,6 +78,7 @@ impl Dir {
         Dir::ExplainFiles,
         Dir::Dates,
         Dir::Names,
+        Dir::Volumes,
     ];
 
     /// The directories `cache::Store::open` creates; the others appear on first use.
@@ -110,6 +114,7 @@ impl Dir {
             Dir::ExplainFiles => "explain/files",
             Dir::Dates => "dates",
             Dir::Names => "names",
+            Dir::Volumes => "volumes",
         }
     }
 
@@ -147,7 +152,7 @@ mod tests {
         assert_eq!(
             names.join(" "),
             "tmp blobs/sha256 snapshots images cachekeys compressed layers containers \
-             cachemounts registry/blobs registry/repodigests statcache explain explain/files dates names"
+             cachemounts registry/blobs registry/repodigests statcache explain explain/files dates names volumes"
         );
     }
 }

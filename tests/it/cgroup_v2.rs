@@ -31,6 +31,17 @@ wait_cgroup() {
   done
   return 1
 }
+
+# The cgroup of the process whose command line is $1 (waiting up to 60 s for it).
+cgroup_of() {
+  for i in $(seq 1 600); do
+    for p in /proc/[0-9]*; do
+      [ "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" = "$1 " ] && { cat $p/cgroup; return 0; }
+    done
+    sleep 0.1
+  done
+  return 1
+}
 "#;
 
 #[test]
@@ -85,21 +96,25 @@ printf 'FROM busybox\nRUN echo built > /f && mknod /blk b 7 0 && ! head -c1 /blk
 $K build --progress plain --network none -t built /tmp/ctx >/tmp/build.log 2>&1 || {{ cat /tmp/build.log; exit 94; }}
 echo file=$($K run --rm --network none built cat /f)
 
+# A step's /proc/self/cgroup reads 0::/ (its own cgroup namespace, as BuildKit's on v2): the
+# guest reads the cgroup of the step's `sleep` from outside.
 mkdir /tmp/ctx2
-printf 'FROM busybox\nRUN cat /proc/self/cgroup && mknod /blk b 7 0 && ! head -c1 /blk && rm /blk\n' > /tmp/ctx2/Dockerfile
-$K build --progress plain --network none --cgroup-parent /ci/jobs -t parented /tmp/ctx2 >/tmp/parent.log 2>&1 \
-  || {{ cat /tmp/parent.log; exit 95; }}
-echo parent_run=$(grep -o '0::/[^ ]*' /tmp/parent.log | head -n1)
+printf 'FROM busybox\nRUN cat /proc/self/cgroup && sleep 5 && mknod /blk b 7 0 && ! head -c1 /blk && rm /blk\n' > /tmp/ctx2/Dockerfile
+$K build --progress plain --network none --cgroup-parent /ci/jobs -t parented /tmp/ctx2 >/tmp/parent.log 2>&1 &
+echo parent_run=$(cgroup_of 'sleep 5')
+wait $! || {{ cat /tmp/parent.log; exit 95; }}
+echo parent_ns=$(grep -o '0::/[^ ]*' /tmp/parent.log | head -n1)
 echo parent_left=$(find /sys/fs/cgroup/ci/jobs -mindepth 1 -type d | wc -l)
 
 # RUN --security=insecure leaves the device program's cgroup (kiln-insecure): /dev/kmsg
 # (c 1 11, not on the list; opened write-only, which needs no capability) opens there and
 # not in a normal step. $((..)) keeps the markers out of the steps' titles in the log.
 mkdir /tmp/ctx3
-printf 'FROM busybox\nRUN --security=insecure cat /proc/self/cgroup && mknod /k c 1 11 && echo kiln-insecure-step > /k && echo insecure_open=$((1+1))\nRUN mknod /k2 c 1 11 && (echo x > /k2) 2>&1 | grep "Operation not permitted" && echo secure_denied=$((1+1))\n' > /tmp/ctx3/Dockerfile
-$K build --progress plain --network none --allow security.insecure -t insecure /tmp/ctx3 >/tmp/insecure.log 2>&1 \
-  || {{ cat /tmp/insecure.log; exit 99; }}
-echo insecure_cgroup=$(grep -o '0::/[^ ]*' /tmp/insecure.log | head -n1)
+printf 'FROM busybox\nRUN --security=insecure cat /proc/self/cgroup && sleep 6 && mknod /k c 1 11 && echo kiln-insecure-step > /k && echo insecure_open=$((1+1))\nRUN mknod /k2 c 1 11 && (echo x > /k2) 2>&1 | grep "Operation not permitted" && echo secure_denied=$((1+1))\n' > /tmp/ctx3/Dockerfile
+$K build --progress plain --network none --allow security.insecure -t insecure /tmp/ctx3 >/tmp/insecure.log 2>&1 &
+echo insecure_cgroup=$(cgroup_of 'sleep 6')
+wait $! || {{ cat /tmp/insecure.log; exit 99; }}
+echo insecure_ns=$(grep -o '0::/[^ ]*' /tmp/insecure.log | head -n1)
 grep -o 'insecure_open=2\|secure_denied=2' /tmp/insecure.log
 "#,
         prelude = prelude()
@@ -152,6 +167,10 @@ grep -o 'insecure_open=2\|secure_denied=2' /tmp/insecure.log
     );
     ensure!(g.value("parent_left") == Some("0"), "{out}");
     ensure!(
+        g.value("parent_ns") == Some("0::/") && g.value("insecure_ns") == Some("0::/"),
+        "{out}"
+    );
+    ensure!(
         g.value("insecure_cgroup") == Some("0::/kiln-insecure")
             && g.value("insecure_open") == Some("2")
             && g.value("secure_denied") == Some("2"),
@@ -193,6 +212,9 @@ $K run --rm --network none --pids-limit 20 busybox \
 echo pids_rc=$?
 $K run --rm --network none --memory 32m busybox dd if=/dev/zero of=/dev/null bs=64M count=1
 echo oom_rc=$?
+# Its cgroup view, as rootless podman's: the own cgroup read-only in a cgroup namespace.
+$K run --rm --network none --memory 64m busybox sh -c 'echo view_cg=$(cat /proc/self/cgroup); \
+  echo view_mem=$(cat /sys/fs/cgroup/memory.max); mkdir /sys/fs/cgroup/x 2>&1 | sed s/^/view_mkdir=/'
 mkdir $HOME/ctx && printf 'FROM busybox\nRUN echo built > /f\n' > $HOME/ctx/Dockerfile
 $K build --progress plain --network none -t built $HOME/ctx >$HOME/build.log 2>&1 || {{ cat $HOME/build.log; exit 84; }}
 echo file=$($K run --rm --network none built cat /f)
@@ -264,6 +286,13 @@ exec setpriv --reuid=kvm --regid=kvm --clear-groups -- env -i D=/sys/fs/cgroup/d
         "{out}"
     );
     ensure!(g.value("oom_rc") == Some("137"), "{out}");
+    ensure!(
+        g.value("view_cg") == Some("0::/")
+            && g.value("view_mem") == Some("67108864")
+            && g.value("view_mkdir")
+                .is_some_and(|e| e.ends_with("Read-only file system")),
+        "{out}"
+    );
     // A rootless RUN step and a two-layer container on Linux 6.1 (the overlay's `lowerdir`
     // fallback, with `userxattr`).
     ensure!(g.value("file") == Some("built"), "{out}");

@@ -78,6 +78,18 @@ pub(crate) fn unowned() -> Vec<String> {
     out
 }
 
+/// The default bridge's gateway, as stored when its subnet was chosen (after any container on
+/// it): 10.88.0.1 unless something else on the host holds 10.88.0.0/16 (see `subnet.rs`).
+pub(crate) fn default_gateway() -> anyhow::Result<String> {
+    let path = "/run/kiln/networks/bridge/network.json";
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).with_context(|| path.to_owned())?)?;
+    v["gateway"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no gateway in {path}: {v}"))
+}
+
 /// The lease of container `container` (its id) on the default bridge, as JSON.
 pub(crate) fn lease(container: &str) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(LEASES).ok()?;
@@ -318,8 +330,9 @@ fn network_none_has_only_lo_and_bridge_has_eth0_with_a_route() -> anyhow::Result
         "ls /sys/class/net; ip route; cat /etc/hosts",
     ])?;
     let s = String::from_utf8_lossy(&out.stdout);
+    let gw = default_gateway()?;
     ensure!(
-        s.contains("eth0") && s.contains("default via 10.88.0.1"),
+        s.contains("eth0") && s.contains(&format!("default via {gw}")),
         "{}",
         text(&out)
     );
@@ -658,10 +671,13 @@ fn inspect_gives_state_address_and_ports_like_docker() -> anyhow::Result<()> {
             .is_ok_and(|c| c.starts_with("sleep"))),
         "Pid {pid} is not the container's process"
     );
+    // The default bridge is a /16: the address shares the gateway's first two octets.
+    let gw = default_gateway()?;
+    let net16 = gw.rsplitn(3, '.').nth(2).unwrap_or_default().to_owned() + ".";
     ensure!(
         c["NetworkSettings"]["IPAddress"]
             .as_str()
-            .is_some_and(|i| i.starts_with("10.88.")),
+            .is_some_and(|i| i.starts_with(&net16)),
         "{c}"
     );
     ensure!(
@@ -718,8 +734,9 @@ fn build_run_steps_join_the_bridge_unless_none_or_host_is_asked() -> anyhow::Res
         "/none.txt",
     ])?;
     let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let gw = default_gateway()?;
     ensure!(
-        s.contains("eth0") && s.contains("default via 10.88.0.1"),
+        s.contains("eth0") && s.contains(&format!("default via {gw}")),
         "the default RUN network is not the bridge: {s}"
     );
     ensure!(s.trim_end().ends_with("lo"), "RUN --network=none: {s}");
@@ -866,12 +883,13 @@ fn a_container_cannot_reach_an_unpublished_host_loopback_listener() -> anyhow::R
     let local = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     let local_port = local.local_addr()?.port();
     // Control: a listener on the gateway address itself is reachable, so the path works.
-    let open = std::net::TcpListener::bind(("10.88.0.1", 0))?;
+    let gw = default_gateway()?;
+    let open = std::net::TcpListener::bind((gw.as_str(), 0))?;
     let open_port = open.local_addr()?.port();
     let accepted = std::thread::spawn(move || open.accept().map(|_| ()));
     let script = format!(
-        "echo hi | nc -w 2 10.88.0.1 {open_port} && echo control-ok; \
-         echo hi | nc -w 2 10.88.0.1 {local_port} && echo gateway-reached; \
+        "echo hi | nc -w 2 {gw} {open_port} && echo control-ok; \
+         echo hi | nc -w 2 {gw} {local_port} && echo gateway-reached; \
          echo hi | nc -w 2 127.0.0.1 {local_port} && echo loopback-reached; true"
     );
     let out = t.ok(&["run", "--rm", "busybox", "sh", "-c", &script])?;

@@ -252,7 +252,8 @@ fn start_rejoins_its_own_lease_while_a_sharer_holds_it() -> anyhow::Result<()> {
         netns_of(&t, &x)? == netns_of(&t, &s)?,
         "X and its sharer are apart"
     );
-    let out = t.kiln(&["exec", &x, "ping", "-c", "1", "-W", "3", "10.88.0.1"]);
+    let gw = crate::network::default_gateway()?;
+    let out = t.kiln(&["exec", &x, "ping", "-c", "1", "-W", "3", &gw]);
     ensure!(
         out.status.success(),
         "X cannot reach its gateway: {}",

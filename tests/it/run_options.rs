@@ -265,21 +265,34 @@ fn an_insecure_step_is_unconfined_as_buildkit_and_a_default_step_is_not() -> any
     );
 
     // The default step: as strict as ever (docker's 14 capabilities, the seccomp filter,
-    // timer_list masked, no mount, no extra device, read-only /sys, no cgroup filesystem).
+    // timer_list masked, no mount, no extra device, read-only /sys, its cgroups read-only:
+    // tests/it/cgroupfs.rs compares them with BuildKit's).
     for (f, want) in [
         ("caps", "CapEff:\t00000000a80425fb\n"),
         ("seccomp", "Seccomp:\t2\n"),
         ("timer_list", "0\n"),
         ("mount", "no\n"),
         ("kmsg", "0\n"),
-        ("cgls", ""),
         ("cgwrite", "no\n"),
         ("procsys", "no\n"),
-        ("sysmounts", "/sys sysfs ro,nosuid,nodev,noexec,relatime\n"),
     ] {
         let got = read("sandbox", f)?;
         ensure!(got == want, "default {f}: {got:?}, want {want:?}");
     }
+    let cgls = read("sandbox", "cgls")?;
+    ensure!(
+        cgls.lines().all(|n| names.iter().any(|h| h == n)) || v2,
+        "default /sys/fs/cgroup: {cgls:?}, host {names:?}"
+    );
+    let mounts = read("sandbox", "sysmounts")?;
+    ensure!(
+        mounts.lines().next() == Some("/sys sysfs ro,nosuid,nodev,noexec,relatime")
+            && mounts
+                .lines()
+                .skip(1)
+                .all(|l| l.starts_with("/sys/fs/cgroup") && l.contains(" ro,")),
+        "{mounts}"
+    );
     let devs = read("sandbox", "devs")?;
     for d in ["kmsg", "fuse", "kvm", "loop-control", "loop0", "net"] {
         ensure!(

@@ -262,9 +262,12 @@ fn cpio(entries: &[(String, u32, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// The guest's /init: modules, the host's root, the writable dirs, cgroup2; then the script
-/// as PID 1 of the host's root (switch_root), and power off.
-fn init_script(modules: &[(String, PathBuf)]) -> String {
+/// as PID 1 of the host's root (switch_root), and power off. The host directories `keep`
+/// stay visible where a writable tmpfs would hide them (the kiln binary of a checkout under
+/// /tmp, as CI's clean clone may be).
+fn init_script(modules: &[(String, PathBuf)], keep: &[&Path]) -> String {
     let names: Vec<&str> = modules.iter().map(|(n, _)| n.as_str()).collect();
+    let keep: Vec<String> = keep.iter().map(|k| format!("'{}'", k.display())).collect();
     format!(
         r#"#!/bin/busybox sh
 B=/bin/busybox
@@ -275,6 +278,7 @@ $B mount -t proc proc /proc
 $B mount -t devtmpfs dev /dev
 for m in {names}; do $B insmod /modules/$m.ko || fail "insmod $m failed"; done
 $B mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host $R || fail "9p mount of the host failed"
+$B mkdir /hostview && $B mount --bind $R /hostview
 $B mount -t proc proc $R/proc
 $B mount -t sysfs sys $R/sys
 $B mount -t cgroup2 -o nsdelegate cgroup2 $R/sys/fs/cgroup || fail "cgroup2 mount failed"
@@ -284,6 +288,7 @@ $B mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
 $B mount -t tmpfs shm $R/dev/shm
 for d in tmp run root home var/tmp; do $B mount -t tmpfs -o mode=0755 tmpfs $R/$d; done
 $B chmod 1777 $R/tmp $R/var/tmp
+for k in {keep}; do $B mkdir -p "$R$k" && $B mount --bind "/hostview$k" "$R$k" || fail "bind of $k failed"; done
 $B mkdir /etcw && $B mount -t tmpfs tmpfs /etcw && $B mkdir /etcw/u /etcw/w
 $B mount -t overlay -o lowerdir=$R/etc,upperdir=/etcw/u,workdir=/etcw/w etc $R/etc || fail "the /etc overlay failed"
 $B mkdir -p $R/run/vm
@@ -291,7 +296,8 @@ $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out $R/run/vm || fa
 echo "vm: up $($B cat /proc/uptime)"
 exec $B switch_root $R /bin/sh -c 'cd /run/vm; PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root sh /run/vm/script.sh >/run/vm/output 2>&1; echo $? >/run/vm/rc; sync; echo "vm: done $(cat /proc/uptime)"; /bin/busybox poweroff -f'
 "#,
-        names = names.join(" ")
+        names = names.join(" "),
+        keep = keep.join(" ")
     )
 }
 
@@ -312,10 +318,16 @@ pub fn run(script: &str, files: &[(&str, &[u8])]) -> anyhow::Result<Guest> {
         std::fs::write(share.join(name), bytes)?;
     }
     let mods = load_order(&modules, MODULES)?;
+    let kiln = crate::harness::kiln_bin();
+    let kiln_dir = kiln.parent().context("the kiln binary's directory")?;
     let mut entries = vec![
         ("bin".to_owned(), 0o040755, Vec::new()),
         ("modules".to_owned(), 0o040755, Vec::new()),
-        ("init".to_owned(), 0o100755, init_script(&mods).into_bytes()),
+        (
+            "init".to_owned(),
+            0o100755,
+            init_script(&mods, &[kiln_dir]).into_bytes(),
+        ),
         (
             "bin/busybox".to_owned(),
             0o100755,

@@ -245,7 +245,8 @@ pub fn create(req: Request) -> Result<Created> {
         undo.run();
         return Err(e);
     }
-    let cgroup = if req.limits.is_empty() || !req.apply_limits {
+    // Unlimited, as root, the container still gets a cgroup of its own ([`super::create_cgroup`]).
+    let cgroup = if !req.apply_limits {
         Ok(None)
     } else {
         super::create_cgroup(&id, &req.limits)
@@ -374,6 +375,7 @@ impl Created {
             let _ = c.remove();
         }
         if state.auto_remove {
+            crate::volume::remove_anonymous(&spec.mounts);
             let _ = std::fs::remove_dir_all(&dir);
             name::release(&containers, state.name(), &state.id);
         } else {

@@ -70,29 +70,75 @@ impl SandboxCgroups {
     }
 }
 
-/// The cgroup of container `id` with `limits`, or None when nothing is limited (or, rootless,
-/// when no cgroup v2 subtree is delegated). Fails when no hierarchy has a needed controller or
-/// the cgroup cannot be written.
+/// The cgroup of container `id` with `limits`: as root its own in every hierarchy, limited or
+/// not, as docker gives each container one ([`crate::cgroup::everywhere`], below kiln's own
+/// cgroup where no limit puts it elsewhere); rootless only
+/// with limits, below the delegated cgroup v2 subtree (None without one or without limits).
+/// Fails when no hierarchy has a needed controller or the cgroup cannot be written; without
+/// limits such a failure only means no cgroup of its own (None).
 pub fn create_cgroup(
     id: &str,
     limits: &crate::cgroup::Limits,
 ) -> Result<Option<crate::cgroup::Cgroup>, crate::cgroup::CgroupError> {
-    if limits.is_empty() {
-        return Ok(None);
-    }
     // Rootless (kiln is root in the session's user namespace): the delegated v2 subtree, or
     // no limits (the binary warned before asking).
-    let h = if crate::rootless::in_user_namespace() {
+    if crate::rootless::in_user_namespace() {
+        if limits.is_empty() {
+            return Ok(None);
+        }
         let Some(dir) = crate::cgroup::delegate::find() else {
             return Ok(None);
         };
         crate::cgroup::delegate::prepare(&dir, limits)?;
-        crate::cgroup::Hierarchy::V2(dir)
-    } else {
-        crate::cgroup::Hierarchy::host().ok_or(crate::cgroup::CgroupError::NoHierarchy)?
+        let plan = crate::cgroup::plan(&crate::cgroup::Hierarchy::V2(dir), id, limits)?;
+        return Ok(Some(crate::cgroup::Cgroup::create(&plan)?));
+    }
+    let own_cgroup = || -> Result<crate::cgroup::Cgroup, crate::cgroup::CgroupError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|source| crate::cgroup::CgroupError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let mountinfo = read(std::path::Path::new("/proc/self/mountinfo"))?;
+        let own = read(std::path::Path::new("/proc/self/cgroup"))?;
+        let h = crate::cgroup::Hierarchy::parse(&mountinfo)
+            .ok_or(crate::cgroup::CgroupError::NoHierarchy)?;
+        // kiln's own cpuset cgroup's cpus and mems, for the container's below it.
+        let cpuset = crate::cgroup::cgroup_mounts(&mountinfo)
+            .find(|(_, fstype, opts)| *fstype == "cgroup" && opts.split(',').any(|o| o == "cpuset"))
+            .and_then(|(mount, _, _)| {
+                crate::cgroup::own_dirs(&mountinfo, &own)
+                    .into_iter()
+                    .find_map(|(m, dir)| (m == mount).then_some(dir))
+            })
+            .map(|dir| -> Result<_, crate::cgroup::CgroupError> {
+                Ok((
+                    read(&dir.join("cpuset.cpus"))?,
+                    read(&dir.join("cpuset.mems"))?,
+                ))
+            })
+            .transpose()?;
+        let plan = crate::cgroup::plan(&h, id, limits)?;
+        let plan = crate::cgroup::everywhere(
+            plan,
+            &h,
+            &mountinfo,
+            &own,
+            id,
+            cpuset.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+        );
+        crate::cgroup::Cgroup::create(&plan)
     };
-    let plan = crate::cgroup::plan(&h, id, limits)?;
-    Ok(Some(crate::cgroup::Cgroup::create(&plan)?))
+    match own_cgroup() {
+        Ok(cg) => Ok(Some(cg)),
+        // Without limits the container's own cgroup is docker's habit, not something asked
+        // for: where it cannot be made (kiln inside a container on cgroup v2, whose cgroup
+        // holds processes and so enables no controllers; a cpu controller refused because
+        // of real-time processes) the container runs in kiln's cgroups, as before.
+        Err(_) if limits.is_empty() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct Overrides {
     pub cmd: Vec<String>,
     /// `-t`: stdin is a terminal.
     pub tty: bool,
+    /// `-v`, `--mount`, `--tmpfs`, in order (volumes already made by the caller).
+    pub mounts: Vec<crate::spec::MountSpec>,
 }
 
 /// Why a container cannot be prepared.
@@ -167,7 +169,7 @@ pub fn prepare(
             user: o.user.clone().unwrap_or_else(|| image.user.clone()),
             hostname: id.chars().take(12).collect(),
             network: Network::Loopback,
-            mounts: vec![],
+            mounts: o.mounts.clone(),
             tty: o.tty,
             security: Default::default(),
         },

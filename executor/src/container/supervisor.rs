@@ -129,6 +129,7 @@ pub fn launch(
             }
             if state.created.is_some() && state.started_at.is_none() {
                 // A new container: nothing of it is worth keeping.
+                crate::volume::remove_anonymous(&spec.mounts);
                 let _ = std::fs::remove_dir_all(dir);
             }
             return Err(SuperviseError::Io {
@@ -229,6 +230,7 @@ pub fn supervise(exe: &Path, containers: &Path, id: &str) -> Result<()> {
     // The processes are gone with the sandbox: its cgroup can go too (rm retries it).
     let _ = crate::cgroup::Cgroup::open(state.cgroups.clone()).remove();
     if state.auto_remove {
+        crate::volume::remove_anonymous_of(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         super::name::release(containers, state.name(), &state.id);
     } else {

@@ -311,6 +311,12 @@ fn execute_one(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()>
             create,
             ..
         } => {
+            let before = match create {
+                Create::DirKeepMode => open_path_in_root(root, target, true)
+                    .and_then(|fd| rustix::fs::fstat(&fd))
+                    .ok(),
+                _ => None,
+            };
             let Some(dest) = open_in_root(root, target, *create, report)? else {
                 return Ok(());
             };
@@ -329,7 +335,25 @@ fn execute_one(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()>
             let mnt =
                 rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, mount_attrs(*attrs))
                     .map_err(mount_err(fstype))?;
-            attach(&mnt, &dest).map_err(mount_err(fstype))
+            attach(&mnt, &dest).map_err(mount_err(fstype))?;
+            if let Some(st) = before {
+                // The mount's root, opened through the new mount.
+                let top = fsroot::open_in(
+                    root.as_fd(),
+                    target,
+                    OFlags::RDONLY | OFlags::DIRECTORY,
+                    Mode::empty(),
+                    Method::Openat2,
+                )
+                .map_err(|e| InitError::Mount {
+                    what: fstype.to_string(),
+                    target: target.to_string(),
+                    source: e,
+                })?;
+                rustix::fs::fchmod(&top, Mode::from_raw_mode(st.st_mode & 0o7777))
+                    .map_err(mount_err(fstype))?;
+            }
+            Ok(())
         }
         Step::Bind {
             source,
@@ -441,6 +465,18 @@ fn execute_one(step: &Step, root: &OwnedFd, report: &mut Reporter) -> Result<()>
             })?;
             attach(&tree, &dest).map_err(mount_err("read-only bind"))
         }
+        Step::ReadonlyMount { .. } => {
+            let Some(dest) = open_in_root(root, target, Create::Skip, report)? else {
+                return Ok(());
+            };
+            let set = sys::attr::RDONLY | sys::attr::NOSUID | sys::attr::NODEV | sys::attr::NOEXEC;
+            sys::mount_setattr(&dest, set).map_err(|source| InitError::Mount {
+                what: "read-only remount".into(),
+                target: target.to_string(),
+                source,
+            })
+        }
+        Step::Populate { source, .. } => super::populate::populate(root, target, source),
         Step::Symlink { path, to } => {
             let (parent, name) = split_parent(path);
             let Some(dir) = open_in_root(root, parent, Create::Dir, report)? else {

@@ -1,17 +1,17 @@
 //! What `RUN --security=insecure` gets from the host, as BuildKit's insecure spec
 //! (`util/entitlements/security`, `executor/oci/spec_linux.go`): out of the device policy
 //! ([`crate::devices::lift_self`]), BuildKit's extra devices the host has and the loop
-//! devices, and the step's own cgroup directories for a writable /sys/fs/cgroup. The plan
-//! ([`crate::mounts::plan`]) drops the masks and makes /sys writable.
+//! devices, and a writable /sys/fs/cgroup (as root). The plan ([`crate::mounts::plan`]) drops
+//! the masks and makes /sys and the cgroup binds writable.
 
 use std::path::Path;
 
-use super::{Result, file_err};
+use super::Result;
 use crate::mounts::{self, InsecureHost};
 
 /// Lifts the device policy from this process (and so the step it forks) and finds what the
 /// step sees of the host. Rootless, nothing: no device cgroup to leave, no more devices (as
-/// BuildKit in a user namespace) and no cgroup filesystem.
+/// BuildKit in a user namespace) and the cgroup filesystem read-only, as every sandbox's.
 ///
 /// Fails when the device cgroup cannot be left or /proc cannot be read.
 /// With `all_devices` (`kiln run --privileged`), every device node under the host's /dev
@@ -29,7 +29,7 @@ pub(super) fn host(all_devices: bool) -> Result<InsecureHost> {
         devices.sort();
         return Ok(InsecureHost {
             devices,
-            cgroups: own_cgroups()?,
+            writable_cgroups: true,
         });
     }
     let exists = |d: &str| std::fs::symlink_metadata(Path::new("/dev").join(d)).is_ok();
@@ -50,7 +50,7 @@ pub(super) fn host(all_devices: bool) -> Result<InsecureHost> {
     devices.extend(loops.iter().map(|n| format!("loop{n}")));
     Ok(InsecureHost {
         devices,
-        cgroups: own_cgroups()?,
+        writable_cgroups: true,
     })
 }
 
@@ -69,21 +69,4 @@ fn host_devices(dir: &Path, prefix: &str, out: &mut Vec<String>) {
             host_devices(&e.path(), &format!("{rel}/"), out);
         }
     }
-}
-
-/// This process's own cgroup directory in each hierarchy, named as under /sys/fs/cgroup.
-fn own_cgroups() -> Result<Vec<(std::path::PathBuf, String)>> {
-    let read = |p: &str| std::fs::read_to_string(p).map_err(file_err(Path::new(p)));
-    let (mountinfo, own) = (read("/proc/self/mountinfo")?, read("/proc/self/cgroup")?);
-    let cgroups = crate::cgroup::own_dirs(&mountinfo, &own)
-        .into_iter()
-        .filter_map(|(mount, dir)| {
-            let name = match mount == Path::new("/sys/fs/cgroup") {
-                true => String::new(),
-                false => mount.file_name()?.to_str()?.to_owned(),
-            };
-            Some((dir, name))
-        })
-        .collect();
-    Ok(cgroups)
 }

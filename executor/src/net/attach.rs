@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::firewall::{self, FirewallError, Xtables, XtablesCommand};
-use super::ipam::{Ipam, IpamError, Lease, NetworkConfig};
+use super::hostnet;
+use super::ipam::{DEFAULT_NETWORK, Ipam, IpamError, Lease, NetworkConfig};
 use super::netlink::{Netlink, NetlinkError, NetnsTarget, RealNetlink};
 use super::netns::Netns;
 use super::nft::{self, Nft, NftCommand, NftError};
@@ -345,6 +346,7 @@ pub struct Networks<N: Netlink, F: Nft> {
     nft: F,
     firewall: Box<dyn Xtables + Send>,
     proc_sys: PathBuf,
+    resolv_conf: PathBuf,
     table: String,
 }
 
@@ -389,8 +391,37 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
             nft,
             firewall,
             proc_sys,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
             table: nft::TABLE.to_string(),
         }
+    }
+
+    /// Reads the nameservers that a new subnet must not cover from `path` instead of
+    /// /etc/resolv.conf (tests).
+    pub fn with_resolv_conf(mut self, path: impl Into<PathBuf>) -> Self {
+        self.resolv_conf = path.into();
+        self
+    }
+
+    /// The network called `network`. The default network's subnet is chosen now when none is
+    /// stored yet, from what this namespace's routes, addresses and nameservers leave free
+    /// ([`hostnet::choose_default`]), and stored ([`Ipam::default_network_or`]).
+    pub fn network(&mut self, network: &str) -> Result<NetworkConfig> {
+        if network != DEFAULT_NETWORK {
+            return Ok(self.ipam.network(network)?);
+        }
+        let (ipam, nl, resolv) = (&self.ipam, &mut self.netlink, &self.resolv_conf);
+        ipam.default_network_or(|others| -> Result<_> {
+            let text = fs::read_to_string(resolv).unwrap_or_default();
+            let in_use = hostnet::in_use(nl, &text)?;
+            hostnet::choose_default(super::ipam::DEFAULT_BRIDGE, others, &in_use).map_err(|e| {
+                AttachError::Ipam(IpamError::NoFreeSubnet {
+                    network: DEFAULT_NETWORK.to_string(),
+                    pool: hostnet::DEFAULT_POOL.join(", "),
+                    why: e.to_string(),
+                })
+            })
+        })
     }
 
     /// Uses nft table `table` instead of `kiln` (tests, or several KILN_ROOTs on one host).
@@ -425,7 +456,7 @@ impl<N: Netlink, F: Nft> Networks<N, F> {
         netns: &Netns,
         ports: &[PortMapping],
     ) -> Result<Attachment> {
-        let net = self.ipam.network(network)?;
+        let net = self.network(network)?;
         let lease = self.ipam.allocate(&net, container, ports)?;
         let steps = plan_attach(&net, &lease);
         let done = execute(
@@ -800,7 +831,7 @@ mod tests {
         assert_eq!((nets.nft.scripts.len(), runs()), (2, 1));
         // A network created, then removed: iptables each time.
         nets.ipam()
-            .define_network("front", Some("10.89.7.0/24".parse().expect("cidr")))
+            .define_network("front", Some("10.89.7.0/24".parse().expect("cidr")), &[])
             .expect("define");
         nets.sync_rules().expect("a network");
         assert_eq!(runs(), 2);

@@ -4,11 +4,15 @@
 //! Layout:
 //! ```text
 //! networks/lock                     flock held for every read-modify-write below
-//! networks/<name>/network.json      NetworkConfig (absent for the default network)
+//! networks/<name>/network.json      NetworkConfig (the default network's once chosen)
 //! networks/<name>/leases.json       {"last": ip, "leases": [Lease...]}
 //! ```
 //! Published host ports are part of the lease, so the check that a host port is not already
 //! published by another container happens under the same lock as the address allocation.
+//!
+//! The default network's subnet is chosen when its bridge is first needed
+//! ([`Ipam::default_network_or`], with [`hostnet`](super::hostnet)'s rule) and stored in
+//! `networks/bridge/network.json`; until then it reads as the pool's first choice.
 
 use std::fs::{self, File};
 use std::io;
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::hostnet::{self, InUse};
 use super::subnet::{PortMapping, Proto, Subnet};
 
 /// Errors from network and lease bookkeeping.
@@ -39,6 +44,16 @@ pub enum IpamError {
         /// The cause.
         #[source]
         source: serde_json::Error,
+    },
+    /// No subnet of a pool is free (`hostnet`'s rule): each candidate and what holds it.
+    #[error("no subnet of {pool} is free for network {network}: {why}")]
+    NoFreeSubnet {
+        /// The network name.
+        network: String,
+        /// The pool, as documented.
+        pool: String,
+        /// Each candidate and what holds it.
+        why: String,
     },
     /// Every address of the subnet is leased.
     #[error("network {network} ({subnet}) has no free address left")]
@@ -128,8 +143,9 @@ pub const DEFAULT_NETWORK: &str = "bridge";
 /// The bridge device of the default network.
 pub const DEFAULT_BRIDGE: &str = "kiln0";
 
-/// Where user networks get their /24 when `network create` names no subnet (10.89.0.0/16 is
-/// left to tests).
+/// Where user networks get their /24 when `network create` names no subnet: the first /24
+/// that overlaps no other network and nothing on the host (see [`hostnet`](super::hostnet);
+/// 10.89.0.0/16 is left to podman's user networks and to tests).
 pub const AUTO_SUBNETS: &str = "10.90.0.0/16";
 
 /// A bridge network: its bridge device, subnet and gateway (the bridge's address).
@@ -146,11 +162,17 @@ pub struct NetworkConfig {
 }
 
 impl NetworkConfig {
-    /// The default network: bridge `kiln0`, 10.88.0.0/16, gateway 10.88.0.1 (never docker's
-    /// 172.17.0.0/16).
+    /// The default network as first choice: bridge `kiln0`, 10.88.0.0/16, gateway 10.88.0.1
+    /// (never docker's 172.17.0.0/16). Where that is taken on the host, the default network
+    /// gets another subnet ([`default_on`](Self::default_on), [`Ipam::default_network_or`]).
     pub fn default_bridge() -> NetworkConfig {
         let subnet = Subnet::new(Ipv4Addr::new(10, 88, 0, 0), 16)
             .expect("10.88.0.0/16 is a valid network address");
+        NetworkConfig::default_on(subnet)
+    }
+
+    /// The default network (bridge `kiln0`) on `subnet`, the gateway its first host.
+    pub fn default_on(subnet: Subnet) -> NetworkConfig {
         NetworkConfig {
             name: DEFAULT_NETWORK.to_string(),
             bridge: DEFAULT_BRIDGE.to_string(),
@@ -317,26 +339,37 @@ impl Ipam {
     }
 
     /// `kiln network create NAME [--subnet CIDR]`: defines a user network with `subnet`, or
-    /// with the first free /24 of [`AUTO_SUBNETS`] when None. Fails like
+    /// with the first /24 of [`AUTO_SUBNETS`] that overlaps no other network and nothing of
+    /// `host` (see [`hostnet`](super::hostnet)) when None. An explicit subnet is checked
+    /// against kiln's networks only, as dockerd does. Fails like
     /// [`create_network`](Self::create_network), or when no /24 is free.
-    pub fn define_network(&self, name: &str, subnet: Option<Subnet>) -> Result<NetworkConfig> {
+    pub fn define_network(
+        &self,
+        name: &str,
+        subnet: Option<Subnet>,
+        host: &[InUse],
+    ) -> Result<NetworkConfig> {
         let subnet = match subnet {
             Some(s) => s,
             None => {
-                let taken: Vec<Subnet> = self.networks()?.into_iter().map(|n| n.subnet).collect();
+                let taken = self.networks()?;
                 let auto: Subnet = AUTO_SUBNETS.parse().expect("AUTO_SUBNETS is a valid CIDR");
-                (0..256u32)
+                let candidates = (0..256u32)
                     .filter_map(|i| auto.nth(i * 256))
-                    .filter_map(|ip| Subnet::new(ip, 24).ok())
-                    .find(|c| {
-                        !taken
-                            .iter()
-                            .any(|t| t.contains(c.network()) || c.contains(t.network()))
-                    })
-                    .ok_or_else(|| IpamError::Exhausted {
+                    .filter_map(|ip| Subnet::new(ip, 24).ok());
+                hostnet::first_free(candidates, &taken, host).map_err(|e| {
+                    IpamError::NoFreeSubnet {
                         network: name.to_string(),
-                        subnet: auto,
-                    })?
+                        pool: format!("{AUTO_SUBNETS} (as /24s)"),
+                        // One line per /24 would be 256: the first and the last say enough.
+                        why: match (e.0.first(), e.0.last()) {
+                            (Some((a, wa)), Some((b, wb))) if e.0.len() > 2 => {
+                                format!("{a}: {wa}; ...; {b}: {wb}")
+                            }
+                            _ => e.to_string(),
+                        },
+                    }
+                })?
             }
         };
         // Two concurrent auto-picks may choose the same /24: create_network re-checks overlap
@@ -346,10 +379,11 @@ impl Ipam {
         Ok(config)
     }
 
-    /// The network called `name`; the default network always exists.
+    /// The network called `name`; the default network always exists (its stored subnet, or
+    /// the first choice while none is stored).
     pub fn network(&self, name: &str) -> Result<NetworkConfig> {
         if name == DEFAULT_NETWORK {
-            return Ok(NetworkConfig::default_bridge());
+            return self.default_network();
         }
         if !valid_name(name) {
             return Err(IpamError::BadName {
@@ -367,8 +401,41 @@ impl Ipam {
         self.networks_locked()
     }
 
+    /// The stored default network, else its first choice.
+    fn default_network(&self) -> Result<NetworkConfig> {
+        Ok(Self::read_json(&self.config_path(DEFAULT_NETWORK)?)?
+            .unwrap_or_else(NetworkConfig::default_bridge))
+    }
+
+    /// The default network, its subnet chosen now by `choose` when none is stored yet, and
+    /// stored: `choose` gets kiln's other networks and runs under the lock, so concurrent
+    /// first uses agree. Once stored, the choice stays whatever the host's routes do later.
+    pub fn default_network_or<E: From<IpamError>>(
+        &self,
+        choose: impl FnOnce(&[NetworkConfig]) -> std::result::Result<Subnet, E>,
+    ) -> std::result::Result<NetworkConfig, E> {
+        let path = self.config_path(DEFAULT_NETWORK)?;
+        if let Some(c) = Self::read_json(&path)? {
+            return Ok(c);
+        }
+        let _l = self.lock()?;
+        if let Some(c) = Self::read_json(&path)? {
+            return Ok(c);
+        }
+        let others: Vec<NetworkConfig> = self
+            .networks_locked()?
+            .into_iter()
+            .filter(|n| n.name != DEFAULT_NETWORK)
+            .collect();
+        let config = NetworkConfig::default_on(choose(&others)?);
+        let dir = self.network_dir(DEFAULT_NETWORK)?;
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Self::write_json(&path, &config)?;
+        Ok(config)
+    }
+
     fn networks_locked(&self) -> Result<Vec<NetworkConfig>> {
-        let mut out = vec![NetworkConfig::default_bridge()];
+        let mut out = vec![self.default_network()?];
         let mut names = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
             let entry = entry.map_err(io_err(&self.dir))?;
@@ -796,13 +863,13 @@ mod tests {
     fn network_create_without_subnet_picks_the_next_free_24() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ipam = Ipam::open(dir.path()).expect("open");
-        let a = ipam.define_network("a", None).expect("a");
-        let b = ipam.define_network("b", None).expect("b");
+        let a = ipam.define_network("a", None, &[]).expect("a");
+        let b = ipam.define_network("b", None, &[]).expect("b");
         assert_eq!(a.subnet.to_string(), "10.90.0.0/24");
         assert_eq!(b.subnet.to_string(), "10.90.1.0/24");
         assert_eq!(b.gateway, Ipv4Addr::new(10, 90, 1, 1));
         let c = ipam
-            .define_network("c", Some("10.91.0.0/16".parse().expect("cidr")))
+            .define_network("c", Some("10.91.0.0/16".parse().expect("cidr")), &[])
             .expect("c");
         assert_eq!(ipam.network("c").expect("read back"), c);
     }

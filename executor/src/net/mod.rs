@@ -42,6 +42,7 @@ pub mod attach;
 pub mod build;
 pub mod files;
 pub mod firewall;
+pub mod hostnet;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;

@@ -25,6 +25,8 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use super::hostnet::{Holder, InUse};
+
 /// A netlink failure: which operation, on what, and the kernel's errno.
 #[derive(Debug, thiserror::Error)]
 #[error("netlink {op} {target}")]
@@ -84,6 +86,9 @@ pub trait Netlink {
     fn addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>>;
     /// Adds the default route via `gateway` (ok when present).
     fn add_default_route(&mut self, gateway: Ipv4Addr) -> Result<()>;
+    /// What holds IPv4 addresses in this namespace: every unicast route with a destination in
+    /// any table but `local`, and every interface address (see [`super::hostnet`]).
+    fn in_use(&mut self) -> Result<Vec<InUse>>;
     /// Deletes a link (ok when it is gone); deleting one end of a veth deletes both.
     fn delete_link(&mut self, index: u32) -> Result<()>;
     /// A connection of the same kind inside the namespace `netns`.
@@ -414,6 +419,92 @@ impl Netlink for RealNetlink {
         }
     }
 
+    fn in_use(&mut self) -> Result<Vec<InUse>> {
+        let mut names = std::collections::HashMap::new();
+        let links = self
+            .request(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(nl_err("list links", "all"))?;
+        for m in links {
+            if let RouteNetlinkMessage::NewLink(l) = m
+                && let Some(n) = l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                })
+            {
+                names.insert(l.header.index, n);
+            }
+        }
+        let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+        let mut out = Vec::new();
+        let mut a = AddressMessage::default();
+        a.header.family = AddressFamily::Inet;
+        let addrs = self
+            .request(RouteNetlinkMessage::GetAddress(a), NLM_F_DUMP)
+            .map_err(nl_err("list addresses", "all"))?;
+        for m in addrs {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            let ip = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let ip = ip.or_else(|| {
+                a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = ip {
+                out.push(InUse {
+                    ip,
+                    prefix: a.header.prefix_len,
+                    holder: Holder::Address {
+                        link: name(a.header.index),
+                    },
+                });
+            }
+        }
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        let routes = self
+            .request(RouteNetlinkMessage::GetRoute(r), NLM_F_DUMP)
+            .map_err(nl_err("list routes", "all"))?;
+        for m in routes {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            let mut table = u32::from(r.header.table);
+            let (mut dst, mut oif) = (None, None);
+            for at in &r.attributes {
+                match at {
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            // The local table holds the host's own addresses (listed above) and broadcasts.
+            if r.header.kind != RouteType::Unicast || table == 255 {
+                continue;
+            }
+            if let Some(ip) = dst {
+                out.push(InUse {
+                    ip,
+                    prefix: r.header.destination_prefix_length,
+                    holder: Holder::Route {
+                        link: oif.map(name),
+                        table,
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn delete_link(&mut self, index: u32) -> Result<()> {
         match self.request(
             RouteNetlinkMessage::DelLink(Self::link_msg(index)),
@@ -460,6 +551,8 @@ pub mod fake {
         pub links: BTreeMap<u32, FakeLink>,
         /// The default route's gateway.
         pub default_route: Option<Ipv4Addr>,
+        /// Routes [`Netlink::in_use`] lists besides the links' addresses.
+        pub routes: Vec<InUse>,
         /// Every call, as `op arg...`.
         pub calls: Vec<String>,
         /// Names of veth peers created "in another namespace", handed to the next `in_netns`.
@@ -591,6 +684,21 @@ pub mod fake {
             self.calls.push(format!("add_default_route {gateway}"));
             self.default_route = Some(gateway);
             Ok(())
+        }
+        fn in_use(&mut self) -> Result<Vec<InUse>> {
+            let mut out = self.routes.clone();
+            for l in self.links.values().filter(|l| !l.moved) {
+                for (ip, prefix) in &l.addresses {
+                    out.push(InUse {
+                        ip: *ip,
+                        prefix: *prefix,
+                        holder: Holder::Address {
+                            link: l.name.clone(),
+                        },
+                    });
+                }
+            }
+            Ok(out)
         }
         fn delete_link(&mut self, index: u32) -> Result<()> {
             self.calls.push(format!("delete_link {index}"));
