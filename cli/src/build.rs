@@ -12,7 +12,7 @@ mod oci_layout;
 mod outline;
 mod output;
 pub mod platforms;
-mod runopts;
+pub(crate) mod runopts;
 mod sbom;
 
 use crate::render::{Mode, Renderer};

@@ -35,6 +35,10 @@ pub struct PsArgs {
     /// adds a header row and aligns the tab-separated columns).
     #[arg(long)]
     format: Option<String>,
+    /// Only containers matching (`label=K` or `label=K=V`; docker's other filters are not
+    /// supported).
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    filter: Vec<String>,
 }
 
 /// Container subcommands (flattened into the top-level command enum).
@@ -50,9 +54,9 @@ pub enum Cmd {
     },
     /// Stop running containers (as `stop`) and start them again.
     Restart {
-        /// Seconds to wait before killing.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
-        time: u64,
+        /// Seconds to wait before killing (default: the container's --stop-timeout, or 10).
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
         /// Containers.
         #[arg(required = true)]
         names: Vec<String>,
@@ -74,9 +78,9 @@ pub enum Cmd {
     },
     /// Stop a container: SIGTERM, then SIGKILL after the timeout.
     Stop {
-        /// Seconds to wait before killing.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
-        time: u64,
+        /// Seconds to wait before killing (default: the container's --stop-timeout, or 10).
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
         /// Containers.
         #[arg(required = true)]
         names: Vec<String>,
@@ -116,6 +120,15 @@ pub enum Cmd {
         /// Allocate a pseudo-terminal.
         #[arg(short = 't', long)]
         tty: bool,
+        /// Read environment variables from a file (as `kiln run --env-file`).
+        #[arg(long = "env-file", value_name = "FILE")]
+        env_file: Vec<String>,
+        /// Run the command in the background (its output is discarded, as docker's).
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Every capability and no seccomp filter for the command.
+        #[arg(long)]
+        privileged: bool,
         /// Container.
         name: String,
         /// Command and arguments.
@@ -202,7 +215,20 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
         .map_or((String::new(), Vec::new()), |(p, a)| {
             (p.clone(), a.to_vec())
         });
-    Ok(Some(serde_json::json!({
+    let o = &s.options;
+    let or_null = |v: &[String]| match v.is_empty() {
+        true => serde_json::Value::Null,
+        false => serde_json::json!(v),
+    };
+    let ulimits: Vec<serde_json::Value> = o
+        .ulimits
+        .iter()
+        .map(|u| {
+            let n = |x: Option<u64>| x.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+            serde_json::json!({ "Name": u.name, "Hard": n(u.hard), "Soft": n(u.soft) })
+        })
+        .collect();
+    let mut v = serde_json::json!({
         "Id": s.id,
         "Created": s.created.clone().unwrap_or_default(),
         "Path": path,
@@ -221,10 +247,15 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "Hostname": spec.as_ref().map(|x| x.hostname.clone()).unwrap_or_default(),
             "Image": s.image,
             "Cmd": s.command,
-            "Env": spec.as_ref().map(|x| x.env.clone()).unwrap_or_default(),
+            // Without the HOSTNAME kiln adds at run time, as docker's daemon does.
+            "Env": spec.as_ref().map(|x| {
+                let own = format!("HOSTNAME={}", x.hostname);
+                x.env.iter().filter(|e| **e != own).cloned().collect::<Vec<_>>()
+            }).unwrap_or_default(),
             "WorkingDir": spec.as_ref().map(|x| x.cwd.clone()).unwrap_or_default(),
             "User": spec.as_ref().map(|x| x.user.clone()).unwrap_or_default(),
             "StopSignal": s.stop_signal.clone().unwrap_or_else(|| "SIGTERM".to_owned()),
+            "Labels": o.labels,
         },
         "HostConfig": {
             "NetworkMode": s.network_mode.clone().or_else(|| s.network.clone()).unwrap_or_default(),
@@ -232,6 +263,20 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "Memory": s.limits.memory.unwrap_or(0),
             "NanoCpus": s.limits.millicpus.unwrap_or(0) * 1_000_000,
             "PidsLimit": s.limits.pids.unwrap_or(0),
+            "CapAdd": or_null(&o.cap_add),
+            "CapDrop": or_null(&o.cap_drop),
+            "Dns": o.dns,
+            "DnsSearch": o.dns_search,
+            "DnsOptions": o.dns_options,
+            "ExtraHosts": or_null(&o.extra_hosts),
+            "GroupAdd": or_null(&o.group_add),
+            "Privileged": o.privileged,
+            "Ulimits": if ulimits.is_empty() { serde_json::Value::Null } else { ulimits.into() },
+            "ShmSize": o.shm_size.unwrap_or(64 * 1024 * 1024),
+            "RestartPolicy": { "Name": "no", "MaximumRetryCount": 0 },
+            "Devices": o.devices.iter().map(|[h, c, p]| serde_json::json!({
+                "PathOnHost": h, "PathInContainer": c, "CgroupPermissions": p,
+            })).collect::<Vec<_>>(),
             "ReadonlyRootfs": spec.as_ref().is_some_and(|x| x.security.read_only_rootfs),
         },
         "Mounts": crate::runmounts::inspect(spec.as_ref().map_or(&[][..], |x| &x.mounts)),
@@ -241,7 +286,15 @@ pub fn inspect(name: &str) -> anyhow::Result<Option<serde_json::Value>> {
             "Ports": ports,
             "Networks": networks,
         },
-    })))
+    });
+    // docker leaves these out unless given.
+    if o.init {
+        v["HostConfig"]["Init"] = true.into();
+    }
+    if let Some(t) = o.stop_timeout {
+        v["Config"]["StopTimeout"] = t.into();
+    }
+    Ok(Some(v))
 }
 
 fn supervise(id: &str) -> anyhow::Result<ExitCode> {
@@ -312,6 +365,7 @@ fn ps_row(s: &State, no_trunc: bool) -> serde_json::Value {
         "State": s.status.as_str(),
         "Ports": ports.join(", "),
         "Networks": s.network.clone().unwrap_or_default(),
+        "Labels": s.options.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
     })
 }
 
@@ -399,12 +453,21 @@ pub fn print_rows(
 
 /// `kiln ps`: docker's columns, `-q` ids, `--format` templates.
 fn ps(a: &PsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let labels = a
+        .filter
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some(("label", l)) => Ok(l),
+            _ => anyhow::bail!("--filter {f}: kiln supports only label=KEY[=VALUE]"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut states = all()?;
     // Newest first, as docker lists them.
     states.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
     let rows: Vec<serde_json::Value> = states
         .iter()
         .filter(|s| a.all || s.is_running())
+        .filter(|s| labels.iter().all(|l| s.options.has_label(l)))
         .map(|s| ps_row(s, a.no_trunc))
         .collect();
     if a.quiet {
@@ -465,6 +528,20 @@ fn top(name: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `stop`/`restart -t`: the seconds given, else the container's `--stop-timeout`, else 10
+/// (docker's default).
+fn stop_time(given: Option<u64>, name: &str) -> anyhow::Result<u64> {
+    Ok(match given {
+        Some(t) => t,
+        None => find(name)?
+            .1
+            .options
+            .stop_timeout
+            // A negative one (docker's -1) waits as good as forever: ten years.
+            .map_or(10, |t| u64::try_from(t).unwrap_or(315_360_000)),
+    })
+}
+
 /// Runs a container subcommand.
 pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
@@ -483,6 +560,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Restart { time, names } => {
             for n in &names {
+                let time = stop_time(time, n)?;
                 control::stop(&containers_dir()?, n, Duration::from_secs(time))?;
                 control::start(&exe()?, &containers_dir()?, n)?;
                 writeln!(out, "{n}")?;
@@ -509,6 +587,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Stop { time, names } => {
             for n in &names {
+                let time = stop_time(time, n)?;
                 control::stop(&containers_dir()?, n, Duration::from_secs(time))?;
                 writeln!(out, "{n}")?;
             }
@@ -546,15 +625,39 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             user,
             interactive,
             tty,
+            env_file,
+            detach,
+            privileged,
             name,
             command,
         } => {
             drop(out);
-            return exec(&name, env, workdir, user, (interactive, tty), command);
+            let mut all = Vec::new();
+            let lookup = |k: &str| std::env::var(k).ok();
+            for f in &env_file {
+                all.extend(crate::runflags::parse_kv_file(f, Some(&lookup))?);
+            }
+            all.extend(env);
+            let how = ExecHow {
+                interactive,
+                tty,
+                detach,
+                privileged,
+            };
+            return exec(&name, all, workdir, user, how, command);
         }
         Cmd::Supervise { id } => return supervise(&id),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln exec -i -t -d --privileged`.
+#[derive(Debug, Clone, Copy)]
+struct ExecHow {
+    interactive: bool,
+    tty: bool,
+    detach: bool,
+    privileged: bool,
 }
 
 /// `kiln exec`: the container's PID 1 is the sandbox process's child.
@@ -563,9 +666,15 @@ fn exec(
     env: Vec<String>,
     workdir: Option<String>,
     user: Option<String>,
-    (interactive, tty): (bool, bool),
+    how: ExecHow,
     command: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
+    let ExecHow {
+        interactive,
+        tty,
+        detach,
+        privileged,
+    } = how;
     // docker's check, before anything else: a tty relay needs a terminal on stdin.
     if tty && interactive && !rustix::termios::isatty(rustix::stdio::stdin()) {
         return Err(anyhow::Error::new(NotATty));
@@ -584,8 +693,23 @@ fn exec(
             tty,
         },
     )?;
+    let mut exec = exec;
+    if privileged {
+        // docker's exec --privileged: every capability, no seccomp filter.
+        exec.security.privileged = true;
+        exec.security.seccomp = executor::spec::Seccomp::Unconfined;
+    }
     let exe = exe()?;
     let mut cmd = executor::sandbox::command(&exe, &executor::spec::InitSpec::Exec(exec))?;
+    if detach {
+        // Not waited for: `__init` waits for the command and exits with it.
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if !interactive {
         cmd.stdin(Stdio::null());
     }

@@ -18,6 +18,7 @@ mod registry;
 mod render;
 mod rootless;
 mod run;
+mod runflags;
 mod runimage;
 mod runmounts;
 mod security;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 /// `kiln run` flags.
 #[derive(Debug, clap::Args)]
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
     /// Remove the container's directory when it exits.
     #[arg(long)]
@@ -62,6 +63,10 @@ pub struct RunArgs {
     /// `seccomp=unconfined`, `seccomp=PROFILE.json` (docker's format), `no-new-privileges`.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// `--env-file`, `-h`, `--add-host`, `--dns*`, `--cap-*`, `--privileged`, `--init`,
+    /// `-l`, `--ulimit`, `--shm-size`, `--stop-*`, `--restart` (see [`crate::runflags`]).
+    #[command(flatten)]
+    docker: crate::runflags::DockerFlags,
     /// Bind a host path, mount a volume, or an anonymous one: `HOST:CTR[:ro]`,
     /// `NAME:CTR[:ro]`, `CTR` (docker's `-v`).
     #[arg(short = 'v', long = "volume", value_name = "[SRC:]CTR[:MODE]")]
@@ -158,9 +163,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         &cache::oci::Platform::host().architecture,
     )
     .with_context(|| format!("image {}", a.image))?;
-    let env = a
+    let mut security = crate::security::parse(&a.security_opt)?;
+    let flags = crate::runflags::apply(&a.docker, a.rm, &mut security)?;
+    let env = flags
         .env
         .iter()
+        .chain(&a.env)
         .map(|e| match e.split_once('=') {
             Some(_) => e.clone(),
             None => format!("{e}={}", std::env::var(e).unwrap_or_default()),
@@ -194,7 +202,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         pids: a.pids_limit.filter(|n| *n > 0).map(|n| n as u64),
     };
-    let mut security = crate::security::parse(&a.security_opt)?;
     security.read_only_rootfs = a.read_only;
     crate::netrun::reclaim_orphans();
     let exe = std::env::current_exe().context("locating the kiln binary")?;
@@ -238,9 +245,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 user: c.user.clone(),
                 lowers,
             },
-            stop_signal: Some(c.stop_signal.clone()),
+            stop_signal: flags.stop_signal.or_else(|| Some(c.stop_signal.clone())),
             overrides,
             security,
+            options: flags.options,
             network: a.network.clone(),
             ports,
             apply_limits: limits.is_empty() || crate::rootless::limits_possible(&limits),

@@ -411,9 +411,49 @@ pub fn lift_self() -> Result<()> {
     std::fs::write(&procs, "0").map_err(io_err(&procs))
 }
 
+/// Puts the calling process under the default policy plus `extra` (`kiln run --device`): v1,
+/// into `<devices>/kiln/dev-<rules>`, a sibling of `kiln/sandbox` configured as
+/// [`setup_v1`] does with `extra` allowed too; v2, into `<unified>/kiln-dev-<rules>` outside
+/// the default program's cgroup, with a program of its own for both. The cgroup is named by
+/// its rules, so containers asking for the same devices share it (kept, as `kiln/sandbox`).
+/// Fails as [`DeviceCgroup::host`] or when the cgroup cannot be set up or joined.
+pub fn confine_self_with(extra: &[Rule]) -> Result<()> {
+    let mut rules = DEFAULT_RULES.to_vec();
+    rules.extend_from_slice(extra);
+    let key: String = extra
+        .iter()
+        .map(|r| r.v1_line())
+        .collect::<Vec<_>>()
+        .join("+")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let dir = match DeviceCgroup::host()? {
+        DeviceCgroup::V1 { mount, .. } => {
+            let dir = mount.join(format!("kiln/dev-{key}"));
+            if !dir.join("cgroup.procs").exists() {
+                setup_v1_rules(&dir, &rules)?;
+            }
+            dir
+        }
+        DeviceCgroup::V2 { mount, .. } => {
+            let dir = mount.join(format!("kiln-dev-{key}"));
+            ensure_v2_program_rules(&dir, &rules)?;
+            dir
+        }
+    };
+    let procs = dir.join("cgroup.procs");
+    std::fs::write(&procs, "0").map_err(io_err(&procs))
+}
+
 /// Creates the v1 cgroup `dir` with the default rules: configured under a temporary name,
 /// then renamed, so that a concurrent sandbox never joins a half-configured one.
 pub fn setup_v1(dir: &Path) -> Result<()> {
+    setup_v1_rules(dir, &DEFAULT_RULES)
+}
+
+/// [`setup_v1`] with `rules`.
+fn setup_v1_rules(dir: &Path, rules: &[Rule]) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -427,7 +467,7 @@ pub fn setup_v1(dir: &Path) -> Result<()> {
         let deny = tmp.join("devices.deny");
         std::fs::write(&deny, "a").map_err(io_err(&deny))?;
         let allow = tmp.join("devices.allow");
-        for r in DEFAULT_RULES {
+        for r in rules {
             std::fs::write(&allow, r.v1_line()).map_err(io_err(&allow))?;
         }
         Ok(())
@@ -460,6 +500,11 @@ pub fn holds_v2_program(dir: &Path) -> bool {
 /// Attaches the device program to the v2 cgroup `dir` (creating it) unless one named
 /// [`PROGRAM_NAME`] already is.
 pub fn ensure_v2_program(dir: &Path) -> Result<()> {
+    ensure_v2_program_rules(dir, &DEFAULT_RULES)
+}
+
+/// [`ensure_v2_program`] with a program for `rules`.
+fn ensure_v2_program_rules(dir: &Path, rules: &[Rule]) -> Result<()> {
     let bpf_err = |what| {
         move |source| DeviceError::Bpf {
             path: dir.to_path_buf(),
@@ -475,8 +520,8 @@ pub fn ensure_v2_program(dir: &Path) -> Result<()> {
     if v2_program_attached(&cg).map_err(bpf_err("listing programs"))? {
         return Ok(());
     }
-    let prog = bpf::load_device_program(&program(&DEFAULT_RULES), PROGRAM_NAME)
-        .map_err(bpf_err("loading"))?;
+    let prog =
+        bpf::load_device_program(&program(rules), PROGRAM_NAME).map_err(bpf_err("loading"))?;
     bpf::attach_device_program(&cg, &prog).map_err(bpf_err("attaching"))
 }
 

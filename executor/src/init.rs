@@ -35,9 +35,11 @@ use crate::fsroot;
 use crate::mounts::{self, HostPaths, Step};
 
 pub(crate) mod apply;
+mod caps;
 mod cgroupfs;
 mod insecure;
 mod populate;
+pub mod reaper;
 use crate::seccomp;
 use crate::spec::{InitSpec, Network, RunSpec, Seccomp, Security};
 use crate::sys;
@@ -353,10 +355,10 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     // The device policy, or for `RUN --security=insecure` out of it with what the host adds.
     let insecure = match spec.security.privileged {
         false => {
-            confine_devices()?;
+            confine_devices_with(&spec.security.devices)?;
             mounts::InsecureHost::default()
         }
-        true => insecure::host()?,
+        true => insecure::host(spec.security.all_devices)?,
     };
     // After joining the cgroups above: the sandbox's own.
     let cgroups = cgroupfs::own(spec.security.privileged && insecure.writable_cgroups)?;
@@ -449,6 +451,28 @@ fn run_sandbox(spec: &RunSpec) -> Result<i32> {
     remove_placeholders(&spec.rootfs, &created, &before, &plan);
     drop(state);
     Ok(status)
+}
+
+/// [`confine_devices`], with `kiln run --device`'s devices allowed too when there are any
+/// ([`crate::devices::confine_self_with`]).
+fn confine_devices_with(extra: &[crate::spec::DeviceAllow]) -> Result<()> {
+    use crate::devices::{Kind, MKNOD, READ, Rule, WRITE};
+    if extra.is_empty() || crate::rootless::in_user_namespace() {
+        return confine_devices();
+    }
+    let rules: Vec<Rule> = extra
+        .iter()
+        .map(|d| Rule {
+            kind: if d.block { Kind::Block } else { Kind::Char },
+            major: Some(d.major),
+            minor: Some(d.minor),
+            access: [('r', READ), ('w', WRITE), ('m', MKNOD)]
+                .into_iter()
+                .filter(|(c, _)| d.access.contains(*c))
+                .fold(0, |a, (_, b)| a | b),
+        })
+        .collect();
+    Ok(crate::devices::confine_self_with(&rules)?)
 }
 
 /// Puts this process, and so the sandbox it forks, under the device policy
@@ -700,6 +724,7 @@ fn child_main(
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
     let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())?;
+    let id = caps::add_groups(id, &spec.security.group_add, group.as_deref())?;
     let env = complete_env(&spec.env, &id.home);
 
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
@@ -747,7 +772,7 @@ fn exec_in(spec: &crate::spec::ExecSpec) -> Result<i32> {
     // While the host's cgroup filesystems are still in view: the container's cgroups (its
     // limits hold for the command too, as runc's exec joins them), then the device policy.
     cgroupfs::join_those_of(spec.pid)?;
-    confine_devices()?;
+    confine_devices_with(&spec.security.devices)?;
     // Opened while this process's own /proc is in view (see `sys::fork_with`).
     let tasks = PathBuf::from("/proc/self/task");
     let tasks = std::fs::File::open(&tasks).map_err(file_err(&tasks))?;
@@ -822,6 +847,7 @@ fn exec_child(spec: &crate::spec::ExecSpec, console: Option<OwnedFd>) -> Result<
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
     let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())?;
+    let id = caps::add_groups(id, &spec.security.group_add, group.as_deref())?;
     let env = complete_env(&spec.env, &id.home);
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     std::env::set_current_dir(cwd).map_err(|source| InitError::Cwd {
@@ -834,7 +860,12 @@ fn exec_child(spec: &crate::spec::ExecSpec, console: Option<OwnedFd>) -> Result<
             source,
         })?;
     }
-    exec_as(&spec.args, &env, &spec.user, &id, &spec.security)
+    // `--init` is the container's PID 1; an exec'd command is not under a reaper (docker's).
+    let security = Security {
+        init: false,
+        ..spec.security.clone()
+    };
+    exec_as(&spec.args, &env, &spec.user, &id, &security)
 }
 
 /// The last step of RUN and `kiln exec`: finds `args[0]` on the `PATH` of `env` (while still
@@ -853,12 +884,16 @@ fn exec_as(
         .unwrap_or(DEFAULT_PATH)
         .to_string();
     let exe = find_executable(&args[0], &path_var)?;
+    let keep = caps::capabilities(security).map_err(|source| InitError::Credentials {
+        user: user.to_string(),
+        source,
+    })?;
     let filter = match security.privileged {
         true => None,
-        false => seccomp_filter(&security.seccomp)?,
+        false => seccomp_filter(&security.seccomp, keep)?,
     };
     set_ulimits(&security.ulimits)?;
-    drop_privileges(user, id, security.privileged)?;
+    drop_privileges(user, id, security.privileged, keep)?;
 
     let cstr =
         |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
@@ -882,12 +917,21 @@ fn exec_as(
     if let Some(f) = &filter {
         sys::load_seccomp(&f.program).map_err(InitError::SeccompLoad)?;
     }
+    if security.init {
+        return match reaper::exec_under_reaper(&path, &argv, &envp) {
+            Err(source) => Err(InitError::Namespace {
+                what: "starting the init process",
+                source,
+            }),
+            Ok(never) => match never {},
+        };
+    }
     Err(to_exec_err(sys::execve(&path, &argv, &envp)))
 }
 
 /// The filter `mode` asks for, compiled for this machine and Docker's capability set; None
 /// when unconfined.
-fn seccomp_filter(mode: &Seccomp) -> Result<Option<seccomp::Filter>> {
+fn seccomp_filter(mode: &Seccomp, caps: CapabilitySet) -> Result<Option<seccomp::Filter>> {
     let default;
     let profile = match mode {
         Seccomp::Unconfined => return Ok(None),
@@ -899,7 +943,7 @@ fn seccomp_filter(mode: &Seccomp) -> Result<Option<seccomp::Filter>> {
     };
     let release = rustix::system::uname();
     let release = release.release().to_string_lossy();
-    let caps = seccomp::capability_names(default_capabilities());
+    let caps = seccomp::capability_names(caps);
     let target = seccomp::Target::native(caps, &release)?;
     Ok(Some(seccomp::compile(profile, &target)?))
 }
@@ -983,7 +1027,12 @@ fn set_ulimits(limits: &[crate::spec::Ulimit]) -> Result<()> {
     Ok(())
 }
 
-fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Result<()> {
+fn drop_privileges(
+    user_spec: &str,
+    id: &user::Identity,
+    privileged: bool,
+    keep: CapabilitySet,
+) -> Result<()> {
     let cred = |source: io::Error| InitError::Credentials {
         user: user_spec.to_string(),
         source,
@@ -993,12 +1042,8 @@ fn drop_privileges(user_spec: &str, id: &user::Identity, privileged: bool) -> Re
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
-    // Privileged: every capability kiln itself has (a container around kiln may hold fewer
-    // than the kernel knows).
-    let keep = match privileged {
-        true => rustix::thread::capabilities(None).map_err(errno)?.permitted,
-        false => default_capabilities(),
-    };
+    // `keep` ([`capabilities`]): privileged, every capability kiln itself has (a container
+    // around kiln may hold fewer than the kernel knows).
     for cap in 0..=last {
         if cap < 64 && !keep.contains(CapabilitySet::from_bits_retain(1 << cap)) {
             sys::drop_bounding_capability(cap).map_err(cred)?;

@@ -451,6 +451,7 @@ pub fn etc_files(
             hosts, resolv_conf, ..
         } => (hosts.clone(), resolv_conf.clone()),
     };
+    let resolv = spec.security.resolv_conf.clone().unwrap_or(resolv);
     let mut hosts = hosts;
     for (name, ip) in &spec.security.extra_hosts {
         if !hosts.is_empty() && !hosts.ends_with('\n') {

@@ -120,6 +120,45 @@ pub struct Security {
     /// (only the root: /dev, /proc, volumes and the /etc files keep their own modes, as docker).
     #[serde(default)]
     pub read_only_rootfs: bool,
+    /// `kiln run --cap-add`: `CAP_X` names or `ALL`, added to docker's default set.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `kiln run --cap-drop`: `CAP_X` names or `ALL`, dropped before the adds (docker's order).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `kiln run --group-add`: group names (the root's /etc/group) or numeric gids.
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// `kiln run --init`: PID 1 is kiln's reaper, which forwards signals to the command.
+    #[serde(default)]
+    pub init: bool,
+    /// `kiln run --dns/--dns-search/--dns-option`: /etc/resolv.conf instead of the network's.
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
+    /// `kiln run --privileged`: with [`Security::privileged`], every device node of the
+    /// host's /dev (an insecure RUN step gets BuildKit's few).
+    #[serde(default)]
+    pub all_devices: bool,
+    /// `kiln run --device`: the device cgroup allows these besides the default list.
+    #[serde(default)]
+    pub devices: Vec<DeviceAllow>,
+}
+
+/// One device a container may use besides the default list (`--device HOST:CTR:rwm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAllow {
+    /// Block (`true`) or character device.
+    pub block: bool,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Some of `r`, `w`, `m`.
+    pub access: String,
+    /// The node on the host, bound at `target`.
+    pub source: PathBuf,
+    /// Its path in the container.
+    pub target: String,
 }
 
 /// One `--ulimit NAME=SOFT[:HARD]`; `None` is unlimited.

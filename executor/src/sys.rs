@@ -401,6 +401,27 @@ pub fn load_seccomp(program: &[crate::seccomp::SockFilter]) -> io::Result<()> {
     Ok(())
 }
 
+/// Closes every file descriptor from `first` on (close_range(2); on kernels before 5.9 each
+/// one listed in /proc/self/fd).
+pub fn close_from(first: u32) {
+    // SAFETY: close_range only closes descriptors; the caller owns no object using them.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    if r == 0 {
+        return;
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| u32::try_from(*fd).is_ok_and(|f| f >= first))
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; the read_dir's own descriptor is closed already (EBADF).
+        unsafe { libc::close(fd) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

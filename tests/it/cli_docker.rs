@@ -378,7 +378,7 @@ fn exec_tty_term_network_mode_and_hostname() -> anyhow::Result<()> {
 }
 
 /// Whether dockerd answers; fails when REQUIRE_PRIVILEGED_TESTS=1 and it does not.
-fn docker_ready() -> bool {
+pub(crate) fn docker_ready() -> bool {
     let answered = Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()
@@ -392,7 +392,7 @@ fn docker_ready() -> bool {
     answered
 }
 
-fn docker(args: &[&str]) -> Output {
+pub(crate) fn docker(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
         .stdin(Stdio::null())

@@ -224,6 +224,7 @@ mod tests {
             status: Status::Exited,
             exit_code: Some(0),
             network_mode: Some("none".to_owned()),
+            options: Default::default(),
             ..state::sample(&id, name)
         };
         state::write(&dir, &s).expect("state");

@@ -86,8 +86,12 @@ pub struct Request {
     pub stop_signal: Option<String>,
     /// `-e`, `-w`, `-u`, `--entrypoint`, the command, `-t`.
     pub overrides: Overrides,
-    /// `--security-opt`.
+    /// `--security-opt`; and `--cap-add`, `--privileged`, `--ulimit`... as the sandbox
+    /// applies them (set by the caller from [`Request::options`]).
     pub security: Security,
+    /// `-h`, `-l`, `--dns`, `--add-host`, `--cap-add`... as given, kept for `inspect`; `-h`,
+    /// the DNS flags and `--add-host NAME:host-gateway` are applied here.
+    pub options: super::options::RunOptions,
     /// `--network`.
     pub network: Mode,
     /// `-p`, `-P` (see [`network::ports`]).
@@ -157,6 +161,19 @@ pub fn create(req: Request) -> Result<Created> {
             }
         })?;
     c.spec.security = req.security.clone();
+    if let Some(h) = &req.options.hostname {
+        c.spec.hostname.clone_from(h);
+    }
+    // `--device`: the host's node bound in (the device cgroup allows it, see `crate::init`).
+    for d in &req.security.devices {
+        c.spec.mounts.push(crate::spec::MountSpec {
+            target: d.target.clone(),
+            kind: crate::spec::MountKind::Bind {
+                source: d.source.clone(),
+            },
+            readonly: false,
+        });
+    }
     let mut undo = Undo {
         containers,
         id: &id,
@@ -205,17 +222,29 @@ pub fn create(req: Request) -> Result<Created> {
             return Err(e.into());
         }
     };
-    if req.network == Mode::Host {
+    if req.network == Mode::Host && req.options.hostname.is_none() {
         // The host's network, the host's name (as docker's --network host).
         c.spec.hostname = rustix::system::uname()
             .nodename()
             .to_string_lossy()
             .into_owned();
     }
+    // docker's daemon environment: PATH (its default when the image has none) and HOSTNAME
+    // first, then the image's and the flags' variables (replacing those by name).
+    let base = [
+        format!("PATH={}", crate::init::DEFAULT_PATH),
+        format!("HOSTNAME={}", c.spec.hostname),
+    ];
+    c.spec.env = super::spec::env(&base, &c.spec.env);
     if joined.is_some() {
         c.spec.mounts.push(network::hosts_mount(&c.dir));
     }
     c.spec.network = net;
+    if let Err(e) = apply_etc_options(&mut c.spec, &req.options, joined.as_ref(), &c.dir) {
+        undo.joined = joined;
+        undo.run();
+        return Err(e);
+    }
     // Unlimited, as root, the container still gets a cgroup of its own ([`super::create_cgroup`]).
     let cgroup = if !req.apply_limits {
         Ok(None)
@@ -258,6 +287,7 @@ pub fn create(req: Request) -> Result<Created> {
         cgroups,
         limits: req.limits,
         network_mode: Some(req.network.to_string()),
+        options: req.options,
     };
     Ok(Created {
         containers: req.containers,
@@ -365,6 +395,48 @@ impl Created {
     }
 }
 
+/// `--add-host NAME:host-gateway` left unresolved by the caller made the bridge's gateway, the `--add-host` lines
+/// written into the bridge's hosts file (`dir/hosts`) where docker puts them, and the
+/// resolv.conf of `--dns`, `--dns-search`, `--dns-option` (see [`super::options`]).
+fn apply_etc_options(
+    spec: &mut RunSpec,
+    o: &super::options::RunOptions,
+    joined: Option<&Joined>,
+    dir: &Path,
+) -> Result<()> {
+    // The caller gives host-gateway as an address; left as the word, it is this bridge's.
+    let gateway = joined.map(|j| j.attachment.gateway.to_string());
+    for (_, ip) in &mut spec.security.extra_hosts {
+        if ip == super::options::HOST_GATEWAY {
+            *ip = gateway.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        }
+    }
+    if let Some(j) = joined
+        && !spec.security.extra_hosts.is_empty()
+    {
+        let path = dir.join("hosts");
+        let write_err = |source| {
+            CreateError::Net(network::NetError::Write {
+                path: path.clone(),
+                source,
+            })
+        };
+        let hosts = std::fs::read_to_string(&path).map_err(write_err)?;
+        let hosts =
+            super::options::with_extra_hosts(&hosts, j.attachment.ip, &spec.security.extra_hosts);
+        kroot::write_atomic(&path, hosts.as_bytes()).map_err(write_err)?;
+    }
+    let base = match &spec.network {
+        crate::spec::Network::Join { resolv_conf, .. } => resolv_conf.clone(),
+        _ => crate::net::files::resolv_conf(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    };
+    spec.security.resolv_conf =
+        super::options::resolv_conf(&base, &o.dns, &o.dns_search, &o.dns_options);
+    Ok(())
+}
+
 /// Runs the sandbox of `spec` and waits for it; `started` gets its pid first (its failure
 /// kills the sandbox). With `forward_signals`, SIGINT, SIGTERM and SIGHUP to kiln kill the
 /// sandbox (see [`super::relay`]) so the caller still gets to clean up the network.
@@ -418,6 +490,7 @@ mod tests {
             stop_signal: None,
             overrides: Overrides::default(),
             security: Security::default(),
+            options: Default::default(),
             network,
             ports: Vec::new(),
             limits: Limits::default(),

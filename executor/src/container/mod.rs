@@ -13,6 +13,7 @@ pub mod control;
 pub mod create;
 pub mod name;
 pub mod network;
+pub mod options;
 pub mod owner;
 pub mod process;
 pub mod relay;

@@ -710,8 +710,18 @@ fn refresh_hosts_naming(containers: &Path, network: &str, joining: Option<(&str,
         if !file.exists() {
             continue;
         }
-        let hostname: String = l.container.chars().take(12).collect();
-        let text = hosts_text(name, &hostname, l.ip, &peers);
+        // Its own host name (`-h`) and `--add-host` lines, from its spec.
+        let spec = super::supervisor::read_spec(&containers.join(&l.container)).ok();
+        let hostname: String = match &spec {
+            Some(s) => s.hostname.clone(),
+            None => l.container.chars().take(12).collect(),
+        };
+        let extra = spec.map(|s| s.security.extra_hosts).unwrap_or_default();
+        let text = super::options::with_extra_hosts(
+            &hosts_text(name, &hostname, l.ip, &peers),
+            l.ip,
+            &extra,
+        );
         let _ = std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)

@@ -50,7 +50,10 @@ pub fn ready_init_pid(sandbox: i32) -> Option<i32> {
     let pid = init_pid(sandbox)?;
     let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
     let own = exe(pid)?;
-    (Some(own) != exe(sandbox)).then_some(pid)
+    // `--init`: PID 1 stays kiln, as the reaper ([`crate::init::reaper`]) named so.
+    let reaper = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim_end() == crate::init::reaper::NAME);
+    (reaper || Some(own) != exe(sandbox)).then_some(pid)
 }
 
 /// Sends `sig` to `pid`, if there is one; a process already gone is fine.

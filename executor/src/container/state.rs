@@ -145,6 +145,9 @@ pub struct State {
     /// `--network` as given (`bridge`, `none`, `host`, `container:NAME`, a network).
     #[serde(default)]
     pub network_mode: Option<String>,
+    /// `kiln run`'s other docker options (labels, capabilities, DNS, ...), for `inspect`.
+    #[serde(default)]
+    pub options: super::options::RunOptions,
 }
 
 impl State {
@@ -285,6 +288,7 @@ pub(crate) fn sample(id: &str, name: &str) -> State {
         cgroups: vec![],
         limits: Default::default(),
         network_mode: None,
+        options: Default::default(),
     }
 }
 

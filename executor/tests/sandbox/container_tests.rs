@@ -39,6 +39,7 @@ fn created_container_runs_attached_and_leaves_only_its_exited_state() -> Result<
         stop_signal: None,
         overrides: spec::Overrides::default(),
         security: Default::default(),
+        options: Default::default(),
         network: Mode::None,
         ports: Vec::new(),
         limits: executor::cgroup::Limits {
