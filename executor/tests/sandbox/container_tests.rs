@@ -55,7 +55,9 @@ fn created_container_runs_attached_and_leaves_only_its_exited_state() -> Result<
     let cgroups = created.state().cgroups.clone();
     ensure!(!cgroups.is_empty(), "a pids limit makes a cgroup");
     ensure!(
-        cgroups.iter().all(|d| d.ends_with(&id)),
+        cgroups
+            .iter()
+            .all(|d| d.ends_with(&id) || d.ends_with(format!("kiln-{id}"))),
         "named by the id: {cgroups:?}"
     );
     ensure!(cgroups.iter().all(|d| d.is_dir()), "{cgroups:?}");
