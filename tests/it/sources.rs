@@ -4,14 +4,23 @@
 
 use crate::harness::{TestDir, busybox_dir, cached, executed_runs, text};
 use anyhow::{Context as _, ensure};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// Kills and reaps a helper process (git daemon, ssh-agent) when the test ends.
+/// Kills and reaps a helper process (git daemon, ssh-agent) when the test ends, with the
+/// processes of its group: `git daemon` runs `git-daemon` as a child, which outlived the `git`
+/// it was started by. Start it with `process_group(0)`.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Some(pgid) = i32::try_from(self.0.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -86,6 +95,7 @@ pub(crate) fn git_server(t: &TestDir) -> anyhow::Result<GitServer> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .context("starting git daemon")?;
     let daemon = Proc(daemon);
