@@ -637,7 +637,7 @@ pub fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             for f in &env_file {
                 all.extend(crate::runflags::parse_kv_file(f, Some(&lookup))?);
             }
-            all.extend(env);
+            all.extend(crate::run::caller_env(&env));
             let how = ExecHow {
                 interactive,
                 tty,

@@ -97,6 +97,17 @@ pub(crate) fn check_env(env: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `-e` values as docker takes them: `K=V` as given, `K` alone the caller's value of K, and
+/// nothing when the caller has no K (docker leaves it out).
+pub(crate) fn caller_env<'a>(env: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    env.into_iter()
+        .filter_map(|e| match e.split_once('=') {
+            Some(_) => Some(e.clone()),
+            None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
+        })
+        .collect()
+}
+
 /// `-w` must be absolute, as docker requires (the daemon's message; runc refuses a relative
 /// cwd too). Fails when it is not.
 pub(crate) fn check_workdir(workdir: Option<&str>) -> anyhow::Result<()> {
@@ -165,15 +176,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("image {}", a.image))?;
     let mut security = crate::security::parse(&a.security_opt)?;
     let flags = crate::runflags::apply(&a.docker, a.rm, &mut security)?;
-    let env = flags
-        .env
-        .iter()
-        .chain(&a.env)
-        .map(|e| match e.split_once('=') {
-            Some(_) => e.clone(),
-            None => format!("{e}={}", std::env::var(e).unwrap_or_default()),
-        })
-        .collect();
+    let env = caller_env(flags.env.iter().chain(&a.env));
     let env = crate::containers::with_term(env, &image.config.config.env, a.tty);
     let mut overrides = executor::container::spec::Overrides {
         env,

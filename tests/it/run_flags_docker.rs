@@ -428,9 +428,19 @@ fn env_file_labels_inspect_and_ps_filter_match_docker() -> anyhow::Result<()> {
     )?;
     let envf = envf.to_str().context("utf-8")?;
     let (d, k) = b.run_env(
-        &["--rm", "--env-file", envf, "-e", "A=from-e"],
+        &[
+            "--rm",
+            "--env-file",
+            envf,
+            "-e",
+            "A=from-e",
+            "-e",
+            "RF_E_FROM_CALLER",
+            "-e",
+            "RF_E_NOT_SET",
+        ],
         &["sh", "-c", "env | grep -E '^(A|B|C|D|RF_[A-Z_]*)=' | sort"],
-        &[("RF_FROM_CALLER", "caller's")],
+        &[("RF_FROM_CALLER", "caller's"), ("RF_E_FROM_CALLER", "e")],
     );
     ensure!(
         d.status.success() && k.status.success() && stdout(&d) == stdout(&k),
@@ -439,7 +449,8 @@ fn env_file_labels_inspect_and_ps_filter_match_docker() -> anyhow::Result<()> {
         text(&k)
     );
     ensure!(
-        stdout(&k) == "A=from-e\nB=x y \nC=\"q\"\nD=\nRF_FROM_CALLER=caller's\n",
+        stdout(&k)
+            == "A=from-e\nB=x y \nC=\"q\"\nD=\nRF_E_FROM_CALLER=e\nRF_FROM_CALLER=caller's\n",
         "{:?}",
         stdout(&k)
     );
