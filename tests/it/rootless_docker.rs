@@ -200,6 +200,23 @@ pub(crate) fn rootfs(work: &Path, context: &str, base: &str) -> anyhow::Result<V
     Ok(b.into_inner()?)
 }
 
+/// The config of the image `remote` (an insecure registry), pulled back by skopeo (a tool we
+/// did not write) into the OCI layout `oci` as `hello`.
+pub(crate) fn pulled_config(remote: &str, oci: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{remote}"))
+        .arg(format!("oci:{}:hello", oci.display()))
+        .output()?;
+    ensure!(out.status.success(), "skopeo copy: {}", text(&out));
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:hello", oci.display()))
+        .output()?;
+    ensure!(out.status.success(), "skopeo inspect: {}", text(&out));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// The host's address on docker's default bridge (`docker0`), which containers reach.
 fn docker_gateway() -> anyhow::Result<String> {
     let out = Command::new("ip")
@@ -307,19 +324,7 @@ fn rootless_kiln_builds_and_pushes_the_example_inside_an_unprivileged_docker_con
     );
     ensure!(s.trim_end().ends_with("1000"), "not run as uid 1000: {s}");
     // Pulled back on the host by skopeo, a tool we did not write.
-    let oci = work.path().join("pulled");
-    let out = Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{remote}"))
-        .arg(format!("oci:{}:hello", oci.display()))
-        .output()?;
-    ensure!(out.status.success(), "skopeo copy: {}", text(&out));
-    let out = Command::new("skopeo")
-        .args(["inspect", "--config"])
-        .arg(format!("oci:{}:hello", oci.display()))
-        .output()?;
-    ensure!(out.status.success(), "skopeo inspect: {}", text(&out));
-    let config: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let config = pulled_config(&remote, &work.path().join("pulled"))?;
     ensure!(
         config["config"]["Labels"]["org.opencontainers.image.title"] == "hello"
             && config["config"]["Env"]

@@ -330,19 +330,8 @@ fn readme_pod_spec_runs_under_podman_kube_play_and_its_settings_build_and_push()
         text(&out)
     );
     // The pushed image, pulled back by skopeo.
-    let oci = work.path().join("pulled");
-    let out = Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{remote}"))
-        .arg(format!("oci:{}:hello", oci.display()))
-        .output()?;
-    ensure!(out.status.success(), "skopeo copy: {}\n{logs}", text(&out));
-    let out = Command::new("skopeo")
-        .args(["inspect", "--config"])
-        .arg(format!("oci:{}:hello", oci.display()))
-        .output()?;
-    ensure!(out.status.success(), "skopeo inspect: {}", text(&out));
-    let config: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let config = crate::rootless_docker::pulled_config(&remote, &work.path().join("pulled"))
+        .with_context(|| format!("the pod's build:\n{logs}"))?;
     ensure!(
         config["config"]["Labels"]["org.opencontainers.image.title"] == "hello",
         "pulled config: {config}"
