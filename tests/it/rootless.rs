@@ -147,6 +147,24 @@ pub(crate) fn rootless(name: &str, range: Option<(u32, u32)>) -> anyhow::Result<
 }
 
 impl Rootless {
+    /// A store `mount/store` owned by the user, on a file system mounted since the session
+    /// began (which the session is ended for, so the next one sees the mount), holding the
+    /// `busybox` image.
+    pub(crate) fn store_with_busybox(&self, mount: &Path) -> anyhow::Result<PathBuf> {
+        let store = mount.join("store");
+        std::fs::create_dir(&store)?;
+        std::os::unix::fs::chown(&store, Some(self.uid), Some(self.gid))?;
+        end_session(self)?;
+        let tar = self.home.join("busybox.tar");
+        let out = self
+            .cmd(&store, &["import", "--change", r#"CMD ["sh"]"#])
+            .arg(&tar)
+            .arg("busybox")
+            .output()?;
+        ensure!(out.status.success(), "import: {}", text(&out));
+        Ok(store)
+    }
+
     /// `kiln args...` as the user, with only the environment a login would give it.
     pub(crate) fn cmd(&self, root: &Path, args: &[&str]) -> Command {
         let mut c = Command::new("setpriv");
@@ -792,18 +810,7 @@ fn rootless_store_on_overlayfs_fails_clearly_naming_both_overlays() -> anyhow::R
         .output()?;
     ensure!(out.status.success(), "mount overlay: {}", text(&out));
     let _mounted = OverlayMount(merged.clone());
-    let store = merged.join("store");
-    std::fs::create_dir(&store)?;
-    std::os::unix::fs::chown(&store, Some(r.uid), Some(r.gid))?;
-    // A new session sees the new mount.
-    end_session(&r)?;
-    let tar = r.home.join("busybox.tar");
-    let out = r
-        .cmd(&store, &["import", "--change", r#"CMD ["sh"]"#])
-        .arg(&tar)
-        .arg("busybox")
-        .output()?;
-    ensure!(out.status.success(), "import: {}", text(&out));
+    let store = r.store_with_busybox(&merged)?;
     r.t.write("Dockerfile", "FROM busybox\nRUN echo built > /f\n");
     let out = r
         .cmd(&store, &["build", "--progress", "plain", "-t", "ovl:1"])

@@ -3,7 +3,7 @@
 //! cannot do for `-p` (why kiln refuses `-p` under KILN_ROOTLESS_NET=pasta).
 
 use crate::harness::{privileged, text};
-use crate::rootless::{RANGE, USER, end_session, example_dir, rootless};
+use crate::rootless::{RANGE, USER, example_dir, rootless};
 use anyhow::ensure;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -42,18 +42,7 @@ fn rootless_store_on_fuse_falls_back_to_fuse_overlayfs_by_itself() -> anyhow::Re
         .output()?;
     ensure!(out.status.success(), "bindfs: {}", text(&out));
     let _mounted = FuseMount(mnt.clone());
-    let store = mnt.join("store");
-    std::fs::create_dir(&store)?;
-    std::os::unix::fs::chown(&store, Some(r.uid), Some(r.gid))?;
-    // A new session sees the new mount.
-    end_session(&r)?;
-    let tar = r.home.join("busybox.tar");
-    let out = r
-        .cmd(&store, &["import", "--change", r#"CMD ["sh"]"#])
-        .arg(&tar)
-        .arg("busybox")
-        .output()?;
-    ensure!(out.status.success(), "import: {}", text(&out));
+    let store = r.store_with_busybox(&mnt)?;
     r.t.write(
         "Dockerfile",
         "FROM busybox\n\
